@@ -1,0 +1,42 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename.
+
+A reader (another process, a daemon restarted after a crash) sees the old content or the
+new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
+                fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str, **kw: Any) -> None:
+    write_bytes(path, text.encode("utf-8"), **kw)
+
+
+def write_json(path: str | os.PathLike[str], value: Any, **kw: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n", **kw)

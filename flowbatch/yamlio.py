@@ -1,0 +1,128 @@
+"""Reading YAML and JSON that users wrote, defensively.
+
+``yaml.safe_load`` alone accepts duplicate keys (the last one wins, silently) and expands
+alias bombs. Here a document is checked for size first, duplicate keys are refused with
+their line, aliases are counted, and nesting depth is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+
+MAX_REQUEST_BYTES = 1 << 20  # 1 MiB: a request is small; its files travel beside it
+MAX_TEMPLATE_BYTES = 8 << 20
+MAX_ALIASES = 100
+MAX_DEPTH = 64
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and counts alias uses."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise InputError(
+                    f"too many YAML aliases (more than {MAX_ALIASES}) at line {mark.line + 1}",
+                    hint="write the values out instead of using anchors and aliases",
+                )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except Exception:
+                    continue
+                if key in seen:
+                    raise InputError(
+                        f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                        f"(first at line {seen[key]})",
+                        field=str(key),
+                        hint="remove one of the two entries",
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise InputError(
+                f"nesting deeper than {limit} levels", hint="flatten the document"
+            )
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def loads(text: str, *, file: str | None = None, json_format: bool = False) -> Any:
+    """Parse YAML (or JSON) text with the checks above; errors name ``file``."""
+    try:
+        if json_format:
+            value = json.loads(text)
+        else:
+            value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - strict safe loader
+    except InputError as exc:
+        raise exc.at(file=file)
+    except RecursionError:
+        raise InputError("nesting too deep to parse", file=file, hint="flatten the document")
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", file=file
+        )
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"invalid YAML{where}: {problem}", file=file)
+    _check_depth(value)
+    return value
+
+
+def load_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEMPLATE_BYTES) -> Any:
+    """Read and parse a YAML or JSON file (JSON by its ``.json`` suffix)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise InputError(
+                f"file is {size} bytes, over the limit of {max_bytes} bytes",
+                file=str(p),
+                hint="keep data files out of the YAML and pass them as file arguments",
+            )
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}", file=str(p))
+    if b"\x00" in raw:
+        raise InputError("file is binary (contains NUL bytes)", file=str(p))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"file is not UTF-8 text (byte {exc.start})", file=str(p), hint="save it as UTF-8"
+        )
+    return loads(text, file=str(p), json_format=p.suffix.lower() == ".json")
+
+
+def dump(value: Any) -> str:
+    """YAML text for files flowbatch writes (error files, request copies)."""
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
