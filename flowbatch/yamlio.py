@@ -29,7 +29,7 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._aliases = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
@@ -65,9 +65,7 @@ def _check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            raise InputError(
-                f"nesting deeper than {limit} levels", hint="flatten the document"
-            )
+            raise InputError(f"nesting deeper than {limit} levels", hint="flatten the document")
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
@@ -77,10 +75,7 @@ def _check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
 def loads(text: str, *, file: str | None = None, json_format: bool = False) -> Any:
     """Parse YAML (or JSON) text with the checks above; errors name ``file``."""
     try:
-        if json_format:
-            value = json.loads(text)
-        else:
-            value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - strict safe loader
+        value = json.loads(text) if json_format else yaml.load(text, Loader=_StrictLoader)
     except InputError as exc:
         raise exc.at(file=file)
     except RecursionError:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
-                fsync: bool = True) -> None:
+def write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, fsync: bool = True
+) -> None:
     """Replace ``path`` with ``data`` atomically."""
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)

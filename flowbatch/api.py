@@ -1,0 +1,342 @@
+"""The Python API behind the CLI: each function does one user-visible thing on a site."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from . import yamlio
+from .errors import FlowbatchError, NotFoundError, RequestError
+from .queue import BUNDLE_SUFFIX
+from .ranking import RankEntry, RankInput, rank, ranking_json
+from .report import write_leaderboard
+from .runs import RunRecord, State, parse_state
+from .site import Site
+from .spec.manifest import find_source
+from .spec.model import FileArg, Template
+from .spec.params import resolve_arguments
+from .spec.request import Request, parse_request
+from .spec.template import load_template
+from .store import atomic
+from .store.index import RunRow, WorkflowRow
+from .store.store import run_rows
+from .store.templates import Installed
+
+LIST_FIELDS = (
+    "id",
+    "workflow",
+    "group",
+    "name",
+    "state",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "owner",
+    "version",
+    "executor",
+)
+
+
+# -- templates -----------------------------------------------------------------------------
+def install(
+    site: Site,
+    path: Path,
+    *,
+    workflow_id: str | None = None,
+    name: str | None = None,
+    specfile: str | None = None,
+) -> Installed:
+    src = find_source(path, specfile=specfile, name=name)
+    installed = site.templates.install(src, workflow_id=workflow_id, name=name)
+    index_workflow(site, installed.id)
+    return installed
+
+
+def index_workflow(site: Site, workflow_id: str) -> None:
+    meta = site.templates.meta(workflow_id)
+    versions = {v["version"]: v for v in meta.get("versions", [])}
+    values = {
+        "name": meta.get("name") or workflow_id,
+        "description": meta.get("description"),
+        "version": meta["current"],
+        "installed_at": versions.get(meta["current"], {}).get("installed_at", ""),
+        "has_results": bool(meta.get("has_results")),
+    }
+    site.store  # noqa: B018 - opens the index
+    WorkflowRow.insert(id=workflow_id, **values).on_conflict(
+        conflict_target=[WorkflowRow.id], update=values
+    ).execute()
+
+
+def list_workflows(site: Site) -> list[dict[str, Any]]:
+    out = []
+    for wf_id in site.templates.list_ids():
+        meta = site.templates.meta(wf_id)
+        out.append(
+            {
+                "id": wf_id,
+                "name": meta.get("name"),
+                "version": meta.get("current"),
+                "versions": len(meta.get("versions", [])),
+                "description": meta.get("description"),
+            }
+        )
+    return out
+
+
+def validate(path: Path, site: Site | None = None) -> str:
+    """Check a template (folder or file) or a request without installing or submitting it.
+
+    Returns a one-line description of what was checked; raises on the first problem.
+    """
+    variables = site.config.all_variables() if site else {"python": "python3"}
+    if path.is_dir():
+        src = find_source(path)
+        template = load_template(src.spec_path, known_variables=variables)
+        _check_rendering(template, variables)
+        return f"template {src.spec_path}: valid ({_describe(template)})"
+    doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES)
+    if isinstance(doc, dict) and isinstance(doc.get("workflow"), str):
+        req = parse_request(doc, file=str(path))
+        if not isinstance(req, Request):
+            return f"cancel request {path}: valid"
+        if site is None:
+            return f"request {path}: valid in form (no site to check the workflow against)"
+        template, version = site.templates.load(req.workflow, req.version)
+        args = resolve_arguments(template.parameters, req.arguments, file=str(path))
+        files = {k: v for k, v in args.items() if isinstance(v, FileArg) and v.source}
+        for pname, value in files.items():
+            if not (path.parent / value.source).is_file():
+                raise RequestError(
+                    f"file {value.source!r} does not exist",
+                    file=str(path),
+                    field=f"arguments.{pname}",
+                )
+        return f"request {path}: valid for workflow {req.workflow} version {version}"
+    template = load_template(path, known_variables=variables)
+    _check_rendering(template, variables)
+    return f"template {path}: valid ({_describe(template)})"
+
+
+def _check_rendering(template: Template, variables: dict[str, str]) -> None:
+    from .render import check_template
+
+    check_template(template, variables)
+
+
+def _describe(template: Template) -> str:
+    steps = len(template.workflow.steps)
+    return (
+        f"{template.dialect} dialect, {len(template.parameters)} parameters, "
+        f"{steps} step{'s' if steps != 1 else ''}"
+        + (", with a result schema" if template.results else "")
+    )
+
+
+# -- submitting ----------------------------------------------------------------------------
+def submit(site: Site, request_path: Path) -> str:
+    """Queue a request together with the files its arguments name.
+
+    The files go first, into ``queue/<name>.files/`` (built under a dot-name, then renamed),
+    and the request, its file paths rewritten to point there, last (written as a dot-file,
+    then renamed): the daemon sees the request only once everything it needs is in place.
+    """
+    request_path = request_path.resolve()
+    doc = yamlio.load_file(request_path, max_bytes=site.config.max_request_bytes)
+    req = parse_request(doc, file=str(request_path))
+    if not isinstance(req, Request):
+        raise RequestError("use `flowbatch runs cancel` to cancel a run", file=str(request_path))
+    template, _ = site.templates.load(req.workflow, req.version)
+    args = resolve_arguments(template.parameters, req.arguments, file=str(request_path))
+    stem = _safe_stem(request_path.stem)
+    name = f"{stem}-{secrets.token_hex(3)}"
+    queue = site.layout.queue
+    queue.mkdir(parents=True, exist_ok=True)
+    files = {k: v for k, v in args.items() if isinstance(v, FileArg) and v.source}
+    if files:
+        base = request_path.parent
+        tmp = queue / f".{name}{BUNDLE_SUFFIX}.tmp"
+        tmp.mkdir()
+        try:
+            for pname, value in files.items():
+                src = (base / value.source).resolve()
+                if not src.is_relative_to(base) or not src.is_file():
+                    raise RequestError(
+                        f"file {value.source!r} is missing or outside the request's folder",
+                        file=str(request_path),
+                        field=f"arguments.{pname}",
+                    )
+                dest = tmp / pname / src.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+                _set_file_source(doc, pname, f"{name}{BUNDLE_SUFFIX}/{pname}/{src.name}")
+            os.rename(tmp, queue / f"{name}{BUNDLE_SUFFIX}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    final = queue / f"{name}.yaml"
+    atomic.write_text(queue / f".{name}.yaml.tmp", yamlio.dump(doc), fsync=True)
+    os.rename(queue / f".{name}.yaml.tmp", final)
+    return final.name
+
+
+def _safe_stem(stem: str) -> str:
+    clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
+    return clean[:64] or "request"
+
+
+def _set_file_source(doc: dict[str, Any], pname: str, source: str) -> None:
+    args = doc.get("arguments")
+    if isinstance(args, dict):
+        value = args[pname]
+        if isinstance(value, dict):
+            for key in ("source", "path", "file"):
+                if key in value:
+                    value[key] = source
+        else:
+            args[pname] = source
+    elif isinstance(args, list):
+        for item in args:
+            if isinstance(item, dict) and item.get("name") == pname:
+                value = item.get("value")
+                if isinstance(value, dict) and isinstance(value.get("value"), dict):
+                    value["value"]["fileId"] = source
+                elif isinstance(value, dict):
+                    for key in ("source", "path", "file"):
+                        if key in value:
+                            value[key] = source
+                else:
+                    item["value"] = source
+
+
+# -- runs ------------------------------------------------------------------------------------
+def _row_dict(row: RunRow) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in LIST_FIELDS}
+
+
+def list_runs(
+    site: Site, *, workflow: str | None = None, state: str | None = None, group: str | None = None
+) -> list[dict[str, Any]]:
+    st = parse_state(state).value if state else None
+    site.store  # noqa: B018 - opens the index
+    return [_row_dict(r) for r in run_rows(workflow, st, group)]
+
+
+def show_run(site: Site, run_id: str) -> dict[str, Any]:
+    run = site.store.load(run_id)
+    out = {f: getattr(run, f) for f in LIST_FIELDS}
+    out["state"] = run.state.value
+    out.update(
+        {
+            "arguments": run.arguments,
+            "messages": run.messages,
+            "results": run.results,
+            "files": run.files,
+            "steps": run.steps,
+            "run_dir": str(site.store.run_dir(run)),
+            "handle": run.handle,
+            "time_limit": run.time_limit,
+            "history": run.history,
+            "owner_uid": run.owner_uid,
+            "request": run.request,
+        }
+    )
+    return out
+
+
+def request_cancel(site: Site, run_id: str, reason: str | None) -> str:
+    """Drop a ``cancel:`` request into the queue (the daemon applies it; owner checked)."""
+    run = site.store.load(run_id)
+    if not run.state.active:
+        raise FlowbatchError(
+            f"run {run_id} is {run.state.value}, not active",
+            hint="only PENDING or RUNNING runs can be cancelled",
+        )
+    name = f"cancel-{run_id}-{secrets.token_hex(3)}.yaml"
+    doc: dict[str, Any] = {"cancel": run_id}
+    if reason:
+        doc["reason"] = reason
+    tmp = site.layout.queue / f".{name}.tmp"
+    atomic.write_text(tmp, yamlio.dump(doc), fsync=False)
+    os.rename(tmp, site.layout.queue / name)
+    return name
+
+
+# -- ranking and reports -------------------------------------------------------------------
+def rank_inputs(workflow: str) -> list[RankInput]:
+    rows = RunRow.select().where(
+        (RunRow.workflow == workflow) & (RunRow.state == State.SUCCESS.value)
+    )
+    return [
+        RankInput(
+            run_id=r.id,
+            group=r.group,
+            name=r.name,
+            created_at=r.created_at,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            results=r.results or {},
+            arguments=r.arguments or {},
+            version=r.version,
+        )
+        for r in rows
+        if r.results is not None
+    ]
+
+
+def ranking(site: Site, workflow: str, *, include_all: bool = False) -> dict[str, Any]:
+    template, _ = site.templates.load(workflow)
+    if template.results is None:
+        raise NotFoundError(
+            f"workflow {workflow!r} has no result schema, so no ranking",
+            hint="add a `results:` block to the template",
+        )
+    site.store  # noqa: B018 - opens the index
+    entries = rank(rank_inputs(workflow), template.results, include_all=include_all)
+    return ranking_json(workflow, template.results, entries)
+
+
+def update_reports(site: Site, workflows: set[str] | list[str]) -> None:
+    """Rewrite leaderboard.json/.html of each workflow (once per tick, changed ones only)."""
+    for workflow in sorted(workflows):
+        try:
+            template, _ = site.templates.load(workflow)
+        except FlowbatchError:
+            continue
+        if template.results is None:
+            continue
+        inputs = rank_inputs(workflow)
+        best: list[RankEntry] = rank(inputs, template.results)
+        everything = rank(inputs, template.results, include_all=True)
+        title = site.templates.meta(workflow).get("name") or workflow
+        out_dir = site.layout.workflow_results(workflow)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_leaderboard(out_dir, workflow, title, template.results, best, all_entries=everything)
+
+
+# -- index -----------------------------------------------------------------------------------
+def reindex(site: Site) -> int:
+    """Rebuild the index from the tree alone (a corrupt index file is replaced)."""
+    from .store import index as idx
+
+    path = site.layout.index_db
+    site.close()
+    site.__dict__.pop("store", None)
+    if not site.config.database:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = site.store
+    idx.clear(store.db)
+    for wf_id in site.templates.list_ids():
+        index_workflow(site, wf_id)
+    runs = (store.load_dir(d) for d in store.iter_run_dirs())
+    count = store.index_many(runs)
+    update_reports(site, site.templates.list_ids())
+    return count
+
+
+def load_run(site: Site, run_id: str) -> RunRecord:
+    return site.store.load(run_id)

@@ -1,0 +1,315 @@
+"""The ``flowbatch`` command: a thin click layer over :mod:`flowbatch.api`.
+
+Errors from flowbatch are caught once, here, and printed as one line with a non-zero exit
+code; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, api
+from .errors import FlowbatchError
+from .site import Site
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    def __init__(self, site_dir: str, debug: bool) -> None:
+        self.site_dir = site_dir
+        self.debug = debug
+        self._site: Site | None = None
+
+    @property
+    def site(self) -> Site:
+        if self._site is None:
+            self._site = Site(self.site_dir)
+        return self._site
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+class FlowbatchGroup(click.Group):
+    """Turns FlowbatchError into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowbatchError as exc:
+            obj = ctx.find_object(Context)
+            if obj and obj.debug:
+                raise
+            raise click.ClickException(exc.summary()) from None
+        except (OSError, ValueError) as exc:
+            obj = ctx.find_object(Context)
+            if obj and obj.debug:
+                raise
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    heads = [c.upper() if c.isidentifier() else c for c in columns]  # labels stay as written
+    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@click.group(cls=FlowbatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--site",
+    "site_dir",
+    envvar="FLOWBATCH_SITE",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Site folder (env FLOWBATCH_SITE).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="flowbatch")
+@click.pass_context
+def main(ctx: click.Context, site_dir: str, debug: bool) -> None:
+    """flowbatch: drop YAML run requests into a queue folder; a daemon validates them, runs
+    the workflow template they name, and writes states, logs, results and a leaderboard
+    into the site's results tree."""
+    ctx.obj = Context(site_dir, debug)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@pass_ctx
+def init(obj: Context, directory: str | None) -> None:
+    """Create a site: flowbatch.yaml, queue/, results/, templates/ (default: --site)."""
+    site = Site.init(directory or obj.site_dir)
+    click.echo(f"site ready at {site.root}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--id", "workflow_id", help="Workflow id (default: from the name).")
+@click.option("--name", help="Display name (default: the manifest's, else the folder's).")
+@click.option(
+    "--specfile",
+    help="Template file inside SOURCE (default: manifest, then "
+    "benchmark|workflow|template.yaml/.yml/.json).",
+)
+@pass_ctx
+def install(
+    obj: Context, source: str, workflow_id: str | None, name: str | None, specfile: str | None
+) -> None:
+    """Install a workflow template from a folder (with or without a manifest) or a file."""
+    inst = api.install(
+        obj.site, Path(source), workflow_id=workflow_id, name=name, specfile=specfile
+    )
+    what = "installed" if inst.created else "already installed"
+    click.echo(f"{what}: workflow {inst.id} ({inst.name}), version {inst.version}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@pass_ctx
+def validate(obj: Context, path: str) -> None:
+    """Check a template (file or folder) or a request without installing or submitting it."""
+    site = obj.site if (Path(obj.site_dir) / "flowbatch.yaml").exists() else None
+    click.echo(api.validate(Path(path), site))
+
+
+@main.command()
+@click.argument("request", type=click.Path(exists=True, dir_okay=False))
+@pass_ctx
+def submit(obj: Context, request: str) -> None:
+    """Queue REQUEST.yaml with the files its arguments name (atomically); print its name."""
+    click.echo(api.submit(obj.site, Path(request)))
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One tick, then exit (for cron).")
+@click.option(
+    "--until-idle", is_flag=True, help="Run until the queue is empty and no run is active."
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@pass_ctx
+def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose: bool) -> None:
+    """Watch the queue and run requests (one daemon per site; others exit 0)."""
+    from .daemon import run_daemon
+    from .logs import setup_logging
+
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    message = run_daemon(obj.site, once=once, until_idle=until_idle)
+    if message:
+        click.echo(message)
+
+
+@main.group()
+def runs() -> None:
+    """List, show and cancel runs."""
+
+
+@runs.command("list")
+@click.option("--workflow", "-w")
+@click.option("--state", "-s", help="PENDING, RUNNING, SUCCESS, ERROR or CANCELED.")
+@click.option("--group", "-g")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def runs_list(
+    obj: Context, workflow: str | None, state: str | None, group: str | None, as_json: bool
+) -> None:
+    """List runs, oldest first."""
+    rows = api.list_runs(obj.site, workflow=workflow, state=state, group=group)
+    if as_json:
+        _echo_json(rows)
+    else:
+        _table(rows, ["id", "workflow", "group", "name", "state", "created_at"])
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
+    """Show a run: state, times, arguments, messages, steps, results, files."""
+    info = api.show_run(obj.site, run_id)
+    if as_json:
+        _echo_json(info)
+        return
+    for key in (
+        "id",
+        "workflow",
+        "version",
+        "group",
+        "name",
+        "owner",
+        "state",
+        "executor",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "run_dir",
+    ):
+        click.echo(f"{key + ':':13}{'' if info[key] is None else info[key]}")
+    click.echo("arguments:")
+    for name, value in info["arguments"].items():
+        click.echo(f"  {name}: {json.dumps(value)}")
+    if info["steps"]:
+        click.echo("steps:")
+        for s in info["steps"]:
+            code = "-" if s["exit_code"] is None else s["exit_code"]
+            dur = "" if s["duration"] is None else f"  {s['duration']:.3f}s"
+            click.echo(f"  {s['index']}. {s['name']}  exit {code}{dur}  {s['stderr']}")
+    if info["results"]:
+        click.echo("results:")
+        for name, value in info["results"].items():
+            click.echo(f"  {name}: {value}")
+    if info["messages"]:
+        click.echo("messages:")
+        for m in info["messages"]:
+            click.echo("  " + m.replace("\n", "\n  "))
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", help="Recorded as the run's message.")
+@click.option("--wait", default=15.0, show_default=True, help="Seconds to wait for the daemon.")
+@pass_ctx
+def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> None:
+    """Cancel a PENDING or RUNNING run (its whole process tree); owner or root only."""
+    from .daemon import Busy, Daemon, cancel_run, lock_holder, wait_terminal
+
+    site = obj.site
+    if lock_holder(site) is None:
+        daemon = Daemon(site)
+        try:
+            daemon.start()
+        except Busy:
+            daemon = None  # type: ignore[assignment]
+        if daemon is not None:
+            try:
+                cancel_run(site, daemon.runner, run_id, os.getuid(), reason)
+                daemon.tick()
+            finally:
+                daemon.stop()
+            click.echo(f"{run_id}: {site.store.load(run_id).state.value}")
+            return
+    api.request_cancel(site, run_id, reason)
+    click.echo(f"{run_id}: {wait_terminal(site, run_id, wait)}")
+
+
+@main.command()
+@click.argument("workflow")
+@click.option(
+    "--all", "include_all", is_flag=True, help="Every successful run, not only the best per group."
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def ranking(obj: Context, workflow: str, include_all: bool, as_json: bool) -> None:
+    """Show the leaderboard of WORKFLOW."""
+    board = api.ranking(obj.site, workflow, include_all=include_all)
+    if as_json:
+        _echo_json(board)
+        return
+    rows = []
+    for entry in board["ranking"]:
+        row = {
+            "rank": entry["rank"],
+            "group": entry["group"],
+            "run": entry["run"]["name"] or entry["run"]["id"],
+        }
+        for col in board["schema"]:
+            value = entry["results"].get(col["name"])
+            row[col["label"]] = f"{value:.4g}" if isinstance(value, float) else value
+        rows.append(row)
+    _table(rows, ["rank", "group", "run", *[c["label"] for c in board["schema"]]])
+
+
+@main.group()
+def workflows() -> None:
+    """Installed workflow templates."""
+
+
+@workflows.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def workflows_list(obj: Context, as_json: bool) -> None:
+    """List installed workflows with their current version."""
+    rows = api.list_workflows(obj.site)
+    if as_json:
+        _echo_json(rows)
+    else:
+        _table(rows, ["id", "name", "version", "versions"])
+
+
+@main.command()
+@pass_ctx
+def reindex(obj: Context) -> None:
+    """Rebuild the index database from the results tree alone."""
+    count = api.reindex(obj.site)
+    click.echo(f"indexed {count} runs")
+
+
+def run() -> None:  # pragma: no cover - console entry point alias
+    main(prog_name="flowbatch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The site configuration, ``<site>/flowbatch.yaml``, validated with pydantic."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import yamlio
+from .errors import ConfigError
+
+CONFIG_NAME = "flowbatch.yaml"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``90``, ``'90s'``, ``'10m'``, ``'2h'``, ``'1d'`` or ``'1:30:00'``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a text such as '10m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        if ":" in text:
+            parts = text.split(":")
+            if not all(p.strip().isdigit() for p in parts) or len(parts) > 3:
+                raise ValueError(f"not a duration: {value!r}")
+            seconds = 0.0
+            for part in parts:
+                seconds = seconds * 60 + int(part)
+        else:
+            m = _DURATION.match(text)
+            if not m:
+                raise ValueError(f"not a duration: {value!r} (use e.g. 90, '90s', '10m', '2h')")
+            seconds = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
+    if seconds <= 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"a duration must be positive and finite, not {value!r}")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalConfig(_Strict):
+    concurrency: int | None = Field(
+        default=None, ge=1, description="Runs at once on this host (default: number of cores)."
+    )
+
+    def effective_concurrency(self) -> int:
+        return self.concurrency or os.cpu_count() or 1
+
+
+class PollingConfig(_Strict):
+    interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between ticks when nothing wakes the daemon: the queue rescan "
+        "(shared file systems deliver no inotify events from other nodes) and batched polls.",
+    )
+    settle: float = Field(
+        default=0.5,
+        ge=0,
+        description="A request found by rescanning is read once its size and mtime have not "
+        "changed for this many seconds.",
+    )
+
+
+class SiteConfig(_Strict):
+    """``flowbatch.yaml``: one flowbatch site."""
+
+    site_name: str | None = Field(default=None, description="Default: the site folder's name.")
+    database: str | None = Field(
+        default=None,
+        description="Index database URL (default: SQLite at <site>/index.db). "
+        "e.g. sqlite:////abs/index.db or postgresql://user@host/db",
+    )
+    executor: str = Field(default="local", description="Executor used when none is asked for.")
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    time_limit: float | None = Field(
+        default=None, description="Default time limit of a run (seconds, or '90s', '10m', '2h')."
+    )
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        description="Trusted ${name} variables for flowServ templates (e.g. java: /usr/bin/java).",
+    )
+    polling: PollingConfig = Field(default_factory=PollingConfig)
+    max_request_bytes: int = Field(default=yamlio.MAX_REQUEST_BYTES, ge=1024)
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return parse_duration(value)
+
+    def all_variables(self) -> dict[str, str]:
+        """Site variables plus the built-in ``${python}`` (the daemon's interpreter)."""
+        return {"python": sys.executable, **self.variables}
+
+
+def load_config(site: Path) -> SiteConfig:
+    """Read ``<site>/flowbatch.yaml``; a missing file means the embedded defaults."""
+    path = site / CONFIG_NAME
+    data: Any = {}
+    if path.exists():
+        data = yamlio.load_file(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError("the site config must be a mapping", file=str(path))
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            first["msg"],
+            file=str(path),
+            field=field,
+            hint=f"fix {field} in {CONFIG_NAME} (see `flowbatch init` for a commented example)",
+        ) from None
+
+
+DEFAULT_CONFIG_TEXT = """\
+# flowbatch site configuration. Every key is optional; shown here with its default.
+#
+# database: null          # index URL; default SQLite at <site>/index.db
+# executor: local         # executor used when a template or request names none
+# local:
+#   concurrency: null     # runs at once on this host; default: number of cores
+# time_limit: null        # default time limit of a run: seconds, or '90s', '10m', '2h'
+# variables: {}           # trusted ${name} variables for flowServ templates
+#                         #   e.g. java: /usr/bin/java
+# polling:
+#   interval: 2.0         # seconds between ticks when nothing wakes the daemon (queue rescan)
+#   settle: 0.5           # a request found by rescanning is read once unchanged this long
+# max_request_bytes: 1048576   # requests larger than this are rejected
+"""

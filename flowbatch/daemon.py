@@ -1,0 +1,266 @@
+"""The daemon: one tick is intake → cancels → dispatch → poll → reports.
+
+It holds an ``flock`` on ``<site>/daemon.lock`` (one daemon per site; a lock left by a
+killed daemon is released by the kernel with its process). It wakes at once on inotify
+events in the queue (watchdog) and on its children's exits, and otherwise every
+``polling.interval`` seconds, which is also the rescan that finds requests written from
+other nodes of a shared file system (no inotify events cross NFS or Lustre).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from . import api
+from .errors import FlowbatchError, RequestError
+from .executors.base import Executor
+from .executors.local import LocalExecutor
+from .lifecycle import Runner
+from .queue import Claimed, Intake, is_request_name
+from .runs import State, now_iso
+from .site import Site
+from .spec.request import CancelRequest
+
+log = logging.getLogger("flowbatch.daemon")
+
+
+class Busy(Exception):
+    """Another daemon holds the site's lock."""
+
+
+class SiteLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise Busy(holder) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started_at": now_iso()})
+            + "\n"
+        )
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def lock_holder(site: Site) -> dict[str, Any] | None:
+    """Who holds the site's daemon lock, or None when it is free."""
+    try:
+        with open(site.layout.lock, encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = fh.read().strip()
+                try:
+                    return dict(json.loads(text))
+                except ValueError:
+                    return {"info": text}
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        pass
+    return None
+
+
+class Daemon:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.wakeup = threading.Event()
+        self.stopping = False
+        self.reload_requested = False
+        self.executors: dict[str, Executor] = {"local": LocalExecutor(wake=self.wakeup.set)}
+        self.intake = Intake(site)
+        self.runner = Runner(site, self.executors)
+        self.lock = SiteLock(site.layout.lock)
+        self._observer: Any = None
+        self.ticks = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.site.layout.ensure()
+        self.lock.acquire()
+        self.runner.recover()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        for executor in self.executors.values():
+            executor.close()
+        self.lock.release()
+
+    def watch(self) -> None:
+        """inotify on the queue folder (best effort: the periodic rescan is the fallback)."""
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # pragma: no cover - watchdog is a dependency
+            return
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type == "opened":
+                    return
+                path = getattr(event, "dest_path", "") or event.src_path
+                name = os.path.basename(os.fsdecode(path))
+                if event.event_type in ("closed", "moved") and is_request_name(name):
+                    daemon.intake.ready.add(name)
+                if event.event_type in ("closed", "moved", "created", "deleted"):
+                    daemon.wakeup.set()
+
+        try:
+            observer = Observer()
+            observer.schedule(Handler(), str(self.site.layout.queue), recursive=False)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except OSError as exc:
+            log.warning(
+                "no inotify on %s (%s): rescanning every %.1f s",
+                self.site.layout.queue,
+                exc,
+                self.site.config.polling.interval,
+            )
+
+    # -- the tick ---------------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.ticks += 1
+        intake = self.intake.run_once()
+        for run in intake.runs:
+            self.runner.add(run)
+        for req, claimed in intake.cancels:
+            self.apply_cancel(req, claimed)
+        self.runner.dispatch()
+        if self.runner.poll():
+            self.runner.dispatch()  # slots freed by finished runs
+        changed = self.runner.changed_workflows
+        if changed:
+            self.runner.changed_workflows = set()
+            api.update_reports(self.site, changed)
+
+    def apply_cancel(self, req: CancelRequest, claimed: Claimed) -> None:
+        try:
+            cancel_run(self.site, self.runner, req.cancel, claimed.uid, req.reason)
+        except FlowbatchError as exc:
+            self.intake.reject(claimed, exc.at(file=claimed.name, prefix="cancel"))
+            return
+        claimed.path.unlink(missing_ok=True)
+
+    def idle(self) -> bool:
+        queue = self.site.layout.queue
+        waiting = any(is_request_name(p.name) for p in queue.iterdir()) if queue.is_dir() else False
+        return not waiting and not self.runner.active and not self.intake.leftovers()
+
+    # -- loops ------------------------------------------------------------------------------------
+    def serve(self, *, until_idle: bool = False) -> None:
+        """Tick until stopped (SIGTERM/SIGINT), or until idle."""
+        self._install_signals()
+        self.watch()
+        interval = self.site.config.polling.interval
+        while not self.stopping:
+            if self.reload_requested:
+                self._reload()
+            self.wakeup.clear()
+            self.tick()
+            if until_idle and self.idle():
+                break
+            # an active local run is reaped by its waiter thread, which sets wakeup
+            wait = interval
+            if until_idle and not self.runner.active:
+                wait = min(interval, self.site.config.polling.settle / 2 or 0.05)
+            self.wakeup.wait(wait)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: finishing this tick, leaving runs running", signum)
+            self.stopping = True
+            self.wakeup.set()
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self.reload_requested = True
+            self.wakeup.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        from .config import load_config
+
+        try:
+            self.site.config = load_config(self.site.root)
+            log.info("reloaded %s", self.site.layout.config)
+        except FlowbatchError as exc:
+            log.error("config not reloaded, keeping the old one: %s", exc.summary())
+
+
+def cancel_run(site: Site, runner: Runner, run_id: str, uid: int, reason: str | None) -> None:
+    """Cancel an active run on behalf of ``uid`` (its owner or root only)."""
+    run = runner.active.get(run_id) or site.store.load(run_id)
+    if uid not in (0, run.owner_uid):
+        raise RequestError(
+            f"run {run_id} belongs to {run.owner}; only its owner or root may cancel it"
+        )
+    if run.state not in (State.PENDING, State.RUNNING):
+        raise RequestError(
+            f"run {run_id} is {run.state.value}, not active",
+            hint="only PENDING or RUNNING runs can be cancelled",
+        )
+    runner.active.setdefault(run.id, run)
+    runner.cancel(run, reason or "canceled at user request")
+
+
+def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> str | None:
+    """Run the daemon; returns a message when another daemon already serves the site."""
+    daemon = Daemon(site)
+    try:
+        daemon.start()
+    except Busy as busy:
+        return f"another flowbatch daemon already serves {site.root}: {busy}"
+    try:
+        if once:
+            # runs it launches are detached; the next tick adopts them (PID + start time)
+            daemon.tick()
+        else:
+            daemon.serve(until_idle=until_idle)
+    finally:
+        daemon.stop()
+    return None
+
+
+def wait_terminal(site: Site, run_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = site.store.load(run_id)
+        if not run.state.active or time.monotonic() > deadline:
+            return run.state.value
+        time.sleep(0.1)

@@ -1,0 +1,70 @@
+"""The executor protocol: where a run's script runs, and how we learn that it ended.
+
+Every backend runs the same rendered ``run.sh`` (see :mod:`flowbatch.render.script`);
+the script's markers in the run folder have the last word on how each step ended. An
+executor only starts the script, looks at it (all active runs in one batched call), ends
+it, and brings its files home. Backends translate their native states into
+:class:`Probe` values at this edge and keep the raw text for diagnostics.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Liveness(enum.Enum):
+    ALIVE = "alive"  # still running (or queued, for a scheduler)
+    FINISHED = "finished"  # ended; the markers tell how
+    GONE = "gone"  # no trace of it: it vanished (killed, host lost, never started)
+    UNKNOWN = "unknown"  # could not look (connection down); ask again later
+
+
+@dataclass
+class Probe:
+    """The backend's word on one run at one poll."""
+
+    liveness: Liveness
+    exit_code: int | None = None
+    raw: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Launch:
+    """What an executor needs to start a run: its folder and script."""
+
+    run_id: str
+    run_dir: Path
+    script: str  # the script's file name inside run_dir
+    time_limit: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    name: str
+
+    def launch(self, job: Launch) -> dict[str, Any]:
+        """Start the run detached; return its handle (JSON-able), written into run.json."""
+        ...
+
+    def poll(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
+        """Look at all active runs of this executor at once: run id -> probe."""
+        ...
+
+    def cancel(self, handle: dict[str, Any], reason: str) -> None:
+        """End the run's whole process tree."""
+        ...
+
+    def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
+        """Bring logs, markers and outputs home (nothing to do locally)."""
+        ...
+
+    def adopt(self, handle: dict[str, Any]) -> bool:
+        """After a daemon restart: is this handle still the run we started?"""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,157 @@
+"""The local executor: the run script as a detached process group on this host.
+
+The daemon learns of its own children's exits at once (a waiter thread per child wakes
+the daemon loop); processes adopted after a daemon restart are looked at with psutil, by
+PID *and* process start time, so a reused PID is never taken for the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..errors import ExecutorError
+from .base import Launch, Liveness, Probe
+
+#: seconds between SIGTERM and SIGKILL when a run is cancelled
+CANCEL_GRACE = 3.0
+#: tolerance when matching a process's start time against the recorded one
+START_TOLERANCE = 1.0
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, wake: Callable[[], None] | None = None) -> None:
+        self._wake = wake or (lambda: None)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._exits: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self.host = socket.gethostname()
+
+    # -- launch ---------------------------------------------------------------------------
+    def launch(self, job: Launch) -> dict[str, Any]:
+        logs = job.run_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / "script.log", "ab") as out:
+            try:
+                proc = subprocess.Popen(
+                    ["bash", str(job.run_dir / job.script)],
+                    cwd=job.run_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own session and process group
+                    close_fds=True,
+                    env={**os.environ, **job.env} if job.env else None,
+                )
+            except OSError as exc:
+                raise ExecutorError(f"cannot start bash for run {job.run_id}: {exc}") from exc
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            started = 0.0  # already gone; the waiter thread reports its exit
+        with self._lock:
+            self._children[proc.pid] = proc
+        threading.Thread(
+            target=self._wait, args=(proc,), daemon=True, name=f"wait-{job.run_id}"
+        ).start()
+        return {"pid": proc.pid, "pgid": proc.pid, "start": started, "host": self.host}
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        with self._lock:
+            self._exits[proc.pid] = code
+        self._wake()
+
+    # -- poll -----------------------------------------------------------------------------
+    def poll(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
+        out: dict[str, Probe] = {}
+        for run_id, handle in handles:
+            pid = int(handle.get("pid", 0))
+            with self._lock:
+                mine = pid in self._children
+                code = self._exits.get(pid)
+            if mine:
+                if code is None:
+                    out[run_id] = Probe(Liveness.ALIVE, raw=f"pid {pid} running")
+                else:
+                    out[run_id] = Probe(
+                        Liveness.FINISHED,
+                        exit_code=_as_status(code),
+                        raw=f"pid {pid} exited with {code}",
+                    )
+            elif self.adopt(handle):
+                out[run_id] = Probe(Liveness.ALIVE, raw=f"pid {pid} running (adopted)")
+            else:
+                out[run_id] = Probe(Liveness.FINISHED, raw=f"pid {pid} no longer running")
+        return out
+
+    def forget(self, handle: dict[str, Any]) -> None:
+        """Drop bookkeeping of a finished child."""
+        pid = int(handle.get("pid", 0))
+        with self._lock:
+            self._children.pop(pid, None)
+            self._exits.pop(pid, None)
+
+    def adopt(self, handle: dict[str, Any]) -> bool:
+        """True when the handle's PID still runs the process that was started then."""
+        if handle.get("host") not in (None, self.host):
+            return False
+        try:
+            proc = psutil.Process(int(handle["pid"]))
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return abs(proc.create_time() - float(handle.get("start", 0))) <= START_TOLERANCE
+        except (psutil.Error, KeyError, ValueError):
+            return False
+
+    # -- cancel / collect -----------------------------------------------------------------
+    def cancel(self, handle: dict[str, Any], reason: str) -> None:
+        """SIGTERM the process group and every descendant, SIGKILL what outlives the grace."""
+        if not self.adopt(handle) and int(handle.get("pid", 0)) not in self._children:
+            return
+        pgid = int(handle.get("pgid", handle["pid"]))
+        try:
+            root = psutil.Process(int(handle["pid"]))
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        for proc in procs:  # descendants that left the group (setsid) too
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=CANCEL_GRACE)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
+        self.forget(handle)
+
+    def close(self) -> None:
+        pass
+
+
+def _as_status(code: int) -> int:
+    """Popen's negative signal numbers as the shell's 128+N."""
+    return 128 - code if code < 0 else code

@@ -1,0 +1,299 @@
+"""What happens to a run after intake: launch, watch, cancel, finalize.
+
+The :class:`Runner` keeps no fate in memory that the tree does not also hold: the handle
+is in ``run.json`` as soon as the launch returns, the script's markers say how each step
+ended, and after a restart :meth:`Runner.recover` rebuilds everything from those.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import FlowbatchError
+from .executors.base import Executor, Launch, Liveness, Probe
+from .render.script import SCRIPT_NAME, read_markers, step_log_paths
+from .results import read_results
+from .runs import ACTIVE, RunRecord, State
+from .site import Site
+from .spec.model import Template
+
+log = logging.getLogger("flowbatch.runner")
+
+TAIL_LINES = 20
+TAIL_BYTES = 4096
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - TAIL_BYTES))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def describe_code(code: int) -> str:
+    if code > 128:
+        try:
+            return f"killed by signal {signal.Signals(code - 128).name} (exit code {code})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+class Runner:
+    def __init__(self, site: Site, executors: dict[str, Executor]) -> None:
+        self.site = site
+        self.store = site.store
+        self.executors = executors
+        self.active: dict[str, RunRecord] = {}
+        self.changed_workflows: set[str] = set()
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def add(self, run: RunRecord) -> None:
+        self.active[run.id] = run
+
+    def _transition(self, run: RunRecord, target: State, **kw: Any) -> None:
+        if self.store.transition(run, target, **kw) and target not in ACTIVE:
+            self.active.pop(run.id, None)
+            self.changed_workflows.add(run.workflow)
+
+    def pending(self) -> list[RunRecord]:
+        return sorted(
+            (r for r in self.active.values() if r.state == State.PENDING),
+            key=lambda r: (r.created_at, r.id),
+        )
+
+    def running(self, executor: str | None = None) -> list[RunRecord]:
+        return [
+            r
+            for r in self.active.values()
+            if r.state == State.RUNNING and (executor is None or r.executor == executor)
+        ]
+
+    # -- recovery -----------------------------------------------------------------------------
+    def recover(self) -> None:
+        """After a start: take over every active run the tree knows."""
+        for run in self.store.sync_active():
+            self.active[run.id] = run
+            run_dir = self.store.run_dir(run)
+            executor = self.executors.get(run.executor)
+            if run.state == State.PENDING:
+                markers = read_markers(run_dir)
+                if markers.started is None:
+                    continue  # never launched: dispatch will
+                # launched, but the daemon died before recording it: adopt from the marker
+                pid, started, host = markers.started
+                # the marker's time stands in for the process start time: a PID reused
+                # since then has a later start time and is not adopted
+                run.handle = {"pid": pid, "pgid": pid, "start": started, "host": host or None}
+                self._transition(run, State.RUNNING, at=iso(started), handle=run.handle)
+            if executor is None:
+                self._transition(
+                    run, State.ERROR, messages=[f"executor {run.executor!r} is not configured"]
+                )
+                continue
+            if run.handle and executor.adopt(run.handle):
+                log.info("run %s adopted (pid %s)", run.id, run.handle.get("pid"))
+            # else: the next poll finds it finished and the markers decide
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def dispatch(self) -> int:
+        """Launch PENDING runs, oldest first, within each executor's concurrency."""
+        launched = 0
+        limit = self.site.config.local.effective_concurrency()
+        busy = len(self.running("local"))
+        for run in self.pending():
+            if busy >= limit:
+                break
+            executor = self.executors[run.executor]
+            job = Launch(run.id, self.store.run_dir(run), SCRIPT_NAME, run.time_limit)
+            try:
+                handle = executor.launch(job)
+            except FlowbatchError as exc:
+                self._transition(run, State.ERROR, messages=[exc.summary()])
+                continue
+            self._transition(run, State.RUNNING, handle=handle)
+            busy += 1
+            launched += 1
+        return launched
+
+    # -- polling ------------------------------------------------------------------------------
+    def poll(self) -> int:
+        """One batched look per executor at its running runs; finalize those that ended."""
+        finished = 0
+        now = datetime.now(UTC)
+        for name, executor in self.executors.items():
+            runs = self.running(name)
+            if not runs:
+                continue
+            probes = executor.poll([(r.id, r.handle or {}) for r in runs])
+            for run in runs:
+                probe = probes.get(run.id)
+                if probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
+                    if self._over_time(run, now):
+                        self._kill(run, executor, State.ERROR, "time limit exceeded")
+                        finished += 1
+                    continue
+                self.finalize(run, probe)
+                finished += 1
+        return finished
+
+    def _over_time(self, run: RunRecord, now: datetime) -> bool:
+        if not run.time_limit or not run.started_at:
+            return False
+        started = datetime.fromisoformat(run.started_at)
+        return (now - started).total_seconds() > run.time_limit
+
+    def _kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> None:
+        if run.handle:
+            executor.cancel(run.handle, reason)
+            executor.collect(run.id, run.handle, self.store.run_dir(run))
+        steps = self._steps(run)
+        self._transition(run, state, messages=[reason], reason=reason, steps=steps)
+
+    # -- cancel -------------------------------------------------------------------------------
+    def cancel(self, run: RunRecord, reason: str) -> None:
+        if run.state == State.RUNNING:
+            self._kill(run, self.executors[run.executor], State.CANCELED, reason)
+        else:
+            self._transition(run, State.CANCELED, messages=[reason], reason=reason)
+
+    # -- finalize -----------------------------------------------------------------------------
+    def finalize(self, run: RunRecord, probe: Probe) -> None:
+        """The script ended: its markers, then the results, decide the final state."""
+        run_dir = self.store.run_dir(run)
+        executor = self.executors[run.executor]
+        if run.handle:
+            executor.collect(run.id, run.handle, run_dir)
+        markers = read_markers(run_dir)
+        steps = self._steps(run, markers)
+        if markers.exit is None:
+            code = probe.exit_code
+            why = f" ({describe_code(code)})" if code is not None else ""
+            self._transition(
+                run,
+                State.ERROR,
+                steps=steps,
+                messages=[
+                    f"lost: the run's process ended without writing its exit marker{why}; "
+                    f"{probe.raw}".rstrip("; ")
+                ],
+            )
+            return
+        code, _, failed = markers.exit
+        if code != 0:
+            self._transition(
+                run,
+                State.ERROR,
+                steps=steps,
+                messages=self._failure_messages(run, steps, code, failed),
+            )
+            return
+        template, _ = self.site.templates.load(run.workflow, run.version)
+        try:
+            results = read_results(run_dir, template.results) if template.results else None
+            files = output_files(run_dir, template)
+        except FlowbatchError as exc:
+            self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()])
+            return
+        self._transition(run, State.SUCCESS, steps=steps, results=results, files=files)
+
+    def _failure_messages(
+        self, run: RunRecord, steps: list[dict[str, Any]], code: int, failed: int
+    ) -> list[str]:
+        step = next((s for s in steps if s["index"] == failed), None)
+        if step is None:
+            return [f"the run script ended with {describe_code(code)}"]
+        messages = [f"step {failed} ({step['name']}) failed with {describe_code(code)}"]
+        err = tail(self.store.run_dir(run) / step["stderr"])
+        if err:
+            messages.append(f"stderr of step {failed} (last lines):\n{err}")
+        return messages
+
+    def _steps(self, run: RunRecord, markers: Any = None) -> list[dict[str, Any]]:
+        """Per-step record for run.json: exit code, times, log files."""
+        run_dir = self.store.run_dir(run)
+        markers = markers or read_markers(run_dir)
+        try:
+            template, _ = self.site.templates.load(run.workflow, run.version)
+        except FlowbatchError:
+            return []
+        out = []
+        for i, step in enumerate(template.workflow.steps, start=1):
+            mark = markers.steps.get(i)
+            stdout, stderr = step_log_paths(i, step.name)
+            start = mark.start if mark else None
+            end = mark.end if mark else None
+            out.append(
+                {
+                    "index": i,
+                    "name": step.name,
+                    "exit_code": mark.exit_code if mark else None,
+                    "started_at": iso(start),
+                    "finished_at": iso(end),
+                    "duration": round(end - start, 6)
+                    if start is not None and end is not None
+                    else None,
+                    "stdout": stdout,
+                    "stderr": stderr,
+                }
+            )
+        return out
+
+
+def output_files(run_dir: Path, template: Template) -> list[dict[str, Any]]:
+    """The run's output files: the template's ``outputs`` (each must exist), else the
+    workflow's ``files.outputs``, else every file the run folder holds but flowbatch's own."""
+    from .store.templates import RESERVED
+
+    if template.outputs is not None:
+        out = []
+        missing = []
+        for spec in template.outputs:
+            path = run_dir / spec.source
+            if not path.is_file():
+                missing.append(spec.source)
+                continue
+            out.append(
+                {
+                    "key": spec.key,
+                    "source": spec.source,
+                    "size": path.stat().st_size,
+                    "title": spec.title,
+                    "caption": spec.caption,
+                }
+            )
+        if missing:
+            raise FlowbatchError(
+                "declared output files are missing: " + ", ".join(missing),
+                field="outputs",
+                hint="the workflow must write them",
+            )
+        return out
+    if template.workflow.output_files:
+        sources: Iterable[str] = [
+            s for s in template.workflow.output_files if (run_dir / s).is_file()
+        ]
+    else:
+        sources = sorted(
+            p.relative_to(run_dir).as_posix()
+            for p in run_dir.rglob("*")
+            if p.is_file() and p.relative_to(run_dir).parts[0] not in RESERVED
+        )
+    return [{"key": s, "source": s, "size": (run_dir / s).stat().st_size} for s in sources]

@@ -1,0 +1,210 @@
+"""Values from users as data, shared by both dialects.
+
+Every value that derives from a user's argument is exported by the run script as an
+environment variable ``FB_<name>``; its placeholder becomes a reference to that variable,
+chosen by the quoting context it stands in (:mod:`flowbatch.render.shellctx`). The shell
+then never parses a user's value as code. While a command is being expanded each such
+value is held by a *sentinel* in the text: NUL, its index, SOH. NUL cannot occur in a
+value (an environment variable cannot hold it, so such values are refused), which makes
+sentinels unambiguous.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowbatch.errors import RenderError
+from flowbatch.render.shellctx import Ctx, scan
+from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter
+
+_SENTINEL_RE = re.compile("\x00([0-9]+)\x01")
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
+
+#: the hint given when a user's value would be pasted inside single quotes
+SINGLE_QUOTE_HINT = "pass the value as a separate argument, or read ${var} from the environment"
+
+
+@dataclass
+class RenderedStep:
+    """One step with its commands as final bash text."""
+
+    name: str
+    commands: list[str]
+
+
+@dataclass
+class RenderedWorkflow:
+    """A rendered workflow: its steps, and the ``FB_`` variables the run script exports."""
+
+    steps: list[RenderedStep]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A user-derived value standing in a command: the variable that holds it, its text,
+    whether it may be pasted literally inside single quotes, and a label for errors."""
+
+    var: str
+    value: str
+    pasteable: bool
+    label: str
+
+
+def sentinel(index: int) -> str:
+    """The placeholder text for the ``index``-th :class:`Ref` of a command."""
+    return f"\x00{index}\x01"
+
+
+def resolve_sentinels(text: str, refs: list[Ref]) -> str:
+    """Replace sentinels by the values they hold (for values built from other values)."""
+    return _SENTINEL_RE.sub(lambda m: refs[int(m.group(1))].value, text)
+
+
+def format_value(value: Any) -> str:
+    """The text of a cast argument value, as its ``FB_`` variable holds it.
+
+    ``bool`` gives ``True``/``False`` (Python's ``str``, as flowServ pasted it), a file
+    its target path inside the run directory, lists and records JSON text.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, FileArg):
+        return value.target
+    if isinstance(value, list | dict | tuple):
+        return json.dumps(value, default=_json_default, ensure_ascii=False)
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, FileArg):
+        return value.target
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def check_no_nul(arguments: Mapping[str, Any]) -> None:
+    """Refuse argument values containing NUL: no environment variable can carry one."""
+    for name, value in arguments.items():
+        if "\x00" in format_value(value):
+            raise RenderError(
+                f"the value of '{name}' contains a NUL character",
+                field=f"arguments.{name}",
+                expected="text without NUL characters",
+            )
+
+
+def flowserv_pasteable(dtype: str | None, text: str) -> bool:
+    """Token values (int, float, bool, select) may stand in single quotes, as long as
+    they cannot end the quote or escape anything."""
+    return dtype in TOKEN_DTYPES and not any(ch in text for ch in "'\\\n\r")
+
+
+class Exports:
+    """The ``FB_`` variables of one rendered workflow, with collision-free names.
+
+    Parameters reserve ``FB_<name>`` first (declaration order, identifier names before
+    others), so ``$FB_<param>`` is predictable for template authors. Later names get a
+    ``_2``, ``_3``... suffix when taken, unless the taken variable already holds the very
+    same value (``sleeptime: $[[sleeptime]]`` shares ``FB_sleeptime``).
+    """
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}
+        self._taken: set[str] = set()
+
+    @staticmethod
+    def base_name(name: str) -> str:
+        return "FB_" + (_NOT_NAME.sub("_", name) or "_")
+
+    def reserve(self, name: str) -> str:
+        """Take a fresh variable name for ``name`` (never shared)."""
+        base = self.base_name(name)
+        var, n = base, 1
+        while var in self._taken:
+            n += 1
+            var = f"{base}_{n}"
+        self._taken.add(var)
+        return var
+
+    def put(self, var: str, value: str) -> None:
+        if "\x00" in value:
+            raise RenderError(f"the value of ${var} would contain a NUL character")
+        self.env[var] = value
+
+    def share(self, name: str, value: str) -> str:
+        """A variable for ``name`` holding ``value``: an existing one with that value and
+        name, else a fresh one."""
+        base = self.base_name(name)
+        var, n = base, 1
+        while var in self._taken:
+            if self.env.get(var) == value:
+                return var
+            n += 1
+            var = f"{base}_{n}"
+        self._taken.add(var)
+        self.put(var, value)
+        return var
+
+    def anonymous(self, value: str) -> str:
+        """A variable holding ``value``: any exported one that does, else ``FB_v``..."""
+        for var, held in self.env.items():
+            if held == value:
+                return var
+        return self.share("v", value)
+
+
+def reserve_parameters(exports: Exports, params: list[Parameter]) -> dict[str, str]:
+    """``FB_<name>`` for every declared parameter, identifier names first, whether or
+    not it has a value: the names must not depend on which arguments a run has."""
+    ordered = sorted(params, key=lambda p: _NOT_NAME.search(p.name) is not None)
+    return {p.name: exports.reserve(p.name) for p in ordered}
+
+
+def reference(ref: Ref, ctx: Ctx, where: str) -> str:
+    """The text that stands for ``ref`` in quoting context ``ctx``."""
+    if ctx is Ctx.UNQUOTED:
+        return f'"${{{ref.var}}}"'  # one word, never split or globbed
+    if ctx in (Ctx.DOUBLE, Ctx.COMMENT):
+        return f"${{{ref.var}}}"
+    if ctx is Ctx.SINGLE:
+        if ref.pasteable:
+            return ref.value
+        raise RenderError(
+            f"{ref.label} stands inside single quotes, where its value would be code",
+            field=where,
+            hint=SINGLE_QUOTE_HINT.format(var=ref.var),
+        )
+    raise RenderError(
+        f"{ref.label} stands right after a backslash",
+        field=where,
+        hint="remove the backslash; the value is passed as data anyway",
+    )
+
+
+def place(text: str, refs: list[Ref], where: str) -> str:
+    """Replace the sentinels of an expanded command by context-chosen references."""
+    lexed = scan(text)
+    if lexed.problem:
+        raise RenderError(f"the command is not complete shell text: {lexed.problem}", field=where)
+    contexts = lexed.contexts
+    out: list[str] = []
+    pos = 0
+    for match in _SENTINEL_RE.finditer(text):
+        out.append(text[pos : match.start()])
+        out.append(reference(refs[int(match.group(1))], contexts[match.start()], where))
+        pos = match.end()
+    out.append(text[pos:])
+    result = "".join(out)
+    if "\x00" in result:
+        raise RenderError("the command contains a NUL character", field=where)
+    return result
+
+
+def sentinel_contexts(text: str) -> list[tuple[int, Ctx]]:
+    """(ref index, context) for each sentinel in ``text`` (install-time checks)."""
+    contexts = scan(text).contexts
+    return [(int(m.group(1)), contexts[m.start()]) for m in _SENTINEL_RE.finditer(text)]

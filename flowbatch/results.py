@@ -1,0 +1,274 @@
+"""Reading a run's result file against the workflow's result schema (seed-inventory §3.2).
+
+flowServ swallows every exception here: a missing file, bad JSON, a missing required value
+or a failed cast leave the run in SUCCESS without results, silently absent from the
+leaderboard (GAP). Here every such problem raises :class:`~flowbatch.errors.ResultError`
+naming the file, the column(s) and what was expected, so the caller can record the run as
+ERROR with that reason. Column problems are collected so one run attempt reports all of
+them at once instead of one per fix-and-rerun cycle.
+
+Also unlike flowServ (JSON only, despite its docs), the file may be JSON or YAML.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import yamlio
+from .errors import InputError, ResultError
+from .spec.model import ResultColumn, ResultSchema
+
+#: Result files are small summaries; refuse anything that looks like a data dump.
+MAX_RESULT_BYTES = 16 << 20
+
+ResultValue = int | float | str
+
+_MISSING: Any = object()
+
+
+class _CastError(ValueError):
+    """A value that does not fit its column's dtype; the message says what it was."""
+
+
+def read_results(run_dir: Path, schema: ResultSchema) -> dict[str, ResultValue]:
+    """Read ``run_dir / schema.file`` and return ``{column name: cast value}``.
+
+    The file is JSON when its suffix is ``.json``, YAML otherwise (strict loader: no
+    duplicate keys, bounded aliases and size). Each column's value is looked up at
+    ``column.path`` (``'/'``-separated keys into nested mappings) or, without a path, at
+    the top-level key ``column.name``. Optional columns whose value is missing (absent or
+    null) are omitted from the result; required ones are an error. Values are cast to the
+    column's dtype:
+
+    - ``int``: integers, integral floats (``3.0``) and integral numeric strings
+      (``"42"``, ``"3.0"``); booleans and non-integral numbers are refused.
+    - ``float``: integers, floats and numeric strings; booleans, NaN and infinities are
+      refused (they would break the ranking's ordering).
+    - ``string``: any scalar (booleans as ``true``/``false``, as written in the file);
+      mappings and lists are refused.
+
+    Raises:
+        ResultError: the file is missing, unreadable, escapes ``run_dir``, is not a
+            mapping, or one or more columns are missing or fail their cast (all such
+            column problems are reported in the one error).
+    """
+    path = _result_path(run_dir, schema.file)
+    doc = _load(path)
+    if not isinstance(doc, Mapping):
+        raise ResultError(
+            f"result file holds a {_kind(doc)}, not a mapping",
+            file=str(path),
+            expected="a mapping of result names to values",
+            hint="write a JSON object (or YAML mapping) with one entry per result column",
+        )
+
+    values: dict[str, ResultValue] = {}
+    problems: list[tuple[ResultColumn, str, str]] = []  # (column, what went wrong, expected)
+    for column in schema.columns:
+        try:
+            raw = _lookup(doc, column)
+        except _CastError as exc:
+            problems.append((column, str(exc), "nested mappings along the path"))
+            continue
+        if raw is _MISSING or raw is None:
+            if column.required:
+                problems.append((column, "missing required value", f"a {column.dtype} value"))
+            continue
+        try:
+            values[column.name] = cast_value(raw, column.dtype)
+        except _CastError as exc:
+            problems.append((column, str(exc), _EXPECTED[column.dtype]))
+
+    if problems:
+        raise _problems_error(path, problems)
+    return values
+
+
+_EXPECTED: dict[str, str] = {
+    "int": "an integer (or an integral number or numeric string)",
+    "float": "a finite number (or numeric string)",
+    "string": "a scalar value (text, number or boolean)",
+}
+
+
+def cast_value(value: Any, dtype: str) -> ResultValue:
+    """Cast one raw result value to ``dtype`` (``int``, ``float`` or ``string``).
+
+    Raises:
+        ValueError: the value does not fit; the message describes the offending value
+            (:func:`read_results` turns it into a :class:`ResultError`).
+    """
+    if dtype == "int":
+        return _to_int(value)
+    if dtype == "float":
+        return _to_float(value)
+    if dtype == "string":
+        return _to_str(value)
+    # The spec parser only produces the three dtypes above; this guards hand-built schemas.
+    raise _CastError(f"unknown result dtype {dtype!r}")
+
+
+def _to_int(value: Any) -> int:
+    # bool is a subclass of int: `True` silently becoming 1 would hide a wrong column.
+    if isinstance(value, bool):
+        raise _CastError(f"got a boolean ({_show(value)})")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise _CastError(f"got a non-integral number ({_show(value)})")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            raise _CastError(f"got text that is not a number ({_show(value)})")
+        if not math.isfinite(number) or not number.is_integer():
+            raise _CastError(f"got a non-integral number ({_show(value)})")
+        return int(number)
+    raise _CastError(f"got a {_kind(value)} ({_show(value)})")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _CastError(f"got a boolean ({_show(value)})")
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise _CastError(f"got an integer too large for a float ({_show(value)})")
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _CastError(f"got text that is not a number ({_show(value)})")
+    else:
+        raise _CastError(f"got a {_kind(value)} ({_show(value)})")
+    # NaN compares false with everything and would scramble the ranking; inf is almost
+    # always a division by zero in the participant's code. Neither is a result.
+    if not math.isfinite(number):
+        raise _CastError(f"got a non-finite number ({_show(value)})")
+    return number
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    # YAML may yield dates/timestamps: they are scalars, keep their ISO form.
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat):
+        return str(isoformat())
+    raise _CastError(f"got a {_kind(value)} ({_show(value)})")
+
+
+def _result_path(run_dir: Path, file: str) -> Path:
+    """``run_dir / file``, refusing paths that leave the run directory (also via symlinks):
+    a template must not make the daemon read files of other runs or of the host."""
+    if Path(file).is_absolute():
+        raise ResultError(
+            "result file path is absolute",
+            file=file,
+            field="results.file",
+            expected="a path relative to the run directory",
+        )
+    path = run_dir / file
+    base = run_dir.resolve()
+    try:
+        path.resolve().relative_to(base)
+    except ValueError:
+        raise ResultError(
+            "result file path leads outside the run directory",
+            file=str(path),
+            field="results.file",
+            expected="a path inside the run directory",
+        )
+    return path
+
+
+def _load(path: Path) -> Any:
+    if not path.exists():
+        raise ResultError(
+            "result file not found",
+            file=str(path),
+            expected="the file named by results.file, written by the workflow",
+            hint="check that a step writes this file (relative to the run directory)",
+        )
+    if not path.is_file():
+        raise ResultError(
+            "result file is not a regular file", file=str(path), expected="a JSON or YAML file"
+        )
+    try:
+        return yamlio.load_file(path, max_bytes=MAX_RESULT_BYTES)
+    except InputError as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise ResultError(
+            f"cannot read result file: {exc.reason}",
+            file=str(path),
+            expected=f"a {kind} mapping of result names to values",
+            hint=exc.hint,
+        )
+
+
+def _lookup(doc: Mapping[str, Any], column: ResultColumn) -> Any:
+    """The raw value for ``column`` or ``_MISSING``. Without a ``path`` the column name is
+    one key (it is not split on '/'). A path through a non-mapping is a structural error,
+    not a missing value: it means the file's layout differs from what the template says."""
+    if not column.path:
+        return doc.get(column.name, _MISSING)
+    keys = [k for k in column.path.split("/") if k]
+    node: Any = doc
+    for depth, key in enumerate(keys):
+        if not isinstance(node, Mapping):
+            where = "/".join(keys[:depth])
+            raise _CastError(f"path {column.path!r}: {where!r} is a {_kind(node)}, not a mapping")
+        if key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _problems_error(path: Path, problems: list[tuple[ResultColumn, str, str]]) -> ResultError:
+    def where(column: ResultColumn) -> str:
+        return f"{column.name} (at {column.path!r})" if column.path else column.name
+
+    if len(problems) == 1:
+        column, what, expected = problems[0]
+        return ResultError(
+            f"result column {where(column)}: {what}",
+            file=str(path),
+            field=column.name,
+            expected=expected,
+        )
+    lines = "; ".join(
+        f"{where(column)}: {what} (expected {expected})" for column, what, expected in problems
+    )
+    return ResultError(
+        f"{len(problems)} result columns do not fit the schema: {lines}",
+        file=str(path),
+        field=", ".join(column.name for column, _, _ in problems),
+    )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "list"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,139 @@
+"""Run states and the record of a run.
+
+The state machine is flowServ's (seed-inventory §5.2): PENDING → RUNNING; PENDING or
+RUNNING → SUCCESS | ERROR | CANCELED; the terminal states stay terminal; a change to the
+current state is a no-op. :class:`RunRecord` is what ``run.json`` holds. The one place that
+changes a state is :meth:`flowbatch.store.Store.transition`, which calls :func:`apply`
+here and then writes the tree and the index.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import StateError
+
+RUN_FORMAT = 1
+
+
+class State(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    CANCELED = "CANCELED"
+
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE
+
+
+ACTIVE: frozenset[State] = frozenset({State.PENDING, State.RUNNING})
+TERMINAL: frozenset[State] = frozenset({State.SUCCESS, State.ERROR, State.CANCELED})
+
+#: target state -> the states it may be reached from
+ALLOWED: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset(),
+    State.RUNNING: frozenset({State.PENDING}),
+    State.SUCCESS: ACTIVE,
+    State.ERROR: ACTIVE,
+    State.CANCELED: ACTIVE,
+}
+
+
+def now_iso() -> str:
+    """UTC ISO-8601 with offset, to the microsecond (sorts as text)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def parse_state(text: str) -> State:
+    try:
+        return State(text.upper())
+    except ValueError:
+        raise StateError(
+            f"unknown state {text!r}", expected=", ".join(s.value for s in State)
+        ) from None
+
+
+@dataclass
+class RunRecord:
+    """Everything ``run.json`` says about a run. The tree is the truth; the index mirrors it."""
+
+    id: str
+    workflow: str
+    version: str
+    group: str
+    name: str | None
+    owner_uid: int
+    owner: str
+    request: str  # the request file's name as dropped into the queue
+    created_at: str
+    state: State = State.PENDING
+    started_at: str | None = None
+    finished_at: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    executor: str = "local"
+    handle: dict[str, Any] | None = None
+    time_limit: float | None = None
+    messages: list[str] = field(default_factory=list)
+    results: dict[str, Any] | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    format: int = RUN_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["state"] = self.state.value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        values["state"] = State(values.get("state", "PENDING"))
+        return cls(**values)
+
+
+def apply(
+    run: RunRecord,
+    target: State,
+    *,
+    messages: list[str] | None = None,
+    at: str | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Move ``run`` to ``target`` in memory, checking the transition.
+
+    Returns False for a same-state no-op. Timestamps follow flowServ: RUNNING sets
+    ``started_at``; a terminal state sets ``finished_at`` (and ``started_at`` when the run
+    never started, so the run time reads zero rather than missing).
+    """
+    if run.state == target:
+        return False
+    if run.state not in ALLOWED[target]:
+        raise StateError(
+            f"cannot change run {run.id} in state {run.state.value} to {target.value}",
+            hint="only PENDING → RUNNING and an active state → SUCCESS, ERROR or CANCELED "
+            "are allowed",
+        )
+    stamp = at or now_iso()
+    if target == State.RUNNING:
+        run.started_at = stamp
+    elif target in TERMINAL:
+        run.started_at = run.started_at or stamp
+        run.finished_at = stamp
+    if messages:
+        run.messages.extend(messages)
+    run.history.append(
+        {
+            "state": target.value,
+            "at": stamp,
+            "message": reason or (messages[0] if messages else None),
+        }
+    )
+    run.state = target
+    return True

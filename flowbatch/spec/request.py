@@ -1,0 +1,98 @@
+"""The run request a user drops into the queue."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import RequestError
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(value: Any, what: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text")
+    if not value.strip() or len(value) > limit or _CONTROL.search(value):
+        raise ValueError(f"{what} must be 1-{limit} printable characters on one line")
+    return value
+
+
+class Request(BaseModel):
+    """A run request (``queue/*.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(description="Id of an installed workflow template.")
+    group: str | None = Field(
+        default=None,
+        description="Group (team) the run counts for; default: the file owner's user name.",
+    )
+    name: str | None = Field(default=None, description="A label for the run.")
+    arguments: dict[str, Any] | list[Any] | None = Field(
+        default=None,
+        description="Parameter name -> value, or flowServ's list form [{name, value}]. A file "
+        "parameter takes a path relative to the request file (inside its folder).",
+    )
+    executor: str | None = Field(
+        default=None, description="Executor to run on (default: the template's or the site's)."
+    )
+    version: str | None = Field(
+        default=None, description="Template version (default: the current one)."
+    )
+
+    @field_validator("workflow", mode="before")
+    @classmethod
+    def _workflow(cls, value: Any) -> str:
+        if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", value):
+            raise ValueError("workflow must be an installed workflow id (letters, digits, _ . -)")
+        return value
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> str | None:
+        return _text(value, "group", 128)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str | None:
+        return _text(value, "name", 256)
+
+
+class CancelRequest(BaseModel):
+    """``cancel: RUN_ID`` dropped into the queue (what ``flowbatch runs cancel`` writes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cancel: str
+    reason: str | None = None
+
+
+def parse_request(doc: Any, *, file: str) -> Request | CancelRequest:
+    if not isinstance(doc, dict):
+        raise RequestError(
+            "a request must be a YAML mapping",
+            file=file,
+            expected="keys workflow, group, name, arguments",
+            hint="see the README's request format",
+        )
+    model: type[Request] | type[CancelRequest] = CancelRequest if "cancel" in doc else Request
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field {field!r}"
+            expected = "one of: " + ", ".join(model.model_fields)
+        elif err["type"] == "missing":
+            msg = f"missing field {field!r}"
+            expected = None
+        else:
+            expected = None
+        raise RequestError(msg, file=file, field=field, expected=expected) from None

@@ -1,0 +1,89 @@
+"""Where things live in a site folder (see the README's "Site layout")."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NotFoundError
+
+#: ids of workflows and runs: safe as folder names and in URLs
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+RUN_JSON = "run.json"
+REQUEST_COPY = "request.yaml"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "flowbatch.yaml"
+
+    @property
+    def queue(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def rejected(self) -> Path:
+        return self.queue / "rejected"
+
+    @property
+    def claimed(self) -> Path:
+        """Requests being turned into runs; a request here survives a daemon crash."""
+        return self.queue / ".claimed"
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def index_db(self) -> Path:
+        return self.root / "index.db"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "daemon.lock"
+
+    def template_dir(self, workflow: str) -> Path:
+        return self.templates / checked_id(workflow, "workflow")
+
+    def workflow_results(self, workflow: str) -> Path:
+        return self.results / checked_id(workflow, "workflow")
+
+    def runs_dir(self, workflow: str) -> Path:
+        return self.workflow_results(workflow) / "runs"
+
+    def run_dir(self, workflow: str, run_id: str) -> Path:
+        return self.runs_dir(workflow) / checked_id(run_id, "run")
+
+    def find_run_dir(self, run_id: str) -> Path:
+        """The run folder of ``run_id`` in any workflow, from the tree alone."""
+        checked_id(run_id, "run")
+        if self.results.is_dir():
+            for wf in self.results.iterdir():
+                candidate = wf / "runs" / run_id
+                if (candidate / RUN_JSON).is_file():
+                    return candidate
+        raise NotFoundError(f"unknown run {run_id!r}", hint="see `flowbatch runs list`")
+
+    def ensure(self) -> None:
+        for d in (self.queue, self.rejected, self.claimed, self.templates, self.results):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def checked_id(value: str, what: str) -> str:
+    """Refuse ids that could escape a folder or break a URL."""
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise NotFoundError(
+            f"invalid {what} id {value!r}",
+            expected="1-64 letters, digits, '_', '.', '-', not starting with '.' or '-'",
+        )
+    return value

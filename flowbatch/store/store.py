@@ -1,0 +1,235 @@
+"""The results tree and its index, written together.
+
+:meth:`Store.transition` is the one place that changes a run's state: it checks the
+transition (:func:`flowbatch.runs.apply`), writes ``run.json`` atomically (the truth), then
+mirrors the run, its files, results and the state change into the index in one
+transaction. A crash between the two writes leaves the index behind the tree, never
+ahead; :meth:`Store.sync_active` (at daemon start) and ``reindex`` catch it up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from ..errors import NotFoundError
+from ..runs import ACTIVE, RunRecord, State, apply
+from . import atomic
+from .index import ResultRow, RunFileRow, RunRow, StateChangeRow, open_database
+from .layout import RUN_JSON, Layout
+
+log = logging.getLogger("flowbatch.store")
+
+#: called after every state change: (run, previous state)
+Listener = Callable[[RunRecord, State], None]
+
+
+class Store:
+    def __init__(
+        self, layout: Layout, database_url: str | None = None, *, fsync: bool = False
+    ) -> None:
+        self.layout = layout
+        self.fsync = fsync
+        self.db = open_database(database_url, layout.index_db)
+        self.listeners: list[Listener] = []
+
+    # -- reading ------------------------------------------------------------------------
+    def run_dir(self, run: RunRecord) -> Path:
+        return self.layout.run_dir(run.workflow, run.id)
+
+    def load(self, run_id: str) -> RunRecord:
+        """A run from its ``run.json`` (found through the index, else by searching the tree)."""
+        row = RunRow.get_or_none(RunRow.id == run_id)
+        run_dir = Path(row.run_dir) if row else self.layout.find_run_dir(run_id)
+        return self.load_dir(run_dir)
+
+    @staticmethod
+    def load_dir(run_dir: Path) -> RunRecord:
+        try:
+            data = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NotFoundError(f"no run.json in {run_dir}") from None
+        return RunRecord.from_dict(data)
+
+    # -- writing ------------------------------------------------------------------------
+    def write(
+        self, run: RunRecord, *, index: bool = True, change: dict[str, Any] | None = None
+    ) -> None:
+        """Write ``run.json`` then its index rows (in that order: the tree leads)."""
+        atomic.write_json(self.run_dir(run) / RUN_JSON, run.to_dict(), fsync=self.fsync)
+        if index:
+            with self.db.atomic():
+                self._index_run(run)
+                if change:
+                    StateChangeRow.create(run=run.id, **change)
+
+    def transition(
+        self,
+        run: RunRecord,
+        target: State,
+        *,
+        messages: list[str] | None = None,
+        reason: str | None = None,
+        **updates: Any,
+    ) -> bool:
+        """Change ``run``'s state (the only way to), record the change, notify listeners.
+
+        ``updates`` set other fields of the record in the same write (results, files,
+        handle, steps). Returns False when the run already was in ``target``.
+        """
+        previous = run.state
+        if not apply(run, target, messages=messages, reason=reason):
+            return False
+        for key, value in updates.items():
+            setattr(run, key, value)
+        self.write(run, change=dict(run.history[-1]))
+        log.info(
+            "run %s %s -> %s%s",
+            run.id,
+            previous.value,
+            target.value,
+            f" ({run.history[-1]['message']})" if run.history[-1].get("message") else "",
+        )
+        for listener in self.listeners:
+            listener(run, previous)
+        return True
+
+    def _index_run(self, run: RunRecord) -> None:
+        values = {
+            "workflow": run.workflow,
+            "version": run.version,
+            "group": run.group,
+            "name": run.name,
+            "owner": run.owner,
+            "owner_uid": run.owner_uid,
+            "request": run.request,
+            "state": run.state.value,
+            "created_at": run.created_at,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "executor": run.executor,
+            "arguments": run.arguments,
+            "results": run.results,
+            "messages": run.messages,
+            "run_dir": str(self.run_dir(run)),
+        }
+        RunRow.insert(id=run.id, **values).on_conflict(
+            conflict_target=[RunRow.id], update=values
+        ).execute()
+        if run.state in ACTIVE:
+            return
+        RunFileRow.delete().where(RunFileRow.run == run.id).execute()
+        ResultRow.delete().where(ResultRow.run == run.id).execute()
+        if run.files:
+            RunFileRow.insert_many(
+                [
+                    {
+                        "run": run.id,
+                        "key": f["key"],
+                        "source": f.get("source", f["key"]),
+                        "size": f.get("size"),
+                        "title": f.get("title"),
+                        "caption": f.get("caption"),
+                    }
+                    for f in run.files
+                ]
+            ).execute()
+        if run.results:
+            ResultRow.insert_many(
+                [
+                    {
+                        "run": run.id,
+                        "name": k,
+                        "value_num": v
+                        if isinstance(v, int | float) and not isinstance(v, bool)
+                        else None,
+                        "value_text": v if isinstance(v, str) else None,
+                    }
+                    for k, v in run.results.items()
+                ]
+            ).execute()
+
+    def index_many(self, runs: Iterable[RunRecord]) -> int:
+        """Index runs read from the tree (reindex, catch-up); history rows included."""
+        count = 0
+        with self.db.atomic():
+            for run in runs:
+                self._index_run(run)
+                StateChangeRow.delete().where(StateChangeRow.run == run.id).execute()
+                if run.history:
+                    StateChangeRow.insert_many(
+                        [{"run": run.id, **h} for h in run.history]
+                    ).execute()
+                count += 1
+        return count
+
+    # -- recovery -----------------------------------------------------------------------
+    def iter_run_dirs(self, workflow: str | None = None) -> Iterable[Path]:
+        results = self.layout.results
+        if not results.is_dir():
+            return
+        workflows = [results / workflow] if workflow else sorted(results.iterdir())
+        for wf in workflows:
+            runs = wf / "runs"
+            if runs.is_dir():
+                for run_dir in sorted(runs.iterdir()):
+                    if (run_dir / RUN_JSON).is_file():
+                        yield run_dir
+
+    def sync_active(self) -> list[RunRecord]:
+        """Bring the index up to the tree after a crash; return the tree's active runs.
+
+        Looks at the runs the index calls active and at run folders the index does not
+        know (a crash after ``run.json`` was written but before its row).
+        """
+        known = {r.id: r.run_dir for r in RunRow.select(RunRow.id, RunRow.run_dir)}
+        indexed_active = {
+            r.id
+            for r in RunRow.select(RunRow.id).where(RunRow.state.in_([s.value for s in ACTIVE]))
+        }
+        stale: list[RunRecord] = []
+        active: list[RunRecord] = []
+        for run_dir in self.iter_run_dirs():
+            run_id = run_dir.name
+            if run_id in known and run_id not in indexed_active:
+                continue
+            try:
+                run = self.load_dir(run_dir)
+            except (OSError, ValueError) as exc:
+                log.error("cannot read %s: %s", run_dir / RUN_JSON, exc)
+                continue
+            stale.append(run)
+            if run.state in ACTIVE:
+                active.append(run)
+        if stale:
+            self.index_many(stale)
+        return active
+
+    def active_rows(self) -> list[RunRow]:
+        return list(
+            RunRow.select()
+            .where(RunRow.state.in_([s.value for s in ACTIVE]))
+            .order_by(RunRow.created_at)
+        )
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+
+def run_rows(
+    workflow: str | None = None, state: str | None = None, group: str | None = None
+) -> pw.ModelSelect[RunRow]:
+    query = RunRow.select().order_by(RunRow.created_at, RunRow.id)
+    if workflow:
+        query = query.where(RunRow.workflow == workflow)
+    if state:
+        query = query.where(RunRow.state == state)
+    if group:
+        query = query.where(RunRow.group == group)
+    return query

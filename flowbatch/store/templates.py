@@ -1,0 +1,171 @@
+"""Installed workflow templates: ``<site>/templates/<id>/``.
+
+Each install of a template is a version, named by a hash of its content, kept in its own
+folder (``<id>/<version>/spec.<ext>`` and ``files/``); ``workflow.json`` names the current
+version. Reinstalling the same content is a no-op; new content adds a version and makes it
+current, so runs of the old one still find the template they ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotFoundError, TemplateError
+from ..runs import now_iso
+from ..spec.manifest import TemplateSource
+from ..spec.model import Template
+from ..spec.template import load_template
+from . import atomic
+from .layout import Layout, checked_id
+
+META = "workflow.json"
+#: names in a run folder that flowbatch writes itself; template files may not use them
+RESERVED = frozenset({"run.json", "run.sh", "request.yaml", "logs", "status", "index.html"})
+
+
+@dataclass
+class Installed:
+    id: str
+    name: str
+    version: str
+    created: bool  # False: this content was installed already
+    template: Template
+
+
+def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
+    if source.is_file():
+        return [(source, target)]
+    out: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames[:] = sorted(d for d in dirnames if d not in {".git", ".hg", ".svn", "__pycache__"})
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            rel = path.relative_to(source).as_posix()
+            out.append((path, f"{target}/{rel}" if target else rel))
+    return out
+
+
+def _file_list(src: TemplateSource) -> list[tuple[Path, str]]:
+    files: list[tuple[Path, str]] = []
+    for path, target in src.files:
+        files.extend(_walk(path, target.strip("/")))
+    for _, target in files:
+        top = target.split("/", 1)[0]
+        if top in RESERVED:
+            raise TemplateError(
+                f"template file {target!r} uses a name flowbatch reserves in run folders",
+                file=str(src.spec_path),
+                expected=f"none of: {', '.join(sorted(RESERVED))}",
+                hint="rename it or give it another target in the manifest",
+            )
+    return sorted(files, key=lambda item: item[1])
+
+
+def content_hash(spec_path: Path, files: list[tuple[Path, str]]) -> str:
+    h = hashlib.sha256()
+    h.update(b"spec\0" + spec_path.read_bytes())
+    for path, target in files:
+        h.update(b"\0file\0" + target.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def default_id(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")[:32]
+    return slug or "workflow"
+
+
+class TemplateStore:
+    def __init__(self, layout: Layout, variables: dict[str, str]) -> None:
+        self.layout = layout
+        self.variables = variables
+        self._cache: dict[tuple[str, str], Template] = {}
+
+    def meta(self, workflow_id: str) -> dict[str, Any]:
+        path = self.layout.template_dir(workflow_id) / META
+        try:
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"unknown workflow {workflow_id!r}",
+                hint="see `flowbatch workflows list`, or install it with `flowbatch install DIR`",
+            ) from None
+
+    def list_ids(self) -> list[str]:
+        if not self.layout.templates.is_dir():
+            return []
+        return sorted(p.name for p in self.layout.templates.iterdir() if (p / META).is_file())
+
+    def install(
+        self, src: TemplateSource, *, workflow_id: str | None = None, name: str | None = None
+    ) -> Installed:
+        """Validate ``src`` fully, then copy it in as a new version (or reuse an equal one)."""
+        from ..render import check_template  # render depends on spec; keep import local
+
+        template = load_template(src.spec_path, known_variables=self.variables)
+        check_template(template, self.variables)
+        files = _file_list(src)
+        name = name or src.name
+        wf_id = checked_id(workflow_id or default_id(name), "workflow")
+        version = content_hash(src.spec_path, files)
+        wf_dir = self.layout.template_dir(wf_id)
+        version_dir = wf_dir / version
+        meta_path = wf_dir / META
+        meta: dict[str, Any] = (
+            json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta_path.exists()
+            else {"id": wf_id, "versions": []}
+        )
+        created = not version_dir.is_dir()
+        if created:
+            tmp = wf_dir / f".{version}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "files").mkdir(parents=True)
+            shutil.copyfile(src.spec_path, tmp / f"spec{_spec_suffix(src.spec_path)}")
+            for path, target in files:
+                dest = tmp / "files" / target
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)
+            os.replace(tmp, version_dir)
+            meta["versions"].append({"version": version, "installed_at": now_iso()})
+        meta.update(
+            {
+                "id": wf_id,
+                "name": name,
+                "description": src.description,
+                "instructions": src.instructions,
+                "current": version,
+                "has_results": template.results is not None,
+            }
+        )
+        atomic.write_json(meta_path, meta)
+        self._cache[(wf_id, version)] = template
+        return Installed(wf_id, name, version, created, template)
+
+    def version_dir(self, workflow_id: str, version: str) -> Path:
+        return self.layout.template_dir(workflow_id) / checked_id(version, "version")
+
+    def load(self, workflow_id: str, version: str | None = None) -> tuple[Template, str]:
+        """The parsed template of a version (default: the current one) and that version."""
+        version = version or self.meta(workflow_id)["current"]
+        key = (workflow_id, version)
+        if key not in self._cache:
+            vdir = self.version_dir(workflow_id, version)
+            specs = sorted(vdir.glob("spec.*"))
+            if not specs:
+                raise NotFoundError(f"workflow {workflow_id!r} has no version {version!r}")
+            self._cache[key] = load_template(specs[0], known_variables=self.variables)
+        return self._cache[key], version
+
+    def files_dir(self, workflow_id: str, version: str) -> Path:
+        return self.version_dir(workflow_id, version) / "files"
+
+
+def _spec_suffix(path: Path) -> str:
+    return ".json" if path.suffix.lower() == ".json" else ".yaml"

@@ -1,0 +1,89 @@
+"""Shared fixtures: a real site folder, a real SQLite index, real processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flowbatch import api
+from flowbatch.daemon import Daemon
+from flowbatch.site import Site
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def make_site(root: Path, config: dict[str, Any] | None = None) -> Site:
+    Site.init(root)
+    conf = {"polling": {"interval": 0.2, "settle": 0.0}}
+    conf.update(config or {})
+    (root / "flowbatch.yaml").write_text(yaml.safe_dump(conf), encoding="utf-8")
+    return Site(root)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    s = make_site(tmp_path / "site")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def hello_site(site: Site) -> Site:
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    return site
+
+
+def drop(site: Site, name: str, doc: Any, files: dict[str, str] | None = None) -> Path:
+    """Put a request (and input files beside it) into the queue, the request last."""
+    queue = site.layout.queue
+    for rel, text in (files or {}).items():
+        path = queue / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    tmp = queue / f".{name}.tmp"
+    tmp.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc), encoding="utf-8")
+    os.rename(tmp, queue / name)
+    return queue / name
+
+
+def run_until_idle(site: Site, timeout: float = 60.0, daemon: Daemon | None = None) -> Daemon:
+    """Tick a real daemon in this process until the queue is empty and no run is active."""
+    d = daemon or Daemon(site)
+    if daemon is None:
+        d.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            d.wakeup.clear()
+            d.tick()
+            if d.idle():
+                return d
+            if time.monotonic() > deadline:
+                raise AssertionError(f"daemon not idle after {timeout}s: {list(d.runner.active)}")
+            d.wakeup.wait(0.05)
+    finally:
+        if daemon is None:
+            d.stop()
+
+
+def only_run(site: Site) -> dict[str, Any]:
+    runs = api.list_runs(site)
+    assert len(runs) == 1, runs
+    return api.show_run(site, runs[0]["id"])
+
+
+def write_template(folder: Path, text: str, files: dict[str, str] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "workflow.yaml").write_text(text, encoding="utf-8")
+    for rel, content in (files or {}).items():
+        p = folder / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content, encoding="utf-8")
+    return folder

@@ -1,0 +1,324 @@
+"""End to end on the local executor: real daemon ticks, real bash, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flowbatch import api
+from flowbatch.daemon import Daemon
+
+from .conftest import drop, make_site, only_run, run_until_idle, write_template
+
+STEPS_TEMPLATE = """
+workflow:
+  steps:
+    - name: first
+      action:
+        commands:
+          - echo "one out"; echo "one err" >&2
+          - echo "$$FLOWBATCH_TEST_VAR" > inherited.txt
+          - command -v bash > path.txt
+    - name: second
+      action:
+        commands:
+          - echo "two says $[[word]]"
+          - echo "bad things" >&2; exit $[[code]]
+          - touch never.txt
+parameters:
+  - {name: word, dtype: string, defaultValue: hi}
+  - {name: code, dtype: int, defaultValue: 0}
+"""
+
+
+def install(site, folder: Path, text: str, wf: str = "wf", files=None):  # type: ignore[no-untyped-def]
+    write_template(folder, text, files)
+    return api.install(site, folder, workflow_id=wf)
+
+
+def test_helloworld_end_to_end(hello_site) -> None:  # type: ignore[no-untyped-def]
+    drop(
+        hello_site,
+        "a.yaml",
+        {"workflow": "helloworld", "group": "alice", "arguments": {"names": "n.txt"}},
+        files={"n.txt": "Al\nBea\n"},
+    )
+    drop(
+        hello_site,
+        "b.yaml",
+        {"workflow": "helloworld", "group": "bob", "arguments": {"greeting": "Good morning"}},
+    )
+    run_until_idle(hello_site)
+    runs = {r["group"]: api.show_run(hello_site, r["id"]) for r in api.list_runs(hello_site)}
+    assert {r["state"] for r in runs.values()} == {"SUCCESS"}
+    alice = runs["alice"]
+    greetings = Path(alice["run_dir"], "results/greetings.txt").read_text()
+    assert greetings == "Hello Al!\nHello Bea!\n"
+    assert alice["results"] == {"avg_count": 9.5, "max_len": 10, "max_line": "Hello Bea!"}
+    assert [f["key"] for f in alice["files"]] == ["greetings", "analytics"]
+    board = api.ranking(hello_site, "helloworld")
+    assert [e["group"] for e in board["ranking"]] == ["bob", "alice"]
+    leaderboard = json.loads(
+        (hello_site.layout.workflow_results("helloworld") / "leaderboard.json").read_text()
+    )
+    assert [e["group"] for e in leaderboard["ranking"]] == ["bob", "alice"]
+    assert (hello_site.layout.workflow_results("helloworld") / "leaderboard.html").exists()
+
+
+def test_steps_logs_markers_and_first_failure(site, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FLOWBATCH_TEST_VAR", "from-the-daemon-env")
+    install(site, tmp_path / "t", STEPS_TEMPLATE)
+    drop(site, "ok.yaml", {"workflow": "wf", "name": "ok"})
+    drop(site, "bad.yaml", {"workflow": "wf", "name": "bad", "arguments": {"code": 3}})
+    run_until_idle(site)
+    runs = {r["name"]: api.show_run(site, r["id"]) for r in api.list_runs(site)}
+    ok, bad = runs["ok"], runs["bad"]
+    assert ok["state"] == "SUCCESS"
+    ok_dir = Path(ok["run_dir"])
+    # logs are kept for successful runs too (flowServ GAP)
+    assert (ok_dir / ok["steps"][0]["stdout"]).read_text() == "one out\n"
+    assert (ok_dir / ok["steps"][0]["stderr"]).read_text() == "one err\n"
+    assert (ok_dir / "inherited.txt").read_text() == "from-the-daemon-env\n"  # env inherited
+    assert (ok_dir / "path.txt").read_text().strip().endswith("bash")  # PATH inherited
+    assert [s["exit_code"] for s in ok["steps"]] == [0, 0]
+    assert all(s["duration"] is not None and s["duration"] >= 0 for s in ok["steps"])
+    assert bad["state"] == "ERROR"
+    assert [s["exit_code"] for s in bad["steps"]] == [0, 3]
+    assert not (Path(bad["run_dir"]) / "never.txt").exists()  # the first failure stops the run
+    assert "step 2 (second) failed with exit code 3" in bad["messages"][0]
+    assert "bad things" in bad["messages"][1]
+
+
+def test_concurrency_limit(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 2}})
+    install(
+        site,
+        tmp_path / "t",
+        """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - date +%s.%N > begin; sleep 0.4; date +%s.%N > end
+""",
+    )
+    for i in range(5):
+        drop(site, f"r{i}.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    peak = 0
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            d.wakeup.clear()
+            d.tick()
+            peak = max(peak, len(d.runner.running("local")))
+            if d.idle():
+                break
+            d.wakeup.wait(0.05)
+    finally:
+        d.stop()
+    assert peak == 2
+    spans = []
+    for r in api.list_runs(site):
+        run_dir = Path(api.show_run(site, r["id"])["run_dir"])
+        spans.append((float((run_dir / "begin").read_text()), float((run_dir / "end").read_text())))
+        assert r["state"] == "SUCCESS"
+    for t, _ in spans:  # never more than two at once, from the runs' own clocks
+        assert sum(1 for b, e in spans if b <= t < e) <= 2
+
+
+def _descendants_of(run_dir: Path) -> list[psutil.Process]:
+    out = []
+    for proc in psutil.process_iter(["cwd"]):
+        try:
+            if proc.info["cwd"] == str(run_dir):
+                out.append(proc)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_cancel_ends_the_whole_process_tree(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    install(
+        site,
+        tmp_path / "t",
+        """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - sleep 300 & echo $$! > child.pid; setsid sleep 301 & echo $$! > detached.pid; sleep 302
+""",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    try:
+        d.tick()
+        run = next(iter(d.runner.active.values()))
+        run_dir = site.store.run_dir(run)
+        deadline = time.monotonic() + 10
+        while not (run_dir / "detached.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [int((run_dir / n).read_text()) for n in ("child.pid", "detached.pid")]
+        assert all(psutil.pid_exists(p) for p in pids)
+        from flowbatch.daemon import cancel_run
+
+        cancel_run(site, d.runner, run.id, os.getuid(), "enough")
+    finally:
+        d.stop()
+    shown = api.show_run(site, run.id)
+    assert shown["state"] == "CANCELED" and shown["messages"] == ["enough"]
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_time_limit(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    install(
+        site,
+        tmp_path / "t",
+        """
+timeLimit: 1
+workflow:
+  steps:
+    - name: s
+      action:
+        commands: [sleep 60]
+""",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    started = time.monotonic()
+    run_until_idle(site, timeout=30)
+    run = only_run(site)
+    assert run["state"] == "ERROR" and run["messages"] == ["time limit exceeded"]
+    assert time.monotonic() - started < 20
+
+
+def test_result_problems_make_an_error_not_a_silent_success(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    install(
+        site,
+        tmp_path / "t",
+        """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands: ["printf '$[[content]]' > r.json"]
+parameters:
+  - {name: content, dtype: select, values: [{name: bad, value: bad}, {name: good, value: good}]}
+results:
+  file: r.json
+  schema:
+    - {name: score, label: Score, dtype: float}
+""",
+    )
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"content": "bad"}})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "ERROR"
+    assert "r.json" in run["messages"][0]
+
+
+def test_missing_result_file_is_an_error(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    install(
+        site,
+        tmp_path / "t",
+        """
+workflow:
+  steps:
+    - name: s
+      action: {commands: ["true"]}
+results:
+  file: results/r.json
+  schema: [{name: score, label: Score, dtype: float}]
+""",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "ERROR" and "results/r.json" in run["messages"][0]
+    assert api.ranking(site, "wf")["ranking"] == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "$(touch PWNED)",
+        "`touch PWNED`",
+        "; touch PWNED",
+        "a\"b'c",
+        "{{ ''.__class__ }}",
+        "x && touch PWNED",
+        "*",
+        "$HOME",
+        "line1\nline2",
+    ],
+)
+def test_hostile_string_values_reach_the_program_literally(
+    site, tmp_path: Path, value: str
+) -> None:  # type: ignore[no-untyped-def]
+    install(
+        site,
+        tmp_path / "t",
+        """
+workflow:
+  parameters:
+    ctx: "prefix-$[[s]]"
+  steps:
+    - name: s
+      action:
+        commands:
+          - ${python} -c "import json,sys; json.dump(sys.argv[1:], open('args.json','w'))" $[[s]] "${s}" "${ctx}" ${ctx}
+parameters:
+  - {name: s, dtype: string}
+""",
+    )
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"s": value}})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    run_dir = Path(run["run_dir"])
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args == [value, value, f"prefix-{value}", f"prefix-{value}"]
+    assert not list(run_dir.rglob("PWNED")) and not list(site.root.rglob("PWNED"))
+
+
+def test_daemon_serves_in_a_thread_and_wakes_on_inotify(hello_site) -> None:  # type: ignore[no-untyped-def]
+    d = Daemon(hello_site)
+    d.start()
+    d.watch()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            d.wakeup.clear()
+            d.tick()
+            d.wakeup.wait(5.0)  # long: only an inotify event or a child exit wakes it soon
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.2)
+        began = time.monotonic()
+        drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+        while time.monotonic() - began < 4:
+            runs = api.list_runs(hello_site)
+            if runs and runs[0]["state"] == "SUCCESS":
+                break
+            time.sleep(0.02)
+        assert runs and runs[0]["state"] == "SUCCESS"
+        assert time.monotonic() - began < 4  # well under the 5 s fallback tick
+    finally:
+        stop.set()
+        d.wakeup.set()
+        t.join(10)
+        d.stop()

@@ -1,0 +1,186 @@
+"""Intake: claiming, validating and rejecting requests dropped into the queue."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from flowbatch import api
+from flowbatch.queue import Intake, is_request_name
+
+from .conftest import drop, only_run, run_until_idle
+
+
+def rejected(site) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    out = {}
+    for p in site.layout.rejected.glob("*.error.yaml"):
+        out[p.name.removesuffix(".error.yaml")] = yaml.safe_load(p.read_text())
+    return out
+
+
+def test_request_names() -> None:
+    assert is_request_name("a.yaml") and is_request_name("b.YML")
+    for name in (".a.yaml", "a.yaml.tmp", "a.tmp", "a.json", "names.txt", "rejected"):
+        assert not is_request_name(name)
+
+
+def test_good_request_becomes_a_run_with_defaults_applied(hello_site) -> None:  # type: ignore[no-untyped-def]
+    drop(
+        hello_site,
+        "alice.yaml",
+        {
+            "workflow": "helloworld",
+            "group": "alice",
+            "name": "first try",
+            "arguments": {"names": "n.txt"},
+        },
+        files={"n.txt": "Ann\nBo\n"},
+    )
+    result = Intake(hello_site).run_once()
+    assert len(result.runs) == 1 and not result.rejected
+    run = result.runs[0]
+    assert run.arguments["sleeptime"] == 0  # a default of 0 is applied (flowServ GAP)
+    assert run.arguments["greeting"] == "Hello"
+    assert run.arguments["names"] == {"source": "n.txt", "target": "data/names.txt"}
+    run_dir = hello_site.store.run_dir(run)
+    assert (run_dir / "data/names.txt").read_text() == "Ann\nBo\n"
+    assert (run_dir / "request.yaml").exists() and (run_dir / "run.sh").exists()
+    assert (run_dir / "code/helloworld.py").exists()
+    assert not (hello_site.layout.queue / "alice.yaml").exists()
+    assert (hello_site.layout.queue / "n.txt").exists()  # other files are left alone
+    assert list(hello_site.layout.claimed.iterdir()) == []
+
+
+def test_list_form_of_arguments(hello_site) -> None:  # type: ignore[no-untyped-def]
+    drop(
+        hello_site,
+        "r.yaml",
+        {
+            "workflow": "helloworld",
+            "arguments": [{"name": "sleeptime", "value": 0}, {"name": "greeting", "value": "Hi"}],
+        },
+    )
+    run = Intake(hello_site).run_once().runs[0]
+    assert run.arguments["greeting"] == "Hi"
+    assert run.group == run.owner  # default group: the file owner's user name
+
+
+def test_invalid_requests_are_rejected_with_reasons(hello_site) -> None:  # type: ignore[no-untyped-def]
+    cases = {
+        "yamlerr.yaml": "workflow: [unclosed\n",
+        "unknownwf.yaml": {"workflow": "nope"},
+        "unknownarg.yaml": {"workflow": "helloworld", "arguments": {"colour": "red"}},
+        "dup.yaml": "workflow: helloworld\nworkflow: helloworld\n",
+        "wrongtype.yaml": {"workflow": "helloworld", "arguments": {"sleeptime": "soon"}},
+        "range.yaml": {"workflow": "helloworld", "arguments": {"sleeptime": 11}},
+        "nofile.yaml": {"workflow": "helloworld", "arguments": {"names": "missing.txt"}},
+        "escape.yaml": {"workflow": "helloworld", "arguments": {"names": "../flowbatch.yaml"}},
+        "abs.yaml": {"workflow": "helloworld", "arguments": {"names": "/etc/passwd"}},
+        "extra.yaml": {"workflow": "helloworld", "colour": "red"},
+        "duplist.yaml": {
+            "workflow": "helloworld",
+            "arguments": [{"name": "greeting", "value": "a"}, {"name": "greeting", "value": "b"}],
+        },
+    }
+    for name, doc in cases.items():
+        drop(hello_site, name, doc)
+    os.symlink("/etc/passwd", hello_site.layout.queue / "link.txt")
+    drop(
+        hello_site, "symlinked.yaml", {"workflow": "helloworld", "arguments": {"names": "link.txt"}}
+    )
+    drop(hello_site, "good.yaml", {"workflow": "helloworld"})
+    result = Intake(hello_site).run_once()
+    assert len(result.runs) == 1  # the daemon keeps going: the good one is a run
+    errors = rejected(hello_site)
+    assert set(errors) == {*cases, "symlinked.yaml"}
+    for name in errors:
+        assert (hello_site.layout.rejected / name).exists(), name  # nothing lost
+        assert errors[name]["file"] == name and errors[name]["reason"]
+    assert "line 2" in errors["dup.yaml"]["reason"]
+    assert errors["unknownwf.yaml"]["field"] == "workflow"
+    assert errors["unknownarg.yaml"]["field"] == "arguments.colour"
+    assert errors["wrongtype.yaml"]["field"] == "arguments.sleeptime"
+    assert "[0,10]" in errors["range.yaml"]["expected"] or "10" in errors["range.yaml"]["reason"]
+    assert "does not exist" in errors["nofile.yaml"]["reason"]
+    assert errors["escape.yaml"]["field"] == "arguments.names"
+    assert errors["abs.yaml"]["field"] == "arguments.names"
+    assert "symlink" in errors["symlinked.yaml"]["reason"]
+    assert errors["extra.yaml"]["field"] == "colour"
+    assert "hint" in errors["unknownwf.yaml"]
+
+
+def test_entries_that_are_not_regular_files(hello_site) -> None:  # type: ignore[no-untyped-def]
+    queue = hello_site.layout.queue
+    (queue / "adir.yaml").mkdir()
+    os.mkfifo(queue / "fifo.yaml")
+    os.symlink(hello_site.layout.config, queue / "link.yaml")
+    (queue / "empty.yaml").write_text("")
+    result = Intake(hello_site).run_once()
+    assert result.runs == []
+    errors = rejected(hello_site)
+    assert set(errors) == {"adir.yaml", "fifo.yaml", "link.yaml", "empty.yaml"}
+    assert (hello_site.layout.rejected / "link.yaml").is_symlink()  # moved, never followed
+    assert hello_site.layout.config.exists()
+
+
+def test_files_still_being_written_are_not_read(hello_site) -> None:  # type: ignore[no-untyped-def]
+    queue = hello_site.layout.queue
+    (queue / "partial.yaml.tmp").write_text("workflow: hello")
+    (queue / ".hidden.yaml").write_text("workflow: hello")
+    intake = Intake(hello_site)
+    fresh = queue / "growing.yaml"
+    fresh.write_text("workflow: hellowor")
+    assert intake.candidates(settle=5.0) == []  # just written: not settled yet
+    assert intake.candidates(settle=0.0) == ["growing.yaml"]
+    old = time.time() - 60
+    os.utime(fresh, (old, old))
+    assert intake.candidates(settle=5.0) == ["growing.yaml"]  # unchanged for long enough
+
+
+def test_claim_is_atomic_and_exclusive(hello_site) -> None:  # type: ignore[no-untyped-def]
+    drop(hello_site, "one.yaml", {"workflow": "helloworld"})
+    a, b = Intake(hello_site), Intake(hello_site)
+    first = a.claim("one.yaml")
+    assert first is not None and first.path.exists()
+    assert b.claim("one.yaml") is None  # a second daemon cannot take it
+
+
+def test_crash_after_claim_is_finished_on_restart(hello_site) -> None:  # type: ignore[no-untyped-def]
+    drop(hello_site, "one.yaml", {"workflow": "helloworld"})
+    claimed = Intake(hello_site).claim("one.yaml")  # ... and the daemon dies here
+    assert claimed is not None
+    result = Intake(hello_site).run_once()
+    assert [r.id for r in result.runs] == [claimed.run_id]
+    # a crash after the run was created but before the claimed file was removed
+    drop(hello_site, "two.yaml", {"workflow": "helloworld"})
+    intake = Intake(hello_site)
+    claimed2 = intake.claim("two.yaml")
+    assert claimed2 is not None
+    copy = claimed2.path.read_bytes()
+    intake.process(claimed2, type(result)())
+    claimed2.path.write_bytes(copy)  # as if the unlink never happened
+    again = Intake(hello_site).run_once()
+    assert again.runs == [] and not claimed2.path.exists()
+    assert len(api.list_runs(hello_site)) == 2  # exactly one run per request
+
+
+def test_submit_brings_the_files_along(hello_site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "people.txt").write_text("Xavier\nYvonne\n")
+    req = user / "try.yaml"
+    req.write_text(
+        yaml.safe_dump(
+            {"workflow": "helloworld", "group": "team-x", "arguments": {"names": "people.txt"}}
+        )
+    )
+    queued = api.submit(hello_site, req)
+    assert (hello_site.layout.queue / queued).exists()
+    run_until_idle(hello_site)
+    run = only_run(hello_site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    assert Path(run["run_dir"], "data/names.txt").read_text() == "Xavier\nYvonne\n"
+    assert not any(p.name.endswith(".files") for p in hello_site.layout.queue.iterdir())

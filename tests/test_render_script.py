@@ -1,0 +1,181 @@
+"""The run script contract, run by real bash: markers, logs, failures, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from flowbatch.render import (
+    SCRIPT_NAME,
+    RenderedStep,
+    RenderedWorkflow,
+    build_script,
+    read_markers,
+    step_log_paths,
+)
+from flowbatch.render.script import Markers, StepMarker
+
+
+def write(
+    run_dir: Path, steps: list[tuple[str, list[str]]], env: dict[str, str] | None = None
+) -> Path:
+    rendered = RenderedWorkflow([RenderedStep(n, c) for n, c in steps], env or {})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script = run_dir / SCRIPT_NAME
+    script.write_text(build_script(rendered, run_id="run-1"))
+    return script
+
+
+def run(script: Path, **kwargs) -> subprocess.CompletedProcess[bytes]:
+    # from another working directory: the script must cd into its own folder
+    return subprocess.run(["bash", str(script)], cwd="/", capture_output=True, timeout=30, **kwargs)
+
+
+def test_success_writes_all_markers_and_logs(tmp_path: Path) -> None:
+    before = time.time()
+    script = write(
+        tmp_path / "run",
+        [
+            ("prepare data", ["echo out1", "echo err1 >&2"]),
+            ("train", ["echo out2 # a comment", "true"]),
+        ],
+        {"FB_x": 'it\'s "quoted"\nand multi-line'},
+    )
+    proc = run(script)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "run"
+    markers = read_markers(run_dir)
+    assert markers.started is not None
+    pid, started, host = markers.started
+    assert pid > 0 and before - 1 <= started <= time.time() + 1
+    assert host == os.uname().nodename or host == ""
+    assert sorted(markers.steps) == [1, 2]
+    for step in markers.steps.values():
+        assert step.exit_code == 0 and step.start is not None and step.end is not None
+        assert step.start <= step.end
+    assert markers.exit is not None and markers.exit[0] == 0 and markers.exit[2] == 0
+    out1, err1 = step_log_paths(1, "prepare data")
+    assert (out1, err1) == ("logs/step-01-prepare_data.out", "logs/step-01-prepare_data.err")
+    assert (run_dir / out1).read_text() == "out1\n"
+    assert (run_dir / err1).read_text() == "err1\n"
+    out2, err2 = step_log_paths(2, "train")
+    assert (run_dir / out2).read_text() == "out2\n"
+    assert (run_dir / err2).read_text() == ""  # created even when empty
+
+
+def test_env_is_exported_and_inherited(tmp_path: Path) -> None:
+    value = 'it\'s "quoted"\nand $(multi) line'
+    script = write(
+        tmp_path / "run",
+        [("s", ['printf "%s|%s|%s|%s" "$FB_x" "$FLOWBATCH_RUN_ID" "$KEEP" "$PATH" > out'])],
+        {"FB_x": value},
+    )
+    env = {**os.environ, "KEEP": "kept", "PATH": f"/opt/site/bin:{os.environ['PATH']}"}
+    assert run(script, env=env).returncode == 0
+    assert (tmp_path / "run" / "out").read_text() == f"{value}|run-1|kept|{env['PATH']}"
+
+
+def test_failing_command_stops_the_run(tmp_path: Path) -> None:
+    script = write(
+        tmp_path / "run",
+        [
+            ("one", ["true"]),
+            ("two", ["echo before", "exit 3", "touch not-run"]),
+            ("three", ["touch not-run"]),
+        ],
+    )
+    assert run(script).returncode == 3
+    run_dir = tmp_path / "run"
+    markers = read_markers(run_dir)
+    assert markers.exit is not None and (markers.exit[0], markers.exit[2]) == (3, 2)
+    assert markers.steps[1].exit_code == 0
+    assert markers.steps[2].exit_code == 3 and markers.steps[2].end is not None
+    assert 3 not in markers.steps
+    assert not (run_dir / "not-run").exists()
+    assert (run_dir / step_log_paths(2, "two")[0]).read_text() == "before\n"
+
+
+def test_commands_run_in_subshells(tmp_path: Path) -> None:
+    # 'cd', 'set -e', variables and 'exit 0' in one command do not leak into the next
+    script = write(
+        tmp_path / "run", [("s", ["cd /; fb_step=9; set -e; exit 0", "pwd > where", "(exit 0)"])]
+    )
+    assert run(script).returncode == 0
+    assert (tmp_path / "run" / "where").read_text().strip() == str(tmp_path / "run")
+    assert read_markers(tmp_path / "run").exit[2] == 0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
+def test_killed_run_records_the_signal(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    script = write(
+        tmp_path / "run", [("one", ["true"]), ("two", ["sleep 30"]), ("three", ["touch not-run"])]
+    )
+    proc = subprocess.Popen(["bash", str(script)], start_new_session=True)
+    start = tmp_path / "run" / "status" / "step-02.start"
+    deadline = time.time() + 10
+    while not start.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # let 'sleep' start
+    os.killpg(proc.pid, sig)
+    assert proc.wait(timeout=10) == code
+    markers = read_markers(tmp_path / "run")
+    assert markers.exit is not None and (markers.exit[0], markers.exit[2]) == (code, 2)
+    assert markers.started is not None and markers.started[0] == proc.pid
+    assert not (tmp_path / "run" / "not-run").exists()
+
+
+def test_read_markers_tolerates_partial_files(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    assert read_markers(tmp_path) == Markers()
+    status.mkdir()
+    (status / "started").write_text("123 1700000000.5")  # no newline: not finished
+    (status / "exit").write_text("")
+    (status / "step-01.start").write_text("1700000000,25\n")  # a comma-decimal locale
+    (status / "step-01.exit").write_text("0 17000")
+    (status / "step-02.start").write_text("garbage\n")
+    (status / "step-03.exit").write_text("1 1700000001.0\n")
+    (status / "step-xx.exit").write_text("1 2\n")
+    markers = read_markers(tmp_path)
+    assert markers.started is None and markers.exit is None
+    assert markers.steps == {
+        1: StepMarker(start=1700000000.25),
+        3: StepMarker(None, 1, 1700000001.0),
+    }
+    (status / "started").write_text("123 1700000000.5 \n")  # empty host name
+    (status / "exit").write_text("2 1700000002.0 3\n")
+    markers = read_markers(tmp_path)
+    assert markers.started == (123, 1700000000.5, "")
+    assert markers.exit == (2, 1700000002.0, 3)
+
+
+def test_script_shape(tmp_path: Path) -> None:
+    text = build_script(
+        RenderedWorkflow([RenderedStep("s", ["echo hi # x"])], {"FB_a": "x'y"}), run_id="r 9"
+    )
+    lines = text.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    assert "run r 9" in lines[1]
+    assert 'cd "$(dirname "$0")" || exit 90' in lines
+    assert "export FB_a='x'\\''y'" in lines
+    assert [line for line in lines if line.startswith("export ")] == [
+        "export FLOWBATCH_RUN_ID='r 9'",
+        "export FB_a='x'\\''y'",
+    ]
+    assert "set -u" not in text and "set -e" not in text
+    index = lines.index("echo hi # x")
+    assert lines[index - 1] == "(" and lines[index + 1].startswith(") >>logs/step-01-s.out")
+    with pytest.raises(ValueError):
+        build_script(RenderedWorkflow([], {"not-a-name": "x"}), run_id="r")
+
+
+def test_no_steps(tmp_path: Path) -> None:
+    script = write(tmp_path / "run", [])
+    assert run(script).returncode == 0
+    assert read_markers(tmp_path / "run").exit is not None

@@ -1,0 +1,264 @@
+"""Reading result files against the result schema: every problem is a ResultError."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowbatch.errors import ResultError
+from flowbatch.results import cast_value, read_results
+from flowbatch.spec.model import ResultColumn, ResultSchema, SortKey
+
+
+def make_schema(*columns: ResultColumn, file: str = "results/out.json") -> ResultSchema:
+    return ResultSchema(file=file, columns=list(columns), order_by=[SortKey(columns[0].name)])
+
+
+def write(run_dir: Path, rel: str, content: Any) -> Path:
+    path = run_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+SCHEMA = make_schema(
+    ResultColumn("accuracy", "Accuracy", "float"),
+    ResultColumn("epochs", "Epochs", "int"),
+    ResultColumn("model", "Model", "string"),
+)
+
+
+def test_reads_all_columns(tmp_path: Path) -> None:
+    write(tmp_path, "results/out.json", {"accuracy": 0.9, "epochs": 3, "model": "cnn", "x": 1})
+    assert read_results(tmp_path, SCHEMA) == {"accuracy": 0.9, "epochs": 3, "model": "cnn"}
+
+
+def test_nested_path(tmp_path: Path) -> None:
+    schema = make_schema(
+        ResultColumn("deep", "Deep", "int", path="metrics/deep/value"),
+        ResultColumn("top", "Top", "float"),
+    )
+    write(tmp_path, "results/out.json", {"metrics": {"deep": {"value": 7}}, "top": 1})
+    values = read_results(tmp_path, schema)
+    assert values == {"deep": 7, "top": 1.0}
+    assert isinstance(values["top"], float)
+
+
+def test_name_with_slash_is_one_key_without_path(tmp_path: Path) -> None:
+    schema = make_schema(ResultColumn("a/b", "AB", "int"))
+    write(tmp_path, "results/out.json", {"a/b": 5})
+    assert read_results(tmp_path, schema) == {"a/b": 5}
+
+
+def test_path_through_a_non_mapping_is_an_error(tmp_path: Path) -> None:
+    schema = make_schema(ResultColumn("deep", "Deep", "int", path="metrics/deep", required=False))
+    write(tmp_path, "results/out.json", {"metrics": [1, 2]})
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, schema)
+    assert "deep" in str(info.value) and "metrics" in str(info.value)
+
+
+def test_optional_missing_is_omitted(tmp_path: Path) -> None:
+    schema = make_schema(
+        ResultColumn("score", "Score", "float"),
+        ResultColumn("note", "Note", "string", required=False),
+        ResultColumn("n", "N", "int", required=False, path="extra/n"),
+        ResultColumn("nulled", "Nulled", "int", required=False),
+    )
+    write(tmp_path, "results/out.json", {"score": 1.5, "nulled": None})
+    assert read_results(tmp_path, schema) == {"score": 1.5}
+
+
+def test_yaml_result_file(tmp_path: Path) -> None:
+    schema = make_schema(
+        ResultColumn("score", "Score", "float"),
+        ResultColumn("rounds", "Rounds", "int", path="run/rounds"),
+        ResultColumn("flag", "Flag", "string"),
+        file="out/results.yaml",
+    )
+    write(tmp_path, "out/results.yaml", "score: 2\nrun:\n  rounds: '12'\nflag: true\n")
+    assert read_results(tmp_path, schema) == {"score": 2.0, "rounds": 12, "flag": "true"}
+
+
+def test_yaml_duplicate_keys_refused(tmp_path: Path) -> None:
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="r.yml")
+    path = write(tmp_path, "r.yml", "score: 1\nscore: 2\n")
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, schema)
+    assert "duplicate" in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    err = info.value
+    assert "not found" in err.reason
+    assert err.file is not None and err.file.endswith("results/out.json")
+
+
+def test_result_path_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "results" / "out.json").mkdir(parents=True)
+    with pytest.raises(ResultError, match="not a regular file"):
+        read_results(tmp_path, SCHEMA)
+
+
+def test_bad_json(tmp_path: Path) -> None:
+    path = write(tmp_path, "results/out.json", '{"accuracy": 0.9,')
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    assert "invalid JSON" in str(info.value)
+    assert info.value.file == str(path)
+
+
+def test_bad_yaml(tmp_path: Path) -> None:
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="r.yaml")
+    write(tmp_path, "r.yaml", "score: [1,\n")
+    with pytest.raises(ResultError, match="invalid YAML"):
+        read_results(tmp_path, schema)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "3", "null"])
+def test_not_a_mapping(tmp_path: Path, content: str) -> None:
+    write(tmp_path, "results/out.json", content)
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    assert "not a mapping" in info.value.reason
+    assert info.value.expected and "mapping" in info.value.expected
+
+
+@pytest.mark.parametrize("file", ["../other/out.json", "/etc/passwd", "a/../../x.json"])
+def test_path_escaping_run_dir_refused(tmp_path: Path, file: str) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write(tmp_path, "other/out.json", {"score": 1})
+    schema = make_schema(ResultColumn("score", "Score", "float"), file=file)
+    with pytest.raises(ResultError) as info:
+        read_results(run_dir, schema)
+    assert info.value.field == "results.file"
+
+
+def test_symlink_escaping_run_dir_refused(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    outside = write(tmp_path, "secret.json", {"score": 1})
+    (run_dir / "out.json").symlink_to(outside)
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="out.json")
+    with pytest.raises(ResultError, match="outside the run directory"):
+        read_results(run_dir, schema)
+
+
+def test_missing_required_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "results/out.json", {"accuracy": 0.5, "epochs": 2})
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    err = info.value
+    assert err.field == "model"
+    assert "missing required value" in err.reason
+    assert err.file == str(path)
+    assert "string" in (err.expected or "")
+
+
+def test_null_required_value_is_missing(tmp_path: Path) -> None:
+    write(tmp_path, "results/out.json", {"accuracy": None, "epochs": 2, "model": "m"})
+    with pytest.raises(ResultError, match=r"accuracy.*missing required value"):
+        read_results(tmp_path, SCHEMA)
+
+
+def test_all_problems_collected(tmp_path: Path) -> None:
+    write(tmp_path, "results/out.json", {"accuracy": "NaN", "epochs": 2.5, "model": {"a": 1}})
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    err = info.value
+    text = str(err)
+    assert err.field == "accuracy, epochs, model"
+    assert "3 result columns" in text
+    for name in ("accuracy", "epochs", "model"):
+        assert name in text
+    assert "non-finite" in text and "non-integral" in text and "mapping" in text
+    assert "results/out.json" in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(3, 3), (3.0, 3), ("42", 42), (" 7 ", 7), ("3.0", 3), ("1e3", 1000), (-2, -2)],
+)
+def test_int_cast_accepts(raw: Any, expected: int) -> None:
+    value = cast_value(raw, "int")
+    assert value == expected and type(value) is int
+
+
+@pytest.mark.parametrize(
+    "raw", [True, False, 2.5, "2.5", "abc", "", math.nan, math.inf, [1], {"a": 1}, "nan"]
+)
+def test_int_cast_refuses(raw: Any) -> None:
+    with pytest.raises(ValueError):
+        cast_value(raw, "int")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(1, 1.0), (0.25, 0.25), ("0.5", 0.5), ("1e-3", 0.001), (-4, -4.0)]
+)
+def test_float_cast_accepts(raw: Any, expected: float) -> None:
+    value = cast_value(raw, "float")
+    assert value == expected and type(value) is float
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [True, math.nan, math.inf, -math.inf, "nan", "NaN", "inf", "-Infinity", "x", [1.0], 10**400],
+)
+def test_float_cast_refuses(raw: Any) -> None:
+    with pytest.raises(ValueError):
+        cast_value(raw, "float")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("a", "a"), (1, "1"), (0.5, "0.5"), (True, "true"), (False, "false")]
+)
+def test_string_cast_accepts(raw: Any, expected: str) -> None:
+    assert cast_value(raw, "string") == expected
+
+
+@pytest.mark.parametrize("raw", [[1, 2], {"a": 1}])
+def test_string_cast_refuses(raw: Any) -> None:
+    with pytest.raises(ValueError):
+        cast_value(raw, "string")
+
+
+def test_nan_in_json_file_refused(tmp_path: Path) -> None:
+    # Python's json module accepts the non-standard NaN literal: it must still be refused.
+    path = tmp_path / "results" / "out.json"
+    path.parent.mkdir()
+    path.write_text('{"accuracy": NaN, "epochs": 1, "model": "m"}')
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    assert info.value.field == "accuracy"
+    assert "non-finite" in info.value.reason
+
+
+def test_nan_in_yaml_file_refused(tmp_path: Path) -> None:
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="r.yaml")
+    write(tmp_path, "r.yaml", "score: .nan\n")
+    with pytest.raises(ResultError, match="score"):
+        read_results(tmp_path, schema)
+
+
+def test_bool_for_int_column_refused(tmp_path: Path) -> None:
+    write(tmp_path, "results/out.json", {"accuracy": 1, "epochs": True, "model": "m"})
+    with pytest.raises(ResultError, match=r"epochs.*boolean"):
+        read_results(tmp_path, SCHEMA)
+
+
+def test_error_to_dict_names_file_and_field(tmp_path: Path) -> None:
+    write(tmp_path, "results/out.json", {"accuracy": "high", "epochs": 1, "model": "m"})
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    data = info.value.to_dict()
+    assert data["error"] == "result"
+    assert data["field"] == "accuracy"
+    assert data["file"].endswith("out.json")
+    assert "number" in data["expected"]

@@ -1,0 +1,96 @@
+"""The run state machine (flowServ §5.2) and the one place that changes a state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from flowbatch.errors import StateError
+from flowbatch.runs import ALLOWED, RunRecord, State, apply, now_iso
+from flowbatch.store.index import RunRow, StateChangeRow
+
+
+def record(state: State = State.PENDING) -> RunRecord:
+    return RunRecord(
+        id="r1",
+        workflow="wf",
+        version="v1",
+        group="g",
+        name=None,
+        owner_uid=0,
+        owner="root",
+        request="r.yaml",
+        created_at=now_iso(),
+        state=state,
+    )
+
+
+@pytest.mark.parametrize("source", list(State))
+@pytest.mark.parametrize("target", list(State))
+def test_transition_table(source: State, target: State) -> None:
+    run = record(source)
+    if source == target:
+        assert apply(run, target) is False  # same state: a no-op
+        assert run.history == []
+    elif source in ALLOWED[target]:
+        assert apply(run, target) is True
+        assert run.state == target
+    else:
+        with pytest.raises(StateError, match=f"{source.value} to {target.value}"):
+            apply(run, target)
+        assert run.state == source
+
+
+def test_terminal_states_stay_terminal() -> None:
+    for terminal in (State.SUCCESS, State.ERROR, State.CANCELED):
+        for target in (State.PENDING, State.RUNNING):
+            with pytest.raises(StateError):
+                apply(record(terminal), target)
+
+
+def test_timestamps_are_utc_iso_with_offset() -> None:
+    run = record()
+    apply(run, State.RUNNING)
+    apply(run, State.ERROR, messages=["boom"])
+    for stamp in (run.created_at, run.started_at, run.finished_at):
+        assert stamp is not None
+        parsed = datetime.fromisoformat(stamp)
+        assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0
+        assert stamp.endswith("+00:00")
+    assert run.started_at <= run.finished_at
+    assert run.messages == ["boom"]
+    assert [h["state"] for h in run.history] == ["RUNNING", "ERROR"]
+
+
+def test_cancel_from_pending_sets_both_times() -> None:
+    run = record()
+    apply(run, State.CANCELED, messages=["no longer needed"])
+    assert run.started_at == run.finished_at is not None
+
+
+def test_store_transition_writes_tree_and_index(site) -> None:  # type: ignore[no-untyped-def]
+    run = record()
+    run_dir = site.store.run_dir(run)
+    run_dir.mkdir(parents=True)
+    site.store.write(run)
+    seen = []
+    site.store.listeners.append(lambda r, prev: seen.append((r.id, prev, r.state)))
+    assert site.store.transition(run, State.RUNNING, handle={"pid": 1})
+    assert site.store.transition(run, State.SUCCESS, results={"score": 1.5})
+    assert not site.store.transition(run, State.SUCCESS)  # no-op, not recorded twice
+    on_disk = site.store.load_dir(run_dir)
+    assert on_disk.state == State.SUCCESS and on_disk.results == {"score": 1.5}
+    assert on_disk.handle == {"pid": 1}
+    row = RunRow.get_by_id("r1")
+    assert row.state == "SUCCESS" and row.results == {"score": 1.5}
+    changes = [
+        c.state
+        for c in StateChangeRow.select()
+        .where(StateChangeRow.run == "r1")
+        .order_by(StateChangeRow.id)
+    ]
+    assert changes == ["RUNNING", "SUCCESS"]
+    assert seen == [("r1", State.PENDING, State.RUNNING), ("r1", State.RUNNING, State.SUCCESS)]
+    with pytest.raises(StateError):
+        site.store.transition(run, State.RUNNING)
