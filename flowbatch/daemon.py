@@ -23,8 +23,8 @@ from typing import IO, Any
 
 from . import api
 from .errors import FlowbatchError, RequestError
+from .executors import build_executors
 from .executors.base import Executor
-from .executors.local import LocalExecutor
 from .lifecycle import Runner
 from .queue import Claimed, Intake, is_request_name
 from .runs import State, now_iso
@@ -92,7 +92,7 @@ class Daemon:
         self.wakeup = threading.Event()
         self.stopping = False
         self.reload_requested = False
-        self.executors: dict[str, Executor] = {"local": LocalExecutor(wake=self.wakeup.set)}
+        self.executors: dict[str, Executor] = build_executors(site.config, self.wakeup.set)
         self.intake = Intake(site)
         self.runner = Runner(site, self.executors)
         self.lock = SiteLock(site.layout.lock)

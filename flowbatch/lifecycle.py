@@ -116,20 +116,24 @@ class Runner:
     def dispatch(self) -> int:
         """Launch PENDING runs, oldest first, within each executor's concurrency."""
         launched = 0
-        limit = self.site.config.local.effective_concurrency()
-        busy = len(self.running("local"))
+        busy = {name: len(self.running(name)) for name in self.executors}
         for run in self.pending():
-            if busy >= limit:
-                break
-            executor = self.executors[run.executor]
-            job = Launch(run.id, self.store.run_dir(run), SCRIPT_NAME, run.time_limit)
+            executor = self.executors.get(run.executor)
+            if executor is None:
+                self._transition(
+                    run, State.ERROR, messages=[f"executor {run.executor!r} is not configured"]
+                )
+                continue
+            if busy[run.executor] >= executor.limit:
+                continue  # another executor may still have room
+            job = Launch(run.id, self.store.run_dir(run), SCRIPT_NAME, run.workflow, run.time_limit)
             try:
                 handle = executor.launch(job)
             except FlowbatchError as exc:
                 self._transition(run, State.ERROR, messages=[exc.summary()])
                 continue
             self._transition(run, State.RUNNING, handle=handle)
-            busy += 1
+            busy[run.executor] += 1
             launched += 1
         return launched
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import yamlio
 from .errors import ArgumentError, FlowbatchError, RequestError
+from .executors import executor_names
 from .render import build_script, render_workflow
 from .render.script import SCRIPT_NAME
 from .runs import RunRecord, now_iso
@@ -36,7 +37,6 @@ log = logging.getLogger("flowbatch.queue")
 
 REQUEST_SUFFIXES = (".yaml", ".yml")
 BUNDLE_SUFFIX = ".files"  # `flowbatch submit` puts a request's files in <name>.files/
-EXECUTORS = ("local",)
 
 
 def is_request_name(name: str) -> bool:
@@ -243,12 +243,14 @@ class Intake:
             raise exc.at(file=label, prefix="workflow" if not req.version else "version")
         arguments = resolve_arguments(template.parameters, req.arguments, file=label)
         executor = req.executor or template.executor or site.config.executor
-        if executor not in EXECUTORS:
+        known = executor_names(site.config)
+        if executor not in known:
             raise RequestError(
                 f"unknown executor {executor!r}",
                 file=label,
                 field="executor",
-                expected="one of: " + ", ".join(EXECUTORS),
+                expected="one of: " + ", ".join(known),
+                hint="executors are declared in the site's flowbatch.yaml",
             )
         sources = self._check_files(template, arguments, claimed, label)
         rendered = render_workflow(

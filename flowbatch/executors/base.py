@@ -40,12 +40,14 @@ class Launch:
     run_id: str
     run_dir: Path
     script: str  # the script's file name inside run_dir
+    workflow: str = ""
     time_limit: float | None = None
     env: dict[str, str] = field(default_factory=dict)
 
 
 class Executor(Protocol):
     name: str
+    limit: int  # runs at once on this executor (the dispatcher respects it)
 
     def launch(self, job: Launch) -> dict[str, Any]:
         """Start the run detached; return its handle (JSON-able), written into run.json."""

@@ -30,8 +30,9 @@ START_TOLERANCE = 1.0
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, wake: Callable[[], None] | None = None) -> None:
+    def __init__(self, wake: Callable[[], None] | None = None, limit: int = 1) -> None:
         self._wake = wake or (lambda: None)
+        self.limit = limit
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exits: dict[int, int] = {}
         self._lock = threading.Lock()

@@ -1,0 +1,172 @@
+"""Installing templates every supported way, and running each dialect for real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flowbatch import api
+from flowbatch.errors import TemplateError
+
+from .conftest import EXAMPLES, drop, only_run, run_until_idle
+
+LEGACY = """
+workflow:
+  version: 0.3.0
+  inputs:
+    files: [code/helloworld.py, code/analyze.py, "${[[names]]}"]
+    parameters:
+      inputfile: ${[[names]]}
+      outputfile: results/greetings.txt
+      sleeptime: ${[[sleeptime]]}
+  workflow:
+    type: serial
+    specification:
+      steps:
+        - environment: 'python:3.7'
+          commands:
+            - ${python} code/helloworld.py
+                --inputfile "${inputfile}"
+                --outputfile "${outputfile}"
+                --sleeptime ${sleeptime}
+            - ${python} code/analyze.py
+                --inputfile "${outputfile}"
+                --outputfile results/analytics.json
+  outputs:
+    files: [results/greetings.txt, results/analytics.json]
+parameters:
+  - {name: names, label: Input file, datatype: file, as: data/names.txt}
+  - {name: sleeptime, datatype: int, defaultValue: 0}
+results:
+  file: results/analytics.json
+  schema:
+    - {name: avg_count, label: Avg. Chars per Line, type: decimal}
+    - {name: max_len, label: Max. Output Line, type: int}
+"""
+
+NATIVE = """
+flowbatch: 1
+workflow:
+  steps:
+    - name: greet
+      action:
+        commands:
+          - |
+            {% for i in range(times) %}
+            echo "{{ greeting }} #{{ i }}" >> out.txt
+            {% endfor %}
+          - >-
+            printf '{"lines": %d}' "$(wc -l < out.txt)" > result.json
+parameters:
+  - {name: times, dtype: int, range: '[1,5]', defaultValue: 2}
+  - {name: greeting, dtype: string, defaultValue: hi}
+results:
+  file: result.json
+  schema: [{name: lines, label: Lines, dtype: int}]
+"""
+
+
+def copy_code(dest: Path) -> None:
+    shutil.copytree(EXAMPLES / "helloworld/code", dest / "code")
+
+
+def test_legacy_reana_style_template_runs(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    (folder / "template.yaml").write_text(LEGACY)  # found by the fallback names
+    copy_code(folder)
+    inst = api.install(site, folder, workflow_id="legacy")
+    assert [s.name for s in inst.template.workflow.steps] == ["step1"]
+    drop(site, "r.yaml", {"workflow": "legacy", "arguments": {"names": "n.txt"}},
+         files={"n.txt": "Ann\nBob\n"})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    assert run["results"] == {"avg_count": 10.0, "max_len": 10}
+    assert (Path(run["run_dir"]) / "results/greetings.txt").read_text() == "Hello Ann!\nHello Bob!\n"
+
+
+def test_native_jinja_template_runs_with_values_as_data(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "native"
+    folder.mkdir()
+    (folder / "workflow.yml").write_text(NATIVE)
+    api.install(site, folder, workflow_id="native")
+    drop(site, "r.yaml", {"workflow": "native",
+                          "arguments": {"times": 3, "greeting": "{{ 7*7 }} $(touch PWNED)"}})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    out = (Path(run["run_dir"]) / "out.txt").read_text().splitlines()
+    assert out == [f"{{{{ 7*7 }}}} $(touch PWNED) #{i}" for i in range(3)]
+    assert run["results"] == {"lines": 3}
+    assert not list(site.root.rglob("PWNED"))
+
+
+def test_bare_template_file_and_manifest_names(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bare = tmp_path / "solo.yaml"
+    bare.write_text("workflow:\n  steps:\n    - action: {commands: ['echo hi > hi.txt']}\n")
+    inst = api.install(site, bare)
+    assert inst.id == "solo"
+    drop(site, "r.yaml", {"workflow": "solo"})
+    run_until_idle(site)
+    assert only_run(site)["state"] == "SUCCESS"
+    # our own manifest name is looked up first
+    folder = tmp_path / "own"
+    folder.mkdir()
+    (folder / "spec.yml").write_text(bare.read_text())
+    (folder / "flowbatch.yaml").write_text("name: Own Manifest\nspecfile: spec.yml\n")
+    inst = api.install(site, folder)
+    assert inst.id == "Own_Manifest" and inst.name == "Own Manifest"
+
+
+def test_install_rejects_with_file_path_and_reason(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workflow:\n  steps:\n    - action: {commands: ['echo $[[nope]]']}\n"
+                   "parameters: []\ncolour: red\n")
+    with pytest.raises(TemplateError) as info:
+        api.install(site, bad)
+    assert info.value.file and info.value.file.endswith("bad.yaml")
+    assert "colour" in info.value.summary()
+    assert list(site.layout.templates.iterdir()) == []  # nothing half-installed
+
+
+def test_reinstall_makes_a_new_version_and_runs_keep_theirs(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "workflow.yaml").write_text("workflow:\n  steps:\n    - action: {commands: ['echo v1 > v.txt']}\n")
+    first = api.install(site, folder, workflow_id="wf")
+    drop(site, "a.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    (folder / "workflow.yaml").write_text("workflow:\n  steps:\n    - action: {commands: ['echo v2 > v.txt']}\n")
+    second = api.install(site, folder, workflow_id="wf")
+    assert second.version != first.version and second.created
+    drop(site, "b.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    runs = {r["version"]: api.show_run(site, r["id"]) for r in api.list_runs(site)}
+    assert set(runs) == {first.version, second.version}
+    assert (Path(runs[first.version]["run_dir"]) / "v.txt").read_text() == "v1\n"
+    assert (Path(runs[second.version]["run_dir"]) / "v.txt").read_text() == "v2\n"
+    meta = json.loads((site.layout.template_dir("wf") / "workflow.json").read_text())
+    assert meta["current"] == second.version and len(meta["versions"]) == 2
+
+
+def test_once_ticks_launch_then_adopt_and_finish(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """Cron mode: a --once tick launches and exits; a later tick adopts and finalizes."""
+    import time
+
+    from flowbatch.daemon import run_daemon
+
+    drop(hello_site, "a.yaml", {"workflow": "helloworld", "arguments": {"sleeptime": 0.3}})
+    assert run_daemon(hello_site, once=True) is None
+    run = api.list_runs(hello_site)[0]
+    assert run["state"] == "RUNNING"
+    deadline = time.monotonic() + 30
+    while api.list_runs(hello_site)[0]["state"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.3)
+        run_daemon(hello_site, once=True)
+    shown = api.show_run(hello_site, run["id"])
+    assert shown["state"] == "SUCCESS", shown["messages"]
+    assert shown["results"]["max_len"] > 0
