@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import yamlio
 from .errors import FlowbatchError, NotFoundError, RequestError
+from .progress import Progress, track
 from .queue import BUNDLE_SUFFIX
-from .ranking import RankEntry, RankInput, rank, ranking_json
-from .report import write_leaderboard
+from .ranking import RankInput, rank, ranking_json
 from .runs import RunRecord, State, parse_state
 from .site import Site
 from .spec.manifest import find_source
@@ -22,7 +23,7 @@ from .spec.request import Request, parse_request
 from .spec.template import load_template
 from .store import atomic
 from .store.index import RunRow, WorkflowRow
-from .store.store import run_rows
+from .store.store import Store, run_rows
 from .store.templates import Installed
 
 LIST_FIELDS = (
@@ -50,7 +51,8 @@ def install(
     specfile: str | None = None,
 ) -> Installed:
     src = find_source(path, specfile=specfile, name=name)
-    installed = site.templates.install(src, workflow_id=workflow_id, name=name)
+    with Progress(f"installing {src.spec_path.parent.name}") as bar:  # big templates
+        installed = site.templates.install(src, workflow_id=workflow_id, name=name, progress=bar)
     index_workflow(site, installed.id)
     return installed
 
@@ -299,22 +301,26 @@ def ranking(site: Site, workflow: str, *, include_all: bool = False) -> dict[str
     return ranking_json(workflow, template.results, entries)
 
 
-def update_reports(site: Site, workflows: set[str] | list[str]) -> None:
-    """Rewrite leaderboard.json/.html of each workflow (once per tick, changed ones only)."""
-    for workflow in sorted(workflows):
-        try:
-            template, _ = site.templates.load(workflow)
-        except FlowbatchError:
-            continue
-        if template.results is None:
-            continue
-        inputs = rank_inputs(workflow)
-        best: list[RankEntry] = rank(inputs, template.results)
-        everything = rank(inputs, template.results, include_all=True)
-        title = site.templates.meta(workflow).get("name") or workflow
-        out_dir = site.layout.workflow_results(workflow)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_leaderboard(out_dir, workflow, title, template.results, best, all_entries=everything)
+def update_reports(site: Site, workflows: set[str] | list[str], *, run_pages: bool = False) -> None:
+    """Rewrite the leaderboard files of each workflow and ``results/index.html`` (the
+    daemon: once per tick, changed workflows only); see :mod:`flowbatch.publish`."""
+    from .publish import update_reports as publish
+
+    publish(site, workflows, run_pages=run_pages)
+
+
+def report(
+    site: Site, workflow: str | None = None, *, progress: Callable[[str], None] | None = None
+) -> list[str]:
+    """Regenerate every report file (leaderboards, run pages, the front page) of one
+    workflow or of all; returns the workflows done."""
+    from .publish import update_reports as publish
+
+    if workflow is not None:
+        site.templates.meta(workflow)  # NotFoundError for an unknown workflow
+    workflows = [workflow] if workflow else site.templates.list_ids()
+    publish(site, workflows, run_pages=True, progress=progress)
+    return workflows
 
 
 # -- index -----------------------------------------------------------------------------------
@@ -328,11 +334,12 @@ def reindex(site: Site) -> int:
     if not site.config.database:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    store = site.store
+    store = site.__dict__["store"] = Store(site.layout, site.config.database, check_index=False)
     idx.clear(store.db)
     for wf_id in site.templates.list_ids():
         index_workflow(site, wf_id)
-    runs = (store.load_dir(d) for d in store.iter_run_dirs())
+    dirs = list(store.iter_run_dirs())  # a count first: the progress line shows a total
+    runs = (store.load_dir(d) for d in track(dirs, "reindex"))
     count = store.index_many(runs)
     update_reports(site, site.templates.list_ids())
     return count

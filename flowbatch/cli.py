@@ -208,6 +208,9 @@ def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
         "run_dir",
     ):
         click.echo(f"{key + ':':13}{'' if info[key] is None else info[key]}")
+    scheduler = (info.get("handle") or {}).get("status")
+    if scheduler and info["state"] in ("PENDING", "RUNNING"):
+        click.echo(f"{'scheduler:':13}{scheduler}")  # e.g. Slurm's PENDING (Priority)
     click.echo("arguments:")
     for name, value in info["arguments"].items():
         click.echo(f"  {name}: {json.dumps(value)}")
@@ -305,6 +308,58 @@ def reindex(obj: Context) -> None:
     """Rebuild the index database from the results tree alone."""
     count = api.reindex(obj.site)
     click.echo(f"indexed {count} runs")
+
+
+@main.command()
+@click.argument("workflow", required=False)
+@pass_ctx
+def report(obj: Context, workflow: str | None) -> None:
+    """Regenerate the report pages: leaderboards, run pages, results/index.html."""
+    from .progress import Progress
+
+    # The progress line draws only on a terminal: a cron job's mail stays one line.
+    with Progress("writing reports") as bar:
+        done = api.report(obj.site, workflow, progress=lambda name: bar.advance())
+    index = obj.site.layout.results / "index.html"
+    plural = "s" if len(done) != 1 else ""
+    click.echo(f"reports of {len(done)} workflow{plural} written: {index}")
+
+
+# config, schema, doctor: admin commands kept in their own module (registers on import)
+from . import cli_admin  # noqa: E402, F401
+
+
+@main.group()
+def hosts() -> None:
+    """SSH hosts of the site config."""
+
+
+@hosts.command("check")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def hosts_check(obj: Context, name: str | None, as_json: bool) -> None:
+    """Connect to NAME (default: every host), verify its host key, check that the remote
+    root is writable, and report the round-trip time. Exits 1 when a check fails."""
+    from .executors.ssh import check_hosts
+
+    report = check_hosts(obj.site.config, name)
+    if as_json:
+        _echo_json(report)
+    else:
+        for host, info in report.items():
+            if info["ok"]:
+                click.echo(
+                    f"{host}: ok {info['login']}"
+                    + (f" via {info['via']}" if info["via"] else "")
+                    + f", host key {info['host_key']}, remote root {info['remote_root']} "
+                    f"writable, connect {info['connect_ms']} ms, "
+                    f"round trip {info['round_trip_ms']} ms"
+                )
+            else:
+                click.echo(f"{host}: FAILED {info['error']}", err=True)
+    if not all(info["ok"] for info in report.values()):
+        sys.exit(1)
 
 
 def run() -> None:  # pragma: no cover - console entry point alias

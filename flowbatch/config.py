@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import yamlio
-from .errors import ConfigError
+from .slurm_profile import SlurmProfile, check_profiles
+from .ssh_hosts import SSHHost, check_hosts
 
 CONFIG_NAME = "flowbatch.yaml"
 
@@ -93,7 +94,37 @@ class SiteConfig(_Strict):
         description="Trusted ${name} variables for flowServ templates (e.g. java: /usr/bin/java).",
     )
     polling: PollingConfig = Field(default_factory=PollingConfig)
+    slurm: dict[str, SlurmProfile] = Field(
+        default_factory=dict,
+        description="Slurm profiles by name: `executor: slurm` uses `default` (built-in "
+        "defaults when absent), `executor: slurm:<name>` the others.",
+    )
+    ssh: dict[str, SSHHost] = Field(
+        default_factory=dict,
+        description="SSH hosts by name (each is an executor: `executor: <name>`); "
+        "see flowbatch.ssh_hosts.",
+    )
     max_request_bytes: int = Field(default=yamlio.MAX_REQUEST_BYTES, ge=1024)
+    allowed_users: list[str] | None = Field(
+        default=None,
+        description="User names whose requests are accepted. Default: everyone when the "
+        "daemon runs as root (each run then runs as its owner), else only the daemon's own "
+        "user (a service user runs everything as itself).",
+    )
+    allowed_groups: list[str] | None = Field(
+        default=None, description="Unix groups whose members' requests are accepted."
+    )
+
+    @field_validator("slurm")
+    @classmethod
+    def _slurm_profiles(cls, value: dict[str, SlurmProfile]) -> dict[str, SlurmProfile]:
+        return check_profiles(value)
+
+    @field_validator("ssh")
+    @classmethod
+    def _ssh_hosts(cls, value: dict[str, SSHHost]) -> dict[str, SSHHost]:
+        check_hosts(value, reserved={"local", "slurm"})
+        return value
 
     @field_validator("time_limit", mode="before")
     @classmethod
@@ -106,24 +137,14 @@ class SiteConfig(_Strict):
 
 
 def load_config(site: Path) -> SiteConfig:
-    """Read ``<site>/flowbatch.yaml``; a missing file means the embedded defaults."""
-    path = site / CONFIG_NAME
-    data: Any = {}
-    if path.exists():
-        data = yamlio.load_file(path) or {}
-        if not isinstance(data, dict):
-            raise ConfigError("the site config must be a mapping", file=str(path))
-    try:
-        return SiteConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            first["msg"],
-            file=str(path),
-            field=field,
-            hint=f"fix {field} in {CONFIG_NAME} (see `flowbatch init` for a commented example)",
-        ) from None
+    """Read ``<site>/flowbatch.yaml`` (missing: the defaults) with ``FLOWBATCH_*`` overrides.
+
+    Errors name the key, what was expected, and the file or variable to fix
+    (see :mod:`flowbatch.configsrc`).
+    """
+    from .configsrc import load  # imports this module: resolved at call time
+
+    return load(site).config
 
 
 DEFAULT_CONFIG_TEXT = """\
@@ -140,4 +161,27 @@ DEFAULT_CONFIG_TEXT = """\
 #   interval: 2.0         # seconds between ticks when nothing wakes the daemon (queue rescan)
 #   settle: 0.5           # a request found by rescanning is read once unchanged this long
 # max_request_bytes: 1048576   # requests larger than this are rejected
+# slurm:                  # Slurm profiles: `executor: slurm` = default, `slurm:<name>`
+#   default:
+#     partition: null     # --partition; also account, qos
+#     time: null          # default --time ('30m', '2h', '1-00:00:00'); cpus, mem ('4G'), gpus
+#     extra: []           # more #SBATCH options, e.g. ['--exclusive']
+#     modules: []         # `module load` these first
+#     via: local          # or an ssh host name: run sbatch/squeue on that login node
+#     poll: {floor: 2.0, ceiling: 60.0}   # seconds between squeue calls (adaptive)
+#     failures: 5         # failed scheduler commands in a row tolerated
+#     max_array_size: 1000
+# ssh:                    # SSH hosts; each name is an executor (`executor: login1`)
+#   login1:
+#     hostname: login1.example.org
+#     port: 22
+#     user: null          # default: the daemon's user
+#     key_file: null      # private key; default: the SSH agent (no passwords)
+#     known_hosts: ~/.ssh/known_hosts   # the host key must be there (strict)
+#     remote_root: flowbatch-runs       # under the remote home unless absolute
+#     max_runs: 4
+#     jump_host: null     # another host of this section to go through
+#     keep_remote: false  # keep the remote run folder after collecting it
+#     connect_timeout: 10s
+#     unreachable_grace: 5m             # then the host's runs become ERROR
 """

@@ -21,12 +21,14 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from . import api
+from . import api, faults, notify
 from .errors import FlowbatchError, RequestError
 from .executors import build_executors
 from .executors.base import Executor
 from .lifecycle import Runner
+from .postproc import PostProcManager
 from .queue import Claimed, Intake, is_request_name
+from .report_pages import RunPageWriter
 from .runs import State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
@@ -71,7 +73,7 @@ class SiteLock:
 def lock_holder(site: Site) -> dict[str, Any] | None:
     """Who holds the site's daemon lock, or None when it is free."""
     try:
-        with open(site.layout.lock, encoding="utf-8") as fh:
+        with open(site.lock_path, encoding="utf-8") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -92,10 +94,14 @@ class Daemon:
         self.wakeup = threading.Event()
         self.stopping = False
         self.reload_requested = False
-        self.executors: dict[str, Executor] = build_executors(site.config, self.wakeup.set)
+        self.executors: dict[str, Executor] = build_executors(
+            site.config, self.wakeup.set, site_root=site.root
+        )
         self.intake = Intake(site)
         self.runner = Runner(site, self.executors)
-        self.lock = SiteLock(site.layout.lock)
+        self.postproc = PostProcManager(site, self.wakeup.set)
+        RunPageWriter.attach(site)  # writes a run's page once it has ended
+        self.lock = SiteLock(site.lock_path)
         self._observer: Any = None
         self.ticks = 0
 
@@ -158,10 +164,13 @@ class Daemon:
         self.runner.dispatch()
         if self.runner.poll():
             self.runner.dispatch()  # slots freed by finished runs
+        self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
         changed = self.runner.changed_workflows
         if changed:
-            self.runner.changed_workflows = set()
+            faults.point("ranking")
+            self.postproc.maybe_start(changed)
             api.update_reports(self.site, changed)
+            self.runner.changed_workflows = set()
 
     def apply_cancel(self, req: CancelRequest, claimed: Claimed) -> None:
         try:
@@ -174,7 +183,12 @@ class Daemon:
     def idle(self) -> bool:
         queue = self.site.layout.queue
         waiting = any(is_request_name(p.name) for p in queue.iterdir()) if queue.is_dir() else False
-        return not waiting and not self.runner.active and not self.intake.leftovers()
+        return (
+            not waiting
+            and not self.runner.active
+            and not self.intake.leftovers()
+            and not self.postproc.busy
+        )
 
     # -- loops ------------------------------------------------------------------------------------
     def serve(self, *, until_idle: bool = False) -> None:
@@ -246,6 +260,12 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
         daemon.start()
     except Busy as busy:
         return f"another flowbatch daemon already serves {site.root}: {busy}"
+    # systemd (Type=notify) counts the service as started once the lock is held and runs
+    # are recovered; without $NOTIFY_SOCKET these calls do nothing. The signal handlers
+    # come first: a stop right after READY must end the daemon cleanly.
+    if not once:
+        daemon._install_signals()
+    notify.ready(f"serving {site.root}")
     try:
         if once:
             # runs it launches are detached; the next tick adopts them (PID + start time)
@@ -253,6 +273,7 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
         else:
             daemon.serve(until_idle=until_idle)
     finally:
+        notify.stopping()
         daemon.stop()
     return None
 

@@ -15,13 +15,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import faults
 from .errors import FlowbatchError
 from .executors.base import Executor, Launch, Liveness, Probe
-from .render.script import SCRIPT_NAME, read_markers, step_log_paths
+from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR, read_markers, step_log_paths
 from .results import read_results
 from .runs import ACTIVE, RunRecord, State
 from .site import Site
 from .spec.model import Template
+from .spec.resources import run_resources
+from .store.layout import REQUEST_COPY
 
 log = logging.getLogger("flowbatch.runner")
 
@@ -89,11 +92,14 @@ class Runner:
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> None:
         """After a start: take over every active run the tree knows."""
-        for run in self.store.sync_active():
+        # shared site: catch up only this host's runs (another's change under it)
+        for run in self.store.sync_active(self.site.host if self.site.shared else None):
+            if run.host not in (None, self.site.host):
+                continue  # another daemon host of this site owns it
             self.active[run.id] = run
             run_dir = self.store.run_dir(run)
             executor = self.executors.get(run.executor)
-            if run.state == State.PENDING:
+            if run.state == State.PENDING and run.executor == "local":
                 markers = read_markers(run_dir)
                 if markers.started is None:
                     continue  # never launched: dispatch will
@@ -126,12 +132,22 @@ class Runner:
                 continue
             if busy[run.executor] >= executor.limit:
                 continue  # another executor may still have room
-            job = Launch(run.id, self.store.run_dir(run), SCRIPT_NAME, run.workflow, run.time_limit)
+            job = Launch(
+                run.id,
+                self.store.run_dir(run),
+                SCRIPT_NAME,
+                run.workflow,
+                run.time_limit,
+                uid=run.owner_uid,
+            )
+            faults.point("launch")
             try:
+                self._record_intent(run, executor, job)
                 handle = executor.launch(job)
             except FlowbatchError as exc:
                 self._transition(run, State.ERROR, messages=[exc.summary()])
                 continue
+            faults.point("launched")
             self._transition(run, State.RUNNING, handle=handle)
             busy[run.executor] += 1
             launched += 1
@@ -150,13 +166,36 @@ class Runner:
             for run in runs:
                 probe = probes.get(run.id)
                 if probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
-                    if self._over_time(run, now):
+                    if probe is not None:
+                        self._note_status(run, probe)
+                    if self._over_time(run, now) and not enforces_time_limit(executor):
                         self._kill(run, executor, State.ERROR, "time limit exceeded")
                         finished += 1
                     continue
                 self.finalize(run, probe)
                 finished += 1
         return finished
+
+    def _record_intent(self, run: RunRecord, executor: Executor, job: Launch) -> None:
+        """Scheduler executors (Slurm): record the intent (job name) in run.json BEFORE
+        submitting, so that a crash between submission and record finds the job by name
+        instead of submitting it twice; and hand them the run's resources."""
+        intent = getattr(executor, "intent", None)
+        if intent is None:
+            return
+        template, _ = self.site.templates.load(run.workflow, run.version)
+        job.resources = run_resources(template.resources, self.store.run_dir(run) / REQUEST_COPY)
+        job.handle = run.handle
+        run.handle = intent(job)
+        self.store.write(run)
+
+    def _note_status(self, run: RunRecord, probe: Probe) -> None:
+        """Keep the backend's word on a live run (Slurm: PENDING (Priority)) in its handle,
+        for `runs show`; written only when it changes."""
+        status = probe.detail.get("status")
+        if status and run.handle is not None and run.handle.get("status") != status:
+            run.handle = {**run.handle, "status": status}
+            self.store.write(run)
 
     def _over_time(self, run: RunRecord, now: datetime) -> bool:
         if not run.time_limit or not run.started_at:
@@ -181,32 +220,28 @@ class Runner:
     # -- finalize -----------------------------------------------------------------------------
     def finalize(self, run: RunRecord, probe: Probe) -> None:
         """The script ended: its markers, then the results, decide the final state."""
+        faults.point("finalize")
         run_dir = self.store.run_dir(run)
         executor = self.executors[run.executor]
         if run.handle:
             executor.collect(run.id, run.handle, run_dir)
         markers = read_markers(run_dir)
         steps = self._steps(run, markers)
-        if markers.exit is None:
-            code = probe.exit_code
-            why = f" ({describe_code(code)})" if code is not None else ""
-            self._transition(
-                run,
-                State.ERROR,
-                steps=steps,
-                messages=[
-                    f"lost: the run's process ended without writing its exit marker{why}; "
-                    f"{probe.raw}".rstrip("; ")
-                ],
-            )
+        canceled = probe.detail.get("canceled")  # e.g. scancel outside flowbatch
+        if canceled:
+            self._transition(run, State.CANCELED, steps=steps, messages=[canceled], reason=canceled)
+            return
+        if markers.exit is None or probe.infra_failure:
+            self._lost(run, probe, steps)
             return
         code, _, failed = markers.exit
         if code != 0:
+            scheduler = [probe.detail["message"]] if probe.detail.get("message") else []
             self._transition(
                 run,
                 State.ERROR,
                 steps=steps,
-                messages=self._failure_messages(run, steps, code, failed),
+                messages=self._failure_messages(run, steps, code, failed) + scheduler,
             )
             return
         template, _ = self.site.templates.load(run.workflow, run.version)
@@ -217,6 +252,38 @@ class Runner:
             self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()])
             return
         self._transition(run, State.SUCCESS, steps=steps, results=results, files=files)
+
+    def _lost(self, run: RunRecord, probe: Probe, steps: list[dict[str, Any]]) -> None:
+        """The run vanished (no exit marker) or its infrastructure failed: retry or ERROR.
+
+        A retry is a new attempt of the same run: this attempt's logs and markers move to
+        ``attempts/<n>/`` and the run goes back to PENDING. A user's own non-zero exit never
+        comes here.
+        """
+        if probe.infra_failure:
+            why = probe.infra_failure
+        else:
+            code = f" ({describe_code(probe.exit_code)})" if probe.exit_code is not None else ""
+            why = f"the run's process ended without writing its exit marker{code}"
+            if probe.raw:
+                why += f"; {probe.raw}"
+            script_log = tail(self.store.run_dir(run) / LOGS_DIR / "script.log", 5)
+            if script_log:
+                why += f"; the script said: {script_log}"
+        if run.attempt <= run.retries:
+            archive_attempt(self.store.run_dir(run), run.attempt)
+            reason = f"retry {run.attempt} of {run.retries} after: {why}"
+            self.store.transition(
+                run,
+                State.PENDING,
+                reason=reason,
+                messages=[reason],
+                handle=None,
+                steps=[],
+                attempt=run.attempt + 1,
+            )
+            return
+        self._transition(run, State.ERROR, steps=steps, messages=[f"lost: {why}"])
 
     def _failure_messages(
         self, run: RunRecord, steps: list[dict[str, Any]], code: int, failed: int
@@ -259,6 +326,22 @@ class Runner:
                 }
             )
         return out
+
+
+def enforces_time_limit(executor: Executor) -> bool:
+    """A scheduler that kills over-time jobs itself (Slurm's --time): the Runner must not
+    count time spent waiting in its queue."""
+    return bool(getattr(executor, "enforces_time_limit", False))
+
+
+def archive_attempt(run_dir: Path, attempt: int) -> Path:
+    """Move one attempt's ``logs/`` and ``status/`` to ``attempts/<attempt>/``."""
+    dest = run_dir / "attempts" / str(attempt)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (LOGS_DIR, STATUS_DIR):
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, dest / name)
+    return dest
 
 
 def output_files(run_dir: Path, template: Template) -> list[dict[str, Any]]:

@@ -30,7 +30,11 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("flowbatch")
+    # every library's records go through the same handler, so --log-format json gives
+    # JSON lines only
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    logging.getLogger("flowbatch").setLevel(level)
+    # watchdog reports a benign race when its observer stops with events queued
+    logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)

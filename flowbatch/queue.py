@@ -9,6 +9,9 @@ same run id. Nothing is lost: a refused request goes to ``queue/rejected/`` besi
 
 from __future__ import annotations
 
+import errno
+import grp
+import hashlib
 import logging
 import os
 import pwd
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import yamlio
+from . import faults, yamlio
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
@@ -52,6 +55,13 @@ def new_run_id() -> str:
     return secrets.token_hex(6)
 
 
+def claim_key(name: str, st: os.stat_result) -> str:
+    """One request file, the same for every host that sees it (no st_dev: NFS clients
+    differ there); a later file of the same name has another mtime or inode."""
+    ident = f"\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}".encode()
+    return hashlib.sha256(os.fsencode(name) + ident).hexdigest()
+
+
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -78,6 +88,7 @@ class Intake:
     def __init__(self, site: Site) -> None:
         self.site = site
         self.layout = site.layout
+        site.store  # noqa: B018 - open the index before any run folder appears
         self._seen: dict[str, tuple[int, int, float]] = {}
         self.ready: set[str] = set()  # names inotify reported as complete (closed, moved in)
 
@@ -124,21 +135,44 @@ class Intake:
         except FileNotFoundError:
             return None
         run_id = new_run_id()
-        dest = self.layout.claimed / f"{run_id}--{name}"
+        self.site.claimed_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.site.claimed_dir / f"{run_id}--{name}"
         try:
             os.rename(src, dest)
         except FileNotFoundError:
+            return None  # another daemon took it
+        except OSError as exc:
+            log.error("cannot claim %s: %s", printable_name(name), exc.strerror)
             return None
         self._seen.pop(name, None)
         self.ready.discard(name)
+        # several hosts, one queue: a unique key in the index makes a double claim
+        # impossible even where a rename can "succeed" twice (NFS retransmits); the one
+        # who comes second drops its claim
+        if not self.site.store.claim(claim_key(name, st), run_id, self.site.host):
+            log.warning("%s was claimed by another daemon: dropped", printable_name(name))
+            dest.unlink(missing_ok=True)
+            return None
         return Claimed(dest, run_id, name, st.st_uid)
+
+    def _reject_name(self, name: str, problem: str) -> None:
+        """A name that cannot be claimed as it is goes to rejected/ under a safe name."""
+        try:
+            uid = (self.layout.queue / name).lstat().st_uid
+        except FileNotFoundError:
+            return
+        safe = printable_name(name)
+        entry = Claimed(self.layout.queue / name, "", safe, uid)
+        self.reject(entry, RequestError(problem, file=safe, hint="rename the file"))
 
     def leftovers(self) -> list[Claimed]:
         """Requests claimed by a daemon that died before it finished with them."""
         out: list[Claimed] = []
-        if not self.layout.claimed.is_dir():
+        if not self.site.claimed_dir.is_dir():
             return out
-        for path in sorted(self.layout.claimed.iterdir()):
+        for path in sorted(self.site.claimed_dir.iterdir()):
+            if path.is_dir() and not path.is_symlink():
+                continue  # another host's folder (shared sites)
             run_id, sep, name = path.name.partition("--")
             if not sep:
                 continue
@@ -156,14 +190,34 @@ class Intake:
         for name in self.candidates():
             if limit is not None and len(todo) >= limit:
                 break
+            problem = name_problem(name)
+            if problem:
+                self._reject_name(name, problem)
+                result.rejected.append(printable_name(name))
+                continue
             claimed = self.claim(name)
             if claimed:
                 todo.append(claimed)
         for claimed in todo:
+            faults.point("intake")
             self.process(claimed, result)
         return result
 
     def process(self, claimed: Claimed, result: IntakeResult) -> None:
+        try:
+            self._process(claimed, result)
+        except Exception as exc:
+            log.exception("internal error on %s", printable_name(claimed.name))
+            self.reject(
+                claimed,
+                FlowbatchError(
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    hint="this is a flowbatch bug; please report it with this file",
+                ),
+            )
+            result.rejected.append(claimed.name)
+
+    def _process(self, claimed: Claimed, result: IntakeResult) -> None:
         try:
             existing = self._existing_run(claimed.run_id)
             if existing is not None:  # created before a crash: just finish the clean-up
@@ -237,6 +291,14 @@ class Intake:
     def _create(self, claimed: Claimed, req: Request) -> RunRecord:
         label = claimed.name
         site = self.site
+        refusal = owner_refusal(site, claimed.uid)
+        if refusal:
+            raise RequestError(
+                refusal,
+                file=label,
+                hint="ask the site's admin to add you to "
+                "allowed_users or allowed_groups in flowbatch.yaml",
+            )
         try:
             template, version = site.templates.load(req.workflow, req.version)
         except FlowbatchError as exc:
@@ -252,21 +314,26 @@ class Intake:
                 expected="one of: " + ", ".join(known),
                 hint="executors are declared in the site's flowbatch.yaml",
             )
-        sources = self._check_files(template, arguments, claimed, label)
-        rendered = render_workflow(
-            template, template.workflow, arguments, site.config.all_variables()
-        )
-        run_dir = site.layout.run_dir(req.workflow, claimed.run_id)
-        tmp_dir = run_dir.with_name(f".{claimed.run_id}.tmp")
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
         files_dir = site.templates.files_dir(req.workflow, version)
-        if files_dir.is_dir():
-            shutil.copytree(files_dir, tmp_dir, dirs_exist_ok=True, symlinks=True)
-        for name, src in sources.items():
-            target = tmp_dir / arguments[name].target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
+        sources = self._check_files(template, files_dir, arguments, claimed, label)
+        try:
+            rendered = render_workflow(
+                template, template.workflow, arguments, site.config.all_variables()
+            )
+            run_dir = site.layout.run_dir(req.workflow, claimed.run_id)
+            tmp_dir = run_dir.with_name(f".{claimed.run_id}.tmp")
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir.mkdir(parents=True)
+            if files_dir.is_dir():
+                shutil.copytree(files_dir, tmp_dir, dirs_exist_ok=True, symlinks=True)
+            for name, fd in sources.items():
+                target = tmp_dir / arguments[name].target
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)  # the template's sample, replaced
+                copy_fd(fd, target)
+        finally:
+            for fd in sources.values():
+                os.close(fd)
         shutil.copyfile(claimed.path, tmp_dir / REQUEST_COPY)
         atomic.write_text(
             tmp_dir / SCRIPT_NAME,
@@ -287,10 +354,15 @@ class Intake:
             arguments=_jsonable(arguments),
             executor=executor,
             time_limit=template.time_limit or site.config.time_limit,
+            retries=template.retries if req.retries is None else req.retries,
+            host=site.host,
         )
         run.history.append({"state": run.state.value, "at": run.created_at, "message": None})
         atomic.write_json(tmp_dir / "run.json", run.to_dict(), fsync=False)
+        hand_over(tmp_dir, claimed.uid)
+        faults.point("create")
         os.replace(tmp_dir, run_dir)  # the run exists from here on, complete
+        faults.point("created")
         site.store.write(run, change=dict(run.history[-1]))
         log.info(
             "run %s created from %s (workflow %s, group %s)", run.id, label, run.workflow, run.group
@@ -298,52 +370,47 @@ class Intake:
         return run
 
     def _check_files(
-        self, template: Template, arguments: dict[str, Any], claimed: Claimed, label: str
-    ) -> dict[str, Path]:
-        """Each file argument must name a regular file inside the request's folder that the
-        request's owner owns (a request cannot read another user's inputs)."""
-        queue = self.layout.queue.resolve()
-        out: dict[str, Path] = {}
-        for name, value in arguments.items():
-            if not isinstance(value, FileArg) or not value.source:
-                continue
-            field = f"arguments.{name}"
-            rel = Path(value.source)
-            if rel.is_absolute() or ".." in rel.parts:
-                raise ArgumentError(
-                    "a file path must be relative to the request file and stay inside its folder",
-                    file=label,
-                    field=field,
-                    expected="a relative path without '..'",
-                )
-            path = queue / rel
-            real = Path(os.path.realpath(path))
-            if not real.is_relative_to(queue) or real.is_relative_to(self.layout.claimed.resolve()):
-                raise ArgumentError(
-                    "the file leads outside the request's folder (symlink)", file=label, field=field
-                )
-            try:
-                st = os.stat(real)
-            except FileNotFoundError:
-                raise ArgumentError(
-                    f"file {value.source!r} does not exist",
-                    file=label,
-                    field=field,
-                    hint="put the file beside the request, or use "
-                    "`flowbatch submit` which brings it along",
-                ) from None
-            if not stat.S_ISREG(st.st_mode):
-                raise ArgumentError(
-                    f"{value.source!r} is not a regular file", file=label, field=field
-                )
-            if claimed.uid != 0 and st.st_uid != claimed.uid:
-                raise ArgumentError(
-                    f"file {value.source!r} belongs to another user",
-                    file=label,
-                    field=field,
-                    hint="a request may only use its owner's files",
-                )
-            out[name] = real
+        self,
+        template: Template,
+        files_dir: Path,
+        arguments: dict[str, Any],
+        claimed: Claimed,
+        label: str,
+    ) -> dict[str, int]:
+        """Open each file argument safely; return name -> open descriptor.
+
+        The path must stay inside the request's folder with no symbolic link on the way
+        (each component is opened with ``O_NOFOLLOW`` relative to the previous one, so a
+        file swapped for a link after a check cannot lead the daemon elsewhere); the file
+        must be regular and belong to the request's owner (a request cannot read another
+        user's inputs); its target must not replace a template file or flowbatch's own.
+        """
+        out: dict[str, int] = {}
+        targets: dict[str, str] = {}
+        try:
+            for name, value in arguments.items():
+                if not isinstance(value, FileArg) or not value.source:
+                    continue
+                field = f"arguments.{name}"
+                _check_target(template, files_dir, name, value, targets, label)
+                fd = open_inside(self.layout.queue, value.source, label=label, field=field)
+                out[name] = fd
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise ArgumentError(
+                        f"{value.source!r} is not a regular file", file=label, field=field
+                    )
+                if claimed.uid != 0 and st.st_uid != claimed.uid:
+                    raise ArgumentError(
+                        f"file {value.source!r} belongs to another user",
+                        file=label,
+                        field=field,
+                        hint="a request may only use its owner's files",
+                    )
+        except BaseException:
+            for fd in out.values():
+                os.close(fd)
+            raise
         return out
 
     # -- rejection ----------------------------------------------------------------------------
@@ -366,6 +433,183 @@ class Intake:
         except FileNotFoundError:
             pass
         log.warning("rejected %s: %s", name, error.summary())
+
+
+def _check_target(
+    template: Template,
+    files_dir: Path,
+    name: str,
+    value: FileArg,
+    targets: dict[str, str],
+    label: str,
+) -> None:
+    """A target the user chose may not overwrite what the template ships or what
+    flowbatch writes (``run.json``, ``status/`` markers...); the author's own target
+    (the declared ``target`` or ``defaultValue``) may replace the template's sample."""
+    from .store.templates import RESERVED
+
+    field = f"arguments.{name}.target"
+    parts = Path(value.target).parts
+    if parts and parts[0] in RESERVED:
+        raise ArgumentError(
+            f"target {value.target!r} is a name flowbatch reserves in the run folder",
+            file=label,
+            field=field,
+            expected=f"a path outside {', '.join(sorted(RESERVED))}",
+        )
+    if value.target in targets:
+        raise ArgumentError(
+            f"target {value.target!r} is also the target of {targets[value.target]!r}",
+            file=label,
+            field=field,
+        )
+    targets[value.target] = name
+    param = template.parameter(name)
+    if param and value.target in (param.target, param.default):
+        return
+    # the target itself, or a file standing where one of its folders would go
+    prefixes = [Path(*parts[:i]) for i in range(1, len(parts) + 1)]
+    if (
+        any((files_dir / p).is_file() or (files_dir / p).is_symlink() for p in prefixes)
+        or (files_dir / value.target).exists()
+    ):
+        raise ArgumentError(
+            f"target {value.target!r} would replace a file of the workflow template",
+            file=label,
+            field=field,
+            hint="choose another target path",
+        )
+
+
+def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
+    """Open ``folder/rel`` for reading, refusing ``..``, absolute paths and symlinks on
+    any component. Returns a file descriptor the caller closes."""
+    path = Path(rel)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ArgumentError(
+            "a file path must be relative to the request file and stay inside its folder",
+            file=label,
+            field=field,
+            expected="a relative path without '..'",
+        )
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(path.parts):
+            last = i == len(path.parts) - 1
+            try:
+                nxt = os.open(part, flags if last else flags | os.O_DIRECTORY, dir_fd=fd)
+            except FileNotFoundError:
+                raise ArgumentError(
+                    f"file {rel!r} does not exist",
+                    file=label,
+                    field=field,
+                    hint="put the file beside the request, or use `flowbatch submit` "
+                    "which brings it along",
+                ) from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise ArgumentError(
+                        f"{rel!r} goes through a symbolic link (a symlink could lead "
+                        "outside the request's folder)",
+                        file=label,
+                        field=field,
+                    ) from None
+                raise ArgumentError(
+                    f"cannot open {rel!r}: {exc.strerror}", file=label, field=field
+                ) from None
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def copy_fd(fd: int, dest: Path) -> None:
+    """Copy an open file's content to ``dest`` (a new file)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    with open(dest, "wb") as out:
+        while chunk := os.read(fd, 1 << 20):
+            out.write(chunk)
+
+
+MAX_NAME_BYTES = 200
+
+
+def name_problem(name: str) -> str | None:
+    """Why a request's file name cannot be taken as it is, or None."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8"
+    if size > MAX_NAME_BYTES:
+        return f"the file name is too long ({size} bytes; at most {MAX_NAME_BYTES})"
+    return None
+
+
+def printable_name(name: str) -> str:
+    """``name`` made safe to write into YAML, JSON and logs, and short enough."""
+    raw = os.fsencode(name)
+    text = raw.decode("utf-8", "replace").replace("\ufffd", "_")
+    if len(text.encode("utf-8")) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(raw).hexdigest()[:8]
+        suffix = Path(text).suffix[:10]
+        text = f"{text[:100]}~{digest}{suffix}"
+    return text
+
+
+def owner_refusal(site: Site, uid: int) -> str | None:
+    """Why requests of ``uid`` are not accepted here, or None when they are.
+
+    A root daemon runs each run as its owner, so it accepts everyone unless the config
+    lists who may submit. A daemon running as a service user runs everything as itself:
+    by default it accepts only its own user's requests.
+    """
+    me = os.geteuid()
+    config = site.config
+    if uid == me and (me != 0 or config.allowed_users is None):
+        return None
+    if config.allowed_users is None and config.allowed_groups is None:
+        if me == 0:
+            return None
+        return (
+            f"this daemon runs as {user_name(me)} and accepts only that user's requests "
+            f"(the file belongs to {user_name(uid)})"
+        )
+    name = user_name(uid)
+    if name in (config.allowed_users or []):
+        return None
+    try:
+        primary = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        primary = -1
+    for group in config.allowed_groups or []:
+        try:
+            info = grp.getgrnam(group)
+        except KeyError:
+            continue
+        if info.gr_gid == primary or name in info.gr_mem:
+            return None
+    return f"user {name} may not submit to this site"
+
+
+def hand_over(path: Path, uid: int) -> None:
+    """A root daemon gives a run's folder to its owner (who runs it); never world-writable."""
+    if os.geteuid() != 0 or uid == 0:
+        return
+    try:
+        gid = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        gid = uid
+    for dirpath, _dirnames, filenames in os.walk(path):
+        os.chown(dirpath, uid, gid)
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chown(full, uid, gid)
+                os.chmod(full, os.stat(full).st_mode & ~0o022)
 
 
 def _jsonable(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -1,32 +1,134 @@
-"""Leaderboard files: ``leaderboard.json`` for tools and ``leaderboard.html`` for people.
+"""Leaderboard files: ``leaderboard.json`` and ``leaderboard.csv`` for tools,
+``leaderboard.html`` for people.
 
-Both are written atomically (a reader never sees half a file) into the workflow's results
-folder. The HTML page is one self-contained file: inline CSS, no scripts, no external
-resources, so it can be opened straight from a cluster's shared file system or served as a
-static file. Every value that comes from a user or a template author (title, group and run
-names, string results, labels) goes through Jinja2's autoescaping; a Content-Security-Policy
-that forbids scripts is a second line of defence should a value ever slip through.
+All three are written atomically (a reader never sees half a file) into the workflow's
+results folder. The HTML page is one self-contained file, so it can be opened straight
+from a cluster's shared file system or copied out to a web folder without internet
+access: inline CSS, one inline script (sortable columns, the best/all toggle), the chart as
+inline SVG, post-processing images as ``data:`` URIs; nothing is fetched.
 
-All HTML rendering lives in :func:`render_leaderboard_html` so a richer page can grow there.
+Every value that comes from a user or a template author (title, group and run names,
+string results, labels, argument values) goes through Jinja2's autoescaping. A
+Content-Security-Policy that lets only our own script run (by its SHA-256 hash) is a
+second line of defence should a value ever slip through.
+
+The templates and assets are package data (``flowbatch/data/report/``). This module also
+holds what the other pages (:mod:`flowbatch.report_pages`) share: the Jinja2 environment,
+the page frame and number/time formatting.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
+import io
+import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import jinja2
+from markupsafe import Markup
 
 from .ranking import RankEntry, entry_json, parse_time, ranking_json, run_seconds
-from .spec.model import ResultColumn, ResultSchema
+from .spec.model import Parameter, ResultColumn, ResultSchema
 from .store.atomic import write_json, write_text
 
 JSON_NAME = "leaderboard.json"
 HTML_NAME = "leaderboard.html"
+CSV_NAME = "leaderboard.csv"
+
+#: groups drawn in the chart (the best-ranked ones); more lines are unreadable
+CHART_GROUPS = 8
+_PALETTE = ("#1f5fbf", "#d1495b", "#2a9d8f", "#e09f3e", "#6a4c93", "#3d405b", "#8ab17d", "#b5838d")
+
+
+# --- public view types --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamColumn:
+    """A template parameter shown as a leaderboard column."""
+
+    key: str
+    label: str
+    numeric: bool
+
+
+def param_columns(parameters: Sequence[Parameter]) -> list[ParamColumn]:
+    """The leaderboard's parameter columns, in the template's declaration order."""
+    ordered = sorted(parameters, key=lambda p: p.index)
+    return [ParamColumn(p.name, p.display_name(), p.dtype in ("int", "float")) for p in ordered]
+
+
+@dataclass(frozen=True)
+class PostProcOutput:
+    """One output file of a post-processing run, as the leaderboard shows it.
+
+    ``kind``: ``image`` (``data_uri`` set), ``table`` (``table``: header row first),
+    ``text`` or ``link`` (too big or unknown: only the link)."""
+
+    title: str
+    source: str
+    href: str
+    caption: str | None = None
+    kind: str = "link"
+    data_uri: str = ""
+    table: list[list[str]] = field(default_factory=list)
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class PostProcRunView:
+    """A post-processing run for the leaderboard page (built by :mod:`flowbatch.postproc`)."""
+
+    id: str
+    state: str
+    started_at: str | None
+    finished_at: str | None
+    runs: int  # how many ranked runs it was given
+    messages: list[str] = field(default_factory=list)
+    href: str = ""
+    outputs: list[PostProcOutput] = field(default_factory=list)
+
+    @property
+    def started_text(self) -> str:
+        return human_time_text(self.started_at)
+
+    @property
+    def finished_text(self) -> str:
+        return human_time_text(self.finished_at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "runs": self.runs,
+            "messages": self.messages,
+            "outputs": [
+                {"title": o.title, "source": o.source, "href": o.href} for o in self.outputs
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class PostProcView:
+    """``latest``: the newest post-processing run (maybe failed or running); ``shown``: the
+    newest successful one, whose outputs the page shows."""
+
+    latest: PostProcRunView | None
+    shown: PostProcRunView | None
+
+
+# --- writing ------------------------------------------------------------------------------
 
 
 def write_leaderboard(
@@ -37,33 +139,69 @@ def write_leaderboard(
     entries: list[RankEntry],
     *,
     all_entries: list[RankEntry] | None = None,
+    parameters: Sequence[ParamColumn] = (),
+    files: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    postproc: PostProcView | None = None,
 ) -> None:
-    """Write ``leaderboard.json`` and ``leaderboard.html`` into ``out_dir`` (created if
-    missing), each atomically.
+    """Write ``leaderboard.json``, ``leaderboard.csv`` and ``leaderboard.html`` into
+    ``out_dir`` (created if missing), each atomically.
 
     ``entries`` is the leaderboard (best run per group, from :func:`flowbatch.ranking.rank`);
-    ``all_entries``, when given, is the ranking of every successful run, added to the JSON
-    as ``"all"`` and to the page as a second table. The JSON is
-    :func:`flowbatch.ranking.ranking_json` plus ``"all"`` (when given) and
-    ``"generated_at"`` (ISO-8601 UTC).
+    ``all_entries``, when given, the ranking of every successful run (JSON ``"all"``, the
+    page's "All runs" view, the chart). ``parameters`` are the argument columns;
+    ``files`` maps run ids to their output files (``key``, ``source``, ``title``);
+    ``postproc`` is what post-processing produced.
+
+    The JSON is :func:`flowbatch.ranking.ranking_json` (its keys are stable) plus, per
+    entry, ``files`` and ``run_seconds``, and at the top ``title``, ``order_by``, ``all``
+    (when given), ``postproc`` (when given) and ``generated_at`` (ISO-8601 UTC). The CSV
+    holds the best-per-group ranking.
     """
     generated_at = datetime.now(UTC).replace(microsecond=0)
+    files = files or {}
     data: dict[str, Any] = ranking_json(workflow_id, schema, entries)
+    _add_extras(data["ranking"], entries, files)
+    data["title"] = title
+    data["order_by"] = [{"name": k.name, "sort_desc": k.sort_desc} for k in schema.order_by]
     if all_entries is not None:
         data["all"] = [entry_json(schema, entry) for entry in all_entries]
-    data["generated_at"] = _iso(generated_at)
+        _add_extras(data["all"], all_entries, files)
+    if postproc is not None:
+        data["postproc"] = {
+            "latest": postproc.latest.to_json() if postproc.latest else None,
+            "shown": postproc.shown.id if postproc.shown else None,
+        }
+    data["generated_at"] = iso(generated_at)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / JSON_NAME, data)
+    write_text(out_dir / CSV_NAME, leaderboard_csv(schema, entries, parameters))
     html = render_leaderboard_html(
         workflow_id,
         title,
         schema,
         entries,
         all_entries=all_entries,
+        parameters=parameters,
+        files=files,
+        postproc=postproc,
         generated_at=generated_at,
     )
     write_text(out_dir / HTML_NAME, html)
+
+
+def _add_extras(
+    rows: list[dict[str, Any]],
+    entries: list[RankEntry],
+    files: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> None:
+    """New per-entry JSON fields, added after the stable ones."""
+    for row, entry in zip(rows, entries, strict=True):
+        row["run_seconds"] = run_seconds(entry.run)
+        row["files"] = [
+            {"key": f.get("key"), "source": f.get("source"), "title": f.get("title")}
+            for f in files.get(entry.run.run_id, ())
+        ]
 
 
 def render_leaderboard_html(
@@ -73,20 +211,83 @@ def render_leaderboard_html(
     entries: list[RankEntry],
     *,
     all_entries: list[RankEntry] | None = None,
+    parameters: Sequence[ParamColumn] = (),
+    files: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    postproc: PostProcView | None = None,
     generated_at: datetime | None = None,
 ) -> str:
     """The leaderboard page as an HTML string (see the module docstring)."""
-    moment = generated_at or datetime.now(UTC).replace(microsecond=0)
-    columns = [_Column(c.label, c.dtype in ("int", "float")) for c in schema.columns]
-    return _template().render(
-        title=title,
+    files = files or {}
+    desc = {k.name: k.sort_desc for k in schema.order_by}
+    columns = [
+        _Column(
+            key=c.name,
+            label=c.label,
+            numeric=c.dtype in ("int", "float"),
+            first="desc" if desc.get(c.name, c.dtype != "string") else "asc",
+        )
+        for c in schema.columns
+    ]
+    groups = {entry.run.group for entry in (all_entries or entries)}
+    return render_page(
+        "leaderboard.html.j2",
+        page=page_frame(title, generated_at, crumbs=[("All workflows", "../index.html")]),
         workflow_id=workflow_id,
         columns=columns,
-        rows=[_row(schema.columns, entry) for entry in entries],
-        all_rows=None if all_entries is None else [_row(schema.columns, e) for e in all_entries],
-        generated_iso=_iso(moment),
-        generated_text=_human_time(moment),
+        parameters=list(parameters),
+        rows=[_row(schema.columns, parameters, files, entry) for entry in entries],
+        all_rows=None
+        if all_entries is None
+        else [_row(schema.columns, parameters, files, e) for e in all_entries],
+        counts={"groups": len(groups), "runs": len(all_entries or entries)},
+        order_text=", ".join(
+            f"{schema.column(k.name).label} ({'higher' if k.sort_desc else 'lower'} is better)"
+            for k in schema.order_by
+        ),
+        chart=_chart(schema, all_entries if all_entries is not None else entries),
+        postproc=postproc,
     )
+
+
+def leaderboard_csv(
+    schema: ResultSchema, entries: list[RankEntry], parameters: Sequence[ParamColumn] = ()
+) -> str:
+    """The ranking as CSV: one header row of column *names* (stable for tools), then one
+    row per entry. Text that a spreadsheet would run as a formula is prefixed with ``'``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["rank", "group", "run_id", "run_name"]
+        + [c.name for c in schema.columns]
+        + [f"arg:{p.key}" for p in parameters]
+        + ["created_at", "started_at", "finished_at", "run_seconds"]
+    )
+    for entry in entries:
+        run = entry.run
+        seconds = run_seconds(run)
+        writer.writerow(
+            [entry.rank, _csv_text(run.group), run.run_id, _csv_text(run.name or "")]
+            + [_csv_value(run.results.get(c.name)) for c in schema.columns]
+            + [_csv_value(display_argument(run.arguments.get(p.key))) for p in parameters]
+            + [run.created_at, run.started_at or "", run.finished_at or ""]
+            + ["" if seconds is None else f"{seconds:.3f}"]
+        )
+    return out.getvalue()
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "" if isinstance(value, float) and not math.isfinite(value) else repr(value)
+    return _csv_text(value if isinstance(value, str) else json.dumps(value))
+
+
+def _csv_text(text: str) -> str:
+    # CSV injection: a cell starting like a formula is run by spreadsheets when opened.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 # --- formatting ---------------------------------------------------------------------------
@@ -128,20 +329,141 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes} min {secs} s"
 
 
-# --- internals ----------------------------------------------------------------------------
+def format_size(size: int | None) -> str:
+    """Bytes for people: ``512 B``, ``1.5 KiB``, ``2.0 MiB``."""
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""  # pragma: no cover - the loop always returns
+
+
+def iso(moment: datetime) -> str:
+    """``moment`` as ISO-8601 UTC with a ``Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def human_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def human_time_text(text: str | None) -> str:
+    """An ISO timestamp for people; the text itself when unreadable, empty when missing."""
+    moment = parse_time(text)
+    return human_time(moment) if moment else (text or "")
+
+
+def iso_text(text: str | None) -> str:
+    moment = parse_time(text)
+    return iso(moment) if moment else (text or "")
+
+
+def href_in(base: str, *parts: str) -> str:
+    """A relative link ``base/part/...``; each part is percent-encoded (``/`` kept inside
+    file paths) so a value can neither break the attribute nor lead out of ``base``."""
+    encoded = [quote(p, safe="/") if i else quote(p, safe="") for i, p in enumerate(parts)]
+    return "/".join([base.rstrip("/"), *encoded]) if base else "/".join(encoded)
+
+
+# --- the shared page frame and environment ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """What ``base.html.j2`` needs: title, CSP, inline assets, breadcrumbs, time."""
+
+    title: str
+    csp: Markup
+    style: Markup
+    script: Markup | None
+    crumbs: list[tuple[str, str]]
+    generated_iso: str
+    generated_text: str
+
+
+def page_frame(
+    title: str,
+    generated_at: datetime | None = None,
+    *,
+    crumbs: list[tuple[str, str]] | None = None,
+    script: bool = True,
+) -> Page:
+    """The frame of a report page; ``script`` adds the leaderboard script (sorting)."""
+    moment = generated_at or datetime.now(UTC).replace(microsecond=0)
+    js = _asset("leaderboard.js") if script else None
+    csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    if js is not None:
+        digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
+        csp += f"; script-src 'sha256-{digest}'"
+    return Page(
+        title=title,
+        csp=Markup(csp),  # ours, no user text: quotes stay readable
+        # our own package files, not user data: inserted as they are
+        style=Markup(_asset("style.css")),
+        script=Markup(js) if js is not None else None,
+        crumbs=crumbs or [],
+        generated_iso=iso(moment),
+        generated_text=human_time(moment),
+    )
+
+
+def render_page(template_name: str, **context: Any) -> str:
+    """Render one of the package's report templates (autoescaped)."""
+    return _environment().get_template(template_name).render(**context)
+
+
+_ASSETS: dict[str, str] = {}
+_ENV: list[jinja2.Environment] = []
+
+
+def _asset(name: str) -> str:
+    if name not in _ASSETS:
+        path = resources.files("flowbatch") / "data" / "report" / name
+        _ASSETS[name] = path.read_text(encoding="utf-8").strip()
+    return _ASSETS[name]
+
+
+def _environment() -> jinja2.Environment:
+    if not _ENV:
+        _ENV.append(
+            jinja2.Environment(
+                loader=jinja2.PackageLoader("flowbatch", "data/report"),
+                autoescape=True,  # every {{ }} is HTML-escaped: values come from users
+                undefined=jinja2.StrictUndefined,
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+        )
+    return _ENV[0]
+
+
+# --- leaderboard rows ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Column:
+    key: str
     label: str
     numeric: bool
+    first: str  # "asc" | "desc": the first click sorts this way (the ranking's direction)
 
 
 @dataclass(frozen=True)
 class _Cell:
     text: str
+    sort: str  # the raw value the script sorts by; "" for missing
     exact: str  # full value for the tooltip; "" for none
     numeric: bool
+
+
+@dataclass(frozen=True)
+class _Link:
+    label: str
+    href: str
+    title: str
 
 
 @dataclass(frozen=True)
@@ -152,129 +474,191 @@ class _Row:
     run_id: str
     href: str
     cells: list[_Cell]
+    params: list[_Cell]
     finished_iso: str
-    finished_text: str
+    finished_text: str  # compact, to the minute
+    finished_title: str  # to the second, for the tooltip
+    finished_sort: str
     duration: str
+    duration_sort: str
+    files: list[_Link]
 
 
-def _row(columns: list[ResultColumn], entry: RankEntry) -> _Row:
+def _value_cell(value: Any, numeric: bool) -> _Cell:
+    if numeric and isinstance(value, int | float) and not isinstance(value, bool):
+        text = format_number(value)
+        exact = repr(value)
+        sort = repr(value) if math.isfinite(value) else ""
+        return _Cell(text, sort, exact if exact != text else "", True)
+    text = "" if value is None else str(value)
+    return _Cell(text, text, "", numeric)
+
+
+def display_argument(value: Any) -> Any:
+    """An argument as stored in run.json, reduced to what a person recognises: a file
+    argument (``{source, target}``) by its file name, lists and records as JSON."""
+    if isinstance(value, dict) and "target" in value:
+        name = value.get("source") or value.get("target") or ""
+        return str(name).rsplit("/", 1)[-1]
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _row(
+    columns: list[ResultColumn],
+    parameters: Sequence[ParamColumn],
+    files: Mapping[str, Sequence[Mapping[str, Any]]],
+    entry: RankEntry,
+) -> _Row:
     run = entry.run
-    cells = []
-    for column in columns:
-        value = run.results.get(column.name)
-        numeric = column.dtype in ("int", "float")
-        text = format_number(value) if numeric else ("" if value is None else str(value))
-        exact = "" if value is None or not numeric else repr(value)
-        cells.append(_Cell(text=text, exact=exact if exact != text else "", numeric=numeric))
+    cells = [_value_cell(run.results.get(c.name), c.dtype in ("int", "float")) for c in columns]
+    params = [
+        _value_cell(display_argument(run.arguments.get(p.key)), p.numeric) for p in parameters
+    ]
     finished = parse_time(run.finished_at)
+    seconds = run_seconds(run)
+    run_href = href_in("runs", run.run_id) + "/"
     return _Row(
         rank=entry.rank,
         group=run.group,
         run_label=run.name or run.run_id,
         run_id=run.run_id,
-        # quote(): a run id is ours, but a link must stay inside runs/ whatever it holds.
-        href=f"runs/{quote(run.run_id, safe='')}/",
+        href=run_href + "index.html",
         cells=cells,
-        finished_iso=_iso(finished) if finished else (run.finished_at or ""),
-        finished_text=_human_time(finished) if finished else (run.finished_at or ""),
-        duration=format_duration(run_seconds(run)),
+        params=params,
+        finished_iso=iso(finished) if finished else (run.finished_at or ""),
+        finished_text=finished.strftime("%Y-%m-%d %H:%M") if finished else (run.finished_at or ""),
+        finished_title=human_time(finished) if finished else "",
+        finished_sort=iso(finished) if finished else "",
+        duration=format_duration(seconds),
+        duration_sort="" if seconds is None else f"{seconds:.6f}",
+        files=[
+            _Link(
+                label=str(f.get("key") or f.get("source")),
+                href=href_in("runs", run.run_id, str(f.get("source") or f.get("key"))),
+                title=str(f.get("title") or ""),
+            )
+            for f in files.get(run.run_id, ())
+        ],
     )
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+# --- chart ----------------------------------------------------------------------------------
 
 
-def _human_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+@dataclass(frozen=True)
+class _Tick:
+    text: str
+    x: float = 0.0
+    y: float = 0.0
+    anchor: str = "middle"
 
 
-_env = jinja2.Environment(
-    autoescape=True,  # every {{ }} is HTML-escaped: values come from users
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_compiled: jinja2.Template | None = None
+@dataclass(frozen=True)
+class _Dot:
+    x: float
+    y: float
+    text: str
 
 
-def _template() -> jinja2.Template:
-    global _compiled
-    if _compiled is None:
-        _compiled = _env.from_string(_TEMPLATE)
-    return _compiled
+@dataclass(frozen=True)
+class _Series:
+    label: str
+    color: str
+    points: str  # SVG polyline points: numbers only
+    dots: list[_Dot]
 
 
-_TEMPLATE = """\
-<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
-<meta name="generator" content="flowbatch">
-<title>{{ title }}</title>
-<style>
-  body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-         margin: 2rem auto; max-width: 72rem; padding: 0 1rem; color: #1d2330; }
-  h1 { font-size: 1.6rem; margin-bottom: .2rem; }
-  h2 { font-size: 1.2rem; margin-top: 2.5rem; }
-  .meta { color: #5b6475; font-size: .9rem; margin-top: 0; }
-  table { border-collapse: collapse; width: 100%; margin-top: 1rem; font-size: .95rem; }
-  th, td { padding: .45rem .7rem; border-bottom: 1px solid #e2e5ec; text-align: left;
-           vertical-align: top; }
-  th { background: #f3f5f9; font-weight: 600; border-bottom: 2px solid #cdd3de; }
-  tbody tr:nth-child(even) { background: #fafbfd; }
-  tbody tr:hover { background: #eef3ff; }
-  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-  td.rank { font-weight: 600; }
-  td.time { white-space: nowrap; color: #5b6475; }
-  a { color: #1f5fbf; text-decoration: none; }
-  a:hover { text-decoration: underline; }
-  .empty { padding: 2rem; text-align: center; color: #5b6475; background: #f7f8fa;
-           border-radius: 6px; margin-top: 1rem; }
-</style>
-</head>
-<body>
-<h1>{{ title }}</h1>
-<p class="meta">Workflow <code>{{ workflow_id }}</code> &middot; generated
-<time datetime="{{ generated_iso }}">{{ generated_text }}</time></p>
-{% macro ranking_table(rows) %}
-{% if rows %}
-<table>
-<thead>
-<tr>
-<th class="num">Rank</th><th>Group</th><th>Run</th>
-{% for column in columns %}
-<th{% if column.numeric %} class="num"{% endif %}>{{ column.label }}</th>
-{% endfor %}
-<th>Finished</th><th class="num">Run time</th>
-</tr>
-</thead>
-<tbody>
-{% for row in rows %}
-<tr>
-<td class="num rank">{{ row.rank }}</td>
-<td>{{ row.group }}</td>
-<td><a href="{{ row.href }}" title="{{ row.run_id }}">{{ row.run_label }}</a></td>
-{% for cell in row.cells %}
-<td{% if cell.numeric %} class="num"{% endif %}{% if cell.exact %} title="{{ cell.exact }}"{% endif %}>{{ cell.text }}</td>
-{% endfor %}
-<td class="time">{% if row.finished_iso %}<time datetime="{{ row.finished_iso }}">{{ row.finished_text }}</time>{% endif %}</td>
-<td class="num">{{ row.duration }}</td>
-</tr>
-{% endfor %}
-</tbody>
-</table>
-{% else %}
-<p class="empty">No successful runs yet</p>
-{% endif %}
-{% endmacro %}
-{{ ranking_table(rows) }}
-{% if all_rows is not none %}
-<h2>All successful runs</h2>
-{{ ranking_table(all_rows) }}
-{% endif %}
-</body>
-</html>
-"""  # noqa: E501 - HTML lines read better unbroken
+@dataclass(frozen=True)
+class _Chart:
+    label: str
+    series: list[_Series]
+    y_ticks: list[_Tick]
+    x_ticks: list[_Tick]
+    omitted: int
+    width: int = 760
+    height: int = 260
+    left: int = 64
+    top: int = 12
+    plot_width: int = 680
+    plot_height: int = 214
+
+
+def _chart(schema: ResultSchema, entries: list[RankEntry]) -> _Chart | None:
+    """Best value of the first sort key over time, one step line per group (the best
+    ranked groups first). ``None`` when that key is not numeric or nothing has a time."""
+    key = schema.order_by[0]
+    if schema.column(key.name).dtype not in ("int", "float"):
+        return None
+    better = max if key.sort_desc else min
+    history: dict[str, list[tuple[float, float]]] = {}
+    for entry in entries:  # ranked order: the first group met is the best one
+        finished = parse_time(entry.run.finished_at)
+        value = entry.run.results.get(key.name)
+        history.setdefault(entry.run.group, [])
+        if finished is None or not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if math.isfinite(value):
+            history[entry.run.group].append((finished.timestamp(), float(value)))
+    drawn = [(g, sorted(points)) for g, points in history.items() if points][:CHART_GROUPS]
+    if not drawn:
+        return None
+    bests: list[tuple[str, list[tuple[float, float]]]] = []
+    for group, points in drawn:
+        running: list[tuple[float, float]] = []
+        for stamp, value in points:
+            best = value if not running else better(running[-1][1], value)
+            running.append((stamp, best))
+        bests.append((group, running))
+    return _layout_chart(schema.column(key.name).label, bests, omitted=len(history) - len(drawn))
+
+
+def _layout_chart(
+    label: str, bests: list[tuple[str, list[tuple[float, float]]]], *, omitted: int
+) -> _Chart:
+    frame = _Chart(label=label, series=[], y_ticks=[], x_ticks=[], omitted=omitted)
+    times = [t for _, pts in bests for t, _ in pts]
+    values = [v for _, pts in bests for _, v in pts]
+    t0, t1 = min(times), max(times)
+    v0, v1 = min(values), max(values)
+    if t1 - t0 < 1:  # one moment: give the lines some width
+        t0, t1 = t0 - 30, t1 + 30
+    if v1 - v0 <= abs(v1) * 1e-12:
+        pad = abs(v1) * 0.1 or 1.0
+        v0, v1 = v0 - pad, v1 + pad
+
+    def x(t: float) -> float:
+        return round(frame.left + (t - t0) / (t1 - t0) * frame.plot_width, 1)
+
+    def y(v: float) -> float:
+        return round(frame.top + (1 - (v - v0) / (v1 - v0)) * frame.plot_height, 1)
+
+    series = []
+    for i, (group, points) in enumerate(bests):
+        coords: list[tuple[float, float]] = []
+        dots = []
+        for j, (stamp, value) in enumerate(points):
+            if j:
+                coords.append((x(stamp), y(points[j - 1][1])))  # a step: flat, then up/down
+            coords.append((x(stamp), y(value)))
+            if j == 0 or value != points[j - 1][1]:
+                dots.append(_Dot(x(stamp), y(value), format_number(value)))
+        coords.append((x(t1), y(points[-1][1])))  # the best holds until the latest run
+        text = " ".join(f"{a},{b}" for a, b in coords)
+        series.append(_Series(group, _PALETTE[i % len(_PALETTE)], text, dots))
+    y_ticks = [
+        _Tick(format_number(v0 + k * (v1 - v0) / 3), y=y(v0 + k * (v1 - v0) / 3)) for k in range(4)
+    ]
+    x_ticks = [
+        _Tick(_short_time(t0), x=x(t0), anchor="start"),
+        _Tick(_short_time((t0 + t1) / 2), x=x((t0 + t1) / 2)),
+        _Tick(_short_time(t1), x=x(t1), anchor="end"),
+    ]
+    return _Chart(label=label, series=series, y_ticks=y_ticks, x_ticks=x_ticks, omitted=omitted)
+
+
+def _short_time(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).strftime("%m-%d %H:%M")

@@ -36,7 +36,9 @@ TERMINAL: frozenset[State] = frozenset({State.SUCCESS, State.ERROR, State.CANCEL
 
 #: target state -> the states it may be reached from
 ALLOWED: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset(),
+    # a retry (a new attempt after an infrastructure failure) sends a RUNNING run back to
+    # PENDING; flowServ had no retries, so nothing else reaches PENDING
+    State.PENDING: frozenset({State.RUNNING}),
     State.RUNNING: frozenset({State.PENDING}),
     State.SUCCESS: ACTIVE,
     State.ERROR: ACTIVE,
@@ -83,6 +85,9 @@ class RunRecord:
     files: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    attempt: int = 1
+    retries: int = 0  # further attempts allowed after infrastructure failures
+    host: str | None = None  # the daemon host that owns the run (several hosts, one site)
     format: int = RUN_FORMAT
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from functools import cached_property
 from pathlib import Path
 
@@ -21,6 +22,30 @@ class Site:
     @property
     def name(self) -> str:
         return self.config.site_name or self.root.name
+
+    @property
+    def shared(self) -> bool:
+        """Several daemon hosts may serve this site: only with a server database (the
+        embedded SQLite index is for one host)."""
+        url = self.config.database
+        return bool(url) and not str(url).startswith("sqlite")
+
+    @property
+    def lock_path(self) -> Path:
+        """One daemon per site, or per site and host when several hosts share it."""
+        if self.shared:
+            return self.root / f"daemon.{self.host}.lock"
+        return self.layout.lock
+
+    @property
+    def claimed_dir(self) -> Path:
+        """Where this host's daemon keeps the requests it claimed and is working on."""
+        return self.layout.claimed / self.host if self.shared else self.layout.claimed
+
+    @cached_property
+    def host(self) -> str:
+        """This daemon host's name (``FLOWBATCH_HOSTNAME`` overrides it, for tests)."""
+        return os.environ.get("FLOWBATCH_HOSTNAME") or socket.gethostname()
 
     @cached_property
     def store(self) -> Store:

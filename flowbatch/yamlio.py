@@ -20,6 +20,10 @@ MAX_REQUEST_BYTES = 1 << 20  # 1 MiB: a request is small; its files travel besid
 MAX_TEMPLATE_BYTES = 8 << 20
 MAX_ALIASES = 100
 MAX_DEPTH = 64
+# Values a document may expand to, beyond one per byte of its text. Aliases share one
+# parsed object, so a few of them (a "billion laughs" stays well under MAX_ALIASES) can
+# still stand for an exponential number of values to anything that walks the result.
+EXPANSION_ALLOWANCE = 10_000
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -60,10 +64,22 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+def _check_shape(value: Any, *, budget: int, limit: int = MAX_DEPTH) -> None:
+    """Bound the nesting depth and the number of values the document expands to.
+
+    The walk visits a value shared through aliases once per use, as every later consumer
+    (validation, error messages, JSON) would; it stops as soon as ``budget`` is spent, so
+    it is linear in the text even for an alias bomb or a recursive alias."""
     stack: list[tuple[Any, int]] = [(value, 0)]
+    seen = 0
     while stack:
         item, depth = stack.pop()
+        seen += 1
+        if seen > budget:
+            raise InputError(
+                f"the document expands to more than {budget} values (aliases repeat too much)",
+                hint="write the values out instead of nesting aliases",
+            )
         if depth > limit:
             raise InputError(f"nesting deeper than {limit} levels", hint="flatten the document")
         if isinstance(item, dict):
@@ -89,7 +105,16 @@ def loads(text: str, *, file: str | None = None, json_format: bool = False) -> A
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InputError(f"invalid YAML{where}: {problem}", file=file)
-    _check_depth(value)
+    except Exception as exc:
+        # PyYAML's constructors raise plain ValueError/KeyError/OverflowError for scalars
+        # its resolvers matched but cannot build: `2024-13-45`, `!!int x`, `!!bool x`, an
+        # integer of more than 4300 digits. They are bad input, not a daemon crash.
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"invalid YAML: a value cannot be read ({detail})", file=file) from None
+    try:
+        _check_shape(value, budget=len(text) + EXPANSION_ALLOWANCE)
+    except InputError as exc:
+        raise exc.at(file=file)
     return value
 
 

@@ -15,6 +15,13 @@ from flowbatch import api
 from flowbatch.daemon import Daemon
 from flowbatch.site import Site
 
+pytest_plugins = [
+    "tests.fixtures_slurm",
+    "tests.fixtures_browser",
+    "tests.fixtures_ssh",
+    "tests.fixtures_postgres",
+]
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 

@@ -33,6 +33,11 @@ def test_plain_install_runs_the_example(tmp_path: Path) -> None:
     )
     assert "SUCCESS" in out.stdout and "alice" in out.stdout and "bob" in out.stdout
     assert (tmp_path / "site/results/helloworld/leaderboard.html").exists()
+    # the report templates and assets are package data: the rich pages are written
+    board = (tmp_path / "site/results/helloworld/leaderboard.html").read_text()
+    assert "th.sortable" in board and "<script>" in board
+    assert len(list((tmp_path / "site/results/helloworld/runs").glob("*/index.html"))) == 2
+    assert (tmp_path / "site/results/index.html").is_file()
     # the installed package holds no reference to the source tree
     where = subprocess.run(
         [str(venv / "bin/python"), "-c", "import flowbatch; print(flowbatch.__file__)"],

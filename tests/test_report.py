@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from flowbatch.ranking import RankInput, rank
-from flowbatch.report import format_duration, format_number, write_leaderboard
+from flowbatch.report import (
+    ParamColumn,
+    PostProcOutput,
+    PostProcRunView,
+    PostProcView,
+    format_duration,
+    format_number,
+    write_leaderboard,
+)
 from flowbatch.spec.model import ResultColumn, ResultSchema, SortKey
 
 SCHEMA = ResultSchema(
@@ -62,9 +75,15 @@ def test_files_written_with_json_shape(tmp_path: Path) -> None:
     out = tmp_path / "results" / "wf"
     best = rank(runs(), SCHEMA)
     write_leaderboard(out, "wf", "My benchmark", SCHEMA, best)
-    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.html", "leaderboard.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "leaderboard.csv",
+        "leaderboard.html",
+        "leaderboard.json",
+    ]
     data = json.loads((out / "leaderboard.json").read_text())
-    assert list(data) == ["workflow", "schema", "ranking", "generated_at"]
+    # the stable keys come first and keep their names; new ones are only added
+    assert list(data)[:3] == ["workflow", "schema", "ranking"]
+    assert list(data["ranking"][0])[:5] == ["rank", "run", "group", "results", "arguments"]
     assert data["workflow"] == "wf"
     assert [c["name"] for c in data["schema"]] == ["score", "steps", "note"]
     assert [row["run"]["id"] for row in data["ranking"]] == ["r3", "r2"]
@@ -92,13 +111,18 @@ def test_html_content(tmp_path: Path) -> None:
     assert "<title>My benchmark</title>" in html
     for header in ("Rank", "Group", "Run", "Score &lt;avg&gt;", "Steps", "Note", "Run time"):
         assert header in html
-    assert 'href="runs/r3/"' in html
+    assert 'href="runs/r3/index.html"' in html
     assert "1234.5679" in html  # at most 4 decimals
     assert "3 min 4 s" in html
     assert "1.2 s" in html
     assert "2024-03-01 10:03:04 UTC" in html
-    # self-contained: nothing fetched, nothing executed
-    assert "<script" not in html
+    # self-contained: nothing fetched; one script, ours, allowed by its hash only
+    assert html.count("<script") == 1
+    script = re.search(r"<script>(.*?)</script>", html, re.S)
+    assert script is not None
+    digest = base64.b64encode(hashlib.sha256(script.group(1).encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in html
+    assert "unsafe-inline'; img-src data:" in html and "script-src 'unsafe-inline'" not in html
     assert "http://" not in html and "https://" not in html
     assert "<link" not in html
 
@@ -121,12 +145,12 @@ def test_hostile_values_are_escaped(tmp_path: Path) -> None:
     write_leaderboard(tmp_path, "wf", f"Title {HOSTILE}", SCHEMA, rank(bad, SCHEMA))
     html = (tmp_path / "leaderboard.html").read_text()
     assert HOSTILE not in html
-    assert "<script" not in html
+    assert html.count("<script") == 1  # ours
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<img" not in html and "&lt;img src=x" in html
     assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html
     # a run id cannot lead a link out of runs/
-    assert 'href="runs/x%22%2F..%2F..%2Fy/"' in html
+    assert 'href="runs/x%22%2F..%2F..%2Fy/index.html"' in html
     # the JSON keeps the raw text (it is data, escaped by whoever renders it)
     data = json.loads((tmp_path / "leaderboard.json").read_text())
     assert data["ranking"][0]["group"] == HOSTILE
@@ -146,7 +170,11 @@ def test_rewrite_replaces_files(tmp_path: Path) -> None:
     write_leaderboard(tmp_path, "wf", "T", SCHEMA, rank(runs(), SCHEMA))
     assert "No successful runs yet" not in (tmp_path / "leaderboard.html").read_text()
     # atomic writes leave no temporary files behind
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["leaderboard.html", "leaderboard.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "leaderboard.csv",
+        "leaderboard.html",
+        "leaderboard.json",
+    ]
 
 
 def test_unknown_times_leave_cells_empty(tmp_path: Path) -> None:
@@ -188,3 +216,133 @@ def test_format_number(value: float | None, text: str) -> None:
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+# -- the rich page: parameters, files, views, chart, post-processing, CSV --------------------
+
+PARAMS = [ParamColumn("lr", "Learning rate", True)]
+FILES = {"r3": [{"key": "plot", "source": "results/a b.png", "title": "A plot"}]}
+
+
+def test_parameters_files_and_views(tmp_path: Path) -> None:
+    best = rank(runs(), SCHEMA)
+    everything = rank(runs(), SCHEMA, include_all=True)
+    write_leaderboard(
+        tmp_path, "wf", "T", SCHEMA, best, all_entries=everything, parameters=PARAMS, files=FILES
+    )
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert ">Learning rate</th>" in html and 'data-sort="0.01"' in html
+    # each output file links into its run folder, the path percent-encoded
+    assert 'href="runs/r3/results/a%20b.png" title="A plot">plot</a>' in html
+    # both views are in the page; "all runs" starts hidden, the script toggles them
+    assert 'data-view="best"' in html and 'data-view="all" hidden' in html
+    assert html.count('<tr data-run="') == len(best) + len(everything)
+    # sortable headers carry the ranking's direction for their first click
+    assert 'data-key="score" data-type="num" data-first="desc"' in html
+    data = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert data["ranking"][0]["files"] == [
+        {"key": "plot", "source": "results/a b.png", "title": "A plot"}
+    ]
+    assert data["ranking"][0]["run_seconds"] == pytest.approx(1.2)
+    assert data["order_by"] == [{"name": "score", "sort_desc": True}]
+
+
+def test_chart_draws_best_so_far_per_group(tmp_path: Path) -> None:
+    history = [
+        make_run("a1", "alice", 0.2, finished="2024-03-01T10:00:00Z"),
+        make_run("a2", "alice", 0.1, finished="2024-03-01T11:00:00Z"),  # worse: line stays
+        make_run("a3", "alice", 0.6, finished="2024-03-01T12:00:00Z"),  # better: steps up
+        make_run("b1", HOSTILE, 0.4, finished="2024-03-01T10:30:00Z"),
+    ]
+    everything = rank(history, SCHEMA, include_all=True)
+    write_leaderboard(tmp_path, "wf", "T", SCHEMA, rank(history, SCHEMA), all_entries=everything)
+    html = (tmp_path / "leaderboard.html").read_text()
+    svg = html[html.index("<svg") : html.index("</svg>")]
+    lines = re.findall(r'<polyline [^>]*points="([^"]+)"', svg)
+    assert len(lines) == 2
+    alice = [tuple(map(float, p.split(","))) for p in lines[0].split()]
+    ys = [y for _, y in alice]
+    # best so far: 0.2, held at 0.2 (0.1 is worse), then up to 0.6 (smaller y is higher)
+    assert ys[0] == ys[1] == ys[2] and ys[-1] < ys[0]
+    assert "<title>alice: 0.6</title>" in svg
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and HOSTILE not in html
+
+
+def test_chart_left_out_for_a_text_sort_key(tmp_path: Path) -> None:
+    schema = ResultSchema("r.json", SCHEMA.columns, [SortKey("note")])
+    write_leaderboard(tmp_path, "wf", "T", schema, rank(runs(), schema))
+    assert "<svg" not in (tmp_path / "leaderboard.html").read_text()
+
+
+def test_postproc_outputs_and_error_shown(tmp_path: Path) -> None:
+    good = PostProcRunView(
+        id="pp-1",
+        state="SUCCESS",
+        started_at="2024-03-01T10:00:00Z",
+        finished_at="2024-03-01T10:00:05Z",
+        runs=2,
+        outputs=[
+            PostProcOutput(
+                "Plot",
+                "p.svg",
+                "postproc/pp-1/p.svg",
+                "A caption",
+                "image",
+                "data:image/svg+xml;base64,PHN2Zy8+",
+            ),
+            PostProcOutput(
+                "Table",
+                "t.csv",
+                "postproc/pp-1/t.csv",
+                None,
+                "table",
+                table=[["a", "b"], ["1", HOSTILE]],
+            ),
+        ],
+    )
+    bad = PostProcRunView(
+        id="pp-2",
+        state="ERROR",
+        started_at=None,
+        finished_at="2024-03-01T11:00:00Z",
+        runs=2,
+        messages=["step 1 (plot) failed with exit code 3"],
+    )
+    best = rank(runs(), SCHEMA)
+    write_leaderboard(
+        tmp_path, "wf", "T", SCHEMA, best, postproc=PostProcView(latest=bad, shown=good)
+    )
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert '<span class="badge ERROR">ERROR</span>' in html
+    assert "step 1 (plot) failed with exit code 3" in html
+    assert "last successful post-processing run <code>pp-1</code>" in html
+    assert '<img src="data:image/svg+xml;base64,PHN2Zy8+" alt="Plot">' in html
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in html
+    data = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert data["postproc"]["latest"]["state"] == "ERROR" and data["postproc"]["shown"] == "pp-1"
+    # the ranking itself is untouched by post-processing
+    assert [r["run"]["id"] for r in data["ranking"]] == [e.run.run_id for e in best]
+
+
+def test_csv(tmp_path: Path) -> None:
+    hostile = [make_run("r1", '=HYPERLINK("x")', 2.0, name="-1+1"), *runs()]
+    write_leaderboard(tmp_path, "wf", "T", SCHEMA, rank(hostile, SCHEMA), parameters=PARAMS)
+    rows = list(csv.reader(io.StringIO((tmp_path / "leaderboard.csv").read_text())))
+    assert rows[0] == [
+        "rank",
+        "group",
+        "run_id",
+        "run_name",
+        "score",
+        "steps",
+        "note",
+        "arg:lr",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "run_seconds",
+    ]
+    assert [r[2] for r in rows[1:]] == ["r3", "r1", "r2"]
+    # a spreadsheet must not run a user's text as a formula
+    assert rows[2][1] == '\'=HYPERLINK("x")' and rows[2][3] == "'-1+1"
+    assert rows[1][4] == "1234.56789" and rows[1][7] == "0.01" and rows[1][11] == "1.200"

@@ -80,13 +80,19 @@ def test_legacy_reana_style_template_runs(site, tmp_path: Path) -> None:  # type
     copy_code(folder)
     inst = api.install(site, folder, workflow_id="legacy")
     assert [s.name for s in inst.template.workflow.steps] == ["step1"]
-    drop(site, "r.yaml", {"workflow": "legacy", "arguments": {"names": "n.txt"}},
-         files={"n.txt": "Ann\nBob\n"})
+    drop(
+        site,
+        "r.yaml",
+        {"workflow": "legacy", "arguments": {"names": "n.txt"}},
+        files={"n.txt": "Ann\nBob\n"},
+    )
     run_until_idle(site)
     run = only_run(site)
     assert run["state"] == "SUCCESS", run["messages"]
     assert run["results"] == {"avg_count": 10.0, "max_len": 10}
-    assert (Path(run["run_dir"]) / "results/greetings.txt").read_text() == "Hello Ann!\nHello Bob!\n"
+    assert (
+        Path(run["run_dir"]) / "results/greetings.txt"
+    ).read_text() == "Hello Ann!\nHello Bob!\n"
 
 
 def test_native_jinja_template_runs_with_values_as_data(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -94,8 +100,11 @@ def test_native_jinja_template_runs_with_values_as_data(site, tmp_path: Path) ->
     folder.mkdir()
     (folder / "workflow.yml").write_text(NATIVE)
     api.install(site, folder, workflow_id="native")
-    drop(site, "r.yaml", {"workflow": "native",
-                          "arguments": {"times": 3, "greeting": "{{ 7*7 }} $(touch PWNED)"}})
+    drop(
+        site,
+        "r.yaml",
+        {"workflow": "native", "arguments": {"times": 3, "greeting": "{{ 7*7 }} $(touch PWNED)"}},
+    )
     run_until_idle(site)
     run = only_run(site)
     assert run["state"] == "SUCCESS", run["messages"]
@@ -124,8 +133,10 @@ def test_bare_template_file_and_manifest_names(site, tmp_path: Path) -> None:  #
 
 def test_install_rejects_with_file_path_and_reason(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.yaml"
-    bad.write_text("workflow:\n  steps:\n    - action: {commands: ['echo $[[nope]]']}\n"
-                   "parameters: []\ncolour: red\n")
+    bad.write_text(
+        "workflow:\n  steps:\n    - action: {commands: ['echo $[[nope]]']}\n"
+        "parameters: []\ncolour: red\n"
+    )
     with pytest.raises(TemplateError) as info:
         api.install(site, bad)
     assert info.value.file and info.value.file.endswith("bad.yaml")
@@ -136,11 +147,15 @@ def test_install_rejects_with_file_path_and_reason(site, tmp_path: Path) -> None
 def test_reinstall_makes_a_new_version_and_runs_keep_theirs(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "t"
     folder.mkdir()
-    (folder / "workflow.yaml").write_text("workflow:\n  steps:\n    - action: {commands: ['echo v1 > v.txt']}\n")
+    (folder / "workflow.yaml").write_text(
+        "workflow:\n  steps:\n    - action: {commands: ['echo v1 > v.txt']}\n"
+    )
     first = api.install(site, folder, workflow_id="wf")
     drop(site, "a.yaml", {"workflow": "wf"})
     run_until_idle(site)
-    (folder / "workflow.yaml").write_text("workflow:\n  steps:\n    - action: {commands: ['echo v2 > v.txt']}\n")
+    (folder / "workflow.yaml").write_text(
+        "workflow:\n  steps:\n    - action: {commands: ['echo v2 > v.txt']}\n"
+    )
     second = api.install(site, folder, workflow_id="wf")
     assert second.version != first.version and second.created
     drop(site, "b.yaml", {"workflow": "wf"})

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ..config import SiteConfig
+from ..slurm_profile import profiles_by_executor
 from .base import Executor, Launch, Liveness, Probe
 from .local import LocalExecutor
+from .slurm import SlurmExecutor
+from .ssh import SSHExecutor, ssh_executors
 
 __all__ = [
     "Executor",
@@ -14,6 +18,8 @@ __all__ = [
     "Liveness",
     "LocalExecutor",
     "Probe",
+    "SSHExecutor",
+    "SlurmExecutor",
     "build_executors",
     "executor_names",
 ]
@@ -21,9 +27,22 @@ __all__ = [
 
 def executor_names(config: SiteConfig) -> list[str]:
     """Every executor name a template or request may ask for under this config."""
-    return ["local"]
+    return ["local", *profiles_by_executor(config.slurm), *config.ssh]
 
 
-def build_executors(config: SiteConfig, wake: Callable[[], None]) -> dict[str, Executor]:
-    """One executor object per configured name (connections are opened lazily)."""
-    return {"local": LocalExecutor(wake=wake, limit=config.local.effective_concurrency())}
+def build_executors(
+    config: SiteConfig, wake: Callable[[], None], site_root: Path | None = None
+) -> dict[str, Executor]:
+    """One executor object per configured name (connections are opened lazily).
+
+    ``site_root`` locates site overrides (``<site>/sbatch.sh.j2``) and names the site."""
+    executors: dict[str, Executor] = {
+        "local": LocalExecutor(wake=wake, limit=config.local.effective_concurrency())
+    }
+    site_name = config.site_name or (site_root.name if site_root else "flowbatch")
+    for name, (profile_name, profile) in profiles_by_executor(config.slurm).items():
+        executors[name] = SlurmExecutor(
+            name, profile_name, profile, site_name=site_name, site_root=site_root
+        )
+    executors.update(ssh_executors(config))  # one per ssh host, one shared pool
+    return executors

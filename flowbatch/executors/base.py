@@ -31,6 +31,9 @@ class Probe:
     exit_code: int | None = None
     raw: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    #: why the run ended for a reason outside the user's command (host lost, node failure,
+    #: preemption): such a run may be retried; a user's non-zero exit never is
+    infra_failure: str | None = None
 
 
 @dataclass
@@ -43,6 +46,12 @@ class Launch:
     workflow: str = ""
     time_limit: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    uid: int | None = None  # run as this user (when the daemon is root)
+    #: scheduler resources (time, cpus, mem, gpus, partition) set by the template/request
+    resources: dict[str, Any] = field(default_factory=dict)
+    #: the handle recorded before this launch (a scheduler's intent): look for the job it
+    #: names before submitting again
+    handle: dict[str, Any] | None = None
 
 
 class Executor(Protocol):

@@ -8,6 +8,7 @@ PID *and* process start time, so a reused PID is never taken for the run.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -42,7 +43,13 @@ class LocalExecutor:
     def launch(self, job: Launch) -> dict[str, Any]:
         logs = job.run_dir / "logs"
         logs.mkdir(exist_ok=True)
+        identity = run_as(job.uid)
+        if identity:
+            os.chown(logs, identity["user"], identity["group"])
+        env = {**os.environ, **job.env, **identity.pop("env", {})}
         with open(logs / "script.log", "ab") as out:
+            if identity:
+                os.fchown(out.fileno(), identity["user"], identity["group"])
             try:
                 proc = subprocess.Popen(
                     ["bash", str(job.run_dir / job.script)],
@@ -52,7 +59,8 @@ class LocalExecutor:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own session and process group
                     close_fds=True,
-                    env={**os.environ, **job.env} if job.env else None,
+                    env=env,
+                    **identity,
                 )
             except OSError as exc:
                 raise ExecutorError(f"cannot start bash for run {job.run_id}: {exc}") from exc
@@ -151,6 +159,26 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def run_as(uid: int | None) -> dict[str, Any]:
+    """Popen arguments that run a command as ``uid`` (only when the daemon is root).
+
+    Participants' code must never run with the daemon's privileges by accident: a root
+    daemon drops to the request owner's user, primary group and supplementary groups.
+    """
+    if uid is None or os.geteuid() != 0 or uid == 0:
+        return {}
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return {"user": uid, "group": uid, "extra_groups": [], "env": {}}
+    return {
+        "user": uid,
+        "group": entry.pw_gid,
+        "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
+        "env": {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name},
+    }
 
 
 def _as_status(code: int) -> int:

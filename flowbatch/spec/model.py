@@ -151,6 +151,19 @@ class PostProc:
     outputs: list[OutputFile] | None = None
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What a run asks of a scheduler (``resources:``; see :mod:`flowbatch.spec.resources`).
+
+    ``time`` in seconds; ``mem`` in Slurm's form (``500M``); ``None``: not set here."""
+
+    time: float | None = None
+    cpus: int | None = None
+    mem: str | None = None
+    gpus: int | None = None
+    partition: str | None = None
+
+
 @dataclass
 class Template:
     """A parsed, validated template. ``source`` names the file for error messages."""
@@ -166,6 +179,7 @@ class Template:
     executor: str | None = None
     time_limit: float | None = None  # seconds
     retries: int = 0
+    resources: Resources | None = None  # scheduler resources (Slurm)
     source: str = ""
 
     def parameter(self, name: str) -> Parameter | None:

@@ -507,6 +507,13 @@ def _set_default(param: Parameter, value: Any, *, file: str, field: str) -> None
 # -- casting -----------------------------------------------------------------------------
 
 
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, cut at ``limit`` characters: a hostile request
+    may hold a megabyte in one value, and the error file is for people."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _fail(
     reason: str, *, field: str, expected: str | None = None, hint: str | None = None
 ) -> NoReturn:
@@ -535,7 +542,7 @@ def _cast_bool(param: Parameter, value: Any, field: str) -> bool:
             return True
         if text in _FALSE:
             return False
-    _fail(f"not a boolean: {value!r}", field=field, expected="true or false (yes/no, 1/0)")
+    _fail(f"not a boolean: {_short(value)}", field=field, expected="true or false (yes/no, 1/0)")
 
 
 def _cast_select(param: Parameter, value: Any, field: str) -> Any:
@@ -543,7 +550,7 @@ def _cast_select(param: Parameter, value: Any, field: str) -> Any:
         if _same(value, option.value):
             return option.value
     _fail(
-        f"unknown value {value!r}",
+        f"unknown value {_short(value)}",
         field=field,
         expected=f"one of: {_quote_list(v.value for v in param.values)}",
     )
@@ -564,9 +571,12 @@ def _cast_int(param: Parameter, value: Any, field: str) -> int:
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         result = int(value)
     elif isinstance(value, str) and _INT_TEXT.match(value.strip()):
-        result = int(value.strip())
+        try:
+            result = int(value.strip())
+        except ValueError:  # over Python's 4300-digit limit of int(str)
+            _fail("not an integer: too many digits", field=field, expected=expected)
     if result is None:
-        _fail(f"not an integer: {value!r}", field=field, expected=expected)
+        _fail(f"not an integer: {_short(value)}", field=field, expected=expected)
     _check_range(param, result, field=field, expected=expected)
     return result
 
@@ -577,14 +587,17 @@ def _cast_float(param: Parameter, value: Any, field: str) -> float:
     if isinstance(value, bool):
         result = None
     elif isinstance(value, int | float):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond the float range (10**400)
+            result = math.inf
     elif isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
         result = float(value.strip())
     if result is None:
-        _fail(f"not a number: {value!r}", field=field, expected=expected)
+        _fail(f"not a number: {_short(value)}", field=field, expected=expected)
     if not math.isfinite(result):
         _fail(
-            f"not a finite number: {value!r}",
+            f"not a finite number: {_short(value)}",
             field=field,
             expected=expected,
             hint="NaN and infinity are not accepted",
@@ -595,14 +608,14 @@ def _cast_float(param: Parameter, value: Any, field: str) -> float:
 
 def _check_range(param: Parameter, value: float, *, field: str, expected: str) -> None:
     if param.range is not None and not param.range.contains(value):
-        _fail(f"{value!r} is out of range {param.range.text}", field=field, expected=expected)
+        _fail(f"{_short(value)} is out of range {param.range.text}", field=field, expected=expected)
 
 
 def _cast_string(param: Parameter, value: Any, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         # A YAML `yes` is True, not the text 'yes': say so rather than passing 'True'.
         _fail(
-            f"not a string: {value!r}",
+            f"not a string: {_short(value)}",
             field=field,
             expected="a string (a number is accepted too)",
             hint="quote the value in YAML" if isinstance(value, bool) else None,
@@ -615,7 +628,7 @@ def _cast_string(param: Parameter, value: Any, field: str) -> str:
 
 def _cast_list(param: Parameter, value: Any, field: str) -> list[Any]:
     if not isinstance(value, list):
-        _fail(f"not a list: {value!r}", field=field, expected="a list")
+        _fail(f"not a list: {_short(value)}", field=field, expected="a list")
     assert param.para is not None  # parse_parameters guarantees it for dtype list
     return [cast_value(param.para, item, field=_join(field, i)) for i, item in enumerate(value)]
 
@@ -650,7 +663,7 @@ def _record_items(value: Any, *, field: str) -> dict[str, Any]:
             _fail("record field names must be strings", field=field, expected=expected)
         return dict(value)
     if not isinstance(value, list):
-        _fail(f"not a record: {value!r}", field=field, expected=expected)
+        _fail(f"not a record: {_short(value)}", field=field, expected=expected)
     out: dict[str, Any] = {}
     for i, item in enumerate(value):
         path = _join(field, i)
@@ -698,7 +711,7 @@ def _file_parts(value: Any, *, field: str) -> tuple[str, str | None]:
     if isinstance(value, FileArg):
         return value.source, value.target
     if not isinstance(value, dict):
-        _fail(f"not a file argument: {value!r}", field=field, expected=expected)
+        _fail(f"not a file argument: {_short(value)}", field=field, expected=expected)
     if value.get("type") == "$file":
         # flowServ's wire format: {"type": "$file", "value": {"fileId", "targetPath"}}
         inner = value.get("value")

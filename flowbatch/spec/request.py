@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import RequestError
+from .resources import parse_resources
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -44,12 +45,47 @@ class Request(BaseModel):
     version: str | None = Field(
         default=None, description="Template version (default: the current one)."
     )
+    retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Further attempts after an infrastructure failure (a lost host or "
+        "process, a node failure, preemption); never after the command's own non-zero exit.",
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description="Scheduler resources {time, cpus, mem, gpus, partition}; each key set "
+        "here wins over the template's.",
+    )
 
     @field_validator("workflow", mode="before")
     @classmethod
     def _workflow(cls, value: Any) -> str:
         if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", value):
             raise ValueError("workflow must be an installed workflow id (letters, digits, _ . -)")
+        return value
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources(cls, value: Any) -> Any:
+        parse_resources(value)  # ResourceError is a ValueError naming the key
+        return value
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _arguments(cls, value: Any) -> Any:
+        # Checked here so the error names `arguments`, not pydantic's union branches
+        # (`arguments.dict[str,any].1.[key]`: "Input should be a valid string").
+        if value is None or isinstance(value, list):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(
+                "arguments must be a mapping of parameter name -> value "
+                "(or flowServ's list of {name, value})"
+            )
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"an argument name must be a parameter name (text), not {key!r}")
         return value
 
     @field_validator("group", mode="before")

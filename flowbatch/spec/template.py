@@ -32,6 +32,7 @@ from .model import (
     Parameter,
     ParameterGroup,
     PostProc,
+    Resources,
     ResultColumn,
     ResultDType,
     ResultSchema,
@@ -41,6 +42,7 @@ from .model import (
     Workflow,
 )
 from .params import check_keys, parse_parameters, relative_path
+from .resources import ResourceError, parse_resources
 
 __all__ = [
     "BUILTIN_VARIABLES",
@@ -61,6 +63,7 @@ TOP_KEYS = (
     "executor",
     "timeLimit",
     "retries",
+    "resources",
     "flowbatch",
 )
 NATIVE_VERSIONS = (1,)
@@ -157,6 +160,7 @@ def parse_template(doc: Any, *, file: str, known_variables: Iterable[str] = ()) 
         executor=_parse_executor(top.get("executor"), file=file),
         time_limit=_parse_time_limit(top.get("timeLimit"), file=file),
         retries=_parse_retries(top.get("retries", 0), file=file),
+        resources=_parse_resources(top.get("resources"), file=file),
         source=file,
     )
 
@@ -267,6 +271,13 @@ def _duration_text(text: str) -> float | None:
     if secs >= 60 or (third is not None and minutes >= 60):
         return None
     return float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + secs)
+
+
+def _parse_resources(value: Any, *, file: str) -> Resources | None:
+    try:
+        return parse_resources(value)
+    except ResourceError as exc:
+        raise TemplateError(exc.message, file=file, field=exc.field) from None
 
 
 def _parse_retries(value: Any, *, file: str) -> int:
@@ -501,6 +512,14 @@ def _parse_commands(value: Any, *, field: str, file: str) -> _Commands:
     if not value:
         raise TemplateError("a step needs at least one command", file=file, field=field)
     for path, command in zip(paths, value, strict=True):
+        if isinstance(command, dict):
+            raise TemplateError(
+                "this command was read as a YAML mapping, because it contains ': '",
+                file=file,
+                field=path,
+                expected="a string",
+                hint="quote the whole command, or write it as a block scalar (- >-)",
+            )
         if not isinstance(command, str) or not command.strip():
             raise TemplateError("a command must be a non-empty string", file=file, field=path)
     return list(zip(paths, value, strict=True))

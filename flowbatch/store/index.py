@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import peewee as pw
 from playhouse.db_url import connect
 
 from ..errors import IndexError_
+from . import migrate
 
-SCHEMA_VERSION = 1
+#: bump with a step in :mod:`flowbatch.store.migrate` (v2: indexes on run_row's filters)
+SCHEMA_VERSION = 2
 
 proxy = pw.DatabaseProxy()
 
@@ -56,17 +59,21 @@ class RunRow(_Model):
     group = pw.CharField(max_length=256, index=True)
     name = pw.CharField(max_length=512, null=True)
     owner = pw.CharField(max_length=256)
-    owner_uid = pw.IntegerField()
+    owner_uid = pw.IntegerField(index=True)
     request = pw.CharField(max_length=512)
     state = pw.CharField(max_length=16, index=True)
     created_at = pw.CharField(max_length=40)
     started_at = pw.CharField(max_length=40, null=True)
-    finished_at = pw.CharField(max_length=40, null=True)
+    finished_at = pw.CharField(max_length=40, null=True, index=True)
     executor = pw.CharField(max_length=64)
     arguments = JSONField(default="{}")
     results = JSONField(null=True)
     messages = JSONField(default="[]")
     run_dir = pw.TextField()
+
+    class Meta:
+        # the ranking reads one workflow's SUCCESS runs
+        indexes = ((("workflow", "state"), False),)
 
 
 class RunFileRow(_Model):
@@ -92,13 +99,72 @@ class StateChangeRow(_Model):
     message = pw.TextField(null=True)
 
 
-TABLES: list[type[_Model]] = [MetaRow, WorkflowRow, RunRow, RunFileRow, ResultRow, StateChangeRow]
+class ClaimRow(_Model):
+    """One row per request file claimed by a daemon: the unique key that makes a double
+    claim impossible when several daemon hosts share a queue (a rename that "succeeds"
+    twice, as NFS may let it). Not derived from the tree: ``clear`` keeps it."""
+
+    key = pw.CharField(primary_key=True, max_length=512)  # name, inode, mtime, size
+    run = pw.CharField(max_length=64)
+    host = pw.CharField(max_length=256)
+    at = pw.CharField(max_length=40)
 
 
-def open_database(url: str | None, default_path: Path) -> pw.Database:
-    """Connect to the index and bind the models to it. Creates missing tables."""
+# ClaimRow came without a schema version bump: create_tables(safe=True) adds it to an
+# older index, and a flowbatch without it never reads it
+TABLES: list[type[_Model]] = [
+    MetaRow,
+    WorkflowRow,
+    RunRow,
+    RunFileRow,
+    ResultRow,
+    StateChangeRow,
+    ClaimRow,
+]
+
+#: pg_advisory_xact_lock key serializing schema set-up of daemons starting together
+_SCHEMA_LOCK = 0x666C6F77  # "flow"
+#: seconds a PostgreSQL connection attempt may take unless the URL says otherwise
+CONNECT_TIMEOUT = 10
+
+
+def display_url(url: str) -> str:
+    """A database URL with its password hidden (in the user part or a query parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver's message on one line (psycopg2's span several)."""
+    text = "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
+    return text.rstrip(" .?!")
+
+
+def connect_database(url: str | None, default_path: Path) -> pw.Database:
+    """Bind the models to the index database (SQLite at ``default_path`` without a URL).
+
+    Connects lazily: nothing is read or created until the first query."""
     if url:
-        db = connect(url)
+        params: dict[str, Any] = {}
+        if urlsplit(url).scheme.startswith(("postgres", "psycopg")):
+            # never hang on an unreachable server; the URL's own connect_timeout wins
+            params["connect_timeout"] = CONNECT_TIMEOUT
+        try:
+            db = connect(url, **params)
+        except RuntimeError as exc:  # playhouse: unknown scheme
+            raise IndexError_(
+                f"unsupported index database URL: {exc}",
+                file=display_url(url),
+                expected="sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
+            ) from None
     else:
         db = pw.SqliteDatabase(
             str(default_path),
@@ -111,31 +177,78 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
             check_same_thread=False,
         )
     proxy.initialize(db)
+    return db
+
+
+def open_database(url: str | None, default_path: Path) -> pw.Database:
+    """Connect to the index, bind the models, create missing tables, upgrade an older one.
+
+    An index made by an older flowbatch is migrated in place (:mod:`.migrate`); one that
+    cannot be (or is newer) raises :class:`IndexError_` saying what to do."""
+    where = display_url(url) if url else str(default_path)
+    db = connect_database(url, default_path)
+    server = not isinstance(db, pw.SqliteDatabase)
     try:
         db.connect(reuse_if_open=True)
-        db.create_tables(TABLES, safe=True)
-        row = MetaRow.get_or_none(MetaRow.key == "schema_version")
-        if row is None:
-            MetaRow.insert(
-                key="schema_version", value=str(SCHEMA_VERSION)
-            ).on_conflict_ignore().execute()
-        elif int(row.value) != SCHEMA_VERSION:
+    except (pw.DatabaseError, pw.ImproperlyConfigured) as exc:
+        if not server:
             raise IndexError_(
-                f"index is at schema version {row.value}, this flowbatch uses {SCHEMA_VERSION}",
+                f"the index database cannot be used: {_one_line(exc)}",
+                file=where,
                 hint="run `flowbatch reindex` to rebuild it from the results tree",
+            ) from None
+        driver = isinstance(exc, pw.ImproperlyConfigured)
+        raise IndexError_(
+            f"cannot connect to the index database: {_one_line(exc)}",
+            file=where,
+            hint=(
+                "install the driver: pip install 'flowbatch[postgres]'"
+                if "postgres" in type(db).__name__.lower()
+                else "install the database's Python driver"
             )
+            if driver
+            else "check that the server is running and reachable from this host, and that "
+            "the database and user exist (createdb -O USER DB)",
+        ) from None
+    try:
+        if isinstance(db, pw.PostgresqlDatabase):
+            # daemons of several hosts may start together on a new database: one at a
+            # time creates or upgrades the tables (CREATE TABLE IF NOT EXISTS races there)
+            with db.atomic():
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                _set_up(db)
+        else:
+            _set_up(db)
+    except IndexError_ as exc:
+        raise exc.at(file=where) from None
     except pw.DatabaseError as exc:
         raise IndexError_(
-            f"the index database cannot be used: {exc}",
-            file=url or str(default_path),
+            f"the index database cannot be used: {_one_line(exc)}",
+            file=where,
             hint="run `flowbatch reindex` to rebuild it from the results tree",
         ) from None
     return db
+
+
+def _set_up(db: pw.Database) -> None:
+    found = migrate.read_version(db)
+    # a new index: Store checks it does not stand beside a tree that already has runs
+    db.flowbatch_fresh = found is None  # type: ignore[attr-defined]
+    if found is not None and found != SCHEMA_VERSION:
+        migrate.upgrade(db, found, SCHEMA_VERSION)
+    # only the missing tables: CREATE INDEX IF NOT EXISTS still locks an existing table,
+    # which deadlocks against another daemon's writes on PostgreSQL
+    existing = set(db.get_tables())
+    db.create_tables([t for t in TABLES if t._meta.table_name not in existing], safe=True)
+    if found is None:
+        MetaRow.insert(
+            key=migrate.VERSION_KEY, value=str(SCHEMA_VERSION)
+        ).on_conflict_ignore().execute()
 
 
 def clear(db: pw.Database) -> None:
     """Empty every table but the metadata (before a reindex)."""
     with db.atomic():
         for table in TABLES:
-            if table is not MetaRow:
+            if table not in (MetaRow, ClaimRow):
                 table.delete().execute()

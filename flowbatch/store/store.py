@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import peewee as pw
 
-from ..errors import NotFoundError
-from ..runs import ACTIVE, RunRecord, State, apply
-from . import atomic
-from .index import ResultRow, RunFileRow, RunRow, StateChangeRow, open_database
+from ..errors import IndexError_, NotFoundError
+from ..runs import ACTIVE, RunRecord, State, apply, now_iso
+from . import atomic, migrate
+from .index import (
+    ClaimRow,
+    MetaRow,
+    ResultRow,
+    RunFileRow,
+    RunRow,
+    StateChangeRow,
+    open_database,
+)
 from .layout import RUN_JSON, Layout
 
 log = logging.getLogger("flowbatch.store")
@@ -31,12 +41,36 @@ Listener = Callable[[RunRecord, State], None]
 
 class Store:
     def __init__(
-        self, layout: Layout, database_url: str | None = None, *, fsync: bool = False
+        self,
+        layout: Layout,
+        database_url: str | None = None,
+        *,
+        fsync: bool = False,
+        check_index: bool = True,
     ) -> None:
         self.layout = layout
         self.fsync = fsync
         self.db = open_database(database_url, layout.index_db)
         self.listeners: list[Listener] = []
+        if check_index:
+            self.check_not_lost()
+
+    def check_not_lost(self) -> None:
+        """A new index beside a tree that has runs means the old one was deleted or
+        replaced: say so, rather than serve an empty leaderboard as if it were the truth.
+        (An index that exists but lags the tree after a crash is caught up by
+        :meth:`sync_active`, not refused.)"""
+        if not getattr(self.db, "flowbatch_fresh", False) or RunRow.select().exists():
+            return
+        first = next(iter(self.iter_run_dirs()), None)
+        if first is not None:
+            # leave it new (no schema version): the next command must say so again
+            MetaRow.delete().where(MetaRow.key == migrate.VERSION_KEY).execute()
+            raise IndexError_(
+                "the index holds no runs but the results tree does "
+                f"(e.g. {first.relative_to(self.layout.root)}): it was deleted or replaced",
+                hint="run `flowbatch reindex` to rebuild it from the results tree",
+            )
 
     # -- reading ------------------------------------------------------------------------
     def run_dir(self, run: RunRecord) -> Path:
@@ -181,11 +215,13 @@ class Store:
                     if (run_dir / RUN_JSON).is_file():
                         yield run_dir
 
-    def sync_active(self) -> list[RunRecord]:
+    def sync_active(self, host: str | None = None) -> list[RunRecord]:
         """Bring the index up to the tree after a crash; return the tree's active runs.
 
         Looks at the runs the index calls active and at run folders the index does not
-        know (a crash after ``run.json`` was written but before its row).
+        know (a crash after ``run.json`` was written but before its row). ``host`` (a site
+        several daemon hosts serve): only that host's runs, since another host's live runs
+        change under it and a row written from a stale read would set the index back.
         """
         known = {r.id: r.run_dir for r in RunRow.select(RunRow.id, RunRow.run_dir)}
         indexed_active = {
@@ -203,12 +239,42 @@ class Store:
             except (OSError, ValueError) as exc:
                 log.error("cannot read %s: %s", run_dir / RUN_JSON, exc)
                 continue
+            if host is not None and run.host not in (None, host):
+                continue
             stale.append(run)
             if run.state in ACTIVE:
                 active.append(run)
         if stale:
             self.index_many(stale)
         return active
+
+    # -- several daemon hosts -------------------------------------------------------------
+    def claim(self, key: str, run_id: str, host: str) -> bool:
+        """Record in the index that ``host`` claimed the request file ``key`` as ``run_id``.
+
+        The key is unique: False when the same file was already claimed as another run (a
+        double claim, which the caller must drop). True again for the same run."""
+        try:
+            with self.db.atomic():
+                ClaimRow.insert(key=key, run=run_id, host=host, at=now_iso()).execute()
+        except pw.IntegrityError:
+            row = ClaimRow.get_or_none(ClaimRow.key == key)
+            return row is not None and row.run == run_id
+        return True
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """One at a time among the daemons sharing a PostgreSQL index (a session advisory
+        lock named ``name``); a no-op elsewhere, where one daemon serves the site."""
+        if not isinstance(self.db, pw.PostgresqlDatabase):
+            yield
+            return
+        key = zlib.crc32(f"flowbatch:{name}".encode())
+        self.db.execute_sql("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            self.db.execute_sql("SELECT pg_advisory_unlock(%s)", (key,))
 
     def active_rows(self) -> list[RunRow]:
         return list(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFoundError, TemplateError
+from ..progress import Progress
 from ..runs import now_iso
 from ..spec.manifest import TemplateSource
 from ..spec.model import Template
@@ -27,7 +28,9 @@ from .layout import Layout, checked_id
 
 META = "workflow.json"
 #: names in a run folder that flowbatch writes itself; template files may not use them
-RESERVED = frozenset({"run.json", "run.sh", "request.yaml", "logs", "status", "index.html"})
+RESERVED = frozenset(
+    {"run.json", "run.sh", "request.yaml", "logs", "status", "attempts", "index.html"}
+)
 
 
 @dataclass
@@ -103,9 +106,16 @@ class TemplateStore:
         return sorted(p.name for p in self.layout.templates.iterdir() if (p / META).is_file())
 
     def install(
-        self, src: TemplateSource, *, workflow_id: str | None = None, name: str | None = None
+        self,
+        src: TemplateSource,
+        *,
+        workflow_id: str | None = None,
+        name: str | None = None,
+        progress: Progress | None = None,
     ) -> Installed:
-        """Validate ``src`` fully, then copy it in as a new version (or reuse an equal one)."""
+        """Validate ``src`` fully, then copy it in as a new version (or reuse an equal one).
+
+        ``progress`` counts the files copied (a progress line on a terminal)."""
         from ..render import check_template  # render depends on spec; keep import local
 
         template = load_template(src.spec_path, known_variables=self.variables)
@@ -128,10 +138,14 @@ class TemplateStore:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "files").mkdir(parents=True)
             shutil.copyfile(src.spec_path, tmp / f"spec{_spec_suffix(src.spec_path)}")
+            if progress is not None:
+                progress.total = len(files)
             for path, target in files:
                 dest = tmp / "files" / target
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, dest)
+                if progress is not None:
+                    progress.advance()
             os.replace(tmp, version_dir)
             meta["versions"].append({"version": version, "installed_at": now_iso()})
         meta.update(

@@ -1,0 +1,264 @@
+"""``flowbatch doctor``: what is wrong with this site, before a participant finds out.
+
+Each check looks at one thing and reports ``ok``, ``warn`` (works, but worth a look),
+``fail`` (something will not work: the command exits non-zero) or ``skip`` (nothing to
+check, or a check that an earlier failure makes meaningless). Checks only look: the
+index is not migrated or created, the lock is not taken, nothing is written except a
+probe file in each folder that must be writable.
+
+Executors are checked through an optional ``check()`` method on the executor object
+(:mod:`flowbatch.executors`): it returns a short detail text (or None) when the backend is
+usable and raises an exception whose text says what is wrong otherwise (an SSH host key
+missing, a remote root not writable, Slurm commands not answering). Executors without it
+are reported as configured but unchecked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from .config import SiteConfig
+from .errors import FlowbatchError
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"check": self.name, "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class _Ctx:
+    """What the checks share: the site folder, and its config once it has been read."""
+
+    root: Path
+    config: SiteConfig | None = None
+    results: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.results.append(Check(name, status, detail))
+
+
+def diagnose(root: Path) -> list[Check]:
+    """Run every check on the site at ``root``; never raises for a site problem."""
+    ctx = _Ctx(root.resolve())
+    for check in CHECKS:
+        try:
+            check(ctx)
+        except Exception as exc:  # a check that crashes is a finding, not a traceback
+            ctx.add(check.__name__.removeprefix("_check_"), FAIL, _describe(exc))
+    return ctx.results
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.status == FAIL for c in checks)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FlowbatchError):
+        return exc.summary()
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- the checks, in the order they are shown ---------------------------------------------------
+
+
+def _check_config(ctx: _Ctx) -> None:
+    from .configsrc import load
+
+    if not ctx.root.is_dir():
+        ctx.add("config", FAIL, f"no site folder at {ctx.root} (create one: flowbatch init)")
+        return
+    try:
+        loaded = load(ctx.root)
+    except FlowbatchError as exc:
+        ctx.add("config", FAIL, exc.summary())
+        return
+    ctx.config = loaded.config
+    where = "flowbatch.yaml" if loaded.file.exists() else "defaults (no flowbatch.yaml)"
+    env = f", {len(loaded.env)} FLOWBATCH_* override(s)" if loaded.env else ""
+    ctx.add("config", OK, f"valid: {where}{env}")
+    for var in loaded.ignored:
+        if var not in ("FLOWBATCH_SITE", "FLOWBATCH_HOSTNAME"):
+            ctx.add("config", WARN, f"{var} is not a config key and is ignored (a typo?)")
+
+
+def _check_folders(ctx: _Ctx) -> None:
+    for name in ("queue", "results", "templates"):
+        ctx.add(f"{name}/", *_writable(ctx.root / name))
+
+
+def _writable(folder: Path) -> tuple[str, str]:
+    """Create and remove a probe file: permission bits alone lie on NFS, ACLs, read-only
+    mounts and under systemd's ProtectSystem."""
+    if not folder.is_dir():
+        return FAIL, f"{folder} is missing (run: flowbatch init)"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".doctor-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return FAIL, f"{folder} is not writable by uid {os.getuid()}: {exc.strerror}"
+    return OK, f"{folder} writable"
+
+
+def _check_index(ctx: _Ctx) -> None:
+    from .configsrc import redact_url
+    from .store import migrate
+    from .store.index import SCHEMA_VERSION, RunRow, connect_database
+
+    if ctx.config is None:
+        ctx.add("index", SKIP, "config invalid")
+        return
+    url = ctx.config.database
+    default = ctx.root / "index.db"
+    where = redact_url(url) if url else str(default)
+    if not url and not default.exists():
+        ctx.add("index", OK, f"{where}: not created yet (made on first use)")
+        return
+    db = connect_database(url, default)
+    try:
+        found = migrate.read_version(db)
+        if found is None:
+            ctx.add("index", OK, f"{where}: empty (tables are made on first use)")
+        elif found == SCHEMA_VERSION:
+            ctx.add("index", *_runs_indexed(ctx.root, where, found, RunRow))
+        else:
+            try:
+                migrate.check_upgradable(found, SCHEMA_VERSION)
+            except FlowbatchError as exc:
+                ctx.add("index", FAIL, f"{where}: {exc.summary()}")
+            else:
+                ctx.add(
+                    "index",
+                    WARN,
+                    f"{where}: schema version {found}, migrated to {SCHEMA_VERSION} "
+                    "when flowbatch next opens it",
+                )
+    except pw.DatabaseError as exc:
+        ctx.add("index", FAIL, f"{where}: cannot be used: {exc} (run: flowbatch reindex)")
+    finally:
+        db.close()
+
+
+def _runs_indexed(root: Path, where: str, version: int, model: Any) -> tuple[str, str]:
+    """An index without runs beside a tree with runs was deleted or replaced."""
+    count = model.select().count()
+    has_tree_runs = any((root / "results").glob("*/runs/*/run.json"))
+    if count == 0 and has_tree_runs:
+        return FAIL, f"{where}: holds no runs but the results tree does (run: flowbatch reindex)"
+    return OK, f"{where}: schema version {version}, {count} run(s)"
+
+
+def _check_templates(ctx: _Ctx) -> None:
+    from .site import Site
+
+    if ctx.config is None:
+        ctx.add("templates", SKIP, "config invalid")
+        return
+    store = Site(ctx.root).templates
+    ids = store.list_ids()
+    broken = []
+    for wf_id in ids:
+        try:
+            store.load(wf_id)
+        except FlowbatchError as exc:
+            broken.append(f"{wf_id}: {exc.summary()}")
+    if broken:
+        ctx.add("templates", FAIL, "; ".join(broken))
+    else:
+        ctx.add("templates", OK, f"{len(ids)} installed, all readable")
+
+
+def _check_executors(ctx: _Ctx) -> None:
+    from .executors import build_executors
+
+    config = ctx.config
+    if config is None:
+        ctx.add("executors", SKIP, "config invalid")
+        return
+    executors: dict[str, Any] = dict(build_executors(config, lambda: None))
+    try:
+        for name, executor in executors.items():
+            if name == "local":
+                ctx.add("executor local", *_local(config))
+            else:
+                ctx.add(f"executor {name}", *_self_check(executor))
+        for section in ("ssh", "slurm"):
+            if not getattr(config, section, None) and not any(
+                _section_of(n) == section for n in executors
+            ):
+                ctx.add(f"executor {section}", SKIP, "not configured")
+    finally:
+        for executor in executors.values():
+            close = getattr(executor, "close", None)
+            if callable(close):
+                close()
+
+
+def _section_of(name: str) -> str:
+    return "slurm" if name == "slurm" or name.startswith("slurm:") else name
+
+
+def _local(config: SiteConfig) -> tuple[str, str]:
+    if shutil.which("bash") is None:
+        return FAIL, "bash not found on PATH (run scripts are bash)"
+    cores = os.cpu_count() or 1
+    limit = config.local.effective_concurrency()
+    detail = f"{limit} run(s) at once, {cores} core(s)"
+    if limit > 4 * cores:
+        return WARN, detail + ": many more runs than cores"
+    return OK, detail
+
+
+def _self_check(executor: Any) -> tuple[str, str]:
+    check: Callable[[], Any] | None = getattr(executor, "check", None)
+    if not callable(check):
+        return SKIP, "configured; this executor offers no self-check"
+    try:
+        detail = check()
+    except Exception as exc:
+        return FAIL, _describe(exc)
+    if detail is False:
+        return FAIL, "its check failed"
+    return OK, str(detail) if detail not in (None, True) else "usable"
+
+
+def _check_daemon(ctx: _Ctx) -> None:
+    from .daemon import lock_holder
+
+    if ctx.config is None:
+        ctx.add("daemon", SKIP, "config invalid")
+        return
+    from .site import Site
+
+    holder = lock_holder(Site(ctx.root))
+    if holder is None:
+        ctx.add("daemon", OK, "not running (start it with systemd, or a cron tick)")
+        return
+    who = ", ".join(f"{k} {v}" for k, v in holder.items())
+    ctx.add("daemon", OK, f"running: {who}")
+
+
+CHECKS: list[Callable[[_Ctx], None]] = [
+    _check_config,
+    _check_folders,
+    _check_index,
+    _check_templates,
+    _check_executors,
+    _check_daemon,
+]

@@ -1,0 +1,431 @@
+"""The SSH executor: a whole run on a named remote host, its files brought home by SFTP.
+
+Each host of the site config's ``ssh:`` section (:mod:`flowbatch.ssh_hosts`) is an
+executor of that name. A run goes like this:
+
+1. **launch**: the run folder's inputs (everything but ``status/``, ``logs/`` and
+   flowbatch's own ``run.json``, ``request.yaml``, ``attempts/``) go up by SFTP to
+   ``<remote_root>/<workflow>/<run_id>/``; ``run.sh`` starts there under a small bash
+   wrapper, detached (``setsid nohup``, stdin from /dev/null) so it survives a dropped
+   connection. The wrapper waits for the script and writes its exit status (signals as
+   128+N) to ``status/script.rc``: the one thing the script cannot record when it is
+   SIGKILLed. The handle records the wrapper's PID (the process group id too) with its
+   start time and the host's boot id, so a reused PID is never taken for the run.
+2. **poll**: one remote command per host per tick for all of that host's runs.
+   A run whose wrapper ended has its files fetched at once; a host that does not answer
+   gives UNKNOWN, and GONE (with the reason, an infrastructure failure) once it has
+   been unreachable for longer than its ``unreachable_grace``.
+3. **collect**: the files not fetched yet come home (markers, logs, outputs: every file
+   that is new or changed), then the remote folder is removed unless ``keep_remote``.
+4. **cancel**: TERM to the remote process group, KILL after a grace.
+
+Connections come from :mod:`flowbatch.executors.ssh_pool`: one per host, shared with the
+Slurm executor. For "sbatch over SSH", call :func:`ssh_runner`::
+
+    runner = ssh_runner(site_config, "login1")   # a CommandRunner on the pooled connection
+    result = runner.run("sbatch --parsable job.sh", timeout=30)
+
+It raises :class:`~flowbatch.errors.ConfigError` for an unknown host name; ``run`` raises
+:class:`~flowbatch.executors.ssh_pool.HostUnreachable` or
+:class:`~flowbatch.executors.ssh_pool.HostKeyError` (both ``ExecutorError``) when it
+cannot reach the host, ``ConfigError`` when its key or known_hosts file is missing, and
+returns the command's result otherwise (exit 124 on timeout). Commands run in bash in the
+remote user's home folder.
+
+The remote host must be Linux (``/proc``) with bash; the login shell may be any POSIX shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ExecutorError, FlowbatchError
+from ..ssh_hosts import SSHHost
+from .base import Launch, Liveness, Probe
+from .ssh_pool import HostUnreachable, SSHConnection, SSHPool, SSHRunner, shared_pool
+from .ssh_staging import download_tree, upload_tree
+
+if TYPE_CHECKING:
+    from ..config import SiteConfig
+
+log = logging.getLogger("flowbatch.ssh")
+
+#: seconds between TERM and KILL of a cancelled run's process group
+CANCEL_GRACE = 3.0
+#: the wrapper's record of the script's exit status (next to the script's own markers)
+RC_MARKER = "status/script.rc"
+
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# $1 = PID, $2 = start time (clock ticks after boot); exit 0 when that process still runs.
+# /proc/PID/stat's second field may hold spaces and ')': cut up to the last ") ".
+_SAME_PROCESS = r"""fb_same() {
+  local s f
+  { read -r s < "/proc/$1/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  f=($s)
+  [ "${f[0]}" != Z ] && [ "${f[19]}" = "$2" ]
+}
+"""
+
+# $1 = process group id; exit 0 while a live (non-zombie) process is in it. Detached
+# processes are reaped by init, and some containers' init never does: kill -0 on the
+# group would count the zombies.
+_GROUP_ALIVE = r"""fb_group() {
+  local p s f
+  for p in /proc/[0-9]*/stat; do
+    { read -r s < "$p"; } 2>/dev/null || continue
+    s=${s##*) }
+    f=($s)
+    [ "${f[2]}" = "$1" ] && [ "${f[0]}" != Z ] && return 0
+  done
+  return 1
+}
+"""
+
+_LAUNCH = r"""set -e
+cd -- {dir}
+mkdir -p logs status
+{exports}
+setsid nohup bash -c 'trap : TERM INT HUP; bash run.sh; printf "%s\n" "$?" > {rc}' \
+  </dev/null >>logs/script.log 2>&1 &
+fb_pid=$!
+read -r fb_s < "/proc/$fb_pid/stat"
+fb_s=${{fb_s##*) }}
+fb_f=($fb_s)
+read -r fb_boot < /proc/sys/kernel/random/boot_id
+printf '%s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot"
+"""
+
+# one line per run: "<run id> <1 alive | 0 ended | nodir> <wrapper's exit status or ->"
+_POLL_HEAD = (
+    _SAME_PROCESS
+    + r"""read -r fb_boot < /proc/sys/kernel/random/boot_id
+printf 'boot %s\n' "$fb_boot"
+fb_p() {
+  local alive=0 rc=-
+  if [ "$5" = "$fb_boot" ] && fb_same "$2" "$3"; then alive=1; fi
+  if [ "$alive" = 0 ] && [ ! -d "$4" ]; then printf '%s nodir -\n' "$1"; return; fi
+  { read -r rc < "$4/status/script.rc"; } 2>/dev/null || rc=-
+  printf '%s %s %s\n' "$1" "$alive" "${rc:--}"
+}
+"""
+)
+
+# run after _SAME_PROCESS and _GROUP_ALIVE, which stay out of this format string
+# (their braces are bash's)
+_CANCEL = r"""fb_same {pid} {start} || exit 0
+kill -TERM -- -{pid} 2>/dev/null || exit 0
+for ((i = 0; i < {ticks}; i++)); do
+  fb_group {pid} || exit 0
+  sleep 0.1
+done
+kill -KILL -- -{pid} 2>/dev/null
+exit 0
+"""
+
+
+def ssh_runner(config: SiteConfig, host_name: str) -> SSHRunner:
+    """A CommandRunner on the pooled connection to ``host_name`` of the site config."""
+    return shared_pool(config.ssh).runner(host_name)
+
+
+def ssh_executors(config: SiteConfig) -> dict[str, SSHExecutor]:
+    """One executor per host of the site config's ``ssh:`` section, sharing one pool."""
+    pool = shared_pool(config.ssh)
+    return {name: SSHExecutor(name, host, pool) for name, host in config.ssh.items()}
+
+
+class SSHExecutor:
+    """Runs whole runs on one SSH host (see the module docstring)."""
+
+    def __init__(self, name: str, host: SSHHost, pool: SSHPool) -> None:
+        self.name = name
+        self.host = host
+        self.pool = pool
+        self.limit = host.max_runs
+        self._fetched: set[str] = set()  # runs whose files came home during a poll
+
+    @property
+    def connection(self) -> SSHConnection:
+        return self.pool.connection(self.name)
+
+    # -- launch ---------------------------------------------------------------------------
+    def launch(self, job: Launch) -> dict[str, Any]:
+        conn = self.connection
+        where = self._remote_path(job)
+        # a fresh folder: a retried run must not find the markers of its last attempt
+        prep = conn.run(
+            f"set -e; rm -rf -- {_q(where)}; mkdir -p -- {_q(where)}; cd -- {_q(where)}; pwd -P",
+            force=True,
+        )
+        if not prep.ok:
+            raise self._error(f"cannot create the remote run folder {where}", prep.stderr)
+        remote_dir = prep.stdout.strip().splitlines()[-1]
+        try:
+            upload_tree(conn.sftp(force=True), job.run_dir, remote_dir)
+        except OSError as exc:
+            if not conn.alive():
+                raise conn.broken(exc) from None
+            raise self._error(f"cannot upload the run folder to {remote_dir}", str(exc)) from None
+        bad = [k for k in job.env if not _ENV_NAME.match(k)]
+        if bad:
+            raise self._error(f"not environment variable names: {bad}", "")
+        exports = "\n".join(f"export {k}={_q(v)}" for k, v in job.env.items())
+        started = conn.run(
+            _LAUNCH.format(dir=_q(remote_dir), exports=exports, rc=RC_MARKER), force=True
+        )
+        fields = started.stdout.split()
+        if not started.ok or len(fields) != 3 or not fields[0].isdigit():
+            raise self._error("cannot start run.sh", started.stderr or started.stdout)
+        pid, start, boot = fields
+        log.info("run %s started on %s as pid %s in %s", job.run_id, self.name, pid, remote_dir)
+        return {
+            "host": self.name,
+            "hostname": self.host.hostname,
+            "pid": int(pid),
+            "pgid": int(pid),
+            "start": start,
+            "boot_id": boot,
+            "remote_dir": remote_dir,
+            "run_dir": str(job.run_dir),  # where a poll brings a finished run's files
+        }
+
+    def _remote_path(self, job: Launch) -> str:
+        parts = [job.workflow or "runs", job.run_id]
+        for part in parts:  # they name a folder that launch empties: no surprises allowed
+            if not _SAFE_PART.match(part) or part in (".", ".."):
+                raise self._error(f"unsafe remote folder name {part!r}", "")
+        return "/".join([self.host.remote_root, *parts])
+
+    def _error(self, what: str, detail: str) -> ExecutorError:
+        detail = " ".join(detail.split())[-500:]
+        return ExecutorError(
+            f"ssh host {self.name}: {what}" + (f": {detail}" if detail else ""),
+            hint=f"`flowbatch hosts check {self.name}` tests the connection and remote root",
+        )
+
+    # -- poll -----------------------------------------------------------------------------
+    def poll(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
+        """All of this host's runs in one remote command; finished runs' files come home."""
+        if not handles:
+            return {}
+        conn = self.connection
+        lines = [_POLL_HEAD]
+        for run_id, h in handles:
+            args = [run_id, str(h.get("pid", 0)), str(h.get("start", "")), h.get("remote_dir", "")]
+            lines.append("fb_p " + " ".join(_q(a) for a in [*args, str(h.get("boot_id", ""))]))
+        try:
+            result = conn.run("\n".join(lines) + "\n")
+        except FlowbatchError as exc:
+            return self._unreachable(handles, conn, exc)
+        if not result.ok:
+            log.warning("ssh %s: poll failed: %s", self.name, result.stderr.strip()[-300:])
+            raw = f"poll failed on ssh:{self.name}: {result.stderr.strip()[-200:]}"
+            return {run_id: Probe(Liveness.UNKNOWN, raw=raw) for run_id, _ in handles}
+        states = _parse_poll(result.stdout)
+        out: dict[str, Probe] = {}
+        for run_id, handle in handles:
+            out[run_id] = self._probe(run_id, handle, states.get(run_id))
+        return out
+
+    def _probe(self, run_id: str, handle: dict[str, Any], state: tuple[str, str] | None) -> Probe:
+        pid = handle.get("pid")
+        if state is None:
+            return Probe(Liveness.UNKNOWN, raw=f"no answer for pid {pid} on ssh:{self.name}")
+        alive, rc = state
+        if alive == "1":
+            return Probe(Liveness.ALIVE, raw=f"pid {pid} running on ssh:{self.name}")
+        if alive == "nodir":
+            return Probe(
+                Liveness.FINISHED,
+                raw=f"the remote run folder {handle.get('remote_dir')} is gone on ssh:{self.name}",
+            )
+        code = int(rc) if rc.isdigit() else None
+        raw = f"pid {pid} on ssh:{self.name} " + (
+            f"ended with status {code}" if code is not None else "is gone, no exit status recorded"
+        )
+        try:
+            self._fetch(run_id, handle)
+        except HostUnreachable as exc:  # it ended, but its files are not home: next tick
+            return Probe(Liveness.UNKNOWN, raw=f"{raw}; fetching its files: {exc.reason}")
+        return Probe(Liveness.FINISHED, exit_code=code, raw=raw)
+
+    def _unreachable(
+        self,
+        handles: Sequence[tuple[str, dict[str, Any]]],
+        conn: SSHConnection,
+        exc: FlowbatchError,
+    ) -> dict[str, Probe]:
+        down = conn.unreachable_for()
+        if down <= self.host.unreachable_grace:
+            return {run_id: Probe(Liveness.UNKNOWN, raw=exc.reason) for run_id, _ in handles}
+        why = (
+            f"ssh host {self.name} unreachable for {down:.0f} s "
+            f"(unreachable_grace {self.host.unreachable_grace:g} s): {conn.last_error or exc}"
+        )
+        return {run_id: Probe(Liveness.GONE, raw=why, infra_failure=why) for run_id, _ in handles}
+
+    def _fetch(self, run_id: str, handle: dict[str, Any]) -> None:
+        """Bring the remote run folder's new and changed files home (once)."""
+        if run_id in self._fetched or not handle.get("remote_dir") or "run_dir" not in handle:
+            return
+        conn = self.connection
+        try:
+            download_tree(conn.sftp(), str(handle["remote_dir"]), Path(handle["run_dir"]))
+        except FileNotFoundError:
+            pass  # the remote folder is gone: the local markers will say "lost"
+        except OSError as exc:
+            if not conn.alive():
+                raise conn.broken(exc) from None
+            log.warning("ssh %s: fetching %s: %s", self.name, handle["remote_dir"], exc)
+        self._fetched.add(run_id)
+
+    # -- collect / cancel / adopt -----------------------------------------------------------
+    def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
+        """Files home (if a poll did not already), then the remote folder away.
+
+        Best effort and never raising: a host that is down keeps its folder (the run's
+        message says why it ended), and the markers that came home decide the state."""
+        conn = self.connection
+        if conn.down_since is not None and not conn.alive():
+            log.warning("ssh %s: down, run %s's remote folder is left", self.name, run_id)
+            self._fetched.discard(run_id)
+            return
+        try:
+            self._fetch(run_id, {**handle, "run_dir": str(run_dir)})
+            if not self.host.keep_remote and handle.get("remote_dir"):
+                conn.run(f"rm -rf -- {_q(str(handle['remote_dir']))}")
+        except FlowbatchError as exc:
+            log.warning("ssh %s: collecting run %s: %s", self.name, run_id, exc.reason)
+        finally:
+            self._fetched.discard(run_id)
+
+    def cancel(self, handle: dict[str, Any], reason: str) -> None:
+        """TERM the remote process group (the wrapper is its session leader), KILL it after
+        :data:`CANCEL_GRACE`; only when the recorded PID still is our process."""
+        script = (
+            _SAME_PROCESS
+            + _GROUP_ALIVE
+            + _CANCEL.format(
+                pid=int(handle.get("pgid", handle.get("pid", 0))),
+                start=_q(str(handle.get("start", ""))),
+                ticks=int(CANCEL_GRACE * 10),
+            )
+        )
+        try:
+            result = self.connection.run(script, timeout=CANCEL_GRACE + 30)
+        except FlowbatchError as exc:
+            log.warning("ssh %s: cannot cancel pid %s: %s", self.name, handle.get("pid"), exc)
+            return
+        if not result.ok:
+            log.warning("ssh %s: cancel: %s", self.name, result.stderr.strip()[-300:])
+
+    def adopt(self, handle: dict[str, Any]) -> bool:
+        """The recorded PID still runs with the recorded start time, since the same boot."""
+        if handle.get("host") != self.name or not handle.get("pid"):
+            return False
+        script = (
+            _SAME_PROCESS
+            + "read -r b < /proc/sys/kernel/random/boot_id\n"
+            + f'[ "$b" = {_q(str(handle.get("boot_id", "")))} ] && '
+            + f"fb_same {int(handle['pid'])} {_q(str(handle.get('start', '')))}"
+        )
+        try:
+            return self.connection.run(script).ok
+        except FlowbatchError as exc:
+            log.warning("ssh %s: cannot look at pid %s: %s", self.name, handle.get("pid"), exc)
+            return False
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _parse_poll(stdout: str) -> dict[str, tuple[str, str]]:
+    states: dict[str, tuple[str, str]] = {}
+    for line in stdout.splitlines():
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[0] != "boot":
+            states[parts[0]] = (parts[1], parts[2])
+    return states
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+# -- `flowbatch hosts check` ----------------------------------------------------------------
+
+
+def check_host(config: SiteConfig, name: str, *, samples: int = 5) -> dict[str, Any]:
+    """Connect afresh, verify the host key, check the remote root is writable, and time a
+    round trip. Raises :class:`~flowbatch.errors.FlowbatchError` with the reason."""
+    pool = SSHPool(config.ssh)  # not the shared pool: this is a real, new connection
+    conn = pool.connection(name)
+    host = conn.host
+    try:
+        begin = time.monotonic()
+        client = conn.client(force=True)
+        connect = time.monotonic() - begin
+        transport = client.get_transport()
+        assert transport is not None
+        from .ssh_pool import fingerprint
+
+        key = transport.get_remote_server_key()
+        root = host.remote_root
+        probe = conn.run(
+            f"set -e; mkdir -p -- {_q(root)}; cd -- {_q(root)}; "
+            't=$(mktemp .flowbatch-check.XXXXXX); rm -f -- "$t"; pwd -P'
+        )
+        if not probe.ok:
+            raise ExecutorError(
+                f"ssh host {name}: remote root {root} is not writable: "
+                + " ".join(probe.stderr.split())[-300:],
+                field=f"ssh.{name}.remote_root",
+                hint="choose a folder the remote user may write",
+            )
+        times = []
+        for _ in range(samples):
+            t0 = time.monotonic()
+            conn.run("true")
+            times.append(time.monotonic() - t0)
+        times.sort()
+        return {
+            "host": name,
+            "login": host.login(),
+            "via": host.jump_host,
+            "host_key": f"{key.get_name()} {fingerprint(key)}",
+            "remote_root": probe.stdout.strip().splitlines()[-1],
+            "connect_ms": round(connect * 1000, 1),
+            "round_trip_ms": round(times[len(times) // 2] * 1000, 1),
+        }
+    finally:
+        pool.close()
+
+
+def check_hosts(config: SiteConfig, name: str | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`check_host` for ``name`` (or every host): host -> result with ``ok``, and
+    ``error`` (the reason) for a failed one."""
+    from ..errors import ConfigError
+
+    if name is not None and name not in config.ssh:
+        raise ConfigError(
+            f"unknown ssh host {name!r}",
+            field="ssh",
+            hint="hosts: " + (", ".join(config.ssh) or "none; declare them under ssh:"),
+        )
+    if not config.ssh:
+        raise ConfigError("no ssh hosts are configured", hint="declare them under ssh:")
+    report: dict[str, dict[str, Any]] = {}
+    for host in [name] if name else list(config.ssh):
+        try:
+            report[host] = {"ok": True, **check_host(config, host)}
+        except FlowbatchError as exc:
+            report[host] = {"ok": False, "host": host, "error": exc.summary()}
+    return report

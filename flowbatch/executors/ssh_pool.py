@@ -1,0 +1,414 @@
+"""One SSH connection per host, shared by every run, poll and command runner.
+
+Why a pool: a connection costs a key exchange and an authentication (~30 ms on loopback,
+far more across a WAN, and login nodes rate-limit new connections); a command on an open
+connection costs one channel (~5 ms). So each configured host gets exactly one paramiko
+connection, opened lazily, kept alive, and reopened with backoff when it drops.
+
+Security: the host key must be in the host's ``known_hosts`` file (never the system's
+implicitly, never added on first sight). An unknown or changed key raises
+:class:`HostKeyError` naming the host and the offered key's SHA256 fingerprint; it is raised
+before authentication, so no command has run. Passwords are not supported; a key's
+passphrase comes from an environment variable named in the config and is never logged.
+
+Speed: paramiko leaves Nagle's algorithm on, which stalls each small request for ~40 ms
+on Linux; the socket is created here with ``TCP_NODELAY`` and handed over as ``sock=``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import paramiko
+
+from ..errors import ConfigError, ExecutorError
+from ..ssh_hosts import SSHHost
+from .commands import CommandResult
+
+log = logging.getLogger("flowbatch.ssh")
+
+#: first wait after a failed connection attempt; doubles up to the host's backoff maximum
+BACKOFF_START = 0.5
+#: upper bound of a bookkeeping command (poll, launch, cancel) when the caller gives none
+DEFAULT_COMMAND_TIMEOUT = 60.0
+
+
+class HostKeyError(ExecutorError):
+    """The host's key is not the one in known_hosts (unknown or changed)."""
+
+
+class HostUnreachable(ExecutorError):
+    """No working connection to the host right now (refused, timed out, dropped)."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a public key (what ``ssh-keygen -l`` shows)."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def known_hosts_name(host: SSHHost) -> str:
+    """The name a host's key is filed under in known_hosts (``[h]:port`` off port 22)."""
+    return host.hostname if host.port == 22 else f"[{host.hostname}]:{host.port}"
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """RejectPolicy with a useful message: which host, which key it offered."""
+
+    def __init__(self, name: str, host: SSHHost) -> None:
+        self.name = name
+        self.host = host
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        raise HostKeyError(
+            f"ssh host {self.name} ({known_hosts_name(self.host)}) offered an unknown "
+            f"{key.get_name()} host key {fingerprint(key)}; connection refused, nothing was run",
+            file=str(self.host.known_hosts_path()),
+            hint="if the key is right, add it to that known_hosts file (e.g. ssh-keyscan "
+            "output checked against the fingerprint the host's admin publishes)",
+        )
+
+
+class SSHConnection:
+    """The pooled connection to one host: lazy, kept alive, reconnecting with backoff."""
+
+    def __init__(self, name: str, host: SSHHost, pool: SSHPool) -> None:
+        self.name = name
+        self.host = host
+        self.pool = pool
+        self.connects = 0  # successful connections made (tests count them)
+        self.commands = 0  # commands run (tests count round trips)
+        self.down_since: float | None = None  # monotonic time of the first failure in a row
+        self.last_error: str | None = None
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.RLock()
+        self._failures = 0
+        self._next_attempt = 0.0
+
+    # -- state ----------------------------------------------------------------------------------
+    def alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def unreachable_for(self) -> float:
+        """Seconds since the host stopped answering (0 while it answers)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    # -- connecting -----------------------------------------------------------------------------
+    def client(self, *, force: bool = False) -> paramiko.SSHClient:
+        """The open client; connects first when needed. ``force`` skips the backoff wait."""
+        with self._lock:
+            if self._client is not None and self.alive():
+                return self._client
+            self._drop()
+            if not force and time.monotonic() < self._next_attempt:
+                raise self._unreachable(f"{self.last_error} (next attempt in a moment)")
+            try:
+                self._client = self._connect()
+            except HostKeyError as exc:
+                self._failed(exc.reason)
+                raise
+            except ConfigError as exc:  # e.g. known_hosts or key file missing: down too
+                self._failed(exc.reason)
+                raise
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                reason = _describe(exc)
+                self._failed(reason)
+                raise self._unreachable(reason) from None
+            self.connects += 1
+            self._failures = 0
+            self._next_attempt = 0.0
+            self.down_since = None
+            self.last_error = None
+            return self._client
+
+    def _unreachable(self, reason: str) -> HostUnreachable:
+        return HostUnreachable(
+            f"ssh host {self.name} ({self.host.login()}): {reason}",
+            hint="check that the host is up and `flowbatch hosts check " + self.name + "`",
+        )
+
+    def _failed(self, reason: str) -> None:
+        self._failures += 1
+        self.last_error = reason
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        wait = min(BACKOFF_START * 2 ** (self._failures - 1), self.host.reconnect_backoff_max)
+        self._next_attempt = time.monotonic() + wait
+        log.warning("ssh %s: %s (retrying in %.1f s)", self.name, reason, wait)
+
+    def _connect(self) -> paramiko.SSHClient:
+        host = self.host
+        known = host.known_hosts_path()
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(known))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"ssh host {self.name}: known_hosts file {known} does not exist",
+                field=f"ssh.{self.name}.known_hosts",
+                hint="write the host's key there (ssh-keyscan, checked) before using it",
+            ) from None
+        client.set_missing_host_key_policy(_RefuseUnknown(self.name, host))
+        sock = self._socket()
+        try:
+            client.connect(
+                hostname=host.hostname,
+                port=host.port,
+                username=host.remote_user(),
+                pkey=self._key(),
+                sock=sock,
+                allow_agent=host.use_agent(),
+                look_for_keys=False,
+                timeout=host.connect_timeout,
+                banner_timeout=host.connect_timeout,
+                auth_timeout=host.connect_timeout,
+                channel_timeout=host.connect_timeout,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"ssh host {self.name} ({known_hosts_name(host)}) offered the "
+                f"{exc.key.get_name()} host key {fingerprint(exc.key)}, but known_hosts has "
+                f"{fingerprint(exc.expected_key)}: the key CHANGED; connection refused, "
+                "nothing was run",
+                file=str(known),
+                hint="if the host was reinstalled, replace its line in known_hosts after "
+                "checking the new fingerprint with its admin; otherwise do not connect",
+            ) from None
+        except BaseException:
+            client.close()
+            raise
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(max(1, int(host.keepalive)))
+        log.info("ssh %s: connected to %s", self.name, host.login())
+        return client
+
+    def _socket(self) -> Any:
+        """A TCP socket with TCP_NODELAY, or a channel through the jump host."""
+        host = self.host
+        if host.jump_host:
+            jump = self.pool.connection(host.jump_host).client()
+            transport = jump.get_transport()
+            assert transport is not None
+            return transport.open_channel(
+                "direct-tcpip",
+                (host.hostname, host.port),
+                ("127.0.0.1", 0),
+                timeout=host.connect_timeout,
+            )
+        sock = socket.create_connection((host.hostname, host.port), timeout=host.connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock
+
+    def _key(self) -> paramiko.PKey | None:
+        path = self.host.key_path()
+        if path is None:
+            return None
+        passphrase = None
+        if self.host.key_passphrase_env:
+            passphrase = os.environ.get(self.host.key_passphrase_env)
+        field = f"ssh.{self.name}.key_file"
+        try:
+            return paramiko.PKey.from_path(path, password=passphrase)
+        except paramiko.PasswordRequiredException:
+            raise ConfigError(
+                f"ssh host {self.name}: the key file is protected by a passphrase",
+                field=field,
+                hint="name an environment variable holding it in key_passphrase_env, "
+                "or use the SSH agent",
+            ) from None
+        except FileNotFoundError:
+            raise ConfigError(
+                f"ssh host {self.name}: key file {path} does not exist", field=field
+            ) from None
+        except (paramiko.SSHException, OSError, ValueError) as exc:
+            # the message names the file, never its content
+            raise ConfigError(
+                f"ssh host {self.name}: cannot read key file {path}: {type(exc).__name__}",
+                field=field,
+            ) from None
+
+    # -- using it -------------------------------------------------------------------------------
+    def run(
+        self,
+        command: str,
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+        force: bool = False,
+    ) -> CommandResult:
+        """Run a bash command line on the host; :class:`HostUnreachable` when it cannot."""
+        client = self.client(force=force)
+        self.commands += 1
+        timeout = timeout or DEFAULT_COMMAND_TIMEOUT
+        try:
+            transport = client.get_transport()
+            assert transport is not None
+            chan = transport.open_session(timeout=self.host.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._broken(exc) from None
+        try:
+            chan.settimeout(timeout)
+            # the login shell may be anything POSIX-ish; the command is bash
+            chan.exec_command("exec bash -c " + _quote(command))
+            if input is not None:
+                chan.sendall(input.encode("utf-8"))
+            chan.shutdown_write()
+            stdout = chan.makefile("rb").read()
+            stderr = chan.makefile_stderr("rb").read()
+            if not chan.status_event.wait(timeout):
+                raise TimeoutError
+            code = chan.recv_exit_status()
+        except TimeoutError:
+            return CommandResult(124, "", f"timed out after {timeout} s on ssh:{self.name}")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._broken(exc) from None
+        finally:
+            chan.close()
+        return CommandResult(code, _text(stdout), _text(stderr))
+
+    def sftp(self, *, force: bool = False) -> paramiko.SFTPClient:
+        """The connection's SFTP session (opened once per connection)."""
+        with self._lock:
+            client = self.client(force=force)
+            if self._sftp is None:
+                try:
+                    self._sftp = client.open_sftp()
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise self._broken(exc) from None
+            return self._sftp
+
+    def broken(self, exc: BaseException) -> HostUnreachable:
+        """Note that the connection failed under ``exc``; the error to raise."""
+        return self._broken(exc)
+
+    def _broken(self, exc: BaseException) -> HostUnreachable:
+        reason = _describe(exc)
+        with self._lock:
+            self._drop()
+            # the next use reconnects at once: a dropped idle connection is the usual case
+            self.last_error = reason
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+        log.warning("ssh %s: connection lost: %s", self.name, reason)
+        return self._unreachable(f"connection lost: {reason}")
+
+    def _drop(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:
+                pass
+            self._sftp = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def close(self) -> None:
+        """Close the connection and forget failures (the next use connects afresh)."""
+        with self._lock:
+            self._drop()
+            self._failures = 0
+            self._next_attempt = 0.0
+
+
+class SSHPool:
+    """The connections to the hosts of one ``ssh:`` section, one per host."""
+
+    def __init__(self, hosts: dict[str, SSHHost]) -> None:
+        self.hosts = dict(hosts)
+        self._connections: dict[str, SSHConnection] = {}
+        self._lock = threading.Lock()
+
+    def connection(self, name: str) -> SSHConnection:
+        with self._lock:
+            conn = self._connections.get(name)
+            if conn is None:
+                host = self.hosts.get(name)
+                if host is None:
+                    raise ConfigError(
+                        f"unknown ssh host {name!r}",
+                        field="ssh",
+                        hint="declare it in the ssh section of flowbatch.yaml",
+                    )
+                conn = self._connections[name] = SSHConnection(name, host, self)
+            return conn
+
+    def runner(self, name: str) -> SSHRunner:
+        return SSHRunner(self.connection(name))
+
+    def close(self) -> None:
+        with self._lock:
+            conns = list(self._connections.values())
+        for conn in conns:
+            conn.close()
+
+
+class SSHRunner:
+    """A :class:`~flowbatch.executors.commands.CommandRunner` over a pooled connection.
+
+    ``run`` returns the remote command's result (exit 124 on timeout); a host it cannot
+    reach raises :class:`HostUnreachable` (or :class:`HostKeyError`), both
+    :class:`~flowbatch.errors.ExecutorError`, so callers can tell "the command failed"
+    from "we could not ask".
+    """
+
+    def __init__(self, connection: SSHConnection) -> None:
+        self.connection = connection
+        self.where = f"ssh:{connection.name}"
+
+    def run(
+        self, command: str, *, input: str | None = None, timeout: float | None = None
+    ) -> CommandResult:
+        return self.connection.run(command, input=input, timeout=timeout)
+
+
+_SHARED: dict[str, SSHPool] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_pool(hosts: dict[str, SSHHost]) -> SSHPool:
+    """The process's pool for this ``ssh:`` section, so the SSH and Slurm executors of one
+    daemon share each host's single connection."""
+    key = json.dumps({n: h.model_dump() for n, h in hosts.items()}, sort_keys=True)
+    with _SHARED_LOCK:
+        pool = _SHARED.get(key)
+        if pool is None:
+            pool = _SHARED[key] = SSHPool(hosts)
+        return pool
+
+
+def reset_shared_pools() -> None:
+    """Close and forget every shared pool (tests; a daemon that reloads its config)."""
+    with _SHARED_LOCK:
+        pools = list(_SHARED.values())
+        _SHARED.clear()
+    for pool in pools:
+        pool.close()
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return f"timed out ({text})"
+    return text

@@ -1,0 +1,469 @@
+"""Post-processing workflows (seed-inventory §4): a template's ``postproc`` block runs when
+the set of top-per-group runs of its workflow has changed.
+
+Trigger (flowServ's rule, §4.2): after a workflow's runs changed, its ranking (best run per
+group, default order) is computed; the *sorted* run ids are compared with those that fed
+the previous post-processing run, kept in ``results/<wf>/postproc/state.json``. A change
+of the set starts a new run; a change of order alone does not. The ids are recorded when
+a run starts, so a failing post-processing run is not retried until the set changes again.
+
+Each run lives in ``results/<wf>/postproc/<id>/``, apart from the workflow's runs (it is no
+run of the ranking and never enters the index): the template's files, then the staged
+inputs (§4.3) at ``<runs>/runs.json`` (rank order: ``[{"id", "name", "files"}]``, as flowServ
+writes it) and ``<runs>/<run_id>/<file>`` for each of ``postproc.inputs.files``, where
+``<runs>`` is ``postproc.inputs.runs`` (default ``runs``) and ``$[[runs]]`` expands to it
+(flowServ always staged at ``runs`` whatever ``inputs.runs`` said: a GAP, fixed). The
+rendered ``run.sh`` runs with the local executor; its markers decide how it ended, like a
+run's. ``postproc.json`` in the folder is its record. A staging or rendering problem makes
+the record ERROR at once, with the reason; a failure never touches the ranking.
+
+:class:`PostProcManager` is what the daemon calls once per tick; :func:`leaderboard_view`
+is what the leaderboard page shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import logging
+import secrets
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .api import rank_inputs
+from .errors import FlowbatchError
+from .executors.base import Launch, Liveness
+from .executors.local import LocalExecutor
+from .ranking import RankEntry, rank
+from .render import SCRIPT_NAME, build_script, read_markers, render_workflow, step_log_paths
+from .report import PostProcOutput, PostProcRunView, PostProcView, href_in
+from .runs import now_iso
+from .site import Site
+from .spec.model import Template
+from .store import atomic
+
+log = logging.getLogger("flowbatch.postproc")
+
+POSTPROC_DIR = "postproc"
+STATE_FILE = "state.json"
+RECORD = "postproc.json"
+RUNS_FILE = "runs.json"
+
+#: largest image shown inline (as a data: URI); bigger ones are a link
+MAX_INLINE_IMAGE = 2 * 1024 * 1024
+#: largest table or text shown inline
+MAX_INLINE_TEXT = 64 * 1024
+MAX_TABLE_ROWS = 200
+_IMAGES = {".svg": "image/svg+xml", ".png": "image/png", ".jpg": "image/jpeg", ".gif": "image/gif"}
+_IMAGES[".jpeg"] = _IMAGES[".jpg"]
+_TEXTS = {".txt", ".json", ".md", ".log", ".yaml", ".yml"}
+
+
+@dataclass
+class PostProcRecord:
+    """What ``postproc/<id>/postproc.json`` says about one post-processing run."""
+
+    id: str
+    workflow: str
+    version: str
+    state: str  # RUNNING, SUCCESS or ERROR (flowServ's names)
+    created_at: str
+    ranking: list[str]  # the sorted run ids it was started for (the trigger's key)
+    ranked: list[str]  # the same ids in rank order (as staged in runs.json)
+    started_at: str | None = None
+    finished_at: str | None = None
+    handle: dict[str, Any] | None = None
+    time_limit: float | None = None
+    messages: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PostProcRecord:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def postproc_root(site: Site, workflow: str) -> Path:
+    return site.layout.workflow_results(workflow) / POSTPROC_DIR
+
+
+def read_state(site: Site, workflow: str) -> dict[str, Any]:
+    """``state.json``: ``ranking`` (sorted ids of the last run started), ``latest`` and
+    ``last_success`` (run ids); empty when post-processing never ran."""
+    try:
+        data = json.loads((postproc_root(site, workflow) / STATE_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_record(site: Site, workflow: str, pp_id: str) -> PostProcRecord | None:
+    try:
+        path = postproc_root(site, workflow) / pp_id / RECORD
+        return PostProcRecord.from_dict(json.loads(path.read_text("utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class PostProcManager:
+    """Starts and watches post-processing runs; the daemon calls :meth:`poll` and
+    :meth:`maybe_start` once per tick (at most one run per workflow at a time)."""
+
+    def __init__(self, site: Site, wake: Callable[[], None] | None = None) -> None:
+        self.site = site
+        self.executor = LocalExecutor(wake, limit=1)
+        self.active: dict[str, PostProcRecord] = {}
+        self._recovered = False
+
+    # -- starting ---------------------------------------------------------------------------
+    def maybe_start(self, workflows: Iterable[str]) -> set[str]:
+        """Start post-processing for each of ``workflows`` whose set of top-per-group runs
+        changed; returns the workflows where a run was started (or failed at staging)."""
+        self._recover()
+        started = set()
+        for workflow in sorted(workflows):
+            if workflow in self.active:
+                continue  # poll() asks again when the running one has ended
+            try:
+                if self._maybe_start_one(workflow):
+                    started.add(workflow)
+            except (FlowbatchError, OSError) as exc:
+                log.error("post-processing of %s not started: %s", workflow, exc)
+        return started
+
+    def _maybe_start_one(self, workflow: str) -> bool:
+        template, version = self.site.templates.load(workflow)
+        if template.postproc is None or template.results is None:
+            return False
+        entries = rank(rank_inputs(workflow), template.results)
+        keys = sorted(e.run.run_id for e in entries)
+        if not keys or read_state(self.site, workflow).get("ranking") == keys:
+            return False
+        record = PostProcRecord(
+            id=_new_id(),
+            workflow=workflow,
+            version=version,
+            state="RUNNING",
+            created_at=now_iso(),
+            ranking=keys,
+            ranked=[e.run.run_id for e in entries],
+            time_limit=template.time_limit or self.site.config.time_limit,
+        )
+        folder = postproc_root(self.site, workflow) / record.id
+        try:
+            self._prepare(template, record, entries, folder)
+        except (FlowbatchError, OSError) as exc:
+            # flowServ: a staging failure is a post-processing run that is ERROR at once
+            folder.mkdir(parents=True, exist_ok=True)
+            self._finish(record, "ERROR", [f"post-processing not started: {_summary(exc)}"])
+            return True
+        self._write_state(record, started=True)
+        try:
+            record.handle = self.executor.launch(
+                Launch(record.id, folder, SCRIPT_NAME, workflow, record.time_limit)
+            )
+        except FlowbatchError as exc:
+            self._finish(record, "ERROR", [exc.summary()])
+            return True
+        record.started_at = now_iso()
+        self._write_record(record)
+        self.active[workflow] = record
+        log.info("post-processing %s of %s started over %d runs", record.id, workflow, len(keys))
+        return True
+
+    def _prepare(
+        self, template: Template, record: PostProcRecord, entries: list[RankEntry], folder: Path
+    ) -> None:
+        """The run folder: template files, staged inputs, ``run.sh``; built under a dot
+        name and renamed, so a half-built folder never looks like a run."""
+        assert template.postproc is not None
+        spec = template.postproc
+        rendered = render_workflow(template, spec.workflow, {}, self.site.config.all_variables())
+        tmp = folder.with_name(f".{record.id}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            files_dir = self.site.templates.files_dir(record.workflow, record.version)
+            if files_dir.is_dir():
+                shutil.copytree(files_dir, tmp, dirs_exist_ok=True, symlinks=True)
+            _stage_runs(
+                self.site, record.workflow, tmp / spec.runs_target, entries, spec.input_files
+            )
+            atomic.write_text(
+                tmp / SCRIPT_NAME, build_script(rendered, run_id=record.id), mode=0o755, fsync=False
+            )
+            atomic.write_json(tmp / RECORD, asdict(record), fsync=False)
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- watching ---------------------------------------------------------------------------
+    def poll(self) -> set[str]:
+        """Look at the running post-processing runs; returns the workflows whose run ended
+        (their leaderboard needs rewriting, and their ranking another look)."""
+        self._recover()
+        ended = set()
+        for workflow, record in list(self.active.items()):
+            probe = self.executor.poll([(record.id, record.handle or {})])[record.id]
+            if probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
+                if self._over_time(record):
+                    self.executor.cancel(record.handle or {}, "time limit exceeded")
+                    self._conclude(record, reason="time limit exceeded")
+                    ended.add(workflow)
+                continue
+            self._conclude(record)
+            ended.add(workflow)
+        return ended
+
+    @property
+    def busy(self) -> bool:
+        """Whether a post-processing run is still running."""
+        return bool(self.active)
+
+    def _over_time(self, record: PostProcRecord) -> bool:
+        if not record.time_limit or not record.started_at:
+            return False
+        started = datetime.fromisoformat(record.started_at)
+        return (datetime.now(UTC) - started).total_seconds() > record.time_limit
+
+    def _conclude(self, record: PostProcRecord, reason: str | None = None) -> None:
+        """The script ended (or was ended): markers, then the outputs, decide."""
+        self.active.pop(record.workflow, None)
+        self.executor.collect(record.id, record.handle or {}, Path())
+        folder = postproc_root(self.site, record.workflow) / record.id
+        markers = read_markers(folder)
+        try:
+            template, _ = self.site.templates.load(record.workflow, record.version)
+        except FlowbatchError as exc:  # its version is gone: nothing to read outputs by
+            self._finish(record, "ERROR", [exc.summary()])
+            return
+        assert template.postproc is not None
+        record.steps = _steps(folder, [s.name for s in template.postproc.workflow.steps], markers)
+        if reason is not None:
+            self._finish(record, "ERROR", [reason])
+        elif markers.exit is None:
+            self._finish(
+                record, "ERROR", ["the post-processing script ended without its exit marker"]
+            )
+        elif markers.exit[0] != 0:
+            self._finish(record, "ERROR", _failure(folder, record.steps, markers.exit))
+        else:
+            try:
+                record.files = _outputs(folder, template)
+            except FlowbatchError as exc:
+                self._finish(record, "ERROR", [exc.summary()])
+                return
+            self._finish(record, "SUCCESS", [])
+
+    def _finish(self, record: PostProcRecord, state: str, messages: list[str]) -> None:
+        record.state = state
+        record.finished_at = now_iso()
+        record.started_at = record.started_at or record.finished_at
+        record.messages.extend(messages)
+        self._write_record(record)
+        self._write_state(record, started=False)
+        log.log(
+            logging.INFO if state == "SUCCESS" else logging.WARNING,
+            "post-processing %s of %s: %s%s",
+            record.id,
+            record.workflow,
+            state,
+            f" ({messages[0].splitlines()[0]})" if messages else "",
+        )
+
+    def _write_record(self, record: PostProcRecord) -> None:
+        folder = postproc_root(self.site, record.workflow) / record.id
+        atomic.write_json(folder / RECORD, asdict(record), fsync=False)
+
+    def _write_state(self, record: PostProcRecord, *, started: bool) -> None:
+        state = read_state(self.site, record.workflow)
+        state["ranking"] = record.ranking
+        state["latest"] = record.id
+        if not started and record.state == "SUCCESS":
+            state["last_success"] = record.id
+        state.setdefault("last_success", None)
+        root = postproc_root(self.site, record.workflow)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(root / STATE_FILE, state, fsync=False)
+
+    def _recover(self) -> None:
+        """Once: take over post-processing runs a previous daemon left running (the local
+        executor adopts them by PID and start time, or finds them ended)."""
+        if self._recovered:
+            return
+        self._recovered = True
+        results = self.site.layout.results
+        for state_file in sorted(results.glob(f"*/{POSTPROC_DIR}/{STATE_FILE}")):
+            workflow = state_file.parent.parent.name
+            latest = read_state(self.site, workflow).get("latest")
+            record = load_record(self.site, workflow, str(latest)) if latest else None
+            if record is not None and record.state == "RUNNING":
+                self.active[workflow] = record
+
+
+# --- staging and results ------------------------------------------------------------------------
+
+
+def _new_id() -> str:
+    return datetime.now(UTC).strftime("pp-%Y%m%dT%H%M%S-") + secrets.token_hex(3)
+
+
+def _summary(exc: BaseException) -> str:
+    return exc.summary() if isinstance(exc, FlowbatchError) else f"{type(exc).__name__}: {exc}"
+
+
+def _stage_runs(
+    site: Site, workflow: str, target: Path, entries: list[RankEntry], files: list[str]
+) -> None:
+    """``runs.json`` in rank order and each run's input files at ``<run_id>/<file>``."""
+    target.mkdir(parents=True, exist_ok=True)
+    listing = []
+    for entry in entries:
+        run_id = entry.run.run_id
+        source_dir = site.layout.run_dir(workflow, run_id)
+        for name in files:
+            src = source_dir / name
+            if not src.is_file():
+                raise FlowbatchError(
+                    f"run {run_id} has no file {name!r} to post-process",
+                    field="postproc.inputs.files",
+                )
+            dest = target / run_id / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        listing.append({"id": run_id, "name": entry.run.group, "files": list(files)})
+    atomic.write_json(target / RUNS_FILE, listing, fsync=False)
+
+
+def _steps(folder: Path, names: list[str], markers: Any) -> list[dict[str, Any]]:
+    out = []
+    for i, name in enumerate(names, start=1):
+        mark = markers.steps.get(i)
+        stdout, stderr = step_log_paths(i, name)
+        start, end = (mark.start, mark.end) if mark else (None, None)
+        out.append(
+            {
+                "index": i,
+                "name": name,
+                "exit_code": mark.exit_code if mark else None,
+                "duration": round(end - start, 6)
+                if start is not None and end is not None
+                else None,
+                "stdout": stdout,
+                "stderr": stderr,
+            }
+        )
+    return out
+
+
+def _failure(
+    folder: Path, steps: list[dict[str, Any]], exit_marker: tuple[int, float, int]
+) -> list[str]:
+    from .lifecycle import describe_code, tail
+
+    code, _, failed = exit_marker
+    step = next((s for s in steps if s["index"] == failed), None)
+    if step is None:
+        return [f"the post-processing script ended with {describe_code(code)}"]
+    messages = [f"step {failed} ({step['name']}) failed with {describe_code(code)}"]
+    err = tail(folder / step["stderr"])
+    if err:
+        messages.append(f"stderr of step {failed} (last lines):\n{err}")
+    return messages
+
+
+def _outputs(folder: Path, template: Template) -> list[dict[str, Any]]:
+    """``postproc.outputs`` (each must exist), else the post-processing workflow's
+    ``files.outputs`` that exist (§4.4)."""
+    assert template.postproc is not None
+    spec = template.postproc
+    if spec.outputs is not None:
+        missing = [o.source for o in spec.outputs if not (folder / o.source).is_file()]
+        if missing:
+            raise FlowbatchError(
+                "declared post-processing outputs are missing: " + ", ".join(missing),
+                field="postproc.outputs",
+            )
+        return [
+            {"key": o.key, "source": o.source, "title": o.title, "caption": o.caption}
+            for o in spec.outputs
+        ]
+    return [
+        {"key": s, "source": s, "title": None, "caption": None}
+        for s in spec.workflow.output_files
+        if (folder / s).is_file()
+    ]
+
+
+# --- what the leaderboard shows ------------------------------------------------------------------
+
+
+def leaderboard_view(site: Site, workflow: str) -> PostProcView | None:
+    """The latest post-processing run and the outputs of the latest successful one, for
+    the leaderboard page; ``None`` when post-processing never ran for ``workflow``."""
+    state = read_state(site, workflow)
+    if not state.get("latest"):
+        return None
+    latest = load_record(site, workflow, str(state["latest"]))
+    success_id = state.get("last_success")
+    success = load_record(site, workflow, str(success_id)) if success_id else None
+    latest_view = _run_view(site, latest) if latest else None
+    if success is not None and latest is not None and success.id == latest.id:
+        return PostProcView(latest=latest_view, shown=latest_view)
+    return PostProcView(latest=latest_view, shown=_run_view(site, success) if success else None)
+
+
+def _run_view(site: Site, record: PostProcRecord) -> PostProcRunView:
+    folder = postproc_root(site, record.workflow) / record.id
+    base = href_in(POSTPROC_DIR, record.id)
+    outputs = (
+        [_output_view(folder, base, f) for f in record.files] if record.state == "SUCCESS" else []
+    )
+    return PostProcRunView(
+        id=record.id,
+        state=record.state,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        runs=len(record.ranked),
+        messages=list(record.messages),
+        href=base + "/",
+        outputs=outputs,
+    )
+
+
+def _output_view(folder: Path, base: str, spec: dict[str, Any]) -> PostProcOutput:
+    source = str(spec.get("source") or "")
+    path = folder / source
+    link = PostProcOutput(
+        title=str(spec.get("title") or spec.get("key") or source),
+        source=source,
+        href=href_in(base, source),
+        caption=spec.get("caption"),
+    )
+    suffix = path.suffix.lower()
+    try:
+        size = path.stat().st_size
+        if suffix in _IMAGES and size <= MAX_INLINE_IMAGE:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            uri = f"data:{_IMAGES[suffix]};base64,{data}"
+            return replace(link, kind="image", data_uri=uri)
+        if size > MAX_INLINE_TEXT:
+            return link
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return link
+    if suffix in (".csv", ".tsv"):
+        rows = list(csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
+        if rows:
+            return replace(link, kind="table", table=rows[: MAX_TABLE_ROWS + 1])
+    if suffix in _TEXTS:
+        return replace(link, kind="text", text=text)
+    return link

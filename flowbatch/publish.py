@@ -1,0 +1,105 @@
+"""Bringing the static report files up to date: each workflow's leaderboard files, the
+site's front page and (on demand) the run pages.
+
+The daemon calls :func:`update_reports` (through :func:`flowbatch.api.update_reports`) at
+most once per tick, with the workflows whose runs changed; ``flowbatch report`` calls
+it for every workflow with ``run_pages=True``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import peewee as pw
+
+from . import postproc
+from .api import rank_inputs
+from .errors import FlowbatchError
+from .ranking import rank
+from .report import param_columns, write_leaderboard
+from .report_pages import write_run_pages, write_site_index
+from .runs import State
+from .site import Site
+from .store.index import RunFileRow, RunRow
+
+log = logging.getLogger("flowbatch.report")
+
+
+def update_reports(
+    site: Site,
+    workflows: Iterable[str],
+    *,
+    run_pages: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Rewrite the leaderboard files of each of ``workflows`` (those with a result schema),
+    then ``results/index.html``. ``run_pages`` also rewrites the page of every finished run
+    of those workflows (the daemon writes each once, when the run ends). ``progress`` is
+    told each workflow's id before its turn."""
+    # daemons of several hosts: one at a time reads the index and writes the files, so
+    # the last one written saw every run committed before it (none is left out for good)
+    with site.store.exclusive("reports"):
+        for workflow in sorted(workflows):
+            if progress is not None:
+                progress(workflow)
+            try:
+                write_workflow_report(site, workflow)
+            except FlowbatchError as exc:
+                log.error("leaderboard of %s not written: %s", workflow, exc.summary())
+            if run_pages:
+                write_run_pages(site, site.store.iter_run_dirs(workflow))
+        write_site_index(site, state_counts())
+
+
+def write_workflow_report(site: Site, workflow: str) -> bool:
+    """Write one workflow's ``leaderboard.{json,csv,html}``; False when it has no ranking
+    (no result schema)."""
+    template, _ = site.templates.load(workflow)
+    if template.results is None:
+        return False
+    inputs = rank_inputs(workflow)
+    best = rank(inputs, template.results)
+    everything = rank(inputs, template.results, include_all=True)
+    title = site.templates.meta(workflow).get("name") or workflow
+    write_leaderboard(
+        site.layout.workflow_results(workflow),
+        workflow,
+        title,
+        template.results,
+        best,
+        all_entries=everything,
+        parameters=param_columns(template.parameters),
+        files=run_files(workflow),
+        postproc=postproc.leaderboard_view(site, workflow),
+    )
+    return True
+
+
+def run_files(workflow: str) -> dict[str, list[dict[str, Any]]]:
+    """The output files of every successful run of ``workflow``, by run id (one query)."""
+    rows = (
+        RunFileRow.select(RunFileRow.run, RunFileRow.key, RunFileRow.source, RunFileRow.title)
+        .join(RunRow, on=(RunFileRow.run == RunRow.id))
+        .where((RunRow.workflow == workflow) & (RunRow.state == State.SUCCESS.value))
+        .order_by(RunFileRow._meta.primary_key)  # the run's own file order
+    )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row.run, []).append(
+            {"key": row.key, "source": row.source, "title": row.title}
+        )
+    return out
+
+
+def state_counts() -> dict[str, dict[str, int]]:
+    """Runs by workflow and state (one grouped query)."""
+    query = RunRow.select(
+        RunRow.workflow, RunRow.state, pw.fn.COUNT(RunRow.id).alias("n")
+    ).group_by(RunRow.workflow, RunRow.state)
+    out: dict[str, dict[str, int]] = {}
+    rows: Any = query.tuples()  # (workflow, state, count); peewee's types say RunRow
+    for workflow, state, count in rows:
+        out.setdefault(workflow, {})[state] = count
+    return out

@@ -1,0 +1,168 @@
+"""Resources a run asks of a scheduler: ``resources: {time, cpus, mem, gpus, partition}``.
+
+Templates (top-level ``resources:``) and requests (``resources:``) may set them; the
+request wins key by key. They are validated strictly when the template is installed or
+the request is taken in, so that a typo is refused with its field instead of surfacing as
+a cryptic sbatch error later. Only the partition's existence is left to sbatch (it knows).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import FlowbatchError
+from ..yamlio import load_file
+from .model import Resources
+
+KEYS = tuple(f.name for f in fields(Resources))
+
+_UNIT_TIME = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)\Z", re.IGNORECASE)
+# Slurm's forms: MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_MEM = re.compile(r"(\d+)\s*([KMGT]?)B?\Z", re.IGNORECASE)
+_PARTITION = re.compile(r"[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64})*\Z")
+
+TIME_EXPECTED = (
+    "a duration with a unit ('90s', '30m', '2h', '1d') or Slurm's [D-]HH:MM[:SS] / MM:SS"
+)
+
+
+class ResourceError(ValueError):
+    """A resource value is invalid; ``field`` names the key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        # str() is what pydantic shows under the ``resources`` field: name the key only
+        key = field.removeprefix("resources").lstrip(".")
+        super().__init__(f"{key}: {message}" if key else message)
+        self.field = field
+        self.message = message
+
+
+def parse_seconds(value: Any) -> float:
+    """Seconds from ``'90s'``, ``'30m'``, ``'2h'``, ``'1-12:00:00'``, ``'1:30:00'``, ``'5:00'``.
+
+    A bare number is refused: Slurm reads it as minutes and flowbatch's ``timeLimit`` as
+    seconds, so either reading would surprise someone."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"not a time {value!r}: write a unit, e.g. '90s' or '30m'")
+    text = value.strip()
+    seconds = _unit_time(text) if _UNIT_TIME.match(text) else _slurm_time(text)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"not a time {value!r} (expected {TIME_EXPECTED})")
+    return seconds
+
+
+def _unit_time(text: str) -> float:
+    m = _UNIT_TIME.match(text)
+    assert m is not None
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()]
+
+
+def _slurm_time(text: str) -> float | None:
+    m = _SLURM_TIME.match(text)
+    if m is None or (m.group(3) is None and m.group(1) is None):
+        return None  # a bare number: ambiguous (see parse_seconds)
+    days, first, second, third = m.groups()
+    nums = [int(x) for x in (first, second, third) if x is not None]
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, secs = [*nums, 0, 0][:3]
+        total = int(days) * 86400 + hours * 3600 + minutes * 60 + secs
+    elif len(nums) == 2:  # MM:SS
+        minutes, secs = nums
+        total = minutes * 60 + secs
+    else:  # HH:MM:SS
+        hours, minutes, secs = nums
+        total = hours * 3600 + minutes * 60 + secs
+    if any(n >= 60 for n in nums[1:]):
+        return None
+    return float(total)
+
+
+def check_mem(value: Any) -> str:
+    """Slurm's memory size (``500M``, ``4G``; a bare number is megabytes) as ``<n><unit>``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    m = _MEM.match(value.strip()) if isinstance(value, str) else None
+    if m is None or int(m.group(1)) <= 0:
+        raise ValueError(f"not a memory size {value!r} (expected e.g. 500M, 4G, or megabytes)")
+    return f"{int(m.group(1))}{(m.group(2) or 'M').upper()}"
+
+
+def check_partition(value: Any) -> str:
+    """A partition (or account, qos) name: a word, or a comma list of words."""
+    if not isinstance(value, str) or not _PARTITION.match(value):
+        raise ValueError(f"not a Slurm name {value!r} (letters, digits, _ . -, comma lists)")
+    return value
+
+
+def _count(value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"must be an integer ≥ {minimum}, not {value!r}")
+    return value
+
+
+_CHECKS: dict[str, Any] = {
+    "time": parse_seconds,
+    "cpus": lambda v: _count(v, 1),
+    "mem": check_mem,
+    "gpus": lambda v: _count(v, 0),
+    "partition": check_partition,
+}
+
+
+def parse_resources(doc: Any) -> Resources | None:
+    """Validate a ``resources:`` mapping; raises :class:`ResourceError` naming the key."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise ResourceError("resources", f"must be a mapping with keys {', '.join(KEYS)}")
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key not in _CHECKS:
+            expected = ", ".join(KEYS)
+            raise ResourceError(f"resources.{key}", f"unknown key (expected one of {expected})")
+        if value is None:
+            continue
+        try:
+            values[key] = _CHECKS[key](value)
+        except ValueError as exc:
+            raise ResourceError(f"resources.{key}", str(exc)) from None
+    return Resources(**values)
+
+
+def merge(base: Resources | None, override: Resources | None) -> Resources:
+    """``override``'s keys that are set win over ``base``'s (a request over its template)."""
+    out = base or Resources()
+    if override is None:
+        return out
+    changes = {k: getattr(override, k) for k in KEYS if getattr(override, k) is not None}
+    return replace(out, **changes)
+
+
+def as_dict(resources: Resources | None) -> dict[str, Any]:
+    """The keys that are set, JSON-able (for run.json and the executor's launch)."""
+    if resources is None:
+        return {}
+    return {k: getattr(resources, k) for k in KEYS if getattr(resources, k) is not None}
+
+
+def run_resources(template: Resources | None, request_file: Path) -> dict[str, Any]:
+    """A run's resources: its request's (the copy in the run folder) over its template's.
+
+    The request was validated at intake; reading it again keeps the run record's format
+    unchanged (see the README: the run folder holds ``request.yaml`` as received)."""
+    try:
+        doc = load_file(request_file)
+    except (OSError, FlowbatchError):
+        doc = None
+    raw = doc.get("resources") if isinstance(doc, dict) else None
+    try:
+        requested = parse_resources(raw)
+    except ResourceError:
+        requested = None  # cannot happen after intake; the template's then apply
+    return as_dict(merge(template, requested))

@@ -1,0 +1,119 @@
+"""`flowbatch doctor`: a fresh site passes; broken ones fail with the reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from flowbatch.cli import main
+from flowbatch.daemon import Daemon
+from flowbatch.doctor import FAIL, OK, diagnose
+from flowbatch.site import Site
+from flowbatch.store.index import SCHEMA_VERSION
+
+
+def _doctor(root: Path) -> tuple[int, list[dict[str, str]]]:
+    result = CliRunner().invoke(main, ["--site", str(root), "doctor", "--json"])
+    return result.exit_code, json.loads(result.output)
+
+
+def _status(checks: list[dict[str, str]], name: str) -> list[str]:
+    return [c["status"] for c in checks if c["check"] == name]
+
+
+def test_fresh_site_passes(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    assert CliRunner().invoke(main, ["init", str(root)]).exit_code == 0
+    code, checks = _doctor(root)
+    assert code == 0, checks
+    names = [c["check"] for c in checks]
+    for name in ("config", "queue/", "results/", "templates/", "index", "executor local", "daemon"):
+        assert name in names
+    assert all(c["status"] != FAIL for c in checks)
+    text = CliRunner().invoke(main, ["--site", str(root), "doctor"]).output
+    assert text.splitlines()[0].split() == ["CHECK", "STATUS", "DETAIL"]
+
+
+def test_used_site_with_running_daemon(hello_site: Site) -> None:
+    hello_site.store  # noqa: B018 - creates the index
+    daemon = Daemon(hello_site)
+    daemon.start()
+    try:
+        checks = {c.name: c for c in diagnose(hello_site.root)}
+    finally:
+        daemon.stop()
+    assert checks["index"].status == OK
+    assert f"schema version {SCHEMA_VERSION}" in checks["index"].detail
+    assert checks["templates"].detail.startswith("1 installed")
+    assert checks["daemon"].detail.startswith("running") and "pid" in checks["daemon"].detail
+
+
+def test_invalid_config_fails(site: Site) -> None:
+    site.layout.config.write_text("local:\n  concurrency: zero\n")
+    code, checks = _doctor(site.root)
+    assert code == 1
+    config = next(c for c in checks if c["check"] == "config")
+    assert config["status"] == FAIL and "local.concurrency" in config["detail"]
+    assert _status(checks, "index") == ["skip"]
+
+
+def test_queue_that_is_not_a_writable_folder_fails(site: Site) -> None:
+    # a file where the folder should be: fails even for root, whom permissions don't stop
+    shutil.rmtree(site.layout.queue)
+    site.layout.queue.write_text("")
+    code, checks = _doctor(site.root)
+    assert code == 1
+    assert _status(checks, "queue/") == [FAIL]
+    assert _status(checks, "results/") == [OK]
+
+
+def test_index_from_a_newer_flowbatch_fails(site: Site) -> None:
+    site.store  # noqa: B018 - creates the index
+    site.close()
+    db = sqlite3.connect(site.layout.index_db)
+    db.execute("UPDATE meta_row SET value = ?", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    code, checks = _doctor(site.root)
+    assert code == 1
+    index = next(c for c in checks if c["check"] == "index")
+    assert index["status"] == FAIL and "newer than this flowbatch" in index["detail"]
+
+
+def test_older_index_is_a_warning(site: Site) -> None:
+    site.store  # noqa: B018
+    site.close()
+    db = sqlite3.connect(site.layout.index_db)
+    db.execute("UPDATE meta_row SET value = ?", (str(SCHEMA_VERSION - 1),))
+    db.commit()
+    db.close()
+    code, checks = _doctor(site.root)
+    assert code == 0
+    assert _status(checks, "index") == ["warn"]
+
+
+def test_executor_self_checks_are_reported(monkeypatch, site: Site) -> None:  # type: ignore[no-untyped-def]
+    class Remote:
+        name = "gpu1"
+
+        def check(self) -> str:
+            raise RuntimeError("host key of gpu1.example.org is not in ~/.ssh/known_hosts")
+
+        def close(self) -> None:
+            pass
+
+    import flowbatch.executors as executors
+
+    real = executors.build_executors
+    monkeypatch.setattr(
+        executors,
+        "build_executors",
+        lambda config, wake, *a: {**real(config, wake), "gpu1": Remote()},
+    )
+    checks = {c.name: c for c in diagnose(site.root)}
+    assert checks["executor gpu1"].status == FAIL
+    assert "known_hosts" in checks["executor gpu1"].detail

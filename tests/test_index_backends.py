@@ -1,0 +1,257 @@
+"""Issue 5 point 8: the index on both backends, SQLite and a real PostgreSQL server.
+
+Each test runs twice through the ``db_url`` fixture (tests/fixtures_postgres.py): with the
+default SQLite file and with an empty database on the private PostgreSQL test server.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from flowbatch import api
+from flowbatch.cli import main as cli_main
+from flowbatch.errors import IndexError_
+from flowbatch.runs import RunRecord, State
+from flowbatch.site import Site
+from flowbatch.store import index as idx
+from flowbatch.store.index import (
+    ResultRow,
+    RunFileRow,
+    RunRow,
+    StateChangeRow,
+    display_url,
+    open_database,
+)
+from flowbatch.store.layout import RUN_JSON, Layout
+from flowbatch.store.store import Store
+
+from .conftest import EXAMPLES, drop, make_site, run_until_idle
+from .services.postgres import PostgresServer, free_port
+from .test_robust import fb
+
+GROUPS = ("alice", "bob", "carol")
+
+
+@pytest.fixture
+def backend_site(tmp_path: Path, db_url: str | None) -> Iterator[Site]:
+    """A site on the backend under test, helloworld installed and three runs done."""
+    site = make_site(tmp_path / "site", {"database": db_url} if db_url else None)
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    for i, group in enumerate(GROUPS):
+        drop(
+            site,
+            f"{group}.yaml",
+            {"workflow": "helloworld", "group": group, "arguments": {"greeting": "Hi" * (i + 1)}},
+        )
+    run_until_idle(site)
+    yield site
+    site.close()
+
+
+def cli(root: Path, *args: str) -> str:
+    """The CLI in this process (a subprocess per call is slow); its output."""
+    result = CliRunner().invoke(cli_main, ["--site", str(root), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def cli_json(root: Path, *args: str) -> Any:
+    return json.loads(cli(root, *args, "--json"))
+
+
+def test_transitions_write_the_tree_and_the_index(backend_site: Site) -> None:
+    store = backend_site.store
+    rows = list(RunRow.select().order_by(RunRow.group))
+    assert [r.group for r in rows] == list(GROUPS)
+    for row in rows:
+        run = store.load(row.id)
+        assert run.state == State.SUCCESS and row.state == "SUCCESS"
+        assert (row.arguments, row.results, row.messages) == (
+            run.arguments,
+            run.results,
+            run.messages,
+        )
+        assert (row.started_at, row.finished_at) == (run.started_at, run.finished_at)
+        history = [
+            (c.state, c.at)
+            for c in StateChangeRow.select()
+            .where(StateChangeRow.run == row.id)
+            .order_by(StateChangeRow.id)
+        ]
+        assert history == [(h["state"], h["at"]) for h in run.history]
+        assert [h[0] for h in history] == ["PENDING", "RUNNING", "SUCCESS"]
+        files = RunFileRow.select().where(RunFileRow.run == row.id)
+        assert {f.key: f.size for f in files} == {f["key"]: f["size"] for f in run.files}
+        assert all(isinstance(f["size"], int) for f in run.files)
+        results = {
+            r.name: r.value_text if r.value_num is None else r.value_num
+            for r in ResultRow.select().where(ResultRow.run == row.id)
+        }
+        assert run.results and results == run.results
+    # a transition of a new run: the tree first, then the index, in step
+    run = store.load(rows[0].id)
+    fresh = RunRecord.from_dict({**run.to_dict(), "id": "fresh1", "state": "PENDING"})
+    fresh.history, fresh.results, fresh.files = [], None, []
+    store.run_dir(fresh).mkdir(parents=True)
+    store.write(fresh)
+    assert store.transition(fresh, State.RUNNING)
+    assert not store.transition(fresh, State.RUNNING)  # same state: a no-op
+    assert RunRow.get_by_id("fresh1").state == "RUNNING" == store.load("fresh1").state.value
+    store.transition(fresh, State.CANCELED, messages=["x" * 5000])  # long text is fine
+    assert RunRow.get_by_id("fresh1").messages == ["x" * 5000]
+
+
+def test_reindex_gives_the_same_listing_and_ranking(backend_site: Site) -> None:
+    root = backend_site.root
+    listing = cli_json(root, "runs", "list")
+    board = cli_json(root, "ranking", "helloworld")
+    assert len(listing) == 3 and sorted(e["group"] for e in board["ranking"]) == list(GROUPS)
+    # damage the index behind the tree's back: a row gone, a state wrong
+    RunRow.delete().where(RunRow.group == "bob").execute()
+    RunRow.update(state="ERROR").where(RunRow.group == "carol").execute()
+    assert cli_json(root, "runs", "list") != listing
+    assert "indexed 3 runs" in cli(root, "reindex")
+    assert cli_json(root, "runs", "list") == listing
+    assert cli_json(root, "ranking", "helloworld") == board
+    saved = json.loads(
+        (backend_site.layout.workflow_results("helloworld") / "leaderboard.json").read_text()
+    )
+    assert [e["run"]["id"] for e in saved["ranking"]] == [e["run"]["id"] for e in board["ranking"]]
+
+
+def _copy_run(store: Store, run_id: str, new_id: str, state: State) -> RunRecord:
+    """A run folder as a daemon killed after writing run.json (before the index) leaves it."""
+    src = store.run_dir(store.load(run_id))
+    dest = src.with_name(new_id)
+    shutil.copytree(src, dest)
+    data = json.loads((dest / RUN_JSON).read_text())
+    data.update(id=new_id, state=state.value)
+    if state.active:
+        data.update(finished_at=None, results=None, files=[])
+    (dest / RUN_JSON).write_text(json.dumps(data))
+    return RunRecord.from_dict(data)
+
+
+def test_sync_active_catches_the_index_up_after_a_crash(backend_site: Site) -> None:
+    store = backend_site.store
+    ids = [r.id for r in RunRow.select().order_by(RunRow.group)]
+    _copy_run(store, ids[0], "crash1", State.RUNNING)  # run.json written, no row
+    _copy_run(store, ids[1], "crash2", State.SUCCESS)  # finished, no row
+    # a row the index still calls RUNNING though the tree finished it
+    RunRow.update(state="RUNNING", finished_at=None).where(RunRow.id == ids[2]).execute()
+    active = store.sync_active()
+    assert [r.id for r in active] == ["crash1"]
+    states = {r.id: r.state for r in RunRow.select()}
+    assert states == {ids[0]: "SUCCESS", ids[1]: "SUCCESS", ids[2]: "SUCCESS"} | {
+        "crash1": "RUNNING",
+        "crash2": "SUCCESS",
+    }
+    assert RunRow.get_by_id(ids[2]).finished_at == store.load(ids[2]).finished_at
+    assert ResultRow.select().where(ResultRow.run == "crash2").count() > 0
+    assert store.sync_active()[0].id == "crash1"  # idempotent
+
+
+def test_index_loss_is_detected_with_the_reindex_hint(backend_site: Site) -> None:
+    root = backend_site.root
+    listing = cli_json(root, "runs", "list")
+    url = backend_site.config.database
+    backend_site.close()
+    if url:  # a new, empty database in place of the old one
+        db = open_database(url, root / "index.db")
+        db.drop_tables(idx.TABLES)
+        db.close()
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{root / 'index.db'}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(IndexError_) as info:
+        Store(Layout(root), url)
+    assert "holds no runs but the results tree does" in str(info.value)
+    assert info.value.hint and "flowbatch reindex" in info.value.hint
+    out = fb(root, "runs", "list", check=False)
+    assert out.returncode != 0
+    assert "flowbatch reindex" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    cli(root, "reindex")
+    assert cli_json(root, "runs", "list") == listing
+
+
+def _writer(root: str, url: str | None, worker: int, count: int) -> None:
+    """A separate process writing ``count`` runs through PENDING, RUNNING, SUCCESS."""
+    layout = Layout(Path(root))
+    store = Store(layout, url, check_index=False)
+    for i in range(count):
+        run = RunRecord(
+            id=f"w{worker}r{i:03d}",
+            workflow="wf",
+            version="1",
+            group=f"g{i % 5}",
+            name=None,
+            owner_uid=0,
+            owner="root",
+            request=f"w{worker}r{i}.yaml",
+            created_at=f"2024-01-01T00:00:{i:02d}.{worker:06d}+00:00",
+        )
+        store.run_dir(run).mkdir(parents=True)
+        run.history.append({"state": "PENDING", "at": run.created_at, "message": None})
+        store.write(run, change=dict(run.history[-1]))
+        store.transition(run, State.RUNNING)
+        files = [{"key": "out.txt", "source": "out.txt", "size": 2**40 + i}]  # BigInteger
+        store.transition(run, State.SUCCESS, results={"score": i / 3, "label": "ok"}, files=files)
+    store.close()
+
+
+def test_concurrent_writers_on_one_index(tmp_path: Path, db_url: str | None) -> None:
+    """Four processes, started together on a new index, each write 25 runs at once."""
+    root = tmp_path / "site"
+    Layout(root).ensure()
+    ctx = multiprocessing.get_context("fork")  # each opens its own connection
+    procs = [ctx.Process(target=_writer, args=(str(root), db_url, w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    store = Store(Layout(root), db_url)
+    try:
+        assert RunRow.select().count() == 100
+        assert {r.state for r in RunRow.select()} == {"SUCCESS"}
+        assert StateChangeRow.select().count() == 300
+        assert ResultRow.select().count() == 200
+        assert RunFileRow.select(RunFileRow.size).where(RunFileRow.run == "w3r024").scalar() == (
+            2**40 + 24
+        )
+        assert len(list(store.iter_run_dirs())) == 100
+    finally:
+        store.close()
+
+
+def test_server_errors_are_one_clear_line(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    down = f"postgresql://flow:s3cret@127.0.0.1:{free_port()}/db?connect_timeout=3"
+    missing = postgres_server.url("no_such_db")
+    for url, says in ((down, "Connection refused"), (missing, 'database "no_such_db"')):
+        with pytest.raises(IndexError_) as info:
+            open_database(url, tmp_path / "index.db")
+        line = info.value.summary()
+        assert "\n" not in line and "s3cret" not in line and says in line
+        assert display_url(url) in line and info.value.hint
+        assert "server is running" in info.value.hint
+        root = tmp_path / url.rsplit("/", 1)[1].split("?")[0]
+        make_site(root, {"database": url})
+        out = fb(root, "runs", "list", check=False)
+        assert out.returncode != 0 and "s3cret" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and says in out.stderr
+    assert display_url("postgresql://flow:s3cret@127.0.0.1:5432/db") == (
+        "postgresql://flow:***@127.0.0.1:5432/db"
+    )
+    assert display_url("postgresql://u@h/db?password=pw&sslmode=require") == (
+        "postgresql://u@h/db?password=***&sslmode=require"
+    )
+    with pytest.raises(IndexError_, match="unsupported index database URL"):
+        open_database("nosuch://x/y", tmp_path / "index.db")

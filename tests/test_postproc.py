@@ -1,0 +1,134 @@
+"""Post-processing workflows end to end through a real daemon (seed-inventory §4): the
+trigger (the set of best runs per group changed), the staged runs folder, the outputs on
+the leaderboard, and failures that are shown but leave the ranking alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flowbatch import api
+from flowbatch.postproc import load_record, postproc_root, read_state
+from flowbatch.site import Site
+
+from .conftest import EXAMPLES, drop, run_until_idle, write_template
+
+
+def pi_request(group: str, samples: int, seed: int = 1) -> dict[str, object]:
+    return {"workflow": "plots", "group": group, "arguments": {"samples": samples, "seed": seed}}
+
+
+def postproc_ids(site: Site, workflow: str) -> list[str]:
+    root = postproc_root(site, workflow)
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def test_plots_example(site: Site) -> None:
+    api.install(site, EXAMPLES / "plots", workflow_id="plots")
+    for group, samples in (("alice", 1000), ("bob", 20000), ("carol", 200000)):
+        drop(site, f"{group}.yaml", pi_request(group, samples))
+    run_until_idle(site)
+    board = json.loads((site.layout.workflow_results("plots") / "leaderboard.json").read_text())
+    ranked = [e["run"]["id"] for e in board["ranking"]]
+    assert len(ranked) == 3
+
+    # the last post-processing run saw the current best runs, in rank order
+    state = read_state(site, "plots")
+    assert state["ranking"] == sorted(ranked)
+    record = load_record(site, "plots", state["latest"])
+    assert record is not None and record.state == "SUCCESS", record
+    assert state["last_success"] == record.id and record.ranked == ranked
+    folder = postproc_root(site, "plots") / record.id
+    listing = json.loads((folder / "runs" / "runs.json").read_text())
+    assert listing == [
+        {"id": e["run"]["id"], "name": e["group"], "files": ["results/score.json"]}
+        for e in board["ranking"]
+    ]
+    for run_id in ranked:  # each run's listed file, staged at runs/<run id>/<file>
+        staged = folder / "runs" / run_id / "results" / "score.json"
+        original = Path(api.show_run(site, run_id)["run_dir"]) / "results" / "score.json"
+        assert staged.read_bytes() == original.read_bytes()
+    assert (folder / "results" / "errors.svg").read_text().startswith("<svg")
+
+    # its outputs are on the leaderboard: the plot inline, the table as a table
+    html = (site.layout.workflow_results("plots") / "leaderboard.html").read_text()
+    assert '<img src="data:image/svg+xml;base64,' in html
+    assert "Error of the best run per group</h3>" in html
+    assert "<th>estimate</th>" in html and f"<td>{ranked[0]}</td>" in html
+    assert board["postproc"]["shown"] == record.id
+
+    # a worse run of a group changes no best run: no new post-processing
+    before = postproc_ids(site, "plots")
+    drop(site, "worse.yaml", pi_request("alice", 1, seed=5))  # error >= 0.85
+    run_until_idle(site)
+    assert len(api.list_runs(site, state="SUCCESS")) == 4
+    assert postproc_ids(site, "plots") == before
+
+    # a new group changes the set: it runs again
+    drop(site, "dave.yaml", pi_request("dave", 5000, seed=7))
+    run_until_idle(site)
+    after = postproc_ids(site, "plots")
+    assert len(after) == len(before) + 1
+    assert len(read_state(site, "plots")["ranking"]) == 4
+
+
+FAILING = """
+workflow:
+  steps:
+    - name: score
+      action:
+        environment: x
+        commands: ["mkdir -p results && echo '{{\\"s\\": $[[s]]}}' > results/r.json"]
+parameters:
+  - {{name: s, dtype: int}}
+results:
+  file: results/r.json
+  schema: [{{name: s, label: S, dtype: int}}]
+postproc:
+  workflow:
+    steps:
+      - name: plot
+        action:
+          environment: x
+          commands: ["test -f $[[runs]]/runs.json", "echo plotting went wrong >&2; exit 4"]
+  inputs: {{files: [{inputs}]}}
+"""
+
+
+def test_failing_postproc_is_shown_and_ranking_kept(site: Site, tmp_path: Path) -> None:
+    api.install(
+        site,
+        write_template(tmp_path / "f", FAILING.format(inputs="results/r.json")),
+        workflow_id="f",
+    )
+    drop(site, "a.yaml", {"workflow": "f", "group": "a", "arguments": {"s": 3}})
+    drop(site, "b.yaml", {"workflow": "f", "group": "b", "arguments": {"s": 7}})
+    run_until_idle(site)
+    state = read_state(site, "f")
+    record = load_record(site, "f", state["latest"])
+    assert record is not None and record.state == "ERROR"
+    assert record.messages[0] == "step 1 (plot) failed with exit code 4"
+    assert "plotting went wrong" in record.messages[1]
+    assert state["last_success"] is None
+    board = json.loads((site.layout.workflow_results("f") / "leaderboard.json").read_text())
+    assert [e["group"] for e in board["ranking"]] == ["b", "a"]  # the ranking is untouched
+    assert board["postproc"]["latest"]["state"] == "ERROR"
+    html = (site.layout.workflow_results("f") / "leaderboard.html").read_text()
+    assert '<div class="card error">' in html and "plotting went wrong" in html
+    # not retried while the set of best runs stays the same
+    count = len(postproc_ids(site, "f"))
+    drop(site, "c.yaml", {"workflow": "f", "group": "a", "arguments": {"s": 1}})
+    run_until_idle(site)
+    assert len(postproc_ids(site, "f")) == count
+
+
+def test_staging_failure_is_an_error_at_once(site: Site, tmp_path: Path) -> None:
+    src = write_template(tmp_path / "g", FAILING.format(inputs="results/missing.json"))
+    api.install(site, src, workflow_id="g")
+    drop(site, "a.yaml", {"workflow": "g", "group": "a", "arguments": {"s": 3}})
+    run_until_idle(site)
+    record = load_record(site, "g", read_state(site, "g")["latest"])
+    assert record is not None and record.state == "ERROR" and record.handle is None
+    assert "has no file 'results/missing.json' to post-process" in record.messages[0]
+    html = (site.layout.workflow_results("g") / "leaderboard.html").read_text()
+    assert "has no file &#39;results/missing.json&#39; to post-process" in html

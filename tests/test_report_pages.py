@@ -1,0 +1,140 @@
+"""Report pages through a real daemon: run pages (written once, at the end), the site's
+front page, leaderboard files of changed workflows only, ``flowbatch report``, and
+escaping of hostile user values everywhere."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from flowbatch import api
+from flowbatch.cli import main
+from flowbatch.site import Site
+
+from .conftest import EXAMPLES, drop, run_until_idle, write_template
+
+HOSTILE = "<script>alert(1)</script>"
+NAMES = "Alice\nBob\n"
+
+
+def request(group: str, name: str, greeting: str = "Hello") -> dict[str, object]:
+    return {
+        "workflow": "helloworld",
+        "group": group,
+        "name": name,
+        "arguments": {"names": "names.txt", "greeting": greeting},
+    }
+
+
+def run_dirs(site: Site, workflow: str = "helloworld") -> dict[str, Path]:
+    return {r["id"]: Path(api.show_run(site, r["id"])["run_dir"]) for r in api.list_runs(site)}
+
+
+def test_pages_after_runs(hello_site: Site) -> None:
+    site = hello_site
+    drop(site, "a.yaml", request("alice", "first try"), {"names.txt": NAMES})
+    drop(site, "h.yaml", request(HOSTILE, '"><img src=x onerror=alert(2)>', greeting=HOSTILE))
+    (site.layout.queue / "names.txt").write_text(NAMES)
+    run_until_idle(site)
+    wf_dir = site.layout.workflow_results("helloworld")
+    runs = api.list_runs(site)
+    assert {r["state"] for r in runs} == {"SUCCESS"}, runs
+
+    # the leaderboard: all three files, the hostile group as text only
+    html = (wf_dir / "leaderboard.html").read_text()
+    assert HOSTILE not in html and html.count("<script") == 1 and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'href="runs/' in html and "/results/greetings.txt" in html  # output file links
+    assert ">Greeting</th>" in html  # parameter columns by label
+    data = json.loads((wf_dir / "leaderboard.json").read_text())
+    assert {e["group"] for e in data["ranking"]} == {"alice", HOSTILE}
+    table = list(csv.reader(io.StringIO((wf_dir / "leaderboard.csv").read_text())))
+    assert len(table) == 3 and table[0][:4] == ["rank", "group", "run_id", "run_name"]
+
+    # a page per run, written when it ended
+    for run_id, run_dir in run_dirs(site).items():
+        page = (run_dir / "index.html").read_text()
+        assert HOSTILE not in page and "<script" not in page and "<img" not in page
+        assert '<span class="badge SUCCESS">SUCCESS</span>' in page
+        assert "say_hello" in page and "analyze" in page  # the steps table
+        assert "Greetings</a>" in page and "One greeting per name." in page  # outputs' titles
+        assert 'href="results/greetings.txt"' in page
+        assert 'href="logs/step-01-say_hello.out">stdout</a>' in page
+        assert run_id in page
+
+    # the site's front page
+    front = (site.layout.results / "index.html").read_text()
+    assert 'href="helloworld/leaderboard.html"' in front
+    assert '<span class="badge SUCCESS">SUCCESS 2</span>' in front
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in front and HOSTILE not in front
+
+
+def test_failed_run_page_shows_why(site: Site, tmp_path: Path) -> None:
+    src = write_template(
+        tmp_path / "wf",
+        """
+workflow:
+  steps:
+    - name: prepare
+      action: {environment: x, commands: ["echo preparing"]}
+    - name: boom
+      action: {environment: x, commands: ["echo first line >&2; echo the reason >&2; exit 3"]}
+""",
+    )
+    api.install(site, src, workflow_id="boom")
+    drop(site, "r.yaml", {"workflow": "boom", "group": "g"})
+    run_until_idle(site)
+    (run,) = api.list_runs(site)
+    assert run["state"] == "ERROR"
+    page = (Path(api.show_run(site, run["id"])["run_dir"]) / "index.html").read_text()
+    assert '<span class="badge ERROR">ERROR</span>' in page
+    assert "step 2 (boom) failed with exit code 3" in page  # the run's message
+    assert '<span class="badge ERROR">3</span>' in page  # the step's exit code
+    assert "<details open>" in page and "the reason" in page  # the failing step's stderr
+    assert "preparing" in page  # the other step's stdout tail
+    # no result schema: no leaderboard, the front page says so
+    assert not (site.layout.workflow_results("boom") / "leaderboard.html").exists()
+    assert "No result schema" in (site.layout.results / "index.html").read_text()
+
+
+def test_only_changed_workflows_are_rewritten(hello_site: Site, tmp_path: Path) -> None:
+    site = hello_site
+    api.install(site, EXAMPLES / "plots", workflow_id="plots")
+    drop(site, "a.yaml", request("alice", "one"), {"names.txt": NAMES})
+    run_until_idle(site)
+    hello_board = site.layout.workflow_results("helloworld") / "leaderboard.html"
+    plots_board = site.layout.workflow_results("plots") / "leaderboard.html"
+    assert hello_board.is_file() and not plots_board.exists()
+    stamp = hello_board.stat().st_mtime_ns
+    os.utime(hello_board, ns=(stamp - 10**9, stamp - 10**9))
+    drop(site, "p.yaml", {"workflow": "plots", "group": "g", "arguments": {"samples": 100}})
+    run_until_idle(site)
+    assert plots_board.is_file()
+    assert hello_board.stat().st_mtime_ns == stamp - 10**9  # not rewritten
+
+
+def test_report_command_regenerates(hello_site: Site) -> None:
+    site = hello_site
+    drop(site, "a.yaml", request("alice", "one"), {"names.txt": NAMES})
+    run_until_idle(site)
+    wf_dir = site.layout.workflow_results("helloworld")
+    (run_dir,) = run_dirs(site).values()
+    for path in (
+        wf_dir / "leaderboard.html",
+        run_dir / "index.html",
+        site.layout.results / "index.html",
+    ):
+        path.unlink()
+    result = CliRunner().invoke(main, ["--site", str(site.root), "report"])
+    assert result.exit_code == 0, result.output
+    assert "reports of 1 workflow written" in result.output
+    assert "writing reports" not in result.output  # no progress line off a terminal
+    assert (wf_dir / "leaderboard.html").is_file() and (run_dir / "index.html").is_file()
+    assert (site.layout.results / "index.html").is_file()
+    result = CliRunner().invoke(main, ["--site", str(site.root), "report", "nope"])
+    assert result.exit_code == 1 and "unknown workflow 'nope'" in result.output

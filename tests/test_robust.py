@@ -1,0 +1,437 @@
+"""Issue 5: a daemon that survives crashes, lost indexes, signals and other users."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flowbatch import api
+from flowbatch.site import Site
+
+from .conftest import REPO, drop, make_site, only_run, run_until_idle, write_template
+
+SCORE_TEMPLATE = """
+workflow:
+  steps:
+    - name: score
+      action:
+        commands:
+          - >-
+            printf '{"score": %s}' "${score}" > r.json
+parameters:
+  - {name: score, dtype: float}
+results:
+  file: r.json
+  schema: [{name: score, label: Score, dtype: float}]
+"""
+
+
+def fb(
+    site: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=check,
+        timeout=timeout,
+    )
+
+
+def start_daemon(
+    site: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(site), "daemon", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+# -- 1. one daemon per site ---------------------------------------------------------------
+def test_lock_of_a_killed_daemon_never_blocks(site: Site) -> None:
+    proc = start_daemon(site.root)
+    lock = site.layout.lock
+    assert wait_for(lambda: lock.exists() and lock.read_text().strip() != "")
+    info = json.loads(lock.read_text())
+    assert info["pid"] == proc.pid and info["host"] and info["started_at"]
+    second = fb(site.root, "daemon", "--once")
+    assert second.returncode == 0 and "another flowbatch daemon" in second.stdout
+    proc.kill()
+    proc.wait()
+    third = fb(site.root, "daemon", "--once")
+    assert third.returncode == 0 and "another" not in third.stdout
+
+
+# -- 2. crash safety ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_chaos_sigkill_at_random_moments(tmp_path: Path) -> None:
+    site_dir = tmp_path / "site"
+    site = make_site(
+        site_dir, {"local": {"concurrency": 2}, "polling": {"interval": 0.2, "settle": 0.0}}
+    )
+    write_template(tmp_path / "t", SCORE_TEMPLATE)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    site.close()
+    rng = random.Random(5)
+    names: list[str] = []
+
+    def drop_batch(count: int) -> None:
+        for _ in range(count):
+            i = len(names)
+            name = f"req{i:03d}.yaml"
+            names.append(name)
+            drop(
+                site,
+                name,
+                {
+                    "workflow": "wf",
+                    "group": f"g{i % 10}",
+                    "arguments": {"score": rng.randint(0, 1000) / 10},
+                },
+            )
+
+    log = tmp_path / "daemon.log"
+    # every phase crashes at least once (a fault point SIGKILLs the daemon there) ...
+    plans = [
+        "intake:5",
+        "create:3",
+        "created:4",
+        "launch:2",
+        "launched:3",
+        "finalize:2",
+        "ranking:1",
+        "finalize:6",
+        "launched:9",
+        "created:12",
+    ]
+    crashed = 0
+    for plan in plans:
+        drop_batch(16)
+        proc = start_daemon(site_dir, env={"FLOWBATCH_CRASH_AT": plan}, log=log)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        crashed += proc.returncode == -signal.SIGKILL
+    assert crashed >= 8, "the fault points were not reached"
+    # ... then at random moments
+    for _ in range(5):
+        drop_batch(8)
+        proc = start_daemon(site_dir, log=log)
+        time.sleep(rng.uniform(0.2, 0.8))
+        proc.kill()
+        proc.wait()
+    assert len(names) == 200
+    final = fb(site_dir, "daemon", "--until-idle", timeout=300)
+    assert final.returncode == 0, final.stderr
+    site = Site(site_dir)
+    runs = api.list_runs(site)
+    # every request has exactly one run, none lost, none twice
+    requests = sorted(r["id"] for r in runs)
+    assert len(requests) == len(set(requests))
+    by_request = [api.show_run(site, r["id"])["request"] for r in runs]
+    rejected = sorted(
+        p.name for p in site.layout.rejected.glob("*.yaml") if not p.name.endswith(".error.yaml")
+    )
+    assert sorted(by_request + rejected) == names
+    assert rejected == []  # all were valid
+    assert list(site.layout.claimed.iterdir()) == []
+    # every run terminal, and the tree, the index and the leaderboard agree
+    for row in runs:
+        on_disk = json.loads(
+            (Path(api.show_run(site, row["id"])["run_dir"]) / "run.json").read_text()
+        )
+        assert row["state"] == on_disk["state"] and row["state"] in {"SUCCESS", "ERROR"}
+    assert all(r["state"] == "SUCCESS" for r in runs), [
+        api.show_run(site, r["id"])["messages"] for r in runs if r["state"] != "SUCCESS"
+    ]
+    board = json.loads((site.layout.workflow_results("wf") / "leaderboard.json").read_text())
+    ranking = api.ranking(site, "wf")
+    assert [e["run"]["id"] for e in board["ranking"]] == [
+        e["run"]["id"] for e in ranking["ranking"]
+    ]
+    assert len(ranking["ranking"]) == 10
+    site.close()
+
+
+# -- 3. index loss --------------------------------------------------------------------------
+def test_deleted_or_corrupt_index_is_detected_and_rebuilt(hello_site: Site) -> None:
+    for group in ("a", "b", "c"):
+        drop(
+            hello_site,
+            f"{group}.yaml",
+            {"workflow": "helloworld", "group": group, "arguments": {"greeting": group * 3}},
+        )
+    run_until_idle(hello_site)
+    before = api.ranking(hello_site, "helloworld")
+    listing = api.list_runs(hello_site)
+    hello_site.close()
+    root = hello_site.root
+    index = root / "index.db"
+    for damage in ("delete", "corrupt"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{index}{suffix}").unlink(missing_ok=True)
+        if damage == "corrupt":
+            index.write_bytes(b"this is not an SQLite database" * 100)
+        out = fb(root, "runs", "list", check=False)
+        assert out.returncode != 0
+        assert "flowbatch reindex" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        rebuilt = fb(root, "reindex")
+        assert "indexed 3 runs" in rebuilt.stdout
+        assert json.loads(fb(root, "ranking", "helloworld", "--json").stdout) == before
+        assert json.loads(fb(root, "runs", "list", "--json").stdout) == listing
+
+
+# -- 5. ownership ---------------------------------------------------------------------------
+def _user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        return pwd.getpwnam(name)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership tests switch users")
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A folder other users can traverse (pytest's own tmp folders are 0700 for root)."""
+    path = Path(tempfile.mkdtemp(prefix="flowbatch-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@needs_root
+def test_root_daemon_runs_each_run_as_its_owner(public_tmp: Path, tmp_path: Path) -> None:
+    user = _user("fbrunner")
+    site = make_site(public_tmp / "site")
+    write_template(
+        tmp_path / "t",
+        """
+workflow:
+  steps:
+    - name: who
+      action: {commands: ["id -u > uid.txt; id -un > user.txt; echo $$HOME > home.txt"]}
+""",
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "mine.yaml", {"workflow": "wf"})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    assert run["owner"] == "fbrunner" and run["owner_uid"] == user.pw_uid
+    assert run["group"] == "fbrunner"
+    run_dir = Path(run["run_dir"])
+    assert (run_dir / "uid.txt").read_text().strip() == str(user.pw_uid)
+    assert (run_dir / "home.txt").read_text().strip() == user.pw_dir
+    assert run_dir.stat().st_uid == user.pw_uid
+    for path in [run_dir, *run_dir.rglob("*")]:
+        if not path.is_symlink():
+            assert not path.stat().st_mode & 0o002, f"{path} is world-writable"
+
+
+@needs_root
+def test_cancel_is_honoured_only_from_the_owner_or_root(public_tmp: Path, tmp_path: Path) -> None:
+    owner, other = _user("fbrunner"), _user("fbother")
+    site = make_site(public_tmp / "site")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: [sleep 30]}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    from flowbatch.daemon import Daemon
+
+    d = Daemon(site)
+    d.start()
+    try:
+        d.tick()
+        run_id = next(iter(d.runner.active))
+        evil = drop(site, "evil.yaml", {"cancel": run_id, "reason": "not yours"})
+        os.chown(evil, other.pw_uid, other.pw_gid)
+        d.tick()
+        assert d.runner.active[run_id].state.value == "RUNNING"
+        error = yaml.safe_load((site.layout.rejected / "evil.yaml.error.yaml").read_text())
+        assert "only its owner or root" in error["reason"]
+        good = drop(site, "stop.yaml", {"cancel": run_id, "reason": "done with it"})
+        os.chown(good, owner.pw_uid, owner.pw_gid)
+        d.tick()
+    finally:
+        d.stop()
+    shown = api.show_run(site, run_id)
+    assert shown["state"] == "CANCELED" and shown["messages"] == ["done with it"]
+
+
+@needs_root
+def test_service_user_daemon_accepts_only_allowed_users(public_tmp: Path, tmp_path: Path) -> None:
+    service, other = _user("fbservice"), _user("fbother")
+    site_dir = public_tmp / "site"
+    site = make_site(site_dir, {"allowed_users": ["fbother"]})
+    write_template(
+        tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: [id -un > u.txt]}\n"
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    site.close()
+    subprocess.run(["chown", "-R", f"{service.pw_uid}:{service.pw_gid}", str(site_dir)], check=True)
+    ok = drop(site, "ok.yaml", {"workflow": "wf"})
+    os.chown(ok, other.pw_uid, other.pw_gid)
+    refused = drop(site, "refused.yaml", {"workflow": "wf"})  # owned by root: not allowed
+    # the venv's interpreter links into /root; the system one with the same packages serves
+    path = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
+    out = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "fbservice",
+            "--",
+            "env",
+            f"PYTHONPATH={path}",
+            "/usr/bin/python3",
+            "-m",
+            "flowbatch",
+            "--site",
+            str(site_dir),
+            "daemon",
+            "--until-idle",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    site = Site(site_dir)
+    run = only_run(site)
+    assert run["owner"] == "fbother" and run["state"] == "SUCCESS", run["messages"]
+    assert (Path(run["run_dir"]) / "u.txt").read_text().strip() == "fbservice"  # as itself
+    error = yaml.safe_load((site.layout.rejected / "refused.yaml.error.yaml").read_text())
+    assert "may not submit" in error["reason"]
+    assert not refused.exists()
+    site.close()
+
+
+# -- 6. retries and lost runs ---------------------------------------------------------------
+LOSE_ONCE = """
+retries: {retries}
+workflow:
+  steps:
+    - name: flaky
+      action:
+        commands:
+          - echo attempt >> attempts.txt
+          - if [ ! -e survived-once ]; then touch survived-once; kill -KILL 0; fi
+          - >-
+            echo '{{"v": 1}}' > r.json
+results:
+  file: r.json
+  schema: [{{name: v, label: V, dtype: int}}]
+"""
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_lost_runs_are_errors_or_retried(site: Site, tmp_path: Path, retries: int) -> None:
+    write_template(tmp_path / "t", LOSE_ONCE.format(retries=retries))
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    run = only_run(site)
+    run_dir = Path(run["run_dir"])
+    if retries == 0:
+        assert run["state"] == "ERROR"
+        assert run["messages"][0].startswith("lost: ") and "SIGKILL" in run["messages"][0]
+    else:
+        assert run["state"] == "SUCCESS", run["messages"]
+        assert (run_dir / "attempts.txt").read_text() == "attempt\nattempt\n"
+        assert (run_dir / "attempts/1/logs").is_dir()  # each attempt keeps its logs
+        assert (run_dir / "attempts/1/status/started").exists()
+        states = [h["state"] for h in run["history"]]
+        assert states == ["PENDING", "RUNNING", "PENDING", "RUNNING", "SUCCESS"]
+        assert "retry 1 of 1" in run["messages"][0]
+
+
+def test_a_users_nonzero_exit_is_never_retried(site: Site, tmp_path: Path) -> None:
+    write_template(
+        tmp_path / "t",
+        "retries: 3\nworkflow:\n  steps:\n"
+        "    - action: {commands: ['echo x >> tries.txt; exit 4']}\n",
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "ERROR" and "exit code 4" in run["messages"][0]
+    assert (Path(run["run_dir"]) / "tries.txt").read_text() == "x\n"
+
+
+# -- 7. graceful operation ------------------------------------------------------------------
+def test_sigterm_leaves_runs_running_and_a_restart_adopts_them(
+    hello_site: Site, tmp_path: Path
+) -> None:
+    drop(hello_site, "slow.yaml", {"workflow": "helloworld", "arguments": {"sleeptime": 0.5}})
+    log = tmp_path / "d.log"
+    proc = start_daemon(hello_site.root, "--log-format", "json", log=log)
+    assert wait_for(lambda: any(r["state"] == "RUNNING" for r in api.list_runs(hello_site)))
+    run = api.show_run(hello_site, api.list_runs(hello_site)[0]["id"])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    pid = run["handle"]["pid"]
+    assert Path(f"/proc/{pid}").exists()  # the run goes on without the daemon
+    fb(hello_site.root, "daemon", "--until-idle")
+    assert api.show_run(hello_site, run["id"])["state"] == "SUCCESS"
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    changes = [entry for entry in lines if run["id"] in entry["message"]]
+    assert any("PENDING -> RUNNING" in e["message"] for e in changes)
+    assert all({"time", "level", "message"} <= set(e) for e in lines)
+
+
+def test_sighup_reloads_config_and_keeps_the_old_one_when_invalid(
+    site: Site, tmp_path: Path
+) -> None:
+    log = tmp_path / "d.log"
+    proc = start_daemon(site.root, log=log)
+    try:
+        assert wait_for(lambda: site.layout.lock.exists() and site.layout.lock.read_text())
+        time.sleep(0.3)
+        site.layout.config.write_text("local: {concurrency: 1}\npolling: {interval: 0.2}\n")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reloaded" in log.read_text(), timeout=10)
+        site.layout.config.write_text("local: {concurrency: -5}\n")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "keeping the old one" in log.read_text(), timeout=10)
+        assert "local.concurrency" in log.read_text()
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

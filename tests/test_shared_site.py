@@ -1,0 +1,190 @@
+"""Issue 5 point 8: several daemon hosts serve one site through one PostgreSQL index.
+
+Two real daemon processes, "hosts" hostA and hostB (``FLOWBATCH_HOSTNAME``), share one
+site folder and one database; every request must run exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from flowbatch import api
+from flowbatch.lifecycle import Runner
+from flowbatch.queue import Intake
+from flowbatch.runs import State
+from flowbatch.site import Site
+from flowbatch.store.index import ClaimRow, RunRow
+
+from .conftest import drop, make_site, write_template
+from .test_robust import SCORE_TEMPLATE, start_daemon, wait_for
+
+HOSTS = ("hostA", "hostB")
+REQUESTS = 60
+
+
+def shared_site(root: Path, url: str) -> Site:
+    site = make_site(
+        root,
+        {
+            "database": url,
+            "local": {"concurrency": 3},
+            "polling": {"interval": 0.2, "settle": 0.0},
+        },
+    )
+    write_template(root.parent / "tpl", SCORE_TEMPLATE)
+    api.install(site, root.parent / "tpl", workflow_id="wf")
+    return site
+
+
+def test_two_daemons_on_two_hosts_never_run_a_request_twice(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    root = tmp_path / "site"
+    site = shared_site(root, postgres_url)
+    assert site.shared
+    procs = {
+        host: start_daemon(
+            root, env={"FLOWBATCH_HOSTNAME": host}, log=tmp_path / f"daemon.{host}.log"
+        )
+        for host in HOSTS
+    }
+    try:
+        # both hold their own lock (one per site and host) before the requests come
+        locks = [root / f"daemon.{h}.lock" for h in HOSTS]
+        assert wait_for(lambda: all(p.exists() and p.read_text().strip() for p in locks), 30)
+        rng = random.Random(8)
+        names = [f"req{i:03d}.yaml" for i in range(REQUESTS)]
+        for i, name in enumerate(names):
+            doc = {"workflow": "wf", "group": f"g{i % 7}", "arguments": {"score": rng.random()}}
+            drop(site, name, doc)
+
+        def done() -> bool:
+            if any(p.poll() is not None for p in procs.values()):
+                return True  # a daemon died: fail below with its log
+            runs = list(RunRow.select(RunRow.state))
+            return len(runs) >= REQUESTS and all(r.state in ("SUCCESS", "ERROR") for r in runs)
+
+        finished = wait_for(done, timeout=60, step=0.2)
+        assert all(p.poll() is None for p in procs.values()), _logs(tmp_path)
+        assert finished, _logs(tmp_path)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            proc.wait(timeout=30)
+    assert [p.returncode for p in procs.values()] == [0, 0], _logs(tmp_path)
+
+    # every request has exactly one run: in the tree ...
+    on_disk = [json.loads(p.read_text()) for p in sorted(root.glob("results/wf/runs/*/run.json"))]
+    assert sorted(r["request"] for r in on_disk) == names, Counter(r["request"] for r in on_disk)
+    assert all(r["state"] == "SUCCESS" for r in on_disk), [r["messages"] for r in on_disk]
+    hosts = Counter(r["host"] for r in on_disk)
+    assert set(hosts) == set(HOSTS), hosts  # both hosts did some
+    # ... and in the index, once each, in the tree's state
+    rows = {r.id: r for r in RunRow.select()}
+    assert len(rows) == REQUESTS == len({r.request for r in rows.values()})
+    assert {r["id"]: r["state"] for r in on_disk} == {i: r.state for i, r in rows.items()}
+    claims = list(ClaimRow.select())
+    assert len(claims) == REQUESTS and {c.run for c in claims} == set(rows)
+    assert {c.run: c.host for c in claims} == {r["id"]: r["host"] for r in on_disk}
+    # nothing left claimed or rejected; the leaderboard agrees with the ranking
+    assert not [p for p in (root / "queue").rglob("*") if p.is_file()]
+    board = json.loads((root / "results" / "wf" / "leaderboard.json").read_text())
+    ranking = api.ranking(site, "wf")
+    assert len(ranking["ranking"]) == 7
+    assert [e["run"]["id"] for e in board["ranking"]] == [
+        e["run"]["id"] for e in ranking["ranking"]
+    ]
+    site.close()
+
+
+def test_a_unique_key_in_the_index_refuses_a_double_claim(
+    tmp_path: Path, postgres_url: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A rename that "succeeds" on two hosts (NFS) must still give one run: the second
+    claim of the same file (same name, inode, mtime, size) finds the key taken."""
+    root = tmp_path / "site"
+    shared_site(root, postgres_url).close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site_a = Site(root)
+    drop(site_a, "one.yaml", {"workflow": "wf", "arguments": {"score": 1.5}})
+    first = Intake(site_a).claim("one.yaml")
+    assert first is not None and first.path.parent.name == "hostA"
+    # the same file back in the queue, as a second host sees it: a hard link keeps its
+    # inode, size and mtime
+    os.link(first.path, root / "queue" / "one.yaml")
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostB")
+    site_b = Site(root)
+    assert Intake(site_b).claim("one.yaml") is None
+    assert not (root / "queue" / "one.yaml").exists()
+    assert list((root / "queue" / ".claimed" / "hostB").iterdir()) == []
+    assert [(c.run, c.host) for c in ClaimRow.select()] == [(first.run_id, "hostA")]
+    # the first claim is still good for its own run (a restart finishing it off) ...
+    assert site_a.store.claim(ClaimRow.get().key, first.run_id, "hostA")
+    # ... and a new file of the same name is a new request
+    time.sleep(0.01)
+    drop(site_b, "one.yaml", {"workflow": "wf", "arguments": {"score": 2.5}})
+    second = Intake(site_b).claim("one.yaml")
+    assert second is not None and ClaimRow.select().count() == 2
+    site_a.close()
+    site_b.close()
+
+
+def test_reports_are_written_one_host_at_a_time(tmp_path: Path, postgres_url: str) -> None:
+    """The leaderboard lock: while one daemon reads the index and writes the reports, the
+    other waits, so the last file written has seen every run committed before it."""
+    site = shared_site(tmp_path / "site", postgres_url)
+    got = threading.Event()
+
+    def other() -> None:  # its own connection (peewee's are per thread)
+        with site.store.exclusive("reports"):
+            got.set()
+
+    with site.store.exclusive("reports"):
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert not got.wait(0.5)
+    assert got.wait(10)
+    thread.join()
+    site.close()
+
+
+def _logs(tmp_path: Path) -> str:
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("daemon.*.log"))
+    )
+
+
+def test_a_daemon_host_recovers_only_its_own_runs(
+    tmp_path: Path, postgres_url: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """At its start, hostB must not rewrite hostA's index rows from its own read of their
+    run.json: hostA is changing them (a stale row written after hostA's would stay)."""
+    root = tmp_path / "site"
+    shared_site(root, postgres_url).close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site_a = Site(root)
+    drop(site_a, "a.yaml", {"workflow": "wf", "arguments": {"score": 3.0}})
+    (run,) = Intake(site_a).run_once().runs
+    assert run.host == "hostA" and RunRow.get_by_id(run.id).state == "PENDING"
+    # hostA has written run.json (RUNNING) and is about to write the row
+    site_a.store.transition(run, State.RUNNING, handle={"pid": 1})
+    RunRow.update(state="PENDING").where(RunRow.id == run.id).execute()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostB")
+    site_b = Site(root)
+    runner = Runner(site_b, {})
+    runner.recover()
+    assert runner.active == {}
+    assert RunRow.get_by_id(run.id).state == "PENDING"  # left to hostA
+    assert [r.id for r in site_a.store.sync_active("hostA")] == [run.id]  # hostA's own
+    assert RunRow.get_by_id(run.id).state == "RUNNING"
+    site_a.close()
+    site_b.close()

@@ -1,0 +1,407 @@
+"""The SSH executor against real OpenSSH servers on loopback (see tests/fixtures_ssh.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from flowbatch import api
+from flowbatch.cli import main
+from flowbatch.config import SiteConfig
+from flowbatch.daemon import Daemon
+from flowbatch.errors import ConfigError, ExecutorError
+from flowbatch.executors import build_executors, executor_names
+from flowbatch.executors.ssh import SSHExecutor, check_host, ssh_runner
+from flowbatch.executors.ssh_pool import HostKeyError, SSHPool, shared_pool
+from flowbatch.site import Site
+
+from .conftest import drop, run_until_idle
+from .fixtures_ssh import SshEnv, ssh_site
+
+SLEEPER = """
+workflow:
+  steps:
+    - name: nap
+      action:
+        commands:
+          - echo started; sleep $[[seconds]]; echo woke > woke.txt
+parameters:
+  - {name: seconds, dtype: float, defaultValue: 0.5}
+"""
+
+
+def install_sleeper(site: Site, tmp_path: Path) -> None:
+    folder = tmp_path / "sleeper"
+    folder.mkdir()
+    (folder / "workflow.yaml").write_text(SLEEPER)
+    api.install(site, folder, workflow_id="sleeper")
+
+
+def runs_by_name(site: Site) -> dict[str, dict[str, Any]]:
+    return {r["name"]: api.show_run(site, r["id"]) for r in api.list_runs(site)}
+
+
+def tick_until(d: Daemon, check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met after {timeout}s: {list(d.runner.active)}")
+        d.wakeup.clear()
+        d.tick()
+        d.wakeup.wait(0.05)
+
+
+def running(d: Daemon, host: str | None = None) -> list[Any]:
+    return d.runner.running(host)
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs in process group ``pgid`` on this machine (where the test "hosts" run)."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return out
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def test_config_declares_hosts_and_names_executors(ssh_env: SshEnv) -> None:
+    config = SiteConfig.model_validate(ssh_env.config(executor="b"))
+    assert executor_names(config)[-2:] == ["a", "b"]
+    host = config.ssh["a"]
+    assert (host.hostname, host.max_runs, host.keep_remote) == ("127.0.0.2", 4, False)
+    executors = build_executors(config, lambda: None)
+    assert isinstance(executors["a"], SSHExecutor) and executors["b"].limit == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"password": "hunter2"}, "passwords are not supported"),
+        ({"jump_host": "nowhere"}, "'nowhere' is not a host of the ssh section"),
+        ({"max_runs": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_config_refuses(ssh_env: SshEnv, change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SiteConfig.model_validate(ssh_env.config(a=change))
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def test_helloworld_over_ssh(ssh: SshEnv, tmp_path: Path, caplog: Any) -> None:
+    site = ssh_site(tmp_path / "site", ssh, hosts={"b": {"keep_remote": True}})
+    drop(
+        site,
+        "a.yaml",
+        {
+            "workflow": "helloworld",
+            "group": "alice",
+            "name": "on-a",
+            "arguments": {"names": "n.txt"},
+        },
+        files={"n.txt": "Al\nBea\n"},
+    )
+    drop(
+        site, "b.yaml", {"workflow": "helloworld", "group": "bob", "name": "on-b", "executor": "b"}
+    )
+    caplog.set_level("DEBUG")
+    run_until_idle(site, timeout=30)
+    runs = runs_by_name(site)
+    on_a, on_b = runs["on-a"], runs["on-b"]
+    assert (on_a["state"], on_b["state"]) == ("SUCCESS", "SUCCESS"), (on_a, on_b)
+    assert (on_a["executor"], on_b["executor"]) == ("a", "b")
+    run_dir = Path(on_a["run_dir"])
+    # outputs, logs and markers came back into the local results tree
+    assert (run_dir / "results/greetings.txt").read_text() == "Hello Al!\nHello Bea!\n"
+    assert on_a["results"] == {"avg_count": 9.5, "max_len": 10, "max_line": "Hello Bea!"}
+    assert (run_dir / on_a["steps"][0]["stdout"]).exists()
+    assert (run_dir / "status/exit").read_text().startswith("0 ")
+    assert [s["exit_code"] for s in on_a["steps"]] == [0, 0]
+    record = json.loads((run_dir / "run.json").read_text())
+    handle = record["handle"]
+    assert handle["host"] == "a" and handle["pid"] > 0 and handle["start"]
+    # the remote folder is gone on a, kept on b (keep_remote)
+    assert handle["remote_dir"] == str(ssh.remote_root("a") / "helloworld" / on_a["id"])
+    assert not Path(handle["remote_dir"]).exists()
+    assert (ssh.remote_root("b") / "helloworld" / on_b["id"] / "results/greetings.txt").exists()
+    # the run ran as the remote user, in the remote folder
+    assert (ssh.remote_root("b") / "helloworld" / on_b["id"]).stat().st_uid == ssh.uid
+    # the ranking is built from the fetched results
+    assert [e["group"] for e in api.ranking(site, "helloworld")["ranking"]] == ["bob", "alice"]
+    # no key material in the run folders or the logs
+    secret = ssh.key_file.read_text().splitlines()[1]
+    for path in Path(site.root).rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace"), path
+    assert secret not in caplog.text
+
+
+# -- host keys -------------------------------------------------------------------------------
+
+
+def test_unknown_host_key_is_refused_and_nothing_runs(ssh: SshEnv, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh.servers["b"].keyscan())  # a's key is not there
+    site = ssh_site(tmp_path / "site", ssh, hosts={"a": {"known_hosts": str(known)}})
+    before = ssh.servers["a"].accepted_logins()
+    drop(site, "r.yaml", {"workflow": "helloworld", "name": "r"})
+    run_until_idle(site, timeout=20)
+    run = runs_by_name(site)["r"]
+    assert run["state"] == "ERROR"
+    message = run["messages"][0]
+    assert "ssh host a" in message and "unknown" in message
+    assert ssh.servers["a"].fingerprint() in message
+    # refused before authentication: no login, no remote folder
+    assert ssh.servers["a"].accepted_logins() == before
+    assert not (ssh.remote_root("a") / "helloworld" / run["id"]).exists()
+
+
+def test_changed_host_key_is_refused(ssh: SshEnv, tmp_path: Path) -> None:
+    a, b = ssh.servers["a"], ssh.servers["b"]
+    # a's address filed with b's key: what a reinstalled or impersonated host looks like
+    known = tmp_path / "known_hosts"
+    known.write_text(b.keyscan().replace(f"[{b.address}]:{b.port}", f"[{a.address}]:{a.port}"))
+    config = SiteConfig.model_validate(ssh.config(a={"known_hosts": str(known)}))
+    before = a.accepted_logins()
+    runner = ssh_runner(config, "a")
+    with pytest.raises(HostKeyError) as caught:
+        runner.run(f"touch {ssh.base}/should-not-exist")
+    message = str(caught.value)
+    assert "CHANGED" in message and "ssh host a" in message
+    assert a.fingerprint() in message and b.fingerprint() in message
+    assert a.accepted_logins() == before
+    assert not (ssh.base / "should-not-exist").exists()
+
+
+# -- pooling, limits, batched polls ------------------------------------------------------------
+
+
+def test_one_connection_per_host_and_per_host_limits(ssh: SshEnv, tmp_path: Path) -> None:
+    site = ssh_site(tmp_path / "site", ssh, hosts={"a": {"max_runs": 2}, "b": {"max_runs": 1}})
+    install_sleeper(site, tmp_path)
+    for i in range(4):
+        drop(site, f"a{i}.yaml", {"workflow": "sleeper", "name": f"a{i}", "executor": "a"})
+        drop(site, f"b{i}.yaml", {"workflow": "sleeper", "name": f"b{i}", "executor": "b"})
+    pool = shared_pool(site.config.ssh)
+    d = Daemon(site)
+    d.start()
+    peak = {"a": 0, "b": 0}
+    try:
+        deadline = time.monotonic() + 40
+        while not d.idle():
+            assert time.monotonic() < deadline, "not idle"
+            d.wakeup.clear()
+            d.tick()
+            for host in peak:
+                peak[host] = max(peak[host], len(running(d, host)))
+            d.wakeup.wait(0.05)
+    finally:
+        d.stop()
+    assert {r["state"] for r in runs_by_name(site).values()} == {"SUCCESS"}
+    assert peak == {"a": 2, "b": 1}
+    # eight runs, their launches, polls and collects: one connection per host
+    assert pool.connection("a").connects == 1
+    assert pool.connection("b").connects == 1
+    assert pool.connection("a").commands > 8
+    # Nagle off on the pooled socket (paramiko leaves it on: ~40 ms per command)
+    sock = pool.connection("a").client().get_transport().sock  # type: ignore[union-attr]
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_one_round_trip_per_host_per_tick(ssh: SshEnv, tmp_path: Path) -> None:
+    site = ssh_site(tmp_path / "site", ssh)
+    install_sleeper(site, tmp_path)
+    for host in ("a", "b"):
+        for i in range(3):
+            drop(
+                site,
+                f"{host}{i}.yaml",
+                {"workflow": "sleeper", "executor": host, "arguments": {"seconds": 30}},
+            )
+    d = Daemon(site)
+    d.start()
+    conns = {h: shared_pool(site.config.ssh).connection(h) for h in ("a", "b")}
+    try:
+        tick_until(d, lambda: len(running(d)) == 6)
+        for _ in range(5):
+            before = {h: c.commands for h, c in conns.items()}
+            probes = d.runner.poll()
+            assert probes == 0
+            assert {h: c.commands - before[h] for h, c in conns.items()} == {"a": 1, "b": 1}
+    finally:
+        for run in running(d):
+            d.runner.cancel(run, "test over")
+        d.stop()
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+def test_sshd_restart_while_running_reconnects_and_collects(ssh: SshEnv, tmp_path: Path) -> None:
+    site = ssh_site(tmp_path / "site", ssh)
+    install_sleeper(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 1.5}})
+    d = Daemon(site)
+    d.start()
+    server = ssh.servers["a"]
+    conn = shared_pool(site.config.ssh).connection("a")
+    try:
+        tick_until(d, lambda: len(running(d)) == 1)
+        server.stop()  # the listener and the live connection: a host going away
+        for _ in range(3):  # polls fail: the run stays RUNNING (UNKNOWN is not an end)
+            d.tick()
+            time.sleep(0.1)
+        assert [r.state.value for r in running(d)] == ["RUNNING"]
+        assert conn.down_since is not None
+        server.start()  # same address and port
+        run_until_idle(site, timeout=30, daemon=d)
+    finally:
+        d.stop()
+    run = runs_by_name(site)["r"]
+    assert run["state"] == "SUCCESS", run["messages"]
+    assert (Path(run["run_dir"]) / "woke.txt").read_text() == "woke\n"
+    assert conn.connects == 2
+
+
+def test_host_down_past_grace_is_error_with_reason(ssh: SshEnv, tmp_path: Path) -> None:
+    site = ssh_site(tmp_path / "site", ssh, hosts={"a": {"unreachable_grace": 1}})
+    install_sleeper(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 3}})
+    d = Daemon(site)
+    d.start()
+    try:
+        tick_until(d, lambda: len(running(d)) == 1)
+        ssh.servers["a"].stop()
+        tick_until(d, lambda: not d.runner.active, timeout=15)
+    finally:
+        d.stop()
+        ssh.servers["a"].start()
+    run = runs_by_name(site)["r"]
+    assert run["state"] == "ERROR"
+    message = run["messages"][-1]
+    assert "ssh host a unreachable for" in message and "unreachable_grace 1 s" in message
+    assert "Connection refused" in message or "connection lost" in message, message
+
+
+def test_remote_process_killed_from_outside_is_error_with_signal(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    site = ssh_site(tmp_path / "site", ssh)
+    install_sleeper(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 30}})
+    d = Daemon(site)
+    d.start()
+    try:
+        tick_until(d, lambda: len(running(d)) == 1)
+        handle = running(d)[0].handle
+        started = Path(handle["remote_dir"]) / "status/started"
+        deadline = time.monotonic() + 10
+        while not started.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        script_pid = int(started.read_text().split()[0])
+        os.kill(script_pid, signal.SIGKILL)  # e.g. the OOM killer, on the remote host
+        tick_until(d, lambda: not d.runner.active)
+    finally:
+        d.stop()
+        for pid in group_members(int(handle["pgid"])):  # the orphaned `sleep`
+            os.kill(pid, signal.SIGKILL)
+    run = runs_by_name(site)["r"]
+    assert run["state"] == "ERROR"
+    assert "SIGKILL" in run["messages"][0] and "137" in run["messages"][0], run["messages"]
+
+
+def test_runs_cancel_kills_the_remote_process_group(ssh: SshEnv, tmp_path: Path) -> None:
+    site = ssh_site(tmp_path / "site", ssh)
+    install_sleeper(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 30}})
+    d = Daemon(site)
+    d.start()
+    try:
+        tick_until(d, lambda: len(running(d)) == 1)
+        handle = running(d)[0].handle
+        run_id = running(d)[0].id
+        deadline = time.monotonic() + 10
+        while len(group_members(handle["pgid"])) < 3:  # wrapper, run.sh, the step, sleep
+            assert time.monotonic() < deadline, group_members(handle["pgid"])
+            time.sleep(0.05)
+    finally:
+        d.stop()  # the daemon goes away; the run goes on
+    assert group_members(handle["pgid"])
+    result = CliRunner().invoke(
+        main, ["--site", str(site.root), "runs", "cancel", run_id, "--reason", "enough"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "CANCELED" in result.output
+    assert group_members(handle["pgid"]) == []
+    run = api.show_run(site, run_id)
+    assert run["state"] == "CANCELED" and "enough" in run["messages"][-1]
+    # the script's TERM marker came home, the remote folder was removed
+    assert (Path(run["run_dir"]) / "status/exit").read_text().startswith("143 ")
+    assert not Path(handle["remote_dir"]).exists()
+
+
+# -- hosts check -----------------------------------------------------------------------------
+
+
+def test_hosts_check_success_and_failures(ssh: SshEnv, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    site = ssh_site(
+        tmp_path / "site",
+        ssh,
+        hosts={"b": {"known_hosts": str(known)}},
+    )
+    cli = CliRunner()
+    ok = cli.invoke(main, ["--site", str(site.root), "hosts", "check", "a"])
+    assert ok.exit_code == 0, ok.output
+    assert "a: ok" in ok.output and "round trip" in ok.output
+    assert ssh.servers["a"].fingerprint() in ok.output
+    bad = cli.invoke(main, ["--site", str(site.root), "hosts", "check", "b"])
+    assert bad.exit_code == 1
+    assert "unknown" in bad.output and ssh.servers["b"].fingerprint() in bad.output
+    every = cli.invoke(main, ["--site", str(site.root), "hosts", "check", "--json"])
+    assert every.exit_code == 1
+    report = json.loads(every.output)
+    assert report["a"]["ok"] is True and report["b"]["ok"] is False
+
+
+def test_hosts_check_unwritable_root_and_jump_host(ssh: SshEnv, tmp_path: Path) -> None:
+    config = SiteConfig.model_validate(
+        ssh.config(a={"remote_root": "/proc/flowbatch"}, b={"jump_host": "a"})
+    )
+    with pytest.raises(ExecutorError, match="remote root /proc/flowbatch is not writable"):
+        check_host(config, "a")
+    via = check_host(config, "b")  # b reached through a's connection (direct-tcpip)
+    assert via["via"] == "a" and via["remote_root"] == str(ssh.remote_root("b"))
+
+
+def test_unknown_host_name_is_a_config_error(ssh_env: SshEnv) -> None:
+    pool = SSHPool(SiteConfig.model_validate(ssh_env.config()).ssh)
+    with pytest.raises(ConfigError, match="unknown ssh host 'c'"):
+        pool.connection("c")
+
+
+def test_site_config_file_round_trip(ssh_env: SshEnv, tmp_path: Path) -> None:
+    text = yaml.safe_dump(ssh_env.config(executor="b"))
+    (tmp_path / "flowbatch.yaml").write_text(text)
+    from flowbatch.config import load_config
+
+    assert load_config(tmp_path).ssh["b"].hostname == "127.0.0.3"
