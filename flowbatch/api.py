@@ -74,9 +74,15 @@ def index_workflow(site: Site, workflow_id: str) -> None:
 
 
 def list_workflows(site: Site) -> list[dict[str, Any]]:
+    from .versions import run_counts
+
+    site.store  # noqa: B018 - opens the index
+    counts = run_counts()
     out = []
     for wf_id in site.templates.list_ids():
         meta = site.templates.meta(wf_id)
+        by_version = counts.get(wf_id, {})
+        current = by_version.get(meta.get("current"), {})
         out.append(
             {
                 "id": wf_id,
@@ -84,9 +90,18 @@ def list_workflows(site: Site) -> list[dict[str, Any]]:
                 "version": meta.get("current"),
                 "versions": len(meta.get("versions", [])),
                 "description": meta.get("description"),
+                "runs": sum(sum(states.values()) for states in by_version.values()),
+                "runs_current": sum(current.values()),  # runs of the current version
             }
         )
     return out
+
+
+def show_workflow(site: Site, workflow: str) -> dict[str, Any]:
+    """A workflow's versions, each with ``installed_at`` and its runs per state."""
+    from .versions import workflow_info
+
+    return workflow_info(site, workflow)
 
 
 def validate(path: Path, site: Site | None = None) -> str:
@@ -139,8 +154,11 @@ def _describe(template: Template) -> str:
 
 
 # -- submitting ----------------------------------------------------------------------------
-def submit(site: Site, request_path: Path) -> str:
+def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str:
     """Queue a request together with the files its arguments name.
+
+    ``retry_failed`` (a resubmitted sweep) asks intake to run failed points again: it is
+    written into the queued request as ``retry_failed: true``.
 
     The files go first, into ``queue/<name>.files/`` (built under a dot-name, then renamed),
     and the request, its file paths rewritten to point there, last (written as a dot-file,
@@ -148,6 +166,8 @@ def submit(site: Site, request_path: Path) -> str:
     """
     request_path = request_path.resolve()
     doc = yamlio.load_file(request_path, max_bytes=site.config.max_request_bytes)
+    if retry_failed and isinstance(doc, dict):
+        doc["retry_failed"] = True
     req = parse_request(doc, file=str(request_path))
     if not isinstance(req, Request):
         raise RequestError("use `flowbatch runs cancel` to cancel a run", file=str(request_path))
@@ -220,11 +240,19 @@ def _row_dict(row: RunRow) -> dict[str, Any]:
 
 
 def list_runs(
-    site: Site, *, workflow: str | None = None, state: str | None = None, group: str | None = None
+    site: Site,
+    *,
+    workflow: str | None = None,
+    state: str | None = None,
+    group: str | None = None,
+    user: str | None = None,
 ) -> list[dict[str, Any]]:
     st = parse_state(state).value if state else None
     site.store  # noqa: B018 - opens the index
-    return [_row_dict(r) for r in run_rows(workflow, st, group)]
+    query = run_rows(workflow, st, group)
+    if user:
+        query = query.where(RunRow.owner == user)
+    return [_row_dict(r) for r in query]
 
 
 def show_run(site: Site, run_id: str) -> dict[str, Any]:
@@ -244,6 +272,8 @@ def show_run(site: Site, run_id: str) -> dict[str, Any]:
             "history": run.history,
             "owner_uid": run.owner_uid,
             "request": run.request,
+            # why a PENDING run waits (a fair-share cap), see flowbatch.fairshare
+            "waiting": getattr(run, "waiting", None),
         }
     )
     return out
@@ -268,10 +298,25 @@ def request_cancel(site: Site, run_id: str, reason: str | None) -> str:
 
 
 # -- ranking and reports -------------------------------------------------------------------
-def rank_inputs(workflow: str) -> list[RankInput]:
-    rows = RunRow.select().where(
-        (RunRow.workflow == workflow) & (RunRow.state == State.SUCCESS.value)
-    )
+def current_version(workflow: str) -> str | None:
+    """The current version of ``workflow`` as the index knows it (set at install)."""
+    row = WorkflowRow.get_or_none(WorkflowRow.id == workflow)
+    return row.version if row is not None else None
+
+
+def rank_inputs(
+    workflow: str, version: str | None = None, *, all_versions: bool = False
+) -> list[RankInput]:
+    """The successful runs of ``workflow`` to rank: those of ``version`` (default: the
+    current one), or of every version with ``all_versions``. Runs of an old version are
+    never mixed into the current leaderboard by default: a fixed template may score
+    differently."""
+    where = (RunRow.workflow == workflow) & (RunRow.state == State.SUCCESS.value)
+    if not all_versions:
+        version = version or current_version(workflow)
+        if version is not None:  # no workflow row: an index from before versions
+            where &= RunRow.version == version
+    rows = RunRow.select().where(where)
     return [
         RankInput(
             run_id=r.id,
@@ -289,16 +334,34 @@ def rank_inputs(workflow: str) -> list[RankInput]:
     ]
 
 
-def ranking(site: Site, workflow: str, *, include_all: bool = False) -> dict[str, Any]:
-    template, _ = site.templates.load(workflow)
+def ranking(
+    site: Site,
+    workflow: str,
+    *,
+    include_all: bool = False,
+    version: str | None = None,
+    all_versions: bool = False,
+) -> dict[str, Any]:
+    """The leaderboard of one version of ``workflow`` (default: the current one), or of
+    all versions together (``all_versions``: the current version's result schema; each
+    entry's ``run.version`` says where it comes from). ``version`` is ``ranking_json``'s
+    shape plus ``version`` (the version shown, or ``null`` for all) and ``current``."""
+    if version and all_versions:
+        raise RequestError("give either a version or all versions, not both")
+    # an old version is ranked by its own result schema (the fix may have changed it)
+    template, shown = site.templates.load(workflow, None if all_versions else version)
     if template.results is None:
         raise NotFoundError(
             f"workflow {workflow!r} has no result schema, so no ranking",
             hint="add a `results:` block to the template",
         )
     site.store  # noqa: B018 - opens the index
-    entries = rank(rank_inputs(workflow), template.results, include_all=include_all)
-    return ranking_json(workflow, template.results, entries)
+    inputs = rank_inputs(workflow, shown, all_versions=all_versions)
+    entries = rank(inputs, template.results, include_all=include_all)
+    board = ranking_json(workflow, template.results, entries)
+    board["version"] = None if all_versions else shown
+    board["current"] = site.templates.meta(workflow)["current"]
+    return board
 
 
 def update_reports(site: Site, workflows: set[str] | list[str], *, run_pages: bool = False) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import yamlio
+from .fairshare import LimitsConfig
 from .slurm_profile import SlurmProfile, check_profiles
 from .ssh_hosts import SSHHost, check_hosts
 
@@ -114,6 +115,12 @@ class SiteConfig(_Strict):
     allowed_groups: list[str] | None = Field(
         default=None, description="Unix groups whose members' requests are accepted."
     )
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="Fair shares: caps on running runs per user and per group "
+        "(per_user, per_group, users: {name: N}, groups: {name: N}), besides each "
+        "executor's own limit.",
+    )
 
     @field_validator("slurm")
     @classmethod
@@ -161,6 +168,9 @@ DEFAULT_CONFIG_TEXT = """\
 #   interval: 2.0         # seconds between ticks when nothing wakes the daemon (queue rescan)
 #   settle: 0.5           # a request found by rescanning is read once unchanged this long
 # max_request_bytes: 1048576   # requests larger than this are rejected
+# limits:                # fair shares: running runs at once, over all executors
+#   per_user: null        # cap of every user; users: {alice: 8} overrides it per user
+#   per_group: null       # cap of every group; groups: {teamx: 2} overrides it
 # slurm:                  # Slurm profiles: `executor: slurm` = default, `slurm:<name>`
 #   default:
 #     partition: null     # --partition; also account, qos

@@ -30,6 +30,8 @@ from .errors import ConfigError
 
 PREFIX = "FLOWBATCH_"
 NESTING = "__"
+#: FLOWBATCH_* variables with another job, never config (even if a key of that name comes)
+NOT_CONFIG = frozenset({"FLOWBATCH_SITE", "FLOWBATCH_HOSTNAME", "FLOWBATCH_CRASH_AT"})
 
 DEFAULT = "default"
 FILE = CONFIG_NAME
@@ -85,7 +87,7 @@ def env_overrides(
     found: dict[Path_, tuple[str, Any]] = {}
     ignored: list[str] = []
     for var in sorted(environ):
-        if not var.startswith(PREFIX):
+        if not var.startswith(PREFIX) or var in NOT_CONFIG:
             continue
         path = tuple(var[len(PREFIX) :].lower().split(NESTING))
         if path[0] not in keys or any(not part for part in path):

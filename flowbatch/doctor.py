@@ -93,8 +93,7 @@ def _check_config(ctx: _Ctx) -> None:
     env = f", {len(loaded.env)} FLOWBATCH_* override(s)" if loaded.env else ""
     ctx.add("config", OK, f"valid: {where}{env}")
     for var in loaded.ignored:
-        if var not in ("FLOWBATCH_SITE", "FLOWBATCH_HOSTNAME"):
-            ctx.add("config", WARN, f"{var} is not a config key and is ignored (a typo?)")
+        ctx.add("config", WARN, f"{var} is not a config key and is ignored (a typo?)")
 
 
 def _check_folders(ctx: _Ctx) -> None:

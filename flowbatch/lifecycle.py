@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import faults
+from . import faults, fairshare
 from .errors import FlowbatchError
 from .executors.base import Executor, Launch, Liveness, Probe
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR, read_markers, step_log_paths
@@ -123,6 +123,7 @@ class Runner:
         """Launch PENDING runs, oldest first, within each executor's concurrency."""
         launched = 0
         busy = {name: len(self.running(name)) for name in self.executors}
+        shares = fairshare.Shares(self.site.config.limits, self.running())
         for run in self.pending():
             executor = self.executors.get(run.executor)
             if executor is None:
@@ -130,6 +131,8 @@ class Runner:
                     run, State.ERROR, messages=[f"executor {run.executor!r} is not configured"]
                 )
                 continue
+            if fairshare.hold(self.store, run, shares):
+                continue  # over its user's or group's cap; others' runs may start
             if busy[run.executor] >= executor.limit:
                 continue  # another executor may still have room
             job = Launch(
@@ -150,6 +153,7 @@ class Runner:
             faults.point("launched")
             self._transition(run, State.RUNNING, handle=handle)
             busy[run.executor] += 1
+            shares.add(run)
             launched += 1
         return launched
 

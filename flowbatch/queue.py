@@ -35,6 +35,7 @@ from .spec.params import resolve_arguments
 from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
 from .store.layout import REQUEST_COPY
+from .sweep import expand_sweep, point_key
 
 log = logging.getLogger("flowbatch.queue")
 
@@ -82,6 +83,7 @@ class IntakeResult:
     runs: list[RunRecord] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     cancels: list[tuple[CancelRequest, Claimed]] = field(default_factory=list)
+    skipped: dict[str, dict[int, str]] = field(default_factory=dict)  # sweep points not rerun
 
 
 class Intake:
@@ -219,21 +221,26 @@ class Intake:
 
     def _process(self, claimed: Claimed, result: IntakeResult) -> None:
         try:
-            existing = self._existing_run(claimed.run_id)
-            if existing is not None:  # created before a crash: just finish the clean-up
-                self._finish(claimed)
+            if self._existing_run(claimed.run_id) is not None and not self._is_sweep(claimed):
+                self._finish(claimed)  # created before a crash: just finish the clean-up
                 return
             req = self._read(claimed)
             if isinstance(req, CancelRequest):
                 result.cancels.append((req, claimed))  # the daemon applies it and cleans up
                 return
-            run = self._create(claimed, req)
+            self._create(claimed, req, result)
         except FlowbatchError as exc:
             self.reject(claimed, exc)
             result.rejected.append(claimed.name)
             return
         self._finish(claimed)
-        result.runs.append(run)
+
+    def _is_sweep(self, claimed: Claimed) -> bool:
+        """Whether an already started request is a sweep (more points may be missing)."""
+        try:
+            return "sweep" in (yamlio.load_file(claimed.path) or {})
+        except (FlowbatchError, TypeError):
+            return False
 
     def _existing_run(self, run_id: str) -> Path | None:
         for wf_runs in self.layout.results.glob(f"*/runs/{run_id}/run.json"):
@@ -288,7 +295,13 @@ class Intake:
         doc = yamlio.loads(text, file=label)
         return parse_request(doc, file=label)
 
-    def _create(self, claimed: Claimed, req: Request) -> RunRecord:
+    def _create(self, claimed: Claimed, req: Request, result: IntakeResult) -> None:
+        """One run per point of the request (one point without ``sweep:``).
+
+        Point ``i`` gets the run id ``<claimed id>-<i>`` (the first one the claimed id
+        itself), so a daemon killed half-way through a sweep creates exactly the points
+        that are still missing when it comes back.
+        """
         label = claimed.name
         site = self.site
         refusal = owner_refusal(site, claimed.uid)
@@ -303,7 +316,6 @@ class Intake:
             template, version = site.templates.load(req.workflow, req.version)
         except FlowbatchError as exc:
             raise exc.at(file=label, prefix="workflow" if not req.version else "version")
-        arguments = resolve_arguments(template.parameters, req.arguments, file=label)
         executor = req.executor or template.executor or site.config.executor
         known = executor_names(site.config)
         if executor not in known:
@@ -314,14 +326,97 @@ class Intake:
                 expected="one of: " + ", ".join(known),
                 hint="executors are declared in the site's flowbatch.yaml",
             )
+        points = self._points(req, template, label)
+        skipped = self._already_done(req, version, points) if req.sweep else {}
         files_dir = site.templates.files_dir(req.workflow, version)
+        for index, arguments in enumerate(points):
+            run_id = point_run_id(claimed.run_id, index)
+            if index in skipped or self._existing_run(run_id) is not None:
+                continue
+            sweep = {"id": claimed.run_id, "point": index, "of": len(points)} if req.sweep else None
+            run = self._create_run(
+                claimed, req, run_id, template, version, executor, files_dir, arguments, sweep
+            )
+            result.runs.append(run)
+        if skipped:
+            log.info(
+                "sweep %s of %s: skipped %d points already run: %s",
+                claimed.run_id,
+                label,
+                len(skipped),
+                ", ".join(f"{i} ({why})" for i, why in sorted(skipped.items())),
+            )
+            result.skipped[claimed.name] = skipped
+
+    def _points(self, req: Request, template: Template, label: str) -> list[dict[str, Any]]:
+        """The cast arguments of every point; duplicates (after casting) run once."""
+        if not req.sweep:
+            return [resolve_arguments(template.parameters, req.arguments, file=label)]
+        if req.arguments is not None and not isinstance(req.arguments, dict):
+            raise RequestError(
+                "a sweep needs arguments as a mapping (name: value)",
+                file=label,
+                field="arguments",
+            )
+        points: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for raw in expand_sweep(req.arguments, req.sweep, file=label):
+            cast = resolve_arguments(template.parameters, raw, file=label)
+            key = point_key(_jsonable(cast))
+            if key not in seen:
+                seen.add(key)
+                points.append(cast)
+        return points
+
+    def _already_done(
+        self, req: Request, version: str, points: list[dict[str, Any]]
+    ) -> dict[int, str]:
+        """Points of a resubmitted sweep that need no new run: index -> why.
+
+        A point that succeeded (or is still active) with the same arguments on the same
+        template version is skipped, as jobmon never reruns finished work; one whose
+        runs all failed is run again only with ``retry_failed: true``.
+        """
+        from .store.index import RunRow
+
+        states: dict[str, set[str]] = {}
+        query = RunRow.select(RunRow.arguments, RunRow.state).where(
+            (RunRow.workflow == req.workflow) & (RunRow.version == version)
+        )
+        for row in query:
+            states.setdefault(point_key(row.arguments or {}), set()).add(row.state)
+        out: dict[int, str] = {}
+        for index, arguments in enumerate(points):
+            seen = states.get(point_key(_jsonable(arguments)), set())
+            if "SUCCESS" in seen:
+                out[index] = "succeeded"
+            elif seen & {"PENDING", "RUNNING"}:
+                out[index] = "active"
+            elif seen and not req.retry_failed:
+                out[index] = "failed; resubmit with retry_failed: true to run it again"
+        return out
+
+    def _create_run(
+        self,
+        claimed: Claimed,
+        req: Request,
+        run_id: str,
+        template: Template,
+        version: str,
+        executor: str,
+        files_dir: Path,
+        arguments: dict[str, Any],
+        sweep: dict[str, Any] | None,
+    ) -> RunRecord:
+        label = claimed.name
+        site = self.site
         sources = self._check_files(template, files_dir, arguments, claimed, label)
         try:
             rendered = render_workflow(
                 template, template.workflow, arguments, site.config.all_variables()
             )
-            run_dir = site.layout.run_dir(req.workflow, claimed.run_id)
-            tmp_dir = run_dir.with_name(f".{claimed.run_id}.tmp")
+            run_dir = site.layout.run_dir(req.workflow, run_id)
+            tmp_dir = run_dir.with_name(f".{run_id}.tmp")
             shutil.rmtree(tmp_dir, ignore_errors=True)
             tmp_dir.mkdir(parents=True)
             if files_dir.is_dir():
@@ -337,12 +432,12 @@ class Intake:
         shutil.copyfile(claimed.path, tmp_dir / REQUEST_COPY)
         atomic.write_text(
             tmp_dir / SCRIPT_NAME,
-            build_script(rendered, run_id=claimed.run_id),
+            build_script(rendered, run_id=run_id),
             mode=0o755,
             fsync=False,
         )
         run = RunRecord(
-            id=claimed.run_id,
+            id=run_id,
             workflow=req.workflow,
             version=version,
             group=req.group or user_name(claimed.uid),
@@ -356,6 +451,7 @@ class Intake:
             time_limit=template.time_limit or site.config.time_limit,
             retries=template.retries if req.retries is None else req.retries,
             host=site.host,
+            sweep=sweep,
         )
         run.history.append({"state": run.state.value, "at": run.created_at, "message": None})
         atomic.write_json(tmp_dir / "run.json", run.to_dict(), fsync=False)
@@ -557,6 +653,11 @@ def printable_name(name: str) -> str:
         suffix = Path(text).suffix[:10]
         text = f"{text[:100]}~{digest}{suffix}"
     return text
+
+
+def point_run_id(run_id: str, index: int) -> str:
+    """The run id of point ``index`` of the request claimed as ``run_id``."""
+    return run_id if index == 0 else f"{run_id}-{index}"
 
 
 def owner_refusal(site: Site, uid: int) -> str | None:

@@ -88,6 +88,8 @@ class RunRecord:
     attempt: int = 1
     retries: int = 0  # further attempts allowed after infrastructure failures
     host: str | None = None  # the daemon host that owns the run (several hosts, one site)
+    sweep: dict[str, Any] | None = None  # {id, point, of} for a run of a sweep
+    waiting: str | None = None  # why a PENDING run does not start (a fair-share cap)
     format: int = RUN_FORMAT
 
     def to_dict(self) -> dict[str, Any]:

@@ -105,8 +105,11 @@ def test_transitions_write_the_tree_and_the_index(backend_site: Site) -> None:
     assert store.transition(fresh, State.RUNNING)
     assert not store.transition(fresh, State.RUNNING)  # same state: a no-op
     assert RunRow.get_by_id("fresh1").state == "RUNNING" == store.load("fresh1").state.value
-    store.transition(fresh, State.CANCELED, messages=["x" * 5000])  # long text is fine
+    # long text, and a NUL that PostgreSQL's text columns cannot hold
+    store.transition(fresh, State.CANCELED, messages=["x" * 5000], results={"note": "a\x00b"})
     assert RunRow.get_by_id("fresh1").messages == ["x" * 5000]
+    assert RunRow.get_by_id("fresh1").results == {"note": "a\x00b"} == store.load("fresh1").results
+    assert ResultRow.get(ResultRow.run == "fresh1").value_text == "a\ufffdb"
 
 
 def test_reindex_gives_the_same_listing_and_ranking(backend_site: Site) -> None:

@@ -45,6 +45,15 @@ class Request(BaseModel):
     version: str | None = Field(
         default=None, description="Template version (default: the current one)."
     )
+    sweep: dict[str, list[Any]] | None = Field(
+        default=None,
+        description="Parameter name -> list of values: one run per combination (a cartesian "
+        "product with `arguments` as the fixed part); identical combinations run once. "
+        "Resubmitting a sweep skips the points that already ran on the same template version.",
+    )
+    retry_failed: bool = Field(
+        default=False, description="With a resubmitted sweep: run failed points again."
+    )
     retries: int | None = Field(
         default=None,
         ge=0,

@@ -182,7 +182,8 @@ class Store:
                         "value_num": v
                         if isinstance(v, int | float) and not isinstance(v, bool)
                         else None,
-                        "value_text": v if isinstance(v, str) else None,
+                        # PostgreSQL text cannot hold NUL (run.json keeps the value)
+                        "value_text": v.replace("\x00", "\ufffd") if isinstance(v, str) else None,
                     }
                     for k, v in run.results.items()
                 ]

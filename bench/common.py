@@ -1,0 +1,145 @@
+"""Shared helpers: the machine, timing, statistics, the trivial workload."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+VENVS = BENCH / ".venvs"
+PYTHON = sys.executable
+FLOWBATCH = [PYTHON, "-m", "flowbatch"]
+
+#: the trivial two-command workload every tool runs, per job ``n`` in its own folder
+CMD1 = "echo {n} > out.txt"
+CMD2 = "printf '{{\"score\":%d}}\\n' {n} > results.json"
+
+TEMPLATE = """\
+workflow:
+  files:
+    outputs:
+      - results.json
+  parameters:
+    n: $[[n]]
+  steps:
+    - name: main
+      action:
+        environment: bash
+        commands:
+          - echo ${n} > out.txt
+          - printf '{"score":%d}\\n' ${n} > results.json
+parameters:
+  - name: n
+    label: N
+    dtype: int
+    defaultValue: 0
+results:
+  file: results.json
+  schema:
+    - name: score
+      label: Score
+      dtype: int
+  orderBy:
+    - name: score
+      sortDesc: true
+"""
+
+
+def shell_job(n: int) -> str:
+    return CMD1.format(n=n) + " && " + CMD2.format(n=n)
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "os": platform.platform(terse=True),
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+@dataclass
+class Timing:
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def best(self) -> float:
+        return min(self.values)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    k = (len(data) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
+
+
+def timed(
+    cmd: Sequence[str] | str,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    shell: bool = False,
+) -> float:
+    """Wall seconds of one whole process; raises with its output when it fails."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        shell=shell,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{cmd!r} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}"
+        )
+    return elapsed
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"

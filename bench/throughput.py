@@ -1,0 +1,292 @@
+"""1. Throughput: N trivial two-command jobs, concurrency 2, flowbatch against its peers.
+
+Every tool does the same N jobs (each: ``echo n > out.txt`` then a ``results.json``, in a
+folder of its own), timed as a whole process, start-up included; what a tool needs set up
+before (requests dropped, a Snakefile, a signac workspace) is done before the clock starts.
+The limit is ``xargs -P 2`` running the two commands in bash. Overhead per job = (tool's
+time - the limit's time) / N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import CMD1, CMD2, FLOWBATCH, TEMPLATE, VENVS, Timing, fresh, timed
+from .sites import WORKFLOW, drop_many, make_site, states
+
+PEERS = {
+    "flowserv": ["flowserv-core==0.9.4", "pyyaml-include<2", "SQLAlchemy<2"],
+    "snakemake": ["snakemake"],
+    "signac": ["signac-flow"],
+}
+
+
+# -- the peers' virtual environments ---------------------------------------------------------
+def ensure_venv(name: str, *, log: Any = print) -> tuple[Path | None, str | None]:
+    """bench/.venvs/<name> with the peer installed; (python, None) or (None, error)."""
+    venv = VENVS / name
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if marker.exists() and python.exists():
+        return python, None
+    log(f"  installing {name} into {venv} ...")
+    try:
+        if not python.exists():
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True
+            )
+        proc = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            + PEERS[name],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if proc.returncode != 0:
+        return None, (proc.stderr or proc.stdout).strip()[-800:]
+    marker.write_text("ok\n")
+    return python, None
+
+
+def peer_version(python: Path, module: str) -> str:
+    out = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({module!r}))"],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() or "?"
+
+
+# -- one tool each -----------------------------------------------------------------------------
+def run_xargs(work: Path, n: int) -> float:
+    fresh(work)
+    job = f"mkdir -p jobs/$0 && cd jobs/$0 && {CMD1.format(n='$0')} && {CMD2.format(n='$0')}"
+    cmd = f"seq 0 {n - 1} | xargs -P 2 -n 1 bash -c {_sq(job)}"
+    elapsed = timed(cmd, cwd=work, shell=True)
+    _check_files(work / "jobs", n)
+    return elapsed
+
+
+def run_flowbatch(work: Path, n: int) -> float:
+    fresh(work)
+    site = make_site(work / "site")
+    site.close()
+    drop_many(site.layout.queue, n)
+    env = {**os.environ, "FLOWBATCH_SITE": str(site.root)}
+    elapsed = timed([*FLOWBATCH, "daemon", "--until-idle"], env=env, timeout=1800)
+    counted = states(site.root)
+    if counted.get("SUCCESS") != n:
+        raise RuntimeError(f"flowbatch: expected {n} SUCCESS, found {counted}")
+    board = site.root / "results" / WORKFLOW / "leaderboard.json"
+    if not board.is_file() or not json.loads(board.read_text())["ranking"]:
+        raise RuntimeError("flowbatch: no leaderboard written")
+    return elapsed
+
+
+def run_flowserv(python: Path, work: Path, n: int) -> float:
+    fresh(work)
+    template = work / "template"
+    template.mkdir()
+    (template / "benchmark.yaml").write_text(TEMPLATE)
+    (template / "flowserv.yaml").write_text("name: bench\nspecfile: benchmark.yaml\n")
+    script = work / "run_flowserv.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys
+            os.environ.setdefault("FLOWSERV_ASYNC", "False")
+            from flowserv.client import Flowserv
+            client = Flowserv(basedir={str(work / "fs")!r}, open_access=True, clear=True)
+            wf = client.open(client.install(source={str(template)!r}))
+            bad = 0
+            for i in range({n}):
+                run = wf.start_run({{"n": i}})
+                if not run.is_success():
+                    bad += 1
+                    if bad == 1:
+                        print(run, getattr(run, "messages", lambda: None)(), file=sys.stderr)
+            ranking = wf.leaderboard() if hasattr(wf, "leaderboard") else wf.get_ranking()
+            print("ranked", len(getattr(ranking, "entries", ranking)) if ranking else 0)
+            sys.exit(1 if bad else 0)
+            """
+        )
+    )
+    return timed([str(python), str(script)], cwd=work, timeout=1800)
+
+
+def run_snakemake(python: Path, work: Path, n: int) -> float:
+    fresh(work)
+    rules = [
+        "rule all:\n    input: " + ", ".join(f'"jobs/{i}/results.json"' for i in range(n)) + "\n"
+    ]
+    for i in range(n):
+        job = f"cd jobs/{i} && {CMD1.format(n=i)} && {CMD2.format(n=i)}"
+        job = job.replace("{", "{{").replace("}", "}}")
+        rules.append(
+            f'rule j{i}:\n    output: "jobs/{i}/results.json"\n    shell: {_pystr(job)}\n'
+        )
+    (work / "Snakefile").write_text("\n".join(rules))
+    snakemake = python.parent / "snakemake"
+    elapsed = timed(
+        [str(snakemake), "--cores", "2", "--quiet", "all", "-s", "Snakefile"],
+        cwd=work,
+        timeout=3600,
+    )
+    _check_files(work / "jobs", n)
+    return elapsed
+
+
+def run_signac(python: Path, work: Path, n: int) -> float:
+    fresh(work)
+    setup = (
+        "import signac\n"
+        f"p = signac.init_project({str(work)!r})\n"
+        f"for i in range({n}):\n    p.open_job({{'n': i}}).init()\n"
+    )
+    subprocess.run([str(python), "-c", setup], check=True, cwd=work, capture_output=True)
+    job = f"cd {{job.path}} && {CMD1.format(n='{job.sp.n}')} && {CMD2.format(n='{job.sp.n}')}"
+    (work / "project.py").write_text(
+        textwrap.dedent(
+            f"""
+            from flow import FlowProject
+
+            class Project(FlowProject):
+                pass
+
+            @Project.post.isfile("results.json")
+            @Project.operation(cmd=True)
+            def work(job):
+                return f{_pystr(job.replace('{"', '{{"').replace("%d}", "%d}}"))}
+
+            if __name__ == "__main__":
+                Project().main()
+            """
+        )
+    )
+    elapsed = timed(
+        [str(python), "project.py", "run", "--parallel", "2"], cwd=work, timeout=3600
+    )
+    _check_files(work / "workspace", n)
+    return elapsed
+
+
+def _check_files(folder: Path, n: int) -> None:
+    found = len(list(folder.glob("*/results.json")))
+    if found != n:
+        raise RuntimeError(f"{found} results.json of {n} in {folder}")
+
+
+def _sq(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _pystr(text: str) -> str:
+    return json.dumps(text)
+
+
+# -- the section -----------------------------------------------------------------------------
+def bench(
+    work: Path, *, n: int, repeats: int, peers: bool, log: Any = print
+) -> dict[str, Any]:
+    tools: dict[str, Any] = {"xargs -P 2": lambda w: run_xargs(w, n)}
+    tools["flowbatch"] = lambda w: run_flowbatch(w, n)
+    notes: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    if peers:
+        for name, label, module, runner in (
+            ("flowserv", "flowServ", "flowserv-core", run_flowserv),
+            ("snakemake", "Snakemake", "snakemake", run_snakemake),
+            ("signac", "signac-flow", "signac-flow", run_signac),
+        ):
+            python, error = ensure_venv(name, log=log)
+            if python is None:
+                notes[label] = f"not installable here: {error}"
+                continue
+            versions[label] = peer_version(python, module)
+            tools[label] = lambda w, r=runner, p=python: r(p, w, n)
+    times = {name: Timing() for name in tools}
+    for rep in range(repeats):
+        for name, fn in tools.items():
+            if name in notes:
+                continue
+            started = time.perf_counter()
+            try:
+                elapsed = fn(work / name.split()[0].lower())
+            except Exception as exc:  # a peer failing is a finding, not the end of the run
+                notes[name] = f"failed: {str(exc)[-600:]}"
+                log(f"  {name}: FAILED ({str(exc)[-200:]})")
+                continue
+            times[name].add(elapsed)
+            log(f"  round {rep + 1}/{repeats} {name}: {elapsed:.2f} s "
+                f"({time.perf_counter() - started:.1f} s with setup)")
+    limit = times["xargs -P 2"].median
+    rows = []
+    for name, t in times.items():
+        if not t.values:
+            continue
+        rows.append(
+            {
+                "tool": name,
+                "version": versions.get(name, ""),
+                "seconds": t.values,
+                "median_s": t.median,
+                "runs_per_s": n / t.median,
+                "per_job_ms": t.median / n * 1000,
+                "overhead_ms": (t.median - limit) / n * 1000,
+                "vs_limit": t.median / limit,
+            }
+        )
+    return {"n": n, "repeats": repeats, "rows": rows, "notes": notes}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    n = res["n"]
+    lines = [
+        "## 1. Throughput",
+        "",
+        f"{n} trivial two-command jobs (`echo n > out.txt`, then a `results.json`), each in "
+        "its own folder, at most 2 at once; each tool timed as a whole process, start-up "
+        f"included; median of {res['repeats']} rounds, the tools taking turns in each round. "
+        "flowbatch: requests dropped into `queue/` before the clock starts, then "
+        "`flowbatch daemon --until-idle` (intake, run folders, run.sh, run.json, index, "
+        "leaderboard.json/html/csv), checked: every run SUCCESS, leaderboard written. "
+        "Overhead per job = (tool - limit) / N.",
+        "",
+        "| tool | median s | runs/s | per job | overhead per job above the limit | x limit |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        label = f"{r['tool']} {r['version']}".strip()
+        lines.append(
+            f"| {label} | {r['median_s']:.2f} | {r['runs_per_s']:.0f} | "
+            f"{r['per_job_ms']:.2f} ms | {r['overhead_ms']:.2f} ms | {r['vs_limit']:.2f} |"
+        )
+    fb = next((r for r in res["rows"] if r["tool"] == "flowbatch"), None)
+    if fb:
+        others = [r for r in res["rows"] if r["tool"] not in ("flowbatch", "xargs -P 2")]
+        lines.append("")
+        for r in others:
+            lines.append(
+                f"- flowbatch / {r['tool']}: {fb['median_s'] / r['median_s']:.2f}x the time "
+                f"({r['median_s'] / fb['median_s']:.2f}x faster)"
+                if fb["median_s"] < r["median_s"]
+                else f"- flowbatch / {r['tool']}: {fb['median_s'] / r['median_s']:.2f}x the time"
+            )
+        target = "met" if fb["overhead_ms"] <= 2.0 else "NOT met"
+        lines.append(
+            f"- Target (at most 2 ms per run above the limit): {target} "
+            f"({fb['overhead_ms']:.2f} ms)."
+        )
+    for name, note in res["notes"].items():
+        lines.append(f"- {name}: {note}")
+    lines.append("")
+    return "\n".join(lines)
