@@ -114,8 +114,9 @@ def run_flowserv(python: Path, work: Path, n: int) -> float:
                     bad += 1
                     if bad == 1:
                         print(run, getattr(run, "messages", lambda: None)(), file=sys.stderr)
-            ranking = wf.leaderboard() if hasattr(wf, "leaderboard") else wf.get_ranking()
-            print("ranked", len(getattr(ranking, "entries", ranking)) if ranking else 0)
+            with wf.service() as api:  # the leaderboard, as flowServ's API serves it
+                ranking = api.workflows().get_ranking(wf.workflow_id)
+            print("ranked", len(ranking.get("ranking", [])))
             sys.exit(1 if bad else 0)
             """
         )
@@ -131,9 +132,7 @@ def run_snakemake(python: Path, work: Path, n: int) -> float:
     for i in range(n):
         job = f"cd jobs/{i} && {CMD1.format(n=i)} && {CMD2.format(n=i)}"
         job = job.replace("{", "{{").replace("}", "}}")
-        rules.append(
-            f'rule j{i}:\n    output: "jobs/{i}/results.json"\n    shell: {_pystr(job)}\n'
-        )
+        rules.append(f'rule j{i}:\n    output: "jobs/{i}/results.json"\n    shell: {_pystr(job)}\n')
     (work / "Snakefile").write_text("\n".join(rules))
     snakemake = python.parent / "snakemake"
     elapsed = timed(
@@ -172,9 +171,7 @@ def run_signac(python: Path, work: Path, n: int) -> float:
             """
         )
     )
-    elapsed = timed(
-        [str(python), "project.py", "run", "--parallel", "2"], cwd=work, timeout=3600
-    )
+    elapsed = timed([str(python), "project.py", "run", "--parallel", "2"], cwd=work, timeout=3600)
     _check_files(work / "workspace", n)
     return elapsed
 
@@ -194,9 +191,7 @@ def _pystr(text: str) -> str:
 
 
 # -- the section -----------------------------------------------------------------------------
-def bench(
-    work: Path, *, n: int, repeats: int, peers: bool, log: Any = print
-) -> dict[str, Any]:
+def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) -> dict[str, Any]:
     tools: dict[str, Any] = {"xargs -P 2": lambda w: run_xargs(w, n)}
     tools["flowbatch"] = lambda w: run_flowbatch(w, n)
     notes: dict[str, str] = {}
@@ -226,8 +221,10 @@ def bench(
                 log(f"  {name}: FAILED ({str(exc)[-200:]})")
                 continue
             times[name].add(elapsed)
-            log(f"  round {rep + 1}/{repeats} {name}: {elapsed:.2f} s "
-                f"({time.perf_counter() - started:.1f} s with setup)")
+            log(
+                f"  round {rep + 1}/{repeats} {name}: {elapsed:.2f} s "
+                f"({time.perf_counter() - started:.1f} s with setup)"
+            )
     limit = times["xargs -P 2"].median
     rows = []
     for name, t in times.items():

@@ -82,7 +82,7 @@ def list_workflows(site: Site) -> list[dict[str, Any]]:
     for wf_id in site.templates.list_ids():
         meta = site.templates.meta(wf_id)
         by_version = counts.get(wf_id, {})
-        current = by_version.get(meta.get("current"), {})
+        current = by_version.get(str(meta.get("current")), {})
         out.append(
             {
                 "id": wf_id,
@@ -173,36 +173,60 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
         raise RequestError("use `flowbatch runs cancel` to cancel a run", file=str(request_path))
     template, _ = site.templates.load(req.workflow, req.version)
     args = resolve_arguments(template.parameters, req.arguments, file=str(request_path))
-    stem = _safe_stem(request_path.stem)
-    name = f"{stem}-{secrets.token_hex(3)}"
+    files: dict[str, Path] = {}
+    base = request_path.parent
+    for pname, value in args.items():
+        if not isinstance(value, FileArg) or not value.source:
+            continue
+        src = (base / value.source).resolve()
+        if not src.is_relative_to(base) or not src.is_file():
+            raise RequestError(
+                f"file {value.source!r} is missing or outside the request's folder",
+                file=str(request_path),
+                field=f"arguments.{pname}",
+            )
+        files[pname] = src
+    return queue_request(site, request_path.stem, doc, files)
+
+
+def queue_request(
+    site: Site, stem: str, doc: dict[str, Any], files: dict[str, Path], *, uid: int | None = None
+) -> str:
+    """Write ``doc`` into the queue as ``<stem>-<random>.yaml``, with ``files`` (parameter
+    name -> file to send) copied into its bundle and the request's file paths rewritten to
+    point there. ``uid`` (root only) hands both to that user: intake runs a request as its
+    file's owner. Returns the queued name."""
+    name = f"{_safe_stem(stem)}-{secrets.token_hex(3)}"
     queue = site.layout.queue
     queue.mkdir(parents=True, exist_ok=True)
-    files = {k: v for k, v in args.items() if isinstance(v, FileArg) and v.source}
     if files:
-        base = request_path.parent
         tmp = queue / f".{name}{BUNDLE_SUFFIX}.tmp"
         tmp.mkdir()
         try:
-            for pname, value in files.items():
-                src = (base / value.source).resolve()
-                if not src.is_relative_to(base) or not src.is_file():
-                    raise RequestError(
-                        f"file {value.source!r} is missing or outside the request's folder",
-                        file=str(request_path),
-                        field=f"arguments.{pname}",
-                    )
+            for pname, src in files.items():
                 dest = tmp / pname / src.name
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dest)
                 _set_file_source(doc, pname, f"{name}{BUNDLE_SUFFIX}/{pname}/{src.name}")
+            _chown_tree(tmp, uid)
             os.rename(tmp, queue / f"{name}{BUNDLE_SUFFIX}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     final = queue / f"{name}.yaml"
     atomic.write_text(queue / f".{name}.yaml.tmp", yamlio.dump(doc), fsync=True)
+    _chown_tree(queue / f".{name}.yaml.tmp", uid)
     os.rename(queue / f".{name}.yaml.tmp", final)
     return final.name
+
+
+def _chown_tree(path: Path, uid: int | None) -> None:
+    """Give ``path`` (a file, or a folder and its content) to ``uid`` when root asks to."""
+    if uid is None or os.geteuid() != 0 or uid == 0:
+        return
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        os.chown(item, uid, -1, follow_symlinks=False)
 
 
 def _safe_stem(stem: str) -> str:
@@ -273,7 +297,7 @@ def show_run(site: Site, run_id: str) -> dict[str, Any]:
             "owner_uid": run.owner_uid,
             "request": run.request,
             # why a PENDING run waits (a fair-share cap), see flowbatch.fairshare
-            "waiting": getattr(run, "waiting", None),
+            "waiting": run.waiting,
         }
     )
     return out

@@ -134,10 +134,21 @@ def validate(obj: Context, path: str) -> None:
 
 @main.command()
 @click.argument("request", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="A resubmitted sweep: run the points that failed again (default: skip them).",
+)
 @pass_ctx
-def submit(obj: Context, request: str) -> None:
-    """Queue REQUEST.yaml with the files its arguments name (atomically); print its name."""
-    click.echo(api.submit(obj.site, Path(request)))
+def submit(obj: Context, request: str, retry_failed: bool) -> None:
+    """Queue REQUEST.yaml with the files its arguments name (atomically); print its name.
+
+    A sweep submitted again skips the points that already succeeded (or are running)
+    with the same arguments on the same template version, and says which."""
+    from .cli_lifecycle import echo_resume_plan
+
+    echo_resume_plan(obj.site, Path(request), retry_failed)
+    click.echo(api.submit(obj.site, Path(request), retry_failed=retry_failed))
 
 
 @main.command()
@@ -170,13 +181,19 @@ def runs() -> None:
 @click.option("--workflow", "-w")
 @click.option("--state", "-s", help="PENDING, RUNNING, SUCCESS, ERROR or CANCELED.")
 @click.option("--group", "-g")
+@click.option("--user", "-u", help="Runs owned by this user.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def runs_list(
-    obj: Context, workflow: str | None, state: str | None, group: str | None, as_json: bool
+    obj: Context,
+    workflow: str | None,
+    state: str | None,
+    group: str | None,
+    user: str | None,
+    as_json: bool,
 ) -> None:
     """List runs, oldest first."""
-    rows = api.list_runs(obj.site, workflow=workflow, state=state, group=group)
+    rows = api.list_runs(obj.site, workflow=workflow, state=state, group=group, user=user)
     if as_json:
         _echo_json(rows)
     else:
@@ -208,6 +225,8 @@ def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
         "run_dir",
     ):
         click.echo(f"{key + ':':13}{'' if info[key] is None else info[key]}")
+    if info.get("waiting") and info["state"] == "PENDING":
+        click.echo(f"{'waiting:':13}{info['waiting']}")  # a fair-share cap
     scheduler = (info.get("handle") or {}).get("status")
     if scheduler and info["state"] in ("PENDING", "RUNNING"):
         click.echo(f"{'scheduler:':13}{scheduler}")  # e.g. Slurm's PENDING (Priority)
@@ -263,11 +282,23 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
 @click.option(
     "--all", "include_all", is_flag=True, help="Every successful run, not only the best per group."
 )
+@click.option("--version", "version", help="Rank the runs of this template version.")
+@click.option("--all-versions", is_flag=True, help="Rank the runs of every version together.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def ranking(obj: Context, workflow: str, include_all: bool, as_json: bool) -> None:
-    """Show the leaderboard of WORKFLOW."""
-    board = api.ranking(obj.site, workflow, include_all=include_all)
+def ranking(
+    obj: Context,
+    workflow: str,
+    include_all: bool,
+    version: str | None,
+    all_versions: bool,
+    as_json: bool,
+) -> None:
+    """Show the leaderboard of WORKFLOW: the runs of its current template version
+    unless --version or --all-versions says otherwise."""
+    board = api.ranking(
+        obj.site, workflow, include_all=include_all, version=version, all_versions=all_versions
+    )
     if as_json:
         _echo_json(board)
         return
@@ -277,12 +308,15 @@ def ranking(obj: Context, workflow: str, include_all: bool, as_json: bool) -> No
             "rank": entry["rank"],
             "group": entry["group"],
             "run": entry["run"]["name"] or entry["run"]["id"],
+            "version": entry["run"]["version"],
         }
         for col in board["schema"]:
             value = entry["results"].get(col["name"])
             row[col["label"]] = f"{value:.4g}" if isinstance(value, float) else value
         rows.append(row)
-    _table(rows, ["rank", "group", "run", *[c["label"] for c in board["schema"]]])
+    shown = board["version"] or "all versions"
+    click.echo(f"version: {shown}" + (" (current)" if board["version"] == board["current"] else ""))
+    _table(rows, ["rank", "group", "run", "version", *[c["label"] for c in board["schema"]]])
 
 
 @main.group()
@@ -299,7 +333,7 @@ def workflows_list(obj: Context, as_json: bool) -> None:
     if as_json:
         _echo_json(rows)
     else:
-        _table(rows, ["id", "name", "version", "versions"])
+        _table(rows, ["id", "name", "version", "versions", "runs_current", "runs"])
 
 
 @main.command()
@@ -326,7 +360,8 @@ def report(obj: Context, workflow: str | None) -> None:
 
 
 # config, schema, doctor: admin commands kept in their own module (registers on import)
-from . import cli_admin  # noqa: E402, F401
+# and rerun, delete, files, archive, cleanup, uninstall, workflows show (issue 9)
+from . import cli_admin, cli_lifecycle  # noqa: E402, F401
 
 
 @main.group()

@@ -195,6 +195,8 @@ def _check_executors(ctx: _Ctx) -> None:
         for name, executor in executors.items():
             if name == "local":
                 ctx.add("executor local", *_local(config))
+            elif _section_of(name) == "slurm" and not _uses_slurm(config):
+                continue  # the built-in profile of a site that never asked for Slurm
             else:
                 ctx.add(f"executor {name}", *_self_check(executor))
         for section in ("ssh", "slurm"):
@@ -207,6 +209,10 @@ def _check_executors(ctx: _Ctx) -> None:
             close = getattr(executor, "close", None)
             if callable(close):
                 close()
+
+
+def _uses_slurm(config: SiteConfig) -> bool:
+    return bool(getattr(config, "slurm", None)) or _section_of(config.executor) == "slurm"
 
 
 def _section_of(name: str) -> str:

@@ -132,6 +132,11 @@ class ExecutorError(FlowbatchError):
     kind = "executor"
 
 
+class ExecutorUnavailable(ExecutorError):
+    """The executor cannot take a run right now (host unreachable, scheduler down): the
+    run stays PENDING and is tried again at a later tick."""
+
+
 class IndexError_(FlowbatchError):
     """The index database is missing, corrupt or at another schema version."""
 

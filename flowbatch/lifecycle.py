@@ -15,10 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import faults, fairshare
-from .errors import FlowbatchError
-from .executors.base import Executor, Launch, Liveness, Probe
-from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR, read_markers, step_log_paths
+from . import fairshare, faults
+from .errors import ExecutorUnavailable, FlowbatchError
+from .executors.base import Executor, Launch, LaunchesMany, Liveness, Probe
+from .render.script import (
+    LOGS_DIR,
+    SCRIPT_NAME,
+    STATUS_DIR,
+    Markers,
+    read_markers,
+    step_log_paths,
+)
 from .results import read_results
 from .runs import ACTIVE, RunRecord, State
 from .site import Site
@@ -125,6 +132,8 @@ class Runner:
         busy = {name: len(self.running(name)) for name in self.executors}
         shares = fairshare.Shares(self.site.config.limits, self.running())
         for run in self.pending():
+            if run.state != State.PENDING:
+                continue  # started (or failed) with the other runs of its sweep
             executor = self.executors.get(run.executor)
             if executor is None:
                 self._transition(
@@ -135,18 +144,19 @@ class Runner:
                 continue  # over its user's or group's cap; others' runs may start
             if busy[run.executor] >= executor.limit:
                 continue  # another executor may still have room
-            job = Launch(
-                run.id,
-                self.store.run_dir(run),
-                SCRIPT_NAME,
-                run.workflow,
-                run.time_limit,
-                uid=run.owner_uid,
-            )
+            if run.sweep and isinstance(executor, LaunchesMany):
+                launched += self._launch_sweep(run, executor, busy, shares)
+                continue
+            job = self._launch_of(run)
             faults.point("launch")
             try:
                 self._record_intent(run, executor, job)
                 handle = executor.launch(job)
+            except ExecutorUnavailable as exc:
+                # the host or scheduler is away for now: the run waits, with the reason
+                self._wait(run, f"waiting for {run.executor}: {exc.summary()}")
+                busy[run.executor] = executor.limit  # no more tries there this tick
+                continue
             except FlowbatchError as exc:
                 self._transition(run, State.ERROR, messages=[exc.summary()])
                 continue
@@ -156,6 +166,67 @@ class Runner:
             shares.add(run)
             launched += 1
         return launched
+
+    def _launch_of(self, run: RunRecord) -> Launch:
+        return Launch(
+            run.id,
+            self.store.run_dir(run),
+            SCRIPT_NAME,
+            run.workflow,
+            run.time_limit,
+            uid=run.owner_uid,
+        )
+
+    def _launch_sweep(
+        self, first: RunRecord, executor: Any, busy: dict[str, int], shares: Any
+    ) -> int:
+        """``first`` with the other PENDING runs of its sweep on the same executor (within
+        its room and the fair shares) in ONE ``launch_many`` call (Slurm: job arrays),
+        every run's intent recorded before it. Returns how many started."""
+        sweep_id = (first.sweep or {}).get("id")
+        batch = [first]
+        shares.add(first)
+        for run in self.pending():
+            if len(batch) >= executor.limit - busy[first.executor]:
+                break
+            if run is first or run.executor != first.executor:
+                continue
+            if (run.sweep or {}).get("id") != sweep_id or fairshare.hold(self.store, run, shares):
+                continue
+            batch.append(run)
+            shares.add(run)
+        jobs = [self._launch_of(run) for run in batch]
+        faults.point("launch")
+        results: list[Any]
+        try:
+            for run, job in zip(batch, jobs, strict=True):
+                self._prepare_launch(run, job)
+            for run, intent in zip(batch, executor.intents(jobs), strict=True):
+                run.handle = intent
+                self.store.write(run)
+            results = executor.launch_many(jobs)
+        except FlowbatchError as exc:
+            results = [exc] * len(batch)
+        faults.point("launched")
+        started = 0
+        for run, result in zip(batch, results, strict=True):
+            if isinstance(result, ExecutorUnavailable):
+                self._wait(run, f"waiting for {run.executor}: {result.summary()}")
+                busy[run.executor] = executor.limit  # no more tries there this tick
+            elif isinstance(result, FlowbatchError):
+                self._transition(run, State.ERROR, messages=[result.summary()])
+            else:
+                self._transition(run, State.RUNNING, handle=result)
+                busy[run.executor] += 1
+                started += 1
+        return started
+
+    def _wait(self, run: RunRecord, reason: str) -> None:
+        """Note why a PENDING run waits (written only when the reason changes)."""
+        if run.waiting != reason:
+            run.waiting = reason
+            self.store.write(run, index=False)
+            log.warning("run %s: %s", run.id, reason)
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self) -> int:
@@ -187,11 +258,15 @@ class Runner:
         intent = getattr(executor, "intent", None)
         if intent is None:
             return
+        self._prepare_launch(run, job)
+        run.handle = intent(job)
+        self.store.write(run)
+
+    def _prepare_launch(self, run: RunRecord, job: Launch) -> None:
+        """A scheduler's launch gets the run's resources and its earlier handle."""
         template, _ = self.site.templates.load(run.workflow, run.version)
         job.resources = run_resources(template.resources, self.store.run_dir(run) / REQUEST_COPY)
         job.handle = run.handle
-        run.handle = intent(job)
-        self.store.write(run)
 
     def _note_status(self, run: RunRecord, probe: Probe) -> None:
         """Keep the backend's word on a live run (Slurm: PENDING (Priority)) in its handle,
@@ -309,33 +384,37 @@ class Runner:
             template, _ = self.site.templates.load(run.workflow, run.version)
         except FlowbatchError:
             return []
-        out = []
-        for i, step in enumerate(template.workflow.steps, start=1):
-            mark = markers.steps.get(i)
-            stdout, stderr = step_log_paths(i, step.name)
-            start = mark.start if mark else None
-            end = mark.end if mark else None
-            out.append(
-                {
-                    "index": i,
-                    "name": step.name,
-                    "exit_code": mark.exit_code if mark else None,
-                    "started_at": iso(start),
-                    "finished_at": iso(end),
-                    "duration": round(end - start, 6)
-                    if start is not None and end is not None
-                    else None,
-                    "stdout": stdout,
-                    "stderr": stderr,
-                }
-            )
-        return out
+        return step_records([s.name for s in template.workflow.steps], markers)
 
 
 def enforces_time_limit(executor: Executor) -> bool:
     """A scheduler that kills over-time jobs itself (Slurm's --time): the Runner must not
     count time spent waiting in its queue."""
     return bool(getattr(executor, "enforces_time_limit", False))
+
+
+def step_records(names: list[str], markers: Markers) -> list[dict[str, Any]]:
+    """Per-step record for run.json from the script's markers: exit code, times, logs."""
+    out = []
+    for i, name in enumerate(names, start=1):
+        mark = markers.steps.get(i)
+        stdout, stderr = step_log_paths(i, name)
+        start, end = (mark.start, mark.end) if mark else (None, None)
+        out.append(
+            {
+                "index": i,
+                "name": name,
+                "exit_code": mark.exit_code if mark else None,
+                "started_at": iso(start),
+                "finished_at": iso(end),
+                "duration": round(end - start, 6)
+                if start is not None and end is not None
+                else None,
+                "stdout": stdout,
+                "stderr": stderr,
+            }
+        )
+    return out
 
 
 def archive_attempt(run_dir: Path, attempt: int) -> Path:

@@ -40,8 +40,9 @@ from .api import rank_inputs
 from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
+from .lifecycle import describe_code, step_records, tail
 from .ranking import RankEntry, rank
-from .render import SCRIPT_NAME, build_script, read_markers, render_workflow, step_log_paths
+from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
 from .report import PostProcOutput, PostProcRunView, PostProcView, href_in
 from .runs import now_iso
 from .site import Site
@@ -246,7 +247,7 @@ class PostProcManager:
             self._finish(record, "ERROR", [exc.summary()])
             return
         assert template.postproc is not None
-        record.steps = _steps(folder, [s.name for s in template.postproc.workflow.steps], markers)
+        record.steps = step_records([s.name for s in template.postproc.workflow.steps], markers)
         if reason is not None:
             self._finish(record, "ERROR", [reason])
         elif markers.exit is None:
@@ -343,31 +344,9 @@ def _stage_runs(
     atomic.write_json(target / RUNS_FILE, listing, fsync=False)
 
 
-def _steps(folder: Path, names: list[str], markers: Any) -> list[dict[str, Any]]:
-    out = []
-    for i, name in enumerate(names, start=1):
-        mark = markers.steps.get(i)
-        stdout, stderr = step_log_paths(i, name)
-        start, end = (mark.start, mark.end) if mark else (None, None)
-        out.append(
-            {
-                "index": i,
-                "name": name,
-                "exit_code": mark.exit_code if mark else None,
-                "duration": round(end - start, 6)
-                if start is not None and end is not None
-                else None,
-                "stdout": stdout,
-                "stderr": stderr,
-            }
-        )
-    return out
-
-
 def _failure(
     folder: Path, steps: list[dict[str, Any]], exit_marker: tuple[int, float, int]
 ) -> list[str]:
-    from .lifecycle import describe_code, tail
 
     code, _, failed = exit_marker
     step = next((s for s in steps if s["index"] == failed), None)

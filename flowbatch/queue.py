@@ -375,26 +375,13 @@ class Intake:
 
         A point that succeeded (or is still active) with the same arguments on the same
         template version is skipped, as jobmon never reruns finished work; one whose
-        runs all failed is run again only with ``retry_failed: true``.
+        runs all failed is run again only with ``retry_failed: true``
+        (see :mod:`flowbatch.resume`, which ``flowbatch submit`` asks too).
         """
-        from .store.index import RunRow
+        from .resume import classify_points
 
-        states: dict[str, set[str]] = {}
-        query = RunRow.select(RunRow.arguments, RunRow.state).where(
-            (RunRow.workflow == req.workflow) & (RunRow.version == version)
-        )
-        for row in query:
-            states.setdefault(point_key(row.arguments or {}), set()).add(row.state)
-        out: dict[int, str] = {}
-        for index, arguments in enumerate(points):
-            seen = states.get(point_key(_jsonable(arguments)), set())
-            if "SUCCESS" in seen:
-                out[index] = "succeeded"
-            elif seen & {"PENDING", "RUNNING"}:
-                out[index] = "active"
-            elif seen and not req.retry_failed:
-                out[index] = "failed; resubmit with retry_failed: true to run it again"
-        return out
+        plan = classify_points(self.site, req.workflow, version, points)
+        return plan.skipped(retry_failed=req.retry_failed)
 
     def _create_run(
         self,
@@ -459,7 +446,8 @@ class Intake:
         faults.point("create")
         os.replace(tmp_dir, run_dir)  # the run exists from here on, complete
         faults.point("created")
-        site.store.write(run, change=dict(run.history[-1]))
+        # run.json came with the folder: only the index row is left to write
+        site.store.write(run, change=dict(run.history[-1]), tree=False)
         log.info(
             "run %s created from %s (workflow %s, group %s)", run.id, label, run.workflow, run.group
         )

@@ -83,7 +83,9 @@ class ResumePlan:
             elif point.status == ACTIVE:
                 out[point.index] = "active"
             elif point.status == FAILED and not retry_failed:
-                out[point.index] = "failed; resubmit with --retry-failed to run it again"
+                out[point.index] = (
+                    "failed; submit with --retry-failed (retry_failed: true) to run it again"
+                )
         return out
 
     def to_run(self, *, retry_failed: bool = False) -> list[int]:
@@ -98,7 +100,12 @@ class ResumePlan:
             "points": len(self.points),
             "to_run": self.to_run(retry_failed=retry_failed),
             "skipped": [
-                {"point": p.index, "arguments": p.arguments, "why": skipped[p.index], "runs": p.runs}
+                {
+                    "point": p.index,
+                    "arguments": p.arguments,
+                    "why": skipped[p.index],
+                    "runs": p.runs,
+                }
                 for p in self.points
                 if p.index in skipped
             ],

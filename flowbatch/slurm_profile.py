@@ -67,7 +67,10 @@ class SlurmProfile(_Strict):
     modules: list[str] = Field(default_factory=list, description="`module load` before the run.")
     via: str = Field(
         default="local",
-        description="Where sbatch/squeue run: 'local', or the name of an ssh host of the site.",
+        description="Where sbatch/squeue/sacct/scancel run: 'local', or the name of an ssh "
+        "host of the site (its pooled connection). The site folder must have the same path "
+        "on that host and on the compute nodes (a shared file system), and be writable by "
+        "the ssh user, as whom the jobs run.",
     )
     poll: SlurmPolling = Field(default_factory=SlurmPolling)
     failures: int = Field(

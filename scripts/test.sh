@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${FLOWBATCH_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
-echo "== ruff check"; "$VENV/bin/ruff" check flowbatch tests
-echo "== ruff format --check"; "$VENV/bin/ruff" format --check flowbatch tests
+echo "== ruff check"; "$VENV/bin/ruff" check flowbatch tests bench
+echo "== ruff format --check"; "$VENV/bin/ruff" format --check flowbatch tests bench
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"; "$VENV/bin/pytest" -q "$@"

@@ -435,3 +435,18 @@ def test_sighup_reloads_config_and_keeps_the_old_one_when_invalid(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_reindex_ignores_a_run_folder_intake_never_finished(hello_site: Site) -> None:
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    run_until_idle(hello_site)
+    done = api.list_runs(hello_site)
+    half = hello_site.layout.runs_dir("helloworld") / ".deadbeef0000.tmp"
+    half.mkdir()
+    (half / "run.json").write_text(
+        (Path(api.show_run(hello_site, done[0]["id"])["run_dir"]) / "run.json")
+        .read_text()
+        .replace(done[0]["id"], "deadbeef0000")
+    )
+    assert api.reindex(hello_site) == 1
+    assert [r["id"] for r in api.list_runs(hello_site)] == [done[0]["id"]]

@@ -300,3 +300,14 @@ def test_one_squeue_per_tick_for_10_or_50_jobs(
     finally:
         scancel(*jobs)
         daemon.stop()
+
+
+def test_doctor_checks_slurm_profiles(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+    from flowbatch.doctor import diagnose
+
+    good = make_site(tmp_path / "good", slurm_config())
+    check = {c.name: c for c in diagnose(good.root)}["executor slurm"]
+    assert check.status == "ok" and "debug" in check.detail, check.detail
+    bad = make_site(tmp_path / "bad", slurm_config(partition="nosuchpartition"))
+    check = {c.name: c for c in diagnose(bad.root)}["executor slurm"]
+    assert check.status == "fail" and "nosuchpartition" in check.detail, check.detail

@@ -405,3 +405,40 @@ def test_site_config_file_round_trip(ssh_env: SshEnv, tmp_path: Path) -> None:
     from flowbatch.config import load_config
 
     assert load_config(tmp_path).ssh["b"].hostname == "127.0.0.3"
+
+
+def test_host_down_at_launch_keeps_the_run_pending_with_the_reason(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    site = ssh_site(tmp_path / "site", ssh)
+    install_sleeper(site, tmp_path)
+    ssh.servers["a"].stop()
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 0.1}})
+    d = Daemon(site)
+    d.start()
+    try:
+        for _ in range(3):
+            d.tick()
+        run = runs_by_name(site)["r"]
+        assert run["state"] == "PENDING"  # not an ERROR: the host may come back
+        shown = api.show_run(site, run["id"])
+        assert "waiting for a" in (shown.get("waiting") or ""), shown
+        ssh.servers["a"].start()
+        run_until_idle(site, timeout=30, daemon=d)
+    finally:
+        d.stop()
+        ssh.ensure_running()
+    assert runs_by_name(site)["r"]["state"] == "SUCCESS"
+
+
+def test_doctor_checks_ssh_hosts(ssh: SshEnv, tmp_path: Path) -> None:
+    from flowbatch.doctor import diagnose
+
+    site = ssh_site(tmp_path / "site", ssh)
+    checks = {c.name: c for c in diagnose(site.root)}
+    assert checks["executor a"].status == "ok", checks["executor a"].detail
+    assert "host key verified" in checks["executor a"].detail
+    (tmp_path / "k").write_text("")  # an unknown host: an empty known_hosts file
+    site2 = ssh_site(tmp_path / "site2", ssh, hosts={"a": {"known_hosts": str(tmp_path / "k")}})
+    bad = {c.name: c for c in diagnose(site2.root)}["executor a"]
+    assert bad.status == "fail" and "SHA256:" in bad.detail

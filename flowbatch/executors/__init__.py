@@ -42,7 +42,7 @@ def build_executors(
     site_name = config.site_name or (site_root.name if site_root else "flowbatch")
     for name, (profile_name, profile) in profiles_by_executor(config.slurm).items():
         executors[name] = SlurmExecutor(
-            name, profile_name, profile, site_name=site_name, site_root=site_root
+            name, profile_name, profile, site_name=site_name, site_root=site_root, config=config
         )
     executors.update(ssh_executors(config))  # one per ssh host, one shared pool
     return executors

@@ -13,7 +13,9 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import FlowbatchError
 
 
 class Liveness(enum.Enum):
@@ -79,3 +81,17 @@ class Executor(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LaunchesMany(Protocol):
+    """Optional: an executor that starts the runs of one sweep together (Slurm: one job
+    array per chunk). The Runner records :meth:`intents` (one handle per run, in order) in
+    every run's ``run.json`` before calling :meth:`launch_many`; ``jobs`` carry each run's
+    earlier handle, so an interrupted launch is found again instead of repeated."""
+
+    def intents(self, jobs: Sequence[Launch]) -> list[dict[str, Any]]: ...
+
+    def launch_many(self, jobs: Sequence[Launch]) -> list[dict[str, Any] | FlowbatchError]:
+        """Per run, in order: its handle, or the error that kept it from starting."""
+        ...

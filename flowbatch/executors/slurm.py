@@ -11,25 +11,46 @@ Crash safety: :meth:`intent` gives the handle the Runner writes into ``run.json`
 :meth:`launch` submits; the job name (``fb-<site>-<run_id>``) is in it. A launch that
 finds such an earlier intent first asks squeue for a job of that name, and adopts it
 instead of submitting the run twice.
+
+Sweeps: :meth:`launch_many` submits the PENDING runs of one sweep as job arrays, one
+``sbatch`` per chunk of at most ``max_array_size`` runs (``--array=0-N[%throttle]``).
+:meth:`intents` plans the chunks first: each run's recorded intent names its array
+(``fb-<site>-<first run id>-array``) and its task, so a launch interrupted after sbatch
+finds the array by name and adopts ``<array id>_<task>`` for each run. From then on an
+array task is a job like any other (its ``job_id`` is ``<array id>_<task>``): one squeue
+per poll, scancel of one task, markers.
+
+Where the Slurm commands run: ``via: local``, or ``via: <ssh host>`` through the pooled
+SSH connection's command runner. Either way the run folders must be the same path on the
+submit host and the compute nodes as here (a shared file system; in the tests the
+loopback sshd is this machine).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ExecutorError
+from ..errors import ConfigError, ExecutorError, ExecutorUnavailable, FlowbatchError
 from ..render.script import LOGS_DIR, read_markers
 from ..slurm_profile import SlurmProfile
+from ..sweep import array_ranges
 from .base import Launch, Liveness, Probe
 from .commands import CommandResult, CommandRunner, LocalRunner
 from .slurm_script import (
+    ARRAY_TEMPLATE_NAME,
     BATCH_NAME,
+    ArrayTask,
+    BatchArray,
     BatchJob,
+    array_log_paths,
     job_name,
     load_template,
     log_paths,
@@ -48,11 +69,26 @@ from .slurm_states import (
     parse_squeue,
     probe_for,
 )
+from .ssh_pool import HostUnreachable
+
+if TYPE_CHECKING:
+    from ..config import SiteConfig
 
 log = logging.getLogger("flowbatch.slurm")
 
 #: the poll interval grows by this factor while nothing changes (up to the ceiling)
 BACKOFF = 1.5
+#: job arrays' scripts and task links live here, under the site folder
+ARRAYS_DIR = "slurm-arrays"
+
+
+@dataclass
+class _Array:
+    """One planned job array: its name and (task, run) members."""
+
+    name: str
+    members: list[tuple[int, Launch]]
+    previous: bool  # planned by an earlier launch that may have been interrupted
 
 
 class SlurmExecutor:
@@ -71,6 +107,7 @@ class SlurmExecutor:
         site_root: Path | None = None,
         runner: CommandRunner | None = None,
         clock: Callable[[], float] = time.monotonic,
+        config: SiteConfig | None = None,
     ) -> None:
         self.name = name
         self.profile_name = profile_name
@@ -79,6 +116,7 @@ class SlurmExecutor:
         self.site_name = site_name
         self.site_root = site_root
         self._runner = runner
+        self.config = config  # for via: <ssh host>
         self._clock = clock
         self._interval = profile.poll.floor
         self._next_poll = 0.0
@@ -98,16 +136,37 @@ class SlurmExecutor:
     def _make_runner(self) -> CommandRunner:
         if self.profile.via == "local":
             return LocalRunner()
-        raise ConfigError(
-            f"Slurm profile {self.profile_name!r}: via {self.profile.via!r} is not supported yet",
-            field=f"slurm.{self.profile_name}.via",
-            hint="use via: local on a login node (sbatch over SSH needs flowbatch.executors.ssh)",
-        )
+        if self.config is None or self.profile.via not in self.config.ssh:
+            known = ", ".join(self.config.ssh) if self.config is not None else ""
+            raise ConfigError(
+                f"Slurm profile {self.profile_name!r}: via {self.profile.via!r} is not an ssh "
+                "host of the site",
+                field=f"slurm.{self.profile_name}.via",
+                hint=f"ssh hosts: {known or 'none; declare them under ssh:'} (or via: local)",
+            )
+        from .ssh import ssh_runner  # the pooled connection, shared with the SSH executor
 
-    def _run(self, command: str, *args: str) -> CommandResult:
+        return ssh_runner(self.config, self.profile.via)
+
+    def _where(self) -> str:
+        return str(getattr(self._runner, "where", None) or f"ssh:{self.profile.via}")
+
+    def _run(self, command: str, *args: str, launching: bool = False) -> CommandResult:
+        """Run one Slurm command. A submit host that cannot be reached (``via: <ssh
+        host>``) is a failed command, except while launching: then the run waits."""
         self.calls[command] = self.calls.get(command, 0) + 1
         line = " ".join([command, *(shlex.quote(a) for a in args)])
-        return self.runner.run(line, timeout=self.profile.timeout)
+        try:
+            return self.runner.run(line, timeout=self.profile.timeout)
+        except (ExecutorUnavailable, HostUnreachable) as exc:
+            if launching:
+                raise ExecutorUnavailable(
+                    f"{command} on {self._where()}: {exc.reason}",
+                    hint="the run is submitted when the host answers again",
+                ) from None
+            return CommandResult(255, "", exc.summary())
+        except FlowbatchError as exc:  # e.g. via names no ssh host, a missing key file
+            return CommandResult(255, "", exc.summary())
 
     # -- launch ----------------------------------------------------------------------------
     def job_name(self, run_id: str) -> str:
@@ -134,7 +193,7 @@ class SlurmExecutor:
                 log.info("run %s: adopting Slurm job %s found by name", job.run_id, found)
                 return {**handle, "job_id": found, "adopted": True}
         script = self._write_batch_script(job, handle["job_name"])
-        result = self._run("sbatch", "--parsable", str(script))
+        result = self._run("sbatch", "--parsable", str(script), launching=True)
         if not result.ok:
             raise ExecutorError(
                 f"sbatch refused run {job.run_id} (profile {self.profile_name!r}, "
@@ -147,9 +206,20 @@ class SlurmExecutor:
         self._soon()
         return {**handle, "job_id": job_id, "slurm_state": "SUBMITTED"}
 
-    def _find_by_name(self, name: str) -> str | None:
+    def _find_by_name(self, name: str, *, launching: bool = True) -> str | None:
         """The newest job of that name (any state: it may already have finished)."""
-        result = self._run("squeue", "-h", "-t", "all", "--name", name, "-O", SQUEUE_FORMAT)
+        result = self._run(
+            "squeue",
+            "-h",
+            "-r",
+            "-t",
+            "all",
+            "--name",
+            name,
+            "-O",
+            SQUEUE_FORMAT,
+            launching=launching,
+        )
         if not result.ok:
             raise ExecutorError(
                 f"cannot look for Slurm job {name} before resubmitting: {_one_line(result.stderr)}",
@@ -162,7 +232,140 @@ class SlurmExecutor:
         text, source = load_template(self.site_root)
         batch = self.batch_job(job, name)
         path = job.run_dir / BATCH_NAME
-        (job.run_dir / LOGS_DIR).mkdir(exist_ok=True)  # Slurm opens --output before the script
+        _logs_dir(job.run_dir)  # Slurm opens --output before the script
+        path.write_text(render_batch_script(batch, text, source=source), encoding="utf-8")
+        return path
+
+    # -- launch: sweeps as job arrays -----------------------------------------------------
+    def array_name(self, first: Launch) -> str:
+        return f"{self.job_name(first.run_id)}-array"
+
+    def _plan(self, jobs: Sequence[Launch]) -> tuple[list[_Array], list[Launch]]:
+        """(arrays, single jobs). Runs whose earlier intent planned them into an array keep
+        it (it may have been submitted); the others are chunked afresh, at most
+        ``max_array_size`` runs of equal resources per array. A run whose earlier intent
+        was a single job stays one (that job may exist)."""
+        arrays: dict[str, _Array] = {}
+        singles: list[Launch] = []
+        fresh: dict[str, list[Launch]] = {}
+        for job in jobs:
+            prev = job.handle or {}
+            pending = prev.get("submitting") and not prev.get("job_id") and prev.get("job_name")
+            if pending and isinstance(prev.get("array_task"), int):
+                name = str(prev["job_name"])
+                arrays.setdefault(name, _Array(name, [], previous=True))
+                arrays[name].members.append((int(prev["array_task"]), job))
+            elif pending and prev["job_name"] == self.job_name(job.run_id):
+                singles.append(job)
+            else:
+                key = json.dumps([job.resources, job.time_limit], sort_keys=True, default=str)
+                fresh.setdefault(key, []).append(job)
+        size = self.profile.max_array_size
+        for group in fresh.values():
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                name = self.array_name(chunk[0])
+                arrays[name] = _Array(name, list(enumerate(chunk)), previous=False)
+        return list(arrays.values()), singles
+
+    def intents(self, jobs: Sequence[Launch]) -> list[dict[str, Any]]:
+        """The handles the Runner records before :meth:`launch_many`: each run's array
+        (job name) and task, or its single job. ``jobs`` carry their earlier handles."""
+        arrays, singles = self._plan(jobs)
+        out = {job.run_id: self.intent(job) for job in singles}
+        for array in arrays:
+            for task, job in array.members:
+                out[job.run_id] = {**self.intent(job), "job_name": array.name, "array_task": task}
+        return [out[job.run_id] for job in jobs]
+
+    def launch_many(self, jobs: Sequence[Launch]) -> list[dict[str, Any] | FlowbatchError]:
+        """Submit runs of one sweep: one ``sbatch --array`` per planned array (see
+        :meth:`intents`); per run, its handle or the error that kept it from starting."""
+        arrays, singles = self._plan(jobs)
+        out: dict[str, dict[str, Any] | FlowbatchError] = {}
+        for job in singles:
+            try:
+                out[job.run_id] = self.launch(job)
+            except FlowbatchError as exc:
+                out[job.run_id] = exc
+        for array in arrays:
+            try:
+                out.update(self._launch_array(array))
+            except FlowbatchError as exc:
+                out.update({job.run_id: exc for _, job in array.members})
+        self._soon()
+        return [out[job.run_id] for job in jobs]
+
+    def _launch_array(self, array: _Array) -> dict[str, dict[str, Any]]:
+        def handles(array_id: str, **extra: Any) -> dict[str, dict[str, Any]]:
+            out = {}
+            for task, job in array.members:
+                handle = {**self.intent(job), "job_name": array.name, "array_task": task}
+                handle.pop("submitting")
+                handle.update(array_job=array_id, job_id=f"{array_id}_{task}", **extra)
+                out[job.run_id] = handle
+            return out
+
+        if array.previous:
+            found = self._find_by_name(array.name)
+            if found is not None:
+                array_id = found.split("_")[0]
+                log.info("job array %s found by name: adopting %s", array.name, array_id)
+                return handles(array_id, adopted=True)
+        script = self._write_array_script(array)
+        result = self._run("sbatch", "--parsable", str(script), launching=True)
+        runs = ", ".join(job.run_id for _, job in array.members)
+        if not result.ok:
+            raise ExecutorError(
+                f"sbatch refused job array {array.name} (profile {self.profile_name!r}, "
+                f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
+                hint="check the resources (partition, time, mem) and the array size against "
+                "the cluster's limits (MaxArraySize: the profile's max_array_size)",
+            )
+        array_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
+        if not array_id.isdigit():
+            raise ExecutorError(f"sbatch gave no job id for the array of runs {runs}: {result}")
+        log.info("runs %s submitted as job array %s", runs, array_id)
+        return handles(array_id, slurm_state="SUBMITTED")
+
+    def array_spec(self, tasks: Sequence[int]) -> str:
+        """``--array``: ``0-N`` (flowbatch.sweep.array_ranges), or the listed tasks of an
+        array planned before; with the profile's ``%throttle``."""
+        ordered = sorted(tasks)
+        throttle = self.profile.array_throttle
+        if ordered == list(range(len(ordered))):
+            return array_ranges(len(ordered), len(ordered), throttle)[0]
+        return ",".join(map(str, ordered)) + (f"%{throttle}" if throttle else "")
+
+    def _write_array_script(self, array: _Array) -> Path:
+        """``<site>/slurm-arrays/<name>/``: the script, and a symlink per task to its run
+        folder, through which Slurm writes each task's output into the run's ``logs/``."""
+        first = array.members[0][1]
+        root = self.site_root or first.run_dir.parent.parent
+        folder = root / ARRAYS_DIR / array.name
+        folder.mkdir(parents=True, exist_ok=True)
+        tasks = []
+        for task, job in array.members:
+            _logs_dir(job.run_dir)
+            link = folder / str(task)
+            link.unlink(missing_ok=True)
+            link.symlink_to(job.run_dir, target_is_directory=True)
+            tasks.append(ArrayTask(task, job.run_id, str(job.run_dir)))
+        base = self.batch_job(first, array.name)
+        output, error = array_log_paths(str(folder))
+        batch = BatchArray(
+            **{
+                **vars(base),
+                "run_id": _sweep_label(first),
+                "run_dir": str(folder),
+                "output": output,
+                "error": error,
+            },
+            array=self.array_spec([task for task, _ in array.members]),
+            tasks=tasks,
+        )
+        text, source = load_template(self.site_root, ARRAY_TEMPLATE_NAME)
+        path = folder / BATCH_NAME
         path.write_text(render_batch_script(batch, text, source=source), encoding="utf-8")
         return path
 
@@ -204,7 +407,8 @@ class SlurmExecutor:
         if not jobs or now < self._next_poll:
             return {}  # not asked this tick: the Runner treats the runs as still alive
         ids = ",".join(jobs.values())
-        result = self._run("squeue", "-h", "-t", "all", "-j", ids, "-O", SQUEUE_FORMAT)
+        # -r: one line per array task (pending tasks are shown collapsed otherwise)
+        result = self._run("squeue", "-h", "-t", "all", "-j", ids, "-r", "-O", SQUEUE_FORMAT)
         if not result.ok and not invalid_job_ids(result.stderr):
             return self._failed("squeue", result, jobs)
         self._failures = 0
@@ -234,7 +438,7 @@ class SlurmExecutor:
             )
             return {}
         why = (
-            f"{what} failed {self._failures} times in a row on {self.runner.where} "
+            f"{what} failed {self._failures} times in a row on {self._where()} "
             f"(profile {self.profile_name!r}): {message}"
         )
         return {run_id: Probe(Liveness.GONE, raw=why) for run_id in jobs}
@@ -262,6 +466,14 @@ class SlurmExecutor:
         self._next_poll = now + self._interval
 
     def _probe(self, status: JobStatus | None, job_id: str, handle: dict[str, Any]) -> Probe:
+        if status is None and "_" in job_id and not self._script_ran(handle):
+            # an array task cancelled while pending leaves squeue at once, with no record
+            # (a plain job stays CANCELLED); one that ran stays listed for MinJobAge
+            why = (
+                f"cancelled outside flowbatch: Slurm array task {job_id} left the queue "
+                "before it started (scancel of a pending task)"
+            )
+            return Probe(Liveness.FINISHED, raw=why, detail={"job_id": job_id, "canceled": why})
         if status is None:
             # gone from squeue and no accounting: the run's own markers decide
             return Probe(
@@ -286,9 +498,19 @@ class SlurmExecutor:
 
     # -- cancel / collect / adopt ----------------------------------------------------------
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
-        """scancel the job (by name when only the intent was recorded)."""
+        """scancel the job (by name when only the intent was recorded; an array task's
+        array is looked up by name first: the other tasks are other runs)."""
         if handle.get("job_id"):
             result = self._run("scancel", str(handle["job_id"]))
+        elif handle.get("job_name") and isinstance(handle.get("array_task"), int):
+            try:
+                found = self._find_by_name(str(handle["job_name"]), launching=False)
+            except ExecutorError as exc:
+                log.warning("cannot cancel %s: %s", handle["job_name"], exc.reason)
+                return
+            if found is None:
+                return
+            result = self._run("scancel", f"{found.split('_')[0]}_{handle['array_task']}")
         elif handle.get("job_name"):
             result = self._run("scancel", "--name", str(handle["job_name"]))
         else:
@@ -304,10 +526,47 @@ class SlurmExecutor:
         """A recorded job id is ours; the next squeue says whether it still runs."""
         return bool(handle.get("job_id"))
 
+    def check(self) -> str:
+        """For ``flowbatch doctor``: the controller answers and the partition exists."""
+        args = ["-h", "-o", "%P %a %D"]
+        if self.profile.partition:
+            args += ["-p", self.profile.partition]
+        result = self._run("sinfo", *args)
+        if not result.ok:
+            raise ExecutorError(
+                f"slurm profile {self.name}: sinfo failed on {self.runner.where}: "
+                + " ".join(result.stderr.split())[-300:],
+                hint="is slurmctld running and the client configured on that host?",
+            )
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        if not lines:
+            raise ExecutorError(
+                f"slurm profile {self.name}: no partition {self.profile.partition!r}",
+                hint="fix `partition` in the profile",
+            )
+        return f"{self.runner.where}: partitions " + ", ".join(line.split()[0] for line in lines)
+
     def close(self) -> None:
         close = getattr(self._runner, "close", None)
         if callable(close):
             close()
+
+
+def _logs_dir(run_dir: Path) -> None:
+    """The run's ``logs/`` (Slurm opens the output there before the script runs), owned
+    like the run folder: the job runs as the run's owner (or the ssh user)."""
+    logs = run_dir / LOGS_DIR
+    if logs.is_dir():
+        return
+    logs.mkdir()
+    owner = run_dir.stat()
+    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(logs, owner.st_uid, owner.st_gid)
+
+
+def _sweep_label(job: Launch) -> str:
+    """The sweep's id (its first point's run id) for the array script's comment."""
+    return job.run_id.split("-")[0]
 
 
 def _one_line(text: str) -> str:

@@ -22,6 +22,7 @@ from ..errors import ConfigError, ExecutorError
 from ..render.script import LOGS_DIR, shell_quote
 
 TEMPLATE_NAME = "sbatch.sh.j2"
+ARRAY_TEMPLATE_NAME = "sbatch-array.sh.j2"  # a sweep's job array (one task per run)
 BATCH_NAME = "sbatch.sh"  # the rendered script, kept in the run folder for diagnosis
 _ONE_WORD = re.compile(r"[^\s\x00-\x1f\x7f]+\Z")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
@@ -49,6 +50,25 @@ class BatchJob:
     modules: list[str] = field(default_factory=list)
 
 
+@dataclass
+class ArrayTask:
+    """One run of a job array: ``$SLURM_ARRAY_TASK_ID`` ``index`` runs in ``run_dir``."""
+
+    index: int
+    run_id: str
+    run_dir: str
+
+
+@dataclass
+class BatchArray(BatchJob):
+    """A job array of a sweep's runs. ``run_dir`` is the array's own folder (its script,
+    and one symlink per task to the task's run folder, so that ``output``/``error`` can
+    name each run's ``logs/`` with Slurm's ``%a``); ``run_id`` is the sweep's id."""
+
+    array: str = ""  # sbatch --array value, e.g. 0-19%4
+    tasks: list[ArrayTask] = field(default_factory=list)
+
+
 def job_name(site: str, run_id: str) -> str:
     """``fb-<site>-<run_id>``: tags the site and the run, so that a job submitted just
     before a crash is found again by name (``squeue --name``)."""
@@ -68,6 +88,13 @@ def log_paths(run_dir: str) -> tuple[str, str]:
     """Slurm's own stdout/stderr of the job (``%j`` is the job id), under ``logs/``."""
     base = f"{run_dir.rstrip('/')}/{LOGS_DIR}"
     return f"{base}/slurm-%j.out", f"{base}/slurm-%j.err"
+
+
+def array_log_paths(array_dir: str) -> tuple[str, str]:
+    """An array task's stdout/stderr: ``<array dir>/<task>/logs/slurm-<array id>_<task>``,
+    where ``<array dir>/<task>`` is a symlink to the task's run folder."""
+    base = f"{array_dir.rstrip('/')}/%a/{LOGS_DIR}"
+    return f"{base}/slurm-%A_%a.out", f"{base}/slurm-%A_%a.err"
 
 
 def _environment() -> SandboxedEnvironment:
@@ -92,7 +119,13 @@ def render_batch_script(job: BatchJob, template_text: str, *, source: str = TEMP
 
 
 def _check_words(job: BatchJob) -> None:
-    for key in ("job_name", "run_dir", "output", "error"):
+    for key in (
+        "job_name",
+        "run_dir",
+        "output",
+        "error",
+        *(["array"] if isinstance(job, BatchArray) else []),
+    ):
         value = getattr(job, key)
         if not _ONE_WORD.match(value):
             raise ExecutorError(
@@ -101,15 +134,16 @@ def _check_words(job: BatchJob) -> None:
             )
 
 
-def default_template() -> str:
-    """The batch script template shipped in the package."""
-    return (package_data.files("flowbatch") / "data" / TEMPLATE_NAME).read_text(encoding="utf-8")
+def default_template(name: str = TEMPLATE_NAME) -> str:
+    """The batch script template shipped in the package (``name``: :data:`TEMPLATE_NAME`
+    or :data:`ARRAY_TEMPLATE_NAME`)."""
+    return (package_data.files("flowbatch") / "data" / name).read_text(encoding="utf-8")
 
 
-def load_template(site_root: Path | None) -> tuple[str, str]:
-    """(text, source name): ``<site>/sbatch.sh.j2`` when present, else the default."""
+def load_template(site_root: Path | None, name: str = TEMPLATE_NAME) -> tuple[str, str]:
+    """(text, source name): ``<site>/<name>`` when present, else the default."""
     if site_root is not None:
-        override = site_root / TEMPLATE_NAME
+        override = site_root / name
         if override.is_file():
             return override.read_text(encoding="utf-8"), str(override)
-    return default_template(), f"flowbatch/data/{TEMPLATE_NAME}"
+    return default_template(name), f"flowbatch/data/{name}"

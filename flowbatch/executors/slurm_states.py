@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 from .base import Liveness, Probe
 
-#: ``squeue -O`` fields, each ending with '|' (no size: as wide as the value)
-SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,Name:|,exit_code:|"
+#: ``squeue -O`` fields, each ending with '|' (no size: as wide as the value).
+#: ``JobArrayID`` is the plain job id, or ``<array id>_<task>`` for a task of a job array
+#: (``JobID`` would give the task's own, internal id); with ``squeue -r`` pending tasks are
+#: listed one per line instead of collapsed as ``<array id>_[0-9]``.
+SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,Name:|,exit_code:|"
 SACCT_FIELDS = "JobID,State,ExitCode,JobName"
 
 ALIVE_STATES = frozenset(

@@ -156,6 +156,15 @@ class SSHExecutor:
     def connection(self) -> SSHConnection:
         return self.pool.connection(self.name)
 
+    def check(self) -> str:
+        """For ``flowbatch doctor``: the host key verifies, the remote root is writable,
+        and how long a round trip takes on the pooled connection."""
+        conn = self.connection
+        begin = time.monotonic()
+        root = probe_remote_root(conn, self.name, self.host.remote_root)
+        took = (time.monotonic() - begin) * 1000
+        return f"{self.host.login()}: host key verified, {root} writable, {took:.1f} ms"
+
     # -- launch ---------------------------------------------------------------------------
     def launch(self, job: Launch) -> dict[str, Any]:
         conn = self.connection
@@ -378,18 +387,7 @@ def check_host(config: SiteConfig, name: str, *, samples: int = 5) -> dict[str, 
         from .ssh_pool import fingerprint
 
         key = transport.get_remote_server_key()
-        root = host.remote_root
-        probe = conn.run(
-            f"set -e; mkdir -p -- {_q(root)}; cd -- {_q(root)}; "
-            't=$(mktemp .flowbatch-check.XXXXXX); rm -f -- "$t"; pwd -P'
-        )
-        if not probe.ok:
-            raise ExecutorError(
-                f"ssh host {name}: remote root {root} is not writable: "
-                + " ".join(probe.stderr.split())[-300:],
-                field=f"ssh.{name}.remote_root",
-                hint="choose a folder the remote user may write",
-            )
+        remote_root = probe_remote_root(conn, name, host.remote_root)
         times = []
         for _ in range(samples):
             t0 = time.monotonic()
@@ -401,12 +399,28 @@ def check_host(config: SiteConfig, name: str, *, samples: int = 5) -> dict[str, 
             "login": host.login(),
             "via": host.jump_host,
             "host_key": f"{key.get_name()} {fingerprint(key)}",
-            "remote_root": probe.stdout.strip().splitlines()[-1],
+            "remote_root": remote_root,
             "connect_ms": round(connect * 1000, 1),
             "round_trip_ms": round(times[len(times) // 2] * 1000, 1),
         }
     finally:
         pool.close()
+
+
+def probe_remote_root(conn: SSHConnection, name: str, root: str) -> str:
+    """Create the remote root if needed and prove it writable; return its real path."""
+    probe = conn.run(
+        f"set -e; mkdir -p -- {_q(root)}; cd -- {_q(root)}; "
+        't=$(mktemp .flowbatch-check.XXXXXX); rm -f -- "$t"; pwd -P'
+    )
+    if not probe.ok:
+        raise ExecutorError(
+            f"ssh host {name}: remote root {root} is not writable: "
+            + " ".join(probe.stderr.split())[-300:],
+            field=f"ssh.{name}.remote_root",
+            hint="choose a folder the remote user may write",
+        )
+    return probe.stdout.strip().splitlines()[-1]
 
 
 def check_hosts(config: SiteConfig, name: str | None = None) -> dict[str, dict[str, Any]]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import paramiko
 
-from ..errors import ConfigError, ExecutorError
+from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
 from ..ssh_hosts import SSHHost
 from .commands import CommandResult
 
@@ -45,7 +45,7 @@ class HostKeyError(ExecutorError):
     """The host's key is not the one in known_hosts (unknown or changed)."""
 
 
-class HostUnreachable(ExecutorError):
+class HostUnreachable(ExecutorUnavailable):
     """No working connection to the host right now (refused, timed out, dropped)."""
 
 

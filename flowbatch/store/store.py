@@ -92,10 +92,17 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------
     def write(
-        self, run: RunRecord, *, index: bool = True, change: dict[str, Any] | None = None
+        self,
+        run: RunRecord,
+        *,
+        index: bool = True,
+        change: dict[str, Any] | None = None,
+        tree: bool = True,
     ) -> None:
-        """Write ``run.json`` then its index rows (in that order: the tree leads)."""
-        atomic.write_json(self.run_dir(run) / RUN_JSON, run.to_dict(), fsync=self.fsync)
+        """Write ``run.json`` then its index rows (in that order: the tree leads).
+        ``tree=False``: the caller has just written this very ``run.json`` (intake)."""
+        if tree:
+            atomic.write_json(self.run_dir(run) / RUN_JSON, run.to_dict(), fsync=self.fsync)
         if index:
             with self.db.atomic():
                 self._index_run(run)
@@ -213,7 +220,8 @@ class Store:
             runs = wf / "runs"
             if runs.is_dir():
                 for run_dir in sorted(runs.iterdir()):
-                    if (run_dir / RUN_JSON).is_file():
+                    # a dot-folder is a run intake has not finished (made whole by rename)
+                    if not run_dir.name.startswith(".") and (run_dir / RUN_JSON).is_file():
                         yield run_dir
 
     def sync_active(self, host: str | None = None) -> list[RunRecord]:

@@ -25,6 +25,8 @@ from .apt import ensure_packages
 
 USER = "postgres"
 HOST = "127.0.0.1"
+PREFIX = "flowbatch-pg-"  # the server's folder in the temporary directory
+OWNER_FILE = "owner.pid"  # the PID of the test session that started it
 
 
 def bin_dir() -> Path | None:
@@ -66,13 +68,14 @@ class PostgresServer:
         return ["runuser", "-u", USER, "--", *args] if os.geteuid() == 0 else list(args)
 
     def start(self) -> PostgresServer:
+        reap_stale()
         self.bin = bin_dir()
         if self.bin is None:
             ensure_packages(["postgresql"], commands=["pg_ctlcluster"])
             self.bin = bin_dir()
         if self.bin is None:
             raise RuntimeError("the PostgreSQL server programs are not installed")
-        self.root = Path(tempfile.mkdtemp(prefix="flowbatch-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=PREFIX))
         sock = self.root / "sock"
         sock.mkdir()
         if os.geteuid() == 0:
@@ -111,6 +114,7 @@ class PostgresServer:
             "start",
         )
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        (self.root / OWNER_FILE).write_text(f"{os.getpid()}\n")
         return self
 
     def _run(self, *args: str) -> None:
@@ -127,7 +131,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Fast shutdown of our own postmaster (by its PID), then remove its folder."""
-        if self.pid is not None:
+        if self.pid is not None and self._serves_our_folder(self.pid):
             try:
                 os.kill(self.pid, signal.SIGINT)
             except ProcessLookupError:
@@ -141,6 +145,14 @@ class PostgresServer:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+
+    def _serves_our_folder(self, pid: int) -> bool:
+        """The PID is still our postmaster (not a PID reused since by another process)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return str(self.data).encode() in cmdline
 
     # -- databases -----------------------------------------------------------------------
     def create_database(self, prefix: str = "t") -> str:
@@ -169,6 +181,23 @@ class PostgresServer:
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             conn.close()
+
+
+def reap_stale() -> None:
+    """Stop the servers of earlier test sessions that were killed before their teardown
+    (pg_ctl detaches the server): each by the PID in its own folder, then the folder."""
+    for owner in glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*", OWNER_FILE)):
+        root = Path(owner).parent
+        try:
+            if _alive(int(Path(owner).read_text().split()[0])):
+                continue  # its session still runs
+        except (OSError, ValueError, IndexError):
+            continue
+        try:
+            pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        PostgresServer(root=root, pid=pid).stop()
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,201 @@
+"""Commands for the life of runs and templates after the fact: ``runs rerun``, ``runs
+delete``, ``runs files``, ``runs archive``, ``cleanup``, ``uninstall``, ``workflows show``.
+
+They live beside :mod:`flowbatch.cli` (which imports this module to register them); the
+logic is in :mod:`flowbatch.lifecycle_ops`, :mod:`flowbatch.archive`,
+:mod:`flowbatch.resume` and :mod:`flowbatch.versions`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import api
+from .cli import Context, _echo_json, _table, main, pass_ctx, runs, workflows
+from .site import Site
+
+
+def human(size: int | None) -> str:
+    """Bytes as people read them: 512 B, 1.5 KiB, 3.2 GiB."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover - the loop always returns
+
+
+def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> None:
+    """Before queueing a sweep again: say which points will be skipped, and why."""
+    from .resume import plan_request
+
+    plan = plan_request(site, request)
+    if plan is None:
+        return
+    skipped = plan.skipped(retry_failed=retry_failed)
+    todo = len(plan.points) - len(skipped)
+    click.echo(
+        f"sweep of {len(plan.points)} points on version {plan.version}: {todo} to run, "
+        f"{len(skipped)} skipped",
+        err=True,
+    )
+    for point in plan.points:
+        if point.index in skipped:
+            args = ", ".join(f"{k}={v}" for k, v in point.arguments.items())
+            runs_ = ", ".join(point.runs[-3:])
+            click.echo(f"  skip {args}: {skipped[point.index]} (runs {runs_})", err=True)
+
+
+# -- workflows --------------------------------------------------------------------------------
+@workflows.command("show")
+@click.argument("workflow")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
+    """Show WORKFLOW's template versions (oldest first) with their runs per state."""
+    info = api.show_workflow(obj.site, workflow)
+    if as_json:
+        _echo_json(info)
+        return
+    click.echo(f"workflow: {info['id']} ({info['name']})")
+    click.echo(f"current:  {info['current']}")
+    rows = [
+        {
+            "version": v["version"] + (" *" if v["current"] else ""),
+            "installed_at": v["installed_at"] or "(removed)",
+            "runs": v["runs"],
+            "states": " ".join(f"{k}={n}" for k, n in v["states"].items()),
+        }
+        for v in info["versions"]
+    ]
+    _table(rows, ["version", "installed_at", "runs", "states"])
+
+
+# -- runs ---------------------------------------------------------------------------------------
+@runs.command("rerun")
+@click.argument("run_id")
+@click.option("--latest", is_flag=True, help="On the current template version, not the run's.")
+@pass_ctx
+def runs_rerun(obj: Context, run_id: str, latest: bool) -> None:
+    """Queue a new run with RUN_ID's arguments and input files, on the same template
+    version (--latest: the current one); print the queued request's name."""
+    from .lifecycle_ops import rerun
+
+    click.echo(rerun(obj.site, run_id, latest=latest))
+
+
+@runs.command("delete")
+@click.argument("run_id")
+@pass_ctx
+def runs_delete(obj: Context, run_id: str) -> None:
+    """Delete an ended run from the results tree and the index (an active run is refused:
+    cancel it first)."""
+    from .lifecycle_ops import delete_run
+
+    freed = delete_run(obj.site, run_id)
+    click.echo(f"deleted run {run_id}, freed {human(freed)}")
+
+
+@runs.command("files")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def runs_files(obj: Context, run_id: str, as_json: bool) -> None:
+    """List RUN_ID's output files: key, title, size, path in the run folder."""
+    from .archive import run_files
+
+    files = run_files(obj.site, run_id)
+    if as_json:
+        _echo_json(files)
+        return
+    rows = [{**f, "size": human(f["size"])} for f in files]
+    _table(rows, ["key", "title", "size", "source"])
+
+
+@runs.command("archive")
+@click.argument("run_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    help="Archive file, or a folder for run.<id>.tar.gz (default: the current folder).",
+)
+@pass_ctx
+def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
+    """Write the output files of a successful run into run.<id>.tar.gz, each member named
+    by its file key; print the archive's path."""
+    from .archive import write_archive
+
+    click.echo(str(write_archive(obj.site, run_id, Path(output) if output else None)))
+
+
+# -- cleanup and uninstall ----------------------------------------------------------------------
+@main.command()
+@click.option("--before", "-d", help="Runs created before this date (YYYY-MM-DD or ISO time).")
+@click.option("--state", "-s", help="Only runs in this state (SUCCESS, ERROR, CANCELED).")
+@click.option("--workflow", "-w", help="Only runs of this workflow.")
+@click.option(
+    "--orphans",
+    is_flag=True,
+    help="Instead: remove leftovers of crashed runs (remote run folders on the SSH hosts, "
+    "local folders without run.json, old .tmp files).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def cleanup(
+    obj: Context,
+    before: str | None,
+    state: str | None,
+    workflow: str | None,
+    orphans: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove old ended runs from the results tree and the index, sparing those that feed
+    the current post-processing; report the space freed."""
+    from .lifecycle_ops import cleanup as clean
+    from .lifecycle_ops import orphans_report
+
+    verb = "would remove" if dry_run else "removed"
+    if orphans:
+        if before or state or workflow:
+            raise click.UsageError("--orphans takes no --before, --state or --workflow")
+        found = orphans_report(obj.site, dry_run=dry_run)
+        if as_json:
+            _echo_json(found)
+            return
+        for o in found["orphans"]:
+            click.echo(f"{o['where']}: {o['path']} ({o['why']}, {human(o['bytes'])})")
+        click.echo(f"{verb} {len(found['orphans'])} orphans, {human(found['freed'])}")
+        return
+    if not before:
+        raise click.UsageError("give --before DATE (or --orphans)")
+    report = clean(obj.site, before, state=state, workflow=workflow, dry_run=dry_run)
+    if as_json:
+        _echo_json(report.to_json())
+        return
+    for entry in report.removed:
+        click.echo(
+            f"{entry['id']}  {entry['workflow']}  {entry['state']}  {entry['created_at']}  "
+            f"{human(entry['bytes'])}"
+        )
+    for entry in report.spared:
+        click.echo(f"{entry['id']}  spared: {entry['why']}")
+    click.echo(f"{verb} {len(report.removed)} runs, {human(report.freed)}")
+
+
+@main.command()
+@click.argument("workflow")
+@pass_ctx
+def uninstall(obj: Context, workflow: str) -> None:
+    """Remove WORKFLOW: every template version, its runs and reports (refused while any
+    of its runs is active)."""
+    from .lifecycle_ops import uninstall as remove
+
+    info = remove(obj.site, workflow)
+    click.echo(f"uninstalled {workflow}: {info['runs']} runs, freed {human(info['freed'])}")

@@ -1,0 +1,423 @@
+"""What happens to runs and templates after the fact: rerun, delete, cleanup, uninstall,
+orphans (seed-inventory §5.5, §12.2).
+
+The tree is the truth, so a removal takes the run out of the tree first and out of the
+index second: a run folder is first moved into ``results/<wf>/.trash/`` (one rename, so
+``reindex`` never brings back a half-deleted run), then its index rows go, then the
+folder. A crash in between leaves a ``.trash`` entry, which ``cleanup --orphans`` removes.
+Active runs (PENDING, RUNNING) are never removed: they are cancelled first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import FlowbatchError, NotFoundError, RequestError, StateError
+from .runs import ACTIVE, RunRecord, parse_state
+from .site import Site
+from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
+from .store.layout import REQUEST_COPY, RUN_JSON, checked_id
+
+TRASH = ".trash"
+#: a ``.tmp`` leftover younger than this may still be written by a live intake or submit
+TMP_GRACE = 3600.0
+
+
+# -- sizes and removal -------------------------------------------------------------------------
+def tree_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (symbolic links count as themselves)."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass  # vanished while counting
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _unindex(run_ids: list[str]) -> None:
+    for table in (RunFileRow, ResultRow, StateChangeRow):
+        table.delete().where(table.run.in_(run_ids)).execute()
+    RunRow.delete().where(RunRow.id.in_(run_ids)).execute()
+
+
+def remove_runs(site: Site, runs: list[RunRecord]) -> int:
+    """Take inactive ``runs`` out of the tree and the index; returns the bytes freed."""
+    trashed: list[Path] = []
+    for run in runs:
+        run_dir = site.store.run_dir(run)
+        trash = site.layout.workflow_results(run.workflow) / TRASH
+        trash.mkdir(exist_ok=True)
+        dest = trash / run.id
+        _remove(dest)  # a leftover of an earlier crash
+        os.rename(run_dir, dest)  # from here on the tree no longer has the run
+        trashed.append(dest)
+    freed = 0
+    with site.store.db.atomic():
+        for chunk in range(0, len(runs), 500):  # SQLite's bound-parameter limit
+            _unindex([r.id for r in runs[chunk : chunk + 500]])
+    for path in trashed:
+        freed += tree_size(path)
+        _remove(path)
+    return freed
+
+
+def _check_inactive(run: RunRecord) -> None:
+    if run.state in ACTIVE:
+        raise StateError(
+            f"run {run.id} is {run.state.value}: an active run cannot be deleted",
+            hint=f"cancel it first: flowbatch runs cancel {run.id}",
+        )
+
+
+def _check_owner(run: RunRecord, uid: int) -> None:
+    if uid != 0 and uid != run.owner_uid:
+        raise StateError(
+            f"run {run.id} belongs to {run.owner}",
+            hint="only its owner or root may do this",
+        )
+
+
+# -- delete ------------------------------------------------------------------------------------
+def delete_run(site: Site, run_id: str, *, uid: int | None = None) -> int:
+    """Delete one inactive run (tree and index); returns the bytes freed."""
+    run = site.store.load(run_id)
+    _check_inactive(run)
+    _check_owner(run, os.geteuid() if uid is None else uid)
+    freed = remove_runs(site, [run])
+    _refresh(site, {run.workflow})
+    return freed
+
+
+def _refresh(site: Site, workflows: set[str]) -> None:
+    """Rewrite the reports of the workflows that lost runs (their leaderboards changed)."""
+    from .api import update_reports
+
+    update_reports(site, sorted(w for w in workflows if w in site.templates.list_ids()))
+
+
+# -- cleanup -----------------------------------------------------------------------------------
+def parse_date(text: str) -> datetime:
+    """``2024-05-01`` (midnight UTC) or an ISO-8601 time; a time without offset is UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise RequestError(
+            f"not a date: {text!r}", expected="YYYY-MM-DD or an ISO-8601 time"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def postproc_feeders(site: Site, workflow: str) -> set[str]:
+    """Runs that feed the workflow's current post-processing: those of the last one
+    started and of the last successful one (whose outputs the leaderboard shows)."""
+    from . import postproc
+
+    state = postproc.read_state(site, workflow)
+    ids = set(state.get("ranking") or [])
+    for key in ("latest", "last_success"):
+        if state.get(key):
+            record = postproc.load_record(site, workflow, state[key])
+            if record is not None:
+                ids.update(record.ranking)
+    return ids
+
+
+@dataclass
+class CleanupReport:
+    removed: list[dict[str, Any]] = field(default_factory=list)  # id, workflow, state, ...
+    spared: list[dict[str, Any]] = field(default_factory=list)  # ... and why
+    freed: int = 0  # bytes (with dry_run: what would be freed)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cleanup(
+    site: Site,
+    before: str,
+    *,
+    state: str | None = None,
+    workflow: str | None = None,
+    dry_run: bool = False,
+) -> CleanupReport:
+    """Remove the inactive runs created before ``before`` (optionally of one state and one
+    workflow) from the tree and the index, sparing the runs that feed the current
+    post-processing. Creation times are compared as times, not as text (flowServ compared
+    ISO strings, so offsets and precision changed the answer)."""
+    cutoff = parse_date(before)
+    st = parse_state(state) if state else None
+    if st is not None and st in ACTIVE:
+        raise StateError(f"{st.value} runs are active and are never cleaned up")
+    site.store  # noqa: B018 - opens the index
+    if workflow:
+        checked_id(workflow, "workflow")
+    query = RunRow.select().where(RunRow.state.not_in([s.value for s in ACTIVE]))
+    if st is not None:
+        query = query.where(RunRow.state == st.value)
+    if workflow:
+        query = query.where(RunRow.workflow == workflow)
+    report = CleanupReport(dry_run=dry_run)
+    feeders: dict[str, set[str]] = {}
+    chosen: list[RunRecord] = []
+    for row in query.order_by(RunRow.created_at, RunRow.id):
+        if datetime.fromisoformat(row.created_at) >= cutoff:
+            continue
+        entry: dict[str, Any] = {"id": row.id, "workflow": row.workflow, "state": row.state}
+        entry["created_at"] = row.created_at
+        if row.workflow not in feeders:
+            feeders[row.workflow] = postproc_feeders(site, row.workflow)
+        if row.id in feeders[row.workflow]:
+            report.spared.append({**entry, "why": "feeds the current post-processing"})
+            continue
+        try:
+            run = site.store.load_dir(Path(row.run_dir))
+        except FlowbatchError:
+            run = None  # the index is behind the tree: only its rows go
+        entry["bytes"] = tree_size(Path(row.run_dir)) if run else 0
+        report.removed.append(entry)
+        if run is not None and run.state not in ACTIVE:  # the tree has the last word
+            chosen.append(run)
+    report.freed = sum(e["bytes"] for e in report.removed)
+    if not dry_run:
+        report.freed = remove_runs(site, chosen)
+        stale = {e["id"] for e in report.removed} - {r.id for r in chosen}
+        if stale:
+            _unindex(sorted(stale))
+        _refresh(site, {e["workflow"] for e in report.removed})
+    return report
+
+
+# -- uninstall ---------------------------------------------------------------------------------
+def uninstall(site: Site, workflow: str) -> dict[str, Any]:
+    """Remove a workflow: its template (every version), its results tree and its index
+    rows. Refused while any of its runs is active."""
+    tpl = site.layout.template_dir(workflow)
+    site.templates.meta(workflow)  # NotFoundError for an unknown workflow
+    site.store  # noqa: B018 - opens the index
+    _refuse_active(workflow)
+    # the template goes first (one rename): intake now refuses new requests for it;
+    # then look again, since a request may have become a run in between
+    hidden = tpl.with_name(f".{workflow}.uninstalling")
+    _remove(hidden)
+    os.rename(tpl, hidden)
+    try:
+        _refuse_active(workflow)
+    except StateError:
+        os.rename(hidden, tpl)
+        raise
+    results = site.layout.workflow_results(workflow)
+    runs = RunRow.select().where(RunRow.workflow == workflow).count()
+    freed = tree_size(hidden) + (tree_size(results) if results.exists() else 0)
+    if results.exists():
+        gone = results.with_name(f".{workflow}.uninstalling")
+        _remove(gone)
+        os.rename(results, gone)
+        _remove(gone)
+    with site.store.db.atomic():
+        ids = [r.id for r in RunRow.select(RunRow.id).where(RunRow.workflow == workflow)]
+        for chunk in range(0, len(ids), 500):
+            _unindex(ids[chunk : chunk + 500])
+        WorkflowRow.delete().where(WorkflowRow.id == workflow).execute()
+    _remove(hidden)
+    _refresh(site, set())  # the front page lists workflows
+    return {"workflow": workflow, "runs": runs, "freed": freed}
+
+
+def _refuse_active(workflow: str) -> None:
+    active = (
+        RunRow.select(RunRow.id, RunRow.state)
+        .where((RunRow.workflow == workflow) & RunRow.state.in_([s.value for s in ACTIVE]))
+        .order_by(RunRow.created_at)
+    )
+    ids = [r.id for r in active]
+    if ids:
+        shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+        raise StateError(
+            f"workflow {workflow} has {len(ids)} active runs ({shown})",
+            hint="cancel them or wait until they end",
+        )
+
+
+# -- rerun -------------------------------------------------------------------------------------
+def rerun(site: Site, run_id: str, *, latest: bool = False, uid: int | None = None) -> str:
+    """Queue a new request with the arguments and input files of run ``run_id``, on the
+    same template version (``latest``: the current one). Returns the queued name.
+
+    Non-file arguments are the run's recorded (cast) values; each file argument the user
+    gave is sent again from the old run folder, where it sits at its target; a file
+    argument that was the template's own default is left out (the template supplies it).
+    ``executor``, ``retries`` and ``resources`` come from the old request."""
+    from .api import queue_request
+
+    run = site.store.load(run_id)
+    caller = os.geteuid() if uid is None else uid
+    _check_owner(run, caller)
+    run_dir = site.store.run_dir(run)
+    arguments: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    for name, value in run.arguments.items():
+        if isinstance(value, dict) and set(value) == {"source", "target"}:
+            if not value["source"]:
+                continue  # the template's default file
+            src = run_dir / value["target"]
+            if src.is_symlink() or not src.is_file():
+                raise NotFoundError(
+                    f"input file {value['target']!r} of run {run.id} is gone",
+                    hint="submit a new request with the file instead",
+                )
+            files[name] = src
+            arguments[name] = {"source": value["target"], "target": value["target"]}
+        else:
+            arguments[name] = value
+    doc: dict[str, Any] = {"workflow": run.workflow, "group": run.group}
+    if run.name:
+        doc["name"] = run.name
+    if not latest:
+        doc["version"] = run.version
+    doc.update(_old_request_options(run_dir))
+    doc["arguments"] = arguments
+    return queue_request(site, f"rerun-{run.id}", doc, files, uid=run.owner_uid)
+
+
+def _old_request_options(run_dir: Path) -> dict[str, Any]:
+    """``executor``, ``retries`` and ``resources`` of the request that made the run."""
+    from . import yamlio
+
+    try:
+        old = yamlio.load_file(run_dir / REQUEST_COPY)
+    except (FlowbatchError, OSError):
+        return {}
+    if not isinstance(old, dict):
+        return {}
+    return {k: old[k] for k in ("executor", "retries", "resources") if old.get(k) is not None}
+
+
+# -- orphans -----------------------------------------------------------------------------------
+@dataclass
+class Orphan:
+    where: str  # "local" or the ssh host's name
+    path: str
+    why: str
+    bytes: int | None = None
+
+
+def local_orphans(site: Site, *, grace: float = TMP_GRACE) -> list[Orphan]:
+    """Leftovers in the results tree and the queue: run folders without ``run.json``,
+    ``.trash`` entries, and ``.tmp`` folders or files older than ``grace`` seconds (a
+    younger one may still be written by intake or ``flowbatch submit``)."""
+    out: list[Orphan] = []
+    now = datetime.now(UTC).timestamp()
+    results = site.layout.results
+    for wf in sorted(results.iterdir()) if results.is_dir() else []:
+        for entry in sorted((wf / TRASH).iterdir()) if (wf / TRASH).is_dir() else []:
+            out.append(Orphan("local", str(entry), "left by an interrupted delete"))
+        runs = wf / "runs"
+        for entry in sorted(runs.iterdir()) if runs.is_dir() else []:
+            if entry.name.endswith(".tmp"):
+                if now - entry.lstat().st_mtime > grace:
+                    out.append(Orphan("local", str(entry), "unfinished run folder"))
+            elif entry.is_dir() and not (entry / RUN_JSON).is_file():
+                out.append(Orphan("local", str(entry), "run folder without run.json"))
+    queue = site.layout.queue
+    for entry in sorted(queue.iterdir()) if queue.is_dir() else []:
+        leftover = entry.name.startswith(".") and entry.name.endswith(".tmp")
+        if leftover and now - entry.lstat().st_mtime > grace:
+            out.append(Orphan("local", str(entry), "unfinished queue file"))
+    for orphan in out:
+        orphan.bytes = tree_size(Path(orphan.path))
+    return out
+
+
+#: lists ``<remote_root>/<workflow>/<run>`` folders with their size in KiB
+_LIST_REMOTE = r"""cd -- {root} 2>/dev/null || exit 0
+for d in */*/; do
+  [ -d "$d" ] || continue
+  printf '%s\t%s\n' "$(du -sk -- "$d" 2>/dev/null | cut -f1)" "${{d%/}}"
+done
+"""
+
+
+def remote_orphans(site: Site) -> list[Orphan]:
+    """Run folders on the SSH hosts (``<remote_root>/<workflow>/<run_id>``) whose run is
+    not active here: left by a crashed run or daemon, or by a host that was down when
+    the run was collected. A host that cannot be reached is reported, not skipped."""
+    from .executors.ssh import ssh_runner
+
+    site.store  # noqa: B018 - opens the index
+    active = {
+        r.id for r in RunRow.select(RunRow.id).where(RunRow.state.in_([s.value for s in ACTIVE]))
+    }
+    out: list[Orphan] = []
+    for name, host in sorted(site.config.ssh.items()):
+        root = host.remote_root
+        try:
+            result = ssh_runner(site.config, name).run(_LIST_REMOTE.format(root=_q(root)))
+        except FlowbatchError as exc:
+            raise FlowbatchError(
+                f"ssh host {name}: cannot list {root}: {exc.summary()}",
+                hint=f"`flowbatch hosts check {name}`",
+            ) from None
+        for line in result.stdout.splitlines():
+            size, _, rel = line.partition("\t")
+            run_id = rel.rsplit("/", 1)[-1]
+            if not rel or run_id in active:
+                continue
+            path = f"{root.rstrip('/')}/{rel}"
+            kib = int(size) if size.isdigit() else None
+            out.append(Orphan(name, path, _remote_why(run_id), None if kib is None else kib * 1024))
+    return out
+
+
+def _remote_why(run_id: str) -> str:
+    row = RunRow.get_or_none(RunRow.id == run_id)
+    if row is None:
+        return "no such run here"
+    return f"run is {row.state}"
+
+
+def remove_orphans(site: Site, orphans: list[Orphan]) -> None:
+    """Remove what :func:`local_orphans` and :func:`remote_orphans` found."""
+    from .executors.ssh import ssh_runner
+
+    for orphan in orphans:
+        if orphan.where == "local":
+            _remove(Path(orphan.path))
+            continue
+        result = ssh_runner(site.config, orphan.where).run(f"rm -rf -- {_q(orphan.path)}")
+        if not result.ok:
+            raise FlowbatchError(
+                f"ssh host {orphan.where}: cannot remove {orphan.path}: {result.stderr.strip()}"
+            )
+
+
+def orphans_report(site: Site, *, dry_run: bool = False) -> dict[str, Any]:
+    """Find (and unless ``dry_run`` remove) local and remote orphans."""
+    found = local_orphans(site) + (remote_orphans(site) if site.config.ssh else [])
+    if not dry_run:
+        remove_orphans(site, found)
+    return {
+        "orphans": [asdict(o) for o in found],
+        "freed": sum(o.bytes or 0 for o in found),
+        "dry_run": dry_run,
+    }
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"

@@ -1,0 +1,71 @@
+"""The benchmark harness (bench/) still runs end to end: a tiny size, no peers, no SSH or
+Slurm. Checks the report's shape only; a benchmark is never a timed test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    raw = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--n",
+            "10",
+            "--repeats",
+            "1",
+            "--no-peers",
+            "--skip",
+            "ssh",
+            "--skip",
+            "slurm",
+            "--drops",
+            "3",
+            "--tree",
+            "30",
+            "--index",
+            "100",
+            "--idle-seconds",
+            "0.5",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--json",
+            str(raw),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(raw.read_text())
+    for name in ("throughput", "latency", "scale"):
+        assert results["sections"][name]["ok"], results["sections"][name]
+    assert {"ssh", "slurm"}.isdisjoint(results["sections"])
+    tools = {r["tool"]: r for r in results["sections"]["throughput"]["rows"]}
+    assert set(tools) == {"xargs -P 2", "flowbatch"}
+    assert all(r["runs_per_s"] > 0 for r in tools.values())
+    lat = results["sections"]["latency"]
+    assert 0 < lat["running_p50"] <= lat["success_p50"]
+    text = out.read_text()
+    for heading in (
+        "# Benchmarks",
+        "| cores (nproc) | ",
+        "## 1. Throughput",
+        "## 2. Latency",
+        "## 5. Scale",
+        "| flowbatch |",
+    ):
+        assert heading in text, heading
+    assert "Not measured" not in text

@@ -1,0 +1,388 @@
+"""Issue 9: template versions in the ranking, rerun, resumed sweeps, delete / cleanup /
+uninstall / orphans, files and archives, fair shares. Real daemon ticks, real bash."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from flowbatch import api
+from flowbatch.cli import main
+from flowbatch.daemon import Daemon
+from flowbatch.errors import StateError
+from flowbatch.lifecycle_ops import cleanup, local_orphans, uninstall
+from flowbatch.queue import Intake
+from flowbatch.resume import plan_request
+from flowbatch.runs import State
+from flowbatch.site import Site
+
+from .conftest import drop, make_site, run_until_idle, write_template
+
+SCORE = """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - test "${{x}}" != 13
+          - >-
+            printf '{{"v": %s{zeros}}}' "${{x}}" > r.json
+          - echo "input $(cat in.txt 2>/dev/null)" > out.txt
+parameters:
+  - {{name: x, dtype: int, defaultValue: 1}}
+  - {{name: data, dtype: file, target: in.txt, isRequired: false}}
+outputs:
+  - {{source: out.txt, key: report, title: The report}}
+  - {{source: r.json, key: score}}
+results:
+  file: r.json
+  schema: [{{name: v, label: V, dtype: int}}]
+"""
+
+
+def install(site: Site, tmp_path: Path, factor: int = 1) -> str:
+    """Install ``wf``; ``factor`` 10 is the "fixed" template (scores x 10: x then 0)."""
+    zeros = "0" if factor == 10 else ""
+    folder = write_template(tmp_path / f"t{factor}", SCORE.format(zeros=zeros))
+    return api.install(site, folder, workflow_id="wf").version
+
+
+def cli(site: Site, *args: str) -> Any:
+    result = CliRunner().invoke(main, ["--site", str(site.root), *args], catch_exceptions=False)
+    return result
+
+
+def runs_by(site: Site, key: str = "name") -> dict[Any, dict[str, Any]]:
+    return {r[key]: api.show_run(site, r["id"]) for r in api.list_runs(site)}
+
+
+# -- 1. versions ------------------------------------------------------------------------------
+def test_versions_show_counts_and_rank_apart(site: Site, tmp_path: Path) -> None:
+    v1 = install(site, tmp_path, factor=1)
+    drop(site, "a.yaml", {"workflow": "wf", "group": "alice", "name": "a", "arguments": {"x": 5}})
+    drop(site, "b.yaml", {"workflow": "wf", "group": "bob", "name": "b", "arguments": {"x": 13}})
+    run_until_idle(site)
+    v2 = install(site, tmp_path, factor=10)  # the fix: a new version, now current
+    assert v2 != v1
+    drop(site, "c.yaml", {"workflow": "wf", "group": "carol", "name": "c", "arguments": {"x": 2}})
+    run_until_idle(site)
+
+    info = json.loads(cli(site, "workflows", "show", "wf", "--json").output)
+    assert info["current"] == v2
+    by_version = {v["version"]: v for v in info["versions"]}
+    assert by_version[v1]["states"] == {"ERROR": 1, "SUCCESS": 1}
+    assert by_version[v2]["states"] == {"SUCCESS": 1} and by_version[v2]["current"]
+    assert all(v["installed_at"] for v in info["versions"])
+    listed = api.list_workflows(site)[0]
+    assert (listed["runs"], listed["runs_current"], listed["versions"]) == (3, 1, 2)
+
+    # default: the current version only; alice's v1 result (5) would otherwise beat nothing
+    board = json.loads(cli(site, "ranking", "wf", "--json").output)
+    assert [(e["group"], e["run"]["version"]) for e in board["ranking"]] == [("carol", v2)]
+    assert board["version"] == v2 and board["workflow"] == "wf" and board["schema"]
+    old = api.ranking(site, "wf", version=v1)
+    assert [(e["group"], e["results"]["v"]) for e in old["ranking"]] == [("alice", 5)]
+    every = api.ranking(site, "wf", all_versions=True)
+    assert {(e["group"], e["run"]["version"]) for e in every["ranking"]} == {
+        ("carol", v2),
+        ("alice", v1),
+    }
+    text = cli(site, "ranking", "wf", "--all-versions").output
+    assert v1 in text and v2 in text and "all versions" in text
+    # the leaderboard file the daemon wrote holds the current version's runs only
+    leaderboard = json.loads((site.layout.workflow_results("wf") / "leaderboard.json").read_text())
+    assert [e["run"]["version"] for e in leaderboard["ranking"]] == [v2]
+
+
+# -- 2. rerun -----------------------------------------------------------------------------------
+def test_rerun_same_arguments_files_and_version_or_latest(site: Site, tmp_path: Path) -> None:
+    v1 = install(site, tmp_path, factor=1)
+    drop(
+        site,
+        "a.yaml",
+        {"workflow": "wf", "name": "a", "arguments": {"x": 4, "data": "d.txt"}},
+        files={"d.txt": "payload-1\n"},
+    )
+    run_until_idle(site)
+    first = runs_by(site)["a"]
+    v2 = install(site, tmp_path, factor=10)
+    queued = cli(site, "runs", "rerun", first["id"]).output.strip()
+    assert (site.layout.queue / queued).is_file()
+    run_until_idle(site)
+    again = [r for r in runs_by(site, "id").values() if r["id"] != first["id"]]
+    assert len(again) == 1 and again[0]["state"] == "SUCCESS", again
+    assert again[0]["version"] == v1  # not the new current one
+    assert again[0]["arguments"]["x"] == 4
+    assert (Path(again[0]["run_dir"]) / "out.txt").read_text() == "input payload-1\n"
+    assert again[0]["results"] == {"v": 4}
+
+    api_latest = cli(site, "runs", "rerun", first["id"], "--latest")
+    assert api_latest.exit_code == 0, api_latest.output
+    run_until_idle(site)
+    latest = [r for r in runs_by(site, "id").values() if r["version"] == v2]
+    assert len(latest) == 1 and latest[0]["results"] == {"v": 40}
+    assert (Path(latest[0]["run_dir"]) / "in.txt").read_text() == "payload-1\n"
+
+
+# -- 3. resumed sweeps ------------------------------------------------------------------------
+def test_resubmitted_sweep_reports_skips_and_retries_failed(site: Site, tmp_path: Path) -> None:
+    install(site, tmp_path)
+    request = tmp_path / "sweep.yaml"
+    request.write_text(yaml.safe_dump({"workflow": "wf", "sweep": {"x": [1, 13]}}))
+    cli(site, "submit", str(request))
+    run_until_idle(site)
+    assert sorted(r["state"] for r in api.list_runs(site)) == ["ERROR", "SUCCESS"]
+
+    request.write_text(yaml.safe_dump({"workflow": "wf", "sweep": {"x": [1, 13, 2]}}))
+    plan = plan_request(site, request)
+    assert plan is not None
+    assert [(p.arguments["x"], p.status) for p in plan.points] == [
+        (1, "succeeded"),
+        (13, "failed"),
+        (2, "missing"),
+    ]
+    out = CliRunner().invoke(main, ["--site", str(site.root), "submit", str(request)])
+    assert "3 points" in out.stderr and "1 to run, 2 skipped" in out.stderr
+    assert "x=1: succeeded" in out.stderr and "x=13: failed" in out.stderr
+    run_until_idle(site)
+    assert sorted(r["arguments"]["x"] for r in map(_show(site), api.list_runs(site))) == [1, 2, 13]
+
+    out = CliRunner().invoke(
+        main, ["--site", str(site.root), "submit", "--retry-failed", str(request)]
+    )
+    assert "1 to run, 2 skipped" in out.stderr  # 13 again; 1 and 2 succeeded
+    queued = yaml.safe_load((site.layout.queue / out.stdout.strip()).read_text())
+    assert queued["retry_failed"] is True
+    run_until_idle(site)
+    xs = sorted(r["arguments"]["x"] for r in map(_show(site), api.list_runs(site)))
+    assert xs == [1, 2, 13, 13]
+
+
+def _show(site: Site) -> Any:
+    return lambda row: api.show_run(site, row["id"])
+
+
+# -- 4. delete, cleanup, uninstall, orphans -------------------------------------------------
+def _pending_run(site: Site, name: str) -> str:
+    drop(site, f"{name}.yaml", {"workflow": "wf", "name": name})
+    return Intake(site).run_once().runs[0].id  # created, never dispatched: PENDING
+
+
+def test_delete_refuses_active_and_frees_an_ended_run(site: Site, tmp_path: Path) -> None:
+    install(site, tmp_path)
+    drop(site, "a.yaml", {"workflow": "wf", "name": "a"})
+    run_until_idle(site)
+    done = runs_by(site)["a"]
+    pending = _pending_run(site, "p")
+    result = cli(site, "runs", "delete", pending)
+    assert result.exit_code == 1
+    assert f"run {pending} is PENDING: an active run cannot be deleted" in result.output
+    assert "runs cancel" in result.output
+    result = cli(site, "runs", "delete", done["id"])
+    assert result.exit_code == 0 and "freed" in result.output, result.output
+    assert not Path(done["run_dir"]).exists()
+    assert [r["id"] for r in api.list_runs(site)] == [pending]
+    assert not (site.layout.workflow_results("wf") / ".trash" / done["id"]).exists()
+
+
+def test_cleanup_before_date_spares_postproc_feeders(site: Site, tmp_path: Path) -> None:
+    install(site, tmp_path)
+    for name in ("a", "b", "c"):
+        drop(site, f"{name}.yaml", {"workflow": "wf", "name": name, "group": name})
+    drop(site, "bad.yaml", {"workflow": "wf", "name": "bad", "arguments": {"x": 13}})
+    run_until_idle(site)
+    runs = runs_by(site)
+    # the current post-processing was fed by a's run (its state file says so)
+    root = site.layout.workflow_results("wf") / "postproc"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "state.json").write_text(json.dumps({"ranking": [runs["a"]["id"]]}))
+    active = _pending_run(site, "p")
+    tomorrow = "2999-01-01"
+
+    dry = cleanup(site, tomorrow, state="SUCCESS", dry_run=True)
+    assert {e["id"] for e in dry.removed} == {runs["b"]["id"], runs["c"]["id"]}
+    assert [e["id"] for e in dry.spared] == [runs["a"]["id"]]
+    assert dry.freed > 0 and Path(runs["b"]["run_dir"]).exists()
+
+    assert cleanup(site, "2000-01-01").removed == []  # nothing that old
+    out = cli(site, "cleanup", "--before", tomorrow, "--workflow", "wf")
+    assert out.exit_code == 0, out.output
+    assert "removed 3 runs" in out.output and "spared: feeds the current post-processing" in (
+        out.output
+    )
+    left = {r["id"] for r in api.list_runs(site)}
+    assert left == {runs["a"]["id"], active}  # the active one is never touched
+    assert not Path(runs["bad"]["run_dir"]).exists()
+    bad_date = cli(site, "cleanup", "--before", "yesterday")
+    assert bad_date.exit_code == 1 and "not a date: 'yesterday'" in bad_date.output
+
+
+def test_uninstall_refused_while_active(site: Site, tmp_path: Path) -> None:
+    install(site, tmp_path)
+    pending = _pending_run(site, "p")
+    with pytest.raises(StateError, match=f"workflow wf has 1 active runs \\({pending}\\)"):
+        uninstall(site, "wf")
+    assert site.layout.template_dir("wf").is_dir()  # nothing removed
+    run_until_idle(site)
+    result = cli(site, "uninstall", "wf")
+    assert result.exit_code == 0 and "uninstalled wf: 1 runs" in result.output, result.output
+    assert api.list_runs(site) == [] and api.list_workflows(site) == []
+    assert not site.layout.workflow_results("wf").exists()
+    assert not site.layout.template_dir("wf").exists()
+
+
+def test_local_orphans(site: Site, tmp_path: Path) -> None:
+    install(site, tmp_path)
+    drop(site, "a.yaml", {"workflow": "wf", "name": "a"})
+    run_until_idle(site)
+    runs_dir = site.layout.runs_dir("wf")
+    (runs_dir / "crashed1").mkdir()
+    (runs_dir / "crashed1" / "big").write_bytes(b"x" * 5000)
+    old_tmp = runs_dir / ".half.tmp"
+    old_tmp.mkdir()
+    young_tmp = runs_dir / ".young.tmp"  # may be an intake at work: left alone
+    young_tmp.mkdir()
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    found = {Path(o.path).name: o for o in local_orphans(site)}
+    assert set(found) == {"crashed1", ".half.tmp"}
+    result = cli(site, "cleanup", "--orphans")
+    assert "removed 2 orphans" in result.output, result.output
+    assert not (runs_dir / "crashed1").exists() and young_tmp.exists()
+    assert len(api.list_runs(site)) == 1
+
+
+def test_remote_orphans_on_a_real_ssh_host(ssh: Any, tmp_path: Path) -> None:
+    from flowbatch.executors.ssh import ssh_runner
+
+    from .fixtures_ssh import ssh_site
+
+    site = ssh_site(tmp_path / "site", ssh)
+    runner = ssh_runner(site.config, "a")
+    root = site.config.ssh["a"].remote_root
+    drop(site, "p.yaml", {"workflow": "helloworld", "name": "p"})
+    active = Intake(site).run_once().runs[0].id  # PENDING: its folder must stay
+    made = runner.run(
+        f"mkdir -p {root}/helloworld/deadbeef0001 {root}/helloworld/{active} && "
+        f"head -c 3000 /dev/zero > {root}/helloworld/deadbeef0001/out"
+    )
+    assert made.ok, made.stderr
+    dry = json.loads(cli(site, "cleanup", "--orphans", "--dry-run", "--json").output)
+    remote = [o for o in dry["orphans"] if o["where"] == "a"]
+    assert [o["path"] for o in remote] == [f"{root}/helloworld/deadbeef0001"]
+    assert remote[0]["why"] == "no such run here" and remote[0]["bytes"] >= 3000
+    out = cli(site, "cleanup", "--orphans")
+    assert out.exit_code == 0, out.output
+    listing = runner.run(f"ls {root}/helloworld").stdout.split()
+    assert listing == [active]
+    site.close()
+
+
+# -- 5. files and archives -------------------------------------------------------------------
+def test_files_and_archive(site: Site, tmp_path: Path) -> None:
+    install(site, tmp_path)
+    drop(site, "a.yaml", {"workflow": "wf", "name": "a", "arguments": {"x": 3}})
+    drop(site, "bad.yaml", {"workflow": "wf", "name": "bad", "arguments": {"x": 13}})
+    run_until_idle(site)
+    runs = runs_by(site)
+    files = json.loads(cli(site, "runs", "files", runs["a"]["id"], "--json").output)
+    assert [(f["key"], f["title"], f["size"]) for f in files] == [
+        ("report", "The report", len("input \n")),
+        ("score", None, len('{"v": 3}')),
+    ]
+    out = cli(site, "runs", "archive", runs["a"]["id"], "-o", str(tmp_path))
+    assert out.exit_code == 0, out.output
+    path = Path(out.output.strip())
+    assert path == tmp_path / f"run.{runs['a']['id']}.tar.gz"
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == ["report", "score"]
+        member = tar.extractfile("score")
+        assert member is not None and member.read() == b'{"v": 3}'
+    refused = cli(site, "runs", "archive", runs["bad"]["id"], "-o", str(tmp_path))
+    assert refused.exit_code == 1
+    assert f"run {runs['bad']['id']} is ERROR: only a successful run has an archive" in (
+        refused.output
+    )
+    assert list(tmp_path.glob("*.tar.gz")) == [path]  # nothing half-written
+
+
+# -- 6. fair shares ---------------------------------------------------------------------------
+SLEEP = """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands: ["sleep 0.5"]
+"""
+
+
+def test_per_group_cap_keeps_runs_pending_with_the_reason(tmp_path: Path) -> None:
+    site = make_site(
+        tmp_path / "site",
+        {"local": {"concurrency": 4}, "limits": {"per_group": 1, "groups": {"big": 2}}},
+    )
+    api.install(site, write_template(tmp_path / "t", SLEEP), workflow_id="wf")
+    for i in range(3):
+        drop(site, f"t{i}.yaml", {"workflow": "wf", "group": "teamx", "name": f"t{i}"})
+    for i in range(3):
+        drop(site, f"b{i}.yaml", {"workflow": "wf", "group": "big", "name": f"b{i}"})
+    d = Daemon(site)
+    d.start()
+    try:
+        d.tick()
+        states = {r["name"]: r["state"] for r in api.list_runs(site)}
+        running = sorted(n for n, s in states.items() if s == "RUNNING")
+        assert running == ["b0", "b1", "t0"]  # the cap, not the 4 slots, held the rest
+        waiting = api.show_run(site, _id(site, "t1"))
+        assert waiting["state"] == "PENDING"
+        assert waiting["waiting"] == "group teamx has 1 runs running (cap 1)"
+        shown = cli(site, "runs", "show", waiting["id"]).output
+        assert "waiting:     group teamx has 1 runs running (cap 1)" in shown
+        # the note is written once, not at every tick
+        run_json = site.store.run_dir(site.store.load(waiting["id"])) / "run.json"
+        before = run_json.stat().st_mtime_ns
+        d.runner.dispatch()
+        assert run_json.stat().st_mtime_ns == before
+        run_until_idle(site, daemon=d)
+    finally:
+        d.stop()
+    assert {r["state"] for r in api.list_runs(site)} == {State.SUCCESS.value}
+    assert api.show_run(site, _id(site, "t1"))["waiting"] is None
+    site.close()
+
+
+def test_per_user_cap_and_list_by_user(tmp_path: Path) -> None:
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 4}, "limits": {"per_user": 1}})
+    api.install(site, write_template(tmp_path / "t", SLEEP), workflow_id="wf")
+    for i in range(2):
+        drop(site, f"r{i}.yaml", {"workflow": "wf", "group": f"g{i}", "name": f"r{i}"})
+    d = Daemon(site)
+    d.start()
+    try:
+        d.tick()
+        assert sorted(r["state"] for r in api.list_runs(site)) == ["PENDING", "RUNNING"]
+        pending = next(r for r in api.list_runs(site) if r["state"] == "PENDING")
+        assert api.show_run(site, pending["id"])["waiting"] == (
+            f"user {me} has 1 runs running (cap 1)"
+        )
+        run_until_idle(site, daemon=d)
+    finally:
+        d.stop()
+    mine = json.loads(cli(site, "runs", "list", "--user", me, "--group", "g1", "--json").output)
+    assert [r["name"] for r in mine] == ["r1"]
+    assert api.list_runs(site, user="nobody-else") == []
+    site.close()
+
+
+def _id(site: Site, name: str) -> str:
+    return next(r["id"] for r in api.list_runs(site) if r["name"] == name)
