@@ -132,6 +132,8 @@ class Runner:
         busy = {name: len(self.running(name)) for name in self.executors}
         shares = fairshare.Shares(self.site.config.limits, self.running())
         for run in self.pending():
+            if all(busy[name] >= ex.limit for name, ex in self.executors.items()):
+                break  # every executor is full: the rest wait for the next tick
             if run.state != State.PENDING:
                 continue  # started (or failed) with the other runs of its sweep
             executor = self.executors.get(run.executor)
@@ -140,10 +142,10 @@ class Runner:
                     run, State.ERROR, messages=[f"executor {run.executor!r} is not configured"]
                 )
                 continue
-            if fairshare.hold(self.store, run, shares):
-                continue  # over its user's or group's cap; others' runs may start
             if busy[run.executor] >= executor.limit:
                 continue  # another executor may still have room
+            if fairshare.hold(self.store, run, shares):
+                continue  # over its user's or group's cap; others' runs may start
             if run.sweep and isinstance(executor, LaunchesMany):
                 launched += self._launch_sweep(run, executor, busy, shares)
                 continue

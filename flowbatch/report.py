@@ -204,6 +204,11 @@ def _add_extras(
         ]
 
 
+#: rows of the "all runs" view the page itself holds; leaderboard.csv/.json hold every run
+#: (a page of 100,000 rows took seconds to write and a browser longer to open)
+ALL_ROWS_SHOWN = 2000
+
+
 def render_leaderboard_html(
     workflow_id: str,
     title: str,
@@ -238,7 +243,8 @@ def render_leaderboard_html(
         rows=[_row(schema.columns, parameters, files, entry) for entry in entries],
         all_rows=None
         if all_entries is None
-        else [_row(schema.columns, parameters, files, e) for e in all_entries],
+        else [_row(schema.columns, parameters, files, e) for e in all_entries[:ALL_ROWS_SHOWN]],
+        all_total=0 if all_entries is None else len(all_entries),
         counts={"groups": len(groups), "runs": len(all_entries or entries)},
         order_text=", ".join(
             f"{schema.column(k.name).label} ({'higher' if k.sort_desc else 'lower'} is better)"
@@ -482,6 +488,7 @@ class _Row:
     duration: str
     duration_sort: str
     files: list[_Link]
+    version: str = ""
 
 
 def _value_cell(value: Any, numeric: bool) -> _Cell:
@@ -535,6 +542,7 @@ def _row(
         finished_sort=iso(finished) if finished else "",
         duration=format_duration(seconds),
         duration_sort="" if seconds is None else f"{seconds:.6f}",
+        version=run.version or "",
         files=[
             _Link(
                 label=str(f.get("key") or f.get("source")),

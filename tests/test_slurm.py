@@ -311,3 +311,24 @@ def test_doctor_checks_slurm_profiles(tmp_path: Path, slurm_cluster: SlurmCluste
     bad = make_site(tmp_path / "bad", slurm_config(partition="nosuchpartition"))
     check = {c.name: c for c in diagnose(bad.root)}["executor slurm"]
     assert check.status == "fail" and "nosuchpartition" in check.detail, check.detail
+
+
+@pytest.mark.slow
+def test_a_real_timeout(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+    """Slurm keeps time limits in whole minutes and checks them every ~30 s: this waits
+    60-90 s for a real TIMEOUT, the one state that the other tests only see recorded."""
+    site = sleep_site(tmp_path)
+    drop(
+        site,
+        "slow.yaml",
+        {
+            "workflow": "sleep",
+            "name": "slow",
+            "arguments": {"seconds": 300},
+            "resources": {"time": "0:01"},
+        },
+    )
+    run_until_idle(site, timeout=180)
+    run = runs_by_name(site)["slow"]
+    assert run["state"] == "ERROR"
+    assert any("TIMEOUT" in m for m in run["messages"]), run["messages"]
