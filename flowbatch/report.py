@@ -174,7 +174,8 @@ def write_leaderboard(
     data["generated_at"] = iso(generated_at)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / JSON_NAME, data)
+    # compact: with every run in "all" this file grows large, and indenting is slow
+    write_json(out_dir / JSON_NAME, data, indent=None)
     write_text(out_dir / CSV_NAME, leaderboard_csv(schema, entries, parameters))
     html = render_leaderboard_html(
         workflow_id,

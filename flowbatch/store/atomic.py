@@ -39,5 +39,13 @@ def write_text(path: str | os.PathLike[str], text: str, **kw: Any) -> None:
     write_bytes(path, text.encode("utf-8"), **kw)
 
 
-def write_json(path: str | os.PathLike[str], value: Any, **kw: Any) -> None:
-    write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n", **kw)
+def write_json(
+    path: str | os.PathLike[str], value: Any, *, indent: int | None = 2, **kw: Any
+) -> None:
+    """``indent=None`` writes compact JSON with the C encoder (an indented dump goes
+    through Python's pure encoder: ten times slower on a large leaderboard)."""
+    if indent is None:
+        text = json.dumps(value, separators=(",", ":"), default=str)
+    else:
+        text = json.dumps(value, indent=indent, default=str)
+    write_text(path, text + "\n", **kw)
