@@ -450,3 +450,23 @@ def test_reindex_ignores_a_run_folder_intake_never_finished(hello_site: Site) ->
     )
     assert api.reindex(hello_site) == 1
     assert [r["id"] for r in api.list_runs(hello_site)] == [done[0]["id"]]
+
+
+def test_a_reused_pid_is_never_taken_for_the_run(site: Site) -> None:
+    """Adoption checks the PID *and* the process start time recorded at launch."""
+    import psutil
+
+    from flowbatch.executors.local import LocalExecutor
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        started = psutil.Process(proc.pid).create_time()
+        ex = LocalExecutor()
+        assert ex.adopt({"pid": proc.pid, "start": started, "host": ex.host})
+        # the same PID, but a process started at another time: not our run
+        assert not ex.adopt({"pid": proc.pid, "start": started - 60, "host": ex.host})
+        assert not ex.adopt({"pid": proc.pid, "start": started, "host": "another-host"})
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not ex.adopt({"pid": proc.pid, "start": started, "host": ex.host})

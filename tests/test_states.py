@@ -94,3 +94,26 @@ def test_store_transition_writes_tree_and_index(site) -> None:  # type: ignore[n
     assert seen == [("r1", State.PENDING, State.RUNNING), ("r1", State.RUNNING, State.SUCCESS)]
     with pytest.raises(StateError):
         site.store.transition(run, State.RUNNING)
+
+
+def test_index_is_sqlite_wal_by_default_and_a_url_selects_another(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from flowbatch import api
+    from flowbatch.site import Site
+
+    from .conftest import EXAMPLES, make_site
+
+    site = make_site(tmp_path / "a")
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    site.close()
+    mode = sqlite3.connect(tmp_path / "a" / "index.db").execute("PRAGMA journal_mode").fetchone()
+    assert mode[0] == "wal"
+    elsewhere = tmp_path / "elsewhere.db"
+    site = make_site(tmp_path / "b", {"database": f"sqlite:///{elsewhere}"})
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    site.close()
+    assert elsewhere.exists() and not (tmp_path / "b" / "index.db").exists()
+    rows = sqlite3.connect(elsewhere).execute("SELECT id FROM workflow_row").fetchall()
+    assert rows == [("helloworld",)]
+    Site(tmp_path / "b").close()
