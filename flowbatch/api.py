@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +41,8 @@ LIST_FIELDS = (
     "version",
     "executor",
 )
+
+log = logging.getLogger("flowbatch.api")
 
 
 # -- templates -----------------------------------------------------------------------------
@@ -426,6 +429,16 @@ def report(
 
 
 # -- index -----------------------------------------------------------------------------------
+def _readable_runs(store: Store, dirs: Iterable[Path]) -> Iterator[RunRecord]:
+    """The run records of ``dirs``; one that cannot be read is logged and left out (a
+    broken or tampered ``run.json`` must not stop the index of every other run)."""
+    for run_dir in dirs:
+        try:
+            yield store.load_dir(run_dir)
+        except (OSError, FlowbatchError) as exc:
+            log.error("reindex: %s left out: %s", run_dir, exc)
+
+
 def reindex(site: Site) -> int:
     """Rebuild the index from the tree alone (a corrupt index file is replaced)."""
     from .store import index as idx
@@ -441,7 +454,7 @@ def reindex(site: Site) -> int:
     for wf_id in site.templates.list_ids():
         index_workflow(site, wf_id)
     dirs = list(store.iter_run_dirs())  # a count first: the progress line shows a total
-    runs = (store.load_dir(d) for d in track(dirs, "reindex"))
+    runs = _readable_runs(store, track(dirs, "reindex"))
     count = store.index_many(runs)
     update_reports(site, site.templates.list_ids())
     return count

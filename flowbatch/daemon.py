@@ -198,12 +198,35 @@ class Daemon:
         self._report_cost = self._reported_at - started
 
     def apply_cancel(self, req: CancelRequest, claimed: Claimed) -> None:
+        if self._hand_to_owner_host(req, claimed):
+            return
         try:
             cancel_run(self.site, self.runner, req.cancel, claimed.uid, req.reason)
         except FlowbatchError as exc:
             self.intake.reject(claimed, exc.at(file=claimed.name, prefix="cancel"))
             return
+        except Exception as exc:  # never re-read the same cancel forever
+            log.exception("cancel %s failed", req.cancel)
+            self.intake.reject(claimed, FlowbatchError(f"internal error: {exc}", file=claimed.name))
+            return
         claimed.path.unlink(missing_ok=True)
+
+    def _hand_to_owner_host(self, req: CancelRequest, claimed: Claimed) -> bool:
+        """On a shared site, a cancel for a run another host serves goes to that host's
+        claimed folder: only the daemon running a run may change its state."""
+        if not self.site.shared:
+            return False
+        try:
+            run = self.site.store.load(req.cancel)
+        except FlowbatchError:
+            return False  # unknown run: cancel_run says so
+        if run.host in (None, self.site.host):
+            return False
+        dest = self.site.layout.claimed / run.host
+        dest.mkdir(parents=True, exist_ok=True)
+        os.rename(claimed.path, dest / claimed.path.name)
+        log.info("cancel of run %s handed to host %s", run.id, run.host)
+        return True
 
     def idle(self) -> bool:
         queue = self.site.layout.queue
@@ -226,7 +249,12 @@ class Daemon:
             if self.reload_requested:
                 self._reload()
             self.wakeup.clear()
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # a bug must not stop the site: log it, back off, go on
+                log.exception("tick failed; trying again in %.1f s", interval)
+                self.wakeup.wait(interval)
+                continue
             if until_idle and self.idle():
                 break
             # an active local run is reaped by its waiter thread, which sets wakeup

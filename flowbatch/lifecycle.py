@@ -7,6 +7,7 @@ ended, and after a restart :meth:`Runner.recover` rebuilds everything from those
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from .render.script import (
 )
 from .results import read_results
 from .runs import ACTIVE, RunRecord, State
+from .safeio import read_tail
 from .site import Site
 from .spec.model import Template
 from .spec.resources import run_resources
@@ -45,15 +47,10 @@ def iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
 
 
-def tail(path: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - TAIL_BYTES))
-            data = fh.read()
-    except OSError:
-        return ""
+def tail(folder: Path, rel: str | Path, lines: int = TAIL_LINES) -> str:
+    """The last lines of a log in a run folder, read without following symlinks (the run's
+    user owns the folder; the daemon reading it may be root)."""
+    data = read_tail(folder, rel, TAIL_BYTES)
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
@@ -114,7 +111,15 @@ class Runner:
                 pid, started, host = markers.started
                 # the marker's time stands in for the process start time: a PID reused
                 # since then has a later start time and is not adopted
-                run.handle = {"pid": pid, "pgid": pid, "start": started, "host": host or None}
+                run.handle = {
+                    "pid": pid,
+                    "pgid": pid,
+                    "start": started,
+                    "host": host or None,
+                    "from_marker": True,
+                    "uid": run.owner_uid if os.geteuid() == 0 else os.geteuid(),
+                    "script": str(run_dir / SCRIPT_NAME),
+                }
                 self._transition(run, State.RUNNING, at=iso(started), handle=run.handle)
             if executor is None:
                 self._transition(
@@ -161,6 +166,10 @@ class Runner:
                 continue
             except FlowbatchError as exc:
                 self._transition(run, State.ERROR, messages=[exc.summary()])
+                continue
+            except Exception as exc:  # e.g. the run folder is not what it should be
+                log.exception("launching run %s failed", run.id)
+                self._transition(run, State.ERROR, messages=[f"cannot launch: {exc}"])
                 continue
             faults.point("launched")
             self._transition(run, State.RUNNING, handle=handle)
@@ -249,9 +258,19 @@ class Runner:
                         self._kill(run, executor, State.ERROR, "time limit exceeded")
                         finished += 1
                     continue
-                self.finalize(run, probe)
+                self._finalize_safely(run, probe)
                 finished += 1
         return finished
+
+    def _finalize_safely(self, run: RunRecord, probe: Probe) -> None:
+        """Finalize; a failure of flowbatch's own makes the run ERROR with the reason
+        instead of leaving it RUNNING (and the daemon stopping on it) forever."""
+        try:
+            self.finalize(run, probe)
+        except Exception as exc:
+            log.exception("finalizing run %s failed", run.id)
+            if run.state in ACTIVE:
+                self._transition(run, State.ERROR, messages=[f"internal error: {exc}"])
 
     def _record_intent(self, run: RunRecord, executor: Executor, job: Launch) -> None:
         """Scheduler executors (Slurm): record the intent (job name) in run.json BEFORE
@@ -348,7 +367,7 @@ class Runner:
             why = f"the run's process ended without writing its exit marker{code}"
             if probe.raw:
                 why += f"; {probe.raw}"
-            script_log = tail(self.store.run_dir(run) / LOGS_DIR / "script.log", 5)
+            script_log = tail(self.store.run_dir(run), f"{LOGS_DIR}/script.log", 5)
             if script_log:
                 why += f"; the script said: {script_log}"
         if run.attempt <= run.retries:
@@ -373,7 +392,7 @@ class Runner:
         if step is None:
             return [f"the run script ended with {describe_code(code)}"]
         messages = [f"step {failed} ({step['name']}) failed with {describe_code(code)}"]
-        err = tail(self.store.run_dir(run) / step["stderr"])
+        err = tail(self.store.run_dir(run), step["stderr"])
         if err:
             messages.append(f"stderr of step {failed} (last lines):\n{err}")
         return messages
@@ -420,12 +439,31 @@ def step_records(names: list[str], markers: Markers) -> list[dict[str, Any]]:
 
 
 def archive_attempt(run_dir: Path, attempt: int) -> Path:
-    """Move one attempt's ``logs/`` and ``status/`` to ``attempts/<attempt>/``."""
+    """Move one attempt's ``logs/`` and ``status/`` to ``attempts/<attempt>/``.
+
+    Done relative to directory descriptors, never following a symlink: the run's user
+    owns the folder and could have put an ``attempts`` link there pointing elsewhere."""
     dest = run_dir / "attempts" / str(attempt)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in (LOGS_DIR, STATUS_DIR):
-        if (run_dir / name).exists():
-            os.replace(run_dir / name, dest / name)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    run_fd = os.open(run_dir, flags)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir("attempts", 0o755, dir_fd=run_fd)
+        attempts_fd = os.open("attempts", flags, dir_fd=run_fd)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(str(attempt), 0o755, dir_fd=attempts_fd)
+            dest_fd = os.open(str(attempt), flags, dir_fd=attempts_fd)
+            try:
+                for name in (LOGS_DIR, STATUS_DIR):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(name, name, src_dir_fd=run_fd, dst_dir_fd=dest_fd)
+            finally:
+                os.close(dest_fd)
+        finally:
+            os.close(attempts_fd)
+    finally:
+        os.close(run_fd)
     return dest
 
 

@@ -45,6 +45,7 @@ from .ranking import RankEntry, rank
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
 from .report import PostProcOutput, PostProcRunView, PostProcView, href_in
 from .runs import now_iso
+from .safeio import copy_beneath
 from .site import Site
 from .spec.model import Template
 from .store import atomic
@@ -331,15 +332,16 @@ def _stage_runs(
         run_id = entry.run.run_id
         source_dir = site.layout.run_dir(workflow, run_id)
         for name in files:
-            src = source_dir / name
-            if not src.is_file():
-                raise FlowbatchError(
-                    f"run {run_id} has no file {name!r} to post-process",
-                    field="postproc.inputs.files",
-                )
             dest = target / run_id / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
+            try:  # the run's folder is its user's: never follow a symlink out of it
+                copy_beneath(source_dir, name, dest)
+            except OSError:
+                raise FlowbatchError(
+                    f"run {run_id} has no file {name!r} to post-process (or not a regular "
+                    "file inside its run folder)",
+                    field="postproc.inputs.files",
+                ) from None
         listing.append({"id": run_id, "name": entry.run.group, "files": list(files)})
     atomic.write_json(target / RUNS_FILE, listing, fsync=False)
 
@@ -353,7 +355,7 @@ def _failure(
     if step is None:
         return [f"the post-processing script ended with {describe_code(code)}"]
     messages = [f"step {failed} ({step['name']}) failed with {describe_code(code)}"]
-    err = tail(folder / step["stderr"])
+    err = tail(folder, step["stderr"])
     if err:
         messages.append(f"stderr of step {failed} (last lines):\n{err}")
     return messages

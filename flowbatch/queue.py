@@ -9,6 +9,7 @@ same run id. Nothing is lost: a refused request goes to ``queue/rejected/`` besi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import hashlib
@@ -29,6 +30,7 @@ from .executors import executor_names
 from .render import build_script, render_workflow
 from .render.script import SCRIPT_NAME
 from .runs import RunRecord, now_iso
+from .safeio import LINK_ERRORS, copy_fd, open_beneath
 from .site import Site
 from .spec.model import FileArg, Template
 from .spec.params import resolve_arguments
@@ -247,9 +249,21 @@ class Intake:
             return wf_runs
         return None
 
-    def _finish(self, claimed: Claimed) -> None:
+    def _bundle(self, claimed: Claimed) -> Path | None:
+        """The ``<name>.files/`` folder `flowbatch submit` put beside this request, if it
+        is a real folder of the request's own user (no one else's bundle is touched)."""
         bundle = self.layout.queue / (Path(claimed.name).stem + BUNDLE_SUFFIX)
-        if bundle.is_dir() and not bundle.is_symlink():
+        try:
+            st = bundle.lstat()
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != claimed.uid:
+            return None
+        return bundle
+
+    def _finish(self, claimed: Claimed) -> None:
+        bundle = self._bundle(claimed)
+        if bundle is not None:
             shutil.rmtree(bundle, ignore_errors=True)
         claimed.path.unlink(missing_ok=True)
 
@@ -447,7 +461,12 @@ class Intake:
         os.replace(tmp_dir, run_dir)  # the run exists from here on, complete
         faults.point("created")
         # run.json came with the folder: only the index row is left to write
-        site.store.write(run, change=dict(run.history[-1]), tree=False)
+        try:
+            site.store.write(run, change=dict(run.history[-1]), tree=False)
+        except Exception:
+            # the run exists (its folder is complete): never reject it now; its next
+            # state change, or sync_active after a restart, indexes it
+            log.exception("run %s created but not indexed yet", run_id)
         log.info(
             "run %s created from %s (workflow %s, group %s)", run.id, label, run.workflow, run.group
         )
@@ -512,6 +531,10 @@ class Intake:
         info["rejected_at"] = now_iso()
         info["request"] = dest.name
         atomic.write_text(rejected / f"{dest.name}.error.yaml", yamlio.dump(info), fsync=False)
+        bundle = self._bundle(claimed) if claimed.run_id else None
+        if bundle is not None:  # the files `submit` brought stay with the request
+            with contextlib.suppress(OSError):
+                os.rename(bundle, rejected / f"{dest.name}{BUNDLE_SUFFIX}")
         try:
             os.rename(claimed.path, dest)
         except FileNotFoundError:
@@ -567,55 +590,34 @@ def _check_target(
 
 def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
     """Open ``folder/rel`` for reading, refusing ``..``, absolute paths and symlinks on
-    any component. Returns a file descriptor the caller closes."""
-    path = Path(rel)
-    if path.is_absolute() or ".." in path.parts or not path.parts:
+    any component (:func:`flowbatch.safeio.open_beneath`), with a user's error."""
+    try:
+        return open_beneath(folder, rel)
+    except FileNotFoundError:
         raise ArgumentError(
-            "a file path must be relative to the request file and stay inside its folder",
+            f"file {rel!r} does not exist",
             file=label,
             field=field,
-            expected="a relative path without '..'",
-        )
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for i, part in enumerate(path.parts):
-            last = i == len(path.parts) - 1
-            try:
-                nxt = os.open(part, flags if last else flags | os.O_DIRECTORY, dir_fd=fd)
-            except FileNotFoundError:
-                raise ArgumentError(
-                    f"file {rel!r} does not exist",
-                    file=label,
-                    field=field,
-                    hint="put the file beside the request, or use `flowbatch submit` "
-                    "which brings it along",
-                ) from None
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-                    raise ArgumentError(
-                        f"{rel!r} goes through a symbolic link (a symlink could lead "
-                        "outside the request's folder)",
-                        file=label,
-                        field=field,
-                    ) from None
-                raise ArgumentError(
-                    f"cannot open {rel!r}: {exc.strerror}", file=label, field=field
-                ) from None
-            os.close(fd)
-            fd = nxt
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def copy_fd(fd: int, dest: Path) -> None:
-    """Copy an open file's content to ``dest`` (a new file)."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    with open(dest, "wb") as out:
-        while chunk := os.read(fd, 1 << 20):
-            out.write(chunk)
+            hint="put the file beside the request, or use `flowbatch submit` which brings it along",
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise ArgumentError(
+                "a file path must be relative to the request file and stay inside its folder",
+                file=label,
+                field=field,
+                expected="a relative path without '..'",
+            ) from None
+        if exc.errno in LINK_ERRORS:
+            raise ArgumentError(
+                f"{rel!r} goes through a symbolic link (a symlink could lead "
+                "outside the request's folder)",
+                file=label,
+                field=field,
+            ) from None
+        raise ArgumentError(
+            f"cannot open {rel!r}: {exc.strerror}", file=label, field=field
+        ) from None
 
 
 MAX_NAME_BYTES = 200
@@ -683,6 +685,10 @@ def owner_refusal(site: Site, uid: int) -> str | None:
     return f"user {name} may not submit to this site"
 
 
+#: files of a run folder that stay the daemon's when the folder is handed to its user
+DAEMON_FILES = frozenset({"run.json", "request.yaml", "run.sh"})
+
+
 def hand_over(path: Path, uid: int) -> None:
     """A root daemon gives a run's folder to its owner (who runs it); never world-writable."""
     if os.geteuid() != 0 or uid == 0:
@@ -696,9 +702,13 @@ def hand_over(path: Path, uid: int) -> None:
         os.chmod(dirpath, 0o755)
         for name in filenames:
             full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chown(full, uid, gid)
-                os.chmod(full, os.stat(full).st_mode & ~0o022)
+            if os.path.islink(full):
+                continue
+            if dirpath == str(path) and name in DAEMON_FILES:
+                os.chmod(full, 0o644)  # readable by the user, written only by the daemon
+                continue
+            os.chown(full, uid, gid)
+            os.chmod(full, os.stat(full).st_mode & ~0o022)
 
 
 def _jsonable(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -135,8 +135,8 @@ def _step(run_dir: Path, step: dict[str, Any]) -> _StepView:
         duration=format_duration(step.get("duration")),
         stdout=quote(stdout, safe="/") if (run_dir / stdout).is_file() and stdout else "",
         stderr=quote(stderr, safe="/") if (run_dir / stderr).is_file() and stderr else "",
-        out_tail=tail(run_dir / stdout, LOG_TAIL_LINES) if stdout else "",
-        err_tail=tail(run_dir / stderr, LOG_TAIL_LINES) if stderr else "",
+        out_tail=tail(run_dir, stdout, LOG_TAIL_LINES) if stdout else "",
+        err_tail=tail(run_dir, stderr, LOG_TAIL_LINES) if stderr else "",
     )
 
 

@@ -162,7 +162,13 @@ def _to_float(value: Any) -> float:
 def _to_str(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str | int | float):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON \udc80 escape
+            raise _CastError("got text that is not valid Unicode") from None
+        return value
+    if isinstance(value, int | float):
         return str(value)
     # YAML may yield dates/timestamps: they are scalars, keep their ISO form.
     isoformat = getattr(value, "isoformat", None)

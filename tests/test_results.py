@@ -262,3 +262,14 @@ def test_error_to_dict_names_file_and_field(tmp_path: Path) -> None:
     assert data["field"] == "accuracy"
     assert data["file"].endswith("out.json")
     assert "number" in data["expected"]
+
+
+def test_a_lone_surrogate_in_a_text_result_is_refused(tmp_path: Path) -> None:
+    from flowbatch.errors import ResultError
+    from flowbatch.results import read_results
+    from flowbatch.spec.model import ResultColumn, ResultSchema, SortKey
+
+    (tmp_path / "r.json").write_text('{"s": "\\udc80"}')
+    schema = ResultSchema("r.json", [ResultColumn("s", "S", "string")], [SortKey("s")])
+    with pytest.raises(ResultError, match="not valid Unicode"):
+        read_results(tmp_path, schema)

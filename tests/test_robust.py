@@ -470,3 +470,114 @@ def test_a_reused_pid_is_never_taken_for_the_run(site: Site) -> None:
         proc.kill()
         proc.wait()
     assert not ex.adopt({"pid": proc.pid, "start": started, "host": ex.host})
+
+
+# -- a run's user cannot turn the root daemon against others --------------------------------
+@needs_root
+def test_a_run_cannot_make_the_root_daemon_read_through_its_symlinks(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    user = _user("fbrunner")
+    secret = public_tmp / "secret.txt"
+    secret.write_text("root-only-secret-line\n")
+    secret.chmod(0o600)
+    site = make_site(public_tmp / "site")
+    write_template(
+        tmp_path / "t",
+        f"""
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - rm -f logs/step-01-s.err; ln -s {secret} logs/step-01-s.err; exit 1
+""",
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "ERROR"
+    assert not any("root-only-secret-line" in m for m in run["messages"])
+    page = (Path(run["run_dir"]) / "index.html").read_text()
+    assert "root-only-secret-line" not in page
+    assert secret.stat().st_uid == 0 and secret.read_text() == "root-only-secret-line\n"
+
+
+@needs_root
+def test_a_symlinked_logs_folder_gets_nothing_from_root(public_tmp: Path, tmp_path: Path) -> None:
+    user = _user("fbrunner")
+    target = public_tmp / "rootdir"
+    target.mkdir(mode=0o755)
+    site = make_site(public_tmp / "site")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['true']}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    from flowbatch.queue import Intake
+
+    run = Intake(site).run_once().runs[0]
+    run_dir = site.store.run_dir(run)
+    os.symlink(target, run_dir / "logs")  # planted by the run's user before launch
+    os.lchown(run_dir / "logs", user.pw_uid, user.pw_gid)
+    run_until_idle(site)
+    assert target.stat().st_uid == 0  # never chowned to the user
+    assert list(target.iterdir()) == []  # root wrote nothing there (the user may not)
+
+
+@needs_root
+def test_a_replaced_run_json_is_not_trusted(public_tmp: Path, tmp_path: Path) -> None:
+    user = _user("fbrunner")
+    site = make_site(public_tmp / "site")
+    write_template(
+        tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['id -u > uid.txt']}\n"
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    from flowbatch.queue import Intake
+
+    run = Intake(site).run_once().runs[0]
+    site.close()
+    run_dir = Site(site.root).store.run_dir(run)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (run_dir / "run.json").stat().st_uid == 0  # the daemon's, in the user's folder
+    record["owner_uid"] = 0  # the user asks to be root...
+    forged = run_dir / "forged.json"
+    forged.write_text(json.dumps(record))
+    os.chown(forged, user.pw_uid, user.pw_gid)
+    os.replace(forged, run_dir / "run.json")  # ...by replacing the file in their folder
+    (site.root / "index.db").unlink()  # and the index is gone: the tree has the last word
+    fb(site.root, "reindex")
+    out = fb(site.root, "daemon", "--until-idle", check=False)
+    assert out.returncode == 0
+    uid = run_dir / "uid.txt"
+    assert not uid.exists() or uid.read_text().strip() != "0"
+
+
+def test_adopting_from_a_marker_checks_the_user_and_the_script(site: Site) -> None:
+    import psutil
+
+    from flowbatch.executors.local import LocalExecutor
+
+    other = subprocess.Popen(["sleep", "30"])  # someone else's process
+    try:
+        started = psutil.Process(other.pid).create_time()
+        ex = LocalExecutor()
+        forged = {
+            "pid": other.pid,
+            "start": started + 0.5,
+            "host": ex.host,
+            "from_marker": True,
+            "uid": os.geteuid(),
+            "script": "/x/run.sh",
+        }
+        assert not ex.adopt(forged)  # not running that run's script
+        assert not ex.adopt({**forged, "script": "sleep", "uid": os.geteuid() + 1})
+        proc = psutil.Process(other.pid)
+        state = (proc.status(), proc.cmdline(), proc.uids().real, proc.create_time(), started)
+        assert ex.adopt({**forged, "script": "sleep"}), state
+    finally:
+        other.kill()
+        other.wait()

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from .base import Launch, Liveness, Probe
 CANCEL_GRACE = 3.0
 #: tolerance when matching a process's start time against the recorded one
 START_TOLERANCE = 1.0
+#: how long before its ``status/started`` marker a run's process may have started
+MARKER_SLACK = 60.0
 
 
 class LocalExecutor:
@@ -41,29 +44,26 @@ class LocalExecutor:
 
     # -- launch ---------------------------------------------------------------------------
     def launch(self, job: Launch) -> dict[str, Any]:
-        logs = job.run_dir / "logs"
-        logs.mkdir(exist_ok=True)
         identity = run_as(job.uid)
-        if identity:
-            os.chown(logs, identity["user"], identity["group"])
         env = {**os.environ, **job.env, **identity.pop("env", {})}
-        with open(logs / "script.log", "ab") as out:
-            if identity:
-                os.fchown(out.fileno(), identity["user"], identity["group"])
-            try:
-                proc = subprocess.Popen(
-                    ["bash", str(job.run_dir / job.script)],
-                    cwd=job.run_dir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own session and process group
-                    close_fds=True,
-                    env=env,
-                    **identity,
-                )
-            except OSError as exc:
-                raise ExecutorError(f"cannot start bash for run {job.run_id}: {exc}") from exc
+        script = str(job.run_dir / job.script)
+        # The child opens its own log, as the run's user: the daemon (often root) never
+        # creates or opens anything inside a folder its user controls, where a symlink
+        # could send a root-opened file elsewhere.
+        try:
+            proc = subprocess.Popen(
+                ["bash", "-c", 'mkdir -p logs && exec bash "$0" >>logs/script.log 2>&1', script],
+                cwd=job.run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # its own session and process group
+                close_fds=True,
+                env=env,
+                **identity,
+            )
+        except OSError as exc:
+            raise ExecutorError(f"cannot start bash for run {job.run_id}: {exc}") from exc
         try:
             started = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -73,7 +73,14 @@ class LocalExecutor:
         threading.Thread(
             target=self._wait, args=(proc,), daemon=True, name=f"wait-{job.run_id}"
         ).start()
-        return {"pid": proc.pid, "pgid": proc.pid, "start": started, "host": self.host}
+        return {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "start": started,
+            "host": self.host,
+            "uid": os.geteuid() if job.uid is None or not identity else job.uid,
+            "script": script,
+        }
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> None:
         code = proc.wait()
@@ -112,21 +119,40 @@ class LocalExecutor:
             self._exits.pop(pid, None)
 
     def adopt(self, handle: dict[str, Any]) -> bool:
-        """True when the handle's PID still runs the process that was started then."""
+        """True when the handle's PID still runs the process that was started then: same
+        start time, and (when the handle says) the run's user running the run's script.
+
+        The second check matters because a handle rebuilt from the run's own
+        ``status/started`` marker is text the run's user could have written: the daemon
+        must never take (and later signal) another user's process for it.
+        """
         if handle.get("host") not in (None, self.host):
             return False
         try:
             proc = psutil.Process(int(handle["pid"]))
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return False
-            return abs(proc.create_time() - float(handle.get("start", 0))) <= START_TOLERANCE
-        except (psutil.Error, KeyError, ValueError):
+            if "uid" in handle and proc.uids().real != int(handle["uid"]):
+                return False
+            if "script" in handle and handle["script"] not in _cmdline(proc):
+                return False
+            started = float(handle.get("start", 0))
+            if handle.get("from_marker"):
+                # the marker is written by the script a moment after the process began
+                return started - MARKER_SLACK <= proc.create_time() <= started + START_TOLERANCE
+            return abs(proc.create_time() - started) <= START_TOLERANCE
+        except (psutil.Error, KeyError, ValueError, TypeError):
             return False
 
     # -- cancel / collect -----------------------------------------------------------------
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
         """SIGTERM the process group and every descendant, SIGKILL what outlives the grace."""
-        if not self.adopt(handle) and int(handle.get("pid", 0)) not in self._children:
+        pid = int(handle.get("pid", 0))
+        with self._lock:
+            if pid in self._exits:
+                return  # already ended and reaped: its PID may belong to another process
+            mine = pid in self._children
+        if not mine and not self.adopt(handle):
             return
         pgid = int(handle.get("pgid", handle["pid"]))
         try:
@@ -159,6 +185,16 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    """The process's command line; /proc answers empty for a moment while it execs."""
+    for _ in range(5):
+        cmd = proc.cmdline()
+        if cmd:
+            return cmd
+        time.sleep(0.01)
+    return []
 
 
 def run_as(uid: int | None) -> dict[str, Any]:

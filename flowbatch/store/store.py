@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from typing import Any
 
 import peewee as pw
 
-from ..errors import IndexError_, NotFoundError
+from ..errors import FlowbatchError, IndexError_, NotFoundError
 from ..runs import ACTIVE, RunRecord, State, apply, now_iso
 from . import atomic, migrate
 from .index import (
@@ -85,11 +86,34 @@ class Store:
 
     @staticmethod
     def load_dir(run_dir: Path) -> RunRecord:
+        """The record in ``run_dir/run.json``. A root daemon writes that file itself and
+        keeps it root-owned in a folder the run's user owns: a ``run.json`` that is a
+        symlink or belongs to someone else was put there by that user and is refused."""
+        path = run_dir / RUN_JSON
         try:
-            data = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFoundError(f"no run.json in {run_dir}") from None
-        return RunRecord.from_dict(data)
+        except OSError as exc:
+            raise FlowbatchError(f"cannot read {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as fh:
+            owner = os.fstat(fh.fileno()).st_uid
+            daemon = _tree_owner(run_dir)
+            if owner != daemon:
+                raise FlowbatchError(
+                    f"{path} belongs to uid {owner}, not to the daemon's user (uid {daemon}, "
+                    "the owner of results/): it was replaced from inside the run and is "
+                    "not trusted",
+                    hint="check the run; `flowbatch runs delete` removes it",
+                )
+            raw = fh.read()
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            return RunRecord.from_dict(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FlowbatchError(f"{path} is not a valid run record: {exc}") from None
 
     # -- writing ------------------------------------------------------------------------
     def write(
@@ -265,7 +289,7 @@ class Store:
                 continue
             try:
                 run = self.load_dir(run_dir)
-            except (OSError, ValueError) as exc:
+            except (OSError, FlowbatchError) as exc:
                 log.error("cannot read %s: %s", run_dir / RUN_JSON, exc)
                 continue
             if host is not None and run.host not in (None, host):
@@ -315,6 +339,15 @@ class Store:
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
+
+
+def _tree_owner(run_dir: Path) -> int:
+    """The uid that writes run records: the owner of ``results/`` (run_dir's grand-grand
+    parent), i.e. the daemon's user (root, or the service user)."""
+    try:
+        return run_dir.parent.parent.parent.stat().st_uid
+    except OSError:
+        return os.geteuid()
 
 
 @functools.cache
