@@ -6,7 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -115,6 +115,17 @@ class SiteConfig(_Strict):
     allowed_groups: list[str] | None = Field(
         default=None, description="Unix groups whose members' requests are accepted."
     )
+    group_policy: Literal["members", "open"] = Field(
+        default="members",
+        description="Which `group:` a request may name. members: the submitting user's own "
+        "name, a Unix group the user belongs to, or a team of `teams` that lists the user "
+        "(root: any); open: any label (a leaderboard where groups are just names).",
+    )
+    teams: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Leaderboard groups and their members (user names), for group_policy "
+        "members: e.g. {team-x: [alice, bob]}.",
+    )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig,
         description="Fair shares: caps on running runs per user and per group "
@@ -168,6 +179,10 @@ DEFAULT_CONFIG_TEXT = """\
 #   interval: 2.0         # seconds between ticks when nothing wakes the daemon (queue rescan)
 #   settle: 0.5           # a request found by rescanning is read once unchanged this long
 # max_request_bytes: 1048576   # requests larger than this are rejected
+# allowed_users: null     # who may submit (default: all when root, else the daemon's user)
+# allowed_groups: null
+# group_policy: members   # `group:` = own name, own Unix group or a team below; or: open
+# teams: {}               # e.g. team-x: [alice, bob]
 # limits:                # fair shares: running runs at once, over all executors
 #   per_user: null        # cap of every user; users: {alice: 8} overrides it per user
 #   per_group: null       # cap of every group; groups: {teamx: 2} overrides it

@@ -326,6 +326,15 @@ class Intake:
                 hint="ask the site's admin to add you to "
                 "allowed_users or allowed_groups in flowbatch.yaml",
             )
+        if req.group and not may_use_group(site, claimed.uid, req.group):
+            raise RequestError(
+                f"user {user_name(claimed.uid)} may not submit for group {req.group!r}",
+                file=label,
+                field="group",
+                expected="your user name, a Unix group you belong to, or a team of "
+                "`teams` in flowbatch.yaml that lists you",
+                hint="leave `group` out to submit under your own name",
+            )
         try:
             template, version = site.templates.load(req.workflow, req.version)
         except FlowbatchError as exc:
@@ -687,6 +696,26 @@ def owner_refusal(site: Site, uid: int) -> str | None:
 
 #: files of a run folder that stay the daemon's when the folder is handed to its user
 DAEMON_FILES = frozenset({"run.json", "request.yaml", "run.sh"})
+
+
+def may_use_group(site: Site, uid: int, group: str) -> bool:
+    """Whether the user ``uid`` may post runs under ``group`` (see ``group_policy``): a
+    leaderboard group, and its fair-share cap, are not anyone's to borrow."""
+    config = site.config
+    name = user_name(uid)
+    if config.group_policy == "open" or uid == 0 or group == name:
+        return True
+    if name in config.teams.get(group, []):
+        return True
+    try:
+        info = grp.getgrnam(group)
+    except KeyError:
+        return False
+    try:
+        primary = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        primary = -1
+    return info.gr_gid == primary or name in info.gr_mem
 
 
 def hand_over(path: Path, uid: int) -> None:

@@ -581,3 +581,30 @@ def test_adopting_from_a_marker_checks_the_user_and_the_script(site: Site) -> No
     finally:
         other.kill()
         other.wait()
+
+
+@needs_root
+@pytest.mark.parametrize("policy", ["members", "teams", "open"])
+def test_a_user_may_only_post_under_groups_of_their_own(
+    public_tmp: Path, tmp_path: Path, policy: str
+) -> None:
+    user = _user("fbrunner")
+    config: dict[str, object] = {}
+    if policy == "teams":
+        config["teams"] = {"team-x": ["fbrunner"]}
+    elif policy == "open":
+        config["group_policy"] = "open"
+    site = make_site(public_tmp / "site", config)
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['true']}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    for name, group in (("x.yaml", "team-x"), ("own.yaml", "fbrunner")):
+        path = drop(site, name, {"workflow": "wf", "group": group})
+        os.chown(path, user.pw_uid, user.pw_gid)
+    run_until_idle(site)
+    groups = sorted(r["group"] for r in api.list_runs(site))
+    if policy == "members":
+        assert groups == ["fbrunner"]
+        error = yaml.safe_load((site.layout.rejected / "x.yaml.error.yaml").read_text())
+        assert error["field"] == "group" and "team-x" in error["reason"]
+    else:
+        assert groups == ["fbrunner", "team-x"]
