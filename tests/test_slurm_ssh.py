@@ -53,7 +53,7 @@ def test_helloworld_on_slurm_via_ssh(
     request = drop(
         site,
         "a.yaml",
-        {"workflow": "helloworld", "group": "alice", "arguments": {"names": "n.txt"}},
+        {"workflow": "helloworld", "arguments": {"names": "n.txt"}},
         files={"n.txt": "Al\nBea\n"},
     )
     give(request, ssh)  # fbtest's request: fbtest's run folder
