@@ -96,10 +96,9 @@ class Runner:
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> None:
         """After a start: take over every active run the tree knows."""
-        # shared site: catch up only this host's runs (another's change under it)
+        # a shared site: only this host's runs (the others are another daemon's); a site
+        # of one host takes every active run, even if the machine's name has changed
         for run in self.store.sync_active(self.site.host if self.site.shared else None):
-            if run.host not in (None, self.site.host):
-                continue  # another daemon host of this site owns it
             self.active[run.id] = run
             run_dir = self.store.run_dir(run)
             executor = self.executors.get(run.executor)

@@ -354,7 +354,10 @@ class Intake:
         files_dir = site.templates.files_dir(req.workflow, version)
         for index, arguments in enumerate(points):
             run_id = point_run_id(claimed.run_id, index)
-            if index in skipped or self._existing_run(run_id) is not None:
+            if (
+                index in skipped
+                or (site.layout.run_dir(req.workflow, run_id) / "run.json").exists()
+            ):
                 continue
             sweep = {"id": claimed.run_id, "point": index, "of": len(points)} if req.sweep else None
             run = self._create_run(

@@ -608,3 +608,20 @@ def test_a_user_may_only_post_under_groups_of_their_own(
         assert error["field"] == "group" and "team-x" in error["reason"]
     else:
         assert groups == ["fbrunner", "team-x"]
+
+
+def test_a_single_host_site_takes_its_runs_back_after_the_host_is_renamed(
+    hello_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowbatch.daemon import Daemon
+
+    drop(hello_site, "a.yaml", {"workflow": "helloworld", "arguments": {"sleeptime": 0.3}})
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "old-name")
+    d = Daemon(Site(hello_site.root))
+    d.start()
+    d.tick()  # launched under the old name, then the daemon goes away
+    d.stop()
+    assert api.list_runs(hello_site)[0]["state"] == "RUNNING"
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "new-name")
+    run_until_idle(Site(hello_site.root), timeout=30)
+    assert api.list_runs(hello_site)[0]["state"] == "SUCCESS"
