@@ -3,8 +3,11 @@ loopback (started with the test helpers in ``tests/services/sshd.py``, stopped b
 
 Round trip: ``true`` run on the open pooled connection (``SSHConnection.run``) against
 ``ssh host true`` with a ControlMaster already up (a client process per command, as a
-script would do it). Transfer: 100 MB up and down over the pool's SFTP session
-(``put``/``get``) against OpenSSH ``sftp -b`` and ``scp``, each a whole process.
+script would do it). Transfer: 100 MB up and down the way flowbatch stages a run folder
+(``ssh_staging.send_file``/``fetch_file`` on the pool's connection: a file this large is
+streamed through ``cat`` on an exec channel) against OpenSSH ``sftp -b`` and ``scp``,
+each a whole process. For reference, plain paramiko SFTP (``SFTPClient.put``/``get`` on
+a connection with paramiko's defaults: what flowbatch did before) in the same rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def bench(
     if os.geteuid() != 0:
         raise RuntimeError("needs root (creates a test user and starts sshd)")
     from flowbatch.executors.ssh_pool import SSHPool
+    from flowbatch.executors.ssh_staging import fetch_file, send_file
     from flowbatch.ssh_hosts import SSHHost
     from tests.services.sshd import TEST_USER, Sshd, ensure_sshd, ensure_user, free_port, keygen
 
@@ -47,6 +51,7 @@ def bench(
     remote = Path(user.pw_dir) / f"flowbatch-bench-{os.getpid()}"
     control = folder / "cm.sock"
     pool = None
+    plain = None
     ssh_opts = [
         "-i",
         str(key),
@@ -102,16 +107,25 @@ def bench(
                 fh.write(chunk)
         size = data.stat().st_size
         sftp = conn.sftp()
+        plain = _plain_client(host)
+        plain_sftp = plain.open_sftp()
         down = folder / "down"
         down.mkdir()
         t_put, t_get, t_sftp_put, t_sftp_get, t_scp_put, t_scp_get = (Timing() for _ in range(6))
+        t_ref_put, t_ref_get = Timing(), Timing()
         for _ in range(repeats):
             t = time.perf_counter()
-            sftp.put(str(data), f"{remote}/p.bin")
+            send_file(sftp, data, f"{remote}/p.bin", size)
             t_put.add(time.perf_counter() - t)
             t = time.perf_counter()
-            sftp.get(f"{remote}/p.bin", str(down / "p.bin"))
+            fetch_file(sftp, f"{remote}/p.bin", down / "p.bin", size)
             t_get.add(time.perf_counter() - t)
+            t = time.perf_counter()
+            plain_sftp.put(str(data), f"{remote}/r.bin")
+            t_ref_put.add(time.perf_counter() - t)
+            t = time.perf_counter()
+            plain_sftp.get(f"{remote}/r.bin", str(down / "r.bin"))
+            t_ref_get.add(time.perf_counter() - t)
             batch = folder / "batch"
             batch.write_text(f"put {data} {remote}/s.bin\n")
             t_sftp_put.add(_run(["sftp", *_sftp_opts(ssh_opts), "-b", str(batch), target]))
@@ -131,7 +145,7 @@ def bench(
                     ]
                 )
             )
-            for name in ("p.bin", "s.bin", "c.bin"):
+            for name in ("p.bin", "r.bin", "s.bin", "c.bin"):
                 if (down / name).stat().st_size != size:
                     raise RuntimeError(f"{name}: wrong size after download")
                 (down / name).unlink()
@@ -141,6 +155,8 @@ def bench(
             for k, v in {
                 "paramiko put": t_put,
                 "paramiko get": t_get,
+                "paramiko sftp put (defaults, before)": t_ref_put,
+                "paramiko sftp get (defaults, before)": t_ref_get,
                 "sftp put": t_sftp_put,
                 "sftp get": t_sftp_get,
                 "scp put": t_scp_put,
@@ -158,6 +174,8 @@ def bench(
             "rates": rates,
         }
     finally:
+        if plain is not None:
+            plain.close()
         if pool is not None:
             try:
                 pool.connection("bench").run(f"rm -rf {remote}")
@@ -173,6 +191,31 @@ def bench(
         server.stop()
         shutil.rmtree(remote, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _plain_client(host: Any) -> Any:
+    """A paramiko connection as flowbatch made it before (TCP_NODELAY, host key checked,
+    paramiko's cipher order and window): the reference for plain SFTP."""
+    import socket
+
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(host.known_hosts_path()))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    sock = socket.create_connection((host.hostname, host.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.connect(
+        host.hostname,
+        port=host.port,
+        username=host.remote_user(),
+        key_filename=str(host.key_path()),
+        sock=sock,
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=10,
+    )
+    return client
 
 
 def _sftp_opts(ssh_opts: list[str]) -> list[str]:
@@ -200,8 +243,12 @@ def markdown(res: dict[str, Any]) -> str:
             "One private sshd on 127.0.0.4 (the test helpers), key login. Round trip: "
             f"{res['commands']} commands `true`, interleaved: flowbatch's pooled paramiko "
             "connection (TCP_NODELAY) against `ssh host true` through an open ControlMaster. "
-            f"Transfers: {res['megabytes']:.0f} MB, median of {res['repeats']}; OpenSSH as whole "
-            "processes (`sftp -b`, `scp`), paramiko on the pool's open SFTP session.",
+            f"Transfers: {res['megabytes']:.0f} MB, median of {res['repeats']}, interleaved; "
+            "OpenSSH as whole processes (`sftp -b`, `scp`); paramiko put/get is flowbatch's "
+            "staging path on the pooled connection (`send_file`/`fetch_file`: a file of 1 MiB "
+            "or more is streamed through `cat` on an exec channel, AES-GCM preferred); "
+            '"paramiko sftp (defaults, before)" is plain `SFTPClient.put`/`get` on a '
+            "connection with paramiko's defaults, what flowbatch used before.",
             "",
             "| round trip | p50 | p95 |",
             "|---|---:|---:|",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import psutil
 import pytest
 import yaml
@@ -23,6 +25,14 @@ from flowbatch.errors import ConfigError, ExecutorError
 from flowbatch.executors import build_executors, executor_names
 from flowbatch.executors.ssh import SSHExecutor, check_host, ssh_runner
 from flowbatch.executors.ssh_pool import HostKeyError, SSHPool, shared_pool
+from flowbatch.executors.ssh_staging import (
+    STREAM_CHUNK,
+    STREAM_MIN_SIZE,
+    download_tree,
+    fetch_file,
+    send_file,
+    upload_tree,
+)
 from flowbatch.site import Site
 
 from .conftest import drop, run_until_idle
@@ -442,3 +452,116 @@ def test_doctor_checks_ssh_hosts(ssh: SshEnv, tmp_path: Path) -> None:
     site2 = ssh_site(tmp_path / "site2", ssh, hosts={"a": {"known_hosts": str(tmp_path / "k")}})
     bad = {c.name: c for c in diagnose(site2.root)}["executor a"]
     assert bad.status == "fail" and "SHA256:" in bad.detail
+
+
+# -- staging: large files streamed through cat, small ones by SFTP -------------------------
+
+# a file name the shell must not split, expand or end early
+ODD_NAME = "big 'quoted' \"file\" $(touch pwned) `x` ;*.bin"
+
+
+def staging_conn(ssh: SshEnv, tmp_path: Path) -> tuple[Any, str]:
+    """Host a's pooled connection and a fresh remote folder (created by the remote user)."""
+    pool = SSHPool(SiteConfig.model_validate(ssh.config()).ssh)
+    conn = pool.connection("a")
+    remote = str(ssh.remote_root("a") / f"staging-{tmp_path.name}")
+    assert conn.run(f"rm -rf -- '{remote}' && mkdir -p -- '{remote}'").ok
+    return conn, remote
+
+
+def no_sftp_transfers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make paramiko's SFTP put/get fail: what passes went through the stream."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("SFTP used for a file that should have been streamed")
+
+    for name in ("put", "putfo", "get", "getfo"):
+        monkeypatch.setattr(paramiko.SFTPClient, name, refuse)
+
+
+def test_pool_prefers_aes_gcm(ssh: SshEnv, tmp_path: Path) -> None:
+    conn, _ = staging_conn(ssh, tmp_path)
+    transport = conn.client().get_transport()
+    assert transport is not None
+    assert transport.local_cipher == transport.remote_cipher == "aes128-gcm@openssh.com"
+    conn.pool.close()
+
+
+def test_large_files_stream_both_ways_byte_exact(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    conn, remote = staging_conn(ssh, tmp_path)
+    sftp = conn.sftp()
+    payload = os.urandom(3 * STREAM_CHUNK + 12345)  # > STREAM_MIN_SIZE, not whole chunks
+    src = tmp_path / "src.bin"
+    src.write_bytes(payload)
+    pwned = ssh.base.parent / "pwned"  # where `touch` would run: the remote user's home
+    pwned.unlink(missing_ok=True)
+    no_sftp_transfers(monkeypatch)
+    caplog.set_level("WARNING", logger="flowbatch.ssh")
+    send_file(sftp, src, f"{remote}/{ODD_NAME}", len(payload))
+    assert Path(remote, ODD_NAME).read_bytes() == payload
+    dest = tmp_path / "down" / ODD_NAME
+    dest.parent.mkdir()
+    fetch_file(sftp, f"{remote}/{ODD_NAME}", dest, len(payload))
+    assert dest.read_bytes() == payload
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no SFTP fallback
+    # the name was one word to the remote shell: nothing ran, nothing else was written
+    assert not pwned.exists()
+    assert sorted(p.name for p in Path(remote).iterdir()) == [ODD_NAME]
+    conn.pool.close()
+
+
+def test_tree_round_trip_streams_large_files_and_keeps_modes(ssh: SshEnv, tmp_path: Path) -> None:
+    conn, remote = staging_conn(ssh, tmp_path)
+    sftp = conn.sftp()
+    big, small = os.urandom(STREAM_MIN_SIZE + 777), b"small\n"
+    up = tmp_path / "up"
+    (up / "sub").mkdir(parents=True)
+    (up / ODD_NAME).write_bytes(big)
+    (up / "sub" / "small.txt").write_bytes(small)
+    os.chmod(up / ODD_NAME, 0o750)
+    os.utime(up / ODD_NAME, (1_600_000_000, 1_600_000_000))
+    assert upload_tree(sftp, up, remote) == 2
+    assert Path(remote, ODD_NAME).read_bytes() == big
+    assert Path(remote, ODD_NAME).stat().st_mode & 0o777 == 0o750
+    assert int(Path(remote, ODD_NAME).stat().st_mtime) == 1_600_000_000
+    # the run writes a new large file; it comes back whole, by stream
+    assert conn.run(f"head -c {2 * STREAM_MIN_SIZE + 5} /dev/urandom > '{remote}/out.bin'").ok
+    changed = Path(remote, "out.bin").read_bytes()  # the remote FS is this machine's
+    down = tmp_path / "down"
+    down.mkdir()
+    # a link planted at the temporary name must be replaced, not written through
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (down / ".out.bin.flowbatch-fetch").symlink_to(victim)
+    assert download_tree(sftp, remote, down) == 3
+    assert (down / "out.bin").read_bytes() == changed
+    assert (down / ODD_NAME).read_bytes() == big
+    assert (down / ODD_NAME).stat().st_mode & 0o777 == 0o750
+    assert (down / "sub" / "small.txt").read_bytes() == small
+    assert victim.read_text() == "untouched"
+    assert not list(down.glob(".*flowbatch-fetch"))
+    conn.pool.close()
+
+
+def test_stream_that_does_not_add_up_falls_back_to_sftp(
+    ssh: SshEnv, tmp_path: Path, caplog: Any
+) -> None:
+    conn, remote = staging_conn(ssh, tmp_path)
+    sftp = conn.sftp()
+    payload = os.urandom(STREAM_MIN_SIZE * 2)
+    Path(remote, "f.bin").write_bytes(payload)
+    caplog.set_level("WARNING", logger="flowbatch.ssh")
+    # listed larger than it is (as when the file changed after the listing): SFTP again
+    fetch_file(sftp, f"{remote}/f.bin", tmp_path / "f.bin", len(payload) + 1)
+    assert (tmp_path / "f.bin").read_bytes() == payload
+    assert "fetching it by SFTP" in caplog.text
+    # a file that is not there: cat fails, SFTP says why in its own terms
+    with pytest.raises(FileNotFoundError):
+        fetch_file(sftp, f"{remote}/missing.bin", tmp_path / "m.bin", STREAM_MIN_SIZE)
+    # an upload into a folder that does not exist: the same
+    with pytest.raises(FileNotFoundError):
+        send_file(sftp, tmp_path / "f.bin", f"{remote}/no/such/dir/f.bin", len(payload))
+    assert conn.alive()
+    conn.pool.close()
