@@ -32,7 +32,7 @@ def _sample(site: Site) -> dict[str, Any]:
     """One real SUCCESS run.json of the trivial template."""
     drop(site.layout.queue, "sample.yaml", 1)
     run_daemon(site, until_idle=True)
-    path = next((site.root / "results" / WORKFLOW / "runs").glob("*/run.json"))
+    path = next((site.root / "results" / WORKFLOW / "runs").glob("[!.]*/run.json"))
     data = json.loads(path.read_text())
     assert data["state"] == "SUCCESS", data
     return data
@@ -129,11 +129,11 @@ from flowbatch import api
 from flowbatch.site import Site
 t1 = time.perf_counter()
 site = Site(sys.argv[1])
-r = api.ranking(site, sys.argv[2])
-t2 = time.perf_counter()
 api.update_reports(site, {sys.argv[2]})
+t2 = time.perf_counter()
+r = api.ranking(site, sys.argv[2])
 t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "ranking": t2 - t1, "reports": t3 - t2,
+print(json.dumps({"import": t1 - t0, "reports": t2 - t1, "ranking": t3 - t2,
                   "entries": len(r["ranking"])}))
 """
 
@@ -231,24 +231,25 @@ def bench(
 
 def markdown(res: dict[str, Any]) -> str:
     big, small, idle = res["rank_big"], res["rank_small"], res["idle"]
-    rank_total = big["ranking"] + big["reports"]
     lines = [
         "## 5. Scale",
         "",
         f"Synthesized SUCCESS runs of the trivial template, {res['groups']} groups. "
-        "Ranking + reports: `api.ranking` then `api.update_reports` (leaderboard.json, "
-        ".csv, .html and results/index.html) in a fresh process, timed inside it "
-        "(imports apart).",
+        "Ranking + HTML: `api.update_reports` as the daemon calls it (the ranking of the "
+        "best run per group and of all runs, then leaderboard.json, .csv, .html and "
+        "results/index.html), in a fresh process, index opened inside the timing, imports "
+        "apart; then `api.ranking` (what `flowbatch ranking` prints) in the same process.",
         "",
         "| what | figure | target |",
         "|---|---:|---|",
-        f"| ranking + HTML, {res['index']:,} runs indexed | {rank_total:.2f} s "
-        f"(ranking {big['ranking']:.2f} s, reports {big['reports']:.2f} s; "
-        f"{big['html_bytes'] / 1e6:.1f} MB HTML) | at most 2 s: "
-        f"{'met' if rank_total <= 2 else 'NOT met'} |",
+        f"| ranking + HTML, {res['index']:,} runs indexed | {big['reports']:.2f} s "
+        f"({big['html_bytes'] / 1e6:.1f} MB HTML, {big['json_bytes'] / 1e6:.1f} MB JSON) "
+        f"| at most 2 s: {'met' if big['reports'] <= 2 else 'NOT met'} |",
+        f"| ranking alone (`flowbatch ranking`), {res['index']:,} runs | "
+        f"{big['ranking']:.2f} s | at most 2 s: {'met' if big['ranking'] <= 2 else 'NOT met'} |",
         f"| ranking + HTML, {res['tree']:,} runs indexed | "
-        f"{small['ranking'] + small['reports']:.2f} s | (scaling: "
-        f"{rank_total / max(small['ranking'] + small['reports'], 1e-9):.1f}x for "
+        f"{small['reports']:.2f} s | (scaling: "
+        f"{big['reports'] / max(small['reports'], 1e-9):.1f}x for "
         f"{res['index'] / res['tree']:.0f}x the runs) |",
         f"| `flowbatch reindex`, tree of {res['tree']:,} runs (whole process) | "
         f"{res['reindex_s']:.2f} s | at most 20 s: "

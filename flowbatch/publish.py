@@ -17,8 +17,8 @@ import peewee as pw
 from . import postproc
 from .api import rank_inputs
 from .errors import FlowbatchError
-from .ranking import rank
-from .report import param_columns, write_leaderboard
+from .ranking import rank_views
+from .report import ALL_ROWS_SHOWN, param_columns, write_leaderboard
 from .report_pages import write_run_pages, write_site_index
 from .runs import State
 from .site import Site
@@ -59,9 +59,8 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
     template, _ = site.templates.load(workflow)
     if template.results is None:
         return False
-    inputs = rank_inputs(workflow)
-    best = rank(inputs, template.results)
-    everything = rank(inputs, template.results, include_all=True)
+    best, everything = rank_views(rank_inputs(workflow), template.results)
+    shown = {e.run.run_id for e in best} | {e.run.run_id for e in everything[:ALL_ROWS_SHOWN]}
     title = site.templates.meta(workflow).get("name") or workflow
     write_leaderboard(
         site.layout.workflow_results(workflow),
@@ -71,25 +70,31 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
         best,
         all_entries=everything,
         parameters=param_columns(template.parameters),
-        files=run_files(workflow),
+        files=run_files(workflow, shown),
         postproc=postproc.leaderboard_view(site, workflow),
     )
     return True
 
 
-def run_files(workflow: str) -> dict[str, list[dict[str, Any]]]:
-    """The output files of every successful run of ``workflow``, by run id (one query)."""
-    rows = (
-        RunFileRow.select(RunFileRow.run, RunFileRow.key, RunFileRow.source, RunFileRow.title)
-        .join(RunRow, on=(RunFileRow.run == RunRow.id))
-        .where((RunRow.workflow == workflow) & (RunRow.state == State.SUCCESS.value))
-        .order_by(RunFileRow._meta.primary_key)  # the run's own file order
-    )
+def run_files(workflow: str, runs: set[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The output files of the successful runs of ``workflow`` (only of ``runs`` when
+    given: the leaderboard files list those of the runs they show), by run id."""
+    where = (RunRow.workflow == workflow) & (RunRow.state == State.SUCCESS.value)
+    ids = sorted(runs) if runs is not None else None
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        out.setdefault(row.run, []).append(
-            {"key": row.key, "source": row.source, "title": row.title}
+    # SQLite binds at most 32,766 parameters; the shown runs are a few thousand at most
+    chunks = [None] if ids is None else [ids[i : i + 5000] for i in range(0, len(ids), 5000)]
+    for chunk in chunks:
+        rows = (
+            RunFileRow.select(RunFileRow.run, RunFileRow.key, RunFileRow.source, RunFileRow.title)
+            .join(RunRow, on=(RunFileRow.run == RunRow.id))
+            .where(where if chunk is None else where & RunFileRow.run.in_(chunk))
+            .order_by(RunFileRow._meta.primary_key)  # the run's own file order
         )
+        for row in rows:
+            out.setdefault(row.run, []).append(
+                {"key": row.key, "source": row.source, "title": row.title}
+            )
     return out
 
 

@@ -26,9 +26,10 @@ element-by-element comparison of the many near-ties), so the passes were kept.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,19 +37,67 @@ from .errors import ResultError
 from .spec.model import ResultColumn, ResultSchema, SortKey
 
 
-@dataclass
 class RankInput:
-    """One successful run, as the index knows it. Timestamps are ISO-8601 UTC strings."""
+    """One successful run, as the index knows it. Timestamps are ISO-8601 UTC strings.
 
-    run_id: str
-    group: str
-    name: str | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    results: dict[str, Any]
-    arguments: dict[str, Any] = field(default_factory=dict)
-    version: str | None = None
+    ``arguments`` may be given as the index's JSON text (``arguments_json``): it is parsed
+    on first use, so ranking 100,000 runs parses only the arguments of the runs shown."""
+
+    __slots__ = (
+        "_arguments",
+        "_arguments_json",
+        "created_at",
+        "finished_at",
+        "group",
+        "name",
+        "results",
+        "run_id",
+        "started_at",
+        "version",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        group: str,
+        name: str | None,
+        created_at: str,
+        started_at: str | None,
+        finished_at: str | None,
+        results: dict[str, Any],
+        arguments: dict[str, Any] | None = None,
+        version: str | None = None,
+        *,
+        arguments_json: str | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.group = group
+        self.name = name
+        self.created_at = created_at
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.results = results
+        self.version = version
+        self._arguments = arguments
+        self._arguments_json = arguments_json
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        if self._arguments is None:
+            text = self._arguments_json
+            try:
+                value = json.loads(text) if text else None
+            except ValueError:
+                value = None  # a broken index row: shown without arguments, not a crash
+            self._arguments = value if isinstance(value, dict) else {}
+        return self._arguments
+
+    @arguments.setter
+    def arguments(self, value: dict[str, Any]) -> None:
+        self._arguments = value
+
+    def __repr__(self) -> str:
+        return f"RankInput({self.run_id!r}, group={self.group!r}, results={self.results!r})"
 
 
 @dataclass(slots=True)
@@ -77,6 +126,19 @@ def rank(
     Raises:
         ResultError: a sort key names no column of the schema.
     """
+    best, everything = rank_views(runs, schema, order_by=order_by, include_all=include_all)
+    return everything if include_all else best
+
+
+def rank_views(
+    runs: Iterable[RankInput],
+    schema: ResultSchema,
+    *,
+    order_by: list[SortKey] | None = None,
+    include_all: bool = True,
+) -> tuple[list[RankEntry], list[RankEntry]]:
+    """Both views from one sort: (best run per group, every run); the second list is
+    empty unless ``include_all``. Same order and errors as :func:`rank`."""
     keys = order_by or schema.order_by
     columns = _sort_columns(schema, keys)
     items = list(runs)
@@ -97,17 +159,18 @@ def rank(
     for values in reversed(columns_values):
         order.sort(key=values.__getitem__)
 
-    entries: list[RankEntry] = []
+    ranked = [items[position] for position in order]
+    everything = (
+        [RankEntry(place, run) for place, run in enumerate(ranked, 1)] if include_all else []
+    )
+    best: list[RankEntry] = []
     seen: set[str] = set()
-    for position in order:
-        run = items[position]
-        if not include_all:
-            # Sorted best-first, so the first run met for a group is its best one.
-            if run.group in seen:
-                continue
+    for run in ranked:
+        # Sorted best-first, so the first run met for a group is its best one.
+        if run.group not in seen:
             seen.add(run.group)
-        entries.append(RankEntry(rank=len(entries) + 1, run=run))
-    return entries
+            best.append(RankEntry(len(best) + 1, run))
+    return best, everything
 
 
 def ranking_json(workflow_id: str, schema: ResultSchema, entries: list[RankEntry]) -> dict:
@@ -213,7 +276,12 @@ def _key_column(items: list[RankInput], key: SortKey, column: ResultColumn) -> l
     with ``inf`` for a missing value (present values are finite, so it sorts last)."""
     name = column.name
     if column.dtype in ("int", "float"):
-        numbers = [_number(run.results.get(name)) for run in items]
+        values: list[Any] = [run.results.get(name) for run in items]
+        # the common cases inline (an int, a finite float: ``v - v`` is NaN for inf/NaN)
+        numbers: list[Any] = [
+            v if (t := type(v)) is int or (t is float and v - v == 0) else _number(v)
+            for v in values
+        ]
         sign = -1.0 if key.sort_desc else 1.0
         # Floats throughout (CPython's sort compares all-float keys much faster than
         # mixed int/float); ints beyond 2**53 keep their exact value instead.

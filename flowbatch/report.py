@@ -154,8 +154,10 @@ def write_leaderboard(
 
     The JSON is :func:`flowbatch.ranking.ranking_json` (its keys are stable) plus, per
     entry, ``files`` and ``run_seconds``, and at the top ``title``, ``order_by``, ``all``
-    (when given), ``postproc`` (when given) and ``generated_at`` (ISO-8601 UTC). The CSV
-    holds the best-per-group ranking.
+    and ``all_total`` (when given: the best :data:`ALL_ROWS_SHOWN` runs of the all-runs
+    ranking, and how many runs it has), ``postproc`` (when given) and ``generated_at``
+    (ISO-8601 UTC). The CSV holds the best-per-group ranking. Every file is bounded in
+    size whatever the number of runs; ``flowbatch ranking --all --json`` gives every run.
     """
     generated_at = datetime.now(UTC).replace(microsecond=0)
     files = files or {}
@@ -164,8 +166,10 @@ def write_leaderboard(
     data["title"] = title
     data["order_by"] = [{"name": k.name, "sort_desc": k.sort_desc} for k in schema.order_by]
     if all_entries is not None:
-        data["all"] = [entry_json(schema, entry) for entry in all_entries]
-        _add_extras(data["all"], all_entries, files)
+        top = all_entries[:ALL_ROWS_SHOWN]
+        data["all"] = [entry_json(schema, entry) for entry in top]
+        data["all_total"] = len(all_entries)
+        _add_extras(data["all"], top, files)
     if postproc is not None:
         data["postproc"] = {
             "latest": postproc.latest.to_json() if postproc.latest else None,
@@ -174,7 +178,7 @@ def write_leaderboard(
     data["generated_at"] = iso(generated_at)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # compact: with every run in "all" this file grows large, and indenting is slow
+    # compact: thousands of entries, and indenting is slow
     write_json(out_dir / JSON_NAME, data, indent=None)
     write_text(out_dir / CSV_NAME, leaderboard_csv(schema, entries, parameters))
     html = render_leaderboard_html(
@@ -205,8 +209,9 @@ def _add_extras(
         ]
 
 
-#: rows of the "all runs" view the page itself holds; leaderboard.csv/.json hold every run
-#: (a page of 100,000 rows took seconds to write and a browser longer to open)
+#: rows of the "all runs" view the page and leaderboard.json hold (100,000 rows took
+#: seconds to write, a 32 MB JSON file to read, and a browser long to open);
+#: ``flowbatch ranking --all --json`` lists every run
 ALL_ROWS_SHOWN = 2000
 
 
@@ -442,6 +447,8 @@ def _environment() -> jinja2.Environment:
                 undefined=jinja2.StrictUndefined,
                 trim_blocks=True,
                 lstrip_blocks=True,
+                # package data: no stat of the template file at every page (once per run)
+                auto_reload=False,
             )
         )
     return _ENV[0]
@@ -603,16 +610,25 @@ def _chart(schema: ResultSchema, entries: list[RankEntry]) -> _Chart | None:
     if schema.column(key.name).dtype not in ("int", "float"):
         return None
     better = max if key.sort_desc else min
-    history: dict[str, list[tuple[float, float]]] = {}
-    for entry in entries:  # ranked order: the first group met is the best one
-        finished = parse_time(entry.run.finished_at)
-        value = entry.run.results.get(key.name)
-        history.setdefault(entry.run.group, [])
-        if finished is None or not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        if math.isfinite(value):
-            history[entry.run.group].append((finished.timestamp(), float(value)))
-    drawn = [(g, sorted(points)) for g, points in history.items() if points][:CHART_GROUPS]
+    # the runs of each group, groups in ranked order (the first group met is the best);
+    # only the drawn groups' times are parsed: with 100,000 runs that is a few hundred
+    by_group: dict[str, list[RankEntry]] = {}
+    for entry in entries:
+        by_group.setdefault(entry.run.group, []).append(entry)
+    drawn: list[tuple[str, list[tuple[float, float]]]] = []
+    for group, members in by_group.items():
+        if len(drawn) == CHART_GROUPS:
+            break
+        points = []
+        for entry in members:
+            finished = parse_time(entry.run.finished_at)
+            value = entry.run.results.get(key.name)
+            if finished is None or not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            if math.isfinite(value):
+                points.append((finished.timestamp(), float(value)))
+        if points:
+            drawn.append((group, sorted(points)))
     if not drawn:
         return None
     bests: list[tuple[str, list[tuple[float, float]]]] = []
@@ -622,7 +638,7 @@ def _chart(schema: ResultSchema, entries: list[RankEntry]) -> _Chart | None:
             best = value if not running else better(running[-1][1], value)
             running.append((stamp, best))
         bests.append((group, running))
-    return _layout_chart(schema.column(key.name).label, bests, omitted=len(history) - len(drawn))
+    return _layout_chart(schema.column(key.name).label, bests, omitted=len(by_group) - len(drawn))
 
 
 def _layout_chart(

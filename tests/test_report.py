@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flowbatch.ranking import RankInput, rank
+from flowbatch import report
+from flowbatch.ranking import RankInput, rank, rank_views
 from flowbatch.report import (
     ParamColumn,
     PostProcOutput,
@@ -102,6 +103,35 @@ def test_all_entries_added(tmp_path: Path) -> None:
     assert [row["run"]["id"] for row in data["all"]] == ["r3", "r2", "r1"]
     html = (tmp_path / "leaderboard.html").read_text()
     assert "All successful runs" in html
+
+
+def test_all_runs_view_is_bounded_and_says_how_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """leaderboard.json and the page hold the best ALL_ROWS_SHOWN runs of the all-runs
+    ranking (files stay small at 100,000 runs), with the total and where to get them all."""
+    monkeypatch.setattr(report, "ALL_ROWS_SHOWN", 4)
+    many = [make_run(f"r{i:02d}", f"g{i % 3}", float(i)) for i in range(10)]
+    best, everything = rank_views(many, SCHEMA)
+    assert [e.run.run_id for e in best] == [e.run.run_id for e in rank(many, SCHEMA)]
+    write_leaderboard(tmp_path, "wf", "T", SCHEMA, best, all_entries=everything)
+    data = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert [row["run"]["id"] for row in data["all"]] == ["r09", "r08", "r07", "r06"]
+    assert data["all_total"] == 10
+    assert [row["run"]["id"] for row in data["ranking"]] == ["r09", "r08", "r07"]
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert "the 4 best of 10 runs" in html
+    assert "flowbatch ranking wf --all --json" in html
+    assert 'data-run="r05"' not in html  # sixth of all, no group's best
+
+
+def test_arguments_are_parsed_only_when_read() -> None:
+    lazy = RankInput("r1", "g", None, "t", None, None, {}, arguments_json='{"lr": 0.5}')
+    assert lazy._arguments is None  # nothing parsed while ranking
+    assert lazy.arguments == {"lr": 0.5}
+    broken = RankInput("r2", "g", None, "t", None, None, {}, arguments_json="{not json")
+    assert broken.arguments == {}  # a broken index row shows no arguments, never crashes
+    assert RankInput("r3", "g", None, "t", None, None, {}).arguments == {}
 
 
 def test_html_content(tmp_path: Path) -> None:
