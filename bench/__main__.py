@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(render(earlier, args), encoding="utf-8")
         return 0
     wanted = [s for s in (args.only or SECTIONS) if s not in args.skip]
+    # the bytecode an installed flowbatch has (`pip install .` compiles it; an editable
+    # install under PYTHONDONTWRITEBYTECODE would compile every module at every start)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "flowbatch")],
+        check=False,
+        capture_output=True,
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="flowbatch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "sections": {}}

@@ -52,7 +52,7 @@ def bench(work: Path, *, drops: int, log: Any = print) -> dict[str, Any]:
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise RuntimeError(f"daemon exited: {(work / 'daemon.log').read_text()[-800:]}")
-                new = [p for p in runs.glob("*/run.json") if p.parent.name not in known]
+                new = [p for p in runs.glob("[!.]*/run.json") if p.parent.name not in known]
                 if new:
                     data = json.loads(new[0].read_text())
                     if data["state"] in ("SUCCESS", "ERROR", "CANCELED"):

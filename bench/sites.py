@@ -53,7 +53,7 @@ def drop_many(queue: Path, count: int) -> None:
 def states(root: Path) -> dict[str, int]:
     """Run states counted from the tree (run.json), the truth."""
     out: dict[str, int] = {}
-    for path in (root / "results" / WORKFLOW / "runs").glob("*/run.json"):
+    for path in (root / "results" / WORKFLOW / "runs").glob("[!.]*/run.json"):
         state = json.loads(path.read_text(encoding="utf-8"))["state"]
         out[state] = out.get(state, 0) + 1
     return out

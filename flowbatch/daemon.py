@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -166,17 +167,27 @@ class Daemon:
     # -- the tick ---------------------------------------------------------------------------------
     def tick(self) -> None:
         self.ticks += 1
-        intake = self.intake.run_once()
+        # one index transaction for the new runs, one for the tick's state changes (not on
+        # a shared site, whose claims other hosts must see at once): a commit per phase
+        # instead of per change; new runs are listed as soon as intake ends
+        with self._batch():
+            intake = self.intake.run_once()
         for run in intake.runs:
             self.runner.add(run)
-        for req, claimed in intake.cancels:
-            self.apply_cancel(req, claimed)
-        self.runner.dispatch()
-        if self.runner.poll():
-            self.runner.dispatch()  # slots freed by finished runs
-        self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
+        with self._batch():
+            for req, claimed in intake.cancels:
+                self.apply_cancel(req, claimed)
+            self.runner.dispatch()
+            if self.runner.poll():
+                self.runner.dispatch()  # slots freed by finished runs
+            self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
+
+    def _batch(self) -> Any:
+        if self.site.shared:
+            return nullcontext()
+        return self.site.store.batch()
 
     def _reports_due(self) -> bool:
         """Reports are written in every tick with no active run; while runs are active,

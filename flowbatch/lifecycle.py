@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,11 +134,27 @@ class Runner:
     def dispatch(self) -> int:
         """Launch PENDING runs, oldest first, within each executor's concurrency."""
         launched = 0
-        busy = {name: len(self.running(name)) for name in self.executors}
-        shares = fairshare.Shares(self.site.config.limits, self.running())
-        for run in self.pending():
-            if all(busy[name] >= ex.limit for name, ex in self.executors.items()):
-                break  # every executor is full: the rest wait for the next tick
+        running = self.running()  # one pass over the active runs for both lists
+        busy = dict.fromkeys(self.executors, 0)
+        for run in running:
+            if run.executor in busy:
+                busy[run.executor] += 1
+        shares = fairshare.Shares(self.site.config.limits, running)
+        pending = self.pending()
+        # executors some pending run still waits for: once each of them is full, the rest
+        # wait for the next tick (scanning every pending run at every tick was O(N^2))
+        waiting = Counter(run.executor for run in pending)
+        for run in pending:
+            if (
+                all(
+                    busy.get(name, 0) >= ex.limit
+                    for name, ex in self.executors.items()
+                    if waiting[name] > 0
+                )
+                and run.executor in self.executors
+            ):
+                break
+            waiting[run.executor] -= 1
             if run.state != State.PENDING:
                 continue  # started (or failed) with the other runs of its sweep
             executor = self.executors.get(run.executor)
@@ -243,8 +260,11 @@ class Runner:
         """One batched look per executor at its running runs; finalize those that ended."""
         finished = 0
         now = datetime.now(UTC)
+        by_executor: dict[str, list[RunRecord]] = {}
+        for run in self.running():
+            by_executor.setdefault(run.executor, []).append(run)
         for name, executor in self.executors.items():
-            runs = self.running(name)
+            runs = by_executor.get(name)
             if not runs:
                 continue
             probes = executor.poll([(r.id, r.handle or {}) for r in runs])

@@ -152,8 +152,11 @@ class Intake:
         self.ready.discard(name)
         # several hosts, one queue: a unique key in the index makes a double claim
         # impossible even where a rename can "succeed" twice (NFS retransmits); the one
-        # who comes second drops its claim
-        if not self.site.store.claim(claim_key(name, st), run_id, self.site.host):
+        # who comes second drops its claim. One host (the site lock held, a local rename):
+        # the rename alone is the claim.
+        if self.site.shared and not self.site.store.claim(
+            claim_key(name, st), run_id, self.site.host
+        ):
             log.warning("%s was claimed by another daemon: dropped", printable_name(name))
             dest.unlink(missing_ok=True)
             return None
@@ -443,11 +446,9 @@ class Intake:
             for fd in sources.values():
                 os.close(fd)
         shutil.copyfile(claimed.path, tmp_dir / REQUEST_COPY)
-        atomic.write_text(
-            tmp_dir / SCRIPT_NAME,
-            build_script(rendered, run_id=run_id),
-            mode=0o755,
-            fsync=False,
+        # the folder is not in place yet: its rename below makes every file appear at once
+        atomic.write_private(
+            tmp_dir / SCRIPT_NAME, build_script(rendered, run_id=run_id).encode(), mode=0o755
         )
         run = RunRecord(
             id=run_id,
@@ -467,7 +468,7 @@ class Intake:
             sweep=sweep,
         )
         run.history.append({"state": run.state.value, "at": run.created_at, "message": None})
-        atomic.write_json(tmp_dir / "run.json", run.to_dict(), fsync=False)
+        atomic.write_private(tmp_dir / "run.json", atomic.json_bytes(run.to_dict()))
         hand_over(tmp_dir, claimed.uid)
         faults.point("create")
         os.replace(tmp_dir, run_dir)  # the run exists from here on, complete

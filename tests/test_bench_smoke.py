@@ -54,7 +54,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert results["sections"][name]["ok"], results["sections"][name]
     assert {"ssh", "slurm"}.isdisjoint(results["sections"])
     tools = {r["tool"]: r for r in results["sections"]["throughput"]["rows"]}
-    assert set(tools) == {"xargs -P 2", "flowbatch"}
+    assert set(tools) == {"xargs -P 2", "flowbatch", "flowbatch run.sh by xargs -P 2"}
     assert all(r["runs_per_s"] > 0 for r in tools.values())
     lat = results["sections"]["latency"]
     assert 0 < lat["running_p50"] <= lat["success_p50"]
@@ -66,6 +66,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "## 2. Latency",
         "## 5. Scale",
         "| flowbatch |",
+        "without the daemon",
     ):
         assert heading in text, heading
     assert "Not measured" not in text

@@ -25,6 +25,7 @@ workflow:
           - echo "one out"; echo "one err" >&2
           - echo "$$FLOWBATCH_TEST_VAR" > inherited.txt
           - command -v bash > path.txt
+          - env > env.txt
     - name: second
       action:
         commands:
@@ -87,6 +88,11 @@ def test_steps_logs_markers_and_first_failure(site, tmp_path: Path, monkeypatch)
     assert (ok_dir / "inherited.txt").read_text() == "from-the-daemon-env\n"  # env inherited
     assert (ok_dir / "path.txt").read_text().strip().endswith("bash")  # PATH inherited
     assert [s["exit_code"] for s in ok["steps"]] == [0, 0]
+    # the script keeps its own output in logs/script.log; the variable that asks it to
+    # do so is not passed on to the commands
+    assert (ok_dir / "logs" / "script.log").is_file()
+    assert "FLOWBATCH_SCRIPT_LOG" not in (ok_dir / "env.txt").read_text()
+    assert "FLOWBATCH_RUN_ID=" in (ok_dir / "env.txt").read_text()
     assert all(s["duration"] is not None and s["duration"] >= 0 for s in ok["steps"])
     assert bad["state"] == "ERROR"
     assert [s["exit_code"] for s in bad["steps"]] == [0, 3]

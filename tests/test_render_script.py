@@ -162,7 +162,9 @@ def test_script_shape(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0] == "#!/usr/bin/env bash"
     assert "run r 9" in lines[1]
-    assert 'cd "$(dirname "$0")" || exit 90' in lines
+    # its own folder without a fork: no command substitution, no dirname
+    assert 'case $0 in */*) cd -- "${0%/*}" || exit 90 ;; esac' in lines
+    assert "$(" not in text and "dirname" not in text
     assert "export FB_a='x'\\''y'" in lines
     assert [line for line in lines if line.startswith("export ")] == [
         "export FLOWBATCH_RUN_ID='r 9'",
@@ -173,6 +175,18 @@ def test_script_shape(tmp_path: Path) -> None:
     assert lines[index - 1] == "(" and lines[index + 1].startswith(") >>logs/step-01-s.out")
     with pytest.raises(ValueError):
         build_script(RenderedWorkflow([], {"not-a-name": "x"}), run_id="r")
+
+
+def test_runs_in_its_own_folder_however_started(tmp_path: Path) -> None:
+    """By path from elsewhere (the other tests start it from /), or by name from its
+    folder; logs/ and status/ are made when missing (a retry's new attempt)."""
+    script = write(tmp_path / "my run", [("s", ["pwd > here.txt"])])
+    done = subprocess.run(
+        ["bash", "run.sh"], cwd=script.parent, capture_output=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (script.parent / "here.txt").read_text().strip() == str(script.parent)
+    assert read_markers(script.parent).exit is not None
 
 
 def test_no_steps(tmp_path: Path) -> None:

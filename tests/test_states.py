@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import peewee as pw
 import pytest
 
 from flowbatch.errors import StateError
@@ -94,6 +95,45 @@ def test_store_transition_writes_tree_and_index(site) -> None:  # type: ignore[n
     assert seen == [("r1", State.PENDING, State.RUNNING), ("r1", State.RUNNING, State.SUCCESS)]
     with pytest.raises(StateError):
         site.store.transition(run, State.RUNNING)
+
+
+def test_a_ticks_batch_commits_once_and_keeps_what_happened_when_it_fails(site) -> None:  # type: ignore[no-untyped-def]
+    """The daemon's tick writes its state changes in one transaction: another reader sees
+    none of them before the end, all of them after; a failure half-way keeps the
+    changes that were made (the tree already has them) and a failed write alone is
+    rolled back (its own savepoint)."""
+    import sqlite3
+
+    def count(state: str) -> int:
+        other = sqlite3.connect(site.layout.index_db)  # another process's view
+        try:
+            return other.execute("SELECT COUNT(*) FROM run_row WHERE state=?", (state,)).fetchone()[
+                0
+            ]
+        finally:
+            other.close()
+
+    runs = []
+    for i in range(3):
+        run = record()
+        run.id = f"b{i}"
+        site.store.run_dir(run).mkdir(parents=True)
+        site.store.write(run)
+        runs.append(run)
+    with site.store.batch():
+        site.store.transition(runs[0], State.RUNNING)
+        site.store.transition(runs[1], State.RUNNING)
+        assert count("RUNNING") == 0  # not committed yet: one commit per tick
+    assert count("RUNNING") == 2
+    with pytest.raises(RuntimeError), site.store.batch():
+        site.store.transition(runs[0], State.SUCCESS)
+        with pytest.raises(pw.IntegrityError), site.store.db.atomic():  # one write fails
+            RunRow.update(state="RUNNING").where(RunRow.id == "b2").execute()
+            site.store.db.execute_sql("INSERT INTO run_row (id) VALUES ('b0')")  # a duplicate
+        raise RuntimeError("a bug later in the tick")
+    assert count("SUCCESS") == 1 and count("RUNNING") == 1
+    assert RunRow.get_by_id("b2").state == "PENDING"
+    assert not site.store.db.in_transaction()
 
 
 def test_index_is_sqlite_wal_by_default_and_a_url_selects_another(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,16 +1,23 @@
-"""Executors: where runs run. Each is configured by name in the site config."""
+"""Executors: where runs run. Each is configured by name in the site config.
+
+The SSH executor (and paramiko with it, a fifth of the CLI's start-up) is imported only
+when the site configures SSH hosts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import SiteConfig
 from ..slurm_profile import profiles_by_executor
 from .base import Executor, Launch, Liveness, Probe
 from .local import LocalExecutor
 from .slurm import SlurmExecutor
-from .ssh import SSHExecutor, ssh_executors
+
+if TYPE_CHECKING:
+    from .ssh import SSHExecutor
 
 __all__ = [
     "Executor",
@@ -44,5 +51,16 @@ def build_executors(
         executors[name] = SlurmExecutor(
             name, profile_name, profile, site_name=site_name, site_root=site_root, config=config
         )
-    executors.update(ssh_executors(config))  # one per ssh host, one shared pool
+    if config.ssh:
+        from .ssh import ssh_executors
+
+        executors.update(ssh_executors(config))  # one per ssh host, one shared pool
     return executors
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SSHExecutor":
+        from .ssh import SSHExecutor
+
+        return SSHExecutor
+    raise AttributeError(name)

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from ..errors import ExecutorError
+from ..render.script import LOGS_DIR
 from .base import Launch, Liveness, Probe
 
 #: seconds between SIGTERM and SIGKILL when a run is cancelled
@@ -47,12 +48,14 @@ class LocalExecutor:
         identity = run_as(job.uid)
         env = {**os.environ, **job.env, **identity.pop("env", {})}
         script = str(job.run_dir / job.script)
-        # The child opens its own log, as the run's user: the daemon (often root) never
+        # The script opens its own log, as the run's user: the daemon (often root) never
         # creates or opens anything inside a folder its user controls, where a symlink
-        # could send a root-opened file elsewhere.
+        # could send a root-opened file elsewhere. (One bash: a wrapper that opened the
+        # log and exec'd the script cost a second bash start per run.)
+        env["FLOWBATCH_SCRIPT_LOG"] = f"{LOGS_DIR}/script.log"
         try:
             proc = subprocess.Popen(
-                ["bash", "-c", 'mkdir -p logs && exec bash "$0" >>logs/script.log 2>&1', script],
+                ["bash", script],
                 cwd=job.run_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

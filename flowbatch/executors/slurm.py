@@ -69,7 +69,6 @@ from .slurm_states import (
     parse_squeue,
     probe_for,
 )
-from .ssh_pool import HostUnreachable
 
 if TYPE_CHECKING:
     from ..config import SiteConfig
@@ -158,7 +157,7 @@ class SlurmExecutor:
         line = " ".join([command, *(shlex.quote(a) for a in args)])
         try:
             return self.runner.run(line, timeout=self.profile.timeout)
-        except (ExecutorUnavailable, HostUnreachable) as exc:
+        except ExecutorUnavailable as exc:  # HostUnreachable (Slurm over SSH) is one
             if launching:
                 raise ExecutorUnavailable(
                     f"{command} on {self._where()}: {exc.reason}",

@@ -35,6 +35,21 @@ def write_bytes(
         raise
 
 
+def write_private(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``path`` in a folder no one else sees yet (a run folder before it is renamed
+    into place): the folder's rename is the atomic step, so no temporary file here. A
+    link already at ``path`` is never followed (the write fails instead)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed it
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def write_text(path: str | os.PathLike[str], text: str, **kw: Any) -> None:
     write_bytes(path, text.encode("utf-8"), **kw)
 
@@ -44,8 +59,13 @@ def write_json(
 ) -> None:
     """``indent=None`` writes compact JSON with the C encoder (an indented dump goes
     through Python's pure encoder: ten times slower on a large leaderboard)."""
+    write_bytes(path, json_bytes(value, indent=indent), **kw)
+
+
+def json_bytes(value: Any, *, indent: int | None = 2) -> bytes:
+    """``value`` as the JSON text :func:`write_json` writes (UTF-8, final newline)."""
     if indent is None:
         text = json.dumps(value, separators=(",", ":"), default=str)
     else:
         text = json.dumps(value, indent=indent, default=str)
-    write_text(path, text + "\n", **kw)
+    return (text + "\n").encode("utf-8")

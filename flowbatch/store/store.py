@@ -211,34 +211,36 @@ class Store:
             RunFileRow.delete().where(RunFileRow.run == run.id).execute()
             ResultRow.delete().where(ResultRow.run == run.id).execute()
         if run.files:
-            RunFileRow.insert_many(
+            _insert_rows(
+                RunFileRow,
+                ("run", "key", "source", "size", "title", "caption"),
                 [
-                    {
-                        "run": run.id,
-                        "key": f["key"],
-                        "source": f.get("source", f["key"]),
-                        "size": f.get("size"),
-                        "title": f.get("title"),
-                        "caption": f.get("caption"),
-                    }
+                    (
+                        run.id,
+                        f["key"],
+                        f.get("source", f["key"]),
+                        f.get("size"),
+                        f.get("title"),
+                        f.get("caption"),
+                    )
                     for f in run.files
-                ]
-            ).execute()
+                ],
+            )
         if run.results:
-            ResultRow.insert_many(
+            _insert_rows(
+                ResultRow,
+                ("run", "name", "value_num", "value_text"),
                 [
-                    {
-                        "run": run.id,
-                        "name": k,
-                        "value_num": v
-                        if isinstance(v, int | float) and not isinstance(v, bool)
-                        else None,
+                    (
+                        run.id,
+                        k,
+                        _as_double(v),
                         # PostgreSQL text cannot hold NUL (run.json keeps the value)
-                        "value_text": v.replace("\x00", "\ufffd") if isinstance(v, str) else None,
-                    }
+                        v.replace("\x00", "\ufffd") if isinstance(v, str) else None,
+                    )
                     for k, v in run.results.items()
-                ]
-            ).execute()
+                ],
+            )
 
     def index_many(self, runs: Iterable[RunRecord]) -> int:
         """Index runs read from the tree (reindex, catch-up); history rows included."""
@@ -315,6 +317,30 @@ class Store:
             return row is not None and row.run == run_id
         return True
 
+    def batch(self) -> Any:
+        """The index writes of a daemon tick in one transaction (SQLite): each write
+        stays a unit of its own (a savepoint), but the commit, with its WAL write, comes
+        once per tick instead of once per state change.
+
+        What was written is committed even when the block fails (the tree already holds
+        it); a killed daemon loses at most the uncommitted rows of one tick, which
+        :meth:`sync_active` reads back from the tree at the next start. PostgreSQL (shared
+        sites): one transaction per write as before, since a failed statement there
+        aborts the whole transaction and other hosts must see claims at once."""
+        return self._batch() if isinstance(self.db, pw.SqliteDatabase) else _nothing()
+
+    @contextmanager
+    def _batch(self) -> Iterator[None]:
+        if self.db.in_transaction():
+            yield  # already inside one (a nested batch, a caller's transaction)
+            return
+        with self.db.atomic() as txn:
+            try:
+                yield
+            except BaseException:
+                txn.commit()  # keep the rows of the changes that did happen
+                raise
+
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
         """One at a time among the daemons sharing a PostgreSQL index (a session advisory
@@ -365,6 +391,31 @@ def _run_upsert_sql(param: str) -> tuple[str, list[pw.Field]]:
     return sql, fields
 
 
+def _as_double(value: Any) -> float | None:
+    """A result's numeric column (a double): None for text, booleans and numbers beyond
+    a double's range (run.json keeps the exact value)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _insert_rows(model: type[pw.Model], columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Plain prepared INSERTs (peewee's query builder cost more than the statements)."""
+    db = model._meta.database
+    sql = _insert_sql(model._meta.table_name, columns, db.param)
+    for row in rows:
+        db.execute_sql(sql, row)
+
+
+@functools.cache
+def _insert_sql(table: str, columns: tuple[str, ...], param: str) -> str:
+    cols = ", ".join(f'"{c}"' for c in columns)
+    return f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join([param] * len(columns))})'
+
+
 @functools.cache
 def _change_insert_sql(param: str) -> str:
     marks = ", ".join([param] * 4)
@@ -385,3 +436,8 @@ def run_rows(
     if group:
         query = query.where(RunRow.group == group)
     return query
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
