@@ -167,6 +167,11 @@ class Daemon:
     # -- the tick ---------------------------------------------------------------------------------
     def tick(self) -> None:
         self.ticks += 1
+        if self.site.shared:
+            try:
+                self.site.store.ping()  # a connection the server dropped is made again
+            except Exception as exc:  # the server is away: this tick's writes say so
+                log.error("index database unreachable: %s", exc)
         # one index transaction for the new runs, one for the tick's state changes (not on
         # a shared site, whose claims other hosts must see at once): a commit per phase
         # instead of per change; new runs are listed as soon as intake ends

@@ -188,3 +188,35 @@ def test_a_daemon_host_recovers_only_its_own_runs(
     assert RunRow.get_by_id(run.id).state == "RUNNING"
     site_a.close()
     site_b.close()
+
+
+def test_a_daemon_reconnects_when_the_server_drops_its_connection(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A PostgreSQL restart or failover drops the daemon's connection: the next tick
+    reconnects (one ping per tick) instead of failing every index write from then on."""
+    import psycopg2
+
+    from flowbatch.daemon import Daemon
+
+    root = tmp_path / "site"
+    site = shared_site(root, postgres_url)
+    daemon = Daemon(site)
+    drop(site, "before.yaml", {"workflow": "wf", "name": "before", "arguments": {"score": 0.5}})
+    daemon.serve(until_idle=True)
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:  # what a server restart does to every client
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert cur.fetchall(), "the daemon had no connection to drop"
+    finally:
+        admin.close()
+    drop(site, "after.yaml", {"workflow": "wf", "name": "after", "arguments": {"score": 0.7}})
+    daemon.serve(until_idle=True)
+    states = {r["name"]: r["state"] for r in api.list_runs(site)}
+    assert states == {"before": "SUCCESS", "after": "SUCCESS"}
+    assert not list((root / "queue" / "rejected").glob("*.yaml"))

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import peewee as pw
 from playhouse.db_url import connect
+from playhouse.shortcuts import ReconnectMixin
 
 from ..errors import IndexError_
 from . import migrate
@@ -148,6 +149,23 @@ def _one_line(exc: BaseException) -> str:
     return text.rstrip(" .?!")
 
 
+class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
+    """PostgreSQL that opens a new connection when the server dropped the old one (a
+    restart, a failover, an idle timeout), for a statement outside a transaction; a
+    transaction cut short still fails (its changes could be lost), and the next
+    statement reconnects. The daemon pings once per tick, so each tick starts connected."""
+
+    reconnect_errors = (
+        (pw.OperationalError, "server closed the connection"),
+        (pw.OperationalError, "terminating connection"),
+        (pw.OperationalError, "connection already closed"),
+        (pw.InterfaceError, "connection already closed"),
+        (pw.OperationalError, "could not receive data from server"),
+        (pw.OperationalError, "ssl connection has been closed"),
+        (pw.OperationalError, "no connection to the server"),
+    )
+
+
 def connect_database(url: str | None, default_path: Path) -> pw.Database:
     """Bind the models to the index database (SQLite at ``default_path`` without a URL).
 
@@ -159,6 +177,8 @@ def connect_database(url: str | None, default_path: Path) -> pw.Database:
             params["connect_timeout"] = CONNECT_TIMEOUT
         try:
             db = connect(url, **params)
+            if type(db) is pw.PostgresqlDatabase:
+                db = ReconnectingPostgres(db.database, **db.connect_params)
         except RuntimeError as exc:  # playhouse: unknown scheme
             raise IndexError_(
                 f"unsupported index database URL: {exc}",

@@ -317,6 +317,12 @@ class Store:
             return row is not None and row.run == run_id
         return True
 
+    def ping(self) -> None:
+        """A server index: one cheap statement, which reconnects a connection the server
+        dropped (:class:`~flowbatch.store.index.ReconnectingPostgres`). A no-op on SQLite."""
+        if not isinstance(self.db, pw.SqliteDatabase) and not self.db.in_transaction():
+            self.db.execute_sql("SELECT 1")
+
     def batch(self) -> Any:
         """The index writes of a daemon tick in one transaction (SQLite): each write
         stays a unit of its own (a savepoint), but the commit, with its WAL write, comes
