@@ -172,6 +172,7 @@ class Daemon:
                 self.site.store.ping()  # a connection the server dropped is made again
             except Exception as exc:  # the server is away: this tick's writes say so
                 log.error("index database unreachable: %s", exc)
+        self.site.store.flush_unindexed()
         # one index transaction for the new runs, one for the tick's state changes (not on
         # a shared site, whose claims other hosts must see at once): a commit per phase
         # instead of per change; new runs are listed as soon as intake ends
@@ -252,6 +253,7 @@ class Daemon:
             and not self.runner.active
             and not self.intake.leftovers()
             and not self.postproc.busy
+            and not self.site.store.unindexed  # index writes still to catch up
         )
 
     # -- loops ------------------------------------------------------------------------------------

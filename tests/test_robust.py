@@ -625,3 +625,41 @@ def test_a_single_host_site_takes_its_runs_back_after_the_host_is_renamed(
     monkeypatch.setenv("FLOWBATCH_HOSTNAME", "new-name")
     run_until_idle(Site(hello_site.root), timeout=30)
     assert api.list_runs(hello_site)[0]["state"] == "SUCCESS"
+
+
+def test_an_index_write_that_fails_is_caught_up_from_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database away for a moment (a fault staged here by making the index statement
+    raise; test_shared_site drops a real PostgreSQL connection): the state changes still
+    happen in the tree, the daemon does not stall, and the index catches up at the next
+    tick, history included."""
+    import peewee as pw
+
+    from flowbatch.store.index import RunRow, StateChangeRow
+    from flowbatch.store.store import Store
+
+    site = make_site(tmp_path / "site")
+    write_template(tmp_path / "t", SCORE_TEMPLATE)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 0.25}})
+    real = Store._upsert_run
+    failures = {"left": 2}  # RUNNING and SUCCESS both fail to reach the index
+
+    def flaky(self: Store, run_id: str, values: dict) -> None:
+        if values["state"] != "PENDING" and failures["left"] > 0:
+            failures["left"] -= 1
+            raise pw.OperationalError("server closed the connection unexpectedly")
+        real(self, run_id, values)
+
+    monkeypatch.setattr(Store, "_upsert_run", flaky)
+    run_until_idle(site, timeout=30)  # would never be idle with a run stuck in memory
+    run = only_run(site)
+    assert failures["left"] == 0
+    assert run["state"] == "SUCCESS"  # the index row, caught up
+    on_disk = json.loads((Path(run["run_dir"]) / "run.json").read_text())
+    assert on_disk["state"] == "SUCCESS"
+    assert RunRow.get_by_id(run["id"]).results == {"score": 0.25}
+    changes = [c.state for c in StateChangeRow.select().where(StateChangeRow.run == run["id"])]
+    assert changes == ["PENDING", "RUNNING", "SUCCESS"]
+    assert not site.store.unindexed

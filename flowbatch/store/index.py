@@ -8,6 +8,7 @@ a database URL in the site config selects another (PostgreSQL).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -127,6 +128,8 @@ TABLES: list[type[_Model]] = [
 _SCHEMA_LOCK = 0x666C6F77  # "flow"
 #: seconds a PostgreSQL connection attempt may take unless the URL says otherwise
 CONNECT_TIMEOUT = 10
+#: seconds an SQLite index locked by another process's set-up is waited for
+LOCKED_RETRY_SECONDS = 10.0
 
 
 def display_url(url: str) -> str:
@@ -200,6 +203,28 @@ def connect_database(url: str | None, default_path: Path) -> pw.Database:
     return db
 
 
+def _connect(db: pw.Database, server: bool) -> None:
+    """Connect; SQLite: retried while another process holds the file's lock for the switch
+    to WAL on a new index (SQLite answers "database is locked" there without waiting for
+    its busy timeout; seen with four processes opening a new index at once)."""
+    if server:
+        db.connect(reuse_if_open=True)
+        return
+    deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+    pause = 0.01
+    while True:
+        try:
+            db.connect(reuse_if_open=True)
+            return
+        except pw.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            if not db.is_closed():
+                db.close()
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
 def open_database(url: str | None, default_path: Path) -> pw.Database:
     """Connect to the index, bind the models, create missing tables, upgrade an older one.
 
@@ -209,7 +234,7 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
     db = connect_database(url, default_path)
     server = not isinstance(db, pw.SqliteDatabase)
     try:
-        db.connect(reuse_if_open=True)
+        _connect(db, server)
     except (pw.DatabaseError, pw.ImproperlyConfigured) as exc:
         if not server:
             raise IndexError_(

@@ -54,6 +54,8 @@ class Store:
         self.fsync = fsync
         self.db = open_database(database_url, layout.index_db)
         self.listeners: list[Listener] = []
+        #: runs whose ``run.json`` was written but whose index rows were not (see write)
+        self.unindexed: dict[str, RunRecord] = {}
         if check_index:
             self.check_not_lost()
 
@@ -132,10 +134,31 @@ class Store:
         if tree:
             atomic.write_json(self.run_dir(run) / RUN_JSON, run.to_dict(), fsync=self.fsync)
         if index:
-            with self.db.atomic():
-                self._index_run(run, replace=not ended)
-                if change:
-                    self._insert_change(run.id, change)
+            try:
+                with self.db.atomic():
+                    self._index_run(run, replace=not ended)
+                    if change:
+                        self._insert_change(run.id, change)
+            except (pw.DatabaseError, pw.InterfaceError) as exc:
+                # the tree has the change: the index catches up from it (flush_unindexed)
+                # instead of the caller failing half-way with the run in neither state
+                log.error("index write of run %s failed, retried later: %s", run.id, exc)
+                self.unindexed[run.id] = run
+
+    def flush_unindexed(self) -> None:
+        """Index again, from their records, the runs whose index write failed (a database
+        that was away); they stay listed while it still fails."""
+        if not self.unindexed:
+            return
+        runs = list(self.unindexed.values())
+        try:
+            self.index_many(runs)
+        except (pw.DatabaseError, pw.InterfaceError) as exc:
+            log.error("index still not writable (%d runs waiting): %s", len(runs), exc)
+            return
+        log.info("indexed %d runs whose index write had failed", len(runs))
+        for run in runs:
+            self.unindexed.pop(run.id, None)
 
     def transition(
         self,
