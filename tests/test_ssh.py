@@ -545,6 +545,60 @@ def test_tree_round_trip_streams_large_files_and_keeps_modes(ssh: SshEnv, tmp_pa
     conn.pool.close()
 
 
+def test_a_link_swapped_in_during_a_fetch_gets_no_mode_times_or_owner(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's user swaps the temporary file for a link while it is being fetched: the
+    mode, times and owner go to the file the daemon created (its descriptor), never to
+    what the link points at."""
+    from flowbatch.executors import ssh_staging
+
+    conn, remote = staging_conn(ssh, tmp_path)
+    Path(remote, "out.bin").write_bytes(b"x" * 1000)
+    os.chmod(Path(remote, "out.bin"), 0o755)
+    os.utime(Path(remote, "out.bin"), (1_500_000_000, 1_500_000_000))
+    down = tmp_path / "down"
+    down.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    os.chmod(victim, 0o600)
+    real = ssh_staging.fetch_into
+
+    def racing(sftp: object, remote_path: str, out: object, size: int) -> None:
+        real(sftp, remote_path, out, size)  # type: ignore[arg-type]
+        tmp = down / ".out.bin.flowbatch-fetch"
+        tmp.unlink()
+        tmp.symlink_to(victim)  # the swap, right before mode and times are set
+
+    monkeypatch.setattr(ssh_staging, "fetch_into", racing)
+    download_tree(conn.sftp(), remote, down)
+    assert victim.stat().st_mode & 0o777 == 0o600
+    assert int(victim.stat().st_mtime) != 1_500_000_000
+    assert victim.read_text() == "untouched"
+    conn.pool.close()
+
+
+def test_a_fetch_that_fails_half_way_leaves_nothing_behind(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowbatch.executors import ssh_staging
+
+    conn, remote = staging_conn(ssh, tmp_path)
+    Path(remote, "out.bin").write_bytes(b"x" * 1000)  # the remote FS is this machine's
+    down = tmp_path / "down"
+    down.mkdir()
+
+    def broken(sftp: object, remote_path: str, out: object, size: int) -> None:
+        out.write(b"half")  # type: ignore[attr-defined]
+        raise ConnectionError("the ssh connection was lost")
+
+    monkeypatch.setattr(ssh_staging, "fetch_into", broken)
+    with pytest.raises(ConnectionError):
+        download_tree(conn.sftp(), remote, down)
+    assert list(down.iterdir()) == []  # no half-fetched temporary, no half file
+    conn.pool.close()
+
+
 def test_stream_that_does_not_add_up_falls_back_to_sftp(
     ssh: SshEnv, tmp_path: Path, caplog: Any
 ) -> None:

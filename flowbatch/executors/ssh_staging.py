@@ -127,12 +127,22 @@ def _download(
             count += _download(sftp, remote, local, owner)
         elif stat.S_ISREG(mode) and _changed(local, attr):
             tmp = local_dir / f".{name}.flowbatch-fetch"
-            fetch_file(sftp, remote, tmp, attr.st_size or 0)
-            os.chmod(tmp, stat.S_IMODE(mode) & 0o777)
-            if attr.st_mtime is not None:
-                os.utime(tmp, (attr.st_atime or attr.st_mtime, attr.st_mtime))
-            _chown(tmp, owner)
-            os.replace(tmp, local)
+            try:
+                # the folder is the run user's: mode, times and owner are set through the
+                # descriptor of the file created here, never by a path a link could replace
+                with _create(tmp) as out:
+                    fetch_into(sftp, remote, out, attr.st_size or 0)
+                    out.flush()
+                    fd = out.fileno()
+                    os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
+                    if attr.st_mtime is not None:
+                        os.utime(fd, (attr.st_atime or attr.st_mtime, attr.st_mtime))
+                    if owner is not None:
+                        os.fchown(fd, *owner)
+                os.replace(tmp, local)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # no half-fetched leftover
+                raise
             count += 1
     return count
 
@@ -163,18 +173,25 @@ def fetch_file(sftp: paramiko.SFTPClient, remote: str, local: Path, size: int) -
 
     ``local`` is created afresh (a file or symlink already there is removed first, never
     written through) with mode 0600; streamed when large, else by SFTP."""
+    with _create(local) as out:
+        fetch_into(sftp, remote, out, size)
+
+
+def fetch_into(sftp: paramiko.SFTPClient, remote: str, out: BinaryIO, size: int) -> None:
+    """Write the remote regular file ``remote`` (``size`` bytes when listed) into the new,
+    empty file ``out``: streamed when large, else (or when the stream fails) by SFTP."""
     if size >= STREAM_MIN_SIZE:
         try:
-            with _create(local) as out:
-                got = _stream_down(sftp, remote, out)
+            got = _stream_down(sftp, remote, out)
             if got == size:
                 return
             why = f"{got} bytes came, {size} were listed"
         except _StreamFailed as exc:
             why = str(exc)
         log.warning("streaming %s failed (%s); fetching it by SFTP", remote, why)
-    with _create(local) as out:
-        sftp.getfo(remote, out)
+        out.seek(0)
+        out.truncate()
+    sftp.getfo(remote, out)
 
 
 class _StreamFailed(Exception):
