@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from types import FrameType
@@ -114,6 +115,9 @@ class Daemon:
         self.report_every = 0.0
         self._reported_at = 0.0
         self._report_cost = 0.0
+        #: serve() writes reports in this thread, so a large leaderboard never holds up
+        #: intake and dispatch; None: in the tick itself (``--once``, tests ticking)
+        self._reporter: ReportThread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -201,16 +205,26 @@ class Daemon:
         that a leaderboard of many runs is not rewritten once per finished run."""
         if not self.runner.active or not self.report_every:
             return True
+        if self._reporter is not None and not self._reporter.idle():
+            return False  # the thread is writing: what changed meanwhile waits its turn
         gap = max(self.report_every, REPORT_COST_FACTOR * self._report_cost)
         return time.monotonic() - self._reported_at >= gap
 
     def write_reports(self) -> None:
+        """Post-processing starts here (it launches runs); the report files are written
+        here too, or handed to the report thread when serve() runs one."""
         changed = self.runner.changed_workflows
+        self.runner.changed_workflows = set()
+        self.postproc.maybe_start(changed)
+        if self._reporter is not None:
+            self._reporter.submit(changed)
+        else:
+            self._write_report_files(changed)
+
+    def _write_report_files(self, changed: set[str]) -> None:
         started = time.monotonic()
         faults.point("ranking")
-        self.postproc.maybe_start(changed)
         api.update_reports(self.site, changed)
-        self.runner.changed_workflows = set()
         self._reported_at = time.monotonic()
         self._report_cost = self._reported_at - started
 
@@ -254,6 +268,7 @@ class Daemon:
             and not self.intake.leftovers()
             and not self.postproc.busy
             and not self.site.store.unindexed  # index writes still to catch up
+            and (self._reporter is None or self._reporter.idle())
         )
 
     # -- loops ------------------------------------------------------------------------------------
@@ -263,6 +278,16 @@ class Daemon:
         self.watch()
         interval = self.site.config.polling.interval
         self.report_every = REPORT_EVERY
+        self._reporter = ReportThread(self._write_report_files, self.wakeup.set)
+        try:
+            self._serve(interval, until_idle)
+        finally:
+            reporter, self._reporter = self._reporter, None
+            reporter.close()  # the reports asked for are written before serve() returns
+        if self.runner.changed_workflows:  # stopping with reports held back
+            self.write_reports()
+
+    def _serve(self, interval: float, until_idle: bool) -> None:
         while not self.stopping:
             if self.reload_requested:
                 self._reload()
@@ -282,8 +307,6 @@ class Daemon:
             if self.runner.changed_workflows:  # reports held back: write them in time
                 wait = min(wait, self.report_every)
             self.wakeup.wait(wait)
-        if self.runner.changed_workflows:  # stopping with reports held back
-            self.write_reports()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -311,6 +334,59 @@ class Daemon:
             log.info("reloaded %s", self.site.layout.config)
         except FlowbatchError as exc:
             log.error("config not reloaded, keeping the old one: %s", exc.summary())
+
+
+class ReportThread:
+    """Writes the report files of the workflows handed to it, one batch at a time, in a
+    thread of its own: ranking 100,000 runs and writing their leaderboard takes seconds,
+    during which the daemon's tick goes on claiming and launching (the index is read
+    through this thread's own connection). Workflows handed over while it writes are
+    merged into the next batch."""
+
+    def __init__(self, write: Callable[[set[str]], None], done: Callable[[], None]) -> None:
+        self._write = write
+        self._done = done
+        self._lock = threading.Condition()
+        self._pending: set[str] = set()
+        self._busy = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="reports", daemon=True)
+        self._thread.start()
+
+    def submit(self, workflows: set[str]) -> None:
+        with self._lock:
+            self._pending |= workflows
+            self._lock.notify_all()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._pending and not self._busy
+
+    def close(self) -> None:
+        """Write what is pending, then end the thread."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closing:
+                    self._lock.wait()
+                if not self._pending:
+                    return  # closing, nothing left
+                todo, self._pending = self._pending, set()
+                self._busy = True
+            try:
+                self._write(todo)
+            except Exception:  # never the end of the reports: the next batch tries again
+                log.exception("writing the reports of %s failed", ", ".join(sorted(todo)))
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
+                self._done()  # wakes the tick (an until-idle daemon waits for this)
 
 
 #: how long watchdog holds an IN_MOVED_FROM to pair it with its IN_MOVED_TO (seconds)

@@ -663,3 +663,58 @@ def test_an_index_write_that_fails_is_caught_up_from_the_tree(
     changes = [c.state for c in StateChangeRow.select().where(StateChangeRow.run == run["id"])]
     assert changes == ["PENDING", "RUNNING", "SUCCESS"]
     assert not site.store.unindexed
+
+
+def test_a_slow_report_never_holds_up_new_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve() writes the report files in a thread of its own: while a leaderboard is
+    being written (here: held until the second request has run), the tick goes on
+    claiming, launching and finishing runs; everything asked for is written before
+    serve() returns."""
+    import threading
+
+    from flowbatch.daemon import Daemon
+
+    site = make_site(tmp_path / "site", {"polling": {"interval": 0.2, "settle": 0.0}})
+    write_template(tmp_path / "t", SCORE_TEMPLATE)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    real = api.update_reports
+    seen: dict[str, object] = {}
+
+    def second_done() -> bool:
+        return any(r["name"] == "second" and r["state"] == "SUCCESS" for r in api.list_runs(site))
+
+    def slow(site_: Site, workflows: set[str], **kw: object) -> None:
+        if "held" not in seen:  # the first report: held until the second run has ended
+            seen["held"] = threading.current_thread().name
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not second_done():
+                time.sleep(0.02)
+            seen["second_done_meanwhile"] = second_done()
+        real(site_, workflows, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api, "update_reports", slow)
+    daemon = Daemon(site)
+    daemon.start()
+    thread = threading.Thread(target=daemon.serve, daemon=True)
+    thread.start()
+    try:
+        drop(site, "first.yaml", {"workflow": "wf", "name": "first", "arguments": {"score": 1}})
+        deadline = time.monotonic() + 30
+        while "held" not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert seen.get("held") == "reports"  # the report thread, not the tick's
+        drop(site, "second.yaml", {"workflow": "wf", "name": "second", "arguments": {"score": 2}})
+        deadline = time.monotonic() + 30
+        while "second_done_meanwhile" not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert seen.get("second_done_meanwhile") is True
+    finally:
+        daemon.stopping = True
+        daemon.wakeup.set()
+        thread.join(30)
+        daemon.stop()
+    assert not thread.is_alive()
+    board = json.loads((site.root / "results" / "wf" / "leaderboard.json").read_text())
+    assert sorted(e["run"]["name"] for e in board["all"]) == ["first", "second"]
