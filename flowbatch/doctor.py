@@ -181,6 +181,15 @@ def _check_templates(ctx: _Ctx) -> None:
         ctx.add("templates", FAIL, "; ".join(broken))
     else:
         ctx.add("templates", OK, f"{len(ids)} installed, all readable")
+    from .report import SITE_TEMPLATES, check_site_templates
+
+    if (ctx.root / SITE_TEMPLATES).is_dir():
+        problems = check_site_templates(ctx.root)
+        if problems:
+            ctx.add("report templates", FAIL, "; ".join(problems))
+        else:
+            names = sorted(p.name for p in (ctx.root / SITE_TEMPLATES).iterdir())
+            ctx.add("report templates", OK, f"site's own: {', '.join(names) or 'none'}")
 
 
 def _check_executors(ctx: _Ctx) -> None:

@@ -18,7 +18,7 @@ from . import postproc
 from .api import rank_inputs
 from .errors import FlowbatchError
 from .ranking import rank_views
-from .report import ALL_ROWS_SHOWN, param_columns, write_leaderboard
+from .report import ALL_ROWS_SHOWN, param_columns, use_site_templates, write_leaderboard
 from .report_pages import write_run_pages, write_site_index
 from .runs import State
 from .site import Site
@@ -38,6 +38,7 @@ def update_reports(
     then ``results/index.html``. ``run_pages`` also rewrites the page of every finished run
     of those workflows (the daemon writes each once, when the run ends). ``progress`` is
     told each workflow's id before its turn."""
+    use_site_templates(site.root)
     # daemons of several hosts: one at a time reads the index and writes the files, so
     # the last one written saw every run committed before it (none is left out for good)
     with site.store.exclusive("reports"):

@@ -423,15 +423,34 @@ def page_frame(
 
 
 def render_page(template_name: str, **context: Any) -> str:
-    """Render one of the package's report templates (autoescaped)."""
+    """Render one of the report templates (autoescaped): the site's own copy from
+    ``<site>/report-templates/`` when :func:`use_site_templates` found one, else the
+    package's."""
     return _environment().get_template(template_name).render(**context)
 
 
+#: the folder of a site's own report templates and assets (same names as the package's)
+SITE_TEMPLATES = "report-templates"
+
 _ASSETS: dict[str, str] = {}
-_ENV: list[jinja2.Environment] = []
+_ENVS: dict[str | None, jinja2.Environment] = {}
+#: the override folder of the site whose reports are being written (one site per daemon)
+_FOLDER: list[Path | None] = [None]
+
+
+def use_site_templates(site_root: Path) -> None:
+    """Reports from now on use ``<site_root>/report-templates/`` where it has a file of
+    the same name as a package template or asset (``leaderboard.html.j2``,
+    ``run.html.j2``, ``index.html.j2``, ``base.html.j2``, ``style.css``,
+    ``leaderboard.js``); the package's otherwise."""
+    folder = site_root / SITE_TEMPLATES
+    _FOLDER[0] = folder if folder.is_dir() else None
 
 
 def _asset(name: str) -> str:
+    folder = _FOLDER[0]
+    if folder is not None and (folder / name).is_file():
+        return (folder / name).read_text(encoding="utf-8").strip()  # an admin's edit shows
     if name not in _ASSETS:
         path = resources.files("flowbatch") / "data" / "report" / name
         _ASSETS[name] = path.read_text(encoding="utf-8").strip()
@@ -439,19 +458,43 @@ def _asset(name: str) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    if not _ENV:
-        _ENV.append(
-            jinja2.Environment(
-                loader=jinja2.PackageLoader("flowbatch", "data/report"),
-                autoescape=True,  # every {{ }} is HTML-escaped: values come from users
-                undefined=jinja2.StrictUndefined,
-                trim_blocks=True,
-                lstrip_blocks=True,
-                # package data: no stat of the template file at every page (once per run)
-                auto_reload=False,
-            )
+    folder = _FOLDER[0]
+    key = None if folder is None else str(folder)
+    env = _ENVS.get(key)
+    if env is None:
+        package = jinja2.PackageLoader("flowbatch", "data/report")
+        env = jinja2.Environment(
+            loader=package
+            if folder is None
+            else jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(folder)), package]),
+            autoescape=True,  # every {{ }} is HTML-escaped: values come from users
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            # package data never changes under a running daemon: no stat per page; a
+            # site's own templates are checked, so an admin's edit shows at once
+            auto_reload=folder is not None,
         )
-    return _ENV[0]
+        _ENVS[key] = env
+    return env
+
+
+def check_site_templates(site_root: Path) -> list[str]:
+    """Problems of the site's own report templates (syntax errors, with file and line);
+    empty when there are none or all parse."""
+    folder = site_root / SITE_TEMPLATES
+    if not folder.is_dir():
+        return []
+    env = jinja2.Environment(autoescape=True)
+    problems = []
+    for path in sorted(folder.glob("*.j2")):
+        try:
+            env.parse(path.read_text(encoding="utf-8"))
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{path} line {exc.lineno}: {exc.message}")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: {exc}")
+    return problems
 
 
 # --- leaderboard rows ---------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .report import (
     iso_text,
     page_frame,
     render_page,
+    use_site_templates,
 )
 from .runs import TERMINAL, RunRecord, State
 from .spec.model import Template
@@ -171,6 +172,7 @@ class RunPageWriter:
     def __call__(self, run: RunRecord, previous: State) -> None:
         if run.state not in TERMINAL:
             return
+        use_site_templates(self.site.root)
         try:
             write_run_page(self.site.store.run_dir(run), run, _template(self.site, run))
         except (OSError, FlowbatchError, ValueError) as exc:
@@ -187,6 +189,7 @@ def _template(site: Any, run: RunRecord) -> Template | None:
 
 def write_run_pages(site: Any, run_dirs: Iterable[Path]) -> int:
     """(Re)write the page of every terminal run among ``run_dirs``; returns how many."""
+    use_site_templates(site.root)
     count = 0
     for run_dir in run_dirs:
         try:

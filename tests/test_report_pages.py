@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from flowbatch import api
@@ -138,3 +139,39 @@ def test_report_command_regenerates(hello_site: Site) -> None:
     assert (site.layout.results / "index.html").is_file()
     result = CliRunner().invoke(main, ["--site", str(site.root), "report", "nope"])
     assert result.exit_code == 1 and "unknown workflow 'nope'" in result.output
+
+
+def test_a_site_overrides_report_templates_and_assets(
+    hello_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``<site>/report-templates/`` holds the site's own copies (same names as the
+    package's): used for the pages they replace, the package's for the others; still
+    autoescaped; `doctor` checks that they parse."""
+    from flowbatch import report
+    from flowbatch.doctor import diagnose
+
+    monkeypatch.setattr(report, "_FOLDER", [None])  # restored afterwards for other tests
+    site = hello_site
+    own = site.root / report.SITE_TEMPLATES
+    own.mkdir()
+    (own / "leaderboard.html.j2").write_text(
+        '{% extends "base.html.j2" %}{% block body %}<p id="site-own">Our board: '
+        "{% for row in rows %}{{ row.group }};{% endfor %}</p>{% endblock %}"
+    )
+    (own / "style.css").write_text("body { --site-own-style: 1; }")
+    drop(site, "h.yaml", request(HOSTILE, "hostile"), {"names.txt": NAMES})
+    run_until_idle(site)
+    wf_dir = site.layout.workflow_results("helloworld")
+    html = (wf_dir / "leaderboard.html").read_text()
+    assert '<p id="site-own">Our board: ' in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;;" in html and HOSTILE not in html
+    assert "--site-own-style: 1" in html  # the site's stylesheet, inlined
+    run_id = api.list_runs(site)[0]["id"]
+    page = (wf_dir / "runs" / run_id / "index.html").read_text()
+    assert "--site-own-style: 1" in page and "site-own" not in page.split("<style")[0]
+    checks = {c.name: c for c in diagnose(site.root)}
+    assert checks["report templates"].status == "ok"
+    (own / "run.html.j2").write_text("{% if %}broken")
+    checks = {c.name: c for c in diagnose(site.root)}
+    assert checks["report templates"].status == "fail"
+    assert "run.html.j2 line 1" in checks["report templates"].detail
