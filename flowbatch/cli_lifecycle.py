@@ -142,7 +142,8 @@ def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
     "--orphans",
     is_flag=True,
     help="Instead: remove leftovers of crashed runs (remote run folders on the SSH hosts, "
-    "local folders without run.json, old .tmp files).",
+    "local folders without run.json, old .tmp files) and the Slurm array folders of "
+    "ended runs.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True)

@@ -10,6 +10,7 @@ Active runs (PENDING, RUNNING) are never removed: they are cancelled first.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -340,9 +341,43 @@ def local_orphans(site: Site, *, grace: float = TMP_GRACE) -> list[Orphan]:
         leftover = entry.name.startswith(".") and entry.name.endswith(".tmp")
         if leftover and now - entry.lstat().st_mtime > grace:
             out.append(Orphan("local", str(entry), "unfinished queue file"))
+    out.extend(_ended_arrays(site, now - grace))
     for orphan in out:
         orphan.bytes = tree_size(Path(orphan.path))
     return out
+
+
+def _ended_arrays(site: Site, older_than: float) -> list[Orphan]:
+    """``<site>/slurm-arrays/<name>/`` folders (an array's batch script and one link per
+    task to its run folder, through which Slurm writes the task's logs) whose runs have
+    all ended or are gone. One with a task still active, or whose run cannot be read, is
+    kept: Slurm writes through it."""
+    from .executors.slurm import ARRAYS_DIR
+
+    arrays = site.root / ARRAYS_DIR
+    out: list[Orphan] = []
+    for folder in sorted(arrays.iterdir()) if arrays.is_dir() else []:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        links = [entry for entry in folder.iterdir() if entry.is_symlink()]
+        if not links:
+            if folder.lstat().st_mtime < older_than:
+                out.append(Orphan("local", str(folder), "Slurm array folder without tasks"))
+            continue
+        if all(_run_ended(Path(os.readlink(link))) for link in links):
+            out.append(Orphan("local", str(folder), "Slurm array whose runs have all ended"))
+    return out
+
+
+def _run_ended(run_dir: Path) -> bool:
+    """The run of ``run_dir`` has ended or its folder is gone; False when unsure."""
+    try:
+        state = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))["state"]
+    except FileNotFoundError:
+        return not run_dir.exists()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return state not in {s.value for s in ACTIVE}
 
 
 #: lists ``<remote_root>/<workflow>/<run>`` folders with their size in KiB

@@ -251,12 +251,28 @@ def test_local_orphans(site: Site, tmp_path: Path) -> None:
     young_tmp = runs_dir / ".young.tmp"  # may be an intake at work: left alone
     young_tmp.mkdir()
     os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    # Slurm array folders: one whose run has ended (and one gone), one with a run still
+    # PENDING (Slurm writes its task's logs through the link: kept)
+    ended = Path(api.show_run(site, api.list_runs(site)[0]["id"])["run_dir"])
+    drop(site, "p.yaml", {"workflow": "wf", "name": "p"})
+    pending = site.store.run_dir(Intake(site).run_once().runs[0])
+    arrays = site.root / "slurm-arrays"
+    (arrays / "fb-done").mkdir(parents=True)
+    (arrays / "fb-done" / "0").symlink_to(ended, target_is_directory=True)
+    (arrays / "fb-done" / "1").symlink_to(runs_dir / "gone", target_is_directory=True)
+    (arrays / "fb-done" / "array.sh").write_text("#!/bin/bash\n")
+    (arrays / "fb-live").mkdir()
+    (arrays / "fb-live" / "0").symlink_to(ended, target_is_directory=True)
+    (arrays / "fb-live" / "1").symlink_to(pending, target_is_directory=True)
     found = {Path(o.path).name: o for o in local_orphans(site)}
-    assert set(found) == {"crashed1", ".half.tmp"}
+    assert set(found) == {"crashed1", ".half.tmp", "fb-done"}
+    assert found["fb-done"].why == "Slurm array whose runs have all ended"
     result = cli(site, "cleanup", "--orphans")
-    assert "removed 2 orphans" in result.output, result.output
+    assert "removed 3 orphans" in result.output, result.output
     assert not (runs_dir / "crashed1").exists() and young_tmp.exists()
-    assert len(api.list_runs(site)) == 1
+    assert not (arrays / "fb-done").exists() and (arrays / "fb-live" / "1").is_symlink()
+    assert (ended / "run.json").is_file() and (pending / "run.json").is_file()  # not followed
+    assert len(api.list_runs(site)) == 2
 
 
 def test_remote_orphans_on_a_real_ssh_host(ssh: Any, tmp_path: Path) -> None:
