@@ -114,7 +114,7 @@ def validate(path: Path, site: Site | None = None) -> str:
 
     Returns a one-line description of what was checked; raises on the first problem.
     """
-    variables = site.config.all_variables() if site else {"python": "python3"}
+    variables = site.config.known_variables() if site else {"python": "python3"}
     if path.is_dir():
         src = find_source(path)
         template = load_template(src.spec_path, known_variables=variables)

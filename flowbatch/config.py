@@ -153,6 +153,20 @@ class SiteConfig(_Strict):
         """Site variables plus the built-in ``${python}`` (the daemon's interpreter)."""
         return {"python": sys.executable, **self.variables}
 
+    def variables_for(self, executor: str) -> dict[str, str]:
+        """The ``${name}`` values of a run on ``executor``: on an SSH host, ``python3``
+        for ``${python}`` (the daemon's interpreter path means nothing there), the site's
+        variables, then the host's own; elsewhere :meth:`all_variables`."""
+        host = self.ssh.get(executor)
+        if host is None:
+            return self.all_variables()
+        return {"python": "python3", **self.variables, **host.variables}
+
+    def known_variables(self) -> dict[str, str]:
+        """Every variable some executor defines: what an installed template may use."""
+        hosts = {k: v for host in self.ssh.values() for k, v in host.variables.items()}
+        return {**hosts, **self.all_variables()}
+
 
 def load_config(site: Path) -> SiteConfig:
     """Read ``<site>/flowbatch.yaml`` (missing: the defaults) with ``FLOWBATCH_*`` overrides.

@@ -429,7 +429,7 @@ class Intake:
         sources = self._check_files(template, files_dir, arguments, claimed, label)
         try:
             rendered = render_workflow(
-                template, template.workflow, arguments, site.config.all_variables()
+                template, template.workflow, arguments, site.config.variables_for(executor)
             )
             run_dir = site.layout.run_dir(req.workflow, run_id)
             tmp_dir = run_dir.with_name(f".{run_id}.tmp")

@@ -53,7 +53,7 @@ class Site:
 
     @cached_property
     def templates(self) -> TemplateStore:
-        return TemplateStore(self.layout, self.config.all_variables())
+        return TemplateStore(self.layout, self.config.known_variables())
 
     def close(self) -> None:
         if "store" in self.__dict__:

@@ -78,6 +78,11 @@ class SSHHost(BaseModel):
     jump_host: str | None = Field(
         default=None, description="Name of another host of the ssh section to go through."
     )
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        description="Trusted ${name} variables for runs on this host, over the site's "
+        "`variables` (`python` is `python3` on a host unless set here or there).",
+    )
     keep_remote: bool = Field(
         default=False, description="Keep the remote run folder after its files came back."
     )

@@ -185,3 +185,45 @@ def test_once_ticks_launch_then_adopt_and_finish(hello_site) -> None:  # type: i
     shown = api.show_run(hello_site, run["id"])
     assert shown["state"] == "SUCCESS", shown["messages"]
     assert shown["results"]["max_len"] > 0
+
+
+def test_variables_per_executor_ssh_hosts_have_their_own(tmp_path: Path) -> None:
+    """``${python}`` is the daemon's interpreter for local runs and ``python3`` on an SSH
+    host (the daemon's path means nothing there); a host's ``variables`` come over the
+    site's; a template may use a variable only some host defines, and a run where it is
+    not defined is refused with its name."""
+    import sys
+
+    from flowbatch.queue import Intake
+
+    from .conftest import make_site, write_template
+
+    site = make_site(
+        tmp_path / "site",
+        {
+            "variables": {"scratch": "/site/scratch", "tool": "site-tool"},
+            "ssh": {
+                "a": {"hostname": "127.0.0.9", "variables": {"scratch": "/host/scratch"}},
+                "b": {"hostname": "127.0.0.9", "variables": {"gpu": "yes"}},
+            },
+        },
+    )
+    write_template(
+        tmp_path / "t",
+        "workflow:\n  steps:\n    - action: {commands: ['${python} -V; echo ${scratch} ${tool}']}\n",
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    write_template(
+        tmp_path / "g", "workflow:\n  steps:\n    - action: {commands: ['echo ${gpu}']}\n"
+    )
+    api.install(site, tmp_path / "g", workflow_id="gpu")  # known: host b defines it
+    drop(site, "on-a.yaml", {"workflow": "wf", "executor": "a"})
+    drop(site, "local.yaml", {"workflow": "wf", "executor": "local"})
+    drop(site, "gpu-local.yaml", {"workflow": "gpu", "executor": "local"})
+    result = Intake(site).run_once()
+    scripts = {run.request: (site.store.run_dir(run) / "run.sh").read_text() for run in result.runs}
+    assert "python3 -V; echo /host/scratch site-tool" in scripts["on-a.yaml"]
+    assert f"{sys.executable} -V; echo /site/scratch site-tool" in scripts["local.yaml"]
+    assert "gpu-local.yaml" not in scripts
+    error = (site.layout.queue / "rejected" / "gpu-local.yaml.error.yaml").read_text()
+    assert "${gpu} names no variable" in error
