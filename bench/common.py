@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -116,7 +117,9 @@ def timed(
     timeout: float = 900,
     shell: bool = False,
 ) -> float:
-    """Wall seconds of one whole process; raises with its output when it fails."""
+    """Wall seconds of one whole process; raises with its output when it fails. The CPU
+    seconds of the process and every descendant it waited for: :func:`last_cpu`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         cmd,
@@ -128,11 +131,21 @@ def timed(
         timeout=timeout,
     )
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _LAST_CPU[0] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(
             f"{cmd!r} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}"
         )
     return elapsed
+
+
+_LAST_CPU = [0.0]
+
+
+def last_cpu() -> float:
+    """CPU seconds (user + system) of the last :func:`timed` process tree."""
+    return _LAST_CPU[0]
 
 
 def fresh(path: Path) -> Path:

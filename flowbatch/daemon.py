@@ -214,12 +214,12 @@ class Daemon:
         """Post-processing starts here (it launches runs); the report files are written
         here too, or handed to the report thread when serve() runs one."""
         changed = self.runner.changed_workflows
-        self.runner.changed_workflows = set()
         self.postproc.maybe_start(changed)
         if self._reporter is not None:
             self._reporter.submit(changed)
         else:
-            self._write_report_files(changed)
+            self._write_report_files(changed)  # a failure leaves them for the next tick
+        self.runner.changed_workflows = set()
 
     def _write_report_files(self, changed: set[str]) -> None:
         started = time.monotonic()
