@@ -16,6 +16,9 @@ class FlowbatchError(Exception):
     """Base of every error flowbatch raises on purpose."""
 
     kind = "error"
+    #: a render error for a ``${name}`` that names nothing: that name (callers may know
+    #: where it is defined, e.g. on another executor)
+    unknown_variable: str | None = None
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
 from .render.script import SCRIPT_NAME
+from .render.values import RenderedWorkflow
 from .runs import RunRecord, now_iso
 from .safeio import LINK_ERRORS, copy_fd, open_beneath
 from .site import Site
@@ -428,9 +429,7 @@ class Intake:
         site = self.site
         sources = self._check_files(template, files_dir, arguments, claimed, label)
         try:
-            rendered = render_workflow(
-                template, template.workflow, arguments, site.config.variables_for(executor)
-            )
+            rendered = self._render(template, arguments, executor)
             run_dir = site.layout.run_dir(req.workflow, run_id)
             tmp_dir = run_dir.with_name(f".{run_id}.tmp")
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -484,6 +483,28 @@ class Intake:
             "run %s created from %s (workflow %s, group %s)", run.id, label, run.workflow, run.group
         )
         return run
+
+    def _render(
+        self, template: Template, arguments: dict[str, Any], executor: str
+    ) -> RenderedWorkflow:
+        """The run's steps with the ``${name}`` variables of its executor. A variable only
+        some SSH hosts define, used by a run elsewhere, is refused with where it exists."""
+        config = self.site.config
+        try:
+            return render_workflow(
+                template, template.workflow, arguments, config.variables_for(executor)
+            )
+        except FlowbatchError as exc:
+            name = exc.unknown_variable
+            hosts = [h for h, host in config.ssh.items() if name and name in host.variables]
+            if not hosts:
+                raise
+            raise RequestError(
+                f"${{{name}}} is defined only for runs on {', '.join(hosts)}, not on {executor}",
+                field=exc.field,
+                hint=f"ask for `executor: {hosts[0]}`, or have the site define {name} "
+                "in the `variables` of flowbatch.yaml",
+            ) from None
 
     def _check_files(
         self,

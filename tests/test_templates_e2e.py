@@ -226,4 +226,5 @@ def test_variables_per_executor_ssh_hosts_have_their_own(tmp_path: Path) -> None
     assert f"{sys.executable} -V; echo /site/scratch site-tool" in scripts["local.yaml"]
     assert "gpu-local.yaml" not in scripts
     error = (site.layout.queue / "rejected" / "gpu-local.yaml.error.yaml").read_text()
-    assert "${gpu} names no variable" in error
+    assert "${gpu} is defined only for runs on b, not on local" in error
+    assert "executor: b" in error  # the hint

@@ -150,11 +150,13 @@ class _Resolver:
             return self.context(name)
         if self.template.parameter(name) is not None:
             return self.parameter(name, where)
-        raise self.error(
+        exc = self.error(
             f"${{{name}}} names no variable, context value or parameter",
             field=where,
             hint=f"write $${{{name}}} if the shell's own variable was meant",
         )
+        exc.unknown_variable = name
+        raise exc
 
     def context(self, name: str) -> _Item:
         """Layer 1: a context value, resolved once; user-derived ones become a Ref."""
