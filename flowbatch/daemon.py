@@ -106,7 +106,10 @@ class Daemon:
         )
         self.intake = Intake(site)
         self.runner = Runner(site, self.executors)
-        self.postproc = PostProcManager(site, self.wakeup.set)
+        # a post-processing run takes one of the local slots while it runs, and starts
+        # only when one is free
+        self.postproc = PostProcManager(site, self.wakeup.set, room=self._local_room)
+        self.runner.reserved = lambda name: len(self.postproc.active) if name == "local" else 0
         RunPageWriter.attach(site)  # writes a run's page once it has ended
         self.lock = SiteLock(site.lock_path, site.host)
         self._observer: Any = None
@@ -193,6 +196,13 @@ class Daemon:
             self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
+
+    def _local_room(self) -> bool:
+        local = self.executors.get("local")
+        if local is None:
+            return True
+        taken = len(self.runner.running("local")) + len(self.postproc.active)
+        return taken < local.limit
 
     def _batch(self) -> Any:
         if self.site.shared:

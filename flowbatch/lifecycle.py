@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,9 @@ class Runner:
         self.executors = executors
         self.active: dict[str, RunRecord] = {}
         self.changed_workflows: set[str] = set()
+        #: slots of an executor taken by processes that are not runs (the daemon counts
+        #: its post-processing on ``local``): executor name -> how many
+        self.reserved: Callable[[str], int] = lambda name: 0
 
     # -- bookkeeping --------------------------------------------------------------------------
     def add(self, run: RunRecord) -> None:
@@ -135,7 +138,7 @@ class Runner:
         """Launch PENDING runs, oldest first, within each executor's concurrency."""
         launched = 0
         running = self.running()  # one pass over the active runs for both lists
-        busy = dict.fromkeys(self.executors, 0)
+        busy = {name: self.reserved(name) for name in self.executors}
         for run in running:
             if run.executor in busy:
                 busy[run.executor] += 1

@@ -118,11 +118,20 @@ class PostProcManager:
     """Starts and watches post-processing runs; the daemon calls :meth:`poll` and
     :meth:`maybe_start` once per tick (at most one run per workflow at a time)."""
 
-    def __init__(self, site: Site, wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        wake: Callable[[], None] | None = None,
+        room: Callable[[], bool] | None = None,
+    ) -> None:
         self.site = site
         self.executor = LocalExecutor(wake, limit=1)
         self.active: dict[str, PostProcRecord] = {}
         self._recovered = False
+        #: whether a local slot is free (a post-processing run is a process on the same
+        #: cores as the local runs); without one, the workflow waits in ``deferred``
+        self.room: Callable[[], bool] = room or (lambda: True)
+        self.deferred: set[str] = set()
 
     # -- starting ---------------------------------------------------------------------------
     def maybe_start(self, workflows: Iterable[str]) -> set[str]:
@@ -133,6 +142,9 @@ class PostProcManager:
         for workflow in sorted(workflows):
             if workflow in self.active:
                 continue  # poll() asks again when the running one has ended
+            if not self.room():
+                self.deferred.add(workflow)  # poll() asks again once a slot is free
+                continue
             try:
                 if self._maybe_start_one(workflow):
                     started.add(workflow)
@@ -223,12 +235,15 @@ class PostProcManager:
                 continue
             self._conclude(record)
             ended.add(workflow)
+        if self.deferred and self.room():
+            waiting, self.deferred = self.deferred, set()
+            self.maybe_start(waiting - ended)  # the ended ones are asked by the daemon
         return ended
 
     @property
     def busy(self) -> bool:
-        """Whether a post-processing run is still running."""
-        return bool(self.active)
+        """Whether a post-processing run is still running, or waits for a local slot."""
+        return bool(self.active or self.deferred)
 
     def _over_time(self, record: PostProcRecord) -> bool:
         if not record.time_limit or not record.started_at:

@@ -132,3 +132,48 @@ def test_staging_failure_is_an_error_at_once(site: Site, tmp_path: Path) -> None
     assert "has no file 'results/missing.json' to post-process" in record.messages[0]
     html = (site.layout.workflow_results("g") / "leaderboard.html").read_text()
     assert "has no file &#39;results/missing.json&#39; to post-process" in html
+
+
+SLOW_PLOT = FAILING.replace(
+    '["test -f $[[runs]]/runs.json", "echo plotting went wrong >&2; exit 4"]',
+    '["test -f $[[runs]]/runs.json", "sleep 1"]',
+)
+
+
+def test_post_processing_takes_a_local_slot(tmp_path: Path) -> None:
+    """With `local.concurrency: 1` a post-processing run is one of the processes on the
+    cores: it never runs at the same time as a run (it waits for a free slot, and runs
+    wait while it runs), and it still runs for the final ranking."""
+    from datetime import datetime
+
+    from .conftest import make_site
+
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 1}})
+    api.install(
+        site,
+        write_template(tmp_path / "p", SLOW_PLOT.format(inputs="results/r.json")),
+        workflow_id="p",
+    )
+    for name, score in (("a", 3), ("b", 7), ("c", 5)):
+        drop(
+            site,
+            f"{name}.yaml",
+            {"workflow": "p", "group": name, "name": name, "arguments": {"s": score}},
+        )
+    run_until_idle(site)
+    runs = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+    assert {r["state"] for r in runs} == {"SUCCESS"}
+    records = [load_record(site, "p", i) for i in postproc_ids(site, "p")]
+    assert records and all(r is not None and r.state == "SUCCESS" for r in records)
+
+    def span(start: str | None, end: str | None) -> tuple[datetime, datetime]:
+        assert start and end
+        return datetime.fromisoformat(start), datetime.fromisoformat(end)
+
+    plots = [span(r.started_at, r.finished_at) for r in records if r is not None]
+    for run in runs:
+        begin, end = span(run["started_at"], run["finished_at"])
+        for p_begin, p_end in plots:
+            assert end <= p_begin or p_end <= begin, (run["name"], plots)
+    latest = max(records, key=lambda r: r.started_at or "")  # type: ignore[union-attr]
+    assert latest is not None and sorted(latest.ranking) == sorted(r["id"] for r in runs)
