@@ -258,3 +258,63 @@ def test_server_errors_are_one_clear_line(postgres_server: PostgresServer, tmp_p
     )
     with pytest.raises(IndexError_, match="unsupported index database URL"):
         open_database("nosuch://x/y", tmp_path / "index.db")
+
+
+def test_a_v2_postgresql_index_is_widened_to_v3(tmp_path: Path, postgres_url: str) -> None:
+    """v2 had owner_uid as a 32-bit integer and output file paths as varchar(1024) on
+    PostgreSQL: the upgrade widens them in place, and uids beyond 2**31 and long paths
+    are then indexed."""
+    import psycopg2
+
+    from flowbatch.store import migrate
+
+    layout = Layout(tmp_path / "site")
+    layout.ensure()
+    Store(layout, postgres_url).close()  # a new index, at the current version
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:  # as flowbatch v2 made it
+        cur.execute("ALTER TABLE run_row ALTER COLUMN owner_uid TYPE integer")
+        cur.execute("ALTER TABLE run_file_row ALTER COLUMN key TYPE varchar(1024)")
+        cur.execute("ALTER TABLE run_file_row ALTER COLUMN source TYPE varchar(1024)")
+        cur.execute(f"UPDATE meta_row SET value = '2' WHERE key = '{migrate.VERSION_KEY}'")
+    store = Store(layout, postgres_url)  # opens, and upgrades
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE (table_name, column_name) IN "
+                "(('run_row', 'owner_uid'), ('run_file_row', 'key'), ('run_file_row', 'source'))"
+            )
+            types = {(t, c): d for t, c, d in cur.fetchall()}
+            cur.execute(f"SELECT value FROM meta_row WHERE key = '{migrate.VERSION_KEY}'")
+            assert cur.fetchone() == (str(idx.SCHEMA_VERSION),)
+        assert types == {
+            ("run_row", "owner_uid"): "bigint",
+            ("run_file_row", "key"): "text",
+            ("run_file_row", "source"): "text",
+        }
+        run = RunRecord(
+            id="big1",
+            workflow="wf",
+            version="1",
+            group="g",
+            name=None,
+            owner_uid=2**32 + 5,
+            owner="ldapuser",
+            request="r.yaml",
+            created_at="2026-01-01T00:00:00+00:00",
+        )
+        store.run_dir(run).mkdir(parents=True)
+        store.write(run)
+        long_key = "d/" * 700 + "out.txt"
+        store.transition(run, State.RUNNING)
+        store.transition(
+            run, State.SUCCESS, results={"s": 1}, files=[{"key": long_key, "source": long_key}]
+        )
+        assert not store.unindexed
+        assert RunRow.get_by_id("big1").owner_uid == 2**32 + 5
+        assert RunFileRow.get(RunFileRow.run == "big1").key == long_key
+    finally:
+        store.close()
+        admin.close()

@@ -20,8 +20,9 @@ from playhouse.shortcuts import ReconnectMixin
 from ..errors import IndexError_
 from . import migrate
 
-#: bump with a step in :mod:`flowbatch.store.migrate` (v2: indexes on run_row's filters)
-SCHEMA_VERSION = 2
+#: bump with a step in :mod:`flowbatch.store.migrate` (v2: indexes on run_row's filters;
+#: v3: 64-bit owner_uid and unbounded output file paths on PostgreSQL)
+SCHEMA_VERSION = 3
 
 proxy = pw.DatabaseProxy()
 
@@ -61,7 +62,7 @@ class RunRow(_Model):
     group = pw.CharField(max_length=256, index=True)
     name = pw.CharField(max_length=512, null=True)
     owner = pw.CharField(max_length=256)
-    owner_uid = pw.IntegerField(index=True)
+    owner_uid = pw.BigIntegerField(index=True)
     request = pw.CharField(max_length=512)
     state = pw.CharField(max_length=16, index=True)
     created_at = pw.CharField(max_length=40)
@@ -80,8 +81,8 @@ class RunRow(_Model):
 
 class RunFileRow(_Model):
     run = pw.CharField(max_length=64, index=True)
-    key = pw.CharField(max_length=1024)
-    source = pw.CharField(max_length=1024)
+    key = pw.TextField()
+    source = pw.TextField()
     size = pw.BigIntegerField(null=True)
     title = pw.TextField(null=True)
     caption = pw.TextField(null=True)

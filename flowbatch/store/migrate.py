@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 
 import peewee as pw
-from playhouse.migrate import Operation, SchemaMigrator, migrate
+from playhouse.migrate import Operation, SchemaMigrator, SqliteMigrator, migrate
 
 from ..errors import IndexError_
 
@@ -40,8 +40,25 @@ def _v1_to_v2(m: SchemaMigrator) -> list[Operation]:
     ]
 
 
+def _v2_to_v3(m: SchemaMigrator) -> list[Operation]:
+    """v3 widens what PostgreSQL had too narrow: ``owner_uid`` to 64 bits (directory
+    services hand out uids beyond 2**31) and an output file's ``key``/``source`` to
+    unbounded text (paths longer than 1,024 characters). SQLite's columns hold both
+    already: nothing to do there but the version."""
+    if isinstance(m, SqliteMigrator):
+        return []
+    return [
+        m.alter_column_type("run_row", "owner_uid", pw.BigIntegerField()),
+        m.alter_column_type("run_file_row", "key", pw.TextField()),
+        m.alter_column_type("run_file_row", "source", pw.TextField()),
+    ]
+
+
 #: from-version -> the operations that bring an index to from-version + 1
-MIGRATIONS: dict[int, Callable[[SchemaMigrator], list[Operation]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[SchemaMigrator], list[Operation]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+}
 
 
 def read_version(db: pw.Database) -> int | None:
