@@ -135,7 +135,12 @@ def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
 
 # -- cleanup and uninstall ----------------------------------------------------------------------
 @main.command()
-@click.option("--before", "-d", help="Runs created before this date (YYYY-MM-DD or ISO time).")
+@click.option(
+    "--before",
+    "-d",
+    help="Runs created before this date (YYYY-MM-DD or ISO time); without --state also the "
+    "post-processing runs of then, but each workflow's latest and the one shown.",
+)
 @click.option("--state", "-s", help="Only runs in this state (SUCCESS, ERROR, CANCELED).")
 @click.option("--workflow", "-w", help="Only runs of this workflow.")
 @click.option(
@@ -187,7 +192,17 @@ def cleanup(
         )
     for entry in report.spared:
         click.echo(f"{entry['id']}  spared: {entry['why']}")
-    click.echo(f"{verb} {len(report.removed)} runs, {human(report.freed)}")
+    for entry in report.postproc_removed:
+        click.echo(
+            f"{entry['id']}  {entry['workflow']}  post-processing {entry['state']}  "
+            f"{entry['created_at']}  {human(entry['bytes'])}"
+        )
+    extra = (
+        f" and {len(report.postproc_removed)} post-processing runs"
+        if report.postproc_removed
+        else ""
+    )
+    click.echo(f"{verb} {len(report.removed)} runs{extra}, {human(report.freed)}")
 
 
 @main.command()

@@ -143,8 +143,11 @@ def postproc_feeders(site: Site, workflow: str) -> set[str]:
 class CleanupReport:
     removed: list[dict[str, Any]] = field(default_factory=list)  # id, workflow, state, ...
     spared: list[dict[str, Any]] = field(default_factory=list)  # ... and why
-    freed: int = 0  # bytes (with dry_run: what would be freed)
+    freed: int = 0  # bytes (with dry_run: what would be freed), post-processing included
     dry_run: bool = False
+    #: post-processing runs removed (id, workflow, state, created_at, bytes): those created
+    #: before the date, except the latest and the one whose outputs the leaderboard shows
+    postproc_removed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,14 +198,56 @@ def cleanup(
         report.removed.append(entry)
         if run is not None and run.state not in ACTIVE:  # the tree has the last word
             chosen.append(run)
-    report.freed = sum(e["bytes"] for e in report.removed)
+    if st is None:  # a state filter names run states: post-processing is left alone
+        report.postproc_removed = _old_postproc(site, cutoff, workflow)
+    old_postproc = sum(e["bytes"] for e in report.postproc_removed)
+    report.freed = sum(e["bytes"] for e in report.removed) + old_postproc
     if not dry_run:
-        report.freed = remove_runs(site, chosen)
+        report.freed = remove_runs(site, chosen) + old_postproc
         stale = {e["id"] for e in report.removed} - {r.id for r in chosen}
         if stale:
             _unindex(sorted(stale))
+        for entry in report.postproc_removed:
+            _remove(Path(entry["path"]))
         _refresh(site, {e["workflow"] for e in report.removed})
     return report
+
+
+def _old_postproc(site: Site, cutoff: datetime, workflow: str | None) -> list[dict[str, Any]]:
+    """Post-processing runs created before ``cutoff`` that have ended, except each
+    workflow's latest one and the one whose outputs its leaderboard shows."""
+    from . import postproc
+
+    out: list[dict[str, Any]] = []
+    for wf in [workflow] if workflow else site.templates.list_ids():
+        root = postproc.postproc_root(site, wf)
+        if not root.is_dir():
+            continue
+        state = postproc.read_state(site, wf)
+        keep = {state.get("latest"), state.get("last_success")}
+        for folder in sorted(root.iterdir()):
+            if folder.name in keep or folder.name.startswith(".") or not folder.is_dir():
+                continue
+            record = postproc.load_record(site, wf, folder.name)
+            if record is None or record.state == "RUNNING":
+                continue  # not ours to judge, or still running
+            try:
+                created = datetime.fromisoformat(record.created_at)
+            except ValueError:
+                continue
+            if (created if created.tzinfo else created.replace(tzinfo=UTC)) >= cutoff:
+                continue
+            out.append(
+                {
+                    "id": record.id,
+                    "workflow": wf,
+                    "state": record.state,
+                    "created_at": record.created_at,
+                    "path": str(folder),
+                    "bytes": tree_size(folder),
+                }
+            )
+    return out
 
 
 # -- uninstall ---------------------------------------------------------------------------------

@@ -177,3 +177,37 @@ def test_post_processing_takes_a_local_slot(tmp_path: Path) -> None:
             assert end <= p_begin or p_end <= begin, (run["name"], plots)
     latest = max(records, key=lambda r: r.started_at or "")  # type: ignore[union-attr]
     assert latest is not None and sorted(latest.ranking) == sorted(r["id"] for r in runs)
+
+
+QUICK_PLOT = FAILING.replace(
+    '["test -f $[[runs]]/runs.json", "echo plotting went wrong >&2; exit 4"]',
+    '["test -f $[[runs]]/runs.json"]',
+)
+
+
+def test_cleanup_removes_old_post_processing_but_the_one_shown(site: Site, tmp_path: Path) -> None:
+    from flowbatch.lifecycle_ops import cleanup
+
+    api.install(
+        site,
+        write_template(tmp_path / "q", QUICK_PLOT.format(inputs="results/r.json")),
+        workflow_id="q",
+    )
+    for group, score in (("a", 1), ("b", 2), ("c", 3)):  # each changes the best runs
+        drop(site, f"{group}.yaml", {"workflow": "q", "group": group, "arguments": {"s": score}})
+        run_until_idle(site)
+    ids = postproc_ids(site, "q")
+    assert len(ids) == 3
+    state = read_state(site, "q")
+    assert state["latest"] == state["last_success"]
+    older = sorted(set(ids) - {state["latest"]})
+    dry = cleanup(site, "2999-01-01", workflow="q", dry_run=True)
+    assert sorted(e["id"] for e in dry.postproc_removed) == older
+    assert postproc_ids(site, "q") == ids  # a dry run removes nothing
+    assert cleanup(site, "2999-01-01", workflow="q", state="SUCCESS").postproc_removed == []
+    report = cleanup(site, "2999-01-01", workflow="q")
+    assert sorted(e["id"] for e in report.postproc_removed) == older
+    assert postproc_ids(site, "q") == [state["latest"]]
+    assert report.removed == [] and len(report.spared) == 3  # the runs feed the one shown
+    board = json.loads((site.layout.workflow_results("q") / "leaderboard.json").read_text())
+    assert board["postproc"]["latest"]["id"] == state["latest"]
