@@ -362,6 +362,9 @@ class Orphan:
     path: str
     why: str
     bytes: int | None = None
+    #: a remote folder's run (ended here) may still have processes there: a host that
+    #: came back after its runs were declared lost. Its handle: ended before removal.
+    handle: dict[str, Any] | None = None
 
 
 def local_orphans(site: Site, *, grace: float = TMP_GRACE) -> list[Orphan]:
@@ -461,8 +464,20 @@ def remote_orphans(site: Site) -> list[Orphan]:
                 continue
             path = f"{root.rstrip('/')}/{rel}"
             kib = int(size) if size.isdigit() else None
-            out.append(Orphan(name, path, _remote_why(run_id), None if kib is None else kib * 1024))
+            orphan = Orphan(name, path, _remote_why(run_id), None if kib is None else kib * 1024)
+            orphan.handle = _remote_handle(site, run_id, name)
+            out.append(orphan)
     return out
+
+
+def _remote_handle(site: Site, run_id: str, host: str) -> dict[str, Any] | None:
+    """The handle of an ended run that ran on ``host`` (its remote process group)."""
+    try:
+        run = site.store.load(run_id)
+    except FlowbatchError:
+        return None
+    handle = run.handle or {}
+    return handle if handle.get("host") == host and handle.get("pid") else None
 
 
 def _remote_why(run_id: str) -> str:
@@ -480,6 +495,12 @@ def remove_orphans(site: Site, orphans: list[Orphan]) -> None:
         if orphan.where == "local":
             _remove(Path(orphan.path))
             continue
+        if orphan.handle:
+            # its processes first (only if the recorded PID still is that process: same
+            # start time, same boot), or they would go on writing into a removed folder
+            from .executors.ssh import ssh_executors
+
+            ssh_executors(site.config)[orphan.where].cancel(orphan.handle, "orphan cleanup")
         result = ssh_runner(site.config, orphan.where).run(f"rm -rf -- {_q(orphan.path)}")
         if not result.ok:
             raise FlowbatchError(

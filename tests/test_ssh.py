@@ -368,6 +368,43 @@ def test_runs_cancel_kills_the_remote_process_group(ssh: SshEnv, tmp_path: Path)
     assert not Path(handle["remote_dir"]).exists()
 
 
+def test_orphan_cleanup_ends_a_lost_runs_remote_processes(ssh: SshEnv, tmp_path: Path) -> None:
+    """A host that was away past its grace comes back with the run's processes still
+    going: `cleanup --orphans` ends that process group (the recorded PID, checked by its
+    start time) before it removes the folder, instead of leaving them to write into it."""
+    from flowbatch.runs import State
+
+    site = ssh_site(tmp_path / "site", ssh)
+    install_sleeper(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 60}})
+    d = Daemon(site)
+    d.start()
+    try:
+        tick_until(d, lambda: len(running(d)) == 1)
+        run = running(d)[0]
+        handle = dict(run.handle or {})
+        deadline = time.monotonic() + 10
+        while len(group_members(handle["pgid"])) < 3:
+            assert time.monotonic() < deadline, group_members(handle["pgid"])
+            time.sleep(0.05)
+        # what the daemon does when the host stays unreachable past its grace
+        site.store.transition(run, State.ERROR, messages=["lost: host a unreachable"])
+    finally:
+        d.stop()
+    assert group_members(handle["pgid"])  # still going on the host
+    dry = CliRunner().invoke(
+        main, ["--site", str(site.root), "cleanup", "--orphans", "--dry-run", "--json"]
+    )
+    assert dry.exit_code == 0, dry.output
+    mine = [o for o in json.loads(dry.output)["orphans"] if o["path"] == handle["remote_dir"]]
+    assert [o["why"] for o in mine] == ["run is ERROR"]  # (other tests' leftovers aside)
+    assert group_members(handle["pgid"])  # a dry run ends nothing
+    result = CliRunner().invoke(main, ["--site", str(site.root), "cleanup", "--orphans"])
+    assert result.exit_code == 0, result.output
+    assert group_members(handle["pgid"]) == []
+    assert not Path(handle["remote_dir"]).exists()
+
+
 # -- hosts check -----------------------------------------------------------------------------
 
 
