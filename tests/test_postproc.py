@@ -211,3 +211,41 @@ def test_cleanup_removes_old_post_processing_but_the_one_shown(site: Site, tmp_p
     assert report.removed == [] and len(report.spared) == 3  # the runs feed the one shown
     board = json.loads((site.layout.workflow_results("q") / "leaderboard.json").read_text())
     assert board["postproc"]["latest"]["id"] == state["latest"]
+
+
+NATIVE_PLOT = """
+flowbatch: 1
+workflow:
+  steps:
+    - name: score
+      action:
+        commands:
+          - mkdir -p results
+          - >-
+            printf '{"s": %d}' {{ s }} > results/r.json
+parameters:
+  - {name: s, dtype: int}
+results:
+  file: results/r.json
+  schema: [{name: s, label: S, dtype: int}]
+postproc:
+  workflow:
+    steps:
+      - name: plot
+        action:
+          commands: ["ls {{ runs }} > listing.txt", "test -f {{ runs }}/runs.json"]
+  inputs: {files: [results/r.json]}
+"""
+
+
+def test_native_post_processing_names_the_runs_folder(site: Site, tmp_path: Path) -> None:
+    """`{{ runs }}` in a native (Jinja) template's post-processing is the folder of the
+    ranked runs' files, as `$[[runs]]` is in flowServ's dialect."""
+    api.install(site, write_template(tmp_path / "n", NATIVE_PLOT), workflow_id="n")
+    drop(site, "a.yaml", {"workflow": "n", "group": "a", "arguments": {"s": 4}})
+    run_until_idle(site)
+    state = read_state(site, "n")
+    record = load_record(site, "n", state["latest"])
+    assert record is not None and record.state == "SUCCESS", record
+    listing = (postproc_root(site, "n") / record.id / "listing.txt").read_text().split()
+    assert "runs.json" in listing

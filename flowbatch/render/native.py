@@ -171,6 +171,10 @@ def render_native(
     env = make_environment(outputs.finalize)
     prefix = _prefix(template, workflow)
     names = _names(template, arguments, variables, exports)
+    postproc = template.postproc
+    if postproc is not None and workflow is postproc.workflow and "runs" not in names:
+        # flowServ's $[[runs]] of post-processing: the folder of the ranked runs' files
+        names["runs"] = Trusted(postproc.runs_target)
     _add_context(workflow, names, env, outputs, prefix)
     steps = []
     for i, step in enumerate(workflow.steps):
