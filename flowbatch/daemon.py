@@ -201,7 +201,7 @@ class Daemon:
         local = self.executors.get("local")
         if local is None:
             return True
-        taken = len(self.runner.running("local")) + len(self.postproc.active)
+        taken = len(self.runner.running("local")) + self.runner.reserved("local")
         return taken < local.limit
 
     def _batch(self) -> Any:

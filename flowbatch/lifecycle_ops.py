@@ -10,7 +10,6 @@ Active runs (PENDING, RUNNING) are never removed: they are cancelled first.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -412,20 +411,20 @@ def _ended_arrays(site: Site, older_than: float) -> list[Orphan]:
             if folder.lstat().st_mtime < older_than:
                 out.append(Orphan("local", str(folder), "Slurm array folder without tasks"))
             continue
-        if all(_run_ended(Path(os.readlink(link))) for link in links):
+        if all(_run_ended(site, Path(os.readlink(link))) for link in links):
             out.append(Orphan("local", str(folder), "Slurm array whose runs have all ended"))
     return out
 
 
-def _run_ended(run_dir: Path) -> bool:
-    """The run of ``run_dir`` has ended or its folder is gone; False when unsure."""
+def _run_ended(site: Site, run_dir: Path) -> bool:
+    """The run of ``run_dir`` has ended or its folder is gone; False when unsure (a
+    ``run.json`` that cannot be read or is not trusted)."""
+    if not run_dir.exists():
+        return True
     try:
-        state = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))["state"]
-    except FileNotFoundError:
-        return not run_dir.exists()
-    except (OSError, ValueError, KeyError, TypeError):
+        return site.store.load_dir(run_dir).state not in ACTIVE
+    except (OSError, FlowbatchError):
         return False
-    return state not in {s.value for s in ACTIVE}
 
 
 #: lists ``<remote_root>/<workflow>/<run>`` folders with their size in KiB

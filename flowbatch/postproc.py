@@ -324,6 +324,10 @@ class PostProcManager:
             record = load_record(self.site, workflow, str(latest)) if latest else None
             if record is not None and record.state == "RUNNING":
                 self.active[workflow] = record
+        # a workflow that waited for a slot when the previous daemon stopped would
+        # otherwise wait for its next change: ask each again (an unchanged set of best
+        # runs starts nothing)
+        self.deferred |= set(self.site.templates.list_ids()) - set(self.active)
 
 
 # --- staging and results ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ the leaderboard, and failures that are shown but leave the ranking alone."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from flowbatch import api
@@ -249,3 +250,42 @@ def test_native_post_processing_names_the_runs_folder(site: Site, tmp_path: Path
     assert record is not None and record.state == "SUCCESS", record
     listing = (postproc_root(site, "n") / record.id / "listing.txt").read_text().split()
     assert "runs.json" in listing
+
+
+def test_post_processing_left_waiting_by_a_stopped_daemon_starts_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A workflow whose post-processing waited for a local slot when the daemon stopped
+    is asked again by the next daemon (its set of best runs changed since the last one)."""
+    from flowbatch.daemon import Daemon
+    from flowbatch.site import Site as SiteClass
+
+    from .conftest import make_site
+
+    site = make_site(tmp_path / "site")
+    api.install(
+        site,
+        write_template(tmp_path / "q", QUICK_PLOT.format(inputs="results/r.json")),
+        workflow_id="q",
+    )
+    drop(site, "a.yaml", {"workflow": "q", "group": "a", "arguments": {"s": 1}})
+    first = Daemon(site)
+    first.postproc.room = lambda: False  # every slot taken when it would have started
+    first.start()
+    try:
+        for _ in range(50):
+            first.tick()
+            if api.list_runs(site) and api.list_runs(site)[0]["state"] == "SUCCESS":
+                first.tick()
+                break
+            time.sleep(0.05)
+        assert first.postproc.deferred == {"q"} and postproc_ids(site, "q") == []
+    finally:
+        first.stop()  # stopped with it still waiting
+    site.close()
+    again = SiteClass(site.root)
+    run_until_idle(again)
+    ids = postproc_ids(again, "q")
+    assert len(ids) == 1
+    record = load_record(again, "q", ids[0])
+    assert record is not None and record.state == "SUCCESS"

@@ -21,9 +21,7 @@ def write_bytes(
     fd, tmp = _new_temporary(p, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fchmod(fd, mode)  # the umask may have narrowed it
             if fsync:
                 os.fsync(fd)
@@ -36,6 +34,12 @@ def write_bytes(
         except OSError:
             pass
         raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 _COUNTER = itertools.count()
@@ -65,9 +69,7 @@ def write_private(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o64
     fd = os.open(path, flags, mode)
     try:
         os.fchmod(fd, mode)  # the umask may have narrowed it
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -204,7 +204,9 @@ class Store:
     def _insert_change(self, run_id: str, change: dict[str, Any]) -> None:
         db = StateChangeRow._meta.database
         db.execute_sql(
-            _change_insert_sql(db.param),
+            _insert_sql(
+                StateChangeRow._meta.table_name, ("run", "state", "at", "message"), db.param
+            ),
             [run_id, change["state"], change["at"], change.get("message")],
         )
 
@@ -443,15 +445,6 @@ def _insert_rows(model: type[pw.Model], columns: tuple[str, ...], rows: list[tup
 def _insert_sql(table: str, columns: tuple[str, ...], param: str) -> str:
     cols = ", ".join(f'"{c}"' for c in columns)
     return f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join([param] * len(columns))})'
-
-
-@functools.cache
-def _change_insert_sql(param: str) -> str:
-    marks = ", ".join([param] * 4)
-    return (
-        f'INSERT INTO "{StateChangeRow._meta.table_name}" ("run", "state", "at", "message") '
-        f"VALUES ({marks})"
-    )
 
 
 def run_rows(
