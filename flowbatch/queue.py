@@ -28,7 +28,7 @@ from . import faults, yamlio
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
-from .render.script import SCRIPT_NAME
+from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR
 from .render.values import RenderedWorkflow
 from .runs import RunRecord, now_iso
 from .safeio import LINK_ERRORS, copy_fd, open_beneath
@@ -66,11 +66,36 @@ def claim_key(name: str, st: os.stat_result) -> str:
     return hashlib.sha256(os.fsencode(name) + ident).hexdigest()
 
 
+#: seconds a user name looked up stays cached (the password file is read on every lookup)
+NAME_TTL = 30.0
+_NAMES: dict[int, tuple[float, str]] = {}
+
+
 def user_name(uid: int) -> str:
+    now = time.monotonic()
+    hit = _NAMES.get(uid)
+    if hit is not None and now - hit[0] < NAME_TTL:
+        return hit[1]
     try:
-        return pwd.getpwuid(uid).pw_name
+        name = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid{uid}"
+        name = f"uid{uid}"
+    _NAMES[uid] = (now, name)
+    return name
+
+
+def _keep_request(claimed: Claimed, dest: Path) -> None:
+    """The request as received, into the hidden run folder. A request of the daemon's own
+    user is linked (the same file, no copy: on a site of one user they own everything
+    anyway); anyone else's is copied, so the run's copy is the daemon's and its owner
+    cannot edit it afterwards. A second point of a sweep links the same file again."""
+    if claimed.uid == os.geteuid():
+        try:
+            os.link(claimed.path, dest, follow_symlinks=False)
+            return
+        except OSError:
+            pass  # another file system, or links refused: copy
+    shutil.copyfile(claimed.path, dest, follow_symlinks=False)
 
 
 @dataclass
@@ -444,7 +469,11 @@ class Intake:
         finally:
             for fd in sources.values():
                 os.close(fd)
-        shutil.copyfile(claimed.path, tmp_dir / REQUEST_COPY)
+        _keep_request(claimed, tmp_dir / REQUEST_COPY)
+        # the script's folders: one syscall each here, where the script, finding them
+        # missing, starts a mkdir process (its test stays, for folders staged elsewhere)
+        for folder in (LOGS_DIR, STATUS_DIR):
+            (tmp_dir / folder).mkdir(exist_ok=True)
         # the folder is not in place yet: its rename below makes every file appear at once
         atomic.write_private(
             tmp_dir / SCRIPT_NAME, build_script(rendered, run_id=run_id).encode(), mode=0o755

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +27,18 @@ MAX_DEPTH = 64
 EXPANSION_ALLOWANCE = 10_000
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and counts alias uses."""
+class _StrictChecks:
+    """What both strict loaders add to a safe loader: duplicate keys refused, alias uses
+    counted."""
 
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._aliases = 0
+    def get_single_data(self: Any) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _count_aliases(node)
+        return self.construct_document(node)
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                mark = self.peek_event().start_mark
-                raise InputError(
-                    f"too many YAML aliases (more than {MAX_ALIASES}) at line {mark.line + 1}",
-                    hint="write the values out instead of using anchors and aliases",
-                )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+    def construct_mapping(self: Any, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
@@ -61,7 +55,60 @@ class _StrictLoader(yaml.SafeLoader):
                         hint="remove one of the two entries",
                     )
                 seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+
+
+class _StrictLoader(_StrictChecks, yaml.SafeLoader):
+    """PyYAML's own parser: any input (too deep a nesting ends in RecursionError)."""
+
+
+#: libyaml's parser, ten times faster on a request, when PyYAML was built with it. Its
+#: composer recurses in C without a limit (a flow list nested 200,000 deep crashes the
+#: process), so it only gets text whose nesting is bounded by :func:`_depth_bound`.
+_FastLoader: Any = (
+    type("_FastLoader", (_StrictChecks, yaml.CSafeLoader), {})
+    if getattr(yaml, "__with_libyaml__", False)
+    else _StrictLoader
+)
+_LEAD = re.compile(r"^[ \t?:-]*", re.M)
+
+
+def _depth_bound(text: str) -> int:
+    """An upper bound of the nesting depth of ``text``: every level is an opening
+    bracket, or a step of indentation or a ``- `` / ``? `` in front of a line's content."""
+    brackets = text.count("[") + text.count("{")
+    return brackets + max((len(m) for m in _LEAD.findall(text)), default=0) + 1
+
+
+def _loader(text: str) -> Any:
+    return _FastLoader if _depth_bound(text) <= 2 * MAX_DEPTH else _StrictLoader
+
+
+def _count_aliases(root: Any) -> None:
+    """Refuse more than MAX_ALIASES alias uses. An alias is the composed node of its
+    anchor used once more, so every reference to a node already met is one (each node is
+    entered once: linear, and a recursive alias ends too)."""
+    seen: set[int] = set()
+    stack = [root]
+    aliases = 0
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise InputError(
+                    f"too many YAML aliases (more than {MAX_ALIASES}), e.g. of the value "
+                    f"at line {node.start_mark.line + 1}",
+                    hint="write the values out instead of using anchors and aliases",
+                )
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append(key)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _check_shape(value: Any, *, budget: int, limit: int = MAX_DEPTH) -> None:
@@ -91,7 +138,7 @@ def _check_shape(value: Any, *, budget: int, limit: int = MAX_DEPTH) -> None:
 def loads(text: str, *, file: str | None = None, json_format: bool = False) -> Any:
     """Parse YAML (or JSON) text with the checks above; errors name ``file``."""
     try:
-        value = json.loads(text) if json_format else yaml.load(text, Loader=_StrictLoader)
+        value = json.loads(text) if json_format else yaml.load(text, Loader=_loader(text))
     except InputError as exc:
         raise exc.at(file=file)
     except RecursionError:

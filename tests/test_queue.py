@@ -48,6 +48,8 @@ def test_good_request_becomes_a_run_with_defaults_applied(hello_site) -> None:  
     run_dir = hello_site.store.run_dir(run)
     assert (run_dir / "data/names.txt").read_text() == "Ann\nBo\n"
     assert (run_dir / "request.yaml").exists() and (run_dir / "run.sh").exists()
+    assert "first try" in (run_dir / "request.yaml").read_text()  # as received (linked)
+    assert (run_dir / "logs").is_dir() and (run_dir / "status").is_dir()  # the script's
     assert (run_dir / "code/helloworld.py").exists()
     assert not (hello_site.layout.queue / "alice.yaml").exists()
     assert (hello_site.layout.queue / "n.txt").exists()  # other files are left alone

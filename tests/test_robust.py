@@ -260,6 +260,12 @@ workflow:
     assert (run_dir / "uid.txt").read_text().strip() == str(user.pw_uid)
     assert (run_dir / "home.txt").read_text().strip() == user.pw_dir
     assert run_dir.stat().st_uid == user.pw_uid
+    # the folders intake made are the user's; the request kept is the daemon's own copy
+    # (a link would let its owner edit the request as received)
+    for folder in ("logs", "status"):
+        assert (run_dir / folder).stat().st_uid == user.pw_uid
+    request = (run_dir / "request.yaml").stat()
+    assert request.st_uid == 0 and request.st_nlink == 1
     for path in [run_dir, *run_dir.rglob("*")]:
         if not path.is_symlink():
             assert not path.stat().st_mode & 0o002, f"{path} is world-writable"
@@ -519,7 +525,8 @@ def test_a_symlinked_logs_folder_gets_nothing_from_root(public_tmp: Path, tmp_pa
 
     run = Intake(site).run_once().runs[0]
     run_dir = site.store.run_dir(run)
-    os.symlink(target, run_dir / "logs")  # planted by the run's user before launch
+    (run_dir / "logs").rmdir()  # the user's own (empty) folder, made by intake...
+    os.symlink(target, run_dir / "logs")  # ...replaced by the run's user before launch
     os.lchown(run_dir / "logs", user.pw_uid, user.pw_gid)
     run_until_idle(site)
     assert target.stat().st_uid == 0  # never chowned to the user

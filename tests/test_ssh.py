@@ -498,10 +498,11 @@ ODD_NAME = "big 'quoted' \"file\" $(touch pwned) `x` ;*.bin"
 
 
 def staging_conn(ssh: SshEnv, tmp_path: Path) -> tuple[Any, str]:
-    """Host a's pooled connection and a fresh remote folder (created by the remote user)."""
+    """Host a's pooled connection and a fresh remote folder (created by the remote user),
+    beside the hosts' run roots: a folder left in one would be another test's orphan."""
     pool = SSHPool(SiteConfig.model_validate(ssh.config()).ssh)
     conn = pool.connection("a")
-    remote = str(ssh.remote_root("a") / f"staging-{tmp_path.name}")
+    remote = str(ssh.base / f"staging-{tmp_path.name}")
     assert conn.run(f"rm -rf -- '{remote}' && mkdir -p -- '{remote}'").ok
     return conn, remote
 

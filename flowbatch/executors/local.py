@@ -7,8 +7,10 @@ PID *and* process start time, so a reused PID is never taken for the run.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
+import selectors
 import signal
 import socket
 import subprocess
@@ -23,6 +25,8 @@ import psutil
 from ..errors import ExecutorError
 from ..render.script import LOGS_DIR
 from .base import Launch, Liveness, Probe
+
+log = logging.getLogger(__name__)
 
 #: seconds between SIGTERM and SIGKILL when a run is cancelled
 CANCEL_GRACE = 3.0
@@ -73,9 +77,10 @@ class LocalExecutor:
             started = 0.0  # already gone; the waiter thread reports its exit
         with self._lock:
             self._children[proc.pid] = proc
-        threading.Thread(
-            target=self._wait, args=(proc,), daemon=True, name=f"wait-{job.run_id}"
-        ).start()
+        if not _reaper().watch(proc, self._exited):
+            threading.Thread(
+                target=self._wait, args=(proc,), daemon=True, name=f"wait-{job.run_id}"
+            ).start()
         return {
             "pid": proc.pid,
             "pgid": proc.pid,
@@ -86,7 +91,9 @@ class LocalExecutor:
         }
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> None:
-        code = proc.wait()
+        self._exited(proc, proc.wait())
+
+    def _exited(self, proc: subprocess.Popen[bytes], code: int) -> None:
         with self._lock:
             self._exits[proc.pid] = code
         self._wake()
@@ -198,6 +205,69 @@ def _cmdline(proc: psutil.Process) -> list[str]:
             return cmd
         time.sleep(0.01)
     return []
+
+
+class _Reaper:
+    """One thread that learns of every child's exit, through the child's pidfd (Linux
+    5.3+): a thread started per run cost the daemon's loop more than the run's own
+    fork. Where pidfds are missing, :meth:`watch` says so and the caller waits in a
+    thread of its own."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._new: list[tuple[int, Watched]] = []
+        self._thread: threading.Thread | None = None
+
+    def watch(self, proc: subprocess.Popen[bytes], done: Callable[[Any, int], None]) -> bool:
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            return False
+        with self._lock:
+            self._new.append((fd, (proc, done)))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="reaper")
+                self._thread.start()
+        os.write(self._wake_w, b"\0")
+        return True
+
+    def _run(self) -> None:
+        while True:
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    with self._lock:
+                        new, self._new = self._new, []
+                    for fd, watched in new:
+                        self._selector.register(fd, selectors.EVENT_READ, watched)
+                    continue
+                proc, done = key.data
+                self._selector.unregister(key.fd)
+                os.close(key.fd)
+                try:
+                    done(proc, proc.wait())
+                except Exception:  # a callback's failure must not end the reaper
+                    log.exception("reaping pid %s", proc.pid)
+
+
+#: a child and what to call with its exit status
+Watched = tuple[subprocess.Popen[bytes], Callable[[Any, int], None]]
+_REAPER: list[_Reaper] = []
+_REAPER_LOCK = threading.Lock()
+
+
+def _reaper() -> _Reaper:
+    with _REAPER_LOCK:
+        if not _REAPER:
+            _REAPER.append(_Reaper())
+        return _REAPER[0]
 
 
 def run_as(uid: int | None) -> dict[str, Any]:

@@ -38,8 +38,9 @@ _PRELUDE = r"""case $0 in */*) cd -- "${0%/*}" || exit 90 ;; esac
 umask 022
 """
 
-# logs/ and status/ are made by the script, as the run's user, in the run's own process
-# (not by the daemon, whose time per run is what limits throughput)
+# intake makes logs/ and status/ in a new run folder (two syscalls there; a mkdir process
+# here); the script makes them where they are missing: a folder staged to an SSH host, a
+# retry's fresh attempt
 _MACHINERY = r"""[ -d logs ] && [ -d status ] || mkdir -p logs status
 # the local executor has the script keep its own output (opened here, as the run's user)
 if [ -n "${FLOWBATCH_SCRIPT_LOG:-}" ]; then
