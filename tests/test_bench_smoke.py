@@ -54,7 +54,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert results["sections"][name]["ok"], results["sections"][name]
     assert {"ssh", "slurm"}.isdisjoint(results["sections"])
     tools = {r["tool"]: r for r in results["sections"]["throughput"]["rows"]}
-    assert set(tools) == {"xargs -P 2", "flowbatch", "flowbatch run.sh by xargs -P 2"}
+    assert set(tools) == {
+        "xargs -P 2",
+        "flowbatch",
+        "flowbatch run.sh by xargs -P 2",
+        "floor 1: a folder per run",
+        "floor 2: + what a restart needs",
+        "floor 3: + step logs and exit markers",
+    }
     assert all(r["runs_per_s"] > 0 for r in tools.values())
     lat = results["sections"]["latency"]
     assert 0 < lat["running_p50"] <= lat["success_p50"]
@@ -67,6 +74,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "## 5. Scale",
         "| flowbatch |",
         "without the daemon",
+        "The floor (`bench/floor.py`",
     ):
         assert heading in text, heading
     assert "Not measured" not in text
