@@ -103,9 +103,10 @@ def run_contract(work: Path, n: int) -> float:
     runs = [r for r in runs if (r / "run.sh").is_file()]
     if len(runs) != n:
         raise RuntimeError(f"expected {n} run folders of the flowbatch round, found {len(runs)}")
-    for run in runs:  # as intake leaves them: no markers, logs or outputs yet
+    for run in runs:  # as intake leaves them: empty logs/ and status/, no outputs yet
         for name in ("status", "logs"):
             shutil.rmtree(run / name, ignore_errors=True)
+            (run / name).mkdir()
         for name in ("out.txt", "results.json"):
             (run / name).unlink(missing_ok=True)
     listing = work / "scripts.txt"

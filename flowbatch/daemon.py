@@ -96,8 +96,13 @@ def lock_holder(site: Site) -> dict[str, Any] | None:
 
 
 class Daemon:
+    #: seconds ``--until-idle`` waits for an index that keeps failing once nothing else
+    #: is left to do, before it ends with an error (it ticked forever before)
+    UNINDEXED_PATIENCE = 60.0
+
     def __init__(self, site: Site) -> None:
         self.site = site
+        self._index_waiting_since: float | None = None
         self.wakeup = threading.Event()
         self.stopping = False
         self.reload_requested = False
@@ -269,7 +274,9 @@ class Daemon:
         log.info("cancel of run %s handed to host %s", run.id, run.host)
         return True
 
-    def idle(self) -> bool:
+    def idle(self, *, index: bool = True) -> bool:
+        """Nothing to do: no request, no active run, no report being written and
+        (``index``) no index write left to catch up."""
         queue = self.site.layout.queue
         waiting = any(is_request_name(p.name) for p in queue.iterdir()) if queue.is_dir() else False
         return (
@@ -277,9 +284,21 @@ class Daemon:
             and not self.runner.active
             and not self.intake.leftovers()
             and not self.postproc.busy
-            and not self.site.store.unindexed  # index writes still to catch up
+            and (not index or not self.site.store.unindexed)  # index writes to catch up
             and (self._reporter is None or self._reporter.idle())
         )
+
+    def _index_given_up(self) -> bool:
+        """``--until-idle`` with nothing left but index writes that keep failing: true
+        once that has lasted ``UNINDEXED_PATIENCE`` seconds (the tree has the runs; the
+        next start indexes them)."""
+        if not self.site.store.unindexed or not self.idle(index=False):
+            self._index_waiting_since = None
+            return False
+        now = time.monotonic()
+        if self._index_waiting_since is None:
+            self._index_waiting_since = now
+        return now - self._index_waiting_since >= self.UNINDEXED_PATIENCE
 
     # -- loops ------------------------------------------------------------------------------------
     def serve(self, *, until_idle: bool = False) -> None:
@@ -310,9 +329,18 @@ class Daemon:
                 continue
             if until_idle and self.idle():
                 break
-            # an active local run is reaped by its waiter thread, which sets wakeup
+            if until_idle and self._index_given_up():
+                count = len(self.site.store.unindexed)
+                raise FlowbatchError(
+                    f"the index database stayed unwritable for {self.UNINDEXED_PATIENCE:.0f} s "
+                    f"with nothing else left to do; {count} run(s) are in the results tree "
+                    "but not up to date in the index",
+                    hint="fix the database (see the errors logged above); the next daemon "
+                    "start indexes them from the tree, as does `flowbatch reindex`",
+                )
+            # an active local run is reaped by the reaper thread, which sets wakeup
             wait = interval
-            if until_idle and not self.runner.active:
+            if until_idle and not self.runner.active and not self.site.store.unindexed:
                 wait = min(interval, self.site.config.polling.settle / 2 or 0.05)
             if self.runner.changed_workflows:  # reports held back: write them in time
                 wait = min(wait, self.report_every)

@@ -672,6 +672,48 @@ def test_an_index_write_that_fails_is_caught_up_from_the_tree(
     assert not site.store.unindexed
 
 
+def test_until_idle_gives_up_on_an_index_that_stays_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`daemon --until-idle` (a cron tick) with an index that never comes back: it does
+    not tick forever; once nothing but index writes is left, it waits for the index at
+    most ``UNINDEXED_PATIENCE`` seconds, then ends with an error that says what to do.
+    Nothing is lost: the tree has the runs, and the next start indexes them."""
+    import peewee as pw
+
+    from flowbatch.daemon import Daemon, run_daemon
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.store.store import Store
+
+    site = make_site(tmp_path / "site")
+    write_template(tmp_path / "t", SCORE_TEMPLATE)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 0.5}})
+    real = Store._upsert_run
+    broken = {"on": True}
+
+    def down(self: Store, run_id: str, values: dict) -> None:
+        if broken["on"] and values["state"] != "PENDING":
+            raise pw.OperationalError("disk I/O error")
+        real(self, run_id, values)
+
+    monkeypatch.setattr(Store, "_upsert_run", down)
+    monkeypatch.setattr(Daemon, "UNINDEXED_PATIENCE", 1.0)
+    started = time.monotonic()
+    with pytest.raises(FlowbatchError, match="index") as caught:
+        run_daemon(site, until_idle=True)
+    assert time.monotonic() - started < 30
+    assert "reindex" in (caught.value.hint or "")
+    run_dir = next(site.layout.results.glob("wf/runs/*/run.json")).parent
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "SUCCESS"
+    broken["on"] = False  # the index is back: the next start catches up from the tree
+    site.close()
+    again = Site(site.root)
+    run_until_idle(again, timeout=30)
+    run = only_run(again)
+    assert run["state"] == "SUCCESS" and run["id"] == run_dir.name
+
+
 def test_a_slow_report_never_holds_up_new_requests(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
