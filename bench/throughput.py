@@ -296,6 +296,7 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
                 f"  round {rep + 1}/{repeats} {name}: {elapsed:.2f} s "
                 f"({time.perf_counter() - started:.1f} s with setup)"
             )
+    phases = daemon_phases(work / "phases", n, log=log)
     shutil.rmtree(work, ignore_errors=True)
     limit = times["xargs -P 2"].median
     rows = []
@@ -315,7 +316,49 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
                 "cpu_ms": cpus[name].median / n * 1000,
             }
         )
-    return {"n": n, "repeats": repeats, "rows": rows, "notes": notes}
+    return {"n": n, "repeats": repeats, "rows": rows, "notes": notes, "phases": phases}
+
+
+def daemon_phases(work: Path, n: int, *, log: Any = print) -> dict[str, Any] | None:
+    """The daemon's CPU per run by phase (``bench/phases.py``, a process of its own)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.phases", str(work), str(n)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        log(f"  phases: FAILED ({proc.stderr.strip()[-300:]})")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _phase_lines(phases: dict[str, Any] | None) -> list[str]:
+    if not phases:
+        return []
+    lines = [
+        "",
+        f"Where the daemon's CPU goes per run (`bench/phases.py`: the same {phases['n']} "
+        "requests served in one process, CPU of the main thread summed per phase by "
+        "wrappers; a phase includes the indented ones under it; the run.json and index "
+        "writes happen inside the phases above them):",
+        "",
+        "| phase | CPU per run |",
+        "|---|---:|",
+    ]
+    for p in phases["phases"]:
+        lines.append(f"| {'&nbsp;&nbsp;' * 2 * p['depth']}{p['label']} | {p['ms']:.2f} ms |")
+    lines += [
+        f"| main thread in all | {phases['main_thread_ms']:.2f} ms |",
+        f"| other threads (report files, reaper, file watcher) | "
+        f"{phases['other_threads_ms']:.2f} ms |",
+        "",
+        f"Wall time per run in that process: {phases['wall_ms']:.2f} ms: the main thread "
+        "is busy most of it, so its CPU per run is what bounds flowbatch's throughput "
+        "here (the jobs use the other core).",
+    ]
+    return lines
 
 
 def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any]) -> list[str]:
@@ -327,15 +370,15 @@ def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any]) -> list[str]:
     lines = [
         "- The floor (`bench/floor.py`, the same Python, no flowbatch code): the least a "
         "daemon does per run for this tree, each row adding to the one before. A folder per "
-        f"run costs {f1['overhead_ms']:.2f} ms per run above the limit; the files a "
-        f"restarted daemon needs (a claim, the hidden folder with `run.sh` and `run.json` "
-        f"renamed into place, `run.json` replaced at the end) "
-        f"{f2['overhead_ms'] - f1['overhead_ms']:.2f} ms more; per-step logs and exit "
-        f"markers {f3['overhead_ms'] - f2['overhead_ms']:.2f} ms more: "
-        f"{f3['overhead_ms']:.2f} ms in all ({f3['cpu_ms']:.2f} ms of CPU per run). "
+        f"run: {f1['overhead_ms']:+.2f} ms per run against the limit (the limit starts a "
+        "`mkdir` process per job, which a daemon does by a syscall); the files a restarted "
+        "daemon needs (a claim, the hidden folder with `run.sh` and `run.json` renamed into "
+        f"place, `run.json` replaced at the end): {f2['overhead_ms'] - f1['overhead_ms']:+.2f} "
+        f"ms; per-step logs and exit markers: {f3['overhead_ms'] - f2['overhead_ms']:+.2f} ms; "
+        f"{f3['overhead_ms']:+.2f} ms in all ({f3['cpu_ms']:.2f} ms of CPU per run). "
         f"flowbatch takes {fb['overhead_ms'] - f3['overhead_ms']:.2f} ms per run beyond "
-        "that floor (reading and validating the request, the template's files, its own "
-        "script's subshells and folders, the index, the run page, start-up).",
+        "that floor: reading and checking the request, rendering, the template's files, "
+        "the index, the run page, start-up, and a subshell per command in its script.",
     ]
     if f3["overhead_ms"] > 2.0:
         lines.append(
@@ -418,5 +461,6 @@ def markdown(res: dict[str, Any]) -> str:
         )
     for name, note in res["notes"].items():
         lines.append(f"- {name}: {note}")
+    lines.extend(_phase_lines(res.get("phases")))
     lines.append("")
     return "\n".join(lines)

@@ -63,6 +63,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "floor 3: + step logs and exit markers",
     }
     assert all(r["runs_per_s"] > 0 for r in tools.values())
+    phases = results["sections"]["throughput"]["phases"]
+    assert phases["main_thread_ms"] > 0 and phases["phases"][0]["ms"] > 0
     lat = results["sections"]["latency"]
     assert 0 < lat["running_p50"] <= lat["success_p50"]
     text = out.read_text()
@@ -75,6 +77,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "| flowbatch |",
         "without the daemon",
         "The floor (`bench/floor.py`",
+        "Where the daemon's CPU goes per run",
     ):
         assert heading in text, heading
     assert "Not measured" not in text

@@ -328,3 +328,58 @@ def test_daemon_serves_in_a_thread_and_wakes_on_inotify(hello_site) -> None:  # 
         d.wakeup.set()
         t.join(10)
         d.stop()
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_every_exit_is_seen_with_or_without_pidfds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pidfd: bool
+) -> None:
+    """One reaper thread watches every child through its pidfd; where pidfd_open is
+    missing (an old kernel), each child gets a waiter thread as before. Either way every
+    exit wakes the daemon and is seen with its status."""
+    from flowbatch.executors import local
+
+    if not pidfd:
+
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr(local.os, "pidfd_open", no_pidfd)
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 3}})
+    install(
+        site,
+        tmp_path / "t",
+        """
+workflow:
+  parameters:
+    rc: $[[rc]]
+  steps:
+    - name: s
+      action: {commands: ["sleep 0.2; exit ${rc}"]}
+parameters:
+  - {name: rc, dtype: int}
+""",
+    )
+    for i, rc in enumerate((0, 3, 0, 7, 0, 0)):
+        drop(site, f"r{i}.yaml", {"workflow": "wf", "arguments": {"rc": rc}})
+    before = {t.name for t in threading.enumerate()}
+    waiters = set()
+    d = Daemon(site)
+    d.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not d.idle():
+            assert time.monotonic() < deadline, "not every exit was seen"
+            d.wakeup.clear()
+            d.tick()
+            waiters |= {t.name for t in threading.enumerate() if t.name.startswith("wait-")}
+            d.wakeup.wait(1.0)  # woken by each exit, not by this timeout
+    finally:
+        d.stop()
+    states = sorted(
+        (r["arguments"]["rc"], r["state"])
+        for r in (api.show_run(site, x["id"]) for x in api.list_runs(site))
+    )
+    assert states == [(0, "SUCCESS")] * 4 + [(3, "ERROR"), (7, "ERROR")]
+    # the fallback is the only one to start a thread per run
+    assert bool(waiters - before) is not pidfd
