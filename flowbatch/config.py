@@ -76,6 +76,21 @@ class PollingConfig(_Strict):
     )
 
 
+#: rows of the leaderboard's all-runs view unless the site says otherwise
+ALL_RUNS_SHOWN = 2000
+
+
+class ReportsConfig(_Strict):
+    all_runs_shown: int = Field(
+        default=ALL_RUNS_SHOWN,
+        ge=1,
+        le=1_000_000,
+        description='Rows of the leaderboard\'s "All runs" view (page and '
+        "leaderboard.json): the best this many runs; `flowbatch ranking WF --all --json` "
+        "lists every run. Each row adds about 1 KB to both files.",
+    )
+
+
 class SiteConfig(_Strict):
     """``flowbatch.yaml``: one flowbatch site."""
 
@@ -125,6 +140,10 @@ class SiteConfig(_Strict):
         default_factory=dict,
         description="Leaderboard groups and their members (user names), for group_policy "
         "members: e.g. {team-x: [alice, bob]}.",
+    )
+    reports: ReportsConfig = Field(
+        default_factory=ReportsConfig,
+        description="The static report files: all_runs_shown (rows of the all-runs view).",
     )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig,

@@ -18,7 +18,7 @@ from . import postproc
 from .api import rank_inputs
 from .errors import FlowbatchError
 from .ranking import rank_views
-from .report import ALL_ROWS_SHOWN, param_columns, use_site_templates, write_leaderboard
+from .report import param_columns, use_site_templates, write_leaderboard
 from .report_pages import write_run_pages, write_site_index
 from .runs import State
 from .site import Site
@@ -61,7 +61,8 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
     if template.results is None:
         return False
     best, everything = rank_views(rank_inputs(workflow), template.results)
-    shown = {e.run.run_id for e in best} | {e.run.run_id for e in everything[:ALL_ROWS_SHOWN]}
+    all_shown = site.config.reports.all_runs_shown
+    shown = {e.run.run_id for e in best} | {e.run.run_id for e in everything[:all_shown]}
     title = site.templates.meta(workflow).get("name") or workflow
     write_leaderboard(
         site.layout.workflow_results(workflow),
@@ -73,6 +74,7 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
         parameters=param_columns(template.parameters),
         files=run_files(workflow, shown),
         postproc=postproc.leaderboard_view(site, workflow),
+        all_shown=all_shown,
     )
     return True
 

@@ -36,6 +36,7 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
+from .config import ALL_RUNS_SHOWN
 from .ranking import RankEntry, entry_json, parse_time, ranking_json, run_seconds
 from .spec.model import Parameter, ResultColumn, ResultSchema
 from .store.atomic import write_json, write_text
@@ -142,6 +143,7 @@ def write_leaderboard(
     parameters: Sequence[ParamColumn] = (),
     files: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     postproc: PostProcView | None = None,
+    all_shown: int = 0,
 ) -> None:
     """Write ``leaderboard.json``, ``leaderboard.csv`` and ``leaderboard.html`` into
     ``out_dir`` (created if missing), each atomically.
@@ -150,23 +152,25 @@ def write_leaderboard(
     ``all_entries``, when given, the ranking of every successful run (JSON ``"all"``, the
     page's "All runs" view, the chart). ``parameters`` are the argument columns;
     ``files`` maps run ids to their output files (``key``, ``source``, ``title``);
-    ``postproc`` is what post-processing produced.
+    ``postproc`` is what post-processing produced; ``all_shown``, the rows of the all-runs
+    view (0: :data:`ALL_ROWS_SHOWN`; a site sets ``reports.all_runs_shown``).
 
     The JSON is :func:`flowbatch.ranking.ranking_json` (its keys are stable) plus, per
     entry, ``files`` and ``run_seconds``, and at the top ``title``, ``order_by``, ``all``
-    and ``all_total`` (when given: the best :data:`ALL_ROWS_SHOWN` runs of the all-runs
+    and ``all_total`` (when given: the best ``all_shown`` runs of the all-runs
     ranking, and how many runs it has), ``postproc`` (when given) and ``generated_at``
     (ISO-8601 UTC). The CSV holds the best-per-group ranking. Every file is bounded in
     size whatever the number of runs; ``flowbatch ranking --all --json`` gives every run.
     """
     generated_at = datetime.now(UTC).replace(microsecond=0)
     files = files or {}
+    all_shown = all_shown or ALL_ROWS_SHOWN
     data: dict[str, Any] = ranking_json(workflow_id, schema, entries)
     _add_extras(data["ranking"], entries, files)
     data["title"] = title
     data["order_by"] = [{"name": k.name, "sort_desc": k.sort_desc} for k in schema.order_by]
     if all_entries is not None:
-        top = all_entries[:ALL_ROWS_SHOWN]
+        top = all_entries[:all_shown]
         data["all"] = [entry_json(schema, entry) for entry in top]
         data["all_total"] = len(all_entries)
         _add_extras(data["all"], top, files)
@@ -191,6 +195,7 @@ def write_leaderboard(
         files=files,
         postproc=postproc,
         generated_at=generated_at,
+        all_shown=all_shown,
     )
     write_text(out_dir / HTML_NAME, html)
 
@@ -209,10 +214,11 @@ def _add_extras(
         ]
 
 
-#: rows of the "all runs" view the page and leaderboard.json hold (100,000 rows took
-#: seconds to write, a 32 MB JSON file to read, and a browser long to open);
-#: ``flowbatch ranking --all --json`` lists every run
-ALL_ROWS_SHOWN = 2000
+#: rows of the "all runs" view the page and leaderboard.json hold by default (100,000
+#: rows took seconds to write, a 32 MB JSON file to read, and a browser long to open); a
+#: site sets its own (``reports.all_runs_shown``); ``flowbatch ranking --all --json``
+#: lists every run
+ALL_ROWS_SHOWN = ALL_RUNS_SHOWN
 
 
 def render_leaderboard_html(
@@ -226,9 +232,11 @@ def render_leaderboard_html(
     files: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     postproc: PostProcView | None = None,
     generated_at: datetime | None = None,
+    all_shown: int = 0,
 ) -> str:
     """The leaderboard page as an HTML string (see the module docstring)."""
     files = files or {}
+    all_shown = all_shown or ALL_ROWS_SHOWN
     desc = {k.name: k.sort_desc for k in schema.order_by}
     columns = [
         _Column(
@@ -249,7 +257,7 @@ def render_leaderboard_html(
         rows=[_row(schema.columns, parameters, files, entry) for entry in entries],
         all_rows=None
         if all_entries is None
-        else [_row(schema.columns, parameters, files, e) for e in all_entries[:ALL_ROWS_SHOWN]],
+        else [_row(schema.columns, parameters, files, e) for e in all_entries[:all_shown]],
         all_total=0 if all_entries is None else len(all_entries),
         counts={"groups": len(groups), "runs": len(all_entries or entries)},
         order_text=", ".join(

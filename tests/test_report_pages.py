@@ -175,3 +175,46 @@ def test_a_site_overrides_report_templates_and_assets(
     checks = {c.name: c for c in diagnose(site.root)}
     assert checks["report templates"].status == "fail"
     assert "run.html.j2 line 1" in checks["report templates"].detail
+
+
+SCORES = """
+workflow:
+  steps:
+    - name: score
+      action:
+        commands:
+          - >-
+            printf '{"score": %s}' "${score}" > r.json
+parameters:
+  - {name: score, dtype: float}
+results:
+  file: r.json
+  schema: [{name: score, label: Score, dtype: float}]
+  orderBy: [{name: score, sortDesc: true}]
+"""
+
+
+def test_the_site_sets_how_many_runs_the_all_runs_view_shows(tmp_path: Path) -> None:
+    from .conftest import make_site
+
+    site = make_site(tmp_path / "site", {"reports": {"all_runs_shown": 3}})
+    write_template(tmp_path / "t", SCORES)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    for i in range(5):
+        drop(site, f"r{i}.yaml", {"workflow": "wf", "group": "me", "arguments": {"score": i}})
+    run_until_idle(site)
+    board = site.layout.workflow_results("wf")
+    data = json.loads((board / "leaderboard.json").read_text())
+    assert [row["results"]["score"] for row in data["all"]] == [4, 3, 2]
+    assert data["all_total"] == 5
+    assert "the 3 best of 5 runs" in (board / "leaderboard.html").read_text()
+    out = CliRunner().invoke(main, ["--site", str(site.root), "ranking", "wf", "--all", "--json"])
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.output)["ranking"]) == 5  # every run, whatever the page shows
+
+
+def test_a_bad_all_runs_shown_is_refused_with_the_field(tmp_path: Path) -> None:
+    from .conftest import make_site
+
+    with pytest.raises(Exception, match="all_runs_shown"):
+        make_site(tmp_path / "site", {"reports": {"all_runs_shown": 0}})
