@@ -104,6 +104,9 @@ class Claimed:
     run_id: str
     name: str  # the request's file name as dropped
     uid: int
+    #: claimed in this tick under a new run id: no run of it can exist yet (a leftover of
+    #: a crash may have one, created before the crash)
+    fresh: bool = False
 
 
 @dataclass
@@ -186,7 +189,7 @@ class Intake:
             log.warning("%s was claimed by another daemon: dropped", printable_name(name))
             dest.unlink(missing_ok=True)
             return None
-        return Claimed(dest, run_id, name, st.st_uid)
+        return Claimed(dest, run_id, name, st.st_uid, fresh=True)
 
     def _reject_name(self, name: str, problem: str) -> None:
         """A name that cannot be claimed as it is goes to rejected/ under a safe name."""
@@ -252,7 +255,11 @@ class Intake:
 
     def _process(self, claimed: Claimed, result: IntakeResult) -> None:
         try:
-            if self._existing_run(claimed.run_id) is not None and not self._is_sweep(claimed):
+            if (
+                not claimed.fresh
+                and self._existing_run(claimed.run_id) is not None
+                and not self._is_sweep(claimed)
+            ):
                 self._finish(claimed)  # created before a crash: just finish the clean-up
                 return
             req = self._read(claimed)
