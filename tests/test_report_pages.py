@@ -177,28 +177,12 @@ def test_a_site_overrides_report_templates_and_assets(
     assert "run.html.j2 line 1" in checks["report templates"].detail
 
 
-SCORES = """
-workflow:
-  steps:
-    - name: score
-      action:
-        commands:
-          - >-
-            printf '{"score": %s}' "${score}" > r.json
-parameters:
-  - {name: score, dtype: float}
-results:
-  file: r.json
-  schema: [{name: score, label: Score, dtype: float}]
-  orderBy: [{name: score, sortDesc: true}]
-"""
-
-
 def test_the_site_sets_how_many_runs_the_all_runs_view_shows(tmp_path: Path) -> None:
     from .conftest import make_site
+    from .test_robust import SCORE_TEMPLATE
 
     site = make_site(tmp_path / "site", {"reports": {"all_runs_shown": 3}})
-    write_template(tmp_path / "t", SCORES)
+    write_template(tmp_path / "t", SCORE_TEMPLATE)  # higher is better
     api.install(site, tmp_path / "t", workflow_id="wf")
     for i in range(5):
         drop(site, f"r{i}.yaml", {"workflow": "wf", "group": "me", "arguments": {"score": i}})
