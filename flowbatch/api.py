@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from . import yamlio
 from .errors import FlowbatchError, NotFoundError, RequestError
+from .gcpause import paused_gc
 from .progress import Progress, track
 from .queue import BUNDLE_SUFFIX
 from .ranking import RankInput, rank, ranking_json
@@ -415,9 +416,10 @@ def ranking(
             hint="add a `results:` block to the template",
         )
     site.store  # noqa: B018 - opens the index
-    inputs = rank_inputs(workflow, shown, all_versions=all_versions)
-    entries = rank(inputs, template.results, include_all=include_all)
-    board = ranking_json(workflow, template.results, entries)
+    with paused_gc():  # bulk, acyclic: see flowbatch.gcpause
+        inputs = rank_inputs(workflow, shown, all_versions=all_versions)
+        entries = rank(inputs, template.results, include_all=include_all)
+        board = ranking_json(workflow, template.results, entries)
     board["version"] = None if all_versions else shown
     board["current"] = site.templates.meta(workflow)["current"]
     return board

@@ -17,6 +17,7 @@ import peewee as pw
 from . import postproc
 from .api import rank_inputs
 from .errors import FlowbatchError
+from .gcpause import paused_gc
 from .ranking import rank_views
 from .report import param_columns, use_site_templates, write_leaderboard
 from .report_pages import write_run_pages, write_site_index
@@ -41,7 +42,7 @@ def update_reports(
     use_site_templates(site.root)
     # daemons of several hosts: one at a time reads the index and writes the files, so
     # the last one written saw every run committed before it (none is left out for good)
-    with site.store.exclusive("reports"):
+    with site.store.exclusive("reports"), paused_gc():
         for workflow in sorted(workflows):
             if progress is not None:
                 progress(workflow)
