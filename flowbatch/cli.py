@@ -154,7 +154,10 @@ def submit(obj: Context, request: str, retry_failed: bool) -> None:
 @main.command()
 @click.option("--once", is_flag=True, help="One tick, then exit (for cron).")
 @click.option(
-    "--until-idle", is_flag=True, help="Run until the queue is empty and no run is active."
+    "--until-idle",
+    is_flag=True,
+    help="Run until the queue is empty and no run is active (exit 1 when only index "
+    "writes are left and the index stays unwritable for 60 s).",
 )
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True

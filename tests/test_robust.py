@@ -672,8 +672,9 @@ def test_an_index_write_that_fails_is_caught_up_from_the_tree(
     assert not site.store.unindexed
 
 
+@pytest.mark.parametrize("via_cli", [False, True])
 def test_until_idle_gives_up_on_an_index_that_stays_broken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via_cli: bool
 ) -> None:
     """`daemon --until-idle` (a cron tick) with an index that never comes back: it does
     not tick forever; once nothing but index writes is left, it waits for the index at
@@ -681,8 +682,7 @@ def test_until_idle_gives_up_on_an_index_that_stays_broken(
     Nothing is lost: the tree has the runs, and the next start indexes them."""
     import peewee as pw
 
-    from flowbatch.daemon import Daemon, run_daemon
-    from flowbatch.errors import FlowbatchError
+    from flowbatch.daemon import Daemon
     from flowbatch.store.store import Store
 
     site = make_site(tmp_path / "site")
@@ -699,11 +699,14 @@ def test_until_idle_gives_up_on_an_index_that_stays_broken(
 
     monkeypatch.setattr(Store, "_upsert_run", down)
     monkeypatch.setattr(Daemon, "UNINDEXED_PATIENCE", 1.0)
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     started = time.monotonic()
-    with pytest.raises(FlowbatchError, match="index") as caught:
-        run_daemon(site, until_idle=True)
+    try:
+        _until_idle_against_a_broken_index(site, via_cli)
+    finally:
+        for signum, handler in handlers.items():  # the daemon installed its own
+            signal.signal(signum, handler)
     assert time.monotonic() - started < 30
-    assert "reindex" in (caught.value.hint or "")
     run_dir = next(site.layout.results.glob("wf/runs/*/run.json")).parent
     assert json.loads((run_dir / "run.json").read_text())["state"] == "SUCCESS"
     broken["on"] = False  # the index is back: the next start catches up from the tree
@@ -712,6 +715,26 @@ def test_until_idle_gives_up_on_an_index_that_stays_broken(
     run_until_idle(again, timeout=30)
     run = only_run(again)
     assert run["state"] == "SUCCESS" and run["id"] == run_dir.name
+
+
+def _until_idle_against_a_broken_index(site: Site, via_cli: bool) -> None:
+    from flowbatch.daemon import run_daemon
+    from flowbatch.errors import FlowbatchError
+
+    if via_cli:
+        from click.testing import CliRunner
+
+        from flowbatch.cli import main
+
+        site.close()
+        out = CliRunner().invoke(main, ["--site", str(site.root), "daemon", "--until-idle"])
+        assert out.exit_code == 1, out.output
+        assert "index database stayed unwritable" in out.output
+        assert "reindex" in out.output
+    else:
+        with pytest.raises(FlowbatchError, match="index") as caught:
+            run_daemon(site, until_idle=True)
+        assert "reindex" in (caught.value.hint or "")
 
 
 def test_a_slow_report_never_holds_up_new_requests(
