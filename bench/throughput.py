@@ -270,19 +270,14 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
             tools[label] = lambda w, r=runner, p=python: r(p, w, n)
     times = {name: Timing() for name in tools}
     cpus = {name: Timing() for name in tools}
+    folders = {CONTRACT: "contract", **{label: f"floor-{m}" for label, m in FLOORS.items()}}
     for rep in range(repeats):
         for name, fn in tools.items():
             if name in notes:
                 continue
             started = time.perf_counter()
             try:
-                folder = (
-                    "contract"
-                    if name == CONTRACT
-                    else f"floor-{FLOORS[name]}"
-                    if name in FLOORS
-                    else name.split()[0].lower()
-                )
+                folder = folders.get(name) or name.split()[0].lower()
                 # a folder per tool and round, all removed at the end: a tree removed
                 # between two timings (ext4 with online discard here) slowed the next one
                 elapsed = fn(work / f"{folder}-{rep + 1}")

@@ -143,7 +143,7 @@ def write_leaderboard(
     parameters: Sequence[ParamColumn] = (),
     files: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     postproc: PostProcView | None = None,
-    all_shown: int = 0,
+    all_shown: int = ALL_RUNS_SHOWN,
 ) -> None:
     """Write ``leaderboard.json``, ``leaderboard.csv`` and ``leaderboard.html`` into
     ``out_dir`` (created if missing), each atomically.
@@ -153,7 +153,8 @@ def write_leaderboard(
     page's "All runs" view, the chart). ``parameters`` are the argument columns;
     ``files`` maps run ids to their output files (``key``, ``source``, ``title``);
     ``postproc`` is what post-processing produced; ``all_shown``, the rows of the all-runs
-    view (0: :data:`ALL_ROWS_SHOWN`; a site sets ``reports.all_runs_shown``).
+    view (a site sets ``reports.all_runs_shown``; 100,000 rows took seconds to write, a
+    32 MB JSON file to read and a browser long to open).
 
     The JSON is :func:`flowbatch.ranking.ranking_json` (its keys are stable) plus, per
     entry, ``files`` and ``run_seconds``, and at the top ``title``, ``order_by``, ``all``
@@ -164,7 +165,6 @@ def write_leaderboard(
     """
     generated_at = datetime.now(UTC).replace(microsecond=0)
     files = files or {}
-    all_shown = all_shown or ALL_ROWS_SHOWN
     data: dict[str, Any] = ranking_json(workflow_id, schema, entries)
     _add_extras(data["ranking"], entries, files)
     data["title"] = title
@@ -214,13 +214,6 @@ def _add_extras(
         ]
 
 
-#: rows of the "all runs" view the page and leaderboard.json hold by default (100,000
-#: rows took seconds to write, a 32 MB JSON file to read, and a browser long to open); a
-#: site sets its own (``reports.all_runs_shown``); ``flowbatch ranking --all --json``
-#: lists every run
-ALL_ROWS_SHOWN = ALL_RUNS_SHOWN
-
-
 def render_leaderboard_html(
     workflow_id: str,
     title: str,
@@ -232,11 +225,10 @@ def render_leaderboard_html(
     files: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     postproc: PostProcView | None = None,
     generated_at: datetime | None = None,
-    all_shown: int = 0,
+    all_shown: int = ALL_RUNS_SHOWN,
 ) -> str:
     """The leaderboard page as an HTML string (see the module docstring)."""
     files = files or {}
-    all_shown = all_shown or ALL_ROWS_SHOWN
     desc = {k.name: k.sort_desc for k in schema.order_by}
     columns = [
         _Column(

@@ -383,3 +383,20 @@ parameters:
     assert states == [(0, "SUCCESS")] * 4 + [(3, "ERROR"), (7, "ERROR")]
     # the fallback is the only one to start a thread per run
     assert bool(waiters - before) is not pidfd
+
+
+def test_an_exit_the_reaper_never_reports_is_still_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost wake-up (the reaper told of a child it then never reports) must not leave
+    the run RUNNING forever: each poll also asks the child itself."""
+    from flowbatch.executors import local
+
+    monkeypatch.setattr(local._Reaper, "watch", lambda self, proc, done: True)
+    site = make_site(tmp_path / "site")
+    install(site, tmp_path / "t", 'workflow:\n  steps:\n    - action: {commands: ["exit 4"]}\n')
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site, timeout=30)
+    (run,) = api.list_runs(site)
+    assert run["state"] == "ERROR"
+    assert "4" in api.show_run(site, run["id"])["messages"][0]

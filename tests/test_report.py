@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from flowbatch import report
 from flowbatch.ranking import RankInput, rank, rank_views
 from flowbatch.report import (
     ParamColumn,
@@ -105,16 +104,13 @@ def test_all_entries_added(tmp_path: Path) -> None:
     assert "All successful runs" in html
 
 
-def test_all_runs_view_is_bounded_and_says_how_many(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """leaderboard.json and the page hold the best ALL_ROWS_SHOWN runs of the all-runs
+def test_all_runs_view_is_bounded_and_says_how_many(tmp_path: Path) -> None:
+    """leaderboard.json and the page hold the best ``all_shown`` runs of the all-runs
     ranking (files stay small at 100,000 runs), with the total and where to get them all."""
-    monkeypatch.setattr(report, "ALL_ROWS_SHOWN", 4)
     many = [make_run(f"r{i:02d}", f"g{i % 3}", float(i)) for i in range(10)]
     best, everything = rank_views(many, SCHEMA)
     assert [e.run.run_id for e in best] == [e.run.run_id for e in rank(many, SCHEMA)]
-    write_leaderboard(tmp_path, "wf", "T", SCHEMA, best, all_entries=everything)
+    write_leaderboard(tmp_path, "wf", "T", SCHEMA, best, all_entries=everything, all_shown=4)
     data = json.loads((tmp_path / "leaderboard.json").read_text())
     assert [row["run"]["id"] for row in data["all"]] == ["r09", "r08", "r07", "r06"]
     assert data["all_total"] == 10

@@ -203,6 +203,27 @@ def test_changed_host_key_is_refused(ssh: SshEnv, tmp_path: Path) -> None:
 # -- pooling, limits, batched polls ------------------------------------------------------------
 
 
+def one_sleeper(
+    ssh: SshEnv, tmp_path: Path, seconds: float, hosts: dict[str, Any] | None = None
+) -> tuple[Site, Daemon]:
+    """A site on the test hosts with one `sleeper` run ``r`` dropped, and its started
+    daemon (the caller stops it)."""
+    site = ssh_site(tmp_path / "site", ssh, hosts=hosts or {})
+    install_sleeper(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": seconds}})
+    d = Daemon(site)
+    d.start()
+    return site, d
+
+
+def wait_for_group(pgid: int, count: int) -> None:
+    """Until the process group ``pgid`` has ``count`` members (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while len(group_members(pgid)) < count:
+        assert time.monotonic() < deadline, group_members(pgid)
+        time.sleep(0.05)
+
+
 def test_one_connection_per_host_and_per_host_limits(ssh: SshEnv, tmp_path: Path) -> None:
     site = ssh_site(tmp_path / "site", ssh, hosts={"a": {"max_runs": 2}, "b": {"max_runs": 1}})
     install_sleeper(site, tmp_path)
@@ -265,11 +286,7 @@ def test_one_round_trip_per_host_per_tick(ssh: SshEnv, tmp_path: Path) -> None:
 
 
 def test_sshd_restart_while_running_reconnects_and_collects(ssh: SshEnv, tmp_path: Path) -> None:
-    site = ssh_site(tmp_path / "site", ssh)
-    install_sleeper(site, tmp_path)
-    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 1.5}})
-    d = Daemon(site)
-    d.start()
+    site, d = one_sleeper(ssh, tmp_path, 1.5)
     server = ssh.servers["a"]
     conn = shared_pool(site.config.ssh).connection("a")
     try:
@@ -291,11 +308,7 @@ def test_sshd_restart_while_running_reconnects_and_collects(ssh: SshEnv, tmp_pat
 
 
 def test_host_down_past_grace_is_error_with_reason(ssh: SshEnv, tmp_path: Path) -> None:
-    site = ssh_site(tmp_path / "site", ssh, hosts={"a": {"unreachable_grace": 1}})
-    install_sleeper(site, tmp_path)
-    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 3}})
-    d = Daemon(site)
-    d.start()
+    site, d = one_sleeper(ssh, tmp_path, 3, hosts={"a": {"unreachable_grace": 1}})
     try:
         tick_until(d, lambda: len(running(d)) == 1)
         ssh.servers["a"].stop()
@@ -313,11 +326,7 @@ def test_host_down_past_grace_is_error_with_reason(ssh: SshEnv, tmp_path: Path) 
 def test_remote_process_killed_from_outside_is_error_with_signal(
     ssh: SshEnv, tmp_path: Path
 ) -> None:
-    site = ssh_site(tmp_path / "site", ssh)
-    install_sleeper(site, tmp_path)
-    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 30}})
-    d = Daemon(site)
-    d.start()
+    site, d = one_sleeper(ssh, tmp_path, 30)
     try:
         tick_until(d, lambda: len(running(d)) == 1)
         handle = running(d)[0].handle
@@ -339,19 +348,12 @@ def test_remote_process_killed_from_outside_is_error_with_signal(
 
 
 def test_runs_cancel_kills_the_remote_process_group(ssh: SshEnv, tmp_path: Path) -> None:
-    site = ssh_site(tmp_path / "site", ssh)
-    install_sleeper(site, tmp_path)
-    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 30}})
-    d = Daemon(site)
-    d.start()
+    site, d = one_sleeper(ssh, tmp_path, 30)
     try:
         tick_until(d, lambda: len(running(d)) == 1)
         handle = running(d)[0].handle
         run_id = running(d)[0].id
-        deadline = time.monotonic() + 10
-        while len(group_members(handle["pgid"])) < 3:  # wrapper, run.sh, the step, sleep
-            assert time.monotonic() < deadline, group_members(handle["pgid"])
-            time.sleep(0.05)
+        wait_for_group(handle["pgid"], 3)  # wrapper, run.sh, the step, sleep
     finally:
         d.stop()  # the daemon goes away; the run goes on
     assert group_members(handle["pgid"])
@@ -374,19 +376,12 @@ def test_orphan_cleanup_ends_a_lost_runs_remote_processes(ssh: SshEnv, tmp_path:
     start time) before it removes the folder, instead of leaving them to write into it."""
     from flowbatch.runs import State
 
-    site = ssh_site(tmp_path / "site", ssh)
-    install_sleeper(site, tmp_path)
-    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 60}})
-    d = Daemon(site)
-    d.start()
+    site, d = one_sleeper(ssh, tmp_path, 60)
     try:
         tick_until(d, lambda: len(running(d)) == 1)
         run = running(d)[0]
         handle = dict(run.handle or {})
-        deadline = time.monotonic() + 10
-        while len(group_members(handle["pgid"])) < 3:
-            assert time.monotonic() < deadline, group_members(handle["pgid"])
-            time.sleep(0.05)
+        wait_for_group(handle["pgid"], 3)
         # what the daemon does when the host stays unreachable past its grace
         site.store.transition(run, State.ERROR, messages=["lost: host a unreachable"])
     finally:

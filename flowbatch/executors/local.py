@@ -104,9 +104,13 @@ class LocalExecutor:
         for run_id, handle in handles:
             pid = int(handle.get("pid", 0))
             with self._lock:
-                mine = pid in self._children
+                child = self._children.get(pid)
                 code = self._exits.get(pid)
-            if mine:
+            if child is not None and code is None:
+                # the reaper's word is the fast path; asking the child itself (one
+                # non-blocking waitpid) means a lost wake-up never leaves a run RUNNING
+                code = child.poll()
+            if child is not None:
                 if code is None:
                     out[run_id] = Probe(Liveness.ALIVE, raw=f"pid {pid} running")
                 else:
@@ -217,6 +221,7 @@ class _Reaper:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe: the reaper is awake already
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._new: list[tuple[int, Watched]] = []
@@ -232,7 +237,10 @@ class _Reaper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="reaper")
                 self._thread.start()
-        os.write(self._wake_w, b"\0")
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
         return True
 
     def _run(self) -> None:
@@ -253,7 +261,8 @@ class _Reaper:
                 os.close(key.fd)
                 try:
                     done(proc, proc.wait())
-                except Exception:  # a callback's failure must not end the reaper
+                except Exception:  # a callback's failure must not end the reaper (and
+                    # LocalExecutor.poll asks each child itself as well)
                     log.exception("reaping pid %s", proc.pid)
 
 

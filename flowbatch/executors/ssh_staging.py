@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -245,33 +247,36 @@ def _lost(transport: paramiko.Transport, exc: BaseException) -> None:
 
 def _stream_down(sftp: paramiko.SFTPClient, remote: str, out: Any) -> int:
     """``cat`` the remote file into the open file ``out``; the byte count."""
-    chan = _open_stream(sftp, "exec cat -- " + shell_quote(remote), STREAM_WINDOW)
     got = 0
-    try:
-        try:
-            while data := chan.recv(STREAM_CHUNK):
-                out.write(data)
-                got += len(data)
-        except (paramiko.SSHException, OSError) as exc:
-            _lost(chan.get_transport(), exc)
-            raise _StreamFailed(f"reading: {exc}") from None
-        _finish(chan, "cat")
-    finally:
-        chan.close()
+    with _stream(sftp, "exec cat -- " + shell_quote(remote), STREAM_WINDOW, "reading") as chan:
+        while data := chan.recv(STREAM_CHUNK):
+            out.write(data)
+            got += len(data)
     return got
 
 
 def _stream_up(sftp: paramiko.SFTPClient, src: BinaryIO, remote: str) -> None:
     """``cat`` the open local file into the remote file (created or truncated)."""
-    chan = _open_stream(sftp, "exec cat > " + shell_quote(remote), None)
+    with _stream(sftp, "exec cat > " + shell_quote(remote), None, "writing") as chan:
+        while data := src.read(STREAM_CHUNK):
+            chan.sendall(data)
+        chan.shutdown_write()
+
+
+@contextmanager
+def _stream(
+    sftp: paramiko.SFTPClient, command: str, window: int | None, doing: str
+) -> Iterator[Any]:
+    """An exec channel running ``command`` (a ``cat``) on the pooled connection, for the
+    block to move the bytes; a transport error while it does is ``_StreamFailed`` (the
+    caller falls back to SFTP), and ``cat``'s own exit status is checked after."""
+    chan = _open_stream(sftp, command, window)
     try:
         try:
-            while data := src.read(STREAM_CHUNK):
-                chan.sendall(data)
-            chan.shutdown_write()
+            yield chan
         except (paramiko.SSHException, OSError) as exc:
             _lost(chan.get_transport(), exc)
-            raise _StreamFailed(f"writing: {exc}") from None
+            raise _StreamFailed(f"{doing}: {exc}") from None
         _finish(chan, "cat")
     finally:
         chan.close()
