@@ -277,16 +277,22 @@ class Daemon:
     def idle(self, *, index: bool = True) -> bool:
         """Nothing to do: no request, no active run, no report being written and
         (``index``) no index write left to catch up."""
-        queue = self.site.layout.queue
-        waiting = any(is_request_name(p.name) for p in queue.iterdir()) if queue.is_dir() else False
+        if self.runner.active:  # first: the folder scans below are for a quiet site
+            return False
         return (
-            not waiting
-            and not self.runner.active
+            not self._requests_waiting()
             and not self.intake.leftovers()
             and not self.postproc.busy
             and (not index or not self.site.store.unindexed)  # index writes to catch up
             and (self._reporter is None or self._reporter.idle())
         )
+
+    def _requests_waiting(self) -> bool:
+        try:
+            with os.scandir(self.site.layout.queue) as entries:
+                return any(is_request_name(entry.name) for entry in entries)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def _index_given_up(self) -> bool:
         """``--until-idle`` with nothing left but index writes that keep failing: true

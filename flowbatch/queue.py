@@ -31,7 +31,7 @@ from .render import build_script, render_workflow
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR
 from .render.values import RenderedWorkflow
 from .runs import RunRecord, now_iso
-from .safeio import LINK_ERRORS, copy_fd, open_beneath
+from .safeio import LINK_ERRORS, copy_fd, copy_tree, open_beneath
 from .site import Site
 from .spec.model import FileArg, Template
 from .spec.params import resolve_arguments
@@ -467,7 +467,7 @@ class Intake:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             tmp_dir.mkdir(parents=True)
             if files_dir.is_dir():
-                shutil.copytree(files_dir, tmp_dir, dirs_exist_ok=True, symlinks=True)
+                copy_tree(str(files_dir), str(tmp_dir))
             for name, fd in sources.items():
                 target = tmp_dir / arguments[name].target
                 target.parent.mkdir(parents=True, exist_ok=True)
