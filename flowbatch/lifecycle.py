@@ -81,6 +81,7 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
         self._pending: dict[str, RunRecord] = {}
+        self._waiting: Counter[str] = Counter()  # executor -> PENDING runs filed for it
         self._running: dict[str, RunRecord] = {}
         self._newest: tuple[str, str] | None = None  # the age of the last PENDING filed
         self._in_order = True
@@ -94,8 +95,13 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
 
     def __delitem__(self, run_id: str) -> None:
         del self._runs[run_id]
-        self._pending.pop(run_id, None)
+        self._unfile(run_id)
         self._running.pop(run_id, None)
+
+    def _unfile(self, run_id: str) -> None:
+        run = self._pending.pop(run_id, None)
+        if run is not None:
+            self._waiting[run.executor] -= 1
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._runs)
@@ -108,7 +114,7 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
 
     def refile(self, run: RunRecord) -> None:
         """File ``run`` again by its state (after a change of it)."""
-        self._pending.pop(run.id, None)
+        self._unfile(run.id)
         self._running.pop(run.id, None)
         if self._runs.get(run.id) is not run:
             return
@@ -119,6 +125,7 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
             else:
                 self._newest = age
             self._pending[run.id] = run
+            self._waiting[run.executor] += 1
         elif run.state == State.RUNNING:
             self._running[run.id] = run
 
@@ -131,6 +138,10 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
 
     def running(self) -> list[RunRecord]:
         return list(self._running.values())
+
+    def waiting(self) -> Counter[str]:
+        """How many PENDING runs wait for each executor (a copy)."""
+        return +self._waiting  # the executors with none left out
 
 
 class Runner:
@@ -216,7 +227,7 @@ class Runner:
         pending = self.pending()
         # executors some pending run still waits for: once each of them is full, the rest
         # wait for the next tick (scanning every pending run at every tick was O(N^2))
-        waiting = Counter(run.executor for run in pending)
+        waiting = self.active.waiting()
         for run in pending:
             if (
                 all(

@@ -124,6 +124,12 @@ class Intake:
         site.store  # noqa: B018 - open the index before any run folder appears
         self._seen: dict[str, tuple[int, int, float]] = {}
         self.ready: set[str] = set()  # names inotify reported as complete (closed, moved in)
+        #: whether the next tick looks in the claimed folder: at the start (a crash's
+        #: leftovers), after a tick that claimed or found something there (a claim left
+        #: unfinished is taken up again), and always on a shared site (other hosts hand
+        #: cancels over there). Otherwise no one else writes there, and listing it at
+        #: every tick cost a directory read per run in a burst.
+        self._look_in_claimed = True
 
     # -- finding and claiming ----------------------------------------------------------------
     def candidates(self, *, settle: float | None = None) -> list[str]:
@@ -222,7 +228,8 @@ class Intake:
     # -- one tick ------------------------------------------------------------------------------
     def run_once(self, *, limit: int | None = None) -> IntakeResult:
         result = IntakeResult()
-        todo = self.leftovers()
+        todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
+        self._look_in_claimed = bool(todo)
         for name in self.candidates():
             if limit is not None and len(todo) >= limit:
                 break
@@ -234,6 +241,7 @@ class Intake:
             claimed = self.claim(name)
             if claimed:
                 todo.append(claimed)
+                self._look_in_claimed = True
         for claimed in todo:
             faults.point("intake")
             self.process(claimed, result)

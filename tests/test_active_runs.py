@@ -49,3 +49,19 @@ def test_a_run_removed_or_ended_is_in_no_list() -> None:
     active.refile(other)  # a run not held here is not filed by refile
     assert active.running() == []
     assert active.setdefault("b", other) is other and active.running() == [other]
+
+
+def test_waiting_counts_the_pending_runs_of_each_executor() -> None:
+    active = ActiveRuns()
+    runs = [_run(f"r{i}", f"2026-01-01T00:00:0{i}+00:00") for i in range(4)]
+    runs[3].executor = "slurm"
+    for run in runs:
+        active[run.id] = run
+    assert active.waiting() == {"local": 3, "slurm": 1}
+    apply(runs[0], State.RUNNING)
+    active.refile(runs[0])
+    del active["r3"]
+    assert active.waiting() == {"local": 2}
+    waiting = active.waiting()
+    waiting["local"] -= 2  # a copy: dispatch counts it down
+    assert active.waiting() == {"local": 2}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ..errors import NotFoundError
@@ -17,38 +18,43 @@ REQUEST_COPY = "request.yaml"
 
 @dataclass(frozen=True)
 class Layout:
-    root: Path
+    """The site's paths; each is built once per Layout (a path join costs microseconds,
+    and a busy daemon asks for a run's folder several times per state change)."""
 
-    @property
+    root: Path
+    #: workflow id -> its ``runs`` folder
+    _runs_dirs: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
     def config(self) -> Path:
         return self.root / "flowbatch.yaml"
 
-    @property
+    @cached_property
     def queue(self) -> Path:
         return self.root / "queue"
 
-    @property
+    @cached_property
     def rejected(self) -> Path:
         return self.queue / "rejected"
 
-    @property
+    @cached_property
     def claimed(self) -> Path:
         """Requests being turned into runs; a request here survives a daemon crash."""
         return self.queue / ".claimed"
 
-    @property
+    @cached_property
     def templates(self) -> Path:
         return self.root / "templates"
 
-    @property
+    @cached_property
     def results(self) -> Path:
         return self.root / "results"
 
-    @property
+    @cached_property
     def index_db(self) -> Path:
         return self.root / "index.db"
 
-    @property
+    @cached_property
     def lock(self) -> Path:
         return self.root / "daemon.lock"
 
@@ -59,7 +65,14 @@ class Layout:
         return self.results / checked_id(workflow, "workflow")
 
     def runs_dir(self, workflow: str) -> Path:
-        return self.workflow_results(workflow) / "runs"
+        try:
+            return self._runs_dirs[workflow]
+        except KeyError:
+            path = self.workflow_results(workflow) / "runs"
+            if len(self._runs_dirs) >= 1024:  # any id may be asked for: stay bounded
+                self._runs_dirs.clear()
+            self._runs_dirs[workflow] = path
+            return path
 
     def run_dir(self, workflow: str, run_id: str) -> Path:
         return self.runs_dir(workflow) / checked_id(run_id, "run")
