@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from json.scanner import make_scanner
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from . import yamlio
 from .errors import FlowbatchError, NotFoundError, RequestError
 from .gcpause import paused_gc
 from .progress import Progress, track
 from .queue import BUNDLE_SUFFIX
-from .ranking import RankInput, rank, ranking_json
-from .runs import RunRecord, State, parse_state
+from .ranking import rank, ranking_json
+from .ranking_sql import leaderboard_views, rank_inputs
+from .runs import RunRecord, parse_state
 from .site import Site
 from .spec.manifest import find_source
 from .spec.model import FileArg, Template
@@ -328,72 +327,6 @@ def request_cancel(site: Site, run_id: str, reason: str | None) -> str:
 
 
 # -- ranking and reports -------------------------------------------------------------------
-def current_version(workflow: str) -> str | None:
-    """The current version of ``workflow`` as the index knows it (set at install)."""
-    row = WorkflowRow.get_or_none(WorkflowRow.id == workflow)
-    return row.version if row is not None else None
-
-
-_SCAN = cast(Any, make_scanner)(json.JSONDecoder())
-
-
-def _loads_object(text: str) -> Any:
-    """``json.loads`` for the index's own small JSON texts, by the C scanner directly
-    (a third of the time at 100,000 rows); anything but one whole value is an error."""
-    try:
-        value, end = _SCAN(text, 0)
-    except StopIteration:
-        value, end = None, -1
-    if end != len(text):
-        return json.loads(text)  # surrounding space, or the real error message
-    return value
-
-
-def rank_inputs(
-    workflow: str, version: str | None = None, *, all_versions: bool = False
-) -> list[RankInput]:
-    """The successful runs of ``workflow`` to rank: those of ``version`` (default: the
-    current one), or of every version with ``all_versions``. Runs of an old version are
-    never mixed into the current leaderboard by default: a fixed template may score
-    differently."""
-    where = (RunRow.workflow == workflow) & (RunRow.state == State.SUCCESS.value)
-    if not all_versions:
-        version = version or current_version(workflow)
-        if version is not None:  # no workflow row: an index from before versions
-            where &= RunRow.version == version
-    # the raw cursor and json.loads: peewee's per-row conversion was most of the cost at
-    # 100,000 runs; arguments stay JSON text until a shown entry needs them
-    fields = (
-        RunRow.id,
-        RunRow.group,
-        RunRow.name,
-        RunRow.created_at,
-        RunRow.started_at,
-        RunRow.finished_at,
-        RunRow.results,
-        RunRow.arguments,
-        RunRow.version,
-    )
-    sql, params = RunRow.select(*fields).where(where & RunRow.results.is_null(False)).sql()
-    rows: Iterable[tuple[Any, ...]] = RunRow._meta.database.execute_sql(sql, params)
-    loads = _loads_object
-    return [
-        RankInput(
-            run_id,
-            group,
-            name,
-            created,
-            started,
-            finished,
-            (loads(results) if isinstance(results, str) else results) or {},
-            None if isinstance(arguments, str) else (arguments or {}),
-            version_,
-            arguments_json=arguments if isinstance(arguments, str) else None,
-        )
-        for run_id, group, name, created, started, finished, results, arguments, version_ in rows
-    ]
-
-
 def ranking(
     site: Site,
     workflow: str,
@@ -417,8 +350,13 @@ def ranking(
         )
     site.store  # noqa: B018 - opens the index
     with paused_gc():  # bulk, acyclic: see flowbatch.gcpause
-        inputs = rank_inputs(workflow, shown, all_versions=all_versions)
-        entries = rank(inputs, template.results, include_all=include_all)
+        if include_all:  # every run: the whole ranking in Python
+            inputs = rank_inputs(workflow, shown, all_versions=all_versions)
+            entries = rank(inputs, template.results, include_all=True)
+        else:  # the best of each group: the index picks the candidates
+            entries = leaderboard_views(
+                workflow, template.results, shown=0, version=shown, all_versions=all_versions
+            ).best
         board = ranking_json(workflow, template.results, entries)
     board["version"] = None if all_versions else shown
     board["current"] = site.templates.meta(workflow)["current"]

@@ -36,12 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .api import rank_inputs
 from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
 from .lifecycle import describe_code, step_records, tail
-from .ranking import RankEntry, rank
+from .ranking import RankEntry
+from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
 from .report import PostProcOutput, PostProcRunView, PostProcView, href_in
 from .runs import now_iso
@@ -156,7 +156,7 @@ class PostProcManager:
         template, version = self.site.templates.load(workflow)
         if template.postproc is None or template.results is None:
             return False
-        entries = rank(rank_inputs(workflow), template.results)
+        entries = leaderboard_views(workflow, template.results, shown=0).best
         keys = sorted(e.run.run_id for e in entries)
         if not keys or read_state(self.site, workflow).get("ranking") == keys:
             return False

@@ -15,11 +15,10 @@ from typing import Any
 import peewee as pw
 
 from . import postproc
-from .api import rank_inputs
 from .errors import FlowbatchError
 from .gcpause import paused_gc
-from .ranking import rank_views
-from .report import param_columns, use_site_templates, write_leaderboard
+from .ranking_sql import group_runs, leaderboard_views
+from .report import chart_runs, param_columns, use_site_templates, write_leaderboard
 from .report_pages import write_run_pages, write_site_index
 from .runs import State
 from .site import Site
@@ -61,9 +60,14 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
     template, _ = site.templates.load(workflow)
     if template.results is None:
         return False
-    best, everything = rank_views(rank_inputs(workflow), template.results)
     all_shown = site.config.reports.all_runs_shown
-    shown = {e.run.run_id for e in best} | {e.run.run_id for e in everything[:all_shown]}
+    # the index picks the runs shown where it can (flowbatch.ranking_sql)
+    views = leaderboard_views(workflow, template.results, shown=all_shown)
+    best = views.best
+    chart = views.everything
+    if chart is None:
+        chart = chart_runs(template.results, best, lambda groups: group_runs(workflow, groups))
+    shown = {e.run.run_id for e in best} | {e.run.run_id for e in views.top}
     title = site.templates.meta(workflow).get("name") or workflow
     write_leaderboard(
         site.layout.workflow_results(workflow),
@@ -71,11 +75,13 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
         title,
         template.results,
         best,
-        all_entries=everything,
+        all_entries=views.top,
         parameters=param_columns(template.parameters),
         files=run_files(workflow, shown),
         postproc=postproc.leaderboard_view(site, workflow),
         all_shown=all_shown,
+        all_total=views.total,
+        chart_entries=chart,
     )
     return True
 

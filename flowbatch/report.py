@@ -25,7 +25,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -37,7 +37,7 @@ import jinja2
 from markupsafe import Markup
 
 from .config import ALL_RUNS_SHOWN
-from .ranking import RankEntry, entry_json, parse_time, ranking_json, run_seconds
+from .ranking import RankEntry, RankInput, entry_json, parse_time, ranking_json, run_seconds
 from .spec.model import Parameter, ResultColumn, ResultSchema
 from .store.atomic import write_json, write_text
 
@@ -144,6 +144,8 @@ def write_leaderboard(
     files: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     postproc: PostProcView | None = None,
     all_shown: int = ALL_RUNS_SHOWN,
+    all_total: int | None = None,
+    chart_entries: list[RankEntry] | None = None,
 ) -> None:
     """Write ``leaderboard.json``, ``leaderboard.csv`` and ``leaderboard.html`` into
     ``out_dir`` (created if missing), each atomically.
@@ -155,6 +157,12 @@ def write_leaderboard(
     ``postproc`` is what post-processing produced; ``all_shown``, the rows of the all-runs
     view (a site sets ``reports.all_runs_shown``; 100,000 rows took seconds to write, a
     32 MB JSON file to read and a browser long to open).
+
+    ``all_entries`` may be only the first runs of that ranking (at least ``all_shown``
+    of them, or all): ``all_total`` then says how many runs it has, ``entries`` must be
+    the best run of every group (the page counts the groups in it), and
+    ``chart_entries`` holds every run of the groups the chart may draw
+    (:func:`chart_runs`); by default both come from ``all_entries``.
 
     The JSON is :func:`flowbatch.ranking.ranking_json` (its keys are stable) plus, per
     entry, ``files`` and ``run_seconds``, and at the top ``title``, ``order_by``, ``all``
@@ -172,7 +180,7 @@ def write_leaderboard(
     if all_entries is not None:
         top = all_entries[:all_shown]
         data["all"] = [entry_json(schema, entry) for entry in top]
-        data["all_total"] = len(all_entries)
+        data["all_total"] = len(all_entries) if all_total is None else all_total
         _add_extras(data["all"], top, files)
     if postproc is not None:
         data["postproc"] = {
@@ -196,6 +204,8 @@ def write_leaderboard(
         postproc=postproc,
         generated_at=generated_at,
         all_shown=all_shown,
+        all_total=all_total,
+        chart_entries=chart_entries,
     )
     write_text(out_dir / HTML_NAME, html)
 
@@ -226,8 +236,11 @@ def render_leaderboard_html(
     postproc: PostProcView | None = None,
     generated_at: datetime | None = None,
     all_shown: int = ALL_RUNS_SHOWN,
+    all_total: int | None = None,
+    chart_entries: list[RankEntry] | None = None,
 ) -> str:
-    """The leaderboard page as an HTML string (see the module docstring)."""
+    """The leaderboard page as an HTML string (see the module docstring); ``all_total``
+    and ``chart_entries`` as for :func:`write_leaderboard`."""
     files = files or {}
     desc = {k.name: k.sort_desc for k in schema.order_by}
     columns = [
@@ -239,7 +252,13 @@ def render_leaderboard_html(
         )
         for c in schema.columns
     ]
-    groups = {entry.run.group for entry in (all_entries or entries)}
+    if all_total is None:  # every run given
+        groups = len({entry.run.group for entry in (all_entries or entries)})
+        runs = len(all_entries or entries)
+    else:  # the first runs of the ranking, and the best run of every group
+        groups, runs = len({entry.run.group for entry in entries}), all_total
+    if chart_entries is None:
+        chart_entries = all_entries if all_entries is not None else entries
     return render_page(
         "leaderboard.html.j2",
         page=page_frame(title, generated_at, crumbs=[("All workflows", "../index.html")]),
@@ -250,13 +269,13 @@ def render_leaderboard_html(
         all_rows=None
         if all_entries is None
         else [_row(schema.columns, parameters, files, e) for e in all_entries[:all_shown]],
-        all_total=0 if all_entries is None else len(all_entries),
-        counts={"groups": len(groups), "runs": len(all_entries or entries)},
+        all_total=0 if all_entries is None else runs,
+        counts={"groups": groups, "runs": runs},
         order_text=", ".join(
             f"{schema.column(k.name).label} ({'higher' if k.sort_desc else 'lower'} is better)"
             for k in schema.order_by
         ),
-        chart=_chart(schema, all_entries if all_entries is not None else entries),
+        chart=_chart(schema, chart_entries, groups=groups),
         postproc=postproc,
     )
 
@@ -646,9 +665,49 @@ class _Chart:
     plot_height: int = 214
 
 
-def _chart(schema: ResultSchema, entries: list[RankEntry]) -> _Chart | None:
+def chart_runs(
+    schema: ResultSchema, best: list[RankEntry], fetch: Callable[[list[str]], list[RankInput]]
+) -> list[RankEntry]:
+    """Every run of the groups the chart draws (and of the groups before them that it
+    cannot draw): ``best`` is the best run of every group, ranked; ``fetch`` gives the
+    runs of some groups. Entries in ranked group order; their ``rank`` is 0 (not known)."""
+    key = schema.order_by[0] if schema.order_by else None
+    if key is None or schema.column(key.name).dtype not in ("int", "float"):
+        return []
+    groups = [entry.run.group for entry in best]
+    out: list[RankEntry] = []
+    drawn = start = 0
+    while drawn < CHART_GROUPS and start < len(groups):
+        batch = groups[start : start + CHART_GROUPS - drawn]
+        start += len(batch)
+        by_group: dict[str, list[RankEntry]] = {group: [] for group in batch}
+        for run in fetch(batch):
+            by_group[run.group].append(RankEntry(0, run))
+        for members in by_group.values():
+            out += members
+            drawn += bool(_points(members, key.name))
+    return out
+
+
+def _points(members: list[RankEntry], name: str) -> list[tuple[float, float]]:
+    """(finish time, value of ``name``) of the runs that have both, as a chart draws them."""
+    points = []
+    for entry in members:
+        finished = parse_time(entry.run.finished_at)
+        value = entry.run.results.get(name)
+        if finished is None or not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if math.isfinite(value):
+            points.append((finished.timestamp(), float(value)))
+    return points
+
+
+def _chart(
+    schema: ResultSchema, entries: list[RankEntry], *, groups: int | None = None
+) -> _Chart | None:
     """Best value of the first sort key over time, one step line per group (the best
-    ranked groups first). ``None`` when that key is not numeric or nothing has a time."""
+    ranked groups first). ``None`` when that key is not numeric or nothing has a time.
+    ``groups``: how many groups there are, when ``entries`` holds the first ones only."""
     key = schema.order_by[0]
     if schema.column(key.name).dtype not in ("int", "float"):
         return None
@@ -662,14 +721,7 @@ def _chart(schema: ResultSchema, entries: list[RankEntry]) -> _Chart | None:
     for group, members in by_group.items():
         if len(drawn) == CHART_GROUPS:
             break
-        points = []
-        for entry in members:
-            finished = parse_time(entry.run.finished_at)
-            value = entry.run.results.get(key.name)
-            if finished is None or not isinstance(value, int | float) or isinstance(value, bool):
-                continue
-            if math.isfinite(value):
-                points.append((finished.timestamp(), float(value)))
+        points = _points(members, key.name)
         if points:
             drawn.append((group, sorted(points)))
     if not drawn:
@@ -681,7 +733,8 @@ def _chart(schema: ResultSchema, entries: list[RankEntry]) -> _Chart | None:
             best = value if not running else better(running[-1][1], value)
             running.append((stamp, best))
         bests.append((group, running))
-    return _layout_chart(schema.column(key.name).label, bests, omitted=len(by_group) - len(drawn))
+    total = len(by_group) if groups is None else groups
+    return _layout_chart(schema.column(key.name).label, bests, omitted=total - len(drawn))
 
 
 def _layout_chart(
