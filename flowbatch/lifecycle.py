@@ -51,7 +51,11 @@ def iso(epoch: float | None) -> str | None:
 def tail(folder: Path, rel: str | Path, lines: int = TAIL_LINES) -> str:
     """The last lines of a log in a run folder, read without following symlinks (the run's
     user owns the folder; the daemon reading it may be root)."""
-    data = read_tail(folder, rel, TAIL_BYTES)
+    return tail_text(read_tail(folder, rel, TAIL_BYTES), lines)
+
+
+def tail_text(data: bytes, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log's tail as read (:data:`TAIL_BYTES` of it)."""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 

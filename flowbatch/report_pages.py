@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .errors import FlowbatchError
-from .lifecycle import tail
+from .lifecycle import TAIL_BYTES, tail_text
 from .ranking import parse_time
 from .report import (
     JSON_NAME,
@@ -33,6 +33,7 @@ from .report import (
     use_site_templates,
 )
 from .runs import TERMINAL, RunRecord, State
+from .safeio import read_tail_or_none
 from .spec.model import Template
 from .store.atomic import write_text
 
@@ -127,18 +128,28 @@ class _StepView:
 
 
 def _step(run_dir: Path, step: dict[str, Any]) -> _StepView:
-    stdout, stderr = str(step.get("stdout") or ""), str(step.get("stderr") or "")
+    stdout, out_tail = _log(run_dir, str(step.get("stdout") or ""))
+    stderr, err_tail = _log(run_dir, str(step.get("stderr") or ""))
     return _StepView(
         index=int(step.get("index", 0)),
         name=str(step.get("name", "")),
         exit_code=step.get("exit_code"),
         started_text=human_time_text(step.get("started_at")),
         duration=format_duration(step.get("duration")),
-        stdout=quote(stdout, safe="/") if (run_dir / stdout).is_file() and stdout else "",
-        stderr=quote(stderr, safe="/") if (run_dir / stderr).is_file() and stderr else "",
-        out_tail=tail(run_dir, stdout, LOG_TAIL_LINES) if stdout else "",
-        err_tail=tail(run_dir, stderr, LOG_TAIL_LINES) if stderr else "",
+        stdout=stdout,
+        stderr=stderr,
+        out_tail=out_tail,
+        err_tail=err_tail,
     )
+
+
+def _log(run_dir: Path, rel: str) -> tuple[str, str]:
+    """A step log's link and last lines, from one safe open: no link to a log that is
+    missing, or that is not a regular file of the run folder (a symlink on the way)."""
+    data = read_tail_or_none(run_dir, rel, TAIL_BYTES) if rel else None
+    if data is None:
+        return "", ""
+    return quote(rel, safe="/"), tail_text(data, LOG_TAIL_LINES)
 
 
 def _file(spec: dict[str, Any]) -> dict[str, str]:

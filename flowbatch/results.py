@@ -13,6 +13,8 @@ Also unlike flowServ (JSON only, despite its docs), the file may be JSON or YAML
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,8 @@ def _result_path(run_dir: Path, file: str) -> Path:
             expected="a path relative to the run directory",
         )
     path = run_dir / file
+    if _no_link_below(run_dir, Path(file).parts):
+        return path  # nothing on the way can lead out: spare the two full resolves
     base = run_dir.resolve()
     try:
         path.resolve().relative_to(base)
@@ -199,6 +203,24 @@ def _result_path(run_dir: Path, file: str) -> Path:
             expected="a path inside the run directory",
         )
     return path
+
+
+def _no_link_below(run_dir: Path, parts: tuple[str, ...]) -> bool:
+    """True when ``run_dir/parts`` has no ``..`` and no symlink below ``run_dir`` (one
+    ``lstat`` per part; a missing part ends the walk: nothing beyond it exists)."""
+    if ".." in parts:
+        return False
+    here = str(run_dir)
+    for part in parts:
+        here = os.path.join(here, part)
+        try:
+            if stat.S_ISLNK(os.lstat(here).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+    return True
 
 
 def _load(path: Path) -> Any:

@@ -41,14 +41,20 @@ def open_beneath(folder: Path, rel: str | Path) -> int:
 def read_tail(folder: Path, rel: str | Path, max_bytes: int) -> bytes:
     """The last ``max_bytes`` of a regular file under ``folder`` (b"" when it cannot be
     read safely: missing, a symlink on the way, not a regular file)."""
+    return read_tail_or_none(folder, rel, max_bytes) or b""
+
+
+def read_tail_or_none(folder: Path, rel: str | Path, max_bytes: int) -> bytes | None:
+    """:func:`read_tail`, but None when the file cannot be read safely (so a caller
+    tells a missing log from an empty one with the same one open)."""
     try:
         fd = open_beneath(folder, rel)
     except OSError:
-        return b""
+        return None
     try:
         st = os.fstat(fd)
         if not _regular(st.st_mode):
-            return b""
+            return None
         os.lseek(fd, max(0, st.st_size - max_bytes), os.SEEK_SET)
         return os.read(fd, max_bytes)
     finally:

@@ -151,6 +151,24 @@ def test_symlink_escaping_run_dir_refused(tmp_path: Path) -> None:
         read_results(run_dir, schema)
 
 
+def test_symlinked_folder_on_the_way_out_refused(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write(tmp_path, "elsewhere/out.json", {"score": 1})
+    (run_dir / "sub").symlink_to(tmp_path / "elsewhere")
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="sub/out.json")
+    with pytest.raises(ResultError, match="outside the run directory"):
+        read_results(run_dir, schema)
+
+
+def test_symlink_staying_inside_the_run_dir_is_read(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write(run_dir, "data/real.json", {"score": 2.5})
+    (run_dir / "out.json").symlink_to("data/real.json")
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="out.json")
+    assert read_results(run_dir, schema) == {"score": 2.5}
+
+
 def test_missing_required_value(tmp_path: Path) -> None:
     path = write(tmp_path, "results/out.json", {"accuracy": 0.5, "epochs": 2})
     with pytest.raises(ResultError) as info:
