@@ -356,7 +356,14 @@ def _phase_lines(phases: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any]) -> list[str]:
+def _per_round(row: dict[str, Any], limit: dict[str, Any], n: int) -> list[float]:
+    """A row's overhead per job against the limit of the same round (ms)."""
+    return [
+        (t - base) * 1000 / n for t, base in zip(row["seconds"], limit["seconds"], strict=False)
+    ]
+
+
+def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list[str]:
     """What the floor rows say about the target, from this run's figures."""
     floors = {r["tool"]: r for r in rows if r["tool"] in FLOORS}
     if len(floors) != len(FLOORS):
@@ -375,7 +382,19 @@ def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any]) -> list[str]:
         "that floor: reading and checking the request, rendering, the template's files, "
         "the index, the run page, start-up, and a subshell per command in its script.",
     ]
-    if f3["overhead_ms"] > 2.0:
+    limit = next((r for r in rows if r["tool"] == "xargs -P 2"), None)
+    per_round = _per_round(f3, limit, n) if limit else []
+    if per_round and min(per_round) <= 2.0 < max(per_round):
+        ours = _per_round(fb, limit, n) if limit else []
+        lines.append(
+            "- Round by round (each against the limit of its own round), the floor moved "
+            f"across the target: {', '.join(f'{x:+.2f}' for x in per_round)} ms per run "
+            f"(flowbatch: {', '.join(f'{x:+.2f}' for x in ours)} ms). The floor is mostly "
+            "files created, whose cost on this disk moves by 10x between minutes (see "
+            "NOTES), so this run does not settle whether the tree alone fits the target; "
+            "in the rounds where it did, flowbatch's distance is its own work."
+        )
+    elif f3["overhead_ms"] > 2.0:
         lines.append(
             f"- So the target is out of reach on this machine: the floor of what issue 2 asks "
             f"of every run (restartable, with logs and markers) is already "
@@ -448,7 +467,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"it uses {fb['cpu_ms'] - contract['cpu_ms']:.2f} ms "
                 f"(flowbatch's {fb['cpu_ms']:.2f} ms in all)."
             )
-        lines.extend(_floor_lines(res["rows"], fb))
+        lines.extend(_floor_lines(res["rows"], fb, res["n"]))
         target = "met" if fb["overhead_ms"] <= 2.0 else "NOT met"
         lines.append(
             f"- Target (at most 2 ms per run above the limit): {target} "

@@ -10,38 +10,42 @@ def _run(run_id: str, created: str) -> RunRecord:
     return RunRecord(run_id, "wf", "v1", "g", None, 0, "root", "r.yaml", created)
 
 
+def _two() -> tuple[ActiveRuns, RunRecord, RunRecord]:
+    active = ActiveRuns()
+    first, second = _run("a", "2026-01-01T00:00:01+00:00"), _run("b", "2026-01-01T00:00:02+00:00")
+    active["a"], active["b"] = first, second
+    return active, first, second
+
+
+def _move(active: ActiveRuns, run: RunRecord, state: State) -> None:
+    apply(run, state)
+    active.refile(run)
+
+
 def test_pending_runs_come_oldest_first_and_leave_when_they_start() -> None:
     active = ActiveRuns()
     runs = {i: _run(f"r{i}", f"2026-01-01T00:00:0{i}+00:00") for i in range(5)}
     for i in (0, 1, 3, 2, 4):  # one arrives out of order
         active[runs[i].id] = runs[i]
     assert [r.id for r in active.pending()] == ["r0", "r1", "r2", "r3", "r4"]
-    apply(runs[1], State.RUNNING)
-    active.refile(runs[1])
+    _move(active, runs[1], State.RUNNING)
     assert [r.id for r in active.pending()] == ["r0", "r2", "r3", "r4"]
     assert active.running() == [runs[1]]
     assert len(active) == 5 and "r1" in active
 
 
 def test_a_retried_run_takes_its_old_place_among_the_pending() -> None:
-    active = ActiveRuns()
-    first, second = _run("a", "2026-01-01T00:00:01+00:00"), _run("b", "2026-01-01T00:00:02+00:00")
-    active["a"], active["b"] = first, second
-    apply(first, State.RUNNING)
-    active.refile(first)
+    active, first, _ = _two()
+    _move(active, first, State.RUNNING)
     assert [r.id for r in active.pending()] == ["b"]
-    apply(first, State.PENDING)  # a retry: back to PENDING, older than "b"
-    active.refile(first)
+    _move(active, first, State.PENDING)  # a retry: back to PENDING, older than "b"
     assert [r.id for r in active.pending()] == ["a", "b"]
     assert active.running() == []
 
 
 def test_a_run_removed_or_ended_is_in_no_list() -> None:
-    active = ActiveRuns()
-    run, other = _run("a", "2026-01-01T00:00:01+00:00"), _run("b", "2026-01-01T00:00:02+00:00")
-    active["a"], active["b"] = run, other
-    apply(other, State.RUNNING)
-    active.refile(other)
+    active, _, other = _two()
+    _move(active, other, State.RUNNING)
     del active["a"]
     assert active.pending() == [] and "a" not in active
     assert active.pop("b") is other
@@ -58,8 +62,7 @@ def test_waiting_counts_the_pending_runs_of_each_executor() -> None:
     for run in runs:
         active[run.id] = run
     assert active.waiting() == {"local": 3, "slurm": 1}
-    apply(runs[0], State.RUNNING)
-    active.refile(runs[0])
+    _move(active, runs[0], State.RUNNING)
     del active["r3"]
     assert active.waiting() == {"local": 2}
     waiting = active.waiting()
