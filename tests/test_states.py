@@ -9,7 +9,8 @@ import pytest
 
 from flowbatch.errors import StateError
 from flowbatch.runs import ALLOWED, RunRecord, State, apply, now_iso
-from flowbatch.store.index import RunRow, StateChangeRow
+from flowbatch.store import store as store_module
+from flowbatch.store.index import ResultRow, RunRow, StateChangeRow
 
 
 def record(state: State = State.PENDING) -> RunRecord:
@@ -100,8 +101,8 @@ def test_store_transition_writes_tree_and_index(site) -> None:  # type: ignore[n
 def test_a_ticks_batch_commits_once_and_keeps_what_happened_when_it_fails(site) -> None:  # type: ignore[no-untyped-def]
     """The daemon's tick writes its state changes in one transaction: another reader sees
     none of them before the end, all of them after; a failure half-way keeps the
-    changes that were made (the tree already has them) and a failed write alone is
-    rolled back (its own savepoint)."""
+    changes that were made (the tree already has them) and a block in a savepoint of
+    its own is rolled back alone."""
     import sqlite3
 
     def count(state: str) -> int:
@@ -157,3 +158,33 @@ def test_index_is_sqlite_wal_by_default_and_a_url_selects_another(tmp_path) -> N
     rows = sqlite3.connect(elsewhere).execute("SELECT id FROM workflow_row").fetchall()
     assert rows == [("helloworld",)]
     Site(tmp_path / "b").close()
+
+
+def test_a_write_failing_half_way_in_a_batch_is_written_again_whole(site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Inside a tick's batch an index write has no savepoint: when its result rows fail
+    after its run row was written, the run is listed as unindexed and the next flush
+    writes all its rows again from the record."""
+    run = record()
+    site.store.run_dir(run).mkdir(parents=True)
+    site.store.write(run)
+    site.store.transition(run, State.RUNNING)
+    real = store_module._insert_rows
+
+    def failing(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if model is ResultRow:
+            raise pw.OperationalError("disk I/O error")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "_insert_rows", failing)
+    with site.store.batch():
+        site.store.transition(run, State.SUCCESS, results={"score": 7})
+    assert run.id in site.store.unindexed
+    assert RunRow.get_by_id(run.id).state == "SUCCESS"  # the half that was written
+    assert ResultRow.select().where(ResultRow.run == run.id).count() == 0
+    monkeypatch.setattr(store_module, "_insert_rows", real)
+    site.store.flush_unindexed()
+    assert not site.store.unindexed
+    rows = {(r.name, r.value_num) for r in ResultRow.select().where(ResultRow.run == run.id)}
+    assert rows == {("score", 7.0)}
+    states = [c.state for c in StateChangeRow.select().where(StateChangeRow.run == run.id)]
+    assert states == [h["state"] for h in run.history] and states[-1] == "SUCCESS"

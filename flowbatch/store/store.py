@@ -349,9 +349,10 @@ class Store:
             self.db.execute_sql("SELECT 1")
 
     def batch(self) -> Any:
-        """The index writes of a daemon tick in one transaction (SQLite): each write
-        stays a unit of its own (a savepoint), but the commit, with its WAL write, comes
-        once per tick instead of once per state change.
+        """The index writes of a daemon tick in one transaction (SQLite): the commit,
+        with its WAL write, comes once per tick instead of once per state change; a
+        write that fails there is written again whole by :meth:`flush_unindexed`
+        (:meth:`_unit`).
 
         What was written is committed even when the block fails (the tree already holds
         it); a killed daemon loses at most the uncommitted rows of one tick, which
