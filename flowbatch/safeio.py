@@ -13,6 +13,8 @@ import errno
 import os
 from pathlib import Path
 
+from .store.atomic import write_all
+
 #: errno values that mean "a symbolic link was on the way"
 LINK_ERRORS = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EMLINK})
 
@@ -129,9 +131,7 @@ def _copy_content(fd_in: int, fd_out: int) -> None:
         if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
     while chunk := os.read(fd_in, 1 << 20):  # a file system without sendfile
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd_out, view) :]
+        write_all(fd_out, chunk)
 
 
 def _regular(mode: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,17 @@ def drop(site: Site, name: str, doc: Any, files: dict[str, str] | None = None) -
     return queue / name
 
 
-def run_until_idle(site: Site, timeout: float = 60.0, daemon: Daemon | None = None) -> Daemon:
-    """Tick a real daemon in this process until the queue is empty and no run is active."""
+def run_until_idle(
+    site: Site,
+    timeout: float = 60.0,
+    daemon: Daemon | None = None,
+    *,
+    each_tick: Callable[[Daemon], None] | None = None,
+    wait: float = 0.05,
+) -> Daemon:
+    """Tick a real daemon in this process until the queue is empty and no run is active.
+    ``each_tick`` looks at the daemon after every tick; between ticks the loop waits for
+    the daemon's wake-up, at most ``wait`` seconds."""
     d = daemon or Daemon(site)
     if daemon is None:
         d.start()
@@ -70,11 +79,13 @@ def run_until_idle(site: Site, timeout: float = 60.0, daemon: Daemon | None = No
         while True:
             d.wakeup.clear()
             d.tick()
+            if each_tick is not None:
+                each_tick(d)
             if d.idle():
                 return d
             if time.monotonic() > deadline:
                 raise AssertionError(f"daemon not idle after {timeout}s: {list(d.runner.active)}")
-            d.wakeup.wait(0.05)
+            d.wakeup.wait(wait)
     finally:
         if daemon is None:
             d.stop()

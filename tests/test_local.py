@@ -363,19 +363,13 @@ parameters:
     for i, rc in enumerate((0, 3, 0, 7, 0, 0)):
         drop(site, f"r{i}.yaml", {"workflow": "wf", "arguments": {"rc": rc}})
     before = {t.name for t in threading.enumerate()}
-    waiters = set()
-    d = Daemon(site)
-    d.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not d.idle():
-            assert time.monotonic() < deadline, "not every exit was seen"
-            d.wakeup.clear()
-            d.tick()
-            waiters |= {t.name for t in threading.enumerate() if t.name.startswith("wait-")}
-            d.wakeup.wait(1.0)  # woken by each exit, not by this timeout
-    finally:
-        d.stop()
+    waiters: set[str] = set()
+
+    def note_waiters(d: Daemon) -> None:
+        waiters.update(t.name for t in threading.enumerate() if t.name.startswith("wait-"))
+
+    # woken by each exit, not by the 1 s wait
+    run_until_idle(site, timeout=30, each_tick=note_waiters, wait=1.0)
     states = sorted(
         (r["arguments"]["rc"], r["state"])
         for r in (api.show_run(site, x["id"]) for x in api.list_runs(site))

@@ -231,20 +231,13 @@ def test_one_connection_per_host_and_per_host_limits(ssh: SshEnv, tmp_path: Path
         drop(site, f"a{i}.yaml", {"workflow": "sleeper", "name": f"a{i}", "executor": "a"})
         drop(site, f"b{i}.yaml", {"workflow": "sleeper", "name": f"b{i}", "executor": "b"})
     pool = shared_pool(site.config.ssh)
-    d = Daemon(site)
-    d.start()
     peak = {"a": 0, "b": 0}
-    try:
-        deadline = time.monotonic() + 40
-        while not d.idle():
-            assert time.monotonic() < deadline, "not idle"
-            d.wakeup.clear()
-            d.tick()
-            for host in peak:
-                peak[host] = max(peak[host], len(running(d, host)))
-            d.wakeup.wait(0.05)
-    finally:
-        d.stop()
+
+    def note_peak(d: Daemon) -> None:
+        for host in peak:
+            peak[host] = max(peak[host], len(running(d, host)))
+
+    run_until_idle(site, timeout=40, each_tick=note_peak)
     assert {r["state"] for r in runs_by_name(site).values()} == {"SUCCESS"}
     assert peak == {"a": 2, "b": 1}
     # eight runs, their launches, polls and collects: one connection per host

@@ -199,6 +199,7 @@ class LocalExecutor:
 
 
 _BOOT_TIME: float | None = None
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def process_start(pid: int) -> float:
@@ -218,9 +219,6 @@ def process_start(pid: int) -> float:
     except (OSError, ValueError, IndexError, psutil.Error):
         return 0.0
     return _BOOT_TIME + ticks / _CLOCK_TICKS
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:

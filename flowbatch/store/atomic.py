@@ -21,7 +21,7 @@ def write_bytes(
     fd, tmp = _new_temporary(p, mode)
     try:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fchmod(fd, mode)  # the umask may have narrowed it
             if fsync:
                 os.fsync(fd)
@@ -36,7 +36,8 @@ def write_bytes(
         raise
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may take less than given)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -69,7 +70,7 @@ def write_private(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o64
     fd = os.open(path, flags, mode)
     try:
         os.fchmod(fd, mode)  # the umask may have narrowed it
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 

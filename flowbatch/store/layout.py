@@ -23,7 +23,7 @@ class Layout:
 
     root: Path
     #: workflow id -> its ``runs`` folder
-    _runs_dirs: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
+    _runs_dirs: dict[str, Path] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @cached_property
     def config(self) -> Path:

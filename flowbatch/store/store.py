@@ -363,8 +363,9 @@ class Store:
 
     def _unit(self) -> Any:
         """The index rows of one write, all or none: a transaction of their own, except
-        inside a tick's SQLite batch, where a savepoint per write (two statements more,
-        a fifth of a state change's index time) is spared. There a failed statement
+        inside a transaction already open on SQLite (a tick's batch), where a savepoint
+        per write (two statements more, a fifth of a state change's index time) is
+        spared. There a failed statement
         is undone alone and the earlier rows of its write stay; the write then counts
         as failed, and :meth:`flush_unindexed` writes the run's rows again, whole."""
         if isinstance(self.db, pw.SqliteDatabase) and self.db.in_transaction():
