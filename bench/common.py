@@ -154,5 +154,59 @@ def fresh(path: Path) -> Path:
     return path
 
 
+#: a file created on a quiet disk here costs 20-60 µs (a 100-file probe, open + close)
+QUIET_CREATE_US = 100.0
+
+
+class CreateProbe:
+    """Waits, before a timed run, until creating a file costs what it does on a quiet disk.
+
+    On an ext4 file system without a journal (this machine's root), the inode allocator
+    skips every inode freed in the last 60 s (more while its inode table block is dirty),
+    reading the inode table for each (``recently_deleted()`` in ``fs/ext4/ialloc.c``): for
+    a while after many files were removed, each file created costs 10-30x more (24 µs ->
+    700 µs measured after removing 20,000 files). A tool that removed its scratch files
+    (flowServ removes a folder per run) would slow whichever tool runs next, and a tool
+    creating more files per job pays more for the same disturbance. Each probe creates
+    ``files`` files in a folder of its own, kept until the harness removes ``work`` at the
+    end (removing them would disturb what it measures)."""
+
+    def __init__(self, work: Path, files: int = 100) -> None:
+        self.root = work / ".create-probe"
+        self.files = files
+        self.best: float | None = None
+        self.count = 0
+        self.waited = 0.0
+        self.before: list[float] = []  # µs per create at the start of each timed run
+
+    def probe(self) -> float:
+        """Microseconds per file created, now."""
+        self.count += 1
+        folder = self.root / str(self.count)
+        folder.mkdir(parents=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        start = time.perf_counter()
+        for i in range(self.files):
+            os.close(os.open(folder / str(i), flags, 0o644))
+        us = (time.perf_counter() - start) / self.files * 1e6
+        self.best = us if self.best is None else min(self.best, us)
+        return us
+
+    def settle(self, *, patience: float = 90.0, pause: float = 2.0) -> float:
+        """Probe until a file costs at most twice the best probe seen (at least
+        QUIET_CREATE_US, at most 3x that), for at most ``patience`` seconds; the last
+        probe (µs) is recorded and returned."""
+        start = time.monotonic()
+        us = self.probe()
+        while us > min(max(QUIET_CREATE_US, 2 * (self.best or us)), 3 * QUIET_CREATE_US):
+            if time.monotonic() - start >= patience:
+                break
+            time.sleep(pause)
+            us = self.probe()
+        self.waited += time.monotonic() - start
+        self.before.append(us)
+        return us
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"

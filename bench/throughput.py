@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import CMD1, CMD2, FLOWBATCH, TEMPLATE, VENVS, Timing, fresh, last_cpu, timed
+from .common import (
+    CMD1,
+    CMD2,
+    FLOWBATCH,
+    TEMPLATE,
+    VENVS,
+    CreateProbe,
+    Timing,
+    fresh,
+    last_cpu,
+    timed,
+)
 from .sites import WORKFLOW, drop_many, make_site, states
 
 PEERS = {
@@ -271,6 +283,8 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
     times = {name: Timing() for name in tools}
     cpus = {name: Timing() for name in tools}
     folders = {CONTRACT: "contract", **{label: f"floor-{m}" for label, m in FLOORS.items()}}
+    probe = CreateProbe(work)
+    creates = {name: Timing() for name in tools}
     for rep in range(repeats):
         for name, fn in tools.items():
             if name in notes:
@@ -278,8 +292,10 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
             started = time.perf_counter()
             try:
                 folder = folders.get(name) or name.split()[0].lower()
-                # a folder per tool and round, all removed at the end: a tree removed
-                # between two timings (ext4 with online discard here) slowed the next one
+                # a folder per tool and round, all removed at the end, and a quiet disk
+                # before each timing: files removed shortly before (a tree, a peer's
+                # scratch folders) make every file created cost 10-30x (CreateProbe)
+                creates[name].add(probe.settle())
                 elapsed = fn(work / f"{folder}-{rep + 1}")
             except Exception as exc:  # a peer failing is a finding, not the end of the run
                 notes[name] = f"failed: {str(exc)[-600:]}"
@@ -289,8 +305,10 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
             cpus[name].add(last_cpu())
             log(
                 f"  round {rep + 1}/{repeats} {name}: {elapsed:.2f} s "
-                f"({time.perf_counter() - started:.1f} s with setup)"
+                f"({time.perf_counter() - started:.1f} s with setup; "
+                f"a file created before: {creates[name].values[-1]:.0f} µs)"
             )
+    probe.settle()
     phases = daemon_phases(work / "phases", n, log=log)
     shutil.rmtree(work, ignore_errors=True)
     limit = times["xargs -P 2"].median
@@ -309,9 +327,18 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
                 "overhead_ms": (t.median - limit) / n * 1000,
                 "vs_limit": t.median / limit,
                 "cpu_ms": cpus[name].median / n * 1000,
+                "create_us": creates[name].values,
             }
         )
-    return {"n": n, "repeats": repeats, "rows": rows, "notes": notes, "phases": phases}
+    settled = {"waited_s": probe.waited, "best_us": probe.best, "before_us": probe.before}
+    return {
+        "n": n,
+        "repeats": repeats,
+        "rows": rows,
+        "notes": notes,
+        "phases": phases,
+        "settle": settled,
+    }
 
 
 def daemon_phases(work: Path, n: int, *, log: Any = print) -> dict[str, Any] | None:
@@ -327,6 +354,20 @@ def daemon_phases(work: Path, n: int, *, log: Any = print) -> dict[str, Any] | N
         log(f"  phases: FAILED ({proc.stderr.strip()[-300:]})")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _settle_lines(settle: dict[str, Any] | None) -> list[str]:
+    if not settle or not settle.get("before_us"):
+        return []
+    before = settle["before_us"]
+    return [
+        f"- A quiet disk before each timing (`CreateProbe`): creating a file cost "
+        f"{statistics.median(before):.0f} µs (median; {min(before):.0f}-{max(before):.0f}) "
+        f"at the start of the timed runs, the harness waiting {settle['waited_s']:.0f} s in "
+        "all for it to settle. This disk (ext4 without a journal) makes each file created "
+        "cost 10-30x more for up to a minute after many files were removed: without the "
+        "wait, a tool that removes its scratch files slows the next one (see NOTES)."
+    ]
 
 
 def _phase_lines(phases: dict[str, Any] | None) -> list[str]:
@@ -475,6 +516,7 @@ def markdown(res: dict[str, Any]) -> str:
         )
     for name, note in res["notes"].items():
         lines.append(f"- {name}: {note}")
+    lines.extend(_settle_lines(res.get("settle")))
     lines.extend(_phase_lines(res.get("phases")))
     lines.append("")
     return "\n".join(lines)

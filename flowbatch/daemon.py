@@ -27,9 +27,10 @@ from . import api, faults, notify
 from .errors import FlowbatchError, RequestError
 from .executors import build_executors
 from .executors.base import Executor
+from .executors.local import LocalExecutor
 from .lifecycle import Runner
 from .postproc import PostProcManager
-from .queue import Claimed, Intake, is_request_name
+from .queue import Claimed, Intake, IntakeResult, is_request_name
 from .report_pages import RunPageWriter
 from .runs import State, now_iso
 from .site import Site
@@ -126,6 +127,8 @@ class Daemon:
         #: serve() writes reports in this thread, so a large leaderboard never holds up
         #: intake and dispatch; None: in the tick itself (``--once``, tests ticking)
         self._reporter: ReportThread | None = None
+        self._taken = 0  # runs of the tick's intake already handed to the runner
+        self._interleave = True  # runs start during intake (off after a failure there)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -188,9 +191,11 @@ class Daemon:
         # one index transaction for the new runs, one for the tick's state changes (not on
         # a shared site, whose claims other hosts must see at once): a commit per phase
         # instead of per change; new runs are listed as soon as intake ends
+        self._taken = 0
+        self._interleave = True
         with self._batch():
-            intake = self.intake.run_once()
-        for run in intake.runs:
+            intake = self.intake.run_once(between=self._start_between)
+        for run in intake.runs[self._taken :]:
             self.runner.add(run)
         with self._batch():
             for req, claimed in intake.cancels:
@@ -201,6 +206,26 @@ class Daemon:
             self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
+
+    def _start_between(self, taken: IntakeResult) -> None:
+        """Between two requests of a burst: the runs made so far join the runner, and
+        when a local slot is free (or a local run ended meanwhile) runs start there, so
+        the slots do not stand idle while the rest of the burst is taken in. No extra
+        tick: the queue is not listed again and the index batch stays open."""
+        for run in taken.runs[self._taken :]:
+            self.runner.add(run)
+        self._taken = len(taken.runs)
+        local = self.executors.get("local")
+        if not self._interleave or not isinstance(local, LocalExecutor):
+            return
+        try:
+            if local.has_exits():
+                self.runner.poll(only=("local",))
+            if self.runner.active.waiting()["local"] and self._local_room():
+                self.runner.dispatch()
+        except Exception:  # the tick's own dispatch and poll come after the intake
+            log.exception("starting runs during intake failed")
+            self._interleave = False
 
     def _local_room(self) -> bool:
         local = self.executors.get("local")

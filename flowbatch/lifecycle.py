@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -344,8 +344,9 @@ class Runner:
             log.warning("run %s: %s", run.id, reason)
 
     # -- polling ------------------------------------------------------------------------------
-    def poll(self) -> int:
-        """One batched look per executor at its running runs; finalize those that ended."""
+    def poll(self, only: Collection[str] | None = None) -> int:
+        """One batched look per executor (those named in ``only``, or all) at its running
+        runs; finalize those that ended."""
         finished = 0
         now = datetime.now(UTC)
         by_executor: dict[str, list[RunRecord]] = {}
@@ -353,7 +354,7 @@ class Runner:
             by_executor.setdefault(run.executor, []).append(run)
         for name, executor in self.executors.items():
             runs = by_executor.get(name)
-            if not runs:
+            if not runs or (only is not None and name not in only):
                 continue
             probes = executor.poll([(r.id, r.handle or {}) for r in runs])
             for run in runs:

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,7 +227,15 @@ class Intake:
         return out
 
     # -- one tick ------------------------------------------------------------------------------
-    def run_once(self, *, limit: int | None = None) -> IntakeResult:
+    def run_once(
+        self,
+        *,
+        limit: int | None = None,
+        between: Callable[[IntakeResult], None] | None = None,
+    ) -> IntakeResult:
+        """Claim the waiting requests (at most ``limit``), then turn each into runs, a
+        cancel or a rejection. ``between`` is called with the result so far after each
+        request: the daemon starts runs there while a burst is still being taken in."""
         result = IntakeResult()
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         self._look_in_claimed = bool(todo)
@@ -245,6 +254,8 @@ class Intake:
         for claimed in todo:
             faults.point("intake")
             self.process(claimed, result)
+            if between is not None:
+                between(result)
         return result
 
     def process(self, claimed: Claimed, result: IntakeResult) -> None:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -394,3 +395,81 @@ def test_an_exit_the_reaper_never_reports_is_still_seen(
     (run,) = api.list_runs(site)
     assert run["state"] == "ERROR"
     assert "4" in api.show_run(site, run["id"])["messages"][0]
+
+
+def _burst_site(tmp_path: Path, count: int) -> Any:
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 2}})
+    write_template(
+        tmp_path / "wf",
+        """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - date +%s.%N > begin; sleep 0.02; date +%s.%N > end
+""",
+    )
+    api.install(site, tmp_path / "wf", workflow_id="wf")
+    for i in range(count):
+        drop(site, f"r{i:02d}.yaml", {"workflow": "wf"})
+    return site
+
+
+def _spans(site: Any) -> list[tuple[float, float]]:
+    spans = []
+    for r in api.list_runs(site):
+        run_dir = Path(api.show_run(site, r["id"])["run_dir"])
+        spans.append((float((run_dir / "begin").read_text()), float((run_dir / "end").read_text())))
+    return spans
+
+
+def test_runs_start_while_a_burst_is_still_taken_in(tmp_path: Path) -> None:
+    """One tick over a burst of requests: runs start in the free slots (and runs that
+    ended make room for more) while the rest of the burst becomes runs, not only once
+    every request has been read; never more than the concurrency at once."""
+    site = _burst_site(tmp_path, 24)
+    d = Daemon(site)
+    d.start()
+    try:
+        d.tick()  # the whole burst is taken in by this one tick
+        records = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+        assert len(records) == 24
+        last_made = max(r["created_at"] for r in records)
+        started = [r["started_at"] for r in records if r["started_at"]]
+        assert started and min(started) < last_made  # a run started before intake ended
+        run_until_idle(site, daemon=d)
+    finally:
+        d.stop()
+    assert {r["state"] for r in api.list_runs(site)} == {"SUCCESS"}
+    spans = _spans(site)
+    for t, _ in spans:  # never more than two at once, from the runs' own clocks
+        assert sum(1 for b, e in spans if b <= t < e) <= 2
+
+
+def test_a_failure_starting_runs_during_intake_loses_no_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starting runs between two requests fails once: the intake goes on, the tick's own
+    dispatch starts the runs, every request becomes a run that ends SUCCESS."""
+    site = _burst_site(tmp_path, 6)
+    d = Daemon(site)
+    real = d.runner.dispatch
+    calls = []
+
+    def dispatch_failing_once() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real()
+
+    d.runner.dispatch = dispatch_failing_once  # type: ignore[method-assign]
+    d.start()
+    try:
+        run_until_idle(site, daemon=d)
+    finally:
+        d.stop()
+    assert "starting runs during intake failed" in caplog.text
+    runs = api.list_runs(site)
+    assert len(runs) == 6 and {r["state"] for r in runs} == {"SUCCESS"}
+    assert not list(site.layout.claimed.iterdir())

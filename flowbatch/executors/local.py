@@ -96,6 +96,10 @@ class LocalExecutor:
         self._wake()
 
     # -- poll -----------------------------------------------------------------------------
+    def has_exits(self) -> bool:
+        """Some child has exited and its run is not polled yet (no lock: a cheap hint)."""
+        return bool(self._exits)
+
     def poll(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
         out: dict[str, Probe] = {}
         for run_id, handle in handles:
