@@ -50,6 +50,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--index", type=int, help="scale: runs in the index to rank (100000; quick 20000)"
     )
     p.add_argument("--idle-seconds", type=float, help="scale: idle daemon (60; quick 10)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=90.0,
+        help="throughput: at most this many seconds of waiting for a quiet disk before "
+        "each timed run (90; 0: measure the disk, never wait)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--json", type=Path, help="also write the raw figures here")
     p.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one)")
@@ -98,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "sections": {}}
     runners = {
         "throughput": lambda: throughput.bench(
-            work / "throughput", n=args.n, repeats=args.repeats, peers=not args.no_peers, log=log
+            work / "throughput",
+            n=args.n,
+            repeats=args.repeats,
+            peers=not args.no_peers,
+            settle=args.settle,
+            log=log,
         ),
         "latency": lambda: latency.bench(work / "latency", drops=args.drops, log=log),
         "ssh": lambda: ssh.bench(

@@ -20,7 +20,9 @@ from typing import Any
 #: (label, depth, module, object, attribute), in the order shown
 PHASES: list[tuple[str, int, str, str | None, str]] = [
     ("tick (all the daemon's work)", 0, "flowbatch.daemon", "Daemon", "tick"),
-    ("intake: claim, read, check, build", 1, "flowbatch.queue", "Intake", "run_once"),
+    # Intake.process, not run_once: runs start and end between two requests of a burst
+    # (Daemon._start_between), and those belong to the phases below
+    ("intake: read, check, build", 1, "flowbatch.queue", "Intake", "process"),
     ("the run folder", 2, "flowbatch.queue", "Intake", "_create_run"),
     ("dispatch", 1, "flowbatch.lifecycle", "Runner", "dispatch"),
     ("start bash (fork, exec)", 2, "flowbatch.executors.local", "LocalExecutor", "launch"),

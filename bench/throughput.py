@@ -260,7 +260,9 @@ CONTRACT = "flowbatch run.sh by xargs -P 2"
 
 
 # -- the section -----------------------------------------------------------------------------
-def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) -> dict[str, Any]:
+def bench(
+    work: Path, *, n: int, repeats: int, peers: bool, settle: float = 90.0, log: Any = print
+) -> dict[str, Any]:
     tools: dict[str, Any] = {"xargs -P 2": lambda w: run_xargs(w, n)}
     tools["flowbatch"] = lambda w: run_flowbatch(w, n)
     tools[CONTRACT] = lambda w: run_contract(w, n)
@@ -295,7 +297,7 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
                 # a folder per tool and round, all removed at the end, and a quiet disk
                 # before each timing: files removed shortly before (a tree, a peer's
                 # scratch folders) make every file created cost 10-30x (CreateProbe)
-                creates[name].add(probe.settle())
+                creates[name].add(probe.settle(patience=settle))
                 elapsed = fn(work / f"{folder}-{rep + 1}")
             except Exception as exc:  # a peer failing is a finding, not the end of the run
                 notes[name] = f"failed: {str(exc)[-600:]}"
@@ -308,7 +310,7 @@ def bench(work: Path, *, n: int, repeats: int, peers: bool, log: Any = print) ->
                 f"({time.perf_counter() - started:.1f} s with setup; "
                 f"a file created before: {creates[name].values[-1]:.0f} µs)"
             )
-    probe.settle()
+    probe.settle(patience=settle)
     phases = daemon_phases(work / "phases", n, log=log)
     shutil.rmtree(work, ignore_errors=True)
     limit = times["xargs -P 2"].median

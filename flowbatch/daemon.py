@@ -42,6 +42,9 @@ log = logging.getLogger("flowbatch.daemon")
 REPORT_EVERY = 1.0
 #: ... and at most this share of the time: the gap is at least this x the last write's time
 REPORT_COST_FACTOR = 5.0
+#: a long intake (a burst, runs starting and ending in it) commits its index batch this
+#: often (s), so the index shows the runs as they go
+BATCH_COMMIT_EVERY = 1.0
 
 
 class Busy(Exception):
@@ -129,6 +132,7 @@ class Daemon:
         self._reporter: ReportThread | None = None
         self._taken = 0  # runs of the tick's intake already handed to the runner
         self._interleave = True  # runs start during intake (off after a failure there)
+        self._committed_at = 0.0  # when the intake's index batch was last committed
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -193,6 +197,7 @@ class Daemon:
         # instead of per change; new runs are listed as soon as intake ends
         self._taken = 0
         self._interleave = True
+        self._committed_at = time.monotonic()
         with self._batch():
             intake = self.intake.run_once(between=self._start_between)
         for run in intake.runs[self._taken :]:
@@ -215,6 +220,9 @@ class Daemon:
         for run in taken.runs[self._taken :]:
             self.runner.add(run)
         self._taken = len(taken.runs)
+        if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
+            self.site.store.commit_batch()  # readers of the index see the burst as it goes
+            self._committed_at = time.monotonic()
         local = self.executors.get("local")
         if not self._interleave or not isinstance(local, LocalExecutor):
             return

@@ -36,6 +36,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
             "100",
             "--idle-seconds",
             "0.5",
+            "--settle",
+            "0",  # the suite removes files all the time: measure the disk, never wait
             "--work",
             str(tmp_path / "work"),
             "--out",
@@ -63,6 +65,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "floor 3: + step logs and exit markers",
     }
     assert all(r["runs_per_s"] > 0 for r in tools.values())
+    settled = results["sections"]["throughput"]["settle"]
+    # one probe before each timed run, and one before the phases
+    assert len(settled["before_us"]) == len(tools) + 1 and min(settled["before_us"]) > 0
+    assert all(len(r["create_us"]) == 1 for r in tools.values())
     phases = results["sections"]["throughput"]["phases"]
     assert phases["main_thread_ms"] > 0 and phases["phases"][0]["ms"] > 0
     lat = results["sections"]["latency"]
@@ -78,6 +84,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "without the daemon",
         "The floor (`bench/floor.py`",
         "Where the daemon's CPU goes per run",
+        "A quiet disk before each timing",
     ):
         assert heading in text, heading
     assert "Not measured" not in text

@@ -473,3 +473,36 @@ def test_a_failure_starting_runs_during_intake_loses_no_request(
     runs = api.list_runs(site)
     assert len(runs) == 6 and {r["state"] for r in runs} == {"SUCCESS"}
     assert not list(site.layout.claimed.iterdir())
+
+
+def test_a_long_intake_commits_the_index_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs that start during a burst's intake are in the index for other readers
+    before the intake ends (the batch is committed every BATCH_COMMIT_EVERY s)."""
+    import sqlite3
+
+    from flowbatch import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "BATCH_COMMIT_EVERY", 0.0)
+    site = _burst_site(tmp_path, 12)
+    d = Daemon(site)
+    seen: list[int] = []
+    real = d._start_between
+
+    def looking(taken: Any) -> None:
+        real(taken)
+        other = sqlite3.connect(site.layout.index_db)
+        try:
+            seen.append(int(other.execute("SELECT COUNT(*) FROM run_row").fetchone()[0]))
+        finally:
+            other.close()
+
+    d._start_between = looking  # type: ignore[method-assign]
+    d.start()
+    try:
+        d.tick()
+        run_until_idle(site, daemon=d)
+    finally:
+        d.stop()
+    assert len(seen) == 12 and seen[0] > 0 and seen[-1] >= 11  # visible during the intake

@@ -137,6 +137,38 @@ def test_a_ticks_batch_commits_once_and_keeps_what_happened_when_it_fails(site) 
     assert not site.store.db.in_transaction()
 
 
+def test_a_batch_committed_half_way_shows_its_rows_and_goes_on(site) -> None:  # type: ignore[no-untyped-def]
+    """commit_batch (a long intake): what the batch wrote so far is seen by other
+    readers at once; what follows waits for the next commit; outside a batch, nothing."""
+    import sqlite3
+
+    def count(state: str) -> int:
+        other = sqlite3.connect(site.layout.index_db)
+        try:
+            sql = "SELECT COUNT(*) FROM run_row WHERE state=?"
+            return int(other.execute(sql, (state,)).fetchone()[0])
+        finally:
+            other.close()
+
+    runs = []
+    for i in range(2):
+        run = record()
+        run.id = f"c{i}"
+        site.store.run_dir(run).mkdir(parents=True)
+        site.store.write(run)
+        runs.append(run)
+    site.store.commit_batch()  # no batch open: a no-op
+    with site.store.batch():
+        site.store.transition(runs[0], State.RUNNING)
+        assert count("RUNNING") == 0
+        site.store.commit_batch()
+        assert count("RUNNING") == 1 and site.store.db.in_transaction()
+        site.store.transition(runs[1], State.RUNNING)
+        assert count("RUNNING") == 1
+    assert count("RUNNING") == 2
+    assert not site.store.db.in_transaction()
+
+
 def test_index_is_sqlite_wal_by_default_and_a_url_selects_another(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import sqlite3
 

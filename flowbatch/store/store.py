@@ -52,6 +52,7 @@ class Store:
     ) -> None:
         self.layout = layout
         self.fsync = fsync
+        self._batch_txn: Any = None  # the open batch's transaction (SQLite)
         self.db = open_database(database_url, layout.index_db)
         self.listeners: list[Listener] = []
         #: runs whose ``run.json`` was written but whose index rows were not (see write)
@@ -378,11 +379,21 @@ class Store:
             yield  # already inside one (a nested batch, a caller's transaction)
             return
         with self.db.atomic() as txn:
+            self._batch_txn = txn
             try:
                 yield
             except BaseException:
                 txn.commit()  # keep the rows of the changes that did happen
                 raise
+            finally:
+                self._batch_txn = None
+
+    def commit_batch(self) -> None:
+        """Commit what the open batch has written so far and go on in a new transaction
+        (a long intake of a burst, in which runs also start and end, shows them in the
+        index as it goes); nothing when no batch is open."""
+        if self._batch_txn is not None:
+            self._batch_txn.commit()  # peewee begins the next transaction at once
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
