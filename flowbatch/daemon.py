@@ -223,6 +223,9 @@ class Daemon:
         if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
             self.site.store.commit_batch()  # readers of the index see the burst as it goes
             self._committed_at = time.monotonic()
+            # and the leaderboards, as often as between ticks (by the report thread)
+            if self._reporter is not None and self.runner.changed_workflows and self._reports_due():
+                self.write_reports()
         local = self.executors.get("local")
         if not self._interleave or not isinstance(local, LocalExecutor):
             return

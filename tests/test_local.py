@@ -506,3 +506,32 @@ def test_a_long_intake_commits_the_index_as_it_goes(
     finally:
         d.stop()
     assert len(seen) == 12 and seen[0] > 0 and seen[-1] >= 11  # visible during the intake
+
+
+def test_leaderboards_are_written_during_a_long_intake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst's intake can last minutes now that runs start and end inside it: the
+    report thread is asked for the leaderboards from there too, not only between ticks."""
+    from flowbatch import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "BATCH_COMMIT_EVERY", 0.0)
+    monkeypatch.setattr(daemon_module, "REPORT_EVERY", 0.0)  # due whenever asked
+    site = _burst_site(tmp_path, 60)
+    d = Daemon(site)
+    asked_at: list[int] = []  # runs taken in by the intake when reports were asked for
+    real = d.write_reports
+
+    def writing() -> None:
+        asked_at.append(d._taken)
+        real()
+
+    d.write_reports = writing  # type: ignore[method-assign]
+    d.start()
+    try:
+        d.serve(until_idle=True)
+    finally:
+        d.stop()
+    assert any(0 < taken < 60 for taken in asked_at), asked_at
+    assert (site.layout.results / "index.html").is_file()  # the front page
+    assert {r["state"] for r in api.list_runs(site)} == {"SUCCESS"}
