@@ -220,21 +220,24 @@ class Daemon:
         for run in taken.runs[self._taken :]:
             self.runner.add(run)
         self._taken = len(taken.runs)
-        if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
-            self.site.store.commit_batch()  # readers of the index see the burst as it goes
-            self._committed_at = time.monotonic()
-            # and the leaderboards, as often as between ticks (by the report thread)
-            if self._reporter is not None and self.runner.changed_workflows and self._reports_due():
-                self.write_reports()
-        local = self.executors.get("local")
-        if not self._interleave or not isinstance(local, LocalExecutor):
+        if not self._interleave:
             return
         try:
+            if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
+                self.site.store.commit_batch()  # the index shows the burst as it goes
+                self._committed_at = time.monotonic()
+                # and the leaderboards, as often as between ticks (by the report thread)
+                reports = self._reporter is not None and self.runner.changed_workflows
+                if reports and self._reports_due():
+                    self.write_reports()
+            local = self.executors.get("local")
+            if not isinstance(local, LocalExecutor):
+                return
             if local.has_exits():
                 self.runner.poll(only=("local",))
             if self.runner.active.waiting()["local"] and self._local_room():
                 self.runner.dispatch()
-        except Exception:  # the tick's own dispatch and poll come after the intake
+        except Exception:  # the tick's own dispatch, poll and reports follow the intake
             log.exception("starting runs during intake failed")
             self._interleave = False
 
