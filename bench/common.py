@@ -193,16 +193,20 @@ class CreateProbe:
         return us
 
     def settle(self, *, patience: float = 90.0, pause: float = 2.0) -> float:
-        """Probe until a file costs at most twice the best probe seen (at least
-        QUIET_CREATE_US, at most 3x that), for at most ``patience`` seconds; the last
-        probe (µs) is recorded and returned."""
+        """Probe until a file costs at most QUIET_CREATE_US, or at most twice the best
+        of the earlier probes (a slower disk's quiet figure; never above 3x
+        QUIET_CREATE_US), for at most ``patience`` seconds; the last probe (µs) is
+        recorded and returned."""
         start = time.monotonic()
-        us = self.probe()
-        while us > min(max(QUIET_CREATE_US, 2 * (self.best or us)), 3 * QUIET_CREATE_US):
-            if time.monotonic() - start >= patience:
+        while True:
+            earlier = self.best
+            us = self.probe()
+            quiet = QUIET_CREATE_US
+            if earlier is not None:
+                quiet = min(max(quiet, 2 * earlier), 3 * QUIET_CREATE_US)
+            if us <= quiet or time.monotonic() - start >= patience:
                 break
             time.sleep(pause)
-            us = self.probe()
         self.waited += time.monotonic() - start
         self.before.append(us)
         return us

@@ -433,17 +433,18 @@ def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list
             "- Round by round (each against the limit of its own round), the floor moved "
             f"across the target: {', '.join(f'{x:+.2f}' for x in per_round)} ms per run "
             f"(flowbatch: {', '.join(f'{x:+.2f}' for x in ours)} ms). The floor is mostly "
-            "files created, whose cost on this disk moves by 10x between minutes (see "
-            "NOTES), so this run does not settle whether the tree alone fits the target; "
-            "in the rounds where it did, flowbatch's distance is its own work."
+            "files created, whose cost moves by 10-30x after files were removed (see "
+            "the quiet-disk line and NOTES), so this run does not settle whether the "
+            "tree alone fits the target; in the rounds where it did, flowbatch's "
+            "distance is its own work."
         )
     elif f3["overhead_ms"] > 2.0:
         lines.append(
             f"- So the target is out of reach on this machine: the floor of what issue 2 asks "
             f"of every run (restartable, with logs and markers) is already "
             f"{f3['overhead_ms']:.2f} ms above the limit, {f3['overhead_ms'] - 2.0:.2f} ms "
-            "over the 2 ms before any of flowbatch's own work; a file or folder created "
-            "costs 0.03-0.6 ms of system CPU on this disk (see NOTES)."
+            "over the 2 ms before any of flowbatch's own work (files created: see the "
+            "quiet-disk line and NOTES)."
         )
     else:
         lines.append(

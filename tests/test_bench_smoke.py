@@ -88,3 +88,30 @@ def test_bench_smoke(tmp_path: Path) -> None:
     ):
         assert heading in text, heading
     assert "Not measured" not in text
+
+
+def test_the_create_probe_waits_for_a_quiet_disk(tmp_path: Path) -> None:
+    """settle() probes again while a file costs more than a quiet disk's (100 µs, or
+    twice the best earlier probe), and gives up after its patience."""
+    from bench.common import CreateProbe
+
+    class Scripted(CreateProbe):
+        def __init__(self, figures: list[float]) -> None:
+            super().__init__(tmp_path)
+            self.figures = figures
+
+        def probe(self) -> float:
+            us = self.figures.pop(0)
+            self.best = us if self.best is None else min(self.best, us)
+            return us
+
+    busy = Scripted([700.0, 400.0, 90.0, 500.0])
+    assert busy.settle(pause=0) == 90.0 and busy.figures == [500.0]
+    slow = Scripted([150.0, 180.0, 260.0])  # a slower disk: 150 µs is its quiet figure
+    assert slow.settle(pause=0) == 180.0  # the first probe has nothing to compare with
+    assert slow.settle(pause=0) == 260.0 and slow.before == [180.0, 260.0]
+    stuck = Scripted([900.0] * 50)
+    assert stuck.settle(patience=0.0, pause=0) == 900.0  # no patience: measured, no wait
+    real = CreateProbe(tmp_path / "real", files=20)
+    assert 0 < real.settle(pause=0) and real.count >= 1
+    assert len(list((tmp_path / "real" / ".create-probe" / "1").iterdir())) == 20
