@@ -193,19 +193,23 @@ class CreateProbe:
         return us
 
     def settle(self, *, patience: float = 90.0, pause: float = 2.0) -> float:
-        """Probe until a file costs at most QUIET_CREATE_US, or at most twice the best
-        of the earlier probes (a slower disk's quiet figure; never above 3x
+        """Probe until a file costs at most QUIET_CREATE_US, or, on a disk slower than
+        that when quiet, until two probes in a row agree within 15% (a disturbed disk
+        gets faster from probe to probe as the freed inodes age; never above 3x
         QUIET_CREATE_US), for at most ``patience`` seconds; the last probe (µs) is
         recorded and returned."""
         start = time.monotonic()
+        previous: float | None = None
         while True:
-            earlier = self.best
             us = self.probe()
-            quiet = QUIET_CREATE_US
-            if earlier is not None:
-                quiet = min(max(quiet, 2 * earlier), 3 * QUIET_CREATE_US)
-            if us <= quiet or time.monotonic() - start >= patience:
+            if us <= QUIET_CREATE_US:
                 break
+            steady = previous is not None and abs(us - previous) <= 0.15 * previous
+            if steady and us <= 3 * QUIET_CREATE_US:
+                break
+            if time.monotonic() - start >= patience:
+                break
+            previous = us
             time.sleep(pause)
         self.waited += time.monotonic() - start
         self.before.append(us)

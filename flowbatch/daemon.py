@@ -212,16 +212,19 @@ class Daemon:
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
 
-    def _start_between(self, taken: IntakeResult) -> None:
+    def _start_between(self, taken: IntakeResult) -> bool:
         """Between two requests of a burst: the runs made so far join the runner, and
         when a local slot is free (or a local run ended meanwhile) runs start there, so
         the slots do not stand idle while the rest of the burst is taken in. No extra
-        tick: the queue is not listed again and the index batch stays open."""
+        tick: the queue is not listed again and the index batch stays open. False once
+        the daemon is stopping: the intake ends there, the rest stays claimed."""
         for run in taken.runs[self._taken :]:
             self.runner.add(run)
         self._taken = len(taken.runs)
+        if self.stopping:
+            return False
         if not self._interleave:
-            return
+            return True
         try:
             if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
                 self.site.store.commit_batch()  # the index shows the burst as it goes
@@ -231,15 +234,15 @@ class Daemon:
                 if reports and self._reports_due():
                     self.write_reports()
             local = self.executors.get("local")
-            if not isinstance(local, LocalExecutor):
-                return
-            if local.has_exits():
-                self.runner.poll(only=("local",))
-            if self.runner.active.waiting()["local"] and self._local_room():
-                self.runner.dispatch()
+            if isinstance(local, LocalExecutor):
+                if local.has_exits():
+                    self.runner.poll(only=("local",))
+                if self.runner.active.waiting()["local"] and self._local_room():
+                    self.runner.dispatch()
         except Exception:  # the tick's own dispatch, poll and reports follow the intake
             log.exception("starting runs during intake failed")
             self._interleave = False
+        return True
 
     def _local_room(self) -> bool:
         local = self.executors.get("local")

@@ -231,11 +231,13 @@ class Intake:
         self,
         *,
         limit: int | None = None,
-        between: Callable[[IntakeResult], None] | None = None,
+        between: Callable[[IntakeResult], bool] | None = None,
     ) -> IntakeResult:
         """Claim the waiting requests (at most ``limit``), then turn each into runs, a
         cancel or a rejection. ``between`` is called with the result so far after each
-        request: the daemon starts runs there while a burst is still being taken in."""
+        request: the daemon starts runs there while a burst is still being taken in; when
+        it returns False (the daemon is stopping) the rest stay claimed, for the next
+        tick or start."""
         result = IntakeResult()
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         self._look_in_claimed = bool(todo)
@@ -254,8 +256,8 @@ class Intake:
         for claimed in todo:
             faults.point("intake")
             self.process(claimed, result)
-            if between is not None:
-                between(result)
+            if between is not None and not between(result):
+                break
         return result
 
     def process(self, claimed: Claimed, result: IntakeResult) -> None:

@@ -490,13 +490,14 @@ def test_a_long_intake_commits_the_index_as_it_goes(
     seen: list[int] = []
     real = d._start_between
 
-    def looking(taken: Any) -> None:
-        real(taken)
+    def looking(taken: Any) -> bool:
+        going_on = real(taken)
         other = sqlite3.connect(site.layout.index_db)
         try:
             seen.append(int(other.execute("SELECT COUNT(*) FROM run_row").fetchone()[0]))
         finally:
             other.close()
+        return going_on
 
     d._start_between = looking  # type: ignore[method-assign]
     d.start()
@@ -535,3 +536,34 @@ def test_leaderboards_are_written_during_a_long_intake(
     assert any(0 < taken < 60 for taken in asked_at), asked_at
     assert (site.layout.results / "index.html").is_file()  # the front page
     assert {r["state"] for r in api.list_runs(site)} == {"SUCCESS"}
+
+
+def test_a_daemon_stopping_during_a_long_intake_leaves_the_rest_claimed(tmp_path: Path) -> None:
+    """SIGTERM (``stopping``) in the middle of a burst's intake: the intake ends after the
+    request at hand, the rest stays in the claimed folder, and the next daemon turns
+    every one of them into a run: none lost, none twice."""
+    site = _burst_site(tmp_path, 20)
+    d = Daemon(site)
+    real = d._start_between
+    calls: list[int] = []
+
+    def stopping_at_third(taken: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 3:
+            d.stopping = True  # what the SIGTERM handler does
+        return real(taken)
+
+    d._start_between = stopping_at_third  # type: ignore[method-assign]
+    d.start()
+    try:
+        d.tick()
+    finally:
+        d.stop()
+    assert len(calls) == 3 and len(api.list_runs(site)) == 3
+    assert len([p for p in site.layout.claimed.iterdir() if p.suffix == ".yaml"]) == 17
+    run_until_idle(site)  # a new daemon
+    runs = api.list_runs(site)
+    assert len(runs) == 20 and {r["state"] for r in runs} == {"SUCCESS"}
+    requests = sorted(api.show_run(site, r["id"])["request"] for r in runs)
+    assert requests == [f"r{i:02d}.yaml" for i in range(20)]
+    assert not [p for p in site.layout.claimed.iterdir() if p.suffix == ".yaml"]
