@@ -98,29 +98,40 @@ def test_store_transition_writes_tree_and_index(site) -> None:  # type: ignore[n
         site.store.transition(run, State.RUNNING)
 
 
+def _count_elsewhere(site, state: str) -> int:  # type: ignore[no-untyped-def]
+    """Runs in ``state`` as another process's connection to the index sees them."""
+    import sqlite3
+
+    other = sqlite3.connect(site.layout.index_db)
+    try:
+        sql = "SELECT COUNT(*) FROM run_row WHERE state=?"
+        return int(other.execute(sql, (state,)).fetchone()[0])
+    finally:
+        other.close()
+
+
+def _written_runs(site, prefix: str, count: int) -> list[RunRecord]:  # type: ignore[no-untyped-def]
+    """``count`` PENDING runs with a folder, written to the tree and the index."""
+    runs = []
+    for i in range(count):
+        run = record()
+        run.id = f"{prefix}{i}"
+        site.store.run_dir(run).mkdir(parents=True)
+        site.store.write(run)
+        runs.append(run)
+    return runs
+
+
 def test_a_ticks_batch_commits_once_and_keeps_what_happened_when_it_fails(site) -> None:  # type: ignore[no-untyped-def]
     """The daemon's tick writes its state changes in one transaction: another reader sees
     none of them before the end, all of them after; a failure half-way keeps the
     changes that were made (the tree already has them) and a block in a savepoint of
     its own is rolled back alone."""
-    import sqlite3
 
     def count(state: str) -> int:
-        other = sqlite3.connect(site.layout.index_db)  # another process's view
-        try:
-            return other.execute("SELECT COUNT(*) FROM run_row WHERE state=?", (state,)).fetchone()[
-                0
-            ]
-        finally:
-            other.close()
+        return _count_elsewhere(site, state)
 
-    runs = []
-    for i in range(3):
-        run = record()
-        run.id = f"b{i}"
-        site.store.run_dir(run).mkdir(parents=True)
-        site.store.write(run)
-        runs.append(run)
+    runs = _written_runs(site, "b", 3)
     with site.store.batch():
         site.store.transition(runs[0], State.RUNNING)
         site.store.transition(runs[1], State.RUNNING)
@@ -140,23 +151,11 @@ def test_a_ticks_batch_commits_once_and_keeps_what_happened_when_it_fails(site) 
 def test_a_batch_committed_half_way_shows_its_rows_and_goes_on(site) -> None:  # type: ignore[no-untyped-def]
     """commit_batch (a long intake): what the batch wrote so far is seen by other
     readers at once; what follows waits for the next commit; outside a batch, nothing."""
-    import sqlite3
 
     def count(state: str) -> int:
-        other = sqlite3.connect(site.layout.index_db)
-        try:
-            sql = "SELECT COUNT(*) FROM run_row WHERE state=?"
-            return int(other.execute(sql, (state,)).fetchone()[0])
-        finally:
-            other.close()
+        return _count_elsewhere(site, state)
 
-    runs = []
-    for i in range(2):
-        run = record()
-        run.id = f"c{i}"
-        site.store.run_dir(run).mkdir(parents=True)
-        site.store.write(run)
-        runs.append(run)
+    runs = _written_runs(site, "c", 2)
     site.store.commit_batch()  # no batch open: a no-op
     with site.store.batch():
         site.store.transition(runs[0], State.RUNNING)
