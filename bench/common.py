@@ -193,23 +193,19 @@ class CreateProbe:
         return us
 
     def settle(self, *, patience: float = 90.0, pause: float = 2.0) -> float:
-        """Probe until a file costs at most QUIET_CREATE_US, or, on a disk slower than
-        that when quiet, until two probes in a row agree within 15% (a disturbed disk
-        gets faster from probe to probe as the freed inodes age; never above 3x
+        """Probe until a file costs at most QUIET_CREATE_US, or at most twice the best
+        probe of the earlier settles (a disk slower than that when quiet; never above 3x
         QUIET_CREATE_US), for at most ``patience`` seconds; the last probe (µs) is
-        recorded and returned."""
+        recorded and returned. (A disk recovering from removals gets faster only slowly,
+        over a minute or more: probes of one settle are no reference for each other.)"""
         start = time.monotonic()
-        previous: float | None = None
+        quiet = QUIET_CREATE_US
+        if self.best is not None:
+            quiet = min(max(quiet, 2 * self.best), 3 * QUIET_CREATE_US)
         while True:
             us = self.probe()
-            if us <= QUIET_CREATE_US:
+            if us <= quiet or time.monotonic() - start >= patience:
                 break
-            steady = previous is not None and abs(us - previous) <= 0.15 * previous
-            if steady and us <= 3 * QUIET_CREATE_US:
-                break
-            if time.monotonic() - start >= patience:
-                break
-            previous = us
             time.sleep(pause)
         self.waited += time.monotonic() - start
         self.before.append(us)

@@ -91,9 +91,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
 
 def test_the_create_probe_waits_for_a_quiet_disk(tmp_path: Path) -> None:
-    """settle() probes again while a file costs more than a quiet disk's (100 µs) and
-    the figure still moves (a slower disk: two probes in a row within 15%), and gives
-    up after its patience."""
+    """settle() probes again while a file costs more than a quiet disk's (100 µs, or
+    twice the best probe of the earlier settles on a slower disk), and gives up after
+    its patience."""
     from bench.common import CreateProbe
 
     class Scripted(CreateProbe):
@@ -108,11 +108,12 @@ def test_the_create_probe_waits_for_a_quiet_disk(tmp_path: Path) -> None:
 
     busy = Scripted([700.0, 400.0, 90.0, 500.0])
     assert busy.settle(pause=0) == 90.0 and busy.figures == [500.0]
-    busy = Scripted([700.0, 400.0, 300.0, 171.0, 160.0])  # recovering: still falling
-    assert busy.settle(pause=0) == 160.0 and not busy.figures
-    slow = Scripted([150.0, 160.0, 260.0, 250.0])  # a slower disk, steady at 150-260 µs
-    assert slow.settle(pause=0) == 160.0  # the first probe has nothing to compare with
-    assert slow.settle(pause=0) == 250.0 and slow.before == [160.0, 250.0]
+    recovering = Scripted([250.0, 220.0, 195.0, 171.0, 60.0])  # slowly: still not quiet
+    assert recovering.settle(pause=0) == 60.0 and not recovering.figures
+    slow = Scripted([150.0, 260.0, 400.0, 280.0])  # a slower disk, quiet at 150 µs
+    assert slow.settle(patience=0.0, pause=0) == 150.0  # nothing to compare with yet
+    assert slow.settle(pause=0) == 260.0  # within twice the best earlier probe
+    assert slow.settle(pause=0) == 280.0 and slow.before == [150.0, 260.0, 280.0]
     stuck = Scripted([900.0] * 50)
     assert stuck.settle(patience=0.0, pause=0) == 900.0  # no patience: measured, no wait
     real = CreateProbe(tmp_path / "real", files=20)
