@@ -286,7 +286,6 @@ def bench(
     cpus = {name: Timing() for name in tools}
     folders = {CONTRACT: "contract", **{label: f"floor-{m}" for label, m in FLOORS.items()}}
     probe = CreateProbe(work)
-    creates = {name: Timing() for name in tools}
     for rep in range(repeats):
         for name, fn in tools.items():
             if name in notes:
@@ -297,7 +296,7 @@ def bench(
                 # a folder per tool and round, all removed at the end, and a quiet disk
                 # before each timing: files removed shortly before (a tree, a peer's
                 # scratch folders) make every file created cost 10-30x (CreateProbe)
-                creates[name].add(probe.settle(patience=settle))
+                probe.settle(patience=settle)
                 elapsed = fn(work / f"{folder}-{rep + 1}")
             except Exception as exc:  # a peer failing is a finding, not the end of the run
                 notes[name] = f"failed: {str(exc)[-600:]}"
@@ -308,7 +307,7 @@ def bench(
             log(
                 f"  round {rep + 1}/{repeats} {name}: {elapsed:.2f} s "
                 f"({time.perf_counter() - started:.1f} s with setup; "
-                f"a file created before: {creates[name].values[-1]:.0f} µs)"
+                f"a file created before: {probe.before[-1]:.0f} µs)"
             )
     probe.settle(patience=settle)
     phases = daemon_phases(work / "phases", n, log=log)
@@ -329,7 +328,6 @@ def bench(
                 "overhead_ms": (t.median - limit) / n * 1000,
                 "vs_limit": t.median / limit,
                 "cpu_ms": cpus[name].median / n * 1000,
-                "create_us": creates[name].values,
             }
         )
     settled = {"waited_s": probe.waited, "best_us": probe.best, "before_us": probe.before}

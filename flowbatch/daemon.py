@@ -30,9 +30,9 @@ from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .lifecycle import Runner
 from .postproc import PostProcManager
-from .queue import Claimed, Intake, IntakeResult, is_request_name
+from .queue import Claimed, Intake, is_request_name
 from .report_pages import RunPageWriter
-from .runs import State, now_iso
+from .runs import RunRecord, State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
 
@@ -130,7 +130,6 @@ class Daemon:
         #: serve() writes reports in this thread, so a large leaderboard never holds up
         #: intake and dispatch; None: in the tick itself (``--once``, tests ticking)
         self._reporter: ReportThread | None = None
-        self._taken = 0  # runs of the tick's intake already handed to the runner
         self._interleave = True  # runs start during intake (off after a failure there)
         self._committed_at = 0.0  # when the intake's index batch was last committed
 
@@ -192,16 +191,14 @@ class Daemon:
             except Exception as exc:  # the server is away: this tick's writes say so
                 log.error("index database unreachable: %s", exc)
         self.site.store.flush_unindexed()
-        # one index transaction for the new runs, one for the tick's state changes (not on
-        # a shared site, whose claims other hosts must see at once): a commit per phase
-        # instead of per change; new runs are listed as soon as intake ends
-        self._taken = 0
+        # one index transaction for the intake (committed every BATCH_COMMIT_EVERY s in a
+        # long one), one for the tick's state changes (not on a shared site, whose claims
+        # other hosts must see at once): a commit per phase instead of per change. Each
+        # request's runs join the runner as soon as they are made (_start_between).
         self._interleave = True
         self._committed_at = time.monotonic()
         with self._batch():
             intake = self.intake.run_once(between=self._start_between)
-        for run in intake.runs[self._taken :]:
-            self.runner.add(run)
         with self._batch():
             for req, claimed in intake.cancels:
                 self.apply_cancel(req, claimed)
@@ -212,15 +209,14 @@ class Daemon:
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
 
-    def _start_between(self, taken: IntakeResult) -> bool:
-        """Between two requests of a burst: the runs made so far join the runner, and
-        when a local slot is free (or a local run ended meanwhile) runs start there, so
-        the slots do not stand idle while the rest of the burst is taken in. No extra
-        tick: the queue is not listed again and the index batch stays open. False once
-        the daemon is stopping: the intake ends there, the rest stays claimed."""
-        for run in taken.runs[self._taken :]:
+    def _start_between(self, made: list[RunRecord]) -> bool:
+        """After each request of the intake: its runs join the runner, and when a local
+        slot is free (or a local run ended meanwhile) runs start there, so the slots do
+        not stand idle while the rest of a burst is taken in. No extra tick: the queue
+        is not listed again and the index batch stays open. False once the daemon is
+        stopping: the intake ends there, the rest stays claimed."""
+        for run in made:
             self.runner.add(run)
-        self._taken = len(taken.runs)
         if self.stopping:
             return False
         if not self._interleave:

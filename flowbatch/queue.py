@@ -231,13 +231,13 @@ class Intake:
         self,
         *,
         limit: int | None = None,
-        between: Callable[[IntakeResult], bool] | None = None,
+        between: Callable[[list[RunRecord]], bool] | None = None,
     ) -> IntakeResult:
         """Claim the waiting requests (at most ``limit``), then turn each into runs, a
-        cancel or a rejection. ``between`` is called with the result so far after each
-        request: the daemon starts runs there while a burst is still being taken in; when
-        it returns False (the daemon is stopping) the rest stay claimed, for the next
-        tick or start."""
+        cancel or a rejection. ``between`` is called after each request with the runs it
+        made: the daemon takes them and starts runs while a burst is still being taken
+        in; when it returns False (the daemon is stopping) the rest stay claimed, for
+        the next tick or start."""
         result = IntakeResult()
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         self._look_in_claimed = bool(todo)
@@ -255,8 +255,9 @@ class Intake:
                 self._look_in_claimed = True
         for claimed in todo:
             faults.point("intake")
+            made = len(result.runs)
             self.process(claimed, result)
-            if between is not None and not between(result):
+            if between is not None and not between(result.runs[made:]):
                 break
         return result
 

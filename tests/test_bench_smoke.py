@@ -68,7 +68,6 @@ def test_bench_smoke(tmp_path: Path) -> None:
     settled = results["sections"]["throughput"]["settle"]
     # one probe before each timed run, and one before the phases
     assert len(settled["before_us"]) == len(tools) + 1 and min(settled["before_us"]) > 0
-    assert all(len(r["create_us"]) == 1 for r in tools.values())
     phases = results["sections"]["throughput"]["phases"]
     assert phases["main_thread_ms"] > 0 and phases["phases"][0]["ms"] > 0
     lat = results["sections"]["latency"]

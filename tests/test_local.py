@@ -520,13 +520,19 @@ def test_leaderboards_are_written_during_a_long_intake(
     monkeypatch.setattr(daemon_module, "REPORT_EVERY", 0.0)  # due whenever asked
     site = _burst_site(tmp_path, 60)
     d = Daemon(site)
-    asked_at: list[int] = []  # runs taken in by the intake when reports were asked for
-    real = d.write_reports
+    taken = [0]  # runs the intake has made so far
+    asked_at: list[int] = []  # ... when reports were asked for
+    real_between, real_reports = d._start_between, d.write_reports
+
+    def counting(made: list[Any]) -> bool:
+        taken[0] += len(made)
+        return real_between(made)
 
     def writing() -> None:
-        asked_at.append(d._taken)
-        real()
+        asked_at.append(taken[0])
+        real_reports()
 
+    d._start_between = counting  # type: ignore[method-assign]
     d.write_reports = writing  # type: ignore[method-assign]
     d.start()
     try:
