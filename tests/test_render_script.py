@@ -110,6 +110,34 @@ def test_commands_run_in_subshells(tmp_path: Path) -> None:
     assert read_markers(tmp_path / "run").exit[2] == 0  # type: ignore[index]
 
 
+def test_builtin_commands_run_without_a_fork(tmp_path: Path) -> None:
+    """``echo``/``printf``/``test`` commands run in the script's own process (BASHPID is
+    the script's pid), a command that changes the shell still in a subshell."""
+    script = write(
+        tmp_path / "run",
+        [("s", ['echo "$BASHPID" > grouped', "cd /; echo $BASHPID > /dev/null", "pwd > where"])],
+    )
+    assert run(script).returncode == 0
+    markers = read_markers(tmp_path / "run")
+    assert markers.started is not None
+    assert int((tmp_path / "run" / "grouped").read_text()) == markers.started[0]
+    assert (tmp_path / "run" / "where").read_text().strip() == str(tmp_path / "run")
+
+
+def test_a_function_named_like_a_builtin_keeps_every_subshell(tmp_path: Path) -> None:
+    """An inherited function ``echo`` (``export -f``) could change the shell: the script
+    sees it at its start and runs each command in its subshell."""
+    script = write(tmp_path / "run", [("s", ["echo hi > out", "pwd > where"])])
+    env = {
+        **os.environ,
+        "BASH_FUNC_echo%%": '() { cd /; builtin echo "$@"; }',
+        "BASH_FUNC_pwd%%": "() { builtin pwd; }",
+    }
+    assert run(script, env=env).returncode == 0
+    assert (tmp_path / "run" / "out").read_text() == "hi\n"
+    assert (tmp_path / "run" / "where").read_text().strip() == str(tmp_path / "run")
+
+
 @pytest.mark.parametrize(
     ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
 )
@@ -171,8 +199,18 @@ def test_script_shape(tmp_path: Path) -> None:
         "export FB_a='x'\\''y'",
     ]
     assert "set -u" not in text and "set -e" not in text
+    # a command of builtins only: a brace group, its subshell kept for the guard's case
+    assert lines.count("echo hi # x") == 2
     index = lines.index("echo hi # x")
-    assert lines[index - 1] == "(" and lines[index + 1].startswith(") >>logs/step-01-s.out")
+    assert lines[index - 1] == 'if [ "$fb_group" = 1 ]; then {'
+    assert lines[index + 1] == "}; else ("
+    assert lines[index + 3].startswith("); fi >>logs/step-01-s.out")
+    assert "fb_group=1" in lines
+    # a command that starts a program or changes the shell: its subshell only
+    text = build_script(RenderedWorkflow([RenderedStep("s", ["cd /", "ls"])], {}), run_id="r")
+    lines = text.splitlines()
+    assert lines[lines.index("cd /") - 1] == "(" and lines[lines.index("ls") - 1] == "("
+    assert "fb_group" not in text
     with pytest.raises(ValueError):
         build_script(RenderedWorkflow([], {"not-a-name": "x"}), run_id="r")
 

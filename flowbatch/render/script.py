@@ -2,9 +2,10 @@
 
 ``run.sh`` sits in the run directory and runs there. It exports the ``FB_`` variables and
 ``FLOWBATCH_RUN_ID`` (nothing else: the inherited environment and PATH stay), runs each
-command of each step in its own subshell with stdout/stderr appended to per-step logs,
-and records markers under ``status/``, each written by one ``printf`` (one write, bash
-builtins only, so markers cost no forks):
+command of each step in its own subshell (a brace group, one fork less, where the command
+provably changes nothing in the shell: :mod:`~flowbatch.render.grouping`) with
+stdout/stderr appended to per-step logs, and records markers under ``status/``, each
+written by one ``printf`` (one write, bash builtins only, so markers cost no forks):
 
 ``status/started``        ``<pid> <epoch> <host>``
 ``status/step-NN.start``  ``<epoch>``
@@ -23,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowbatch.render.grouping import GROUP_GUARD, needs_subshell
 from flowbatch.render.values import RenderedWorkflow
 
 SCRIPT_NAME = "run.sh"
@@ -104,6 +106,9 @@ def build_script(rendered: RenderedWorkflow, *, run_id: str) -> str:
         "# reads the status/ markers this script writes.\n"
     )
     parts = [header, _PRELUDE, _exports(rendered.env, run_id), _MACHINERY]
+    if any(not needs_subshell(c) for step in rendered.steps for c in step.commands):
+        parts.append("# commands of builtins only run without a fork, unless one is a function\n")
+        parts.append(GROUP_GUARD)
     for index, step in enumerate(rendered.steps, start=1):
         parts.append(_step(index, step.name, step.commands))
     parts.append(_EPILOGUE)
@@ -135,11 +140,21 @@ def _step(index: int, name: str, commands: list[str]) -> str:
         f"printf '%s\\n' \"$fb_t\" > status/step-{nn}.start",
     ]
     for command in commands:
-        # the subshell closes on its own line: a trailing '# comment' cannot swallow it
+        # a subshell, or a brace group where the command provably changes nothing in
+        # this shell (grouping.py); each closes on its own line, so a trailing
+        # '# comment' cannot swallow it
+        redirect = f">>{out} 2>>{err} </dev/null"
+        if needs_subshell(command):
+            lines += ["(", command, f") {redirect}"]
+        else:
+            lines += [
+                'if [ "$fb_group" = 1 ]; then {',
+                command,
+                "}; else (",
+                command,
+                f"); fi {redirect}",
+            ]
         lines += [
-            "(",
-            command,
-            f") >>{out} 2>>{err} </dev/null",
             "fb_rc=$?",
             f'if [ "$fb_rc" -ne 0 ]; then fb_fail {nn} "$fb_rc"; fi',
         ]
