@@ -183,6 +183,25 @@ def test_read_markers_tolerates_partial_files(tmp_path: Path) -> None:
     assert markers.exit == (2, 1700000002.0, 3)
 
 
+def test_markers_are_never_read_through_a_link(tmp_path: Path) -> None:
+    """The run's user owns status/: a marker, or status/ itself, that is a symlink is
+    not read (the daemon, often root, must not parse files the link points at)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "exit").write_text("0 1700000000.0 0\n")
+    (elsewhere / "step-01.exit").write_text("0 1700000000.0\n")
+    run_dir = tmp_path / "run"
+    (run_dir / "status").mkdir(parents=True)
+    (run_dir / "status" / "exit").symlink_to(elsewhere / "exit")
+    (run_dir / "status" / "step-01.exit").symlink_to(elsewhere / "step-01.exit")
+    assert read_markers(run_dir) == Markers()
+    other = tmp_path / "run2"
+    other.mkdir()
+    (other / "status").symlink_to(elsewhere)
+    assert read_markers(other) == Markers()
+    assert read_markers(tmp_path / "missing") == Markers()
+
+
 def test_script_shape(tmp_path: Path) -> None:
     text = build_script(
         RenderedWorkflow([RenderedStep("s", ["echo hi # x"])], {"FB_a": "x'y"}), run_id="r 9"

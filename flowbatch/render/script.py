@@ -20,6 +20,7 @@ marker without its final newline as not written yet.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,15 +187,28 @@ class Markers:
     exit: tuple[int, float, int] | None = None
 
 
-def _fields(path: Path, count: int) -> list[str] | None:
-    """The ``count`` space-separated fields of a complete one-line marker, else None.
+#: how much of a marker is read: each is one short line
+_MARKER_BYTES = 256
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _fields(folder: int, name: str, count: int) -> list[str] | None:
+    """The ``count`` space-separated fields of the complete one-line marker ``name`` in
+    the open folder ``folder``, else None (missing, a link, not a complete line).
 
     A marker is complete when its line ends with a newline: printf writes it at once,
     so a missing newline means the write has not finished (or the file is damaged)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        fd = os.open(name, _READ_FLAGS, dir_fd=folder)
     except OSError:
         return None
+    try:
+        raw = os.read(fd, _MARKER_BYTES)
+    except OSError:  # a folder, a FIFO with no writer
+        return None
+    finally:
+        os.close(fd)
+    text = raw.decode("utf-8", errors="replace")
     if not text.endswith("\n") or text.count("\n") != 1:
         return None
     parts = text[:-1].split(" ", count - 1)
@@ -208,39 +222,48 @@ def _time(text: str) -> float:
 
 def read_markers(run_dir: Path) -> Markers:
     """Parse the ``status/`` markers of ``run_dir``; absent, empty or partial ones are
-    left out."""
-    status = Path(run_dir) / STATUS_DIR
+    left out. The folder is the run user's: it is opened once, and no marker is read
+    through a symbolic link."""
     markers = Markers()
-    started = _fields(status / "started", 3)
-    if started:
-        try:
-            markers.started = (int(started[0]), _time(started[1]), started[2])
-        except ValueError:
-            pass
-    ended = _fields(status / "exit", 3)
-    if ended:
-        try:
-            markers.exit = (int(ended[0]), _time(ended[1]), int(ended[2]))
-        except ValueError:
-            pass
-    if status.is_dir():
-        for path in sorted(status.iterdir()):
-            _read_step_marker(path, markers.steps)
+    try:
+        folder = os.open(
+            os.path.join(run_dir, STATUS_DIR),
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+        )
+    except OSError:
+        return markers
+    try:
+        started = _fields(folder, "started", 3)
+        if started:
+            try:
+                markers.started = (int(started[0]), _time(started[1]), started[2])
+            except ValueError:
+                pass
+        ended = _fields(folder, "exit", 3)
+        if ended:
+            try:
+                markers.exit = (int(ended[0]), _time(ended[1]), int(ended[2]))
+            except ValueError:
+                pass
+        for name in sorted(os.listdir(folder)):
+            _read_step_marker(folder, name, markers.steps)
+    finally:
+        os.close(folder)
     return markers
 
 
-def _read_step_marker(path: Path, steps: dict[int, StepMarker]) -> None:
-    match = _STEP_MARKER.fullmatch(path.name)
+def _read_step_marker(folder: int, name: str, steps: dict[int, StepMarker]) -> None:
+    match = _STEP_MARKER.fullmatch(name)
     if not match:
         return
     number = int(match.group(1))
     try:
         if match.group(2) == "start":
-            fields = _fields(path, 1)
+            fields = _fields(folder, name, 1)
             if fields:
                 steps.setdefault(number, StepMarker()).start = _time(fields[0])
         else:
-            fields = _fields(path, 2)
+            fields = _fields(folder, name, 2)
             if fields:
                 marker = steps.setdefault(number, StepMarker())
                 marker.exit_code, marker.end = int(fields[0]), _time(fields[1])

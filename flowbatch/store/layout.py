@@ -24,6 +24,9 @@ class Layout:
     root: Path
     #: workflow id -> its ``runs`` folder
     _runs_dirs: dict[str, Path] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _run_dirs: dict[tuple[str, str], Path] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @cached_property
     def config(self) -> Path:
@@ -75,7 +78,16 @@ class Layout:
             return path
 
     def run_dir(self, workflow: str, run_id: str) -> Path:
-        return self.runs_dir(workflow) / checked_id(run_id, "run")
+        # asked several times per state change of every run: kept for the active ones
+        key = (workflow, run_id)
+        try:
+            return self._run_dirs[key]
+        except KeyError:
+            path = self.runs_dir(workflow) / checked_id(run_id, "run")
+            if len(self._run_dirs) >= 4096:  # any id may be asked for: stay bounded
+                self._run_dirs.clear()
+            self._run_dirs[key] = path
+            return path
 
     def find_run_dir(self, run_id: str) -> Path:
         """The run folder of ``run_id`` in any workflow, from the tree alone."""

@@ -89,11 +89,21 @@ class TemplateStore:
         self.layout = layout
         self.variables = variables
         self._cache: dict[tuple[str, str], Template] = {}
+        #: workflow id -> (mtime_ns, size, inode, meta): read again when the file changed
+        #: (an install replaces it), not for every request of a burst
+        self._meta: dict[str, tuple[int, int, int, dict[str, Any]]] = {}
 
     def meta(self, workflow_id: str) -> dict[str, Any]:
         path = self.layout.template_dir(workflow_id) / META
         try:
-            return dict(json.loads(path.read_text(encoding="utf-8")))
+            st = os.stat(path)
+            cached = self._meta.get(workflow_id)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if cached is not None and cached[:3] == stamp:
+                return dict(cached[3])
+            meta = dict(json.loads(path.read_text(encoding="utf-8")))
+            self._meta[workflow_id] = (*stamp, meta)
+            return dict(meta)
         except FileNotFoundError:
             raise NotFoundError(
                 f"unknown workflow {workflow_id!r}",
