@@ -10,6 +10,7 @@ import pytest
 
 from flowbatch import api
 from flowbatch.errors import TemplateError
+from flowbatch.store.templates import TemplateStore
 
 from .conftest import EXAMPLES, drop, only_run, run_until_idle
 
@@ -153,11 +154,15 @@ def test_reinstall_makes_a_new_version_and_runs_keep_theirs(site, tmp_path: Path
     first = api.install(site, folder, workflow_id="wf")
     drop(site, "a.yaml", {"workflow": "wf"})
     run_until_idle(site)
+    # another process's view (a running daemon) has read the workflow's meta already
+    elsewhere = TemplateStore(site.layout, {})
+    assert elsewhere.load("wf")[1] == first.version
     (folder / "workflow.yaml").write_text(
         "workflow:\n  steps:\n    - action: {commands: ['echo v2 > v.txt']}\n"
     )
     second = api.install(site, folder, workflow_id="wf")
     assert second.version != first.version and second.created
+    assert elsewhere.load("wf")[1] == second.version  # it sees the new current version
     drop(site, "b.yaml", {"workflow": "wf"})
     run_until_idle(site)
     runs = {r["version"]: api.show_run(site, r["id"]) for r in api.list_runs(site)}
