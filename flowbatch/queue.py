@@ -525,7 +525,7 @@ class Intake:
             sweep=sweep,
         )
         run.history.append({"state": run.state.value, "at": run.created_at, "message": None})
-        atomic.write_private(tmp_dir / "run.json", atomic.json_bytes(run.to_dict()))
+        atomic.write_private(tmp_dir / "run.json", atomic.record_bytes(run.to_dict()))
         hand_over(tmp_dir, claimed.uid)
         faults.point("create")
         os.replace(tmp_dir, run_dir)  # the run exists from here on, complete

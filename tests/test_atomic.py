@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,30 @@ def test_private_write_refuses_a_link(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic.write_private(tmp_path / "run.sh", b"#!/bin/bash\n")
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("c_encoder", [True, False])
+def test_a_record_reads_a_key_per_line_and_loads_as_json_dumps_would(
+    monkeypatch: pytest.MonkeyPatch, c_encoder: bool
+) -> None:
+    if not c_encoder:  # an interpreter without the C encoder
+        monkeypatch.setattr(atomic, "_ENCODE", None)
+    when = datetime(2026, 11, 23, tzinfo=UTC)
+    record = {
+        "id": "r1",
+        "name": None,
+        "arguments": {"n": 3, "text": 'é "q"\nline', "list": [1, 2.5, True]},
+        "history": [{"state": "PENDING", "at": "x"}, {"state": "RUNNING", "at": "y"}],
+        "mixed": [1, {"a": 1}],
+        "empty": [],
+        "when": when,  # not JSON: written as its text, as json.dumps(default=str)
+    }
+    data = atomic.record_bytes(record)
+    assert json.loads(data) == json.loads(json.dumps(record, default=str))
+    lines = data.decode().splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and data.endswith(b"}\n")
+    assert lines[1] == '  "id": "r1",'
+    assert '    {"state": "PENDING", "at": "x"},' in lines  # an object of a list per line
+    assert '  "mixed": [1, {"a": 1}],' in lines
+    assert sum(1 for line in lines if line.startswith('  "')) == len(record)
+    assert atomic.record_bytes({}) == b"{}\n"

@@ -94,3 +94,39 @@ def json_bytes(value: Any, *, indent: int | None = 2) -> bytes:
     else:
         text = json.dumps(value, indent=indent, default=str)
     return (text + "\n").encode("utf-8")
+
+
+# The encoder behind ``json.dumps`` without indent (C, when ``_json`` is there), built once:
+# json.dumps makes a new one per call, and ``indent=2`` goes through the pure-Python
+# encoder, three times slower on a run.json.
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_ENCODE: Any = (
+    _make_encoder(
+        None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    if _make_encoder is not None
+    else None
+)
+
+
+def _compact(value: Any) -> str:
+    if _ENCODE is None:
+        return json.dumps(value, separators=(", ", ": "), default=str)
+    return "".join(_ENCODE(value, 0))
+
+
+def record_bytes(record: dict[str, Any]) -> bytes:
+    """A flat record (``run.json``) as JSON a person reads line by line: a key per line,
+    each object of a list of objects (steps, history, files) on a line of its own,
+    anything else on its key's line. Half the cost of ``indent=2``."""
+    lines = []
+    for key, value in record.items():
+        name = _compact(key)
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            items = ",\n".join("    " + _compact(v) for v in value)
+            lines.append(f"  {name}: [\n{items}\n  ]")
+        else:
+            lines.append(f"  {name}: {_compact(value)}")
+    if not lines:
+        return b"{}\n"
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")

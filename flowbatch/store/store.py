@@ -133,7 +133,9 @@ class Store:
         ``ended``: the run was active until this change, so it has no file or result rows
         to replace yet."""
         if tree:
-            atomic.write_json(self.run_dir(run) / RUN_JSON, run.to_dict(), fsync=self.fsync)
+            atomic.write_bytes(
+                self.run_dir(run) / RUN_JSON, atomic.record_bytes(run.to_dict()), fsync=self.fsync
+            )
         if index:
             try:
                 with self._unit():
