@@ -108,7 +108,7 @@ def run_flowbatch(work: Path, n: int) -> float:
 def run_contract(work: Path, n: int) -> float:
     """flowbatch's own ``run.sh`` files, from the flowbatch round just before, started by
     ``xargs -P 2`` the way the local executor starts them (one ``bash run.sh`` each): the
-    job side of the run contract (a subshell per command, per-step logs, status markers)
+    job side of the run contract (per-step logs, status markers, subshells where needed)
     with no daemon at all. Its distance to the limit is what the contract costs."""
     flowbatch_round = work.parent / work.name.replace("contract", "flowbatch", 1)
     runs = sorted((flowbatch_round / "site" / "results" / WORKFLOW / "runs").iterdir())
@@ -421,7 +421,7 @@ def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list
         f"{f3['overhead_ms']:+.2f} ms in all ({f3['cpu_ms']:.2f} ms of CPU per run). "
         f"flowbatch takes {fb['overhead_ms'] - f3['overhead_ms']:.2f} ms per run beyond "
         "that floor: reading and checking the request, rendering, the template's files, "
-        "the index, the run page, start-up, and a subshell per command in its script.",
+        "the index, the run page, start-up, and the markers and logs of its script.",
     ]
     limit = next((r for r in rows if r["tool"] == "xargs -P 2"), None)
     per_round = _per_round(f3, limit, n) if limit else []
@@ -494,7 +494,8 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(
                 f"- flowbatch's own run.sh files without the daemon ({CONTRACT}): "
                 f"{contract['overhead_ms']:.2f} ms per job above the limit: what the run "
-                "contract (a subshell per command, per-step logs, status markers) costs on "
+                "contract (per-step logs, status markers, a subshell for each command "
+                "that is not made of harmless builtins only) costs on "
                 f"the job side alone; the daemon adds "
                 f"{fb['overhead_ms'] - contract['overhead_ms']:.2f} ms per run on top."
             )
