@@ -194,9 +194,7 @@ class _Parser:
             elif c == '"':
                 literal = self._double(out) and literal
             elif c == "$":
-                self._dollar()
-                literal = False
-                out.append("$")
+                literal = self._dollar(out)
             else:
                 out.append(c)
                 self.i += 1
@@ -223,16 +221,15 @@ class _Parser:
                     out.append("\\" + nxt)
                 self.i += 2
             elif c == "$":
-                self._dollar()
-                literal = False
-                out.append("$")
+                literal = self._dollar(out)
             else:
                 out.append(c)
                 self.i += 1
         raise _Unsafe("an open double quote")
 
-    def _dollar(self) -> None:
-        """A ``$`` at the cursor: only a plain read of a variable passes."""
+    def _dollar(self, out: list[str]) -> bool:
+        """A ``$`` at the cursor: only a plain read of a variable passes (its value
+        stands as ``$`` in ``out``). ``False``: the word is no longer literal."""
         text = self.text
         nxt = text[self.i + 1] if self.i + 1 < len(text) else ""
         if nxt == "{":
@@ -247,6 +244,8 @@ class _Parser:
             if match is None:
                 raise _Unsafe("a '$' that is not a variable")
             self.i = match.end()
+        out.append("$")
+        return False
 
     def _command(self, words: list[tuple[str, bool]]) -> None:
         """Check one simple command's words (none: only redirections, ``> file``)."""
