@@ -187,8 +187,8 @@ class Markers:
     exit: tuple[int, float, int] | None = None
 
 
-#: how much of a marker is read: each is one short line
-_MARKER_BYTES = 256
+#: how much of a marker is read: each is one short line (a host name is at most 255 bytes)
+_MARKER_BYTES = 4096
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 

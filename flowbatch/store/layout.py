@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,9 +23,8 @@ class Layout:
     and a busy daemon asks for a run's folder several times per state change)."""
 
     root: Path
-    #: workflow id -> its ``runs`` folder
-    _runs_dirs: dict[str, Path] = field(default_factory=dict, init=False, compare=False, repr=False)
-    _run_dirs: dict[tuple[str, str], Path] = field(
+    #: (workflow,) -> its ``runs`` folder; (workflow, run id) -> the run's folder
+    _paths: dict[tuple[str, ...], Path] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
 
@@ -68,25 +68,23 @@ class Layout:
         return self.results / checked_id(workflow, "workflow")
 
     def runs_dir(self, workflow: str) -> Path:
-        try:
-            return self._runs_dirs[workflow]
-        except KeyError:
-            path = self.workflow_results(workflow) / "runs"
-            if len(self._runs_dirs) >= 1024:  # any id may be asked for: stay bounded
-                self._runs_dirs.clear()
-            self._runs_dirs[workflow] = path
-            return path
+        return self._kept((workflow,), lambda: self.workflow_results(workflow) / "runs")
 
     def run_dir(self, workflow: str, run_id: str) -> Path:
-        # asked several times per state change of every run: kept for the active ones
-        key = (workflow, run_id)
+        return self._kept(
+            (workflow, run_id), lambda: self.runs_dir(workflow) / checked_id(run_id, "run")
+        )
+
+    def _kept(self, key: tuple[str, ...], make: Callable[[], Path]) -> Path:
+        """A path asked for several times per state change of every run, built once
+        (an id is checked, then kept; any id may be asked for, so the cache is bounded)."""
         try:
-            return self._run_dirs[key]
+            return self._paths[key]
         except KeyError:
-            path = self.runs_dir(workflow) / checked_id(run_id, "run")
-            if len(self._run_dirs) >= 4096:  # any id may be asked for: stay bounded
-                self._run_dirs.clear()
-            self._run_dirs[key] = path
+            path = make()
+            if len(self._paths) >= 4096:
+                self._paths.clear()
+            self._paths[key] = path
             return path
 
     def find_run_dir(self, run_id: str) -> Path:
