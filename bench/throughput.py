@@ -311,6 +311,7 @@ def bench(
             )
     probe.settle(patience=settle)
     phases = daemon_phases(work / "phases", n, log=log)
+    launch = launch_costs(work / "launch", min(n, 200), log=log)
     shutil.rmtree(work, ignore_errors=True)
     limit = times["xargs -P 2"].median
     rows = []
@@ -337,6 +338,7 @@ def bench(
         "rows": rows,
         "notes": notes,
         "phases": phases,
+        "launch": launch,
         "settle": settled,
     }
 
@@ -354,6 +356,53 @@ def daemon_phases(work: Path, n: int, *, log: Any = print) -> dict[str, Any] | N
         log(f"  phases: FAILED ({proc.stderr.strip()[-300:]})")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def launch_costs(work: Path, n: int, *, log: Any = print) -> dict[str, Any] | None:
+    """A launch's cost to the daemon by who the run belongs to (``bench/launch.py``)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.launch", str(work), str(n)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        log(f"  launch: FAILED ({proc.stderr.strip()[-300:]})")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _launch_lines(launch: dict[str, Any] | None) -> list[str]:
+    if not launch:
+        return []
+    if launch.get("skipped"):
+        return ["", f"Starting a run as its user: not measured ({launch['skipped']})."]
+    rows = {r["mode"]: r for r in launch["rows"]}
+    lines = [
+        "",
+        "Starting a run as its user (`bench/launch.py`: the local executor's own launch, "
+        f"{launch['n']} launches a round, {launch['rounds']} alternating rounds, medians, "
+        f"in a process the size of a daemon, {launch['rss_mib']:.0f} MiB): a root daemon "
+        "starts each run as the user who dropped its request, a case the rows above (the "
+        "daemon's own requests) do not show.",
+        "",
+        "| how | daemon's CPU per launch | wall per launch |",
+        "|---|---:|---:|",
+    ]
+    for r in launch["rows"]:
+        lines.append(f"| {r['mode']} | {r['cpu_ms']:.2f} ms | {r['wall_ms']:.2f} ms |")
+    fork = rows.get("another user, subprocess's own change")
+    via = rows.get("another user, setpriv")
+    if fork and via:
+        lines += [
+            "",
+            f"subprocess forks the whole daemon to change the user (its vfork cannot): "
+            f"{fork['cpu_ms'] / via['cpu_ms']:.1f}x the daemon's CPU of a start through "
+            "setpriv, exec'd from the vfork, which flowbatch uses when it finds a working "
+            "one (it falls back to subprocess's change otherwise).",
+        ]
+    return lines
 
 
 def _settle_lines(settle: dict[str, Any] | None) -> list[str]:
@@ -520,5 +569,6 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"- {name}: {note}")
     lines.extend(_settle_lines(res.get("settle")))
     lines.extend(_phase_lines(res.get("phases")))
+    lines.extend(_launch_lines(res.get("launch")))
     lines.append("")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ Slurm. Checks the report's shape only; a benchmark is never a timed test."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert len(settled["before_us"]) == len(tools) + 1 and min(settled["before_us"]) > 0
     phases = results["sections"]["throughput"]["phases"]
     assert phases["main_thread_ms"] > 0 and phases["phases"][0]["ms"] > 0
+    launch = results["sections"]["throughput"]["launch"]
+    if os.geteuid() == 0:  # a root daemon starting runs as their users
+        modes = {r["mode"]: r for r in launch["rows"]}
+        assert set(modes) == {
+            "same user",
+            "another user, setpriv",
+            "another user, subprocess's own change",
+        }
+        assert all(r["cpu_ms"] > 0 and r["wall_ms"] > 0 for r in modes.values())
+    else:
+        assert launch["skipped"]
     lat = results["sections"]["latency"]
     assert 0 < lat["running_p50"] <= lat["success_p50"]
     text = out.read_text()
@@ -84,6 +96,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "The floor (`bench/floor.py`",
         "Where the daemon's CPU goes per run",
         "A quiet disk before each timing",
+        "Starting a run as its user",
     ):
         assert heading in text, heading
     assert "Not measured" not in text

@@ -235,17 +235,55 @@ def public_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _identity_of(user: pwd.struct_passwd) -> dict[str, str]:
+    """What ``id`` and /proc say inside a process of ``user``'s, started by root as a
+    login would (its primary group and every group it is a member of)."""
+    groups = sorted({user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)})
+    return {
+        "uid": f"{user.pw_uid} {user.pw_uid} {user.pw_uid}",
+        "gid": f"{user.pw_gid} {user.pw_gid} {user.pw_gid}",
+        "groups": " ".join(str(g) for g in groups),
+        "caps": "0000000000000000",
+        "home": user.pw_dir,
+    }
+
+
+# real, effective and saved IDs, every group, effective and permitted capabilities
+WHO = (
+    "awk '/^Uid:/{print $2, $3, $4}' /proc/self/status > uid.txt; "
+    "awk '/^Gid:/{print $2, $3, $4}' /proc/self/status > gid.txt; "
+    "id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' ' | sed 's/ $//' > groups.txt; "
+    "awk '/^CapEff:/{e=$2} /^CapPrm:/{p=$2} END{print (e == p ? e : e \"/\" p)}' "
+    "/proc/self/status > caps.txt; echo $$HOME > home.txt"
+)
+
+
 @needs_root
-def test_root_daemon_runs_each_run_as_its_owner(public_tmp: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("launch", ["setpriv", "fork"])
+def test_root_daemon_runs_each_run_as_its_owner(
+    public_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launch: str
+) -> None:
+    """Both ways of becoming the run's user give it exactly that user's identity: the
+    setpriv exec'd from a vfork (the default) and subprocess's own change (when setpriv is
+    missing or refused), with no capability of root left."""
+    from flowbatch.executors import local
+
+    if launch == "setpriv":
+        assert local.setpriv() is not None, "setpriv (util-linux) is part of the test install"
+    else:
+        monkeypatch.setattr(local, "_SETPRIV", [None])
     user = _user("fbrunner")
+    subprocess.run(["groupadd", "-f", "fbextra"], check=True)
+    subprocess.run(["usermod", "-aG", "fbextra", "fbrunner"], check=True)
+    user = pwd.getpwnam("fbrunner")
     site = make_site(public_tmp / "site")
     write_template(
         tmp_path / "t",
-        """
+        f"""
 workflow:
   steps:
     - name: who
-      action: {commands: ["id -u > uid.txt; id -un > user.txt; echo $$HOME > home.txt"]}
+      action: {{commands: [{json.dumps(WHO)}]}}
 """,
     )
     api.install(site, tmp_path / "t", workflow_id="wf")
@@ -257,8 +295,16 @@ workflow:
     assert run["owner"] == "fbrunner" and run["owner_uid"] == user.pw_uid
     assert run["group"] == "fbrunner"
     run_dir = Path(run["run_dir"])
-    assert (run_dir / "uid.txt").read_text().strip() == str(user.pw_uid)
-    assert (run_dir / "home.txt").read_text().strip() == user.pw_dir
+    seen = {name: (run_dir / f"{name}.txt").read_text().strip() for name in _identity_of(user)}
+    assert seen == _identity_of(user)
+    assert (
+        "fbextra"
+        in subprocess.run(
+            ["id", "-Gn", "fbrunner"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    handle = json.loads((run_dir / "run.json").read_text())["handle"]
+    assert handle["uid"] == user.pw_uid  # adoption after a restart checks it
     assert run_dir.stat().st_uid == user.pw_uid
     # the folders intake made are the user's; the request kept is the daemon's own copy
     # (a link would let its owner edit the request as received)
@@ -269,6 +315,71 @@ workflow:
     for path in [run_dir, *run_dir.rglob("*")]:
         if not path.is_symlink():
             assert not path.stat().st_mode & 0o002, f"{path} is world-writable"
+
+
+@needs_root
+def test_a_run_as_another_user_never_forks_the_daemon(
+    public_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """subprocess forks the whole daemon when asked to change the user (its vfork needs
+    no user change): the change is left to setpriv, and Popen gets none."""
+    from flowbatch.executors import local
+    from flowbatch.executors.base import Launch
+
+    user = _user("fbrunner")
+    seen: list[tuple[list[str], dict[str, object]]] = []
+    real = subprocess.Popen
+
+    def spy(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        seen.append((argv, kw))
+        return real(argv, **kw)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(local.subprocess, "Popen", spy)
+    run_dir = public_tmp / "run"
+    run_dir.mkdir()
+    (run_dir / "run.sh").write_text(f'[ "$(id -u)" = {user.pw_uid} ]\n')
+    ex = local.LocalExecutor()
+    handle = ex.launch(Launch("r1", run_dir, "run.sh", uid=user.pw_uid))
+    assert seen, "Popen was not called"
+    argv, kw = seen[-1]
+    assert argv[0] == local.setpriv() and argv[-2:] == ["bash", str(run_dir / "run.sh")]
+    assert argv[argv.index("--reuid") + 1] == str(user.pw_uid)
+    assert not {"user", "group", "extra_groups"} & set(kw)
+    assert handle["uid"] == user.pw_uid
+    deadline = time.monotonic() + 10
+    while ex.poll([("r1", handle)])["r1"].exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ex.poll([("r1", handle)])["r1"].exit_code == 0
+
+
+@needs_root
+def test_a_setpriv_others_can_write_is_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon runs setpriv as root: a copy anyone could replace is refused (and so is
+    one that cannot change the user here), and the runs fall back to subprocess's own
+    user change."""
+    from flowbatch.executors import local
+
+    real = local._find_setpriv()
+    assert real is not None
+    loose = tmp_path / "setpriv"
+    shutil.copy2(real, loose)
+    loose.chmod(0o777)
+    broken = tmp_path / "broken"
+    broken.write_text(
+        "#!/bin/sh\necho 'setpriv: setresuid failed: Operation not permitted' >&2\nexit 1\n"
+    )
+    broken.chmod(0o755)
+    monkeypatch.setattr(local, "SETPRIV_PLACES", (str(loose), str(broken)))
+    with caplog.at_level("WARNING", logger="flowbatch.executors.local"):
+        assert local._find_setpriv() is None
+    text = caplog.text
+    assert f"not using {loose}: it must belong to root" in text
+    assert f"not using {broken} to start runs as their users" in text
+    assert "Operation not permitted" in text
+    monkeypatch.setattr(local, "SETPRIV_PLACES", (str(broken), real))
+    assert local._find_setpriv() == real
 
 
 @needs_root
