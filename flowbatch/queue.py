@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, yamlio
+from .accounts import user_name
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
@@ -65,24 +66,6 @@ def claim_key(name: str, st: os.stat_result) -> str:
     differ there); a later file of the same name has another mtime or inode."""
     ident = f"\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}".encode()
     return hashlib.sha256(os.fsencode(name) + ident).hexdigest()
-
-
-#: seconds a user name looked up stays cached (the password file is read on every lookup)
-NAME_TTL = 30.0
-_NAMES: dict[int, tuple[float, str]] = {}
-
-
-def user_name(uid: int) -> str:
-    now = time.monotonic()
-    hit = _NAMES.get(uid)
-    if hit is not None and now - hit[0] < NAME_TTL:
-        return hit[1]
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = f"uid{uid}"
-    _NAMES[uid] = (now, name)
-    return name
 
 
 def _keep_request(claimed: Claimed, dest: Path) -> None:

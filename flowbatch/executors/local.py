@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import selectors
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from ..accounts import identity
 from ..errors import ExecutorError
 from ..render.script import LOGS_DIR
 from .base import Launch, Liveness, Probe
@@ -315,19 +315,19 @@ def run_as(uid: int | None) -> dict[str, Any]:
     """Popen arguments that run a command as ``uid`` (only when the daemon is root).
 
     Participants' code must never run with the daemon's privileges by accident: a root
-    daemon drops to the request owner's user, primary group and supplementary groups.
+    daemon drops to the request owner's user, primary group and supplementary groups
+    (looked up at most every :data:`~flowbatch.accounts.ACCOUNT_TTL` seconds per user).
     """
     if uid is None or os.geteuid() != 0 or uid == 0:
         return {}
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
+    who = identity(uid)
+    if who.name is None:
         return {"user": uid, "group": uid, "extra_groups": [], "env": {}}
     return {
         "user": uid,
-        "group": entry.pw_gid,
-        "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
-        "env": {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name},
+        "group": who.gid,
+        "extra_groups": list(who.groups),
+        "env": {"HOME": who.home, "USER": who.name, "LOGNAME": who.name},
     }
 
 
