@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import grp
 import hashlib
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import stat
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, yamlio
-from .accounts import user_name
+from .accounts import identity, in_group, user_name
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
@@ -746,17 +744,8 @@ def owner_refusal(site: Site, uid: int) -> str | None:
     name = user_name(uid)
     if name in (config.allowed_users or []):
         return None
-    try:
-        primary = pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        primary = -1
-    for group in config.allowed_groups or []:
-        try:
-            info = grp.getgrnam(group)
-        except KeyError:
-            continue
-        if info.gr_gid == primary or name in info.gr_mem:
-            return None
+    if any(in_group(uid, group) for group in config.allowed_groups or []):
+        return None
     return f"user {name} may not submit to this site"
 
 
@@ -773,25 +762,14 @@ def may_use_group(site: Site, uid: int, group: str) -> bool:
         return True
     if name in config.teams.get(group, []):
         return True
-    try:
-        info = grp.getgrnam(group)
-    except KeyError:
-        return False
-    try:
-        primary = pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        primary = -1
-    return info.gr_gid == primary or name in info.gr_mem
+    return in_group(uid, group)
 
 
 def hand_over(path: Path, uid: int) -> None:
     """A root daemon gives a run's folder to its owner (who runs it); never world-writable."""
     if os.geteuid() != 0 or uid == 0:
         return
-    try:
-        gid = pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        gid = uid
+    gid = identity(uid).gid
     for dirpath, _dirnames, filenames in os.walk(path):
         os.chown(dirpath, uid, gid)
         os.chmod(dirpath, 0o755)

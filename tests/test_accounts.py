@@ -27,6 +27,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     monkeypatch.setattr(accounts.time, "monotonic", c)
     accounts.user_name.forget()  # type: ignore[attr-defined]
     accounts.identity.forget()  # type: ignore[attr-defined]
+    accounts.group.forget()  # type: ignore[attr-defined]
     return c
 
 
@@ -93,3 +94,32 @@ def test_a_renamed_user_is_seen_after_the_ttl(
     assert accounts.user_name(777) == "alice"
     clock.now += accounts.ACCOUNT_TTL
     assert accounts.user_name(777) == "alicia"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates a user and a group")
+def test_group_membership_by_primary_group_or_listing(clock: Clock) -> None:
+    import subprocess
+
+    for cmd in (
+        ["groupadd", "-f", "fbextra"],
+        ["useradd", "--create-home", "--shell", "/bin/bash", "fbrunner"],
+    ):
+        subprocess.run(cmd, check=False, capture_output=True)
+    subprocess.run(["usermod", "-aG", "fbextra", "fbrunner"], check=True)
+    user = pwd.getpwnam("fbrunner")
+    assert accounts.in_group(user.pw_uid, "fbrunner")  # its primary group, not listed
+    assert accounts.in_group(user.pw_uid, "fbextra")  # a listed member
+    assert not accounts.in_group(user.pw_uid, "root")
+    assert not accounts.in_group(user.pw_uid, "no-such-group-here")
+    # an unknown user is in no group, even one whose gid equals its bare uid
+    import grp
+
+    ghost = 59321
+    subprocess.run(["groupadd", "-f", "-g", str(ghost), "fbghost"], check=True)
+    assert grp.getgrnam("fbghost").gr_gid == ghost
+    with pytest.raises(KeyError):
+        pwd.getpwuid(ghost)  # no user has that number
+    assert accounts.identity(ghost).gid == ghost  # started as its bare ids...
+    assert not accounts.in_group(ghost, "fbghost")  # ...but not a member of that group
+    assert accounts.primary_gid(987654) == -1
+    assert accounts.identity(user.pw_uid).gid == user.pw_gid
