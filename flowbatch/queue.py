@@ -69,15 +69,20 @@ def claim_key(name: str, st: os.stat_result) -> str:
 def _keep_request(claimed: Claimed, dest: Path) -> None:
     """The request as received, into the hidden run folder. A request of the daemon's own
     user is linked (the same file, no copy: on a site of one user they own everything
-    anyway); anyone else's is copied, so the run's copy is the daemon's and its owner
-    cannot edit it afterwards. A second point of a sweep links the same file again."""
+    anyway); anyone else's is written from the very bytes the daemon read and checked, so
+    the run's copy is the daemon's, and what its owner writes into their file after the
+    read (they may hold it open) is in neither. A second point of a sweep links the same
+    file again."""
     if claimed.uid == os.geteuid():
         try:
             os.link(claimed.path, dest, follow_symlinks=False)
             return
         except OSError:
             pass  # another file system, or links refused: copy
-    shutil.copyfile(claimed.path, dest, follow_symlinks=False)
+    if claimed.raw is not None:
+        atomic.write_private(dest, claimed.raw)
+    else:
+        shutil.copyfile(claimed.path, dest, follow_symlinks=False)
 
 
 @dataclass
@@ -89,6 +94,8 @@ class Claimed:
     #: claimed in this tick under a new run id: no run of it can exist yet (a leftover of
     #: a crash may have one, created before the crash)
     fresh: bool = False
+    #: the request's bytes as read and checked (None until read)
+    raw: bytes | None = None
 
 
 @dataclass
@@ -337,6 +344,7 @@ class Intake:
             )
         if b"\x00" in raw:
             raise RequestError("the request file is binary (contains NUL bytes)", file=label)
+        claimed.raw = raw
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -383,6 +383,38 @@ def test_a_setpriv_others_can_write_is_never_used(
 
 
 @needs_root
+def test_the_request_kept_is_the_one_read_not_what_its_owner_writes_later(
+    public_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user may hold their request file open and write into it after the daemon read
+    it: the run's request.yaml is the daemon's copy of the bytes it read and checked."""
+    from flowbatch.queue import Intake
+
+    user = _user("fbrunner")
+    site = make_site(public_tmp / "site")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['true']}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "mine.yaml", {"workflow": "wf", "name": "as read"})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    read = Intake._read
+
+    def read_then_edited(self: Intake, claimed: object) -> object:
+        req = read(self, claimed)  # type: ignore[arg-type]
+        # the owner writes into the claimed file (same inode) once the daemon has read it
+        with open(claimed.path, "r+") as fh:  # type: ignore[attr-defined]
+            fh.write("workflow: wf\nname: edited later\n# " + "x" * 40 + "\n")
+        return req
+
+    monkeypatch.setattr(Intake, "_read", read_then_edited)
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "SUCCESS" and run["name"] == "as read"
+    kept = Path(run["run_dir"]) / "request.yaml"
+    assert yaml.safe_load(kept.read_text())["name"] == "as read"
+    assert kept.stat().st_uid == 0 and kept.stat().st_nlink == 1
+
+
+@needs_root
 def test_cancel_is_honoured_only_from_the_owner_or_root(public_tmp: Path, tmp_path: Path) -> None:
     owner, other = _user("fbrunner"), _user("fbother")
     site = make_site(public_tmp / "site")
