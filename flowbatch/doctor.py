@@ -236,6 +236,17 @@ def _local(config: SiteConfig) -> tuple[str, str]:
     detail = f"{limit} run(s) at once, {cores} core(s)"
     if limit > 4 * cores:
         return WARN, detail + ": many more runs than cores"
+    if os.geteuid() == 0:  # a root daemon starts each run as its user
+        from .executors.local import SETPRIV_PLACES, setpriv
+
+        path = setpriv()
+        if path is None:
+            return WARN, (
+                f"{detail}; no usable setpriv (util-linux) in {' or '.join(SETPRIV_PLACES)}: "
+                "each run of another user is started by forking the daemon (slower, see "
+                "the log for why it was not used)"
+            )
+        detail += f"; runs of other users started through {path}"
     return OK, detail
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from flowbatch.cli import main
 from flowbatch.daemon import Daemon
-from flowbatch.doctor import FAIL, OK, diagnose
+from flowbatch.doctor import FAIL, OK, WARN, diagnose
 from flowbatch.site import Site
 from flowbatch.store.index import SCHEMA_VERSION
 
@@ -117,3 +119,21 @@ def test_executor_self_checks_are_reported(monkeypatch, site: Site) -> None:  # 
     checks = {c.name: c for c in diagnose(site.root)}
     assert checks["executor gpu1"].status == FAIL
     assert "known_hosts" in checks["executor gpu1"].detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon starts runs as their users")
+def test_the_local_check_says_how_runs_of_other_users_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowbatch.executors import local
+
+    root = tmp_path / "site"
+    assert CliRunner().invoke(main, ["init", str(root)]).exit_code == 0
+    code, checks = _doctor(root)
+    found = next(c for c in checks if c["check"] == "executor local")
+    assert found["status"] == OK and f"through {local.setpriv()}" in found["detail"]
+    monkeypatch.setattr(local, "_SETPRIV", [None])  # missing, or refused in a container
+    code, checks = _doctor(root)
+    found = next(c for c in checks if c["check"] == "executor local")
+    assert found["status"] == WARN and "forking the daemon" in found["detail"]
+    assert code == 0  # a warning: the site works, more slowly
