@@ -351,7 +351,11 @@ class Daemon:
         self.watch()
         interval = self.site.config.polling.interval
         self.report_every = REPORT_EVERY
-        self._reporter = ReportThread(self._write_report_files, self.wakeup.set)
+        # its own index connection is closed in it when it ends (a connection is the
+        # thread's: closed from here, it would stay open)
+        self._reporter = ReportThread(
+            self._write_report_files, self.wakeup.set, finish=self.site.store.close
+        )
         try:
             self._serve(interval, until_idle)
         finally:
@@ -425,9 +429,15 @@ class ReportThread:
     through this thread's own connection). Workflows handed over while it writes are
     merged into the next batch."""
 
-    def __init__(self, write: Callable[[set[str]], None], done: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        write: Callable[[set[str]], None],
+        done: Callable[[], None],
+        finish: Callable[[], None] = lambda: None,
+    ) -> None:
         self._write = write
         self._done = done
+        self._finish = finish  # called in the thread as it ends (closes its connection)
         self._lock = threading.Condition()
         self._pending: set[str] = set()
         self._busy = False
@@ -452,6 +462,15 @@ class ReportThread:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            try:
+                self._finish()
+            except Exception:
+                log.exception("closing the report thread")
+
+    def _serve(self) -> None:
         while True:
             with self._lock:
                 while not self._pending and not self._closing:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -145,3 +147,77 @@ def test_cancel_without_a_daemon(tmp_path: Path) -> None:
     assert shown["state"] == "CANCELED" and shown["messages"] == ["changed my mind"]
     out = fb(site, "runs", "cancel", run.id, ok=False)
     assert "not active" in out
+
+
+def _program(site: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    """The installed program's way in (``python -m flowbatch``, as the console script)."""
+    return subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_daemon_that_ends_skips_the_teardown_and_loses_nothing(tmp_path: Path) -> None:
+    """After a daemon that ended normally the process exits without the interpreter's
+    teardown: its exit code, every log line and message, and a cleanly closed index
+    (no write-ahead log left) are all there; a daemon that fails exits as usual."""
+    import sqlite3
+
+    from flowbatch import api
+
+    from .conftest import drop, write_template
+
+    site = make_site(tmp_path / "site")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['echo hi']}\n")
+
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    for i in range(5):
+        drop(site, f"r{i}.yaml", {"workflow": "wf"})
+    site.close()
+    done = _program(site.root, "daemon", "--until-idle")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("-> SUCCESS") == 5  # the last log lines were flushed
+    assert not (site.root / "index.db-wal").exists()  # the index was closed, not dropped
+    with sqlite3.connect(site.root / "index.db") as db:
+        assert db.execute("select count(*) from run_row where state = 'SUCCESS'").fetchone() == (5,)
+    # the message of a second daemon, on stdout, also survives the quick exit
+    from flowbatch.daemon import SiteLock
+
+    lock = SiteLock(site.root / "daemon.lock")
+    lock.acquire()
+    try:
+        busy = _program(site.root, "daemon", "--once")
+    finally:
+        lock.release()
+    assert busy.returncode == 0 and "another flowbatch daemon" in busy.stdout
+    # a failing start is an error as before: one line, exit code 1
+    (site.root / "flowbatch.yaml").write_text("local:\n  concurrency: zero\n")
+    failed = _program(site.root, "daemon", "--once")
+    assert failed.returncode == 1 and "concurrency" in failed.stderr
+
+
+def test_the_quick_exit_is_taken_only_after_a_daemon_ended(tmp_path: Path) -> None:
+    """Other commands end through the interpreter's own exit (their atexit work runs)."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stdout.write('ATEXIT\\n'))\n"
+        "from flowbatch.cli import run\n"
+        "sys.argv = ['flowbatch', '--site', sys.argv[1], sys.argv[2]]\n"
+        "run()\n"
+    )
+    site = make_site(tmp_path / "site")
+    site.close()
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(site.root), "doctor"], capture_output=True, text=True
+    )
+    assert "ATEXIT" in other.stdout
+    ended = subprocess.run(
+        [sys.executable, "-c", code.replace("sys.argv[2]]", "'daemon', '--once']"), str(site.root)],
+        capture_output=True,
+        text=True,
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert "ATEXIT" not in ended.stdout  # the teardown was skipped
