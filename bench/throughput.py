@@ -371,30 +371,25 @@ def bench(
 
 def daemon_phases(work: Path, n: int, *, log: Any = print) -> dict[str, Any] | None:
     """The daemon's CPU per run by phase (``bench/phases.py``, a process of its own)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.phases", str(work), str(n)],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        log(f"  phases: FAILED ({proc.stderr.strip()[-300:]})")
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _measure("phases", work, n, log)
 
 
 def launch_costs(work: Path, n: int, *, log: Any = print) -> dict[str, Any] | None:
     """A launch's cost to the daemon by who the run belongs to (``bench/launch.py``)."""
+    return _measure("launch", work, n, log)
+
+
+def _measure(module: str, work: Path, n: int, log: Any) -> dict[str, Any] | None:
+    """``python -m bench.<module> WORK N`` in a process of its own: its last line, JSON."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.launch", str(work), str(n)],
+        [sys.executable, "-m", f"bench.{module}", str(work), str(n)],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
         timeout=1800,
     )
     if proc.returncode != 0:
-        log(f"  launch: FAILED ({proc.stderr.strip()[-300:]})")
+        log(f"  {module}: FAILED ({proc.stderr.strip()[-300:]})")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
