@@ -49,8 +49,8 @@ class LocalExecutor:
 
     # -- launch ---------------------------------------------------------------------------
     def launch(self, job: Launch) -> dict[str, Any]:
-        identity = run_as(job.uid)
-        env = {**os.environ, **job.env, **identity.pop("env", {})}
+        change = run_as(job.uid)
+        env = {**os.environ, **job.env, **change.pop("env", {})}
         script = str(job.run_dir / job.script)
         # The script opens its own log, as the run's user: the daemon (often root) never
         # creates or opens anything inside a folder its user controls, where a symlink
@@ -58,13 +58,13 @@ class LocalExecutor:
         # log and exec'd the script cost a second bash start per run.)
         env["FLOWBATCH_SCRIPT_LOG"] = f"{LOGS_DIR}/script.log"
         argv = ["bash", script]
-        uid = job.uid if identity and job.uid is not None else os.geteuid()
-        if identity and setpriv() is not None:
+        uid = job.uid if change and job.uid is not None else os.geteuid()
+        if change and setpriv() is not None:
             # the user is changed by setpriv, exec'd from subprocess's vfork: asked to
             # change it itself, subprocess forks the whole daemon (3-4 ms of the daemon's
             # CPU a launch against 0.2 ms, see bench/launch.py)
-            argv = setpriv_argv(identity) + argv
-            identity = {}
+            argv = setpriv_argv(change) + argv
+            change = {}
         try:
             proc = subprocess.Popen(
                 argv,
@@ -75,7 +75,7 @@ class LocalExecutor:
                 start_new_session=True,  # its own session and process group
                 close_fds=True,
                 env=env,
-                **identity,
+                **change,
             )
         except OSError as exc:
             raise ExecutorError(f"cannot start bash for run {job.run_id}: {exc}") from exc
@@ -384,20 +384,20 @@ def _find_setpriv() -> str | None:
     return None
 
 
-def setpriv_argv(identity: dict[str, Any]) -> list[str]:
-    """The ``setpriv`` command that becomes ``identity``'s user (from :func:`run_as`):
+def setpriv_argv(change: dict[str, Any]) -> list[str]:
+    """The ``setpriv`` command that becomes the user of ``change`` (from :func:`run_as`):
     real, effective and saved user and group IDs, and exactly its supplementary groups
     (the capabilities of root go with the user ID, as with subprocess's own change)."""
     path = setpriv()
     if path is None:
         raise ExecutorError("setpriv is not available")
-    groups = ",".join(str(g) for g in identity.get("extra_groups") or [])
+    groups = ",".join(str(g) for g in change.get("extra_groups") or [])
     return [
         path,
         "--reuid",
-        str(identity["user"]),
+        str(change["user"]),
         "--regid",
-        str(identity["group"]),
+        str(change["group"]),
         *(["--groups", groups] if groups else ["--clear-groups"]),
         "--",
     ]
