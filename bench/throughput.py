@@ -522,6 +522,23 @@ def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list
     return lines
 
 
+def _round_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list[str]:
+    """Each round of flowbatch's rows against the limit of the same round: the spread
+    the medians above hide (the machine's speed moves between minutes)."""
+    limit = next((r for r in rows if r["tool"] == "xargs -P 2"), None)
+    if limit is None or len(fb["seconds"]) < 2:
+        return []
+    parts = []
+    for row in (fb, next((r for r in rows if r["tool"] == AS_USER), None)):
+        if row is None:
+            continue
+        pairs = zip(row["seconds"], limit["seconds"], strict=False)
+        ratios = ", ".join(f"{t / base:.2f}x" for t, base in pairs)
+        over = ", ".join(f"{x:+.2f}" for x in _per_round(row, limit, n))
+        parts.append(f"{row['tool']} {ratios} the limit ({over} ms per run)")
+    return [f"- Round by round, against the limit of the same round: {'; '.join(parts)}."]
+
+
 def markdown(res: dict[str, Any]) -> str:
     n = res["n"]
     lines = [
@@ -595,6 +612,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"- Target (at most 2 ms per run above the limit): {target} "
             f"({fb['overhead_ms']:.2f} ms)."
         )
+        lines.extend(_round_lines(res["rows"], fb, n))
     for name, note in res["notes"].items():
         lines.append(f"- {name}: {note}")
     lines.extend(_settle_lines(res.get("settle")))
