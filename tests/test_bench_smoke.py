@@ -133,3 +133,36 @@ def test_the_create_probe_waits_for_a_quiet_disk(tmp_path: Path) -> None:
     real = CreateProbe(tmp_path / "real", files=20)
     assert real.settle(pause=0) > 0 and real.count >= 1
     assert len(list((tmp_path / "real" / ".create-probe" / "1").iterdir())) == 20
+
+
+def test_each_round_is_shown_against_its_own_limit() -> None:
+    """The medians hide the spread between rounds: each round of flowbatch's rows is
+    also shown against the limit of that same round."""
+    from bench import throughput
+
+    def row(tool: str, seconds: list[float]) -> dict[str, object]:
+        return {
+            "tool": tool,
+            "version": "",
+            "seconds": seconds,
+            "median_s": sorted(seconds)[1],
+            "runs_per_s": 100 / sorted(seconds)[1],
+            "per_job_ms": sorted(seconds)[1] * 10,
+            "overhead_ms": 0.0,
+            "vs_limit": 1.0,
+        }
+
+    res = {
+        "n": 100,
+        "repeats": 3,
+        "notes": {},
+        "rows": [
+            row("xargs -P 2", [0.2, 0.25, 0.4]),
+            row("flowbatch", [0.6, 1.0, 0.8]),
+            row(throughput.AS_USER, [0.8, 1.0, 1.2]),
+        ],
+    }
+    text = throughput.markdown(res)
+    line = next(x for x in text.splitlines() if x.startswith("- Round by round"))
+    assert "flowbatch 3.00x, 4.00x, 2.00x the limit (+4.00, +7.50, +4.00 ms per run)" in line
+    assert f"{throughput.AS_USER} 4.00x, 4.00x, 3.00x the limit" in line
