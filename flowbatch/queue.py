@@ -777,19 +777,29 @@ def hand_over(path: Path, uid: int) -> None:
     """A root daemon gives a run's folder to its owner (who runs it); never world-writable."""
     if os.geteuid() != 0 or uid == 0:
         return
-    gid = identity(uid).gid
-    for dirpath, _dirnames, filenames in os.walk(path):
-        os.chown(dirpath, uid, gid)
-        os.chmod(dirpath, 0o755)
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full):
+    _hand_over_folder(str(path), uid, identity(uid).gid, top=True)
+
+
+def _hand_over_folder(folder: str, uid: int, gid: int, *, top: bool = False) -> None:
+    """One folder of :func:`hand_over`: one listing, and per file its lstat (from the
+    listing's entry), a chown and a chmod only when the mode needs one. Links are left
+    as they are; the folder is private to the daemon until intake renames it into place."""
+    os.chown(folder, uid, gid)
+    os.chmod(folder, 0o755)
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_symlink():
                 continue
-            if dirpath == str(path) and name in DAEMON_FILES:
-                os.chmod(full, 0o644)  # readable by the user, written only by the daemon
+            if entry.is_dir():
+                _hand_over_folder(entry.path, uid, gid)
                 continue
-            os.chown(full, uid, gid)
-            os.chmod(full, os.stat(full).st_mode & ~0o022)
+            if top and entry.name in DAEMON_FILES:
+                os.chmod(entry.path, 0o644)  # readable by the user, written only by the daemon
+                continue
+            os.chown(entry.path, uid, gid)
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if mode & 0o022:
+                os.chmod(entry.path, mode & ~0o022)
 
 
 def _jsonable(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -285,7 +285,10 @@ workflow:
     - name: who
       action: {{commands: [{json.dumps(WHO)}]}}
 """,
+        files={"data/in.txt": "in\n", "top.txt": "top\n"},
     )
+    for name in ("data/in.txt", "top.txt"):
+        (tmp_path / "t" / name).chmod(0o666)  # group and world writable in the template
     api.install(site, tmp_path / "t", workflow_id="wf")
     path = drop(site, "mine.yaml", {"workflow": "wf"})
     os.chown(path, user.pw_uid, user.pw_gid)
@@ -308,8 +311,12 @@ workflow:
     assert run_dir.stat().st_uid == user.pw_uid
     # the folders intake made are the user's; the request kept is the daemon's own copy
     # (a link would let its owner edit the request as received)
-    for folder in ("logs", "status"):
+    for folder in ("logs", "status", "data"):
         assert (run_dir / folder).stat().st_uid == user.pw_uid
+    for name in ("data/in.txt", "top.txt"):  # the template's files: the user's, 0644
+        st = (run_dir / name).stat()
+        assert st.st_uid == user.pw_uid and st.st_gid == user.pw_gid
+        assert st.st_mode & 0o777 == 0o644, oct(st.st_mode)
     request = (run_dir / "request.yaml").stat()
     assert request.st_uid == 0 and request.st_nlink == 1
     for path in [run_dir, *run_dir.rglob("*")]:
