@@ -59,7 +59,6 @@ def user_name(uid: int) -> str:
 class Identity(NamedTuple):
     """Who a process of the user is: what a login gives it."""
 
-    uid: int
     gid: int
     groups: tuple[int, ...]  # supplementary groups, the primary one included
     name: str | None  # None: a uid the account database does not know
@@ -72,9 +71,9 @@ def identity(uid: int) -> Identity:
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
-        return Identity(uid, uid, (), None, None)
+        return Identity(uid, (), None, None)
     groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    return Identity(uid, entry.pw_gid, groups, entry.pw_name, entry.pw_dir)
+    return Identity(entry.pw_gid, groups, entry.pw_name, entry.pw_dir)
 
 
 def primary_gid(uid: int) -> int:

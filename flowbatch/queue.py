@@ -78,11 +78,9 @@ def _keep_request(claimed: Claimed, dest: Path) -> None:
             os.link(claimed.path, dest, follow_symlinks=False)
             return
         except OSError:
-            pass  # another file system, or links refused: copy
-    if claimed.raw is not None:
-        atomic.write_private(dest, claimed.raw)
-    else:
-        shutil.copyfile(claimed.path, dest, follow_symlinks=False)
+            pass  # another file system, or links refused: the bytes read
+    assert claimed.raw is not None  # Intake._read keeps them before any run is made
+    atomic.write_private(dest, claimed.raw)
 
 
 @dataclass
