@@ -14,7 +14,6 @@ from . import yamlio
 from .errors import FlowbatchError, NotFoundError, RequestError
 from .gcpause import paused_gc
 from .progress import Progress, track
-from .queue import BUNDLE_SUFFIX
 from .ranking import rank, ranking_json
 from .ranking_sql import leaderboard_views, rank_inputs
 from .runs import RunRecord, parse_state
@@ -26,6 +25,7 @@ from .spec.request import Request, parse_request
 from .spec.template import load_template
 from .store import atomic
 from .store.index import RunRow, WorkflowRow
+from .store.layout import BUNDLE_SUFFIX
 from .store.store import Store, run_rows
 from .store.templates import Installed
 

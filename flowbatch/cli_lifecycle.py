@@ -9,12 +9,14 @@ logic is in :mod:`flowbatch.lifecycle_ops`, :mod:`flowbatch.archive`,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from . import api
 from .cli import Context, _echo_json, _table, main, pass_ctx, runs, workflows
-from .site import Site
+
+if TYPE_CHECKING:
+    from .site import Site
 
 
 def human(size: int | None) -> str:
@@ -57,6 +59,8 @@ def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> None:
 @pass_ctx
 def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
     """Show WORKFLOW's template versions (oldest first) with their runs per state."""
+    from . import api
+
     info = api.show_workflow(obj.site, workflow)
     if as_json:
         _echo_json(info)

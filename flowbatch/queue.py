@@ -37,13 +37,12 @@ from .spec.model import FileArg, Template
 from .spec.params import resolve_arguments
 from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
-from .store.layout import REQUEST_COPY
+from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY
 from .sweep import expand_sweep, point_key
 
 log = logging.getLogger("flowbatch.queue")
 
 REQUEST_SUFFIXES = (".yaml", ".yml")
-BUNDLE_SUFFIX = ".files"  # `flowbatch submit` puts a request's files in <name>.files/
 
 
 def is_request_name(name: str) -> bool:

@@ -596,6 +596,7 @@ def _row(
         _value_cell(display_argument(run.arguments.get(p.key)), p.numeric) for p in parameters
     ]
     finished = parse_time(run.finished_at)
+    stamp = iso(finished) if finished else ""
     seconds = run_seconds(run)
     run_href = href_in("runs", run.run_id) + "/"
     return _Row(
@@ -606,10 +607,10 @@ def _row(
         href=run_href + "index.html",
         cells=cells,
         params=params,
-        finished_iso=iso(finished) if finished else (run.finished_at or ""),
+        finished_iso=stamp or (run.finished_at or ""),
         finished_text=finished.strftime("%Y-%m-%d %H:%M") if finished else (run.finished_at or ""),
         finished_title=human_time(finished) if finished else "",
-        finished_sort=iso(finished) if finished else "",
+        finished_sort=stamp,
         duration=format_duration(seconds),
         duration_sort="" if seconds is None else f"{seconds:.6f}",
         version=run.version or "",

@@ -15,6 +15,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 RUN_JSON = "run.json"
 REQUEST_COPY = "request.yaml"
+#: `flowbatch submit` puts the files a request names in `queue/<name>.files/`
+BUNDLE_SUFFIX = ".files"
 
 
 @dataclass(frozen=True)
