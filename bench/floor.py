@@ -17,16 +17,28 @@ tool of the throughput section. What each mode adds to the one before:
     ``tree`` with the leanest script that keeps what issue 2 asks of a run: per-step
     stdout/stderr logs and exit-code markers, in the ``logs/`` folder the tree has (the
     markers one appended file).
+``product``
+    ``contract`` plus the rest of what flowbatch keeps of every run, written as plainly
+    as Python allows (no pydantic, Jinja2, pathlib or peewee): the request parsed by
+    PyYAML's C loader and checked by hand, the template's file copied from memory,
+    ``status/``, a ``run.json`` of flowbatch's fields written at each of its three states
+    (PENDING, RUNNING, the end), flowbatch's index tables and indexes (a run row upserted
+    at each state, a state-change row each, the result rows), a log line per state, the
+    run page (flowbatch's stylesheet inlined, every value escaped, the logs' last lines)
+    and at the end ``leaderboard.html`` beside the JSON. What flowbatch does per run
+    beyond this is the cost of its own code.
 
 The harness times it as a whole process, start-up included (``bench/throughput.py``).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sqlite3
 import sys
+from datetime import UTC, datetime
 
 #: the two commands of the throughput section; the second only if the first succeeded
 CMDS = "echo {n} > out.txt && printf '{{\"score\":%d}}\\n' {n} > results.json\n"
@@ -54,6 +66,9 @@ def write(path: str, data: bytes, mode: int = 0o644) -> None:
 
 
 def main(site: str, mode: str) -> None:
+    if mode == "product":
+        Product(site).serve()
+        return
     queue = os.path.join(site, "queue")
     claimed = os.path.join(queue, ".claimed")
     runs = os.path.join(site, "runs")
@@ -127,6 +142,284 @@ def main(site: str, mode: str) -> None:
     db.commit()
     ranked.sort(reverse=True)
     write(os.path.join(site, "leaderboard.json"), json.dumps(ranked).encode())
+
+
+# --- ``product``: flowbatch's own per-run records, written plainly ------------------------
+
+SCHEMA = """
+create table if not exists run_row (id text primary key, workflow text not null,
+  version text not null, "group" text not null, name text, owner text not null,
+  owner_uid integer not null, request text not null, state text not null,
+  created_at text not null, started_at text, finished_at text, executor text not null,
+  arguments text not null, results text, messages text not null, run_dir text not null);
+create index if not exists run_row_workflow on run_row (workflow);
+create index if not exists run_row_group on run_row ("group");
+create index if not exists run_row_owner_uid on run_row (owner_uid);
+create index if not exists run_row_state on run_row (state);
+create index if not exists run_row_finished_at on run_row (finished_at);
+create index if not exists run_row_workflow_state on run_row (workflow, state);
+create table if not exists state_change_row (id integer primary key, run text not null,
+  state text not null, at text not null, message text);
+create index if not exists state_change_row_run on state_change_row (run);
+create table if not exists result_row (id integer primary key, run text not null,
+  name text not null, value_num real, value_text text);
+create index if not exists result_row_run on result_row (run);
+"""
+
+UPSERT = (
+    "insert into run_row values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) on conflict(id) do update "
+    "set state = excluded.state, started_at = excluded.started_at, "
+    "finished_at = excluded.finished_at, results = excluded.results, "
+    "messages = excluded.messages"
+)
+
+#: the run page: the facts, results, arguments, the step with its logs, files, history
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<style>{css}</style></head><body>
+<nav><a href="../../../index.html">All workflows</a> /
+<a href="../../leaderboard.html">{workflow}</a></nav>
+<h1>{title}</h1><p><span class="badge {state}">{state}</span>
+workflow <code>{workflow}</code> run <code>{id}</code></p>
+<div class="card"><dl class="facts"><dt>Group</dt><dd>{group}</dd><dt>Name</dt><dd>{name}</dd>
+<dt>Owner</dt><dd>{owner}</dd><dt>Version</dt><dd><code>{version}</code></dd><dt>Executor</dt><dd>local</dd>
+<dt>Created</dt><dd><time datetime="{created}">{created}</time></dd>
+<dt>Started</dt><dd><time datetime="{started}">{started}</time></dd>
+<dt>Finished</dt><dd><time datetime="{finished}">{finished}</time></dd>
+<dt>Run time</dt><dd>{duration}</dd></dl></div>
+<h2>Results</h2><table class="kv"><tbody>{results}</tbody></table>
+<h2>Arguments</h2><table class="kv"><tbody>{arguments}</tbody></table>
+<h2>Steps</h2><div class="scroll"><table>
+<thead><tr><th>#</th><th>Step</th><th>Exit code</th><th>Logs</th></tr></thead>
+<tbody><tr><td>1</td><td>main</td><td>{code}</td>
+<td><a href="logs/step-01.out">stdout</a> <a href="logs/step-01.err">stderr</a></td>
+</tr></tbody></table></div>
+<details><summary>Step 1 (main): last lines of its logs</summary>
+<h3>stdout</h3><pre>{out}</pre><h3>stderr</h3><pre>{err}</pre></details>
+<h2>Output files</h2><table><tbody>{files}</tbody></table>
+<h2>History</h2><table><thead><tr><th>State</th><th>At</th><th>Message</th></tr></thead><tbody>{history}</tbody></table>
+<footer>Generated {now}</footer></body></html>
+"""
+
+ROW = '<tr><th title="{0}">{0}</th><td>{1}</td></tr>'
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _atomic(path: str, data: bytes) -> None:
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    write(tmp, data)
+    os.replace(tmp, path)
+
+
+def _tail(path: str, size: int = 8192) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - size))
+        return fh.read().decode("utf-8", "replace")
+
+
+class Product:
+    """What flowbatch keeps of each run (module docstring, ``product``), two at a time."""
+
+    def __init__(self, site: str) -> None:
+        import yaml  # PyYAML's C loader, as flowbatch reads requests
+
+        self.load = lambda data: yaml.load(data, Loader=yaml.CSafeLoader)
+        self.site = site
+        self.queue = os.path.join(site, "queue")
+        self.claimed = os.path.join(self.queue, ".claimed")
+        self.runs = os.path.join(site, "runs")
+        os.makedirs(self.claimed, exist_ok=True)
+        os.makedirs(self.runs, exist_ok=True)
+        self.db = sqlite3.connect(os.path.join(site, "index.db"))
+        self.db.execute("pragma journal_mode=wal")
+        self.db.execute("pragma synchronous=normal")
+        self.db.executescript(SCHEMA)
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "flowbatch", "data", "report", "style.css")) as fh:
+            self.css = fh.read()
+        self.template_file = b"a template's file, copied into every run folder\n" * 10
+        self.running: dict[int, dict[str, object]] = {}
+        self.done: list[dict[str, object]] = []
+
+    def _record(self, rec: dict[str, object], folder: str, state: str, **fields: object) -> None:
+        at = _now()
+        rec.update(fields, state=state)
+        history = rec["history"]
+        assert isinstance(history, list)
+        history.append({"state": state, "at": at, "message": None})
+        data = (json.dumps(rec, indent=None) + "\n").encode()
+        path = os.path.join(folder, "run.json")
+        if state == "PENDING":
+            write(path, data)
+        else:
+            _atomic(path, data)
+        res = rec.get("results")
+        self.db.execute(
+            UPSERT,
+            (
+                rec["id"],
+                "bench",
+                "v1",
+                "root",
+                None,
+                "root",
+                0,
+                rec["request"],
+                state,
+                rec["created_at"],
+                rec.get("started_at"),
+                rec.get("finished_at"),
+                "local",
+                json.dumps(rec["arguments"]),
+                json.dumps(res) if res else None,
+                "[]",
+                folder,
+            ),
+        )
+        self.db.execute(
+            "insert into state_change_row (run, state, at) values (?, ?, ?)",
+            (rec["id"], state, at),
+        )
+        sys.stderr.write(f"{at} INFO run {rec['id']} -> {state}\n")
+
+    def start(self, name: str) -> None:
+        rid = name.rsplit(".", 1)[0]
+        src = os.path.join(self.claimed, name)
+        os.rename(os.path.join(self.queue, name), src)
+        with open(src, "rb") as fh:
+            request = self.load(fh.read())
+        if not isinstance(request, dict) or not isinstance(request.get("workflow"), str):
+            raise SystemExit(f"{name}: not a request")
+        args = request.get("arguments")
+        if not isinstance(args, dict) or type(args.get("n")) is not int:
+            raise SystemExit(f"{name}: arguments.n must be an integer")
+        folder = os.path.join(self.runs, rid)
+        hidden = os.path.join(self.runs, f".{rid}.tmp")
+        os.mkdir(hidden)
+        os.link(src, os.path.join(hidden, "request.yaml"))
+        write(os.path.join(hidden, "benchmark.yaml"), self.template_file)
+        os.mkdir(os.path.join(hidden, "logs"))
+        os.mkdir(os.path.join(hidden, "status"))
+        write(os.path.join(hidden, "run.sh"), CONTRACT.format(n=args["n"]).encode(), 0o755)
+        rec: dict[str, object] = {
+            "id": rid,
+            "workflow": "bench",
+            "version": "v1",
+            "group": "root",
+            "name": None,
+            "owner_uid": 0,
+            "owner": "root",
+            "request": name,
+            "created_at": _now(),
+            "started_at": None,
+            "finished_at": None,
+            "arguments": args,
+            "executor": "local",
+            "handle": None,
+            "time_limit": None,
+            "messages": [],
+            "results": None,
+            "files": [],
+            "steps": [],
+            "history": [],
+            "attempt": 1,
+            "retries": 0,
+        }
+        self._record(rec, hidden, "PENDING")
+        os.rename(hidden, folder)
+        os.unlink(src)
+        pid = os.posix_spawn("/bin/bash", ["/bin/bash", os.path.join(folder, "run.sh")], os.environ)
+        handle = {"pid": pid, "pgid": pid, "host": "localhost", "uid": 0}
+        self._record(rec, folder, "RUNNING", started_at=_now(), handle=handle)
+        self.running[pid] = rec
+
+    def finish(self, pid: int, status: int) -> None:
+        rec = self.running.pop(pid)
+        folder = os.path.join(self.runs, str(rec["id"]))
+        with open(os.path.join(folder, "logs", "status"), "rb") as fh:
+            markers = fh.read().split()
+        code = int(markers[-1])
+        if code != 0 or os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"run {rec['id']} failed")
+        with open(os.path.join(folder, "results.json"), "rb") as fh:
+            results = json.loads(fh.read())
+        size = os.stat(os.path.join(folder, "results.json")).st_size
+        step = {"index": 1, "name": "main", "exit_code": code, "stdout": "logs/step-01.out"}
+        self._record(
+            rec,
+            folder,
+            "SUCCESS",
+            finished_at=_now(),
+            results=results,
+            steps=[step],
+            files=[{"key": "results.json", "source": "results.json", "size": size}],
+        )
+        self.db.executemany(
+            "insert into result_row (run, name, value_num) values (?, ?, ?)",
+            [(rec["id"], k, v) for k, v in results.items()],
+        )
+        self._page(rec, folder)
+        self.done.append(rec)
+
+    def _page(self, rec: dict[str, object], folder: str) -> None:
+        e = html.escape
+        args = rec["arguments"]
+        results = rec["results"]
+        history = rec["history"]
+        assert isinstance(args, dict) and isinstance(results, dict) and isinstance(history, list)
+        page = PAGE.format(
+            title=e(f"{rec['id']} (root)"),
+            css=self.css,
+            workflow=e("bench"),
+            id=e(str(rec["id"])),
+            state=e(str(rec["state"])),
+            group=e("root"),
+            name="",
+            owner=e("root"),
+            version="v1",
+            created=e(str(rec["created_at"])),
+            started=e(str(rec["started_at"])),
+            finished=e(str(rec["finished_at"])),
+            duration="",
+            results="".join(ROW.format(e(k), e(str(v))) for k, v in results.items()),
+            arguments="".join(ROW.format(e(k), e(str(v))) for k, v in args.items()),
+            code=0,
+            out=e(_tail(os.path.join(folder, "logs", "step-01.out"))),
+            err=e(_tail(os.path.join(folder, "logs", "step-01.err"))),
+            files='<tr><td><a href="results.json">results.json</a></td></tr>',
+            history="".join(
+                f"<tr><td>{e(h['state'])}</td><td>{e(h['at'])}</td><td></td></tr>" for h in history
+            ),
+            now=_now(),
+        )
+        _atomic(os.path.join(folder, "index.html"), page.encode())
+
+    def serve(self) -> None:
+        names = sorted(n for n in os.listdir(self.queue) if n.endswith(".yaml"))
+        for i, name in enumerate(names):
+            if len(self.running) >= 2:
+                self.finish(*os.wait())
+            self.start(name)
+            if i % 64 == 0:
+                self.db.commit()
+        while self.running:
+            self.finish(*os.wait())
+        self.db.commit()
+        ranked = sorted(self.done, key=lambda r: -int(r["results"]["score"]))  # type: ignore[index]
+        rows = [[r["id"], r["results"]["score"]] for r in ranked]  # type: ignore[index]
+        write(os.path.join(self.site, "leaderboard.json"), json.dumps(rows).encode())
+        body = "".join(
+            f"<tr><td>{i}</td><td>{html.escape(str(r[0]))}</td><td>{r[1]}</td></tr>"
+            for i, r in enumerate(rows, 1)
+        )
+        write(
+            os.path.join(self.site, "leaderboard.html"),
+            f"<!doctype html><style>{self.css}</style><table>{body}</table>".encode(),
+        )
 
 
 if __name__ == "__main__":

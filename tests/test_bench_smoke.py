@@ -64,6 +64,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "floor 1: a folder per run",
         "floor 2: + what a restart needs",
         "floor 3: + step logs and exit markers",
+        "floor 4: + flowbatch's records, written plainly",
         # a root daemon serving another user's requests (each run started as that user)
         *(["flowbatch, another user's requests"] if os.geteuid() == 0 else []),
     }
@@ -96,6 +97,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "| flowbatch |",
         "without the daemon",
         "The floor (`bench/floor.py`",
+        "Floor 4 adds the rest of what flowbatch keeps",
         "Where the daemon's CPU goes per run",
         "A quiet disk before each timing",
         "Starting a run as its user",
