@@ -23,10 +23,10 @@ tool of the throughput section. What each mode adds to the one before:
     PyYAML's C loader and checked by hand, the template's file copied from memory,
     ``status/``, a ``run.json`` of flowbatch's fields written at each of its three states
     (PENDING, RUNNING, the end), flowbatch's index tables and indexes (a run row upserted
-    at each state, a state-change row each, the result rows), a log line per state, the
-    run page (flowbatch's stylesheet inlined, every value escaped, the logs' last lines)
-    and at the end ``leaderboard.html`` beside the JSON. What flowbatch does per run
-    beyond this is the cost of its own code.
+    at each state, a state-change row each, the result and file rows), a log line per
+    state, the run page (flowbatch's stylesheet inlined, every value escaped, the logs'
+    last lines) and at the end ``leaderboard.html`` beside the JSON. What flowbatch does
+    per run beyond this is the cost of its own code.
 
 The harness times it as a whole process, start-up included (``bench/throughput.py``).
 """
@@ -164,6 +164,9 @@ create index if not exists state_change_row_run on state_change_row (run);
 create table if not exists result_row (id integer primary key, run text not null,
   name text not null, value_num real, value_text text);
 create index if not exists result_row_run on result_row (run);
+create table if not exists run_file_row (id integer primary key, run text not null,
+  key text not null, source text not null, size integer, title text, caption text);
+create index if not exists run_file_row_run on run_file_row (run);
 """
 
 UPSERT = (
@@ -361,6 +364,10 @@ class Product:
         self.db.executemany(
             "insert into result_row (run, name, value_num) values (?, ?, ?)",
             [(rec["id"], k, v) for k, v in results.items()],
+        )
+        self.db.execute(
+            "insert into run_file_row (run, key, source, size) values (?, ?, ?, ?)",
+            (rec["id"], "results.json", "results.json", size),
         )
         self._page(rec, folder)
         self.done.append(rec)

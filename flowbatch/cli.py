@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from .site import Site
 
 # The commands import flowbatch.api, the site and the daemon where they run: `flowbatch
-# --help`, `--version` and a mistyped command load click alone (0.1 s, not 0.45 s), and a
-# command loads only what it uses.
+# --help`, `--version` and a mistyped command load click alone (0.08 s against 0.37 s
+# here, see bench/NOTES.md), and a command loads only what it uses.
 
 F = TypeVar("F", bound=Callable[..., Any])
 
