@@ -573,3 +573,50 @@ def test_a_daemon_stopping_during_a_long_intake_leaves_the_rest_claimed(tmp_path
     requests = sorted(api.show_run(site, r["id"])["request"] for r in runs)
     assert requests == [f"r{i:02d}.yaml" for i in range(20)]
     assert not [p for p in site.layout.claimed.iterdir() if p.suffix == ".yaml"]
+
+
+def test_process_start_is_psutils_create_time_without_psutil() -> None:
+    """The start time a launch records (read from /proc, boot time from /proc/stat's
+    btime) is the one adoption later compares with psutil's ``create_time``."""
+    import subprocess
+
+    from flowbatch.executors.local import boot_time, process_start
+
+    assert boot_time() == psutil.boot_time()
+    proc = subprocess.Popen(["sleep", "5"])
+    try:
+        assert abs(process_start(proc.pid) - psutil.Process(proc.pid).create_time()) < 0.01
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process_start(proc.pid) == 0.0  # gone: no start time
+
+
+def test_a_local_daemon_loads_neither_psutil_nor_ssh(tmp_path: Path) -> None:
+    """A daemon that takes in a request and runs it locally loads psutil only to adopt or
+    cancel a run, and the SSH executor (paramiko) only when SSH hosts are configured."""
+    import subprocess
+    import sys
+
+    site = make_site(tmp_path / "site")
+    install(site, tmp_path / "tpl", STEPS_TEMPLATE)
+    drop(site, "r.yaml", {"workflow": "wf"})
+    site.close()
+    code = (
+        "import sys\n"
+        "from flowbatch.cli import main\n"
+        "try:\n"
+        "    main(['--site', sys.argv[1], 'daemon', '--until-idle'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('MODULES', *sorted(sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(site.root)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "-> SUCCESS" in done.stderr
+    modules = set(next(x for x in done.stdout.splitlines() if x.startswith("MODULES")).split())
+    assert "flowbatch.executors.local" in modules
+    loaded = modules & {"psutil", "flowbatch.executors.ssh", "paramiko"}
+    assert not loaded, loaded

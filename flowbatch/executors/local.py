@@ -17,14 +17,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from ..accounts import identity
 from ..errors import ExecutorError
 from ..render.script import LOGS_DIR
 from .base import Launch, Liveness, Probe
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class LocalExecutor:
         """
         if handle.get("host") not in (None, self.host):
             return False
+        import psutil  # only to adopt or cancel: not in a daemon's start-up
+
         try:
             proc = psutil.Process(int(handle["pid"]))
             if proc.status() == psutil.STATUS_ZOMBIE:
@@ -177,6 +180,8 @@ class LocalExecutor:
             mine = pid in self._children
         if not mine and not self.adopt(handle):
             return
+        import psutil
+
         pgid = int(handle.get("pgid", handle["pid"]))
         try:
             root = psutil.Process(int(handle["pid"]))
@@ -227,10 +232,20 @@ def process_start(pid: int) -> float:
         # last ')' are plain numbers; the start time is field 22 overall
         ticks = int(stat_line[stat_line.rindex(b")") + 2 :].split()[19])
         if _BOOT_TIME is None:
-            _BOOT_TIME = psutil.boot_time()
-    except (OSError, ValueError, IndexError, psutil.Error):
+            _BOOT_TIME = boot_time()
+    except (OSError, ValueError, IndexError):
         return 0.0
     return _BOOT_TIME + ticks / _CLOCK_TICKS
+
+
+def boot_time() -> float:
+    """The boot time as psutil's ``boot_time`` reads it (the ``btime`` line of
+    ``/proc/stat``), without importing psutil into every daemon's start-up."""
+    with open("/proc/stat", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise ValueError("no btime line in /proc/stat")
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:
