@@ -123,9 +123,7 @@ def main(site: str, mode: str) -> None:
         if mode == "folder":
             write(os.path.join(folder, "run.json"), record.encode())
         else:
-            tmp = os.path.join(folder, ".run.json.tmp")
-            write(tmp, record.encode())
-            os.replace(tmp, os.path.join(folder, "run.json"))
+            _atomic(os.path.join(folder, "run.json"), record.encode())
         db.execute(
             "update run set state = 'SUCCESS', score = ? where id = ?", (results["score"], rid)
         )

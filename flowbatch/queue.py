@@ -37,7 +37,7 @@ from .spec.model import FileArg, Template
 from .spec.params import resolve_arguments
 from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
-from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY
+from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON
 from .sweep import expand_sweep, point_key
 
 log = logging.getLogger("flowbatch.queue")
@@ -398,10 +398,7 @@ class Intake:
         files_dir = site.templates.files_dir(req.workflow, version)
         for index, arguments in enumerate(points):
             run_id = point_run_id(claimed.run_id, index)
-            if (
-                index in skipped
-                or (site.layout.run_dir(req.workflow, run_id) / "run.json").exists()
-            ):
+            if index in skipped or (site.layout.run_dir(req.workflow, run_id) / RUN_JSON).exists():
                 continue
             sweep = {"id": claimed.run_id, "point": index, "of": len(points)} if req.sweep else None
             run = self._create_run(
@@ -511,7 +508,7 @@ class Intake:
             sweep=sweep,
         )
         run.history.append({"state": run.state.value, "at": run.created_at, "message": None})
-        atomic.write_private(tmp_dir / "run.json", atomic.record_bytes(run.to_dict()))
+        atomic.write_private(tmp_dir / RUN_JSON, atomic.record_bytes(run.to_dict()))
         hand_over(tmp_dir, claimed.uid)
         faults.point("create")
         os.replace(tmp_dir, run_dir)  # the run exists from here on, complete
@@ -755,7 +752,7 @@ def owner_refusal(site: Site, uid: int) -> str | None:
 
 
 #: files of a run folder that stay the daemon's when the folder is handed to its user
-DAEMON_FILES = frozenset({"run.json", "request.yaml", "run.sh"})
+DAEMON_FILES = frozenset({RUN_JSON, REQUEST_COPY, SCRIPT_NAME})
 
 
 def may_use_group(site: Site, uid: int, group: str) -> bool:

@@ -60,11 +60,12 @@ class LocalExecutor:
         env["FLOWBATCH_SCRIPT_LOG"] = f"{LOGS_DIR}/script.log"
         argv = ["bash", script]
         uid = job.uid if change and job.uid is not None else os.geteuid()
-        if change and setpriv() is not None:
+        tool = setpriv() if change else None
+        if tool is not None:
             # the user is changed by setpriv, exec'd from subprocess's vfork: asked to
             # change it itself, subprocess forks the whole daemon (3-4 ms of the daemon's
             # CPU a launch against 0.2 ms, see bench/launch.py)
-            argv = setpriv_argv(change) + argv
+            argv = setpriv_argv(tool, change) + argv
             change = {}
         try:
             proc = subprocess.Popen(
@@ -399,13 +400,11 @@ def _find_setpriv() -> str | None:
     return None
 
 
-def setpriv_argv(change: dict[str, Any]) -> list[str]:
-    """The ``setpriv`` command that becomes the user of ``change`` (from :func:`run_as`):
-    real, effective and saved user and group IDs, and exactly its supplementary groups
-    (the capabilities of root go with the user ID, as with subprocess's own change)."""
-    path = setpriv()
-    if path is None:
-        raise ExecutorError("setpriv is not available")
+def setpriv_argv(path: str, change: dict[str, Any]) -> list[str]:
+    """The ``setpriv`` command (at ``path``) that becomes the user of ``change`` (from
+    :func:`run_as`): real, effective and saved user and group IDs, and exactly its
+    supplementary groups (the capabilities of root go with the user ID, as with
+    subprocess's own change)."""
     groups = ",".join(str(g) for g in change.get("extra_groups") or [])
     return [
         path,
