@@ -620,3 +620,63 @@ def test_a_local_daemon_loads_neither_psutil_nor_ssh(tmp_path: Path) -> None:
     assert "flowbatch.executors.local" in modules
     loaded = modules & {"psutil", "flowbatch.executors.ssh", "paramiko"}
     assert not loaded, loaded
+
+
+def test_bash_is_started_by_the_path_the_daemons_path_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bash is looked up on the daemon's PATH once, and started by that path: given the
+    bare name, each launch's child searched PATH (a failed execve per folder) while the
+    daemon waited. A bash that is gone is looked up again at the next launch."""
+    from flowbatch.errors import ExecutorError
+    from flowbatch.executors import local
+    from flowbatch.executors.base import Launch
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "bash").symlink_to("/bin/bash")
+    monkeypatch.setenv("PATH", f"{first}:{os.environ['PATH']}")
+    monkeypatch.setattr(local, "_BASH", [])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.sh").write_text("sleep 5\n")
+    ex = local.LocalExecutor()
+    handle = ex.launch(Launch("r1", run_dir, "run.sh"))
+    try:
+        cmdline = psutil.Process(handle["pid"]).cmdline()
+        assert cmdline[0] == str(first / "bash")  # the path, not the name
+    finally:
+        os.killpg(handle["pgid"], 9)
+    # the found bash goes away: that launch fails with the reason, the next one looks again
+    (first / "bash").unlink()
+    monkeypatch.setenv("PATH", f"{second}:{os.environ['PATH']}")
+    with pytest.raises(ExecutorError, match="cannot start bash"):
+        ex.launch(Launch("r2", run_dir, "run.sh"))
+    handle = ex.launch(Launch("r3", run_dir, "run.sh"))
+    try:
+        assert psutil.Process(handle["pid"]).cmdline()[0] == str(second / "bash")
+    finally:
+        os.killpg(handle["pgid"], 9)
+
+
+def test_a_busy_daemons_reports_take_at_most_a_twentieth_of_its_time(
+    hello_site: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While runs are active, leaderboards are rewritten at most every second and no
+    sooner than 20 times the last write's duration after it (a 500-run leaderboard costs
+    0.13-0.2 s: at 5x a 3 s burst rewrote it three times); with no run active, at once."""
+    d = Daemon(hello_site)
+    d.report_every = 1.0
+    now = time.monotonic()
+    monkeypatch.setattr(d.runner, "active", {"r1": object()})  # a run is active
+    d._report_cost = 0.2
+    d._reported_at = now - 3.0  # 15x the cost ago
+    assert not d._reports_due()
+    d._reported_at = now - 4.1  # 20x the cost ago
+    assert d._reports_due()
+    d._report_cost, d._reported_at = 0.01, now - 0.5  # a cheap write: the second rules
+    assert not d._reports_due()
+    monkeypatch.setattr(d.runner, "active", {})  # idle: at once
+    d._report_cost, d._reported_at = 0.2, now
+    assert d._reports_due()

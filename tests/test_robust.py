@@ -349,7 +349,7 @@ def test_a_run_as_another_user_never_forks_the_daemon(
     handle = ex.launch(Launch("r1", run_dir, "run.sh", uid=user.pw_uid))
     assert seen, "Popen was not called"
     argv, kw = seen[-1]
-    assert argv[0] == local.setpriv() and argv[-2:] == ["bash", str(run_dir / "run.sh")]
+    assert argv[0] == local.setpriv() and argv[-2:] == [local._bash(), str(run_dir / "run.sh")]
     assert argv[argv.index("--reuid") + 1] == str(user.pw_uid)
     assert not {"user", "group", "extra_groups"} & set(kw)
     assert handle["uid"] == user.pw_uid

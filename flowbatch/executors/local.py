@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,7 +59,7 @@ class LocalExecutor:
         # could send a root-opened file elsewhere. (One bash: a wrapper that opened the
         # log and exec'd the script cost a second bash start per run.)
         env["FLOWBATCH_SCRIPT_LOG"] = f"{LOGS_DIR}/script.log"
-        argv = ["bash", script]
+        argv = [_bash(), script]
         uid = job.uid if change and job.uid is not None else os.geteuid()
         tool = setpriv() if change else None
         if tool is not None:
@@ -80,6 +81,7 @@ class LocalExecutor:
                 **change,
             )
         except OSError as exc:
+            _BASH.clear()  # looked up again at the next launch (bash moved, PATH fixed)
             raise ExecutorError(f"cannot start bash for run {job.run_id}: {exc}") from exc
         started = process_start(proc.pid)  # 0.0: already gone; its exit is reported
         with self._lock:
@@ -350,6 +352,19 @@ def run_as(uid: int | None) -> dict[str, Any]:
 #: where setpriv (util-linux) may be: system folders only, never the daemon's PATH
 SETPRIV_PLACES = ("/usr/bin/setpriv", "/bin/setpriv")
 _SETPRIV: list[str | None] = []
+
+
+#: the path of ``bash`` found on the daemon's PATH (looked up once, not per launch)
+_BASH: list[str] = []
+
+
+def _bash() -> str:
+    """``bash`` as the daemon's PATH finds it, looked up once: given a bare name, each
+    launch's child searched PATH itself, one failed ``execve`` per folder before bash's
+    while the daemon waited on the ``vfork``."""
+    if not _BASH:
+        _BASH.append(shutil.which("bash") or "bash")
+    return _BASH[0]
 
 
 def setpriv() -> str | None:
