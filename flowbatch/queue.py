@@ -160,10 +160,17 @@ class Intake:
         except FileNotFoundError:
             return None
         run_id = new_run_id()
-        self.site.claimed_dir.mkdir(parents=True, exist_ok=True)
-        dest = self.site.claimed_dir / f"{run_id}--{name}"
+        claimed_dir = self.site.claimed_dir
+        dest = claimed_dir / f"{run_id}--{name}"
         try:
-            os.rename(src, dest)
+            try:
+                os.rename(src, dest)
+            except FileNotFoundError:
+                if claimed_dir.is_dir():
+                    return None  # another daemon took it
+                # made at the first claim (not before each one: a burst claims hundreds)
+                claimed_dir.mkdir(parents=True, exist_ok=True)
+                os.rename(src, dest)
         except FileNotFoundError:
             return None  # another daemon took it
         except OSError as exc:
@@ -398,7 +405,14 @@ class Intake:
         files_dir = site.templates.files_dir(req.workflow, version)
         for index, arguments in enumerate(points):
             run_id = point_run_id(claimed.run_id, index)
-            if index in skipped or (site.layout.run_dir(req.workflow, run_id) / RUN_JSON).exists():
+            if index in skipped:
+                continue
+            # made before a crash (a leftover claim): not made again. A fresh claim's id is
+            # new: its runs cannot exist (no stat per run of a burst)
+            if (
+                not claimed.fresh
+                and (site.layout.run_dir(req.workflow, run_id) / RUN_JSON).exists()
+            ):
                 continue
             sweep = {"id": claimed.run_id, "point": index, "of": len(points)} if req.sweep else None
             run = self._create_run(
@@ -469,8 +483,11 @@ class Intake:
             rendered = self._render(template, arguments, executor)
             run_dir = site.layout.run_dir(req.workflow, run_id)
             tmp_dir = run_dir.with_name(f".{run_id}.tmp")
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            tmp_dir.mkdir(parents=True)
+            try:
+                tmp_dir.mkdir(parents=True)
+            except FileExistsError:  # left by a daemon that died while making it
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                tmp_dir.mkdir()
             if files_dir.is_dir():
                 copy_tree(str(files_dir), str(tmp_dir))
             for name, fd in sources.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -148,6 +149,23 @@ def test_claim_is_atomic_and_exclusive(hello_site) -> None:  # type: ignore[no-u
     first = a.claim("one.yaml")
     assert first is not None and first.path.exists()
     assert b.claim("one.yaml") is None  # a second daemon cannot take it
+
+
+def test_a_claim_makes_the_claimed_folder_when_it_is_gone(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """The claimed folder is made at the first claim, not before each one; removed under
+    a running daemon (an admin's cleanup), the next claim makes it again."""
+    intake = Intake(hello_site)
+    claimed_dir = hello_site.claimed_dir
+    for name in ("one.yaml", "two.yaml"):
+        drop(hello_site, name, {"workflow": "helloworld"})
+        if claimed_dir.exists():
+            shutil.rmtree(claimed_dir)
+        claimed = intake.claim(name)
+        assert claimed is not None and claimed.path.parent == claimed_dir
+        assert claimed.path.is_file() and not (hello_site.layout.queue / name).exists()
+    # gone from the queue and no claimed folder: nothing to take, and no error
+    shutil.rmtree(claimed_dir)
+    assert intake.claim("three.yaml") is None
 
 
 def test_crash_after_claim_is_finished_on_restart(hello_site) -> None:  # type: ignore[no-untyped-def]
