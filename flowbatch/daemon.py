@@ -40,8 +40,10 @@ log = logging.getLogger("flowbatch.daemon")
 
 #: while runs are active, leaderboards and pages are rewritten at most this often (s)
 REPORT_EVERY = 1.0
-#: ... and at most this share of the time: the gap is at least this x the last write's time
-REPORT_COST_FACTOR = 5.0
+#: ... and for at most 1/this of the time: the gap is at least this x the last write's
+#: time (a 500-run leaderboard costs 0.13-0.2 s of CPU: at 5x, a 3 s burst wrote it
+#: three times, 0.9 ms of the daemon's CPU a run; the final write, at idle, is at once)
+REPORT_COST_FACTOR = 20.0
 #: a long intake (a burst, runs starting and ending in it) commits its index batch this
 #: often (s), so the index shows the runs as they go
 BATCH_COMMIT_EVERY = 1.0
@@ -254,8 +256,9 @@ class Daemon:
 
     def _reports_due(self) -> bool:
         """Reports are written in every tick with no active run; while runs are active,
-        at most every ``report_every`` seconds (and at least 5x the last write's time), so
-        that a leaderboard of many runs is not rewritten once per finished run."""
+        at most every ``report_every`` seconds (and at least REPORT_COST_FACTOR x the last
+        write's time), so that a leaderboard of many runs is not rewritten once per
+        finished run."""
         if not self.runner.active or not self.report_every:
             return True
         if self._reporter is not None and not self._reporter.idle():
