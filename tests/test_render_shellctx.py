@@ -94,3 +94,14 @@ def test_every_character_has_a_context() -> None:
 def test_end_position() -> None:
     assert context_at('echo "a', 7) is Ctx.DOUBLE
     assert context_at("echo a", 6) is Ctx.UNQUOTED
+
+
+def test_a_text_is_lexed_once_and_its_scan_cannot_be_changed() -> None:
+    """Every run of a template scans the same command texts (values stand in them as
+    sentinels): the scan is remembered, and shared, so nothing may change it."""
+    text = 'echo "$x" > out.txt'
+    first = scan(text)
+    assert scan(text) is first
+    assert isinstance(first.contexts, tuple)
+    with pytest.raises(AttributeError):
+        first.problem = "changed"  # type: ignore[misc]

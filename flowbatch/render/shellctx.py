@@ -16,6 +16,7 @@ an arithmetic command ``(( ... ))`` (not ``$((...))``) is taken for a here-docum
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -52,12 +53,13 @@ class _Heredoc:
     literal: bool  # the delimiter was quoted: no expansion in the body
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scan:
     """The result of :func:`scan`: one context per character, and whether the text
-    ends back at the top level (``problem`` says why not)."""
+    ends back at the top level (``problem`` says why not). Shared by every caller that
+    scans the same text (:func:`scan` remembers it): never changed."""
 
-    contexts: list[Ctx]
+    contexts: tuple[Ctx, ...]
     problem: str | None = None
 
 
@@ -113,7 +115,7 @@ class _Lexer:
             self.problem = f"unterminated: {_OPEN_NAMES[self.stack[-1].kind]}"
         if self.problem is None and self.pending:
             self.problem = f"here-document '{self.pending[0].delimiter}' has no body"
-        return Scan(self.ctx, self.problem)
+        return Scan(tuple(self.ctx), self.problem)
 
     def step_unquoted(self, frame: _Frame) -> None:
         text, i, c = self.text, self.i, self.text[self.i]
@@ -269,8 +271,12 @@ class _Lexer:
             self.ctx[end] = Ctx.DOUBLE
 
 
+@functools.lru_cache(maxsize=256)
 def scan(text: str) -> Scan:
     """Lex ``text`` as bash and return the context each character is read in.
+
+    Remembered for the last texts scanned: each run of a template scans the same
+    commands (values stand in them as sentinels, not as text), two or more a run.
 
     A quote character is read in the context outside it (the opening ``"`` of
     ``"a"`` is unquoted, ``a`` is double). ``problem`` is set when the text does not
