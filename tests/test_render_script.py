@@ -146,9 +146,8 @@ def test_killed_run_records_the_signal(tmp_path: Path, sig: signal.Signals, code
         tmp_path / "run", [("one", ["true"]), ("two", ["sleep 30"]), ("three", ["touch not-run"])]
     )
     proc = subprocess.Popen(["bash", str(script)], start_new_session=True)
-    start = tmp_path / "run" / "status" / "step-02.start"
     deadline = time.time() + 10
-    while not start.exists() and time.time() < deadline:
+    while 2 not in read_markers(tmp_path / "run").steps and time.time() < deadline:
         time.sleep(0.02)
     time.sleep(0.1)  # let 'sleep' start
     os.killpg(proc.pid, sig)
@@ -159,7 +158,52 @@ def test_killed_run_records_the_signal(tmp_path: Path, sig: signal.Signals, code
     assert not (tmp_path / "run" / "not-run").exists()
 
 
-def test_read_markers_tolerates_partial_files(tmp_path: Path) -> None:
+def test_the_script_writes_one_marker_file_a_line_per_event(tmp_path: Path) -> None:
+    """A run creates one marker file, whatever its steps (on a shared file system each
+    file created is a metadata round trip): a line per event, read back in full."""
+    script = write(tmp_path / "run", [("one", ["true", "true"]), ("two", ["exit 3"])])
+    assert run(script).returncode == 3
+    status = tmp_path / "run" / "status"
+    assert sorted(p.name for p in status.iterdir()) == ["markers"]
+    kinds = [line.split(" ")[0] for line in (status / "markers").read_text().splitlines()]
+    assert kinds == ["started", "start", "end", "start", "end", "exit"]
+    markers = read_markers(tmp_path / "run")
+    assert markers.started is not None and markers.exit is not None
+    assert (markers.exit[0], markers.exit[2]) == (3, 2)
+    assert [(n, m.exit_code) for n, m in sorted(markers.steps.items())] == [(1, 0), (2, 3)]
+    assert all(m.start is not None and m.end is not None for m in markers.steps.values())
+
+
+def test_read_markers_tolerates_partial_lines(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.mkdir()
+    lines = [
+        "started 123 1700000000.5 node-1",
+        "start 01 1700000000,25",  # a comma-decimal locale
+        "end 01 0 17000x",  # damaged: left out
+        "start 02 garbage",
+        "end 03 1 1700000001.0",
+        "start xx 1",
+        "something else",
+        "exit 2 1700000002.0",  # a field short
+    ]
+    (status / "markers").write_text("\n".join(lines) + "\nexit 0 1700000003.0 0")  # unfinished
+    markers = read_markers(tmp_path)
+    assert markers.started == (123, 1700000000.5, "node-1")
+    assert markers.exit is None
+    assert markers.steps == {
+        1: StepMarker(start=1700000000.25),
+        3: StepMarker(None, 1, 1700000001.0),
+    }
+    with (status / "markers").open("a") as fh:  # the line completed, and an empty host
+        fh.write("\nstarted 123 1700000000.5 \n")
+    markers = read_markers(tmp_path)
+    assert markers.exit == (0, 1700000003.0, 0)
+    assert markers.started == (123, 1700000000.5, "")
+
+
+def test_read_markers_of_the_earlier_layout_tolerates_partial_files(tmp_path: Path) -> None:
+    """Runs started before the upgrade have a file per marker: still read."""
     status = tmp_path / "status"
     assert read_markers(tmp_path) == Markers()
     status.mkdir()
@@ -194,6 +238,12 @@ def test_markers_are_never_read_through_a_link(tmp_path: Path) -> None:
     (run_dir / "status").mkdir(parents=True)
     (run_dir / "status" / "exit").symlink_to(elsewhere / "exit")
     (run_dir / "status" / "step-01.exit").symlink_to(elsewhere / "step-01.exit")
+    assert read_markers(run_dir) == Markers()
+    # the markers file of this version, a link: not read, and not taken for the old layout
+    (elsewhere / "markers").write_text("exit 0 1700000000.0 0\n")
+    (run_dir / "status" / "markers").symlink_to(elsewhere / "markers")
+    (run_dir / "status" / "exit").unlink()
+    (run_dir / "status" / "exit").write_text("0 1700000000.0 0\n")
     assert read_markers(run_dir) == Markers()
     other = tmp_path / "run2"
     other.mkdir()

@@ -33,6 +33,7 @@ from flowbatch.executors.ssh_staging import (
     send_file,
     upload_tree,
 )
+from flowbatch.render.script import read_markers
 from flowbatch.site import Site
 
 from .conftest import drop, run_until_idle
@@ -142,7 +143,8 @@ def test_helloworld_over_ssh(ssh: SshEnv, tmp_path: Path, caplog: Any) -> None:
     assert (run_dir / "results/greetings.txt").read_text() == "Hello Al!\nHello Bea!\n"
     assert on_a["results"] == {"avg_count": 9.5, "max_len": 10, "max_line": "Hello Bea!"}
     assert (run_dir / on_a["steps"][0]["stdout"]).exists()
-    assert (run_dir / "status/exit").read_text().startswith("0 ")
+    ended = read_markers(run_dir).exit
+    assert ended is not None and ended[0] == 0
     assert [s["exit_code"] for s in on_a["steps"]] == [0, 0]
     record = json.loads((run_dir / "run.json").read_text())
     handle = record["handle"]
@@ -323,12 +325,12 @@ def test_remote_process_killed_from_outside_is_error_with_signal(
     try:
         tick_until(d, lambda: len(running(d)) == 1)
         handle = running(d)[0].handle
-        started = Path(handle["remote_dir"]) / "status/started"
+        remote = Path(handle["remote_dir"])
         deadline = time.monotonic() + 10
-        while not started.exists():
+        while (started := read_markers(remote).started) is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        script_pid = int(started.read_text().split()[0])
+        script_pid = started[0]
         os.kill(script_pid, signal.SIGKILL)  # e.g. the OOM killer, on the remote host
         tick_until(d, lambda: not d.runner.active)
     finally:
@@ -359,7 +361,8 @@ def test_runs_cancel_kills_the_remote_process_group(ssh: SshEnv, tmp_path: Path)
     run = api.show_run(site, run_id)
     assert run["state"] == "CANCELED" and "enough" in run["messages"][-1]
     # the script's TERM marker came home, the remote folder was removed
-    assert (Path(run["run_dir"]) / "status/exit").read_text().startswith("143 ")
+    ended = read_markers(Path(run["run_dir"])).exit
+    assert ended is not None and ended[0] == 143
     assert not Path(handle["remote_dir"]).exists()
 
 

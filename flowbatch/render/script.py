@@ -4,18 +4,22 @@
 ``FLOWBATCH_RUN_ID`` (nothing else: the inherited environment and PATH stay), runs each
 command of each step in its own subshell (a brace group, one fork less, where the command
 provably changes nothing in the shell: :mod:`~flowbatch.render.grouping`) with
-stdout/stderr appended to per-step logs, and records markers under ``status/``, each
-written by one ``printf`` (one write, bash builtins only, so markers cost no forks):
+stdout/stderr appended to per-step logs, and records its markers as lines appended to one
+file, ``status/markers``, each line written by one ``printf`` (one write, bash builtins
+only, so markers cost no forks; one file, so a run creates one marker file, not one per
+event: on a cluster's shared file system each file created is a metadata round trip):
 
-``status/started``        ``<pid> <epoch> <host>``
-``status/step-NN.start``  ``<epoch>``
-``status/step-NN.exit``   ``<rc> <epoch>``
-``status/exit``           ``<rc> <epoch> <failed step number, 0 if none>``
+``started <pid> <epoch> <host>``
+``start <NN> <epoch>``                     step NN began
+``end <NN> <rc> <epoch>``                  step NN ended with rc
+``exit <rc> <epoch> <failed step, 0 if none>``  the run ended
 
 The first failing command ends the run with its exit code. TERM, INT and HUP end it with
 ``128+signal``. Times are ``$EPOCHREALTIME`` (bash >= 5; whole seconds from
 ``printf '%(%s)T'`` on older bash). :func:`read_markers` parses them back and treats a
-marker without its final newline as not written yet.
+line without its final newline as not written yet. It also reads the one-file-per-marker
+layout of earlier versions (``status/started``, ``status/step-NN.start``,
+``status/step-NN.exit``, ``status/exit``): runs started before an upgrade still end well.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from flowbatch.render.values import RenderedWorkflow
 
 SCRIPT_NAME = "run.sh"
 STATUS_DIR = "status"
+#: the script's markers, a line each, in STATUS_DIR
+MARKERS_FILE = "markers"
 LOGS_DIR = "logs"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -59,26 +65,26 @@ fi
 fb_step=0
 fb_signal() {
   fb_now
-  printf '%s %s %s\n' "$1" "$fb_t" "$fb_step" > status/exit
+  printf 'exit %s %s %s\n' "$1" "$fb_t" "$fb_step" >> status/markers
   exit "$1"
 }
 # fb_fail NN rc: the command of step NN failed with rc; the run ends with it
 fb_fail() {
   fb_now
-  printf '%s %s\n' "$2" "$fb_t" > "status/step-$1.exit"
-  printf '%s %s %s\n' "$2" "$fb_t" "$fb_step" > status/exit
+  printf 'end %s %s %s\n' "$1" "$2" "$fb_t" >> status/markers
+  printf 'exit %s %s %s\n' "$2" "$fb_t" "$fb_step" >> status/markers
   exit "$2"
 }
 trap 'fb_signal 129' HUP
 trap 'fb_signal 130' INT
 trap 'fb_signal 143' TERM
 fb_now
-printf '%s %s %s\n' "$$" "$fb_t" "${HOSTNAME:-}" > status/started
+printf 'started %s %s %s\n' "$$" "$fb_t" "${HOSTNAME:-}" >> status/markers
 """
 
 _EPILOGUE = r"""fb_step=0
 fb_now
-printf '0 %s 0\n' "$fb_t" > status/exit
+printf 'exit 0 %s 0\n' "$fb_t" >> status/markers
 exit 0
 """
 
@@ -138,7 +144,7 @@ def _step(index: int, name: str, commands: list[str]) -> str:
         f": > {out}",
         f": > {err}",
         "fb_now",
-        f"printf '%s\\n' \"$fb_t\" > status/step-{nn}.start",
+        f"printf 'start {nn} %s\\n' \"$fb_t\" >> status/markers",
     ]
     for command in commands:
         # a subshell, or a brace group where the command provably changes nothing in
@@ -159,7 +165,7 @@ def _step(index: int, name: str, commands: list[str]) -> str:
             "fb_rc=$?",
             f'if [ "$fb_rc" -ne 0 ]; then fb_fail {nn} "$fb_rc"; fi',
         ]
-    lines += ["fb_now", f"printf '0 %s\\n' \"$fb_t\" > status/step-{nn}.exit", ""]
+    lines += ["fb_now", f"printf 'end {nn} 0 %s\\n' \"$fb_t\" >> status/markers", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -220,10 +226,15 @@ def _time(text: str) -> float:
     return float(text.replace(",", "."))
 
 
+#: how much of ``status/markers`` is read: two short lines a step (the run's user owns the
+#: file: a huge one must not make the daemon read it all)
+_MARKERS_BYTES = 1 << 20
+
+
 def read_markers(run_dir: Path) -> Markers:
-    """Parse the ``status/`` markers of ``run_dir``; absent, empty or partial ones are
-    left out. The folder is the run user's: it is opened once, and no marker is read
-    through a symbolic link."""
+    """Parse the markers in ``run_dir/status/``; absent, partial or unreadable ones are
+    left out (a later line of the same kind wins). The folder is the run user's: it is
+    opened once, and nothing is read through a symbolic link."""
     markers = Markers()
     try:
         folder = os.open(
@@ -233,23 +244,63 @@ def read_markers(run_dir: Path) -> Markers:
     except OSError:
         return markers
     try:
-        started = _fields(folder, "started", 3)
-        if started:
-            try:
-                markers.started = (int(started[0]), _time(started[1]), started[2])
-            except ValueError:
-                pass
-        ended = _fields(folder, "exit", 3)
-        if ended:
-            try:
-                markers.exit = (int(ended[0]), _time(ended[1]), int(ended[2]))
-            except ValueError:
-                pass
-        for name in sorted(os.listdir(folder)):
-            _read_step_marker(folder, name, markers.steps)
+        try:
+            fd = os.open(MARKERS_FILE, _READ_FLAGS, dir_fd=folder)
+        except FileNotFoundError:
+            _read_marker_files(folder, markers)  # a run started by an earlier version
+            return markers
+        except OSError:  # a link, a FIFO: not the script's
+            return markers
+        try:
+            raw = os.read(fd, _MARKERS_BYTES)
+        except OSError:  # a folder
+            return markers
+        finally:
+            os.close(fd)
     finally:
         os.close(folder)
+    # a line without its newline is still being written (or damaged): left out
+    for line in raw.decode("utf-8", errors="replace").split("\n")[:-1]:
+        _read_marker_line(line, markers)
     return markers
+
+
+def _read_marker_line(line: str, markers: Markers) -> None:
+    kind, _, rest = line.partition(" ")
+    try:
+        if kind == "started":
+            pid, at, host = rest.split(" ", 2)
+            markers.started = (int(pid), _time(at), host)
+        elif kind == "start":
+            number, at = rest.split(" ")
+            markers.steps.setdefault(int(number), StepMarker()).start = _time(at)
+        elif kind == "end":
+            number, code, at = rest.split(" ")
+            step = markers.steps.setdefault(int(number), StepMarker())
+            step.exit_code, step.end = int(code), _time(at)
+        elif kind == "exit":
+            code, at, failed = rest.split(" ")
+            markers.exit = (int(code), _time(at), int(failed))
+    except ValueError:  # a damaged line: as if not written
+        return
+
+
+def _read_marker_files(folder: int, markers: Markers) -> None:
+    """The layout of earlier versions: a file per marker, one line each."""
+    started = _fields(folder, "started", 3)
+    if started:
+        try:
+            markers.started = (int(started[0]), _time(started[1]), started[2])
+        except ValueError:
+            pass
+    ended = _fields(folder, "exit", 3)
+    if ended:
+        try:
+            markers.exit = (int(ended[0]), _time(ended[1]), int(ended[2]))
+        except ValueError:
+            pass
+    for name in sorted(os.listdir(folder)):
+        _read_step_marker(folder, name, markers.steps)
 
 
 def _read_step_marker(folder: int, name: str, steps: dict[int, StepMarker]) -> None:
