@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flowbatch.render.script import read_markers
+
 from .common import (
     CMD1,
     CMD2,
@@ -140,7 +142,7 @@ def run_contract(work: Path, n: int) -> float:
     listing.write_text("".join(f"{r / 'run.sh'}\n" for r in runs))
     env = {**os.environ, "FLOWBATCH_SCRIPT_LOG": "logs/script.log"}
     elapsed = timed(f"xargs -P 2 -n 1 bash < {_sq(str(listing))}", shell=True, env=env)
-    bad = [r.name for r in runs if not (r / "status" / "exit").read_text().startswith("0 ")]
+    bad = [r.name for r in runs if (read_markers(r).exit or (None,))[0] != 0]
     if bad:
         raise RuntimeError(f"{len(bad)} scripts failed, e.g. {bad[0]}")
     _check_files(runs[0].parent, n)
