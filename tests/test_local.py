@@ -644,8 +644,9 @@ def test_bash_is_started_by_the_path_the_daemons_path_gives(
     ex = local.LocalExecutor()
     handle = ex.launch(Launch("r1", run_dir, "run.sh"))
     try:
-        cmdline = psutil.Process(handle["pid"]).cmdline()
-        assert cmdline[0] == str(first / "bash")  # the path, not the name
+        # (/proc answers an empty command line for a moment while the process execs)
+        cmdline = local._cmdline(psutil.Process(handle["pid"]))
+        assert cmdline[:1] == [str(first / "bash")]  # the path, not the name
     finally:
         os.killpg(handle["pgid"], 9)
     # the found bash goes away: that launch fails with the reason, the next one looks again
@@ -655,7 +656,7 @@ def test_bash_is_started_by_the_path_the_daemons_path_gives(
         ex.launch(Launch("r2", run_dir, "run.sh"))
     handle = ex.launch(Launch("r3", run_dir, "run.sh"))
     try:
-        assert psutil.Process(handle["pid"]).cmdline()[0] == str(second / "bash")
+        assert local._cmdline(psutil.Process(handle["pid"]))[:1] == [str(second / "bash")]
     finally:
         os.killpg(handle["pgid"], 9)
 
