@@ -440,7 +440,7 @@ class Runner:
             self._transition(run, State.CANCELED, steps=steps, messages=[canceled], reason=canceled)
             return
         if markers.exit is None or probe.infra_failure:
-            self._lost(run, probe, steps)
+            self._lost(run, probe, steps, started=markers.started is not None)
             return
         code, _, failed = markers.exit
         if code != 0:
@@ -461,7 +461,9 @@ class Runner:
             return
         self._transition(run, State.SUCCESS, steps=steps, results=results, files=files)
 
-    def _lost(self, run: RunRecord, probe: Probe, steps: list[dict[str, Any]]) -> None:
+    def _lost(
+        self, run: RunRecord, probe: Probe, steps: list[dict[str, Any]], *, started: bool = True
+    ) -> None:
         """The run vanished (no exit marker) or its infrastructure failed: retry or ERROR.
 
         A retry is a new attempt of the same run: this attempt's logs and markers move to
@@ -472,7 +474,16 @@ class Runner:
             why = probe.infra_failure
         else:
             code = f" ({describe_code(probe.exit_code)})" if probe.exit_code is not None else ""
-            why = f"the run's process ended without writing its exit marker{code}"
+            if started:
+                why = f"the run's process ended without writing its exit marker{code}"
+            else:  # not even its first marker: the script itself never ran
+                why = f"the run's script never started (it wrote no marker){code}"
+                uid = (run.handle or {}).get("uid")
+                if run.executor == "local" and uid is not None and uid != os.geteuid():
+                    why += (
+                        f"; it was to run as uid {uid}: the change to that user may have "
+                        "failed (`flowbatch doctor` checks it)"
+                    )
             if probe.raw:
                 why += f"; {probe.raw}"
             script_log = tail(self.store.run_dir(run), f"{LOGS_DIR}/script.log", 5)

@@ -681,3 +681,39 @@ def test_a_busy_daemons_reports_take_at_most_a_twentieth_of_its_time(
     monkeypatch.setattr(d.runner, "active", {})  # idle: at once
     d._report_cost, d._reported_at = 0.2, now
     assert d._reports_due()
+
+
+def test_a_script_that_never_started_says_so(
+    site: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that ends before the script wrote its first marker (here bash's own
+    start-up, BASH_ENV, ends it; for another user's run, a failed change of user) is
+    reported as a script that never started, not as a run that lost its exit marker."""
+    install(
+        site, tmp_path / "t", 'workflow:\n  steps:\n    - {name: s, action: {commands: ["true"]}}\n'
+    )
+    startup = tmp_path / "bash_env"
+    startup.write_text("exit 3\n")
+    monkeypatch.setenv("BASH_ENV", str(startup))
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "ERROR"
+    assert run["messages"][0].startswith("lost: the run's script never started"), run["messages"]
+    assert "exit code 3" in run["messages"][0]
+    # a script that started, then was killed, keeps the other wording
+    monkeypatch.delenv("BASH_ENV")
+    install(
+        site,
+        tmp_path / "k",
+        'workflow:\n  steps:\n    - {name: s, action: {commands: ["kill -9 $$$$"]}}\n',
+        wf="killed",
+    )
+    drop(site, "k.yaml", {"workflow": "killed"})
+    run_until_idle(site)
+    killed = api.show_run(site, api.list_runs(site, workflow="killed")[0]["id"])
+    assert killed["state"] == "ERROR"
+    assert killed["messages"][0].startswith(
+        "lost: the run's process ended without writing its exit marker"
+    ), killed["messages"]
+    assert "SIGKILL" in killed["messages"][0]
