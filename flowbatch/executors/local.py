@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE = 3.0
 #: tolerance when matching a process's start time against the recorded one
 START_TOLERANCE = 1.0
-#: how long before its ``status/started`` marker a run's process may have started
+#: how long before its ``started`` marker (``status/markers``) a run's process may have
+#: started
 MARKER_SLACK = 60.0
 
 
@@ -149,8 +150,8 @@ class LocalExecutor:
         """True when the handle's PID still runs the process that was started then: same
         start time, and (when the handle says) the run's user running the run's script.
 
-        The second check matters because a handle rebuilt from the run's own
-        ``status/started`` marker is text the run's user could have written: the daemon
+        The second check matters because a handle rebuilt from the run's own ``started``
+        marker (``status/markers``) is text the run's user could have written: the daemon
         must never take (and later signal) another user's process for it.
         """
         if handle.get("host") not in (None, self.host):

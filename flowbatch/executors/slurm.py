@@ -485,8 +485,8 @@ class SlurmExecutor:
             probe.detail["status"] = alive_text(status)
         elif status.state == COMPLETED and not self._script_ran(handle):
             probe.raw = (
-                f"{status.describe()}, but the job script never ran (no status/started "
-                f"marker); see logs/slurm-{job_id}.err and the node's slurmd log"
+                f"{status.describe()}, but the job script never ran (no started line in "
+                f"status/markers); see logs/slurm-{job_id}.err and the node's slurmd log"
             )
         return probe
 
