@@ -142,11 +142,17 @@ def run_contract(work: Path, n: int) -> float:
     listing.write_text("".join(f"{r / 'run.sh'}\n" for r in runs))
     env = {**os.environ, "FLOWBATCH_SCRIPT_LOG": "logs/script.log"}
     elapsed = timed(f"xargs -P 2 -n 1 bash < {_sq(str(listing))}", shell=True, env=env)
-    bad = [r.name for r in runs if (read_markers(r).exit or (None,))[0] != 0]
+    bad = [r.name for r in runs if not _ended_well(r)]
     if bad:
         raise RuntimeError(f"{len(bad)} scripts failed, e.g. {bad[0]}")
     _check_files(runs[0].parent, n)
     return elapsed
+
+
+def _ended_well(run_dir: Path) -> bool:
+    """The script's exit marker says 0."""
+    ended = read_markers(run_dir).exit
+    return ended is not None and ended[0] == 0
 
 
 #: the floor rows (``bench/floor.py``): label -> mode, each adding to the one before

@@ -462,7 +462,7 @@ class Runner:
         self._transition(run, State.SUCCESS, steps=steps, results=results, files=files)
 
     def _lost(
-        self, run: RunRecord, probe: Probe, steps: list[dict[str, Any]], *, started: bool = True
+        self, run: RunRecord, probe: Probe, steps: list[dict[str, Any]], *, started: bool
     ) -> None:
         """The run vanished (no exit marker) or its infrastructure failed: retry or ERROR.
 

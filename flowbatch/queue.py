@@ -58,6 +58,19 @@ def new_run_id() -> str:
     return secrets.token_hex(6)
 
 
+def _rename_making_folder(src: Path, dest: Path) -> None:
+    """``os.rename(src, dest)``, making ``dest``'s folder when it is missing: at the first
+    claim (not before each one: a burst claims hundreds), again if it was removed.
+    FileNotFoundError: ``src`` is gone (another daemon took it)."""
+    try:
+        os.rename(src, dest)
+    except FileNotFoundError:
+        if dest.parent.is_dir():
+            raise
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dest)
+
+
 def claim_key(name: str, st: os.stat_result) -> str:
     """One request file, the same for every host that sees it (no st_dev: NFS clients
     differ there); a later file of the same name has another mtime or inode."""
@@ -160,17 +173,9 @@ class Intake:
         except FileNotFoundError:
             return None
         run_id = new_run_id()
-        claimed_dir = self.site.claimed_dir
-        dest = claimed_dir / f"{run_id}--{name}"
+        dest = self.site.claimed_dir / f"{run_id}--{name}"
         try:
-            try:
-                os.rename(src, dest)
-            except FileNotFoundError:
-                if claimed_dir.is_dir():
-                    return None  # another daemon took it
-                # made at the first claim (not before each one: a burst claims hundreds)
-                claimed_dir.mkdir(parents=True, exist_ok=True)
-                os.rename(src, dest)
+            _rename_making_folder(src, dest)
         except FileNotFoundError:
             return None  # another daemon took it
         except OSError as exc:

@@ -228,7 +228,7 @@ def _time(text: str) -> float:
 
 #: how much of ``status/markers`` is read: two short lines a step (the run's user owns the
 #: file: a huge one must not make the daemon read it all)
-_MARKERS_BYTES = 1 << 20
+_MARKERS_FILE_BYTES = 1 << 20
 
 
 def read_markers(run_dir: Path) -> Markers:
@@ -252,7 +252,7 @@ def read_markers(run_dir: Path) -> Markers:
         except OSError:  # a link, a FIFO: not the script's
             return markers
         try:
-            raw = _read_up_to(fd, _MARKERS_BYTES)
+            raw = _read_up_to(fd, _MARKERS_FILE_BYTES)
         except OSError:  # a folder
             return markers
         finally:

@@ -119,16 +119,15 @@ def record_bytes(record: dict[str, Any]) -> bytes:
     """A flat record (``run.json``) as JSON a person reads line by line: a key per line,
     each object of a list of objects (steps, history, files) on a line of its own,
     anything else on its key's line. Half the cost of ``indent=2``. (Written three times
-    a run: the encoder is called directly, keys through the C string encoder.)"""
-    compact = _compact if _ENCODE is None else lambda v: "".join(_ENCODE(v, 0))
+    a run: keys go straight to the C string encoder.)"""
     key_text = json.encoder.encode_basestring_ascii
     lines = []
     for key, value in record.items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            items = ",\n    ".join([compact(v) for v in value])
+            items = ",\n    ".join([_compact(v) for v in value])
             lines.append(f"  {key_text(key)}: [\n    {items}\n  ]")
         else:
-            lines.append(f"  {key_text(key)}: {compact(value)}")
+            lines.append(f"  {key_text(key)}: {_compact(value)}")
     if not lines:
         return b"{}\n"
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
