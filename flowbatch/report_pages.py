@@ -17,17 +17,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from markupsafe import escape
+
 from .errors import FlowbatchError
 from .lifecycle import TAIL_BYTES, tail_text
 from .ranking import parse_time
 from .report import (
     JSON_NAME,
+    Page,
     display_argument,
     format_duration,
     format_number,
     format_size,
     human_time_text,
     iso_text,
+    own_templates,
     page_frame,
     render_page,
     use_site_templates,
@@ -62,31 +66,192 @@ def render_run_page(run_dir: Path, run: RunRecord, template: Template | None = N
     title = f"{run.name or run.id} ({run.group})"
     started, finished = parse_time(run.started_at), parse_time(run.finished_at)
     seconds = (finished - started).total_seconds() if started and finished else None
+    page = page_frame(
+        title,
+        script=False,
+        crumbs=[
+            ("All workflows", "../../../index.html"),
+            (run.workflow, "../../leaderboard.html"),
+        ],
+    )
+    times = [
+        (label, iso_text(value), human_time_text(value))
+        for label, value in (
+            ("Created", run.created_at),
+            ("Started", run.started_at),
+            ("Finished", run.finished_at),
+        )
+    ]
+    duration = format_duration(seconds)
+    results = _results(run, template)
+    arguments = _arguments(run, template)
+    steps = _steps(run_dir, run.steps)
+    files = [_file(f) for f in run.files]
+    if not own_templates(*RUN_PAGE_TEMPLATES):
+        return _run_html(page, run, times, duration, results, arguments, steps, files)
     return render_page(
         "run.html.j2",
-        page=page_frame(
-            title,
-            script=False,
-            crumbs=[
-                ("All workflows", "../../../index.html"),
-                (run.workflow, "../../leaderboard.html"),
-            ],
-        ),
+        page=page,
         run={**run.to_dict(), "state": run.state.value},
-        times=[
-            (label, iso_text(value), human_time_text(value))
-            for label, value in (
-                ("Created", run.created_at),
-                ("Started", run.started_at),
-                ("Finished", run.finished_at),
-            )
-        ],
-        duration=format_duration(seconds),
-        results=_results(run, template),
-        arguments=_arguments(run, template),
-        steps=[_step(run_dir, step) for step in run.steps],
-        files=[_file(f) for f in run.files],
+        times=times,
+        duration=duration,
+        results=results,
+        arguments=arguments,
+        steps=steps,
+        files=files,
         history=run.history,
+    )
+
+
+#: a site's own copy of one of these makes its run pages rendered by Jinja2 from them
+RUN_PAGE_TEMPLATES = ("run.html.j2", "base.html.j2")
+
+
+def _run_html(
+    page: Page,
+    run: RunRecord,
+    times: list[tuple[str, str, str]],
+    duration: str,
+    results: list[tuple[str, str, str]],
+    arguments: list[tuple[str, str, str]],
+    steps: list[_StepView],
+    files: list[dict[str, str]],
+) -> str:
+    """The package's ``run.html.j2`` in ``base.html.j2``, written out in Python: the same
+    bytes (a test renders both for runs of every shape), at a third of Jinja2's cost, on
+    the path of every finished run. A site with its own copy of either template gets
+    Jinja2 (:data:`RUN_PAGE_TEMPLATES`)."""
+    e = escape
+    state = e(run.state.value)
+    out = [
+        _frame_head(page),
+        f'<span class="badge {state}">{state}</span> &middot; workflow '
+        f"<code>{e(run.workflow)}</code> &middot; run <code>{e(run.id)}</code>",
+        '</p>\n</div></header>\n<main><div class="wrap">\n<div class="card">\n'
+        f'<dl class="facts">\n<dt>Group</dt><dd>{e(run.group)}</dd>\n'
+        f"<dt>Name</dt><dd>{e(run.name or '')}</dd>\n<dt>Owner</dt><dd>{e(run.owner)}</dd>\n"
+        f"<dt>Version</dt><dd><code>{e(run.version)}</code></dd>\n"
+        f"<dt>Executor</dt><dd>{e(run.executor)}</dd>\n",
+    ]
+    for label, iso_value, text in times:
+        moment = f'<time datetime="{e(iso_value)}">{e(text)}</time>' if iso_value else ""
+        out.append(f"<dt>{e(label)}</dt><dd>{moment}</dd>\n")
+    out.append(f"<dt>Run time</dt><dd>{e(duration)}</dd>\n</dl>\n</div>\n")
+    if run.messages:
+        out.append("<h2>Messages</h2>\n")
+        out.extend(f"<pre>{e(message)}</pre>\n" for message in run.messages)
+    if results:
+        out.append('<h2>Results</h2>\n<table class="kv"><tbody>\n')
+        out.extend(
+            f'<tr><th title="{e(name)}">{e(label)}</th><td>{e(text)}</td></tr>\n'
+            for label, name, text in results
+        )
+        out.append("</tbody></table>\n")
+    out.append("<h2>Arguments</h2>\n")
+    if arguments:
+        out.append('<table class="kv"><tbody>\n')
+        out.extend(
+            f'<tr><th title="{e(name)}">{e(label)}</th><td><code>{e(text)}</code></td></tr>\n'
+            for label, name, text in arguments
+        )
+        out.append("</tbody></table>\n")
+    else:
+        out.append('<p class="muted">None.</p>\n')
+    out.append("<h2>Steps</h2>\n")
+    if steps:
+        out.append(
+            '<div class="scroll"><table>\n<thead><tr><th class="num">#</th><th>Step</th>'
+            '<th class="num">Exit code</th><th>Started</th><th class="num">Duration</th>'
+            "<th>Logs</th></tr></thead>\n<tbody>\n"
+        )
+        for step in steps:
+            code = step.exit_code
+            if code is None:
+                shown = '<span class="muted">&ndash;</span>'
+            elif code == 0:
+                shown = "0"
+            else:
+                shown = f'<span class="badge ERROR">{e(code)}</span>'
+            logs = f'<a href="{e(step.stdout)}">stdout</a> ' if step.stdout else ""
+            if step.stderr:
+                logs += f'<a href="{e(step.stderr)}">stderr</a>'
+            out.append(
+                f'<tr>\n<td class="num">{e(step.index)}</td>\n<td>{e(step.name)}</td>\n'
+                f'<td class="num">{shown}</td>\n<td class="time">{e(step.started_text)}</td>\n'
+                f'<td class="num">{e(step.duration)}</td>\n<td>{logs}</td>\n</tr>\n'
+            )
+        out.append("</tbody>\n</table></div>\n")
+        for step in steps:
+            if not (step.out_tail or step.err_tail):
+                continue
+            opened = " open" if step.exit_code not in (None, 0) else ""
+            out.append(
+                f"<details{opened}>\n<summary>Step {e(step.index)} ({e(step.name)}): "
+                "last lines of its logs</summary>\n"
+            )
+            if step.out_tail:
+                out.append(f"<h3>stdout</h3><pre>{e(step.out_tail)}</pre>")
+            if step.err_tail:
+                out.append(f"<h3>stderr</h3><pre>{e(step.err_tail)}</pre>")
+            out.append("</details>\n")
+    else:
+        out.append('<p class="muted">No step ran.</p>\n')
+    out.append("<h2>Output files</h2>\n")
+    if files:
+        out.append(
+            '<table>\n<thead><tr><th>File</th><th>Description</th><th class="num">Size</th>'
+            "</tr></thead>\n<tbody>\n"
+        )
+        out.extend(
+            f'<tr><td><a href="{e(f["href"])}">{e(f["title"])}</a><br>'
+            f'<code class="muted">{e(f["source"])}</code></td><td>{e(f["caption"])}</td>'
+            f'<td class="num">{e(f["size"])}</td></tr>\n'
+            for f in files
+        )
+        out.append("</tbody>\n</table>\n")
+    else:
+        out.append('<p class="muted">None.</p>\n')
+    out.append(
+        "<h2>History</h2>\n<table>\n<thead><tr><th>State</th><th>At</th><th>Message</th>"
+        "</tr></thead>\n<tbody>\n"
+    )
+    for change in run.history:
+        state = e(change["state"])
+        out.append(
+            f'<tr><td><span class="badge {state}">{state}</span></td>'
+            f'<td class="time">{e(change["at"])}</td><td>{e(change.get("message") or "")}</td>'
+            "</tr>\n"
+        )
+    out.append("</tbody>\n</table>\n")
+    out.append(_frame_foot(page))
+    return "".join(out)
+
+
+def _frame_head(page: Page) -> str:
+    """``base.html.j2`` up to its ``meta`` block (a page without the script)."""
+    e = escape
+    crumbs = ""
+    if page.crumbs:
+        links = "".join(f'<a href="{e(href)}">{e(label)}</a> / ' for label, href in page.crumbs)
+        crumbs = f'<nav class="crumbs">{links}</nav>\n'
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{e(page.csp)}">\n'
+        '<meta name="generator" content="flowbatch">\n'
+        f"<title>{e(page.title)}</title>\n<style>\n{e(page.style)}\n</style>\n</head>\n"
+        f'<body>\n<header class="top"><div class="wrap">\n{crumbs}'
+        f'<h1>{e(page.title)}</h1>\n<p class="meta">'
+    )
+
+
+def _frame_foot(page: Page) -> str:
+    """``base.html.j2`` after its ``body`` block (a page without the script)."""
+    e = escape
+    return (
+        '</div></main>\n<footer><div class="wrap">Generated by flowbatch '
+        f'<time datetime="{e(page.generated_iso)}">{e(page.generated_text)}</time>'
+        "</div></footer>\n</body>\n</html>"
     )
 
 
@@ -125,6 +290,10 @@ class _StepView:
     stderr: str
     out_tail: str
     err_tail: str
+
+
+def _steps(run_dir: Path, steps: list[dict[str, Any]]) -> list[_StepView]:
+    return [_step(run_dir, step) for step in steps]
 
 
 def _step(run_dir: Path, step: dict[str, Any]) -> _StepView:

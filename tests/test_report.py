@@ -372,3 +372,68 @@ def test_csv(tmp_path: Path) -> None:
     # a spreadsheet must not run a user's text as a formula
     assert rows[2][1] == '\'=HYPERLINK("x")' and rows[2][3] == "'-1+1"
     assert rows[1][4] == "1234.56789" and rows[1][7] == "0.01" and rows[1][11] == "1.200"
+
+
+def test_compiled_report_templates_are_kept_in_a_private_cache_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package's report templates are compiled once and kept in the user's cache
+    folder ($CACHE_DIRECTORY under systemd, else $XDG_CACHE_HOME): a later daemon loads
+    them instead of compiling (70-100 ms a start). What is read from there is run as code,
+    so a folder that is not private to this user is not used."""
+    import os
+
+    import jinja2
+
+    from flowbatch import report
+
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(report, "_ENVS", {})
+    monkeypatch.setattr(report, "_FOLDER", [None])
+    folder = tmp_path / "xdg" / "flowbatch" / report.BYTECODE_FOLDER
+    write_leaderboard(tmp_path / "one", "wf", "T", SCHEMA, rank(runs(), SCHEMA))
+    assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
+    kept = sorted(p.name for p in folder.iterdir())
+    assert len(kept) == 2, kept  # leaderboard.html.j2 and the base.html.j2 it extends
+    first = (tmp_path / "one" / "leaderboard.html").read_text()
+
+    # a new process (a new environment): loaded, not compiled
+    monkeypatch.setattr(report, "_ENVS", {})
+
+    def no_compile(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled again")
+
+    with monkeypatch.context() as m:
+        m.setattr(jinja2.Environment, "compile", no_compile)
+        write_leaderboard(tmp_path / "two", "wf", "T", SCHEMA, rank(runs(), SCHEMA))
+    again = (tmp_path / "two" / "leaderboard.html").read_text()
+    assert again.split("<footer>")[0] == first.split("<footer>")[0]
+
+    # systemd's CacheDirectory= wins
+    monkeypatch.setenv("CACHE_DIRECTORY", str(tmp_path / "sd"))
+    assert report.cache_folder() == tmp_path / "sd" / "flowbatch" / report.BYTECODE_FOLDER
+
+    # no home folder: nowhere (not a "~" folder made where the daemon runs)
+    monkeypatch.setenv("CACHE_DIRECTORY", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    monkeypatch.setenv("HOME", "relative")
+    assert report.cache_folder() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    # not private: not used (the templates compile at each start instead)
+    monkeypatch.delenv("CACHE_DIRECTORY")
+    os.chmod(folder, 0o770)
+    assert report.cache_folder() is None
+    os.chmod(folder, 0o700)
+    assert report.cache_folder() == folder
+    if os.geteuid() == 0:
+        os.chown(folder, 65534, 65534)
+        assert report.cache_folder() is None
+        os.chown(folder, 0, 0)
+    moved = folder.rename(tmp_path / "elsewhere")
+    folder.symlink_to(moved)
+    assert report.cache_folder() is None
+    monkeypatch.setattr(report, "_ENVS", {})
+    write_leaderboard(tmp_path / "three", "wf", "T", SCHEMA, rank(runs(), SCHEMA))
+    assert (tmp_path / "three" / "leaderboard.html").is_file()  # compiled, still written

@@ -5,6 +5,7 @@ escaping of hostile user values everywhere."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 
 from flowbatch import api
 from flowbatch.cli import main
+from flowbatch.runs import RunRecord
 from flowbatch.site import Site
 
 from .conftest import EXAMPLES, drop, run_until_idle, write_template
@@ -202,3 +204,108 @@ def test_a_bad_all_runs_shown_is_refused_with_the_field(tmp_path: Path) -> None:
 
     with pytest.raises(Exception, match="all_runs_shown"):
         make_site(tmp_path / "site", {"reports": {"all_runs_shown": 0}})
+
+
+def test_run_pages_are_the_run_templates_bytes(
+    hello_site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run's page is written by Python (the path of every run), not by
+    Jinja2: byte for byte what the package's ``run.html.j2`` gives, for runs of every
+    shape: hostile values, results and captioned files, a failed step's logs and the
+    run's messages, a missing log, a run with no step, one with no arguments."""
+    from datetime import UTC, datetime
+
+    from flowbatch import report, report_pages
+
+    site = hello_site
+    src = write_template(
+        tmp_path / "wf",
+        """
+workflow:
+  steps:
+    - name: prepare
+      action: {environment: x, commands: ["echo '<b>preparing</b> & more'"]}
+    - name: boom
+      action: {environment: x, commands: ["echo first >&2; echo 'the <reason>' >&2; exit 3"]}
+""",
+    )
+    api.install(site, src, workflow_id="boom")
+    drop(site, "h.yaml", request(HOSTILE, '"><img src=x onerror=alert(2)>', greeting=HOSTILE))
+    (site.layout.queue / "names.txt").write_text(NAMES)
+    drop(site, "a.yaml", request("alice", "first try"), {"names.txt": NAMES})
+    drop(site, "b.yaml", {"workflow": "boom", "group": "g'\"<&>"})
+    run_until_idle(site)
+    runs = {r["id"]: r for r in api.list_runs(site)}
+    assert sorted(r["state"] for r in runs.values()) == ["ERROR", "SUCCESS", "SUCCESS"]
+
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    frame = report_pages.page_frame
+    monkeypatch.setattr(
+        report_pages, "page_frame", lambda *a, **k: frame(*a, generated_at=moment, **k)
+    )
+    report.use_site_templates(site.root)
+
+    def both(run_dir: Path, run: RunRecord) -> tuple[str, str]:
+        template = report_pages._template(site, run)
+        fast = report_pages.render_run_page(run_dir, run, template)
+        with monkeypatch.context() as m:
+            m.setattr(report_pages, "own_templates", lambda *names: True)
+            slow = report_pages.render_run_page(run_dir, run, template)
+        return fast, slow
+
+    shapes = []
+    for run_id in runs:
+        run_dir = Path(api.show_run(site, run_id)["run_dir"])
+        run = site.store.load_dir(run_dir)
+        shapes.append((run_dir, run))
+        fast, slow = both(run_dir, run)
+        assert fast == slow
+        # and what the daemon wrote is that page (but for the time it was written)
+        written = (run_dir / "index.html").read_text()
+        assert written.split("<footer>")[0] == fast.split("<footer>")[0]
+    failed = next(run for _, run in shapes if run.state.value == "ERROR")
+    assert (
+        failed.messages and "<details open>" in both(*next(s for s in shapes if s[1] is failed))[0]
+    )
+    assert "None</td>" not in fast  # a change without a message shows no "None"
+    # the other shapes, from these runs' records
+    run_dir, run = shapes[0]
+    (run_dir / run.steps[0]["stdout"]).unlink()  # a missing log: no link, no tail
+    no_steps = dataclasses.replace(run, steps=[], arguments={}, files=[], results=None)
+    odd = dataclasses.replace(
+        run,
+        name=None,
+        messages=["<m1>", "m2 & 'q'"],
+        steps=[{**run.steps[0], "exit_code": None}, {"index": 2, "name": "<x>"}],
+        files=[{"key": "k<", "source": "a b/<c>.txt", "caption": "<cap>", "size": 3 * 2**20}],
+        history=[*run.history, {"state": "ERROR", "at": "not a time", "message": "<why>"}],
+    )
+    for shape in (run, no_steps, odd):
+        fast, slow = both(run_dir, shape)
+        assert fast == slow
+    assert "<img" not in fast and "&lt;why&gt;" in fast and "&lt;cap&gt;" in fast
+
+
+@pytest.mark.parametrize("name", ["run.html.j2", "base.html.j2"])
+def test_a_sites_own_run_template_writes_its_run_pages(
+    hello_site: Site, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Run pages are written by Python only while the site keeps the package's run
+    templates: its own ``run.html.j2`` or ``base.html.j2`` is rendered by Jinja2."""
+    from flowbatch import report
+
+    monkeypatch.setattr(report, "_FOLDER", [None])
+    site = hello_site
+    own = site.root / report.SITE_TEMPLATES
+    own.mkdir()
+    if name == "run.html.j2":
+        text = '{% extends "base.html.j2" %}{% block body %}<p id="own">{{ run.group }}</p>{% endblock %}'
+    else:
+        text = '<p id="own">{{ page.title }}</p>{% block meta %}{% endblock %}{% block body %}{% endblock %}'
+    (own / name).write_text(text)
+    drop(site, "h.yaml", request(HOSTILE, "hostile"), {"names.txt": NAMES})
+    run_until_idle(site)
+    run_id = api.list_runs(site)[0]["id"]
+    run_dir = Path(api.show_run(site, run_id)["run_dir"])
+    page = (run_dir / "index.html").read_text()
+    assert '<p id="own">' in page and "&lt;script&gt;" in page and HOSTILE not in page

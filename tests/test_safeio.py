@@ -1,14 +1,16 @@
-"""flowbatch.safeio.copy_tree: what an installed template's files become in a new run."""
+"""flowbatch.safeio: what an installed template's files become in a new run (copy_tree), and
+the one-part-at-a-time opens of files in folders users control (open_beneath)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from flowbatch.safeio import copy_tree
+from flowbatch.safeio import copy_tree, open_beneath, read_tail_or_none
 
 
 def _tree(root: Path) -> Path:
@@ -75,3 +77,33 @@ def test_copy_tree_refuses_a_fifo_instead_of_blocking(tmp_path: Path) -> None:
     dest.mkdir()
     with pytest.raises(OSError, match="not a regular file"):
         copy_tree(str(src), str(dest))
+
+
+def test_open_beneath_takes_the_parts_pathlib_gives_and_nothing_outside(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "a.out").write_bytes(b"one\ntwo\n")
+    (tmp_path / "empty").write_bytes(b"")
+    os.symlink("logs", tmp_path / "link")
+    os.symlink("/etc/passwd", tmp_path / "logs" / "passwd")
+
+    def read(rel: str | Path) -> bytes:
+        fd = open_beneath(tmp_path, rel)
+        try:
+            return os.read(fd, 100)
+        finally:
+            os.close(fd)
+
+    for rel in ("logs/a.out", "logs//a.out", "./logs/a.out", "logs/./a.out", Path("logs/a.out")):
+        assert read(rel) == b"one\ntwo\n", rel
+    for rel in ("/etc/passwd", "../x", "logs/../logs/a.out", "", ".", "./"):
+        with pytest.raises(OSError) as caught:
+            read(rel)
+        assert caught.value.errno == errno.EINVAL, rel
+    for rel in ("link/a.out", "logs/passwd"):
+        with pytest.raises(OSError) as caught:
+            read(rel)
+        assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR), rel
+    assert read_tail_or_none(tmp_path, "logs/a.out", 4) == b"two\n"
+    assert read_tail_or_none(tmp_path, "empty", 4) == b""
+    assert read_tail_or_none(tmp_path, "logs/missing", 4) is None
+    assert read_tail_or_none(tmp_path, "logs/passwd", 4) is None

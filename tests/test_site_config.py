@@ -66,6 +66,8 @@ def test_system_unit_settings() -> None:
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/srv/flowbatch",
+        "CacheDirectory=flowbatch",  # compiled report templates, private to the daemon
+        "CacheDirectoryMode=0700",
         "PrivateTmp=yes",
         "KillMode=process",  # a daemon restart must not kill detached runs
     ):
