@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import latency, scale, slurm, ssh, throughput
-from .common import ROOT, machine
+from .common import ROOT, machine, use_installed
 
 SECTIONS = ("throughput", "latency", "ssh", "slurm", "scale")
 
@@ -57,6 +57,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="throughput: at most this many seconds of waiting for a quiet disk before "
         "each timed run (90; 0: measure the disk, never wait)",
     )
+    p.add_argument(
+        "--here",
+        action="store_true",
+        help="run the flowbatch of this Python environment, not a plain install of the "
+        "work tree in bench/.venvs/flowbatch (faster to start; editable and with the test "
+        "extras it is not what users run)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--json", type=Path, help="also write the raw figures here")
     p.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one)")
@@ -93,16 +100,25 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(render(earlier, args), encoding="utf-8")
         return 0
     wanted = [s for s in (args.only or SECTIONS) if s not in args.skip]
-    # the bytecode an installed flowbatch has (`pip install .` compiles it; an editable
-    # install under PYTHONDONTWRITEBYTECODE would compile every module at every start)
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(ROOT / "flowbatch")],
-        check=False,
-        capture_output=True,
-    )
+    if args.here:
+        # the bytecode an installed flowbatch has (`pip install .` compiles it; an
+        # editable install under PYTHONDONTWRITEBYTECODE compiles every module at every start)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(ROOT / "flowbatch")],
+            check=False,
+            capture_output=True,
+        )
+        installed = "this environment's (--here)"
+    else:
+        installed = f"pip install . in {use_installed(log=log)}"
     work = args.work or Path(tempfile.mkdtemp(prefix="flowbatch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "sections": {}}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "quick": args.quick,
+        "flowbatch": installed,
+        "sections": {},
+    }
     runners = {
         "throughput": lambda: throughput.bench(
             work / "throughput",
@@ -182,6 +198,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"| Python | {m['python']} |",
         f"| OS | {m['os']} |",
         f"| load average (1 min) at the start | {m['load_1m']} |",
+        f"| flowbatch | {results.get('flowbatch', 'the project environment (editable)')} |",
         f"| mode | {'quick' if args.quick else 'full'}; the run took "
         f"{results['wall_s'] / 60:.1f} min |",
         "",

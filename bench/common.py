@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import platform
 import resource
@@ -22,7 +23,46 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 VENVS = BENCH / ".venvs"
 PYTHON = sys.executable
+#: how the bench starts flowbatch: by default as users install it (:func:`use_installed`
+#: points it at bench/.venvs/flowbatch); ``--here``: this interpreter's (the project's
+#: environment, often editable and with the test extras)
 FLOWBATCH = [PYTHON, "-m", "flowbatch"]
+
+
+def source_digest() -> str:
+    """What a plain install of the work tree holds: the package's files and the project
+    file, hashed (a change of either means a new install)."""
+    digest = hashlib.sha256()
+    files = [ROOT / "pyproject.toml"] + sorted(
+        p
+        for p in (ROOT / "flowbatch").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def use_installed(log: Any = print) -> str:
+    """flowbatch as users get it, in a virtual environment of its own like each peer's:
+    ``pip install .`` (not editable, no extras: its modules byte-compiled, no test
+    packages for peewee or pydantic to find) into bench/.venvs/flowbatch, again when the
+    work tree changed. :data:`FLOWBATCH` then starts that one. Returns its python."""
+    venv = VENVS / "flowbatch"
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    digest = source_digest()
+    if not (python.exists() and marker.exists() and marker.read_text().strip() == digest):
+        log(f"  installing flowbatch (pip install .) into {venv} ...")
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        # the dependencies once, then the package itself again at each change of the tree
+        subprocess.run([*pip, str(ROOT)], check=True, cwd=venv)
+        subprocess.run([*pip, "--force-reinstall", "--no-deps", str(ROOT)], check=True, cwd=venv)
+        marker.write_text(digest + "\n")
+    FLOWBATCH[:] = [str(python), "-m", "flowbatch"]
+    return str(python)
 
 #: the trivial two-command workload every tool runs, per job ``n`` in its own folder
 CMD1 = "echo {n} > out.txt"

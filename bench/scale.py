@@ -23,7 +23,7 @@ import psutil
 from flowbatch.daemon import lock_holder, run_daemon
 from flowbatch.site import Site
 
-from .common import FLOWBATCH, PYTHON, fresh, timed
+from .common import FLOWBATCH, fresh, timed
 from .sites import WORKFLOW, drop, make_site
 
 GROUPS = 1000
@@ -152,7 +152,7 @@ def rank_and_render(site: Site) -> dict[str, Any]:
 def _rank_and_render_once(site: Site) -> dict[str, Any]:
     start = time.perf_counter()
     out = subprocess.run(
-        [PYTHON, "-c", RANK_CHILD, str(site.root), WORKFLOW],
+        [FLOWBATCH[0], "-c", RANK_CHILD, str(site.root), WORKFLOW],
         capture_output=True,
         text=True,
         timeout=600,

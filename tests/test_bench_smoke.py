@@ -39,6 +39,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
             "0.5",
             "--settle",
             "0",  # the suite removes files all the time: measure the disk, never wait
+            "--here",  # the suite's flowbatch (a plain install: tests/test_install.py)
             "--work",
             str(tmp_path / "work"),
             "--out",
@@ -56,6 +57,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for name in ("throughput", "latency", "scale"):
         assert results["sections"][name]["ok"], results["sections"][name]
     assert {"ssh", "slurm"}.isdisjoint(results["sections"])
+    assert results["flowbatch"].startswith("this environment")  # --here
     tools = {r["tool"]: r for r in results["sections"]["throughput"]["rows"]}
     assert set(tools) == {
         "xargs -P 2",
