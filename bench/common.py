@@ -33,12 +33,12 @@ def source_digest() -> str:
     """What a plain install of the work tree holds: the package's files and the project
     file, hashed (a change of either means a new install)."""
     digest = hashlib.sha256()
-    files = [ROOT / "pyproject.toml"] + sorted(
+    package = sorted(
         p
         for p in (ROOT / "flowbatch").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     )
-    for path in files:
+    for path in [ROOT / "pyproject.toml", *package]:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -63,6 +63,7 @@ def use_installed(log: Any = print) -> str:
         marker.write_text(digest + "\n")
     FLOWBATCH[:] = [str(python), "-m", "flowbatch"]
     return str(python)
+
 
 #: the trivial two-command workload every tool runs, per job ``n`` in its own folder
 CMD1 = "echo {n} > out.txt"

@@ -11,8 +11,9 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -595,15 +596,15 @@ def output_files(run_dir: Path, template: Template) -> list[dict[str, Any]]:
         out = []
         missing = []
         for spec in template.outputs:
-            path = run_dir / spec.source
-            if not path.is_file():
+            size = _file_size(run_dir / spec.source)
+            if size is None:
                 missing.append(spec.source)
                 continue
             out.append(
                 {
                     "key": spec.key,
                     "source": spec.source,
-                    "size": path.stat().st_size,
+                    "size": size,
                     "title": spec.title,
                     "caption": spec.caption,
                 }
@@ -616,13 +617,21 @@ def output_files(run_dir: Path, template: Template) -> list[dict[str, Any]]:
             )
         return out
     if template.workflow.output_files:
-        sources: Iterable[str] = [
-            s for s in template.workflow.output_files if (run_dir / s).is_file()
-        ]
+        sizes = [(s, _file_size(run_dir / s)) for s in template.workflow.output_files]
     else:
-        sources = sorted(
-            p.relative_to(run_dir).as_posix()
+        sizes = sorted(
+            (p.relative_to(run_dir).as_posix(), _file_size(p))
             for p in run_dir.rglob("*")
-            if p.is_file() and p.relative_to(run_dir).parts[0] not in RESERVED
+            if p.relative_to(run_dir).parts[0] not in RESERVED
         )
-    return [{"key": s, "source": s, "size": (run_dir / s).stat().st_size} for s in sources]
+    return [{"key": s, "source": s, "size": size} for s, size in sizes if size is not None]
+
+
+def _file_size(path: Path) -> int | None:
+    """The size of a regular file (a link to one counts, as for ``is_file``); None for
+    anything else or nothing (one ``stat``, not ``is_file`` and then ``stat`` again)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None

@@ -12,6 +12,7 @@ Also unlike flowServ (JSON only, despite its docs), the file may be JSON or YAML
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -21,6 +22,7 @@ from typing import Any
 
 from . import yamlio
 from .errors import InputError, ResultError
+from .safeio import LINK_ERRORS, open_beneath
 from .spec.model import ResultColumn, ResultSchema
 
 #: Result files are small summaries; refuse anything that looks like a data dump.
@@ -57,8 +59,8 @@ def read_results(run_dir: Path, schema: ResultSchema) -> dict[str, ResultValue]:
             mapping, or one or more columns are missing or fail their cast (all such
             column problems are reported in the one error).
     """
-    path = _result_path(run_dir, schema.file)
-    doc = _load(path)
+    path = run_dir / schema.file
+    doc = _load(run_dir, schema.file)
     if not isinstance(doc, Mapping):
         raise ResultError(
             f"result file holds a {_kind(doc)}, not a mapping",
@@ -179,9 +181,13 @@ def _to_str(value: Any) -> str:
     raise _CastError(f"got a {_kind(value)} ({_show(value)})")
 
 
-def _result_path(run_dir: Path, file: str) -> Path:
-    """``run_dir / file``, refusing paths that leave the run directory (also via symlinks):
-    a template must not make the daemon read files of other runs or of the host."""
+def _open_result(run_dir: Path, file: str) -> int:
+    """A descriptor of ``run_dir / file``, never of a file outside the run directory: a
+    template must not make the daemon read files of other runs or of the host. Opened one
+    part at a time without following links (:func:`flowbatch.safeio.open_beneath`), so a
+    link put in place after a check cannot lead the open elsewhere. A link that stays
+    inside the run directory is followed: its target is found, checked to be inside, and
+    opened by its own path the same way (a link changed meanwhile fails that open)."""
     if Path(file).is_absolute():
         raise ResultError(
             "result file path is absolute",
@@ -189,54 +195,48 @@ def _result_path(run_dir: Path, file: str) -> Path:
             field="results.file",
             expected="a path relative to the run directory",
         )
-    path = run_dir / file
-    if _no_link_below(run_dir, Path(file).parts):
-        return path  # nothing on the way can lead out: spare the two full resolves
+    try:
+        return open_beneath(run_dir, file)
+    except OSError as exc:
+        # a link on the way, or a ".." part (EINVAL): both may still stay inside
+        if exc.errno not in LINK_ERRORS and exc.errno != errno.EINVAL:
+            raise
     base = run_dir.resolve()
     try:
-        path.resolve().relative_to(base)
+        inside = (run_dir / file).resolve().relative_to(base)
     except ValueError:
-        raise ResultError(
-            "result file path leads outside the run directory",
-            file=str(path),
-            field="results.file",
-            expected="a path inside the run directory",
-        )
-    return path
+        raise _outside(run_dir / file) from None
+    return open_beneath(base, inside)
 
 
-def _no_link_below(run_dir: Path, parts: tuple[str, ...]) -> bool:
-    """True when ``run_dir/parts`` has no ``..`` and no symlink below ``run_dir`` (one
-    ``lstat`` per part; a missing part ends the walk: nothing beyond it exists)."""
-    if ".." in parts:
-        return False
-    here = str(run_dir)
-    for part in parts:
-        here = os.path.join(here, part)
-        try:
-            if stat.S_ISLNK(os.lstat(here).st_mode):
-                return False
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-    return True
+def _outside(path: Path) -> ResultError:
+    return ResultError(
+        "result file path leads outside the run directory",
+        file=str(path),
+        field="results.file",
+        expected="a path inside the run directory",
+    )
 
 
-def _load(path: Path) -> Any:
-    if not path.exists():
+def _load(run_dir: Path, file: str) -> Any:
+    path = run_dir / file
+    try:
+        fd = _open_result(run_dir, file)
+    except FileNotFoundError:
         raise ResultError(
             "result file not found",
             file=str(path),
             expected="the file named by results.file, written by the workflow",
             hint="check that a step writes this file (relative to the run directory)",
-        )
-    if not path.is_file():
-        raise ResultError(
-            "result file is not a regular file", file=str(path), expected="a JSON or YAML file"
-        )
+        ) from None
+    except OSError as exc:
+        raise ResultError(f"cannot open result file: {exc.strerror}", file=str(path)) from None
     try:
-        return yamlio.load_file(path, max_bytes=MAX_RESULT_BYTES)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ResultError(
+                "result file is not a regular file", file=str(path), expected="a JSON or YAML file"
+            )
+        return yamlio.load_fd(fd, str(path), max_bytes=MAX_RESULT_BYTES)
     except InputError as exc:
         kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
         raise ResultError(
@@ -244,7 +244,9 @@ def _load(path: Path) -> Any:
             file=str(path),
             expected=f"a {kind} mapping of result names to values",
             hint=exc.hint,
-        )
+        ) from None
+    finally:
+        os.close(fd)
 
 
 def _lookup(doc: Mapping[str, Any], column: ResultColumn) -> Any:

@@ -169,25 +169,55 @@ def load_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEMPLATE_BYT
     """Read and parse a YAML or JSON file (JSON by its ``.json`` suffix)."""
     p = Path(path)
     try:
-        size = p.stat().st_size
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}", file=str(p))
+    try:
+        return load_fd(fd, str(p), max_bytes=max_bytes)
+    finally:
+        os.close(fd)
+
+
+def load_fd(fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES) -> Any:
+    """:func:`load_file` of a file already open (read from its start): a caller that
+    opened it without following links (:mod:`flowbatch.safeio`) reads what it checked.
+    ``name`` is the file's name in errors, and JSON by its ``.json`` suffix."""
+    try:
+        size = os.fstat(fd).st_size
         if size > max_bytes:
             raise InputError(
                 f"file is {size} bytes, over the limit of {max_bytes} bytes",
-                file=str(p),
+                file=name,
                 hint="keep data files out of the YAML and pass them as file arguments",
             )
-        raw = p.read_bytes()
+        raw = _read_all(fd, max_bytes)
     except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=str(p))
+        raise InputError(f"cannot read file: {exc.strerror}", file=name)
+    if len(raw) > max_bytes:  # it grew while read
+        raise InputError(f"file is over the limit of {max_bytes} bytes", file=name)
     if b"\x00" in raw:
-        raise InputError("file is binary (contains NUL bytes)", file=str(p))
+        raise InputError("file is binary (contains NUL bytes)", file=name)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"file is not UTF-8 text (byte {exc.start})", file=str(p), hint="save it as UTF-8"
+            f"file is not UTF-8 text (byte {exc.start})", file=name, hint="save it as UTF-8"
         )
-    return loads(text, file=str(p), json_format=p.suffix.lower() == ".json")
+    return loads(text, file=name, json_format=name.lower().endswith(".json"))
+
+
+def _read_all(fd: int, max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes from ``fd``'s start (one more tells it is over)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    left = max_bytes + 1
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def dump(value: Any) -> str:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -170,3 +172,29 @@ def test_each_round_is_shown_against_its_own_limit() -> None:
     line = next(x for x in text.splitlines() if x.startswith("- Round by round"))
     assert "flowbatch 3.00x, 4.00x, 2.00x the limit (+4.00, +7.50, +4.00 ms per run)" in line
     assert f"{throughput.AS_USER} 4.00x, 4.00x, 3.00x the limit" in line
+
+
+def test_the_bench_reinstalls_flowbatch_when_the_tree_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench runs a plain install of the work tree (bench/.venvs/flowbatch), made
+    again when the package's files or the project file changed, not for bytecode."""
+    from bench import common
+
+    (tmp_path / "flowbatch" / "data").mkdir(parents=True)
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    (tmp_path / "flowbatch" / "a.py").write_text("x = 1\n")
+    (tmp_path / "flowbatch" / "data" / "t.j2").write_text("{{ x }}\n")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    first = common.source_digest()
+    (tmp_path / "flowbatch" / "__pycache__").mkdir()
+    (tmp_path / "flowbatch" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert common.source_digest() == first
+    for path, text in (
+        ("flowbatch/a.py", "x = 2\n"),
+        ("flowbatch/data/t.j2", "{{ y }}\n"),
+        ("pyproject.toml", "[project]\nname = 'x'\n"),
+    ):
+        before = common.source_digest()
+        (tmp_path / path).write_text(text)
+        assert common.source_digest() != before, path

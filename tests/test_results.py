@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,43 @@ def test_a_lone_surrogate_in_a_text_result_is_refused(tmp_path: Path) -> None:
     schema = ResultSchema("r.json", [ResultColumn("s", "S", "string")], [SortKey("s")])
     with pytest.raises(ResultError, match="not valid Unicode"):
         read_results(tmp_path, schema)
+
+
+def test_a_link_swapped_in_after_the_check_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's user owns its folder and may change it at any moment: a file checked to
+    be inside, then replaced by a link to a file outside before the daemon opens it, is
+    refused, never read (the open itself follows no link)."""
+    run_dir = tmp_path / "run"
+    write(run_dir, "data/real.json", {"score": 2.5})
+    secret = write(tmp_path, "secret.json", {"score": 99})
+    (run_dir / "out.json").symlink_to("data/real.json")
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="out.json")
+    resolve = Path.resolve
+
+    def resolve_then_swap(self: Path, strict: bool = False) -> Path:
+        found = resolve(self, strict)
+        if found.name == "real.json":  # the check is done: the user swaps the file
+            (run_dir / "data" / "real.json").unlink()
+            (run_dir / "data" / "real.json").symlink_to(secret)
+        return found
+
+    monkeypatch.setattr(Path, "resolve", resolve_then_swap)
+    with pytest.raises(ResultError) as info:
+        read_results(run_dir, schema)
+    assert "99" not in str(info.value)
+
+
+def test_a_fifo_for_a_result_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "out.json")
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="out.json")
+    with pytest.raises(ResultError, match="not a regular file"):
+        read_results(tmp_path, schema)
+
+
+def test_a_dotdot_that_stays_inside_is_read(tmp_path: Path) -> None:
+    write(tmp_path, "out.json", {"score": 1.5})
+    (tmp_path / "sub").mkdir()
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="sub/../out.json")
+    assert read_results(tmp_path, schema) == {"score": 1.5}
