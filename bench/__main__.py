@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
             capture_output=True,
         )
-        installed = "this environment's (--here)"
+        installed = "here"
     else:
-        installed = f"pip install . in {use_installed(log=log)}"
+        use_installed(log=log)
+        installed = "installed"
     work = args.work or Path(tempfile.mkdtemp(prefix="flowbatch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -179,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
 MODULES = {"throughput": throughput, "latency": latency, "ssh": ssh, "slurm": slurm, "scale": scale}
 
 
+#: how the run started flowbatch (its ``flowbatch`` figure)
+FLOWBATCH_AS = {
+    "installed": "a plain `pip install .` of the work tree (no extras), in a virtual "
+    "environment of its own (bench/.venvs/flowbatch)",
+    "here": "the Python environment the bench ran in (`--here`)",
+}
+
+
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     m = results["machine"]
     cmd = "python -m bench" + (" --quick" if args.quick else "")
@@ -198,7 +207,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"| Python | {m['python']} |",
         f"| OS | {m['os']} |",
         f"| load average (1 min) at the start | {m['load_1m']} |",
-        f"| flowbatch | {results.get('flowbatch', 'the project environment (editable)')} |",
+        f"| flowbatch | {FLOWBATCH_AS.get(results.get('flowbatch', ''), 'not recorded')} |",
         f"| mode | {'quick' if args.quick else 'full'}; the run took "
         f"{results['wall_s'] / 60:.1f} min |",
         "",
