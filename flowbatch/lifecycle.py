@@ -481,9 +481,9 @@ class Runner:
                 why = f"the run's script never started (it wrote no marker){code}"
                 uid = (run.handle or {}).get("uid")
                 if run.executor == "local" and uid is not None and uid != os.geteuid():
-                    why += (
-                        f"; it was to run as uid {uid}: the change to that user may have "
-                        "failed (`flowbatch doctor` checks it)"
+                    why += f"; it was to run as uid {uid}: " + (
+                        self._why_not_started(run)
+                        or "the change to that user may have failed (`flowbatch doctor` checks it)"
                     )
             if probe.raw:
                 why += f"; {probe.raw}"
@@ -504,6 +504,18 @@ class Runner:
             )
             return
         self._transition(run, State.ERROR, steps=steps, messages=[f"lost: {why}"])
+
+    def _why_not_started(self, run: RunRecord) -> str | None:
+        """The executor's own account of a start that failed, where it can give one."""
+        explain = getattr(self.executors.get(run.executor), "why_not_started", None)
+        if explain is None:
+            return None
+        try:
+            said = explain(run.handle or {})
+        except Exception:  # a diagnosis must never keep the run from its end state
+            log.exception("could not find why run %s did not start", run.id)
+            return None
+        return str(said) if said else None
 
     def _failure_messages(
         self, run: RunRecord, steps: list[dict[str, Any]], code: int, failed: int

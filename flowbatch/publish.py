@@ -101,10 +101,9 @@ def run_files(workflow: str, runs: set[str] | None = None) -> dict[str, list[dic
             .where(where if chunk is None else where & RunFileRow.run.in_(chunk))
             .order_by(RunFileRow._meta.primary_key)  # the run's own file order
         )
-        for row in rows:
-            out.setdefault(row.run, []).append(
-                {"key": row.key, "source": row.source, "title": row.title}
-            )
+        found: Any = rows.tuples()  # no model object per row (peewee's types say RunFileRow)
+        for run_id, key, source, title in found:
+            out.setdefault(run_id, []).append({"key": key, "source": source, "title": title})
     return out
 
 

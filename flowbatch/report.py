@@ -27,6 +27,7 @@ import json
 import math
 import os
 import stat
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -535,11 +536,31 @@ def cache_folder() -> Path | None:
     return folder if private and st.st_uid == os.geteuid() else None
 
 
+#: compiled templates not written for this long are removed when another is written
+#: (each flowbatch installed elsewhere has its own; one still in use is written again)
+CACHE_DAYS = 30
+
+
+class _TemplateCache(jinja2.FileSystemBytecodeCache):
+    """Jinja2's file cache, keyed by the template's name and file and checked against
+    its source's hash and the Jinja2 and Python versions (an upgrade recompiles), whose
+    writes also remove the files of installs gone for :data:`CACHE_DAYS`."""
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        super().dump_bytecode(bucket)
+        horizon = time.time() - CACHE_DAYS * 86400
+        try:
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".cache") and entry.stat().st_mtime < horizon:
+                        os.unlink(entry.path)
+        except OSError:
+            pass  # a cache: the next write tries again
+
+
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
     folder = cache_folder()
-    # keyed by the template's name and file, checked against its source's hash and the
-    # Jinja2 and Python versions: an upgrade recompiles, and the files stay few
-    return jinja2.FileSystemBytecodeCache(str(folder), "%s.cache") if folder else None
+    return _TemplateCache(str(folder), "%s.cache") if folder else None
 
 
 def check_site_templates(site_root: Path) -> list[str]:

@@ -141,20 +141,10 @@ def _run_html(
         out.append("<h2>Messages</h2>\n")
         out.extend(f"<pre>{e(message)}</pre>\n" for message in run.messages)
     if results:
-        out.append('<h2>Results</h2>\n<table class="kv"><tbody>\n')
-        out.extend(
-            f'<tr><th title="{e(name)}">{e(label)}</th><td>{e(text)}</td></tr>\n'
-            for label, name, text in results
-        )
-        out.append("</tbody></table>\n")
+        out.append(f"<h2>Results</h2>\n{_kv_table(results, '', '')}")
     out.append("<h2>Arguments</h2>\n")
     if arguments:
-        out.append('<table class="kv"><tbody>\n')
-        out.extend(
-            f'<tr><th title="{e(name)}">{e(label)}</th><td><code>{e(text)}</code></td></tr>\n'
-            for label, name, text in arguments
-        )
-        out.append("</tbody></table>\n")
+        out.append(_kv_table(arguments, "<code>", "</code>"))
     else:
         out.append('<p class="muted">None.</p>\n')
     out.append("<h2>Steps</h2>\n")
@@ -225,6 +215,16 @@ def _run_html(
     out.append("</tbody>\n</table>\n")
     out.append(_frame_foot(page))
     return "".join(out)
+
+
+def _kv_table(rows: list[tuple[str, str, str]], before: str, after: str) -> str:
+    """The label-value tables of ``run.html.j2`` (results, arguments)."""
+    e = escape
+    lines = "".join(
+        f'<tr><th title="{e(name)}">{e(label)}</th><td>{before}{e(text)}{after}</td></tr>\n'
+        for label, name, text in rows
+    )
+    return f'<table class="kv"><tbody>\n{lines}</tbody></table>\n'
 
 
 def _frame_head(page: Page) -> str:

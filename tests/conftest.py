@@ -26,6 +26,21 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's daemons keep their compiled report templates in a folder of the
+    suite's own (the daemons it starts inherit it), not in the user's ~/.cache."""
+    saved = {name: os.environ.get(name) for name in ("XDG_CACHE_HOME", "CACHE_DIRECTORY")}
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.pop("CACHE_DIRECTORY", None)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def make_site(root: Path, config: dict[str, Any] | None = None) -> Site:
     Site.init(root)
     conf = {"polling": {"interval": 0.2, "settle": 0.0}}

@@ -318,3 +318,15 @@ def test_a_v2_postgresql_index_is_widened_to_v3(tmp_path: Path, postgres_url: st
     finally:
         store.close()
         admin.close()
+
+
+def test_a_new_claims_id_is_checked_against_the_index(backend_site: Site) -> None:
+    """By equality only (a server's collation cannot change the answer): a run's id and
+    the second point of a sweep claimed under an id are taken, nothing else."""
+    store = backend_site.store
+    taken = RunRow.select(RunRow.id).first().id
+    assert store.run_id_taken(taken)
+    assert not store.run_id_taken(taken[:-1]) and not store.run_id_taken(taken + "0")
+    run = store.load(taken)
+    store.index_many([RunRecord.from_dict({**run.to_dict(), "id": "swept123456-1"})])
+    assert store.run_id_taken("swept123456") and not store.run_id_taken("swept12345")

@@ -204,3 +204,28 @@ def test_submit_brings_the_files_along(hello_site, tmp_path: Path) -> None:  # t
     assert run["state"] == "SUCCESS", run["messages"]
     assert Path(run["run_dir"], "data/names.txt").read_text() == "Xavier\nYvonne\n"
     assert not any(p.name.endswith(".files") for p in hello_site.layout.queue.iterdir())
+
+
+def test_a_claim_never_takes_the_id_of_a_run_in_the_index(hello_site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A new claim's random id is checked against the index (runs, and sweeps claimed
+    under it: ``<id>-1``): under a taken id, a request claimed before a crash would look
+    like one whose run was already made, and be dropped."""
+    import dataclasses
+
+    from flowbatch import queue
+
+    drop(hello_site, "one.yaml", {"workflow": "helloworld"})
+    (first,) = Intake(hello_site).run_once().runs
+    sweep_point = dataclasses.replace(first, id="cafe00000000-1")
+    hello_site.store.index_many([sweep_point])
+    store = hello_site.store
+    assert store.run_id_taken(first.id) and store.run_id_taken("cafe00000000")
+    assert not store.run_id_taken("cafe0000000") and not store.run_id_taken(first.id + "0")
+    draws = iter([first.id, "cafe00000000", "beef00000000"])
+    monkeypatch.setattr(queue, "new_run_id", lambda: next(draws))
+    drop(hello_site, "two.yaml", {"workflow": "helloworld"})
+    claimed = Intake(hello_site).claim("two.yaml")  # ... and the daemon dies here
+    assert claimed is not None and claimed.run_id == "beef00000000"
+    (second,) = Intake(hello_site).run_once().runs  # the restarted daemon makes its run
+    assert second.id == "beef00000000" and second.request == "two.yaml"
+    assert hello_site.store.load(first.id).request == "one.yaml"  # the old run untouched

@@ -382,6 +382,7 @@ def test_compiled_report_templates_are_kept_in_a_private_cache_folder(
     them instead of compiling (70-100 ms a start). What is read from there is run as code,
     so a folder that is not private to this user is not used."""
     import os
+    import time
 
     import jinja2
 
@@ -409,6 +410,17 @@ def test_compiled_report_templates_are_kept_in_a_private_cache_folder(
         write_leaderboard(tmp_path / "two", "wf", "T", SCHEMA, rank(runs(), SCHEMA))
     again = (tmp_path / "two" / "leaderboard.html").read_text()
     assert again.split("<footer>")[0] == first.split("<footer>")[0]
+
+    # a write removes what no install has written for a month (a flowbatch gone)
+    old = folder / "0123456789abcdef.cache"
+    old.write_bytes(b"from an install gone")
+    month = time.time() - (report.CACHE_DAYS + 1) * 86400
+    os.utime(old, (month, month))
+    kept = folder / kept[0]
+    os.utime(kept, (month + 86400 * 2, month + 86400 * 2))  # 29 days: still kept
+    monkeypatch.setattr(report, "_ENVS", {})
+    report._environment().get_template("index.html.j2")  # compiled and written
+    assert not old.exists() and kept.exists() and len(list(folder.iterdir())) == 3
 
     # systemd's CacheDirectory= wins
     monkeypatch.setenv("CACHE_DIRECTORY", str(tmp_path / "sd"))

@@ -940,3 +940,25 @@ def test_a_slow_report_never_holds_up_new_requests(
     assert not thread.is_alive()
     board = json.loads((site.root / "results" / "wf" / "leaderboard.json").read_text())
     assert sorted(e["run"]["name"] for e in board["all"]) == ["first", "second"]
+
+
+@needs_root
+def test_a_run_whose_user_cannot_reach_its_script_says_why(tmp_path: Path) -> None:
+    """A root daemon's run of another user in a site that user cannot enter (pytest's
+    folders are root's, 0700): the script never starts, and the message gives the words
+    of what failed (its start sends them nowhere), found by doing that start again."""
+    user = _user("fbrunner")
+    site = make_site(tmp_path / "site")
+    write_template(
+        tmp_path / "t", 'workflow:\n  steps:\n    - {name: s, action: {commands: ["true"]}}\n'
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "theirs.yaml", {"workflow": "wf"})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "ERROR"
+    message = run["messages"][0]
+    assert message.startswith("lost: the run's script never started"), message
+    assert f"it was to run as uid {user.pw_uid}: " in message
+    assert "run.sh: Permission denied" in message, message

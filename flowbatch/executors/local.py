@@ -212,6 +212,43 @@ class LocalExecutor:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def why_not_started(self, handle: dict[str, Any]) -> str | None:
+        """Why a run of another user whose script never started could not start it, in
+        the words of the tool that failed: its start sends errors nowhere (the script opens
+        its own log, as the user, once it runs). What that start needs is done again as the
+        user: the change of user, then opening the script by its path (a folder on the way
+        the user cannot enter is the usual cause). None: it works now, or the run was
+        the daemon's own user's. Only on this failure path: a second process, no user
+        code run (``exec 3<`` opens the file, nothing more)."""
+        uid, script = handle.get("uid"), handle.get("script")
+        if uid is None or not script or os.geteuid() != 0 or uid == os.geteuid():
+            return None
+        change = run_as(int(uid))
+        argv = [_bash(), "--noprofile", "--norc", "-c", 'exec 3< "$1"', "flowbatch", script]
+        tool = setpriv()
+        if tool is not None:
+            argv = setpriv_argv(tool, change) + argv
+            change = {}
+        change.pop("env", None)
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+                timeout=10,
+                **change,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return str(exc)
+        if proc.returncode == 0:
+            return None
+        said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        if not said:
+            return f"its start failed again (exit code {proc.returncode})"
+        return said[-1].removeprefix("flowbatch: line 1: ")[:300]  # bash's own prefix
+
     def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
         self.forget(handle)
 

@@ -331,6 +331,18 @@ class Store:
             self.index_many(stale)
         return active
 
+    def run_id_taken(self, run_id: str) -> bool:
+        """Whether the index holds a run ``run_id``, or the second point of a sweep
+        claimed as it (``<run_id>-1``: its first point may have been skipped as already
+        run), for a new claim's random id. Lookups of the primary key by equality, so
+        the answer does not hang on the collation of a server's index."""
+        db = RunRow._meta.database
+        sql = (
+            f'SELECT 1 FROM "{RunRow._meta.table_name}" '
+            f'WHERE "id" IN ({db.param}, {db.param}) LIMIT 1'
+        )
+        return db.execute_sql(sql, [run_id, f"{run_id}-1"]).fetchone() is not None
+
     # -- several daemon hosts -------------------------------------------------------------
     def claim(self, key: str, run_id: str, host: str) -> bool:
         """Record in the index that ``host`` claimed the request file ``key`` as ``run_id``.
