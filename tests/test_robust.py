@@ -961,4 +961,28 @@ def test_a_run_whose_user_cannot_reach_its_script_says_why(tmp_path: Path) -> No
     message = run["messages"][0]
     assert message.startswith("lost: the run's script never started"), message
     assert f"it was to run as uid {user.pw_uid}: " in message
-    assert "run.sh: Permission denied" in message, message
+    assert "cd: " in message and ": Permission denied" in message, message
+
+
+@needs_root
+def test_the_start_done_again_opens_nothing(public_tmp: Path) -> None:
+    """The check of a start that failed opens no file: a FIFO the run's user put in place
+    of its script cannot hold the daemon (it answers at once, and there is nothing to
+    say: the user can enter the folder and read the name)."""
+    from flowbatch.executors import local
+
+    user = _user("fbrunner")
+    run_dir = public_tmp / "run"
+    run_dir.mkdir()
+    os.mkfifo(run_dir / "run.sh")
+    os.chown(run_dir / "run.sh", user.pw_uid, user.pw_gid)
+    started = time.monotonic()
+    said = local.LocalExecutor().why_not_started(
+        {"uid": user.pw_uid, "script": str(run_dir / "run.sh")}
+    )
+    assert said is None and time.monotonic() - started < 3
+    (run_dir / "run.sh").unlink()
+    said = local.LocalExecutor().why_not_started(
+        {"uid": user.pw_uid, "script": str(run_dir / "run.sh")}
+    )
+    assert said == f"{run_dir / 'run.sh'}: not readable"

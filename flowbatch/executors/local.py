@@ -216,15 +216,18 @@ class LocalExecutor:
         """Why a run of another user whose script never started could not start it, in
         the words of the tool that failed: its start sends errors nowhere (the script opens
         its own log, as the user, once it runs). What that start needs is done again as the
-        user: the change of user, then opening the script by its path (a folder on the way
-        the user cannot enter is the usual cause). None: it works now, or the run was
-        the daemon's own user's. Only on this failure path: a second process, no user
-        code run (``exec 3<`` opens the file, nothing more)."""
+        user: the change of user, entering the run's folder (a folder on the way the user
+        cannot enter is the usual cause), the script readable there. None: it works now,
+        or the run was the daemon's own user's. Only on this failure path: a second
+        process, no user code run, nothing opened (a FIFO put there would block it)."""
         uid, script = handle.get("uid"), handle.get("script")
         if uid is None or not script or os.geteuid() != 0 or uid == os.geteuid():
             return None
         change = run_as(int(uid))
-        argv = [_bash(), "--noprofile", "--norc", "-c", 'exec 3< "$1"', "flowbatch", script]
+        check = (
+            'cd -- "${1%/*}" || exit; [ -r "${1##*/}" ] || { echo "$1: not readable" >&2; exit 1; }'
+        )
+        argv = [_bash(), "--noprofile", "--norc", "-c", check, "flowbatch", script]
         tool = setpriv()
         if tool is not None:
             argv = setpriv_argv(tool, change) + argv
@@ -237,7 +240,7 @@ class LocalExecutor:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-                timeout=10,
+                timeout=5,
                 **change,
             )
         except (OSError, subprocess.SubprocessError) as exc:
