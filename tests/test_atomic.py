@@ -84,3 +84,15 @@ def test_a_record_reads_a_key_per_line_and_loads_as_json_dumps_would(
     assert '  "mixed": [1, {"a": 1}],' in lines
     assert sum(1 for line in lines if line.startswith('  "')) == len(record)
     assert atomic.record_bytes({}) == b"{}\n"
+    # plain values written directly, as the encoder writes them: the same bytes
+    plain = {
+        "s": 'é "q"\n\t\x00\u2028 <>&',
+        "i": -(2**70),
+        "t": True,
+        "f": False,
+        "n": None,
+        "x": 1.5,
+        "é": 0,
+    }
+    expected = ",\n".join(f"  {atomic._compact(k)}: {atomic._compact(v)}" for k, v in plain.items())
+    assert atomic.record_bytes(plain) == f"{{\n{expected}\n}}\n".encode()

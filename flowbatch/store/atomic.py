@@ -115,19 +115,32 @@ def _compact(value: Any) -> str:
     return "".join(_ENCODE(value, 0))
 
 
+_QUOTE = json.encoder.encode_basestring_ascii
+#: the plain values a record holds most, written as the encoder writes them
+_PLAIN: dict[type, Any] = {
+    str: _QUOTE,
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda value: "null",
+}
+
+
 def record_bytes(record: dict[str, Any]) -> bytes:
     """A flat record (``run.json``) as JSON a person reads line by line: a key per line,
     each object of a list of objects (steps, history, files) on a line of its own,
     anything else on its key's line. Half the cost of ``indent=2``. (Written three times
-    a run: keys go straight to the C string encoder.)"""
-    key_text = json.encoder.encode_basestring_ascii
+    a run: keys and plain values go straight to the C string encoder or ``repr``, the
+    rest through the encoder.)"""
     lines = []
     for key, value in record.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        plain = _PLAIN.get(type(value))
+        if plain is not None:
+            lines.append(f"  {_QUOTE(key)}: {plain(value)}")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             items = ",\n    ".join([_compact(v) for v in value])
-            lines.append(f"  {key_text(key)}: [\n    {items}\n  ]")
+            lines.append(f"  {_QUOTE(key)}: [\n    {items}\n  ]")
         else:
-            lines.append(f"  {key_text(key)}: {_compact(value)}")
+            lines.append(f"  {_QUOTE(key)}: {_compact(value)}")
     if not lines:
         return b"{}\n"
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
