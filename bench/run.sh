@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The benchmarks, one command: `bash bench/run.sh [--quick] [python -m bench options]`.
-# Makes the project's virtual environment if missing (the peers get their own under
-# bench/.venvs/ on first use), then writes BENCHMARKS.md.
+# Makes the project's virtual environment if missing (it runs the harness); flowbatch
+# itself is measured from a plain `pip install .` of the work tree and each peer from its
+# own, all under bench/.venvs/ (made on first use, flowbatch's again when the tree
+# changed; `--here` measures the harness's own flowbatch), then writes BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${FLOWBATCH_VENV:-.venv}
