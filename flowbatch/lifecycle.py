@@ -479,12 +479,9 @@ class Runner:
                 why = f"the run's process ended without writing its exit marker{code}"
             else:  # not even its first marker: the script itself never ran
                 why = f"the run's script never started (it wrote no marker){code}"
-                uid = (run.handle or {}).get("uid")
-                if run.executor == "local" and uid is not None and uid != os.geteuid():
-                    why += f"; it was to run as uid {uid}: " + (
-                        self._why_not_started(run)
-                        or "the change to that user may have failed (`flowbatch doctor` checks it)"
-                    )
+                found = self._why_not_started(run)
+                if found:
+                    why += f"; {found}"
             if probe.raw:
                 why += f"; {probe.raw}"
             script_log = tail(self.store.run_dir(run), f"{LOGS_DIR}/script.log", 5)
@@ -506,7 +503,8 @@ class Runner:
         self._transition(run, State.ERROR, steps=steps, messages=[f"lost: {why}"])
 
     def _why_not_started(self, run: RunRecord) -> str | None:
-        """The executor's own account of a start that failed, where it can give one."""
+        """The executor's own account of a start that failed, where it can give one (an
+        optional executor method: the local executor's, for runs of other users)."""
         explain = getattr(self.executors.get(run.executor), "why_not_started", None)
         if explain is None:
             return None

@@ -172,7 +172,11 @@ class Intake:
             st = src.lstat()
         except FileNotFoundError:
             return None
-        run_id = self._new_id()
+        try:
+            run_id = self._new_id()
+        except FlowbatchError as exc:  # the request stays in the queue for the next tick
+            log.error("cannot claim %s: %s", printable_name(name), exc)
+            return None
         dest = self.site.claimed_dir / f"{run_id}--{name}"
         try:
             _rename_making_folder(src, dest)

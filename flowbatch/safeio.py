@@ -43,6 +43,20 @@ def open_beneath(folder: Path, rel: str | Path) -> int:
         raise
 
 
+def read_up_to(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``fd`` from where it stands, in chunks of 64 KiB (a
+    file a user controls may be huge; the usual one is small: no big buffer per read)."""
+    chunks = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, min(1 << 16, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def read_tail(folder: Path, rel: str | Path, max_bytes: int) -> bytes:
     """The last ``max_bytes`` of a regular file under ``folder`` (b"" when it cannot be
     read safely: missing, a symlink on the way, not a regular file)."""

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError
+from .safeio import read_up_to
 
 MAX_REQUEST_BYTES = 1 << 20  # 1 MiB: a request is small; its files travel beside it
 MAX_TEMPLATE_BYTES = 8 << 20
@@ -190,7 +191,8 @@ def load_fd(fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES) -> Any:
                 file=name,
                 hint="keep data files out of the YAML and pass them as file arguments",
             )
-        raw = _read_all(fd, max_bytes)
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = read_up_to(fd, max_bytes + 1)  # one byte more tells it grew past the limit
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}", file=name)
     if len(raw) > max_bytes:  # it grew while read
@@ -204,20 +206,6 @@ def load_fd(fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES) -> Any:
             f"file is not UTF-8 text (byte {exc.start})", file=name, hint="save it as UTF-8"
         )
     return loads(text, file=name, json_format=name.lower().endswith(".json"))
-
-
-def _read_all(fd: int, max_bytes: int) -> bytes:
-    """At most ``max_bytes + 1`` bytes from ``fd``'s start (one more tells it is over)."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    left = max_bytes + 1
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def dump(value: Any) -> str:

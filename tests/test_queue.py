@@ -229,3 +229,14 @@ def test_a_claim_never_takes_the_id_of_a_run_in_the_index(hello_site, monkeypatc
     (second,) = Intake(hello_site).run_once().runs  # the restarted daemon makes its run
     assert second.id == "beef00000000" and second.request == "two.yaml"
     assert hello_site.store.load(first.id).request == "one.yaml"  # the old run untouched
+
+
+def test_no_free_id_leaves_the_request_in_the_queue(hello_site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An index that calls every id taken (broken) claims nothing: the request stays in
+    the queue, for a later tick, and the intake goes on."""
+    monkeypatch.setattr(hello_site.store, "run_id_taken", lambda run_id: True)
+    path = drop(hello_site, "one.yaml", {"workflow": "helloworld"})
+    result = Intake(hello_site).run_once()
+    assert result.runs == [] and path.is_file()
+    monkeypatch.undo()
+    assert [r.request for r in Intake(hello_site).run_once().runs] == ["one.yaml"]

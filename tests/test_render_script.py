@@ -300,3 +300,19 @@ def test_no_steps(tmp_path: Path) -> None:
     script = write(tmp_path / "run", [])
     assert run(script).returncode == 0
     assert read_markers(tmp_path / "run").exit is not None
+
+
+def test_read_markers_reads_a_bounded_part_of_a_huge_file(tmp_path: Path) -> None:
+    """The run's user owns ``status/markers``: the daemon reads at most 1 MiB of it. An
+    exit line past that is not seen (the run ends as lost, never stays RUNNING)."""
+    from flowbatch.render import script
+
+    status = tmp_path / "status"
+    status.mkdir()
+    filler = "x" * 1000 + "\n"
+    lines = "started 1 1700000000.0 h\n" + filler * (script._MARKERS_FILE_BYTES // len(filler) + 1)
+    (status / "markers").write_text(lines + "exit 0 1700000001.0 0\n")
+    markers = read_markers(tmp_path)
+    assert markers.started == (1, 1700000000.0, "h") and markers.exit is None
+    (status / "markers").write_text("started 1 1700000000.0 h\nexit 0 1700000001.0 0\n")
+    assert read_markers(tmp_path).exit == (0, 1700000001.0, 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flowbatch.safeio import copy_tree, open_beneath, read_tail_or_none
+from flowbatch.safeio import copy_tree, open_beneath, read_tail_or_none, read_up_to
 
 
 def _tree(root: Path) -> Path:
@@ -107,3 +107,16 @@ def test_open_beneath_takes_the_parts_pathlib_gives_and_nothing_outside(tmp_path
     assert read_tail_or_none(tmp_path, "empty", 4) == b""
     assert read_tail_or_none(tmp_path, "logs/missing", 4) is None
     assert read_tail_or_none(tmp_path, "logs/passwd", 4) is None
+
+
+def test_read_up_to_reads_from_where_the_file_stands_and_no_more(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 1000  # 256,000 bytes: several 64 KiB chunks
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert read_up_to(fd, 200_000) == data[:200_000]
+        assert read_up_to(fd, 200_000) == data[200_000:]  # the rest, short of the limit
+        os.lseek(fd, 10, os.SEEK_SET)
+        assert read_up_to(fd, 5) == data[10:15]
+    finally:
+        os.close(fd)

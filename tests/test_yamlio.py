@@ -94,3 +94,24 @@ def test_the_depth_bound_is_an_upper_bound(depth: int) -> None:
     for text in docs:
         value = yaml.load(text, Loader=yamlio._StrictLoader)
         assert yamlio._depth_bound(text) >= _depth(value), text
+
+
+def test_a_file_over_the_limit_is_refused_from_its_descriptor(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``load_fd`` (the result file, opened without following links) keeps
+    ``load_file``'s checks: the size bound, then NUL bytes, from the file's start."""
+    import os
+
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * 100 + "\n")
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        with pytest.raises(InputError, match="over the limit of 50 bytes"):
+            yamlio.load_fd(fd, str(big), max_bytes=50)
+        os.lseek(fd, 20, os.SEEK_SET)  # read from the start whatever the offset
+        assert yamlio.load_fd(fd, str(big), max_bytes=1000) == {"a": "x" * 100}
+    finally:
+        os.close(fd)
+    nul = tmp_path / "nul.json"
+    nul.write_bytes(b'{"a": 1}\x00')
+    with pytest.raises(InputError, match="NUL"):
+        yamlio.load_file(nul)

@@ -60,15 +60,8 @@ class LocalExecutor:
         # could send a root-opened file elsewhere. (One bash: a wrapper that opened the
         # log and exec'd the script cost a second bash start per run.)
         env["FLOWBATCH_SCRIPT_LOG"] = f"{LOGS_DIR}/script.log"
-        argv = [_bash(), script]
         uid = job.uid if change and job.uid is not None else os.geteuid()
-        tool = setpriv() if change else None
-        if tool is not None:
-            # the user is changed by setpriv, exec'd from subprocess's vfork: asked to
-            # change it itself, subprocess forks the whole daemon (3-4 ms of the daemon's
-            # CPU a launch against 0.2 ms, see bench/launch.py)
-            argv = setpriv_argv(tool, change) + argv
-            change = {}
+        argv, change = _as_user([_bash(), script], change)
         try:
             proc = subprocess.Popen(
                 argv,
@@ -213,44 +206,20 @@ class LocalExecutor:
             pass
 
     def why_not_started(self, handle: dict[str, Any]) -> str | None:
-        """Why a run of another user whose script never started could not start it, in
-        the words of the tool that failed: its start sends errors nowhere (the script opens
-        its own log, as the user, once it runs). What that start needs is done again as the
-        user: the change of user, entering the run's folder (a folder on the way the user
-        cannot enter is the usual cause), the script readable there. None: it works now,
-        or the run was the daemon's own user's. Only on this failure path: a second
-        process, no user code run, nothing opened (a FIFO put there would block it)."""
+        """For a run of another user whose script never started: that it was to run as
+        that user, and why it could not, in the words of the tool that failed. The start
+        sends errors nowhere (the script opens its own log, as the user, once it runs), so
+        what it needs is done again as the user: the change of user, entering the run's
+        folder (one on the way the user cannot enter is the usual cause), the script
+        readable there. Only on this failure path: a second process, no user code run,
+        nothing opened (a FIFO put there would block it). None for the daemon's own
+        user's runs."""
         uid, script = handle.get("uid"), handle.get("script")
         if uid is None or not script or os.geteuid() != 0 or uid == os.geteuid():
             return None
-        change = run_as(int(uid))
-        check = (
-            'cd -- "${1%/*}" || exit; [ -r "${1##*/}" ] || { echo "$1: not readable" >&2; exit 1; }'
-        )
-        argv = [_bash(), "--noprofile", "--norc", "-c", check, "flowbatch", script]
-        tool = setpriv()
-        if tool is not None:
-            argv = setpriv_argv(tool, change) + argv
-            change = {}
-        change.pop("env", None)
-        try:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-                timeout=5,
-                **change,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            return str(exc)
-        if proc.returncode == 0:
-            return None
-        said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        if not said:
-            return f"its start failed again (exit code {proc.returncode})"
-        return said[-1].removeprefix("flowbatch: line 1: ")[:300]  # bash's own prefix
+        found = _start_again_as(int(uid), str(script))
+        why = found or "the change to that user may have failed (`flowbatch doctor` checks it)"
+        return f"it was to run as uid {uid}: {why}"
 
     def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
         self.forget(handle)
@@ -411,6 +380,52 @@ def _bash() -> str:
     if not _BASH:
         _BASH.append(shutil.which("bash") or "bash")
     return _BASH[0]
+
+
+def _as_user(argv: list[str], change: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """``argv`` and subprocess's arguments that run it as the user of ``change`` (from
+    :func:`run_as`; its ``env`` is the caller's to apply). The user is changed by setpriv,
+    exec'd from subprocess's vfork, when a working one is here: asked to change it
+    itself, subprocess forks the whole daemon (3-4 ms of the daemon's CPU a launch
+    against 0.2 ms, see bench/launch.py)."""
+    kwargs = {key: value for key, value in change.items() if key != "env"}
+    tool = setpriv() if kwargs else None
+    if tool is None:
+        return argv, kwargs
+    return setpriv_argv(tool, kwargs) + argv, {}
+
+
+#: what a start needs of the run's user, done again (``$1`` is the script's path)
+_START_CHECK = (
+    'cd -- "${1%/*}" || exit; [ -r "${1##*/}" ] || { echo "$1: not readable" >&2; exit 1; }'
+)
+
+
+def _start_again_as(uid: int, script: str) -> str | None:
+    """The last line a start of ``script`` as ``uid`` fails with (:data:`_START_CHECK`,
+    bash's own prefix left out); None when it works now."""
+    argv, as_user = _as_user(
+        [_bash(), "--noprofile", "--norc", "-c", _START_CHECK, "flowbatch", script],
+        run_as(uid),
+    )
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            timeout=5,
+            **as_user,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if proc.returncode == 0:
+        return None
+    said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    if not said:
+        return f"its start failed again (exit code {proc.returncode})"
+    return said[-1].removeprefix("flowbatch: line 1: ")[:300]
 
 
 def setpriv() -> str | None:

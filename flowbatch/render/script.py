@@ -31,6 +31,7 @@ from pathlib import Path
 
 from flowbatch.render.grouping import GROUP_GUARD, needs_subshell
 from flowbatch.render.values import RenderedWorkflow
+from flowbatch.safeio import read_up_to
 
 SCRIPT_NAME = "run.sh"
 STATUS_DIR = "status"
@@ -252,7 +253,7 @@ def read_markers(run_dir: Path) -> Markers:
         except OSError:  # a link, a FIFO: not the script's
             return markers
         try:
-            raw = _read_up_to(fd, _MARKERS_FILE_BYTES)
+            raw = read_up_to(fd, _MARKERS_FILE_BYTES)
         except OSError:  # a folder
             return markers
         finally:
@@ -263,20 +264,6 @@ def read_markers(run_dir: Path) -> Markers:
     for line in raw.decode("utf-8", errors="replace").split("\n")[:-1]:
         _read_marker_line(line, markers)
     return markers
-
-
-def _read_up_to(fd: int, limit: int) -> bytes:
-    """At most ``limit`` bytes of ``fd``, read in small chunks (a run's markers are a few
-    hundred bytes: no megabyte buffer per read)."""
-    chunks = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, min(1 << 16, limit - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _read_marker_line(line: str, markers: Markers) -> None:
