@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -33,16 +34,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import jinja2
 from markupsafe import Markup
 
 from .config import ALL_RUNS_SHOWN
 from .ranking import RankEntry, RankInput, entry_json, parse_time, ranking_json, run_seconds
 from .spec.model import Parameter, ResultColumn, ResultSchema
 from .store.atomic import write_json, write_text
+
+if TYPE_CHECKING:
+    import jinja2
 
 JSON_NAME = "leaderboard.json"
 HTML_NAME = "leaderboard.html"
@@ -487,6 +490,8 @@ def _asset(name: str) -> str:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2  # here, not at import: a daemon's start and an idle tick render nothing
+
     folder = _FOLDER[0]
     key = None if folder is None else str(folder)
     env = _ENVS.get(key)
@@ -541,26 +546,32 @@ def cache_folder() -> Path | None:
 CACHE_DAYS = 30
 
 
-class _TemplateCache(jinja2.FileSystemBytecodeCache):
+@functools.cache
+def _template_cache_class() -> type[jinja2.FileSystemBytecodeCache]:
     """Jinja2's file cache, keyed by the template's name and file and checked against
     its source's hash and the Jinja2 and Python versions (an upgrade recompiles), whose
-    writes also remove the files of installs gone for :data:`CACHE_DAYS`."""
+    writes also remove the files of installs gone for :data:`CACHE_DAYS`. (Defined at
+    first use: Jinja2 is imported when a page is first rendered, not at every start.)"""
+    import jinja2
 
-    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        super().dump_bytecode(bucket)
-        horizon = time.time() - CACHE_DAYS * 86400
-        try:
-            with os.scandir(self.directory) as entries:
-                for entry in entries:
-                    if entry.name.endswith(".cache") and entry.stat().st_mtime < horizon:
-                        os.unlink(entry.path)
-        except OSError:
-            pass  # a cache: the next write tries again
+    class _TemplateCache(jinja2.FileSystemBytecodeCache):
+        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            super().dump_bytecode(bucket)
+            horizon = time.time() - CACHE_DAYS * 86400
+            try:
+                with os.scandir(self.directory) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(".cache") and entry.stat().st_mtime < horizon:
+                            os.unlink(entry.path)
+            except OSError:
+                pass  # a cache: the next write tries again
+
+    return _TemplateCache
 
 
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
     folder = cache_folder()
-    return _TemplateCache(str(folder), "%s.cache") if folder else None
+    return _template_cache_class()(str(folder), "%s.cache") if folder else None
 
 
 def check_site_templates(site_root: Path) -> list[str]:
@@ -569,6 +580,8 @@ def check_site_templates(site_root: Path) -> list[str]:
     folder = site_root / SITE_TEMPLATES
     if not folder.is_dir():
         return []
+    import jinja2
+
     env = jinja2.Environment(autoescape=True)
     problems = []
     for path in sorted(folder.glob("*.j2")):

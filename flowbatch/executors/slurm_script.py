@@ -14,12 +14,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources as package_data
 from pathlib import Path
-
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ExecutorError
 from ..render.script import LOGS_DIR, shell_quote
+
+if TYPE_CHECKING:
+    from jinja2.sandbox import SandboxedEnvironment
 
 TEMPLATE_NAME = "sbatch.sh.j2"
 ARRAY_TEMPLATE_NAME = "sbatch-array.sh.j2"  # a sweep's job array (one task per run)
@@ -98,6 +99,10 @@ def array_log_paths(array_dir: str) -> tuple[str, str]:
 
 
 def _environment() -> SandboxedEnvironment:
+    # Jinja2 here, not at import: every site has a Slurm executor, few submit to it
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
     env = SandboxedEnvironment(
         undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
     )
@@ -107,6 +112,8 @@ def _environment() -> SandboxedEnvironment:
 
 def render_batch_script(job: BatchJob, template_text: str, *, source: str = TEMPLATE_NAME) -> str:
     """The batch script's text for ``job`` (pure: same inputs, same text)."""
+    from jinja2 import TemplateError
+
     _check_words(job)
     try:
         return _environment().from_string(template_text).render(**asdict(job))

@@ -29,6 +29,7 @@ from flowbatch.render.values import (
     Ref,
     RenderedStep,
     RenderedWorkflow,
+    Trusted,
     check_no_nul,
     format_value,
     place,
@@ -40,12 +41,6 @@ from flowbatch.spec.model import FileArg, Template, Workflow
 
 #: strings of these characters only may be pasted inside single quotes
 _TOKEN_TEXT = re.compile(r"[A-Za-z0-9_.+-]*")
-
-
-class Trusted(str):
-    """Text from the site configuration or the template author: output verbatim."""
-
-    __slots__ = ()
 
 
 def make_environment(finalize: Callable[[Any], Any] | None = None) -> SandboxedEnvironment:

@@ -28,6 +28,12 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
 SINGLE_QUOTE_HINT = "pass the value as a separate argument, or read ${var} from the environment"
 
 
+class Trusted(str):
+    """Text from the site configuration or the template author: output verbatim."""
+
+    __slots__ = ()
+
+
 @dataclass
 class RenderedStep:
     """One step with its commands as final bash text."""
