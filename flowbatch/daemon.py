@@ -124,6 +124,7 @@ class Daemon:
         RunPageWriter.attach(site)  # writes a run's page once it has ended
         self.lock = SiteLock(site.lock_path, site.host)
         self._observer: Any = None
+        self._watch_tried = False  # serve() starts the watcher before its first sleep
         self.ticks = 0
         #: 0: reports in every tick that changed a workflow (``--once``); serve() sets it
         self.report_every = 0.0
@@ -150,7 +151,14 @@ class Daemon:
         self.lock.release()
 
     def watch(self) -> None:
-        """inotify on the queue folder (best effort: the periodic rescan is the fallback)."""
+        """inotify on the queue folder (best effort: the periodic rescan is the fallback).
+
+        serve() calls it before the daemon first sleeps, not at its start: a daemon with
+        work lists the queue at every tick anyway, so the watcher (importing watchdog:
+        50 ms here) would only delay the first run, and its threads would take the
+        interpreter lock for every claim of a burst (each an event in the watched
+        folder)."""
+        self._watch_tried = True
         try:
             from watchdog.events import FileSystemEvent, FileSystemEventHandler
             from watchdog.observers import Observer
@@ -351,7 +359,6 @@ class Daemon:
     def serve(self, *, until_idle: bool = False) -> None:
         """Tick until stopped (SIGTERM/SIGINT), or until idle."""
         self._install_signals()
-        self.watch()
         interval = self.site.config.polling.interval
         self.report_every = REPORT_EVERY
         # its own index connection is closed in it when it ends (a connection is the
@@ -395,6 +402,9 @@ class Daemon:
                 wait = min(interval, self.site.config.polling.settle / 2 or 0.05)
             if self.runner.changed_workflows:  # reports held back: write them in time
                 wait = min(wait, self.report_every)
+            if not self._watch_tried:  # about to sleep for the first time
+                self.watch()
+                continue  # a request dropped before the watch began: seen by this tick
             self.wakeup.wait(wait)
 
     def _install_signals(self) -> None:

@@ -299,6 +299,44 @@ parameters:
     assert not list(run_dir.rglob("PWNED")) and not list(site.root.rglob("PWNED"))
 
 
+def test_the_watcher_starts_before_the_first_sleep_and_misses_nothing(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """serve() starts inotify when it would first sleep, not at its start (a busy daemon
+    lists the queue at every tick). A request dropped just before the watch began is
+    taken in at once, not after the rescan interval: the loop ticks again first."""
+    d = Daemon(hello_site)
+    hello_site.config.polling.interval = 30.0  # the fallback rescan: far away
+    hello_site.config.polling.settle = 0.0
+    watched_at: list[int] = []
+    real_watch = d.watch
+
+    def watch() -> None:
+        watched_at.append(d.ticks)
+        drop(hello_site, "late.yaml", {"workflow": "helloworld"})  # no event for it
+        real_watch()
+
+    d.watch = watch  # type: ignore[method-assign]
+    d.start()
+    t = threading.Thread(target=d.serve, daemon=True)
+    t.start()
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < 10:
+            runs = api.list_runs(hello_site)
+            if runs and runs[0]["state"] == "SUCCESS":
+                break
+            time.sleep(0.05)
+        # nothing else wakes the loop (no run was active): only the tick after the watch
+        assert [r["state"] for r in api.list_runs(hello_site)] == ["SUCCESS"]
+        assert time.monotonic() - began < 10  # not the 30 s rescan
+        assert watched_at and watched_at[0] >= 1  # after the first tick, once
+        assert len(watched_at) == 1 and d._observer is not None
+    finally:
+        d.stopping = True
+        d.wakeup.set()
+        t.join(10)
+        d.stop()
+
+
 def test_daemon_serves_in_a_thread_and_wakes_on_inotify(hello_site) -> None:  # type: ignore[no-untyped-def]
     d = Daemon(hello_site)
     d.start()
