@@ -72,7 +72,8 @@ class PollingConfig(_Strict):
         default=0.5,
         ge=0,
         description="A request found by rescanning is read once its size and mtime have not "
-        "changed for this many seconds.",
+        "changed for this many seconds (the daemon looks again after this long, not a whole "
+        "interval later).",
     )
 
 

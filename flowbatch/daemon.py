@@ -4,7 +4,9 @@ It holds an ``flock`` on ``<site>/daemon.lock`` (one daemon per site; a lock lef
 killed daemon is released by the kernel with its process). It wakes at once on inotify
 events in the queue (watchdog) and on its children's exits, and otherwise every
 ``polling.interval`` seconds, which is also the rescan that finds requests written from
-other nodes of a shared file system (no inotify events cross NFS or Lustre).
+other nodes of a shared file system (no inotify events cross NFS or Lustre). The queue is
+watched while the daemon sleeps or waits for its runs, not while it takes in a burst
+(every tick lists the queue anyway; each claim would be an event for watchdog's threads).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ REPORT_COST_FACTOR = 20.0
 #: a long intake (a burst, runs starting and ending in it) commits its index batch this
 #: often (s), so the index shows the runs as they go
 BATCH_COMMIT_EVERY = 1.0
+#: an intake that has taken in this many requests in one tick stops the queue watcher
+#: until the daemon next sleeps (a burst: its own claims would be the watcher's events)
+UNWATCH_AFTER = 16
 
 
 class Busy(Exception):
@@ -124,7 +129,9 @@ class Daemon:
         RunPageWriter.attach(site)  # writes a run's page once it has ended
         self.lock = SiteLock(site.lock_path, site.host)
         self._observer: Any = None
-        self._watch_tried = False  # serve() starts the watcher before its first sleep
+        self._watching = False  # serve() watches the queue while it sleeps (see watch())
+        self._no_inotify = False  # the watcher could not start: rescans only
+        self._taken = 0  # requests the intake has taken in during this tick
         self.ticks = 0
         #: 0: reports in every tick that changed a workflow (``--once``); serve() sets it
         self.report_every = 0.0
@@ -143,9 +150,7 @@ class Daemon:
         self.runner.recover()
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+        self.unwatch()
         for executor in self.executors.values():
             executor.close()
         self.lock.release()
@@ -153,16 +158,17 @@ class Daemon:
     def watch(self) -> None:
         """inotify on the queue folder (best effort: the periodic rescan is the fallback).
 
-        serve() calls it before the daemon first sleeps, not at its start: a daemon with
-        work lists the queue at every tick anyway, so the watcher (importing watchdog:
-        50 ms here) would only delay the first run, and its threads would take the
-        interpreter lock for every claim of a burst (each an event in the watched
-        folder)."""
-        self._watch_tried = True
+        serve() calls it before the daemon sleeps, not at its start, and a burst stops it
+        (:meth:`unwatch`): a daemon with work lists the queue at every tick anyway, and
+        the watcher's threads took the interpreter lock for every claim (an event in the
+        watched folder): 10% of a burst's time. A start costs under a millisecond once
+        watchdog is imported."""
+        self._watching = True
         try:
             from watchdog.events import FileSystemEvent, FileSystemEventHandler
             from watchdog.observers import Observer
         except ImportError:  # pragma: no cover - watchdog is a dependency
+            self._no_inotify = True
             return
         _shorten_move_pairing()
         daemon = self
@@ -185,6 +191,7 @@ class Daemon:
             observer.start()
             self._observer = observer
         except OSError as exc:
+            self._no_inotify = True
             log.warning(
                 "no inotify on %s (%s): rescanning every %.1f s",
                 self.site.layout.queue,
@@ -192,9 +199,18 @@ class Daemon:
                 self.site.config.polling.interval,
             )
 
+    def unwatch(self) -> None:
+        """Stop the queue watcher (serve() starts it again before it sleeps)."""
+        self._watching = False
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
     # -- the tick ---------------------------------------------------------------------------------
     def tick(self) -> None:
         self.ticks += 1
+        self._taken = 0
         if self.site.shared:
             try:
                 self.site.store.ping()  # a connection the server dropped is made again
@@ -229,6 +245,9 @@ class Daemon:
             self.runner.add(run)
         if self.stopping:
             return False
+        self._taken += 1
+        if self._taken == UNWATCH_AFTER and self._observer is not None:
+            self.unwatch()  # a burst: the ticks list the queue until it is empty
         if not self._interleave:
             return True
         try:
@@ -402,7 +421,9 @@ class Daemon:
                 wait = min(interval, self.site.config.polling.settle / 2 or 0.05)
             if self.runner.changed_workflows:  # reports held back: write them in time
                 wait = min(wait, self.report_every)
-            if not self._watch_tried:  # about to sleep for the first time
+            if self.intake.unsettled():  # a request being written: look when it has settled
+                wait = min(wait, self.site.config.polling.settle or wait)
+            if not self._watching and not self._no_inotify:  # about to sleep, unwatched
                 self.watch()
                 continue  # a request dropped before the watch began: seen by this tick
             self.wakeup.wait(wait)

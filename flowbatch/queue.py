@@ -165,6 +165,11 @@ class Intake:
         self.ready &= present
         return [name for _, name in sorted(out)]
 
+    def unsettled(self) -> bool:
+        """Whether the last listing found a request not yet complete enough to claim
+        (changed within ``polling.settle`` and not reported complete by inotify)."""
+        return bool(self._seen)
+
     def claim(self, name: str) -> Claimed | None:
         """Atomically move the request out of the queue. None: someone else took it."""
         src = self.layout.queue / name

@@ -337,6 +337,95 @@ def test_the_watcher_starts_before_the_first_sleep_and_misses_nothing(hello_site
         d.stop()
 
 
+def _serve_in_thread(d: Daemon) -> threading.Thread:
+    d.start()
+    t = threading.Thread(target=d.serve, daemon=True)
+    t.start()
+    return t
+
+
+def _end_serving(d: Daemon, t: threading.Thread) -> None:
+    d.stopping = True
+    d.wakeup.set()
+    t.join(10)
+    d.stop()
+
+
+def _wait_for_success(site: Any, count: int, limit: float) -> float:
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        runs = api.list_runs(site)
+        if len(runs) == count and all(r["state"] == "SUCCESS" for r in runs):
+            break
+        time.sleep(0.05)
+    assert [r["state"] for r in api.list_runs(site)] == ["SUCCESS"] * count
+    return time.monotonic() - began
+
+
+def test_a_burst_is_taken_in_unwatched_and_the_watch_resumes_before_sleeping(
+    hello_site: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watching daemon that takes in a burst stops the watcher after UNWATCH_AFTER
+    requests (its own claims would be the watcher's events) and starts it again before it
+    sleeps: a request dropped later wakes it at once."""
+    import flowbatch.daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "UNWATCH_AFTER", 2)
+    d = Daemon(hello_site)
+    hello_site.config.polling.interval = 30.0
+    calls: list[tuple[str, int]] = []
+    real_watch, real_unwatch = d.watch, d.unwatch
+
+    def watch() -> None:
+        calls.append(("watch", d._taken))
+        real_watch()
+
+    def unwatch() -> None:
+        calls.append(("unwatch", d._taken))
+        real_unwatch()
+
+    d.watch = watch  # type: ignore[method-assign]
+    d.unwatch = unwatch  # type: ignore[method-assign]
+    t = _serve_in_thread(d)
+    try:
+        time.sleep(0.3)  # asleep, watching
+        assert calls == [("watch", 0)] and d._observer is not None
+        for i in range(4):
+            drop(hello_site, f"b{i}.yaml", {"workflow": "helloworld"})
+        _wait_for_success(hello_site, 4, 20)
+        time.sleep(0.3)
+        assert ("unwatch", 2) in calls  # after the second request of the burst
+        assert calls[-1][0] == "watch" and d._observer is not None  # watching again
+        began = time.monotonic()
+        drop(hello_site, "after.yaml", {"workflow": "helloworld"})
+        _wait_for_success(hello_site, 5, 20)
+        assert time.monotonic() - began < 10  # woken by inotify, not the 30 s rescan
+    finally:
+        _end_serving(d, t)
+
+
+def test_a_request_still_being_written_is_looked_at_again_once_settled(
+    hello_site: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without inotify (a shared file system), a request found changed within
+    ``polling.settle`` is looked at again after ``settle``, not a whole rescan interval
+    later."""
+    d = Daemon(hello_site)
+    hello_site.config.polling.interval = 30.0
+    hello_site.config.polling.settle = 0.5
+
+    def no_inotify() -> None:
+        d._no_inotify = True
+
+    d.watch = no_inotify  # type: ignore[method-assign]
+    drop(hello_site, "fresh.yaml", {"workflow": "helloworld"})  # written just now
+    t = _serve_in_thread(d)
+    try:
+        assert _wait_for_success(hello_site, 1, 20) < 10
+    finally:
+        _end_serving(d, t)
+
+
 def test_daemon_serves_in_a_thread_and_wakes_on_inotify(hello_site) -> None:  # type: ignore[no-untyped-def]
     d = Daemon(hello_site)
     d.start()
