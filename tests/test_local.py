@@ -351,6 +351,13 @@ def _end_serving(d: Daemon, t: threading.Thread) -> None:
     d.stop()
 
 
+def _wait_until(condition: Any, limit: float = 10.0) -> None:
+    began = time.monotonic()
+    while not condition() and time.monotonic() - began < limit:
+        time.sleep(0.02)
+    assert condition()
+
+
 def _wait_for_success(site: Any, count: int, limit: float) -> float:
     began = time.monotonic()
     while time.monotonic() - began < limit:
@@ -388,12 +395,12 @@ def test_a_burst_is_taken_in_unwatched_and_the_watch_resumes_before_sleeping(
     d.unwatch = unwatch  # type: ignore[method-assign]
     t = _serve_in_thread(d)
     try:
-        time.sleep(0.3)  # asleep, watching
-        assert calls == [("watch", 0)] and d._observer is not None
+        _wait_until(lambda: d._observer is not None)  # asleep, watching
+        assert calls == [("watch", 0)]
         for i in range(4):
             drop(hello_site, f"b{i}.yaml", {"workflow": "helloworld"})
         _wait_for_success(hello_site, 4, 20)
-        time.sleep(0.3)
+        _wait_until(lambda: d._observer is not None)
         assert ("unwatch", 2) in calls  # after the second request of the burst
         assert calls[-1][0] == "watch" and d._observer is not None  # watching again
         began = time.monotonic()
@@ -505,6 +512,39 @@ parameters:
     assert states == [(0, "SUCCESS")] * 4 + [(3, "ERROR"), (7, "ERROR")]
     # the fallback is the only one to start a thread per run
     assert bool(waiters - before) is not pidfd
+
+
+def test_the_reaper_reports_each_exit_once_and_keeps_no_descriptor() -> None:
+    """Children added from other threads while the reaper waits are each reported once,
+    with their exit status, and their pidfds are closed (a daemon of a million runs
+    would otherwise run out of descriptors)."""
+    import subprocess
+    import sys
+
+    from flowbatch.executors import local
+
+    reaper = local._Reaper()
+    reported: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def exited(proc: Any, code: int) -> None:
+        reported.append((proc.pid, code))
+        if len(reported) == 6:
+            done.set()
+
+    descriptors = len(os.listdir("/proc/self/fd"))  # the reaper's epoll set included
+    procs = []
+    for code in range(6):  # some end before they are added, some after
+        proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({code})"])
+        if code % 2:  # ended, not reaped yet
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        assert reaper.watch(proc, exited)
+        procs.append(proc)
+    assert done.wait(20), reported
+    time.sleep(0.1)  # nothing reported twice
+    assert sorted(reported) == sorted((p.pid, code) for code, p in enumerate(procs))
+    assert reaper._watched == {}
+    assert len(os.listdir("/proc/self/fd")) == descriptors  # every pidfd closed
 
 
 def test_an_exit_the_reaper_never_reports_is_still_seen(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
+import select
 import shutil
 import signal
 import socket
@@ -278,52 +278,44 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 
 class _Reaper:
     """One thread that learns of every child's exit, through the child's pidfd (Linux
-    5.3+): a thread started per run cost the daemon's loop more than the run's own
-    fork. Where pidfds are missing, :meth:`watch` says so and the caller waits in a
-    thread of its own."""
+    5.3+) in an epoll set: a thread started per run cost the daemon's loop more than the
+    run's own fork. A launch adds its pidfd to the set itself (epoll takes that from any
+    thread), so the reaper wakes once a run, at its exit, and takes the interpreter lock
+    only then. Where pidfds or epoll are missing, :meth:`watch` says so and the caller
+    waits in a thread of its own."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)  # a full pipe: the reaper is awake already
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._lock = threading.Lock()
-        self._new: list[tuple[int, Watched]] = []
+        self._watched: dict[int, Watched] = {}
         self._thread: threading.Thread | None = None
 
     def watch(self, proc: subprocess.Popen[bytes], done: Callable[[Any, int], None]) -> bool:
+        if self._epoll is None:
+            return False
         try:
             fd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
             return False
         with self._lock:
-            self._new.append((fd, (proc, done)))
+            self._watched[fd] = (proc, done)  # before the fd is in the set: found at its exit
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="reaper")
                 self._thread.start()
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
+        self._epoll.register(fd, select.EPOLLIN)
         return True
 
     def _run(self) -> None:
+        assert self._epoll is not None
         while True:
-            for key, _ in self._selector.select():
-                if key.data is None:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    with self._lock:
-                        new, self._new = self._new, []
-                    for fd, watched in new:
-                        self._selector.register(fd, selectors.EVENT_READ, watched)
+            for fd, _ in self._epoll.poll():
+                with self._lock:
+                    watched = self._watched.pop(fd, None)
+                if watched is None:
                     continue
-                proc, done = key.data
-                self._selector.unregister(key.fd)
-                os.close(key.fd)
+                self._epoll.unregister(fd)
+                os.close(fd)
+                proc, done = watched
                 try:
                     done(proc, proc.wait())
                 except Exception:  # a callback's failure must not end the reaper (and
