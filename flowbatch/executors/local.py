@@ -302,7 +302,13 @@ class _Reaper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="reaper")
                 self._thread.start()
-        self._epoll.register(fd, select.EPOLLIN)
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except OSError:  # the caller waits in a thread of its own instead
+            with self._lock:
+                self._watched.pop(fd, None)
+            os.close(fd)
+            return False
         return True
 
     def _run(self) -> None:
@@ -311,9 +317,9 @@ class _Reaper:
             for fd, _ in self._epoll.poll():
                 with self._lock:
                     watched = self._watched.pop(fd, None)
-                if watched is None:
-                    continue
                 self._epoll.unregister(fd)
+                if watched is None:
+                    continue  # never added here: not ours to close
                 os.close(fd)
                 proc, done = watched
                 try:
