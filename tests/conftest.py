@@ -106,6 +106,30 @@ def run_until_idle(
             d.stop()
 
 
+def daemon_modules(site_root: Path, *args: str) -> tuple[Any, set[str]]:
+    """``flowbatch daemon ARGS`` in a fresh interpreter: its completed process and the
+    modules it had loaded at its end (the daemon's command ends the process without
+    atexit handlers, so main() is called and returns)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from flowbatch.cli import main\n"
+        "try:\n"
+        "    main(['--site', sys.argv[1], 'daemon', *sys.argv[2:]])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('MODULES', *sorted(sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(site_root), *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("MODULES "))
+    return done, set(line.split()[1:])
+
+
 def only_run(site: Site) -> dict[str, Any]:
     runs = api.list_runs(site)
     assert len(runs) == 1, runs

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from flowbatch.cli import main
 
-from .conftest import EXAMPLES, make_site
+from .conftest import EXAMPLES, daemon_modules, make_site
 
 
 def commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -262,20 +262,7 @@ def test_an_idle_daemon_tick_loads_no_template_engine(tmp_path: Path) -> None:
     report page, not with the Slurm executor every site has nor with the report module."""
     site = make_site(tmp_path / "site")
     site.close()
-    code = (  # the daemon's command ends the process without atexit handlers: ask main()
-        "import sys\n"
-        "from flowbatch.cli import main\n"
-        "try:\n"
-        "    main(['--site', sys.argv[1], 'daemon', '--once'])\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "print('MODULES', *sorted(sys.modules))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(site.root)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    modules = set(next(x for x in done.stdout.splitlines() if x.startswith("MODULES")).split())
+    _, modules = daemon_modules(site.root, "--once")
     # it did serve: the intake, both executors and the report code were loaded
     assert {"flowbatch.queue", "flowbatch.executors.slurm", "flowbatch.report"} <= modules
     assert not {m for m in modules if m.split(".")[0] == "jinja2"}

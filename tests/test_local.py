@@ -15,7 +15,7 @@ import pytest
 from flowbatch import api
 from flowbatch.daemon import Daemon
 
-from .conftest import drop, make_site, only_run, run_until_idle, write_template
+from .conftest import daemon_modules, drop, make_site, only_run, run_until_idle, write_template
 
 STEPS_TEMPLATE = """
 workflow:
@@ -762,28 +762,12 @@ def test_process_start_is_psutils_create_time_without_psutil() -> None:
 def test_a_local_daemon_loads_neither_psutil_nor_ssh(tmp_path: Path) -> None:
     """A daemon that takes in a request and runs it locally loads psutil only to adopt or
     cancel a run, and the SSH executor (paramiko) only when SSH hosts are configured."""
-    import subprocess
-    import sys
-
     site = make_site(tmp_path / "site")
     install(site, tmp_path / "tpl", STEPS_TEMPLATE)
     drop(site, "r.yaml", {"workflow": "wf"})
     site.close()
-    code = (
-        "import sys\n"
-        "from flowbatch.cli import main\n"
-        "try:\n"
-        "    main(['--site', sys.argv[1], 'daemon', '--until-idle'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print('MODULES', *sorted(sys.modules))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(site.root)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
+    done, modules = daemon_modules(site.root, "--until-idle")
     assert "-> SUCCESS" in done.stderr
-    modules = set(next(x for x in done.stdout.splitlines() if x.startswith("MODULES")).split())
     assert "flowbatch.executors.local" in modules
     loaded = modules & {"psutil", "flowbatch.executors.ssh", "paramiko"}
     assert not loaded, loaded
