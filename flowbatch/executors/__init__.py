@@ -1,8 +1,7 @@
 """Executors: where runs run. Each is configured by name in the site config.
 
 The SSH executor (and paramiko with it, a fifth of the CLI's start-up) is imported only
-when the site configures SSH hosts, the Slurm executor (and Jinja2, for its batch
-scripts) only when it configures Slurm profiles.
+when the site configures SSH hosts.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from ..config import SiteConfig
 from ..slurm_profile import profiles_by_executor
 from .base import Executor, Launch, Liveness, Probe
 from .local import LocalExecutor
+from .slurm import SlurmExecutor
 
 if TYPE_CHECKING:
-    from .slurm import SlurmExecutor
     from .ssh import SSHExecutor
 
 __all__ = [
@@ -49,8 +48,6 @@ def build_executors(
     }
     site_name = config.site_name or (site_root.name if site_root else "flowbatch")
     for name, (profile_name, profile) in profiles_by_executor(config.slurm).items():
-        from .slurm import SlurmExecutor
-
         executors[name] = SlurmExecutor(
             name, profile_name, profile, site_name=site_name, site_root=site_root, config=config
         )
@@ -62,10 +59,6 @@ def build_executors(
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SlurmExecutor":
-        from .slurm import SlurmExecutor
-
-        return SlurmExecutor
     if name == "SSHExecutor":
         from .ssh import SSHExecutor
 
