@@ -37,6 +37,7 @@ from .report_pages import RunPageWriter
 from .runs import RunRecord, State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
+from .store.layout import ID_PATTERN
 
 log = logging.getLogger("flowbatch.daemon")
 
@@ -106,6 +107,68 @@ def lock_holder(site: Site) -> dict[str, Any] | None:
     return None
 
 
+class PendingReports:
+    """Workflows whose report files are behind their runs, noted on disk: a daemon killed
+    between a run's end and the leaderboard's write would otherwise leave the leaderboard
+    without that run until the workflow's next run (its restart finds nothing to do).
+
+    One empty file per workflow in ``<site>/reports-pending/`` (per host on a shared
+    site), made before the first terminal change a report will cover (:meth:`mark`: once
+    per report, not per run) and removed once a report written after the workflow's last
+    change is done (:meth:`written`). A start writes the reports of the workflows left
+    there (:meth:`left`)."""
+
+    def __init__(self, folder: Path, results: Path) -> None:
+        self.folder = folder
+        self.results = results
+        self._lock = threading.Lock()
+        self._dirty: set[str] = set()  # changed since their reports were handed over
+
+    def mark(self, workflow: str) -> None:
+        with self._lock:
+            if workflow in self._dirty:
+                return
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(self.folder / workflow, flags, 0o644))
+            except OSError as exc:  # the reports are still written; only a crash forgets
+                log.warning("cannot note pending reports of %s: %s", workflow, exc)
+            self._dirty.add(workflow)
+
+    def handed_over(self, workflows: set[str]) -> None:
+        """A report of ``workflows`` is about to be written: changes from now on need
+        another."""
+        with self._lock:
+            self._dirty -= workflows
+
+    def written(self, workflows: set[str]) -> None:
+        with self._lock:
+            for workflow in workflows - self._dirty:
+                try:
+                    (self.folder / workflow).unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("cannot clear pending reports of %s: %s", workflow, exc)
+
+    def left(self) -> set[str]:
+        """The workflows a daemon before this one still owed reports of (a note of a
+        workflow whose results are gone, or of no workflow at all, is dropped)."""
+        try:
+            names = [p.name for p in self.folder.iterdir()]
+        except FileNotFoundError:
+            return set()
+        owed = set()
+        for name in names:
+            if ID_PATTERN.match(name) and (self.results / name / "runs").is_dir():
+                owed.add(name)
+                continue
+            try:
+                (self.folder / name).unlink(missing_ok=True)
+            except OSError:
+                pass  # not a note of ours (a folder): left alone
+        return owed
+
+
 class Daemon:
     #: seconds ``--until-idle`` waits for an index that keeps failing once nothing else
     #: is left to do, before it ends with an error (it ticked forever before)
@@ -126,6 +189,8 @@ class Daemon:
         # only when one is free
         self.postproc = PostProcManager(site, self.wakeup.set, room=self._local_room)
         self.runner.reserved = lambda name: len(self.postproc.active) if name == "local" else 0
+        self.pending_reports = PendingReports(site.reports_pending_dir, site.layout.results)
+        self.runner.before_report_change = self.pending_reports.mark
         RunPageWriter.attach(site)  # writes a run's page once it has ended
         self.lock = SiteLock(site.lock_path, site.host)
         self._observer: Any = None
@@ -148,6 +213,8 @@ class Daemon:
         self.site.layout.ensure()
         self.lock.acquire()
         self.runner.recover()
+        # reports a daemon killed after its runs ended had not written yet
+        self.runner.changed_workflows |= self.pending_reports.left()
 
     def stop(self) -> None:
         self.unwatch()
@@ -297,6 +364,7 @@ class Daemon:
         """Post-processing starts here (it launches runs); the report files are written
         here too, or handed to the report thread when serve() runs one."""
         changed = self.runner.changed_workflows
+        self.pending_reports.handed_over(changed)
         self.postproc.maybe_start(changed)
         if self._reporter is not None:
             self._reporter.submit(changed)
@@ -308,6 +376,7 @@ class Daemon:
         started = time.monotonic()
         faults.point("ranking")
         api.update_reports(self.site, changed)
+        self.pending_reports.written(changed)
         self._reported_at = time.monotonic()
         self._report_cost = self._reported_at - started
 

@@ -158,6 +158,9 @@ class Runner:
         #: which keeps the runs filed by state
         self.active = ActiveRuns()
         self.changed_workflows: set[str] = set()
+        #: called with a run's workflow before the run reaches a terminal state (the
+        #: daemon keeps a durable note that this workflow's reports are owed)
+        self.before_report_change: Callable[[str], None] = lambda workflow: None
         #: slots of an executor taken by processes that are not runs (the daemon counts
         #: its post-processing on ``local``): executor name -> how many
         self.reserved: Callable[[str], int] = lambda name: 0
@@ -167,6 +170,8 @@ class Runner:
         self.active[run.id] = run
 
     def _transition(self, run: RunRecord, target: State, **kw: Any) -> None:
+        if target not in ACTIVE:
+            self.before_report_change(run.workflow)
         if not self.store.transition(run, target, **kw):
             return
         if target in ACTIVE:

@@ -42,6 +42,13 @@ class Site:
         """Where this host's daemon keeps the requests it claimed and is working on."""
         return self.layout.claimed / self.host if self.shared else self.layout.claimed
 
+    @property
+    def reports_pending_dir(self) -> Path:
+        """One empty file per workflow whose report files this host's daemon still owes
+        (see :class:`flowbatch.daemon.PendingReports`)."""
+        folder = self.root / "reports-pending"
+        return folder / self.host if self.shared else folder
+
     @cached_property
     def host(self) -> str:
         """This daemon host's name (``FLOWBATCH_HOSTNAME`` overrides it, for tests)."""

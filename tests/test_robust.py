@@ -186,6 +186,62 @@ def test_chaos_sigkill_at_random_moments(tmp_path: Path) -> None:
     site.close()
 
 
+def test_a_daemon_killed_before_its_reports_leaves_them_to_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Killed after its last run ended but before the leaderboard was written: the next
+    start writes it (the restart found nothing else to do, and wrote no report)."""
+    site_dir = tmp_path / "site"
+    site = make_site(site_dir, {"polling": {"settle": 0.0}})
+    write_template(tmp_path / "t", SCORE_TEMPLATE)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 4.5}})
+    site.close()
+    killed = fb(
+        site_dir, "daemon", "--until-idle", env={"FLOWBATCH_CRASH_AT": "ranking:1"}, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+    site = Site(site_dir)
+    (run,) = api.list_runs(site)
+    assert run["state"] == "SUCCESS"
+    board = site.layout.workflow_results("wf") / "leaderboard.json"
+    assert not board.exists()  # what the crash left
+    assert [p.name for p in site.reports_pending_dir.iterdir()] == ["wf"]
+    site.close()
+    fb(site_dir, "daemon", "--until-idle")
+    ranking = json.loads(board.read_text())["ranking"]
+    assert [e["run"]["id"] for e in ranking] == [run["id"]]
+    assert list(site.reports_pending_dir.iterdir()) == []  # owed no more
+
+
+def test_pending_reports_are_cleared_only_by_a_report_after_the_last_change(
+    tmp_path: Path,
+) -> None:
+    """A run that ends while its workflow's report is being written keeps the note: that
+    report may not show it."""
+    from flowbatch.daemon import PendingReports
+
+    results = tmp_path / "results"
+    (results / "wf" / "runs").mkdir(parents=True)
+    pending = PendingReports(tmp_path / "pending", results)
+    note = tmp_path / "pending" / "wf"
+    pending.mark("wf")
+    assert note.is_file()
+    pending.handed_over({"wf"})
+    pending.mark("wf")  # a run ended meanwhile
+    pending.written({"wf"})
+    assert note.is_file()
+    pending.handed_over({"wf"})
+    pending.written({"wf"})
+    assert not note.exists()
+    # a start takes the notes left of workflows that still have results, drops the rest
+    pending.mark("wf")
+    pending.mark("gone")
+    (tmp_path / "pending" / "..bad").touch()
+    assert PendingReports(tmp_path / "pending", results).left() == {"wf"}
+    assert sorted(p.name for p in (tmp_path / "pending").iterdir()) == ["wf"]
+
+
 # -- 3. index loss --------------------------------------------------------------------------
 def test_deleted_or_corrupt_index_is_detected_and_rebuilt(hello_site: Site) -> None:
     for group in ("a", "b", "c"):
