@@ -193,8 +193,7 @@ class Daemon:
         self.runner.before_report_change = self.pending_reports.mark
         RunPageWriter.attach(site)  # writes a run's page once it has ended
         self.lock = SiteLock(site.lock_path, site.host)
-        self._observer: Any = None
-        self._watching = False  # serve() watches the queue while it sleeps (see watch())
+        self._observer: Any = None  # the queue watcher, while serve() sleeps (see watch())
         self._no_inotify = False  # the watcher could not start: rescans only
         self._taken = 0  # requests the intake has taken in during this tick
         self.ticks = 0
@@ -230,7 +229,6 @@ class Daemon:
         the watcher's threads took the interpreter lock for every claim (an event in the
         watched folder): 10% of a burst's time. A start costs under a millisecond once
         watchdog is imported."""
-        self._watching = True
         try:
             from watchdog.events import FileSystemEvent, FileSystemEventHandler
             from watchdog.observers import Observer
@@ -268,7 +266,6 @@ class Daemon:
 
     def unwatch(self) -> None:
         """Stop the queue watcher (serve() starts it again before it sleeps)."""
-        self._watching = False
         observer, self._observer = self._observer, None
         if observer is not None:
             observer.stop()
@@ -492,7 +489,7 @@ class Daemon:
                 wait = min(wait, self.report_every)
             if self.intake.unsettled():  # a request being written: look when it has settled
                 wait = min(wait, self.site.config.polling.settle or wait)
-            if not self._watching and not self._no_inotify:  # about to sleep, unwatched
+            if self._observer is None and not self._no_inotify:  # about to sleep, unwatched
                 self.watch()
                 continue  # a request dropped before the watch began: seen by this tick
             self.wakeup.wait(wait)
