@@ -31,7 +31,7 @@ from .render import build_script, render_workflow
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR
 from .render.values import RenderedWorkflow
 from .runs import RunRecord, now_iso
-from .safeio import LINK_ERRORS, copy_fd, copy_tree, open_beneath
+from .safeio import LINK_ERRORS, copy_fd, copy_tree, open_beneath, read_up_to
 from .site import Site
 from .spec.model import FileArg, Template
 from .spec.params import resolve_arguments
@@ -366,9 +366,13 @@ class Intake:
                 file=label,
                 expected="a YAML mapping with at least `workflow:`",
             )
-        fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as fh:
-            raw = fh.read(limit + 1)
+        fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            # in chunks: a buffered read of limit + 1 bytes allocated (and mapped) a
+            # whole MiB for every request: three times the cost of the read itself
+            raw = read_up_to(fd, limit + 1)
+        finally:
+            os.close(fd)
         if len(raw) > limit:
             raise RequestError(
                 f"the request file is over the size limit of {limit} bytes",
