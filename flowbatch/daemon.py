@@ -113,20 +113,26 @@ class PendingReports:
     without that run until the workflow's next run (its restart finds nothing to do).
 
     One empty file per workflow in ``<site>/reports-pending/`` (per host on a shared
-    site), made before the first terminal change a report will cover (:meth:`mark`: once
-    per report, not per run) and removed once a report written after the workflow's last
-    change is done (:meth:`written`). A start writes the reports of the workflows left
-    there (:meth:`left`)."""
+    site), made before a change the leaderboard must show (a run's terminal state, a
+    post-processing run's end: :meth:`mark`; a file only when there is none) and removed
+    once a report handed over after the workflow's last change is written
+    (:meth:`written`). A start writes the reports of the workflows left there
+    (:meth:`left`)."""
 
     def __init__(self, folder: Path, results: Path) -> None:
         self.folder = folder
         self.results = results
         self._lock = threading.Lock()
-        self._dirty: set[str] = set()  # changed since their reports were handed over
+        self._count = 0  # changes marked so far
+        self._last: dict[str, int] = {}  # workflow -> the number of its last change
+        self._noted: set[str] = set()  # workflows whose note this daemon made (one file)
 
     def mark(self, workflow: str) -> None:
+        """A change ``workflow``'s reports must show is about to be written."""
         with self._lock:
-            if workflow in self._dirty:
+            self._count += 1
+            self._last[workflow] = self._count
+            if workflow in self._noted:
                 return
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -134,21 +140,30 @@ class PendingReports:
                 os.close(os.open(self.folder / workflow, flags, 0o644))
             except OSError as exc:  # the reports are still written; only a crash forgets
                 log.warning("cannot note pending reports of %s: %s", workflow, exc)
-            self._dirty.add(workflow)
+            self._noted.add(workflow)
 
-    def handed_over(self, workflows: set[str]) -> None:
-        """A report of ``workflows`` is about to be written: changes from now on need
-        another."""
+    def handed_over(self) -> int:
+        """A report is about to be written from the index as it is now: every change
+        marked so far is in it. Returns their count, for :meth:`written`."""
         with self._lock:
-            self._dirty -= workflows
+            return self._count
 
-    def written(self, workflows: set[str]) -> None:
+    def written(self, workflows: set[str], upto: int) -> None:
+        """A report of ``workflows`` handed over at ``upto`` is written: the notes of those
+        with no change since are removed. (Reports are written in a thread of their own:
+        a later one may be handed over before an earlier one is done, so a workflow
+        changed since ``upto`` keeps its note whatever happened in between.)"""
         with self._lock:
-            for workflow in workflows - self._dirty:
+            for workflow in workflows:
+                if self._last.get(workflow, 0) > upto:
+                    continue
                 try:
                     (self.folder / workflow).unlink(missing_ok=True)
                 except OSError as exc:
                     log.warning("cannot clear pending reports of %s: %s", workflow, exc)
+                    continue
+                self._noted.discard(workflow)
+                self._last.pop(workflow, None)
 
     def left(self) -> set[str]:
         """The workflows a daemon before this one still owed reports of (a note of a
@@ -191,6 +206,7 @@ class Daemon:
         self.runner.reserved = lambda name: len(self.postproc.active) if name == "local" else 0
         self.pending_reports = PendingReports(site.reports_pending_dir, site.layout.results)
         self.runner.before_report_change = self.pending_reports.mark
+        self.postproc.before_report_change = self.pending_reports.mark
         RunPageWriter.attach(site)  # writes a run's page once it has ended
         self.lock = SiteLock(site.lock_path, site.host)
         self._observer: Any = None  # the queue watcher, while serve() sleeps (see watch())
@@ -361,19 +377,20 @@ class Daemon:
         """Post-processing starts here (it launches runs); the report files are written
         here too, or handed to the report thread when serve() runs one."""
         changed = self.runner.changed_workflows
-        self.pending_reports.handed_over(changed)
+        # first: a post-processing run that fails at its start is in this report
         self.postproc.maybe_start(changed)
+        upto = self.pending_reports.handed_over()
         if self._reporter is not None:
-            self._reporter.submit(changed)
+            self._reporter.submit(changed, upto)
         else:
-            self._write_report_files(changed)  # a failure leaves them for the next tick
+            self._write_report_files(changed, upto)  # a failure leaves them for the next tick
         self.runner.changed_workflows = set()
 
-    def _write_report_files(self, changed: set[str]) -> None:
+    def _write_report_files(self, changed: set[str], upto: int) -> None:
         started = time.monotonic()
         faults.point("ranking")
         api.update_reports(self.site, changed)
-        self.pending_reports.written(changed)
+        self.pending_reports.written(changed, upto)
         self._reported_at = time.monotonic()
         self._report_cost = self._reported_at - started
 
@@ -531,7 +548,7 @@ class ReportThread:
 
     def __init__(
         self,
-        write: Callable[[set[str]], None],
+        write: Callable[[set[str], int], None],
         done: Callable[[], None],
         finish: Callable[[], None] = lambda: None,
     ) -> None:
@@ -540,14 +557,18 @@ class ReportThread:
         self._finish = finish  # called in the thread as it ends (closes its connection)
         self._lock = threading.Condition()
         self._pending: set[str] = set()
+        self._upto = 0  # the latest hand-over merged into the pending batch
         self._busy = False
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="reports", daemon=True)
         self._thread.start()
 
-    def submit(self, workflows: set[str]) -> None:
+    def submit(self, workflows: set[str], upto: int = 0) -> None:
+        """Write the reports of ``workflows``; ``upto``: what
+        :meth:`PendingReports.handed_over` said (a merged batch counts its latest)."""
         with self._lock:
             self._pending |= workflows
+            self._upto = max(self._upto, upto)
             self._lock.notify_all()
 
     def idle(self) -> bool:
@@ -578,9 +599,10 @@ class ReportThread:
                 if not self._pending:
                     return  # closing, nothing left
                 todo, self._pending = self._pending, set()
+                upto = self._upto
                 self._busy = True
             try:
-                self._write(todo)
+                self._write(todo, upto)
             except Exception:  # never the end of the reports: the next batch tries again
                 log.exception("writing the reports of %s failed", ", ".join(sorted(todo)))
             finally:

@@ -132,6 +132,9 @@ class PostProcManager:
         #: cores as the local runs); without one, the workflow waits in ``deferred``
         self.room: Callable[[], bool] = room or (lambda: True)
         self.deferred: set[str] = set()
+        #: called with a workflow before a post-processing run of it ends (the daemon
+        #: keeps a durable note that the workflow's leaderboard is owed its outcome)
+        self.before_report_change: Callable[[str], None] = lambda workflow: None
 
     # -- starting ---------------------------------------------------------------------------
     def maybe_start(self, workflows: Iterable[str]) -> set[str]:
@@ -281,6 +284,7 @@ class PostProcManager:
             self._finish(record, "SUCCESS", [])
 
     def _finish(self, record: PostProcRecord, state: str, messages: list[str]) -> None:
+        self.before_report_change(record.workflow)
         record.state = state
         record.finished_at = now_iso()
         record.started_at = record.started_at or record.finished_at

@@ -214,11 +214,47 @@ def test_a_daemon_killed_before_its_reports_leaves_them_to_the_next_start(
     assert list(site.reports_pending_dir.iterdir()) == []  # owed no more
 
 
+def test_a_daemon_killed_before_the_report_of_a_post_processing_run_leaves_it_owed(
+    tmp_path: Path,
+) -> None:
+    """Killed after a post-processing run ended but before the leaderboard showed its
+    outcome: the next start writes that leaderboard (it showed the run as RUNNING, and
+    nothing else was left for a restart to do)."""
+    from flowbatch.postproc import read_state
+
+    site_dir = tmp_path / "site"
+    site = make_site(site_dir, {"polling": {"settle": 0.0}})
+    template = SCORE_TEMPLATE + (
+        "postproc:\n  workflow:\n    steps:\n      - name: summary\n        action:\n"
+        '          commands: ["test -f $[[runs]]/runs.json"]\n'
+    )
+    write_template(tmp_path / "t", template)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 4.5}})
+    site.close()
+    # the first report shows the post-processing run started; the second, its end
+    killed = fb(
+        site_dir, "daemon", "--until-idle", env={"FLOWBATCH_CRASH_AT": "ranking:2"}, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    site = Site(site_dir)
+    latest = read_state(site, "wf")["latest"]
+    board = site.layout.workflow_results("wf") / "leaderboard.json"
+    shown = json.loads(board.read_text())["postproc"]["latest"]
+    assert (shown["id"], shown["state"]) == (latest, "RUNNING")  # what the crash left
+    site.close()
+    fb(site_dir, "daemon", "--until-idle")
+    shown = json.loads(board.read_text())["postproc"]["latest"]
+    assert (shown["id"], shown["state"]) == (latest, "SUCCESS")
+    assert list(site.reports_pending_dir.iterdir()) == []
+
+
 def test_pending_reports_are_cleared_only_by_a_report_after_the_last_change(
     tmp_path: Path,
 ) -> None:
     """A run that ends while its workflow's report is being written keeps the note: that
-    report may not show it."""
+    report may not show it. Reports are written in a thread: one handed over later may
+    start before an earlier one is done, and the earlier one must not clear the note."""
     from flowbatch.daemon import PendingReports
 
     results = tmp_path / "results"
@@ -227,13 +263,24 @@ def test_pending_reports_are_cleared_only_by_a_report_after_the_last_change(
     note = tmp_path / "pending" / "wf"
     pending.mark("wf")
     assert note.is_file()
-    pending.handed_over({"wf"})
+    first = pending.handed_over()
     pending.mark("wf")  # a run ended meanwhile
-    pending.written({"wf"})
+    pending.written({"wf"}, first)
     assert note.is_file()
-    pending.handed_over({"wf"})
-    pending.written({"wf"})
+    pending.written({"wf"}, pending.handed_over())
     assert not note.exists()
+    # two reports in flight: the earlier one ends after the later one was handed over
+    pending.mark("wf")
+    first = pending.handed_over()
+    pending.mark("wf")  # e.g. a post-processing run ended
+    second = pending.handed_over()
+    pending.written({"wf"}, first)
+    assert note.is_file()  # the first report did not show the second change
+    pending.written({"wf"}, second)
+    assert not note.exists()
+    pending.mark("wf")  # a change after the note was cleared makes it again
+    assert note.is_file()
+    pending.written({"wf"}, pending.handed_over())
     # a start takes the notes left of workflows that still have results, drops the rest
     pending.mark("wf")
     pending.mark("gone")
