@@ -186,21 +186,27 @@ def test_chaos_sigkill_at_random_moments(tmp_path: Path) -> None:
     site.close()
 
 
+def _one_run_killed_at_report(tmp_path: Path, template: str, report: int) -> Path:
+    """A site with ``template`` installed as ``wf`` and one request (``score`` 4.5),
+    served by a daemon killed as it begins its ``report``-th report; the site's folder."""
+    site_dir = tmp_path / "site"
+    site = make_site(site_dir, {"polling": {"settle": 0.0}})
+    write_template(tmp_path / "t", template)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 4.5}})
+    site.close()
+    crash = {"FLOWBATCH_CRASH_AT": f"ranking:{report}"}
+    killed = fb(site_dir, "daemon", "--until-idle", env=crash, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return site_dir
+
+
 def test_a_daemon_killed_before_its_reports_leaves_them_to_the_next_start(
     tmp_path: Path,
 ) -> None:
     """Killed after its last run ended but before the leaderboard was written: the next
     start writes it (the restart found nothing else to do, and wrote no report)."""
-    site_dir = tmp_path / "site"
-    site = make_site(site_dir, {"polling": {"settle": 0.0}})
-    write_template(tmp_path / "t", SCORE_TEMPLATE)
-    api.install(site, tmp_path / "t", workflow_id="wf")
-    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 4.5}})
-    site.close()
-    killed = fb(
-        site_dir, "daemon", "--until-idle", env={"FLOWBATCH_CRASH_AT": "ranking:1"}, check=False
-    )
-    assert killed.returncode == -signal.SIGKILL
+    site_dir = _one_run_killed_at_report(tmp_path, SCORE_TEMPLATE, 1)
     site = Site(site_dir)
     (run,) = api.list_runs(site)
     assert run["state"] == "SUCCESS"
@@ -222,21 +228,12 @@ def test_a_daemon_killed_before_the_report_of_a_post_processing_run_leaves_it_ow
     nothing else was left for a restart to do)."""
     from flowbatch.postproc import read_state
 
-    site_dir = tmp_path / "site"
-    site = make_site(site_dir, {"polling": {"settle": 0.0}})
     template = SCORE_TEMPLATE + (
         "postproc:\n  workflow:\n    steps:\n      - name: summary\n        action:\n"
         '          commands: ["test -f $[[runs]]/runs.json"]\n'
     )
-    write_template(tmp_path / "t", template)
-    api.install(site, tmp_path / "t", workflow_id="wf")
-    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 4.5}})
-    site.close()
     # the first report shows the post-processing run started; the second, its end
-    killed = fb(
-        site_dir, "daemon", "--until-idle", env={"FLOWBATCH_CRASH_AT": "ranking:2"}, check=False
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    site_dir = _one_run_killed_at_report(tmp_path, template, 2)
     site = Site(site_dir)
     latest = read_state(site, "wf")["latest"]
     board = site.layout.workflow_results("wf") / "leaderboard.json"
