@@ -478,6 +478,9 @@ class Runner:
         """
         if probe.infra_failure:
             why = probe.infra_failure
+            abandon = getattr(self.executors.get(run.executor), "abandon", None)
+            if abandon is not None and run.handle:
+                abandon(run.handle, f"run {run.id} lost: {why}")  # it may still be going
         else:
             code = f" ({describe_code(probe.exit_code)})" if probe.exit_code is not None else ""
             if started:

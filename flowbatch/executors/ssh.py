@@ -151,6 +151,8 @@ class SSHExecutor:
         self.pool = pool
         self.limit = host.max_runs
         self._fetched: set[str] = set()  # runs whose files came home during a poll
+        #: handles of runs given up on while this host was away (see :meth:`abandon`)
+        self._abandoned: list[dict[str, Any]] = []
 
     @property
     def connection(self) -> SSHConnection:
@@ -169,6 +171,9 @@ class SSHExecutor:
     def launch(self, job: Launch) -> dict[str, Any]:
         conn = self.connection
         where = self._remote_path(job)
+        # a run lost while the host was away may be this one's last attempt, still going:
+        # ended first (HostUnreachable, the run waits, while the host cannot be asked)
+        self._end_abandoned(force=True)
         # a fresh folder: a retried run must not find the markers of its last attempt
         prep = conn.run(
             f"set -e; rm -rf -- {_q(where)}; mkdir -p -- {_q(where)}; cd -- {_q(where)}; pwd -P",
@@ -239,6 +244,11 @@ class SSHExecutor:
             raw = f"poll failed on ssh:{self.name}: {result.stderr.strip()[-200:]}"
             return {run_id: Probe(Liveness.UNKNOWN, raw=raw) for run_id, _ in handles}
         states = _parse_poll(result.stdout)
+        if self._abandoned:  # the host answers again
+            try:
+                self._end_abandoned()
+            except FlowbatchError as exc:
+                log.warning("ssh %s: lost runs' processes not ended yet: %s", self.name, exc)
         out: dict[str, Probe] = {}
         for run_id, handle in handles:
             out[run_id] = self._probe(run_id, handle, states.get(run_id))
@@ -319,6 +329,34 @@ class SSHExecutor:
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
         """TERM the remote process group (the wrapper is its session leader), KILL it after
         :data:`CANCEL_GRACE`; only when the recorded PID still is our process."""
+        try:
+            self._end_group(handle)
+        except FlowbatchError as exc:
+            log.warning("ssh %s: cannot cancel pid %s: %s", self.name, handle.get("pid"), exc)
+
+    def abandon(self, handle: dict[str, Any], reason: str) -> None:
+        """The run of ``handle`` was given up on while this host was away (unreachable
+        past its grace): its processes may still run there, the daemon having lost sight
+        of them only. They are ended at the next contact with the host, before anything
+        is launched there, so a retry never runs beside its lost attempt. Kept in memory:
+        after a restart, ``flowbatch cleanup --orphans`` ends what is left."""
+        if handle.get("host") == self.name and handle.get("pid"):
+            log.warning(
+                "ssh %s: pid %s to be ended when the host answers (%s)",
+                self.name,
+                handle.get("pid"),
+                reason,
+            )
+            self._abandoned.append(dict(handle))
+
+    def _end_abandoned(self, *, force: bool = False) -> None:
+        """End the process groups of the abandoned runs; raises (the rest kept) when the
+        host cannot be asked."""
+        while self._abandoned:
+            self._end_group(self._abandoned[0], force=force)
+            self._abandoned.pop(0)
+
+    def _end_group(self, handle: dict[str, Any], *, force: bool = False) -> None:
         script = (
             _SAME_PROCESS
             + _GROUP_ALIVE
@@ -328,13 +366,14 @@ class SSHExecutor:
                 ticks=int(CANCEL_GRACE * 10),
             )
         )
-        try:
-            result = self.connection.run(script, timeout=CANCEL_GRACE + 30)
-        except FlowbatchError as exc:
-            log.warning("ssh %s: cannot cancel pid %s: %s", self.name, handle.get("pid"), exc)
-            return
+        result = self.connection.run(script, timeout=CANCEL_GRACE + 30, force=force)
         if not result.ok:
-            log.warning("ssh %s: cancel: %s", self.name, result.stderr.strip()[-300:])
+            log.warning(
+                "ssh %s: ending pid %s: %s",
+                self.name,
+                handle.get("pid"),
+                result.stderr.strip()[-300:],
+            )
 
     def adopt(self, handle: dict[str, Any]) -> bool:
         """The recorded PID still runs with the recorded start time, since the same boot."""
