@@ -360,7 +360,12 @@ class Runner:
             by_executor.setdefault(run.executor, []).append(run)
         for name, executor in self.executors.items():
             runs = by_executor.get(name)
-            if not runs or (only is not None and name not in only):
+            if only is not None and name not in only:
+                continue
+            if not runs:
+                tend = getattr(executor, "tend", None)  # SSH: a lost run's processes
+                if tend is not None:
+                    tend()
                 continue
             probes = executor.poll([(r.id, r.handle or {}) for r in runs])
             for run in runs:

@@ -318,6 +318,30 @@ def test_host_down_past_grace_is_error_with_reason(ssh: SshEnv, tmp_path: Path) 
     assert "Connection refused" in message or "connection lost" in message, message
 
 
+def test_a_run_lost_with_its_host_has_its_processes_ended_when_the_host_is_back(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """No retry, no other run there: the daemon still ends the lost run's processes once
+    the host answers again (they went on while it could not see them)."""
+    site, d = one_sleeper(ssh, tmp_path, 60, hosts={"a": {"unreachable_grace": 1}})
+    pgid = 0
+    try:
+        tick_until(d, lambda: len(running(d)) == 1)
+        pgid = int((running(d)[0].handle or {})["pgid"])
+        wait_for_group(pgid, 3)
+        ssh.servers["a"].stop()
+        tick_until(d, lambda: not d.runner.active, timeout=15)
+        assert group_members(pgid)  # lost to the daemon, still going on the host
+        ssh.servers["a"].start()
+        tick_until(d, lambda: not group_members(pgid), timeout=30)
+    finally:
+        d.stop()
+        ssh.ensure_running()
+        for pid in group_members(pgid) if pgid else []:
+            os.kill(pid, signal.SIGKILL)
+    assert runs_by_name(site)["r"]["state"] == "ERROR"
+
+
 def test_a_retry_after_the_host_was_away_ends_the_lost_attempt_first(
     ssh: SshEnv, tmp_path: Path
 ) -> None:

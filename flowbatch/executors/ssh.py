@@ -337,8 +337,8 @@ class SSHExecutor:
     def abandon(self, handle: dict[str, Any], reason: str) -> None:
         """The run of ``handle`` was given up on while this host was away (unreachable
         past its grace): its processes may still run there, the daemon having lost sight
-        of them only. They are ended at the next contact with the host, before anything
-        is launched there, so a retry never runs beside its lost attempt. Kept in memory:
+        of them only. They are ended once the host answers again (a poll, a tick with no
+        run there: :meth:`tend`), before anything is launched there, so a retry never runs beside its lost attempt. Kept in memory:
         after a restart, ``flowbatch cleanup --orphans`` ends what is left."""
         if handle.get("host") == self.name and handle.get("pid"):
             log.warning(
@@ -348,6 +348,15 @@ class SSHExecutor:
                 reason,
             )
             self._abandoned.append(dict(handle))
+
+    def tend(self) -> None:
+        """A tick with no run of this host to poll: end the abandoned runs' processes if
+        the host answers now (its connection's backoff is kept)."""
+        if self._abandoned:
+            try:
+                self._end_abandoned()
+            except FlowbatchError:
+                pass  # still away: the next tick asks again
 
     def _end_abandoned(self, *, force: bool = False) -> None:
         """End the process groups of the abandoned runs; raises (the rest kept) when the
