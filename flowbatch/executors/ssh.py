@@ -338,8 +338,9 @@ class SSHExecutor:
         """The run of ``handle`` was given up on while this host was away (unreachable
         past its grace): its processes may still run there, the daemon having lost sight
         of them only. They are ended once the host answers again (a poll, a tick with no
-        run there: :meth:`tend`), before anything is launched there, so a retry never runs beside its lost attempt. Kept in memory:
-        after a restart, ``flowbatch cleanup --orphans`` ends what is left."""
+        run there: :meth:`tend`), before anything is launched there, so a retry never
+        runs beside its lost attempt. Kept in memory: after a restart, ``flowbatch
+        cleanup --orphans`` ends what is left."""
         if handle.get("host") == self.name and handle.get("pid"):
             log.warning(
                 "ssh %s: pid %s to be ended when the host answers (%s)",
