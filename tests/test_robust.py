@@ -228,9 +228,10 @@ def test_a_daemon_killed_before_the_report_of_a_post_processing_run_leaves_it_ow
     nothing else was left for a restart to do)."""
     from flowbatch.postproc import read_state
 
+    # long enough for the first report (written as it starts) to show it RUNNING
     template = SCORE_TEMPLATE + (
         "postproc:\n  workflow:\n    steps:\n      - name: summary\n        action:\n"
-        '          commands: ["test -f $[[runs]]/runs.json"]\n'
+        '          commands: ["test -f $[[runs]]/runs.json", "sleep 2"]\n'
     )
     # the first report shows the post-processing run started; the second, its end
     site_dir = _one_run_killed_at_report(tmp_path, template, 2)
