@@ -127,6 +127,10 @@ class Sshd:
         return path
 
     def start(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # a second sshd on the port would fail to bind, the first one would answer
+            # the check below, and stop() would then stop the dead one: a stray server
+            raise RuntimeError(f"sshd {self.name} is already running (pid {self.proc.pid})")
         config = self.write_config()
         self.proc = subprocess.Popen(
             [SSHD, "-D", "-f", str(config), "-E", str(self.log)],
