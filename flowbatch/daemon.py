@@ -124,15 +124,17 @@ class PendingReports:
         self.results = results
         self._lock = threading.Lock()
         self._count = 0  # changes marked so far
-        self._last: dict[str, int] = {}  # workflow -> the number of its last change
-        self._noted: set[str] = set()  # workflows whose note this daemon made (one file)
+        #: workflow -> the number of its last change, while this daemon's note of it is on
+        #: disk (a workflow here has its file)
+        self._last: dict[str, int] = {}
 
     def mark(self, workflow: str) -> None:
         """A change ``workflow``'s reports must show is about to be written."""
         with self._lock:
             self._count += 1
+            noted = workflow in self._last
             self._last[workflow] = self._count
-            if workflow in self._noted:
+            if noted:
                 return
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,6 @@ class PendingReports:
                 os.close(os.open(self.folder / workflow, flags, 0o644))
             except OSError as exc:  # the reports are still written; only a crash forgets
                 log.warning("cannot note pending reports of %s: %s", workflow, exc)
-            self._noted.add(workflow)
 
     def handed_over(self) -> int:
         """A report is about to be written from the index as it is now: every change
@@ -162,7 +163,6 @@ class PendingReports:
                 except OSError as exc:
                     log.warning("cannot clear pending reports of %s: %s", workflow, exc)
                     continue
-                self._noted.discard(workflow)
                 self._last.pop(workflow, None)
 
     def left(self) -> set[str]:

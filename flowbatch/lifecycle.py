@@ -362,10 +362,10 @@ class Runner:
             runs = by_executor.get(name)
             if only is not None and name not in only:
                 continue
+            tend = getattr(executor, "tend", None)  # SSH: the processes of lost runs
+            if tend is not None:
+                tend()
             if not runs:
-                tend = getattr(executor, "tend", None)  # SSH: a lost run's processes
-                if tend is not None:
-                    tend()
                 continue
             probes = executor.poll([(r.id, r.handle or {}) for r in runs])
             for run in runs:

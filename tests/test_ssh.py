@@ -746,9 +746,7 @@ def test_a_launch_ends_the_abandoned_processes_before_anything_else(
             return None
 
     conn = Recorded()
-    executor = ssh_mod.SSHExecutor.__new__(ssh_mod.SSHExecutor)
-    executor.name, executor.host = "a", SSHHost(hostname="127.0.0.2", user="u")
-    executor._fetched, executor._abandoned = set(), []
+    executor = ssh_mod.SSHExecutor("a", SSHHost(hostname="127.0.0.2", user="u"), None)  # type: ignore[arg-type]
     monkeypatch.setattr(ssh_mod.SSHExecutor, "connection", property(lambda self: conn))
     monkeypatch.setattr(ssh_mod, "upload_tree", lambda *a: None)
     executor.abandon({"host": "a", "pid": 77, "pgid": 77, "start": "999"}, "host away")

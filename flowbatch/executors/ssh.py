@@ -244,11 +244,6 @@ class SSHExecutor:
             raw = f"poll failed on ssh:{self.name}: {result.stderr.strip()[-200:]}"
             return {run_id: Probe(Liveness.UNKNOWN, raw=raw) for run_id, _ in handles}
         states = _parse_poll(result.stdout)
-        if self._abandoned:  # the host answers again
-            try:
-                self._end_abandoned()
-            except FlowbatchError as exc:
-                log.warning("ssh %s: lost runs' processes not ended yet: %s", self.name, exc)
         out: dict[str, Probe] = {}
         for run_id, handle in handles:
             out[run_id] = self._probe(run_id, handle, states.get(run_id))
@@ -337,9 +332,9 @@ class SSHExecutor:
     def abandon(self, handle: dict[str, Any], reason: str) -> None:
         """The run of ``handle`` was given up on while this host was away (unreachable
         past its grace): its processes may still run there, the daemon having lost sight
-        of them only. They are ended once the host answers again (a poll, a tick with no
-        run there: :meth:`tend`), before anything is launched there, so a retry never
-        runs beside its lost attempt. Kept in memory: after a restart, ``flowbatch
+        of them only. They are ended once the host answers again (:meth:`tend`, at every
+        poll of the runner) and before anything is launched there, so a retry never runs
+        beside its lost attempt. Kept in memory: after a restart, ``flowbatch
         cleanup --orphans`` ends what is left."""
         if handle.get("host") == self.name and handle.get("pid"):
             log.warning(
@@ -351,13 +346,15 @@ class SSHExecutor:
             self._abandoned.append(dict(handle))
 
     def tend(self) -> None:
-        """A tick with no run of this host to poll: end the abandoned runs' processes if
-        the host answers now (its connection's backoff is kept)."""
+        """At each poll of the runner: end the abandoned runs' processes if the host
+        answers now (its connection's backoff is kept)."""
         if self._abandoned:
             try:
                 self._end_abandoned()
             except FlowbatchError:
                 pass  # still away: the next tick asks again
+            except Exception:  # best effort: never the end of the runner's poll
+                log.exception("ssh %s: ending the processes of lost runs", self.name)
 
     def _end_abandoned(self, *, force: bool = False) -> None:
         """End the process groups of the abandoned runs; raises (the rest kept) when the
