@@ -172,7 +172,8 @@ def submit(obj: Context, request: str, retry_failed: bool) -> None:
     "--until-idle",
     is_flag=True,
     help="Run until the queue is empty and no run is active (exit 1 when only index "
-    "writes are left and the index stays unwritable for 60 s).",
+    "writes are left and the index stays unwritable for 60 s). The queue is listed at "
+    "each tick, without a watcher.",
 )
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True

@@ -38,6 +38,15 @@ parameters:
   - {name: code, dtype: int, defaultValue: 0}
 """
 
+SLOW_TEMPLATE = """
+workflow:
+  steps:
+    - name: main
+      action:
+        commands:
+          - sleep 1
+"""
+
 
 def install(site, folder: Path, text: str, wf: str = "wf", files=None):  # type: ignore[no-untyped-def]
     write_template(folder, text, files)
@@ -411,6 +420,40 @@ def test_a_burst_is_taken_in_unwatched_and_the_watch_resumes_before_sleeping(
         _end_serving(d, t)
 
 
+def test_a_daemon_run_until_idle_never_watches_and_still_takes_in_a_late_request(
+    hello_site: Any, tmp_path: Path
+) -> None:
+    """``--until-idle`` starts no queue watcher (it exits once the queue is empty; every
+    tick lists the queue): a request dropped while it waits for a run is taken in when
+    that run's end wakes it, not at the far rescan interval, and it exits after both."""
+    install(hello_site, tmp_path / "slow", SLOW_TEMPLATE, wf="slow")
+    d = Daemon(hello_site)
+    hello_site.config.polling.interval = 30.0
+    watched: list[int] = []
+    real_watch = d.watch
+
+    def watch() -> None:
+        watched.append(d.ticks)
+        real_watch()
+
+    d.watch = watch  # type: ignore[method-assign]
+    drop(hello_site, "a.yaml", {"workflow": "slow"})
+    d.start()
+    t = threading.Thread(target=d.serve, kwargs={"until_idle": True}, daemon=True)
+    began = time.monotonic()
+    t.start()
+    try:
+        _wait_until(lambda: [r["state"] for r in api.list_runs(hello_site)] == ["RUNNING"])
+        drop(hello_site, "b.yaml", {"workflow": "slow"})  # the daemon waits for a's end
+        t.join(20)
+        assert not t.is_alive()  # idle: returned
+        assert [r["state"] for r in api.list_runs(hello_site)] == ["SUCCESS"] * 2
+        assert time.monotonic() - began < 20  # not the 30 s rescan
+        assert watched == [] and d._observer is None
+    finally:
+        _end_serving(d, t)
+
+
 def test_a_request_still_being_written_is_looked_at_again_once_settled(
     hello_site: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -761,7 +804,8 @@ def test_process_start_is_psutils_create_time_without_psutil() -> None:
 
 def test_a_local_daemon_loads_neither_psutil_nor_ssh(tmp_path: Path) -> None:
     """A daemon that takes in a request and runs it locally loads psutil only to adopt or
-    cancel a run, and the SSH executor (paramiko) only when SSH hosts are configured."""
+    cancel a run, the SSH executor (paramiko) only when SSH hosts are configured, and
+    playhouse's URL parser (every backend's module) only for a database URL."""
     site = make_site(tmp_path / "site")
     install(site, tmp_path / "tpl", STEPS_TEMPLATE)
     drop(site, "r.yaml", {"workflow": "wf"})
@@ -769,7 +813,7 @@ def test_a_local_daemon_loads_neither_psutil_nor_ssh(tmp_path: Path) -> None:
     done, modules = daemon_modules(site.root, "--until-idle")
     assert "-> SUCCESS" in done.stderr
     assert "flowbatch.executors.local" in modules
-    loaded = modules & {"psutil", "flowbatch.executors.ssh", "paramiko"}
+    loaded = modules & {"psutil", "flowbatch.executors.ssh", "paramiko", "playhouse.db_url"}
     assert not loaded, loaded
 
 

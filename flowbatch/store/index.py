@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import peewee as pw
-from playhouse.db_url import connect
 from playhouse.shortcuts import ReconnectMixin
 
 from ..errors import IndexError_
@@ -175,6 +174,8 @@ def connect_database(url: str | None, default_path: Path) -> pw.Database:
 
     Connects lazily: nothing is read or created until the first query."""
     if url:
+        from playhouse.db_url import connect  # its backends' modules: not for SQLite
+
         params: dict[str, Any] = {}
         if urlsplit(url).scheme.startswith(("postgres", "psycopg")):
             # never hang on an unreachable server; the URL's own connect_timeout wins
