@@ -535,6 +535,31 @@ def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list
     return lines
 
 
+def _target_line(fb: dict[str, Any], limit: dict[str, Any] | None, n: int) -> str:
+    """The verdict: met only if the medians' distance and the median of the rounds' own
+    distances (each round against its own limit: the minute's speed cancels) are both
+    within 2 ms; a run whose medians meet it but whose rounds mostly do not says so."""
+    head = "- Target (at most 2 ms per run above the limit):"
+    rounds = _per_round(fb, limit, n) if limit and len(fb["seconds"]) >= 2 else []
+    if not rounds:
+        verdict = "met" if fb["overhead_ms"] <= 2.0 else "NOT met"
+        return f"{head} {verdict} ({fb['overhead_ms']:.2f} ms)."
+    paired = statistics.median(rounds)
+    within = sum(1 for x in rounds if x <= 2.0)
+    by_medians, by_rounds = fb["overhead_ms"] <= 2.0, paired <= 2.0
+    if by_medians and by_rounds:
+        verdict = "met"
+    elif by_medians or by_rounds:
+        verdict = "met by " + ("the medians" if by_medians else "the rounds") + " only"
+    else:
+        verdict = "NOT met"
+    return (
+        f"{head} {verdict} ({fb['overhead_ms']:.2f} ms from the medians; the rounds' own "
+        f"distances {', '.join(f'{x:+.2f}' for x in rounds)} ms, median {paired:+.2f}: "
+        f"{within} of {len(rounds)} rounds within it)."
+    )
+
+
 def _round_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list[str]:
     """Each round of flowbatch's rows against the limit of the same round: the spread
     the medians above hide (the machine's speed moves between minutes)."""
@@ -620,11 +645,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"(flowbatch's {fb['cpu_ms']:.2f} ms in all)."
             )
         lines.extend(_floor_lines(res["rows"], fb, res["n"]))
-        target = "met" if fb["overhead_ms"] <= 2.0 else "NOT met"
-        lines.append(
-            f"- Target (at most 2 ms per run above the limit): {target} "
-            f"({fb['overhead_ms']:.2f} ms)."
-        )
+        lines.append(_target_line(fb, limit_row, n))
         lines.extend(_round_lines(res["rows"], fb, n))
     for name, note in res["notes"].items():
         lines.append(f"- {name}: {note}")

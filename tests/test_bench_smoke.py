@@ -175,6 +175,30 @@ def test_each_round_is_shown_against_its_own_limit() -> None:
     assert f"{throughput.AS_USER} 4.00x, 4.00x, 3.00x the limit" in line
 
 
+def test_the_target_is_met_only_by_the_medians_and_the_rounds_together() -> None:
+    """The verdict weighs each round against its own limit too: a run whose medians meet
+    the 2 ms but whose rounds mostly do not (a fast limit in one round) says so."""
+    from bench import throughput
+
+    limit = {"tool": "xargs -P 2", "seconds": [0.71, 0.85, 0.83]}
+
+    def verdict(seconds: list[float], overhead_ms: float) -> str:
+        fb = {"tool": "flowbatch", "seconds": seconds, "overhead_ms": overhead_ms}
+        return throughput._target_line(fb, limit, 500)
+
+    # this session's full run: medians 1.75 - 0.83 s, rounds +2.08, +2.37, +1.66 ms
+    line = verdict([1.75, 2.035, 1.66], 1.84)
+    assert "met by the medians only (1.84 ms" in line
+    assert "+2.08, +2.37, +1.66 ms, median +2.08: 1 of 3 rounds within it" in line
+    assert ": met (" in verdict([1.6, 1.7, 1.75], 1.84)
+    assert ": NOT met (" in verdict([2.0, 2.2, 2.1], 2.54)
+    assert "met by the rounds only" in verdict([1.6, 1.8, 1.8], 2.10)
+    no_rounds = throughput._target_line(
+        {"tool": "flowbatch", "seconds": [1.7], "overhead_ms": 2.5}, limit, 500
+    )
+    assert no_rounds.endswith("NOT met (2.50 ms).")
+
+
 def test_the_bench_reinstalls_flowbatch_when_the_tree_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
