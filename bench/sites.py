@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,14 @@ def states(root: Path) -> dict[str, int]:
         state = json.loads(path.read_text(encoding="utf-8"))["state"]
         out[state] = out.get(state, 0) + 1
     return out
+
+
+def span(root: Path) -> tuple[float, float]:
+    """Epoch seconds of the earliest ``started_at`` and the latest ``finished_at`` of the
+    runs in the tree (when the first run was RUNNING and the last one ended)."""
+    starts, ends = [], []
+    for path in (root / "results" / WORKFLOW / "runs").glob("[!.]*/run.json"):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        starts.append(datetime.fromisoformat(record["started_at"]).timestamp())
+        ends.append(datetime.fromisoformat(record["finished_at"]).timestamp())
+    return min(starts), max(ends)

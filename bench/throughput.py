@@ -35,7 +35,7 @@ from .common import (
     last_cpu,
     timed,
 )
-from .sites import WORKFLOW, drop_many, make_site, states
+from .sites import WORKFLOW, drop_many, make_site, span, states
 
 PEERS = {
     "flowserv": ["flowserv-core==0.9.4", "pyyaml-include<2", "SQLAlchemy<2"],
@@ -111,14 +111,23 @@ def run_flowbatch(work: Path, n: int, *, owner: int | None = None) -> float:
         for request in site.layout.queue.glob("*.yaml"):
             os.chown(request, owner, owner)
     env = {**os.environ, "FLOWBATCH_SITE": str(site.root)}
+    began = time.time()
     elapsed = timed([*FLOWBATCH, "daemon", "--until-idle"], env=env, timeout=1800)
+    gone = time.time()
     counted = states(site.root)
     if counted.get("SUCCESS") != n:
         raise RuntimeError(f"flowbatch: expected {n} SUCCESS, found {counted}")
+    first, last = span(site.root)
+    _LAST_SPAN[0] = ((first - began) * 1000, (gone - last) * 1000)
     board = site.root / "results" / WORKFLOW / "leaderboard.json"
     if not board.is_file() or not json.loads(board.read_text())["ranking"]:
         raise RuntimeError("flowbatch: no leaderboard written")
     return elapsed
+
+
+#: the last flowbatch round's start and end (ms): its process started -> its first run
+#: RUNNING, its last run ended -> its process gone
+_LAST_SPAN = [(0.0, 0.0)]
 
 
 def run_contract(work: Path, n: int) -> float:
@@ -313,6 +322,7 @@ def bench(
             tools[label] = lambda w, r=runner, p=python: r(p, w, n)
     times = {name: Timing() for name in tools}
     cpus = {name: Timing() for name in tools}
+    spans: dict[str, list[tuple[float, float]]] = {"flowbatch": [], AS_USER: []}
     folders = {
         CONTRACT: "contract",
         AS_USER: "flowbatch-as-user",
@@ -337,6 +347,8 @@ def bench(
                 continue
             times[name].add(elapsed)
             cpus[name].add(last_cpu())
+            if name in spans:
+                spans[name].append(_LAST_SPAN[0])
             log(
                 f"  round {rep + 1}/{repeats} {name}: {elapsed:.2f} s "
                 f"({time.perf_counter() - started:.1f} s with setup; "
@@ -364,6 +376,14 @@ def bench(
                 "overhead_ms": (t.median - limit) / n * 1000,
                 "vs_limit": t.median / limit,
                 "cpu_ms": cpus[name].median / n * 1000,
+                **(
+                    {
+                        "start_ms": statistics.median(x[0] for x in spans[name]),
+                        "end_ms": statistics.median(x[1] for x in spans[name]),
+                    }
+                    if spans.get(name)
+                    else {}
+                ),
             }
         )
     settled = {"waited_s": probe.waited, "best_us": probe.best, "before_us": probe.before}
@@ -560,6 +580,22 @@ def _target_line(fb: dict[str, Any], limit: dict[str, Any] | None, n: int) -> st
     )
 
 
+def _span_lines(fb: dict[str, Any], limit: dict[str, Any] | None, n: int) -> list[str]:
+    """How much of flowbatch's time is its start and its end, and the burst between."""
+    if "start_ms" not in fb or limit is None:
+        return []
+    start, end = fb["start_ms"], fb["end_ms"]
+    burst = (fb["median_s"] * 1000 - start - end) / n
+    return [
+        f"- flowbatch's start and end (medians of its rounds): its first run RUNNING "
+        f"{start:.0f} ms after its process was started (imports, the site, the claims), "
+        f"the process gone {end:.0f} ms after its last run ended (the final leaderboard, "
+        f"the stop): {(start + end) / n:.2f} ms of each run's share. Between them "
+        f"{burst:.2f} ms a run against the limit's {limit['per_job_ms']:.2f} ms a job "
+        f"({burst - limit['per_job_ms']:+.2f} ms)."
+    ]
+
+
 def _round_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list[str]:
     """Each round of flowbatch's rows against the limit of the same round: the spread
     the medians above hide (the machine's speed moves between minutes)."""
@@ -646,6 +682,7 @@ def markdown(res: dict[str, Any]) -> str:
             )
         lines.extend(_floor_lines(res["rows"], fb, res["n"]))
         lines.append(_target_line(fb, limit_row, n))
+        lines.extend(_span_lines(fb, limit_row, n))
         lines.extend(_round_lines(res["rows"], fb, n))
     for name, note in res["notes"].items():
         lines.append(f"- {name}: {note}")

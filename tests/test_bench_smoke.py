@@ -74,6 +74,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         *(["flowbatch, another user's requests"] if os.geteuid() == 0 else []),
     }
     assert all(r["runs_per_s"] > 0 for r in tools.values())
+    fb = tools["flowbatch"]  # its start and end, from the runs' own times
+    assert 0 < fb["start_ms"] < fb["median_s"] * 1000 and 0 < fb["end_ms"] < fb["median_s"] * 1000
     settled = results["sections"]["throughput"]["settle"]
     # one probe before each timed run, and one before the phases
     assert len(settled["before_us"]) == len(tools) + 1 and min(settled["before_us"]) > 0
@@ -106,6 +108,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "Where the daemon's CPU goes per run",
         "A quiet disk before each timing",
         "Starting a run as its user",
+        "flowbatch's start and end (medians of its rounds): its first run RUNNING",
     ):
         assert heading in text, heading
     assert "Not measured" not in text
