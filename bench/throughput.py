@@ -98,6 +98,11 @@ AS_USER = "flowbatch, another user's requests"
 OTHER_UID = 65534
 
 
+#: the last flowbatch round's start and end (ms): its process started -> its first run
+#: RUNNING, its last run ended -> its process gone
+_LAST_SPAN = [(0.0, 0.0)]
+
+
 def run_flowbatch(work: Path, n: int, *, owner: int | None = None) -> float:
     """``owner``: the requests belong to this user (the daemon is root): every run is
     started as that user in a folder given to it, as on a login node."""
@@ -123,11 +128,6 @@ def run_flowbatch(work: Path, n: int, *, owner: int | None = None) -> float:
     if not board.is_file() or not json.loads(board.read_text())["ranking"]:
         raise RuntimeError("flowbatch: no leaderboard written")
     return elapsed
-
-
-#: the last flowbatch round's start and end (ms): its process started -> its first run
-#: RUNNING, its last run ended -> its process gone
-_LAST_SPAN = [(0.0, 0.0)]
 
 
 def run_contract(work: Path, n: int) -> float:
