@@ -170,7 +170,7 @@ class Runner:
         self.active[run.id] = run
 
     def _transition(self, run: RunRecord, target: State, **kw: Any) -> None:
-        if target not in ACTIVE:
+        if target not in ACTIVE and run.state != target:  # a same-state no-op changes nothing
             self.before_report_change(run.workflow)
         if not self.store.transition(run, target, **kw):
             return

@@ -287,6 +287,23 @@ def test_pending_reports_are_cleared_only_by_a_report_after_the_last_change(
     assert sorted(p.name for p in (tmp_path / "pending").iterdir()) == ["wf"]
 
 
+def test_a_same_state_transition_notes_no_report_as_owed(hello_site: Site) -> None:
+    """Only a change the leaderboard must show is noted: a run already in its terminal
+    state, told so again, leaves no note (it would have stayed until the workflow's next
+    change, and made a start write a report for nothing)."""
+    from flowbatch.runs import State
+
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    d = run_until_idle(hello_site)
+    (listed,) = api.list_runs(hello_site)
+    assert listed["state"] == "SUCCESS"
+    pending = hello_site.reports_pending_dir
+    assert not pending.exists() or list(pending.iterdir()) == []
+    run = hello_site.store.load(listed["id"])
+    d.runner._transition(run, State.SUCCESS)
+    assert not pending.exists() or list(pending.iterdir()) == []
+
+
 # -- 3. index loss --------------------------------------------------------------------------
 def test_deleted_or_corrupt_index_is_detected_and_rebuilt(hello_site: Site) -> None:
     for group in ("a", "b", "c"):
