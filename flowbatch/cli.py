@@ -158,7 +158,8 @@ def submit(obj: Context, request: str, retry_failed: bool) -> None:
     """Queue REQUEST.yaml with the files its arguments name (atomically); print its name.
 
     A sweep submitted again skips the points that already succeeded (or are running)
-    with the same arguments on the same template version, and says which."""
+    with the same arguments on the same template version for the same group, and says
+    which."""
     from . import api
     from .cli_lifecycle import echo_resume_plan
 

@@ -434,7 +434,8 @@ class Intake:
                 hint="executors are declared in the site's flowbatch.yaml",
             )
         points = self._points(req, template, label)
-        skipped = self._already_done(req, version, points) if req.sweep else {}
+        group = req.group or user_name(claimed.uid)
+        skipped = self._already_done(req, version, points, group) if req.sweep else {}
         files_dir = site.templates.files_dir(req.workflow, version)
         for index, arguments in enumerate(points):
             run_id = point_run_id(claimed.run_id, index)
@@ -483,18 +484,20 @@ class Intake:
         return points
 
     def _already_done(
-        self, req: Request, version: str, points: list[dict[str, Any]]
+        self, req: Request, version: str, points: list[dict[str, Any]], group: str
     ) -> dict[int, str]:
         """Points of a resubmitted sweep that need no new run: index -> why.
 
         A point that succeeded (or is still active) with the same arguments on the same
-        template version is skipped, as jobmon never reruns finished work; one whose
+        template version for the same ``group`` (the runs' leaderboard group: another
+        group's runs are theirs, not a resumption of this sweep) is skipped, as jobmon
+        never reruns finished work; one whose
         runs all failed is run again only with ``retry_failed: true``
         (see :mod:`flowbatch.resume`, which ``flowbatch submit`` asks too).
         """
         from .resume import classify_points
 
-        plan = classify_points(self.site, req.workflow, version, points)
+        plan = classify_points(self.site, req.workflow, version, points, group=group)
         return plan.skipped(retry_failed=req.retry_failed)
 
     def _create_run(

@@ -26,11 +26,13 @@ run again (a needless run rather than a wrong skip).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import yamlio
+from .accounts import user_name
 from .runs import State
 from .site import Site
 from .spec.model import FileArg
@@ -161,7 +163,8 @@ def _status(states: set[str]) -> str:
 
 
 def plan_request(site: Site, path: Path) -> ResumePlan | None:
-    """What resubmitting the sweep request at ``path`` would skip (None: not a sweep).
+    """What resubmitting the sweep request at ``path`` (by this process's user, as
+    ``flowbatch submit`` does) would skip (None: not a sweep).
 
     Casts every point as intake does, so ``lr: 1`` and ``lr: 1.0`` of a float
     parameter are the same point; duplicates after casting are one point."""
@@ -177,4 +180,6 @@ def plan_request(site: Site, path: Path) -> ResumePlan | None:
         if key not in seen:
             seen.add(key)
             points.append(cast)
-    return classify_points(site, str(doc["workflow"]), version, points)
+    # the group the runs would count for: the request's, else the submitting user's name
+    group = doc.get("group") if isinstance(doc.get("group"), str) else user_name(os.getuid())
+    return classify_points(site, str(doc["workflow"]), version, points, group=group)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flowbatch import api
 from flowbatch.queue import Intake
+from flowbatch.resume import plan_request
 from flowbatch.site import Site
 
 from .conftest import drop, run_until_idle, write_template
@@ -108,3 +109,31 @@ def test_a_crash_in_the_middle_of_a_sweep_creates_the_rest_once(site: Site, tmp_
     assert [x for x, _ in points(site)] == list(range(6))
     assert list(site.layout.claimed.iterdir()) == []
     site.close()
+
+
+def test_a_resubmitted_sweep_skips_only_its_own_groups_points(site: Site, tmp_path: Path) -> None:
+    """Another group's runs of the same points are theirs: a sweep resumes its own group's
+    work (the group the runs count for), never takes over someone else's results."""
+    setup(site, tmp_path)
+    drop(site, "a.yaml", {"workflow": "wf", "group": "team-a", "sweep": {"x": [1, 2]}})
+    run_until_idle(site)
+    drop(site, "b.yaml", {"workflow": "wf", "group": "team-b", "sweep": {"x": [1, 2, 3]}})
+    result = Intake(site).run_once()
+    assert sorted(r.arguments["x"] for r in result.runs) == [1, 2, 3]
+    assert {r.group for r in result.runs} == {"team-b"}
+    run_until_idle(site)
+    drop(site, "b2.yaml", {"workflow": "wf", "group": "team-b", "sweep": {"x": [1, 2, 3, 4]}})
+    result = Intake(site).run_once()
+    assert [r.arguments["x"] for r in result.runs] == [4]
+    assert set(result.skipped["b2.yaml"].values()) == {"succeeded"}
+    # what `flowbatch submit` tells the user first: the same, by group
+    request = tmp_path / "again.yaml"
+    request.write_text("workflow: wf\ngroup: team-a\nsweep: {x: [1, 2, 3, 4]}\n")
+    plan = plan_request(site, request)
+    assert plan is not None
+    assert {p.arguments["x"]: p.status for p in plan.points} == {
+        1: "succeeded",
+        2: "succeeded",
+        3: "missing",
+        4: "missing",
+    }

@@ -49,7 +49,8 @@ class Request(BaseModel):
         default=None,
         description="Parameter name -> list of values: one run per combination (a cartesian "
         "product with `arguments` as the fixed part); identical combinations run once. "
-        "Resubmitting a sweep skips the points that already ran on the same template version.",
+        "Resubmitting a sweep skips the points that already ran on the same template version "
+        "for the same group.",
     )
     retry_failed: bool = Field(
         default=False, description="With a resubmitted sweep: run failed points again."
