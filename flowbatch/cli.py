@@ -294,12 +294,10 @@ def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
 def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> None:
     """Cancel a PENDING or RUNNING run (its whole process tree); owner or root only."""
     from . import api
-    from .daemon import Busy, Daemon, cancel_run, lock_holder, wait_terminal
+    from .daemon import Busy, Daemon, cancel_run, wait_terminal
 
     site = obj.site
-    # with no daemon running, the site's own user (or root) applies the cancel at once;
-    # anyone else queues it for the daemon (never runs a tick as themselves)
-    if lock_holder(site) is None and os.geteuid() in (0, site.root.stat().st_uid):
+    if _applies_cancel_itself(site, run_id):
         daemon = Daemon(site)
         try:
             daemon.start()
@@ -308,13 +306,37 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
         if daemon is not None:
             try:
                 cancel_run(site, daemon.runner, run_id, os.getuid(), reason)
-                daemon.tick()
+                if daemon.runner.changed_workflows:
+                    daemon.write_reports()  # no tick: nothing else is taken in or started
             finally:
                 daemon.stop()
             click.echo(f"{run_id}: {site.store.load(run_id).state.value}")
             return
-    api.request_cancel(site, run_id, reason)
-    click.echo(f"{run_id}: {wait_terminal(site, run_id, wait)}")
+    name = api.request_cancel(site, run_id, reason)
+    state = wait_terminal(site, run_id, wait)
+    if state in ("PENDING", "RUNNING"):
+        click.echo(f"{run_id}: {state} (cancel queued as {name}: the daemon applies it)")
+    else:
+        click.echo(f"{run_id}: {state}")
+
+
+def _applies_cancel_itself(site: Site, run_id: str) -> bool:
+    """Whether ``runs cancel`` applies the cancel in this process rather than queueing it:
+    only with no daemon serving the site on this host, by the site's own user (the owner
+    of ``results/``, whose files the daemon trusts: a record root wrote on a service
+    user's site would be refused by that site's daemon), and for a run this host serves
+    (on a shared site another host's daemon runs it: only that daemon may end it)."""
+    from .daemon import lock_holder
+
+    try:
+        owner = site.layout.results.stat().st_uid
+    except OSError:
+        return False  # no results tree to write into: the daemon's to make
+    if lock_holder(site) is not None or os.geteuid() != owner:
+        return False
+    if not site.shared:
+        return True
+    return site.store.load(run_id).host in (None, site.host)
 
 
 @main.command()

@@ -569,6 +569,19 @@ def test_cancel_is_honoured_only_from_the_owner_or_root(public_tmp: Path, tmp_pa
     assert shown["state"] == "CANCELED" and shown["messages"] == ["done with it"]
 
 
+def _as_service(site_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``flowbatch --site SITE ARGS`` run as the user fbservice (a service user's daemon).
+    The venv's interpreter links into /root; the system one with the same packages serves."""
+    path = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
+    command = ["runuser", "-u", "fbservice", "--", "env", f"PYTHONPATH={path}"]
+    return subprocess.run(
+        [*command, "/usr/bin/python3", "-m", "flowbatch", "--site", str(site_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @needs_root
 def test_service_user_daemon_accepts_only_allowed_users(public_tmp: Path, tmp_path: Path) -> None:
     service, other = _user("fbservice"), _user("fbother")
@@ -583,28 +596,7 @@ def test_service_user_daemon_accepts_only_allowed_users(public_tmp: Path, tmp_pa
     ok = drop(site, "ok.yaml", {"workflow": "wf"})
     os.chown(ok, other.pw_uid, other.pw_gid)
     refused = drop(site, "refused.yaml", {"workflow": "wf"})  # owned by root: not allowed
-    # the venv's interpreter links into /root; the system one with the same packages serves
-    path = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
-    out = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "fbservice",
-            "--",
-            "env",
-            f"PYTHONPATH={path}",
-            "/usr/bin/python3",
-            "-m",
-            "flowbatch",
-            "--site",
-            str(site_dir),
-            "daemon",
-            "--until-idle",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _as_service(site_dir, "daemon", "--until-idle")
     assert out.returncode == 0, out.stderr
     site = Site(site_dir)
     run = only_run(site)
@@ -614,6 +606,64 @@ def test_service_user_daemon_accepts_only_allowed_users(public_tmp: Path, tmp_pa
     assert "may not submit" in error["reason"]
     assert not refused.exists()
     site.close()
+
+
+@needs_root
+def test_root_cancels_on_a_service_users_site_through_its_daemon(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    """root's `runs cancel` on a site a service user serves (a cron site: no daemon
+    between ticks) is queued, not applied by root: run.json and the site's folders
+    written by root would be refused by the service user's daemon, and its runs stranded.
+    The service user's next daemon applies it."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    service, other = _user("fbservice"), _user("fbother")
+    site_dir = public_tmp / "site"
+    site = make_site(site_dir, {"allowed_users": ["fbother"]})
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: [sleep 60]}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    site.close()
+    subprocess.run(["chown", "-R", f"{service.pw_uid}:{service.pw_gid}", str(site_dir)], check=True)
+    request = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(request, other.pw_uid, other.pw_gid)
+    out = _as_service(site_dir, "daemon", "--once")  # takes it in, starts it
+    assert out.returncode == 0, out.stderr
+    site = Site(site_dir)
+    (run,) = [r for r in api.list_runs(site) if r["owner"] == "fbother"]
+    site.close()
+    waiting = drop(site, "after.yaml", {"workflow": "wf"})  # waits in the queue
+    out = CliRunner().invoke(
+        main, ["--site", str(site_dir), "runs", "cancel", run["id"], "--wait", "0"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "cancel queued" in out.output
+    assert waiting.exists()  # root's cancel took nothing in
+    root_owned = [
+        p for p in site_dir.rglob("*") if p.lstat().st_uid == 0 and p.parent != site_dir / "queue"
+    ]
+    assert root_owned == []
+    out = _as_service(site_dir, "daemon", "--once")
+    assert out.returncode == 0, out.stderr
+    site = Site(site_dir)
+    shown = api.show_run(site, run["id"])
+    assert shown["state"] == "CANCELED", shown
+    site.close()
+    pid = int(shown["handle"]["pid"])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)  # the run's process ended with it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # -- 6. retries and lost runs ---------------------------------------------------------------

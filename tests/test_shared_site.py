@@ -220,3 +220,30 @@ def test_a_daemon_reconnects_when_the_server_drops_its_connection(
     states = {r["name"]: r["state"] for r in api.list_runs(site)}
     assert states == {"before": "SUCCESS", "after": "SUCCESS"}
     assert not list((root / "queue" / "rejected").glob("*.yaml"))
+
+
+def test_runs_cancel_on_another_host_is_handed_to_that_host(
+    tmp_path: Path, postgres_url: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`flowbatch runs cancel` on hostB with no daemon there must not end hostA's run
+    itself: hostA's daemon holds the run and would write its end over the cancel. The
+    cancel is queued (and handed to hostA by whichever daemon claims it)."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    root = tmp_path / "site"
+    shared_site(root, postgres_url).close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site_a = Site(root)
+    drop(site_a, "a.yaml", {"workflow": "wf", "arguments": {"score": 3.0}})
+    (run,) = Intake(site_a).run_once().runs
+    site_a.close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostB")
+    out = CliRunner().invoke(main, ["--site", str(root), "runs", "cancel", run.id, "--wait", "0"])
+    assert out.exit_code == 0, out.output
+    assert "cancel queued" in out.output
+    site = Site(root)
+    assert site.store.load(run.id).state == State.PENDING  # left to hostA
+    assert len(list(site.layout.queue.glob("cancel-*.yaml"))) == 1
+    site.close()
