@@ -234,7 +234,7 @@ DEFAULT_CONFIG_TEXT = """\
 #   login1:
 #     hostname: login1.example.org
 #     port: 22
-#     user: null          # default: the daemon's user
+#     user: null          # default: the daemon's user (required when that is root)
 #     key_file: null      # private key; default: the SSH agent (no passwords)
 #     known_hosts: ~/.ssh/known_hosts   # the host key must be there (strict)
 #     remote_root: flowbatch-runs       # under the remote home unless absolute

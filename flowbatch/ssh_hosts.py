@@ -52,7 +52,11 @@ class SSHHost(BaseModel):
 
     hostname: str = Field(description="DNS name or address to connect to.")
     port: int = Field(default=22, ge=1, le=65535)
-    user: str | None = Field(default=None, description="Remote user (default: the local one).")
+    user: str | None = Field(
+        default=None,
+        description="Remote user (default: the local one; required when the daemon is root, "
+        "which would otherwise log in as root).",
+    )
     key_file: str | None = Field(
         default=None,
         description="Private key file (~ expanded). Without it the SSH agent is used.",

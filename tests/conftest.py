@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +56,15 @@ def site(tmp_path: Path) -> Iterator[Site]:
     s = make_site(tmp_path / "site")
     yield s
     s.close()
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A folder other users can traverse (pytest's own tmp folders are 0700 for root)."""
+    path = Path(tempfile.mkdtemp(prefix="flowbatch-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -342,15 +340,6 @@ def _user(name: str) -> pwd.struct_passwd:
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership tests switch users")
-
-
-@pytest.fixture
-def public_tmp() -> Iterator[Path]:
-    """A folder other users can traverse (pytest's own tmp folders are 0700 for root)."""
-    path = Path(tempfile.mkdtemp(prefix="flowbatch-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _identity_of(user: pwd.struct_passwd) -> dict[str, str]:

@@ -131,3 +131,24 @@ def test_example_config_validates(example: Path, tmp_path: Path) -> None:
     assert config.executor
     jsonschema.validate(doc, schema_for("site"))  # the schema editors use
     assert example.read_text().startswith("# yaml-language-server: $schema=../schemas/site.")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the daemon's own user decides")
+def test_a_root_daemon_never_logs_in_as_root_by_default(tmp_path: Path) -> None:
+    """`user:` left out means the daemon's own user: root, for a root daemon, which would
+    then run every participant's code as root on that host. Such a host is refused, with
+    the key to set, before any connection is tried."""
+    from flowbatch.errors import ConfigError, FlowbatchError
+    from flowbatch.executors.ssh_pool import SSHPool
+    from flowbatch.ssh_hosts import SSHHost
+
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    host = SSHHost.model_validate({"hostname": "127.0.0.9", "known_hosts": str(known)})
+    with pytest.raises(ConfigError, match="no `user:`") as err:
+        SSHPool({"login1": host}).connection("login1").run("true")
+    assert err.value.field == "ssh.login1.user"
+    named = SSHHost.model_validate({**host.model_dump(), "user": "fbtest"})
+    with pytest.raises(FlowbatchError) as other:  # a named user goes on to connect
+        SSHPool({"login1": named}).connection("login1").run("true", timeout=2)
+    assert "no `user:`" not in str(other.value)

@@ -19,11 +19,15 @@ from click.testing import CliRunner
 
 from flowbatch import api, cli
 from flowbatch.daemon import Daemon, cancel_run
+from flowbatch.errors import FlowbatchError
+from flowbatch.executors.base import Launch
+from flowbatch.executors.slurm import SlurmExecutor
 from flowbatch.site import Site
 
 from .conftest import drop, make_site, only_run, run_until_idle, write_template
 from .fixtures_slurm import slurm_config
 from .services.slurm import SlurmCluster
+from .test_robust import _user, needs_root
 
 
 def test_helloworld_on_slurm(slurm_site: Site) -> None:
@@ -332,3 +336,49 @@ def test_a_real_timeout(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
     run = runs_by_name(site)["slow"]
     assert run["state"] == "ERROR"
     assert any("TIMEOUT" in m for m in run["messages"]), run["messages"]
+
+
+WHO_TEMPLATE = """
+workflow:
+  steps:
+    - name: who
+      action:
+        commands:
+          - id -u > who.txt
+"""
+
+
+@needs_root
+def test_a_root_daemon_submits_a_users_job_as_that_user(
+    tmp_path: Path, public_tmp: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A root daemon submits another user's run as that user (as it starts a local run):
+    the job runs as the user, never as root, and the daemon writes nothing into the
+    user's run folder (the user writes the batch script and makes logs/ there). A
+    planted sbatch.sh symlink in the folder is then the user's own business: it cannot
+    make root overwrite its target."""
+    user = _user("fbrunner")
+    site = make_site(public_tmp / "site", slurm_config())
+    write_template(tmp_path / "tpl", WHO_TEMPLATE)
+    api.install(site, tmp_path / "tpl", workflow_id="who")
+    request = drop(site, "r.yaml", {"workflow": "who"})
+    os.chown(request, user.pw_uid, user.pw_gid)
+    run_until_idle(site, timeout=60).stop()
+    run = only_run(site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    run_dir = Path(run["run_dir"])
+    assert (run_dir / "who.txt").read_text().strip() == str(user.pw_uid)
+    assert (run_dir / "sbatch.sh").stat().st_uid == user.pw_uid
+    assert (run_dir / "logs").stat().st_uid == user.pw_uid
+    # a second submission into the folder, where the user has planted a link
+    victim = public_tmp / "root-owned.txt"
+    victim.write_text("root's\n")
+    (run_dir / "sbatch.sh").unlink()
+    (run_dir / "sbatch.sh").symlink_to(victim)
+    os.lchown(run_dir / "sbatch.sh", user.pw_uid, user.pw_gid)
+    profile = site.config.slurm["default"]
+    slurm = SlurmExecutor("slurm", "default", profile, site_name="site", config=site.config)
+    with pytest.raises(FlowbatchError):  # the user's own write cannot reach root's file
+        slurm.launch(Launch(run["id"], run_dir, "run.sh", uid=user.pw_uid))
+    assert victim.read_text() == "root's\n"
+    site.close()

@@ -223,9 +223,10 @@ def test_via_ssh_host_uses_the_pooled_runner(
     slurm = executors["slurm"]
     assert isinstance(slurm, SlurmExecutor)
     (tmp_path / "r").mkdir()
-    handle = slurm.launch(Launch("r", tmp_path / "r", "run.sh"))
+    handle = slurm.launch(Launch("r", tmp_path / "r", "run.sh", uid=1234))
     assert handle["job_id"] == "12" and handle["via"] == "login1" and seen == ["login1"]
     assert fake.lines[0].startswith("sbatch --parsable ")
+    assert fake.uids == [None]  # over SSH the host's configured user submits
     # a profile naming no ssh host: its commands fail with the reason
     other = executors["slurm:nowhere"]
     assert isinstance(other, SlurmExecutor)
@@ -245,3 +246,19 @@ def test_an_unreachable_submit_host_makes_the_launch_wait(tmp_path: Path) -> Non
     with pytest.raises(ExecutorUnavailable, match="connection refused"):
         ex.launch(Launch("r", tmp_path, "run.sh"))
     assert ex.poll([("a", {"job_id": "1"})]) == {}  # a failed squeue, tolerated
+
+
+def test_an_array_is_submitted_by_its_runs_user_who_makes_their_logs(tmp_path: Path) -> None:
+    """As a single job is: the runs' owner submits (a root daemon's local runner changes
+    to that user), after making each run's logs/ (Slurm opens the output there)."""
+    runner = Scripted({"sbatch": [ok("60\n")]})
+    ex = executor(runner, Clock())
+    ex.site_root = tmp_path
+    batch = jobs(tmp_path, 3, uid=1234)
+    ex.launch_many(batch)
+    assert runner.uids == [1234]
+    assert runner.prefixes == ["mkdir -p -- " + " ".join(str(j.run_dir / "logs") for j in batch)]
+    (tmp_path / "b").mkdir()
+    mixed = [*jobs(tmp_path, 1, uid=1), *jobs(tmp_path / "b", 1, uid=2)]
+    out = ex.launch_many(mixed)
+    assert all(isinstance(o, FlowbatchError) for o in out)  # never one user's job as another's

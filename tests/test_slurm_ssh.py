@@ -10,13 +10,8 @@ fbtest: the daemon (root) hands the run folder to its owner.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from flowbatch import api
 from flowbatch.executors.slurm import SlurmExecutor
@@ -25,15 +20,6 @@ from .conftest import drop, make_site, only_run, run_until_idle
 from .fixtures_slurm import EXAMPLES, slurm_config
 from .fixtures_ssh import SshEnv
 from .services.slurm import SlurmCluster
-
-
-@pytest.fixture
-def public_tmp() -> Iterator[Path]:
-    """A folder the SSH user can traverse (pytest's own tmp folders are 0700 for root)."""
-    path = Path(tempfile.mkdtemp(prefix="flowbatch-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def give(request: Path, ssh: SshEnv) -> None:

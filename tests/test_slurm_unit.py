@@ -197,13 +197,23 @@ class Scripted:
     """A CommandRunner that answers from a script and records the command lines."""
 
     answers: dict[str, list[CommandResult]] = field(default_factory=dict)
-    lines: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # the Slurm command of each line
+    prefixes: list[str] = field(default_factory=list)  # what ran before it in the line
+    uids: list[int | None] = field(default_factory=list)
     where: str = "test"
 
     def run(
-        self, command: str, *, input: str | None = None, timeout: float | None = None
+        self,
+        command: str,
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+        uid: int | None = None,
     ) -> CommandResult:
+        before, _, command = command.rpartition(" && ")
         self.lines.append(command)
+        self.prefixes.append(before)
+        self.uids.append(uid)
         queue = self.answers[command.split()[0]]
         return queue.pop(0) if len(queue) > 1 else queue[0]
 

@@ -24,12 +24,20 @@ class CommandResult:
 
 
 class CommandRunner(Protocol):
-    """Runs one bash command line (already quoted) and returns its result."""
+    """Runs one bash command line (already quoted) and returns its result.
+
+    ``uid``: run it as that local user (a root daemon submitting a user's job); only the
+    local runner can, a remote one runs everything as its host's configured user."""
 
     where: str  # for messages: "localhost", "ssh:login1"
 
     def run(
-        self, command: str, *, input: str | None = None, timeout: float | None = None
+        self,
+        command: str,
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+        uid: int | None = None,
     ) -> CommandResult: ...
 
 
@@ -37,16 +45,25 @@ class LocalRunner:
     where = "localhost"
 
     def run(
-        self, command: str, *, input: str | None = None, timeout: float | None = None
+        self,
+        command: str,
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+        uid: int | None = None,
     ) -> CommandResult:
+        from .local import as_user_command  # the local executor's change of user
+
+        argv, kwargs = as_user_command(["bash", "-c", command], uid)
         try:
             proc = subprocess.run(
-                ["bash", "-c", command],
+                argv,
                 input=input,
                 capture_output=True,
                 text=True,
                 timeout=timeout,
                 check=False,
+                **kwargs,
             )
         except subprocess.TimeoutExpired as exc:
             return CommandResult(124, _text(exc.stdout), f"timed out after {timeout} s")

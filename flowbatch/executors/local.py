@@ -393,6 +393,17 @@ def _as_user(argv: list[str], change: dict[str, Any]) -> tuple[list[str], dict[s
     return setpriv_argv(tool, kwargs) + argv, {}
 
 
+def as_user_command(argv: list[str], uid: int | None) -> tuple[list[str], dict[str, Any]]:
+    """``argv`` and subprocess's arguments (``env`` included) that run it as ``uid`` when
+    the daemon is root (as a run is started: :func:`run_as`); unchanged otherwise."""
+    change = run_as(uid)
+    if not change:
+        return argv, {}
+    env = {**os.environ, **change.pop("env", {})}
+    argv, kwargs = _as_user(argv, change)
+    return argv, {**kwargs, "env": env}
+
+
 #: what a start needs of the run's user, done again (``$1`` is the script's path)
 _START_CHECK = (
     'cd -- "${1%/*}" || exit; [ -r "${1##*/}" ] || { echo "$1: not readable" >&2; exit 1; }'

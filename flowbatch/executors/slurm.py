@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -150,13 +149,23 @@ class SlurmExecutor:
     def _where(self) -> str:
         return str(getattr(self._runner, "where", None) or f"ssh:{self.profile.via}")
 
-    def _run(self, command: str, *args: str, launching: bool = False) -> CommandResult:
-        """Run one Slurm command. A submit host that cannot be reached (``via: <ssh
-        host>``) is a failed command, except while launching: then the run waits."""
+    def _run(
+        self,
+        command: str,
+        *args: str,
+        launching: bool = False,
+        before: str = "",
+        input: str | None = None,
+        uid: int | None = None,
+    ) -> CommandResult:
+        """Run one Slurm command (after the shell text ``before``, fed ``input``; as the
+        local user ``uid``, see :meth:`_submitter`). A submit host that cannot be reached
+        (``via: <ssh host>``) is a failed command, except while launching: then the run
+        waits."""
         self.calls[command] = self.calls.get(command, 0) + 1
-        line = " ".join([command, *(shlex.quote(a) for a in args)])
+        line = before + " ".join([command, *(shlex.quote(a) for a in args)])
         try:
-            return self.runner.run(line, timeout=self.profile.timeout)
+            return self.runner.run(line, input=input, timeout=self.profile.timeout, uid=uid)
         except ExecutorUnavailable as exc:  # HostUnreachable (Slurm over SSH) is one
             if launching:
                 raise ExecutorUnavailable(
@@ -191,8 +200,21 @@ class SlurmExecutor:
             if found is not None:
                 log.info("run %s: adopting Slurm job %s found by name", job.run_id, found)
                 return {**handle, "job_id": found, "adopted": True}
-        script = self._write_batch_script(job, handle["job_name"])
-        result = self._run("sbatch", "--parsable", str(script), launching=True)
+        # The job's own user writes the script into the run folder, makes its logs/ (Slurm
+        # opens the output there before the script runs) and submits it: the daemon
+        # (often root) never writes inside a folder its run's user controls
+        text, source = load_template(self.site_root)
+        batch = render_batch_script(self.batch_job(job, handle["job_name"]), text, source=source)
+        folder = shlex.quote(str(job.run_dir))
+        result = self._run(
+            "sbatch",
+            "--parsable",
+            BATCH_NAME,
+            launching=True,
+            before=f"cd -- {folder} && cat > {BATCH_NAME} && mkdir -p -- {LOGS_DIR} && ",
+            input=batch,
+            uid=self._submitter([job]),
+        )
         if not result.ok:
             raise ExecutorError(
                 f"sbatch refused run {job.run_id} (profile {self.profile_name!r}, "
@@ -227,13 +249,16 @@ class SlurmExecutor:
         ids = [s.job_id for s in parse_squeue(result.stdout).values() if s.name == name]
         return max(ids, key=_job_order) if ids else None
 
-    def _write_batch_script(self, job: Launch, name: str) -> Path:
-        text, source = load_template(self.site_root)
-        batch = self.batch_job(job, name)
-        path = job.run_dir / BATCH_NAME
-        _logs_dir(job.run_dir)  # Slurm opens --output before the script
-        path.write_text(render_batch_script(batch, text, source=source), encoding="utf-8")
-        return path
+    def _submitter(self, jobs: Sequence[Launch]) -> int | None:
+        """The local user who submits ``jobs`` (their runs' owner, one request's): a root
+        daemon submits a user's job as that user, as it starts a local run, so the job
+        runs as the user and never as root. Over SSH (``via``) the host's configured
+        user submits."""
+        owners = {job.uid for job in jobs}
+        if len(owners) > 1:
+            users = ", ".join(sorted(map(str, owners)))
+            raise ExecutorError(f"one submission for runs of several users: {users}")
+        return owners.pop() if self.profile.via == "local" else None
 
     # -- launch: sweeps as job arrays -----------------------------------------------------
     def array_name(self, first: Launch) -> str:
@@ -312,7 +337,15 @@ class SlurmExecutor:
                 log.info("job array %s found by name: adopting %s", array.name, array_id)
                 return handles(array_id, adopted=True)
         script = self._write_array_script(array)
-        result = self._run("sbatch", "--parsable", str(script), launching=True)
+        logs = " ".join(shlex.quote(str(job.run_dir / LOGS_DIR)) for _, job in array.members)
+        result = self._run(
+            "sbatch",
+            "--parsable",
+            str(script),
+            launching=True,
+            before=f"mkdir -p -- {logs} && ",  # as the job's user, as for a single job
+            uid=self._submitter([job for _, job in array.members]),
+        )
         runs = ", ".join(job.run_id for _, job in array.members)
         if not result.ok:
             raise ExecutorError(
@@ -345,7 +378,6 @@ class SlurmExecutor:
         folder.mkdir(parents=True, exist_ok=True)
         tasks = []
         for task, job in array.members:
-            _logs_dir(job.run_dir)
             link = folder / str(task)
             link.unlink(missing_ok=True)
             link.symlink_to(job.run_dir, target_is_directory=True)
@@ -549,18 +581,6 @@ class SlurmExecutor:
         close = getattr(self._runner, "close", None)
         if callable(close):
             close()
-
-
-def _logs_dir(run_dir: Path) -> None:
-    """The run's ``logs/`` (Slurm opens the output there before the script runs), owned
-    like the run folder: the job runs as the run's owner (or the ssh user)."""
-    logs = run_dir / LOGS_DIR
-    if logs.is_dir():
-        return
-    logs.mkdir()
-    owner = run_dir.stat()
-    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-        os.chown(logs, owner.st_uid, owner.st_gid)
 
 
 def _sweep_label(job: Launch) -> str:

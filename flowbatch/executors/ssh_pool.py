@@ -168,6 +168,14 @@ class SSHConnection:
 
     def _connect(self) -> paramiko.SSHClient:
         host = self.host
+        if host.user is None and os.geteuid() == 0:
+            raise ConfigError(
+                f"ssh host {self.name} names no `user:`, and this daemon runs as root: it "
+                "would log in as root and run participants' code as root there",
+                field=f"ssh.{self.name}.user",
+                expected="the remote account runs are to run as",
+                hint="set `user:` in the host's section of flowbatch.yaml",
+            )
         known = host.known_hosts_path()
         client = paramiko.SSHClient()
         try:
@@ -391,8 +399,15 @@ class SSHRunner:
         self.where = f"ssh:{connection.name}"
 
     def run(
-        self, command: str, *, input: str | None = None, timeout: float | None = None
+        self,
+        command: str,
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+        uid: int | None = None,
     ) -> CommandResult:
+        if uid is not None:  # a caller's bug: never run as someone else by accident
+            raise ValueError(f"{self.where} runs commands as its configured user only")
         return self.connection.run(command, input=input, timeout=timeout)
 
 
