@@ -69,13 +69,16 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _table(rows: list[dict[str, Any]], columns: list[str], titles: list[str] | None = None) -> None:
+    """``rows`` as a text table of ``columns`` (keys of each row), headed by ``titles``
+    (default: the keys)."""
     if not rows:
         click.echo("(none)")
         return
+    titles = titles or columns
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    heads = [c.upper() if c.isidentifier() else c for c in columns]  # labels stay as written
+    widths = [max(len(t), *(len(row[i]) for row in cells)) for i, t in enumerate(titles)]
+    heads = [t.upper() if t.isidentifier() else t for t in titles]  # labels stay as written
     click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
@@ -366,21 +369,25 @@ def ranking(
     if as_json:
         _echo_json(board)
         return
-    rows = []
+    # the result columns keyed apart from the fixed ones (and from each other): a result
+    # labelled "version" (or "rank", "group", "run") must not take their cells
+    fixed = ["rank", "group", "run", "version"]
+    keys = [f"result {i}" for i in range(len(board["schema"]))]
+    rows: list[dict[str, Any]] = []
     for entry in board["ranking"]:
-        row = {
+        row: dict[str, Any] = {
             "rank": entry["rank"],
             "group": entry["group"],
             "run": entry["run"]["name"] or entry["run"]["id"],
             "version": entry["run"]["version"],
         }
-        for col in board["schema"]:
+        for key, col in zip(keys, board["schema"], strict=True):
             value = entry["results"].get(col["name"])
-            row[col["label"]] = f"{value:.4g}" if isinstance(value, float) else value
+            row[key] = f"{value:.4g}" if isinstance(value, float) else value
         rows.append(row)
     shown = board["version"] or "all versions"
     click.echo(f"version: {shown}" + (" (current)" if board["version"] == board["current"] else ""))
-    _table(rows, ["rank", "group", "run", "version", *[c["label"] for c in board["schema"]]])
+    _table(rows, fixed + keys, fixed + [c["label"] for c in board["schema"]])
 
 
 @main.group()

@@ -37,8 +37,16 @@ def update_reports(
     """Rewrite the leaderboard files of each of ``workflows`` (those with a result schema),
     then ``results/index.html``. ``run_pages`` also rewrites the page of every finished run
     of those workflows (the daemon writes each once, when the run ends). ``progress`` is
-    told each workflow's id before its turn."""
+    told each workflow's id before its turn.
+
+    One workflow's failure does not stop the others' nor the front page: it is logged
+    with the workflow's id and the loop goes on. A :class:`FlowbatchError` (a template
+    that no longer loads, say) is only logged, as a rewrite would fail the same way. Any
+    other error (a full disk, a bug) is raised once everything else is written, as a
+    :class:`FlowbatchError` naming the workflows, so that the caller knows the reports
+    are still owed (the daemon then keeps its notes of them and tries again)."""
     use_site_templates(site.root)
+    failed: list[tuple[str, Exception]] = []
     # daemons of several hosts: one at a time reads the index and writes the files, so
     # the last one written saw every run committed before it (none is left out for good)
     with site.store.exclusive("reports"), paused_gc():
@@ -49,9 +57,20 @@ def update_reports(
                 write_workflow_report(site, workflow)
             except FlowbatchError as exc:
                 log.error("leaderboard of %s not written: %s", workflow, exc.summary())
+            except Exception as exc:
+                log.exception("leaderboard of %s not written", workflow)
+                failed.append((workflow, exc))
             if run_pages:
                 write_run_pages(site, site.store.iter_run_dirs(workflow))
         write_site_index(site, state_counts())
+    if failed:
+        names = ", ".join(workflow for workflow, _ in failed)
+        first = failed[0][1]
+        raise FlowbatchError(
+            f"leaderboard{'s' if len(failed) > 1 else ''} of {names} not written: "
+            f"{type(first).__name__}: {first}",
+            hint="the other reports are written; see the log for the details",
+        ) from first
 
 
 def write_workflow_report(site: Site, workflow: str) -> bool:

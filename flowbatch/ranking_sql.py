@@ -27,7 +27,9 @@ reference way (:func:`rank_inputs` and :func:`flowbatch.ranking.rank_views` over
 run), so the result is always the reference's:
 
 - a number column holding text (Python reads numeric text as a number), or an integer
-  of 2**53 or more, or an infinity (the double is not the exact value);
+  of 2**53 or more, or an infinity (the double is not the exact value), or a result row
+  with no value at all (an integer beyond a double's range is stored as NULL; results
+  and arguments refuse such integers now, but older runs may hold one);
 - a string column holding a number, a boolean or null (Python compares ``str()`` of it),
   or U+FFFD (NUL is stored as U+FFFD: the text may not be the value);
 - a run with two result rows of one name, or the candidates' result rows disagreeing
@@ -316,7 +318,12 @@ def _candidates_sql(
         bad.append(f'{v}.run IS NULL AND {find}("t1".results, {param}) > 0')
         bad_params.append(json.dumps(name) + ":")
         if number:
-            bad.append(f"{v}.value_text IS NOT NULL OR abs({v}.value_num) >= {float(_EXACT)!r}")
+            bad.append(
+                f"{v}.value_text IS NOT NULL OR abs({v}.value_num) >= {float(_EXACT)!r}"
+                # a row with neither: a value the index has no number for (an int beyond
+                # a double's range, stored as NULL) that Python may rank as a number
+                f" OR ({v}.run IS NOT NULL AND {v}.value_num IS NULL)"
+            )
         else:
             bad.append(
                 f"{v}.value_num IS NOT NULL OR ({v}.run IS NOT NULL AND {v}.value_text IS NULL)"

@@ -643,7 +643,10 @@ def _value_cell(value: Any, numeric: bool) -> _Cell:
     if numeric and isinstance(value, int | float) and not isinstance(value, bool):
         text = format_number(value)
         exact = repr(value)
-        sort = repr(value) if math.isfinite(value) else ""
+        # an int is finite (math.isfinite would convert it to a float: OverflowError for
+        # one beyond the float range, which results and arguments refuse but old runs
+        # or hand-edited files may hold)
+        sort = exact if isinstance(value, int) or math.isfinite(value) else ""
         return _Cell(text, sort, exact if exact != text else "", True)
     text = "" if value is None else str(value)
     return _Cell(text, text, "", numeric)
@@ -776,8 +779,12 @@ def _points(members: list[RankEntry], name: str) -> list[tuple[float, float]]:
         value = entry.run.results.get(name)
         if finished is None or not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        if math.isfinite(value):
-            points.append((finished.timestamp(), float(value)))
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the float range: not drawable
+            continue
+        if math.isfinite(number):
+            points.append((finished.timestamp(), number))
     return points
 
 

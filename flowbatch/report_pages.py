@@ -368,7 +368,10 @@ def _template(site: Any, run: RunRecord) -> Template | None:
 
 
 def write_run_pages(site: Any, run_dirs: Iterable[Path]) -> int:
-    """(Re)write the page of every terminal run among ``run_dirs``; returns how many."""
+    """(Re)write the page of every terminal run among ``run_dirs``; returns how many. A
+    page that cannot be written is logged and skipped, as :class:`RunPageWriter` does:
+    the run's own code may have left a folder named ``index.html`` in its run folder,
+    and that must not stop the pages of the other runs (nor the rest of the reports)."""
     use_site_templates(site.root)
     count = 0
     for run_dir in run_dirs:
@@ -378,7 +381,11 @@ def write_run_pages(site: Any, run_dirs: Iterable[Path]) -> int:
             log.error("cannot read %s: %s", run_dir, exc)
             continue
         if run.state in TERMINAL:
-            write_run_page(run_dir, run, _template(site, run))
+            try:
+                write_run_page(run_dir, run, _template(site, run))
+            except (OSError, FlowbatchError, ValueError) as exc:
+                log.error("run page of %s not written: %s", run.id, exc)
+                continue
             count += 1
     return count
 

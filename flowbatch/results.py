@@ -24,6 +24,7 @@ from . import yamlio
 from .errors import InputError, ResultError
 from .safeio import LINK_ERRORS, open_beneath
 from .spec.model import ResultColumn, ResultSchema
+from .spec.params import INT_LIMIT
 
 #: Result files are small summaries; refuse anything that looks like a data dump.
 MAX_RESULT_BYTES = 16 << 20
@@ -48,7 +49,9 @@ def read_results(run_dir: Path, schema: ResultSchema) -> dict[str, ResultValue]:
     column's dtype:
 
     - ``int``: integers, integral floats (``3.0``) and integral numeric strings
-      (``"42"``, ``"3.0"``); booleans and non-integral numbers are refused.
+      (``"42"``, ``"3.0"``), of magnitude below 2**63 (:data:`INT_LIMIT`, what a 64-bit
+      integer holds: a larger one breaks the reports and the index's ordering); booleans
+      and non-integral numbers are refused.
     - ``float``: integers, floats and numeric strings; booleans, NaN and infinities are
       refused (they would break the ranking's ordering).
     - ``string``: any scalar (booleans as ``true``/``false``, as written in the file);
@@ -92,7 +95,8 @@ def read_results(run_dir: Path, schema: ResultSchema) -> dict[str, ResultValue]:
 
 
 _EXPECTED: dict[str, str] = {
-    "int": "an integer (or an integral number or numeric string)",
+    "int": f"an integer between -{INT_LIMIT - 1} and {INT_LIMIT - 1} (or an integral number "
+    "or numeric string)",
     "float": "a finite number (or numeric string)",
     "string": "a scalar value (text, number or boolean)",
 }
@@ -116,6 +120,13 @@ def cast_value(value: Any, dtype: str) -> ResultValue:
 
 
 def _to_int(value: Any) -> int:
+    number = _int_value(value)
+    if not -INT_LIMIT < number < INT_LIMIT:
+        raise _CastError(f"got an integer out of range ({_show(value)})")
+    return number
+
+
+def _int_value(value: Any) -> int:
     # bool is a subclass of int: `True` silently becoming 1 would hide a wrong column.
     if isinstance(value, bool):
         raise _CastError(f"got a boolean ({_show(value)})")
@@ -300,5 +311,8 @@ def _kind(value: Any) -> str:
 
 
 def _show(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python converts to text (4300)
+        return f"an integer of {value.bit_length()} bits"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -87,6 +87,42 @@ def test_the_example_through_the_cli(tmp_path: Path) -> None:
     assert json.loads(fb(site, "ranking", "helloworld", "--json")) == board
 
 
+def test_ranking_text_keeps_result_columns_apart_from_the_fixed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result column labelled like a fixed column (``version``, ``rank``, ``group``,
+    ``run``) or like another result shows its own values, not theirs."""
+    from flowbatch import api
+
+    site = tmp_path / "site"
+    fb(site, "init")
+    labels = ["version", "rank", "group", "run", "Score", "Score"]
+    board = {
+        "workflow": "wf",
+        "schema": [
+            {"name": f"c{i}", "label": label, "dtype": "string"} for i, label in enumerate(labels)
+        ],
+        "ranking": [
+            {
+                "rank": 1,
+                "group": "alice",
+                "run": {"id": "556a24e700bd", "name": None, "version": "v1"},
+                "results": {f"c{i}": f"res{i}" for i in range(len(labels))},
+            }
+        ],
+        "version": "v1",
+        "current": "v1",
+    }
+    monkeypatch.setattr(api, "ranking", lambda *args, **kwargs: board)
+    lines = fb(site, "ranking", "wf").splitlines()
+    assert lines[0] == "version: v1 (current)"
+    assert lines[1].split() == [
+        *["RANK", "GROUP", "RUN", "VERSION"],
+        *["VERSION", "RANK", "GROUP", "RUN", "SCORE", "SCORE"],
+    ]
+    assert lines[2].split() == ["1", "alice", "556a24e700bd", "v1", *[f"res{i}" for i in range(6)]]
+
+
 def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path) -> None:
     site = tmp_path / "site"
     fb(site, "init")

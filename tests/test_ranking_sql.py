@@ -235,9 +235,12 @@ ODD_VALUES = [
     # NUL is stored as U+FFFD in the result rows
     ("model", "\x00", False),
     ("model", "\ufffd", False),
-    # NaN and booleans in a number column are missing for both: the index may rank
+    # NaN and booleans in a number column are missing for both: the index may rank NaN
+    # (stored as NULL by SQLite, as NaN by PostgreSQL)
     ("score", float("nan"), None),
-    ("score", True, True),
+    # a result row with no value at all: the index cannot tell a boolean from an int
+    # beyond a double's range (both NULL), which Python ranks as a number
+    ("score", True, False),
 ]
 
 
@@ -260,6 +263,40 @@ def test_values_the_index_cannot_order_go_the_reference_way(
     assert_same(fast, reference)
     if sql is not None:
         assert fast.sql is sql
+
+
+def test_an_int_beyond_a_doubles_range_goes_the_reference_way(site: Site) -> None:
+    """Results refuse integers of 2**63 or more now, but a run indexed before may hold a
+    401-digit one: its result row has no number (NULL), which the index would rank as a
+    missing value while Python ranks the number, whether or not the run is among the
+    index's candidates."""
+    huge = 10**400
+    schema = ResultSchema(
+        file="r.json", columns=[ResultColumn("steps", "Steps", "int")], order_by=[SortKey("steps")]
+    )
+    site.store.index_many(
+        [
+            record("m-huge", "wf", "mallory", {"steps": huge}),
+            record("m-small", "wf", "mallory", {"steps": 5}),
+            record("a", "wf", "alice", {"steps": 7}),
+        ]
+    )
+    for shown in (0, 1, 5):
+        fast, reference = views_pair("wf", schema, shown, version="1")
+        assert fast.sql is False
+        assert_same(fast, reference)
+        assert listed(fast.best) == [(1, "m-huge"), (2, "a")]
+    # descending too, and with the huge value negative
+    site.store.index_many([record("m-huge", "wf", "mallory", {"steps": -huge})])
+    schema = ResultSchema(
+        file="r.json",
+        columns=schema.columns,
+        order_by=[SortKey("steps", sort_desc=False)],
+    )
+    fast, reference = views_pair("wf", schema, 1, version="1")
+    assert fast.sql is False
+    assert_same(fast, reference)
+    assert listed(fast.top) == [(1, "m-huge")]
 
 
 def test_result_rows_that_drifted_from_the_run_rows_are_not_trusted(site: Site) -> None:

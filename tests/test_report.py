@@ -294,6 +294,32 @@ def test_chart_draws_best_so_far_per_group(tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and HOSTILE not in html
 
 
+def test_an_int_beyond_the_float_range_does_not_stop_the_write(tmp_path: Path) -> None:
+    """Results and arguments refuse integers of 2**63 or more, but a run of an older
+    flowbatch (or a hand-edited run.json) may hold a 401-digit one: the leaderboard is
+    still written, the value shown as it is and left out of the chart (no float has it)."""
+    huge = 10**400
+    schema = ResultSchema("r.json", SCHEMA.columns, [SortKey("steps")])
+    history = [
+        make_run("a1", "alice", 0.2, finished="2024-03-01T10:00:00Z"),
+        make_run("a2", "alice", 0.3, finished="2024-03-01T11:00:00Z"),
+        make_run("b1", "bob", 0.4, finished="2024-03-01T10:30:00Z"),
+    ]
+    history[0].results["steps"] = huge
+    history[1].arguments["n"] = -huge
+    everything = rank(history, schema, include_all=True)
+    best = rank(history, schema)
+    assert best[0].run.run_id == "a1"  # the reference ranks it as the number it is
+    params = [ParamColumn("n", "N", True)]
+    write_leaderboard(tmp_path, "wf", "T", schema, best, all_entries=everything, parameters=params)
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert str(huge) in html and str(-huge) in html
+    svg = html[html.index("<svg") : html.index("</svg>")]
+    assert "<title>bob: 12</title>" in svg and str(huge) not in svg
+    data = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert data["ranking"][0]["results"]["steps"] == huge
+
+
 def test_chart_left_out_for_a_text_sort_key(tmp_path: Path) -> None:
     schema = ResultSchema("r.json", SCHEMA.columns, [SortKey("note")])
     write_leaderboard(tmp_path, "wf", "T", schema, rank(runs(), schema))

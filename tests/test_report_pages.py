@@ -309,3 +309,90 @@ def test_a_sites_own_run_template_writes_its_run_pages(
     run_dir = Path(api.show_run(site, run_id)["run_dir"])
     page = (run_dir / "index.html").read_text()
     assert '<p id="own">' in page and "&lt;script&gt;" in page and HOSTILE not in page
+
+
+def _score_site(tmp_path: Path, extra: str = "") -> Site:
+    """A site with the score template installed as ``aa`` and as ``zz`` (``extra``: a
+    command ``aa``'s runs add), and one finished run of each."""
+    from .conftest import make_site
+    from .test_robust import SCORE_TEMPLATE
+
+    site = make_site(tmp_path / "site")
+    write_template(tmp_path / "t", SCORE_TEMPLATE)
+    own = SCORE_TEMPLATE.replace("> r.json\n", f"> r.json\n          - {extra}\n")
+    write_template(tmp_path / "t-aa", own if extra else SCORE_TEMPLATE)
+    api.install(site, tmp_path / "t-aa", workflow_id="aa")
+    api.install(site, tmp_path / "t", workflow_id="zz")
+    drop(site, "a.yaml", {"workflow": "aa", "group": "mallory", "arguments": {"score": 1}})
+    drop(site, "z.yaml", {"workflow": "zz", "group": "carol", "arguments": {"score": 2}})
+    run_until_idle(site)
+    assert [r["state"] for r in api.list_runs(site)] == ["SUCCESS", "SUCCESS"]
+    return site
+
+
+def test_one_workflows_failed_report_does_not_stop_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leaderboard that fails to write (here: the OverflowError a 401-digit integer
+    caused) is logged with its workflow; the workflows after it and the front page are
+    still written, and the failure is raised at the end: still owed, the daemon keeps
+    its note of it, and `flowbatch report` ends with one line and exit code 1."""
+    from flowbatch import publish
+    from flowbatch.daemon import Daemon
+    from flowbatch.errors import FlowbatchError
+
+    site = _score_site(tmp_path)
+    zz_board = site.layout.workflow_results("zz") / "leaderboard.html"
+    front = site.layout.results / "index.html"
+    real = publish.write_workflow_report
+
+    def failing(site_: Site, workflow: str) -> bool:
+        if workflow == "aa":
+            raise OverflowError("int too large to convert to float")
+        return real(site_, workflow)
+
+    monkeypatch.setattr(publish, "write_workflow_report", failing)
+    for path in (zz_board, front):
+        path.unlink()
+    with pytest.raises(FlowbatchError) as info:
+        api.update_reports(site, ["aa", "zz"])
+    assert "leaderboard of aa not written" in str(info.value)
+    assert "OverflowError" in str(info.value) and "zz" not in str(info.value)
+    assert zz_board.is_file() and front.is_file()
+    assert "leaderboard of aa not written" in caplog.text
+
+    # the daemon's notes of owed reports stay until a report is written
+    daemon = Daemon(site)
+    try:
+        daemon.pending_reports.mark("aa")
+        with pytest.raises(FlowbatchError):
+            daemon._write_report_files({"aa", "zz"}, daemon.pending_reports.handed_over())
+        assert (site.reports_pending_dir / "aa").is_file()
+    finally:
+        daemon.stop()
+
+    result = CliRunner().invoke(main, ["--site", str(site.root), "report"])
+    assert result.exit_code == 1 and "leaderboard of aa not written" in result.output
+    assert "Traceback" not in result.output
+    assert zz_board.is_file() and front.is_file()
+
+
+def test_a_folder_in_place_of_a_run_page_does_not_stop_the_report(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run's own code may make ``index.html`` a folder in its run folder: `flowbatch
+    report` logs that run's page as not written and writes everything else."""
+    site = _score_site(tmp_path, extra="mkdir index.html")
+    pages = {
+        r["workflow"]: Path(api.show_run(site, r["id"])["run_dir"]) / "index.html"
+        for r in api.list_runs(site)
+    }
+    assert pages["aa"].is_dir()
+    pages["zz"].unlink()
+    front = site.layout.results / "index.html"
+    front.unlink()
+    caplog.clear()  # the daemon logged it once already, as the run ended
+    result = CliRunner().invoke(main, ["--site", str(site.root), "report"])
+    assert result.exit_code == 0, result.output
+    assert pages["zz"].is_file() and front.is_file()
+    assert "run page of" in caplog.text and "not written" in caplog.text

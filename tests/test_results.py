@@ -218,6 +218,34 @@ def test_int_cast_refuses(raw: Any) -> None:
         cast_value(raw, "int")
 
 
+def test_int_cast_refuses_integers_beyond_64_bits() -> None:
+    huge = [2**63, -(2**63), 10**400, -(10**400), 1e19, -1e300, str(2**63), "1" + "0" * 400]
+    for raw in huge:
+        with pytest.raises(ValueError, match="out of range"):
+            cast_value(raw, "int")
+
+
+@pytest.mark.parametrize("raw", [2**63 - 1, -(2**63) + 1, str(2**63 - 1), 2.0**62])
+def test_int_cast_accepts_up_to_64_bits(raw: Any) -> None:
+    assert cast_value(raw, "int") == int(raw)
+
+
+def test_a_huge_int_in_a_result_file_is_an_error(tmp_path: Path) -> None:
+    """A 401-digit integer has no float: the leaderboard, its chart and the index could
+    not rank nor show it. The run is an ERROR naming the column, not a SUCCESS."""
+    write(
+        tmp_path,
+        "results/out.json",
+        '{"accuracy": 0.5, "epochs": 1' + "0" * 400 + ', "model": "m"}',
+    )
+    with pytest.raises(ResultError) as info:
+        read_results(tmp_path, SCHEMA)
+    err = info.value
+    assert err.field == "epochs" and "out of range" in err.reason
+    assert err.expected is not None and str(2**63 - 1) in err.expected
+    assert len(str(err)) < 400  # the value is cut short in the message
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"), [(1, 1.0), (0.25, 0.25), ("0.5", 0.5), ("1e-3", 0.001), (-4, -4.0)]
 )

@@ -334,6 +334,30 @@ def test_int_cast_rejects(value: Any) -> None:
     assert err.expected == "an integer"
 
 
+def test_int_cast_rejects_integers_beyond_64_bits() -> None:
+    """A 400-digit integer has no float (the reports and charts need one): refused at
+    the request, naming the field, with or without a declared range."""
+    huge = [2**63, -(2**63), 10**400, "1" + "0" * 400, 1e19, str(2**63), -(10**5000)]
+    for param in (int_param(), int_param("[0,)"), int_param("(,1e400]")):
+        for value in huge:
+            err = cast_error(param, value)
+            assert err.field == "arguments.x" and "out of range" in err.reason
+            assert str(2**63 - 1) in err.reason and len(err.reason) < 200
+    for ok in (2**63 - 1, -(2**63) + 1, str(2**63 - 1)):
+        assert cast_value(int_param(), ok, field="f") == int(ok)
+    # the same for an element of a list and a field of a record, and for a default
+    listed = one({"name": "xs", "dtype": "list", "para": {"dtype": "int"}})
+    assert cast_error(listed, [1, 10**400]).field == "arguments.x[1]"
+    err = template_error([{"name": "a", "dtype": "int", "defaultValue": 2**64}])
+    assert err.field == "parameters[0].defaultValue" and "out of range" in err.reason
+
+
+def test_a_request_with_a_huge_int_argument_is_rejected() -> None:
+    with pytest.raises(ArgumentError) as info:
+        resolve_arguments([int_param()], {"x": 10**400}, file="r.yaml")
+    assert info.value.field == "arguments.x" and info.value.file == "r.yaml"
+
+
 def test_int_range() -> None:
     p = int_param("[1,10]")
     assert cast_value(p, 1, field="f") == 1

@@ -29,6 +29,7 @@ from .model import DType, FileArg, Parameter, Range, SelectValue
 
 __all__ = [
     "DTYPES",
+    "INT_LIMIT",
     "cast_value",
     "check_keys",
     "parse_parameters",
@@ -39,6 +40,12 @@ __all__ = [
 
 #: every dtype flowbatch accepts, in the order error messages list them
 DTYPES: tuple[DType, ...] = ("bool", "select", "file", "int", "float", "string", "list", "record")
+
+#: An ``int`` argument (and an ``int`` result, :mod:`flowbatch.results`) lies strictly
+#: between ``-INT_LIMIT`` and ``INT_LIMIT``: what a 64-bit integer (SQLite's INTEGER, C's
+#: int64_t) holds, bar -2**63. Python's ints have no bound, but a 400-digit one cannot be
+#: converted to a float: the reports, charts and the index's ordering need that.
+INT_LIMIT = 2**63
 
 # A top-level parameter name becomes a shell environment variable (FB_<name>) and a
 # ${name} placeholder, so it must be an identifier.
@@ -577,8 +584,23 @@ def _cast_int(param: Parameter, value: Any, field: str) -> int:
             _fail("not an integer: too many digits", field=field, expected=expected)
     if result is None:
         _fail(f"not an integer: {_short(value)}", field=field, expected=expected)
+    if not -INT_LIMIT < result < INT_LIMIT:  # whatever the declared range says
+        _fail(
+            f"{_short_int(result)} is out of range: an integer must lie between "
+            f"-{INT_LIMIT - 1} and {INT_LIMIT - 1}",
+            field=field,
+            expected=expected,
+        )
     _check_range(param, result, field=field, expected=expected)
     return result
+
+
+def _short_int(value: int) -> str:
+    """:func:`_short` of an int that may have more digits than ``repr`` gives (4300)."""
+    try:
+        return _short(value, limit=40)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
 
 
 def _cast_float(param: Parameter, value: Any, field: str) -> float:
