@@ -430,6 +430,43 @@ def test_runs_cancel_kills_the_remote_process_group(ssh: SshEnv, tmp_path: Path)
     assert not Path(handle["remote_dir"]).exists()
 
 
+@pytest.mark.parametrize("how", ["cancel", "time limit"])
+def test_a_run_ended_while_its_host_is_away_has_its_processes_ended_when_it_is_back(
+    ssh: SshEnv, tmp_path: Path, how: str
+) -> None:
+    """`runs cancel`, or the time limit, while the host does not answer: the run ends at
+    once, and its remote process group (which could not be signalled) is ended by the
+    runner's next polls once the host answers again, not left running for good."""
+    site = ssh_site(tmp_path / "site", ssh, time_limit=4 if how == "time limit" else None)
+    install_sleeper(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleeper", "name": "r", "arguments": {"seconds": 60}})
+    d = Daemon(site)
+    d.start()
+    pgid = 0
+    try:
+        tick_until(d, lambda: len(running(d)) == 1)
+        run = running(d)[0]
+        pgid = int((run.handle or {})["pgid"])
+        wait_for_group(pgid, 3)  # wrapper, run.sh, the step's sleep
+        ssh.servers["a"].stop()  # the listener and the live connection
+        if how == "cancel":
+            d.runner.cancel(run, "enough")
+        else:
+            assert running(d), "the time limit came before the host went away"
+            tick_until(d, lambda: not d.runner.active, timeout=15)
+        state = runs_by_name(site)["r"]
+        assert state["state"] == ("CANCELED" if how == "cancel" else "ERROR"), state
+        assert ("enough" if how == "cancel" else "time limit exceeded") in state["messages"][-1]
+        assert group_members(pgid)  # the host could not be asked: still going there
+        ssh.servers["a"].start()  # same address and port
+        tick_until(d, lambda: not group_members(pgid), timeout=30)
+    finally:
+        d.stop()
+        ssh.ensure_running()
+        for pid in group_members(pgid) if pgid else []:
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_orphan_cleanup_ends_a_lost_runs_remote_processes(ssh: SshEnv, tmp_path: Path) -> None:
     """A host that was away past its grace comes back with the run's processes still
     going: `cleanup --orphans` ends that process group (the recorded PID, checked by its
@@ -692,6 +729,155 @@ def test_a_fetch_that_fails_half_way_leaves_nothing_behind(
     conn.pool.close()
 
 
+def swap_for_link(folder: Path, target: Path) -> None:
+    """What the run's user may do in their folder at any moment: move a sub-folder
+    aside and put a symlink to ``target`` in its place."""
+    folder.rename(folder.with_name(folder.name + ".real"))
+    folder.symlink_to(target)
+
+
+def users_folder(ssh: SshEnv, path: Path) -> Path:
+    """``path`` made a folder of the run's user (a root daemon's run folder is theirs)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, ssh.uid, ssh.gid)
+    return path
+
+
+def racing_listing(monkeypatch: pytest.MonkeyPatch, suffix: str, swap: Any) -> None:
+    """Run ``swap`` (once) while the remote folder ending in ``suffix`` is listed: the
+    SFTP round trip the run's remote code can make as long as it likes."""
+    real = paramiko.SFTPClient.listdir_attr
+    done: list[bool] = []
+
+    def listing(self: paramiko.SFTPClient, path: str = ".") -> Any:
+        if path.endswith(suffix) and not done:
+            done.append(True)
+            swap()
+        return real(self, path)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "listdir_attr", listing)
+
+
+def test_a_folder_swapped_for_a_link_while_listed_gets_nothing_written_through_it(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The run's user swaps the local out/ for a link to a folder of root's while the
+    remote out/ is listed (after the daemon checked out/ is no link): nothing is written
+    through the link, out/ is skipped with the reason, the rest comes home."""
+    conn, remote = staging_conn(ssh, tmp_path)
+    Path(remote, "out").mkdir()  # the remote FS is this machine's
+    Path(remote, "out", "evil.sh").write_text("echo pwned\n")
+    Path(remote, "top.txt").write_text("top\n")
+    down = users_folder(ssh, tmp_path / "down")
+    users_folder(ssh, down / "out")
+    victim = tmp_path / "profile.d"  # stands for /etc/profile.d
+    victim.mkdir()
+    (victim / "evil.sh").write_text("root's original file\n")
+    racing_listing(monkeypatch, "/out", lambda: swap_for_link(down / "out", victim))
+    caplog.set_level("WARNING", logger="flowbatch.ssh")
+    download_tree(conn.sftp(), remote, down)
+    assert (down / "out").is_symlink()  # the swap did happen, during the listing
+    assert sorted(os.listdir(victim)) == ["evil.sh"]
+    assert (victim / "evil.sh").read_text() == "root's original file\n"
+    assert (victim / "evil.sh").stat().st_uid == 0
+    assert os.listdir(down / "out.real") == []  # skipped, not fetched behind the user's back
+    assert "was moved or replaced while it was listed" in caplog.text
+    assert (down / "top.txt").read_text() == "top\n"
+    assert (down / "top.txt").stat().st_uid == ssh.uid
+    assert not [p for p in down.rglob("*") if p.name.endswith(".flowbatch-fetch")]
+    conn.pool.close()
+
+
+def test_a_parent_folder_swapped_for_a_link_mid_walk_keeps_the_writes_in_the_run_folder(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap one level up: out/ becomes a link while out/sub/ is listed. The walk holds
+    out/ and out/sub/ open, so the files land in the folder that was checked (now
+    out.real/sub/), never in what the link points at."""
+    conn, remote = staging_conn(ssh, tmp_path)
+    Path(remote, "out", "sub").mkdir(parents=True)
+    Path(remote, "out", "sub", "evil.sh").write_text("echo pwned\n")
+    down = users_folder(ssh, tmp_path / "down")
+    users_folder(ssh, down / "out")
+    victim = tmp_path / "etc"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "evil.sh").write_text("root's original file\n")
+    racing_listing(monkeypatch, "/out/sub", lambda: swap_for_link(down / "out", victim))
+    assert download_tree(conn.sftp(), remote, down) == 1
+    assert (down / "out").is_symlink()
+    assert os.listdir(victim / "sub") == ["evil.sh"]
+    assert (victim / "sub" / "evil.sh").read_text() == "root's original file\n"
+    fetched = down / "out.real" / "sub" / "evil.sh"
+    assert fetched.read_text() == "echo pwned\n"
+    assert fetched.stat().st_uid == ssh.uid
+    sub = (down / "out.real" / "sub").stat()  # created by the walk, given to the user
+    assert (sub.st_uid, sub.st_mode & 0o777) == (ssh.uid, 0o755)
+    conn.pool.close()
+
+
+def test_a_folder_swapped_in_right_after_it_is_created_is_not_handed_over(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The daemon creates a missing local folder; the run's user replaces it at once with
+    a folder of someone else's (that they may write to): the daemon neither gives that
+    folder to the user nor fetches into it."""
+    from flowbatch.executors import ssh_staging
+
+    conn, remote = staging_conn(ssh, tmp_path)
+    Path(remote, "new").mkdir()
+    Path(remote, "new", "f.txt").write_text("f\n")
+    down = users_folder(ssh, tmp_path / "down")
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path: Any, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if str(path).endswith("new"):
+            (down / "new").rename(down / "new.daemons")
+            real_mkdir(down / "new")
+            os.chown(down / "new", 4242, 4242)  # someone else's
+            os.chmod(down / "new", 0o777)
+
+    monkeypatch.setattr(ssh_staging.os, "mkdir", mkdir_then_swap)
+    caplog.set_level("WARNING", logger="flowbatch.ssh")
+    download_tree(conn.sftp(), remote, down)
+    monkeypatch.undo()
+    theirs = (down / "new").stat()
+    assert (theirs.st_uid, theirs.st_gid) == (4242, 4242)
+    assert os.listdir(down / "new") == []
+    assert "is in the way" in caplog.text
+    conn.pool.close()
+
+
+def test_a_folder_swapped_for_a_link_during_an_upload_sends_nothing_it_points_at(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's user swaps in/ for a link to a folder only root may read while the
+    remote in/ is created: the upload goes on from the folder that was checked (held
+    open), and not a name of the private folder reaches the remote host."""
+    conn, remote = staging_conn(ssh, tmp_path)
+    up = users_folder(ssh, tmp_path / "up")
+    (up / "in").mkdir()
+    (up / "in" / "data.txt").write_text("data\n")
+    private = tmp_path / "private"  # stands for /root
+    (private / "secret-project").mkdir(parents=True)
+    (private / "secret.key").write_text("key\n")
+    private.chmod(0o700)
+    real = paramiko.SFTPClient.mkdir
+
+    def mkdir_then_swap(self: paramiko.SFTPClient, path: str, mode: int = 0o777) -> None:
+        real(self, path, mode)
+        if path.endswith("/in"):
+            swap_for_link(up / "in", private)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "mkdir", mkdir_then_swap)
+    count = upload_tree(conn.sftp(), up, remote)
+    assert (up / "in").is_symlink()  # the swap did happen
+    assert os.listdir(Path(remote, "in")) == ["data.txt"]  # the remote FS is this machine's
+    assert count == 1
+    assert Path(remote, "in", "data.txt").read_text() == "data\n"
+    conn.pool.close()
+
+
 def test_stream_that_does_not_add_up_falls_back_to_sftp(
     ssh: SshEnv, tmp_path: Path, caplog: Any
 ) -> None:
@@ -760,3 +946,39 @@ def test_a_launch_ends_the_abandoned_processes_before_anything_else(
     assert "kill -TERM -- -77" in conn.commands[0]  # the lost attempt first
     assert conn.commands[1].startswith("set -e; rm -rf")  # then its folder, emptied
     assert executor._abandoned == []
+
+
+def test_a_cancel_the_host_missed_is_kept_once_and_sent_by_tend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Beside the real test above, the bookkeeping: a cancel the host missed is recorded
+    once (a run cancelled, then declared lost, is not ended twice), and `tend()` sends it
+    when the host answers (a recorded connection stands in for the host)."""
+    from flowbatch.executors import ssh as ssh_mod
+    from flowbatch.executors.commands import CommandResult
+    from flowbatch.executors.ssh_pool import HostUnreachable
+    from flowbatch.ssh_hosts import SSHHost
+
+    commands: list[str] = []
+    down = [True]
+
+    class Recorded:
+        def run(self, command: str, **kw: Any) -> CommandResult:
+            if down[0]:
+                raise HostUnreachable("ssh host a: Connection refused")
+            commands.append(command)
+            return CommandResult(0, "", "")
+
+    executor = ssh_mod.SSHExecutor("a", SSHHost(hostname="127.0.0.2", user="u"), None)  # type: ignore[arg-type]
+    monkeypatch.setattr(ssh_mod.SSHExecutor, "connection", property(lambda self: Recorded()))
+    handle = {"host": "a", "pid": 77, "pgid": 77, "start": "999", "boot_id": "b"}
+    executor.cancel(handle, "enough")
+    assert executor._abandoned == [handle]
+    executor.abandon(dict(handle), "lost")
+    assert executor._abandoned == [handle]
+    executor.tend()  # still away: kept
+    assert executor._abandoned == [handle] and commands == []
+    down[0] = False
+    executor.tend()
+    assert executor._abandoned == []
+    assert len(commands) == 1 and "kill -TERM -- -77" in commands[0]

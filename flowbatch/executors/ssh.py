@@ -17,7 +17,8 @@ executor of that name. A run goes like this:
    been unreachable for longer than its ``unreachable_grace``.
 3. **collect**: the files not fetched yet come home (markers, logs, outputs: every file
    that is new or changed), then the remote folder is removed unless ``keep_remote``.
-4. **cancel**: TERM to the remote process group, KILL after a grace.
+4. **cancel**: TERM to the remote process group, KILL after a grace; on a host that does
+   not answer, once it does (the run is ended at once all the same).
 
 Connections come from :mod:`flowbatch.executors.ssh_pool`: one per host, shared with the
 Slurm executor. For "sbatch over SSH", call :func:`ssh_runner`::
@@ -323,11 +324,16 @@ class SSHExecutor:
 
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
         """TERM the remote process group (the wrapper is its session leader), KILL it after
-        :data:`CANCEL_GRACE`; only when the recorded PID still is our process."""
+        :data:`CANCEL_GRACE`; only when the recorded PID still is our process.
+
+        A host that cannot be asked now (down, or in its reconnect backoff) gets the run
+        as abandoned (:meth:`abandon`): the run ends here all the same (canceled, or over
+        its time limit), and its processes are ended there once the host answers again."""
         try:
             self._end_group(handle)
         except FlowbatchError as exc:
             log.warning("ssh %s: cannot cancel pid %s: %s", self.name, handle.get("pid"), exc)
+            self.abandon(handle, f"{reason}; the host did not answer: {exc.reason}")
 
     def abandon(self, handle: dict[str, Any], reason: str) -> None:
         """The run of ``handle`` was given up on while this host was away (unreachable
@@ -337,6 +343,8 @@ class SSHExecutor:
         beside its lost attempt. Kept in memory: after a restart, ``flowbatch
         cleanup --orphans`` ends what is left."""
         if handle.get("host") == self.name and handle.get("pid"):
+            if any(_same_run(handle, h) for h in self._abandoned):
+                return  # already to be ended (cancelled, then declared lost)
             log.warning(
                 "ssh %s: pid %s to be ended when the host answers (%s)",
                 self.name,
@@ -409,6 +417,11 @@ def _parse_poll(stdout: str) -> dict[str, tuple[str, str]]:
         if len(parts) == 3 and parts[0] != "boot":
             states[parts[0]] = (parts[1], parts[2])
     return states
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two handles are of the same remote process (PID, start time, boot)."""
+    return all(a.get(k) == b.get(k) for k in ("pid", "start", "boot_id"))
 
 
 def _q(text: str) -> str:

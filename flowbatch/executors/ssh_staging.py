@@ -4,7 +4,9 @@ Up: the run's inputs, with their modes and modification times (so that a file th
 did not touch is recognized as unchanged on the way back). Down: every regular file that
 the local folder lacks or that differs in size or modification time, written to a
 temporary name and renamed into place (a symlink planted in the local folder is
-replaced, never followed).
+replaced, never followed). Both ways the local tree, which is the run user's, is walked
+by folder descriptors opened without following links: a folder swapped for a link
+mid-walk never sends or receives anything through it.
 
 flowbatch's own files are neither sent nor fetched: ``run.json`` changes locally while
 the run runs (a stale copy coming back would overwrite the truth), ``request.yaml`` is not
@@ -23,6 +25,8 @@ file goes again over SFTP, so the stream only ever makes things faster.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import stat
@@ -34,7 +38,6 @@ from typing import Any, BinaryIO
 import paramiko
 
 from ..render.script import LOGS_DIR, STATUS_DIR, shell_quote
-from ..safeio import open_beneath
 
 log = logging.getLogger("flowbatch.ssh")
 
@@ -54,99 +57,215 @@ NOT_UPLOADED = frozenset({STATUS_DIR, LOGS_DIR, "run.json", "request.yaml", "att
 #: top-level names of a run folder that never come down
 NOT_DOWNLOADED = frozenset({"run.json", "request.yaml", "attempts"})
 
+#: a folder of the run user's tree, opened without following a link
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a file the daemon creates there (never through a link, never an existing one)
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: mode of a folder the download creates (never world-writable)
+_FOLDER_MODE = 0o755
+
 
 def upload_tree(sftp: paramiko.SFTPClient, local_dir: Path, remote_dir: str) -> int:
-    """Copy ``local_dir``'s inputs into the (existing) ``remote_dir``; the file count."""
+    """Copy ``local_dir``'s inputs into the (existing) ``remote_dir``; the file count.
+
+    Walked by directory descriptors opened without following links, like
+    :func:`download_tree`: a sub-folder the run's user swaps for a link meanwhile never
+    makes the (root) daemon list or send what the link points at."""
+    top = os.open(local_dir, _DIR_FLAGS)
+    try:
+        return _upload_folder(sftp, top, local_dir, remote_dir, top=True)
+    finally:
+        os.close(top)
+
+
+def _upload_folder(
+    sftp: paramiko.SFTPClient, dir_fd: int, local_dir: Path, remote_dir: str, *, top: bool = False
+) -> int:
+    """Upload the open folder ``dir_fd`` (``local_dir`` names it, for messages only)."""
     count = 0
-    for entry in sorted(local_dir.iterdir()):
-        if entry.name in NOT_UPLOADED:
+    for name in sorted(os.listdir(dir_fd)):
+        if top and name in NOT_UPLOADED:
             continue
-        count += _upload(sftp, local_dir, Path(entry.name), f"{remote_dir}/{entry.name}")
+        count += _upload(sftp, dir_fd, name, local_dir / name, f"{remote_dir}/{name}")
     return count
 
 
-def _upload(sftp: paramiko.SFTPClient, root: Path, rel: Path, remote: str) -> int:
-    path = root / rel
-    info = path.lstat()
+def _upload(sftp: paramiko.SFTPClient, dir_fd: int, name: str, path: Path, remote: str) -> int:
+    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if stat.S_ISLNK(info.st_mode):
         # staged inputs are copies; a link could point anywhere on the daemon's host
         log.warning("not uploading symlink %s", path)
         return 0
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        return 0  # a FIFO would block, a device is no input
+    # the folder is the run user's: an entry swapped for a link after the lstat above
+    # must not make the (root) daemon list or send what it points to
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     if stat.S_ISDIR(info.st_mode):
-        sftp.mkdir(remote, mode=stat.S_IMODE(info.st_mode) | 0o700)
-        return sum(
-            _upload(sftp, root, rel / child.name, f"{remote}/{child.name}")
-            for child in path.iterdir()
-        )
-    if not stat.S_ISREG(info.st_mode):
-        return 0
-    # the folder is the run user's: a file swapped for a link after the lstat above must
-    # not make the (root) daemon send what it points to, so open without following links
+        flags |= os.O_DIRECTORY
     try:
-        fd = open_beneath(root, rel)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
-        log.warning("not uploading %s: %s", path, exc)
+        log.warning("not uploading %s: %s", path, exc.strerror)
         return 0
-    with os.fdopen(fd, "rb") as src:
-        info = os.fstat(src.fileno())
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            sftp.mkdir(remote, mode=stat.S_IMODE(info.st_mode) | 0o700)
+            return _upload_folder(sftp, fd, path, remote)
         if not stat.S_ISREG(info.st_mode):
             return 0
-        send_file(sftp, src, remote, info.st_size)
+        with os.fdopen(os.dup(fd), "rb") as src:
+            send_file(sftp, src, remote, info.st_size)
+    finally:
+        os.close(fd)
     sftp.chmod(remote, stat.S_IMODE(info.st_mode))
     sftp.utime(remote, (info.st_atime, info.st_mtime))
     return 1
 
 
 def download_tree(sftp: paramiko.SFTPClient, remote_dir: str, local_dir: Path) -> int:
-    """Fetch new or changed files of ``remote_dir`` into ``local_dir``; the file count."""
-    owner = _owner(local_dir)
-    return _download(sftp, remote_dir, local_dir, owner, top=True)
+    """Fetch new or changed files of ``remote_dir`` into ``local_dir``; the file count.
+
+    The local tree is the run user's, who may swap any folder in it for a symlink at any
+    moment, even while a remote listing is on its way. So it is walked by directory
+    descriptors, each folder opened with ``O_NOFOLLOW`` relative to its parent's, and
+    every file is created, renamed and given its owner relative to the descriptor of the
+    folder that was checked: nothing lands outside ``local_dir``. A sub-folder that is a
+    link or no folder, or that was moved while its remote listing came, is skipped with
+    a warning."""
+    top = os.open(local_dir, _DIR_FLAGS)
+    try:
+        entries = sftp.listdir_attr(remote_dir)
+        return _download(sftp, remote_dir, entries, top, local_dir, _owner(top), top=True)
+    finally:
+        os.close(top)
 
 
 def _download(
     sftp: paramiko.SFTPClient,
     remote_dir: str,
+    entries: list[paramiko.SFTPAttributes],
+    dir_fd: int,
     local_dir: Path,
     owner: tuple[int, int] | None,
     *,
     top: bool = False,
 ) -> int:
+    """Fetch the listed ``entries`` of ``remote_dir`` into the open folder ``dir_fd``
+    (``local_dir`` names it, for messages only: never opened by that path)."""
     count = 0
-    for attr in sftp.listdir_attr(remote_dir):
+    for attr in entries:
         name = attr.filename
-        if (top and name in NOT_DOWNLOADED) or name in (".", "..") or "/" in name:
+        if (top and name in NOT_DOWNLOADED) or name in (".", "..") or "/" in name or "\0" in name:
             continue
         mode = attr.st_mode or 0
         remote = f"{remote_dir}/{name}"
         local = local_dir / name
         if stat.S_ISDIR(mode):
-            if local.is_symlink() or (local.exists() and not local.is_dir()):
-                log.warning("not fetching %s: %s is in the way", remote, local)
-                continue
-            if not local.exists():
-                local.mkdir()
-                _chown(local, owner)
-            count += _download(sftp, remote, local, owner)
-        elif stat.S_ISREG(mode) and _changed(local, attr):
-            tmp = local_dir / f".{name}.flowbatch-fetch"
             try:
-                # the folder is the run user's: mode, times and owner are set through the
-                # descriptor of the file created here, never by a path a link could replace
-                with _create(tmp) as out:
-                    fetch_into(sftp, remote, out, attr.st_size or 0)
-                    out.flush()
-                    fd = out.fileno()
-                    os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
-                    if attr.st_mtime is not None:
-                        os.utime(fd, (attr.st_atime or attr.st_mtime, attr.st_mtime))
-                    if owner is not None:
-                        os.fchown(fd, *owner)
-                os.replace(tmp, local)
-            except BaseException:
-                tmp.unlink(missing_ok=True)  # no half-fetched leftover
-                raise
-            count += 1
+                sub = _open_folder(dir_fd, name, owner)
+            except OSError as exc:
+                log.warning("not fetching %s: %s is in the way (%s)", remote, local, exc.strerror)
+                continue
+            try:
+                listed = sftp.listdir_attr(remote)
+                # the listing is a round trip the run's code can make long: a folder moved
+                # or replaced meanwhile is left alone (the descriptor would still keep the
+                # writes inside the run folder, but not where the user now expects them)
+                if not _still_at(dir_fd, name, sub):
+                    log.warning(
+                        "not fetching %s: %s was moved or replaced while it was listed",
+                        remote,
+                        local,
+                    )
+                    continue
+                count += _download(sftp, remote, listed, sub, local, owner)
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(mode) and _changed(dir_fd, name, attr):
+            count += _fetch_one(sftp, remote, attr, dir_fd, name, local, owner)
     return count
+
+
+def _fetch_one(
+    sftp: paramiko.SFTPClient,
+    remote: str,
+    attr: paramiko.SFTPAttributes,
+    dir_fd: int,
+    name: str,
+    local: Path,
+    owner: tuple[int, int] | None,
+) -> int:
+    """Fetch one remote file to a temporary name in the open folder ``dir_fd``, then
+    rename it to ``name`` there; 1 when fetched, 0 when a folder is in the way."""
+    try:
+        if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            log.warning("not fetching %s: %s is a folder", remote, local)
+            return 0
+    except FileNotFoundError:
+        pass
+    tmp = f".{name}.flowbatch-fetch"
+    mode = attr.st_mode or 0
+    try:
+        # the folder is the run user's: mode, times and owner are set through the
+        # descriptor of the file created here, never by a path a link could replace
+        with _create_at(dir_fd, tmp) as out:
+            fetch_into(sftp, remote, out, attr.st_size or 0)
+            out.flush()
+            fd = out.fileno()
+            os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
+            if attr.st_mtime is not None:
+                os.utime(fd, (attr.st_atime or attr.st_mtime, attr.st_mtime))
+            if owner is not None:
+                os.fchown(fd, *owner)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)  # no half-fetched leftover
+        raise
+    return 1
+
+
+def _open_folder(dir_fd: int, name: str, owner: tuple[int, int] | None) -> int:
+    """A descriptor of the sub-folder ``name`` of ``dir_fd``, created if missing (and
+    then given to ``owner``); :class:`OSError` when a link or a non-folder is there.
+
+    A folder this call creates is made private first (0700, the daemon's): when the
+    descriptor opened next is of a folder with that owner and mode, it is the one just
+    made (the run's user cannot move such a folder in), and only then does it get its
+    mode and owner. Anything else swapped in between is refused, never handed over."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        made = True
+    except FileExistsError:
+        made = False
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)  # ELOOP: a link; ENOTDIR: a file
+    try:
+        info = os.fstat(fd)
+        ours = info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == 0o700
+        if made and not ours:
+            raise OSError(errno.EEXIST, "replaced right after it was created")
+        # (a root daemon's private folder found in a user's tree is one an earlier
+        # download made and did not hand over: the user cannot move such a folder in)
+        if made or (ours and owner is not None):
+            os.fchmod(fd, _FOLDER_MODE)
+            if owner is not None:
+                os.fchown(fd, *owner)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _still_at(dir_fd: int, name: str, fd: int) -> bool:
+    """Whether ``name`` in the folder ``dir_fd`` still is the open folder ``fd``."""
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    here = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
 
 
 def send_file(sftp: paramiko.SFTPClient, local: Path | BinaryIO, remote: str, size: int) -> None:
@@ -206,8 +325,15 @@ def _create(path: Path) -> Any:
         path.unlink()
     except FileNotFoundError:
         pass
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.fdopen(os.open(path, flags, 0o600), "wb")
+    return os.fdopen(os.open(path, _NEW_FILE_FLAGS, 0o600), "wb")
+
+
+def _create_at(dir_fd: int, name: str) -> Any:
+    """The file ``name`` in the open folder ``dir_fd``, opened for writing as a new file
+    (whatever was at that name, a link included, is removed first, never followed)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+    return os.fdopen(os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd), "wb")
 
 
 def _open_stream(sftp: paramiko.SFTPClient, command: str, window: int | None) -> Any:
@@ -282,9 +408,9 @@ def _stream(
         chan.close()
 
 
-def _changed(local: Path, attr: paramiko.SFTPAttributes) -> bool:
+def _changed(dir_fd: int, name: str, attr: paramiko.SFTPAttributes) -> bool:
     try:
-        info = local.lstat()
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return True
     if not stat.S_ISREG(info.st_mode):
@@ -293,14 +419,9 @@ def _changed(local: Path, attr: paramiko.SFTPAttributes) -> bool:
     return info.st_size != attr.st_size or int(info.st_mtime) != int(attr.st_mtime or 0)
 
 
-def _owner(local_dir: Path) -> tuple[int, int] | None:
+def _owner(dir_fd: int) -> tuple[int, int] | None:
     """Whose files these are: a root daemon gives fetched files to the run folder's owner."""
     if os.geteuid() != 0:
         return None
-    info = local_dir.stat()
+    info = os.fstat(dir_fd)
     return (info.st_uid, info.st_gid) if info.st_uid != 0 else None
-
-
-def _chown(path: Path, owner: tuple[int, int] | None) -> None:
-    if owner is not None:
-        os.chown(path, *owner, follow_symlinks=False)
