@@ -645,3 +645,27 @@ def test_required_parameter_with_default_takes_the_default() -> None:
 
 def test_range_model_text_is_kept() -> None:
     assert parse_range("[0,1)", field="r") == Range(0.0, 1.0, True, False, "[0,1)")
+
+
+@pytest.mark.parametrize(
+    "decl",
+    [
+        {"name": "fs", "dtype": "list", "para": {"dtype": "file"}},
+        {"name": "r", "dtype": "record", "fields": [{"name": "f", "dtype": "file"}]},
+        {  # deeper: a list of records holding a file
+            "name": "rs",
+            "dtype": "list",
+            "para": {
+                "dtype": "record",
+                "fields": [{"name": "n", "dtype": "int"}, {"name": "f", "dtype": "file"}],
+            },
+        },
+    ],
+)
+def test_a_file_inside_a_list_or_record_is_refused_at_install(decl: dict[str, object]) -> None:
+    """Only top-level file parameters are staged (path and owner checked, copied into the
+    run folder); a file element was cast unchecked and reached the command as a path of
+    the user's choosing, and its run.json held repr text."""
+    with pytest.raises(TemplateError, match="cannot be an element of a list or a field") as err:
+        parse_parameters([decl], file=F)
+    assert err.value.field is not None and err.value.field.startswith("parameters[0].")

@@ -437,6 +437,7 @@ def _parse_extras(param: Parameter, doc: dict[str, Any], *, file: str, field: st
             identifier=False,
             name=param.name,
         )
+        _no_file_inside(param.para, file=file, field=_join(field, "para"))
     if param.dtype == "record":
         if "fields" not in doc:
             raise TemplateError(
@@ -451,6 +452,22 @@ def _parse_extras(param: Parameter, doc: dict[str, Any], *, file: str, field: st
             raise TemplateError(
                 "a record needs at least one field", file=file, field=_join(field, "fields")
             )
+        for pos, member in enumerate(param.fields):
+            _no_file_inside(member, file=file, field=_join(_join(field, "fields"), pos))
+
+
+def _no_file_inside(member: Parameter, *, file: str, field: str) -> None:
+    """A list's element or a record's field is never a file: files are staged (checked,
+    copied into the run folder, given to the run's user) for top-level parameters only,
+    and a file inside a list would reach the command as text naming the user's path."""
+    if member.dtype == "file":
+        raise TemplateError(
+            "a file cannot be an element of a list or a field of a record",
+            file=file,
+            field=field,
+            expected="a top-level parameter of dtype file for each file",
+            hint="declare one file parameter per file the workflow reads",
+        )
 
 
 def _parse_values(values: Any, *, file: str, field: str) -> list[SelectValue]:
