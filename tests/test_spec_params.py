@@ -10,6 +10,7 @@ import pytest
 from flowbatch.errors import ArgumentError, TemplateError
 from flowbatch.spec import cast_value, parse_parameters, parse_range, resolve_arguments
 from flowbatch.spec.model import FileArg, Parameter, Range
+from flowbatch.spec.params import MAX_VALUE_BYTES
 
 F = "t.yaml"
 
@@ -669,3 +670,20 @@ def test_a_file_inside_a_list_or_record_is_refused_at_install(decl: dict[str, ob
     with pytest.raises(TemplateError, match="cannot be an element of a list or a field") as err:
         parse_parameters([decl], file=F)
     assert err.value.field is not None and err.value.field.startswith("parameters[0].")
+
+
+def test_an_argument_too_long_for_an_environment_variable_is_refused() -> None:
+    """Each argument is exported to the run's programs; Linux starts none (not even
+    `mkdir` for the run's own folders) whose environment holds a value of 128 KiB: such a
+    value is refused at intake with the field and the way out, not left to fail every
+    step of the run."""
+    params = [Parameter("s", "string", 0, True), Parameter("xs", "list", 1, False)]
+    params[1].para = Parameter("xs", "string", 0, True)
+    fits = "a" * MAX_VALUE_BYTES
+    assert resolve_arguments(params, {"s": fits}, file="r.yaml") == {"s": fits}
+    with pytest.raises(ArgumentError, match="too long for the environment variable") as err:
+        resolve_arguments(params, {"s": fits + "é"}, file="r.yaml")
+    assert err.value.field == "arguments.s" and "file parameter" in (err.value.hint or "")
+    with pytest.raises(ArgumentError) as err:
+        resolve_arguments(params, {"s": "x", "xs": ["b" * 60_000] * 2}, file="r.yaml")
+    assert err.value.field == "arguments.xs"

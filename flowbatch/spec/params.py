@@ -18,6 +18,7 @@ so the three modules word their errors the same way.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -829,6 +830,7 @@ def resolve_arguments(
             value, path = given[param.name]
             try:
                 out[param.name] = cast_value(param, value, field=path)
+                _check_size(out[param.name], field=path)
             except ArgumentError as exc:
                 raise exc.at(file=file)
         elif param.has_default:
@@ -841,6 +843,29 @@ def resolve_arguments(
                 expected=f"a {param.dtype} value",
             )
     return out
+
+
+#: the most text one argument may hold: the run script exports each argument as an
+#: environment variable, and Linux refuses to start any program (even ``true``) whose
+#: environment holds a single ``NAME=value`` of 128 KiB or more
+MAX_VALUE_BYTES = 100 * 1024
+
+
+def _check_size(value: Any, *, field: str) -> None:
+    if isinstance(value, str):
+        size = len(value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, list | dict):  # exported as JSON text
+        size = len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8"))
+    else:
+        return
+    if size > MAX_VALUE_BYTES:
+        _fail(
+            f"the value is {size} bytes: too long for the environment variable that passes "
+            "it to the run (every program of the run would fail to start)",
+            field=field,
+            expected=f"at most {MAX_VALUE_BYTES} bytes of text",
+            hint="pass large data as a file parameter",
+        )
 
 
 def _given_arguments(
