@@ -173,6 +173,29 @@ def test_reinstall_makes_a_new_version_and_runs_keep_theirs(site, tmp_path: Path
     assert meta["current"] == second.version and len(meta["versions"]) == 2
 
 
+def test_a_script_made_executable_is_a_new_version(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An organiser installs a script without its x bit, runs fail, they `chmod +x` and
+    install again: that is a new version whose runs can run it (the hash ignored modes:
+    "already installed", and the runs kept failing)."""
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "workflow.yaml").write_text(
+        "workflow:\n  steps:\n    - action: {commands: ['./go.sh > v.txt']}\n"
+    )
+    (folder / "go.sh").write_text("#!/bin/sh\necho ran\n")
+    (folder / "go.sh").chmod(0o644)
+    first = api.install(site, folder, workflow_id="wf")
+    assert not api.install(site, folder, workflow_id="wf").created  # same content: same
+    (folder / "go.sh").chmod(0o755)
+    second = api.install(site, folder, workflow_id="wf")
+    assert second.created and second.version != first.version
+    drop(site, "a.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    (run,) = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+    assert run["state"] == "SUCCESS", run["messages"]
+    assert (Path(run["run_dir"]) / "v.txt").read_text() == "ran\n"
+
+
 def test_once_ticks_launch_then_adopt_and_finish(hello_site) -> None:  # type: ignore[no-untyped-def]
     """Cron mode: a --once tick launches and exits; a later tick adopts and finalizes."""
     import time

@@ -72,10 +72,15 @@ def _file_list(src: TemplateSource) -> list[tuple[Path, str]]:
 
 
 def content_hash(spec_path: Path, files: list[tuple[Path, str]]) -> str:
+    """The version id: the spec's and every file's content, target and executable bit (a
+    script made executable is a new version, as runs copy the modes; the bit is hashed
+    only when set, so a template without executable files keeps its earlier id)."""
     h = hashlib.sha256()
     h.update(b"spec\0" + spec_path.read_bytes())
     for path, target in files:
         h.update(b"\0file\0" + target.encode() + b"\0" + path.read_bytes())
+        if path.stat().st_mode & 0o111:
+            h.update(b"\0executable")
     return h.hexdigest()[:12]
 
 
