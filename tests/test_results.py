@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from flowbatch.errors import ResultError
-from flowbatch.results import cast_value, read_results
+from flowbatch.results import MAX_YAML_RESULT_BYTES, cast_value, read_results
 from flowbatch.spec.model import ResultColumn, ResultSchema, SortKey
 
 
@@ -83,6 +83,21 @@ def test_yaml_result_file(tmp_path: Path) -> None:
     )
     write(tmp_path, "out/results.yaml", "score: 2\nrun:\n  rounds: '12'\nflag: true\n")
     assert read_results(tmp_path, schema) == {"score": 2.0, "rounds": 12, "flag": "true"}
+
+
+def test_a_large_yaml_result_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    """YAML is parsed by pure Python on the daemon's main thread (16 MiB took 53 s and
+    3 GB): a YAML result is held to a request's size, a JSON one (parsed in C) is not."""
+    schema = make_schema(ResultColumn("score", "Score", "float"), file="r.yaml")
+    bulk = "".join(f"  - {i}\n" for i in range(MAX_YAML_RESULT_BYTES // 8))
+    write(tmp_path, "r.yaml", "score: 1\nbulk:\n" + bulk)
+    assert (tmp_path / "r.yaml").stat().st_size > MAX_YAML_RESULT_BYTES
+    with pytest.raises(ResultError, match="over the limit"):
+        read_results(tmp_path, schema)
+    big_json = make_schema(ResultColumn("score", "Score", "float"), file="r.json")
+    write(tmp_path, "r.json", {"score": 1, "bulk": list(range(MAX_YAML_RESULT_BYTES // 4))})
+    assert (tmp_path / "r.json").stat().st_size > MAX_YAML_RESULT_BYTES
+    assert read_results(tmp_path, big_json) == {"score": 1.0}
 
 
 def test_yaml_duplicate_keys_refused(tmp_path: Path) -> None:
