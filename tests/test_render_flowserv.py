@@ -199,6 +199,87 @@ def test_token_with_a_quote_is_refused_in_single_quotes() -> None:
         render(t, sel="it's")
 
 
+# (command, output for n=3): '{P}' is the placeholder ('$$' is the shell's '$'); every construct bash evaluates as
+# arithmetic, where a value's own subscript would run a command (a[$(touch PWNED)])
+ARITH_COMMANDS = [
+    ("echo $(( {P} + 1 ))", "4"),
+    ('echo "total: $(( "{P}" * 2 ))"', "total: 6"),
+    ("echo $(( $(echo {P}) - 1 ))", "2"),
+    ("echo $[ {P} + 1 ]", "4"),
+    ("(( {P} > 1 )) && echo big", "big"),
+    ("for (( i = 1; i < {P}; i++ )); do echo $$i; done", "1\n2"),
+    ("[[ {P} -eq 3 ]] && echo three", "three"),
+    ('let "y = {P} + 1"; echo $$y', "4"),
+    ("declare -i y={P}*2; echo $$y", "6"),
+    ("a=(x y z w); a[{P}]=v; echo ${a[3]}", "v"),
+    ('a=(x y z w); echo "${a[{P}]}"', "w"),
+    ("a=([{P}]=v); echo ${a[3]}", "v"),
+    ('v=abcdef; echo "${v:{P}}" ${v:1:{P}}', "def bcd"),
+]
+
+
+@pytest.mark.parametrize(("command", "output"), ARITH_COMMANDS)
+@pytest.mark.parametrize("placeholder", ["$[[s]]", "${s}", "$s", "$[[f]]", "${c}"])
+def test_user_values_in_arithmetic_are_refused(command: str, output: str, placeholder: str) -> None:
+    t = tpl(
+        ["true", command.replace("{P}", placeholder)],
+        {"c": "1$[[s]]"},  # a context value with a user's text in it
+        s="string",
+        f="file",
+    )
+    with pytest.raises(TemplateError) as info:
+        check_template(t, VARS)
+    assert info.value.field == "workflow.steps[0].commands[1]"
+    assert "arithmetic context, where bash evaluates its value as code" in info.value.reason
+    assert "outside arithmetic" in (info.value.expected or "")
+    assert '[ "$x" -eq 1 ]' in (info.value.hint or "")
+    assert "int" in (info.value.hint or "")
+    with pytest.raises(RenderError, match="arithmetic context") as rendered:
+        render(t, s="3", f=FileArg("a", "3"))
+    assert rendered.value.field == "workflow.steps[0].commands[1]"
+    assert '[ "$x" -eq 1 ]' in (rendered.value.hint or "")
+
+
+def run_main(template: Template, tmp_path: Path, **args: Any) -> str:
+    """Check, render and run ``template`` with bash; the output of its step."""
+    check_template(template, VARS)
+    rendered = render_workflow(template, template.workflow, args, VARS)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.sh").write_text(build_script(rendered, run_id="r1"))
+    proc = subprocess.run(["bash", "run.sh"], cwd=run_dir, capture_output=True, timeout=60)
+    assert proc.returncode == 0, (run_dir / "logs" / "step-01-main.err").read_text()
+    return (run_dir / "logs" / "step-01-main.out").read_text()
+
+
+@pytest.mark.parametrize(("command", "output"), ARITH_COMMANDS)
+@pytest.mark.parametrize("placeholder", ["$[[n]]", "${n}", "${c}"])
+def test_arithmetic_takes_tokens_only(
+    tmp_path: Path, command: str, output: str, placeholder: str
+) -> None:
+    """An int stands in arithmetic and bash computes with it; a string in its place is
+    refused."""
+    t = tpl([command.replace("{P}", placeholder)], {"c": "$[[n]]"}, n="int")
+    assert run_main(t, tmp_path, n=3) == output + "\n"
+    with pytest.raises(TemplateError, match="arithmetic"):
+        check_template(tpl([command.replace("{P}", "$[[n]]")], n="string"), VARS)
+
+
+def test_float_and_select_in_arithmetic(tmp_path: Path) -> None:
+    """A float in a program's text inside $(( )) is pasted; a select is a token."""
+    t = tpl(
+        [
+            "echo $(( $(awk 'BEGIN { print int($[[x]] * 4) }') + $[[k]] ))",
+            "[[ $[[k]] -gt 1 ]] && echo more",
+        ],
+        x="float",
+        k="select",
+    )
+    assert run_main(t, tmp_path, x=0.5, k="2") == "4\nmore\n"
+    with pytest.raises(TemplateError, match="arithmetic"):
+        check_template(tpl(["echo $(( $(awk 'BEGIN { print $[[x]] }') ))"], x="string"), VARS)
+
+
 @pytest.mark.parametrize("command", ['echo "abc', "echo \\$[[s]]", "cat <<EOF\nno end"])
 def test_broken_commands_are_refused(command: str) -> None:
     t = tpl([command], s="string")

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from flowbatch.errors import RenderError, TemplateError
 from flowbatch.render import build_script, check_template, render_workflow
 from flowbatch.render.script import read_markers
-from flowbatch.spec.model import Parameter, Step, Template, Workflow
+from flowbatch.spec.model import FileArg, Parameter, Step, Template, Workflow
 
 HOSTILE = [
     "$(touch PWNED)",
@@ -173,3 +174,113 @@ def test_native_values_in_control_flow_are_data(tmp_path: Path) -> None:
     run_dir = run(template("native", command, ""), tmp_path)
     got = [json.loads(text) for text in outputs(run_dir)]
     assert got == [[v, "b", "--set" if v else "--empty"] for v in HOSTILE]
+
+
+# Values that run a command where bash evaluates them as arithmetic: bash expands the
+# reference, then evaluates its text, and a subscript in it runs command substitution
+ARITH_HOSTILE = [
+    "a[$(touch PWNED)]",
+    "a[`touch PWNED`]",
+    "1 + a[$(touch PWNED)]",
+    "b[$(touch PWNED)] = 1",
+    "FB_x0",  # only a name, but of the variable holding a[$(touch PWNED)]
+]
+# every arithmetic construct; {P} is the placeholder
+ARITH_CONSTRUCTS = [
+    "echo $(( {P} + 1 ))",
+    'echo "sum: $(( "{P}" + 1 ))"',
+    "echo $(( $(printf %s {P}) ))",
+    "echo $[ {P} ]",
+    "(( {P} ))",
+    "for (( i = {P}; i < 0; i++ )); do :; done",
+    "[[ {P} -eq 0 ]]",
+    '[[ 0 -lt "{P}" ]]',
+    'let "y = {P}"',
+    "declare -i y={P}",
+    "a[{P}]=1",
+    'a=(1); echo "${a[{P}]}"',
+    "a=([{P}]=1)",
+    'v=abc; echo "${v:{P}}"',
+]
+# (dialect, placeholder, refused at install): a native expression is judged by value
+ARITH_PLACEHOLDERS = [
+    ("flowserv", "$[[x{i}]]", True),
+    ("flowserv", "${x{i}}", True),
+    ("native", "{{ x{i} }}", True),
+    ("native", "{{ x{i} | string }}", False),
+]
+
+
+def arith_arguments(dtype: str) -> dict[str, Any]:
+    if dtype == "file":  # the user picks a file's target name
+        return {f"x{i}": FileArg("in.txt", v) for i, v in enumerate(ARITH_HOSTILE)}
+    return {f"x{i}": v for i, v in enumerate(ARITH_HOSTILE)}
+
+
+@pytest.mark.parametrize("construct", ARITH_CONSTRUCTS)
+@pytest.mark.parametrize(("dialect", "placeholder", "at_install"), ARITH_PLACEHOLDERS)
+@pytest.mark.parametrize("dtype", ["string", "file"])
+def test_values_in_arithmetic_never_run(
+    tmp_path: Path, construct: str, dialect: str, placeholder: str, at_install: bool, dtype: str
+) -> None:
+    """Each value in each arithmetic construct: rendered (and run by real bash) only if
+    the render lets it through, which it must not; and refused at install too when the
+    placeholder names the parameter."""
+    params = [Parameter(f"x{i}", dtype, i, True) for i in range(len(ARITH_HOSTILE))]  # type: ignore[arg-type]
+    args = arith_arguments(dtype)
+    for i, value in enumerate(ARITH_HOSTILE):
+        command = construct.replace("{P}", placeholder).replace("{i}", str(i)) + " || true"
+        t = Template(
+            dialect=dialect,  # type: ignore[arg-type]
+            workflow=Workflow(steps=[Step("s", [command])]),
+            parameters=params,
+        )
+        try:
+            rendered = render_workflow(t, t.workflow, args, VARS)
+        except RenderError as exc:
+            assert "arithmetic context" in exc.reason
+            rendered = None
+        else:
+            run_dir = tmp_path / f"run{i}"
+            run_dir.mkdir()
+            (run_dir / "run.sh").write_text(build_script(rendered, run_id="r1"))
+            subprocess.run(["bash", "run.sh"], cwd=run_dir, capture_output=True, timeout=60)
+        assert not list(tmp_path.rglob("PWNED")), f"{command!r} ran {value!r}"
+        assert rendered is None, f"{command!r} rendered with {value!r}"
+        if at_install:
+            with pytest.raises(TemplateError, match="arithmetic context"):
+                check_template(t, VARS)
+
+
+@pytest.mark.parametrize("dialect", ["flowserv", "native"])
+def test_comparing_outside_arithmetic_takes_any_value(tmp_path: Path, dialect: str) -> None:
+    """What the refusal's hint suggests: the test builtin wants an integer and
+    evaluates nothing, so every hostile value is harmless there; [[ -eq ]] is refused."""
+    placeholder = "$[[x{i}]]" if dialect == "flowserv" else "{{ x{i} }}"
+    command = '[ "{P}" -eq 0 ] 2> /dev/null; echo "$?" > out{i}.txt'
+    values = HOSTILE + ARITH_HOSTILE
+    t = Template(
+        dialect=dialect,  # type: ignore[arg-type]
+        workflow=Workflow(
+            steps=[
+                Step(
+                    "s",
+                    [
+                        command.replace("{P}", placeholder)
+                        .replace("{i}", str(i))
+                        .replace("$?", "$$?" if dialect == "flowserv" else "$?")
+                        for i in range(len(values))
+                    ],
+                )
+            ]
+        ),
+        parameters=[Parameter(f"x{i}", "string", i, True) for i in range(len(values))],
+    )
+    run_dir = run(t, tmp_path, {f"x{i}": v for i, v in enumerate(values)})
+    assert [(run_dir / f"out{i}.txt").read_text() for i in range(len(values))] == ["2\n"] * len(
+        values
+    )
+    refused = placeholder.replace("{i}", "0")
+    t.workflow.steps[0].commands.append(f"[[ {refused} -eq 0 ]]")
+    with pytest.raises(TemplateError, match="arithmetic context"):
+        check_template(t, VARS)

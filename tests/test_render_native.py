@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flowbatch.errors import RenderError, TemplateError
-from flowbatch.render import check_template, render_workflow
+from flowbatch.render import build_script, check_template, render_workflow
 from flowbatch.spec.model import FileArg, Parameter, Step, Template, Workflow
 
 VARS = {"python": sys.executable, "java": "/usr/bin/java"}
@@ -113,6 +115,114 @@ def test_other_values_in_single_quotes_are_refused(value: Any) -> None:
     with pytest.raises(RenderError, match="single quotes") as info:
         render(tpl(["awk 'BEGIN { print {{ v }} }'"], v="string"), v=value)
     assert "read $FB_" in (info.value.hint or "")
+
+
+# (command, output for n=3): every construct bash evaluates as arithmetic
+ARITH_COMMANDS = [
+    ("echo $(( {P} + 1 ))", "4"),
+    ('echo "total: $(( "{P}" * 2 ))"', "total: 6"),
+    ("echo $[ {P} + 1 ]", "4"),
+    ("(( {P} > 1 )) && echo big", "big"),
+    ("for (( i = 1; i < {P}; i++ )); do echo $i; done", "1\n2"),
+    ("[[ {P} -eq 3 ]] && echo three", "three"),
+    ("let y={P}+1; echo $y", "4"),
+    ("a=(x y z w); a[{P}]=v; echo ${a[3]}", "v"),
+    ('a=(x y z w); echo "{% raw %}${a[{% endraw %}{P}]}"', "w"),
+    ('v=abcdef; echo "{% raw %}${v:{% endraw %}{P}}"', "def"),
+]
+
+
+@pytest.mark.parametrize(("command", "output"), ARITH_COMMANDS)
+@pytest.mark.parametrize(("dtype", "value"), [("string", "x"), ("file", FileArg("a", "d/3"))])
+def test_user_values_in_arithmetic_are_refused(
+    command: str, output: str, dtype: str, value: Any
+) -> None:
+    t = tpl(["true", command.replace("{P}", "{{ s }}")], s=dtype)
+    with pytest.raises(TemplateError) as info:
+        check_template(t, VARS)
+    assert info.value.field == "workflow.steps[0].commands[1]"
+    assert "parameter 's' stands in an arithmetic context" in info.value.reason
+    assert "outside arithmetic" in (info.value.expected or "")
+    assert '[ "$x" -eq 1 ]' in (info.value.hint or "")
+    with pytest.raises(RenderError, match="arithmetic context") as rendered:
+        render(t, s=value)
+    assert rendered.value.field == "workflow.steps[0].commands[1]"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a[$(touch PWNED)]",
+        "abc",  # a token in single quotes, but here the name of a variable...
+        "FB_s",  # ...whose text bash would evaluate in turn
+        "1+FB_s",
+        "True",
+        [1],
+    ],
+)
+def test_values_in_arithmetic_are_refused_by_value(value: Any) -> None:
+    """An expression's value is only known at render: strings other than numbers are
+    refused there (the install check leaves expressions alone)."""
+    t = tpl(["echo $(( {{ v | string if v is string else v }} + 1 ))"], v="string", s="string")
+    check_template(t, VARS)
+    with pytest.raises(RenderError, match="arithmetic context"):
+        render(t, v=value, s="a[$(touch PWNED)]")
+
+
+def run_main(template: Template, tmp_path: Path, **args: Any) -> str:
+    """Check, render and run ``template`` with bash; the output of its step."""
+    check_template(template, VARS)
+    rendered = render_workflow(template, template.workflow, args, VARS)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.sh").write_text(build_script(rendered, run_id="r1"))
+    proc = subprocess.run(["bash", "run.sh"], cwd=run_dir, capture_output=True, timeout=60)
+    assert proc.returncode == 0, (run_dir / "logs" / "step-01-main.err").read_text()
+    return (run_dir / "logs" / "step-01-main.out").read_text()
+
+
+@pytest.mark.parametrize(("command", "output"), ARITH_COMMANDS)
+@pytest.mark.parametrize("placeholder", ["{{ n }}", "{{ n + 0 }}", "{{ t | trim }}"])
+def test_arithmetic_takes_numbers_only(
+    tmp_path: Path, command: str, output: str, placeholder: str
+) -> None:
+    """An int (or a string that is a decimal number) stands in arithmetic and bash
+    computes with it; a string parameter in its place is refused at install."""
+    t = tpl([command.replace("{P}", placeholder)], n="int", t="string")
+    assert run_main(t, tmp_path, n=3, t="3") == output + "\n"
+    with pytest.raises(TemplateError, match="arithmetic"):
+        check_template(tpl([command.replace("{P}", "{{ n }}")], n="string"), VARS)
+
+
+def test_float_in_arithmetic(tmp_path: Path) -> None:
+    """A float in a program's text inside $(( )) is pasted."""
+    t = tpl(["echo $(( $(awk 'BEGIN { print int({{ x }} * 4) }') + 1 ))"], x="float")
+    assert run_main(t, tmp_path, x=0.5) == "3\n"
+    with pytest.raises(RenderError, match="arithmetic"):
+        render(t, x="0.5; x")
+
+
+def test_install_check_reads_parameters_not_expressions() -> None:
+    """The install check refuses a string parameter's {{ p }} in arithmetic, in any
+    branch; names the template sets itself, context values, other expressions and single
+    quotes (a token string may stand there) are left to the render."""
+    for command in [
+        "{% if b %}echo $(( {{ s }} )){% else %}true{% endif %}",
+        "{% if b %}true{% elif s %}let x={{ s }}{% endif %}",
+        "{% for i in [1] %}[[ {{ s }} -eq 1 ]]{% endfor %}",
+    ]:
+        with pytest.raises(TemplateError, match="arithmetic") as info:
+            check_template(tpl(["true", command], s="string", b="bool"), VARS)
+        assert info.value.field == "workflow.steps[0].commands[1]"
+    for command in [
+        "echo $(( {{ n }} )) '{{ n }}' {{ s }} \"{{ s }}\" $(( {{ b }} ))",
+        "{% set s = 3 %}echo $(( {{ s }} ))",
+        "{% for s in [1, 2] %}echo $(( {{ s }} )){% endfor %}",
+        "echo $(( {{ s | int }} )) $(( {{ c }} ))",
+        "awk 'BEGIN { print \"{{ s }}\" }'",
+        "echo {% if b %}'{% endif %}{{ s }}",  # not complete shell text as read
+    ]:
+        check_template(tpl([command], {"c": "{{ n }}"}, s="string", n="int", b="bool"), VARS)
 
 
 def test_check_template_reports_syntax_errors_with_line() -> None:

@@ -105,3 +105,134 @@ def test_a_text_is_lexed_once_and_its_scan_cannot_be_changed() -> None:
     assert isinstance(first.contexts, tuple)
     with pytest.raises(AttributeError):
         first.problem = "changed"  # type: ignore[misc]
+
+
+#: Ctx.ARITH's value (the tests compare by value, so each fails on its own without it)
+ARITH = "arithmetic"
+U, D, S = Ctx.UNQUOTED, Ctx.DOUBLE, Ctx.SINGLE
+
+# (text, context, quoting): '@' marks the position; quoting is its context regardless of
+# arithmetic, which chooses the reference of a token value there
+ARITH_CASES = [
+    # $(( ... )) at any depth, quotes and substitutions inside it included
+    ("echo $(( @ + 1 ))", ARITH, U),
+    ('echo $(( "@" + 1 ))', ARITH, D),
+    ('echo "total: $(( "@" * 2 ))"', ARITH, D),
+    ('echo "$(( @ ))"', ARITH, U),
+    ("echo $(( $(echo @) ))", ARITH, U),
+    ('echo $(( $(echo "@") + 1 ))', ARITH, D),
+    ("echo $(( `echo @` ))", ARITH, U),
+    ("echo $(( '@' ))", ARITH, S),  # bash expands inside: still arithmetic
+    ("echo $(( 1 + $(( @ )) ))", ARITH, U),
+    ("x=$((@))", ARITH, U),
+    ("echo $((16#@))", ARITH, U),  # '#' is a base here, not a comment
+    # $[ ... ]
+    ("echo $[ @ + 1 ]", ARITH, U),
+    ('echo "$[ @ ]"', ARITH, U),
+    ("echo $[ a[1] + @ ]", ARITH, U),
+    # (( ... )) as a command, for (( ; ; ))
+    ("(( @ > 1 ))", ARITH, U),
+    ('(( "@" > 1 ))', ARITH, D),
+    ("true; (( @ ))", ARITH, U),
+    ("true && (( @ ))", ARITH, U),
+    ("if (( @ )); then :; fi", ARITH, U),
+    ("while ! (( @ )); do :; done", ARITH, U),
+    ("echo $( (( @ )) )", ARITH, U),
+    ("for (( i = @; i < 3; i++ )); do :; done", ARITH, U),
+    ("(( x = 1 << @ ))", ARITH, U),  # '<<' here is a shift, not a here-document
+    # the operands of -eq -ne -lt -le -gt -ge in [[ ... ]]
+    ("[[ @ -eq 0 ]]", ARITH, U),
+    ('[[ 1 -ne "@" ]]', ARITH, D),
+    ("[[ -f x && @ -gt 1 ]]", ARITH, U),
+    ("[[ ( @ -lt 2 ) ]]", ARITH, U),
+    ("if [[ $x -le @ ]]; then :; fi", ARITH, U),
+    ("[[ $(echo @) -ge 1 ]]", ARITH, U),
+    ("echo $( [[ @ -eq 1 ]] )", ARITH, U),
+    ("echo `[[ @ -eq 1 ]]`", ARITH, U),
+    ("[[\n@ -eq 1 ]]", ARITH, U),
+    # the arguments of let (also quoted, and after a redirection)
+    ("let x=@+1", ARITH, U),
+    ('let "x = @"', ARITH, D),
+    ("let x=1 y=@", ARITH, U),
+    ('"let" x=@', ARITH, U),
+    ("time let x=@", ARITH, U),
+    ("f() { let x=@; }", ARITH, U),
+    ("case a in a) let x=@;; esac", ARITH, U),
+    ("let x=1 2>&1 y=@", ARITH, U),
+    ("echo `let x=@`", ARITH, U),
+    ("let x=1 \\\n  y=@", ARITH, U),
+    # declare -i / local -i assignments
+    ("declare -i n=@", ARITH, U),
+    ("local -ai n=(1 @)", ARITH, U),
+    # array subscripts
+    ("arr[@]=1", ARITH, U),
+    ('arr["@"]=1', ARITH, D),
+    ("arr[ @ ]+=1", ARITH, U),
+    ("x=1 arr[@]=1", ARITH, U),
+    ("echo ${arr[@]}", ARITH, U),
+    ('echo "${arr[@]}"', ARITH, U),
+    ('echo "${#arr[@]}"', ARITH, U),
+    ("echo ${arr[$(echo @)]}", ARITH, U),
+    ("read arr[@] <<< 1", ARITH, U),
+    ("arr=([@]=1)", ARITH, U),
+    ("declare -a arr=([0]=a [@]=b)", ARITH, U),
+    # ${name:offset:length}
+    ("echo ${v:@}", ARITH, U),
+    ('echo "${v:1:@}"', ARITH, U),
+    ("echo ${v: -@}", ARITH, U),
+    ("echo ${arr[1]:@}", ARITH, U),
+    ("echo ${*:@}", ARITH, U),
+    # nearby text that is not arithmetic
+    ("echo $(( 1 )) @", U, U),
+    ('echo "$(( 1 )) @"', D, D),
+    ("(( 1 )) && echo @", U, U),
+    ("[[ 1 -eq 1 ]] && echo @", U, U),
+    ("[[ @ == 1 ]]", U, U),
+    ('[[ -f "@" && $n -gt 1 ]]', D, D),
+    ('[[ "@" < 1 ]]', D, D),
+    ("[ @ -eq 1 ]", U, U),  # the test builtin wants an integer: it evaluates nothing
+    ("test @ -eq 1", U, U),
+    ("let x=1; echo @", U, U),
+    ("let x=1\necho @", U, U),
+    ("let x=1 > @", U, U),  # a redirection's target
+    ("echo let @", U, U),
+    ("echo x # (( @", Ctx.COMMENT, Ctx.COMMENT),
+    ("declare n=@", U, U),
+    ("declare -i n; m=@", U, U),
+    ("echo ${v:-@}", U, U),
+    ('echo "${v:=@}"', D, D),
+    ("echo ${v:+@} ${v:?@}", U, U),
+    ("echo ${v}[@]", U, U),
+    ("a=(1 2); echo ${#a[*]} @", U, U),
+    ("cat <<EOF\n$(( 1 ))@\nEOF", D, D),
+    ("echo $[[x]] @", U, U),  # native text: '$[[x]]' stays shell text
+]
+
+
+@pytest.mark.parametrize(("text", "context", "quoting"), ARITH_CASES)
+def test_arithmetic_context(text: str, context: str, quoting: Ctx) -> None:
+    pos = text.index("@")
+    lexed = scan(text)
+    assert lexed.problem is None
+    assert (lexed.contexts[pos], lexed.quoting[pos]) == (context, quoting)
+
+
+def test_arithmetic_never_in_quoting() -> None:
+    text = 'a=$(( "$x" )); (( y )); let z; [[ 1 -eq $w ]]; b[$i]=1; echo "${v:1}"'
+    lexed = scan(text)
+    assert ARITH in lexed.contexts and ARITH not in lexed.quoting
+    assert len(lexed.quoting) == len(lexed.contexts) == len(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("(( 1 + 2 )", "'(('"),
+        ("echo $[ 1 + 2", "'$['"),
+        ("[[ $x -eq 1", "'[['"),
+        ("echo ${v:1", "'${name:'"),
+    ],
+)
+def test_incomplete_arithmetic_is_reported(text: str, word: str) -> None:
+    problem = scan(text).problem
+    assert problem is not None and word in problem

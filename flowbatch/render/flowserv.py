@@ -23,12 +23,12 @@ from typing import Any
 from flowbatch.errors import FlowbatchError, RenderError, TemplateError
 from flowbatch.render.shellctx import Ctx, scan
 from flowbatch.render.values import (
-    SINGLE_QUOTE_HINT,
     Exports,
     Ref,
     RenderedStep,
     RenderedWorkflow,
     check_no_nul,
+    check_placement,
     flowserv_pasteable,
     format_value,
     place,
@@ -130,7 +130,9 @@ class _Resolver:
             if self.arguments is None
             else flowserv_pasteable(param.dtype, text)
         )
-        ref = Ref(self.param_vars[name], text, pasteable, f"parameter '{name}'")
+        # a token is safe in arithmetic too: its text is an int, a float, True/False or
+        # the organiser's select option, never a user's choice of variable name
+        ref = Ref(self.param_vars[name], text, pasteable, f"parameter '{name}'", pasteable)
         return _Item(ref=ref)
 
     def condition(self, expr: _Expr, where: str) -> str:
@@ -190,8 +192,9 @@ class _Resolver:
         if not user_refs:
             return _Item(text=text)  # pure author text: pasted like flowServ did
         pasteable = all(ref.pasteable for ref in user_refs)
+        arith_safe = all(ref.arith_safe for ref in user_refs)
         var = self.exports.share(name, text)
-        return _Item(ref=Ref(var, text, pasteable, f"context variable '{name}'"))
+        return _Item(ref=Ref(var, text, pasteable, f"context variable '{name}'", arith_safe))
 
 
 def _prefix(template: Template, workflow: Workflow) -> str:
@@ -258,9 +261,10 @@ def render_flowserv(
 
 def check_flowserv(template: Template, variables: Mapping[str, str]) -> None:
     """Install-time checks of a flowServ-dialect template (main and post-processing
-    workflows): names resolve, commands are complete shell text, and no user value of a
-    non-token type stands inside single quotes or after a backslash. Each command is
-    checked with every conditional taking its true branch, then its false branch."""
+    workflows): names resolve, commands are complete shell text, no user value of a
+    non-token type stands inside single quotes or in an arithmetic context, and none
+    after a backslash. Each command is checked with every conditional taking its true
+    branch, then its false branch."""
     workflows = [template.workflow]
     if template.postproc is not None:
         workflows.append(template.postproc.workflow)
@@ -280,16 +284,5 @@ def _check_command(command: str, resolver: _Resolver, where: str) -> None:
         raise TemplateError(f"the command is not complete shell text: {problem}", field=where)
     for index, ctx in sentinel_contexts(text):
         ref = refs[index]
-        if ctx is Ctx.SINGLE and not ref.pasteable:
-            raise TemplateError(
-                f"{ref.label} stands inside single quotes, where its value would be code",
-                field=where,
-                expected="string, file, list and record values outside single quotes",
-                hint=SINGLE_QUOTE_HINT.format(var=ref.var),
-            )
-        if ctx is Ctx.ESCAPED:
-            raise TemplateError(
-                f"{ref.label} stands right after a backslash",
-                field=where,
-                hint="remove the backslash; the value is passed as data anyway",
-            )
+        token = ref.arith_safe if ctx is Ctx.ARITH else ref.pasteable
+        check_placement(ref.label, ref.var, ctx, token=token, where=where)

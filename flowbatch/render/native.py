@@ -9,7 +9,9 @@ records the value; after rendering, each sentinel becomes a reference to an expo
 ``FB_`` variable chosen by its quoting context (:mod:`flowbatch.render.values`). Only
 :class:`Trusted` text (site variables, context values the author wrote without user
 values) is output verbatim. A user's value is never template source, so ``{{ }}`` inside
-it is just text.
+it is just text. Inside single quotes only token values may stand (numbers, booleans,
+strings of ``[A-Za-z0-9_.+-]``), in an arithmetic context only numbers and booleans (a
+token string could name another ``FB_`` variable, whose text bash would evaluate).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, nodes
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from flowbatch.errors import RenderError, TemplateError
+from flowbatch.render.shellctx import Ctx, scan
 from flowbatch.render.values import (
     Exports,
     Ref,
@@ -31,16 +34,20 @@ from flowbatch.render.values import (
     RenderedWorkflow,
     Trusted,
     check_no_nul,
+    check_placement,
     format_value,
     place,
     reserve_parameters,
     resolve_sentinels,
     sentinel,
+    sentinel_contexts,
 )
-from flowbatch.spec.model import FileArg, Template, Workflow
+from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Template, Workflow
 
 #: strings of these characters only may be pasted inside single quotes
 _TOKEN_TEXT = re.compile(r"[A-Za-z0-9_.+-]*")
+#: strings that may stand in an arithmetic context: decimal numbers (never a name)
+_NUMBER_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 def make_environment(finalize: Callable[[Any], Any] | None = None) -> SandboxedEnvironment:
@@ -59,6 +66,15 @@ def _pasteable(value: Any, text: str) -> bool:
     return isinstance(value, str) and _TOKEN_TEXT.fullmatch(text) is not None
 
 
+def _arith_safe(value: Any, text: str) -> bool:
+    """Numbers and booleans; a string only when it is a decimal number. A token string
+    such as ``FB_s`` would be safe in single quotes but not here: bash would evaluate
+    the text of the variable it names."""
+    if isinstance(value, int | float):  # includes bool
+        return True
+    return isinstance(value, str) and _NUMBER_TEXT.fullmatch(text) is not None
+
+
 class _Outputs:
     """The ``finalize`` hook: each output value becomes a sentinel and a :class:`Ref`.
 
@@ -75,7 +91,13 @@ class _Outputs:
         # str() of an Undefined raises here: StrictUndefined and the sandbox's
         # SecurityError both surface through it
         text = resolve_sentinels(format_value(value), self.refs)
-        ref = Ref(self.exports.anonymous(text), text, _pasteable(value, text), "a '{{ }}' value")
+        ref = Ref(
+            self.exports.anonymous(text),
+            text,
+            _pasteable(value, text),
+            "a '{{ }}' value",
+            _arith_safe(value, text),
+        )
         self.refs.append(ref)
         return sentinel(len(self.refs) - 1)
 
@@ -183,7 +205,11 @@ def render_native(
 
 
 def check_native(template: Template) -> None:
-    """Install-time check: every command and string context value compiles."""
+    """Install-time checks: every command and string context value compiles, and no
+    ``{{ p }}`` of a string, file, list or record parameter ``p`` stands in an arithmetic
+    context (where only numbers may stand, which such a parameter does not promise).
+    Other expressions, and single quotes (where a string that is a token may stand), are
+    checked by value at render."""
     env = make_environment()
     workflows = [template.workflow]
     if template.postproc is not None:
@@ -199,6 +225,70 @@ def check_native(template: Template) -> None:
         for where, source in sources:
             if isinstance(source, str):
                 _compile(env, source, where)
+        for i, step in enumerate(workflow.steps):
+            for j, command in enumerate(step.commands):
+                _check_placements(
+                    env, template, workflow, command, f"{prefix}.steps[{i}].commands[{j}]"
+                )
+
+
+def _check_placements(
+    env: SandboxedEnvironment, template: Template, workflow: Workflow, source: str, where: str
+) -> None:
+    """Refuse a ``{{ p }}`` of a non-token parameter in an arithmetic context.
+
+    The command is read as the text it renders to, with a sentinel for each output:
+    once with every ``{% if %}`` taking its first branch, once with each taking its
+    second (or its last, if it has fewer), and so on; each loop body once. A text that
+    is then not complete shell text is left to the render, which sees the real one."""
+    if "\x00" in source:
+        return  # refused at render
+    ast = env.parse(source)
+    # names that a template sets itself ({% set %}, loop and macro variables) are not
+    # the parameter; neither is a context value's name (it wins) or any other expression
+    local = {n.name for n in ast.find_all(nodes.Name) if n.ctx != "load"}
+    local.update(workflow.context)
+    params = {p.name: p for p in template.parameters if p.name not in local}
+    branches = max((len(node.elif_) + 2 for node in ast.find_all(nodes.If)), default=1)
+    for choice in range(branches):
+        parts: list[str] = []
+        names: list[str | None] = []
+        _read_text(ast.body, choice, parts, names)
+        text = "".join(parts)
+        if scan(text).problem:
+            continue
+        for index, ctx in sentinel_contexts(text):
+            param = params.get(names[index] or "")
+            if ctx is Ctx.ARITH and param is not None:
+                check_placement(
+                    f"parameter '{param.name}'",
+                    Exports.base_name(param.name),
+                    ctx,
+                    token=param.dtype in TOKEN_DTYPES,
+                    where=where,
+                )
+
+
+def _read_text(
+    body: list[nodes.Node], choice: int, parts: list[str], names: list[str | None]
+) -> None:
+    """The text ``body`` outputs, each ``{% if %}`` taking branch ``choice`` (or its
+    last): author text as it is, a sentinel for each expression, whose name (for a bare
+    ``{{ name }}``, else None) goes to ``names``. Macro, call, filter and ``{% set %}``
+    blocks are skipped: what they produce is output as a value, which is data."""
+    for node in body:
+        if isinstance(node, nodes.Output):
+            for child in node.nodes:
+                if isinstance(child, nodes.TemplateData):
+                    parts.append(child.data)
+                else:
+                    parts.append(sentinel(len(names)))
+                    names.append(child.name if isinstance(child, nodes.Name) else None)
+        elif isinstance(node, nodes.If):
+            options = [node.body, *(branch.body for branch in node.elif_), node.else_]
+            _read_text(options[min(choice, len(options) - 1)], choice, parts, names)
+        elif isinstance(node, nodes.For | nodes.With | nodes.Scope):
+            _read_text(node.body, choice, parts, names)
 
 
 def _compile(env: SandboxedEnvironment, source: str, where: str) -> None:

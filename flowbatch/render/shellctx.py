@@ -4,20 +4,40 @@ Rendering needs one fact about each placeholder: how the shell will read the tex
 replaces it. Unquoted text is split into words and globbed, text inside ``"..."`` is
 expanded but not split, text inside ``'...'`` (or ``$'...'``, or a here-document with a
 quoted delimiter) is not expanded at all, a comment is not read, and a character right
-after a backslash is escaped. This module answers that question without running bash.
+after a backslash is escaped. Text that bash evaluates as an *arithmetic expression* is
+reported apart (:attr:`Ctx.ARITH`): there bash expands a value and then evaluates it again,
+and an array subscript in that value (``a[$(cmd)]``) runs a command, whatever the quotes.
+This module answers these questions without running bash.
 
 It follows bash's rules for quotes, backslashes, ``$(...)``, ``$((...))``, backticks
 (a new unquoted context, even inside double quotes, nested to any depth), ``#`` comments
-at the start of a word and here-documents. Known simplifications: a ``case`` pattern's
-bare ``)`` inside ``$(...)`` ends the substitution early, ``$(...)`` inside an expanding
-here-document body is reported as that body's (double-quote-like) context, and ``<<`` in
-an arithmetic command ``(( ... ))`` (not ``$((...))``) is taken for a here-document.
+at the start of a word and here-documents. It reads commands word by word, enough to
+find the arithmetic places: ``$((...))``, ``$[...]``, an arithmetic command ``((...))``
+(also ``for ((...))``), the operands of ``-eq -ne -lt -le -gt -ge`` in ``[[ ... ]]``, the
+arguments of ``let``, the assignments of ``declare``/``typeset``/``local`` with ``-i``,
+the subscript of ``name[...]`` at the start of a word, of ``[...]=`` in an array
+assignment ``name=(...)`` and of ``${name[...]}``, and the offset and length of
+``${name:offset:length}``. Everything inside such a place is arithmetic, quotes and
+``$(...)`` included (the output of a command substitution is evaluated too).
+
+Known simplifications: a ``case`` pattern's bare ``)`` inside ``$(...)`` ends the
+substitution early, ``$(...)`` inside an expanding here-document body is reported as that
+body's (double-quote-like) context, and ``((`` at the start of a command is always taken
+for an arithmetic command (bash falls back to nested subshells; write ``( (``). Arithmetic
+that is not detected: a variable named inside arithmetic is evaluated too, and the lexer
+does not follow variables (``n=$x; (( n > 1 ))``, ``$(( FB_n ))``, an assignment
+``n=$x`` to a variable declared ``-i`` earlier); a subscript inside a quoted word handed
+to a builtin as a name (``printf -v "a[$x]"``, ``test -v "a[$x]"``); indirection
+``${!x}``; and code that runs text as code anyway (``eval``, ``bash -c``). Some text is
+reported arithmetic where bash evaluates nothing (a glob ``file[...]`` at the start of a
+word, an associative array's key, ``unset a[...]``), which only refuses more.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -29,21 +49,55 @@ class Ctx(StrEnum):
     SINGLE = "single"  # inside '...' or $'...', or a literal here-document body
     ESCAPED = "escaped"  # right after a backslash that escapes it
     COMMENT = "comment"
+    ARITH = "arithmetic"  # evaluated as an arithmetic expression (quoted or not)
 
 
 #: characters after which a ``#`` starts a comment (bash metacharacters and newline)
 _WORD_BREAK = frozenset(" \t\n;&|()<>")
 #: characters that end a here-document delimiter word
 _DELIM_END = frozenset(" \t\n;&|()<>")
+#: unquoted characters that end a word
+_BLANKS = frozenset(" \t\n")
+_OPERATORS = frozenset(";&|()<>")
+
+#: frames whose text is commands (read word by word)
+_SHELL_KINDS = frozenset({"top", "cmdsub", "backtick"})
+#: frames whose text is evaluated as arithmetic
+_ARITH_KINDS = frozenset({"arith", "arithcmd", "arithbr", "subscript", "offset"})
+_UNQUOTED_KINDS = _SHELL_KINDS | _ARITH_KINDS | {"cond"}
+#: the words that may come before a command name, keeping the command position
+_OPENERS = frozenset(
+    {"!", "{", "then", "do", "else", "elif", "if", "while", "until", "time", "coproc"}
+    | {"command", "builtin"}
+)
+#: the binary operators of [[ ... ]] whose operands are arithmetic
+_ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[.*\])?\+?=", re.DOTALL)
+_INTEGER_OPTION = re.compile(r"-[A-Za-z]*i[A-Za-z]*")
+#: ``${``, an optional ``#``/``!``, and a parameter name: a subscript or offset may follow
+_PARAMETER = re.compile(r"\{[#!]?([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])")
 
 
 @dataclass
 class _Frame:
-    """One level of nesting: ``top``, ``cmdsub`` ($(...)), ``arith`` ($((...))),
-    ``backtick``, ``double``, ``single`` or ``ansi`` ($'...')."""
+    """One level of nesting: ``top``, ``cmdsub`` ($(...)), ``backtick``, ``cond``
+    ([[ ... ]]), ``arith`` ($((...))), ``arithcmd`` (((...))), ``arithbr`` ($[...]),
+    ``subscript`` (name[...]), ``offset`` (${name:...}), ``double``, ``single`` or
+    ``ansi`` ($'...')."""
 
     kind: str
-    depth: int = 0  # open parentheses inside a cmdsub/arith frame
+    start: int = 0  # the first character inside the frame
+    depth: int = 0  # open parentheses, brackets or braces inside the frame
+    # word by word (shell and cond frames)
+    word: int | None = None  # where the word being read began
+    cmd_pos: bool = True  # the next word may be a command name
+    prev: str = ""  # the previous word of the command
+    args: str = ""  # 'let', 'declare', 'declare -i': which arguments are arithmetic
+    redirect: bool = False  # the next word is a redirection's target
+    compound: int = 0  # open parentheses of an array assignment name=(...)
+    words: list[tuple[int, int]] = field(default_factory=list)  # cond: its words
+    param: bool = False  # a subscript of ${name[...]}: an offset may follow
 
 
 @dataclass
@@ -55,23 +109,34 @@ class _Heredoc:
 
 @dataclass(frozen=True)
 class Scan:
-    """The result of :func:`scan`: one context per character, and whether the text
-    ends back at the top level (``problem`` says why not). Shared by every caller that
-    scans the same text (:func:`scan` remembers it): never changed."""
+    """The result of :func:`scan`: one context per character, the quoting of each
+    character regardless of arithmetic (``quoting``: :attr:`Ctx.ARITH` never occurs in
+    it), and whether the text ends back at the top level (``problem`` says why not).
+    Shared by every caller that scans the same text (:func:`scan` remembers it): never
+    changed."""
 
     contexts: tuple[Ctx, ...]
+    quoting: tuple[Ctx, ...]
     problem: str | None = None
 
 
-_UNQUOTED_KINDS = frozenset({"top", "cmdsub", "arith", "backtick"})
 _OPEN_NAMES = {
     "cmdsub": "a '$(' without its ')'",
     "arith": "a '$((' without its '))'",
+    "arithcmd": "a '((' without its '))'",
+    "arithbr": "a '$[' without its ']'",
+    "offset": "a '${name:' without its '}'",
+    "cond": "a '[[' without its ']]'",
     "backtick": "a backtick without its closing backtick",
     "double": "a double quote without its closing quote",
     "single": "a single quote without its closing quote",
     "ansi": "a $'...' quote without its closing quote",
 }
+
+
+def _unquoted(word: str) -> str:
+    """A word without its quote characters (enough to recognise a command name)."""
+    return word.replace("'", "").replace('"', "").replace("\\", "")
 
 
 class _Lexer:
@@ -81,6 +146,7 @@ class _Lexer:
         self.stack = [_Frame("top")]
         self.pending: list[_Heredoc] = []
         self.problem: str | None = None
+        self.arith: list[tuple[int, int]] = []  # [start, end) ranges of arithmetic text
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -101,6 +167,17 @@ class _Lexer:
             self.ctx[self.i + 1] = Ctx.ESCAPED
         self.i += 2
 
+    def push(self, kind: str, *, param: bool = False) -> None:
+        """Open a frame whose text starts at ``self.i``."""
+        self.stack.append(_Frame(kind, start=self.i, param=param))
+
+    def pop(self, end: int) -> _Frame:
+        """Close the top frame, whose text ends before ``end``."""
+        frame = self.stack.pop()
+        if frame.kind in _ARITH_KINDS:
+            self.arith.append((frame.start, end))
+        return frame
+
     # -- main loop -----------------------------------------------------------------
     def run(self) -> Scan:
         while self.i < len(self.text):
@@ -111,73 +188,255 @@ class _Lexer:
                 self.step_double()
             else:
                 self.step_single(ansi=kind == "ansi")
+        self.finish()
         if self.problem is None and len(self.stack) > 1:
             self.problem = f"unterminated: {_OPEN_NAMES[self.stack[-1].kind]}"
         if self.problem is None and self.pending:
             self.problem = f"here-document '{self.pending[0].delimiter}' has no body"
-        return Scan(tuple(self.ctx), self.problem)
+        quoting = tuple(self.ctx)
+        contexts = list(quoting)
+        for start, end in self.arith:
+            for k in range(start, min(end, len(contexts))):
+                if contexts[k] in (Ctx.UNQUOTED, Ctx.DOUBLE, Ctx.SINGLE):
+                    contexts[k] = Ctx.ARITH
+        return Scan(tuple(contexts), quoting, self.problem)
+
+    def finish(self) -> None:
+        """At the end of the text: end the word being read (it may be the ``]]`` of a
+        conditional, or an argument of ``let``); a subscript without ``]`` ends here."""
+        end = len(self.text)
+        while True:
+            frame = self.stack[-1]
+            if frame.kind == "subscript":
+                self.pop(end)
+            elif frame.word is None or not self.end_word(frame, end):
+                return
 
     def step_unquoted(self, frame: _Frame) -> None:
         text, i, c = self.text, self.i, self.text[self.i]
         self.ctx[i] = Ctx.UNQUOTED
+        kind = frame.kind
+        if kind in _SHELL_KINDS or kind == "cond":
+            if self.read_word(frame, c):
+                return  # done, or the frame changed: the new top frame reads on
+        elif kind == "subscript" and c == "\n" and not frame.depth:
+            self.pop(i)  # not a subscript after all (a glob); the newline is read again
+            return
         if c == "\\":
             self.escape(Ctx.UNQUOTED)
             return
         self.i += 1
-        if c == "#" and (i == 0 or text[i - 1] in _WORD_BREAK) and frame.kind != "arith":
+        if c == "#" and (i == 0 or text[i - 1] in _WORD_BREAK) and kind not in _ARITH_KINDS:
             end = text.find("\n", i)
             end = len(text) if end < 0 else end
             self.mark(i, end, Ctx.COMMENT)
             self.i = end  # the newline itself is read normally (it may start heredocs)
         elif c == "'":
-            self.stack.append(_Frame("single"))
+            self.push("single")
         elif c == '"':
-            self.stack.append(_Frame("double"))
+            self.push("double")
         elif c == "`":
             self.backtick(frame)
         elif c == "$":
             self.dollar()
-        elif c == "(" and frame.kind in ("cmdsub", "arith"):
+        elif c in "()" and kind in ("cmdsub", "arith", "arithcmd"):
+            self.paren(frame, c)
+        elif c in "[]" and kind in ("arithbr", "subscript"):
+            self.bracket(frame, c)
+        elif c == "{" and kind == "offset":
             frame.depth += 1
-        elif c == ")" and frame.kind in ("cmdsub", "arith"):
-            self.close_paren(frame)
-        elif c == "<" and text.startswith("<", self.i) and frame.kind != "arith":
+        elif c == "}" and kind == "offset":
+            if frame.depth:
+                frame.depth -= 1
+            else:
+                self.pop(i)  # the '}' belongs to the enclosing ${...}: read it again
+                self.i = i
+        elif c == "<" and text.startswith("<", self.i) and kind in _SHELL_KINDS:
             self.heredoc_operator()
         elif c == "\n" and self.pending:
             self.heredoc_bodies()
 
+    # -- words ---------------------------------------------------------------------
+    def read_word(self, frame: _Frame, c: str) -> bool:
+        """Word bookkeeping for character ``c`` of a shell or ``[[`` frame, before it is
+        read. True: ``c`` needs no further reading here (a frame was opened or closed,
+        and the frame now on top reads on from ``self.i``)."""
+        i, text = self.i, self.text
+        closes_backtick = c == "`" and (
+            frame.kind == "backtick" or (frame.kind == "cond" and self.stack[-2].kind == "backtick")
+        )
+        if c in _BLANKS or c in _OPERATORS or closes_backtick:
+            if c == "(" and frame.word is not None and text[frame.word : i].endswith("="):
+                frame.compound += 1  # name=( ... ): an array assignment
+            if frame.word is not None and self.end_word(frame, i):
+                return True
+            if frame.kind == "cond":
+                return False  # in [[ ... ]] these only separate words
+            if c == "(" and self.peek() == "(" and (frame.cmd_pos or frame.prev == "for"):
+                self.mark(i, i + 2, Ctx.UNQUOTED)
+                self.i += 2
+                self.push("arithcmd")
+                return True
+            self.operator(frame, c)
+            return False
+        if frame.word is None:
+            if c == "\\" and self.peek() == "\n":
+                return False  # a line continuation: no word
+            if c == "#" and (i == 0 or text[i - 1] in _WORD_BREAK):
+                return False  # a comment: no word
+            frame.word = i
+        if c == "[" and (
+            _NAME.fullmatch(text, frame.word, i) or (frame.word == i and frame.compound)
+        ):
+            self.i += 1  # name[ ... ], or [ ... ]= in name=( ... )
+            self.push("subscript")
+            return True
+        return False
+
+    def operator(self, frame: _Frame, c: str) -> None:
+        """An unquoted blank or operator character in a shell frame."""
+        prev = self.text[self.i - 1] if self.i else ""
+        if c in " \t":
+            return
+        if (
+            c in "<>"
+            or (c == "&" and (prev in ("<", ">") or self.peek() == ">"))
+            or (c == "|" and prev == ">")
+        ):
+            frame.redirect = True  # <, >, >&, &>, >|: the next word is a target
+            return
+        if c == ")" and frame.compound:
+            frame.compound -= 1
+            return
+        if c == "(" and frame.compound:
+            return
+        # newline ; & | ( ): a new command begins
+        frame.cmd_pos, frame.prev, frame.args, frame.redirect = True, "", "", False
+
+    def end_word(self, frame: _Frame, end: int) -> bool:
+        """The word of ``frame`` ends before ``end``. True if a frame was opened or
+        closed (``[[`` and ``]]``)."""
+        start, frame.word = frame.word, None
+        assert start is not None
+        word = self.text[start:end]
+        if frame.kind == "cond":
+            if word != "]]":
+                frame.words.append((start, end))
+                return False
+            self.stack.pop()
+            words = frame.words
+            for k, (s, e) in enumerate(words):
+                if self.text[s:e] in _ARITH_TESTS:
+                    self.arith.extend(words[n] for n in (k - 1, k + 1) if 0 <= n < len(words))
+            self.stack[-1].cmd_pos = True
+            return True
+        if frame.redirect:
+            frame.redirect = False
+            return False
+        name = _unquoted(word)
+        if frame.cmd_pos:
+            if word == "[[":
+                frame.cmd_pos = False
+                self.push("cond")
+                self.stack[-1].start = end
+                return True
+            if name == "let":
+                frame.args = "let"
+            elif name in ("declare", "typeset", "local"):
+                frame.args = "declare"
+            if not (
+                name in _OPENERS
+                or _ASSIGNMENT.match(word)
+                or (frame.prev in ("time", "command") and word.startswith("-"))
+            ):
+                frame.cmd_pos = False
+        elif frame.args == "let" or (
+            frame.args == "declare -i" and (frame.compound or _ASSIGNMENT.match(word))
+        ):
+            self.arith.append((start, end))
+        elif frame.args == "declare" and _INTEGER_OPTION.fullmatch(word):
+            frame.args = "declare -i"
+        if word == "{":
+            frame.cmd_pos = True  # function f { ...
+        frame.prev = name
+        return False
+
+    # -- substitutions ---------------------------------------------------------------
     def backtick(self, frame: _Frame) -> None:
         if frame.kind == "backtick":
             self.stack.pop()
         else:
-            self.stack.append(_Frame("backtick"))
+            self.push("backtick")
 
     def dollar(self) -> None:
-        """After a ``$`` outside single quotes: ``$'``, ``$((`` or ``$(`` open a frame."""
+        """After a ``$`` outside single quotes: ``$'``, ``$((``, ``$(``, ``$[`` open a
+        frame, and so do a subscript or an offset in ``${...}``."""
         nxt = self.peek(0)
+        outer = self.ctx[self.i - 1]
         if nxt == "'" and self.stack[-1].kind != "double":
-            self.ctx[self.i] = self.ctx[self.i - 1]
+            self.ctx[self.i] = outer
             self.i += 1
-            self.stack.append(_Frame("ansi"))
+            self.push("ansi")
         elif nxt == "(":
-            self.ctx[self.i] = self.ctx[self.i - 1]
+            self.ctx[self.i] = outer
             if self.peek(1) == "(":
                 self.ctx[self.i + 1] = Ctx.UNQUOTED
                 self.i += 2
-                self.stack.append(_Frame("arith"))
+                self.push("arith")
             else:
                 self.i += 1
-                self.stack.append(_Frame("cmdsub"))
+                self.push("cmdsub")
+        elif nxt == "[":
+            self.ctx[self.i] = outer
+            self.i += 1
+            self.push("arithbr")
+        elif nxt == "{":
+            match = _PARAMETER.match(self.text, self.i)
+            if match is None:
+                return
+            after = match.end()
+            if self.text.startswith("[", after) and _NAME.fullmatch(match.group(1)):
+                self.mark(self.i, after + 1, outer)
+                self.i = after + 1
+                self.push("subscript", param=True)
+            else:
+                self.offset(after, outer)
 
-    def close_paren(self, frame: _Frame) -> None:
-        if frame.depth:
+    def offset(self, at: int, outer: Ctx) -> None:
+        """``${name`` ends before ``at``: a ``:`` there (not ``:-``, ``:=``, ``:+``,
+        ``:?``) starts an offset, which is arithmetic up to the closing ``}``."""
+        text = self.text
+        if text.startswith(":", at) and text[at + 1 : at + 2] not in ("-", "=", "+", "?"):
+            self.mark(self.i, at + 1, outer)
+            self.i = at + 1
+            self.push("offset")
+
+    def paren(self, frame: _Frame, c: str) -> None:
+        """``(`` or ``)`` in a ``$(``, ``$((`` or ``((`` frame (``self.i`` is past it)."""
+        if c == "(":
+            frame.depth += 1
+        elif frame.depth:
             frame.depth -= 1
         elif frame.kind == "cmdsub":
-            self.stack.pop()
-        elif self.peek(0) == ")":  # arith ends with '))'
+            self.pop(self.i - 1)
+        elif self.peek(0) == ")":  # arithmetic ends with '))'
             self.ctx[self.i] = Ctx.UNQUOTED
             self.i += 1
-            self.stack.pop()
+            self.pop(self.i - 2)
+            if frame.kind == "arithcmd":
+                self.stack[-1].cmd_pos = True
+
+    def bracket(self, frame: _Frame, c: str) -> None:
+        """``[`` or ``]`` in a ``$[`` or subscript frame (``self.i`` is past it)."""
+        if c == "[":
+            frame.depth += 1
+        elif frame.depth:
+            frame.depth -= 1
+        else:
+            self.pop(self.i - 1)
+            if frame.param:  # ${name[...]:offset}
+                outer = Ctx.DOUBLE if self.stack[-1].kind == "double" else Ctx.UNQUOTED
+                self.offset(self.i, outer)
 
     def step_double(self) -> None:
         c = self.text[self.i]
@@ -189,7 +448,7 @@ class _Lexer:
         if c == '"':
             self.stack.pop()
         elif c == "`":
-            self.stack.append(_Frame("backtick"))
+            self.push("backtick")
         elif c == "$":
             self.dollar()
 
@@ -213,6 +472,7 @@ class _Lexer:
             self.ctx[self.i] = Ctx.UNQUOTED
             self.i += 1
             return
+        self.stack[-1].redirect = False  # the delimiter is read here, not as a word
         strip_tabs = text.startswith("-", self.i)
         if strip_tabs:
             self.i += 1
@@ -279,10 +539,11 @@ def scan(text: str) -> Scan:
     commands (values stand in them as sentinels, not as text), two or more a run.
 
     A quote character is read in the context outside it (the opening ``"`` of
-    ``"a"`` is unquoted, ``a`` is double). ``problem`` is set when the text does not
-    end at the top level (an open quote or substitution, a trailing backslash, a
-    here-document without its delimiter line): pasted into a script, such a text would
-    swallow what follows it.
+    ``"a"`` is unquoted, ``a`` is double). Text that bash evaluates as arithmetic is
+    :attr:`Ctx.ARITH` in ``contexts`` (unless escaped or a comment) and keeps its
+    quoting in ``quoting``. ``problem`` is set when the text does not end at the top
+    level (an open quote or substitution, a trailing backslash, a here-document without
+    its delimiter line): pasted into a script, such a text would swallow what follows it.
     """
     return _Lexer(text).run()
 

@@ -3,10 +3,12 @@
 Every value that derives from a user's argument is exported by the run script as an
 environment variable ``FB_<name>``; its placeholder becomes a reference to that variable,
 chosen by the quoting context it stands in (:mod:`flowbatch.render.shellctx`). The shell
-then never parses a user's value as code. While a command is being expanded each such
-value is held by a *sentinel* in the text: NUL, its index, SOH. NUL cannot occur in a
-value (an environment variable cannot hold it, so such values are refused), which makes
-sentinels unambiguous.
+then never parses a user's value as code. Two contexts take only validated tokens: inside
+single quotes the text belongs to another program, and in an arithmetic context bash
+evaluates the expanded value again (an array subscript in it runs a command). While a
+command is being expanded each such value is held by a *sentinel* in the text: NUL, its
+index, SOH. NUL cannot occur in a value (an environment variable cannot hold it, so such
+values are refused), which makes sentinels unambiguous.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowbatch.errors import RenderError
+from flowbatch.errors import RenderError, TemplateError
 from flowbatch.render.shellctx import Ctx, scan
 from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter
 
@@ -26,6 +28,16 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
 
 #: the hint given when a user's value would be pasted inside single quotes
 SINGLE_QUOTE_HINT = "pass the value as a separate argument, or read ${var} from the environment"
+#: the hint given when a user's value would stand in an arithmetic context
+ARITH_HINT = (
+    "declare the parameter int, float or select, or compare its value outside arithmetic, "
+    'e.g. with the test builtin [ "$x" -eq 1 ] or in a program'
+)
+#: what the install-time checks expect of a value in an arithmetic context
+ARITH_EXPECTED = (
+    "string, file, list and record values outside arithmetic "
+    "($((...)), ((...)), $[...], let, [[ ... -eq ... ]], array subscripts, ${x:offset})"
+)
 
 
 class Trusted(str):
@@ -53,12 +65,16 @@ class RenderedWorkflow:
 @dataclass(frozen=True)
 class Ref:
     """A user-derived value standing in a command: the variable that holds it, its text,
-    whether it may be pasted literally inside single quotes, and a label for errors."""
+    whether it may be pasted literally inside single quotes, a label for errors, and
+    whether it may stand in an arithmetic context (``arith_safe``: bash evaluates the
+    value there, so it must be a validated token that cannot name a variable holding
+    another user's text; never more than ``pasteable``)."""
 
     var: str
     value: str
     pasteable: bool
     label: str
+    arith_safe: bool = False
 
 
 def sentinel(index: int) -> str:
@@ -170,8 +186,20 @@ def reserve_parameters(exports: Exports, params: list[Parameter]) -> dict[str, s
     return {p.name: exports.reserve(p.name) for p in ordered}
 
 
-def reference(ref: Ref, ctx: Ctx, where: str) -> str:
-    """The text that stands for ``ref`` in quoting context ``ctx``."""
+def arith_reason(label: str) -> str:
+    """Why a value may not stand in an arithmetic context."""
+    return f"{label} stands in an arithmetic context, where bash evaluates its value as code"
+
+
+def reference(ref: Ref, ctx: Ctx, where: str, quoting: Ctx = Ctx.UNQUOTED) -> str:
+    """The text that stands for ``ref`` in context ``ctx``; in an arithmetic context
+    ``quoting`` is the quoting it stands in (see :class:`~flowbatch.render.shellctx.Scan`).
+    """
+    if ctx is Ctx.ARITH:
+        # bash expands the reference, then evaluates the text again: 'a[$(cmd)]' runs cmd
+        if not (ref.arith_safe and ref.pasteable):
+            raise RenderError(arith_reason(ref.label), field=where, hint=ARITH_HINT)
+        ctx = Ctx.UNQUOTED if quoting is Ctx.ARITH else quoting
     if ctx is Ctx.UNQUOTED:
         return f'"${{{ref.var}}}"'  # one word, never split or globbed
     if ctx in (Ctx.DOUBLE, Ctx.COMMENT):
@@ -196,12 +224,13 @@ def place(text: str, refs: list[Ref], where: str) -> str:
     lexed = scan(text)
     if lexed.problem:
         raise RenderError(f"the command is not complete shell text: {lexed.problem}", field=where)
-    contexts = lexed.contexts
+    contexts, quoting = lexed.contexts, lexed.quoting
     out: list[str] = []
     pos = 0
     for match in _SENTINEL_RE.finditer(text):
-        out.append(text[pos : match.start()])
-        out.append(reference(refs[int(match.group(1))], contexts[match.start()], where))
+        at = match.start()
+        out.append(text[pos:at])
+        out.append(reference(refs[int(match.group(1))], contexts[at], where, quoting[at]))
         pos = match.end()
     out.append(text[pos:])
     result = "".join(out)
@@ -214,3 +243,26 @@ def sentinel_contexts(text: str) -> list[tuple[int, Ctx]]:
     """(ref index, context) for each sentinel in ``text`` (install-time checks)."""
     contexts = scan(text).contexts
     return [(int(m.group(1)), contexts[m.start()]) for m in _SENTINEL_RE.finditer(text)]
+
+
+def check_placement(label: str, var: str, ctx: Ctx, *, token: bool, where: str) -> None:
+    """Install-time check of one placeholder standing in ``ctx``: a value that is not a
+    validated token (``token``: int, float, bool, select) may stand neither inside single
+    quotes nor in an arithmetic context, and no value right after a backslash."""
+    if ctx is Ctx.SINGLE and not token:
+        raise TemplateError(
+            f"{label} stands inside single quotes, where its value would be code",
+            field=where,
+            expected="string, file, list and record values outside single quotes",
+            hint=SINGLE_QUOTE_HINT.format(var=var),
+        )
+    if ctx is Ctx.ARITH and not token:
+        raise TemplateError(
+            arith_reason(label), field=where, expected=ARITH_EXPECTED, hint=ARITH_HINT
+        )
+    if ctx is Ctx.ESCAPED:
+        raise TemplateError(
+            f"{label} stands right after a backslash",
+            field=where,
+            hint="remove the backslash; the value is passed as data anyway",
+        )
