@@ -225,6 +225,27 @@ def test_install_check_reads_parameters_not_expressions() -> None:
         check_template(tpl([command], {"c": "{{ n }}"}, s="string", n="int", b="bool"), VARS)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        '{% filter replace("X", x) %}echo X{% endfilter %}',
+        "{% macro m() %}echo {{ caller() }}{% endmacro %}{% call m() %}X{% endcall %}",
+    ],
+)
+def test_blocks_that_skip_the_placeholder_rules_are_refused(command: str, tmp_path: Path) -> None:
+    """Jinja writes a {% filter %} or {% call %} block's output as it is, without the
+    hook that turns a value into a reference: `x` = `$(touch PWNED)` reached bash as a
+    command. Refused at install and at render; an expression keeps the value data."""
+    t = tpl([command], x="string")
+    with pytest.raises(TemplateError, match="without the placeholder rules") as info:
+        check_template(t, VARS)
+    assert info.value.field == "workflow.steps[0].commands[0]"
+    with pytest.raises(RenderError, match="without the placeholder rules"):
+        render(t, x="$(touch PWNED)")
+    commands, env = render(tpl(["echo {{ 'X' | replace('X', x) }}"], x="string"), x="$(id)")
+    assert commands == ['echo "${FB_x}"'] and env == {"FB_x": "$(id)"}
+
+
 def test_check_template_reports_syntax_errors_with_line() -> None:
     t = tpl(["echo ok", "echo {% if x %}\n{{ x }"], x="string")
     with pytest.raises(TemplateError) as info:

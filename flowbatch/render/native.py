@@ -109,7 +109,9 @@ def _render_source(
     if "\x00" in source:
         raise RenderError("the template text contains a NUL character", field=where)
     try:
-        return env.from_string(source).render(names)
+        ast = env.parse(source)
+        _refuse_raw_blocks(ast, where, RenderError)
+        return env.from_string(ast).render(names)
     except SecurityError as exc:
         raise RenderError(
             f"the template tried to reach outside the sandbox: {exc}", field=where
@@ -291,8 +293,28 @@ def _read_text(
             _read_text(node.body, choice, parts, names)
 
 
+#: blocks whose output Jinja writes as it is, without the ``finalize`` hook that turns a
+#: value into a reference: a user's value could reach the command as shell text
+_RAW_BLOCKS = {nodes.FilterBlock: "{% filter %}", nodes.CallBlock: "{% call %}"}
+
+
+def _refuse_raw_blocks(
+    ast: nodes.Template, where: str, error: type[RenderError] | type[TemplateError]
+) -> None:
+    for kind, name in _RAW_BLOCKS.items():
+        if next(ast.find_all(kind), None) is not None:
+            raise error(
+                f"a {name} block writes its output without the placeholder rules: a "
+                "value in it would reach the shell as code",
+                field=where,
+                hint="apply the filter to the value in an expression, "
+                "e.g. {{ x | replace('a', 'b') }}, or call the macro as {{ m(x) }}",
+            )
+
+
 def _compile(env: SandboxedEnvironment, source: str, where: str) -> None:
     try:
+        _refuse_raw_blocks(env.parse(source), where, TemplateError)
         env.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(
