@@ -395,6 +395,16 @@ def test_unterminated_reference() -> None:
     assert "unterminated" in error(doc).reason
 
 
+def test_a_reference_across_lines_is_refused() -> None:
+    """The renderer substitutes a reference on one line: one spanning lines was checked
+    here but reached bash as raw `$[[...` text (bash arithmetic)."""
+    doc = base()
+    doc["parameters"].append({"name": "v", "dtype": "bool", "defaultValue": False})
+    doc["workflow"]["steps"][0]["action"]["commands"] = ["echo $[[v ?\n--verbose : --quiet]]"]
+    err = error(doc)
+    assert "unterminated" in err.reason and "one line" in (err.expected or "")
+
+
 def test_nested_lists_rejected() -> None:
     doc = base()
     doc["workflow"]["files"] = {"inputs": [["a"]]}

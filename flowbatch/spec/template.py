@@ -77,8 +77,9 @@ POSTPROC_RUNS = "runs"
 _STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 # Context keys are ${name} placeholders and shell variables.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_REFERENCE = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
-_LEGACY_REFERENCE = re.compile(r"\$\{\[\[(.*?)\]\]\}", re.DOTALL)
+# a reference stands on one line, as the renderer substitutes it (flowbatch.render.flowserv)
+_REFERENCE = re.compile(r"\$\[\[(.*?)\]\]")
+_LEGACY_REFERENCE = re.compile(r"\$\{\[\[(.*?)\]\]\}")
 # Python's string.Template pattern: $$ escape, $name, ${name}; anything else after a
 # '$' (such as '$(', '$1', '$?', '${#a[@]}') is not a placeholder and stays shell text.
 _VARIABLE = re.compile(
@@ -637,7 +638,7 @@ def _check_references(doc: Any, *, field: str, rules: _Rules, legacy: bool) -> N
                 "unterminated parameter reference '$[['",
                 file=rules.file,
                 field=path,
-                expected="$[[name]]",
+                expected="$[[name]] or $[[name ? a : b]], on one line",
             )
 
 
