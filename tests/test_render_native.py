@@ -253,7 +253,7 @@ def test_check_template_reports_syntax_errors_with_line() -> None:
     assert info.value.field == "workflow.steps[0].commands[1]"
     assert "line 2" in info.value.reason
     check_template(tpl(["echo {{ x | upper }}"], x="string"), VARS)
-    with pytest.raises(TemplateError, match=r"context\.c"):
+    with pytest.raises(TemplateError, match=r"workflow\.parameters\.c"):
         check_template(tpl(["true"], {"c": "{{ oops"}), VARS)
 
 

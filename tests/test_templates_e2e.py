@@ -145,6 +145,41 @@ def test_install_rejects_with_file_path_and_reason(site, tmp_path: Path) -> None
     assert list(site.layout.templates.iterdir()) == []  # nothing half-installed
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (  # flowServ 0.9 layout
+            "workflow:\n  steps:\n    - action: {commands: ['true', \"echo '$[[w]]'\"]}\n"
+            "parameters: [{name: w, dtype: string}]\n",
+            "workflow.steps[0].action.commands[1]",
+        ),
+        (  # the legacy REANA-style layout of the user guide
+            "workflow:\n  workflow:\n    type: serial\n    specification:\n      steps:\n"
+            "        - commands: ['true', \"echo '${[[w]]}'\"]\n"
+            "parameters: [{name: w, datatype: string}]\n",
+            "workflow.workflow.specification.steps[0].commands[1]",
+        ),
+        (  # native: a context value, under workflow.parameters in the file
+            "flowbatch: 1\nworkflow:\n  parameters: {c: '{{ oops'}\n"
+            "  steps:\n    - action: {commands: ['true']}\n",
+            "workflow.parameters.c",
+        ),
+    ],
+)
+def test_install_errors_found_while_rendering_name_the_files_key(
+    site, tmp_path: Path, text: str, field: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The checks that render the commands at install name the key as it is in the file
+    (they named workflow.steps[0].commands[1], in no file)."""
+    path = tmp_path / "t" / "benchmark.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(TemplateError) as info:
+        api.install(site, path.parent)
+    assert info.value.field == field
+    assert info.value.file is not None and info.value.file.endswith("benchmark.yaml")
+
+
 def test_reinstall_makes_a_new_version_and_runs_keep_theirs(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "t"
     folder.mkdir()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flowbatch.errors import TemplateError
 from flowbatch.render.flowserv import check_flowserv, render_flowserv
 from flowbatch.render.script import (
     LOGS_DIR,
@@ -51,12 +52,15 @@ def check_template(template: Template, variables: Mapping[str, str]) -> None:
     placeholder of a string, file, list or record value stands inside single quotes (or
     right after a backslash). Native dialect: every command and context text compiles.
     """
-    if template.dialect == "native":
-        from flowbatch.render.native import check_native  # Jinja2: only for its templates
+    try:
+        if template.dialect == "native":
+            from flowbatch.render.native import check_native  # Jinja2: only for its templates
 
-        check_native(template)
-    else:
-        check_flowserv(template, variables)
+            check_native(template)
+        else:
+            check_flowserv(template, variables)
+    except TemplateError as exc:
+        raise exc.at(file=template.source or None) from None
 
 
 def render_workflow(

@@ -29,6 +29,8 @@ from flowbatch.render.values import (
     RenderedWorkflow,
     check_no_nul,
     check_placement,
+    command_field,
+    context_field,
     flowserv_pasteable,
     format_value,
     place,
@@ -170,7 +172,7 @@ class _Resolver:
         value = self.workflow.context[name]
         if not isinstance(value, str):
             return _Item(text=format_value(value))
-        where = f"{_prefix(self.template, self.workflow)}.parameters.{name}"
+        where = context_field(_prefix(self.template, self.workflow), self.workflow, name)
         parts: list[str] = []
         user_refs: list[Ref] = []
         pos = 0
@@ -235,7 +237,7 @@ def _commands(template: Template, workflow: Workflow) -> list[tuple[int, str, st
     """(step index, field path, text) of every command of ``workflow``."""
     prefix = _prefix(template, workflow)
     return [
-        (i, f"{prefix}.steps[{i}].commands[{j}]", command)
+        (i, command_field(prefix, i, step, j), command)
         for i, step in enumerate(workflow.steps)
         for j, command in enumerate(step.commands)
     ]

@@ -35,6 +35,8 @@ from flowbatch.render.values import (
     Trusted,
     check_no_nul,
     check_placement,
+    command_field,
+    context_field,
     format_value,
     place,
     reserve_parameters,
@@ -162,7 +164,7 @@ def _add_context(
             names[name] = value
             continue
         first = len(outputs.refs)
-        text = _render_source(env, value, names, f"{prefix}.context.{name}")
+        text = _render_source(env, value, names, context_field(prefix, workflow, name))
         if len(outputs.refs) == first:
             names[name] = Trusted(text)
         else:
@@ -199,7 +201,7 @@ def render_native(
     for i, step in enumerate(workflow.steps):
         commands = []
         for j, source in enumerate(step.commands):
-            where = f"{prefix}.steps[{i}].commands[{j}]"
+            where = command_field(prefix, i, step, j)
             text = _render_source(env, source, names, where)
             commands.append(place(text, outputs.refs, where))
         steps.append(RenderedStep(step.name, commands))
@@ -218,9 +220,9 @@ def check_native(template: Template) -> None:
         workflows.append(template.postproc.workflow)
     for workflow in workflows:
         prefix = _prefix(template, workflow)
-        sources = [(f"{prefix}.context.{k}", v) for k, v in workflow.context.items()]
+        sources = [(context_field(prefix, workflow, k), v) for k, v in workflow.context.items()]
         sources += [
-            (f"{prefix}.steps[{i}].commands[{j}]", command)
+            (command_field(prefix, i, step, j), command)
             for i, step in enumerate(workflow.steps)
             for j, command in enumerate(step.commands)
         ]
@@ -230,7 +232,7 @@ def check_native(template: Template) -> None:
         for i, step in enumerate(workflow.steps):
             for j, command in enumerate(step.commands):
                 _check_placements(
-                    env, template, workflow, command, f"{prefix}.steps[{i}].commands[{j}]"
+                    env, template, workflow, command, command_field(prefix, i, step, j)
                 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from flowbatch.errors import RenderError, TemplateError
 from flowbatch.render.shellctx import Ctx, scan
-from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter
+from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter, Step, Workflow
 
 _SENTINEL_RE = re.compile("\x00([0-9]+)\x01")
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
@@ -177,6 +177,19 @@ class Exports:
             if held == value:
                 return var
         return self.share("v", value)
+
+
+def command_field(prefix: str, i: int, step: Step, j: int) -> str:
+    """Where command ``j`` of step ``i`` is in the template file (recorded by the parser,
+    ``workflow.steps[0].action.commands[1]``), else the path of its place."""
+    if j < len(step.command_fields):
+        return step.command_fields[j]
+    return f"{prefix}.steps[{i}].commands[{j}]"
+
+
+def context_field(prefix: str, workflow: Workflow, name: str) -> str:
+    """Where context value ``name`` is in the template file (``workflow.parameters.x``)."""
+    return f"{workflow.context_field or prefix + '.parameters'}.{name}"
 
 
 def reserve_parameters(exports: Exports, params: list[Parameter]) -> dict[str, str]:

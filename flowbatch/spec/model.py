@@ -96,6 +96,9 @@ class Step:
     environment: str | None = None
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    #: each command's key in the template file (``workflow.steps[0].action.commands[1]``),
+    #: for errors found after parsing; empty for a step not parsed from a file
+    command_fields: list[str] = field(default_factory=list, compare=False)
 
 
 @dataclass
@@ -141,6 +144,8 @@ class Workflow:
     context: dict[str, Any] = field(default_factory=dict)
     input_files: list[str] = field(default_factory=list)
     output_files: list[str] = field(default_factory=list)
+    #: the context map's key in the template file (``workflow.parameters``), for errors
+    context_field: str = field(default="", compare=False)
 
 
 @dataclass

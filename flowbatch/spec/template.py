@@ -340,7 +340,13 @@ def _parse_serial(doc: dict[str, Any], *, field: str, file: str) -> tuple[Workfl
         steps.append(step)
         commands.extend(cmds)
     _check_step_names(steps, field=f"{field}.steps", file=file)
-    wf = Workflow(steps=steps, context=context, input_files=inputs, output_files=outputs)
+    wf = Workflow(
+        steps=steps,
+        context=context,
+        input_files=inputs,
+        output_files=outputs,
+        context_field=f"{field}.parameters",
+    )
     return wf, commands
 
 
@@ -382,6 +388,7 @@ def _parse_step(item: Any, i: int, *, field: str, file: str) -> tuple[Step, _Com
         environment=_environment(action, field=path, file=file),
         inputs=inputs,
         outputs=outputs,
+        command_fields=[f for f, _ in commands],
     )
     return step, commands
 
@@ -441,12 +448,25 @@ def _parse_legacy(doc: dict[str, Any], *, field: str, file: str) -> tuple[Workfl
         cmds = _parse_commands(item["commands"], field=f"{path}.commands", file=file)
         name = _step_name(item, i, field=path, file=file)
         env = _environment(item, field=path, file=file)
-        steps.append(Step(name=name, commands=[c for _, c in cmds], environment=env))
+        steps.append(
+            Step(
+                name=name,
+                commands=[c for _, c in cmds],
+                environment=env,
+                command_fields=[f for f, _ in cmds],
+            )
+        )
         commands.extend(cmds)
     _check_step_names(steps, field=f"{spec_field}.steps", file=file)
     output_files = _legacy_outputs(doc, inner, field=field, file=file)
     input_files = _str_list(inputs.get("files"), field=f"{field}.inputs.files", file=file)
-    wf = Workflow(steps=steps, context=context, input_files=input_files, output_files=output_files)
+    wf = Workflow(
+        steps=steps,
+        context=context,
+        input_files=input_files,
+        output_files=output_files,
+        context_field=ctx_field,
+    )
     return wf, commands
 
 
