@@ -20,7 +20,7 @@ from .runs import RunRecord, parse_state
 from .site import Site
 from .spec.manifest import find_source
 from .spec.model import FileArg, Template
-from .spec.params import resolve_arguments
+from .spec.params import cast_value
 from .spec.request import Request, parse_request
 from .spec.template import load_template
 from .store import atomic
@@ -28,6 +28,7 @@ from .store.index import RunRow, WorkflowRow
 from .store.layout import BUNDLE_SUFFIX
 from .store.store import Store, run_rows
 from .store.templates import Installed
+from .sweep import Point, cast_points
 
 LIST_FIELDS = (
     "id",
@@ -128,16 +129,11 @@ def validate(path: Path, site: Site | None = None) -> str:
         if site is None:
             return f"request {path}: valid in form (no site to check the workflow against)"
         template, version = site.templates.load(req.workflow, req.version)
-        args = resolve_arguments(template.parameters, req.arguments, file=str(path))
-        files = {k: v for k, v in args.items() if isinstance(v, FileArg) and v.source}
-        for pname, value in files.items():
-            if not (path.parent / value.source).is_file():
-                raise RequestError(
-                    f"file {value.source!r} does not exist",
-                    file=str(path),
-                    field=f"arguments.{pname}",
-                )
-        return f"request {path}: valid for workflow {req.workflow} version {version}"
+        # every point as intake casts it, and every file a point names (swept ones too)
+        points = cast_points(template.parameters, req.arguments, req.sweep or None, file=str(path))
+        _request_files(path, template, req, points)
+        size = f", {len(points)} points" if req.sweep else ""
+        return f"request {path}: valid for workflow {req.workflow} version {version}{size}"
     template = load_template(path, known_variables=variables)
     _check_rendering(template, variables)
     return f"template {path}: valid ({_describe(template)})"
@@ -177,42 +173,101 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
     if not isinstance(req, Request):
         raise RequestError("use `flowbatch runs cancel` to cancel a run", file=str(request_path))
     template, _ = site.templates.load(req.workflow, req.version)
-    args = resolve_arguments(template.parameters, req.arguments, file=str(request_path))
-    files: dict[str, Path] = {}
-    base = request_path.parent
-    for pname, value in args.items():
-        if not isinstance(value, FileArg) or not value.source:
+    # every point as intake will cast it: a sweep over a required parameter is complete
+    # only with its sweep, and a swept file travels like a fixed one
+    points = cast_points(
+        template.parameters, req.arguments, req.sweep or None, file=str(request_path)
+    )
+    files, swept = _request_files(request_path, template, req, points)
+    return queue_request(site, request_path.stem, doc, files, swept=swept)
+
+
+def _request_files(
+    request_path: Path, template: Template, req: Request, points: list[Point]
+) -> tuple[dict[str, Path], dict[str, dict[int, Path]]]:
+    """The files a request names, as intake will look for them (relative to the request
+    file, inside its folder, regular files): ``(fixed, swept)``, ``fixed`` mapping a
+    parameter to its file, ``swept`` a swept file parameter to the file of each value of
+    its list (by index). Each distinct path is checked once; a missing one raises with
+    its field (``arguments.<name>`` or ``sweep.<name>[<i>]``)."""
+    base = request_path.resolve().parent
+    checked: dict[str, Path] = {}
+
+    def found(source: str, field: str) -> Path:
+        src = checked.get(source)
+        if src is None:
+            src = (base / source).resolve()
+            if not src.is_relative_to(base) or not src.is_file():
+                raise RequestError(
+                    f"file {source!r} is missing or outside the request's folder",
+                    file=str(request_path),
+                    field=field,
+                    expected=f"a file in {base}, named relative to the request",
+                )
+            checked[source] = src
+        return src
+
+    sweep = req.sweep or {}
+    fixed: dict[str, Path] = {}
+    for pname, value in points[0].arguments.items():  # the fixed part is every point's
+        if pname not in sweep and isinstance(value, FileArg) and value.source:
+            fixed[pname] = found(value.source, f"arguments.{pname}")
+    swept: dict[str, dict[int, Path]] = {}
+    for pname, values in sweep.items():
+        param = template.parameter(pname)
+        if param is None or param.dtype != "file":
             continue
-        src = (base / value.source).resolve()
-        if not src.is_relative_to(base) or not src.is_file():
-            raise RequestError(
-                f"file {value.source!r} is missing or outside the request's folder",
-                file=str(request_path),
-                field=f"arguments.{pname}",
-            )
-        files[pname] = src
-    return queue_request(site, request_path.stem, doc, files)
+        for i, raw in enumerate(values):  # every entry, also one that repeats another
+            field = f"sweep.{pname}[{i}]"
+            value = cast_value(param, raw, field=field)
+            if value.source:
+                swept.setdefault(pname, {})[i] = found(value.source, field)
+    return fixed, swept
 
 
 def queue_request(
-    site: Site, stem: str, doc: dict[str, Any], files: dict[str, Path], *, uid: int | None = None
+    site: Site,
+    stem: str,
+    doc: dict[str, Any],
+    files: dict[str, Path],
+    *,
+    uid: int | None = None,
+    swept: dict[str, dict[int, Path]] | None = None,
 ) -> str:
     """Write ``doc`` into the queue as ``<stem>-<random>.yaml``, with ``files`` (parameter
-    name -> file to send) copied into its bundle and the request's file paths rewritten to
-    point there. ``uid`` (root only) hands both to that user: intake runs a request as its
-    file's owner. Returns the queued name."""
+    name -> file to send) and ``swept`` (swept parameter -> index in its ``sweep:`` list
+    -> file to send) copied into its bundle, each distinct file once, and the request's
+    file paths rewritten to point there. ``uid`` (root only) hands both to that user:
+    intake runs a request as its file's owner. Returns the queued name."""
     name = f"{_safe_stem(stem)}-{secrets.token_hex(3)}"
     queue = site.layout.queue
     queue.mkdir(parents=True, exist_ok=True)
-    if files:
+    wanted: list[tuple[str, int | None, Path]] = [(p, None, src) for p, src in files.items()]
+    for pname, by_index in (swept or {}).items():
+        wanted += [(pname, i, src) for i, src in sorted(by_index.items())]
+    if wanted:
         tmp = queue / f".{name}{BUNDLE_SUFFIX}.tmp"
         tmp.mkdir()
         try:
-            for pname, src in files.items():
-                dest = tmp / pname / src.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)
-                _set_file_source(doc, pname, f"{name}{BUNDLE_SUFFIX}/{pname}/{src.name}")
+            copies: dict[Path, str] = {}  # file sent -> its path in the bundle
+            for pname, index, src in wanted:
+                rel = copies.get(src)
+                if rel is None:
+                    rel = f"{pname}/{src.name}"
+                    n = 2
+                    while not _free(tmp, rel):  # another file of the same name
+                        rel = f"{pname}/{n}/{src.name}"
+                        n += 1
+                    dest = tmp / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dest)
+                    copies[src] = rel
+                source = f"{name}{BUNDLE_SUFFIX}/{rel}"
+                if index is None:
+                    _set_file_source(doc, pname, source)
+                else:
+                    values = doc["sweep"][pname]
+                    values[index] = _with_source(values[index], source)
             _chown_tree(tmp, uid)
             os.rename(tmp, queue / f"{name}{BUNDLE_SUFFIX}")
         except BaseException:
@@ -223,6 +278,19 @@ def queue_request(
     _chown_tree(queue / f".{name}.yaml.tmp", uid)
     os.rename(queue / f".{name}.yaml.tmp", final)
     return final.name
+
+
+def _free(folder: Path, rel: str) -> bool:
+    """Whether ``folder/rel`` can be made: nothing there, and no file where one of its
+    folders would go (a file named ``2`` beside the copies of other files)."""
+    path = folder / rel
+    if os.path.lexists(path):
+        return False
+    return all(
+        p.is_dir() or not os.path.lexists(p)
+        for p in path.parents
+        if p != folder and p.is_relative_to(folder)
+    )
 
 
 def _chown_tree(path: Path, uid: int | None) -> None:
@@ -240,27 +308,31 @@ def _safe_stem(stem: str) -> str:
 
 
 def _set_file_source(doc: dict[str, Any], pname: str, source: str) -> None:
+    """Point the fixed argument ``pname`` of ``doc`` at ``source``, in whichever form
+    it is written (mapping or list of arguments; see :func:`_with_source`)."""
     args = doc.get("arguments")
     if isinstance(args, dict):
-        value = args[pname]
-        if isinstance(value, dict):
-            for key in ("source", "path", "file"):
-                if key in value:
-                    value[key] = source
-        else:
-            args[pname] = source
+        args[pname] = _with_source(args[pname], source)
     elif isinstance(args, list):
         for item in args:
             if isinstance(item, dict) and item.get("name") == pname:
-                value = item.get("value")
-                if isinstance(value, dict) and isinstance(value.get("value"), dict):
-                    value["value"]["fileId"] = source
-                elif isinstance(value, dict):
-                    for key in ("source", "path", "file"):
-                        if key in value:
-                            value[key] = source
-                else:
-                    item["value"] = source
+                item["value"] = _with_source(item.get("value"), source)
+
+
+def _with_source(value: Any, source: str) -> Any:
+    """A file argument's value as written in a request, its path replaced by ``source``:
+    a bare path, ``{source|path|file: ..., target: ...}``, or flowServ's
+    ``{type: $file, value: {fileId, targetPath}}``; the target stays as it was."""
+    if isinstance(value, dict) and value.get("type") == "$file":
+        if isinstance(value.get("value"), dict):
+            value["value"]["fileId"] = source
+        return value
+    if isinstance(value, dict):
+        for key in ("source", "path", "file"):
+            if key in value:
+                value[key] = source
+        return value
+    return source
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -397,7 +469,61 @@ def _readable_runs(store: Store, dirs: Iterable[Path]) -> Iterator[RunRecord]:
 
 
 def reindex(site: Site) -> int:
-    """Rebuild the index from the tree alone (a corrupt index file is replaced)."""
+    """Rebuild the index from the tree alone (a corrupt index file is replaced).
+
+    Never under a running daemon: it would go on writing into the index file deleted
+    here (its runs' changes lost from the new one), or, on a shared site, into the
+    tables being emptied. The site's daemon lock of this host is held for the whole
+    rebuild, so no daemon starts meanwhile either; on a shared site the other hosts'
+    locks are looked at too (as far as the file system's locks reach across hosts)."""
+    from .daemon import Busy, SiteLock
+
+    lock = SiteLock(site.lock_path, site.host)
+    new_lock = not site.lock_path.exists()
+    try:
+        lock.acquire()
+    except Busy as busy:
+        raise _daemon_running(site, str(busy)) from None
+    if new_lock and os.geteuid() == 0:  # the site's daemon must be able to open it later
+        st = site.root.stat()
+        os.chown(site.lock_path, st.st_uid, st.st_gid)
+    try:
+        if site.shared:
+            for other in sorted(site.root.glob("daemon.*.lock")):
+                holder = None if other == site.lock_path else _lock_taken(other)
+                if holder is not None:
+                    raise _daemon_running(site, holder)
+        return _reindex(site)
+    finally:
+        lock.release()
+
+
+def _lock_taken(path: Path) -> str | None:
+    """What the holder of the daemon lock file ``path`` wrote into it, when it is held."""
+    import fcntl
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return fh.read().strip() or "unknown"
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _daemon_running(site: Site, holder: str) -> FlowbatchError:
+    return FlowbatchError(
+        f"a flowbatch daemon is serving {site.root} ({holder}): reindex would replace the "
+        "index under it",
+        hint="stop the daemon first (systemctl stop flowbatch, or kill -TERM its pid; a "
+        "cron site: wait for its tick to end), run `flowbatch reindex`, then start it again",
+    )
+
+
+def _reindex(site: Site) -> int:
     from .store import index as idx
 
     path = site.layout.index_db

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -34,11 +35,10 @@ from .runs import RunRecord, now_iso
 from .safeio import LINK_ERRORS, copy_fd, copy_tree, open_beneath, read_up_to
 from .site import Site
 from .spec.model import FileArg, Template
-from .spec.params import resolve_arguments
 from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
-from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON
-from .sweep import expand_sweep, point_key
+from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON, queue_mode_problem
+from .sweep import Point, cast_points
 
 log = logging.getLogger("flowbatch.queue")
 
@@ -58,17 +58,95 @@ def new_run_id() -> str:
     return secrets.token_hex(6)
 
 
-def _rename_making_folder(src: Path, dest: Path) -> None:
-    """``os.rename(src, dest)``, making ``dest``'s folder when it is missing: at the first
-    claim (not before each one: a burst claims hundreds), again if it was removed.
-    FileNotFoundError: ``src`` is gone (another daemon took it)."""
+#: a claim's run id, as :func:`new_run_id` draws it
+_CLAIMED_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def _rename_making_folder(src: Path, dest: Path, make: Callable[[], None]) -> None:
+    """``os.rename(src, dest)``, calling ``make`` to make ``dest``'s folder when it is
+    missing: at the first claim (not before each one: a burst claims hundreds), again if
+    it was removed. FileNotFoundError: ``src`` is gone (another daemon took it)."""
     try:
         os.rename(src, dest)
     except FileNotFoundError:
         if dest.parent.is_dir():
             raise
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make()
         os.rename(src, dest)
+
+
+def own_folder(path: Path, *, make: bool = True) -> None:
+    """Check that ``path`` is a folder only the daemon's user can change (made, mode
+    0755, when missing and ``make``): not a symbolic link, owned by the daemon's user,
+    writable by no one else. Raises FlowbatchError with the fix otherwise.
+
+    The daemon writes into ``queue/.claimed`` and ``queue/rejected`` and moves users'
+    files there: a folder a participant made, or a link they put in its place, would let
+    them swap a request after it was claimed, or have the daemon (root, perhaps) write
+    into a folder of their choosing."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        if not make:
+            return
+        try:
+            path.mkdir(mode=0o755)
+        except FileExistsError:
+            pass  # made meanwhile, by the daemon of another host or by someone else
+        st = path.lstat()
+    me = os.geteuid()
+    fix = (
+        f"move it aside (mv {path} {path}.suspect; look at what is in it before using "
+        "anything from it): the daemon makes a new folder"
+    )
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link, not the daemon's folder"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a folder"
+    elif st.st_uid != me:
+        problem = f"belongs to {user_name(st.st_uid)}, not to the daemon's user {user_name(me)}"
+        fix = f"{fix}; or, if it is the site's own folder, chown {user_name(me)} {path}"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+        fix = f"chmod go-w {path}"
+    else:
+        return
+    raise FlowbatchError(
+        f"{path} {problem}: the daemon takes no request in until it is fixed",
+        hint=f"run: {fix}",
+    )
+
+
+def check_queue(site: Site, *, make: bool = True) -> None:
+    """Refuse (FlowbatchError, with the fix) a queue whose daemon folders a participant
+    could replace: ``queue/`` must belong to the daemon's user or root, and have the
+    sticky bit when others may write it; ``.claimed`` (and this host's folder in it on
+    a shared site) and ``rejected`` must be the daemon's own (:func:`own_folder`).
+    Three or four ``lstat`` calls: intake runs it at every tick. A missing ``queue/``
+    is left alone (nothing comes in); its folders are made when ``make``."""
+    layout = site.layout
+    try:
+        st = os.stat(layout.queue)  # the site's own link to a queue elsewhere is followed
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise FlowbatchError(
+            f"{layout.queue} belongs to {user_name(st.st_uid)}, who could replace the "
+            "daemon's folders in it: the daemon takes no request in until it is fixed",
+            hint=f"run: chown {user_name(me)} {layout.queue}",
+        )
+    problem = queue_mode_problem(layout.queue, st)
+    if problem:
+        raise FlowbatchError(
+            f"{problem.partition('; run: ')[0]}; the daemon takes no request in until it "
+            "has the sticky bit",
+            hint=f"run: chmod +t {layout.queue} (docs/admins.md, Install)",
+        )
+    own_folder(layout.claimed, make=make)
+    if site.claimed_dir != layout.claimed:
+        own_folder(site.claimed_dir, make=make)
+    own_folder(layout.rejected, make=make)
 
 
 def claim_key(name: str, st: os.stat_result) -> str:
@@ -101,6 +179,10 @@ class Claimed:
     run_id: str
     name: str  # the request's file name as dropped
     uid: int
+    #: the file's inode and device as the claim saw them (None: not recorded): the file
+    #: read later must be that one
+    ino: int | None = None
+    dev: int | None = None
     #: claimed in this tick under a new run id: no run of it can exist yet (a leftover of
     #: a crash may have one, created before the crash)
     fresh: bool = False
@@ -114,6 +196,8 @@ class IntakeResult:
     rejected: list[str] = field(default_factory=list)
     cancels: list[tuple[CancelRequest, Claimed]] = field(default_factory=list)
     skipped: dict[str, dict[int, str]] = field(default_factory=dict)  # sweep points not rerun
+    #: why nothing was taken in (a queue folder a participant could replace), or None
+    refused: str | None = None
 
 
 class Intake:
@@ -129,6 +213,11 @@ class Intake:
         #: cancels over there). Otherwise no one else writes there, and listing it at
         #: every tick cost a directory read per run in a burst.
         self._look_in_claimed = True
+        #: why the last tick took nothing in (an unsafe queue folder), or None
+        self.refused: str | None = None
+        # a daemon refuses to start on a queue whose folders a participant could replace
+        # (those that are missing are made, and checked, at the first tick)
+        check_queue(site, make=False)
 
     # -- finding and claiming ----------------------------------------------------------------
     def candidates(self, *, settle: float | None = None) -> list[str]:
@@ -184,9 +273,13 @@ class Intake:
             return None
         dest = self.site.claimed_dir / f"{run_id}--{name}"
         try:
-            _rename_making_folder(src, dest)
+            # made and checked as the daemon's own (check_queue), never a user's folder
+            _rename_making_folder(src, dest, lambda: check_queue(self.site))
         except FileNotFoundError:
             return None  # another daemon took it
+        except FlowbatchError as exc:  # the request stays in the queue
+            log.error("cannot claim %s: %s", printable_name(name), exc)
+            return None
         except OSError as exc:
             log.error("cannot claim %s: %s", printable_name(name), exc.strerror)
             return None
@@ -202,7 +295,7 @@ class Intake:
             log.warning("%s was claimed by another daemon: dropped", printable_name(name))
             dest.unlink(missing_ok=True)
             return None
-        return Claimed(dest, run_id, name, st.st_uid, fresh=True)
+        return Claimed(dest, run_id, name, st.st_uid, st.st_ino, st.st_dev, fresh=True)
 
     def _new_id(self) -> str:
         """A random id no run in the index has: 48 bits collide once in a few hundred
@@ -235,16 +328,21 @@ class Intake:
         if not self.site.claimed_dir.is_dir():
             return out
         for path in sorted(self.site.claimed_dir.iterdir()):
-            if path.is_dir() and not path.is_symlink():
-                continue  # another host's folder (shared sites)
             run_id, sep, name = path.name.partition("--")
             if not sep:
                 continue
             try:
-                uid = path.lstat().st_uid
+                st = path.lstat()
             except FileNotFoundError:
                 continue
-            out.append(Claimed(path, run_id, name, uid))
+            # a folder of hosts on a site that was shared once (.claimed/<host>/) is not a
+            # claim; a folder `<run id>--<name>.yaml` is (claim() renames whatever has a
+            # request's name): processed, it is rejected, not left here for ever
+            if stat.S_ISDIR(st.st_mode) and not (
+                _CLAIMED_ID.fullmatch(run_id) and is_request_name(name)
+            ):
+                continue
+            out.append(Claimed(path, run_id, name, st.st_uid, st.st_ino, st.st_dev))
         return out
 
     # -- one tick ------------------------------------------------------------------------------
@@ -260,6 +358,16 @@ class Intake:
         in; when it returns False (the daemon is stopping) the rest stay claimed, for
         the next tick or start."""
         result = IntakeResult()
+        try:
+            check_queue(self.site)
+        except FlowbatchError as exc:
+            if str(exc) != self.refused:  # said once, and again when it changes
+                log.error("taking no request in: %s", exc)
+            self.refused = result.refused = str(exc)
+            return result
+        if self.refused:
+            log.info("the queue's folders are safe again: taking requests in")
+            self.refused = None
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         self._look_in_claimed = bool(todo)
         for name in self.candidates():
@@ -368,6 +476,18 @@ class Intake:
             )
         fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
+            opened = os.fstat(fd)
+            # the file whose owner the claim recorded, not one put in its place since
+            if claimed.ino is not None and (
+                (opened.st_ino, opened.st_dev, opened.st_uid)
+                != (claimed.ino, claimed.dev, claimed.uid)
+            ):
+                raise RequestError(
+                    "the request file was replaced after the daemon claimed it; "
+                    "the file now in its place was not read",
+                    file=label,
+                    hint="drop the request again",
+                )
             # in chunks: a buffered read of limit + 1 bytes allocated (and mapped) a
             # whole MiB for every request: three times the cost of the read itself
             raw = read_up_to(fd, limit + 1)
@@ -433,26 +553,58 @@ class Intake:
                 expected="one of: " + ", ".join(known),
                 hint="executors are declared in the site's flowbatch.yaml",
             )
-        points = self._points(req, template, label)
+        points = cast_points(template.parameters, req.arguments, req.sweep or None, file=label)
         group = req.group or user_name(claimed.uid)
-        skipped = self._already_done(req, version, points, group) if req.sweep else {}
+        skipped = (
+            self._already_done(req, version, [p.arguments for p in points], group)
+            if req.sweep
+            else {}
+        )
         files_dir = site.templates.files_dir(req.workflow, version)
-        for index, arguments in enumerate(points):
-            run_id = point_run_id(claimed.run_id, index)
+        todo: list[int] = []
+        for index in range(len(points)):
             if index in skipped:
                 continue
             # made before a crash (a leftover claim): not made again. A fresh claim's id is
             # new: its runs cannot exist (no stat per run of a burst)
             if (
                 not claimed.fresh
-                and (site.layout.run_dir(req.workflow, run_id) / RUN_JSON).exists()
+                and (
+                    site.layout.run_dir(req.workflow, point_run_id(claimed.run_id, index))
+                    / RUN_JSON
+                ).exists()
             ):
                 continue
-            sweep = {"id": claimed.run_id, "point": index, "of": len(points)} if req.sweep else None
-            run = self._create_run(
-                claimed, req, run_id, template, version, executor, files_dir, arguments, sweep
-            )
-            result.runs.append(run)
+            todo.append(index)
+        if len(todo) > 1:  # a sweep is refused whole, before its first run is made
+            self._check_points(template, files_dir, [points[i] for i in todo], claimed, label)
+        made: list[str] = []
+        try:
+            for index in todo:
+                sweep = (
+                    {"id": claimed.run_id, "point": index, "of": len(points)} if req.sweep else None
+                )
+                run = self._create_run(
+                    claimed,
+                    req,
+                    point_run_id(claimed.run_id, index),
+                    template,
+                    version,
+                    executor,
+                    files_dir,
+                    points[index],
+                    sweep,
+                )
+                result.runs.append(run)
+                made.append(run.id)
+        except FlowbatchError as exc:
+            if made:  # a file that went away since the check: say what exists
+                note = (
+                    f"the runs of the points before it exist: {', '.join(made)} "
+                    "(submitted again, the sweep skips them)"
+                )
+                exc.hint = f"{exc.hint}; {note}" if exc.hint else note
+            raise
         if skipped:
             log.info(
                 "sweep %s of %s: skipped %d points already run: %s",
@@ -463,25 +615,29 @@ class Intake:
             )
             result.skipped[claimed.name] = skipped
 
-    def _points(self, req: Request, template: Template, label: str) -> list[dict[str, Any]]:
-        """The cast arguments of every point; duplicates (after casting) run once."""
-        if not req.sweep:
-            return [resolve_arguments(template.parameters, req.arguments, file=label)]
-        if req.arguments is not None and not isinstance(req.arguments, dict):
-            raise RequestError(
-                "a sweep needs arguments as a mapping (name: value)",
-                file=label,
-                field="arguments",
+    def _check_points(
+        self,
+        template: Template,
+        files_dir: Path,
+        points: list[Point],
+        claimed: Claimed,
+        label: str,
+    ) -> None:
+        """Every point's files and targets, checked as :meth:`_create_run` checks them
+        (each distinct set of files once: a sweep over other parameters checks its files
+        once), so that a bad file of a later point rejects the sweep before any run."""
+        seen: set[tuple[tuple[str, str, str], ...]] = set()
+        for point in points:
+            files = tuple(
+                (name, value.source, value.target)
+                for name, value in point.arguments.items()
+                if isinstance(value, FileArg) and value.source
             )
-        points: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for raw in expand_sweep(req.arguments, req.sweep, file=label):
-            cast = resolve_arguments(template.parameters, raw, file=label)
-            key = point_key(_jsonable(cast))
-            if key not in seen:
-                seen.add(key)
-                points.append(cast)
-        return points
+            if not files or files in seen:
+                continue
+            seen.add(files)
+            for fd in self._check_files(template, files_dir, point, claimed, label).values():
+                os.close(fd)
 
     def _already_done(
         self, req: Request, version: str, points: list[dict[str, Any]], group: str
@@ -509,12 +665,13 @@ class Intake:
         version: str,
         executor: str,
         files_dir: Path,
-        arguments: dict[str, Any],
+        point: Point,
         sweep: dict[str, Any] | None,
     ) -> RunRecord:
         label = claimed.name
         site = self.site
-        sources = self._check_files(template, files_dir, arguments, claimed, label)
+        arguments = point.arguments
+        sources = self._check_files(template, files_dir, point, claimed, label)
         try:
             rendered = self._render(template, arguments, executor)
             run_dir = site.layout.run_dir(req.workflow, run_id)
@@ -604,7 +761,7 @@ class Intake:
         self,
         template: Template,
         files_dir: Path,
-        arguments: dict[str, Any],
+        point: Point,
         claimed: Claimed,
         label: str,
     ) -> dict[str, int]:
@@ -619,11 +776,11 @@ class Intake:
         out: dict[str, int] = {}
         targets: dict[str, str] = {}
         try:
-            for name, value in arguments.items():
+            for name, value in point.arguments.items():
                 if not isinstance(value, FileArg) or not value.source:
                     continue
-                field = f"arguments.{name}"
-                _check_target(template, files_dir, name, value, targets, label)
+                field = point.field(name)  # sweep.<name>[<i>] for a swept file
+                _check_target(template, files_dir, name, value, targets, label, field)
                 fd = open_inside(self.layout.queue, value.source, label=label, field=field)
                 out[name] = fd
                 st = os.fstat(fd)
@@ -647,7 +804,7 @@ class Intake:
     # -- rejection ----------------------------------------------------------------------------
     def reject(self, claimed: Claimed, error: FlowbatchError) -> None:
         rejected = self.layout.rejected
-        rejected.mkdir(parents=True, exist_ok=True)
+        own_folder(rejected)  # one lstat: never a folder or link a participant put there
         name = claimed.name
         dest = rejected / name
         n = 1
@@ -677,13 +834,15 @@ def _check_target(
     value: FileArg,
     targets: dict[str, str],
     label: str,
+    where: str,
 ) -> None:
     """A target the user chose may not overwrite what the template ships or what
     flowbatch writes (``run.json``, ``status/`` markers...); the author's own target
-    (the declared ``target`` or ``defaultValue``) may replace the template's sample."""
+    (the declared ``target`` or ``defaultValue``) may replace the template's sample.
+    ``where`` is the argument's place in the request (``arguments.<name>``)."""
     from .store.templates import RESERVED
 
-    field = f"arguments.{name}.target"
+    field = f"{where}.target"
     parts = Path(value.target).parts
     if parts and parts[0] in RESERVED:
         raise ArgumentError(

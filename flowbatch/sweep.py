@@ -2,17 +2,21 @@
 
 ``sweep: {lr: [0.1, 0.01], layers: [2, 4]}`` beside ``arguments: {epochs: 10}`` makes four
 runs (as BlackDynamite's job space). Identical points (a value listed twice) make one
-run. This module is the pure expansion; intake calls it (see the hook described in
-issue 4's report) and creates one run per point.
+run. :func:`expand_sweep` is the pure expansion; :func:`cast_points` casts every point
+against a template's parameters, as intake does (and ``flowbatch submit`` and
+``flowbatch validate`` before it), naming a bad swept value by its place in the sweep.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
-from .errors import RequestError
+from .errors import ArgumentError, RequestError
+from .spec.model import FileArg, Parameter
+from .spec.params import resolve_arguments
 
 #: a sweep larger than this is refused: it is almost certainly a mistake
 MAX_POINTS = 10_000
@@ -23,9 +27,17 @@ def expand_sweep(
 ) -> list[dict[str, Any]]:
     """The argument mappings of every point, in the order the lists give, without
     duplicates. ``arguments`` are the fixed ones; a name may not be both fixed and swept."""
+    return [point for point, _ in _expand(arguments, sweep, file)]
+
+
+def _expand(
+    arguments: dict[str, Any] | None, sweep: Any, file: str | None
+) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
+    """:func:`expand_sweep`'s points, each with the index of each swept value in its list."""
     fixed = dict(arguments or {})
     if sweep is None:
-        return [fixed]
+        yield fixed, {}
+        return
     axes = _axes(sweep, fixed, file)
     size = 1
     for values in axes.values():
@@ -37,15 +49,93 @@ def expand_sweep(
             field="sweep",
             hint="split it into several requests",
         )
-    points: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for combo in itertools.product(*axes.values()):
-        point = {**fixed, **dict(zip(axes, combo, strict=True))}
+    lists = [list(enumerate(values)) for values in axes.values()]
+    for combo in itertools.product(*lists):
+        point = {**fixed, **{name: value for name, (_, value) in zip(axes, combo, strict=True)}}
         key = point_key(point)
         if key not in seen:  # the same combination is run once
             seen.add(key)
-            points.append(point)
+            yield point, {name: i for name, (i, _) in zip(axes, combo, strict=True)}
+
+
+class Point(NamedTuple):
+    """One point of a request: its cast arguments, and where each swept value stands in
+    the request (``sweep.<name>[<i>]``; a fixed argument is ``arguments.<name>``)."""
+
+    arguments: dict[str, Any]
+    fields: dict[str, str]
+
+    def field(self, name: str) -> str:
+        return self.fields.get(name) or f"arguments.{name}"
+
+
+def cast_points(
+    parameters: list[Parameter],
+    arguments: Any,
+    sweep: Any,
+    *,
+    file: str | None = None,
+) -> list[Point]:
+    """The cast arguments of every point of a request (one point without ``sweep``),
+    as intake makes its runs; points that are the same after casting (``1`` and ``"1"``
+    of an int) are one. A bad swept value is an :class:`ArgumentError` whose field is
+    ``sweep.<name>[<i>]`` and whose reason names the value."""
+    if sweep is None:
+        return [Point(resolve_arguments(parameters, arguments, file=file), {})]
+    if arguments is not None and not isinstance(arguments, dict):
+        raise RequestError(
+            "a sweep needs arguments as a mapping (name: value)", file=file, field="arguments"
+        )
+    known = [p.name for p in parameters]
+    for name in sweep if isinstance(sweep, dict) else ():
+        if name not in known:
+            raise ArgumentError(
+                f"unknown parameter {name!r}",
+                file=file,
+                field=f"sweep.{name}",
+                expected=f"one of: {', '.join(known)}" if known else "no arguments",
+            )
+    points: list[Point] = []
+    seen: set[str] = set()
+    for raw, where in _expand(arguments, sweep, file):
+        fields = {name: f"sweep.{name}[{i}]" for name, i in where.items()}
+        try:
+            cast = resolve_arguments(parameters, raw, file=file)
+        except ArgumentError as exc:
+            raise _at_swept_value(exc, fields, raw) from None
+        key = point_key(_jsonable(cast))
+        if key not in seen:
+            seen.add(key)
+            points.append(Point(cast, fields))
     return points
+
+
+def _at_swept_value(
+    exc: ArgumentError, fields: dict[str, str], raw: dict[str, Any]
+) -> ArgumentError:
+    """An error of a swept value points at the value in ``sweep:`` (``arguments.x``, as
+    the merged point has it, is a field the request does not have) and names it."""
+    for name, place in fields.items():
+        prefix = f"arguments.{name}"
+        rest = (exc.field or "")[len(prefix) :]
+        if (exc.field or "").startswith(prefix) and (not rest or rest[0] in ".["):
+            exc.field = place + rest
+            shown = repr(raw[name])
+            if len(shown) > 200:
+                shown = f"{shown[:200]}... ({len(shown)} characters)"
+            if shown not in exc.reason:
+                exc.reason = f"{exc.reason} (the value {shown})"
+            break
+    return exc
+
+
+def _jsonable(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Cast arguments as run.json keeps them (a file argument as source and target)."""
+    return {
+        name: {"source": v.source, "target": v.target} if isinstance(v, FileArg) else v
+        for name, v in arguments.items()
+    }
 
 
 def _axes(sweep: Any, fixed: dict[str, Any], file: str | None) -> dict[str, list[Any]]:

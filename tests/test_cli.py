@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,55 @@ def test_an_idle_daemon_tick_loads_no_template_engine(tmp_path: Path) -> None:
     assert {"flowbatch.queue", "flowbatch.executors.slurm", "flowbatch.report"} <= modules
     assert not {m for m in modules if m.split(".")[0] == "jinja2"}
     assert "flowbatch.render.native" not in modules
+
+
+def test_reindex_refuses_under_a_running_daemon_and_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reindex deletes index.db: under a running daemon, which goes on writing into the
+    deleted file, the runs' changes would be lost from the new one. It refuses, saying
+    how to stop the daemon, and holds the daemon lock while it runs (no daemon starts)."""
+    from flowbatch import api
+    from flowbatch.daemon import Daemon, lock_holder
+    from flowbatch.site import Site
+
+    root = tmp_path / "site"
+    make_site(root)
+    fb(root, "install", str(EXAMPLES / "helloworld"), "--id", "helloworld")
+    (root / "queue" / "r.yaml").write_text("workflow: helloworld\n")
+    site = Site(root)
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+        daemon.tick()
+        index = (root / "index.db").stat()
+        out = fb(root, "reindex", ok=False)
+        assert "daemon is serving" in out and "stop the daemon first" in out, out
+        assert len(out.strip().splitlines()) == 1
+        assert (root / "index.db").stat().st_ino == index.st_ino  # left alone
+    finally:
+        daemon.stop()
+        site.close()
+    holders = []
+    rebuild = api._reindex
+
+    def watched(site: Site) -> int:
+        holders.append(lock_holder(Site(root)))
+        return rebuild(site)
+
+    monkeypatch.setattr(api, "_reindex", watched)
+    assert "indexed 1 runs" in fb(root, "reindex")
+    (holder,) = holders
+    assert holder is not None and holder["pid"] == os.getpid()
+    assert lock_holder(Site(root)) is None  # released
+
+
+def test_validate_a_huge_time_is_a_field_error_not_a_traceback(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    make_site(root)
+    fb(root, "install", str(EXAMPLES / "helloworld"), "--id", "helloworld")
+    req = tmp_path / "r.yaml"
+    req.write_text("workflow: helloworld\nresources: {time: '" + "9" * 400 + ":00'}\n")
+    out = fb(root, "validate", str(req), ok=False)
+    assert out.startswith("Error: ") and len(out.strip().splitlines()) == 1, out
+    assert "resources" in out and "not a time" in out and "Traceback" not in out

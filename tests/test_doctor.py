@@ -137,3 +137,24 @@ def test_the_local_check_says_how_runs_of_other_users_start(
     found = next(c for c in checks if c["check"] == "executor local")
     assert found["status"] == WARN and "forking the daemon" in found["detail"]
     assert code == 0  # a warning: the site works, more slowly
+
+
+def test_a_queue_participants_could_rearrange_fails(site: Site, tmp_path: Path) -> None:
+    """A queue/ others may write needs the sticky bit (else any participant can replace
+    the daemon's .claimed and rejected, and the daemon refuses to take requests in):
+    doctor fails with the chmod to run; so for a rejected/ that is a link."""
+    queue = site.layout.queue
+    assert _status(_doctor(site.root)[1], "queue/ safety") == [OK]
+    os.chmod(queue, 0o2775)
+    code, checks = _doctor(site.root)
+    (check,) = [c for c in checks if c["check"] == "queue/ safety"]
+    assert code == 1 and check["status"] == FAIL
+    assert f"chmod +t {queue}" in check["detail"] and "group" in check["detail"]
+    os.chmod(queue, 0o3775)
+    code, checks = _doctor(site.root)
+    assert code == 0 and _status(checks, "queue/ safety") == [OK]
+    os.rename(site.layout.rejected, queue / "old")
+    os.symlink(tmp_path, site.layout.rejected)
+    code, checks = _doctor(site.root)
+    (check,) = [c for c in checks if c["check"] == "queue/ safety"]
+    assert code == 1 and check["status"] == FAIL and "symbolic link" in check["detail"]

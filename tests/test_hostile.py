@@ -471,6 +471,20 @@ _rejection(
     reason="out of range",
     field="arguments.sleeptime",
 )
+# a number too large for a float (an OverflowError, not a ValueError, used to escape as an
+# internal error without a field)
+_rejection(
+    "resources-time-400-digits",
+    "workflow: probe\nresources: {time: '" + "9" * 400 + ":00'}\n",
+    reason="not a time",
+    field="resources",
+)
+_rejection(
+    "resources-time-days-400-digits",
+    "workflow: probe\nresources: {time: '" + "9" * 400 + "-00'}\n",
+    reason="not a time",
+    field="resources",
+)
 _rejection(
     "native-loop-count-out-of-range",
     {"workflow": "native", "arguments": {"n": 10**9}},

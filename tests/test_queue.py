@@ -7,10 +7,11 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flowbatch import api
-from flowbatch.queue import Intake, is_request_name
+from flowbatch.queue import Intake, IntakeResult, is_request_name
 
 from .conftest import drop, only_run, run_until_idle
 
@@ -240,3 +241,129 @@ def test_no_free_id_leaves_the_request_in_the_queue(hello_site, monkeypatch) -> 
     assert result.runs == [] and path.is_file()
     monkeypatch.undo()
     assert [r.request for r in Intake(hello_site).run_once().runs] == ["one.yaml"]
+
+
+def test_a_new_queue_is_sticky_and_the_daemons_folders_are_its_own(tmp_path: Path) -> None:
+    """`flowbatch init` (and a daemon's start on a site without one) makes queue/ with the
+    sticky bit: whatever write access participants get there, they cannot rename the
+    daemon's .claimed and rejected away; those are writable by their owner only."""
+    import stat
+
+    from flowbatch.site import Site
+
+    site = Site.init(tmp_path / "site")
+    queue = site.layout.queue.stat()
+    assert queue.st_mode & stat.S_ISVTX, oct(queue.st_mode)
+    for folder in (site.layout.claimed, site.layout.rejected):
+        st = folder.lstat()
+        assert stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o022, oct(st.st_mode)
+        assert st.st_uid == os.geteuid()
+    site.close()
+
+
+def test_a_queue_participants_could_rearrange_takes_nothing_in(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """A daemon refuses to start on a queue others may write without the sticky bit, or
+    whose rejected/.claimed is a link or no folder; a tick that finds one takes nothing
+    in, writes nothing through the link, and says what to run; fixed, it serves again."""
+    from flowbatch.errors import FlowbatchError
+
+    queue = hello_site.layout.queue
+    elsewhere = queue.parent / "elsewhere"
+    elsewhere.mkdir()
+    os.chmod(queue, 0o2775)  # group-writable, no sticky bit (docs/admins.md once said so)
+    with pytest.raises(FlowbatchError, match=r"sticky bit") as info:
+        Intake(hello_site)
+    assert f"chmod +t {queue}" in str(info.value)
+    os.chmod(queue, 0o3775)
+    intake = Intake(hello_site)  # sticky: served
+    bad = drop(hello_site, "bad.yaml", {"workflow": "nope"})
+    os.rename(hello_site.layout.rejected, queue / "old-rejected")
+    os.symlink(elsewhere, hello_site.layout.rejected)  # what a participant put in its place
+    result = intake.run_once()
+    assert result.refused and "symbolic link" in result.refused
+    assert result.rejected == [] and bad.exists() and list(elsewhere.iterdir()) == []
+    os.unlink(hello_site.layout.rejected)
+    hello_site.layout.rejected.write_text("")  # not a folder: the same
+    assert "not a folder" in (intake.run_once().refused or "")
+    assert bad.exists() and list(elsewhere.iterdir()) == []
+    os.unlink(hello_site.layout.rejected)
+    shutil.rmtree(hello_site.layout.claimed)
+    hello_site.layout.claimed.symlink_to(elsewhere)
+    with pytest.raises(FlowbatchError, match=r"\.claimed is a symbolic link"):
+        Intake(hello_site)  # at the start
+    assert "symbolic link" in (intake.run_once().refused or "")
+    os.unlink(hello_site.layout.claimed)
+    os.chmod(queue / "old-rejected", 0o775)
+    os.rename(queue / "old-rejected", hello_site.layout.rejected)
+    with pytest.raises(FlowbatchError, match=r"chmod go-w"):
+        Intake(hello_site)  # writable by its group: refused too
+    os.chmod(hello_site.layout.rejected, 0o755)
+    result = intake.run_once()  # safe again: .claimed is made (the daemon's), bad rejected
+    assert result.refused is None and result.rejected == ["bad.yaml"]
+    assert hello_site.layout.claimed.is_dir() and not hello_site.layout.claimed.is_symlink()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_claimed_folder_named_like_a_request_is_rejected_after_a_restart(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """A folder `d.yaml` claimed by a daemon that stopped before it looked at it is
+    rejected by the next one (moved to rejected/ with its content), not stranded in
+    .claimed/ where its owner cannot reach it."""
+    queue = hello_site.layout.queue
+    (queue / "d.yaml").mkdir()
+    (queue / "d.yaml" / "data.txt").write_text("mine\n")
+    (hello_site.layout.claimed / "somehost").mkdir()  # a host's folder (a once-shared site)
+    assert Intake(hello_site).claim("d.yaml") is not None  # ... and the daemon stops here
+    result = Intake(hello_site).run_once()
+    assert result.rejected == ["d.yaml"]
+    assert "directory" in rejected(hello_site)["d.yaml"]["reason"]
+    assert (hello_site.layout.rejected / "d.yaml" / "data.txt").read_text() == "mine\n"
+    assert [p.name for p in hello_site.layout.claimed.iterdir()] == ["somehost"]
+
+
+def test_a_claimed_file_replaced_before_it_is_read_is_not_read(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """The file intake reads is the one it claimed (inode, device, owner as the claim saw
+    them): one put in its place since is rejected unread, and makes no run."""
+    drop(hello_site, "one.yaml", {"workflow": "helloworld", "name": "as dropped"})
+    intake = Intake(hello_site)
+    claimed = intake.claim("one.yaml")
+    assert claimed is not None
+    swapped = claimed.path.with_name(".swap")
+    swapped.write_text("workflow: helloworld\nname: put in its place\n")
+    os.rename(swapped, claimed.path)
+    result = IntakeResult()
+    intake.process(claimed, result)
+    assert result.runs == [] and result.rejected == ["one.yaml"]
+    assert "replaced after the daemon claimed it" in rejected(hello_site)["one.yaml"]["reason"]
+    assert api.list_runs(hello_site) == []
+
+
+def test_submit_rewrites_every_form_of_a_file_argument(hello_site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """flowServ's `{type: $file, value: {fileId}}` in the mapping form of `arguments`
+    travels like a bare path: submit points it at the copy (it pointed at the user's
+    own folder, and the daemon rejected the request, or took a stale queue/<file>)."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "mine.txt").write_text("Zoe\n")
+    (hello_site.layout.queue / "mine.txt").write_text("stale\n")
+    forms = {
+        "wire": {"type": "$file", "value": {"fileId": "mine.txt"}},
+        "wire-target": {"type": "$file", "value": {"fileId": "mine.txt", "targetPath": "t.txt"}},
+        "mapping": {"source": "mine.txt"},
+        "bare": "mine.txt",
+    }
+    sent = {}
+    for label, value in forms.items():
+        req = user / f"{label}.yaml"
+        req.write_text(yaml.safe_dump({"workflow": "helloworld", "arguments": {"names": value}}))
+        queued = api.submit(hello_site, req)
+        sent[label] = yaml.safe_load((hello_site.layout.queue / queued).read_text())
+        bundle = queued.removesuffix(".yaml") + ".files"
+        names = sent[label]["arguments"]["names"]
+        source = names if isinstance(names, str) else names.get("source") or names["value"]
+        source = source if isinstance(source, str) else source["fileId"]
+        assert source == f"{bundle}/names/mine.txt", (label, names)
+    assert sent["wire-target"]["arguments"]["names"]["value"]["targetPath"] == "t.txt"
+    run_until_idle(hello_site)
+    runs = [api.show_run(hello_site, r["id"]) for r in api.list_runs(hello_site)]
+    assert len(runs) == 4 and all(r["state"] == "SUCCESS" for r in runs), runs
+    assert rejected(hello_site) == {}

@@ -1149,3 +1149,118 @@ def test_the_start_done_again_opens_nothing(public_tmp: Path) -> None:
     assert said == f"it was to run as uid {user.pw_uid}: {run_dir / 'run.sh'}: not readable"
     # the daemon's own user's run: nothing to find
     assert local.LocalExecutor().why_not_started({"uid": 0, "script": "/x/run.sh"}) is None
+
+
+def _as_user(user: pwd.struct_passwd, command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``sh -c COMMAND`` as ``user`` (a participant at the shell), in ``cwd``."""
+    return subprocess.run(
+        ["runuser", "-u", user.pw_name, "--", "sh", "-c", command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def _daemon_once(site_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site_dir), "daemon", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@needs_root
+def test_participants_cannot_replace_the_queue_folders_of_a_root_daemon(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    """A participant who may write queue/ renames rejected/ away and puts a link to a
+    folder of root's in its place, or a .claimed/ of her own (to swap the requests of
+    others after their claim). Without the sticky bit the root daemon refuses to start,
+    saying what to run; with it, the renames fail, and a folder she made where one was
+    missing is refused: nothing is written through her link, nothing claimed into her
+    folder."""
+    alice, bob = _user("fbtest"), _user("fbother")
+    site_dir = public_tmp / "site"
+    site = make_site(site_dir)
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['true']}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    site.close()
+    queue = site.layout.queue
+    os.chown(queue, 0, alice.pw_gid)
+    os.chmod(queue, 0o2775)  # group-writable with setgid, no sticky bit
+    root_only = public_tmp / "root-only"
+    root_only.mkdir(mode=0o700)
+    planted = _as_user(
+        alice,
+        f"mv rejected .old && ln -s {root_only} rejected && "
+        "printf 'workflow: nope\\n' > .evil.tmp && mv .evil.tmp evil.yaml",
+        queue,
+    )
+    assert planted.returncode == 0, planted.stderr  # possible without the sticky bit...
+    out = _daemon_once(site_dir)
+    assert out.returncode != 0  # ... and the daemon does not start on such a queue
+    assert "sticky bit" in out.stderr and f"chmod +t {queue}" in out.stderr, out.stderr
+    assert list(root_only.iterdir()) == [] and (queue / "evil.yaml").exists()
+    # the admin's fix: the sticky bit; alice's link is found and refused in turn
+    assert subprocess.run(["chmod", "+t", str(queue)]).returncode == 0
+    out = _daemon_once(site_dir)
+    assert out.returncode != 0 and "rejected is a symbolic link" in out.stderr, out.stderr
+    assert list(root_only.iterdir()) == [] and (queue / "evil.yaml").exists()
+    os.unlink(queue / "rejected")
+    os.rename(queue / ".old", queue / "rejected")
+    for folder in ("rejected", ".claimed"):  # with the sticky bit, no longer hers to move
+        moved = _as_user(alice, f"mv {folder} mine", queue)
+        assert moved.returncode != 0 and (queue / folder).is_dir(), moved.stderr
+    # an admin's cleanup removed .claimed; alice makes her own before the daemon does
+    os.rmdir(queue / ".claimed")
+    made = _as_user(alice, "mkdir .claimed && chmod 777 .claimed", queue)
+    assert made.returncode == 0, made.stderr
+    request = drop(site, "bob.yaml", {"workflow": "wf"})
+    os.chown(request, bob.pw_uid, bob.pw_gid)
+    out = _daemon_once(site_dir)
+    assert out.returncode != 0 and "belongs to fbtest" in out.stderr, out.stderr
+    assert request.exists() and list((queue / ".claimed").iterdir()) == []
+    os.rename(queue / ".claimed", queue / "alices")  # the admin moves it aside
+    out = _daemon_once(site_dir)
+    assert out.returncode == 0, out.stderr
+    site = Site(site_dir)
+    assert [r["owner"] for r in api.list_runs(site)] == ["fbother"]
+    assert (queue / ".claimed").lstat().st_uid == 0
+    assert sorted(p.name for p in site.layout.rejected.iterdir()) == [
+        "evil.yaml",
+        "evil.yaml.error.yaml",
+    ]
+    assert list(root_only.iterdir()) == []
+    site.close()
+
+
+@needs_root
+def test_a_request_swapped_after_its_claim_runs_as_no_one(public_tmp: Path, tmp_path: Path) -> None:
+    """The claim records the request's owner; the file read later must be the very file
+    whose owner it recorded (inode, device, owner), or no run is made: another user's
+    file swapped in is never run as the first one's."""
+    from flowbatch.queue import Intake, IntakeResult
+
+    alice, bob = _user("fbtest"), _user("fbother")
+    site = make_site(public_tmp / "site")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['true']}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    request = drop(site, "bob.yaml", {"workflow": "wf", "name": "bob's"})
+    os.chown(request, bob.pw_uid, bob.pw_gid)
+    intake = Intake(site)
+    claimed = intake.claim("bob.yaml")
+    assert claimed is not None and claimed.uid == bob.pw_uid
+    # what a participant who could write the claimed folder would do before the read
+    swap = claimed.path.with_name(".swap")
+    swap.write_text("workflow: wf\nname: alice's\n")
+    os.chown(swap, alice.pw_uid, alice.pw_gid)
+    os.rename(swap, claimed.path)
+    result = IntakeResult()
+    intake.process(claimed, result)
+    assert result.runs == [] and result.rejected == ["bob.yaml"]
+    assert api.list_runs(site) == []
+    error = yaml.safe_load((site.layout.rejected / "bob.yaml.error.yaml").read_text())
+    assert "replaced after the daemon claimed it" in error["reason"]
+    site.close()

@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from flowbatch import api
 from flowbatch.lifecycle import Runner
 from flowbatch.queue import Intake
@@ -246,4 +248,30 @@ def test_runs_cancel_on_another_host_is_handed_to_that_host(
     site = Site(root)
     assert site.store.load(run.id).state == State.PENDING  # left to hostA
     assert len(list(site.layout.queue.glob("cancel-*.yaml"))) == 1
+    site.close()
+
+
+def test_reindex_of_a_shared_site_refuses_while_another_host_serves_it(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reindex empties the shared tables for every host: it refuses while the daemon of
+    another host holds its lock (seen here, where locks reach across "hosts")."""
+    from flowbatch.daemon import SiteLock
+    from flowbatch.errors import FlowbatchError
+
+    root = tmp_path / "site"
+    shared_site(root, postgres_url).close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    other = SiteLock(root / "daemon.hostB.lock", "hostB")
+    other.acquire()
+    try:
+        site = Site(root)
+        with pytest.raises(FlowbatchError, match="hostB") as info:
+            api.reindex(site)
+        assert "stop the daemon" in (info.value.hint or "")
+        site.close()
+    finally:
+        other.release()
+    site = Site(root)
+    assert api.reindex(site) == 0
     site.close()

@@ -7,8 +7,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
 
 from flowbatch import api
+from flowbatch.errors import FlowbatchError
 from flowbatch.queue import Intake
 from flowbatch.resume import plan_request
 from flowbatch.site import Site
@@ -137,3 +142,114 @@ def test_a_resubmitted_sweep_skips_only_its_own_groups_points(site: Site, tmp_pa
         3: "missing",
         4: "missing",
     }
+
+
+FILES_TEMPLATE = """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - cp data/in.txt out.txt
+parameters:
+  - {name: x, dtype: int}
+  - {name: data, dtype: file, target: data/in.txt}
+"""
+
+
+def setup_files(site: Site, tmp_path: Path) -> None:
+    write_template(tmp_path / "tf", FILES_TEMPLATE)
+    api.install(site, tmp_path / "tf", workflow_id="wf")
+
+
+def errors(site: Site) -> dict[str, dict[str, Any]]:
+    return {
+        p.name.removesuffix(".error.yaml"): yaml.safe_load(p.read_text())
+        for p in site.layout.rejected.glob("*.error.yaml")
+    }
+
+
+def test_a_sweep_with_a_bad_file_in_a_later_point_makes_no_run(site: Site, tmp_path: Path) -> None:
+    """Every point's files and targets are checked before the first run is made: a
+    rejected sweep leaves no run behind (its point 0 used to be made, and ran)."""
+    setup_files(site, tmp_path)
+    drop(
+        site,
+        "s.yaml",
+        {
+            "workflow": "wf",
+            "arguments": {"x": 1},
+            "sweep": {"data": ["a.txt", "gone.txt", "b.txt"]},
+        },
+        files={"a.txt": "A\n", "b.txt": "B\n"},
+    )
+    result = Intake(site).run_once()
+    assert result.runs == [] and result.rejected == ["s.yaml"]
+    error = errors(site)["s.yaml"]
+    assert error["field"] == "sweep.data[1]" and "'gone.txt' does not exist" in error["reason"]
+    assert api.list_runs(site) == []
+    assert (
+        not site.layout.runs_dir("wf").exists() or list(site.layout.runs_dir("wf").iterdir()) == []
+    )
+
+
+def test_errors_in_swept_values_name_the_value_in_the_sweep(site: Site, tmp_path: Path) -> None:
+    setup(site, tmp_path)
+    drop(site, "cast.yaml", {"workflow": "wf", "sweep": {"x": [1, 2, "two"]}})
+    drop(site, "name.yaml", {"workflow": "wf", "arguments": {"x": 1}, "sweep": {"xx": [1]}})
+    drop(site, "bool.yaml", {"workflow": "wf", "arguments": {"x": 1}, "sweep": {"fail": [True, 7]}})
+    result = Intake(site).run_once()
+    assert result.runs == [] and sorted(result.rejected) == ["bool.yaml", "cast.yaml", "name.yaml"]
+    found = errors(site)
+    assert found["cast.yaml"]["field"] == "sweep.x[2]" and "'two'" in found["cast.yaml"]["reason"]
+    assert found["name.yaml"]["field"] == "sweep.xx"
+    assert "unknown parameter 'xx'" in found["name.yaml"]["reason"]
+    assert found["bool.yaml"]["field"] == "sweep.fail[1]" and "7" in found["bool.yaml"]["reason"]
+
+
+def test_submit_and_validate_check_and_bring_every_point(site: Site, tmp_path: Path) -> None:
+    """`flowbatch submit` and `validate` expand the sweep as intake does: a swept
+    required parameter is fine, a swept file is checked, and submit brings each distinct
+    file once and points the sweep's values at the copies (a stale queue/a.txt is not
+    used)."""
+    setup_files(site, tmp_path)
+    (site.layout.queue / "a.txt").write_text("stale\n")
+    user = tmp_path / "user"
+    (user / "sub").mkdir(parents=True)
+    (user / "a.txt").write_text("A\n")
+    (user / "sub" / "a.txt").write_text("sub A\n")  # the same name, another file
+    request = user / "s.yaml"
+    doc = {
+        "workflow": "wf",
+        "sweep": {"x": [1, 2], "data": ["a.txt", "sub/a.txt", {"source": "a.txt"}]},
+    }
+    request.write_text(yaml.safe_dump(doc))
+    assert "valid for workflow wf" in api.validate(request, site)
+    queued = api.submit(site, request)
+    sent = yaml.safe_load((site.layout.queue / queued).read_text())
+    bundle = queued.removesuffix(".yaml") + ".files"
+    assert sent["sweep"]["data"] == [
+        f"{bundle}/data/a.txt",
+        f"{bundle}/data/2/a.txt",
+        {"source": f"{bundle}/data/a.txt"},
+    ]
+    copies = sorted(
+        str(p.relative_to(site.layout.queue / bundle))
+        for p in (site.layout.queue / bundle).rglob("*")
+        if p.is_file()
+    )
+    assert copies == ["data/2/a.txt", "data/a.txt"]  # each distinct file once
+    run_until_idle(site)
+    runs = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+    assert all(r["state"] == "SUCCESS" for r in runs), [r["messages"] for r in runs]
+    got = sorted(
+        (r["arguments"]["x"], Path(r["run_dir"], "out.txt").read_text().strip()) for r in runs
+    )
+    assert got == [(1, "A"), (1, "sub A"), (2, "A"), (2, "sub A")]
+    # a swept file that is missing: both say where, and nothing is queued
+    (user / "sub" / "a.txt").unlink()
+    for check in (lambda: api.validate(request, site), lambda: api.submit(site, request)):
+        with pytest.raises(FlowbatchError) as info:
+            check()
+        assert info.value.field == "sweep.data[1]" and "'sub/a.txt'" in info.value.reason
+    assert sorted(p.name for p in site.layout.queue.glob("*.yaml")) == []

@@ -43,17 +43,26 @@ class ResourceError(ValueError):
         self.message = message
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error, cut: a request may hold a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def parse_seconds(value: Any) -> float:
     """Seconds from ``'90s'``, ``'30m'``, ``'2h'``, ``'1-12:00:00'``, ``'1:30:00'``, ``'5:00'``.
 
     A bare number is refused: Slurm reads it as minutes and flowbatch's ``timeLimit`` as
     seconds, so either reading would surprise someone."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"not a time {value!r}: write a unit, e.g. '90s' or '30m'")
+        raise ValueError(f"not a time {_short(value)}: write a unit, e.g. '90s' or '30m'")
     text = value.strip()
-    seconds = _unit_time(text) if _UNIT_TIME.match(text) else _slurm_time(text)
+    try:
+        seconds = _unit_time(text) if _UNIT_TIME.match(text) else _slurm_time(text)
+    except (OverflowError, ValueError):  # a number too large for a float, or to read
+        seconds = None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"not a time {value!r} (expected {TIME_EXPECTED})")
+        raise ValueError(f"not a time {_short(value)} (expected {TIME_EXPECTED})")
     return seconds
 
 
@@ -88,21 +97,23 @@ def check_mem(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     m = _MEM.match(value.strip()) if isinstance(value, str) else None
-    if m is None or int(m.group(1)) <= 0:
-        raise ValueError(f"not a memory size {value!r} (expected e.g. 500M, 4G, or megabytes)")
+    if m is None or len(m.group(1)) > 30 or int(m.group(1)) <= 0:  # 30 digits: no memory size
+        raise ValueError(
+            f"not a memory size {_short(value)} (expected e.g. 500M, 4G, or megabytes)"
+        )
     return f"{int(m.group(1))}{(m.group(2) or 'M').upper()}"
 
 
 def check_partition(value: Any) -> str:
     """A partition (or account, qos) name: a word, or a comma list of words."""
     if not isinstance(value, str) or not _PARTITION.match(value):
-        raise ValueError(f"not a Slurm name {value!r} (letters, digits, _ . -, comma lists)")
+        raise ValueError(f"not a Slurm name {_short(value)} (letters, digits, _ . -, comma lists)")
     return value
 
 
 def _count(value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"must be an integer ≥ {minimum}, not {value!r}")
+        raise ValueError(f"must be an integer ≥ {minimum}, not {_short(value)}")
     return value
 
 

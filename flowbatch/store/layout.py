@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -100,8 +102,21 @@ class Layout:
         raise NotFoundError(f"unknown run {run_id!r}", hint="see `flowbatch runs list`")
 
     def ensure(self) -> None:
-        for d in (self.queue, self.rejected, self.claimed, self.templates, self.results):
-            d.mkdir(parents=True, exist_ok=True)
+        """Make the folders that are missing. A new ``queue/`` gets the sticky bit, so
+        whatever write access the admin gives participants there, they can add entries
+        but never rename or remove the daemon's ``.claimed`` and ``rejected`` (see
+        :func:`queue_mode_problem`); those two are writable by their owner only."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.queue.mkdir()
+        except FileExistsError:
+            pass
+        else:
+            os.chmod(self.queue, stat.S_IMODE(self.queue.stat().st_mode) | stat.S_ISVTX)
+        for d in (self.rejected, self.claimed):
+            d.mkdir(mode=0o755, exist_ok=True)
+        for d in (self.templates, self.results):
+            d.mkdir(exist_ok=True)
 
 
 def checked_id(value: str, what: str) -> str:
@@ -112,3 +127,19 @@ def checked_id(value: str, what: str) -> str:
             expected="1-64 letters, digits, '_', '.', '-', not starting with '.' or '-'",
         )
     return value
+
+
+def queue_mode_problem(queue: Path, st: os.stat_result) -> str | None:
+    """Why ``queue/`` (``st``: its stat) lets a participant replace the daemon's folders
+    in it, or None. A folder others may write without the sticky bit lets any of them
+    rename ``queue/.claimed`` or ``queue/rejected`` away and put their own folder, or a
+    link, in its place: the daemon would then write and move files where they chose."""
+    mode = st.st_mode
+    if not mode & 0o022 or mode & stat.S_ISVTX:
+        return None
+    who = " and ".join(w for w, bit in (("its group", 0o020), ("everyone", 0o002)) if mode & bit)
+    return (
+        f"{queue} is writable by {who} (mode {stat.S_IMODE(mode):04o}) without the sticky "
+        "bit: a participant could replace the daemon's folders .claimed and rejected in it; "
+        f"run: chmod +t {queue}"
+    )
