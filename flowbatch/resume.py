@@ -36,9 +36,8 @@ from .accounts import user_name
 from .runs import State
 from .site import Site
 from .spec.model import FileArg
-from .spec.params import resolve_arguments
 from .store.index import RunRow
-from .sweep import expand_sweep, point_key
+from .sweep import cast_points, point_key
 
 SUCCEEDED = "succeeded"
 ACTIVE = "active"
@@ -172,14 +171,9 @@ def plan_request(site: Site, path: Path) -> ResumePlan | None:
     if not isinstance(doc, dict) or not doc.get("sweep"):
         return None
     template, version = site.templates.load(str(doc.get("workflow")), doc.get("version"))
-    points: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for raw in expand_sweep(doc.get("arguments"), doc["sweep"], file=str(path)):
-        cast = resolve_arguments(template.parameters, raw, file=str(path))
-        key = point_key(normal_arguments(cast))
-        if key not in seen:
-            seen.add(key)
-            points.append(cast)
+    # as intake casts them: the same points, the same errors (sweep.<name>[<i>])
+    cast = cast_points(template.parameters, doc.get("arguments"), doc["sweep"], file=str(path))
+    points = [point.arguments for point in cast]
     # the group the runs would count for: the request's, else the submitting user's name
     group = doc.get("group") if isinstance(doc.get("group"), str) else user_name(os.getuid())
     return classify_points(site, str(doc["workflow"]), version, points, group=group)

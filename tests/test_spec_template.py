@@ -132,7 +132,23 @@ def test_time_limit_forms(text: Any, seconds: float) -> None:
     assert parse_template(base(timeLimit=text), file=F).time_limit == seconds
 
 
-@pytest.mark.parametrize("value", [0, -1, True, "soon", "1:75:00", "10x", "", [], float("inf")])
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -1,
+        True,
+        "soon",
+        "1:75:00",
+        "10x",
+        "",
+        [],
+        float("inf"),
+        10**400,
+        pytest.param(10**5000, id="int-of-5000-digits"),
+        pytest.param("1" * 5000 + "-1:00:00", id="days-of-5000-digits"),
+    ],
+)
 def test_time_limit_rejects(value: Any) -> None:
     assert error(base(timeLimit=value)).field == "timeLimit"
 

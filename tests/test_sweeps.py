@@ -253,3 +253,16 @@ def test_submit_and_validate_check_and_bring_every_point(site: Site, tmp_path: P
             check()
         assert info.value.field == "sweep.data[1]" and "'sub/a.txt'" in info.value.reason
     assert sorted(p.name for p in site.layout.queue.glob("*.yaml")) == []
+
+
+def test_submits_preview_names_a_bad_swept_value_as_intake_does(site: Site, tmp_path: Path) -> None:
+    """`flowbatch submit` asks what a resubmission would skip before queueing: a bad value
+    is named by its place in the sweep there too, as the daemon would name it."""
+    from flowbatch.errors import ArgumentError
+
+    setup(site, tmp_path)
+    request = tmp_path / "bad.yaml"
+    request.write_text("workflow: wf\nsweep: {x: [1, two]}\n")
+    with pytest.raises(ArgumentError) as err:
+        plan_request(site, request)
+    assert err.value.field == "sweep.x[1]"

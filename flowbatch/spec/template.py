@@ -242,13 +242,20 @@ def _parse_time_limit(value: Any, *, file: str) -> float | None:
     if value is None:
         return None
     seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = _duration_text(value.strip())
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = _duration_text(value.strip())
+    except (OverflowError, ValueError):  # beyond a float, or digits beyond int()'s limit
+        seconds = None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        try:
+            shown = repr(value)
+        except ValueError:  # an int of more digits than repr() writes
+            shown = "(an integer of more than 4300 digits)"
         raise TemplateError(
-            f"invalid time limit {value!r}",
+            f"invalid time limit {shown if len(shown) <= 40 else shown[:37] + '...'}",
             file=file,
             field="timeLimit",
             expected="a positive number of seconds, or a text such as '90s', '10m', '2h', "
