@@ -412,7 +412,8 @@ def workflows_list(obj: Context, as_json: bool) -> None:
 @main.command()
 @pass_ctx
 def reindex(obj: Context) -> None:
-    """Rebuild the index database from the results tree alone."""
+    """Rebuild the index database from the results tree alone (with no daemon running:
+    it refuses while one serves the site, and holds the site's lock meanwhile)."""
     from . import api
 
     count = api.reindex(obj.site)
