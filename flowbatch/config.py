@@ -228,7 +228,8 @@ DEFAULT_CONFIG_TEXT = """\
 #     modules: []         # `module load` these first
 #     via: local          # or an ssh host name: run sbatch/squeue on that login node
 #     poll: {floor: 2.0, ceiling: 60.0}   # seconds between squeue calls (adaptive)
-#     failures: 5         # failed scheduler commands in a row tolerated
+#     failures: 5         # failed squeue calls in a row tolerated (runs wait)...
+#     unreachable_grace: 5m   # ...and this long, before the runs are given up
 #     max_array_size: 1000
 # ssh:                    # SSH hosts; each name is an executor (`executor: login1`)
 #   login1:

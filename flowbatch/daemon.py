@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from . import api, faults, notify
 from .errors import FlowbatchError, RequestError
-from .executors import build_executors
+from .executors import build_executors, rebuild_executors
 from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .lifecycle import Runner
@@ -233,7 +233,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.unwatch()
-        for executor in self.executors.values():
+        for executor in [*self.executors.values(), *self.runner.retired]:
             executor.close()
         self.lock.release()
 
@@ -480,6 +480,7 @@ class Daemon:
         while not self.stopping:
             if self.reload_requested:
                 self._reload()
+                interval = self.site.config.polling.interval
             self.wakeup.clear()
             try:
                 self.tick()
@@ -532,14 +533,43 @@ class Daemon:
         signal.signal(signal.SIGHUP, reload)
 
     def _reload(self) -> None:
+        """SIGHUP: read ``flowbatch.yaml`` again and apply it. Intake checks requests
+        against the new config, and the executors are rebuilt from it: an executor whose
+        settings did not change is kept as it is (the local one always, with the new
+        concurrency); a changed or removed one keeps serving the runs it has launched
+        until they end, and new runs go to the new one. The index database cannot be
+        switched under a running daemon: a change of ``database`` waits for a restart."""
         self.reload_requested = False
         from .config import load_config
 
         try:
-            self.site.config = load_config(self.site.root)
-            log.info("reloaded %s", self.site.layout.config)
+            config = load_config(self.site.root)
         except FlowbatchError as exc:
             log.error("config not reloaded, keeping the old one: %s", exc.summary())
+            return
+        old = self.site.config
+        if config.database != old.database:
+            log.error(
+                "database: the change takes effect when the daemon is restarted "
+                "(the index is not switched under a running daemon)"
+            )
+            config = config.model_copy(update={"database": old.database})
+        try:
+            executors = rebuild_executors(
+                self.executors, old, config, self.wakeup.set, site_root=self.site.root
+            )
+        except Exception as exc:  # never a daemon left half reconfigured
+            log.exception("config not reloaded, keeping the old one: %s", exc)
+            return
+        self.site.config = config
+        still = self.runner.reconfigure(executors)
+        log.info("reloaded %s", self.site.layout.config)
+        for name in still:
+            log.warning(
+                "executor %s: changed or removed by the reload; its runs already launched "
+                "keep its old settings until they end, new runs get the new ones",
+                name,
+            )
 
 
 class ReportThread:

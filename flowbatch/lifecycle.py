@@ -20,7 +20,7 @@ from typing import Any
 
 from . import fairshare, faults
 from .errors import ExecutorUnavailable, FlowbatchError
-from .executors.base import Executor, Launch, LaunchesMany, Liveness, Probe
+from .executors.base import Executor, Launch, LaunchDeferred, LaunchesMany, Liveness, Probe
 from .render.script import (
     LOGS_DIR,
     SCRIPT_NAME,
@@ -153,7 +153,15 @@ class Runner:
     def __init__(self, site: Site, executors: dict[str, Executor]) -> None:
         self.site = site
         self.store = site.store
+        #: the executors by name, as the site config has them now (dispatch uses these)
         self.executors = executors
+        #: runs still served by an executor object that a config reload replaced or
+        #: removed (:meth:`reconfigure`): run id -> that object, until the run ends (its
+        #: retries too: the job or processes of a lost attempt are ended by that object)
+        self.pinned: dict[str, Executor] = {}
+        #: executor objects a reload replaced or removed that still serve runs (or have
+        #: processes or jobs of lost runs to end: ``tend``)
+        self.retired: list[Executor] = []
         #: every state change of a run held here goes through this class (``_transition``),
         #: which keeps the runs filed by state
         self.active = ActiveRuns()
@@ -174,6 +182,8 @@ class Runner:
             self.before_report_change(run.workflow)
         if not self.store.transition(run, target, **kw):
             return
+        if target not in ACTIVE and self.pinned.pop(run.id, None) is not None:
+            self._prune_retired()
         if target in ACTIVE:
             self.active.refile(run)
         else:
@@ -188,6 +198,53 @@ class Runner:
         runs = self.active.running()
         return runs if executor is None else [r for r in runs if r.executor == executor]
 
+    # -- executors ----------------------------------------------------------------------------
+    def executor_of(self, run: RunRecord) -> Executor | None:
+        """The executor object that serves ``run``: the one it was launched with when a
+        config reload has replaced it since, else the current one of its name."""
+        pinned = self.pinned.get(run.id)
+        return pinned if pinned is not None else self.executors.get(run.executor)
+
+    def reconfigure(self, executors: dict[str, Executor]) -> list[str]:
+        """A config reload: ``executors`` (objects kept where their settings did not
+        change) become the current ones. A replaced or removed object keeps serving
+        the runs it has launched, or whose submission it may have begun (a recorded
+        handle), until they end (their retries too); new runs go to the new object.
+        Returns the names of the replaced or removed executors that keep serving runs."""
+        old = dict(self.executors)
+        kept_busy: list[str] = []
+        for name, executor in old.items():
+            if executors.get(name) is executor:
+                continue
+            mine = [
+                run
+                for run in self.active.values()
+                if run.executor == name
+                and run.id not in self.pinned
+                # launched, its submission perhaps begun (a handle), or a retry (its lost
+                # attempt's processes or job are ended by this object first)
+                and (run.state == State.RUNNING or run.handle or run.attempt > 1)
+            ]
+            for run in mine:
+                self.pinned[run.id] = executor
+            if mine:
+                kept_busy.append(name)
+            if mine or hasattr(executor, "tend"):
+                self.retired.append(executor)
+        self.executors.clear()  # the same dict: the daemon holds it too
+        self.executors.update(executors)
+        self._prune_retired()
+        return kept_busy
+
+    def _prune_retired(self) -> None:
+        """Forget the retired executors that serve no run and have nothing left to end."""
+        serving = {id(executor) for executor in self.pinned.values()}
+        self.retired = [
+            executor
+            for executor in self.retired
+            if id(executor) in serving or getattr(executor, "_abandoned", None)
+        ]
+
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> None:
         """After a start: take over every active run the tree knows."""
@@ -196,7 +253,7 @@ class Runner:
         for run in self.store.sync_active(self.site.host if self.site.shared else None):
             self.active[run.id] = run
             run_dir = self.store.run_dir(run)
-            executor = self.executors.get(run.executor)
+            executor = self.executor_of(run)
             if run.state == State.PENDING and run.executor == "local":
                 markers = read_markers(run_dir)
                 if markers.started is None:
@@ -231,8 +288,7 @@ class Runner:
         running = self.running()  # one pass over the active runs for both lists
         busy = {name: self.reserved(name) for name in self.executors}
         for run in running:
-            if run.executor in busy:
-                busy[run.executor] += 1
+            busy[run.executor] = busy.get(run.executor, 0) + 1
         shares = fairshare.Shares(self.site.config.limits, running)
         pending = self.pending()
         # executors some pending run still waits for: once each of them is full, the rest
@@ -251,13 +307,13 @@ class Runner:
             waiting[run.executor] -= 1
             if run.state != State.PENDING:
                 continue  # started (or failed) with the other runs of its sweep
-            executor = self.executors.get(run.executor)
+            executor = self.executor_of(run)
             if executor is None:
                 self._transition(
                     run, State.ERROR, messages=[f"executor {run.executor!r} is not configured"]
                 )
                 continue
-            if busy[run.executor] >= executor.limit:
+            if busy.setdefault(run.executor, 0) >= executor.limit:
                 continue  # another executor may still have room
             if fairshare.hold(self.store, run, shares):
                 continue  # over its user's or group's cap; others' runs may start
@@ -272,7 +328,8 @@ class Runner:
             except ExecutorUnavailable as exc:
                 # the host or scheduler is away for now: the run waits, with the reason
                 self._wait(run, f"waiting for {run.executor}: {exc.summary()}")
-                busy[run.executor] = executor.limit  # no more tries there this tick
+                if not isinstance(exc, LaunchDeferred):  # only this run has to wait
+                    busy[run.executor] = executor.limit  # no more tries there this tick
                 continue
             except FlowbatchError as exc:
                 self._transition(run, State.ERROR, messages=[exc.summary()])
@@ -296,6 +353,7 @@ class Runner:
             run.workflow,
             run.time_limit,
             uid=run.owner_uid,
+            attempt=run.attempt,
         )
 
     def _launch_sweep(
@@ -312,6 +370,8 @@ class Runner:
                 break
             if run is first or run.executor != first.executor:
                 continue
+            if self.executor_of(run) is not executor:
+                continue  # its launch was begun by an executor a reload has replaced since
             if (run.sweep or {}).get("id") != sweep_id or fairshare.hold(self.store, run, shares):
                 continue
             batch.append(run)
@@ -333,7 +393,8 @@ class Runner:
         for run, result in zip(batch, results, strict=True):
             if isinstance(result, ExecutorUnavailable):
                 self._wait(run, f"waiting for {run.executor}: {result.summary()}")
-                busy[run.executor] = executor.limit  # no more tries there this tick
+                if not isinstance(result, LaunchDeferred):  # only this run has to wait
+                    busy[run.executor] = executor.limit  # no more tries there this tick
             elif isinstance(result, FlowbatchError):
                 self._transition(run, State.ERROR, messages=[result.summary()])
             else:
@@ -355,14 +416,18 @@ class Runner:
         runs; finalize those that ended."""
         finished = 0
         now = datetime.now(UTC)
-        by_executor: dict[str, list[RunRecord]] = {}
+        by_executor: dict[int, list[RunRecord]] = {}  # id of the executor object -> runs
         for run in self.running():
-            by_executor.setdefault(run.executor, []).append(run)
-        for name, executor in self.executors.items():
-            runs = by_executor.get(name)
+            executor = self.executor_of(run)
+            if executor is not None:
+                by_executor.setdefault(id(executor), []).append(run)
+        serving = [*self.executors.items(), *((ex.name, ex) for ex in self.retired)]
+        for name, executor in serving:
+            runs = by_executor.get(id(executor))
             if only is not None and name not in only:
                 continue
-            tend = getattr(executor, "tend", None)  # SSH: the processes of lost runs
+            # SSH, Slurm: end the processes or jobs of runs given up on, if they answer now
+            tend = getattr(executor, "tend", None)
             if tend is not None:
                 tend()
             if not runs:
@@ -431,8 +496,13 @@ class Runner:
 
     # -- cancel -------------------------------------------------------------------------------
     def cancel(self, run: RunRecord, reason: str) -> None:
-        if run.state == State.RUNNING:
-            self._kill(run, self.executors[run.executor], State.CANCELED, reason)
+        """End the run: CANCELED with ``reason``. A RUNNING run's processes or job are
+        ended through its executor, and so is a PENDING run's that has a handle (a
+        scheduler's intent, recorded before a submission whose answer never came: the
+        job may exist, and is cancelled by name)."""
+        executor = self.executor_of(run)
+        if executor is not None and (run.state == State.RUNNING or run.handle):
+            self._kill(run, executor, State.CANCELED, reason)
         else:
             self._transition(run, State.CANCELED, messages=[reason], reason=reason)
 
@@ -441,7 +511,9 @@ class Runner:
         """The script ended: its markers, then the results, decide the final state."""
         faults.point("finalize")
         run_dir = self.store.run_dir(run)
-        executor = self.executors[run.executor]
+        executor = self.executor_of(run)
+        if executor is None:
+            raise FlowbatchError(f"executor {run.executor!r} is not configured")
         if run.handle:
             executor.collect(run.id, run.handle, run_dir)
         markers = read_markers(run_dir)
@@ -483,7 +555,9 @@ class Runner:
         """
         if probe.infra_failure:
             why = probe.infra_failure
-            abandon = getattr(self.executors.get(run.executor), "abandon", None)
+            # its processes or job may still be going: ended once they can be (SSH: the
+            # host answers; Slurm: scancel, before the run is submitted again)
+            abandon = getattr(self.executor_of(run), "abandon", None)
             if abandon is not None and run.handle:
                 abandon(run.handle, f"run {run.id} lost: {why}")  # it may still be going
         else:
@@ -518,7 +592,7 @@ class Runner:
     def _why_not_started(self, run: RunRecord) -> str | None:
         """The executor's own account of a start that failed, where it can give one (an
         optional executor method: the local executor's, for runs of other users)."""
-        explain = getattr(self.executors.get(run.executor), "why_not_started", None)
+        explain = getattr(self.executor_of(run), "why_not_started", None)
         if explain is None:
             return None
         try:

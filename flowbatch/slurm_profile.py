@@ -76,8 +76,15 @@ class SlurmProfile(_Strict):
     failures: int = Field(
         default=5,
         ge=0,
-        description="Consecutive failed scheduler commands tolerated before the runs get "
-        "the error.",
+        description="Failed squeue calls in a row tolerated (the runs' state is unknown "
+        "meanwhile) before unreachable_grace may end them.",
+    )
+    unreachable_grace: float = Field(
+        default=300.0,
+        description="How long squeue may keep failing (slurmctld down or restarting, the "
+        "submit host unreachable) before the profile's running runs are given up: ERROR "
+        "(or retried, with retries) and their jobs cancelled once Slurm answers again. "
+        "Seconds, or '90s', '10m'.",
     )
     max_jobs: int = Field(default=1000, ge=1, description="Jobs in the queue at once.")
     max_array_size: int = Field(default=1000, ge=1, description="Slurm's MaxArraySize.")
@@ -85,6 +92,13 @@ class SlurmProfile(_Strict):
         default=None, ge=1, description="Array tasks running at once (sbatch --array=...%N)."
     )
     timeout: float = Field(default=60.0, gt=0, description="Seconds a Slurm command may take.")
+
+    @field_validator("unreachable_grace", mode="before")
+    @classmethod
+    def _grace(cls, value: Any) -> float | None:
+        from .config import parse_duration  # late: config imports this module
+
+        return parse_duration(value)
 
     @field_validator("time", mode="before")
     @classmethod

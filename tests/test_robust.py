@@ -750,6 +750,38 @@ def test_sighup_reloads_config_and_keeps_the_old_one_when_invalid(
         proc.wait(timeout=10)
 
 
+def test_sighup_applies_the_new_concurrency_to_the_running_daemon(
+    site: Site, tmp_path: Path
+) -> None:
+    """The reload rebuilds the executors from the new config: after raising the local
+    concurrency from 1 to 3, three runs run at once (the one already running is kept)."""
+    site.layout.config.write_text("local: {concurrency: 1}\npolling: {interval: 0.2, settle: 0}\n")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: [sleep 4]}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    for i in range(3):
+        drop(site, f"r{i}.yaml", {"workflow": "wf", "name": f"r{i}"})
+    log = tmp_path / "d.log"
+    proc = start_daemon(site.root, log=log)
+
+    def running() -> int:
+        return sum(1 for r in api.list_runs(site) if r["state"] == "RUNNING")
+
+    try:
+        assert wait_for(lambda: running() == 1 and len(api.list_runs(site)) == 3)
+        time.sleep(0.5)
+        assert running() == 1  # the concurrency the daemon started with
+        site.layout.config.write_text(
+            "local: {concurrency: 3}\npolling: {interval: 0.2, settle: 0}\n"
+        )
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reloaded" in log.read_text(), timeout=10)
+        assert wait_for(lambda: running() == 3, timeout=3), api.list_runs(site)
+        assert wait_for(lambda: all(r["state"] == "SUCCESS" for r in api.list_runs(site)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_reindex_ignores_a_run_folder_intake_never_finished(hello_site: Site) -> None:
     drop(hello_site, "a.yaml", {"workflow": "helloworld"})
     run_until_idle(hello_site)

@@ -25,9 +25,9 @@ from flowbatch.executors.slurm import SlurmExecutor
 from flowbatch.site import Site
 
 from .conftest import drop, make_site, only_run, run_until_idle, write_template
-from .fixtures_slurm import slurm_config
+from .fixtures_slurm import TEST_POLL, slurm_config
 from .services.slurm import SlurmCluster
-from .test_robust import _user, needs_root
+from .test_robust import _user, needs_root, start_daemon, wait_for
 
 
 def test_helloworld_on_slurm(slurm_site: Site) -> None:
@@ -175,6 +175,224 @@ def test_crash_between_submission_and_record(tmp_path: Path, slurm_cluster: Slur
         ["squeue", "-h", "-t", "all", "--name", name, "-o", "%i"], capture_output=True, text=True
     ).stdout.split()
     assert jobs == [run["handle"]["job_id"]]  # one job: not submitted twice
+
+
+def jobs_named(name: str) -> dict[str, str]:
+    """Job id -> state of the cluster's jobs of that name (any state)."""
+    out = subprocess.run(
+        [REAL["squeue"], "-h", "-t", "all", "--name", name, "-o", "%i %T"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return dict(zip(out[::2], out[1::2], strict=True))
+
+
+def test_a_cancel_of_a_run_whose_submission_was_never_recorded_cancels_its_job(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """The daemon is SIGKILLed right after sbatch, before the job id is recorded; the
+    run's owner cancels it before the next daemon's first tick. The run is PENDING with
+    only its intent (the job name), and its job is queued or running: the cancel sends
+    scancel by that name, so the job does not run on unwatched for a CANCELED run."""
+    site = sleep_site(tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 120}})
+    env = {**os.environ, "FLOWBATCH_CRASH_AT": "launched:1"}
+    crashed = subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    run = site.store.load(api.list_runs(site)[0]["id"])
+    assert run.state.value == "PENDING" and run.handle and run.handle["submitting"] is True
+    name = run.handle["job_name"]
+    try:
+        assert list(jobs_named(name).values()) in (["PENDING"], ["RUNNING"])
+        api.request_cancel(site, run.id, "not needed")
+        daemon = Daemon(site)
+        daemon.start()
+        try:
+            daemon.tick()  # the cancel is applied before anything is dispatched
+        finally:
+            daemon.stop()
+        shown = api.show_run(site, run.id)
+        assert shown["state"] == "CANCELED" and shown["messages"] == ["not needed"]
+        deadline = time.monotonic() + 20
+        while set(jobs_named(name).values()) - {"CANCELLED"}:
+            assert time.monotonic() < deadline, jobs_named(name)
+            time.sleep(0.2)
+        assert len(jobs_named(name)) == 1  # and nothing submitted again
+    finally:
+        subprocess.run([REAL["scancel"], "--name", name], check=False, capture_output=True)
+
+
+OUTAGE_SHIM = """#!/bin/bash
+printf '%s %s\\n' "$(basename "$0")" "$*" >> {log}
+if [ -e {flag} ]; then
+  echo "$(basename "$0"): error: Unable to contact slurm controller (connect failure)" >&2
+  exit 1
+fi
+exec {real} "$@"
+"""
+
+#: the first attempt runs long (it is still running when the controller is back), a retry
+#: (its run folder has attempts/) is short
+OUTAGE_TEMPLATE = """
+workflow:
+  steps:
+    - name: work
+      action:
+        commands:
+          - if [ -d attempts ]; then sleep 1; else sleep 120; fi
+"""
+
+#: the real Slurm commands, for the tests' own looks at the cluster (not through a shim)
+REAL = {c: shutil.which(c) or c for c in ("sbatch", "squeue", "scancel", "sacct")}
+
+
+def test_a_controller_outage_is_waited_out_and_a_long_one_cancels_the_jobs(
+    tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Slurm commands fail as they do while slurmctld is down or restarting. A short
+    outage changes nothing: the runs' state is unknown, asked again. One longer than the
+    profile's unreachable_grace gives the runs up: ERROR, or retried with `retries`;
+    their jobs, still running, are cancelled once Slurm answers, and the retry is
+    submitted only after its earlier job has ended: never two jobs of one run at once."""
+    log, flag = tmp_path / "commands.log", tmp_path / "ctld-down"
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    for command, real in REAL.items():
+        (shim / command).write_text(OUTAGE_SHIM.format(log=log, flag=flag, real=real))
+        (shim / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    site = make_site(tmp_path / "site", slurm_config(failures=1, unreachable_grace="3s"))
+    write_template(tmp_path / "tpl", OUTAGE_TEMPLATE)
+    api.install(site, tmp_path / "tpl", workflow_id="w")
+    drop(site, "lost.yaml", {"workflow": "w", "name": "lost"})
+    drop(site, "retried.yaml", {"workflow": "w", "name": "retried", "retries": 1})
+    daemon = Daemon(site)
+    daemon.start()
+    jobs: dict[str, str] = {}
+
+    def slurm_state(name: str) -> str:
+        out = subprocess.run(
+            [REAL["squeue"], "-h", "-t", "all", "-j", jobs[name], "-o", "%T"],
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
+    def ticks(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            daemon.tick()
+            time.sleep(0.05)
+
+    try:
+
+        def started() -> bool:
+            runs = runs_by_name(site).values()
+            return len(runs) == 2 and all(
+                str((r.get("handle") or {}).get("status")) == "RUNNING" for r in runs
+            )
+
+        tick_until(daemon, started)
+        jobs = {name: run["handle"]["job_id"] for name, run in runs_by_name(site).items()}
+        # a short outage (more failed polls than `failures`, shorter than the grace)
+        flag.touch()
+        ticks(1.5)
+        assert {r["state"] for r in runs_by_name(site).values()} == {"RUNNING"}
+        flag.unlink()
+        ticks(0.5)
+        assert {r["state"] for r in runs_by_name(site).values()} == {"RUNNING"}
+        # a long one: the runs are given up, their jobs go on
+        flag.touch()
+        tick_until(
+            daemon,
+            lambda: (
+                runs_by_name(site)["lost"]["state"] == "ERROR"
+                and runs_by_name(site)["retried"]["state"] == "PENDING"
+            ),
+            timeout=20,
+        )
+        lost, retried = runs_by_name(site)["lost"], runs_by_name(site)["retried"]
+        (message,) = lost["messages"]
+        assert message.startswith("lost: Slurm did not answer for "), message
+        assert "Unable to contact slurm controller" in message
+        assert f"its job {jobs['lost']} is cancelled once Slurm answers" in message
+        ticks(0.5)
+        retried = runs_by_name(site)["retried"]
+        assert retried["state"] == "PENDING"
+        assert f"the Slurm job {jobs['retried']} of an earlier attempt" in retried["waiting"]
+        assert {slurm_state("lost"), slurm_state("retried")} == {"RUNNING"}
+        assert logged(log, "sbatch") == 2  # nothing submitted beside the running jobs
+        # Slurm answers again
+        flag.unlink()
+        tick_until(daemon, lambda: runs_by_name(site)["retried"]["state"] == "SUCCESS", 60)
+        assert runs_by_name(site)["lost"]["state"] == "ERROR"
+        assert slurm_state("lost") == "CANCELLED"
+        assert slurm_state("retried") == "CANCELLED"
+        lines = [line for line in log.read_text().splitlines() if not line.startswith("sacct")]
+        cancel = lines.index(f"scancel {jobs['retried']}")
+        resubmit = max(i for i, line in enumerate(lines) if line.startswith("sbatch"))
+        # between the cancel and the new submission: squeue saw the earlier job ended
+        assert cancel < resubmit
+        assert any(f"-j {jobs['retried']} " in line for line in lines[cancel:resubmit])
+        assert logged(log, "sbatch") == 3
+        assert not any((site.root / "slurm-abandoned" / "default").iterdir())
+    finally:
+        flag.unlink(missing_ok=True)
+        subprocess.run([REAL["scancel"], *jobs.values()], check=False, capture_output=True)
+        daemon.stop()
+        site.close()
+
+
+def test_sighup_applies_slurm_profiles_to_the_running_daemon(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A daemon process reloads flowbatch.yaml on SIGHUP, executors included: a profile
+    added by the reload takes runs at once; a changed profile's job submitted before is
+    watched to its end, and new runs get the new settings."""
+    site = sleep_site(tmp_path)
+    drop(site, "before.yaml", {"workflow": "sleep", "name": "before", "arguments": {"seconds": 3}})
+    log = tmp_path / "d.log"
+    proc = start_daemon(site.root, log=log)
+    try:
+        assert wait_for(lambda: runs_by_name(site).get("before", {}).get("state") == "RUNNING")
+        config = slurm_config(time="10m")
+        config["slurm"]["gpu"] = {"partition": "debug", "poll": TEST_POLL, "time": "20m"}
+        site.layout.config.write_text(
+            yaml.safe_dump({"polling": {"interval": 0.2, "settle": 0.0}, **config})
+        )
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reloaded" in log.read_text(), timeout=10)
+        drop(site, "after.yaml", {"workflow": "sleep", "name": "after"})
+        drop(site, "gpu.yaml", {"workflow": "sleep", "name": "gpu", "executor": "slurm:gpu"})
+
+        def done() -> bool:
+            runs = runs_by_name(site)
+            return len(runs) == 3 and all(
+                r["state"] not in ("PENDING", "RUNNING") for r in runs.values()
+            )
+
+        assert wait_for(done, timeout=60), log.read_text()
+        runs = runs_by_name(site)
+        assert {n: r["state"] for n, r in runs.items()} == dict.fromkeys(runs, "SUCCESS"), {
+            n: r["messages"] for n, r in runs.items()
+        }
+        assert runs["gpu"]["executor"] == "slurm:gpu"
+
+        def batch(name: str) -> str:
+            return (Path(runs[name]["run_dir"]) / "sbatch.sh").read_text()
+
+        assert "--time" not in batch("before")
+        assert "#SBATCH --time=0-00:10:00" in batch("after")
+        assert "#SBATCH --time=0-00:20:00" in batch("gpu")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        site.close()
 
 
 # -- states and cancel -----------------------------------------------------------------------

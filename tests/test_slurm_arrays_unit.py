@@ -245,7 +245,8 @@ def test_an_unreachable_submit_host_makes_the_launch_wait(tmp_path: Path) -> Non
     ex = SlurmExecutor("slurm", "default", prof, site_name="s", runner=Down(), clock=Clock())
     with pytest.raises(ExecutorUnavailable, match="connection refused"):
         ex.launch(Launch("r", tmp_path, "run.sh"))
-    assert ex.poll([("a", {"job_id": "1"})]) == {}  # a failed squeue, tolerated
+    probes = ex.poll([("a", {"job_id": "1"})])  # a failed squeue: unknown, asked again
+    assert probes["a"].liveness == Liveness.UNKNOWN and "connection refused" in probes["a"].raw
 
 
 def test_an_array_is_submitted_by_its_runs_user_who_makes_their_logs(tmp_path: Path) -> None:

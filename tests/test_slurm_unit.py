@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
+from flowbatch import api
 from flowbatch.config import load_config
-from flowbatch.errors import ConfigError, TemplateError
+from flowbatch.daemon import Daemon, cancel_run
+from flowbatch.errors import ConfigError, ExecutorError, ExecutorUnavailable, TemplateError
 from flowbatch.executors import executor_names
 from flowbatch.executors.base import Launch, Liveness
 from flowbatch.executors.commands import CommandResult
@@ -24,9 +28,13 @@ from flowbatch.executors.slurm_script import (
     slurm_time,
 )
 from flowbatch.executors.slurm_states import parse_sacct, parse_squeue, probe_for
+from flowbatch.executors.ssh_pool import HostUnreachable
+from flowbatch.runs import State
 from flowbatch.slurm_profile import SlurmProfile
 from flowbatch.spec.resources import check_mem, parse_seconds
 from flowbatch.spec.template import parse_template
+
+from .conftest import drop, make_site, write_template
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "sbatch-default.sh"
 
@@ -200,6 +208,7 @@ class Scripted:
     lines: list[str] = field(default_factory=list)  # the Slurm command of each line
     prefixes: list[str] = field(default_factory=list)  # what ran before it in the line
     uids: list[int | None] = field(default_factory=list)
+    inputs: list[str | None] = field(default_factory=list)  # what each line was fed
     where: str = "test"
 
     def run(
@@ -214,6 +223,7 @@ class Scripted:
         self.lines.append(command)
         self.prefixes.append(before)
         self.uids.append(uid)
+        self.inputs.append(input)
         queue = self.answers[command.split()[0]]
         return queue.pop(0) if len(queue) > 1 else queue[0]
 
@@ -255,18 +265,49 @@ def test_adaptive_interval_backs_off_and_resets() -> None:
     assert ex._interval == 1
 
 
-def test_failing_squeue_is_tolerated_then_reported() -> None:
+def test_failing_squeue_is_unknown_until_the_grace_then_an_infrastructure_failure() -> None:
+    """A controller that does not answer says nothing about the jobs: UNKNOWN (asked
+    again), and only once more than `failures` calls in a row failed for longer than
+    `unreachable_grace` are the runs given up; a poll that answers starts over."""
     bad = CommandResult(1, "", "slurm_load_jobs error: Unable to contact slurm controller")
-    runner = Scripted({"squeue": [bad]})
+    good = ok("1|RUNNING|None|n|0|\n2|PENDING|Priority|n|0|\n")
+    runner = Scripted({"squeue": [bad, bad, bad, good, bad, bad, bad, bad, bad]})
     clock = Clock()
-    ex = executor(runner, clock, failures=2)
-    for _ in range(2):
-        assert ex.poll(HANDLES) == {}
+    ex = executor(runner, clock, failures=2, unreachable_grace="30s")
+
+    def poll() -> set[Liveness]:
+        probes = ex.poll(HANDLES)
         clock.now += 10
-    probes = ex.poll(HANDLES)
+        return {p.liveness for p in probes.values()}
+
+    assert [poll() for _ in range(3)] == [{Liveness.UNKNOWN}] * 3  # 3 failures, 20 s
+    assert poll() == {Liveness.ALIVE}  # it answered: the count and the time start over
+    assert [poll() for _ in range(4)] == [{Liveness.UNKNOWN}] * 4  # 4 failures, but 30 s
+    probes = ex.poll(HANDLES)  # 5 failures over 40 s
     assert {p.liveness for p in probes.values()} == {Liveness.GONE}
-    assert "squeue failed 3 times in a row" in probes["a"].raw
-    assert "Unable to contact slurm controller" in probes["a"].raw
+    why = probes["a"].infra_failure or ""  # retried (after its job is cancelled) or ERROR
+    assert why.startswith("Slurm did not answer for 40 s (squeue failed 5 times in a row")
+    assert "Unable to contact slurm controller" in why and "unreachable_grace 30 s" in why
+    assert why.endswith("its job 1 is cancelled once Slurm answers")
+
+
+def test_a_job_submitted_while_squeue_fails_gets_the_whole_grace(tmp_path: Path) -> None:
+    """Only an answering squeue ends a streak of failures (a submission does not), but a
+    job submitted during one is given up only a whole grace after its submission."""
+    bad = CommandResult(1, "", f"slurm_load_jobs error: {UNREACHABLE}")
+    runner = Scripted({"squeue": [bad], "sbatch": [ok("5\n")]})
+    clock = Clock()
+    ex = executor(runner, clock, failures=0, unreachable_grace=30)
+    handles = [("old", {"job_id": "1"}), ("new", {"job_id": "5"})]
+    assert ex.poll(handles[:1])["old"].liveness == Liveness.UNKNOWN  # the streak begins
+    clock.now += 20
+    assert ex.launch(Launch("new", tmp_path, "run.sh"))["job_id"] == "5"
+    clock.now += 20
+    probes = ex.poll(handles)
+    assert probes["old"].liveness == Liveness.GONE and probes["old"].infra_failure
+    assert probes["new"].liveness == Liveness.UNKNOWN
+    clock.now += 15
+    assert ex.poll(handles[1:])["new"].liveness == Liveness.GONE
 
 
 def test_jobs_gone_from_squeue_ask_sacct_once_per_poll() -> None:
@@ -310,6 +351,247 @@ def test_launch_adopts_a_job_found_by_name(tmp_path: Path) -> None:
     assert not any(line.startswith("sbatch") for line in runner.lines)
     fresh = ex.launch(Launch("r2", tmp_path, "run.sh"))  # no earlier intent: submit
     assert fresh["job_id"] == "99" and runner.lines[-1].startswith("sbatch --parsable")
+
+
+UNREACHABLE = "Unable to contact slurm controller (connect failure)"
+
+
+def test_an_abandoned_job_is_cancelled_and_must_end_before_its_run_is_submitted_again(
+    tmp_path: Path,
+) -> None:
+    """A run given up on while Slurm did not answer (or retried after a node failure)
+    hands its job over: scancel once Slurm answers, noted in the site folder so that a
+    restarted daemon does it too, and the run is submitted again only once that job has
+    ended. Other runs are not held up."""
+    from flowbatch.executors.base import LaunchDeferred
+
+    down = CommandResult(1, "", f"scancel: error: Kill job error on job id 7: {UNREACHABLE}")
+    runner = Scripted({"scancel": [down], "sbatch": [ok("8\n")]})
+    clock = Clock()
+    prof = SlurmProfile.model_validate({"poll": {"floor": 1, "ceiling": 4}})
+
+    def slurm() -> SlurmExecutor:
+        return SlurmExecutor(
+            "slurm", "default", prof, site_name="s", site_root=tmp_path, runner=runner, clock=clock
+        )
+
+    ex = slurm()
+    run_dir = tmp_path / "r1"
+    ex.abandon({"job_id": "7", "job_name": "fb-s-r1", "run_dir": str(run_dir)}, "lost")
+    noted = tmp_path / "slurm-abandoned" / "default" / "7.json"
+    assert noted.is_file()
+    ex.tend()  # Slurm does not answer: kept
+    assert runner.lines == ["scancel 7"]
+    with pytest.raises(ExecutorUnavailable, match="must be cancelled first") as waits:
+        ex.launch(Launch("r1", run_dir, "run.sh", attempt=2))
+    assert not isinstance(waits.value, LaunchDeferred)  # the executor is away
+    assert runner.lines == ["scancel 7"]  # not asked again before the interval has passed
+    clock.now += 10
+    with pytest.raises(ExecutorUnavailable, match="must be cancelled first"):
+        ex.launch(Launch("r1", run_dir, "run.sh", attempt=2))
+    other = ex.launch(Launch("r2", tmp_path / "r2", "run.sh"))  # another run goes on
+    assert other["job_id"] == "8"
+    assert [line.split()[0] for line in runner.lines] == ["scancel", "scancel", "sbatch"]
+
+    # the daemon restarts; Slurm answers: cancelled, but the job is still ending
+    runner.lines.clear()
+    runner.answers["scancel"] = [ok("")]
+    runner.answers["squeue"] = [ok("7|COMPLETING|None|fb-s-r1|0|\n")]
+    again = slurm()
+    retry = Launch("r1", run_dir, "run.sh", attempt=2)
+    with pytest.raises(LaunchDeferred, match="has not ended yet"):
+        again.launch(retry)
+    assert json.loads(noted.read_text())["cancelled"] is True
+    runner.answers["squeue"] = [ok("7|CANCELLED|None|fb-s-r1|15|\n")]
+    clock.now += 10
+    handle = again.launch(retry)
+    assert handle["job_id"] == "8" and not noted.exists()
+    assert handle["job_name"] == "fb-s-r1.2"  # never taken for the earlier attempt's job
+    assert [line.split()[0] for line in runner.lines] == ["scancel", "squeue", "squeue", "sbatch"]
+
+
+def test_a_cancel_slurm_does_not_take_is_sent_again_once_it_answers(tmp_path: Path) -> None:
+    down = CommandResult(1, "", f"scancel: error: {UNREACHABLE}")
+    runner = Scripted({"scancel": [down, ok("")], "squeue": [ok("")]})
+    clock = Clock()
+    ex = executor(runner, clock)
+    ex.cancel({"job_name": "fb-s-r1", "submitting": True}, "not needed")  # an intent only
+    assert runner.lines == ["scancel --name fb-s-r1"]
+    clock.now += 10
+    ex.tend()
+    assert runner.lines == ["scancel --name fb-s-r1"] * 2
+    clock.now += 10
+    ex.tend()  # done: nothing left to send
+    assert len(runner.lines) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "waits"),
+    [
+        (CommandResult(1, "", f"sbatch: error: Batch job submission failed: {UNREACHABLE}"), True),
+        (CommandResult(124, "", "timed out after 60.0 s"), True),
+        (CommandResult(1, "", "sbatch: error: invalid partition specified: nope"), False),
+    ],
+)
+def test_a_submission_slurm_does_not_answer_waits(
+    tmp_path: Path, answer: CommandResult, waits: bool
+) -> None:
+    """Not answered (or not in time) is not refused: the run waits, and its recorded
+    intent finds the job by name should it have been submitted after all."""
+    ex = executor(Scripted({"sbatch": [answer]}), Clock())
+    with pytest.raises(ExecutorError) as err:
+        ex.launch(Launch("r1", tmp_path, "run.sh"))
+    assert isinstance(err.value, ExecutorUnavailable) is waits
+    assert ("Slurm does not answer" in err.value.reason) is waits
+
+
+# -- the runner with a scripted Slurm ---------------------------------------------------------
+
+WORKFLOW = "workflow:\n  steps:\n    - name: s\n      action: {commands: ['true']}\n"
+
+
+def slurm_daemon(tmp_path: Path, config: dict[str, object] | None = None) -> Daemon:
+    site = make_site(tmp_path / "site", {"executor": "slurm", **(config or {})})
+    api.install(site, write_template(tmp_path / "tpl", WORKFLOW), workflow_id="wf")
+    daemon = Daemon(site)
+    daemon.start()
+    return daemon
+
+
+class DropsSbatch(Scripted):
+    """sbatch reaches slurmctld, but its answer is lost (the submit host's link drops)."""
+
+    def run(self, command: str, **kw: object) -> CommandResult:
+        if "sbatch" in command:
+            self.lines.append("sbatch")
+            raise HostUnreachable("ssh host login1: connection reset while sbatch ran")
+        return super().run(command, **kw)  # type: ignore[arg-type]
+
+
+def test_cancelling_a_pending_run_whose_submission_went_unanswered_cancels_its_job(
+    tmp_path: Path,
+) -> None:
+    """The run waits PENDING with only its intent (the job name) recorded, and its job
+    may exist: a cancel sends scancel by that name, it does not just mark the run."""
+    daemon = slurm_daemon(tmp_path)
+    runner = DropsSbatch({"scancel": [ok("")]})
+    slurm = daemon.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    slurm._runner = runner
+    try:
+        drop(daemon.site, "r.yaml", {"workflow": "wf"})
+        daemon.tick()
+        (run,) = daemon.runner.active.values()
+        assert run.state.value == "PENDING" and run.handle and run.handle["submitting"]
+        assert "connection reset" in (run.waiting or "")
+        cancel_run(daemon.site, daemon.runner, run.id, 0, "not needed")
+        assert run.state.value == "CANCELED" and run.messages == ["not needed"]
+        assert runner.lines == ["sbatch", f"scancel --name {run.handle['job_name']}"]
+    finally:
+        daemon.stop()
+        daemon.site.close()
+
+
+def test_a_reload_keeps_unchanged_executors_and_the_old_one_for_its_running_runs(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP's reload: the local executor is kept with the new concurrency, an
+    unchanged Slurm profile keeps its object, a new profile is usable at once, and a
+    changed profile's running job is still watched by the object that submitted it
+    (its submit host, its failures) until it ends, while new runs go to the new one."""
+    poll = {"floor": 0, "ceiling": 0.01}
+    config: dict[str, object] = {
+        "local": {"concurrency": 1},
+        "slurm": {"default": {"poll": poll}, "other": {"poll": poll}},
+    }
+    daemon = slurm_daemon(tmp_path, config)
+    old = daemon.executors["slurm"]
+    local, other = daemon.executors["local"], daemon.executors["slurm:other"]
+    assert isinstance(old, SlurmExecutor)
+    first = Scripted({"sbatch": [ok("41\n")], "squeue": [ok("41|RUNNING|None|x|0|\n")]})
+    old._runner = first
+    try:
+        drop(daemon.site, "a.yaml", {"workflow": "wf", "name": "a"})
+        daemon.tick()
+        (a,) = daemon.runner.running()
+        changed = {
+            "polling": {"interval": 0.2, "settle": 0.0},
+            "local": {"concurrency": 3},
+            "slurm": {
+                "default": {"poll": poll, "partition": "big"},
+                "other": {"poll": poll},
+                "gpu": {"poll": poll, "gpus": 1},
+            },
+        }
+        daemon.site.layout.config.write_text(yaml.safe_dump({"executor": "slurm", **changed}))
+        daemon._reload()
+        new = daemon.executors["slurm"]
+        assert new is not old and isinstance(new, SlurmExecutor)
+        assert new.profile.partition == "big"
+        assert daemon.executors["local"] is local and local.limit == 3
+        assert daemon.executors["slurm:other"] is other
+        assert daemon.runner.executor_of(a) is old and daemon.runner.retired == [old]
+        second = Scripted({"sbatch": [ok("42\n")], "squeue": [ok("42|RUNNING|None|x|0|\n")]})
+        new._runner = second
+        gpu = daemon.executors["slurm:gpu"]
+        assert isinstance(gpu, SlurmExecutor)
+        gpu._runner = Scripted({"sbatch": [ok("43\n")], "squeue": [ok("43|RUNNING|None|x|0|\n")]})
+        drop(daemon.site, "b.yaml", {"workflow": "wf", "name": "b"})
+        drop(daemon.site, "g.yaml", {"workflow": "wf", "name": "g", "executor": "slurm:gpu"})
+        daemon.tick()
+        running = {r.name: r for r in daemon.runner.running()}
+        assert set(running) == {"a", "b", "g"}, [r.messages for r in daemon.runner.active.values()]
+        assert running["b"].handle and running["b"].handle["job_id"] == "42"
+        assert running["g"].handle and running["g"].handle["job_id"] == "43"
+        assert "--partition=big" in (second.inputs[0] or "")  # b's batch script
+        assert [line.split()[0] for line in second.lines] == ["sbatch", "squeue"]
+        assert "-j 41 " in first.lines[-1]  # a's job: still asked through its own object
+        # a's job ends: the old object is let go
+        first.answers["squeue"] = [ok("41|CANCELLED|None|x|15|\n")]
+        daemon.tick()
+        assert a.state.value == "CANCELED" and a.id not in daemon.runner.pinned
+        assert daemon.runner.retired == []
+    finally:
+        for run in list(daemon.runner.active.values()):
+            daemon.runner._transition(run, State.CANCELED, messages=["test over"])
+        daemon.stop()
+        daemon.site.close()
+
+
+def test_a_rebuild_keeps_the_executors_whose_settings_did_not_change(tmp_path: Path) -> None:
+    """What counts as a change: a Slurm profile goes with the ssh host it goes through
+    and that host's jump hosts, an ssh host with its jump hosts."""
+    from flowbatch.config import SiteConfig
+    from flowbatch.executors import build_executors, rebuild_executors
+
+    base = {
+        "ssh": {
+            "gate": {"hostname": "gate.example", "user": "u"},
+            "login": {"hostname": "login.example", "user": "u", "jump_host": "gate"},
+            "other": {"hostname": "other.example", "user": "u"},
+        },
+        "slurm": {"remote": {"via": "login"}, "here": {"partition": "debug"}},
+    }
+    old = SiteConfig.model_validate(base)
+    current = build_executors(old, lambda: None, site_root=tmp_path)
+    same = rebuild_executors(current, old, old, lambda: None, site_root=tmp_path)
+    assert all(same[name] is current[name] for name in current)
+    changed = SiteConfig.model_validate(
+        {
+            **base,
+            "local": {"concurrency": 7},
+            "ssh": {
+                **base["ssh"],
+                "gate": {"hostname": "gate.example", "user": "u", "port": 2222},
+                "new": {"hostname": "new.example", "user": "u"},
+            },
+        }
+    )
+    after = rebuild_executors(current, old, changed, lambda: None, site_root=tmp_path)
+    kept = {name for name in current if after.get(name) is current[name]}
+    assert kept == {"local", "slurm", "slurm:here", "other"}
+    assert after["local"].limit == 7
+    assert set(after) == {*current, "new"}
 
 
 def test_site_config_example_renders_like_the_default() -> None:

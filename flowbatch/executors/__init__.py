@@ -6,6 +6,7 @@ when the site configures SSH hosts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ __all__ = [
     "SlurmExecutor",
     "build_executors",
     "executor_names",
+    "executor_settings",
+    "rebuild_executors",
 ]
 
 
@@ -56,6 +59,60 @@ def build_executors(
 
         executors.update(ssh_executors(config))  # one per ssh host, one shared pool
     return executors
+
+
+def executor_settings(config: SiteConfig, site_root: Path | None = None) -> dict[str, str]:
+    """Per executor name but ``local``, everything of the config its object is built
+    from (as comparable text): a Slurm profile with the site's name and the ssh host it
+    goes through (and that host's jump hosts), an ssh host with its jump hosts."""
+
+    def chain(host: str) -> list[Any]:
+        out: list[Any] = []
+        seen: set[str] = set()
+        name: str | None = host
+        while name is not None and name in config.ssh and name not in seen:
+            seen.add(name)
+            out.append([name, config.ssh[name].model_dump(mode="json")])
+            name = config.ssh[name].jump_host
+        return out
+
+    site_name = config.site_name or (site_root.name if site_root else "flowbatch")
+    out: dict[str, str] = {}
+    for name, (profile_name, profile) in profiles_by_executor(config.slurm).items():
+        via = chain(profile.via) if profile.via != "local" else []
+        dump = [profile_name, profile.model_dump(mode="json"), site_name, via]
+        out[name] = json.dumps(dump, sort_keys=True)
+    for name in config.ssh:
+        out[name] = json.dumps(chain(name), sort_keys=True)
+    return out
+
+
+def rebuild_executors(
+    current: dict[str, Executor],
+    old: SiteConfig,
+    new: SiteConfig,
+    wake: Callable[[], None],
+    site_root: Path | None = None,
+) -> dict[str, Executor]:
+    """The executors of the reloaded config ``new``: the current object of each name
+    whose settings did not change is kept (its connections, its state), and always the
+    local one (it owns the reaper of its running processes), with ``new``'s concurrency;
+    the others are built afresh. A dropped name is left out: the caller keeps its object
+    for the runs it still serves (:meth:`flowbatch.lifecycle.Runner.reconfigure`)."""
+    before = executor_settings(old, site_root)
+    after = executor_settings(new, site_root)
+    fresh = build_executors(new, wake, site_root=site_root)
+    out: dict[str, Executor] = {}
+    for name, executor in fresh.items():
+        kept = current.get(name)
+        if name == "local" and kept is not None:
+            kept.limit = new.local.effective_concurrency()
+            out[name] = kept
+        elif kept is not None and before.get(name) == after.get(name):
+            out[name] = kept
+        else:
+            out[name] = executor
+    return out
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import FlowbatchError
+from ..errors import ExecutorUnavailable, FlowbatchError
 
 
 class Liveness(enum.Enum):
@@ -23,6 +23,12 @@ class Liveness(enum.Enum):
     FINISHED = "finished"  # ended; the markers tell how
     GONE = "gone"  # no trace of it: it vanished (killed, host lost, never started)
     UNKNOWN = "unknown"  # could not look (connection down); ask again later
+
+
+class LaunchDeferred(ExecutorUnavailable):
+    """This run cannot be launched yet (its earlier attempt's job has not ended), the
+    executor can take others: the run stays PENDING, with the reason, and is tried again
+    at a later tick."""
 
 
 @dataclass
@@ -54,6 +60,8 @@ class Launch:
     #: the handle recorded before this launch (a scheduler's intent): look for the job it
     #: names before submitting again
     handle: dict[str, Any] | None = None
+    #: which attempt of the run this is (a retry after an infrastructure failure: 2, ...)
+    attempt: int = 1
 
 
 class Executor(Protocol):

@@ -12,6 +12,15 @@ Crash safety: :meth:`intent` gives the handle the Runner writes into ``run.json`
 finds such an earlier intent first asks squeue for a job of that name, and adopts it
 instead of submitting the run twice.
 
+A controller that does not answer (slurmctld down or restarting, the submit host away)
+is "unknown, ask again", never "the job is gone": polls give UNKNOWN, a submission waits.
+Only after squeue has failed for longer than the profile's ``unreachable_grace`` are the
+runs given up (an infrastructure failure: ERROR, or retried), and their jobs, which may
+well be running still, are abandoned (:meth:`abandon`): cancelled as soon as Slurm answers
+(:meth:`tend`), and always before the same run is submitted again, so that a retry never
+runs beside its earlier job. The abandoned jobs are kept in files under
+``<site>/slurm-abandoned/<profile>/``: a restarted daemon cancels them too.
+
 Sweeps: :meth:`launch_many` submits the PENDING runs of one sweep as job arrays, one
 ``sbatch`` per chunk of at most ``max_array_size`` runs (``--array=0-N[%throttle]``).
 :meth:`intents` plans the chunks first: each run's recorded intent names its array
@@ -28,8 +37,10 @@ loopback sshd is this machine).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -40,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable, FlowbatchError
 from ..render.script import LOGS_DIR, read_markers
 from ..slurm_profile import SlurmProfile
+from ..store import atomic
 from ..sweep import array_ranges
-from .base import Launch, Liveness, Probe
+from .base import Launch, LaunchDeferred, Liveness, Probe
 from .commands import CommandResult, CommandRunner, LocalRunner
 from .slurm_script import (
     ARRAY_TEMPLATE_NAME,
@@ -57,13 +69,16 @@ from .slurm_script import (
     slurm_time,
 )
 from .slurm_states import (
+    ALIVE_STATES,
     COMPLETED,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     JobStatus,
     accounting_disabled,
     alive_text,
+    controller_unreachable,
     invalid_job_ids,
+    job_already_gone,
     parse_sacct,
     parse_squeue,
     probe_for,
@@ -78,6 +93,9 @@ log = logging.getLogger("flowbatch.slurm")
 BACKOFF = 1.5
 #: job arrays' scripts and task links live here, under the site folder
 ARRAYS_DIR = "slurm-arrays"
+#: the jobs of runs given up on, to be cancelled once Slurm answers (one file each, in a
+#: folder per profile), under the site folder
+ABANDONED_DIR = "slurm-abandoned"
 
 
 @dataclass
@@ -119,7 +137,14 @@ class SlurmExecutor:
         self._interval = profile.poll.floor
         self._next_poll = 0.0
         self._last: dict[str, JobStatus] = {}  # job id -> status at the last poll
-        self._failures = 0
+        self._failures = 0  # failed squeue calls since the last one that answered
+        self._down_since: float | None = None  # when the first of them failed
+        #: jobs submitted since then: each gets the whole grace, from its submission
+        self._submitted_since: dict[str, float] = {}
+        #: jobs of runs given up on, to be cancelled once Slurm answers (:meth:`abandon`)
+        self._abandoned: list[dict[str, Any]] = self._load_abandoned()
+        self._next_tend = 0.0  # when to try them again
+        self._left: str | None = None  # why some were left at the last try
         self._accounting: bool | None = None  # False once sacct says it is disabled
         #: counts of the scheduler commands run (for logs and tests)
         self.calls: dict[str, int] = {}
@@ -177,13 +202,17 @@ class SlurmExecutor:
             return CommandResult(255, "", exc.summary())
 
     # -- launch ----------------------------------------------------------------------------
-    def job_name(self, run_id: str) -> str:
-        return job_name(self.site_name, run_id)
+    def job_name(self, run_id: str, attempt: int = 1) -> str:
+        """``fb-<site>-<run_id>``; a retry's ``fb-<site>-<run_id>.<attempt>``: a launch
+        that looks for its interrupted submission by name must never find (and adopt)
+        the job of an earlier attempt, which stays listed for a while after it ended."""
+        name = job_name(self.site_name, run_id)
+        return name if attempt <= 1 else f"{name}.{attempt}"
 
     def intent(self, job: Launch) -> dict[str, Any]:
         """The handle recorded before submission: enough to find the job by name."""
         return {
-            "job_name": self.job_name(job.run_id),
+            "job_name": self.job_name(job.run_id, job.attempt),
             "profile": self.profile_name,
             "via": self.profile.via,
             "run_dir": str(job.run_dir),
@@ -191,7 +220,11 @@ class SlurmExecutor:
         }
 
     def launch(self, job: Launch) -> dict[str, Any]:
-        """Submit the run (or adopt the job an earlier, interrupted launch submitted)."""
+        """Submit the run (or adopt the job an earlier, interrupted launch submitted).
+
+        A job of an earlier attempt of this run that was given up on (:meth:`abandon`) is
+        cancelled first; while Slurm cannot be asked to, the run waits."""
+        self._end_abandoned_of([job])
         handle = self.intent(job)
         handle.pop("submitting")
         previous = job.handle or {}
@@ -216,6 +249,7 @@ class SlurmExecutor:
             uid=self._submitter([job]),
         )
         if not result.ok:
+            self._unanswered("sbatch", result)
             raise ExecutorError(
                 f"sbatch refused run {job.run_id} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
@@ -224,6 +258,7 @@ class SlurmExecutor:
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
         if not job_id.isdigit():
             raise ExecutorError(f"sbatch gave no job id for run {job.run_id}: {result.stdout!r}")
+        self._submitted([job_id])
         self._soon()
         return {**handle, "job_id": job_id, "slurm_state": "SUBMITTED"}
 
@@ -242,9 +277,10 @@ class SlurmExecutor:
             launching=launching,
         )
         if not result.ok:
-            raise ExecutorError(
-                f"cannot look for Slurm job {name} before resubmitting: {_one_line(result.stderr)}",
-                hint="the run is retried at the next tick",
+            raise ExecutorUnavailable(
+                f"cannot look for Slurm job {name} before resubmitting: "
+                f"{_one_line(result.stderr or result.stdout) or f'exit {result.returncode}'}",
+                hint="the run waits, and is looked for again at a later tick",
             )
         ids = [s.job_id for s in parse_squeue(result.stdout).values() if s.name == name]
         return max(ids, key=_job_order) if ids else None
@@ -262,7 +298,7 @@ class SlurmExecutor:
 
     # -- launch: sweeps as job arrays -----------------------------------------------------
     def array_name(self, first: Launch) -> str:
-        return f"{self.job_name(first.run_id)}-array"
+        return f"{self.job_name(first.run_id, first.attempt)}-array"
 
     def _plan(self, jobs: Sequence[Launch]) -> tuple[list[_Array], list[Launch]]:
         """(arrays, single jobs). Runs whose earlier intent planned them into an array keep
@@ -279,7 +315,7 @@ class SlurmExecutor:
                 name = str(prev["job_name"])
                 arrays.setdefault(name, _Array(name, [], previous=True))
                 arrays[name].members.append((int(prev["array_task"]), job))
-            elif pending and prev["job_name"] == self.job_name(job.run_id):
+            elif pending and prev["job_name"] == self.job_name(job.run_id, job.attempt):
                 singles.append(job)
             else:
                 key = json.dumps([job.resources, job.time_limit], sort_keys=True, default=str)
@@ -330,6 +366,7 @@ class SlurmExecutor:
                 out[job.run_id] = handle
             return out
 
+        self._end_abandoned_of([job for _, job in array.members])
         if array.previous:
             found = self._find_by_name(array.name)
             if found is not None:
@@ -348,6 +385,7 @@ class SlurmExecutor:
         )
         runs = ", ".join(job.run_id for _, job in array.members)
         if not result.ok:
+            self._unanswered("sbatch", result)
             raise ExecutorError(
                 f"sbatch refused job array {array.name} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
@@ -358,6 +396,7 @@ class SlurmExecutor:
         if not array_id.isdigit():
             raise ExecutorError(f"sbatch gave no job id for the array of runs {runs}: {result}")
         log.info("runs %s submitted as job array %s", runs, array_id)
+        self._submitted([f"{array_id}_{task}" for task, _ in array.members])
         return handles(array_id, slurm_state="SUBMITTED")
 
     def array_spec(self, tasks: Sequence[int]) -> str:
@@ -441,8 +480,10 @@ class SlurmExecutor:
         # -r: one line per array task (pending tasks are shown collapsed otherwise)
         result = self._run("squeue", "-h", "-t", "all", "-j", ids, "-r", "-O", SQUEUE_FORMAT)
         if not result.ok and not invalid_job_ids(result.stderr):
-            return self._failed("squeue", result, jobs)
-        self._failures = 0
+            return self._failed("squeue", result, jobs, now)
+        self._failures = 0  # Slurm answered: only that ends a streak of failures
+        self._down_since = None
+        self._submitted_since.clear()
         statuses = parse_squeue(result.stdout) if result.ok else {}
         missing = [j for j in jobs.values() if j not in statuses]
         if missing:
@@ -454,25 +495,75 @@ class SlurmExecutor:
             for run_id, job_id in jobs.items()
         }
 
-    def _failed(self, what: str, result: CommandResult, jobs: dict[str, str]) -> dict[str, Probe]:
-        """A failing scheduler command is tolerated ``failures`` times in a row."""
+    def _failed(
+        self, what: str, result: CommandResult, jobs: dict[str, str], now: float
+    ) -> dict[str, Probe]:
+        """Slurm could not be asked: every job's fate is unknown (UNKNOWN; asked again,
+        less and less often). Once more than ``failures`` calls in a row have failed, for
+        longer than ``unreachable_grace``, the runs are given up: an infrastructure
+        failure (the Runner makes them ERROR, or retries them, and hands their jobs to
+        :meth:`abandon`, which cancels them once Slurm answers)."""
         self._failures += 1
+        if self._down_since is None:
+            self._down_since = now
+        down = now - self._down_since
         message = _one_line(result.stderr or result.stdout) or f"exit {result.returncode}"
-        self._next_poll = self._clock() + self._interval
-        if self._failures <= self.profile.failures:
+        poll = self.profile.poll
+        self._interval = min(poll.ceiling, max(self._interval, poll.floor) * BACKOFF)
+        self._next_poll = now + self._interval
+        grace = self.profile.unreachable_grace
+        since = self._submitted_since
+        # a job submitted during the streak is unknown only since its submission
+        given_up = {
+            run_id: job_id
+            for run_id, job_id in jobs.items()
+            if now - max(self._down_since, since.get(job_id, self._down_since)) > grace
+        }
+        if self._failures <= self.profile.failures or not given_up:
             log.warning(
-                "%s failed (%d of %d tolerated): %s",
+                "%s failed on %s (%d in a row, for %.0f s; runs given up after %g s): %s",
                 what,
+                self._where(),
                 self._failures,
-                self.profile.failures,
+                down,
+                grace,
                 message,
             )
-            return {}
+            raw = f"{what} failed on {self._where()}, asked again: {message}"
+            return {run_id: Probe(Liveness.UNKNOWN, raw=raw) for run_id in jobs}
         why = (
-            f"{what} failed {self._failures} times in a row on {self._where()} "
-            f"(profile {self.profile_name!r}): {message}"
+            f"Slurm did not answer for {down:.0f} s ({what} failed {self._failures} times in "
+            f"a row on {self._where()}, profile {self.profile_name!r}, unreachable_grace "
+            f"{grace:g} s): {message}"
         )
-        return {run_id: Probe(Liveness.GONE, raw=why) for run_id in jobs}
+        unknown = f"{what} failed on {self._where()}, asked again: {message}"
+        return {
+            run_id: Probe(
+                Liveness.GONE,
+                raw=why,
+                infra_failure=f"{why}; its job {job_id} is cancelled once Slurm answers",
+            )
+            if run_id in given_up
+            else Probe(Liveness.UNKNOWN, raw=unknown)
+            for run_id, job_id in jobs.items()
+        }
+
+    def _submitted(self, job_ids: Sequence[str]) -> None:
+        """Jobs submitted while squeue keeps failing: their grace starts now."""
+        if self._down_since is not None:
+            now = self._clock()
+            self._submitted_since.update(dict.fromkeys(job_ids, now))
+
+    def _unanswered(self, what: str, result: CommandResult) -> None:
+        """A submission that failed because Slurm did not answer (or took longer than the
+        profile's ``timeout``) refused nothing: the run waits (its recorded intent finds
+        the job by name, should it have been submitted after all)."""
+        text = result.stderr + "\n" + result.stdout
+        if result.returncode == 124 or controller_unreachable(text):
+            raise ExecutorUnavailable(
+                f"{what} on {self._where()}: Slurm does not answer: {_one_line(text)}",
+                hint="the run is submitted when Slurm answers again",
+            )
 
     def _from_accounting(self, job_ids: list[str]) -> dict[str, JobStatus]:
         """Jobs that left squeue: one sacct call, where accounting answers."""
@@ -530,25 +621,176 @@ class SlurmExecutor:
     # -- cancel / collect / adopt ----------------------------------------------------------
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
         """scancel the job (by name when only the intent was recorded; an array task's
-        array is looked up by name first: the other tasks are other runs)."""
+        array is looked up by name first: the other tasks are other runs). A cancel Slurm
+        does not take now (it does not answer) is kept: :meth:`abandon`."""
+        if not self._scancel(handle):
+            self.abandon(handle, f"{reason}; Slurm did not take the cancel")
+        self._soon()
+
+    def _scancel(self, handle: dict[str, Any]) -> bool:
+        """scancel the job of ``handle``: True when Slurm took it or has nothing (left)
+        to cancel, False when it could not be asked."""
         if handle.get("job_id"):
-            result = self._run("scancel", str(handle["job_id"]))
+            target = [str(handle["job_id"])]
         elif handle.get("job_name") and isinstance(handle.get("array_task"), int):
             try:
                 found = self._find_by_name(str(handle["job_name"]), launching=False)
             except ExecutorError as exc:
                 log.warning("cannot cancel %s: %s", handle["job_name"], exc.reason)
-                return
+                return False
             if found is None:
-                return
-            result = self._run("scancel", f"{found.split('_')[0]}_{handle['array_task']}")
+                return True  # the array never reached Slurm, or has long ended
+            target = [f"{found.split('_')[0]}_{handle['array_task']}"]
         elif handle.get("job_name"):
-            result = self._run("scancel", "--name", str(handle["job_name"]))
+            target = ["--name", str(handle["job_name"])]
         else:
+            return True
+        result = self._run("scancel", *target)
+        if result.ok or job_already_gone(result.stderr + result.stdout):
+            return True
+        log.warning("scancel %s: %s", " ".join(target), _one_line(result.stderr or result.stdout))
+        return False
+
+    # -- jobs of runs given up on ----------------------------------------------------------
+    def abandon(self, handle: dict[str, Any], reason: str) -> None:
+        """The run of ``handle`` was given up on (Slurm did not answer for longer than
+        the grace, a node failure or preemption is retried, a cancel Slurm did not take):
+        its job may still be queued or running, and may even be requeued by Slurm
+        itself. It is cancelled as soon as Slurm answers (:meth:`tend`, at every poll of
+        the runner), and that run is submitted again only once the job is known to have
+        ended (:meth:`launch`), so that a retry never runs beside it. Noted in a file
+        under the site folder until then: a restarted daemon cancels it too."""
+        entry = {
+            key: handle[key]
+            for key in ("job_id", "job_name", "array_task", "run_dir")
+            if handle.get(key) is not None
+        }
+        if not entry.get("job_id") and not entry.get("job_name"):
             return
+        key = _abandoned_key(entry)
+        if any(_abandoned_key(e) == key for e in self._abandoned):
+            return
+        log.warning("Slurm job %s: to be cancelled once Slurm answers (%s)", key, reason)
+        entry["reason"] = reason
+        self._abandoned.append(entry)
+        self._next_tend = 0.0
+        self._note_abandoned(entry)
+
+    def tend(self) -> None:
+        """At each poll of the runner: cancel the abandoned jobs if Slurm answers now
+        (at most once per poll interval while it does not)."""
+        if not self._abandoned or self._clock() < self._next_tend:
+            return
+        try:
+            self._end_abandoned()
+        except Exception:  # best effort: never the end of the runner's poll
+            log.exception("Slurm profile %s: cancelling the jobs of runs given up on", self.name)
+
+    def _end_abandoned(self, run_dirs: set[str] | None = None) -> str | None:
+        """Cancel the abandoned jobs (those of ``run_dirs``, or all) and forget those
+        known to have ended. None when none is left; else why some are: "unanswered"
+        (Slurm could not be asked) or "ending" (cancelled, not ended yet)."""
+        left: str | None = None
+        for entry in list(self._abandoned):
+            if run_dirs is not None and entry.get("run_dir") not in run_dirs:
+                continue
+            key = _abandoned_key(entry)
+            if not entry.get("cancelled"):
+                if not self._scancel(entry):
+                    left = "unanswered"
+                    break  # Slurm does not answer: the others wait as well
+                log.info("Slurm job %s of a run given up on: cancelled", key)
+                entry["cancelled"] = True
+                self._note_abandoned(entry)
+            ended = self._ended(entry)
+            if ended is None:
+                left = "unanswered"
+                break
+            if not ended:
+                left = "ending"
+                continue
+            self._abandoned.remove(entry)
+            folder = self._abandoned_dir()
+            if folder is not None:
+                with contextlib.suppress(OSError):
+                    (folder / f"{key}.json").unlink(missing_ok=True)
+        if left is not None:
+            wait = self.profile.poll.floor if left == "ending" else self._interval
+            self._next_tend = self._clock() + max(wait, self.profile.poll.floor, 0.1)
+        self._left = left
+        return left
+
+    def _ended(self, entry: dict[str, Any]) -> bool | None:
+        """Has the cancelled job of ``entry`` ended (None: Slurm did not answer)? A job
+        known only by name counts as ended once it is cancelled."""
+        if not entry.get("job_id"):
+            return True
+        job_id = str(entry["job_id"])
+        result = self._run("squeue", "-h", "-t", "all", "-j", job_id, "-r", "-O", SQUEUE_FORMAT)
         if not result.ok:
-            log.warning("scancel %s: %s", handle.get("job_id"), _one_line(result.stderr))
-        self._soon()
+            return True if invalid_job_ids(result.stderr) else None
+        status = parse_squeue(result.stdout).get(job_id)
+        return status is None or status.state not in ALIVE_STATES
+
+    def _end_abandoned_of(self, jobs: Sequence[Launch]) -> None:
+        """Before ``jobs`` are submitted: the abandoned jobs of their runs (an earlier
+        attempt's) are cancelled and must have ended; until then the runs wait."""
+        if not self._abandoned:
+            return
+        mine = {str(job.run_dir) for job in jobs}
+        keys = [_abandoned_key(e) for e in self._abandoned if e.get("run_dir") in mine]
+        if not keys:
+            return
+        # tried a moment ago: not again before the interval has passed (each tick would)
+        left = self._left if self._clock() < self._next_tend else self._end_abandoned(mine)
+        if left == "unanswered":
+            raise ExecutorUnavailable(
+                f"the Slurm job {', '.join(keys)} of an earlier attempt must be cancelled "
+                f"first, and Slurm on {self._where()} does not answer",
+                hint="the run is submitted once that job has ended",
+            )
+        if left == "ending":
+            raise LaunchDeferred(
+                f"the Slurm job {', '.join(keys)} of an earlier attempt is cancelled and "
+                "has not ended yet",
+                hint="the run is submitted once that job has ended",
+            )
+
+    def _abandoned_dir(self) -> Path | None:
+        if self.site_root is None:
+            return None
+        return self.site_root / ABANDONED_DIR / self.profile_name
+
+    def _note_abandoned(self, entry: dict[str, Any]) -> None:
+        folder = self._abandoned_dir()
+        if folder is None:
+            return
+        key = _abandoned_key(entry)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(folder / f"{key}.json", entry)
+        except OSError as exc:  # kept in memory all the same
+            log.error("cannot note abandoned Slurm job %s in %s: %s", key, folder, exc)
+
+    def _load_abandoned(self) -> list[dict[str, Any]]:
+        """The abandoned jobs a daemon before this one could not cancel yet."""
+        folder = self._abandoned_dir()
+        out: list[dict[str, Any]] = []
+        try:
+            names = sorted(os.listdir(folder)) if folder is not None else []
+        except OSError:
+            return out
+        for name in names:
+            if not name.endswith(".json") or name.startswith(".") or folder is None:
+                continue
+            try:
+                entry = json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("abandoned Slurm job %s: cannot read it: %s", name, exc)
+                continue
+            if isinstance(entry, dict) and (entry.get("job_id") or entry.get("job_name")):
+                out.append(entry)
+        return out
 
     def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
         """Nothing to bring home: the run folder is on the cluster's shared file system."""
@@ -586,6 +828,14 @@ class SlurmExecutor:
 def _sweep_label(job: Launch) -> str:
     """The sweep's id (its first point's run id) for the array script's comment."""
     return job.run_id.split("-")[0]
+
+
+def _abandoned_key(entry: dict[str, Any]) -> str:
+    """A name for an abandoned job: its id, or its (array's) job name and task."""
+    if entry.get("job_id"):
+        return str(entry["job_id"])
+    task = entry.get("array_task")
+    return str(entry["job_name"]) + (f"_{task}" if isinstance(task, int) else "")
 
 
 def _one_line(text: str) -> str:

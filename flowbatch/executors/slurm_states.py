@@ -116,6 +116,33 @@ def invalid_job_ids(stderr: str) -> bool:
     return "invalid job id" in stderr.lower()
 
 
+#: how Slurm's commands say that they could not reach the controller (slurmctld down,
+#: restarting or overloaded): the job's fate is unknown, nothing was refused
+_UNREACHABLE = (
+    "unable to contact slurm controller",
+    "slurm controller is unavailable",
+    "socket timed out",
+    "zero bytes were transmitted or received",
+    "connection refused",
+    "connect failure",
+    "communication connection failure",
+    "slurmctld not responding",
+)
+
+
+def controller_unreachable(text: str) -> bool:
+    """A Slurm command's message says that slurmctld did not answer."""
+    lower = text.lower()
+    return any(words in lower for words in _UNREACHABLE)
+
+
+def job_already_gone(text: str) -> bool:
+    """scancel's answer for a job that has ended or that Slurm no longer knows: nothing
+    is left to cancel."""
+    lower = text.lower()
+    return "invalid job id" in lower or "already completing or completed" in lower
+
+
 def probe_for(status: JobStatus) -> Probe:
     """The backend's word for one job; the run's markers still have the last word."""
     detail = {"job_id": status.job_id, "slurm_state": status.state, "reason": status.reason}
