@@ -716,12 +716,32 @@ def output_files(run_dir: Path, template: Template) -> list[dict[str, Any]]:
     if template.workflow.output_files:
         sizes = [(s, _file_size(run_dir / s)) for s in template.workflow.output_files]
     else:
-        sizes = sorted(
-            (p.relative_to(run_dir).as_posix(), _file_size(p))
-            for p in run_dir.rglob("*")
-            if p.relative_to(run_dir).parts[0] not in RESERVED
-        )
+        sizes = [(s, _file_size(run_dir / s)) for s in _some_files(run_dir, RESERVED)]
     return [{"key": s, "source": s, "size": size} for s, size in sizes if size is not None]
+
+
+#: the most files of a run recorded when the template names none (its run.json, run page
+#: and leaderboard rows list them; a run that leaves 100,000 files made each of them
+#: megabytes and its end a 5 s stall of the daemon)
+MAX_RUN_FILES = 1000
+
+
+def _some_files(run_dir: Path, reserved: frozenset[str] | set[str]) -> list[str]:
+    """The files of ``run_dir`` as sorted paths relative to it (flowbatch's own top-level
+    names left out; folders never entered through a link), at most :data:`MAX_RUN_FILES`:
+    the walk (folders in name order) stops there, whatever the folder holds."""
+    out: list[str] = []
+    for folder, dirs, files in os.walk(run_dir):
+        rel = Path(folder).relative_to(run_dir)
+        if not rel.parts:
+            dirs[:] = [d for d in dirs if d not in reserved]
+            files = [f for f in files if f not in reserved]
+        dirs.sort()
+        for name in sorted(files):
+            out.append((rel / name).as_posix())
+            if len(out) >= MAX_RUN_FILES:
+                return sorted(out)
+    return sorted(out)
 
 
 def _file_size(path: Path) -> int | None:

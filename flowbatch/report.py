@@ -171,7 +171,8 @@ def write_leaderboard(
     (:func:`chart_runs`); by default both come from ``all_entries``.
 
     The JSON is :func:`flowbatch.ranking.ranking_json` (its keys are stable) plus, per
-    entry, ``files`` and ``run_seconds``, and at the top ``title``, ``order_by``, ``all``
+    entry, ``files`` (at most :data:`FILES_SHOWN`), ``files_total`` and ``run_seconds``,
+    and at the top ``title``, ``order_by``, ``all``
     and ``all_total`` (when given: the best ``all_shown`` runs of the all-runs
     ranking, and how many runs it has), ``postproc`` (when given) and ``generated_at``
     (ISO-8601 UTC). The CSV holds the best-per-group ranking. Every file is bounded in
@@ -224,10 +225,12 @@ def _add_extras(
     """New per-entry JSON fields, added after the stable ones."""
     for row, entry in zip(rows, entries, strict=True):
         row["run_seconds"] = run_seconds(entry.run)
+        listed = files.get(entry.run.run_id, ())
         row["files"] = [
             {"key": f.get("key"), "source": f.get("source"), "title": f.get("title")}
-            for f in files.get(entry.run.run_id, ())
+            for f in listed[:FILES_SHOWN]
         ]
+        row["files_total"] = len(listed)
 
 
 def render_leaderboard_html(
@@ -695,15 +698,27 @@ def _row(
         duration=format_duration(seconds),
         duration_sort="" if seconds is None else f"{seconds:.6f}",
         version=run.version or "",
-        files=[
-            _Link(
-                label=str(f.get("key") or f.get("source")),
-                href=href_in("runs", run.run_id, str(f.get("source") or f.get("key"))),
-                title=str(f.get("title") or ""),
-            )
-            for f in files.get(run.run_id, ())
-        ],
+        files=_file_links(run.run_id, files.get(run.run_id, ()), run_href + "index.html"),
     )
+
+
+#: files of a run listed in its leaderboard row (the run page lists them all)
+FILES_SHOWN = 20
+
+
+def _file_links(run_id: str, files: Sequence[Mapping[str, Any]], page: str) -> list[_Link]:
+    links = [
+        _Link(
+            label=str(f.get("key") or f.get("source")),
+            href=href_in("runs", run_id, str(f.get("source") or f.get("key"))),
+            title=str(f.get("title") or ""),
+        )
+        for f in files[:FILES_SHOWN]
+    ]
+    if len(files) > FILES_SHOWN:
+        more = len(files) - FILES_SHOWN
+        links.append(_Link(label=f"{more} more", href=page, title="every file on the run page"))
+    return links
 
 
 # --- chart ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from flowbatch import api
 from flowbatch.daemon import Daemon
+from flowbatch.site import Site
 
 from .conftest import daemon_modules, drop, make_site, only_run, run_until_idle, write_template
 
@@ -912,3 +913,41 @@ def test_a_script_that_never_started_says_so(
         "lost: the run's process ended without writing its exit marker"
     ), killed["messages"]
     assert "SIGKILL" in killed["messages"][0]
+
+
+MANY_FILES = """
+workflow:
+  steps:
+    - action:
+        commands:
+          - mkdir out && cd out && seq 1500 | xargs touch
+          - >-
+            echo '{"v": 1}' > r.json
+results:
+  file: r.json
+  schema: [{name: v, label: V, dtype: int}]
+"""
+
+
+def test_a_run_leaving_many_files_lists_a_bounded_number(site: Site, tmp_path: Path) -> None:
+    """With no outputs declared every file of the run folder is an output: a run that
+    leaves 100,000 made run.json, the run page and both leaderboard files megabytes and
+    its end a 5 s stall. The run records its first 1,000 (sorted), its leaderboard row
+    20 and how many there are."""
+    from flowbatch.lifecycle import MAX_RUN_FILES
+    from flowbatch.report import FILES_SHOWN
+
+    write_template(tmp_path / "t", MANY_FILES)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    sources = [f["source"] for f in run["files"]]
+    assert len(sources) == MAX_RUN_FILES and sources == sorted(sources)
+    assert "r.json" in sources  # a folder's own files are taken before its sub-folders
+    board = json.loads((site.layout.results / "wf" / "leaderboard.json").read_text())
+    (row,) = board["ranking"]
+    assert len(row["files"]) == FILES_SHOWN and row["files_total"] == MAX_RUN_FILES
+    html = (site.layout.results / "wf" / "leaderboard.html").read_text()
+    assert f"{MAX_RUN_FILES - FILES_SHOWN} more" in html
