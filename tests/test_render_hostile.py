@@ -201,6 +201,9 @@ ARITH_CONSTRUCTS = [
     'a=(1); echo "${a[{P}]}"',
     "a=([{P}]=1)",
     'v=abc; echo "${v:{P}}"',
+    # an expanding here-document's body: bash evaluates arithmetic there too
+    "cat <<EOF\nv: $(( {P} + 1 ))\nEOF\ntrue",
+    "a=(x y); cat <<EOF\n${a[{P}]}\nEOF\ntrue",
 ]
 # (dialect, placeholder, refused at install): a native expression is judged by value
 ARITH_PLACEHOLDERS = [

@@ -205,6 +205,16 @@ ARITH_CASES = [
     ("echo ${v}[@]", U, U),
     ("a=(1 2); echo ${#a[*]} @", U, U),
     ("cat <<EOF\n$(( 1 ))@\nEOF", D, D),
+    # an expanding here-document's body is read as inside double quotes: bash evaluates
+    # arithmetic there too (a value of a[$(cmd)] ran cmd)
+    ("cat <<EOF\nv: $(( @ + 1 ))\nEOF", ARITH, U),
+    ("cat <<EOF\n$[ @ ]\nEOF", ARITH, U),
+    ("a=(x y); cat <<EOF\n${a[@]}\nEOF", ARITH, U),
+    ("cat <<EOF\n${s:@}\nEOF", ARITH, U),
+    ("cat <<-EOF\n\t$((\n\t@ ))\n\tEOF", ARITH, U),  # across the body's lines
+    ('cat <<EOF\n"$(( @ ))"\nEOF', ARITH, U),  # a quote is a character there
+    ("cat <<'EOF'\n$(( @ ))\nEOF", Ctx.SINGLE, Ctx.SINGLE),  # a quoted delimiter: literal
+    ('cat <<EOF\n" @\nEOF\necho @', D, D),
     ("echo $[[x]] @", U, U),  # native text: '$[[x]]' stays shell text
 ]
 

@@ -11,7 +11,8 @@ This module answers these questions without running bash.
 
 It follows bash's rules for quotes, backslashes, ``$(...)``, ``$((...))``, backticks
 (a new unquoted context, even inside double quotes, nested to any depth), ``#`` comments
-at the start of a word and here-documents. It reads commands word by word, enough to
+at the start of a word and here-documents (an expanding one's body is read as inside
+double quotes, a ``"`` there being a character). It reads commands word by word, enough to
 find the arithmetic places: ``$((...))``, ``$[...]``, an arithmetic command ``((...))``
 (also ``for ((...))``), the operands of ``-eq -ne -lt -le -gt -ge`` in ``[[ ... ]]``, the
 arguments of ``let``, the assignments of ``declare``/``typeset``/``local`` with ``-i``,
@@ -21,8 +22,7 @@ assignment ``name=(...)`` and of ``${name[...]}``, and the offset and length of
 ``$(...)`` included (the output of a command substitution is evaluated too).
 
 Known simplifications: a ``case`` pattern's bare ``)`` inside ``$(...)`` ends the
-substitution early, ``$(...)`` inside an expanding here-document body is reported as that
-body's (double-quote-like) context, and ``((`` at the start of a command is always taken
+substitution early, and ``((`` at the start of a command is always taken
 for an arithmetic command (bash falls back to nested subshells; write ``( (``). Arithmetic
 that is not detected: a variable named inside arithmetic is evaluated too, and the lexer
 does not follow variables (``n=$x; (( n > 1 ))``, ``$(( FB_n ))``, an assignment
@@ -83,8 +83,9 @@ _PARAMETER = re.compile(r"\{[#!]?([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])")
 class _Frame:
     """One level of nesting: ``top``, ``cmdsub`` ($(...)), ``backtick``, ``cond``
     ([[ ... ]]), ``arith`` ($((...))), ``arithcmd`` (((...))), ``arithbr`` ($[...]),
-    ``subscript`` (name[...]), ``offset`` (${name:...}), ``double``, ``single`` or
-    ``ansi`` ($'...')."""
+    ``subscript`` (name[...]), ``offset`` (${name:...}), ``double``, ``hdoc`` (an
+    expanding here-document's body: like ``double``, but ``"`` is a character there),
+    ``single`` or ``ansi`` ($'...')."""
 
     kind: str
     start: int = 0  # the first character inside the frame
@@ -129,6 +130,7 @@ _OPEN_NAMES = {
     "cond": "a '[[' without its ']]'",
     "backtick": "a backtick without its closing backtick",
     "double": "a double quote without its closing quote",
+    "hdoc": "a here-document",
     "single": "a single quote without its closing quote",
     "ansi": "a $'...' quote without its closing quote",
 }
@@ -140,10 +142,13 @@ def _unquoted(word: str) -> str:
 
 
 class _Lexer:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, heredoc: bool = False) -> None:
+        """``heredoc``: ``text`` is the body of an expanding here-document."""
         self.text = text
         self.ctx = [Ctx.UNQUOTED] * len(text)
         self.stack = [_Frame("top")]
+        if heredoc:
+            self.stack.append(_Frame("hdoc"))
         self.pending: list[_Heredoc] = []
         self.problem: str | None = None
         self.arith: list[tuple[int, int]] = []  # [start, end) ranges of arithmetic text
@@ -184,11 +189,13 @@ class _Lexer:
             kind = self.stack[-1].kind
             if kind in _UNQUOTED_KINDS:
                 self.step_unquoted(self.stack[-1])
-            elif kind == "double":
+            elif kind in ("double", "hdoc"):
                 self.step_double()
             else:
                 self.step_single(ansi=kind == "ansi")
         self.finish()
+        if len(self.stack) == 2 and self.stack[-1].kind == "hdoc":
+            self.stack.pop()  # a here-document's body ends with the text
         if self.problem is None and len(self.stack) > 1:
             self.problem = f"unterminated: {_OPEN_NAMES[self.stack[-1].kind]}"
         if self.problem is None and self.pending:
@@ -445,7 +452,7 @@ class _Lexer:
             self.escape(Ctx.DOUBLE)
             return
         self.i += 1
-        if c == '"':
+        if c == '"' and self.stack[-1].kind == "double":
             self.stack.pop()
         elif c == "`":
             self.push("backtick")
@@ -501,6 +508,7 @@ class _Lexer:
         """After the newline that ends a line with ``<<`` operators: skip their bodies."""
         text = self.text
         for doc in self.pending:
+            body = self.i
             while True:
                 if self.i >= len(text):
                     self.problem = f"here-document '{doc.delimiter}' is not terminated"
@@ -510,25 +518,26 @@ class _Lexer:
                 end = len(text) if end < 0 else end
                 line = text[self.i : end]
                 if (line.lstrip("\t") if doc.strip_tabs else line) == doc.delimiter:
+                    self.body(body, self.i, doc.literal)
                     self.i = end + 1
                     break
-                self.body_line(self.i, end, doc.literal)
                 self.i = end + 1
         self.pending = []
 
-    def body_line(self, start: int, end: int, literal: bool) -> None:
+    def body(self, start: int, end: int, literal: bool) -> None:
+        """A here-document's body, ``text[start:end]`` (its lines, newlines included).
+        Quoted delimiter: nothing in it is expanded. Otherwise it is read as inside
+        double quotes, ``$((...))``, ``$[...]``, ``${a[...]}`` and ``${x:...}``
+        included: bash evaluates those there as anywhere else."""
         if literal:
-            self.mark(start, end + 1, Ctx.SINGLE)
+            self.mark(start, end, Ctx.SINGLE)
             return
-        k = start
-        while k < end:
-            self.ctx[k] = Ctx.DOUBLE
-            if self.text[k] == "\\" and k + 1 < end:
-                self.ctx[k + 1] = Ctx.ESCAPED
-                k += 1
-            k += 1
-        if end < len(self.text):
-            self.ctx[end] = Ctx.DOUBLE
+        sub = _Lexer(self.text[start:end], heredoc=True)
+        lexed = sub.run()
+        self.ctx[start:end] = lexed.quoting
+        self.arith.extend((start + a, start + b) for a, b in sub.arith)
+        if lexed.problem and self.problem is None:
+            self.problem = f"in here-document: {lexed.problem}"
 
 
 @functools.lru_cache(maxsize=256)
