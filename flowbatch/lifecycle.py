@@ -522,7 +522,11 @@ class Runner:
         if canceled:
             self._transition(run, State.CANCELED, steps=steps, messages=[canceled], reason=canceled)
             return
-        if markers.exit is None or probe.infra_failure:
+        # a scheduler that did not answer tells nothing of a run whose exit marker is
+        # there: it ended, as its markers say (only a failure the backend reported, a
+        # node failure or a preemption, makes an ended run lost)
+        ended = markers.exit is not None and probe.detail.get("unanswered")
+        if markers.exit is None or (probe.infra_failure and not ended):
             self._lost(run, probe, steps, started=markers.started is not None)
             return
         code, _, failed = markers.exit

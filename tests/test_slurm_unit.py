@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -605,3 +606,53 @@ def test_site_config_example_renders_like_the_default() -> None:
     assert [
         line for line in text.splitlines() if line.startswith(("#SBATCH", "module", "exec"))
     ] == directives
+
+
+@pytest.mark.parametrize("script_ended", [True, False])
+def test_a_run_that_ended_while_slurm_did_not_answer_ends_by_its_markers(
+    tmp_path: Path, script_ended: bool
+) -> None:
+    """Jobs go on while slurmctld is down and write their exit marker on the shared file
+    system: past the grace, a run whose script ended is finished by its markers (SUCCESS,
+    its job not cancelled), not lost; one without its exit marker is given up."""
+    daemon = slurm_daemon(
+        tmp_path,
+        {
+            "slurm": {
+                "default": {
+                    "poll": {"floor": 0, "ceiling": 0.01},
+                    "failures": 0,
+                    "unreachable_grace": "1s",
+                }
+            }
+        },
+    )
+    slurm = daemon.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    clock = Clock()
+    slurm._clock = clock
+    bad = CommandResult(1, "", f"slurm_load_jobs error: {UNREACHABLE}")
+    runner = Scripted(
+        {"sbatch": [ok("41\n")], "squeue": [ok("41|RUNNING|None|x|0|\n")], "scancel": [ok("")]}
+    )
+    slurm._runner = runner
+    try:
+        drop(daemon.site, "a.yaml", {"workflow": "wf", "name": "a"})
+        daemon.tick()
+        (run,) = daemon.runner.running()
+        run_dir = daemon.site.store.run_dir(run)
+        if script_ended:  # as the job's node would, on the shared file system
+            subprocess.run(["bash", str(run_dir / "run.sh")], cwd=run_dir, check=True)
+        runner.answers["squeue"] = [bad]
+        for _ in range(3):
+            clock.now += 2
+            daemon.runner.poll()
+        if script_ended:
+            assert run.state.value == "SUCCESS", run.messages
+            assert not any(line.startswith("scancel") for line in runner.lines)
+        else:
+            assert run.state.value == "ERROR"
+            assert run.messages[0].startswith("lost: Slurm did not answer")
+    finally:
+        daemon.stop()
+        daemon.site.close()

@@ -542,6 +542,9 @@ class SlurmExecutor:
                 Liveness.GONE,
                 raw=why,
                 infra_failure=f"{why}; its job {job_id} is cancelled once Slurm answers",
+                # Slurm said nothing about the job: a run whose script has written its
+                # exit marker (on the shared file system) ended, and ends by its markers
+                detail={"unanswered": True},
             )
             if run_id in given_up
             else Probe(Liveness.UNKNOWN, raw=unknown)
