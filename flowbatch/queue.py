@@ -576,8 +576,11 @@ class Intake:
             ):
                 continue
             todo.append(index)
+        rendered: dict[int, RenderedWorkflow] = {}
         if len(todo) > 1:  # a sweep is refused whole, before its first run is made
-            self._check_points(template, files_dir, [points[i] for i in todo], claimed, label)
+            rendered = self._check_points(
+                template, files_dir, {i: points[i] for i in todo}, executor, claimed, label
+            )
         made: list[str] = []
         try:
             for index in todo:
@@ -594,6 +597,7 @@ class Intake:
                     files_dir,
                     points[index],
                     sweep,
+                    rendered.get(index),
                 )
                 result.runs.append(run)
                 made.append(run.id)
@@ -619,15 +623,28 @@ class Intake:
         self,
         template: Template,
         files_dir: Path,
-        points: list[Point],
+        points: dict[int, Point],
+        executor: str,
         claimed: Claimed,
         label: str,
-    ) -> None:
+    ) -> dict[int, RenderedWorkflow]:
         """Every point's files and targets, checked as :meth:`_create_run` checks them
         (each distinct set of files once: a sweep over other parameters checks its files
-        once), so that a bad file of a later point rejects the sweep before any run."""
+        once), and every point rendered (a value may be refused by where it stands), so
+        that a bad later point rejects the sweep before any run; the renders, by index."""
+        rendered: dict[int, RenderedWorkflow] = {}
+        for index, point in points.items():
+            try:
+                rendered[index] = self._render(template, point.arguments, executor)
+            except FlowbatchError as exc:
+                swept = ", ".join(
+                    f"{name}={point.arguments[name]!r}" for name in sorted(point.fields)
+                )
+                where = f"in the sweep's point {index} ({swept})"
+                exc.hint = f"{where}; {exc.hint}" if exc.hint else where
+                raise
         seen: set[tuple[tuple[str, str, str], ...]] = set()
-        for point in points:
+        for point in points.values():
             files = tuple(
                 (name, value.source, value.target)
                 for name, value in point.arguments.items()
@@ -638,6 +655,7 @@ class Intake:
             seen.add(files)
             for fd in self._check_files(template, files_dir, point, claimed, label).values():
                 os.close(fd)
+        return rendered
 
     def _already_done(
         self, req: Request, version: str, points: list[dict[str, Any]], group: str
@@ -667,13 +685,16 @@ class Intake:
         files_dir: Path,
         point: Point,
         sweep: dict[str, Any] | None,
+        rendered: RenderedWorkflow | None = None,
     ) -> RunRecord:
+        """The run of one point (``rendered``: its workflow, when rendered already)."""
         label = claimed.name
         site = self.site
         arguments = point.arguments
         sources = self._check_files(template, files_dir, point, claimed, label)
         try:
-            rendered = self._render(template, arguments, executor)
+            if rendered is None:
+                rendered = self._render(template, arguments, executor)
             run_dir = site.layout.run_dir(req.workflow, run_id)
             tmp_dir = run_dir.with_name(f".{run_id}.tmp")
             try:

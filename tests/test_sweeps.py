@@ -266,3 +266,32 @@ def test_submits_preview_names_a_bad_swept_value_as_intake_does(site: Site, tmp_
     with pytest.raises(ArgumentError) as err:
         plan_request(site, request)
     assert err.value.field == "sweep.x[1]"
+
+
+NATIVE_QUOTED = """
+flowbatch: 1
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - "printf '%s\\\\n' '{{ label }}' > out.txt"
+parameters:
+  - {name: label, dtype: string, defaultValue: a}
+"""
+
+
+def test_a_sweep_whose_later_point_cannot_render_makes_no_run(site: Site, tmp_path: Path) -> None:
+    """A value can be refused by where it stands (a native template checks a string in
+    single quotes by value): the sweep is rendered whole before its first run, so a bad
+    third point rejects it with no run made, and the error names the point."""
+    write_template(tmp_path / "t", NATIVE_QUOTED)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "s.yaml", {"workflow": "wf", "sweep": {"label": ["alpha", "beta", "not a token"]}})
+    result = Intake(site).run_once()
+    assert result.runs == [] and api.list_runs(site) == []
+    error = yaml.safe_load((site.layout.rejected / "s.yaml.error.yaml").read_text())
+    assert "single quotes" in error["reason"]
+    assert "point 2 (label='not a token')" in error["hint"]
+    drop(site, "ok.yaml", {"workflow": "wf", "sweep": {"label": ["alpha", "beta"]}})
+    assert len(Intake(site).run_once().runs) == 2
