@@ -100,46 +100,30 @@ def _check_config(ctx: _Ctx) -> None:
 def _check_folders(ctx: _Ctx) -> None:
     for name in ("queue", "results", "templates"):
         ctx.add(f"{name}/", *_writable(ctx.root / name))
-    ctx.add("queue/ safety", *_queue_safety(ctx.root / "queue"))
+    ctx.add("queue/ safety", *_queue_safety(ctx))
 
 
-def _queue_safety(queue: Path) -> tuple[str, str]:
-    """Whether a participant could replace the daemon's folders in ``queue/``: a queue
-    others may write needs the sticky bit, and ``.claimed`` and ``rejected`` must be real
-    folders of the queue's owner (or root) that no one else may write. The daemon refuses
-    to take requests in otherwise (see :func:`flowbatch.queue.check_queue`)."""
-    from .accounts import user_name
-    from .store.layout import queue_mode_problem
+def _queue_safety(ctx: _Ctx) -> tuple[str, str]:
+    """Whether a participant could replace the daemon's folders in ``queue/``: the
+    daemon's own check (:func:`flowbatch.queue.check_queue`), for the daemon's user (the
+    owner of ``results/``) whoever runs doctor."""
+    from .errors import FlowbatchError
+    from .queue import check_queue
+    from .site import Site
 
+    queue = ctx.root / "queue"
     try:
         st = queue.stat()
     except OSError:
         return SKIP, f"{queue} is missing"
     if not stat.S_ISDIR(st.st_mode):
         return SKIP, f"{queue} is not a folder"
-    problem = queue_mode_problem(queue, st)
-    if problem:
-        return FAIL, problem
-    for name in (".claimed", "rejected"):
-        path = queue / name
-        try:
-            sub = path.lstat()
-        except FileNotFoundError:
-            continue  # the daemon makes it
-        if stat.S_ISLNK(sub.st_mode) or not stat.S_ISDIR(sub.st_mode):
-            kind = "a symbolic link" if stat.S_ISLNK(sub.st_mode) else "not a folder"
-            return FAIL, (
-                f"{path} is {kind}: the daemon takes no request in; move it aside "
-                f"(mv {path} {path}.suspect) and look at where it leads"
-            )
-        if sub.st_uid not in (st.st_uid, 0):
-            return FAIL, (
-                f"{path} belongs to {user_name(sub.st_uid)}, not to the queue's owner "
-                f"{user_name(st.st_uid)}: the daemon takes no request in; move it aside "
-                f"(mv {path} {path}.suspect) and look at what is in it"
-            )
-        if sub.st_mode & 0o022:
-            return FAIL, f"{path} is writable by others; run: chmod go-w {path}"
+    results = ctx.root / "results"
+    owner = (results if results.is_dir() else ctx.root).stat().st_uid
+    try:
+        check_queue(Site(ctx.root), make=False, owner=owner)
+    except FlowbatchError as exc:
+        return FAIL, exc.summary()
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
         return (

@@ -75,10 +75,11 @@ def _rename_making_folder(src: Path, dest: Path, make: Callable[[], None]) -> No
         os.rename(src, dest)
 
 
-def own_folder(path: Path, *, make: bool = True) -> None:
-    """Check that ``path`` is a folder only the daemon's user can change (made, mode
-    0755, when missing and ``make``): not a symbolic link, owned by the daemon's user,
-    writable by no one else. Raises FlowbatchError with the fix otherwise.
+def own_folder(path: Path, *, make: bool = True, owner: int | None = None) -> None:
+    """Check that ``path`` is a folder only the daemon's user (``owner``, default this
+    process's) can change (made, mode 0755, when missing and ``make``): not a symbolic
+    link, owned by that user, writable by no one else. Raises FlowbatchError with the
+    fix otherwise.
 
     The daemon writes into ``queue/.claimed`` and ``queue/rejected`` and moves users'
     files there: a folder a participant made, or a link they put in its place, would let
@@ -94,7 +95,7 @@ def own_folder(path: Path, *, make: bool = True) -> None:
         except FileExistsError:
             pass  # made meanwhile, by the daemon of another host or by someone else
         st = path.lstat()
-    me = os.geteuid()
+    me = os.geteuid() if owner is None else owner
     fix = (
         f"move it aside (mv {path} {path}.suspect; look at what is in it before using "
         "anything from it): the daemon makes a new folder"
@@ -117,19 +118,20 @@ def own_folder(path: Path, *, make: bool = True) -> None:
     )
 
 
-def check_queue(site: Site, *, make: bool = True) -> None:
+def check_queue(site: Site, *, make: bool = True, owner: int | None = None) -> None:
     """Refuse (FlowbatchError, with the fix) a queue whose daemon folders a participant
-    could replace: ``queue/`` must belong to the daemon's user or root, and have the
-    sticky bit when others may write it; ``.claimed`` (and this host's folder in it on
-    a shared site) and ``rejected`` must be the daemon's own (:func:`own_folder`).
-    Three or four ``lstat`` calls: intake runs it at every tick. A missing ``queue/``
-    is left alone (nothing comes in); its folders are made when ``make``."""
+    could replace: ``queue/`` must belong to the daemon's user (``owner``, default this
+    process's: ``flowbatch doctor`` asks for the site's) or root, and have the sticky bit
+    when others may write it; ``.claimed`` (and this host's folder in it on a shared
+    site) and ``rejected`` must be the daemon's own (:func:`own_folder`). Three or four
+    ``lstat`` calls: intake runs it at every tick. A missing ``queue/`` is left alone
+    (nothing comes in); its folders are made when ``make``."""
     layout = site.layout
     try:
         st = os.stat(layout.queue)  # the site's own link to a queue elsewhere is followed
     except FileNotFoundError:
         return
-    me = os.geteuid()
+    me = os.geteuid() if owner is None else owner
     if st.st_uid not in (me, 0):
         raise FlowbatchError(
             f"{layout.queue} belongs to {user_name(st.st_uid)}, who could replace the "
@@ -143,10 +145,10 @@ def check_queue(site: Site, *, make: bool = True) -> None:
             "has the sticky bit",
             hint=f"run: chmod +t {layout.queue} (docs/admins.md, Install)",
         )
-    own_folder(layout.claimed, make=make)
+    own_folder(layout.claimed, make=make, owner=me)
     if site.claimed_dir != layout.claimed:
-        own_folder(site.claimed_dir, make=make)
-    own_folder(layout.rejected, make=make)
+        own_folder(site.claimed_dir, make=make, owner=me)
+    own_folder(layout.rejected, make=make, owner=me)
 
 
 def claim_key(name: str, st: os.stat_result) -> str:

@@ -158,3 +158,22 @@ def test_a_queue_participants_could_rearrange_fails(site: Site, tmp_path: Path) 
     code, checks = _doctor(site.root)
     (check,) = [c for c in checks if c["check"] == "queue/ safety"]
     assert code == 1 and check["status"] == FAIL and "symbolic link" in check["detail"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes owners")
+def test_doctor_judges_the_queue_as_the_daemon_does(site: Site) -> None:
+    """doctor runs the daemon's own queue check, for the daemon's user (the owner of
+    results/), whoever runs it: a .claimed of another user fails both, with the same
+    words (a second copy of the rules had let it pass)."""
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.queue import check_queue
+
+    claimed = site.layout.claimed
+    claimed.mkdir(exist_ok=True)
+    os.chown(claimed, 65534, 65534)
+    with pytest.raises(FlowbatchError) as daemon:
+        check_queue(site, make=False)
+    code, checks = _doctor(site.root)
+    (check,) = [c for c in checks if c["check"] == "queue/ safety"]
+    assert code == 1 and check["status"] == FAIL
+    assert daemon.value.reason in check["detail"] and "belongs to" in check["detail"]
