@@ -476,7 +476,7 @@ def reindex(site: Site) -> int:
     tables being emptied. The site's daemon lock of this host is held for the whole
     rebuild, so no daemon starts meanwhile either; on a shared site the other hosts'
     locks are looked at too (as far as the file system's locks reach across hosts)."""
-    from .daemon import Busy, SiteLock
+    from .daemon import Busy, SiteLock, lock_holder_at
 
     lock = SiteLock(site.lock_path, site.host)
     new_lock = not site.lock_path.exists()
@@ -490,7 +490,7 @@ def reindex(site: Site) -> int:
     try:
         if site.shared:
             for other in sorted(site.root.glob("daemon.*.lock")):
-                holder = None if other == site.lock_path else _lock_taken(other)
+                holder = None if other == site.lock_path else lock_holder_at(other)
                 if holder is not None:
                     raise _daemon_running(site, holder)
         return _reindex(site)
@@ -498,23 +498,7 @@ def reindex(site: Site) -> int:
         lock.release()
 
 
-def _lock_taken(path: Path) -> str | None:
-    """What the holder of the daemon lock file ``path`` wrote into it, when it is held."""
-    import fcntl
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return fh.read().strip() or "unknown"
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    except FileNotFoundError:
-        pass
-    return None
-
-
-def _daemon_running(site: Site, holder: str) -> FlowbatchError:
+def _daemon_running(site: Site, holder: object) -> FlowbatchError:
     return FlowbatchError(
         f"a flowbatch daemon is serving {site.root} ({holder}): reindex would replace the "
         "index under it",

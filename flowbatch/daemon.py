@@ -91,8 +91,14 @@ class SiteLock:
 
 def lock_holder(site: Site) -> dict[str, Any] | None:
     """Who holds the site's daemon lock, or None when it is free."""
+    return lock_holder_at(site.lock_path)
+
+
+def lock_holder_at(path: Path) -> dict[str, Any] | None:
+    """Who holds the daemon lock file ``path`` (what the holder wrote into it), or None
+    when it is free or missing."""
     try:
-        with open(site.lock_path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:

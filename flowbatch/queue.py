@@ -38,7 +38,7 @@ from .spec.model import FileArg, Template
 from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
 from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON, queue_mode_problem
-from .sweep import Point, cast_points
+from .sweep import Point, cast_points, run_arguments
 
 log = logging.getLogger("flowbatch.queue")
 
@@ -733,7 +733,7 @@ class Intake:
             owner=user_name(claimed.uid),
             request=claimed.name,
             created_at=now_iso(),
-            arguments=_jsonable(arguments),
+            arguments=run_arguments(arguments),
             executor=executor,
             time_limit=template.time_limit or site.config.time_limit,
             retries=template.retries if req.retries is None else req.retries,
@@ -1029,13 +1029,3 @@ def _hand_over_folder(folder: str, uid: int, gid: int, *, top: bool = False) -> 
             mode = entry.stat(follow_symlinks=False).st_mode
             if mode & 0o022:
                 os.chmod(entry.path, mode & ~0o022)
-
-
-def _jsonable(arguments: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in arguments.items():
-        if isinstance(value, FileArg):
-            out[name] = {"source": value.source, "target": value.target}
-        else:
-            out[name] = value
-    return out

@@ -18,10 +18,11 @@ Use from intake (the daemon), after the points were cast by ``resolve_arguments`
 and from ``flowbatch submit`` (:func:`plan_request`) to tell the user, before queueing,
 what will be skipped. Both read the index only (one query per call).
 
-Arguments are compared in the form ``run.json`` records them (:func:`normal_arguments`):
-a file argument is ``{"source", "target"}``, and ``flowbatch submit`` copies files under a
-fresh name each time, so a point with a file argument never matches an earlier run and is
-run again (a needless run rather than a wrong skip).
+Arguments are compared in the form ``run.json`` records them
+(:func:`flowbatch.sweep.run_arguments`): a file argument is ``{"source", "target"}``, and
+``flowbatch submit`` copies files under a fresh name each time, so a point with a file
+argument never matches an earlier run and is run again (a needless run rather than a
+wrong skip).
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from . import yamlio
 from .accounts import user_name
 from .runs import State
 from .site import Site
-from .spec.model import FileArg
 from .store.index import RunRow
-from .sweep import cast_points, point_key
+from .sweep import cast_points, point_key, run_arguments
 
 SUCCEEDED = "succeeded"
 ACTIVE = "active"
@@ -113,14 +113,6 @@ class ResumePlan:
         }
 
 
-def normal_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Cast arguments in the form ``run.json`` keeps them (file arguments as a mapping)."""
-    return {
-        name: {"source": v.source, "target": v.target} if isinstance(v, FileArg) else v
-        for name, v in arguments.items()
-    }
-
-
 def classify_points(
     site: Site,
     workflow: str,
@@ -148,7 +140,7 @@ def classify_points(
         earlier.setdefault(point_key(row.arguments or {}), []).append((row.id, row.state))
     out = []
     for index, arguments in enumerate(points):
-        normal = normal_arguments(arguments)
+        normal = run_arguments(arguments)
         runs = earlier.get(point_key(normal), [])
         out.append(PointStatus(index, normal, _status({s for _, s in runs}), [r for r, _ in runs]))
     return ResumePlan(workflow, version, out)

@@ -104,7 +104,7 @@ def cast_points(
             cast = resolve_arguments(parameters, raw, file=file)
         except ArgumentError as exc:
             raise _at_swept_value(exc, fields, raw) from None
-        key = point_key(_jsonable(cast))
+        key = point_key(run_arguments(cast))
         if key not in seen:
             seen.add(key)
             points.append(Point(cast, fields))
@@ -130,8 +130,9 @@ def _at_swept_value(
     return exc
 
 
-def _jsonable(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Cast arguments as run.json keeps them (a file argument as source and target)."""
+def run_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Cast arguments as run.json keeps them (a file argument as source and target): the
+    form points are compared in (intake's sweep skipping and submit's preview)."""
     return {
         name: {"source": v.source, "target": v.target} if isinstance(v, FileArg) else v
         for name, v in arguments.items()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,10 @@ from typing import Any
 import pytest
 
 from flowbatch.errors import RenderError, TemplateError
-from flowbatch.render import build_script, check_template, render_workflow
+from flowbatch.render import check_template, render_workflow
 from flowbatch.spec.model import FileArg, Parameter, Step, Template, Workflow
+
+from .test_render_flowserv import run_main  # check, render and run with bash
 
 VARS = {"python": sys.executable, "java": "/usr/bin/java"}
 
@@ -167,18 +168,6 @@ def test_values_in_arithmetic_are_refused_by_value(value: Any) -> None:
     check_template(t, VARS)
     with pytest.raises(RenderError, match="arithmetic context"):
         render(t, v=value, s="a[$(touch PWNED)]")
-
-
-def run_main(template: Template, tmp_path: Path, **args: Any) -> str:
-    """Check, render and run ``template`` with bash; the output of its step."""
-    check_template(template, VARS)
-    rendered = render_workflow(template, template.workflow, args, VARS)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "run.sh").write_text(build_script(rendered, run_id="r1"))
-    proc = subprocess.run(["bash", "run.sh"], cwd=run_dir, capture_output=True, timeout=60)
-    assert proc.returncode == 0, (run_dir / "logs" / "step-01-main.err").read_text()
-    return (run_dir / "logs" / "step-01-main.out").read_text()
 
 
 @pytest.mark.parametrize(("command", "output"), ARITH_COMMANDS)
