@@ -237,12 +237,18 @@ class Runner:
         return kept_busy
 
     def _prune_retired(self) -> None:
-        """Forget the retired executors that serve no run and have nothing left to end."""
+        """Forget the retired executors that serve no run and have nothing left to end
+        (``has_abandoned()``: processes or jobs of lost runs)."""
         serving = {id(executor) for executor in self.pinned.values()}
+
+        def has_abandoned(executor: Any) -> bool:
+            method = getattr(executor, "has_abandoned", None)
+            return bool(method()) if callable(method) else False
+
         self.retired = [
             executor
             for executor in self.retired
-            if id(executor) in serving or getattr(executor, "_abandoned", None)
+            if id(executor) in serving or has_abandoned(executor)
         ]
 
     # -- recovery -----------------------------------------------------------------------------

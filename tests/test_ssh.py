@@ -467,6 +467,52 @@ def test_a_run_ended_while_its_host_is_away_has_its_processes_ended_when_it_is_b
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("how", ["daemon cancel, then a restart", "runs cancel"])
+def test_processes_a_cancel_could_not_end_are_ended_by_the_next_daemon(
+    ssh: SshEnv, tmp_path: Path, how: str
+) -> None:
+    """A cancel while the host does not answer, by a daemon that then stops (a restart,
+    a `--once` tick) or by `runs cancel` in its own process: the process group to end is
+    noted under `<site>/ssh-abandoned/<host>/`, and the NEXT daemon (new executor objects)
+    ends it once the host is back, then removes the note."""
+    site, d = one_sleeper(ssh, tmp_path, 60)
+    notes = site.root / "ssh-abandoned" / "a"
+    pgid = 0
+    d2: Daemon | None = None
+    try:
+        try:
+            tick_until(d, lambda: len(running(d)) == 1)
+            run = running(d)[0]
+            pgid = int((run.handle or {})["pgid"])
+            wait_for_group(pgid, 3)  # wrapper, run.sh, the step's sleep
+            ssh.servers["a"].stop()  # the listener and the live connection
+            if how != "runs cancel":
+                d.runner.cancel(run, "enough")
+        finally:
+            d.stop()
+        if how == "runs cancel":
+            result = CliRunner().invoke(
+                main, ["--site", str(site.root), "runs", "cancel", run.id, "--reason", "enough"]
+            )
+            assert result.exit_code == 0, result.output
+        state = runs_by_name(site)["r"]
+        assert state["state"] == "CANCELED", state
+        assert group_members(pgid)  # the host could not be asked: still going there
+        noted = [json.loads(p.read_text()) for p in notes.glob("*.json")]
+        assert [n["handle"]["pgid"] for n in noted] == [pgid], noted
+        ssh.servers["a"].start()  # same address and port
+        d2 = Daemon(site)  # a restarted daemon: new executors, nothing in memory
+        d2.start()
+        tick_until(d2, lambda: not group_members(pgid), timeout=30)
+        assert list(notes.glob("*.json")) == []
+    finally:
+        if d2 is not None:
+            d2.stop()
+        ssh.ensure_running()
+        for pid in group_members(pgid) if pgid else []:
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_orphan_cleanup_ends_a_lost_runs_remote_processes(ssh: SshEnv, tmp_path: Path) -> None:
     """A host that was away past its grace comes back with the run's processes still
     going: `cleanup --orphans` ends that process group (the recorded PID, checked by its
@@ -982,3 +1028,57 @@ def test_a_cancel_the_host_missed_is_kept_once_and_sent_by_tend(
     executor.tend()
     assert executor._abandoned == []
     assert len(commands) == 1 and "kill -TERM -- -77" in commands[0]
+
+
+def test_abandoned_handles_are_noted_in_the_site_folder_until_ended(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Beside the real tests above, the files: one per abandoned process group (kept
+    once), read by a new executor of that host (not of another), removed once `tend()`
+    ended it; without a site folder nothing is written (a recorded connection stands in
+    for the host)."""
+    from flowbatch.executors import ssh as ssh_mod
+    from flowbatch.executors.commands import CommandResult
+    from flowbatch.executors.ssh_pool import HostUnreachable
+    from flowbatch.ssh_hosts import SSHHost
+
+    commands: list[str] = []
+    down = [True]
+
+    class Recorded:
+        def run(self, command: str, **kw: Any) -> CommandResult:
+            if down[0]:
+                raise HostUnreachable("ssh host a: Connection refused")
+            commands.append(command)
+            return CommandResult(0, "", "")
+
+    monkeypatch.setattr(ssh_mod.SSHExecutor, "connection", property(lambda self: Recorded()))
+    host = SSHHost(hostname="127.0.0.2", user="u")
+    handle = {"host": "a", "pid": 77, "pgid": 77, "start": "999", "boot_id": "b-1"}
+    site = tmp_path / "site"
+    first = ssh_mod.SSHExecutor("a", host, None, site_root=site)  # type: ignore[arg-type]
+    assert not first.has_abandoned()
+    first.cancel(handle, "enough")
+    first.abandon(dict(handle), "lost")  # the same process: one note
+    notes = sorted((site / "ssh-abandoned" / "a").iterdir())
+    assert [p.name for p in notes] == ["77-999-b-1.json"]
+    assert json.loads(notes[0].read_text())["handle"] == handle
+    assert first.has_abandoned()
+    # a restarted daemon's executors: host a has it to end, host b does not
+    again = ssh_mod.SSHExecutor("a", host, None, site_root=site)  # type: ignore[arg-type]
+    other = ssh_mod.SSHExecutor("b", host, None, site_root=site)  # type: ignore[arg-type]
+    assert again._abandoned == [handle] and again.has_abandoned()
+    assert not other.has_abandoned()
+    again.tend()  # still away: kept, noted
+    assert again.has_abandoned() and len(list((site / "ssh-abandoned" / "a").iterdir())) == 1
+    down[0] = False
+    again.tend()
+    assert not again.has_abandoned()
+    assert len(commands) == 1 and "kill -TERM -- -77" in commands[0]
+    assert list((site / "ssh-abandoned" / "a").iterdir()) == []
+    # no site folder: in memory only
+    down[0] = True
+    bare = ssh_mod.SSHExecutor("a", host, None)  # type: ignore[arg-type]
+    bare.abandon(handle, "lost")
+    assert bare.has_abandoned()
+    assert list((site / "ssh-abandoned" / "a").iterdir()) == []

@@ -45,7 +45,9 @@ def build_executors(
 ) -> dict[str, Executor]:
     """One executor object per configured name (connections are opened lazily).
 
-    ``site_root`` locates site overrides (``<site>/sbatch.sh.j2``) and names the site."""
+    ``site_root`` locates site overrides (``<site>/sbatch.sh.j2``), names the site, and
+    holds the jobs and processes of runs given up on (``slurm-abandoned/``,
+    ``ssh-abandoned/``); without it those are kept in memory only."""
     executors: dict[str, Executor] = {
         "local": LocalExecutor(wake=wake, limit=config.local.effective_concurrency())
     }
@@ -57,7 +59,8 @@ def build_executors(
     if config.ssh:
         from .ssh import ssh_executors
 
-        executors.update(ssh_executors(config))  # one per ssh host, one shared pool
+        # one per ssh host, one shared pool
+        executors.update(ssh_executors(config, site_root=site_root))
     return executors
 
 

@@ -679,6 +679,10 @@ class SlurmExecutor:
         self._next_tend = 0.0
         self._note_abandoned(entry)
 
+    def has_abandoned(self) -> bool:
+        """Whether jobs of runs given up on are still to be cancelled."""
+        return bool(self._abandoned)
+
     def tend(self) -> None:
         """At each poll of the runner: cancel the abandoned jobs if Slurm answers now
         (at most once per poll interval while it does not)."""

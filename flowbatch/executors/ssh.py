@@ -18,7 +18,9 @@ executor of that name. A run goes like this:
 3. **collect**: the files not fetched yet come home (markers, logs, outputs: every file
    that is new or changed), then the remote folder is removed unless ``keep_remote``.
 4. **cancel**: TERM to the remote process group, KILL after a grace; on a host that does
-   not answer, once it does (the run is ended at once all the same).
+   not answer, once it does (the run is ended at once all the same). Such process groups
+   are noted in files under ``<site>/ssh-abandoned/<host>/`` until they are ended: a
+   restarted daemon (or the next ``--once`` run) ends them as well.
 
 Connections come from :mod:`flowbatch.executors.ssh_pool`: one per host, shared with the
 Slurm executor. For "sbatch over SSH", call :func:`ssh_runner`::
@@ -38,7 +40,10 @@ The remote host must be Linux (``/proc``) with bash; the login shell may be any 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -47,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ExecutorError, FlowbatchError
 from ..ssh_hosts import SSHHost
+from ..store import atomic
 from .base import Launch, Liveness, Probe
 from .ssh_pool import HostUnreachable, SSHConnection, SSHPool, SSHRunner, shared_pool
 from .ssh_staging import download_tree, upload_tree
@@ -60,6 +66,9 @@ log = logging.getLogger("flowbatch.ssh")
 CANCEL_GRACE = 3.0
 #: the wrapper's record of the script's exit status (next to the script's own markers)
 RC_MARKER = "status/script.rc"
+#: the process groups of runs given up on, to be ended once their host answers (one file
+#: each, in a folder per host), under the site folder
+ABANDONED_DIR = "ssh-abandoned"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -137,23 +146,32 @@ def ssh_runner(config: SiteConfig, host_name: str) -> SSHRunner:
     return shared_pool(config.ssh).runner(host_name)
 
 
-def ssh_executors(config: SiteConfig) -> dict[str, SSHExecutor]:
-    """One executor per host of the site config's ``ssh:`` section, sharing one pool."""
+def ssh_executors(config: SiteConfig, site_root: Path | None = None) -> dict[str, SSHExecutor]:
+    """One executor per host of the site config's ``ssh:`` section, sharing one pool.
+    With ``site_root``, abandoned process groups are kept in files under it."""
     pool = shared_pool(config.ssh)
-    return {name: SSHExecutor(name, host, pool) for name, host in config.ssh.items()}
+    return {
+        name: SSHExecutor(name, host, pool, site_root=site_root)
+        for name, host in config.ssh.items()
+    }
 
 
 class SSHExecutor:
     """Runs whole runs on one SSH host (see the module docstring)."""
 
-    def __init__(self, name: str, host: SSHHost, pool: SSHPool) -> None:
+    def __init__(
+        self, name: str, host: SSHHost, pool: SSHPool, *, site_root: Path | None = None
+    ) -> None:
         self.name = name
         self.host = host
         self.pool = pool
         self.limit = host.max_runs
+        #: the site folder: abandoned process groups are noted under it (None: in memory)
+        self.site_root = site_root
         self._fetched: set[str] = set()  # runs whose files came home during a poll
-        #: handles of runs given up on while this host was away (see :meth:`abandon`)
-        self._abandoned: list[dict[str, Any]] = []
+        #: handles of runs given up on while this host was away (see :meth:`abandon`),
+        #: those an earlier daemon (or ``runs cancel``) could not end first
+        self._abandoned: list[dict[str, Any]] = self._load_abandoned()
 
     @property
     def connection(self) -> SSHConnection:
@@ -340,8 +358,8 @@ class SSHExecutor:
         past its grace): its processes may still run there, the daemon having lost sight
         of them only. They are ended once the host answers again (:meth:`tend`, at every
         poll of the runner) and before anything is launched there, so a retry never runs
-        beside its lost attempt. Kept in memory: after a restart, ``flowbatch
-        cleanup --orphans`` ends what is left."""
+        beside its lost attempt. Noted in a file under ``<site>/ssh-abandoned/<host>/``
+        until then: a restarted daemon (or the next ``--once`` tick) ends them too."""
         if handle.get("host") == self.name and handle.get("pid"):
             if any(_same_run(handle, h) for h in self._abandoned):
                 return  # already to be ended (cancelled, then declared lost)
@@ -352,6 +370,11 @@ class SSHExecutor:
                 reason,
             )
             self._abandoned.append(dict(handle))
+            self._note_abandoned(handle, reason)
+
+    def has_abandoned(self) -> bool:
+        """Whether process groups of runs given up on are still to be ended here."""
+        return bool(self._abandoned)
 
     def tend(self) -> None:
         """At each poll of the runner: end the abandoned runs' processes if the host
@@ -369,7 +392,62 @@ class SSHExecutor:
         host cannot be asked."""
         while self._abandoned:
             self._end_group(self._abandoned[0], force=force)
-            self._abandoned.pop(0)
+            self._forget_abandoned(self._abandoned.pop(0))
+
+    # the files of the abandoned process groups (``<site>/ssh-abandoned/<host>/``)
+    def _abandoned_dir(self) -> Path | None:
+        if self.site_root is None:
+            return None
+        return self.site_root / ABANDONED_DIR / self.name
+
+    def _note_abandoned(self, handle: dict[str, Any], reason: str) -> None:
+        folder = self._abandoned_dir()
+        if folder is None:
+            return
+        path = folder / _abandoned_file(handle)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(path, {"handle": dict(handle), "reason": reason})
+        except OSError as exc:  # kept in memory all the same
+            log.error(
+                "ssh %s: cannot note abandoned pid %s in %s: %s",
+                self.name,
+                handle.get("pid"),
+                folder,
+                exc,
+            )
+
+    def _forget_abandoned(self, handle: dict[str, Any]) -> None:
+        folder = self._abandoned_dir()
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                (folder / _abandoned_file(handle)).unlink(missing_ok=True)
+
+    def _load_abandoned(self) -> list[dict[str, Any]]:
+        """The process groups an earlier daemon (or ``runs cancel``) could not end yet."""
+        folder = self._abandoned_dir()
+        out: list[dict[str, Any]] = []
+        try:
+            names = sorted(os.listdir(folder)) if folder is not None else []
+        except OSError:
+            return out
+        for name in names:
+            if not name.endswith(".json") or name.startswith(".") or folder is None:
+                continue
+            try:
+                entry = json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("ssh %s: abandoned %s: cannot read it: %s", self.name, name, exc)
+                continue
+            handle = entry.get("handle") if isinstance(entry, dict) else None
+            if (
+                isinstance(handle, dict)
+                and handle.get("host") == self.name
+                and handle.get("pid")
+                and not any(_same_run(handle, h) for h in out)
+            ):
+                out.append(handle)
+        return out
 
     def _end_group(self, handle: dict[str, Any], *, force: bool = False) -> None:
         script = (
@@ -422,6 +500,12 @@ def _parse_poll(stdout: str) -> dict[str, tuple[str, str]]:
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two handles are of the same remote process (PID, start time, boot)."""
     return all(a.get(k) == b.get(k) for k in ("pid", "start", "boot_id"))
+
+
+def _abandoned_file(handle: dict[str, Any]) -> str:
+    """The file name of an abandoned handle: its PID, start time and boot id."""
+    key = "-".join(str(handle.get(k) or "") for k in ("pid", "start", "boot_id"))
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".json"
 
 
 def _q(text: str) -> str:
