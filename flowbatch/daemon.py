@@ -691,7 +691,14 @@ def cancel_run(site: Site, runner: Runner, run_id: str, uid: int, reason: str | 
 
 
 def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> str | None:
-    """Run the daemon; returns a message when another daemon already serves the site."""
+    """Run the daemon; returns a message when another daemon already serves the site.
+
+    It refuses to start on a queue whose folders a participant could replace (those
+    that are missing are made, and checked, at the first tick); other users of a
+    :class:`Daemon` (``runs cancel`` applying a cancel) never touch the queue."""
+    from .queue import check_queue
+
+    check_queue(site, make=False)
     daemon = Daemon(site)
     try:
         daemon.start()

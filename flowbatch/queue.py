@@ -217,9 +217,6 @@ class Intake:
         self._look_in_claimed = True
         #: why the last tick took nothing in (an unsafe queue folder), or None
         self.refused: str | None = None
-        # a daemon refuses to start on a queue whose folders a participant could replace
-        # (those that are missing are made, and checked, at the first tick)
-        check_queue(site, make=False)
 
     # -- finding and claiming ----------------------------------------------------------------
     def candidates(self, *, settle: float | None = None) -> list[str]:

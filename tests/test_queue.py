@@ -265,6 +265,7 @@ def test_a_queue_participants_could_rearrange_takes_nothing_in(hello_site) -> No
     """A daemon refuses to start on a queue others may write without the sticky bit, or
     whose rejected/.claimed is a link or no folder; a tick that finds one takes nothing
     in, writes nothing through the link, and says what to run; fixed, it serves again."""
+    from flowbatch.daemon import run_daemon
     from flowbatch.errors import FlowbatchError
 
     queue = hello_site.layout.queue
@@ -272,7 +273,7 @@ def test_a_queue_participants_could_rearrange_takes_nothing_in(hello_site) -> No
     elsewhere.mkdir()
     os.chmod(queue, 0o2775)  # group-writable, no sticky bit (docs/admins.md once said so)
     with pytest.raises(FlowbatchError, match=r"sticky bit") as info:
-        Intake(hello_site)
+        run_daemon(hello_site, until_idle=True)  # refused at its start
     assert f"chmod +t {queue}" in str(info.value)
     os.chmod(queue, 0o3775)
     intake = Intake(hello_site)  # sticky: served
@@ -290,13 +291,13 @@ def test_a_queue_participants_could_rearrange_takes_nothing_in(hello_site) -> No
     shutil.rmtree(hello_site.layout.claimed)
     hello_site.layout.claimed.symlink_to(elsewhere)
     with pytest.raises(FlowbatchError, match=r"\.claimed is a symbolic link"):
-        Intake(hello_site)  # at the start
+        run_daemon(hello_site, until_idle=True)  # at the start
     assert "symbolic link" in (intake.run_once().refused or "")
     os.unlink(hello_site.layout.claimed)
     os.chmod(queue / "old-rejected", 0o775)
     os.rename(queue / "old-rejected", hello_site.layout.rejected)
     with pytest.raises(FlowbatchError, match=r"chmod go-w"):
-        Intake(hello_site)  # writable by its group: refused too
+        run_daemon(hello_site, until_idle=True)  # writable by its group: refused too
     os.chmod(hello_site.layout.rejected, 0o755)
     result = intake.run_once()  # safe again: .claimed is made (the daemon's), bad rejected
     assert result.refused is None and result.rejected == ["bad.yaml"]
