@@ -478,7 +478,7 @@ def reindex(site: Site) -> int:
     locks are looked at too (as far as the file system's locks reach across hosts)."""
     from .daemon import Busy, SiteLock, lock_holder_at
 
-    lock = SiteLock(site.lock_path, site.host)
+    lock = SiteLock(site.lock_path, site.host, role="reindex")
     new_lock = not site.lock_path.exists()
     try:
         lock.acquire()

@@ -60,9 +60,13 @@ class Busy(Exception):
 
 
 class SiteLock:
-    def __init__(self, path: Path, host: str | None = None) -> None:
+    """The site's daemon lock (one per host): ``role`` says who holds it, a daemon or a
+    ``reindex`` (which holds it while it rebuilds the index)."""
+
+    def __init__(self, path: Path, host: str | None = None, role: str = "daemon") -> None:
         self.path = path
         self.host = host or socket.gethostname()
+        self.role = role
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -76,9 +80,10 @@ class SiteLock:
             raise Busy(holder) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(
-            json.dumps({"host": self.host, "pid": os.getpid(), "started_at": now_iso()}) + "\n"
-        )
+        held = {"host": self.host, "pid": os.getpid(), "started_at": now_iso()}
+        if self.role != "daemon":
+            held["role"] = self.role
+        fh.write(json.dumps(held) + "\n")
         fh.flush()
         self._fh = fh
 
@@ -703,6 +708,12 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
     try:
         daemon.start()
     except Busy as busy:
+        if _role(str(busy)) == "reindex":  # not served meanwhile: a failure, restarted
+            raise FlowbatchError(
+                f"flowbatch reindex is rebuilding the index of {site.root} ({busy})",
+                hint="start the daemon again once it has finished (systemd does, "
+                "Restart=on-failure)",
+            ) from None
         return f"another flowbatch daemon already serves {site.root}: {busy}"
     # systemd (Type=notify) counts the service as started once the lock is held and runs
     # are recovered; without $NOTIFY_SOCKET these calls do nothing. The signal handlers
@@ -720,6 +731,15 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
         notify.stopping()
         daemon.stop()
     return None
+
+
+def _role(held: str) -> str:
+    """Who holds a site lock, from what it wrote into it (:class:`SiteLock`)."""
+    try:
+        info = json.loads(held)
+    except ValueError:
+        return "daemon"
+    return str(info.get("role", "daemon")) if isinstance(info, dict) else "daemon"
 
 
 def wait_terminal(site: Site, run_id: str, timeout: float) -> str:

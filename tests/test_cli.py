@@ -317,7 +317,8 @@ def test_reindex_refuses_under_a_running_daemon_and_holds_the_lock(
     deleted file, the runs' changes would be lost from the new one. It refuses, saying
     how to stop the daemon, and holds the daemon lock while it runs (no daemon starts)."""
     from flowbatch import api
-    from flowbatch.daemon import Daemon, lock_holder
+    from flowbatch.daemon import Daemon, lock_holder, run_daemon
+    from flowbatch.errors import FlowbatchError
     from flowbatch.site import Site
 
     root = tmp_path / "site"
@@ -342,12 +343,17 @@ def test_reindex_refuses_under_a_running_daemon_and_holds_the_lock(
 
     def watched(site: Site) -> int:
         holders.append(lock_holder(Site(root)))
+        # a daemon started meanwhile fails (systemd starts it again, Restart=on-failure)
+        # instead of exiting 0 as when another daemon serves the site
+        with pytest.raises(FlowbatchError, match="reindex is rebuilding the index"):
+            run_daemon(Site(root), once=True)
         return rebuild(site)
 
     monkeypatch.setattr(api, "_reindex", watched)
     assert "indexed 1 runs" in fb(root, "reindex")
     (holder,) = holders
     assert holder is not None and holder["pid"] == os.getpid()
+    assert holder["role"] == "reindex"
     assert lock_holder(Site(root)) is None  # released
 
 
