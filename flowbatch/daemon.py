@@ -501,6 +501,12 @@ class Daemon:
                 continue
             if until_idle and self.idle():
                 break
+            if until_idle and self.intake.refused and not self.runner.active:
+                # requests wait in a queue it will not take them from: it would never end
+                raise FlowbatchError(
+                    self.intake.refused,
+                    hint="fix the queue (the command above), then run the daemon again",
+                )
             if until_idle and self._index_given_up():
                 count = len(self.site.store.unindexed)
                 raise FlowbatchError(

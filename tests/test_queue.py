@@ -368,3 +368,41 @@ def test_submit_rewrites_every_form_of_a_file_argument(hello_site, tmp_path: Pat
     runs = [api.show_run(hello_site, r["id"]) for r in api.list_runs(hello_site)]
     assert len(runs) == 4 and all(r["state"] == "SUCCESS" for r in runs), runs
     assert rejected(hello_site) == {}
+
+
+def test_a_daemon_until_idle_ends_when_the_queue_turns_unsafe(hello_site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A queue made unsafe after the daemon started: its ticks take nothing in, and a
+    daemon that is to end once idle would wait for ever with requests in the queue. It
+    ends with the reason instead (a serving daemon keeps going, and logs it once)."""
+    import threading
+
+    from flowbatch import queue as queue_module
+    from flowbatch.daemon import run_daemon
+    from flowbatch.errors import FlowbatchError
+
+    drop(hello_site, "r.yaml", {"workflow": "helloworld"})
+    checked = queue_module.check_queue
+    calls = []
+
+    def unsafe_after_the_start(site, **kw):  # type: ignore[no-untyped-def]
+        calls.append(kw)
+        if len(calls) > 1:  # the start's check passes; the ticks' find it unsafe
+            raise FlowbatchError(f"{site.layout.queue} is writable by everyone (test)")
+        return checked(site, **kw)
+
+    monkeypatch.setattr(queue_module, "check_queue", unsafe_after_the_start)
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            run_daemon(hello_site, until_idle=True)
+        except FlowbatchError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the daemon went on waiting"
+    (error,) = errors
+    assert "writable by everyone" in str(error)
+    assert (hello_site.layout.queue / "r.yaml").exists()  # left where it was
