@@ -37,10 +37,8 @@ loopback sshd is this machine).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -51,10 +49,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable, FlowbatchError
 from ..render.script import LOGS_DIR, read_markers
 from ..slurm_profile import SlurmProfile
-from ..store import atomic
 from ..sweep import array_ranges
 from .base import Launch, LaunchDeferred, Liveness, Probe
 from .commands import CommandResult, CommandRunner, LocalRunner
+from .notes import Notes
 from .slurm_script import (
     ARRAY_TEMPLATE_NAME,
     BATCH_NAME,
@@ -142,6 +140,11 @@ class SlurmExecutor:
         #: jobs submitted since then: each gets the whole grace, from its submission
         self._submitted_since: dict[str, float] = {}
         #: jobs of runs given up on, to be cancelled once Slurm answers (:meth:`abandon`)
+        #: jobs of runs given up on, noted in the site folder until cancelled
+        self._notes = Notes(
+            site_root / ABANDONED_DIR / profile_name if site_root else None,
+            "abandoned Slurm job",
+        )
         self._abandoned: list[dict[str, Any]] = self._load_abandoned()
         self._next_tend = 0.0  # when to try them again
         self._left: str | None = None  # why some were left at the last try
@@ -717,10 +720,7 @@ class SlurmExecutor:
                 left = "ending"
                 continue
             self._abandoned.remove(entry)
-            folder = self._abandoned_dir()
-            if folder is not None:
-                with contextlib.suppress(OSError):
-                    (folder / f"{key}.json").unlink(missing_ok=True)
+            self._notes.forget(key)
         if left is not None:
             wait = self.profile.poll.floor if left == "ending" else self._interval
             self._next_tend = self._clock() + max(wait, self.profile.poll.floor, 0.1)
@@ -763,41 +763,12 @@ class SlurmExecutor:
                 hint="the run is submitted once that job has ended",
             )
 
-    def _abandoned_dir(self) -> Path | None:
-        if self.site_root is None:
-            return None
-        return self.site_root / ABANDONED_DIR / self.profile_name
-
     def _note_abandoned(self, entry: dict[str, Any]) -> None:
-        folder = self._abandoned_dir()
-        if folder is None:
-            return
-        key = _abandoned_key(entry)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(folder / f"{key}.json", entry)
-        except OSError as exc:  # kept in memory all the same
-            log.error("cannot note abandoned Slurm job %s in %s: %s", key, folder, exc)
+        self._notes.note(_abandoned_key(entry), entry)
 
     def _load_abandoned(self) -> list[dict[str, Any]]:
         """The abandoned jobs a daemon before this one could not cancel yet."""
-        folder = self._abandoned_dir()
-        out: list[dict[str, Any]] = []
-        try:
-            names = sorted(os.listdir(folder)) if folder is not None else []
-        except OSError:
-            return out
-        for name in names:
-            if not name.endswith(".json") or name.startswith(".") or folder is None:
-                continue
-            try:
-                entry = json.loads((folder / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                log.warning("abandoned Slurm job %s: cannot read it: %s", name, exc)
-                continue
-            if isinstance(entry, dict) and (entry.get("job_id") or entry.get("job_name")):
-                out.append(entry)
-        return out
+        return [e for e in self._notes.load() if e.get("job_id") or e.get("job_name")]
 
     def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
         """Nothing to bring home: the run folder is on the cluster's shared file system."""

@@ -40,10 +40,7 @@ The remote host must be Linux (``/proc``) with bash; the login shell may be any 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -52,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ExecutorError, FlowbatchError
 from ..ssh_hosts import SSHHost
-from ..store import atomic
 from .base import Launch, Liveness, Probe
+from .notes import Notes
 from .ssh_pool import HostUnreachable, SSHConnection, SSHPool, SSHRunner, shared_pool
 from .ssh_staging import download_tree, upload_tree
 
@@ -171,6 +168,9 @@ class SSHExecutor:
         self._fetched: set[str] = set()  # runs whose files came home during a poll
         #: handles of runs given up on while this host was away (see :meth:`abandon`),
         #: those an earlier daemon (or ``runs cancel``) could not end first
+        self._notes = Notes(
+            site_root / ABANDONED_DIR / name if site_root else None, f"ssh {name}: abandoned"
+        )
         self._abandoned: list[dict[str, Any]] = self._load_abandoned()
 
     @property
@@ -394,52 +394,18 @@ class SSHExecutor:
             self._end_group(self._abandoned[0], force=force)
             self._forget_abandoned(self._abandoned.pop(0))
 
-    # the files of the abandoned process groups (``<site>/ssh-abandoned/<host>/``)
-    def _abandoned_dir(self) -> Path | None:
-        if self.site_root is None:
-            return None
-        return self.site_root / ABANDONED_DIR / self.name
-
+    # the notes of the abandoned process groups (``<site>/ssh-abandoned/<host>/``)
     def _note_abandoned(self, handle: dict[str, Any], reason: str) -> None:
-        folder = self._abandoned_dir()
-        if folder is None:
-            return
-        path = folder / _abandoned_file(handle)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(path, {"handle": dict(handle), "reason": reason})
-        except OSError as exc:  # kept in memory all the same
-            log.error(
-                "ssh %s: cannot note abandoned pid %s in %s: %s",
-                self.name,
-                handle.get("pid"),
-                folder,
-                exc,
-            )
+        self._notes.note(_abandoned_key(handle), {"handle": dict(handle), "reason": reason})
 
     def _forget_abandoned(self, handle: dict[str, Any]) -> None:
-        folder = self._abandoned_dir()
-        if folder is not None:
-            with contextlib.suppress(OSError):
-                (folder / _abandoned_file(handle)).unlink(missing_ok=True)
+        self._notes.forget(_abandoned_key(handle))
 
     def _load_abandoned(self) -> list[dict[str, Any]]:
         """The process groups an earlier daemon (or ``runs cancel``) could not end yet."""
-        folder = self._abandoned_dir()
         out: list[dict[str, Any]] = []
-        try:
-            names = sorted(os.listdir(folder)) if folder is not None else []
-        except OSError:
-            return out
-        for name in names:
-            if not name.endswith(".json") or name.startswith(".") or folder is None:
-                continue
-            try:
-                entry = json.loads((folder / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                log.warning("ssh %s: abandoned %s: cannot read it: %s", self.name, name, exc)
-                continue
-            handle = entry.get("handle") if isinstance(entry, dict) else None
+        for entry in self._notes.load():
+            handle = entry.get("handle")
             if (
                 isinstance(handle, dict)
                 and handle.get("host") == self.name
@@ -502,10 +468,9 @@ def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in ("pid", "start", "boot_id"))
 
 
-def _abandoned_file(handle: dict[str, Any]) -> str:
-    """The file name of an abandoned handle: its PID, start time and boot id."""
-    key = "-".join(str(handle.get(k) or "") for k in ("pid", "start", "boot_id"))
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".json"
+def _abandoned_key(handle: dict[str, Any]) -> str:
+    """The note's name of an abandoned handle: its PID, start time and boot id."""
+    return "-".join(str(handle.get(k) or "") for k in ("pid", "start", "boot_id"))
 
 
 def _q(text: str) -> str:

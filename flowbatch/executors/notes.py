@@ -1,0 +1,76 @@
+"""Notes that outlive a daemon: one JSON file each in a folder of the site.
+
+The Slurm and SSH executors note here the jobs and process groups of runs they gave up
+on while their scheduler or host did not answer (``<site>/slurm-abandoned/<profile>/``,
+``<site>/ssh-abandoned/<host>/``), so that the next daemon (a restart, the next
+``--once`` tick, after a ``runs cancel`` in its own process) ends them too. Without a
+folder (an executor built without the site's root) nothing is written and the caller
+keeps its notes in memory only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..store import atomic
+
+log = logging.getLogger("flowbatch.executors")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class Notes:
+    """The notes in ``folder`` (None: none are kept), each named by a key."""
+
+    def __init__(self, folder: Path | None, what: str) -> None:
+        self.folder = folder
+        self.what = what  # for messages: "abandoned Slurm job", "ssh login1: abandoned"
+
+    @staticmethod
+    def name(key: str) -> str:
+        """The file name of ``key`` (characters other than letters, digits, ``_.-`` as
+        ``_``: a key made of a remote host's words never leaves the folder)."""
+        return _UNSAFE.sub("_", key) + ".json"
+
+    def note(self, key: str, value: dict[str, Any]) -> None:
+        """Write ``value`` under ``key`` (atomically); a failure is logged, not raised:
+        the caller keeps it in memory all the same."""
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(self.folder / self.name(key), value)
+        except OSError as exc:
+            log.error("cannot note %s %s in %s: %s", self.what, key, self.folder, exc)
+
+    def forget(self, key: str) -> None:
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                (self.folder / self.name(key)).unlink(missing_ok=True)
+
+    def load(self) -> list[dict[str, Any]]:
+        """Every note (a mapping) in the folder, in name order; unreadable ones logged."""
+        if self.folder is None:
+            return []
+        try:
+            names = sorted(os.listdir(self.folder))
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                value = json.loads((self.folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("%s %s: cannot read it: %s", self.what, name, exc)
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+        return out
