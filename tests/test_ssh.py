@@ -382,6 +382,35 @@ def test_a_retry_after_the_host_was_away_ends_the_lost_attempt_first(
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_start_whose_record_was_lost_is_ended_before_the_run_starts_again(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """A daemon killed between an SSH start and its record finds the run PENDING at its
+    next start and launches it again: the earlier start, still running in the run's
+    remote folder, is ended first (it wrote its pid there), so the run never runs twice
+    at once (the relaunch emptied the folder under it)."""
+    site, d = one_sleeper(ssh, tmp_path, 60)
+    groups: list[int] = []
+    try:
+        (run,) = d.intake.run_once().runs
+        executor = d.executors[run.executor]
+        job = d.runner._launch_of(run)
+        first = executor.launch(job)  # started; its record "lost with the daemon"
+        groups.append(int(first["pgid"]))
+        wait_for_group(first["pgid"], 3)  # wrapper, run.sh, the step's sleep
+        second = executor.launch(job)  # the next daemon launches it again
+        groups.append(int(second["pgid"]))
+        assert second["pid"] != first["pid"]
+        assert group_members(first["pgid"]) == []  # the earlier start was ended first
+        wait_for_group(second["pgid"], 3)
+    finally:
+        d.stop()
+        site.close()
+        for pgid in groups:
+            for pid in group_members(pgid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_remote_process_killed_from_outside_is_error_with_signal(
     ssh: SshEnv, tmp_path: Path
 ) -> None:
@@ -968,7 +997,7 @@ def test_a_launch_ends_the_abandoned_processes_before_anything_else(
             if self.down:
                 raise HostUnreachable("ssh host a: Connection refused")
             self.commands.append(command)
-            if command.startswith("set -e; rm -rf"):
+            if "rm -rf --" in command:  # the run's folder prepared
                 return CommandResult(0, "/remote/wf/run2\n", "")
             if "nohup" in command or "setsid" in command:
                 return CommandResult(0, "4242 1000 boot\n", "")
@@ -990,7 +1019,7 @@ def test_a_launch_ends_the_abandoned_processes_before_anything_else(
     handle = executor.launch(job)
     assert handle["pid"] == 4242
     assert "kill -TERM -- -77" in conn.commands[0]  # the lost attempt first
-    assert conn.commands[1].startswith("set -e; rm -rf")  # then its folder, emptied
+    assert "rm -rf --" in conn.commands[1]  # then its folder, emptied
     assert executor._abandoned == []
 
 

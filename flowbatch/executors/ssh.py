@@ -107,8 +107,29 @@ read -r fb_s < "/proc/$fb_pid/stat"
 fb_s=${{fb_s##*) }}
 fb_f=($fb_s)
 read -r fb_boot < /proc/sys/kernel/random/boot_id
+printf '%s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot" > {wrapper}
 printf '%s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot"
 """
+
+# Before a run's remote folder is emptied for a launch: the wrapper an earlier start of
+# this run left there (a daemon killed between the start and its record, or a lost
+# attempt) is ended if it still runs, as a cancel would; then the fresh folder.
+_PREPARE = r"""set -e
+fb_old() {{
+  local pid start boot now i
+  {{ read -r pid start boot < {dir}/{wrapper}; }} 2>/dev/null || return 0
+  read -r now < /proc/sys/kernel/random/boot_id
+  case $pid in ''|*[!0-9]*) return 0;; esac
+  [ "$boot" = "$now" ] && fb_same "$pid" "$start" || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || return 0
+  for ((i = 0; i < {ticks}; i++)); do fb_group "$pid" || return 0; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+}}
+fb_old
+rm -rf -- {dir}; mkdir -p -- {dir}; cd -- {dir}; pwd -P
+"""
+#: the wrapper's "pid start boot-id", in the run's remote folder (see _PREPARE)
+WRAPPER_RECORD = "status/wrapper"
 
 # one line per run: "<run id> <1 alive | 0 ended | nodir> <wrapper's exit status or ->"
 _POLL_HEAD = (
@@ -193,9 +214,13 @@ class SSHExecutor:
         # a run lost while the host was away may be this one's last attempt, still going:
         # ended first (HostUnreachable, the run waits, while the host cannot be asked)
         self._end_abandoned(force=True)
-        # a fresh folder: a retried run must not find the markers of its last attempt
+        # a fresh folder: a retried run must not find the markers of its last attempt, and
+        # an earlier start of this run that still runs there (its record lost with a
+        # daemon killed right after the start) is ended first: never two at once
         prep = conn.run(
-            f"set -e; rm -rf -- {_q(where)}; mkdir -p -- {_q(where)}; cd -- {_q(where)}; pwd -P",
+            _SAME_PROCESS
+            + _GROUP_ALIVE
+            + _PREPARE.format(dir=_q(where), wrapper=WRAPPER_RECORD, ticks=int(CANCEL_GRACE * 10)),
             force=True,
         )
         if not prep.ok:
@@ -212,7 +237,10 @@ class SSHExecutor:
             raise self._error(f"not environment variable names: {bad}", "")
         exports = "\n".join(f"export {k}={_q(v)}" for k, v in job.env.items())
         started = conn.run(
-            _LAUNCH.format(dir=_q(remote_dir), exports=exports, rc=RC_MARKER), force=True
+            _LAUNCH.format(
+                dir=_q(remote_dir), exports=exports, rc=RC_MARKER, wrapper=WRAPPER_RECORD
+            ),
+            force=True,
         )
         fields = started.stdout.split()
         if not started.ok or len(fields) != 3 or not fields[0].isdigit():
