@@ -20,7 +20,7 @@ import pytest
 from flowbatch import api
 from flowbatch.lifecycle import Runner
 from flowbatch.queue import Intake
-from flowbatch.runs import State
+from flowbatch.runs import RunRecord, State
 from flowbatch.site import Site
 from flowbatch.store.index import ClaimRow, RunRow
 
@@ -165,17 +165,23 @@ def _logs(tmp_path: Path) -> str:
     )
 
 
+def run_taken_in_by_host_a(root: Path, url: str, monkeypatch) -> tuple[Site, RunRecord]:  # type: ignore[no-untyped-def]
+    """A shared site at ``root`` whose hostA has taken one request in: its site, its run."""
+    shared_site(root, url).close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site_a = Site(root)
+    drop(site_a, "a.yaml", {"workflow": "wf", "arguments": {"score": 3.0}})
+    (run,) = Intake(site_a).run_once().runs
+    return site_a, run
+
+
 def test_a_daemon_host_recovers_only_its_own_runs(
     tmp_path: Path, postgres_url: str, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """At its start, hostB must not rewrite hostA's index rows from its own read of their
     run.json: hostA is changing them (a stale row written after hostA's would stay)."""
     root = tmp_path / "site"
-    shared_site(root, postgres_url).close()
-    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
-    site_a = Site(root)
-    drop(site_a, "a.yaml", {"workflow": "wf", "arguments": {"score": 3.0}})
-    (run,) = Intake(site_a).run_once().runs
+    site_a, run = run_taken_in_by_host_a(root, postgres_url, monkeypatch)
     assert run.host == "hostA" and RunRow.get_by_id(run.id).state == "PENDING"
     # hostA has written run.json (RUNNING) and is about to write the row
     site_a.store.transition(run, State.RUNNING, handle={"pid": 1})
@@ -235,11 +241,7 @@ def test_runs_cancel_on_another_host_is_handed_to_that_host(
     from flowbatch.cli import main
 
     root = tmp_path / "site"
-    shared_site(root, postgres_url).close()
-    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
-    site_a = Site(root)
-    drop(site_a, "a.yaml", {"workflow": "wf", "arguments": {"score": 3.0}})
-    (run,) = Intake(site_a).run_once().runs
+    site_a, run = run_taken_in_by_host_a(root, postgres_url, monkeypatch)
     site_a.close()
     monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostB")
     out = CliRunner().invoke(main, ["--site", str(root), "runs", "cancel", run.id, "--wait", "0"])

@@ -150,11 +150,9 @@ def test_completed_without_markers_is_an_error(tmp_path: Path, slurm_cluster: Sl
     assert f"logs/slurm-{job}.err" in message
 
 
-def test_crash_between_submission_and_record(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
-    """The daemon is SIGKILLed right after sbatch returned, before the job id is recorded:
-    the next daemon finds the job by its name and does not submit it again."""
-    site = sleep_site(tmp_path)
-    drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 1}})
+def crash_right_after_sbatch(site: Site) -> None:
+    """A `daemon --once` SIGKILLed right after its first sbatch returned, before the job
+    id was recorded (the fault point ``launched``)."""
     env = {**os.environ, "FLOWBATCH_CRASH_AT": "launched:1"}
     crashed = subprocess.run(
         [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
@@ -163,6 +161,14 @@ def test_crash_between_submission_and_record(tmp_path: Path, slurm_cluster: Slur
         timeout=60,
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+
+
+def test_crash_between_submission_and_record(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+    """The daemon is SIGKILLed right after sbatch returned, before the job id is recorded:
+    the next daemon finds the job by its name and does not submit it again."""
+    site = sleep_site(tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 1}})
+    crash_right_after_sbatch(site)
     before = site.store.load(api.list_runs(site)[0]["id"])
     assert before.state.value == "PENDING"
     assert before.handle is not None and before.handle["submitting"] is True
@@ -196,14 +202,7 @@ def test_a_cancel_of_a_run_whose_submission_was_never_recorded_cancels_its_job(
     scancel by that name, so the job does not run on unwatched for a CANCELED run."""
     site = sleep_site(tmp_path)
     drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 120}})
-    env = {**os.environ, "FLOWBATCH_CRASH_AT": "launched:1"}
-    crashed = subprocess.run(
-        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    crash_right_after_sbatch(site)
     run = site.store.load(api.list_runs(site)[0]["id"])
     assert run.state.value == "PENDING" and run.handle and run.handle["submitting"] is True
     name = run.handle["job_name"]

@@ -88,6 +88,13 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
+def kill_groups(*pgids: int | None) -> None:
+    """SIGKILL what is left of these process groups (a test's clean-up)."""
+    for pgid in pgids:
+        for pid in group_members(pgid) if pgid else []:
+            os.kill(pid, signal.SIGKILL)
+
+
 # -- config ------------------------------------------------------------------------------
 
 
@@ -218,6 +225,16 @@ def one_sleeper(
     return site, d
 
 
+def sleeping(d: Daemon) -> tuple[Any, int]:
+    """Tick ``d`` until its one run is RUNNING with all its processes (the wrapper,
+    run.sh, the step's sleep): the run and its process group."""
+    tick_until(d, lambda: len(running(d)) == 1)
+    run = running(d)[0]
+    pgid = int((run.handle or {})["pgid"])
+    wait_for_group(pgid, 3)
+    return run, pgid
+
+
 def wait_for_group(pgid: int, count: int) -> None:
     """Until the process group ``pgid`` has ``count`` members (10 s at most)."""
     deadline = time.monotonic() + 10
@@ -337,8 +354,7 @@ def test_a_run_lost_with_its_host_has_its_processes_ended_when_the_host_is_back(
     finally:
         d.stop()
         ssh.ensure_running()
-        for pid in group_members(pgid) if pgid else []:
-            os.kill(pid, signal.SIGKILL)
+        kill_groups(pgid)
     assert runs_by_name(site)["r"]["state"] == "ERROR"
 
 
@@ -377,9 +393,7 @@ def test_a_retry_after_the_host_was_away_ends_the_lost_attempt_first(
     finally:
         d.stop()
         ssh.ensure_running()
-        for pgid in groups:
-            for pid in group_members(pgid):
-                os.kill(pid, signal.SIGKILL)
+        kill_groups(*groups)
 
 
 def test_a_start_whose_record_was_lost_is_ended_before_the_run_starts_again(
@@ -406,9 +420,7 @@ def test_a_start_whose_record_was_lost_is_ended_before_the_run_starts_again(
     finally:
         d.stop()
         site.close()
-        for pgid in groups:
-            for pid in group_members(pgid):
-                os.kill(pid, signal.SIGKILL)
+        kill_groups(*groups)
 
 
 def test_remote_process_killed_from_outside_is_error_with_signal(
@@ -428,8 +440,7 @@ def test_remote_process_killed_from_outside_is_error_with_signal(
         tick_until(d, lambda: not d.runner.active)
     finally:
         d.stop()
-        for pid in group_members(int(handle["pgid"])):  # the orphaned `sleep`
-            os.kill(pid, signal.SIGKILL)
+        kill_groups(int(handle["pgid"]))  # the orphaned `sleep`
     run = runs_by_name(site)["r"]
     assert run["state"] == "ERROR"
     assert "SIGKILL" in run["messages"][0] and "137" in run["messages"][0], run["messages"]
@@ -473,10 +484,7 @@ def test_a_run_ended_while_its_host_is_away_has_its_processes_ended_when_it_is_b
     d.start()
     pgid = 0
     try:
-        tick_until(d, lambda: len(running(d)) == 1)
-        run = running(d)[0]
-        pgid = int((run.handle or {})["pgid"])
-        wait_for_group(pgid, 3)  # wrapper, run.sh, the step's sleep
+        run, pgid = sleeping(d)
         ssh.servers["a"].stop()  # the listener and the live connection
         if how == "cancel":
             d.runner.cancel(run, "enough")
@@ -492,8 +500,7 @@ def test_a_run_ended_while_its_host_is_away_has_its_processes_ended_when_it_is_b
     finally:
         d.stop()
         ssh.ensure_running()
-        for pid in group_members(pgid) if pgid else []:
-            os.kill(pid, signal.SIGKILL)
+        kill_groups(pgid)
 
 
 @pytest.mark.parametrize("how", ["daemon cancel, then a restart", "runs cancel"])
@@ -510,10 +517,7 @@ def test_processes_a_cancel_could_not_end_are_ended_by_the_next_daemon(
     d2: Daemon | None = None
     try:
         try:
-            tick_until(d, lambda: len(running(d)) == 1)
-            run = running(d)[0]
-            pgid = int((run.handle or {})["pgid"])
-            wait_for_group(pgid, 3)  # wrapper, run.sh, the step's sleep
+            run, pgid = sleeping(d)
             ssh.servers["a"].stop()  # the listener and the live connection
             if how != "runs cancel":
                 d.runner.cancel(run, "enough")
@@ -538,8 +542,7 @@ def test_processes_a_cancel_could_not_end_are_ended_by_the_next_daemon(
         if d2 is not None:
             d2.stop()
         ssh.ensure_running()
-        for pid in group_members(pgid) if pgid else []:
-            os.kill(pid, signal.SIGKILL)
+        kill_groups(pgid)
 
 
 def test_orphan_cleanup_ends_a_lost_runs_remote_processes(ssh: SshEnv, tmp_path: Path) -> None:
@@ -975,6 +978,28 @@ def test_stream_that_does_not_add_up_falls_back_to_sftp(
     conn.pool.close()
 
 
+class RecordedHost:
+    """A connection standing in for a host: unreachable while ``down``, then recording
+    every command it is asked to run and giving :meth:`answer`'s result."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.down = True
+
+    def run(self, command: str, **kw: Any) -> Any:
+        from flowbatch.executors.ssh_pool import HostUnreachable
+
+        if self.down:
+            raise HostUnreachable("ssh host a: Connection refused")
+        self.commands.append(command)
+        return self.answer(command)
+
+    def answer(self, command: str) -> Any:
+        from flowbatch.executors.commands import CommandResult
+
+        return CommandResult(0, "", "")
+
+
 def test_a_launch_ends_the_abandoned_processes_before_anything_else(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -988,15 +1013,8 @@ def test_a_launch_ends_the_abandoned_processes_before_anything_else(
     from flowbatch.executors.ssh_pool import HostUnreachable
     from flowbatch.ssh_hosts import SSHHost
 
-    class Recorded:
-        def __init__(self) -> None:
-            self.commands: list[str] = []
-            self.down = True
-
-        def run(self, command: str, **kw: Any) -> CommandResult:
-            if self.down:
-                raise HostUnreachable("ssh host a: Connection refused")
-            self.commands.append(command)
+    class Recorded(RecordedHost):
+        def answer(self, command: str) -> CommandResult:
             if "rm -rf --" in command:  # the run's folder prepared
                 return CommandResult(0, "/remote/wf/run2\n", "")
             if "nohup" in command or "setsid" in command:
@@ -1030,33 +1048,22 @@ def test_a_cancel_the_host_missed_is_kept_once_and_sent_by_tend(
     once (a run cancelled, then declared lost, is not ended twice), and `tend()` sends it
     when the host answers (a recorded connection stands in for the host)."""
     from flowbatch.executors import ssh as ssh_mod
-    from flowbatch.executors.commands import CommandResult
-    from flowbatch.executors.ssh_pool import HostUnreachable
     from flowbatch.ssh_hosts import SSHHost
 
-    commands: list[str] = []
-    down = [True]
-
-    class Recorded:
-        def run(self, command: str, **kw: Any) -> CommandResult:
-            if down[0]:
-                raise HostUnreachable("ssh host a: Connection refused")
-            commands.append(command)
-            return CommandResult(0, "", "")
-
+    conn = RecordedHost()
     executor = ssh_mod.SSHExecutor("a", SSHHost(hostname="127.0.0.2", user="u"), None)  # type: ignore[arg-type]
-    monkeypatch.setattr(ssh_mod.SSHExecutor, "connection", property(lambda self: Recorded()))
+    monkeypatch.setattr(ssh_mod.SSHExecutor, "connection", property(lambda self: conn))
     handle = {"host": "a", "pid": 77, "pgid": 77, "start": "999", "boot_id": "b"}
     executor.cancel(handle, "enough")
     assert executor._abandoned == [handle]
     executor.abandon(dict(handle), "lost")
     assert executor._abandoned == [handle]
     executor.tend()  # still away: kept
-    assert executor._abandoned == [handle] and commands == []
-    down[0] = False
+    assert executor._abandoned == [handle] and conn.commands == []
+    conn.down = False
     executor.tend()
     assert executor._abandoned == []
-    assert len(commands) == 1 and "kill -TERM -- -77" in commands[0]
+    assert len(conn.commands) == 1 and "kill -TERM -- -77" in conn.commands[0]
 
 
 def test_abandoned_handles_are_noted_in_the_site_folder_until_ended(
@@ -1067,21 +1074,10 @@ def test_abandoned_handles_are_noted_in_the_site_folder_until_ended(
     ended it; without a site folder nothing is written (a recorded connection stands in
     for the host)."""
     from flowbatch.executors import ssh as ssh_mod
-    from flowbatch.executors.commands import CommandResult
-    from flowbatch.executors.ssh_pool import HostUnreachable
     from flowbatch.ssh_hosts import SSHHost
 
-    commands: list[str] = []
-    down = [True]
-
-    class Recorded:
-        def run(self, command: str, **kw: Any) -> CommandResult:
-            if down[0]:
-                raise HostUnreachable("ssh host a: Connection refused")
-            commands.append(command)
-            return CommandResult(0, "", "")
-
-    monkeypatch.setattr(ssh_mod.SSHExecutor, "connection", property(lambda self: Recorded()))
+    conn = RecordedHost()
+    monkeypatch.setattr(ssh_mod.SSHExecutor, "connection", property(lambda self: conn))
     host = SSHHost(hostname="127.0.0.2", user="u")
     handle = {"host": "a", "pid": 77, "pgid": 77, "start": "999", "boot_id": "b-1"}
     site = tmp_path / "site"
@@ -1100,13 +1096,13 @@ def test_abandoned_handles_are_noted_in_the_site_folder_until_ended(
     assert not other.has_abandoned()
     again.tend()  # still away: kept, noted
     assert again.has_abandoned() and len(list((site / "ssh-abandoned" / "a").iterdir())) == 1
-    down[0] = False
+    conn.down = False
     again.tend()
     assert not again.has_abandoned()
-    assert len(commands) == 1 and "kill -TERM -- -77" in commands[0]
+    assert len(conn.commands) == 1 and "kill -TERM -- -77" in conn.commands[0]
     assert list((site / "ssh-abandoned" / "a").iterdir()) == []
     # no site folder: in memory only
-    down[0] = True
+    conn.down = True
     bare = ssh_mod.SSHExecutor("a", host, None)  # type: ignore[arg-type]
     bare.abandon(handle, "lost")
     assert bare.has_abandoned()
