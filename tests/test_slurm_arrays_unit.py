@@ -258,7 +258,8 @@ def test_an_array_is_submitted_by_its_runs_user_who_makes_their_logs(tmp_path: P
     batch = jobs(tmp_path, 3, uid=1234)
     ex.launch_many(batch)
     assert runner.uids == [1234]
-    assert runner.prefixes == ["mkdir -p -- " + " ".join(str(j.run_dir / "logs") for j in batch)]
+    assert runner.prefixes == ["xargs -0 -r mkdir -p --"]  # the folders on stdin
+    assert runner.inputs[0] == "".join(f"{j.run_dir / 'logs'}\0" for j in batch)
     (tmp_path / "b").mkdir()
     mixed = [*jobs(tmp_path, 1, uid=1), *jobs(tmp_path / "b", 1, uid=2)]
     out = ex.launch_many(mixed)

@@ -209,6 +209,7 @@ class Scripted:
     lines: list[str] = field(default_factory=list)  # the Slurm command of each line
     prefixes: list[str] = field(default_factory=list)  # what ran before it in the line
     uids: list[int | None] = field(default_factory=list)
+    inputs: list[str | None] = field(default_factory=list)
     inputs: list[str | None] = field(default_factory=list)  # what each line was fed
     where: str = "test"
 
@@ -224,6 +225,7 @@ class Scripted:
         self.lines.append(command)
         self.prefixes.append(before)
         self.uids.append(uid)
+        self.inputs.append(input)
         self.inputs.append(input)
         queue = self.answers[command.split()[0]]
         return queue.pop(0) if len(queue) > 1 else queue[0]

@@ -377,13 +377,17 @@ class SlurmExecutor:
                 log.info("job array %s found by name: adopting %s", array.name, array_id)
                 return handles(array_id, adopted=True)
         script = self._write_array_script(array)
-        logs = " ".join(shlex.quote(str(job.run_dir / LOGS_DIR)) for _, job in array.members)
+        # each run's logs/ made by the job's user, as for a single job; the folders come
+        # on stdin (up to max_array_size of them: one command line of 1,000 paths could
+        # pass the 128 KiB a single argument may have)
+        logs = "".join(f"{job.run_dir / LOGS_DIR}\0" for _, job in array.members)
         result = self._run(
             "sbatch",
             "--parsable",
             str(script),
             launching=True,
-            before=f"mkdir -p -- {logs} && ",  # as the job's user, as for a single job
+            before="xargs -0 -r mkdir -p -- && ",
+            input=logs,
             uid=self._submitter([job for _, job in array.members]),
         )
         runs = ", ".join(job.run_id for _, job in array.members)
