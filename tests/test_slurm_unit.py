@@ -658,3 +658,21 @@ def test_a_run_that_ended_while_slurm_did_not_answer_ends_by_its_markers(
     finally:
         daemon.stop()
         daemon.site.close()
+
+
+def test_jobs_given_up_on_are_cancelled_and_checked_in_one_call_each(tmp_path: Path) -> None:
+    """An outage can give up every run of a profile: their jobs are cancelled by one
+    scancel and looked at by one squeue, whatever their number, not one call per job."""
+    runner = Scripted(
+        {
+            "scancel": [ok("")],
+            "squeue": [ok("".join(f"{j}|CANCELLED|None|n|15|\n" for j in range(10, 15)))],
+        }
+    )
+    ex = executor(runner, Clock())
+    for job in range(10, 15):
+        ex.abandon({"job_id": str(job), "run_dir": str(tmp_path / str(job))}, "lost")
+    ex.tend()
+    assert len(runner.lines) == 2 and runner.lines[0] == "scancel 10 11 12 13 14"
+    assert runner.lines[1].startswith("squeue") and "-j 10,11,12,13,14" in runner.lines[1]
+    assert not ex.has_abandoned()

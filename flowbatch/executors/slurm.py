@@ -702,46 +702,64 @@ class SlurmExecutor:
 
     def _end_abandoned(self, run_dirs: set[str] | None = None) -> str | None:
         """Cancel the abandoned jobs (those of ``run_dirs``, or all) and forget those
-        known to have ended. None when none is left; else why some are: "unanswered"
-        (Slurm could not be asked) or "ending" (cancelled, not ended yet)."""
+        known to have ended: one scancel for the jobs not cancelled yet, one squeue for
+        all of them, whatever their number (an outage can give up a profile's every
+        run). None when none is left; else why some are: "unanswered" (Slurm could not
+        be asked) or "ending" (cancelled, not ended yet)."""
+        todo = [e for e in self._abandoned if run_dirs is None or e.get("run_dir") in run_dirs]
         left: str | None = None
-        for entry in list(self._abandoned):
-            if run_dirs is not None and entry.get("run_dir") not in run_dirs:
-                continue
-            key = _abandoned_key(entry)
-            if not entry.get("cancelled"):
-                if not self._scancel(entry):
-                    left = "unanswered"
-                    break  # Slurm does not answer: the others wait as well
-                log.info("Slurm job %s of a run given up on: cancelled", key)
+        fresh = [e for e in todo if not e.get("cancelled")]
+        if fresh and not self._scancel_all(fresh):
+            left = "unanswered"  # Slurm does not answer: they all wait
+        else:
+            for entry in fresh:
+                log.info("Slurm job %s of a run given up on: cancelled", _abandoned_key(entry))
                 entry["cancelled"] = True
                 self._note_abandoned(entry)
-            ended = self._ended(entry)
+            ended = self._ended(todo)
             if ended is None:
                 left = "unanswered"
-                break
-            if not ended:
-                left = "ending"
-                continue
-            self._abandoned.remove(entry)
-            self._notes.forget(key)
+            else:
+                for entry in todo:
+                    if not ended[_abandoned_key(entry)]:
+                        left = "ending"
+                        continue
+                    self._abandoned.remove(entry)
+                    self._notes.forget(_abandoned_key(entry))
         if left is not None:
             wait = self.profile.poll.floor if left == "ending" else self._interval
             self._next_tend = self._clock() + max(wait, self.profile.poll.floor, 0.1)
         self._left = left
         return left
 
-    def _ended(self, entry: dict[str, Any]) -> bool | None:
-        """Has the cancelled job of ``entry`` ended (None: Slurm did not answer)? A job
-        known only by name counts as ended once it is cancelled."""
-        if not entry.get("job_id"):
-            return True
-        job_id = str(entry["job_id"])
-        result = self._run("squeue", "-h", "-t", "all", "-j", job_id, "-r", "-O", SQUEUE_FORMAT)
+    def _scancel_all(self, entries: list[dict[str, Any]]) -> bool:
+        """scancel the jobs of ``entries``: those with an id in one call, those known by
+        name only (an intent) one by one. False when Slurm could not be asked."""
+        ids = [str(e["job_id"]) for e in entries if e.get("job_id")]
+        if ids:
+            result = self._run("scancel", *ids)
+            if not (result.ok or job_already_gone(result.stderr + result.stdout)):
+                log.warning("scancel %s: %s", " ".join(ids), _one_line(result.stderr))
+                return False
+        return all(self._scancel(e) for e in entries if not e.get("job_id"))
+
+    def _ended(self, entries: list[dict[str, Any]]) -> dict[str, bool] | None:
+        """Whether each cancelled job of ``entries`` has ended, by key (None: Slurm did
+        not answer), from one squeue call. A job known only by name counts as ended
+        once it is cancelled."""
+        ids = {_abandoned_key(e): str(e["job_id"]) for e in entries if e.get("job_id")}
+        out = {_abandoned_key(e): True for e in entries}
+        if not ids:
+            return out
+        joined = ",".join(ids.values())
+        result = self._run("squeue", "-h", "-t", "all", "-j", joined, "-r", "-O", SQUEUE_FORMAT)
         if not result.ok:
-            return True if invalid_job_ids(result.stderr) else None
-        status = parse_squeue(result.stdout).get(job_id)
-        return status is None or status.state not in ALIVE_STATES
+            return out if invalid_job_ids(result.stderr) else None
+        statuses = parse_squeue(result.stdout)
+        for key, job_id in ids.items():
+            status = statuses.get(job_id)
+            out[key] = status is None or status.state not in ALIVE_STATES
+        return out
 
     def _end_abandoned_of(self, jobs: Sequence[Launch]) -> None:
         """Before ``jobs`` are submitted: the abandoned jobs of their runs (an earlier
