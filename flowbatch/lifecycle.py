@@ -231,25 +231,29 @@ class Runner:
                 kept_busy.append(name)
             if mine or hasattr(executor, "tend"):
                 self.retired.append(executor)
+            else:
+                _let_go(executor)
         self.executors.clear()  # the same dict: the daemon holds it too
         self.executors.update(executors)
         self._prune_retired()
         return kept_busy
 
     def _prune_retired(self) -> None:
-        """Forget the retired executors that serve no run and have nothing left to end
-        (``has_abandoned()``: processes or jobs of lost runs)."""
+        """Close and forget the retired executors that serve no run and have nothing
+        left to end (``has_abandoned()``: processes or jobs of lost runs)."""
         serving = {id(executor) for executor in self.pinned.values()}
 
         def has_abandoned(executor: Any) -> bool:
             method = getattr(executor, "has_abandoned", None)
             return bool(method()) if callable(method) else False
 
-        self.retired = [
-            executor
-            for executor in self.retired
-            if id(executor) in serving or has_abandoned(executor)
-        ]
+        kept: list[Executor] = []
+        done: list[Executor] = []
+        for executor in self.retired:
+            (kept if id(executor) in serving or has_abandoned(executor) else done).append(executor)
+        self.retired = kept
+        for executor in done:  # its connections (an old ssh host's) end with it
+            _let_go(executor)
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> None:
@@ -633,6 +637,14 @@ class Runner:
         except FlowbatchError:
             return []
         return step_records([s.name for s in template.workflow.steps], markers)
+
+
+def _let_go(executor: Executor) -> None:
+    """Close an executor object a config reload has left behind (its SSH connection)."""
+    try:
+        executor.close()
+    except Exception as exc:  # a connection that fails to close is gone all the same
+        log.warning("closing the replaced executor %s: %s", executor.name, exc)
 
 
 def enforces_time_limit(executor: Executor) -> bool:

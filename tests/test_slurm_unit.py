@@ -209,7 +209,6 @@ class Scripted:
     lines: list[str] = field(default_factory=list)  # the Slurm command of each line
     prefixes: list[str] = field(default_factory=list)  # what ran before it in the line
     uids: list[int | None] = field(default_factory=list)
-    inputs: list[str | None] = field(default_factory=list)
     inputs: list[str | None] = field(default_factory=list)  # what each line was fed
     where: str = "test"
 

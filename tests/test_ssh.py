@@ -319,6 +319,46 @@ def test_sshd_restart_while_running_reconnects_and_collects(ssh: SshEnv, tmp_pat
     assert conn.connects == 2
 
 
+def ssh_sockets(ssh: SshEnv) -> int:
+    """This process's open TCP connections to the test hosts' sshd."""
+    ports = {server.port for server in ssh.servers.values()}
+    return sum(
+        1
+        for conn in psutil.Process().net_connections(kind="tcp")
+        if conn.status == psutil.CONN_ESTABLISHED and conn.raddr and conn.raddr.port in ports
+    )
+
+
+def test_a_reload_closes_the_replaced_hosts_connection_once_its_runs_end(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """SIGHUP with a changed host: its running run stays on the old connection, new runs
+    get a new one, and the old connection is closed when its last run ends (it stayed
+    open for the daemon's life, one more at each reload)."""
+    site, d = one_sleeper(ssh, tmp_path, 2.0)
+    try:
+        run, _ = sleeping(d)
+        old = d.executors["a"]
+        assert ssh_sockets(ssh) == 1
+        conf = yaml.safe_load(site.layout.config.read_text())
+        conf["ssh"]["a"]["max_runs"] = 3
+        site.layout.config.write_text(yaml.safe_dump(conf))
+        d._reload()
+        assert d.executors["a"] is not old and d.runner.retired == [old]
+        drop(site, "s.yaml", {"workflow": "sleeper", "name": "s", "arguments": {"seconds": 5}})
+        tick_until(d, lambda: len(running(d)) == 2)
+        assert ssh_sockets(ssh) == 2  # the old host's and the new one's
+        tick_until(d, lambda: run.id not in d.runner.active)
+        assert d.runner.retired == []
+        assert ssh_sockets(ssh) == 1  # the old one is closed, the new one serves s
+        assert [r.name for r in running(d)] == ["s"]
+    finally:
+        for r in running(d):
+            d.runner.cancel(r, "test over")
+        d.stop()
+    assert runs_by_name(site)["r"]["state"] == "SUCCESS"
+
+
 def test_host_down_past_grace_is_error_with_reason(ssh: SshEnv, tmp_path: Path) -> None:
     site, d = one_sleeper(ssh, tmp_path, 3, hosts={"a": {"unreachable_grace": 1}})
     try:
