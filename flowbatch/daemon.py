@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from . import api, faults, notify
 from .errors import FlowbatchError, RequestError
-from .executors import build_executors, rebuild_executors
+from .executors import build_executors, rebuild_executors, stranded_notes
 from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .lifecycle import Runner
@@ -241,6 +241,8 @@ class Daemon:
         self.runner.recover()
         # reports a daemon killed after its runs ended had not written yet
         self.runner.changed_workflows |= self.pending_reports.left()
+        for line in stranded_notes(self.site.config, self.site.root):
+            log.error("%s", line)
 
     def stop(self) -> None:
         self.unwatch()

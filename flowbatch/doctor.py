@@ -226,7 +226,7 @@ def _check_templates(ctx: _Ctx) -> None:
 
 
 def _check_executors(ctx: _Ctx) -> None:
-    from .executors import build_executors
+    from .executors import build_executors, stranded_notes
 
     config = ctx.config
     if config is None:
@@ -246,6 +246,8 @@ def _check_executors(ctx: _Ctx) -> None:
                 _section_of(n) == section for n in executors
             ):
                 ctx.add(f"executor {section}", SKIP, "not configured")
+        for line in stranded_notes(config, ctx.root):
+            ctx.add("abandoned jobs", WARN, line)
     finally:
         for executor in executors.values():
             close = getattr(executor, "close", None)

@@ -31,6 +31,7 @@ from flowbatch.executors.slurm_script import (
 from flowbatch.executors.slurm_states import parse_sacct, parse_squeue, probe_for
 from flowbatch.executors.ssh_pool import HostUnreachable
 from flowbatch.runs import State
+from flowbatch.site import Site
 from flowbatch.slurm_profile import SlurmProfile
 from flowbatch.spec.resources import check_mem, parse_seconds
 from flowbatch.spec.template import parse_template
@@ -675,3 +676,51 @@ def test_jobs_given_up_on_are_cancelled_and_checked_in_one_call_each(tmp_path: P
     assert len(runner.lines) == 2 and runner.lines[0] == "scancel 10 11 12 13 14"
     assert runner.lines[1].startswith("squeue") and "-j 10,11,12,13,14" in runner.lines[1]
     assert not ex.has_abandoned()
+
+
+def test_jobs_noted_under_a_removed_profile_are_named_at_start_and_by_doctor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job noted to cancel under a Slurm profile (or processes under an SSH host) that
+    the config then drops is read by no executor: the daemon says so at its start and
+    `doctor` warns, with the job ids and what to do; put back, the profile's executor
+    takes the note up again."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+    from flowbatch.executors import build_executors, stranded_notes
+
+    gpu = {"gpu": {"gpus": 1}}
+    site = make_site(tmp_path / "site", {"slurm": gpu})
+    runner = Scripted({"scancel": [CommandResult(1, "", UNREACHABLE)]})
+    ex = build_executors(site.config, lambda: None, site_root=site.root)["slurm:gpu"]
+    assert isinstance(ex, SlurmExecutor)
+    ex._runner = runner
+    ex.abandon({"job_id": "41", "job_name": "fb-s-r1", "run_dir": str(tmp_path / "r1")}, "lost")
+    ssh_notes = site.root / "ssh-abandoned" / "login9"
+    ssh_notes.mkdir(parents=True)
+    (ssh_notes / "1234.json").write_text(json.dumps({"pid": 1234, "pgid": 1234}))
+    site.layout.config.write_text(yaml.safe_dump({"executor": "local"}))  # gpu dropped
+
+    daemon = Daemon(Site(site.root))
+    with caplog.at_level("ERROR", logger="flowbatch.daemon"):
+        daemon.start()
+    daemon.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "flowbatch.daemon"]
+    assert len(said) == 2, said
+    slurm_line = next(line for line in said if "slurm-abandoned" in line)
+    assert "job(s) 41 " in slurm_line and "no Slurm profile 'gpu'" in slurm_line
+    assert "scancel" in slurm_line
+    ssh_line = next(line for line in said if "ssh-abandoned" in line)
+    assert "process group(s) 1234 " in ssh_line and "no ssh host 'login9'" in ssh_line
+
+    out = CliRunner().invoke(main, ["--site", str(site.root), "doctor", "--json"]).output
+    warned = [c for c in json.loads(out) if c["check"] == "abandoned jobs"]
+    assert [c["status"] for c in warned] == ["warn", "warn"]
+    assert "job(s) 41 " in warned[0]["detail"]
+
+    site.layout.config.write_text(yaml.safe_dump({"executor": "local", "slurm": gpu}))
+    config = load_config(site.root)
+    back = build_executors(config, lambda: None, site_root=site.root)
+    assert back["slurm:gpu"].has_abandoned()  # type: ignore[attr-defined]
+    assert stranded_notes(config, site.root) == [ssh_line]

@@ -15,6 +15,7 @@ from ..config import SiteConfig
 from ..slurm_profile import profiles_by_executor
 from .base import Executor, Launch, Liveness, Probe
 from .local import LocalExecutor
+from .notes import stranded
 from .slurm import SlurmExecutor
 
 if TYPE_CHECKING:
@@ -32,12 +33,20 @@ __all__ = [
     "executor_names",
     "executor_settings",
     "rebuild_executors",
+    "stranded_notes",
 ]
 
 
 def executor_names(config: SiteConfig) -> list[str]:
     """Every executor name a template or request may ask for under this config."""
     return ["local", *profiles_by_executor(config.slurm), *config.ssh]
+
+
+def stranded_notes(config: SiteConfig, site_root: Path) -> list[str]:
+    """Jobs and processes of runs given up on, noted under a Slurm profile or SSH host
+    that ``config`` no longer has (see :func:`flowbatch.executors.notes.stranded`)."""
+    profiles = [profile for profile, _ in profiles_by_executor(config.slurm).values()]
+    return stranded(site_root, profiles, config.ssh)
 
 
 def build_executors(

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from ..store import atomic
 log = logging.getLogger("flowbatch.executors")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+#: the site's folders of notes: one folder per Slurm profile, per SSH host
+SLURM_ABANDONED = "slurm-abandoned"
+SSH_ABANDONED = "ssh-abandoned"
 
 
 class Notes:
@@ -74,3 +79,38 @@ class Notes:
             if isinstance(value, dict):
                 out.append(value)
         return out
+
+
+def stranded(site_root: Path, profiles: Iterable[str], hosts: Iterable[str]) -> list[str]:
+    """What is noted under a Slurm profile or an SSH host the site config no longer has:
+    no executor reads those notes, so nothing ends those jobs or processes. One line per
+    such folder, saying what is there and what to do (empty: nothing stranded)."""
+    out = []
+    for folder, known, kind in (
+        (SLURM_ABANDONED, set(profiles), "Slurm profile"),
+        (SSH_ABANDONED, set(hosts), "ssh host"),
+    ):
+        try:
+            names = sorted(os.listdir(site_root / folder))
+        except OSError:
+            continue
+        for name in names:
+            if name in known or name.startswith("."):
+                continue
+            entries = Notes(site_root / folder / name, f"{kind} {name}").load()
+            if not entries:
+                continue
+            if folder == SLURM_ABANDONED:
+                what = "job(s) " + " ".join(
+                    str(e.get("job_id") or e.get("job_name")) for e in entries
+                )
+                end = "scancel them"
+            else:
+                what = "process group(s) " + " ".join(str(e.get("pgid")) for e in entries)
+                end = "end them on that host (kill -- -PGID, once sure it is still the run)"
+            out.append(
+                f"{site_root / folder / name}: {what} of runs given up on wait to be ended, "
+                f"but the config has no {kind} {name!r} any more: put it back in "
+                f"flowbatch.yaml (the daemon then ends them), or {end} and remove the folder"
+            )
+    return out

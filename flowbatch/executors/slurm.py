@@ -52,7 +52,7 @@ from ..slurm_profile import SlurmProfile
 from ..sweep import array_ranges
 from .base import Launch, LaunchDeferred, Liveness, Probe
 from .commands import CommandResult, CommandRunner, LocalRunner
-from .notes import Notes
+from .notes import SLURM_ABANDONED, Notes
 from .slurm_script import (
     ARRAY_TEMPLATE_NAME,
     BATCH_NAME,
@@ -93,7 +93,7 @@ BACKOFF = 1.5
 ARRAYS_DIR = "slurm-arrays"
 #: the jobs of runs given up on, to be cancelled once Slurm answers (one file each, in a
 #: folder per profile), under the site folder
-ABANDONED_DIR = "slurm-abandoned"
+ABANDONED_DIR = SLURM_ABANDONED
 
 
 @dataclass

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ExecutorError, FlowbatchError
 from ..ssh_hosts import SSHHost
 from .base import Launch, Liveness, Probe
-from .notes import Notes
+from .notes import SSH_ABANDONED, Notes
 from .ssh_pool import HostUnreachable, SSHConnection, SSHPool, SSHRunner, shared_pool
 from .ssh_staging import download_tree, upload_tree
 
@@ -65,7 +65,7 @@ CANCEL_GRACE = 3.0
 RC_MARKER = "status/script.rc"
 #: the process groups of runs given up on, to be ended once their host answers (one file
 #: each, in a folder per host), under the site folder
-ABANDONED_DIR = "ssh-abandoned"
+ABANDONED_DIR = SSH_ABANDONED
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
