@@ -226,7 +226,6 @@ class Scripted:
         self.prefixes.append(before)
         self.uids.append(uid)
         self.inputs.append(input)
-        self.inputs.append(input)
         queue = self.answers[command.split()[0]]
         return queue.pop(0) if len(queue) > 1 else queue[0]
 
@@ -724,3 +723,58 @@ def test_jobs_noted_under_a_removed_profile_are_named_at_start_and_by_doctor(
     back = build_executors(config, lambda: None, site_root=site.root)
     assert back["slurm:gpu"].has_abandoned()  # type: ignore[attr-defined]
     assert stranded_notes(config, site.root) == [ssh_line]
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_run_declared_lost_just_before_a_crash_is_lost_again_after_it(
+    tmp_path: Path, retries: int
+) -> None:
+    """The daemon gave up on a run (Slurm did not answer past the grace), noted its job
+    to cancel, and stopped before it recorded the run's retry: the next daemon cancels
+    that job and retries the run (or makes it ERROR, no retry left), for the reason
+    noted. The run became CANCELED: the job the new daemon had cancelled itself."""
+    poll = {"floor": 0, "ceiling": 0.01}
+    daemon = slurm_daemon(tmp_path, {"slurm": {"default": {"poll": poll}}})
+    first = daemon.executors["slurm"]
+    assert isinstance(first, SlurmExecutor)
+    first._runner = Scripted({"sbatch": [ok("41\n")], "squeue": [ok("41|RUNNING|None|x|0|\n")]})
+    drop(daemon.site, "r.yaml", {"workflow": "wf", "retries": retries})
+    daemon.tick()
+    (run,) = daemon.runner.running()
+    assert run.handle
+    first.abandon(run.handle, f"run {run.id} lost: Slurm did not answer for 400 s")
+    daemon.stop()  # the crash: the run's retry never written
+    daemon.site.close()
+
+    again = Daemon(Site(daemon.site.root))
+    again.start()
+    slurm = again.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    runner = Scripted(
+        {
+            "scancel": [ok("")],
+            # 41: cancelled by this daemon; 42: the retry's job
+            "squeue": [ok("41|CANCELLED|None|x|15|\n42|RUNNING|None|x|0|\n")],
+            "sbatch": [ok("42\n")],
+        }
+    )
+    slurm._runner = runner
+    try:
+        again.tick()
+        again.tick()
+        after = again.site.store.load(run.id)
+        if retries:
+            assert after.state.value in ("PENDING", "RUNNING"), after.messages
+            assert after.attempt == 2
+            assert any("Slurm did not answer for 400 s" in m for m in after.messages)
+            commands = [line.split()[0] for line in runner.lines]
+            assert commands[0] == "scancel" and commands.count("sbatch") == 1
+        else:
+            assert after.state.value == "ERROR", after.messages
+            assert "lost: " in after.messages[-1] and "400 s" in after.messages[-1]
+            assert "sbatch" not in [line.split()[0] for line in runner.lines]
+    finally:
+        for r in list(again.runner.active.values()):
+            again.runner._transition(r, State.CANCELED, messages=["test over"])
+        again.stop()
+        again.site.close()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -139,13 +140,19 @@ class SlurmExecutor:
         self._down_since: float | None = None  # when the first of them failed
         #: jobs submitted since then: each gets the whole grace, from its submission
         self._submitted_since: dict[str, float] = {}
-        #: jobs of runs given up on, to be cancelled once Slurm answers (:meth:`abandon`)
-        #: jobs of runs given up on, noted in the site folder until cancelled
+        #: jobs of runs given up on, to be cancelled once Slurm answers (:meth:`abandon`),
+        #: noted in the site folder until cancelled
         self._notes = Notes(
             site_root / ABANDONED_DIR / profile_name if site_root else None,
             "abandoned Slurm job",
         )
         self._abandoned: list[dict[str, Any]] = self._load_abandoned()
+        #: job id -> why, for the jobs of runs declared lost (:meth:`abandon`), even once
+        #: cancelled: a run still RUNNING on such a job was lost by a daemon that stopped
+        #: before it recorded so, and :meth:`poll` says so again (see there)
+        self._lost: dict[str, str] = {
+            str(e["job_id"]): str(e.get("reason", "")) for e in self._abandoned if e.get("lost")
+        }
         self._next_tend = 0.0  # when to try them again
         self._left: str | None = None  # why some were left at the last try
         self._accounting: bool | None = None  # False once sacct says it is disabled
@@ -479,7 +486,14 @@ class SlurmExecutor:
 
     def poll(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
         """One squeue call for every job (when the adaptive interval has passed)."""
-        jobs = {run_id: str(h["job_id"]) for run_id, h in handles if h.get("job_id")}
+        lost = self._still_lost(handles)
+        jobs = {
+            run_id: str(h["job_id"])
+            for run_id, h in handles
+            if h.get("job_id") and run_id not in lost
+        }
+        if lost:
+            return {**lost, **self.poll([(r, h) for r, h in handles if r in jobs])}
         now = self._clock()
         if not jobs or now < self._next_poll:
             return {}  # not asked this tick: the Runner treats the runs as still alive
@@ -501,6 +515,24 @@ class SlurmExecutor:
             run_id: self._probe(statuses.get(job_id), job_id, handle_of[run_id])
             for run_id, job_id in jobs.items()
         }
+
+    def _still_lost(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
+        """Runs still RUNNING on the job of a run declared lost: the daemon that declared
+        it stopped between noting the job (:meth:`abandon`) and recording the run's
+        retry or ERROR. They are lost again, for the same reason (their job, cancelled
+        meanwhile, would otherwise make them CANCELED instead of retried)."""
+        out = {}
+        for run_id, handle in handles:
+            noted = self._lost.get(str(handle.get("job_id") or ""))
+            if noted is not None:
+                why = _LOST_PREFIX.sub("", noted) or "its Slurm job was given up on"
+                out[run_id] = Probe(
+                    Liveness.GONE,
+                    raw=why,
+                    infra_failure=why,
+                    detail={"unanswered": True},  # ended by its markers if it wrote them
+                )
+        return out
 
     def _failed(
         self, what: str, result: CommandResult, jobs: dict[str, str], now: float
@@ -634,7 +666,7 @@ class SlurmExecutor:
         array is looked up by name first: the other tasks are other runs). A cancel Slurm
         does not take now (it does not answer) is kept: :meth:`abandon`."""
         if not self._scancel(handle):
-            self.abandon(handle, f"{reason}; Slurm did not take the cancel")
+            self._hand_over(handle, f"{reason}; Slurm did not take the cancel")
         self._soon()
 
     def _scancel(self, handle: dict[str, Any]) -> bool:
@@ -670,6 +702,13 @@ class SlurmExecutor:
         the runner), and that run is submitted again only once the job is known to have
         ended (:meth:`launch`), so that a retry never runs beside it. Noted in a file
         under the site folder until then: a restarted daemon cancels it too."""
+        self._hand_over(handle, reason, lost=True)
+        if handle.get("job_id"):
+            self._lost[str(handle["job_id"])] = reason
+
+    def _hand_over(self, handle: dict[str, Any], reason: str, *, lost: bool = False) -> None:
+        """Note the job of ``handle`` to be cancelled once Slurm answers: a run declared
+        lost (``lost``), or a cancel Slurm did not take."""
         entry = {
             key: handle[key]
             for key in ("job_id", "job_name", "array_task", "run_dir")
@@ -682,6 +721,8 @@ class SlurmExecutor:
             return
         log.warning("Slurm job %s: to be cancelled once Slurm answers (%s)", key, reason)
         entry["reason"] = reason
+        if lost:
+            entry["lost"] = True
         self._abandoned.append(entry)
         self._next_tend = 0.0
         self._note_abandoned(entry)
@@ -836,6 +877,10 @@ def _abandoned_key(entry: dict[str, Any]) -> str:
         return str(entry["job_id"])
     task = entry.get("array_task")
     return str(entry["job_name"]) + (f"_{task}" if isinstance(task, int) else "")
+
+
+#: how the runner's reason for a lost run begins (``abandon``): the run says it again
+_LOST_PREFIX = re.compile(r"^run \S+ lost: ")
 
 
 def _one_line(text: str) -> str:
