@@ -33,7 +33,7 @@ from .executors.local import LocalExecutor
 from .lifecycle import Runner
 from .postproc import PostProcManager
 from .queue import Claimed, Intake, is_request_name
-from .report_pages import RunPageWriter
+from .report_pages import RUN_PAGE, RunPageWriter, write_run_pages
 from .runs import RunRecord, State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
@@ -239,8 +239,18 @@ class Daemon:
         self.site.layout.ensure()
         self.lock.acquire()
         self.runner.recover()
-        # reports a daemon killed after its runs ended had not written yet
-        self.runner.changed_workflows |= self.pending_reports.left()
+        # reports a daemon killed after its runs ended had not written yet, and the pages
+        # of those runs (a run's page is written after its state: a kill in between)
+        owed = self.pending_reports.left()
+        self.runner.changed_workflows |= owed
+        for workflow in sorted(owed):
+            missing = [
+                run_dir
+                for run_dir in self.site.store.iter_run_dirs(workflow)
+                if not (run_dir / RUN_PAGE).exists()
+            ]
+            if missing and write_run_pages(self.site, missing):
+                log.info("run pages of %s written after a restart", workflow)
         for line in stranded_notes(self.site.config, self.site.root):
             log.error("%s", line)
 
@@ -413,6 +423,11 @@ class Daemon:
         try:
             cancel_run(self.site, self.runner, req.cancel, claimed.uid, req.reason)
         except FlowbatchError as exc:
+            if not claimed.fresh and self._already_canceled(req.cancel):
+                # claimed by a daemon that stopped after the cancel, before removing it
+                log.info("cancel of run %s: done before a restart", req.cancel)
+                claimed.path.unlink(missing_ok=True)
+                return
             self.intake.reject(claimed, exc.at(file=claimed.name, prefix="cancel"))
             return
         except Exception as exc:  # never re-read the same cancel forever
@@ -420,6 +435,12 @@ class Daemon:
             self.intake.reject(claimed, FlowbatchError(f"internal error: {exc}", file=claimed.name))
             return
         claimed.path.unlink(missing_ok=True)
+
+    def _already_canceled(self, run_id: str) -> bool:
+        try:
+            return self.site.store.load(run_id).state == State.CANCELED
+        except FlowbatchError:
+            return False
 
     def _hand_to_owner_host(self, req: CancelRequest, claimed: Claimed) -> bool:
         """On a shared site, a cancel for a run another host serves goes to that host's

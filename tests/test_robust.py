@@ -13,6 +13,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -1296,3 +1297,77 @@ def test_a_request_swapped_after_its_claim_runs_as_no_one(public_tmp: Path, tmp_
     error = yaml.safe_load((site.layout.rejected / "bob.yaml.error.yaml").read_text())
     assert "replaced after the daemon claimed it" in error["reason"]
     site.close()
+
+
+def test_a_cancel_done_before_a_crash_is_not_rejected_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon cancelled the run, then stopped before it removed the cancel request
+    from queue/.claimed: the next daemon finds the run CANCELED and drops the request
+    (it rejected it: "run ... is CANCELED, not active", for a cancel that was done)."""
+    from flowbatch import daemon as daemon_module
+    from flowbatch.daemon import Daemon
+
+    site = make_site(tmp_path / "site")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: [sleep 30]}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    run_id = ""
+    try:
+        d.tick()
+        run_id = next(iter(d.runner.active))
+        drop(site, "stop.yaml", {"cancel": run_id, "reason": "done with it"})
+
+        def crash(*args: object) -> None:
+            real_cancel(*args)
+            raise SystemExit("killed")  # before the request is removed
+
+        real_cancel = daemon_module.cancel_run
+        monkeypatch.setattr(daemon_module, "cancel_run", crash)
+        with pytest.raises(SystemExit):
+            d.tick()
+    finally:
+        d.stop()
+    monkeypatch.undo()
+    assert api.show_run(site, run_id)["state"] == "CANCELED"
+    (left,) = site.claimed_dir.iterdir()
+    assert left.name.endswith("--stop.yaml")
+    again = Daemon(Site(site.root))
+    again.start()
+    try:
+        again.tick()
+    finally:
+        again.stop()
+    assert list(site.claimed_dir.iterdir()) == []
+    assert list(site.layout.rejected.iterdir()) == []
+    shown = api.show_run(site, run_id)
+    assert shown["state"] == "CANCELED" and shown["messages"] == ["done with it"]
+
+
+def test_a_run_page_a_crash_left_unwritten_is_written_at_the_next_start(
+    hello_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's page is written after its state: a daemon killed in between left the run
+    SUCCESS with no page (the leaderboard links to it), and nothing wrote it again."""
+    from flowbatch.daemon import Daemon
+    from flowbatch.report_pages import RUN_PAGE, RunPageWriter
+
+    def crash(self: RunPageWriter, run: Any, previous: object) -> None:
+        if run.state.value == "SUCCESS":
+            raise SystemExit("killed")  # after run.json and the index, before the page
+
+    monkeypatch.setattr(RunPageWriter, "__call__", crash)
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    with pytest.raises(SystemExit):
+        run_until_idle(hello_site)
+    monkeypatch.undo()
+    (listed,) = api.list_runs(hello_site)
+    run_dir = Path(api.show_run(hello_site, listed["id"])["run_dir"])
+    assert listed["state"] == "SUCCESS" and not (run_dir / RUN_PAGE).exists()
+    d = Daemon(Site(hello_site.root))
+    d.start()
+    d.stop()
+    page = (run_dir / RUN_PAGE).read_text()
+    assert listed["id"] in page and "SUCCESS" in page
