@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import NotFoundError, StateError
+from .errors import FlowbatchError, NotFoundError, StateError
 from .runs import RunRecord, State
 from .site import Site
 
@@ -43,7 +43,7 @@ def archive_name(run_id: str) -> str:
     return f"run.{run_id}.tar.gz"
 
 
-def write_archive(site: Site, run_id: str, output: Path | None = None) -> Path:
+def write_archive(site: Site, run_id: str, output: str | os.PathLike[str] | None = None) -> Path:
     """Write the run's output files into a tar.gz, members named by key; returns its path.
 
     ``output`` is a file, or a folder to put ``run.<id>.tar.gz`` in (default: the
@@ -57,8 +57,21 @@ def write_archive(site: Site, run_id: str, output: Path | None = None) -> Path:
         )
     members = _members(site, run)
     target = Path(output) if output is not None else Path.cwd()
-    if target.is_dir():
+    if target.is_dir() or (output is not None and os.fspath(output).endswith(os.sep)):
         target = target / archive_name(run.id)
+    folder = target.parent.resolve()
+    if not folder.is_dir():
+        raise FlowbatchError(
+            f"cannot write the archive {target}: no folder {target.parent}",
+            hint="make the folder first, or give -o a file in an existing folder",
+        )
+    results = site.layout.results.resolve()
+    if folder == results or results in folder.parents:
+        raise FlowbatchError(
+            f"cannot write the archive {target}: it is inside the results tree "
+            f"({results}), whose files the daemon keeps",
+            hint="give -o a file or folder outside the site's results/",
+        )
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with tarfile.open(tmp, "w:gz") as tar:

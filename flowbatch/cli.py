@@ -40,6 +40,14 @@ class Context:
         if self._site is None:
             from .site import Site
 
+            root = Path(self.site_dir)
+            if not (root / "flowbatch.yaml").is_file() and not (root / "queue").is_dir():
+                # a mistyped --site (a cron line's) must not quietly make a new empty site
+                raise FlowbatchError(
+                    f"no flowbatch site at {root.resolve()} (no flowbatch.yaml, no queue/)",
+                    hint=f"create one: flowbatch init {self.site_dir}; or give the site's "
+                    "folder with --site or FLOWBATCH_SITE",
+                )
             self._site = Site(self.site_dir)
         return self._site
 
@@ -58,6 +66,12 @@ class FlowbatchGroup(click.Group):
             if obj and obj.debug:
                 raise
             raise click.ClickException(exc.summary()) from None
+        except BrokenPipeError:
+            # the reader went away (`flowbatch runs list | head`): quietly, as a program
+            # killed by SIGPIPE; stdout pointed at /dev/null so its final flush is silent
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(141)
         except (OSError, ValueError) as exc:
             obj = ctx.find_object(Context)
             if obj and obj.debug:

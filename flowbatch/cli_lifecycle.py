@@ -134,7 +134,7 @@ def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
     by its file key; print the archive's path."""
     from .archive import write_archive
 
-    click.echo(str(write_archive(obj.site, run_id, Path(output) if output else None)))
+    click.echo(str(write_archive(obj.site, run_id, output or None)))
 
 
 # -- cleanup and uninstall ----------------------------------------------------------------------

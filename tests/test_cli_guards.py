@@ -1,0 +1,84 @@
+"""The CLI's guards: a folder that is no site, a reader that goes away, an archive written
+where it would replace the daemon's files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowbatch.cli import main
+from flowbatch.site import Site
+
+from .conftest import EXAMPLES, drop, run_until_idle
+
+
+def fb(site: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--site", str(site), *args])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("runs", "list"),
+        ("workflows", "list"),
+        ("daemon", "--once"),
+        ("submit", str(EXAMPLES / "helloworld/requests/alice.yaml")),
+        ("reindex",),
+    ],
+)
+def test_a_folder_that_is_no_site_is_refused_not_made_one(tmp_path: Path, args: tuple[str]) -> None:
+    """A mistyped --site (a cron line's) made the folder a new empty site: an index, a
+    queue, results, and nothing said (or the advice to reindex). Now: what is wrong,
+    and the init to run."""
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        if folder.name == "empty":
+            folder.mkdir()
+        code, out = fb(folder, *args)
+        assert code == 1, out
+        assert f"no flowbatch site at {folder}" in out and "flowbatch init" in out
+        assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`flowbatch config show | head -2` said `Error: BrokenPipeError` (exit 1)."""
+    site = Site.init(tmp_path / "site")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "config", "show"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    said = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and said == ""
+
+
+def test_an_archive_is_never_written_into_the_results_tree(hello_site: Site) -> None:
+    """`runs archive -o <run folder>/run.json` replaced the run's record with a tarball
+    (the run was lost to `runs show` and `reindex`); `-o missing/` wrote a file named
+    `missing`; a missing folder was a raw FileNotFoundError."""
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    run_until_idle(hello_site)
+    (run,) = json.loads(fb(hello_site.root, "runs", "list", "--json")[1])
+    run_dir = Path(
+        json.loads(fb(hello_site.root, "runs", "show", run["id"], "--json")[1])["run_dir"]
+    )
+    record = (run_dir / "run.json").read_bytes()
+    code, out = fb(hello_site.root, "runs", "archive", run["id"], "-o", str(run_dir / "run.json"))
+    assert code == 1 and "inside the results tree" in out, out
+    assert (run_dir / "run.json").read_bytes() == record
+    outside = hello_site.root.parent / "out"
+    code, out = fb(hello_site.root, "runs", "archive", run["id"], "-o", f"{outside}/")
+    assert code == 1 and f"no folder {outside}" in out and not outside.exists(), out
+    code, out = fb(hello_site.root, "runs", "archive", run["id"], "-o", str(outside / "a.tgz"))
+    assert code == 1 and f"no folder {outside}" in out, out
+    outside.mkdir()
+    code, out = fb(hello_site.root, "runs", "archive", run["id"], "-o", f"{outside}/")
+    assert code == 0, out
+    assert Path(out.strip()) == outside / f"run.{run['id']}.tar.gz"
