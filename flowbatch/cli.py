@@ -200,6 +200,8 @@ def submit(obj: Context, request: str, retry_failed: bool) -> None:
 @pass_ctx
 def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose: bool) -> None:
     """Watch the queue and run requests (one daemon per site; others exit 0)."""
+    if once and until_idle:
+        raise click.UsageError("give --once (one tick) or --until-idle, not both")
     import gc
 
     from .gcpause import paused_gc

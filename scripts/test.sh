@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh machine: a virtual environment with flowbatch and its
 # test tools, then the linter, the formatter check, the type checker and pytest.
 # Services the tests need (sshd, Slurm, PostgreSQL, Chromium) are installed and started by
-# scripts/services.sh when a test suite needs them.
+# the tests themselves (tests/services/*.py) when a test needs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${FLOWBATCH_VENV:-.venv}

@@ -82,3 +82,9 @@ def test_an_archive_is_never_written_into_the_results_tree(hello_site: Site) -> 
     code, out = fb(hello_site.root, "runs", "archive", run["id"], "-o", f"{outside}/")
     assert code == 0, out
     assert Path(out.strip()) == outside / f"run.{run['id']}.tar.gz"
+
+
+def test_once_and_until_idle_are_one_or_the_other(hello_site: Site) -> None:
+    """Both were taken and --once silently won."""
+    code, out = fb(hello_site.root, "daemon", "--once", "--until-idle")
+    assert code == 2 and "not both" in out
