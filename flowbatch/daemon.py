@@ -239,6 +239,7 @@ class Daemon:
         self.site.layout.ensure()
         self.lock.acquire()
         self.runner.recover()
+        self._align_workflows()
         # reports a daemon killed after its runs ended had not written yet, and the pages
         # of those runs (a run's page is written after its state: a kill in between)
         owed = self.pending_reports.left()
@@ -253,6 +254,24 @@ class Daemon:
                 log.info("run pages of %s written after a restart", workflow)
         for line in stranded_notes(self.site.config, self.site.root):
             log.error("%s", line)
+
+    def _align_workflows(self) -> None:
+        """Each workflow's current version in the index as its templates' record has it:
+        an install (or reindex) killed between writing the one and the other left them
+        apart, and the leaderboard ranks the index's."""
+        from .store.index import WorkflowRow
+
+        try:
+            indexed = {row.id: row.version for row in WorkflowRow.select()}
+            for workflow in self.site.templates.list_ids():
+                if workflow.startswith("."):
+                    continue  # an uninstall left half done (`flowbatch uninstall` ends it)
+                current = self.site.templates.meta(workflow).get("current")
+                if current and indexed.get(workflow) != current:
+                    api.index_workflow(self.site, workflow)
+                    log.info("workflow %s: index set to its current version %s", workflow, current)
+        except (FlowbatchError, OSError, ValueError) as exc:
+            log.error("cannot check the workflows' versions in the index: %s", exc)
 
     def stop(self) -> None:
         self.unwatch()

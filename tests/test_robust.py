@@ -1371,3 +1371,34 @@ def test_a_run_page_a_crash_left_unwritten_is_written_at_the_next_start(
     d.stop()
     page = (run_dir / RUN_PAGE).read_text()
     assert listed["id"] in page and "SUCCESS" in page
+
+
+def test_an_install_killed_before_the_index_is_set_right_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install of a new version killed between the templates' record and the index:
+    the leaderboard (from the index) ranked the old version while `flowbatch ranking`
+    (from the record) showed the new one, until the next install."""
+    from flowbatch.daemon import Daemon
+    from flowbatch.store.index import WorkflowRow
+
+    site = make_site(tmp_path / "site")
+    folder = write_template(
+        tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: [echo one]}\n"
+    )
+    first = api.install(site, folder, workflow_id="wf").version
+    write_template(folder, "workflow:\n  steps:\n    - action: {commands: [echo two]}\n")
+
+    def crash(*args: object) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(api, "index_workflow", crash)
+    with pytest.raises(SystemExit):
+        api.install(site, folder, workflow_id="wf")
+    monkeypatch.undo()
+    current = site.templates.meta("wf")["current"]
+    assert current != first and WorkflowRow.get_by_id("wf").version == first
+    d = Daemon(Site(site.root))
+    d.start()
+    d.stop()
+    assert WorkflowRow.get_by_id("wf").version == current
