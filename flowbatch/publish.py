@@ -44,9 +44,13 @@ def update_reports(
     that no longer loads, say) is only logged, as a rewrite would fail the same way. Any
     other error (a full disk, a bug) is raised once everything else is written, as a
     :class:`FlowbatchError` naming the workflows, so that the caller knows the reports
-    are still owed (the daemon then keeps its notes of them and tries again)."""
+    are still owed (the daemon then keeps its notes of them and tries again). With
+    ``run_pages`` (`flowbatch report`, run by a person), a :class:`FlowbatchError` is
+    raised at the end too: the command must not say "written" for a leaderboard that
+    is not."""
     use_site_templates(site.root)
     failed: list[tuple[str, Exception]] = []
+    refused: list[FlowbatchError] = []
     # daemons of several hosts: one at a time reads the index and writes the files, so
     # the last one written saw every run committed before it (none is left out for good)
     with site.store.exclusive("reports"), paused_gc():
@@ -56,7 +60,10 @@ def update_reports(
             try:
                 write_workflow_report(site, workflow)
             except FlowbatchError as exc:
-                log.error("leaderboard of %s not written: %s", workflow, exc.summary())
+                if run_pages:
+                    refused.append(exc)  # said once, by the command
+                else:
+                    log.error("leaderboard of %s not written: %s", workflow, exc.summary())
             except Exception as exc:
                 log.exception("leaderboard of %s not written", workflow)
                 failed.append((workflow, exc))
@@ -71,6 +78,10 @@ def update_reports(
             f"{type(first).__name__}: {first}",
             hint="the other reports are written; see the log for the details",
         ) from first
+    if refused:
+        for exc in refused[1:]:
+            log.error("%s", exc.summary())
+        raise refused[0]
 
 
 def write_workflow_report(site: Site, workflow: str) -> bool:

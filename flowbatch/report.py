@@ -40,6 +40,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from .config import ALL_RUNS_SHOWN
+from .errors import FlowbatchError
 from .ranking import RankEntry, RankInput, entry_json, parse_time, ranking_json, run_seconds
 from .spec.model import Parameter, ResultColumn, ResultSchema
 from .store.atomic import write_json, write_text
@@ -453,8 +454,26 @@ def page_frame(
 def render_page(template_name: str, **context: Any) -> str:
     """Render one of the report templates (autoescaped): the site's own copy from
     ``<site>/report-templates/`` when :func:`use_site_templates` found one, else the
-    package's."""
-    return _environment().get_template(template_name).render(**context)
+    package's. A site's template that fails (its syntax, a name it uses) is a
+    :class:`FlowbatchError` naming the file and line: rewriting fails the same way until
+    an admin fixes it."""
+    import jinja2  # loaded by _environment() already
+
+    env = _environment()
+    try:
+        return env.get_template(template_name).render(**context)
+    except jinja2.TemplateError as exc:
+        folder = _FOLDER[0]
+        if folder is None:
+            raise  # the package's own: a bug, with its traceback
+        where = getattr(exc, "filename", None) or getattr(exc, "name", None)
+        line = getattr(exc, "lineno", None)
+        place = f"{where}{f', line {line}' if line else ''}" if where else str(folder)
+        raise FlowbatchError(
+            f"report template {place}: {type(exc).__name__}: {exc.message or exc}",
+            hint=f"fix it, or remove it from {folder} to use the package's own "
+            "(`flowbatch doctor` checks them)",
+        ) from None
 
 
 #: the folder of a site's own report templates and assets (same names as the package's)

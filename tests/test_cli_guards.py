@@ -88,3 +88,18 @@ def test_once_and_until_idle_are_one_or_the_other(hello_site: Site) -> None:
     """Both were taken and --once silently won."""
     code, out = fb(hello_site.root, "daemon", "--once", "--until-idle")
     assert code == 2 and "not both" in out
+
+
+def test_a_broken_site_report_template_is_one_line_naming_it(hello_site: Site) -> None:
+    """`flowbatch report` printed some 30 lines of traceback, then an error that did not
+    name the file (doctor did)."""
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    run_until_idle(hello_site)
+    own = hello_site.root / "report-templates"
+    own.mkdir()
+    (own / "leaderboard.html.j2").write_text("<p>\n{{ oops(\n")
+    result = CliRunner().invoke(main, ["--site", str(hello_site.root), "report", "helloworld"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert f"report template {own / 'leaderboard.html.j2'}, line " in line, line
+    assert "TemplateSyntaxError" in line and "Traceback" not in line
