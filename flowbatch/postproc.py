@@ -17,6 +17,21 @@ rendered ``run.sh`` runs with the local executor; its markers decide how it ende
 run's. ``postproc.json`` in the folder is its record. A staging or rendering problem makes
 the record ERROR at once, with the reason; a failure never touches the ranking.
 
+A daemon may be killed anywhere in a start; the order of the writes is what lets the next
+one finish the job. The folder (with its RUNNING record) is complete before ``state.json``
+names it (``ranking``, ``latest``), and ``state.json`` names it before the script is
+launched (as the runner records a Slurm job's intent before submitting it): a run started
+is always found by the next daemon, which never starts a second copy of it elsewhere (a
+folder left before state.json named it was never launched, and its set of best runs is
+not recorded: the next daemon starts a new run for it, the folder stays unused). The
+record's handle is written after the launch; a RUNNING record without one is what a kill in
+between leaves, and :meth:`PostProcManager._recover` takes it over from the script's
+``started`` marker (the process is adopted by PID and start time, as the runner adopts a
+local run) or, with no marker (it was never launched), launches it again in its folder once
+a local slot is free. A SUCCESS record is written before ``state.json``'s ``last_success``:
+the view takes the latest run as the one shown when it succeeded, and ``_recover`` repairs
+``state.json``.
+
 :class:`PostProcManager` is what the daemon calls once per tick; :func:`leaderboard_view`
 is what the leaderboard page shows.
 """
@@ -28,6 +43,7 @@ import csv
 import io
 import json
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable
@@ -39,7 +55,7 @@ from typing import Any
 from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
-from .lifecycle import describe_code, step_records, tail
+from .lifecycle import describe_code, iso, step_records, tail
 from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
@@ -127,6 +143,9 @@ class PostProcManager:
         self.site = site
         self.executor = LocalExecutor(wake, limit=1)
         self.active: dict[str, PostProcRecord] = {}
+        #: runs a previous daemon recorded as started but never launched (see _recover):
+        #: launched in their folder by maybe_start, when a local slot is free
+        self.unlaunched: dict[str, PostProcRecord] = {}
         self._recovered = False
         #: whether a local slot is free (a post-processing run is a process on the same
         #: cores as the local runs); without one, the workflow waits in ``deferred``
@@ -156,6 +175,10 @@ class PostProcManager:
         return started
 
     def _maybe_start_one(self, workflow: str) -> bool:
+        record = self.unlaunched.pop(workflow, None)
+        if record is not None:  # first the one a stopped daemon recorded but never launched
+            self._launch(record)
+            return True
         template, version = self.site.templates.load(workflow)
         if template.postproc is None or template.results is None:
             return False
@@ -181,19 +204,31 @@ class PostProcManager:
             folder.mkdir(parents=True, exist_ok=True)
             self._finish(record, "ERROR", [f"post-processing not started: {_summary(exc)}"])
             return True
+        # named in state.json before the launch: a daemon killed from here on leaves a
+        # record the next one finds (the module docstring; _recover)
         self._write_state(record, started=True)
+        self._launch(record)
+        return True
+
+    def _launch(self, record: PostProcRecord) -> None:
+        """Start the prepared run's script and record its handle."""
+        folder = postproc_root(self.site, record.workflow) / record.id
         try:
             record.handle = self.executor.launch(
-                Launch(record.id, folder, SCRIPT_NAME, workflow, record.time_limit)
+                Launch(record.id, folder, SCRIPT_NAME, record.workflow, record.time_limit)
             )
         except FlowbatchError as exc:
             self._finish(record, "ERROR", [exc.summary()])
-            return True
+            return
         record.started_at = now_iso()
         self._write_record(record)
-        self.active[workflow] = record
-        log.info("post-processing %s of %s started over %d runs", record.id, workflow, len(keys))
-        return True
+        self.active[record.workflow] = record
+        log.info(
+            "post-processing %s of %s started over %d runs",
+            record.id,
+            record.workflow,
+            len(record.ranking),
+        )
 
     def _prepare(
         self, template: Template, record: PostProcRecord, entries: list[RankEntry], folder: Path
@@ -317,21 +352,58 @@ class PostProcManager:
 
     def _recover(self) -> None:
         """Once: take over post-processing runs a previous daemon left running (the local
-        executor adopts them by PID and start time, or finds them ended)."""
+        executor adopts them by PID and start time, or finds them ended), and finish what
+        a daemon killed in a start or an end left half-written (the module docstring)."""
         if self._recovered:
             return
         self._recovered = True
         results = self.site.layout.results
         for state_file in sorted(results.glob(f"*/{POSTPROC_DIR}/{STATE_FILE}")):
             workflow = state_file.parent.parent.name
-            latest = read_state(self.site, workflow).get("latest")
+            state = read_state(self.site, workflow)
+            latest = state.get("latest")
             record = load_record(self.site, workflow, str(latest)) if latest else None
-            if record is not None and record.state == "RUNNING":
-                self.active[workflow] = record
+            if record is None:
+                continue
+            if record.state == "SUCCESS" and state.get("last_success") != record.id:
+                self._write_state(record, started=False)  # killed in _finish, between the two
+            if record.state != "RUNNING":
+                continue
+            if record.handle is None and not self._adopt_from_marker(record):
+                self.unlaunched[workflow] = record  # never launched: maybe_start launches it
+                continue
+            self.active[workflow] = record
         # a workflow that waited for a slot when the previous daemon stopped would
         # otherwise wait for its next change: ask each again (an unchanged set of best
         # runs starts nothing)
         self.deferred |= set(self.site.templates.list_ids()) - set(self.active)
+        self.deferred |= set(self.unlaunched)
+
+    def _adopt_from_marker(self, record: PostProcRecord) -> bool:
+        """A RUNNING record without a handle: its daemon was killed between state.json and
+        the record of the launch. Launched, the script wrote its ``started`` marker (its
+        first act, a few milliseconds after the launch, long before a new daemon is up):
+        the handle is rebuilt from it and the process adopted by PID, as the marker's time
+        stands in for its start time (a PID reused since has a later one), and the markers
+        decide how it ended. False without the marker: it was never launched."""
+        folder = postproc_root(self.site, record.workflow) / record.id
+        started = read_markers(folder).started
+        if started is None:
+            return False
+        pid, at, host = started
+        record.handle = {
+            "pid": pid,
+            "pgid": pid,
+            "start": at,
+            "host": host or None,
+            "from_marker": True,
+            "uid": os.geteuid(),  # post-processing runs as the daemon's user
+            "script": str(folder / SCRIPT_NAME),
+        }
+        record.started_at = iso(at)
+        self._write_record(record)
+        log.info("post-processing %s of %s adopted from its marker", record.id, record.workflow)
+        return True
 
 
 # --- staging and results ------------------------------------------------------------------------
@@ -418,6 +490,8 @@ def leaderboard_view(site: Site, workflow: str) -> PostProcView | None:
         return None
     latest = load_record(site, workflow, str(state["latest"]))
     success_id = state.get("last_success")
+    if latest is not None and latest.state == "SUCCESS":
+        success_id = latest.id  # also before state.json says so (the module docstring)
     success = load_record(site, workflow, str(success_id)) if success_id else None
     latest_view = _run_view(site, latest) if latest else None
     if success is not None and latest is not None and success.id == latest.id:
