@@ -330,3 +330,16 @@ def test_a_new_claims_id_is_checked_against_the_index(backend_site: Site) -> Non
     run = store.load(taken)
     store.index_many([RunRecord.from_dict({**run.to_dict(), "id": "swept123456-1"})])
     assert store.run_id_taken("swept123456") and not store.run_id_taken("swept12345")
+
+
+def test_an_sqlite_url_is_shown_as_written_and_a_missing_folder_is_said(tmp_path: Path) -> None:
+    """`sqlite:////nonexistent/dir/x.db` was shown as `sqlite://nonexistent/dir/x.db` (one
+    slash lost: another file), with the advice to run reindex, which failed the same way."""
+    for url in ("sqlite:////nonexistent/dir/x.db", "sqlite:///rel.db"):
+        assert display_url(url) == url
+    url = f"sqlite:///{tmp_path}/no/such/folder/index.db"
+    with pytest.raises(IndexError_) as info:
+        open_database(url, tmp_path / "index.db")
+    line = info.value.summary()
+    assert url in line and f"there is no folder {tmp_path}/no/such/folder" in line
+    assert "reindex" not in line and "make the folder" in line

@@ -133,8 +133,13 @@ LOCKED_RETRY_SECONDS = 10.0
 
 
 def display_url(url: str) -> str:
-    """A database URL with its password hidden (in the user part or a query parameter)."""
+    """A database URL with its password hidden (in the user part or a query parameter);
+    one with no password is shown as written (``urlunsplit`` drops the ``//`` of an empty
+    host: ``sqlite:////abs.db`` came out as ``sqlite://abs.db``, another file)."""
     parts = urlsplit(url)
+    has_query_password = any(k.lower() == "password" for k, _ in parse_qsl(parts.query))
+    if parts.password is None and not has_query_password:
+        return url
     netloc = parts.netloc
     if parts.password is not None:
         user, _, host = netloc.rpartition("@")
@@ -239,6 +244,13 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
         _connect(db, server)
     except (pw.DatabaseError, pw.ImproperlyConfigured) as exc:
         if not server:
+            folder = Path(db.database).parent if isinstance(db.database, str) else None
+            if folder is not None and not folder.is_dir():
+                raise IndexError_(
+                    f"the index database cannot be made: there is no folder {folder}",
+                    file=where,
+                    hint="make the folder, or fix `database` in flowbatch.yaml",
+                ) from None
             raise IndexError_(
                 f"the index database cannot be used: {_one_line(exc)}",
                 file=where,
