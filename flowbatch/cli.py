@@ -135,8 +135,8 @@ def init(obj: Context, directory: str | None) -> None:
 @click.option("--name", help="Display name (default: the manifest's, else the folder's).")
 @click.option(
     "--specfile",
-    help="Template file inside SOURCE (default: manifest, then "
-    "benchmark|workflow|template.yaml/.yml/.json).",
+    help="Template file: as given (from the current folder), else inside SOURCE "
+    "(default: manifest, then benchmark|workflow|template.yaml/.yml/.json).",
 )
 @pass_ctx
 def install(

@@ -103,3 +103,15 @@ def test_a_broken_site_report_template_is_one_line_naming_it(hello_site: Site) -
     (line,) = result.output.strip().splitlines()
     assert f"report template {own / 'leaderboard.html.j2'}, line " in line, line
     assert "TemplateSyntaxError" in line and "Traceback" not in line
+
+
+def test_specfile_errors_name_the_option(site: Site) -> None:
+    """A `--specfile` path that leaves SOURCE was blamed on the manifest (`flowserv.yaml:
+    specfile: ...`). (A file given as it is, from the current folder, is taken as
+    flowServ takes it: the help says so now.)"""
+    source = str(EXAMPLES / "helloworld")
+    code, out = fb(site.root, "install", source, "--specfile", "../plots/nosuch.yaml")
+    assert code == 1 and "--specfile" in out and "flowserv.yaml" not in out, out
+    assert site.templates.list_ids() == []
+    code, out = fb(site.root, "install", source, "--specfile", "benchmark.yaml", "--id", "c")
+    assert code == 0 and "installed: workflow c" in out, out

@@ -142,7 +142,8 @@ def _spec_path(base: Path, doc: dict[str, Any], *, specfile: str | None, label: 
         given = Path(specfile)
         if given.is_file():  # as given: absolute, or relative to the working directory
             return given.resolve()
-        spec = _inside(base, specfile, field="specfile", label=label)
+        # else inside the folder; an error names the option, not the manifest
+        spec = _inside(base, specfile, field="--specfile", label=str(base))
     elif doc.get("specfile") is not None:
         spec = _inside(base, doc["specfile"], field="specfile", label=label)
     else:
