@@ -79,8 +79,8 @@ def update_reports(
             hint="the other reports are written; see the log for the details",
         ) from first
     if refused:
-        for exc in refused[1:]:
-            log.error("%s", exc.summary())
+        for other in refused[1:]:
+            log.error("%s", other.summary())
         raise refused[0]
 
 
