@@ -218,4 +218,5 @@ def uninstall(obj: Context, workflow: str) -> None:
     from .lifecycle_ops import uninstall as remove
 
     info = remove(obj.site, workflow)
-    click.echo(f"uninstalled {workflow}: {info['runs']} runs, freed {human(info['freed'])}")
+    again = " (an interrupted uninstall, finished)" if info.get("resumed") else ""
+    click.echo(f"uninstalled {workflow}{again}: {info['runs']} runs, freed {human(info['freed'])}")

@@ -4,12 +4,21 @@ orphans (seed-inventory §5.5, §12.2).
 The tree is the truth, so a removal takes the run out of the tree first and out of the
 index second: a run folder is first moved into ``results/<wf>/.trash/`` (one rename, so
 ``reindex`` never brings back a half-deleted run), then its index rows go, then the
-folder. A crash in between leaves a ``.trash`` entry, which ``cleanup --orphans`` removes.
-Active runs (PENDING, RUNNING) are never removed: they are cancelled first.
+folder. A crash in between leaves a ``.trash`` entry: ``runs delete`` of that run again
+finishes the delete (also of a run whose folder is gone but whose rows are left), and
+``cleanup --orphans`` removes the entry and its run's rows. The workflows whose reports
+(leaderboards) a removal changes are noted in ``reports-pending/`` first, as the daemon
+notes its own changes, so a crash before the reports are rewritten leaves them owed to
+the daemon's next start. Active runs (PENDING, RUNNING) are never removed: they are
+cancelled first.
+
+``uninstall`` hides the template first (``templates/.<wf>.uninstalling``) and removes that
+last: while it is there, ``uninstall <wf>`` again finishes the interrupted uninstall.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -18,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlowbatchError, NotFoundError, RequestError, StateError
-from .runs import ACTIVE, RunRecord, parse_state
+from .runs import ACTIVE, RunRecord, State, parse_state
 from .site import Site
 from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
-from .store.layout import REQUEST_COPY, RUN_JSON, checked_id
+from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
+
+log = logging.getLogger("flowbatch.lifecycle_ops")
 
 TRASH = ".trash"
 #: a ``.tmp`` leftover younger than this may still be written by a live intake or submit
@@ -77,15 +88,15 @@ def remove_runs(site: Site, runs: list[RunRecord]) -> int:
     return freed
 
 
-def _check_inactive(run: RunRecord) -> None:
-    if run.state in ACTIVE:
+def _check_inactive(run_id: str, state: State) -> None:
+    if state in ACTIVE:
         raise StateError(
-            f"run {run.id} is {run.state.value}: an active run cannot be deleted",
-            hint=f"cancel it first: flowbatch runs cancel {run.id}",
+            f"run {run_id} is {state.value}: an active run cannot be deleted",
+            hint=f"cancel it first: flowbatch runs cancel {run_id}",
         )
 
 
-def _check_owner(run: RunRecord, uid: int) -> None:
+def _check_owner(run: RunRecord | RunRow, uid: int) -> None:
     if uid != 0 and uid != run.owner_uid:
         raise StateError(
             f"run {run.id} belongs to {run.owner}",
@@ -95,12 +106,69 @@ def _check_owner(run: RunRecord, uid: int) -> None:
 
 # -- delete ------------------------------------------------------------------------------------
 def delete_run(site: Site, run_id: str, *, uid: int | None = None) -> int:
-    """Delete one inactive run (tree and index); returns the bytes freed."""
-    run = site.store.load(run_id)
-    _check_inactive(run)
-    _check_owner(run, os.geteuid() if uid is None else uid)
+    """Delete one inactive run (tree and index); returns the bytes freed. A run whose
+    delete was interrupted (its folder in ``.trash`` or gone, its rows left) is finished."""
+    caller = os.geteuid() if uid is None else uid
+    try:
+        run = site.store.load(run_id)
+    except NotFoundError:
+        freed = _finish_delete(site, run_id, caller)
+        if freed is None:
+            raise
+        return freed
+    _check_inactive(run.id, run.state)
+    _check_owner(run, caller)
+    noted = _owe_reports(site, {run.workflow})
     freed = remove_runs(site, [run])
     _refresh(site, {run.workflow})
+    _reports_written(site, noted)
+    return freed
+
+
+def _finish_delete(site: Site, run_id: str, uid: int) -> int | None:
+    """Finish the delete of ``run_id`` that a crash interrupted: its folder is in its
+    workflow's ``.trash`` (or already gone) while its index rows may be left. None when
+    the run does not look like that (no rows and no ``.trash`` entry, or a run folder
+    still in place): nothing here to finish."""
+    checked_id(run_id, "run")
+    row = RunRow.get_or_none(RunRow.id == run_id)
+    if row is not None:
+        workflow_dir = Path(row.run_dir).parent.parent
+        if os.path.lexists(row.run_dir):
+            return None  # a run folder without a readable run.json: not a delete's leftover
+    else:
+        results = site.layout.results
+        found = [
+            wf
+            for wf in (sorted(results.iterdir()) if results.is_dir() else [])
+            if os.path.lexists(wf / TRASH / run_id)
+        ]
+        if not found:
+            return None
+        workflow_dir = found[0]
+    trash = workflow_dir / TRASH / run_id
+    record = None
+    if trash.is_dir() and not trash.is_symlink():
+        try:
+            record = site.store.load_dir(trash)
+        except FlowbatchError:
+            pass  # half removed already: the rows (if any) say whose it was
+    if record is not None:  # the tree has the last word
+        _check_inactive(run_id, record.state)
+        _check_owner(record, uid)
+    elif row is not None:
+        _check_inactive(run_id, parse_state(row.state))
+        _check_owner(row, uid)
+    noted = _owe_reports(site, {workflow_dir.name})
+    if row is not None:
+        with site.store.db.atomic():
+            _unindex([run_id])
+    freed = 0
+    if os.path.lexists(trash):
+        freed = tree_size(trash)
+        _remove(trash)
+    _refresh(site, {workflow_dir.name})
+    _reports_written(site, noted)
     return freed
 
 
@@ -109,6 +177,39 @@ def _refresh(site: Site, workflows: set[str]) -> None:
     from .api import update_reports
 
     update_reports(site, sorted(w for w in workflows if w in site.templates.list_ids()))
+
+
+def _owe_reports(site: Site, workflows: set[str]) -> set[str]:
+    """Note on disk, before a removal, that the reports of ``workflows`` are owed, as the
+    daemon notes its own changes (:class:`flowbatch.daemon.PendingReports`: one empty
+    file per workflow in ``reports-pending/``): a crash before :func:`_refresh` leaves
+    the note, and the daemon's next start writes those reports. Returns the notes made
+    here; one already there is the daemon's, which it removes itself."""
+    made: set[str] = set()
+    folder = site.reports_pending_dir
+    for workflow in sorted(workflows):
+        if not ID_PATTERN.match(workflow):
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(folder / workflow, flags, 0o644))
+        except FileExistsError:
+            continue
+        except OSError as exc:  # the reports are still written; only a crash forgets
+            log.warning("cannot note pending reports of %s: %s", workflow, exc)
+            continue
+        made.add(workflow)
+    return made
+
+
+def _reports_written(site: Site, noted: set[str]) -> None:
+    """The reports noted by :func:`_owe_reports` are written: its notes go."""
+    for workflow in noted:
+        try:
+            (site.reports_pending_dir / workflow).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot clear pending reports of %s: %s", workflow, exc)
 
 
 # -- cleanup -----------------------------------------------------------------------------------
@@ -202,13 +303,17 @@ def cleanup(
     old_postproc = sum(e["bytes"] for e in report.postproc_removed)
     report.freed = sum(e["bytes"] for e in report.removed) + old_postproc
     if not dry_run:
+        changed = {e["workflow"] for e in report.removed}
+        noted = _owe_reports(site, changed)
         report.freed = remove_runs(site, chosen) + old_postproc
-        stale = {e["id"] for e in report.removed} - {r.id for r in chosen}
-        if stale:
-            _unindex(sorted(stale))
+        stale = sorted({e["id"] for e in report.removed} - {r.id for r in chosen})
+        with site.store.db.atomic():
+            for chunk in range(0, len(stale), 500):
+                _unindex(stale[chunk : chunk + 500])
         for entry in report.postproc_removed:
             _remove(Path(entry["path"]))
-        _refresh(site, {e["workflow"] for e in report.removed})
+        _refresh(site, changed)
+        _reports_written(site, noted)
     return report
 
 
@@ -252,37 +357,59 @@ def _old_postproc(site: Site, cutoff: datetime, workflow: str | None) -> list[di
 # -- uninstall ---------------------------------------------------------------------------------
 def uninstall(site: Site, workflow: str) -> dict[str, Any]:
     """Remove a workflow: its template (every version), its results tree and its index
-    rows. Refused while any of its runs is active."""
+    rows. Refused while any of its runs is active.
+
+    The template is hidden first (one rename to ``templates/.<wf>.uninstalling``: intake
+    now refuses new requests for it) and removed last, after the results (first hidden
+    as ``results/.<wf>.uninstalling``, removed once their rows are gone) and the front
+    page: a crash at any step leaves the hidden template, and ``uninstall <wf>`` again
+    finishes the job ("resumed" in the answer)."""
+    checked_id(workflow, "workflow")
     tpl = site.layout.template_dir(workflow)
-    site.templates.meta(workflow)  # NotFoundError for an unknown workflow
-    site.store  # noqa: B018 - opens the index
-    _refuse_active(workflow)
-    # the template goes first (one rename): intake now refuses new requests for it;
-    # then look again, since a request may have become a run in between
     hidden = tpl.with_name(f".{workflow}.uninstalling")
-    _remove(hidden)
-    os.rename(tpl, hidden)
-    try:
-        _refuse_active(workflow)
-    except StateError:
-        os.rename(hidden, tpl)
-        raise
     results = site.layout.workflow_results(workflow)
+    gone = results.with_name(f".{workflow}.uninstalling")
+    site.store  # noqa: B018 - opens the index
+    try:
+        site.templates.meta(workflow)  # NotFoundError for an unknown workflow
+        resumed = False
+    except NotFoundError:
+        if not os.path.lexists(hidden):
+            raise
+        resumed = True  # an uninstall of it was interrupted
+        log.warning("workflow %s: finishing an uninstall that was interrupted", workflow)
+    if not resumed:
+        _refuse_active(workflow)
+        _remove(hidden)  # left by an interrupted uninstall of an earlier install
+        os.rename(tpl, hidden)
+    if not os.path.lexists(gone) or not resumed:
+        # look again, since a request may have become a run in between (once the results
+        # are hidden the runs were looked at: they are out of the tree)
+        try:
+            _refuse_active(workflow)
+        except StateError:
+            if not os.path.lexists(tpl):
+                os.rename(hidden, tpl)
+            raise
     runs = RunRow.select().where(RunRow.workflow == workflow).count()
-    freed = tree_size(hidden) + (tree_size(results) if results.exists() else 0)
-    if results.exists():
-        gone = results.with_name(f".{workflow}.uninstalling")
-        _remove(gone)
+    freed = sum(tree_size(p) for p in (hidden, results, gone) if os.path.lexists(p))
+    if os.path.lexists(results):
+        # out of the tree in one rename, its run folders first hidden within (``reindex``
+        # and a daemon's start index the run folders of any ``results/*/runs/``)
+        if (results / "runs").is_dir():
+            _remove(results / ".runs.uninstalling")
+            os.rename(results / "runs", results / ".runs.uninstalling")
+        _remove(gone)  # left by an interrupted uninstall of an earlier install
         os.rename(results, gone)
-        _remove(gone)
     with site.store.db.atomic():
         ids = [r.id for r in RunRow.select(RunRow.id).where(RunRow.workflow == workflow)]
         for chunk in range(0, len(ids), 500):
             _unindex(ids[chunk : chunk + 500])
         WorkflowRow.delete().where(WorkflowRow.id == workflow).execute()
-    _remove(hidden)
+    _remove(gone)
     _refresh(site, set())  # the front page lists workflows
-    return {"workflow": workflow, "runs": runs, "freed": freed}
+    _remove(hidden)  # last: while it is there, `uninstall` again finishes the job
+    return {"workflow": workflow, "runs": runs, "freed": freed, "resumed": resumed}
 
 
 def _refuse_active(workflow: str) -> None:
@@ -490,6 +617,7 @@ def remove_orphans(site: Site, orphans: list[Orphan]) -> None:
     """Remove what :func:`local_orphans` and :func:`remote_orphans` found."""
     from .executors.ssh import ssh_runner
 
+    _unindex_trashed(site, [Path(o.path) for o in orphans if o.where == "local"])
     for orphan in orphans:
         if orphan.where == "local":
             _remove(Path(orphan.path))
@@ -505,6 +633,32 @@ def remove_orphans(site: Site, orphans: list[Orphan]) -> None:
             raise FlowbatchError(
                 f"ssh host {orphan.where}: cannot remove {orphan.path}: {result.stderr.strip()}"
             )
+
+
+def _unindex_trashed(site: Site, paths: list[Path]) -> None:
+    """The index rows of the runs whose folders are ``.trash`` entries among ``paths``
+    (a delete interrupted before its rows went), then those workflows' reports. A run
+    whose row names a folder that still holds its ``run.json`` keeps its rows."""
+    trashed = {p.name: p.parent.parent.name for p in paths if p.parent.name == TRASH}
+    if not trashed:
+        return
+    site.store  # noqa: B018 - opens the index
+    ids = sorted(trashed)
+    rows: list[Any] = []
+    for chunk in range(0, len(ids), 500):
+        query = RunRow.select(RunRow.id, RunRow.run_dir).where(
+            RunRow.id.in_(ids[chunk : chunk + 500])
+        )
+        rows.extend(r for r in query if not (Path(r.run_dir) / RUN_JSON).is_file())
+    if not rows:
+        return
+    changed = {trashed[r.id] for r in rows}
+    noted = _owe_reports(site, changed)
+    with site.store.db.atomic():
+        for chunk in range(0, len(rows), 500):
+            _unindex([r.id for r in rows[chunk : chunk + 500]])
+    _refresh(site, changed)
+    _reports_written(site, noted)
 
 
 def orphans_report(site: Site, *, dry_run: bool = False) -> dict[str, Any]:

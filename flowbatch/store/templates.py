@@ -116,9 +116,15 @@ class TemplateStore:
             ) from None
 
     def list_ids(self) -> list[str]:
+        """The installed workflows. A dot-name is never one (``.<id>.uninstalling``: a
+        template an interrupted ``uninstall`` left, finished by running it again)."""
         if not self.layout.templates.is_dir():
             return []
-        return sorted(p.name for p in self.layout.templates.iterdir() if (p / META).is_file())
+        return sorted(
+            p.name
+            for p in self.layout.templates.iterdir()
+            if not p.name.startswith(".") and (p / META).is_file()
+        )
 
     def install(
         self,
