@@ -267,3 +267,12 @@ def test_uninstall_after_an_interrupted_one_and_a_reinstall(
     assert api.list_runs(site) == [] and indexed(site) == set()
     assert sorted(p.name for p in site.layout.templates.iterdir()) == []
     assert sorted(p.name for p in site.layout.results.iterdir()) == ["index.html"]
+
+
+def test_the_tree_walk_skips_a_hidden_workflow_folder(site: Site) -> None:
+    """`reindex` and a daemon's start walk results/*/runs/: a workflow folder an uninstall
+    has hidden (`.<wf>.uninstalling`) is no workflow, and its runs are not indexed."""
+    hidden = site.layout.results / ".wf.uninstalling" / "runs" / "0123456789ab"
+    hidden.mkdir(parents=True)
+    (hidden / "run.json").write_text("{}")
+    assert list(site.store.iter_run_dirs()) == []

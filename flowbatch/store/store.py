@@ -107,7 +107,8 @@ class Store:
                     f"{path} belongs to uid {owner}, not to the daemon's user (uid {daemon}, "
                     "the owner of results/): it was replaced from inside the run and is "
                     "not trusted",
-                    hint="check the run; `flowbatch runs delete` removes it",
+                    hint="check the run; to remove it, delete its folder by hand, then "
+                    "`flowbatch reindex` (with the daemon stopped) drops it from the index",
                 )
             raw = fh.read()
         try:
@@ -289,7 +290,12 @@ class Store:
         results = self.layout.results
         if not results.is_dir():
             return
-        workflows = [results / workflow] if workflow else sorted(results.iterdir())
+        # a dot-folder is no workflow (``.<wf>.uninstalling``: an uninstall under way)
+        workflows = (
+            [results / workflow]
+            if workflow
+            else sorted(p for p in results.iterdir() if not p.name.startswith("."))
+        )
         for wf in workflows:
             runs = wf / "runs"
             if runs.is_dir():
