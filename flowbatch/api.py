@@ -8,10 +8,10 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import yamlio
-from .errors import FlowbatchError, NotFoundError, RequestError
+from .errors import FlowbatchError, NotFoundError, RequestError, TemplateError
 from .gcpause import paused_gc
 from .progress import Progress, track
 from .ranking import rank, ranking_json
@@ -28,7 +28,10 @@ from .store.index import RunRow, WorkflowRow
 from .store.layout import BUNDLE_SUFFIX
 from .store.store import Store, run_rows
 from .store.templates import Installed
-from .sweep import Point, cast_points
+from .sweep import Point
+
+if TYPE_CHECKING:
+    from .queue import CheckedRequest
 
 LIST_FIELDS = (
     "id",
@@ -57,6 +60,9 @@ def install(
     specfile: str | None = None,
 ) -> Installed:
     src = find_source(path, specfile=specfile, name=name)
+    # the executor it names must be the site's (parsed once more by the install: cheap)
+    template = load_template(src.spec_path, known_variables=site.templates.variables)
+    check_template_executor(site, template, str(src.spec_path))
     with Progress(f"installing {src.spec_path.parent.name}") as bar:  # big templates
         installed = site.templates.install(src, workflow_id=workflow_id, name=name, progress=bar)
     index_workflow(site, installed.id)
@@ -113,13 +119,15 @@ def show_workflow(site: Site, workflow: str) -> dict[str, Any]:
 def validate(path: Path, site: Site | None = None) -> str:
     """Check a template (folder or file) or a request without installing or submitting it.
 
+    A request is checked as the site's daemon checks it (:func:`_check_request`), a
+    template as ``install`` does (with a site: its executor is one of the site's).
     Returns a one-line description of what was checked; raises on the first problem.
     """
     variables = site.config.known_variables() if site else {"python": "python3"}
     if path.is_dir():
         src = find_source(path)
         template = load_template(src.spec_path, known_variables=variables)
-        _check_rendering(template, variables)
+        _check_template(template, variables, site, str(src.spec_path))
         return f"template {src.spec_path}: valid ({_describe(template)})"
     doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES)
     if isinstance(doc, dict) and isinstance(doc.get("workflow"), str):
@@ -128,15 +136,54 @@ def validate(path: Path, site: Site | None = None) -> str:
             return f"cancel request {path}: valid"
         if site is None:
             return f"request {path}: valid in form (no site to check the workflow against)"
-        template, version = site.templates.load(req.workflow, req.version)
-        # every point as intake casts it, and every file a point names (swept ones too)
-        points = cast_points(template.parameters, req.arguments, req.sweep or None, file=str(path))
-        _request_files(path, template, req, points)
-        size = f", {len(points)} points" if req.sweep else ""
-        return f"request {path}: valid for workflow {req.workflow} version {version}{size}"
+        limit = site.config.max_request_bytes
+        if path.stat().st_size > limit:  # as intake says it
+            raise RequestError(
+                f"the request file is over the size limit of {limit} bytes",
+                file=str(path),
+                hint="pass data as file arguments, not inline",
+            )
+        checked = _check_request(site, req, str(path))
+        # every file a point names (swept ones too), as submit sends them
+        _request_files(path, checked.template, req, checked.points)
+        size = f", {len(checked.points)} points" if req.sweep else ""
+        return f"request {path}: valid for workflow {req.workflow} version {checked.version}{size}"
     template = load_template(path, known_variables=variables)
-    _check_rendering(template, variables)
+    _check_template(template, variables, site, str(path))
     return f"template {path}: valid ({_describe(template)})"
+
+
+def _check_request(site: Site, req: Request, label: str) -> CheckedRequest:
+    """Every check the site's daemon makes of ``req`` that needs neither the queued file
+    nor its files (:func:`flowbatch.queue.check_request`, the intake's own), for a
+    request the caller will submit: the queued file will be theirs."""
+    from .queue import check_request, site_daemon_uid
+
+    return check_request(site, req, uid=os.geteuid(), label=label, daemon_uid=site_daemon_uid(site))
+
+
+def check_template_executor(site: Site, template: Template, file: str) -> None:
+    """A template's ``executor:`` must be one of the site's executors: every request
+    that names none would be rejected otherwise."""
+    names = site.config.executor_names()
+    if not template.executor or template.executor in names:
+        return
+    raise TemplateError(
+        f"unknown executor {template.executor!r}: not an executor of this site",
+        file=file,
+        field="executor",
+        expected="one of: " + ", ".join(names),
+        hint="name one of them, or leave `executor` out for the site's default "
+        f"({site.config.executor}); executors are declared in the site's flowbatch.yaml",
+    )
+
+
+def _check_template(
+    template: Template, variables: dict[str, str], site: Site | None, file: str
+) -> None:
+    if site is not None:
+        check_template_executor(site, template, file)
+    _check_rendering(template, variables)
 
 
 def _check_rendering(template: Template, variables: dict[str, str]) -> None:
@@ -172,13 +219,11 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
     req = parse_request(doc, file=str(request_path))
     if not isinstance(req, Request):
         raise RequestError("use `flowbatch runs cancel` to cancel a run", file=str(request_path))
-    template, _ = site.templates.load(req.workflow, req.version)
-    # every point as intake will cast it: a sweep over a required parameter is complete
-    # only with its sweep, and a swept file travels like a fixed one
-    points = cast_points(
-        template.parameters, req.arguments, req.sweep or None, file=str(request_path)
-    )
-    files, swept = _request_files(request_path, template, req, points)
+    # checked as intake will check it: every point as it will cast it (a sweep over a
+    # required parameter is complete only with its sweep, and a swept file travels like
+    # a fixed one), rendered for its executor, its targets
+    checked = _check_request(site, req, str(request_path))
+    files, swept = _request_files(request_path, checked.template, req, checked.points)
     return queue_request(site, request_path.stem, doc, files, swept=swept)
 
 

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from . import yamlio
 from .fairshare import LimitsConfig
-from .slurm_profile import SlurmProfile, check_profiles
+from .slurm_profile import SlurmProfile, check_profiles, profiles_by_executor
 from .ssh_hosts import SSHHost, check_hosts
 
 CONFIG_NAME = "flowbatch.yaml"
@@ -168,6 +169,32 @@ class SiteConfig(_Strict):
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _known_executor(self) -> SiteConfig:
+        """``executor`` must name one of this config's executors: a wrong name would
+        have every request that asks for none rejected at intake."""
+        names = self.executor_names()
+        if self.executor not in names:
+            # raised with its key: a model's own error has no place (`executor: ...` is
+            # where the fix goes); the config's loader names the file and the key
+            error = PydanticCustomError(
+                "unknown_executor",
+                "not an executor of this site (one of: {names})",
+                {"names": ", ".join(names)},
+            )
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [InitErrorDetails(type=error, loc=("executor",), input=self.executor)],
+            )
+        return self
+
+    def executor_names(self) -> list[str]:
+        """Every executor name a template or request may ask for under this config:
+        ``local``, ``slurm`` and ``slurm:<profile>``, the ssh hosts. What
+        :func:`flowbatch.executors.executor_names` says, computed from the config's own
+        fields (the executors package imports this module)."""
+        return ["local", *profiles_by_executor(self.slurm), *self.ssh]
 
     def all_variables(self) -> dict[str, str]:
         """Site variables plus the built-in ``${python}`` (the daemon's interpreter)."""

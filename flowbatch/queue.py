@@ -521,45 +521,16 @@ class Intake:
         """
         label = claimed.name
         site = self.site
-        refusal = owner_refusal(site, claimed.uid)
-        if refusal:
-            raise RequestError(
-                refusal,
-                file=label,
-                hint="ask the site's admin to add you to "
-                "allowed_users or allowed_groups in flowbatch.yaml",
-            )
-        if req.group and not may_use_group(site, claimed.uid, req.group):
-            raise RequestError(
-                f"user {user_name(claimed.uid)} may not submit for group {req.group!r}",
-                file=label,
-                field="group",
-                expected="your user name, a Unix group you belong to, or a team of "
-                "`teams` in flowbatch.yaml that lists you",
-                hint="leave `group` out to submit under your own name",
-            )
-        try:
-            template, version = site.templates.load(req.workflow, req.version)
-        except FlowbatchError as exc:
-            raise exc.at(file=label, prefix="workflow" if not req.version else "version")
-        executor = req.executor or template.executor or site.config.executor
-        known = executor_names(site.config)
-        if executor not in known:
-            raise RequestError(
-                f"unknown executor {executor!r}",
-                file=label,
-                field="executor",
-                expected="one of: " + ", ".join(known),
-                hint="executors are declared in the site's flowbatch.yaml",
-            )
-        points = cast_points(template.parameters, req.arguments, req.sweep or None, file=label)
+        checked = check_request(site, req, uid=claimed.uid, label=label)
+        template, version, executor = checked.template, checked.version, checked.executor
+        points = checked.points
         group = req.group or user_name(claimed.uid)
         skipped = (
             self._already_done(req, version, [p.arguments for p in points], group)
             if req.sweep
             else {}
         )
-        files_dir = site.templates.files_dir(req.workflow, version)
+        files_dir = checked.files_dir
         todo: list[int] = []
         for index in range(len(points)):
             if index in skipped:
@@ -575,11 +546,8 @@ class Intake:
             ):
                 continue
             todo.append(index)
-        rendered: dict[int, RenderedWorkflow] = {}
         if len(todo) > 1:  # a sweep is refused whole, before its first run is made
-            rendered = self._check_points(
-                template, files_dir, {i: points[i] for i in todo}, executor, claimed, label
-            )
+            self._check_points({i: points[i] for i in todo}, claimed, label)
         made: list[str] = []
         try:
             for index in todo:
@@ -596,7 +564,7 @@ class Intake:
                     files_dir,
                     points[index],
                     sweep,
-                    rendered.get(index),
+                    checked.rendered[index],
                 )
                 result.runs.append(run)
                 made.append(run.id)
@@ -618,30 +586,11 @@ class Intake:
             )
             result.skipped[claimed.name] = skipped
 
-    def _check_points(
-        self,
-        template: Template,
-        files_dir: Path,
-        points: dict[int, Point],
-        executor: str,
-        claimed: Claimed,
-        label: str,
-    ) -> dict[int, RenderedWorkflow]:
-        """Every point's files and targets, checked as :meth:`_create_run` checks them
-        (each distinct set of files once: a sweep over other parameters checks its files
-        once), and every point rendered (a value may be refused by where it stands), so
-        that a bad later point rejects the sweep before any run; the renders, by index."""
-        rendered: dict[int, RenderedWorkflow] = {}
-        for index, point in points.items():
-            try:
-                rendered[index] = self._render(template, point.arguments, executor)
-            except FlowbatchError as exc:
-                swept = ", ".join(
-                    f"{name}={point.arguments[name]!r}" for name in sorted(point.fields)
-                )
-                where = f"in the sweep's point {index} ({swept})"
-                exc.hint = f"{where}; {exc.hint}" if exc.hint else where
-                raise
+    def _check_points(self, points: dict[int, Point], claimed: Claimed, label: str) -> None:
+        """Every point's files opened as :meth:`_create_run` opens them (each distinct
+        set of files once: a sweep over other parameters checks its files once), so that
+        a missing file of a later point rejects the sweep before any run (everything
+        else was checked by :func:`check_request`)."""
         seen: set[tuple[tuple[str, str, str], ...]] = set()
         for point in points.values():
             files = tuple(
@@ -652,9 +601,8 @@ class Intake:
             if not files or files in seen:
                 continue
             seen.add(files)
-            for fd in self._check_files(template, files_dir, point, claimed, label).values():
+            for fd in self._check_files(point, claimed, label).values():
                 os.close(fd)
-        return rendered
 
     def _already_done(
         self, req: Request, version: str, points: list[dict[str, Any]], group: str
@@ -684,16 +632,14 @@ class Intake:
         files_dir: Path,
         point: Point,
         sweep: dict[str, Any] | None,
-        rendered: RenderedWorkflow | None = None,
+        rendered: RenderedWorkflow,
     ) -> RunRecord:
-        """The run of one point (``rendered``: its workflow, when rendered already)."""
+        """The run of one point (``rendered``: its workflow, by :func:`check_request`)."""
         label = claimed.name
         site = self.site
         arguments = point.arguments
-        sources = self._check_files(template, files_dir, point, claimed, label)
+        sources = self._check_files(point, claimed, label)
         try:
-            if rendered is None:
-                rendered = self._render(template, arguments, executor)
             run_dir = site.layout.run_dir(req.workflow, run_id)
             tmp_dir = run_dir.with_name(f".{run_id}.tmp")
             try:
@@ -755,52 +701,21 @@ class Intake:
         )
         return run
 
-    def _render(
-        self, template: Template, arguments: dict[str, Any], executor: str
-    ) -> RenderedWorkflow:
-        """The run's steps with the ``${name}`` variables of its executor. A variable only
-        some SSH hosts define, used by a run elsewhere, is refused with where it exists."""
-        config = self.site.config
-        try:
-            return render_workflow(
-                template, template.workflow, arguments, config.variables_for(executor)
-            )
-        except FlowbatchError as exc:
-            name = exc.unknown_variable
-            hosts = [h for h, host in config.ssh.items() if name and name in host.variables]
-            if not hosts:
-                raise
-            raise RequestError(
-                f"${{{name}}} is defined only for runs on {', '.join(hosts)}, not on {executor}",
-                field=exc.field,
-                hint=f"ask for `executor: {hosts[0]}`, or have the site define {name} "
-                "in the `variables` of flowbatch.yaml",
-            ) from None
-
-    def _check_files(
-        self,
-        template: Template,
-        files_dir: Path,
-        point: Point,
-        claimed: Claimed,
-        label: str,
-    ) -> dict[str, int]:
+    def _check_files(self, point: Point, claimed: Claimed, label: str) -> dict[str, int]:
         """Open each file argument safely; return name -> open descriptor.
 
         The path must stay inside the request's folder with no symbolic link on the way
         (each component is opened with ``O_NOFOLLOW`` relative to the previous one, so a
         file swapped for a link after a check cannot lead the daemon elsewhere); the file
         must be regular and belong to the request's owner (a request cannot read another
-        user's inputs); its target must not replace a template file or flowbatch's own.
+        user's inputs). Its target was checked by :func:`check_request`.
         """
         out: dict[str, int] = {}
-        targets: dict[str, str] = {}
         try:
             for name, value in point.arguments.items():
                 if not isinstance(value, FileArg) or not value.source:
                     continue
                 field = point.field(name)  # sweep.<name>[<i>] for a swept file
-                _check_target(template, files_dir, name, value, targets, label, field)
                 fd = open_inside(self.layout.queue, value.source, label=label, field=field)
                 out[name] = fd
                 st = os.fstat(fd)
@@ -845,6 +760,175 @@ class Intake:
         except FileNotFoundError:
             pass
         log.warning("rejected %s: %s", name, error.summary())
+
+
+# -- the checks of a request -------------------------------------------------------------------
+@dataclass
+class CheckedRequest:
+    """A request that passed :func:`check_request`: what intake makes its runs of."""
+
+    template: Template
+    version: str
+    executor: str
+    #: every point of the request (one without ``sweep:``), cast as its runs get them
+    points: list[Point]
+    #: the workflow of each point (by index), rendered for ``executor``
+    rendered: list[RenderedWorkflow]
+    #: the template version's files (what a file argument's target may not replace)
+    files_dir: Path
+
+
+def check_request(
+    site: Site, req: Request, *, uid: int, label: str, daemon_uid: int | None = None
+) -> CheckedRequest:
+    """Every check of a request that needs neither its file nor the files it names, in
+    the order intake makes them; the first problem raises (a FlowbatchError with the
+    field and reason of the rejection).
+
+    Intake calls it for each request it takes in (``uid``: the file's owner); ``flowbatch
+    validate`` and ``flowbatch submit`` call it too (``uid``: the caller, who will own the
+    queued file; ``daemon_uid``: the user the site's daemon runs as, see
+    :func:`site_daemon_uid`), so that what they approve the daemon takes: one function, so the
+    three cannot disagree. For intake's hot path it reads no file but the template (from
+    the template store's cache) and renders each point once (the renders are the runs').
+
+    The checks: who may submit here (:func:`owner_refusal`); the ``group:``
+    (:func:`may_use_group`); the workflow and version; the executor (the request's, else
+    the template's, else the site's; :func:`choose_executor`); the arguments and sweep of
+    every point; every point's rendering for that executor; every file argument's target
+    (:func:`_check_target`). Left to intake, which needs the claimed file and the files
+    beside it: the file itself (type, size, text) and opening each file argument
+    (:meth:`Intake._check_files`)."""
+    refusal = owner_refusal(site, uid, daemon_uid=daemon_uid)
+    if refusal:
+        raise RequestError(
+            refusal,
+            file=label,
+            hint="ask the site's admin to add you to "
+            "allowed_users or allowed_groups in flowbatch.yaml",
+        )
+    if req.group and not may_use_group(site, uid, req.group):
+        raise RequestError(
+            f"user {user_name(uid)} may not submit for group {req.group!r}",
+            file=label,
+            field="group",
+            expected="your user name, a Unix group you belong to, or a team of "
+            "`teams` in flowbatch.yaml that lists you",
+            hint="leave `group` out to submit under your own name",
+        )
+    try:
+        template, version = site.templates.load(req.workflow, req.version)
+    except FlowbatchError as exc:
+        raise exc.at(file=label, prefix="workflow" if not req.version else "version")
+    executor = choose_executor(site, req, template, version, label)
+    points = cast_points(template.parameters, req.arguments, req.sweep or None, file=label)
+    rendered = []
+    for index, point in enumerate(points):
+        try:
+            rendered.append(render_point(site, template, point.arguments, executor))
+        except FlowbatchError as exc:
+            if len(points) > 1:
+                swept = ", ".join(
+                    f"{name}={point.arguments[name]!r}" for name in sorted(point.fields)
+                )
+                where = f"in the sweep's point {index} ({swept})"
+                exc.hint = f"{where}; {exc.hint}" if exc.hint else where
+            raise
+    files_dir = site.templates.files_dir(req.workflow, version)
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for point in points:
+        files = tuple(
+            (name, value.target)
+            for name, value in point.arguments.items()
+            if isinstance(value, FileArg) and value.source
+        )
+        if not files or files in seen:  # a sweep over other parameters: checked once
+            continue
+        seen.add(files)
+        targets: dict[str, str] = {}
+        for name, _ in files:
+            value = point.arguments[name]
+            _check_target(template, files_dir, name, value, targets, label, point.field(name))
+    return CheckedRequest(template, version, executor, points, rendered, files_dir)
+
+
+def choose_executor(site: Site, req: Request, template: Template, version: str, label: str) -> str:
+    """The executor of a request's runs: the request's ``executor:``, else the
+    template's, else the site's default. One the site does not have is refused, saying
+    where the name came from (a template installed before the site dropped the name)."""
+    config = site.config
+    known = executor_names(config)
+    if req.executor:  # an empty one is none, as it always was
+        if req.executor in known:
+            return req.executor
+        raise RequestError(
+            f"unknown executor {req.executor!r}",
+            file=label,
+            field="executor",
+            expected="one of: " + ", ".join(known),
+            hint="executors are declared in the site's flowbatch.yaml",
+        )
+    if template.executor:
+        if template.executor in known:
+            return template.executor
+        raise RequestError(
+            f"unknown executor {template.executor!r}, named by `executor:` in the template "
+            f"of workflow {req.workflow!r} (version {version}); the request names none",
+            file=label,
+            expected="one of: " + ", ".join(known),
+            hint="ask for one with `executor:` in the request; the site's admin should "
+            "install the template again with an executor of the site",
+        )
+    if config.executor in known:
+        return config.executor
+    raise RequestError(  # flowbatch.yaml is checked when read: a config made in code
+        f"unknown executor {config.executor!r}, the site's default (`executor:` in "
+        "flowbatch.yaml); the request and its template name none",
+        file=label,
+        expected="one of: " + ", ".join(known),
+        hint="ask for one with `executor:` in the request; the site's admin should fix "
+        "`executor` in flowbatch.yaml",
+    )
+
+
+def render_point(
+    site: Site, template: Template, arguments: dict[str, Any], executor: str
+) -> RenderedWorkflow:
+    """A run's steps with the ``${name}`` variables of its executor. A variable only
+    some SSH hosts define, used by a run elsewhere, is refused with where it exists."""
+    config = site.config
+    try:
+        return render_workflow(
+            template, template.workflow, arguments, config.variables_for(executor)
+        )
+    except FlowbatchError as exc:
+        name = exc.unknown_variable
+        hosts = [h for h, host in config.ssh.items() if name and name in host.variables]
+        if not hosts:
+            raise
+        raise RequestError(
+            f"${{{name}}} is defined only for runs on {', '.join(hosts)}, not on {executor}",
+            field=exc.field,
+            hint=f"ask for `executor: {hosts[0]}`, or have the site define {name} "
+            "in the `variables` of flowbatch.yaml",
+        ) from None
+
+
+def site_daemon_uid(site: Site) -> int:
+    """The user the site's daemon runs as, for a process that is not the daemon
+    (``flowbatch validate``, ``submit``): the owner of ``queue/.claimed``, which the daemon
+    makes as its own and takes nothing in while it is anyone else's (:func:`check_queue`);
+    before any daemon ran, the owner of ``results/`` (as ``flowbatch doctor`` assumes),
+    else of the site folder."""
+    layout = site.layout
+    for path in (layout.claimed, layout.results, site.root):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            return st.st_uid
+    return os.geteuid()
 
 
 def _check_target(
@@ -957,14 +1041,15 @@ def point_run_id(run_id: str, index: int) -> str:
     return run_id if index == 0 else f"{run_id}-{index}"
 
 
-def owner_refusal(site: Site, uid: int) -> str | None:
+def owner_refusal(site: Site, uid: int, *, daemon_uid: int | None = None) -> str | None:
     """Why requests of ``uid`` are not accepted here, or None when they are.
 
     A root daemon runs each run as its owner, so it accepts everyone unless the config
     lists who may submit. A daemon running as a service user runs everything as itself:
-    by default it accepts only its own user's requests.
+    by default it accepts only its own user's requests. ``daemon_uid``: the daemon's
+    user, asked from another process (default: this process's user).
     """
-    me = os.geteuid()
+    me = os.geteuid() if daemon_uid is None else daemon_uid
     config = site.config
     if uid == me and (me != 0 or config.allowed_users is None):
         return None

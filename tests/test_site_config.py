@@ -152,3 +152,48 @@ def test_a_root_daemon_never_logs_in_as_root_by_default(tmp_path: Path) -> None:
     with pytest.raises(FlowbatchError) as other:  # a named user goes on to connect
         SSHPool({"login1": named}).connection("login1").run("true", timeout=2)
     assert "no `user:`" not in str(other.value)
+
+
+_EXECUTORS = {"slurm": {"gpu": {}}, "ssh": {"login1": {"hostname": "127.0.0.9"}}}
+
+
+def test_an_executor_the_site_does_not_have_is_refused_where_it_is_written(
+    tmp_path: Path,
+) -> None:
+    """`executor:` in flowbatch.yaml (or FLOWBATCH_EXECUTOR) must be one of the site's
+    executors; a wrong one had every request that names none rejected at intake."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+    from flowbatch.errors import ConfigError
+
+    path = tmp_path / "flowbatch.yaml"
+    path.write_text(yaml.safe_dump({"executor": "nosuch", **_EXECUTORS}))
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, NO_ENV)
+    error = refused.value
+    assert error.file == str(path) and error.field == "executor"
+    assert "'nosuch'" in error.reason
+    assert "one of: local, slurm, slurm:gpu, login1" in error.reason
+    assert error.hint and "flowbatch.yaml" in error.hint
+    with pytest.raises(ConfigError) as from_env:
+        load(tmp_path, {"FLOWBATCH_EXECUTOR": "slurm:cpu"})
+    assert from_env.value.file == "environment variable FLOWBATCH_EXECUTOR"
+    assert from_env.value.field == "executor" and "'slurm:cpu'" in from_env.value.reason
+    for args in (["config", "show"], ["doctor"]):  # both say so
+        result = CliRunner().invoke(main, ["--site", str(tmp_path), *args])
+        assert result.exit_code != 0 and "executor: not an executor of this site" in (
+            result.output
+        ), result.output
+
+
+@pytest.mark.parametrize("name", ["local", "slurm", "slurm:gpu", "login1"])
+def test_every_executor_of_the_site_may_be_its_default(name: str, tmp_path: Path) -> None:
+    from flowbatch.executors import executor_names
+
+    (tmp_path / "flowbatch.yaml").write_text(yaml.safe_dump({"executor": name, **_EXECUTORS}))
+    config = load(tmp_path, NO_ENV).config
+    assert config.executor == name
+    # the config's own list (it may not import the executors) is the executors' list
+    assert config.executor_names() == executor_names(config)
+    assert SiteConfig().executor == "local"  # the default is one on every site

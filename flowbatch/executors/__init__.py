@@ -39,7 +39,7 @@ __all__ = [
 
 def executor_names(config: SiteConfig) -> list[str]:
     """Every executor name a template or request may ask for under this config."""
-    return ["local", *profiles_by_executor(config.slurm), *config.ssh]
+    return config.executor_names()
 
 
 def stranded_notes(config: SiteConfig, site_root: Path) -> list[str]:

@@ -181,6 +181,8 @@ class Template:
     results: ResultSchema | None = None
     postproc: PostProc | None = None
     # flowbatch extensions (documented; allowed top-level keys in both dialects)
+    #: one of the site's executor names: checked by `install` and `validate` with a site
+    #: (:func:`flowbatch.api.check_template_executor`), and by intake at each request
     executor: str | None = None
     time_limit: float | None = None  # seconds
     retries: int = 0
