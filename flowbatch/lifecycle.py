@@ -21,6 +21,7 @@ from typing import Any
 from . import fairshare, faults
 from .errors import ExecutorUnavailable, FlowbatchError
 from .executors.base import Executor, Launch, LaunchDeferred, LaunchesMany, Liveness, Probe
+from .queue import take_back
 from .render.script import (
     LOGS_DIR,
     SCRIPT_NAME,
@@ -38,6 +39,8 @@ from .spec.resources import run_resources
 from .store.layout import REQUEST_COPY
 
 log = logging.getLogger("flowbatch.runner")
+#: a root daemon hands each run's folder to its user, and takes it back at the end
+_ROOT = os.geteuid() == 0
 
 TAIL_LINES = 20
 TAIL_BYTES = 4096
@@ -180,6 +183,8 @@ class Runner:
     def _transition(self, run: RunRecord, target: State, **kw: Any) -> None:
         if target not in ACTIVE and run.state != target:  # a same-state no-op changes nothing
             self.before_report_change(run.workflow)
+            if run.owner_uid and _ROOT:  # the folder a root daemon handed to the run's user
+                take_back(self.store.run_dir(run), run.owner_uid)
         if not self.store.transition(run, target, **kw):
             return
         if target not in ACTIVE and self.pinned.pop(run.id, None) is not None:

@@ -1091,6 +1091,25 @@ def hand_over(path: Path, uid: int) -> None:
     _hand_over_folder(str(path), uid, identity(uid).gid, top=True)
 
 
+def take_back(path: Path, uid: int | None) -> None:
+    """When a run ends, a root daemon takes back the folder it handed to the run's owner
+    (:func:`hand_over`), giving it to the owner of the tree (``runs/``'s): their files
+    stay theirs, but the folder's entries can no longer be replaced or removed by them.
+    Else a participant could put a page of their own where the leaderboard links to the
+    run's (``index.html``), or remove its ``run.json``. A folder that cannot be taken back
+    (an NFS root_squash) is logged: the run ends all the same."""
+    if os.geteuid() != 0 or not uid:
+        return
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            return
+        tree = os.lstat(path.parent)
+        os.chown(path, tree.st_uid, tree.st_gid, follow_symlinks=False)
+    except OSError as exc:
+        log.warning("run folder %s: not taken back from uid %s: %s", path, uid, exc.strerror)
+
+
 def _hand_over_folder(folder: str, uid: int, gid: int, *, top: bool = False) -> None:
     """One folder of :func:`hand_over`: one listing, and per file its lstat (from the
     listing's entry), a chown and a chmod only when the mode needs one. Links are left

@@ -416,7 +416,9 @@ workflow:
     )
     handle = json.loads((run_dir / "run.json").read_text())["handle"]
     assert handle["uid"] == user.pw_uid  # adoption after a restart checks it
-    assert run_dir.stat().st_uid == user.pw_uid
+    # the run folder was the user's while it ran, the tree's again once it ended (see
+    # test_a_participant_cannot_replace_their_runs_page_once_it_ended)
+    assert run_dir.stat().st_uid == run_dir.parent.stat().st_uid
     # the folders intake made are the user's; the request kept is the daemon's own copy
     # (a link would let its owner edit the request as received)
     for folder in ("logs", "status", "data"):
@@ -1402,3 +1404,38 @@ def test_an_install_killed_before_the_index_is_set_right_at_the_next_start(
     d.start()
     d.stop()
     assert WorkflowRow.get_by_id("wf").version == current
+
+
+@needs_root
+def test_a_participant_cannot_replace_their_runs_page_once_it_ended(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    """A root daemon hands a run's folder to its user, and wrote the run page into it:
+    the user then put a page of their own (a script in it) where the leaderboard links,
+    or removed run.json. At the run's end the folder is the tree's again; the user's own
+    files stay theirs."""
+    owner = _user("fbrunner")
+    site = make_site(public_tmp / "site")
+    write_template(
+        tmp_path / "t",
+        "workflow:\n  steps:\n    - action: {commands: ['echo made > out.txt']}\n",
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    run_until_idle(site)
+    run = only_run(site)
+    assert run["state"] == "SUCCESS", run["messages"]
+    run_dir = Path(run["run_dir"])
+    tree = run_dir.parent.stat()
+    assert (run_dir.stat().st_uid, run_dir.stat().st_gid) == (tree.st_uid, tree.st_gid)
+    assert (run_dir / "out.txt").stat().st_uid == owner.pw_uid  # theirs, as they made it
+    page = (run_dir / "index.html").read_text()
+    forged = _as_user(
+        owner, "echo '<script>x</script>' > mine.html && mv mine.html index.html", run_dir
+    )
+    assert forged.returncode != 0
+    removed = _as_user(owner, "rm -f run.json", run_dir)
+    assert removed.returncode != 0
+    assert (run_dir / "index.html").read_text() == page and (run_dir / "run.json").exists()
+    assert _as_user(owner, "cat out.txt", run_dir).stdout == "made\n"
