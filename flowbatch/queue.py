@@ -743,7 +743,9 @@ class Intake:
         name = claimed.name
         dest = rejected / name
         n = 1
-        while dest.exists() or dest.is_symlink() or (rejected / f"{dest.name}.error.yaml").exists():
+        # a taken name is one with its request; an error file alone is what a daemon
+        # killed between the two writes left (this very request, claimed again): reused
+        while os.path.lexists(dest):
             dest = rejected / f"{Path(name).stem}.{n}{Path(name).suffix}"
             n += 1
         info = error.to_dict()

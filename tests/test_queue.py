@@ -406,3 +406,25 @@ def test_a_daemon_until_idle_ends_when_the_queue_turns_unsafe(hello_site, monkey
     (error,) = errors
     assert "writable by everyone" in str(error)
     assert (hello_site.layout.queue / "r.yaml").exists()  # left where it was
+
+
+def test_a_rejection_cut_short_by_a_crash_is_written_whole_again(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """A daemon killed after writing a rejection's error file, before moving the request
+    beside it, left `bad.yaml.error.yaml` with no request; the request, claimed again,
+    went to `bad.1.yaml` with a second error file."""
+    drop(hello_site, "bad.yaml", {"workflow": "nope"})
+    rejected = hello_site.layout.rejected
+    rejected.mkdir(exist_ok=True)
+    (rejected / "bad.yaml.error.yaml").write_text("reason: left by a crash\n")
+    Intake(hello_site).run_once()
+    assert sorted(p.name for p in rejected.iterdir()) == ["bad.yaml", "bad.yaml.error.yaml"]
+    error = yaml.safe_load((rejected / "bad.yaml.error.yaml").read_text())
+    assert "nope" in error["reason"] and error["request"] == "bad.yaml"
+    drop(hello_site, "bad.yaml", {"workflow": "nope"})  # a second one of that name
+    Intake(hello_site).run_once()
+    assert sorted(p.name for p in rejected.iterdir()) == [
+        "bad.1.yaml",
+        "bad.1.yaml.error.yaml",
+        "bad.yaml",
+        "bad.yaml.error.yaml",
+    ]
