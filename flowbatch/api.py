@@ -130,7 +130,7 @@ def validate(path: Path, site: Site | None = None) -> str:
         _check_template(template, variables, site, str(src.spec_path))
         return f"template {src.spec_path}: valid ({_describe(template)})"
     doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES)
-    if isinstance(doc, dict) and isinstance(doc.get("workflow"), str):
+    if _looks_like_request(doc):
         req = parse_request(doc, file=str(path))
         if not isinstance(req, Request):
             return f"cancel request {path}: valid"
@@ -151,6 +151,21 @@ def validate(path: Path, site: Site | None = None) -> str:
     template = load_template(path, known_variables=variables)
     _check_template(template, variables, site, str(path))
     return f"template {path}: valid ({_describe(template)})"
+
+
+#: keys only a request has (a template's `workflow:` is a mapping, a request's a name)
+_REQUEST_ONLY = frozenset({"cancel", "arguments", "group", "name", "sweep", "retry_failed"})
+
+
+def _looks_like_request(doc: Any) -> bool:
+    """Whether ``validate`` checks ``doc`` as a request: its ``workflow`` names one, or it
+    has a key only requests have (a mistyped ``workflw:`` is a request's error then, not
+    a template's)."""
+    if not isinstance(doc, dict):
+        return False
+    if isinstance(doc.get("workflow"), str):
+        return True
+    return "workflow" not in doc and bool(_REQUEST_ONLY & set(doc))
 
 
 def _check_request(site: Site, req: Request, label: str) -> CheckedRequest:

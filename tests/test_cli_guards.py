@@ -115,3 +115,32 @@ def test_specfile_errors_name_the_option(site: Site) -> None:
     assert site.templates.list_ids() == []
     code, out = fb(site.root, "install", source, "--specfile", "benchmark.yaml", "--id", "c")
     assert code == 0 and "installed: workflow c" in out, out
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            "workflow: helloworld\nretries: many\n",
+            "retries: got text 'many' (expected a whole number",
+        ),
+        ("workflow: helloworld\nretry_failed: maybe\n", "(expected true or false)"),
+        ("workflow: helloworld\nsweep: {sleeptime: 1}\n", "sweep.sleeptime: got a number 1"),
+        ("cancel: 123\n", "cancel: got a number 123 (expected text"),
+        ("workflw: helloworld\narguments: {}\n", "unknown field 'workflw' (expected one of:"),
+    ],
+)
+def test_a_malformed_request_says_what_was_given_and_what_is_wanted(
+    hello_site: Site, tmp_path: Path, text: str, says: str
+) -> None:
+    """pydantic's own words ("Input should be a valid integer") reached rejection files
+    and validate; a request with a mistyped `workflw:` was judged as a template."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    code, out = fb(hello_site.root, "validate", str(path))
+    assert code == 1 and says in out, out
+    assert "Input should be" not in out and "one of the keys" not in out  # a template's
+    (hello_site.layout.queue / "r.yaml").write_text(text)
+    run_until_idle(hello_site)
+    error = (hello_site.layout.rejected / "r.yaml.error.yaml").read_text()
+    assert "Input should be" not in error

@@ -130,9 +130,12 @@ def parse_request(doc: Any, *, file: str) -> Request | CancelRequest:
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # a mistyped key first: "unknown field 'workflw'" says more than "missing 'workflow'"
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         field = ".".join(str(p) for p in err["loc"]) or None
         msg = err["msg"].removeprefix("Value error, ")
+        hint = None
         if err["type"] == "extra_forbidden":
             msg = f"unknown field {field!r}"
             expected = "one of: " + ", ".join(model.model_fields)
@@ -140,5 +143,32 @@ def parse_request(doc: Any, *, file: str) -> Request | CancelRequest:
             msg = f"missing field {field!r}"
             expected = None
         else:
-            expected = None
-        raise RequestError(msg, file=file, field=field, expected=expected) from None
+            # pydantic's "Input should be a valid integer": what was given, what is wanted
+            # in words a request's author uses, and what the field is for
+            expected = _EXPECTED.get(err["type"].split("_", 1)[0])
+            if expected is not None:
+                msg = f"got {_shown(err.get('input'))}"
+            top = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+            hint = top.description if top is not None else None
+        raise RequestError(msg, file=file, field=field, expected=expected, hint=hint) from None
+
+
+#: pydantic's error types (their first word) in the words of a request's author
+_EXPECTED = {
+    "int": "a whole number, e.g. 2",
+    "float": "a number, e.g. 0.5",
+    "bool": "true or false",
+    "string": "text (in quotes if it would read as a number or true/false)",
+    "list": "a list: [a, b] or one '- item' per line",
+    "dict": "a mapping: name: value, one per line",
+}
+
+
+def _shown(value: Any) -> str:
+    """A given value as the error shows it: its YAML kind and at most 60 characters."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    kind = {dict: "a mapping", list: "a list", str: "text", bool: "a boolean"}.get(type(value))
+    if kind is None and isinstance(value, int | float):
+        kind = "a number"
+    return f"{kind} {text}" if kind else text
