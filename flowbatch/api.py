@@ -410,10 +410,25 @@ def list_runs(
 ) -> list[dict[str, Any]]:
     st = parse_state(state).value if state else None
     site.store  # noqa: B018 - opens the index
+    if workflow:
+        known_workflow(site, workflow)
     query = run_rows(workflow, st, group)
     if user:
         query = query.where(RunRow.owner == user)
     return [_row_dict(r) for r in query]
+
+
+def known_workflow(site: Site, workflow: str) -> None:
+    """A workflow named to filter by must be one this site has (installed, or with runs
+    in the index): a mistyped name listed nothing and said nothing."""
+    if workflow in site.templates.list_ids():
+        return
+    if RunRow.select(RunRow.id).where(RunRow.workflow == workflow).limit(1).exists():
+        return
+    raise NotFoundError(
+        f"unknown workflow {workflow!r}",
+        hint="see `flowbatch workflows list`",
+    )
 
 
 def show_run(site: Site, run_id: str) -> dict[str, Any]:

@@ -271,7 +271,10 @@ def cleanup(
         raise StateError(f"{st.value} runs are active and are never cleaned up")
     site.store  # noqa: B018 - opens the index
     if workflow:
+        from .api import known_workflow
+
         checked_id(workflow, "workflow")
+        known_workflow(site, workflow)
     query = RunRow.select().where(RunRow.state.not_in([s.value for s in ACTIVE]))
     if st is not None:
         query = query.where(RunRow.state == st.value)

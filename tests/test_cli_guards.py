@@ -144,3 +144,16 @@ def test_a_malformed_request_says_what_was_given_and_what_is_wanted(
     run_until_idle(hello_site)
     error = (hello_site.layout.rejected / "r.yaml.error.yaml").read_text()
     assert "Input should be" not in error
+
+
+def test_a_mistyped_workflow_filter_is_an_error_not_an_empty_list(hello_site: Site) -> None:
+    """`runs list -w nosuch` printed (none) and `cleanup -w nosuch` 'would remove 0 runs',
+    while ranking and uninstall said the workflow is unknown."""
+    for args in (
+        ("runs", "list", "-w", "nosuch"),
+        ("cleanup", "--before", "2999-01-01", "-w", "nosuch", "--dry-run"),
+    ):
+        code, out = fb(hello_site.root, *args)
+        assert code == 1 and "unknown workflow 'nosuch'" in out, out
+    code, out = fb(hello_site.root, "runs", "list", "-w", "helloworld")
+    assert code == 0 and "(none)" in out
