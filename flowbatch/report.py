@@ -28,6 +28,7 @@ import json
 import math
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ CSV_NAME = "leaderboard.csv"
 
 #: groups drawn in the chart (the best-ranked ones); more lines are unreadable
 CHART_GROUPS = 8
+_FLOAT_MAX = sys.float_info.max
 _PALETTE = ("#1f5fbf", "#d1495b", "#2a9d8f", "#e09f3e", "#6a4c93", "#3d405b", "#8ab17d", "#b5838d")
 
 
@@ -295,8 +297,8 @@ def leaderboard_csv(
 ) -> str:
     """The ranking as CSV: one header row of column *names* (stable for tools), then one
     row per entry. Text that a spreadsheet would run as a formula is prefixed with ``'``."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    out: list[str] = []
+    writer = _CsvLines(out)
     writer.writerow(
         ["rank", "group", "run_id", "run_name"]
         + [c.name for c in schema.columns]
@@ -313,7 +315,26 @@ def leaderboard_csv(
             + [run.created_at, run.started_at or "", run.finished_at or ""]
             + ["" if seconds is None else f"{seconds:.3f}"]
         )
-    return out.getvalue()
+    return "".join(out)
+
+
+class _CsvLines:
+    """CSV rows ended by LF whose fields holding a CR or an LF are quoted. Python's
+    writer (3.11) quotes only the characters of its line terminator: with ``"\\n"`` a
+    lone CR was written bare, and a spreadsheet ends a row there (``x<CR>=1+1`` became a
+    formula cell of a row of its own). Each row is written with CRLF, which quotes both,
+    and its end made LF."""
+
+    def __init__(self, out: list[str]) -> None:
+        self._out = out
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow(row)
+        self._out.append(self._buffer.getvalue()[:-2] + "\n")
 
 
 def _csv_value(value: Any) -> str:
@@ -326,9 +347,15 @@ def _csv_value(value: Any) -> str:
     return _csv_text(value if isinstance(value, str) else json.dumps(value))
 
 
+#: what a cell must not start with (OWASP's CSV injection rule: = + - @ TAB CR), plus LF
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
 def _csv_text(text: str) -> str:
     # CSV injection: a cell starting like a formula is run by spreadsheets when opened.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    # Leading spaces and NULs are looked past: some spreadsheets drop them on import
+    # (LibreOffice's "trim spaces"), and " =1+1" then is a formula again.
+    return "'" + text if text.lstrip(" \0")[:1] in _FORMULA_START else text
 
 
 # --- formatting ---------------------------------------------------------------------------
@@ -630,9 +657,17 @@ class _Column:
 @dataclass(frozen=True)
 class _Cell:
     text: str
-    sort: str  # the raw value the script sorts by; "" for missing
-    exact: str  # full value for the tooltip; "" for none
+    # the raw value the script sorts by ("" for missing); None when that is the text: the
+    # script then sorts by the text, which is not written a second time
+    sort: str | None
+    exact: str  # full value (or what a shortened one was) for the tooltip; "" for none
     numeric: bool
+
+
+#: a text value (a string result or argument) is shown in a leaderboard cell up to this
+#: many characters, then cut with an ellipsis: a 100 KiB argument would otherwise be
+#: written into every row of both views. The run page shows the whole value.
+CELL_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -671,7 +706,13 @@ def _value_cell(value: Any, numeric: bool) -> _Cell:
         sort = exact if isinstance(value, int) or math.isfinite(value) else ""
         return _Cell(text, sort, exact if exact != text else "", True)
     text = "" if value is None else str(value)
-    return _Cell(text, text, "", numeric)
+    if len(text) > CELL_CHARS:
+        # sorted by the part shown (the script reads the text when there is no data-sort)
+        note = f"{len(text)} characters, shortened here; the run page shows the whole value"
+        return _Cell(text[:CELL_CHARS] + "\u2026", None, note, numeric)
+    # the script sorts by the text as trimmed by JavaScript (Python's white space and the
+    # BOM): a value with such characters at an end keeps its own key
+    return _Cell(text, None if text.strip().strip("\ufeff") == text else text, "", numeric)
 
 
 def display_argument(value: Any) -> Any:
@@ -867,15 +908,19 @@ def _layout_chart(
     v0, v1 = min(values), max(values)
     if t1 - t0 < 1:  # one moment: give the lines some width
         t0, t1 = t0 - 30, t1 + 30
-    if v1 - v0 <= abs(v1) * 1e-12:
+    # Values are any finite floats: the difference of two (1e308 - -1e308) or a padded
+    # bound (1.7e308 * 1.1) may overflow, which drew nothing and labelled the axis "inf".
+    # Differences are taken of halves (never overflow) and the bounds kept finite.
+    if v1 / 2 - v0 / 2 <= abs(v1) / 2 * 1e-12:
         pad = abs(v1) * 0.1 or 1.0
-        v0, v1 = v0 - pad, v1 + pad
+        v0, v1 = max(v0 - pad, -_FLOAT_MAX), min(v1 + pad, _FLOAT_MAX)
+    h0, half_span = v0 / 2, v1 / 2 - v0 / 2
 
     def x(t: float) -> float:
         return round(frame.left + (t - t0) / (t1 - t0) * frame.plot_width, 1)
 
     def y(v: float) -> float:
-        return round(frame.top + (1 - (v - v0) / (v1 - v0)) * frame.plot_height, 1)
+        return round(frame.top + (1 - (v / 2 - h0) / half_span) * frame.plot_height, 1)
 
     series = []
     for i, (group, points) in enumerate(bests):
@@ -890,9 +935,8 @@ def _layout_chart(
         coords.append((x(t1), y(points[-1][1])))  # the best holds until the latest run
         text = " ".join(f"{a},{b}" for a, b in coords)
         series.append(_Series(group, _PALETTE[i % len(_PALETTE)], text, dots))
-    y_ticks = [
-        _Tick(format_number(v0 + k * (v1 - v0) / 3), y=y(v0 + k * (v1 - v0) / 3)) for k in range(4)
-    ]
+    levels = [v0, *(2 * (h0 + half_span / 3 * k) for k in (1, 2)), v1]
+    y_ticks = [_Tick(format_number(v), y=y(v)) for v in levels]
     x_ticks = [
         _Tick(_short_time(t0), x=x(t0), anchor="start"),
         _Tick(_short_time((t0 + t1) / 2), x=x((t0 + t1) / 2)),

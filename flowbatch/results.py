@@ -31,6 +31,11 @@ MAX_RESULT_BYTES = 16 << 20
 #: A YAML one is parsed by pure Python on the daemon's main thread (16 MiB of a list took
 #: 53 s and 3 GB here, 1 MiB 2.7 s): held to the size of a request.
 MAX_YAML_RESULT_BYTES = 1 << 20
+#: The longest text a ``string`` result may hold, in characters. A string result is a
+#: label or a short note: it is stored in the index and written into every leaderboard row,
+#: its JSON and CSV (one of 15 MiB made a 346 MB page, a 315 MB index and a daemon of
+#: 1.5 GB). A longer one makes the run an ERROR naming the result and this limit.
+MAX_STRING_CHARS = 1000
 
 ResultValue = int | float | str
 
@@ -57,8 +62,8 @@ def read_results(run_dir: Path, schema: ResultSchema) -> dict[str, ResultValue]:
       and non-integral numbers are refused.
     - ``float``: integers, floats and numeric strings; booleans, NaN and infinities are
       refused (they would break the ranking's ordering).
-    - ``string``: any scalar (booleans as ``true``/``false``, as written in the file);
-      mappings and lists are refused.
+    - ``string``: any scalar (booleans as ``true``/``false``, as written in the file)
+      of at most :data:`MAX_STRING_CHARS` characters; mappings and lists are refused.
 
     Raises:
         ResultError: the file is missing, unreadable, escapes ``run_dir``, is not a
@@ -101,7 +106,7 @@ _EXPECTED: dict[str, str] = {
     "int": f"an integer between -{INT_LIMIT - 1} and {INT_LIMIT - 1} (or an integral number "
     "or numeric string)",
     "float": "a finite number (or numeric string)",
-    "string": "a scalar value (text, number or boolean)",
+    "string": f"a scalar value (text, number or boolean) of at most {MAX_STRING_CHARS} characters",
 }
 
 
@@ -178,6 +183,16 @@ def _to_float(value: Any) -> float:
 
 
 def _to_str(value: Any) -> str:
+    text = _str_value(value)
+    if len(text) > MAX_STRING_CHARS:
+        raise _CastError(
+            f"got text of {len(text)} characters, longer than the {MAX_STRING_CHARS} a string "
+            f"result may hold ({_show(text[:100])})"
+        )
+    return text
+
+
+def _str_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,16 @@ def _own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _package_report_templates() -> Iterator[None]:
+    """A test's site with its own report templates leaves the process's choice of
+    templates (one site per daemon process) to the next test: back to the package's."""
+    yield
+    report = sys.modules.get("flowbatch.report")
+    if report is not None:
+        report._FOLDER[0] = None
 
 
 def make_site(root: Path, config: dict[str, Any] | None = None) -> Site:
