@@ -32,11 +32,12 @@ from .render.script import (
 )
 from .results import read_results
 from .runs import ACTIVE, RunRecord, State
-from .safeio import read_tail
+from .safeio import LINK_ERRORS, read_tail
 from .site import Site
 from .spec.model import Template
 from .spec.resources import run_resources
 from .store.layout import REQUEST_COPY
+from .text import is_text, shown
 
 log = logging.getLogger("flowbatch.runner")
 #: a root daemon hands each run's folder to its user, and takes it back at the end
@@ -187,13 +188,18 @@ class Runner:
                 take_back(self.store.run_dir(run), run.owner_uid)
         if not self.store.transition(run, target, **kw):
             return
-        if target not in ACTIVE and self.pinned.pop(run.id, None) is not None:
-            self._prune_retired()
         if target in ACTIVE:
             self.active.refile(run)
         else:
-            self.active.pop(run.id, None)
-            self.changed_workflows.add(run.workflow)
+            self._ended(run)
+
+    def _ended(self, run: RunRecord) -> None:
+        """A run reached a terminal state: no longer held as active, its executor (one a
+        reload replaced) let go, its workflow's reports due."""
+        self.active.pop(run.id, None)
+        if self.pinned.pop(run.id, None) is not None:
+            self._prune_retired()
+        self.changed_workflows.add(run.workflow)
 
     def pending(self) -> list[RunRecord]:
         """The PENDING runs, oldest first."""
@@ -470,6 +476,10 @@ class Runner:
             log.exception("finalizing run %s failed", run.id)
             if run.state in ACTIVE:
                 self._transition(run, State.ERROR, messages=[f"internal error: {exc}"])
+            elif self.active.get(run.id) is run:
+                # the change was made, what came after failed (the index, a listener):
+                # held as active, it kept its executor slot and the daemon never idle
+                self._ended(run)
 
     def _record_intent(self, run: RunRecord, executor: Executor, job: Launch) -> None:
         """Scheduler executors (Slurm): record the intent (job name) in run.json BEFORE
@@ -555,13 +565,16 @@ class Runner:
             )
             return
         template, _ = self.site.templates.load(run.workflow, run.version)
+        notes: list[str] = []  # what of the run folder was left out of its files, and why
         try:
             results = read_results(run_dir, template.results) if template.results else None
-            files = output_files(run_dir, template)
+            files = output_files(run_dir, template, notes)
         except FlowbatchError as exc:
             self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()])
             return
-        self._transition(run, State.SUCCESS, steps=steps, results=results, files=files)
+        self._transition(
+            run, State.SUCCESS, steps=steps, results=results, files=files, messages=notes or None
+        )
 
     def _lost(
         self, run: RunRecord, probe: Probe, steps: list[dict[str, Any]], *, started: bool
@@ -711,18 +724,26 @@ def archive_attempt(run_dir: Path, attempt: int) -> Path:
     return dest
 
 
-def output_files(run_dir: Path, template: Template) -> list[dict[str, Any]]:
+def output_files(
+    run_dir: Path, template: Template, notes: list[str] | None = None
+) -> list[dict[str, Any]]:
     """The run's output files: the template's ``outputs`` (each must exist), else the
-    workflow's ``files.outputs``, else every file the run folder holds but flowbatch's own."""
+    workflow's ``files.outputs``, else every file the run folder holds but flowbatch's own.
+
+    Only regular files of the run folder count, reached without following a symlink (the
+    run's user owns the folder: a root daemon must neither list nor size what their link
+    points at, ``/etc/shadow``), and only names that are valid UTF-8 (the index, run.json,
+    the pages and their links hold text, and an escaped name would link to no file).
+    Anything else is left out; ``notes`` (when given) gets a line saying what and why."""
     from .store.templates import RESERVED
 
     if template.outputs is not None:
         out = []
         missing = []
         for spec in template.outputs:
-            size = _file_size(run_dir / spec.source)
+            size, why = _output_size(run_dir, spec.source)
             if size is None:
-                missing.append(spec.source)
+                missing.append(shown(spec.source) + (f" ({why})" if why else ""))
                 continue
             out.append(
                 {
@@ -737,45 +758,153 @@ def output_files(run_dir: Path, template: Template) -> list[dict[str, Any]]:
             raise FlowbatchError(
                 "declared output files are missing: " + ", ".join(missing),
                 field="outputs",
-                hint="the workflow must write them",
+                hint="the workflow must write them, as files of the run folder (a symbolic "
+                "link is not one)",
             )
         return out
     if template.workflow.output_files:
-        sizes = [(s, _file_size(run_dir / s)) for s in template.workflow.output_files]
-    else:
-        sizes = [(s, _file_size(run_dir / s)) for s in _some_files(run_dir, RESERVED)]
-    return [{"key": s, "source": s, "size": size} for s, size in sizes if size is not None]
+        out = []
+        for source in template.workflow.output_files:
+            size, why = _output_size(run_dir, source)
+            if size is not None:
+                out.append({"key": source, "source": source, "size": size})
+            elif why and notes is not None:  # one simply not written is left out silently
+                notes.append(f"output file {shown(source)} left out: {why}")
+        return out
+    found = _some_files(run_dir, RESERVED, notes)
+    return [{"key": source, "source": source, "size": size} for source, size in found]
 
 
 #: the most files of a run recorded when the template names none (its run.json, run page
 #: and leaderboard rows list them; a run that leaves 100,000 files made each of them
 #: megabytes and its end a 5 s stall of the daemon)
 MAX_RUN_FILES = 1000
+#: how deep the walk of a run folder goes (each folder on the way is held open)
+MAX_RUN_DEPTH = 64
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _some_files(run_dir: Path, reserved: frozenset[str] | set[str]) -> list[str]:
-    """The files of ``run_dir`` as sorted paths relative to it (flowbatch's own top-level
-    names left out; folders never entered through a link), at most :data:`MAX_RUN_FILES`:
-    the walk (folders in name order) stops there, whatever the folder holds."""
-    out: list[str] = []
-    for folder, dirs, files in os.walk(run_dir):
-        rel = Path(folder).relative_to(run_dir)
-        if not rel.parts:
-            dirs[:] = [d for d in dirs if d not in reserved]
-            files = [f for f in files if f not in reserved]
-        dirs.sort()
-        for name in sorted(files):
-            out.append((rel / name).as_posix())
-            if len(out) >= MAX_RUN_FILES:
-                return sorted(out)
+def _output_size(run_dir: Path, rel: str) -> tuple[int | None, str | None]:
+    """``(size, None)`` for a regular file ``run_dir/rel`` reached without following a
+    symlink; else ``(None, why)``, ``why`` None when there is simply nothing there."""
+    if not is_text(rel):
+        return None, "its name is not valid UTF-8"
+    parts = [part for part in rel.split("/") if part and part != "."]
+    if not parts or ".." in parts or rel.startswith("/"):
+        return None, None  # the template's paths are checked to stay inside at install
+    try:
+        fd = os.open(run_dir, _DIR_FLAGS)
+    except OSError:
+        return None, None
+    try:
+        for i, part in enumerate(parts[:-1]):
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in LINK_ERRORS and _is_link(fd, part):
+                    where = "/".join(parts[: i + 1])
+                    return None, f"{where} is a symbolic link (a file of the run folder counts)"
+                return None, None
+            os.close(fd)
+            fd = nxt
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)
+    if stat.S_ISLNK(st.st_mode):
+        return None, "it is a symbolic link (a file of the run folder counts)"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file"
+    return st.st_size, None
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _some_files(
+    run_dir: Path, reserved: frozenset[str] | set[str], notes: list[str] | None = None
+) -> list[tuple[str, int]]:
+    """The regular files of ``run_dir`` with their sizes, as sorted paths relative to it
+    (flowbatch's own top-level names left out), at most :data:`MAX_RUN_FILES`: the walk
+    (a folder's files first, then its folders in name order) stops there, whatever the
+    folder holds.
+
+    The walk goes through descriptors of the folders, never through a symlink (one swapped
+    in for a folder during the walk is refused by ``O_NOFOLLOW``), and looks at each file
+    with ``lstat``: a link to a file is no file of the run's. A name that is not valid
+    UTF-8 is left out (with the folder under it), and ``notes`` gets a line about them."""
+    out: list[tuple[str, int]] = []
+    odd: list[str] = []  # names left out for not being UTF-8
+    try:
+        top = os.open(run_dir, _DIR_FLAGS)
+    except OSError:
+        return []
+    try:
+        _walk(top, "", reserved, out, odd, 0)
+    finally:
+        os.close(top)
+    if odd and notes is not None:
+        some = ", ".join(shown(name) for name in odd[:3])
+        more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+        notes.append(
+            f"{len(odd)} file name(s) of the run folder left out of its files, not being "
+            f"valid UTF-8: {some}{more}"
+        )
     return sorted(out)
 
 
-def _file_size(path: Path) -> int | None:
-    """The size of a regular file (a link to one counts, as for ``is_file``); None for
-    anything else or nothing (one ``stat``, not ``is_file`` and then ``stat`` again)."""
+def _walk(
+    fd: int,
+    prefix: str,
+    reserved: frozenset[str] | set[str],
+    out: list[tuple[str, int]],
+    odd: list[str],
+    depth: int,
+) -> bool:
+    """One folder of :func:`_some_files` (open as ``fd``); True once the walk is full."""
     try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_size if stat.S_ISREG(st.st_mode) else None
+        with os.scandir(fd) as listing:
+            # the kinds from the listing (d_type) without following links; looked at
+            # while the listing's own descriptor is open
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+    except OSError:
+        return False
+    entries.sort()
+    folders = []
+    for name, is_dir in entries:
+        if not prefix and name in reserved:
+            continue
+        if not is_text(name):
+            odd.append(prefix + name)
+            continue
+        if is_dir:
+            folders.append(name)
+            continue
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a symlink, a FIFO, a socket
+            continue
+        out.append((prefix + name, st.st_size))
+        if len(out) >= MAX_RUN_FILES:
+            return True
+    if depth + 1 >= MAX_RUN_DEPTH:
+        return False
+    for name in folders:
+        try:
+            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)  # a link swapped in since: refused
+        except OSError:
+            continue
+        try:
+            if _walk(sub, f"{prefix}{name}/", reserved, out, odd, depth + 1):
+                return True
+        finally:
+            os.close(sub)
+    return False

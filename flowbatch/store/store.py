@@ -23,6 +23,7 @@ import peewee as pw
 
 from ..errors import FlowbatchError, IndexError_, NotFoundError
 from ..runs import ACTIVE, RunRecord, State, apply, now_iso
+from ..text import is_text, shown
 from . import atomic, migrate
 from .index import (
     ClaimRow,
@@ -115,9 +116,19 @@ class Store:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
-            return RunRecord.from_dict(data)
+            run = RunRecord.from_dict(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise FlowbatchError(f"{path} is not a valid run record: {exc}") from None
+        if run.files and (b"\\ud" in raw or b"\\uD" in raw):  # an escaped surrogate
+            # perhaps a file name that is not UTF-8, which an older flowbatch listed (its
+            # page and index rows then failed): no output, as a run lists them now
+            run.files = [
+                f
+                for f in run.files
+                if not isinstance(f, dict)
+                or (is_text(f.get("key")) and is_text(f.get("source", f.get("key"))))
+            ]
+        return run
 
     # -- writing ------------------------------------------------------------------------
     def write(
@@ -148,6 +159,17 @@ class Store:
                 # instead of the caller failing half-way with the run in neither state
                 log.error("index write of run %s failed, retried later: %s", run.id, exc)
                 self.unindexed[run.id] = run
+            except Exception as exc:
+                # not the database: a value of the record it cannot take (the text of
+                # every row is made valid first: this is the last guard). A retry would
+                # fail the same way; the state change stands, as the tree holds it.
+                log.error(
+                    "run %s cannot be indexed (its run.json holds it; `flowbatch reindex` "
+                    "leaves it out): %s: %s",
+                    run.id,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def flush_unindexed(self) -> None:
         """Index again, from their records, the runs whose index write failed (a database
@@ -211,18 +233,21 @@ class Store:
             _insert_sql(
                 StateChangeRow._meta.table_name, ("run", "state", "at", "message"), db.param
             ),
-            [run_id, change["state"], change["at"], change.get("message")],
+            [run_id, change["state"], change["at"], _text(change.get("message"))],
         )
 
     def _index_run(self, run: RunRecord, *, replace: bool = True) -> None:
+        # the text a participant chose (a group, a name, a request's, a file's name, a
+        # result) is made text every database takes (_text): one that is not valid UTF-8
+        # failed the whole state change, and reindex with it
         values = {
             "workflow": run.workflow,
             "version": run.version,
-            "group": run.group,
-            "name": run.name,
-            "owner": run.owner,
+            "group": _text(run.group),
+            "name": _text(run.name),
+            "owner": _text(run.owner),
             "owner_uid": run.owner_uid,
-            "request": run.request,
+            "request": _text(run.request),
             "state": run.state.value,
             "created_at": run.created_at,
             "started_at": run.started_at,
@@ -246,13 +271,16 @@ class Store:
                 [
                     (
                         run.id,
-                        f["key"],
-                        f.get("source", f["key"]),
+                        _text(f["key"]),
+                        _text(f.get("source", f["key"])),
                         f.get("size"),
-                        f.get("title"),
-                        f.get("caption"),
+                        _text(f.get("title")),
+                        _text(f.get("caption")),
                     )
                     for f in run.files
+                    # a file named in no valid UTF-8 is no output (a link to its name
+                    # written as text would reach no file): an older flowbatch listed it
+                    if is_text(f["key"]) and is_text(f.get("source", f["key"]))
                 ],
             )
         if run.results:
@@ -262,28 +290,63 @@ class Store:
                 [
                     (
                         run.id,
-                        k,
+                        _text(k),
                         _as_double(v),
-                        # PostgreSQL text cannot hold NUL (run.json keeps the value)
-                        v.replace("\x00", "\ufffd") if isinstance(v, str) else None,
+                        _text(v) if isinstance(v, str) else None,
                     )
                     for k, v in run.results.items()
                 ],
             )
 
     def index_many(self, runs: Iterable[RunRecord]) -> int:
-        """Index runs read from the tree (reindex, catch-up); history rows included."""
+        """Index runs read from the tree (reindex, catch-up); history rows included.
+
+        A run whose record the index refuses (anything but the database being away or
+        failing: a value of a run.json edited by hand or written by an older flowbatch)
+        is logged, naming it, and left out, what was written of it undone, instead of
+        failing every other run: reindex comes here after the index was cleared. A
+        failure of the database itself (:class:`peewee.OperationalError`, a lost
+        connection) is raised."""
+        sqlite = isinstance(self.db, pw.SqliteDatabase)
         count = 0
         with self.db.atomic():
             for run in runs:
-                self._index_run(run)
-                StateChangeRow.delete().where(StateChangeRow.run == run.id).execute()
-                if run.history:
-                    StateChangeRow.insert_many(
-                        [{"run": run.id, **h} for h in run.history]
-                    ).execute()
+                try:
+                    # PostgreSQL: a failed statement aborts the transaction, so each run
+                    # has a savepoint; SQLite goes on, and a failed run's rows are deleted
+                    with _nothing() if sqlite else self.db.atomic():
+                        self._index_history(run)
+                except (pw.OperationalError, pw.InterfaceError):
+                    raise
+                except Exception as exc:
+                    log.error(
+                        "run %s (%s) left out of the index: %s: %s",
+                        run.id,
+                        self.run_dir(run),
+                        type(exc).__name__,
+                        exc,
+                    )
+                    if sqlite:
+                        self._unindex(run.id)
+                    continue
                 count += 1
         return count
+
+    def _index_history(self, run: RunRecord) -> None:
+        self._index_run(run)
+        StateChangeRow.delete().where(StateChangeRow.run == run.id).execute()
+        if run.history:
+            StateChangeRow.insert_many(
+                [{"run": run.id, **h, "message": _text(h.get("message"))} for h in run.history]
+            ).execute()
+
+    @staticmethod
+    def _unindex(run_id: str) -> None:
+        """Delete what the index holds of run ``run_id``."""
+        RunRow.delete().where(RunRow.id == run_id).execute()
+        RunFileRow.delete().where(RunFileRow.run == run_id).execute()
+        ResultRow.delete().where(ResultRow.run == run_id).execute()
+        StateChangeRow.delete().where(StateChangeRow.run == run_id).execute()
 
     # -- recovery -----------------------------------------------------------------------
     def iter_run_dirs(self, workflow: str | None = None) -> Iterable[Path]:
@@ -474,6 +537,16 @@ def _as_double(value: Any) -> float | None:
         return float(value)
     except OverflowError:
         return None
+
+
+def _text(value: Any) -> Any:
+    """Text as every index database takes it: valid UTF-8 (:func:`flowbatch.text.shown`)
+    and no NUL (PostgreSQL text cannot hold it). run.json keeps the value as it is;
+    anything but a string is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    value = shown(value)
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _insert_rows(model: type[pw.Model], columns: tuple[str, ...], rows: list[tuple]) -> None:

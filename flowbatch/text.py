@@ -1,0 +1,32 @@
+"""Text a participant chose (file names, values), made fit for the index and the pages.
+
+Python decodes a file name that is not valid UTF-8 with lone surrogates; such a string
+cannot be written as UTF-8 (the index, run.json, a page), and a link to it reaches no
+file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def is_text(value: Any) -> bool:
+    """Whether ``value`` is a string of valid UTF-8 (no lone surrogate)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(name: str) -> str:
+    """``name`` as valid UTF-8 text, for a message or the index: a file name that is not
+    UTF-8 with its odd bytes written ``\\xff``, any other lone surrogate ``\\ud800``."""
+    if is_text(name):
+        return name
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (a \ud800 escape)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
