@@ -26,6 +26,22 @@ pytest_plugins = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: a template of one step that writes the score it is given, ranked by it
+SCORE_TEMPLATE = """
+workflow:
+  steps:
+    - name: score
+      action:
+        commands:
+          - >-
+            printf '{"score": %s}' "${score}" > r.json
+parameters:
+  - {name: score, dtype: float}
+results:
+  file: r.json
+  schema: [{name: score, label: Score, dtype: float}]
+"""
 EXAMPLES = REPO / "examples"
 
 

@@ -20,28 +20,18 @@ from flowbatch.postproc import leaderboard_view, load_record, postproc_root, rea
 from flowbatch.render import read_markers
 from flowbatch.site import Site
 
-from .conftest import drop, make_site, run_until_idle, write_template
+from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
 
-TEMPLATE = """
-workflow:
-  steps:
-    - name: score
-      action:
-        commands:
-          - >-
-            printf '{"score": %s}' "${score}" > r.json
-parameters:
-  - {name: score, dtype: float}
-results:
-  file: r.json
-  schema: [{name: score, label: Score, dtype: float}]
-postproc:
+TEMPLATE = (
+    SCORE_TEMPLATE
+    + """postproc:
   workflow:
     steps:
       - name: summary
         action:
           commands: ["test -f $[[runs]]/runs.json", "sleep ${PPSLEEP:-0}", "echo done > out.txt"]
 """
+)
 
 #: Python run in the killed daemon before its main(): each SIGKILLs it at one moment
 KILL_AT = {

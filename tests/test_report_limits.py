@@ -18,7 +18,7 @@ import pytest
 
 from flowbatch import api
 from flowbatch.postproc import postproc_root, read_state
-from flowbatch.ranking import RankInput, rank
+from flowbatch.ranking import rank
 from flowbatch.report import (
     CELL_CHARS,
     leaderboard_csv,
@@ -27,10 +27,10 @@ from flowbatch.report import (
 )
 from flowbatch.results import MAX_STRING_CHARS
 from flowbatch.site import Site
-from flowbatch.spec.model import ResultColumn, ResultSchema, SortKey
 
-from .conftest import EXAMPLES, drop, run_until_idle, write_template
+from .conftest import EXAMPLES, SCORE_TEMPLATE, drop, run_until_idle, write_template
 from .fixtures_browser import Browser
+from .test_browser import SCHEMA, run
 
 #: a score, a label of ``width`` characters and a free text argument shown on the board
 LABEL_TEMPLATE = """
@@ -121,41 +121,15 @@ def test_text_cells_are_written_once_and_long_ones_shortened(site: Site, tmp_pat
     assert note in page and label in page
 
 
-SCHEMA = ResultSchema(
-    file="r.json",
-    columns=[
-        ResultColumn("score", "Score", "float"),
-        ResultColumn("note", "Note", "string", required=False),
-    ],
-    order_by=[SortKey("score")],
-)
-
-
-def _run(run_id: str, group: str, score: float, minute: int, note: str | None = None) -> RankInput:
-    results: dict[str, object] = {"score": score}
-    if note is not None:
-        results["note"] = note
-    return RankInput(
-        run_id=run_id,
-        group=group,
-        name=None,
-        created_at="2024-03-01T09:00:00Z",
-        started_at="2024-03-01T10:00:00Z",
-        finished_at=f"2024-03-01T10:{minute:02d}:00Z",
-        results=results,
-        arguments={},
-    )
-
-
 def test_text_columns_sort_by_their_text_in_the_browser(browser: Browser, tmp_path: Path) -> None:
     """Without data-sort the page's script sorts a text column by the cell's text (the
     shortened one by what it shows); missing values stay last both ways."""
     runs = [
-        _run("r-b", "b", 0.9, 1, note="beta"),
-        _run("r-a", "a", 0.8, 2, note="alpha"),
-        _run("r-w", "w", 0.7, 3, note="W" * (CELL_CHARS * 2)),
-        _run("r-g", "g", 0.6, 4, note="gamma"),
-        _run("r-m", "m", 0.5, 5),
+        run("r-b", "b", 0.9, 1, note="beta"),
+        run("r-a", "a", 0.8, 2, note="alpha"),
+        run("r-w", "w", 0.7, 3, note="W" * (CELL_CHARS * 2)),
+        run("r-g", "g", 0.6, 4, note="gamma"),
+        run("r-m", "m", 0.5, 5),
     ]
     out = tmp_path / "wf"
     write_leaderboard(out, "wf", "Sorting", SCHEMA, rank(runs, SCHEMA))
@@ -171,7 +145,7 @@ def test_text_columns_sort_by_their_text_in_the_browser(browser: Browser, tmp_pa
 def test_a_text_with_spaces_around_keeps_its_sort_key() -> None:
     """The script trims a cell's text; a value that trimming would change keeps its own
     data-sort, so it sorts as before."""
-    runs = [_run("r-1", "a", 1.0, 1, note=" padded "), _run("r-2", "b", 0.5, 2, note="\ufeffbom")]
+    runs = [run("r-1", "a", 1.0, 1, note=" padded "), run("r-2", "b", 0.5, 2, note="\ufeffbom")]
     html = render_leaderboard_html("wf", "t", SCHEMA, rank(runs, SCHEMA))
     assert 'data-sort=" padded "' in html and 'data-sort="\ufeffbom"' in html
 
@@ -218,25 +192,9 @@ BIG = 1.7976931348623157e308
 def test_the_chart_is_drawn_for_extreme_finite_values(scores: list[float]) -> None:
     """1.7e308 alone, or groups at +-1e308, overflowed the axis (``v1 + pad``,
     ``v1 - v0``): labels nan/inf, y coordinates nan, the leading line not drawn."""
-    runs = [_run(f"r-{i}", f"g{i}", score, i + 1) for i, score in enumerate(scores)]
+    runs = [run(f"r-{i}", f"g{i}", score, i + 1) for i, score in enumerate(scores)]
     html = render_leaderboard_html("wf", "t", SCHEMA, rank(runs, SCHEMA))
     _assert_drawable(_chart_svg(html), len(scores))
-
-
-SCORE_TEMPLATE = """
-workflow:
-  steps:
-    - name: score
-      action:
-        commands:
-          - >-
-            printf '{"score": %s}' "${score}" > r.json
-parameters:
-  - {name: score, dtype: float}
-results:
-  file: r.json
-  schema: [{name: score, label: Score, dtype: float}]
-"""
 
 
 def test_the_daemons_chart_of_scores_at_the_float_limits(site: Site, tmp_path: Path) -> None:
@@ -320,7 +278,7 @@ def test_the_leaderboard_csv_quotes_formulas_after_spaces_and_line_breaks() -> N
     terminator used): a spreadsheet ends a row at a bare CR, and the rest of the cell,
     ``=1+1``, was a formula of a row of its own. Lines still end with LF."""
     runs = [
-        _run(f"r-{i}", f"g{i}", float(i), i + 1, note=text)
+        run(f"r-{i}", f"g{i}", float(i), i + 1, note=text)
         for i, text in enumerate(FORMULAS + PLAIN)
     ]
     text = leaderboard_csv(SCHEMA, rank(runs, SCHEMA))

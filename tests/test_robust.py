@@ -21,22 +21,15 @@ import yaml
 from flowbatch import api
 from flowbatch.site import Site
 
-from .conftest import REPO, drop, make_site, only_run, run_until_idle, write_template
-
-SCORE_TEMPLATE = """
-workflow:
-  steps:
-    - name: score
-      action:
-        commands:
-          - >-
-            printf '{"score": %s}' "${score}" > r.json
-parameters:
-  - {name: score, dtype: float}
-results:
-  file: r.json
-  schema: [{name: score, label: Score, dtype: float}]
-"""
+from .conftest import (
+    REPO,
+    SCORE_TEMPLATE,
+    drop,
+    make_site,
+    only_run,
+    run_until_idle,
+    write_template,
+)
 
 
 def fb(
