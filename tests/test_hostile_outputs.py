@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pwd
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,7 @@ from flowbatch.site import Site
 from flowbatch.store.index import RunFileRow
 
 from .conftest import drop, make_site, only_run, run_until_idle, write_template
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runs as another user")
+from .test_robust import _user, needs_root
 
 #: a results.json, a plain file, then whatever the test's commands leave
 TEMPLATE = """
@@ -241,14 +238,6 @@ def test_a_listed_output_that_is_a_link_is_left_out_with_a_message(
 
 
 # -- a root daemon, a participant's run ---------------------------------------------------
-def _user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-        return pwd.getpwnam(name)
-
-
 @needs_root
 def test_a_root_daemon_lists_no_file_its_participant_cannot_read(
     public_tmp: Path, tmp_path: Path
