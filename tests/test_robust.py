@@ -1432,3 +1432,35 @@ def test_a_participant_cannot_replace_their_runs_page_once_it_ended(
     assert removed.returncode != 0
     assert (run_dir / "index.html").read_text() == page and (run_dir / "run.json").exists()
     assert _as_user(owner, "cat out.txt", run_dir).stdout == "made\n"
+
+
+def test_a_failing_listener_never_holds_a_run_that_changed_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener of the store (a run's page, a note) that raised after a cancel's state
+    change left the run CANCELED on disk but held as active: its slot taken, the daemon
+    never idle. Listeners are told, and their failure is logged."""
+    from flowbatch.daemon import Daemon
+    from flowbatch.runs import State
+
+    site = make_site(tmp_path / "site")
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: [sleep 30]}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf"})
+
+    def fails(run: Any, previous: State) -> None:
+        if run.state == State.CANCELED:
+            raise RuntimeError("the page could not be written")
+
+    site.store.listeners.append(fails)
+    d = Daemon(site)
+    d.start()
+    try:
+        d.tick()
+        (run,) = d.runner.running()
+        d.runner.cancel(run, "not needed")
+        assert not d.runner.active and d.idle()
+    finally:
+        d.stop()
+    assert api.show_run(site, run.id)["state"] == "CANCELED"
+    assert "the page could not be written" in caplog.text

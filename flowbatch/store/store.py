@@ -214,7 +214,10 @@ class Store:
             f" ({run.history[-1]['message']})" if run.history[-1].get("message") else "",
         )
         for listener in self.listeners:
-            listener(run, previous)
+            try:
+                listener(run, previous)
+            except Exception:  # a page, a note: never the end of the change that made it
+                log.exception("after run %s became %s", run.id, target.value)
         return True
 
     # The two statements of every state change are prepared once as plain SQL: building
