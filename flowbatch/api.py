@@ -583,21 +583,37 @@ def _daemon_running(site: Site, holder: object) -> FlowbatchError:
 
 
 def _reindex(site: Site) -> int:
+    """The index built afresh from the tree. The site's SQLite index is built in a file of
+    its own (``index.db.new``) and renamed over the old one when whole: a reindex killed
+    half-way leaves the old index as it was (it left an empty one: every list and
+    leaderboard empty until a daemon caught up). A server's index is cleared and filled
+    in its tables."""
     from .store import index as idx
 
     path = site.layout.index_db
     site.close()
     site.__dict__.pop("store", None)
+    new = path.with_name(path.name + ".new")
+    url = site.config.database or f"sqlite:///{new}"
     if not site.config.database:
         for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-    store = site.__dict__["store"] = Store(site.layout, site.config.database, check_index=False)
+            Path(f"{new}{suffix}").unlink(missing_ok=True)
+    store = site.__dict__["store"] = Store(site.layout, url, check_index=False)
     idx.clear(store.db)
     for wf_id in site.templates.list_ids():
         index_workflow(site, wf_id)
     dirs = list(store.iter_run_dirs())  # a count first: the progress line shows a total
     runs = _readable_runs(store, track(dirs, "reindex"))
     count = store.index_many(runs)
+    if not site.config.database:
+        store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the file
+        site.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        os.replace(new, path)
+        Path(f"{new}-wal").unlink(missing_ok=True)
+        Path(f"{new}-shm").unlink(missing_ok=True)
+        site.__dict__["store"] = Store(site.layout, None, check_index=False)
     update_reports(site, site.templates.list_ids())
     return count
 

@@ -157,3 +157,33 @@ def test_a_mistyped_workflow_filter_is_an_error_not_an_empty_list(hello_site: Si
         assert code == 1 and "unknown workflow 'nosuch'" in out, out
     code, out = fb(hello_site.root, "runs", "list", "-w", "helloworld")
     assert code == 0 and "(none)" in out
+
+
+def test_a_reindex_killed_half_way_leaves_the_old_index(
+    hello_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reindex removed the index first: killed half-way, it left an empty one (every
+    list and leaderboard empty until a daemon caught up). It builds a new file now, and
+    renames it over the old one when whole."""
+    from flowbatch import api
+    from flowbatch.store.store import Store
+
+    for name in ("a", "b"):
+        drop(hello_site, f"{name}.yaml", {"workflow": "helloworld", "group": name})
+    run_until_idle(hello_site)
+    hello_site.close()
+    before = json.loads(fb(hello_site.root, "runs", "list", "--json")[1])
+    assert len(before) == 2
+
+    def killed(self: Store, runs: object) -> int:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(Store, "index_many", killed)
+    with pytest.raises(SystemExit):
+        api.reindex(Site(hello_site.root))
+    monkeypatch.undo()
+    assert json.loads(fb(hello_site.root, "runs", "list", "--json")[1]) == before
+    code, out = fb(hello_site.root, "reindex")
+    assert code == 0 and "indexed 2 runs" in out, out
+    assert json.loads(fb(hello_site.root, "runs", "list", "--json")[1]) == before
+    assert not (hello_site.layout.index_db.parent / "index.db.new").exists()
