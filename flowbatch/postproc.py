@@ -46,6 +46,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -61,7 +62,7 @@ from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
 from .report import PostProcOutput, PostProcRunView, PostProcView, href_in
 from .runs import now_iso
-from .safeio import copy_beneath
+from .safeio import copy_beneath, open_beneath, read_up_to
 from .site import Site
 from .spec.model import Template
 from .store import atomic
@@ -458,11 +459,13 @@ def _failure(
 
 def _outputs(folder: Path, template: Template) -> list[dict[str, Any]]:
     """``postproc.outputs`` (each must exist), else the post-processing workflow's
-    ``files.outputs`` that exist (§4.4)."""
+    ``files.outputs`` that exist (§4.4): regular files of the folder reached without a
+    symbolic link (what the page shows of them is read the same way: a link, made from a
+    participant's data by the post-processing, would show what it points at)."""
     assert template.postproc is not None
     spec = template.postproc
     if spec.outputs is not None:
-        missing = [o.source for o in spec.outputs if not (folder / o.source).is_file()]
+        missing = [o.source for o in spec.outputs if not _regular_file(folder, o.source)]
         if missing:
             raise FlowbatchError(
                 "declared post-processing outputs are missing: " + ", ".join(missing),
@@ -475,8 +478,19 @@ def _outputs(folder: Path, template: Template) -> list[dict[str, Any]]:
     return [
         {"key": s, "source": s, "title": None, "caption": None}
         for s in spec.workflow.output_files
-        if (folder / s).is_file()
+        if _regular_file(folder, s)
     ]
+
+
+def _regular_file(folder: Path, rel: str) -> bool:
+    try:
+        fd = open_beneath(folder, rel)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 # --- what the leaderboard shows ------------------------------------------------------------------
@@ -528,16 +542,24 @@ def _output_view(folder: Path, base: str, spec: dict[str, Any]) -> PostProcOutpu
     )
     suffix = path.suffix.lower()
     try:
-        size = path.stat().st_size
-        if suffix in _IMAGES and size <= MAX_INLINE_IMAGE:
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            uri = f"data:{_IMAGES[suffix]};base64,{data}"
-            return replace(link, kind="image", data_uri=uri)
-        if size > MAX_INLINE_TEXT:
-            return link
-        text = path.read_text(encoding="utf-8", errors="replace")
+        fd = open_beneath(folder, source)  # never through a link (see _outputs)
     except OSError:
         return link
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return link
+        if suffix in _IMAGES and st.st_size <= MAX_INLINE_IMAGE:
+            data = base64.b64encode(read_up_to(fd, MAX_INLINE_IMAGE)).decode("ascii")
+            uri = f"data:{_IMAGES[suffix]};base64,{data}"
+            return replace(link, kind="image", data_uri=uri)
+        if st.st_size > MAX_INLINE_TEXT:
+            return link
+        text = read_up_to(fd, MAX_INLINE_TEXT).decode("utf-8", errors="replace")
+    except OSError:
+        return link
+    finally:
+        os.close(fd)
     if suffix in (".csv", ".tsv"):
         rows = list(csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
         if rows:

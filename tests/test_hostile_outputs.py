@@ -17,7 +17,7 @@ from flowbatch.runs import State
 from flowbatch.site import Site
 from flowbatch.store.index import RunFileRow
 
-from .conftest import drop, make_site, only_run, run_until_idle, write_template
+from .conftest import SCORE_TEMPLATE, drop, make_site, only_run, run_until_idle, write_template
 from .test_robust import _user, needs_root
 
 #: a results.json, a plain file, then whatever the test's commands leave
@@ -269,3 +269,29 @@ def test_a_root_daemon_lists_no_file_its_participant_cannot_read(
         assert run["id"] in board
     finally:
         site.close()
+
+
+def test_a_post_processing_output_that_is_a_link_is_not_shown(site: Site, tmp_path: Path) -> None:
+    """Post-processing runs on participants' data as the daemon's user: an output it made
+    as a link (from an archive a participant sent, say) was read through the link and
+    shown inline on the leaderboard, whatever it pointed at."""
+    from flowbatch.postproc import leaderboard_view
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the leaderboard\n")
+    template = SCORE_TEMPLATE + (
+        "postproc:\n  workflow:\n    files: {outputs: [summary.txt, real.txt]}\n    steps:\n"
+        "      - name: s\n        action:\n          commands:\n"
+        f"            - ln -s {secret} summary.txt\n"
+        "            - echo shown > real.txt\n"
+    )
+    api.install(site, write_template(tmp_path / "t", template), workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 1}})
+    run_until_idle(site)
+    view = leaderboard_view(site, "wf")
+    assert view is not None and view.shown is not None, view
+    sources = {o.source: o for o in view.shown.outputs}
+    assert set(sources) == {"real.txt"}
+    assert sources["real.txt"].text == "shown\n"
+    page = (site.layout.results / "wf" / "leaderboard.html").read_text()
+    assert "not for the leaderboard" not in page
