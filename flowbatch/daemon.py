@@ -33,11 +33,11 @@ from .executors.local import LocalExecutor
 from .lifecycle import Runner
 from .postproc import PostProcManager
 from .queue import Claimed, Intake, is_request_name
-from .report_pages import RUN_PAGE, RunPageWriter, write_run_pages
+from .report_pages import RunPageWriter, write_run_pages
 from .runs import RunRecord, State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
-from .store.layout import ID_PATTERN
+from .store.layout import ID_PATTERN, RUN_PAGE
 
 log = logging.getLogger("flowbatch.daemon")
 

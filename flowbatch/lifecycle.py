@@ -280,19 +280,10 @@ class Runner:
                 if markers.started is None:
                     continue  # never launched: dispatch will
                 # launched, but the daemon died before recording it: adopt from the marker
-                pid, started, host = markers.started
-                # the marker's time stands in for the process start time: a PID reused
-                # since then has a later start time and is not adopted
-                run.handle = {
-                    "pid": pid,
-                    "pgid": pid,
-                    "start": started,
-                    "host": host or None,
-                    "from_marker": True,
-                    "uid": run.owner_uid if os.geteuid() == 0 else os.geteuid(),
-                    "script": str(run_dir / SCRIPT_NAME),
-                }
-                self._transition(run, State.RUNNING, at=iso(started), handle=run.handle)
+                uid = run.owner_uid if os.geteuid() == 0 else os.geteuid()
+                run.handle = handle_from_marker(markers.started, run_dir / SCRIPT_NAME, uid)
+                at = iso(markers.started[1])
+                self._transition(run, State.RUNNING, at=at, handle=run.handle)
             if executor is None:
                 self._transition(
                     run, State.ERROR, messages=[f"executor {run.executor!r} is not configured"]
@@ -663,6 +654,24 @@ def _let_go(executor: Executor) -> None:
         executor.close()
     except Exception as exc:  # a connection that fails to close is gone all the same
         log.warning("closing the replaced executor %s: %s", executor.name, exc)
+
+
+def handle_from_marker(
+    started: tuple[int, float, str], script: Path, uid: int | None
+) -> dict[str, Any]:
+    """The local handle of a process known only by its script's ``started`` marker (a
+    daemon killed between the launch and its record). The marker's time stands in for
+    the process's start time: a PID reused since has a later one and is not adopted."""
+    pid, at, host = started
+    return {
+        "pid": pid,
+        "pgid": pid,
+        "start": at,
+        "host": host or None,
+        "from_marker": True,
+        "uid": uid,
+        "script": str(script),
+    }
 
 
 def enforces_time_limit(executor: Executor) -> bool:

@@ -56,7 +56,7 @@ from typing import Any
 from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
-from .lifecycle import describe_code, iso, step_records, tail
+from .lifecycle import describe_code, handle_from_marker, iso, step_records, tail
 from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
@@ -391,17 +391,9 @@ class PostProcManager:
         started = read_markers(folder).started
         if started is None:
             return False
-        pid, at, host = started
-        record.handle = {
-            "pid": pid,
-            "pgid": pid,
-            "start": at,
-            "host": host or None,
-            "from_marker": True,
-            "uid": os.geteuid(),  # post-processing runs as the daemon's user
-            "script": str(folder / SCRIPT_NAME),
-        }
-        record.started_at = iso(at)
+        # post-processing runs as the daemon's user
+        record.handle = handle_from_marker(started, folder / SCRIPT_NAME, os.geteuid())
+        record.started_at = iso(started[1])
         self._write_record(record)
         log.info("post-processing %s of %s adopted from its marker", record.id, record.workflow)
         return True

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from .site import Site
 from .spec.model import FileArg, Template
 from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
-from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON, queue_mode_problem
+from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON, RUN_PAGE, queue_mode_problem
 from .sweep import Point, cast_points, run_arguments
 
 log = logging.getLogger("flowbatch.queue")
@@ -521,7 +521,7 @@ class Intake:
         """
         label = claimed.name
         site = self.site
-        checked = check_request(site, req, uid=claimed.uid, label=label)
+        checked = check_request(site, req, uid=claimed.uid, label=label, render=False)
         template, version, executor = checked.template, checked.version, checked.executor
         points = checked.points
         group = req.group or user_name(claimed.uid)
@@ -546,7 +546,10 @@ class Intake:
             ):
                 continue
             todo.append(index)
-        if len(todo) > 1:  # a sweep is refused whole, before its first run is made
+        # every point to make rendered (a sweep is refused whole, before its first run);
+        # the points a resubmitted sweep already ran are not
+        checked.rendered.update(render_points(site, template, points, executor, todo))
+        if len(todo) > 1:
             self._check_points({i: points[i] for i in todo}, claimed, label)
         made: list[str] = []
         try:
@@ -743,9 +746,14 @@ class Intake:
         name = claimed.name
         dest = rejected / name
         n = 1
-        # a taken name is one with its request; an error file alone is what a daemon
-        # killed between the two writes left (this very request, claimed again): reused
-        while os.path.lexists(dest):
+        # a name is free when neither it nor its error file is there, or when the error
+        # file is alone and names it: a daemon killed between the two writes left it (this
+        # very request, claimed again); any other (a request named `x.yaml.error.yaml`
+        # rejected earlier) is kept
+        while os.path.lexists(dest) or (
+            os.path.lexists(rejected / f"{dest.name}.error.yaml")
+            and not _error_file_of(rejected / f"{dest.name}.error.yaml", dest.name)
+        ):
             dest = rejected / f"{Path(name).stem}.{n}{Path(name).suffix}"
             n += 1
         info = error.to_dict()
@@ -764,6 +772,15 @@ class Intake:
         log.warning("rejected %s: %s", name, error.summary())
 
 
+def _error_file_of(path: Path, request: str) -> bool:
+    """Whether ``path`` is a rejection's error file for the request named ``request``."""
+    try:
+        doc = yamlio.load_file(path, max_bytes=1 << 20)
+    except (OSError, FlowbatchError):
+        return False
+    return isinstance(doc, dict) and doc.get("request") == request
+
+
 # -- the checks of a request -------------------------------------------------------------------
 @dataclass
 class CheckedRequest:
@@ -774,14 +791,46 @@ class CheckedRequest:
     executor: str
     #: every point of the request (one without ``sweep:``), cast as its runs get them
     points: list[Point]
-    #: the workflow of each point (by index), rendered for ``executor``
-    rendered: list[RenderedWorkflow]
+    #: the workflow of each point (by index), rendered for ``executor`` (intake renders
+    #: only the points it makes, after the ones a resubmitted sweep already ran)
+    rendered: dict[int, RenderedWorkflow]
     #: the template version's files (what a file argument's target may not replace)
     files_dir: Path
 
 
+def render_points(
+    site: Site,
+    template: Template,
+    points: list[Point],
+    executor: str,
+    which: Iterable[int] | None = None,
+) -> dict[int, RenderedWorkflow]:
+    """The points ``which`` (default: all) rendered for ``executor``, by index; an error
+    names the sweep's point it comes from."""
+    out: dict[int, RenderedWorkflow] = {}
+    for index in range(len(points)) if which is None else which:
+        point = points[index]
+        try:
+            out[index] = render_point(site, template, point.arguments, executor)
+        except FlowbatchError as exc:
+            if len(points) > 1:
+                swept = ", ".join(
+                    f"{name}={point.arguments[name]!r}" for name in sorted(point.fields)
+                )
+                where = f"in the sweep's point {index} ({swept})"
+                exc.hint = f"{where}; {exc.hint}" if exc.hint else where
+            raise
+    return out
+
+
 def check_request(
-    site: Site, req: Request, *, uid: int, label: str, daemon_uid: int | None = None
+    site: Site,
+    req: Request,
+    *,
+    uid: int,
+    label: str,
+    daemon_uid: int | None = None,
+    render: bool = True,
 ) -> CheckedRequest:
     """Every check of a request that needs neither its file nor the files it names, in
     the order intake makes them; the first problem raises (a FlowbatchError with the
@@ -824,18 +873,8 @@ def check_request(
         raise exc.at(file=label, prefix="workflow" if not req.version else "version")
     executor = choose_executor(site, req, template, version, label)
     points = cast_points(template.parameters, req.arguments, req.sweep or None, file=label)
-    rendered = []
-    for index, point in enumerate(points):
-        try:
-            rendered.append(render_point(site, template, point.arguments, executor))
-        except FlowbatchError as exc:
-            if len(points) > 1:
-                swept = ", ".join(
-                    f"{name}={point.arguments[name]!r}" for name in sorted(point.fields)
-                )
-                where = f"in the sweep's point {index} ({swept})"
-                exc.hint = f"{where}; {exc.hint}" if exc.hint else where
-            raise
+    # intake (``render=False``) renders only the points it makes (after _already_done)
+    rendered = render_points(site, template, points, executor) if render else {}
     files_dir = site.templates.files_dir(req.workflow, version)
     seen: set[tuple[tuple[str, str], ...]] = set()
     for point in points:
@@ -1108,6 +1147,13 @@ def take_back(path: Path, uid: int | None) -> None:
             return
         tree = os.lstat(path.parent)
         os.chown(path, tree.st_uid, tree.st_gid, follow_symlinks=False)
+        # a folder the user made where the daemon writes its files (its own page inside
+        # `index.html/`, theirs to edit for ever) is moved aside: the daemon's file goes
+        # there (a link or a file there is replaced by the daemon's atomic rename)
+        for name in (RUN_PAGE, RUN_JSON):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(path / name).st_mode):
+                    os.rename(path / name, path / f".{name}.{secrets.token_hex(4)}.moved")
     except OSError as exc:
         log.warning("run folder %s: not taken back from uid %s: %s", path, uid, exc.strerror)
 

@@ -40,10 +40,10 @@ from .runs import TERMINAL, RunRecord, State
 from .safeio import read_tail_or_none
 from .spec.model import Template
 from .store.atomic import write_text
+from .store.layout import RUN_PAGE
 
 log = logging.getLogger("flowbatch.report")
 
-RUN_PAGE = "index.html"
 SITE_INDEX = "index.html"
 #: lines of each log shown on a run page (the whole log is a link away)
 LOG_TAIL_LINES = 40

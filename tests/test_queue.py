@@ -415,7 +415,7 @@ def test_a_rejection_cut_short_by_a_crash_is_written_whole_again(hello_site) -> 
     drop(hello_site, "bad.yaml", {"workflow": "nope"})
     rejected = hello_site.layout.rejected
     rejected.mkdir(exist_ok=True)
-    (rejected / "bad.yaml.error.yaml").write_text("reason: left by a crash\n")
+    (rejected / "bad.yaml.error.yaml").write_text("reason: left by a crash\nrequest: bad.yaml\n")
     Intake(hello_site).run_once()
     assert sorted(p.name for p in rejected.iterdir()) == ["bad.yaml", "bad.yaml.error.yaml"]
     error = yaml.safe_load((rejected / "bad.yaml.error.yaml").read_text())
@@ -428,3 +428,16 @@ def test_a_rejection_cut_short_by_a_crash_is_written_whole_again(hello_site) -> 
         "bad.yaml",
         "bad.yaml.error.yaml",
     ]
+
+
+def test_a_rejected_request_named_like_an_error_file_is_kept(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """`x.yaml.error.yaml` is a request name too: rejected, it is kept; a later rejected
+    `x.yaml` must not write its error file over it."""
+    drop(hello_site, "x.yaml.error.yaml", {"workflow": "nope", "name": "the first"})
+    Intake(hello_site).run_once()
+    drop(hello_site, "x.yaml", {"workflow": "nope2"})
+    Intake(hello_site).run_once()
+    rejected = hello_site.layout.rejected
+    kept = yaml.safe_load((rejected / "x.yaml.error.yaml").read_text())
+    assert kept["name"] == "the first"
+    assert (rejected / "x.1.yaml").exists() and (rejected / "x.1.yaml.error.yaml").exists()

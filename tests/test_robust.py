@@ -1464,3 +1464,34 @@ def test_a_failing_listener_never_holds_a_run_that_changed_state(
         d.stop()
     assert api.show_run(site, run.id)["state"] == "CANCELED"
     assert "the page could not be written" in caplog.text
+
+
+@needs_root
+def test_a_page_folder_the_participant_made_is_moved_aside_at_the_end(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    """While it ran, the run removed the daemon's page and made a folder `index.html/`
+    with a page of its own inside: the daemon's page could not be written at the end
+    (only logged), and the folder, the user's, stayed theirs to edit where the
+    leaderboard links."""
+    owner = _user("fbrunner")
+    site = make_site(public_tmp / "site")
+    write_template(
+        tmp_path / "t",
+        "workflow:\n  steps:\n    - action:\n        commands:\n"
+        "          - rm -f index.html run.json; mkdir index.html run.json\n"
+        "          - echo '<script>mine()</script>' > index.html/index.html\n",
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    run_until_idle(site)
+    run = only_run(site)
+    run_dir = Path(run["run_dir"])
+    page = run_dir / "index.html"
+    assert page.is_file() and not page.is_symlink() and "mine()" not in page.read_text()
+    assert run["id"] in page.read_text()
+    assert (run_dir / "run.json").is_file()
+    assert run["state"] in ("SUCCESS", "ERROR"), run["messages"]
+    forged = _as_user(owner, "echo '<script>x</script>' > index.html", run_dir)
+    assert forged.returncode != 0

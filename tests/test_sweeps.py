@@ -295,3 +295,27 @@ def test_a_sweep_whose_later_point_cannot_render_makes_no_run(site: Site, tmp_pa
     assert "point 2 (label='not a token')" in error["hint"]
     drop(site, "ok.yaml", {"workflow": "wf", "sweep": {"label": ["alpha", "beta"]}})
     assert len(Intake(site).run_once().runs) == 2
+
+
+def test_a_resubmitted_sweep_renders_only_the_points_it_makes(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intake rendered every point of a resubmitted sweep, the ones already run too
+    (five times the tick of a 300-point resubmission): only the points it makes now."""
+    from flowbatch import queue
+
+    setup(site, tmp_path)
+    drop(site, "s.yaml", {"workflow": "wf", "sweep": {"x": [1, 2, 3]}})
+    run_until_idle(site)
+    rendered: list[Any] = []
+    real = queue.render_point
+
+    def counted(*args: Any) -> Any:
+        rendered.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(queue, "render_point", counted)
+    drop(site, "again.yaml", {"workflow": "wf", "sweep": {"x": [1, 2, 3, 4]}})
+    result = Intake(site).run_once()
+    assert [r.arguments["x"] for r in result.runs] == [4]
+    assert [args["x"] for args in rendered] == [4]

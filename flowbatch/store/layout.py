@@ -17,6 +17,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 RUN_JSON = "run.json"
 REQUEST_COPY = "request.yaml"
+#: a run's page in its folder (written by the daemon when the run ends)
+RUN_PAGE = "index.html"
 #: `flowbatch submit` puts the files a request names in `queue/<name>.files/`
 BUNDLE_SUFFIX = ".files"
 
