@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import stat
 from collections import Counter
@@ -559,7 +560,7 @@ class Runner:
         notes: list[str] = []  # what of the run folder was left out of its files, and why
         try:
             results = read_results(run_dir, template.results) if template.results else None
-            files = output_files(run_dir, template, notes)
+            files = output_files(run_dir, template, notes, run.arguments)
         except FlowbatchError as exc:
             self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()])
             return
@@ -734,7 +735,10 @@ def archive_attempt(run_dir: Path, attempt: int) -> Path:
 
 
 def output_files(
-    run_dir: Path, template: Template, notes: list[str] | None = None
+    run_dir: Path,
+    template: Template,
+    notes: list[str] | None = None,
+    arguments: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The run's output files: the template's ``outputs`` (each must exist), else the
     workflow's ``files.outputs``, else every file the run folder holds but flowbatch's own.
@@ -743,7 +747,10 @@ def output_files(
     run's user owns the folder: a root daemon must neither list nor size what their link
     points at, ``/etc/shadow``), and only names that are valid UTF-8 (the index, run.json,
     the pages and their links hold text, and an escaped name would link to no file).
-    Anything else is left out; ``notes`` (when given) gets a line saying what and why."""
+    Anything else is left out; ``notes`` (when given) gets a line saying what and why.
+    An entry of ``files.outputs`` that is a parameter reference (``$[[name]]``, which
+    flowServ allows there) names the file the run's ``arguments`` give (a file
+    parameter's target)."""
     from .store.templates import RESERVED
 
     if template.outputs is not None:
@@ -773,7 +780,12 @@ def output_files(
         return out
     if template.workflow.output_files:
         out = []
-        for source in template.workflow.output_files:
+        for entry in template.workflow.output_files:
+            source = _output_name(entry, arguments or {})
+            if source is None:
+                if notes is not None:
+                    notes.append(f"output file {entry} left out: its parameter has no value")
+                continue
             size, why = _output_size(run_dir, source)
             if size is not None:
                 out.append({"key": source, "source": source, "size": size})
@@ -782,6 +794,23 @@ def output_files(
         return out
     found = _some_files(run_dir, RESERVED, notes)
     return [{"key": source, "source": source, "size": size} for source, size in found]
+
+
+_REFERENCE = re.compile(r"\$\[\[\s*(\w+)\s*\]\]")
+
+
+def _output_name(entry: str, arguments: dict[str, Any]) -> str | None:
+    """``entry`` of ``files.outputs``, its reference (the whole entry) filled in from the
+    run's arguments; None when the parameter has no value."""
+    match = _REFERENCE.fullmatch(entry)
+    if match is None:
+        return entry
+    value = arguments.get(match.group(1))
+    if isinstance(value, dict):  # a file parameter, as run.json keeps it
+        value = value.get("target")
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    return str(value)
 
 
 #: the most files of a run recorded when the template names none (its run.json, run page

@@ -295,3 +295,26 @@ def test_a_post_processing_output_that_is_a_link_is_not_shown(site: Site, tmp_pa
     assert sources["real.txt"].text == "shown\n"
     page = (site.layout.results / "wf" / "leaderboard.html").read_text()
     assert "not for the leaderboard" not in page
+
+
+def test_an_output_named_by_a_parameter_is_the_file_the_run_wrote(
+    site: Site, tmp_path: Path
+) -> None:
+    """flowServ's `files.outputs` may name a parameter (`$[[outname]]`): it was accepted
+    at install and then looked for as a file named `$[[outname]]`, so the run listed no
+    output."""
+    template = (
+        "workflow:\n  files: {outputs: ['$[[outname]]', '$[[unset]]', fixed.txt]}\n"
+        "  steps:\n    - name: s\n      action:\n        commands:\n"
+        "          - echo made > $[[outname]]\n          - echo too > fixed.txt\n"
+        "parameters:\n  - {name: outname, dtype: string, defaultValue: result.txt}\n"
+        "  - {name: unset, dtype: string, isRequired: false}\n"
+    )
+    api.install(site, write_template(tmp_path / "t", template), workflow_id="wf")
+    drop(site, "a.yaml", {"workflow": "wf"})
+    drop(site, "b.yaml", {"workflow": "wf", "name": "b", "arguments": {"outname": "other.txt"}})
+    run_until_idle(site)
+    runs = {r["name"]: api.show_run(site, r["id"]) for r in api.list_runs(site)}
+    assert [f["key"] for f in runs[None]["files"]] == ["result.txt", "fixed.txt"]
+    assert [f["key"] for f in runs["b"]["files"]] == ["other.txt", "fixed.txt"]
+    assert any("$[[unset]]" in m and "no value" in m for m in runs["b"]["messages"])
