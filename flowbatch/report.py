@@ -225,8 +225,12 @@ def _add_extras(
     entries: list[RankEntry],
     files: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> None:
-    """New per-entry JSON fields, added after the stable ones."""
+    """New per-entry JSON fields, added after the stable ones; an argument longer than
+    :data:`JSON_ARGUMENT_CHARS` is shortened (named in ``arguments_shortened``)."""
     for row, entry in zip(rows, entries, strict=True):
+        shortened = _shorten_arguments(row["arguments"])
+        if shortened:
+            row["arguments_shortened"] = shortened
         row["run_seconds"] = run_seconds(entry.run)
         listed = files.get(entry.run.run_id, ())
         row["files"] = [
@@ -234,6 +238,32 @@ def _add_extras(
             for f in listed[:FILES_SHOWN]
         ]
         row["files_total"] = len(listed)
+
+
+#: the longest argument ``leaderboard.json`` holds in full, in characters (its JSON text
+#: for a list or a record): a request may hold 100 KiB in one value, and the file lists
+#: up to :data:`flowbatch.config.ALL_RUNS_SHOWN` runs (gigabytes, rewritten at every
+#: change); ``flowbatch runs show`` and the run's page show the whole value
+JSON_ARGUMENT_CHARS = 1000
+
+
+def _shorten_arguments(arguments: dict[str, Any]) -> list[str]:
+    """Shorten, in place, the arguments longer than :data:`JSON_ARGUMENT_CHARS` (a text
+    cut, with an ellipsis; a list or record as its cut JSON text); their names."""
+    names = []
+    for name, value in arguments.items():
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, list | dict):
+            if isinstance(value, dict) and "target" in value and len(value) <= 2:
+                continue  # a file argument: its source and target, each a short path
+            text = json.dumps(value, separators=(",", ":"), default=str)
+        else:
+            continue
+        if len(text) > JSON_ARGUMENT_CHARS:
+            arguments[name] = text[:JSON_ARGUMENT_CHARS] + "\u2026"
+            names.append(name)
+    return names
 
 
 def render_leaderboard_html(

@@ -312,3 +312,37 @@ def test_the_plots_examples_summary_quotes_a_formula_group(site: Site) -> None:
     assert shown == ["'" + groups[0], "alice"]
     board = (site.layout.workflow_results("plots") / "leaderboard.csv").read_text()
     assert "'=HYPERLINK" in board
+
+
+def test_leaderboard_json_shortens_long_arguments_and_says_which(
+    site: Site, tmp_path: Path
+) -> None:
+    """leaderboard.json held every argument in full for each of up to 2,000 runs (100 KiB
+    a value: gigabytes, rewritten at every change); a long one is shortened there and
+    named, and `runs show` keeps the whole value."""
+    from flowbatch.report import JSON_ARGUMENT_CHARS
+
+    _label_site(site, tmp_path)
+    note = "n" * (JSON_ARGUMENT_CHARS + 500)
+    drop(
+        site,
+        "a.yaml",
+        {"workflow": "wf", "group": "alice", "arguments": {"score": 2.0, "width": 3, "note": note}},
+    )
+    drop(
+        site,
+        "b.yaml",
+        {
+            "workflow": "wf",
+            "group": "bob",
+            "arguments": {"score": 1.0, "width": 3, "note": "short"},
+        },
+    )
+    run_until_idle(site)
+    board = json.loads((site.layout.workflow_results("wf") / "leaderboard.json").read_text())
+    for view in ("ranking", "all"):
+        alice, bob = board[view]
+        assert alice["arguments"]["note"] == "n" * JSON_ARGUMENT_CHARS + "\u2026"
+        assert alice["arguments_shortened"] == ["note"]
+        assert bob["arguments"]["note"] == "short" and "arguments_shortened" not in bob
+    assert _runs_by_group(site)["alice"]["arguments"]["note"] == note  # type: ignore[index]
