@@ -264,8 +264,6 @@ class Daemon:
         try:
             indexed = {row.id: row.version for row in WorkflowRow.select()}
             for workflow in self.site.templates.list_ids():
-                if workflow.startswith("."):
-                    continue  # an uninstall left half done (`flowbatch uninstall` ends it)
                 current = self.site.templates.meta(workflow).get("current")
                 if current and indexed.get(workflow) != current:
                     api.index_workflow(self.site, workflow)

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -594,16 +594,7 @@ class Intake:
         set of files once: a sweep over other parameters checks its files once), so that
         a missing file of a later point rejects the sweep before any run (everything
         else was checked by :func:`check_request`)."""
-        seen: set[tuple[tuple[str, str, str], ...]] = set()
-        for point in points.values():
-            files = tuple(
-                (name, value.source, value.target)
-                for name, value in point.arguments.items()
-                if isinstance(value, FileArg) and value.source
-            )
-            if not files or files in seen:
-                continue
-            seen.add(files)
+        for point in file_points(points.values()):
             for fd in self._check_files(point, claimed, label).values():
                 os.close(fd)
 
@@ -798,6 +789,21 @@ class CheckedRequest:
     files_dir: Path
 
 
+def file_points(points: Iterable[Point]) -> Iterator[Point]:
+    """The points with file arguments, each distinct set of them once: a sweep over other
+    parameters has its files checked once, not at every point."""
+    seen: set[tuple[tuple[str, str, str], ...]] = set()
+    for point in points:
+        files = tuple(
+            (name, value.source, value.target)
+            for name, value in point.arguments.items()
+            if isinstance(value, FileArg) and value.source
+        )
+        if files and files not in seen:
+            seen.add(files)
+            yield point
+
+
 def render_points(
     site: Site,
     template: Template,
@@ -876,20 +882,11 @@ def check_request(
     # intake (``render=False``) renders only the points it makes (after _already_done)
     rendered = render_points(site, template, points, executor) if render else {}
     files_dir = site.templates.files_dir(req.workflow, version)
-    seen: set[tuple[tuple[str, str], ...]] = set()
-    for point in points:
-        files = tuple(
-            (name, value.target)
-            for name, value in point.arguments.items()
-            if isinstance(value, FileArg) and value.source
-        )
-        if not files or files in seen:  # a sweep over other parameters: checked once
-            continue
-        seen.add(files)
+    for point in file_points(points):
         targets: dict[str, str] = {}
-        for name, _ in files:
-            value = point.arguments[name]
-            _check_target(template, files_dir, name, value, targets, label, point.field(name))
+        for name, value in point.arguments.items():
+            if isinstance(value, FileArg) and value.source:
+                _check_target(template, files_dir, name, value, targets, label, point.field(name))
     return CheckedRequest(template, version, executor, points, rendered, files_dir)
 
 
@@ -897,38 +894,32 @@ def choose_executor(site: Site, req: Request, template: Template, version: str, 
     """The executor of a request's runs: the request's ``executor:``, else the
     template's, else the site's default. One the site does not have is refused, saying
     where the name came from (a template installed before the site dropped the name)."""
-    config = site.config
-    known = executor_names(config)
+    known = executor_names(site.config)
     if req.executor:  # an empty one is none, as it always was
-        if req.executor in known:
-            return req.executor
-        raise RequestError(
-            f"unknown executor {req.executor!r}",
-            file=label,
-            field="executor",
-            expected="one of: " + ", ".join(known),
-            hint="executors are declared in the site's flowbatch.yaml",
+        name, source = req.executor, None
+    elif template.executor:
+        name = template.executor
+        source = (
+            f"named by `executor:` in the template of workflow {req.workflow!r} "
+            f"(version {version}); the request names none"
         )
-    if template.executor:
-        if template.executor in known:
-            return template.executor
-        raise RequestError(
-            f"unknown executor {template.executor!r}, named by `executor:` in the template "
-            f"of workflow {req.workflow!r} (version {version}); the request names none",
-            file=label,
-            expected="one of: " + ", ".join(known),
-            hint="ask for one with `executor:` in the request; the site's admin should "
-            "install the template again with an executor of the site",
+    else:  # flowbatch.yaml is checked when read: only a config made in code gets here
+        name = site.config.executor
+        source = (
+            "the site's default (`executor:` in flowbatch.yaml); the request and its "
+            "template name none"
         )
-    if config.executor in known:
-        return config.executor
-    raise RequestError(  # flowbatch.yaml is checked when read: a config made in code
-        f"unknown executor {config.executor!r}, the site's default (`executor:` in "
-        "flowbatch.yaml); the request and its template name none",
+    if name in known:
+        return name
+    raise RequestError(
+        f"unknown executor {name!r}" + (f", {source}" if source else ""),
         file=label,
+        field="executor" if source is None else None,
         expected="one of: " + ", ".join(known),
-        hint="ask for one with `executor:` in the request; the site's admin should fix "
-        "`executor` in flowbatch.yaml",
+        hint="executors are declared in the site's flowbatch.yaml"
+        if source is None
+        else "ask for one with `executor:` in the request, or have the site's admin fix "
+        "the name where it is written",
     )
 
 

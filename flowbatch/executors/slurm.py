@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -492,8 +491,11 @@ class SlurmExecutor:
             for run_id, h in handles
             if h.get("job_id") and run_id not in lost
         }
-        if lost:
-            return {**lost, **self.poll([(r, h) for r, h in handles if r in jobs])}
+        return {**lost, **self._poll_jobs(jobs, handles)}
+
+    def _poll_jobs(
+        self, jobs: dict[str, str], handles: Sequence[tuple[str, dict[str, Any]]]
+    ) -> dict[str, Probe]:
         now = self._clock()
         if not jobs or now < self._next_poll:
             return {}  # not asked this tick: the Runner treats the runs as still alive
@@ -525,7 +527,7 @@ class SlurmExecutor:
         for run_id, handle in handles:
             noted = self._lost.get(str(handle.get("job_id") or ""))
             if noted is not None:
-                why = _LOST_PREFIX.sub("", noted) or "its Slurm job was given up on"
+                why = f"its Slurm job was given up on before the daemon restarted ({noted})"
                 out[run_id] = Probe(
                     Liveness.GONE,
                     raw=why,
@@ -877,10 +879,6 @@ def _abandoned_key(entry: dict[str, Any]) -> str:
         return str(entry["job_id"])
     task = entry.get("array_task")
     return str(entry["job_name"]) + (f"_{task}" if isinstance(task, int) else "")
-
-
-#: how the runner's reason for a lost run begins (``abandon``): the run says it again
-_LOST_PREFIX = re.compile(r"^run \S+ lost: ")
 
 
 def _one_line(text: str) -> str:
