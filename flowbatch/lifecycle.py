@@ -457,6 +457,8 @@ class Runner:
                     continue
                 self._finalize_safely(run, probe)
                 finished += 1
+        if self.retired:  # one whose tend() ended its last abandoned job or process goes
+            self._prune_retired()
         return finished
 
     def _finalize_safely(self, run: RunRecord, probe: Probe) -> None:

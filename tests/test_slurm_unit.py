@@ -698,7 +698,9 @@ def test_jobs_noted_under_a_removed_profile_are_named_at_start_and_by_doctor(
     ex.abandon({"job_id": "41", "job_name": "fb-s-r1", "run_dir": str(tmp_path / "r1")}, "lost")
     ssh_notes = site.root / "ssh-abandoned" / "login9"
     ssh_notes.mkdir(parents=True)
-    (ssh_notes / "1234.json").write_text(json.dumps({"pid": 1234, "pgid": 1234}))
+    # as SSHExecutor._note_abandoned writes it
+    note = {"handle": {"pid": 1234, "pgid": 1234, "host": "login9"}, "reason": "lost"}
+    (ssh_notes / "1234.json").write_text(json.dumps(note))
     site.layout.config.write_text(yaml.safe_dump({"executor": "local"}))  # gpu dropped
 
     daemon = Daemon(Site(site.root))
@@ -778,3 +780,19 @@ def test_a_run_declared_lost_just_before_a_crash_is_lost_again_after_it(
             again.runner._transition(r, State.CANCELED, messages=["test over"])
         again.stop()
         again.site.close()
+
+
+def test_abandoned_tasks_of_an_array_known_by_name_cost_one_squeue_and_one_scancel() -> None:
+    """An array whose submission went unanswered, given up on: its tasks are known by the
+    array's name only. Each task was looked up (squeue) and cancelled (scancel) on its
+    own: 2,000 calls for a 1,000-task array after an outage."""
+    name = "fb-s-abc-array"
+    listing = "".join(f"77_{t}|PENDING|None|{name}|0|\n" for t in range(5))
+    runner = Scripted({"squeue": [ok(listing)], "scancel": [ok("")]})
+    ex = executor(runner, Clock())
+    for task in range(5):
+        ex.abandon({"job_name": name, "array_task": task, "run_dir": f"/r/{task}"}, "lost")
+    ex.tend()
+    assert [line.split()[0] for line in runner.lines] == ["squeue", "scancel"]
+    assert runner.lines[1] == "scancel " + " ".join(f"77_{t}" for t in range(5))
+    assert not ex.has_abandoned()

@@ -49,6 +49,11 @@ def stranded_notes(config: SiteConfig, site_root: Path) -> list[str]:
     return stranded(site_root, profiles, config.ssh)
 
 
+def _site_name(config: SiteConfig, site_root: Path | None) -> str:
+    """The site's name in its Slurm job names: the config's, else the site folder's."""
+    return config.site_name or (site_root.name if site_root else "flowbatch")
+
+
 def build_executors(
     config: SiteConfig, wake: Callable[[], None], site_root: Path | None = None
 ) -> dict[str, Executor]:
@@ -60,7 +65,7 @@ def build_executors(
     executors: dict[str, Executor] = {
         "local": LocalExecutor(wake=wake, limit=config.local.effective_concurrency())
     }
-    site_name = config.site_name or (site_root.name if site_root else "flowbatch")
+    site_name = _site_name(config, site_root)
     for name, (profile_name, profile) in profiles_by_executor(config.slurm).items():
         executors[name] = SlurmExecutor(
             name, profile_name, profile, site_name=site_name, site_root=site_root, config=config
@@ -88,7 +93,7 @@ def executor_settings(config: SiteConfig, site_root: Path | None = None) -> dict
             name = config.ssh[name].jump_host
         return out
 
-    site_name = config.site_name or (site_root.name if site_root else "flowbatch")
+    site_name = _site_name(config, site_root)
     out: dict[str, str] = {}
     for name, (profile_name, profile) in profiles_by_executor(config.slurm).items():
         via = chain(profile.via) if profile.via != "local" else []

@@ -106,7 +106,10 @@ def stranded(site_root: Path, profiles: Iterable[str], hosts: Iterable[str]) -> 
                 )
                 end = "scancel them"
             else:
-                what = "process group(s) " + " ".join(str(e.get("pgid")) for e in entries)
+                # ssh notes hold {"handle": {pid, pgid, ...}, "reason"} (ssh._note_abandoned)
+                what = "process group(s) " + " ".join(
+                    str(e.get("handle", {}).get("pgid")) for e in entries
+                )
                 end = "end them on that host (kill -- -PGID, once sure it is still the run)"
             out.append(
                 f"{site_root / folder / name}: {what} of runs given up on wait to be ended, "

@@ -776,15 +776,34 @@ class SlurmExecutor:
         return left
 
     def _scancel_all(self, entries: list[dict[str, Any]]) -> bool:
-        """scancel the jobs of ``entries``: those with an id in one call, those known by
-        name only (an intent) one by one. False when Slurm could not be asked."""
+        """scancel the jobs of ``entries`` in one call: those with an id, and the tasks of
+        arrays known by name only (an intent; one squeue per array finds its id, not one
+        per task); a single job known by name only goes by ``scancel --name``. False when
+        Slurm could not be asked."""
         ids = [str(e["job_id"]) for e in entries if e.get("job_id")]
+        tasks: dict[str, list[int]] = {}
+        named = []
+        for e in entries:
+            if e.get("job_id") or not e.get("job_name"):
+                continue
+            if isinstance(e.get("array_task"), int):
+                tasks.setdefault(str(e["job_name"]), []).append(int(e["array_task"]))
+            else:
+                named.append(e)
+        for name, numbers in tasks.items():
+            try:
+                found = self._find_by_name(name, launching=False)
+            except ExecutorError as exc:
+                log.warning("cannot cancel %s: %s", name, exc.reason)
+                return False
+            if found is not None:  # else the array never reached Slurm, or has long ended
+                ids += [f"{found.split('_')[0]}_{task}" for task in numbers]
         if ids:
             result = self._run("scancel", *ids)
             if not (result.ok or job_already_gone(result.stderr + result.stdout)):
                 log.warning("scancel %s: %s", " ".join(ids), _one_line(result.stderr))
                 return False
-        return all(self._scancel(e) for e in entries if not e.get("job_id"))
+        return all(self._scancel(e) for e in named)
 
     def _ended(self, entries: list[dict[str, Any]]) -> dict[str, bool] | None:
         """Whether each cancelled job of ``entries`` has ended, by key (None: Slurm did

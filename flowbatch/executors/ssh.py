@@ -184,8 +184,6 @@ class SSHExecutor:
         self.host = host
         self.pool = pool
         self.limit = host.max_runs
-        #: the site folder: abandoned process groups are noted under it (None: in memory)
-        self.site_root = site_root
         self._fetched: set[str] = set()  # runs whose files came home during a poll
         #: handles of runs given up on while this host was away (see :meth:`abandon`),
         #: those an earlier daemon (or ``runs cancel``) could not end first
