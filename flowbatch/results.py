@@ -25,6 +25,7 @@ from .errors import InputError, ResultError
 from .safeio import LINK_ERRORS, open_beneath
 from .spec.model import ResultColumn, ResultSchema
 from .spec.params import INT_LIMIT
+from .text import short_repr
 
 #: Result files are small summaries; refuse anything that looks like a data dump.
 MAX_RESULT_BYTES = 16 << 20
@@ -130,19 +131,19 @@ def cast_value(value: Any, dtype: str) -> ResultValue:
 def _to_int(value: Any) -> int:
     number = _int_value(value)
     if not -INT_LIMIT < number < INT_LIMIT:
-        raise _CastError(f"got an integer out of range ({_show(value)})")
+        raise _CastError(f"got an integer out of range ({short_repr(value, 60)})")
     return number
 
 
 def _int_value(value: Any) -> int:
     # bool is a subclass of int: `True` silently becoming 1 would hide a wrong column.
     if isinstance(value, bool):
-        raise _CastError(f"got a boolean ({_show(value)})")
+        raise _CastError(f"got a boolean ({short_repr(value, 60)})")
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value) or not value.is_integer():
-            raise _CastError(f"got a non-integral number ({_show(value)})")
+            raise _CastError(f"got a non-integral number ({short_repr(value, 60)})")
         return int(value)
     if isinstance(value, str):
         text = value.strip()
@@ -153,32 +154,32 @@ def _int_value(value: Any) -> int:
         try:
             number = float(text)
         except ValueError:
-            raise _CastError(f"got text that is not a number ({_show(value)})")
+            raise _CastError(f"got text that is not a number ({short_repr(value, 60)})")
         if not math.isfinite(number) or not number.is_integer():
-            raise _CastError(f"got a non-integral number ({_show(value)})")
+            raise _CastError(f"got a non-integral number ({short_repr(value, 60)})")
         return int(number)
-    raise _CastError(f"got a {_kind(value)} ({_show(value)})")
+    raise _CastError(f"got a {_kind(value)} ({short_repr(value, 60)})")
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
-        raise _CastError(f"got a boolean ({_show(value)})")
+        raise _CastError(f"got a boolean ({short_repr(value, 60)})")
     if isinstance(value, int | float):
         try:
             number = float(value)
         except OverflowError:
-            raise _CastError(f"got an integer too large for a float ({_show(value)})")
+            raise _CastError(f"got an integer too large for a float ({short_repr(value, 60)})")
     elif isinstance(value, str):
         try:
             number = float(value.strip())
         except ValueError:
-            raise _CastError(f"got text that is not a number ({_show(value)})")
+            raise _CastError(f"got text that is not a number ({short_repr(value, 60)})")
     else:
-        raise _CastError(f"got a {_kind(value)} ({_show(value)})")
+        raise _CastError(f"got a {_kind(value)} ({short_repr(value, 60)})")
     # NaN compares false with everything and would scramble the ranking; inf is almost
     # always a division by zero in the participant's code. Neither is a result.
     if not math.isfinite(number):
-        raise _CastError(f"got a non-finite number ({_show(value)})")
+        raise _CastError(f"got a non-finite number ({short_repr(value, 60)})")
     return number
 
 
@@ -187,7 +188,7 @@ def _to_str(value: Any) -> str:
     if len(text) > MAX_STRING_CHARS:
         raise _CastError(
             f"got text of {len(text)} characters, longer than the {MAX_STRING_CHARS} a string "
-            f"result may hold ({_show(text[:100])})"
+            f"result may hold ({short_repr(text[:100], 60)})"
         )
     return text
 
@@ -207,7 +208,7 @@ def _str_value(value: Any) -> str:
     isoformat = getattr(value, "isoformat", None)
     if callable(isoformat):
         return str(isoformat())
-    raise _CastError(f"got a {_kind(value)} ({_show(value)})")
+    raise _CastError(f"got a {_kind(value)} ({short_repr(value, 60)})")
 
 
 def _open_result(run_dir: Path, file: str) -> int:
@@ -328,11 +329,3 @@ def _kind(value: Any) -> str:
     if value is None:
         return "null"
     return type(value).__name__
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an int of more digits than Python converts to text (4300)
-        return f"an integer of {value.bit_length()} bits"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

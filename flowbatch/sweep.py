@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from .errors import ArgumentError, RequestError
 from .spec.model import FileArg, Parameter
 from .spec.params import resolve_arguments
+from .text import short_repr
 
 #: a sweep larger than this is refused: it is almost certainly a mistake
 MAX_POINTS = 10_000
@@ -121,9 +122,7 @@ def _at_swept_value(
         rest = (exc.field or "")[len(prefix) :]
         if (exc.field or "").startswith(prefix) and (not rest or rest[0] in ".["):
             exc.field = place + rest
-            shown = repr(raw[name])
-            if len(shown) > 200:
-                shown = f"{shown[:200]}... ({len(shown)} characters)"
+            shown = short_repr(raw[name])
             if shown not in exc.reason:
                 exc.reason = f"{exc.reason} (the value {shown})"
             break

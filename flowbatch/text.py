@@ -30,3 +30,14 @@ def shown(name: str) -> str:
         return os.fsencode(name).decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no file name decodes to (a \ud800 escape)
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, cut at ``limit`` characters: a hostile request
+    or result may hold a megabyte in one value, and an error is for people. An int of more
+    digits than Python writes out (4300) is described by its size."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -687,3 +687,19 @@ def test_an_argument_too_long_for_an_environment_variable_is_refused() -> None:
     with pytest.raises(ArgumentError) as err:
         resolve_arguments(params, {"s": "x", "xs": ["b" * 60_000] * 2}, file="r.yaml")
     assert err.value.field == "arguments.xs"
+
+
+def test_a_value_in_an_error_is_shown_cut_the_same_way_everywhere() -> None:
+    """Six copies of "repr, cut for an error" (params, resources, template, results,
+    sweep) are one: a huge value is cut with its length said, an int of more digits than
+    Python writes out is described by its size."""
+    from flowbatch.text import short_repr
+
+    assert short_repr("ab", 10) == "'ab'"
+    assert short_repr("x" * 50, 10) == "'xxxxxxxxx... (52 characters)"
+    import sys
+
+    limit = sys.get_int_max_str_digits()
+    if limit:
+        big = 1 << (limit * 4)  # more digits than repr() writes
+        assert short_repr(big).startswith("an integer of ") and short_repr(big).endswith(" bits")

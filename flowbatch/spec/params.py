@@ -26,6 +26,7 @@ from pathlib import PurePosixPath
 from typing import Any, NoReturn, cast
 
 from ..errors import ArgumentError, TemplateError
+from ..text import short_repr
 from .model import DType, FileArg, Parameter, Range, SelectValue
 
 __all__ = [
@@ -532,13 +533,6 @@ def _set_default(param: Parameter, value: Any, *, file: str, field: str) -> None
 # -- casting -----------------------------------------------------------------------------
 
 
-def _short(value: Any, limit: int = 200) -> str:
-    """``repr(value)`` for an error message, cut at ``limit`` characters: a hostile request
-    may hold a megabyte in one value, and the error file is for people."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _fail(
     reason: str, *, field: str, expected: str | None = None, hint: str | None = None
 ) -> NoReturn:
@@ -567,7 +561,9 @@ def _cast_bool(param: Parameter, value: Any, field: str) -> bool:
             return True
         if text in _FALSE:
             return False
-    _fail(f"not a boolean: {_short(value)}", field=field, expected="true or false (yes/no, 1/0)")
+    _fail(
+        f"not a boolean: {short_repr(value)}", field=field, expected="true or false (yes/no, 1/0)"
+    )
 
 
 def _cast_select(param: Parameter, value: Any, field: str) -> Any:
@@ -575,7 +571,7 @@ def _cast_select(param: Parameter, value: Any, field: str) -> Any:
         if _same(value, option.value):
             return option.value
     _fail(
-        f"unknown value {_short(value)}",
+        f"unknown value {short_repr(value)}",
         field=field,
         expected=f"one of: {_quote_list(v.value for v in param.values)}",
     )
@@ -601,24 +597,16 @@ def _cast_int(param: Parameter, value: Any, field: str) -> int:
         except ValueError:  # over Python's 4300-digit limit of int(str)
             _fail("not an integer: too many digits", field=field, expected=expected)
     if result is None:
-        _fail(f"not an integer: {_short(value)}", field=field, expected=expected)
+        _fail(f"not an integer: {short_repr(value)}", field=field, expected=expected)
     if not -INT_LIMIT < result < INT_LIMIT:  # whatever the declared range says
         _fail(
-            f"{_short_int(result)} is out of range: an integer must lie between "
+            f"{short_repr(result, 40)} is out of range: an integer must lie between "
             f"-{INT_LIMIT - 1} and {INT_LIMIT - 1}",
             field=field,
             expected=expected,
         )
     _check_range(param, result, field=field, expected=expected)
     return result
-
-
-def _short_int(value: int) -> str:
-    """:func:`_short` of an int that may have more digits than ``repr`` gives (4300)."""
-    try:
-        return _short(value, limit=40)
-    except ValueError:
-        return f"an integer of {value.bit_length()} bits"
 
 
 def _cast_float(param: Parameter, value: Any, field: str) -> float:
@@ -634,10 +622,10 @@ def _cast_float(param: Parameter, value: Any, field: str) -> float:
     elif isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
         result = float(value.strip())
     if result is None:
-        _fail(f"not a number: {_short(value)}", field=field, expected=expected)
+        _fail(f"not a number: {short_repr(value)}", field=field, expected=expected)
     if not math.isfinite(result):
         _fail(
-            f"not a finite number: {_short(value)}",
+            f"not a finite number: {short_repr(value)}",
             field=field,
             expected=expected,
             hint="NaN and infinity are not accepted",
@@ -648,14 +636,18 @@ def _cast_float(param: Parameter, value: Any, field: str) -> float:
 
 def _check_range(param: Parameter, value: float, *, field: str, expected: str) -> None:
     if param.range is not None and not param.range.contains(value):
-        _fail(f"{_short(value)} is out of range {param.range.text}", field=field, expected=expected)
+        _fail(
+            f"{short_repr(value)} is out of range {param.range.text}",
+            field=field,
+            expected=expected,
+        )
 
 
 def _cast_string(param: Parameter, value: Any, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         # A YAML `yes` is True, not the text 'yes': say so rather than passing 'True'.
         _fail(
-            f"not a string: {_short(value)}",
+            f"not a string: {short_repr(value)}",
             field=field,
             expected="a string (a number is accepted too)",
             hint="quote the value in YAML" if isinstance(value, bool) else None,
@@ -668,7 +660,7 @@ def _cast_string(param: Parameter, value: Any, field: str) -> str:
 
 def _cast_list(param: Parameter, value: Any, field: str) -> list[Any]:
     if not isinstance(value, list):
-        _fail(f"not a list: {_short(value)}", field=field, expected="a list")
+        _fail(f"not a list: {short_repr(value)}", field=field, expected="a list")
     assert param.para is not None  # parse_parameters guarantees it for dtype list
     return [cast_value(param.para, item, field=_join(field, i)) for i, item in enumerate(value)]
 
@@ -703,7 +695,7 @@ def _record_items(value: Any, *, field: str) -> dict[str, Any]:
             _fail("record field names must be strings", field=field, expected=expected)
         return dict(value)
     if not isinstance(value, list):
-        _fail(f"not a record: {_short(value)}", field=field, expected=expected)
+        _fail(f"not a record: {short_repr(value)}", field=field, expected=expected)
     out: dict[str, Any] = {}
     for i, item in enumerate(value):
         path = _join(field, i)
@@ -751,7 +743,7 @@ def _file_parts(value: Any, *, field: str) -> tuple[str, str | None]:
     if isinstance(value, FileArg):
         return value.source, value.target
     if not isinstance(value, dict):
-        _fail(f"not a file argument: {_short(value)}", field=field, expected=expected)
+        _fail(f"not a file argument: {short_repr(value)}", field=field, expected=expected)
     if value.get("type") == "$file":
         # flowServ's wire format: {"type": "$file", "value": {"fileId", "targetPath"}}
         inner = value.get("value")

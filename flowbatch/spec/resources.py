@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FlowbatchError
+from ..text import short_repr
 from ..yamlio import load_file
 from .model import Resources
 
@@ -43,26 +44,20 @@ class ResourceError(ValueError):
         self.message = message
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` for an error, cut: a request may hold a huge value."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def parse_seconds(value: Any) -> float:
     """Seconds from ``'90s'``, ``'30m'``, ``'2h'``, ``'1-12:00:00'``, ``'1:30:00'``, ``'5:00'``.
 
     A bare number is refused: Slurm reads it as minutes and flowbatch's ``timeLimit`` as
     seconds, so either reading would surprise someone."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"not a time {_short(value)}: write a unit, e.g. '90s' or '30m'")
+        raise ValueError(f"not a time {short_repr(value, 80)}: write a unit, e.g. '90s' or '30m'")
     text = value.strip()
     try:
         seconds = _unit_time(text) if _UNIT_TIME.match(text) else _slurm_time(text)
     except (OverflowError, ValueError):  # a number too large for a float, or to read
         seconds = None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"not a time {_short(value)} (expected {TIME_EXPECTED})")
+        raise ValueError(f"not a time {short_repr(value, 80)} (expected {TIME_EXPECTED})")
     return seconds
 
 
@@ -99,7 +94,7 @@ def check_mem(value: Any) -> str:
     m = _MEM.match(value.strip()) if isinstance(value, str) else None
     if m is None or len(m.group(1)) > 30 or int(m.group(1)) <= 0:  # 30 digits: no memory size
         raise ValueError(
-            f"not a memory size {_short(value)} (expected e.g. 500M, 4G, or megabytes)"
+            f"not a memory size {short_repr(value, 80)} (expected e.g. 500M, 4G, or megabytes)"
         )
     return f"{int(m.group(1))}{(m.group(2) or 'M').upper()}"
 
@@ -107,13 +102,15 @@ def check_mem(value: Any) -> str:
 def check_partition(value: Any) -> str:
     """A partition (or account, qos) name: a word, or a comma list of words."""
     if not isinstance(value, str) or not _PARTITION.match(value):
-        raise ValueError(f"not a Slurm name {_short(value)} (letters, digits, _ . -, comma lists)")
+        raise ValueError(
+            f"not a Slurm name {short_repr(value, 80)} (letters, digits, _ . -, comma lists)"
+        )
     return value
 
 
 def _count(value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"must be an integer ≥ {minimum}, not {_short(value)}")
+        raise ValueError(f"must be an integer ≥ {minimum}, not {short_repr(value, 80)}")
     return value
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TemplateError
+from ..text import short_repr
 from ..yamlio import load_file
 from .model import (
     Dialect,
@@ -250,12 +251,8 @@ def _parse_time_limit(value: Any, *, file: str) -> float | None:
     except (OverflowError, ValueError):  # beyond a float, or digits beyond int()'s limit
         seconds = None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        try:
-            shown = repr(value)
-        except ValueError:  # an int of more digits than repr() writes
-            shown = "(an integer of more than 4300 digits)"
         raise TemplateError(
-            f"invalid time limit {shown if len(shown) <= 40 else shown[:37] + '...'}",
+            f"invalid time limit {short_repr(value, 40)}",
             file=file,
             field="timeLimit",
             expected="a positive number of seconds, or a text such as '90s', '10m', '2h', "
