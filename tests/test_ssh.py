@@ -1076,7 +1076,7 @@ def test_a_launch_ends_the_abandoned_processes_before_anything_else(
     conn.down = False
     handle = executor.launch(job)
     assert handle["pid"] == 4242
-    assert "kill -TERM -- -77" in conn.commands[0]  # the lost attempt first
+    assert "fb_end 77 " in conn.commands[0]  # the lost attempt first
     assert "rm -rf --" in conn.commands[1]  # then its folder, emptied
     assert executor._abandoned == []
 
@@ -1103,7 +1103,7 @@ def test_a_cancel_the_host_missed_is_kept_once_and_sent_by_tend(
     conn.down = False
     executor.tend()
     assert executor._abandoned == []
-    assert len(conn.commands) == 1 and "kill -TERM -- -77" in conn.commands[0]
+    assert len(conn.commands) == 1 and "fb_end 77 " in conn.commands[0]
 
 
 def test_abandoned_handles_are_noted_in_the_site_folder_until_ended(
@@ -1139,7 +1139,7 @@ def test_abandoned_handles_are_noted_in_the_site_folder_until_ended(
     conn.down = False
     again.tend()
     assert not again.has_abandoned()
-    assert len(conn.commands) == 1 and "kill -TERM -- -77" in conn.commands[0]
+    assert len(conn.commands) == 1 and "fb_end 77 " in conn.commands[0]
     assert list((site / "ssh-abandoned" / "a").iterdir()) == []
     # no site folder: in memory only
     conn.down = True

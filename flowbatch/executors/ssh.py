@@ -94,6 +94,15 @@ _GROUP_ALIVE = r"""fb_group() {
   done
   return 1
 }
+# $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s: TERM the group if $1 is
+# still that process (fb_same), KILL what is left after the ticks (a cancel, a relaunch)
+fb_end() {
+  local i
+  fb_same "$1" "$2" || return 0
+  kill -TERM -- "-$1" 2>/dev/null || return 0
+  for ((i = 0; i < $3; i++)); do fb_group "$1" || return 0; sleep 0.1; done
+  kill -KILL -- "-$1" 2>/dev/null || true
+}
 """
 
 _LAUNCH = r"""set -e
@@ -116,14 +125,12 @@ printf '%s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot"
 # attempt) is ended if it still runs, as a cancel would; then the fresh folder.
 _PREPARE = r"""set -e
 fb_old() {{
-  local pid start boot now i
+  local pid start boot now
   {{ read -r pid start boot < {dir}/{wrapper}; }} 2>/dev/null || return 0
   read -r now < /proc/sys/kernel/random/boot_id
   case $pid in ''|*[!0-9]*) return 0;; esac
-  [ "$boot" = "$now" ] && fb_same "$pid" "$start" || return 0
-  kill -TERM -- "-$pid" 2>/dev/null || return 0
-  for ((i = 0; i < {ticks}; i++)); do fb_group "$pid" || return 0; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
+  [ "$boot" = "$now" ] || return 0
+  fb_end "$pid" "$start" {ticks}
 }}
 fb_old
 rm -rf -- {dir}; mkdir -p -- {dir}; cd -- {dir}; pwd -P
@@ -148,13 +155,7 @@ fb_p() {
 
 # run after _SAME_PROCESS and _GROUP_ALIVE, which stay out of this format string
 # (their braces are bash's)
-_CANCEL = r"""fb_same {pid} {start} || exit 0
-kill -TERM -- -{pid} 2>/dev/null || exit 0
-for ((i = 0; i < {ticks}; i++)); do
-  fb_group {pid} || exit 0
-  sleep 0.1
-done
-kill -KILL -- -{pid} 2>/dev/null
+_CANCEL = r"""fb_end {pid} {start} {ticks}
 exit 0
 """
 
