@@ -226,3 +226,46 @@ def test_the_bench_reinstalls_flowbatch_when_the_tree_changed(
         before = common.source_digest()
         (tmp_path / path).write_text(text)
         assert common.source_digest() != before, path
+
+
+def test_peers_in_sh_are_measured_against_the_limit_in_sh(tmp_path: Path) -> None:
+    """flowServ and signac-flow run their jobs' commands in /bin/sh: the harness runs
+    the limit in sh too (the same jobs, really run) and says so beside their rows."""
+    from bench import throughput
+
+    assert throughput.run_xargs(tmp_path / "sh", 20, shell="sh") > 0
+    assert len(list((tmp_path / "sh" / "jobs").glob("*/results.json"))) == 20
+
+    def row(tool: str, median: float, shell: str = "bash") -> dict[str, object]:
+        return {
+            "tool": tool,
+            "version": "",
+            "limit_shell": shell,
+            "seconds": [median],
+            "median_s": median,
+            "runs_per_s": 100 / median,
+            "per_job_ms": median * 10,
+            "overhead_ms": 0.0,
+            "vs_limit": 1.0,
+            "cpu_ms": median * 15,
+        }
+
+    res = {
+        "n": 100,
+        "repeats": 1,
+        "notes": {},
+        "rows": [
+            row("xargs -P 2", 0.3),
+            row(throughput.SH_LIMIT, 0.2, "sh"),
+            row("flowbatch", 0.6),
+            row("signac-flow", 0.35, "sh"),
+        ],
+    }
+    text = throughput.markdown(res)
+    assert "| signac-flow (sh) |" in text
+    assert "| flowbatch |" in text
+    line = next(x for x in text.splitlines() if x.startswith("- The shell:"))
+    assert "signac-flow run each job's commands with `/bin/sh`" in line
+    assert "2.00 ms a job against bash's 3.00 ms (bash 1.00 ms a job more; CPU 3.00 " in line
+    # the sh limit is one of ours, not a peer flowbatch is compared with
+    assert "- flowbatch / xargs -P 2, sh" not in text
