@@ -272,6 +272,7 @@ class Runner:
         """After a start: take over every active run the tree knows."""
         # a shared site: only this host's runs (the others are another daemon's); a site
         # of one host takes every active run, even if the machine's name has changed
+        unmarked: list[RunRecord] = []
         for run in self.store.sync_active(self.site.host if self.site.shared else None):
             self.active[run.id] = run
             run_dir = self.store.run_dir(run)
@@ -279,7 +280,8 @@ class Runner:
             if run.state == State.PENDING and run.executor == "local":
                 markers = read_markers(run_dir)
                 if markers.started is None:
-                    continue  # never launched: dispatch will
+                    unmarked.append(run)  # never launched (dispatch will), or just now
+                    continue
                 # launched, but the daemon died before recording it: adopt from the marker
                 uid = run.owner_uid if os.geteuid() == 0 else os.geteuid()
                 run.handle = handle_from_marker(markers.started, run_dir / SCRIPT_NAME, uid)
@@ -293,6 +295,32 @@ class Runner:
             if run.handle and executor.adopt(run.handle):
                 log.info("run %s adopted (pid %s)", run.id, run.handle.get("pid"))
             # else: the next poll finds it finished and the markers decide
+        self._adopt_unmarked(unmarked)
+
+    def _adopt_unmarked(self, runs: list[RunRecord]) -> None:
+        """PENDING local runs without a ``started`` marker whose script runs all the same:
+        the daemon was killed in the moment between a launch and the script's first
+        marker (longer where the run folder sits on a slow file system). Launched again
+        they would run twice in one folder: their processes are adopted instead."""
+        executor = self.executors.get("local")
+        find = getattr(executor, "find_started", None)
+        if not runs or executor is None or find is None:
+            return
+        uid = os.geteuid()
+        by_script = {str(self.store.run_dir(run) / SCRIPT_NAME): run for run in runs}
+        found = find(
+            {script: (run.owner_uid if uid == 0 else uid) for script, run in by_script.items()}
+        )
+        for script, handle in found.items():
+            run = by_script[script]
+            log.warning(
+                "run %s was started just before the daemon stopped (pid %s, no marker yet): "
+                "adopted, not started again",
+                run.id,
+                handle["pid"],
+            )
+            self._transition(run, State.RUNNING, at=iso(handle["start"]), handle=handle)
+            executor.adopt(handle)
 
     # -- dispatch -----------------------------------------------------------------------------
     def dispatch(self) -> int:

@@ -386,14 +386,23 @@ class PostProcManager:
         first act, a few milliseconds after the launch, long before a new daemon is up):
         the handle is rebuilt from it and the process adopted by PID, as the marker's time
         stands in for its start time (a PID reused since has a later one), and the markers
-        decide how it ended. False without the marker: it was never launched."""
+        decide how it ended. Without the marker, a process running its script (killed a
+        moment after the launch) is adopted; False without either: never launched."""
         folder = postproc_root(self.site, record.workflow) / record.id
         started = read_markers(folder).started
-        if started is None:
-            return False
-        # post-processing runs as the daemon's user
-        record.handle = handle_from_marker(started, folder / SCRIPT_NAME, os.geteuid())
-        record.started_at = iso(started[1])
+        if started is not None:
+            # post-processing runs as the daemon's user
+            record.handle = handle_from_marker(started, folder / SCRIPT_NAME, os.geteuid())
+            record.started_at = iso(started[1])
+        else:
+            # or launched a moment before the kill, its marker not written yet: its
+            # process, if one runs the script (see LocalExecutor.find_started)
+            script = str(folder / SCRIPT_NAME)
+            handle = self.executor.find_started({script: os.geteuid()}).get(script)
+            if handle is None:
+                return False
+            record.handle = handle
+            record.started_at = iso(handle["start"])
         self._write_record(record)
         log.info("post-processing %s of %s adopted from its marker", record.id, record.workflow)
         return True

@@ -951,3 +951,41 @@ def test_a_run_leaving_many_files_lists_a_bounded_number(site: Site, tmp_path: P
     assert len(row["files"]) == FILES_SHOWN and row["files_total"] == MAX_RUN_FILES
     html = (site.layout.results / "wf" / "leaderboard.html").read_text()
     assert f"{MAX_RUN_FILES - FILES_SHOWN} more" in html
+
+
+def test_find_started_takes_only_a_launch_of_the_script(tmp_path: Path) -> None:
+    """What a restarted daemon adopts for a run without a marker: ``bash <script>``
+    leading its own process group as the run's user; not a reader of the script, not a
+    bash inside someone's process group, not another user's."""
+    import subprocess
+
+    from flowbatch.executors.local import LocalExecutor
+
+    script = tmp_path / "run.sh"
+    script.write_text("sleep 30\n")
+    other = tmp_path / "other.sh"
+    other.write_text("sleep 30\n")
+    procs = [
+        # a reader of the script, in a session of its own
+        subprocess.Popen(["tail", "-f", str(script)], start_new_session=True),
+        # bash running the script inside this test's process group (a user's shell)
+        subprocess.Popen(["bash", str(script)]),
+    ]
+    executor = LocalExecutor()
+    try:
+        time.sleep(0.2)
+        uid = os.geteuid()
+        assert executor.find_started({str(script): uid}) == {}
+        launched = subprocess.Popen(["bash", str(script)], start_new_session=True)
+        procs.append(launched)
+        time.sleep(0.2)
+        found = executor.find_started({str(script): uid, str(other): uid})
+        assert list(found) == [str(script)]
+        handle = found[str(script)]
+        assert handle["pid"] == handle["pgid"] == launched.pid and handle["uid"] == uid
+        assert executor.adopt(handle)  # the handle is one the executor can follow
+        assert executor.find_started({str(script): uid + 1}) == {}  # not that user's
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,20 @@ def launch(self, job):
     if job.run_dir.parent.name == "postproc":
         os.kill(os.getpid(), signal.SIGKILL)
     return handle
+LocalExecutor.launch = launch
+""",
+    # the script launched, the daemon killed before the script's first marker: a FIFO
+    # at its log (opened before the marker) holds the script there until a reader comes
+    "after launch, before its marker": """
+from flowbatch.executors.local import LocalExecutor
+real = LocalExecutor.launch
+def launch(self, job):
+    if job.run_dir.parent.name == "postproc":
+        os.makedirs(job.run_dir / "logs", exist_ok=True)
+        os.mkfifo(job.run_dir / "logs" / "script.log")
+        real(self, job)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, job)
 LocalExecutor.launch = launch
 """,
     # the record SUCCESS, state.json's last_success not written
@@ -166,6 +181,36 @@ def test_post_processing_launched_but_not_recorded_is_adopted_after_a_restart(
     assert only_postproc(site) == folder and (folder / "out.txt").exists()
     assert read_state(site, "wf")["last_success"] == folder.name
     assert shown_on_board(site) == folder.name
+    site.close()
+
+
+def test_post_processing_killed_before_its_first_marker_is_not_launched_twice(
+    tmp_path: Path,
+) -> None:
+    """Killed between the launch and the script's first marker: no marker, but the
+    script runs; the next daemon took the record for never launched and started a
+    second script in the same folder. It adopts the process that runs the script."""
+    site_dir = killed_daemon(tmp_path, "after launch, before its marker")
+    site = Site(site_dir)
+    folder = only_postproc(site)
+    record = load_record(site, "wf", folder.name)
+    assert record is not None and record.state == "RUNNING" and record.handle is None
+    assert read_markers(folder).started is None  # held at its log
+    readers: list[threading.Thread] = []
+
+    def release(daemon: object) -> None:
+        """After the next daemon's first tick (its recovery made): the script goes on."""
+        if not readers:
+            fifo = folder / "logs" / "script.log"
+            readers.append(threading.Thread(target=fifo.read_bytes, daemon=True))
+            readers[0].start()
+
+    run_until_idle(site, each_tick=release)
+    readers[0].join(timeout=10)
+    assert started_lines(folder) == 1, (folder / "status" / "markers").read_text()
+    record = load_record(site, "wf", folder.name)
+    assert record is not None and record.state == "SUCCESS", record
+    assert (folder / "out.txt").exists() and only_postproc(site) == folder
     site.close()
 
 

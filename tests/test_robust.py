@@ -1495,3 +1495,50 @@ def test_a_page_folder_the_participant_made_is_moved_aside_at_the_end(
     assert run["state"] in ("SUCCESS", "ERROR"), run["messages"]
     forged = _as_user(owner, "echo '<script>x</script>' > index.html", run_dir)
     assert forged.returncode != 0
+
+
+def test_a_run_launched_just_before_a_kill_is_not_started_twice(tmp_path: Path) -> None:
+    """The daemon was killed between a launch and the script's first marker (a moment,
+    longer on a slow file system: staged here by a FIFO at the script's log, which the
+    script opens before its marker): the run was still PENDING with no marker, and the
+    next daemon started it a second time in the same folder. It adopts the process."""
+    site = make_site(tmp_path / "site")
+    write_template(tmp_path / "t", SCORE_TEMPLATE)
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 3}})
+    site.close()
+    # a first daemon makes the run and is killed before launching it
+    killed = fb(
+        site.root, "daemon", "--until-idle", env={"FLOWBATCH_CRASH_AT": "launch:1"}, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (folder,) = [p for p in site.layout.runs_dir("wf").iterdir() if not p.name.startswith(".")]
+
+    def state() -> str:
+        return str(json.loads((folder / "run.json").read_text())["state"])
+
+    assert state() == "PENDING"
+    os.mkfifo(folder / "logs" / "script.log")  # the script will wait at its log
+    # a second daemon launches it and is killed right after the launch
+    killed = fb(
+        site.root, "daemon", "--until-idle", env={"FLOWBATCH_CRASH_AT": "launched:1"}, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert state() == "PENDING"
+    assert not (folder / "status" / "markers").exists()  # the script waits, unmarked
+    third = start_daemon(site.root, "--until-idle", log=tmp_path / "third.log")
+    try:
+        # the third daemon has made up its mind (adopted or launched again): RUNNING
+        assert wait_for(lambda: state() == "RUNNING")
+        with open(folder / "logs" / "script.log", "rb") as fifo:  # the scripts go on
+            fifo.read()
+        assert third.wait(timeout=60) == 0
+    finally:
+        if third.poll() is None:
+            third.kill()
+            third.wait()
+    text = (folder / "status" / "markers").read_text()
+    assert sum(line.startswith("started ") for line in text.splitlines()) == 1, text
+    done = only_run(site)
+    assert done["state"] == "SUCCESS", done
+    assert "started just before the daemon stopped" in (tmp_path / "third.log").read_text()

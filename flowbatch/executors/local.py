@@ -7,6 +7,7 @@ PID *and* process start time, so a reused PID is never taken for the run.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import select
@@ -166,6 +167,54 @@ class LocalExecutor:
             return abs(proc.create_time() - started) <= START_TOLERANCE
         except (psutil.Error, KeyError, ValueError, TypeError):
             return False
+
+    def find_started(self, scripts: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """The processes of this host already running one of ``scripts`` (a script's path
+        -> the uid it runs as), as their handles: a daemon killed between a launch and the
+        script's first marker left the run PENDING with no marker, and a launch by the
+        next daemon would run it twice in one folder. One pass over the process table,
+        made at a daemon's start when some PENDING run has no marker. Only a process
+        that a launch could have made is taken: ``bash <script>`` (or the ``setpriv``
+        that is about to become it) as the run's user, leading its own process group
+        (each launch starts a session), so that someone reading the script (``less
+        run.sh``) or a shell of theirs is never mistaken for the run."""
+        if not scripts:
+            return {}
+        import psutil
+
+        found: dict[str, dict[str, Any]] = {}
+        for proc in psutil.process_iter(["cmdline", "uids", "create_time", "status"]):
+            info = proc.info
+            cmd = info.get("cmdline") or []
+            script = next(
+                (
+                    arg
+                    for shell, arg in itertools.pairwise(cmd)
+                    if arg in scripts and os.path.basename(shell) == "bash"
+                ),
+                None,
+            )
+            if script is None or info.get("status") == psutil.STATUS_ZOMBIE:
+                continue
+            uids = info.get("uids")
+            try:
+                leads = os.getpgid(proc.pid) == proc.pid
+            except OSError:
+                continue
+            if not leads or uids is None or uids.real != scripts[script]:
+                continue
+            start = float(info.get("create_time") or 0.0)
+            if script in found and found[script]["start"] <= start:
+                continue  # two of them (a user's own start too): the first
+            found[script] = {
+                "pid": proc.pid,
+                "pgid": proc.pid,
+                "start": start,
+                "host": self.host,
+                "uid": scripts[script],
+                "script": script,
+            }
+        return found
 
     # -- cancel / collect -----------------------------------------------------------------
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
