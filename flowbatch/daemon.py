@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,11 @@ BATCH_COMMIT_EVERY = 1.0
 #: an intake that has taken in this many requests in one tick stops the queue watcher
 #: until the daemon next sleeps (a burst: its own claims would be the watcher's events)
 UNWATCH_AFTER = 16
+#: seconds between two looks, in idle ticks, for notes of owed reports the daemon did not
+#: make (a ``runs delete`` or ``uninstall`` killed before it rewrote the reports)
+OTHERS_EVERY = 10.0
+#: how long such a note whose command still runs is left to that command
+OTHERS_GRACE = 3600.0
 
 
 class Busy(Exception):
@@ -176,6 +182,37 @@ class PendingReports:
                     continue
                 self._last.pop(workflow, None)
 
+    def others(self) -> set[str]:
+        """The workflows of notes this daemon did not make and whose maker is gone: a
+        removal (``runs delete``, ``uninstall``, ``cleanup``) notes the reports it will
+        change, in the file it names itself in, and removes the note once it rewrote
+        them; one killed in between leaves it while this daemon runs, which :meth:`left`
+        reads at a start only. A note whose command still runs is its own (for up to
+        :data:`OTHERS_GRACE`); an empty one is an earlier daemon's."""
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError:
+            return set()
+        owed = set()
+        for entry in entries:
+            name = entry.name
+            with self._lock:
+                if name in self._last:
+                    continue
+            if not ID_PATTERN.match(name) or not (self.results / name / "runs").is_dir():
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                maker = _note_maker(entry.path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if maker and _alive(maker) and time.time() - st.st_mtime < OTHERS_GRACE:
+                continue
+            owed.add(name)
+        return owed
+
     def left(self) -> set[str]:
         """The workflows a daemon before this one still owed reports of (a note of a
         workflow whose results are gone, or of no workflow at all, is dropped)."""
@@ -193,6 +230,27 @@ class PendingReports:
             except OSError:
                 pass  # not a note of ours (a folder): left alone
         return owed
+
+
+def _note_maker(path: str) -> int | None:
+    """The process a note of owed reports names (a removal's), None for an empty one."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        text = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    first = text.split(b"\n", 1)[0].strip()
+    return int(first) if first.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 class Daemon:
@@ -216,6 +274,7 @@ class Daemon:
         self.postproc = PostProcManager(site, self.wakeup.set, room=self._local_room)
         self.runner.reserved = lambda name: len(self.postproc.active) if name == "local" else 0
         self.pending_reports = PendingReports(site.reports_pending_dir, site.layout.results)
+        self._others_at = time.monotonic()  # the start reads them all (left)
         self.runner.before_report_change = self.pending_reports.mark
         self.postproc.before_report_change = self.pending_reports.mark
         RunPageWriter.attach(site)  # writes a run's page once it has ended
@@ -352,6 +411,9 @@ class Daemon:
             if self.runner.poll():
                 self.runner.dispatch()  # slots freed by finished runs
             self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
+        if not self.runner.active and time.monotonic() - self._others_at >= OTHERS_EVERY:
+            self._others_at = time.monotonic()
+            self.runner.changed_workflows |= self.pending_reports.others()
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
 

@@ -183,8 +183,10 @@ def _owe_reports(site: Site, workflows: set[str]) -> set[str]:
     """Note on disk, before a removal, that the reports of ``workflows`` are owed, as the
     daemon notes its own changes (:class:`flowbatch.daemon.PendingReports`: one empty
     file per workflow in ``reports-pending/``): a crash before :func:`_refresh` leaves
-    the note, and the daemon's next start writes those reports. Returns the notes made
-    here; one already there is the daemon's, which it removes itself."""
+    the note, and the daemon writes those reports (at its next start, or within
+    :data:`~flowbatch.daemon.OTHERS_EVERY` seconds of an idle tick when it runs, once
+    the process the note names, this one, is gone). Returns the notes made here; one
+    already there is the daemon's, which it removes itself."""
     made: set[str] = set()
     folder = site.reports_pending_dir
     for workflow in sorted(workflows):
@@ -193,7 +195,11 @@ def _owe_reports(site: Site, workflows: set[str]) -> set[str]:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(folder / workflow, flags, 0o644))
+            fd = os.open(folder / workflow, flags, 0o644)
+            try:  # who owes them: a running daemon leaves the note to a live command
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
         except FileExistsError:
             continue
         except OSError as exc:  # the reports are still written; only a crash forgets

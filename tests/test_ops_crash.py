@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +192,46 @@ def test_reports_owed_by_a_crashed_removal_are_written_at_the_daemons_start(
     run_until_idle(site)  # a daemon starts
     assert board(site) == [low]
     assert pending_notes(site) == []
+
+
+def test_a_running_daemon_writes_the_reports_a_killed_removal_owed(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runs delete`` SIGKILLed before it rewrote the leaderboard while a daemon runs:
+    the daemon read such notes at its start only, and the leaderboard kept the deleted
+    run until the daemon restarted. It now takes a note whose command is gone; one
+    whose command still runs is left to it."""
+    from flowbatch import daemon as daemon_module
+    from flowbatch.daemon import Daemon
+
+    low, top = two_runs(site, tmp_path)
+    monkeypatch.setattr(daemon_module, "OTHERS_EVERY", 0.0, raising=False)
+    d = Daemon(site)
+    d.start()
+    try:
+        code = (
+            "import os, signal, sys\n"
+            "from flowbatch import lifecycle_ops\n"
+            "lifecycle_ops._refresh = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "from flowbatch.cli import main\n"
+            "main(['--site', sys.argv[1], 'runs', 'delete', sys.argv[2]])\n"
+        )
+        killed = subprocess.run(
+            [sys.executable, "-c", code, str(site.root), top], capture_output=True, timeout=60
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert board(site) == [top, low] and pending_notes(site) == ["wf"]
+        d.tick()
+        assert board(site) == [low]  # written by the running daemon
+        assert pending_notes(site) == []
+        # a removal still at work: its note is its own (it rewrites the reports itself)
+        (site.reports_pending_dir / "wf").write_text(f"{os.getpid()}\n")
+        (site.layout.workflow_results("wf") / "leaderboard.json").unlink()
+        d.tick()
+        assert pending_notes(site) == ["wf"]
+        assert not (site.layout.workflow_results("wf") / "leaderboard.json").exists()
+    finally:
+        d.stop()
 
 
 def test_a_removal_that_ends_leaves_no_note(site: Site, tmp_path: Path) -> None:
