@@ -11,13 +11,13 @@ watched while the daemon sleeps or waits for its runs, not while it takes in a b
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import signal
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -202,13 +202,9 @@ class PendingReports:
             if not ID_PATTERN.match(name) or not (self.results / name / "runs").is_dir():
                 continue
             try:
-                st = entry.stat(follow_symlinks=False)
-                maker = _note_maker(entry.path)
+                if not entry.is_file(follow_symlinks=False) or _a_commands(entry.path):
+                    continue
             except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if maker and _alive(maker) and time.time() - st.st_mtime < OTHERS_GRACE:
                 continue
             owed.add(name)
         return owed
@@ -223,6 +219,9 @@ class PendingReports:
         owed = set()
         for name in names:
             if ID_PATTERN.match(name) and (self.results / name / "runs").is_dir():
+                with contextlib.suppress(OSError):
+                    if _a_commands(str(self.folder / name)):
+                        continue  # a removal at work: it rewrites them (else others())
                 owed.add(name)
                 continue
             try:
@@ -232,15 +231,19 @@ class PendingReports:
         return owed
 
 
-def _note_maker(path: str) -> int | None:
-    """The process a note of owed reports names (a removal's), None for an empty one."""
+def _a_commands(path: str) -> bool:
+    """A note of owed reports made by a command that still runs (a removal at work, for
+    up to :data:`OTHERS_GRACE`): its own to remove. An empty note is a daemon's."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         text = os.read(fd, 64)
+        made = os.fstat(fd).st_mtime
     finally:
         os.close(fd)
     first = text.split(b"\n", 1)[0].strip()
-    return int(first) if first.isdigit() else None
+    if not first.isdigit() or time.time() - made >= OTHERS_GRACE:
+        return False
+    return _alive(int(first))
 
 
 def _alive(pid: int) -> bool:

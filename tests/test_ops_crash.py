@@ -67,6 +67,13 @@ def cli(site: Site, *args: str) -> Result:
 def crashed(site: Site, *args: str) -> None:
     with pytest.raises(Crash):
         cli(site, *args)
+    # the command died with its process: the notes it made name a process that is gone
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folder = site.reports_pending_dir
+    for note in folder.iterdir() if folder.is_dir() else []:
+        if note.read_text().strip() == str(os.getpid()):
+            note.write_text(f"{gone.pid}\n")
 
 
 def two_runs(site: Site, tmp_path: Path) -> tuple[str, str]:
@@ -232,6 +239,26 @@ def test_a_running_daemon_writes_the_reports_a_killed_removal_owed(
         assert not (site.layout.workflow_results("wf") / "leaderboard.json").exists()
     finally:
         d.stop()
+
+
+def test_a_daemons_start_leaves_the_note_of_a_removal_at_work_to_it(
+    site: Site, tmp_path: Path
+) -> None:
+    """A daemon starting while a removal runs took the removal's note and removed it
+    with its report: the removal killed after that left the leaderboard stale with no
+    note. The note of a live command is left to it; once its command is gone, taken."""
+    two_runs(site, tmp_path)
+    board_file = site.layout.workflow_results("wf") / "leaderboard.json"
+    board_file.unlink()
+    site.reports_pending_dir.mkdir(parents=True, exist_ok=True)
+    (site.reports_pending_dir / "wf").write_text(f"{os.getpid()}\n")  # a live command's
+    run_until_idle(site)
+    assert pending_notes(site) == ["wf"] and not board_file.exists()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (site.reports_pending_dir / "wf").write_text(f"{gone.pid}\n")  # killed since
+    run_until_idle(site)
+    assert pending_notes(site) == [] and board_file.exists()
 
 
 def test_a_removal_that_ends_leaves_no_note(site: Site, tmp_path: Path) -> None:
