@@ -517,7 +517,9 @@ class Runner:
     def _prepare_launch(self, run: RunRecord, job: Launch) -> None:
         """A scheduler's launch gets the run's resources and its earlier handle."""
         template, _ = self.site.templates.load(run.workflow, run.version)
-        job.resources = run_resources(template.resources, self.store.run_dir(run) / REQUEST_COPY)
+        job.resources = run_resources(
+            template.resources, self.store.run_dir(run) / REQUEST_COPY, owner=os.geteuid()
+        )
         job.handle = run.handle
 
     def _note_status(self, run: RunRecord, probe: Probe) -> None:

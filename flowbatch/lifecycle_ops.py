@@ -481,10 +481,16 @@ def _old_request_options(run_dir: Path) -> dict[str, Any]:
     """``executor``, ``retries`` and ``resources`` of the request that made the run."""
     from . import yamlio
 
+    path = run_dir / REQUEST_COPY
+    if not os.path.lexists(path):
+        return {}  # an older run's folder
+    # the run's user may have replaced the daemon's copy while it ran (the folder was
+    # theirs): a rerun takes nothing from a copy the tree's owner did not write
     try:
-        old = yamlio.load_file(run_dir / REQUEST_COPY)
-    except (FlowbatchError, OSError):
-        return {}
+        owner = run_dir.parent.parent.parent.stat().st_uid  # results/'s: the daemon's
+    except OSError:
+        owner = None
+    old = yamlio.load_file(path, follow=False, owner=owner)
     if not isinstance(old, dict):
         return {}
     return {k: old[k] for k in ("executor", "retries", "resources") if old.get(k) is not None}

@@ -426,7 +426,7 @@ class Intake:
     def _is_sweep(self, claimed: Claimed) -> bool:
         """Whether an already started request is a sweep (more points may be missing)."""
         try:
-            return "sweep" in (yamlio.load_file(claimed.path) or {})
+            return "sweep" in (yamlio.load_file(claimed.path, follow=False) or {})
         except (FlowbatchError, TypeError):
             return False
 
@@ -766,7 +766,9 @@ class Intake:
 def _error_file_of(path: Path, request: str) -> bool:
     """Whether ``path`` is a rejection's error file for the request named ``request``."""
     try:
-        doc = yamlio.load_file(path, max_bytes=1 << 20)
+        # rejected/ holds what participants dropped (a FIFO named like an error file
+        # held the daemon for good): a regular file, not through a link, or not one
+        doc = yamlio.load_file(path, max_bytes=1 << 20, follow=False, owner=os.geteuid())
     except (OSError, FlowbatchError):
         return False
     return isinstance(doc, dict) and doc.get("request") == request

@@ -7,9 +7,11 @@ their line, aliases are counted, and nesting depth is bounded.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +168,39 @@ def loads(text: str, *, file: str | None = None, json_format: bool = False) -> A
     return value
 
 
-def load_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEMPLATE_BYTES) -> Any:
-    """Read and parse a YAML or JSON file (JSON by its ``.json`` suffix)."""
+def load_file(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = MAX_TEMPLATE_BYTES,
+    follow: bool = True,
+    owner: int | None = None,
+) -> Any:
+    """Read and parse a YAML or JSON file (JSON by its ``.json`` suffix): a regular file
+    only (a FIFO put where a file was expected would hold the reader for ever; it is
+    opened without blocking and refused). ``follow=False``: not through a symbolic link
+    at its name (a file of a folder someone else may write, such as a run folder);
+    ``owner``: the file must belong to that uid (a copy the daemon wrote there, which
+    the folder's user may have replaced with their own)."""
     p = Path(path)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(p, flags)
     except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=str(p))
+        if exc.errno == errno.ELOOP and not follow:
+            raise InputError("is a symbolic link, not the file itself", file=str(p)) from None
+        raise InputError(f"cannot read file: {exc.strerror}", file=str(p)) from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(
+                "is not a regular file", file=str(p), hint="give the path of a YAML file"
+            )
+        if owner is not None and st.st_uid != owner:
+            raise InputError(
+                f"belongs to uid {st.st_uid}, not to uid {owner} who wrote it: it was "
+                "replaced and is not trusted",
+                file=str(p),
+            )
         return load_fd(fd, str(p), max_bytes=max_bytes)
     finally:
         os.close(fd)

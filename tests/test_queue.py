@@ -441,3 +441,33 @@ def test_a_rejected_request_named_like_an_error_file_is_kept(hello_site) -> None
     kept = yaml.safe_load((rejected / "x.yaml.error.yaml").read_text())
     assert kept["name"] == "the first"
     assert (rejected / "x.1.yaml").exists() and (rejected / "x.1.yaml.error.yaml").exists()
+
+
+def test_a_fifo_named_like_an_error_file_never_holds_the_daemon(hello_site) -> None:  # type: ignore[no-untyped-def]
+    """A participant's FIFO named `victim.yaml.error.yaml` went to rejected/; the next
+    rejected `victim.yaml` made the daemon open it to see whether it was that request's
+    error file, and the open waited for a writer for ever (every restart again)."""
+    import threading
+
+    os.mkfifo(hello_site.layout.queue / "victim.yaml.error.yaml")
+    Intake(hello_site).run_once()
+    rejected = hello_site.layout.rejected
+    assert (rejected / "victim.yaml.error.yaml").is_fifo()  # set aside, not read
+    drop(hello_site, "victim.yaml", {"workflow": "nope"})
+    done = threading.Event()
+
+    def intake() -> None:
+        Intake(hello_site).run_once()
+        done.set()
+
+    threading.Thread(target=intake, daemon=True).start()
+    if not done.wait(timeout=10):
+        with open(rejected / "victim.yaml.error.yaml", "wb"):  # let the stuck open go
+            pass
+        raise AssertionError("the intake waited on the FIFO")
+    assert (rejected / "victim.yaml.error.yaml").is_fifo()  # left as it was
+    errors = [p for p in rejected.iterdir() if p.name.endswith(".error.yaml") and p.is_file()]
+    said = {yaml.safe_load(p.read_text())["request"] for p in errors}
+    # each rejection its own (the second request kept under a free name)
+    assert said == {"victim.1.yaml", "victim.yaml.error.yaml"}
+    assert (rejected / "victim.1.yaml").is_file()

@@ -9,12 +9,13 @@ a cryptic sbatch error later. Only the partition's existence is left to sbatch (
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlowbatchError
+from ..errors import InputError
 from ..text import short_repr
 from ..yamlio import load_file
 from .model import Resources
@@ -159,14 +160,23 @@ def as_dict(resources: Resources | None) -> dict[str, Any]:
     return {k: getattr(resources, k) for k in KEYS if getattr(resources, k) is not None}
 
 
-def run_resources(template: Resources | None, request_file: Path) -> dict[str, Any]:
+def run_resources(
+    template: Resources | None, request_file: Path, owner: int | None = None
+) -> dict[str, Any]:
     """A run's resources: its request's (the copy in the run folder) over its template's.
 
     The request was validated at intake; reading it again keeps the run record's format
-    unchanged (see the README: the run folder holds ``request.yaml`` as received)."""
+    unchanged (see the README: the run folder holds ``request.yaml`` as received).
+    ``owner``: the uid that wrote the copy (the daemon's). The run folder is its user's
+    while the run runs, so a retry finds the copy as they left it: one replaced (by
+    their own file, a link, a FIFO) raises :class:`~flowbatch.errors.InputError`, rather
+    than giving the retry resources no one checked. A copy that is missing (an older
+    run) gives the template's."""
     try:
-        doc = load_file(request_file)
-    except (OSError, FlowbatchError):
+        doc = load_file(request_file, follow=False, owner=owner)
+    except InputError:
+        if os.path.lexists(request_file):
+            raise
         doc = None
     raw = doc.get("resources") if isinstance(doc, dict) else None
     try:
