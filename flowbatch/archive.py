@@ -106,7 +106,7 @@ def _members(site: Site, run: RunRecord) -> list[tuple[str, Path]]:
 
 
 def _add(tar: tarfile.TarFile, key: str, path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):

@@ -126,8 +126,10 @@ def _copy_file(src: str, dest: str, st: os.stat_result) -> None:
     if not _regular(st.st_mode):  # a FIFO would block the daemon, a device is no file
         raise OSError(errno.EINVAL, "not a regular file, a folder or a symlink", src)
     mode = st.st_mode & 0o7777
-    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        if not _regular(os.fstat(fd_in).st_mode):  # swapped since the listing
+            raise OSError(errno.EINVAL, "not a regular file", src)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd_out = os.open(dest, flags, 0o600)
         try:

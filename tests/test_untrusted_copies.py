@@ -96,3 +96,16 @@ def test_a_copy_the_runs_user_replaced_gives_no_resources(tmp_path: Path) -> Non
         run_resources(None, folder / "request.yaml", owner=os.geteuid())
     with pytest.raises(InputError, match="replaced and is not trusted"):
         _old_request_options(folder)
+
+
+def test_a_fifo_in_place_of_run_json_is_refused_at_once(tmp_path: Path) -> None:
+    """run.json replaced by a FIFO from inside the run: reading the record (a daemon's
+    start, ``runs show``) waited for a writer for ever."""
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.store.store import Store
+
+    folder = run_folder(tmp_path)
+    os.mkfifo(folder / "run.json")
+    kind, value = within(5, lambda: Store.load_dir(folder))
+    assert kind == "raised" and isinstance(value, FlowbatchError), value
+    assert "not a regular file" in str(value)

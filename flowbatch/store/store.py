@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from . import atomic, migrate
 from .index import (
     ClaimRow,
     MetaRow,
+    ReadOnlySqlite,
     ResultRow,
     RunFileRow,
     RunRow,
@@ -55,6 +57,8 @@ class Store:
         self.fsync = fsync
         self._batch_txn: Any = None  # the open batch's transaction (SQLite)
         self.db = open_database(database_url, layout.index_db)
+        #: the index was opened read-only: this user (a participant) may not write it
+        self.read_only = isinstance(self.db, ReadOnlySqlite)
         self.listeners: list[Listener] = []
         #: runs whose ``run.json`` was written but whose index rows were not (see write)
         self.unindexed: dict[str, RunRecord] = {}
@@ -95,13 +99,17 @@ class Store:
         symlink or belongs to someone else was put there by that user and is refused."""
         path = run_dir / RUN_JSON
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # no blocking open: a FIFO put there would hold the daemon's start for ever
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFoundError(f"no run.json in {run_dir}") from None
         except OSError as exc:
             raise FlowbatchError(f"cannot read {path}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as fh:
-            owner = os.fstat(fh.fileno()).st_uid
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise FlowbatchError(f"{path} is not a regular file: it is not trusted")
+            owner = st.st_uid
             daemon = _tree_owner(run_dir)
             if owner != daemon:
                 raise FlowbatchError(
