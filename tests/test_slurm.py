@@ -397,6 +397,43 @@ def test_sighup_applies_slurm_profiles_to_the_running_daemon(
 # -- states and cancel -----------------------------------------------------------------------
 
 
+def test_a_job_requeued_and_held_is_no_end_of_its_run(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """`scontrol requeuehold state=SpecialExit`: Slurm puts the running job back in the
+    queue, held, in state SPECIAL_EXIT. The run was finalized ERROR (its job left in the
+    queue, which ran it again in the ended run's folder once released); it stays active
+    with Slurm's word, and ends with the attempt that ran after the release."""
+    site = sleep_site(tmp_path)
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 4}})
+    daemon = Daemon(site)
+    daemon.start()
+    job = ""
+    try:
+        tick_until(daemon, lambda: "RUNNING" in str(runs_by_name(site).get("r", {}).get("handle")))
+        run = runs_by_name(site)["r"]
+        job = run["handle"]["job_id"]
+        subprocess.run(["scontrol", "requeuehold", "state=SpecialExit", job], check=True)
+
+        def held() -> bool:
+            return "SPECIAL_EXIT" in str(runs_by_name(site)["r"].get("handle"))
+
+        tick_until(daemon, held)
+        for _ in range(10):  # a few seconds of ticks: held, still active
+            daemon.tick()
+            time.sleep(0.2)
+        assert runs_by_name(site)["r"]["state"] == "RUNNING"
+        subprocess.run(["scontrol", "release", job], check=True)
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=False)
+        run_until_idle(site, timeout=60, daemon=daemon)
+    finally:
+        daemon.stop()
+        if job:
+            scancel(job)
+    run = runs_by_name(site)["r"]
+    assert run["state"] == "SUCCESS", run["messages"]
+
+
 def test_pending_reason_and_cancels(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
     """A job waiting for CPUs shows Slurm's reason; scancel from flowbatch and from outside
     both end as CANCELED."""

@@ -182,6 +182,11 @@ def test_squeue_and_sacct_parsing() -> None:
     [
         ("1|PENDING|Priority|n|0|", Liveness.ALIVE, None, ""),
         ("1|RUNNING|None|n|0|", Liveness.ALIVE, None, ""),
+        # requeued and held: back in the queue, not ended
+        ("1|SPECIAL_EXIT|job requeued in held state|n|15|", Liveness.ALIVE, None, ""),
+        # a state word a newer Slurm may have: no end while squeue lists the job
+        ("1|SOME_NEW_STATE|None|n|0|", Liveness.ALIVE, None, ""),
+        ("1|DEADLINE|None|n|0|", Liveness.FINISHED, "message", "DEADLINE"),
         ("1|TIMEOUT|TimeLimit|n|15|", Liveness.FINISHED, "message", "TIMEOUT (exit code 0:15"),
         ("1|OUT_OF_MEMORY|OutOfMemory|n|0|", Liveness.FINISHED, "message", "OUT_OF_MEMORY"),
         ("1|FAILED|NonZeroExitCode|n|768|", Liveness.FINISHED, "message", "exit code 3:0"),

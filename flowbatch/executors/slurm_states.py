@@ -30,8 +30,26 @@ ALIVE_STATES = frozenset(
         "RESIZING",
         "RESV_DEL_HOLD",
         "SIGNALING",
+        # requeued and held (`scontrol requeuehold state=SpecialExit`, an epilog's
+        # policy): back in the queue, run again once released
+        "SPECIAL_EXIT",
         "STAGE_OUT",
         "STOPPED",
+    }
+)
+#: the states in which a job has ended for good (squeue lists them for a while after)
+FINAL_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "TIMEOUT",
     }
 )
 #: the job's infrastructure failed, not the user's command: such a run may be retried
@@ -147,7 +165,9 @@ def probe_for(status: JobStatus) -> Probe:
     """The backend's word for one job; the run's markers still have the last word."""
     detail = {"job_id": status.job_id, "slurm_state": status.state, "reason": status.reason}
     raw = status.describe()
-    if status.state in ALIVE_STATES:
+    if status.state in ALIVE_STATES or status.state not in FINAL_STATES:
+        # a state word this version does not know (a newer Slurm's) is no end: the job
+        # is still in the queue, and once Slurm forgets it the run's markers decide
         return Probe(Liveness.ALIVE, raw=raw, detail=detail)
     probe = Probe(Liveness.FINISHED, exit_code=status.status_code(), raw=raw, detail=detail)
     if status.state == CANCELLED:
