@@ -55,6 +55,28 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def needs_write(site: Site, command: str, *paths: Path) -> None:
+    """Refuse at once, in one line, a command that writes ``paths`` and the index when
+    this user may not (a participant on the daemon's site): it would otherwise fail
+    half-way, a file at a time, or with advice meant for the site's owner."""
+    from .store.index import may_write, owner_of, sqlite_path, writable
+
+    for path in paths:
+        if not writable(path):
+            raise _no_write_access(command, path, owner_of(path))
+    # the index as the store would open it (read-only for such a user), not opened here:
+    # the daemon opens it once it holds the site's lock
+    index = sqlite_path(site.config.database, site.layout.index_db)
+    if index is not None and not may_write(index):
+        raise _no_write_access(command, index, owner_of(index))
+
+
+def _no_write_access(command: str, path: Path, owner: str) -> FlowbatchError:
+    return FlowbatchError(
+        f"`flowbatch {command}` needs write access to {path}: run it as the site's owner ({owner})"
+    )
+
+
 class FlowbatchGroup(click.Group):
     """Turns FlowbatchError into one clear line and exit code 1."""
 
@@ -145,6 +167,7 @@ def install(
     """Install a workflow template from a folder (with or without a manifest) or a file."""
     from . import api
 
+    needs_write(obj.site, "install", obj.site.layout.templates)
     inst = api.install(
         obj.site, Path(source), workflow_id=workflow_id, name=name, specfile=specfile
     )
@@ -202,6 +225,7 @@ def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose:
     """Watch the queue and run requests (one daemon per site; others exit 0)."""
     if once and until_idle:
         raise click.UsageError("give --once (one tick) or --until-idle, not both")
+    needs_write(obj.site, "daemon", obj.site.root, obj.site.layout.results)
     import gc
 
     from .gcpause import paused_gc
@@ -313,7 +337,7 @@ def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
 def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> None:
     """Cancel a PENDING or RUNNING run (its whole process tree); owner or root only."""
     from . import api
-    from .daemon import Busy, Daemon, cancel_run, wait_terminal
+    from .daemon import Busy, Daemon, cancel_run, check_cancel, wait_terminal
 
     site = obj.site
     if _applies_cancel_itself(site, run_id):
@@ -331,12 +355,17 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
                 daemon.stop()
             click.echo(f"{run_id}: {site.store.load(run_id).state.value}")
             return
+    # the daemon's own checks (owner or root, an active run), as it will make them: the
+    # uid is the one that owns the queued request file
+    check_cancel(site.store.load(run_id), os.geteuid())
     name = api.request_cancel(site, run_id, reason)
     state = wait_terminal(site, run_id, wait)
     if state in ("PENDING", "RUNNING"):
         click.echo(f"{run_id}: {state} (cancel queued as {name}: the daemon applies it)")
     else:
         click.echo(f"{run_id}: {state}")
+
+    check_cancel(site.store.load(run_id), os.geteuid())
 
 
 def _applies_cancel_itself(site: Site, run_id: str) -> bool:
@@ -432,6 +461,7 @@ def reindex(obj: Context) -> None:
     it refuses while one serves the site, and holds the site's lock meanwhile)."""
     from . import api
 
+    needs_write(obj.site, "reindex", obj.site.root)
     count = api.reindex(obj.site)
     click.echo(f"indexed {count} runs")
 
@@ -444,6 +474,7 @@ def report(obj: Context, workflow: str | None) -> None:
     from . import api
     from .progress import Progress
 
+    needs_write(obj.site, "report", obj.site.layout.results)
     # The progress line draws only on a terminal: a cron job's mail stays one line.
     with Progress("writing reports") as bar:
         done = api.report(obj.site, workflow, progress=lambda name: bar.advance())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli import Context, _echo_json, _table, main, pass_ctx, runs, workflows
+from .cli import Context, _echo_json, _table, main, needs_write, pass_ctx, runs, workflows
 
 if TYPE_CHECKING:
     from .site import Site
@@ -100,6 +100,7 @@ def runs_delete(obj: Context, run_id: str) -> None:
     cancel it first)."""
     from .lifecycle_ops import delete_run
 
+    needs_write(obj.site, "runs delete", obj.site.layout.results)
     freed = delete_run(obj.site, run_id)
     click.echo(f"deleted run {run_id}, freed {human(freed)}")
 
@@ -172,6 +173,8 @@ def cleanup(
     from .lifecycle_ops import orphans_report
 
     verb = "would remove" if dry_run else "removed"
+    if not dry_run:
+        needs_write(obj.site, "cleanup", obj.site.layout.results)
     if orphans:
         if before or state or workflow:
             raise click.UsageError("--orphans takes no --before, --state or --workflow")
@@ -217,6 +220,7 @@ def uninstall(obj: Context, workflow: str) -> None:
     of its runs is active)."""
     from .lifecycle_ops import uninstall as remove
 
+    needs_write(obj.site, "uninstall", obj.site.layout.templates, obj.site.layout.results)
     info = remove(obj.site, workflow)
     again = " (an interrupted uninstall, finished)" if info.get("resumed") else ""
     click.echo(f"uninstalled {workflow}{again}: {info['runs']} runs, freed {human(info['freed'])}")

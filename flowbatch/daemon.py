@@ -793,6 +793,15 @@ def _shorten_move_pairing() -> None:
 def cancel_run(site: Site, runner: Runner, run_id: str, uid: int, reason: str | None) -> None:
     """Cancel an active run on behalf of ``uid`` (its owner or root only)."""
     run = runner.active.get(run_id) or site.store.load(run_id)
+    check_cancel(run, uid)
+    runner.active.setdefault(run.id, run)
+    runner.cancel(run, reason or "canceled at user request")
+
+
+def check_cancel(run: RunRecord, uid: int) -> None:
+    """Whether ``uid`` may cancel ``run`` now (its owner or root, an active run): the
+    daemon's checks, which ``runs cancel`` makes too before it queues a cancel."""
+    run_id = run.id
     if uid not in (0, run.owner_uid):
         raise RequestError(
             f"run {run_id} belongs to {run.owner}; only its owner or root may cancel it"
@@ -802,8 +811,6 @@ def cancel_run(site: Site, runner: Runner, run_id: str, uid: int, reason: str | 
             f"run {run_id} is {run.state.value}, not active",
             hint="only PENDING or RUNNING runs can be cancelled",
         )
-    runner.active.setdefault(run.id, run)
-    runner.cancel(run, reason or "canceled at user request")
 
 
 def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> str | None:

@@ -3,15 +3,21 @@
 The tree (``run.json`` files, installed templates) is the truth; everything here can be
 rebuilt from it by :func:`flowbatch.store.reindex.reindex`. SQLite in WAL mode by default;
 a database URL in the site config selects another (PostgreSQL).
+
+A user who may not write an SQLite index (a participant reading a site that the daemon's
+user owns) opens it read-only (:class:`ReadOnlySqlite`): nothing is set up, upgraded or
+written, and errors never ask them to run what only the site's owner can.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import peewee as pw
 from playhouse.shortcuts import ReconnectMixin
@@ -174,10 +180,138 @@ class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
     )
 
 
+def writable(path: Path) -> bool:
+    """Whether this process (its effective user and groups) may write ``path``, or make
+    it (in its nearest folder that exists) when it does not exist yet."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+
+
+def may_write(path: Path) -> bool:
+    """Whether this process may write the SQLite database ``path``: the file (when it
+    exists) and its folder, where SQLite makes the ``-wal``, ``-shm`` and journal files."""
+    return writable(path.parent) and (not path.exists() or writable(path))
+
+
+def sqlite_path(url: str | None, default_path: Path) -> Path | None:
+    """The SQLite file of the index (``default_path`` without a URL), without opening it;
+    None for a server database or an SQLite URL that names no plain file."""
+    if not url:
+        return default_path
+    if not urlsplit(url).scheme.startswith("sqlite"):
+        return None
+    from playhouse.db_url import parse
+
+    database = str(parse(url).get("database") or "")
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def owner_of(path: Path) -> str:
+    """The user who owns ``path`` (else its folder): the site's owner, for a message."""
+    from ..accounts import user_name
+
+    for p in (path, path.parent):
+        try:
+            return user_name(p.stat().st_uid)
+        except OSError:
+            continue
+    return "the site's owner"
+
+
+class ReadOnlySqlite(pw.SqliteDatabase):
+    """An SQLite index opened by a user who may not write it (a participant).
+
+    SQLite's read-only mode (``mode=ro``) reads a WAL-mode database only where its
+    ``-wal`` and ``-shm`` files exist (a writer, the daemon, has it open: a reader that
+    may not write the ``-shm`` keeps its own copy of it in memory) or can be made
+    (SQLite's "WAL mode" page, "Read-Only Databases"). With neither there (no daemon
+    running) and no right to make them in the folder, the file is opened
+    ``immutable=1``: read as a plain file, without locks. That is right only while no one
+    writes the file, so only when there is no ``-wal`` file (a writer in WAL mode keeps
+    one while it has the database open; one that starts during a query may make that
+    query fail; the next query sees its -wal and opens the file ``mode=ro`` again).
+
+    No pragma is set: ``journal_mode`` would write the file's header; the others are the
+    writer's business."""
+
+    def __init__(self, database: str, **kwargs: Any) -> None:
+        kwargs.pop("pragmas", None)
+        super().__init__(database, **kwargs)
+        #: how the open connection reads the file: "mode=ro" or "immutable=1"
+        self.flowbatch_open_mode: str | None = None
+        #: never a new index: Store's check for a lost one writes, and is the owner's
+        self.flowbatch_fresh = False
+
+    def _open(self, option: str) -> sqlite3.Connection:
+        uri = f"file:{quote(str(Path(self.database).absolute()), safe='/')}?{option}"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self.timeout, isolation_level=None, **self.connect_params
+        )
+        try:
+            # SQLite opens lazily: the -shm is looked for at the first read
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        self.flowbatch_open_mode = option
+        return conn
+
+    def cursor(self, named_cursor: Any = None) -> Any:
+        # a writer that started since the file was opened immutable: its changes go to
+        # the -wal, which that connection never reads; read through SQLite's locks again
+        if (
+            self.flowbatch_open_mode == "immutable=1"
+            and not self.is_closed()
+            and not self.in_transaction()
+            and Path(f"{self.database}-wal").exists()
+        ):
+            self.close()
+        return super().cursor(named_cursor)
+
+    def _connect(self) -> sqlite3.Connection:
+        wal = Path(f"{self.database}-wal")
+        try:
+            conn = self._open("mode=ro")
+        except sqlite3.OperationalError as exc:
+            name = getattr(exc, "sqlite_errorname", "")
+            if not name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                raise
+            # with a -wal a writer (the daemon) opened it meanwhile: its -shm is there now
+            conn = self._open("mode=ro" if wal.exists() else "immutable=1")
+        try:
+            self._add_conn_hooks(conn)  # type: ignore[attr-defined]  # peewee's, unstubbed
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+
+def _check_sqlite_options(db: pw.SqliteDatabase, url: str) -> None:
+    """A URL's query options go to Python's ``sqlite3.connect`` (``timeout`` to peewee):
+    one it does not take is said now, in a line, not as a TypeError at the first query."""
+    if not db.connect_params:
+        return
+    try:
+        sqlite3.connect(":memory:", **db.connect_params).close()
+    except TypeError as exc:
+        raise IndexError_(
+            f"the index database URL has an option SQLite does not take ({exc})",
+            file=display_url(url),
+            expected="sqlite:///PATH, options among timeout, detect_types, cached_statements",
+            hint="remove it from `database` in flowbatch.yaml (or FLOWBATCH_DATABASE)",
+        ) from None
+
+
 def connect_database(url: str | None, default_path: Path) -> pw.Database:
     """Bind the models to the index database (SQLite at ``default_path`` without a URL).
 
-    Connects lazily: nothing is read or created until the first query."""
+    An SQLite index this process may not write (:func:`may_write`) is opened read-only
+    (:class:`ReadOnlySqlite`). Connects lazily: nothing is read or created until the first
+    query."""
+    db: pw.Database
     if url:
         from playhouse.db_url import connect  # its backends' modules: not for SQLite
 
@@ -195,6 +329,13 @@ def connect_database(url: str | None, default_path: Path) -> pw.Database:
                 file=display_url(url),
                 expected="sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
             ) from None
+        if isinstance(db, pw.SqliteDatabase):
+            _check_sqlite_options(db, url)
+            path = sqlite_path(url, default_path)
+            if path is not None and not may_write(path):
+                db = ReadOnlySqlite(str(path), timeout=db.timeout, **db.connect_params)
+    elif not may_write(default_path):
+        db = ReadOnlySqlite(str(default_path), timeout=10, check_same_thread=False)
     else:
         db = pw.SqliteDatabase(
             str(default_path),
@@ -236,9 +377,14 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
     """Connect to the index, bind the models, create missing tables, upgrade an older one.
 
     An index made by an older flowbatch is migrated in place (:mod:`.migrate`); one that
-    cannot be (or is newer) raises :class:`IndexError_` saying what to do."""
+    cannot be (or is newer) raises :class:`IndexError_` saying what to do. An index opened
+    read-only (:class:`ReadOnlySqlite`) is only checked: it must exist, at this
+    flowbatch's schema version; its errors send the user to the site's owner."""
     where = display_url(url) if url else str(default_path)
     db = connect_database(url, default_path)
+    if isinstance(db, ReadOnlySqlite):
+        _open_read_only(db, where)
+        return db
     server = not isinstance(db, pw.SqliteDatabase)
     try:
         _connect(db, server)
@@ -287,6 +433,51 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
             hint="run `flowbatch reindex` to rebuild it from the results tree",
         ) from None
     return db
+
+
+def _open_read_only(db: ReadOnlySqlite, where: str) -> None:
+    """Connect to an index this process may only read and check its schema version;
+    write nothing. The errors name the site's owner: only they may rebuild or upgrade it."""
+    path = Path(db.database)
+    owner = owner_of(path)
+    ask = f"ask the site's owner ({owner}) to check it"
+    if not path.exists():
+        raise IndexError_(
+            "there is no index database yet, and this user may not make it",
+            file=where,
+            hint=f"the site's daemon makes it when it starts; {ask}",
+        )
+    try:
+        _connect(db, server=False)
+        found = migrate.read_version(db)
+    except IndexError_ as exc:  # a version that is not a number
+        exc.hint = ask
+        raise exc.at(file=where) from None
+    except pw.DatabaseError as exc:
+        raise IndexError_(
+            f"the index database cannot be read: {_one_line(exc)}", file=where, hint=ask
+        ) from None
+    if found is None:
+        raise IndexError_(
+            "the index database holds no tables yet, and this user may not make them",
+            file=where,
+            hint=f"the site's daemon makes them when it starts; {ask}",
+        )
+    if found > SCHEMA_VERSION:
+        raise IndexError_(
+            f"the index is at schema version {found}, newer than this flowbatch ({SCHEMA_VERSION})",
+            file=where,
+            hint="use the flowbatch the site's daemon runs (a newer version)",
+        )
+    if found < SCHEMA_VERSION:
+        raise IndexError_(
+            f"the index is at schema version {found}, older than this flowbatch "
+            f"({SCHEMA_VERSION}), and this user may not upgrade it",
+            file=where,
+            hint=f"the site's owner ({owner}) upgrades it by running any flowbatch command "
+            "of this version on the site (the daemon does at its start); or use the "
+            "flowbatch the daemon runs",
+        )
 
 
 def _set_up(db: pw.Database) -> None:

@@ -29,7 +29,6 @@ from . import atomic, migrate
 from .index import (
     ClaimRow,
     MetaRow,
-    ReadOnlySqlite,
     ResultRow,
     RunFileRow,
     RunRow,
@@ -57,8 +56,6 @@ class Store:
         self.fsync = fsync
         self._batch_txn: Any = None  # the open batch's transaction (SQLite)
         self.db = open_database(database_url, layout.index_db)
-        #: the index was opened read-only: this user (a participant) may not write it
-        self.read_only = isinstance(self.db, ReadOnlySqlite)
         self.listeners: list[Listener] = []
         #: runs whose ``run.json`` was written but whose index rows were not (see write)
         self.unindexed: dict[str, RunRecord] = {}

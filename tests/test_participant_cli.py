@@ -1,0 +1,359 @@
+"""A participant at the site's commands: another Unix user (uid 65534 here, ``nobody``),
+who may read the site the daemon's user (root here) owns but not write it.
+
+Their read commands open the index read-only, with a daemon running (its -wal and -shm
+there) and without (neither there, and no right to make them); commands that write are
+refused at once in one line naming the site's owner; errors never send them to run
+``reindex``, which only the owner may; a cancel the daemon would refuse is refused at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowbatch import api
+from flowbatch.queue import Intake
+from flowbatch.site import Site
+
+from .conftest import REPO, SCORE_TEMPLATE, drop, make_site, write_template
+
+PARTICIPANT = 65534  # nobody
+#: the participant's interpreter: the venv's links into /root, which others cannot enter;
+#: the system's, of the same version, with the venv's packages on its path
+PYTHON = Path("/usr/bin/python3")
+
+
+def participant(
+    site_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``flowbatch --site SITE ARGS`` as the participant (uid and gid 65534, no other
+    groups), from a folder that is no site."""
+    path = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    return subprocess.run(
+        [str(PYTHON), "-m", "flowbatch", "--site", str(site_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, **(env or {})},
+        cwd="/",
+        user=PARTICIPANT,
+        group=PARTICIPANT,
+        extra_groups=[],
+    )
+
+
+def as_root(site_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def _participant_python() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("runs commands as another user")
+    if not PYTHON.exists():
+        pytest.skip(f"no {PYTHON}")
+    probe = subprocess.run(
+        [str(PYTHON), "-c", "import flowbatch.cli, peewee, pydantic"],
+        capture_output=True,
+        env={"PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])},
+        cwd="/",
+        user=PARTICIPANT,
+        group=PARTICIPANT,
+        extra_groups=[],
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"{PYTHON} cannot run flowbatch as uid {PARTICIPANT}")
+
+
+@pytest.fixture
+def root_site(public_tmp: Path, tmp_path: Path, _participant_python: None) -> Iterator[Path]:
+    """A site of root's with workflow ``wf`` (ranked by score) installed; its queue may be
+    written by everyone (sticky), as a site open to all users of the machine."""
+    site_dir = public_tmp / "site"
+    site = make_site(site_dir)
+    api.install(site, write_template(tmp_path / "t", SCORE_TEMPLATE), workflow_id="wf")
+    site.close()
+    site.layout.queue.chmod(0o1777)
+    yield site_dir
+
+
+def _index_files(site_dir: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in site_dir.glob("index.db*")}
+
+
+def _successes(site_dir: Path) -> int:
+    count = 0
+    for path in (site_dir / "results" / "wf" / "runs").glob("*/run.json"):
+        try:
+            count += json.loads(path.read_text())["state"] == "SUCCESS"
+        except (OSError, ValueError):
+            pass
+    return count
+
+
+def _reads(site_dir: Path, runs: int) -> None:
+    """The participant's read commands of docs/participants.md all work, and see ``runs``."""
+    done = participant(site_dir, "runs", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert [r["state"] for r in listed] == ["SUCCESS"] * runs
+    done = participant(site_dir, "ranking", "wf", "--all", "--json")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["ranking"]) == runs
+    done = participant(site_dir, "workflows", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [w["id"] for w in json.loads(done.stdout)] == ["wf"]
+    done = participant(site_dir, "runs", "show", listed[-1]["id"], "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "SUCCESS"
+    done = participant(site_dir, "workflows", "show", "wf")
+    assert done.returncode == 0, done.stderr
+
+
+def test_participant_reads_the_index_with_and_without_a_daemon(root_site: Path) -> None:
+    """They failed whenever no daemon ran ("attempt to write a readonly database. run
+    `flowbatch reindex`"): the WAL pragma on a read-write open, and SQLite's -wal/-shm
+    files that a user who may not write the folder cannot make."""
+    site = Site(root_site)
+    drop(site, "a.yaml", {"workflow": "wf", "name": "a", "arguments": {"score": 1.0}})
+    done = as_root(root_site, "daemon", "--until-idle")
+    assert done.returncode == 0, done.stderr
+    # no daemon: only the index file, which the participant may not write nor its folder
+    before = _index_files(root_site)
+    assert list(before) == ["index.db"]
+    _reads(root_site, 1)
+    assert _index_files(root_site) == before  # nothing written, nothing made beside it
+
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(root_site), "daemon"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        drop(site, "b.yaml", {"workflow": "wf", "name": "b", "arguments": {"score": 2.0}})
+        deadline = time.monotonic() + 60
+        while _successes(root_site) < 2 or not (root_site / "index.db-wal").exists():
+            assert daemon.poll() is None, daemon.communicate()[1]
+            assert time.monotonic() < deadline, "the daemon did not run b"
+            time.sleep(0.1)
+        # the daemon has the index open (-wal, -shm, both root's): b's rows may be in
+        # the -wal alone, which a read-only open must read
+        _reads(root_site, 2)
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    assert list(_index_files(root_site)) == ["index.db"]  # the daemon's end removed them
+    _reads(root_site, 2)
+    site.close()
+
+
+def _older_schema(index: Path) -> None:
+    with sqlite3.connect(index) as conn:
+        conn.execute("UPDATE meta_row SET value = '2' WHERE key = 'schema_version'")
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("missing", "there is no index database yet, and this user may not make it"),
+        ("older", "the index is at schema version 2, older than this flowbatch"),
+        ("not a database", "the index database cannot be read: file is not a database"),
+    ],
+)
+def test_a_participant_is_sent_to_the_owner_not_to_reindex(
+    root_site: Path, case: str, said: str
+) -> None:
+    """An index they cannot use: what is wrong and who can fix it (the site's owner),
+    never `flowbatch reindex`, which they cannot run; nothing is made or changed."""
+    index = root_site / "index.db"
+    if case == "missing":
+        index.unlink()
+    elif case == "older":
+        _older_schema(index)
+    else:
+        index.write_bytes(b"not a database" * 1000)
+    before = _index_files(root_site)
+    done = participant(root_site, "runs", "list")
+    assert done.returncode == 1
+    assert said in done.stderr and "site's owner (root)" in done.stderr, done.stderr
+    assert "reindex" not in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert _index_files(root_site) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "folder"),
+    [
+        (("report",), "results"),
+        (("report", "wf"), "results"),
+        (("reindex",), ""),
+        (("daemon", "--once"), ""),
+        (("install", "TEMPLATE", "--id", "wf2"), "templates"),
+        (("uninstall", "wf"), "templates"),
+        (("runs", "delete", "RUN"), "results"),
+        (("cleanup", "--before", "2100-01-01"), "results"),
+    ],
+)
+def test_commands_that_write_refuse_a_participant_in_one_line(
+    root_site: Path, public_tmp: Path, args: tuple[str, ...], folder: str
+) -> None:
+    """`flowbatch report` printed a traceback per workflow (PermissionError), `daemon`
+    told them to chown the queue's folders, the others said a PermissionError: each now
+    says, in one line, what needs write access and who may run it, and writes nothing."""
+    site = Site(root_site)
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"score": 1.0}})
+    done = as_root(root_site, "daemon", "--until-idle")
+    assert done.returncode == 0, done.stderr
+    run_id = api.list_runs(site)[0]["id"]
+    site.close()
+    template = write_template(public_tmp / "t2", SCORE_TEMPLATE)  # one they may read
+    command = " ".join(args[:2] if args[0] == "runs" else args[:1])
+    args = tuple({"RUN": run_id, "TEMPLATE": str(template)}.get(a, a) for a in args)
+    files = sorted(str(p.relative_to(root_site)) for p in root_site.rglob("*"))
+    done = participant(root_site, *args)
+    assert done.returncode == 1
+    where = root_site / folder if folder else root_site
+    assert done.stderr == (
+        f"Error: `flowbatch {command}` needs write access to {where}: run it as the "
+        "site's owner (root)\n"
+    )
+    assert done.stdout == ""
+    assert sorted(str(p.relative_to(root_site)) for p in root_site.rglob("*")) == files
+
+
+def test_an_unknown_sqlite_url_option_is_one_line(tmp_path: Path) -> None:
+    """`sqlite:///index.db?foo=1` printed the TypeError of Python's sqlite3 with its
+    traceback, at the first query."""
+    site = make_site(tmp_path / "site")
+    site.close()
+    url = f"sqlite:///{tmp_path / 'site' / 'index.db'}?foo=1"
+    done = subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "runs", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FLOWBATCH_DATABASE": url},
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(f"Error: {url}: the index database URL has an option SQLite")
+    assert "'foo'" in done.stderr and "FLOWBATCH_DATABASE" in done.stderr
+
+
+def test_a_cancel_the_daemon_would_refuse_is_refused_at_once(root_site: Path) -> None:
+    """A participant's cancel of root's run said "cancel queued ... the daemon applies
+    it" and exited 0; the daemon then refused it. Now the daemon's own check refuses it
+    at once (exit 1, the daemon's words) and nothing is queued; their own run's cancel
+    is queued as before."""
+    site = Site(root_site)
+    drop(site, "root.yaml", {"workflow": "wf", "arguments": {"score": 1.0}})
+    theirs = drop(site, "theirs.yaml", {"workflow": "wf", "arguments": {"score": 2.0}})
+    os.chown(theirs, PARTICIPANT, PARTICIPANT)
+    taken = {run.owner_uid: run for run in Intake(site).run_once().runs}
+    site.close()
+    roots, own = taken[0], taken[PARTICIPANT]
+    assert roots.state.value == own.state.value == "PENDING"
+
+    done = participant(root_site, "runs", "cancel", roots.id, "--wait", "0")
+    assert done.returncode == 1, done.stdout
+    assert done.stderr == (
+        f"Error: run {roots.id} belongs to root; only its owner or root may cancel it\n"
+    )
+    assert list(site.layout.queue.glob("cancel-*.yaml")) == []
+
+    done = participant(root_site, "runs", "cancel", own.id, "--wait", "0")
+    assert done.returncode == 0, done.stderr
+    assert "cancel queued" in done.stdout
+    (queued,) = site.layout.queue.glob("cancel-*.yaml")
+    assert queued.stat().st_uid == PARTICIPANT
+
+
+def test_participant_reads_through_a_sqlite_url(root_site: Path) -> None:
+    """`database: sqlite:///...` (here FLOWBATCH_DATABASE) opens the same file read-only."""
+    site = Site(root_site)
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"score": 1.0}})
+    done = as_root(root_site, "daemon", "--until-idle")
+    site.close()
+    assert done.returncode == 0, done.stderr
+    url = f"sqlite:///{root_site / 'index.db'}?timeout=5"
+    done = participant(root_site, "runs", "list", "--json", env={"FLOWBATCH_DATABASE": url})
+    assert done.returncode == 0, done.stderr
+    assert [r["state"] for r in json.loads(done.stdout)] == ["SUCCESS"]
+    assert list(_index_files(root_site)) == ["index.db"]
+
+
+#: the participant's side of the next test: a read with no writer, a read once one runs
+_READER = """
+import sys, time
+from pathlib import Path
+from flowbatch.store.index import ReadOnlySqlite
+db = ReadOnlySqlite(sys.argv[1], timeout=10)
+print(db.execute_sql("SELECT count(*) FROM t").fetchone()[0], db.flowbatch_open_mode)
+sys.stdout.flush()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.02)
+print(db.execute_sql("SELECT count(*) FROM t").fetchone()[0], db.flowbatch_open_mode)
+"""
+
+
+def test_a_read_only_index_opened_as_is_sees_a_writer_that_starts(
+    public_tmp: Path, _participant_python: None
+) -> None:
+    """Without a writer the file is read immutable (no -shm can be made); a writer that
+    starts later writes to its -wal, which such a connection never reads: the next query
+    opens the file again, through SQLite's locks, and sees the writer's rows."""
+    folder = public_tmp / "db"
+    folder.mkdir(mode=0o755)
+    path = folder / "index.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("CREATE TABLE t (a)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["index.db"]
+    flag = public_tmp / "writer-started"
+    reader = subprocess.Popen(
+        [str(PYTHON), "-c", _READER, str(path), str(flag)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])},
+        cwd="/",
+        user=PARTICIPANT,
+        group=PARTICIPANT,
+        extra_groups=[],
+    )
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().split() == ["1", "immutable=1"]
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("PRAGMA journal_mode=wal")
+        writer.execute("INSERT INTO t VALUES (2)")  # into the -wal: the writer keeps it open
+        assert (folder / "index.db-wal").exists()
+        flag.touch()
+        out, err = reader.communicate(timeout=60)
+        writer.close()
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert reader.returncode == 0, err
+    assert out.split() == ["2", "mode=ro"]
