@@ -63,17 +63,19 @@ class Identity(NamedTuple):
     groups: tuple[int, ...]  # supplementary groups, the primary one included
     name: str | None  # None: a uid the account database does not know
     home: str | None
+    shell: str | None = None  # the login shell (``/bin/sh`` where the entry names none)
 
 
 @remembered
 def identity(uid: int) -> Identity:
-    """The user's IDs, groups and home (the bare uid as its group for an unknown user)."""
+    """The user's IDs, groups, home and shell (the bare uid as its group for an unknown
+    user)."""
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
         return Identity(uid, (), None, None)
     groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    return Identity(entry.pw_gid, groups, entry.pw_name, entry.pw_dir)
+    return Identity(entry.pw_gid, groups, entry.pw_name, entry.pw_dir, entry.pw_shell or "/bin/sh")
 
 
 def primary_gid(uid: int) -> int:

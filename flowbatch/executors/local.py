@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import runenv
 from ..accounts import identity
 from ..errors import ExecutorError
 from ..render.script import LOGS_DIR
@@ -54,7 +55,10 @@ class LocalExecutor:
     # -- launch ---------------------------------------------------------------------------
     def launch(self, job: Launch) -> dict[str, Any]:
         change = run_as(job.uid)
-        env = {**os.environ, **job.env, **change.pop("env", {})}
+        # another user's run: the daemon's harmless variables and the user's own; the
+        # daemon's own: its environment without flowbatch's settings and PostgreSQL's
+        # (flowbatch.runenv; computed once, not per launch)
+        env = {**runenv.for_run(change.pop("env", {}) if change else None), **job.env}
         script = str(job.run_dir / job.script)
         # The script opens its own log, as the run's user: the daemon (often root) never
         # creates or opens anything inside a folder its user controls, where a symlink
@@ -397,6 +401,9 @@ def run_as(uid: int | None) -> dict[str, Any]:
     Participants' code must never run with the daemon's privileges by accident: a root
     daemon drops to the request owner's user, primary group and supplementary groups
     (looked up at most every :data:`~flowbatch.accounts.ACCOUNT_TTL` seconds per user).
+    ``env`` holds what a login sets from the user's account (``HOME``, ``USER``,
+    ``LOGNAME``, ``SHELL``): :func:`flowbatch.runenv.for_run` adds it to the few
+    variables passed from the daemon.
     """
     if uid is None or os.geteuid() != 0 or uid == 0:
         return {}
@@ -407,7 +414,12 @@ def run_as(uid: int | None) -> dict[str, Any]:
         "user": uid,
         "group": who.gid,
         "extra_groups": list(who.groups),
-        "env": {"HOME": who.home, "USER": who.name, "LOGNAME": who.name},
+        "env": {
+            "HOME": who.home,
+            "USER": who.name,
+            "LOGNAME": who.name,
+            "SHELL": who.shell or "/bin/sh",
+        },
     }
 
 
@@ -444,11 +456,14 @@ def _as_user(argv: list[str], change: dict[str, Any]) -> tuple[list[str], dict[s
 
 def as_user_command(argv: list[str], uid: int | None) -> tuple[list[str], dict[str, Any]]:
     """``argv`` and subprocess's arguments (``env`` included) that run it as ``uid`` when
-    the daemon is root (as a run is started: :func:`run_as`); unchanged otherwise."""
+    the daemon is root (as a run is started: :func:`run_as`), with the environment a run
+    of that user gets (:func:`flowbatch.runenv.for_run`): ``sbatch`` hands it to the job
+    (its default ``--export=ALL``). The daemon's own commands get its own run
+    environment too."""
     change = run_as(uid)
     if not change:
-        return argv, {}
-    env = {**os.environ, **change.pop("env", {})}
+        return argv, {"env": dict(runenv.for_run(None))}
+    env = dict(runenv.for_run(change.pop("env", {})))
     argv, kwargs = _as_user(argv, change)
     return argv, {**kwargs, "env": env}
 

@@ -67,8 +67,8 @@ from .slurm_script import (
     slurm_time,
 )
 from .slurm_states import (
-    ALIVE_STATES,
     COMPLETED,
+    FINAL_STATES,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     JobStatus,
@@ -297,8 +297,11 @@ class SlurmExecutor:
     def _submitter(self, jobs: Sequence[Launch]) -> int | None:
         """The local user who submits ``jobs`` (their runs' owner, one request's): a root
         daemon submits a user's job as that user, as it starts a local run, so the job
-        runs as the user and never as root. Over SSH (``via``) the host's configured
-        user submits."""
+        runs as the user and never as root. The submission gets the environment a local
+        run of that user gets (:mod:`flowbatch.runenv`, through
+        :func:`~flowbatch.executors.local.as_user_command`), and sbatch's default
+        ``--export=ALL`` gives the job that, never the daemon's own environment. Over SSH
+        (``via``) the host's configured user submits, in its own login environment."""
         owners = {job.uid for job in jobs}
         if len(owners) > 1:
             users = ", ".join(sorted(map(str, owners)))
@@ -820,7 +823,7 @@ class SlurmExecutor:
         statuses = parse_squeue(result.stdout)
         for key, job_id in ids.items():
             status = statuses.get(job_id)
-            out[key] = status is None or status.state not in ALIVE_STATES
+            out[key] = status is None or status.state in FINAL_STATES
         return out
 
     def _end_abandoned_of(self, jobs: Sequence[Launch]) -> None:

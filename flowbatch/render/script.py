@@ -1,7 +1,8 @@
 """The run script: the one contract every executor runs and the daemon reads back.
 
 ``run.sh`` sits in the run directory and runs there. It exports the ``FB_`` variables and
-``FLOWBATCH_RUN_ID`` (nothing else: the inherited environment and PATH stay), runs each
+``FLOWBATCH_RUN_ID`` (nothing else: the environment it was started with stays, see
+:mod:`flowbatch.runenv`), runs each
 command of each step in its own subshell (a brace group, one fork less, where the command
 provably changes nothing in the shell: :mod:`~flowbatch.render.grouping`) with
 stdout/stderr appended to per-step logs, and records its markers as lines appended to one
