@@ -18,7 +18,7 @@ from .ranking import rank, ranking_json
 from .ranking_sql import leaderboard_views, rank_inputs
 from .runs import RunRecord, parse_state
 from .site import Site
-from .spec.manifest import find_source
+from .spec.manifest import MANIFEST_NAMES, SPEC_NAMES, find_source
 from .spec.model import FileArg, Template
 from .spec.params import cast_value
 from .spec.request import Request, parse_request
@@ -130,8 +130,20 @@ def validate(path: Path, site: Site | None = None) -> str:
         _check_template(template, variables, site, str(src.spec_path))
         return f"template {src.spec_path}: valid ({_describe(template)})"
     doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES)
-    if _looks_like_request(doc):
-        req = parse_request(doc, file=str(path))
+    if _looks_like_request(doc, path):
+        if doc is None and path.stat().st_size == 0:  # as the intake says it
+            raise RequestError(
+                "the request file is empty",
+                file=str(path),
+                expected="a YAML mapping with at least `workflow:`",
+                hint=_TEMPLATE_NAMED,
+            )
+        try:
+            req = parse_request(doc, file=str(path))
+        except RequestError as exc:
+            if not isinstance(doc, dict):  # nothing in it said it was a request
+                exc.hint = f"{exc.hint}; {_TEMPLATE_NAMED}" if exc.hint else _TEMPLATE_NAMED
+            raise
         if not isinstance(req, Request):
             return f"cancel request {path}: valid"
         if site is None:
@@ -157,12 +169,22 @@ def validate(path: Path, site: Site | None = None) -> str:
 _REQUEST_ONLY = frozenset({"cancel", "arguments", "group", "name", "sweep", "retry_failed"})
 
 
-def _looks_like_request(doc: Any) -> bool:
-    """Whether ``validate`` checks ``doc`` as a request: its ``workflow`` names one, or it
-    has a key only requests have (a mistyped ``workflw:`` is a request's error then, not
-    a template's)."""
+#: what a file that is no mapping is told about templates (it was checked as a request)
+_TEMPLATE_NAMED = (
+    "a template file is checked as one when named benchmark, workflow or template "
+    "(.yaml, .yml, .json), or when its folder is given"
+)
+
+
+def _looks_like_request(doc: Any, path: Path) -> bool:
+    """Whether ``validate`` checks ``doc`` (read from ``path``) as a request: its
+    ``workflow`` names one, or it has a key only requests have (a mistyped ``workflw:``
+    is a request's error then, not a template's). A document that is no mapping (empty,
+    null, a scalar, a list) says nothing either way: it is a template only under a name
+    a template file has in a folder (``benchmark.yaml``, ...); any other file is told
+    what a request needs, as the daemon's intake would tell it."""
     if not isinstance(doc, dict):
-        return False
+        return path.name not in SPEC_NAMES and path.name not in MANIFEST_NAMES
     if isinstance(doc.get("workflow"), str):
         return True
     return "workflow" not in doc and bool(_REQUEST_ONLY & set(doc))
@@ -250,20 +272,16 @@ def _request_files(
     parameter to its file, ``swept`` a swept file parameter to the file of each value of
     its list (by index). Each distinct path is checked once; a missing one raises with
     its field (``arguments.<name>`` or ``sweep.<name>[<i>]``)."""
+    from .queue import check_source
+
     base = request_path.resolve().parent
     checked: dict[str, Path] = {}
 
     def found(source: str, field: str) -> Path:
         src = checked.get(source)
         if src is None:
-            src = (base / source).resolve()
-            if not src.is_relative_to(base) or not src.is_file():
-                raise RequestError(
-                    f"file {source!r} is missing or outside the request's folder",
-                    file=str(request_path),
-                    field=field,
-                    expected=f"a file in {base}, named relative to the request",
-                )
+            # as intake opens it (no '..', no link on the way, a regular file)
+            src = check_source(base, source, label=str(request_path), field=field)
             checked[source] = src
         return src
 

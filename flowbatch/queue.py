@@ -1011,6 +1011,24 @@ def _check_target(
             field=field,
             hint="choose another target path",
         )
+    # nor be added to a folder of the template's files (a `code/json.py` beside the
+    # organiser's `code/score.py` is imported by it in place of Python's json), except
+    # the folder where the template puts this parameter's file (its declared target's,
+    # else its default's: where the file goes when the user names no target)
+    declared = (param.target or (param.default if param.has_default else None)) if param else None
+    parts_of = Path(declared).parts if isinstance(declared, str) else ()
+    own = {Path(*parts_of[:i]) for i in range(1, len(parts_of))}
+    for folder in prefixes[:-1]:
+        if folder not in own and (files_dir / folder).is_dir():
+            raise ArgumentError(
+                f"target {value.target!r} is inside {folder}/, a folder of the workflow "
+                "template's files",
+                file=label,
+                field=field,
+                expected="a path outside the template's folders"
+                + (f", or inside {', '.join(sorted(f'{o}/' for o in own))}" if own else ""),
+                hint="a file of yours beside the template's code could stand in for it",
+            )
 
 
 def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
@@ -1043,6 +1061,20 @@ def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
         raise ArgumentError(
             f"cannot open {rel!r}: {exc.strerror}", file=label, field=field
         ) from None
+
+
+def check_source(folder: Path, rel: str, *, label: str, field: str) -> Path:
+    """``folder/rel`` if the daemon would take it as a file argument's source: inside the
+    folder without ``..`` or a symbolic link on the way (:func:`open_inside`), a regular
+    file. ``validate`` and ``submit`` check a request's files with it, so that what they
+    approve the intake takes."""
+    fd = open_inside(folder, rel, label=label, field=field)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArgumentError(f"{rel!r} is not a regular file", file=label, field=field)
+    finally:
+        os.close(fd)
+    return folder / rel
 
 
 MAX_NAME_BYTES = 200
@@ -1127,11 +1159,14 @@ def hand_over(path: Path, uid: int) -> None:
 
 def take_back(path: Path, uid: int | None) -> None:
     """When a run ends, a root daemon takes back the folder it handed to the run's owner
-    (:func:`hand_over`), giving it to the owner of the tree (``runs/``'s): their files
-    stay theirs, but the folder's entries can no longer be replaced or removed by them.
-    Else a participant could put a page of their own where the leaderboard links to the
-    run's (``index.html``), or remove its ``run.json``. A folder that cannot be taken back
-    (an NFS root_squash) is logged: the run ends all the same."""
+    (:func:`hand_over`) and what the run wrote in it, giving them to the owner of the
+    tree (``runs/``'s), without group or other write: the run's record stands as it
+    ended. Else a participant could put a page of their own where the leaderboard links
+    to the run's (``index.html``), remove its ``run.json``, or remove or change the
+    result files the post-processing reads from every ranked run (making it fail for
+    everyone). Walked by descriptors, never through a link; a file with other hard links
+    stays as it is (it is also somewhere else). A folder that cannot be taken back (an
+    NFS root_squash) is logged: the run ends all the same."""
     if os.geteuid() != 0 or not uid:
         return
     try:
@@ -1139,7 +1174,11 @@ def take_back(path: Path, uid: int | None) -> None:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
             return
         tree = os.lstat(path.parent)
-        os.chown(path, tree.st_uid, tree.st_gid, follow_symlinks=False)
+        fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
+        try:
+            _take_back_folder(fd, uid, tree.st_uid, tree.st_gid)
+        finally:
+            os.close(fd)
         # a folder the user made where the daemon writes its files (its own page inside
         # `index.html/`, theirs to edit for ever) is moved aside: the daemon's file goes
         # there (a link or a file there is replaced by the daemon's atomic rename)
@@ -1149,6 +1188,51 @@ def take_back(path: Path, uid: int | None) -> None:
                     os.rename(path / name, path / f".{name}.{secrets.token_hex(4)}.moved")
     except OSError as exc:
         log.warning("run folder %s: not taken back from uid %s: %s", path, uid, exc.strerror)
+
+
+_TAKE_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_TAKE_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _take_back_folder(fd: int, user: int, owner: int, group: int, depth: int = 0) -> None:
+    """:func:`take_back` of the open folder ``fd`` and of what is in it: the entries of
+    ``user`` (the daemon's own files are its already) get ``owner:group`` and lose
+    group and other write. Each entry is opened without following a link and changed
+    through its descriptor, so an entry swapped meanwhile (the run's leftover processes
+    may still be at work) is never what gets changed."""
+    st = os.fstat(fd)
+    if st.st_uid == user:
+        os.fchown(fd, owner, group)
+    if st.st_mode & 0o022:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
+    if depth > 100:  # deeper than any run writes: left as it is
+        return
+    for name in os.listdir(fd):
+        try:
+            entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(entry.st_mode):
+                sub = os.open(name, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    _take_back_folder(sub, user, owner, group, depth + 1)
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(entry.st_mode) and entry.st_uid == user:
+                file_fd = os.open(name, _TAKE_FILE, dir_fd=fd)
+                try:
+                    _take_back_file(file_fd, owner, group)
+                finally:
+                    os.close(file_fd)
+        except OSError as exc:  # gone, or swapped for a link since the listing
+            log.debug("taking back %s: %s", name, exc.strerror)
+
+
+def _take_back_file(fd: int, owner: int, group: int) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return  # swapped since the listing, or also another name somewhere else
+    os.fchown(fd, owner, group)  # the kernel clears setuid and setgid bits with it
+    if st.st_mode & 0o022:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o7022)
 
 
 def _hand_over_folder(folder: str, uid: int, gid: int, *, top: bool = False) -> None:

@@ -88,6 +88,33 @@ CASES: dict[str, tuple[Callable[[Path], Site], dict[str, Any], dict[str, str], b
         "arguments.names.target",
         "target 'code/helloworld.py' would replace a file of the workflow template",
     ),
+    "target-in-a-folder-of-the-template": (
+        _site,
+        {
+            "workflow": "helloworld",
+            "arguments": {"names": {"source": "n.txt", "target": "code/json.py"}},
+        },
+        NAMES,
+        False,
+        "arguments.names.target",
+        "target 'code/json.py' is inside code/, a folder of the workflow template's files",
+    ),
+    "source-through-dotdot": (
+        _site,
+        {"workflow": "helloworld", "arguments": {"names": "sub/../n.txt"}},
+        {**NAMES, "sub/k.txt": "k\n"},
+        False,
+        "arguments.names",
+        "a file path must be relative to the request file and stay inside its folder",
+    ),
+    "source-a-link": (
+        _site,
+        {"workflow": "helloworld", "arguments": {"names": "link.txt"}},
+        {**NAMES, "link.txt": "@link n.txt"},
+        False,
+        "arguments.names",
+        "'link.txt' goes through a symbolic link",
+    ),
     "target-reserved-in-a-sweep": (
         _site,
         {
@@ -150,6 +177,17 @@ CASES: dict[str, tuple[Callable[[Path], Site], dict[str, Any], dict[str, str], b
 }
 
 
+def _write_files(folder: Path, files: dict[str, str]) -> None:
+    """A request's files; a text ``@link <name>`` makes a symbolic link to ``name``."""
+    for rel, text in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("@link "):
+            path.symlink_to(text.removeprefix("@link "))
+        else:
+            path.write_text(text)
+
+
 @contextmanager
 def _as_other_user(other: bool) -> Iterator[None]:
     """validate and submit as another user: a root test runner pretends (the checks
@@ -176,8 +214,7 @@ def test_validate_submit_and_intake_refuse_alike(case: str, tmp_path: Path) -> N
     try:
         folder = tmp_path / "request"
         folder.mkdir()
-        for rel, text in files.items():
-            (folder / rel).write_text(text)
+        _write_files(folder, files)
         request = folder / "r.yaml"
         request.write_text(yaml.safe_dump(doc))
         errors = []
@@ -190,7 +227,8 @@ def test_validate_submit_and_intake_refuse_alike(case: str, tmp_path: Path) -> N
             errors.append(submitted.value.to_dict())
         assert list(site.layout.queue.glob("*.yaml")) == []  # nothing was queued
         # the daemon, given the same request (and its file) by that user
-        path = drop(site, "r.yaml", doc, files)
+        _write_files(site.layout.queue, files)
+        path = drop(site, "r.yaml", doc)
         if other and ROOT:
             for name in ("r.yaml", *files):
                 os.chown(site.layout.queue / name, OTHER_UID, -1)

@@ -412,13 +412,16 @@ workflow:
     # the run folder was the user's while it ran, the tree's again once it ended (see
     # test_a_participant_cannot_replace_their_runs_page_once_it_ended)
     assert run_dir.stat().st_uid == run_dir.parent.stat().st_uid
-    # the folders intake made are the user's; the request kept is the daemon's own copy
-    # (a link would let its owner edit the request as received)
+    # the folders intake made were the user's (the script wrote its logs and markers
+    # there, as the user) and are the tree's again; the request kept is the daemon's own
+    # copy (a link would let its owner edit the request as received)
+    tree = run_dir.parent.stat()
+    assert (run_dir / "status" / "markers").is_file() and any((run_dir / "logs").iterdir())
     for folder in ("logs", "status", "data"):
-        assert (run_dir / folder).stat().st_uid == user.pw_uid
-    for name in ("data/in.txt", "top.txt"):  # the template's files: the user's, 0644
+        assert (run_dir / folder).stat().st_uid == tree.st_uid
+    for name in ("data/in.txt", "top.txt"):  # the template's files: 0644, the tree's now
         st = (run_dir / name).stat()
-        assert st.st_uid == user.pw_uid and st.st_gid == user.pw_gid
+        assert st.st_uid == tree.st_uid and st.st_gid == tree.st_gid
         assert st.st_mode & 0o777 == 0o644, oct(st.st_mode)
     request = (run_dir / "request.yaml").stat()
     assert request.st_uid == 0 and request.st_nlink == 1
@@ -1405,13 +1408,16 @@ def test_a_participant_cannot_replace_their_runs_page_once_it_ended(
 ) -> None:
     """A root daemon hands a run's folder to its user, and wrote the run page into it:
     the user then put a page of their own (a script in it) where the leaderboard links,
-    or removed run.json. At the run's end the folder is the tree's again; the user's own
-    files stay theirs."""
+    removed run.json, or removed or changed the result files the post-processing reads
+    (it failed for everyone). At the run's end the folder and what the run wrote are the
+    tree's (still readable by the user); a file with another hard link stays theirs."""
     owner = _user("fbrunner")
     site = make_site(public_tmp / "site")
     write_template(
         tmp_path / "t",
-        "workflow:\n  steps:\n    - action: {commands: ['echo made > out.txt']}\n",
+        "workflow:\n  steps:\n    - action: {commands: ['echo made > out.txt && mkdir -p "
+        "results && echo 1 > results/r.json && chmod 666 results/r.json && "
+        "echo x > kept.txt && ln kept.txt also.txt']}\n",
     )
     api.install(site, tmp_path / "t", workflow_id="wf")
     path = drop(site, "r.yaml", {"workflow": "wf"})
@@ -1422,7 +1428,13 @@ def test_a_participant_cannot_replace_their_runs_page_once_it_ended(
     run_dir = Path(run["run_dir"])
     tree = run_dir.parent.stat()
     assert (run_dir.stat().st_uid, run_dir.stat().st_gid) == (tree.st_uid, tree.st_gid)
-    assert (run_dir / "out.txt").stat().st_uid == owner.pw_uid  # theirs, as they made it
+    for made in ("out.txt", "results", "results/r.json"):
+        assert (run_dir / made).stat().st_uid == tree.st_uid, made
+    assert (run_dir / "results/r.json").stat().st_mode & 0o022 == 0
+    assert (run_dir / "kept.txt").stat().st_uid == owner.pw_uid  # two names: left
+    for change in ("rm -f results/r.json", "echo 2 > results/r.json", "echo y > out.txt"):
+        assert _as_user(owner, change, run_dir).returncode != 0, change
+    assert (run_dir / "results/r.json").read_text() == "1\n"
     page = (run_dir / "index.html").read_text()
     forged = _as_user(
         owner, "echo '<script>x</script>' > mine.html && mv mine.html index.html", run_dir

@@ -622,9 +622,15 @@ def test_a_root_daemon_submits_a_users_job_as_that_user(
     assert run["state"] == "SUCCESS", run["messages"]
     run_dir = Path(run["run_dir"])
     assert (run_dir / "who.txt").read_text().strip() == str(user.pw_uid)
-    assert (run_dir / "sbatch.sh").stat().st_uid == user.pw_uid
-    assert (run_dir / "logs").stat().st_uid == user.pw_uid
-    # a second submission into the folder, where the user has planted a link
+    # the user wrote the batch script and Slurm the job's log, as the user, in the folder
+    # handed to them; at the run's end the tree took it back (queue.take_back)
+    job_id = run["handle"]["job_id"]
+    assert (run_dir / "sbatch.sh").is_file()
+    assert (run_dir / "logs" / f"slurm-{job_id}.out").is_file()
+    assert (run_dir / "logs").stat().st_uid == run_dir.parent.stat().st_uid
+    # a second submission into the folder, handed to the user again as for a run, where
+    # the user has planted a link
+    os.chown(run_dir, user.pw_uid, user.pw_gid)
     victim = public_tmp / "root-owned.txt"
     victim.write_text("root's\n")
     (run_dir / "sbatch.sh").unlink()
