@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
 import stat
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, MutableMapping
 from datetime import UTC, datetime
@@ -47,10 +49,19 @@ _ROOT = os.geteuid() == 0
 TAIL_LINES = 20
 TAIL_BYTES = 4096
 
+#: how far past the daemon's clock a marker's time may lie and still be taken (seconds):
+#: the script may run on another machine (an SSH host, a Slurm node) whose clock is a
+#: little ahead of the daemon's
+MARKER_CLOCK_SLACK = 2.0
+
 
 def iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
+    return _stamp(epoch)
+
+
+def _stamp(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
 
 
@@ -285,8 +296,10 @@ class Runner:
                 # launched, but the daemon died before recording it: adopt from the marker
                 uid = run.owner_uid if os.geteuid() == 0 else os.geteuid()
                 run.handle = handle_from_marker(markers.started, run_dir / SCRIPT_NAME, uid)
-                at = iso(markers.started[1])
-                self._transition(run, State.RUNNING, at=at, handle=run.handle)
+                # it started when its marker says (if plausible), not now; the history
+                # keeps the moment this daemon saw it
+                started = marker_times(run, markers, ended=False)
+                self._transition(run, State.RUNNING, handle=run.handle, **started)
             if executor is None:
                 self._transition(
                     run, State.ERROR, messages=[f"executor {run.executor!r} is not configured"]
@@ -319,7 +332,11 @@ class Runner:
                 run.id,
                 handle["pid"],
             )
-            self._transition(run, State.RUNNING, at=iso(handle["start"]), handle=handle)
+            # it started when its process did (this host's clock; where plausible, as a
+            # marker), not when it was adopted
+            begun = Markers(started=(handle["pid"], float(handle.get("start") or 0), ""))
+            started = marker_times(run, begun, ended=False)
+            self._transition(run, State.RUNNING, handle=handle, **started)
             executor.adopt(handle)
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -540,8 +557,10 @@ class Runner:
         if run.handle:
             executor.cancel(run.handle, reason)
             executor.collect(run.id, run.handle, self.store.run_dir(run))
-        steps = self._steps(run)
-        self._transition(run, state, messages=[reason], reason=reason, steps=steps)
+        markers = read_markers(self.store.run_dir(run))
+        steps = self._steps(run, markers)
+        times = marker_times(run, markers)  # an exit marker the TERM trap wrote: its time
+        self._transition(run, state, messages=[reason], reason=reason, steps=steps, **times)
 
     # -- cancel -------------------------------------------------------------------------------
     def cancel(self, run: RunRecord, reason: str) -> None:
@@ -567,16 +586,21 @@ class Runner:
             executor.collect(run.id, run.handle, run_dir)
         markers = read_markers(run_dir)
         steps = self._steps(run, markers)
+        # when the run started and ended, by its script's clock where plausible (the
+        # daemon may notice the end a whole slow tick later)
+        times = marker_times(run, markers)
         canceled = probe.detail.get("canceled")  # e.g. scancel outside flowbatch
         if canceled:
-            self._transition(run, State.CANCELED, steps=steps, messages=[canceled], reason=canceled)
+            self._transition(
+                run, State.CANCELED, steps=steps, messages=[canceled], reason=canceled, **times
+            )
             return
         # a scheduler that did not answer tells nothing of a run whose exit marker is
         # there: it ended, as its markers say (only a failure the backend reported, a
         # node failure or a preemption, makes an ended run lost)
         ended = markers.exit is not None and probe.detail.get("unanswered")
         if markers.exit is None or (probe.infra_failure and not ended):
-            self._lost(run, probe, steps, started=markers.started is not None)
+            self._lost(run, probe, steps, started=markers.started is not None, times=times)
             return
         code, _, failed = markers.exit
         if code != 0:
@@ -586,6 +610,7 @@ class Runner:
                 State.ERROR,
                 steps=steps,
                 messages=self._failure_messages(run, steps, code, failed) + scheduler,
+                **times,
             )
             return
         template, _ = self.site.templates.load(run.workflow, run.version)
@@ -594,20 +619,33 @@ class Runner:
             results = read_results(run_dir, template.results) if template.results else None
             files = output_files(run_dir, template, notes, run.arguments)
         except FlowbatchError as exc:
-            self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()])
+            self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()], **times)
             return
         self._transition(
-            run, State.SUCCESS, steps=steps, results=results, files=files, messages=notes or None
+            run,
+            State.SUCCESS,
+            steps=steps,
+            results=results,
+            files=files,
+            messages=notes or None,
+            **times,
         )
 
     def _lost(
-        self, run: RunRecord, probe: Probe, steps: list[dict[str, Any]], *, started: bool
+        self,
+        run: RunRecord,
+        probe: Probe,
+        steps: list[dict[str, Any]],
+        *,
+        started: bool,
+        times: dict[str, str] | None = None,
     ) -> None:
         """The run vanished (no exit marker) or its infrastructure failed: retry or ERROR.
 
         A retry is a new attempt of the same run: this attempt's logs and markers move to
         ``attempts/<n>/`` and the run goes back to PENDING. A user's own non-zero exit never
-        comes here.
+        comes here. ``times``: the attempt's times from its markers (:func:`marker_times`),
+        for the ERROR; without an exit marker the finish is the daemon's own time.
         """
         if probe.infra_failure:
             why = probe.infra_failure
@@ -643,7 +681,7 @@ class Runner:
                 attempt=run.attempt + 1,
             )
             return
-        self._transition(run, State.ERROR, steps=steps, messages=[f"lost: {why}"])
+        self._transition(run, State.ERROR, steps=steps, messages=[f"lost: {why}"], **(times or {}))
 
     def _why_not_started(self, run: RunRecord) -> str | None:
         """The executor's own account of a start that failed, where it can give one (an
@@ -705,6 +743,64 @@ def handle_from_marker(
         "uid": uid,
         "script": str(script),
     }
+
+
+def _epoch(text: str | None) -> float | None:
+    """An ISO time of a run record as seconds since the epoch (None if unreadable)."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def attempt_queued_at(run: RunRecord) -> float | None:
+    """When the daemon queued the run's current attempt: its last PENDING state change
+    (the creation, or the retry that made this attempt), else ``created_at``."""
+    for change in reversed(run.history):
+        if change.get("state") == State.PENDING.value:
+            return _epoch(change.get("at"))
+    return _epoch(run.created_at)
+
+
+def marker_times(
+    run: RunRecord, markers: Markers, *, ended: bool = True, now: float | None = None
+) -> dict[str, str]:
+    """``started_at`` and ``finished_at`` of ``run`` as its script's markers give them
+    (the ``started`` and ``exit`` lines), for the state change that ends the run (or, with
+    ``ended=False``, ``started_at`` alone, for one that makes it RUNNING); ``{}`` where the
+    daemon's own times stay.
+
+    The daemon notices an end at its next look, which a slow tick (a scheduler command, a
+    host that is slow to answer) can put seconds after it: the run's own marks say when it
+    ran. They are taken when plausible, as the clock of one host: the start no earlier
+    than the daemon queued this attempt (:func:`attempt_queued_at`, by the daemon's clock),
+    the end no earlier than the start, and neither later than now (the daemon's clock) by
+    more than :data:`MARKER_CLOCK_SLACK`. Else neither is taken: the markers come from a
+    clock that is off (another host's: an SSH host, a Slurm node) or were not written by
+    the script. Without an exit marker (a lost run, a cancel before the script's trap
+    wrote one) the finish is the daemon's time and only a start not past now is taken.
+    Both from one clock, the run time (finish - start) is right whatever that clock's
+    offset; the run's history keeps the daemon's own moments."""
+    started = markers.started
+    floor = attempt_queued_at(run)
+    if started is None or floor is None:
+        return {}
+    now = time.time() if now is None else now
+    latest = now + MARKER_CLOCK_SLACK
+    start = started[1]
+    if not (math.isfinite(start) and floor <= start <= latest):
+        return {}
+    if not ended or markers.exit is None:
+        # no end to take: the finish (if any) is the daemon's time, now or later, and a
+        # start past it is not taken
+        return {"started_at": _stamp(start)} if start <= now else {}
+    end = markers.exit[1]
+    if not (math.isfinite(end) and start <= end <= latest):
+        return {}
+    return {"started_at": _stamp(start), "finished_at": _stamp(end)}
 
 
 def enforces_time_limit(executor: Executor) -> bool:

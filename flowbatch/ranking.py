@@ -5,9 +5,12 @@ fixed here:
 
 - a missing value (an optional column a run did not report) crashed the sort with a
   ``TypeError``; here it sorts **last**, whichever the direction;
-- ties kept the database's unspecified order; here they go to the run that **finished
-  first** (it got there earlier), then to the smaller run id, so the ranking is
-  deterministic and the same on every regeneration.
+- ties kept the database's unspecified order; here they go to the run **submitted
+  first** (its request taken in earlier, by the daemon's clock: a time no run can set, and
+  no scheduler's queue moves), then to the smaller run id, so the ranking is
+  deterministic and the same on every regeneration. (An earlier version took the finish:
+  that is the run's own marker, which a run could set back to win a tie, and a matter of
+  how long a Slurm job waited in the queue.)
 
 Ranks are 1..n in order, never shared: the tie-break above makes the order total.
 
@@ -16,7 +19,7 @@ each sort key is first turned into one list of floats, ready for an ascending so
 descending numbers are negated, strings become the (negated when descending) position of
 the value among the column's distinct values, and a missing value becomes ``inf``
 (present values are finite, so it sorts last in both directions). Run positions are then
-sorted by stable passes, least significant first (run id, finish time, then the keys in
+sorted by stable passes, least significant first (run id, submission time, then the keys in
 reverse), each with ``list.__getitem__`` as the key: C-level comparisons of plain floats,
 no per-run tuples. That takes about 0.3-0.4 s in all; one ``sorted`` over per-run
 composite tuples built from the same columns took about 0.5-0.6 s (tuple allocation and
@@ -130,9 +133,9 @@ def rank(
 
     Each sort key is ascending or descending (``sort_desc``); a missing value (absent or
     ``None``) sorts after every present value in both directions. Ties are broken by the
-    earlier ``finished_at`` (a missing or unreadable time counts as latest), then by
-    ``run_id``. With ``include_all=False`` only the best run of each group is kept (the
-    leaderboard); with ``True`` every run is ranked.
+    earlier ``created_at`` (the submission; a missing or unreadable time counts as
+    latest), then by ``run_id``. With ``include_all=False`` only the best run of each
+    group is kept (the leaderboard); with ``True`` every run is ranked.
 
     Raises:
         ResultError: a sort key names no column of the schema.
@@ -162,11 +165,11 @@ def rank_views(
         _key_column(items, key, column) for key, column in zip(keys, columns, strict=True)
     ]
     run_ids = [run.run_id for run in items]
-    finish = _finish_column(items)
+    submitted = _submitted_column(items)
     # Least significant first: Python's sort is stable, so each later pass keeps the order
     # of the earlier ones among its ties. Equal run ids (a caller's bug) keep input order.
     order = sorted(range(n), key=run_ids.__getitem__)
-    order.sort(key=finish.__getitem__)
+    order.sort(key=submitted.__getitem__)
     for values in reversed(columns_values):
         order.sort(key=values.__getitem__)
 
@@ -313,13 +316,13 @@ def _key_column(items: list[RankInput], key: SortKey, column: ResultColumn) -> l
     return [_MISSING if t is None else position[t] for t in texts]
 
 
-def _finish_column(items: list[RankInput]) -> list[float]:
-    """Tie-break on the finish time (``inf`` when unknown), parsed so that mixed ISO
+def _submitted_column(items: list[RankInput]) -> list[float]:
+    """Tie-break on the submission time (``inf`` when unknown), parsed so that mixed ISO
     spellings ("Z" or "+00:00", with or without fractions) compare by the instant."""
     cache: dict[str | None, float] = {}
     times: list[float] = []
     for run in items:
-        text = run.finished_at
+        text = run.created_at
         stamp = cache.get(text)
         if stamp is None:
             # parse_time inlined: this loop runs once per run on every regeneration.

@@ -16,7 +16,7 @@ with the reference code:
 :func:`flowbatch.ranking.rank_views` over the candidates then gives exactly the reference's
 best-per-group list and its first ``shown`` entries: a run outside the candidates has a
 group's best or ``shown`` runs strictly ahead of it on the keys, whatever the tie-breaks
-(finish time, run id), which therefore stay in Python, the index never compares times.
+(submission time, run id), which therefore stay in Python, the index never compares times.
 
 That needs the index's order of the sort keys to be exactly Python's. The values come
 from the ``result_row`` table (written with the run row, from the same dict, in the same

@@ -119,7 +119,10 @@ def apply(
 
     Returns False for a same-state no-op. Timestamps follow flowServ: RUNNING sets
     ``started_at``; a terminal state sets ``finished_at`` (and ``started_at`` when the run
-    never started, so the run time reads zero rather than missing).
+    never started, so the run time reads zero rather than missing). These are the moments
+    of the change; the history keeps them. The runner puts the times the run's script
+    marked in their place where they are plausible (``started_at=``/``finished_at=``
+    updates of the same change: :func:`flowbatch.lifecycle.marker_times`).
     """
     if run.state == target:
         return False

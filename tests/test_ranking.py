@@ -27,13 +27,14 @@ def run(
     run_id: str,
     group: str | None = None,
     finished: str | None = "2024-01-01T10:00:00Z",
+    created: str = "2024-01-01T09:00:00Z",
     **results: Any,
 ) -> RankInput:
     return RankInput(
         run_id=run_id,
         group=group or f"g-{run_id}",
         name=None,
-        created_at="2024-01-01T09:00:00Z",
+        created_at=created,
         started_at="2024-01-01T09:30:00Z",
         finished_at=finished,
         results=results,
@@ -116,21 +117,22 @@ def test_non_finite_or_bad_numbers_in_index_count_as_missing() -> None:
     assert ids(entries)[0] == "ok"
 
 
-def test_tie_broken_by_earlier_finish_then_run_id() -> None:
+def test_tie_broken_by_earlier_submission_then_run_id() -> None:
+    """Not by the finish: a run's own marks give it, which a run could set back."""
     runs = [
-        run("late", finished="2024-01-02T00:00:00Z", score=1.0),
-        run("early", finished="2024-01-01T00:00:00+00:00", score=1.0),
-        run("z-same", finished="2024-01-01T12:00:00Z", score=1.0),
-        run("a-same", finished="2024-01-01T12:00:00.000+00:00", score=1.0),
-        run("unknown", finished=None, score=1.0),
-        run("best", finished="2024-01-03T00:00:00Z", score=2.0),
+        run("late", created="2024-01-02T00:00:00Z", finished="2024-01-01T00:00:00Z", score=1.0),
+        run("early", created="2024-01-01T00:00:00+00:00", score=1.0),
+        run("z-same", created="2024-01-01T12:00:00Z", score=1.0),
+        run("a-same", created="2024-01-01T12:00:00.000+00:00", score=1.0),
+        run("unknown", created="", score=1.0),
+        run("best", created="2024-01-03T00:00:00Z", score=2.0),
     ]
     entries = rank(runs, SCHEMA)
     assert ids(entries) == ["best", "early", "a-same", "z-same", "late", "unknown"]
 
 
 def test_tie_order_independent_of_input_order() -> None:
-    runs = [run(f"r{i}", finished=f"2024-01-01T00:00:{i % 3:02d}Z", score=i % 2) for i in range(30)]
+    runs = [run(f"r{i}", created=f"2024-01-01T00:00:{i % 3:02d}Z", score=i % 2) for i in range(30)]
     expected = ids(rank(runs, SCHEMA, include_all=True))
     shuffled = runs[:]
     random.Random(4).shuffle(shuffled)
@@ -193,7 +195,7 @@ def test_hundred_thousand_runs() -> None:
             run(
                 f"r{i:06d}",
                 group=f"g{rng.randint(0, 999)}",
-                finished=f"2024-01-01T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
+                created=f"2024-01-01T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
                 **results,
             )
         )
@@ -209,7 +211,7 @@ def test_hundred_thousand_runs() -> None:
             model is None,
             model or "",
             -r.results["steps"],
-            r.finished_at,
+            r.created_at,
             r.run_id,
         )
 

@@ -342,7 +342,26 @@ def _parse_decl(
     _parse_extras(param, doc, file=file, field=field)
     if "defaultValue" in doc:
         _set_default(param, doc["defaultValue"], file=file, field=_join(field, "defaultValue"))
+    else:
+        _select_default(param, doc, file=file, field=field)
     return param
+
+
+def _select_default(param: Parameter, doc: dict[str, Any], *, file: str, field: str) -> None:
+    """A select without ``defaultValue`` defaults to its value marked ``isDefault: true``
+    (``defaultValue`` wins where both are given), and is then not required unless
+    ``isRequired`` says so. flowServ's docs call isDefault the item "declared as the
+    default value (for display purposes)": the choice its input form starts with, so a
+    participant who leaves it alone runs with it. A request is flowbatch's form: leaving
+    the argument out is leaving the choice alone."""
+    chosen = [(pos, v) for pos, v in enumerate(param.values) if v.is_default]
+    if not chosen:
+        return
+    pos, value = chosen[0]
+    where = _join(_join(_join(field, "values"), pos), "value")
+    _set_default(param, value.value, file=file, field=where)
+    if "isRequired" not in doc:
+        param.required = False
 
 
 def _parse_dtype(doc: dict[str, Any], *, file: str, field: str) -> DType:
@@ -480,6 +499,7 @@ def _parse_values(values: Any, *, file: str, field: str) -> list[SelectValue]:
             field=field,
         )
     out: list[SelectValue] = []
+    first_default: int | None = None
     for pos, item in enumerate(values):
         path = _join(field, pos)
         check_keys(
@@ -501,13 +521,18 @@ def _parse_values(values: Any, *, file: str, field: str) -> list[SelectValue]:
             raise TemplateError(
                 f"duplicate select value {value!r}", file=file, field=_join(path, "value")
             )
-        out.append(
-            SelectValue(
-                name=str(item["name"]),
-                value=value,
-                is_default=_opt_bool(item, "isDefault", False, file=file, field=path),
+        is_default = _opt_bool(item, "isDefault", False, file=file, field=path)
+        if is_default and first_default is not None:
+            raise TemplateError(
+                f"a second value marked isDefault (values[{first_default}] is one already)",
+                file=file,
+                field=_join(path, "isDefault"),
+                expected="at most one value with isDefault: true",
+                hint="mark one choice only (a defaultValue, if given, is the default all the same)",
             )
-        )
+        if is_default:
+            first_default = pos
+        out.append(SelectValue(name=str(item["name"]), value=value, is_default=is_default))
     return out
 
 

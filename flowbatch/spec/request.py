@@ -121,7 +121,7 @@ class CancelRequest(BaseModel):
 def parse_request(doc: Any, *, file: str) -> Request | CancelRequest:
     if not isinstance(doc, dict):
         raise RequestError(
-            "a request must be a YAML mapping",
+            f"a request must be a YAML mapping, not {_kind(doc)}",
             file=file,
             expected="keys workflow, group, name, arguments",
             hint="see the README's request format",
@@ -162,6 +162,15 @@ _EXPECTED = {
     "list": "a list: [a, b] or one '- item' per line",
     "dict": "a mapping: name: value, one per line",
 }
+
+
+def _kind(doc: Any) -> str:
+    """What a request document that is no mapping is, in its author's words."""
+    if doc is None:
+        return "an empty document (null)"
+    if isinstance(doc, list):
+        return "a list"
+    return _shown(doc)
 
 
 def _shown(value: Any) -> str:
