@@ -560,7 +560,8 @@ class Runner:
         markers = read_markers(self.store.run_dir(run))
         steps = self._steps(run, markers)
         times = marker_times(run, markers)  # an exit marker the TERM trap wrote: its time
-        self._transition(run, state, messages=[reason], reason=reason, steps=steps, **times)
+        messages = [reason, *_executor_notes(executor, run)]
+        self._transition(run, state, messages=messages, reason=reason, steps=steps, **times)
 
     # -- cancel -------------------------------------------------------------------------------
     def cancel(self, run: RunRecord, reason: str) -> None:
@@ -595,6 +596,10 @@ class Runner:
                 run, State.CANCELED, steps=steps, messages=[canceled], reason=canceled, **times
             )
             return
+        refused = probe.detail.get("refused")  # the backend will never run it: no retry
+        if refused and markers.exit is None:
+            self._transition(run, State.ERROR, steps=steps, messages=[refused], **times)
+            return
         # a scheduler that did not answer tells nothing of a run whose exit marker is
         # there: it ended, as its markers say (only a failure the backend reported, a
         # node failure or a preemption, makes an ended run lost)
@@ -621,6 +626,7 @@ class Runner:
         except FlowbatchError as exc:
             self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()], **times)
             return
+        notes += _executor_notes(executor, run)  # SSH: files its fetch left out
         self._transition(
             run,
             State.SUCCESS,
@@ -725,6 +731,13 @@ def _let_go(executor: Executor) -> None:
         executor.close()
     except Exception as exc:  # a connection that fails to close is gone all the same
         log.warning("closing the replaced executor %s: %s", executor.name, exc)
+
+
+def _executor_notes(executor: Executor, run: RunRecord) -> list[str]:
+    """What the executor noted about the run's files (an optional executor method: the
+    SSH executor's, for remote files its fetch left out or a remote folder it kept)."""
+    take = getattr(executor, "take_messages", None)
+    return list(take(run.id)) if take is not None else []
 
 
 def handle_from_marker(

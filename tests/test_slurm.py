@@ -434,6 +434,40 @@ def test_a_job_requeued_and_held_is_no_end_of_its_run(
     assert run["state"] == "SUCCESS", run["messages"]
 
 
+def test_a_job_slurm_will_never_start_ends_its_run_with_slurms_reason(
+    tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time limit over the partition's: sbatch takes the job (EnforcePartLimits=NO,
+    Slurm's default) and it pends for ever (PartitionTimeLimit), its run RUNNING for
+    ever. Past NEVER_START (here 1 s) the job is cancelled and the run is an ERROR that
+    says why, not retried (it would pend the same)."""
+    from flowbatch.executors import slurm as slurm_module
+
+    monkeypatch.setattr(slurm_module, "NEVER_START", 1.0, raising=False)
+    name = f"fbtl{os.getpid()}"
+    subprocess.run(["scontrol", "delete", f"partitionname={name}"], capture_output=True)
+    subprocess.run(
+        ["scontrol", "create", f"partitionname={name}", "nodes=localhost", "maxtime=1"],
+        check=True,
+    )
+    try:
+        site = sleep_site(tmp_path, partition=name, time="1h")
+        drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "retries": 1})
+        run_until_idle(site, timeout=60)
+    finally:
+        subprocess.run(["scontrol", "delete", f"partitionname={name}"], capture_output=True)
+    run = runs_by_name(site)["r"]
+    assert run["state"] == "ERROR", run
+    (message,) = run["messages"]
+    assert "Slurm will not start job" in message and "PartitionTimeLimit" in message
+    assert "time limit is over the partition's" in message and "cancelled it" in message
+    assert not any("retry" in str(h.get("message")) for h in run["history"])  # no retry
+    queued = subprocess.run(
+        ["squeue", "-h", "-j", run["handle"]["job_id"], "-o", "%T"], capture_output=True, text=True
+    ).stdout.strip()
+    assert queued in ("", "CANCELLED"), queued
+
+
 def test_pending_reason_and_cancels(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
     """A job waiting for CPUs shows Slurm's reason; scancel from flowbatch and from outside
     both end as CANCELED."""

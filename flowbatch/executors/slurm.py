@@ -69,6 +69,7 @@ from .slurm_script import (
 from .slurm_states import (
     COMPLETED,
     FINAL_STATES,
+    NEVER_STARTS,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     JobStatus,
@@ -81,6 +82,10 @@ from .slurm_states import (
     parse_squeue,
     probe_for,
 )
+
+#: seconds a job stays pending for a reason in NEVER_STARTS before its run is ended (an
+#: admin who raises the partition's limit meanwhile lets it start)
+NEVER_START = 300.0
 
 if TYPE_CHECKING:
     from ..config import SiteConfig
@@ -135,6 +140,8 @@ class SlurmExecutor:
         self._interval = profile.poll.floor
         self._next_poll = 0.0
         self._last: dict[str, JobStatus] = {}  # job id -> status at the last poll
+        #: job id -> when it was first seen pending for a reason in NEVER_STARTS
+        self._stuck: dict[str, float] = {}
         self._failures = 0  # failed squeue calls since the last one that answered
         self._down_since: float | None = None  # when the first of them failed
         #: jobs submitted since then: each gets the whole grace, from its submission
@@ -653,12 +660,33 @@ class SlurmExecutor:
         probe = probe_for(status)
         if probe.liveness == Liveness.ALIVE:
             probe.detail["status"] = alive_text(status)
+            never = NEVER_STARTS.get(status.reason) if status.state == "PENDING" else None
+            if never is None:
+                self._stuck.pop(job_id, None)
+            elif self._clock() - self._stuck.setdefault(job_id, self._clock()) >= NEVER_START:
+                return self._refuse(handle, job_id, status, never)
         elif status.state == COMPLETED and not self._script_ran(handle):
             probe.raw = (
                 f"{status.describe()}, but the job script never ran (no started line in "
                 f"status/markers); see logs/slurm-{job_id}.err and the node's slurmd log"
             )
         return probe
+
+    def _refuse(self, handle: dict[str, Any], job_id: str, status: JobStatus, why: str) -> Probe:
+        """A job Slurm keeps pending for a reason that does not clear by itself (a time
+        limit over its partition's: sbatch takes it, and it would pend for ever with its
+        run RUNNING): cancelled, and its run ends in ERROR with Slurm's reason (no retry:
+        it would pend the same)."""
+        self._stuck.pop(job_id, None)
+        cancelled = self._scancel(handle)
+        said = (
+            f"Slurm will not start job {job_id}: it has been {alive_text(status)} for "
+            f"{NEVER_START:.0f} s, {why}; "
+            + ("flowbatch cancelled it" if cancelled else "flowbatch could not cancel it yet")
+        )
+        if not cancelled:
+            self._hand_over(handle, said)
+        return Probe(Liveness.FINISHED, raw=said, detail={"job_id": job_id, "refused": said})
 
     @staticmethod
     def _script_ran(handle: dict[str, Any]) -> bool:

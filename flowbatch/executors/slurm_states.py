@@ -57,6 +57,25 @@ INFRA_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
 CANCELLED = "CANCELLED"
 COMPLETED = "COMPLETED"
 
+#: why a pending job will not start while its request and the cluster's limits stay as
+#: they are (Slurm's reason codes; sbatch takes such a job under EnforcePartLimits=NO,
+#: Slurm's default): reason -> what it means
+NEVER_STARTS = {
+    "PartitionTimeLimit": "its time limit is over the partition's",
+    "PartitionNodeLimit": "it asks more nodes than the partition allows",
+    "BadConstraints": "its constraints cannot be met",
+    "InvalidAccount": "its account is not valid",
+    "InvalidQOS": "its QOS is not valid",
+    "DependencyNeverSatisfied": "a job it depends on failed",
+    "QOSMaxWallDurationPerJobLimit": "its time limit is over its QOS's",
+    "AssocMaxWallDurationPerJobLimit": "its time limit is over its association's",
+    "QOSMaxCpuPerJobLimit": "it asks more CPUs than its QOS allows",
+    "AssocMaxCpuPerJobLimit": "it asks more CPUs than its association allows",
+    "QOSMaxNodePerJobLimit": "it asks more nodes than its QOS allows",
+    "AssocMaxNodesPerJobLimit": "it asks more nodes than its association allows",
+    "QOSMaxMemoryPerJob": "it asks more memory than its QOS allows",
+}
+
 
 @dataclass(frozen=True)
 class JobStatus:

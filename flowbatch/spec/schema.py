@@ -51,7 +51,10 @@ class SelectValue(_Doc):
 
     name: str = Field(description="Shown to users.")
     value: str | int | float = Field(description="The value a run receives.")
-    isDefault: bool = Field(default=False, description="The default choice when the parameter has no defaultValue (at most one).")
+    isDefault: bool = Field(
+        default=False,
+        description="The default choice when the parameter has no defaultValue (at most one).",
+    )
 
 
 class ElementDeclaration(_Doc):
