@@ -13,10 +13,17 @@ executor of that name. A run goes like this:
    start time and the host's boot id, so a reused PID is never taken for the run.
 2. **poll**: one remote command per host per tick for all of that host's runs.
    A run whose wrapper ended has its files fetched at once; a host that does not answer
-   gives UNKNOWN, and GONE (with the reason, an infrastructure failure) once it has
-   been unreachable for longer than its ``unreachable_grace``.
+   (unreachable, or its poll failed or timed out) gives UNKNOWN, and GONE (with the
+   reason, an infrastructure failure) once it has not answered for longer than its
+   ``unreachable_grace``; so does a run whose files could not be fetched that long.
+   Every wait for the host is bounded (see :mod:`ssh_pool`): a hung host holds a tick
+   for ``io_timeout`` (or ``connect_timeout`` when reconnecting) at most, and the other
+   hosts and executors are served in the same tick after it.
 3. **collect**: the files not fetched yet come home (markers, logs, outputs: every file
    that is new or changed), then the remote folder is removed unless ``keep_remote``.
+   A remote file that cannot be read is left out and named in the run's notes
+   (:meth:`SSHExecutor.take_messages`); a fetch left incomplete for another reason (the
+   connection lost, a full local disk) keeps the remote folder, and the notes say where.
 4. **cancel**: TERM to the remote process group, KILL after a grace; on a host that does
    not answer, once it does (the run is ended at once all the same). Such process groups
    are noted in files under ``<site>/ssh-abandoned/<host>/`` until they are ended: a
@@ -41,18 +48,29 @@ The remote host must be Linux (``/proc``) with bash; the login shell may be any 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import paramiko
+
 from ..errors import ExecutorError, FlowbatchError
+from ..render.script import LOGS_DIR
 from ..ssh_hosts import SSHHost
 from .base import Launch, Liveness, Probe
 from .notes import SSH_ABANDONED, Notes
-from .ssh_pool import HostUnreachable, SSHConnection, SSHPool, SSHRunner, shared_pool
-from .ssh_staging import download_tree, upload_tree
+from .ssh_pool import (
+    HostUnreachable,
+    SSHConnection,
+    SSHPool,
+    SSHRunner,
+    connection_lost,
+    shared_pool,
+)
+from .ssh_staging import LocalWriteError, RemoteFolderMissing, download_tree, upload_tree
 
 if TYPE_CHECKING:
     from ..config import SiteConfig
@@ -66,6 +84,10 @@ RC_MARKER = "status/script.rc"
 #: the process groups of runs given up on, to be ended once their host answers (one file
 #: each, in a folder per host), under the site folder
 ABANDONED_DIR = SSH_ABANDONED
+#: the most names of files left out of a fetch that a run's note lists one by one
+NOTED_FILES = 10
+#: the most runs whose notes are kept for :meth:`SSHExecutor.take_messages`
+MAX_NOTED_RUNS = 1000
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -138,17 +160,23 @@ rm -rf -- {dir}; mkdir -p -- {dir}; cd -- {dir}; pwd -P
 #: the wrapper's "pid start boot-id", in the run's remote folder (see _PREPARE)
 WRAPPER_RECORD = "status/wrapper"
 
-# one line per run: "<run id> <1 alive | 0 ended | nodir> <wrapper's exit status or ->"
+# one line per run: "<run id> <1 alive | 0 ended | nodir> <wrapper's exit status or ->".
+# The exit status is read only once the wrapper ended, only from a regular file (the run
+# may leave a FIFO there: opening it would hold the poll of every run of the host), and
+# no more than its first line (16 characters).
 _POLL_HEAD = (
     _SAME_PROCESS
     + r"""read -r fb_boot < /proc/sys/kernel/random/boot_id
 printf 'boot %s\n' "$fb_boot"
 fb_p() {
-  local alive=0 rc=-
+  local alive=0 rc=- f="$4/status/script.rc"
   if [ "$5" = "$fb_boot" ] && fb_same "$2" "$3"; then alive=1; fi
   if [ "$alive" = 0 ] && [ ! -d "$4" ]; then printf '%s nodir -\n' "$1"; return; fi
-  { read -r rc < "$4/status/script.rc"; } 2>/dev/null || rc=-
-  printf '%s %s %s\n' "$1" "$alive" "${rc:--}"
+  if [ "$alive" = 0 ] && [ -f "$f" ] && [ ! -L "$f" ]; then
+    { read -r -n 16 rc < "$f"; } 2>/dev/null
+  fi
+  case $rc in ''|*[!0-9]*) rc=-;; esac
+  printf '%s %s %s\n' "$1" "$alive" "$rc"
 }
 """
 )
@@ -186,6 +214,15 @@ class SSHExecutor:
         self.pool = pool
         self.limit = host.max_runs
         self._fetched: set[str] = set()  # runs whose files came home during a poll
+        #: monotonic time of the first poll in a row that got no answer (unreachable,
+        #: failed, timed out): only a poll that answers resets it, a reconnection does not
+        self._failing_since: float | None = None
+        #: runs that ended but whose files could not be fetched: since when, and why
+        self._fetch_failing: dict[str, float] = {}
+        #: runs whose fetch is incomplete (their remote folder is kept): why
+        self._incomplete: dict[str, str] = {}
+        #: what the run's messages should say about the fetch of its files
+        self._said: dict[str, list[str]] = {}
         #: handles of runs given up on while this host was away (see :meth:`abandon`),
         #: those an earlier daemon (or ``runs cancel``) could not end first
         self._notes = Notes(
@@ -227,8 +264,8 @@ class SSHExecutor:
         remote_dir = prep.stdout.strip().splitlines()[-1]
         try:
             upload_tree(conn.sftp(force=True), job.run_dir, remote_dir)
-        except OSError as exc:
-            if not conn.alive():
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if connection_lost(exc) or not conn.alive():
                 raise conn.broken(exc) from None
             raise self._error(f"cannot upload the run folder to {remote_dir}", str(exc)) from None
         bad = [k for k in job.env if not _ENV_NAME.match(k)]
@@ -245,6 +282,7 @@ class SSHExecutor:
         if not started.ok or len(fields) != 3 or not fields[0].isdigit():
             raise self._error("cannot start run.sh", started.stderr or started.stdout)
         pid, start, boot = fields
+        self._failing_since = None  # it answered
         log.info("run %s started on %s as pid %s in %s", job.run_id, self.name, pid, remote_dir)
         return {
             "host": self.name,
@@ -273,7 +311,11 @@ class SSHExecutor:
 
     # -- poll -----------------------------------------------------------------------------
     def poll(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
-        """All of this host's runs in one remote command; finished runs' files come home."""
+        """All of this host's runs in one remote command; finished runs' files come home.
+
+        A poll that gets no answer (the host unreachable, the poll failing or timing out:
+        it is ended there, see :mod:`ssh_pool`) gives UNKNOWN, then GONE once no poll
+        has answered for longer than ``unreachable_grace``."""
         if not handles:
             return {}
         conn = self.connection
@@ -284,11 +326,12 @@ class SSHExecutor:
         try:
             result = conn.run("\n".join(lines) + "\n")
         except FlowbatchError as exc:
-            return self._unreachable(handles, conn, exc)
+            return self._unreachable(handles, conn, exc.reason, conn.last_error)
         if not result.ok:
             log.warning("ssh %s: poll failed: %s", self.name, result.stderr.strip()[-300:])
-            raw = f"poll failed on ssh:{self.name}: {result.stderr.strip()[-200:]}"
-            return {run_id: Probe(Liveness.UNKNOWN, raw=raw) for run_id, _ in handles}
+            detail = " ".join(result.stderr.split())[-200:] or f"exit status {result.returncode}"
+            return self._unreachable(handles, conn, f"poll failed on ssh:{self.name}: {detail}")
+        self._failing_since = None
         states = _parse_poll(result.stdout)
         out: dict[str, Probe] = {}
         for run_id, handle in handles:
@@ -314,38 +357,132 @@ class SSHExecutor:
         try:
             self._fetch(run_id, handle)
         except HostUnreachable as exc:  # it ended, but its files are not home: next tick
-            return Probe(Liveness.UNKNOWN, raw=f"{raw}; fetching its files: {exc.reason}")
+            since = self._fetch_failing.setdefault(run_id, time.monotonic())
+            waited = time.monotonic() - since
+            if waited <= self.host.unreachable_grace:
+                return Probe(Liveness.UNKNOWN, raw=f"{raw}; fetching its files: {exc.reason}")
+            why = (
+                f"the files of the ended run could not be fetched from ssh host {self.name} "
+                f"for {waited:.0f} s (unreachable_grace {self.host.unreachable_grace:g} s): "
+                f"{exc.reason}; its remote folder is kept: {self._where(handle)}"
+            )
+            self._fetch_failing.pop(run_id, None)
+            self._incomplete[run_id] = why
+            self._fetched.add(run_id)  # collect leaves it (and its folder) alone
+            return Probe(Liveness.GONE, raw=f"{raw}; {why}", infra_failure=why)
+        self._fetch_failing.pop(run_id, None)
+        if code != 0:
+            space = self._space_note(handle)
+            if space:
+                self._note(run_id, space)
+        said = "; ".join(self._said.get(run_id, []))
+        incomplete = self._incomplete.get(run_id)
+        if incomplete:  # collect tries once more; a lost run's message says it
+            raw += f"; {incomplete}"
+        if said:  # in a failed or lost run's messages (a successful one's: take_messages)
+            return Probe(
+                Liveness.FINISHED, exit_code=code, raw=f"{raw}; {said}", detail={"message": said}
+            )
         return Probe(Liveness.FINISHED, exit_code=code, raw=raw)
+
+    def _space_note(self, handle: dict[str, Any]) -> str | None:
+        """For a run that failed and whose logs came home empty (a full remote disk
+        leaves no word of itself): the remote file system of its folder, as ``df -P``
+        gives it (one line). None otherwise, or when the host does not say."""
+        logs = Path(str(handle.get("run_dir", ""))) / LOGS_DIR
+        try:
+            with os.scandir(logs) as entries:
+                if any(
+                    e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_size
+                    for e in entries
+                ):
+                    return None
+        except OSError:
+            pass
+        remote = str(handle.get("remote_dir") or "")
+        if not remote:
+            return None
+        try:
+            result = self.connection.run(f"df -P -- {_q(remote)} | tail -n 1", timeout=10)
+        except FlowbatchError:
+            return None
+        line = " ".join(result.stdout.split())
+        if not result.ok or not line:
+            return None
+        fields = line.split(" ")  # file system, blocks, used, available, capacity, mount
+        full = len(fields) >= 5 and (fields[3] == "0" or fields[4] == "100%")
+        return (
+            "its logs came home empty; "
+            + ("no space left on the file system of its remote folder" if full else "")
+            + (" " if full else "the file system of its remote folder ")
+            + f"(df -P): {line}"
+        )
 
     def _unreachable(
         self,
         handles: Sequence[tuple[str, dict[str, Any]]],
         conn: SSHConnection,
-        exc: FlowbatchError,
+        reason: str,
+        cause: str | None = None,
     ) -> dict[str, Probe]:
-        down = conn.unreachable_for()
+        """Probes for a poll that got no answer (``reason``; ``cause``, the short form for
+        the end): UNKNOWN, GONE once no poll has answered for ``unreachable_grace``."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        down = max(conn.unreachable_for(), now - self._failing_since)
         if down <= self.host.unreachable_grace:
-            return {run_id: Probe(Liveness.UNKNOWN, raw=exc.reason) for run_id, _ in handles}
+            return {run_id: Probe(Liveness.UNKNOWN, raw=reason) for run_id, _ in handles}
         why = (
             f"ssh host {self.name} unreachable for {down:.0f} s "
-            f"(unreachable_grace {self.host.unreachable_grace:g} s): {conn.last_error or exc}"
+            f"(unreachable_grace {self.host.unreachable_grace:g} s): {cause or reason}"
         )
+        self._failing_since = None  # these runs end; the next ones get their own grace
         return {run_id: Probe(Liveness.GONE, raw=why, infra_failure=why) for run_id, _ in handles}
 
     def _fetch(self, run_id: str, handle: dict[str, Any]) -> None:
-        """Bring the remote run folder's new and changed files home (once)."""
+        """Bring the remote run folder's new and changed files home (once).
+
+        A remote file that cannot be read is left out, and noted; a lost connection
+        raises :class:`HostUnreachable` (the next poll tries again); a fetch that fails
+        for another reason (writing here) is noted as incomplete (its remote folder is
+        kept) and tried again once by :meth:`collect`."""
         if run_id in self._fetched or not handle.get("remote_dir") or "run_dir" not in handle:
             return
         conn = self.connection
+        remote = str(handle["remote_dir"])
+        skipped: list[str] = []
         try:
-            download_tree(conn.sftp(), str(handle["remote_dir"]), Path(handle["run_dir"]))
-        except FileNotFoundError:
-            pass  # the remote folder is gone: the local markers will say "lost"
-        except OSError as exc:
-            if not conn.alive():
+            download_tree(conn.sftp(), remote, Path(handle["run_dir"]), skipped)
+        except RemoteFolderMissing:
+            pass  # the remote folder itself is gone: the local markers will say "lost"
+        except (OSError, EOFError, paramiko.SSHException, LocalWriteError) as exc:
+            if not isinstance(exc, LocalWriteError) and (connection_lost(exc) or not conn.alive()):
                 raise conn.broken(exc) from None
-            log.warning("ssh %s: fetching %s: %s", self.name, handle["remote_dir"], exc)
+            log.warning("ssh %s: fetching %s: %s", self.name, remote, exc)
+            self._incomplete[run_id] = (
+                f"its files did not all come home from ssh host {self.name} ({exc}); "
+                f"its remote folder is kept: {self._where(handle)}"
+            )
+            return
+        self._incomplete.pop(run_id, None)
+        if skipped:
+            shown = ", ".join(skipped[:NOTED_FILES])
+            more = f" and {len(skipped) - NOTED_FILES} more" if len(skipped) > NOTED_FILES else ""
+            self._note(
+                run_id,
+                f"{len(skipped)} file(s) of the run folder on ssh host {self.name} could not "
+                f"be fetched and are left out: {shown}{more}",
+            )
         self._fetched.add(run_id)
+
+    def _where(self, handle: dict[str, Any]) -> str:
+        return f"{self.host.login()}:{handle.get('remote_dir')}"
+
+    def take_messages(self, run_id: str) -> list[str]:
+        """What the run's messages should say about the fetch of its files (files left
+        out, a remote folder kept and why), once: for the run's end."""
+        return self._said.pop(run_id, [])
 
     # -- collect / cancel / adopt -----------------------------------------------------------
     def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
@@ -354,18 +491,39 @@ class SSHExecutor:
         Best effort and never raising: a host that is down keeps its folder (the run's
         message says why it ended), and the markers that came home decide the state."""
         conn = self.connection
-        if conn.down_since is not None and not conn.alive():
-            log.warning("ssh %s: down, run %s's remote folder is left", self.name, run_id)
-            self._fetched.discard(run_id)
-            return
         try:
-            self._fetch(run_id, {**handle, "run_dir": str(run_dir)})
-            if not self.host.keep_remote and handle.get("remote_dir"):
+            if conn.down_since is not None and not conn.alive():
+                log.warning("ssh %s: down, run %s's remote folder is left", self.name, run_id)
+                self._keep(run_id, handle, f"ssh host {self.name} is away ({conn.last_error})")
+                return
+            try:
+                self._fetch(run_id, {**handle, "run_dir": str(run_dir)})
+            except FlowbatchError as exc:
+                log.warning("ssh %s: collecting run %s: %s", self.name, run_id, exc.reason)
+                self._keep(run_id, handle, f"fetching its files: {exc.reason}")
+                return
+            incomplete = self._incomplete.pop(run_id, None)
+            if incomplete:  # never removed with files not home
+                self._note(run_id, incomplete)
+            elif not self.host.keep_remote and handle.get("remote_dir"):
                 conn.run(f"rm -rf -- {_q(str(handle['remote_dir']))}")
         except FlowbatchError as exc:
             log.warning("ssh %s: collecting run %s: %s", self.name, run_id, exc.reason)
         finally:
             self._fetched.discard(run_id)
+            self._fetch_failing.pop(run_id, None)
+            self._incomplete.pop(run_id, None)
+
+    def _keep(self, run_id: str, handle: dict[str, Any], why: str) -> None:
+        if handle.get("remote_dir"):
+            self._note(run_id, f"its remote folder is kept: {self._where(handle)} ({why})")
+
+    def _note(self, run_id: str, text: str) -> None:
+        said = self._said.setdefault(run_id, [])
+        if text not in said:
+            said.append(text)
+        while len(self._said) > MAX_NOTED_RUNS:  # those nobody took (see take_messages)
+            self._said.pop(next(iter(self._said)))
 
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
         """TERM the remote process group (the wrapper is its session leader), KILL it after

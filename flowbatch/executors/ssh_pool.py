@@ -17,6 +17,22 @@ The Transport is made by :func:`_transport`, which puts AES-GCM first among para
 ciphers (one pass instead of AES-CTR plus a separate HMAC: 10-25% more SFTP throughput
 on loopback); nothing is added to or removed from what paramiko offers.
 Large files do not go through SFTP at all (see ``ssh_staging``).
+
+Bounded: a host that stops answering (hung, its sshd stopped, a half-open link: the
+kernel still ACKs, so TCP keepalive and paramiko's keepalive, which asks no reply, see
+nothing) never holds a caller for long. Every wait for the host is bounded by the
+connection's :attr:`SSHConnection.io_timeout` (no answer for ``3 x keepalive``, at
+least ``connect_timeout``: OpenSSH's ``ServerAliveCountMax`` of 3), and a command by
+its own timeout plus that: paramiko's waits that take no timeout (the reply to an
+exec or subsystem request) run under a :class:`Fuse` that closes the connection, and
+the SFTP session's channel closes it at its first read or write that times out
+(:class:`FusedChannel`; its pending requests would be answered out of turn later). A
+connection closed so is broken: the caller gets :class:`HostUnreachable`, the host
+counts as away (the executors' ``unreachable_grace``) and the next use reconnects; a
+connection attempt that fails by timing out is not repeated before the backoff ends,
+even by a caller that skips it for a refused one (a launch).
+A command's remote side is ended with its process group when it outlasts its timeout
+(coreutils ``timeout``, where the host has it): exit 124, as locally.
 """
 
 from __future__ import annotations
@@ -29,7 +45,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 import paramiko
 
@@ -43,6 +60,11 @@ log = logging.getLogger("flowbatch.ssh")
 BACKOFF_START = 0.5
 #: upper bound of a bookkeeping command (poll, launch, cancel) when the caller gives none
 DEFAULT_COMMAND_TIMEOUT = 60.0
+#: keepalive intervals without an answer after which a wait for the host gives up and
+#: the connection counts as broken (OpenSSH's ServerAliveCountMax)
+KEEPALIVE_MISSES = 3
+#: seconds between TERM and KILL of a command that outlasted its timeout (remote side)
+COMMAND_KILL_AFTER = 5
 
 
 #: ciphers put first in the Transport's offer, when this paramiko has them (3.5+)
@@ -97,6 +119,85 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
         )
 
 
+class Fuse:
+    """Closes ``transport`` if the block it guards outlasts ``seconds``: for paramiko's
+    waits that take no timeout (the reply to an exec or subsystem request), whose
+    waiters the closed transport wakes (with an error). ``blown`` tells afterwards."""
+
+    def __init__(self, transport: paramiko.Transport, seconds: float) -> None:
+        self.transport = transport
+        self.seconds = seconds
+        self.blown = False
+        self._timer = threading.Timer(seconds, self._blow)
+        self._timer.daemon = True
+
+    def _blow(self) -> None:
+        self.blown = True
+        log.warning("ssh: no answer for %.1f s, closing the connection", self.seconds)
+        self.transport.close()
+
+    def __enter__(self) -> Fuse:
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+        if self.blown and exc is not None and not isinstance(exc, TimeoutError):
+            raise TimeoutError(f"no answer for {self.seconds:g} s") from exc
+
+
+class FusedChannel:
+    """A channel as an SFTP client sees it (``recv``, ``send``, the rest passed through)
+    that closes its whole connection at the first read or write that times out.
+
+    A timed-out SFTP request leaves the session out of step (its answer may still come,
+    taken for the next request's): the session cannot go on, and paramiko would wait
+    once more for each file it closes on the way out."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+
+    def recv(self, nbytes: int) -> bytes:
+        try:
+            return self._channel.recv(nbytes)
+        except TimeoutError:
+            self._cut()
+            raise
+
+    def send(self, data: bytes) -> int:
+        try:
+            return self._channel.send(data)
+        except TimeoutError:
+            self._cut()
+            raise
+
+    def _cut(self) -> None:
+        transport = self._channel.get_transport()
+        log.warning("ssh: no answer on the SFTP session for %s s", self._channel.gettimeout())
+        if transport is not None:
+            transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+def io_timeout(host: SSHHost) -> float:
+    """How long any single wait for ``host`` may last: ``KEEPALIVE_MISSES`` keepalive
+    intervals, at least its ``connect_timeout``."""
+    return max(KEEPALIVE_MISSES * host.keepalive, host.connect_timeout)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by an SSH or SFTP operation, means the connection failed
+    (timed out, closed, reset), as opposed to the host's answer about one file."""
+    return isinstance(exc, TimeoutError | ConnectionError | EOFError | paramiko.SSHException)
+
+
 class SSHConnection:
     """The pooled connection to one host: lazy, kept alive, reconnecting with backoff."""
 
@@ -113,6 +214,9 @@ class SSHConnection:
         self._lock = threading.RLock()
         self._failures = 0
         self._next_attempt = 0.0
+        self._slow_failure = False  # the last attempt failed by timing out
+        #: the longest wait for an answer before the connection counts as broken
+        self.io_timeout = io_timeout(host)
 
     # -- state ----------------------------------------------------------------------------------
     def alive(self) -> bool:
@@ -125,13 +229,17 @@ class SSHConnection:
 
     # -- connecting -----------------------------------------------------------------------------
     def client(self, *, force: bool = False) -> paramiko.SSHClient:
-        """The open client; connects first when needed. ``force`` skips the backoff wait."""
+        """The open client; connects first when needed. ``force`` skips the backoff wait,
+        unless the last attempt failed by timing out (a hung host: each attempt would
+        hold the caller for ``connect_timeout``)."""
         with self._lock:
             if self._client is not None and self.alive():
                 return self._client
             self._drop()
-            if not force and time.monotonic() < self._next_attempt:
+            if time.monotonic() < self._next_attempt and (not force or self._slow_failure):
                 raise self._unreachable(f"{self.last_error} (next attempt in a moment)")
+            begin = time.monotonic()
+            self._slow_failure = False
             try:
                 self._client = self._connect()
             except HostKeyError as exc:
@@ -142,6 +250,9 @@ class SSHConnection:
                 raise
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 reason = _describe(exc)
+                if str(exc) == "No existing session":  # paramiko's word for a stalled kex
+                    reason = f"no answer to the key exchange within {self.host.connect_timeout:g} s"
+                self._slow_failure = time.monotonic() - begin >= self.host.connect_timeout / 2
                 self._failed(reason)
                 raise self._unreachable(reason) from None
             self.connects += 1
@@ -278,7 +389,12 @@ class SSHConnection:
         timeout: float | None = None,
         force: bool = False,
     ) -> CommandResult:
-        """Run a bash command line on the host; :class:`HostUnreachable` when it cannot."""
+        """Run a bash command line on the host; :class:`HostUnreachable` when it cannot.
+
+        A command that outlasts ``timeout`` is ended there with its process group (exit
+        124, "timed out"); a host that has not answered :attr:`io_timeout` after that
+        (and :data:`COMMAND_KILL_AFTER`), or not within :attr:`io_timeout` to the request
+        to start it, breaks the connection."""
         client = self.client(force=force)
         self.commands += 1
         timeout = timeout or DEFAULT_COMMAND_TIMEOUT
@@ -288,33 +404,51 @@ class SSHConnection:
             chan = transport.open_session(timeout=self.host.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._broken(exc) from None
+        limit = timeout + COMMAND_KILL_AFTER + self.io_timeout
+        begin = time.monotonic()
         try:
-            chan.settimeout(timeout)
-            # the login shell may be anything POSIX-ish; the command is bash
-            chan.exec_command("exec bash -c " + _quote(command))
-            if input is not None:
-                chan.sendall(input.encode("utf-8"))
-            chan.shutdown_write()
-            stdout = chan.makefile("rb").read()
-            stderr = chan.makefile_stderr("rb").read()
-            if not chan.status_event.wait(timeout):
-                raise TimeoutError
-            code = chan.recv_exit_status()
-        except TimeoutError:
-            return CommandResult(124, "", f"timed out after {timeout} s on ssh:{self.name}")
+            with Fuse(transport, self.io_timeout):  # the reply to the exec request
+                chan.exec_command(_remote_command(command, timeout))
+            with Fuse(transport, limit):
+                chan.settimeout(limit)
+                if input is not None:
+                    chan.sendall(input.encode("utf-8"))
+                chan.shutdown_write()
+                stdout = chan.makefile("rb").read()
+                stderr = chan.makefile_stderr("rb").read()
+                if not chan.status_event.wait(limit):
+                    raise TimeoutError(f"no exit status after {limit:g} s")
+                code = chan.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._broken(exc) from None
         finally:
             chan.close()
+        if code in (124, 128 + 9) and time.monotonic() - begin >= timeout:
+            said = _text(stderr).strip()
+            return CommandResult(
+                124,
+                _text(stdout),
+                f"timed out after {timeout:g} s on ssh:{self.name}" + (f": {said}" if said else ""),
+            )
         return CommandResult(code, _text(stdout), _text(stderr))
 
     def sftp(self, *, force: bool = False) -> paramiko.SFTPClient:
-        """The connection's SFTP session (opened once per connection)."""
+        """The connection's SFTP session (opened once per connection). Each of its
+        requests waits at most :attr:`io_timeout` for its answer; one that times out
+        closes the connection (:class:`FusedChannel`): the caller sees the timeout (an
+        ``OSError``), and :meth:`broken` makes it :class:`HostUnreachable`."""
         with self._lock:
             client = self.client(force=force)
             if self._sftp is None:
+                transport = client.get_transport()
                 try:
-                    self._sftp = client.open_sftp()
+                    assert transport is not None
+                    chan = transport.open_session(timeout=self.host.connect_timeout)
+                    chan.settimeout(self.io_timeout)
+                    with Fuse(transport, self.io_timeout):
+                        chan.invoke_subsystem("sftp")
+                        # the client uses its channel's recv, send and the rest through
+                        self._sftp = paramiko.SFTPClient(cast(paramiko.Channel, FusedChannel(chan)))
                 except (paramiko.SSHException, OSError, EOFError) as exc:
                     raise self._broken(exc) from None
             return self._sftp
@@ -335,15 +469,17 @@ class SSHConnection:
         return self._unreachable(f"connection lost: {reason}")
 
     def _drop(self) -> None:
+        # the transport first: closing the SFTP session of a host that does not answer
+        # would wait for it (a closed transport has closed its channels already)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self._sftp is not None:
             try:
                 self._sftp.close()
             except Exception:
                 pass
             self._sftp = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
     def close(self) -> None:
         """Close the connection and forget failures (the next use connects afresh)."""
@@ -351,6 +487,7 @@ class SSHConnection:
             self._drop()
             self._failures = 0
             self._next_attempt = 0.0
+            self._slow_failure = False
 
 
 class SSHPool:
@@ -437,6 +574,18 @@ def reset_shared_pools() -> None:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _remote_command(command: str, timeout: float) -> str:
+    """What the login shell runs for ``command``: bash, under coreutils ``timeout`` where
+    the host has it (its own process group, TERMed after ``timeout`` seconds, KILLed
+    :data:`COMMAND_KILL_AFTER` later: a command stuck there is not left behind)."""
+    bash = "bash -c " + _quote(command)
+    limit = f"{max(timeout, 0.1):.1f}"
+    return (
+        "if command -v timeout >/dev/null 2>&1; then "
+        f"exec timeout -k {COMMAND_KILL_AFTER} {limit} {bash}; else exec {bash}; fi"
+    )
 
 
 def _text(data: bytes) -> str:

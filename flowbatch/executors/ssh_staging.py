@@ -21,6 +21,12 @@ about twice SFTP's rate. Smaller files stay on SFTP, which is quicker for them (
 process to start). A stream that fails for any reason but a lost connection (no
 ``cat``, a login shell that prints, a file that changed meanwhile) is not trusted: the
 file goes again over SFTP, so the stream only ever makes things faster.
+
+Faults: a remote file the daemon cannot read (permission denied, gone since the listing,
+the server's failure) is left out with a note and the download goes on; a lost or timed
+out connection (every wait is bounded, see :mod:`ssh_pool`) ends the download with the
+error, and so does a local failure (a full disk: :class:`LocalWriteError`). Markers and
+logs come first, then the other files, smallest first, then the sub-folders.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import paramiko
 
 from ..render.script import LOGS_DIR, STATUS_DIR, shell_quote
+from .ssh_pool import Fuse, connection_lost
 
 log = logging.getLogger("flowbatch.ssh")
 
@@ -49,8 +56,28 @@ STREAM_MIN_SIZE = 1 << 20
 STREAM_WINDOW = 8 << 20
 #: bytes per read and per write of a stream
 STREAM_CHUNK = 1 << 20
-#: a stream that moves no byte for this long has failed (and the file goes over SFTP)
+#: a stream that moves no byte for this long has lost its connection, when the SFTP
+#: session gives no timeout of its own (the pool's sessions give their ``io_timeout``)
 STREAM_IDLE_TIMEOUT = 300.0
+
+
+class LocalWriteError(Exception):
+    """Writing a fetched file here failed (a full disk, a quota): the download is
+    incomplete for a reason of this side's. ``cause`` is the ``OSError``."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(f"writing here failed: {cause.strerror or cause}")
+        self.cause = cause
+
+
+class RemoteFolderMissing(FileNotFoundError):
+    """The remote folder a download was to fetch is not there (its files, if any,
+    are not the reason: a file gone during the walk is left out with a note)."""
+
+
+class _Skipped(Exception):
+    """One remote file or folder cannot be fetched (the reason given); the rest can."""
+
 
 #: top-level names of a run folder that never go up
 NOT_UPLOADED = frozenset({STATUS_DIR, LOGS_DIR, "run.json", "request.yaml", "attempts"})
@@ -124,7 +151,9 @@ def _upload(sftp: paramiko.SFTPClient, dir_fd: int, name: str, path: Path, remot
     return 1
 
 
-def download_tree(sftp: paramiko.SFTPClient, remote_dir: str, local_dir: Path) -> int:
+def download_tree(
+    sftp: paramiko.SFTPClient, remote_dir: str, local_dir: Path, notes: list[str] | None = None
+) -> int:
     """Fetch new or changed files of ``remote_dir`` into ``local_dir``; the file count.
 
     The local tree is the run user's, who may swap any folder in it for a symlink at any
@@ -133,11 +162,23 @@ def download_tree(sftp: paramiko.SFTPClient, remote_dir: str, local_dir: Path) -
     every file is created, renamed and given its owner relative to the descriptor of the
     folder that was checked: nothing lands outside ``local_dir``. A sub-folder that is a
     link or no folder, or that was moved while its remote listing came, is skipped with
-    a warning."""
+    a warning.
+
+    A remote file or sub-folder that cannot be read (permission denied, gone since it was
+    listed) is skipped too, and ``notes`` gets ``"<path> (<why>)"`` for it (the path
+    relative to ``remote_dir``). :class:`RemoteFolderMissing` (a ``FileNotFoundError``)
+    means ``remote_dir`` itself is not there; a lost connection raises its error
+    (``OSError``, ``EOFError``, ``SSHException``), a failure to write here
+    :class:`LocalWriteError`: the download is then incomplete."""
     top = os.open(local_dir, _DIR_FLAGS)
     try:
-        entries = sftp.listdir_attr(remote_dir)
-        return _download(sftp, remote_dir, entries, top, local_dir, _owner(top), top=True)
+        try:
+            entries = sftp.listdir_attr(remote_dir)
+        except FileNotFoundError as exc:
+            raise RemoteFolderMissing(errno.ENOENT, f"{remote_dir}: {exc.strerror}") from None
+        return _download(
+            sftp, remote_dir, entries, top, local_dir, _owner(top), notes, "", top=True
+        )
     finally:
         os.close(top)
 
@@ -149,43 +190,106 @@ def _download(
     dir_fd: int,
     local_dir: Path,
     owner: tuple[int, int] | None,
+    notes: list[str] | None,
+    prefix: str,
     *,
     top: bool = False,
 ) -> int:
     """Fetch the listed ``entries`` of ``remote_dir`` into the open folder ``dir_fd``
-    (``local_dir`` names it, for messages only: never opened by that path)."""
+    (``local_dir`` names it, for messages only: never opened by that path); ``prefix``:
+    the folder's path relative to the top, for the notes."""
     count = 0
-    for attr in entries:
+    for attr in sorted(entries, key=_fetch_order if top else _file_size_order):
         name = attr.filename
         if (top and name in NOT_DOWNLOADED) or name in (".", "..") or "/" in name or "\0" in name:
             continue
         mode = attr.st_mode or 0
         remote = f"{remote_dir}/{name}"
         local = local_dir / name
-        if stat.S_ISDIR(mode):
-            try:
-                sub = _open_folder(dir_fd, name, owner)
-            except OSError as exc:
-                log.warning("not fetching %s: %s is in the way (%s)", remote, local, exc.strerror)
-                continue
-            try:
-                listed = sftp.listdir_attr(remote)
-                # the listing is a round trip the run's code can make long: a folder moved
-                # or replaced meanwhile is left alone (the descriptor would still keep the
-                # writes inside the run folder, but not where the user now expects them)
-                if not _still_at(dir_fd, name, sub):
-                    log.warning(
-                        "not fetching %s: %s was moved or replaced while it was listed",
-                        remote,
-                        local,
-                    )
-                    continue
-                count += _download(sftp, remote, listed, sub, local, owner)
-            finally:
-                os.close(sub)
-        elif stat.S_ISREG(mode) and _changed(dir_fd, name, attr):
-            count += _fetch_one(sftp, remote, attr, dir_fd, name, local, owner)
+        try:
+            if stat.S_ISDIR(mode):
+                count += _download_folder(
+                    sftp, remote, dir_fd, name, local, owner, notes, prefix + name + "/"
+                )
+            elif stat.S_ISREG(mode) and _changed(dir_fd, name, attr):
+                count += _fetch_one(sftp, remote, attr, dir_fd, name, local, owner)
+        except _Skipped as why:
+            log.warning("not fetching %s: %s", remote, why)
+            if notes is not None:
+                notes.append(f"{prefix}{name} ({why})")
     return count
+
+
+def _fetch_order(attr: paramiko.SFTPAttributes) -> tuple[int, int]:
+    """The top folder: markers, then logs (what says how the run ended, first), then its
+    files, smallest first, then its other folders."""
+    first = {STATUS_DIR: 0, LOGS_DIR: 1}.get(attr.filename)
+    if first is not None:
+        return (first, 0)
+    return _file_size_order(attr)
+
+
+def _file_size_order(attr: paramiko.SFTPAttributes) -> tuple[int, int]:
+    if stat.S_ISDIR(attr.st_mode or 0):
+        return (3, 0)
+    return (2, attr.st_size or 0)
+
+
+def _download_folder(
+    sftp: paramiko.SFTPClient,
+    remote: str,
+    dir_fd: int,
+    name: str,
+    local: Path,
+    owner: tuple[int, int] | None,
+    notes: list[str] | None,
+    prefix: str,
+) -> int:
+    """The remote sub-folder ``remote`` into ``name`` of the open folder ``dir_fd``."""
+    try:
+        sub = _open_folder(dir_fd, name, owner)
+    except OSError as exc:
+        raise _Skipped(f"{local} is in the way: {exc.strerror}") from None
+    try:
+        listed = _remote(sftp, lambda: sftp.listdir_attr(remote))
+        # the listing is a round trip the run's code can make long: a folder moved
+        # or replaced meanwhile is left alone (the descriptor would still keep the
+        # writes inside the run folder, but not where the user now expects them)
+        if not _still_at(dir_fd, name, sub):
+            raise _Skipped(f"{local} was moved or replaced while it was listed")
+        return _download(sftp, remote, listed, sub, local, owner, notes, prefix)
+    finally:
+        os.close(sub)
+
+
+def _remote(sftp: paramiko.SFTPClient, call: Any) -> Any:
+    """``call()``, an SFTP request about one file or folder: the server's refusal (no
+    such file, permission denied, a failure of its own) is :class:`_Skipped`; a lost
+    connection raises as it came."""
+    try:
+        return call()
+    except OSError as exc:
+        if connection_lost(exc) or not _session_alive(sftp):
+            raise
+        raise _Skipped(_why(exc)) from None
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "gone before it could be fetched"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"the server could not read it: {exc.strerror or exc}"
+
+
+def _session_alive(sftp: paramiko.SFTPClient) -> bool:
+    """Whether the SFTP session's connection is still up (paramiko reports a closed
+    channel as a plain ``OSError``)."""
+    channel = sftp.get_channel()
+    if channel is None or channel.closed:
+        return False
+    transport = channel.get_transport()
+    return bool(transport and transport.is_active())
 
 
 def _fetch_one(
@@ -198,11 +302,11 @@ def _fetch_one(
     owner: tuple[int, int] | None,
 ) -> int:
     """Fetch one remote file to a temporary name in the open folder ``dir_fd``, then
-    rename it to ``name`` there; 1 when fetched, 0 when a folder is in the way."""
+    rename it to ``name`` there; 1 when fetched. :class:`_Skipped` when a folder is in
+    the way or the server refuses the file."""
     try:
         if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-            log.warning("not fetching %s: %s is a folder", remote, local)
-            return 0
+            raise _Skipped(f"{local} is a folder")
     except FileNotFoundError:
         pass
     tmp = f".{name}.flowbatch-fetch"
@@ -211,8 +315,12 @@ def _fetch_one(
         # the folder is the run user's: mode, times and owner are set through the
         # descriptor of the file created here, never by a path a link could replace
         with _create_at(dir_fd, tmp) as out:
-            fetch_into(sftp, remote, out, attr.st_size or 0)
-            out.flush()
+            sink = cast(BinaryIO, _Local(out))
+            _remote(sftp, lambda: fetch_into(sftp, remote, sink, attr.st_size or 0))
+            try:
+                out.flush()
+            except OSError as exc:
+                raise LocalWriteError(exc) from None
             fd = out.fileno()
             os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
             if attr.st_mtime is not None:
@@ -225,6 +333,24 @@ def _fetch_one(
             os.unlink(tmp, dir_fd=dir_fd)  # no half-fetched leftover
         raise
     return 1
+
+
+class _Local:
+    """The local file a download writes (``write``, ``seek``, ``truncate``), its write
+    errors made :class:`LocalWriteError`: not to be taken for the server's refusal of
+    the remote file, nor for a stream's failure."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._out.write(data)
+        except OSError as exc:
+            raise LocalWriteError(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
 
 
 def _open_folder(dir_fd: int, name: str, owner: tuple[int, int] | None) -> int:
@@ -336,16 +462,26 @@ def _create_at(dir_fd: int, name: str) -> Any:
     return os.fdopen(os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd), "wb")
 
 
+def _idle_timeout(sftp: paramiko.SFTPClient) -> float:
+    """How long a stream may move no byte: the SFTP session's own timeout (the pool's
+    ``io_timeout``), else :data:`STREAM_IDLE_TIMEOUT`."""
+    channel = sftp.get_channel()
+    timeout = channel.gettimeout() if channel is not None else None
+    return float(timeout) if timeout else STREAM_IDLE_TIMEOUT
+
+
 def _open_stream(sftp: paramiko.SFTPClient, command: str, window: int | None) -> Any:
     """An exec channel running ``command`` on the SFTP session's own connection."""
     channel = sftp.get_channel()
     transport = channel.get_transport() if channel is not None else None
     if transport is None or not transport.is_active():
         raise ConnectionError("the ssh connection is closed")
+    idle = _idle_timeout(sftp)
     try:
         chan = transport.open_session(window_size=window)
-        chan.settimeout(STREAM_IDLE_TIMEOUT)
-        chan.exec_command(command)
+        chan.settimeout(idle)
+        with Fuse(transport, idle):  # paramiko waits for the exec's reply for ever
+            chan.exec_command(command)
     except (paramiko.SSHException, OSError) as exc:
         _lost(transport, exc)
         raise _StreamFailed(f"cannot start it: {exc}") from None
@@ -354,8 +490,8 @@ def _open_stream(sftp: paramiko.SFTPClient, command: str, window: int | None) ->
 
 def _finish(chan: Any, what: str) -> None:
     """Wait for the remote command's exit status; :class:`_StreamFailed` unless 0."""
-    if not chan.status_event.wait(STREAM_IDLE_TIMEOUT):
-        raise _StreamFailed(f"{what}: no exit status")
+    if not chan.status_event.wait(chan.gettimeout() or STREAM_IDLE_TIMEOUT):
+        _cut(chan.get_transport(), f"{what}: no exit status")
     code = chan.recv_exit_status()
     if code != 0:
         err = b""
@@ -366,9 +502,23 @@ def _finish(chan: Any, what: str) -> None:
 
 
 def _lost(transport: paramiko.Transport, exc: BaseException) -> None:
-    """Raise ``exc`` as the connection error it is when the connection is gone."""
+    """Raise ``exc`` as the connection error it is when the connection is gone, or when
+    it timed out (the host did not answer: the connection is closed)."""
+    if isinstance(exc, TimeoutError):
+        _cut(transport, f"no answer for {_timeout_of(exc)}")
     if not transport.is_active():
         raise ConnectionError(f"the ssh connection was lost: {exc}") from None
+
+
+def _timeout_of(exc: TimeoutError) -> str:
+    return str(exc) or "the idle timeout"
+
+
+def _cut(transport: paramiko.Transport | None, why: str) -> None:
+    """The host stopped answering a stream: close the connection, raise the loss."""
+    if transport is not None:
+        transport.close()
+    raise ConnectionError(f"the ssh connection was lost: {why}")
 
 
 def _stream_down(sftp: paramiko.SFTPClient, remote: str, out: Any) -> int:
