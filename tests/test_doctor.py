@@ -129,6 +129,8 @@ def test_the_local_check_says_how_runs_of_other_users_start(
 
     root = tmp_path / "site"
     assert CliRunner().invoke(main, ["init", str(root)]).exit_code == 0
+    with open(root / "flowbatch.yaml", "a") as config:  # a ${python} every user can run
+        config.write("variables: {python: /usr/bin/python3}\n")
     code, checks = _doctor(root)
     found = next(c for c in checks if c["check"] == "executor local")
     assert found["status"] == OK and f"through {local.setpriv()}" in found["detail"]
@@ -137,6 +139,28 @@ def test_the_local_check_says_how_runs_of_other_users_start(
     found = next(c for c in checks if c["check"] == "executor local")
     assert found["status"] == WARN and "forking the daemon" in found["detail"]
     assert code == 0  # a warning: the site works, more slowly
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon starts runs as their users")
+def test_a_python_other_users_cannot_run_is_a_warning(tmp_path: Path, public_tmp: Path) -> None:
+    """A root daemon installed in a virtual environment under /root (0700) gave other
+    users' runs a ${python} they cannot run: every step using it failed, and doctor said
+    nothing."""
+    root = tmp_path / "site"
+    assert CliRunner().invoke(main, ["init", str(root)]).exit_code == 0
+    private = public_tmp / "private"
+    (private / "bin").mkdir(parents=True)
+    python = private / "bin" / "python3"
+    python.symlink_to("/usr/bin/python3")
+    private.chmod(0o700)
+    with open(root / "flowbatch.yaml", "a") as config:
+        config.write(f"variables: {{python: {python}}}\n")
+    code, checks = _doctor(root)
+    found = next(c for c in checks if c["check"] == "executor local")
+    assert found["status"] == WARN, found
+    assert f"{private} is closed to other users (mode 700)" in found["detail"]
+    assert "variables: {python: /usr/bin/python3}" in found["detail"]
+    assert code == 0  # the site works for the daemon's own user
 
 
 def test_a_queue_participants_could_rearrange_fails(site: Site, tmp_path: Path) -> None:
