@@ -642,6 +642,28 @@ def _shell_lines(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _peers_line(
+    peers: list[dict[str, Any]], fb: dict[str, Any], rows: list[dict[str, Any]]
+) -> list[str]:
+    """The target "ahead of every peer", each overhead against the limit in its shell."""
+    if not peers:
+        return []
+    best = min(peers, key=lambda r: r["overhead_ms"])
+    floor4 = next((r for r in rows if r["tool"] == list(FLOORS)[-1]), None)
+    verdict = "met" if fb["overhead_ms"] < best["overhead_ms"] else "NOT met"
+    shell = " (in sh, against the limit in sh)" if best.get("limit_shell") == "sh" else ""
+    tail = (
+        f"; floor 4, flowbatch's records written plainly, {floor4['overhead_ms']:+.2f} ms"
+        if floor4
+        else ""
+    )
+    return [
+        f"- Target (ahead of every peer, each against the limit in its own shell): {verdict} "
+        f"(flowbatch {fb['overhead_ms']:+.2f} ms a run; the nearest peer, {best['tool']}"
+        f"{shell}, {best['overhead_ms']:+.2f} ms a job{tail})."
+    ]
+
+
 def _round_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list[str]:
     """Each round of flowbatch's rows against the limit of the same round: the spread
     the medians above hide (the machine's speed moves between minutes)."""
@@ -700,6 +722,7 @@ def markdown(res: dict[str, Any]) -> str:
                 else f"- flowbatch / {r['tool']}: {fb['median_s'] / r['median_s']:.2f}x the time"
             )
         lines.extend(_shell_lines(res["rows"]))
+        lines.extend(_peers_line(others, fb, res["rows"]))
         as_user = next((r for r in res["rows"] if r["tool"] == AS_USER), None)
         if as_user:
             lines.append(

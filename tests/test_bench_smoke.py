@@ -236,7 +236,7 @@ def test_peers_in_sh_are_measured_against_the_limit_in_sh(tmp_path: Path) -> Non
     assert throughput.run_xargs(tmp_path / "sh", 20, shell="sh") > 0
     assert len(list((tmp_path / "sh" / "jobs").glob("*/results.json"))) == 20
 
-    def row(tool: str, median: float, shell: str = "bash") -> dict[str, object]:
+    def row(tool: str, median: float, shell: str = "bash", over: float = 0.0) -> dict[str, object]:
         return {
             "tool": tool,
             "version": "",
@@ -245,7 +245,7 @@ def test_peers_in_sh_are_measured_against_the_limit_in_sh(tmp_path: Path) -> Non
             "median_s": median,
             "runs_per_s": 100 / median,
             "per_job_ms": median * 10,
-            "overhead_ms": 0.0,
+            "overhead_ms": over,
             "vs_limit": 1.0,
             "cpu_ms": median * 15,
         }
@@ -257,8 +257,8 @@ def test_peers_in_sh_are_measured_against_the_limit_in_sh(tmp_path: Path) -> Non
         "rows": [
             row("xargs -P 2", 0.3),
             row(throughput.SH_LIMIT, 0.2, "sh"),
-            row("flowbatch", 0.6),
-            row("signac-flow", 0.35, "sh"),
+            row("flowbatch", 0.6, over=3.0),
+            row("signac-flow", 0.35, "sh", over=1.5),
         ],
     }
     text = throughput.markdown(res)
@@ -269,3 +269,9 @@ def test_peers_in_sh_are_measured_against_the_limit_in_sh(tmp_path: Path) -> Non
     assert "2.00 ms a job against bash's 3.00 ms (bash 1.00 ms a job more; CPU 3.00 " in line
     # the sh limit is one of ours, not a peer flowbatch is compared with
     assert "- flowbatch / xargs -P 2, sh" not in text
+    ahead = next(x for x in text.splitlines() if "ahead of every peer" in x)
+    assert ": NOT met (flowbatch +3.00 ms a run; the nearest peer, signac-flow (in sh" in ahead
+    res["rows"][2]["overhead_ms"] = 1.0
+    assert "ahead of every peer, each against the limit in its own shell): met (" in (
+        throughput.markdown(res)
+    )
