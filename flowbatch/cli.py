@@ -365,8 +365,6 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
     else:
         click.echo(f"{run_id}: {state}")
 
-    check_cancel(site.store.load(run_id), os.geteuid())
-
 
 def _applies_cancel_itself(site: Site, run_id: str) -> bool:
     """Whether ``runs cancel`` applies the cancel in this process rather than queueing it:

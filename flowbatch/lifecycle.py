@@ -585,6 +585,11 @@ class Runner:
             raise FlowbatchError(f"executor {run.executor!r} is not configured")
         if run.handle:
             executor.collect(run.id, run.handle, run_dir)
+        # the executor's notes on the run's files (SSH: files its fetch left out, a remote
+        # folder kept), all taken now (none left over for a retry); those the probe's own
+        # text already gives (a lost run's reason, a failed run's scheduler message) are
+        # not said twice
+        fetched = _executor_notes(executor, run)
         markers = read_markers(run_dir)
         steps = self._steps(run, markers)
         # when the run started and ended, by its script's clock where plausible (the
@@ -592,29 +597,33 @@ class Runner:
         times = marker_times(run, markers)
         canceled = probe.detail.get("canceled")  # e.g. scancel outside flowbatch
         if canceled:
+            messages = [canceled, *fetched]
             self._transition(
-                run, State.CANCELED, steps=steps, messages=[canceled], reason=canceled, **times
+                run, State.CANCELED, steps=steps, messages=messages, reason=canceled, **times
             )
             return
         refused = probe.detail.get("refused")  # the backend will never run it: no retry
         if refused and markers.exit is None:
-            self._transition(run, State.ERROR, steps=steps, messages=[refused], **times)
+            self._transition(run, State.ERROR, steps=steps, messages=[refused, *fetched], **times)
             return
         # a scheduler that did not answer tells nothing of a run whose exit marker is
         # there: it ended, as its markers say (only a failure the backend reported, a
         # node failure or a preemption, makes an ended run lost)
         ended = markers.exit is not None and probe.detail.get("unanswered")
         if markers.exit is None or (probe.infra_failure and not ended):
-            self._lost(run, probe, steps, started=markers.started is not None, times=times)
+            started = markers.started is not None
+            unsaid = [note for note in fetched if note not in probe.raw]
+            self._lost(run, probe, steps, started=started, times=times, extra=unsaid)
             return
         code, _, failed = markers.exit
         if code != 0:
             scheduler = [probe.detail["message"]] if probe.detail.get("message") else []
+            unsaid = [note for note in fetched if not any(note in said for said in scheduler)]
             self._transition(
                 run,
                 State.ERROR,
                 steps=steps,
-                messages=self._failure_messages(run, steps, code, failed) + scheduler,
+                messages=self._failure_messages(run, steps, code, failed) + scheduler + unsaid,
                 **times,
             )
             return
@@ -624,9 +633,10 @@ class Runner:
             results = read_results(run_dir, template.results) if template.results else None
             files = output_files(run_dir, template, notes, run.arguments)
         except FlowbatchError as exc:
-            self._transition(run, State.ERROR, steps=steps, messages=[exc.summary()], **times)
+            messages = [exc.summary(), *fetched]
+            self._transition(run, State.ERROR, steps=steps, messages=messages, **times)
             return
-        notes += _executor_notes(executor, run)  # SSH: files its fetch left out
+        notes += fetched
         self._transition(
             run,
             State.SUCCESS,
@@ -645,6 +655,7 @@ class Runner:
         *,
         started: bool,
         times: dict[str, str] | None = None,
+        extra: list[str] | None = None,
     ) -> None:
         """The run vanished (no exit marker) or its infrastructure failed: retry or ERROR.
 
@@ -652,6 +663,7 @@ class Runner:
         ``attempts/<n>/`` and the run goes back to PENDING. A user's own non-zero exit never
         comes here. ``times``: the attempt's times from its markers (:func:`marker_times`),
         for the ERROR; without an exit marker the finish is the daemon's own time.
+        ``extra``: more to say in its messages (the executor's notes on its files).
         """
         if probe.infra_failure:
             why = probe.infra_failure
@@ -681,13 +693,14 @@ class Runner:
                 run,
                 State.PENDING,
                 reason=reason,
-                messages=[reason],
+                messages=[reason, *(extra or [])],
                 handle=None,
                 steps=[],
                 attempt=run.attempt + 1,
             )
             return
-        self._transition(run, State.ERROR, steps=steps, messages=[f"lost: {why}"], **(times or {}))
+        messages = [f"lost: {why}", *(extra or [])]
+        self._transition(run, State.ERROR, steps=steps, messages=messages, **(times or {}))
 
     def _why_not_started(self, run: RunRecord) -> str | None:
         """The executor's own account of a start that failed, where it can give one (an

@@ -1199,7 +1199,13 @@ def _take_back_folder(fd: int, user: int, owner: int, group: int, depth: int = 0
     ``user`` (the daemon's own files are its already) get ``owner:group`` and lose
     group and other write. Each entry is opened without following a link and changed
     through its descriptor, so an entry swapped meanwhile (the run's leftover processes
-    may still be at work) is never what gets changed."""
+    may still be at work) is never what gets changed; the folder is the tree's before
+    its entries are looked at, so none can be added or renamed there meanwhile.
+
+    The daemon's own files at the top (``run.json``, ``request.yaml``, ``run.sh``) are
+    never taken: one of the user's there is one they put in place of the daemon's, and
+    must stay theirs, so that it is refused as such (a ``run.json`` taken back would be
+    trusted by the next daemon, were this one killed before its final write)."""
     st = os.fstat(fd)
     if st.st_uid == user:
         os.fchown(fd, owner, group)
@@ -1208,6 +1214,8 @@ def _take_back_folder(fd: int, user: int, owner: int, group: int, depth: int = 0
     if depth > 100:  # deeper than any run writes: left as it is
         return
     for name in os.listdir(fd):
+        if depth == 0 and name in DAEMON_FILES:
+            continue
         try:
             entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(entry.st_mode):
@@ -1219,20 +1227,48 @@ def _take_back_folder(fd: int, user: int, owner: int, group: int, depth: int = 0
             elif stat.S_ISREG(entry.st_mode) and entry.st_uid == user:
                 file_fd = os.open(name, _TAKE_FILE, dir_fd=fd)
                 try:
-                    _take_back_file(file_fd, owner, group)
+                    _take_back_file(fd, name, file_fd, owner, group)
                 finally:
                     os.close(file_fd)
         except OSError as exc:  # gone, or swapped for a link since the listing
             log.debug("taking back %s: %s", name, exc.strerror)
 
 
-def _take_back_file(fd: int, owner: int, group: int) -> None:
+def _take_back_file(folder: int, name: str, fd: int, owner: int, group: int) -> None:
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        return  # swapped since the listing, or also another name somewhere else
+    if not stat.S_ISREG(st.st_mode):
+        return  # swapped since the listing
+    mode = stat.S_IMODE(st.st_mode) & ~0o7022
+    if st.st_nlink != 1:
+        # also a name somewhere else (made by the run: `ln r.json ~/keep`), through which
+        # the user could still change it: the name here gets a copy of its own
+        _take_back_copy(folder, name, fd, owner, group, mode)
+        return
     os.fchown(fd, owner, group)  # the kernel clears setuid and setgid bits with it
-    if st.st_mode & 0o022:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o7022)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def _take_back_copy(folder: int, name: str, fd: int, owner: int, group: int, mode: int) -> None:
+    """Replace ``name`` in ``folder`` (the tree's already) by a copy of ``fd``'s content
+    owned by ``owner:group``: the other names of the file stay as they are."""
+    tmp = f".{name}.{secrets.token_hex(4)}.taken"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(tmp, flags, 0o600, dir_fd=folder)
+    try:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            while os.sendfile(out, fd, None, 1 << 20):
+                pass
+            os.fchown(out, owner, group)
+            os.fchmod(out, mode)
+        finally:
+            os.close(out)
+        os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
 
 
 def _hand_over_folder(folder: str, uid: int, gid: int, *, top: bool = False) -> None:

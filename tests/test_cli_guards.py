@@ -187,3 +187,53 @@ def test_a_reindex_killed_half_way_leaves_the_old_index(
     assert code == 0 and "indexed 2 runs" in out, out
     assert json.loads(fb(hello_site.root, "runs", "list", "--json")[1]) == before
     assert not (hello_site.layout.index_db.parent / "index.db.new").exists()
+
+
+def test_a_cancel_a_running_daemon_applies_exits_0(tmp_path: Path) -> None:
+    """`runs cancel` while a daemon serves the site: the cancel is queued, the daemon
+    applies it, the command printed CANCELED and then failed ("not active") on a
+    second check left after it."""
+    import signal
+    import time
+
+    from flowbatch import api
+
+    from .conftest import make_site, write_template
+
+    site = make_site(tmp_path / "site")
+    sleeping = "workflow:\n  steps:\n    - action: {commands: [sleep 60]}\n"
+    api.install(site, write_template(tmp_path / "t", sleeping), workflow_id="wf")
+    site.close()
+    flowbatch = [sys.executable, "-m", "flowbatch", "--site", str(site.root)]
+    daemon = subprocess.Popen(
+        [*flowbatch, "daemon"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        drop(site, "a.yaml", {"workflow": "wf"})
+        runs = site.layout.runs_dir("wf")
+
+        def running() -> str | None:
+            for record in runs.glob("*/run.json") if runs.is_dir() else []:
+                if json.loads(record.read_text()).get("state") == "RUNNING":
+                    return record.parent.name
+            return None
+
+        deadline = time.monotonic() + 30
+        while (run_id := running()) is None:
+            assert time.monotonic() < deadline, "no run started"
+            time.sleep(0.1)
+        done = subprocess.run(
+            [*flowbatch, "runs", "cancel", run_id, "--wait", "20"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert done.stdout.strip() == f"{run_id}: CANCELED"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()

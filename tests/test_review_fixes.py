@@ -455,13 +455,53 @@ def test_two_isDefault_values_are_an_install_time_error_naming_the_second() -> N
             ],
         }
     ]
-    with pytest.raises(TemplateError) as err:
-        parse_parameters(two, file="t.yaml")
-    assert err.value.field == "parameters[0].values[2].isDefault"
-    assert "values[0]" in err.value.reason
-    with pytest.raises(TemplateError) as err:  # with a defaultValue too
-        parse_parameters([{**two[0], "defaultValue": "m"}], file="t.yaml")
-    assert err.value.field == "parameters[0].values[2].isDefault"
+    from flowbatch.spec.params import check_select_marks
+
+    # parsed (a template installed before the check was made must still load): the
+    # first marked value is the default
+    (param,) = parse_parameters(two, file="t.yaml")
+    assert param.default == "s"
+    for params in (two, [{**two[0], "defaultValue": "m"}]):  # with a defaultValue too
+        with pytest.raises(TemplateError) as err:  # refused at install and validate
+            check_select_marks(
+                parse_parameters(params, file="t.yaml"), file=None, field="parameters"
+            )
+        assert err.value.field == "parameters[0].values[2].isDefault"
+        assert "values[0]" in err.value.reason
+
+
+def test_a_template_installed_with_two_isDefault_values_still_runs(
+    site: Site, tmp_path: Path
+) -> None:
+    """The check at install came after templates with two marked values were installed:
+    the daemon re-reads the stored template for every request, and must not reject them
+    all for it."""
+    text = """
+workflow:
+  parameters:
+    model: $[[model]]
+  steps:
+    - action: {commands: ['echo ${model} > m.txt']}
+parameters:
+  - name: model
+    dtype: select
+    defaultValue: l
+    values:
+      - {name: Small, value: s, isDefault: true}
+      - {name: Large, value: l, isDefault: true}
+"""
+    write_template(tmp_path / "t", text)
+    with pytest.raises(TemplateError, match="isDefault"):
+        api.install(site, tmp_path / "t", workflow_id="wf")
+    with pytest.MonkeyPatch.context() as patch:  # as an earlier version installed it
+        patch.setattr(
+            "flowbatch.spec.params.check_select_marks", lambda *a, **k: None, raising=False
+        )
+        api.install(site, tmp_path / "t", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    (run,) = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+    assert run["state"] == "SUCCESS", run["messages"]
 
 
 def test_a_request_leaving_out_a_select_with_isDefault_runs_with_it(

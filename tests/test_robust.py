@@ -1417,7 +1417,7 @@ def test_a_participant_cannot_replace_their_runs_page_once_it_ended(
         tmp_path / "t",
         "workflow:\n  steps:\n    - action: {commands: ['echo made > out.txt && mkdir -p "
         "results && echo 1 > results/r.json && chmod 666 results/r.json && "
-        "echo x > kept.txt && ln kept.txt also.txt']}\n",
+        'echo x > kept.txt && ln kept.txt also.txt && ln -f results/r.json "$$HOME/keep.json"\']}\n',
     )
     api.install(site, tmp_path / "t", workflow_id="wf")
     path = drop(site, "r.yaml", {"workflow": "wf"})
@@ -1431,9 +1431,12 @@ def test_a_participant_cannot_replace_their_runs_page_once_it_ended(
     for made in ("out.txt", "results", "results/r.json"):
         assert (run_dir / made).stat().st_uid == tree.st_uid, made
     assert (run_dir / "results/r.json").stat().st_mode & 0o022 == 0
-    assert (run_dir / "kept.txt").stat().st_uid == owner.pw_uid  # two names: left
+    # a file with another name (here or in the user's home) gets a copy of its own
+    for made in ("kept.txt", "also.txt"):
+        assert (run_dir / made).stat().st_uid == tree.st_uid, made
     for change in ("rm -f results/r.json", "echo 2 > results/r.json", "echo y > out.txt"):
         assert _as_user(owner, change, run_dir).returncode != 0, change
+    assert _as_user(owner, 'echo 3 > "$HOME/keep.json"', run_dir).returncode == 0
     assert (run_dir / "results/r.json").read_text() == "1\n"
     page = (run_dir / "index.html").read_text()
     forged = _as_user(
@@ -1444,6 +1447,38 @@ def test_a_participant_cannot_replace_their_runs_page_once_it_ended(
     assert removed.returncode != 0
     assert (run_dir / "index.html").read_text() == page and (run_dir / "run.json").exists()
     assert _as_user(owner, "cat out.txt", run_dir).stdout == "made\n"
+
+
+@needs_root
+def test_the_daemons_files_a_run_replaced_are_not_taken_back(tmp_path: Path) -> None:
+    """A run's user may replace the daemon's run.json, request.yaml or run.sh in the
+    folder that is theirs while it runs: taken back with the rest, a forged run.json
+    became the tree's, trusted by a daemon started after a kill before the final write
+    (and a forged request.yaml by runs rerun). They stay the user's, and are refused."""
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.queue import take_back
+    from flowbatch.store.store import Store
+
+    owner = _user("fbrunner")
+    run_dir = tmp_path / "results" / "wf" / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    forged = {"id": "r1", "workflow": "wf", "state": "SUCCESS", "results": {"s": 1e9}}
+    for name, text in (
+        ("run.json", json.dumps(forged)),
+        ("request.yaml", "workflow: wf\nresources: {cpus: 64}\n"),
+        ("run.sh", "echo\n"),
+        ("out.txt", "made\n"),
+    ):
+        (run_dir / name).write_text(text)
+        os.chown(run_dir / name, owner.pw_uid, owner.pw_gid)
+    os.chown(run_dir, owner.pw_uid, owner.pw_gid)
+    take_back(run_dir, owner.pw_uid)
+    tree = run_dir.parent.stat().st_uid
+    assert (run_dir / "out.txt").stat().st_uid == tree
+    for name in ("run.json", "request.yaml", "run.sh"):
+        assert (run_dir / name).stat().st_uid == owner.pw_uid, name
+    with pytest.raises(FlowbatchError, match="not trusted"):
+        Store.load_dir(run_dir)
 
 
 def test_a_failing_listener_never_holds_a_run_that_changed_state(

@@ -169,8 +169,10 @@ def test_a_host_hung_during_a_fetch_holds_no_tick_and_its_run_ends_past_the_grac
     r, b = runs(site)["r"], runs(site)["on-b"]
     assert b["state"] == "SUCCESS"  # served while a did not answer
     assert r["state"] == "ERROR"
-    message = r["messages"][-1]
+    message = next(m for m in r["messages"] if m.startswith("lost: "))
     assert "ssh host a unreachable for" in message and "unreachable_grace 2 s" in message
+    # and where its files are, the host away when it was collected
+    assert any("its remote folder is kept" in m for m in r["messages"]), r["messages"]
 
 
 def test_a_host_hung_during_an_upload_leaves_the_run_pending_not_the_daemon_stuck(
@@ -406,3 +408,75 @@ def test_a_failed_run_whose_logs_came_home_empty_says_how_full_the_remote_disk_i
     run = runs(site)["r"]
     assert run["state"] == "ERROR"
     assert any("(df -P)" in m and "%" in m for m in run["messages"]), run["messages"]
+
+
+def test_a_fifo_swapped_in_after_the_polls_test_never_holds_it(tmp_path: Path) -> None:
+    """A leftover process of the run swapping a regular file and a FIFO at
+    status/script.rc won the race between the poll's `[ -f ]` and its blocking open
+    about one poll in ten (each held until the remote `timeout`, 60 s). The daemon's own
+    poll text, run here against such a folder: none is held."""
+    import subprocess
+    import threading
+
+    from flowbatch.executors.ssh import _POLL_HEAD, _q
+
+    (tmp_path / "status").mkdir()
+    rc = tmp_path / "status" / "script.rc"
+    rc.write_text("0\n")
+    stop = threading.Event()
+
+    def swap() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            regular, fifo = tmp_path / "status" / f".r{i}", tmp_path / "status" / f".f{i}"
+            regular.write_text("0\n")
+            os.rename(regular, rc)
+            os.mkfifo(fifo)
+            os.rename(fifo, rc)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    args = ["run1", "999999", "1.0", str(tmp_path), boot]
+    script = _POLL_HEAD + "fb_p " + " ".join(_q(a) for a in args) + "\n"
+    held = 0
+    try:
+        for _ in range(60):
+            try:
+                subprocess.run(["bash", "-c", script], capture_output=True, timeout=2)
+            except subprocess.TimeoutExpired:
+                held += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert held == 0
+
+
+def test_a_failed_run_whose_fetch_was_incomplete_says_where_its_folder_is(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note that the remote folder is kept is made when the run is collected, after
+    its probe: only a successful run's messages took it, and it stayed with the executor
+    (a retry of the run would have been told it)."""
+    site = scored_site(tmp_path, ssh, "head -c 5000 /dev/zero > big.bin; exit 3")
+    drop(site, "r.yaml", {"workflow": "w", "name": "r"})
+    real = ssh_staging._create_at
+
+    def full_for_big(dir_fd: int, name: str) -> Any:
+        out = real(dir_fd, name)
+        return _FullDisk(out) if name.startswith(".big.bin") else out
+
+    monkeypatch.setattr(ssh_staging, "_create_at", full_for_big)
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+        run_until_idle(site, daemon=daemon, timeout=30)
+        run = runs(site)["r"]
+        assert run["state"] == "ERROR", run
+        assert any("remote folder is kept" in m for m in run["messages"]), run["messages"]
+        executor = daemon.executors[run["executor"]]
+        assert executor.take_messages(run["id"]) == []  # nothing left for a next attempt
+    finally:
+        daemon.stop()
+        site.close()

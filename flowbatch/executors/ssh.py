@@ -173,7 +173,9 @@ fb_p() {
   if [ "$5" = "$fb_boot" ] && fb_same "$2" "$3"; then alive=1; fi
   if [ "$alive" = 0 ] && [ ! -d "$4" ]; then printf '%s nodir -\n' "$1"; return; fi
   if [ "$alive" = 0 ] && [ -f "$f" ] && [ ! -L "$f" ]; then
-    { read -r -n 16 rc < "$f"; } 2>/dev/null
+    # opened read-write and read with a time limit: a FIFO swapped in after the test
+    # (a leftover process of the run) neither blocks the open nor the read
+    { read -r -t 0.2 -n 16 rc <> "$f"; } 2>/dev/null
   fi
   case $rc in ''|*[!0-9]*) rc=-;; esac
   printf '%s %s %s\n' "$1" "$alive" "$rc"
@@ -506,7 +508,10 @@ class SSHExecutor:
             if incomplete:  # never removed with files not home
                 self._note(run_id, incomplete)
             elif not self.host.keep_remote and handle.get("remote_dir"):
-                conn.run(f"rm -rf -- {_q(str(handle['remote_dir']))}")
+                # detached: a large folder's removal neither holds the tick nor is cut
+                # short half-way by the command's timeout
+                remote = _q(str(handle["remote_dir"]))
+                conn.run(f"setsid rm -rf -- {remote} </dev/null >/dev/null 2>&1 &")
         except FlowbatchError as exc:
             log.warning("ssh %s: collecting run %s: %s", self.name, run_id, exc.reason)
         finally:

@@ -52,7 +52,10 @@ def check_template(template: Template, variables: Mapping[str, str]) -> None:
     placeholder of a string, file, list or record value stands inside single quotes (or
     right after a backslash). Native dialect: every command and context text compiles.
     """
+    from flowbatch.spec.params import check_select_marks
+
     try:
+        check_select_marks(template.parameters, file=None, field="parameters")
         if template.dialect == "native":
             from flowbatch.render.native import check_native  # Jinja2: only for its templates
 

@@ -499,7 +499,6 @@ def _parse_values(values: Any, *, file: str, field: str) -> list[SelectValue]:
             field=field,
         )
     out: list[SelectValue] = []
-    first_default: int | None = None
     for pos, item in enumerate(values):
         path = _join(field, pos)
         check_keys(
@@ -522,18 +521,26 @@ def _parse_values(values: Any, *, file: str, field: str) -> list[SelectValue]:
                 f"duplicate select value {value!r}", file=file, field=_join(path, "value")
             )
         is_default = _opt_bool(item, "isDefault", False, file=file, field=path)
-        if is_default and first_default is not None:
+        out.append(SelectValue(name=str(item["name"]), value=value, is_default=is_default))
+    return out
+
+
+def check_select_marks(parameters: list[Parameter], *, file: str | None, field: str) -> None:
+    """At install (and ``validate``): a select with two values marked ``isDefault``
+    names no one default (the first is taken). Not a parse error: a template installed
+    before this check must still load."""
+    for index, param in enumerate(parameters):
+        where = _join(field, index)
+        marked = [pos for pos, v in enumerate(param.values) if v.is_default]
+        if len(marked) > 1:
             raise TemplateError(
-                f"a second value marked isDefault (values[{first_default}] is one already)",
+                f"a second value marked isDefault (values[{marked[0]}] is one already)",
                 file=file,
-                field=_join(path, "isDefault"),
+                field=_join(_join(_join(where, "values"), marked[1]), "isDefault"),
                 expected="at most one value with isDefault: true",
                 hint="mark one choice only (a defaultValue, if given, is the default all the same)",
             )
-        if is_default:
-            first_default = pos
-        out.append(SelectValue(name=str(item["name"]), value=value, is_default=is_default))
-    return out
+        check_select_marks(param.fields, file=file, field=_join(where, "fields"))
 
 
 def _set_default(param: Parameter, value: Any, *, file: str, field: str) -> None:
