@@ -369,6 +369,17 @@ class _FullDisk:
         self._out.close()
 
 
+def _fill_the_disk_at(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    """The local disk is full for the files a fetch writes under names ``prefix*``."""
+    real = ssh_staging._create_at
+
+    def full_for_some(dir_fd: int, name: str) -> Any:
+        out = real(dir_fd, name)
+        return _FullDisk(out) if name.startswith(prefix) else out
+
+    monkeypatch.setattr(ssh_staging, "_create_at", full_for_some)
+
+
 def test_a_fetch_left_incomplete_here_keeps_the_remote_folder_and_says_where(
     ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -376,13 +387,7 @@ def test_a_fetch_left_incomplete_here_keeps_the_remote_folder_and_says_where(
     first, the run ends as it did, and its remote folder is not removed."""
     site = scored_site(tmp_path, ssh, "head -c 5000 /dev/zero > big.bin")
     drop(site, "r.yaml", {"workflow": "w", "name": "r"})
-    real = ssh_staging._create_at
-
-    def full_for_big(dir_fd: int, name: str) -> Any:
-        out = real(dir_fd, name)
-        return _FullDisk(out) if name.startswith(".big.bin") else out
-
-    monkeypatch.setattr(ssh_staging, "_create_at", full_for_big)
+    _fill_the_disk_at(monkeypatch, ".big.bin")
     d = Daemon(site)
     d.start()
     try:
@@ -461,13 +466,7 @@ def test_a_failed_run_whose_fetch_was_incomplete_says_where_its_folder_is(
     (a retry of the run would have been told it)."""
     site = scored_site(tmp_path, ssh, "head -c 5000 /dev/zero > big.bin; exit 3")
     drop(site, "r.yaml", {"workflow": "w", "name": "r"})
-    real = ssh_staging._create_at
-
-    def full_for_big(dir_fd: int, name: str) -> Any:
-        out = real(dir_fd, name)
-        return _FullDisk(out) if name.startswith(".big.bin") else out
-
-    monkeypatch.setattr(ssh_staging, "_create_at", full_for_big)
+    _fill_the_disk_at(monkeypatch, ".big.bin")
     daemon = Daemon(site)
     daemon.start()
     try:
