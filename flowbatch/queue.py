@@ -32,7 +32,7 @@ from .render import build_script, render_workflow
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR
 from .render.values import RenderedWorkflow
 from .runs import RunRecord, now_iso
-from .safeio import LINK_ERRORS, copy_fd, copy_tree, open_beneath, read_up_to
+from .safeio import LINK_ERRORS, copy_content, copy_fd, copy_tree, open_beneath, read_up_to
 from .site import Site
 from .spec.model import FileArg, Template
 from .spec.request import CancelRequest, Request, parse_request
@@ -1257,9 +1257,7 @@ def _take_back_copy(folder: int, name: str, fd: int, owner: int, group: int, mod
     out = os.open(tmp, flags, 0o600, dir_fd=folder)
     try:
         try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            while os.sendfile(out, fd, None, 1 << 20):
-                pass
+            copy_content(fd, out)
             os.fchown(out, owner, group)
             os.fchmod(out, mode)
         finally:

@@ -133,7 +133,7 @@ def _copy_file(src: str, dest: str, st: os.stat_result) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd_out = os.open(dest, flags, 0o600)
         try:
-            _copy_content(fd_in, fd_out)
+            copy_content(fd_in, fd_out)
             os.fchmod(fd_out, mode)  # the umask may have narrowed it
             os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
@@ -142,7 +142,8 @@ def _copy_file(src: str, dest: str, st: os.stat_result) -> None:
         os.close(fd_in)
 
 
-def _copy_content(fd_in: int, fd_out: int) -> None:
+def copy_content(fd_in: int, fd_out: int) -> None:
+    """Copy ``fd_in`` (a fresh descriptor: from its start) to ``fd_out`` (sendfile, else reads)."""
     offset = 0
     try:
         while sent := os.sendfile(fd_out, fd_in, offset, 1 << 30):

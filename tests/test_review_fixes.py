@@ -97,6 +97,16 @@ def _board(site: Site) -> dict[str, Any]:
 # -- 1. a run's times are its markers', not the moments the daemon noticed ------------------
 
 
+def _timed_by_markers(run: dict[str, Any]) -> Markers:
+    """A successful run whose start and finish are its markers'; the markers."""
+    assert run["state"] == "SUCCESS", run["messages"]
+    marks = _markers(run)
+    assert marks.started is not None and marks.exit is not None
+    assert _epoch(run["started_at"]) == pytest.approx(marks.started[1], abs=1e-6)
+    assert _epoch(run["finished_at"]) == pytest.approx(marks.exit[1], abs=1e-6)
+    return marks
+
+
 def test_a_slow_tick_moves_neither_a_runs_times_nor_its_leaderboard_run_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,11 +115,7 @@ def test_a_slow_tick_moves_neither_a_runs_times_nor_its_leaderboard_run_time(
     drop(site, "r.yaml", {"workflow": "wf", "arguments": {"pause": 0.2}})
     run_until_idle(site)
     run = only_run(site)
-    assert run["state"] == "SUCCESS", run["messages"]
-    marks = _markers(run)
-    assert marks.started is not None and marks.exit is not None
-    assert _epoch(run["started_at"]) == pytest.approx(marks.started[1], abs=1e-6)
-    assert _epoch(run["finished_at"]) == pytest.approx(marks.exit[1], abs=1e-6)
+    marks = _timed_by_markers(run)
     ran = marks.exit[1] - marks.started[1]
     assert 0.2 <= ran < SLOW_TICK
     # the history keeps what the daemon saw, when it saw it: the end a slow tick later
@@ -399,11 +405,7 @@ def test_a_run_adopted_after_a_daemon_was_killed_is_timed_by_its_markers(
     site = Site(site.root)
     run_until_idle(site)
     run = only_run(site)
-    assert run["state"] == "SUCCESS", run["messages"]
-    marks = _markers(run)
-    assert marks.started is not None and marks.exit is not None
-    assert _epoch(run["started_at"]) == pytest.approx(marks.started[1], abs=1e-6)
-    assert _epoch(run["finished_at"]) == pytest.approx(marks.exit[1], abs=1e-6)
+    marks = _timed_by_markers(run)
     assert _epoch(run["history"][-2]["at"]) - marks.exit[1] >= 0.9  # RUNNING: when seen
     site.close()
 
