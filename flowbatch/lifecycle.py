@@ -160,6 +160,11 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
     def running(self) -> list[RunRecord]:
         return list(self._running.values())
 
+    def set_aside(self, run_id: str) -> None:
+        """No longer count ``run_id`` as running (its script ended; its end is recorded
+        next): its slot is free. :meth:`refile` files it again by its state."""
+        self._running.pop(run_id, None)
+
     def waiting(self) -> Counter[str]:
         """How many PENDING runs wait for each executor (a copy)."""
         return +self._waiting  # the executors with none left out
@@ -473,6 +478,7 @@ class Runner:
         """One batched look per executor (those named in ``only``, or all) at its running
         runs; finalize those that ended."""
         finished = 0
+        ended: list[tuple[RunRecord, Probe]] = []
         now = datetime.now(UTC)
         by_executor: dict[int, list[RunRecord]] = {}  # id of the executor object -> runs
         for run in self.running():
@@ -500,8 +506,26 @@ class Runner:
                         self._kill(run, executor, State.ERROR, "time limit exceeded")
                         finished += 1
                     continue
-                self._finalize_safely(run, probe)
-                finished += 1
+                ended.append((run, probe))
+        if ended:
+            # the slots first, then the books: runs waiting for the slots the ended runs
+            # held start now, and the ended runs' markers, results, records and pages are
+            # written while they run (a slot stood empty for all of that)
+            for run, _probe in ended:
+                self.active.set_aside(run.id)
+            if self.active.waiting():
+                try:
+                    self.dispatch()
+                except Exception:  # the ended runs are recorded all the same
+                    log.exception("starting runs in freed slots failed")
+            try:
+                for run, probe in ended:
+                    self._finalize_safely(run, probe)
+                    finished += 1
+            finally:
+                for run, _probe in ended:  # an end not recorded: polled again
+                    if run.state == State.RUNNING and self.active.get(run.id) is run:
+                        self.active.refile(run)
         if self.retired:  # one whose tend() ended its last abandoned job or process goes
             self._prune_retired()
         return finished
