@@ -1,12 +1,20 @@
 """The local executor: the run script as a detached process group on this host.
 
-The daemon learns of its own children's exits at once (a waiter thread per child wakes
-the daemon loop); processes adopted after a daemon restart are looked at with psutil, by
-PID *and* process start time, so a reused PID is never taken for the run.
+The daemon learns of its own children's exits at once (one reaper thread, a pidfd per
+child, wakes the daemon loop); processes adopted after a daemon restart are looked at with
+psutil, by PID *and* process start time, so a reused PID is never taken for the run.
+
+When a run's script ends, what it left running in its process group (``server &``,
+``nohup x &``) is ended with it (SIGKILL), as Slurm ends a batch job's processes with its
+script: a child's group is killed before the script's process is reaped (:func:`_reap`:
+until then its PID, the group's id, cannot be reused), an adopted run's leftovers are
+ended one by one once they are proven the run's (:meth:`LocalExecutor._end_leftovers`).
+A process that left the group (``setsid``) is not reached.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -99,10 +107,14 @@ class LocalExecutor:
         }
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> None:
-        self._exited(proc, proc.wait())
+        code = _reap(proc, block=True)
+        if code is not None:
+            self._exited(proc, code)
 
     def _exited(self, proc: subprocess.Popen[bytes], code: int) -> None:
         with self._lock:
+            if self._children.get(proc.pid) is not proc:
+                return  # forgotten (its run ended, cancelled): its PID may be another's now
             self._exits[proc.pid] = code
         self._wake()
 
@@ -113,6 +125,7 @@ class LocalExecutor:
 
     def poll(self, handles: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Probe]:
         out: dict[str, Probe] = {}
+        ended: list[dict[str, Any]] = []  # adopted runs whose script is gone
         for run_id, handle in handles:
             pid = int(handle.get("pid", 0))
             with self._lock:
@@ -120,8 +133,9 @@ class LocalExecutor:
                 code = self._exits.get(pid)
             if child is not None and code is None:
                 # the reaper's word is the fast path; asking the child itself (one
-                # non-blocking waitpid) means a lost wake-up never leaves a run RUNNING
-                code = child.poll()
+                # non-blocking waitid) means a lost wake-up never leaves a run RUNNING; an
+                # exit found here ends the group first, as the reaper does
+                code = _reap(child)
             if child is not None:
                 if code is None:
                     out[run_id] = Probe(Liveness.ALIVE, raw=f"pid {pid} running")
@@ -135,6 +149,12 @@ class LocalExecutor:
                 out[run_id] = Probe(Liveness.ALIVE, raw=f"pid {pid} running (adopted)")
             else:
                 out[run_id] = Probe(Liveness.FINISHED, raw=f"pid {pid} no longer running")
+                ended.append(handle)
+        if ended:
+            try:
+                self._end_leftovers(ended)
+            except Exception:  # best effort: never in the way of recording the ends
+                log.exception("ending what adopted runs left running")
         return out
 
     def forget(self, handle: dict[str, Any]) -> None:
@@ -164,13 +184,37 @@ class LocalExecutor:
                 return False
             if "script" in handle and handle["script"] not in _cmdline(proc):
                 return False
-            started = float(handle.get("start", 0))
-            if handle.get("from_marker"):
-                # the marker is written by the script a moment after the process began
-                return started - MARKER_SLACK <= proc.create_time() <= started + START_TOLERANCE
-            return abs(proc.create_time() - started) <= START_TOLERANCE
+            return _same_start(handle, proc.create_time())
         except (psutil.Error, KeyError, ValueError, TypeError):
             return False
+
+    def _end_leftovers(self, handles: list[dict[str, Any]]) -> None:
+        """SIGKILL what adopted runs whose script is gone left running in their process
+        group (a child's group is ended by :func:`_reap`). This daemon never had the
+        script as its child, so its group's id may have been reused: nothing is done
+        for a run when a process (or thread) has the group's id as its PID, unless it is
+        the run's own script not reaped yet (a zombie of the run's user and start time,
+        which holds the id); and only processes of the run's user, in that group,
+        started after the script are ended, each checked through a pidfd it is then
+        signalled by (it, or no one). One pass over /proc for all of them (adoption
+        happens after a restart only, never on a launched run's path), again while
+        some were found (one may have forked meanwhile)."""
+        targets: dict[int, tuple[int, float]] = {}  # group -> (uid, started after)
+        for handle in handles:
+            if handle.get("host") not in (None, self.host):
+                continue
+            try:
+                pgid = int(handle.get("pgid", handle["pid"]))
+                uid = int(handle["uid"])
+                start = float(handle["start"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if pgid > 1 and _group_is_the_runs(handle, pgid, uid):
+                targets[pgid] = (uid, start - START_TOLERANCE)
+        signalled: set[int] = set()
+        for _ in range(3):
+            if not targets or not _kill_members(targets, signalled):
+                return
 
     def find_started(self, scripts: dict[str, int]) -> dict[str, dict[str, Any]]:
         """The processes of this host already running one of ``scripts`` (a script's path
@@ -222,13 +266,17 @@ class LocalExecutor:
 
     # -- cancel / collect -----------------------------------------------------------------
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
-        """SIGTERM the process group and every descendant, SIGKILL what outlives the grace."""
+        """SIGTERM the process group and every descendant, SIGKILL what outlives the grace.
+
+        A child of this daemon is never reaped here (psutil's wait would reap it, ahead
+        of :func:`_reap`'s end of its group): its exit is watched without reaping, and
+        its group signalled only while it is not reaped."""
         pid = int(handle.get("pid", 0))
         with self._lock:
             if pid in self._exits:
                 return  # already ended and reaped: its PID may belong to another process
-            mine = pid in self._children
-        if not mine and not self.adopt(handle):
+            child = self._children.get(pid)
+        if child is None and not self.adopt(handle):
             return
         import psutil
 
@@ -238,25 +286,36 @@ class LocalExecutor:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             procs = []
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        if child is not None:
+            _signal_child_group(child, signal.SIGTERM)
+        else:
+            _kill_group(pgid, signal.SIGTERM)
         for proc in procs:  # descendants that left the group (setsid) too
             try:
                 proc.terminate()
             except psutil.Error:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=CANCEL_GRACE)
+        deadline = time.monotonic() + CANCEL_GRACE
+        waited = [proc for proc in procs if child is None or proc.pid != pid]
+        _, alive = psutil.wait_procs(waited, timeout=CANCEL_GRACE)
+        if child is not None:
+            while not _child_ended(child) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with _REAP_LOCK:  # not reaped while held: the PID is still the script's
+                if child.returncode is None:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
         for proc in alive:
             try:
                 proc.kill()
             except psutil.Error:
                 pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if child is not None:
+            _signal_child_group(child, signal.SIGKILL)
+        else:
+            _kill_group(pgid, signal.SIGKILL)
 
     def why_not_started(self, handle: dict[str, Any]) -> str | None:
         """For a run of another user whose script never started: that it was to run as
@@ -279,6 +338,114 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def _same_start(handle: dict[str, Any], created: float) -> bool:
+    """Whether a process that began at ``created`` is the one the handle recorded."""
+    started = float(handle.get("start", 0))
+    if handle.get("from_marker"):
+        # the marker is written by the script a moment after the process began
+        return started - MARKER_SLACK <= created <= started + START_TOLERANCE
+    return abs(created - started) <= START_TOLERANCE
+
+
+def _group_is_the_runs(handle: dict[str, Any], pgid: int, uid: int) -> bool:
+    """Whether process group ``pgid`` can still only be the run's own: no process has
+    its id as PID (the id free, so held since the script by the group's members, if
+    any), or the one that has is the run's script, ended but not reaped yet by its new
+    parent (a zombie holds its PID: never reused while it is there)."""
+    try:
+        state, started = _state_and_start(pgid)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return state == b"Z" and _real_uid(pgid) == uid and _same_start(handle, started)
+
+
+def _kill_members(targets: dict[int, tuple[int, float]], signalled: set[int]) -> int:
+    """SIGKILL each live process of the groups of ``targets`` (group -> the run's uid,
+    the earliest start time) of that uid started then or later, the group leader and
+    the PIDs of ``signalled`` aside (to which those signalled now are added); returns
+    how many were signalled."""
+    killed = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        try:
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue
+        if pgid == pid or pgid not in targets or pid in signalled:
+            continue
+        uid, after = targets[pgid]
+        if _kill_checked(pid, pgid, uid, after):
+            signalled.add(pid)
+            killed += 1
+    return killed
+
+
+def _kill_checked(pid: int, pgid: int, uid: int, after: float) -> bool:
+    """SIGKILL ``pid`` if it is in group ``pgid``, runs as ``uid`` and started at
+    ``after`` or later. The checks are made with the process held by a pidfd and the
+    signal goes through it: if the PID was reused before the checks, the signal finds
+    the old process gone and no one else gets it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            return False  # gone
+        fd = -1  # a kernel without pidfds (before 5.3): checked, then signalled by PID
+    try:
+        state, started = _state_and_start(pid)
+        if state == b"Z" or started < after or os.getpgid(pid) != pgid or _real_uid(pid) != uid:
+            return False
+        if fd >= 0:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    log.info("ended pid %s left running in process group %s by its run", pid, pgid)
+    return True
+
+
+def _state_and_start(pid: int) -> tuple[bytes, float]:
+    """The state letter of process ``pid`` (``Z``: a zombie) and its start time, as
+    :func:`process_start` gives it."""
+    global _BOOT_TIME
+    stat_line = _read_proc(pid, "stat")
+    fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+    if _BOOT_TIME is None:
+        _BOOT_TIME = boot_time()
+    return fields[0], _BOOT_TIME + int(fields[19]) / _CLOCK_TICKS
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _real_uid(pid: int) -> int | None:
+    """The real user ID of process ``pid`` (its ``Uid:`` line in /proc); None if gone."""
+    try:
+        status = _read_proc(pid, "status")
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(b"Uid:"):
+            try:
+                return int(line.split()[1])
+            except (ValueError, IndexError):
+                return None
+    return None
 
 
 _BOOT_TIME: float | None = None
@@ -376,7 +543,11 @@ class _Reaper:
                 os.close(fd)
                 proc, done = watched
                 try:
-                    done(proc, proc.wait())
+                    # readable pidfd: it exited (a zombie until reaped here, or reaped
+                    # already by a poll); None only if it has not, which cannot be
+                    code = _reap(proc)
+                    if code is not None:
+                        done(proc, code)
                 except Exception:  # a callback's failure must not end the reaper (and
                     # LocalExecutor.poll asks each child itself as well)
                     log.exception("reaping pid %s", proc.pid)
@@ -384,6 +555,69 @@ class _Reaper:
 
 #: a child and what to call with its exit status
 Watched = tuple[subprocess.Popen[bytes], Callable[[Any, int], None]]
+
+#: held by every reap of a launched script (:func:`_reap`) and every signal the daemon
+#: sends to a child's group: while it is held and the child's ``returncode`` is None, the
+#: child is not reaped, so its PID (its group's id) is still the run's
+_REAP_LOCK = threading.Lock()
+
+
+def _reap(proc: subprocess.Popen[bytes], *, block: bool = False) -> int | None:
+    """The exit status of a launched script (None while it runs, unless ``block``),
+    its process group ended first: SIGKILL to what the script left behind (``x &``,
+    ``nohup``), as Slurm ends a job's processes with its script. The exit is seen
+    without reaping (``waitid`` with ``WNOWAIT``): the script, a zombie until reaped,
+    keeps its PID, the group's id, from being reused, so the signal reaches the run's
+    own processes and no one else's. One ``killpg`` a run (ESRCH: nothing left; EPERM:
+    none of them ours to end). Every reap of a child goes through here (the reaper
+    thread, a poll, the fallback waiter), under :data:`_REAP_LOCK`."""
+    if proc.returncode is not None:
+        return proc.returncode
+    if block:
+        try:  # the wait itself outside the lock; the exit is taken below
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+    with _REAP_LOCK:
+        if proc.returncode is not None:
+            return proc.returncode
+        try:
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        except ChildProcessError:  # reaped behind subprocess's back: no group to end
+            return proc.wait()
+        if exited is None:
+            return None
+        _kill_group(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    """``sig`` to process group ``pgid``; ESRCH (no one left) and EPERM (none of them
+    the daemon's to signal) are normal."""
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+
+def _signal_child_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """``sig`` to a child's process group, if the child is not reaped yet (reaped, its
+    group was ended then, and its id may be another's now)."""
+    with _REAP_LOCK:
+        if proc.returncode is None:
+            _kill_group(proc.pid, sig)
+
+
+def _child_ended(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a child has exited, without reaping it (that is :func:`_reap`'s)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
+    except ChildProcessError:
+        return True
+
+
 _REAPER: list[_Reaper] = []
 _REAPER_LOCK = threading.Lock()
 
