@@ -82,10 +82,20 @@ class Shares:
         return None
 
 
+#: how the notes :meth:`Shares.reason` gives begin (an executor's note, "waiting for
+#: slurm: ...", is the dispatcher's, and stays until its run starts or waits for another
+#: reason)
+_SHARE_NOTES = ("user ", "group ")
+
+
 def hold(store: Store, run: RunRecord, shares: Shares) -> bool:
     """True when a cap keeps ``run`` PENDING. Its ``waiting`` note is written into
-    ``run.json`` only when the reason changes (a tick must not rewrite every queued run)."""
+    ``run.json`` only when the reason changes (a tick must not rewrite every queued run);
+    a run no cap holds loses a cap's note, and keeps any other (an executor's: clearing
+    it here had every run waiting for a host or a partition written twice a tick)."""
     reason = shares.reason(run)
+    if reason is None and not (run.waiting or "").startswith(_SHARE_NOTES):
+        return False
     if reason != run.waiting:
         run.waiting = reason
         store.write(run, index=False)  # the index holds no waiting note

@@ -402,7 +402,7 @@ class Runner:
                 self._transition(run, State.ERROR, messages=[f"cannot launch: {exc}"])
                 continue
             faults.point("launched")
-            self._transition(run, State.RUNNING, handle=handle)
+            self._transition(run, State.RUNNING, handle=handle, waiting=None)
             busy[run.executor] += 1
             shares.add(run)
             launched += 1
@@ -446,8 +446,9 @@ class Runner:
             for run, job in zip(batch, jobs, strict=True):
                 self._prepare_launch(run, job)
             for run, intent in zip(batch, executor.intents(jobs), strict=True):
-                run.handle = intent
-                self.store.write(run)
+                if intent != run.handle:  # on disk already when unchanged (a retry)
+                    run.handle = intent
+                    self.store.write(run)
             results = executor.launch_many(jobs)
         except FlowbatchError as exc:
             results = [exc] * len(batch)
@@ -461,7 +462,7 @@ class Runner:
             elif isinstance(result, FlowbatchError):
                 self._transition(run, State.ERROR, messages=[result.summary()])
             else:
-                self._transition(run, State.RUNNING, handle=result)
+                self._transition(run, State.RUNNING, handle=result, waiting=None)
                 busy[run.executor] += 1
                 started += 1
         return started
@@ -552,8 +553,10 @@ class Runner:
         if intent is None:
             return
         self._prepare_launch(run, job)
-        run.handle = intent(job)
-        self.store.write(run)
+        handle = intent(job)
+        if handle != run.handle:  # a run waiting for its partition is not rewritten each try
+            run.handle = handle
+            self.store.write(run)
 
     def _prepare_launch(self, run: RunRecord, job: Launch) -> None:
         """A scheduler's launch gets the run's resources and its earlier handle."""
@@ -565,10 +568,26 @@ class Runner:
 
     def _note_status(self, run: RunRecord, probe: Probe) -> None:
         """Keep the backend's word on a live run (Slurm: PENDING (Priority)) in its handle,
-        for `runs show`; written only when it changes."""
+        for `runs show`; written only when it changes. A scheduler's run is RUNNING from its
+        submission: once its job runs, its ``started_at`` is when the job started
+        (``started``: Slurm's StartTime, seconds since the epoch; its markers still
+        correct it at its end)."""
+        changed = False
         status = probe.detail.get("status")
         if status and run.handle is not None and run.handle.get("status") != status:
             run.handle = {**run.handle, "status": status}
+            changed = True
+        started = probe.detail.get("started")
+        if (
+            isinstance(started, int | float)
+            and not isinstance(started, bool)
+            and math.isfinite(started)
+            and 0 < started <= time.time() + MARKER_CLOCK_SLACK
+            and run.started_at != _stamp(started)
+        ):
+            run.started_at = _stamp(started)
+            changed = True
+        if changed:
             self.store.write(run)
 
     def _over_time(self, run: RunRecord, now: datetime) -> bool:
