@@ -324,6 +324,12 @@ def test_an_adopted_group_is_ended_only_while_its_id_is_the_runs(
     assert leader.stdout is not None
     pids = [int(leader.stdout.readline()) for _ in range(starts.count("&"))]
     leader.stdout.close()
+    for pid in pids[1:]:  # nobody's once setpriv has changed its user (on a busy machine,
+        # not yet when its pid is printed: then it is still root's, as the run's are)
+        deadline = time.monotonic() + 10
+        while os.stat(f"/proc/{pid}").st_uid != NOBODY:
+            assert time.monotonic() < deadline, f"{pid} never became nobody's"
+            time.sleep(0.01)
     begun = process_start(leader.pid)
     outside = subprocess.Popen(["sleep", "300"], start_new_session=True)  # same user
     member, others = pids[0], [*pids[1:], outside.pid]
