@@ -468,6 +468,56 @@ def test_a_job_slurm_will_never_start_ends_its_run_with_slurms_reason(
     assert queued in ("", "CANCELLED"), queued
 
 
+def test_a_request_its_partition_cannot_satisfy_ends_its_run_with_slurms_reason(
+    tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More CPUs per task than the node has: sbatch takes the job (Slurm 22.05), which
+    pends for ever with the reason PartitionConfig; a partition whose AllowAccounts the
+    job's account is not in: it pends for ever with Slurm's words in place of the reason
+    code (AccountNotAllowed). Past NEVER_START (here 1 s) each job is cancelled and its run
+    is an ERROR that says why, not retried."""
+    from flowbatch.executors import slurm as slurm_module
+
+    monkeypatch.setattr(slurm_module, "NEVER_START", 1.0, raising=False)
+    node = subprocess.run(
+        ["sinfo", "-h", "-N", "-n", "localhost", "-o", "%c"], capture_output=True, text=True
+    )
+    cpus = int(node.stdout.split()[0])  # the node's CPUs
+    name = f"fbacct{os.getpid()}"
+    subprocess.run(["scontrol", "delete", f"partitionname={name}"], capture_output=True)
+    subprocess.run(
+        ["scontrol", "create", f"partitionname={name}", "nodes=localhost", "allowaccounts=fbx"],
+        check=True,
+    )
+    try:
+        site = sleep_site(tmp_path)
+        many = {"cpus": cpus + 1}
+        drop(site, "c.yaml", {"workflow": "sleep", "name": "c", "retries": 1, "resources": many})
+        acct = {"partition": name}
+        drop(site, "a.yaml", {"workflow": "sleep", "name": "a", "retries": 1, "resources": acct})
+        run_until_idle(site, timeout=20)
+    finally:
+        subprocess.run(["scontrol", "delete", f"partitionname={name}"], capture_output=True)
+    runs = runs_by_name(site)
+    said = {
+        "c": ("PENDING (PartitionConfig)", "more CPUs per task than a node of it has"),
+        "a": (
+            f"PENDING (Job's account not known, so it can't use this partition ({name} "
+            "allows fbx))",
+            "its account may not use the partition",
+        ),
+    }
+    for run_name, (status, why) in said.items():
+        run = runs[run_name]
+        assert run["state"] == "ERROR", run
+        (message,) = run["messages"]
+        assert f"Slurm will not start job {run['handle']['job_id']}: it has been {status}" in (
+            message
+        )
+        assert why in message and "flowbatch cancelled it" in message
+        assert not any("retry" in str(h.get("message")) for h in run["history"])  # no retry
+
+
 def test_pending_reason_and_cancels(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
     """A job waiting for CPUs shows Slurm's reason; scancel from flowbatch and from outside
     both end as CANCELED."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from flowbatch.executors.slurm_script import (
 from flowbatch.executors.slurm_states import parse_squeue
 from flowbatch.executors.ssh_pool import HostUnreachable
 
-from .test_slurm_unit import Clock, Scripted, executor, ok
+from .test_slurm_unit import CLOSED, Clock, Scripted, executor, ok
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "sbatch-array.sh"
 
@@ -116,9 +117,7 @@ def test_intents_chunk_by_max_array_size_with_throttle(tmp_path: Path) -> None:
     assert "#SBATCH --output=" + str(link.parent) + "/%a/logs/slurm-%A_%a.out" in script
 
 
-def test_an_interrupted_array_is_adopted_by_name_or_resubmitted_as_planned(
-    tmp_path: Path,
-) -> None:
+def test_an_interrupted_array_is_adopted_by_name_or_planned_again(tmp_path: Path) -> None:
     name = "fb-s-sw-array"
     runner = Scripted(
         {
@@ -131,17 +130,34 @@ def test_an_interrupted_array_is_adopted_by_name_or_resubmitted_as_planned(
     batch = jobs(tmp_path, 3)
     for job, intent in zip(batch, ex.intents(batch), strict=True):
         job.handle = intent  # what a crash after recording left in run.json
+    assert [i["array_size"] for i in ex.intents(batch)] == [3] * 3
     assert [i["job_name"] for i in ex.intents(batch)] == [name] * 3  # the plan is kept
+    assert runner.lines == []  # a whole plan is looked for when it is launched
     handles = ex.launch_many(batch)
     assert [h["job_id"] for h in handles if isinstance(h, dict)] == ["70_0", "70_1", "70_2"]
     assert all(h["adopted"] for h in handles if isinstance(h, dict))
     assert not any(line.startswith("sbatch") for line in runner.lines)
-    # not found: tasks 1 and 2 of that plan are submitted as planned (task 0 was cancelled)
-    runner.answers["squeue"] = [ok("")]
+    # some runs of that plan without the others (room for fewer now): the array is looked
+    # for while planning (once), and found: they adopt their tasks
+    runner.lines.clear()
+    assert [i["job_name"] for i in ex.intents(batch[1:])] == [name] * 2
     handles = ex.launch_many(batch[1:])
-    assert [h["job_id"] for h in handles if isinstance(h, dict)] == ["80_1", "80_2"]
-    script = (tmp_path / "slurm-arrays" / name / "sbatch.sh").read_text()
-    assert "#SBATCH --array=1,2\n" in script
+    assert [h["job_id"] for h in handles if isinstance(h, dict)] == ["70_1", "70_2"]
+    assert [line.split()[0] for line in runner.lines] == ["squeue"]
+    # not found: that array never reached Slurm. Tasks 1 and 2 of it (task 0 was
+    # cancelled) are planned again, under a name no intent of the old plan has
+    runner.answers["squeue"] = [ok("")]
+    again = "fb-s-sw-1-array.1"
+    planned = [
+        (i["job_name"], i["array_task"], i["array_size"], i["array_plan"])
+        for i in ex.intents(batch[1:])
+    ]
+    assert planned == [(again, 0, 2, 1), (again, 1, 2, 1)]
+    handles = ex.launch_many(batch[1:])
+    assert [h["job_id"] for h in handles if isinstance(h, dict)] == ["80_0", "80_1"]
+    assert all(h["job_name"] == again for h in handles if isinstance(h, dict))
+    script = (tmp_path / "slurm-arrays" / again / "sbatch.sh").read_text()
+    assert "#SBATCH --array=0-1\n" in script
 
 
 def test_a_refused_array_is_an_error_for_each_of_its_runs(tmp_path: Path) -> None:
@@ -150,6 +166,32 @@ def test_a_refused_array_is_an_error_for_each_of_its_runs(tmp_path: Path) -> Non
     ex.site_root = tmp_path
     out = ex.launch_many(jobs(tmp_path, 2))
     assert all(isinstance(e, FlowbatchError) and "invalid partition" in e.reason for e in out)
+
+
+def test_an_array_for_a_drained_partition_waits_with_its_runs(tmp_path: Path) -> None:
+    """sbatch refuses the array because its partition is drained or inactive: every run of
+    it waits (PENDING, with Slurm's words), and is submitted once the partition is back."""
+    from flowbatch.executors.base import LaunchDeferred
+
+    from .test_slurm_unit import CLOSED
+
+    runner = Scripted({"sbatch": [CLOSED], "squeue": [ok("")]})
+    clock = Clock()
+    ex = executor(runner, clock)
+    ex.site_root = tmp_path
+    batch = jobs(tmp_path, 3)
+    out = ex.launch_many(batch)
+    assert all(isinstance(e, LaunchDeferred) for e in out), out
+    assert all("Required partition not available" in str(e) for e in out)
+    for job, intent in zip(batch, ex.intents(batch), strict=True):
+        job.handle = intent  # as the Runner recorded them
+    runner.answers["sbatch"] = [ok("90\n")]
+    assert all(isinstance(e, LaunchDeferred) for e in ex.launch_many(batch))  # too soon
+    assert [line.split()[0] for line in runner.lines] == ["sbatch"]
+    clock.now += 10
+    handles = ex.launch_many(batch)  # the planned array is looked for first: not there
+    assert [line.split()[0] for line in runner.lines] == ["sbatch", "squeue", "sbatch"]
+    assert [h["job_id"] for h in handles if isinstance(h, dict)] == ["90_0", "90_1", "90_2"]
 
 
 def test_array_tasks_are_polled_and_cancelled_one_by_one() -> None:
@@ -264,3 +306,102 @@ def test_an_array_is_submitted_by_its_runs_user_who_makes_their_logs(tmp_path: P
     mixed = [*jobs(tmp_path, 1, uid=1), *jobs(tmp_path / "b", 1, uid=2)]
     out = ex.launch_many(mixed)
     assert all(isinstance(o, FlowbatchError) for o in out)  # never one user's job as another's
+
+
+class FakeArrays:
+    """A scripted Slurm that keeps the job arrays it took: sbatch reads the array's
+    script (its job name, ``--array`` tasks and each task's run folder), squeue lists every
+    task of the arrays of a name (``--name``, as ``squeue -r`` does) or of the ids asked."""
+
+    where = "test"
+
+    def __init__(self) -> None:
+        self.closed = False  # sbatch refuses: the partition is drained
+        self.next_id = 90
+        self.tasks: dict[str, tuple[str, Path]] = {}  # "<id>_<task>" -> (name, run folder)
+        self.lines: list[str] = []
+
+    def run(self, command: str, **kw: object) -> CommandResult:
+        line = command.rpartition(" && ")[2]
+        self.lines.append(line)
+        args = line.split()
+        if args[0] == "sbatch":
+            if self.closed:
+                return CLOSED
+            return ok(f"{self._submit(Path(args[-1]).read_text())}\n")
+        if args[0] == "squeue":
+            if "--name" in args:
+                name = args[args.index("--name") + 1]
+                ids = [i for i, (n, _) in self.tasks.items() if n == name]
+            else:
+                ids = [i for i in args[args.index("-j") + 1].split(",") if i in self.tasks]
+            return ok("".join(f"{i}|PENDING|None|{self.tasks[i][0]}|0|\n" for i in ids))
+        return ok("")
+
+    def _submit(self, script: str) -> int:
+        name = re.search(r"^#SBATCH --job-name=(\S+)$", script, re.M)
+        spec = re.search(r"^#SBATCH --array=(\S+)$", script, re.M)
+        assert name is not None and spec is not None
+        folders = dict(re.findall(r"^  (\d+)\) cd '([^']*)'", script, re.M))
+        array_id, self.next_id = self.next_id, self.next_id + 1
+        for part in spec.group(1).split("%")[0].split(","):
+            first, _, last = part.partition("-")
+            for task in range(int(first), int(last or first) + 1):
+                self.tasks[f"{array_id}_{task}"] = (name.group(1), Path(folders[str(task)]))
+        return array_id
+
+
+def tick(ex: SlurmExecutor, batch: list[Launch], *, recorded: bool = True) -> list[object]:
+    """What the Runner does for these PENDING runs of a sweep (Runner._launch_sweep): each
+    run's intent recorded, then launch_many; a handle replaces the intent, unless the daemon
+    was killed before it recorded it (``recorded``). ``batch`` carry their earlier handles."""
+    intents = ex.intents(batch)
+    out = ex.launch_many(batch)
+    for job, intent, result in zip(batch, intents, out, strict=True):
+        job.handle = result if recorded and isinstance(result, dict) else intent
+    return out
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_run_never_adopts_an_array_task_not_submitted_for_it(
+    tmp_path: Path, killed: bool
+) -> None:
+    """An array planned for 3 runs is refused (its partition was drained: the runs wait with
+    their intents: the array's name and their task); at the next try there is room for one
+    run only, submitted alone (``killed``: and the daemon is killed before it records the
+    handle; the next one finds that job by name). The other two must not take tasks of
+    that array (they never existed: the runs would end CANCELED): they are submitted, each
+    into a task of its own run folder."""
+    from flowbatch.executors.base import LaunchDeferred
+
+    slurm = FakeArrays()
+    clock = Clock()
+    profile = executor(Scripted(), clock).profile
+
+    def daemon() -> SlurmExecutor:
+        ex = SlurmExecutor("slurm", "default", profile, site_name="s", runner=slurm, clock=clock)
+        ex.site_root = tmp_path
+        return ex
+
+    ex = daemon()
+    batch = jobs(tmp_path, 3)
+    slurm.closed = True
+    assert all(isinstance(e, LaunchDeferred) for e in tick(ex, batch))
+    assert {j.handle["job_name"] for j in batch if j.handle} == {"fb-s-sw-array"}
+    slurm.closed = False
+    clock.now += 10
+    (first,) = tick(ex, batch[:1], recorded=not killed)  # room for one run
+    assert isinstance(first, dict) and first["job_id"] == "90_0"
+    if killed:
+        ex = daemon()
+        assert batch[0].handle is not None and batch[0].handle["submitting"]
+        (first,) = tick(ex, batch[:1])
+        assert isinstance(first, dict) and first["adopted"] and first["job_id"] == "90_0"
+    clock.now += 10
+    rest = tick(ex, batch[1:])
+    assert all(isinstance(h, dict) for h in rest), rest
+    for job in batch:
+        assert job.handle is not None and job.handle["job_id"] in slurm.tasks, job.handle
+        assert slurm.tasks[job.handle["job_id"]][1] == job.run_dir  # its own task
+    assert not any(h.get("adopted") for h in rest if isinstance(h, dict))
+    assert [line.split()[0] for line in slurm.lines].count("sbatch") == 3

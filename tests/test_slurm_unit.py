@@ -360,6 +360,54 @@ def test_launch_adopts_a_job_found_by_name(tmp_path: Path) -> None:
     assert fresh["job_id"] == "99" and runner.lines[-1].startswith("sbatch --parsable")
 
 
+@pytest.mark.parametrize(("euid", "uid"), [(0, 1234), (1000, 1000)])
+def test_lookups_by_name_ask_only_for_the_jobs_of_the_user_who_submits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int, uid: int
+) -> None:
+    """squeue --name lists every user's jobs, and root's scancel --name ends them: every
+    lookup by name (an interrupted submission, an array task known by name only, a job
+    given up on) and every cancel by name asks for the jobs of the user who submits the
+    run's: its owner for a root daemon, else the daemon's own user (by uid)."""
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    name = job_name("s", "r1")
+    runner = Scripted({"squeue": [ok("")], "sbatch": [ok("99\n")], "scancel": [ok("")]})
+    ex = executor(runner, Clock())
+    job = Launch("r1", tmp_path, "run.sh", uid=1234)
+    job.handle = ex.intent(job)
+    assert job.handle["uid"] == uid
+    mine = f"--user {uid}"
+    assert ex.launch(job)["job_id"] == "99"  # none of its user's: submitted
+    assert f"--name {name} {mine} -O " in runner.lines[0]
+    ex.cancel(job.handle, "not needed")  # an intent only
+    assert runner.lines[-1] == f"scancel --name {name} {mine}"
+    task = {**job.handle, "job_name": f"{name}-array", "array_task": 1}
+    ex.cancel(task, "not needed")  # a task of an array known by name only
+    assert f"--name {name}-array {mine} -O " in runner.lines[-1]
+    ex.abandon({**task, "run_dir": "/r/1"}, "lost")
+    ex.tend()
+    assert f"--name {name}-array {mine} -O " in runner.lines[-1]
+
+
+def test_via_ssh_lookups_by_name_ask_for_the_jobs_of_the_hosts_user(tmp_path: Path) -> None:
+    """Over SSH the host's configured user submits: its jobs are looked at (by name, as
+    squeue and scancel take it on any Slurm version), whoever the run's owner is."""
+    (tmp_path / "flowbatch.yaml").write_text(
+        "ssh:\n  login1:\n    hostname: 127.0.0.9\n    user: u\n    remote_root: /tmp/x\n"
+        "slurm:\n  default:\n    via: login1\n"
+    )
+    config = load_config(tmp_path)
+    runner = Scripted({"squeue": [ok("")], "sbatch": [ok("12\n")], "scancel": [ok("")]})
+    prof = config.slurm["default"]
+    ex = SlurmExecutor("slurm", "default", prof, site_name="s", runner=runner, config=config)
+    job = Launch("r1", tmp_path, "run.sh", uid=1234)
+    job.handle = ex.intent(job)
+    assert "uid" not in job.handle
+    ex.launch(job)
+    assert "--name fb-s-r1 --user u -O " in runner.lines[0]
+    ex.cancel(job.handle, "not needed")
+    assert runner.lines[-1] == "scancel --name fb-s-r1 --user u"
+
+
 UNREACHABLE = "Unable to contact slurm controller (connect failure)"
 
 
@@ -423,10 +471,11 @@ def test_a_cancel_slurm_does_not_take_is_sent_again_once_it_answers(tmp_path: Pa
     clock = Clock()
     ex = executor(runner, clock)
     ex.cancel({"job_name": "fb-s-r1", "submitting": True}, "not needed")  # an intent only
-    assert runner.lines == ["scancel --name fb-s-r1"]
+    mine = f"--user {os.geteuid()}"  # the daemon's own jobs (no uid in that intent)
+    assert runner.lines == [f"scancel --name fb-s-r1 {mine}"]
     clock.now += 10
     ex.tend()
-    assert runner.lines == ["scancel --name fb-s-r1"] * 2
+    assert runner.lines == [f"scancel --name fb-s-r1 {mine}"] * 2
     clock.now += 10
     ex.tend()  # done: nothing left to send
     assert len(runner.lines) == 2
@@ -450,6 +499,137 @@ def test_a_submission_slurm_does_not_answer_waits(
         ex.launch(Launch("r1", tmp_path, "run.sh"))
     assert isinstance(err.value, ExecutorUnavailable) is waits
     assert ("Slurm does not answer" in err.value.reason) is waits
+
+
+#: pending reasons that never clear while the job's request and the cluster's configuration
+#: stay as they are (the job is ended after NEVER_START), and some that do
+NEVER_CLEAR = [
+    "PartitionConfig",
+    "PartitionTimeLimit",
+    "MaxMemPerLimit",
+    "AccountNotAllowed",
+    "QOSNotAllowed",
+    "ReservationDeleted",
+    "AssocMaxNodePerJobLimit",  # Slurm 22.05's spelling
+    "AssocMaxMemPerNode",
+    "QOSMaxGRESPerJob",
+    "QOSMinCpuNotSatisfied",
+    # what squeue shows in place of AccountNotAllowed (the job's description)
+    "Job's account not known, so it can't use this partition (p allows fbx)",
+    "Job's account not permitted to use this partition (p allows a not b)",
+    "Job's QOS not permitted to use this partition (p allows a not b)",
+]
+CLEAR = [
+    "Resources",
+    "Priority",
+    "None",
+    "PartitionDown",
+    "PartitionInactive",
+    "NodeDown",
+    "ReqNodeNotAvail, UnavailableNodes:n1",
+    "JobHeldAdmin",
+    "Dependency",
+    "AssocGrpCpuLimit",
+    "QOSGrpNodeLimit",
+    "AssocMaxJobsLimit",
+    "QOSMaxJobsPerUserLimit",
+    "QOSMaxCpuPerUserLimit",
+]
+
+
+def test_only_reasons_that_never_clear_end_a_pending_job() -> None:
+    """A job pending for a reason that does not clear by itself (a request its partition's
+    configuration, QOS or association can never satisfy) is cancelled after NEVER_START
+    and its run ends with Slurm's reason; one waiting for others' jobs, an admin's
+    maintenance or a hold is left to wait."""
+    from flowbatch.executors.slurm import NEVER_START
+
+    for reason in NEVER_CLEAR + CLEAR:
+        runner = Scripted({"squeue": [ok(f"5|PENDING|{reason}|n|0|\n")], "scancel": [ok("")]})
+        clock = Clock()
+        ex = executor(runner, clock)
+        assert ex.poll([("a", {"job_id": "5"})])["a"].liveness == Liveness.ALIVE
+        clock.now += NEVER_START + 1
+        probe = ex.poll([("a", {"job_id": "5"})])["a"]
+        if reason in CLEAR:
+            assert probe.liveness == Liveness.ALIVE, reason
+            assert not any(line.startswith("scancel") for line in runner.lines), reason
+            continue
+        assert probe.liveness == Liveness.FINISHED, reason
+        assert f"it has been PENDING ({reason}) for 300 s" in probe.detail["refused"], reason
+        assert runner.lines[-1] == "scancel 5", reason
+
+
+CLOSED = CommandResult(
+    1,
+    "",
+    "sbatch: error: Batch job submission failed: Required partition not available "
+    "(inactive or drain)\n",
+)
+
+
+def test_a_partition_drained_or_inactive_makes_its_runs_wait(tmp_path: Path) -> None:
+    """sbatch refuses every job of a partition an admin has drained or made inactive (for
+    maintenance): its runs wait with Slurm's words (LaunchDeferred: the other partitions
+    go on), one try at a time, less and less often, and go out once it takes jobs."""
+    from flowbatch.executors.base import LaunchDeferred
+
+    runner = Scripted({"sbatch": [CLOSED]})
+    clock = Clock()
+    ex = executor(runner, clock, partition="main")  # poll floor 1 s, ceiling 4 s
+    with pytest.raises(LaunchDeferred) as waits:
+        ex.launch(Launch("r1", tmp_path, "run.sh"))
+    said = waits.value.summary()
+    assert "partition 'main' takes no jobs now (drained or inactive)" in said
+    assert "Required partition not available (inactive or drain)" in said
+    assert "submitted once the partition takes jobs again" in said
+    for run in ("r1", "r2"):  # not asked again before the interval has passed
+        with pytest.raises(LaunchDeferred, match="Required partition not available"):
+            ex.launch(Launch(run, tmp_path, "run.sh"))
+    assert len(runner.lines) == 1
+    runner.answers["sbatch"] = [ok("7\n")]
+    other = Launch("r3", tmp_path, "run.sh", resources={"partition": "gpu"})
+    assert ex.launch(other)["job_id"] == "7"  # another partition goes on
+    runner.answers["sbatch"] = [CLOSED]
+    tries = []
+    for _ in range(12):  # 12 s: tried after 1, then 1.5, 2.25, 3.4, 4 s (the ceiling)
+        clock.now += 1
+        before = len(runner.lines)
+        with pytest.raises(LaunchDeferred):
+            ex.launch(Launch("r1", tmp_path, "run.sh"))
+        tries.append(len(runner.lines) - before)
+    assert tries == [1, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0], tries
+    clock.now += 4
+    runner.answers["sbatch"] = [ok("8\n")]
+    assert ex.launch(Launch("r1", tmp_path, "run.sh"))["job_id"] == "8"  # open again
+    assert ex.launch(Launch("r2", tmp_path, "run.sh"))["job_id"] == "8"  # at once
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "sbatch: error: invalid partition specified: nope",
+        "sbatch: error: Memory specification can not be satisfied\n"
+        "sbatch: error: Batch job submission failed: Requested node configuration is not "
+        "available",
+    ],
+)
+def test_an_unknown_partition_or_a_request_over_its_limits_stays_an_error(
+    tmp_path: Path, said: str
+) -> None:
+    from flowbatch.executors.base import LaunchDeferred
+
+    runner = Scripted({"sbatch": [CommandResult(1, "", said)]})
+    ex = executor(runner, Clock())
+    for _ in range(2):  # and no partition is taken for closed
+        with pytest.raises(ExecutorError) as err:
+            ex.launch(Launch("r1", tmp_path, "run.sh"))
+        assert not isinstance(err.value, ExecutorUnavailable)
+        assert said.splitlines()[-1] in err.value.reason
+    assert len(runner.lines) == 2
+    runner.answers["sbatch"] = [CLOSED]  # the cluster's default partition, drained
+    with pytest.raises(LaunchDeferred, match="the cluster's default partition takes no jobs"):
+        ex.launch(Launch("r1", tmp_path, "run.sh"))
 
 
 # -- the runner with a scripted Slurm ---------------------------------------------------------
@@ -493,8 +673,53 @@ def test_cancelling_a_pending_run_whose_submission_went_unanswered_cancels_its_j
         assert "connection reset" in (run.waiting or "")
         cancel_run(daemon.site, daemon.runner, run.id, 0, "not needed")
         assert run.state.value == "CANCELED" and run.messages == ["not needed"]
-        assert runner.lines == ["sbatch", f"scancel --name {run.handle['job_name']}"]
+        mine = f"--user {run.handle['uid']}"
+        assert runner.lines == ["sbatch", f"scancel --name {run.handle['job_name']} {mine}"]
     finally:
+        daemon.stop()
+        daemon.site.close()
+
+
+def test_a_run_starts_when_its_job_starts_not_when_it_was_submitted(tmp_path: Path) -> None:
+    """squeue is asked for times in seconds since the epoch (whatever its time zone); a
+    pending job's estimated start changes nothing; once its job runs, the run's
+    started_at is Slurm's StartTime (written once)."""
+    import time as _time
+
+    from flowbatch.lifecycle import iso
+
+    poll = {"floor": 0, "ceiling": 0.01}
+    daemon = slurm_daemon(tmp_path, {"slurm": {"default": {"poll": poll}}})
+    slurm = daemon.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    began = int(_time.time()) + 1  # not the submission: later
+    soon = began + 3600
+    runner = Scripted(
+        {"sbatch": [ok("41\n")], "squeue": [ok(f"41|PENDING|Priority|x|0|{soon}|\n")]}
+    )
+    slurm._runner = runner
+    try:
+        drop(daemon.site, "a.yaml", {"workflow": "wf", "name": "a"})
+        daemon.tick()
+        daemon.tick()
+        (run,) = daemon.runner.running()
+        submitted = run.started_at
+        assert run.handle and run.handle["status"] == "PENDING (Priority)"
+        assert submitted != iso(soon)  # an estimate is no start
+        assert runner.prefixes[-1] == "export SLURM_TIME_FORMAT=%s"
+        runner.answers["squeue"] = [ok(f"41|RUNNING|None|x|0|{began}|\n")]
+        daemon.tick()
+        assert run.handle["status"] == "RUNNING" and run.started_at == iso(began)
+        assert daemon.site.store.load(run.id).started_at == iso(began)  # in run.json
+        written = (daemon.site.store.run_dir(run) / "run.json").stat().st_mtime_ns
+        daemon.tick()
+        assert (daemon.site.store.run_dir(run) / "run.json").stat().st_mtime_ns == written
+        # a time squeue printed in a local form is not taken
+        status = parse_squeue("41|RUNNING|None|x|0|2026-01-02T03:04:05|\n")["41"]
+        assert status.start is None
+    finally:
+        for r in list(daemon.runner.active.values()):
+            daemon.runner._transition(r, State.CANCELED, messages=["test over"])
         daemon.stop()
         daemon.site.close()
 

@@ -10,7 +10,15 @@ the run script's markers decide how a run ended (:meth:`flowbatch.lifecycle.Runn
 Crash safety: :meth:`intent` gives the handle the Runner writes into ``run.json`` *before*
 :meth:`launch` submits; the job name (``fb-<site>-<run_id>``) is in it. A launch that
 finds such an earlier intent first asks squeue for a job of that name, and adopts it
-instead of submitting the run twice.
+instead of submitting the run twice. Every lookup by name (and ``scancel --name``) is
+restricted to the user who submits the run's jobs (:meth:`_mine`): squeue lists every
+user's jobs, and a job name is no secret (run ids are on the leaderboards), so another
+user's job of that name is never taken, nor cancelled, for the run's.
+
+A partition an admin has drained or made inactive (maintenance) makes sbatch refuse every
+job for it, for a while: its runs wait PENDING with Slurm's words (:class:`LaunchDeferred`:
+the profile's other partitions go on), and are submitted once it takes jobs again. Until
+then one submission into it is tried at a time, less and less often (:meth:`_closed_wait`).
 
 A controller that does not answer (slurmctld down or restarting, the submit host away)
 is "unknown, ask again", never "the job is gone": polls give UNKNOWN, a submission waits.
@@ -24,8 +32,12 @@ runs beside its earlier job. The abandoned jobs are kept in files under
 Sweeps: :meth:`launch_many` submits the PENDING runs of one sweep as job arrays, one
 ``sbatch`` per chunk of at most ``max_array_size`` runs (``--array=0-N[%throttle]``).
 :meth:`intents` plans the chunks first: each run's recorded intent names its array
-(``fb-<site>-<first run id>-array``) and its task, so a launch interrupted after sbatch
-finds the array by name and adopts ``<array id>_<task>`` for each run. From then on an
+(``fb-<site>-<first run id>-array``), its task and the array's size, so a launch
+interrupted after sbatch finds the array by name and adopts ``<array id>_<task>`` for each
+run. An array goes to Slurm under its name only with every run planned into it: runs of a
+plan that never reached Slurm that go without the others (room for fewer at a later try)
+are planned again under a new name (``...-array.<n>``, :meth:`_plan`), so that a run
+never adopts a task that was not submitted for it. From then on an
 array task is a job like any other (its ``job_id`` is ``<array id>_<task>``): one squeue
 per poll, scancel of one task, markers.
 
@@ -39,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -68,8 +81,8 @@ from .slurm_script import (
 )
 from .slurm_states import (
     COMPLETED,
+    EPOCH_TIMES,
     FINAL_STATES,
-    NEVER_STARTS,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     JobStatus,
@@ -78,13 +91,16 @@ from .slurm_states import (
     controller_unreachable,
     invalid_job_ids,
     job_already_gone,
+    never_starts,
     parse_sacct,
     parse_squeue,
+    partition_closed,
     probe_for,
 )
 
-#: seconds a job stays pending for a reason in NEVER_STARTS before its run is ended (an
-#: admin who raises the partition's limit meanwhile lets it start)
+#: seconds a job stays pending for a reason that never clears by itself (slurm_states'
+#: NEVER_STARTS) before its run is ended (an admin who raises the partition's limit
+#: meanwhile lets it start)
 NEVER_START = 300.0
 
 if TYPE_CHECKING:
@@ -94,11 +110,22 @@ log = logging.getLogger("flowbatch.slurm")
 
 #: the poll interval grows by this factor while nothing changes (up to the ceiling)
 BACKOFF = 1.5
+#: what a run waiting for a drained or inactive partition is told
+_CLOSED_HINT = "the run is submitted once the partition takes jobs again"
 #: job arrays' scripts and task links live here, under the site folder
 ARRAYS_DIR = "slurm-arrays"
 #: the jobs of runs given up on, to be cancelled once Slurm answers (one file each, in a
 #: folder per profile), under the site folder
 ABANDONED_DIR = SLURM_ABANDONED
+
+
+@dataclass
+class _Closed:
+    """A partition that refused a submission because it takes no jobs now."""
+
+    said: str  # why its runs wait, with Slurm's words
+    interval: float  # seconds until the next try (grows while it stays closed)
+    next_try: float  # monotonic
 
 
 @dataclass
@@ -108,6 +135,12 @@ class _Array:
     name: str
     members: list[tuple[int, Launch]]
     previous: bool  # planned by an earlier launch that may have been interrupted
+    #: its tasks when planned (0 .. size-1): ``members`` may be fewer, for an array found
+    #: by name; None for a plan recorded before flowbatch noted it
+    size: int | None
+    plan: int = 0  # 0: its runs' first plan; n: planned again n times (see :meth:`_plan`)
+    #: the job id a lookup by name found while planning (None: not found, or not asked)
+    found: str | None = None
 
 
 class SlurmExecutor:
@@ -140,7 +173,7 @@ class SlurmExecutor:
         self._interval = profile.poll.floor
         self._next_poll = 0.0
         self._last: dict[str, JobStatus] = {}  # job id -> status at the last poll
-        #: job id -> when it was first seen pending for a reason in NEVER_STARTS
+        #: job id -> when it was first seen pending for a reason that never clears by itself
         self._stuck: dict[str, float] = {}
         self._failures = 0  # failed squeue calls since the last one that answered
         self._down_since: float | None = None  # when the first of them failed
@@ -162,6 +195,11 @@ class SlurmExecutor:
         self._next_tend = 0.0  # when to try them again
         self._left: str | None = None  # why some were left at the last try
         self._accounting: bool | None = None  # False once sacct says it is disabled
+        #: partitions drained or inactive at their last submission (partition -> what
+        #: Slurm said, when to try again); "" is the cluster's default partition
+        self._closed: dict[str, _Closed] = {}
+        #: earlier plans' arrays looked up by name while planning (:meth:`_looked_up`)
+        self._looked: dict[str, str | None] = {}
         #: counts of the scheduler commands run (for logs and tests)
         self.calls: dict[str, int] = {}
 
@@ -226,14 +264,19 @@ class SlurmExecutor:
         return name if attempt <= 1 else f"{name}.{attempt}"
 
     def intent(self, job: Launch) -> dict[str, Any]:
-        """The handle recorded before submission: enough to find the job by name."""
-        return {
+        """The handle recorded before submission: enough to find the job by name, among
+        the jobs of the user who submits it (``uid``, for ``via: local``; see
+        :meth:`_mine`)."""
+        handle: dict[str, Any] = {
             "job_name": self.job_name(job.run_id, job.attempt),
             "profile": self.profile_name,
             "via": self.profile.via,
             "run_dir": str(job.run_dir),
             "submitting": True,
         }
+        if self.profile.via == "local":
+            handle["uid"] = _local_uid(job.uid)
+        return handle
 
     def launch(self, job: Launch) -> dict[str, Any]:
         """Submit the run (or adopt the job an earlier, interrupted launch submitted).
@@ -243,9 +286,11 @@ class SlurmExecutor:
         self._end_abandoned_of([job])
         handle = self.intent(job)
         handle.pop("submitting")
+        partition = self._partition(job)
+        self._closed_wait(partition)
         previous = job.handle or {}
         if previous.get("job_name") == handle["job_name"] and "job_id" not in previous:
-            found = self._find_by_name(handle["job_name"])
+            found = self._find_by_name(handle["job_name"], job.uid)
             if found is not None:
                 log.info("run %s: adopting Slurm job %s found by name", job.run_id, found)
                 return {**handle, "job_id": found, "adopted": True}
@@ -266,11 +311,13 @@ class SlurmExecutor:
         )
         if not result.ok:
             self._unanswered("sbatch", result)
+            self._refused_for_now(partition, result)
             raise ExecutorError(
                 f"sbatch refused run {job.run_id} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
                 hint="check the resources (partition, time, mem) against the cluster's limits",
             )
+        self._closed.pop(partition, None)
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
         if not job_id.isdigit():
             raise ExecutorError(f"sbatch gave no job id for run {job.run_id}: {result.stdout!r}")
@@ -278,8 +325,9 @@ class SlurmExecutor:
         self._soon()
         return {**handle, "job_id": job_id, "slurm_state": "SUBMITTED"}
 
-    def _find_by_name(self, name: str, *, launching: bool = True) -> str | None:
-        """The newest job of that name (any state: it may already have finished)."""
+    def _find_by_name(self, name: str, uid: int | None, *, launching: bool = True) -> str | None:
+        """The newest job of that name (any state: it may already have finished) among
+        the jobs of the user who submits the run's jobs (``uid``: see :meth:`_mine`)."""
         result = self._run(
             "squeue",
             "-h",
@@ -288,6 +336,7 @@ class SlurmExecutor:
             "all",
             "--name",
             name,
+            *self._mine(uid),
             "-O",
             SQUEUE_FORMAT,
             launching=launching,
@@ -315,52 +364,128 @@ class SlurmExecutor:
             raise ExecutorError(f"one submission for runs of several users: {users}")
         return owners.pop() if self.profile.via == "local" else None
 
+    def _mine(self, uid: int | None) -> list[str]:
+        """The squeue/scancel options that restrict a lookup by name to the jobs of the
+        user who submits the run's jobs: squeue and ``scancel --name`` reach every user's
+        jobs, and a job name is no secret (``fb-<site>-<run id>``; run ids are on the
+        leaderboards): another user's job of that name must never be adopted, nor
+        cancelled, as the run's. Locally that user is the run's owner ``uid`` for a root
+        daemon (:meth:`_submitter`), else the daemon's own user, given by number (squeue
+        and scancel take uids); over SSH (``via``) the host's configured user."""
+        if self.profile.via == "local":
+            return ["--user", str(_local_uid(uid))]
+        host = self.config.ssh.get(self.profile.via) if self.config is not None else None
+        return ["--user", host.remote_user()] if host is not None else ["--me"]
+
     # -- launch: sweeps as job arrays -----------------------------------------------------
-    def array_name(self, first: Launch) -> str:
-        return f"{self.job_name(first.run_id, first.attempt)}-array"
+    def array_name(self, first: Launch, plan: int = 0) -> str:
+        """``fb-<site>-<first run id>-array``; planned again (:meth:`_plan`): ``...-array.<n>``."""
+        name = f"{self.job_name(first.run_id, first.attempt)}-array"
+        return name if plan <= 0 else f"{name}.{plan}"
 
     def _plan(self, jobs: Sequence[Launch]) -> tuple[list[_Array], list[Launch]]:
         """(arrays, single jobs). Runs whose earlier intent planned them into an array keep
         it (it may have been submitted); the others are chunked afresh, at most
         ``max_array_size`` runs of equal resources per array. A run whose earlier intent
-        was a single job stays one (that job may exist)."""
+        was a single job stays one (that job may exist).
+
+        An array is only ever submitted under its name with every run planned into it
+        (each intent records the array's ``array_size``), so that the name alone says
+        which run each of its tasks is: a run that finds the array by name (its launch
+        was interrupted after sbatch) adopts its task, which exists. Some runs of an
+        earlier plan without the others (room for fewer runs at this try, a run
+        cancelled meanwhile) are looked up by the plan's name first (one squeue, asked
+        while :meth:`intents` plans, before anything is recorded): found, they adopt
+        their tasks; else that array never reached Slurm (or has long left it) and they
+        are planned afresh, into an array of a name no earlier intent has (``.<n>``: the
+        n-th plan of its first run, recorded before its sbatch as every plan is), never
+        submitted under the old name: the other runs of the old plan would find that
+        array and take tasks of it that were never submitted for them."""
         arrays: dict[str, _Array] = {}
         singles: list[Launch] = []
-        fresh: dict[str, list[Launch]] = {}
+        earlier: dict[str, list[tuple[int, Launch]]] = {}
+        fresh: dict[str, int] = {}  # run id -> its plan's number
         for job in jobs:
             prev = job.handle or {}
             pending = prev.get("submitting") and not prev.get("job_id") and prev.get("job_name")
             if pending and isinstance(prev.get("array_task"), int):
-                name = str(prev["job_name"])
-                arrays.setdefault(name, _Array(name, [], previous=True))
-                arrays[name].members.append((int(prev["array_task"]), job))
+                earlier.setdefault(str(prev["job_name"]), []).append((int(prev["array_task"]), job))
             elif pending and prev["job_name"] == self.job_name(job.run_id, job.attempt):
                 singles.append(job)
             else:
+                fresh[job.run_id] = 0
+        for name, members in earlier.items():
+            size = _planned_size(members)
+            plan = _planned(members[0][1].handle, "array_plan") or 0
+            whole = size is not None and sorted(t for t, _ in members) == list(range(size))
+            found = None if whole else self._looked_up(name, [job for _, job in members])
+            if whole or found is not None:
+                arrays[name] = _Array(
+                    name, members, previous=True, size=size, plan=plan, found=found
+                )
+                continue
+            log.info(
+                "job array %s is not in Slurm's queue and only some of its runs are to go "
+                "now (%s): they are planned again, under a new name",
+                name,
+                ", ".join(job.run_id for _, job in members),
+            )
+            fresh.update({job.run_id: plan + 1 for _, job in members})
+        groups: dict[str, list[Launch]] = {}
+        for job in jobs:  # in the runs' order
+            if job.run_id in fresh:
                 key = json.dumps([job.resources, job.time_limit], sort_keys=True, default=str)
-                fresh.setdefault(key, []).append(job)
-        size = self.profile.max_array_size
-        for group in fresh.values():
-            for start in range(0, len(group), size):
-                chunk = group[start : start + size]
-                name = self.array_name(chunk[0])
-                arrays[name] = _Array(name, list(enumerate(chunk)), previous=False)
+                groups.setdefault(key, []).append(job)
+        most = self.profile.max_array_size
+        for group in groups.values():
+            for start in range(0, len(group), most):
+                chunk = group[start : start + most]
+                plan = max(fresh[job.run_id] for job in chunk)
+                while self.array_name(chunk[0], plan) in arrays:  # never two plans of a name
+                    plan += 1
+                name = self.array_name(chunk[0], plan)
+                arrays[name] = _Array(
+                    name, list(enumerate(chunk)), previous=False, size=len(chunk), plan=plan
+                )
         return list(arrays.values()), singles
+
+    def _looked_up(self, name: str, jobs: Sequence[Launch]) -> str | None:
+        """The job of the array ``name`` that a lookup by name finds, asked once while the
+        runs are planned (:meth:`intents`) and kept until :meth:`launch_many` plans them
+        again: both must plan alike."""
+        if name not in self._looked:
+            self._looked[name] = self._find_by_name(name, self._submitter(jobs))
+        return self._looked[name]
+
+    def _member(self, array: _Array, task: int, job: Launch) -> dict[str, Any]:
+        """A run's intent as a task of ``array``."""
+        handle = {**self.intent(job), "job_name": array.name, "array_task": task}
+        if array.size is not None:
+            handle["array_size"] = array.size
+        if array.plan:
+            handle["array_plan"] = array.plan
+        return handle
 
     def intents(self, jobs: Sequence[Launch]) -> list[dict[str, Any]]:
         """The handles the Runner records before :meth:`launch_many`: each run's array
-        (job name) and task, or its single job. ``jobs`` carry their earlier handles."""
+        (job name, task, the array's size and plan) or its single job. ``jobs`` carry
+        their earlier handles. Runs of an earlier plan without all the others are looked
+        for by its name here (see :meth:`_plan`)."""
+        self._looked.clear()
         arrays, singles = self._plan(jobs)
         out = {job.run_id: self.intent(job) for job in singles}
         for array in arrays:
             for task, job in array.members:
-                out[job.run_id] = {**self.intent(job), "job_name": array.name, "array_task": task}
+                out[job.run_id] = self._member(array, task, job)
         return [out[job.run_id] for job in jobs]
 
     def launch_many(self, jobs: Sequence[Launch]) -> list[dict[str, Any] | FlowbatchError]:
         """Submit runs of one sweep: one ``sbatch --array`` per planned array (see
         :meth:`intents`); per run, its handle or the error that kept it from starting."""
-        arrays, singles = self._plan(jobs)
+        try:
+            arrays, singles = self._plan(jobs)
+        finally:
+            self._looked.clear()
         out: dict[str, dict[str, Any] | FlowbatchError] = {}
         for job in singles:
             try:
@@ -379,15 +504,19 @@ class SlurmExecutor:
         def handles(array_id: str, **extra: Any) -> dict[str, dict[str, Any]]:
             out = {}
             for task, job in array.members:
-                handle = {**self.intent(job), "job_name": array.name, "array_task": task}
+                handle = self._member(array, task, job)
                 handle.pop("submitting")
                 handle.update(array_job=array_id, job_id=f"{array_id}_{task}", **extra)
                 out[job.run_id] = handle
             return out
 
         self._end_abandoned_of([job for _, job in array.members])
+        partition = self._partition(array.members[0][1])  # a chunk's resources are one
+        self._closed_wait(partition)
         if array.previous:
-            found = self._find_by_name(array.name)
+            found = array.found or self._find_by_name(
+                array.name, self._submitter([job for _, job in array.members])
+            )
             if found is not None:
                 array_id = found.split("_")[0]
                 log.info("job array %s found by name: adopting %s", array.name, array_id)
@@ -409,12 +538,14 @@ class SlurmExecutor:
         runs = ", ".join(job.run_id for _, job in array.members)
         if not result.ok:
             self._unanswered("sbatch", result)
+            self._refused_for_now(partition, result)
             raise ExecutorError(
                 f"sbatch refused job array {array.name} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
                 hint="check the resources (partition, time, mem) and the array size against "
                 "the cluster's limits (MaxArraySize: the profile's max_array_size)",
             )
+        self._closed.pop(partition, None)
         array_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
         if not array_id.isdigit():
             raise ExecutorError(f"sbatch gave no job id for the array of runs {runs}: {result}")
@@ -423,8 +554,9 @@ class SlurmExecutor:
         return handles(array_id, slurm_state="SUBMITTED")
 
     def array_spec(self, tasks: Sequence[int]) -> str:
-        """``--array``: ``0-N`` (flowbatch.sweep.array_ranges), or the listed tasks of an
-        array planned before; with the profile's ``%throttle``."""
+        """``--array``: ``0-N`` (flowbatch.sweep.array_ranges; an array is only submitted
+        with all its tasks, see :meth:`_plan`), else the listed tasks; with the profile's
+        ``%throttle``."""
         ordered = sorted(tasks)
         throttle = self.profile.array_throttle
         if ordered == list(range(len(ordered))):
@@ -511,7 +643,9 @@ class SlurmExecutor:
             return {}  # not asked this tick: the Runner treats the runs as still alive
         ids = ",".join(jobs.values())
         # -r: one line per array task (pending tasks are shown collapsed otherwise)
-        result = self._run("squeue", "-h", "-t", "all", "-j", ids, "-r", "-O", SQUEUE_FORMAT)
+        result = self._run(
+            "squeue", "-h", "-t", "all", "-j", ids, "-r", "-O", SQUEUE_FORMAT, before=EPOCH_TIMES
+        )
         if not result.ok and not invalid_job_ids(result.stderr):
             return self._failed("squeue", result, jobs, now)
         self._failures = 0  # Slurm answered: only that ends a streak of failures
@@ -619,6 +753,40 @@ class SlurmExecutor:
                 hint="the run is submitted when Slurm answers again",
             )
 
+    def _partition(self, job: Launch) -> str:
+        """The partition ``job`` is submitted into ("": the cluster's default)."""
+        return str(job.resources.get("partition") or self.profile.partition or "")
+
+    def _closed_wait(self, partition: str) -> None:
+        """Before a submission into ``partition``: while it is known to take no jobs (a
+        submission was refused so a moment ago), its runs wait without asking sbatch; one
+        of them tries again once the interval has passed."""
+        closed = self._closed.get(partition)
+        if closed is not None and self._clock() < closed.next_try:
+            raise LaunchDeferred(closed.said, hint=_CLOSED_HINT)
+
+    def _refused_for_now(self, partition: str, result: CommandResult) -> None:
+        """A submission refused because its partition takes no jobs now (an admin drained
+        it or made it inactive, for maintenance) refused nothing for good: the run waits
+        PENDING with Slurm's words, and is submitted once the partition takes jobs again
+        (tried again less and less often, from the profile's poll floor to its ceiling).
+        A partition that does not exist, or a request over its limits, stays an error."""
+        said = _one_line(result.stderr + "\n" + result.stdout)
+        if not partition_closed(said):
+            return
+        poll = self.profile.poll
+        before = self._closed.get(partition)
+        first = max(poll.floor, 0.1)
+        interval = (
+            first if before is None else min(max(poll.ceiling, first), before.interval * BACKOFF)
+        )
+        where = f"partition {partition!r}" if partition else "the cluster's default partition"
+        why = f"{where} takes no jobs now (drained or inactive); Slurm said: {said}"
+        if before is None:
+            log.warning("Slurm profile %s: %s", self.profile_name, why)
+        self._closed[partition] = _Closed(why, interval, self._clock() + interval)
+        raise LaunchDeferred(why, hint=_CLOSED_HINT)
+
     def _from_accounting(self, job_ids: list[str]) -> dict[str, JobStatus]:
         """Jobs that left squeue: one sacct call, where accounting answers."""
         if self._accounting is False:
@@ -660,7 +828,11 @@ class SlurmExecutor:
         probe = probe_for(status)
         if probe.liveness == Liveness.ALIVE:
             probe.detail["status"] = alive_text(status)
-            never = NEVER_STARTS.get(status.reason) if status.state == "PENDING" else None
+            if status.state == "RUNNING" and status.start is not None:
+                # the run started when its job did, not when it was submitted (the Runner
+                # sets its started_at: Runner._note_status)
+                probe.detail["started"] = status.start
+            never = never_starts(status.reason) if status.state == "PENDING" else None
             if never is None:
                 self._stuck.pop(job_id, None)
             elif self._clock() - self._stuck.setdefault(job_id, self._clock()) >= NEVER_START:
@@ -709,7 +881,9 @@ class SlurmExecutor:
             target = [str(handle["job_id"])]
         elif handle.get("job_name") and isinstance(handle.get("array_task"), int):
             try:
-                found = self._find_by_name(str(handle["job_name"]), launching=False)
+                found = self._find_by_name(
+                    str(handle["job_name"]), _handle_uid(handle), launching=False
+                )
             except ExecutorError as exc:
                 log.warning("cannot cancel %s: %s", handle["job_name"], exc.reason)
                 return False
@@ -717,7 +891,8 @@ class SlurmExecutor:
                 return True  # the array never reached Slurm, or has long ended
             target = [f"{found.split('_')[0]}_{handle['array_task']}"]
         elif handle.get("job_name"):
-            target = ["--name", str(handle["job_name"])]
+            # root's scancel --name would end every user's job of that name
+            target = ["--name", str(handle["job_name"]), *self._mine(_handle_uid(handle))]
         else:
             return True
         result = self._run("scancel", *target)
@@ -744,7 +919,7 @@ class SlurmExecutor:
         lost (``lost``), or a cancel Slurm did not take."""
         entry = {
             key: handle[key]
-            for key in ("job_id", "job_name", "array_task", "run_dir")
+            for key in ("job_id", "job_name", "array_task", "run_dir", "uid")
             if handle.get(key) is not None
         }
         if not entry.get("job_id") and not entry.get("job_name"):
@@ -812,18 +987,19 @@ class SlurmExecutor:
         per task); a single job known by name only goes by ``scancel --name``. False when
         Slurm could not be asked."""
         ids = [str(e["job_id"]) for e in entries if e.get("job_id")]
-        tasks: dict[str, list[int]] = {}
+        tasks: dict[tuple[str, int | None], list[int]] = {}
         named = []
         for e in entries:
             if e.get("job_id") or not e.get("job_name"):
                 continue
             if isinstance(e.get("array_task"), int):
-                tasks.setdefault(str(e["job_name"]), []).append(int(e["array_task"]))
+                key = (str(e["job_name"]), _handle_uid(e))
+                tasks.setdefault(key, []).append(int(e["array_task"]))
             else:
                 named.append(e)
-        for name, numbers in tasks.items():
+        for (name, uid), numbers in tasks.items():
             try:
-                found = self._find_by_name(name, launching=False)
+                found = self._find_by_name(name, uid, launching=False)
             except ExecutorError as exc:
                 log.warning("cannot cancel %s: %s", name, exc.reason)
                 return False
@@ -929,6 +1105,32 @@ def _abandoned_key(entry: dict[str, Any]) -> str:
         return str(entry["job_id"])
     task = entry.get("array_task")
     return str(entry["job_name"]) + (f"_{task}" if isinstance(task, int) else "")
+
+
+def _local_uid(uid: int | None) -> int:
+    """The local user who submits a job of the run owned by ``uid``: that user for a
+    root daemon (:func:`flowbatch.executors.local.run_as`), else the daemon's own."""
+    own = os.geteuid()
+    return uid if own == 0 and uid is not None else own
+
+
+def _handle_uid(handle: dict[str, Any]) -> int | None:
+    """The submitting user a handle (an intent, an abandoned job's note) recorded; None
+    for one recorded before flowbatch noted it (the daemon's own user is looked at)."""
+    uid = handle.get("uid")
+    return uid if isinstance(uid, int) and not isinstance(uid, bool) else None
+
+
+def _planned(handle: dict[str, Any] | None, key: str) -> int | None:
+    """An array's size or plan number as an intent recorded it (None: not recorded)."""
+    value = (handle or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _planned_size(members: list[tuple[int, Launch]]) -> int | None:
+    """The size of the array its runs' intents recorded, where they all agree."""
+    sizes = {_planned(job.handle, "array_size") for _, job in members}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _one_line(text: str) -> str:

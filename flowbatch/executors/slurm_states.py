@@ -6,15 +6,19 @@ Native states are kept verbatim in ``Probe.raw`` and ``Probe.detail`` for diagno
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .base import Liveness, Probe
 
 #: ``squeue -O`` fields, each ending with '|' (no size: as wide as the value).
 #: ``JobArrayID`` is the plain job id, or ``<array id>_<task>`` for a task of a job array
 #: (``JobID`` would give the task's own, internal id); with ``squeue -r`` pending tasks are
-#: listed one per line instead of collapsed as ``<array id>_[0-9]``.
-SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,Name:|,exit_code:|"
+#: listed one per line instead of collapsed as ``<array id>_[0-9]``. ``StartTime`` is when
+#: a running job started (a pending one's is an estimate, or N/A): in seconds since the
+#: epoch with :data:`EPOCH_TIMES` in squeue's environment, whatever its time zone.
+SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,Name:|,exit_code:|,StartTime:|"
+#: shell text before squeue: its times as seconds since the epoch (strftime's ``%s``)
+EPOCH_TIMES = "export SLURM_TIME_FORMAT=%s && "
 SACCT_FIELDS = "JobID,State,ExitCode,JobName"
 
 ALIVE_STATES = frozenset(
@@ -57,12 +61,95 @@ INFRA_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
 CANCELLED = "CANCELLED"
 COMPLETED = "COMPLETED"
 
-#: why a pending job will not start while its request and the cluster's limits stay as
-#: they are (Slurm's reason codes; sbatch takes such a job under EnforcePartLimits=NO,
-#: Slurm's default): reason -> what it means
+#: a job's request over a per-job (or per-node) maximum of its association: Slurm 22.05's
+#: reason codes (the doc's ``AssocMax*``, less ``AssocMaxJobsLimit`` and
+#: ``AssocMaxSubmitJobLimit``: counts of the user's jobs, which clear as they end)
+_ASSOC_PER_JOB = (
+    "AssocMaxBBMinutesPerJob",
+    "AssocMaxBBPerJob",
+    "AssocMaxBBPerNode",
+    "AssocMaxBillingMinutesPerJob",
+    "AssocMaxBillingPerJob",
+    "AssocMaxBillingPerNode",
+    "AssocMaxCpuMinutesPerJobLimit",
+    "AssocMaxCpuPerNode",
+    "AssocMaxEnergyMinutesPerJob",
+    "AssocMaxEnergyPerJob",
+    "AssocMaxEnergyPerNode",
+    "AssocMaxGRESMinutesPerJob",
+    "AssocMaxGRESPerJob",
+    "AssocMaxGRESPerNode",
+    "AssocMaxLicenseMinutesPerJob",
+    "AssocMaxLicensePerJob",
+    "AssocMaxMemMinutesPerJob",
+    "AssocMaxMemPerJob",
+    "AssocMaxMemPerNode",
+    "AssocMaxNodeMinutesPerJob",
+    "AssocMaxUnknownMinutesPerJob",
+    "AssocMaxUnknownPerJob",
+    "AssocMaxUnknownPerNode",
+)
+#: the same for its QOS (the doc's ``QOSMax*``, less the ``*PerUser`` ones: what the
+#: user's other jobs hold, which clears as they end)
+_QOS_PER_JOB = (
+    "QOSMaxBBMinutesPerJob",
+    "QOSMaxBBPerJob",
+    "QOSMaxBBPerNode",
+    "QOSMaxBillingMinutesPerJob",
+    "QOSMaxBillingPerJob",
+    "QOSMaxBillingPerNode",
+    "QOSMaxCpuMinutesPerJobLimit",
+    "QOSMaxCpuPerNode",
+    "QOSMaxEnergyMinutesPerJob",
+    "QOSMaxEnergyPerJob",
+    "QOSMaxEnergyPerNode",
+    "QOSMaxGRESMinutesPerJob",
+    "QOSMaxGRESPerJob",
+    "QOSMaxGRESPerNode",
+    "QOSMaxLicenseMinutesPerJob",
+    "QOSMaxLicensePerJob",
+    "QOSMaxMemoryMinutesPerJob",
+    "QOSMaxMemoryPerNode",
+    "QOSMaxNodeMinutesPerJob",
+    "QOSMaxUnknownMinutesPerJob",
+    "QOSMaxUnknownPerJob",
+    "QOSMaxUnknownPerNode",
+)
+#: a job's request under a per-job minimum of its QOS
+_QOS_MINIMA = (
+    "QOSMinBB",
+    "QOSMinBilling",
+    "QOSMinCpuNotSatisfied",
+    "QOSMinEnergy",
+    "QOSMinGRES",
+    "QOSMinLicense",
+    "QOSMinMemory",
+    "QOSMinNode",
+    "QOSMinUnknown",
+)
+
+#: why a pending job will not start while its request and the cluster's configuration
+#: stay as they are (Slurm's reason codes, https://slurm.schedmd.com/job_reason_codes.html,
+#: as Slurm 22.05 spells them; sbatch takes such a job under EnforcePartLimits=NO, Slurm's
+#: default): reason -> what it means. Not here: reasons that clear by themselves or by an
+#: admin's routine work (Resources, Priority, the aggregate ``*Grp*`` limits, the
+#: ``*PerUser`` and job-count limits, PartitionDown/PartitionInactive, NodeDown,
+#: ReqNodeNotAvail, a hold).
 NEVER_STARTS = {
+    **dict.fromkeys(_ASSOC_PER_JOB, "it asks more than its association allows one job"),
+    **dict.fromkeys(_QOS_PER_JOB, "it asks more than its QOS allows one job"),
+    **dict.fromkeys(_QOS_MINIMA, "it asks less than its QOS requires of one job"),
     "PartitionTimeLimit": "its time limit is over the partition's",
     "PartitionNodeLimit": "it asks more nodes than the partition allows",
+    # the fallback for a request the partition's configuration cannot satisfy: seen for
+    # --cpus-per-task over a node's CPUs, or over the partition's MaxCPUsPerNode
+    "PartitionConfig": "it asks more than its partition's configuration allows (e.g. more "
+    "CPUs per task than a node of it has)",
+    # the partition's (or cluster's) MaxMemPerNode / MaxMemPerCPU
+    "MaxMemPerLimit": "it asks more memory than its partition allows per node or per CPU",
+    "AccountNotAllowed": "its account may not use the partition",
+    "QOSNotAllowed": "its QOS may not be used by its association or partition",
+    "ReservationDeleted": "the reservation it asks for no longer exists",
     "BadConstraints": "its constraints cannot be met",
     "InvalidAccount": "its account is not valid",
     "InvalidQOS": "its QOS is not valid",
@@ -72,9 +159,34 @@ NEVER_STARTS = {
     "QOSMaxCpuPerJobLimit": "it asks more CPUs than its QOS allows",
     "AssocMaxCpuPerJobLimit": "it asks more CPUs than its association allows",
     "QOSMaxNodePerJobLimit": "it asks more nodes than its QOS allows",
+    "AssocMaxNodePerJobLimit": "it asks more nodes than its association allows",
+    # an older Slurm's spelling of the same
     "AssocMaxNodesPerJobLimit": "it asks more nodes than its association allows",
     "QOSMaxMemoryPerJob": "it asks more memory than its QOS allows",
 }
+
+#: the same said in words: where slurmctld has set a description for the job (its
+#: ``state_desc``), squeue shows it instead of the reason code. A partition's
+#: AllowAccounts/DenyAccounts (reason AccountNotAllowed) and AllowQos/DenyQos
+#: (QOSNotAllowed) do; seen on Slurm 22.05, for a job without an account: "Job's account
+#: not known, so it can't use this partition (p allows acct)". Prefix -> what it means.
+_NEVER_STARTS_SAID = {
+    "Job's account not known, so it can't use this partition": (
+        "its account may not use the partition"
+    ),
+    "Job's account not permitted to use this partition": "its account may not use the partition",
+    "Job's QOS not known, so it can't use this partition": "its QOS may not use the partition",
+    "Job's QOS not permitted to use this partition": "its QOS may not use the partition",
+}
+
+
+def never_starts(reason: str) -> str | None:
+    """What a pending job's ``reason`` means when it does not clear by itself
+    (:data:`NEVER_STARTS`), else None."""
+    known = NEVER_STARTS.get(reason)
+    if known is not None:
+        return known
+    return next((why for said, why in _NEVER_STARTS_SAID.items() if reason.startswith(said)), None)
 
 
 @dataclass(frozen=True)
@@ -86,6 +198,9 @@ class JobStatus:
     reason: str = ""
     name: str = ""
     exit_code: str = ""  # Slurm's "code:signal"
+    #: when it started (seconds since the epoch), where squeue gave it so; a pending
+    #: job's estimate changes from poll to poll: no change of the job's
+    start: float | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         """``Slurm job 12 TIMEOUT (exit code 0:15, reason TimeLimit)``."""
@@ -123,8 +238,17 @@ def parse_squeue(text: str) -> dict[str, JobStatus]:
         if len(parts) < 5 or not parts[0]:
             continue
         job_id, state, reason, name, exit_raw = parts[:5]
-        out[job_id] = JobStatus(job_id, state.split()[0], reason, name, _wait_status(exit_raw))
+        start = _epoch(parts[5]) if len(parts) > 5 else None
+        out[job_id] = JobStatus(
+            job_id, state.split()[0], reason, name, _wait_status(exit_raw), start
+        )
     return out
+
+
+def _epoch(raw: str) -> float | None:
+    """squeue's time as seconds since the epoch (:data:`EPOCH_TIMES`); None for N/A,
+    Unknown, or a time printed in a local form."""
+    return float(raw) if raw.isdigit() and int(raw) > 0 else None
 
 
 def parse_sacct(text: str) -> dict[str, JobStatus]:
@@ -171,6 +295,22 @@ def controller_unreachable(text: str) -> bool:
     """A Slurm command's message says that slurmctld did not answer."""
     lower = text.lower()
     return any(words in lower for words in _UNREACHABLE)
+
+
+#: how sbatch says that the partition takes no jobs now: an admin has set it
+#: ``State=DRAIN`` or ``State=INACTIVE`` (maintenance), and will make it ``UP`` again. Slurm
+#: 22.05 (ESLURM_PARTITION_NOT_AVAIL's text): ``sbatch: error: Batch job submission failed:
+#: Required partition not available (inactive or drain)``. (``State=DOWN`` takes jobs:
+#: they pend with the reason ``PartitionDown``.)
+_PARTITION_CLOSED = ("required partition not available",)
+
+
+def partition_closed(text: str) -> bool:
+    """sbatch's message says that the partition does not take jobs for now (drained or
+    inactive), not that the request is wrong (an unknown partition, a request over its
+    limits): the submission is to be tried again later."""
+    lower = text.lower()
+    return any(words in lower for words in _PARTITION_CLOSED)
 
 
 def job_already_gone(text: str) -> bool:

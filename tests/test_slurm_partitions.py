@@ -1,0 +1,167 @@
+"""A partition drained or made inactive by an admin (maintenance), against the real
+single-node Slurm (tests/services/slurm.py): its runs wait, and go out once it is back.
+
+Each test uses a partition of its own (the cluster is shared by the other tests, and by
+other test sessions on this machine), made UP again in a ``finally`` whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from flowbatch import api
+from flowbatch.daemon import Daemon
+from flowbatch.executors.slurm import SlurmExecutor
+from flowbatch.lifecycle import iso
+
+from .conftest import drop, run_until_idle, write_template
+from .services.slurm import SlurmCluster
+from .test_robust import needs_root
+from .test_slurm import runs_by_name, sleep_site, tick_until
+from .test_slurm_arrays import TEMPLATE as SWEEP_TEMPLATE
+
+#: scontrol's changes of partitions are the cluster admin's (root, here)
+pytestmark = needs_root
+
+#: what sbatch says (Slurm 22.05) for a partition in State=DRAIN or State=INACTIVE
+CLOSED = "Required partition not available (inactive or drain)"
+
+
+def scontrol(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def partition(slurm_cluster: SlurmCluster) -> Iterator[str]:
+    """A partition of this test's own on the cluster's node, UP again at the end (then
+    removed when Slurm lets it: not while it still lists the jobs that ran there)."""
+    name = f"fbmaint{os.getpid()}"
+    scontrol("delete", f"partitionname={name}")
+    made = scontrol("create", f"partitionname={name}", "nodes=localhost", "state=UP")
+    assert made.returncode == 0 or "already exists" in made.stderr.lower(), made.stderr
+    try:
+        yield name
+    finally:
+        scontrol("update", f"partitionname={name}", "state=UP")
+        scontrol("delete", f"partitionname={name}")
+
+
+@pytest.mark.parametrize("state", ["INACTIVE", "DRAIN"])
+def test_runs_wait_for_a_partition_closed_for_maintenance_then_run(
+    tmp_path: Path, partition: str, state: str
+) -> None:
+    """sbatch refuses every job while the partition is INACTIVE or DRAIN: a run and a
+    sweep (a job array) for it wait PENDING with Slurm's words, with few sbatch calls,
+    while a request over the node's memory (in another partition) is an ERROR with
+    Slurm's message, as one for a partition that does not exist is; once an
+    admin makes the partition UP they are submitted and succeed."""
+    site = sleep_site(tmp_path, partition=partition)
+    write_template(tmp_path / "sweep-tpl", SWEEP_TEMPLATE)
+    api.install(site, tmp_path / "sweep-tpl", workflow_id="wf")
+    assert scontrol("update", f"partitionname={partition}", f"state={state}").returncode == 0
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r"})
+    drop(site, "s.yaml", {"workflow": "wf", "name": "s", "sweep": {"x": [1, 2]}})
+    big = {"partition": "debug", "mem": "64G"}  # an open partition, over the node's memory
+    drop(site, "big.yaml", {"workflow": "sleep", "name": "big", "resources": big})
+    drop(site, "nope.yaml", {"workflow": "sleep", "name": "nope", "resources": {"partition": "x"}})
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+
+        def all_wait() -> bool:
+            runs = [site.store.load(r["id"]) for r in api.list_runs(site)]
+            mine = [r for r in runs if r.name not in ("big", "nope")]
+            assert {r.state.value for r in mine} <= {"PENDING"}, [r.messages for r in mine]
+            return len(runs) == 5 and all(CLOSED in str(r.waiting) for r in mine)
+
+        tick_until(daemon, all_wait, timeout=30)
+        slurm = daemon.executors["slurm"]
+        assert isinstance(slurm, SlurmExecutor)
+        before = slurm.calls["sbatch"]
+        (first,) = [r for r in api.list_runs(site) if r["name"] == "r"]
+        record = site.store.run_dir(site.store.load(first["id"])) / "run.json"
+        written = record.stat().st_ino, record.stat().st_mtime_ns
+        deadline = time.monotonic() + 1
+        ticks = 0
+        while time.monotonic() < deadline:  # a second of ticks: all still wait
+            daemon.tick()
+            ticks += 1
+            time.sleep(0.02)
+        assert slurm.calls["sbatch"] - before <= 6 < ticks  # one try at a time, backing off
+        # a waiting run's record is not rewritten at each tick (its note is unchanged)
+        assert (record.stat().st_ino, record.stat().st_mtime_ns) == written
+        records = [site.store.load(r["id"]) for r in api.list_runs(site)]
+        waiting = [r for r in records if r.name not in ("big", "nope")]
+        assert len(waiting) == 3 and {r.state.value for r in waiting} == {"PENDING"}
+        (single,) = [r for r in records if r.name == "r"]
+        said = str(single.waiting)
+        assert f"partition '{partition}' takes no jobs now (drained or inactive)" in said
+        assert f"Slurm said: sbatch: error: Batch job submission failed: {CLOSED}" in said
+        big = runs_by_name(site)["big"]
+        assert big["state"] == "ERROR"  # over the node's memory: refused for good
+        assert "Requested node configuration is not available" in big["messages"][0]
+        nope = runs_by_name(site)["nope"]
+        assert nope["state"] == "ERROR" and "invalid partition" in nope["messages"][0].lower()
+        assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
+        run_until_idle(site, timeout=60, daemon=daemon)
+    finally:
+        daemon.stop()
+        site.close()
+    runs = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+    (single,) = [r for r in runs if r["name"] == "r"]
+    assert single["state"] == "SUCCESS", single["messages"]
+    assert site.store.load(single["id"]).waiting is None  # the note went when it started
+    sweep = [r for r in runs if r["workflow"] == "wf"]
+    assert len(sweep) == 2 and {r["state"] for r in sweep} == {"SUCCESS"}
+    assert len({r["handle"]["array_job"] for r in sweep}) == 1  # one array, as planned
+
+
+def test_a_run_whose_job_waits_in_the_queue_starts_when_its_job_does(
+    tmp_path: Path, partition: str
+) -> None:
+    """A partition in State=DOWN takes jobs, which pend (PartitionDown): the run is RUNNING
+    from its submission, with Slurm's reason. Once its job runs, its started_at is when
+    the job started (Slurm's StartTime), not when it was submitted."""
+    site = sleep_site(tmp_path, partition=partition)
+    assert scontrol("update", f"partitionname={partition}", "state=DOWN").returncode == 0
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 2}})
+    daemon = Daemon(site)
+    daemon.start()
+
+    def status() -> str:
+        runs = api.list_runs(site)
+        handle = site.store.load(runs[0]["id"]).handle if runs else None
+        return str((handle or {}).get("status"))
+
+    try:
+        tick_until(daemon, lambda: status() == "PENDING (PartitionDown)")
+        (run,) = daemon.runner.active.values()
+        submitted = datetime.fromisoformat(str(run.started_at))
+        time.sleep(1.0)  # in the queue for a second
+        assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
+        tick_until(daemon, lambda: status() == "RUNNING")
+        run = site.store.load(run.id)  # as written in run.json
+        job = str((run.handle or {})["job_id"])
+        start = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-j", job, "-O", "StartTime"],
+            env={**os.environ, "SLURM_TIME_FORMAT": "%s"},
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert run.started_at == iso(float(start))
+        # a second in the queue, and Slurm's StartTime has whole seconds: the job's start
+        # is in a later second than the submission's
+        started = datetime.fromisoformat(run.started_at).timestamp()
+        assert started >= int(submitted.timestamp()) + 1, (submitted, run.started_at)
+        run_until_idle(site, timeout=60, daemon=daemon)
+    finally:
+        daemon.stop()
+        site.close()
+    assert runs_by_name(site)["r"]["state"] == "SUCCESS"
