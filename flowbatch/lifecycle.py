@@ -447,8 +447,7 @@ class Runner:
                 self._prepare_launch(run, job)
             for run, intent in zip(batch, executor.intents(jobs), strict=True):
                 if intent != run.handle:  # on disk already when unchanged (a retry)
-                    run.handle = intent
-                    self.store.write(run)
+                    self._write_handle(run, intent)
             results = executor.launch_many(jobs)
         except FlowbatchError as exc:
             results = [exc] * len(batch)
@@ -555,8 +554,17 @@ class Runner:
         self._prepare_launch(run, job)
         handle = intent(job)
         if handle != run.handle:  # a run waiting for its partition is not rewritten each try
-            run.handle = handle
+            self._write_handle(run, handle)
+
+    def _write_handle(self, run: RunRecord, handle: dict[str, Any]) -> None:
+        """Record ``handle`` in ``run.json``; kept in memory only once written (a failed
+        write must not look, at the next try, like an intent already on disk)."""
+        previous, run.handle = run.handle, handle
+        try:
             self.store.write(run)
+        except BaseException:
+            run.handle = previous
+            raise
 
     def _prepare_launch(self, run: RunRecord, job: Launch) -> None:
         """A scheduler's launch gets the run's resources and its earlier handle."""
@@ -578,11 +586,13 @@ class Runner:
             run.handle = {**run.handle, "status": status}
             changed = True
         started = probe.detail.get("started")
+        queued = attempt_queued_at(run)  # not before this attempt (Slurm: whole seconds)
         if (
             isinstance(started, int | float)
             and not isinstance(started, bool)
             and math.isfinite(started)
-            and 0 < started <= time.time() + MARKER_CLOCK_SLACK
+            and (queued or 0) - 1 <= started <= time.time() + MARKER_CLOCK_SLACK
+            and started > 0
             and run.started_at != _stamp(started)
         ):
             run.started_at = _stamp(started)

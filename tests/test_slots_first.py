@@ -5,16 +5,20 @@ empty for the bookkeeping."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowbatch import api, lifecycle
 from flowbatch.daemon import Daemon
+from flowbatch.executors.base import Launch
+from flowbatch.executors.local import LocalExecutor
 from flowbatch.runs import State
 from flowbatch.site import Site
 from flowbatch.store.index import StateChangeRow
 
 from .conftest import drop, make_site, run_until_idle, write_template
+from .test_robust import needs_root
 
 SLEEPY = """
 workflow:
@@ -93,3 +97,58 @@ def test_an_end_that_could_not_be_recorded_is_polled_again(
     finally:
         daemon.stop()
         site.close()
+
+
+KILLED = """
+workflow:
+  steps:
+    - name: s
+      action: {commands: ['if [ ${x} = 2 ]; then sleep 0.3; kill -9 $$$$; fi; true']}
+parameters:
+  - {name: x, dtype: int, defaultValue: 1}
+"""
+
+
+@needs_root  # ns_last_pid: the next PID the kernel gives
+def test_a_run_started_under_the_pid_of_the_run_it_follows_keeps_its_books(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slots first: the run started in an ended run's slot may get that run's PID (it
+    was reaped, the PID space wraps); the ended run's end, recorded after that launch,
+    must not forget the new child: its exit (a SIGKILL here) is still the daemon's to
+    see, with its status."""
+    real_launch = LocalExecutor.launch
+    seen: dict[str, int] = {}
+
+    def launch(self: LocalExecutor, job: Launch) -> dict[str, Any]:
+        with self._lock:
+            ended = list(self._exits)  # an ended child whose end is not recorded yet
+        if ended:
+            seen["ended"] = ended[0]
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(ended[0] - 1))
+        handle = real_launch(self, job)
+        if ended:
+            seen["new"] = int(handle["pid"])
+        return handle
+
+    monkeypatch.setattr(LocalExecutor, "launch", launch)
+    for attempt in range(5):  # another process may take that PID first: try again
+        seen.clear()
+        site = make_site(
+            tmp_path / f"site{attempt}", {"executor": "local", "local": {"concurrency": 1}}
+        )
+        try:
+            api.install(site, write_template(tmp_path / "tpl", KILLED), workflow_id="wf")
+            drop(site, "a.yaml", {"workflow": "wf", "arguments": {"x": 1}})
+            drop(site, "b.yaml", {"workflow": "wf", "arguments": {"x": 2}})
+            run_until_idle(site, timeout=60)
+            shown = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+            runs = {int(r["arguments"]["x"]): r for r in shown}
+        finally:
+            site.close()
+        if seen.get("new") == seen.get("ended"):
+            break
+    assert seen.get("new") == seen.get("ended"), "the PID was never reused"
+    assert runs[1]["state"] == "SUCCESS"
+    (said,) = runs[2]["messages"]
+    assert "exited with -9" in said, said  # the daemon's child to the end, its status known

@@ -90,6 +90,17 @@ def tick_until(daemon: Daemon, check: Callable[[], bool], timeout: float = 30.0)
         time.sleep(0.05)
 
 
+def one_tick(site: Site) -> None:
+    """One tick of a daemon started for it (a cancel request is applied in it before
+    anything is dispatched)."""
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+        daemon.tick()
+    finally:
+        daemon.stop()
+
+
 def scancel(*job_ids: str) -> None:
     subprocess.run(["scancel", *job_ids], check=False, capture_output=True)
 
@@ -209,12 +220,7 @@ def test_a_cancel_of_a_run_whose_submission_was_never_recorded_cancels_its_job(
     try:
         assert list(jobs_named(name).values()) in (["PENDING"], ["RUNNING"])
         api.request_cancel(site, run.id, "not needed")
-        daemon = Daemon(site)
-        daemon.start()
-        try:
-            daemon.tick()  # the cancel is applied before anything is dispatched
-        finally:
-            daemon.stop()
+        one_tick(site)  # the cancel is applied before anything is dispatched
         shown = api.show_run(site, run.id)
         assert shown["state"] == "CANCELED" and shown["messages"] == ["not needed"]
         deadline = time.monotonic() + 20

@@ -39,6 +39,18 @@ results:
 """
 
 
+def crash_once_after_launch(site: Site) -> None:
+    """``flowbatch daemon --once`` killed (SIGKILL) right after its first launch (the
+    sbatch done, its answer not recorded)."""
+    crashed = subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
+        env={**os.environ, "FLOWBATCH_CRASH_AT": "launched:1"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+
+
 def sweep_site(tmp_path: Path, **profile: Any) -> Site:
     site = make_site(tmp_path / "site", slurm_config(**profile))
     write_template(tmp_path / "tpl", TEMPLATE)
@@ -143,13 +155,7 @@ def test_crash_between_array_submission_and_record(
     an intent; the next daemon adopts the array's tasks by name, no second array."""
     site = sweep_site(tmp_path)
     drop(site, "s.yaml", {"workflow": "wf", "sweep": {"x": [1, 2, 3]}})
-    crashed = subprocess.run(
-        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
-        env={**os.environ, "FLOWBATCH_CRASH_AT": "launched:1"},
-        capture_output=True,
-        timeout=60,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    crash_once_after_launch(site)
     before = [site.store.load(r["id"]) for r in api.list_runs(site)]
     assert {r.state.value for r in before} == {"PENDING"}
     assert all(r.handle and r.handle["submitting"] for r in before)

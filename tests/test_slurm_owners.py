@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from flowbatch import api
@@ -31,11 +29,13 @@ from .test_slurm import (
     SLEEP_TEMPLATE,
     crash_right_after_sbatch,
     jobs_named,
+    one_tick,
     runs_by_name,
     scancel,
     sleep_site,
 )
 from .test_slurm_arrays import TEMPLATE as SWEEP_TEMPLATE
+from .test_slurm_arrays import crash_once_after_launch
 
 OTHER = pwd.getpwuid(65534).pw_name  # nobody
 
@@ -114,12 +114,7 @@ def test_a_cancel_by_name_leaves_another_users_job_of_that_name(
     other = held_job(name, OTHER)
     try:
         api.request_cancel(site, run.id, "not needed")
-        daemon = Daemon(site)
-        daemon.start()
-        try:
-            daemon.tick()  # the cancel is applied before anything is dispatched
-        finally:
-            daemon.stop()
+        one_tick(site)  # the cancel is applied before anything is dispatched
         assert api.show_run(site, run.id)["state"] == "CANCELED"
         assert state_of(own) in ("CANCELLED", "COMPLETING")
         assert state_of(other) == "PENDING"
@@ -138,13 +133,7 @@ def test_an_array_of_the_sweeps_name_submitted_by_another_user_is_not_adopted(
     write_template(tmp_path / "tpl", SWEEP_TEMPLATE)
     api.install(site, tmp_path / "tpl", workflow_id="wf")
     drop(site, "s.yaml", {"workflow": "wf", "sweep": {"x": [1, 2]}})
-    crashed = subprocess.run(
-        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
-        env={**os.environ, "FLOWBATCH_CRASH_AT": "launched:1"},
-        capture_output=True,
-        timeout=60,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    crash_once_after_launch(site)
     before = [site.store.load(r["id"]) for r in api.list_runs(site)]
     (name,) = {r.handle["job_name"] for r in before if r.handle}
     own = {job.split("_")[0] for job in jobs_named(name)}

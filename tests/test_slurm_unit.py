@@ -8,6 +8,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -714,6 +715,10 @@ def test_a_run_starts_when_its_job_starts_not_when_it_was_submitted(tmp_path: Pa
         written = (daemon.site.store.run_dir(run) / "run.json").stat().st_mtime_ns
         daemon.tick()
         assert (daemon.site.store.run_dir(run) / "run.json").stat().st_mtime_ns == written
+        # a start before this attempt was queued (a controller's clock behind) is not taken
+        runner.answers["squeue"] = [ok(f"41|RUNNING|None|x|0|{began - 7200}|\n")]
+        daemon.tick()
+        assert run.started_at == iso(began)
         # a time squeue printed in a local form is not taken
         status = parse_squeue("41|RUNNING|None|x|0|2026-01-02T03:04:05|\n")["41"]
         assert status.start is None
@@ -1026,3 +1031,79 @@ def test_abandoned_tasks_of_an_array_known_by_name_cost_one_squeue_and_one_scanc
     assert [line.split()[0] for line in runner.lines] == ["squeue", "scancel"]
     assert runner.lines[1] == "scancel " + " ".join(f"77_{t}" for t in range(5))
     assert not ex.has_abandoned()
+
+
+def test_an_interrupted_submission_is_looked_for_even_while_its_partition_is_closed(
+    tmp_path: Path,
+) -> None:
+    """A run whose earlier sbatch went out (its answer lost) is looked for by name before
+    anything else, also while its partition refuses new jobs (a drained partition runs
+    the jobs it holds): its job is adopted, never submitted a second time once it has
+    left the queue."""
+    from flowbatch.executors.base import LaunchDeferred
+
+    name = job_name("s", "r1")
+    runner = Scripted({"sbatch": [CLOSED], "squeue": [ok(f"41|RUNNING|None|{name}|0||\n")]})
+    ex = executor(runner, Clock(), partition="main")
+    with pytest.raises(LaunchDeferred):  # another run's refusal: the partition is closed
+        ex.launch(Launch("r0", tmp_path, "run.sh"))
+    r1 = Launch("r1", tmp_path, "run.sh", handle={"job_name": name, "submitting": True})
+    handle = ex.launch(r1)
+    assert handle["job_id"] == "41" and handle["adopted"] is True
+    assert [line.split()[0] for line in runner.lines] == ["sbatch", "squeue"]
+    # the run whose sbatch was refused is not looked for at its next tries (no job of it
+    # went out): no squeue a waiting run and tick during a maintenance
+    r0 = Launch(
+        "r0", tmp_path, "run.sh", handle={"job_name": job_name("s", "r0"), "submitting": True}
+    )
+    with pytest.raises(LaunchDeferred):
+        ex.launch(r0)
+    assert len(runner.lines) == 2
+
+
+def test_an_intent_whose_write_failed_is_written_at_the_next_try(tmp_path: Path) -> None:
+    """A sweep's intents are in run.json before its sbatch: one whose write failed (a
+    full disk) is written at the next try, not taken as already there."""
+    import errno
+
+    site = make_site(tmp_path / "site", {"executor": "slurm"})
+    sweep = "workflow:\n  steps:\n    - {name: s, action: {commands: ['echo ${x}']}}\n"
+    sweep += "parameters:\n  - {name: x, dtype: int, defaultValue: 1}\n"
+    api.install(site, write_template(tmp_path / "tpl", sweep), workflow_id="wf")
+    daemon = Daemon(site)
+    daemon.start()
+    slurm = daemon.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    on_disk: dict[str, object] = {}
+
+    class SeesDisk(Scripted):
+        def run(self, command: str, **kw: Any) -> CommandResult:
+            if "sbatch" in command:
+                for r in api.list_runs(site):
+                    on_disk[r["id"]] = site.store.load(r["id"]).handle
+            return super().run(command, **kw)
+
+    runner = SeesDisk({"sbatch": [ok("41\n")], "squeue": [ok("")], "sacct": [ok("")]})
+    slurm._runner = runner
+    real = site.store.write
+    intents = [0]
+
+    def write(run, **kw):  # type: ignore[no-untyped-def]
+        if run.handle and run.handle.get("submitting"):
+            intents[0] += 1
+            if intents[0] == 2:  # the second run's intent, once
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(run, **kw)
+
+    site.store.write = write  # type: ignore[method-assign]
+    try:
+        drop(site, "s.yaml", {"workflow": "wf", "name": "s", "sweep": {"x": [1, 2]}})
+        with pytest.raises(OSError):
+            daemon.tick()
+        assert not any(line.startswith("sbatch") for line in runner.lines)
+        daemon.tick()  # room again
+        assert any(line.startswith("sbatch") for line in runner.lines)
+        assert len(on_disk) == 2 and all(on_disk.values()), on_disk
+    finally:
+        daemon.stop()
+        site.close()

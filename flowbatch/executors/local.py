@@ -57,6 +57,8 @@ class LocalExecutor:
         self.limit = limit
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exits: dict[int, int] = {}
+        #: the run each child is (a PID reused by the next run: see :meth:`forget`)
+        self._runs: dict[int, str] = {}
         self._lock = threading.Lock()
         self.host = socket.gethostname()
 
@@ -93,6 +95,10 @@ class LocalExecutor:
         started = process_start(proc.pid)  # 0.0: already gone; its exit is reported
         with self._lock:
             self._children[proc.pid] = proc
+            self._runs[proc.pid] = job.run_id
+            # an ended run's exit not collected yet (slots first: its end is recorded
+            # after this launch) whose PID this child reuses: not this child's
+            self._exits.pop(proc.pid, None)
         if not _reaper().watch(proc, self._exited):
             threading.Thread(
                 target=self._wait, args=(proc,), daemon=True, name=f"wait-{job.run_id}"
@@ -157,12 +163,17 @@ class LocalExecutor:
                 log.exception("ending what adopted runs left running")
         return out
 
-    def forget(self, handle: dict[str, Any]) -> None:
-        """Drop bookkeeping of a finished child."""
+    def forget(self, handle: dict[str, Any], run_id: str | None = None) -> None:
+        """Drop bookkeeping of a finished child. A child that runs under that PID now
+        as another run (launched after ``run_id``'s end and before that end was recorded,
+        slots first, with the PID reused) is kept."""
         pid = int(handle.get("pid", 0))
         with self._lock:
+            if run_id is not None and self._runs.get(pid, run_id) != run_id:
+                return
             self._children.pop(pid, None)
             self._exits.pop(pid, None)
+            self._runs.pop(pid, None)
 
     def adopt(self, handle: dict[str, Any]) -> bool:
         """True when the handle's PID still runs the process that was started then: same
@@ -334,7 +345,7 @@ class LocalExecutor:
         return f"it was to run as uid {uid}: {why}"
 
     def collect(self, run_id: str, handle: dict[str, Any], run_dir: Path) -> None:
-        self.forget(handle)
+        self.forget(handle, run_id)
 
     def close(self) -> None:
         pass

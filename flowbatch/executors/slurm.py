@@ -198,6 +198,10 @@ class SlurmExecutor:
         #: partitions drained or inactive at their last submission (partition -> what
         #: Slurm said, when to try again); "" is the cluster's default partition
         self._closed: dict[str, _Closed] = {}
+        #: job names whose last sbatch this executor saw refused for a closed partition:
+        #: no job of theirs exists, so their next try needs no lookup by name (one squeue
+        #: a waiting run and tick during a maintenance, else)
+        self._refused: set[str] = set()
         #: earlier plans' arrays looked up by name while planning (:meth:`_looked_up`)
         self._looked: dict[str, str | None] = {}
         #: counts of the scheduler commands run (for logs and tests)
@@ -286,14 +290,20 @@ class SlurmExecutor:
         self._end_abandoned_of([job])
         handle = self.intent(job)
         handle.pop("submitting")
-        partition = self._partition(job)
-        self._closed_wait(partition)
         previous = job.handle or {}
-        if previous.get("job_name") == handle["job_name"] and "job_id" not in previous:
+        if (
+            previous.get("job_name") == handle["job_name"]
+            and "job_id" not in previous
+            and handle["job_name"] not in self._refused
+        ):
+            # looked for first, even while its partition is closed: a job that went out
+            # before the drain runs, and would be submitted twice once it has left squeue
             found = self._find_by_name(handle["job_name"], job.uid)
             if found is not None:
                 log.info("run %s: adopting Slurm job %s found by name", job.run_id, found)
                 return {**handle, "job_id": found, "adopted": True}
+        partition = self._partition(job)
+        self._closed_wait(partition)
         # The job's own user writes the script into the run folder, makes its logs/ (Slurm
         # opens the output there before the script runs) and submits it: the daemon
         # (often root) never writes inside a folder its run's user controls
@@ -311,13 +321,14 @@ class SlurmExecutor:
         )
         if not result.ok:
             self._unanswered("sbatch", result)
-            self._refused_for_now(partition, result)
+            self._refused_for_now(partition, result, handle["job_name"])
             raise ExecutorError(
                 f"sbatch refused run {job.run_id} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
                 hint="check the resources (partition, time, mem) against the cluster's limits",
             )
         self._closed.pop(partition, None)
+        self._refused.discard(handle["job_name"])
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
         if not job_id.isdigit():
             raise ExecutorError(f"sbatch gave no job id for run {job.run_id}: {result.stdout!r}")
@@ -453,6 +464,8 @@ class SlurmExecutor:
         """The job of the array ``name`` that a lookup by name finds, asked once while the
         runs are planned (:meth:`intents`) and kept until :meth:`launch_many` plans them
         again: both must plan alike."""
+        if name in self._refused:
+            return None  # its sbatch was refused: it never reached Slurm
         if name not in self._looked:
             self._looked[name] = self._find_by_name(name, self._submitter(jobs))
         return self._looked[name]
@@ -511,9 +524,8 @@ class SlurmExecutor:
             return out
 
         self._end_abandoned_of([job for _, job in array.members])
-        partition = self._partition(array.members[0][1])  # a chunk's resources are one
-        self._closed_wait(partition)
-        if array.previous:
+        if array.previous and array.name not in self._refused:  # first, even while its
+            # partition is closed (unless its last sbatch was refused: no such array)
             found = array.found or self._find_by_name(
                 array.name, self._submitter([job for _, job in array.members])
             )
@@ -521,6 +533,8 @@ class SlurmExecutor:
                 array_id = found.split("_")[0]
                 log.info("job array %s found by name: adopting %s", array.name, array_id)
                 return handles(array_id, adopted=True)
+        partition = self._partition(array.members[0][1])  # a chunk's resources are one
+        self._closed_wait(partition)
         script = self._write_array_script(array)
         # each run's logs/ made by the job's user, as for a single job; the folders come
         # on stdin (up to max_array_size of them: one command line of 1,000 paths could
@@ -538,7 +552,7 @@ class SlurmExecutor:
         runs = ", ".join(job.run_id for _, job in array.members)
         if not result.ok:
             self._unanswered("sbatch", result)
-            self._refused_for_now(partition, result)
+            self._refused_for_now(partition, result, array.name)
             raise ExecutorError(
                 f"sbatch refused job array {array.name} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
@@ -546,6 +560,7 @@ class SlurmExecutor:
                 "the cluster's limits (MaxArraySize: the profile's max_array_size)",
             )
         self._closed.pop(partition, None)
+        self._refused.discard(array.name)
         array_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
         if not array_id.isdigit():
             raise ExecutorError(f"sbatch gave no job id for the array of runs {runs}: {result}")
@@ -765,7 +780,7 @@ class SlurmExecutor:
         if closed is not None and self._clock() < closed.next_try:
             raise LaunchDeferred(closed.said, hint=_CLOSED_HINT)
 
-    def _refused_for_now(self, partition: str, result: CommandResult) -> None:
+    def _refused_for_now(self, partition: str, result: CommandResult, name: str) -> None:
         """A submission refused because its partition takes no jobs now (an admin drained
         it or made it inactive, for maintenance) refused nothing for good: the run waits
         PENDING with Slurm's words, and is submitted once the partition takes jobs again
@@ -785,6 +800,7 @@ class SlurmExecutor:
         if before is None:
             log.warning("Slurm profile %s: %s", self.profile_name, why)
         self._closed[partition] = _Closed(why, interval, self._clock() + interval)
+        self._refused.add(name)  # its sbatch was answered: no job of that name went out
         raise LaunchDeferred(why, hint=_CLOSED_HINT)
 
     def _from_accounting(self, job_ids: list[str]) -> dict[str, JobStatus]:
