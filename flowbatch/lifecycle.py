@@ -513,12 +513,12 @@ class Runner:
             # written while they run (a slot stood empty for all of that)
             for run, _probe in ended:
                 self.active.set_aside(run.id)
-            if self.active.waiting():
-                try:
-                    self.dispatch()
-                except Exception:  # the ended runs are recorded all the same
-                    log.exception("starting runs in freed slots failed")
             try:
+                if self.active.waiting():
+                    try:
+                        self.dispatch()
+                    except Exception:  # the ended runs are recorded all the same
+                        log.exception("starting runs in freed slots failed")
                 for run, probe in ended:
                     self._finalize_safely(run, probe)
                     finished += 1

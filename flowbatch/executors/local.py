@@ -430,6 +430,8 @@ def _state_and_start(pid: int) -> tuple[bytes, float]:
     :func:`process_start` gives it."""
     global _BOOT_TIME
     stat_line = _read_proc(pid, "stat")
+    # the command name (field 2) may hold spaces and parentheses: fields after the last
+    # ')' are plain numbers; the state is field 3 overall, the start time field 22
     fields = stat_line[stat_line.rindex(b")") + 2 :].split()
     if _BOOT_TIME is None:
         _BOOT_TIME = boot_time()
@@ -437,6 +439,8 @@ def _state_and_start(pid: int) -> tuple[bytes, float]:
 
 
 def _read_proc(pid: int, name: str) -> bytes:
+    """One open and one read (a stat line is a few hundred bytes): Python's buffered file,
+    with its fstat and second read, took 1.7x as long, at every launch."""
     fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, 4096)
@@ -468,23 +472,10 @@ def process_start(pid: int) -> float:
     gives it (boot time + the start tick in ``/proc/<pid>/stat``), from one small read:
     psutil read ``/proc/stat`` too on every call, a tenth of a launch's cost. 0.0 when
     the process is gone (or this is not Linux's ``/proc``)."""
-    global _BOOT_TIME
     try:
-        # one open and one read (the line is a few hundred bytes): Python's buffered
-        # file, with its fstat and second read, took 1.7x as long, at every launch
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            stat_line = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        # the command name (field 2) may hold spaces and parentheses: fields after the
-        # last ')' are plain numbers; the start time is field 22 overall
-        ticks = int(stat_line[stat_line.rindex(b")") + 2 :].split()[19])
-        if _BOOT_TIME is None:
-            _BOOT_TIME = boot_time()
+        return _state_and_start(pid)[1]
     except (OSError, ValueError, IndexError):
         return 0.0
-    return _BOOT_TIME + ticks / _CLOCK_TICKS
 
 
 def boot_time() -> float:
