@@ -8,9 +8,14 @@ executor of that name. A run goes like this:
    ``<remote_root>/<workflow>/<run_id>/``; ``run.sh`` starts there under a small bash
    wrapper, detached (``setsid nohup``, stdin from /dev/null) so it survives a dropped
    connection. The wrapper waits for the script and writes its exit status (signals as
-   128+N) to ``status/script.rc``: the one thing the script cannot record when it is
-   SIGKILLed. The handle records the wrapper's PID (the process group id too) with its
-   start time and the host's boot id, so a reused PID is never taken for the run.
+   128+N) to ``status/script.rc`` (a temporary file renamed into place): the one thing
+   the script cannot record when it is SIGKILLed. Then it SIGKILLs its process group,
+   itself included: what the script left running there (``server &``, ``nohup x &``)
+   ends with it, as a local run's leftovers do, and before any poll sees the run ended
+   (it takes the run as ended once the wrapper is gone), with or without a daemon
+   watching. A process that made a session of its own (``setsid``) escapes. The handle
+   records the wrapper's PID (the process group id too) with its start time and the
+   host's boot id, so a reused PID is never taken for the run.
 2. **poll**: one remote command per host per tick for all of that host's runs.
    A run whose wrapper ended has its files fetched at once; a host that does not answer
    (unreachable, or its poll failed or timed out) gives UNKNOWN, and GONE (with the
@@ -81,6 +86,8 @@ log = logging.getLogger("flowbatch.ssh")
 CANCEL_GRACE = 3.0
 #: the wrapper's record of the script's exit status (next to the script's own markers)
 RC_MARKER = "status/script.rc"
+#: where the wrapper writes it first (then renamed to :data:`RC_MARKER`)
+RC_TEMP = "status/.script.rc.tmp"
 #: the process groups of runs given up on, to be ended once their host answers (one file
 #: each, in a folder per host), under the site folder
 ABANDONED_DIR = SSH_ABANDONED
@@ -127,11 +134,19 @@ fb_end() {
 }
 """
 
+# The wrapper (a session and process group of its own, setsid): a cancel's TERM goes to
+# the script, the wrapper outlives it; once the script ended, the wrapper ignores TERM,
+# INT and HUP (so does its mv), writes the exit status to a temporary file (opened
+# read-write: a FIFO the run put there never blocks it) renamed into place (a poll, which
+# reads it only once the wrapper is gone, finds the whole line or none), then SIGKILLs
+# the group, itself included: whatever the run left in it ends before the poll can see
+# the run ended.
 _LAUNCH = r"""set -e
 cd -- {dir}
 mkdir -p logs status
 {exports}
-setsid nohup bash -c 'trap : TERM INT HUP; bash run.sh; printf "%s\n" "$?" > {rc}' \
+setsid nohup bash -c 'trap : TERM INT HUP; bash run.sh; fb_rc=$?; trap "" TERM INT HUP
+rm -f -- {tmp}; printf "%s\n" "$fb_rc" 1<> {tmp} && mv -f -- {tmp} {rc}; kill -KILL 0' \
   </dev/null >>logs/script.log 2>&1 &
 fb_pid=$!
 read -r fb_s < "/proc/$fb_pid/stat"
@@ -276,7 +291,11 @@ class SSHExecutor:
         exports = "\n".join(f"export {k}={_q(v)}" for k, v in job.env.items())
         started = conn.run(
             _LAUNCH.format(
-                dir=_q(remote_dir), exports=exports, rc=RC_MARKER, wrapper=WRAPPER_RECORD
+                dir=_q(remote_dir),
+                exports=exports,
+                rc=RC_MARKER,
+                tmp=RC_TEMP,
+                wrapper=WRAPPER_RECORD,
             ),
             force=True,
         )
