@@ -9,14 +9,18 @@ or renamed, is seen within that time.
 
 from __future__ import annotations
 
+import errno
 import functools
 import grp
 import os
 import pwd
+import stat
 import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import NamedTuple, TypeVar
+
+from .errors import RequestError
 
 #: seconds a fact looked up stays remembered
 ACCOUNT_TTL = 30.0
@@ -105,3 +109,63 @@ def in_group(uid: int, name: str) -> bool:
     as a listed member)."""
     info = group(name)
     return info is not None and (info.gid == primary_gid(uid) or user_name(uid) in info.members)
+
+
+def check_writers(fd: int, st: os.stat_result, *, file: str, links: bool = True) -> None:
+    """Raise RequestError when someone but its owner could have written the request file
+    open as ``fd`` (``st``: its fstat): a run is made as that file's owner."""
+    writers = other_writers(fd, st, links=links)
+    if writers:
+        raise RequestError(
+            f"the request file {writers}: a run is made as the file's owner "
+            f"({user_name(st.st_uid)}), so no one else may be able to write it",
+            file=file,
+            expected="a request file only its owner can change (mode 0644 or 0600)",
+            hint="copy it into the queue with `cp` (not `ln`) after `chmod go-w` on it, "
+            "or drop it with `flowbatch submit`",
+        )
+
+
+def other_writers(fd: int, st: os.stat_result, *, links: bool = True) -> str | None:
+    """Why a user other than its owner could have written the request file open as
+    ``fd`` (what to say after "the request file"), or None (see :func:`check_writers`).
+
+    A run is made as the request file's owner, so its content must be theirs: not
+    writable by others nor by a group (an ACL's named users and groups show in the group
+    bits, as its mask), except the owner's user-private group (the group of the owner's
+    name with no other member, which a umask of 002 makes writable on many clusters);
+    and no other name (a hard link in the queue to a file a user may write but does not
+    own). ``links``: check the names too (False for a claim of the daemon's own user
+    found after a crash: intake may have linked it into a run folder already)."""
+    if links and st.st_nlink != 1:
+        return f"has {st.st_nlink} names (hard links), and other names reach the same file"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o002:
+        return f"is writable by every user (mode {mode:04o})"
+    if mode & 0o020 and not _private_group(fd, st):
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        return f"is writable by the group {group} (mode {mode:04o}, or an ACL)"
+    return None
+
+
+def _private_group(fd: int, st: os.stat_result) -> bool:
+    """Whether the file's group is its owner's alone (named as the user, no other
+    member listed) and no ACL gives anyone else a say (then the group bits are the
+    ACL's mask)."""
+    try:
+        os.getxattr(fd, "system.posix_acl_access")
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+    owner = identity(st.st_uid)
+    if owner.name is None or st.st_gid != owner.gid:
+        return False
+    try:
+        group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return False
+    return group.gr_name == owner.name and set(group.gr_mem) <= {owner.name}

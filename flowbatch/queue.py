@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, yamlio
-from .accounts import identity, in_group, user_name
+from .accounts import check_writers, identity, in_group, user_name
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
@@ -487,6 +487,11 @@ class Intake:
                     file=label,
                     hint="drop the request again",
                 )
+            # a claim of the daemon's own user found after a crash may have names intake
+            # gave it in run folders (_keep_request)
+            check_writers(
+                fd, opened, file=label, links=claimed.fresh or claimed.uid != os.geteuid()
+            )
             # in chunks: a buffered read of limit + 1 bytes allocated (and mapped) a
             # whole MiB for every request: three times the cost of the read itself
             raw = read_up_to(fd, limit + 1)

@@ -183,7 +183,9 @@ def test_marker_times_in_the_future_or_before_the_runs_creation_are_not_taken(
             _shift(run_dir, "started", _epoch(run.created_at) - 3600)
 
     _slow_tick(monkeypatch, skew)
-    drop(site, "a.yaml", {"workflow": "wf", "name": "skewed"})
+    # long enough not to end before the intake's own poll after the next request (that
+    # poll sees an end before the skew; 0 s failed about one time in five)
+    drop(site, "a.yaml", {"workflow": "wf", "name": "skewed", "arguments": {"pause": 0.3}})
     drop(site, "b.yaml", {"workflow": "wf", "name": "control"})
     run_until_idle(site)
     runs = {r["name"]: api.show_run(site, r["id"]) for r in api.list_runs(site)}

@@ -1,0 +1,138 @@
+"""A run is made as its request file's owner: a request someone else could have written
+(a group's or everyone's write bit, an ACL, another name of the file) is refused, and
+kept in ``rejected/`` beside its error."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flowbatch import api
+from flowbatch.site import Site
+
+from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .test_robust import _user, needs_root
+
+pytestmark = needs_root
+
+
+def _site(public_tmp: Path) -> Site:
+    site = make_site(public_tmp / "site")
+    api.install(site, write_template(public_tmp / "tpl", SCORE_TEMPLATE), workflow_id="wf")
+    return site
+
+
+def _shared_group() -> grp.struct_group:
+    """fbextra, a group fbrunner is a member of beside others (as a project's group)."""
+    subprocess.run(["groupadd", "-f", "fbextra"], check=True)
+    subprocess.run(["usermod", "-aG", "fbextra", "fbrunner"], check=True)
+    subprocess.run(["usermod", "-aG", "fbextra", "nobody"], check=True)
+    return grp.getgrnam("fbextra")
+
+
+def _rejected(site: Site, name: str) -> dict[str, object]:
+    folder = site.layout.rejected
+    assert (folder / name).is_file(), sorted(p.name for p in folder.iterdir())
+    return dict(yaml.safe_load((folder / f"{name}.error.yaml").read_text()))
+
+
+def _runs(site: Site) -> list[dict[str, object]]:
+    return api.list_runs(site)
+
+
+@pytest.mark.parametrize(
+    ("mode", "group", "refused"),
+    [
+        (0o664, "fbextra", "is writable by the group fbextra (mode 0664, or an ACL)"),
+        (0o646, "own", "is writable by every user (mode 0646)"),
+        (0o664, "own", None),  # the owner's private group (umask 002 on many clusters)
+        (0o644, "fbextra", None),
+    ],
+)
+def test_a_request_others_could_write_is_refused(
+    public_tmp: Path, mode: int, group: str, refused: str | None
+) -> None:
+    user = _user("fbrunner")
+    gid = _shared_group().gr_gid if group == "fbextra" else user.pw_gid
+    assert grp.getgrgid(user.pw_gid).gr_name == "fbrunner"  # a user-private group
+    site = _site(public_tmp)
+    path = drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 2}})
+    os.chown(path, user.pw_uid, gid)
+    os.chmod(path, mode)
+    run_until_idle(site)
+    if refused is None:
+        (run,) = _runs(site)
+        assert run["state"] == "SUCCESS" and run["owner"] == "fbrunner"
+        return
+    assert _runs(site) == []
+    error = _rejected(site, "r.yaml")
+    assert refused in str(error["reason"]) and "fbrunner" in str(error["reason"])
+    assert "chmod go-w" in str(error["hint"]) and error["file"] == "r.yaml"
+
+
+def test_another_name_of_a_file_is_no_request(public_tmp: Path) -> None:
+    """A hard link in the queue to a file of another user's (one the dropper may write,
+    as `fs.protected_hardlinks` requires): the run would be its owner's."""
+    user = _user("fbrunner")
+    site = _site(public_tmp)
+    original = public_tmp / "keep.yaml"
+    original.write_text(yaml.safe_dump({"workflow": "wf", "arguments": {"score": 3}}))
+    os.chown(original, user.pw_uid, user.pw_gid)
+    before = original.read_bytes()
+    tmp = site.layout.queue / ".r.yaml.tmp"
+    os.link(original, tmp)
+    os.rename(tmp, site.layout.queue / "r.yaml")
+    run_until_idle(site)
+    assert _runs(site) == []
+    error = _rejected(site, "r.yaml")
+    assert "has 2 names (hard links)" in str(error["reason"])
+    assert "not `ln`" in str(error["hint"])
+    # the other name is left as it was, its owner's
+    assert original.read_bytes() == before and original.stat().st_uid == user.pw_uid
+
+
+def _acl(entries: list[tuple[int, int, int]]) -> bytes:
+    """A POSIX ACL as the kernel takes it in ``system.posix_acl_access``: version 2,
+    then (tag, permissions, id) per entry, in the order of their tags."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+USER_OBJ, USER, GROUP_OBJ, MASK, OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+UNDEFINED = 0xFFFFFFFF
+
+
+def test_a_request_an_acl_lets_another_user_write_is_refused(public_tmp: Path) -> None:
+    """An ACL naming another user (its mask shows as the group bits) is no private group,
+    even where the file's group is the owner's own."""
+    user = _user("fbrunner")
+    other = pwd.getpwnam("nobody")
+    site = _site(public_tmp)
+    path = drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 2}})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    os.chmod(path, 0o644)
+    acl = _acl(
+        [
+            (USER_OBJ, 6, UNDEFINED),
+            (USER, 6, other.pw_uid),
+            (GROUP_OBJ, 4, UNDEFINED),
+            (MASK, 6, UNDEFINED),
+            (OTHER, 4, UNDEFINED),
+        ]
+    )
+    os.setxattr(path, "system.posix_acl_access", acl)  # no setfacl needed
+    assert path.stat().st_mode & 0o777 == 0o664  # the mask, in the group bits
+    run_until_idle(site)
+    assert _runs(site) == []
+    assert "or an ACL" in str(_rejected(site, "r.yaml")["reason"])
+
+
+# A claim of the daemon's own user found after a crash half-way through a sweep has the
+# names intake linked into its run folders: tests/test_sweeps.py's crash test fails when
+# they are counted.
