@@ -335,6 +335,10 @@ class Daemon:
 
     def stop(self) -> None:
         self.unwatch()
+        try:
+            self.intake.close()  # the handled requests' claims go once their runs are on disk
+        except Exception:  # they stay claimed: the next start finds their runs made
+            log.exception("settling the claims of the requests handled")
         for executor in [*self.executors.values(), *self.runner.retired]:
             executor.close()
         self.lock.release()
@@ -508,7 +512,7 @@ class Daemon:
             if not claimed.fresh and self._already_canceled(req.cancel):
                 # claimed by a daemon that stopped after the cancel, before removing it
                 log.info("cancel of run %s: done before a restart", req.cancel)
-                claimed.path.unlink(missing_ok=True)
+                self.intake.settler.add(claimed.path)
                 return
             self.intake.reject(claimed, exc.at(file=claimed.name, prefix="cancel"))
             return
@@ -516,7 +520,7 @@ class Daemon:
             log.exception("cancel %s failed", req.cancel)
             self.intake.reject(claimed, FlowbatchError(f"internal error: {exc}", file=claimed.name))
             return
-        claimed.path.unlink(missing_ok=True)
+        self.intake.settler.add(claimed.path)  # removed once the run's end is on disk
 
     def _already_canceled(self, run_id: str) -> bool:
         try:

@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,12 +27,12 @@ from typing import Any
 
 from . import faults, yamlio
 from .accounts import check_writers, identity, in_group, user_name
-from .errors import ArgumentError, FlowbatchError, RequestError
+from .errors import ArgumentError, FlowbatchError, NotFoundError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR
 from .render.values import RenderedWorkflow
-from .runs import RunRecord, now_iso
+from .runs import RunRecord, State, now_iso
 from .safeio import LINK_ERRORS, copy_content, copy_fd, copy_tree, open_beneath, read_up_to
 from .site import Site
 from .spec.model import FileArg, Template
@@ -202,6 +203,139 @@ class IntakeResult:
     refused: str | None = None
 
 
+#: seconds at most between a made run and the sync of the results tree that lets its
+#: request's claim go (:class:`ClaimSettler`)
+SETTLE_EVERY = 1.0
+
+
+class ClaimSettler:
+    """Removes the claims of handled requests once what they made is on disk for good.
+
+    A run folder is written with no fsync per file (three or four a run would cost more
+    than the run) and renamed into place; until the kernel writes it back (ext4: up to
+    30 s), a power loss or a crash of the host can leave the folder empty while the
+    removal of its claim, a change of the same file system's journal, survives: the run
+    would be lost. So the claim of a request whose runs were made (or whose cancel was
+    applied) stays in ``.claimed/`` until a ``syncfs`` of the results tree's file system
+    that began after that, then goes (with the request's ``.files`` bundle): one sync
+    for all the claims of :data:`SETTLE_EVERY` seconds, in a thread of its own (the
+    daemon's loop never waits on the disk; the thread ends when nothing is left to
+    settle), and one for what is left when the daemon stops (:meth:`close`). A claim
+    found at a start whose run folder did not reach the disk whole gets its run made
+    again (:meth:`Intake.made_run`)."""
+
+    def __init__(self, tree: Path, every: float | None = None) -> None:
+        self.tree = tree
+        self.every = SETTLE_EVERY if every is None else every
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time (the thread's, close's)
+        self._pending: dict[Path, Path | None] = {}  # claim -> its bundle
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._failing = False
+
+    def add(self, claim: Path, bundle: Path | None = None) -> None:
+        """``claim`` (and ``bundle``) to be removed once the tree is synced."""
+        with self._lock:
+            self._pending[claim] = bundle
+            if self._thread is None:
+                self._stop = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._stop,), name="claim-settler", daemon=True
+                )
+                self._thread.start()
+
+    def holds(self, claim: Path) -> bool:
+        """Whether ``claim`` waits here (it is no crash's leftover)."""
+        with self._lock:
+            return claim in self._pending
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        """Settle what is left now, and end the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.flush()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every):
+            try:
+                self.flush()
+            except Exception:  # never the end of the thread with claims left: next time
+                log.exception("settling the handled requests' claims")
+            with self._lock:
+                if not self._pending and self._thread is threading.current_thread():
+                    self._thread = None
+                    return
+
+    def flush(self) -> None:
+        """Sync the tree, then remove every claim added before the sync began. A sync
+        that fails keeps them all (they are tried again; at a start they are leftovers
+        whose runs exist)."""
+        with self._flushing:
+            with self._lock:
+                batch = dict(self._pending)
+                for claim in [c for c in batch if not os.path.lexists(c)]:
+                    del batch[claim], self._pending[claim]  # gone with its site: nothing to do
+            if not batch:
+                return
+            try:
+                sync_file_system(self.tree)
+            except OSError as exc:
+                if not self._failing:  # said once, until a sync works again
+                    log.warning("cannot sync %s (claims kept for now): %s", self.tree, exc)
+                self._failing = True
+                return
+            self._failing = False
+            faults.point("settle")  # synced, no claim removed yet
+            for claim, bundle in batch.items():
+                if bundle is not None:
+                    shutil.rmtree(bundle, ignore_errors=True)
+                try:
+                    claim.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("cannot remove the claim %s: %s", claim, exc.strerror)
+                    continue
+                with self._lock:  # only once it is gone: a listing never takes it as a leftover
+                    self._pending.pop(claim, None)
+
+
+_SYNCFS: list[Any] = []
+
+
+def sync_file_system(path: Path) -> None:
+    """``syncfs(2)`` of the file system that holds the folder ``path``: everything written
+    there so far is on disk (``os.sync()`` where the C library has no syncfs)."""
+    if not _SYNCFS:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "syncfs", None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int]
+            fn.restype = ctypes.c_int
+        _SYNCFS.append(fn)
+    syncfs = _SYNCFS[0]
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            import ctypes
+
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
 class Intake:
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -217,6 +351,12 @@ class Intake:
         self._look_in_claimed = True
         #: why the last tick took nothing in (an unsafe queue folder), or None
         self.refused: str | None = None
+        #: the claims of handled requests, removed once their runs are on disk
+        self.settler = ClaimSettler(self.layout.results)
+
+    def close(self) -> None:
+        """Settle the claims of the requests handled (a sync of the results tree)."""
+        self.settler.close()
 
     # -- finding and claiming ----------------------------------------------------------------
     def candidates(self, *, settle: float | None = None) -> list[str]:
@@ -328,7 +468,7 @@ class Intake:
             return out
         for path in sorted(self.site.claimed_dir.iterdir()):
             run_id, sep, name = path.name.partition("--")
-            if not sep:
+            if not sep or self.settler.holds(path):
                 continue
             try:
                 st = path.lstat()
@@ -431,9 +571,40 @@ class Intake:
             return False
 
     def _existing_run(self, run_id: str) -> Path | None:
-        for wf_runs in self.layout.results.glob(f"*/runs/{run_id}/run.json"):
-            return wf_runs
+        for run_dir in self.layout.results.glob(f"*/runs/{run_id}"):
+            if self.made_whole(run_dir):
+                return run_dir
         return None
+
+    def made_whole(self, run_dir: Path) -> bool:
+        """Whether the run folder ``run_dir``, of a claim found after a crash, exists and
+        reached the disk whole: its record readable and its own, and its script there
+        while it is PENDING (a launched run is the lifecycle's). One that did not (a power
+        loss before its claim's sync, see :class:`ClaimSettler`) is moved aside to
+        ``.<run id>.incomplete-<time>`` and its run made again from the request."""
+        try:
+            run = self.site.store.load_dir(run_dir)
+            whole = run.id == run_dir.name and (
+                run.state != State.PENDING or (run_dir / SCRIPT_NAME).stat().st_size > 0
+            )
+        except NotFoundError:
+            whole = False
+            if not os.path.lexists(run_dir):
+                return False
+        except (OSError, FlowbatchError):
+            whole = False
+        if whole:
+            return True
+        aside = run_dir.with_name(f".{run_dir.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(run_dir, aside)
+        log.error(
+            "run %s: its folder did not reach the disk whole (the host lost power or "
+            "crashed before it was synced?): moved to %s, the run is made again from its "
+            "request",
+            run_dir.name,
+            aside,
+        )
+        return False
 
     def _bundle(self, claimed: Claimed) -> Path | None:
         """The ``<name>.files/`` folder `flowbatch submit` put beside this request, if it
@@ -448,10 +619,8 @@ class Intake:
         return bundle
 
     def _finish(self, claimed: Claimed) -> None:
-        bundle = self._bundle(claimed)
-        if bundle is not None:
-            shutil.rmtree(bundle, ignore_errors=True)
-        claimed.path.unlink(missing_ok=True)
+        """The request's runs are made: its claim (and bundle) go once they are on disk."""
+        self.settler.add(claimed.path, self._bundle(claimed))
 
     # -- reading and validating ---------------------------------------------------------------
     def _read(self, claimed: Claimed) -> Request | CancelRequest:
@@ -542,12 +711,8 @@ class Intake:
                 continue
             # made before a crash (a leftover claim): not made again. A fresh claim's id is
             # new: its runs cannot exist (no stat per run of a burst)
-            if (
-                not claimed.fresh
-                and (
-                    site.layout.run_dir(req.workflow, point_run_id(claimed.run_id, index))
-                    / RUN_JSON
-                ).exists()
+            if not claimed.fresh and self.made_whole(
+                site.layout.run_dir(req.workflow, point_run_id(claimed.run_id, index))
             ):
                 continue
             todo.append(index)

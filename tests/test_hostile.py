@@ -878,6 +878,8 @@ def test_hostile_input(case_id: str, tmp_path: Path, golden: Path) -> None:
         steps = c.fn(env)
         next(steps)  # the hostile input is in the queue
         run_until_idle(site, timeout=30, daemon=daemon)
+        assert daemon.intake.leftovers() == []  # every request handled
+        daemon.intake.settler.flush()  # and its claim removed once its runs are on disk
         next(steps, None)  # the case's own assertions
         assert_nothing_escaped(env)
         assert not (cwd / "PWNED").exists()

@@ -41,7 +41,9 @@ def test_good_request_becomes_a_run_with_defaults_applied(hello_site) -> None:  
         },
         files={"n.txt": "Ann\nBo\n"},
     )
-    result = Intake(hello_site).run_once()
+    intake = Intake(hello_site)
+    intake.settler.every = 3600  # claims are settled by close() below
+    result = intake.run_once()
     assert len(result.runs) == 1 and not result.rejected
     run = result.runs[0]
     assert run.arguments["sleeptime"] == 0  # a default of 0 is applied (flowServ GAP)
@@ -55,6 +57,11 @@ def test_good_request_becomes_a_run_with_defaults_applied(hello_site) -> None:  
     assert (run_dir / "code/helloworld.py").exists()
     assert not (hello_site.layout.queue / "alice.yaml").exists()
     assert (hello_site.layout.queue / "n.txt").exists()  # other files are left alone
+    # the claim stays until the run is on disk (a sync of the tree), then goes
+    (claim,) = hello_site.layout.claimed.iterdir()
+    assert claim.name.endswith("--alice.yaml") and intake.settler.holds(claim)
+    assert intake.leftovers() == []  # held: no crash's leftover
+    intake.close()
     assert list(hello_site.layout.claimed.iterdir()) == []
 
 
@@ -183,7 +190,9 @@ def test_crash_after_claim_is_finished_on_restart(hello_site) -> None:  # type: 
     copy = claimed2.path.read_bytes()
     intake.process(claimed2, type(result)())
     claimed2.path.write_bytes(copy)  # as if the unlink never happened
-    again = Intake(hello_site).run_once()
+    intake = Intake(hello_site)
+    again = intake.run_once()
+    intake.close()
     assert again.runs == [] and not claimed2.path.exists()
     assert len(api.list_runs(hello_site)) == 2  # exactly one run per request
 
