@@ -528,6 +528,8 @@ CLEAR = [
     "PartitionInactive",
     "NodeDown",
     "ReqNodeNotAvail, UnavailableNodes:n1",
+    # what squeue shows (Slurm 22.05) while the partition's nodes are drained or down
+    "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions",
     "JobHeldAdmin",
     "Dependency",
     "AssocGrpCpuLimit",
@@ -1107,3 +1109,252 @@ def test_an_intent_whose_write_failed_is_written_at_the_next_try(tmp_path: Path)
     finally:
         daemon.stop()
         site.close()
+
+
+# -- what lookups by name find: older intents, unknown users, refused submissions -------------
+
+
+def recorded_run(tmp_path: Path, owner_uid: int, run_id: str = "r1") -> Path:
+    """A run's folder with its record (run.json), as the store writes it."""
+    from flowbatch.runs import RunRecord
+
+    run_dir = tmp_path / "results" / "wf" / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    record = RunRecord(
+        run_id, "wf", "1", "g", None, owner_uid, "someone", "r.yaml", "2026-01-01T00:00:00+00:00"
+    )
+    (run_dir / "run.json").write_text(json.dumps(record.to_dict()))
+    return run_dir
+
+
+def test_an_intent_recorded_before_the_uid_was_looks_at_the_run_owners_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An intent (or an abandoned array task's note) written by a flowbatch that did not
+    note the submitting user: a root daemon looked at root's own jobs of that name, and
+    missed the run's, which its owner submitted. The run's record says who that is."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    run_dir = recorded_run(tmp_path, 4321)
+    runner = Scripted({"squeue": [ok("")], "scancel": [ok("")]})
+    prof = SlurmProfile.model_validate({"poll": {"floor": 1, "ceiling": 4}})
+    ex = SlurmExecutor("slurm", "default", prof, site_name="s", site_root=tmp_path, runner=runner)
+    old = {"job_name": "fb-s-r1", "profile": "default", "run_dir": str(run_dir), "submitting": True}
+    ex.cancel(old, "not needed")  # a PENDING run whose submission went unanswered
+    assert runner.lines == ["scancel --name fb-s-r1 --user 4321"]
+    task = {**old, "job_name": "fb-s-r1-array", "array_task": 2}
+    ex.abandon(task, "lost")
+    noted = json.loads((tmp_path / "slurm-abandoned/default/fb-s-r1-array_2.json").read_text())
+    assert noted["uid"] == 4321  # noted with the owner from now on
+    ex.tend()
+    assert "--name fb-s-r1-array --user 4321 -O " in runner.lines[-1]
+    # a record that is not there (the run's folder removed): root's own, as before
+    ex.cancel({**old, "run_dir": str(tmp_path / "gone")}, "not needed")
+    assert runner.lines[-1] == "scancel --name fb-s-r1 --user 0"
+
+
+def unknown_uid() -> int:
+    """A uid without an entry in the account database."""
+    import pwd
+
+    uid = 59999
+    while True:
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+        uid += 1
+
+
+#: what squeue (Slurm 22.05) answers `--user <uid>` for a uid the host does not know: an
+#: error, exit status 0, and no job listed (even where that uid has jobs of that name)
+INVALID_USER = CommandResult(0, "", "squeue: error: Invalid user: {uid}\n")
+
+
+def test_a_lookup_for_a_user_squeue_does_not_know_asks_by_name_and_keeps_the_uids_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root daemon's run of a uid without a passwd entry: ``squeue --user`` lists
+    nothing, which read as "not submitted" (a second job). The jobs of that name are
+    listed for every user instead, and only that uid's are taken."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    uid = unknown_uid()
+    name = job_name("s", "r1")
+    refused = CommandResult(0, "", INVALID_USER.stderr.format(uid=uid))
+    listing = ok(f"41|PENDING|Priority|{name}|0|N/A|{uid}|\n42|PENDING|Priority|{name}|0|N/A|0|\n")
+    runner = Scripted({"squeue": [refused, listing], "sbatch": [ok("99\n")]})
+    ex = executor(runner, Clock())
+    job = Launch("r1", tmp_path, "run.sh", uid=uid)
+    job.handle = ex.intent(job)
+    handle = ex.launch(job)
+    assert handle["job_id"] == "41" and handle["adopted"] is True  # root's 42 is not its
+    assert f"--name {name} --user {uid} -O " in runner.lines[0]
+    assert "--user" not in runner.lines[1] and ",UserID:|" in runner.lines[1]
+    assert not any(line.startswith("sbatch") for line in runner.lines)
+
+
+def test_a_cancel_by_name_for_a_user_scancel_does_not_know_cancels_by_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``scancel --name ... --user <uid>`` fails for such a uid ("Invalid user name"),
+    every time: the cancel was kept, and sent again, for ever. The uid's jobs of that
+    name are looked up and cancelled by id."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    uid = unknown_uid()
+    name = job_name("s", "r1")
+    refused = CommandResult(1, "", f"scancel: error: Invalid user name: {uid}\n")
+    listing = ok(f"41|PENDING|BeginTime|{name}|0|N/A|{uid}|\n42|PENDING|None|{name}|0|N/A|7|\n")
+    invalid = CommandResult(0, "", INVALID_USER.stderr.format(uid=uid))
+    runner = Scripted({"scancel": [refused, ok("")], "squeue": [invalid, listing]})
+    ex = executor(runner, Clock())
+    intent = ex.intent(Launch("r1", tmp_path, "run.sh", uid=uid))
+    ex.cancel(intent, "not needed")
+    assert runner.lines[0] == f"scancel --name {name} --user {uid}"
+    assert runner.lines[-1] == "scancel 41"
+    assert not ex.has_abandoned()
+
+
+def test_a_job_slurm_requeues_because_its_user_is_unknown_ends_its_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sbatch takes a job of a uid without a passwd entry, but slurmctld cannot make its
+    credential ("getpwuid failed") and requeues it, PENDING (BeginTime), for ever: its run
+    ends at once with why, and the job is cancelled. A known user's job waits."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    uid = unknown_uid()
+    runner = Scripted({"squeue": [ok("5|PENDING|BeginTime|n|0|\n")], "scancel": [ok("")]})
+    clock = Clock()
+    ex = executor(runner, clock)
+    known = ex.poll([("a", {"job_id": "5", "uid": 65534})])["a"]  # nobody: known
+    assert known.liveness == Liveness.ALIVE
+    clock.now += 10
+    probe = ex.poll([("a", {"job_id": "5", "uid": uid})])["a"]
+    assert probe.liveness == Liveness.FINISHED
+    said = probe.detail["refused"]
+    assert said.startswith("Slurm will not start job 5: it is PENDING (BeginTime), its user,")
+    assert f"uid {uid} (the run's owner), has no entry in the account database" in said
+    assert said.endswith("flowbatch cancelled it") and runner.lines[-1] == "scancel 5"
+
+
+#: what a refused sbatch (more memory than a node has) leaves in squeue for MinJobAge
+#: (Slurm 22.05): FAILED BadConstraints, exit status 1, started and ended at submission
+REFUSED = "{id}|FAILED|BadConstraints|{name}|1|1764000000|0|\n"
+
+
+def test_the_record_a_refused_submission_left_is_not_adopted(tmp_path: Path) -> None:
+    """A daemon killed right after sbatch refused the run (its ERROR not recorded) finds,
+    at its next start, a FAILED BadConstraints job of the run's name: not the run's
+    (it never ran). The run is submitted again, and ends with sbatch's own refusal; a
+    job that did go out since is still found."""
+    name = job_name("s", "r1")
+    said = (
+        "sbatch: error: Memory specification can not be satisfied\n"
+        "sbatch: error: Batch job submission failed: Requested node configuration is not "
+        "available\n"
+    )
+    runner = Scripted(
+        {
+            "squeue": [ok(REFUSED.format(id=7, name=name))],
+            "sbatch": [CommandResult(1, "", said)],
+        }
+    )
+    ex = executor(runner, Clock())
+    job = Launch("r1", tmp_path, "run.sh", handle={"job_name": name, "submitting": True})
+    with pytest.raises(ExecutorError, match="Requested node configuration is not available"):
+        ex.launch(job)
+    assert [line.split()[0] for line in runner.lines] == ["squeue", "sbatch"]
+    runner.answers["squeue"] = [ok(REFUSED.format(id=7, name=name) + f"9|RUNNING|None|{name}|0|")]
+    assert ex.launch(job)["job_id"] == "9"  # a later submission that went out: adopted
+
+
+def test_the_tasks_a_refused_array_left_are_not_adopted(tmp_path: Path) -> None:
+    """The same for a sweep's job array: its tasks left FAILED BadConstraints."""
+    from .test_slurm_arrays_unit import jobs
+
+    runner = Scripted({"sbatch": [ok("60\n")]})
+    ex = executor(runner, Clock())
+    ex.site_root = tmp_path
+    batch = jobs(tmp_path, 2)
+    for job, intent in zip(batch, ex.intents(batch), strict=True):
+        job.handle = intent
+    name = batch[0].handle["job_name"] if batch[0].handle else ""
+    left = "".join(REFUSED.format(id=f"15_{t}", name=name) for t in range(2))
+    runner.answers["squeue"] = [ok(left)]
+    handles = ex.launch_many(batch)
+    assert [h["job_id"] for h in handles if isinstance(h, dict)] == ["60_0", "60_1"]
+    assert [line.split()[0] for line in runner.lines] == ["squeue", "sbatch"]
+
+
+def partitions(total: int, max_nodes: str = "UNLIMITED", min_nodes: int = 0) -> CommandResult:
+    """``scontrol -a -o show partition`` (Slurm 22.05, trimmed)."""
+    return ok(
+        f"PartitionName=debug AllowGroups=ALL Default=YES MaxNodes={max_nodes} MaxTime=UNLIMITED "
+        f"MinNodes={min_nodes} Nodes=n[1-{total}] State=UP TotalCPUs=8 TotalNodes={total}\n"
+        "PartitionName=other MaxNodes=UNLIMITED MinNodes=0 State=UP TotalNodes=64\n"
+    )
+
+
+def show_job(nodes: str, partition: str = "debug") -> CommandResult:
+    """``scontrol -o show job 5`` (Slurm 22.05, trimmed)."""
+    return ok(
+        "JobId=5 JobName=fb-s-r1 UserId=root(0) JobState=PENDING Reason=PartitionNodeLimit "
+        f"Partition={partition} NodeList= NumNodes={nodes} NumCPUs=2 WorkDir=/tmp\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("job", "sizes", "ends"),
+    [
+        # nodes of the partition down or drained: Slurm's documentation of the reason
+        (show_job("2-2"), partitions(4), None),
+        (show_job("2-2"), partitions(1), "it asks 2 nodes; partition debug has 1 node"),
+        (show_job("3-3"), partitions(4, "2"), "it asks 3 nodes; partition debug allows 2"),
+        (
+            show_job("1-2"),
+            partitions(4, min_nodes=3),
+            "it asks 1-2 nodes; partition debug requires",
+        ),
+        # a job for either of two partitions: it fits the second one
+        (show_job("8-8", "debug,other"), partitions(4), None),
+        # scontrol does not tell: it waits, asked again after another NEVER_START
+        (CommandResult(1, "", "slurm_load_jobs error: Invalid job id specified"), None, None),
+    ],
+)
+def test_partition_node_limit_ends_a_job_only_over_its_partitions_size(
+    job: CommandResult, sizes: CommandResult | None, ends: str | None
+) -> None:
+    """PartitionNodeLimit also means that nodes the job needs are down or drained (a
+    maintenance, which ends): the job's run is ended only when its node count is over
+    what its partition has or allows (scontrol's TotalNodes, MaxNodes, MinNodes)."""
+    from flowbatch.executors.slurm import NEVER_START
+
+    runner = Scripted(
+        {
+            "squeue": [ok("5|PENDING|PartitionNodeLimit|n|0|\n")],
+            "scancel": [ok("")],
+            "scontrol": [job, sizes or ok("")],
+        }
+    )
+    clock = Clock()
+    ex = executor(runner, clock)
+    assert ex.poll([("a", {"job_id": "5"})])["a"].liveness == Liveness.ALIVE
+    clock.now += NEVER_START + 1
+    probe = ex.poll([("a", {"job_id": "5"})])["a"]
+    asked = [line for line in runner.lines if line.startswith("scontrol")]
+    assert asked[0] == "scontrol -o show job 5"
+    if ends is None:
+        assert probe.liveness == Liveness.ALIVE
+        assert probe.detail["status"] == "PENDING (PartitionNodeLimit)"
+        assert not any(line.startswith("scancel") for line in runner.lines)
+        clock.now += 10  # not asked again at every poll
+        ex.poll([("a", {"job_id": "5"})])
+        assert [line for line in runner.lines if line.startswith("scontrol")] == asked
+        return
+    assert asked[1] == "scontrol -a -o show partition"
+    assert probe.liveness == Liveness.FINISHED
+    said = probe.detail["refused"]
+    assert "it has been PENDING (PartitionNodeLimit) for 300 s" in said
+    assert (
+        f"it asks more nodes than the partition has or allows, or fewer than it requires ({ends}"
+        in said
+    )
+    assert runner.lines[-1] == "scancel 5"

@@ -13,12 +13,24 @@ finds such an earlier intent first asks squeue for a job of that name, and adopt
 instead of submitting the run twice. Every lookup by name (and ``scancel --name``) is
 restricted to the user who submits the run's jobs (:meth:`_mine`): squeue lists every
 user's jobs, and a job name is no secret (run ids are on the leaderboards), so another
-user's job of that name is never taken, nor cancelled, for the run's.
+user's job of that name is never taken, nor cancelled, for the run's. An intent recorded
+before flowbatch noted that user is a root daemon's run owner's (from the run's record);
+a uid the account database does not know (which ``squeue --user`` answers with "Invalid
+user" and no job) is looked up by name alone and kept by uid. A job record a refused
+sbatch left behind (FAILED BadConstraints, listed for a while) is never adopted: the run
+is submitted again and ends with sbatch's refusal, as it would have without the crash.
 
 A partition an admin has drained or made inactive (maintenance) makes sbatch refuse every
 job for it, for a while: its runs wait PENDING with Slurm's words (:class:`LaunchDeferred`:
 the profile's other partitions go on), and are submitted once it takes jobs again. Until
 then one submission into it is tried at a time, less and less often (:meth:`_closed_wait`).
+
+A job pending for a reason that never clears by itself (:data:`NEVER_START`) is cancelled
+and its run ended with Slurm's reason; ``PartitionNodeLimit``, which also means that nodes
+the job needs are down or drained, only when the job's node count is over its partition's
+(:meth:`SlurmExecutor._over_partition`): a node maintenance is waited out. A job of a user
+the account database does not know is never started by Slurm (requeued for ever): its
+run is ended as soon as Slurm has requeued it.
 
 A controller that does not answer (slurmctld down or restarting, the submit host away)
 is "unknown, ask again", never "the job is gone": polls give UNKNOWN, a submission waits.
@@ -59,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..accounts import identity
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable, FlowbatchError
 from ..render.script import LOGS_DIR, read_markers
 from ..slurm_profile import SlurmProfile
@@ -83,6 +96,7 @@ from .slurm_states import (
     COMPLETED,
     EPOCH_TIMES,
     FINAL_STATES,
+    LOOKUP_FORMAT,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     JobStatus,
@@ -90,18 +104,30 @@ from .slurm_states import (
     alive_text,
     controller_unreachable,
     invalid_job_ids,
+    invalid_user,
     job_already_gone,
+    job_nodes,
     never_starts,
+    over_partition_nodes,
     parse_sacct,
     parse_squeue,
     partition_closed,
+    partition_sizes,
     probe_for,
+    refused_at_submission,
 )
 
 #: seconds a job stays pending for a reason that never clears by itself (slurm_states'
 #: NEVER_STARTS) before its run is ended (an admin who raises the partition's limit
 #: meanwhile lets it start)
 NEVER_START = 300.0
+#: the pending reason that also says that nodes a job needs are down or drained (Slurm's
+#: documentation of it): the job's node count is checked against its partition's
+#: before it is ended (:meth:`SlurmExecutor._over_partition`)
+NODE_LIMIT = "PartitionNodeLimit"
+#: the pending reason of a job Slurm requeued after it failed to launch it (with a begin
+#: time two minutes on); flowbatch submits no job with a begin time of its own
+REQUEUED = "BeginTime"
 
 if TYPE_CHECKING:
     from ..config import SiteConfig
@@ -339,27 +365,40 @@ class SlurmExecutor:
     def _find_by_name(self, name: str, uid: int | None, *, launching: bool = True) -> str | None:
         """The newest job of that name (any state: it may already have finished) among
         the jobs of the user who submits the run's jobs (``uid``: see :meth:`_mine`)."""
-        result = self._run(
-            "squeue",
-            "-h",
-            "-r",
-            "-t",
-            "all",
-            "--name",
-            name,
-            *self._mine(uid),
-            "-O",
-            SQUEUE_FORMAT,
-            launching=launching,
-        )
-        if not result.ok:
+        ids = [s.job_id for s in self._named(name, uid, launching=launching)]
+        return max(ids, key=_job_order) if ids else None
+
+    def _named(self, name: str, uid: int | None, *, launching: bool = True) -> list[JobStatus]:
+        """The jobs of that name (array tasks one by one, any state) of the user who
+        submits the run's jobs (``uid``: :meth:`_mine`), less those a refused sbatch left
+        behind (:func:`~.slurm_states.refused_at_submission`: FAILED BadConstraints; no
+        job of the run ever ran, and its run ends with sbatch's refusal, not as a job
+        that never started). Locally the owner is also checked here, by uid:
+        ``squeue --user`` answers a uid the host's account database does not know with
+        "Invalid user", exit status 0 and no job (which would read as "no such job", and
+        the run would be submitted a second time); that user's jobs are then looked for
+        by name alone, and kept by their uid."""
+        base = ["-h", "-r", "-t", "all", "--name", name]
+        mine = self._mine(uid)
+        result = self._run("squeue", *base, *mine, "-O", LOOKUP_FORMAT, launching=launching)
+        want = _local_uid(uid) if self.profile.via == "local" else None
+        if result.ok and want is not None and invalid_user(result.stderr):
+            mine = []
+            result = self._run("squeue", *base, "-O", LOOKUP_FORMAT, launching=launching)
+        if not result.ok or invalid_user(result.stderr):
+            said = _one_line(result.stderr or result.stdout) or f"exit {result.returncode}"
             raise ExecutorUnavailable(
-                f"cannot look for Slurm job {name} before resubmitting: "
-                f"{_one_line(result.stderr or result.stdout) or f'exit {result.returncode}'}",
+                f"cannot look for Slurm job {name} by its name: {said}",
                 hint="the run waits, and is looked for again at a later tick",
             )
-        ids = [s.job_id for s in parse_squeue(result.stdout).values() if s.name == name]
-        return max(ids, key=_job_order) if ids else None
+        return [
+            s
+            for s in parse_squeue(result.stdout).values()
+            if s.name == name
+            # by uid where squeue gave it; else squeue's --user did
+            and (want is None or s.uid == want or (s.uid is None and bool(mine)))
+            and not refused_at_submission(s)
+        ]
 
     def _submitter(self, jobs: Sequence[Launch]) -> int | None:
         """The local user who submits ``jobs`` (their runs' owner, one request's): a root
@@ -849,9 +888,19 @@ class SlurmExecutor:
                 # sets its started_at: Runner._note_status)
                 probe.detail["started"] = status.start
             never = never_starts(status.reason) if status.state == "PENDING" else None
+            if status.state == "PENDING" and status.reason == REQUEUED:
+                unknown = self._unknown_owner(handle)
+                if unknown is not None:  # requeued because its user is not known
+                    return self._refuse(handle, job_id, status, unknown, waited=False)
             if never is None:
                 self._stuck.pop(job_id, None)
             elif self._clock() - self._stuck.setdefault(job_id, self._clock()) >= NEVER_START:
+                if status.reason == NODE_LIMIT:
+                    over = self._over_partition(job_id)
+                    if over is None:  # nodes down or drained (or not known): it waits
+                        self._stuck[job_id] = self._clock()  # looked at again later
+                        return probe
+                    never = f"{never} ({over})"
                 return self._refuse(handle, job_id, status, never)
         elif status.state == COMPLETED and not self._script_ran(handle):
             probe.raw = (
@@ -860,17 +909,76 @@ class SlurmExecutor:
             )
         return probe
 
-    def _refuse(self, handle: dict[str, Any], job_id: str, status: JobStatus, why: str) -> Probe:
+    def _over_partition(self, job_id: str) -> str | None:
+        """For a job pending with the reason PartitionNodeLimit: why it can never start
+        (it asks more nodes than its partition has or allows, or fewer than it requires),
+        from ``scontrol show job`` and ``scontrol show partition``; None when its node
+        count fits its partition. Slurm gives that reason for both (its documentation:
+        "Can also indicate that required nodes are DOWN or DRAINED"), and nodes that are
+        down or drained are an admin's maintenance, which ends: the job waits, as it does
+        when Slurm 22.05 says so in words ("Nodes required for job are DOWN, DRAINED or
+        reserved for jobs in higher priority partitions"). None too when scontrol does
+        not tell: it is asked again after another NEVER_START."""
+        job = self._run("scontrol", "-o", "show", "job", job_id)
+        nodes = job_nodes(job.stdout) if job.ok else None
+        if nodes is None:
+            log.warning("scontrol show job %s: %s", job_id, _one_line(job.stderr or job.stdout))
+            return None
+        parts = self._run("scontrol", "-a", "-o", "show", "partition")
+        if not parts.ok:
+            log.warning("scontrol show partition: %s", _one_line(parts.stderr or parts.stdout))
+            return None
+        over = over_partition_nodes(nodes, partition_sizes(parts.stdout))
+        if over is None:
+            log.info(
+                "Slurm job %s pends with the reason %s, but its node count fits its "
+                "partition (or that partition is not listed): nodes of it are down or "
+                "drained, it waits",
+                job_id,
+                NODE_LIMIT,
+            )
+        return over
+
+    def _unknown_owner(self, handle: dict[str, Any]) -> str | None:
+        """Why Slurm never starts the job of ``handle`` when its user has no entry in the
+        account database (a root daemon submits a run's job as the run's owner, whatever
+        its uid): sbatch takes it, but slurmctld cannot make its credential ("getpwuid
+        failed for uid=...") and requeues it, PENDING (BeginTime), again every two
+        minutes, for ever. None for a user the database knows (or the daemon's own)."""
+        if self.profile.via != "local" or os.geteuid() != 0:
+            return None
+        uid = self._uid_of(handle)
+        if uid is None or uid == 0 or identity(uid).name is not None:
+            return None
+        return (
+            f"its user, uid {uid} (the run's owner), has no entry in the account database "
+            "(passwd): Slurm does not start a job of a user it cannot look up (slurmctld "
+            "cannot make its credential, and requeues it for ever)"
+        )
+
+    def _refuse(
+        self,
+        handle: dict[str, Any],
+        job_id: str,
+        status: JobStatus,
+        why: str,
+        *,
+        waited: bool = True,
+    ) -> Probe:
         """A job Slurm keeps pending for a reason that does not clear by itself (a time
         limit over its partition's: sbatch takes it, and it would pend for ever with its
         run RUNNING): cancelled, and its run ends in ERROR with Slurm's reason (no retry:
-        it would pend the same)."""
+        it would pend the same). ``waited``: it has been pending so for NEVER_START (else
+        it is known at once)."""
         self._stuck.pop(job_id, None)
         cancelled = self._scancel(handle)
-        said = (
-            f"Slurm will not start job {job_id}: it has been {alive_text(status)} for "
-            f"{NEVER_START:.0f} s, {why}; "
-            + ("flowbatch cancelled it" if cancelled else "flowbatch could not cancel it yet")
+        pending = (
+            f"it has been {alive_text(status)} for {NEVER_START:.0f} s"
+            if waited
+            else f"it is {alive_text(status)}"
+        )
+        said = f"Slurm will not start job {job_id}: {pending}, {why}; " + (
+            "flowbatch cancelled it" if cancelled else "flowbatch could not cancel it yet"
         )
         if not cancelled:
             self._hand_over(handle, said)
@@ -893,13 +1001,12 @@ class SlurmExecutor:
     def _scancel(self, handle: dict[str, Any]) -> bool:
         """scancel the job of ``handle``: True when Slurm took it or has nothing (left)
         to cancel, False when it could not be asked."""
+        uid = None if handle.get("job_id") else self._uid_of(handle)
         if handle.get("job_id"):
             target = [str(handle["job_id"])]
         elif handle.get("job_name") and isinstance(handle.get("array_task"), int):
             try:
-                found = self._find_by_name(
-                    str(handle["job_name"]), _handle_uid(handle), launching=False
-                )
+                found = self._find_by_name(str(handle["job_name"]), uid, launching=False)
             except ExecutorError as exc:
                 log.warning("cannot cancel %s: %s", handle["job_name"], exc.reason)
                 return False
@@ -908,14 +1015,59 @@ class SlurmExecutor:
             target = [f"{found.split('_')[0]}_{handle['array_task']}"]
         elif handle.get("job_name"):
             # root's scancel --name would end every user's job of that name
-            target = ["--name", str(handle["job_name"]), *self._mine(_handle_uid(handle))]
+            target = ["--name", str(handle["job_name"]), *self._mine(uid)]
         else:
             return True
         result = self._run("scancel", *target)
         if result.ok or job_already_gone(result.stderr + result.stdout):
             return True
+        if target[0] == "--name" and invalid_user(result.stderr + result.stdout):
+            return self._scancel_named(str(handle["job_name"]), uid)
         log.warning("scancel %s: %s", " ".join(target), _one_line(result.stderr or result.stdout))
         return False
+
+    def _scancel_named(self, name: str, uid: int | None) -> bool:
+        """``scancel --name`` for a user scancel does not know (a uid without an entry in
+        the account database: "Invalid user name", every time): the user's jobs of that
+        name are looked up (:meth:`_named`, by uid) and cancelled by id."""
+        try:
+            ids = [s.job_id for s in self._named(name, uid, launching=False)]
+        except ExecutorError as exc:
+            log.warning("cannot cancel %s: %s", name, exc.reason)
+            return False
+        if not ids:
+            return True
+        result = self._run("scancel", *ids)
+        if result.ok or job_already_gone(result.stderr + result.stdout):
+            return True
+        log.warning("scancel %s: %s", " ".join(ids), _one_line(result.stderr or result.stdout))
+        return False
+
+    def _uid_of(self, handle: dict[str, Any]) -> int | None:
+        """The user who submitted the job of ``handle`` (an intent, an abandoned job's
+        note), for :meth:`_mine`: the uid it recorded; for one recorded before flowbatch
+        noted it, a root daemon's is the run's owner, from the run's record
+        (``run.json`` in its ``run_dir``, read as the Runner reads it: a record its
+        user replaced is refused), else the daemon's own user, as then."""
+        uid = _handle_uid(handle)
+        if uid is not None or self.profile.via != "local" or os.geteuid() != 0:
+            return uid
+        run_dir = handle.get("run_dir")
+        if not isinstance(run_dir, str) or not run_dir:
+            return None
+        from ..store.store import Store  # the run's record, as the Runner reads it
+
+        try:
+            owner = Store.load_dir(Path(run_dir)).owner_uid
+        except (FlowbatchError, OSError) as exc:
+            log.warning(
+                "Slurm job %s: its owner is not known (%s): only root's jobs of that name "
+                "are looked at",
+                handle.get("job_name"),
+                exc,
+            )
+            return None
+        return owner if isinstance(owner, int) and not isinstance(owner, bool) else None
 
     # -- jobs of runs given up on ----------------------------------------------------------
     def abandon(self, handle: dict[str, Any], reason: str) -> None:
@@ -940,6 +1092,10 @@ class SlurmExecutor:
         }
         if not entry.get("job_id") and not entry.get("job_name"):
             return
+        if not entry.get("job_id") and "uid" not in entry:  # an older intent's
+            uid = self._uid_of(entry)
+            if uid is not None:
+                entry["uid"] = uid
         key = _abandoned_key(entry)
         if any(_abandoned_key(e) == key for e in self._abandoned):
             return
@@ -1009,7 +1165,7 @@ class SlurmExecutor:
             if e.get("job_id") or not e.get("job_name"):
                 continue
             if isinstance(e.get("array_task"), int):
-                key = (str(e["job_name"]), _handle_uid(e))
+                key = (str(e["job_name"]), self._uid_of(e))
                 tasks.setdefault(key, []).append(int(e["array_task"]))
             else:
                 named.append(e)
@@ -1132,7 +1288,7 @@ def _local_uid(uid: int | None) -> int:
 
 def _handle_uid(handle: dict[str, Any]) -> int | None:
     """The submitting user a handle (an intent, an abandoned job's note) recorded; None
-    for one recorded before flowbatch noted it (the daemon's own user is looked at)."""
+    for one recorded before flowbatch noted it (see :meth:`SlurmExecutor._uid_of`)."""
     uid = handle.get("uid")
     return uid if isinstance(uid, int) and not isinstance(uid, bool) else None
 

@@ -17,6 +17,10 @@ from .base import Liveness, Probe
 #: a running job started (a pending one's is an estimate, or N/A): in seconds since the
 #: epoch with :data:`EPOCH_TIMES` in squeue's environment, whatever its time zone.
 SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,Name:|,exit_code:|,StartTime:|"
+#: the same with the job's owner (its uid, as a number), for lookups by job name: they
+#: keep only the jobs of the user who submits the run's (``squeue --user`` refuses a uid
+#: the host's account database does not know: "Invalid user", and exit status 0)
+LOOKUP_FORMAT = SQUEUE_FORMAT + ",UserID:|"
 #: shell text before squeue: its times as seconds since the epoch (strftime's ``%s``)
 EPOCH_TIMES = "export SLURM_TIME_FORMAT=%s && "
 SACCT_FIELDS = "JobID,State,ExitCode,JobName"
@@ -140,7 +144,10 @@ NEVER_STARTS = {
     **dict.fromkeys(_QOS_PER_JOB, "it asks more than its QOS allows one job"),
     **dict.fromkeys(_QOS_MINIMA, "it asks less than its QOS requires of one job"),
     "PartitionTimeLimit": "its time limit is over the partition's",
-    "PartitionNodeLimit": "it asks more nodes than the partition allows",
+    # also given for nodes that are down or drained (Slurm's documentation of it): the
+    # executor checks the job's node count against its partition's first
+    "PartitionNodeLimit": "it asks more nodes than the partition has or allows, or fewer "
+    "than it requires",
     # the fallback for a request the partition's configuration cannot satisfy: seen for
     # --cpus-per-task over a node's CPUs, or over the partition's MaxCPUsPerNode
     "PartitionConfig": "it asks more than its partition's configuration allows (e.g. more "
@@ -201,6 +208,8 @@ class JobStatus:
     #: when it started (seconds since the epoch), where squeue gave it so; a pending
     #: job's estimate changes from poll to poll: no change of the job's
     start: float | None = field(default=None, compare=False)
+    #: its owner's uid, where squeue gave it (:data:`LOOKUP_FORMAT`)
+    uid: int | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         """``Slurm job 12 TIMEOUT (exit code 0:15, reason TimeLimit)``."""
@@ -231,7 +240,8 @@ def _wait_status(raw: str) -> str:
 
 
 def parse_squeue(text: str) -> dict[str, JobStatus]:
-    """Parse ``squeue -h -O`` with :data:`SQUEUE_FORMAT`; job id -> status."""
+    """Parse ``squeue -h -O`` with :data:`SQUEUE_FORMAT` (or :data:`LOOKUP_FORMAT`); job
+    id -> status."""
     out: dict[str, JobStatus] = {}
     for line in text.splitlines():
         parts = [p.strip() for p in line.split("|")]
@@ -239,8 +249,9 @@ def parse_squeue(text: str) -> dict[str, JobStatus]:
             continue
         job_id, state, reason, name, exit_raw = parts[:5]
         start = _epoch(parts[5]) if len(parts) > 5 else None
+        uid = int(parts[6]) if len(parts) > 6 and parts[6].isdigit() else None
         out[job_id] = JobStatus(
-            job_id, state.split()[0], reason, name, _wait_status(exit_raw), start
+            job_id, state.split()[0], reason, name, _wait_status(exit_raw), start, uid
         )
     return out
 
@@ -313,6 +324,24 @@ def partition_closed(text: str) -> bool:
     return any(words in lower for words in _PARTITION_CLOSED)
 
 
+def invalid_user(text: str) -> bool:
+    """squeue's or scancel's answer to ``--user <uid>`` for a uid the host's account
+    database does not know (Slurm 22.05: squeue "squeue: error: Invalid user: 54321"
+    with exit status 0 and no job listed; scancel "scancel: error: Invalid user name:
+    54321", exit 1)."""
+    return "invalid user" in text.lower()
+
+
+def refused_at_submission(status: JobStatus) -> bool:
+    """A job record sbatch's refusal left behind: a request no node of the cluster can
+    satisfy ("Requested node configuration is not available", e.g. more memory than any
+    node has) is recorded FAILED with the reason BadConstraints (exit code 1, started and
+    ended at its submission), and squeue lists it for MinJobAge; it never ran. (A job
+    that ran and failed says NonZeroExitCode, JobLaunchFailure, ...; a pending job held
+    for its constraints is PENDING.)"""
+    return status.state == "FAILED" and status.reason == "BadConstraints"
+
+
 def job_already_gone(text: str) -> bool:
     """scancel's answer for a job that has ended or that Slurm no longer knows: nothing
     is left to cancel."""
@@ -343,3 +372,81 @@ def alive_text(status: JobStatus) -> str:
     if status.reason and status.reason != "None":
         return f"{status.state} ({status.reason})"
     return status.state
+
+
+def _fields(line: str) -> dict[str, str]:
+    """``scontrol -o`` output: ``Key=value`` words (a value with spaces, such as a
+    Command, is cut at its first space: not one of the keys read here)."""
+    out = {}
+    for word in line.split():
+        key, eq, value = word.partition("=")
+        if eq and key not in out:
+            out[key] = value
+    return out
+
+
+def _count(text: str) -> int | None:
+    """A node count of scontrol's (None: UNLIMITED, ``*`` or unreadable)."""
+    return int(text) if text.isdigit() else None
+
+
+def job_nodes(text: str) -> tuple[list[str], int, int | None] | None:
+    """``scontrol -o show job <id>``: the job's partitions (a pending job may name
+    several), and the fewest and most nodes it asks (``NumNodes=2`` or ``2-3``; most:
+    None when unbounded). None when the output does not say."""
+    for line in text.splitlines():
+        fields = _fields(line)
+        if "JobId" not in fields:
+            continue
+        low, _, high = fields.get("NumNodes", "").partition("-")
+        least = _count(low)
+        parts = [p for p in fields.get("Partition", "").split(",") if p]
+        if least is None or not parts:
+            return None
+        return parts, least, _count(high) if high else least
+    return None
+
+
+def partition_sizes(text: str) -> dict[str, tuple[int, int | None, int]]:
+    """``scontrol -a -o show partition``: partition -> (TotalNodes, MaxNodes, MinNodes)
+    (MaxNodes None for UNLIMITED). A partition's TotalNodes counts its nodes whatever
+    their state: drained and down nodes too."""
+    out = {}
+    for line in text.splitlines():
+        fields = _fields(line)
+        total = _count(fields.get("TotalNodes", ""))
+        if "PartitionName" not in fields or total is None:
+            continue
+        least = _count(fields.get("MinNodes", "")) or 0
+        out[fields["PartitionName"]] = (total, _count(fields.get("MaxNodes", "")), least)
+    return out
+
+
+def over_partition_nodes(
+    job: tuple[list[str], int, int | None], sizes: dict[str, tuple[int, int | None, int]]
+) -> str | None:
+    """Why a job pending with the reason ``PartitionNodeLimit`` can never start in any of
+    its partitions: it asks more nodes than the partition has or allows (MaxNodes), or
+    fewer than it requires (MinNodes). None when it fits one of them (Slurm's reason then
+    says that nodes it needs are down or drained: a maintenance, which ends) or when a
+    partition's size is not known."""
+    parts, least, most = job
+    said = []
+    for name in parts:
+        size = sizes.get(name)
+        if size is None:
+            return None
+        total, maximum, minimum = size
+        if least > total:
+            said.append(f"partition {name} has {total} node{'s' if total != 1 else ''}")
+        elif maximum is not None and least > maximum:
+            said.append(f"partition {name} allows {maximum} (MaxNodes)")
+        elif most is not None and most < minimum:
+            said.append(f"partition {name} requires at least {minimum} (MinNodes)")
+        else:
+            return None
+    if most == least:
+        asked = f"{least} node" + ("" if least == 1 else "s")
+    else:
+        asked = f"{least}-{most} nodes" if most is not None else f"at least {least} nodes"
+    return f"it asks {asked}; " + ", ".join(said)
