@@ -153,8 +153,8 @@ def other_writers(fd: int, st: os.stat_result, *, links: bool = True) -> str | N
 
 def _private_group(fd: int, st: os.stat_result) -> bool:
     """Whether the file's group is its owner's alone (named as the user, no other
-    member listed) and no ACL gives anyone else a say (then the group bits are the
-    ACL's mask)."""
+    member listed, nobody else's primary group) and no ACL gives anyone else a say
+    (then the group bits are the ACL's mask)."""
     try:
         os.getxattr(fd, "system.posix_acl_access")
         return False
@@ -168,4 +168,16 @@ def _private_group(fd: int, st: os.stat_result) -> bool:
         group = grp.getgrgid(st.st_gid)
     except KeyError:
         return False
-    return group.gr_name == owner.name and set(group.gr_mem) <= {owner.name}
+    return (
+        group.gr_name == owner.name
+        and set(group.gr_mem) <= {owner.name}
+        and primary_members(st.st_gid) <= {owner.name}
+    )
+
+
+@remembered
+def primary_members(gid: int) -> frozenset[str]:
+    """The users whose primary group is ``gid`` (the group's member list leaves them
+    out), as far as the account database lists its users (``getpwall``: a directory
+    that does not enumerate, such as SSSD by default, lists its local users only)."""
+    return frozenset(entry.pw_name for entry in pwd.getpwall() if entry.pw_gid == gid)

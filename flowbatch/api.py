@@ -303,6 +303,17 @@ def _request_files(
     return fixed, swept
 
 
+def _only_owner_writes(folder: Path) -> None:
+    """A bundle's folders 0755 and files 0644, whatever the umask (002 makes them group
+    writable, which intake refuses: the run uses them as its owner's)."""
+    folder.chmod(0o755)
+    for top, dirs, names in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(top, name), 0o755)
+        for name in names:
+            os.chmod(os.path.join(top, name), 0o644)
+
+
 def queue_request(
     site: Site,
     stem: str,
@@ -346,6 +357,7 @@ def queue_request(
                 else:
                     values = doc["sweep"][pname]
                     values[index] = _with_source(values[index], source)
+            _only_owner_writes(tmp)  # intake refuses inputs others could write
             _chown_tree(tmp, uid)
             os.rename(tmp, queue / f"{name}{BUNDLE_SUFFIX}")
         except BaseException:

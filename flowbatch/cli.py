@@ -343,7 +343,7 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
     if _applies_cancel_itself(site, run_id):
         daemon = Daemon(site)
         try:
-            daemon.start()
+            daemon.start(serve=False)
         except Busy:
             daemon = None  # type: ignore[assignment]
         if daemon is not None:

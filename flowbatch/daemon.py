@@ -297,10 +297,16 @@ class Daemon:
         self._committed_at = 0.0  # when the intake's index batch was last committed
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, serve: bool = True) -> None:
+        """Take the site's lock and its active runs over; ``serve``: also the requests a
+        stopped daemon had claimed (False for `runs cancel`, which touches no request)."""
         self.site.layout.ensure()
         self.lock.acquire()
         self.runner.recover()
+        if serve:  # the never-started runs of requests claimed just before the stop,
+            # made again whole (a power loss may have emptied their files): see
+            # Intake.redo_unstarted. Not for a command that only applies a cancel.
+            self.intake.redo_unstarted(self.runner.active)
         self._align_workflows()
         # reports a daemon killed after its runs ended had not written yet, and the pages
         # of those runs (a run's page is written after its state: a kill in between)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -20,17 +21,17 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import faults, yamlio
-from .accounts import check_writers, identity, in_group, user_name
-from .errors import ArgumentError, FlowbatchError, NotFoundError, RequestError
+from .accounts import check_writers, identity, in_group, other_writers, user_name
+from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
-from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR
+from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR, read_markers
 from .render.values import RenderedWorkflow
 from .runs import RunRecord, State, now_iso
 from .safeio import LINK_ERRORS, copy_content, copy_fd, copy_tree, open_beneath, read_up_to
@@ -204,8 +205,11 @@ class IntakeResult:
 
 
 #: seconds at most between a made run and the sync of the results tree that lets its
-#: request's claim go (:class:`ClaimSettler`)
-SETTLE_EVERY = 1.0
+#: request's claim go (:class:`ClaimSettler`): ext4's journal commits every 5 s
+SETTLE_EVERY = 5.0
+#: seconds a stopping daemon waits for its last sync (a hung network file system): then
+#: it stops with those claims kept (the next start finds their runs)
+SETTLE_PATIENCE = 30.0
 
 
 class ClaimSettler:
@@ -220,9 +224,11 @@ class ClaimSettler:
     that began after that, then goes (with the request's ``.files`` bundle): one sync
     for all the claims of :data:`SETTLE_EVERY` seconds, in a thread of its own (the
     daemon's loop never waits on the disk; the thread ends when nothing is left to
-    settle), and one for what is left when the daemon stops (:meth:`close`). A claim
-    found at a start whose run folder did not reach the disk whole gets its run made
-    again (:meth:`Intake.made_run`)."""
+    settle), and one for what is left when the daemon stops (:meth:`close`). The runs
+    of a claim found at a start that never started are made again from it
+    (:meth:`Intake.redo_unstarted`): their folders may not have reached the disk whole.
+    (``syncfs`` writes back every dirty page of that file system, other users' too: at
+    most once every :data:`SETTLE_EVERY` seconds, and only while requests come in.)"""
 
     def __init__(self, tree: Path, every: float | None = None) -> None:
         self.tree = tree
@@ -254,12 +260,27 @@ class ClaimSettler:
         with self._lock:
             return len(self._pending)
 
-    def close(self) -> None:
-        """Settle what is left now, and end the thread."""
+    def close(self, patience: float | None = None) -> None:
+        """Settle what is left now, and end the thread; waits ``patience`` seconds at
+        most (:data:`SETTLE_PATIENCE`) for a sync that does not return (a hung mount):
+        the claims are kept then."""
         with self._lock:
             thread, self._thread = self._thread, None
             self._stop.set()
-        if thread is not None and thread is not threading.current_thread():
+        last = threading.Thread(target=self._last, args=(thread,), name="claim-settler")
+        last.daemon = True
+        last.start()
+        last.join(SETTLE_PATIENCE if patience is None else patience)
+        if last.is_alive():
+            log.warning(
+                "the sync of %s has not returned: %d handled request(s) stay claimed "
+                "(their runs exist; the next start settles them)",
+                self.tree,
+                self.pending(),
+            )
+
+    def _last(self, thread: threading.Thread | None) -> None:
+        if thread is not None:
             thread.join()
         self.flush()
 
@@ -571,40 +592,93 @@ class Intake:
             return False
 
     def _existing_run(self, run_id: str) -> Path | None:
+        """The run folder a claim found after a crash already made (see
+        :meth:`redo_unstarted`, which removed those to be made again)."""
         for run_dir in self.layout.results.glob(f"*/runs/{run_id}"):
-            if self.made_whole(run_dir):
-                return run_dir
+            return run_dir
         return None
 
-    def made_whole(self, run_dir: Path) -> bool:
-        """Whether the run folder ``run_dir``, of a claim found after a crash, exists and
-        reached the disk whole: its record readable and its own, and its script there
-        while it is PENDING (a launched run is the lifecycle's). One that did not (a power
-        loss before its claim's sync, see :class:`ClaimSettler`) is moved aside to
-        ``.<run id>.incomplete-<time>`` and its run made again from the request."""
+    def redo_unstarted(self, active: MutableMapping[str, RunRecord]) -> list[str]:
+        """At a start, once the runner has taken over the tree's active runs (``active``,
+        adopting those launched just before the stop): the runs that the claims a stopped
+        daemon left had made, and that never started, are removed to be made again from
+        their claims by the next intake (same ids). Such a claim is at most one settling
+        (:class:`ClaimSettler`) old: its runs' folders may not have reached the disk
+        whole (a power loss or a host crash), which nothing in them tells for sure (a file
+        emptied looks like an empty input); made again, they are whole. A run that
+        started (a handle, a ``started`` marker, a second attempt) is the lifecycle's as
+        ever. A folder whose ``run.json`` is missing or unreadable (not one that is
+        untrusted: its user may have replaced it) while the index holds the run PENDING
+        or not at all is moved aside to ``.<run id>.incomplete-<time>``, with an ERROR
+        logged. Returns the ids of the runs to be made again."""
+        redone: list[str] = []
+        for claimed in self.leftovers():
+            ids = (claimed.run_id, f"{claimed.run_id}-*")  # a sweep's points: <id>-<i>
+            for run_dir in [d for i in ids for d in self.layout.results.glob(f"*/runs/{i}")]:
+                run = active.get(run_dir.name)
+                if run is not None:
+                    if (
+                        run.state != State.PENDING
+                        or run.handle
+                        or run.attempt > 1
+                        or len(run.history) > 1
+                        or read_markers(run_dir).started is not None
+                    ):
+                        continue
+                    del active[run.id]
+                    shutil.rmtree(run_dir)
+                    log.info("run %s made again from its request (it never started)", run.id)
+                elif self._record_lost(run_dir):
+                    aside = run_dir.with_name(
+                        f".{run_dir.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}"
+                    )
+                    os.rename(run_dir, aside)
+                    log.error(
+                        "run %s: its folder did not reach the disk whole (no readable "
+                        "run.json: the host lost power or crashed before it was synced?): "
+                        "moved to %s, the run is made again from its request",
+                        run_dir.name,
+                        aside,
+                    )
+                else:
+                    continue
+                self.site.store.forget(run_dir.name)  # a PENDING row would skip a point
+                redone.append(run_dir.name)
+        return redone
+
+    def _record_lost(self, run_dir: Path) -> bool:
+        """Whether ``run_dir``'s record is missing or no JSON (the daemon's own file, as
+        a power loss leaves it), for a run the index holds PENDING or not at all that
+        never started. Not for a record its run's user replaced (another owner, a link):
+        that run is left as it is."""
+        from .store.index import RunRow
+
+        path = run_dir / RUN_JSON
         try:
-            run = self.site.store.load_dir(run_dir)
-            whole = run.id == run_dir.name and (
-                run.state != State.PENDING or (run_dir / SCRIPT_NAME).stat().st_size > 0
-            )
-        except NotFoundError:
-            whole = False
-            if not os.path.lexists(run_dir):
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            tree = os.lstat(run_dir.parent).st_uid
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != tree:
                 return False
-        except (OSError, FlowbatchError):
-            whole = False
-        if whole:
-            return True
-        aside = run_dir.with_name(f".{run_dir.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
-        os.rename(run_dir, aside)
-        log.error(
-            "run %s: its folder did not reach the disk whole (the host lost power or "
-            "crashed before it was synced?): moved to %s, the run is made again from its "
-            "request",
-            run_dir.name,
-            aside,
-        )
-        return False
+            try:  # no FIFO swapped in holds the start: a non-blocking open, no link
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    if os.fstat(fd).st_uid != tree:
+                        return False
+                    json.loads(read_up_to(fd, 16 << 20))
+                finally:
+                    os.close(fd)
+                return False  # it reads: not lost (sync_active said why it did not load)
+            except ValueError:
+                pass
+            except OSError:
+                return False
+        row = RunRow.get_or_none(RunRow.id == run_dir.name)
+        if row is not None and row.state != State.PENDING.value:
+            return False
+        return read_markers(run_dir).started is None
 
     def _bundle(self, claimed: Claimed) -> Path | None:
         """The ``<name>.files/`` folder `flowbatch submit` put beside this request, if it
@@ -711,8 +785,9 @@ class Intake:
                 continue
             # made before a crash (a leftover claim): not made again. A fresh claim's id is
             # new: its runs cannot exist (no stat per run of a burst)
-            if not claimed.fresh and self.made_whole(
-                site.layout.run_dir(req.workflow, point_run_id(claimed.run_id, index))
+            if (
+                not claimed.fresh
+                and site.layout.run_dir(req.workflow, point_run_id(claimed.run_id, index)).exists()
             ):
                 continue
             todo.append(index)
@@ -743,6 +818,8 @@ class Intake:
                 made.append(run.id)
         except FlowbatchError as exc:
             if made:  # a file that went away since the check: say what exists
+                with contextlib.suppress(OSError):  # its claim goes now, not settled
+                    sync_file_system(self.layout.results)
                 note = (
                     f"the runs of the points before it exist: {', '.join(made)} "
                     "(submitted again, the sweep skips them)"
@@ -893,6 +970,17 @@ class Intake:
                         file=label,
                         field=field,
                         hint="a request may only use its owner's files",
+                    )
+                # the run reads (or runs) it as its owner: as for the request itself
+                writers = other_writers(fd, st, links=False)
+                if writers:
+                    raise ArgumentError(
+                        f"file {value.source!r} {writers}: the run uses it as "
+                        f"{user_name(st.st_uid)}'s, so no one else may be able to write it",
+                        file=label,
+                        field=field,
+                        hint=f"run `chmod go-w {value.source}` and drop the request again, "
+                        "or send it with `flowbatch submit` (which copies it, mode 0644)",
                     )
         except BaseException:
             for fd in out.values():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from flowbatch import api, queue
 from flowbatch.site import Site
 
 from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .test_robust import _user, needs_root
 
 
 def _site(tmp_path: Path) -> Site:
@@ -107,8 +109,11 @@ def test_a_run_folder_a_power_loss_left_incomplete_is_made_again(
     aside = [
         p.name for p in run_dir.parent.iterdir() if p.name.startswith(f".{run_id}.incomplete-")
     ]
-    assert len(aside) == 1
-    assert any("did not reach the disk whole" in r.getMessage() for r in caplog.records)
+    if lost == "script emptied":  # its record reads: a run that never started, made again
+        assert aside == []
+    else:  # no record: moved aside for the admin to see
+        assert len(aside) == 1
+        assert any("did not reach the disk whole" in r.getMessage() for r in caplog.records)
     assert list(site.layout.claimed.iterdir()) == []
     site.close()
 
@@ -131,7 +136,7 @@ def test_a_sweep_makes_again_only_its_points_left_incomplete(tmp_path: Path) -> 
     assert len(runs) == 4  # no point made twice
     assert (second / "run.json").exists() and not (first.parent / f".{run_id}-1.tmp").exists()
     assert len([p for p in first.parent.iterdir() if ".incomplete-" in p.name]) == 1
-    # the second point's folder was kept, not moved aside and made again
+    # the second point's record read: made again (it never started), not moved aside
     assert not [p for p in first.parent.iterdir() if p.name.startswith(f".{run_id}-1.")]
     site.close()
 
@@ -152,3 +157,135 @@ def test_a_daemon_killed_between_the_sync_and_the_removal_makes_no_run_twice(
     assert {r.state.value for r in runs} == {"SUCCESS"}
     assert list(site.layout.claimed.iterdir()) == []
     site.close()
+
+
+INPUT_TEMPLATE = """
+workflow:
+  steps:
+    - name: score
+      action:
+        commands:
+          - >-
+            printf '{"score": %s}' "$(cat data/score.txt)" > r.json
+results:
+  file: r.json
+  schema: [{name: score, label: Score, dtype: float}]
+"""
+
+
+def test_a_run_whose_input_a_power_loss_emptied_is_made_again_whole(tmp_path: Path) -> None:
+    """A file copied into the run folder (here the template's) that a power loss left
+    empty looks like an empty input: a never-started run of a claim found at a start is
+    made again, whatever its files look like, and several leftovers in any order."""
+    # no run starts before the kill (a started run is the lifecycle's, as it is)
+    held = {"limits": {"groups": {"held": 0}}}
+    site = make_site(tmp_path / "site", held)
+    template = write_template(tmp_path / "tpl", INPUT_TEMPLATE, files={"data/score.txt": "1000"})
+    api.install(site, template, workflow_id="wf")
+    drop(site, "a.yaml", {"workflow": "wf", "group": "held"})
+    drop(site, "b.yaml", {"workflow": "wf", "group": "held"})
+    site.close()
+    assert _daemon(site, "created:2").returncode == -signal.SIGKILL
+    site.layout.config.write_text(site.layout.config.read_text().replace("held: 0", "held: 2"))
+    folders = [d for d in site.layout.runs_dir("wf").iterdir() if not d.name.startswith(".")]
+    assert len(folders) == 2 and len(list(site.layout.claimed.iterdir())) == 2
+    for folder in folders:
+        assert not (folder / "status" / "markers").exists()  # never started
+    # what the disk kept: one's script, the other's input, empty
+    (folders[0] / "run.sh").write_bytes(b"")
+    (folders[1] / "data" / "score.txt").write_bytes(b"")
+    site = Site(site.root)
+    run_until_idle(site)
+    runs = [site.store.load(r["id"]) for r in api.list_runs(site)]
+    assert {r.id for r in runs} == {f.name for f in folders}  # the same ids, made again
+    assert {r.state.value for r in runs} == {"SUCCESS"}
+    assert [r.results for r in runs] == [{"score": 1000.0}] * 2
+    site.close()
+
+
+@needs_root
+def test_a_started_run_whose_record_its_user_replaced_is_never_made_again(
+    public_tmp: Path,
+) -> None:
+    """A root daemon gives the run folder to its user: a record that user replaced (or
+    removed) after the run started is no folder to make again, claim or not."""
+    user = _user("fbrunner")
+    site = make_site(public_tmp / "site")
+    api.install(site, write_template(public_tmp / "tpl", SCORE_TEMPLATE), workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 5}})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    site.close()
+    # killed as it records the run's end: started, its claim not settled yet
+    assert _daemon(site, "finalize:1").returncode == -signal.SIGKILL
+    (folder,) = [d for d in site.layout.runs_dir("wf").iterdir() if not d.name.startswith(".")]
+    assert len(list(site.layout.claimed.iterdir())) == 1
+    record = folder / "run.json"
+    record.unlink()
+    record.write_text('{"id": "forged"}')  # the user's own file now
+    os.chown(record, user.pw_uid, user.pw_gid)
+    assert _daemon(site).returncode == 0
+    markers = (folder / "status" / "markers").read_text().splitlines()
+    assert sum(line.startswith("started ") for line in markers) == 1  # run once only
+    assert [d.name for d in folder.parent.iterdir() if ".incomplete-" in d.name] == []
+    assert record.read_text() == '{"id": "forged"}'  # left as it is, for the admin
+    assert list(site.layout.claimed.iterdir()) == []
+
+
+def test_a_stop_does_not_hang_on_a_sync_that_never_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hung network file system (staged: a sync that blocks): the daemon stops after
+    its patience, the claims kept for the next start, whose runs exist."""
+    site = _site(tmp_path)
+    released = threading.Event()
+    monkeypatch.setattr(queue, "sync_file_system", lambda path: released.wait(30))
+    monkeypatch.setattr(queue, "SETTLE_PATIENCE", 0.3)
+    drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 1}})
+    daemon = run_until_idle(site, daemon=_started(site))
+    try:
+        with caplog.at_level(logging.WARNING, logger="flowbatch.queue"):
+            began = time.monotonic()
+            daemon.stop()
+            assert time.monotonic() - began < 5
+        assert any("has not returned" in r.getMessage() for r in caplog.records)
+        assert len(list(site.layout.claimed.iterdir())) == 1  # kept: its run exists
+    finally:
+        released.set()
+
+
+def _started(site: Site) -> Any:
+    from flowbatch.daemon import Daemon
+
+    daemon = Daemon(site)
+    daemon.start()
+    return daemon
+
+
+def test_a_sweep_refused_half_way_is_synced_before_its_claim_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A point whose file went away after the checks refuses the rest of a sweep: its
+    claim goes to rejected/ at once, so the points made before are synced first."""
+    site = _site(tmp_path)
+    order: list[str] = []
+    real_sync, real_make = queue.sync_file_system, queue.Intake._create_run
+    monkeypatch.setattr(queue, "sync_file_system", lambda p: (order.append("sync"), real_sync(p)))
+
+    def make(self: Any, claimed: Any, *args: Any) -> Any:
+        if args[1].endswith("-1"):  # the second point's run id
+            raise queue.ArgumentError("file 'x' went away", file=claimed.name)
+        order.append("made")
+        return real_make(self, claimed, *args)
+
+    monkeypatch.setattr(queue.Intake, "_create_run", make)
+    real_reject = queue.Intake.reject
+    monkeypatch.setattr(
+        queue.Intake,
+        "reject",
+        lambda self, c, e: (order.append("rejected"), real_reject(self, c, e)),
+    )
+    drop(site, "s.yaml", {"workflow": "wf", "sweep": {"score": [1, 2, 3]}})
+    intake = queue.Intake(site)
+    intake.run_once()
+    assert order[:3] == ["made", "sync", "rejected"], order
+    intake.close()

@@ -17,7 +17,13 @@ import yaml
 from flowbatch import api
 from flowbatch.site import Site
 
-from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .conftest import (
+    SCORE_TEMPLATE,
+    drop,
+    make_site,
+    run_until_idle,
+    write_template,
+)
 from .test_robust import _user, needs_root
 
 pytestmark = needs_root
@@ -136,3 +142,99 @@ def test_a_request_an_acl_lets_another_user_write_is_refused(public_tmp: Path) -
 # A claim of the daemon's own user found after a crash half-way through a sweep has the
 # names intake linked into its run folders: tests/test_sweeps.py's crash test fails when
 # they are counted.
+
+
+FILE_TEMPLATE = """
+workflow:
+  steps:
+    - name: count
+      action:
+        commands:
+          - >-
+            printf '{"score": %s}' "$(wc -l < data/names.txt)" > r.json
+parameters:
+  - {name: names, label: Names, dtype: file, target: data/names.txt}
+results:
+  file: r.json
+  schema: [{name: score, label: Score, dtype: float}]
+"""
+
+
+def _hello(public_tmp: Path) -> Site:
+    """A workflow that reads one input file (run as other users: no Python needed)."""
+    site = make_site(public_tmp / "site")
+    api.install(site, write_template(public_tmp / "ftpl", FILE_TEMPLATE), workflow_id="hello")
+    return site
+
+
+@pytest.mark.parametrize(("mode", "refused"), [(0o664, True), (0o644, False)])
+def test_an_input_file_others_could_write_is_refused(
+    public_tmp: Path, mode: int, refused: bool
+) -> None:
+    """The run reads (or runs) its input files as its owner's: an input a project group
+    may write is refused as the request would be, naming the file and the fix."""
+    user = _user("fbrunner")
+    shared = _shared_group()
+    site = _hello(public_tmp)
+    doc = {"workflow": "hello", "arguments": {"names": "n.txt"}}
+    path = drop(site, "r.yaml", doc, files={"n.txt": "Ann\n"})
+    names = site.layout.queue / "n.txt"
+    for p in (path, names):
+        os.chown(p, user.pw_uid, shared.gr_gid)
+    os.chmod(path, 0o644)
+    os.chmod(names, mode)
+    run_until_idle(site)
+    if not refused:
+        (run,) = _runs(site)
+        assert run["state"] == "SUCCESS"
+        return
+    assert _runs(site) == []
+    error = _rejected(site, "r.yaml")
+    assert "file 'n.txt' is writable by the group fbextra" in str(error["reason"])
+    assert error["field"] == "arguments.names" and "chmod go-w n.txt" in str(error["hint"])
+
+
+def test_submit_sends_files_only_their_owner_writes_whatever_the_umask(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    """umask 002 (RHEL's for user-private groups) made the bundle's copies group
+    writable: `flowbatch submit` writes them 0644 in folders 0755, so intake takes them."""
+    site = _hello(public_tmp)
+    (tmp_path / "n.txt").write_text("Ann\n")
+    request = tmp_path / "r.yaml"
+    request.write_text(yaml.safe_dump({"workflow": "hello", "arguments": {"names": "n.txt"}}))
+    old = os.umask(0o002)
+    try:
+        queued = api.submit(site, request)
+    finally:
+        os.umask(old)
+    bundle = site.layout.queue / (Path(queued).stem + ".files")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [bundle, *bundle.rglob("*")]}
+    assert set(modes.values()) <= {0o755, 0o644} and 0o644 in modes.values(), modes
+    run_until_idle(site)
+    (run,) = _runs(site)
+    assert run["state"] == "SUCCESS"
+
+
+def test_a_private_group_that_is_another_users_primary_group_is_no_private_group(
+    public_tmp: Path,
+) -> None:
+    """A group named as its owner with no member listed is still shared when another
+    user has it as their primary group (the member list leaves such users out)."""
+    user = _user("fbrunner")
+    if "fbmate" not in {e.pw_name for e in pwd.getpwall()}:
+        subprocess.run(["useradd", "-M", "-g", str(user.pw_gid), "fbmate"], check=True)
+    try:
+        from flowbatch.accounts import primary_members
+
+        primary_members.forget()  # type: ignore[attr-defined]
+        site = _site(public_tmp)
+        path = drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 2}})
+        os.chown(path, user.pw_uid, user.pw_gid)
+        os.chmod(path, 0o664)
+        run_until_idle(site)
+        assert _runs(site) == []
+        assert "writable by the group fbrunner" in str(_rejected(site, "r.yaml")["reason"])
+    finally:
+        subprocess.run(["userdel", "fbmate"], check=True)
+        primary_members.forget()  # type: ignore[attr-defined]

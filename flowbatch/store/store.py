@@ -348,6 +348,12 @@ class Store:
                 [{"run": run.id, **h, "message": _text(h.get("message"))} for h in run.history]
             ).execute()
 
+    def forget(self, run_id: str) -> None:
+        """Remove run ``run_id`` from the index (its folder is gone: made again later)."""
+        self.unindexed.pop(run_id, None)
+        with self.db.atomic():
+            self._unindex(run_id)
+
     @staticmethod
     def _unindex(run_id: str) -> None:
         """Delete what the index holds of run ``run_id``."""
