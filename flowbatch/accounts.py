@@ -175,9 +175,17 @@ def _private_group(fd: int, st: os.stat_result) -> bool:
     )
 
 
-@remembered
 def primary_members(gid: int) -> frozenset[str]:
     """The users whose primary group is ``gid`` (the group's member list leaves them
     out), as far as the account database lists its users (``getpwall``: a directory
     that does not enumerate, such as SSSD by default, lists its local users only)."""
-    return frozenset(entry.pw_name for entry in pwd.getpwall() if entry.pw_gid == gid)
+    return _primary_groups(None).get(gid, frozenset())
+
+
+@remembered
+def _primary_groups(_: None) -> dict[int, frozenset[str]]:
+    """gid -> the users whose primary group it is: one ``getpwall`` every ACCOUNT_TTL."""
+    groups: dict[int, set[str]] = {}
+    for entry in pwd.getpwall():
+        groups.setdefault(entry.pw_gid, set()).add(entry.pw_name)
+    return {gid: frozenset(names) for gid, names in groups.items()}

@@ -305,13 +305,14 @@ def _request_files(
 
 def _only_owner_writes(folder: Path) -> None:
     """A bundle's folders 0755 and files 0644, whatever the umask (002 makes them group
-    writable, which intake refuses: the run uses them as its owner's)."""
-    folder.chmod(0o755)
+    writable, which intake refuses: the run uses them as its owner's); the top folder,
+    0700 while it was built, last."""
     for top, dirs, names in os.walk(folder):
         for name in dirs:
             os.chmod(os.path.join(top, name), 0o755)
         for name in names:
             os.chmod(os.path.join(top, name), 0o644)
+    folder.chmod(0o755)
 
 
 def queue_request(
@@ -336,7 +337,9 @@ def queue_request(
         wanted += [(pname, i, src) for i, src in sorted(by_index.items())]
     if wanted:
         tmp = queue / f".{name}{BUNDLE_SUFFIX}.tmp"
-        tmp.mkdir()
+        # the user's alone while it is built: a copy another user could open for writing
+        # before its chmod (umask 002, a setgid queue) would stay writable for them
+        tmp.mkdir(mode=0o700)
         try:
             copies: dict[Path, str] = {}  # file sent -> its path in the bundle
             for pname, index, src in wanted:

@@ -557,11 +557,13 @@ class Runner:
             self._write_handle(run, handle)
 
     def _write_handle(self, run: RunRecord, handle: dict[str, Any]) -> None:
-        """Record ``handle`` in ``run.json``; kept in memory only once written (a failed
-        write must not look, at the next try, like an intent already on disk)."""
+        """Record the intent ``handle`` in ``run.json``, on disk (synced) before its
+        submission: a power loss must not lose it while the job lives on in the
+        scheduler, or the run would be submitted again. Kept in memory only once written
+        (a failed write must not look, at the next try, like an intent already on disk)."""
         previous, run.handle = run.handle, handle
         try:
-            self.store.write(run)
+            self.store.write(run, durable=True)
         except BaseException:
             run.handle = previous
             raise

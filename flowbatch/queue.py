@@ -224,9 +224,10 @@ class ClaimSettler:
     that began after that, then goes (with the request's ``.files`` bundle): one sync
     for all the claims of :data:`SETTLE_EVERY` seconds, in a thread of its own (the
     daemon's loop never waits on the disk; the thread ends when nothing is left to
-    settle), and one for what is left when the daemon stops (:meth:`close`). The runs
-    of a claim found at a start that never started are made again from it
-    (:meth:`Intake.redo_unstarted`): their folders may not have reached the disk whole.
+    settle), and one for what is left when the daemon stops (:meth:`close`). After a
+    restart of the host, the runs of a claim found unsettled that never started are made
+    again from it (:meth:`Intake.redo_unstarted`): their folders may not have reached the
+    disk whole.
     (``syncfs`` writes back every dirty page of that file system, other users' too: at
     most once every :data:`SETTLE_EVERY` seconds, and only while requests come in.)"""
 
@@ -316,15 +317,24 @@ class ClaimSettler:
             self._failing = False
             faults.point("settle")  # synced, no claim removed yet
             for claim, bundle in batch.items():
-                if bundle is not None:
-                    shutil.rmtree(bundle, ignore_errors=True)
                 try:
                     claim.unlink(missing_ok=True)
                 except OSError as exc:
                     log.warning("cannot remove the claim %s: %s", claim, exc.strerror)
                     continue
+                if bundle is not None:  # after its claim: a claim never lacks its files
+                    shutil.rmtree(bundle, ignore_errors=True)
                 with self._lock:  # only once it is gone: a listing never takes it as a leftover
                     self._pending.pop(claim, None)
+
+
+def boot_id() -> str | None:
+    """This boot of the host (Linux: a random id made at each boot), None if unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 _SYNCFS: list[Any] = []
@@ -374,6 +384,7 @@ class Intake:
         self.refused: str | None = None
         #: the claims of handled requests, removed once their runs are on disk
         self.settler = ClaimSettler(self.layout.results)
+        self._boot_noted = False  # this boot's id is in the claimed folder (note_boot)
 
     def close(self) -> None:
         """Settle the claims of the requests handled (a sync of the results tree)."""
@@ -445,6 +456,7 @@ class Intake:
             return None
         self._seen.pop(name, None)
         self.ready.discard(name)
+        self.note_boot()  # once: a claim of this boot (see redo_unstarted)
         # several hosts, one queue: a unique key in the index makes a double claim
         # impossible even where a rename can "succeed" twice (NFS retransmits); the one
         # who comes second drops its claim. One host (the site lock held, a local rename):
@@ -599,23 +611,27 @@ class Intake:
         return None
 
     def redo_unstarted(self, active: MutableMapping[str, RunRecord]) -> list[str]:
-        """At a start, once the runner has taken over the tree's active runs (``active``,
-        adopting those launched just before the stop): the runs that the claims a stopped
-        daemon left had made, and that never started, are removed to be made again from
-        their claims by the next intake (same ids). Such a claim is at most one settling
-        (:class:`ClaimSettler`) old: its runs' folders may not have reached the disk
-        whole (a power loss or a host crash), which nothing in them tells for sure (a file
-        emptied looks like an empty input); made again, they are whole. A run that
-        started (a handle, a ``started`` marker, a second attempt) is the lifecycle's as
-        ever. A folder whose ``run.json`` is missing or unreadable (not one that is
-        untrusted: its user may have replaced it) while the index holds the run PENDING
-        or not at all is moved aside to ``.<run id>.incomplete-<time>``, with an ERROR
-        logged. Returns the ids of the runs to be made again."""
+        """At a start after the host itself was restarted (:meth:`rebooted`: a power loss
+        or a host crash, when files written shortly before may not have reached the disk),
+        once the runner has taken over the tree's active runs (``active``, adopting those
+        launched just before the stop): the runs made by the claims left unsettled
+        (:class:`ClaimSettler`: at most a few seconds old) that never started are moved
+        aside to ``.<run id>.incomplete-<time>`` and made again from their claims by the
+        next intake, under the same ids, whole (a file the power loss emptied looks like
+        an empty input: nothing in the folder tells for sure). A run that started (a
+        handle, a ``started`` marker, a second attempt) is the lifecycle's as ever; so
+        is a run whose ``run.json`` its user replaced (another owner, a link). After a
+        crash of the daemon alone the files are whole: nothing is made again. Returns
+        the ids of the runs to be made again."""
+        if not self.rebooted():
+            return []
+        leftovers = {c.run_id for c in self.leftovers() if c.run_id}
+        if not leftovers:
+            return []
         redone: list[str] = []
-        for claimed in self.leftovers():
-            ids = (claimed.run_id, f"{claimed.run_id}-*")  # a sweep's points: <id>-<i>
-            for run_dir in [d for i in ids for d in self.layout.results.glob(f"*/runs/{i}")]:
-                run = active.get(run_dir.name)
+        for run_dir in self._run_dirs_of(leftovers):
+            run = active.get(run_dir.name)
+            try:
                 if run is not None:
                     if (
                         run.state != State.PENDING
@@ -625,26 +641,81 @@ class Intake:
                         or read_markers(run_dir).started is not None
                     ):
                         continue
-                    del active[run.id]
-                    shutil.rmtree(run_dir)
-                    log.info("run %s made again from its request (it never started)", run.id)
-                elif self._record_lost(run_dir):
-                    aside = run_dir.with_name(
-                        f".{run_dir.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}"
-                    )
-                    os.rename(run_dir, aside)
-                    log.error(
-                        "run %s: its folder did not reach the disk whole (no readable "
-                        "run.json: the host lost power or crashed before it was synced?): "
-                        "moved to %s, the run is made again from its request",
-                        run_dir.name,
-                        aside,
-                    )
-                else:
+                elif not self._record_lost(run_dir):
                     continue
-                self.site.store.forget(run_dir.name)  # a PENDING row would skip a point
-                redone.append(run_dir.name)
+                aside = run_dir.with_name(
+                    f".{run_dir.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}"
+                )
+                os.rename(run_dir, aside)
+            except OSError as exc:  # never the end of the start: that run is left as it is
+                log.error("run %s (%s): cannot make it again: %s", run_dir.name, run_dir, exc)
+                continue
+            if run is not None:
+                del active[run.id]
+            self.site.store.forget(run_dir.name)  # a PENDING row would skip a point
+            redone.append(run_dir.name)
+            log.warning(
+                "run %s was made just before the host stopped and never started: its folder "
+                "may not have reached the disk whole%s; moved to %s, the run is made again "
+                "from its request",
+                run_dir.name,
+                "" if run is not None else " (its run.json is missing or unreadable)",
+                aside,
+            )
         return redone
+
+    def _run_dirs_of(self, ids: set[str]) -> list[Path]:
+        """The run folders of the claimed ids (a sweep's points too: ``<id>-<i>``), by
+        one listing of each workflow's ``runs/`` (not one search of the tree a claim)."""
+        found: list[Path] = []
+        try:
+            workflows = [e for e in os.scandir(self.layout.results) if e.is_dir()]
+        except FileNotFoundError:
+            return found
+        for workflow in workflows:
+            if workflow.name.startswith("."):
+                continue
+            try:
+                entries = list(os.scandir(os.path.join(workflow.path, "runs")))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                head = entry.name.split("-", 1)[0]
+                if head in ids and entry.is_dir(follow_symlinks=False):
+                    found.append(Path(entry.path))
+        return found
+
+    def rebooted(self) -> bool:
+        """Whether the host was restarted since a daemon last claimed requests here: the
+        boot id it noted (``claims-boot`` in the site folder, :meth:`note_boot`) is not
+        this boot's. False when either is unknown (a site of an older flowbatch: its
+        claims were settled at once). Notes this boot's."""
+        now = boot_id()
+        try:
+            before: str | None = self.site.boot_note.read_text().strip()
+        except OSError:
+            before = None
+        self.note_boot()
+        return before is not None and now is not None and before != now
+
+    def note_boot(self) -> None:
+        """Note this boot's id in the site folder, once a daemon (synced: a power loss
+        soon after must not lose it)."""
+        if self._boot_noted:
+            return
+        note = self.site.boot_note
+        now = boot_id()
+        try:
+            if now is None:
+                return
+            with contextlib.suppress(OSError):
+                if note.read_text().strip() == now:
+                    self._boot_noted = True
+                    return
+            atomic.write_text(note, now + "\n", fsync=True)
+            self._boot_noted = True
+        except OSError as exc:
+            log.warning("cannot write %s: %s", note, exc)
 
     def _record_lost(self, run_dir: Path) -> bool:
         """Whether ``run_dir``'s record is missing or no JSON (the daemon's own file, as
@@ -979,8 +1050,9 @@ class Intake:
                         f"{user_name(st.st_uid)}'s, so no one else may be able to write it",
                         file=label,
                         field=field,
-                        hint=f"run `chmod go-w {value.source}` and drop the request again, "
-                        "or send it with `flowbatch submit` (which copies it, mode 0644)",
+                        hint=f"run `chmod go-w {self.layout.queue / value.source}` and drop "
+                        "the request again, or send it with `flowbatch submit` (which copies "
+                        "it, mode 0644)",
                     )
         except BaseException:
             for fd in out.values():

@@ -43,6 +43,14 @@ class Site:
         return self.layout.claimed / self.host if self.shared else self.layout.claimed
 
     @property
+    def boot_note(self) -> Path:
+        """The boot id of the host when its daemon last claimed requests here (see
+        :meth:`flowbatch.queue.Intake.rebooted`): beside the lock, not in the queue."""
+        if self.shared:
+            return self.root / f"claims-boot.{self.host}"
+        return self.root / "claims-boot"
+
+    @property
     def reports_pending_dir(self) -> Path:
         """One empty file per workflow whose report files this host's daemon still owes
         (see :class:`flowbatch.daemon.PendingReports`)."""

@@ -7,9 +7,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -191,7 +193,9 @@ def test_an_input_file_others_could_write_is_refused(
     assert _runs(site) == []
     error = _rejected(site, "r.yaml")
     assert "file 'n.txt' is writable by the group fbextra" in str(error["reason"])
-    assert error["field"] == "arguments.names" and "chmod go-w n.txt" in str(error["hint"])
+    assert error[
+        "field"
+    ] == "arguments.names" and f"chmod go-w {site.layout.queue / 'n.txt'}" in str(error["hint"])
 
 
 def test_submit_sends_files_only_their_owner_writes_whatever_the_umask(
@@ -225,9 +229,9 @@ def test_a_private_group_that_is_another_users_primary_group_is_no_private_group
     if "fbmate" not in {e.pw_name for e in pwd.getpwall()}:
         subprocess.run(["useradd", "-M", "-g", str(user.pw_gid), "fbmate"], check=True)
     try:
-        from flowbatch.accounts import primary_members
+        from flowbatch.accounts import _primary_groups
 
-        primary_members.forget()  # type: ignore[attr-defined]
+        _primary_groups.forget()  # type: ignore[attr-defined]
         site = _site(public_tmp)
         path = drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 2}})
         os.chown(path, user.pw_uid, user.pw_gid)
@@ -237,4 +241,32 @@ def test_a_private_group_that_is_another_users_primary_group_is_no_private_group
         assert "writable by the group fbrunner" in str(_rejected(site, "r.yaml")["reason"])
     finally:
         subprocess.run(["userdel", "fbmate"], check=True)
-        primary_members.forget()  # type: ignore[attr-defined]
+        _primary_groups.forget()  # type: ignore[attr-defined]
+
+
+def test_submit_builds_its_bundle_where_no_one_else_can_open_it(
+    public_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under umask 002 a copy is group writable until its chmod: the folder it is built
+    in is the user's alone (0700) meanwhile, so no one can open the copy for writing
+    (a descriptor opened then would outlive the chmod)."""
+    site = _hello(public_tmp)
+    (tmp_path / "n.txt").write_text("Ann\n")
+    request = tmp_path / "r.yaml"
+    request.write_text(yaml.safe_dump({"workflow": "hello", "arguments": {"names": "n.txt"}}))
+    seen: list[int] = []
+    real = shutil.copyfile
+
+    def copy(src: Any, dest: Any) -> Any:
+        out = real(src, dest)
+        building = next(p for p in Path(dest).parents if p.name.endswith(".files.tmp"))
+        seen.append(building.stat().st_mode & 0o777)
+        return out
+
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    old = os.umask(0o002)
+    try:
+        api.submit(site, request)
+    finally:
+        os.umask(old)
+    assert seen == [0o700]

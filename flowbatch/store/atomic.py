@@ -36,6 +36,15 @@ def write_bytes(
         raise
 
 
+def sync_folder(path: str | os.PathLike[str]) -> None:
+    """fsync a folder: the names made or replaced in it are on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` to ``fd`` (``os.write`` may take less than given)."""
     view = memoryview(data)

@@ -144,15 +144,23 @@ class Store:
         change: dict[str, Any] | None = None,
         tree: bool = True,
         ended: bool = False,
+        durable: bool = False,
     ) -> None:
         """Write ``run.json`` then its index rows (in that order: the tree leads).
         ``tree=False``: the caller has just written this very ``run.json`` (intake).
         ``ended``: the run was active until this change, so it has no file or result rows
-        to replace yet."""
+        to replace yet. ``durable``: on disk before this returns (a scheduler's intent,
+        written before its submission: a power loss must not lose it while the job lives
+        on in the scheduler), the file and its folder synced."""
         if tree:
+            run_dir = self.run_dir(run)
             atomic.write_bytes(
-                self.run_dir(run) / RUN_JSON, atomic.record_bytes(run.to_dict()), fsync=self.fsync
+                run_dir / RUN_JSON,
+                atomic.record_bytes(run.to_dict()),
+                fsync=self.fsync or durable,
             )
+            if durable:
+                atomic.sync_folder(run_dir)
         if index:
             try:
                 with self._unit():
