@@ -21,6 +21,7 @@ from flowbatch import api, queue
 from flowbatch.site import Site
 
 from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .test_request_writers import FILE_TEMPLATE
 from .test_robust import _user, needs_root
 
 
@@ -302,22 +303,6 @@ def test_a_sweep_refused_half_way_is_synced_before_its_claim_goes(
 
 def _claims(site: Site) -> list[Path]:
     return [p for p in site.layout.claimed.iterdir() if "--" in p.name]
-
-
-FILE_TEMPLATE = """
-workflow:
-  steps:
-    - name: count
-      action:
-        commands:
-          - >-
-            printf '{"score": %s}' "$(wc -l < data/names.txt)" > r.json
-parameters:
-  - {name: names, label: Names, dtype: file, target: data/names.txt}
-results:
-  file: r.json
-  schema: [{name: score, label: Score, dtype: float}]
-"""
 
 
 @pytest.mark.parametrize("change", ["rewritten", "removed"])
