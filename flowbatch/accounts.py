@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable, Hashable
 from typing import NamedTuple, TypeVar
 
-from .errors import RequestError
-
 #: seconds a fact looked up stays remembered
 ACCOUNT_TTL = 30.0
 
@@ -111,32 +109,18 @@ def in_group(uid: int, name: str) -> bool:
     return info is not None and (info.gid == primary_gid(uid) or user_name(uid) in info.members)
 
 
-def check_writers(fd: int, st: os.stat_result, *, file: str, links: bool = True) -> None:
-    """Raise RequestError when someone but its owner could have written the request file
-    open as ``fd`` (``st``: its fstat): a run is made as that file's owner."""
-    writers = other_writers(fd, st, links=links)
-    if writers:
-        raise RequestError(
-            f"the request file {writers}: a run is made as the file's owner "
-            f"({user_name(st.st_uid)}), so no one else may be able to write it",
-            file=file,
-            expected="a request file only its owner can change (mode 0644 or 0600)",
-            hint="copy it into the queue with `cp` (not `ln`) after `chmod go-w` on it, "
-            "or drop it with `flowbatch submit`",
-        )
-
-
 def other_writers(fd: int, st: os.stat_result, *, links: bool = True) -> str | None:
-    """Why a user other than its owner could have written the request file open as
-    ``fd`` (what to say after "the request file"), or None (see :func:`check_writers`).
+    """Why a user other than its owner could have written the file open as ``fd``
+    (``st``: its fstat; what to say after "the file"), or None.
 
-    A run is made as the request file's owner, so its content must be theirs: not
-    writable by others nor by a group (an ACL's named users and groups show in the group
-    bits, as its mask), except the owner's user-private group (the group of the owner's
-    name with no other member, which a umask of 002 makes writable on many clusters);
-    and no other name (a hard link in the queue to a file a user may write but does not
-    own). ``links``: check the names too (False for a claim of the daemon's own user
-    found after a crash: intake may have linked it into a run folder already)."""
+    A run is made as its request file's owner and uses its input files as theirs, so
+    their content must be the owner's: not writable by others nor by a group (an ACL's
+    named users and groups show in the group bits, as its mask), except the owner's
+    user-private group (:func:`_private_group`, which a umask of 002 makes writable on
+    many clusters). ``links``: no other name either (a request hard-linked into the queue
+    from a file its dropper may write but does not own; not asked of inputs, nor of a
+    claim of the daemon's own user found after a crash, which intake may have linked
+    into a run folder already)."""
     if links and st.st_nlink != 1:
         return f"has {st.st_nlink} names (hard links), and other names reach the same file"
     mode = stat.S_IMODE(st.st_mode)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, yamlio
-from .accounts import check_writers, identity, in_group, other_writers, user_name
+from .accounts import identity, in_group, other_writers, user_name
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .render import build_script, render_workflow
@@ -39,6 +39,8 @@ from .site import Site
 from .spec.model import FileArg, Template
 from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
+from .store.atomic import sync_file_system
+from .store.index import RunRow
 from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON, RUN_PAGE, queue_mode_problem
 from .sweep import Point, cast_points, run_arguments
 
@@ -339,36 +341,6 @@ def boot_id() -> str | None:
         return None
 
 
-_SYNCFS: list[Any] = []
-
-
-def sync_file_system(path: Path) -> None:
-    """``syncfs(2)`` of the file system that holds the folder ``path``: everything written
-    there so far is on disk (``os.sync()`` where the C library has no syncfs)."""
-    if not _SYNCFS:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(libc, "syncfs", None)
-        if fn is not None:
-            fn.argtypes = [ctypes.c_int]
-            fn.restype = ctypes.c_int
-        _SYNCFS.append(fn)
-    syncfs = _SYNCFS[0]
-    if syncfs is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if syncfs(fd) != 0:
-            import ctypes
-
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
-
-
 class Intake:
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -386,7 +358,7 @@ class Intake:
         self.refused: str | None = None
         #: the claims of handled requests, removed once their runs are on disk
         self.settler = ClaimSettler(self.layout.results)
-        self._boot_noted = False  # this boot's id is in the claimed folder (note_boot)
+        self._boot_noted = False  # this boot's id is in the site's claims-boot (note_boot)
 
     def close(self) -> None:
         """Settle the claims of the requests handled (a sync of the results tree)."""
@@ -724,8 +696,6 @@ class Intake:
         a power loss leaves it), for a run the index holds PENDING or not at all that
         never started. Not for a record its run's user replaced (another owner, a link):
         that run is left as it is."""
-        from .store.index import RunRow
-
         path = run_dir / RUN_JSON
         try:
             st = os.lstat(path)
@@ -805,9 +775,7 @@ class Intake:
                 )
             # a claim of the daemon's own user found after a crash may have names intake
             # gave it in run folders (_keep_request)
-            check_writers(
-                fd, opened, file=label, links=claimed.fresh or claimed.uid != os.geteuid()
-            )
+            refuse_writers(fd, opened, label, links=claimed.fresh or claimed.uid != os.geteuid())
             # in chunks: a buffered read of limit + 1 bytes allocated (and mapped) a
             # whole MiB for every request: three times the cost of the read itself
             raw = read_up_to(fd, limit + 1)
@@ -1044,18 +1012,10 @@ class Intake:
                         field=field,
                         hint="a request may only use its owner's files",
                     )
-                # the run reads (or runs) it as its owner: as for the request itself
-                writers = other_writers(fd, st, links=False)
-                if writers:
-                    raise ArgumentError(
-                        f"file {value.source!r} {writers}: the run uses it as "
-                        f"{user_name(st.st_uid)}'s, so no one else may be able to write it",
-                        file=label,
-                        field=field,
-                        hint=f"run `chmod go-w {self.layout.queue / value.source}` and drop "
-                        "the request again, or send it with `flowbatch submit` (which copies "
-                        "it, mode 0644)",
-                    )
+                # the run reads (or runs) it as its owner's: as for the request itself
+                refuse_writers(
+                    fd, st, label, field=field, source=value.source, queue=self.layout.queue
+                )
         except BaseException:
             for fd in out.values():
                 os.close(fd)
@@ -1093,6 +1053,44 @@ class Intake:
         except FileNotFoundError:
             pass
         log.warning("rejected %s: %s", name, error.summary())
+
+
+def refuse_writers(
+    fd: int,
+    st: os.stat_result,
+    label: str,
+    *,
+    field: str | None = None,
+    source: str | None = None,
+    queue: Path | None = None,
+    links: bool = False,
+) -> None:
+    """Refuse the request (its input file ``source`` in ``queue``, for ``field``) when
+    someone but the file's owner could have written it
+    (:func:`~flowbatch.accounts.other_writers`): a run is made as its request file's
+    owner, and uses its inputs as theirs."""
+    writers = other_writers(fd, st, links=links)
+    if not writers:
+        return
+    owner = user_name(st.st_uid)
+    if source is None:
+        raise RequestError(
+            f"the request file {writers}: a run is made as the file's owner ({owner}), so "
+            "no one else may be able to write it",
+            file=label,
+            expected="a request file only its owner can change (mode 0644 or 0600)",
+            hint="copy it into the queue with `cp` (not `ln`) after `chmod go-w` on it, "
+            "or drop it with `flowbatch submit`",
+        )
+    raise ArgumentError(
+        f"file {source!r} {writers}: the run uses it as {owner}'s, so no one else may be "
+        "able to write it",
+        file=label,
+        field=field,
+        hint=f"run `chmod go-w {(queue or Path()) / source}` and drop the request again, or "
+        "send it with "
+        "`flowbatch submit` (which copies it, mode 0644)",
+    )
 
 
 def _error_file_of(path: Path, request: str) -> bool:

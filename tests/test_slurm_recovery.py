@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from flowbatch import api
+from flowbatch.runs import RunRecord
 from flowbatch.site import Site
 
 from .conftest import drop, make_site, run_until_idle, write_template
@@ -51,6 +52,17 @@ pytestmark = needs_root
 
 #: how the daemon words a run of a uid Slurm cannot look up
 NO_ACCOUNT = "has no entry in the account database"
+
+
+def submitted_then_crashed(site: Site) -> tuple[RunRecord, str, str]:
+    """The site's one run, its daemon killed right after its sbatch: the run as recorded,
+    its job's name and the one job of that name Slurm holds."""
+    crash_right_after_sbatch(site)
+    run = site.store.load(api.list_runs(site)[0]["id"])
+    assert run.handle is not None
+    name = run.handle["job_name"]
+    (own,) = jobs_named(name)
+    return run, name, own
 
 
 def owned_site(tmp_path: Path, public_tmp: Path, uid: int, **request: object) -> Site:
@@ -88,12 +100,9 @@ def test_a_cancel_by_name_of_an_older_intent_finds_the_owners_job(
     job ends, root's own held job of that name is left alone."""
     owner = _user("fbrunner")
     site = owned_site(tmp_path, public_tmp, owner.pw_uid, arguments={"seconds": 120})
-    crash_right_after_sbatch(site)
-    run = site.store.load(api.list_runs(site)[0]["id"])
+    run, name, own = submitted_then_crashed(site)
     assert run.handle is not None and run.handle.pop("uid") == owner.pw_uid
     site.store.write(run)  # as an older flowbatch recorded it
-    name = run.handle["job_name"]
-    (own,) = jobs_named(name)
     other = held_job(name, None)  # root's (the daemon's user's) job of the run's name
     try:
         api.request_cancel(site, run.id, "not needed")
@@ -144,11 +153,7 @@ def test_an_interrupted_submission_of_such_a_uid_is_found_and_not_submitted_twic
     by uid) and ends the run with why."""
     uid = unknown_uid()
     site = owned_site(tmp_path, public_tmp, uid)
-    crash_right_after_sbatch(site)
-    run = site.store.load(api.list_runs(site)[0]["id"])
-    assert run.handle is not None
-    name = run.handle["job_name"]
-    (own,) = jobs_named(name)
+    _, name, own = submitted_then_crashed(site)
     try:
         run_until_idle(site, timeout=30)
     finally:
@@ -169,11 +174,7 @@ def test_a_cancel_by_name_of_such_a_uids_run_cancels_its_job(
     of that name are looked up and cancelled by id."""
     uid = unknown_uid()
     site = owned_site(tmp_path, public_tmp, uid)
-    crash_right_after_sbatch(site)
-    run = site.store.load(api.list_runs(site)[0]["id"])
-    assert run.handle is not None
-    name = run.handle["job_name"]
-    (own,) = jobs_named(name)
+    run, name, own = submitted_then_crashed(site)
     other = held_job(name, OTHER)  # another user's job of that name: left alone
     try:
         api.request_cancel(site, run.id, "not needed")

@@ -45,6 +45,31 @@ def sync_folder(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+_SYNCFS: list[Any] = []  # libc's syncfs, looked up once (None: not there)
+
+
+def sync_file_system(path: str | os.PathLike[str]) -> None:
+    """``syncfs(2)`` of the file system that holds the folder ``path``: everything written
+    there so far is on disk (``os.sync()`` where the C library has no syncfs)."""
+    import ctypes  # only where something is synced: not a cost of every start
+
+    if not _SYNCFS:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        _SYNCFS.append(fn)
+    if _SYNCFS[0] is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _SYNCFS[0](fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), os.fspath(path))
+    finally:
+        os.close(fd)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` to ``fd`` (``os.write`` may take less than given)."""
     view = memoryview(data)
