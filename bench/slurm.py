@@ -119,7 +119,7 @@ def bench(
                 deadline = time.monotonic() + 300
                 while time.monotonic() < deadline:
                     daemon.tick()
-                    running = daemon.runner.running()
+                    running = daemon.runner.launched()
                     if len(running) == size and all(
                         (r.handle or {}).get("job_id") for r in running
                     ):
@@ -155,7 +155,7 @@ def bench(
             runs = 0
             while time.monotonic() < deadline:
                 daemon.tick()
-                running = daemon.runner.running()
+                running = daemon.runner.launched()
                 runs = len(daemon.runner.active)
                 if (
                     runs

@@ -307,9 +307,14 @@ def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
         click.echo(f"{key + ':':13}{'' if info[key] is None else info[key]}")
     if info.get("waiting") and info["state"] == "PENDING":
         click.echo(f"{'waiting:':13}{info['waiting']}")  # a fair-share cap
-    scheduler = (info.get("handle") or {}).get("status")
-    if scheduler and info["state"] in ("PENDING", "RUNNING"):
-        click.echo(f"{'scheduler:':13}{scheduler}")  # e.g. Slurm's PENDING (Priority)
+    handle = info.get("handle") or {}
+    if handle.get("status") and info["state"] in ("PENDING", "RUNNING"):
+        # e.g. Slurm's PENDING (Priority): a run PENDING in the scheduler's queue; an SSH
+        # run's word (its wrapper killed from outside while its script goes on)
+        if handle.get("job_id"):
+            click.echo(f"{'scheduler:':13}job {handle['job_id']}: {handle['status']}")
+        else:
+            click.echo(f"{'status:':13}{handle['status']}")
     click.echo("arguments:")
     for name, value in info["arguments"].items():
         click.echo(f"  {name}: {json.dumps(value)}")

@@ -244,7 +244,7 @@ DEFAULT_CONFIG_TEXT = """\
 # allowed_groups: null
 # group_policy: members   # `group:` = own name, own Unix group or a team below; or: open
 # teams: {}               # e.g. team-x: [alice, bob]
-# limits:                # fair shares: running runs at once, over all executors
+# limits:                # fair shares: launched runs at once (running or in Slurm's queue)
 #   per_user: null        # cap of every user; users: {alice: 8} overrides it per user
 #   per_group: null       # cap of every group; groups: {teamx: 2} overrides it
 # slurm:                  # Slurm profiles: `executor: slurm` = default, `slurm:<name>`

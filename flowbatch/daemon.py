@@ -468,7 +468,7 @@ class Daemon:
         local = self.executors.get("local")
         if local is None:
             return True
-        taken = len(self.runner.running("local")) + self.runner.reserved("local")
+        taken = len(self.runner.launched("local")) + self.runner.reserved("local")
         return taken < local.limit
 
     def _batch(self) -> Any:

@@ -1,8 +1,9 @@
 """Fair shares on a shared login node: concurrency caps per user and per group.
 
 Besides each executor's own limit (``local.concurrency``, an SSH host's ``max_runs``),
-the site config may cap how many runs one user, or one group, has RUNNING at once, over
-all executors, so that one participant cannot fill the node or the Slurm queue::
+the site config may cap how many runs one user, or one group, has launched at once
+(RUNNING, or PENDING with a job in Slurm's queue), over all executors, so that one
+participant cannot fill the node or the Slurm queue::
 
     limits:
       per_user: 4          # default cap of every user (null: none)
@@ -29,7 +30,8 @@ if TYPE_CHECKING:  # runtime imports would be circular (config imports this modu
 
 
 class LimitsConfig(BaseModel):
-    """``limits:`` in ``flowbatch.yaml``: caps on RUNNING runs per user and per group."""
+    """``limits:`` in ``flowbatch.yaml``: caps on launched runs (RUNNING, or with a job in
+    a scheduler's queue) per user and per group."""
 
     model_config = ConfigDict(extra="forbid")
 

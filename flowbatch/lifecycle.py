@@ -34,7 +34,7 @@ from .render.script import (
     step_log_paths,
 )
 from .results import read_results
-from .runs import ACTIVE, RunRecord, State
+from .runs import ACTIVE, QUEUED, RunRecord, State
 from .safeio import LINK_ERRORS, read_tail
 from .site import Site
 from .spec.model import Template
@@ -90,9 +90,10 @@ def _age(run: RunRecord) -> tuple[str, str]:
 
 
 class ActiveRuns(MutableMapping[str, RunRecord]):
-    """The daemon's active runs by id, with the PENDING and the RUNNING ones also kept
-    apart, so that a tick finds them without a pass over every active run (500 runs
-    dropped at once were 500 passes over 500 runs, and a sort of them in each).
+    """The daemon's active runs by id, with the ones waiting for a launch (PENDING) and
+    the launched ones (RUNNING, or PENDING in a scheduler's queue: ``RunRecord.launched``)
+    also kept apart, so that a tick finds them without a pass over every active run (500
+    runs dropped at once were 500 passes over 500 runs, and a sort of them in each).
 
     A run is filed by its state when it is added; after a state change of a run held
     here, :meth:`refile` moves it (:class:`Runner` does so for every change it makes).
@@ -103,7 +104,7 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
         self._runs: dict[str, RunRecord] = {}
         self._pending: dict[str, RunRecord] = {}
         self._waiting: Counter[str] = Counter()  # executor -> PENDING runs filed for it
-        self._running: dict[str, RunRecord] = {}
+        self._launched: dict[str, RunRecord] = {}
         self._newest: tuple[str, str] | None = None  # the age of the last PENDING filed
         self._in_order = True
 
@@ -117,7 +118,7 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
     def __delitem__(self, run_id: str) -> None:
         del self._runs[run_id]
         self._unfile(run_id)
-        self._running.pop(run_id, None)
+        self._launched.pop(run_id, None)
 
     def _unfile(self, run_id: str) -> None:
         run = self._pending.pop(run_id, None)
@@ -136,10 +137,12 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
     def refile(self, run: RunRecord) -> None:
         """File ``run`` again by its state (after a change of it)."""
         self._unfile(run.id)
-        self._running.pop(run.id, None)
+        self._launched.pop(run.id, None)
         if self._runs.get(run.id) is not run:
             return
-        if run.state == State.PENDING:
+        if run.launched:
+            self._launched[run.id] = run
+        elif run.state == State.PENDING:
             age = _age(run)
             if self._newest is not None and age < self._newest:
                 self._in_order = False
@@ -147,23 +150,22 @@ class ActiveRuns(MutableMapping[str, RunRecord]):
                 self._newest = age
             self._pending[run.id] = run
             self._waiting[run.executor] += 1
-        elif run.state == State.RUNNING:
-            self._running[run.id] = run
 
     def pending(self) -> list[RunRecord]:
-        """The PENDING runs, oldest first."""
+        """The PENDING runs waiting for a launch, oldest first."""
         if not self._in_order:
             self._pending = dict(sorted(self._pending.items(), key=lambda item: _age(item[1])))
             self._in_order = True
         return list(self._pending.values())
 
-    def running(self) -> list[RunRecord]:
-        return list(self._running.values())
+    def launched(self) -> list[RunRecord]:
+        """The runs their executors have: RUNNING, or queued in a scheduler."""
+        return list(self._launched.values())
 
     def set_aside(self, run_id: str) -> None:
-        """No longer count ``run_id`` as running (its script ended; its end is recorded
+        """No longer count ``run_id`` as launched (its script ended; its end is recorded
         next): its slot is free. :meth:`refile` files it again by its state."""
-        self._running.pop(run_id, None)
+        self._launched.pop(run_id, None)
 
     def waiting(self) -> Counter[str]:
         """How many PENDING runs wait for each executor (a copy)."""
@@ -219,11 +221,13 @@ class Runner:
         self.changed_workflows.add(run.workflow)
 
     def pending(self) -> list[RunRecord]:
-        """The PENDING runs, oldest first."""
+        """The PENDING runs waiting for a launch, oldest first."""
         return self.active.pending()
 
-    def running(self, executor: str | None = None) -> list[RunRecord]:
-        runs = self.active.running()
+    def launched(self, executor: str | None = None) -> list[RunRecord]:
+        """The runs their executors have (RUNNING, or queued in a scheduler), of
+        ``executor`` or of all."""
+        runs = self.active.launched()
         return runs if executor is None else [r for r in runs if r.executor == executor]
 
     # -- executors ----------------------------------------------------------------------------
@@ -348,11 +352,11 @@ class Runner:
     def dispatch(self) -> int:
         """Launch PENDING runs, oldest first, within each executor's concurrency."""
         launched = 0
-        running = self.running()  # one pass over the active runs for both lists
+        holding = self.launched()  # one pass over the active runs for both lists
         busy = {name: self.reserved(name) for name in self.executors}
-        for run in running:
+        for run in holding:
             busy[run.executor] = busy.get(run.executor, 0) + 1
-        shares = fairshare.Shares(self.site.config.limits, running)
+        shares = fairshare.Shares(self.site.config.limits, holding)
         pending = self.pending()
         # executors some pending run still waits for: once each of them is full, the rest
         # wait for the next tick (scanning every pending run at every tick was O(N^2))
@@ -368,8 +372,8 @@ class Runner:
             ):
                 break
             waiting[run.executor] -= 1
-            if run.state != State.PENDING:
-                continue  # started (or failed) with the other runs of its sweep
+            if run.state != State.PENDING or run.queued:
+                continue  # launched (or failed) with the other runs of its sweep
             executor = self.executor_of(run)
             if executor is None:
                 self._transition(
@@ -402,7 +406,7 @@ class Runner:
                 self._transition(run, State.ERROR, messages=[f"cannot launch: {exc}"])
                 continue
             faults.point("launched")
-            self._transition(run, State.RUNNING, handle=handle, waiting=None)
+            self._launched(run, executor, handle)
             busy[run.executor] += 1
             shares.add(run)
             launched += 1
@@ -461,10 +465,29 @@ class Runner:
             elif isinstance(result, FlowbatchError):
                 self._transition(run, State.ERROR, messages=[result.summary()])
             else:
-                self._transition(run, State.RUNNING, handle=result, waiting=None)
+                self._launched(run, executor, result)
                 busy[run.executor] += 1
                 started += 1
         return started
+
+    def _launched(self, run: RunRecord, executor: Executor, handle: dict[str, Any]) -> None:
+        """Record a launch: RUNNING, or, for a scheduler's job that waits in its queue
+        (``queues_jobs``), PENDING with the handle marked :data:`QUEUED` until a poll
+        finds the job started (:meth:`_note_status`)."""
+        if not queues_jobs(executor):
+            self._transition(run, State.RUNNING, handle=handle, waiting=None)
+            return
+        run.handle = {**handle, QUEUED: True}
+        run.waiting = None
+        # filed as launched before the write: should it fail, the run is polled all the
+        # same, never submitted again by this daemon (a next one finds its job by the
+        # intent's name, which is on disk)
+        self.active.refile(run)
+        # on disk (synced) as the intent before it: the index row still says PENDING, and
+        # after a power loss a run PENDING with no record left would be made again (and
+        # its job submitted twice) were its claim not settled yet (queue.redo_unstarted)
+        self.store.write(run, index=False, durable=True)
+        log.info("run %s submitted (%s), waiting in its queue", run.id, _job_of(run.handle))
 
     def _wait(self, run: RunRecord, reason: str) -> None:
         """Note why a PENDING run waits (written only when the reason changes)."""
@@ -481,7 +504,7 @@ class Runner:
         ended: list[tuple[RunRecord, Probe]] = []
         now = datetime.now(UTC)
         by_executor: dict[int, list[RunRecord]] = {}  # id of the executor object -> runs
-        for run in self.running():
+        for run in self.launched():
             executor = self.executor_of(run)
             if executor is not None:
                 by_executor.setdefault(id(executor), []).append(run)
@@ -524,7 +547,7 @@ class Runner:
                     finished += 1
             finally:
                 for run, _probe in ended:  # an end not recorded: polled again
-                    if run.state == State.RUNNING and self.active.get(run.id) is run:
+                    if run.launched and self.active.get(run.id) is run:
                         self.active.refile(run)
         if self.retired:  # one whose tend() ended its last abandoned job or process goes
             self._prune_retired()
@@ -578,29 +601,39 @@ class Runner:
 
     def _note_status(self, run: RunRecord, probe: Probe) -> None:
         """Keep the backend's word on a live run (Slurm: PENDING (Priority)) in its handle,
-        for `runs show`; written only when it changes. A scheduler's run is RUNNING from its
-        submission: once its job runs, its ``started_at`` is when the job started
-        (``started``: Slurm's StartTime, seconds since the epoch; its markers still
-        correct it at its end)."""
+        for `runs show`; written only when it changes. A scheduler's run is PENDING while
+        its job waits in the queue (:data:`QUEUED`) and becomes RUNNING when a probe says
+        the job started (``started``: Slurm's StartTime, seconds since the epoch, or None
+        when the scheduler does not say); its ``started_at`` is then when the job started
+        where that is plausible, else when this poll saw it (its markers still correct it
+        at its end)."""
         changed = False
         status = probe.detail.get("status")
         if status and run.handle is not None and run.handle.get("status") != status:
             run.handle = {**run.handle, "status": status}
             changed = True
+        began = "started" in probe.detail
         started = probe.detail.get("started")
         queued = attempt_queued_at(run)  # not before this attempt (Slurm: whole seconds)
-        if (
-            isinstance(started, int | float)
+        at = (
+            _stamp(started)
+            if isinstance(started, int | float)
             and not isinstance(started, bool)
             and math.isfinite(started)
             and (queued or 0) - 1 <= started <= time.time() + MARKER_CLOCK_SLACK
             and started > 0
-            and run.started_at != _stamp(started)
-        ):
-            run.started_at = _stamp(started)
-            changed = True
-        if changed:
-            self.store.write(run)
+            else None
+        )
+        if began and run.queued:
+            handle = {k: v for k, v in (run.handle or {}).items() if k != QUEUED}
+            times = {"started_at": at} if at else {}
+            self._transition(run, State.RUNNING, handle=handle, **times)
+            return
+        moved = bool(at) and run.started_at != at
+        if moved:
+            run.started_at = at
+        if changed or moved:
+            self.store.write(run, index=moved)  # the index has no handle
 
     def _over_time(self, run: RunRecord, now: datetime) -> bool:
         if not run.time_limit or not run.started_at:
@@ -621,9 +654,10 @@ class Runner:
     # -- cancel -------------------------------------------------------------------------------
     def cancel(self, run: RunRecord, reason: str) -> None:
         """End the run: CANCELED with ``reason``. A RUNNING run's processes or job are
-        ended through its executor, and so is a PENDING run's that has a handle (a
-        scheduler's intent, recorded before a submission whose answer never came: the
-        job may exist, and is cancelled by name)."""
+        ended through its executor, and so is a PENDING run's that has a handle: a job
+        waiting in a scheduler's queue, or a scheduler's intent, recorded before a
+        submission whose answer never came (the job may exist, and is cancelled by
+        name)."""
         executor = self.executor_of(run)
         if executor is not None and (run.state == State.RUNNING or run.handle):
             self._kill(run, executor, State.CANCELED, reason)
@@ -747,6 +781,7 @@ class Runner:
             self._transition(
                 run,
                 State.PENDING,
+                again=True,  # a job lost while it was queued: the run was PENDING already
                 reason=reason,
                 messages=[reason, *(extra or [])],
                 handle=None,
@@ -882,6 +917,18 @@ def marker_times(
     if not (math.isfinite(end) and start <= end <= latest):
         return {}
     return {"started_at": _stamp(start), "finished_at": _stamp(end)}
+
+
+def queues_jobs(executor: Executor) -> bool:
+    """A scheduler whose jobs wait in a queue of its own (Slurm): its runs are PENDING
+    until their jobs start."""
+    return bool(getattr(executor, "queues_jobs", False))
+
+
+def _job_of(handle: dict[str, Any] | None) -> str:
+    """How a log line names a run's job: its scheduler's id."""
+    job = (handle or {}).get("job_id")
+    return f"job {job}" if job else "no job id"
 
 
 def enforces_time_limit(executor: Executor) -> bool:

@@ -5,6 +5,12 @@ RUNNING → SUCCESS | ERROR | CANCELED; the terminal states stay terminal; a cha
 current state is a no-op. :class:`RunRecord` is what ``run.json`` holds. The one place that
 changes a state is :meth:`flowbatch.store.Store.transition`, which calls :func:`apply`
 here and then writes the tree and the index.
+
+A run submitted to a scheduler (Slurm) is PENDING while its job waits in the scheduler's
+queue, as flowServ's PENDING means (the workflow does not run yet), and RUNNING once the
+job starts. Such a run is *launched* all the same (its handle has :data:`QUEUED`): it
+holds its executor's slot and its user's share, is polled, and is never submitted again.
+A retry after its job was lost before it started makes it PENDING again (``again``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from typing import Any
 from .errors import StateError
 
 RUN_FORMAT = 1
+
+#: the key of a handle whose job waits in a scheduler's own queue: its run is PENDING and
+#: launched (:attr:`RunRecord.queued`) until the job starts
+QUEUED = "queued"
 
 
 class State(enum.StrEnum):
@@ -92,6 +102,17 @@ class RunRecord:
     waiting: str | None = None  # why a PENDING run does not start (a fair-share cap)
     format: int = RUN_FORMAT
 
+    @property
+    def queued(self) -> bool:
+        """PENDING with its job submitted to a scheduler, waiting in its queue: launched."""
+        return self.state == State.PENDING and bool(self.handle and self.handle.get(QUEUED))
+
+    @property
+    def launched(self) -> bool:
+        """Its executor has it (RUNNING, or queued in a scheduler): polled, never launched
+        again, holding a slot."""
+        return self.state == State.RUNNING or self.queued
+
     def to_dict(self) -> dict[str, Any]:
         # a shallow copy: the values are JSON data already, and asdict()'s deep copy
         # was a measurable part of every state change
@@ -114,6 +135,7 @@ def apply(
     messages: list[str] | None = None,
     at: str | None = None,
     reason: str | None = None,
+    again: bool = False,
 ) -> bool:
     """Move ``run`` to ``target`` in memory, checking the transition.
 
@@ -123,10 +145,14 @@ def apply(
     of the change; the history keeps them. The runner puts the times the run's script
     marked in their place where they are plausible (``started_at=``/``finished_at=``
     updates of the same change: :func:`flowbatch.lifecycle.marker_times`).
+
+    ``again``: a PENDING run becomes PENDING again, a change all the same (a new attempt
+    of a run whose job was lost while it waited in a scheduler's queue).
     """
-    if run.state == target:
+    renewed = again and run.state == target == State.PENDING
+    if run.state == target and not renewed:
         return False
-    if run.state not in ALLOWED[target]:
+    if run.state not in ALLOWED[target] and not renewed:
         raise StateError(
             f"cannot change run {run.id} in state {run.state.value} to {target.value}",
             hint="only PENDING → RUNNING and an active state → SUCCESS, ERROR or CANCELED "

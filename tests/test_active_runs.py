@@ -30,7 +30,7 @@ def test_pending_runs_come_oldest_first_and_leave_when_they_start() -> None:
     assert [r.id for r in active.pending()] == ["r0", "r1", "r2", "r3", "r4"]
     _move(active, runs[1], State.RUNNING)
     assert [r.id for r in active.pending()] == ["r0", "r2", "r3", "r4"]
-    assert active.running() == [runs[1]]
+    assert active.launched() == [runs[1]]
     assert len(active) == 5 and "r1" in active
 
 
@@ -40,7 +40,7 @@ def test_a_retried_run_takes_its_old_place_among_the_pending() -> None:
     assert [r.id for r in active.pending()] == ["b"]
     _move(active, first, State.PENDING)  # a retry: back to PENDING, older than "b"
     assert [r.id for r in active.pending()] == ["a", "b"]
-    assert active.running() == []
+    assert active.launched() == []
 
 
 def test_a_run_removed_or_ended_is_in_no_list() -> None:
@@ -49,10 +49,10 @@ def test_a_run_removed_or_ended_is_in_no_list() -> None:
     del active["a"]
     assert active.pending() == [] and "a" not in active
     assert active.pop("b") is other
-    assert active.running() == [] and not active and active == {}
+    assert active.launched() == [] and not active and active == {}
     active.refile(other)  # a run not held here is not filed by refile
-    assert active.running() == []
-    assert active.setdefault("b", other) is other and active.running() == [other]
+    assert active.launched() == []
+    assert active.setdefault("b", other) is other and active.launched() == [other]
 
 
 def test_waiting_counts_the_pending_runs_of_each_executor() -> None:

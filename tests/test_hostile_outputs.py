@@ -119,7 +119,7 @@ def test_a_failure_after_the_state_change_still_frees_the_run(
     daemon.start()
     try:
         run_until_idle(site, timeout=10, daemon=daemon)
-        assert not daemon.runner.active and not daemon.runner.running()
+        assert not daemon.runner.active and not daemon.runner.launched()
     finally:
         daemon.stop()
     run = only_run(site)

@@ -136,7 +136,7 @@ workflow:
         while time.monotonic() < deadline:
             d.wakeup.clear()
             d.tick()
-            peak = max(peak, len(d.runner.running("local")))
+            peak = max(peak, len(d.runner.launched("local")))
             if d.idle():
                 break
             d.wakeup.wait(0.05)

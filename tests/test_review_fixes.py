@@ -70,7 +70,7 @@ def _slow_tick(monkeypatch: pytest.MonkeyPatch, after: Any = None) -> None:
     original = Runner.poll
 
     def slow(self: Runner, only: Any = None) -> int:
-        if only is None and self.running():
+        if only is None and self.launched():
             time.sleep(SLOW_TICK)
             if after is not None:
                 after(self)
@@ -173,7 +173,7 @@ def test_marker_times_in_the_future_or_before_the_runs_creation_are_not_taken(
     site = _site_with(tmp_path, local={"concurrency": 4})
 
     def skew(runner: Runner) -> None:  # the runs have ended; the daemon has not looked yet
-        (run,) = [r for r in runner.running() if r.name == "skewed"]
+        (run,) = [r for r in runner.launched() if r.name == "skewed"]
         run_dir = site.store.run_dir(run)
         if which == "exit in the far future":
             _shift(run_dir, "exit", time.time() + 3600)
@@ -279,8 +279,9 @@ def test_a_slurm_run_is_timed_by_its_markers_not_by_its_submission_or_the_poll(
     try:
         drop(daemon.site, "a.yaml", {"workflow": "wf"})
         daemon.tick()
-        (run,) = daemon.runner.running()
-        submitted = _epoch(run.started_at or "")
+        (run,) = daemon.runner.launched()
+        assert run.state == State.PENDING and run.queued and run.started_at is None
+        submitted = time.time()
         time.sleep(0.5)  # queued
         run_dir = daemon.site.store.run_dir(run)
         subprocess.run(["bash", str(run_dir / "run.sh")], cwd=run_dir, check=True)
@@ -295,6 +296,8 @@ def test_a_slurm_run_is_timed_by_its_markers_not_by_its_submission_or_the_poll(
         assert _epoch(run.finished_at or "") == pytest.approx(marks.exit[1], abs=1e-6)
         assert marks.started[1] - submitted >= 0.45
         assert _epoch(run.history[-1]["at"]) - marks.exit[1] >= 0.9
+        # never seen running: from PENDING (queued) to its end, timed by its markers
+        assert [change["state"] for change in run.history] == ["PENDING", "SUCCESS"]
         stored = api.show_run(daemon.site, run.id)
         assert (stored["started_at"], stored["finished_at"]) == (run.started_at, run.finished_at)
     finally:
@@ -363,7 +366,7 @@ def test_a_run_over_its_time_limit_and_a_cancelled_one_end_at_their_exit_marker(
     d.start()
     try:
         d.tick()
-        (cancelled,) = [r for r in d.runner.running() if r.name == "cancel"]
+        (cancelled,) = [r for r in d.runner.launched() if r.name == "cancel"]
         time.sleep(0.2)
         cancel_run(site, d.runner, cancelled.id, os.geteuid(), "not needed")
         run_until_idle(site, daemon=d, timeout=30)

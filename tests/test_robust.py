@@ -1504,7 +1504,7 @@ def test_a_failing_listener_never_holds_a_run_that_changed_state(
     d.start()
     try:
         d.tick()
-        (run,) = d.runner.running()
+        (run,) = d.runner.launched()
         d.runner.cancel(run, "not needed")
         assert not d.runner.active and d.idle()
     finally:

@@ -559,7 +559,7 @@ def test_pending_reason_and_cancels(tmp_path: Path, slurm_cluster: SlurmCluster)
             cli.main, ["--site", str(site.root), "runs", "show", runs["wait"]["id"]]
         )
         # Slurm's reason for the wait: Resources, or Priority behind the job ahead of it
-        assert re.search(r"scheduler:\s+PENDING \((Resources|Priority)\)", shown.output), (
+        assert re.search(r"scheduler:\s+job \d+: PENDING \((Resources|Priority)\)", shown.output), (
             shown.output
         )
         # from outside flowbatch
@@ -624,7 +624,7 @@ def test_one_squeue_per_tick_for_10_or_50_jobs(
                 {"workflow": "sleep", "name": f"r{i}", "arguments": {"seconds": 120}},
             )
         daemon.tick()  # intake + sbatch for each
-        jobs[:] = [r.handle["job_id"] for r in daemon.runner.running() if r.handle]
+        jobs[:] = [r.handle["job_id"] for r in daemon.runner.launched() if r.handle]
 
     def squeue_per_tick(ticks: int) -> list[int]:
         counts = []

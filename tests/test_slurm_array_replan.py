@@ -52,12 +52,12 @@ def test_runs_of_a_refused_array_that_go_a_few_at_a_time_run_their_own_tasks(
         for name in ("b1", "b2"):  # two runs hold 2 of the 3 jobs the profile may have
             request = {"workflow": "wf", "name": name, "arguments": {"x": 7, "seconds": 3}}
             drop(site, f"{name}.yaml", {**request, "resources": busy})
-        tick_until(daemon, lambda: len(daemon.runner.running()) == 2)
+        tick_until(daemon, lambda: len(daemon.runner.launched()) == 2)
         assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
-        tick_until(daemon, lambda: len(daemon.runner.running()) == 3)
+        tick_until(daemon, lambda: len(daemon.runner.launched()) == 3)
         sweep = [r for r in records() if r.sweep]
-        assert sorted(r.state.value for r in sweep) == ["PENDING", "PENDING", "RUNNING"]
-        (alone,) = [r.arguments["x"] for r in sweep if r.state.value == "RUNNING"]
+        assert sorted(r.launched for r in sweep) == [False, False, True]  # one submitted
+        (alone,) = [r.arguments["x"] for r in sweep if r.launched]
         run_until_idle(site, timeout=60, daemon=daemon)
     finally:
         daemon.stop()

@@ -63,8 +63,9 @@ def drained(slurm_cluster: SlurmCluster) -> Iterator[None]:
 def test_a_drained_node_makes_the_run_wait_with_slurms_words_then_run(
     tmp_path: Path, drained: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A node maintenance is no end: the run stays RUNNING, its status showing Slurm's
-    words, for longer than NEVER_START (here 1 s), and runs once the node is resumed."""
+    """A node maintenance is no end: the run stays PENDING (its job submitted, waiting in
+    Slurm's queue), its status showing Slurm's words, for longer than NEVER_START (here
+    1 s), and runs once the node is resumed."""
     from flowbatch.executors import slurm as slurm_module
 
     monkeypatch.setattr(slurm_module, "NEVER_START", 1.0, raising=False)
@@ -88,7 +89,8 @@ def test_a_drained_node_makes_the_run_wait_with_slurms_words_then_run(
             daemon.tick()
             time.sleep(0.1)
         run = runs_by_name(site)["r"]
-        assert run["state"] == "RUNNING" and DRAINED in status(), run
+        assert run["state"] == "PENDING" and DRAINED in status(), run
+        assert run["handle"]["queued"] and run["started_at"] is None
         resume()
         run_until_idle(site, timeout=60, daemon=daemon)
     finally:

@@ -126,9 +126,10 @@ def test_runs_wait_for_a_partition_closed_for_maintenance_then_run(
 def test_a_run_whose_job_waits_in_the_queue_starts_when_its_job_does(
     tmp_path: Path, partition: str
 ) -> None:
-    """A partition in State=DOWN takes jobs, which pend (PartitionDown): the run is RUNNING
-    from its submission, with Slurm's reason. Once its job runs, its started_at is when
-    the job started (Slurm's StartTime), not when it was submitted."""
+    """A partition in State=DOWN takes jobs, which pend (PartitionDown): the run is PENDING
+    while its job waits, with Slurm's reason, and not submitted again. Once its job runs,
+    the run is RUNNING, its started_at when the job started (Slurm's StartTime), not when
+    it was submitted nor when the daemon saw it."""
     site = sleep_site(tmp_path, partition=partition)
     assert scontrol("update", f"partitionname={partition}", "state=DOWN").returncode == 0
     drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 2}})
@@ -143,12 +144,21 @@ def test_a_run_whose_job_waits_in_the_queue_starts_when_its_job_does(
     try:
         tick_until(daemon, lambda: status() == "PENDING (PartitionDown)")
         (run,) = daemon.runner.active.values()
-        submitted = datetime.fromisoformat(str(run.started_at))
-        time.sleep(1.0)  # in the queue for a second
+        submitted = datetime.fromisoformat(str(run.created_at))
+        job = str((run.handle or {})["job_id"])
+        until = time.monotonic() + 1.0  # in the queue for a second, polled meanwhile
+        while time.monotonic() < until:
+            daemon.tick()
+            time.sleep(0.1)
+        run = site.store.load(run.id)
+        assert (run.state.value, run.started_at) == ("PENDING", None)
+        assert run.launched and run.handle and run.handle["job_id"] == job  # submitted once
+        assert [c["state"] for c in run.history] == ["PENDING"]
         assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
         tick_until(daemon, lambda: status() == "RUNNING")
         run = site.store.load(run.id)  # as written in run.json
-        job = str((run.handle or {})["job_id"])
+        assert run.state.value == "RUNNING" and not (run.handle or {}).get("queued")
+        assert (run.handle or {})["job_id"] == job
         start = subprocess.run(
             ["squeue", "-h", "-t", "all", "-j", job, "-O", "StartTime"],
             env={**os.environ, "SLURM_TIME_FORMAT": "%s"},
@@ -165,3 +175,104 @@ def test_a_run_whose_job_waits_in_the_queue_starts_when_its_job_does(
         daemon.stop()
         site.close()
     assert runs_by_name(site)["r"]["state"] == "SUCCESS"
+
+
+def test_a_queued_run_is_polled_after_a_restart_and_never_submitted_again(
+    tmp_path: Path, partition: str
+) -> None:
+    """A run whose job waits in Slurm's queue (a partition in State=DOWN) is PENDING and
+    launched: a daemon started after the one that submitted it polls that job, submits
+    nothing, and the run becomes RUNNING, then SUCCESS, in that job. `runs show` names
+    the job and Slurm's reason while it waits."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    from .test_slurm import jobs_named
+
+    site = sleep_site(tmp_path, partition=partition)
+    assert scontrol("update", f"partitionname={partition}", "state=DOWN").returncode == 0
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 1}})
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+        tick_until(daemon, lambda: "PartitionDown" in str(runs_by_name(site).get("r")))
+    finally:
+        daemon.stop()
+    run = runs_by_name(site)["r"]
+    job = run["handle"]["job_id"]
+    assert (run["state"], run["handle"]["queued"]) == ("PENDING", True)
+    shown = CliRunner().invoke(main, ["--site", str(site.root), "runs", "show", run["id"]])
+    assert f"job {job}: PENDING (PartitionDown)" in shown.output, shown.output
+
+    again = Daemon(site)
+    again.start()
+    try:
+        until = time.monotonic() + 2.0  # several polls while the job still waits
+        while time.monotonic() < until:
+            again.tick()
+            time.sleep(0.1)
+        assert [r.id for r in again.runner.launched()] == [run["id"]]
+        assert not again.runner.pending()  # not waiting for a launch: it has its job
+        assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
+        run_until_idle(site, timeout=60, daemon=again)
+    finally:
+        again.stop()
+        site.close()
+    run = runs_by_name(site)["r"]
+    assert run["state"] == "SUCCESS" and run["handle"]["job_id"] == job, run["messages"]
+    assert [c["state"] for c in run["history"]] == ["PENDING", "RUNNING", "SUCCESS"]
+    assert list(jobs_named(run["handle"]["job_name"])) == [job]  # one job, ever
+
+
+def test_a_queued_sweep_goes_out_once_and_a_cancel_ends_its_task(
+    tmp_path: Path, partition: str
+) -> None:
+    """The three runs of a sweep whose array waits in the queue are all PENDING and
+    launched after one sbatch (none is submitted again at later ticks); a cancel of one
+    ends its task in Slurm and that run only, the others run once the partition is up."""
+    from flowbatch.daemon import cancel_run
+
+    from .test_slurm_arrays import runs_by_x, sweep_site
+
+    site = sweep_site(tmp_path, partition=partition)
+    assert scontrol("update", f"partitionname={partition}", "state=DOWN").returncode == 0
+    drop(site, "s.yaml", {"workflow": "wf", "sweep": {"x": [1, 2, 3]}})
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+        tick_until(daemon, lambda: len(daemon.runner.launched()) == 3)
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            daemon.tick()
+            time.sleep(0.1)
+        runs = runs_by_x(site)
+        assert {r["state"] for r in runs.values()} == {"PENDING"}
+        assert all(r["handle"]["queued"] for r in runs.values())
+        (array,) = {r["handle"]["array_job"] for r in runs.values()}
+        name = runs[1]["handle"]["job_name"]
+        assert len(tasks_named(name)) == 3  # its three tasks
+        cancel_run(site, daemon.runner, runs[2]["id"], 0, "not this one")
+        assert runs_by_x(site)[2]["state"] == "CANCELED"
+        task = runs[2]["handle"]["job_id"]
+        assert task.startswith(f"{array}_")
+        tick_until(daemon, lambda: tasks_named(name).get(task) in (None, "CANCELLED"))
+        assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
+        run_until_idle(site, timeout=90, daemon=daemon)
+    finally:
+        daemon.stop()
+        site.close()
+    runs = runs_by_x(site)
+    assert {x: r["state"] for x, r in runs.items()} == {1: "SUCCESS", 2: "CANCELED", 3: "SUCCESS"}
+    assert {r["handle"]["array_job"] for r in runs.values()} == {array}  # submitted once
+
+
+def tasks_named(name: str) -> dict[str, str]:
+    """Job id -> state of the cluster's jobs of that name, a pending array's tasks one by
+    one (``squeue -r``)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "all", "--name", name, "-o", "%i %T"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return dict(zip(out[::2], out[1::2], strict=True))

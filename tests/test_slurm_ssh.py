@@ -48,7 +48,7 @@ def test_helloworld_on_slurm_via_ssh(
 
     def look(daemon: Daemon) -> None:
         """Who owns the job's log while it runs (the tree takes it back at the end)."""
-        for active in daemon.runner.running():
+        for active in daemon.runner.launched():
             job_id = (active.handle or {}).get("job_id")
             out = site.store.run_dir(active) / "logs" / f"slurm-{job_id}.out"
             if job_id and out.exists():

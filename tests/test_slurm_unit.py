@@ -685,8 +685,9 @@ def test_cancelling_a_pending_run_whose_submission_went_unanswered_cancels_its_j
 
 def test_a_run_starts_when_its_job_starts_not_when_it_was_submitted(tmp_path: Path) -> None:
     """squeue is asked for times in seconds since the epoch (whatever its time zone); a
-    pending job's estimated start changes nothing; once its job runs, the run's
-    started_at is Slurm's StartTime (written once)."""
+    run whose job waits in the queue is PENDING (launched: never submitted again), and a
+    pending job's estimated start changes nothing; once its job runs, the run is RUNNING
+    and its started_at is Slurm's StartTime (written once)."""
     import time as _time
 
     from flowbatch.lifecycle import iso
@@ -705,15 +706,21 @@ def test_a_run_starts_when_its_job_starts_not_when_it_was_submitted(tmp_path: Pa
         drop(daemon.site, "a.yaml", {"workflow": "wf", "name": "a"})
         daemon.tick()
         daemon.tick()
-        (run,) = daemon.runner.running()
-        submitted = run.started_at
+        (run,) = daemon.runner.launched()
         assert run.handle and run.handle["status"] == "PENDING (Priority)"
-        assert submitted != iso(soon)  # an estimate is no start
+        assert (run.state, run.started_at, run.queued) == (State.PENDING, None, True)
+        assert daemon.site.store.load(run.id).handle == run.handle  # in run.json
+        daemon.tick()
+        assert [line.split()[0] for line in runner.lines].count("sbatch") == 1
         assert runner.prefixes[-1] == "export SLURM_TIME_FORMAT=%s"
         runner.answers["squeue"] = [ok(f"41|RUNNING|None|x|0|{began}|\n")]
         daemon.tick()
         assert run.handle["status"] == "RUNNING" and run.started_at == iso(began)
+        assert run.state == State.RUNNING and "queued" not in run.handle
+        assert [change["state"] for change in run.history] == ["PENDING", "RUNNING"]
         assert daemon.site.store.load(run.id).started_at == iso(began)  # in run.json
+        (row,) = api.list_runs(daemon.site)
+        assert (row["state"], row["started_at"]) == ("RUNNING", iso(began))  # the index
         written = (daemon.site.store.run_dir(run) / "run.json").stat().st_mtime_ns
         daemon.tick()
         assert (daemon.site.store.run_dir(run) / "run.json").stat().st_mtime_ns == written
@@ -752,7 +759,7 @@ def test_a_reload_keeps_unchanged_executors_and_the_old_one_for_its_running_runs
     try:
         drop(daemon.site, "a.yaml", {"workflow": "wf", "name": "a"})
         daemon.tick()
-        (a,) = daemon.runner.running()
+        (a,) = daemon.runner.launched()
         changed = {
             "polling": {"interval": 0.2, "settle": 0.0},
             "local": {"concurrency": 3},
@@ -778,7 +785,7 @@ def test_a_reload_keeps_unchanged_executors_and_the_old_one_for_its_running_runs
         drop(daemon.site, "b.yaml", {"workflow": "wf", "name": "b"})
         drop(daemon.site, "g.yaml", {"workflow": "wf", "name": "g", "executor": "slurm:gpu"})
         daemon.tick()
-        running = {r.name: r for r in daemon.runner.running()}
+        running = {r.name: r for r in daemon.runner.launched()}
         assert set(running) == {"a", "b", "g"}, [r.messages for r in daemon.runner.active.values()]
         assert running["b"].handle and running["b"].handle["job_id"] == "42"
         assert running["g"].handle and running["g"].handle["job_id"] == "43"
@@ -877,7 +884,7 @@ def test_a_run_that_ended_while_slurm_did_not_answer_ends_by_its_markers(
     try:
         drop(daemon.site, "a.yaml", {"workflow": "wf", "name": "a"})
         daemon.tick()
-        (run,) = daemon.runner.running()
+        (run,) = daemon.runner.launched()
         run_dir = daemon.site.store.run_dir(run)
         if script_ended:  # as the job's node would, on the shared file system
             subprocess.run(["bash", str(run_dir / "run.sh")], cwd=run_dir, check=True)
@@ -979,7 +986,7 @@ def test_a_run_declared_lost_just_before_a_crash_is_lost_again_after_it(
     first._runner = Scripted({"sbatch": [ok("41\n")], "squeue": [ok("41|RUNNING|None|x|0|\n")]})
     drop(daemon.site, "r.yaml", {"workflow": "wf", "retries": retries})
     daemon.tick()
-    (run,) = daemon.runner.running()
+    (run,) = daemon.runner.launched()
     assert run.handle
     first.abandon(run.handle, f"run {run.id} lost: Slurm did not answer for 400 s")
     daemon.stop()  # the crash: the run's retry never written
@@ -1358,3 +1365,58 @@ def test_partition_node_limit_ends_a_job_only_over_its_partitions_size(
         in said
     )
     assert runner.lines[-1] == "scancel 5"
+
+
+@pytest.mark.parametrize(
+    "accounting",
+    [
+        CommandResult(1, "", "Slurm accounting storage is disabled"),  # markers decide
+        ok("41|BOOT_FAIL|0:0|x\n"),  # an infrastructure failure
+    ],
+    ids=["left the queue", "boot failure"],
+)
+def test_a_job_lost_while_it_waited_in_the_queue_makes_a_new_attempt(
+    tmp_path: Path, accounting: CommandResult
+) -> None:
+    """A run whose job left Slurm's queue before it started (no marker: its script never
+    ran) is retried although it was PENDING already: a new attempt, PENDING again, whose
+    job is submitted once. Before, PENDING -> PENDING was a no-op: the run stayed
+    attached to the lost job for ever."""
+    poll = {"floor": 0, "ceiling": 0.01}
+    daemon = slurm_daemon(tmp_path, {"slurm": {"default": {"poll": poll}}})
+    slurm = daemon.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    runner = Scripted(
+        {
+            "sbatch": [ok("41\n"), ok("42\n")],
+            "squeue": [ok("41|PENDING|Priority|x|0|\n")],
+            "scancel": [ok("")],
+        }
+    )
+    slurm._runner = runner
+    try:
+        drop(daemon.site, "r.yaml", {"workflow": "wf", "retries": 1})
+        daemon.tick()
+        daemon.tick()
+        (run,) = daemon.runner.launched()
+        assert run.queued and run.handle and run.handle["job_id"] == "41"
+        runner.answers["squeue"] = [ok(""), ok("42|PENDING|Priority|x|0|\n")]
+        runner.answers["sacct"] = [accounting]
+        for _ in range(20):
+            daemon.tick()
+            if run.handle and run.handle.get("job_id") == "42":
+                break
+        record = daemon.site.store.load(run.id)
+        assert record.attempt == 2 and record.queued, record.messages
+        assert record.handle and record.handle["job_id"] == "42"
+        assert [c["state"] for c in record.history] == ["PENDING", "PENDING"]
+        assert record.history[-1]["message"].startswith("retry 1 of 1 after: ")
+        assert record.started_at is None
+        assert [line.split()[0] for line in runner.lines].count("sbatch") == 2
+        (row,) = api.list_runs(daemon.site)
+        assert row["state"] == "PENDING"
+    finally:
+        for r in list(daemon.runner.active.values()):
+            daemon.runner._transition(r, State.CANCELED, messages=["test over"])
+        daemon.stop()
+        daemon.site.close()

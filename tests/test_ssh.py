@@ -73,7 +73,7 @@ def tick_until(d: Daemon, check: Any, timeout: float = 20.0) -> None:
 
 
 def running(d: Daemon, host: str | None = None) -> list[Any]:
-    return d.runner.running(host)
+    return d.runner.launched(host)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -438,7 +438,7 @@ def test_a_retry_after_the_host_was_away_ends_the_lost_attempt_first(
         assert second["pid"] != first["pid"]
         assert group_members(first["pgid"]) == []  # the lost attempt was ended first
         wait_for_group(second["pgid"], 3)
-        (run,) = d.runner.running()
+        (run,) = d.runner.launched()
         assert run.attempt == 2
         assert any("retry 1 of 1 after: ssh host a unreachable" in m for m in run.messages)
     finally:

@@ -239,7 +239,7 @@ def test_a_fifo_where_the_exit_status_goes_stalls_no_poll(
         assert max(took) < 2, took
         assert runs(site)["evil"]["state"] == "RUNNING"
     finally:
-        for run in d.runner.running():
+        for run in d.runner.launched():
             d.runner.cancel(run, "test over")
         d.stop()
 

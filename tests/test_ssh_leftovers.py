@@ -104,12 +104,12 @@ def seen_running(remote: Path, name: str, strays: list[tuple[int, float]]) -> tu
 def running_handle(d: Daemon, timeout: float = 20.0) -> dict[str, Any]:
     """Tick ``d`` until its one run is RUNNING with a handle; the handle."""
     deadline = time.monotonic() + timeout
-    while not d.runner.running():
+    while not d.runner.launched():
         assert time.monotonic() < deadline, list(d.runner.active)
         d.wakeup.clear()
         d.tick()
         d.wakeup.wait(0.05)
-    (run,) = d.runner.running()
+    (run,) = d.runner.launched()
     return dict(run.handle or {})
 
 
@@ -253,7 +253,7 @@ def test_the_leftover_ends_with_the_script_whoever_watches(
             d.start()
             try:
                 d.tick()
-                assert [r.name for r in d.runner.running()] == ["r"]  # adopted
+                assert [r.name for r in d.runner.launched()] == ["r"]  # adopted
                 (remote / "go").touch()
                 run_until_idle(site, daemon=d, timeout=30)
             finally:

@@ -99,6 +99,7 @@ from .slurm_states import (
     LOOKUP_FORMAT,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
+    STARTED_STATES,
     JobStatus,
     accounting_disabled,
     alive_text,
@@ -174,6 +175,9 @@ class SlurmExecutor:
 
     #: Slurm enforces ``--time`` itself: the Runner must not count queue time as run time
     enforces_time_limit = True
+    #: a submitted job waits in Slurm's queue: its run is PENDING until the job starts
+    #: (a probe's ``started``)
+    queues_jobs = True
 
     def __init__(
         self,
@@ -883,9 +887,10 @@ class SlurmExecutor:
         probe = probe_for(status)
         if probe.liveness == Liveness.ALIVE:
             probe.detail["status"] = alive_text(status)
-            if status.state == "RUNNING" and status.start is not None:
-                # the run started when its job did, not when it was submitted (the Runner
-                # sets its started_at: Runner._note_status)
+            if status.state in STARTED_STATES:
+                # the job has started (its run becomes RUNNING), when its job did, not
+                # when it was submitted nor when this poll saw it (the Runner sets its
+                # started_at: Runner._note_status); None where squeue gave no time
                 probe.detail["started"] = status.start
             never = never_starts(status.reason) if status.state == "PENDING" else None
             if status.state == "PENDING" and status.reason == REQUEUED:

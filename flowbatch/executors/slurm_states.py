@@ -45,6 +45,12 @@ ALIVE_STATES = frozenset(
         "STOPPED",
     }
 )
+#: the alive states of a job whose script has started on its nodes (CONFIGURING: its
+#: nodes are allocated but may still be booting, the script not started; a requeued job
+#: is PENDING again, REQUEUED or held)
+STARTED_STATES = frozenset(
+    {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "RESIZING", "STAGE_OUT"}
+)
 #: the states in which a job has ended for good (squeue lists them for a while after)
 FINAL_STATES = frozenset(
     {

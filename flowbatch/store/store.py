@@ -206,15 +206,17 @@ class Store:
         *,
         messages: list[str] | None = None,
         reason: str | None = None,
+        again: bool = False,
         **updates: Any,
     ) -> bool:
         """Change ``run``'s state (the only way to), record the change, notify listeners.
 
         ``updates`` set other fields of the record in the same write (results, files,
-        handle, steps). Returns False when the run already was in ``target``.
+        handle, steps). Returns False when the run already was in ``target`` (unless
+        ``again``: :func:`flowbatch.runs.apply`).
         """
         previous = run.state
-        if not apply(run, target, messages=messages, reason=reason):
+        if not apply(run, target, messages=messages, reason=reason, again=again):
             return False
         for key, value in updates.items():
             setattr(run, key, value)
