@@ -12,11 +12,21 @@ executor of that name. A run goes like this:
    the script cannot record when it is SIGKILLed. Then it SIGKILLs its process group,
    itself included: what the script left running there (``server &``, ``nohup x &``)
    ends with it, as a local run's leftovers do, and before any poll sees the run ended
-   (it takes the run as ended once the wrapper is gone), with or without a daemon
-   watching. A process that made a session of its own (``setsid``) escapes. The handle
-   records the wrapper's PID (the process group id too) with its start time and the
-   host's boot id, so a reused PID is never taken for the run.
+   (it takes the run as ended once the wrapper is gone and its process group empty),
+   with or without a daemon watching. A process that made a session of its own
+   (``setsid``) escapes. The handle records the wrapper's PID (the process group id
+   too) with its start time and the host's boot id, so a reused PID is never taken for
+   the run, nor another process group for the run's.
 2. **poll**: one remote command per host per tick for all of that host's runs.
+   A wrapper killed from outside (the OOM killer, ``kill -9``) does not end its run:
+   while the script (the PID of its ``started`` marker) still runs in the run's process
+   group and no exit status was recorded, the run is ALIVE (``runs show`` says why);
+   once the script is gone, the poll KILLs what is left of the group, as the wrapper
+   would have, and the script's own exit marker decides the end (none: lost). The
+   group is looked at only for runs whose wrapper is gone, on one scan of ``/proc``
+   per poll, and only its processes that are in the wrapper's session and started no
+   earlier than it, the wrapper's PID not held by another process (the kernel gives
+   out no PID still in use as a process group id).
    A run whose wrapper ended has its files fetched at once; a host that does not answer
    (unreachable, or its poll failed or timed out) gives UNKNOWN, and GONE (with the
    reason, an infrastructure failure) once it has not answered for longer than its
@@ -29,7 +39,8 @@ executor of that name. A run goes like this:
    A remote file that cannot be read is left out and named in the run's notes
    (:meth:`SSHExecutor.take_messages`); a fetch left incomplete for another reason (the
    connection lost, a full local disk) keeps the remote folder, and the notes say where.
-4. **cancel**: TERM to the remote process group, KILL after a grace; on a host that does
+4. **cancel**: TERM to the remote process group, KILL after a grace (a group whose
+   wrapper was killed from outside too, with the same guards); on a host that does
    not answer, once it does (the run is ended at once all the same). Such process groups
    are noted in files under ``<site>/ssh-abandoned/<host>/`` until they are ended: a
    restarted daemon (or the next ``--once`` run) ends them as well.
@@ -63,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 
 from ..errors import ExecutorError, FlowbatchError
-from ..render.script import LOGS_DIR
+from ..render.script import LOGS_DIR, read_markers
 from ..ssh_hosts import SSHHost
 from .base import Launch, Liveness, Probe
 from .notes import SSH_ABANDONED, Notes
@@ -95,6 +106,9 @@ ABANDONED_DIR = SSH_ABANDONED
 NOTED_FILES = 10
 #: the most runs whose notes are kept for :meth:`SSHExecutor.take_messages`
 MAX_NOTED_RUNS = 1000
+#: the word on a run whose wrapper was killed from outside while its script goes on
+#: (kept in its handle, for ``runs show``)
+ORPHAN_STATUS = "its wrapper was killed from outside; the script goes on"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -110,26 +124,43 @@ _SAME_PROCESS = r"""fb_same() {
 }
 """
 
-# $1 = process group id; exit 0 while a live (non-zombie) process is in it. Detached
-# processes are reaped by init, and some containers' init never does: kill -0 on the
-# group would count the zombies.
-_GROUP_ALIVE = r"""fb_group() {
+# $1 = a run's process group id (its wrapper's PID, the leader of its session), $2 = the
+# wrapper's start time: exit 0 while a live process of that group is left: the wrapper,
+# or, once it is gone (killed from outside), what it started. Safe against PID reuse:
+# the kernel gives out no PID still in use as a process group id, so that PID held by a
+# process of another start time means the run's group had ended before; a member is in
+# the wrapper's session and started no earlier than it. Zombies do not count (detached
+# processes are reaped by init, and some containers' init never does).
+_GROUP_ALIVE = r"""fb_ours() {
   local p s f
+  case $2 in ''|*[!0-9]*) return 1;; esac
+  if { read -r s < "/proc/$1/stat"; } 2>/dev/null; then
+    s=${s##*) }
+    f=($s)
+    [ "${f[19]}" = "$2" ] || return 1
+  fi
   for p in /proc/[0-9]*/stat; do
     { read -r s < "$p"; } 2>/dev/null || continue
     s=${s##*) }
     f=($s)
-    [ "${f[2]}" = "$1" ] && [ "${f[0]}" != Z ] && return 0
+    [ "${f[2]}" = "$1" ] && [ "${f[3]}" = "$1" ] && [ "${f[0]}" != Z ] \
+      && [ "${f[19]}" -ge "$2" ] && return 0
   done
   return 1
 }
-# $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s: TERM the group if $1 is
-# still that process (fb_same), KILL what is left after the ticks (a cancel, a relaunch)
+# $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s, $4 the boot id it was
+# recorded in (none: not checked): TERM the run's group while it has a process left
+# (fb_ours: its wrapper, or what a wrapper killed from outside left), KILL what is left
+# after the ticks (a cancel, a relaunch)
 fb_end() {
-  local i
-  fb_same "$1" "$2" || return 0
+  local i b
+  if [ -n "${4:-}" ]; then
+    read -r b < /proc/sys/kernel/random/boot_id
+    [ "$b" = "$4" ] || return 0
+  fi
+  fb_ours "$1" "$2" || return 0
   kill -TERM -- "-$1" 2>/dev/null || return 0
-  for ((i = 0; i < $3; i++)); do fb_group "$1" || return 0; sleep 0.1; done
+  for ((i = 0; i < $3; i++)); do fb_ours "$1" "$2" || return 0; sleep 0.1; done
   kill -KILL -- "-$1" 2>/dev/null || true
 }
 """
@@ -175,32 +206,93 @@ rm -rf -- {dir}; mkdir -p -- {dir}; cd -- {dir}; pwd -P
 #: the wrapper's "pid start boot-id", in the run's remote folder (see _PREPARE)
 WRAPPER_RECORD = "status/wrapper"
 
-# one line per run: "<run id> <1 alive | 0 ended | nodir> <wrapper's exit status or ->".
+# one line per run: "<run id> <state> <wrapper's exit status or -> [killed]", the state
+# 1 (the wrapper runs), 0 (it ended), nodir (the remote folder is gone) or orphan (the
+# wrapper was killed from outside, the script goes on in the run's process group).
 # The exit status is read only once the wrapper ended, only from a regular file (the run
 # may leave a FIFO there: opening it would hold the poll of every run of the host), and
 # no more than its first line (16 characters).
+# A wrapper gone whose group still has processes (fb_left, as fb_ours, on one scan of
+# /proc per poll, made only when a wrapper is gone): while the script runs (fb_script)
+# and no exit status was written, the run goes on; else the poll does what the dead
+# wrapper can no longer do and KILLs what is left of the group ("killed").
 _POLL_HEAD = (
     _SAME_PROCESS
     + r"""read -r fb_boot < /proc/sys/kernel/random/boot_id
 printf 'boot %s\n' "$fb_boot"
+declare -A fb_groups=()
+fb_scanned=
+# once per poll: the start times of the live processes of each session leader's group
+fb_scan() {
+  local p s f
+  [ -n "$fb_scanned" ] && return 0
+  fb_scanned=1
+  for p in /proc/[0-9]*/stat; do
+    { read -r s < "$p"; } 2>/dev/null || continue
+    s=${s##*) }
+    f=($s)
+    [ "${f[0]}" != Z ] && [ "${f[2]}" = "${f[3]}" ] && fb_groups[${f[2]}]+="${f[19]} "
+  done
+}
+# $1 group id, $2 the wrapper's start time: exit 0 while the run's group has a live
+# process (see fb_ours, whose guards against PID reuse it keeps)
+fb_left() {
+  local s f t
+  case $1 in ''|*[!0-9]*) return 1;; esac
+  case $2 in ''|*[!0-9]*) return 1;; esac
+  if { read -r s < "/proc/$1/stat"; } 2>/dev/null; then
+    s=${s##*) }
+    f=($s)
+    [ "${f[19]}" = "$2" ] || return 1
+  fi
+  fb_scan
+  for t in ${fb_groups[$1]-}; do [ "$t" -ge "$2" ] && return 0; done
+  return 1
+}
+# $1 run folder, $2 group id, $3 the wrapper's start time: exit 0 while the run's script
+# runs: the PID of its "started" marker is live in the run's group and started no
+# earlier than the wrapper; or it has not written that marker yet, or its markers are
+# not a regular file (the group's life decides then)
+fb_script() {
+  local m="$1/status/markers" w pid s f
+  [ -f "$m" ] && [ ! -L "$m" ] || return 0
+  # opened read-write and read with a time limit (see the exit status below)
+  { read -r -t 0.2 -n 64 w pid s <> "$m"; } 2>/dev/null
+  [ -n "$w" ] || return 0
+  [ "$w" = started ] || return 1
+  case $pid in ''|*[!0-9]*) return 1;; esac
+  { read -r s < "/proc/$pid/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  f=($s)
+  [ "${f[0]}" != Z ] && [ "${f[2]}" = "$2" ] && [ "${f[19]}" -ge "$3" ]
+}
+# $1 run id, $2 the wrapper's pid, $3 its start time, $4 the run folder, $5 its boot id,
+# $6 the run's process group id (the wrapper's pid)
 fb_p() {
-  local alive=0 rc=- f="$4/status/script.rc"
+  local alive=0 rc=- f="$4/status/script.rc" g=${6:-$2} left=
   if [ "$5" = "$fb_boot" ] && fb_same "$2" "$3"; then alive=1; fi
-  if [ "$alive" = 0 ] && [ ! -d "$4" ]; then printf '%s nodir -\n' "$1"; return; fi
+  if [ "$alive" = 0 ] && [ "$5" = "$fb_boot" ] && fb_left "$g" "$3"; then
+    if [ -d "$4" ] && [ ! -e "$f" ] && [ ! -L "$f" ] && fb_script "$4" "$g" "$3"; then
+      printf '%s orphan -\n' "$1"
+      return
+    fi
+    kill -KILL -- "-$g" 2>/dev/null && left=" killed"
+  fi
+  if [ "$alive" = 0 ] && [ ! -d "$4" ]; then printf '%s nodir -%s\n' "$1" "$left"; return; fi
   if [ "$alive" = 0 ] && [ -f "$f" ] && [ ! -L "$f" ]; then
     # opened read-write and read with a time limit: a FIFO swapped in after the test
     # (a leftover process of the run) neither blocks the open nor the read
     { read -r -t 0.2 -n 16 rc <> "$f"; } 2>/dev/null
   fi
   case $rc in ''|*[!0-9]*) rc=-;; esac
-  printf '%s %s %s\n' "$1" "$alive" "$rc"
+  printf '%s %s %s%s\n' "$1" "$alive" "$rc" "$left"
 }
 """
 )
 
 # run after _SAME_PROCESS and _GROUP_ALIVE, which stay out of this format string
 # (their braces are bash's)
-_CANCEL = r"""fb_end {pid} {start} {ticks}
+_CANCEL = r"""fb_end {pid} {start} {ticks} {boot}
 exit 0
 """
 
@@ -240,6 +332,8 @@ class SSHExecutor:
         self._incomplete: dict[str, str] = {}
         #: what the run's messages should say about the fetch of its files
         self._said: dict[str, list[str]] = {}
+        #: runs seen going on after their wrapper was killed from outside (see poll)
+        self._orphaned: set[str] = set()
         #: handles of runs given up on while this host was away (see :meth:`abandon`),
         #: those an earlier daemon (or ``runs cancel``) could not end first
         self._notes = Notes(
@@ -342,8 +436,10 @@ class SSHExecutor:
         conn = self.connection
         lines = [_POLL_HEAD]
         for run_id, h in handles:
-            args = [run_id, str(h.get("pid", 0)), str(h.get("start", "")), h.get("remote_dir", "")]
-            lines.append("fb_p " + " ".join(_q(a) for a in [*args, str(h.get("boot_id", ""))]))
+            pid = str(h.get("pid", 0))
+            args = [run_id, pid, str(h.get("start", "")), h.get("remote_dir", "")]
+            args += [str(h.get("boot_id", "")), str(h.get("pgid", pid))]
+            lines.append("fb_p " + " ".join(_q(a) for a in args))
         try:
             result = conn.run("\n".join(lines) + "\n")
         except FlowbatchError as exc:
@@ -359,22 +455,39 @@ class SSHExecutor:
             out[run_id] = self._probe(run_id, handle, states.get(run_id))
         return out
 
-    def _probe(self, run_id: str, handle: dict[str, Any], state: tuple[str, str] | None) -> Probe:
+    def _probe(
+        self, run_id: str, handle: dict[str, Any], state: tuple[str, str, bool] | None
+    ) -> Probe:
         pid = handle.get("pid")
         if state is None:
             return Probe(Liveness.UNKNOWN, raw=f"no answer for pid {pid} on ssh:{self.name}")
-        alive, rc = state
+        alive, rc, killed = state
+        group = handle.get("pgid", pid)
         if alive == "1":
             return Probe(Liveness.ALIVE, raw=f"pid {pid} running on ssh:{self.name}")
+        if alive == "orphan":  # its wrapper was killed from outside: the script goes on
+            self._orphaned.add(run_id)
+            return Probe(
+                Liveness.ALIVE,
+                raw=(
+                    f"pid {pid} (the run's wrapper) on ssh:{self.name} was killed from "
+                    f"outside; its script still runs in process group {group}"
+                ),
+                detail={"status": ORPHAN_STATUS},
+            )
+        orphaned = run_id in self._orphaned or handle.get("status") == ORPHAN_STATUS
+        left = f"; what was left of its process group {group} there was killed" if killed else ""
         if alive == "nodir":
             return Probe(
                 Liveness.FINISHED,
-                raw=f"the remote run folder {handle.get('remote_dir')} is gone on ssh:{self.name}",
+                raw=f"the remote run folder {handle.get('remote_dir')} is gone on "
+                f"ssh:{self.name}{left}",
             )
         code = int(rc) if rc.isdigit() else None
         raw = f"pid {pid} on ssh:{self.name} " + (
             f"ended with status {code}" if code is not None else "is gone, no exit status recorded"
         )
+        raw += left
         try:
             self._fetch(run_id, handle)
         except HostUnreachable as exc:  # it ended, but its files are not home: next tick
@@ -392,6 +505,8 @@ class SSHExecutor:
             self._fetched.add(run_id)  # collect leaves it (and its folder) alone
             return Probe(Liveness.GONE, raw=f"{raw}; {why}", infra_failure=why)
         self._fetch_failing.pop(run_id, None)
+        if code is None:  # its wrapper killed from outside: the script's marker, if any
+            code = self._marker_end(run_id, handle, orphaned=orphaned, killed=killed)
         if code != 0:
             space = self._space_note(handle)
             if space:
@@ -405,6 +520,24 @@ class SSHExecutor:
                 Liveness.FINISHED, exit_code=code, raw=f"{raw}; {said}", detail={"message": said}
             )
         return Probe(Liveness.FINISHED, exit_code=code, raw=raw)
+
+    def _marker_end(
+        self, run_id: str, handle: dict[str, Any], *, orphaned: bool, killed: bool
+    ) -> int | None:
+        """A run whose wrapper is gone without the script's exit status (killed from
+        outside): the script's exit code by its own exit marker (come home with its
+        files), noted in the run's messages; None when it wrote none (lost)."""
+        ended = read_markers(Path(str(handle.get("run_dir", "")))).exit
+        if ended is None:
+            return None
+        when = "while its script ran" if orphaned else "before it recorded the script's end"
+        self._note(
+            run_id,
+            f"its wrapper on ssh host {self.name} (pid {handle.get('pid')}) was killed from "
+            f"outside {when}; the run ended as the script's own exit marker says"
+            + ("; what was left of its process group there was killed" if killed else ""),
+        )
+        return ended[0]
 
     def _space_note(self, handle: dict[str, Any]) -> str | None:
         """For a run that failed and whose logs came home empty (a full remote disk
@@ -535,6 +668,7 @@ class SSHExecutor:
             log.warning("ssh %s: collecting run %s: %s", self.name, run_id, exc.reason)
         finally:
             self._fetched.discard(run_id)
+            self._orphaned.discard(run_id)
             self._fetch_failing.pop(run_id, None)
             self._incomplete.pop(run_id, None)
 
@@ -632,6 +766,7 @@ class SSHExecutor:
                 pid=int(handle.get("pgid", handle.get("pid", 0))),
                 start=_q(str(handle.get("start", ""))),
                 ticks=int(CANCEL_GRACE * 10),
+                boot=_q(str(handle.get("boot_id", ""))),
             )
         )
         result = self.connection.run(script, timeout=CANCEL_GRACE + 30, force=force)
@@ -644,14 +779,17 @@ class SSHExecutor:
             )
 
     def adopt(self, handle: dict[str, Any]) -> bool:
-        """The recorded PID still runs with the recorded start time, since the same boot."""
+        """The recorded PID still runs with the recorded start time, since the same boot;
+        or, its wrapper killed from outside, the run's process group is still there."""
         if handle.get("host") != self.name or not handle.get("pid"):
             return False
+        pid, start = int(handle["pid"]), _q(str(handle.get("start", "")))
         script = (
             _SAME_PROCESS
+            + _GROUP_ALIVE
             + "read -r b < /proc/sys/kernel/random/boot_id\n"
             + f'[ "$b" = {_q(str(handle.get("boot_id", "")))} ] && '
-            + f"fb_same {int(handle['pid'])} {_q(str(handle.get('start', '')))}"
+            + f"{{ fb_same {pid} {start} || fb_ours {int(handle.get('pgid', pid))} {start}; }}"
         )
         try:
             return self.connection.run(script).ok
@@ -663,12 +801,16 @@ class SSHExecutor:
         self.connection.close()
 
 
-def _parse_poll(stdout: str) -> dict[str, tuple[str, str]]:
-    states: dict[str, tuple[str, str]] = {}
+def _parse_poll(stdout: str) -> dict[str, tuple[str, str, bool]]:
+    """run id -> (state, the wrapper's exit status or "-", whether the poll KILLed what
+    was left of the run's process group)."""
+    states: dict[str, tuple[str, str, bool]] = {}
     for line in stdout.splitlines():
         parts = line.split(" ")
-        if len(parts) == 3 and parts[0] != "boot":
-            states[parts[0]] = (parts[1], parts[2])
+        if parts[0] == "boot":
+            continue
+        if len(parts) == 3 or (len(parts) == 4 and parts[3] == "killed"):
+            states[parts[0]] = (parts[1], parts[2], len(parts) == 4)
     return states
 
 
