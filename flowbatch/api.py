@@ -138,6 +138,11 @@ def validate(path: Path, site: Site | None = None) -> str:
                 expected="a YAML mapping with at least `workflow:`",
                 hint=_TEMPLATE_NAMED,
             )
+        # a file others could write is refused by the daemon, whatever it says (the
+        # intake's own check, message and fix, in the intake's order)
+        from .queue import check_request_file
+
+        check_request_file(path, str(path))
         try:
             req = parse_request(doc, file=str(path))
         except RequestError as exc:
@@ -156,8 +161,9 @@ def validate(path: Path, site: Site | None = None) -> str:
                 hint="pass data as file arguments, not inline",
             )
         checked = _check_request(site, req, str(path))
-        # every file a point names (swept ones too), as submit sends them
-        _request_files(path, checked.template, req, checked.points)
+        # every file a point names (swept ones too), as submit sends them; beside the
+        # request as dropped, the daemon takes none that others could write
+        _request_files(path, checked.template, req, checked.points, writers=True)
         size = f", {len(checked.points)} points" if req.sweep else ""
         return f"request {path}: valid for workflow {req.workflow} version {checked.version}{size}"
     template = load_template(path, known_variables=variables)
@@ -265,13 +271,19 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
 
 
 def _request_files(
-    request_path: Path, template: Template, req: Request, points: list[Point]
+    request_path: Path,
+    template: Template,
+    req: Request,
+    points: list[Point],
+    *,
+    writers: bool = False,
 ) -> tuple[dict[str, Path], dict[str, dict[int, Path]]]:
     """The files a request names, as intake will look for them (relative to the request
-    file, inside its folder, regular files): ``(fixed, swept)``, ``fixed`` mapping a
-    parameter to its file, ``swept`` a swept file parameter to the file of each value of
-    its list (by index). Each distinct path is checked once; a missing one raises with
-    its field (``arguments.<name>`` or ``sweep.<name>[<i>]``)."""
+    file, inside its folder, regular files; ``writers``: that no one but their owner can
+    write, as ``validate`` asks, where ``submit`` sends copies): ``(fixed, swept)``,
+    ``fixed`` mapping a parameter to its file, ``swept`` a swept file parameter to the
+    file of each value of its list (by index). Each distinct path is checked once; a
+    missing one raises with its field (``arguments.<name>`` or ``sweep.<name>[<i>]``)."""
     from .queue import check_source
 
     base = request_path.resolve().parent
@@ -281,7 +293,7 @@ def _request_files(
         src = checked.get(source)
         if src is None:
             # as intake opens it (no '..', no link on the way, a regular file)
-            src = check_source(base, source, label=str(request_path), field=field)
+            src = check_source(base, source, label=str(request_path), field=field, writers=writers)
             checked[source] = src
         return src
 

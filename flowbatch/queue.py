@@ -214,6 +214,45 @@ SETTLE_EVERY = 1.0
 #: seconds a stopping daemon waits for its last sync (a hung network file system): then
 #: it stops with those claims kept (the next start finds their runs)
 SETTLE_PATIENCE = 30.0
+#: seconds before a claim whose removal failed is tried again, at first; the wait
+#: doubles at each failure, up to :data:`CLAIM_RETRY_MAX` (see :class:`ClaimSettler`)
+CLAIM_RETRY_FIRST = 2.0
+CLAIM_RETRY_MAX = 300.0
+#: seconds between two reminders in the log that a claim still cannot be removed
+CLAIM_REMIND_EVERY = 3600.0
+
+#: seconds a ``.files`` bundle left in the queue without its request is kept, since it
+#: was last changed: `flowbatch submit` renames the bundle into place just before it
+#: writes the request (and a submit may be stopped or slowed in between)
+BUNDLE_GRACE = 3600.0
+#: seconds between two looks for such bundles (:meth:`Intake.remove_orphan_bundles`; the
+#: first at the intake's first tick)
+BUNDLE_SWEEP_EVERY = 600.0
+#: the name `flowbatch submit` gives a bundle (:func:`flowbatch.api.queue_request`):
+#: ``<stem>-<6 hex digits>.files``; no other folder of the queue is taken for one
+_SUBMITTED_BUNDLE = re.compile(r"[^.].*-[0-9a-f]{6}" + re.escape(BUNDLE_SUFFIX), re.DOTALL)
+
+#: what to do about a claim the daemon cannot remove, by the unlink's errno
+_UNLINK_FIXES = {
+    errno.EPERM: "an immutable or append-only file (see `lsattr`)? remove the flag with "
+    "`chattr -i -a` on it",
+    errno.EACCES: "the daemon's user may not remove it: check the owner and mode of its folder",
+    errno.EROFS: "the file system is read-only (remounted after an error?): check it "
+    "(dmesg) and remount it read-write",
+    errno.EIO: "an I/O error: check the disk or the mount (dmesg)",
+}
+
+
+@dataclass
+class _Stuck:
+    """A handled request's claim whose removal failed (after the sync that let it go)."""
+
+    error: int | None  # the errno of the last failure
+    since: float  # the clock at the first failure
+    tries: int
+    wait: float  # seconds from one try to the next
+    due: float  # the clock at the next try
+    said: float  # the clock at the last warning about it
 
 
 class ClaimSettler:
@@ -233,7 +272,20 @@ class ClaimSettler:
     again from it (:meth:`Intake.redo_unstarted`): their folders may not have reached the
     disk whole.
     (``syncfs`` writes back every dirty page of that file system, other users' too: at
-    most once every :data:`SETTLE_EVERY` seconds, and only while requests come in.)"""
+    most once every :data:`SETTLE_EVERY` seconds, and only while requests come in.)
+
+    A claim whose removal fails (``EPERM`` on an immutable file, ``EROFS`` after a
+    read-only remount, ``EIO``) stays, as a claim always does until it can go: nothing
+    is lost, its runs exist (the next start finds them). It is not tried at every settle
+    (once a second, a warning each time, flooding the log): the first failure is a
+    warning naming the file, the error and what to do about it; then the claim is tried
+    again after :data:`CLAIM_RETRY_FIRST` seconds, the wait doubling at each failure up
+    to :data:`CLAIM_RETRY_MAX`, with no new sync (the one it had already covers its runs),
+    so a stuck claim costs one ``unlink`` every few minutes. The same failure again is
+    logged at debug level only; a warning says so again when the error changes, and as a
+    reminder every :data:`CLAIM_REMIND_EVERY` seconds while it lasts (with the number of
+    tries and since when). The daemon's stop tries each such claim once more. When the
+    removal works at last, an info line says so."""
 
     def __init__(self, tree: Path, every: float | None = None) -> None:
         self.tree = tree
@@ -244,6 +296,10 @@ class ClaimSettler:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._failing = False
+        #: the claims whose removal failed after their sync (only flush changes it)
+        self._stuck: dict[Path, _Stuck] = {}
+        #: monotonic seconds, for the retries' waits (a test's clock may stand in)
+        self.clock: Callable[[], float] = time.monotonic
 
     def add(self, claim: Path, bundle: Path | None = None) -> None:
         """``claim`` (and ``bundle``) to be removed once the tree is synced."""
@@ -287,7 +343,7 @@ class ClaimSettler:
     def _last(self, thread: threading.Thread | None) -> None:
         if thread is not None:
             thread.join()
-        self.flush()
+        self.flush(retry_all=True)
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self.every):
@@ -300,36 +356,109 @@ class ClaimSettler:
                     self._thread = None
                     return
 
-    def flush(self) -> None:
+    def flush(self, *, retry_all: bool = False) -> None:
         """Sync the tree, then remove every claim added before the sync began. A sync
         that fails keeps them all (they are tried again; at a start they are leftovers
-        whose runs exist)."""
+        whose runs exist). A claim whose removal failed before is tried again without a
+        sync once its wait is over (``retry_all``: now, as at the daemon's stop)."""
         with self._flushing:
+            now = self.clock()
             with self._lock:
-                batch = dict(self._pending)
-                for claim in [c for c in batch if not os.path.lexists(c)]:
-                    del batch[claim], self._pending[claim]  # gone with its site: nothing to do
-            if not batch:
-                return
-            try:
-                sync_file_system(self.tree)
-            except OSError as exc:
-                if not self._failing:  # said once, until a sync works again
-                    log.warning("cannot sync %s (claims kept for now): %s", self.tree, exc)
-                self._failing = True
-                return
-            self._failing = False
-            faults.point("settle")  # synced, no claim removed yet
-            for claim, bundle in batch.items():
+                for claim in [c for c in self._pending if not os.path.lexists(c)]:
+                    del self._pending[claim]  # gone with its site, or removed by hand
+                    if self._stuck.pop(claim, None) is not None:
+                        log.info("the claim %s was removed by someone else", claim)
+                batch = {c: b for c, b in self._pending.items() if c not in self._stuck}
+                retry = {
+                    c: b
+                    for c, b in self._pending.items()
+                    if c in self._stuck and (retry_all or self._stuck[c].due <= now)
+                }
+            if batch:
                 try:
-                    claim.unlink(missing_ok=True)
+                    sync_file_system(self.tree)
                 except OSError as exc:
-                    log.warning("cannot remove the claim %s: %s", claim, exc.strerror)
-                    continue
-                if bundle is not None:  # after its claim: a claim never lacks its files
-                    shutil.rmtree(bundle, ignore_errors=True)
-                with self._lock:  # only once it is gone: a listing never takes it as a leftover
-                    self._pending.pop(claim, None)
+                    if not self._failing:  # said once, until a sync works again
+                        log.warning("cannot sync %s (claims kept for now): %s", self.tree, exc)
+                    self._failing = True
+                    batch = {}
+                else:
+                    self._failing = False
+                    faults.point("settle")  # synced, no claim removed yet
+            for claim, bundle in {**batch, **retry}.items():
+                self._remove(claim, bundle)
+
+    def _remove(self, claim: Path, bundle: Path | None) -> None:
+        """Remove a claim whose runs are on disk (and then its bundle); a failure keeps
+        it, to be tried again later (:meth:`_cannot_remove`)."""
+        try:
+            claim.unlink(missing_ok=True)
+        except OSError as exc:
+            self._cannot_remove(claim, exc)
+            return
+        stuck = self._stuck.pop(claim, None)
+        if stuck is not None:
+            log.info(
+                "the claim %s is removed at last, after %d failed tries over %.0f s",
+                claim,
+                stuck.tries,
+                self.clock() - stuck.since,
+            )
+        faults.point("unclaimed")  # the claim gone, its bundle not yet
+        if bundle is not None:  # after its claim: a claim never lacks its files
+            shutil.rmtree(bundle, ignore_errors=True)
+        with self._lock:  # only once it is gone: a listing never takes it as a leftover
+            self._pending.pop(claim, None)
+
+    def _cannot_remove(self, claim: Path, exc: OSError) -> None:
+        """Note a failed removal of ``claim``: when to try again, and whether to say so
+        (see the class's docstring)."""
+        now = self.clock()
+        error = f"{exc.strerror or exc} (errno {exc.errno})"
+        fix = _UNLINK_FIXES.get(exc.errno or 0, "look at the file and the file system")
+        stuck = self._stuck.get(claim)
+        if stuck is None:
+            wait = CLAIM_RETRY_FIRST
+            self._stuck[claim] = _Stuck(exc.errno, now, 1, wait, now + wait, now)
+            log.warning(
+                "cannot remove the claim %s: %s. Its request was handled and its runs are "
+                "on disk; the claim stays until it can be removed (%s). Tried again in "
+                "%.0f s, then less and less often (every %.0f s at most; the log says so "
+                "again every %.0f s while it lasts)",
+                claim,
+                error,
+                fix,
+                wait,
+                CLAIM_RETRY_MAX,
+                CLAIM_REMIND_EVERY,
+            )
+            return
+        stuck.tries += 1
+        stuck.wait = min(stuck.wait * 2, CLAIM_RETRY_MAX)
+        stuck.due = now + stuck.wait
+        changed = exc.errno != stuck.error
+        if changed or now - stuck.said >= CLAIM_REMIND_EVERY:
+            stuck.error = exc.errno
+            stuck.said = now
+            log.warning(
+                "the claim %s still cannot be removed%s: %s (%d tries over %.0f s; %s). "
+                "Tried again every %.0f s",
+                claim,
+                ", now with another error" if changed else "",
+                error,
+                stuck.tries,
+                now - stuck.since,
+                fix,
+                stuck.wait,
+            )
+        else:
+            log.debug(
+                "the claim %s still cannot be removed: %s (try %d; next in %.0f s)",
+                claim,
+                error,
+                stuck.tries,
+                stuck.wait,
+            )
 
 
 def boot_id() -> str | None:
@@ -359,6 +488,10 @@ class Intake:
         #: the claims of handled requests, removed once their runs are on disk
         self.settler = ClaimSettler(self.layout.results)
         self._boot_noted = False  # this boot's id is in the site's claims-boot (note_boot)
+        #: when the next look for orphan bundles is due (monotonic; 0: at the first tick)
+        self._bundles_due = 0.0
+        #: orphan bundles left alone, said once each: (name, inode, ctime)
+        self._bundles_kept: set[tuple[str, int, int]] = set()
 
     def close(self) -> None:
         """Settle the claims of the requests handled (a sync of the results tree)."""
@@ -514,6 +647,12 @@ class Intake:
         if self.refused:
             log.info("the queue's folders are safe again: taking requests in")
             self.refused = None
+        if time.monotonic() >= self._bundles_due:
+            self._bundles_due = time.monotonic() + BUNDLE_SWEEP_EVERY
+            try:
+                self.remove_orphan_bundles()
+            except Exception:  # never the end of the intake
+                log.exception("looking for orphan bundles in %s", self.layout.queue)
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         self._look_in_claimed = bool(todo)
         for name in self.candidates():
@@ -738,6 +877,171 @@ class Intake:
     def _finish(self, claimed: Claimed) -> None:
         """The request's runs are made: its claim (and bundle) go once they are on disk."""
         self.settler.add(claimed.path, self._bundle(claimed))
+
+    # -- orphan bundles -----------------------------------------------------------------------
+    def remove_orphan_bundles(self, *, grace: float | None = None) -> list[str]:
+        """Remove the ``<name>.files/`` bundles `flowbatch submit` left in the queue whose
+        request is gone; returns their names. ``run_once`` calls it at its first tick and
+        every :data:`BUNDLE_SWEEP_EVERY` seconds, once the queue's folders are safe.
+
+        A bundle goes with its request's claim (:class:`ClaimSettler`) or into
+        ``rejected/`` with the request; a daemon killed between a claim's removal and its
+        bundle's, a submit stopped between the bundle and its request, or a request its
+        user removed from the queue leave one behind, for ever. Such a bundle is removed
+        when all of these hold:
+
+        - its name is one `submit` gives (``<stem>-<6 hex digits>.files``: a folder a
+          user named otherwise may hold inputs of requests of other names), and it is a
+          folder, not a link (never followed);
+        - no request of its stem (``<stem>.yaml`` or ``.yml``) is in the queue, being
+          written there (``.<stem>.yaml.tmp``), claimed by this or another host
+          (``.claimed/``), or in ``rejected/`` (a rejected request keeps its files: a
+          bundle left beside the queue is kept too). The queue is listed before the
+          claims, the claims before the rejections, so a request moving on meanwhile
+          is seen in one of them;
+        - it was last changed (its time of change or modification, the later)
+          ``grace`` seconds ago at least (:data:`BUNDLE_GRACE`): `submit` writes the
+          request right after the bundle is in place;
+        - it belongs to the user who would own its request: the owner of the runs the
+          index holds from a request of its name, where there are any (a bundle of
+          another user's is left alone, as intake's :meth:`_bundle` leaves it), else
+          the folder's owner (a submit that wrote no request).
+
+        The folder is removed by descriptors, never through a link, and only what
+        belongs to that user in it: an entry of another user's is left, with the folder
+        around it (logged once)."""
+        grace = BUNDLE_GRACE if grace is None else grace
+        queue = self.layout.queue
+        try:
+            entries = list(os.scandir(queue))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        present: set[str] = set()
+        bundles: list[os.DirEntry[str]] = []
+        for entry in entries:
+            if _SUBMITTED_BUNDLE.fullmatch(entry.name):
+                bundles.append(entry)
+            else:
+                present.update(_request_stems(entry.name))
+        if not bundles:
+            return []
+        present |= self._claimed_stems()
+        present |= self._rejected_stems()
+        now = time.time()
+        removed: list[str] = []
+        try:
+            fd = os.open(queue, _TAKE_DIR)
+        except (FileNotFoundError, NotADirectoryError):
+            return removed
+        try:
+            for entry in bundles:
+                stem = entry.name[: -len(BUNDLE_SUFFIX)]
+                if stem in present:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode) or now - max(st.st_mtime, st.st_ctime) < grace:
+                    continue
+                key = (entry.name, st.st_ino, st.st_ctime_ns)
+                if key in self._bundles_kept:
+                    continue
+                done = self._remove_bundle(fd, entry.name, st)
+                if done:
+                    removed.append(entry.name)
+                elif done is not None:  # said once, until the folder changes
+                    with contextlib.suppress(OSError):
+                        st = os.lstat(entry.path)  # as what was removed left it
+                    self._bundles_kept.add((entry.name, st.st_ino, st.st_ctime_ns))
+        finally:
+            os.close(fd)
+        return removed
+
+    def _remove_bundle(self, queue_fd: int, name: str, st: os.stat_result) -> bool | None:
+        """:meth:`remove_orphan_bundles` of the bundle ``name`` (``st``: its lstat) once
+        it is found to be an orphan: True when removed; False: left (the log says why);
+        None: left for now (the index did not answer: the next sweep looks again)."""
+        path = self.layout.queue / name
+        owner = user_name(st.st_uid)
+        try:
+            owners = self._request_owners(name[: -len(BUNDLE_SUFFIX)])
+        except Exception as exc:
+            log.warning("orphan bundle %s left for now: the index cannot say whose: %s", path, exc)
+            return None
+        if owners and st.st_uid not in owners:
+            log.warning(
+                "%s has no request in the queue but is left alone: it belongs to %s, and "
+                "the runs of its request to %s",
+                path,
+                owner,
+                ", ".join(sorted(user_name(uid) for uid in owners)),
+            )
+            return False
+        try:
+            left = _remove_own_folder(queue_fd, name, st)
+        except OSError as exc:
+            log.warning("cannot remove the orphan bundle %s: %s", path, exc.strerror or exc)
+            return False
+        if left:
+            log.warning(
+                "orphan bundle %s: removed what belongs to %s in it; %d entr%s of other "
+                "users (or changed meanwhile) left there, with the folder",
+                path,
+                owner,
+                left,
+                "y" if left == 1 else "ies",
+            )
+            return False
+        log.info(
+            "removed %s, the files `flowbatch submit` queued for a request no longer in "
+            "the queue (handled, or removed by its user), %s's, last changed %s",
+            path,
+            owner,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(st.st_mtime, st.st_ctime))),
+        )
+        return True
+
+    def _claimed_stems(self) -> set[str]:
+        """The stems of the requests claimed, by this host or (a shared site) another."""
+        out: set[str] = set()
+        folders = [self.layout.claimed]
+        while folders:
+            folder = folders.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                _, sep, name = entry.name.partition("--")
+                if sep:
+                    out.update(_request_stems(name))
+                elif folder == self.layout.claimed and entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))  # a host's folder on a shared site
+        return out
+
+    def _rejected_stems(self) -> set[str]:
+        """The stems of the requests in ``rejected/`` (``<stem>.<n>.yaml`` is one of
+        ``<stem>`` renamed beside an earlier rejection of the same name, see
+        :meth:`reject`)."""
+        out: set[str] = set()
+        try:
+            names = os.listdir(self.layout.rejected)
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        for name in names:
+            for stem in _request_stems(name):
+                out.add(stem)
+                head, dot, n = stem.rpartition(".")
+                if dot and n.isdigit():
+                    out.add(head)
+        return out
+
+    def _request_owners(self, stem: str) -> set[int]:
+        """The owners of the runs the index holds from a request ``<stem>.yaml``/``.yml``."""
+        names = [stem + suffix for suffix in REQUEST_SUFFIXES]
+        query = RunRow.select(RunRow.owner_uid).where(RunRow.request.in_(names)).distinct()
+        return {int(row.owner_uid) for row in query}
 
     # -- reading and validating ---------------------------------------------------------------
     def _read(self, claimed: Claimed) -> Request | CancelRequest:
@@ -1053,6 +1357,50 @@ class Intake:
         except FileNotFoundError:
             pass
         log.warning("rejected %s: %s", name, error.summary())
+
+
+def _request_stems(name: str) -> list[str]:
+    """The stem of the request ``name`` is (``x`` of ``x.yaml``), or is being written as
+    (``.x.yaml.tmp``, as `submit` writes it): none, or one."""
+    if name.endswith(".tmp"):
+        name = name[: -len(".tmp")]
+        if name.startswith("."):
+            name = name[1:]
+    elif name.startswith("."):
+        return []
+    if not name.lower().endswith(REQUEST_SUFFIXES):
+        return []
+    return [Path(name).stem]
+
+
+def _remove_own_folder(parent: int, name: str, st: os.stat_result, depth: int = 0) -> int:
+    """Remove the folder ``name`` of the open folder ``parent`` (``st``: its lstat) and
+    what its owner has in it, walking by descriptors without following a link (a link
+    in it is removed as a name). An entry of another user's is left, and so are the
+    folders around it: returns the number of entries left (0: all gone). A folder put
+    in its place since ``st`` was taken is not touched."""
+    fd = os.open(name, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=parent)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_ino, opened.st_dev, opened.st_uid) != (st.st_ino, st.st_dev, st.st_uid):
+            return 1
+        left = 0
+        for sub in os.listdir(fd):
+            try:
+                sub_st = os.stat(sub, dir_fd=fd, follow_symlinks=False)
+                if sub_st.st_uid != st.st_uid:
+                    left += 1
+                elif stat.S_ISDIR(sub_st.st_mode):
+                    left += _remove_own_folder(fd, sub, sub_st, depth + 1) if depth < 100 else 1
+                else:
+                    os.unlink(sub, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+    finally:
+        os.close(fd)
+    if not left:
+        os.rmdir(name, dir_fd=parent)
+    return left
 
 
 def refuse_writers(
@@ -1393,18 +1741,34 @@ def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
         ) from None
 
 
-def check_source(folder: Path, rel: str, *, label: str, field: str) -> Path:
+def check_source(folder: Path, rel: str, *, label: str, field: str, writers: bool = False) -> Path:
     """``folder/rel`` if the daemon would take it as a file argument's source: inside the
     folder without ``..`` or a symbolic link on the way (:func:`open_inside`), a regular
-    file. ``validate`` and ``submit`` check a request's files with it, so that what they
-    approve the intake takes."""
+    file; ``writers``: that only its owner can write, as intake wants a file beside a
+    request dropped into the queue (:func:`refuse_writers`; ``validate`` asks it,
+    ``submit`` not: it sends a copy of its own). ``validate`` and ``submit`` check a
+    request's files with it, so that what they approve the intake takes."""
     fd = open_inside(folder, rel, label=label, field=field)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ArgumentError(f"{rel!r} is not a regular file", file=label, field=field)
+        if writers:
+            refuse_writers(fd, st, label, field=field, source=rel, queue=folder)
     finally:
         os.close(fd)
     return folder / rel
+
+
+def check_request_file(path: Path, label: str) -> None:
+    """Refuse the request file at ``path`` as intake refuses one it claimed that someone
+    but its owner could have written (:func:`refuse_writers`, hard links included), for
+    ``flowbatch validate``: the same message and fix."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        refuse_writers(fd, os.fstat(fd), label, links=True)
+    finally:
+        os.close(fd)
 
 
 MAX_NAME_BYTES = 200
