@@ -279,8 +279,9 @@ def _request_files(
     writers: bool = False,
 ) -> tuple[dict[str, Path], dict[str, dict[int, Path]]]:
     """The files a request names, as intake will look for them (relative to the request
-    file, inside its folder, regular files; ``writers``: that no one but their owner can
-    write, as ``validate`` asks, where ``submit`` sends copies): ``(fixed, swept)``,
+    file, inside its folder, regular files; ``writers``: the request file's owner's, and
+    that no one but their owner can write, as ``validate`` asks, where ``submit`` sends
+    copies): ``(fixed, swept)``,
     ``fixed`` mapping a parameter to its file, ``swept`` a swept file parameter to the
     file of each value of its list (by index). Each distinct path is checked once; a
     missing one raises with its field (``arguments.<name>`` or ``sweep.<name>[<i>]``)."""
@@ -288,12 +289,14 @@ def _request_files(
 
     base = request_path.resolve().parent
     checked: dict[str, Path] = {}
+    owner = request_path.stat().st_uid if writers else None
 
     def found(source: str, field: str) -> Path:
         src = checked.get(source)
         if src is None:
             # as intake opens it (no '..', no link on the way, a regular file)
-            src = check_source(base, source, label=str(request_path), field=field, writers=writers)
+            label = str(request_path)
+            src = check_source(base, source, label=label, field=field, writers=writers, owner=owner)
             checked[source] = src
         return src
 

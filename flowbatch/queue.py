@@ -1294,7 +1294,8 @@ class Intake:
         (each component is opened with ``O_NOFOLLOW`` relative to the previous one, so a
         file swapped for a link after a check cannot lead the daemon elsewhere); the file
         must be regular and belong to the request's owner (a request cannot read another
-        user's inputs). Its target was checked by :func:`check_request`.
+        user's inputs, and root's cannot take a file its owner could change under root's
+        run). Its target was checked by :func:`check_request`.
         """
         out: dict[str, int] = {}
         try:
@@ -1309,13 +1310,7 @@ class Intake:
                     raise ArgumentError(
                         f"{value.source!r} is not a regular file", file=label, field=field
                     )
-                if claimed.uid != 0 and st.st_uid != claimed.uid:
-                    raise ArgumentError(
-                        f"file {value.source!r} belongs to another user",
-                        file=label,
-                        field=field,
-                        hint="a request may only use its owner's files",
-                    )
+                refuse_foreign(st, claimed.uid, label, field=field, source=value.source)
                 # the run reads (or runs) it as its owner's: as for the request itself
                 refuse_writers(
                     fd, st, label, field=field, source=value.source, queue=self.layout.queue
@@ -1401,6 +1396,22 @@ def _remove_own_folder(parent: int, name: str, st: os.stat_result, depth: int = 
     if not left:
         os.rmdir(name, dir_fd=parent)
     return left
+
+
+def refuse_foreign(st: os.stat_result, owner: int, label: str, *, field: str, source: str) -> None:
+    """Refuse an input file (``st``) that is not the request's ``owner``'s: a request may
+    only use its owner's files. Root's too: a file of another user's is that user's to
+    change, and root's run would read (or run) as root what they put there."""
+    if st.st_uid != owner:
+        raise ArgumentError(
+            f"file {source!r} belongs to {user_name(st.st_uid)}, not to the request's "
+            f"owner {user_name(owner)}",
+            file=label,
+            field=field,
+            expected="input files of the request's owner",
+            hint="a request may only use its owner's files: copy the file (`cp`, as its "
+            "owner) or use `flowbatch submit`, which sends copies",
+        )
 
 
 def refuse_writers(
@@ -1741,7 +1752,15 @@ def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
         ) from None
 
 
-def check_source(folder: Path, rel: str, *, label: str, field: str, writers: bool = False) -> Path:
+def check_source(
+    folder: Path,
+    rel: str,
+    *,
+    label: str,
+    field: str,
+    writers: bool = False,
+    owner: int | None = None,
+) -> Path:
     """``folder/rel`` if the daemon would take it as a file argument's source: inside the
     folder without ``..`` or a symbolic link on the way (:func:`open_inside`), a regular
     file; ``writers``: that only its owner can write, as intake wants a file beside a
@@ -1753,6 +1772,8 @@ def check_source(folder: Path, rel: str, *, label: str, field: str, writers: boo
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ArgumentError(f"{rel!r} is not a regular file", file=label, field=field)
+        if owner is not None:  # as intake wants: the request's owner's
+            refuse_foreign(st, owner, label, field=field, source=rel)
         if writers:
             refuse_writers(fd, st, label, field=field, source=rel, queue=folder)
     finally:

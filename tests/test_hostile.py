@@ -609,7 +609,22 @@ def _(env: Env) -> Iterator[None]:
     os.chown(env.queue / "r.yaml", OTHER_UID, OTHER_UID)
     yield
     info = assert_rejected(env, "r.yaml", field="arguments.names")
-    assert "belongs to another user" in info["reason"]
+    assert "file 'root.txt' belongs to root, not to the request's owner" in info["reason"]
+
+
+@case("file-of-another-user-in-request-of-root", root_only=True)
+def _(env: Env) -> Iterator[None]:
+    """A root daemon runs root's request as root: an input its owner could change under
+    that run (a script the workflow runs) would be theirs to run as root."""
+    (env.queue / "theirs.txt").write_text("echo theirs\n")
+    os.chown(env.queue / "theirs.txt", OTHER_UID, OTHER_UID)
+    os.chmod(env.queue / "theirs.txt", 0o644)
+    env.put("r.yaml", {"workflow": "helloworld", "arguments": {"names": "theirs.txt"}})
+    os.chown(env.queue / "r.yaml", 0, 0)
+    yield
+    info = assert_rejected(env, "r.yaml", field="arguments.names")
+    assert "belongs to" in info["reason"] and "not to the request's owner root" in info["reason"]
+    assert "flowbatch submit" in str(info.get("hint"))
 
 
 @case("file-target-replaces-template-code")

@@ -179,3 +179,36 @@ def test_the_owners_private_group_may_write_another_group_not(tmp_path: Path) ->
     assert "file 'names.txt' is writable by the group fbextra" in result.output
     shutil.rmtree(path.parent)
     site.close()
+
+
+@needs_root
+@pytest.mark.parametrize("request_owner", ["root", "fbrunner"])
+def test_validate_and_the_daemon_refuse_an_input_of_another_user(
+    tmp_path: Path, request_owner: str
+) -> None:
+    """An input file that is not the request's owner's is refused by the daemon, for a
+    request of root's too (root's run would take what that user put there), and
+    validate says so with the same words."""
+    user = _user("fbrunner")
+    owner = pwd.getpwnam(request_owner)
+    other = user if request_owner == "root" else pwd.getpwnam("nobody")
+    site = _site(tmp_path)
+    path = _request(tmp_path / "mine")
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    os.chown(path.parent / "names.txt", other.pw_uid, other.pw_gid)
+    said = (
+        f"file 'names.txt' belongs to {other.pw_name}, not to the request's owner {owner.pw_name}"
+    )
+    result = _validate(site.root, path)
+    assert result.exit_code != 0 and said in result.output, result.output
+    queued = drop(site, "r.yaml", REQUEST, files={"names.txt": "a\nb\n"})
+    os.chown(queued, owner.pw_uid, owner.pw_gid)
+    os.chown(site.layout.queue / "names.txt", other.pw_uid, other.pw_gid)
+    run_until_idle(site)
+    assert api.list_runs(site) == []
+    rejected = yaml.safe_load((site.layout.rejected / "r.yaml.error.yaml").read_text())
+    assert rejected["reason"] == said and rejected["field"] == "arguments.names"
+    os.chown(path.parent / "names.txt", owner.pw_uid, owner.pw_gid)  # its owner's: valid
+    assert _validate(site.root, path).exit_code == 0
+    shutil.rmtree(path.parent)
+    site.close()
