@@ -149,7 +149,7 @@ class SiteConfig(_Strict):
     )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig,
-        description="Fair shares: caps on running runs per user and per group "
+        description="Fair shares: caps on launched runs (running, or queued in Slurm) per user and per group "
         "(per_user, per_group, users: {name: N}, groups: {name: N}), besides each "
         "executor's own limit.",
     )
