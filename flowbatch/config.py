@@ -149,9 +149,9 @@ class SiteConfig(_Strict):
     )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig,
-        description="Fair shares: caps on launched runs (running, or queued in Slurm) per user and per group "
-        "(per_user, per_group, users: {name: N}, groups: {name: N}), besides each "
-        "executor's own limit.",
+        description="Fair shares: caps on launched runs (running, or queued in Slurm) per "
+        "user and per group (per_user, per_group, users: {name: N}, groups: {name: N}), "
+        "besides each executor's own limit.",
     )
 
     @field_validator("slurm")
