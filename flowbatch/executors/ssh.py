@@ -23,10 +23,14 @@ executor of that name. A run goes like this:
    group and no exit status was recorded, the run is ALIVE (``runs show`` says why);
    once the script is gone, the poll KILLs what is left of the group, as the wrapper
    would have, and the script's own exit marker decides the end (none: lost). The
-   group is looked at only for runs whose wrapper is gone, on one scan of ``/proc``
-   per poll, and only its processes that are in the wrapper's session and started no
-   earlier than it, the wrapper's PID not held by another process (the kernel gives
-   out no PID still in use as a process group id).
+   group is looked at only for runs whose wrapper is gone with no exit status written
+   (one that wrote it KILLed its group itself), on one scan of ``/proc`` per poll, and
+   a process counts as the run's only with the run's token in its environment
+   (``FLOWBATCH_SSH_TOKEN``, a random word the launch exports to the wrapper and so to
+   everything the run starts; recorded in the handle): a session of the SSH user's that
+   took the wrapper's PID as its group id after the run ended is never taken for the
+   run's, nor killed. A run started by an older flowbatch (no token) counts its wrapper
+   alone.
    A run whose wrapper ended has its files fetched at once; a host that does not answer
    (unreachable, or its poll failed or timed out) gives UNKNOWN, and GONE (with the
    reason, an infrastructure failure) once it has not answered for longer than its
@@ -66,6 +70,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,45 +127,71 @@ _SAME_PROCESS = r"""fb_same() {
   f=($s)
   [ "${f[0]}" != Z ] && [ "${f[19]}" = "$2" ]
 }
+# $1 = PID, $2 = start time: exit 0 when that PID is another process's (a later start):
+# the PID was free, so the process group of that id (the wrapper's) had ended. The
+# wrapper itself as a zombie (killed, not reaped yet: some containers' init never reaps)
+# is not another process.
+fb_other() {
+  local s f
+  { read -r s < "/proc/$1/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  f=($s)
+  [ "${f[19]}" != "$2" ]
+}
+# $1 = PID, $2 = a run's token: exit 0 when that process's environment (as it was
+# started) holds FLOWBATCH_SSH_TOKEN=$2, which the run's wrapper exports to everything
+# it starts (see _LAUNCH). A process of the SSH user's that is not the run's has no such
+# word: one that took a PID or a process group id the run no longer uses is never taken
+# for the run's.
+fb_token() {
+  local e
+  case $2 in ''|*[!0-9a-f]*) return 1;; esac
+  { while IFS= read -r -d '' e; do
+      [ "$e" = "FLOWBATCH_SSH_TOKEN=$2" ] && return 0
+    done < "/proc/$1/environ"; } 2>/dev/null
+  return 1
+}
 """
 
 # $1 = a run's process group id (its wrapper's PID, the leader of its session), $2 = the
-# wrapper's start time: exit 0 while a live process of that group is left: the wrapper,
-# or, once it is gone (killed from outside), what it started. Safe against PID reuse:
-# the kernel gives out no PID still in use as a process group id, so that PID held by a
-# process of another start time means the run's group had ended before; a member is in
-# the wrapper's session and started no earlier than it. Zombies do not count (detached
-# processes are reaped by init, and some containers' init never does).
+# wrapper's start time, $3 = the run's token: exit 0 while a live process of that group
+# is left: the wrapper (fb_same), or, once it is gone (killed from outside), a process
+# it started: in the group and session of that id, started no earlier than the wrapper,
+# with the run's token in its environment (fb_token). Safe against PID reuse: the kernel
+# gives out no PID still in use as a process group id, so a group that still has a
+# process of the run's is the run's, and a group id taken again after the run's ended
+# (a session of the SSH user's whose leader exited) has no process with the token.
+# Without a token (a run started by an older flowbatch) only the wrapper counts. Zombies
+# do not count (detached processes are reaped by init, and some containers' init never
+# does).
 _GROUP_ALIVE = r"""fb_ours() {
   local p s f
   case $2 in ''|*[!0-9]*) return 1;; esac
-  if { read -r s < "/proc/$1/stat"; } 2>/dev/null; then
-    s=${s##*) }
-    f=($s)
-    [ "${f[19]}" = "$2" ] || return 1
-  fi
+  fb_same "$1" "$2" && return 0
+  fb_other "$1" "$2" && return 1  # its PID is another process's: the run's group ended
+  [ -n "${3:-}" ] || return 1
   for p in /proc/[0-9]*/stat; do
     { read -r s < "$p"; } 2>/dev/null || continue
     s=${s##*) }
     f=($s)
     [ "${f[2]}" = "$1" ] && [ "${f[3]}" = "$1" ] && [ "${f[0]}" != Z ] \
-      && [ "${f[19]}" -ge "$2" ] && return 0
+      && [ "${f[19]}" -ge "$2" ] && p=${p#/proc/} && fb_token "${p%/stat}" "$3" && return 0
   done
   return 1
 }
 # $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s, $4 the boot id it was
-# recorded in (none: not checked): TERM the run's group while it has a process left
-# (fb_ours: its wrapper, or what a wrapper killed from outside left), KILL what is left
-# after the ticks (a cancel, a relaunch)
+# recorded in (none: not checked), $5 the run's token: TERM the run's group while it has
+# a process left (fb_ours: its wrapper, or what a wrapper killed from outside left),
+# KILL what is left after the ticks (a cancel, a relaunch)
 fb_end() {
   local i b
   if [ -n "${4:-}" ]; then
     read -r b < /proc/sys/kernel/random/boot_id
     [ "$b" = "$4" ] || return 0
   fi
-  fb_ours "$1" "$2" || return 0
+  fb_ours "$1" "$2" "${5:-}" || return 0
   kill -TERM -- "-$1" 2>/dev/null || return 0
-  for ((i = 0; i < $3; i++)); do fb_ours "$1" "$2" || return 0; sleep 0.1; done
+  for ((i = 0; i < $3; i++)); do fb_ours "$1" "$2" "${5:-}" || return 0; sleep 0.1; done
   kill -KILL -- "-$1" 2>/dev/null || true
 }
 """
@@ -176,6 +207,7 @@ _LAUNCH = r"""set -e
 cd -- {dir}
 mkdir -p logs status
 {exports}
+export FLOWBATCH_SSH_TOKEN={token}
 setsid nohup bash -c 'trap : TERM INT HUP; bash run.sh; fb_rc=$?; trap "" TERM INT HUP
 rm -f -- {tmp}; printf "%s\n" "$fb_rc" 1<> {tmp} && mv -f -- {tmp} {rc}; kill -KILL 0' \
   </dev/null >>logs/script.log 2>&1 &
@@ -184,7 +216,7 @@ read -r fb_s < "/proc/$fb_pid/stat"
 fb_s=${{fb_s##*) }}
 fb_f=($fb_s)
 read -r fb_boot < /proc/sys/kernel/random/boot_id
-printf '%s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot" > {wrapper}
+printf '%s %s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot" {token} > {wrapper}
 printf '%s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot"
 """
 
@@ -193,17 +225,17 @@ printf '%s %s %s\n' "$fb_pid" "${{fb_f[19]}}" "$fb_boot"
 # attempt) is ended if it still runs, as a cancel would; then the fresh folder.
 _PREPARE = r"""set -e
 fb_old() {{
-  local pid start boot now
-  {{ read -r pid start boot < {dir}/{wrapper}; }} 2>/dev/null || return 0
+  local pid start boot token now
+  {{ read -r pid start boot token < {dir}/{wrapper}; }} 2>/dev/null || return 0
   read -r now < /proc/sys/kernel/random/boot_id
   case $pid in ''|*[!0-9]*) return 0;; esac
   [ "$boot" = "$now" ] || return 0
-  fb_end "$pid" "$start" {ticks}
+  fb_end "$pid" "$start" {ticks} "" "$token"
 }}
 fb_old
 rm -rf -- {dir}; mkdir -p -- {dir}; cd -- {dir}; pwd -P
 """
-#: the wrapper's "pid start boot-id", in the run's remote folder (see _PREPARE)
+#: the wrapper's "pid start boot-id token", in the run's remote folder (see _PREPARE)
 WRAPPER_RECORD = "status/wrapper"
 
 # one line per run: "<run id> <state> <wrapper's exit status or -> [killed]", the state
@@ -212,17 +244,18 @@ WRAPPER_RECORD = "status/wrapper"
 # The exit status is read only once the wrapper ended, only from a regular file (the run
 # may leave a FIFO there: opening it would hold the poll of every run of the host), and
 # no more than its first line (16 characters).
-# A wrapper gone whose group still has processes (fb_left, as fb_ours, on one scan of
-# /proc per poll, made only when a wrapper is gone): while the script runs (fb_script)
-# and no exit status was written, the run goes on; else the poll does what the dead
-# wrapper can no longer do and KILLs what is left of the group ("killed").
+# A wrapper gone with no exit status written (killed from outside) whose group still has
+# processes of the run's (fb_left, as fb_ours, on one scan of /proc per poll, made only
+# then: a wrapper that wrote the status killed its group itself): while the script runs
+# (fb_script) the run goes on; else the poll does what the dead wrapper can no longer do
+# and KILLs what is left of the group ("killed").
 _POLL_HEAD = (
     _SAME_PROCESS
     + r"""read -r fb_boot < /proc/sys/kernel/random/boot_id
 printf 'boot %s\n' "$fb_boot"
 declare -A fb_groups=()
 fb_scanned=
-# once per poll: the start times of the live processes of each session leader's group
+# once per poll: "pid:start" of the live processes of each session leader's group
 fb_scan() {
   local p s f
   [ -n "$fb_scanned" ] && return 0
@@ -231,22 +264,23 @@ fb_scan() {
     { read -r s < "$p"; } 2>/dev/null || continue
     s=${s##*) }
     f=($s)
-    [ "${f[0]}" != Z ] && [ "${f[2]}" = "${f[3]}" ] && fb_groups[${f[2]}]+="${f[19]} "
+    p=${p#/proc/}
+    [ "${f[0]}" != Z ] && [ "${f[2]}" = "${f[3]}" ] \
+      && fb_groups[${f[2]}]+="${p%/stat}:${f[19]} "
   done
 }
-# $1 group id, $2 the wrapper's start time: exit 0 while the run's group has a live
-# process (see fb_ours, whose guards against PID reuse it keeps)
+# $1 group id, $2 the wrapper's start time, $3 the run's token: exit 0 while the run's
+# group has a live process of the run's (see fb_ours, whose guards it keeps)
 fb_left() {
-  local s f t
+  local m
   case $1 in ''|*[!0-9]*) return 1;; esac
   case $2 in ''|*[!0-9]*) return 1;; esac
-  if { read -r s < "/proc/$1/stat"; } 2>/dev/null; then
-    s=${s##*) }
-    f=($s)
-    [ "${f[19]}" = "$2" ] || return 1
-  fi
+  [ -n "${3:-}" ] || return 1
+  fb_other "$1" "$2" && return 1  # its PID is another process's: the run's group ended
   fb_scan
-  for t in ${fb_groups[$1]-}; do [ "$t" -ge "$2" ] && return 0; done
+  for m in ${fb_groups[$1]-}; do
+    [ "${m#*:}" -ge "$2" ] && fb_token "${m%%:*}" "$3" && return 0
+  done
   return 1
 }
 # $1 run folder, $2 group id, $3 the wrapper's start time: exit 0 while the run's script
@@ -267,12 +301,13 @@ fb_script() {
   [ "${f[0]}" != Z ] && [ "${f[2]}" = "$2" ] && [ "${f[19]}" -ge "$3" ]
 }
 # $1 run id, $2 the wrapper's pid, $3 its start time, $4 the run folder, $5 its boot id,
-# $6 the run's process group id (the wrapper's pid)
+# $6 the run's process group id (the wrapper's pid), $7 the run's token
 fb_p() {
   local alive=0 rc=- f="$4/status/script.rc" g=${6:-$2} left=
   if [ "$5" = "$fb_boot" ] && fb_same "$2" "$3"; then alive=1; fi
-  if [ "$alive" = 0 ] && [ "$5" = "$fb_boot" ] && fb_left "$g" "$3"; then
-    if [ -d "$4" ] && [ ! -e "$f" ] && [ ! -L "$f" ] && fb_script "$4" "$g" "$3"; then
+  if [ "$alive" = 0 ] && [ "$5" = "$fb_boot" ] && [ ! -e "$f" ] && [ ! -L "$f" ] \
+    && fb_left "$g" "$3" "${7:-}"; then
+    if [ -d "$4" ] && fb_script "$4" "$g" "$3"; then
       printf '%s orphan -\n' "$1"
       return
     fi
@@ -292,7 +327,7 @@ fb_p() {
 
 # run after _SAME_PROCESS and _GROUP_ALIVE, which stay out of this format string
 # (their braces are bash's)
-_CANCEL = r"""fb_end {pid} {start} {ticks} {boot}
+_CANCEL = r"""fb_end {pid} {start} {ticks} {boot} {token}
 exit 0
 """
 
@@ -383,6 +418,7 @@ class SSHExecutor:
         if bad:
             raise self._error(f"not environment variable names: {bad}", "")
         exports = "\n".join(f"export {k}={_q(v)}" for k, v in job.env.items())
+        token = secrets.token_hex(8)  # marks what the run starts (see fb_token)
         started = conn.run(
             _LAUNCH.format(
                 dir=_q(remote_dir),
@@ -390,6 +426,7 @@ class SSHExecutor:
                 rc=RC_MARKER,
                 tmp=RC_TEMP,
                 wrapper=WRAPPER_RECORD,
+                token=token,
             ),
             force=True,
         )
@@ -406,6 +443,7 @@ class SSHExecutor:
             "pgid": int(pid),
             "start": start,
             "boot_id": boot,
+            "token": token,  # in the environment of what the run starts (see fb_token)
             "remote_dir": remote_dir,
             "run_dir": str(job.run_dir),  # where a poll brings a finished run's files
         }
@@ -438,7 +476,7 @@ class SSHExecutor:
         for run_id, h in handles:
             pid = str(h.get("pid", 0))
             args = [run_id, pid, str(h.get("start", "")), h.get("remote_dir", "")]
-            args += [str(h.get("boot_id", "")), str(h.get("pgid", pid))]
+            args += [str(h.get("boot_id", "")), str(h.get("pgid", pid)), _token(h)]
             lines.append("fb_p " + " ".join(_q(a) for a in args))
         try:
             result = conn.run("\n".join(lines) + "\n")
@@ -767,6 +805,7 @@ class SSHExecutor:
                 start=_q(str(handle.get("start", ""))),
                 ticks=int(CANCEL_GRACE * 10),
                 boot=_q(str(handle.get("boot_id", ""))),
+                token=_q(_token(handle)),
             )
         )
         result = self.connection.run(script, timeout=CANCEL_GRACE + 30, force=force)
@@ -789,7 +828,7 @@ class SSHExecutor:
             + _GROUP_ALIVE
             + "read -r b < /proc/sys/kernel/random/boot_id\n"
             + f'[ "$b" = {_q(str(handle.get("boot_id", "")))} ] && '
-            + f"{{ fb_same {pid} {start} || fb_ours {int(handle.get('pgid', pid))} {start}; }}"
+            + f"fb_ours {int(handle.get('pgid', pid))} {start} {_q(_token(handle))}"
         )
         try:
             return self.connection.run(script).ok
@@ -799,6 +838,13 @@ class SSHExecutor:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _token(handle: dict[str, Any]) -> str:
+    """The run's token (hex digits; none for a run an older flowbatch started: then only
+    its wrapper counts as the run's, see fb_ours)."""
+    token = str(handle.get("token") or "")
+    return token if re.fullmatch(r"[0-9a-f]{16,64}", token) else ""
 
 
 def _parse_poll(stdout: str) -> dict[str, tuple[str, str, bool]]:
