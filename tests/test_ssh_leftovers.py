@@ -37,7 +37,7 @@ workflow:
     - name: work
       action:
         commands:
-          - {body}; while [ ! -e go ]; do sleep 0.05; done; exit $[[code]]
+          - {body}; for i in $(seq 1200); do [ -e go ] && break; sleep 0.05; done; exit $[[code]]
 parameters:
   - {{name: code, dtype: int, defaultValue: 0}}
 """

@@ -154,7 +154,7 @@ workflow:
     - name: work
       action:
         commands:
-          - while [ ! -e go ]; do sleep 0.05; done; echo done > out
+          - for i in $(seq 1200); do [ -e go ] && break; sleep 0.05; done; echo done > out
 """
 
 
