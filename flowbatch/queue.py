@@ -1013,11 +1013,12 @@ class Intake:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
-                _, sep, name = entry.name.partition("--")
-                if sep:
-                    out.update(_request_stems(name))
+                run_id, sep, name = entry.name.partition("--")
+                if sep and _CLAIMED_ID.fullmatch(run_id):
+                    out.update(_request_stems(name))  # a claim (a file, or a folder)
                 elif folder == self.layout.claimed and entry.is_dir(follow_symlinks=False):
-                    folders.append(Path(entry.path))  # a host's folder on a shared site
+                    # a host's folder on a shared site (a host may be named `xn--...`)
+                    folders.append(Path(entry.path))
         return out
 
     def _rejected_stems(self) -> set[str]:

@@ -202,3 +202,22 @@ def test_a_bundle_goes_only_with_what_its_user_owns(
     assert any(str(shared_bundle) in w and "1 entry of other users" in w for w in warned)
     intake.settler.close()
     site.close()
+
+
+def test_a_bundle_whose_request_a_host_with_dashes_in_its_name_claimed_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A shared site: host `node--07` (a legal host name; IDN host names all start with
+    `xn--`) claimed the request into `.claimed/node--07/<id>--<name>`: another host's
+    sweep keeps its bundle (the host's folder is no claim for its `--`). Found by review."""
+    site = _site(tmp_path)
+    q = site.layout.queue
+    intake = Intake(site)
+    queue.check_queue(site)
+    request, bundle = _submit(site, tmp_path, "busy")
+    (q / ".claimed" / "node--07").mkdir(parents=True)
+    os.rename(request, q / ".claimed" / "node--07" / f"0123456789ab--{request.name}")
+    removed = intake.remove_orphan_bundles(grace=0)  # as if queued over an hour ago
+    intake.settler.close()
+    site.close()
+    assert removed == [] and bundle.is_dir(), removed
