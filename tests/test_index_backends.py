@@ -277,6 +277,7 @@ def test_a_v2_postgresql_index_is_widened_to_v3(tmp_path: Path, postgres_url: st
         cur.execute("ALTER TABLE run_row ALTER COLUMN owner_uid TYPE integer")
         cur.execute("ALTER TABLE run_file_row ALTER COLUMN key TYPE varchar(1024)")
         cur.execute("ALTER TABLE run_file_row ALTER COLUMN source TYPE varchar(1024)")
+        cur.execute("DROP INDEX run_row_request")  # v4's
         cur.execute(f"UPDATE meta_row SET value = '2' WHERE key = '{migrate.VERSION_KEY}'")
     store = Store(layout, postgres_url)  # opens, and upgrades
     try:

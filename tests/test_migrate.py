@@ -126,3 +126,31 @@ def test_newer_or_unmigratable_index_is_refused(tmp_path: Path) -> None:
 def test_every_version_has_a_step() -> None:
     """Bumping SCHEMA_VERSION without a migration step fails here, not on a site."""
     assert set(migrate.MIGRATIONS) == set(range(1, SCHEMA_VERSION))
+
+
+def test_a_v3_index_gets_the_request_index_and_an_older_flowbatch_refuses_v4(
+    hello_site: Site,
+) -> None:
+    """v4 indexes run_row.request; it also marks that a PENDING run with a ``queued``
+    handle is submitted to Slurm, which a v3 flowbatch would submit again: such a
+    flowbatch (its SCHEMA_VERSION 3) refuses the index instead."""
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    run_until_idle(hello_site)
+    hello_site.close()
+    db = sqlite3.connect(hello_site.layout.index_db)
+    db.execute("DROP INDEX run_row_request")
+    db.execute("UPDATE meta_row SET value = '3' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    site = Site(hello_site.root)  # upgraded on open
+    try:
+        assert "run_row_request" in {i.name for i in site.store.db.get_indexes("run_row")}
+        assert MetaRow.get(MetaRow.key == "schema_version").value == "4" == str(SCHEMA_VERSION)
+    finally:
+        site.close()
+    from flowbatch.store import index as idx
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(idx, "SCHEMA_VERSION", 3)
+        with pytest.raises(IndexError_, match="newer than this flowbatch"):
+            Site(hello_site.root).store.db  # noqa: B018

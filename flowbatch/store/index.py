@@ -26,8 +26,9 @@ from ..errors import IndexError_
 from . import migrate
 
 #: bump with a step in :mod:`flowbatch.store.migrate` (v2: indexes on run_row's filters;
-#: v3: 64-bit owner_uid and unbounded output file paths on PostgreSQL)
-SCHEMA_VERSION = 3
+#: v3: 64-bit owner_uid and unbounded output file paths on PostgreSQL; v4: an index on
+#: run_row's request, and the meaning of a PENDING run with a handle: submitted to Slurm)
+SCHEMA_VERSION = 4
 
 proxy = pw.DatabaseProxy()
 
@@ -68,7 +69,7 @@ class RunRow(_Model):
     name = pw.CharField(max_length=512, null=True)
     owner = pw.CharField(max_length=256)
     owner_uid = pw.BigIntegerField(index=True)
-    request = pw.CharField(max_length=512)
+    request = pw.CharField(max_length=512, index=True)
     state = pw.CharField(max_length=16, index=True)
     created_at = pw.CharField(max_length=40)
     started_at = pw.CharField(max_length=40, null=True)

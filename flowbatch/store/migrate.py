@@ -54,10 +54,20 @@ def _v2_to_v3(m: SchemaMigrator) -> list[Operation]:
     ]
 
 
+def _v3_to_v4(m: SchemaMigrator) -> list[Operation]:
+    """v4 indexes ``run_row.request`` (the orphan-bundle sweep asks whose runs a request
+    name made). The version also marks the meaning of a PENDING run with a ``queued``
+    handle (a job waiting in Slurm's queue, launched): a flowbatch of v3 would take it
+    for a run never launched and submit its job a second time, so it refuses an index of
+    v4 instead (its message says to upgrade)."""
+    return [m.add_index("run_row", ("request",), False)]
+
+
 #: from-version -> the operations that bring an index to from-version + 1
 MIGRATIONS: dict[int, Callable[[SchemaMigrator], list[Operation]]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
+    3: _v3_to_v4,
 }
 
 
