@@ -77,10 +77,14 @@ class Shares:
         """Why ``run`` may not start now, or None."""
         cap = self.limits.user_cap(run.owner)
         if cap is not None and self.users[run.owner] >= cap:
-            return f"user {run.owner} has {self.users[run.owner]} runs running (cap {cap})"
+            return (
+                f"user {run.owner} has {self.users[run.owner]} runs running or queued (cap {cap})"
+            )
         cap = self.limits.group_cap(run.group)
         if cap is not None and self.groups[run.group] >= cap:
-            return f"group {run.group} has {self.groups[run.group]} runs running (cap {cap})"
+            return (
+                f"group {run.group} has {self.groups[run.group]} runs running or queued (cap {cap})"
+            )
         return None
 
 

@@ -783,6 +783,10 @@ class Runner:
                 State.PENDING,
                 again=True,  # a job lost while it was queued: the run was PENDING already
                 reason=reason,
+                # this attempt's times go with it (attempts/<n>/ keeps its markers): the
+                # next one's start is unknown while it waits (in Slurm's queue: minutes)
+                started_at=None,
+                finished_at=None,
                 messages=[reason, *(extra or [])],
                 handle=None,
                 steps=[],

@@ -358,9 +358,9 @@ def test_per_group_cap_keeps_runs_pending_with_the_reason(tmp_path: Path) -> Non
         assert running == ["b0", "b1", "t0"]  # the cap, not the 4 slots, held the rest
         waiting = api.show_run(site, _id(site, "t1"))
         assert waiting["state"] == "PENDING"
-        assert waiting["waiting"] == "group teamx has 1 runs running (cap 1)"
+        assert waiting["waiting"] == "group teamx has 1 runs running or queued (cap 1)"
         shown = cli(site, "runs", "show", waiting["id"]).output
-        assert "waiting:     group teamx has 1 runs running (cap 1)" in shown
+        assert "waiting:     group teamx has 1 runs running or queued (cap 1)" in shown
         # the note is written once, not at every tick
         run_json = site.store.run_dir(site.store.load(waiting["id"])) / "run.json"
         before = run_json.stat().st_mtime_ns
@@ -389,7 +389,7 @@ def test_per_user_cap_and_list_by_user(tmp_path: Path) -> None:
         assert sorted(r["state"] for r in api.list_runs(site)) == ["PENDING", "RUNNING"]
         pending = next(r for r in api.list_runs(site) if r["state"] == "PENDING")
         assert api.show_run(site, pending["id"])["waiting"] == (
-            f"user {me} has 1 runs running (cap 1)"
+            f"user {me} has 1 runs running or queued (cap 1)"
         )
         run_until_idle(site, daemon=d)
     finally:

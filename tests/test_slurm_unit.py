@@ -1420,3 +1420,46 @@ def test_a_job_lost_while_it_waited_in_the_queue_makes_a_new_attempt(
             daemon.runner._transition(r, State.CANCELED, messages=["test over"])
         daemon.stop()
         daemon.site.close()
+
+
+def test_a_retry_waiting_in_the_queue_has_no_start_of_the_attempt_before(tmp_path: Path) -> None:
+    """A run lost to a node failure after its job started is retried: while the new
+    attempt's job waits in the queue, the run shows no start (the first attempt's times
+    went with it). Found by review."""
+    import time as _time
+
+    poll = {"floor": 0, "ceiling": 0.01}
+    daemon = slurm_daemon(tmp_path, {"slurm": {"default": {"poll": poll}}})
+    slurm = daemon.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    began = int(_time.time())
+    runner = Scripted(
+        {
+            "sbatch": [ok("41\n"), ok("42\n")],
+            "squeue": [ok(f"41|RUNNING|None|x|0|{began}|\n")],
+            "scancel": [ok("")],
+        }
+    )
+    slurm._runner = runner
+    try:
+        drop(daemon.site, "r.yaml", {"workflow": "wf", "retries": 1})
+        daemon.tick()
+        daemon.tick()
+        (run,) = daemon.runner.launched()
+        assert run.state == State.RUNNING and run.started_at
+        failed = ok("41|NODE_FAIL|None|x|0|\n")
+        runner.answers["squeue"] = [failed, failed, ok("42|PENDING|Priority|x|0|\n")]
+        for _ in range(20):
+            daemon.tick()
+            if run.handle and run.handle.get("job_id") == "42":
+                break
+        record = daemon.site.store.load(run.id)
+        assert (record.state, record.attempt, record.queued) == (State.PENDING, 2, True)
+        assert (record.started_at, record.finished_at) == (None, None)
+        (row,) = api.list_runs(daemon.site)
+        assert (row["state"], row["started_at"]) == ("PENDING", None)
+    finally:
+        for r in list(daemon.runner.active.values()):
+            daemon.runner._transition(r, State.CANCELED, messages=["test over"])
+        daemon.stop()
+        daemon.site.close()
