@@ -318,6 +318,29 @@ class Runner:
                 log.info("run %s adopted (pid %s)", run.id, run.handle.get("pid"))
             # else: the next poll finds it finished and the markers decide
         self._adopt_unmarked(unmarked)
+        self._adopt_submitted()
+
+    def _adopt_submitted(self) -> None:
+        """PENDING runs whose submission may have gone out just before the daemon died
+        (a scheduler's intent recorded, no job id): the jobs the scheduler lists under
+        their intents' names are theirs, launched (``find_submitted``, one lookup per
+        executor). Left to dispatch, the executor's limit or a fair-share cap could hold
+        such a run back while its job runs unseen and uncounted, and its launch, once it
+        had room, would submit it again after the job left the queue."""
+        by_executor: dict[int, tuple[Executor, list[RunRecord]]] = {}
+        for run in self.pending():
+            executor = self.executor_of(run)
+            if run.handle and run.handle.get("submitting") and executor is not None:
+                by_executor.setdefault(id(executor), (executor, []))[1].append(run)
+        for executor, runs in by_executor.values():
+            find = getattr(executor, "find_submitted", None)
+            if find is None:
+                continue
+            found = find([(run.id, run.handle or {}) for run in runs])
+            for run in runs:
+                handle = found.get(run.id)
+                if handle is not None:
+                    self._launched(run, executor, handle)
 
     def _adopt_unmarked(self, runs: list[RunRecord]) -> None:
         """PENDING local runs without a ``started`` marker whose script runs all the same:

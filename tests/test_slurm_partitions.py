@@ -276,3 +276,35 @@ def tasks_named(name: str) -> dict[str, str]:
         text=True,
     ).stdout.split()
     return dict(zip(out[::2], out[1::2], strict=True))
+
+
+def test_a_submission_interrupted_by_a_crash_is_adopted_as_the_daemon_starts(
+    tmp_path: Path, partition: str
+) -> None:
+    """The daemon is SIGKILLed right after sbatch returned (the run has its intent
+    only); its job waits in the queue (the partition is DOWN). The next daemon finds the
+    job by its name as it starts, before any tick: the run is launched with that job
+    (counted, polled), and it runs in it once the partition is up: one job, ever."""
+    from .test_slurm import crash_right_after_sbatch
+
+    site = sleep_site(tmp_path, partition=partition)
+    assert scontrol("update", f"partitionname={partition}", "state=DOWN").returncode == 0
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 1}})
+    crash_right_after_sbatch(site)
+    before = site.store.load(api.list_runs(site)[0]["id"])
+    assert before.handle and before.handle["submitting"] and "job_id" not in before.handle
+    (job,) = tasks_named(before.handle["job_name"])
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+        assert [r.id for r in daemon.runner.launched()] == [before.id]  # no tick yet
+        run = site.store.load(before.id)
+        assert run.queued and run.handle and run.handle["job_id"] == job
+        assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
+        run_until_idle(site, timeout=60, daemon=daemon)
+    finally:
+        daemon.stop()
+        site.close()
+    run = site.store.load(before.id)
+    assert run.state.value == "SUCCESS" and run.handle and run.handle["job_id"] == job
+    assert list(tasks_named(before.handle["job_name"])) == [job]

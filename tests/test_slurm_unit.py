@@ -1463,3 +1463,68 @@ def test_a_retry_waiting_in_the_queue_has_no_start_of_the_attempt_before(tmp_pat
             daemon.runner._transition(r, State.CANCELED, messages=["test over"])
         daemon.stop()
         daemon.site.close()
+
+
+class _Crash(Exception):
+    """The daemon dies right after an sbatch returned, before the job id is recorded."""
+
+
+def test_an_interrupted_submission_is_adopted_at_the_start_whatever_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose sbatch went out just before the daemon died has its intent only. The
+    next daemon finds its job by name as it starts, before anything is dispatched: the
+    run is launched (queued, polled, counted against max_jobs), not held back behind an
+    older run that takes the one slot while its job runs unseen, and then submitted a
+    second time once its job left squeue. Found by review."""
+    from flowbatch.lifecycle import Runner
+
+    poll = {"floor": 0, "ceiling": 0.01}
+    daemon = slurm_daemon(
+        tmp_path, {"slurm": {"default": {"poll": poll, "max_jobs": 1, "partition": "main"}}}
+    )
+    site = daemon.site
+    slurm = daemon.executors["slurm"]
+    assert isinstance(slurm, SlurmExecutor)
+    slurm._runner = Scripted({"sbatch": [CLOSED, ok("42\n")], "squeue": [ok("")]})
+    # d: older, for a partition closed for maintenance: it waits
+    drop(site, "d.yaml", {"workflow": "wf", "name": "d", "resources": {"partition": "maint"}})
+    daemon.tick()
+    drop(site, "b.yaml", {"workflow": "wf", "name": "b"})
+    original = Runner._launched
+
+    def crash(self: Runner, run: Any, executor: Any, handle: Any) -> None:
+        if run.name == "b":
+            raise _Crash()
+        original(self, run, executor, handle)
+
+    monkeypatch.setattr(Runner, "_launched", crash)
+    with pytest.raises(_Crash):
+        daemon.tick()
+    monkeypatch.setattr(Runner, "_launched", original)
+    daemon.stop()
+    b_id = next(r.id for r in daemon.runner.active.values() if r.name == "b")
+    intent = site.store.load(b_id).handle or {}
+    assert intent["submitting"] and "job_id" not in intent  # job 42 exists all the same
+
+    again = Daemon(site)  # the partition is open again
+    runner = Scripted(
+        {"sbatch": [ok("43\n")], "squeue": [ok(f"42|PENDING|Priority|{intent['job_name']}|0|\n")]}
+    )
+    again.executors["slurm"]._runner = runner  # type: ignore[attr-defined]
+    again.start()
+    try:
+        runs = {r.name: r for r in again.runner.active.values()}
+        assert runs["b"].queued and runs["b"].handle, runs["b"].handle
+        assert (runs["b"].handle["job_id"], runs["b"].handle["adopted"]) == ("42", True)
+        assert site.store.load(b_id).handle == runs["b"].handle  # recorded
+        runner.answers["squeue"] = [ok("42|RUNNING|None|x|0|\n")]
+        again.tick()
+        assert runs["b"].state == State.RUNNING
+        assert not runs["d"].launched  # max_jobs 1: b's job holds the slot
+        assert [line.split()[0] for line in runner.lines].count("sbatch") == 0
+    finally:
+        for r in list(again.runner.active.values()):
+            again.runner._transition(r, State.CANCELED, messages=["test over"])
+        again.stop()
+        site.close()

@@ -372,8 +372,60 @@ class SlurmExecutor:
         ids = [s.job_id for s in self._named(name, uid, launching=launching)]
         return max(ids, key=_job_order) if ids else None
 
+    def find_submitted(
+        self, handles: Sequence[tuple[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        """After a restart: the runs whose submission may have gone out before the daemon
+        died (an intent recorded, no job id) whose job Slurm lists, run id -> the handle
+        of that job (adopted; an array's task for a run planned into an array). One
+        squeue per submitting user, for all their names. The Runner files them as
+        launched at once: polled and counted against ``max_jobs`` and the fair shares,
+        never held back by them (and submitted a second time later) while their jobs run
+        unseen. A lookup Slurm does not answer leaves them to their launch, which looks
+        again; one that finds nothing, too (a refused or never sent sbatch)."""
+        wanted: dict[int | None, list[tuple[str, dict[str, Any]]]] = {}
+        for run_id, handle in handles:
+            name = handle.get("job_name")
+            if handle.get("submitting") and not handle.get("job_id") and isinstance(name, str):
+                wanted.setdefault(self._uid_of(handle), []).append((run_id, handle))
+        out: dict[str, dict[str, Any]] = {}
+        for uid, items in wanted.items():
+            names = sorted({str(h["job_name"]) for _, h in items})
+            try:
+                statuses = self._named_all(names, uid, launching=False)
+            except ExecutorUnavailable as exc:
+                log.warning("Slurm profile %s: %s", self.profile_name, exc.summary())
+                continue
+            newest: dict[str, str] = {}
+            for status in statuses:
+                known = newest.get(status.name)
+                if known is None or _job_order(status.job_id) > _job_order(known):
+                    newest[status.name] = status.job_id
+            for run_id, handle in items:
+                found = newest.get(str(handle["job_name"]))
+                if found is None:
+                    continue
+                adopted = {k: v for k, v in handle.items() if k != "submitting"}
+                task = handle.get("array_task")
+                if isinstance(task, int) and not isinstance(task, bool):
+                    # every run planned into an array has its task there (_plan)
+                    array_id = found.split("_")[0]
+                    adopted.update(array_job=array_id, job_id=f"{array_id}_{task}")
+                else:
+                    adopted["job_id"] = found
+                adopted["adopted"] = True
+                log.info("run %s: adopting Slurm job %s found by name", run_id, adopted["job_id"])
+                out[run_id] = adopted
+        return out
+
     def _named(self, name: str, uid: int | None, *, launching: bool = True) -> list[JobStatus]:
-        """The jobs of that name (array tasks one by one, any state) of the user who
+        """The jobs of that name: :meth:`_named_all`."""
+        return self._named_all([name], uid, launching=launching)
+
+    def _named_all(
+        self, names: Sequence[str], uid: int | None, *, launching: bool = True
+    ) -> list[JobStatus]:
+        """The jobs of those names (array tasks one by one, any state) of the user who
         submits the run's jobs (``uid``: :meth:`_mine`), less those a refused sbatch left
         behind (:func:`~.slurm_states.refused_at_submission`: FAILED BadConstraints; no
         job of the run ever ran, and its run ends with sbatch's refusal, not as a job
@@ -382,7 +434,7 @@ class SlurmExecutor:
         "Invalid user", exit status 0 and no job (which would read as "no such job", and
         the run would be submitted a second time); that user's jobs are then looked for
         by name alone, and kept by their uid."""
-        base = ["-h", "-r", "-t", "all", "--name", name]
+        base = ["-h", "-r", "-t", "all", "--name", ",".join(names)]
         mine = self._mine(uid)
         result = self._run("squeue", *base, *mine, "-O", LOOKUP_FORMAT, launching=launching)
         want = _local_uid(uid) if self.profile.via == "local" else None
@@ -392,13 +444,13 @@ class SlurmExecutor:
         if not result.ok or invalid_user(result.stderr):
             said = _one_line(result.stderr or result.stdout) or f"exit {result.returncode}"
             raise ExecutorUnavailable(
-                f"cannot look for Slurm job {name} by its name: {said}",
+                f"cannot look for Slurm job {', '.join(names)} by its name: {said}",
                 hint="the run waits, and is looked for again at a later tick",
             )
         return [
             s
             for s in parse_squeue(result.stdout).values()
-            if s.name == name
+            if s.name in names
             # by uid where squeue gave it; else squeue's --user did
             and (want is None or s.uid == want or (s.uid is None and bool(mine)))
             and not refused_at_submission(s)
