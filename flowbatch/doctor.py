@@ -26,6 +26,7 @@ from typing import Any
 
 import peewee as pw
 
+from .accounts import user_name
 from .config import SiteConfig
 from .errors import FlowbatchError
 
@@ -98,9 +99,52 @@ def _check_config(ctx: _Ctx) -> None:
 
 
 def _check_folders(ctx: _Ctx) -> None:
+    """The daemon's user (and root) must be able to write the three folders. Anyone
+    else running doctor is a participant: they need to write ``queue/`` (to drop or
+    submit requests) and to read ``results/`` and ``templates/``, which only the daemon
+    writes: a probe there would say "fail" for a site that works."""
+    owner = _daemon_user(ctx.root)
+    me = os.geteuid()
     for name in ("queue", "results", "templates"):
-        ctx.add(f"{name}/", *_writable(ctx.root / name))
+        folder = ctx.root / name
+        if me in (0, owner) or owner is None:
+            ctx.add(f"{name}/", *_writable(folder))
+        elif name == "queue":
+            status, detail = _writable(folder)
+            if status == FAIL and folder.is_dir():
+                detail += (
+                    f"; you ({user_name(me)}) cannot queue requests on this site: ask its "
+                    f"admin ({user_name(owner)}, the daemon's user) to let you write "
+                    "queue/ (e.g. a group of participants and mode 1770, see "
+                    "docs/admins.md)"
+                )
+            ctx.add(f"{name}/", status, detail)
+        else:
+            ctx.add(f"{name}/", *_readable(folder, owner))
     ctx.add("queue/ safety", *_queue_safety(ctx))
+
+
+def _daemon_user(root: Path) -> int | None:
+    """The site's daemon user: the owner of ``results/`` (else of the site folder)."""
+    for folder in (root / "results", root):
+        try:
+            return folder.stat().st_uid
+        except OSError:
+            continue
+    return None
+
+
+def _readable(folder: Path, owner: int) -> tuple[str, str]:
+    """A folder only the daemon's user writes, as a participant needs it: readable."""
+    if not folder.is_dir():
+        return FAIL, f"{folder} is missing (the site's admin runs: flowbatch init)"
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return (
+            WARN,
+            f"{folder} is not readable by you ({user_name(os.geteuid())}): you cannot see "
+            "results or templates here (the site's admin decides who may)",
+        )
+    return OK, f"{folder} readable (written by the daemon's user {user_name(owner)})"
 
 
 def _queue_safety(ctx: _Ctx) -> tuple[str, str]:

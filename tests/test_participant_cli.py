@@ -357,3 +357,27 @@ def test_a_read_only_index_opened_as_is_sees_a_writer_that_starts(
             reader.wait()
     assert reader.returncode == 0, err
     assert out.split() == ["2", "mode=ro"]
+
+
+def test_doctor_as_a_participant_checks_what_a_participant_needs(root_site: Path) -> None:
+    """A participant's doctor does not fail a working site for the folders only the
+    daemon's user writes: results/ and templates/ are to be readable by them, queue/
+    writable (they queue requests there); one they cannot write is a failure that says
+    whom to ask and what to change."""
+    out = participant(root_site, "doctor", "--json")
+    checks = {c["check"]: c for c in json.loads(out.stdout)}
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert checks["queue/"]["status"] == "ok"
+    for name in ("results/", "templates/"):
+        assert checks[name]["status"] == "ok", checks[name]
+        assert "readable (written by the daemon's user root)" in checks[name]["detail"]
+    (root_site / "queue").chmod(0o1755)  # participants may no longer queue requests
+    out = participant(root_site, "doctor", "--json")
+    checks = {c["check"]: c for c in json.loads(out.stdout)}
+    assert out.returncode != 0 and checks["queue/"]["status"] == "fail"
+    assert (
+        "you (nobody) cannot queue requests on this site: ask its admin (root"
+        in (checks["queue/"]["detail"])
+    )
+    mine = {c["check"]: c for c in json.loads(as_root(root_site, "doctor", "--json").stdout)}
+    assert all(mine[f"{name}/"]["detail"].endswith("writable") for name in ("queue", "results"))
