@@ -228,6 +228,8 @@ BUNDLE_GRACE = 3600.0
 #: seconds between two looks for such bundles (:meth:`Intake.remove_orphan_bundles`; the
 #: first at the intake's first tick)
 BUNDLE_SWEEP_EVERY = 600.0
+#: seconds to the next look when one stopped at its :data:`BUNDLE_SWEEP_ENTRIES`
+BUNDLE_SWEEP_AGAIN = 10.0
 #: the name `flowbatch submit` gives a bundle (:func:`flowbatch.api.queue_request`):
 #: ``<stem>-<6 hex digits>.files``; no other folder of the queue is taken for one
 _SUBMITTED_BUNDLE = re.compile(r"[^.].*-[0-9a-f]{6}" + re.escape(BUNDLE_SUFFIX), re.DOTALL)
@@ -929,6 +931,7 @@ class Intake:
         present |= self._rejected_stems()
         now = time.time()
         removed: list[str] = []
+        budget = _Budget(BUNDLE_SWEEP_ENTRIES)
         try:
             fd = os.open(queue, _TAKE_DIR)
         except (FileNotFoundError, NotADirectoryError):
@@ -947,7 +950,11 @@ class Intake:
                 key = (entry.name, st.st_ino, st.st_ctime_ns)
                 if key in self._bundles_kept:
                     continue
-                done = self._remove_bundle(fd, entry.name, st)
+                if budget.left <= 0:
+                    # the rest soon, in another tick (the intake takes requests between)
+                    self._bundles_due = time.monotonic() + BUNDLE_SWEEP_AGAIN
+                    break
+                done = self._remove_bundle(fd, entry.name, st, budget)
                 if done:
                     removed.append(entry.name)
                 elif done is not None:  # said once, until the folder changes
@@ -958,7 +965,9 @@ class Intake:
             os.close(fd)
         return removed
 
-    def _remove_bundle(self, queue_fd: int, name: str, st: os.stat_result) -> bool | None:
+    def _remove_bundle(
+        self, queue_fd: int, name: str, st: os.stat_result, budget: _Budget
+    ) -> bool | None:
         """:meth:`remove_orphan_bundles` of the bundle ``name`` (``st``: its lstat) once
         it is found to be an orphan: True when removed; False: left (the log says why);
         None: left for now (the index did not answer: the next sweep looks again)."""
@@ -979,7 +988,16 @@ class Intake:
             )
             return False
         try:
-            left = _remove_own_folder(queue_fd, name, st)
+            left = _remove_own_folder(queue_fd, name, st, budget)
+        except _OutOfBudget:
+            log.info(
+                "orphan bundle %s: this look removed what it could (%d entries at most a "
+                "look); the rest in %.0f s",
+                path,
+                BUNDLE_SWEEP_ENTRIES,
+                BUNDLE_SWEEP_AGAIN,
+            )
+            return None
         except OSError as exc:
             log.warning("cannot remove the orphan bundle %s: %s", path, exc.strerror or exc)
             return False
@@ -1369,12 +1387,35 @@ def _request_stems(name: str) -> list[str]:
     return [Path(name).stem]
 
 
-def _remove_own_folder(parent: int, name: str, st: os.stat_result, depth: int = 0) -> int:
+#: the most entries one sweep for orphan bundles removes (:class:`_Budget`): a bundle a
+#: participant filled with a million files is removed over several sweeps, never in one
+#: tick of the intake (about 10 us an entry here)
+BUNDLE_SWEEP_ENTRIES = 20_000
+
+
+class _OutOfBudget(Exception):
+    """This sweep removed its :data:`BUNDLE_SWEEP_ENTRIES`: the rest at the next one."""
+
+
+@dataclass
+class _Budget:
+    left: int
+
+    def spend(self) -> None:
+        if self.left <= 0:
+            raise _OutOfBudget()
+        self.left -= 1
+
+
+def _remove_own_folder(
+    parent: int, name: str, st: os.stat_result, budget: _Budget, depth: int = 0
+) -> int:
     """Remove the folder ``name`` of the open folder ``parent`` (``st``: its lstat) and
     what its owner has in it, walking by descriptors without following a link (a link
     in it is removed as a name). An entry of another user's is left, and so are the
     folders around it: returns the number of entries left (0: all gone). A folder put
-    in its place since ``st`` was taken is not touched."""
+    in its place since ``st`` was taken is not touched. Each removal spends one of
+    ``budget`` (:class:`_OutOfBudget` when there is none left)."""
     fd = os.open(name, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=parent)
     try:
         opened = os.fstat(fd)
@@ -1387,14 +1428,19 @@ def _remove_own_folder(parent: int, name: str, st: os.stat_result, depth: int = 
                 if sub_st.st_uid != st.st_uid:
                     left += 1
                 elif stat.S_ISDIR(sub_st.st_mode):
-                    left += _remove_own_folder(fd, sub, sub_st, depth + 1) if depth < 100 else 1
+                    if depth < 100:
+                        left += _remove_own_folder(fd, sub, sub_st, budget, depth + 1)
+                    else:
+                        left += 1
                 else:
+                    budget.spend()
                     os.unlink(sub, dir_fd=fd)
             except FileNotFoundError:
                 continue
     finally:
         os.close(fd)
     if not left:
+        budget.spend()
         os.rmdir(name, dir_fd=parent)
     return left
 

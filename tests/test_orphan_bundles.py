@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,31 @@ def test_a_bundle_whose_request_a_host_with_dashes_in_its_name_claimed_is_kept(
     intake.settler.close()
     site.close()
     assert removed == [] and bundle.is_dir(), removed
+
+
+def test_a_bundle_of_many_files_is_removed_over_several_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A participant's orphan bundle filled with files is removed a bounded number of
+    entries a look (BUNDLE_SWEEP_ENTRIES), the next look soon: never all in one tick of
+    the intake (a million files would hold it for seconds). Found by review."""
+    monkeypatch.setattr(queue, "BUNDLE_SWEEP_ENTRIES", 100)
+    site = _site(tmp_path)
+    intake = Intake(site)
+    queue.check_queue(site)
+    request, bundle = _submit(site, tmp_path, "big")
+    request.unlink()  # its user took the request back: the bundle is an orphan
+    for i in range(230):
+        (bundle / f"f{i}").write_text("x")
+    looks = []
+    while bundle.exists() and len(looks) < 10:
+        before = sum(1 for _ in bundle.rglob("*"))
+        due = time.monotonic()
+        looks.append((intake.remove_orphan_bundles(grace=0), before))
+        if bundle.exists():
+            assert intake._bundles_due - due <= queue.BUNDLE_SWEEP_AGAIN + 1  # soon again
+            assert before - sum(1 for _ in bundle.rglob("*")) <= 100
+    intake.settler.close()
+    site.close()
+    assert not bundle.exists() and len(looks) == 3, looks
+    assert [removed for removed, _ in looks] == [[], [], [bundle.name]]
