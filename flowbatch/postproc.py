@@ -43,10 +43,12 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -56,7 +58,14 @@ from typing import Any
 from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
-from .lifecycle import describe_code, handle_from_marker, iso, step_records, tail
+from .lifecycle import (
+    MARKER_CLOCK_SLACK,
+    describe_code,
+    handle_from_marker,
+    iso,
+    step_records,
+    tail,
+)
 from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
@@ -303,6 +312,7 @@ class PostProcManager:
             return
         assert template.postproc is not None
         record.steps = step_records([s.name for s in template.postproc.workflow.steps], markers)
+        self._marked_times(record, markers)
         if reason is not None:
             self._finish(record, "ERROR", [reason])
         elif markers.exit is None:
@@ -319,10 +329,27 @@ class PostProcManager:
                 return
             self._finish(record, "SUCCESS", [])
 
+    def _marked_times(self, record: PostProcRecord, markers: Any) -> None:
+        """The times its script marked, where plausible (a run's rule: not before the
+        job was made, the end not before the start, neither past now), in place of when
+        the daemon saw them: a slow tick must not stretch a post-processing's time."""
+        created = _epoch_of(record.created_at)
+        if created is None or markers.started is None:
+            return
+        now = time.time()
+        start = markers.started[1]
+        if not (math.isfinite(start) and created - 1 <= start <= now + MARKER_CLOCK_SLACK):
+            return
+        record.started_at = iso(start)
+        if markers.exit is not None:
+            end = markers.exit[1]
+            if math.isfinite(end) and start <= end <= now + MARKER_CLOCK_SLACK:
+                record.finished_at = iso(end)
+
     def _finish(self, record: PostProcRecord, state: str, messages: list[str]) -> None:
         self.before_report_change(record.workflow)
         record.state = state
-        record.finished_at = now_iso()
+        record.finished_at = record.finished_at or now_iso()
         record.started_at = record.started_at or record.finished_at
         record.messages.extend(messages)
         self._write_record(record)
@@ -568,3 +595,12 @@ def _output_view(folder: Path, base: str, spec: dict[str, Any]) -> PostProcOutpu
     if suffix in _TEXTS:
         return replace(link, kind="text", text=text)
     return link
+
+
+def _epoch_of(text: str | None) -> float | None:
+    """An ISO time of a record as seconds since the epoch (None if unreadable)."""
+    try:
+        moment = datetime.fromisoformat(text or "")
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

@@ -289,3 +289,27 @@ def test_post_processing_left_waiting_by_a_stopped_daemon_starts_after_a_restart
     assert len(ids) == 1
     record = load_record(again, "q", ids[0])
     assert record is not None and record.state == "SUCCESS"
+
+
+def test_post_processing_is_timed_by_its_scripts_markers(site: Site, tmp_path: Path) -> None:
+    """A post-processing's start and end are the ones its script marked (as a run's), not
+    when the daemon saw them: a slow tick does not stretch its time."""
+    from flowbatch.lifecycle import iso
+    from flowbatch.render import read_markers
+
+    api.install(
+        site,
+        write_template(tmp_path / "f", FAILING.format(inputs="results/r.json")),
+        workflow_id="f",
+    )
+    drop(site, "a.yaml", {"workflow": "f", "group": "a", "arguments": {"s": 3}})
+    run_until_idle(site)
+    state = read_state(site, "f")
+    record = load_record(site, "f", state["latest"])
+    assert record is not None and record.state == "ERROR"
+    markers = read_markers(postproc_root(site, "f") / record.id)
+    assert markers.started is not None and markers.exit is not None
+    assert (record.started_at, record.finished_at) == (
+        iso(markers.started[1]),
+        iso(markers.exit[1]),
+    )
