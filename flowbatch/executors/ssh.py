@@ -24,13 +24,13 @@ executor of that name. A run goes like this:
    once the script is gone, the poll KILLs what is left of the group, as the wrapper
    would have, and the script's own exit marker decides the end (none: lost). The
    group is looked at only for runs whose wrapper is gone with no exit status written
-   (one that wrote it KILLed its group itself), on one scan of ``/proc`` per poll, and
-   a process counts as the run's only with the run's token in its environment
-   (``FLOWBATCH_SSH_TOKEN``, a random word the launch exports to the wrapper and so to
-   everything the run starts; recorded in the handle): a session of the SSH user's that
-   took the wrapper's PID as its group id after the run ended is never taken for the
-   run's, nor killed. A run started by an older flowbatch (no token) counts its wrapper
-   alone.
+   (one that wrote it KILLed its group itself), on one scan of ``/proc`` per poll. It is
+   taken for the run's only once proven so (the script alive in it, or a process with
+   the run's token, ``FLOWBATCH_SSH_TOKEN``, a random word the launch exports to the
+   wrapper and so to everything the run starts, recorded in the handle), and then so is
+   every process of it started before that moment (see the shell functions below): a
+   session of the SSH user's that took the wrapper's PID as its group id after the run
+   ended is never taken for the run's, nor killed.
    A run whose wrapper ended has its files fetched at once; a host that does not answer
    (unreachable, or its poll failed or timed out) gives UNKNOWN, and GONE (with the
    reason, an infrastructure failure) once it has not answered for longer than its
@@ -118,6 +118,19 @@ ORPHAN_STATUS = "its wrapper was killed from outside; the script goes on"
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# The shell functions of the remote side: a run's wrapper and process group, safe
+# against PID reuse. A run's process group has its wrapper's PID as its id (the wrapper
+# is the leader of its session). The kernel gives out no PID that is still in use as a
+# process group id, so a group id that still has a process of the run's in it is the
+# run's group, and every process in it then is the run's; a group id taken again after
+# the run's group ended is a session of the SSH user's that is not the run's. The group
+# is proven the run's by (fb_ours): its wrapper alive (PID and start time); else the
+# script alive in it (the PID of its "started" marker, started no earlier than the
+# wrapper); else a process in it with the run's token in its environment (fb_token).
+# Once proven at some moment, a process of the group started before that moment is the
+# run's as long as it lives, token or not (a leftover started under `env -i`): the group
+# never ended in between (fb_before).
+
 # $1 = PID, $2 = start time (clock ticks after boot); exit 0 when that process still runs.
 # /proc/PID/stat's second field may hold spaces and ')': cut up to the last ") ".
 _SAME_PROCESS = r"""fb_same() {
@@ -140,9 +153,7 @@ fb_other() {
 }
 # $1 = PID, $2 = a run's token: exit 0 when that process's environment (as it was
 # started) holds FLOWBATCH_SSH_TOKEN=$2, which the run's wrapper exports to everything
-# it starts (see _LAUNCH). A process of the SSH user's that is not the run's has no such
-# word: one that took a PID or a process group id the run no longer uses is never taken
-# for the run's.
+# it starts (see _LAUNCH).
 fb_token() {
   local e
   case $2 in ''|*[!0-9a-f]*) return 1;; esac
@@ -151,24 +162,54 @@ fb_token() {
     done < "/proc/$1/environ"; } 2>/dev/null
   return 1
 }
+# $1 run folder, $2 group id, $3 the wrapper's start time: exit 0 while the run's script
+# runs (the PID of its "started" marker live in the group, started no earlier than the
+# wrapper); 1 when it does not; 2 when it has not written that marker yet (or its
+# markers are not a regular file: the run's user writes them)
+fb_script() {
+  local m="$1/status/markers" w pid s f
+  [ -f "$m" ] && [ ! -L "$m" ] || return 2
+  # opened read-write and read with a time limit: a FIFO swapped in blocks neither
+  { read -r -t 0.2 -n 64 w pid s <> "$m"; } 2>/dev/null
+  [ -n "$w" ] || return 2
+  [ "$w" = started ] || return 1
+  case $pid in ''|*[!0-9]*) return 1;; esac
+  { read -r s < "/proc/$pid/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  f=($s)
+  [ "${f[0]}" != Z ] && [ "${f[2]}" = "$2" ] && [ "${f[19]}" -ge "$3" ]
+}
+# $1 run folder: prints the clock tick after boot (as /proc/PID/stat's start times) of
+# the script's exit marker, the last of at most 1,000 lines; nothing without one
+fb_exit_tick() {
+  local m="$1/status/markers" k a t c n=0 at= sec frac hz b v
+  [ -f "$m" ] && [ ! -L "$m" ] || return 1
+  { while [ "$n" -lt 1000 ] && read -r -t 0.2 k a t c; do
+      n=$((n + 1))
+      [ "$k" = exit ] && at=$t
+    done <> "$m"; } 2>/dev/null
+  sec=${at%%[.,]*}
+  case $sec in ''|*[!0-9]*) return 1;; esac
+  frac=00
+  case $at in *[.,]*) frac=${at#*[.,]}00; frac=${frac:0:2};; esac
+  case $frac in *[!0-9]*) frac=00;; esac
+  hz=$(getconf CLK_TCK 2>/dev/null) || hz=100
+  case $hz in ''|*[!0-9]*) hz=100;; esac
+  while read -r k v; do [ "$k" = btime ] && b=$v && break; done < /proc/stat
+  case $b in ''|*[!0-9]*) return 1;; esac
+  printf '%s\n' $(( (sec - b) * hz + 10#$frac * hz / 100 ))
+}
 """
 
-# $1 = a run's process group id (its wrapper's PID, the leader of its session), $2 = the
-# wrapper's start time, $3 = the run's token: exit 0 while a live process of that group
-# is left: the wrapper (fb_same), or, once it is gone (killed from outside), a process
-# it started: in the group and session of that id, started no earlier than the wrapper,
-# with the run's token in its environment (fb_token). Safe against PID reuse: the kernel
-# gives out no PID still in use as a process group id, so a group that still has a
-# process of the run's is the run's, and a group id taken again after the run's ended
-# (a session of the SSH user's whose leader exited) has no process with the token.
-# Without a token (a run started by an older flowbatch) only the wrapper counts. Zombies
-# do not count (detached processes are reaped by init, and some containers' init never
-# does).
+# $1 group id, $2 the wrapper's start time, $3 the run's token, $4 its remote folder:
+# exit 0 when the group is proven the run's (see above). Zombies do not count (detached
+# processes are reaped by init, and some containers' init never does).
 _GROUP_ALIVE = r"""fb_ours() {
   local p s f
   case $2 in ''|*[!0-9]*) return 1;; esac
   fb_same "$1" "$2" && return 0
   fb_other "$1" "$2" && return 1  # its PID is another process's: the run's group ended
+  if [ -n "${4:-}" ] && [ -d "$4" ]; then fb_script "$4" "$1" "$2" && return 0; fi
   [ -n "${3:-}" ] || return 1
   for p in /proc/[0-9]*/stat; do
     { read -r s < "$p"; } 2>/dev/null || continue
@@ -179,19 +220,44 @@ _GROUP_ALIVE = r"""fb_ours() {
   done
   return 1
 }
+# $1 group id, $2 the wrapper's start time, $3 a clock tick at which the group was proven
+# the run's, $4 the run's token: exit 0 while a process of the group started between $2
+# and $3 lives, or one with the token
+fb_before() {
+  local p s f
+  for p in /proc/[0-9]*/stat; do
+    { read -r s < "$p"; } 2>/dev/null || continue
+    s=${s##*) }
+    f=($s)
+    [ "${f[2]}" = "$1" ] && [ "${f[3]}" = "$1" ] && [ "${f[0]}" != Z ] \
+      && [ "${f[19]}" -ge "$2" ] || continue
+    [ "${f[19]}" -le "$3" ] && return 0
+    p=${p#/proc/}
+    fb_token "${p%/stat}" "${4:-}" && return 0
+  done
+  return 1
+}
 # $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s, $4 the boot id it was
-# recorded in (none: not checked), $5 the run's token: TERM the run's group while it has
-# a process left (fb_ours: its wrapper, or what a wrapper killed from outside left),
-# KILL what is left after the ticks (a cancel, a relaunch)
+# recorded in (none: not checked), $5 the run's token, $6 its remote folder: TERM the
+# run's group once proven the run's (fb_ours), KILL what is left of it after the ticks
+# (a cancel, a relaunch): the processes started before it was proven (this shell's own
+# start), token or not, and those with the token
 fb_end() {
-  local i b
+  local i b s f now
   if [ -n "${4:-}" ]; then
     read -r b < /proc/sys/kernel/random/boot_id
     [ "$b" = "$4" ] || return 0
   fi
-  fb_ours "$1" "$2" "${5:-}" || return 0
+  fb_ours "$1" "$2" "${5:-}" "${6:-}" || return 0
+  read -r s < "/proc/$BASHPID/stat"
+  s=${s##*) }
+  f=($s)
+  now=${f[19]}
   kill -TERM -- "-$1" 2>/dev/null || return 0
-  for ((i = 0; i < $3; i++)); do fb_ours "$1" "$2" "${5:-}" || return 0; sleep 0.1; done
+  for ((i = 0; i < $3; i++)); do
+    fb_before "$1" "$2" "$now" "${5:-}" || return 0
+    sleep 0.1
+  done
   kill -KILL -- "-$1" 2>/dev/null || true
 }
 """
@@ -230,7 +296,7 @@ fb_old() {{
   read -r now < /proc/sys/kernel/random/boot_id
   case $pid in ''|*[!0-9]*) return 0;; esac
   [ "$boot" = "$now" ] || return 0
-  fb_end "$pid" "$start" {ticks} "" "$token"
+  fb_end "$pid" "$start" {ticks} "" "$token" {dir}
 }}
 fb_old
 rm -rf -- {dir}; mkdir -p -- {dir}; cd -- {dir}; pwd -P
@@ -244,11 +310,13 @@ WRAPPER_RECORD = "status/wrapper"
 # The exit status is read only once the wrapper ended, only from a regular file (the run
 # may leave a FIFO there: opening it would hold the poll of every run of the host), and
 # no more than its first line (16 characters).
-# A wrapper gone with no exit status written (killed from outside) whose group still has
-# processes of the run's (fb_left, as fb_ours, on one scan of /proc per poll, made only
-# then: a wrapper that wrote the status killed its group itself): while the script runs
-# (fb_script) the run goes on; else the poll does what the dead wrapper can no longer do
-# and KILLs what is left of the group ("killed").
+# A wrapper gone with no exit status written (killed from outside; one that wrote it
+# killed its group itself): while the script runs in the run's group (fb_script; before
+# its first marker: while a process of the group has the run's token) the run goes on
+# ("orphan"); else the poll does what the dead wrapper can no longer do and KILLs what is
+# left of the group ("killed"): when a process with the token is left, or one started
+# before the script's exit marker (the group was the run's until then). Processes are
+# looked at on one scan of /proc per poll, made only for such runs.
 _POLL_HEAD = (
     _SAME_PROCESS
     + r"""read -r fb_boot < /proc/sys/kernel/random/boot_id
@@ -269,49 +337,39 @@ fb_scan() {
       && fb_groups[${f[2]}]+="${p%/stat}:${f[19]} "
   done
 }
-# $1 group id, $2 the wrapper's start time, $3 the run's token: exit 0 while the run's
-# group has a live process of the run's (see fb_ours, whose guards it keeps)
+# $1 group id, $2 the wrapper's start time, $3 the run's token, $4 a clock tick at which
+# the group was the run's (none: no such moment known): exit 0 while a process of the
+# group started no earlier than the wrapper lives that has the token or started before
+# that tick (see fb_before)
 fb_left() {
-  local m
+  local m t
   case $1 in ''|*[!0-9]*) return 1;; esac
   case $2 in ''|*[!0-9]*) return 1;; esac
-  [ -n "${3:-}" ] || return 1
-  fb_other "$1" "$2" && return 1  # its PID is another process's: the run's group ended
   fb_scan
   for m in ${fb_groups[$1]-}; do
-    [ "${m#*:}" -ge "$2" ] && fb_token "${m%%:*}" "$3" && return 0
+    t=${m#*:}
+    [ "$t" -ge "$2" ] || continue
+    [ -n "${4:-}" ] && [ "$t" -le "$4" ] && return 0
+    fb_token "${m%%:*}" "${3:-}" && return 0
   done
   return 1
-}
-# $1 run folder, $2 group id, $3 the wrapper's start time: exit 0 while the run's script
-# runs: the PID of its "started" marker is live in the run's group and started no
-# earlier than the wrapper; or it has not written that marker yet, or its markers are
-# not a regular file (the group's life decides then)
-fb_script() {
-  local m="$1/status/markers" w pid s f
-  [ -f "$m" ] && [ ! -L "$m" ] || return 0
-  # opened read-write and read with a time limit (see the exit status below)
-  { read -r -t 0.2 -n 64 w pid s <> "$m"; } 2>/dev/null
-  [ -n "$w" ] || return 0
-  [ "$w" = started ] || return 1
-  case $pid in ''|*[!0-9]*) return 1;; esac
-  { read -r s < "/proc/$pid/stat"; } 2>/dev/null || return 1
-  s=${s##*) }
-  f=($s)
-  [ "${f[0]}" != Z ] && [ "${f[2]}" = "$2" ] && [ "${f[19]}" -ge "$3" ]
 }
 # $1 run id, $2 the wrapper's pid, $3 its start time, $4 the run folder, $5 its boot id,
 # $6 the run's process group id (the wrapper's pid), $7 the run's token
 fb_p() {
-  local alive=0 rc=- f="$4/status/script.rc" g=${6:-$2} left=
+  local alive=0 rc=- f="$4/status/script.rc" g=${6:-$2} left= st=2 until=
   if [ "$5" = "$fb_boot" ] && fb_same "$2" "$3"; then alive=1; fi
   if [ "$alive" = 0 ] && [ "$5" = "$fb_boot" ] && [ ! -e "$f" ] && [ ! -L "$f" ] \
-    && fb_left "$g" "$3" "${7:-}"; then
-    if [ -d "$4" ] && fb_script "$4" "$g" "$3"; then
+    && ! fb_other "$g" "$3"; then
+    if [ -d "$4" ]; then fb_script "$4" "$g" "$3"; st=$?; fi
+    if [ "$st" = 0 ] || { [ "$st" = 2 ] && fb_left "$g" "$3" "${7:-}"; }; then
       printf '%s orphan -\n' "$1"
       return
     fi
-    kill -KILL -- "-$g" 2>/dev/null && left=" killed"
+    [ -d "$4" ] && until=$(fb_exit_tick "$4")
+    if fb_left "$g" "$3" "${7:-}" "$until"; then
+      kill -KILL -- "-$g" 2>/dev/null && left=" killed"
+    fi
   fi
   if [ "$alive" = 0 ] && [ ! -d "$4" ]; then printf '%s nodir -%s\n' "$1" "$left"; return; fi
   if [ "$alive" = 0 ] && [ -f "$f" ] && [ ! -L "$f" ]; then
@@ -327,7 +385,7 @@ fb_p() {
 
 # run after _SAME_PROCESS and _GROUP_ALIVE, which stay out of this format string
 # (their braces are bash's)
-_CANCEL = r"""fb_end {pid} {start} {ticks} {boot} {token}
+_CANCEL = r"""fb_end {pid} {start} {ticks} {boot} {token} {dir}
 exit 0
 """
 
@@ -806,6 +864,7 @@ class SSHExecutor:
                 ticks=int(CANCEL_GRACE * 10),
                 boot=_q(str(handle.get("boot_id", ""))),
                 token=_q(_token(handle)),
+                dir=_q(str(handle.get("remote_dir", ""))),
             )
         )
         result = self.connection.run(script, timeout=CANCEL_GRACE + 30, force=force)
@@ -828,7 +887,8 @@ class SSHExecutor:
             + _GROUP_ALIVE
             + "read -r b < /proc/sys/kernel/random/boot_id\n"
             + f'[ "$b" = {_q(str(handle.get("boot_id", "")))} ] && '
-            + f"fb_ours {int(handle.get('pgid', pid))} {start} {_q(_token(handle))}"
+            + f"fb_ours {int(handle.get('pgid', pid))} {start} {_q(_token(handle))} "
+            + _q(str(handle.get("remote_dir", "")))
         )
         try:
             return self.connection.run(script).ok
