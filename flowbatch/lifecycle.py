@@ -336,7 +336,11 @@ class Runner:
             find = getattr(executor, "find_submitted", None)
             if find is None:
                 continue
-            found = find([(run.id, run.handle or {}) for run in runs])
+            try:
+                found = find([(run.id, run.handle or {}) for run in runs])
+            except Exception:  # never the end of a start: their launches look again
+                log.exception("looking for the jobs of interrupted submissions failed")
+                continue
             for run in runs:
                 handle = found.get(run.id)
                 if handle is not None:

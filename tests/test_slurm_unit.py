@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1526,5 +1527,71 @@ def test_an_interrupted_submission_is_adopted_at_the_start_whatever_the_limit(
     finally:
         for r in list(again.runner.active.values()):
             again.runner._transition(r, State.CANCELED, messages=["test over"])
+        again.stop()
+        site.close()
+
+
+def _intents(n: int, uids: Sequence[int], site: str = "s" * 40) -> list[tuple[str, dict[str, Any]]]:
+    """Intents of PENDING runs (each run waiting for a drained partition has one)."""
+    out = []
+    for i in range(n):
+        run_id = f"{i:012x}"
+        handle = {"job_name": f"fb-{site}-{run_id}", "profile": "default", "via": "local"}
+        out.append((run_id, {**handle, "submitting": True, "uid": uids[i % len(uids)]}))
+    return out
+
+
+def test_the_lookup_of_many_interrupted_submissions_is_split_and_asked_once_if_away() -> None:
+    """At a start, thousands of intents (runs waiting for a drained partition) are looked
+    for in several squeue calls, each --name under 32 KiB (one argument may have 128 KiB:
+    over it exec failed, E2BIG, and the daemon did not start); a Slurm that does not
+    answer is asked once, not once a submitting user (each call its whole timeout).
+    Found by review."""
+    from flowbatch.executors import slurm as slurm_module
+
+    runner = Scripted({"squeue": [ok("")]})
+    ex = executor(runner, Clock())
+    intents = _intents(2500, [os.geteuid()])
+    assert ex.find_submitted(intents) == {}
+    names = [line.split("--name ")[1].split()[0] for line in runner.lines]
+    assert len(names) >= 5 and all(len(n) <= slurm_module.NAMES_PER_CALL for n in names)
+    assert sorted(",".join(names).split(",")) == sorted(h["job_name"] for _, h in intents)
+    away = Scripted({"squeue": [CommandResult(124, "", "timed out after 30 s")]})
+    ex = executor(away, Clock())
+    assert ex.find_submitted(_intents(20, list(range(2000, 2020)))) == {}
+    assert len(away.lines) == 1
+
+
+def test_a_command_line_the_system_cannot_run_is_a_failed_command() -> None:
+    """An argument over 128 KiB (E2BIG): a failed command, never an exception that stops
+    the daemon's start."""
+    from flowbatch.executors.commands import LocalRunner
+
+    result = LocalRunner().run("echo " + "x" * 200_000)
+    assert result.returncode == 126 and "cannot run" in result.stderr
+
+
+def test_a_failing_lookup_of_interrupted_submissions_does_not_stop_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong looking for interrupted submissions' jobs, the daemon starts;
+    such a run's launch looks for its job again."""
+    daemon = slurm_daemon(tmp_path)
+    site = daemon.site
+    daemon.executors["slurm"]._runner = DropsSbatch({"squeue": [ok("")]})  # type: ignore[attr-defined]
+    drop(site, "r.yaml", {"workflow": "wf"})
+    daemon.tick()  # its sbatch went out, the answer never came: only its intent
+    daemon.stop()
+
+    def broken(self: SlurmExecutor, handles: Any) -> dict[str, Any]:
+        raise OSError(7, "Argument list too long")
+
+    monkeypatch.setattr(SlurmExecutor, "find_submitted", broken)
+    again = Daemon(site)
+    again.start()
+    try:
+        (run,) = again.runner.pending()
+        assert run.handle and run.handle["submitting"]
+    finally:
         again.stop()
         site.close()

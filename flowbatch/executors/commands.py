@@ -67,6 +67,8 @@ class LocalRunner:
             )
         except subprocess.TimeoutExpired as exc:
             return CommandResult(124, _text(exc.stdout), f"timed out after {timeout} s")
+        except OSError as exc:  # E2BIG (an argument over 128 KiB), ENOMEM, EAGAIN: no run
+            return CommandResult(126, "", f"cannot run {argv[0]}: {exc.strerror or exc}")
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
 

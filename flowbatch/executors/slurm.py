@@ -391,11 +391,15 @@ class SlurmExecutor:
         out: dict[str, dict[str, Any]] = {}
         for uid, items in wanted.items():
             names = sorted({str(h["job_name"]) for _, h in items})
+            statuses: list[JobStatus] = []
             try:
-                statuses = self._named_all(names, uid, launching=False)
+                for chunk in _name_chunks(names):  # one argument of squeue's each
+                    statuses += self._named_all(chunk, uid, launching=False)
             except ExecutorUnavailable as exc:
+                # Slurm away (a maintenance): asked once, not once a user; their launches
+                # look again
                 log.warning("Slurm profile %s: %s", self.profile_name, exc.summary())
-                continue
+                return out
             newest: dict[str, str] = {}
             for status in statuses:
                 known = newest.get(status.name)
@@ -1364,6 +1368,24 @@ def _planned_size(members: list[tuple[int, Launch]]) -> int | None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:500]
+
+
+#: the most characters of job names one ``squeue --name`` is given (one argument of a
+#: command line may have 128 KiB on Linux; over SSH the remote shell's line counts too)
+NAMES_PER_CALL = 32_768
+
+
+def _name_chunks(names: Sequence[str]) -> list[list[str]]:
+    """``names`` in runs whose comma-joined text stays under :data:`NAMES_PER_CALL`."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        if chunks[-1] and size + len(name) + 1 > NAMES_PER_CALL:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(name)
+        size += len(name) + 1
+    return chunks if chunks[0] else []
 
 
 def _job_order(job_id: str) -> tuple[int, str]:
