@@ -194,10 +194,21 @@ def test_crash_between_submission_and_record(tmp_path: Path, slurm_cluster: Slur
     assert jobs == [run["handle"]["job_id"]]  # one job: not submitted twice
 
 
-def jobs_named(name: str) -> dict[str, str]:
-    """Job id -> state of the cluster's jobs of that name (any state)."""
+def jobs_named(name: str, *, tasks: bool = False) -> dict[str, str]:
+    """Job id -> state of the cluster's jobs of that name (any state); ``tasks``: a
+    pending array's tasks one by one (``squeue -r``), not as one line."""
     out = subprocess.run(
-        [REAL["squeue"], "-h", "-t", "all", "--name", name, "-o", "%i %T"],
+        [
+            REAL["squeue"],
+            "-h",
+            *(["-r"] if tasks else []),
+            "-t",
+            "all",
+            "--name",
+            name,
+            "-o",
+            "%i %T",
+        ],
         capture_output=True,
         text=True,
     ).stdout.split()

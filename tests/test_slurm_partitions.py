@@ -24,7 +24,7 @@ from flowbatch.lifecycle import iso
 from .conftest import drop, run_until_idle, write_template
 from .services.slurm import SlurmCluster
 from .test_robust import needs_root
-from .test_slurm import runs_by_name, sleep_site, tick_until
+from .test_slurm import jobs_named, runs_by_name, sleep_site, tick_until
 from .test_slurm_arrays import TEMPLATE as SWEEP_TEMPLATE
 
 #: scontrol's changes of partitions are the cluster admin's (root, here)
@@ -188,8 +188,6 @@ def test_a_queued_run_is_polled_after_a_restart_and_never_submitted_again(
 
     from flowbatch.cli import main
 
-    from .test_slurm import jobs_named
-
     site = sleep_site(tmp_path, partition=partition)
     assert scontrol("update", f"partitionname={partition}", "state=DOWN").returncode == 0
     drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 1}})
@@ -251,12 +249,12 @@ def test_a_queued_sweep_goes_out_once_and_a_cancel_ends_its_task(
         assert all(r["handle"]["queued"] for r in runs.values())
         (array,) = {r["handle"]["array_job"] for r in runs.values()}
         name = runs[1]["handle"]["job_name"]
-        assert len(tasks_named(name)) == 3  # its three tasks
+        assert len(jobs_named(name, tasks=True)) == 3  # its three tasks
         cancel_run(site, daemon.runner, runs[2]["id"], 0, "not this one")
         assert runs_by_x(site)[2]["state"] == "CANCELED"
         task = runs[2]["handle"]["job_id"]
         assert task.startswith(f"{array}_")
-        tick_until(daemon, lambda: tasks_named(name).get(task) in (None, "CANCELLED"))
+        tick_until(daemon, lambda: jobs_named(name, tasks=True).get(task) in (None, "CANCELLED"))
         assert scontrol("update", f"partitionname={partition}", "state=UP").returncode == 0
         run_until_idle(site, timeout=90, daemon=daemon)
     finally:
@@ -265,17 +263,6 @@ def test_a_queued_sweep_goes_out_once_and_a_cancel_ends_its_task(
     runs = runs_by_x(site)
     assert {x: r["state"] for x, r in runs.items()} == {1: "SUCCESS", 2: "CANCELED", 3: "SUCCESS"}
     assert {r["handle"]["array_job"] for r in runs.values()} == {array}  # submitted once
-
-
-def tasks_named(name: str) -> dict[str, str]:
-    """Job id -> state of the cluster's jobs of that name, a pending array's tasks one by
-    one (``squeue -r``)."""
-    out = subprocess.run(
-        ["squeue", "-h", "-r", "-t", "all", "--name", name, "-o", "%i %T"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return dict(zip(out[::2], out[1::2], strict=True))
 
 
 def test_a_submission_interrupted_by_a_crash_is_adopted_as_the_daemon_starts(
@@ -293,7 +280,7 @@ def test_a_submission_interrupted_by_a_crash_is_adopted_as_the_daemon_starts(
     crash_right_after_sbatch(site)
     before = site.store.load(api.list_runs(site)[0]["id"])
     assert before.handle and before.handle["submitting"] and "job_id" not in before.handle
-    (job,) = tasks_named(before.handle["job_name"])
+    (job,) = jobs_named(before.handle["job_name"], tasks=True)
     daemon = Daemon(site)
     daemon.start()
     try:
@@ -307,4 +294,4 @@ def test_a_submission_interrupted_by_a_crash_is_adopted_as_the_daemon_starts(
         site.close()
     run = site.store.load(before.id)
     assert run.state.value == "SUCCESS" and run.handle and run.handle["job_id"] == job
-    assert list(tasks_named(before.handle["job_name"])) == [job]
+    assert list(jobs_named(before.handle["job_name"], tasks=True)) == [job]

@@ -101,6 +101,17 @@ def seen_running(remote: Path, name: str, strays: list[tuple[int, float]]) -> tu
     return pid, seen[1]
 
 
+def run_leftover(
+    handle: dict[str, Any], strays: list[tuple[int, float]]
+) -> tuple[Path, int, float]:
+    """The run's remote folder and the leftover its step started (its PID and start
+    time, once running), a member of the run's process group."""
+    remote = Path(handle["remote_dir"])
+    pid, start = seen_running(remote, "leftover", strays)
+    assert os.getpgid(pid) == handle["pgid"]  # a member of the run's group
+    return remote, pid, start
+
+
 def running_handle(d: Daemon, timeout: float = 20.0) -> dict[str, Any]:
     """Tick ``d`` until its one run is RUNNING with a handle; the handle."""
     deadline = time.monotonic() + timeout
@@ -142,9 +153,7 @@ def test_a_leftover_on_the_host_ends_with_its_runs_script(
     ended once the run is seen ended; the run is the script's SUCCESS (exit 0)."""
     site, d, handle = staged_run(ssh, tmp_path)
     try:
-        remote = Path(handle["remote_dir"])
-        pid, start = seen_running(remote, "leftover", strays)
-        assert os.getpgid(pid) == handle["pgid"]  # a member of the run's group
+        remote, pid, start = run_leftover(handle, strays)
         (remote / "go").touch()
         run_until_idle(site, daemon=d, timeout=30)
     finally:
@@ -165,8 +174,7 @@ def test_a_failed_runs_leftover_ends_and_its_status_stays_the_scripts(
     137, the wrapper's own SIGKILL), and the leftover is gone."""
     site, d, handle = staged_run(ssh, tmp_path, code=3)
     try:
-        remote = Path(handle["remote_dir"])
-        pid, start = seen_running(remote, "leftover", strays)
+        remote, pid, start = run_leftover(handle, strays)
         (remote / "go").touch()
         run_until_idle(site, daemon=d, timeout=30)
     finally:
@@ -234,8 +242,7 @@ def test_the_leftover_ends_with_the_script_whoever_watches(
     finally:
         first.kill()
         first.wait()
-    remote = Path(handle["remote_dir"])
-    pid, start = seen_running(remote, "leftover", strays)
+    remote, pid, start = run_leftover(handle, strays)
     wrapper = (int(handle["pid"]), state_of(int(handle["pid"])))
     assert wrapper[1] is not None and wrapper[1][0] != "Z", "the wrapper is not running"
     strays.append((wrapper[0], wrapper[1][1]))

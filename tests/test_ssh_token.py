@@ -18,7 +18,7 @@ from flowbatch.executors.base import Liveness
 
 from .conftest import only_run, run_until_idle
 from .fixtures_ssh import SshEnv
-from .test_ssh_leftovers import ended_soon, seen_running
+from .test_ssh_leftovers import ended_soon, run_leftover
 from .test_ssh_leftovers import strays as strays  # the fixture, reused
 from .test_ssh_wrapper_killed import executor, kill_wrapper, staged
 
@@ -37,9 +37,7 @@ def test_the_poll_kills_a_leftover_without_the_token_once_the_script_ended(
     the run once the script ended (its wrapper killed from outside)."""
     site, d, handle, _script = staged(ssh, tmp_path, strays, body=ENV_CLEARED)
     try:
-        remote = Path(handle["remote_dir"])
-        pid, start = seen_running(remote, "leftover", strays)
-        assert os.getpgid(pid) == handle["pgid"]
+        remote, pid, start = run_leftover(handle, strays)
         kill_wrapper(handle, strays)
         (remote / "go").touch()
         run_until_idle(site, daemon=d, timeout=30)
@@ -61,9 +59,7 @@ def test_a_cancel_of_an_orphaned_run_kills_a_leftover_without_the_token_that_ign
     cancel's own start) and is KILLed after the grace."""
     site, d, handle, script = staged(ssh, tmp_path, strays, body=ENV_CLEARED_NO_TERM)
     try:
-        remote = Path(handle["remote_dir"])
-        pid, start = seen_running(remote, "leftover", strays)
-        assert os.getpgid(pid) == handle["pgid"]
+        _remote, pid, start = run_leftover(handle, strays)
         kill_wrapper(handle, strays)
         run_id = d.runner.launched()[0].id
     finally:

@@ -35,7 +35,7 @@ from .fixtures_ssh import SshEnv, ssh_site
 from .test_leftovers import LEFTOVER, state_of
 from .test_robust import wait_for
 from .test_ssh import group_members, removed
-from .test_ssh_leftovers import alive, ended_soon, running_handle, seen_running
+from .test_ssh_leftovers import alive, ended_soon, run_leftover, running_handle
 from .test_ssh_leftovers import strays as strays  # the fixture, reused
 
 #: the step: ``body`` (a leftover in the background, or nothing), then a wait until the
@@ -171,9 +171,7 @@ def test_leftovers_of_a_run_whose_wrapper_was_killed_end_with_its_script(
     site, d, handle, _script = staged(ssh, tmp_path, strays, body=LEFTOVER)
     decoys: list[tuple[int, float]] = []
     try:
-        remote = Path(handle["remote_dir"])
-        pid, start = seen_running(remote, "leftover", strays)
-        assert os.getpgid(pid) == handle["pgid"]
+        remote, pid, start = run_leftover(handle, strays)
         kill_wrapper(handle, strays)
         ex = executor(d)
         # decoys as the remote user: a session leader, and the member left of a session
@@ -240,8 +238,7 @@ def test_a_run_whose_wrapper_and_script_were_killed_is_lost_and_its_leftover_end
     that sees it KILLs the leftover instead of leaving it on the host."""
     site, d, handle, script = staged(ssh, tmp_path, strays, body=LEFTOVER)
     try:
-        remote = Path(handle["remote_dir"])
-        pid, start = seen_running(remote, "leftover", strays)
+        _remote, pid, start = run_leftover(handle, strays)
         kill_wrapper(handle, strays)
         os.kill(script, signal.SIGKILL)
         assert ended_soon(script, strays[0][1], timeout=10)
@@ -264,8 +261,7 @@ def test_cancel_of_a_run_whose_wrapper_was_killed_ends_its_whole_group(
     its exit marker (143), the leftover ends: CANCELED, nothing of the group left."""
     site, d, handle, script = staged(ssh, tmp_path, strays, body=LEFTOVER)
     try:
-        remote = Path(handle["remote_dir"])
-        pid, start = seen_running(remote, "leftover", strays)
+        _remote, pid, start = run_leftover(handle, strays)
         kill_wrapper(handle, strays)
         run_id = d.runner.launched()[0].id
     finally:
