@@ -494,6 +494,9 @@ class Intake:
         self._bundles_due = 0.0
         #: orphan bundles left alone, said once each: (name, inode, ctime)
         self._bundles_kept: set[tuple[str, int, int]] = set()
+        #: orphan bundles a look removed in part (name, inode): the next look goes on
+        #: with them, although that removal changed them within the grace
+        self._bundles_begun: set[tuple[str, int]] = set()
 
     def close(self) -> None:
         """Settle the claims of the requests handled (a sync of the results tree)."""
@@ -945,16 +948,20 @@ class Intake:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if not stat.S_ISDIR(st.st_mode) or now - max(st.st_mtime, st.st_ctime) < grace:
+                changed = max(st.st_mtime, st.st_ctime)
+                begun = (entry.name, st.st_ino) in self._bundles_begun  # changed by a look
+                if not stat.S_ISDIR(st.st_mode) or (now - changed < grace and not begun):
                     continue
                 key = (entry.name, st.st_ino, st.st_ctime_ns)
                 if key in self._bundles_kept:
                     continue
                 if budget.left <= 0:
-                    # the rest soon, in another tick (the intake takes requests between)
-                    self._bundles_due = time.monotonic() + BUNDLE_SWEEP_AGAIN
                     break
                 done = self._remove_bundle(fd, entry.name, st, budget)
+                if done is None and budget.left <= 0:  # removed in part: the rest soon
+                    self._bundles_begun.add((entry.name, st.st_ino))
+                else:
+                    self._bundles_begun.discard((entry.name, st.st_ino))
                 if done:
                     removed.append(entry.name)
                 elif done is not None:  # said once, until the folder changes
@@ -963,6 +970,9 @@ class Intake:
                     self._bundles_kept.add((entry.name, st.st_ino, st.st_ctime_ns))
         finally:
             os.close(fd)
+        if budget.left <= 0:
+            # the rest soon, in another tick (the intake takes requests between)
+            self._bundles_due = time.monotonic() + BUNDLE_SWEEP_AGAIN
         return removed
 
     def _remove_bundle(

@@ -250,3 +250,57 @@ def test_a_bundle_of_many_files_is_removed_over_several_looks(
     site.close()
     assert not bundle.exists() and len(looks) == 3, looks
     assert [removed for removed, _ in looks] == [[], [], [bundle.name]]
+
+
+def test_the_intake_looks_again_soon_after_a_big_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the intake's own tick: a look that stopped at its budget makes the next
+    one come BUNDLE_SWEEP_AGAIN later, not BUNDLE_SWEEP_EVERY. Found by review."""
+    monkeypatch.setattr(queue, "BUNDLE_SWEEP_ENTRIES", 100)
+    monkeypatch.setattr(queue, "BUNDLE_GRACE", 0.0)
+    site = _site(tmp_path)
+    intake = Intake(site)
+    queue.check_queue(site)
+    request, bundle = _submit(site, tmp_path, "big")
+    request.unlink()
+    for i in range(230):
+        (bundle / f"f{i}").write_text("x")
+    begin = time.monotonic()
+    intake.run_once()
+    try:
+        assert bundle.exists()  # one look: 100 entries
+        assert intake._bundles_due - begin <= queue.BUNDLE_SWEEP_AGAIN + 1, (
+            f"next look in {intake._bundles_due - begin:.0f} s, not "
+            f"{queue.BUNDLE_SWEEP_AGAIN:.0f} s"
+        )
+    finally:
+        intake.settler.close()
+        site.close()
+
+
+def test_the_next_look_continues_the_partly_removed_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial removal changes the bundle: the next look goes on with it all the same
+    (not "changed within the grace"). BUNDLE_GRACE scaled to 2 s. Found by review."""
+    monkeypatch.setattr(queue, "BUNDLE_SWEEP_ENTRIES", 100)
+    monkeypatch.setattr(queue, "BUNDLE_GRACE", 2.0)
+    site = _site(tmp_path)
+    intake = Intake(site)
+    queue.check_queue(site)
+    request, bundle = _submit(site, tmp_path, "big")
+    request.unlink()
+    for i in range(230):
+        (bundle / f"f{i}").write_text("x")
+    time.sleep(2.2)  # an orphan older than the grace
+    try:
+        intake.remove_orphan_bundles()
+        first = len(os.listdir(bundle))
+        assert first < 230
+        intake.remove_orphan_bundles()  # the look "10 s later"
+        second = len(os.listdir(bundle)) if bundle.exists() else 0
+        assert second < first, f"the second look removed nothing ({first} entries left)"
+    finally:
+        intake.settler.close()
+        site.close()
