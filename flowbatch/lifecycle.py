@@ -639,6 +639,12 @@ class Runner:
         if status and run.handle is not None and run.handle.get("status") != status:
             run.handle = {**run.handle, "status": status}
             changed = True
+        # what else the executor keeps in the handle (SSH: when the run's group was last
+        # found the run's, for a cancel by another process), set once
+        keep = {k: v for k, v in (probe.detail.get("keep") or {}).items() if v is not None}
+        if keep and run.handle is not None and any(k not in run.handle for k in keep):
+            run.handle = {**keep, **run.handle}
+            changed = True
         began = "started" in probe.detail
         started = probe.detail.get("started")
         queued = attempt_queued_at(run)  # not before this attempt (Slurm: whole seconds)

@@ -267,3 +267,32 @@ def test_the_poll_of_a_normally_ended_run_makes_no_scan_of_proc(
     assert ex.connection.run(f"rm {remote}/status/script.rc").ok
     result = ex.connection.run(_POLL_HEAD + spy + line + "\n")
     assert "scanned" in result.stdout, result.stdout
+
+
+def _ended_run_of(ex: SSHExecutor, tmp_path: Path, foreign: dict[str, Any], exit_at: float) -> Any:
+    """An ended run's handle (wrapper killed, no script.rc) whose markers name, as its
+    script's PID, the PID the foreign session's job has now (PIDs go out in sequence:
+    a session whose leader took the wrapper's old PID gives its job the next ones), and
+    an exit at ``exit_at`` (a forged or future one too)."""
+    h = old_handle(ex, tmp_path, foreign, rc=False)
+    marks = f"started {foreign['job']} 1000000000.000000 h\\nexit 0 {exit_at:.6f} 0\\n"
+    assert ex.connection.run(f"printf '{marks}' > {h['remote_dir']}/status/markers").ok
+    return h
+
+
+@pytest.mark.parametrize("exit_at", [1000000001.0, time.time() + 3600], ids=["past", "future"])
+def test_a_foreign_job_with_the_scripts_old_pid_is_not_the_runs_script(
+    ssh: SshEnv, tmp_path: Path, foreign: dict[str, Any], exit_at: float
+) -> None:
+    """The poll does not keep the run alive on it, a cancel does not end it, adoption
+    does not take it, whatever exit time the run's markers give (the script must carry
+    the run's token, and be in the run's session). Found by review."""
+    site = ssh_site(tmp_path / "site", ssh)
+    ex = ssh_executors(site.config, site.root)["a"]
+    h = _ended_run_of(ex, tmp_path, foreign, exit_at)
+    probe = ex.poll([("oldrun", h)])["oldrun"]
+    assert probe.liveness.name != "ALIVE", probe
+    assert not ex.adopt(h)
+    ex.cancel(h, "canceled")
+    time.sleep(0.2)  # a KILL, if one went out, has landed
+    assert live(foreign["job"], foreign["start"]), "a foreign session's job was killed"

@@ -7,6 +7,7 @@ is the run's. Found by review, with these reproductions. Real OpenSSH server on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -18,6 +19,8 @@ from flowbatch.executors.base import Liveness
 
 from .conftest import only_run, run_until_idle
 from .fixtures_ssh import SshEnv
+from .test_robust import wait_for
+from .test_ssh import group_members
 from .test_ssh_leftovers import ended_soon, run_leftover
 from .test_ssh_leftovers import strays as strays  # the fixture, reused
 from .test_ssh_wrapper_killed import executor, kill_wrapper, staged
@@ -98,3 +101,57 @@ def test_a_run_started_before_the_token_whose_wrapper_was_killed_is_not_lost(
             os.killpg(int(handle["pgid"]), signal.SIGKILL)
         except OSError:
             pass
+
+
+def test_a_leftover_without_the_token_ends_when_wrapper_and_script_were_killed(
+    ssh: SshEnv, tmp_path: Path, strays: list[tuple[int, float]]
+) -> None:
+    """Wrapper and script SIGKILLed (the OOM killer, `pkill -9 -f run.sh`): no exit
+    marker, no token holder left. The daemon's own poll found the group the run's while
+    the wrapper lived: what of it started before that poll is the run's, and ends with
+    the run. Found by review."""
+    site, d, handle, _script = staged(ssh, tmp_path, strays, body=ENV_CLEARED)
+    try:
+        _remote, pid, start = run_leftover(handle, strays)
+        (run,) = d.runner.launched()
+        assert executor(d).poll([(run.id, handle)])[run.id].liveness == Liveness.ALIVE
+        kill_wrapper(handle, strays)
+        for member in group_members(handle["pgid"]):  # as `pkill -9 -f run.sh` would
+            with contextlib.suppress(OSError):
+                if b"run.sh" in Path(f"/proc/{member}/cmdline").read_bytes():
+                    os.kill(member, signal.SIGKILL)
+        # what else had the token (the step's last `sleep 0.05`) ends by itself: the
+        # leftover alone is left in the group
+        assert wait_for(lambda: group_members(handle["pgid"]) == [pid], timeout=10)
+        run_until_idle(site, daemon=d, timeout=30)
+    finally:
+        d.stop()
+    assert only_run(site)["state"] == "ERROR"  # lost: its script wrote no exit
+    assert ended_soon(pid, start, timeout=5), f"the leftover {pid} outlived its run"
+
+
+def test_a_cancel_from_another_process_ends_a_leftover_once_a_poll_saw_the_wrapper_killed(
+    ssh: SshEnv, tmp_path: Path, strays: list[tuple[int, float]]
+) -> None:
+    """The daemon's poll that found the run's wrapper killed keeps that moment in the
+    run's handle: a `runs cancel` after the script ended (no process of the run's with
+    the token left) still ends the leftover, as one of the run's group started before
+    that moment."""
+    from .test_ssh_wrapper_killed import stays_running
+
+    site, d, handle, script = staged(ssh, tmp_path, strays, body=ENV_CLEARED)
+    try:
+        remote, pid, start = run_leftover(handle, strays)
+        kill_wrapper(handle, strays)
+        stays_running(d)  # orphan: its moment written into the run's handle
+        run_id = d.runner.launched()[0].id
+    finally:
+        d.stop()
+    assert site.store.load(run_id).handle.get("proven")  # type: ignore[union-attr]
+    (remote / "go").touch()
+    assert ended_soon(script, strays[0][1]), "run.sh did not end"
+    result = CliRunner().invoke(
+        main, ["--site", str(site.root), "runs", "cancel", run_id, "--reason", "enough"]
+    )
+    assert result.exit_code == 0, result.output
+    assert ended_soon(pid, start, timeout=8), f"the leftover {pid} outlived `runs cancel`"

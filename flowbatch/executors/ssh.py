@@ -162,10 +162,12 @@ fb_token() {
     done < "/proc/$1/environ"; } 2>/dev/null
   return 1
 }
-# $1 run folder, $2 group id, $3 the wrapper's start time: exit 0 while the run's script
-# runs (the PID of its "started" marker live in the group, started no earlier than the
-# wrapper); 1 when it does not; 2 when it has not written that marker yet (or its
-# markers are not a regular file: the run's user writes them)
+# $1 run folder, $2 group id, $3 the wrapper's start time, $4 the run's token: exit 0
+# while the run's script runs: the PID of its "started" marker live in the group and
+# session, started no earlier than the wrapper, and the run's (its environment has the
+# token; for a run without one, an older flowbatch's: its folder is the run's); 1 when
+# it does not; 2 when it has not written that marker yet (or its markers are not a
+# regular file: the run's user writes them)
 fb_script() {
   local m="$1/status/markers" w pid s f
   [ -f "$m" ] && [ ! -L "$m" ] || return 2
@@ -177,27 +179,14 @@ fb_script() {
   { read -r s < "/proc/$pid/stat"; } 2>/dev/null || return 1
   s=${s##*) }
   f=($s)
-  [ "${f[0]}" != Z ] && [ "${f[2]}" = "$2" ] && [ "${f[19]}" -ge "$3" ]
-}
-# $1 run folder: prints the clock tick after boot (as /proc/PID/stat's start times) of
-# the script's exit marker, the last of at most 1,000 lines; nothing without one
-fb_exit_tick() {
-  local m="$1/status/markers" k a t c n=0 at= sec frac hz b v
-  [ -f "$m" ] && [ ! -L "$m" ] || return 1
-  { while [ "$n" -lt 1000 ] && read -r -t 0.2 k a t c; do
-      n=$((n + 1))
-      [ "$k" = exit ] && at=$t
-    done <> "$m"; } 2>/dev/null
-  sec=${at%%[.,]*}
-  case $sec in ''|*[!0-9]*) return 1;; esac
-  frac=00
-  case $at in *[.,]*) frac=${at#*[.,]}00; frac=${frac:0:2};; esac
-  case $frac in *[!0-9]*) frac=00;; esac
-  hz=$(getconf CLK_TCK 2>/dev/null) || hz=100
-  case $hz in ''|*[!0-9]*) hz=100;; esac
-  while read -r k v; do [ "$k" = btime ] && b=$v && break; done < /proc/stat
-  case $b in ''|*[!0-9]*) return 1;; esac
-  printf '%s\n' $(( (sec - b) * hz + 10#$frac * hz / 100 ))
+  [ "${f[0]}" != Z ] && [ "${f[2]}" = "$2" ] && [ "${f[3]}" = "$2" ] \
+    && [ "${f[19]}" -ge "$3" ] || return 1
+  if [ -n "${4:-}" ]; then
+    fb_token "$pid" "$4" || return 1
+  else
+    [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(cd -- "$1" 2>/dev/null && pwd -P)" ] \
+      || return 1
+  fi
 }
 """
 
@@ -209,7 +198,7 @@ _GROUP_ALIVE = r"""fb_ours() {
   case $2 in ''|*[!0-9]*) return 1;; esac
   fb_same "$1" "$2" && return 0
   fb_other "$1" "$2" && return 1  # its PID is another process's: the run's group ended
-  if [ -n "${4:-}" ] && [ -d "$4" ]; then fb_script "$4" "$1" "$2" && return 0; fi
+  if [ -n "${4:-}" ] && [ -d "$4" ]; then fb_script "$4" "$1" "$2" "${3:-}" && return 0; fi
   [ -n "${3:-}" ] || return 1
   for p in /proc/[0-9]*/stat; do
     { read -r s < "$p"; } 2>/dev/null || continue
@@ -238,21 +227,29 @@ fb_before() {
   return 1
 }
 # $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s, $4 the boot id it was
-# recorded in (none: not checked), $5 the run's token, $6 its remote folder: TERM the
-# run's group once proven the run's (fb_ours), KILL what is left of it after the ticks
-# (a cancel, a relaunch): the processes started before it was proven (this shell's own
-# start), token or not, and those with the token
+# recorded in (none: not checked), $5 the run's token, $6 its remote folder, $7 a clock
+# tick at which the daemon last saw the group proven the run's (none: not known): TERM
+# the run's group once proven the run's (fb_ours, now; or a process of it started
+# before $7 still there), KILL what is left of it after the ticks (a cancel, a
+# relaunch): the processes started before it was proven, token or not, and those with
+# the token
 fb_end() {
   local i b s f now
   if [ -n "${4:-}" ]; then
     read -r b < /proc/sys/kernel/random/boot_id
     [ "$b" = "$4" ] || return 0
   fi
-  fb_ours "$1" "$2" "${5:-}" "${6:-}" || return 0
-  read -r s < "/proc/$BASHPID/stat"
-  s=${s##*) }
-  f=($s)
-  now=${f[19]}
+  if fb_ours "$1" "$2" "${5:-}" "${6:-}"; then
+    read -r s < "/proc/$BASHPID/stat"
+    s=${s##*) }
+    f=($s)
+    now=${f[19]}  # this shell started before the proof
+  else
+    case ${7:-} in ''|*[!0-9]*) return 0;; esac
+    fb_other "$1" "$2" && return 0
+    fb_before "$1" "$2" "$7" "${5:-}" || return 0
+    now=$7
+  fi
   kill -TERM -- "-$1" 2>/dev/null || return 0
   for ((i = 0; i < $3; i++)); do
     fb_before "$1" "$2" "$now" "${5:-}" || return 0
@@ -315,12 +312,17 @@ WRAPPER_RECORD = "status/wrapper"
 # its first marker: while a process of the group has the run's token) the run goes on
 # ("orphan"); else the poll does what the dead wrapper can no longer do and KILLs what is
 # left of the group ("killed"): when a process with the token is left, or one started
-# before the script's exit marker (the group was the run's until then). Processes are
-# looked at on one scan of /proc per poll, made only for such runs.
+# before the last poll that found the group the run's (the daemon keeps that poll's
+# clock tick, $8: the group was the run's then, and a process of it still there is).
+# Processes are looked at on one scan of /proc per poll, made only for such runs.
 _POLL_HEAD = (
     _SAME_PROCESS
     + r"""read -r fb_boot < /proc/sys/kernel/random/boot_id
-printf 'boot %s\n' "$fb_boot"
+read -r fb_tick < "/proc/$BASHPID/stat"
+fb_tick=${fb_tick##*) }
+fb_tick=($fb_tick)
+# the clock tick this poll began at: a group it finds the run's was the run's then
+printf 'boot %s %s\n' "$fb_boot" "${fb_tick[19]}"
 declare -A fb_groups=()
 fb_scanned=
 # once per poll: "pid:start" of the live processes of each session leader's group
@@ -355,18 +357,19 @@ fb_left() {
   return 1
 }
 # $1 run id, $2 the wrapper's pid, $3 its start time, $4 the run folder, $5 its boot id,
-# $6 the run's process group id (the wrapper's pid), $7 the run's token
+# $6 the run's process group id (the wrapper's pid), $7 the run's token, $8 the tick of
+# the last poll that found the group the run's
 fb_p() {
   local alive=0 rc=- f="$4/status/script.rc" g=${6:-$2} left= st=2 until=
   if [ "$5" = "$fb_boot" ] && fb_same "$2" "$3"; then alive=1; fi
   if [ "$alive" = 0 ] && [ "$5" = "$fb_boot" ] && [ ! -e "$f" ] && [ ! -L "$f" ] \
     && ! fb_other "$g" "$3"; then
-    if [ -d "$4" ]; then fb_script "$4" "$g" "$3"; st=$?; fi
+    if [ -d "$4" ]; then fb_script "$4" "$g" "$3" "${7:-}"; st=$?; fi
     if [ "$st" = 0 ] || { [ "$st" = 2 ] && fb_left "$g" "$3" "${7:-}"; }; then
       printf '%s orphan -\n' "$1"
       return
     fi
-    [ -d "$4" ] && until=$(fb_exit_tick "$4")
+    case ${8:-} in ''|*[!0-9]*) ;; *) until=$8;; esac
     if fb_left "$g" "$3" "${7:-}" "$until"; then
       kill -KILL -- "-$g" 2>/dev/null && left=" killed"
     fi
@@ -385,7 +388,7 @@ fb_p() {
 
 # run after _SAME_PROCESS and _GROUP_ALIVE, which stay out of this format string
 # (their braces are bash's)
-_CANCEL = r"""fb_end {pid} {start} {ticks} {boot} {token} {dir}
+_CANCEL = r"""fb_end {pid} {start} {ticks} {boot} {token} {dir} {proven}
 exit 0
 """
 
@@ -427,6 +430,9 @@ class SSHExecutor:
         self._said: dict[str, list[str]] = {}
         #: runs seen going on after their wrapper was killed from outside (see poll)
         self._orphaned: set[str] = set()
+        #: a run's group (pgid:start) -> the clock tick of the last poll that found it
+        #: the run's: its processes started before then are the run's (fb_left, fb_end)
+        self._proven: dict[str, str] = {}
         #: handles of runs given up on while this host was away (see :meth:`abandon`),
         #: those an earlier daemon (or ``runs cancel``) could not end first
         self._notes = Notes(
@@ -535,6 +541,7 @@ class SSHExecutor:
             pid = str(h.get("pid", 0))
             args = [run_id, pid, str(h.get("start", "")), h.get("remote_dir", "")]
             args += [str(h.get("boot_id", "")), str(h.get("pgid", pid)), _token(h)]
+            args.append(_proven_of(self._proven, h))
             lines.append("fb_p " + " ".join(_q(a) for a in args))
         try:
             result = conn.run("\n".join(lines) + "\n")
@@ -546,8 +553,12 @@ class SSHExecutor:
             return self._unreachable(handles, conn, f"poll failed on ssh:{self.name}: {detail}")
         self._failing_since = None
         states = _parse_poll(result.stdout)
+        tick = _poll_tick(result.stdout)
         out: dict[str, Probe] = {}
         for run_id, handle in handles:
+            state = states.get(run_id)
+            if tick and state is not None and state[0] in ("1", "orphan"):
+                self._proven[_group_key(handle)] = tick  # the group was the run's then
             out[run_id] = self._probe(run_id, handle, states.get(run_id))
         return out
 
@@ -569,7 +580,14 @@ class SSHExecutor:
                     f"pid {pid} (the run's wrapper) on ssh:{self.name} was killed from "
                     f"outside; its script still runs in process group {group}"
                 ),
-                detail={"status": ORPHAN_STATUS},
+                # kept in the run's handle (written once): a cancel or a daemon started
+                # later knows the group was the run's at that tick (see fb_end)
+                detail={
+                    "status": ORPHAN_STATUS,
+                    "keep": {
+                        "proven": handle.get("proven") or self._proven.get(_group_key(handle))
+                    },
+                },
             )
         orphaned = run_id in self._orphaned or handle.get("status") == ORPHAN_STATUS
         left = f"; what was left of its process group {group} there was killed" if killed else ""
@@ -765,6 +783,7 @@ class SSHExecutor:
         finally:
             self._fetched.discard(run_id)
             self._orphaned.discard(run_id)
+            self._proven.pop(_group_key(handle), None)
             self._fetch_failing.pop(run_id, None)
             self._incomplete.pop(run_id, None)
 
@@ -865,6 +884,7 @@ class SSHExecutor:
                 boot=_q(str(handle.get("boot_id", ""))),
                 token=_q(_token(handle)),
                 dir=_q(str(handle.get("remote_dir", ""))),
+                proven=_q(_proven_of(self._proven, handle)),
             )
         )
         result = self.connection.run(script, timeout=CANCEL_GRACE + 30, force=force)
@@ -898,6 +918,28 @@ class SSHExecutor:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _group_key(handle: dict[str, Any]) -> str:
+    """A run's process group as :attr:`SSHExecutor._proven` keys it."""
+    return f"{handle.get('pgid', handle.get('pid'))}:{handle.get('start')}"
+
+
+def _proven_of(proven: dict[str, str], handle: dict[str, Any]) -> str:
+    """The latest clock tick at which the run's group was found the run's: by a poll of
+    this daemon, else as its handle keeps it (the first poll that found its wrapper
+    killed from outside, recorded in ``run.json``)."""
+    known = [t for t in (proven.get(_group_key(handle)), handle.get("proven")) if t]
+    return max((str(t) for t in known if str(t).isdigit()), key=int, default="")
+
+
+def _poll_tick(stdout: str) -> str:
+    """The clock tick the poll began at, from its ``boot <id> <tick>`` line ("": none)."""
+    for line in stdout.splitlines():
+        parts = line.split(" ")
+        if parts[0] == "boot":
+            return parts[2] if len(parts) == 3 and parts[2].isdigit() else ""
+    return ""
 
 
 def _token(handle: dict[str, Any]) -> str:
