@@ -233,6 +233,14 @@ BUNDLE_SWEEP_AGAIN = 10.0
 #: the name `flowbatch submit` gives a bundle (:func:`flowbatch.api.queue_request`):
 #: ``<stem>-<6 hex digits>.files``; no other folder of the queue is taken for one
 _SUBMITTED_BUNDLE = re.compile(r"[^.].*-[0-9a-f]{6}" + re.escape(BUNDLE_SUFFIX), re.DOTALL)
+#: the folder `flowbatch submit` builds a bundle in (``.<bundle>.tmp``), renamed into
+#: place once whole: one left behind is a submit that was killed half-way (it never
+#: wrote its request), removed once :data:`BUNDLE_TEMP_GRACE` old
+_SUBMIT_TEMP = re.compile(r"\.[^.].*-[0-9a-f]{6}" + re.escape(BUNDLE_SUFFIX) + r"\.tmp", re.DOTALL)
+#: seconds a submit's building folder is left alone since it (or a folder in it) last
+#: changed: a copy of large inputs may take long, and a file written into a folder
+#: within it changes neither
+BUNDLE_TEMP_GRACE = 86400.0
 
 #: what to do about a claim the daemon cannot remove, by the unlink's errno
 _UNLINK_FIXES = {
@@ -923,9 +931,13 @@ class Intake:
             return []
         present: set[str] = set()
         bundles: list[os.DirEntry[str]] = []
+        temps: set[str] = set()
         for entry in entries:
             if _SUBMITTED_BUNDLE.fullmatch(entry.name):
                 bundles.append(entry)
+            elif _SUBMIT_TEMP.fullmatch(entry.name):
+                bundles.append(entry)
+                temps.add(entry.name)
             else:
                 present.update(_request_stems(entry.name))
         if not bundles:
@@ -941,23 +953,27 @@ class Intake:
             return removed
         try:
             for entry in bundles:
+                temp = entry.name in temps
                 stem = entry.name[: -len(BUNDLE_SUFFIX)]
-                if stem in present:
+                if not temp and stem in present:
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
                 changed = max(st.st_mtime, st.st_ctime)
+                if temp and stat.S_ISDIR(st.st_mode):  # by what its copies change
+                    changed = max(st.st_mtime, _newest_folder_change(entry.path))
+                waited = max(grace, BUNDLE_TEMP_GRACE) if temp else grace
                 begun = (entry.name, st.st_ino) in self._bundles_begun  # changed by a look
-                if not stat.S_ISDIR(st.st_mode) or (now - changed < grace and not begun):
+                if not stat.S_ISDIR(st.st_mode) or (now - changed < waited and not begun):
                     continue
                 key = (entry.name, st.st_ino, st.st_ctime_ns)
                 if key in self._bundles_kept:
                     continue
                 if budget.left <= 0:
                     break
-                done = self._remove_bundle(fd, entry.name, st, budget)
+                done = self._remove_bundle(fd, entry.name, st, budget, temp=temp)
                 if done is None and budget.left <= 0:  # removed in part: the rest soon
                     self._bundles_begun.add((entry.name, st.st_ino))
                 else:
@@ -976,7 +992,7 @@ class Intake:
         return removed
 
     def _remove_bundle(
-        self, queue_fd: int, name: str, st: os.stat_result, budget: _Budget
+        self, queue_fd: int, name: str, st: os.stat_result, budget: _Budget, *, temp: bool = False
     ) -> bool | None:
         """:meth:`remove_orphan_bundles` of the bundle ``name`` (``st``: its lstat) once
         it is found to be an orphan: True when removed; False: left (the log says why);
@@ -984,7 +1000,8 @@ class Intake:
         path = self.layout.queue / name
         owner = user_name(st.st_uid)
         try:
-            owners = self._request_owners(name[: -len(BUNDLE_SUFFIX)])
+            # a submit's building folder: its own user's (it has no request, nor runs)
+            owners = set() if temp else self._request_owners(name[: -len(BUNDLE_SUFFIX)])
         except Exception as exc:
             log.warning("orphan bundle %s left for now: the index cannot say whose: %s", path, exc)
             return None
@@ -1022,9 +1039,12 @@ class Intake:
             )
             return False
         log.info(
-            "removed %s, the files `flowbatch submit` queued for a request no longer in "
-            "the queue (handled, or removed by its user), %s's, last changed %s",
+            "removed %s, %s, %s's, last changed %s",
             path,
+            "a bundle `flowbatch submit` was building when it was stopped"
+            if temp
+            else "the files `flowbatch submit` queued for a request no longer in the queue "
+            "(handled, or removed by its user)",
             owner,
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(st.st_mtime, st.st_ctime))),
         )
@@ -1381,6 +1401,19 @@ class Intake:
         except FileNotFoundError:
             pass
         log.warning("rejected %s: %s", name, error.summary())
+
+
+def _newest_folder_change(path: str) -> float:
+    """The latest modification time of the folders directly in ``path`` (not followed):
+    a copy into one of them changes it."""
+    newest = 0.0
+    with contextlib.suppress(OSError), os.scandir(path) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    newest = max(newest, st.st_mtime)
+    return newest
 
 
 def _request_stems(name: str) -> list[str]:

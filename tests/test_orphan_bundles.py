@@ -304,3 +304,27 @@ def test_the_next_look_continues_the_partly_removed_bundle(
     finally:
         intake.settler.close()
         site.close()
+
+
+def test_a_bundle_a_killed_submit_was_building_is_removed_after_a_day(tmp_path: Path) -> None:
+    """`flowbatch submit` builds a bundle in `.<name>.files.tmp` and renames it into place
+    once whole; killed half-way, it leaves that folder (and never its request). It goes
+    once neither it nor a folder in it changed for a day (a copy of large inputs may take
+    long, and writes into a folder within it change neither); a younger one stays."""
+    site = _site(tmp_path)
+    intake = Intake(site)
+    queue.check_queue(site)
+    old, young = (site.layout.queue / f".{n}-abcdef.files.tmp" for n in ("old", "young"))
+    for folder in (old, young):
+        (folder / "names").mkdir(parents=True)
+        (folder / "names" / "names.txt").write_text("a\n")
+    day = time.time() - queue.BUNDLE_TEMP_GRACE - 60
+    for path in (old / "names", old):
+        os.utime(path, (day, day))
+    os.utime(young, (day, day))  # its folder within changed just now: a copy goes on
+    try:
+        removed = intake.remove_orphan_bundles(grace=0)
+    finally:
+        intake.settler.close()
+        site.close()
+    assert removed == [old.name] and not old.exists() and young.is_dir()
