@@ -155,3 +155,28 @@ def test_a_cancel_from_another_process_ends_a_leftover_once_a_poll_saw_the_wrapp
     )
     assert result.exit_code == 0, result.output
     assert ended_soon(pid, start, timeout=8), f"the leftover {pid} outlived `runs cancel`"
+
+
+def test_a_run_of_the_file_per_marker_layout_whose_wrapper_was_killed_goes_on(
+    ssh: SshEnv, tmp_path: Path, strays: list[tuple[int, float]]
+) -> None:
+    """A run an older flowbatch started before `status/markers` existed (a file a
+    marker: `status/started` holds "<pid> <time> <host>") and without a token: its
+    wrapper killed from outside while its script runs, the script found by that file
+    keeps the run going. Found by review."""
+    site, d, handle, script = staged(ssh, tmp_path, strays)
+    try:
+        (run,) = d.runner.launched()
+        status = Path(handle["remote_dir"]) / "status"
+        line = (status / "markers").read_text().splitlines()[0].split(" ", 1)[1]
+        (status / "started").write_text(line + "\n")  # the older layout
+        os.chown(status / "started", ssh.uid, ssh.gid)
+        (status / "markers").unlink()
+        old = {k: v for k, v in handle.items() if k != "token"}
+        kill_wrapper(handle, strays)
+        probe = executor(d).poll([(run.id, old)])[run.id]
+        assert probe.liveness == Liveness.ALIVE, f"the script {script} runs: {probe}"
+    finally:
+        d.stop()
+        with contextlib.suppress(OSError):
+            os.killpg(int(handle["pgid"]), signal.SIGKILL)

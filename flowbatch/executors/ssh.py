@@ -170,9 +170,17 @@ fb_token() {
 # regular file: the run's user writes them)
 fb_script() {
   local m="$1/status/markers" w pid s f
-  [ -f "$m" ] && [ ! -L "$m" ] || return 2
-  # opened read-write and read with a time limit: a FIFO swapped in blocks neither
-  { read -r -t 0.2 -n 64 w pid s <> "$m"; } 2>/dev/null
+  if [ ! -e "$m" ] && [ ! -L "$m" ] && [ -f "$1/status/started" ]; then
+    # a run an older flowbatch started: a file a marker, "started" holds "<pid> ..."
+    m="$1/status/started"
+    [ ! -L "$m" ] || return 2
+    { read -r -t 0.2 -n 64 pid s <> "$m"; } 2>/dev/null
+    w=started
+  else
+    [ -f "$m" ] && [ ! -L "$m" ] || return 2
+    # opened read-write and read with a time limit: a FIFO swapped in blocks neither
+    { read -r -t 0.2 -n 64 w pid s <> "$m"; } 2>/dev/null
+  fi
   [ -n "$w" ] || return 2
   [ "$w" = started ] || return 1
   case $pid in ''|*[!0-9]*) return 1;; esac
