@@ -164,7 +164,7 @@ def test_a_run_of_the_file_per_marker_layout_whose_wrapper_was_killed_goes_on(
     marker: `status/started` holds "<pid> <time> <host>") and without a token: its
     wrapper killed from outside while its script runs, the script found by that file
     keeps the run going. Found by review."""
-    site, d, handle, script = staged(ssh, tmp_path, strays)
+    _site, d, handle, script = staged(ssh, tmp_path, strays)
     try:
         (run,) = d.runner.launched()
         status = Path(handle["remote_dir"]) / "status"
