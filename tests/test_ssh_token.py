@@ -11,11 +11,14 @@ import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from flowbatch.cli import main
 from flowbatch.executors.base import Liveness
+from flowbatch.executors.ssh_pool import HostUnreachable
 
 from .conftest import only_run, run_until_idle
 from .fixtures_ssh import SshEnv
@@ -180,3 +183,51 @@ def test_a_run_of_the_file_per_marker_layout_whose_wrapper_was_killed_goes_on(
         d.stop()
         with contextlib.suppress(OSError):
             os.killpg(int(handle["pgid"]), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("collected", [True, False], ids=["collected", "control"])
+def test_an_abandoned_cancel_ends_a_tokenless_leftover(
+    ssh: SshEnv,
+    tmp_path: Path,
+    strays: list[tuple[int, float]],
+    monkeypatch: pytest.MonkeyPatch,
+    collected: bool,
+) -> None:
+    """A cancel while the host does not answer abandons the run's group; the run's end
+    (collect) comes before the host answers again. The group's last proof goes with the
+    abandoned handle, so a leftover without the token is ended once the host answers
+    (wrapper and script both gone). Found by review."""
+    _site, d, handle, _script = staged(ssh, tmp_path, strays, body=ENV_CLEARED)
+    try:
+        _remote, pid, start = run_leftover(handle, strays)
+        (run,) = d.runner.launched()
+        ex = executor(d)
+        assert ex.poll([(run.id, handle)])[run.id].liveness == Liveness.ALIVE  # tick kept
+        kill_wrapper(handle, strays)
+        for member in group_members(handle["pgid"]):  # an OOM kill of run.sh too
+            with contextlib.suppress(OSError):
+                if b"run.sh" in Path(f"/proc/{member}/cmdline").read_bytes():
+                    os.kill(member, signal.SIGKILL)
+        assert wait_for(lambda: group_members(handle["pgid"]) == [pid], timeout=10)
+        # the time limit's cancel while the host does not answer: abandoned
+        real = ex._end_group
+        calls: list[int] = []
+
+        def away(h: Any, *, force: bool = False) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise HostUnreachable("host a is away")
+            return real(h, force=force)
+
+        monkeypatch.setattr(ex, "_end_group", away)
+        ex.cancel(handle, "time limit exceeded")
+        assert ex.has_abandoned()
+        if collected:  # as Runner._kill does right after cancel
+            ex.collect(run.id, handle, Path(handle["run_dir"]))
+        ex.tend()  # the host answers again
+        assert not ex.has_abandoned()
+    finally:
+        d.stop()
+    assert ended_soon(pid, start, timeout=8), (
+        f"the leftover {pid} of the abandoned run's group {handle['pgid']} survived"
+    )

@@ -835,7 +835,11 @@ class SSHExecutor:
                 handle.get("pid"),
                 reason,
             )
-            self._abandoned.append(dict(handle))
+            # with when its group was last found the run's (collect forgets it): what of
+            # the group started before then is ended with it, token or not
+            proven = _proven_of(self._proven, handle)
+            handle = {**handle, "proven": proven} if proven else dict(handle)
+            self._abandoned.append(handle)
             self._note_abandoned(handle, reason)
 
     def has_abandoned(self) -> bool:
@@ -929,8 +933,9 @@ class SSHExecutor:
 
 
 def _group_key(handle: dict[str, Any]) -> str:
-    """A run's process group as :attr:`SSHExecutor._proven` keys it."""
-    return f"{handle.get('pgid', handle.get('pid'))}:{handle.get('start')}"
+    """A run's process group as :attr:`SSHExecutor._proven` keys it (its boot too: a
+    tick means nothing in another boot)."""
+    return f"{handle.get('pgid', handle.get('pid'))}:{handle.get('start')}:{handle.get('boot_id')}"
 
 
 def _proven_of(proven: dict[str, str], handle: dict[str, Any]) -> str:
