@@ -640,10 +640,10 @@ class Runner:
             run.handle = {**run.handle, "status": status}
             changed = True
         # what else the executor keeps in the handle (SSH: when the run's group was last
-        # found the run's, for a cancel by another process), set once
+        # found the run's, for a cancel by another process), written when it changes
         keep = {k: v for k, v in (probe.detail.get("keep") or {}).items() if v is not None}
-        if keep and run.handle is not None and any(k not in run.handle for k in keep):
-            run.handle = {**keep, **run.handle}
+        if keep and run.handle is not None and any(run.handle.get(k) != v for k, v in keep.items()):
+            run.handle = {**run.handle, **keep}
             changed = True
         began = "started" in probe.detail
         started = probe.detail.get("started")

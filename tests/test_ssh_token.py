@@ -231,3 +231,47 @@ def test_an_abandoned_cancel_ends_a_tokenless_leftover(
     assert ended_soon(pid, start, timeout=8), (
         f"the leftover {pid} of the abandoned run's group {handle['pgid']} survived"
     )
+
+
+LATE = (
+    "for j in $(seq 1200); do [ -e late ] && break; sleep 0.05; done; "
+    "env -i /bin/sleep 300 & echo $! > leftover.pid"
+)
+
+
+def test_the_handle_keeps_a_later_proof_for_a_cancel_from_another_process(
+    ssh: SshEnv,
+    tmp_path: Path,
+    strays: list[tuple[int, float]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's handle keeps the daemon's later proofs of the group too (at most one
+    write a PROVEN_KEEP_EVERY, here every poll): a leftover without the token started
+    after the first orphan poll is ended by a `runs cancel` from another process once
+    the script ended. Found by review."""
+    from flowbatch.executors import ssh as ssh_module
+
+    from .test_ssh_wrapper_killed import stays_running
+
+    monkeypatch.setattr(ssh_module, "PROVEN_KEEP_EVERY", 0, raising=False)
+    site, d, handle, script = staged(ssh, tmp_path, strays, body=LATE)
+    try:
+        remote = Path(handle["remote_dir"])
+        kill_wrapper(handle, strays)
+        stays_running(d, polls=1)  # the first orphan poll: its tick written
+        first = site.store.load(d.runner.launched()[0].id).handle.get("proven")  # type: ignore[union-attr]
+        (remote / "late").touch()
+        _remote, pid, start = run_leftover(handle, strays)
+        stays_running(d, polls=2)  # the group found the run's again, after the leftover
+        run_id = d.runner.launched()[0].id
+    finally:
+        d.stop()
+    kept = site.store.load(run_id).handle.get("proven")  # type: ignore[union-attr]
+    assert first and kept and int(kept) > int(first)
+    (remote / "go").touch()
+    assert ended_soon(script, strays[0][1], timeout=10), "run.sh did not end"
+    result = CliRunner().invoke(
+        main, ["--site", str(site.root), "runs", "cancel", run_id, "--reason", "enough"]
+    )
+    assert result.exit_code == 0, result.output
+    assert ended_soon(pid, start, timeout=8), f"the leftover {pid} outlived `runs cancel`"

@@ -111,6 +111,9 @@ ABANDONED_DIR = SSH_ABANDONED
 NOTED_FILES = 10
 #: the most runs whose notes are kept for :meth:`SSHExecutor.take_messages`
 MAX_NOTED_RUNS = 1000
+#: clock ticks (100 a second on Linux) between two writes of a run's last proof into its
+#: handle while its wrapper is killed and its script goes on (see _proven_to_keep)
+PROVEN_KEEP_EVERY = 6000
 #: the word on a run whose wrapper was killed from outside while its script goes on
 #: (kept in its handle, for ``runs show``)
 ORPHAN_STATUS = "its wrapper was killed from outside; the script goes on"
@@ -588,14 +591,9 @@ class SSHExecutor:
                     f"pid {pid} (the run's wrapper) on ssh:{self.name} was killed from "
                     f"outside; its script still runs in process group {group}"
                 ),
-                # kept in the run's handle (written once): a cancel or a daemon started
-                # later knows the group was the run's at that tick (see fb_end)
-                detail={
-                    "status": ORPHAN_STATUS,
-                    "keep": {
-                        "proven": handle.get("proven") or self._proven.get(_group_key(handle))
-                    },
-                },
+                # kept in the run's handle: a cancel or a daemon started later knows the
+                # group was the run's at that tick (see fb_end)
+                detail={"status": ORPHAN_STATUS, "keep": self._proven_to_keep(handle)},
             )
         orphaned = run_id in self._orphaned or handle.get("status") == ORPHAN_STATUS
         left = f"; what was left of its process group {group} there was killed" if killed else ""
@@ -642,6 +640,18 @@ class SSHExecutor:
                 Liveness.FINISHED, exit_code=code, raw=f"{raw}; {said}", detail={"message": said}
             )
         return Probe(Liveness.FINISHED, exit_code=code, raw=raw)
+
+    def _proven_to_keep(self, handle: dict[str, Any]) -> dict[str, Any]:
+        """For the handle of a run whose wrapper was killed: the tick of the last poll
+        that found its group the run's, when the handle has none or one older by
+        :data:`PROVEN_KEEP_EVERY` ticks (``run.json`` is not written at every poll)."""
+        tick = self._proven.get(_group_key(handle))
+        kept = str(handle.get("proven") or "")
+        if not tick:
+            return {}
+        if kept.isdecimal() and int(tick) - int(kept) < PROVEN_KEEP_EVERY:
+            return {}
+        return {"proven": tick}
 
     def _marker_end(
         self, run_id: str, handle: dict[str, Any], *, orphaned: bool, killed: bool
@@ -943,7 +953,7 @@ def _proven_of(proven: dict[str, str], handle: dict[str, Any]) -> str:
     this daemon, else as its handle keeps it (the first poll that found its wrapper
     killed from outside, recorded in ``run.json``)."""
     known = [t for t in (proven.get(_group_key(handle)), handle.get("proven")) if t]
-    return max((str(t) for t in known if str(t).isdigit()), key=int, default="")
+    return max((str(t) for t in known if str(t).isdecimal()), key=int, default="")
 
 
 def _poll_tick(stdout: str) -> str:
