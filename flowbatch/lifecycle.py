@@ -898,7 +898,7 @@ def handle_from_marker(
     }
 
 
-def _epoch(text: str | None) -> float | None:
+def epoch(text: str | None) -> float | None:
     """An ISO time of a run record as seconds since the epoch (None if unreadable)."""
     if not text:
         return None
@@ -914,8 +914,8 @@ def attempt_queued_at(run: RunRecord) -> float | None:
     (the creation, or the retry that made this attempt), else ``created_at``."""
     for change in reversed(run.history):
         if change.get("state") == State.PENDING.value:
-            return _epoch(change.get("at"))
-    return _epoch(run.created_at)
+            return epoch(change.get("at"))
+    return epoch(run.created_at)
 
 
 def marker_times(
@@ -937,8 +937,15 @@ def marker_times(
     wrote one) the finish is the daemon's time and only a start not past now is taken.
     Both from one clock, the run time (finish - start) is right whatever that clock's
     offset; the run's history keeps the daemon's own moments."""
+    return times_marked(markers, attempt_queued_at(run), ended=ended, now=now)
+
+
+def times_marked(
+    markers: Markers, floor: float | None, *, ended: bool = True, now: float | None = None
+) -> dict[str, str]:
+    """:func:`marker_times` for a job queued at ``floor`` (seconds since the epoch): a
+    run's attempt, a post-processing job."""
     started = markers.started
-    floor = attempt_queued_at(run)
     if started is None or floor is None:
         return {}
     now = time.time() if now is None else now

@@ -43,12 +43,10 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import secrets
 import shutil
 import stat
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -59,12 +57,13 @@ from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
 from .lifecycle import (
-    MARKER_CLOCK_SLACK,
     describe_code,
+    epoch,
     handle_from_marker,
     iso,
     step_records,
     tail,
+    times_marked,
 )
 from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
@@ -330,21 +329,11 @@ class PostProcManager:
             self._finish(record, "SUCCESS", [])
 
     def _marked_times(self, record: PostProcRecord, markers: Any) -> None:
-        """The times its script marked, where plausible (a run's rule: not before the
-        job was made, the end not before the start, neither past now), in place of when
-        the daemon saw them: a slow tick must not stretch a post-processing's time."""
-        created = _epoch_of(record.created_at)
-        if created is None or markers.started is None:
-            return
-        now = time.time()
-        start = markers.started[1]
-        if not (math.isfinite(start) and created - 1 <= start <= now + MARKER_CLOCK_SLACK):
-            return
-        record.started_at = iso(start)
-        if markers.exit is not None:
-            end = markers.exit[1]
-            if math.isfinite(end) and start <= end <= now + MARKER_CLOCK_SLACK:
-                record.finished_at = iso(end)
+        """The times its script marked, where plausible (a run's rule, the job made at
+        its ``created_at``), in place of when the daemon saw them: a slow tick must not
+        stretch a post-processing's time."""
+        for key, value in times_marked(markers, epoch(record.created_at)).items():
+            setattr(record, key, value)
 
     def _finish(self, record: PostProcRecord, state: str, messages: list[str]) -> None:
         self.before_report_change(record.workflow)
@@ -595,12 +584,3 @@ def _output_view(folder: Path, base: str, spec: dict[str, Any]) -> PostProcOutpu
     if suffix in _TEXTS:
         return replace(link, kind="text", text=text)
     return link
-
-
-def _epoch_of(text: str | None) -> float | None:
-    """An ISO time of a record as seconds since the epoch (None if unreadable)."""
-    try:
-        moment = datetime.fromisoformat(text or "")
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

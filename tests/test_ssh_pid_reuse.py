@@ -259,7 +259,7 @@ def test_the_poll_of_a_normally_ended_run_makes_no_scan_of_proc(
     assert ex.connection.run(f"mkdir -p {remote}/status && echo 0 > {remote}/status/script.rc").ok
     gone = subprocess.Popen(["true"])
     gone.wait()  # a wrapper that ended: its PID is free
-    spy = "fb_scan() { echo scanned; }\n"  # after the poll's own, in its place
+    spy = "fb_before() { echo scanned; return 1; }\n"  # in place of the walk of /proc
     line = f"fb_p r {gone.pid} 1 {remote} {boot()} {gone.pid} {TOKEN}"
     result = ex.connection.run(_POLL_HEAD + spy + line + "\n")
     assert "r 0 0" in result.stdout and "scanned" not in result.stdout, result.stdout

@@ -24,7 +24,7 @@ executor of that name. A run goes like this:
    once the script is gone, the poll KILLs what is left of the group, as the wrapper
    would have, and the script's own exit marker decides the end (none: lost). The
    group is looked at only for runs whose wrapper is gone with no exit status written
-   (one that wrote it KILLed its group itself), on one scan of ``/proc`` per poll. It is
+   (one that wrote it KILLed its group itself), by a walk of ``/proc`` (only then). It is
    taken for the run's only once proven so (the script alive in it, or a process with
    the run's token, ``FLOWBATCH_SSH_TOKEN``, a random word the launch exports to the
    wrapper and so to everything the run starts, recorded in the handle), and then so is
@@ -199,43 +199,36 @@ fb_script() {
       || return 1
   fi
 }
-"""
-
-# $1 group id, $2 the wrapper's start time, $3 the run's token, $4 its remote folder:
-# exit 0 when the group is proven the run's (see above). Zombies do not count (detached
-# processes are reaped by init, and some containers' init never does).
-_GROUP_ALIVE = r"""fb_ours() {
-  local p s f
-  case $2 in ''|*[!0-9]*) return 1;; esac
-  fb_same "$1" "$2" && return 0
-  fb_other "$1" "$2" && return 1  # its PID is another process's: the run's group ended
-  if [ -n "${4:-}" ] && [ -d "$4" ]; then fb_script "$4" "$1" "$2" "${3:-}" && return 0; fi
-  [ -n "${3:-}" ] || return 1
-  for p in /proc/[0-9]*/stat; do
-    { read -r s < "$p"; } 2>/dev/null || continue
-    s=${s##*) }
-    f=($s)
-    [ "${f[2]}" = "$1" ] && [ "${f[3]}" = "$1" ] && [ "${f[0]}" != Z ] \
-      && [ "${f[19]}" -ge "$2" ] && p=${p#/proc/} && fb_token "${p%/stat}" "$3" && return 0
-  done
-  return 1
-}
 # $1 group id, $2 the wrapper's start time, $3 a clock tick at which the group was proven
-# the run's, $4 the run's token: exit 0 while a process of the group started between $2
-# and $3 lives, or one with the token
+# the run's (none: no such moment known), $4 the run's token: exit 0 while a process of
+# the group (and session) started no earlier than the wrapper lives that started before
+# that tick or has the token (one walk of /proc)
 fb_before() {
   local p s f
+  case $1$2 in ''|*[!0-9]*) return 1;; esac
   for p in /proc/[0-9]*/stat; do
     { read -r s < "$p"; } 2>/dev/null || continue
     s=${s##*) }
     f=($s)
     [ "${f[2]}" = "$1" ] && [ "${f[3]}" = "$1" ] && [ "${f[0]}" != Z ] \
       && [ "${f[19]}" -ge "$2" ] || continue
-    [ "${f[19]}" -le "$3" ] && return 0
+    [ -n "${3:-}" ] && [ "${f[19]}" -le "$3" ] && return 0
     p=${p#/proc/}
     fb_token "${p%/stat}" "${4:-}" && return 0
   done
   return 1
+}
+"""
+
+# $1 group id, $2 the wrapper's start time, $3 the run's token, $4 its remote folder:
+# exit 0 when the group is proven the run's (see above). Zombies do not count (detached
+# processes are reaped by init, and some containers' init never does).
+_GROUP_ALIVE = r"""fb_ours() {
+  case $2 in ''|*[!0-9]*) return 1;; esac
+  fb_same "$1" "$2" && return 0
+  fb_other "$1" "$2" && return 1  # its PID is another process's: the run's group ended
+  if [ -n "${4:-}" ] && [ -d "$4" ]; then fb_script "$4" "$1" "$2" "${3:-}" && return 0; fi
+  [ -n "${3:-}" ] && fb_before "$1" "$2" "" "$3"
 }
 # $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s, $4 the boot id it was
 # recorded in (none: not checked), $5 the run's token, $6 its remote folder, $7 a clock
@@ -325,7 +318,7 @@ WRAPPER_RECORD = "status/wrapper"
 # left of the group ("killed"): when a process with the token is left, or one started
 # before the last poll that found the group the run's (the daemon keeps that poll's
 # clock tick, $8: the group was the run's then, and a process of it still there is).
-# Processes are looked at on one scan of /proc per poll, made only for such runs.
+# Processes are looked at (a walk of /proc) only for such runs.
 _POLL_HEAD = (
     _SAME_PROCESS
     + r"""read -r fb_boot < /proc/sys/kernel/random/boot_id
@@ -334,39 +327,6 @@ fb_tick=${fb_tick##*) }
 fb_tick=($fb_tick)
 # the clock tick this poll began at: a group it finds the run's was the run's then
 printf 'boot %s %s\n' "$fb_boot" "${fb_tick[19]}"
-declare -A fb_groups=()
-fb_scanned=
-# once per poll: "pid:start" of the live processes of each session leader's group
-fb_scan() {
-  local p s f
-  [ -n "$fb_scanned" ] && return 0
-  fb_scanned=1
-  for p in /proc/[0-9]*/stat; do
-    { read -r s < "$p"; } 2>/dev/null || continue
-    s=${s##*) }
-    f=($s)
-    p=${p#/proc/}
-    [ "${f[0]}" != Z ] && [ "${f[2]}" = "${f[3]}" ] \
-      && fb_groups[${f[2]}]+="${p%/stat}:${f[19]} "
-  done
-}
-# $1 group id, $2 the wrapper's start time, $3 the run's token, $4 a clock tick at which
-# the group was the run's (none: no such moment known): exit 0 while a process of the
-# group started no earlier than the wrapper lives that has the token or started before
-# that tick (see fb_before)
-fb_left() {
-  local m t
-  case $1 in ''|*[!0-9]*) return 1;; esac
-  case $2 in ''|*[!0-9]*) return 1;; esac
-  fb_scan
-  for m in ${fb_groups[$1]-}; do
-    t=${m#*:}
-    [ "$t" -ge "$2" ] || continue
-    [ -n "${4:-}" ] && [ "$t" -le "$4" ] && return 0
-    fb_token "${m%%:*}" "${3:-}" && return 0
-  done
-  return 1
-}
 # $1 run id, $2 the wrapper's pid, $3 its start time, $4 the run folder, $5 its boot id,
 # $6 the run's process group id (the wrapper's pid), $7 the run's token, $8 the tick of
 # the last poll that found the group the run's
@@ -376,12 +336,12 @@ fb_p() {
   if [ "$alive" = 0 ] && [ "$5" = "$fb_boot" ] && [ ! -e "$f" ] && [ ! -L "$f" ] \
     && ! fb_other "$g" "$3"; then
     if [ -d "$4" ]; then fb_script "$4" "$g" "$3" "${7:-}"; st=$?; fi
-    if [ "$st" = 0 ] || { [ "$st" = 2 ] && fb_left "$g" "$3" "${7:-}"; }; then
+    if [ "$st" = 0 ] || { [ "$st" = 2 ] && fb_before "$g" "$3" "" "${7:-}"; }; then
       printf '%s orphan -\n' "$1"
       return
     fi
     case ${8:-} in ''|*[!0-9]*) ;; *) until=$8;; esac
-    if fb_left "$g" "$3" "${7:-}" "$until"; then
+    if fb_before "$g" "$3" "$until" "${7:-}"; then
       kill -KILL -- "-$g" 2>/dev/null && left=" killed"
     fi
   fi
@@ -442,7 +402,7 @@ class SSHExecutor:
         #: runs seen going on after their wrapper was killed from outside (see poll)
         self._orphaned: set[str] = set()
         #: a run's group (pgid:start) -> the clock tick of the last poll that found it
-        #: the run's: its processes started before then are the run's (fb_left, fb_end)
+        #: the run's: its processes started before then are the run's (fb_p, fb_end)
         self._proven: dict[str, str] = {}
         #: handles of runs given up on while this host was away (see :meth:`abandon`),
         #: those an earlier daemon (or ``runs cancel``) could not end first
