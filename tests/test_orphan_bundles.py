@@ -49,6 +49,19 @@ def _submit(site: Site, tmp_path: Path, stem: str) -> tuple[Path, Path]:
     return request, bundle
 
 
+def _big_orphan(tmp_path: Path) -> tuple[Site, Intake, Path]:
+    """A site, its intake and an orphan bundle of 232 entries (its user took the request
+    back after `flowbatch submit`)."""
+    site = _site(tmp_path)
+    intake = Intake(site)
+    queue.check_queue(site)
+    request, bundle = _submit(site, tmp_path, "big")
+    request.unlink()
+    for i in range(230):
+        (bundle / f"f{i}").write_text("x")
+    return site, intake, bundle
+
+
 def _removed_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
@@ -231,13 +244,7 @@ def test_a_bundle_of_many_files_is_removed_over_several_looks(
     entries a look (BUNDLE_SWEEP_ENTRIES), the next look soon: never all in one tick of
     the intake (a million files would hold it for seconds). Found by review."""
     monkeypatch.setattr(queue, "BUNDLE_SWEEP_ENTRIES", 100)
-    site = _site(tmp_path)
-    intake = Intake(site)
-    queue.check_queue(site)
-    request, bundle = _submit(site, tmp_path, "big")
-    request.unlink()  # its user took the request back: the bundle is an orphan
-    for i in range(230):
-        (bundle / f"f{i}").write_text("x")
+    site, intake, bundle = _big_orphan(tmp_path)
     looks = []
     while bundle.exists() and len(looks) < 10:
         before = sum(1 for _ in bundle.rglob("*"))
@@ -259,13 +266,7 @@ def test_the_intake_looks_again_soon_after_a_big_bundle(
     one come BUNDLE_SWEEP_AGAIN later, not BUNDLE_SWEEP_EVERY. Found by review."""
     monkeypatch.setattr(queue, "BUNDLE_SWEEP_ENTRIES", 100)
     monkeypatch.setattr(queue, "BUNDLE_GRACE", 0.0)
-    site = _site(tmp_path)
-    intake = Intake(site)
-    queue.check_queue(site)
-    request, bundle = _submit(site, tmp_path, "big")
-    request.unlink()
-    for i in range(230):
-        (bundle / f"f{i}").write_text("x")
+    site, intake, bundle = _big_orphan(tmp_path)
     begin = time.monotonic()
     intake.run_once()
     try:
@@ -286,13 +287,7 @@ def test_the_next_look_continues_the_partly_removed_bundle(
     (not "changed within the grace"). BUNDLE_GRACE scaled to 2 s. Found by review."""
     monkeypatch.setattr(queue, "BUNDLE_SWEEP_ENTRIES", 100)
     monkeypatch.setattr(queue, "BUNDLE_GRACE", 2.0)
-    site = _site(tmp_path)
-    intake = Intake(site)
-    queue.check_queue(site)
-    request, bundle = _submit(site, tmp_path, "big")
-    request.unlink()
-    for i in range(230):
-        (bundle / f"f{i}").write_text("x")
+    site, intake, bundle = _big_orphan(tmp_path)
     time.sleep(2.2)  # an orphan older than the grace
     try:
         intake.remove_orphan_bundles()
