@@ -455,7 +455,11 @@ def list_runs(
     state: str | None = None,
     group: str | None = None,
     user: str | None = None,
+    request: str | None = None,
+    last: int | None = None,
 ) -> list[dict[str, Any]]:
+    """Runs of the index, oldest first; ``request``: of that queued request (the name
+    ``submit`` printed); ``last``: only the ``last`` newest."""
     st = parse_state(state).value if state else None
     site.store  # noqa: B018 - opens the index
     if workflow:
@@ -463,6 +467,11 @@ def list_runs(
     query = run_rows(workflow, st, group)
     if user:
         query = query.where(RunRow.owner == user)
+    if request:
+        query = query.where(RunRow.request == request)
+    if last:
+        newest = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(last)
+        return [_row_dict(r) for r in reversed(list(newest))]
     return [_row_dict(r) for r in query]
 
 

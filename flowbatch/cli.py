@@ -140,6 +140,77 @@ def main(ctx: click.Context, site_dir: str, debug: bool) -> None:
     ctx.obj = Context(site_dir, debug)
 
 
+def wait_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--wait`` and ``--timeout`` of the commands that queue a request."""
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        help="With --wait: give up waiting after this many seconds (exit 124).",
+    )(fn)
+    return click.option(
+        "--wait",
+        is_flag=True,
+        help="Wait until its runs have ended; exit 0 when every one succeeded.",
+    )(fn)
+
+
+def wait_for_request(site: Site, name: str, timeout: float | None) -> None:
+    """Wait for the runs of the queued request ``name``; print them; exit with the wait's
+    code (see :attr:`flowbatch.waiting.Outcome.exit_code`)."""
+    from .waiting import wait_request
+
+    outcome = wait_request(site, name, timeout=timeout, note=_note)
+    if outcome.rejected is not None:
+        info = outcome.rejected
+        raise FlowbatchError(
+            f"rejected: {info.get('reason', 'see its error file')}",
+            file=info.get("file"),
+            field=info.get("field"),
+            expected=info.get("expected"),
+            hint=info.get("hint") or f"see {site.layout.rejected}",
+        )
+    _end_wait(outcome, timeout, what=f"{name} made no run (every point had run already)")
+
+
+def _note(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _end_wait(outcome: Any, timeout: float | None, *, what: str) -> None:
+    if outcome.runs:
+        _table(
+            [
+                {
+                    **r,
+                    "result": _short_result(r),
+                }
+                for r in outcome.runs
+            ],
+            ["id", "workflow", "state", "result"],
+        )
+    else:
+        click.echo(what)
+    if outcome.timed_out:
+        active = [r["id"] for r in outcome.runs if r["state"] in ("PENDING", "RUNNING")]
+        click.echo(
+            f"gave up waiting after {timeout:g} s"
+            + (f"; still active: {', '.join(active)}" if active else "; no run made yet"),
+            err=True,
+        )
+    sys.exit(outcome.exit_code)
+
+
+def _short_result(run: dict[str, Any]) -> str:
+    """A run's results (name=value), or for a run that did not succeed its first message."""
+    if run["state"] == "SUCCESS" and run.get("results"):
+        text = " ".join(f"{k}={v}" for k, v in run["results"].items())
+    elif run["state"] != "SUCCESS" and run.get("messages"):
+        text = str(run["messages"][0]).splitlines()[0] if str(run["messages"][0]) else ""
+    else:
+        text = ""
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @pass_ctx
@@ -193,18 +264,26 @@ def validate(obj: Context, path: str) -> None:
     is_flag=True,
     help="A resubmitted sweep: run the points that failed again (default: skip them).",
 )
+@wait_options
 @pass_ctx
-def submit(obj: Context, request: str, retry_failed: bool) -> None:
+def submit(
+    obj: Context, request: str, retry_failed: bool, wait: bool, timeout: float | None
+) -> None:
     """Queue REQUEST.yaml with the files its arguments name (atomically); print its name.
 
     A sweep submitted again skips the points that already succeeded (or are running)
     with the same arguments on the same template version for the same group, and says
-    which."""
+    which. With --wait, wait for its runs to end (as sbatch --wait): exit 0 when they all
+    succeeded, 1 when one failed or was cancelled or the request was rejected, 124 when
+    --timeout passed first (the runs go on)."""
     from . import api
     from .cli_lifecycle import echo_resume_plan
 
     echo_resume_plan(obj.site, Path(request), retry_failed)
-    click.echo(api.submit(obj.site, Path(request), retry_failed=retry_failed))
+    name = api.submit(obj.site, Path(request), retry_failed=retry_failed)
+    click.echo(name)
+    if wait:
+        wait_for_request(obj.site, name, timeout)
 
 
 @main.command()
@@ -258,6 +337,10 @@ def runs() -> None:
 @click.option("--state", "-s", help="PENDING, RUNNING, SUCCESS, ERROR or CANCELED.")
 @click.option("--group", "-g")
 @click.option("--user", "-u", help="Runs owned by this user.")
+@click.option("--request", "-r", help="Runs of this queued request (the name submit printed).")
+@click.option(
+    "--last", "-n", type=click.IntRange(min=1), help="Only the N newest (still oldest first)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def runs_list(
@@ -266,12 +349,22 @@ def runs_list(
     state: str | None,
     group: str | None,
     user: str | None,
+    request: str | None,
+    last: int | None,
     as_json: bool,
 ) -> None:
     """List runs, oldest first."""
     from . import api
 
-    rows = api.list_runs(obj.site, workflow=workflow, state=state, group=group, user=user)
+    rows = api.list_runs(
+        obj.site,
+        workflow=workflow,
+        state=state,
+        group=group,
+        user=user,
+        request=request,
+        last=last,
+    )
     if as_json:
         _echo_json(rows)
     else:

@@ -13,7 +13,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli import Context, _echo_json, _table, main, needs_write, pass_ctx, runs, workflows
+from .cli import (
+    Context,
+    _echo_json,
+    _table,
+    main,
+    needs_write,
+    pass_ctx,
+    runs,
+    wait_for_request,
+    wait_options,
+    workflows,
+)
 
 if TYPE_CHECKING:
     from .site import Site
@@ -83,13 +94,47 @@ def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
 @runs.command("rerun")
 @click.argument("run_id")
 @click.option("--latest", is_flag=True, help="On the current template version, not the run's.")
+@wait_options
 @pass_ctx
-def runs_rerun(obj: Context, run_id: str, latest: bool) -> None:
+def runs_rerun(obj: Context, run_id: str, latest: bool, wait: bool, timeout: float | None) -> None:
     """Queue a new run with RUN_ID's arguments and input files, on the same template
-    version (--latest: the current one); print the queued request's name."""
+    version (--latest: the current one); print the queued request's name. --wait: as
+    `submit --wait`."""
     from .lifecycle_ops import rerun
 
-    click.echo(rerun(obj.site, run_id, latest=latest))
+    name = rerun(obj.site, run_id, latest=latest)
+    click.echo(name)
+    if wait:
+        wait_for_request(obj.site, name, timeout)
+
+
+@runs.command("wait")
+@click.argument("run_ids", nargs=-1)
+@click.option(
+    "--request", "-r", help="Wait for the runs of this queued request (the name submit printed)."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="Give up waiting after this many seconds (exit 124).",
+)
+@pass_ctx
+def runs_wait(
+    obj: Context, run_ids: tuple[str, ...], request: str | None, timeout: float | None
+) -> None:
+    """Wait until every run of RUN_IDS (or of --request) has ended; print them. Exit 0
+    when every one succeeded, 1 when one failed or was cancelled (or the request was
+    rejected), 124 when --timeout passed first (the runs go on)."""
+    from .cli import _end_wait, _note
+    from .waiting import wait_runs
+
+    if bool(run_ids) == bool(request):
+        raise click.UsageError("give RUN_IDS or --request NAME")
+    if request:
+        wait_for_request(obj.site, request, timeout)
+        return
+    outcome = wait_runs(obj.site, list(run_ids), timeout=timeout, note=_note)
+    _end_wait(outcome, timeout, what="no run")
 
 
 @runs.command("delete")

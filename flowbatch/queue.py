@@ -41,7 +41,14 @@ from .spec.request import CancelRequest, Request, parse_request
 from .store import atomic
 from .store.atomic import sync_file_system
 from .store.index import RunRow
-from .store.layout import BUNDLE_SUFFIX, REQUEST_COPY, RUN_JSON, RUN_PAGE, queue_mode_problem
+from .store.layout import (
+    BUNDLE_SUFFIX,
+    CLAIMED_ID,
+    REQUEST_COPY,
+    RUN_JSON,
+    RUN_PAGE,
+    queue_mode_problem,
+)
 from .sweep import Point, cast_points, run_arguments
 
 log = logging.getLogger("flowbatch.queue")
@@ -63,7 +70,7 @@ def new_run_id() -> str:
 
 
 #: a claim's run id, as :func:`new_run_id` draws it
-_CLAIMED_ID = re.compile(r"[0-9a-f]{12}")
+_CLAIMED_ID = CLAIMED_ID
 
 
 def _rename_making_folder(src: Path, dest: Path, make: Callable[[], None]) -> None:

@@ -381,3 +381,29 @@ def test_doctor_as_a_participant_checks_what_a_participant_needs(root_site: Path
     )
     mine = {c["check"]: c for c in json.loads(as_root(root_site, "doctor", "--json").stdout)}
     assert all(mine[f"{name}/"]["detail"].endswith("writable") for name in ("queue", "results"))
+
+
+def test_a_participant_submits_and_waits_for_their_runs(root_site: Path, public_tmp: Path) -> None:
+    """`submit --wait` as a participant against a root daemon: the wait reads the queue's
+    claims and the index read-only, prints the run as it ended, exits 0."""
+    mine = public_tmp / "mine"
+    mine.mkdir()
+    (mine / "req.yaml").write_text("workflow: wf\nname: p\narguments:\n  score: 4.5\n")
+    os.chown(mine, PARTICIPANT, PARTICIPANT)
+    os.chown(mine / "req.yaml", PARTICIPANT, PARTICIPANT)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(root_site), "daemon"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        done = participant(root_site, "submit", "--wait", "--timeout", "90", str(mine / "req.yaml"))
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=60)
+    assert done.returncode == 0, (done.stdout, done.stderr, err)
+    name = done.stdout.splitlines()[0]
+    assert "claimed by the daemon" in done.stderr and ": SUCCESS" in done.stderr
+    listed = json.loads(participant(root_site, "runs", "list", "-r", name, "--json").stdout)
+    assert [(r["state"], r["owner"]) for r in listed] == [("SUCCESS", "nobody")]

@@ -14,6 +14,8 @@ from ..errors import NotFoundError
 
 #: ids of workflows and runs: safe as folder names and in URLs
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+#: the run id a claim (``queue/.claimed/<id>--<name>``) carries: six random bytes in hex
+CLAIMED_ID = re.compile(r"[0-9a-f]{12}")
 
 RUN_JSON = "run.json"
 REQUEST_COPY = "request.yaml"
