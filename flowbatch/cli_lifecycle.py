@@ -8,6 +8,7 @@ logic is in :mod:`flowbatch.lifecycle_ops`, :mod:`flowbatch.archive`,
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,6 +107,73 @@ def runs_rerun(obj: Context, run_id: str, latest: bool, wait: bool, timeout: flo
     click.echo(name)
     if wait:
         wait_for_request(obj.site, name, timeout)
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.option("--step", "-s", help="Only this step's logs (its number or name).")
+@click.option("--stdout", "stream", flag_value="out", help="Only the steps' standard output.")
+@click.option("--stderr", "stream", flag_value="err", help="Only the steps' standard error.")
+@click.option("--tail", "-n", "lines", type=click.IntRange(min=0), help="The last N lines of each.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Go on printing new output until the run has ended."
+)
+@pass_ctx
+def runs_logs(
+    obj: Context,
+    run_id: str,
+    step: str | None,
+    stream: str | None,
+    lines: int | None,
+    follow: bool,
+) -> None:
+    """Print RUN_ID's logs: each step's stdout and stderr, the script's and the
+    scheduler's own, each under a header (a log over 8 MiB: its end)."""
+    from . import runlogs
+
+    store = obj.site.store
+    run = store.load(run_id)
+    run_dir = store.run_dir(run)
+    note = runlogs.remote_note(run)
+    if note:
+        click.echo(note, err=True)
+
+    def chosen() -> list[runlogs.Log]:
+        return runlogs.select(runlogs.run_logs(run_dir), step, stream)
+
+    shown: dict[str, int] = {}
+    current: list[str | None] = [None]
+
+    def show(log: runlogs.Log, data: bytes) -> None:
+        if current[0] != log.rel:
+            click.echo(f"==> {log.title} <==")
+            current[0] = log.rel
+        sys.stdout.buffer.write(data if data.endswith(b"\n") or follow else data + b"\n")
+        sys.stdout.buffer.flush()
+
+    logs = chosen()
+    for log in logs:
+        data = runlogs.read_log(run_dir, log)
+        shown[log.rel] = _size(run_dir / log.rel, len(data))
+        if lines is not None:
+            data = runlogs.last_lines(data, lines)
+        if data:  # empty logs (most stderr) are left out
+            show(log, data)
+    if current[0] is None and not follow:
+        some = f"{len(logs)} empty" if logs else "no"
+        click.echo(f"run {run_id} ({run.state.value}) has {some} logs", err=True)
+    if follow:
+        for log, data in runlogs.follow(
+            run_dir, chosen, lambda: not store.load(run_id).state.active, start=shown
+        ):
+            show(log, data)
+
+
+def _size(path: Path, fallback: int) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return fallback
 
 
 @runs.command("wait")

@@ -1,0 +1,193 @@
+"""``flowbatch runs logs``: a run's step logs, whole, by step and stream, their last lines,
+and followed while the run runs (a real daemon process); links in the run folder are
+never followed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowbatch import api
+from flowbatch.cli import main
+from flowbatch.site import Site
+
+from .conftest import drop, make_site, run_until_idle
+
+TEMPLATE = """\
+workflow:
+  parameters:
+    n: $[[n]]
+  steps:
+    - name: first
+      action:
+        environment: bash
+        commands:
+          - for i in $(seq 1 ${n}); do echo "out line $$i"; done
+          - echo "warning one" >&2
+    - name: second
+      action:
+        environment: bash
+        commands:
+          - echo "second says hi"
+          - echo "second complains" >&2
+parameters:
+  - name: n
+    label: N
+    dtype: int
+    defaultValue: 3
+"""
+
+SLOW = """\
+workflow:
+  steps:
+    - name: ticker
+      action:
+        environment: bash
+        commands:
+          - for i in 1 2 3 4 5 6; do echo "tick $$i"; sleep 0.4; done
+    - name: after
+      action:
+        environment: bash
+        commands:
+          - echo "all done"
+"""
+
+
+@pytest.fixture
+def lsite(tmp_path: Path) -> Iterator[Site]:
+    site = make_site(tmp_path / "site")
+    for wid, text in (("w", TEMPLATE), ("slow", SLOW)):
+        folder = tmp_path / wid
+        folder.mkdir()
+        (folder / "benchmark.yaml").write_text(text, encoding="utf-8")
+        api.install(site, folder, workflow_id=wid)
+    yield site
+    site.close()
+
+
+def logs(site: Site, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--site", str(site.root), "runs", "logs", *args])
+    return result.exit_code, result.output
+
+
+def one_run(site: Site, n: int = 3) -> str:
+    drop(site, "r.yaml", {"workflow": "w", "arguments": {"n": n}})
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    assert run["state"] == "SUCCESS"
+    return str(run["id"])
+
+
+def test_every_log_under_its_header_in_the_order_written(lsite: Site) -> None:
+    run_id = one_run(lsite)
+    code, out = logs(lsite, run_id)
+    assert code == 0, out
+    expected = [
+        "==> step 1 first (stdout) <==",
+        "out line 1",
+        "out line 2",
+        "out line 3",
+        "==> step 1 first (stderr) <==",
+        "warning one",
+        "==> step 2 second (stdout) <==",
+        "second says hi",
+        "==> step 2 second (stderr) <==",
+        "second complains",
+    ]
+    assert out.splitlines()[: len(expected)] == expected
+
+
+def test_one_step_one_stream_and_the_last_lines(lsite: Site) -> None:
+    run_id = one_run(lsite, n=50)
+    code, out = logs(lsite, run_id, "--step", "second", "--stderr")
+    assert (code, out.splitlines()) == (0, ["==> step 2 second (stderr) <==", "second complains"])
+    code, out = logs(lsite, run_id, "-s", "1", "--stdout", "-n", "2")
+    assert (code, out.splitlines()) == (
+        0,
+        ["==> step 1 first (stdout) <==", "out line 49", "out line 50"],
+    )
+    code, out = logs(lsite, run_id, "--step", "9")
+    assert code == 1
+    assert "no step '9'" in out and "1 (first), 2 (second)" in out
+
+
+def test_a_link_in_the_run_folder_is_never_followed(lsite: Site, tmp_path: Path) -> None:
+    """The run's user owns its folder while it runs: a log replaced by a link to a file
+    the reader (root) may read but the user may not is not shown."""
+    run_id = one_run(lsite)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET\n")
+    secret.chmod(0o600)
+    run_dir = Path(api.show_run(lsite, run_id)["run_dir"])
+    log = run_dir / "logs" / "step-02-second.out"
+    log.unlink()
+    log.symlink_to(secret)
+    (run_dir / "logs" / "zz.log").symlink_to(secret)
+    code, out = logs(lsite, run_id)
+    assert code == 0 and "TOP SECRET" not in out
+    assert "second complains" in out  # the other logs still shown
+
+
+def test_empty_logs_say_so(lsite: Site) -> None:
+    run_id = one_run(lsite, n=0)
+    code, out = logs(lsite, run_id, "--step", "1", "--stdout")
+    assert code == 0 and "has 1 empty logs" in out
+
+
+def test_follow_prints_new_output_until_the_run_ends(lsite: Site) -> None:
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(lsite.root), "daemon"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        drop(lsite, "s.yaml", {"workflow": "slow"})
+        deadline = time.monotonic() + 60
+        while True:  # until its first line is written
+            runs = api.list_runs(lsite)
+            if runs and runs[0]["state"] == "RUNNING":
+                run_dir = Path(api.show_run(lsite, runs[0]["id"])["run_dir"])
+                out = run_dir / "logs" / "step-01-ticker.out"
+                if out.exists() and out.stat().st_size:
+                    break
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.05)
+        follow = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flowbatch",
+                "--site",
+                str(lsite.root),
+                "runs",
+                "logs",
+                "-f",
+                "--stdout",
+                str(runs[0]["id"]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    assert follow.returncode == 0, follow.stderr
+    lines = follow.stdout.splitlines()
+    # every line once, the second step's after the first's, though written after the start
+    assert lines == [
+        "==> step 1 ticker (stdout) <==",
+        *(f"tick {i}" for i in range(1, 7)),
+        "==> step 2 after (stdout) <==",
+        "all done",
+    ]
+    assert os.path.exists(run_dir / "run.json")
