@@ -132,6 +132,13 @@ class SiteConfig(_Strict):
     allowed_groups: list[str] | None = Field(
         default=None, description="Unix groups whose members' requests are accepted."
     )
+    root_requests: bool = Field(
+        default=False,
+        description="A root daemon takes requests owned by root from a queue that other "
+        "users may write too. Off by default: a user could move a file of root's (a run's "
+        "kept request.yaml, in a folder handed to them) into the queue, and have it run as "
+        "root. Requests of root are always taken from a queue only root may write.",
+    )
     group_policy: Literal["members", "open"] = Field(
         default="members",
         description="Which `group:` a request may name. members: the submitting user's own "
@@ -242,6 +249,8 @@ DEFAULT_CONFIG_TEXT = """\
 # max_request_bytes: 1048576   # requests larger than this are rejected
 # allowed_users: null     # who may submit (default: all when root, else the daemon's user)
 # allowed_groups: null
+# root_requests: false    # a root daemon takes root's requests from a queue others may
+#                         #   write too (off: a user could move a file of root's into it)
 # group_policy: members   # `group:` = own name, own Unix group or a team below; or: open
 # teams: {}               # e.g. team-x: [alice, bob]
 # limits:                # fair shares: launched runs at once (running or in Slurm's queue)

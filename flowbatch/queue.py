@@ -1644,6 +1644,15 @@ def check_request(
     (:func:`_check_target`). Left to intake, which needs the claimed file and the files
     beside it: the file itself (type, size, text) and opening each file argument
     (:meth:`Intake._check_files`)."""
+    root = root_refusal(site, uid, daemon_uid=daemon_uid)
+    if root:
+        raise RequestError(
+            root,
+            file=label,
+            hint="submit as the user the run should run as (sudo -u USER flowbatch submit "
+            "...); or, where only trusted users may write the queue, set "
+            "`root_requests: true` in flowbatch.yaml",
+        )
     refusal = owner_refusal(site, uid, daemon_uid=daemon_uid)
     if refusal:
         raise RequestError(
@@ -1944,6 +1953,30 @@ def owner_refusal(site: Site, uid: int, *, daemon_uid: int | None = None) -> str
     if any(in_group(uid, group) for group in config.allowed_groups or []):
         return None
     return f"user {name} may not submit to this site"
+
+
+def root_refusal(site: Site, uid: int, *, daemon_uid: int | None = None) -> str | None:
+    """Why a root daemon refuses this request of root's, or None. Ownership is all a
+    daemon knows of who put a file into its queue, and a user can move a file of root's
+    there from any folder they may write on the same file system: the request copy
+    (``request.yaml``) a root daemon keeps in a run folder it handed to the run's user
+    is one, their own request's text. So root's requests are taken only from a queue no
+    one else may write (group and other write bits, which show an ACL's grants too),
+    unless ``root_requests`` says otherwise."""
+    me = os.geteuid() if daemon_uid is None else daemon_uid
+    if uid != 0 or me != 0 or site.config.root_requests:
+        return None
+    try:
+        mode = os.stat(site.layout.queue).st_mode
+    except OSError:
+        return None  # no queue to take it from: nothing to refuse
+    if not mode & 0o022:
+        return None
+    return (
+        f"a request owned by root in a queue other users may write too (mode "
+        f"{stat.S_IMODE(mode):04o}) is refused: a user could move a file of root's there "
+        "and have it run as root"
+    )
 
 
 #: files of a run folder that stay the daemon's when the folder is handed to its user

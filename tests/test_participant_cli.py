@@ -86,7 +86,8 @@ def root_site(public_tmp: Path, tmp_path: Path, _participant_python: None) -> It
     """A site of root's with workflow ``wf`` (ranked by score) installed; its queue may be
     written by everyone (sticky), as a site open to all users of the machine."""
     site_dir = public_tmp / "site"
-    site = make_site(site_dir)
+    # the tests drop their requests as root (the participant only reads)
+    site = make_site(site_dir, {"root_requests": True})
     api.install(site, write_template(tmp_path / "t", SCORE_TEMPLATE), workflow_id="wf")
     site.close()
     site.layout.queue.chmod(0o1777)
