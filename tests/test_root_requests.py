@@ -18,21 +18,27 @@ from flowbatch import api
 from flowbatch.cli import main
 from flowbatch.site import Site
 
-from .conftest import drop, make_site, run_until_idle, write_template
+from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
 
 OTHER = 65534  # nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon serving another user")
 
 #: a participant's run that moves the daemon's copy of its request into the queue, as
-#: a request of its own name (`evil.yaml`)
+#: a request of its own name (`evil.yaml`), once its claim has settled (until then the
+#: copy has a second name, which intake refuses for another reason); run as root, it
+#: moves nothing
 MOVER = """
 workflow:
   steps:
     - name: move
       action:
         commands:
-          - mv request.yaml "${queue}/evil.yaml"
+          - >-
+            for i in $$(seq 100); do
+            [ "$$(stat -c %h request.yaml)" = 1 ] && break; sleep 0.1; done
+          - >-
+            [ "$$(id -u)" = 0 ] || mv request.yaml "${queue}/evil.yaml"
           - >-
             printf '{"score": 1}' > r.json
 parameters:
@@ -48,13 +54,18 @@ def shared(public_tmp: Path, tmp_path: Path) -> Iterator[Site]:
     """A root site whose queue everyone may write (sticky), as one open to all users."""
     site = make_site(public_tmp / "site")
     api.install(site, write_template(tmp_path / "t", MOVER), workflow_id="wf")
+    api.install(site, write_template(tmp_path / "p", SCORE_TEMPLATE), workflow_id="plain")
     site.layout.queue.chmod(0o1777)
     yield site
     site.close()
 
 
 def own_request(site: Site, name: str, uid: int) -> None:
-    drop(site, name, {"workflow": "wf", "arguments": {"queue": str(site.layout.queue)}})
+    """A request of the mover (``uid`` another user) or of the plain template (root)."""
+    if uid:
+        drop(site, name, {"workflow": "wf", "arguments": {"queue": str(site.layout.queue)}})
+    else:
+        drop(site, name, {"workflow": "plain", "arguments": {"score": 2.0}})
     os.chown(site.layout.queue / name, uid, uid)
 
 
