@@ -93,6 +93,30 @@ class ReportsConfig(_Strict):
     )
 
 
+#: the URL schemes of the index databases flowbatch supports (peewee's playhouse names)
+DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "postgresext", "psycopg3")
+
+
+def check_database_url(url: str) -> str:
+    """``url`` when it is an SQLite or PostgreSQL URL with what that needs; else raise."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in DATABASE_SCHEMES:
+        raise PydanticCustomError(
+            "database_url",
+            "not an index database URL flowbatch supports: expected "
+            "sqlite:////ABSOLUTE/PATH or postgresql://USER@HOST:PORT/DB",
+        )
+    if scheme != "sqlite" and not parts.path.strip("/"):
+        raise PydanticCustomError(
+            "database_url",
+            "a PostgreSQL URL needs its database's name: postgresql://USER@HOST:PORT/DB",
+        )
+    return url
+
+
 class SiteConfig(_Strict):
     """``flowbatch.yaml``: one flowbatch site."""
 
@@ -176,6 +200,13 @@ class SiteConfig(_Strict):
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        """An index URL flowbatch can use, said when the config is read (it was said at
+        the first query, as the database library's own error)."""
+        return None if value is None else check_database_url(value)
 
     @model_validator(mode="after")
     def _known_executor(self) -> SiteConfig:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -169,11 +169,15 @@ def _config_error(exc: ValidationError, path: Path, env: dict[Path_, str]) -> Co
     expected = None
     if err["type"] == "extra_forbidden":
         reason = f"unknown key {loc[-1]!r}"
-        expected = "one of: " + ", ".join(_allowed_keys(loc[:-1]))
+        allowed = _allowed_keys(loc[:-1])
+        expected = "one of: " + ", ".join(allowed) if allowed else None
     elif err["type"] == "missing":
         reason = f"missing key {loc[-1]!r}"
     else:
-        reason = f"{reason}, got {err.get('input')!r}"
+        given = err.get("input")
+        if loc[:1] == ("database",) and isinstance(given, str):
+            given = redact_url(given)  # never a password in an error line or a log
+        reason = f"{reason}, got {given!r}"
     if var is not None:
         return ConfigError(
             reason,
@@ -192,11 +196,19 @@ def _config_error(exc: ValidationError, path: Path, env: dict[Path_, str]) -> Co
 
 
 def _allowed_keys(loc: Path_) -> list[str]:
-    """The keys of the model at ``loc`` (for 'unknown key' errors)."""
+    """The keys of the model at ``loc`` (for 'unknown key' errors), through the maps of
+    named sections too (``ssh.<host>``, ``slurm.<profile>``)."""
     model: Any = SiteConfig
-    for part in loc:
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
         info = getattr(model, "model_fields", {}).get(part)
         annotation = getattr(info, "annotation", None)
+        if get_origin(annotation) is dict:  # a map of sections: skip the section's name
+            annotation = get_args(annotation)[1]
+            if not parts:
+                return []
+            parts.pop(0)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

@@ -204,13 +204,19 @@ def _check_index(ctx: _Ctx) -> None:
     default = ctx.root / "index.db"
     where = redact_url(url) if url else str(default)
     if not url and not default.exists():
-        ctx.add("index", OK, f"{where}: not created yet (made on first use)")
+        if _tree_has_runs(ctx.root):
+            ctx.add("index", FAIL, f"{where}: missing, but the results tree has runs{_REINDEX}")
+        else:
+            ctx.add("index", OK, f"{where}: not created yet (made on first use)")
         return
     db = connect_database(url, default)
     try:
         found = migrate.read_version(db)
         if found is None:
-            ctx.add("index", OK, f"{where}: empty (tables are made on first use)")
+            if _tree_has_runs(ctx.root):
+                ctx.add("index", FAIL, f"{where}: empty, but the results tree has runs{_REINDEX}")
+            else:
+                ctx.add("index", OK, f"{where}: empty (tables are made on first use)")
         elif found == SCHEMA_VERSION:
             ctx.add("index", *_runs_indexed(ctx.root, where, found, RunRow))
         else:
@@ -225,18 +231,37 @@ def _check_index(ctx: _Ctx) -> None:
                     f"{where}: schema version {found}, migrated to {SCHEMA_VERSION} "
                     "when flowbatch next opens it",
                 )
+    except pw.OperationalError as exc:
+        # no file to open (a folder that does not exist), no server, no rights: a rebuild
+        # fixes none of these
+        ctx.add(
+            "index",
+            FAIL,
+            f"{where}: cannot be opened: {_one_line(exc)} (check the path or the server, "
+            "and this user's rights to it)",
+        )
     except pw.DatabaseError as exc:
-        ctx.add("index", FAIL, f"{where}: cannot be used: {exc} (run: flowbatch reindex)")
+        ctx.add("index", FAIL, f"{where}: cannot be used: {_one_line(exc)}{_REINDEX}")
     finally:
         db.close()
+
+
+_REINDEX = " (run: flowbatch reindex)"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _tree_has_runs(root: Path) -> bool:
+    return any((root / "results").glob("*/runs/*/run.json"))
 
 
 def _runs_indexed(root: Path, where: str, version: int, model: Any) -> tuple[str, str]:
     """An index without runs beside a tree with runs was deleted or replaced."""
     count = model.select().count()
-    has_tree_runs = any((root / "results").glob("*/runs/*/run.json"))
-    if count == 0 and has_tree_runs:
-        return FAIL, f"{where}: holds no runs but the results tree does (run: flowbatch reindex)"
+    if count == 0 and _tree_has_runs(root):
+        return FAIL, f"{where}: holds no runs but the results tree does{_REINDEX}"
     return OK, f"{where}: schema version {version}, {count} run(s)"
 
 

@@ -1119,7 +1119,17 @@ class Intake:
                 file=label,
                 expected="a YAML mapping with at least `workflow:`",
             )
-        fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except PermissionError:
+            # a service user's daemon reads what others may read: a file of mode 0600
+            raise RequestError(
+                f"the daemon ({user_name(os.geteuid())}) may not read the request file "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}, owned by {user_name(st.st_uid)})",
+                file=label,
+                hint="make it readable (chmod a+r) and drop it again, or use "
+                "`flowbatch submit`, which queues a readable copy",
+            ) from None
         try:
             opened = os.fstat(fd)
             # the file whose owner the claim recorded, not one put in its place since

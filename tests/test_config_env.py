@@ -129,3 +129,38 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert redact_url("sqlite:////srv/x.db") == "sqlite:////srv/x.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("mysql://u:secretpw@h/x", "not an index database URL flowbatch supports"),
+        ("mysql:///x", "not an index database URL flowbatch supports"),
+        ("nonsense", "not an index database URL flowbatch supports"),
+        ("postgresql://u:secretpw@h", "needs its database's name"),
+    ],
+)
+def test_a_database_url_flowbatch_cannot_use_is_said_when_read(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    """It was said at the first query, as the database library's own error ("MySQL driver
+    not installed", a bare ValueError); the password never shows (found by review)."""
+    with pytest.raises(ConfigError) as caught:
+        load(_site(tmp_path, {"database": url}), {})
+    text = caught.value.summary()
+    assert said in text and "database" in text and "secretpw" not in text
+    for good in ("sqlite:////srv/x.db", "postgresql://u@h:5432/db", "postgres+pool://u@h/db"):
+        assert load(_site(tmp_path, {"database": good}), {}).config.database == good
+
+
+def test_an_unknown_key_of_a_named_section_lists_the_sections_keys(tmp_path: Path) -> None:
+    """`ssh.<host>` and `slurm.<profile>` are maps of sections: their keys were not found
+    ("expected one of: " and nothing)."""
+    for config, key, known in (
+        ({"ssh": {"n1": {"hostname": "x", "bogus": 1}}}, "ssh.n1.bogus", "hostname, port"),
+        ({"slurm": {"default": {"bogus": 1}}}, "slurm.default.bogus", "partition, account"),
+        ({"local": {"bogus": 1}}, "local.bogus", "concurrency"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load(_site(tmp_path, config), {})
+        assert caught.value.field == key and known in (caught.value.expected or ""), config

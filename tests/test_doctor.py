@@ -201,3 +201,34 @@ def test_doctor_judges_the_queue_as_the_daemon_does(site: Site) -> None:
     (check,) = [c for c in checks if c["check"] == "queue/ safety"]
     assert code == 1 and check["status"] == FAIL
     assert daemon.value.reason in check["detail"] and "belongs to" in check["detail"]
+
+
+def test_an_index_deleted_beside_a_tree_with_runs_fails(hello_site: Site) -> None:
+    """The commands refuse such a site ("the index holds no runs but the results tree
+    does"); doctor passed it, missing or emptied (found by review)."""
+    from .conftest import drop, run_until_idle
+
+    drop(hello_site, "a.yaml", {"workflow": "helloworld", "arguments": {"sleeptime": 0}})
+    run_until_idle(hello_site).stop()
+    hello_site.close()
+    for path in hello_site.root.glob("index.db*"):
+        path.unlink()
+    code, checks = _doctor(hello_site.root)
+    index = next(c for c in checks if c["check"] == "index")
+    assert (code, index["status"]) == (1, FAIL), index
+    assert "missing, but the results tree has runs" in index["detail"]
+    assert "flowbatch reindex" in index["detail"]
+    sqlite3.connect(hello_site.layout.index_db).close()  # an empty file, as a command leaves
+    code, checks = _doctor(hello_site.root)
+    index = next(c for c in checks if c["check"] == "index")
+    assert (code, index["status"]) == (1, FAIL) and "empty, but" in index["detail"]
+
+
+def test_an_index_that_cannot_be_opened_is_not_sent_to_reindex(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    assert CliRunner().invoke(main, ["init", str(root)]).exit_code == 0
+    (root / "flowbatch.yaml").write_text("database: sqlite:////nonexistent/dir/x.db\n")
+    code, checks = _doctor(root)
+    index = next(c for c in checks if c["check"] == "index")
+    assert (code, index["status"]) == (1, FAIL), index
+    assert "cannot be opened" in index["detail"] and "reindex" not in index["detail"]

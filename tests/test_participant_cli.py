@@ -408,3 +408,28 @@ def test_a_participant_submits_and_waits_for_their_runs(root_site: Path, public_
     assert "claimed by the daemon" in done.stderr and ": SUCCESS" in done.stderr
     listed = json.loads(participant(root_site, "runs", "list", "-r", name, "--json").stdout)
     assert [(r["state"], r["owner"]) for r in listed] == [("SUCCESS", "nobody")]
+
+
+def test_a_request_its_daemon_may_not_read_is_an_ordinary_rejection(
+    public_tmp: Path, tmp_path: Path, _participant_python: None
+) -> None:
+    """A service user's daemon (here uid 65534 serving its own site) and a request file
+    it may not read (mode 0200): rejected saying so and how to fix it; before, an
+    "internal error ... this is a flowbatch bug" with a traceback in the log (found by
+    review)."""
+    site_dir = public_tmp / "svc"
+    site = make_site(site_dir)
+    api.install(site, write_template(tmp_path / "t", SCORE_TEMPLATE), workflow_id="wf")
+    site.close()
+    for path in [site_dir, *site_dir.rglob("*")]:
+        os.chown(path, PARTICIPANT, PARTICIPANT, follow_symlinks=False)
+    request = site_dir / "queue" / "private.yaml"
+    request.write_text("workflow: wf\narguments:\n  score: 1\n")
+    os.chown(request, PARTICIPANT, PARTICIPANT)
+    request.chmod(0o200)
+    done = participant(site_dir, "daemon", "--until-idle")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    error = (site_dir / "queue" / "rejected" / "private.yaml.error.yaml").read_text()
+    assert "may not read the request file (mode 0200" in error and "chmod a+r" in error
+    assert "bug" not in error
