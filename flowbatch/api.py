@@ -163,7 +163,14 @@ def validate(path: Path, site: Site | None = None) -> str:
         checked = _check_request(site, req, str(path))
         # every file a point names (swept ones too), as submit sends them; beside the
         # request as dropped, the daemon takes none that others could write
-        _request_files(path, checked.template, req, checked.points, writers=True)
+        _request_files(
+            path,
+            checked.template,
+            req,
+            checked.points,
+            writers=True,
+            max_bytes=site.config.max_input_bytes,
+        )
         size = f", {len(checked.points)} points" if req.sweep else ""
         return f"request {path}: valid for workflow {req.workflow} version {checked.version}{size}"
     template = load_template(path, known_variables=variables)
@@ -266,7 +273,13 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
     # required parameter is complete only with its sweep, and a swept file travels like
     # a fixed one), rendered for its executor, its targets
     checked = _check_request(site, req, str(request_path))
-    files, swept = _request_files(request_path, checked.template, req, checked.points)
+    files, swept = _request_files(
+        request_path,
+        checked.template,
+        req,
+        checked.points,
+        max_bytes=site.config.max_input_bytes,
+    )
     return queue_request(site, request_path.stem, doc, files, swept=swept)
 
 
@@ -277,11 +290,12 @@ def _request_files(
     points: list[Point],
     *,
     writers: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[dict[str, Path], dict[str, dict[int, Path]]]:
     """The files a request names, as intake will look for them (relative to the request
-    file, inside its folder, regular files; ``writers``: the request file's owner's, and
-    that no one but their owner can write, as ``validate`` asks, where ``submit`` sends
-    copies): ``(fixed, swept)``,
+    file, inside its folder, regular files of at most ``max_bytes``; ``writers``: the
+    request file's owner's, and that no one but their owner can write, as ``validate``
+    asks, where ``submit`` sends copies): ``(fixed, swept)``,
     ``fixed`` mapping a parameter to its file, ``swept`` a swept file parameter to the
     file of each value of its list (by index). Each distinct path is checked once; a
     missing one raises with its field (``arguments.<name>`` or ``sweep.<name>[<i>]``)."""
@@ -296,7 +310,15 @@ def _request_files(
         if src is None:
             # as intake opens it (no '..', no link on the way, a regular file)
             label = str(request_path)
-            src = check_source(base, source, label=label, field=field, writers=writers, owner=owner)
+            src = check_source(
+                base,
+                source,
+                label=label,
+                field=field,
+                writers=writers,
+                owner=owner,
+                max_bytes=max_bytes,
+            )
             checked[source] = src
         return src
 

@@ -93,6 +93,9 @@ class ReportsConfig(_Strict):
     )
 
 
+#: the largest file argument a request may bring, by default (1 GiB)
+MAX_INPUT_BYTES = 1 << 30
+
 #: the URL schemes of the index databases flowbatch supports (peewee's playhouse names)
 DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "postgresext", "psycopg3")
 
@@ -147,6 +150,13 @@ class SiteConfig(_Strict):
         "see flowbatch.ssh_hosts.",
     )
     max_request_bytes: int = Field(default=yamlio.MAX_REQUEST_BYTES, ge=1024)
+    max_input_bytes: int = Field(
+        default=MAX_INPUT_BYTES,
+        ge=1,
+        description="File arguments larger than this are rejected: the daemon copies each "
+        "into the run's folder (a root daemon as root, beyond the user's quota) while it "
+        "takes the request in. Large data belongs in a shared path the template names.",
+    )
     allowed_users: list[str] | None = Field(
         default=None,
         description="User names whose requests are accepted. Default: everyone when the "
@@ -278,6 +288,7 @@ DEFAULT_CONFIG_TEXT = """\
 #   interval: 2.0         # seconds between ticks when nothing wakes the daemon (queue rescan)
 #   settle: 0.5           # a request found by rescanning is read once unchanged this long
 # max_request_bytes: 1048576   # requests larger than this are rejected
+# max_input_bytes: 1073741824  # file arguments larger than this are rejected (1 GiB)
 # allowed_users: null     # who may submit (default: all when root, else the daemon's user)
 # allowed_groups: null
 # root_requests: false    # a root daemon takes root's requests from a queue others may

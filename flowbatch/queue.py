@@ -1376,6 +1376,7 @@ class Intake:
                     raise ArgumentError(
                         f"{value.source!r} is not a regular file", file=label, field=field
                     )
+                refuse_large(st, self.site.config.max_input_bytes, label, field, value.source)
                 refuse_foreign(st, claimed.uid, label, field=field, source=value.source)
                 # the run reads (or runs) it as its owner's: as for the request itself
                 refuse_writers(
@@ -1876,11 +1877,13 @@ def check_source(
     field: str,
     writers: bool = False,
     owner: int | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """``folder/rel`` if the daemon would take it as a file argument's source: inside the
     folder without ``..`` or a symbolic link on the way (:func:`open_inside`), a regular
-    file; ``writers``: that only its owner can write, as intake wants a file beside a
-    request dropped into the queue (:func:`refuse_writers`; ``validate`` asks it,
+    file of at most ``max_bytes`` (:func:`refuse_large`); ``writers``: that only its
+    owner can write, as intake wants a file beside a request dropped into the queue
+    (:func:`refuse_writers`; ``validate`` asks it,
     ``submit`` not: it sends a copy of its own). ``validate`` and ``submit`` check a
     request's files with it, so that what they approve the intake takes."""
     fd = open_inside(folder, rel, label=label, field=field)
@@ -1888,6 +1891,8 @@ def check_source(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ArgumentError(f"{rel!r} is not a regular file", file=label, field=field)
+        if max_bytes is not None:
+            refuse_large(st, max_bytes, label, field, rel)
         if owner is not None:  # as intake wants: the request's owner's
             refuse_foreign(st, owner, label, field=field, source=rel)
         if writers:
@@ -1895,6 +1900,21 @@ def check_source(
     finally:
         os.close(fd)
     return folder / rel
+
+
+def refuse_large(st: os.stat_result, limit: int, label: str, field: str, source: str) -> None:
+    """A file argument over ``max_input_bytes`` is refused: intake copies it into the
+    run's folder while it takes the request in (the daemon's other work waits), and a
+    root daemon writes it as root, beyond its user's quota."""
+    if st.st_size > limit:
+        raise ArgumentError(
+            f"{source!r} is {st.st_size} bytes, over the limit of {limit} bytes for a file "
+            "argument",
+            file=label,
+            field=field,
+            hint="put large data where the runs can read it and pass its path as a string, "
+            "or ask the site's admin to raise max_input_bytes in flowbatch.yaml",
+        )
 
 
 def check_request_file(path: Path, label: str) -> None:
