@@ -34,7 +34,14 @@ from .render import build_script, render_workflow
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR, read_markers
 from .render.values import RenderedWorkflow
 from .runs import RunRecord, State, now_iso
-from .safeio import LINK_ERRORS, copy_content, copy_fd, copy_tree, open_beneath, read_up_to
+from .safeio import (
+    LINK_ERRORS,
+    copy_fd,
+    copy_sparse,
+    copy_tree,
+    open_beneath,
+    read_up_to,
+)
 from .site import Site
 from .spec.model import FileArg, Template
 from .spec.request import CancelRequest, Request, parse_request
@@ -2032,26 +2039,35 @@ def hand_over(path: Path, uid: int) -> None:
     _hand_over_folder(str(path), uid, identity(uid).gid, top=True)
 
 
-def take_back(path: Path, uid: int | None) -> None:
+def take_back(path: Path, uid: int | None) -> list[str]:
     """When a run ends, a root daemon takes back the folder it handed to the run's owner
     (:func:`hand_over`) and what the run wrote in it, giving them to the owner of the
     tree (``runs/``'s), without group or other write: the run's record stands as it
     ended. Else a participant could put a page of their own where the leaderboard links
     to the run's (``index.html``), remove its ``run.json``, or remove or change the
     result files the post-processing reads from every ranked run (making it fail for
-    everyone). Walked by descriptors, never through a link; a file with other hard links
-    stays as it is (it is also somewhere else). A folder that cannot be taken back (an
-    NFS root_squash) is logged: the run ends all the same."""
+    everyone). Walked by descriptors, never through a link. A file with other hard links
+    is taken once (all of its names in the folder); one with a name outside the folder
+    too (``ln r.json ~/keep``) gets one copy for all its names here, its holes kept, the
+    other name staying the user's, within :data:`TAKE_BACK_COPY_BYTES` a run; past that
+    its names here are removed. Returns what the run's messages should say of it. A
+    folder that cannot be taken back (an NFS root_squash) is logged: the run ends all the
+    same."""
     if os.geteuid() != 0 or not uid:
-        return
+        return []
+    notes: list[str] = []
     try:
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-            return
+            return []
         tree = os.lstat(path.parent)
         fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
         try:
-            _take_back_folder(fd, uid, tree.st_uid, tree.st_gid)
+            linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}
+            _take_back_folder(fd, uid, tree.st_uid, tree.st_gid, linked=linked)
+            notes = _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid)
+            for note in notes:
+                log.warning("run folder %s: %s", path, note)
         finally:
             os.close(fd)
         # a folder the user made where the daemon writes its files (its own page inside
@@ -2063,19 +2079,34 @@ def take_back(path: Path, uid: int | None) -> None:
                     os.rename(path / name, path / f".{name}.{secrets.token_hex(4)}.moved")
     except OSError as exc:
         log.warning("run folder %s: not taken back from uid %s: %s", path, uid, exc.strerror)
+    return notes
 
 
 _TAKE_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _TAKE_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: the bytes (allocated: holes are kept) a run's take-back copies at most for files that
+#: also have a name outside its folder; past it, such files' names in the folder go
+TAKE_BACK_COPY_BYTES = 1 << 30
 
 
-def _take_back_folder(fd: int, user: int, owner: int, group: int, depth: int = 0) -> None:
+def _take_back_folder(
+    fd: int,
+    user: int,
+    owner: int,
+    group: int,
+    depth: int = 0,
+    *,
+    linked: dict[tuple[int, int], list[tuple[str, ...]]],
+    rel: tuple[str, ...] = (),
+) -> None:
     """:func:`take_back` of the open folder ``fd`` and of what is in it: the entries of
     ``user`` (the daemon's own files are its already) get ``owner:group`` and lose
     group and other write. Each entry is opened without following a link and changed
     through its descriptor, so an entry swapped meanwhile (the run's leftover processes
     may still be at work) is never what gets changed; the folder is the tree's before
-    its entries are looked at, so none can be added or renamed there meanwhile.
+    its entries are looked at, so none can be added or renamed there meanwhile. A file
+    with more than one name goes into ``linked`` (its device and inode -> its paths
+    here), for :func:`_take_back_linked` once every folder is the tree's.
 
     The daemon's own files at the top (``run.json``, ``request.yaml``, ``run.sh``) are
     never taken: one of the user's there is one they put in place of the daemon's, and
@@ -2096,47 +2127,147 @@ def _take_back_folder(fd: int, user: int, owner: int, group: int, depth: int = 0
             if stat.S_ISDIR(entry.st_mode):
                 sub = os.open(name, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
                 try:
-                    _take_back_folder(sub, user, owner, group, depth + 1)
+                    _take_back_folder(
+                        sub, user, owner, group, depth + 1, linked=linked, rel=(*rel, name)
+                    )
                 finally:
                     os.close(sub)
             elif stat.S_ISREG(entry.st_mode) and entry.st_uid == user:
                 file_fd = os.open(name, _TAKE_FILE, dir_fd=fd)
                 try:
-                    _take_back_file(fd, name, file_fd, owner, group)
+                    opened = os.fstat(file_fd)
+                    if not stat.S_ISREG(opened.st_mode):
+                        continue  # swapped since the listing
+                    if opened.st_nlink != 1:
+                        linked.setdefault((opened.st_dev, opened.st_ino), []).append((*rel, name))
+                        continue
+                    _take_file(file_fd, opened, owner, group)
                 finally:
                     os.close(file_fd)
         except OSError as exc:  # gone, or swapped for a link since the listing
             log.debug("taking back %s: %s", name, exc.strerror)
 
 
-def _take_back_file(folder: int, name: str, fd: int, owner: int, group: int) -> None:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return  # swapped since the listing
-    mode = stat.S_IMODE(st.st_mode) & ~0o7022
-    if st.st_nlink != 1:
-        # also a name somewhere else (made by the run: `ln r.json ~/keep`), through which
-        # the user could still change it: the name here gets a copy of its own
-        _take_back_copy(folder, name, fd, owner, group, mode)
-        return
+def _take_file(fd: int, st: os.stat_result, owner: int, group: int) -> None:
     os.fchown(fd, owner, group)  # the kernel clears setuid and setgid bits with it
+    mode = stat.S_IMODE(st.st_mode) & ~0o7022
     if stat.S_IMODE(st.st_mode) != mode:
         os.fchmod(fd, mode)
 
 
-def _take_back_copy(folder: int, name: str, fd: int, owner: int, group: int, mode: int) -> None:
-    """Replace ``name`` in ``folder`` (the tree's already) by a copy of ``fd``'s content
-    owned by ``owner:group``: the other names of the file stay as they are."""
+def _take_back_linked(
+    top: int,
+    linked: dict[tuple[int, int], list[tuple[str, ...]]],
+    user: int,
+    owner: int,
+    group: int,
+) -> list[str]:
+    """Take back the files with several names (every folder is the tree's by now, so
+    no name can be added or removed here). A file all of whose names are in the run
+    folder is taken once, through one descriptor (ten links to one big file were ten
+    copies). One with a name elsewhere too, through which its user could change it,
+    gets one copy for all its names here (holes kept), while the copies of the run stay
+    within :data:`TAKE_BACK_COPY_BYTES`; past that its names here are removed."""
+    notes: list[str] = []
+    budget = TAKE_BACK_COPY_BYTES
+    for (dev, ino), paths in sorted(linked.items(), key=lambda item: item[1][0]):
+        paths.sort()
+        first = paths[0]
+        try:
+            folder, name = _open_parent(top, first)
+        except OSError as exc:
+            log.debug("taking back %s: %s", "/".join(first), exc.strerror)
+            continue
+        try:
+            fd = os.open(name, _TAKE_FILE, dir_fd=folder)
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != user:
+                    continue  # changed since the walk
+                if st.st_nlink <= len(paths):  # every name is here
+                    _take_file(fd, st, owner, group)
+                    continue
+                cost = st.st_blocks * 512
+                if cost > budget:
+                    for path in paths:
+                        _remove_name(top, path)
+                    notes.append(
+                        f"output {'/'.join(first)} ({st.st_size} bytes) also had a name "
+                        "outside the run folder, and a copy of it would pass the "
+                        f"{TAKE_BACK_COPY_BYTES} bytes a run's take-back copies: its "
+                        f"{len(paths)} name(s) here were removed"
+                    )
+                    continue
+                budget -= cost
+                mode = stat.S_IMODE(st.st_mode) & ~0o7022
+                _take_back_copy(top, paths, folder, name, fd, owner, group, mode)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("taking back %s: %s", "/".join(first), exc.strerror)
+        finally:
+            os.close(folder)
+    return notes
+
+
+def _open_parent(top: int, path: tuple[str, ...]) -> tuple[int, str]:
+    """The folder of ``path`` (inside the folder ``top``, opened without following a
+    link) and the name in it; the caller closes the folder."""
+    fd = os.dup(top)
+    try:
+        for part in path[:-1]:
+            nxt = os.open(part, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path[-1]
+
+
+def _remove_name(top: int, path: tuple[str, ...]) -> None:
+    try:
+        folder, name = _open_parent(top, path)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def _take_back_copy(
+    top: int,
+    paths: list[tuple[str, ...]],
+    folder: int,
+    name: str,
+    fd: int,
+    owner: int,
+    group: int,
+    mode: int,
+) -> None:
+    """Replace every name of ``paths`` (``paths[0]`` is ``name`` in ``folder``) by one
+    copy of ``fd``'s content owned by ``owner:group``: the other names of the file,
+    outside the run folder, stay as they are."""
     tmp = f".{name}.{secrets.token_hex(4)}.taken"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     out = os.open(tmp, flags, 0o600, dir_fd=folder)
     try:
         try:
-            copy_content(fd, out)
+            copy_sparse(fd, out)
             os.fchown(out, owner, group)
             os.fchmod(out, mode)
         finally:
             os.close(out)
+        for path in paths[1:]:  # the copy's other names, each renamed over one here
+            other, other_name = _open_parent(top, path)
+            try:
+                link = f".{other_name}.{secrets.token_hex(4)}.taken"
+                os.link(tmp, link, src_dir_fd=folder, dst_dir_fd=other)
+                os.rename(link, other_name, src_dir_fd=other, dst_dir_fd=other)
+            finally:
+                os.close(other)
         os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with contextlib.suppress(OSError):

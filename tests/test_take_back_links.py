@@ -1,0 +1,99 @@
+"""A root daemon taking back a run's folder (``queue.take_back``): files with several
+names. Found by review: ten hard links to one sparse 1 GiB file were ten full copies
+(11 GB written as root, the daemon stalled 33-41 s). Now a file all of whose names are in
+the folder is taken once; one with a name outside too gets one copy for all its names
+here, its holes kept, within a budget a run; past it, its names here are removed and the
+run's messages say so."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flowbatch import queue
+
+USER = 65534  # the run's user (nobody)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon's take-back")
+
+
+def as_user(path: Path) -> Path:
+    os.chown(path, USER, USER, follow_symlinks=False)
+    return path
+
+
+def run_folder(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    run = runs / "r1"
+    (run / "out").mkdir(parents=True)
+    as_user(run)
+    as_user(run / "out")
+    return run
+
+
+def sparse(path: Path, size: int, data: bytes = b"x" * 4096) -> Path:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.truncate(size)
+    return as_user(path)
+
+
+def test_links_all_inside_the_folder_are_taken_once(tmp_path: Path) -> None:
+    run = run_folder(tmp_path)
+    big = sparse(run / "out" / "big", 1 << 30)
+    for i in range(10):
+        os.link(big, run / "out" / f"link{i}")
+    assert queue.take_back(run, USER) == []
+    names = [run / "out" / "big", *(run / "out" / f"link{i}" for i in range(10))]
+    inodes = {p.stat().st_ino for p in names}
+    assert inodes == {big.stat().st_ino}  # no copy made: the same file, now the tree's
+    assert big.stat().st_nlink == 11 and big.stat().st_uid == 0
+    used = sum(p.stat().st_blocks for p in (run / "out").iterdir()) // 11
+    assert used * 512 < 1 << 20
+
+
+def test_a_file_with_a_name_outside_gets_one_copy_with_its_holes(tmp_path: Path) -> None:
+    run = run_folder(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    as_user(home)
+    kept = sparse(run / "out" / "kept", 1 << 30, b"result\n")
+    os.link(kept, home / "keep")
+    for i in range(3):
+        os.link(kept, run / "out" / f"also{i}")
+    assert queue.take_back(run, USER) == []
+    here = [run / "out" / "kept", *(run / "out" / f"also{i}" for i in range(3))]
+    stats = [p.stat() for p in here]
+    assert len({s.st_ino for s in stats}) == 1  # one copy for the four names
+    assert stats[0].st_nlink == 4 and stats[0].st_uid == 0
+    assert stats[0].st_size == 1 << 30 and stats[0].st_blocks * 512 < 1 << 20  # holes kept
+    with open(run / "out" / "also2", "rb") as fh:
+        assert fh.read(7) == b"result\n"
+    theirs = (home / "keep").stat()
+    assert theirs.st_uid == USER and theirs.st_ino != stats[0].st_ino and theirs.st_nlink == 1
+    assert not [p for p in (run / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_copies_past_the_budget_remove_the_names_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 64 * 1024)
+    run = run_folder(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    as_user(home)
+    small = sparse(run / "out" / "a-small", 8192, b"s" * 8192)  # within the budget
+    os.link(small, home / "small")
+    large = sparse(run / "out" / "b-large", 1 << 20, b"L" * (1 << 20))  # past it
+    os.link(large, home / "large")
+    os.link(large, run / "out" / "b-large-too")
+    notes = queue.take_back(run, USER)
+    assert (run / "out" / "a-small").stat().st_uid == 0
+    assert not (run / "out" / "b-large").exists() and not (run / "out" / "b-large-too").exists()
+    assert len(notes) == 1
+    assert "out/b-large (1048576 bytes) also had a name outside the run folder" in notes[0]
+    assert "2 name(s) here were removed" in notes[0]
+    assert (home / "large").stat().st_uid == USER  # the user's own name stays theirs
