@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from .store.atomic import write_all
@@ -94,11 +95,20 @@ def copy_beneath(folder: Path, rel: str | Path, dest: Path) -> None:
 
 
 def copy_fd(fd: int, dest: Path) -> None:
-    """Copy an open file's content to ``dest`` (a new file)."""
+    """Copy an open file's content to ``dest`` (a new file, never through a link), its
+    holes kept, with the source's read and execute bits for its group and others and
+    no setuid: a participant's input of mode 0600 stays theirs alone in a results tree
+    everyone reads (it became 0644, found by review)."""
+    mode = (stat.S_IMODE(os.fstat(fd).st_mode) & 0o755) | 0o600
     os.lseek(fd, 0, os.SEEK_SET)
-    with open(dest, "wb") as out:
-        while chunk := os.read(fd, 1 << 20):
-            out.write(chunk)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(dest, flags, 0o600)
+    try:
+        os.ftruncate(out, 0)
+        copy_sparse(fd, out)
+        os.fchmod(out, mode)
+    finally:
+        os.close(out)
 
 
 def copy_tree(src: str, dest: str) -> None:
@@ -191,6 +201,4 @@ def copy_sparse(fd_in: int, fd_out: int) -> None:
 
 
 def _regular(mode: int) -> bool:
-    import stat
-
     return stat.S_ISREG(mode)

@@ -1,0 +1,38 @@
+"""A request's input files keep their privacy in the run folder: a participant's 0600
+input was copied as 0644 into a results tree all participants read (found by review:
+competitors could read each other's submissions)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flowbatch import api
+
+from .conftest import EXAMPLES, drop, make_site, run_until_idle
+
+OTHER = 65534  # nobody
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon serving another user")
+
+
+@pytest.mark.parametrize(("mode", "copied"), [(0o600, 0o600), (0o640, 0o640), (0o644, 0o644)])
+def test_an_input_keeps_who_may_read_it(public_tmp: Path, mode: int, copied: int) -> None:
+    # the run's user cannot enter the test's venv (under /root): the system's python
+    site = make_site(public_tmp / "site", {"variables": {"python": "/usr/bin/python3"}})
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    names = site.layout.queue / "names.txt"
+    names.write_text("Alice\nBob\n")
+    os.chown(names, OTHER, OTHER)
+    names.chmod(mode)
+    request = drop(site, "r.yaml", {"workflow": "helloworld", "arguments": {"names": "names.txt"}})
+    os.chown(request, OTHER, OTHER)
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    assert run["state"] == "SUCCESS", api.show_run(site, run["id"])["messages"]
+    copy = Path(api.show_run(site, run["id"])["run_dir"]) / "data" / "names.txt"
+    assert copy.read_text() == "Alice\nBob\n"
+    assert copy.stat().st_mode & 0o7777 == copied
+    site.close()
