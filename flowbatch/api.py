@@ -22,7 +22,7 @@ from .spec.manifest import MANIFEST_NAMES, SPEC_NAMES, find_source
 from .spec.model import FileArg, Template
 from .spec.params import cast_value
 from .spec.request import Request, parse_request
-from .spec.template import load_template
+from .spec.template import TOP_KEYS, load_template
 from .store import atomic
 from .store.index import RunRow, WorkflowRow
 from .store.layout import BUNDLE_SUFFIX
@@ -182,6 +182,9 @@ def validate(path: Path, site: Site | None = None) -> str:
 _REQUEST_ONLY = frozenset({"cancel", "arguments", "group", "name", "sweep", "retry_failed"})
 
 
+#: keys only a template has (a request has its own `executor`, `retries`, `resources`)
+_TEMPLATE_ONLY = frozenset(TOP_KEYS) - set(Request.model_fields)
+
 #: what a file that is no mapping is told about templates (it was checked as a request)
 _TEMPLATE_NAMED = (
     "a template file is checked as one when named benchmark, workflow or template "
@@ -196,11 +199,19 @@ def _looks_like_request(doc: Any, path: Path) -> bool:
     null, a scalar, a list) says nothing either way: it is a template only under a name
     a template file has in a folder (``benchmark.yaml``, ...); any other file is told
     what a request needs, as the daemon's intake would tell it."""
+    named_template = path.name in SPEC_NAMES or path.name in MANIFEST_NAMES
     if not isinstance(doc, dict):
-        return path.name not in SPEC_NAMES and path.name not in MANIFEST_NAMES
-    if isinstance(doc.get("workflow"), str):
+        return not named_template
+    keys = set(doc)
+    if _REQUEST_ONLY & keys:
         return True
-    return "workflow" not in doc and bool(_REQUEST_ONLY & set(doc))
+    if "workflow" in doc:
+        # a template's `workflow:` is a mapping (its steps); anything else (a name, a
+        # number, a list) is a request's, told what a request's must be
+        return not isinstance(doc["workflow"], dict)
+    # no key says: a file with no key of a template's, under no template's name, is
+    # checked as the request it is more likely to be (`Workflow: x`)
+    return not named_template and not (_TEMPLATE_ONLY & keys)
 
 
 def _check_request(site: Site, req: Request, label: str) -> CheckedRequest:

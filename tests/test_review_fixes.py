@@ -660,3 +660,31 @@ def test_validate_tells_a_request_that_is_no_mapping_what_a_request_needs(
     with pytest.raises(TemplateError) as terr:
         api.validate(named, site)
     assert "parameterGroups" in terr.value.summary()
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("workflow: 5\narguments: {sleeptime: 1}\n", "workflow must be an installed workflow id"),
+        ("Workflow: helloworld\n", "unknown field 'Workflow'"),
+        ("workflow: [helloworld]\n", "workflow must be an installed workflow id"),
+        ("wrkflow: helloworld\nsweep: {a: [1]}\n", "unknown field 'wrkflow'"),
+    ],
+)
+def test_validate_tells_a_mistyped_request_what_a_request_needs(
+    site: Site, tmp_path: Path, text: str, said: str
+) -> None:
+    """Such files were checked as templates ("unknown key 'arguments' (expected one of
+    the keys workflow, parameters, parameterGroups...)"), while submit and the daemon
+    gave the request's error (found by review)."""
+    path = tmp_path / "req.yaml"
+    path.write_text(text)
+    with pytest.raises(RequestError) as err:
+        api.validate(path, site)
+    assert said in err.value.summary() and "parameterGroups" not in err.value.summary()
+    # a template stays a template, under any name: its `workflow:` is a mapping, or it
+    # has a key only templates have
+    for body in ("workflow: {steps: [{name: s}]}\n", "parameters: []\n"):
+        path.write_text(body)
+        with pytest.raises(TemplateError):
+            api.validate(path, site)
