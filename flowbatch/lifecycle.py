@@ -34,7 +34,7 @@ from .render.script import (
     step_log_paths,
 )
 from .results import read_results
-from .runs import ACTIVE, QUEUED, RunRecord, State
+from .runs import ACTIVE, QUEUED, REQUEUES, SUPERSEDED, RunRecord, State, superseded
 from .safeio import LINK_ERRORS, read_tail
 from .site import Site
 from .spec.model import Template
@@ -645,6 +645,10 @@ class Runner:
         if keep and run.handle is not None and any(run.handle.get(k) != v for k, v in keep.items()):
             run.handle = {**run.handle, **keep}
             changed = True
+        requeued = probe.detail.get("requeued")
+        if requeued and run.state == State.RUNNING:
+            self._requeued(run, str(requeued))
+            return
         began = "started" in probe.detail
         started = probe.detail.get("started")
         queued = attempt_queued_at(run)  # not before this attempt (Slurm: whole seconds)
@@ -668,6 +672,25 @@ class Runner:
         if changed or moved:
             self.store.write(run, index=moved)  # the index has no handle
 
+    def _requeued(self, run: RunRecord, why: str) -> None:
+        """A RUNNING run whose job its scheduler put back in its queue (Slurm's requeue):
+        PENDING again and queued (:data:`QUEUED`: launched, so polled, holding its slot
+        and share, never submitted again), the same job and attempt (a requeue is no
+        retry: ``retries`` are not used), with ``why`` in its history and messages. Its
+        ``started_at`` goes (its time does not run while it waits; the next start sets
+        it). The handle keeps the ``started`` marker of the execution the requeue ended
+        (:data:`SUPERSEDED`): its markers (the TERM trap's ``exit 143``) are not the
+        run's end while no later execution has started."""
+        handle = dict(run.handle or {})
+        killed = run_markers(self.store.run_dir(run), run).started  # not one ended before
+        if killed is not None:
+            handle[SUPERSEDED] = [killed[0], killed[1]]
+        handle[REQUEUES] = _count(handle.get(REQUEUES)) + 1
+        handle[QUEUED] = True
+        self._transition(
+            run, State.PENDING, reason=why, messages=[why], handle=handle, started_at=None
+        )
+
     def _over_time(self, run: RunRecord, now: datetime) -> bool:
         if not run.time_limit or not run.started_at:
             return False
@@ -678,7 +701,7 @@ class Runner:
         if run.handle:
             executor.cancel(run.handle, reason)
             executor.collect(run.id, run.handle, self.store.run_dir(run))
-        markers = read_markers(self.store.run_dir(run))
+        markers = run_markers(self.store.run_dir(run), run)
         steps = self._steps(run, markers)
         times = marker_times(run, markers)  # an exit marker the TERM trap wrote: its time
         messages = [reason, *_executor_notes(executor, run)]
@@ -712,7 +735,7 @@ class Runner:
         # text already gives (a lost run's reason, a failed run's scheduler message) are
         # not said twice
         fetched = _executor_notes(executor, run)
-        markers = read_markers(run_dir)
+        markers = run_markers(run_dir, run)
         steps = self._steps(run, markers)
         # when the run started and ended, by its script's clock where plausible (the
         # daemon may notice the end a whole slow tick later)
@@ -798,6 +821,9 @@ class Runner:
             code = f" ({describe_code(probe.exit_code)})" if probe.exit_code is not None else ""
             if started:
                 why = f"the run's process ended without writing its exit marker{code}"
+            elif superseded(run.handle) is not None:
+                # its script ran, and a requeue ended it; the job ended before it ran again
+                why = f"its job ended after a requeue, before its script ran again{code}"
             else:  # not even its first marker: the script itself never ran
                 why = f"the run's script never started (it wrote no marker){code}"
                 found = self._why_not_started(run)
@@ -857,7 +883,7 @@ class Runner:
     def _steps(self, run: RunRecord, markers: Any = None) -> list[dict[str, Any]]:
         """Per-step record for run.json: exit code, times, log files."""
         run_dir = self.store.run_dir(run)
-        markers = markers or read_markers(run_dir)
+        markers = markers or run_markers(run_dir, run)
         try:
             template, _ = self.site.templates.load(run.workflow, run.version)
         except FlowbatchError:
@@ -896,6 +922,16 @@ def handle_from_marker(
         "uid": uid,
         "script": str(script),
     }
+
+
+def run_markers(run_dir: Path, run: RunRecord) -> Markers:
+    """The markers of ``run``'s current execution: none of one a requeue of its job
+    ended (:func:`flowbatch.runs.superseded`) while no later one has started."""
+    return read_markers(run_dir, superseded=superseded(run.handle))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def epoch(text: str | None) -> float | None:

@@ -11,6 +11,10 @@ queue, as flowServ's PENDING means (the workflow does not run yet), and RUNNING 
 job starts. Such a run is *launched* all the same (its handle has :data:`QUEUED`): it
 holds its executor's slot and its user's share, is polled, and is never submitted again.
 A retry after its job was lost before it started makes it PENDING again (``again``).
+A job the scheduler puts back in its queue after it started (Slurm's requeue: ``scontrol
+requeue``, a node failure or preemption with requeue) makes its RUNNING run PENDING and
+queued again: the same job and attempt (no retry is used), ``started_at`` cleared, the
+requeue in its history; it becomes RUNNING again when the job starts again.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ RUN_FORMAT = 1
 #: the key of a handle whose job waits in a scheduler's own queue: its run is PENDING and
 #: launched (:attr:`RunRecord.queued`) until the job starts
 QUEUED = "queued"
+#: the key of a handle whose job a scheduler requeued: the ``started`` marker (pid, time)
+#: of the execution the requeue ended, whose markers are not the run's while no later
+#: execution has started (:func:`superseded`; ``read_markers(superseded=)``)
+SUPERSEDED = "superseded"
+#: the key of a handle counting the requeues of its job that the daemon saw
+REQUEUES = "requeues"
 
 
 class State(enum.StrEnum):
@@ -46,8 +56,9 @@ TERMINAL: frozenset[State] = frozenset({State.SUCCESS, State.ERROR, State.CANCEL
 
 #: target state -> the states it may be reached from
 ALLOWED: dict[State, frozenset[State]] = {
-    # a retry (a new attempt after an infrastructure failure) sends a RUNNING run back to
-    # PENDING; flowServ had no retries, so nothing else reaches PENDING
+    # a retry (a new attempt after an infrastructure failure), or a scheduler's requeue
+    # of its job (the same attempt, queued again), sends a RUNNING run back to PENDING;
+    # flowServ had neither, so nothing else reaches PENDING
     State.PENDING: frozenset({State.RUNNING}),
     State.RUNNING: frozenset({State.PENDING}),
     State.SUCCESS: ACTIVE,
@@ -126,6 +137,21 @@ class RunRecord:
         values = {k: v for k, v in data.items() if k in known}
         values["state"] = State(values.get("state", "PENDING"))
         return cls(**values)
+
+
+def superseded(handle: dict[str, Any] | None) -> tuple[int, float] | None:
+    """The ``started`` marker (pid, time) of the execution a requeue of the job of
+    ``handle`` ended (:data:`SUPERSEDED`), None when there is none (a handle of a job
+    never requeued, or of an earlier version)."""
+    value = (handle or {}).get(SUPERSEDED)
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None
+    pid, at = value
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        return None
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return None
+    return pid, float(at)
 
 
 def apply(

@@ -419,8 +419,9 @@ def test_a_job_requeued_and_held_is_no_end_of_its_run(
 ) -> None:
     """`scontrol requeuehold state=SpecialExit`: Slurm puts the running job back in the
     queue, held, in state SPECIAL_EXIT. The run was finalized ERROR (its job left in the
-    queue, which ran it again in the ended run's folder once released); it stays active
-    with Slurm's word, and ends with the attempt that ran after the release."""
+    queue, which ran it again in the ended run's folder once released); it is PENDING
+    again, queued, with Slurm's word, and ends with the execution that ran after the
+    release."""
     site = sleep_site(tmp_path)
     drop(site, "r.yaml", {"workflow": "sleep", "name": "r", "arguments": {"seconds": 4}})
     daemon = Daemon(site)
@@ -439,7 +440,7 @@ def test_a_job_requeued_and_held_is_no_end_of_its_run(
         for _ in range(10):  # a few seconds of ticks: held, still active
             daemon.tick()
             time.sleep(0.2)
-        assert runs_by_name(site)["r"]["state"] == "RUNNING"
+        assert runs_by_name(site)["r"]["state"] == "PENDING"  # back in the queue, held
         subprocess.run(["scontrol", "release", job], check=True)
         subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=False)
         run_until_idle(site, timeout=60, daemon=daemon)

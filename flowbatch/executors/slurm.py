@@ -32,6 +32,12 @@ the job needs are down or drained, only when the job's node count is over its pa
 the account database does not know is never started by Slurm (requeued for ever): its
 run is ended as soon as Slurm has requeued it.
 
+A job Slurm requeues after it started (``scontrol requeue``, a node failure or preemption
+with requeue) is found back in the queue (:data:`QUEUE_STATES`) by a poll: its probe says
+``requeued``, and the Runner makes the run PENDING and queued again, the same job. The
+killed execution's markers (its TERM trap's ``exit 143``) are not the run's end while the
+job waits: the handle keeps which execution that was (``superseded``).
+
 A controller that does not answer (slurmctld down or restarting, the submit host away)
 is "unknown, ask again", never "the job is gone": polls give UNKNOWN, a submission waits.
 Only after squeue has failed for longer than the profile's ``unreachable_grace`` are the
@@ -74,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 from ..accounts import identity
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable, FlowbatchError
 from ..render.script import LOGS_DIR, read_markers
+from ..runs import QUEUED, superseded
 from ..slurm_profile import SlurmProfile
 from ..sweep import array_ranges
 from .base import Launch, LaunchDeferred, Liveness, Probe
@@ -97,6 +104,7 @@ from .slurm_states import (
     EPOCH_TIMES,
     FINAL_STATES,
     LOOKUP_FORMAT,
+    QUEUE_STATES,
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     STARTED_STATES,
@@ -948,6 +956,10 @@ class SlurmExecutor:
                 # when it was submitted nor when this poll saw it (the Runner sets its
                 # started_at: Runner._note_status); None where squeue gave no time
                 probe.detail["started"] = status.start
+            elif status.state in QUEUE_STATES and not handle.get(QUEUED):
+                # the job of a run that is RUNNING (its handle is not queued) is back in
+                # the queue: Slurm requeued it (the Runner makes the run PENDING again)
+                probe.detail["requeued"] = self._requeued(job_id, status, handle)
             never = never_starts(status.reason) if status.state == "PENDING" else None
             if status.state == "PENDING" and status.reason == REQUEUED:
                 unknown = self._unknown_owner(handle)
@@ -1047,8 +1059,26 @@ class SlurmExecutor:
 
     @staticmethod
     def _script_ran(handle: dict[str, Any]) -> bool:
+        """Whether the job's script has started (since the requeue that ended an earlier
+        execution of it, if any)."""
         run_dir = handle.get("run_dir")
-        return isinstance(run_dir, str) and read_markers(Path(run_dir)).started is not None
+        if not isinstance(run_dir, str):
+            return False
+        return read_markers(Path(run_dir), superseded=superseded(handle)).started is not None
+
+    def _requeued(self, job_id: str, status: JobStatus, handle: dict[str, Any]) -> str:
+        """What the history of a RUNNING run says when its job is found back in the queue:
+        requeued once its script has run (a handle without :data:`QUEUED` whose job
+        waits, before any marker, is also one of an earlier version's, RUNNING from its
+        submission)."""
+        if self._script_ran(handle):
+            return (
+                f"Slurm requeued job {job_id} ({alive_text(status)}): the run waits in the "
+                "queue to run again"
+            )
+        return (
+            f"Slurm job {job_id} waits in the queue ({alive_text(status)}): the run waits with it"
+        )
 
     # -- cancel / collect / adopt ----------------------------------------------------------
     def cancel(self, handle: dict[str, Any], reason: str) -> None:

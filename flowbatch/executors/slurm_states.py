@@ -51,6 +51,15 @@ ALIVE_STATES = frozenset(
 STARTED_STATES = frozenset(
     {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "RESIZING", "STAGE_OUT"}
 )
+#: the alive states of a job that waits in the queue: not started yet, or put back by a
+#: requeue (REQUEUED while it is taken back, then PENDING, or held: REQUEUE_HOLD,
+#: SPECIAL_EXIT, a requeuehold's PENDING (job requeued in held state)). A RUNNING run
+#: whose job is found so is queued again. Not CONFIGURING (its nodes are allocated: it
+#: leaves the queue; a first start goes through it before RUNNING), nor a state word this
+#: version does not know: neither moves a run either way.
+QUEUE_STATES = frozenset(
+    {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+)
 #: the states in which a job has ended for good (squeue lists them for a while after)
 FINAL_STATES = frozenset(
     {

@@ -21,6 +21,13 @@ The first failing command ends the run with its exit code. TERM, INT and HUP end
 line without its final newline as not written yet. It also reads the one-file-per-marker
 layout of earlier versions (``status/started``, ``status/step-NN.start``,
 ``status/step-NN.exit``, ``status/exit``): runs started before an upgrade still end well.
+
+A scheduler may run the script again in the same folder: Slurm requeues a job (``scontrol
+requeue``, a node failure or preemption with requeue) by ending it (SIGTERM: the trap
+appends ``exit 143``) and later running its batch script anew, which appends a second
+``started`` line and its own markers. The markers are those of the last execution: a
+``started`` line drops what came before it, and an execution the requeue ended is no
+execution of the run's while its ``started`` line is still the last (``superseded``).
 """
 
 from __future__ import annotations
@@ -233,10 +240,27 @@ def _time(text: str) -> float:
 _MARKERS_FILE_BYTES = 1 << 20
 
 
-def read_markers(run_dir: Path) -> Markers:
+def read_markers(run_dir: Path, *, superseded: tuple[int, float] | None = None) -> Markers:
     """Parse the markers in ``run_dir/status/``; absent, partial or unreadable ones are
     left out (a later line of the same kind wins). The folder is the run user's: it is
-    opened once, and nothing is read through a symbolic link."""
+    opened once, and nothing is read through a symbolic link.
+
+    Only the last execution of the script counts: a ``started`` line starts the markers
+    afresh (a scheduler ran the script again in the folder after a requeue). With
+    ``superseded``, the (pid, time) of the ``started`` line of an execution a requeue
+    ended: while that is still the last execution, no marker is the run's (empty
+    :class:`Markers`: the killed execution's ``exit 143`` is not the run's end)."""
+    markers = _read_markers(run_dir)
+    if superseded is not None and _same_start(markers.started, superseded):
+        return Markers()
+    return markers
+
+
+def _same_start(started: tuple[int, float, str] | None, other: tuple[int, float]) -> bool:
+    return started is not None and started[0] == other[0] and abs(started[1] - other[1]) < 1e-3
+
+
+def _read_markers(run_dir: Path) -> Markers:
     markers = Markers()
     try:
         folder = os.open(
@@ -272,7 +296,13 @@ def _read_marker_line(line: str, markers: Markers) -> None:
     try:
         if kind == "started":
             pid, at, host = rest.split(" ", 2)
-            markers.started = (int(pid), _time(at), host)
+            started = (int(pid), _time(at), host)
+            if not _same_start(markers.started, started[:2]):
+                # the script run again (a requeue): what came before was another
+                # execution's (the same line again is no new execution)
+                markers.steps.clear()
+                markers.exit = None
+            markers.started = started
         elif kind == "start":
             number, at = rest.split(" ")
             markers.steps.setdefault(int(number), StepMarker()).start = _time(at)
