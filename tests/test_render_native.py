@@ -257,3 +257,34 @@ def test_shell_syntax_that_jinja_would_eat_needs_raw() -> None:
 def test_unterminated_shell_quote_is_refused() -> None:
     with pytest.raises(RenderError, match="not complete"):
         render(tpl(['echo "{{ x }}'], x="string"), x="v")
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("echo {{ y }}", "{{ y }} names nothing a run has"),
+        ("echo {{ n.__class__ }}", "the attribute '__class__' is outside the sandbox"),
+        ("{% if flag %}echo {{ missing.attr }}{% endif %}", "{{ missing }} names nothing"),
+    ],
+)
+def test_a_name_no_run_has_is_the_templates_error_at_install(command: str, said: str) -> None:
+    """It passed validate and install, then every request was rejected for it, as if the
+    request were wrong (found by review)."""
+    with pytest.raises(TemplateError) as err:
+        check_template(tpl([command], n="string", flag="bool"), VARS)
+    assert said in err.value.summary()
+    assert err.value.field == "workflow.steps[0].commands[0]"
+
+
+def test_names_a_run_has_pass_the_install_check() -> None:
+    t = tpl(
+        [
+            "{% for i in range(2) %}echo {{ i }} {{ n }}{% endfor %}",
+            "{% set a = 1 %}{{ a }} {{ python }} {{ variables.java }} {{ out }}",
+            "{% if opt is defined %}echo {{ opt }}{% endif %} {{ n | length }}",
+        ],
+        {"out": "results/x.txt"},
+        n="string",
+        opt="string",
+    )
+    check_template(t, VARS)

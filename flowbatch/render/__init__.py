@@ -59,7 +59,7 @@ def check_template(template: Template, variables: Mapping[str, str]) -> None:
         if template.dialect == "native":
             from flowbatch.render.native import check_native  # Jinja2: only for its templates
 
-            check_native(template)
+            check_native(template, variables)
         else:
             check_flowserv(template, variables)
     except TemplateError as exc:

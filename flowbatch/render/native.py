@@ -208,12 +208,13 @@ def render_native(
     return RenderedWorkflow(steps, dict(exports.env))
 
 
-def check_native(template: Template) -> None:
-    """Install-time checks: every command and string context value compiles, and no
-    ``{{ p }}`` of a string, file, list or record parameter ``p`` stands in an arithmetic
-    context (where only numbers may stand, which such a parameter does not promise).
-    Other expressions, and single quotes (where a string that is a token may stand), are
-    checked by value at render."""
+def check_native(template: Template, variables: Mapping[str, str] | None = None) -> None:
+    """Install-time checks: every command and string context value compiles and names
+    only what a run gives it (:func:`_check_names`), and no ``{{ p }}`` of a string,
+    file, list or record parameter ``p`` stands in an arithmetic context (where only
+    numbers may stand, which such a parameter does not promise). Other expressions, and
+    single quotes (where a string that is a token may stand), are checked by value at
+    render."""
     env = make_environment()
     workflows = [template.workflow]
     if template.postproc is not None:
@@ -226,14 +227,56 @@ def check_native(template: Template) -> None:
             for i, step in enumerate(workflow.steps)
             for j, command in enumerate(step.commands)
         ]
+        known = _known_names(template, workflow, variables, env)
         for where, source in sources:
             if isinstance(source, str):
                 _compile(env, source, where)
+                if variables is not None and "\x00" not in source:
+                    _check_names(env, source, where, known)
         for i, step in enumerate(workflow.steps):
             for j, command in enumerate(step.commands):
                 _check_placements(
                     env, template, workflow, command, command_field(prefix, i, step, j)
                 )
+
+
+def _known_names(
+    template: Template,
+    workflow: Workflow,
+    variables: Mapping[str, str] | None,
+    env: SandboxedEnvironment,
+) -> frozenset[str]:
+    """Every name a run's render gives a text of ``workflow`` (see :func:`_names`)."""
+    names = {p.name for p in template.parameters} | set(variables or {}) | {"variables"}
+    names |= set(workflow.context) | set(env.globals)
+    if template.postproc is not None and workflow is template.postproc.workflow:
+        names.add("runs")
+    return frozenset(names)
+
+
+def _check_names(env: SandboxedEnvironment, source: str, where: str, known: frozenset[str]) -> None:
+    """A name no run gives, or an attribute of the sandbox's refusing (``x.__class__``),
+    is the template's error, said at install: else every request was rejected for it, as
+    if the request were wrong (found by review)."""
+    from jinja2 import meta
+
+    ast = env.parse(source)
+    unknown = sorted(meta.find_undeclared_variables(ast) - known)
+    if unknown:
+        raise TemplateError(
+            f"{{{{ {unknown[0]} }}}} names nothing a run has",
+            field=where,
+            expected="a parameter, a context key or a site variable: "
+            + ", ".join(sorted(n for n in known if n not in env.globals)),
+            hint="declare it under parameters, or define the site variable in flowbatch.yaml",
+        )
+    for node in ast.find_all(nodes.Getattr):
+        if node.attr.startswith("_"):
+            raise TemplateError(
+                f"the attribute {node.attr!r} is outside the sandbox templates render in",
+                field=where,
+                hint="use the values themselves, their items, or Jinja2's filters",
+            )
 
 
 def _check_placements(
