@@ -204,7 +204,11 @@ class Runner:
         if target not in ACTIVE and run.state != target:  # a same-state no-op changes nothing
             self.before_report_change(run.workflow)
             if run.owner_uid and _ROOT:  # the folder a root daemon handed to the run's user
-                take_back(self.store.run_dir(run), run.owner_uid)
+                taken = take_back(self.store.run_dir(run), run.owner_uid)
+                if taken.notes:  # outputs it had to leave out (their copies over budget)
+                    kw["messages"] = [*(kw.get("messages") or []), *taken.notes]
+                if taken.removed and kw.get("files"):
+                    kw["files"] = [f for f in kw["files"] if f.get("source") not in taken.removed]
         if not self.store.transition(run, target, **kw):
             return
         if target in ACTIVE:

@@ -2039,7 +2039,16 @@ def hand_over(path: Path, uid: int) -> None:
     _hand_over_folder(str(path), uid, identity(uid).gid, top=True)
 
 
-def take_back(path: Path, uid: int | None) -> list[str]:
+@dataclass
+class TakenBack:
+    """What a take-back left out of the run folder: the paths it removed (relative, with
+    ``/``) and the messages that say why."""
+
+    removed: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+
+def take_back(path: Path, uid: int | None) -> TakenBack:
     """When a run ends, a root daemon takes back the folder it handed to the run's owner
     (:func:`hand_over`) and what the run wrote in it, giving them to the owner of the
     tree (``runs/``'s), without group or other write: the run's record stands as it
@@ -2050,23 +2059,22 @@ def take_back(path: Path, uid: int | None) -> list[str]:
     is taken once (all of its names in the folder); one with a name outside the folder
     too (``ln r.json ~/keep``) gets one copy for all its names here, its holes kept, the
     other name staying the user's, within :data:`TAKE_BACK_COPY_BYTES` a run; past that
-    its names here are removed. Returns what the run's messages should say of it. A
-    folder that cannot be taken back (an NFS root_squash) is logged: the run ends all the
-    same."""
+    its names here are removed (:class:`TakenBack` says which, and why). A folder that
+    cannot be taken back (an NFS root_squash) is logged: the run ends all the same."""
+    taken = TakenBack()
     if os.geteuid() != 0 or not uid:
-        return []
-    notes: list[str] = []
+        return taken
     try:
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-            return []
+            return taken
         tree = os.lstat(path.parent)
         fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
         try:
             linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}
             _take_back_folder(fd, uid, tree.st_uid, tree.st_gid, linked=linked)
-            notes = _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid)
-            for note in notes:
+            _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken)
+            for note in taken.notes:
                 log.warning("run folder %s: %s", path, note)
         finally:
             os.close(fd)
@@ -2079,7 +2087,7 @@ def take_back(path: Path, uid: int | None) -> list[str]:
                     os.rename(path / name, path / f".{name}.{secrets.token_hex(4)}.moved")
     except OSError as exc:
         log.warning("run folder %s: not taken back from uid %s: %s", path, uid, exc.strerror)
-    return notes
+    return taken
 
 
 _TAKE_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -2161,14 +2169,15 @@ def _take_back_linked(
     user: int,
     owner: int,
     group: int,
-) -> list[str]:
+    taken: TakenBack,
+) -> None:
     """Take back the files with several names (every folder is the tree's by now, so
     no name can be added or removed here). A file all of whose names are in the run
     folder is taken once, through one descriptor (ten links to one big file were ten
     copies). One with a name elsewhere too, through which its user could change it,
     gets one copy for all its names here (holes kept), while the copies of the run stay
-    within :data:`TAKE_BACK_COPY_BYTES`; past that its names here are removed."""
-    notes: list[str] = []
+    within :data:`TAKE_BACK_COPY_BYTES`; past that its names here are removed (and
+    noted in ``taken``)."""
     budget = TAKE_BACK_COPY_BYTES
     for (dev, ino), paths in sorted(linked.items(), key=lambda item: item[1][0]):
         paths.sort()
@@ -2191,7 +2200,8 @@ def _take_back_linked(
                 if cost > budget:
                     for path in paths:
                         _remove_name(top, path)
-                    notes.append(
+                        taken.removed.add("/".join(path))
+                    taken.notes.append(
                         f"output {'/'.join(first)} ({st.st_size} bytes) also had a name "
                         "outside the run folder, and a copy of it would pass the "
                         f"{TAKE_BACK_COPY_BYTES} bytes a run's take-back copies: its "
@@ -2207,7 +2217,6 @@ def _take_back_linked(
             log.debug("taking back %s: %s", "/".join(first), exc.strerror)
         finally:
             os.close(folder)
-    return notes
 
 
 def _open_parent(top: int, path: tuple[str, ...]) -> tuple[int, str]:

@@ -46,7 +46,7 @@ def test_links_all_inside_the_folder_are_taken_once(tmp_path: Path) -> None:
     big = sparse(run / "out" / "big", 1 << 30)
     for i in range(10):
         os.link(big, run / "out" / f"link{i}")
-    assert queue.take_back(run, USER) == []
+    assert queue.take_back(run, USER).notes == []
     names = [run / "out" / "big", *(run / "out" / f"link{i}" for i in range(10))]
     inodes = {p.stat().st_ino for p in names}
     assert inodes == {big.stat().st_ino}  # no copy made: the same file, now the tree's
@@ -64,7 +64,7 @@ def test_a_file_with_a_name_outside_gets_one_copy_with_its_holes(tmp_path: Path)
     os.link(kept, home / "keep")
     for i in range(3):
         os.link(kept, run / "out" / f"also{i}")
-    assert queue.take_back(run, USER) == []
+    assert queue.take_back(run, USER).notes == []
     here = [run / "out" / "kept", *(run / "out" / f"also{i}" for i in range(3))]
     stats = [p.stat() for p in here]
     assert len({s.st_ino for s in stats}) == 1  # one copy for the four names
@@ -90,10 +90,47 @@ def test_copies_past_the_budget_remove_the_names_and_say_so(
     large = sparse(run / "out" / "b-large", 1 << 20, b"L" * (1 << 20))  # past it
     os.link(large, home / "large")
     os.link(large, run / "out" / "b-large-too")
-    notes = queue.take_back(run, USER)
+    taken = queue.take_back(run, USER)
+    notes = taken.notes
+    assert taken.removed == {"out/b-large", "out/b-large-too"}
     assert (run / "out" / "a-small").stat().st_uid == 0
     assert not (run / "out" / "b-large").exists() and not (run / "out" / "b-large-too").exists()
     assert len(notes) == 1
     assert "out/b-large (1048576 bytes) also had a name outside the run folder" in notes[0]
     assert "2 name(s) here were removed" in notes[0]
     assert (home / "large").stat().st_uid == USER  # the user's own name stays theirs
+
+
+def test_the_runs_messages_say_which_outputs_were_left_out(
+    public_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real run of another user that keeps a second name of its output outside its
+    folder, past the copy budget: the run ends with a message naming the output."""
+    from flowbatch import api
+
+    from .conftest import drop, make_site, run_until_idle, write_template
+
+    monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 4096)
+    outside = public_tmp / "outside"
+    outside.mkdir()
+    os.chown(outside, USER, USER)
+    site = make_site(public_tmp / "site")
+    write_template(
+        tmp_path / "t",
+        "workflow:\n  steps:\n    - action: {commands: ['head -c 65536 /dev/urandom > big.bin "
+        f"&& ln big.bin {outside}/big.bin']}}\n",
+    )
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, USER, USER)
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    shown = api.show_run(site, run["id"])
+    assert run["state"] == "SUCCESS", shown["messages"]
+    assert any(
+        "output big.bin (65536 bytes) also had a name outside" in m for m in shown["messages"]
+    )
+    assert not (Path(shown["run_dir"]) / "big.bin").exists()
+    assert (outside / "big.bin").stat().st_size == 65536  # the user's own name stays
+    assert "big.bin" not in str(shown["files"]), shown["files"]
+    site.close()
