@@ -125,9 +125,12 @@ def validate(path: Path, site: Site | None = None) -> str:
     """
     variables = site.config.known_variables() if site else {"python": "python3"}
     if path.is_dir():
+        from .store.templates import _file_list, check_shipped
+
         src = find_source(path)
         template = load_template(src.spec_path, known_variables=variables)
         _check_template(template, variables, site, str(src.spec_path))
+        check_shipped(template, _file_list(src), src.spec_path)  # as install checks it
         return f"template {src.spec_path}: valid ({_describe(template)})"
     doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES)
     if _looks_like_request(doc, path):

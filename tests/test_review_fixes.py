@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -688,3 +689,34 @@ def test_validate_tells_a_mistyped_request_what_a_request_needs(
         path.write_text(body)
         with pytest.raises(TemplateError):
             api.validate(path, site)
+
+
+def test_a_template_that_lists_a_file_it_does_not_ship_is_refused_at_install(
+    site: Site, tmp_path: Path
+) -> None:
+    """validate and install passed it, then every run failed ("can't open file
+    .../code/helloworld.py"; found by review)."""
+    from flowbatch.errors import TemplateError as TError
+
+    from .conftest import EXAMPLES
+
+    # the example with a manifest that ships nothing
+    folder = tmp_path / "nofiles"
+    shutil.copytree(EXAMPLES / "helloworld", folder)
+    manifest = folder / "flowserv.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    manifest.write_text(yaml.safe_dump({**doc, "files": []}))
+    for check in (lambda: api.validate(folder, site), lambda: api.install(site, folder)):
+        with pytest.raises(TError) as err:
+            check()
+        assert "'code/helloworld.py' it lists is not among its files" in err.value.summary()
+        assert err.value.field == "inputs[0]"
+    # a file parameter's default it does not ship
+    (folder / "flowserv.yaml").unlink()
+    shutil.rmtree(folder / "data")
+    with pytest.raises(TError) as err:
+        api.install(site, folder)
+    assert err.value.field == "parameters.names.defaultValue"
+    assert "'data/names.txt'" in err.value.summary()
+    # as shipped, the example installs
+    assert api.install(site, EXAMPLES / "helloworld").created

@@ -71,6 +71,47 @@ def _file_list(src: TemplateSource) -> list[tuple[Path, str]]:
     return sorted(files, key=lambda item: item[1])
 
 
+def check_shipped(template: Template, files: list[tuple[Path, str]], spec: Path) -> None:
+    """Every input file the template lists (``files.inputs``, not a ``$[[parameter]]``)
+    and every file parameter's default is among the files it ships (or in a folder of
+    them): else it installed, and every run failed ("can't open file ...", found by
+    review)."""
+    shipped = {target for _, target in files}
+    folders = {t.rsplit("/", 1)[0] for t in shipped if "/" in t}
+    folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
+
+    def missing(path: str) -> bool:
+        rel = path.strip().removeprefix("./").rstrip("/")
+        return bool(rel) and rel not in shipped and rel not in folders
+
+    where = f"the template's folder ({spec.parent})"
+    for i, path in enumerate(template.workflow.input_files):
+        if "$" in path or any(c in path for c in "*?["):
+            continue  # a parameter's file, or a pattern
+        if missing(path):
+            raise TemplateError(
+                f"the input file {path!r} it lists is not among its files",
+                file=str(spec),
+                field=f"inputs[{i}]",
+                hint=f"add it to {where}, or to the manifest's `files`",
+            )
+    for param in template.parameters:
+        default = param.default
+        if (
+            param.dtype == "file"
+            and param.has_default
+            and isinstance(default, str)
+            and "$" not in default
+            and missing(default)
+        ):
+            raise TemplateError(
+                f"the default file {default!r} of parameter {param.name!r} is not among its files",
+                file=str(spec),
+                field=f"parameters.{param.name}.defaultValue",
+                hint=f"add it to {where}, or to the manifest's `files`",
+            )
+
+
 def content_hash(spec_path: Path, files: list[tuple[Path, str]]) -> str:
     """The version id: the spec's and every file's content, target and executable bit (a
     script made executable is a new version, as runs copy the modes; the bit is hashed
@@ -142,6 +183,7 @@ class TemplateStore:
         template = load_template(src.spec_path, known_variables=self.variables)
         check_template(template, self.variables)
         files = _file_list(src)
+        check_shipped(template, files, src.spec_path)
         name = name or src.name
         wf_id = checked_id(workflow_id or default_id(name), "workflow")
         version = content_hash(src.spec_path, files)
