@@ -294,7 +294,24 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
         checked.points,
         max_bytes=site.config.max_input_bytes,
     )
-    return queue_request(site, request_path.stem, doc, files, swept=swept)
+    name = queue_request(site, request_path.stem, doc, files, swept=swept)
+    _remove_own_bundles(site)
+    return name
+
+
+def _remove_own_bundles(site: Site) -> None:
+    """The caller's own bundles of earlier submits whose requests are done: a daemon of
+    a service user may not remove another user's folder from the (sticky) queue, so they
+    stayed for ever (found by review). Never a reason for a submit to fail."""
+    from .queue import Intake
+
+    try:
+        removed = Intake(site).remove_orphan_bundles(owner=os.geteuid())
+    except Exception as exc:  # the request is queued: nothing else matters here
+        log.debug("old bundles not removed: %s", exc)
+        return
+    if removed:
+        log.info("removed the files of %d earlier requests of yours", len(removed))
 
 
 def _request_files(

@@ -431,6 +431,13 @@ class ClaimSettler:
         faults.point("unclaimed")  # the claim gone, its bundle not yet
         if bundle is not None:  # after its claim: a claim never lacks its files
             shutil.rmtree(bundle, ignore_errors=True)
+            if os.path.lexists(bundle):  # a service user's daemon, another user's folder
+                log.info(
+                    "the files %s brought stay in the queue: this daemon's user may not "
+                    "remove another user's folder there; its owner's next `flowbatch "
+                    "submit` removes them",
+                    bundle,
+                )
         with self._lock:  # only once it is gone: a listing never takes it as a leftover
             self._pending.pop(claim, None)
 
@@ -906,7 +913,9 @@ class Intake:
         self.settler.add(claimed.path, self._bundle(claimed))
 
     # -- orphan bundles -----------------------------------------------------------------------
-    def remove_orphan_bundles(self, *, grace: float | None = None) -> list[str]:
+    def remove_orphan_bundles(
+        self, *, grace: float | None = None, owner: int | None = None
+    ) -> list[str]:
         """Remove the ``<name>.files/`` bundles `flowbatch submit` left in the queue whose
         request is gone; returns their names. ``run_once`` calls it at its first tick and
         every :data:`BUNDLE_SWEEP_EVERY` seconds, once the queue's folders are safe.
@@ -936,7 +945,8 @@ class Intake:
 
         The folder is removed by descriptors, never through a link, and only what
         belongs to that user in it: an entry of another user's is left, with the folder
-        around it (logged once)."""
+        around it (logged once). ``owner``: only that user's bundles (`submit` removes
+        its user's own, which a daemon of a service user may not)."""
         grace = BUNDLE_GRACE if grace is None else grace
         queue = self.layout.queue
         try:
@@ -974,6 +984,8 @@ class Intake:
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
+                    continue
+                if owner is not None and st.st_uid != owner:
                     continue
                 changed = max(st.st_mtime, st.st_ctime)
                 if temp and stat.S_ISDIR(st.st_mode):  # by what its copies change

@@ -323,3 +323,26 @@ def test_a_bundle_a_killed_submit_was_building_is_removed_after_a_day(tmp_path: 
         intake.settler.close()
         site.close()
     assert removed == [old.name] and not old.exists() and young.is_dir()
+
+
+@needs_root
+def test_submit_removes_its_users_own_done_bundles_and_no_one_elses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon of a service user may not remove another user's folder from the sticky
+    queue: every bundle `submit` brought stayed there for ever (found by review). The
+    user's next submit removes their own bundles whose requests are done."""
+    site = _site(tmp_path)
+    request, mine = _submit(site, tmp_path, "a")
+    request.unlink()  # done with (its claim settled), as the daemon could not remove it
+    _, theirs = _submit(site, tmp_path, "b")
+    (site.layout.queue / theirs.name.replace(".files", ".yaml")).unlink()
+    other = _user("fbtest").pw_uid
+    for path in [theirs, *theirs.rglob("*")]:
+        os.chown(path, other, other)
+    monkeypatch.setattr(queue, "BUNDLE_GRACE", 0.0, raising=False)
+    _, fresh = _submit(site, tmp_path, "c")
+    assert not mine.exists()  # the submitter's own, done with
+    assert theirs.is_dir()  # another user's
+    assert fresh.is_dir()  # its request is queued
+    site.close()
