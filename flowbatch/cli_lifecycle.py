@@ -59,9 +59,17 @@ def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> None:
     )
     for point in plan.points:
         if point.index in skipped:
-            args = ", ".join(f"{k}={v}" for k, v in point.arguments.items())
+            args = ", ".join(f"{k}={_shown(v)}" for k, v in point.arguments.items())
             runs_ = ", ".join(point.runs[-3:])
             click.echo(f"  skip {args}: {skipped[point.index]} (runs {runs_})", err=True)
+
+
+def _shown(value: object) -> str:
+    """An argument as a user wrote it: a file by its path (the template's own file, for
+    a default), not as the record it is stored as ({'source': '', 'target': ...})."""
+    if isinstance(value, dict) and set(value) == {"source", "target"}:
+        return str(value["source"] or f"{value['target']} (the template's)")
+    return str(value)
 
 
 # -- workflows --------------------------------------------------------------------------------

@@ -319,3 +319,27 @@ def test_a_resubmitted_sweep_renders_only_the_points_it_makes(
     result = Intake(site).run_once()
     assert [r.arguments["x"] for r in result.runs] == [4]
     assert [args["x"] for args in rendered] == [4]
+
+
+def test_the_resubmit_preview_shows_a_default_file_by_its_path(tmp_path: Path) -> None:
+    """It printed the stored record (`names={'source': '', 'target': 'data/names.txt'}`;
+    found by review)."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    from .conftest import EXAMPLES, make_site, run_until_idle
+
+    site = make_site(tmp_path / "site")
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    request = tmp_path / "sweep.yaml"
+    request.write_text("workflow: helloworld\nsweep: {sleeptime: [0, 1]}\n")
+    runner = CliRunner()
+    assert runner.invoke(main, ["--site", str(site.root), "submit", str(request)]).exit_code == 0
+    run_until_idle(site).stop()
+    again = runner.invoke(main, ["--site", str(site.root), "submit", str(request)])
+    assert again.exit_code == 0, again.output
+    skips = [line for line in again.output.splitlines() if line.strip().startswith("skip ")]
+    assert len(skips) == 2 and "names=data/names.txt (the template's)" in skips[0], skips
+    assert "'source'" not in again.output
+    site.close()
