@@ -238,6 +238,8 @@ def install(
     """Install a workflow template from a folder (with or without a manifest) or a file."""
     from . import api
 
+    if workflow_id == "":
+        raise click.BadParameter("an empty id: give one, or leave --id out", param_hint="--id")
     needs_write(obj.site, "install", obj.site.layout.templates)
     inst = api.install(
         obj.site, Path(source), workflow_id=workflow_id, name=name, specfile=specfile

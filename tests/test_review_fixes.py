@@ -720,3 +720,31 @@ def test_a_template_that_lists_a_file_it_does_not_ship_is_refused_at_install(
     assert "'data/names.txt'" in err.value.summary()
     # as shipped, the example installs
     assert api.install(site, EXAMPLES / "helloworld").created
+
+
+def test_a_reinstall_keeps_the_display_name_and_an_empty_id_is_refused(tmp_path: Path) -> None:
+    """Installing the same template again without --name reset its display name to the
+    folder's; `--id ''` was taken as no id (found by review)."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    from .conftest import EXAMPLES
+
+    site = make_site(tmp_path / "site")
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "helloworld" / "benchmark.yaml", folder / "benchmark.yaml")
+    for sub in ("code", "data"):
+        shutil.copytree(EXAMPLES / "helloworld" / sub, folder / sub)
+    runner = CliRunner()
+    base = ["--site", str(site.root), "install", str(folder), "--id", "hw"]
+    assert "(Foo Bar)" in runner.invoke(main, [*base, "--name", "Foo Bar"]).output
+    again = runner.invoke(main, base)
+    assert again.exit_code == 0 and "already installed: workflow hw (Foo Bar)" in again.output
+    assert site.templates.meta("hw")["name"] == "Foo Bar"
+    renamed = runner.invoke(main, [*base, "--name", "Other"])
+    assert "(Other)" in renamed.output
+    empty = runner.invoke(main, ["--site", str(site.root), "install", str(folder), "--id", ""])
+    assert empty.exit_code == 2 and "--id" in empty.output
+    site.close()

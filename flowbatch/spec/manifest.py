@@ -55,6 +55,9 @@ class TemplateSource:
     instructions: str | None  # the text, with {{path}} includes expanded
     files: list[tuple[Path, str]] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path)
+    #: whether ``name`` was given (``--name``, or the manifest's), not the folder's or the
+    #: file's own: a reinstall keeps the display name an earlier install was given
+    named: bool = False
 
 
 def find_source(
@@ -99,6 +102,7 @@ def find_source(
         instructions=instructions,
         files=files,
         base_dir=base,
+        named=name is not None or doc.get("name") is not None,
     )
 
 
@@ -117,6 +121,7 @@ def _bare_file(path: Path, *, specfile: str | None, name: str | None) -> Templat
         instructions=None,
         files=[],
         base_dir=spec.parent,
+        named=name is not None,
     )
 
 

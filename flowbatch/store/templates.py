@@ -211,6 +211,8 @@ class TemplateStore:
                     progress.advance()
             os.replace(tmp, version_dir)
             meta["versions"].append({"version": version, "installed_at": now_iso()})
+        if not src.named and meta.get("name"):
+            name = meta["name"]  # a display name given before stays, with no new one
         meta.update(
             {
                 "id": wf_id,
