@@ -71,7 +71,11 @@ def render_run_page(run_dir: Path, run: RunRecord, template: Template | None = N
         script=False,
         crumbs=[
             ("All workflows", "../../../index.html"),
-            (run.workflow, "../../leaderboard.html"),
+            # a workflow without results has no leaderboard (never written)
+            (
+                run.workflow,
+                "" if template and template.results is None else "../../leaderboard.html",
+            ),
         ],
     )
     times = [
@@ -232,7 +236,10 @@ def _frame_head(page: Page) -> str:
     e = escape
     crumbs = ""
     if page.crumbs:
-        links = "".join(f'<a href="{e(href)}">{e(label)}</a> / ' for label, href in page.crumbs)
+        links = "".join(
+            (f'<a href="{e(href)}">{e(label)}</a> / ' if href else f"{e(label)} / ")
+            for label, href in page.crumbs
+        )
         crumbs = f'<nav class="crumbs">{links}</nav>\n'
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

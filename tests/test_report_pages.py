@@ -103,6 +103,10 @@ workflow:
     # no result schema: no leaderboard, the front page says so
     assert not (site.layout.workflow_results("boom") / "leaderboard.html").exists()
     assert "No result schema" in (site.layout.results / "index.html").read_text()
+    # and the run page names its workflow without a link to that missing page (it
+    # linked to it: found by review)
+    assert "leaderboard.html" not in page
+    assert '<nav class="crumbs"><a href="../../../index.html">All workflows</a> / boom / ' in page
 
 
 def test_only_changed_workflows_are_rewritten(hello_site: Site, tmp_path: Path) -> None:
