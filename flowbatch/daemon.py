@@ -341,6 +341,15 @@ class Daemon:
 
     def stop(self) -> None:
         self.unwatch()
+        store = self.site.store
+        store.flush_unwritten()  # a last try: what is not on disk is lost with this process
+        for run in store.unwritten.values():
+            log.error(
+                "run %s is %s, but its run.json could not be written: the next daemon "
+                "reads the state written before (a run launched here may be started again)",
+                run.id,
+                run.state.value,
+            )
         try:
             self.intake.close()  # the handled requests' claims go once their runs are on disk
         except Exception:  # they stay claimed: the next start finds their runs made
@@ -408,6 +417,7 @@ class Daemon:
                 self.site.store.ping()  # a connection the server dropped is made again
             except Exception as exc:  # the server is away: this tick's writes say so
                 log.error("index database unreachable: %s", exc)
+        self.site.store.flush_unwritten()  # run.json files a full disk held back
         self.site.store.flush_unindexed()
         # one index transaction for the intake (committed every BATCH_COMMIT_EVERY s in a
         # long one), one for the tick's state changes (not on a shared site, whose claims
@@ -498,7 +508,11 @@ class Daemon:
         if self._reporter is not None:
             self._reporter.submit(changed, upto)
         else:
-            self._write_report_files(changed, upto)  # a failure leaves them for the next tick
+            try:
+                self._write_report_files(changed, upto)
+            except FlowbatchError as exc:  # a full disk: kept, written at a next tick
+                log.error("reports not written, tried again later: %s", exc.summary())
+                return
         self.runner.changed_workflows = set()
 
     def _write_report_files(self, changed: set[str], upto: int) -> None:
@@ -560,7 +574,7 @@ class Daemon:
             not self._requests_waiting()
             and not self.intake.leftovers()
             and not self.postproc.busy
-            and (not index or not self.site.store.unindexed)  # index writes to catch up
+            and (not index or not self.site.store.owed())  # writes to catch up
             and (self._reporter is None or self._reporter.idle())
         )
 
@@ -575,7 +589,7 @@ class Daemon:
         """``--until-idle`` with nothing left but index writes that keep failing: true
         once that has lasted ``UNINDEXED_PATIENCE`` seconds (the tree has the runs; the
         next start indexes them)."""
-        if not self.site.store.unindexed or not self.idle(index=False):
+        if not self.site.store.owed() or not self.idle(index=False):
             self._index_waiting_since = None
             return False
         now = time.monotonic()
@@ -623,7 +637,17 @@ class Daemon:
                     hint="fix the queue (the command above), then run the daemon again",
                 )
             if until_idle and self._index_given_up():
-                count = len(self.site.store.unindexed)
+                store = self.site.store
+                if store.unwritten:
+                    raise FlowbatchError(
+                        f"the run.json of {len(store.unwritten)} run(s) stayed unwritable "
+                        f"for {self.UNINDEXED_PATIENCE:.0f} s with nothing else left to do "
+                        f"(runs {', '.join(sorted(store.unwritten))})",
+                        hint="free space (or fix the disk) under the results tree, then "
+                        "run the daemon again: until then those runs' files say an older "
+                        "state",
+                    )
+                count = len(store.unindexed)
                 raise FlowbatchError(
                     f"the index database stayed unwritable for {self.UNINDEXED_PATIENCE:.0f} s "
                     f"with nothing else left to do; {count} run(s) are in the results tree "
@@ -633,7 +657,7 @@ class Daemon:
                 )
             # an active local run is reaped by the reaper thread, which sets wakeup
             wait = interval
-            if until_idle and not self.runner.active and not self.site.store.unindexed:
+            if until_idle and not self.runner.active and not self.site.store.owed():
                 wait = min(interval, self.site.config.polling.settle / 2 or 0.05)
             if self.runner.changed_workflows:  # reports held back: write them in time
                 wait = min(wait, self.report_every)
@@ -768,6 +792,8 @@ class ReportThread:
                 self._busy = True
             try:
                 self._write(todo, upto)
+            except FlowbatchError as exc:  # said (a full disk): the next batch tries again
+                log.error("reports of %s not written: %s", ", ".join(sorted(todo)), exc.summary())
             except Exception:  # never the end of the reports: the next batch tries again
                 log.exception("writing the reports of %s failed", ", ".join(sorted(todo)))
             finally:

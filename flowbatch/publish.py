@@ -64,12 +64,19 @@ def update_reports(
                     refused.append(exc)  # said once, by the command
                 else:
                     log.error("leaderboard of %s not written: %s", workflow, exc.summary())
+            except OSError as exc:  # a full disk: one line, not a traceback
+                log.error("leaderboard of %s not written: %s", workflow, exc.strerror or exc)
+                failed.append((workflow, exc))
             except Exception as exc:
                 log.exception("leaderboard of %s not written", workflow)
                 failed.append((workflow, exc))
             if run_pages:
                 write_run_pages(site, site.store.iter_run_dirs(workflow))
-        write_site_index(site, state_counts())
+        try:
+            write_site_index(site, state_counts())
+        except OSError as exc:
+            log.error("the results' front page not written: %s", exc.strerror or exc)
+            failed.append(("the results' front page", exc))
     if failed:
         names = ", ".join(workflow for workflow, _ in failed)
         first = failed[0][1]

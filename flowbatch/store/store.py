@@ -9,6 +9,7 @@ ahead; :meth:`Store.sync_active` (at daemon start) and ``reindex`` catch it up.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -59,6 +60,11 @@ class Store:
         self.listeners: list[Listener] = []
         #: runs whose ``run.json`` was written but whose index rows were not (see write)
         self.unindexed: dict[str, RunRecord] = {}
+        #: runs whose ``run.json`` could not be written (a full or failing disk): their
+        #: record in memory is the truth, written again at each tick (flush_unwritten)
+        self.unwritten: dict[str, RunRecord] = {}
+        #: the runs whose index rows the open batch holds uncommitted (its commit may fail)
+        self._batch_runs: dict[str, RunRecord] = {}
         if check_index:
             self.check_not_lost()
 
@@ -151,16 +157,32 @@ class Store:
         ``ended``: the run was active until this change, so it has no file or result rows
         to replace yet. ``durable``: on disk before this returns (a scheduler's intent,
         written before its submission: a power loss must not lose it while the job lives
-        on in the scheduler), the file and its folder synced."""
+        on in the scheduler), the file and its folder synced.
+
+        A ``run.json`` that cannot be written (a full disk, an I/O error) is not the
+        caller's failure, unless ``durable``: the change has happened (a process started,
+        a run ended), the record in memory holds it, and it is written again at each tick
+        (:meth:`flush_unwritten`), its index rows after it (the tree leads). A caller that
+        stopped half-way left the run where no tick looked at it again (found by review:
+        a run launched on a full disk stayed PENDING for ever, and ran twice after a
+        restart)."""
         if tree:
             run_dir = self.run_dir(run)
-            atomic.write_bytes(
-                run_dir / RUN_JSON,
-                atomic.record_bytes(run.to_dict()),
-                fsync=self.fsync or durable,
-            )
-            if durable:
-                atomic.sync_folder(run_dir)
+            try:
+                atomic.write_bytes(
+                    run_dir / RUN_JSON,
+                    atomic.record_bytes(run.to_dict()),
+                    fsync=self.fsync or durable,
+                )
+                if durable:
+                    atomic.sync_folder(run_dir)
+            except OSError as exc:
+                if durable:  # its caller must not go on (a submission after its intent)
+                    raise
+                self._not_written(run, exc)
+                return
+            if self.unwritten.pop(run.id, None) is not None:
+                self.unindexed[run.id] = run  # its history rows too, whole
         if index:
             try:
                 with self._unit():
@@ -183,6 +205,51 @@ class Store:
                     type(exc).__name__,
                     exc,
                 )
+            else:
+                if self._batch_txn is not None:  # uncommitted: the commit may still fail
+                    self._batch_runs[run.id] = run
+
+    def owed(self) -> bool:
+        """Whether writes are left to catch up: run.json files or index rows."""
+        return bool(self.unwritten or self.unindexed)
+
+    def _not_written(self, run: RunRecord, exc: OSError) -> None:
+        first = run.id not in self.unwritten
+        self.unwritten[run.id] = run
+        if first:
+            log.error(
+                "run %s is %s, but its run.json cannot be written (%s): written again at "
+                "each tick; free the space (or fix the disk) under %s",
+                run.id,
+                run.state.value,
+                exc.strerror or exc,
+                self.layout.results,
+            )
+
+    def flush_unwritten(self) -> None:
+        """Write again the ``run.json`` of the runs whose write failed (:meth:`write`),
+        oldest failure first, stopping at the first that still fails (the disk is still
+        full); each written one's index rows follow (:meth:`flush_unindexed`), and a run
+        that ended gets its page (the listeners), which its first write could not have."""
+        for run in list(self.unwritten.values()):
+            try:
+                atomic.write_bytes(
+                    self.run_dir(run) / RUN_JSON,
+                    atomic.record_bytes(run.to_dict()),
+                    fsync=self.fsync,
+                )
+            except OSError as exc:
+                log.debug("run.json of run %s still not written: %s", run.id, exc)
+                return
+            self.unwritten.pop(run.id, None)
+            self.unindexed[run.id] = run
+            log.info("run.json of run %s written at last (%s)", run.id, run.state.value)
+            if run.state not in ACTIVE:
+                for listener in self.listeners:
+                    try:
+                        listener(run, run.state)
+                    except Exception:
+                        log.exception("after run %s was written at last", run.id)
 
     def flush_unindexed(self) -> None:
         """Index again, from their records, the runs whose index write failed (a database
@@ -485,22 +552,57 @@ class Store:
         if self.db.in_transaction():
             yield  # already inside one (a nested batch, a caller's transaction)
             return
-        with self.db.atomic() as txn:
-            self._batch_txn = txn
-            try:
-                yield
-            except BaseException:
-                txn.commit()  # keep the rows of the changes that did happen
-                raise
-            finally:
-                self._batch_txn = None
+        self._batch_runs = {}
+        done = False
+        try:
+            with self.db.atomic() as txn:
+                self._batch_txn = txn
+                try:
+                    yield
+                except BaseException:
+                    self._commit(txn)  # keep the rows of the changes that did happen
+                    raise
+                finally:
+                    self._batch_txn = None
+                done = True
+        except (pw.DatabaseError, pw.InterfaceError) as exc:
+            if not done:
+                raise  # the block's own error (its writes' are caught where they happen)
+            # the commit at the end failed (a full disk): the rows of the batch are gone
+            self._batch_lost(exc)
+        finally:
+            self._batch_runs = {}
+
+    def _commit(self, txn: Any) -> None:
+        """Commit ``txn`` (peewee begins the next transaction at once); a commit that
+        fails rolls back, and its runs' rows are written again later."""
+        try:
+            txn.commit()
+        except (pw.DatabaseError, pw.InterfaceError) as exc:
+            with contextlib.suppress(pw.DatabaseError, pw.InterfaceError):
+                txn.rollback()
+            self._batch_lost(exc)
+        else:
+            self._batch_runs = {}
+
+    def _batch_lost(self, exc: Exception) -> None:
+        """A batch's commit failed: its runs are indexed again, whole, from their records
+        (they were left out of the index until a restart: found by review)."""
+        if self._batch_runs:
+            log.error(
+                "index commit failed (%s): the index rows of %d runs are written again",
+                exc,
+                len(self._batch_runs),
+            )
+        self.unindexed.update(self._batch_runs)
+        self._batch_runs = {}
 
     def commit_batch(self) -> None:
         """Commit what the open batch has written so far and go on in a new transaction
         (a long intake of a burst, in which runs also start and end, shows them in the
         index as it goes); nothing when no batch is open."""
         if self._batch_txn is not None:
-            self._batch_txn.commit()  # peewee begins the next transaction at once
+            self._commit(self._batch_txn)
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
