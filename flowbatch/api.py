@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -372,14 +373,16 @@ def _request_files(
 
 
 def _only_owner_writes(folder: Path) -> None:
-    """A bundle's folders 0755 and files 0644, whatever the umask (002 makes them group
-    writable, which intake refuses: the run uses them as its owner's); the top folder,
-    0700 while it was built, last."""
+    """A bundle's folders 0755 and files without group or other write, whatever the umask
+    (002 makes them group writable, which intake refuses: the run uses them as its
+    owner's; their read bits are the sources'); the top folder, 0700 while it was built,
+    last."""
     for top, dirs, names in os.walk(folder):
         for name in dirs:
             os.chmod(os.path.join(top, name), 0o755)
         for name in names:
-            os.chmod(os.path.join(top, name), 0o644)
+            path = os.path.join(top, name)
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & 0o755)
     folder.chmod(0o755)
 
 
@@ -421,6 +424,9 @@ def queue_request(
                     dest = tmp / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dest)
+                    # who may read it stays as the user set it (a 0600 submission stays
+                    # theirs alone; it became 0644: found by review)
+                    os.chmod(dest, (stat.S_IMODE(src.stat().st_mode) & 0o755) | 0o600)
                     copies[src] = rel
                 source = f"{name}{BUNDLE_SUFFIX}/{rel}"
                 if index is None:

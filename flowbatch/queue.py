@@ -1324,7 +1324,19 @@ class Intake:
                 target = tmp_dir / arguments[name].target
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.unlink(missing_ok=True)  # the template's sample, replaced
-                copy_fd(fd, target)
+                try:
+                    copy_fd(fd, target, max_bytes=site.config.max_input_bytes)
+                except OSError as exc:
+                    if exc.errno != errno.EFBIG:
+                        raise
+                    # checked (refuse_large), then grown or filled in before its copy
+                    raise ArgumentError(
+                        f"{arguments[name].source!r} grew past the limit of "
+                        f"{site.config.max_input_bytes} bytes while it was taken in",
+                        file=label,
+                        field=point.field(name),
+                        hint="leave a request's files as they are until its runs exist",
+                    ) from None
         finally:
             for fd in sources.values():
                 os.close(fd)
@@ -2208,8 +2220,18 @@ def _take_back_linked(
                 if st.st_nlink <= len(paths):  # every name is here
                     _take_file(fd, st, owner, group)
                     continue
-                cost = st.st_blocks * 512
-                if cost > budget:
+                mode = stat.S_IMODE(st.st_mode) & ~0o7022
+                try:
+                    if st.st_blocks * 512 > budget:
+                        raise OSError(errno.EFBIG, "over the budget")
+                    # the budget bounds the bytes written, whatever the user writes into
+                    # it meanwhile through its other name (holes filled: found by review)
+                    budget -= _take_back_copy(
+                        top, paths, folder, name, fd, owner, group, mode, budget
+                    )
+                except OSError as exc:
+                    if exc.errno != errno.EFBIG:
+                        raise
                     for path in paths:
                         _remove_name(top, path)
                         taken.removed.add("/".join(path))
@@ -2219,10 +2241,6 @@ def _take_back_linked(
                         f"{TAKE_BACK_COPY_BYTES} bytes a run's take-back copies: its "
                         f"{len(paths)} name(s) here were removed"
                     )
-                    continue
-                budget -= cost
-                mode = stat.S_IMODE(st.st_mode) & ~0o7022
-                _take_back_copy(top, paths, folder, name, fd, owner, group, mode)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -2267,16 +2285,18 @@ def _take_back_copy(
     owner: int,
     group: int,
     mode: int,
-) -> None:
+    max_written: int,
+) -> int:
     """Replace every name of ``paths`` (``paths[0]`` is ``name`` in ``folder``) by one
-    copy of ``fd``'s content owned by ``owner:group``: the other names of the file,
-    outside the run folder, stay as they are."""
+    copy of ``fd``'s content owned by ``owner:group``, of at most ``max_written`` bytes
+    written (else :class:`OSError` EFBIG, nothing replaced): the other names of the
+    file, outside the run folder, stay as they are. Returns the bytes written."""
     tmp = f".{name}.{secrets.token_hex(4)}.taken"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     out = os.open(tmp, flags, 0o600, dir_fd=folder)
     try:
         try:
-            copy_sparse(fd, out)
+            written = copy_sparse(fd, out, max_written=max_written)
             os.fchown(out, owner, group)
             os.fchmod(out, mode)
         finally:
@@ -2294,6 +2314,7 @@ def _take_back_copy(
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=folder)
         raise
+    return written
 
 
 def _hand_over_folder(folder: str, uid: int, gid: int, *, top: bool = False) -> None:

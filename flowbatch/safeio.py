@@ -94,18 +94,22 @@ def copy_beneath(folder: Path, rel: str | Path, dest: Path) -> None:
         os.close(fd)
 
 
-def copy_fd(fd: int, dest: Path) -> None:
+def copy_fd(fd: int, dest: Path, *, max_bytes: int | None = None) -> None:
     """Copy an open file's content to ``dest`` (a new file, never through a link), its
     holes kept, with the source's read and execute bits for its group and others and
     no setuid: a participant's input of mode 0600 stays theirs alone in a results tree
-    everyone reads (it became 0644, found by review)."""
-    mode = (stat.S_IMODE(os.fstat(fd).st_mode) & 0o755) | 0o600
-    os.lseek(fd, 0, os.SEEK_SET)
+    everyone reads (it became 0644, found by review). A file over ``max_bytes`` now
+    (grown since it was checked) raises :class:`OSError` EFBIG, and what its owner
+    appends while it is copied is not copied (:func:`copy_sparse`)."""
+    st = os.fstat(fd)
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise OSError(errno.EFBIG, f"{st.st_size} bytes, over the limit of {max_bytes}")
+    mode = (stat.S_IMODE(st.st_mode) & 0o755) | 0o600
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     out = os.open(dest, flags, 0o600)
     try:
         os.ftruncate(out, 0)
-        copy_sparse(fd, out)
+        copy_sparse(fd, out, max_written=max_bytes)
         os.fchmod(out, mode)
     finally:
         os.close(out)
@@ -166,12 +170,32 @@ def copy_content(fd_in: int, fd_out: int) -> None:
         write_all(fd_out, chunk)
 
 
-def copy_sparse(fd_in: int, fd_out: int) -> None:
+def copy_sparse(fd_in: int, fd_out: int, *, max_written: int | None = None) -> int:
     """Copy ``fd_in`` to the empty ``fd_out`` keeping its holes (a sparse file of 1 GB
     that holds 4 KiB costs 4 KiB again, not 1 GB): its data ranges found by
     ``SEEK_DATA``/``SEEK_HOLE``, each sent at its offset; a file system that cannot say
-    where data is gets a plain copy."""
+    where data is gets a plain copy. Returns the bytes written.
+
+    The file's size when the copy begins bounds it (what its owner appends meanwhile is
+    not copied), and ``max_written`` bounds the bytes written: past it (its owner filled
+    holes while it was copied, through another name) :class:`OSError` EFBIG is raised."""
     size = os.fstat(fd_in).st_size
+    written = 0
+
+    def send(offset: int, end: int) -> None:
+        nonlocal written
+        while offset < end:
+            count = end - offset
+            if max_written is not None and written + count > max_written:
+                count = max_written - written
+                if count <= 0:
+                    raise OSError(errno.EFBIG, "over the bytes it may copy")
+            sent = os.sendfile(fd_out, fd_in, offset, count)
+            if not sent:
+                return
+            offset += sent
+            written += sent
+
     pos = 0
     try:
         while pos < size:
@@ -181,23 +205,19 @@ def copy_sparse(fd_in: int, fd_out: int) -> None:
                 if exc.errno == errno.ENXIO:  # only a hole is left
                     break
                 raise
-            hole = os.lseek(fd_in, data, os.SEEK_HOLE)
+            if data >= size:
+                break
+            hole = min(os.lseek(fd_in, data, os.SEEK_HOLE), size)
             os.lseek(fd_out, data, os.SEEK_SET)
-            offset = data
-            while offset < hole:
-                sent = os.sendfile(fd_out, fd_in, offset, hole - offset)
-                if not sent:
-                    break
-                offset += sent
+            send(data, hole)
             pos = hole
     except OSError as exc:
-        if pos or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        if written or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
-        os.lseek(fd_in, 0, os.SEEK_SET)
-        os.lseek(fd_out, 0, os.SEEK_SET)
-        copy_content(fd_in, fd_out)
-        return
+        os.lseek(fd_out, 0, os.SEEK_SET)  # a plain copy, bounded the same way
+        send(0, size)
     os.ftruncate(fd_out, size)
+    return written
 
 
 def _regular(mode: int) -> bool:

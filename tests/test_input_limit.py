@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -70,4 +71,31 @@ def test_validate_and_submit_refuse_it_too(tmp_path: Path) -> None:
             "over the limit of 4096 bytes" in result.output and "arguments.names" in result.output
         )
     assert not [p for p in os.listdir(site.layout.queue) if p.endswith((".yaml", ".files"))]
+    site.close()
+
+
+def test_a_file_grown_past_the_limit_after_its_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked, then grown before its copy (found by review: a 1.28 GB copy against a
+    1 GiB limit, the run a SUCCESS): refused, nothing of it kept."""
+    from flowbatch import queue
+
+    site = limited_site(tmp_path)
+    names = site.layout.queue / "names.txt"
+    names_file(names, 100)
+    drop(site, "r.yaml", request("names.txt"))
+    real = queue.copy_fd
+
+    def grown_first(fd: int, dest: Path, **kw: object) -> None:
+        with open(names, "ab") as fh:
+            fh.write(b"x" * LIMIT)
+        real(fd, dest, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queue, "copy_fd", grown_first)
+    run_until_idle(site).stop()
+    error = yaml.safe_load((site.layout.rejected / "r.yaml.error.yaml").read_text())
+    assert "grew past the limit of 4096 bytes" in error["reason"]
+    assert error["field"] == "arguments.names"
+    assert not list((site.layout.results / "helloworld" / "runs").glob("[!.]*"))
     site.close()

@@ -36,3 +36,23 @@ def test_an_input_keeps_who_may_read_it(public_tmp: Path, mode: int, copied: int
     assert copy.read_text() == "Alice\nBob\n"
     assert copy.stat().st_mode & 0o7777 == copied
     site.close()
+
+
+def test_submit_keeps_an_inputs_read_rights_in_its_bundle_and_run(tmp_path: Path) -> None:
+    """`submit` copied the file into its bundle as 0644 whatever its mode, which the run
+    then kept (found by review)."""
+    site = make_site(tmp_path / "site")
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "names.txt").write_text("Alice\n")
+    (folder / "names.txt").chmod(0o600)
+    (folder / "r.yaml").write_text("workflow: helloworld\narguments: {names: names.txt}\n")
+    name = api.submit(site, folder / "r.yaml")
+    (bundled,) = (site.layout.queue / name.replace(".yaml", ".files")).rglob("names.txt")
+    assert bundled.stat().st_mode & 0o7777 == 0o600
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    copy = Path(api.show_run(site, run["id"])["run_dir"]) / "data" / "names.txt"
+    assert copy.stat().st_mode & 0o7777 == 0o600
+    site.close()

@@ -7,6 +7,7 @@ run's messages say so."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -134,3 +135,48 @@ def test_the_runs_messages_say_which_outputs_were_left_out(
     assert (outside / "big.bin").stat().st_size == 65536  # the user's own name stays
     assert "big.bin" not in str(shown["files"]), shown["files"]
     site.close()
+
+
+def test_holes_filled_while_copied_do_not_pass_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user still owns the file through its name outside and may fill its holes
+    after the budget was checked on its blocks (found by review: 2.8 GiB written against
+    a 1 GiB budget). The copy stops at the budget, and the names here go."""
+    monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 1 << 20)
+    run = run_folder(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    as_user(home)
+    out = sparse(run / "out" / "big", 64 << 20, b"d" * 4096)  # 4 KiB of data: in budget
+    os.link(out, home / "keep")
+    real = queue.copy_sparse
+
+    def user_writes_first(fd_in: int, fd_out: int, **kw: object) -> int:
+        with open(home / "keep", "r+b") as fh:  # the holes filled through the other name
+            for i in range(8):
+                fh.seek((8 + i) << 20)
+                fh.write(os.urandom(1 << 20))
+        return real(fd_in, fd_out, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queue, "copy_sparse", user_writes_first)
+    taken = queue.take_back(run, USER)
+    assert taken.removed == {"out/big"} and "a copy of it would pass" in taken.notes[0]
+    assert not (run / "out" / "big").exists()
+    assert not [p for p in (run / "out").iterdir()]  # no copy left half-made
+
+
+def test_copy_sparse_stops_at_its_bound(tmp_path: Path) -> None:
+    from flowbatch.safeio import copy_sparse
+
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 << 20))
+    dest = tmp_path / "dest"
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        with pytest.raises(OSError) as err:
+            copy_sparse(fin.fileno(), fout.fileno(), max_written=1 << 20)
+        assert err.value.errno == errno.EFBIG
+    assert dest.stat().st_size <= 1 << 20
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        assert copy_sparse(fin.fileno(), fout.fileno(), max_written=4 << 20) == 3 << 20
+    assert dest.read_bytes() == src.read_bytes()
