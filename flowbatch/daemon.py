@@ -99,6 +99,34 @@ class SiteLock:
             self._fh.close()
             self._fh = None
 
+    def lost(self) -> bool:
+        """Whether the lock file at :attr:`path` is no longer the one this lock holds
+        (False when it holds none). One removed (it looks like a stale pid file) or
+        replaced lets a second daemon start beside this one (found by review: runs made
+        and run twice)."""
+        if self._fh is None:
+            return False
+        held = os.fstat(self._fh.fileno())
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (there.st_dev, there.st_ino) != (held.st_dev, held.st_ino)
+
+    def retake(self) -> bool:
+        """After :meth:`lost` said so: lock the file now at :attr:`path` (made
+        again if missing). False when another process holds it: another daemon serves
+        the site now."""
+        old, self._fh = self._fh, None
+        try:
+            self.acquire()
+        except Busy:
+            self._fh = old
+            return False
+        if old is not None:
+            old.close()
+        return True
+
 
 def lock_holder(site: Site) -> dict[str, Any] | None:
     """Who holds the site's daemon lock, or None when it is free."""
@@ -339,6 +367,26 @@ class Daemon:
         except (FlowbatchError, OSError, ValueError) as exc:
             log.error("cannot check the workflows' versions in the index: %s", exc)
 
+    def _lock_retaken(self) -> bool:
+        """The lock file was removed or replaced under this daemon: lock it again, or,
+        when another daemon holds it now, stop (one daemon serves a site)."""
+        if self.lock.retake():
+            log.warning(
+                "the daemon lock %s was removed or replaced while this daemon held it: "
+                "locked again (never remove it: it is no stale pid file, the kernel "
+                "releases it with its process)",
+                self.lock.path,
+            )
+            return True
+        log.error(
+            "the daemon lock %s was removed while this daemon held it, and another daemon "
+            "holds the new one: this daemon stops (its runs are the other's now)",
+            self.lock.path,
+        )
+        self.stopping = True
+        self.wakeup.set()
+        return False
+
     def stop(self) -> None:
         self.unwatch()
         store = self.site.store
@@ -412,6 +460,8 @@ class Daemon:
     def tick(self) -> None:
         self.ticks += 1
         self._taken = 0
+        if self.lock.lost() and not self._lock_retaken():
+            return
         if self.site.shared:
             try:
                 self.site.store.ping()  # a connection the server dropped is made again
