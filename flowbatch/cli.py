@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -154,12 +155,15 @@ def wait_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def wait_for_request(site: Site, name: str, timeout: float | None) -> None:
-    """Wait for the runs of the queued request ``name``; print them; exit with the wait's
-    code (see :attr:`flowbatch.waiting.Outcome.exit_code`)."""
+def wait_for_request(
+    site: Site, name: str, timeout: float | None, *, since: float | None = None
+) -> None:
+    """Wait for the runs of the queued request ``name`` (queued at ``since``, seconds
+    since the epoch, where known); print them; exit with the wait's code (see
+    :attr:`flowbatch.waiting.Outcome.exit_code`)."""
     from .waiting import wait_request
 
-    outcome = wait_request(site, name, timeout=timeout, note=_note)
+    outcome = wait_request(site, name, timeout=timeout, since=since, note=_note)
     if outcome.rejected is not None:
         info = outcome.rejected
         raise FlowbatchError(
@@ -282,10 +286,11 @@ def submit(
     from .cli_lifecycle import echo_resume_plan
 
     echo_resume_plan(obj.site, Path(request), retry_failed)
+    queued_at = time.time()
     name = api.submit(obj.site, Path(request), retry_failed=retry_failed)
     click.echo(name)
     if wait:
-        wait_for_request(obj.site, name, timeout)
+        wait_for_request(obj.site, name, timeout, since=queued_at)
 
 
 @main.command()

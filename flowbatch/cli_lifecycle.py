@@ -9,6 +9,7 @@ logic is in :mod:`flowbatch.lifecycle_ops`, :mod:`flowbatch.archive`,
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,10 +112,11 @@ def runs_rerun(obj: Context, run_id: str, latest: bool, wait: bool, timeout: flo
     `submit --wait`."""
     from .lifecycle_ops import rerun
 
+    queued_at = time.time()
     name = rerun(obj.site, run_id, latest=latest)
     click.echo(name)
     if wait:
-        wait_for_request(obj.site, name, timeout)
+        wait_for_request(obj.site, name, timeout, since=queued_at)
 
 
 @runs.command("logs")
@@ -142,14 +144,14 @@ def runs_logs(
     store = obj.site.store
     run = store.load(run_id)
     run_dir = store.run_dir(run)
-    note = runlogs.remote_note(run)
+    note = runlogs.remote_note(run, obj.site.config.ssh)
     if note:
         click.echo(note, err=True)
 
     def chosen() -> list[runlogs.Log]:
         return runlogs.select(runlogs.run_logs(run_dir), step, stream)
 
-    shown: dict[str, int] = {}
+    shown: dict[str, runlogs.Mark] = {}
     current: list[str | None] = [None]
 
     def show(log: runlogs.Log, data: bytes) -> None:
@@ -161,8 +163,7 @@ def runs_logs(
 
     logs = chosen()
     for log in logs:
-        data = runlogs.read_log(run_dir, log)
-        shown[log.rel] = _size(run_dir / log.rel, len(data))
+        data, shown[log.rel] = runlogs.read_log(run_dir, log)
         if lines is not None:
             data = runlogs.last_lines(data, lines)
         if data:  # empty logs (most stderr) are left out
@@ -175,13 +176,6 @@ def runs_logs(
             run_dir, chosen, lambda: not store.load(run_id).state.active, start=shown
         ):
             show(log, data)
-
-
-def _size(path: Path, fallback: int) -> int:
-    try:
-        return path.lstat().st_size
-    except OSError:
-        return fallback
 
 
 @runs.command("wait")

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,26 +91,51 @@ def select(logs: list[Log], step: str | None, stream: str | None) -> list[Log]:
     return chosen
 
 
-def read_log(run_dir: Path, log: Log, *, offset: int = 0, limit: int = WHOLE_BYTES) -> bytes:
-    """What ``log`` holds from ``offset`` on, at most ``limit`` bytes (its last ones);
-    b"" when it is missing or no regular file (a link is never followed)."""
+def read_log(run_dir: Path, log: Log, *, limit: int = WHOLE_BYTES) -> tuple[bytes, Mark]:
+    """The end of ``log`` (its last ``limit`` bytes), and where it ended (:class:`Mark`,
+    from the same descriptor: a follow goes on from there); b"" when it is missing or no
+    regular file (a link is never followed)."""
+    return _read(run_dir, log, None, limit, tail=True)
+
+
+def read_on(
+    run_dir: Path, log: Log, mark: Mark | None, *, chunk: int = 1 << 20
+) -> tuple[bytes, Mark]:
+    """What ``log`` holds past ``mark`` (at most ``chunk`` bytes, from there on), and
+    the new mark. A log replaced (another file under its name: a retry's) or cut
+    shorter is read from its start."""
+    return _read(run_dir, log, mark, chunk, tail=False)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where a log was read up to: its file (inode) and the offset in it."""
+
+    ino: int = 0
+    offset: int = 0
+
+
+def _read(
+    run_dir: Path, log: Log, mark: Mark | None, limit: int, *, tail: bool
+) -> tuple[bytes, Mark]:
     try:
         fd = open_beneath(run_dir, log.rel)
     except OSError:
-        return b""
+        return b"", mark or Mark()
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size <= offset:
-            return b""
-        start = max(offset, st.st_size - limit)
-        os.lseek(fd, start, os.SEEK_SET)
-        out = bytearray()
-        while len(out) < st.st_size - start:
-            chunk = os.read(fd, min(1 << 16, st.st_size - start - len(out)))
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", mark or Mark()
+        start = 0
+        if mark is not None and mark.ino == st.st_ino and mark.offset <= st.st_size:
+            start = mark.offset
+        end = st.st_size
+        if tail:
+            start = max(start, end - limit)
+        else:
+            end = min(end, start + limit)
+        out = os.pread(fd, end - start, start) if end > start else b""
+        return out, Mark(st.st_ino, start + len(out))
     finally:
         os.close(fd)
 
@@ -128,30 +153,34 @@ def follow(
     logs: Callable[[], list[Log]],
     ended: Callable[[], bool],
     *,
-    start: dict[str, int] | None = None,
+    start: dict[str, Mark] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[tuple[Log, bytes]]:
     """New output of the run's logs as it is written: (log, bytes) pairs, a log's header
     being the caller's, until ``ended()`` says the run has ended and a last look found
     nothing more. ``logs`` lists the logs again at each look (a step's logs appear when
-    it starts); ``start`` maps a log's path to the offset already shown."""
-    offsets = dict(start or {})
+    it starts); ``start`` maps a log's path to where it was shown up to. Each look reads
+    every log up to its end, a chunk at a time: nothing is skipped or shown twice."""
+    marks = dict(start or {})
     while True:
         done = ended()  # asked before the look: output written before the end is shown
         for log in logs():
-            data = read_log(run_dir, log, offset=offsets.get(log.rel, 0))
-            if data:
-                offsets[log.rel] = offsets.get(log.rel, 0) + len(data)
+            while True:
+                data, marks[log.rel] = read_on(run_dir, log, marks.get(log.rel))
+                if not data:
+                    break
                 yield log, data
         if done:
             return
         sleep(FOLLOW_EVERY)
 
 
-def remote_note(run: RunRecord) -> str | None:
-    """Why an active run shows no logs here: an SSH run's are on its host until it ends."""
+def remote_note(run: RunRecord, ssh_hosts: Collection[str]) -> str | None:
+    """Why an active run shows no logs here: an SSH run's (its executor one of
+    ``ssh_hosts``) are on its host until it ends. A local run's handle names its host
+    too, and has its logs here."""
     handle = run.handle or {}
-    if run.state.active and handle.get("host"):
+    if run.state.active and run.executor in ssh_hosts and handle.get("host"):
         return (
             f"run {run.id} runs on {handle['host']}: its logs are fetched into its folder "
             "when it ends"

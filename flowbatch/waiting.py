@@ -16,6 +16,7 @@ process only reads (a participant may wait too)."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,37 +72,49 @@ class Outcome:
 
 def request_stage(layout: Layout, name: str) -> str:
     """Where the request ``name`` is: :data:`QUEUED`, :data:`CLAIMED` or :data:`DONE`."""
+    return claim_of(layout, name)[0]
+
+
+def claim_of(layout: Layout, name: str) -> tuple[str, str | None]:
+    """Where the request ``name`` is, and, claimed, the run id its claim carries (its
+    runs' ids are that id, and ``<id>-<n>`` for a sweep's other points)."""
     if os.path.lexists(layout.queue / name):
-        return QUEUED
-    if _claimed(layout.claimed, name):
-        return CLAIMED
-    return DONE
+        return QUEUED, None
+    token = _claimed(layout.claimed, name)
+    return (CLAIMED, token) if token else (DONE, None)
 
 
-def _claimed(folder: Path, name: str, *, hosts: bool = True) -> bool:
-    """Whether ``folder`` holds the claim ``<id>--<name>``, or (``hosts``) one of its
-    folders does: a shared site's daemons claim into a folder per host, whose name may
-    hold ``--`` too (``xn--...``)."""
+def _claimed(folder: Path, name: str, *, hosts: bool = True) -> str | None:
+    """The run id of the claim ``<id>--<name>`` in ``folder``, or (``hosts``) in one of
+    its folders: a shared site's daemons claim into a folder per host (its name holds no
+    ``--`` claim part: ``node07``, ``xn--...``, or twelve hex digits as a container's)."""
     try:
         entries = list(os.scandir(folder))
     except OSError:  # missing, or not ours to read: nothing found there
-        return False
+        return None
     for entry in entries:
         run_id, sep, rest = entry.name.partition("--")
         if sep and rest == name and CLAIMED_ID.fullmatch(run_id):
-            return True
-    return hosts and any(
-        _claimed(Path(entry.path), name, hosts=False)
-        for entry in entries
-        if not CLAIMED_ID.fullmatch(entry.name.partition("--")[0])
-        and entry.is_dir(follow_symlinks=False)
-    )
+            return run_id
+    if not hosts:
+        return None
+    for entry in entries:
+        run_id, sep, _ = entry.name.partition("--")
+        if sep and CLAIMED_ID.fullmatch(run_id):
+            continue  # a claim (a file, or a folder)
+        if entry.is_dir(follow_symlinks=False):
+            found = _claimed(Path(entry.path), name, hosts=False)
+            if found:
+                return found
+    return None
 
 
-def rejection(layout: Layout, name: str) -> dict[str, Any] | None:
+def rejection(layout: Layout, name: str, *, since: float | None = None) -> dict[str, Any] | None:
     """The error file of the rejected request ``name``, or None. It is
     ``rejected/<name>.error.yaml``, or, where an earlier rejection had that name,
-    ``rejected/<stem>.<n>.yaml.error.yaml`` whose ``file`` names the request."""
+    ``rejected/<stem>.<n>.yaml.error.yaml`` whose ``file`` names the request. ``since``
+    (seconds since the epoch): only one rejected then or later (an older request of the
+    same name, dropped into the queue by hand, was rejected before)."""
     from . import yamlio
 
     rejected = layout.rejected
@@ -120,9 +133,28 @@ def rejection(layout: Layout, name: str) -> dict[str, Any] | None:
             info = yamlio.load_file(path, max_bytes=1 << 20)
         except (OSError, FlowbatchError):
             continue
-        if isinstance(info, dict) and name in (info.get("file"), info.get("request")):
-            return info
+        if not isinstance(info, dict) or name not in (info.get("file"), info.get("request")):
+            continue
+        if since is not None and (_epoch(info.get("rejected_at")) or 0) < since - CLOCK_SLACK:
+            continue
+        return info
     return None
+
+
+#: seconds a daemon's clock may lag this host's (a shared site)
+CLOCK_SLACK = 5.0
+#: a request gone from the queue and its claims with no run found yet: seconds to look
+#: again before it counts as one that made none (an index lags its claims by a commit)
+NO_RUN_GRACE = 5.0
+
+
+def _epoch(text: Any) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return None
 
 
 def _rows(query: Any) -> list[dict[str, Any]]:
@@ -139,12 +171,52 @@ def _rows(query: Any) -> list[dict[str, Any]]:
     ]
 
 
-def request_runs(site: Site, name: str) -> list[dict[str, Any]]:
-    """The index's runs of the queued request ``name``, oldest first."""
+def request_runs(site: Site, name: str, *, since: float | None = None) -> list[dict[str, Any]]:
+    """The index's runs of the queued request ``name``, oldest first (``since``: made
+    then or later, not an older request's of the same name)."""
     site.store  # noqa: B018 - opens the index
-    return _rows(
+    rows = _rows(
         RunRow.select().where(RunRow.request == name).order_by(RunRow.created_at, RunRow.id)
     )
+    if since is not None:
+        rows = [r for r in rows if (_epoch(r["created_at"]) or 0) >= since - CLOCK_SLACK]
+    return rows
+
+
+def tree_runs(site: Site, run_id: str) -> list[dict[str, Any]]:
+    """The runs a claim of ``run_id`` made, from their ``run.json`` (the truth: the index
+    lags the tree by up to a commit): ``<id>`` and ``<id>-<n>``, in point order."""
+    store = site.store
+    point = re.compile(rf"{re.escape(run_id)}(?:-([0-9]+))?")
+    found: list[tuple[int, dict[str, Any]]] = []
+    try:
+        workflows = list(os.scandir(site.layout.results))
+    except OSError:
+        return []
+    for workflow in workflows:
+        runs_dir = Path(workflow.path) / "runs"
+        try:
+            names = [n for n in os.listdir(runs_dir) if n.startswith(run_id)]
+        except OSError:
+            continue
+        for name in names:
+            match = point.fullmatch(name)
+            if not match:
+                continue
+            try:
+                record = store.load_dir(runs_dir / name)
+            except (OSError, FlowbatchError, ValueError):
+                continue  # being made, or not a run's folder
+            row = {
+                "id": record.id,
+                "workflow": record.workflow,
+                "state": record.state.value,
+                "messages": list(record.messages),
+                "results": record.results,
+                "created_at": record.created_at,
+            }
+            found.append((int(match.group(1) or 0), row))
+    return [row for _, row in sorted(found, key=lambda item: item[0])]
 
 
 def wait_request(
@@ -152,37 +224,59 @@ def wait_request(
     name: str,
     *,
     timeout: float | None = None,
+    since: float | None = None,
     note: Callable[[str], None] = lambda text: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Wait until the request ``name`` (as ``submit`` printed it) is rejected, or made
-    into runs that have all ended, or ``timeout`` seconds passed. ``note`` gets a line for
-    each step: the request claimed, each run's end, a request left unclaimed for long."""
+    into runs that have all ended, or ``timeout`` seconds passed. ``since``: when it was
+    queued (seconds since the epoch), as ``submit`` knows it: an older request's runs
+    or rejection under the same name are not its. ``note`` gets a line for each step:
+    the request claimed, each run's end, a request left unclaimed for long.
+
+    Its runs are read from their ``run.json`` once the run id of its claim is known (seen
+    claimed, or from the index's rows of its name): the index lags the claims by a
+    commit, and a wait that read it alone saw a request done with no run yet (found by
+    review: exit 0 for a run that failed)."""
     layout = site.layout
     start = clock()
     deadline = None if timeout is None else start + timeout
     look = FIRST_LOOK
     stage = QUEUED
+    token: str | None = None
     told_unclaimed = False
+    empty_since: float | None = None  # when it was first found done with no run
     ended: set[str] = set()
     while True:
-        stage_now = request_stage(layout, name)
+        stage_now, claimed = claim_of(layout, name)
+        if stage_now != DONE and since is None:
+            since = time.time()  # seen waiting: what is older is another request's
+        if claimed:
+            token = claimed
         if stage_now != stage and stage_now == CLAIMED:
             note(f"{name}: claimed by the daemon")
         stage = stage_now
         if stage == DONE:
-            info = rejection(layout, name)
+            info = rejection(layout, name, since=since)
             if info is not None:
                 return Outcome(rejected=info)
-        runs = request_runs(site, name) if stage != QUEUED else []
+        if token is None and stage != QUEUED:
+            rows = request_runs(site, name, since=since)
+            if rows:
+                token = str(rows[0]["id"]).split("-")[0]
+        runs = tree_runs(site, token) if token else []
         for run in runs:
             if run["id"] not in ended and State(run["state"]) in TERMINAL:
                 ended.add(run["id"])
                 note(_ended_line(run))
-        if stage == DONE and all(State(r["state"]) in TERMINAL for r in runs):
-            return Outcome(runs=runs)
         now = clock()
+        if stage == DONE and all(State(r["state"]) in TERMINAL for r in runs):
+            if runs:
+                return Outcome(runs=runs)
+            empty_since = now if empty_since is None else empty_since
+            if now - empty_since >= NO_RUN_GRACE:
+                return Outcome(runs=[])  # a sweep whose points had all run
         if stage == QUEUED and not told_unclaimed and now - start >= UNCLAIMED_NOTE:
             told_unclaimed = True
             note(
@@ -193,6 +287,8 @@ def wait_request(
         if deadline is not None and now >= deadline:
             return Outcome(runs=runs, timed_out=True)
         pause = look if deadline is None else max(0.0, min(look, deadline - now))
+        if empty_since is not None:
+            pause = min(pause, 0.5)
         sleep(pause)
         look = min(LAST_LOOK, look * 1.5)
 

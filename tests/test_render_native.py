@@ -288,3 +288,18 @@ def test_names_a_run_has_pass_the_install_check() -> None:
         opt="string",
     )
     check_template(t, VARS)
+
+
+def test_optional_names_and_a_dicts_underscore_key_pass_the_install_check() -> None:
+    """An optional site variable tested or given a default, and a dict's `_a` key, render
+    fine: they were refused at install (found by review)."""
+    t = tpl(
+        [
+            "{% if extra is defined %}{{ extra }}{% endif %} {{ other | default('x') }}",
+            "echo {{ d._a }}",
+        ],
+        {"d": {"_a": 1}},
+    )
+    check_template(t, VARS)
+    with pytest.raises(TemplateError):
+        check_template(tpl(["{{ n.__class__ }}"], n="string"), VARS)

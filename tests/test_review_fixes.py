@@ -748,3 +748,18 @@ def test_a_reinstall_keeps_the_display_name_and_an_empty_id_is_refused(tmp_path:
     empty = runner.invoke(main, ["--site", str(site.root), "install", str(folder), "--id", ""])
     assert empty.exit_code == 2 and "--id" in empty.output
     site.close()
+
+
+def test_an_input_a_file_parameter_brings_is_no_missing_file(site: Site, tmp_path: Path) -> None:
+    """flowServ templates list their file parameters' targets among their inputs: such a
+    template was refused by the check of the files it ships (found by review)."""
+    folder = tmp_path / "t"
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "run.py").write_text("print('hi')\n")
+    (folder / "benchmark.yaml").write_text(
+        "workflow:\n  files:\n    inputs: [code/run.py, data/names.txt]\n"
+        "  parameters:\n    names: $[[names]]\n  steps:\n    - name: s\n      action:\n"
+        "        commands: ['${python} code/run.py data/names.txt']\n"
+        "parameters:\n  - {name: names, dtype: file, target: data/names.txt}\n"
+    )
+    assert api.install(site, folder, workflow_id="tt").created

@@ -45,6 +45,16 @@ parameters:
     defaultValue: 3
 """
 
+BIG = """\
+workflow:
+  steps:
+    - name: big
+      action:
+        environment: bash
+        commands:
+          - sleep 0.5; seq 1 2000000; sleep 0.5
+"""
+
 SLOW = """\
 workflow:
   steps:
@@ -64,7 +74,7 @@ workflow:
 @pytest.fixture
 def lsite(tmp_path: Path) -> Iterator[Site]:
     site = make_site(tmp_path / "site")
-    for wid, text in (("w", TEMPLATE), ("slow", SLOW)):
+    for wid, text in (("w", TEMPLATE), ("slow", SLOW), ("big", BIG)):
         folder = tmp_path / wid
         folder.mkdir()
         (folder / "benchmark.yaml").write_text(text, encoding="utf-8")
@@ -182,6 +192,7 @@ def test_follow_prints_new_output_until_the_run_ends(lsite: Site) -> None:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
     assert follow.returncode == 0, follow.stderr
+    assert "fetched" not in follow.stderr  # a local run's logs are here (it said so)
     lines = follow.stdout.splitlines()
     # every line once, the second step's after the first's, though written after the start
     assert lines == [
@@ -191,3 +202,45 @@ def test_follow_prints_new_output_until_the_run_ends(lsite: Site) -> None:
         "all done",
     ]
     assert os.path.exists(run_dir / "run.json")
+
+
+def test_follow_shows_a_burst_of_output_whole(lsite: Site) -> None:
+    """Fifteen megabytes written between two looks: a look showed only their last 8 MiB,
+    and the next ones its end again (found by review: a million of four million lines,
+    the last one four times)."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(lsite.root), "daemon"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        drop(lsite, "b.yaml", {"workflow": "big"})
+        deadline = time.monotonic() + 60
+        while not [r for r in api.list_runs(lsite) if r["state"] == "RUNNING"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        (run,) = api.list_runs(lsite)
+        follow = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flowbatch",
+                "--site",
+                str(lsite.root),
+                "runs",
+                "logs",
+                "-f",
+                "--stdout",
+                str(run["id"]),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    assert follow.returncode == 0, follow.stderr
+    lines = follow.stdout.splitlines()
+    assert lines[0] == b"==> step 1 big (stdout) <=="
+    assert lines[1:] == [str(i).encode() for i in range(1, 2000001)]

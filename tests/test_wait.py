@@ -230,3 +230,50 @@ def test_runs_list_by_request_and_the_newest(wsite: Site) -> None:
     assert len(one) == 1 and one[0]["id"] == every[2]["id"]
     out = CliRunner().invoke(main, ["--site", str(wsite.root), "runs", "list", "-n", "1"])
     assert out.exit_code == 0 and every[3]["id"] in out.output and every[0]["id"] not in out.output
+
+
+def test_a_host_folder_named_like_a_run_id_is_looked_in(wsite: Site) -> None:
+    """A shared site's daemon on a host whose name is twelve hex digits (a container's):
+    its claims were not found, and a wait ended at once (found by review)."""
+    layout = wsite.layout
+    host = layout.claimed / "3f2a9b8c7d6e"
+    host.mkdir()
+    (host / "0123456789ab--x-abc123.yaml").write_text("workflow: w\n")
+    assert waiting.claim_of(layout, "x-abc123.yaml") == (waiting.CLAIMED, "0123456789ab")
+
+
+def test_the_runs_come_from_the_tree_when_the_index_lags(
+    wsite: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim can be settled before the index commit that holds the runs' rows: the
+    wait said "made no run" and exited 0 for a run that failed (found by review)."""
+    from flowbatch.store.index import RunRow
+
+    drop(wsite, "f.yaml", {"workflow": "w", "arguments": {"n": -1}})
+    run_until_idle(wsite).stop()
+    (run,) = api.list_runs(wsite)
+    assert run["state"] == "ERROR"
+    RunRow.delete().execute()  # the index as it was before its commit
+    looks = iter([(waiting.CLAIMED, run["id"])])
+    monkeypatch.setattr(waiting, "claim_of", lambda layout, name: next(looks, (waiting.DONE, None)))
+    outcome = waiting.wait_request(wsite, "f.yaml", timeout=30, sleep=lambda s: None)
+    assert [(r["id"], r["state"]) for r in outcome.runs] == [(run["id"], "ERROR")]
+    assert outcome.exit_code == 1
+
+
+def test_an_older_request_of_the_same_name_is_not_this_one(wsite: Site) -> None:
+    """A request dropped by hand under a name used before: the earlier one's rejection
+    and runs were taken for its own (found by review)."""
+    drop(wsite, "r.yaml", {"workflow": "w", "arguments": {"n": -1}})  # an ERROR run
+    run_until_idle(wsite).stop()
+    drop(wsite, "r.yaml", {"workflow": "nowhere"})  # a rejection
+    run_until_idle(wsite).stop()
+    assert (wsite.layout.rejected / "r.yaml.error.yaml").exists()
+    assert [r["state"] for r in api.list_runs(wsite, request="r.yaml")] == ["ERROR"]
+    time.sleep(waiting.CLOCK_SLACK + 0.1)
+    since = time.time()
+    drop(wsite, "r.yaml", {"workflow": "w", "arguments": {"n": 3}})
+    run_until_idle(wsite).stop()
+    outcome = waiting.wait_request(wsite, "r.yaml", timeout=30, since=since)
+    assert outcome.rejected is None and [r["state"] for r in outcome.runs] == ["SUCCESS"]
+    assert outcome.exit_code == 0

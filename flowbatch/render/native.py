@@ -261,7 +261,15 @@ def _check_names(env: SandboxedEnvironment, source: str, where: str, known: froz
     from jinja2 import meta
 
     ast = env.parse(source)
-    unknown = sorted(meta.find_undeclared_variables(ast) - known)
+    # a name only tested (`x is defined`) or given a default (`x | default(...)`) may be
+    # missing on purpose: an optional site variable (found by review)
+    optional = {
+        node.node.name
+        for node in ast.find_all((nodes.Test, nodes.Filter))
+        if node.name in ("defined", "undefined", "default", "d")
+        and isinstance(node.node, nodes.Name)
+    }
+    unknown = sorted(meta.find_undeclared_variables(ast) - known - optional)
     if unknown:
         raise TemplateError(
             f"{{{{ {unknown[0]} }}}} names nothing a run has",
@@ -271,7 +279,8 @@ def _check_names(env: SandboxedEnvironment, source: str, where: str, known: froz
             hint="declare it under parameters, or define the site variable in flowbatch.yaml",
         )
     for node in ast.find_all(nodes.Getattr):
-        if node.attr.startswith("_"):
+        # `__class__` and the like (a dict's key `_a` is fine: `d._a` reads it)
+        if node.attr.startswith("__"):
             raise TemplateError(
                 f"the attribute {node.attr!r} is outside the sandbox templates render in",
                 field=where,

@@ -79,16 +79,22 @@ def check_shipped(template: Template, files: list[tuple[Path, str]], spec: Path)
     shipped = {target for _, target in files}
     folders = {t.rsplit("/", 1)[0] for t in shipped if "/" in t}
     folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
+    # a file parameter's target is there once the run is made (from its request, else
+    # its default): a template lists it among its inputs, as flowServ's do (found by
+    # review); its default must be shipped
+    brought = {_rel(p.target) for p in template.parameters if p.dtype == "file" and p.target}
 
-    def missing(path: str) -> bool:
-        rel = path.strip().removeprefix("./").rstrip("/")
+    def missing(path: str, *, given: bool = False) -> bool:
+        rel = _rel(path)
+        if given and rel in brought:
+            return False
         return bool(rel) and rel not in shipped and rel not in folders
 
     where = f"the template's folder ({spec.parent})"
     for i, path in enumerate(template.workflow.input_files):
         if "$" in path or any(c in path for c in "*?["):
             continue  # a parameter's file, or a pattern
-        if missing(path):
+        if missing(path, given=True):
             raise TemplateError(
                 f"the input file {path!r} it lists is not among its files",
                 file=str(spec),
@@ -110,6 +116,10 @@ def check_shipped(template: Template, files: list[tuple[Path, str]], spec: Path)
                 field=f"parameters.{param.name}.defaultValue",
                 hint=f"add it to {where}, or to the manifest's `files`",
             )
+
+
+def _rel(path: str) -> str:
+    return path.strip().removeprefix("./").rstrip("/")
 
 
 def content_hash(spec_path: Path, files: list[tuple[Path, str]]) -> str:
