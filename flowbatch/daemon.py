@@ -654,7 +654,10 @@ class Daemon:
         interval = self.site.config.polling.interval
         self.report_every = REPORT_EVERY
         # its own index connection is closed in it when it ends (a connection is the
-        # thread's: closed from here, it would stay open)
+        # thread's: closed from here, it would stay open); what it imports is imported
+        # here first, in the thread that takes the signals
+        from . import publish  # noqa: F401
+
         self._reporter = ReportThread(
             self._write_report_files, self.wakeup.set, finish=self.site.store.close
         )
@@ -909,6 +912,12 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
 
     check_queue(site, make=False)
     daemon = Daemon(site)
+    if not once:
+        # first: a SIGINT during the start (its recovery, its imports) stops the daemon
+        # once started, rather than a KeyboardInterrupt in the middle of an import, which
+        # Python may swallow there, leaving the module's lock for the report thread to
+        # wait on for ever (found by review: SIGTERM then hung the daemon)
+        daemon._install_signals()
     try:
         daemon.start()
     except Busy as busy:
@@ -921,9 +930,7 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
         return f"another flowbatch daemon already serves {site.root}: {busy}"
     # systemd (Type=notify) counts the service as started once the lock is held and runs
     # are recovered; without $NOTIFY_SOCKET these calls do nothing. The signal handlers
-    # come first: a stop right after READY must end the daemon cleanly.
-    if not once:
-        daemon._install_signals()
+    # came first: a stop right after READY must end the daemon cleanly.
     notify.ready(f"serving {site.root}")
     try:
         if once:
