@@ -33,7 +33,7 @@ from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .lifecycle import Runner
 from .postproc import PostProcManager
-from .queue import Claimed, Intake, is_request_name
+from .queue import Claimed, Intake, IntakeResult, is_request_name
 from .report_pages import RunPageWriter, write_run_pages
 from .runs import RunRecord, State, now_iso
 from .site import Site
@@ -106,10 +106,10 @@ class SiteLock:
         and run twice)."""
         if self._fh is None:
             return False
-        held = os.fstat(self._fh.fileno())
         try:
+            held = os.fstat(self._fh.fileno())
             there = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:  # removed; or, over NFS, a stale handle: another host removed it
             return True
         return (there.st_dev, there.st_ino) != (held.st_dev, held.st_ino)
 
@@ -312,6 +312,7 @@ class Daemon:
         self.lock = SiteLock(site.lock_path, site.host)
         self._observer: Any = None  # the queue watcher, while serve() sleeps (see watch())
         self._no_inotify = False  # the watcher could not start: rescans only
+        self._room = True  # the results tree had room at the last tick (said on a change)
         self._taken = 0  # requests the intake has taken in during this tick
         self.ticks = 0
         #: 0: reports in every tick that changed a workflow (``--once``); serve() sets it
@@ -467,8 +468,22 @@ class Daemon:
                 self.site.store.ping()  # a connection the server dropped is made again
             except Exception as exc:  # the server is away: this tick's writes say so
                 log.error("index database unreachable: %s", exc)
-        self.site.store.flush_unwritten()  # run.json files a full disk held back
+        for run in self.site.store.flush_unwritten():  # run.json files a full disk held back
+            self.runner.changed_workflows.add(run.workflow)  # its leaderboard is behind
         self.site.store.flush_unindexed()
+        room = self.site.store.has_room()
+        if room != self._room:
+            self._room = room
+            if room:
+                log.info(
+                    "room again under %s: requests are taken in again", self.site.layout.results
+                )
+            else:
+                log.error(
+                    "the file system of %s is full (or its records are owed): no request is "
+                    "taken in and no run launched until there is room; runs that run go on",
+                    self.site.layout.results,
+                )
         # one index transaction for the intake (committed every BATCH_COMMIT_EVERY s in a
         # long one), one for the tick's state changes (not on a shared site, whose claims
         # other hosts must see at once): a commit per phase instead of per change. Each
@@ -476,12 +491,13 @@ class Daemon:
         self._interleave = True
         self._committed_at = time.monotonic()
         with self._batch():
-            intake = self.intake.run_once(between=self._start_between)
+            intake = self.intake.run_once(between=self._start_between) if room else _NO_INTAKE
         with self._batch():
             for req, claimed in intake.cancels:
                 self.apply_cancel(req, claimed)
-            self.runner.dispatch()
-            if self.runner.poll():
+            if room:
+                self.runner.dispatch()
+            if self.runner.poll() and self.site.store.has_room():
                 self.runner.dispatch()  # slots freed by finished runs
             self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
         if not self.runner.active and time.monotonic() - self._others_at >= OTHERS_EVERY:
@@ -500,6 +516,10 @@ class Daemon:
             self.runner.add(run)
         if self.stopping:
             return False
+        if self.lock.lost() and not self._lock_retaken():
+            return False  # another daemon serves the site now: this one takes no more
+        if not self.site.store.has_room():
+            return False  # the rest waits for room
         self._taken += 1
         if self._taken == UNWATCH_AFTER and self._observer is not None:
             self.unwatch()  # a burst: the ticks list the queue until it is empty
@@ -582,13 +602,24 @@ class Daemon:
             if not claimed.fresh and self._already_canceled(req.cancel):
                 # claimed by a daemon that stopped after the cancel, before removing it
                 log.info("cancel of run %s: done before a restart", req.cancel)
-                self.intake.settler.add(claimed.path)
+                self._settle_cancel(claimed, req.cancel)
                 return
             self.intake.reject(claimed, exc.at(file=claimed.name, prefix="cancel"))
             return
         except Exception as exc:  # never re-read the same cancel forever
             log.exception("cancel %s failed", req.cancel)
             self.intake.reject(claimed, FlowbatchError(f"internal error: {exc}", file=claimed.name))
+            return
+        self._settle_cancel(claimed, req.cancel)
+
+    def _settle_cancel(self, claimed: Claimed, run_id: str) -> None:
+        """A cancel's claim goes once the run's end is on disk: kept while its run.json
+        could not be written (a full disk), so that a next daemon, reading the older
+        state, cancels it again (found by review: the cancelled run ran)."""
+        if run_id in self.site.store.unwritten:
+            log.warning(
+                "cancel of run %s kept claimed: its run.json could not be written yet", run_id
+            )
             return
         self.intake.settler.add(claimed.path)  # removed once the run's end is on disk
 
@@ -843,18 +874,34 @@ class ReportThread:
                 todo, self._pending = self._pending, set()
                 upto = self._upto
                 self._busy = True
+            failed = False
             try:
                 self._write(todo, upto)
-            except FlowbatchError as exc:  # said (a full disk): the next batch tries again
+            except FlowbatchError as exc:  # said (a full disk): tried again below
                 log.error("reports of %s not written: %s", ", ".join(sorted(todo)), exc.summary())
-            except Exception:  # never the end of the reports: the next batch tries again
+                failed = True
+            except Exception:  # never the end of the reports: tried again below
                 log.exception("writing the reports of %s failed", ", ".join(sorted(todo)))
+                failed = True
             finally:
                 with self._lock:
                     self._busy = False
+                    if failed and not self._closing:  # written again (a full disk)
+                        self._pending |= todo
+                        self._upto = max(self._upto, upto)
                     self._lock.notify_all()
                 self._done()  # wakes the tick (an until-idle daemon waits for this)
+            if failed:
+                with self._lock:  # not at once: the disk is still full, most likely
+                    if not self._closing:
+                        self._lock.wait(REPORT_RETRY)
 
+
+#: seconds before reports that failed to be written are tried again (a full disk)
+REPORT_RETRY = 5.0
+
+#: what a tick takes in when the results tree has no room: nothing
+_NO_INTAKE = IntakeResult()
 
 #: how long watchdog holds an IN_MOVED_FROM to pair it with its IN_MOVED_TO (seconds)
 MOVE_PAIRING = 0.02
@@ -941,6 +988,13 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
     finally:
         notify.stopping()
         daemon.stop()
+    owed = sorted(site.store.unwritten)
+    if owed:
+        raise FlowbatchError(
+            f"stopped with the run.json of {len(owed)} run(s) not written: {', '.join(owed)}",
+            hint="free space under the results tree and start the daemon again soon: those "
+            "runs' files say an older state (one launched may be started again)",
+        )
     return None
 
 

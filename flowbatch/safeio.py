@@ -214,8 +214,18 @@ def copy_sparse(fd_in: int, fd_out: int, *, max_written: int | None = None) -> i
     except OSError as exc:
         if written or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
-        os.lseek(fd_out, 0, os.SEEK_SET)  # a plain copy, bounded the same way
-        send(0, size)
+        # no SEEK_DATA or no sendfile here: a plain read and write, bounded the same way
+        offset = 0
+        while offset < size:
+            count = min(1 << 20, size - offset)
+            if max_written is not None and written + count > max_written:
+                raise OSError(errno.EFBIG, "over the bytes it may copy") from None
+            chunk = os.pread(fd_in, count, offset)
+            if not chunk:
+                break
+            os.pwrite(fd_out, chunk, offset)
+            offset += len(chunk)
+            written += len(chunk)
     os.ftruncate(fd_out, size)
     return written
 

@@ -17,7 +17,6 @@ import pytest
 
 from flowbatch import api
 from flowbatch.daemon import Daemon
-from flowbatch.queue import Intake
 from flowbatch.site import Site
 
 from .conftest import drop, make_site, write_template
@@ -29,9 +28,11 @@ workflow:
   steps:
     - action:
         commands:
-          - echo ran >> {log}
+          - echo ran $$FB_n >> {log}; sleep 1
           - >-
             printf '{{"score": 1}}' > r.json
+parameters:
+  - {{name: n, dtype: int}}
 results:
   file: r.json
   schema: [{{name: score, label: Score, dtype: float}}]
@@ -70,52 +71,58 @@ def state_on_disk(site: Site, run_id: str) -> str:
     return str(json.loads(path.read_text())["state"])
 
 
-def test_runs_launched_and_ended_on_a_full_disk_are_recorded_once_it_has_room(
+def test_runs_ended_on_a_full_disk_are_recorded_and_none_launched_until_it_has_room(
     small_fs: Path, tmp_path: Path
 ) -> None:
     executions = tmp_path / "executions.log"  # outside the full file system
     site = make_site(small_fs / "site")
-    api.install(
-        site, write_template(tmp_path / "t", TEMPLATE.format(log=executions)), workflow_id="wf"
-    )
-    drop(site, "r.yaml", {"workflow": "wf"})
-    (run,) = Intake(site).run_once().runs  # made while there is room
-    site.close()
-    site = Site(site.root)
+    template = TEMPLATE.format(log=executions)
+    api.install(site, write_template(tmp_path / "t", template), workflow_id="wf")
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"n": 1}})
     daemon = Daemon(site)
     daemon.start()
+    deadline = time.monotonic() + 30
+    while not executions.exists():  # the first run runs
+        daemon.tick()
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    (first,) = api.list_runs(site)
+    drop(site, "b.yaml", {"workflow": "wf", "arguments": {"n": 2}})
     filler = fill(small_fs)
     try:
         deadline = time.monotonic() + 30
-        while not executions.exists() or site.store.unwritten.get(run.id) is None:
-            daemon.tick()  # launches it: its RUNNING cannot be written
-            assert time.monotonic() < deadline, "the run was never launched"
-            time.sleep(0.1)
-        launched = site.store.unwritten[run.id]
-        assert launched.state.value in ("RUNNING", "SUCCESS", "ERROR")
-        assert state_on_disk(site, run.id) == "PENDING"
-        for _ in range(20):  # polled all the same; never launched again
+        while first["id"] not in site.store.unwritten:  # it ends: its end cannot be written
+            daemon.tick()
+            assert time.monotonic() < deadline, "the first run's end was never noted"
+            time.sleep(0.05)
+        assert site.store.unwritten[first["id"]].state.value in ("SUCCESS", "ERROR")
+        assert state_on_disk(site, first["id"]) == "RUNNING"
+        # a cancel of the run applies to its record in memory: it has ended
+        assert site.store.load(first["id"]).state.value in ("SUCCESS", "ERROR")
+        for _ in range(20):  # no room: the second request waits, nothing is launched
             daemon.tick()
             time.sleep(0.05)
-        assert site.store.unwritten[run.id].state.value in ("SUCCESS", "ERROR")
+        assert (site.layout.queue / "b.yaml").exists()
+        assert executions.read_text().split() == ["ran", "1"]
         assert not daemon.idle()  # a write is owed: --until-idle would not stop here
     finally:
         filler.unlink()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not daemon.idle():
         daemon.tick()
-        assert time.monotonic() < deadline, "the owed writes were never made"
+        assert time.monotonic() < deadline, "the owed writes and the second run never came"
         time.sleep(0.05)
     daemon.stop()
-    ended = state_on_disk(site, run.id)
-    assert ended in ("SUCCESS", "ERROR")
-    (row,) = api.list_runs(site)
-    assert row["state"] == ended  # the index caught up too
-    assert executions.read_text().count("ran") == 1
-    # a restart finds it ended: nothing runs again
+    runs = api.list_runs(site)
+    assert len(runs) == 2
+    for run in runs:
+        ended = state_on_disk(site, run["id"])
+        assert ended in ("SUCCESS", "ERROR") and run["state"] == ended  # the index too
+    assert sorted(executions.read_text().split()) == ["1", "2", "ran", "ran"]
+    # a restart finds them ended: nothing runs again
     again = Daemon(Site(site.root))
     again.start()
     again.tick()
     again.stop()
-    assert executions.read_text().count("ran") == 1
+    assert sorted(executions.read_text().split()) == ["1", "2", "ran", "ran"]
     site.close()

@@ -10,6 +10,7 @@ ahead; :meth:`Store.sync_active` (at daemon start) and ``reindex`` catch it up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -42,6 +43,14 @@ log = logging.getLogger("flowbatch.store")
 
 #: called after every state change: (run, previous state)
 Listener = Callable[[RunRecord, State], None]
+
+
+#: the errors of a run.json write that a later try may mend: a full disk, a quota, a
+#: failing device (writes that fail otherwise raise, as before)
+RETRIED_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+#: free space below which no request is taken in and no run launched (its records and
+#: its own files need room)
+MIN_FREE_BYTES = 4 << 20
 
 
 class Store:
@@ -90,7 +99,13 @@ class Store:
         return self.layout.run_dir(run.workflow, run.id)
 
     def load(self, run_id: str) -> RunRecord:
-        """A run from its ``run.json`` (found through the index, else by searching the tree)."""
+        """A run from its ``run.json`` (found through the index, else by searching the
+        tree); one whose ``run.json`` this process could not write is its record in memory
+        (the file is older: a cancel of a run that had ended applied to it and lost the
+        end, found by review)."""
+        held = self.unwritten.get(run_id)
+        if held is not None:
+            return held
         row = RunRow.get_or_none(RunRow.id == run_id)
         run_dir = Path(row.run_dir) if row else self.layout.find_run_dir(run_id)
         return self.load_dir(run_dir)
@@ -177,7 +192,9 @@ class Store:
                 if durable:
                     atomic.sync_folder(run_dir)
             except OSError as exc:
-                if durable:  # its caller must not go on (a submission after its intent)
+                # its caller must not go on (a submission after its intent); an error a
+                # retry cannot mend (a folder the run's user put at run.json) is raised
+                if durable or exc.errno not in RETRIED_ERRORS:
                     raise
                 self._not_written(run, exc)
                 return
@@ -226,11 +243,24 @@ class Store:
                 self.layout.results,
             )
 
-    def flush_unwritten(self) -> None:
+    def has_room(self) -> bool:
+        """Whether the results tree's file system has room for new runs and their records
+        (:data:`MIN_FREE_BYTES` free to its users, and no record owed): a run launched
+        where its launch cannot be recorded may be started again by a next daemon."""
+        if self.unwritten:
+            return False
+        try:
+            st = os.statvfs(self.layout.results)
+        except OSError:
+            return True  # cannot tell: the writes say
+        return st.f_bavail * st.f_frsize >= MIN_FREE_BYTES
+
+    def flush_unwritten(self) -> list[RunRecord]:
         """Write again the ``run.json`` of the runs whose write failed (:meth:`write`),
-        oldest failure first, stopping at the first that still fails (the disk is still
-        full); each written one's index rows follow (:meth:`flush_unindexed`), and a run
-        that ended gets its page (the listeners), which its first write could not have."""
+        each (one that fails does not hold up the others); each written one's index rows
+        follow (:meth:`flush_unindexed`), and a run that ended gets its page (the
+        listeners), which its first write could not have. Returns the runs written."""
+        written: list[RunRecord] = []
         for run in list(self.unwritten.values()):
             try:
                 atomic.write_bytes(
@@ -240,7 +270,8 @@ class Store:
                 )
             except OSError as exc:
                 log.debug("run.json of run %s still not written: %s", run.id, exc)
-                return
+                continue
+            written.append(run)
             self.unwritten.pop(run.id, None)
             self.unindexed[run.id] = run
             log.info("run.json of run %s written at last (%s)", run.id, run.state.value)
@@ -250,6 +281,7 @@ class Store:
                         listener(run, run.state)
                     except Exception:
                         log.exception("after run %s was written at last", run.id)
+        return written
 
     def flush_unindexed(self) -> None:
         """Index again, from their records, the runs whose index write failed (a database
