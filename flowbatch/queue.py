@@ -76,6 +76,9 @@ def new_run_id() -> str:
     return secrets.token_hex(6)
 
 
+#: errors of a file system that is full or failing, not of a request
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
 #: a claim's run id, as :func:`new_run_id` draws it
 _CLAIMED_ID = CLAIMED_ID
 
@@ -712,16 +715,32 @@ class Intake:
     def process(self, claimed: Claimed, result: IntakeResult) -> None:
         try:
             self._process(claimed, result)
-        except Exception as exc:
-            log.exception("internal error on %s", printable_name(claimed.name))
-            self.reject(
-                claimed,
-                FlowbatchError(
-                    f"internal error: {type(exc).__name__}: {exc}",
-                    hint="this is a flowbatch bug; please report it with this file",
-                ),
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRORS:
+                self._internal_error(claimed, result, exc)
+                return
+            # the results tree is full (or failing): no fault of the request's; it stays
+            # claimed, and is taken up again at a next look (found by review: rejected
+            # as an internal error when its error file fitted where its runs did not)
+            self._look_in_claimed = True
+            log.error(
+                "%s waits: its runs cannot be made now (%s)",
+                printable_name(claimed.name),
+                exc.strerror or exc,
             )
-            result.rejected.append(claimed.name)
+        except Exception as exc:
+            self._internal_error(claimed, result, exc)
+
+    def _internal_error(self, claimed: Claimed, result: IntakeResult, exc: Exception) -> None:
+        log.exception("internal error on %s", printable_name(claimed.name))
+        self.reject(
+            claimed,
+            FlowbatchError(
+                f"internal error: {type(exc).__name__}: {exc}",
+                hint="this is a flowbatch bug; please report it with this file",
+            ),
+        )
+        result.rejected.append(claimed.name)
 
     def _process(self, claimed: Claimed, result: IntakeResult) -> None:
         try:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import stat
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,8 @@ RETRIED_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 #: free space below which no request is taken in and no run launched (its records and
 #: its own files need room)
 MIN_FREE_BYTES = 4 << 20
+#: seconds a look at the free space stands for (:meth:`Store.has_room`)
+ROOM_EVERY = 0.5
 
 
 class Store:
@@ -74,6 +77,7 @@ class Store:
         self.unwritten: dict[str, RunRecord] = {}
         #: the runs whose index rows the open batch holds uncommitted (its commit may fail)
         self._batch_runs: dict[str, RunRecord] = {}
+        self._room_until = 0.0  # has_room: room was seen, until then (monotonic)
         if check_index:
             self.check_not_lost()
 
@@ -249,11 +253,16 @@ class Store:
         where its launch cannot be recorded may be started again by a next daemon."""
         if self.unwritten:
             return False
+        now = time.monotonic()
+        if now < self._room_until:  # asked between every request of a burst: a statvfs
+            return True  # is a round trip on NFS; looked at twice a second at most
         try:
             st = os.statvfs(self.layout.results)
         except OSError:
             return True  # cannot tell: the writes say
-        return st.f_bavail * st.f_frsize >= MIN_FREE_BYTES
+        room = st.f_bavail * st.f_frsize >= MIN_FREE_BYTES
+        self._room_until = now + ROOM_EVERY if room else 0.0
+        return room
 
     def flush_unwritten(self) -> list[RunRecord]:
         """Write again the ``run.json`` of the runs whose write failed (:meth:`write`),
