@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,42 @@ def lsite(tmp_path: Path) -> Iterator[Site]:
     site.close()
 
 
+@contextmanager
+def serving(site: Site) -> Iterator[None]:
+    """A real daemon process serving ``site``, stopped by its own PID."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+
+
+def follow_stdout(site: Site, run_id: str) -> subprocess.CompletedProcess[bytes]:
+    """`runs logs -f --stdout RUN` as a process of its own."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowbatch",
+            "--site",
+            str(site.root),
+            "runs",
+            "logs",
+            "-f",
+            "--stdout",
+            run_id,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+
+
 def logs(site: Site, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["--site", str(site.root), "runs", "logs", *args])
     return result.exit_code, result.output
@@ -153,13 +190,7 @@ def test_empty_logs_say_so(lsite: Site) -> None:
 
 
 def test_follow_prints_new_output_until_the_run_ends(lsite: Site) -> None:
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "flowbatch", "--site", str(lsite.root), "daemon"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with serving(lsite):
         drop(lsite, "s.yaml", {"workflow": "slow"})
         deadline = time.monotonic() + 60
         while True:  # until its first line is written
@@ -171,29 +202,10 @@ def test_follow_prints_new_output_until_the_run_ends(lsite: Site) -> None:
                     break
             assert time.monotonic() < deadline, runs
             time.sleep(0.05)
-        follow = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "flowbatch",
-                "--site",
-                str(lsite.root),
-                "runs",
-                "logs",
-                "-f",
-                "--stdout",
-                str(runs[0]["id"]),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+        follow = follow_stdout(lsite, str(runs[0]["id"]))
     assert follow.returncode == 0, follow.stderr
-    assert "fetched" not in follow.stderr  # a local run's logs are here (it said so)
-    lines = follow.stdout.splitlines()
+    assert b"fetched" not in follow.stderr  # a local run's logs are here (it said so)
+    lines = follow.stdout.decode().splitlines()
     # every line once, the second step's after the first's, though written after the start
     assert lines == [
         "==> step 1 ticker (stdout) <==",
@@ -208,38 +220,14 @@ def test_follow_shows_a_burst_of_output_whole(lsite: Site) -> None:
     """Fifteen megabytes written between two looks: a look showed only their last 8 MiB,
     and the next ones its end again (found by review: a million of four million lines,
     the last one four times)."""
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "flowbatch", "--site", str(lsite.root), "daemon"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with serving(lsite):
         drop(lsite, "b.yaml", {"workflow": "big"})
         deadline = time.monotonic() + 60
         while not [r for r in api.list_runs(lsite) if r["state"] == "RUNNING"]:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         (run,) = api.list_runs(lsite)
-        follow = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "flowbatch",
-                "--site",
-                str(lsite.root),
-                "runs",
-                "logs",
-                "-f",
-                "--stdout",
-                str(run["id"]),
-            ],
-            capture_output=True,
-            timeout=120,
-        )
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+        follow = follow_stdout(lsite, str(run["id"]))
     assert follow.returncode == 0, follow.stderr
     lines = follow.stdout.splitlines()
     assert lines[0] == b"==> step 1 big (stdout) <=="
