@@ -145,7 +145,9 @@ def test_an_array_of_the_sweeps_name_submitted_by_another_user_is_not_adopted(
     daemon.start()
     try:
         daemon.tick()
-        arrays = {(r.handle or {}).get("array_job") for r in daemon.runner.active.values()}
+        # from each run's record: a loaded machine may have seen the tasks end already,
+        # in that same tick (the run then left the active ones)
+        arrays = {(site.store.load(r.id).handle or {}).get("array_job") for r in before}
         assert arrays == own, arrays
         run_until_idle(site, timeout=60, daemon=daemon)
         assert state_of(f"{other}_0") == "PENDING"
