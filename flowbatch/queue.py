@@ -36,6 +36,7 @@ from .render.values import RenderedWorkflow
 from .runs import RunRecord, State, now_iso
 from .safeio import (
     LINK_ERRORS,
+    CopyLimit,
     copy_fd,
     copy_sparse,
     copy_tree,
@@ -1345,9 +1346,7 @@ class Intake:
                 target.unlink(missing_ok=True)  # the template's sample, replaced
                 try:
                     copy_fd(fd, target, max_bytes=site.config.max_input_bytes)
-                except OSError as exc:
-                    if exc.errno != errno.EFBIG:
-                        raise
+                except CopyLimit:
                     # checked (refuse_large), then grown or filled in before its copy
                     raise ArgumentError(
                         f"{arguments[name].source!r} grew past the limit of "
@@ -2242,15 +2241,13 @@ def _take_back_linked(
                 mode = stat.S_IMODE(st.st_mode) & ~0o7022
                 try:
                     if st.st_blocks * 512 > budget:
-                        raise OSError(errno.EFBIG, "over the budget")
+                        raise CopyLimit("over the budget")
                     # the budget bounds the bytes written, whatever the user writes into
                     # it meanwhile through its other name (holes filled: found by review)
                     budget -= _take_back_copy(
                         top, paths, folder, name, fd, owner, group, mode, budget
                     )
-                except OSError as exc:
-                    if exc.errno != errno.EFBIG:
-                        raise
+                except CopyLimit:
                     for path in paths:
                         _remove_name(top, path)
                         taken.removed.add("/".join(path))
@@ -2308,7 +2305,7 @@ def _take_back_copy(
 ) -> int:
     """Replace every name of ``paths`` (``paths[0]`` is ``name`` in ``folder``) by one
     copy of ``fd``'s content owned by ``owner:group``, of at most ``max_written`` bytes
-    written (else :class:`OSError` EFBIG, nothing replaced): the other names of the
+    written (else :class:`CopyLimit`, nothing replaced): the other names of the
     file, outside the run folder, stay as they are. Returns the bytes written."""
     tmp = f".{name}.{secrets.token_hex(4)}.taken"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

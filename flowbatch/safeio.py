@@ -94,16 +94,25 @@ def copy_beneath(folder: Path, rel: str | Path, dest: Path) -> None:
         os.close(fd)
 
 
+class CopyLimit(OSError):
+    """A copy over the bytes it may write (EFBIG): the source is larger than allowed, or
+    grew. Not the destination's file system refusing a large file, which is a plain
+    :class:`OSError`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.EFBIG, reason)
+
+
 def copy_fd(fd: int, dest: Path, *, max_bytes: int | None = None) -> None:
     """Copy an open file's content to ``dest`` (a new file, never through a link), its
     holes kept, with the source's read and execute bits for its group and others and
     no setuid: a participant's input of mode 0600 stays theirs alone in a results tree
     everyone reads (it became 0644, found by review). A file over ``max_bytes`` now
-    (grown since it was checked) raises :class:`OSError` EFBIG, and what its owner
+    (grown since it was checked) raises :class:`CopyLimit`, and what its owner
     appends while it is copied is not copied (:func:`copy_sparse`)."""
     st = os.fstat(fd)
     if max_bytes is not None and st.st_size > max_bytes:
-        raise OSError(errno.EFBIG, f"{st.st_size} bytes, over the limit of {max_bytes}")
+        raise CopyLimit(f"{st.st_size} bytes, over the limit of {max_bytes}")
     mode = (stat.S_IMODE(st.st_mode) & 0o755) | 0o600
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     out = os.open(dest, flags, 0o600)
@@ -178,7 +187,7 @@ def copy_sparse(fd_in: int, fd_out: int, *, max_written: int | None = None) -> i
 
     The file's size when the copy begins bounds it (what its owner appends meanwhile is
     not copied), and ``max_written`` bounds the bytes written: past it (its owner filled
-    holes while it was copied, through another name) :class:`OSError` EFBIG is raised."""
+    holes while it was copied, through another name) :class:`CopyLimit` is raised."""
     size = os.fstat(fd_in).st_size
     written = 0
 
@@ -189,7 +198,7 @@ def copy_sparse(fd_in: int, fd_out: int, *, max_written: int | None = None) -> i
             if max_written is not None and written + count > max_written:
                 count = max_written - written
                 if count <= 0:
-                    raise OSError(errno.EFBIG, "over the bytes it may copy")
+                    raise CopyLimit("over the bytes it may copy")
             sent = os.sendfile(fd_out, fd_in, offset, count)
             if not sent:
                 return
@@ -219,7 +228,7 @@ def copy_sparse(fd_in: int, fd_out: int, *, max_written: int | None = None) -> i
         while offset < size:
             count = min(1 << 20, size - offset)
             if max_written is not None and written + count > max_written:
-                raise OSError(errno.EFBIG, "over the bytes it may copy") from None
+                raise CopyLimit("over the bytes it may copy") from None
             chunk = os.pread(fd_in, count, offset)
             if not chunk:
                 break

@@ -128,3 +128,27 @@ def test_runs_ended_on_a_full_disk_are_recorded_and_none_launched_until_it_has_r
     again.stop()
     assert sorted(executions.read_text().split()) == ["1", "2", "ran", "ran"]
     site.close()
+
+
+def test_a_failed_commit_is_logged_with_its_own_cause(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite rolls back a commit that failed for a full disk; peewee's rollback then
+    fails too, and its "cannot rollback" hid the cause (found by review)."""
+    import logging
+
+    site = make_site(tmp_path / "site")
+    cause = OSError("database or disk is full")
+    try:
+        try:
+            raise cause
+        except OSError:
+            raise RuntimeError("cannot rollback - no transaction is active") from None
+    except RuntimeError as rollback:
+        rollback.__context__ = cause
+        with caplog.at_level(logging.ERROR, logger="flowbatch.store"):
+            site.store._batch_runs = {"r": object()}  # type: ignore[dict-item]
+            site.store._batch_lost(rollback)
+    assert "database or disk is full" in caplog.text and "cannot rollback" not in caplog.text
+    site.store.unindexed.clear()
+    site.close()

@@ -99,3 +99,26 @@ def test_a_file_grown_past_the_limit_after_its_check_is_refused(
     assert error["field"] == "arguments.names"
     assert not list((site.layout.results / "helloworld" / "runs").glob("[!.]*"))
     site.close()
+
+
+def test_a_file_system_refusing_a_large_copy_is_not_called_a_grown_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EFBIG of the destination's own (a file too large for it) is no source that grew
+    (found by review): only the copy's own limit says so."""
+    import errno
+
+    from flowbatch import queue
+
+    site = limited_site(tmp_path)
+    names_file(site.layout.queue / "names.txt", 100)
+    drop(site, "r.yaml", request("names.txt"))
+
+    def too_large(fd: int, dest: Path, **kw: object) -> None:
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(queue, "copy_fd", too_large)
+    run_until_idle(site).stop()
+    error = yaml.safe_load((site.layout.rejected / "r.yaml.error.yaml").read_text())
+    assert "File too large" in error["reason"] and "grew" not in error["reason"]
+    site.close()

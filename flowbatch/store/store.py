@@ -626,9 +626,14 @@ class Store:
         else:
             self._batch_runs = {}
 
-    def _batch_lost(self, exc: Exception) -> None:
+    def _batch_lost(self, exc: BaseException) -> None:
         """A batch's commit failed: its runs are indexed again, whole, from their records
         (they were left out of the index until a restart: found by review)."""
+        # the commit's own error, not the rollback's that came after it (SQLite rolls a
+        # transaction back itself when the disk is full: "cannot rollback - no
+        # transaction is active" hid "database or disk is full")
+        while "cannot rollback" in str(exc) and exc.__context__ is not None:
+            exc = exc.__context__
         if self._batch_runs:
             log.error(
                 "index commit failed (%s): the index rows of %d runs are written again",
