@@ -209,7 +209,9 @@ def _short_result(run: dict[str, Any]) -> str:
     if run["state"] == "SUCCESS" and run.get("results"):
         text = " ".join(f"{k}={v}" for k, v in run["results"].items())
     elif run["state"] != "SUCCESS" and run.get("messages"):
-        text = str(run["messages"][0]).splitlines()[0] if str(run["messages"][0]) else ""
+        from .waiting import first_line
+
+        text = first_line(run["messages"][0])
     else:
         text = ""
     return text if len(text) <= 80 else text[:77] + "..."

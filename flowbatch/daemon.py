@@ -491,7 +491,8 @@ class Daemon:
         self._interleave = True
         self._committed_at = time.monotonic()
         with self._batch():
-            intake = self.intake.run_once(between=self._start_between) if room else _NO_INTAKE
+            # no room: nothing is taken in (the requests wait in the queue)
+            intake = self.intake.run_once(between=self._start_between) if room else IntakeResult()
         with self._batch():
             for req, claimed in intake.cancels:
                 self.apply_cancel(req, claimed)
@@ -899,9 +900,6 @@ class ReportThread:
 
 #: seconds before reports that failed to be written are tried again (a full disk)
 REPORT_RETRY = 5.0
-
-#: what a tick takes in when the results tree has no room: nothing
-_NO_INTAKE = IntakeResult()
 
 #: how long watchdog holds an IN_MOVED_FROM to pair it with its IN_MOVED_TO (seconds)
 MOVE_PAIRING = 0.02

@@ -195,7 +195,7 @@ def _writable(folder: Path) -> tuple[str, str]:
 def _check_index(ctx: _Ctx) -> None:
     from .configsrc import redact_url
     from .store import migrate
-    from .store.index import SCHEMA_VERSION, RunRow, connect_database
+    from .store.index import SCHEMA_VERSION, RunRow, connect_database, error_line
 
     if ctx.config is None:
         ctx.add("index", SKIP, "config invalid")
@@ -237,20 +237,16 @@ def _check_index(ctx: _Ctx) -> None:
         ctx.add(
             "index",
             FAIL,
-            f"{where}: cannot be opened: {_one_line(exc)} (check the path or the server, "
+            f"{where}: cannot be opened: {error_line(exc)} (check the path or the server, "
             "and this user's rights to it)",
         )
     except pw.DatabaseError as exc:
-        ctx.add("index", FAIL, f"{where}: cannot be used: {_one_line(exc)}{_REINDEX}")
+        ctx.add("index", FAIL, f"{where}: cannot be used: {error_line(exc)}{_REINDEX}")
     finally:
         db.close()
 
 
 _REINDEX = " (run: flowbatch reindex)"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _tree_has_runs(root: Path) -> bool:

@@ -34,7 +34,16 @@ from .render.script import (
     step_log_paths,
 )
 from .results import read_results
-from .runs import ACTIVE, QUEUED, REQUEUES, SUPERSEDED, RunRecord, State, superseded
+from .runs import (  # epoch: lifecycle.epoch for its callers
+    ACTIVE,
+    QUEUED,
+    REQUEUES,
+    SUPERSEDED,
+    RunRecord,
+    State,
+    epoch,
+    superseded,
+)
 from .safeio import LINK_ERRORS, read_tail
 from .site import Site
 from .spec.model import Template
@@ -936,17 +945,6 @@ def run_markers(run_dir: Path, run: RunRecord) -> Markers:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def epoch(text: str | None) -> float | None:
-    """An ISO time of a run record as seconds since the epoch (None if unreadable)."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def attempt_queued_at(run: RunRecord) -> float | None:

@@ -80,9 +80,6 @@ def new_run_id() -> str:
 #: errors of a file system that is full or failing, not of a request
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
-#: a claim's run id, as :func:`new_run_id` draws it
-_CLAIMED_ID = CLAIMED_ID
-
 
 def _rename_making_folder(src: Path, dest: Path, make: Callable[[], None]) -> None:
     """``os.rename(src, dest)``, calling ``make`` to make ``dest``'s folder when it is
@@ -656,7 +653,7 @@ class Intake:
             # claim; a folder `<run id>--<name>.yaml` is (claim() renames whatever has a
             # request's name): processed, it is rejected, not left here for ever
             if stat.S_ISDIR(st.st_mode) and not (
-                _CLAIMED_ID.fullmatch(run_id) and is_request_name(name)
+                CLAIMED_ID.fullmatch(run_id) and is_request_name(name)
             ):
                 continue
             out.append(Claimed(path, run_id, name, st.st_uid, st.st_ino, st.st_dev))
@@ -1108,7 +1105,7 @@ class Intake:
                 continue
             for entry in entries:
                 run_id, sep, name = entry.name.partition("--")
-                if sep and _CLAIMED_ID.fullmatch(run_id):
+                if sep and CLAIMED_ID.fullmatch(run_id):
                     out.update(_request_stems(name))  # a claim (a file, or a folder)
                 elif folder == self.layout.claimed and entry.is_dir(follow_symlinks=False):
                     # a host's folder on a shared site (a host may be named `xn--...`)

@@ -72,6 +72,18 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def epoch(text: str | None) -> float | None:
+    """An ISO time of a run record as seconds since the epoch (None if unreadable; a
+    naive time is taken as UTC)."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def parse_state(text: str) -> State:
     try:
         return State(text.upper())

@@ -10,8 +10,10 @@ index lists by the request's name (``submit`` names each request ``<stem>-<rando
 The places are looked at in that order: a rename moves the request from one to the next,
 so it is never missed between two looks.
 
-The states come from the index, one query a look, as ``runs list`` reads them; the waiting
-process only reads (a participant may wait too)."""
+The states come from the runs' ``run.json`` files (the truth: the index lags them by up to
+a commit, and a claim can go before its runs' rows are committed); the index only tells
+a request's claim id when its claim was not seen. The waiting process only reads (a
+participant may wait too)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import FlowbatchError
-from .runs import TERMINAL, State
+from .runs import TERMINAL, RunRecord, State, epoch
 from .store.index import RunRow
 from .store.layout import CLAIMED_ID
 
@@ -135,7 +137,7 @@ def rejection(layout: Layout, name: str, *, since: float | None = None) -> dict[
             continue
         if not isinstance(info, dict) or name not in (info.get("file"), info.get("request")):
             continue
-        if since is not None and (_epoch(info.get("rejected_at")) or 0) < since - CLOCK_SLACK:
+        if since is not None and (epoch(info.get("rejected_at")) or 0) < since - CLOCK_SLACK:
             continue
         return info
     return None
@@ -148,39 +150,32 @@ CLOCK_SLACK = 5.0
 NO_RUN_GRACE = 5.0
 
 
-def _epoch(text: Any) -> float | None:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(text)).timestamp()
-    except ValueError:
-        return None
-
-
-def _rows(query: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": r.id,
-            "workflow": r.workflow,
-            "state": r.state,
-            "messages": list(r.messages or []),
-            "results": r.results,
-            "created_at": r.created_at,
-        }
-        for r in query
-    ]
+def _row(record: RunRecord) -> dict[str, Any]:
+    """What a wait shows of a run, from its record."""
+    return {
+        "id": record.id,
+        "workflow": record.workflow,
+        "state": record.state.value,
+        "messages": list(record.messages),
+        "results": record.results,
+        "created_at": record.created_at,
+    }
 
 
-def request_runs(site: Site, name: str, *, since: float | None = None) -> list[dict[str, Any]]:
-    """The index's runs of the queued request ``name``, oldest first (``since``: made
-    then or later, not an older request's of the same name)."""
+def claim_id_of(site: Site, name: str, *, since: float | None = None) -> str | None:
+    """The run id the claim of the request ``name`` carried, from the index's runs of that
+    name (``since``: made then or later, not an older request's of the same name); None
+    while the index has none."""
     site.store  # noqa: B018 - opens the index
-    rows = _rows(
-        RunRow.select().where(RunRow.request == name).order_by(RunRow.created_at, RunRow.id)
+    query = (
+        RunRow.select(RunRow.id, RunRow.created_at)
+        .where(RunRow.request == name)
+        .order_by(RunRow.created_at, RunRow.id)
     )
-    if since is not None:
-        rows = [r for r in rows if (_epoch(r["created_at"]) or 0) >= since - CLOCK_SLACK]
-    return rows
+    for row in query:
+        if since is None or (epoch(row.created_at) or 0) >= since - CLOCK_SLACK:
+            return str(row.id).split("-")[0]
+    return None
 
 
 def tree_runs(site: Site, run_id: str) -> list[dict[str, Any]]:
@@ -207,15 +202,7 @@ def tree_runs(site: Site, run_id: str) -> list[dict[str, Any]]:
                 record = store.load_dir(runs_dir / name)
             except (OSError, FlowbatchError, ValueError):
                 continue  # being made, or not a run's folder
-            row = {
-                "id": record.id,
-                "workflow": record.workflow,
-                "state": record.state.value,
-                "messages": list(record.messages),
-                "results": record.results,
-                "created_at": record.created_at,
-            }
-            found.append((int(match.group(1) or 0), row))
+            found.append((int(match.group(1) or 0), _row(record)))
     return [row for _, row in sorted(found, key=lambda item: item[0])]
 
 
@@ -262,9 +249,7 @@ def wait_request(
             if info is not None:
                 return Outcome(rejected=info)
         if token is None and stage != QUEUED:
-            rows = request_runs(site, name, since=since)
-            if rows:
-                token = str(rows[0]["id"]).split("-")[0]
+            token = claim_id_of(site, name, since=since)
         runs = tree_runs(site, token) if token else []
         for run in runs:
             if run["id"] not in ended and State(run["state"]) in TERMINAL:
@@ -303,7 +288,8 @@ def wait_runs(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Wait until every run of ``run_ids`` has ended, or ``timeout`` seconds passed. An id
-    the site does not know is refused before the wait."""
+    the site does not know is refused before the wait. The states are their ``run.json``'s
+    (the index lags them by up to a commit)."""
     store = site.store
     for run_id in run_ids:
         store.load(run_id)  # unknown: NotFoundError, with its hint
@@ -313,19 +299,7 @@ def wait_runs(
     look = FIRST_LOOK
     ended: set[str] = set()
     while True:
-        rows = {r["id"]: r for r in _rows(RunRow.select().where(RunRow.id.in_(wanted)))}
-        for run_id in wanted:
-            if run_id not in rows:  # not indexed yet (an index write failed): its run.json
-                record = store.load(run_id)
-                rows[run_id] = {
-                    "id": run_id,
-                    "workflow": record.workflow,
-                    "state": record.state.value,
-                    "messages": list(record.messages),
-                    "results": record.results,
-                    "created_at": record.created_at,
-                }
-        runs = [rows[i] for i in wanted]
+        runs = [_row(store.load(run_id)) for run_id in wanted]  # their run.json: the truth
         for run in runs:
             if run["id"] not in ended and State(run["state"]) in TERMINAL:
                 ended.add(run["id"])
@@ -342,10 +316,11 @@ def wait_runs(
 def _ended_line(run: dict[str, Any]) -> str:
     line = f"run {run['id']}: {run['state']}"
     if run["state"] != State.SUCCESS.value and run["messages"]:
-        line += f" ({_first_line(run['messages'][0])})"
+        line += f" ({first_line(run['messages'][0])})"
     return line
 
 
-def _first_line(message: Any) -> str:
+def first_line(message: Any) -> str:
+    """A run's message, its first line (a message may carry a log's tail)."""
     lines = str(message).splitlines()
     return lines[0] if lines else ""

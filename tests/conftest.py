@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,27 @@ def public_tmp() -> Iterator[Path]:
 def hello_site(site: Site) -> Site:
     api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
     return site
+
+
+@contextmanager
+def serving(root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real daemon process serving the site at ``root`` (`flowbatch daemon`), stopped
+    by its own PID: SIGTERM, then SIGKILL after 30 s."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowbatch", "--site", str(root), "daemon"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def drop(site: Site, name: str, doc: Any, files: dict[str, str] | None = None) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from flowbatch.daemon import Daemon
 
-from .conftest import make_site
+from .conftest import make_site, serving
 
 
 def test_a_removed_lock_is_taken_again_at_the_next_tick(
@@ -53,28 +52,21 @@ def test_a_daemon_whose_lock_another_took_stops(
     site = make_site(tmp_path / "site")
     daemon = Daemon(site)
     daemon.start()
-    other = None
     try:
         site.lock_path.unlink()
-        other = subprocess.Popen(
-            [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while (
-            not site.lock_path.exists() or f'"pid": {other.pid}' not in site.lock_path.read_text()
-        ):
-            assert other.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        with caplog.at_level(logging.ERROR, logger="flowbatch.daemon"):
-            daemon.tick()
-        assert daemon.stopping
-        assert any("another daemon holds the new one" in r.getMessage() for r in caplog.records)
-        assert json.loads(site.lock_path.read_text())["pid"] == other.pid
+        with serving(site.root) as other:
+            deadline = time.monotonic() + 60
+            while (
+                not site.lock_path.exists()
+                or f'"pid": {other.pid}' not in site.lock_path.read_text()
+            ):
+                assert other.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            with caplog.at_level(logging.ERROR, logger="flowbatch.daemon"):
+                daemon.tick()
+            assert daemon.stopping
+            assert any("another daemon holds the new one" in r.getMessage() for r in caplog.records)
+            assert json.loads(site.lock_path.read_text())["pid"] == other.pid
     finally:
         daemon.stop()
-        if other is not None:
-            other.send_signal(signal.SIGTERM)
-            other.wait(30)
         site.close()

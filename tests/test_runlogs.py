@@ -5,12 +5,10 @@ never followed."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from flowbatch import api
 from flowbatch.cli import main
 from flowbatch.site import Site
 
-from .conftest import drop, make_site, run_until_idle
+from .conftest import drop, make_site, run_until_idle, serving
 
 TEMPLATE = """\
 workflow:
@@ -82,22 +80,6 @@ def lsite(tmp_path: Path) -> Iterator[Site]:
         api.install(site, folder, workflow_id=wid)
     yield site
     site.close()
-
-
-@contextmanager
-def serving(site: Site) -> Iterator[None]:
-    """A real daemon process serving ``site``, stopped by its own PID."""
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        yield
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
 
 
 def follow_stdout(site: Site, run_id: str) -> subprocess.CompletedProcess[bytes]:
@@ -190,7 +172,7 @@ def test_empty_logs_say_so(lsite: Site) -> None:
 
 
 def test_follow_prints_new_output_until_the_run_ends(lsite: Site) -> None:
-    with serving(lsite):
+    with serving(lsite.root):
         drop(lsite, "s.yaml", {"workflow": "slow"})
         deadline = time.monotonic() + 60
         while True:  # until its first line is written
@@ -220,7 +202,7 @@ def test_follow_shows_a_burst_of_output_whole(lsite: Site) -> None:
     """Fifteen megabytes written between two looks: a look showed only their last 8 MiB,
     and the next ones its end again (found by review: a million of four million lines,
     the last one four times)."""
-    with serving(lsite):
+    with serving(lsite.root):
         drop(lsite, "b.yaml", {"workflow": "big"})
         deadline = time.monotonic() + 60
         while not [r for r in api.list_runs(lsite) if r["state"] == "RUNNING"]:

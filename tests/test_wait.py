@@ -19,7 +19,7 @@ from flowbatch import api, waiting
 from flowbatch.cli import main
 from flowbatch.site import Site
 
-from .conftest import drop, make_site, run_until_idle
+from .conftest import drop, make_site, run_until_idle, serving
 
 TEMPLATE = """\
 workflow:
@@ -81,26 +81,14 @@ def program(site: Site, *args: str, timeout: float = 90) -> subprocess.Completed
 
 
 @pytest.fixture
-def daemon(wsite: Site) -> Iterator[subprocess.Popen[str]]:
+def daemon(wsite: Site) -> Iterator[subprocess.Popen[bytes]]:
     """A real daemon process serving the site; stopped by its own PID."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowbatch", "--site", str(wsite.root), "daemon"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with serving(wsite.root) as proc:
+        yield proc
 
 
 def test_submit_wait_prints_the_runs_and_exits_0_when_they_succeeded(
-    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[str]
+    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[bytes]
 ) -> None:
     req = request(tmp_path, "good.yaml", "sweep:\n  n: [1, 2, 3]\n")
     done = program(wsite, "submit", "--wait", str(req))
@@ -119,7 +107,7 @@ def test_submit_wait_prints_the_runs_and_exits_0_when_they_succeeded(
 
 
 def test_submit_wait_exits_1_and_says_why_a_run_failed(
-    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[str]
+    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[bytes]
 ) -> None:
     req = request(tmp_path, "mixed.yaml", "sweep:\n  n: [-1, 5]\n")
     done = program(wsite, "submit", "--wait", str(req))
@@ -130,7 +118,7 @@ def test_submit_wait_exits_1_and_says_why_a_run_failed(
 
 
 def test_a_rejected_request_ends_the_wait_with_its_error(
-    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[str]
+    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[bytes]
 ) -> None:
     """The daemon's own checks refuse what `submit` cannot see: here the workflow was
     removed after the request was queued (the daemon is stopped meanwhile)."""
@@ -153,7 +141,7 @@ def test_a_rejected_request_ends_the_wait_with_its_error(
 
 
 def test_the_wait_gives_up_after_its_timeout_and_the_run_goes_on(
-    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[str]
+    wsite: Site, tmp_path: Path, daemon: subprocess.Popen[bytes]
 ) -> None:
     req = request(tmp_path, "slow.yaml", "arguments:\n  n: 100\n")
     started = time.monotonic()
@@ -172,7 +160,7 @@ def test_the_wait_gives_up_after_its_timeout_and_the_run_goes_on(
     assert ended.returncode == 1 and "CANCELED" in ended.stdout
 
 
-def test_rerun_wait(wsite: Site, tmp_path: Path, daemon: subprocess.Popen[str]) -> None:
+def test_rerun_wait(wsite: Site, tmp_path: Path, daemon: subprocess.Popen[bytes]) -> None:
     first = program(
         wsite, "submit", "--wait", str(request(tmp_path, "a.yaml", "arguments:\n  n: 7\n"))
     )

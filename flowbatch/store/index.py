@@ -158,7 +158,7 @@ def display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def _one_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """A driver's message on one line (psycopg2's span several)."""
     text = "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
     return text.rstrip(" .?!")
@@ -399,13 +399,13 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
                     hint="make the folder, or fix `database` in flowbatch.yaml",
                 ) from None
             raise IndexError_(
-                f"the index database cannot be used: {_one_line(exc)}",
+                f"the index database cannot be used: {error_line(exc)}",
                 file=where,
                 hint="run `flowbatch reindex` to rebuild it from the results tree",
             ) from None
         driver = isinstance(exc, pw.ImproperlyConfigured)
         raise IndexError_(
-            f"cannot connect to the index database: {_one_line(exc)}",
+            f"cannot connect to the index database: {error_line(exc)}",
             file=where,
             hint=(
                 "install the driver: pip install 'flowbatch[postgres]'"
@@ -429,7 +429,7 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
         raise exc.at(file=where) from None
     except pw.DatabaseError as exc:
         raise IndexError_(
-            f"the index database cannot be used: {_one_line(exc)}",
+            f"the index database cannot be used: {error_line(exc)}",
             file=where,
             hint="run `flowbatch reindex` to rebuild it from the results tree",
         ) from None
@@ -456,7 +456,7 @@ def _open_read_only(db: ReadOnlySqlite, where: str) -> None:
         raise exc.at(file=where) from None
     except pw.DatabaseError as exc:
         raise IndexError_(
-            f"the index database cannot be read: {_one_line(exc)}", file=where, hint=ask
+            f"the index database cannot be read: {error_line(exc)}", file=where, hint=ask
         ) from None
     if found is None:
         raise IndexError_(
