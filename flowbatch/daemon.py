@@ -38,6 +38,7 @@ from .report_pages import RunPageWriter, write_run_pages
 from .runs import RunRecord, State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
+from .store import atomic
 from .store.layout import ID_PATTERN, RUN_PAGE
 
 log = logging.getLogger("flowbatch.daemon")
@@ -324,6 +325,8 @@ class Daemon:
         self._reporter: ReportThread | None = None
         self._interleave = True  # runs start during intake (off after a failure there)
         self._committed_at = 0.0  # when the intake's index batch was last committed
+        self._handing_over = False  # another daemon holds the lock now: stop() says so
+        self._handover = site.handover_path  # word from a daemon that lost the lock to this
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, *, serve: bool = True) -> None:
@@ -384,6 +387,7 @@ class Daemon:
             "holds the new one: this daemon stops (its runs are the other's now)",
             self.lock.path,
         )
+        self._handing_over = True
         self.stopping = True
         self.wakeup.set()
         return False
@@ -405,7 +409,55 @@ class Daemon:
             log.exception("settling the claims of the requests handled")
         for executor in [*self.executors.values(), *self.runner.retired]:
             executor.close()
+        if self._handing_over:
+            self._hand_over()
         self.lock.release()
+
+    def _hand_over(self) -> None:
+        """The last act of a daemon whose lock another daemon took: word, in
+        :attr:`Site.handover_path`, that the runs it launched or made after the other's
+        start (which the other read the tree at) are left to the other, whose next tick
+        reads the tree again (:meth:`_take_over`). Without it they stayed RUNNING, their
+        ends unrecorded, until the other restarted (found by review)."""
+        runs = sorted(self.runner.active)
+        try:
+            atomic.write_text(
+                self._handover,
+                json.dumps({"pid": os.getpid(), "at": now_iso(), "runs": runs}) + "\n",
+            )
+        except OSError as exc:
+            log.error(
+                "cannot leave word of the hand-over in %s (%s): the daemon that holds the "
+                "lock takes this one's %d active run(s) over at its restart",
+                self._handover,
+                exc.strerror or exc,
+                len(runs),
+            )
+            return
+        log.warning("%d active run(s) left to the daemon that holds the lock now", len(runs))
+
+    def _take_over(self) -> None:
+        """A daemon that lost the lock to this one handed over (:meth:`_hand_over`): read
+        the tree again for active runs this one does not hold, and the queue's claims
+        for requests left half-done. The file goes first: word left again meanwhile is
+        read at the next tick."""
+        path = self._handover
+        try:
+            note = path.read_text(encoding="utf-8", errors="replace").strip()
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("cannot take the hand-over in %s: %s", path, exc.strerror or exc)
+            return
+        taken = self.runner.recover()
+        self.intake.look_in_claimed()
+        log.warning(
+            "a daemon that lost the lock to this one handed over (%s): %d run(s) taken over%s",
+            note[:200],
+            len(taken),
+            f": {', '.join(run.id for run in taken[:20])}" if taken else "",
+        )
 
     def watch(self) -> None:
         """inotify on the queue folder (best effort: the periodic rescan is the fallback).
@@ -463,6 +515,8 @@ class Daemon:
         self._taken = 0
         if self.lock.lost() and not self._lock_retaken():
             return
+        if os.path.exists(self._handover):  # a stat a tick
+            self._take_over()
         if self.site.shared:
             try:
                 self.site.store.ping()  # a connection the server dropped is made again

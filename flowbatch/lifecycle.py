@@ -301,12 +301,19 @@ class Runner:
             _let_go(executor)
 
     # -- recovery -----------------------------------------------------------------------------
-    def recover(self) -> None:
-        """After a start: take over every active run the tree knows."""
+    def recover(self) -> list[RunRecord]:
+        """After a start: take over every active run the tree knows; again when a daemon
+        that lost the site's lock to this one handed its runs over (runs already held
+        here are left as they are: their records in memory are newer). Returns the runs
+        taken over."""
         # a shared site: only this host's runs (the others are another daemon's); a site
         # of one host takes every active run, even if the machine's name has changed
         unmarked: list[RunRecord] = []
+        taken: list[RunRecord] = []
         for run in self.store.sync_active(self.site.host if self.site.shared else None):
+            if run.id in self.active:
+                continue
+            taken.append(run)
             self.active[run.id] = run
             run_dir = self.store.run_dir(run)
             executor = self.executor_of(run)
@@ -331,9 +338,10 @@ class Runner:
                 log.info("run %s adopted (pid %s)", run.id, run.handle.get("pid"))
             # else: the next poll finds it finished and the markers decide
         self._adopt_unmarked(unmarked)
-        self._adopt_submitted()
+        self._adopt_submitted({run.id for run in taken})
+        return taken
 
-    def _adopt_submitted(self) -> None:
+    def _adopt_submitted(self, ids: set[str]) -> None:
         """PENDING runs whose submission may have gone out just before the daemon died
         (a scheduler's intent recorded, no job id): the jobs the scheduler lists under
         their intents' names are theirs, launched (``find_submitted``, one lookup per
@@ -343,6 +351,8 @@ class Runner:
         by_executor: dict[int, tuple[Executor, list[RunRecord]]] = {}
         for run in self.pending():
             executor = self.executor_of(run)
+            if run.id not in ids:
+                continue
             if run.handle and run.handle.get("submitting") and executor is not None:
                 by_executor.setdefault(id(executor), (executor, []))[1].append(run)
         for executor, runs in by_executor.values():

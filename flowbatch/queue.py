@@ -636,6 +636,11 @@ class Intake:
         entry = Claimed(self.layout.queue / name, "", safe, uid)
         self.reject(entry, RequestError(problem, file=safe, hint="rename the file"))
 
+    def look_in_claimed(self) -> None:
+        """Look at the claims left in the claimed folder at the next tick (another
+        daemon's, handed over as it stopped), as after a start."""
+        self._look_in_claimed = True
+
     def leftovers(self) -> list[Claimed]:
         """Requests claimed by a daemon that died before it finished with them."""
         out: list[Claimed] = []

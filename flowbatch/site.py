@@ -38,6 +38,13 @@ class Site:
         return self.layout.lock
 
     @property
+    def handover_path(self) -> Path:
+        """Where a daemon that lost the site's lock to another leaves word of it as it
+        stops: the runs it launched after the other's start are the other's to take
+        over (the other reads the tree again when it finds the file)."""
+        return self.lock_path.with_suffix(".handover")
+
+    @property
     def claimed_dir(self) -> Path:
         """Where this host's daemon keeps the requests it claimed and is working on."""
         return self.layout.claimed / self.host if self.shared else self.layout.claimed

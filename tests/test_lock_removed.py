@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from flowbatch import api
 from flowbatch.daemon import Daemon
+from flowbatch.runs import State
 
-from .conftest import make_site, serving
+from .conftest import drop, make_site, serving, write_template
 
 
 def test_a_removed_lock_is_taken_again_at_the_next_tick(
@@ -67,6 +70,70 @@ def test_a_daemon_whose_lock_another_took_stops(
             assert daemon.stopping
             assert any("another daemon holds the new one" in r.getMessage() for r in caplog.records)
             assert json.loads(site.lock_path.read_text())["pid"] == other.pid
+    finally:
+        daemon.stop()
+        site.close()
+
+
+SLEEP = """
+workflow:
+  steps:
+    - name: nap
+      action:
+        commands: ["sleep 2"]
+"""
+
+
+def test_runs_a_daemon_launched_after_it_lost_its_lock_are_taken_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The window that stays: a daemon launches a run between another daemon's start
+    (which read the tree for active runs) and its own next look at the lock. It stops
+    at that look and leaves word (``daemon.handover``); the daemon holding the lock now
+    reads the tree again and ends the run. Without the word the run stayed RUNNING until
+    that daemon restarted."""
+    site = make_site(tmp_path / "site")
+    api.install(site, write_template(tmp_path / "sleep", SLEEP), workflow_id="sleep")
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+        site.lock_path.unlink()
+        with serving(site.root) as other:
+            deadline = time.monotonic() + 60
+            while (
+                not site.lock_path.exists()
+                or f'"pid": {other.pid}' not in site.lock_path.read_text()
+            ):
+                assert other.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            # the other daemon serves (past its start, which read the tree): its run ends
+            drop(site, "probe.yaml", {"workflow": "sleep"})
+            while not any(r["state"] == "SUCCESS" for r in api.list_runs(site)):
+                assert other.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            # this one has not looked at the lock yet, and takes a request in; the other
+            # is held still meanwhile, or it could take the request first
+            os.kill(other.pid, signal.SIGSTOP)
+            try:
+                drop(site, "late.yaml", {"workflow": "sleep"})
+                lost = daemon.lock.lost
+                daemon.lock.lost = lambda: False  # type: ignore[method-assign]
+                daemon.tick()
+                daemon.lock.lost = lost  # type: ignore[method-assign]
+            finally:
+                os.kill(other.pid, signal.SIGCONT)
+            [late] = [run for run in daemon.runner.active.values() if run.request == "late.yaml"]
+            assert late.state == State.RUNNING
+            with caplog.at_level(logging.WARNING, logger="flowbatch.daemon"):
+                daemon.tick()
+            assert daemon.stopping
+            daemon.stop()
+            assert any("left to the daemon" in r.getMessage() for r in caplog.records)
+            run_json = site.store.run_dir(late) / "run.json"
+            while json.loads(run_json.read_text())["state"] != "SUCCESS":
+                assert other.poll() is None and time.monotonic() < deadline, run_json.read_text()
+                time.sleep(0.1)
+            assert not site.handover_path.exists()  # taken
     finally:
         daemon.stop()
         site.close()
