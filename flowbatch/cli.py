@@ -56,23 +56,76 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def needs_write(site: Site, command: str, *paths: Path) -> None:
+def needs_write(site: Site, command: str, *paths: Path, as_owner: bool = True) -> None:
     """Refuse at once, in one line, a command that writes ``paths`` and the index when
     this user may not (a participant on the daemon's site): it would otherwise fail
-    half-way, a file at a time, or with advice meant for the site's owner."""
+    half-way, a file at a time, or with advice meant for the site's owner.
+
+    Root running such a command on a site another user owns (a service user's) runs it
+    as that user (``as_owner``; :func:`become_site_owner`): what it writes stays theirs.
+    Root's index, template versions and trash were root's, which the site's daemon then
+    could not write (found by review: a root ``reindex`` kept the service's daemon from
+    starting)."""
     from .store.index import may_write, owner_of, sqlite_path, writable
 
+    if as_owner:
+        become_site_owner(site)
     for path in paths:
         if not writable(path):
-            raise _no_write_access(command, path, owner_of(path))
+            raise _no_write_access(command, path, owner_of(path), site)
     # the index as the store would open it (read-only for such a user), not opened here:
     # the daemon opens it once it holds the site's lock
     index = sqlite_path(site.config.database, site.layout.index_db)
     if index is not None and not may_write(index):
-        raise _no_write_access(command, index, owner_of(index))
+        raise _no_write_access(command, index, owner_of(index), site)
 
 
-def _no_write_access(command: str, path: Path, owner: str) -> FlowbatchError:
+#: the user who ran the command, for its permission checks (root's, after the command
+#: became the site's owner)
+_CALLER: list[int] = []
+#: the ``flowbatch`` program runs (not ``main`` called in a test's process, which must
+#: never change its user)
+_PROGRAM = [False]
+
+
+def caller_uid() -> int:
+    return _CALLER[0] if _CALLER else os.geteuid()
+
+
+def become_site_owner(site: Site) -> None:
+    """Root on a site another user owns (the owner of the site's folder): become that
+    user for good, with their groups, before anything is written. Nothing for any other
+    caller, or on a site of root's."""
+    from .accounts import identity
+
+    if os.geteuid() != 0 or not _PROGRAM[0]:
+        return
+    uid = site.root.stat().st_uid
+    if uid == 0:
+        return
+    who = identity(uid)
+    gid = who.gid if who.name is not None else site.root.stat().st_gid
+    _CALLER[:] = [0]
+    os.setgroups(list(who.groups) or [gid])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def _no_write_access(command: str, path: Path, owner: str, site: Site) -> FlowbatchError:
+    from .accounts import user_name
+
+    try:
+        site_owner = user_name(site.root.stat().st_uid)
+    except OSError:
+        site_owner = owner
+    if owner != site_owner and path.name.startswith("index.db"):
+        # a file of the site another user left (a command run as root by an older
+        # flowbatch): the site's own user must get it back
+        return FlowbatchError(
+            f"`flowbatch {command}` needs write access to {path}, which belongs to {owner}, "
+            f"not to the site's owner ({site_owner})",
+            hint=f"give it back: chown {site_owner}: {path} (as root)",
+        )
     return FlowbatchError(
         f"`flowbatch {command}` needs write access to {path}: run it as the site's owner ({owner})"
     )
@@ -99,7 +152,15 @@ class FlowbatchGroup(click.Group):
             obj = ctx.find_object(Context)
             if obj and obj.debug:
                 raise
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            message = f"{type(exc).__name__}: {exc}"
+            if _CALLER and isinstance(exc, PermissionError):
+                from .accounts import user_name
+
+                message += (
+                    f" (root runs this command as the site's owner, {user_name(os.geteuid())}:"
+                    " give them access, or put the file where they can read it)"
+                )
+            raise click.ClickException(message) from None
 
 
 def _echo_json(value: Any) -> None:
@@ -313,7 +374,7 @@ def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose:
     """Watch the queue and run requests (one daemon per site; others exit 0)."""
     if once and until_idle:
         raise click.UsageError("give --once (one tick) or --until-idle, not both")
-    needs_write(obj.site, "daemon", obj.site.root, obj.site.layout.results)
+    needs_write(obj.site, "daemon", obj.site.root, obj.site.layout.results, as_owner=False)
     import gc
 
     from .gcpause import paused_gc
@@ -637,6 +698,7 @@ def run() -> None:
     closed), the process exits without the interpreter's teardown, which frees every object
     of a daemon one by one: 0.1 s of each start here, paid by every cron tick and every
     burst. Output and logs are flushed first; any other ending exits as usual."""
+    _PROGRAM[0] = True
     try:
         main(prog_name="flowbatch")
     except SystemExit as exc:

@@ -19,6 +19,7 @@ from .cli import (
     Context,
     _echo_json,
     _table,
+    caller_uid,
     main,
     needs_write,
     pass_ctx,
@@ -216,7 +217,7 @@ def runs_delete(obj: Context, run_id: str) -> None:
     from .lifecycle_ops import delete_run
 
     needs_write(obj.site, "runs delete", obj.site.layout.results)
-    freed = delete_run(obj.site, run_id)
+    freed = delete_run(obj.site, run_id, uid=caller_uid())
     click.echo(f"deleted run {run_id}, freed {human(freed)}")
 
 

@@ -195,7 +195,7 @@ def _writable(folder: Path) -> tuple[str, str]:
 def _check_index(ctx: _Ctx) -> None:
     from .configsrc import redact_url
     from .store import migrate
-    from .store.index import SCHEMA_VERSION, RunRow, connect_database, error_line
+    from .store.index import SCHEMA_VERSION, RunRow, connect_database, error_line, sqlite_path
 
     if ctx.config is None:
         ctx.add("index", SKIP, "config invalid")
@@ -208,6 +208,10 @@ def _check_index(ctx: _Ctx) -> None:
             ctx.add("index", FAIL, f"{where}: missing, but the results tree has runs{_REINDEX}")
         else:
             ctx.add("index", OK, f"{where}: not created yet (made on first use)")
+        return
+    foreign = _foreign_index(ctx.root, sqlite_path(url, default))
+    if foreign:
+        ctx.add("index", FAIL, foreign)
         return
     db = connect_database(url, default)
     try:
@@ -247,6 +251,34 @@ def _check_index(ctx: _Ctx) -> None:
 
 
 _REINDEX = " (run: flowbatch reindex)"
+
+
+def _foreign_index(root: Path, path: Path | None) -> str | None:
+    """An SQLite index (or its ``-wal``, ``-shm``) the site's daemon may not write: one
+    left by another user (root's `reindex` by an older flowbatch), which keeps the
+    daemon from starting."""
+    from .accounts import user_name
+
+    results = root / "results"
+    try:
+        daemon_uid = (results if results.is_dir() else root).stat().st_uid
+    except OSError:
+        return None
+    if path is None or daemon_uid == 0:
+        return None
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = file.stat()
+        except OSError:
+            continue
+        if st.st_uid != daemon_uid and not st.st_mode & 0o002:
+            daemon = user_name(daemon_uid)
+            return (
+                f"{file} belongs to {user_name(st.st_uid)}, but the site's daemon runs as "
+                f"{daemon} (the owner of results/) and cannot write it (run: chown "
+                f"{daemon}: {file})"
+            )
+    return None
 
 
 def _tree_has_runs(root: Path) -> bool:
