@@ -2110,9 +2110,12 @@ def take_back(path: Path, uid: int | None) -> TakenBack:
         return taken
     try:
         st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-            return taken
         tree = os.lstat(path.parent)
+        # the tree's already: a take-back cut short (the folder is taken first, then
+        # what is in it), done whole now (found by review: a daemon killed mid-walk left
+        # the results the run's user could still change, and the next one skipped them)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (uid, tree.st_uid):
+            return taken
         fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
         try:
             linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}

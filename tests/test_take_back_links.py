@@ -180,3 +180,18 @@ def test_copy_sparse_stops_at_its_bound(tmp_path: Path) -> None:
     with open(src, "rb") as fin, open(dest, "wb") as fout:
         assert copy_sparse(fin.fileno(), fout.fileno(), max_written=4 << 20) == 3 << 20
     assert dest.read_bytes() == src.read_bytes()
+
+
+def test_a_take_back_cut_short_is_done_whole_the_next_time(tmp_path: Path) -> None:
+    """The folder is the tree's first, then what is in it: a daemon killed in between
+    left the run's files its user's, and the next daemon's take-back, finding the folder
+    the tree's, skipped them (found by review: the results were still the user's to
+    change after the run ended)."""
+    run = run_folder(tmp_path)
+    result = run / "out" / "r.json"
+    result.write_text('{"v": 1}', encoding="utf-8")
+    as_user(result)
+    os.chown(run, 0, 0)  # where the killed daemon stopped
+    queue.take_back(run, USER)
+    assert result.stat().st_uid == 0 and (run / "out").stat().st_uid == 0
+    assert not result.stat().st_mode & 0o022
