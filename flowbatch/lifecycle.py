@@ -86,12 +86,17 @@ def tail_text(data: bytes, lines: int = TAIL_LINES) -> str:
 
 
 def describe_code(code: int) -> str:
+    """``exit code 143: killed by SIGTERM`` (it read "failed with killed by signal")."""
     if code > 128:
         try:
-            return f"killed by signal {signal.Signals(code - 128).name} (exit code {code})"
+            return f"exit code {code}: killed by {signal.Signals(code - 128).name}"
         except ValueError:
             pass
     return f"exit code {code}"
+
+
+#: exit codes of a script the daemon's kill ended (SIGTERM, then SIGKILL after a grace)
+_KILLED = {128 + signal.SIGTERM, 128 + signal.SIGKILL}
 
 
 def _age(run: RunRecord) -> tuple[str, str]:
@@ -784,6 +789,18 @@ class Runner:
             self._lost(run, probe, steps, started=started, times=times, extra=unsaid)
             return
         code, _, failed = markers.exit
+        if (
+            code in _KILLED
+            and self._over_time(run, datetime.now(UTC))
+            and not enforces_time_limit(executor)
+        ):
+            # killed past its time limit: this daemon's kill, whose end the daemon killed
+            # meanwhile never recorded (found by review: it read as a plain SIGTERM)
+            reason = "time limit exceeded"
+            self._transition(
+                run, State.ERROR, steps=steps, messages=[reason, *fetched], reason=reason, **times
+            )
+            return
         if code != 0:
             scheduler = [probe.detail["message"]] if probe.detail.get("message") else []
             unsaid = [note for note in fetched if not any(note in said for said in scheduler)]

@@ -220,6 +220,59 @@ workflow:
     assert time.monotonic() - started < 20
 
 
+def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon sent the time limit's SIGTERM and was killed in the grace that follows;
+    the run ended on it with no daemon there. The next daemon's end of it says why, not
+    a bare SIGTERM (found by review)."""
+    install(
+        site,
+        tmp_path / "t",
+        """
+timeLimit: 1
+workflow:
+  steps:
+    - name: s
+      action:
+        commands: [sleep 60]
+""",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    while not d.runner.launched():
+        d.tick()
+    [run] = d.runner.launched()
+    pgid = int(run.handle["pid"])
+    d.stop()  # its runs go on (a daemon killed: nothing recorded of the kill to come)
+    time.sleep(1.3)
+    os.killpg(pgid, 15)  # what the killed daemon's kill did, past the limit
+    deadline = time.monotonic() + 10
+    while b"exit" not in (site.store.run_dir(run) / "status" / "markers").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    run_until_idle(site, timeout=30)
+    shown = only_run(site)
+    assert shown["state"] == "ERROR" and shown["messages"] == ["time limit exceeded"], shown
+
+
+def test_a_signal_reads_as_one(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    install(
+        site,
+        tmp_path / "t",
+        """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands: ["sh -c 'kill -TERM $$$$'"]
+""",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site, timeout=30)
+    shown = only_run(site)
+    assert shown["messages"][0] == "step 1 (s) failed with exit code 143: killed by SIGTERM"
+
+
 def test_result_problems_make_an_error_not_a_silent_success(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     install(
         site,

@@ -347,6 +347,10 @@ def test_no_accounting_means_markers_decide_and_sacct_is_not_asked_again() -> No
     clock.now += 10
     ex.poll(HANDLES)
     assert first["a"].liveness == Liveness.FINISHED and "left the queue" in first["a"].raw
+    # a failed run says why no more is known (a scancel and a TIMEOUT while the daemon
+    # was down read as a bare SIGTERM: found by review)
+    said = first["a"].detail["message"]
+    assert "no record of how it ended" in said and "scancel or the job's time limit" in said
     assert [line.split()[0] for line in runner.lines] == ["squeue", "sacct", "squeue"]
 
 

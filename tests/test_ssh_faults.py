@@ -479,3 +479,17 @@ def test_a_failed_run_whose_fetch_was_incomplete_says_where_its_folder_is(
     finally:
         daemon.stop()
         site.close()
+
+
+def test_a_remote_folder_that_cannot_be_made_says_so(ssh: SshEnv, tmp_path: Path) -> None:
+    """A remote root the login may not enter: the run ends ERROR at once, and the
+    message is mkdir's (it quoted the removal of an earlier attempt's folder, `rm:
+    cannot remove`, which there never was: found by review)."""
+    site = scored_site(tmp_path, ssh, "echo ok", a={"remote_root": "/root/flowbatch-forbidden"})
+    drop(site, "r.yaml", {"workflow": "w", "name": "r"})
+    run_until_idle(site, timeout=60)
+    run = runs(site)["r"]
+    assert run["state"] == "ERROR", run
+    said = " ".join(run["messages"])
+    assert "cannot create the remote run folder" in said and "mkdir" in said, said
+    assert "rm: cannot remove" not in said, said

@@ -942,11 +942,18 @@ class SlurmExecutor:
             )
             return Probe(Liveness.FINISHED, raw=why, detail={"job_id": job_id, "canceled": why})
         if status is None:
-            # gone from squeue and no accounting: the run's own markers decide
+            # gone from squeue and no accounting: the run's own markers decide; a failed
+            # one says why no more is known (found by review: a scancel and a TIMEOUT
+            # while the daemon was down read as a bare SIGTERM)
+            said = (
+                f"Slurm job {job_id} left the queue unseen (no daemon watched it, and "
+                "without accounting Slurm keeps no record of how it ended): a SIGTERM "
+                "there is most often a scancel or the job's time limit"
+            )
             return Probe(
                 Liveness.FINISHED,
                 raw=f"Slurm job {job_id} left the queue (no accounting record)",
-                detail={"job_id": job_id},
+                detail={"job_id": job_id, "message": said},
             )
         probe = probe_for(status)
         if probe.liveness == Liveness.ALIVE:

@@ -300,7 +300,8 @@ fb_old() {{
   fb_end "$pid" "$start" {ticks} "" "$token" {dir}
 }}
 fb_old
-rm -rf -- {dir}; mkdir -p -- {dir}; cd -- {dir}; pwd -P
+if [ -e {dir} ] || [ -L {dir} ]; then rm -rf -- {dir}; fi
+mkdir -p -- {dir}; cd -- {dir}; pwd -P
 """
 #: the wrapper's "pid start boot-id token", in the run's remote folder (see _PREPARE)
 WRAPPER_RECORD = "status/wrapper"
