@@ -259,8 +259,9 @@ def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
 @click.option(
     "--before",
     "-d",
-    help="Runs created before this date (YYYY-MM-DD or ISO time); without --state also the "
-    "post-processing runs of then, but each workflow's latest and the one shown.",
+    help="Runs created before this date (YYYY-MM-DD or ISO time, local time unless it gives "
+    "an offset such as +00:00); without --state also the post-processing runs of then, but "
+    "each workflow's latest and the one shown.",
 )
 @click.option("--state", "-s", help="Only runs in this state (SUCCESS, ERROR, CANCELED).")
 @click.option("--workflow", "-w", help="Only runs of this workflow.")

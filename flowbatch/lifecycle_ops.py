@@ -133,8 +133,9 @@ def _finish_delete(site: Site, run_id: str, uid: int) -> int | None:
     checked_id(run_id, "run")
     row = RunRow.get_or_none(RunRow.id == run_id)
     if row is not None:
-        workflow_dir = Path(row.run_dir).parent.parent
-        if os.path.lexists(row.run_dir):
+        run_dir = site.store.row_dir(row)
+        workflow_dir = run_dir.parent.parent
+        if os.path.lexists(run_dir):
             return None  # a run folder without a readable run.json: not a delete's leftover
     else:
         results = site.layout.results
@@ -220,14 +221,16 @@ def _reports_written(site: Site, noted: set[str]) -> None:
 
 # -- cleanup -----------------------------------------------------------------------------------
 def parse_date(text: str) -> datetime:
-    """``2024-05-01`` (midnight UTC) or an ISO-8601 time; a time without offset is UTC."""
+    """``2024-05-01`` (midnight) or an ISO-8601 time, in this machine's local time (``TZ``)
+    unless it gives an offset, as ``date`` and ``find -newermt`` read one (it was UTC
+    whatever ``TZ`` said, which the help did not tell: found by review)."""
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise RequestError(
             f"not a date: {text!r}", expected="YYYY-MM-DD or an ISO-8601 time"
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value if value.tzinfo else value.astimezone()
 
 
 def postproc_feeders(site: Site, workflow: str) -> set[str]:
@@ -300,10 +303,10 @@ def cleanup(
             report.spared.append({**entry, "why": "feeds the current post-processing"})
             continue
         try:
-            run = site.store.load_dir(Path(row.run_dir))
+            run = site.store.load_dir(site.store.row_dir(row))
         except FlowbatchError:
             run = None  # the index is behind the tree: only its rows go
-        entry["bytes"] = tree_size(Path(row.run_dir)) if run else 0
+        entry["bytes"] = tree_size(site.store.row_dir(row)) if run else 0
         report.removed.append(entry)
         if run is not None and run.state not in ACTIVE:  # the tree has the last word
             chosen.append(run)
@@ -661,10 +664,10 @@ def _unindex_trashed(site: Site, paths: list[Path]) -> None:
     ids = sorted(trashed)
     rows: list[Any] = []
     for chunk in range(0, len(ids), 500):
-        query = RunRow.select(RunRow.id, RunRow.run_dir).where(
+        query = RunRow.select(RunRow.id, RunRow.workflow).where(
             RunRow.id.in_(ids[chunk : chunk + 500])
         )
-        rows.extend(r for r in query if not (Path(r.run_dir) / RUN_JSON).is_file())
+        rows.extend(r for r in query if not (site.store.row_dir(r) / RUN_JSON).is_file())
     if not rows:
         return
     changed = {trashed[r.id] for r in rows}

@@ -7,6 +7,7 @@ import json
 import os
 import tarfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -402,3 +403,19 @@ def test_per_user_cap_and_list_by_user(tmp_path: Path) -> None:
 
 def _id(site: Site, name: str) -> str:
     return next(r["id"] for r in api.list_runs(site) if r["name"] == name)
+
+
+def test_a_cleanup_date_is_the_machines_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--before 2024-05-01T09:00` in Tokyo is midnight UTC, as `date` reads it (it was
+    09:00 UTC whatever TZ said: found by review); an offset given stands."""
+    from flowbatch.lifecycle_ops import parse_date
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert parse_date("2024-05-01T09:00") == datetime(2024, 5, 1, tzinfo=UTC)
+        assert parse_date("2024-05-01") == datetime(2024, 4, 30, 15, tzinfo=UTC)
+        assert parse_date("2024-05-01T09:00+00:00") == datetime(2024, 5, 1, 9, tzinfo=UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -111,8 +111,14 @@ class Store:
         if held is not None:
             return held
         row = RunRow.get_or_none(RunRow.id == run_id)
-        run_dir = Path(row.run_dir) if row else self.layout.find_run_dir(run_id)
+        run_dir = self.row_dir(row) if row else self.layout.find_run_dir(run_id)
         return self.load_dir(run_dir)
+
+    def row_dir(self, row: Any) -> Path:
+        """The folder of an index row's run, in this site's tree as it stands: never the
+        row's ``run_dir`` as written (a site folder moved elsewhere, or a copy left at the
+        old place, was read from there: found by review)."""
+        return self.layout.run_dir(row.workflow, row.id)
 
     @staticmethod
     def load_dir(run_dir: Path) -> RunRecord:
