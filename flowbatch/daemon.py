@@ -40,6 +40,7 @@ from .site import Site
 from .spec.request import CancelRequest
 from .store import atomic
 from .store.layout import ID_PATTERN, RUN_PAGE
+from .store.store import lock_holder_at
 
 log = logging.getLogger("flowbatch.daemon")
 
@@ -132,25 +133,6 @@ class SiteLock:
 def lock_holder(site: Site) -> dict[str, Any] | None:
     """Who holds the site's daemon lock, or None when it is free."""
     return lock_holder_at(site.lock_path)
-
-
-def lock_holder_at(path: Path) -> dict[str, Any] | None:
-    """Who holds the daemon lock file ``path`` (what the holder wrote into it), or None
-    when it is free or missing."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = fh.read().strip()
-                try:
-                    return dict(json.loads(text))
-                except ValueError:
-                    return {"info": text}
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    except FileNotFoundError:
-        pass
-    return None
 
 
 class PendingReports:

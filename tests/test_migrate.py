@@ -154,3 +154,47 @@ def test_a_v3_index_gets_the_request_index_and_an_older_flowbatch_refuses_v4(
         mp.setattr(idx, "SCHEMA_VERSION", 3)
         with pytest.raises(IndexError_, match="newer than this flowbatch"):
             Site(hello_site.root).store.db  # noqa: B018
+
+
+def test_no_upgrade_under_the_running_daemon_of_an_older_flowbatch(hello_site: Site) -> None:
+    """A newer flowbatch's command (a `runs list` after the venv was upgraded in place)
+    upgraded the index while the daemon of the older one served it, and went on writing
+    it as it knew it (found by review). It now says what to do; once the daemon stopped
+    (here: its lock let go), the upgrade goes through."""
+    import subprocess
+    import sys
+
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    run_until_idle(hello_site)
+    _downgrade_to_v1(hello_site)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, json, os, sys, time\n"
+            f"fh = open({str(hello_site.lock_path)!r}, 'a+')\n"
+            "fcntl.flock(fh, fcntl.LOCK_EX)\n"
+            "fh.truncate(0); fh.write(json.dumps({'host': 'h', 'pid': os.getpid()})); fh.flush()\n"
+            "print('held', flush=True); time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(IndexError_) as refused:
+            Site(hello_site.root).store  # noqa: B018 - opens the index
+        said = refused.value.summary()
+        assert "schema version 1" in said and f"pid {holder.pid}" in said, said
+        assert "restart the daemon with this flowbatch" in said
+        db = sqlite3.connect(hello_site.layout.index_db)
+        assert db.execute("SELECT value FROM meta_row").fetchone() == ("1",)  # untouched
+        db.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    site = Site(hello_site.root)
+    try:
+        assert [r["state"] for r in api.list_runs(site)] == ["SUCCESS"]
+    finally:
+        site.close()

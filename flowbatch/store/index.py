@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
@@ -374,7 +375,11 @@ def _connect(db: pw.Database, server: bool) -> None:
         pause = min(pause * 2, 0.2)
 
 
-def open_database(url: str | None, default_path: Path) -> pw.Database:
+def open_database(
+    url: str | None,
+    default_path: Path,
+    before_upgrade: Callable[[int], None] | None = None,
+) -> pw.Database:
     """Connect to the index, bind the models, create missing tables, upgrade an older one.
 
     An index made by an older flowbatch is migrated in place (:mod:`.migrate`); one that
@@ -422,9 +427,9 @@ def open_database(url: str | None, default_path: Path) -> pw.Database:
             # time creates or upgrades the tables (CREATE TABLE IF NOT EXISTS races there)
             with db.atomic():
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                _set_up(db)
+                _set_up(db, before_upgrade)
         else:
-            _set_up(db)
+            _set_up(db, before_upgrade)
     except IndexError_ as exc:
         raise exc.at(file=where) from None
     except pw.DatabaseError as exc:
@@ -481,11 +486,15 @@ def _open_read_only(db: ReadOnlySqlite, where: str) -> None:
         )
 
 
-def _set_up(db: pw.Database) -> None:
+def _set_up(db: pw.Database, before_upgrade: Callable[[int], None] | None = None) -> None:
+    """``before_upgrade(found)`` may refuse (raise) an upgrade of an index at version
+    ``found``: one a daemon of an older flowbatch serves."""
     found = migrate.read_version(db)
     # a new index: Store checks it does not stand beside a tree that already has runs
     db.flowbatch_fresh = found is None  # type: ignore[attr-defined]
     if found is not None and found != SCHEMA_VERSION:
+        if before_upgrade is not None and found < SCHEMA_VERSION:
+            before_upgrade(found)
         migrate.upgrade(db, found, SCHEMA_VERSION)
     # only the missing tables: CREATE INDEX IF NOT EXISTS still locks an existing table,
     # which deadlocks against another daemon's writes on PostgreSQL

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import json
 import logging
@@ -30,6 +31,7 @@ from ..runs import ACTIVE, RunRecord, State, apply, now_iso
 from ..text import is_text, shown
 from . import atomic, migrate
 from .index import (
+    SCHEMA_VERSION,
     ClaimRow,
     MetaRow,
     ResultRow,
@@ -68,7 +70,7 @@ class Store:
         self.layout = layout
         self.fsync = fsync
         self._batch_txn: Any = None  # the open batch's transaction (SQLite)
-        self.db = open_database(database_url, layout.index_db)
+        self.db = open_database(database_url, layout.index_db, self._no_older_daemon)
         self.listeners: list[Listener] = []
         #: runs whose ``run.json`` was written but whose index rows were not (see write)
         self.unindexed: dict[str, RunRecord] = {}
@@ -80,6 +82,24 @@ class Store:
         self._room_until = 0.0  # has_room: room was seen, until then (monotonic)
         if check_index:
             self.check_not_lost()
+
+    def _no_older_daemon(self, found: int) -> None:
+        """Before an index at schema version ``found`` is upgraded: no daemon of another
+        process serves the site (one of an older flowbatch, which would go on writing the
+        upgraded index as it knows it: found by review, `runs list` of a newer flowbatch
+        upgraded it under the running daemon of an older one). The daemon that upgrades
+        at its start holds the lock itself by then, or holds none yet."""
+        for path in sorted(self.layout.root.glob("daemon*.lock")):
+            holder = lock_holder_at(path)
+            if holder is not None and holder.get("pid") != os.getpid():
+                who = ", ".join(f"{k} {v}" for k, v in holder.items())
+                raise IndexError_(
+                    f"the index is at schema version {found}, older than this flowbatch's "
+                    f"({SCHEMA_VERSION}), and a daemon serves the site ({who}): upgrading "
+                    "it under that daemon's older flowbatch would break the daemon's writes",
+                    hint="restart the daemon with this flowbatch (it upgrades the index at "
+                    "its start), or use the flowbatch the daemon runs",
+                )
 
     def check_not_lost(self) -> None:
         """A new index beside a tree that has runs means the old one was deleted or
@@ -680,6 +700,25 @@ class Store:
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
+
+
+def lock_holder_at(path: Path) -> dict[str, Any] | None:
+    """Who holds the daemon lock file ``path`` (what the holder wrote into it), or None
+    when it is free or missing."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = fh.read().strip()
+                try:
+                    return dict(json.loads(text))
+                except ValueError:
+                    return {"info": text}
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return None
 
 
 def _tree_owner(run_dir: Path) -> int:
