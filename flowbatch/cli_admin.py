@@ -74,9 +74,19 @@ def doctor(obj: Context, as_json: bool) -> None:
     """Check the site: config, folders, index, templates, executors, daemon.
 
     Exits 1 when a check fails (warnings do not)."""
+    import logging
+
     from .doctor import diagnose, failed
 
-    checks = diagnose(Path(obj.site_dir))
+    # the checks' own log lines (an SSH host's "retrying in 0.5 s") came before the
+    # table on stderr (found by review): the table says how each check ended
+    quiet = logging.NullHandler()
+    logger = logging.getLogger("flowbatch")
+    logger.addHandler(quiet)
+    try:
+        checks = diagnose(Path(obj.site_dir))
+    finally:
+        logger.removeHandler(quiet)
     if as_json:
         _echo_json([c.as_dict() for c in checks])
     else:

@@ -32,6 +32,7 @@ from .executors import build_executors, rebuild_executors, stranded_notes
 from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .lifecycle import Runner
+from .logs import Repeated
 from .postproc import PostProcManager
 from .queue import Claimed, Intake, IntakeResult, is_request_name
 from .report_pages import RunPageWriter, write_run_pages
@@ -308,6 +309,7 @@ class Daemon:
         self._interleave = True  # runs start during intake (off after a failure there)
         self._committed_at = 0.0  # when the intake's index batch was last committed
         self._handing_over = False  # another daemon holds the lock now: stop() says so
+        self._unreachable = Repeated(log)  # a server index away: said once a minute
         self._handover = site.handover_path  # word from a daemon that lost the lock to this
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -503,7 +505,9 @@ class Daemon:
             try:
                 self.site.store.ping()  # a connection the server dropped is made again
             except Exception as exc:  # the server is away: this tick's writes say so
-                log.error("index database unreachable: %s", exc)
+                self._unreachable.failed("index database unreachable: %s", exc)
+            else:
+                self._unreachable.ok("index database reachable again")
         for run in self.site.store.flush_unwritten():  # run.json files a full disk held back
             self.runner.changed_workflows.add(run.workflow)  # its leaderboard is behind
         self.site.store.flush_unindexed()

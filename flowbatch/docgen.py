@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     parser.add_argument("--output", type=Path, default=DOC, help=f"default: {DOC}")
     args = parser.parse_args(argv)
+    if args.output == DOC and not (DOC.parent.parent / "pyproject.toml").is_file():
+        # an installed flowbatch: DOC would be site-packages/docs/cli.md (found by review)
+        parser.error("not in flowbatch's source tree: give --output FILE")
     text = render()
     current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
     if args.check:

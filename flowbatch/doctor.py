@@ -215,7 +215,16 @@ def _check_index(ctx: _Ctx) -> None:
         return
     db = connect_database(url, default)
     try:
-        found = migrate.read_version(db)
+        try:
+            found = migrate.read_version(db)
+        except pw.ImproperlyConfigured as exc:
+            ctx.add(
+                "index",
+                FAIL,
+                f"{where}: {error_line(exc)} (install the driver: "
+                "pip install 'flowbatch[postgres]')",
+            )
+            return
         if found is None:
             if _tree_has_runs(ctx.root):
                 ctx.add("index", FAIL, f"{where}: empty, but the results tree has runs{_REINDEX}")

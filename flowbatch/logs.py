@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 
@@ -49,6 +50,37 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = one_line(record.message)
         return super().formatMessage(record)
+
+
+class Repeated:
+    """One error said once, then at most every ``every`` seconds while it lasts, and its
+    end said once: a server index away logged two lines a tick, every 2 s (found by
+    review)."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0) -> None:
+        self.log = logger
+        self.every = every
+        self._since: float | None = None  # when it began (monotonic)
+        self._said_at = 0.0
+
+    def failed(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if self._since is None:
+            self._since = self._said_at = now
+            self.log.error(message, *args)
+        elif now - self._said_at >= self.every:
+            self._said_at = now
+            self.log.error(
+                message + " (for %.0f s now; said again every %.0f s)",
+                *args,
+                now - self._since,
+                self.every,
+            )
+
+    def ok(self, message: str, *args: object) -> None:
+        if self._since is not None:
+            self.log.info(message + " (after %.0f s)", *args, time.monotonic() - self._since)
+            self._since = None
 
 
 def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:

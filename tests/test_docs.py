@@ -48,3 +48,16 @@ def test_relative_links_resolve(name: str) -> None:
     text = (DOCS / name).read_text()
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (DOCS / target).exists(), f"{name} links to missing {target}"
+
+
+def test_docgen_of_an_installed_flowbatch_asks_where_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside the source tree its default was site-packages/docs/cli.md (found by
+    review): it asks for --output instead."""
+    monkeypatch.setattr(docgen, "DOC", tmp_path / "site-packages" / "docs" / "cli.md")
+    with pytest.raises(SystemExit) as ended:
+        docgen.main([])
+    assert ended.value.code == 2
+    assert not (tmp_path / "site-packages" / "docs").exists()
+    assert docgen.main(["--output", str(tmp_path / "cli.md")]) == 0

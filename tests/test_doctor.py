@@ -232,3 +232,44 @@ def test_an_index_that_cannot_be_opened_is_not_sent_to_reindex(tmp_path: Path) -
     index = next(c for c in checks if c["check"] == "index")
     assert (code, index["status"]) == (1, FAIL), index
     assert "cannot be opened" in index["detail"] and "reindex" not in index["detail"]
+
+
+def test_a_server_index_without_its_driver_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said only "ImproperlyConfigured: psycopg2 postgres driver not found." (found by
+    review); `runs list` gave the hint already."""
+    import peewee
+
+    Site.init(tmp_path / "site")
+    (tmp_path / "site" / "flowbatch.yaml").write_text(
+        "database: postgresql://flowbatch@127.0.0.1:1/flowbatch\n", encoding="utf-8"
+    )
+    monkeypatch.setattr(peewee, "psycopg2", None)
+    code, checks = _doctor(tmp_path / "site")
+    index = next(c for c in checks if c["check"] == "index")
+    assert code == 1 and index["status"] == FAIL
+    assert "pip install 'flowbatch[postgres]'" in index["detail"], index
+
+
+def test_the_checks_own_log_lines_stay_out_of_its_output(tmp_path: Path) -> None:
+    """An SSH host's "(retrying in 0.5 s)" came before the table on stderr (found by
+    review): the table alone says how each check ended."""
+    import subprocess
+    import sys
+
+    Site.init(tmp_path / "site")
+    (tmp_path / "site" / "flowbatch.yaml").write_text(
+        "ssh:\n  gpu1:\n    hostname: 127.0.0.1\n    port: 1\n    user: nobody\n"
+        "    remote_root: /tmp/x\n    known_hosts: /nonexistent/known_hosts\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(tmp_path / "site"), "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert "executor gpu1" in out.stdout and "fail" in out.stdout
+    assert out.stderr == "", out.stderr

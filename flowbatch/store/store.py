@@ -27,6 +27,7 @@ from typing import Any
 import peewee as pw
 
 from ..errors import FlowbatchError, IndexError_, NotFoundError
+from ..logs import Repeated
 from ..runs import ACTIVE, RunRecord, State, apply, now_iso
 from ..text import is_text, shown
 from . import atomic, migrate
@@ -80,6 +81,7 @@ class Store:
         #: the runs whose index rows the open batch holds uncommitted (its commit may fail)
         self._batch_runs: dict[str, RunRecord] = {}
         self._room_until = 0.0  # has_room: room was seen, until then (monotonic)
+        self._unindexed_said = Repeated(log)  # flush_unindexed's failures, said sparingly
         if check_index:
             self.check_not_lost()
 
@@ -327,8 +329,11 @@ class Store:
         try:
             self.index_many(runs)
         except (pw.DatabaseError, pw.InterfaceError) as exc:
-            log.error("index still not writable (%d runs waiting): %s", len(runs), exc)
+            self._unindexed_said.failed(
+                "index still not writable (%d runs waiting): %s", len(runs), exc
+            )
             return
+        self._unindexed_said.ok("the index is writable again")
         log.info("indexed %d runs whose index write had failed", len(runs))
         for run in runs:
             self.unindexed.pop(run.id, None)
