@@ -9,8 +9,9 @@ finishes the delete (also of a run whose folder is gone but whose rows are left)
 ``cleanup --orphans`` removes the entry and its run's rows. The workflows whose reports
 (leaderboards) a removal changes are noted in ``reports-pending/`` first, as the daemon
 notes its own changes, so a crash before the reports are rewritten leaves them owed to
-the daemon's next start. Active runs (PENDING, RUNNING) are never removed: they are
-cancelled first.
+the daemon's next start; the notes of workflows with a post-processing step stay for the
+daemon, which starts it again when the best runs per group changed. Active runs
+(PENDING, RUNNING) are never removed: they are cancelled first.
 
 ``uninstall`` hides the template first (``templates/.<wf>.uninstalling``) and removes that
 last: while it is there, ``uninstall <wf>`` again finishes the interrupted uninstall.
@@ -211,8 +212,17 @@ def _owe_reports(site: Site, workflows: set[str]) -> set[str]:
 
 
 def _reports_written(site: Site, noted: set[str]) -> None:
-    """The reports noted by :func:`_owe_reports` are written: its notes go."""
+    """The reports noted by :func:`_owe_reports` are written: its notes go, but those of
+    workflows with a post-processing step, which stay for the daemon: the best runs per
+    group may have changed, and only the daemon starts post-processing (found by review:
+    a `runs delete` of a group's best run left the post-processing over it)."""
     for workflow in noted:
+        try:
+            template, _ = site.templates.load(workflow)
+        except FlowbatchError:
+            template = None
+        if template is not None and template.postproc is not None:
+            continue  # the daemon's (its idle tick, or its next start)
         try:
             (site.reports_pending_dir / workflow).unlink(missing_ok=True)
         except OSError as exc:

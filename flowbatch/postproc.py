@@ -534,7 +534,9 @@ def _run_view(site: Site, record: PostProcRecord) -> PostProcRunView:
     folder = postproc_root(site, record.workflow) / record.id
     base = href_in(POSTPROC_DIR, record.id)
     outputs = (
-        [_output_view(folder, base, f) for f in record.files] if record.state == "SUCCESS" else []
+        [_output_view(folder, record.id, f) for f in record.files]
+        if record.state == "SUCCESS"
+        else []
     )
     return PostProcRunView(
         id=record.id,
@@ -548,13 +550,15 @@ def _run_view(site: Site, record: PostProcRecord) -> PostProcRunView:
     )
 
 
-def _output_view(folder: Path, base: str, spec: dict[str, Any]) -> PostProcOutput:
+def _output_view(folder: Path, record_id: str, spec: dict[str, Any]) -> PostProcOutput:
     source = str(spec.get("source") or "")
     path = folder / source
     link = PostProcOutput(
         title=str(spec.get("title") or spec.get("key") or source),
         source=source,
-        href=href_in(base, source),
+        # the file's path keeps its "/": encoded, a page opened from the file system
+        # linked nowhere (file:// takes no %2F: found by review)
+        href=href_in(POSTPROC_DIR, record_id, source),
         caption=spec.get("caption"),
     )
     suffix = path.suffix.lower()

@@ -57,6 +57,9 @@ def test_plots_example(site: Site) -> None:
     assert "Error of the best run per group</h3>" in html
     assert "<th>estimate</th>" in html and f"<td>{ranked[0]}</td>" in html
     assert board["postproc"]["shown"] == record.id
+    # each output's link keeps its path's "/" (encoded, it led nowhere from file://)
+    assert f'href="postproc/{record.id}/results/errors.svg"' in html
+    assert "%2F" not in html
 
     # a worse run of a group changes no best run: no new post-processing
     before = postproc_ids(site, "plots")
@@ -313,3 +316,56 @@ def test_post_processing_is_timed_by_its_scripts_markers(site: Site, tmp_path: P
         iso(markers.started[1]),
         iso(markers.exit[1]),
     )
+
+
+def test_a_deleted_best_run_is_post_processed_again(site: Site, tmp_path: Path) -> None:
+    """`runs delete` of a group's best run changes the best runs per group: the daemon
+    starts the post-processing again (it went on showing one over the deleted run, with
+    a daemon serving: found by review). A version switch by `install` rewrites the
+    leaderboard files at once (they kept the old version's runs until a run ended)."""
+    import subprocess
+    import sys
+
+    from flowbatch.daemon import Daemon
+
+    api.install(
+        site,
+        write_template(tmp_path / "q", QUICK_PLOT.format(inputs="results/r.json")),
+        workflow_id="q",
+    )
+    for name, score in (("low", 1), ("high", 5)):
+        drop(
+            site,
+            f"{name}.yaml",
+            {"workflow": "q", "group": "a", "name": name, "arguments": {"s": score}},
+        )
+        run_until_idle(site)
+    [best] = read_state(site, "q")["ranking"]
+    other = next(r["id"] for r in api.list_runs(site) if r["id"] != best)
+    d = Daemon(site)  # serving before the delete (a start looks at every workflow)
+    d.start()
+    d.tick()
+    deleted = subprocess.run(
+        [sys.executable, "-m", "flowbatch", "--site", str(site.root), "runs", "delete", best],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    try:
+        deadline = time.monotonic() + 30
+        while read_state(site, "q")["ranking"] != [other]:
+            assert time.monotonic() < deadline, read_state(site, "q")
+            d._others_at = 0.0  # the daemon's idle look at others' notes, now
+            d.tick()
+            time.sleep(0.05)
+    finally:
+        d.stop()
+    # another version current: its leaderboard files at once, with no run of it yet
+    api.install(
+        site,
+        write_template(tmp_path / "q2", QUICK_PLOT.format(inputs="results/r.json") + "\n# v2\n"),
+        workflow_id="q",
+    )
+    board = json.loads((site.layout.workflow_results("q") / "leaderboard.json").read_text())
+    assert board["ranking"] == [] and board["all"] == []  # the old version's run not shown

@@ -40,6 +40,7 @@ class Installed:
     version: str
     created: bool  # False: this content was installed already
     template: Template
+    previous: str | None = None  # the version that was current before (None: a new id)
 
 
 def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
@@ -205,6 +206,7 @@ class TemplateStore:
             if meta_path.exists()
             else {"id": wf_id, "versions": []}
         )
+        previous = meta.get("current")
         created = not version_dir.is_dir()
         if created:
             tmp = wf_dir / f".{version}.tmp"
@@ -235,7 +237,7 @@ class TemplateStore:
         )
         atomic.write_json(meta_path, meta)
         self._cache[(wf_id, version)] = template
-        return Installed(wf_id, name, version, created, template)
+        return Installed(wf_id, name, version, created, template, previous)
 
     def version_dir(self, workflow_id: str, version: str) -> Path:
         return self.layout.template_dir(workflow_id) / checked_id(version, "version")
