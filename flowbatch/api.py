@@ -704,6 +704,12 @@ def reindex(site: Site) -> int:
 
 
 def _daemon_running(site: Site, holder: object) -> FlowbatchError:
+    if '"role": "cancel"' in str(holder):
+        return FlowbatchError(
+            f"a `flowbatch runs cancel` holds the lock of {site.root} while it applies a "
+            f"cancel ({holder})",
+            hint="run `flowbatch reindex` again in a moment",
+        )
     return FlowbatchError(
         f"a flowbatch daemon is serving {site.root} ({holder}): reindex would replace the "
         "index under it",

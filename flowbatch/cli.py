@@ -509,7 +509,7 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
 
     site = obj.site
     if _applies_cancel_itself(site, run_id):
-        daemon = Daemon(site)
+        daemon = Daemon(site, role="cancel")
         try:
             daemon.start(serve=False)
         except Busy:

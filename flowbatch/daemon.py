@@ -62,6 +62,8 @@ UNWATCH_AFTER = 16
 OTHERS_EVERY = 10.0
 #: how long such a note whose command still runs is left to that command
 OTHERS_GRACE = 3600.0
+#: seconds after a start that made the lock file when the tree is read again (see start)
+RESCAN_AFTER = 10.0
 
 
 class Busy(Exception):
@@ -77,8 +79,12 @@ class SiteLock:
         self.host = host or socket.gethostname()
         self.role = role
         self._fh: IO[str] | None = None
+        #: the file was missing when this lock was taken: made here (a first start, or
+        #: one removed under a daemon that may still run for a moment)
+        self.made = False
 
     def acquire(self) -> None:
+        made = not os.path.lexists(self.path)
         fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the lifetime
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -95,6 +101,7 @@ class SiteLock:
         fh.write(json.dumps(held) + "\n")
         fh.flush()
         self._fh = fh
+        self.made = made
 
     def release(self) -> None:
         if self._fh:
@@ -273,7 +280,7 @@ class Daemon:
     #: is left to do, before it ends with an error (it ticked forever before)
     UNINDEXED_PATIENCE = 60.0
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, *, role: str = "daemon") -> None:
         self.site = site
         self._index_waiting_since: float | None = None
         self.wakeup = threading.Event()
@@ -293,7 +300,8 @@ class Daemon:
         self.runner.before_report_change = self.pending_reports.mark
         self.postproc.before_report_change = self.pending_reports.mark
         RunPageWriter.attach(site)  # writes a run's page once it has ended
-        self.lock = SiteLock(site.lock_path, site.host)
+        self.lock = SiteLock(site.lock_path, site.host, role=role)
+        self.runner.may_launch = self._still_serving
         self._observer: Any = None  # the queue watcher, while serve() sleeps (see watch())
         self._no_inotify = False  # the watcher could not start: rescans only
         self._room = True  # the results tree had room at the last tick (said on a change)
@@ -310,6 +318,8 @@ class Daemon:
         self._committed_at = 0.0  # when the intake's index batch was last committed
         self._handing_over = False  # another daemon holds the lock now: stop() says so
         self._unreachable = Repeated(log)  # a server index away: said once a minute
+        self._resync_due = False  # the lock was taken again: the tree may have changed
+        self._rescan_at: float | None = None  # a look at the tree again (see start)
         self._handover = site.handover_path  # word from a daemon that lost the lock to this
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -318,6 +328,14 @@ class Daemon:
         stopped daemon had claimed (False for `runs cancel`, which touches no request)."""
         self.site.layout.ensure()
         self.lock.acquire()
+        if self.lock.made and self.lock.role == "daemon":
+            # the lock file was missing: removed, perhaps, under a daemon that serves on
+            # until its next look at it (it then stops, and says so: daemon.handover); a
+            # daemon killed instead says nothing: the tree is read again once any
+            # daemon would have looked (found by review: its last runs stayed RUNNING)
+            self._rescan_at = time.monotonic() + max(
+                RESCAN_AFTER, 3 * self.site.config.polling.interval
+            )
         self.runner.recover()
         if serve:  # the never-started runs of requests claimed just before the stop,
             # made again whole (a power loss may have emptied their files): see
@@ -365,6 +383,9 @@ class Daemon:
                 "releases it with its process)",
                 self.lock.path,
             )
+            # another process may have held it meanwhile (a `runs cancel` applying itself
+            # cancelled a run this daemon held as waiting: found by review)
+            self._resync_due = True
             return True
         log.error(
             "the daemon lock %s was removed while this daemon held it, and another daemon "
@@ -420,6 +441,58 @@ class Daemon:
             return
         log.warning("%d active run(s) left to the daemon that holds the lock now", len(runs))
 
+    def _still_serving(self) -> bool:
+        """Before each launch (:attr:`Runner.may_launch`): this daemon holds the site's
+        lock. A lock removed and taken by another daemon meanwhile: none of the runs this
+        one holds as waiting, which the other read from the tree at its start, may be
+        launched here too (found by review: one ran twice). Locked again: nothing is
+        launched before the tree is read again (the next tick)."""
+        if not self.lock.lost():
+            return True
+        self._lock_retaken()
+        return False
+
+    def _resync(self) -> None:
+        """After the lock was taken again: the runs held here as another process left
+        them in the tree (a run it cancelled ends here; one it launched is adopted),
+        then every active run the tree has, and the claims left."""
+        self._resync_due = False
+        store = self.site.store
+        changed = []
+        for run_id, held in list(self.runner.active.items()):
+            if run_id in store.unwritten:
+                continue  # this daemon's record is the newer one
+            try:
+                found = store.load_dir(store.run_dir(held))
+            except (OSError, FlowbatchError):
+                continue
+            if (found.state, found.attempt, found.handle) != (
+                held.state,
+                held.attempt,
+                held.handle,
+            ):
+                del self.runner.active[run_id]
+                changed.append(run_id)
+                if not found.state.active:
+                    self.runner.changed_workflows.add(found.workflow)
+        self._read_tree_again(
+            f"the lock was taken again ({len(changed)} run(s) changed meanwhile"
+            + (f": {', '.join(changed[:20])})" if changed else ")")
+        )
+
+    def _read_tree_again(self, why: str) -> None:
+        """The tree's active runs this daemon does not hold, taken over; the claims left
+        in the queue, looked at (as at a start)."""
+        taken = self.runner.recover()
+        self.intake.look_in_claimed()
+        if taken:
+            log.warning(
+                "%s: %d run(s) taken over: %s",
+                why,
+                len(taken),
+                ", ".join(run.id for run in taken[:20]),
+            )
+
     def _take_over(self) -> None:
         """A daemon that lost the lock to this one handed over (:meth:`_hand_over`): read
         the tree again for active runs this one does not hold, and the queue's claims
@@ -434,14 +507,8 @@ class Daemon:
         except OSError as exc:
             log.error("cannot take the hand-over in %s: %s", path, exc.strerror or exc)
             return
-        taken = self.runner.recover()
-        self.intake.look_in_claimed()
-        log.warning(
-            "a daemon that lost the lock to this one handed over (%s): %d run(s) taken over%s",
-            note[:200],
-            len(taken),
-            f": {', '.join(run.id for run in taken[:20])}" if taken else "",
-        )
+        log.warning("a daemon that lost the lock to this one handed over: %s", note[:200])
+        self._read_tree_again("after the hand-over")
 
     def watch(self) -> None:
         """inotify on the queue folder (best effort: the periodic rescan is the fallback).
@@ -499,8 +566,13 @@ class Daemon:
         self._taken = 0
         if self.lock.lost() and not self._lock_retaken():
             return
+        if self._resync_due:
+            self._resync()
         if os.path.exists(self._handover):  # a stat a tick
             self._take_over()
+        if self._rescan_at is not None and time.monotonic() >= self._rescan_at:
+            self._rescan_at = None
+            self._read_tree_again("the lock file was made at this daemon's start")
         if self.site.shared:
             try:
                 self.site.store.ping()  # a connection the server dropped is made again
@@ -557,8 +629,11 @@ class Daemon:
             self.runner.add(run)
         if self.stopping:
             return False
-        if self.lock.lost() and not self._lock_retaken():
-            return False  # another daemon serves the site now: this one takes no more
+        if self.lock.lost():
+            # another daemon serves the site now: this one takes no more; or it was
+            # locked again, and the tree is read again first (the next tick)
+            self._lock_retaken()
+            return False
         if not self.site.store.has_room():
             return False  # the rest waits for room
         self._taken += 1
@@ -1004,7 +1079,7 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
         # wait on for ever (found by review: SIGTERM then hung the daemon)
         daemon._install_signals()
     try:
-        daemon.start()
+        _start_when_free(daemon)
     except Busy as busy:
         if _role(str(busy)) == "reindex":  # not served meanwhile: a failure, restarted
             raise FlowbatchError(
@@ -1026,6 +1101,15 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
     finally:
         notify.stopping()
         daemon.stop()
+    if daemon._handing_over:
+        # a failure, so that the service manager starts it again (Restart=on-failure):
+        # the holder may be a command that ends in a moment, the site left unserved
+        raise FlowbatchError(
+            f"stopped: its lock file {daemon.lock.path} was removed while it served, and "
+            "another process took the new one",
+            hint="never remove daemon.lock; start the daemon again (systemd does): it "
+            "serves once that process has let the lock go",
+        )
     owed = sorted(site.store.unwritten)
     if owed:
         raise FlowbatchError(
@@ -1034,6 +1118,23 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
             "runs' files say an older state (one launched may be started again)",
         )
     return None
+
+
+#: seconds a starting daemon waits for a `runs cancel` that holds the site's lock while it
+#: applies a cancel itself (it said "another daemon serves" and exited 0: found by review)
+CANCEL_HOLD = 60.0
+
+
+def _start_when_free(daemon: Daemon) -> None:
+    deadline = time.monotonic() + CANCEL_HOLD
+    while True:
+        try:
+            daemon.start()
+            return
+        except Busy as busy:
+            if _role(str(busy)) != "cancel" or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def _role(held: str) -> str:

@@ -16,7 +16,7 @@ import signal
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -209,6 +209,11 @@ class Runner:
         #: slots of an executor taken by processes that are not runs (the daemon counts
         #: its post-processing on ``local``): executor name -> how many
         self.reserved: Callable[[str], int] = lambda name: 0
+        #: asked before each launch: False when this daemon no longer serves the site
+        #: (another took its lock), so that it launches nothing another one holds too
+        self.may_launch: Callable[[], bool] = lambda: True
+        #: waiting runs taken from the tree, whose run.json dispatch reads once more
+        self._from_tree: set[str] = set()
 
     # -- bookkeeping --------------------------------------------------------------------------
     def add(self, run: RunRecord) -> None:
@@ -313,13 +318,24 @@ class Runner:
         taken over."""
         # a shared site: only this host's runs (the others are another daemon's); a site
         # of one host takes every active run, even if the machine's name has changed
+        return self._take(self.store.sync_active(self.site.host if self.site.shared else None))
+
+    def _take(self, runs: Iterable[RunRecord]) -> list[RunRecord]:
+        """Take over ``runs`` as the tree has them (:meth:`recover`); returns those taken."""
         unmarked: list[RunRecord] = []
         taken: list[RunRecord] = []
-        for run in self.store.sync_active(self.site.host if self.site.shared else None):
-            if run.id in self.active:
-                continue
+        for run in runs:
+            held = self.active.get(run.id)
+            if held is not None:
+                if held.state != State.PENDING or held.handle or not (run.launched or run.handle):
+                    continue
+                # held here as waiting, launched since by the daemon that had the lock
+                # (found by review: it was launched here again, and ran twice)
+                del self.active[run.id]
             taken.append(run)
             self.active[run.id] = run
+            if run.state == State.PENDING:
+                self._from_tree.add(run.id)  # dispatch looks at its run.json once more
             run_dir = self.store.run_dir(run)
             executor = self.executor_of(run)
             if run.state == State.PENDING and run.executor == "local":
@@ -439,6 +455,12 @@ class Runner:
                 continue  # another executor may still have room
             if fairshare.hold(self.store, run, shares):
                 continue  # over its user's or group's cap; others' runs may start
+            if not self.may_launch():
+                break  # another daemon serves the site now
+            if run.id in self._from_tree:
+                self._from_tree.discard(run.id)
+                if self._launched_elsewhere(run):
+                    continue
             if run.sweep and isinstance(executor, LaunchesMany):
                 launched += self._launch_sweep(run, executor, busy, shares)
                 continue
@@ -466,6 +488,24 @@ class Runner:
             shares.add(run)
             launched += 1
         return launched
+
+    def _launched_elsewhere(self, run: RunRecord) -> bool:
+        """A waiting run this daemon took from the tree (at its start, or when it read the
+        tree again) that another daemon launched since, in the moment two daemons served
+        the site (a lock file removed: found by review, it ran twice): its record, or its
+        ``started`` marker, says so. Taken over as it is, not launched here."""
+        run_dir = self.store.run_dir(run)
+        try:
+            found = self.store.load_dir(run_dir)
+        except (OSError, FlowbatchError):
+            return False
+        started = found.executor == "local" and read_markers(run_dir).started is not None
+        if not (found.launched or found.handle or started):
+            return False
+        log.warning("run %s was launched by another daemon: taken over, not launched", run.id)
+        del self.active[run.id]
+        self._take([found])
+        return True
 
     def _launch_of(self, run: RunRecord) -> Launch:
         return Launch(
