@@ -521,7 +521,7 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
                     daemon.write_reports()  # no tick: nothing else is taken in or started
             finally:
                 daemon.stop()
-            click.echo(f"{run_id}: {site.store.load(run_id).state.value}")
+            click.echo(_cancel_outcome(run_id, site.store.load(run_id).state.value))
             return
     # the daemon's own checks (owner or root, an active run), as it will make them: the
     # uid is the one that owns the queued request file
@@ -531,7 +531,13 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
     if state in ("PENDING", "RUNNING"):
         click.echo(f"{run_id}: {state} (cancel queued as {name}: the daemon applies it)")
     else:
-        click.echo(f"{run_id}: {state}")
+        click.echo(_cancel_outcome(run_id, state))
+
+
+def _cancel_outcome(run_id: str, state: str) -> str:
+    if state == "CANCELED":
+        return f"{run_id}: CANCELED"
+    return f"{run_id}: {state} (it had ended before the cancel)"
 
 
 def _applies_cancel_itself(site: Site, run_id: str) -> bool:

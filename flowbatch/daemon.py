@@ -720,6 +720,13 @@ class Daemon:
                 log.info("cancel of run %s: done before a restart", req.cancel)
                 self._settle_cancel(claimed, req.cancel)
                 return
+            ended = self._ended_before(req.cancel, claimed.uid)
+            if ended is not None:
+                # `runs cancel` queued it while the run was active: no error of the
+                # request's (found by review: a rejection was left in queue/rejected/)
+                log.info("cancel of run %s: it had ended (%s) before the cancel", req.cancel, ended)
+                self._settle_cancel(claimed, req.cancel)
+                return
             self.intake.reject(claimed, exc.at(file=claimed.name, prefix="cancel"))
             return
         except Exception as exc:  # never re-read the same cancel forever
@@ -738,6 +745,17 @@ class Daemon:
             )
             return
         self.intake.settler.add(claimed.path)  # removed once the run's end is on disk
+
+    def _ended_before(self, run_id: str, uid: int) -> str | None:
+        """The final state of ``run_id`` when it has ended and ``uid`` (its owner or root)
+        could have cancelled it while it ran; else None."""
+        try:
+            run = self.site.store.load(run_id)
+        except FlowbatchError:
+            return None
+        if run.state.active or uid not in (0, run.owner_uid):
+            return None
+        return run.state.value
 
     def _already_canceled(self, run_id: str) -> bool:
         try:

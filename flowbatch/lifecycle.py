@@ -783,6 +783,15 @@ class Runner:
         submission whose answer never came (the job may exist, and is cancelled by
         name)."""
         executor = self.executor_of(run)
+        if executor is not None and run.state == State.RUNNING and run.handle:
+            # a script that ended before the cancel came (no poll saw it yet, or no
+            # daemon ran): its end stands (found by review: a SUCCESS and its results
+            # were recorded as CANCELED)
+            probe = executor.poll([(run.id, run.handle)]).get(run.id)
+            if probe is not None and probe.liveness == Liveness.FINISHED:
+                log.info("run %s had ended before its cancel: its end is recorded", run.id)
+                self._finalize_safely(run, probe)
+                return
         if executor is not None and (run.state == State.RUNNING or run.handle):
             self._kill(run, executor, State.CANCELED, reason)
         else:
