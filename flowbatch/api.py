@@ -27,7 +27,7 @@ from .spec.template import TOP_KEYS, load_template
 from .store import atomic
 from .store.index import RunRow, WorkflowRow
 from .store.layout import BUNDLE_SUFFIX
-from .store.store import Store, run_rows
+from .store.store import Store, run_rows, tree_change
 from .store.templates import Installed
 from .sweep import Point
 
@@ -64,11 +64,14 @@ def install(
     # the executor it names must be the site's (parsed once more by the install: cheap)
     template = load_template(src.spec_path, known_variables=site.templates.variables)
     check_template_executor(site, template, str(src.spec_path))
-    with Progress(f"installing {src.spec_path.parent.name}") as bar:  # big templates
+    with (
+        tree_change(site.root, "install"),
+        Progress(f"installing {src.spec_path.parent.name}") as bar,  # big templates
+    ):
         installed = site.templates.install(src, workflow_id=workflow_id, name=name, progress=bar)
-    index_workflow(site, installed.id)
-    if installed.previous not in (None, installed.version):
-        _version_switched(site, installed.id)
+        index_workflow(site, installed.id)
+        if installed.previous not in (None, installed.version):
+            _version_switched(site, installed.id)
     return installed
 
 
@@ -698,7 +701,8 @@ def reindex(site: Site) -> int:
                 holder = None if other == site.lock_path else lock_holder_at(other)
                 if holder is not None:
                     raise _daemon_running(site, holder)
-        return _reindex(site)
+        with tree_change(site.root, "reindex", rebuild=True):
+            return _reindex(site)
     finally:
         lock.release()
 

@@ -19,21 +19,27 @@ last: while it is there, ``uninstall <wf>`` again finishes the interrupted unins
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .errors import FlowbatchError, NotFoundError, RequestError, StateError
 from .runs import ACTIVE, RunRecord, State, parse_state
 from .site import Site
 from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
+from .store.store import tree_change
 
 log = logging.getLogger("flowbatch.lifecycle_ops")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 TRASH = ".trash"
 #: a ``.tmp`` leftover younger than this may still be written by a live intake or submit
@@ -60,6 +66,24 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _changes_tree(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """The command holds the site's rebuild lock, shared (:func:`tree_change`): never
+    beside a ``reindex`` (a dry run changes nothing)."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            site = args[0]
+            if kwargs.get("dry_run") or not isinstance(site, Site):
+                return fn(*args, **kwargs)
+            with tree_change(site.root, command):
+                return fn(*args, **kwargs)
+
+        return guarded
+
+    return wrap
 
 
 def _unindex(run_ids: list[str]) -> None:
@@ -106,6 +130,7 @@ def _check_owner(run: RunRecord | RunRow, uid: int) -> None:
 
 
 # -- delete ------------------------------------------------------------------------------------
+@_changes_tree("runs delete")
 def delete_run(site: Site, run_id: str, *, uid: int | None = None) -> int:
     """Delete one inactive run (tree and index); returns the bytes freed. A run whose
     delete was interrupted (its folder in ``.trash`` or gone, its rows left) is finished."""
@@ -272,6 +297,7 @@ class CleanupReport:
         return asdict(self)
 
 
+@_changes_tree("cleanup")
 def cleanup(
     site: Site,
     before: str,
@@ -377,6 +403,7 @@ def _old_postproc(site: Site, cutoff: datetime, workflow: str | None) -> list[di
 
 
 # -- uninstall ---------------------------------------------------------------------------------
+@_changes_tree("uninstall")
 def uninstall(site: Site, workflow: str) -> dict[str, Any]:
     """Remove a workflow: its template (every version), its results tree and its index
     rows. Refused while any of its runs is active.

@@ -419,3 +419,28 @@ def test_a_cleanup_date_is_the_machines_local_time(monkeypatch: pytest.MonkeyPat
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_no_removal_beside_a_reindex_and_no_reindex_beside_one(site: Site, tmp_path: Path) -> None:
+    """`cleanup` while `reindex` rebuilt the index: the rebuilt index held the removed
+    runs, their folders gone, and the leaderboard showed them (found by review). The
+    commands that change the tree share the rebuild lock, which `reindex` holds alone."""
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.store.store import tree_change
+
+    install(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    run_id = api.list_runs(site)[0]["id"]
+    with tree_change(site.root, "reindex", rebuild=True):  # a reindex under way
+        with pytest.raises(FlowbatchError, match="`flowbatch reindex` is rebuilding"):
+            cleanup(site, "2999-01-01")
+        with pytest.raises(FlowbatchError, match="rebuilding"):
+            api.install(site, tmp_path / "t1", workflow_id="wf2")
+        assert cleanup(site, "2999-01-01", dry_run=True).removed  # a dry run reads only
+    with tree_change(site.root, "cleanup"):  # a removal under way
+        with pytest.raises(FlowbatchError, match="would be rebuilt without its change"):
+            api.reindex(site)
+    assert [r["id"] for r in api.list_runs(site)] == [run_id]
+    assert cleanup(site, "2999-01-01").removed
+    assert api.list_runs(site) == []

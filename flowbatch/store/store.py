@@ -707,6 +707,34 @@ class Store:
             self.db.close()
 
 
+#: the lock of the results tree's rebuilds, in the site folder: ``reindex`` holds it alone,
+#: the commands that change the tree beside the daemon (runs delete, cleanup, install,
+#: uninstall) share it. A removal during a reindex came back as runs of the rebuilt index
+#: whose folders were gone (found by review)
+REBUILD_LOCK = "reindex.lock"
+
+
+@contextmanager
+def tree_change(root: Path, command: str, *, rebuild: bool = False) -> Iterator[None]:
+    """Hold the site's :data:`REBUILD_LOCK` while ``command`` changes the tree: shared, or
+    alone for a ``rebuild``. Refused at once when the other kind holds it."""
+    fd = os.open(root / REBUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if rebuild else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FlowbatchError(
+                "a command that changes the results tree (runs delete, cleanup, install, "
+                "uninstall) is running: the index would be rebuilt without its change"
+                if rebuild
+                else "`flowbatch reindex` is rebuilding the index: this change would be lost",
+                hint=f"run `flowbatch {command}` again once it has finished",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def lock_holder_at(path: Path) -> dict[str, Any] | None:
     """Who holds the daemon lock file ``path`` (what the holder wrote into it), or None
     when it is free or missing."""
