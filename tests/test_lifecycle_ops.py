@@ -438,9 +438,11 @@ def test_no_removal_beside_a_reindex_and_no_reindex_beside_one(site: Site, tmp_p
         with pytest.raises(FlowbatchError, match="rebuilding"):
             api.install(site, tmp_path / "t1", workflow_id="wf2")
         assert cleanup(site, "2999-01-01", dry_run=True).removed  # a dry run reads only
-    with tree_change(site.root, "cleanup"):  # a removal under way
-        with pytest.raises(FlowbatchError, match="would be rebuilt without its change"):
-            api.reindex(site)
+    with (
+        tree_change(site.root, "cleanup"),  # a removal under way
+        pytest.raises(FlowbatchError, match="would be rebuilt without its change"),
+    ):
+        api.reindex(site)
     assert [r["id"] for r in api.list_runs(site)] == [run_id]
     assert cleanup(site, "2999-01-01").removed
     assert api.list_runs(site) == []
