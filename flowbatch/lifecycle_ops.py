@@ -34,7 +34,7 @@ from .runs import ACTIVE, RunRecord, State, parse_state
 from .site import Site
 from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
-from .store.store import tree_change
+from .store.store import lock_holder_at, tree_change
 
 log = logging.getLogger("flowbatch.lifecycle_ops")
 
@@ -66,6 +66,22 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _no_daemon_serving(site: Site, command: str) -> None:
+    """Refuse while a daemon (another process's) serves the site: its intake may be
+    making runs of the workflow this moment, which the index shows only once they are
+    committed (found by review: `uninstall` went ahead beside such a run, took its folder
+    away and left its PENDING row, or failed half-way on a locked database)."""
+    for path in sorted(site.root.glob("daemon*.lock")):
+        holder = lock_holder_at(path)
+        if holder is not None and holder.get("pid") != os.getpid():
+            who = ", ".join(f"{k} {v}" for k, v in holder.items())
+            raise StateError(
+                f"a flowbatch daemon serves {site.root} ({who}): `{command}` needs it stopped",
+                hint=f"stop the daemon (systemctl stop flowbatch), run `flowbatch {command}`, "
+                "then start it again",
+            )
 
 
 def _changes_tree(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -414,6 +430,7 @@ def uninstall(site: Site, workflow: str) -> dict[str, Any]:
     page: a crash at any step leaves the hidden template, and ``uninstall <wf>`` again
     finishes the job ("resumed" in the answer)."""
     checked_id(workflow, "workflow")
+    _no_daemon_serving(site, "uninstall")
     tpl = site.layout.template_dir(workflow)
     hidden = tpl.with_name(f".{workflow}.uninstalling")
     results = site.layout.workflow_results(workflow)

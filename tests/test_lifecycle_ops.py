@@ -446,3 +446,25 @@ def test_no_removal_beside_a_reindex_and_no_reindex_beside_one(site: Site, tmp_p
     assert [r["id"] for r in api.list_runs(site)] == [run_id]
     assert cleanup(site, "2999-01-01").removed
     assert api.list_runs(site) == []
+
+
+def test_uninstall_waits_for_the_daemon_to_be_stopped(site: Site, tmp_path: Path) -> None:
+    """Beside a serving daemon, `uninstall` went ahead while the intake made a run of the
+    workflow (not in the index yet), took its folder and left its row (found by review).
+    It says to stop the daemon first, and does the job once it is stopped."""
+    from .conftest import serving
+
+    install(site, tmp_path)
+    with serving(site.root) as daemon:
+        deadline = time.monotonic() + 60
+        while f'"pid": {daemon.pid}' not in (
+            site.lock_path.read_text() if site.lock_path.exists() else ""
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(StateError, match="needs it stopped") as refused:
+            uninstall(site, "wf")
+        assert "systemctl stop flowbatch" in refused.value.summary()
+    assert "wf" in site.templates.list_ids()
+    uninstall(site, "wf")
+    assert "wf" not in site.templates.list_ids()
