@@ -234,6 +234,13 @@ def wait_for_request(
             expected=info.get("expected"),
             hint=info.get("hint") or f"see {site.layout.rejected}",
         )
+    if outcome.unknown:
+        raise FlowbatchError(
+            f"no request named {name!r}: it is not in the queue, not being taken in, not "
+            "rejected, and no run came from it",
+            hint="give the name `submit` printed (see `flowbatch runs list`, column "
+            "REQUEST, or ls the queue)",
+        )
     _end_wait(outcome, timeout, what=f"{name} made no run (every point had run already)")
 
 

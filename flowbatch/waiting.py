@@ -53,6 +53,8 @@ class Outcome:
     runs: list[dict[str, Any]] = field(default_factory=list)
     rejected: dict[str, Any] | None = None
     timed_out: bool = False
+    #: no trace of the request anywhere: not queued, claimed or rejected, no run of it
+    unknown: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -69,7 +71,7 @@ class Outcome:
         ``timeout`` says it), the runs go on."""
         if self.timed_out:
             return 124
-        return 0 if self.succeeded else 1
+        return 0 if self.succeeded and not self.unknown else 1
 
 
 def request_stage(layout: Layout, name: str) -> str:
@@ -235,8 +237,10 @@ def wait_request(
     told_unclaimed = False
     empty_since: float | None = None  # when it was first found done with no run
     ended: set[str] = set()
+    seen = since is not None  # queued by this process (submit): it existed
     while True:
         stage_now, claimed = claim_of(layout, name)
+        seen = seen or stage_now != DONE
         if stage_now != DONE and since is None:
             since = time.time()  # seen waiting: what is older is another request's
         if claimed:
@@ -259,6 +263,10 @@ def wait_request(
         if stage == DONE and all(State(r["state"]) in TERMINAL for r in runs):
             if runs:
                 return Outcome(runs=runs)
+            if not seen and token is None:
+                # never seen waiting, no claim in the index, no rejection: a name no
+                # request had (found by review: a typo exited 0, "made no run")
+                return Outcome(unknown=True)
             empty_since = now if empty_since is None else empty_since
             if now - empty_since >= NO_RUN_GRACE:
                 return Outcome(runs=[])  # a sweep whose points had all run

@@ -265,3 +265,24 @@ def test_an_older_request_of_the_same_name_is_not_this_one(wsite: Site) -> None:
     outcome = waiting.wait_request(wsite, "r.yaml", timeout=30, since=since)
     assert outcome.rejected is None and [r["state"] for r in outcome.runs] == ["SUCCESS"]
     assert outcome.exit_code == 0
+
+
+def test_a_request_name_never_seen_is_an_error(
+    wsite: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped name exited 0, "made no run (every point had run already)" (found by
+    review): a name with no trace in the queue, the claims, the rejections and the index
+    is an error. A request that existed and made no run still exits 0."""
+    monkeypatch.setattr(waiting, "NO_RUN_GRACE", 0.2)
+    result = CliRunner().invoke(
+        main, ["--site", str(wsite.root), "runs", "wait", "--request", "no-such-request.yaml"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "no request named 'no-such-request.yaml'" in result.output
+    # one that ran: known by its runs in the index, long after its claim went
+    drop(wsite, "ran.yaml", {"workflow": "w"})
+    run_until_idle(wsite)
+    result = CliRunner().invoke(
+        main, ["--site", str(wsite.root), "runs", "wait", "--request", "ran.yaml"]
+    )
+    assert result.exit_code == 0 and "SUCCESS" in result.output, result.output
