@@ -284,6 +284,26 @@ def _describe(template: Template) -> str:
 
 
 # -- submitting ----------------------------------------------------------------------------
+def _may_queue(site: Site) -> None:
+    """This user may write the queue: else one line with what to ask for, as `doctor`
+    says it (found by review: a bare PermissionError on a temporary file's name)."""
+    from .accounts import user_name
+
+    queue = site.layout.queue
+    if os.access(queue, os.W_OK | os.X_OK):
+        return
+    try:
+        owner = user_name(queue.stat().st_uid)
+    except OSError:
+        owner = "the site's owner"
+    raise FlowbatchError(
+        f"you ({user_name(os.geteuid())}) cannot queue requests on this site: {queue} is "
+        "not writable for you",
+        hint=f"ask its admin ({owner}, the daemon's user) to let you write queue/ (e.g. a "
+        "group of participants and mode 1770, see docs/admins.md)",
+    )
+
+
 def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str:
     """Queue a request together with the files its arguments name.
 
@@ -295,6 +315,7 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
     then renamed): the daemon sees the request only once everything it needs is in place.
     """
     request_path = request_path.resolve()
+    _may_queue(site)
     doc = yamlio.load_file(request_path, max_bytes=site.config.max_request_bytes)
     if retry_failed and isinstance(doc, dict):
         doc["retry_failed"] = True

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -433,3 +435,22 @@ def test_a_request_its_daemon_may_not_read_is_an_ordinary_rejection(
     error = (site_dir / "queue" / "rejected" / "private.yaml.error.yaml").read_text()
     assert "may not read the request file (mode 0200" in error and "chmod a+r" in error
     assert "bug" not in error
+
+
+def test_a_participant_who_may_not_queue_is_told_what_to_ask_for(
+    root_site: Path, tmp_path: Path
+) -> None:
+    """A bare "PermissionError: [Errno 13] Permission denied: '.../queue/.r-46526d.files.tmp'"
+    (found by review): `submit` says what `doctor` says."""
+    Path(root_site, "queue").chmod(0o1770)
+    request = Path(tempfile.mkdtemp(prefix="fb-req-", dir="/tmp"))
+    try:
+        request.chmod(0o755)
+        (request / "r.yaml").write_text("workflow: wf\narguments: {score: 1}\n", encoding="utf-8")
+        (request / "r.yaml").chmod(0o644)
+        done = participant(root_site, "submit", str(request / "r.yaml"))
+        assert done.returncode == 1, done
+        assert "cannot queue requests on this site" in done.stderr, done.stderr
+        assert "ask its admin (root" in done.stderr and "PermissionError" not in done.stderr
+    finally:
+        shutil.rmtree(request, ignore_errors=True)
