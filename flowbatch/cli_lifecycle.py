@@ -99,6 +99,10 @@ def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
         for v in info["versions"]
     ]
     _table(rows, ["version", "installed_at", "runs", "states"])
+    if info.get("description"):
+        click.echo(f"\n{info['description']}")
+    if info.get("instructions"):
+        click.echo(f"\ninstructions:\n{info['instructions'].rstrip()}")
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -105,7 +105,8 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
     if chart is None:
         chart = chart_runs(template.results, best, lambda groups: group_runs(workflow, groups))
     shown = {e.run.run_id for e in best} | {e.run.run_id for e in views.top}
-    title = site.templates.meta(workflow).get("name") or workflow
+    meta = site.templates.meta(workflow)
+    title = meta.get("name") or workflow
     write_leaderboard(
         site.layout.workflow_results(workflow),
         workflow,
@@ -119,6 +120,8 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
         all_shown=all_shown,
         all_total=views.total,
         chart_entries=chart,
+        description=meta.get("description"),
+        instructions=meta.get("instructions"),
     )
     return True
 

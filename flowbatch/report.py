@@ -155,6 +155,8 @@ def write_leaderboard(
     all_shown: int = ALL_RUNS_SHOWN,
     all_total: int | None = None,
     chart_entries: list[RankEntry] | None = None,
+    description: str | None = None,
+    instructions: str | None = None,
 ) -> None:
     """Write ``leaderboard.json``, ``leaderboard.csv`` and ``leaderboard.html`` into
     ``out_dir`` (created if missing), each atomically.
@@ -180,6 +182,8 @@ def write_leaderboard(
     ranking, and how many runs it has), ``postproc`` (when given) and ``generated_at``
     (ISO-8601 UTC). The CSV holds the best-per-group ranking. Every file is bounded in
     size whatever the number of runs; ``flowbatch ranking --all --json`` gives every run.
+    ``description`` and ``instructions`` (the template's manifest) head the page, for
+    the participants (the instructions were shown nowhere: found by review).
     """
     generated_at = datetime.now(UTC).replace(microsecond=0)
     files = files or {}
@@ -216,6 +220,8 @@ def write_leaderboard(
         all_shown=all_shown,
         all_total=all_total,
         chart_entries=chart_entries,
+        description=description,
+        instructions=instructions,
     )
     write_text(out_dir / HTML_NAME, html)
 
@@ -280,9 +286,12 @@ def render_leaderboard_html(
     all_shown: int = ALL_RUNS_SHOWN,
     all_total: int | None = None,
     chart_entries: list[RankEntry] | None = None,
+    description: str | None = None,
+    instructions: str | None = None,
 ) -> str:
-    """The leaderboard page as an HTML string (see the module docstring); ``all_total``
-    and ``chart_entries`` as for :func:`write_leaderboard`."""
+    """The leaderboard page as an HTML string (see the module docstring); ``all_total``,
+    ``chart_entries``, ``description`` and ``instructions`` as for
+    :func:`write_leaderboard`."""
     files = files or {}
     desc = {k.name: k.sort_desc for k in schema.order_by}
     columns = [
@@ -318,6 +327,8 @@ def render_leaderboard_html(
             for k in schema.order_by
         ),
         chart=_chart(schema, chart_entries, groups=groups),
+        description=description,
+        instructions=instructions,
         postproc=postproc,
     )
 

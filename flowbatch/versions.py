@@ -52,6 +52,7 @@ def workflow_info(site: Site, workflow: str) -> dict[str, Any]:
         "id": workflow,
         "name": meta.get("name"),
         "description": meta.get("description"),
+        "instructions": meta.get("instructions"),
         "current": meta.get("current"),
         "versions": versions,
         "runs": sum(v["runs"] for v in versions),

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import re
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,10 @@ from flowbatch.report import (
     format_number,
     write_leaderboard,
 )
+from flowbatch.site import Site
 from flowbatch.spec.model import ResultColumn, ResultSchema, SortKey
+
+from .conftest import drop, run_until_idle
 
 SCHEMA = ResultSchema(
     file="results.json",
@@ -475,3 +479,26 @@ def test_compiled_report_templates_are_kept_in_a_private_cache_folder(
     monkeypatch.setattr(report, "_ENVS", {})
     write_leaderboard(tmp_path / "three", "wf", "T", SCHEMA, rank(runs(), SCHEMA))
     assert (tmp_path / "three" / "leaderboard.html").is_file()  # compiled, still written
+
+
+def test_the_manifests_description_and_instructions_head_the_leaderboard(hello_site: Site) -> None:
+    """docs/organisers.md says instructions.md is "shown to participants": it was shown
+    nowhere (found by review). The leaderboard opens with them, and `workflows show` says
+    them."""
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    run_until_idle(hello_site)
+    meta = hello_site.templates.meta("helloworld")
+    assert meta["instructions"] and meta["description"]
+    html = (hello_site.layout.workflow_results("helloworld") / "leaderboard.html").read_text()
+    assert "<summary>Instructions</summary>" in html
+    first_line = meta["instructions"].strip().splitlines()[0]
+    assert html_escape(first_line, quote=False) in html
+    assert html_escape(meta["description"], quote=False) in html
+    shown = CliRunner().invoke(
+        main, ["--site", str(hello_site.root), "workflows", "show", "helloworld"]
+    )
+    assert shown.exit_code == 0 and "instructions:" in shown.output and first_line in shown.output
