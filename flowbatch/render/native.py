@@ -212,9 +212,8 @@ def check_native(template: Template, variables: Mapping[str, str] | None = None)
     """Install-time checks: every command and string context value compiles and names
     only what a run gives it (:func:`_check_names`), and no ``{{ p }}`` of a string,
     file, list or record parameter ``p`` stands in an arithmetic context (where only
-    numbers may stand, which such a parameter does not promise). Other expressions, and
-    single quotes (where a string that is a token may stand), are checked by value at
-    render."""
+    numbers may stand, which such a parameter does not promise) or inside single quotes.
+    Other expressions are checked by value at render."""
     env = make_environment()
     workflows = [template.workflow]
     if template.postproc is not None:
@@ -291,7 +290,10 @@ def _check_names(env: SandboxedEnvironment, source: str, where: str, known: froz
 def _check_placements(
     env: SandboxedEnvironment, template: Template, workflow: Workflow, source: str, where: str
 ) -> None:
-    """Refuse a ``{{ p }}`` of a non-token parameter in an arithmetic context.
+    """Refuse a ``{{ p }}`` of a non-token parameter in an arithmetic context or inside
+    single quotes (as the flowServ dialect is checked: the value of such a parameter
+    there failed each request whose value was no token, with a hint for the template's
+    author, where the README promises a refusal at install: found by review).
 
     The command is read as the text it renders to, with a sentinel for each output:
     once with every ``{% if %}`` taking its first branch, once with each taking its
@@ -315,7 +317,7 @@ def _check_placements(
             continue
         for index, ctx in sentinel_contexts(text):
             param = params.get(names[index] or "")
-            if ctx is Ctx.ARITH and param is not None:
+            if ctx in (Ctx.ARITH, Ctx.SINGLE) and param is not None:
                 check_placement(
                     f"parameter '{param.name}'",
                     Exports.base_name(param.name),
