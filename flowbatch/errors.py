@@ -99,6 +99,25 @@ class RequestError(FlowbatchError):
     kind = "request"
 
 
+#: how a template's render says a parameter it uses has no value (no argument, no default)
+MISSING_ARGUMENT = "missing argument for parameter"
+
+
+class MissingArgument(RequestError):
+    """A parameter the template uses has neither a value in the request nor a default:
+    the request's to give (it named the template's field, which the participant cannot
+    change: found by review)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no value for parameter {name!r}: the request gives none, and the template "
+            "uses it with no default",
+            field=f"arguments.{name}",
+            hint=f"give `{name}:` a value under the request's `arguments:`",
+        )
+        self.param = name
+
+
 class ConfigError(FlowbatchError):
     """The site configuration is invalid."""
 

@@ -1739,7 +1739,10 @@ def check_request(
     executor = choose_executor(site, req, template, version, label)
     points = cast_points(template.parameters, req.arguments, req.sweep or None, file=label)
     # intake (``render=False``) renders only the points it makes (after _already_done)
-    rendered = render_points(site, template, points, executor) if render else {}
+    try:
+        rendered = render_points(site, template, points, executor) if render else {}
+    except FlowbatchError as exc:
+        raise exc.at(file=label)  # validate and submit named no file
     files_dir = site.templates.files_dir(req.workflow, version)
     for point in file_points(points):
         targets: dict[str, str] = {}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flowbatch.errors import RenderError, TemplateError
+from flowbatch.errors import MissingArgument, RenderError, TemplateError
 from flowbatch.render import build_script, check_template, read_markers, render_workflow
 from flowbatch.spec.model import FileArg, Parameter, PostProc, Step, Template, Workflow
 
@@ -146,9 +146,10 @@ def test_unknown_variable_is_an_error() -> None:
 def test_unknown_parameter_and_missing_argument() -> None:
     with pytest.raises(RenderError, match="names no parameter"):
         render(tpl(["echo $[[nope]]"]))
-    with pytest.raises(RenderError, match="missing argument for parameter 'n'"):
+    with pytest.raises(MissingArgument, match="no value for parameter 'n'") as missing:
         render(tpl(["echo $[[n]]"], n="string"))
-    with pytest.raises(RenderError, match="missing argument"):
+    assert missing.value.field == "arguments.n"  # the request's to give
+    with pytest.raises(MissingArgument, match="no value for parameter 'n'"):
         render(tpl(["echo $[[n ? a : b]]"], n="bool"))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flowbatch.errors import RenderError, TemplateError
+from flowbatch.errors import MissingArgument, RenderError, TemplateError
 from flowbatch.render import check_template, render_workflow
 from flowbatch.spec.model import FileArg, Parameter, Step, Template, Workflow
 
@@ -73,8 +73,9 @@ def test_control_flow_is_code() -> None:
 def test_strict_undefined() -> None:
     with pytest.raises(RenderError, match="nope"):
         render(tpl(["echo {{ nope }}"]))
-    with pytest.raises(RenderError, match="missing argument for parameter 'n'"):
+    with pytest.raises(MissingArgument, match="no value for parameter 'n'") as missing:
         render(tpl(["echo {{ n }}"], n="string"))
+    assert missing.value.field == "arguments.n"  # the request's to give
     commands, _ = render(
         tpl(["echo {% if n is defined %}{{ n }}{% else %}none{% endif %}"], n="string")
     )

@@ -763,3 +763,28 @@ def test_an_input_a_file_parameter_brings_is_no_missing_file(site: Site, tmp_pat
         "parameters:\n  - {name: names, dtype: file, target: data/names.txt}\n"
     )
     assert api.install(site, folder, workflow_id="tt").created
+
+
+def test_a_missing_value_the_template_needs_is_the_requests_field(
+    site: Site, tmp_path: Path
+) -> None:
+    """An optional parameter with no default that the workflow uses: a request without it
+    was refused with the template's field ("workflow.parameters.f: missing argument"), no
+    file named and no hint (found by review). It is the request's field now."""
+    from flowbatch.errors import FlowbatchError
+
+    template = tmp_path / "opt"
+    template.mkdir()
+    (template / "benchmark.yaml").write_text(
+        "workflow:\n  parameters:\n    f: $[[f]]\n  steps:\n    - name: s\n"
+        "      action: {environment: bash, commands: ['echo ${f}']}\n"
+        "parameters:\n  - {name: f, dtype: string, isRequired: false}\n",
+        encoding="utf-8",
+    )
+    api.install(site, template, workflow_id="opt")
+    request = tmp_path / "a.yaml"
+    request.write_text("workflow: opt\narguments: {}\n", encoding="utf-8")
+    with pytest.raises(FlowbatchError) as refused:
+        api.validate(request, site)
+    assert refused.value.file == str(request) and refused.value.field == "arguments.f"
+    assert "give `f:` a value" in refused.value.summary()

@@ -275,15 +275,15 @@ workflow:
     - name: s
       action:
         commands:
-          - "printf '%s\\\\n' '{{ label }}' > out.txt"
+          - "printf '%s\\\\n' '{{ label | lower }}' > out.txt"
 parameters:
   - {name: label, dtype: string, defaultValue: a}
 """
 
 
 def test_a_sweep_whose_later_point_cannot_render_makes_no_run(site: Site, tmp_path: Path) -> None:
-    """A value can be refused by where it stands (a native template checks a string in
-    single quotes by value): the sweep is rendered whole before its first run, so a bad
+    """A value can be refused by where it stands (a native template checks an expression
+    in single quotes by value; a bare parameter there is refused at install): the sweep is rendered whole before its first run, so a bad
     third point rejects it with no run made, and the error names the point."""
     write_template(tmp_path / "t", NATIVE_QUOTED)
     api.install(site, tmp_path / "t", workflow_id="wf")

@@ -20,7 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flowbatch.errors import FlowbatchError, RenderError, TemplateError
+from flowbatch.errors import (
+    MISSING_ARGUMENT,
+    FlowbatchError,
+    MissingArgument,
+    RenderError,
+    TemplateError,
+)
 from flowbatch.render.shellctx import Ctx, scan
 from flowbatch.render.values import (
     Exports,
@@ -122,8 +128,10 @@ class _Resolver:
                 return _Item(text=self.template.postproc.runs_target)  # type: ignore[union-attr]
             raise self.error(f"$[[{name}]] names no parameter", field=where)
         if name not in self.values:
+            if self.arguments is not None:
+                raise MissingArgument(name)
             raise self.error(
-                f"missing argument for parameter '{name}' (no value and no default)",
+                f"{MISSING_ARGUMENT} '{name}' (no value and no default)",
                 field=where,
             )
         text = format_value(self.values[name])
@@ -143,7 +151,9 @@ class _Resolver:
         if self.arguments is None:
             return expr.if_true if self.branch else expr.if_false
         if expr.name not in self.values:
-            raise self.error(f"missing argument for parameter '{expr.name}'", field=where)
+            if self.arguments is not None:
+                raise MissingArgument(expr.name)
+            raise self.error(f"{MISSING_ARGUMENT} '{expr.name}'", field=where)
         chosen = str(self.values[expr.name]).lower() == "true"
         return expr.if_true if chosen else expr.if_false
 

@@ -25,7 +25,7 @@ from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
-from flowbatch.errors import RenderError, TemplateError
+from flowbatch.errors import MISSING_ARGUMENT, MissingArgument, RenderError, TemplateError
 from flowbatch.render.shellctx import Ctx, scan
 from flowbatch.render.values import (
     Exports,
@@ -121,7 +121,10 @@ def _render_source(
     except TemplateSyntaxError as exc:
         raise RenderError(f"Jinja2 syntax error on line {exc.lineno}: {exc.message}", field=where)
     except UndefinedError as exc:
-        raise RenderError(f"undefined name: {exc.message}", field=where) from None
+        message = exc.message or ""
+        if message.startswith(MISSING_ARGUMENT):  # our hint: a parameter with no value
+            raise MissingArgument(message[len(MISSING_ARGUMENT) :].split("'")[1]) from None
+        raise RenderError(f"undefined name: {message}", field=where) from None
     except JinjaTemplateError as exc:
         raise RenderError(f"cannot render: {exc}", field=where) from None
     except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
@@ -142,7 +145,7 @@ def _names(
             value = param.default
         if value is None:
             names[param.name] = StrictUndefined(
-                hint=f"missing argument for parameter '{param.name}' (no value and no default)"
+                hint=f"{MISSING_ARGUMENT} '{param.name}' (no value and no default)"
             )
             continue
         exports.put(param_vars[param.name], format_value(value))
