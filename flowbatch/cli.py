@@ -318,7 +318,12 @@ def install(
     inst = api.install(
         obj.site, Path(source), workflow_id=workflow_id, name=name, specfile=specfile
     )
-    what = "installed" if inst.created else "already installed"
+    if inst.created:
+        what = "installed"
+    elif inst.previous not in (None, inst.version):
+        what = "already installed, current again"  # a switch back (found by review)
+    else:
+        what = "already installed"
     click.echo(f"{what}: workflow {inst.id} ({inst.name}), version {inst.version}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,16 @@ def test_the_example_through_the_cli(tmp_path: Path) -> None:
     assert "installed: workflow helloworld" in fb(
         site, "install", str(EXAMPLES / "helloworld"), "--id", "helloworld"
     )
-    assert "already installed" in fb(
+    assert "already installed: workflow helloworld" in fb(
+        site, "install", str(EXAMPLES / "helloworld"), "--id", "helloworld"
+    )
+    # another version, then the first again: it says it is current again
+    other = tmp_path / "hw2"
+    shutil.copytree(EXAMPLES / "helloworld", other)
+    with (other / "benchmark.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("\n# version 2\n")
+    assert "installed: workflow helloworld" in fb(site, "install", str(other), "--id", "helloworld")
+    assert "already installed, current again: workflow helloworld" in fb(
         site, "install", str(EXAMPLES / "helloworld"), "--id", "helloworld"
     )
     queued = fb(site, "submit", str(EXAMPLES / "helloworld/requests/alice.yaml")).strip()
