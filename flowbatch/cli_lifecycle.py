@@ -62,7 +62,7 @@ def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> None:
     for point in plan.points:
         if point.index in skipped:
             args = ", ".join(f"{k}={_shown(v)}" for k, v in point.arguments.items())
-            runs_ = ", ".join(point.runs[-3:])
+            runs_ = ", ".join((point.because or point.runs)[-3:])
             click.echo(f"  skip {args}: {skipped[point.index]} (runs {runs_})", err=True)
 
 

@@ -62,6 +62,9 @@ class PointStatus:
     arguments: dict[str, Any]
     status: str  # succeeded, active, failed or missing
     runs: list[str] = field(default_factory=list)  # earlier runs with these arguments
+    #: the runs that made the status (the successful ones of a succeeded point): a list of
+    #: every run named a failed one as a point's success (found by review)
+    because: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,7 +88,8 @@ class ResumePlan:
                 out[point.index] = "active"
             elif point.status == FAILED and not retry_failed:
                 out[point.index] = (
-                    "failed; submit with --retry-failed (retry_failed: true) to run it again"
+                    "failed or cancelled; submit with --retry-failed (retry_failed: true) to "
+                    "run it again"
                 )
         return out
 
@@ -142,7 +146,9 @@ def classify_points(
     for index, arguments in enumerate(points):
         normal = run_arguments(arguments)
         runs = earlier.get(point_key(normal), [])
-        out.append(PointStatus(index, normal, _status({s for _, s in runs}), [r for r, _ in runs]))
+        status = _status({s for _, s in runs})
+        because = [r for r, s in runs if _status({s}) == status]
+        out.append(PointStatus(index, normal, status, [r for r, _ in runs], because))
     return ResumePlan(workflow, version, out)
 
 

@@ -343,3 +343,31 @@ def test_the_resubmit_preview_shows_a_default_file_by_its_path(tmp_path: Path) -
     assert len(skips) == 2 and "names=data/names.txt (the template's)" in skips[0], skips
     assert "'source'" not in again.output
     site.close()
+
+
+def test_a_points_skip_names_the_runs_that_made_it(site: Site, tmp_path: Path) -> None:
+    """A resubmitted sweep's point that failed once, then succeeded: it is skipped as
+    succeeded, named by its successful run only (the failed one was listed too: found by
+    review); a point whose runs all failed or were cancelled says so."""
+    from flowbatch.resume import classify_points
+
+    flag = tmp_path / "second-try"
+    write_template(
+        tmp_path / "once",
+        "workflow:\n  steps:\n    - name: s\n      action:\n        commands:\n"
+        f"          - test ${{x}} = 1 -a -e {flag} || {{ touch {flag}; exit 1; }}\n"
+        "parameters:\n  - {name: x, dtype: int}\n",
+    )
+    api.install(site, tmp_path / "once", workflow_id="once")
+    drop(site, "a.yaml", {"workflow": "once", "sweep": {"x": [1, 2]}})
+    run_until_idle(site)  # both fail (the first try of x=1, and x=2 always)
+    first = {api.show_run(site, r["id"])["arguments"]["x"]: r["id"] for r in api.list_runs(site)}
+    drop(site, "b.yaml", {"workflow": "once", "sweep": {"x": [1]}, "retry_failed": True})
+    run_until_idle(site)
+    good = next(r["id"] for r in api.list_runs(site) if r["state"] == "SUCCESS")
+    version = site.templates.meta("once")["current"]
+    plan = classify_points(site, "once", version, [{"x": 1}, {"x": 2}])
+    one, two = plan.points
+    assert one.status == "succeeded" and one.because == [good] and first[1] in one.runs
+    assert two.status == "failed" and two.because == [first[2]]
+    assert "failed or cancelled" in plan.skipped()[1]
