@@ -199,18 +199,21 @@ workflow:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_time_limit(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    install(
-        site,
-        tmp_path / "t",
-        """
+TIME_LIMITED = """
 timeLimit: 1
 workflow:
   steps:
     - name: s
       action:
         commands: [sleep 60]
-""",
+"""
+
+
+def test_time_limit(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    install(
+        site,
+        tmp_path / "t",
+        TIME_LIMITED,
     )
     drop(site, "r.yaml", {"workflow": "wf"})
     started = time.monotonic()
@@ -227,14 +230,7 @@ def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path
     install(
         site,
         tmp_path / "t",
-        """
-timeLimit: 1
-workflow:
-  steps:
-    - name: s
-      action:
-        commands: [sleep 60]
-""",
+        TIME_LIMITED,
     )
     drop(site, "r.yaml", {"workflow": "wf"})
     d = Daemon(site)

@@ -59,13 +59,7 @@ def test_a_daemon_whose_lock_another_took_stops(
     try:
         site.lock_path.unlink()
         with serving(site.root) as other:
-            deadline = time.monotonic() + 60
-            while (
-                not site.lock_path.exists()
-                or f'"pid": {other.pid}' not in site.lock_path.read_text()
-            ):
-                assert other.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
+            held_by(site, other.pid)
             with caplog.at_level(logging.ERROR, logger="flowbatch.daemon"):
                 daemon.tick()
             assert daemon.stopping
@@ -100,13 +94,8 @@ def test_runs_a_daemon_launched_after_it_lost_its_lock_are_taken_over(
     try:
         site.lock_path.unlink()
         with serving(site.root) as other:
+            held_by(site, other.pid)
             deadline = time.monotonic() + 60
-            while (
-                not site.lock_path.exists()
-                or f'"pid": {other.pid}' not in site.lock_path.read_text()
-            ):
-                assert other.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
             # the other daemon serves (past its start, which read the tree): its run ends
             drop(site, "probe.yaml", {"workflow": "sleep"})
             while not any(r["state"] == "SUCCESS" for r in api.list_runs(site)):
