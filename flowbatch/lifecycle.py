@@ -312,10 +312,10 @@ class Runner:
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> list[RunRecord]:
-        """After a start: take over every active run the tree knows; again when a daemon
-        that lost the site's lock to this one handed its runs over (runs already held
-        here are left as they are: their records in memory are newer). Returns the runs
-        taken over."""
+        """After a start: take over every active run the tree knows; again when the tree
+        is read again (another daemon served the site for a moment). A run held here is
+        left as it is (its record in memory is newer), unless it waits here and the tree
+        says another daemon launched it. Returns the runs taken over."""
         # a shared site: only this host's runs (the others are another daemon's); a site
         # of one host takes every active run, even if the machine's name has changed
         return self._take(self.store.sync_active(self.site.host if self.site.shared else None))
