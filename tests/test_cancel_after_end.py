@@ -16,23 +16,34 @@ from flowbatch.site import Site
 
 from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
 
+#: a run that ends once its test lets it (the file ``go`` beside the template's folder)
+GATED = SCORE_TEMPLATE.replace(
+    "        commands:\n",
+    "        commands:\n          - while [ ! -e {go} ]; do sleep 0.02; done\n",
+)
+
 
 def scored(tmp_path: Path) -> Site:
     site = make_site(tmp_path / "site")
-    api.install(site, write_template(tmp_path / "t", SCORE_TEMPLATE), workflow_id="s")
+    template = GATED.replace("{go}", str(tmp_path / "go"))
+    api.install(site, write_template(tmp_path / "t", template), workflow_id="s")
     return site
 
 
-def ended_unseen(site: Site) -> tuple[Daemon, str]:
-    """A daemon that launched one run, whose script has ended since, unpolled."""
+def ended_unseen(site: Site, tmp_path: Path) -> tuple[Daemon, str]:
+    """A daemon that launched one run, whose script has ended since, unpolled (it is let
+    end only once launched: a quick run was seen ending within the tick that launched it,
+    and the wait for its launch never ended)."""
     drop(site, "r.yaml", {"workflow": "s", "arguments": {"score": 5}})
     daemon = Daemon(site)
     daemon.start()
+    deadline = time.monotonic() + 30
     while not daemon.runner.launched():
+        assert time.monotonic() < deadline
         daemon.tick()
     [run] = daemon.runner.launched()
+    (tmp_path / "go").touch()
     markers = site.store.run_dir(run) / "status" / "markers"
-    deadline = time.monotonic() + 30
     while not markers.exists() or b"exit" not in markers.read_bytes():
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -41,7 +52,7 @@ def ended_unseen(site: Site) -> tuple[Daemon, str]:
 
 def test_a_cancel_with_no_daemon_records_the_end_it_finds(tmp_path: Path) -> None:
     site = scored(tmp_path)
-    daemon, run_id = ended_unseen(site)
+    daemon, run_id = ended_unseen(site, tmp_path)
     daemon.stop()  # its run ended with no daemon to see it
     out = subprocess.run(
         [sys.executable, "-m", "flowbatch", "--site", str(site.root), "runs", "cancel", run_id],
@@ -58,7 +69,7 @@ def test_a_cancel_with_no_daemon_records_the_end_it_finds(tmp_path: Path) -> Non
 
 def test_the_daemons_cancel_of_a_run_ended_unseen_keeps_its_end(tmp_path: Path) -> None:
     site = scored(tmp_path)
-    daemon, run_id = ended_unseen(site)
+    daemon, run_id = ended_unseen(site, tmp_path)
     try:
         # as the daemon applies a cancel it took in before a poll saw the end
         cancel_run(site, daemon.runner, run_id, 0, "too late")
@@ -71,6 +82,7 @@ def test_the_daemons_cancel_of_a_run_ended_unseen_keeps_its_end(tmp_path: Path) 
 
 def test_a_cancel_queued_for_a_run_that_ended_leaves_no_rejection(tmp_path: Path) -> None:
     site = scored(tmp_path)
+    (tmp_path / "go").touch()
     drop(site, "r.yaml", {"workflow": "s", "arguments": {"score": 5}})
     run_until_idle(site)
     [run] = api.list_runs(site)

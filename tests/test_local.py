@@ -235,7 +235,9 @@ def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path
     drop(site, "r.yaml", {"workflow": "wf"})
     d = Daemon(site)
     d.start()
+    deadline = time.monotonic() + 30
     while not d.runner.launched():
+        assert time.monotonic() < deadline
         d.tick()
     [run] = d.runner.launched()
     pgid = int(run.handle["pid"])
@@ -243,7 +245,8 @@ def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path
     time.sleep(1.3)
     os.killpg(pgid, 15)  # what the killed daemon's kill did, past the limit
     deadline = time.monotonic() + 10
-    while b"exit" not in (site.store.run_dir(run) / "status" / "markers").read_bytes():
+    markers = site.store.run_dir(run) / "status" / "markers"
+    while not markers.exists() or b"exit" not in markers.read_bytes():
         assert time.monotonic() < deadline
         time.sleep(0.05)
     run_until_idle(site, timeout=30)
