@@ -788,3 +788,13 @@ def test_a_missing_value_the_template_needs_is_the_requests_field(
         api.validate(request, site)
     assert refused.value.file == str(request) and refused.value.field == "arguments.f"
     assert "give `f:` a value" in refused.value.summary()
+
+
+def test_a_missing_request_field_says_what_it_is_for() -> None:
+    """ "missing field 'workflow'" came with no hint (found by review)."""
+    from flowbatch.spec.request import parse_request
+
+    with pytest.raises(RequestError) as missing:
+        parse_request({"arguments": {"n": 1}}, file="r.yaml")
+    assert missing.value.field == "workflow"
+    assert "flowbatch workflows list" in (missing.value.hint or "")

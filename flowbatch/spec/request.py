@@ -28,7 +28,9 @@ class Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: str = Field(description="Id of an installed workflow template.")
+    workflow: str = Field(
+        description="Id of an installed workflow template (`flowbatch workflows list` names them)."
+    )
     group: str | None = Field(
         default=None,
         description="Group (team) the run counts for; default: the file owner's user name.",
@@ -142,6 +144,9 @@ def parse_request(doc: Any, *, file: str) -> Request | CancelRequest:
         elif err["type"] == "missing":
             msg = f"missing field {field!r}"
             expected = None
+            top = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+            # what the field is for, as for a wrong value (found by review: no hint)
+            hint = top.description if top is not None else None
         else:
             # pydantic's "Input should be a valid integer": what was given, what is wanted
             # in words a request's author uses, and what the field is for
