@@ -500,7 +500,10 @@ class Runner:
         except (OSError, FlowbatchError):
             return False
         started = found.executor == "local" and read_markers(run_dir).started is not None
-        if not (found.launched or found.handle or started):
+        # a handle of its own (a scheduler's intent this daemon read with it) is no other
+        # daemon's launch: its launch looks for the job by name (found by CI: a refused
+        # submission's run was taken over at each dispatch, and never launched)
+        if not (found.launched or started or (found.handle and found.handle != run.handle)):
             return False
         log.warning("run %s was launched by another daemon: taken over, not launched", run.id)
         del self.active[run.id]
