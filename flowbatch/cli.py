@@ -217,11 +217,18 @@ def wait_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def wait_for_request(
-    site: Site, name: str, timeout: float | None, *, since: float | None = None
+    site: Site,
+    name: str,
+    timeout: float | None,
+    *,
+    since: float | None = None,
+    failed_skips: int = 0,
 ) -> None:
     """Wait for the runs of the queued request ``name`` (queued at ``since``, seconds
     since the epoch, where known); print them; exit with the wait's code (see
-    :attr:`flowbatch.waiting.Outcome.exit_code`)."""
+    :attr:`flowbatch.waiting.Outcome.exit_code`). ``failed_skips``: points of the
+    request skipped because their runs had failed (a resubmitted sweep without
+    --retry-failed): no success (found by review: all skipped exited 0)."""
     from .waiting import wait_request
 
     outcome = wait_request(site, name, timeout=timeout, since=since, note=_note)
@@ -241,6 +248,15 @@ def wait_for_request(
             hint="give the name `submit` printed (see `flowbatch runs list`, column "
             "REQUEST, or ls the queue)",
         )
+    if failed_skips and not outcome.timed_out and outcome.exit_code == 0:
+        _end_wait(
+            outcome,
+            timeout,
+            what=f"{name} made no run (every point had run already)",
+            code=1,
+            why=f"{failed_skips} point(s) skipped because their runs had failed or were "
+            "cancelled: submit with --retry-failed to run them again",
+        )
     _end_wait(outcome, timeout, what=f"{name} made no run (every point had run already)")
 
 
@@ -248,7 +264,14 @@ def _note(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _end_wait(outcome: Any, timeout: float | None, *, what: str) -> None:
+def _end_wait(
+    outcome: Any,
+    timeout: float | None,
+    *,
+    what: str,
+    code: int | None = None,
+    why: str | None = None,
+) -> None:
     if outcome.runs:
         _table(
             [
@@ -269,7 +292,9 @@ def _end_wait(outcome: Any, timeout: float | None, *, what: str) -> None:
             + (f"; still active: {', '.join(active)}" if active else "; no run made yet"),
             err=True,
         )
-    sys.exit(outcome.exit_code)
+    if why:
+        click.echo(why, err=True)
+    sys.exit(outcome.exit_code if code is None else code)
 
 
 def _short_result(run: dict[str, Any]) -> str:
@@ -355,17 +380,17 @@ def submit(
     A sweep submitted again skips the points that already succeeded (or are running)
     with the same arguments on the same template version for the same group, and says
     which. With --wait, wait for its runs to end (as sbatch --wait): exit 0 when they all
-    succeeded, 1 when one failed or was cancelled or the request was rejected, 124 when
-    --timeout passed first (the runs go on)."""
+    succeeded, 1 when one failed or was cancelled (or a point was skipped because its runs
+    had) or the request was rejected, 124 when --timeout passed first (the runs go on)."""
     from . import api
     from .cli_lifecycle import echo_resume_plan
 
-    echo_resume_plan(obj.site, Path(request), retry_failed)
+    failed = echo_resume_plan(obj.site, Path(request), retry_failed)
     queued_at = time.time()
     name = api.submit(obj.site, Path(request), retry_failed=retry_failed)
     click.echo(name)
     if wait:
-        wait_for_request(obj.site, name, timeout, since=queued_at)
+        wait_for_request(obj.site, name, timeout, since=queued_at, failed_skips=failed)
 
 
 @main.command()

@@ -45,13 +45,14 @@ def human(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> None:
-    """Before queueing a sweep again: say which points will be skipped, and why."""
-    from .resume import plan_request
+def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> int:
+    """Before queueing a sweep again: say which points will be skipped, and why. Returns
+    how many are skipped because their runs failed (or were cancelled)."""
+    from .resume import FAILED, plan_request
 
     plan = plan_request(site, request)
     if plan is None:
-        return
+        return 0
     skipped = plan.skipped(retry_failed=retry_failed)
     todo = len(plan.points) - len(skipped)
     click.echo(
@@ -64,6 +65,7 @@ def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> None:
             args = ", ".join(f"{k}={_shown(v)}" for k, v in point.arguments.items())
             runs_ = ", ".join((point.because or point.runs)[-3:])
             click.echo(f"  skip {args}: {skipped[point.index]} (runs {runs_})", err=True)
+    return sum(1 for p in plan.points if p.index in skipped and p.status == FAILED)
 
 
 def _shown(value: object) -> str:

@@ -115,6 +115,12 @@ def test_submit_wait_exits_1_and_says_why_a_run_failed(
     assert "ERROR" in done.stdout and "SUCCESS" in done.stdout
     failed = next(line for line in done.stderr.splitlines() if "ERROR" in line)
     assert "(" in failed  # the run's first message, beside its state
+    # submitted again: both points skipped, one of them because it failed: no success
+    # (it exited 0, "made no run": found by review)
+    again = program(wsite, "submit", "--wait", str(req))
+    assert again.returncode == 1, (again.stdout, again.stderr)
+    assert "made no run" in again.stdout
+    assert "1 point(s) skipped because their runs had failed" in again.stderr
 
 
 def test_a_rejected_request_ends_the_wait_with_its_error(
