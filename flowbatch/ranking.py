@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ResultError
+from .runs import parse_time
 from .spec.model import ResultColumn, ResultSchema, SortKey
 
 
@@ -223,20 +224,6 @@ def entry_json(schema: ResultSchema, entry: RankEntry) -> dict[str, Any]:
         "results": {c.name: _json_value(run.results.get(c.name)) for c in schema.columns},
         "arguments": {str(k): _jsonable(v) for k, v in run.arguments.items()},
     }
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An ISO-8601 timestamp as an aware UTC datetime; naive times are taken as UTC.
-    ``None`` for a missing or unreadable value (callers treat it as unknown)."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def run_seconds(run: RankInput) -> float | None:

@@ -42,7 +42,8 @@ from markupsafe import Markup
 
 from .config import ALL_RUNS_SHOWN
 from .errors import FlowbatchError
-from .ranking import RankEntry, RankInput, entry_json, parse_time, ranking_json, run_seconds
+from .ranking import RankEntry, RankInput, entry_json, ranking_json, run_seconds
+from .runs import parse_time
 from .spec.model import Parameter, ResultColumn, ResultSchema
 from .store.atomic import write_json, write_text
 

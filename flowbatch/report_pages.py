@@ -21,7 +21,6 @@ from markupsafe import escape
 
 from .errors import FlowbatchError
 from .lifecycle import TAIL_BYTES, tail_text
-from .ranking import parse_time
 from .report import (
     JSON_NAME,
     Page,
@@ -36,7 +35,7 @@ from .report import (
     render_page,
     use_site_templates,
 )
-from .runs import TERMINAL, RunRecord, State
+from .runs import TERMINAL, RunRecord, State, parse_time
 from .safeio import read_tail_or_none
 from .spec.model import Template
 from .store.atomic import write_text

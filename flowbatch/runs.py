@@ -72,16 +72,24 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def epoch(text: str | None) -> float | None:
-    """An ISO time of a run record as seconds since the epoch (None if unreadable; a
-    naive time is taken as UTC)."""
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO-8601 timestamp as an aware UTC datetime; naive times are taken as UTC.
+    ``None`` for a missing or unreadable value (callers treat it as unknown)."""
     if not text:
         return None
     try:
         moment = datetime.fromisoformat(text)
     except (TypeError, ValueError):
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def epoch(text: str | None) -> float | None:
+    """An ISO time of a run record as seconds since the epoch (None if unreadable)."""
+    moment = parse_time(text)
+    return None if moment is None else moment.timestamp()
 
 
 def parse_state(text: str) -> State:

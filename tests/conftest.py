@@ -124,6 +124,28 @@ def serving(root: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+@contextmanager
+def lock_held(path: Path, seconds: float = 60.0, **info: Any) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the lock file ``path`` (as a daemon, or with ``role=`` as
+    another command) for ``seconds`` at most, having written ``info`` and its pid into it;
+    killed when the block ends."""
+    script = (
+        "import fcntl, json, os, time\n"
+        f"fh = open({str(path)!r}, 'a+')\n"
+        "fcntl.flock(fh, fcntl.LOCK_EX)\n"
+        "fh.truncate(0)\n"
+        f"fh.write(json.dumps({{'host': 'h', 'pid': os.getpid(), **{info!r}}}))\n"
+        f"fh.flush(); print('held', flush=True); time.sleep({seconds})\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def drop(site: Site, name: str, doc: Any, files: dict[str, str] | None = None) -> Path:
     """Put a request (and input files beside it) into the queue, the request last."""
     queue = site.layout.queue

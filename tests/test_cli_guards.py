@@ -193,22 +193,18 @@ def test_a_cancel_a_running_daemon_applies_exits_0(tmp_path: Path) -> None:
     """`runs cancel` while a daemon serves the site: the cancel is queued, the daemon
     applies it, the command printed CANCELED and then failed ("not active") on a
     second check left after it."""
-    import signal
     import time
 
     from flowbatch import api
 
-    from .conftest import make_site, write_template
+    from .conftest import make_site, serving, write_template
 
     site = make_site(tmp_path / "site")
     sleeping = "workflow:\n  steps:\n    - action: {commands: [sleep 60]}\n"
     api.install(site, write_template(tmp_path / "t", sleeping), workflow_id="wf")
     site.close()
     flowbatch = [sys.executable, "-m", "flowbatch", "--site", str(site.root)]
-    daemon = subprocess.Popen(
-        [*flowbatch, "daemon"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
+    with serving(site.root):
         drop(site, "a.yaml", {"workflow": "wf"})
         runs = site.layout.runs_dir("wf")
 
@@ -230,10 +226,3 @@ def test_a_cancel_a_running_daemon_applies_exits_0(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, (done.stdout, done.stderr)
         assert done.stdout.strip() == f"{run_id}: CANCELED"
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()

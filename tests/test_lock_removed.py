@@ -21,7 +21,7 @@ from flowbatch import api
 from flowbatch.daemon import Daemon
 from flowbatch.runs import State
 
-from .conftest import drop, make_site, serving, write_template
+from .conftest import drop, lock_held, make_site, serving, write_template
 
 
 def test_a_removed_lock_is_taken_again_at_the_next_tick(
@@ -273,35 +273,19 @@ def test_a_daemon_starting_waits_for_a_cancel_that_holds_the_lock(tmp_path: Path
     cancel` applied itself; the cancel then ended and nothing served the site (found by
     review)."""
     site = make_site(tmp_path / "site")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, json, os, time\n"
-            f"fh = open({str(site.lock_path)!r}, 'a+')\n"
-            "fcntl.flock(fh, fcntl.LOCK_EX)\n"
-            "fh.truncate(0)\n"
-            "fh.write(json.dumps({'host': 'h', 'pid': os.getpid(), 'role': 'cancel'}))\n"
-            "fh.flush(); print('held', flush=True); time.sleep(1.5)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        began = time.monotonic()
-        out = subprocess.run(
-            [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        with lock_held(site.lock_path, 1.5, role="cancel"):
+            began = time.monotonic()
+            out = subprocess.run(
+                [sys.executable, "-m", "flowbatch", "--site", str(site.root), "daemon", "--once"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
         assert out.returncode == 0, out
         assert "another flowbatch daemon" not in out.stdout
         assert time.monotonic() - began > 0.5  # it waited for the cancel's lock
     finally:
-        holder.kill()
-        holder.wait()
         site.close()
 
 

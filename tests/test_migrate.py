@@ -12,7 +12,7 @@ from flowbatch.errors import IndexError_
 from flowbatch.site import Site
 from flowbatch.store import migrate
 from flowbatch.store.index import SCHEMA_VERSION, MetaRow, open_database
-from tests.conftest import drop, run_until_idle
+from tests.conftest import drop, lock_held, run_until_idle
 
 V1_SCHEMA = Path(__file__).parent / "data" / "index" / "schema-v1.sql"
 TABLES = ("workflow_row", "run_row", "run_file_row", "result_row", "state_change_row")
@@ -161,27 +161,10 @@ def test_no_upgrade_under_the_running_daemon_of_an_older_flowbatch(hello_site: S
     upgraded the index while the daemon of the older one served it, and went on writing
     it as it knew it (found by review). It now says what to do; once the daemon stopped
     (here: its lock let go), the upgrade goes through."""
-    import subprocess
-    import sys
-
     drop(hello_site, "a.yaml", {"workflow": "helloworld"})
     run_until_idle(hello_site)
     _downgrade_to_v1(hello_site)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, json, os, sys, time\n"
-            f"fh = open({str(hello_site.lock_path)!r}, 'a+')\n"
-            "fcntl.flock(fh, fcntl.LOCK_EX)\n"
-            "fh.truncate(0); fh.write(json.dumps({'host': 'h', 'pid': os.getpid()})); fh.flush()\n"
-            "print('held', flush=True); time.sleep(60)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held(hello_site.lock_path) as holder:
         with pytest.raises(IndexError_) as refused:
             Site(hello_site.root).store  # noqa: B018 - opens the index
         said = refused.value.summary()
@@ -190,9 +173,6 @@ def test_no_upgrade_under_the_running_daemon_of_an_older_flowbatch(hello_site: S
         db = sqlite3.connect(hello_site.layout.index_db)
         assert db.execute("SELECT value FROM meta_row").fetchone() == ("1",)  # untouched
         db.close()
-    finally:
-        holder.kill()
-        holder.wait()
     site = Site(hello_site.root)
     try:
         assert [r["state"] for r in api.list_runs(site)] == ["SUCCESS"]
