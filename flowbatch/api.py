@@ -27,7 +27,7 @@ from .spec.template import TOP_KEYS, load_template
 from .store import atomic
 from .store.index import RunRow, WorkflowRow
 from .store.layout import BUNDLE_SUFFIX
-from .store.store import Store, run_rows, tree_change
+from .store.store import Store, other_daemon, run_rows, tree_change
 from .store.templates import Installed
 from .sweep import Point
 
@@ -705,31 +705,29 @@ def reindex(site: Site) -> int:
     tables being emptied. The site's daemon lock of this host is held for the whole
     rebuild, so no daemon starts meanwhile either; on a shared site the other hosts'
     locks are looked at too (as far as the file system's locks reach across hosts)."""
-    from .daemon import Busy, SiteLock, lock_holder_at
+    from .daemon import Busy, SiteLock, role_of
 
     lock = SiteLock(site.lock_path, site.host, role="reindex")
     new_lock = not site.lock_path.exists()
     try:
         lock.acquire()
     except Busy as busy:
-        raise _daemon_running(site, str(busy)) from None
+        raise _daemon_running(site, str(busy), cancel=role_of(str(busy)) == "cancel") from None
     if new_lock and os.geteuid() == 0:  # the site's daemon must be able to open it later
         st = site.root.stat()
         os.chown(site.lock_path, st.st_uid, st.st_gid)
     try:
-        if site.shared:
-            for other in sorted(site.root.glob("daemon.*.lock")):
-                holder = None if other == site.lock_path else lock_holder_at(other)
-                if holder is not None:
-                    raise _daemon_running(site, holder)
+        other = other_daemon(site.root, site.host) if site.shared else None  # another host's
+        if other is not None:
+            raise _daemon_running(site, other)
         with tree_change(site.root, "reindex", rebuild=True):
             return _reindex(site)
     finally:
         lock.release()
 
 
-def _daemon_running(site: Site, holder: object) -> FlowbatchError:
-    if '"role": "cancel"' in str(holder):
+def _daemon_running(site: Site, holder: str, *, cancel: bool = False) -> FlowbatchError:
+    if cancel:
         return FlowbatchError(
             f"a `flowbatch runs cancel` holds the lock of {site.root} while it applies a "
             f"cancel ({holder})",

@@ -1099,7 +1099,7 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
     try:
         _start_when_free(daemon)
     except Busy as busy:
-        if _role(str(busy)) == "reindex":  # not served meanwhile: a failure, restarted
+        if role_of(str(busy)) == "reindex":  # not served meanwhile: a failure, restarted
             raise FlowbatchError(
                 f"flowbatch reindex is rebuilding the index of {site.root} ({busy})",
                 hint="start the daemon again once it has finished (systemd does, "
@@ -1150,12 +1150,12 @@ def _start_when_free(daemon: Daemon) -> None:
             daemon.start()
             return
         except Busy as busy:
-            if _role(str(busy)) != "cancel" or time.monotonic() > deadline:
+            if role_of(str(busy)) != "cancel" or time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
 
 
-def _role(held: str) -> str:
+def role_of(held: str) -> str:
     """Who holds a site lock, from what it wrote into it (:class:`SiteLock`)."""
     try:
         info = json.loads(held)

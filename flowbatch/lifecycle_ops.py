@@ -34,7 +34,7 @@ from .runs import ACTIVE, RunRecord, State, parse_state
 from .site import Site
 from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
-from .store.store import lock_holder_at, tree_change
+from .store.store import other_daemon, tree_change
 
 log = logging.getLogger("flowbatch.lifecycle_ops")
 
@@ -73,15 +73,13 @@ def _no_daemon_serving(site: Site, command: str) -> None:
     making runs of the workflow this moment, which the index shows only once they are
     committed (found by review: `uninstall` went ahead beside such a run, took its folder
     away and left its PENDING row, or failed half-way on a locked database)."""
-    for path in sorted(site.root.glob("daemon*.lock")):
-        holder = lock_holder_at(path)
-        if holder is not None and holder.get("pid") != os.getpid():
-            who = ", ".join(f"{k} {v}" for k, v in holder.items())
-            raise StateError(
-                f"a flowbatch daemon serves {site.root} ({who}): `{command}` needs it stopped",
-                hint=f"stop the daemon (systemctl stop flowbatch), run `flowbatch {command}`, "
-                "then start it again",
-            )
+    who = other_daemon(site.root, site.host)
+    if who is not None:
+        raise StateError(
+            f"a flowbatch daemon serves {site.root} ({who}): `{command}` needs it stopped",
+            hint=f"stop the daemon (systemctl stop flowbatch), run `flowbatch {command}`, "
+            "then start it again",
+        )
 
 
 def _changes_tree(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from functools import cached_property
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG_TEXT, SiteConfig, load_config
-from .store.layout import Layout
+from .store.layout import Layout, this_host
 from .store.store import Store
 from .store.templates import TemplateStore
 
@@ -67,7 +66,7 @@ class Site:
     @cached_property
     def host(self) -> str:
         """This daemon host's name (``FLOWBATCH_HOSTNAME`` overrides it, for tests)."""
-        return os.environ.get("FLOWBATCH_HOSTNAME") or socket.gethostname()
+        return this_host()
 
     @cached_property
     def store(self) -> Store:

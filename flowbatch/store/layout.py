@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,3 +148,8 @@ def queue_mode_problem(queue: Path, st: os.stat_result) -> str | None:
         "bit: a participant could replace the daemon's folders .claimed and rejected in it; "
         f"run: chmod +t {queue}"
     )
+
+
+def this_host() -> str:
+    """This daemon host's name (``FLOWBATCH_HOSTNAME`` overrides it, for tests)."""
+    return os.environ.get("FLOWBATCH_HOSTNAME") or socket.gethostname()

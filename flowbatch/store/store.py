@@ -41,7 +41,7 @@ from .index import (
     StateChangeRow,
     open_database,
 )
-from .layout import RUN_JSON, Layout
+from .layout import RUN_JSON, Layout, this_host
 
 log = logging.getLogger("flowbatch.store")
 
@@ -91,17 +91,15 @@ class Store:
         upgraded index as it knows it: found by review, `runs list` of a newer flowbatch
         upgraded it under the running daemon of an older one). The daemon that upgrades
         at its start holds the lock itself by then, or holds none yet."""
-        for path in sorted(self.layout.root.glob("daemon*.lock")):
-            holder = lock_holder_at(path)
-            if holder is not None and holder.get("pid") != os.getpid():
-                who = ", ".join(f"{k} {v}" for k, v in holder.items())
-                raise IndexError_(
-                    f"the index is at schema version {found}, older than this flowbatch's "
-                    f"({SCHEMA_VERSION}), and a daemon serves the site ({who}): upgrading "
-                    "it under that daemon's older flowbatch would break the daemon's writes",
-                    hint="restart the daemon with this flowbatch (it upgrades the index at "
-                    "its start), or use the flowbatch the daemon runs",
-                )
+        who = other_daemon(self.layout.root, this_host())
+        if who is not None:
+            raise IndexError_(
+                f"the index is at schema version {found}, older than this flowbatch's "
+                f"({SCHEMA_VERSION}), and a daemon serves the site ({who}): upgrading "
+                "it under that daemon's older flowbatch would break the daemon's writes",
+                hint="restart the daemon with this flowbatch (it upgrades the index at "
+                "its start), or use the flowbatch the daemon runs",
+            )
 
     def check_not_lost(self) -> None:
         """A new index beside a tree that has runs means the old one was deleted or
@@ -733,6 +731,17 @@ def tree_change(root: Path, command: str, *, rebuild: bool = False) -> Iterator[
         yield
     finally:
         os.close(fd)
+
+
+def other_daemon(root: Path, host: str) -> str | None:
+    """What another process holding a daemon lock of the site at ``root`` wrote into it
+    (any host's lock file the file system shows), as one line; None when there is none.
+    This process on ``host`` (a pid is a host's own) is no other."""
+    for path in sorted(root.glob("daemon*.lock")):
+        holder = lock_holder_at(path)
+        if holder is not None and (holder.get("pid"), holder.get("host")) != (os.getpid(), host):
+            return ", ".join(f"{k} {v}" for k, v in holder.items())
+    return None
 
 
 def lock_holder_at(path: Path) -> dict[str, Any] | None:
