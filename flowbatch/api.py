@@ -71,20 +71,13 @@ def install(
         installed = site.templates.install(src, workflow_id=workflow_id, name=name, progress=bar)
         index_workflow(site, installed.id)
         if installed.previous not in (None, installed.version):
-            _version_switched(site, installed.id)
+            # another version is current: the leaderboard files show its runs now (they
+            # kept the old one's until a run ended: found by review); the daemon checks
+            # the post-processing
+            from .lifecycle_ops import rewrite_reports
+
+            rewrite_reports(site, {installed.id})
     return installed
-
-
-def _version_switched(site: Site, workflow: str) -> None:
-    """Another version is current: the leaderboard files show the current version's runs
-    (they kept the old one's until a run ended: found by review). Rewritten here, as a
-    removal rewrites them (:mod:`flowbatch.lifecycle_ops`), the daemon left to check the
-    workflow's post-processing."""
-    from .lifecycle_ops import _owe_reports, _reports_written
-
-    noted = _owe_reports(site, {workflow})
-    update_reports(site, [workflow])
-    _reports_written(site, noted)
 
 
 def index_workflow(site: Site, workflow_id: str) -> None:

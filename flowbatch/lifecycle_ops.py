@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from .errors import FlowbatchError, NotFoundError, RequestError, StateError
 from .runs import ACTIVE, RunRecord, State, parse_state
@@ -89,9 +89,9 @@ def _changes_tree(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            site = args[0]
-            if kwargs.get("dry_run") or not isinstance(site, Site):
+            if kwargs.get("dry_run"):
                 return fn(*args, **kwargs)
+            site = cast(Site, args[0])  # every guarded function takes the site first
             with tree_change(site.root, command):
                 return fn(*args, **kwargs)
 
@@ -211,6 +211,14 @@ def _finish_delete(site: Site, run_id: str, uid: int) -> int | None:
     _refresh(site, {workflow_dir.name})
     _reports_written(site, noted)
     return freed
+
+
+def rewrite_reports(site: Site, workflows: set[str]) -> None:
+    """Rewrite the reports of ``workflows`` now, noted as owed first (as a removal does),
+    for a change made outside the daemon (another version made current)."""
+    noted = _owe_reports(site, workflows)
+    _refresh(site, workflows)
+    _reports_written(site, noted)
 
 
 def _refresh(site: Site, workflows: set[str]) -> None:
