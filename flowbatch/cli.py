@@ -248,16 +248,15 @@ def wait_for_request(
             hint="give the name `submit` printed (see `flowbatch runs list`, column "
             "REQUEST, or ls the queue)",
         )
+    code = why = None
     if failed_skips and not outcome.timed_out and outcome.exit_code == 0:
-        _end_wait(
-            outcome,
-            timeout,
-            what=f"{name} made no run (every point had run already)",
-            code=1,
-            why=f"{failed_skips} point(s) skipped because their runs had failed or were "
-            "cancelled: submit with --retry-failed to run them again",
+        code = 1
+        why = (
+            f"{failed_skips} point(s) skipped because their runs had failed or were "
+            "cancelled: submit with --retry-failed to run them again"
         )
-    _end_wait(outcome, timeout, what=f"{name} made no run (every point had run already)")
+    what = f"{name} made no run (every point had run already)"
+    _end_wait(outcome, timeout, what=what, code=code, why=why)
 
 
 def _note(text: str) -> None:

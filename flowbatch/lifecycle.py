@@ -790,7 +790,11 @@ class Runner:
             # a script that ended before the cancel came (no poll saw it yet, or no
             # daemon ran): its end stands (found by review: a SUCCESS and its results
             # were recorded as CANCELED)
-            probe = executor.poll([(run.id, run.handle)]).get(run.id)
+            try:
+                probe = executor.poll([(run.id, run.handle)]).get(run.id)
+            except Exception:  # no answer: the cancel goes on as it would have
+                log.exception("looking at run %s before its cancel failed", run.id)
+                probe = None
             if probe is not None and probe.liveness == Liveness.FINISHED:
                 log.info("run %s had ended before its cancel: its end is recorded", run.id)
                 self._finalize_safely(run, probe)
