@@ -14,10 +14,12 @@ import functools
 import grp
 import os
 import pwd
+import shutil
 import stat
 import threading
 import time
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 #: seconds a fact looked up stays remembered
@@ -173,3 +175,27 @@ def _primary_groups(_: None) -> dict[int, frozenset[str]]:
     for entry in pwd.getpwall():
         groups.setdefault(entry.pw_gid, set()).add(entry.pw_name)
     return {gid: frozenset(names) for gid, names in groups.items()}
+
+
+def closed_to_others(python: str) -> str | None:
+    """Why a user other than the daemon's could not run ``python`` (a path, or a name
+    looked up on PATH), or None: a folder on the way, or the file, without the execute
+    bit for others (a virtual environment under /root, 0700, is the usual case). The
+    link a virtual environment's ``python`` is, and its target, are both checked."""
+    found = python if os.path.isabs(python) else shutil.which(python)
+    if found is None:
+        return f"{python}, which is not on PATH"
+    for path in dict.fromkeys((Path(found), Path(os.path.realpath(found)))):
+        for folder in reversed(path.parents):
+            try:
+                mode = folder.stat().st_mode
+            except OSError as exc:
+                return f"{found}: {folder} cannot be looked at ({exc.strerror})"
+            if not mode & 0o001:
+                return f"{found}: {folder} is closed to other users (mode {mode & 0o777:o})"
+        try:
+            if not path.stat().st_mode & 0o001:
+                return f"{found}: {path} is not executable by other users"
+        except OSError as exc:
+            return f"{found}: {exc.strerror}"
+    return None

@@ -46,6 +46,7 @@ LIST_FIELDS = (
     "owner",
     "version",
     "executor",
+    "request",
 )
 
 log = logging.getLogger("flowbatch.api")
@@ -142,7 +143,8 @@ def validate(path: Path, site: Site | None = None) -> str:
         template = load_template(src.spec_path, known_variables=variables)
         _check_template(template, variables, site, str(src.spec_path))
         check_shipped(template, _file_list(src), src.spec_path)  # as install checks it
-        return f"template {src.spec_path}: valid ({_describe(template)})"
+        unchecked = "" if site else "; no site: its executor and variables not checked"
+        return f"template {src.spec_path}: valid ({_describe(template)}{unchecked})"
     doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES)
     if _looks_like_request(doc, path):
         if doc is None and path.stat().st_size == 0:  # as the intake says it
@@ -268,9 +270,9 @@ def _check_rendering(template: Template, variables: dict[str, str]) -> None:
 
 
 def _describe(template: Template) -> str:
-    steps = len(template.workflow.steps)
+    steps, params = len(template.workflow.steps), len(template.parameters)
     return (
-        f"{template.dialect} dialect, {len(template.parameters)} parameters, "
+        f"{template.dialect} dialect, {params} parameter{'s' if params != 1 else ''}, "
         f"{steps} step{'s' if steps != 1 else ''}"
         + (", with a result schema" if template.results else "")
     )
@@ -594,7 +596,6 @@ def show_run(site: Site, run_id: str) -> dict[str, Any]:
             "time_limit": run.time_limit,
             "history": run.history,
             "owner_uid": run.owner_uid,
-            "request": run.request,
             # why a PENDING run waits (a fair-share cap), see flowbatch.fairshare
             "waiting": run.waiting,
         }

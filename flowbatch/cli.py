@@ -29,6 +29,25 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: what :func:`echo` escapes: the control characters but newline and tab (C0, DEL, C1)
+_TERMINAL_ESCAPES = {
+    c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)
+}
+
+
+def shown(text: str) -> str:
+    """``text`` as a terminal may show it: a participant's words (a run's name, messages,
+    string results, a step's stderr) with their control characters escaped, so that none
+    clears an admin's screen, sets its title or fakes a line (found by review). JSON
+    output escapes them itself; ``runs logs`` writes a run's logs as they are, as ``cat``
+    would."""
+    return text if text.isprintable() else text.translate(_TERMINAL_ESCAPES)
+
+
+def echo(message: Any = None, *, err: bool = False, nl: bool = True) -> None:
+    """``click.echo`` of :func:`shown` text: every line the commands print goes here."""
+    click.echo(None if message is None else shown(str(message)), err=err, nl=nl)
+
 
 class Context:
     def __init__(self, site_dir: str, debug: bool) -> None:
@@ -141,7 +160,7 @@ class FlowbatchGroup(click.Group):
             obj = ctx.find_object(Context)
             if obj and obj.debug:
                 raise
-            raise click.ClickException(exc.summary()) from None
+            raise click.ClickException(shown(exc.summary())) from None
         except BrokenPipeError:
             # the reader went away (`flowbatch runs list | head`): quietly, as a program
             # killed by SIGPIPE; stdout pointed at /dev/null so its final flush is silent
@@ -160,26 +179,26 @@ class FlowbatchGroup(click.Group):
                     f" (root runs this command as the site's owner, {user_name(os.geteuid())}:"
                     " give them access, or put the file where they can read it)"
                 )
-            raise click.ClickException(message) from None
+            raise click.ClickException(shown(message)) from None
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    echo(json.dumps(value, indent=2, default=str))
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], titles: list[str] | None = None) -> None:
     """``rows`` as a text table of ``columns`` (keys of each row), headed by ``titles``
     (default: the keys)."""
     if not rows:
-        click.echo("(none)")
+        echo("(none)")
         return
     titles = titles or columns
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
     widths = [max(len(t), *(len(row[i]) for row in cells)) for i, t in enumerate(titles)]
     heads = [t.upper() if t.isidentifier() else t for t in titles]  # labels stay as written
-    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
+    echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
     for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 @click.group(cls=FlowbatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -245,8 +264,8 @@ def wait_for_request(
         raise FlowbatchError(
             f"no request named {name!r}: it is not in the queue, not being taken in, not "
             "rejected, and no run came from it",
-            hint="give the name `submit` printed (see `flowbatch runs list`, column "
-            "REQUEST, or ls the queue)",
+            hint="give the name `submit` printed (see `flowbatch runs list --json`, key "
+            "`request`, or ls the queue)",
         )
     code = why = None
     if failed_skips and not outcome.timed_out and outcome.exit_code == 0:
@@ -260,7 +279,7 @@ def wait_for_request(
 
 
 def _note(text: str) -> None:
-    click.echo(text, err=True)
+    echo(text, err=True)
 
 
 def _end_wait(
@@ -282,17 +301,17 @@ def _end_wait(
             ],
             ["id", "workflow", "state", "result"],
         )
-    else:
-        click.echo(what)
+    elif not outcome.timed_out:  # a wait cut short has not seen the request taken in
+        echo(what)
     if outcome.timed_out:
         active = [r["id"] for r in outcome.runs if r["state"] in ("PENDING", "RUNNING")]
-        click.echo(
+        echo(
             f"gave up waiting after {timeout:g} s"
             + (f"; still active: {', '.join(active)}" if active else "; no run made yet"),
             err=True,
         )
     if why:
-        click.echo(why, err=True)
+        echo(why, err=True)
     sys.exit(outcome.exit_code if code is None else code)
 
 
@@ -317,7 +336,7 @@ def init(obj: Context, directory: str | None) -> None:
     from .site import Site
 
     site = Site.init(directory or obj.site_dir)
-    click.echo(f"site ready at {site.root}")
+    echo(f"site ready at {site.root}")
 
 
 @main.command()
@@ -348,7 +367,7 @@ def install(
         what = "already installed, current again"  # a switch back (found by review)
     else:
         what = "already installed"
-    click.echo(f"{what}: workflow {inst.id} ({inst.name}), version {inst.version}")
+    echo(f"{what}: workflow {inst.id} ({inst.name}), version {inst.version}")
 
 
 @main.command()
@@ -359,7 +378,7 @@ def validate(obj: Context, path: str) -> None:
     from . import api
 
     site = obj.site if (Path(obj.site_dir) / "flowbatch.yaml").exists() else None
-    click.echo(api.validate(Path(path), site))
+    echo(api.validate(Path(path), site))
 
 
 @main.command()
@@ -387,7 +406,7 @@ def submit(
     failed = echo_resume_plan(obj.site, Path(request), retry_failed)
     queued_at = time.time()
     name = api.submit(obj.site, Path(request), retry_failed=retry_failed)
-    click.echo(name)
+    echo(name)
     if wait:
         wait_for_request(obj.site, name, timeout, since=queued_at, failed_skips=failed)
 
@@ -428,7 +447,7 @@ def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose:
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     message = run_daemon(obj.site, once=once, until_idle=until_idle)
     if message:
-        click.echo(message)
+        echo(message)
     obj.site.close()  # the index committed and closed: nothing is left to tear down
     _ENDED_CLEANLY[0] = True
 
@@ -503,34 +522,34 @@ def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
         "finished_at",
         "run_dir",
     ):
-        click.echo(f"{key + ':':13}{'' if info[key] is None else info[key]}")
+        echo(f"{key + ':':13}{'' if info[key] is None else info[key]}")
     if info.get("waiting") and info["state"] == "PENDING":
-        click.echo(f"{'waiting:':13}{info['waiting']}")  # a fair-share cap
+        echo(f"{'waiting:':13}{info['waiting']}")  # a fair-share cap
     handle = info.get("handle") or {}
     if handle.get("status") and info["state"] in ("PENDING", "RUNNING"):
         # e.g. Slurm's PENDING (Priority): a run PENDING in the scheduler's queue; an SSH
         # run's word (its wrapper killed from outside while its script goes on)
         if handle.get("job_id"):
-            click.echo(f"{'scheduler:':13}job {handle['job_id']}: {handle['status']}")
+            echo(f"{'scheduler:':13}job {handle['job_id']}: {handle['status']}")
         else:
-            click.echo(f"{'status:':13}{handle['status']}")
-    click.echo("arguments:")
+            echo(f"{'status:':13}{handle['status']}")
+    echo("arguments:")
     for name, value in info["arguments"].items():
-        click.echo(f"  {name}: {json.dumps(value)}")
+        echo(f"  {name}: {json.dumps(value)}")
     if info["steps"]:
-        click.echo("steps:")
+        echo("steps:")
         for s in info["steps"]:
             code = "-" if s["exit_code"] is None else s["exit_code"]
             dur = "" if s["duration"] is None else f"  {s['duration']:.3f}s"
-            click.echo(f"  {s['index']}. {s['name']}  exit {code}{dur}  {s['stderr']}")
+            echo(f"  {s['index']}. {s['name']}  exit {code}{dur}  {s['stderr']}")
     if info["results"]:
-        click.echo("results:")
+        echo("results:")
         for name, value in info["results"].items():
-            click.echo(f"  {name}: {value}")
+            echo(f"  {name}: {value}")
     if info["messages"]:
-        click.echo("messages:")
+        echo("messages:")
         for m in info["messages"]:
-            click.echo("  " + m.replace("\n", "\n  "))
+            echo("  " + m.replace("\n", "\n  "))
 
 
 @runs.command("cancel")
@@ -557,7 +576,7 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
                     daemon.write_reports()  # no tick: nothing else is taken in or started
             finally:
                 daemon.stop()
-            click.echo(_cancel_outcome(run_id, site.store.load(run_id).state.value))
+            echo(_cancel_outcome(run_id, site.store.load(run_id).state.value))
             return
     # the daemon's own checks (owner or root, an active run), as it will make them: the
     # uid is the one that owns the queued request file
@@ -565,9 +584,9 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
     name = api.request_cancel(site, run_id, reason)
     state = wait_terminal(site, run_id, wait)
     if state in ("PENDING", "RUNNING"):
-        click.echo(f"{run_id}: {state} (cancel queued as {name}: the daemon applies it)")
+        echo(f"{run_id}: {state} (cancel queued as {name}: the daemon applies it)")
     else:
-        click.echo(_cancel_outcome(run_id, state))
+        echo(_cancel_outcome(run_id, state))
 
 
 def _cancel_outcome(run_id: str, state: str) -> str:
@@ -624,14 +643,15 @@ def ranking(
         return
     # the result columns keyed apart from the fixed ones (and from each other): a result
     # labelled "version" (or "rank", "group", "run") must not take their cells
-    fixed = ["rank", "group", "run", "version"]
+    fixed = ["rank", "group", "id", "run", "version"]
     keys = [f"result {i}" for i in range(len(board["schema"]))]
     rows: list[dict[str, Any]] = []
     for entry in board["ranking"]:
         row: dict[str, Any] = {
             "rank": entry["rank"],
             "group": entry["group"],
-            "run": entry["run"]["name"] or entry["run"]["id"],
+            "id": entry["run"]["id"],  # what `runs show` takes (names may repeat)
+            "run": entry["run"]["name"] or "",
             "version": entry["run"]["version"],
         }
         for key, col in zip(keys, board["schema"], strict=True):
@@ -639,7 +659,7 @@ def ranking(
             row[key] = f"{value:.4g}" if isinstance(value, float) else value
         rows.append(row)
     shown = board["version"] or "all versions"
-    click.echo(f"version: {shown}" + (" (current)" if board["version"] == board["current"] else ""))
+    echo(f"version: {shown}" + (" (current)" if board["version"] == board["current"] else ""))
     _table(rows, fixed + keys, fixed + [c["label"] for c in board["schema"]])
 
 
@@ -671,7 +691,7 @@ def reindex(obj: Context) -> None:
 
     needs_write(obj.site, "reindex", obj.site.root)
     count = api.reindex(obj.site)
-    click.echo(f"indexed {count} runs")
+    echo(f"indexed {count} runs")
 
 
 @main.command()
@@ -688,7 +708,7 @@ def report(obj: Context, workflow: str | None) -> None:
         done = api.report(obj.site, workflow, progress=lambda name: bar.advance())
     index = obj.site.layout.results / "index.html"
     plural = "s" if len(done) != 1 else ""
-    click.echo(f"reports of {len(done)} workflow{plural} written: {index}")
+    echo(f"reports of {len(done)} workflow{plural} written: {index}")
 
 
 # config, schema, doctor: admin commands kept in their own module (registers on import)
@@ -716,7 +736,7 @@ def hosts_check(obj: Context, name: str | None, as_json: bool) -> None:
     else:
         for host, info in report.items():
             if info["ok"]:
-                click.echo(
+                echo(
                     f"{host}: ok {info['login']}"
                     + (f" via {info['via']}" if info["via"] else "")
                     + f", host key {info['host_key']}, remote root {info['remote_root']} "
@@ -724,7 +744,7 @@ def hosts_check(obj: Context, name: str | None, as_json: bool) -> None:
                     f"round trip {info['round_trip_ms']} ms"
                 )
             else:
-                click.echo(f"{host}: FAILED {info['error']}", err=True)
+                echo(f"{host}: FAILED {info['error']}", err=True)
     if not all(info["ok"] for info in report.values()):
         sys.exit(1)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .cli import Context, _echo_json, _table, main, pass_ctx
+from .cli import Context, _echo_json, _table, echo, main, pass_ctx
 
 
 @main.group()
@@ -38,10 +38,10 @@ def config_show(obj: Context, as_json: bool) -> None:
     if as_json:
         _echo_json({"file": str(loaded.file), "values": rows, "ignored": loaded.ignored})
         return
-    click.echo(f"# {loaded.file}{'' if loaded.file.exists() else ' (absent: defaults)'}")
+    echo(f"# {loaded.file}{'' if loaded.file.exists() else ' (absent: defaults)'}")
     _table([{**r, "value": _show(r["value"])} for r in rows], ["key", "value", "source"])
     for var in loaded.ignored:
-        click.echo(f"# ignored: {var} (not a config key)")
+        echo(f"# ignored: {var} (not a config key)")
 
 
 def _show(value: Any) -> str:
@@ -64,7 +64,7 @@ def schema(kind: str, output: str | None) -> None:
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:
-        click.echo(text, nl=False)
+        echo(text, nl=False)
 
 
 @main.command()

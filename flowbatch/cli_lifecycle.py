@@ -20,6 +20,7 @@ from .cli import (
     _echo_json,
     _table,
     caller_uid,
+    echo,
     main,
     needs_write,
     pass_ctx,
@@ -55,7 +56,7 @@ def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> int:
         return 0
     skipped = plan.skipped(retry_failed=retry_failed)
     todo = len(plan.points) - len(skipped)
-    click.echo(
+    echo(
         f"sweep of {len(plan.points)} points on version {plan.version}: {todo} to run, "
         f"{len(skipped)} skipped",
         err=True,
@@ -64,7 +65,7 @@ def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> int:
         if point.index in skipped:
             args = ", ".join(f"{k}={_shown(v)}" for k, v in point.arguments.items())
             runs_ = ", ".join((point.because or point.runs)[-3:])
-            click.echo(f"  skip {args}: {skipped[point.index]} (runs {runs_})", err=True)
+            echo(f"  skip {args}: {skipped[point.index]} (runs {runs_})", err=True)
     return sum(1 for p in plan.points if p.index in skipped and p.status == FAILED)
 
 
@@ -89,8 +90,8 @@ def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
     if as_json:
         _echo_json(info)
         return
-    click.echo(f"workflow: {info['id']} ({info['name']})")
-    click.echo(f"current:  {info['current']}")
+    echo(f"workflow: {info['id']} ({info['name']})")
+    echo(f"current:  {info['current']}")
     rows = [
         {
             "version": v["version"] + (" *" if v["current"] else ""),
@@ -102,9 +103,9 @@ def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
     ]
     _table(rows, ["version", "installed_at", "runs", "states"])
     if info.get("description"):
-        click.echo(f"\n{info['description']}")
+        echo(f"\n{info['description']}")
     if info.get("instructions"):
-        click.echo(f"\ninstructions:\n{info['instructions'].rstrip()}")
+        echo(f"\ninstructions:\n{info['instructions'].rstrip()}")
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def runs_rerun(obj: Context, run_id: str, latest: bool, wait: bool, timeout: flo
 
     queued_at = time.time()
     name = rerun(obj.site, run_id, latest=latest)
-    click.echo(name)
+    echo(name)
     if wait:
         wait_for_request(obj.site, name, timeout, since=queued_at)
 
@@ -153,7 +154,7 @@ def runs_logs(
     run_dir = store.run_dir(run)
     note = runlogs.remote_note(run, obj.site.config.ssh)
     if note:
-        click.echo(note, err=True)
+        echo(note, err=True)
 
     def chosen() -> list[runlogs.Log]:
         return runlogs.select(runlogs.run_logs(run_dir), step, stream)
@@ -163,7 +164,7 @@ def runs_logs(
 
     def show(log: runlogs.Log, data: bytes) -> None:
         if current[0] != log.rel:
-            click.echo(f"==> {log.title} <==")
+            echo(f"==> {log.title} <==")
             current[0] = log.rel
         sys.stdout.buffer.write(data if data.endswith(b"\n") or follow else data + b"\n")
         sys.stdout.buffer.flush()
@@ -177,7 +178,7 @@ def runs_logs(
             show(log, data)
     if current[0] is None and not follow:
         some = f"{len(logs)} empty" if logs else "no"
-        click.echo(f"run {run_id} ({run.state.value}) has {some} logs", err=True)
+        echo(f"run {run_id} ({run.state.value}) has {some} logs", err=True)
     if follow:
         for log, data in runlogs.follow(
             run_dir, chosen, lambda: not store.load(run_id).state.active, start=shown
@@ -224,7 +225,7 @@ def runs_delete(obj: Context, run_id: str) -> None:
 
     needs_write(obj.site, "runs delete", obj.site.layout.results)
     freed = delete_run(obj.site, run_id, uid=caller_uid())
-    click.echo(f"deleted run {run_id}, freed {human(freed)}")
+    echo(f"deleted run {run_id}, freed {human(freed)}")
 
 
 @runs.command("files")
@@ -257,7 +258,7 @@ def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
     by its file key; print the archive's path."""
     from .archive import write_archive
 
-    click.echo(str(write_archive(obj.site, run_id, output or None)))
+    echo(str(write_archive(obj.site, run_id, output or None)))
 
 
 # -- cleanup and uninstall ----------------------------------------------------------------------
@@ -306,8 +307,8 @@ def cleanup(
             _echo_json(found)
             return
         for o in found["orphans"]:
-            click.echo(f"{o['where']}: {o['path']} ({o['why']}, {human(o['bytes'])})")
-        click.echo(f"{verb} {len(found['orphans'])} orphans, {human(found['freed'])}")
+            echo(f"{o['where']}: {o['path']} ({o['why']}, {human(o['bytes'])})")
+        echo(f"{verb} {len(found['orphans'])} orphans, {human(found['freed'])}")
         return
     if not before:
         raise click.UsageError("give --before DATE (or --orphans)")
@@ -316,14 +317,14 @@ def cleanup(
         _echo_json(report.to_json())
         return
     for entry in report.removed:
-        click.echo(
+        echo(
             f"{entry['id']}  {entry['workflow']}  {entry['state']}  {entry['created_at']}  "
             f"{human(entry['bytes'])}"
         )
     for entry in report.spared:
-        click.echo(f"{entry['id']}  spared: {entry['why']}")
+        echo(f"{entry['id']}  spared: {entry['why']}")
     for entry in report.postproc_removed:
-        click.echo(
+        echo(
             f"{entry['id']}  {entry['workflow']}  post-processing {entry['state']}  "
             f"{entry['created_at']}  {human(entry['bytes'])}"
         )
@@ -332,7 +333,7 @@ def cleanup(
         if report.postproc_removed
         else ""
     )
-    click.echo(f"{verb} {len(report.removed)} runs{extra}, {human(report.freed)}")
+    echo(f"{verb} {len(report.removed)} runs{extra}, {human(report.freed)}")
 
 
 @main.command()
@@ -346,4 +347,4 @@ def uninstall(obj: Context, workflow: str) -> None:
     needs_write(obj.site, "uninstall", obj.site.layout.templates, obj.site.layout.results)
     info = remove(obj.site, workflow)
     again = " (an interrupted uninstall, finished)" if info.get("resumed") else ""
-    click.echo(f"uninstalled {workflow}{again}: {info['runs']} runs, freed {human(info['freed'])}")
+    echo(f"uninstalled {workflow}{again}: {info['runs']} runs, freed {human(info['freed'])}")

@@ -1080,6 +1080,24 @@ def check_cancel(run: RunRecord, uid: int) -> None:
         )
 
 
+def _python_for_others(site: Site) -> None:
+    """A root daemon whose ``${python}`` other users cannot run says so at its start, as
+    ``doctor`` does: else each of their runs failed with exit code 126 and the log said
+    nothing (found by review: flowbatch installed in a virtual environment under /root)."""
+    if os.geteuid() != 0:
+        return
+    from .accounts import closed_to_others
+
+    closed = closed_to_others(site.config.all_variables()["python"])
+    if closed:
+        log.warning(
+            "the runs of other users cannot start ${python}: %s. set `variables: {python: "
+            "/usr/bin/python3}` in flowbatch.yaml, or install flowbatch where every user "
+            "can reach it",
+            closed,
+        )
+
+
 def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> str | None:
     """Run the daemon; returns a message when another daemon already serves the site.
 
@@ -1110,6 +1128,7 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
     # are recovered; without $NOTIFY_SOCKET these calls do nothing. The signal handlers
     # came first: a stop right after READY must end the daemon cleanly.
     notify.ready(f"serving {site.root}")
+    _python_for_others(site)
     try:
         if once:
             # runs it launches are detached; the next tick adopts them (PID + start time)

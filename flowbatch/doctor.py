@@ -26,7 +26,7 @@ from typing import Any
 
 import peewee as pw
 
-from .accounts import user_name
+from .accounts import closed_to_others, user_name
 from .config import SiteConfig
 from .errors import FlowbatchError
 
@@ -388,7 +388,7 @@ def _local(config: SiteConfig) -> tuple[str, str]:
                 "the log for why it was not used)"
             )
         detail += f"; runs of other users started through {path}"
-        closed = _closed_to_others(config.all_variables()["python"])
+        closed = closed_to_others(config.all_variables()["python"])
         if closed:
             return WARN, (
                 f"{detail}; but ${{python}} of their runs is {closed}: set `variables: "
@@ -396,30 +396,6 @@ def _local(config: SiteConfig) -> tuple[str, str]:
                 "every user can reach it)"
             )
     return OK, detail
-
-
-def _closed_to_others(python: str) -> str | None:
-    """Why a user other than the daemon's could not run ``python`` (a path, or a name
-    looked up on PATH), or None: a folder on the way, or the file, without the execute
-    bit for others (a virtual environment under /root, 0700, is the usual case). The
-    link a virtual environment's ``python`` is, and its target, are both checked."""
-    found = python if os.path.isabs(python) else shutil.which(python)
-    if found is None:
-        return f"{python}, which is not on PATH"
-    for path in dict.fromkeys((Path(found), Path(os.path.realpath(found)))):
-        for folder in reversed(path.parents):
-            try:
-                mode = folder.stat().st_mode
-            except OSError as exc:
-                return f"{found}: {folder} cannot be looked at ({exc.strerror})"
-            if not mode & 0o001:
-                return f"{found}: {folder} is closed to other users (mode {mode & 0o777:o})"
-        try:
-            if not path.stat().st_mode & 0o001:
-                return f"{found}: {path} is not executable by other users"
-        except OSError as exc:
-            return f"{found}: {exc.strerror}"
-    return None
 
 
 def _self_check(executor: Any) -> tuple[str, str]:

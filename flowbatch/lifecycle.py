@@ -92,7 +92,17 @@ def describe_code(code: int) -> str:
             return f"exit code {code}: killed by {signal.Signals(code - 128).name}"
         except ValueError:
             pass
+    if code in _SHELL_CODES:
+        return f"exit code {code}: {_SHELL_CODES[code]}"
     return f"exit code {code}"
+
+
+#: bash's own exit codes for a command it could not start (found by review: a run of
+#: another user, whose ${python} sat under /root, ended "exit code 126" and no more)
+_SHELL_CODES = {
+    126: "a command could not be executed (no permission to run it, or to enter its folder)",
+    127: "a command was not found",
+}
 
 
 #: exit codes of a script the daemon's kill ended (SIGTERM, then SIGKILL after a grace)

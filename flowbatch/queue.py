@@ -1460,7 +1460,14 @@ class Intake:
         info.setdefault("file", name)
         info["rejected_at"] = now_iso()
         info["request"] = dest.name
-        atomic.write_text(rejected / f"{dest.name}.error.yaml", yamlio.dump(info), fsync=False)
+        mode, owner = _error_file_access(claimed)
+        atomic.write_text(
+            rejected / f"{dest.name}.error.yaml",
+            yamlio.dump(info),
+            fsync=False,
+            mode=mode,
+            owner=owner,
+        )
         bundle = self._bundle(claimed) if claimed.run_id else None
         if bundle is not None:  # the files `submit` brought stay with the request
             with contextlib.suppress(OSError):
@@ -1470,6 +1477,21 @@ class Intake:
         except FileNotFoundError:
             pass
         log.warning("rejected %s: %s", name, error.summary())
+
+
+def _error_file_access(claimed: Claimed) -> tuple[int, tuple[int, int] | None]:
+    """The mode and owner of a rejected request's error file: readable by whom the
+    request was readable, and the request's user's when a root daemon rejects another
+    user's request (found by review: the error of a private request, which may quote one
+    of its values, was everyone's to read). A request gone meanwhile: its user's alone."""
+    try:
+        st = os.lstat(claimed.path)
+        mode, group = (stat.S_IMODE(st.st_mode) & 0o644) | 0o600, st.st_gid
+    except OSError:
+        mode, group = 0o600, -1
+    if os.geteuid() == 0 and claimed.uid != 0:
+        return mode, (claimed.uid, group)
+    return mode, None
 
 
 def _newest_folder_change(path: str) -> float:
@@ -2093,6 +2115,8 @@ class TakenBack:
 
     removed: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    #: folders past :data:`TAKE_BACK_DEPTH`, closed with what they hold
+    closed: list[str] = field(default_factory=list)
 
 
 def take_back(path: Path, uid: int | None) -> TakenBack:
@@ -2122,8 +2146,15 @@ def take_back(path: Path, uid: int | None) -> TakenBack:
         fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
         try:
             linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}
-            _take_back_folder(fd, uid, tree.st_uid, tree.st_gid, linked=linked)
+            _take_back_folder(fd, uid, tree.st_uid, tree.st_gid, linked=linked, taken=taken)
             _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken)
+            if taken.closed:
+                first = taken.closed[0].split("/")
+                taken.notes.append(
+                    f"{len(taken.closed)} folder(s) more than {TAKE_BACK_DEPTH} levels deep "
+                    f"(the first under {'/'.join(first[:3])}/...) were closed as the run left "
+                    "them: only the site's owner can read what they hold"
+                )
             for note in taken.notes:
                 log.warning("run folder %s: %s", path, note)
         finally:
@@ -2145,6 +2176,8 @@ _TAKE_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: the bytes (allocated: holes are kept) a run's take-back copies at most for files that
 #: also have a name outside its folder; past it, such files' names in the folder go
 TAKE_BACK_COPY_BYTES = 1 << 30
+#: the folder levels a take-back walks; a deeper folder is closed (:func:`_take_back_folder`)
+TAKE_BACK_DEPTH = 100
 
 
 def _take_back_folder(
@@ -2155,6 +2188,7 @@ def _take_back_folder(
     depth: int = 0,
     *,
     linked: dict[tuple[int, int], list[tuple[str, ...]]],
+    taken: TakenBack,
     rel: tuple[str, ...] = (),
 ) -> None:
     """:func:`take_back` of the open folder ``fd`` and of what is in it: the entries of
@@ -2164,7 +2198,11 @@ def _take_back_folder(
     may still be at work) is never what gets changed; the folder is the tree's before
     its entries are looked at, so none can be added or renamed there meanwhile. A file
     with more than one name goes into ``linked`` (its device and inode -> its paths
-    here), for :func:`_take_back_linked` once every folder is the tree's.
+    here), for :func:`_take_back_linked` once every folder is the tree's. A folder
+    deeper than :data:`TAKE_BACK_DEPTH` is taken and closed to all but the tree's owner
+    (mode 0700), its contents left as they are: its user can no longer reach them
+    (found by review: below the depth limit the run's user kept a writable area for
+    ever, where the walk simply stopped).
 
     The daemon's own files at the top (``run.json``, ``request.yaml``, ``run.sh``) are
     never taken: one of the user's there is one they put in place of the daemon's, and
@@ -2173,10 +2211,12 @@ def _take_back_folder(
     st = os.fstat(fd)
     if st.st_uid == user:
         os.fchown(fd, owner, group)
+    if depth >= TAKE_BACK_DEPTH:
+        os.fchmod(fd, 0o700)
+        taken.closed.append("/".join(rel))
+        return
     if st.st_mode & 0o022:
         os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
-    if depth > 100:  # deeper than any run writes: left as it is
-        return
     for name in os.listdir(fd):
         if depth == 0 and name in DAEMON_FILES:
             continue
@@ -2186,7 +2226,14 @@ def _take_back_folder(
                 sub = os.open(name, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
                 try:
                     _take_back_folder(
-                        sub, user, owner, group, depth + 1, linked=linked, rel=(*rel, name)
+                        sub,
+                        user,
+                        owner,
+                        group,
+                        depth + 1,
+                        linked=linked,
+                        taken=taken,
+                        rel=(*rel, name),
                     )
                 finally:
                     os.close(sub)

@@ -6,7 +6,9 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+from .accounts import user_name
 from .config import DEFAULT_CONFIG_TEXT, SiteConfig, load_config
+from .errors import ConfigError
 from .store.layout import Layout, this_host
 from .store.store import Store
 from .store.templates import TemplateStore
@@ -84,7 +86,15 @@ class Site:
     def init(root: str | os.PathLike[str]) -> Site:
         """Create a site folder with a commented config and the queue/results/templates folders."""
         path = Path(root)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            parent = next((p for p in path.absolute().parents if p.exists()), path.parent)
+            raise ConfigError(
+                f"cannot create the site folder {path}: {parent} is not writable by "
+                f"{user_name(os.geteuid())}",
+                hint=f"create it first as root: install -d -o {user_name(os.geteuid())} {path}",
+            ) from None
         Layout(path.resolve()).ensure()
         config = path / "flowbatch.yaml"
         if not config.exists():

@@ -132,8 +132,16 @@ def rejection(layout: Layout, name: str, *, since: float | None = None) -> dict[
         )
     except OSError:
         pass
+    try:
+        trusted = {os.stat(rejected).st_uid, os.geteuid()}
+    except OSError:
+        return None
     for path in candidates:
         try:
+            # an error file is its request's user's (a root daemon's rejection of another
+            # user's request): one user's must not answer for another's request
+            if os.geteuid() != 0 and os.lstat(path).st_uid not in trusted:
+                continue
             info = yamlio.load_file(path, max_bytes=1 << 20)
         except (OSError, FlowbatchError):
             continue

@@ -328,8 +328,9 @@ def test_a_template_naming_an_unknown_executor_is_refused(tmp_path: Path, how: s
         assert error.expected == "one of: local, slurm, slurm:gpu"
         assert error.file and error.file.endswith("workflow.yaml")
         assert site.templates.list_ids() == []  # nothing installed
-        # without a site there are no names to check it against
-        assert "valid" in api.validate(folder, None)
+        # without a site there are no names to check it against, and it says so (found
+        # by review: "valid", and install then refused it)
+        assert "no site: its executor and variables not checked" in api.validate(folder, None)
     finally:
         site.close()
 

@@ -128,7 +128,7 @@ def test_ranking_text_keeps_result_columns_apart_from_the_fixed_ones(
     lines = fb(site, "ranking", "wf").splitlines()
     assert lines[0] == "version: v1 (current)"
     assert lines[1].split() == [
-        *["RANK", "GROUP", "RUN", "VERSION"],
+        *["RANK", "GROUP", "ID", "RUN", "VERSION"],
         *["VERSION", "RANK", "GROUP", "RUN", "SCORE", "SCORE"],
     ]
     assert lines[2].split() == ["1", "alice", "556a24e700bd", "v1", *[f"res{i}" for i in range(6)]]
@@ -376,3 +376,57 @@ def test_validate_a_huge_time_is_a_field_error_not_a_traceback(tmp_path: Path) -
     out = fb(root, "validate", str(req), ok=False)
     assert out.startswith("Error: ") and len(out.strip().splitlines()) == 1, out
     assert "resources" in out and "not a time" in out and "Traceback" not in out
+
+
+NOTE_TEMPLATE = """
+workflow:
+  steps:
+    - name: score
+      action:
+        commands:
+          - >-
+            printf '\\033]0;OWNED\\007\\033[2J' >&2
+          - >-
+            printf '{"score": %s, "note": "\\\\u001b[2Jnote"}' "${score}" > r.json
+          - test "$(printf %.0f ${score})" != 0
+parameters:
+  - {name: score, dtype: float}
+results:
+  file: r.json
+  schema:
+    - {name: score, label: Score, dtype: float}
+    - {name: note, label: Note, dtype: string}
+"""
+
+
+def test_a_participants_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    """Found by review: a run's stderr (in its messages) and a string result reached an
+    admin's terminal as they were, able to clear the screen, set its title or fake
+    lines. The commands print them escaped; newlines stay lines. (A request's name with
+    a control character is refused at intake.)"""
+    from flowbatch import api
+
+    from .conftest import drop, run_until_idle, write_template
+
+    site = make_site(tmp_path / "site")
+    api.install(site, write_template(tmp_path / "t", NOTE_TEMPLATE), workflow_id="wf")
+    drop(site, "ok.yaml", {"workflow": "wf", "name": "ok", "arguments": {"score": 2}})
+    drop(site, "bad.yaml", {"workflow": "wf", "name": "bad", "arguments": {"score": 0}})
+    run_until_idle(site).stop()
+    runs = {r["name"]: r for r in api.list_runs(site)}
+    assert runs["bad"]["state"] == "ERROR", api.show_run(site, runs["bad"]["id"])["messages"]
+    site.close()
+    outputs = [
+        CliRunner().invoke(main, ["--site", str(site.root), *args])
+        for args in (
+            ["runs", "show", runs["bad"]["id"]],
+            ["runs", "list"],
+            ["ranking", "wf"],
+        )
+    ]
+    for result in outputs:
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output, result.output
+    assert "\\x1b]0;OWNED\\x07\\x1b[2J" in outputs[0].output  # the stderr, escaped
+    assert "\\x1b[2Jnote" in outputs[2].output
+    assert len(outputs[0].output.splitlines()) > 10  # lines stay lines

@@ -61,3 +61,42 @@ def test_docgen_of_an_installed_flowbatch_asks_where_to_write(
     assert ended.value.code == 2
     assert not (tmp_path / "site-packages" / "docs").exists()
     assert docgen.main(["--output", str(tmp_path / "cli.md")]) == 0
+
+
+def test_the_native_example_of_the_organisers_guide_runs(tmp_path: Path) -> None:
+    """Found by review: the native dialect had one sentence, and a first try with
+    `${python}` installed and failed every run. The guide's native Hello World (its
+    workflow, with the example's parameters, outputs and results) installs and runs."""
+    import shutil
+
+    import yaml
+
+    from flowbatch import api
+
+    from .conftest import EXAMPLES, drop, make_site, run_until_idle
+
+    guide = (DOCS / "organisers.md").read_text(encoding="utf-8")
+    block = guide[guide.index("```yaml\nflowbatch: 1\n") + len("```yaml\n") :]
+    native = yaml.safe_load(block[: block.index("```")])
+    folder = tmp_path / "native"
+    shutil.copytree(EXAMPLES / "helloworld", folder)
+    spec = yaml.safe_load((folder / "benchmark.yaml").read_text(encoding="utf-8"))
+    (folder / "benchmark.yaml").write_text(yaml.safe_dump({**spec, **native}), encoding="utf-8")
+    site = make_site(tmp_path / "site")
+    assert api.install(site, folder, workflow_id="native").created
+    drop(site, "r.yaml", {"workflow": "native", "arguments": {"greeting": "Hi 'there'"}})
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    shown = api.show_run(site, run["id"])
+    assert run["state"] == "SUCCESS", shown["messages"]
+    out = Path(shown["run_dir"])
+    assert "Hi 'there' Alice" in (out / "results" / "greetings.txt").read_text()
+    assert (out / "results" / "lines.txt").read_text().split() == [
+        "line",
+        "0",
+        "line",
+        "1",
+        "line",
+        "2",
+    ]
+    site.close()

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -454,3 +455,53 @@ def test_a_participant_who_may_not_queue_is_told_what_to_ask_for(
         assert "ask its admin (root" in done.stderr and "PermissionError" not in done.stderr
     finally:
         shutil.rmtree(request, ignore_errors=True)
+
+
+def test_a_private_requests_error_is_as_private_as_the_request(root_site: Path) -> None:
+    """Found by review: the error file of a participant's 0600 request, which quoted the
+    value that failed its check, was root's and everyone's to read. It is now the
+    request's user's, readable by whom the request was; the participant's wait reads it,
+    and another user's error file of that name does not answer for their request."""
+    from .conftest import run_until_idle
+
+    queue = root_site / "queue"
+    for name, mode in (("private.yaml", 0o600), ("open.yaml", 0o644)):
+        path = queue / name
+        path.write_text("workflow: wf\narguments:\n  score: hunter2-token\n")
+        os.chown(path, PARTICIPANT, PARTICIPANT)
+        path.chmod(mode)
+    site = Site(root_site)
+    try:
+        run_until_idle(site).stop()
+    finally:
+        site.close()
+    rejected = queue / "rejected"
+    private = (rejected / "private.yaml.error.yaml").stat()
+    assert (private.st_uid, stat.S_IMODE(private.st_mode)) == (PARTICIPANT, 0o600)
+    assert "hunter2-token" in (rejected / "private.yaml.error.yaml").read_text()
+    opened = (rejected / "open.yaml.error.yaml").stat()
+    assert (opened.st_uid, stat.S_IMODE(opened.st_mode)) == (PARTICIPANT, 0o644)
+    waited = participant(root_site, "runs", "wait", "--request", "private.yaml", "--timeout", "5")
+    assert waited.returncode == 1 and "rejected" in waited.stderr + waited.stdout, waited
+    assert "hunter2-token" in waited.stderr + waited.stdout
+    # another user's error file (of their request `mine.1.yaml`), which they edited to
+    # name the participant's `mine.yaml`, does not answer for it
+    forged = rejected / "mine.1.yaml.error.yaml"
+    forged.write_text((rejected / "open.yaml.error.yaml").read_text().replace("open", "mine"))
+    os.chown(forged, 12345, 12345)
+    waited = participant(root_site, "runs", "wait", "--request", "mine.yaml", "--timeout", "2")
+    assert "hunter2-token" not in waited.stderr + waited.stdout, waited
+    assert "not rejected, and no run came from it" in waited.stderr, waited
+
+
+def test_init_where_its_user_may_not_make_the_folder_says_what_to_do(
+    public_tmp: Path, _participant_python: None
+) -> None:
+    """Found by review: admins.md's `sudo -u flowbatch flowbatch --site /srv/flowbatch
+    init` under a root-owned /srv ended in a bare PermissionError."""
+    done = participant(public_tmp / "srv" / "site", "init")
+    assert done.returncode == 1
+    assert f"cannot create the site folder {public_tmp / 'srv' / 'site'}" in done.stderr
+    assert f"{public_tmp} is not writable by nobody" in done.stderr
+    assert f"install -d -o nobody {public_tmp / 'srv' / 'site'}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -308,3 +308,26 @@ def test_optional_names_and_a_dicts_underscore_key_pass_the_install_check() -> N
     check_template(t, VARS)
     with pytest.raises(TemplateError):
         check_template(tpl(["{{ n.__class__ }}"], n="string"), VARS)
+
+
+@pytest.mark.parametrize("variables", [VARS, None])  # `validate` with a site, and without
+def test_the_flowserv_dialects_placeholders_are_refused_in_a_native_template(
+    variables: dict[str, str] | None,
+) -> None:
+    """Found by review: a native template written with `${python}` or `$[[n]]` validated
+    and installed, and every run failed: Jinja2 leaves both to bash, where `${python}` is
+    unset ("code/score.py: Permission denied"). A shell variable of a name the template
+    does not have, and `$${x}`, stay the author's."""
+    for command, placeholder in [
+        ("${python} code/score.py {{ n }}", "${python}"),
+        ("run --n ${n}", "${n}"),
+        ("run --out ${out}", "${out}"),
+        ("run --n $[[ n ]]", "$[[ n ]]"),
+    ]:
+        with pytest.raises(TemplateError) as info:
+            check_template(tpl(["true", command], {"out": "results/x"}, n="int"), variables)
+        assert info.value.field == "workflow.steps[0].commands[1]"
+        assert info.value.summary().split(": ", 1)[1].startswith(placeholder)
+        assert "write {{ " in info.value.summary()
+    for command in ["for f in *.txt; do wc -l ${f}; done", "echo ${HOME} $${n} {{ n }}"]:
+        check_template(tpl([command], n="int"), variables)

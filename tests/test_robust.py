@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import random
@@ -1593,3 +1594,34 @@ def test_a_run_launched_just_before_a_kill_is_not_started_twice(tmp_path: Path) 
     done = only_run(site)
     assert done["state"] == "SUCCESS", done
     assert "started just before the daemon stopped" in (tmp_path / "third.log").read_text()
+
+
+@needs_root
+def test_a_root_daemon_says_when_other_users_cannot_start_its_python(
+    public_tmp: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: with flowbatch in a virtual environment under /root, every run of
+    another user ended "exit code 126", and only `doctor` knew why. The daemon says so at
+    its start, and the run's message says what 126 means."""
+    from flowbatch.daemon import run_daemon
+
+    closed = tmp_path / "venv" / "bin"  # pytest's tmp_path is root's, 0700
+    closed.mkdir(parents=True)
+    python = closed / "python3"
+    python.write_text("#!/bin/sh\nexit 0\n")
+    python.chmod(0o755)
+    site = make_site(public_tmp / "site", {"variables": {"python": str(python)}})
+    write_template(tmp_path / "t", "workflow:\n  steps:\n    - action: {commands: ['${python}']}\n")
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    user = _user("fbrunner")
+    os.chown(path, user.pw_uid, user.pw_gid)
+    with caplog.at_level(logging.WARNING, logger="flowbatch.daemon"):
+        run_daemon(site, until_idle=True)
+    said = [r.getMessage() for r in caplog.records if "cannot start ${python}" in r.getMessage()]
+    assert len(said) == 1 and "is closed to other users (mode 700)" in said[0], said
+    assert "variables: {python: /usr/bin/python3}" in said[0]
+    run = only_run(site)
+    assert run["state"] == "ERROR"
+    assert any("exit code 126: a command could not be executed" in m for m in run["messages"])
+    site.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,48 @@ def test_a_take_back_cut_short_is_done_whole_the_next_time(tmp_path: Path) -> No
     queue.take_back(run, USER)
     assert result.stat().st_uid == 0 and (run / "out").stat().st_uid == 0
     assert not result.stat().st_mode & 0o022
+
+
+def _user_may_write(path: Path) -> bool:
+    """Whether the run's user may write ``path`` (a forked child as that user)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setgroups([])
+            os.setgid(USER)
+            os.setuid(USER)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write("changed after the end\n")
+            os._exit(0)
+        except OSError:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def test_folders_past_the_depth_limit_are_closed_to_the_runs_user(public_tmp: Path) -> None:
+    """Found by review: the walk stopped at 100 levels, and what was below stayed the
+    run's user's to change (and to add links to) after the run ended."""
+    run = run_folder(public_tmp)
+    folder = run / "out"
+    for _ in range(queue.TAKE_BACK_DEPTH + 5):
+        folder = folder / "d"
+        folder.mkdir()
+        as_user(folder)
+    deep = folder / "f.txt"
+    deep.write_text("as the run wrote it\n", encoding="utf-8")
+    as_user(deep)
+    shallow = run / "out" / "r.json"
+    shallow.write_text("{}", encoding="utf-8")
+    as_user(shallow)
+    assert _user_may_write(folder / "probe")  # the user can, before the take-back
+    taken = queue.take_back(run, USER)
+    assert not _user_may_write(deep)
+    assert not _user_may_write(folder / "new")
+    assert not _user_may_write(shallow)
+    assert deep.read_text(encoding="utf-8") == "as the run wrote it\n"
+    (note,) = taken.notes
+    assert f"1 folder(s) more than {queue.TAKE_BACK_DEPTH} levels deep" in note
+    assert "the first under out/d/d/..." in note
+    closed = run.joinpath("out", *["d"] * (queue.TAKE_BACK_DEPTH - 1))  # depth 100
+    assert closed.stat().st_uid == 0 and stat.S_IMODE(closed.stat().st_mode) == 0o700

@@ -188,6 +188,8 @@ def test_a_request_no_daemon_claims_is_pointed_out(
     assert result.exit_code == 124, result.output
     assert "still in the queue" in result.output and "flowbatch doctor" in result.output
     assert "no run made yet" in result.output
+    # found by review: it said "made no run (every point had run already)" as well
+    assert "made no run" not in result.output
 
 
 def test_unknown_run_ids_are_refused_before_waiting(wsite: Site) -> None:
@@ -292,3 +294,11 @@ def test_a_request_name_never_seen_is_an_error(
         main, ["--site", str(wsite.root), "runs", "wait", "--request", "ran.yaml"]
     )
     assert result.exit_code == 0 and "SUCCESS" in result.output, result.output
+    # where the error's hint sends the user (it named a column `runs list` lacks)
+    assert "`flowbatch runs list --json`, key `request`" in "".join(
+        CliRunner()
+        .invoke(main, ["--site", str(wsite.root), "runs", "wait", "--request", "x.yaml"])
+        .output.split("\n")
+    )
+    listed = CliRunner().invoke(main, ["--site", str(wsite.root), "runs", "list", "--json"])
+    assert [r["request"] for r in json.loads(listed.output)] == ["ran.yaml"]

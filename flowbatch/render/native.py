@@ -233,8 +233,13 @@ def check_native(template: Template, variables: Mapping[str, str] | None = None)
         for where, source in sources:
             if isinstance(source, str):
                 _compile(env, source, where)
-                if variables is not None and "\x00" not in source:
-                    _check_names(env, source, where, known)
+                if "\x00" not in source:
+                    if variables is not None:
+                        _check_names(env, source, where, known)
+                    # without the site's variables (`validate` with no site): `python`,
+                    # which every site has
+                    given = known | ({"python"} if variables is None else set())
+                    _check_dialect(source, where, given - set(env.globals) - {"variables"})
         for i, step in enumerate(workflow.steps):
             for j, command in enumerate(step.commands):
                 _check_placements(
@@ -287,6 +292,35 @@ def _check_names(env: SandboxedEnvironment, source: str, where: str, known: froz
                 f"the attribute {node.attr!r} is outside the sandbox templates render in",
                 field=where,
                 hint="use the values themselves, their items, or Jinja2's filters",
+            )
+
+
+#: the flowServ dialect's placeholders, and a shell reference that may mean one
+_FLOWSERV_PLACEHOLDER = re.compile(r"\$\[\[\s*([A-Za-z_][A-Za-z0-9_]*)\s*\]\]")
+_SHELL_REFERENCE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _check_dialect(source: str, where: str, known: frozenset[str]) -> None:
+    """A native command written with the flowServ dialect's ``$[[p]]``, or with a
+    ``${name}`` of a parameter, context key or site variable, is refused: Jinja2 leaves
+    both to bash, where ``${python}`` is an unset variable (found by review: such a
+    template installed, and every run failed, "code/score.py: Permission denied")."""
+    found = _FLOWSERV_PLACEHOLDER.search(source)
+    if found:
+        raise TemplateError(
+            f"{found.group(0)} is the flowServ dialect's placeholder, which a native "
+            "(`flowbatch: 1`) template leaves to the shell",
+            field=where,
+            hint=f"write {{{{ {found.group(1)} }}}}, or drop `flowbatch: 1` (flowServ's dialect)",
+        )
+    for found in _SHELL_REFERENCE.finditer(source):
+        if found.group(1) in known:
+            raise TemplateError(
+                f"{found.group(0)} names the template's {found.group(1)!r}, but a native "
+                "(`flowbatch: 1`) template leaves ${...} to the shell, where it is not set",
+                field=where,
+                hint=f"write {{{{ {found.group(1)} }}}}; for a shell variable of your own, "
+                "choose a name the template does not have",
             )
 
 

@@ -146,6 +146,8 @@ class Workflow:
     output_files: list[str] = field(default_factory=list)
     #: the context map's key in the template file (``workflow.parameters``), for errors
     context_field: str = field(default="", compare=False)
+    #: the input file list's key in the template file (``workflow.files.inputs``)
+    inputs_field: str = field(default="inputs", compare=False)
 
 
 @dataclass

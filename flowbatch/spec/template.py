@@ -350,6 +350,7 @@ def _parse_serial(doc: dict[str, Any], *, field: str, file: str) -> tuple[Workfl
         input_files=inputs,
         output_files=outputs,
         context_field=f"{field}.parameters",
+        inputs_field=f"{field}.files.inputs",
     )
     return wf, commands
 
@@ -470,6 +471,7 @@ def _parse_legacy(doc: dict[str, Any], *, field: str, file: str) -> tuple[Workfl
         input_files=input_files,
         output_files=output_files,
         context_field=ctx_field,
+        inputs_field=f"{field}.inputs.files",
     )
     return wf, commands
 

@@ -14,14 +14,22 @@ from typing import Any
 
 
 def write_bytes(
-    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, fsync: bool = True
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    fsync: bool = True,
+    owner: tuple[int, int] | None = None,
 ) -> None:
-    """Replace ``path`` with ``data`` atomically."""
+    """Replace ``path`` with ``data`` atomically (``owner``: its user and group, given
+    before it is in place)."""
     p = os.fspath(path)
     fd, tmp = _new_temporary(p, mode)
     try:
         try:
             write_all(fd, data)
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, mode)  # the umask may have narrowed it
             if fsync:
                 os.fsync(fd)

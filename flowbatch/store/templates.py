@@ -93,16 +93,16 @@ def check_shipped(template: Template, files: list[tuple[Path, str]], spec: Path)
 
     where = f"the template's folder ({spec.parent})"
     for i, path in enumerate(template.workflow.input_files):
-        if "$" in path or any(c in path for c in "*?["):
-            continue  # a parameter's file, or a pattern
+        if "$" in path or "{{" in path or any(c in path for c in "*?["):
+            continue  # a parameter's file (either dialect), or a pattern
         if missing(path, given=True):
             raise TemplateError(
                 f"the input file {path!r} it lists is not among its files",
                 file=str(spec),
-                field=f"inputs[{i}]",
+                field=f"{template.workflow.inputs_field}[{i}]",
                 hint=f"add it to {where}, or to the manifest's `files`",
             )
-    for param in template.parameters:
+    for index, param in enumerate(template.parameters):
         default = param.default
         if (
             param.dtype == "file"
@@ -114,7 +114,7 @@ def check_shipped(template: Template, files: list[tuple[Path, str]], spec: Path)
             raise TemplateError(
                 f"the default file {default!r} of parameter {param.name!r} is not among its files",
                 file=str(spec),
-                field=f"parameters.{param.name}.defaultValue",
+                field=f"parameters[{index}].defaultValue",
                 hint=f"add it to {where}, or to the manifest's `files`",
             )
 
