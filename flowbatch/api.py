@@ -71,10 +71,12 @@ def install(
     ):
         installed = site.templates.install(src, workflow_id=workflow_id, name=name, progress=bar)
         index_workflow(site, installed.id)
-        if installed.previous not in (None, installed.version):
+        if installed.previous is not None and (
+            installed.previous != installed.version or installed.shown_changed
+        ):
             # another version is current: the leaderboard files show its runs now (they
             # kept the old one's until a run ended: found by review); the daemon checks
-            # the post-processing
+            # the post-processing. Likewise a new description or instructions.
             from .lifecycle_ops import rewrite_reports
 
             rewrite_reports(site, {installed.id})

@@ -367,6 +367,8 @@ def install(
         what = "already installed, current again"  # a switch back (found by review)
     else:
         what = "already installed"
+    if not inst.created and inst.shown_changed:
+        what += " (its name, description or instructions updated)"
     echo(f"{what}: workflow {inst.id} ({inst.name}), version {inst.version}")
 
 

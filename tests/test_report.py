@@ -502,3 +502,32 @@ def test_the_manifests_description_and_instructions_head_the_leaderboard(hello_s
         main, ["--site", str(hello_site.root), "workflows", "show", "helloworld"]
     )
     assert shown.exit_code == 0 and "instructions:" in shown.output and first_line in shown.output
+
+
+def test_new_instructions_of_the_same_content_reach_the_leaderboard_at_once(
+    hello_site: Site, tmp_path: Path
+) -> None:
+    """Found by review: installing the template again with new instructions alone (the
+    same version) said "already installed", and the leaderboard kept the old text until
+    `flowbatch report`."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    from .conftest import EXAMPLES
+
+    drop(hello_site, "a.yaml", {"workflow": "helloworld"})
+    run_until_idle(hello_site).stop()
+    folder = tmp_path / "hello"
+    shutil.copytree(EXAMPLES / "helloworld", folder)
+    (folder / "instructions.md").write_text("Greet everyone, *politely*.\n")
+    hello_site.close()
+    done = CliRunner().invoke(
+        main, ["--site", str(hello_site.root), "install", str(folder), "--id", "helloworld"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "already installed (its name, description or instructions updated)" in done.output
+    html = (hello_site.layout.workflow_results("helloworld") / "leaderboard.html").read_text()
+    assert "Greet everyone" in html

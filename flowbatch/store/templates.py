@@ -41,6 +41,8 @@ class Installed:
     created: bool  # False: this content was installed already
     template: Template
     previous: str | None = None  # the version that was current before (None: a new id)
+    #: the name, description or instructions the leaderboard shows changed
+    shown_changed: bool = False
 
 
 def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
@@ -225,19 +227,19 @@ class TemplateStore:
             meta["versions"].append({"version": version, "installed_at": now_iso()})
         if not src.named and meta.get("name"):
             name = meta["name"]  # a display name given before stays, with no new one
+        shown = {"name": name, "description": src.description, "instructions": src.instructions}
+        shown_changed = any(meta.get(k) != v for k, v in shown.items())
         meta.update(
             {
                 "id": wf_id,
-                "name": name,
-                "description": src.description,
-                "instructions": src.instructions,
+                **shown,
                 "current": version,
                 "has_results": template.results is not None,
             }
         )
         atomic.write_json(meta_path, meta)
         self._cache[(wf_id, version)] = template
-        return Installed(wf_id, name, version, created, template, previous)
+        return Installed(wf_id, name, version, created, template, previous, shown_changed)
 
     def version_dir(self, workflow_id: str, version: str) -> Path:
         return self.layout.template_dir(workflow_id) / checked_id(version, "version")
