@@ -500,7 +500,7 @@ def runs_list(
 
 @runs.command("show")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def runs_show(obj: Context, run_id: str, as_json: bool) -> None:
     """Show a run: state, times, arguments, messages, steps, results, files."""
@@ -586,7 +586,10 @@ def runs_cancel(obj: Context, run_id: str, reason: str | None, wait: float) -> N
     name = api.request_cancel(site, run_id, reason)
     state = wait_terminal(site, run_id, wait)
     if state in ("PENDING", "RUNNING"):
-        echo(f"{run_id}: {state} (cancel queued as {name}: the daemon applies it)")
+        echo(
+            f"{run_id}: {state} (cancel queued as {name}: the daemon applies it, a cron-run "
+            "site at its next tick)"
+        )
     else:
         echo(_cancel_outcome(run_id, state))
 
@@ -623,7 +626,7 @@ def _applies_cancel_itself(site: Site, run_id: str) -> bool:
 )
 @click.option("--version", "version", help="Rank the runs of this template version.")
 @click.option("--all-versions", is_flag=True, help="Rank the runs of every version together.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def ranking(
     obj: Context,
@@ -671,7 +674,7 @@ def workflows() -> None:
 
 
 @workflows.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def workflows_list(obj: Context, as_json: bool) -> None:
     """List installed workflows with their current version."""
@@ -725,7 +728,7 @@ def hosts() -> None:
 
 @hosts.command("check")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def hosts_check(obj: Context, name: str | None, as_json: bool) -> None:
     """Connect to NAME (default: every host), verify its host key, check that the remote

@@ -80,7 +80,7 @@ def _shown(value: object) -> str:
 # -- workflows --------------------------------------------------------------------------------
 @workflows.command("show")
 @click.argument("workflow")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
     """Show WORKFLOW's template versions (oldest first) with their runs per state."""
@@ -176,14 +176,16 @@ def runs_logs(
             data = runlogs.last_lines(data, lines)
         if data:  # empty logs (most stderr) are left out
             show(log, data)
-    if current[0] is None and not follow:
-        some = f"{len(logs)} empty" if logs else "no"
-        echo(f"run {run_id} ({run.state.value}) has {some} logs", err=True)
     if follow:
         for log, data in runlogs.follow(
             run_dir, chosen, lambda: not store.load(run_id).state.active, start=shown
         ):
             show(log, data)
+    if current[0] is None:  # nothing shown (with --follow too, once the run ended)
+        if follow:
+            logs, run = chosen(), store.load(run_id)
+        some = f"{len(logs)} empty" if logs else "no"
+        echo(f"run {run_id} ({run.state.value}) has {some} logs", err=True)
 
 
 @runs.command("wait")
@@ -230,7 +232,7 @@ def runs_delete(obj: Context, run_id: str) -> None:
 
 @runs.command("files")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def runs_files(obj: Context, run_id: str, as_json: bool) -> None:
     """List RUN_ID's output files: key, title, size, path in the run folder."""
@@ -280,7 +282,7 @@ def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
     "ended runs.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def cleanup(
     obj: Context,

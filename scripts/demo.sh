@@ -3,8 +3,9 @@
 # the embedded defaults (SQLite index, local executor), install the Hello World benchmark,
 # submit two requests, run the daemon until the queue is idle, and print the leaderboard.
 set -euo pipefail
+# the site: a relative path is taken from where the script was started
+SITE=$(realpath -m "${1:-demo-site}")
 cd "$(dirname "$0")/.."
-SITE=${1:-demo-site}
 VENV=${FLOWBATCH_VENV:-.venv-demo}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check .

@@ -169,6 +169,9 @@ def test_empty_logs_say_so(lsite: Site) -> None:
     run_id = one_run(lsite, n=0)
     code, out = logs(lsite, run_id, "--step", "1", "--stdout")
     assert code == 0 and "has 1 empty logs" in out
+    # --follow of an ended run said nothing at all (found by review)
+    code, out = logs(lsite, run_id, "--step", "1", "--stdout", "--follow")
+    assert code == 0 and "(SUCCESS) has 1 empty logs" in out
 
 
 def test_follow_prints_new_output_until_the_run_ends(lsite: Site) -> None:
