@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from .errors import ArgumentError, RequestError
 from .spec.model import FileArg, Parameter
-from .spec.params import resolve_arguments
+from .spec.params import resolve_arguments, unknown_hint
 from .text import short_repr
 
 #: a sweep larger than this is refused: it is almost certainly a mistake
@@ -96,6 +96,7 @@ def cast_points(
                 file=file,
                 field=f"sweep.{name}",
                 expected=f"one of: {', '.join(known)}" if known else "no arguments",
+                hint=unknown_hint(name, known),
             )
     points: list[Point] = []
     seen: set[str] = set()

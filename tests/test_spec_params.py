@@ -580,9 +580,14 @@ def test_resolve_unknown_name_lists_known(params: list[Parameter]) -> None:
     err = info.value
     assert err.field == "arguments.sleep" and err.file == "r.yaml"
     assert err.expected == "one of: names, sleeptime, greeting, verbose"
+    # and what to do (the error file said no more than that: found by review)
+    assert err.hint == (
+        "did you mean 'sleeptime'? remove it, or see the parameters with `flowbatch workflows show`"
+    )
     with pytest.raises(ArgumentError) as info:
         resolve_arguments(params, [{"name": "names", "value": "a"}, {"name": "x", "value": 1}])
     assert info.value.field == "arguments[1].name"
+    assert info.value.hint is not None and info.value.hint.startswith("remove it")
 
 
 def test_resolve_missing_required(params: list[Parameter]) -> None:

@@ -204,6 +204,7 @@ def test_errors_in_swept_values_name_the_value_in_the_sweep(site: Site, tmp_path
     assert found["cast.yaml"]["field"] == "sweep.x[2]" and "'two'" in found["cast.yaml"]["reason"]
     assert found["name.yaml"]["field"] == "sweep.xx"
     assert "unknown parameter 'xx'" in found["name.yaml"]["reason"]
+    assert found["name.yaml"]["hint"].startswith("did you mean 'x'? remove it")
     assert found["bool.yaml"]["field"] == "sweep.fail[1]" and "7" in found["bool.yaml"]["reason"]
 
 

@@ -961,5 +961,18 @@ def _check_name(name: Any, known: dict[str, Parameter], *, field: str, file: str
             file=file,
             field=field,
             expected=f"one of: {', '.join(known)}" if known else "no arguments",
-            hint=None if known else "this template declares no parameters",
+            hint=unknown_hint(name, known),
         )
+
+
+def unknown_hint(name: Any, known: Iterable[str]) -> str:
+    """What to do about an argument the template has no parameter for (the error file
+    said what was expected, not what to do: found by review)."""
+    names = list(known)
+    if not names:
+        return "this template declares no parameters: leave `arguments:` out"
+    import difflib
+
+    close = difflib.get_close_matches(str(name), names, n=1)
+    spelled = f"did you mean {close[0]!r}? " if close else ""
+    return f"{spelled}remove it, or see the parameters with `flowbatch workflows show`"
