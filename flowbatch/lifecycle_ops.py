@@ -34,7 +34,7 @@ from .runs import ACTIVE, RunRecord, State, parse_state
 from .site import Site
 from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
-from .store.store import other_daemon, tree_change
+from .store.store import lock_holder_at, other_daemon, tree_change
 
 log = logging.getLogger("flowbatch.lifecycle_ops")
 
@@ -269,11 +269,36 @@ def _reports_written(site: Site, noted: set[str]) -> None:
         except FlowbatchError:
             template = None
         if template is not None and template.postproc is not None:
+            _to_a_serving_host(site, workflow)
             continue  # the daemon's (its idle tick, or its next start)
         try:
             (site.reports_pending_dir / workflow).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("cannot clear pending reports of %s: %s", workflow, exc)
+
+
+def _to_a_serving_host(site: Site, workflow: str) -> None:
+    """On a site several hosts serve, a note left for the daemon by a command on a host
+    where none serves goes to a host whose daemon does, as a daemon's own note (empty):
+    each daemon reads its host's notes only (found by review: a `runs delete` on a login
+    node without a daemon left the post-processing over the deleted run for good). With
+    no daemon serving anywhere it stays, for this host's next daemon."""
+    if not site.shared or lock_holder_at(site.lock_path) is not None:
+        return
+    for lock in sorted(site.root.glob("daemon.*.lock")):
+        holder = lock_holder_at(lock)
+        host = str((holder or {}).get("host") or "")
+        if not host or host == site.host or not ID_PATTERN.match(host):
+            continue
+        folder = site.reports_pending_dir.parent / host
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / workflow).touch()
+            (site.reports_pending_dir / workflow).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot hand pending reports of %s to host %s: %s", workflow, host, exc)
+            continue
+        return
 
 
 # -- cleanup -----------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ class PostProcRecord:
     messages: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
+    #: the daemon host that started it, on a site several hosts serve (None: one host)
+    host: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PostProcRecord:
@@ -150,6 +152,10 @@ class PostProcManager:
         room: Callable[[], bool] | None = None,
     ) -> None:
         self.site = site
+        #: this daemon's host on a site several hosts serve: it starts and watches only
+        #: the post-processing runs it started (found by review: a second host took a
+        #: first host's running one for ended, and started another beside it)
+        self.host = site.host if site.shared else None
         self.executor = LocalExecutor(wake, limit=1)
         self.active: dict[str, PostProcRecord] = {}
         #: runs a previous daemon recorded as started but never launched (see _recover):
@@ -191,10 +197,19 @@ class PostProcManager:
         template, version = self.site.templates.load(workflow)
         if template.postproc is None or template.results is None:
             return False
+        # hosts sharing the site decide one at a time, each seeing the other's start
+        with self.site.store.exclusive(f"postproc:{workflow}"):
+            return self._start_new(workflow, template, version)
+
+    def _start_new(self, workflow: str, template: Template, version: str) -> bool:
+        assert template.results is not None
         entries = leaderboard_views(workflow, template.results, shown=0).best
         keys = sorted(e.run.run_id for e in entries)
-        if not keys or read_state(self.site, workflow).get("ranking") == keys:
+        state = read_state(self.site, workflow)
+        if not keys or state.get("ranking") == keys:
             return False
+        if self.host is not None and self._running_elsewhere(workflow, state):
+            return False  # that host asks again when its run has ended
         record = PostProcRecord(
             id=_new_id(),
             workflow=workflow,
@@ -204,6 +219,7 @@ class PostProcManager:
             ranking=keys,
             ranked=[e.run.run_id for e in entries],
             time_limit=template.time_limit or self.site.config.time_limit,
+            host=self.host,
         )
         folder = postproc_root(self.site, workflow) / record.id
         try:
@@ -218,6 +234,13 @@ class PostProcManager:
         self._write_state(record, started=True)
         self._launch(record)
         return True
+
+    def _running_elsewhere(self, workflow: str, state: dict[str, Any]) -> bool:
+        """Whether the workflow's latest post-processing run is another host's, still
+        running: one run of a workflow at a time, site-wide."""
+        latest = state.get("latest")
+        record = load_record(self.site, workflow, str(latest)) if latest else None
+        return record is not None and record.state == "RUNNING" and _others(record, self.host)
 
     def _launch(self, record: PostProcRecord) -> None:
         """Start the prepared run's script and record its handle."""
@@ -357,6 +380,10 @@ class PostProcManager:
         atomic.write_json(folder / RECORD, asdict(record), fsync=False)
 
     def _write_state(self, record: PostProcRecord, *, started: bool) -> None:
+        with self.site.store.exclusive(f"postproc:{record.workflow}"):
+            self._write_state_now(record, started=started)
+
+    def _write_state_now(self, record: PostProcRecord, *, started: bool) -> None:
         state = read_state(self.site, record.workflow)
         state["ranking"] = record.ranking
         state["latest"] = record.id
@@ -386,6 +413,8 @@ class PostProcManager:
                 self._write_state(record, started=False)  # killed in _finish, between the two
             if record.state != "RUNNING":
                 continue
+            if _others(record, self.host):
+                continue  # another host's: that host's daemon watches it
             if record.handle is None and not self._adopt_from_marker(record):
                 self.unlaunched[workflow] = record  # never launched: maybe_start launches it
                 continue
@@ -425,6 +454,12 @@ class PostProcManager:
 
 
 # --- staging and results ------------------------------------------------------------------------
+
+
+def _others(record: PostProcRecord, host: str | None) -> bool:
+    """Whether another daemon host than ``host`` started ``record`` (one recorded before
+    records named their host is taken as this host's, as it was)."""
+    return record.host is not None and record.host != host
 
 
 def _new_id() -> str:

@@ -277,3 +277,123 @@ def test_reindex_of_a_shared_site_refuses_while_another_host_serves_it(
     site = Site(root)
     assert api.reindex(site) == 0
     site.close()
+
+
+def test_post_processing_runs_on_one_host_at_a_time(
+    tmp_path: Path, postgres_url: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: a second host's daemon took a first host's running
+    post-processing for its own, and ended it ERROR where its process was not to be
+    seen; and where the best runs changed while it ran, started another beside it. Each
+    host watches its own, and starts none while another host's runs; the host whose run
+    ends looks at the best runs again."""
+    from flowbatch.daemon import Daemon
+    from flowbatch.postproc import PostProcManager, load_record, postproc_root, read_state
+
+    from .test_slurm import tick_until
+
+    root, gate = tmp_path / "site", tmp_path / "gate"
+    site = make_site(root, {"database": postgres_url, "polling": {"interval": 0.2, "settle": 0}})
+    postproc = (
+        "postproc:\n  workflow:\n    steps:\n      - action:\n          commands:\n"
+        f"            - 'while [ ! -e {gate} ]; do sleep 0.05; done; echo done > out.txt'\n"
+        "  inputs: {files: [r.json], runs: runs}\n"
+    )
+    write_template(tmp_path / "tpl", SCORE_TEMPLATE + postproc)
+    api.install(site, tmp_path / "tpl", workflow_id="wf")
+    site.close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site_a = Site(root)
+    daemon_a = Daemon(site_a)
+    daemon_a.start(serve=False)
+    # hostB's daemon, started before any post-processing
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostB")
+    site_b = Site(root)
+    manager_b = PostProcManager(site_b)
+    assert manager_b.poll() == set()
+    try:
+        drop(site_a, "a.yaml", {"workflow": "wf", "group": "g1", "arguments": {"score": 1}})
+        tick_until(daemon_a, lambda: "wf" in daemon_a.postproc.active)
+        first = daemon_a.postproc.active["wf"]
+        assert first.host == "hostA" and first.state == "RUNNING"
+        # a second group's run: the best runs change while hostA's post-processing runs
+        drop(site_a, "b.yaml", {"workflow": "wf", "group": "g2", "arguments": {"score": 2}})
+        tick_until(daemon_a, lambda: len(api.list_runs(site_a, state="SUCCESS")) == 2)
+        assert manager_b.maybe_start({"wf"}) == set()  # none beside hostA's
+        # one started now does not take hostA's for its own
+        started_now = PostProcManager(site_b)
+        assert started_now.poll() == set() and started_now.active == {}
+        assert started_now.maybe_start({"wf"}) == set()
+        assert read_state(site_b, "wf")["latest"] == first.id
+        assert load_record(site_b, "wf", first.id).state == "RUNNING"  # type: ignore[union-attr]
+        # hostA's ends, and hostA starts the next over both groups' best runs
+        gate.touch()
+        tick_until(
+            daemon_a,
+            lambda: (
+                len(read_state(site_a, "wf").get("ranking", [])) == 2
+                and "wf" not in daemon_a.postproc.active
+            ),
+        )
+        ids = sorted(p.name for p in postproc_root(site_a, "wf").iterdir() if p.is_dir())
+        records = [load_record(site_a, "wf", i) for i in ids]
+        assert [(r.state, r.host) for r in records if r] == [("SUCCESS", "hostA")] * 2
+    finally:
+        gate.touch()  # no post-processing left waiting, whatever failed
+        daemon_a.stop()
+        site_a.close()
+        site_b.close()
+
+
+def test_a_delete_on_a_host_without_a_daemon_reaches_a_serving_host(
+    tmp_path: Path, postgres_url: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: `runs delete` of a best run on a login node with no daemon left
+    its note in that host's folder, which no daemon reads, and the post-processing over
+    the deleted run stood. The note goes to a host whose daemon serves, which starts the
+    post-processing again."""
+    from flowbatch.daemon import Daemon
+    from flowbatch.lifecycle_ops import delete_run
+    from flowbatch.postproc import read_state
+
+    from .test_postproc import QUICK_PLOT
+    from .test_slurm import tick_until
+
+    root = tmp_path / "site"
+    site = make_site(root, {"database": postgres_url, "polling": {"interval": 0.2, "settle": 0}})
+    write_template(tmp_path / "q", QUICK_PLOT.format(inputs="results/r.json"))
+    api.install(site, tmp_path / "q", workflow_id="q")
+    site.close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site_a = Site(root)
+    daemon_a = Daemon(site_a)
+    daemon_a.start(serve=False)  # holds hostA's lock
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostC")
+    site_c = Site(root)
+    try:
+        for name, score in (("low", 1), ("high", 5)):
+            doc = {"workflow": "q", "group": "a", "name": name, "arguments": {"s": score}}
+            drop(site_a, f"{name}.yaml", doc)
+        tick_until(
+            daemon_a,
+            lambda: (
+                len(api.list_runs(site_a, state="SUCCESS")) == 2
+                and not daemon_a.postproc.busy
+                and len(read_state(site_a, "q").get("ranking", [])) == 1
+            ),
+        )
+        [best] = read_state(site_a, "q")["ranking"]
+        other = next(r["id"] for r in api.list_runs(site_a) if r["id"] != best)
+        delete_run(site_c, best)  # on hostC, where no daemon serves
+        assert not (root / "reports-pending" / "hostC" / "q").exists()
+        assert (root / "reports-pending" / "hostA" / "q").exists()
+
+        def redone() -> bool:
+            daemon_a._others_at = 0.0  # the daemon's idle look at notes, now
+            return read_state(site_a, "q").get("ranking") == [other]
+
+        tick_until(daemon_a, redone)
+    finally:
+        daemon_a.stop()
+        site_a.close()
+        site_c.close()
