@@ -30,6 +30,7 @@ from . import faults, yamlio
 from .accounts import identity, in_group, other_writers, user_name
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
+from .logs import Repeated
 from .render import build_script, render_workflow
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR, read_markers
 from .render.values import RenderedWorkflow
@@ -209,6 +210,11 @@ class Claimed:
     fresh: bool = False
     #: the request's bytes as read and checked (None until read)
     raw: bytes | None = None
+
+
+class IndexAway(Exception):
+    """A shared site's index could not record a claim: the request went back to the
+    queue, and no other is claimed until the index answers again."""
 
 
 @dataclass
@@ -520,6 +526,8 @@ class Intake:
         #: the claims of handled requests, removed once their runs are on disk
         self.settler = ClaimSettler(self.layout.results)
         self._boot_noted = False  # this boot's id is in the site's claims-boot (note_boot)
+        #: a shared site's index that could not record a claim: said once a minute
+        self._index_away = Repeated(log)
         #: when the next look for orphan bundles is due (monotonic; 0: at the first tick)
         self._bundles_due = 0.0
         #: orphan bundles left alone, said once each: (name, inode, ctime)
@@ -603,13 +611,29 @@ class Intake:
         # impossible even where a rename can "succeed" twice (NFS retransmits); the one
         # who comes second drops its claim. One host (the site lock held, a local rename):
         # the rename alone is the claim.
-        if self.site.shared and not self.site.store.claim(
-            claim_key(name, st), run_id, self.site.host
-        ):
-            log.warning("%s was claimed by another daemon: dropped", printable_name(name))
-            dest.unlink(missing_ok=True)
-            return None
+        if self.site.shared:
+            try:
+                unique = self.site.store.claim(claim_key(name, st), run_id, self.site.host)
+            except Exception as exc:
+                self._unclaim(dest, src)
+                raise IndexAway(f"{printable_name(name)} left in the queue: {exc}") from exc
+            if not unique:
+                log.warning("%s was claimed by another daemon: dropped", printable_name(name))
+                dest.unlink(missing_ok=True)
+                return None
         return Claimed(dest, run_id, name, st.st_uid, st.st_ino, st.st_dev, fresh=True)
+
+    def _unclaim(self, dest: Path, src: Path) -> None:
+        """A claim the index could not record goes back to the queue: the index's row is
+        what keeps two hosts from both taking one file, and a claim without it, taken up
+        as a leftover, never got one (found by review: claims made while PostgreSQL was
+        away). Back under its name only if no new file took that name meanwhile."""
+        try:
+            os.link(dest, src, follow_symlinks=False)
+        except OSError as exc:
+            log.warning("%s stays claimed without its index row: %s", dest.name, exc.strerror)
+            return
+        dest.unlink(missing_ok=True)
 
     def _new_id(self) -> str:
         """A random id no run in the index has: 48 bits collide once in a few hundred
@@ -703,7 +727,12 @@ class Intake:
                 self._reject_name(name, problem)
                 result.rejected.append(printable_name(name))
                 continue
-            claimed = self.claim(name)
+            try:
+                claimed = self.claim(name)
+            except IndexAway as exc:  # no claim until it is back: the next tick tries
+                self._index_away.failed("the index is away, no request taken in: %s", exc)
+                break
+            self._index_away.ok("the index is back: taking requests in")
             if claimed:
                 todo.append(claimed)
                 self._look_in_claimed = True

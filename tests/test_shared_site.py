@@ -397,3 +397,44 @@ def test_a_delete_on_a_host_without_a_daemon_reaches_a_serving_host(
         daemon_a.stop()
         site_a.close()
         site_c.close()
+
+
+def test_a_claim_the_index_cannot_record_goes_back_to_the_queue(
+    tmp_path: Path, postgres_url: str, monkeypatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: requests claimed while PostgreSQL was away stayed claimed with no
+    row, the key that keeps a second host from taking the same file (an NFS rename that
+    "succeeds" twice), and each such claim ended the tick with a traceback. The claim is
+    undone, the rest of the queue waits, and once the index answers the claim has its
+    row. (The server's outage is a fault injected into the claim's insert: stopping the
+    suite's server would stop every other test's.)"""
+    import peewee as pw
+
+    from flowbatch.store.store import Store
+
+    root = tmp_path / "site"
+    shared_site(root, postgres_url).close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site = Site(root)
+    for name in ("one.yaml", "two.yaml"):
+        drop(site, name, {"workflow": "wf", "arguments": {"score": 1.5}})
+    real = Store.claim
+
+    def away(self: Store, key: str, run_id: str, host: str) -> bool:
+        raise pw.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(Store, "claim", away)
+    intake = Intake(site)
+    with caplog.at_level("WARNING", logger="flowbatch.queue"):
+        result = intake.run_once()
+        intake.run_once()
+    assert result.runs == [] and result.rejected == []
+    assert sorted(p.name for p in (root / "queue").glob("*.yaml")) == ["one.yaml", "two.yaml"]
+    assert not [p for p in site.claimed_dir.rglob("*") if p.is_file()]
+    said = [r.getMessage() for r in caplog.records if "the index is away" in r.getMessage()]
+    assert len(said) == 1 and "one.yaml left in the queue" in said[0], said  # once a minute
+    monkeypatch.setattr(Store, "claim", real)
+    runs = intake.run_once().runs
+    assert sorted(r.request for r in runs) == ["one.yaml", "two.yaml"]
+    assert {c.run for c in ClaimRow.select()} == {r.id for r in runs}
+    site.close()
