@@ -143,6 +143,43 @@ def lock_holder(site: Site) -> dict[str, Any] | None:
     return lock_holder_at(site.lock_path)
 
 
+class SignalWaker:
+    """Sets the daemon's wake-up event for a signal handler, from a thread of its own:
+    the handler writes a byte to a pipe (one system call, no lock), the thread reads it
+    and sets the event."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._read, self._write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._write, False)
+        self._wake = wake
+        self._closed = False
+        threading.Thread(target=self._run, name="flowbatch-signals", daemon=True).start()
+
+    def poke(self) -> None:
+        """From a signal handler: wake the daemon (after :meth:`close`, nothing: the
+        handlers stay installed, and the pipe's number may be another file's by then)."""
+        if self._closed:
+            return
+        with contextlib.suppress(OSError):  # a full pipe: a wake-up is on its way
+            os.write(self._write, b"w")
+
+    def close(self) -> None:
+        self._closed = True  # first: a handler running from here on writes nothing
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"q")
+        os.close(self._write)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                data = os.read(self._read, 64)
+                if not data or b"q" in data:
+                    return
+                self._wake()
+        finally:
+            os.close(self._read)
+
+
 class PendingReports:
     """Workflows whose report files are behind their runs, noted on disk: a daemon killed
     between a run's end and the leaderboard's write would otherwise leave the leaderboard
@@ -284,6 +321,7 @@ class Daemon:
         self.site = site
         self._index_waiting_since: float | None = None
         self.wakeup = threading.Event()
+        self._waker: SignalWaker | None = None  # the signal handlers' (_install_signals)
         self.stopping = False
         self.reload_requested = False
         self.executors: dict[str, Executor] = build_executors(
@@ -416,6 +454,9 @@ class Daemon:
             executor.close()
         if self._handing_over:
             self._hand_over()
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
         self.lock.release()
 
     def _hand_over(self) -> None:
@@ -893,14 +934,20 @@ class Daemon:
         if threading.current_thread() is not threading.main_thread():
             return
 
+        # a handler never sets the wake-up event itself: it runs on the main thread
+        # between two bytecodes, maybe inside that event's clear() or wait(), which hold
+        # its lock; set() there waited for ever (found by review: a SIGTERM or a
+        # `systemctl reload` at that moment left a daemon that did nothing)
+        self._waker = waker = SignalWaker(self.wakeup.set)
+
         def stop(signum: int, frame: FrameType | None) -> None:
             log.info("signal %s: finishing this tick, leaving runs running", signum)
             self.stopping = True
-            self.wakeup.set()
+            waker.poke()
 
         def reload(signum: int, frame: FrameType | None) -> None:
             self.reload_requested = True
-            self.wakeup.set()
+            waker.poke()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)

@@ -431,7 +431,12 @@ class Runner:
 
     # -- dispatch -----------------------------------------------------------------------------
     def dispatch(self) -> int:
-        """Launch PENDING runs, oldest first, within each executor's concurrency."""
+        """Launch PENDING runs, oldest first, within each executor's concurrency, while
+        the results tree has room: a run launched on a full disk fails at once, its
+        script unable to write a marker (found by review: runs waiting for a slot that
+        a run freed on a full disk were launched there, and ended ERROR for good)."""
+        if not self.store.has_room():
+            return 0
         launched = 0
         holding = self.launched()  # one pass over the active runs for both lists
         busy = {name: self.reserved(name) for name in self.executors}
@@ -867,6 +872,12 @@ class Runner:
                 run, State.ERROR, steps=steps, messages=[reason, *fetched], reason=reason, **times
             )
             return
+        overran = _overran(run, times, executor)
+        if code == 0 and overran:
+            self._transition(
+                run, State.ERROR, steps=steps, messages=[overran, *fetched], reason=overran, **times
+            )
+            return
         if code != 0:
             scheduler = [probe.detail["message"]] if probe.detail.get("message") else []
             unsaid = [note for note in fetched if not any(note in said for said in scheduler)]
@@ -1104,6 +1115,29 @@ def _job_of(handle: dict[str, Any] | None) -> str:
     """How a log line names a run's job: its scheduler's id."""
     job = (handle or {}).get("job_id")
     return f"job {job}" if job else "no job id"
+
+
+#: seconds a run's own marks may show it past its time limit before it counts as over
+#: (the marks' and the limit's rounding)
+OVERRUN_SLACK = 1.0
+
+
+def _overran(run: RunRecord, times: dict[str, str], executor: Executor) -> str | None:
+    """Why a run that ended well is over its time limit by its own marks, or None: a
+    daemon watching it ends it at the limit, so this one ended while none did (stopped,
+    or between two cron ticks). It counts as over all the same, as the README says
+    (found by review: recorded SUCCESS, and ranked). A scheduler that enforces the limit
+    itself (Slurm) is left to."""
+    start, end = times.get("started_at"), times.get("finished_at")
+    if not run.time_limit or not start or not end or enforces_time_limit(executor):
+        return None
+    took = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    if took <= run.time_limit + OVERRUN_SLACK:
+        return None
+    return (
+        f"time limit exceeded: it ran {took:.0f} s, past its limit of {run.time_limit:g} s, "
+        "while no daemon watched it"
+    )
 
 
 def enforces_time_limit(executor: Executor) -> bool:

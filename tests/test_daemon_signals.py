@@ -41,3 +41,41 @@ def test_a_sigint_during_the_start_stops_the_daemon_cleanly(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert "stopped cleanly" in done.stdout
     assert "signal 2: finishing this tick" in done.stderr and "Traceback" not in done.stderr
+
+
+WEDGE = """
+import os, signal, sys, threading
+from flowbatch.daemon import Daemon
+from flowbatch.site import Site
+
+daemon = Daemon(Site(sys.argv[1]))
+daemon._install_signals()
+for signum in (signal.SIGHUP, signal.SIGTERM):
+    # where Event.clear() and wait() hold the event's lock on the main thread
+    with daemon.wakeup._cond:
+        os.kill(os.getpid(), signum)
+        x = 1  # the handler runs here
+    assert daemon.wakeup.wait(10), "the handler's wake-up never came"
+    daemon.wakeup.clear()
+assert daemon.reload_requested and daemon.stopping
+daemon.stop()
+os.kill(os.getpid(), signal.SIGHUP)  # after the stop: nothing written anywhere
+print("woken, not wedged")
+"""
+
+
+def test_a_signal_inside_the_wake_up_events_lock_neither_hangs_nor_is_lost(
+    tmp_path: Path,
+) -> None:
+    """Found by review: the handlers set the wake-up event themselves; a SIGTERM or SIGHUP
+    that came while the main thread held the event's lock (in its clear() or wait())
+    waited for that lock for ever, and the daemon did nothing again."""
+    site = make_site(tmp_path / "site")
+    site.close()
+    done = subprocess.run(
+        [sys.executable, "-c", WEDGE, str(site.root)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and "woken, not wedged" in done.stdout, done.stderr

@@ -18,6 +18,7 @@ import pytest
 from flowbatch import api
 from flowbatch.daemon import Daemon
 from flowbatch.site import Site
+from flowbatch.store.store import ROOM_EVERY
 
 from .conftest import drop, make_site, write_template
 
@@ -151,4 +152,47 @@ def test_a_failed_commit_is_logged_with_its_own_cause(
             site.store._batch_lost(rollback)
     assert "database or disk is full" in caplog.text and "cannot rollback" not in caplog.text
     site.store.unindexed.clear()
+    site.close()
+
+
+def test_runs_waiting_when_the_disk_fills_wait_for_room(small_fs: Path, tmp_path: Path) -> None:
+    """Found by review: a run that ended on a full disk freed its slot, and the runs
+    already waiting for it were launched there, each failing at once ("the run's script
+    never started") and recorded ERROR for good. They wait for room, then run."""
+    executions, gate = tmp_path / "executions.log", tmp_path / "gate"
+    site = make_site(small_fs / "site", {"local": {"concurrency": 1}})
+    template = TEMPLATE.format(log=executions).replace(
+        "sleep 1", f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    )
+    api.install(site, write_template(tmp_path / "t", template), workflow_id="wf")
+    for n in (1, 2, 3):
+        drop(site, f"r{n}.yaml", {"workflow": "wf", "arguments": {"n": n}})
+    daemon = Daemon(site)
+    daemon.start()
+    deadline = time.monotonic() + 30
+    while len(api.list_runs(site)) < 3 or not executions.exists():  # one runs, two wait
+        daemon.tick()
+        assert time.monotonic() < deadline, "the runs were never made"
+        time.sleep(0.05)
+    filler = fill(small_fs)
+    time.sleep(ROOM_EVERY)  # the daemon's last look at the free space is out of date
+    try:
+        gate.touch()  # the first run ends, on the full disk: its slot is free
+        for _ in range(40):
+            daemon.tick()
+            time.sleep(0.05)
+        assert executions.read_text().split() == ["ran", "1"]  # nothing launched meanwhile
+        waiting = {r["request"]: r["state"] for r in api.list_runs(site)}
+        assert waiting["r2.yaml"] == waiting["r3.yaml"] == "PENDING", waiting
+    finally:
+        filler.unlink()
+    deadline = time.monotonic() + 60
+    while not daemon.idle():
+        daemon.tick()
+        assert time.monotonic() < deadline, "the waiting runs never ran"
+        time.sleep(0.05)
+    daemon.stop()
+    assert sorted(executions.read_text().split()) == ["1", "2", "3", "ran", "ran", "ran"]
+    states = {r["request"]: r["state"] for r in api.list_runs(site)}
+    assert states["r2.yaml"] == states["r3.yaml"] == "SUCCESS", states
     site.close()

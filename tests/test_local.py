@@ -1041,3 +1041,28 @@ def test_find_started_takes_only_a_launch_of_the_script(tmp_path: Path) -> None:
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_a_run_past_its_limit_that_ended_unwatched_is_over_time(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: a run that went past its time limit while no daemon watched it
+    (one stopped, or between two cron ticks) and then ended well was recorded SUCCESS,
+    and ranked; one a daemon watched is ended at the limit."""
+    install(site, tmp_path / "t", TIME_LIMITED.replace("sleep 60", "sleep 3"))
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    deadline = time.monotonic() + 30
+    while not d.runner.launched():
+        assert time.monotonic() < deadline
+        d.tick()
+    [run] = d.runner.launched()
+    d.stop()  # no daemon while it goes past its limit and ends
+    markers = site.store.run_dir(run) / "status" / "markers"
+    deadline = time.monotonic() + 30
+    while not markers.exists() or b"exit" not in markers.read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    run_until_idle(site, timeout=30)
+    shown = only_run(site)
+    assert shown["state"] == "ERROR", shown
+    assert shown["messages"][0].startswith("time limit exceeded: it ran 3 s, past its limit of 1 s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -199,7 +200,7 @@ def jobs_named(name: str, *, tasks: bool = False) -> dict[str, str]:
     pending array's tasks one by one (``squeue -r``), not as one line."""
     out = subprocess.run(
         [
-            REAL["squeue"],
+            real("squeue"),
             "-h",
             *(["-r"] if tasks else []),
             "-t",
@@ -240,7 +241,7 @@ def test_a_cancel_of_a_run_whose_submission_was_never_recorded_cancels_its_job(
             time.sleep(0.2)
         assert len(jobs_named(name)) == 1  # and nothing submitted again
     finally:
-        subprocess.run([REAL["scancel"], "--name", name], check=False, capture_output=True)
+        subprocess.run([real("scancel"), "--name", name], check=False, capture_output=True)
 
 
 OUTAGE_SHIM = """#!/bin/bash
@@ -263,8 +264,17 @@ workflow:
           - if [ -d attempts ]; then sleep 1; else sleep 120; fi
 """
 
+
 #: the real Slurm commands, for the tests' own looks at the cluster (not through a shim)
-REAL = {c: shutil.which(c) or c for c in ("sbatch", "squeue", "scancel", "sacct")}
+@functools.cache
+def real(command: str) -> str:
+    """The scheduler command's own path, looked up at its first use, which comes after
+    the ``slurm_cluster`` fixture installed Slurm (and before a test's shims are on
+    PATH). Looked up at import, a fresh machine had none yet, and the outage shim then
+    ran ``exec scancel``, itself, for ever (found by the first run there)."""
+    found = shutil.which(command)
+    assert found is not None, f"{command} is not installed"
+    return found
 
 
 def test_a_controller_outage_is_waited_out_and_a_long_one_cancels_the_jobs(
@@ -278,8 +288,9 @@ def test_a_controller_outage_is_waited_out_and_a_long_one_cancels_the_jobs(
     log, flag = tmp_path / "commands.log", tmp_path / "ctld-down"
     shim = tmp_path / "shim"
     shim.mkdir()
-    for command, real in REAL.items():
-        (shim / command).write_text(OUTAGE_SHIM.format(log=log, flag=flag, real=real))
+    for command in ("sbatch", "squeue", "scancel", "sacct"):
+        text = OUTAGE_SHIM.format(log=log, flag=flag, real=real(command))
+        (shim / command).write_text(text)
         (shim / command).chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
     site = make_site(tmp_path / "site", slurm_config(failures=1, unreachable_grace="3s"))
@@ -293,7 +304,7 @@ def test_a_controller_outage_is_waited_out_and_a_long_one_cancels_the_jobs(
 
     def slurm_state(name: str) -> str:
         out = subprocess.run(
-            [REAL["squeue"], "-h", "-t", "all", "-j", jobs[name], "-o", "%T"],
+            [real("squeue"), "-h", "-t", "all", "-j", jobs[name], "-o", "%T"],
             capture_output=True,
             text=True,
         )
@@ -359,7 +370,7 @@ def test_a_controller_outage_is_waited_out_and_a_long_one_cancels_the_jobs(
         assert not any((site.root / "slurm-abandoned" / "default").iterdir())
     finally:
         flag.unlink(missing_ok=True)
-        subprocess.run([REAL["scancel"], *jobs.values()], check=False, capture_output=True)
+        subprocess.run([real("scancel"), *jobs.values()], check=False, capture_output=True)
         daemon.stop()
         site.close()
 
