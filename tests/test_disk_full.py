@@ -196,3 +196,36 @@ def test_runs_waiting_when_the_disk_fills_wait_for_room(small_fs: Path, tmp_path
     states = {r["request"]: r["state"] for r in api.list_runs(site)}
     assert states["r2.yaml"] == states["r3.yaml"] == "SUCCESS", states
     site.close()
+
+
+def test_a_start_on_a_full_disk_says_the_disk_is_full(small_fs: Path, tmp_path: Path) -> None:
+    """Found by review: a daemon started on a full disk, with runs the index did not
+    know yet, died with "cannot rollback - no transaction is active" and a traceback
+    ("database or disk is full" was only in the chained error); with the index closed,
+    it said "disk I/O error" and sent the admin to `reindex`. Both say the disk is full."""
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.store.index import RunRow
+
+    from .conftest import run_until_idle
+
+    site = make_site(small_fs / "site")
+    template = write_template(tmp_path / "t", TEMPLATE.format(log=tmp_path / "x"))
+    api.install(site, template, workflow_id="wf")
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"n": 1}})
+    run_until_idle(site).stop()
+    RunRow.delete().execute()  # the tree has a run the index does not know (a crash)
+    # the index held open (its -wal and -shm there, as a killed daemon leaves them), and
+    # closed
+    for held_open in (True, False):
+        if not held_open:
+            site.close()
+        filler = fill(small_fs)
+        try:
+            again = Site(site.root)
+            with pytest.raises(FlowbatchError) as info:
+                Daemon(again).start()
+            said = info.value.summary()
+            assert "full" in said and "free space" in said and "reindex" not in said, said
+            again.close()
+        finally:
+            filler.unlink()

@@ -25,11 +25,11 @@ from .fixtures_ssh import SshEnv
 from .services.slurm import SlurmCluster
 from .test_robust import _user, needs_root
 from .test_slurm import (
-    REAL,
     SLEEP_TEMPLATE,
     crash_right_after_sbatch,
     jobs_named,
     one_tick,
+    real,
     runs_by_name,
     scancel,
     sleep_site,
@@ -43,7 +43,7 @@ OTHER = pwd.getpwuid(65534).pw_name  # nobody
 def held_job(name: str, user: str | None, *extra: str) -> str:
     """A held job named ``name`` of ``user`` (None: this process's own, root): listed by
     squeue, never started."""
-    argv = [REAL["sbatch"], "--parsable", "--hold", "-J", name, "-o", "/dev/null", "-D", "/"]
+    argv = [real("sbatch"), "--parsable", "--hold", "-J", name, "-o", "/dev/null", "-D", "/"]
     argv += [*extra, "--wrap", "true"]
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
@@ -53,7 +53,7 @@ def held_job(name: str, user: str | None, *extra: str) -> str:
 
 def state_of(job_id: str) -> str:
     out = subprocess.run(
-        [REAL["squeue"], "-h", "-t", "all", "-j", job_id, "-O", "State"],
+        [real("squeue"), "-h", "-t", "all", "-j", job_id, "-O", "State"],
         capture_output=True,
         text=True,
     )

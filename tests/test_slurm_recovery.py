@@ -36,11 +36,11 @@ from .fixtures_slurm import slurm_config
 from .services.slurm import SlurmCluster
 from .test_robust import _user, needs_root
 from .test_slurm import (
-    REAL,
     SLEEP_TEMPLATE,
     crash_right_after_sbatch,
     jobs_named,
     one_tick,
+    real,
     runs_by_name,
     scancel,
 )
@@ -78,7 +78,7 @@ def owned_site(tmp_path: Path, public_tmp: Path, uid: int, **request: object) ->
 
 def cancel_all(name: str) -> None:
     """Every job of that name (any user's), as the cluster's admin."""
-    subprocess.run([REAL["scancel"], "--name", name], check=False, capture_output=True)
+    subprocess.run([real("scancel"), "--name", name], check=False, capture_output=True)
 
 
 def wait_for_state(job: str, states: set[str], timeout: float = 20) -> None:
@@ -221,7 +221,7 @@ def crash_right_after_a_refusal(site: Site, tmp_path: Path) -> None:
     flag = tmp_path / "kill-once"
     flag.touch()
     sbatch = shim / "sbatch"
-    sbatch.write_text(KILL_AFTER_REFUSAL.format(real=REAL["sbatch"], flag=flag))
+    sbatch.write_text(KILL_AFTER_REFUSAL.format(real=real("sbatch"), flag=flag))
     sbatch.chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
     crashed = subprocess.run(

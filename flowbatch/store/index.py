@@ -403,11 +403,7 @@ def open_database(
                     file=where,
                     hint="make the folder, or fix `database` in flowbatch.yaml",
                 ) from None
-            raise IndexError_(
-                f"the index database cannot be used: {error_line(exc)}",
-                file=where,
-                hint="run `flowbatch reindex` to rebuild it from the results tree",
-            ) from None
+            raise _unusable(exc, where, folder) from None
         driver = isinstance(exc, pw.ImproperlyConfigured)
         raise IndexError_(
             f"cannot connect to the index database: {error_line(exc)}",
@@ -433,12 +429,36 @@ def open_database(
     except IndexError_ as exc:
         raise exc.at(file=where) from None
     except pw.DatabaseError as exc:
-        raise IndexError_(
-            f"the index database cannot be used: {error_line(exc)}",
-            file=where,
-            hint="run `flowbatch reindex` to rebuild it from the results tree",
-        ) from None
+        if server:
+            raise IndexError_(
+                f"the index database cannot be used: {error_line(exc)}",
+                file=where,
+                hint="run `flowbatch reindex` to rebuild it from the results tree",
+            ) from None
+        folder = Path(db.database).parent if isinstance(db.database, str) else None
+        raise _unusable(exc, where, folder) from None
     return db
+
+
+def _unusable(exc: Exception, where: str, folder: Path | None) -> IndexError_:
+    """An SQLite index that cannot be opened or set up: on a full file system, that (its
+    `-wal` and `-shm` files cannot be made: "disk I/O error"), where the message sent the
+    admin to `reindex` (found by review); else rebuild it."""
+    try:
+        full = folder is not None and os.statvfs(folder).f_bavail == 0
+    except OSError:
+        full = False
+    if full:
+        return IndexError_(
+            f"the index database cannot be used: {error_line(exc)}: its file system is full",
+            file=where,
+            hint=f"free space where {folder} is (df), then try again",
+        )
+    return IndexError_(
+        f"the index database cannot be used: {error_line(exc)}",
+        file=where,
+        hint="run `flowbatch reindex` to rebuild it from the results tree",
+    )
 
 
 def _open_read_only(db: ReadOnlySqlite, where: str) -> None:

@@ -558,7 +558,17 @@ class Store:
             if run.state in ACTIVE:
                 active.append(run)
         if stale:
-            self.index_many(stale)
+            try:
+                self.index_many(stale)
+            except pw.PeeweeException as exc:
+                cause = _own_error(exc)
+                full = "full" in str(cause)
+                raise FlowbatchError(
+                    f"the index cannot be brought up to the results tree at the start: {cause}",
+                    hint="free space on its file system (df), then start the daemon again"
+                    if full
+                    else "see `flowbatch doctor`",
+                ) from exc
         return active
 
     def run_id_taken(self, run_id: str) -> bool:
@@ -658,11 +668,7 @@ class Store:
     def _batch_lost(self, exc: BaseException) -> None:
         """A batch's commit failed: its runs are indexed again, whole, from their records
         (they were left out of the index until a restart: found by review)."""
-        # the commit's own error, not the rollback's that came after it (SQLite rolls a
-        # transaction back itself when the disk is full: "cannot rollback - no
-        # transaction is active" hid "database or disk is full")
-        while "cannot rollback" in str(exc) and exc.__context__ is not None:
-            exc = exc.__context__
+        exc = _own_error(exc)
         if self._batch_runs:
             log.error(
                 "index commit failed (%s): the index rows of %d runs are written again",
@@ -731,6 +737,15 @@ def tree_change(root: Path, command: str, *, rebuild: bool = False) -> Iterator[
         yield
     finally:
         os.close(fd)
+
+
+def _own_error(exc: BaseException) -> BaseException:
+    """A failed commit's own error, not the rollback's that came after it (SQLite rolls a
+    transaction back itself when the disk is full: "cannot rollback - no transaction is
+    active" hid "database or disk is full")."""
+    while "cannot rollback" in str(exc) and exc.__context__ is not None:
+        exc = exc.__context__
+    return exc
 
 
 def other_daemon(root: Path, host: str) -> str | None:
