@@ -454,10 +454,13 @@ class Daemon:
             executor.close()
         if self._handing_over:
             self._hand_over()
+        self._close_waker()
+        self.lock.release()
+
+    def _close_waker(self) -> None:
         if self._waker is not None:
             self._waker.close()
             self._waker = None
-        self.lock.release()
 
     def _hand_over(self) -> None:
         """The last act of a daemon whose lock another daemon took: word, in
@@ -931,8 +934,8 @@ class Daemon:
             self.wakeup.wait(wait)
 
     def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
+        if threading.current_thread() is not threading.main_thread() or self._waker:
+            return  # once (run_daemon, then serve): one waker thread a daemon
 
         # a handler never sets the wake-up event itself: it runs on the main thread
         # between two bytecodes, maybe inside that event's clear() or wait(), which hold
@@ -1164,6 +1167,7 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
     try:
         _start_when_free(daemon)
     except Busy as busy:
+        daemon._close_waker()
         if role_of(str(busy)) == "reindex":  # not served meanwhile: a failure, restarted
             raise FlowbatchError(
                 f"flowbatch reindex is rebuilding the index of {site.root} ({busy})",
@@ -1171,6 +1175,9 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
                 "Restart=on-failure)",
             ) from None
         return f"another flowbatch daemon already serves {site.root}: {busy}"
+    except BaseException:
+        daemon._close_waker()
+        raise
     # systemd (Type=notify) counts the service as started once the lock is held and runs
     # are recovered; without $NOTIFY_SOCKET these calls do nothing. The signal handlers
     # came first: a stop right after READY must end the daemon cleanly.

@@ -1123,19 +1123,25 @@ OVERRUN_SLACK = 1.0
 
 
 def _overran(run: RunRecord, times: dict[str, str], executor: Executor) -> str | None:
-    """Why a run that ended well is over its time limit by its own marks, or None: a
-    daemon watching it ends it at the limit, so this one ended while none did (stopped,
-    or between two cron ticks). It counts as over all the same, as the README says
-    (found by review: recorded SUCCESS, and ranked). A scheduler that enforces the limit
-    itself (Slurm) is left to."""
+    """:func:`overran` for a run; a scheduler that enforces the limit itself (Slurm) is
+    left to."""
+    return None if enforces_time_limit(executor) else overran(run.time_limit, times)
+
+
+def overran(limit: float | None, times: dict[str, str]) -> str | None:
+    """Why a run (or post-processing run) that ended well is over its time ``limit`` by
+    its own marks (``times``: :func:`marker_times`), or None: a daemon watching it ends
+    it at the limit, so this one ended while none did (stopped, or between two cron
+    ticks). It counts as over all the same, as the README says (found by review:
+    recorded SUCCESS, and ranked)."""
     start, end = times.get("started_at"), times.get("finished_at")
-    if not run.time_limit or not start or not end or enforces_time_limit(executor):
+    if not limit or not start or not end:
         return None
     took = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-    if took <= run.time_limit + OVERRUN_SLACK:
+    if took <= limit + OVERRUN_SLACK:
         return None
     return (
-        f"time limit exceeded: it ran {took:.0f} s, past its limit of {run.time_limit:g} s, "
+        f"time limit exceeded: it ran {took:.0f} s, past its limit of {limit:g} s, "
         "while no daemon watched it"
     )
 

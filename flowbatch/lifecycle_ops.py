@@ -286,8 +286,10 @@ def _to_a_serving_host(site: Site, workflow: str) -> None:
     if not site.shared or lock_holder_at(site.lock_path) is not None:
         return
     for lock in sorted(site.root.glob("daemon.*.lock")):
-        holder = lock_holder_at(lock)
-        host = str((holder or {}).get("host") or "")
+        holder = lock_holder_at(lock) or {}
+        host = str(holder.get("host") or "")
+        if holder.get("role", "daemon") != "daemon":
+            continue  # a `runs cancel` applying a cancel holds it for a moment
         if not host or host == site.host or not ID_PATTERN.match(host):
             continue
         folder = site.reports_pending_dir.parent / host

@@ -77,6 +77,11 @@ class Repeated:
                 self.every,
             )
 
+    @property
+    def failing(self) -> bool:
+        """Whether the error was said and its end not yet."""
+        return self._since is not None
+
     def ok(self, message: str, *args: object) -> None:
         if self._since is not None:
             self.log.info(message + " (after %.0f s)", *args, time.monotonic() - self._since)

@@ -61,6 +61,7 @@ from .lifecycle import (
     epoch,
     handle_from_marker,
     iso,
+    overran,
     step_records,
     tail,
     times_marked,
@@ -74,6 +75,7 @@ from .safeio import copy_beneath, open_beneath, read_up_to
 from .site import Site
 from .spec.model import Template
 from .store import atomic
+from .store.store import lock_holder_at
 
 log = logging.getLogger("flowbatch.postproc")
 
@@ -206,10 +208,11 @@ class PostProcManager:
         entries = leaderboard_views(workflow, template.results, shown=0).best
         keys = sorted(e.run.run_id for e in entries)
         state = read_state(self.site, workflow)
-        if not keys or state.get("ranking") == keys:
-            return False
-        if self.host is not None and self._running_elsewhere(workflow, state):
+        elsewhere = self._elsewhere(workflow, state) if self.host is not None else None
+        if elsewhere == "running":
             return False  # that host asks again when its run has ended
+        if not keys or (state.get("ranking") == keys and elsewhere is None):
+            return False
         record = PostProcRecord(
             id=_new_id(),
             workflow=workflow,
@@ -235,12 +238,26 @@ class PostProcManager:
         self._launch(record)
         return True
 
-    def _running_elsewhere(self, workflow: str, state: dict[str, Any]) -> bool:
-        """Whether the workflow's latest post-processing run is another host's, still
-        running: one run of a workflow at a time, site-wide."""
+    def _elsewhere(self, workflow: str, state: dict[str, Any]) -> str | None:
+        """The workflow's latest post-processing run, when another host's that is still
+        RUNNING: ``"running"`` while that host's daemon serves (one run of a workflow at
+        a time, site-wide), ``"orphaned"`` when it does not (a host retired or down: the
+        workflow is not left without post-processing until it comes back, found by the
+        re-review; the run, if it still goes, is that host's daemon's to end)."""
         latest = state.get("latest")
         record = load_record(self.site, workflow, str(latest)) if latest else None
-        return record is not None and record.state == "RUNNING" and _others(record, self.host)
+        if record is None or record.state != "RUNNING" or record.host in (None, self.host):
+            return None
+        if lock_holder_at(self.site.host_lock_path(record.host)) is not None:
+            return "running"
+        log.warning(
+            "post-processing %s of %s was started on %s, whose daemon is not serving: "
+            "starting another here",
+            record.id,
+            workflow,
+            record.host,
+        )
+        return "orphaned"
 
     def _launch(self, record: PostProcRecord) -> None:
         """Start the prepared run's script and record its handle."""
@@ -334,7 +351,7 @@ class PostProcManager:
             return
         assert template.postproc is not None
         record.steps = step_records([s.name for s in template.postproc.workflow.steps], markers)
-        self._marked_times(record, markers)
+        marked = self._marked_times(record, markers)
         if reason is not None:
             self._finish(record, "ERROR", [reason])
         elif markers.exit is None:
@@ -343,6 +360,8 @@ class PostProcManager:
             )
         elif markers.exit[0] != 0:
             self._finish(record, "ERROR", _failure(folder, record.steps, markers.exit))
+        elif over := overran(record.time_limit, marked):
+            self._finish(record, "ERROR", [over])
         else:
             try:
                 record.files = _outputs(folder, template)
@@ -351,12 +370,14 @@ class PostProcManager:
                 return
             self._finish(record, "SUCCESS", [])
 
-    def _marked_times(self, record: PostProcRecord, markers: Any) -> None:
+    def _marked_times(self, record: PostProcRecord, markers: Any) -> dict[str, str]:
         """The times its script marked, where plausible (a run's rule, the job made at
         its ``created_at``), in place of when the daemon saw them: a slow tick must not
-        stretch a post-processing's time."""
-        for key, value in times_marked(markers, epoch(record.created_at)).items():
+        stretch a post-processing's time. Returns them."""
+        marked = times_marked(markers, epoch(record.created_at))
+        for key, value in marked.items():
             setattr(record, key, value)
+        return marked
 
     def _finish(self, record: PostProcRecord, state: str, messages: list[str]) -> None:
         self.before_report_change(record.workflow)

@@ -213,8 +213,8 @@ class Claimed:
 
 
 class IndexAway(Exception):
-    """A shared site's index could not record a claim: the request went back to the
-    queue, and no other is claimed until the index answers again."""
+    """A shared site's index could not record a claim: the claim stays as it is (a
+    leftover, recorded once the index answers), and no other is taken in meanwhile."""
 
 
 @dataclass
@@ -611,29 +611,25 @@ class Intake:
         # impossible even where a rename can "succeed" twice (NFS retransmits); the one
         # who comes second drops its claim. One host (the site lock held, a local rename):
         # the rename alone is the claim.
-        if self.site.shared:
-            try:
-                unique = self.site.store.claim(claim_key(name, st), run_id, self.site.host)
-            except Exception as exc:
-                self._unclaim(dest, src)
-                raise IndexAway(f"{printable_name(name)} left in the queue: {exc}") from exc
-            if not unique:
-                log.warning("%s was claimed by another daemon: dropped", printable_name(name))
-                dest.unlink(missing_ok=True)
-                return None
+        if self.site.shared and not self._claim_recorded(dest, name, st, run_id):
+            return None
         return Claimed(dest, run_id, name, st.st_uid, st.st_ino, st.st_dev, fresh=True)
 
-    def _unclaim(self, dest: Path, src: Path) -> None:
-        """A claim the index could not record goes back to the queue: the index's row is
-        what keeps two hosts from both taking one file, and a claim without it, taken up
-        as a leftover, never got one (found by review: claims made while PostgreSQL was
-        away). Back under its name only if no new file took that name meanwhile."""
+    def _claim_recorded(self, path: Path, name: str, st: os.stat_result, run_id: str) -> bool:
+        """Record a shared site's claim in the index; False: another host claimed the same
+        file (the one that comes second drops its name of it). An index that does not
+        answer raises :class:`IndexAway`, the claim staying where it is: taken up as a
+        leftover, it is recorded before its runs are made (found by review: claims made
+        while PostgreSQL was away never got their row, and a second host could take the
+        same file). Again for the same run id, the row is found and the claim stands."""
         try:
-            os.link(dest, src, follow_symlinks=False)
-        except OSError as exc:
-            log.warning("%s stays claimed without its index row: %s", dest.name, exc.strerror)
-            return
-        dest.unlink(missing_ok=True)
+            unique = self.site.store.claim(claim_key(name, st), run_id, self.site.host)
+        except Exception as exc:
+            raise IndexAway(f"the claim of {printable_name(name)} is not recorded: {exc}") from exc
+        if not unique:
+            log.warning("%s was claimed by another daemon: dropped", printable_name(name))
+            path.unlink(missing_ok=True)
+        return unique
 
     def _new_id(self) -> str:
         """A random id no run in the index has: 48 bits collide once in a few hundred
@@ -719,7 +715,7 @@ class Intake:
                 log.exception("looking for orphan bundles in %s", self.layout.queue)
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         self._look_in_claimed = bool(todo)
-        for name in self.candidates():
+        for name in self.candidates() if self._index_answers() else ():
             if limit is not None and len(todo) >= limit:
                 break
             problem = name_problem(name)
@@ -730,6 +726,7 @@ class Intake:
             try:
                 claimed = self.claim(name)
             except IndexAway as exc:  # no claim until it is back: the next tick tries
+                self._look_in_claimed = True
                 self._index_away.failed("the index is away, no request taken in: %s", exc)
                 break
             self._index_away.ok("the index is back: taking requests in")
@@ -739,14 +736,32 @@ class Intake:
         for claimed in todo:
             faults.point("intake")
             made = len(result.runs)
-            self.process(claimed, result)
+            try:
+                self.process(claimed, result)
+            except IndexAway as exc:  # the rest stay claimed, for a next tick
+                self._look_in_claimed = True
+                self._index_away.failed("the index is away, no request taken in: %s", exc)
+                break
             if between is not None and not between(result.runs[made:]):
                 break
         return result
 
+    def _index_answers(self) -> bool:
+        """After a claim the index could not record, one cheap statement before another
+        claim: none is made while it is away (each would stay claimed without its row)."""
+        if not self._index_away.failing:
+            return True
+        try:
+            self.site.store.ping()
+        except Exception:
+            return False
+        return True
+
     def process(self, claimed: Claimed, result: IntakeResult) -> None:
         try:
             self._process(claimed, result)
+        except IndexAway:
+            raise  # no fault of the request's: it stays claimed
         except OSError as exc:
             if exc.errno not in _DISK_ERRORS:
                 self._internal_error(claimed, result, exc)
@@ -783,6 +798,12 @@ class Intake:
             ):
                 self._finish(claimed)  # created before a crash: just finish the clean-up
                 return
+            if not claimed.fresh and self.site.shared:
+                # a claim left over (a crash, or an index away when it was made): its
+                # row first, as a fresh claim's (the file keeps its key when renamed)
+                st = claimed.path.lstat()
+                if not self._claim_recorded(claimed.path, claimed.name, st, claimed.run_id):
+                    return
             req = self._read(claimed)
             if isinstance(req, CancelRequest):
                 result.cancels.append((req, claimed))  # the daemon applies it and cleans up
@@ -1481,7 +1502,7 @@ class Intake:
         # rejected earlier) is kept
         while os.path.lexists(dest) or (
             os.path.lexists(rejected / f"{dest.name}.error.yaml")
-            and not _error_file_of(rejected / f"{dest.name}.error.yaml", dest.name)
+            and not _error_file_of(rejected / f"{dest.name}.error.yaml", dest.name, claimed.uid)
         ):
             dest = rejected / f"{Path(name).stem}.{n}{Path(name).suffix}"
             n += 1
@@ -1513,6 +1534,10 @@ def _error_file_access(claimed: Claimed) -> tuple[int, tuple[int, int] | None]:
     request was readable, and the request's user's when a root daemon rejects another
     user's request (found by review: the error of a private request, which may quote one
     of its values, was everyone's to read). A request gone meanwhile: its user's alone."""
+    if os.geteuid() not in (0, claimed.uid):
+        # a service user's daemon cannot give the file to the request's user: readable
+        # by all, or its user could not read why (found by review)
+        return 0o644, None
     try:
         st = os.lstat(claimed.path)
         mode, group = (stat.S_IMODE(st.st_mode) & 0o644) | 0o600, st.st_gid
@@ -1662,12 +1687,16 @@ def refuse_writers(
     )
 
 
-def _error_file_of(path: Path, request: str) -> bool:
-    """Whether ``path`` is a rejection's error file for the request named ``request``."""
+def _error_file_of(path: Path, request: str, uid: int) -> bool:
+    """Whether ``path`` is a rejection's error file for the request named ``request``,
+    of the request's user ``uid`` (a root daemon gives it to them) or the daemon's."""
     try:
         # rejected/ holds what participants dropped (a FIFO named like an error file
         # held the daemon for good): a regular file, not through a link, or not one
-        doc = yamlio.load_file(path, max_bytes=1 << 20, follow=False, owner=os.geteuid())
+        owner = os.lstat(path).st_uid
+        if owner not in (os.geteuid(), uid):
+            return False
+        doc = yamlio.load_file(path, max_bytes=1 << 20, follow=False, owner=owner)
     except (OSError, FlowbatchError):
         return False
     return isinstance(doc, dict) and doc.get("request") == request

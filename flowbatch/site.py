@@ -35,8 +35,12 @@ class Site:
     def lock_path(self) -> Path:
         """One daemon per site, or per site and host when several hosts share it."""
         if self.shared:
-            return self.root / f"daemon.{self.host}.lock"
+            return self.host_lock_path(self.host)
         return self.layout.lock
+
+    def host_lock_path(self, host: str) -> Path:
+        """The daemon lock of ``host`` on a site several hosts serve."""
+        return self.root / f"daemon.{host}.lock"
 
     @property
     def handover_path(self) -> Path:

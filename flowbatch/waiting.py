@@ -17,6 +17,7 @@ participant may wait too)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -113,7 +114,9 @@ def _claimed(folder: Path, name: str, *, hosts: bool = True) -> str | None:
     return None
 
 
-def rejection(layout: Layout, name: str, *, since: float | None = None) -> dict[str, Any] | None:
+def rejection(
+    layout: Layout, name: str, *, since: float | None = None, owner: int | None = None
+) -> dict[str, Any] | None:
     """The error file of the rejected request ``name``, or None. It is
     ``rejected/<name>.error.yaml``, or, where an earlier rejection had that name,
     ``rejected/<stem>.<n>.yaml.error.yaml`` whose ``file`` names the request. ``since``
@@ -132,15 +135,23 @@ def rejection(layout: Layout, name: str, *, since: float | None = None) -> dict[
         )
     except OSError:
         pass
+    if owner is None and os.geteuid() != 0:
+        owner = os.geteuid()  # a user waits for their own requests
     try:
-        trusted = {os.stat(rejected).st_uid, os.geteuid()}
+        daemons = os.stat(rejected).st_uid
     except OSError:
         return None
     for path in candidates:
         try:
             # an error file is its request's user's (a root daemon's rejection of another
-            # user's request): one user's must not answer for another's request
-            if os.geteuid() != 0 and os.lstat(path).st_uid not in trusted:
+            # user's request), who may edit it: one user's must not answer for another's
+            # request, root's wait included (found by review)
+            by = os.lstat(path).st_uid
+            if by not in (daemons, owner) and not (
+                owner is None  # root, who never saw the request queued: the file of the
+                and path.name == f"{name}.error.yaml"  # very name, its request's user's
+                and os.lstat(rejected / name).st_uid == by
+            ):
                 continue
             info = yamlio.load_file(path, max_bytes=1 << 20)
         except (OSError, FlowbatchError):
@@ -246,8 +257,12 @@ def wait_request(
     empty_since: float | None = None  # when it was first found done with no run
     ended: set[str] = set()
     seen = since is not None  # queued by this process (submit): it existed
+    owner: int | None = None  # the request file's user, once seen in the queue
     while True:
         stage_now, claimed = claim_of(layout, name)
+        if stage_now == QUEUED and owner is None:
+            with contextlib.suppress(OSError):
+                owner = os.lstat(layout.queue / name).st_uid
         seen = seen or stage_now != DONE
         if stage_now != DONE and since is None:
             since = time.time()  # seen waiting: what is older is another request's
@@ -257,7 +272,7 @@ def wait_request(
             note(f"{name}: claimed by the daemon")
         stage = stage_now
         if stage == DONE:
-            info = rejection(layout, name, since=since)
+            info = rejection(layout, name, since=since, owner=owner)
             if info is not None:
                 return Outcome(rejected=info)
         if token is None and stage != QUEUED:

@@ -79,3 +79,31 @@ def test_a_signal_inside_the_wake_up_events_lock_neither_hangs_nor_is_lost(
         timeout=30,
     )
     assert done.returncode == 0 and "woken, not wedged" in done.stdout, done.stderr
+
+
+def test_each_daemon_run_leaves_no_signal_thread_behind(tmp_path: Path) -> None:
+    """Found by the re-review: the handlers were installed twice a run (run_daemon, then
+    serve), each time with a thread and a pipe of its own, and the first was never
+    closed; a daemon that found another serving kept its own too."""
+    code = """
+import os, sys, threading
+from flowbatch.daemon import run_daemon
+from flowbatch.site import Site
+
+site = Site(sys.argv[1])
+run_daemon(site, until_idle=True)
+fds = len(os.listdir("/proc/self/fd"))  # the site's index files open from here on
+for _ in range(3):
+    run_daemon(site, until_idle=True)
+print(sum(t.name == "flowbatch-signals" for t in threading.enumerate()))
+print(len(os.listdir("/proc/self/fd")) - fds)
+"""
+    site = make_site(tmp_path / "site")
+    site.close()
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(site.root)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    threads, fds = done.stdout.split()
+    assert threads == "0"
+    assert fds == "0", done.stdout

@@ -489,9 +489,50 @@ def test_a_private_requests_error_is_as_private_as_the_request(root_site: Path) 
     forged = rejected / "mine.1.yaml.error.yaml"
     forged.write_text((rejected / "open.yaml.error.yaml").read_text().replace("open", "mine"))
     os.chown(forged, 12345, 12345)
-    waited = participant(root_site, "runs", "wait", "--request", "mine.yaml", "--timeout", "2")
-    assert "hunter2-token" not in waited.stderr + waited.stdout, waited
-    assert "not rejected, and no run came from it" in waited.stderr, waited
+    for wait in (participant, as_root):  # root's wait too (found by the re-review)
+        waited = wait(root_site, "runs", "wait", "--request", "mine.yaml", "--timeout", "2")
+        assert "hunter2-token" not in waited.stderr + waited.stdout, waited
+        assert "not rejected, and no run came from it" in waited.stderr, waited
+    # root's wait for a request it did not see queued: the error file of its very name,
+    # whose user owns the rejected request too
+    waited = as_root(root_site, "runs", "wait", "--request", "private.yaml", "--timeout", "5")
+    assert waited.returncode == 1 and "hunter2-token" in waited.stderr, waited
+    # a request rejected again after a crash between its two writes (its error file
+    # alone there, its user's) takes its own name, not `private.1.yaml`
+    (rejected / "private.yaml").rename(queue / "private.yaml")
+    site = Site(root_site)
+    try:
+        run_until_idle(site).stop()
+    finally:
+        site.close()
+    assert not (rejected / "private.1.yaml").exists()
+    assert (rejected / "private.yaml").stat().st_uid == PARTICIPANT
+
+
+def test_a_service_users_daemon_leaves_error_files_its_participants_can_read(
+    public_tmp: Path, tmp_path: Path, _participant_python: None
+) -> None:
+    """Found by the re-review: a service user's daemon (here uid 65534) cannot give an
+    error file to the request's user; copying the request's mode (0600) left the user
+    unable to read why it was refused. Such a daemon writes them readable by all."""
+    from .test_robust import _user
+
+    user = _user("fbtest")
+    site_dir = public_tmp / "svc"
+    site = make_site(site_dir, {"allowed_users": ["fbtest"]})
+    api.install(site, write_template(tmp_path / "t", SCORE_TEMPLATE), workflow_id="wf")
+    site.close()
+    for path in [site_dir, *site_dir.rglob("*")]:
+        os.chown(path, PARTICIPANT, PARTICIPANT, follow_symlinks=False)
+    (site_dir / "queue").chmod(0o1777)
+    request = site_dir / "queue" / "private.yaml"
+    request.write_text("workflow: wf\narguments:\n  score: 1\n")
+    os.chown(request, user.pw_uid, user.pw_gid)
+    request.chmod(0o600)
+    done = participant(site_dir, "daemon", "--until-idle")
+    assert done.returncode == 0, done.stderr
+    error = (site_dir / "queue" / "rejected" / "private.yaml.error.yaml").stat()
+    assert (error.st_uid, stat.S_IMODE(error.st_mode)) == (PARTICIPANT, 0o644)
 
 
 def test_init_where_its_user_may_not_make_the_folder_says_what_to_do(

@@ -369,3 +369,34 @@ def test_a_deleted_best_run_is_post_processed_again(site: Site, tmp_path: Path) 
     )
     board = json.loads((site.layout.workflow_results("q") / "leaderboard.json").read_text())
     assert board["ranking"] == [] and board["all"] == []  # the old version's run not shown
+
+
+def test_post_processing_past_its_limit_that_ended_unwatched_is_an_error(
+    site: Site, tmp_path: Path
+) -> None:
+    """As a run's (found by the re-review): one that went past its time limit while no
+    daemon watched it, then ended well, is an ERROR saying so."""
+    from flowbatch.daemon import Daemon
+
+    slow = "timeLimit: 1\n" + FAILING.format(inputs="results/r.json").replace(
+        '"echo plotting went wrong >&2; exit 4"', '"sleep 3"'
+    )
+    api.install(site, write_template(tmp_path / "s", slow), workflow_id="s")
+    drop(site, "a.yaml", {"workflow": "s", "arguments": {"s": 1}})
+    d = Daemon(site)
+    d.start()
+    deadline = time.monotonic() + 30
+    while "s" not in d.postproc.active:
+        assert time.monotonic() < deadline, "no post-processing started"
+        d.tick()
+        time.sleep(0.05)
+    record = d.postproc.active["s"]
+    d.stop()  # no daemon while it goes past its limit
+    markers = postproc_root(site, "s") / record.id / "status" / "markers"
+    while not markers.exists() or b"exit" not in markers.read_bytes():
+        assert time.monotonic() < deadline + 30, "it never ended"
+        time.sleep(0.05)
+    run_until_idle(site)
+    ended = load_record(site, "s", record.id)
+    assert ended is not None and ended.state == "ERROR", ended
+    assert ended.messages[0].startswith("time limit exceeded: it ran 3 s, past its limit of 1 s")

@@ -329,5 +329,13 @@ def test_the_flowserv_dialects_placeholders_are_refused_in_a_native_template(
         assert info.value.field == "workflow.steps[0].commands[1]"
         assert info.value.summary().split(": ", 1)[1].startswith(placeholder)
         assert "write {{ " in info.value.summary()
-    for command in ["for f in *.txt; do wc -l ${f}; done", "echo ${HOME} $${n} {{ n }}"]:
+    for command in [
+        "for f in *.txt; do wc -l ${f}; done",
+        "echo ${HOME} $${n} {{ n }}",
+        # the shell's own variable of a template's name (found by the re-review)
+        'n={{ n }}; printf "%s" "${n}"',
+        "for n in 1 2; do echo ${n}; done",
+        "read -r a n < f; echo ${n}",
+        "{% raw %}echo ${n}{% endraw %} {# ${n} #}",
+    ]:
         check_template(tpl([command], n="int"), variables)

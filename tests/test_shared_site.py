@@ -338,6 +338,14 @@ def test_post_processing_runs_on_one_host_at_a_time(
         ids = sorted(p.name for p in postproc_root(site_a, "wf").iterdir() if p.is_dir())
         records = [load_record(site_a, "wf", i) for i in ids]
         assert [(r.state, r.host) for r in records if r] == [("SUCCESS", "hostA")] * 2
+        # hostA's daemon gone while its post-processing runs: hostB does not wait for
+        # its return (found by the re-review: none ran anywhere until then)
+        gate.unlink()
+        drop(site_a, "c.yaml", {"workflow": "wf", "group": "g3", "arguments": {"score": 3}})
+        tick_until(daemon_a, lambda: "wf" in daemon_a.postproc.active)
+        daemon_a.stop()
+        assert manager_b.maybe_start({"wf"}) == {"wf"}
+        assert manager_b.active["wf"].host == "hostB"
     finally:
         gate.touch()  # no post-processing left waiting, whatever failed
         daemon_a.stop()
@@ -399,15 +407,16 @@ def test_a_delete_on_a_host_without_a_daemon_reaches_a_serving_host(
         site_c.close()
 
 
-def test_a_claim_the_index_cannot_record_goes_back_to_the_queue(
+def test_a_claim_the_index_cannot_record_is_recorded_before_its_runs(
     tmp_path: Path, postgres_url: str, monkeypatch, caplog
 ) -> None:  # type: ignore[no-untyped-def]
     """Found by review: requests claimed while PostgreSQL was away stayed claimed with no
     row, the key that keeps a second host from taking the same file (an NFS rename that
-    "succeeds" twice), and each such claim ended the tick with a traceback. The claim is
-    undone, the rest of the queue waits, and once the index answers the claim has its
-    row. (The server's outage is a fault injected into the claim's insert: stopping the
-    suite's server would stop every other test's.)"""
+    "succeeds" twice), and each such claim ended the tick with a traceback. Now the
+    claim stays, nothing more is taken in, and once the index answers the claim is
+    recorded before its runs are made: also when the row was written and only the
+    answer was lost. (The outage is a fault injected into the claim's insert: stopping
+    the suite's server would stop every other test's.)"""
     import peewee as pw
 
     from flowbatch.store.store import Store
@@ -421,19 +430,24 @@ def test_a_claim_the_index_cannot_record_goes_back_to_the_queue(
     real = Store.claim
 
     def away(self: Store, key: str, run_id: str, host: str) -> bool:
+        real(self, key, run_id, host)  # written, and the answer lost
+        raise pw.OperationalError("server closed the connection unexpectedly")
+
+    def no_answer(self: Store) -> None:
         raise pw.OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(Store, "claim", away)
+    monkeypatch.setattr(Store, "ping", no_answer)
     intake = Intake(site)
     with caplog.at_level("WARNING", logger="flowbatch.queue"):
         result = intake.run_once()
-        intake.run_once()
-    assert result.runs == [] and result.rejected == []
-    assert sorted(p.name for p in (root / "queue").glob("*.yaml")) == ["one.yaml", "two.yaml"]
-    assert not [p for p in site.claimed_dir.rglob("*") if p.is_file()]
+        again = intake.run_once()  # the leftover's row cannot be looked at either
+    assert result.runs == again.runs == [] and result.rejected == again.rejected == []
+    assert [p.name for p in (root / "queue").glob("*.yaml")] == ["two.yaml"]  # not claimed
+    assert [p.name.split("--")[1] for p in site.claimed_dir.iterdir()] == ["one.yaml"]
     said = [r.getMessage() for r in caplog.records if "the index is away" in r.getMessage()]
-    assert len(said) == 1 and "one.yaml left in the queue" in said[0], said  # once a minute
-    monkeypatch.setattr(Store, "claim", real)
+    assert len(said) == 1 and "the claim of one.yaml is not recorded" in said[0], said
+    monkeypatch.undo()  # the index answers again
     runs = intake.run_once().runs
     assert sorted(r.request for r in runs) == ["one.yaml", "two.yaml"]
     assert {c.run for c in ClaimRow.select()} == {r.id for r in runs}

@@ -298,6 +298,19 @@ def _check_names(env: SandboxedEnvironment, source: str, where: str, known: froz
 #: the flowServ dialect's placeholders, and a shell reference that may mean one
 _FLOWSERV_PLACEHOLDER = re.compile(r"\$\[\[\s*([A-Za-z_][A-Za-z0-9_]*)\s*\]\]")
 _SHELL_REFERENCE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NOT_RENDERED = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}|\{#.*?#\}", re.S)
+
+
+def _set_by_the_shell(text: str, name: str) -> bool:
+    """Whether the command gives the shell variable ``name`` a value itself (``x=...``,
+    ``export x=``, ``for x in``, ``read ... x``): then ``${x}`` is that variable (found by
+    the re-review: ``score={{ score }}; printf "${score}"`` was refused)."""
+    word = re.escape(name)
+    return bool(
+        re.search(rf"(?:^|[\s;&|(]){word}=", text)
+        or re.search(rf"\bfor\s+{word}\b", text)
+        or re.search(rf"\bread\b[^;\n]*\s{word}\b", text)
+    )
 
 
 def _check_dialect(source: str, where: str, known: frozenset[str]) -> None:
@@ -313,8 +326,11 @@ def _check_dialect(source: str, where: str, known: frozenset[str]) -> None:
             field=where,
             hint=f"write {{{{ {found.group(1)} }}}}, or drop `flowbatch: 1` (flowServ's dialect)",
         )
-    for found in _SHELL_REFERENCE.finditer(source):
-        if found.group(1) in known:
+    # what Jinja2 does not render (raw blocks, comments) is the author's on purpose
+    text = _NOT_RENDERED.sub("", source)
+    for found in _SHELL_REFERENCE.finditer(text):
+        name = found.group(1)
+        if name in known and not _set_by_the_shell(text, name):
             raise TemplateError(
                 f"{found.group(0)} names the template's {found.group(1)!r}, but a native "
                 "(`flowbatch: 1`) template leaves ${...} to the shell, where it is not set",
