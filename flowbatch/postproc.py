@@ -569,24 +569,36 @@ def _regular_file(folder: Path, rel: str) -> bool:
 # --- what the leaderboard shows ------------------------------------------------------------------
 
 
-def leaderboard_view(site: Site, workflow: str) -> PostProcView | None:
+def leaderboard_view(
+    site: Site, workflow: str, version: str, best: list[str]
+) -> PostProcView | None:
     """The latest post-processing run and the outputs of the latest successful one, for
-    the leaderboard page; ``None`` when post-processing never ran for ``workflow``."""
+    the leaderboard of ``version`` whose best runs per group are ``best``; ``None`` when
+    post-processing never ran for them. Only runs of that version are shown (an older
+    version's outputs went on showing its runs beside an empty leaderboard), none while
+    no run is ranked (they named a deleted run), and one given another set of best runs
+    than ``best`` says so (found by review)."""
     state = read_state(site, workflow)
-    if not state.get("latest"):
+    if not state.get("latest") or not best:
         return None
     latest = load_record(site, workflow, str(state["latest"]))
     success_id = state.get("last_success")
     if latest is not None and latest.state == "SUCCESS":
         success_id = latest.id  # also before state.json says so (the module docstring)
     success = load_record(site, workflow, str(success_id)) if success_id else None
-    latest_view = _run_view(site, latest) if latest else None
-    if success is not None and latest is not None and success.id == latest.id:
+    keys = sorted(best)
+    latest_view = _run_view(site, latest, keys) if latest and latest.version == version else None
+    if success is not None and success.version != version:
+        success = None
+    if latest_view is None and success is None:
+        return None
+    if success is not None and latest_view is not None and success.id == latest_view.id:
         return PostProcView(latest=latest_view, shown=latest_view)
-    return PostProcView(latest=latest_view, shown=_run_view(site, success) if success else None)
+    shown = _run_view(site, success, keys) if success else None
+    return PostProcView(latest=latest_view, shown=shown)
 
 
-def _run_view(site: Site, record: PostProcRecord) -> PostProcRunView:
+def _run_view(site: Site, record: PostProcRecord, best: list[str]) -> PostProcRunView:
     folder = postproc_root(site, record.workflow) / record.id
     base = href_in(POSTPROC_DIR, record.id)
     outputs = (
@@ -603,6 +615,7 @@ def _run_view(site: Site, record: PostProcRecord) -> PostProcRunView:
         messages=list(record.messages),
         href=base + "/",
         outputs=outputs,
+        current=sorted(record.ranking) == best,
     )
 
 

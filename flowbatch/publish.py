@@ -73,7 +73,10 @@ def update_reports(
             if run_pages:
                 write_run_pages(site, site.store.iter_run_dirs(workflow))
         try:
-            write_site_index(site, state_counts())
+            current = {
+                w: str(site.templates.meta(w).get("current")) for w in site.templates.list_ids()
+            }
+            write_site_index(site, state_counts(current))
         except OSError as exc:
             log.error("the results' front page not written: %s", exc.strerror or exc)
             failed.append(("the results' front page", exc))
@@ -94,7 +97,7 @@ def update_reports(
 def write_workflow_report(site: Site, workflow: str) -> bool:
     """Write one workflow's ``leaderboard.{json,csv,html}``; False when it has no ranking
     (no result schema)."""
-    template, _ = site.templates.load(workflow)
+    template, version = site.templates.load(workflow)
     if template.results is None:
         return False
     all_shown = site.config.reports.all_runs_shown
@@ -116,7 +119,7 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
         all_entries=views.top,
         parameters=param_columns(template.parameters),
         files=run_files(workflow, shown),
-        postproc=postproc.leaderboard_view(site, workflow),
+        postproc=postproc.leaderboard_view(site, workflow, version, [e.run.run_id for e in best]),
         all_shown=all_shown,
         all_total=views.total,
         chart_entries=chart,
@@ -147,13 +150,18 @@ def run_files(workflow: str, runs: set[str] | None = None) -> dict[str, list[dic
     return out
 
 
-def state_counts() -> dict[str, dict[str, int]]:
-    """Runs by workflow and state (one grouped query)."""
+def state_counts(current: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
+    """Runs by workflow and state (one grouped query); ``current``: workflow -> the
+    version counted (the one its leaderboard shows: the site's index counted every
+    version's runs beside a leaderboard of the current one's, found by review)."""
     query = RunRow.select(
-        RunRow.workflow, RunRow.state, pw.fn.COUNT(RunRow.id).alias("n")
-    ).group_by(RunRow.workflow, RunRow.state)
+        RunRow.workflow, RunRow.version, RunRow.state, pw.fn.COUNT(RunRow.id).alias("n")
+    ).group_by(RunRow.workflow, RunRow.version, RunRow.state)
     out: dict[str, dict[str, int]] = {}
-    rows: Any = query.tuples()  # (workflow, state, count); peewee's types say RunRow
-    for workflow, state, count in rows:
-        out.setdefault(workflow, {})[state] = count
+    rows: Any = query.tuples()  # (workflow, version, state, count): peewee says RunRow
+    for workflow, version, state, count in rows:
+        if current is not None and current.get(workflow, version) != version:
+            continue
+        counts = out.setdefault(workflow, {})
+        counts[state] = counts.get(state, 0) + count
     return out

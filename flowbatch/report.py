@@ -107,6 +107,8 @@ class PostProcRunView:
     messages: list[str] = field(default_factory=list)
     href: str = ""
     outputs: list[PostProcOutput] = field(default_factory=list)
+    #: False: it was given another set of best runs than the leaderboard has now
+    current: bool = True
 
     @property
     def started_text(self) -> str:
@@ -123,6 +125,7 @@ class PostProcRunView:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "runs": self.runs,
+            "current": self.current,
             "messages": self.messages,
             "outputs": [
                 {"title": o.title, "source": o.source, "href": o.href} for o in self.outputs

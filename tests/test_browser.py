@@ -91,6 +91,13 @@ def test_missing_values_sort_last_both_ways(browser: Browser, board: Path) -> No
     assert sorted(down["order"][3:]) == ["r-a2", "r-d1"]  # no note: last, whichever way
 
 
+def test_a_header_sorts_from_the_keyboard(browser: Browser, board: Path) -> None:
+    """Found by review: the headers took clicks only (no focus, no key)."""
+    result = browser.self_test(board, "key:score,key:score")
+    assert result["clicks"][-1] == {"key": "score", "sort": "ascending"}
+    assert result["order"] == ["r-c1", "r-d1", "r-b1", "r-a2"]
+
+
 def test_all_runs_view(browser: Browser, board: Path) -> None:
     result = browser.self_test(board, "view:all")
     assert result["order"] == ["r-a2", "r-b1", "r-a1", "r-d1", "r-c1"]

@@ -275,7 +275,7 @@ def test_a_post_processing_output_that_is_a_link_is_not_shown(site: Site, tmp_pa
     """Post-processing runs on participants' data as the daemon's user: an output it made
     as a link (from an archive a participant sent, say) was read through the link and
     shown inline on the leaderboard, whatever it pointed at."""
-    from flowbatch.postproc import leaderboard_view
+    from flowbatch.postproc import leaderboard_view, read_state
 
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the leaderboard\n")
@@ -288,7 +288,8 @@ def test_a_post_processing_output_that_is_a_link_is_not_shown(site: Site, tmp_pa
     api.install(site, write_template(tmp_path / "t", template), workflow_id="wf")
     drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 1}})
     run_until_idle(site)
-    view = leaderboard_view(site, "wf")
+    state = read_state(site, "wf")
+    view = leaderboard_view(site, "wf", site.templates.load("wf")[1], state["ranking"])
     assert view is not None and view.shown is not None, view
     sources = {o.source: o for o in view.shown.outputs}
     assert set(sources) == {"real.txt"}

@@ -400,3 +400,43 @@ def test_post_processing_past_its_limit_that_ended_unwatched_is_an_error(
     ended = load_record(site, "s", record.id)
     assert ended is not None and ended.state == "ERROR", ended
     assert ended.messages[0].startswith("time limit exceeded: it ran 3 s, past its limit of 1 s")
+
+
+def test_the_leaderboard_shows_only_post_processing_of_its_version_and_runs(
+    site: Site, tmp_path: Path
+) -> None:
+    """Found by review: after its only run was deleted, or a new template version was
+    installed, the leaderboard went on showing the post-processing over the runs gone or
+    of the old version (its chart naming them), beside "No successful runs yet"."""
+    from flowbatch.lifecycle_ops import delete_run
+
+    def board() -> str:
+        return (site.layout.workflow_results("q") / "leaderboard.html").read_text()
+
+    folder = write_template(tmp_path / "q", QUICK_PLOT.format(inputs="results/r.json"))
+    api.install(site, folder, workflow_id="q")
+    drop(site, "a.yaml", {"workflow": "q", "group": "a", "arguments": {"s": 1}})
+    drop(site, "b.yaml", {"workflow": "q", "group": "b", "arguments": {"s": 2}})
+    run_until_idle(site)
+    assert "<h2>Post-processing</h2>" in board() and "earlier set" not in board()
+    # one best run deleted: the outputs over the earlier set say so until the new ones
+    first = next(r["id"] for r in api.list_runs(site) if r["group"] == "a")
+    delete_run(site, first)
+    assert "over an earlier set of best runs" in board()
+    run_until_idle(site)
+    assert "earlier set" not in board()
+    # every run deleted: no outputs over runs that are gone
+    for run in api.list_runs(site):
+        delete_run(site, run["id"])
+    run_until_idle(site)
+    assert "<h2>Post-processing</h2>" not in board()
+    # a new version: nothing of the old one's
+    drop(site, "c.yaml", {"workflow": "q", "group": "c", "arguments": {"s": 3}})
+    run_until_idle(site)
+    assert "<h2>Post-processing</h2>" in board()
+    (folder / "workflow.yaml").write_text((folder / "workflow.yaml").read_text() + "\n# v2\n")
+    assert api.install(site, folder, workflow_id="q").created
+    assert "<h2>Post-processing</h2>" not in board()
+    # the site's front page counts the runs of the version the leaderboard shows
+    front = (site.layout.results / "index.html").read_text()
+    assert '<span class="badge SUCCESS">SUCCESS 0</span>' in front

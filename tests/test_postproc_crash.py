@@ -224,7 +224,7 @@ def test_a_success_recorded_before_state_json_is_shown_and_repaired(tmp_path: Pa
     record = load_record(site, "wf", state["latest"])
     assert record is not None and record.state == "SUCCESS"
     assert state["last_success"] is None  # what the kill left
-    view = leaderboard_view(site, "wf")
+    view = leaderboard_view(site, "wf", record.version, record.ranking)
     assert view is not None and view.shown is not None and view.shown.id == record.id
     run_until_idle(site)
     assert read_state(site, "wf")["last_success"] == record.id

@@ -264,8 +264,13 @@ def test_parameters_files_and_views(tmp_path: Path) -> None:
     assert ">Learning rate</th>" in html and 'data-sort="0.01"' in html
     # each output file links into its run folder, the path percent-encoded
     assert 'href="runs/r3/results/a%20b.png" title="A plot">plot</a>' in html
-    # both views are in the page; "all runs" starts hidden, the script toggles them
-    assert 'data-view="best"' in html and 'data-view="all" hidden' in html
+    # both views are in the page, shown one after the other without a script (found by
+    # review: "all runs" could not be reached without JavaScript); the script makes the
+    # tabs, which start hidden
+    assert 'data-view="best"' in html and 'data-view="all" id="view-all"' in html
+    assert (
+        'data-view="all" hidden' not in html and '<div class="tabs" role="tablist" hidden>' in html
+    )
     assert html.count('<tr data-run="') == len(best) + len(everything)
     # sortable headers carry the ranking's direction for their first click
     assert 'data-key="score" data-type="num" data-first="desc"' in html

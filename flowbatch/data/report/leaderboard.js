@@ -78,10 +78,15 @@
       var parts = step.split(":"), what = parts[0], arg = decodeURIComponent(parts[1] || "");
       if (what === "view") {
         document.querySelector('[data-view-button="' + arg + '"]').click();
-      } else if (what === "click") {
+      } else if (what === "click" || what === "key") {
         var section = document.querySelector("[data-view]:not([hidden])");
         var th = section.querySelector('th[data-key="' + arg + '"]');
-        th.click();
+        if (what === "click") {
+          th.click();
+        } else {  // Enter on the header, as the keyboard gives it
+          th.focus();
+          document.activeElement.dispatchEvent(new KeyboardEvent("keydown", { key: "Enter", bubbles: true }));
+        }
         log.push({ key: arg, sort: th.getAttribute("aria-sort") });
       }
     });
@@ -89,13 +94,25 @@
     out.textContent = JSON.stringify({ order: visibleOrder(), clicks: log });
   }
 
+  // Without this script the page shows both tables, one after the other, and no sort
+  // controls: the tabs, the sort marks and the hidden view come with it.
+  document.documentElement.classList.add("js");
   document.querySelectorAll("th.sortable").forEach(function (th) {
     th.setAttribute("aria-sort", "none");
+    th.tabIndex = 0;  // sorted from the keyboard too: Enter or Space
     th.addEventListener("click", onHeaderClick);
+    th.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        onHeaderClick(event);
+      }
+    });
   });
   document.querySelectorAll("[data-view-button]").forEach(function (button) {
     button.addEventListener("click", function () { showView(button.getAttribute("data-view-button")); });
   });
+  document.querySelectorAll(".tabs").forEach(function (tabs) { tabs.hidden = false; });
+  showView("best");
   var match = /^#selftest=?(.*)$/.exec(window.location.hash);
   if (match) {
     try { selfTest(match[1]); } catch (err) {
