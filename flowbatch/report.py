@@ -865,6 +865,9 @@ class _Chart:
     top: int = 12
     plot_width: int = 680
     plot_height: int = 214
+    #: room left of the frame for y labels longer than ``left`` holds (the view box grows
+    #: that way: "-1234567.891" read "34567.891", cut at the edge: found by review)
+    pad: int = 0
 
 
 def chart_runs(
@@ -987,7 +990,16 @@ def _layout_chart(
         _Tick(_short_time((t0 + t1) / 2), x=x((t0 + t1) / 2)),
         _Tick(_short_time(t1), x=x(t1), anchor="end"),
     ]
-    return _Chart(label=label, series=series, y_ticks=y_ticks, x_ticks=x_ticks, omitted=omitted)
+    longest = max((len(t.text) for t in y_ticks), default=0)
+    pad = max(0, longest * _LABEL_CHAR + 10 - frame.left)
+    return _Chart(
+        label=label, series=series, y_ticks=y_ticks, x_ticks=x_ticks, omitted=omitted, pad=pad
+    )
+
+
+#: the width of a label's character at the chart's font size, in view box units (wide
+#: enough for digits, a sign, an exponent)
+_LABEL_CHAR = 7
 
 
 def _short_time(stamp: float) -> str:

@@ -346,3 +346,20 @@ def test_leaderboard_json_shortens_long_arguments_and_says_which(
         assert alice["arguments_shortened"] == ["note"]
         assert bob["arguments"]["note"] == "short" and "arguments_shortened" not in bob
     assert _runs_by_group(site)["alice"]["arguments"]["note"] == note  # type: ignore[index]
+
+
+def test_long_axis_labels_fit_in_the_chart() -> None:
+    """Found by review: labels longer than the frame's margin ("-1234567.891") ran past
+    the picture's left edge and read as other numbers ("34567.891"). The view box grows
+    left by what the longest one needs."""
+    from flowbatch.report import _LABEL_CHAR
+
+    runs = [run("r-a", "a", -1234567.891, 1), run("r-b", "b", 1e308, 2)]
+    svg = _chart_svg(render_leaderboard_html("wf", "t", SCHEMA, rank(runs, SCHEMA)))
+    box = re.search(r'viewBox="(-?[\d.]+) ', svg)
+    assert box is not None
+    labels = re.findall(r'text-anchor="end">([^<]+)</text>', svg)
+    xs = [float(x) for x in re.findall(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="end">', svg)]
+    assert labels and xs
+    left_edge = min(x - len(t) * _LABEL_CHAR for x, t in zip(xs, labels, strict=False))
+    assert float(box.group(1)) <= left_edge, (box.group(1), labels)
