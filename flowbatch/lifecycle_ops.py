@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -541,30 +542,53 @@ def rerun(site: Site, run_id: str, *, latest: bool = False, uid: int | None = No
     caller = os.geteuid() if uid is None else uid
     _check_owner(run, caller)
     run_dir = site.store.run_dir(run)
+    try:  # the file parameters, by the template (a record may have such keys too)
+        template, _ = site.templates.load(run.workflow, run.version)
+        file_params = {p.name for p in template.parameters if p.dtype == "file"}
+    except FlowbatchError:  # its version removed: by the recorded values' shape
+        file_params = {
+            k
+            for k, v in run.arguments.items()
+            if isinstance(v, dict) and set(v) == {"source", "target"}
+        }
     arguments: dict[str, Any] = {}
     files: dict[str, Path] = {}
-    for name, value in run.arguments.items():
-        if isinstance(value, dict) and set(value) == {"source", "target"}:
-            if not value["source"]:
-                continue  # the template's default file
-            src = run_dir / value["target"]
-            if src.is_symlink() or not src.is_file():
-                raise NotFoundError(
-                    f"input file {value['target']!r} of run {run.id} is gone",
-                    hint="submit a new request with the file instead",
-                )
-            files[name] = src
-            arguments[name] = {"source": value["target"], "target": value["target"]}
-        else:
-            arguments[name] = value
-    doc: dict[str, Any] = {"workflow": run.workflow, "group": run.group}
-    if run.name:
-        doc["name"] = run.name
-    if not latest:
-        doc["version"] = run.version
-    doc.update(_old_request_options(run_dir))
-    doc["arguments"] = arguments
-    return queue_request(site, f"rerun-{run.id}", doc, files, uid=run.owner_uid)
+    with tempfile.TemporaryDirectory(prefix=".rerun-") as scratch:
+        for name, value in run.arguments.items():
+            if name in file_params and isinstance(value, dict):
+                if not value.get("source"):
+                    continue  # the template's default file
+                target = str(value["target"])
+                files[name] = _input_copy(run, run_dir, target, Path(scratch) / name)
+                arguments[name] = {"source": target, "target": target}
+            else:
+                arguments[name] = value
+        doc: dict[str, Any] = {"workflow": run.workflow, "group": run.group}
+        if run.name:
+            doc["name"] = run.name
+        if not latest:
+            doc["version"] = run.version
+        doc.update(_old_request_options(run_dir))
+        doc["arguments"] = arguments
+        return queue_request(site, f"rerun-{run.id}", doc, files, uid=run.owner_uid)
+
+
+def _input_copy(run: RunRecord, run_dir: Path, target: str, dest: Path) -> Path:
+    """A copy of the input file ``target`` as the run folder holds it, read beneath it
+    without following a link on the way: the run's user could have left a link there,
+    a folder of it included, to another user's private file, which root's rerun then
+    copied for them (found by review). It is the file as the run left it."""
+    from .safeio import copy_beneath
+
+    try:
+        copy_beneath(run_dir, target, dest)
+    except OSError as exc:
+        raise NotFoundError(
+            f"input file {target!r} of run {run.id} cannot be read in its folder: "
+            f"{exc.strerror or exc}",
+            hint="submit a new request with the file instead",
+        ) from None
+    return dest
 
 
 def _old_request_options(run_dir: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ uninstall / orphans, files and archives, fair shares. Real daemon ticks, real ba
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import tarfile
 import time
@@ -131,6 +132,48 @@ def test_rerun_same_arguments_files_and_version_or_latest(site: Site, tmp_path: 
     latest = [r for r in runs_by(site, "id").values() if r["version"] == v2]
     assert len(latest) == 1 and latest[0]["results"] == {"v": 40}
     assert (Path(latest[0]["run_dir"]) / "in.txt").read_text() == "payload-1\n"
+
+
+def test_a_rerun_never_reads_an_input_through_a_link_in_the_run_folder(
+    site: Site, tmp_path: Path
+) -> None:
+    """Found by review: a run whose user replaced the folder of its input by a link to
+    another run's folder had root's rerun copy the other user's private file into the
+    rerun's bundle, theirs to read. The input is read beneath the run folder, through no
+    link; a record argument with `source` and `target` keys is no file."""
+    template = """
+workflow:
+  steps:
+    - action: {commands: ['cat sub/in.txt > out.txt']}
+parameters:
+  - {name: data, dtype: file, target: sub/in.txt}
+  - name: rec
+    dtype: record
+    fields: [{name: source, dtype: string}, {name: target, dtype: string}]
+    defaultValue: {source: a, target: b}
+"""
+    api.install(site, write_template(tmp_path / "t", template), workflow_id="wf")
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"data": "d.txt"}}, {"d.txt": "mine\n"})
+    run_until_idle(site)
+    (run,) = api.list_runs(site)
+    run_dir = Path(api.show_run(site, run["id"])["run_dir"])
+    secret = tmp_path / "other" / "sub"
+    secret.mkdir(parents=True)
+    (secret / "in.txt").write_text("SOMEONE ELSE'S\n")
+    (secret / "in.txt").chmod(0o600)
+    # a rerun of the run as it was: the record is an argument, not a file
+    queued = cli(site, "runs", "rerun", run["id"])
+    assert queued.exit_code == 0, queued.output
+    doc = yaml.safe_load((site.layout.queue / queued.output.strip()).read_text())
+    assert doc["arguments"]["rec"] == {"source": "a", "target": "b"}
+    (site.layout.queue / queued.output.strip()).unlink()
+    shutil.rmtree(run_dir / "sub")
+    (run_dir / "sub").symlink_to(secret)  # what the run's user left
+    refused = CliRunner().invoke(main, ["--site", str(site.root), "runs", "rerun", run["id"]])
+    assert refused.exit_code == 1
+    assert "input file 'sub/in.txt'" in refused.output and "cannot be read" in refused.output
+    bundled = [p for p in site.layout.queue.rglob("*") if p.is_file()]
+    assert not any("SOMEONE" in p.read_text(errors="replace") for p in bundled), bundled
 
 
 # -- 3. resumed sweeps ------------------------------------------------------------------------
