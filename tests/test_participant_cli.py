@@ -363,6 +363,51 @@ def test_a_read_only_index_opened_as_is_sees_a_writer_that_starts(
     assert out.split() == ["2", "mode=ro"]
 
 
+def test_a_read_only_index_opened_as_is_sees_a_writer_that_came_and_went(
+    public_tmp: Path, _participant_python: None
+) -> None:
+    """Found by review: a writer that started and stopped between two queries (a cron
+    tick, `daemon --until-idle`) leaves no -wal, but changed the file under the immutable
+    connection: counts that disagreed with the rows, "database disk image is malformed".
+    The next query opens the file again."""
+    folder = public_tmp / "db"
+    folder.mkdir(mode=0o755)
+    path = folder / "index.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("CREATE TABLE t (a)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    flag = public_tmp / "writer-gone"
+    reader = subprocess.Popen(
+        [str(PYTHON), "-c", _READER, str(path), str(flag)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])},
+        cwd="/",
+        user=PARTICIPANT,
+        group=PARTICIPANT,
+        extra_groups=[],
+    )
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().split() == ["1", "immutable=1"]
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("PRAGMA journal_mode=wal")
+        writer.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(2, 2001)])
+        writer.close()  # checkpointed, its -wal removed: as a daemon that stopped
+        assert not (folder / "index.db-wal").exists()
+        flag.touch()
+        out, err = reader.communicate(timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert reader.returncode == 0, err
+    assert out.split() == ["2000", "immutable=1"]
+
+
 def test_doctor_as_a_participant_checks_what_a_participant_needs(root_site: Path) -> None:
     """A participant's doctor does not fail a working site for the folders only the
     daemon's user writes: results/ and templates/ are to be readable by them, queue/

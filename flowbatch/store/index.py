@@ -223,6 +223,15 @@ def owner_of(path: Path) -> str:
     return "the site's owner"
 
 
+def _file_state(path: str) -> tuple[int, int, int] | None:
+    """The file's inode, size and modification time: any write changes one of them."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class ReadOnlySqlite(pw.SqliteDatabase):
     """An SQLite index opened by a user who may not write it (a participant).
 
@@ -247,6 +256,8 @@ class ReadOnlySqlite(pw.SqliteDatabase):
         #: never a new index: Store's check for a lost one writes, and is the owner's
         self.flowbatch_fresh = False
 
+    _immutable_seen: tuple[int, int, int] | None = None
+
     def _open(self, option: str) -> sqlite3.Connection:
         uri = f"file:{quote(str(Path(self.database).absolute()), safe='/')}?{option}"
         conn = sqlite3.connect(
@@ -259,16 +270,24 @@ class ReadOnlySqlite(pw.SqliteDatabase):
             conn.close()
             raise
         self.flowbatch_open_mode = option
+        self._immutable_seen = _file_state(self.database) if option == "immutable=1" else None
         return conn
 
     def cursor(self, named_cursor: Any = None) -> Any:
         # a writer that started since the file was opened immutable: its changes go to
-        # the -wal, which that connection never reads; read through SQLite's locks again
+        # the -wal, which that connection never reads; read through SQLite's locks again.
+        # One that came and went meanwhile (a cron tick, `--until-idle`) left no -wal but
+        # changed the file under the immutable connection, which then read a mix of old
+        # and new pages ("database disk image is malformed", counts that disagree with
+        # rows: found by review): opened again too.
         if (
             self.flowbatch_open_mode == "immutable=1"
             and not self.is_closed()
             and not self.in_transaction()
-            and Path(f"{self.database}-wal").exists()
+            and (
+                Path(f"{self.database}-wal").exists()
+                or _file_state(self.database) != self._immutable_seen
+            )
         ):
             self.close()
         return super().cursor(named_cursor)
