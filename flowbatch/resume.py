@@ -36,6 +36,7 @@ from . import yamlio
 from .accounts import user_name
 from .runs import State
 from .site import Site
+from .spec.model import FileArg
 from .store.index import RunRow
 from .sweep import cast_points, point_key, run_arguments
 
@@ -145,7 +146,11 @@ def classify_points(
     out = []
     for index, arguments in enumerate(points):
         normal = run_arguments(arguments)
-        runs = earlier.get(point_key(normal), [])
+        # a point with a file of the participant's is never one that ran: the same name
+        # may hold other data (a request dropped again by hand keeps its files' names:
+        # its points were skipped, found by review), as the README says
+        brought = any(isinstance(v, FileArg) and v.source for v in arguments.values())
+        runs = [] if brought else earlier.get(point_key(normal), [])
         status = _status({s for _, s in runs})
         because = [r for r, s in runs if _status({s}) == status]
         out.append(PointStatus(index, normal, status, [r for r, _ in runs], because))

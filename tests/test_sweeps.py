@@ -372,3 +372,22 @@ def test_a_points_skip_names_the_runs_that_made_it(site: Site, tmp_path: Path) -
     assert one.status == "succeeded" and one.because == [good] and first[1] in one.runs
     assert two.status == "failed" and two.because == [first[2]]
     assert "failed or cancelled" in plan.skipped()[1]
+
+
+def test_a_sweep_dropped_again_by_hand_with_a_new_file_runs_again(
+    site: Site, tmp_path: Path
+) -> None:
+    """Found by review: a sweep dropped into the queue by hand a second time, its file
+    of the same name holding new data, had every point skipped as already run (only
+    `submit` renames the files). A point with a file of the participant's is never taken
+    for one that ran."""
+    setup_files(site, tmp_path)
+    for data in ("first\n", "second\n"):
+        doc = {"workflow": "wf", "arguments": {"data": "d.txt"}, "sweep": {"x": [1, 2]}}
+        drop(site, "s.yaml", doc, {"d.txt": data})
+        run_until_idle(site)
+    outs = sorted(
+        (Path(api.show_run(site, r["id"])["run_dir"]) / "out.txt").read_text()
+        for r in api.list_runs(site)
+    )
+    assert outs == ["first\n", "first\n", "second\n", "second\n"]
