@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 if TYPE_CHECKING:  # runtime imports would be circular (config imports this module)
     from .runs import RunRecord
@@ -41,10 +41,12 @@ class LimitsConfig(BaseModel):
     per_group: int | None = Field(
         default=None, ge=1, description="Runs one group may have running at once (all executors)."
     )
-    users: dict[str, int] = Field(
+    # at least 1, as per_user: a cap of 0 held that user's runs PENDING for ever, and
+    # `daemon --until-idle` never ended (found by review)
+    users: dict[str, PositiveInt] = Field(
         default_factory=dict, description="Per-user caps that replace per_user (user: N)."
     )
-    groups: dict[str, int] = Field(
+    groups: dict[str, PositiveInt] = Field(
         default_factory=dict, description="Per-group caps that replace per_group (group: N)."
     )
 

@@ -790,6 +790,7 @@ def _unindex_trashed(site: Site, paths: list[Path]) -> None:
     _reports_written(site, noted)
 
 
+@_changes_tree("cleanup --orphans")  # never beside a reindex (found by review)
 def orphans_report(site: Site, *, dry_run: bool = False) -> dict[str, Any]:
     """Find (and unless ``dry_run`` remove) local and remote orphans."""
     found = local_orphans(site) + (remote_orphans(site) if site.config.ssh else [])

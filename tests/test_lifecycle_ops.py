@@ -4,8 +4,8 @@ uninstall / orphans, files and archives, fair shares. Real daemon ticks, real ba
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import tarfile
 import time
 from datetime import UTC, datetime
@@ -20,7 +20,7 @@ from flowbatch import api
 from flowbatch.cli import main
 from flowbatch.daemon import Daemon
 from flowbatch.errors import StateError
-from flowbatch.lifecycle_ops import cleanup, local_orphans, uninstall
+from flowbatch.lifecycle_ops import cleanup, local_orphans, orphans_report, uninstall
 from flowbatch.queue import Intake
 from flowbatch.resume import plan_request
 from flowbatch.runs import State
@@ -481,6 +481,9 @@ def test_no_removal_beside_a_reindex_and_no_reindex_beside_one(site: Site, tmp_p
         with pytest.raises(FlowbatchError, match="rebuilding"):
             api.install(site, tmp_path / "t1", workflow_id="wf2")
         assert cleanup(site, "2999-01-01", dry_run=True).removed  # a dry run reads only
+        with pytest.raises(FlowbatchError, match="rebuilding"):  # found by review
+            orphans_report(site)
+        orphans_report(site, dry_run=True)
     with (
         tree_change(site.root, "cleanup"),  # a removal under way
         pytest.raises(FlowbatchError, match="would be rebuilt without its change"),
@@ -511,3 +514,14 @@ def test_uninstall_waits_for_the_daemon_to_be_stopped(site: Site, tmp_path: Path
     assert "wf" in site.templates.list_ids()
     uninstall(site, "wf")
     assert "wf" not in site.templates.list_ids()
+
+
+@pytest.mark.parametrize("caps", [{"users": {"alice": 0}}, {"groups": {"team": -3}}])
+def test_a_cap_of_no_runs_is_refused_in_the_config(tmp_path: Path, caps: dict[str, Any]) -> None:
+    """Found by review: `per_user: 0` was refused, `users: {alice: 0}` was not, and held
+    alice's runs PENDING for ever (`daemon --until-idle` never ended)."""
+    from flowbatch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        make_site(tmp_path / "site", {"limits": caps}).config  # noqa: B018 - loads it
+    assert "limits." in refused.value.summary() and "greater than 0" in refused.value.summary()
