@@ -101,6 +101,15 @@ def _members(site: Site, run: RunRecord) -> list[tuple[str, Path]]:
                 f"run {run.id}: output file {f.get('source', key)!r} is missing or not a "
                 "regular file in the run folder"
             )
+        if not os.access(path, os.R_OK):
+            # a participant's private (0600) input, which the site took back as its own
+            # when the run ended: said as that, not as a PermissionError (found by review)
+            raise FlowbatchError(
+                f"run {run.id}: output file {f.get('source', key)!r} is not readable by you "
+                f"(mode {stat.S_IMODE(path.stat().st_mode):04o}, the site's own since the run "
+                "ended)",
+                hint="a private input stays private: ask the site's admin for the archive",
+            )
         out.append((key, path))
     return out
 

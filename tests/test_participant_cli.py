@@ -591,3 +591,29 @@ def test_init_where_its_user_may_not_make_the_folder_says_what_to_do(
     assert f"{public_tmp} is not writable by nobody" in done.stderr
     assert f"install -d -o nobody {public_tmp / 'srv' / 'site'}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_archive_of_a_file_the_owner_may_not_read_says_so(
+    root_site: Path, public_tmp: Path
+) -> None:
+    """Found by review: a run whose output (its private input) became the site's 0600
+    file at its end made `runs archive` by its owner end in a bare PermissionError."""
+    from .conftest import run_until_idle
+
+    request = root_site / "queue" / "mine.yaml"
+    request.write_text("workflow: wf\narguments:\n  score: 2\n")
+    os.chown(request, PARTICIPANT, PARTICIPANT)
+    site = Site(root_site)
+    try:
+        run_until_idle(site).stop()
+        (run,) = api.list_runs(site)
+        (Path(api.show_run(site, run["id"])["run_dir"]) / "r.json").chmod(0o600)
+    finally:
+        site.close()
+    out = public_tmp / "out"
+    out.mkdir()
+    os.chown(out, PARTICIPANT, PARTICIPANT)
+    done = participant(root_site, "runs", "archive", run["id"], "-o", str(out))
+    assert done.returncode == 1, done
+    assert "output file 'r.json' is not readable by you (mode 0600" in done.stderr
+    assert "PermissionError" not in done.stderr and "Traceback" not in done.stderr
