@@ -44,6 +44,10 @@ def shown(text: str) -> str:
     return text if text.isprintable() else text.translate(_TERMINAL_ESCAPES)
 
 
+def _one_line(text: str) -> str:
+    return shown(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def echo(message: Any = None, *, err: bool = False, nl: bool = True) -> None:
     """``click.echo`` of :func:`shown` text: every line the commands print goes here."""
     click.echo(None if message is None else shown(str(message)), err=err, nl=nl)
@@ -193,7 +197,10 @@ def _table(rows: list[dict[str, Any]], columns: list[str], titles: list[str] | N
         echo("(none)")
         return
     titles = titles or columns
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    # one line a row: a cell's own newlines and tabs (a file's name) escaped too
+    cells = [
+        [("" if r.get(c) is None else _one_line(str(r.get(c)))) for c in columns] for r in rows
+    ]
     widths = [max(len(t), *(len(row[i]) for row in cells)) for i, t in enumerate(titles)]
     heads = [t.upper() if t.isidentifier() else t for t in titles]  # labels stay as written
     echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())

@@ -115,9 +115,9 @@ def workflows_show(obj: Context, workflow: str, as_json: bool) -> None:
 @wait_options
 @pass_ctx
 def runs_rerun(obj: Context, run_id: str, latest: bool, wait: bool, timeout: float | None) -> None:
-    """Queue a new run with RUN_ID's arguments and input files, on the same template
-    version (--latest: the current one); print the queued request's name. --wait: as
-    `submit --wait`."""
+    """Queue a new run with RUN_ID's arguments and input files (as the run left them in
+    its folder), on the same template version (--latest: the current one); print the
+    queued request's name. --wait: as `submit --wait`."""
     from .lifecycle_ops import rerun
 
     queued_at = time.time()

@@ -430,3 +430,12 @@ def test_a_participants_control_characters_never_reach_the_terminal(tmp_path: Pa
     assert "\\x1b]0;OWNED\\x07\\x1b[2J" in outputs[0].output  # the stderr, escaped
     assert "\\x1b[2Jnote" in outputs[2].output
     assert len(outputs[0].output.splitlines()) > 10  # lines stay lines
+
+
+def test_a_tables_cells_stay_on_their_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by review: a file named with a newline or a tab broke `runs files`' table."""
+    from flowbatch.cli import _table
+
+    _table([{"key": "a\nb", "title": "t\tu"}, {"key": "c", "title": "d"}], ["key", "title"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["a\\nb", "t\\tu"] and len(lines) == 3
