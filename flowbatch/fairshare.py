@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 if TYPE_CHECKING:  # runtime imports would be circular (config imports this module)
     from .runs import RunRecord
@@ -41,13 +41,16 @@ class LimitsConfig(BaseModel):
     per_group: int | None = Field(
         default=None, ge=1, description="Runs one group may have running at once (all executors)."
     )
-    # at least 1, as per_user: a cap of 0 held that user's runs PENDING for ever, and
-    # `daemon --until-idle` never ended (found by review)
-    users: dict[str, PositiveInt] = Field(
-        default_factory=dict, description="Per-user caps that replace per_user (user: N)."
+    # 0 holds that user's or group's runs (a pause, until the cap is raised and the
+    # config reloaded); a negative cap is refused (it held them the same, unsaid: found
+    # by review)
+    users: dict[str, NonNegativeInt] = Field(
+        default_factory=dict,
+        description="Per-user caps that replace per_user (user: N; 0 holds their runs).",
     )
-    groups: dict[str, PositiveInt] = Field(
-        default_factory=dict, description="Per-group caps that replace per_group (group: N)."
+    groups: dict[str, NonNegativeInt] = Field(
+        default_factory=dict,
+        description="Per-group caps that replace per_group (group: N; 0 holds its runs).",
     )
 
     def user_cap(self, user: str) -> int | None:

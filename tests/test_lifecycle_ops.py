@@ -516,12 +516,13 @@ def test_uninstall_waits_for_the_daemon_to_be_stopped(site: Site, tmp_path: Path
     assert "wf" not in site.templates.list_ids()
 
 
-@pytest.mark.parametrize("caps", [{"users": {"alice": 0}}, {"groups": {"team": -3}}])
-def test_a_cap_of_no_runs_is_refused_in_the_config(tmp_path: Path, caps: dict[str, Any]) -> None:
-    """Found by review: `per_user: 0` was refused, `users: {alice: 0}` was not, and held
-    alice's runs PENDING for ever (`daemon --until-idle` never ended)."""
+@pytest.mark.parametrize("caps", [{"users": {"alice": -1}}, {"groups": {"team": -3}}])
+def test_a_negative_cap_is_refused_in_the_config(tmp_path: Path, caps: dict[str, Any]) -> None:
+    """Found by review: `users: {alice: -1}` was taken, and held alice's runs PENDING
+    for ever unsaid. (0 is a hold, on purpose, as the README says.)"""
     from flowbatch.errors import ConfigError
 
     with pytest.raises(ConfigError) as refused:
         make_site(tmp_path / "site", {"limits": caps}).config  # noqa: B018 - loads it
-    assert "limits." in refused.value.summary() and "greater than 0" in refused.value.summary()
+    assert "limits." in refused.value.summary()
+    assert "greater than or equal to 0" in refused.value.summary()
