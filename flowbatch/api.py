@@ -613,7 +613,9 @@ def request_cancel(site: Site, run_id: str, reason: str | None) -> str:
             f"run {run_id} is {run.state.value}, not active",
             hint="only PENDING or RUNNING runs can be cancelled",
         )
-    name = f"cancel-{run_id}-{secrets.token_hex(3)}.yaml"
+    from .queue import CANCEL_PREFIX
+
+    name = f"{CANCEL_PREFIX}{run_id}-{secrets.token_hex(3)}.yaml"
     doc: dict[str, Any] = {"cancel": run_id}
     if reason:
         doc["reason"] = reason

@@ -375,6 +375,10 @@ class Daemon:
                 RESCAN_AFTER, 3 * self.site.config.polling.interval
             )
         self.runner.recover()
+        # the post-processing runs an earlier daemon (a cron tick) left running hold
+        # their local slots from the first dispatch on (found by review: a tick started
+        # a full slot count of runs beside one)
+        self.postproc.recover()
         if serve:  # the never-started runs of requests claimed just before the stop,
             # made again whole (a power loss may have emptied their files): see
             # Intake.redo_unstarted. Not for a command that only applies a cancel.
@@ -683,8 +687,8 @@ class Daemon:
         self._taken += 1
         if self._taken == UNWATCH_AFTER and self._observer is not None:
             self.unwatch()  # a burst: the ticks list the queue until it is empty
-        if not self._interleave:
-            return True
+        if not self._interleave or self.intake.cancels_seen:
+            return True  # runs start after the intake (after its cancels are applied)
         try:
             if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
                 self.site.store.commit_batch()  # the index shows the burst as it goes

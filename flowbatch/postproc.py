@@ -415,6 +415,10 @@ class PostProcManager:
         root.mkdir(parents=True, exist_ok=True)
         atomic.write_json(root / STATE_FILE, state, fsync=False)
 
+    def recover(self) -> None:
+        """At a daemon's start: :meth:`_recover` now, not at the first poll."""
+        self._recover()
+
     def _recover(self) -> None:
         """Once: take over post-processing runs a previous daemon left running (the local
         executor adopts them by PID and start time, or finds them ended), and finish what

@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from flowbatch import api
 from flowbatch.daemon import Daemon
@@ -1066,3 +1067,53 @@ def test_a_run_past_its_limit_that_ended_unwatched_is_over_time(site, tmp_path: 
     shown = only_run(site)
     assert shown["state"] == "ERROR", shown
     assert shown["messages"][0].startswith("time limit exceeded: it ran 3 s, past its limit of 1 s")
+
+
+GATED = """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands: ['while [ ! -e {gate} ]; do sleep 0.05; done']
+"""
+
+
+def test_a_cancel_of_a_pending_run_is_applied_before_a_free_slot_starts_it(
+    tmp_path: Path,
+) -> None:
+    """Found by review (a cron site): a slot freed between two ticks, and a cancel of a
+    PENDING run queued meanwhile; the next tick started the run in that slot during its
+    intake, then cancelled it: the user's script ran. The cancel comes first."""
+    gate = tmp_path / "gate"
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 1}})
+    install(site, tmp_path / "t", GATED.format(gate=gate))
+    drop(site, "a.yaml", {"workflow": "wf", "name": "a"})
+    drop(site, "b.yaml", {"workflow": "wf", "name": "b"})
+    d = Daemon(site)
+    d.start()
+    deadline = time.monotonic() + 30
+    while len(d.runner.launched()) != 1 or len(d.runner.active) != 2:
+        assert time.monotonic() < deadline
+        d.tick()
+    (waiting,) = [r for r in d.runner.active.values() if not r.launched]
+    d.stop()  # the tick ends; its run goes on
+    site.close()
+    # a slot free at the next tick: the admin raised the concurrency meanwhile
+    conf = yaml.safe_load((site.root / "flowbatch.yaml").read_text())
+    conf["local"]["concurrency"] = 2
+    (site.root / "flowbatch.yaml").write_text(yaml.safe_dump(conf))
+    site = Site(site.root)
+    api.request_cancel(site, waiting.id, "not needed")
+    drop(site, "c.yaml", {"workflow": "wf", "name": "c"})  # a request beside the cancel
+    again = Daemon(site)
+    again.start()
+    try:
+        again.tick()
+    finally:
+        again.stop()
+        gate.touch()
+    shown = api.show_run(site, waiting.id)
+    assert shown["state"] == "CANCELED", shown
+    markers = site.store.run_dir(site.store.load(waiting.id)) / "status" / "markers"
+    assert not markers.exists() or b"started" not in markers.read_bytes()
+    site.close()

@@ -440,3 +440,42 @@ def test_the_leaderboard_shows_only_post_processing_of_its_version_and_runs(
     # the site's front page counts the runs of the version the leaderboard shows
     front = (site.layout.results / "index.html").read_text()
     assert '<span class="badge SUCCESS">SUCCESS 0</span>' in front
+
+
+def test_a_post_processing_left_running_holds_its_slot_from_the_first_tick(
+    tmp_path: Path,
+) -> None:
+    """Found by review (a cron site): a tick took a post-processing run an earlier tick
+    left running for its own only at its first look at them, after its first launches:
+    it started a whole slot count of runs beside it."""
+    from flowbatch.daemon import Daemon
+
+    from .conftest import make_site
+
+    gate = tmp_path / "gate"
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 1}})
+    slow = FAILING.format(inputs="results/r.json").replace(
+        '"echo plotting went wrong >&2; exit 4"', f'"while [ ! -e {gate} ]; do sleep 0.05; done"'
+    )
+    api.install(site, write_template(tmp_path / "s", slow), workflow_id="s")
+    drop(site, "a.yaml", {"workflow": "s", "group": "a", "arguments": {"s": 1}})
+    d = Daemon(site)
+    d.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "s" not in d.postproc.active:
+            assert time.monotonic() < deadline, "no post-processing started"
+            d.tick()
+            time.sleep(0.05)
+        d.stop()  # the tick ends; its post-processing goes on
+        drop(site, "b.yaml", {"workflow": "s", "group": "b", "arguments": {"s": 2}})
+        again = Daemon(site)
+        again.start()
+        again.tick()
+        assert not again.runner.launched()  # the one slot is the post-processing's
+        again.stop()
+    finally:
+        gate.touch()
+    run_until_idle(site)
+    assert sorted(r["state"] for r in api.list_runs(site)) == ["SUCCESS", "SUCCESS"]
+    site.close()
