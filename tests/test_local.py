@@ -1117,3 +1117,47 @@ def test_a_cancel_of_a_pending_run_is_applied_before_a_free_slot_starts_it(
     markers = site.store.run_dir(site.store.load(waiting.id)) / "status" / "markers"
     assert not markers.exists() or b"started" not in markers.read_bytes()
     site.close()
+
+
+def test_a_run_the_hosts_shutdown_ended_is_retried_as_a_lost_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a shutdown's SIGTERM (the TERM trap writes exit 143) read as the
+    user's own failure, "killed by SIGTERM", and `retries` was not used. A run whose
+    process started before this boot is lost to the restart. (The reboot is the one
+    fault here that cannot be staged: the boot time is moved past the run's start.)"""
+    from flowbatch.executors import local
+
+    flag = tmp_path / "second-attempt"
+    site = make_site(tmp_path / "site")
+    install(
+        site,
+        tmp_path / "t",
+        f"retries: 1\nworkflow:\n  steps:\n    - action: {{commands: ['test -e {flag} || sleep 60']}}\n",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    deadline = time.monotonic() + 30
+    while not d.runner.launched():
+        assert time.monotonic() < deadline
+        d.tick()
+    [run] = d.runner.launched()
+    d.stop()
+    markers = site.store.run_dir(run) / "status" / "markers"
+    while not markers.exists() or b"started" not in markers.read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(int(run.handle["pid"]), 15)  # the shutdown's signal
+    while b"exit" not in markers.read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    flag.touch()
+    rebooted = time.time() + 5  # a boot after the run started, by the boot clock
+    monkeypatch.setattr(local, "boot_time", lambda: rebooted)
+    run_until_idle(site, timeout=30)
+    shown = only_run(site)
+    assert shown["state"] == "SUCCESS", shown["messages"]
+    assert any("the host restarted while the run ran" in m for m in shown["messages"]), shown
+    assert site.store.load(run.id).attempt == 2
+    site.close()
