@@ -438,6 +438,22 @@ def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose:
     """Watch the queue and run requests (one daemon per site; others exit 0)."""
     if once and until_idle:
         raise click.UsageError("give --once (one tick) or --until-idle, not both")
+    from .logs import setup_logging
+
+    # first: every line this command writes is in the chosen format (a cron log of JSON
+    # lines had "another flowbatch daemon already serves" and "Error: ..." as plain text:
+    # found by review)
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    try:
+        _serve(obj, once, until_idle, log_format == "json")
+    except FlowbatchError as exc:
+        if log_format != "json" or obj.debug:
+            raise
+        logging.getLogger("flowbatch.daemon").error("%s", exc.summary())
+        sys.exit(1)
+
+
+def _serve(obj: Context, once: bool, until_idle: bool, json_lines: bool) -> None:
     needs_write(obj.site, "daemon", obj.site.root, obj.site.layout.results, as_owner=False)
     import gc
 
@@ -451,11 +467,10 @@ def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose:
     with paused_gc():
         from .daemon import run_daemon
     gc.freeze()
-    from .logs import setup_logging
-
-    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     message = run_daemon(obj.site, once=once, until_idle=until_idle)
-    if message:
+    if message and json_lines:
+        logging.getLogger("flowbatch.daemon").info("%s", message)
+    elif message:
         echo(message)
     obj.site.close()  # the index committed and closed: nothing is left to tear down
     _ENDED_CLEANLY[0] = True

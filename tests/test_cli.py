@@ -244,6 +244,22 @@ def test_a_daemon_that_ends_skips_the_teardown_and_loses_nothing(tmp_path: Path)
     finally:
         lock.release()
     assert busy.returncode == 0 and "another flowbatch daemon" in busy.stdout
+    # with JSON log lines, it is one of them, and so is a failed start (they were plain
+    # text in a cron log of JSON lines: found by review)
+    lock.acquire()
+    try:
+        busy = _program(site.root, "daemon", "--once", "--log-format", "json")
+    finally:
+        lock.release()
+    assert busy.returncode == 0 and busy.stdout == ""
+    (said,) = [json.loads(line) for line in busy.stderr.splitlines()]
+    assert "another flowbatch daemon" in said["message"]
+    (site.root / "queue").chmod(0o777)  # no sticky bit: refused at the start
+    refused = _program(site.root, "daemon", "--once", "--log-format", "json")
+    (site.root / "queue").chmod(0o1755)
+    assert refused.returncode == 1, refused
+    (said,) = [json.loads(line) for line in refused.stderr.splitlines()]
+    assert said["level"] == "error" and "sticky" in said["message"]
     # a failing start is an error as before: one line, exit code 1
     (site.root / "flowbatch.yaml").write_text("local:\n  concurrency: zero\n")
     failed = _program(site.root, "daemon", "--once")
