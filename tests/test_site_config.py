@@ -112,7 +112,39 @@ def test_logrotate_example_names_the_cron_log() -> None:
     cron = (SITE_CONFIG / "flowbatch.cron").read_text()
     log = re.search(r"^(/\S+) \{", text, re.M)
     assert log and f">>{log.group(1)}" in cron
-    assert "copytruncate" in text
+
+
+def test_logrotate_example_rotates_a_cron_log(tmp_path: Path) -> None:
+    """The shipped rule, run by a real logrotate on a log a tick appends to: the old
+    lines in the rotated file, the next tick's in a new one (found by review: its `su`
+    user could not open root's log, and the rule's comment argued the wrong way)."""
+    import os
+    import subprocess
+
+    from .services.apt import ensure_packages
+
+    if os.geteuid() != 0:
+        pytest.skip("logrotate's su needs root")
+    ensure_packages(["logrotate"], commands=["logrotate"])
+    text = (SITE_CONFIG / "flowbatch.logrotate").read_text()
+    assert "copytruncate" not in text and "create " in text
+    log = tmp_path / "daemon.log"
+    log.write_text('{"message": "tick 1"}\n')
+    rule = text.replace("/srv/flowbatch/daemon.log", str(log))
+    rule = rule.replace("su flowbatch flowbatch", "su root root")
+    rule = rule.replace("create 0640 flowbatch flowbatch", "create 0640 root root")
+    (tmp_path / "rule").write_text(rule)
+    done = subprocess.run(
+        ["logrotate", "-f", "-s", str(tmp_path / "state"), str(tmp_path / "rule")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    with open(log, "a") as fh:  # the next tick, as cron's >> opens it
+        fh.write('{"message": "tick 2"}\n')
+    assert (tmp_path / "daemon.log.1").read_text() == '{"message": "tick 1"}\n'
+    assert log.read_text() == '{"message": "tick 2"}\n'
 
 
 def test_there_are_local_ssh_and_slurm_examples() -> None:
