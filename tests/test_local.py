@@ -50,6 +50,29 @@ workflow:
 """
 
 
+def launched_then_stopped(site: Site) -> Any:
+    """The one queued request's run, launched by a daemon that then stops (its run goes
+    on, as when a daemon is killed or a cron tick ends)."""
+    d = Daemon(site)
+    d.start()
+    deadline = time.monotonic() + 30
+    while not d.runner.launched():
+        assert time.monotonic() < deadline
+        d.tick()
+    [run] = d.runner.launched()
+    d.stop()
+    return run
+
+
+def wait_marker(site: Site, run: Any, word: bytes, timeout: float = 30) -> None:
+    """Until the run's script has written the marker ``word`` (``started``, ``exit``)."""
+    markers = site.store.run_dir(run) / "status" / "markers"
+    deadline = time.monotonic() + timeout
+    while not markers.exists() or word not in markers.read_bytes():
+        assert time.monotonic() < deadline, f"no {word!r} marker"
+        time.sleep(0.05)
+
+
 def install(site, folder: Path, text: str, wf: str = "wf", files=None):  # type: ignore[no-untyped-def]
     write_template(folder, text, files)
     return api.install(site, folder, workflow_id=wf)
@@ -234,22 +257,11 @@ def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path
         TIME_LIMITED,
     )
     drop(site, "r.yaml", {"workflow": "wf"})
-    d = Daemon(site)
-    d.start()
-    deadline = time.monotonic() + 30
-    while not d.runner.launched():
-        assert time.monotonic() < deadline
-        d.tick()
-    [run] = d.runner.launched()
-    pgid = int(run.handle["pid"])
-    d.stop()  # its runs go on (a daemon killed: nothing recorded of the kill to come)
+    # its runs go on (a daemon killed: nothing recorded of the kill to come)
+    run = launched_then_stopped(site)
     time.sleep(1.3)
-    os.killpg(pgid, 15)  # what the killed daemon's kill did, past the limit
-    deadline = time.monotonic() + 10
-    markers = site.store.run_dir(run) / "status" / "markers"
-    while not markers.exists() or b"exit" not in markers.read_bytes():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    os.killpg(int(run.handle["pid"]), 15)  # what the killed daemon's kill did, past the limit
+    wait_marker(site, run, b"exit", timeout=10)
     run_until_idle(site, timeout=30)
     shown = only_run(site)
     assert shown["state"] == "ERROR" and shown["messages"] == ["time limit exceeded"], shown
@@ -1050,19 +1062,8 @@ def test_a_run_past_its_limit_that_ended_unwatched_is_over_time(site, tmp_path: 
     and ranked; one a daemon watched is ended at the limit."""
     install(site, tmp_path / "t", TIME_LIMITED.replace("sleep 60", "sleep 3"))
     drop(site, "r.yaml", {"workflow": "wf"})
-    d = Daemon(site)
-    d.start()
-    deadline = time.monotonic() + 30
-    while not d.runner.launched():
-        assert time.monotonic() < deadline
-        d.tick()
-    [run] = d.runner.launched()
-    d.stop()  # no daemon while it goes past its limit and ends
-    markers = site.store.run_dir(run) / "status" / "markers"
-    deadline = time.monotonic() + 30
-    while not markers.exists() or b"exit" not in markers.read_bytes():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    run = launched_then_stopped(site)  # no daemon while it goes past its limit and ends
+    wait_marker(site, run, b"exit")
     run_until_idle(site, timeout=30)
     shown = only_run(site)
     assert shown["state"] == "ERROR", shown
@@ -1136,22 +1137,10 @@ def test_a_run_the_hosts_shutdown_ended_is_retried_as_a_lost_one(
         f"retries: 1\nworkflow:\n  steps:\n    - action: {{commands: ['test -e {flag} || sleep 60']}}\n",
     )
     drop(site, "r.yaml", {"workflow": "wf"})
-    d = Daemon(site)
-    d.start()
-    deadline = time.monotonic() + 30
-    while not d.runner.launched():
-        assert time.monotonic() < deadline
-        d.tick()
-    [run] = d.runner.launched()
-    d.stop()
-    markers = site.store.run_dir(run) / "status" / "markers"
-    while not markers.exists() or b"started" not in markers.read_bytes():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    run = launched_then_stopped(site)
+    wait_marker(site, run, b"started")
     os.killpg(int(run.handle["pid"]), 15)  # the shutdown's signal
-    while b"exit" not in markers.read_bytes():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_marker(site, run, b"exit")
     flag.touch()
     rebooted = time.time() + 5  # a boot after the run started, by the boot clock
     monkeypatch.setattr(local, "boot_time", lambda: rebooted)

@@ -318,12 +318,10 @@ print(db.execute_sql("SELECT count(*) FROM t").fetchone()[0], db.flowbatch_open_
 """
 
 
-def test_a_read_only_index_opened_as_is_sees_a_writer_that_starts(
-    public_tmp: Path, _participant_python: None
-) -> None:
-    """Without a writer the file is read immutable (no -shm can be made); a writer that
-    starts later writes to its -wal, which such a connection never reads: the next query
-    opens the file again, through SQLite's locks, and sees the writer's rows."""
+def _reader_of_a_new_index(public_tmp: Path, flag: Path) -> tuple[Path, subprocess.Popen[str]]:
+    """An index in WAL mode with one row and no -wal, and the participant's process that
+    reads it (:data:`_READER`) until ``flag`` is there: the index's path and the reader,
+    which has printed its first count."""
     folder = public_tmp / "db"
     folder.mkdir(mode=0o755)
     path = folder / "index.db"
@@ -333,7 +331,6 @@ def test_a_read_only_index_opened_as_is_sees_a_writer_that_starts(
         conn.execute("INSERT INTO t VALUES (1)")
     conn.close()
     assert sorted(p.name for p in folder.iterdir()) == ["index.db"]
-    flag = public_tmp / "writer-started"
     reader = subprocess.Popen(
         [str(PYTHON), "-c", _READER, str(path), str(flag)],
         stdout=subprocess.PIPE,
@@ -345,13 +342,24 @@ def test_a_read_only_index_opened_as_is_sees_a_writer_that_starts(
         group=PARTICIPANT,
         extra_groups=[],
     )
+    assert reader.stdout is not None
+    assert reader.stdout.readline().split() == ["1", "immutable=1"]
+    return path, reader
+
+
+def test_a_read_only_index_opened_as_is_sees_a_writer_that_starts(
+    public_tmp: Path, _participant_python: None
+) -> None:
+    """Without a writer the file is read immutable (no -shm can be made); a writer that
+    starts later writes to its -wal, which such a connection never reads: the next query
+    opens the file again, through SQLite's locks, and sees the writer's rows."""
+    flag = public_tmp / "writer-started"
+    path, reader = _reader_of_a_new_index(public_tmp, flag)
     try:
-        assert reader.stdout is not None
-        assert reader.stdout.readline().split() == ["1", "immutable=1"]
         writer = sqlite3.connect(path, isolation_level=None)
         writer.execute("PRAGMA journal_mode=wal")
         writer.execute("INSERT INTO t VALUES (2)")  # into the -wal: the writer keeps it open
-        assert (folder / "index.db-wal").exists()
+        assert path.with_name("index.db-wal").exists()
         flag.touch()
         out, err = reader.communicate(timeout=60)
         writer.close()
@@ -370,34 +378,14 @@ def test_a_read_only_index_opened_as_is_sees_a_writer_that_came_and_went(
     tick, `daemon --until-idle`) leaves no -wal, but changed the file under the immutable
     connection: counts that disagreed with the rows, "database disk image is malformed".
     The next query opens the file again."""
-    folder = public_tmp / "db"
-    folder.mkdir(mode=0o755)
-    path = folder / "index.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=wal")
-        conn.execute("CREATE TABLE t (a)")
-        conn.execute("INSERT INTO t VALUES (1)")
-    conn.close()
     flag = public_tmp / "writer-gone"
-    reader = subprocess.Popen(
-        [str(PYTHON), "-c", _READER, str(path), str(flag)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={"PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])},
-        cwd="/",
-        user=PARTICIPANT,
-        group=PARTICIPANT,
-        extra_groups=[],
-    )
+    path, reader = _reader_of_a_new_index(public_tmp, flag)
     try:
-        assert reader.stdout is not None
-        assert reader.stdout.readline().split() == ["1", "immutable=1"]
         writer = sqlite3.connect(path, isolation_level=None)
         writer.execute("PRAGMA journal_mode=wal")
         writer.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(2, 2001)])
         writer.close()  # checkpointed, its -wal removed: as a daemon that stopped
-        assert not (folder / "index.db-wal").exists()
+        assert not path.with_name("index.db-wal").exists()
         flag.touch()
         out, err = reader.communicate(timeout=60)
     finally:
