@@ -19,6 +19,7 @@ import click
 
 from . import __version__
 from .errors import FlowbatchError
+from .text import for_terminal, one_line
 
 if TYPE_CHECKING:
     from .site import Site
@@ -29,23 +30,12 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: what :func:`echo` escapes: the control characters but newline and tab (C0, DEL, C1)
-_TERMINAL_ESCAPES = {
-    c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)
-}
-
 
 def shown(text: str) -> str:
-    """``text`` as a terminal may show it: a participant's words (a run's name, messages,
-    string results, a step's stderr) with their control characters escaped, so that none
-    clears an admin's screen, sets its title or fakes a line (found by review). JSON
-    output escapes them itself; ``runs logs`` writes a run's logs as they are, as ``cat``
-    would."""
-    return text if text.isprintable() else text.translate(_TERMINAL_ESCAPES)
-
-
-def _one_line(text: str) -> str:
-    return shown(text).replace("\n", "\\n").replace("\t", "\\t")
+    """``text`` as a terminal may show it (:func:`flowbatch.text.for_terminal`). JSON
+    output escapes control characters itself; ``runs logs`` writes a run's logs as they
+    are, as ``cat`` would."""
+    return for_terminal(text)
 
 
 def echo(message: Any = None, *, err: bool = False, nl: bool = True) -> None:
@@ -198,9 +188,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str], titles: list[str] | N
         return
     titles = titles or columns
     # one line a row: a cell's own newlines and tabs (a file's name) escaped too
-    cells = [
-        [("" if r.get(c) is None else _one_line(str(r.get(c)))) for c in columns] for r in rows
-    ]
+    cells = [[("" if r.get(c) is None else one_line(str(r.get(c)))) for c in columns] for r in rows]
     widths = [max(len(t), *(len(row[i]) for row in cells)) for i, t in enumerate(titles)]
     heads = [t.upper() if t.isidentifier() else t for t in titles]  # labels stay as written
     echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())

@@ -656,9 +656,8 @@ class Daemon:
         with self._batch():
             for req, claimed in intake.cancels:
                 self.apply_cancel(req, claimed)
-            if room:
-                self.runner.dispatch()
-            if self.runner.poll() and self.site.store.has_room():
+            self.runner.dispatch()  # it launches nothing without room (Runner.dispatch)
+            if self.runner.poll():
                 self.runner.dispatch()  # slots freed by finished runs
             self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
         if not self.runner.active and time.monotonic() - self._others_at >= OTHERS_EVERY:

@@ -872,7 +872,8 @@ class Runner:
                 run, State.ERROR, steps=steps, messages=[reason, *fetched], reason=reason, **times
             )
             return
-        if code in _KILLED and _restarted_since(run.handle, executor):
+        ended_by_restart = getattr(executor, "ended_by_restart", None)
+        if code in _KILLED and ended_by_restart is not None and ended_by_restart(run.handle):
             # the host's shutdown ended it (its TERM trap wrote the exit marker): no fault
             # of the run's, retried as a lost run is (found by review: an ERROR of the
             # user's own, "killed by SIGTERM", and `retries` not used)
@@ -883,8 +884,7 @@ class Runner:
             )
             self._lost(run, restart, steps, started=True, times=times, extra=fetched)
             return
-        overran = _overran(run, times, executor)
-        if code == 0 and overran:
+        if code == 0 and (overran := _overran(run, times, executor)):
             self._transition(
                 run, State.ERROR, steps=steps, messages=[overran, *fetched], reason=overran, **times
             )
@@ -1126,19 +1126,6 @@ def _job_of(handle: dict[str, Any] | None) -> str:
     """How a log line names a run's job: its scheduler's id."""
     job = (handle or {}).get("job_id")
     return f"job {job}" if job else "no job id"
-
-
-def _restarted_since(handle: dict[str, Any] | None, executor: Executor) -> bool:
-    """Whether this host booted after the local run's process started (its handle's
-    ``start``, by the boot clock): the process ended with the boot before this one."""
-    if getattr(executor, "name", None) != "local" or not handle or not handle.get("start"):
-        return False
-    from .executors.local import boot_time
-
-    try:
-        return float(handle["start"]) < boot_time() - 1
-    except (OSError, ValueError, TypeError):
-        return False
 
 
 #: seconds a run's own marks may show it past its time limit before it counts as over

@@ -32,10 +32,11 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from .errors import FlowbatchError, NotFoundError, RequestError, StateError
 from .runs import ACTIVE, RunRecord, State, parse_state
+from .safeio import copy_beneath
 from .site import Site
 from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
-from .store.store import lock_holder_at, other_daemon, tree_change
+from .store.store import lock_holder_at, lock_holders, other_daemon, tree_change
 
 log = logging.getLogger("flowbatch.lifecycle_ops")
 
@@ -286,8 +287,7 @@ def _to_a_serving_host(site: Site, workflow: str) -> None:
     no daemon serving anywhere it stays, for this host's next daemon."""
     if not site.shared or lock_holder_at(site.lock_path) is not None:
         return
-    for lock in sorted(site.root.glob("daemon.*.lock")):
-        holder = lock_holder_at(lock) or {}
+    for holder in lock_holders(site.root):
         host = str(holder.get("host") or "")
         if holder.get("role", "daemon") != "daemon":
             continue  # a `runs cancel` applying a cancel holds it for a moment
@@ -578,8 +578,6 @@ def _input_copy(run: RunRecord, run_dir: Path, target: str, dest: Path) -> Path:
     without following a link on the way: the run's user could have left a link there,
     a folder of it included, to another user's private file, which root's rerun then
     copied for them (found by review). It is the file as the run left it."""
-    from .safeio import copy_beneath
-
     try:
         copy_beneath(run_dir, target, dest)
     except OSError as exc:

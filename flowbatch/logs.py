@@ -8,6 +8,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from .text import one_line
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -23,24 +25,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["traceback"] = self.formatException(record.exc_info)
         return json.dumps(out)
-
-
-#: control characters (and Unicode's line and paragraph separators) as escapes
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
-    0x0A: "\\n",
-    0x0D: "\\r",
-    0x09: "\\t",
-    0x85: "\\x85",
-    0x2028: "\\u2028",
-    0x2029: "\\u2029",
-}
-
-
-def one_line(text: str) -> str:
-    """``text`` with its control characters escaped: a request named
-    ``x<newline>2026-... INFO flowbatch...`` cannot forge a line of the log (found by
-    review)."""
-    return text if text.isprintable() else text.translate(_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):

@@ -246,8 +246,9 @@ class PostProcManager:
         re-review; the run, if it still goes, is that host's daemon's to end)."""
         latest = state.get("latest")
         record = load_record(self.site, workflow, str(latest)) if latest else None
-        if record is None or record.state != "RUNNING" or record.host in (None, self.host):
+        if record is None or record.state != "RUNNING" or not _others(record, self.host):
             return None
+        assert record.host is not None
         if lock_holder_at(self.site.host_lock_path(record.host)) is not None:
             return "running"
         log.warning(

@@ -736,7 +736,6 @@ class Intake:
                 self._look_in_claimed = True
                 self._index_away.failed("the index is away, no request taken in: %s", exc)
                 break
-            self._index_away.ok("the index is back: taking requests in")
             if claimed:
                 todo.append(claimed)
                 self._look_in_claimed = True
@@ -766,6 +765,7 @@ class Intake:
             self.site.store.ping()
         except Exception:
             return False
+        self._index_away.ok("the index is back: taking requests in")
         return True
 
     def process(self, claimed: Claimed, result: IntakeResult) -> None:

@@ -41,3 +41,30 @@ def short_repr(value: Any, limit: int = 200) -> str:
     except ValueError:
         return f"an integer of {value.bit_length()} bits"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+#: control characters (C0, DEL, C1, and Unicode's line and paragraph separators) as
+#: escapes, for text that came from a participant
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+#: the same but newline and tab, which a terminal shows as lines and spaces
+_CONTROL_IN_LINES = {c: e for c, e in _CONTROL.items() if c not in (0x09, 0x0A)}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped, newlines too: a request named
+    ``x<newline>2026-... INFO flowbatch...`` cannot forge a line of the log, nor a file's
+    name a row of a table (found by review)."""
+    return text if text.isprintable() else text.translate(_CONTROL)
+
+
+def for_terminal(text: str) -> str:
+    """``text`` with its control characters but newlines and tabs escaped: a
+    participant's words (a run's messages, string results, a step's stderr) cannot clear
+    an admin's screen, set its title or fake a line (found by review)."""
+    return text if text.isprintable() else text.translate(_CONTROL_IN_LINES)

@@ -336,6 +336,6 @@ def test_the_flowserv_dialects_placeholders_are_refused_in_a_native_template(
         'n={{ n }}; printf "%s" "${n}"',
         "for n in 1 2; do echo ${n}; done",
         "read -r a n < f; echo ${n}",
-        "{% raw %}echo ${n}{% endraw %} {# ${n} #}",
+        "{% raw %}echo ${n} $[[n]]{% endraw %} {# ${n} #}",
     ]:
         check_template(tpl([command], n="int"), variables)

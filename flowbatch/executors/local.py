@@ -125,6 +125,18 @@ class LocalExecutor:
         self._wake()
 
     # -- poll -----------------------------------------------------------------------------
+    def ended_by_restart(self, handle: dict[str, Any] | None) -> bool:
+        """Whether the run's process started before this host's current boot (its
+        handle's ``start``, by the boot clock): then a SIGTERM or SIGKILL ending was the
+        shutdown's, not the run's own (the Runner retries it as a lost run; found by
+        review)."""
+        if not handle or not handle.get("start"):
+            return False
+        try:
+            return float(handle["start"]) < boot_time() - 1
+        except (OSError, ValueError, TypeError):
+            return False
+
     def has_exits(self) -> bool:
         """Some child has exited and its run is not polled yet (no lock: a cheap hint)."""
         return bool(self._exits)

@@ -318,7 +318,9 @@ def _check_dialect(source: str, where: str, known: frozenset[str]) -> None:
     ``${name}`` of a parameter, context key or site variable, is refused: Jinja2 leaves
     both to bash, where ``${python}`` is an unset variable (found by review: such a
     template installed, and every run failed, "code/score.py: Permission denied")."""
-    found = _FLOWSERV_PLACEHOLDER.search(source)
+    # what Jinja2 does not render (raw blocks, comments) is the author's on purpose
+    text = _NOT_RENDERED.sub("", source)
+    found = _FLOWSERV_PLACEHOLDER.search(text)
     if found:
         raise TemplateError(
             f"{found.group(0)} is the flowServ dialect's placeholder, which a native "
@@ -326,8 +328,6 @@ def _check_dialect(source: str, where: str, known: frozenset[str]) -> None:
             field=where,
             hint=f"write {{{{ {found.group(1)} }}}}, or drop `flowbatch: 1` (flowServ's dialect)",
         )
-    # what Jinja2 does not render (raw blocks, comments) is the author's on purpose
-    text = _NOT_RENDERED.sub("", source)
     for found in _SHELL_REFERENCE.finditer(text):
         name = found.group(1)
         if name in known and not _set_by_the_shell(text, name):

@@ -448,21 +448,15 @@ def open_database(
     except IndexError_ as exc:
         raise exc.at(file=where) from None
     except pw.DatabaseError as exc:
-        if server:
-            raise IndexError_(
-                f"the index database cannot be used: {error_line(exc)}",
-                file=where,
-                hint="run `flowbatch reindex` to rebuild it from the results tree",
-            ) from None
-        folder = Path(db.database).parent if isinstance(db.database, str) else None
-        raise _unusable(exc, where, folder) from None
+        local = not server and isinstance(db.database, str)
+        raise _unusable(exc, where, Path(db.database).parent if local else None) from None
     return db
 
 
 def _unusable(exc: Exception, where: str, folder: Path | None) -> IndexError_:
-    """An SQLite index that cannot be opened or set up: on a full file system, that (its
-    `-wal` and `-shm` files cannot be made: "disk I/O error"), where the message sent the
-    admin to `reindex` (found by review); else rebuild it."""
+    """An index that cannot be opened or set up: an SQLite one in ``folder`` on a full
+    file system says that (its `-wal` and `-shm` files cannot be made: "disk I/O error"),
+    where the message sent the admin to `reindex` (found by review); else rebuild it."""
     try:
         full = folder is not None and os.statvfs(folder).f_bavail == 0
     except OSError:

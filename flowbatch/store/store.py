@@ -748,13 +748,19 @@ def _own_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def lock_holders(root: Path) -> list[dict[str, Any]]:
+    """What the processes holding a daemon lock of the site at ``root`` wrote into them
+    (any host's lock file the file system shows: ``host``, ``pid``, ``role`` when not a
+    serving daemon's)."""
+    return [h for path in sorted(root.glob("daemon*.lock")) if (h := lock_holder_at(path))]
+
+
 def other_daemon(root: Path, host: str) -> str | None:
-    """What another process holding a daemon lock of the site at ``root`` wrote into it
-    (any host's lock file the file system shows), as one line; None when there is none.
-    This process on ``host`` (a pid is a host's own) is no other."""
-    for path in sorted(root.glob("daemon*.lock")):
-        holder = lock_holder_at(path)
-        if holder is not None and (holder.get("pid"), holder.get("host")) != (os.getpid(), host):
+    """What another process holding a daemon lock of the site at ``root`` wrote into it,
+    as one line; None when there is none. This process on ``host`` (a pid is a host's
+    own) is no other."""
+    for holder in lock_holders(root):
+        if (holder.get("pid"), holder.get("host")) != (os.getpid(), host):
             return ", ".join(f"{k} {v}" for k, v in holder.items())
     return None
 
