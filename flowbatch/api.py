@@ -26,7 +26,7 @@ from .spec.request import Request, parse_request
 from .spec.template import TOP_KEYS, load_template
 from .store import atomic
 from .store.index import RunRow, WorkflowRow
-from .store.layout import BUNDLE_SUFFIX
+from .store.layout import BUNDLE_SUFFIX, CANCEL_PREFIX
 from .store.store import Store, other_daemon, run_rows, tree_change
 from .store.templates import Installed
 from .sweep import Point
@@ -613,8 +613,6 @@ def request_cancel(site: Site, run_id: str, reason: str | None) -> str:
             f"run {run_id} is {run.state.value}, not active",
             hint="only PENDING or RUNNING runs can be cancelled",
         )
-    from .queue import CANCEL_PREFIX
-
     name = f"{CANCEL_PREFIX}{run_id}-{secrets.token_hex(3)}.yaml"
     doc: dict[str, Any] = {"cancel": run_id}
     if reason:

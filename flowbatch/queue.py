@@ -52,6 +52,7 @@ from .store.atomic import sync_file_system
 from .store.index import RunRow
 from .store.layout import (
     BUNDLE_SUFFIX,
+    CANCEL_PREFIX,
     CLAIMED_ID,
     REQUEST_COPY,
     RUN_JSON,
@@ -210,10 +211,6 @@ class Claimed:
     fresh: bool = False
     #: the request's bytes as read and checked (None until read)
     raw: bytes | None = None
-
-
-#: the names `runs cancel` gives its requests (``cancel-<run>-<random>.yaml``)
-CANCEL_PREFIX = "cancel-"
 
 
 class IndexAway(Exception):

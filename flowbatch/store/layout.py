@@ -24,6 +24,9 @@ REQUEST_COPY = "request.yaml"
 RUN_PAGE = "index.html"
 #: `flowbatch submit` puts the files a request names in `queue/<name>.files/`
 BUNDLE_SUFFIX = ".files"
+#: the names `runs cancel` gives its requests (``cancel-<run>-<random>.yaml``): intake
+#: reads them first (a cancel of a PENDING run comes before a free slot starts it)
+CANCEL_PREFIX = "cancel-"
 
 
 @dataclass(frozen=True)
