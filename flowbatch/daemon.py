@@ -1190,6 +1190,13 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
         if once:
             # runs it launches are detached; the next tick adopts them (PID + start time)
             daemon.tick()
+            if daemon.intake.unsettled():
+                # a request still being written, or stamped ahead of this host's clock (a
+                # copy that kept its writer's time): looked at once more when it has had
+                # polling.settle to settle, rather than at the next tick; a stamp in the
+                # future would never look settled to ticks that each look once
+                time.sleep(site.config.polling.settle)
+                daemon.tick()
         else:
             daemon.serve(until_idle=until_idle)
     finally:

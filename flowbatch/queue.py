@@ -228,6 +228,10 @@ class IntakeResult:
     refused: str | None = None
 
 
+#: seconds a request's time may be ahead of this host's clock before a warning says so
+#: (file systems round, NFS servers' clocks drift a little)
+CLOCK_SLACK = 2.0
+
 #: seconds at most between a made run and the sync of the results tree that lets its
 #: request's claim go (:class:`ClaimSettler`). Not longer: the sync at the daemon's stop
 #: then carries everything written since the last one (5 s made a 500-run burst's exit
@@ -572,6 +576,16 @@ class Intake:
                 out.append((st.st_mtime, entry.name))
             elif not seen or seen[:2] != key:
                 self._seen[entry.name] = (*key, now)
+                if st.st_mtime > now + CLOCK_SLACK:
+                    log.warning(
+                        "request %s is stamped %.0f s ahead of this host's clock: it is "
+                        "taken once it has stayed unchanged for polling.settle (%.1f s); "
+                        "check the clock of the host that wrote it (NTP), or copy requests "
+                        "without keeping their time (cp without -p, rsync without -t)",
+                        printable_name(entry.name),
+                        st.st_mtime - now,
+                        settle,
+                    )
         for name in list(self._seen):
             if name not in present:
                 del self._seen[name]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -174,6 +175,26 @@ def test_second_daemon_exits_zero_with_a_message(tmp_path: Path) -> None:
     finally:
         lock.release()
     fb(site, "daemon", "--once")
+
+
+def test_a_cron_tick_takes_a_request_stamped_ahead_of_the_clock(tmp_path: Path) -> None:
+    """A request copied with its writer's time (``cp -p`` from a host whose clock is ahead)
+    looked unsettled to every ``--once`` tick, each looking once: it was never taken."""
+    site = tmp_path / "site"
+    fb(site, "init")
+    fb(site, "install", str(EXAMPLES / "helloworld"), "--id", "helloworld")
+    ahead = site / "queue" / "ahead.yaml"
+    ahead.write_text((EXAMPLES / "helloworld/requests/alice.yaml").read_text())
+    shutil.copy(EXAMPLES / "helloworld/requests/names.txt", site / "queue")  # its file
+    soon = time.time() + 3600
+    os.utime(ahead, (soon, soon))
+    tick = _program(site, "daemon", "--once")
+    assert tick.returncode == 0, tick.stderr
+    assert "ahead.yaml is stamped 3600 s ahead of this host's clock" in tick.stderr
+    assert "check the clock of the host that wrote it" in tick.stderr
+    runs = json.loads(fb(site, "runs", "list", "--json"))
+    assert [r["request"] for r in runs] == ["ahead.yaml"]
+    assert not ahead.exists()
 
 
 def test_cancel_without_a_daemon(tmp_path: Path) -> None:
