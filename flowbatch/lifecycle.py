@@ -206,6 +206,7 @@ class Runner:
         #: removed (:meth:`reconfigure`): run id -> that object, until the run ends (its
         #: retries too: the job or processes of a lost attempt are ended by that object)
         self.pinned: dict[str, Executor] = {}
+        self.clock = RunClock()  # time limits, step-free
         #: executor objects a reload replaced or removed that still serve runs (or have
         #: processes or jobs of lost runs to end: ``tend``)
         self.retired: list[Executor] = []
@@ -249,6 +250,7 @@ class Runner:
         """A run reached a terminal state: no longer held as active, its executor (one a
         reload replaced) let go, its workflow's reports due."""
         self.active.pop(run.id, None)
+        self.clock.forget(run.id)
         if self.pinned.pop(run.id, None) is not None:
             self._prune_retired()
         self.changed_workflows.add(run.workflow)
@@ -615,7 +617,6 @@ class Runner:
         runs; finalize those that ended."""
         finished = 0
         ended: list[tuple[RunRecord, Probe]] = []
-        now = datetime.now(UTC)
         by_executor: dict[int, list[RunRecord]] = {}  # id of the executor object -> runs
         for run in self.launched():
             executor = self.executor_of(run)
@@ -638,7 +639,7 @@ class Runner:
                 if probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
                     if probe is not None:
                         self._note_status(run, probe)
-                    if self._over_time(run, now) and not enforces_time_limit(executor):
+                    if self._over_time(run) and not enforces_time_limit(executor):
                         self._kill(run, executor, State.ERROR, "time limit exceeded")
                         finished += 1
                     continue
@@ -777,11 +778,8 @@ class Runner:
             run, State.PENDING, reason=why, messages=[why], handle=handle, started_at=None
         )
 
-    def _over_time(self, run: RunRecord, now: datetime) -> bool:
-        if not run.time_limit or not run.started_at:
-            return False
-        started = datetime.fromisoformat(run.started_at)
-        return (now - started).total_seconds() > run.time_limit
+    def _over_time(self, run: RunRecord) -> bool:
+        return self.clock.over(run.id, run.started_at, run.time_limit)
 
     def _kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> None:
         if run.handle:
@@ -860,11 +858,7 @@ class Runner:
             self._lost(run, probe, steps, started=started, times=times, extra=unsaid)
             return
         code, _, failed = markers.exit
-        if (
-            code in _KILLED
-            and self._over_time(run, datetime.now(UTC))
-            and not enforces_time_limit(executor)
-        ):
+        if code in _KILLED and self._over_time(run) and not enforces_time_limit(executor):
             # killed past its time limit: this daemon's kill, whose end the daemon killed
             # meanwhile never recorded (found by review: it read as a plain SIGTERM)
             reason = "time limit exceeded"
@@ -1137,6 +1131,31 @@ def _overran(run: RunRecord, times: dict[str, str], executor: Executor) -> str |
     """:func:`overran` for a run; a scheduler that enforces the limit itself (Slurm) is
     left to."""
     return None if enforces_time_limit(executor) else overran(run.time_limit, times)
+
+
+class RunClock:
+    """Seconds each run has run, for its time limit, by the monotonic clock from the
+    moment this process first looks at it: a step of the wall clock (NTP, an admin's
+    `date`) neither leaves a run unlimited (a step back) nor kills a young one (a step
+    forward; found by review). What the run had run before that first look is taken from
+    its ``started_at`` by the wall clock, as a daemon restarted has nothing else."""
+
+    def __init__(self) -> None:
+        self._origins: dict[str, tuple[str, float]] = {}  # key -> (started_at, origin)
+
+    def ran(self, key: str, started_at: str) -> float:
+        mono = time.monotonic()
+        known = self._origins.get(key)
+        if known is None or known[0] != started_at:  # a retry starts again
+            before = (datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds()
+            known = self._origins[key] = (started_at, mono - max(0.0, before))
+        return mono - known[1]
+
+    def over(self, key: str, started_at: str | None, limit: float | None) -> bool:
+        return bool(limit and started_at) and self.ran(key, started_at or "") > (limit or 0)
+
+    def forget(self, key: str) -> None:
+        self._origins.pop(key, None)
 
 
 def overran(limit: float | None, times: dict[str, str]) -> str | None:

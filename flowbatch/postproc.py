@@ -57,6 +57,7 @@ from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
 from .lifecycle import (
+    RunClock,
     describe_code,
     epoch,
     handle_from_marker,
@@ -160,6 +161,7 @@ class PostProcManager:
         self.host = site.host if site.shared else None
         self.executor = LocalExecutor(wake, limit=1)
         self.active: dict[str, PostProcRecord] = {}
+        self.clock = RunClock()  # time limits, step-free
         #: runs a previous daemon recorded as started but never launched (see _recover):
         #: launched in their folder by maybe_start, when a local slot is free
         self.unlaunched: dict[str, PostProcRecord] = {}
@@ -334,14 +336,12 @@ class PostProcManager:
         return bool(self.active or self.deferred)
 
     def _over_time(self, record: PostProcRecord) -> bool:
-        if not record.time_limit or not record.started_at:
-            return False
-        started = datetime.fromisoformat(record.started_at)
-        return (datetime.now(UTC) - started).total_seconds() > record.time_limit
+        return self.clock.over(record.id, record.started_at, record.time_limit)
 
     def _conclude(self, record: PostProcRecord, reason: str | None = None) -> None:
         """The script ended (or was ended): markers, then the outputs, decide."""
         self.active.pop(record.workflow, None)
+        self.clock.forget(record.id)
         self.executor.collect(record.id, record.handle or {}, Path())
         folder = postproc_root(self.site, record.workflow) / record.id
         markers = read_markers(folder)

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,55 @@ def test_time_limit(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     run = only_run(site)
     assert run["state"] == "ERROR" and run["messages"] == ["time limit exceeded"]
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize(
+    ("step", "limit", "command", "state"),
+    [(3600, 30, "sleep 1.5", "SUCCESS"), (-3600, 1, "sleep 60", "ERROR")],
+    ids=["forward-keeps-a-young-run", "back-still-ends-an-old-one"],
+)
+def test_a_step_of_the_wall_clock_moves_no_time_limit(
+    site: Site,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: int,
+    limit: int,
+    command: str,
+    state: str,
+) -> None:
+    """An NTP step (or an admin's `date`) while a run runs: a step forward killed a young
+    run at once, a step back left an old one unlimited for the step's length (found by
+    review). Time limits count by the monotonic clock once the daemon has seen the run."""
+    from flowbatch import lifecycle
+
+    install(
+        site,
+        tmp_path / "t",
+        f"timeLimit: {limit}\nworkflow:\n  steps:\n    - name: s\n      action:\n"
+        f"        commands: [{command}]\n",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    real = lifecycle.datetime
+
+    class Stepped(real):  # type: ignore[misc, valid-type]
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real.now(tz) + timedelta(seconds=step)
+
+    ticks = []
+
+    def step_once_seen(daemon: Daemon) -> None:
+        ticks.append(1)
+        if len(ticks) == 3:  # launched in the first tick, seen running in the next
+            monkeypatch.setattr(lifecycle, "datetime", Stepped)
+
+    started = time.monotonic()
+    run_until_idle(site, timeout=20, each_tick=step_once_seen)
+    run = only_run(site)
+    assert run["state"] == state, run["messages"]
+    if state == "ERROR":
+        assert run["messages"] == ["time limit exceeded"]
+        assert time.monotonic() - started < 15
 
 
 def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
