@@ -24,6 +24,7 @@ from typing import Any
 from . import fairshare, faults
 from .errors import ExecutorUnavailable, FlowbatchError
 from .executors.base import Executor, Launch, LaunchDeferred, LaunchesMany, Liveness, Probe
+from .logs import Repeated
 from .queue import take_back
 from .render.script import (
     LOGS_DIR,
@@ -207,6 +208,7 @@ class Runner:
         #: retries too: the job or processes of a lost attempt are ended by that object)
         self.pinned: dict[str, Executor] = {}
         self.clock = RunClock()  # time limits, step-free
+        self._poll_failing: dict[str, Repeated] = {}  # by executor name
         #: executor objects a reload replaced or removed that still serve runs (or have
         #: processes or jobs of lost runs to end: ``tend``)
         self.retired: list[Executor] = []
@@ -627,13 +629,28 @@ class Runner:
             runs = by_executor.get(id(executor))
             if only is not None and name not in only:
                 continue
-            # SSH, Slurm: end the processes or jobs of runs given up on, if they answer now
-            tend = getattr(executor, "tend", None)
-            if tend is not None:
-                tend()
+            failing = self._poll_failing.setdefault(name, Repeated(log))
+            try:
+                # SSH, Slurm: end the processes or jobs of runs given up on, if they answer
+                tend = getattr(executor, "tend", None)
+                if tend is not None:
+                    tend()
+                probes = executor.poll([(r.id, r.handle or {}) for r in runs]) if runs else {}
+            except Exception:
+                # a bug met by one executor's look (found by review: a remote file name
+                # that was not UTF-8) must not stop the other executors' runs from ending,
+                # nor the rest of the tick: its runs are looked at again at the next tick
+                failing.failed(
+                    "looking at the runs of executor %s failed; its %d run(s) are looked at "
+                    "again at the next tick",
+                    name,
+                    len(runs or ()),
+                    exc_info=True,
+                )
+                continue
+            failing.ok("the runs of executor %s are looked at again", name)
             if not runs:
                 continue
-            probes = executor.poll([(r.id, r.handle or {}) for r in runs])
             for run in runs:
                 probe = probes.get(run.id)
                 if probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):

@@ -47,11 +47,13 @@ class Repeated:
         self._since: float | None = None  # when it began (monotonic)
         self._said_at = 0.0
 
-    def failed(self, message: str, *args: object) -> None:
+    def failed(self, message: str, *args: object, exc_info: bool = False) -> None:
+        """``exc_info``: the first time, with the exception being handled (a bug's
+        traceback, said once)."""
         now = time.monotonic()
         if self._since is None:
             self._since = self._said_at = now
-            self.log.error(message, *args)
+            self.log.error(message, *args, exc_info=exc_info)
         elif now - self._said_at >= self.every:
             self._said_at = now
             self.log.error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -295,6 +296,41 @@ def test_a_step_of_the_wall_clock_moves_no_time_limit(
     if state == "ERROR":
         assert run["messages"] == ["time limit exceeded"]
         assert time.monotonic() - started < 15
+
+
+def test_a_failing_look_at_an_executors_runs_is_logged_once_and_stops_no_tick(
+    site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug met while looking at one executor's runs (found by review: a remote file
+    name that was not UTF-8, for SSH) failed every tick: the rest of the tick (requests
+    taken in, other executors' runs ended, reports) never came. The fault is injected:
+    the SSH tests stage the real one."""
+    install(site, tmp_path / "t", SLOW_TEMPLATE)
+    drop(site, "a.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    executor = d.runner.executors["local"]
+    real = executor.poll
+    failures = []
+
+    def poll(runs: Any) -> Any:
+        if len(failures) < 5:
+            failures.append(1)
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return real(runs)
+
+    executor.poll = poll  # type: ignore[method-assign]
+    caplog.set_level(logging.ERROR, logger="flowbatch.runner")
+    try:
+        d.tick()  # launched
+        drop(site, "b.yaml", {"workflow": "wf"})
+        run_until_idle(site, daemon=d, timeout=30)
+    finally:
+        d.stop()
+    assert len(failures) == 5
+    assert sorted(r["state"] for r in api.list_runs(site)) == ["SUCCESS", "SUCCESS"]
+    said = [r for r in caplog.records if "looking at the runs of executor local" in r.message]
+    assert len(said) == 1 and said[0].exc_info is not None  # once, with its traceback
 
 
 def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
