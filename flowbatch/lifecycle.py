@@ -865,6 +865,19 @@ class Runner:
         if refused and markers.exit is None:
             self._transition(run, State.ERROR, steps=steps, messages=[refused, *fetched], **times)
             return
+        limit = probe.detail.get("limit")  # the scheduler ended it at the run's own limit
+        if limit and markers.exit is None:
+            # killed before its script could write its end (it outlived SIGTERM): the
+            # run's own ERROR, not a lost run to retry (see slurm_states.LIMIT_STATES)
+            messages = [
+                f"{limit}: {probe.raw}; the run's process was killed before it could write "
+                "its exit marker (it did not end within the scheduler's grace after SIGTERM)",
+                *fetched,
+            ]
+            self._transition(
+                run, State.ERROR, steps=steps, messages=messages, reason=limit, **times
+            )
+            return
         # a scheduler that did not answer tells nothing of a run whose exit marker is
         # there: it ended, as its markers say (only a failure the backend reported, a
         # node failure or a preemption, makes an ended run lost)

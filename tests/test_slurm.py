@@ -699,10 +699,30 @@ def test_a_real_timeout(tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
             "resources": {"time": "0:01"},
         },
     )
+    # beside it, one whose program outlives SIGTERM: Slurm SIGKILLs it after KillWait, and
+    # its script writes no end. Slurm's TIMEOUT still makes it the run's own ERROR, never
+    # a lost run retried into the same limit (found by review)
+    write_template(
+        tmp_path / "stubborn",
+        "workflow:\n  steps:\n    - name: work\n"
+        "      action:\n        commands: [\"trap '' TERM; sleep 300\"]\n",
+    )
+    api.install(site, tmp_path / "stubborn", workflow_id="stubborn")
+    drop(
+        site,
+        "stubborn.yaml",
+        {"workflow": "stubborn", "name": "stubborn", "retries": 1, "resources": {"time": "0:01"}},
+    )
     run_until_idle(site, timeout=180)
-    run = runs_by_name(site)["slow"]
+    runs = runs_by_name(site)
+    run = runs["slow"]
     assert run["state"] == "ERROR"
     assert any("TIMEOUT" in m for m in run["messages"]), run["messages"]
+    stubborn = runs["stubborn"]
+    assert stubborn["state"] == "ERROR", stubborn["messages"]
+    assert site.store.load(stubborn["id"]).attempt == 1, stubborn["messages"]  # no retry
+    assert stubborn["messages"][0].startswith("time limit exceeded: Slurm job "), stubborn
+    assert "TIMEOUT" in stubborn["messages"][0]
 
 
 WHO_TEMPLATE = """

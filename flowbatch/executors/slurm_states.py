@@ -77,6 +77,15 @@ FINAL_STATES = frozenset(
 )
 #: the job's infrastructure failed, not the user's command: such a run may be retried
 INFRA_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
+#: Slurm ended the job at a limit of the run's own: an ERROR of the run's, never retried
+#: (a retry meets the same limit), even when its script wrote no end of its own (a
+#: program that outlived SIGTERM for KillWait is SIGKILLed; found by review: taken for
+#: a lost run, and retried)
+LIMIT_STATES = {
+    "TIMEOUT": "time limit exceeded",
+    "DEADLINE": "deadline passed",
+    "OUT_OF_MEMORY": "out of memory",
+}
 CANCELLED = "CANCELLED"
 COMPLETED = "COMPLETED"
 
@@ -379,6 +388,8 @@ def probe_for(status: JobStatus) -> Probe:
         probe.infra_failure = raw
     elif status.state != COMPLETED:
         detail["message"] = raw
+        if status.state in LIMIT_STATES:
+            detail["limit"] = LIMIT_STATES[status.state]
     return probe
 
 
