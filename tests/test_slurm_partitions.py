@@ -295,3 +295,61 @@ def test_a_submission_interrupted_by_a_crash_is_adopted_as_the_daemon_starts(
     run = site.store.load(before.id)
     assert run.state.value == "SUCCESS" and run.handle and run.handle["job_id"] == job
     assert list(jobs_named(before.handle["job_name"], tasks=True)) == [job]
+
+
+#: sbatch's words (Slurm 22.05) for a user at their association's MaxSubmitJobs
+FULL_QUEUE = """#!/bin/bash
+# the user's queue is full for the first {full} submissions (their other jobs end meanwhile)
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}
+if [ "$n" -lt {full} ]; then
+  echo "sbatch: error: AssocMaxSubmitJobLimit" >&2
+  echo "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy \
+(job submit limit, user's size and/or time limits)" >&2
+  exit 1
+fi
+exec {real} "$@"
+"""
+
+
+def test_runs_wait_while_their_users_slurm_queue_is_full_then_run(
+    tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch refusing a job because its user has as many jobs queued as their
+    association allows (MaxSubmitJobs) refuses nothing for good: the limit clears as
+    their other jobs end. A run and a sweep wait PENDING with Slurm's words and go out
+    later (found by review: both ended ERROR, "check the resources"). The cluster here
+    keeps no accounting, so the refusal is sbatch's own words from a shim; the jobs that
+    go out after it are real."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    real = subprocess.run(["bash", "-c", "command -v sbatch"], capture_output=True, text=True)
+    (shim / "sbatch").write_text(
+        FULL_QUEUE.format(full=4, count=tmp_path / "count", real=real.stdout.strip())
+    )
+    (shim / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    site = sleep_site(tmp_path)
+    write_template(tmp_path / "sweep-tpl", SWEEP_TEMPLATE)
+    api.install(site, tmp_path / "sweep-tpl", workflow_id="wf")
+    drop(site, "r.yaml", {"workflow": "sleep", "name": "r"})
+    drop(site, "s.yaml", {"workflow": "wf", "name": "s", "sweep": {"x": [1, 2]}})
+    daemon = Daemon(site)
+    daemon.start()
+    try:
+
+        def all_wait() -> bool:
+            runs = [site.store.load(r["id"]) for r in api.list_runs(site)]
+            assert {r.state.value for r in runs} <= {"PENDING"}, [r.messages for r in runs]
+            return len(runs) == 3 and all("MaxSubmitJobs" in str(r.waiting) for r in runs)
+
+        tick_until(daemon, all_wait, timeout=30)
+        said = str(site.store.load(api.list_runs(site)[0]["id"]).waiting)
+        assert "as many jobs in Slurm's queue as their association or QOS allows" in said
+        assert "sbatch: error: AssocMaxSubmitJobLimit" in said
+        run_until_idle(site, timeout=90, daemon=daemon)
+    finally:
+        daemon.stop()
+        site.close()
+    runs = [api.show_run(site, r["id"]) for r in api.list_runs(site)]
+    assert {r["state"] for r in runs} == {"SUCCESS"}, [r["messages"] for r in runs]
+    assert int((tmp_path / "count").read_text()) > 4  # refused, then submitted for real

@@ -124,6 +124,7 @@ from .slurm_states import (
     partition_sizes,
     probe_for,
     refused_at_submission,
+    submit_limit_reached,
 )
 
 #: seconds a job stays pending for a reason that never clears by itself (slurm_states'
@@ -147,6 +148,8 @@ log = logging.getLogger("flowbatch.slurm")
 BACKOFF = 1.5
 #: what a run waiting for a drained or inactive partition is told
 _CLOSED_HINT = "the run is submitted once the partition takes jobs again"
+#: what a run waiting for room in its user's Slurm queue is told
+_FULL_HINT = "the run is submitted once some of the user's jobs have left Slurm's queue"
 #: job arrays' scripts and task links live here, under the site folder
 ARRAYS_DIR = "slurm-arrays"
 #: the jobs of runs given up on, to be cancelled once Slurm answers (one file each, in a
@@ -156,11 +159,13 @@ ABANDONED_DIR = SLURM_ABANDONED
 
 @dataclass
 class _Closed:
-    """A partition that refused a submission because it takes no jobs now."""
+    """A partition that refused a submission because it takes no jobs now, or a user
+    whose queue is full (see :meth:`SlurmExecutor._refused_for_now`)."""
 
     said: str  # why its runs wait, with Slurm's words
     interval: float  # seconds until the next try (grows while it stays closed)
     next_try: float  # monotonic
+    hint: str = ""
 
 
 @dataclass
@@ -341,7 +346,8 @@ class SlurmExecutor:
                 log.info("run %s: adopting Slurm job %s found by name", job.run_id, found)
                 return {**handle, "job_id": found, "adopted": True}
         partition = self._partition(job)
-        self._closed_wait(partition)
+        submitter = self._submitter([job])
+        self._closed_wait(partition, submitter)
         # The job's own user writes the script into the run folder, makes its logs/ (Slurm
         # opens the output there before the script runs) and submits it: the daemon
         # (often root) never writes inside a folder its run's user controls
@@ -355,17 +361,17 @@ class SlurmExecutor:
             launching=True,
             before=f"cd -- {folder} && cat > {BATCH_NAME} && mkdir -p -- {LOGS_DIR} && ",
             input=batch,
-            uid=self._submitter([job]),
+            uid=submitter,
         )
         if not result.ok:
             self._unanswered("sbatch", result)
-            self._refused_for_now(partition, result, handle["job_name"])
+            self._refused_for_now(partition, submitter, result, handle["job_name"])
             raise ExecutorError(
                 f"sbatch refused run {job.run_id} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
                 hint="check the resources (partition, time, mem) against the cluster's limits",
             )
-        self._closed.pop(partition, None)
+        self._opened(partition, submitter)
         self._refused.discard(handle["job_name"])
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
         if not job_id.isdigit():
@@ -641,7 +647,8 @@ class SlurmExecutor:
                 log.info("job array %s found by name: adopting %s", array.name, array_id)
                 return handles(array_id, adopted=True)
         partition = self._partition(array.members[0][1])  # a chunk's resources are one
-        self._closed_wait(partition)
+        submitter = self._submitter([job for _, job in array.members])
+        self._closed_wait(partition, submitter)
         script = self._write_array_script(array)
         # each run's logs/ made by the job's user, as for a single job; the folders come
         # on stdin (up to max_array_size of them: one command line of 1,000 paths could
@@ -659,14 +666,14 @@ class SlurmExecutor:
         runs = ", ".join(job.run_id for _, job in array.members)
         if not result.ok:
             self._unanswered("sbatch", result)
-            self._refused_for_now(partition, result, array.name)
+            self._refused_for_now(partition, submitter, result, array.name)
             raise ExecutorError(
                 f"sbatch refused job array {array.name} (profile {self.profile_name!r}, "
                 f"exit {result.returncode}): {_one_line(result.stderr or result.stdout)}",
                 hint="check the resources (partition, time, mem) and the array size against "
                 "the cluster's limits (MaxArraySize: the profile's max_array_size)",
             )
-        self._closed.pop(partition, None)
+        self._opened(partition, submitter)
         self._refused.discard(array.name)
         array_id = result.stdout.strip().splitlines()[-1].split(";")[0].strip()
         if not array_id.isdigit():
@@ -879,36 +886,58 @@ class SlurmExecutor:
         """The partition ``job`` is submitted into ("": the cluster's default)."""
         return str(job.resources.get("partition") or self.profile.partition or "")
 
-    def _closed_wait(self, partition: str) -> None:
-        """Before a submission into ``partition``: while it is known to take no jobs (a
-        submission was refused so a moment ago), its runs wait without asking sbatch; one
-        of them tries again once the interval has passed."""
-        closed = self._closed.get(partition)
-        if closed is not None and self._clock() < closed.next_try:
-            raise LaunchDeferred(closed.said, hint=_CLOSED_HINT)
+    def _closed_wait(self, partition: str, submitter: int | None) -> None:
+        """Before a submission into ``partition`` by ``submitter``: while the partition is
+        known to take no jobs, or the user's queue to be full (a submission was refused
+        so a moment ago), the runs wait without asking sbatch; one of them tries again
+        once the interval has passed."""
+        for key in (partition, _user_key(submitter)):
+            closed = self._closed.get(key)
+            if closed is not None and self._clock() < closed.next_try:
+                raise LaunchDeferred(closed.said, hint=closed.hint)
 
-    def _refused_for_now(self, partition: str, result: CommandResult, name: str) -> None:
-        """A submission refused because its partition takes no jobs now (an admin drained
-        it or made it inactive, for maintenance) refused nothing for good: the run waits
-        PENDING with Slurm's words, and is submitted once the partition takes jobs again
-        (tried again less and less often, from the profile's poll floor to its ceiling).
-        A partition that does not exist, or a request over its limits, stays an error."""
+    def _opened(self, partition: str, submitter: int | None) -> None:
+        """A submission went through: neither the partition nor the user waits now."""
+        self._closed.pop(partition, None)
+        self._closed.pop(_user_key(submitter), None)
+
+    def _refused_for_now(
+        self, partition: str, submitter: int | None, result: CommandResult, name: str
+    ) -> None:
+        """A submission refused for a reason that clears by itself refused nothing for
+        good: the run waits PENDING with Slurm's words, and is submitted once it has
+        cleared (tried again less and less often, from the profile's poll floor to its
+        ceiling). Two such reasons: its partition takes no jobs now (an admin drained it
+        or made it inactive, for maintenance), or the submitting user has as many jobs
+        in Slurm's queue as their association or QOS allows (MaxSubmitJobs: it clears as
+        their other jobs end, submitted by flowbatch or not; found by review: the run, or
+        a whole sweep, ended ERROR). A partition that does not exist, or a request over
+        its limits, stays an error."""
         said = _one_line(result.stderr + "\n" + result.stdout)
-        if not partition_closed(said):
+        if partition_closed(said):
+            where = f"partition {partition!r}" if partition else "the cluster's default partition"
+            key, hint = partition, _CLOSED_HINT
+            why = f"{where} takes no jobs now (drained or inactive); Slurm said: {said}"
+        elif submit_limit_reached(said):
+            key, hint = _user_key(submitter), _FULL_HINT
+            who = "the submitting user" if submitter is None else f"user {submitter}"
+            why = (
+                f"{who} has as many jobs in Slurm's queue as their association or QOS "
+                f"allows (MaxSubmitJobs); Slurm said: {said}"
+            )
+        else:
             return
         poll = self.profile.poll
-        before = self._closed.get(partition)
+        before = self._closed.get(key)
         first = max(poll.floor, 0.1)
         interval = (
             first if before is None else min(max(poll.ceiling, first), before.interval * BACKOFF)
         )
-        where = f"partition {partition!r}" if partition else "the cluster's default partition"
-        why = f"{where} takes no jobs now (drained or inactive); Slurm said: {said}"
         if before is None:
             log.warning("Slurm profile %s: %s", self.profile_name, why)
-        self._closed[partition] = _Closed(why, interval, self._clock() + interval)
+        self._closed[key] = _Closed(why, interval, self._clock() + interval, hint)
         self._refused.add(name)  # its sbatch was answered: no job of that name went out
-        raise LaunchDeferred(why, hint=_CLOSED_HINT)
+        raise LaunchDeferred(why, hint=hint)
 
     def _from_accounting(self, job_ids: list[str]) -> dict[str, JobStatus]:
         """Jobs that left squeue: one sacct call, where accounting answers."""
@@ -1428,3 +1457,9 @@ def _name_chunks(names: Sequence[str]) -> list[list[str]]:
 def _job_order(job_id: str) -> tuple[int, str]:
     head = job_id.split("_")[0]
     return (int(head) if head.isdigit() else -1, job_id)
+
+
+def _user_key(submitter: int | None) -> str:
+    """The key of a user's full queue in ``SlurmExecutor._closed`` (beside partitions' names,
+    which cannot hold a NUL)."""
+    return f"\0user:{'' if submitter is None else submitter}"

@@ -348,6 +348,18 @@ def partition_closed(text: str) -> bool:
     return any(words in lower for words in _PARTITION_CLOSED)
 
 
+#: sbatch's reason words for a user's queue at its association's or QOS's MaxSubmitJobs
+#: (Slurm 22.05: "sbatch: error: AssocMaxSubmitJobLimit", then "Batch job submission
+#: failed: Job violates accounting/QOS policy (job submit limit, ...)"): the only refusal
+#: whose own words tell a full queue, which clears, from a request over a limit
+_SUBMIT_LIMIT = "maxsubmitjob"  # AssocMaxSubmitJobLimit, QOSMaxSubmitJobPerUserLimit
+
+
+def submit_limit_reached(text: str) -> bool:
+    """sbatch's message says the submitting user has as many jobs queued as allowed."""
+    return _SUBMIT_LIMIT in text.lower()
+
+
 def invalid_user(text: str) -> bool:
     """squeue's or scancel's answer to ``--user <uid>`` for a uid the host's account
     database does not know (Slurm 22.05: squeue "squeue: error: Invalid user: 54321"
