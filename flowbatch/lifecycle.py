@@ -27,6 +27,7 @@ from .executors.base import Executor, Launch, LaunchDeferred, LaunchesMany, Live
 from .logs import Repeated
 from .queue import take_back
 from .render.script import (
+    CLOSED_MARK,
     LOGS_DIR,
     SCRIPT_NAME,
     STATUS_DIR,
@@ -53,6 +54,9 @@ from .store.layout import REQUEST_COPY
 from .text import is_text, shown
 
 log = logging.getLogger("flowbatch.runner")
+
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_NOFOLLOW = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 #: a root daemon hands each run's folder to its user, and takes it back at the end
 _ROOT = os.geteuid() == 0
 
@@ -241,12 +245,31 @@ class Runner:
                     kw["messages"] = [*(kw.get("messages") or []), *taken.notes]
                 if taken.removed and kw.get("files"):
                     kw["files"] = [f for f in kw["files"] if f.get("source") not in taken.removed]
+            if run.handle and getattr(self.executor_of(run), "reruns_scripts", False):
+                self._close(run)
         if not self.store.transition(run, target, **kw):
             return
         if target in ACTIVE:
             self.active.refile(run)
         else:
             self._ended(run)
+
+    def _close(self, run: RunRecord) -> None:
+        """Mark the ended run's folder closed (``status/closed``): its script, run again
+        by a scheduler, exits at once. Made beneath the run folder through no link (a
+        folder a root daemon took back is its own by now; otherwise it is the run
+        user's, the daemon's own user then)."""
+        try:
+            fd = os.open(self.store.run_dir(run) / STATUS_DIR, _DIR_NOFOLLOW)
+        except OSError as exc:
+            log.warning("run %s: cannot mark it closed: %s", run.id, exc)
+            return
+        try:
+            os.close(os.open(CLOSED_MARK, _NEW_NOFOLLOW, 0o644, dir_fd=fd))
+        except OSError as exc:
+            log.warning("run %s: cannot mark it closed: %s", run.id, exc)
+        finally:
+            os.close(fd)
 
     def _ended(self, run: RunRecord) -> None:
         """A run reached a terminal state: no longer held as active, its executor (one a

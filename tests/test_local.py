@@ -210,7 +210,9 @@ workflow:
         run = next(iter(d.runner.active.values()))
         run_dir = site.store.run_dir(run)
         deadline = time.monotonic() + 10
-        while not (run_dir / "detached.pid").exists() and time.monotonic() < deadline:
+        written = run_dir / "detached.pid"  # made by the redirection, then its line
+        while not (written.exists() and written.read_text().endswith("\n")):
+            assert time.monotonic() < deadline
             time.sleep(0.05)
         pids = [int((run_dir / n).read_text()) for n in ("child.pid", "detached.pid")]
         assert all(psutil.pid_exists(p) for p in pids)

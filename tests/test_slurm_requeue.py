@@ -14,9 +14,9 @@ presently disabled"); flowbatch's jobs are requeueable by Slurm's default (JobRe
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,57 @@ results:
 
 def scontrol(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30)
+
+
+ONCE = """
+workflow:
+  steps:
+    - name: work
+      action:
+        commands:
+          - echo ran >> executions
+          - >-
+            printf '{"execution": %s}' "$$(wc -l < executions)" > r.json
+results:
+  file: r.json
+  schema: [{name: execution, label: Execution, dtype: int}]
+"""
+
+
+def test_a_requeue_of_a_finished_job_does_not_run_its_ended_run_again(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """Slurm takes `scontrol requeue` of a COMPLETED job (an admin requeueing an array to
+    rerun its failed tasks requeues its finished ones too): its script ran again in the
+    ended run's folder, the files no longer those recorded (found by review). The daemon
+    marks the ended run closed, and the script, run again, exits at once."""
+    site = make_site(tmp_path / "site", slurm_config())
+    write_template(tmp_path / "tpl", ONCE)
+    api.install(site, tmp_path / "tpl", workflow_id="once")
+    drop(site, "r.yaml", {"workflow": "once", "name": "r"})
+    run_until_idle(site, timeout=60)
+    ended = runs_by_name(site)["r"]
+    assert ended["state"] == "SUCCESS" and ended["results"] == {"execution": 1}
+    run_dir, job = Path(ended["run_dir"]), ended["handle"]["job_id"]
+    assert (run_dir / "status" / "closed").is_file()
+    markers = (run_dir / "status" / "markers").read_bytes()
+    requeued = scontrol("requeue", job)
+    assert requeued.returncode == 0, requeued.stderr  # Slurm takes a finished job
+    assert scontrol("update", f"jobid={job}", "starttime=now").returncode == 0
+
+    err = run_dir / "logs" / f"slurm-{job}.err"
+    deadline = time.monotonic() + 90
+    while "this run has ended (status/closed): it is not run again" not in (
+        err.read_text() if err.exists() else ""
+    ):
+        assert time.monotonic() < deadline, (run_dir / "executions").read_text()
+        # its begin time (two minutes on) is checked every few seconds
+        scontrol("update", f"jobid={job}", "starttime=now")
+        time.sleep(0.5)
+    time.sleep(1)  # had the script gone on, its next commands came at once
+    assert (run_dir / "executions").read_text() == "ran\n"
+    assert (run_dir / "status" / "markers").read_bytes() == markers
+    assert json.loads((run_dir / "r.json").read_text()) == {"execution": 1}
 
 
 @pytest.mark.parametrize(
@@ -344,7 +395,7 @@ def test_the_time_limit_does_not_run_while_the_job_waits_requeued(tmp_path: Path
         assert run.state == State.PENDING, run.messages
         assert run.started_at is None
         assert not any(line.startswith("scancel") for line in runner.lines)
-        assert not daemon.runner._over_time(run, datetime.now(UTC) + timedelta(hours=1))
+        assert not daemon.runner._over_time(run)  # no start: no time runs, however long
     finally:
         stop(daemon)
 

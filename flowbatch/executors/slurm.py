@@ -188,6 +188,10 @@ class SlurmExecutor:
 
     #: Slurm enforces ``--time`` itself: the Runner must not count queue time as run time
     enforces_time_limit = True
+    #: Slurm may run a job's script again after it ended (``scontrol requeue`` takes
+    #: finished jobs too): the Runner marks an ended run closed, and its script then
+    #: refuses to run (:data:`flowbatch.render.script.CLOSED_MARK`)
+    reruns_scripts = True
     #: a submitted job waits in Slurm's queue: its run is PENDING until the job starts
     #: (a probe's ``started``)
     queues_jobs = True

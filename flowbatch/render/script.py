@@ -45,6 +45,10 @@ SCRIPT_NAME = "run.sh"
 STATUS_DIR = "status"
 #: the script's markers, a line each, in STATUS_DIR
 MARKERS_FILE = "markers"
+#: in STATUS_DIR, made by the daemon when a run whose scheduler may run its script again
+#: has ended: the script then exits at once (found by review: ``scontrol requeue`` of a
+#: finished job ran a SUCCESS run's script again, its files no longer those recorded)
+CLOSED_MARK = "closed"
 LOGS_DIR = "logs"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -59,7 +63,11 @@ umask 022
 # intake makes logs/ and status/ in a new run folder (two syscalls there; a mkdir process
 # here); the script makes them where they are missing: a folder staged to an SSH host, a
 # retry's fresh attempt
-_MACHINERY = r"""[ -d logs ] && [ -d status ] || mkdir -p logs status
+_MACHINERY = r"""if [ -e status/closed ]; then
+  echo "flowbatch: this run has ended (status/closed): it is not run again" >&2
+  exit 0
+fi
+[ -d logs ] && [ -d status ] || mkdir -p logs status
 # the local executor has the script keep its own output (opened here, as the run's user)
 if [ -n "${FLOWBATCH_SCRIPT_LOG:-}" ]; then
   exec >>"$FLOWBATCH_SCRIPT_LOG" 2>&1
