@@ -92,6 +92,19 @@ def test_paths_with_spaces_cannot_reach_sbatch_lines() -> None:
         render_batch_script(job, default_template())
 
 
+def test_a_site_name_with_newlines_adds_no_line_to_the_batch_script() -> None:
+    """The site's name (the config's ``site_name``, else its folder's) is in the script's
+    first comment: with a newline in it, it added #SBATCH lines and commands to every
+    job's script (found by review)."""
+    job = golden_job()
+    job.site = "bench\n#SBATCH --uid=0\ntouch /tmp/fb-pwned"
+    text = render_batch_script(job, default_template())
+    lines = text.splitlines()
+    assert "touch /tmp/fb-pwned" not in lines and "#SBATCH --uid=0" not in lines
+    assert len(lines) == len(render_batch_script(golden_job(), default_template()).splitlines())
+    assert "of site bench\\n#SBATCH --uid=0\\ntouch /tmp/fb-pwned." in lines[1]
+
+
 def test_a_broken_site_template_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="cannot be rendered"):
         render_batch_script(golden_job(), "{{ no_such_value }}", source="site/sbatch.sh.j2")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ExecutorError
 from ..render.script import LOGS_DIR, shell_quote
+from ..text import one_line
 
 if TYPE_CHECKING:
     from jinja2.sandbox import SandboxedEnvironment
@@ -115,8 +116,11 @@ def render_batch_script(job: BatchJob, template_text: str, *, source: str = TEMP
     from jinja2 import TemplateError
 
     _check_words(job)
+    values = asdict(job)
+    # in a comment line: a newline in it made lines of the script (found by review)
+    values["site"] = one_line(job.site)
     try:
-        return _environment().from_string(template_text).render(**asdict(job))
+        return _environment().from_string(template_text).render(**values)
     except TemplateError as exc:
         raise ConfigError(
             f"the batch script template cannot be rendered: {exc}",
