@@ -330,9 +330,15 @@ def test_a_controller_outage_is_waited_out_and_a_long_one_cancels_the_jobs(
         flag.touch()
         ticks(1.5)
         assert {r["state"] for r in runs_by_name(site).values()} == {"RUNNING"}
+        # `runs show` says Slurm's word is unknown now, and why (it said RUNNING through
+        # the outage; found by review)
+        status = runs_by_name(site)["lost"]["handle"]["status"]
+        assert status.startswith("unknown since ") and " UTC: squeue failed: " in status
+        assert "Unable to contact slurm controller" in status
         flag.unlink()
         ticks(0.5)
         assert {r["state"] for r in runs_by_name(site).values()} == {"RUNNING"}
+        assert runs_by_name(site)["lost"]["handle"]["status"] == "RUNNING"  # answered again
         # a long one: the runs are given up, their jobs go on
         flag.touch()
         tick_until(

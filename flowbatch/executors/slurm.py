@@ -224,6 +224,7 @@ class SlurmExecutor:
         self._stuck: dict[str, float] = {}
         self._failures = 0  # failed squeue calls since the last one that answered
         self._down_since: float | None = None  # when the first of them failed
+        self._down_said = ""  # that time as `runs show` gives it (the wall clock's)
         #: jobs submitted since then: each gets the whole grace, from its submission
         self._submitted_since: dict[str, float] = {}
         #: jobs of runs given up on, to be cancelled once Slurm answers (:meth:`abandon`),
@@ -824,8 +825,12 @@ class SlurmExecutor:
         self._failures += 1
         if self._down_since is None:
             self._down_since = now
+            self._down_said = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         down = now - self._down_since
         message = _one_line(result.stderr or result.stdout) or f"exit {result.returncode}"
+        # `runs show` says the scheduler's last word is unknown now, not that word (found
+        # by review: RUNNING, or PENDING (Resources), through a whole outage)
+        status = {"status": f"unknown since {self._down_said}: {what} failed: {message}"}
         poll = self.profile.poll
         self._interval = min(poll.ceiling, max(self._interval, poll.floor) * BACKOFF)
         self._next_poll = now + self._interval
@@ -848,7 +853,7 @@ class SlurmExecutor:
                 message,
             )
             raw = f"{what} failed on {self._where()}, asked again: {message}"
-            return {run_id: Probe(Liveness.UNKNOWN, raw=raw) for run_id in jobs}
+            return {run_id: Probe(Liveness.UNKNOWN, raw=raw, detail=status) for run_id in jobs}
         why = (
             f"Slurm did not answer for {down:.0f} s ({what} failed {self._failures} times in "
             f"a row on {self._where()}, profile {self.profile_name!r}, unreachable_grace "
@@ -865,7 +870,7 @@ class SlurmExecutor:
                 detail={"unanswered": True},
             )
             if run_id in given_up
-            else Probe(Liveness.UNKNOWN, raw=unknown)
+            else Probe(Liveness.UNKNOWN, raw=unknown, detail=status)
             for run_id, job_id in jobs.items()
         }
 
