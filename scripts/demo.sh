@@ -11,6 +11,13 @@ VENV=${FLOWBATCH_VENV:-.venv-demo}
 "$VENV/bin/pip" install -q --disable-pip-version-check .
 fb() { "$VENV/bin/flowbatch" --site "$SITE" "$@"; }
 fb init
+if [ "$(id -u)" != 0 ] && ! grep -q '^teams:' "$SITE/flowbatch.yaml"; then
+  # the example requests name the groups alice and bob, which only root may use for
+  # anyone: here they are teams of this user's (see `teams` in the README)
+  me=$(id -un)
+  printf '\n# added by scripts/demo.sh: the example groups, for %s\nteams: {alice: [%s], bob: [%s]}\n' \
+    "$me" "$me" "$me" >> "$SITE/flowbatch.yaml"
+fi
 fb install examples/helloworld --id helloworld
 fb submit examples/helloworld/requests/alice.yaml
 fb submit examples/helloworld/requests/bob.yaml
