@@ -14,6 +14,7 @@ import yaml
 
 from flowbatch.config import SiteConfig
 from flowbatch.configsrc import load
+from flowbatch.queue import SETTLE_PATIENCE
 from flowbatch.spec.schema import schema_for
 from tests.services.apt import ensure_packages
 
@@ -68,10 +69,14 @@ def test_system_unit_settings() -> None:
         "ReadWritePaths=/srv/flowbatch",
         "CacheDirectory=flowbatch",  # compiled report templates, private to the daemon
         "CacheDirectoryMode=0700",
-        "PrivateTmp=yes",
         "KillMode=process",  # a daemon restart must not kill detached runs
     ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    # runs outlive a restart: a private /tmp would be removed under them (found by review)
+    assert not re.search(r"^PrivateTmp=", text, re.M)
+    # a stop waits up to SETTLE_PATIENCE for its last sync, then writes owed reports
+    stop = re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M)
+    assert stop and int(stop.group(1)) > SETTLE_PATIENCE + 30
 
 
 def test_user_unit_verifies(systemd_analyze: str, tmp_path: Path) -> None:
