@@ -9,6 +9,7 @@ from pathlib import Path
 from .accounts import user_name
 from .config import DEFAULT_CONFIG_TEXT, SiteConfig, load_config
 from .errors import ConfigError
+from .store.index import is_sqlite_url
 from .store.layout import Layout, this_host
 from .store.store import Store
 from .store.templates import TemplateStore
@@ -29,7 +30,7 @@ class Site:
         """Several daemon hosts may serve this site: only with a server database (the
         embedded SQLite index is for one host)."""
         url = self.config.database
-        return bool(url) and not str(url).startswith("sqlite")
+        return bool(url) and not is_sqlite_url(str(url))
 
     @property
     def lock_path(self) -> Path:

@@ -344,3 +344,17 @@ def test_an_sqlite_url_is_shown_as_written_and_a_missing_folder_is_said(tmp_path
     line = info.value.summary()
     assert url in line and f"there is no folder {tmp_path}/no/such/folder" in line
     assert "reindex" not in line and "make the folder" in line
+
+
+def test_an_sqlite_url_in_capitals_is_one_hosts_index(tmp_path: Path) -> None:
+    """URL schemes are case-blind: `SQLITE:///...` opened an SQLite index, while the site
+    took it for a server's, shared by several hosts (a lock and a claims folder per
+    host; found by review)."""
+    site = make_site(tmp_path / "site", {"database": f"SQLITE:///{tmp_path}/idx.db"})
+    assert not site.shared and site.lock_path == site.layout.lock
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    drop(site, "r.yaml", {"workflow": "helloworld", "arguments": {"greeting": "hi"}})
+    run_until_idle(site)
+    assert [r["state"] for r in api.list_runs(site)] == ["SUCCESS"]
+    assert (tmp_path / "idx.db").is_file() and not list(tmp_path.glob("site/daemon.*.lock"))
+    site.close()

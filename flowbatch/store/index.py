@@ -196,12 +196,20 @@ def may_write(path: Path) -> bool:
     return writable(path.parent) and (not path.exists() or writable(path))
 
 
+def is_sqlite_url(url: str) -> bool:
+    """Whether the index URL names SQLite (one host's) rather than a server database.
+    The one test of it: schemes are case-blind (``SQLITE:///...`` opened SQLite, while a
+    test of its own in the site took it for a server's, shared by several hosts; found
+    by review)."""
+    return urlsplit(url).scheme.startswith("sqlite")  # urlsplit lowers the scheme
+
+
 def sqlite_path(url: str | None, default_path: Path) -> Path | None:
     """The SQLite file of the index (``default_path`` without a URL), without opening it;
     None for a server database or an SQLite URL that names no plain file."""
     if not url:
         return default_path
-    if not urlsplit(url).scheme.startswith("sqlite"):
+    if not is_sqlite_url(url):
         return None
     from playhouse.db_url import parse
 
