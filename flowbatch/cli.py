@@ -418,7 +418,11 @@ def submit(
     "each tick, without a watcher.",
 )
 @click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object a line on stderr (for journald or a log collector).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @pass_ctx
@@ -466,13 +470,14 @@ def _serve(obj: Context, once: bool, until_idle: bool, json_lines: bool) -> None
 
 @main.group()
 def runs() -> None:
-    """List, show and cancel runs."""
+    """Look at runs (list, show, logs, files, wait), and cancel, rerun, archive or delete
+    them."""
 
 
 @runs.command("list")
-@click.option("--workflow", "-w")
+@click.option("--workflow", "-w", help="Only runs of this workflow.")
 @click.option("--state", "-s", help="PENDING, RUNNING, SUCCESS, ERROR or CANCELED.")
-@click.option("--group", "-g")
+@click.option("--group", "-g", help="Only runs of this group (a request's `group:`).")
 @click.option("--user", "-u", help="Runs owned by this user.")
 @click.option("--request", "-r", help="Runs of this queued request (the name submit printed).")
 @click.option(
