@@ -771,7 +771,3 @@ def _reindex(site: Site) -> int:
         site.__dict__["store"] = Store(site.layout, None, check_index=False)
     update_reports(site, site.templates.list_ids())
     return count
-
-
-def load_run(site: Site, run_id: str) -> RunRecord:
-    return site.store.load(run_id)

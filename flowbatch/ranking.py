@@ -251,7 +251,8 @@ def _sort_columns(schema: ResultSchema, keys: list[SortKey]) -> list[ResultColum
 
 #: sorts after every present value: values are finite (NaN and inf count as missing)
 _MISSING = math.inf
-#: integers of at most this magnitude convert to float exactly
+#: integers of at most this magnitude convert to float exactly (from here on a result
+#: column ranks in Python, not in SQL: ranking_sql)
 _EXACT = 2**53
 
 

@@ -53,15 +53,13 @@ from typing import Any, cast
 
 import peewee as pw
 
-from .ranking import RankEntry, RankInput, _number, _sort_columns, rank_views
+from .ranking import _EXACT, RankEntry, RankInput, _number, _sort_columns, rank_views
 from .runs import State
 from .spec.model import ResultSchema
 from .store.index import ResultRow, RunRow, WorkflowRow
 
 log = logging.getLogger("flowbatch.ranking")
 
-#: integers from here on may not be exact as a double: such a column ranks in Python
-_EXACT = 2**53
 #: the text a NUL in a result string is stored as (PostgreSQL's text cannot hold NUL)
 _NUL_STAND_IN = "\ufffd"
 #: ids per ``IN (...)`` (SQLite binds at most 32,766 parameters)
