@@ -52,8 +52,6 @@ class Ctx(StrEnum):
     ARITH = "arithmetic"  # evaluated as an arithmetic expression (quoted or not)
 
 
-#: characters after which a ``#`` starts a comment (bash metacharacters and newline)
-_WORD_BREAK = frozenset(" \t\n;&|()<>")
 #: characters that end a here-document delimiter word
 _DELIM_END = frozenset(" \t\n;&|()<>")
 #: unquoted characters that end a word
@@ -75,8 +73,9 @@ _ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[.*\])?\+?=", re.DOTALL)
 _INTEGER_OPTION = re.compile(r"-[A-Za-z]*i[A-Za-z]*")
-#: ``${``, an optional ``#``/``!``, and a parameter name: a subscript or offset may follow
-_PARAMETER = re.compile(r"\{[#!]?([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])")
+#: ``${``, an optional ``#``/``!``, and a parameter name or a special parameter
+#: (``$?``, ``$$``, ``$#``, ``$-``, ``$!``, ``$@``...): a subscript or offset may follow
+_PARAMETER = re.compile(r"\{[#!]?([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*?$#!_-])")
 
 
 @dataclass
@@ -233,12 +232,7 @@ class _Lexer:
             self.escape(Ctx.UNQUOTED)
             return
         self.i += 1
-        if c == "#" and (i == 0 or text[i - 1] in _WORD_BREAK) and kind not in _ARITH_KINDS:
-            end = text.find("\n", i)
-            end = len(text) if end < 0 else end
-            self.mark(i, end, Ctx.COMMENT)
-            self.i = end  # the newline itself is read normally (it may start heredocs)
-        elif c == "'":
+        if c == "'":
             self.push("single")
         elif c == '"':
             self.push("double")
@@ -289,8 +283,14 @@ class _Lexer:
         if frame.word is None:
             if c == "\\" and self.peek() == "\n":
                 return False  # a line continuation: no word
-            if c == "#" and (i == 0 or text[i - 1] in _WORD_BREAK):
-                return False  # a comment: no word
+            if c == "#":
+                # a comment: only where no word is in progress (bash: at the start of a
+                # word), not after an escaped blank or a line continuation inside a word
+                end = text.find("\n", i)
+                end = len(text) if end < 0 else end
+                self.mark(i, end, Ctx.COMMENT)
+                self.i = end  # the newline itself is read normally (it may start heredocs)
+                return True
             frame.word = i
         if c == "[" and (
             _NAME.fullmatch(text, frame.word, i) or (frame.word == i and frame.compound)
