@@ -294,7 +294,7 @@ def _check_command(command: str, resolver: _Resolver, where: str) -> None:
     problem = scan(text).problem
     if problem:
         raise TemplateError(f"the command is not complete shell text: {problem}", field=where)
-    for index, ctx in sentinel_contexts(text):
+    for index, ctx, reader in sentinel_contexts(text):
         ref = refs[index]
         token = ref.arith_safe if ctx is Ctx.ARITH else ref.pasteable
-        check_placement(ref.label, ref.var, ctx, token=token, where=where)
+        check_placement(ref.label, ref.var, ctx, token=token, where=where, command=reader)

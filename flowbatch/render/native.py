@@ -46,6 +46,8 @@ from flowbatch.render.values import (
 )
 from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Template, Workflow
 
+#: one sentinel (see :func:`~flowbatch.render.values.sentinel`)
+_SENTINEL = re.compile("\x00([0-9]+)\x01")
 #: strings of these characters only may be pasted inside single quotes
 _TOKEN_TEXT = re.compile(r"[A-Za-z0-9_.+-]*")
 #: strings that may stand in an arithmetic context: decimal numbers (never a name)
@@ -243,7 +245,12 @@ def check_native(template: Template, variables: Mapping[str, str] | None = None)
         for i, step in enumerate(workflow.steps):
             for j, command in enumerate(step.commands):
                 _check_placements(
-                    env, template, workflow, command, command_field(prefix, i, step, j)
+                    env,
+                    template,
+                    workflow,
+                    command,
+                    command_field(prefix, i, step, j),
+                    {"python": "python3"} if variables is None else variables,
                 )
 
 
@@ -340,8 +347,17 @@ def _check_dialect(source: str, where: str, known: frozenset[str]) -> None:
             )
 
 
+#: the contexts where only a token may stand (checked at install)
+_CHECKED = frozenset({Ctx.ARITH, Ctx.SINGLE, Ctx.CODE, Ctx.NAME})
+
+
 def _check_placements(
-    env: SandboxedEnvironment, template: Template, workflow: Workflow, source: str, where: str
+    env: SandboxedEnvironment,
+    template: Template,
+    workflow: Workflow,
+    source: str,
+    where: str,
+    variables: Mapping[str, str],
 ) -> None:
     """Refuse a ``{{ p }}`` of a non-token parameter in an arithmetic context or inside
     single quotes (as the flowServ dialect is checked: the value of such a parameter
@@ -351,7 +367,9 @@ def _check_placements(
     The command is read as the text it renders to, with a sentinel for each output:
     once with every ``{% if %}`` taking its first branch, once with each taking its
     second (or its last, if it has fewer), and so on; each loop body once. A text that
-    is then not complete shell text is left to the render, which sees the real one."""
+    is then not complete shell text is left to the render, which sees the real one.
+    A ``{{ v }}`` of a site variable ``v`` is read as its text (``{{ python }} -c``:
+    the command is Python's)."""
     if "\x00" in source:
         return  # refused at render
     ast = env.parse(source)
@@ -365,18 +383,27 @@ def _check_placements(
         parts: list[str] = []
         names: list[str | None] = []
         _read_text(ast.body, choice, parts, names)
+        for k, part in enumerate(parts):
+            found = _SENTINEL.fullmatch(part)
+            name = names[int(found.group(1))] if found else None
+            shadowed = (
+                name in params or name in local or name in {p.name for p in template.parameters}
+            )
+            if name is not None and name in variables and not shadowed:
+                parts[k] = variables[name]
         text = "".join(parts)
         if scan(text).problem:
             continue
-        for index, ctx in sentinel_contexts(text):
+        for index, ctx, command in sentinel_contexts(text):
             param = params.get(names[index] or "")
-            if ctx in (Ctx.ARITH, Ctx.SINGLE) and param is not None:
+            if ctx in _CHECKED and param is not None:
                 check_placement(
                     f"parameter '{param.name}'",
                     Exports.base_name(param.name),
                     ctx,
                     token=param.dtype in TOKEN_DTYPES,
                     where=where,
+                    command=command,
                 )
 
 

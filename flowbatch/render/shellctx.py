@@ -21,16 +21,35 @@ assignment ``name=(...)`` and of ``${name[...]}``, and the offset and length of
 ``${name:offset:length}``. Everything inside such a place is arithmetic, quotes and
 ``$(...)`` included (the output of a command substitution is evaluated too).
 
+It also reads what each simple command does with its words (:func:`command_places`):
+an assignment to a variable bash evaluates as arithmetic (:data:`SPECIAL_INTEGERS`:
+``RANDOM=``, ``export OPTIND=``, ``read RANDOM``, ``printf -v OPTIND``, ``for RANDOM in``)
+makes its whole pipeline arithmetic, here-documents included; a word read as a variable's
+name (``printf -v``, ``read``, ``mapfile``, ``[[ -v ]]``, ``test -v``, ``declare -n``, a
+``declare`` word that is not ``name=value``) is :attr:`Ctx.NAME` (bash evaluates a
+subscript in a name); and program text handed to another interpreter is
+:attr:`Ctx.CODE`: the arguments of ``eval`` and ``trap``, ``compgen -W``, ``mapfile -C``,
+the command string of ``sh``/``bash``/... ``-c``, of ``python* -c``, ``perl``/``ruby``/
+``node``/``Rscript``/``julia`` ``-e``, the script of ``sed`` and ``awk``, the remote
+command of ``ssh``, ``su``/``flock -c``, ``watch``, ``--wrap``, and all of a pipeline in
+which such a program reads its program from standard input (``python3 - <<EOF``,
+``... | bash``). The program is recognised in any word of the command (``srun python3
+-c``, ``env A=1 bash -c``), the first one only; a word that merely looks like one
+(``echo awk "$x"``) only refuses more.
+
 Known simplifications: a ``case`` pattern's bare ``)`` inside ``$(...)`` ends the
 substitution early, and ``((`` at the start of a command is always taken
-for an arithmetic command (bash falls back to nested subshells; write ``( (``). Arithmetic
-that is not detected: a variable named inside arithmetic is evaluated too, and the lexer
+for an arithmetic command (bash falls back to nested subshells; write ``( (``). Not
+detected: a variable named inside arithmetic is evaluated too, and the lexer
 does not follow variables (``n=$x; (( n > 1 ))``, ``$(( FB_n ))``, an assignment
-``n=$x`` to a variable declared ``-i`` earlier); a subscript inside a quoted word handed
-to a builtin as a name (``printf -v "a[$x]"``, ``test -v "a[$x]"``); indirection
-``${!x}``; and code that runs text as code anyway (``eval``, ``bash -c``). Some text is
-reported arithmetic where bash evaluates nothing (a glob ``file[...]`` at the start of a
-word, an associative array's key, ``unset a[...]``), which only refuses more.
+``n=$x`` to a variable declared ``-i`` earlier, ``${!x}``, ``cmd=python3; $cmd -c``); a
+subscript inside a quoted word handed to a builtin as a name (``printf -v "a[$x]"``); a
+name given through a variable or an alias; and a value that reaches another program's
+language in a way no command line shows: written to a file the template then runs or
+sources, piped to a program not named here, read by a program of the template's own that
+evaluates it. Some text is reported arithmetic, a name or program text where bash
+evaluates nothing (a glob ``file[...]`` at the start of a word, an associative array's
+key, ``unset a[...]``, ``echo awk "$x"``), which only refuses more.
 """
 
 from __future__ import annotations
@@ -50,6 +69,8 @@ class Ctx(StrEnum):
     ESCAPED = "escaped"  # right after a backslash that escapes it
     COMMENT = "comment"
     ARITH = "arithmetic"  # evaluated as an arithmetic expression (quoted or not)
+    NAME = "name"  # the name of a variable (printf -v, read, [[ -v ]]): a subscript runs
+    CODE = "code"  # program text: of eval, trap, bash -c, python -c, sed, awk, ssh...
 
 
 #: characters that end a here-document delimiter word
@@ -58,6 +79,9 @@ _DELIM_END = frozenset(" \t\n;&|()<>")
 _BLANKS = frozenset(" \t\n")
 _OPERATORS = frozenset(";&|()<>")
 
+#: the contexts an arithmetic place overrides, and those a name or program text does
+_OVERRIDDEN = frozenset({Ctx.UNQUOTED, Ctx.DOUBLE, Ctx.SINGLE, Ctx.CODE, Ctx.NAME})
+_OVERRIDDEN_BY_PLACES = frozenset({Ctx.UNQUOTED, Ctx.DOUBLE, Ctx.CODE, Ctx.NAME})
 #: frames whose text is commands (read word by word)
 _SHELL_KINDS = frozenset({"top", "cmdsub", "backtick"})
 #: frames whose text is evaluated as arithmetic
@@ -76,6 +100,223 @@ _INTEGER_OPTION = re.compile(r"-[A-Za-z]*i[A-Za-z]*")
 #: ``${``, an optional ``#``/``!``, and a parameter name or a special parameter
 #: (``$?``, ``$$``, ``$#``, ``$-``, ``$!``, ``$@``...): a subscript or offset may follow
 _PARAMETER = re.compile(r"\{[#!]?([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*?$#!_-])")
+
+
+# -- what a command does with its words --------------------------------------------------
+#: bash evaluates a value assigned to these variables as an arithmetic expression, as if
+#: they were declared ``-i`` (bash 5.2; ``LINENO``, ``SECONDS`` and the like are not)
+SPECIAL_INTEGERS = frozenset({"RANDOM", "SRANDOM", "OPTIND", "HISTCMD"})
+
+
+@dataclass(frozen=True)
+class _Program:
+    """How a command reads its arguments: which are program text (``code``), which are
+    variable names (``names``). Short options are letters; ``takes``: other options with
+    an argument; ``files``: options giving the program in a file; ``ends``: options after
+    whose argument the rest are data (``python -c``); ``deferred``: options making the
+    first positional argument program text (``bash -c``); ``positionals``: what the
+    positional arguments are (``first``: the first is the program unless an option gave
+    one, ``rest``: all after the first, ``all``, ``names``); ``stdin``: it reads its
+    program from standard input when given none."""
+
+    code: str = ""
+    code_long: tuple[str, ...] = ()
+    names: str = ""
+    takes: str = ""
+    takes_long: tuple[str, ...] = ()
+    files: str = ""
+    ends: str = ""
+    deferred: str = ""
+    positionals: str = ""
+    stdin: bool = False
+    stdin_opts: str = ""
+
+
+_SHELL = _Program(
+    takes="oO", takes_long=("--rcfile", "--init-file"), deferred="c", stdin=True, stdin_opts="s"
+)
+_PYTHON = _Program(code="c", takes="WXQ", ends="cm", stdin=True)
+_PERL = _Program(code="eE", files="", stdin=True)
+_RUBY = _Program(code="e", takes="Ir", stdin=True)
+_NODE = _Program(
+    code="ep",
+    code_long=("--eval", "--print"),
+    takes="r",
+    takes_long=("--require", "--import"),
+    stdin=True,
+)
+_EVAL_E = _Program(code="eE", code_long=("--eval", "--expr"), stdin=False)
+_SED = _Program(code="e", code_long=("--expression",), takes="l", files="f", positionals="first")
+_AWK = _Program(code="e", code_long=("--source",), takes="Fvil", files="f", positionals="first")
+_SSH = _Program(takes="BbcDEeFIiJLlmOopQRSWw", positionals="rest", stdin=True)
+_DASH_C = _Program(code="c", code_long=("--command",))
+#: external programs, by the name they are run as (its last path component)
+_PROGRAMS: dict[str, _Program] = {
+    **dict.fromkeys(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash"), _SHELL),
+    **dict.fromkeys(("perl",), _PERL),
+    **dict.fromkeys(("ruby",), _RUBY),
+    **dict.fromkeys(("node", "nodejs"), _NODE),
+    **dict.fromkeys(("Rscript", "R", "julia", "lua", "luajit", "osascript"), _EVAL_E),
+    **dict.fromkeys(("php",), _Program(code="r", stdin=True)),
+    **dict.fromkeys(("sed", "gsed"), _SED),
+    **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _AWK),
+    **dict.fromkeys(("ssh",), _SSH),
+    **dict.fromkeys(("su", "runuser", "flock", "script"), _DASH_C),
+    **dict.fromkeys(("watch",), _Program(takes="nd", positionals="all")),
+}
+_VERSIONED = re.compile(r"(python|pypy|perl|ruby|php|lua)[0-9.]*")
+#: builtins, as a command's name
+_BUILTINS: dict[str, _Program] = {
+    "read": _Program(names="a", takes="dinNptu", positionals="names"),
+    "printf": _Program(names="v"),
+    "mapfile": _Program(code="C", takes="dnOsuc", positionals="names"),
+    "readarray": _Program(code="C", takes="dnOsuc", positionals="names"),
+    "compgen": _Program(code="WC", takes="oAGXPSF"),
+    "complete": _Program(code="WC", takes="oAGXPSF"),
+    "eval": _Program(positionals="all"),
+    "trap": _Program(positionals="all"),
+}
+_DECLARES = frozenset({"declare", "typeset", "local", "export", "readonly"})
+
+
+def _program(word: str) -> _Program | None:
+    base = word.rsplit("/", 1)[-1]
+    if base in _PROGRAMS:
+        return _PROGRAMS[base]
+    match = _VERSIONED.fullmatch(base)
+    if match is None:
+        return None
+    return {"python": _PYTHON, "pypy": _PYTHON, "perl": _PERL, "ruby": _RUBY}.get(
+        match.group(1), _Program(code="er", stdin=True)
+    )
+
+
+def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], bool]:
+    """(index, context) of the arguments ``args`` of ``prog`` that are program text or
+    names, and whether it reads its program from standard input."""
+    places: list[tuple[int, Ctx]] = []
+    given = deferred = stdin_opt = False
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            i += 1
+            break
+        if word.startswith("--"):
+            key, eq, _ = word.partition("=")
+            if key in prog.code_long:
+                places.append((i if eq else i + 1, Ctx.CODE))
+                given = True
+            i += 1 + (not eq and key in prog.code_long + prog.takes_long)
+            continue
+        if len(word) < 2 or word[0] not in "-+":
+            break  # the first positional argument
+        skip, ends = 0, False
+        for j, letter in enumerate(word[1:], start=2):
+            with_arg = prog.code + prog.names + prog.takes + prog.files
+            if letter in prog.deferred:
+                deferred = True
+            if letter in prog.stdin_opts:
+                stdin_opt = True
+            if letter in with_arg:
+                at = i if j < len(word) else i + 1
+                if letter in prog.code:
+                    places.append((at, Ctx.CODE))
+                elif letter in prog.names:
+                    places.append((at, Ctx.NAME))
+                given = given or letter in prog.code + prog.files
+                skip = int(j == len(word))
+                ends = letter in prog.ends
+                break
+            if letter in prog.ends:  # python -m module: the rest is data
+                given = ends = True
+                break
+        i += 1 + skip
+        if ends:
+            return places, False
+    rest = list(range(i, len(args)))
+    if deferred:
+        places.extend((k, Ctx.CODE) for k in rest[:1])
+        return places, stdin_opt
+    kind = prog.positionals
+    if kind == "first" and not given:
+        places.extend((k, Ctx.CODE) for k in rest[:1])
+    elif kind == "rest":
+        places.extend((k, Ctx.CODE) for k in rest[1:])
+        return places, prog.stdin and len(rest) <= 1
+    elif kind == "all":
+        places.extend((k, Ctx.CODE) for k in rest)
+    elif kind == "names":
+        places.extend((k, Ctx.NAME) for k in rest)
+    stdin = prog.stdin and not given and (stdin_opt or not rest or args[rest[0]] == "-")
+    return places, stdin
+
+
+def command_places(
+    words: list[str], raw: list[str]
+) -> tuple[list[tuple[int, Ctx, str]], tuple[Ctx, str] | None]:
+    """What a simple command does with its words (``words``: without quotes, the
+    command's name first; ``raw``: as written): (index, context) of the words that are
+    program text (:attr:`Ctx.CODE`) or variable names (:attr:`Ctx.NAME`), with the
+    command that reads them (for messages), and the context of the whole pipeline, if any
+    (with its command): :attr:`Ctx.ARITH` when the command assigns a
+    variable of :data:`SPECIAL_INTEGERS`, :attr:`Ctx.CODE` when it reads a program from
+    standard input (``python3 - <<EOF``, ``... | bash``)."""
+    places: list[tuple[int, Ctx, str]] = []
+    whole: tuple[Ctx, str] | None = None
+    name, args = words[0], words[1:]
+    shifted: list[tuple[int, Ctx]] = []
+    if name in _BUILTINS:
+        found, _ = _arguments(_BUILTINS[name], args)
+        shifted = [(k + 1, ctx) for k, ctx in found]
+    elif name in _DECLARES:
+        nameref, options = False, True
+        for k, word in enumerate(args, start=1):
+            options = options and word[:1] in "-+" and len(word) > 1 and "=" not in word
+            if options:
+                nameref = nameref or (word[0] == "-" and "n" in word)
+                continue
+            assignment = _ASSIGNMENT.match(raw[k])
+            if assignment is None:
+                shifted.append((k, Ctx.NAME))  # a name given by a value: bash evaluates
+            elif nameref:
+                shifted.append((k, Ctx.NAME))
+            target = _NAME.match(word)
+            if target is not None and target.group(0) in SPECIAL_INTEGERS:
+                whole = (Ctx.ARITH, f"{name} {target.group(0)}=")
+    elif name in ("test", "["):
+        shifted = [(k + 2, Ctx.NAME) for k, w in enumerate(args[:-1]) if w in ("-v", "-R")]
+    elif name in ("for", "select") and args:
+        whole = (Ctx.ARITH, f"{name} {args[0]}") if args[0] in SPECIAL_INTEGERS else None
+    elif name == "getopts" and len(args) > 1:
+        whole = (Ctx.ARITH, f"{name} {args[1]}") if args[1] in SPECIAL_INTEGERS else None
+    for k, ctx in shifted:
+        if ctx is Ctx.NAME and k < len(words) and words[k] in SPECIAL_INTEGERS:
+            whole = (Ctx.ARITH, f"{name} {words[k]}")
+    places.extend((k, ctx, name) for k, ctx in shifted)
+    for k, word in enumerate(words):
+        prog = _program(word) if name not in _BUILTINS else None
+        if prog is not None:
+            found, stdin = _arguments(prog, words[k + 1 :])
+            base = word.rsplit("/", 1)[-1]
+            places.extend((k + 1 + n, ctx, base) for n, ctx in found)
+            if stdin and whole is None:
+                whole = (Ctx.CODE, f"{base} (its program read from standard input)")
+            break
+    for k, word in enumerate(words):  # sbatch --wrap "..."
+        if word == "--wrap":
+            places.append((k + 1, Ctx.CODE, f"{name} --wrap"))
+        elif word.startswith("--wrap="):
+            places.append((k, Ctx.CODE, f"{name} --wrap"))
+    return [p for p in places if p[0] < len(words)], whole
+
+
+@dataclass
+class _Heredoc:
+    delimiter: str
+    strip_tabs: bool  # <<-
+    literal: bool  # the delimiter was quoted: no expansion in the body
+    ctx: tuple[Ctx, str] | None = None  # the body is program text or arithmetic: for what
 
 
 @dataclass
@@ -98,13 +339,14 @@ class _Frame:
     compound: int = 0  # open parentheses of an array assignment name=(...)
     words: list[tuple[int, int]] = field(default_factory=list)  # cond: its words
     param: bool = False  # a subscript of ${name[...]}: an offset may follow
-
-
-@dataclass
-class _Heredoc:
-    delimiter: str
-    strip_tabs: bool  # <<-
-    literal: bool  # the delimiter was quoted: no expansion in the body
+    # the simple command being read (shell frames): its words from its name on, the
+    # assignments before it; the pipeline it is in: where it began, the context all of
+    # it is read in, its here-documents
+    cmd: list[tuple[int, int]] = field(default_factory=list)
+    assigns: list[tuple[int, int]] = field(default_factory=list)
+    pipe_start: int | None = None
+    pipe_ctx: tuple[Ctx, str] | None = None
+    heredocs: list[_Heredoc] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -118,6 +360,16 @@ class Scan:
     contexts: tuple[Ctx, ...]
     quoting: tuple[Ctx, ...]
     problem: str | None = None
+    places: tuple[tuple[int, int, Ctx, str], ...] = ()
+
+    def command_at(self, pos: int) -> str | None:
+        """The command that reads the character at ``pos`` as a name or program text
+        (or as arithmetic, for an assignment to a special integer variable)."""
+        ctx = self.contexts[pos]
+        for start, end, place_ctx, what in reversed(self.places):
+            if start <= pos < end and place_ctx is ctx:
+                return what
+        return None
 
 
 _OPEN_NAMES = {
@@ -151,6 +403,9 @@ class _Lexer:
         self.pending: list[_Heredoc] = []
         self.problem: str | None = None
         self.arith: list[tuple[int, int]] = []  # [start, end) ranges of arithmetic text
+        # ranges of names, program text (and arithmetic found by command), with the
+        # command that reads them
+        self.places: list[tuple[int, int, Ctx, str]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -201,11 +456,16 @@ class _Lexer:
             self.problem = f"here-document '{self.pending[0].delimiter}' has no body"
         quoting = tuple(self.ctx)
         contexts = list(quoting)
-        for start, end in self.arith:
+        ranges = [r[:3] for r in self.places if r[2] is not Ctx.ARITH]
+        ranges += [r[:3] for r in self.places if r[2] is Ctx.ARITH]
+        ranges += [(start, end, Ctx.ARITH) for start, end in self.arith]
+        for start, end, ctx in ranges:
+            # inside single quotes a name or program text stays SINGLE: refused as such
+            over = _OVERRIDDEN if ctx is Ctx.ARITH else _OVERRIDDEN_BY_PLACES
             for k in range(start, min(end, len(contexts))):
-                if contexts[k] in (Ctx.UNQUOTED, Ctx.DOUBLE, Ctx.SINGLE):
-                    contexts[k] = Ctx.ARITH
-        return Scan(tuple(contexts), quoting, self.problem)
+                if contexts[k] in over:
+                    contexts[k] = ctx
+        return Scan(tuple(contexts), quoting, self.problem, tuple(self.places))
 
     def finish(self) -> None:
         """At the end of the text: end the word being read (it may be the ``]]`` of a
@@ -216,6 +476,8 @@ class _Lexer:
             if frame.kind == "subscript":
                 self.pop(end)
             elif frame.word is None or not self.end_word(frame, end):
+                if frame.kind in _SHELL_KINDS:
+                    self.end_command(frame, end, piped=False)
                 return
 
     def step_unquoted(self, frame: _Frame) -> None:
@@ -318,7 +580,38 @@ class _Lexer:
         if c == "(" and frame.compound:
             return
         # newline ; & | ( ): a new command begins
+        piped = c == "|" and prev != "|" and self.peek() != "|"
+        self.end_command(frame, self.i, piped=piped)
         frame.cmd_pos, frame.prev, frame.args, frame.redirect = True, "", "", False
+
+    def end_command(self, frame: _Frame, end: int, *, piped: bool) -> None:
+        """A simple command of ``frame`` ends before ``end`` (``piped``: its pipeline goes
+        on): mark the words it reads as names or program text, and, at the end of a
+        pipeline that assigns a special integer variable or feeds a program its code,
+        all of the pipeline (here-documents included)."""
+        if frame.kind not in _SHELL_KINDS:
+            return
+        text = self.text
+        whole: tuple[Ctx, str] | None = None
+        for start, stop in frame.assigns:
+            target = _NAME.match(text, start, stop)
+            if target is not None and target.group(0) in SPECIAL_INTEGERS:
+                whole = (Ctx.ARITH, f"{target.group(0)}=")  # RANDOM=$x: evaluated
+        if frame.cmd:
+            raw = [text[start:stop] for start, stop in frame.cmd]
+            places, found = command_places([_unquoted(w) for w in raw], raw)
+            for k, place_ctx, what in places:
+                self.places.append((*frame.cmd[k], place_ctx, what))
+            whole = whole or found
+        frame.pipe_ctx = frame.pipe_ctx or whole
+        frame.cmd, frame.assigns = [], []
+        if piped:
+            return
+        if frame.pipe_ctx is not None and frame.pipe_start is not None:
+            self.places.append((frame.pipe_start, end, *frame.pipe_ctx))
+            for doc in frame.heredocs:
+                doc.ctx = frame.pipe_ctx
+        frame.pipe_start, frame.pipe_ctx, frame.heredocs = None, None, []
 
     def end_word(self, frame: _Frame, end: int) -> bool:
         """The word of ``frame`` ends before ``end``. True if a frame was opened or
@@ -326,6 +619,8 @@ class _Lexer:
         start, frame.word = frame.word, None
         assert start is not None
         word = self.text[start:end]
+        if frame.kind != "cond" and frame.pipe_start is None:
+            frame.pipe_start = start
         if frame.kind == "cond":
             if word != "]]":
                 frame.words.append((start, end))
@@ -335,6 +630,8 @@ class _Lexer:
             for k, (s, e) in enumerate(words):
                 if self.text[s:e] in _ARITH_TESTS:
                     self.arith.extend(words[n] for n in (k - 1, k + 1) if 0 <= n < len(words))
+                elif self.text[s:e] in ("-v", "-R") and k + 1 < len(words):
+                    self.places.append((*words[k + 1], Ctx.NAME, f"[[ {self.text[s:e]} ]]"))
             self.stack[-1].cmd_pos = True
             return True
         if frame.redirect:
@@ -351,18 +648,23 @@ class _Lexer:
                 frame.args = "let"
             elif name in ("declare", "typeset", "local"):
                 frame.args = "declare"
-            if not (
-                name in _OPENERS
-                or _ASSIGNMENT.match(word)
-                or (frame.prev in ("time", "command") and word.startswith("-"))
+            if _ASSIGNMENT.match(word):
+                frame.assigns.append((start, end))
+            elif not (
+                name in _OPENERS or (frame.prev in ("time", "command") and word.startswith("-"))
             ):
                 frame.cmd_pos = False
-        elif frame.args == "let" or (
-            frame.args == "declare -i" and (frame.compound or _ASSIGNMENT.match(word))
-        ):
-            self.arith.append((start, end))
-        elif frame.args == "declare" and _INTEGER_OPTION.fullmatch(word):
-            frame.args = "declare -i"
+                if not frame.compound:
+                    frame.cmd.append((start, end))
+        else:
+            if not frame.compound:
+                frame.cmd.append((start, end))
+            if frame.args == "let" or (
+                frame.args == "declare -i" and (frame.compound or _ASSIGNMENT.match(word))
+            ):
+                self.arith.append((start, end))
+            elif frame.args == "declare" and _INTEGER_OPTION.fullmatch(word):
+                frame.args = "declare -i"
         if word == "{":
             frame.cmd_pos = True  # function f { ...
         frame.prev = name
@@ -502,7 +804,9 @@ class _Lexer:
                 word.append(ch)
                 self.i += 1
         if word:
-            self.pending.append(_Heredoc("".join(word), strip_tabs, literal))
+            doc = _Heredoc("".join(word), strip_tabs, literal)
+            self.pending.append(doc)
+            self.stack[-1].heredocs.append(doc)
 
     def heredoc_bodies(self) -> None:
         """After the newline that ends a line with ``<<`` operators: skip their bodies."""
@@ -519,6 +823,8 @@ class _Lexer:
                 line = text[self.i : end]
                 if (line.lstrip("\t") if doc.strip_tabs else line) == doc.delimiter:
                     self.body(body, self.i, doc.literal)
+                    if doc.ctx is not None:  # python3 - <<EOF, read RANDOM <<EOF
+                        self.places.append((body, self.i, *doc.ctx))
                     self.i = end + 1
                     break
                 self.i = end + 1
@@ -536,6 +842,7 @@ class _Lexer:
         lexed = sub.run()
         self.ctx[start:end] = lexed.quoting
         self.arith.extend((start + a, start + b) for a, b in sub.arith)
+        self.places.extend((start + a, start + b, ctx, what) for a, b, ctx, what in sub.places)
         if lexed.problem and self.problem is None:
             self.problem = f"in here-document: {lexed.problem}"
 

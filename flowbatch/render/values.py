@@ -33,6 +33,19 @@ ARITH_HINT = (
     "declare the parameter int, float or select, or compare its value outside arithmetic, "
     'e.g. with the test builtin [ "$x" -eq 1 ] or in a program'
 )
+#: the hint given when a user's value would stand in another program's program text
+CODE_HINT = (
+    "pass the value as an argument or in the environment and let the program read it as "
+    "data: bash -c '... \"$1\"' _ $[[x]], python3 -c 'import sys; print(sys.argv[1])' "
+    "$[[x]], awk -v x=$[[x]] '{ print x }', or a script file of the template's that "
+    "takes the value as an argument (sed, eval, trap, ssh and --wrap have no safe place "
+    "for a value inside their program text)"
+)
+#: the hint given when a user's value would be read as a variable's name
+NAME_HINT = (
+    "name the variable in the template (printf -v result ..., read -r line, "
+    "[[ -v name ]]) and pass the value as data; or declare the parameter select"
+)
 #: what the install-time checks expect of a value in an arithmetic context
 ARITH_EXPECTED = (
     "string, file, list and record values outside arithmetic "
@@ -204,10 +217,35 @@ def arith_reason(label: str) -> str:
     return f"{label} stands in an arithmetic context, where bash evaluates its value as code"
 
 
-def reference(ref: Ref, ctx: Ctx, where: str, quoting: Ctx = Ctx.UNQUOTED) -> str:
-    """The text that stands for ``ref`` in context ``ctx``; in an arithmetic context
-    ``quoting`` is the quoting it stands in (see :class:`~flowbatch.render.shellctx.Scan`).
-    """
+def code_reason(label: str, command: str | None) -> str:
+    """Why a value may not stand in the program text of another program."""
+    return (
+        f"{label} stands in the program text of {command or 'another program'}, which "
+        "reads its value as code (in its own language), whatever the shell's quotes"
+    )
+
+
+def name_reason(label: str, command: str | None) -> str:
+    """Why a value may not stand where a command reads a variable's name."""
+    return (
+        f"{label} stands where {command or 'a command'} reads the name of a variable, and "
+        "bash evaluates a subscript in a name ('a[$(cmd)]' runs cmd)"
+    )
+
+
+def reference(
+    ref: Ref, ctx: Ctx, where: str, quoting: Ctx = Ctx.UNQUOTED, command: str | None = None
+) -> str:
+    """The text that stands for ``ref`` in context ``ctx``; in an arithmetic context, a
+    name or program text, ``quoting`` is the quoting it stands in (see
+    :class:`~flowbatch.render.shellctx.Scan`), ``command`` the command that reads it."""
+    if ctx in (Ctx.CODE, Ctx.NAME):
+        # only a token: text of letters, digits and . _ + -, no quote, no subscript
+        if not ref.pasteable:
+            if ctx is Ctx.CODE:
+                raise RenderError(code_reason(ref.label, command), field=where, hint=CODE_HINT)
+            raise RenderError(name_reason(ref.label, command), field=where, hint=NAME_HINT)
+        ctx = quoting
     if ctx is Ctx.ARITH:
         # bash expands the reference, then evaluates the text again: 'a[$(cmd)]' runs cmd
         if not (ref.arith_safe and ref.pasteable):
@@ -243,7 +281,8 @@ def place(text: str, refs: list[Ref], where: str) -> str:
     for match in _SENTINEL_RE.finditer(text):
         at = match.start()
         out.append(text[pos:at])
-        out.append(reference(refs[int(match.group(1))], contexts[at], where, quoting[at]))
+        ref = refs[int(match.group(1))]
+        out.append(reference(ref, contexts[at], where, quoting[at], lexed.command_at(at)))
         pos = match.end()
     out.append(text[pos:])
     result = "".join(out)
@@ -252,16 +291,39 @@ def place(text: str, refs: list[Ref], where: str) -> str:
     return result
 
 
-def sentinel_contexts(text: str) -> list[tuple[int, Ctx]]:
-    """(ref index, context) for each sentinel in ``text`` (install-time checks)."""
-    contexts = scan(text).contexts
-    return [(int(m.group(1)), contexts[m.start()]) for m in _SENTINEL_RE.finditer(text)]
+def sentinel_contexts(text: str) -> list[tuple[int, Ctx, str | None]]:
+    """(ref index, context, the command reading it as a name or program text) for each
+    sentinel in ``text`` (install-time checks)."""
+    lexed = scan(text)
+    return [
+        (int(m.group(1)), lexed.contexts[m.start()], lexed.command_at(m.start()))
+        for m in _SENTINEL_RE.finditer(text)
+    ]
 
 
-def check_placement(label: str, var: str, ctx: Ctx, *, token: bool, where: str) -> None:
+def check_placement(
+    label: str, var: str, ctx: Ctx, *, token: bool, where: str, command: str | None = None
+) -> None:
     """Install-time check of one placeholder standing in ``ctx``: a value that is not a
     validated token (``token``: int, float, bool, select) may stand neither inside single
-    quotes nor in an arithmetic context, and no value right after a backslash."""
+    quotes, nor in an arithmetic context, nor in another program's program text, nor
+    where a variable's name is read (``command``: the command that reads it so); and no
+    value right after a backslash."""
+    if ctx is Ctx.CODE and not token:
+        raise TemplateError(
+            code_reason(label, command),
+            field=where,
+            expected="string, file, list and record values as arguments or in the "
+            "environment of a program, never inside its program text",
+            hint=CODE_HINT,
+        )
+    if ctx is Ctx.NAME and not token:
+        raise TemplateError(
+            name_reason(label, command),
+            field=where,
+            expected="string, file, list and record values as data, never as a name",
+            hint=NAME_HINT,
+        )
     if ctx is Ctx.SINGLE and not token:
         raise TemplateError(
             f"{label} stands inside single quotes, where its value would be code",

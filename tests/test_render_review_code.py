@@ -1,0 +1,122 @@
+"""Review (s23): a value inside the program text of another program (python -c "...",
+sed "s/../../", bash -c "...", eval, trap, ssh, --wrap) is code in that program's
+language, whatever the shell's quotes: a string parameter there is refused at install
+and at render; a token (int, float, bool, select) may stand there, and a value passed as
+an argument or in the environment is data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowbatch.errors import RenderError, TemplateError
+from flowbatch.render import build_script, check_template, render_workflow
+from flowbatch.render.shellctx import Ctx, scan
+from flowbatch.spec.model import Parameter, Step, Template, Workflow
+
+PY = sys.executable
+CASES = [
+    (f"{PY} -c \"print('$[[s]]')\"", "'); open('PWNED', 'w'); print('"),
+    ('echo NAME | sed "s/NAME/$[[s]]/"', "x/;1e touch PWNED\n#"),
+    ('bash -c "echo $[[s]]"', "$(touch PWNED)"),
+    ('eval "echo $[[s]]"', "$(touch PWNED)"),
+    ('trap "echo $[[s]]" EXIT', "$(touch PWNED)"),
+    ('${python} - <<EOF\nprint("$[[s]]")\nEOF', '"); open("PWNED", "w"); print("'),
+    ('echo "$[[s]]" | bash', "touch PWNED"),
+]
+
+
+def _template(dialect: str, command: str, dtype: str = "string") -> Template:
+    if dialect == "native":
+        command = command.replace("$[[s]]", "{{ s }}").replace("${python}", "{{ python }}")
+    return Template(
+        dialect=dialect,  # type: ignore[arg-type]
+        workflow=Workflow(steps=[Step("s", [command])]),
+        parameters=[Parameter("s", dtype, 0, True)],  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("dialect", ["flowserv", "native"])
+@pytest.mark.parametrize(("command", "value"), CASES)
+def test_values_in_double_quoted_program_text_never_run(
+    tmp_path: Path, dialect: str, command: str, value: str
+) -> None:
+    t = _template(dialect, command)
+    installed = True
+    try:
+        check_template(t, {"python": PY})
+    except TemplateError as exc:
+        installed = False
+        assert "program text" in str(exc) and exc.field == "workflow.steps[0].commands[0]"
+    try:
+        rendered = render_workflow(t, t.workflow, {"s": value}, {"python": PY})
+    except RenderError:
+        rendered = None
+    if rendered is not None:
+        (tmp_path / "run.sh").write_text(build_script(rendered, run_id="r1"))
+        subprocess.run(["bash", "run.sh"], cwd=tmp_path, capture_output=True, timeout=60)
+    assert not (tmp_path / "PWNED").exists(), f"{command!r} ran the participant's {value!r}"
+    assert not installed
+
+
+def test_the_refusal_names_the_command_and_gives_the_safe_form() -> None:
+    t = _template("flowserv", 'bash -c "echo $[[s]]"')
+    with pytest.raises(TemplateError) as info:
+        check_template(t, {})
+    assert "program text of bash" in str(info.value)
+    assert "bash -c '... \"$1\"' _" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize("dialect", ["flowserv", "native"])
+def test_a_token_may_stand_in_program_text(dialect: str) -> None:
+    t = _template(dialect, '${python} -c "print($[[s]] + 1)"', dtype="int")
+    check_template(t, {"python": PY})
+    rendered = render_workflow(t, t.workflow, {"s": 41}, {"python": PY})
+    assert rendered.steps[0].commands[0] == f'{PY} -c "print(${{FB_s}} + 1)"'
+
+
+SAFE = [
+    "bash -c 'echo \"$1\"' _ X",
+    "python3 -c 'import sys; print(sys.argv[1])' X",
+    "python3 score.py --name X",
+    "python3 -m code.score X",
+    "awk -v g=X '{ print g }' data.txt",
+    "sed -e 's/a/b/' X",
+    "srun --ntasks 1 python3 run.py X",
+    "python3 score.py <<< X",
+    "cat <<EOF > in.txt\nX\nEOF",
+    "ssh host cat < X",
+    "printf '%s\\n' X",
+    "read -r line <<< X",
+]
+
+
+@pytest.mark.parametrize("text", SAFE)
+def test_values_given_as_data_stay_data(text: str) -> None:
+    ctx = scan(text).contexts[text.index("X")]
+    assert ctx in (Ctx.UNQUOTED, Ctx.DOUBLE), ctx
+
+
+CODE = [
+    "perl -ne 'print' -e X",
+    "ssh -i key host echo X",
+    "sbatch --wrap X",
+    "sbatch --wrap=X",
+    "awk X data.txt",
+    "su -c X user",
+    "node -e X",
+    "Rscript -e X",
+    "env A=1 python3 -c X",
+    "bash -ec X",
+    "readarray -C X arr",
+    "compgen -W X",
+    "ssh host <<EOF\nX\nEOF",
+]
+
+
+@pytest.mark.parametrize("text", CODE)
+def test_program_text_is_found(text: str) -> None:
+    assert scan(text).contexts[text.index("X")] is Ctx.CODE

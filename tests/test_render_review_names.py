@@ -1,0 +1,90 @@
+"""Review (s23): bash evaluates a value assigned to RANDOM, SRANDOM, OPTIND or HISTCMD
+as an arithmetic expression ("a[$(cmd)]" runs cmd), like a `declare -i` variable, and a
+value read as a variable's name (printf -v, read, [[ -v ]], declare -n) has its subscript
+evaluated. A string parameter there is refused at install and at render, in both
+dialects."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flowbatch.errors import RenderError, TemplateError
+from flowbatch.render import build_script, check_template, render_workflow
+from flowbatch.render.shellctx import Ctx, scan
+from flowbatch.spec.model import Parameter, Step, Template, Workflow
+
+VARS = {"python": "python3"}
+CONSTRUCTS = [
+    "RANDOM={P}; echo $RANDOM",
+    "OPTIND={P}",
+    "export RANDOM={P}",
+    "declare RANDOM={P}",
+    "readonly HISTCMD={P}",
+    "SRANDOM={P}",
+    "RANDOM+={P}",
+    "read RANDOM <<< {P}",
+    "echo {P} | read RANDOM",
+    "printf -v OPTIND %s {P}",
+    "mapfile -t RANDOM <<< {P}",
+    "for RANDOM in {P}; do :; done",
+    "[[ -v {P} ]]",
+    'test -v "{P}"',
+    'printf -v "{P}" %s 1',
+    'read "{P}" <<< 1',
+    'declare -n r="{P}"; echo "$r"',
+    'compgen -W "{P}"',
+    'declare "{P}"=1',
+]
+
+
+@pytest.mark.parametrize("construct", CONSTRUCTS)
+@pytest.mark.parametrize(
+    ("dialect", "placeholder"), [("flowserv", "$[[x]]"), ("native", "{{ x }}")]
+)
+def test_special_integer_variables_and_names_take_no_string(
+    tmp_path: Path, construct: str, dialect: str, placeholder: str
+) -> None:
+    command = construct.replace("{P}", placeholder)
+    if dialect == "flowserv":
+        command = command.replace("$RANDOM", "$$RANDOM").replace('"$r"', '"$$r"')
+    t = Template(
+        dialect=dialect,  # type: ignore[arg-type]
+        workflow=Workflow(steps=[Step("s", [command + " || true"])]),
+        parameters=[Parameter("x", "string", 0, True)],  # type: ignore[arg-type]
+    )
+    installed = True
+    try:
+        check_template(t, VARS)
+    except TemplateError:
+        installed = False
+    try:
+        rendered = render_workflow(t, t.workflow, {"x": "a[$(touch PWNED)]"}, VARS)
+    except RenderError:
+        rendered = None
+    if rendered is not None:
+        (tmp_path / "run.sh").write_text(build_script(rendered, run_id="r1"))
+        subprocess.run(["bash", "run.sh"], cwd=tmp_path, capture_output=True, timeout=60)
+    assert not (tmp_path / "PWNED").exists(), f"{command!r}: the participant's value ran as code"
+    assert not installed, f"{command!r} installed with a string parameter evaluated"
+
+
+def test_an_int_may_be_assigned_to_random() -> None:
+    t = Template(
+        dialect="flowserv",
+        workflow=Workflow(steps=[Step("s", ["RANDOM=$[[seed]]; echo $$RANDOM"])]),
+        parameters=[Parameter("seed", "int", 0, True)],  # type: ignore[arg-type]
+    )
+    check_template(t, VARS)
+    rendered = render_workflow(t, t.workflow, {"seed": 7}, VARS)
+    assert rendered.steps[0].commands[0] == 'RANDOM="${FB_seed}"; echo $RANDOM'
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['LINENO="X"', 'SECONDS="X"', 'read -r line <<< "X"', 'printf -v out %s "X"', 'local a="X"'],
+)
+def test_other_assignments_are_data(text: str) -> None:
+    assert scan(text).contexts[text.index("X")] is Ctx.DOUBLE
