@@ -1928,6 +1928,24 @@ def site_daemon_uid(site: Site) -> int:
     return os.geteuid()
 
 
+#: names at the run folder's root that programs run there load by themselves
+_ROOT_LOADED = frozenset({"__pycache__", "node_modules", "Makefile", "makefile", "GNUmakefile"})
+_ROOT_LOADED_SUFFIXES = (".py", ".pyc", ".pyw", ".pyd", ".so", ".pth", ".zip", ".egg")
+
+
+def _picked_up_at_root(parts: tuple[str, ...]) -> bool:
+    """Whether a target with these path parts puts at the run folder's root a name that
+    an interpreter run there loads on its own: a Python module or package (the working
+    directory is first on ``sys.path`` for ``python -m``/``-c``/``-``), a dot file
+    (``.Rprofile``, ``.Renviron``, ``.npmrc``...), ``node_modules``, a Makefile."""
+    first = parts[0]
+    if first in _ROOT_LOADED or first.startswith("."):
+        return True
+    if len(parts) == 1:
+        return first.lower().endswith(_ROOT_LOADED_SUFFIXES)
+    return parts[1] == "__init__.py" or first.lower().endswith(_ROOT_LOADED_SUFFIXES)
+
+
 def _check_target(
     template: Template,
     files_dir: Path,
@@ -1962,6 +1980,21 @@ def _check_target(
     param = template.parameter(name)
     if param and value.target in (param.target, param.default):
         return
+    # at the run folder's root, the working directory of every command: no name that a
+    # program run there picks up by itself (`python -m code.score` imports a json.py
+    # there in place of Python's json: found by review)
+    if parts and _picked_up_at_root(parts):
+        raise ArgumentError(
+            f"target {value.target!r} is a name a program run in the run folder could load "
+            "in place of its own (a Python module or package, a dot file, node_modules, "
+            "a Makefile)",
+            file=label,
+            field=field,
+            expected="a data file's name at the run folder's root (not *.py, *.pyc, *.so, "
+            "*.pth, .*, __pycache__, node_modules, Makefile, <folder>/__init__.py), or a "
+            "path inside a folder of your own",
+            hint="choose another target path, e.g. inputs/" + parts[-1],
+        )
     # the target itself, or a file standing where one of its folders would go
     prefixes = [Path(*parts[:i]) for i in range(1, len(parts) + 1)]
     if (
