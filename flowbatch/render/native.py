@@ -45,6 +45,7 @@ from flowbatch.render.values import (
     sentinel_contexts,
 )
 from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Template, Workflow
+from flowbatch.spec.params import MAX_VALUE_BYTES
 
 #: one sentinel (see :func:`~flowbatch.render.values.sentinel`)
 _SENTINEL = re.compile("\x00([0-9]+)\x01")
@@ -54,14 +55,142 @@ _TOKEN_TEXT = re.compile(r"[A-Za-z0-9_.+-]*")
 _NUMBER_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
+#: the most characters (or items) a value built while rendering may have, and the most
+#: a command may render to: a 40-byte request with `width: 300000000` made the daemon
+#: build a 300 MB string for `{{ "=" * width }}` (found by review)
+MAX_BUILT = 1 << 20
+
+
+class TooLarge(Exception):
+    """Rendering would build a value or a command over :data:`MAX_BUILT`."""
+
+    def __init__(self, what: str, size: int) -> None:
+        super().__init__(f"{what} would have about {size} characters")
+        self.what = what
+        self.size = size
+
+
+def _size_of(value: Any) -> int | None:
+    return len(value) if isinstance(value, str | list | tuple) else None
+
+
+def _check_ints(what: str, values: Any) -> None:
+    """An int argument sizing a result (a width, a count) over the bound."""
+    for value in values:
+        if isinstance(value, int) and abs(value) > MAX_BUILT:
+            raise TooLarge(what, abs(value))
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            size = _size_of(seq)
+            if size is not None and isinstance(n, int) and size * n > MAX_BUILT:
+                raise TooLarge(f"{type(seq).__name__} * {n}", size * n)
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+            bits = right * abs(left).bit_length()
+            if bits > MAX_BUILT * 8:
+                raise TooLarge("a power", bits // 3)  # ~ its decimal digits
+    elif operator == "%" and isinstance(left, str) and "*" in left:  # '%*s': a width
+        args = right.values() if isinstance(right, dict) else right
+        _check_ints("'...' % (...)", args if isinstance(args, tuple | list) else (args,))
+
+
+#: str methods whose first argument is the width of their result
+_PADDING = frozenset({"center", "ljust", "rjust", "zfill"})
+#: a replacement field with a nested one: ``{:>{width}}`` takes a width from an argument
+_NESTED_FIELD = re.compile(r"\{[^{}]*\{")
+
+
+class _BoundedEnvironment(SandboxedEnvironment):
+    """The sandbox, with a bound on what a template can build from a value: ``*``,
+    ``**`` and ``%`` (``str * n``, ``2 ** n``, ``'%*s' % (n, '')``), the padding
+    methods of ``str`` and ``replace``, the ``center``, ``indent`` and ``format``
+    filters (Jinja2 bounds ``range`` alone)."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return _bounded(super().call_binop(context, operator, left, right), operator)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(__obj, "__wrapped__", __obj)
+        owner = getattr(method, "__self__", None)
+        name = getattr(method, "__name__", "")
+        if isinstance(owner, str):
+            if name in _PADDING:
+                _check_ints(f"str.{name}", (*args[:1], *kwargs.values()))
+            elif name == "expandtabs":
+                _check_ints(f"str.{name}", [n * owner.count("\t") for n in (*args, 8)[:1]])
+            elif name in ("format", "format_map") and _NESTED_FIELD.search(owner):
+                _check_ints(f"str.{name}", (*args, *kwargs.values()))
+            elif name == "replace" and len(args) >= 2:
+                _check_replace(owner, args[0], args[1])
+        return _bounded(super().call(__context, __obj, *args, **kwargs), name or "a call")
+
+
+def _bounded(result: Any, what: str) -> Any:
+    size = _size_of(result)
+    if size is not None and size > MAX_BUILT:
+        raise TooLarge(what, size)
+    return result
+
+
+def _check_replace(text: Any, old: Any, new: Any) -> None:
+    if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
+        count = len(text) + 1 if not old else text.count(old)
+        size = len(text) + count * (len(new) - len(old))
+        if size > MAX_BUILT:
+            raise TooLarge("replace", size)
+
+
+def _bounded_filters(env: SandboxedEnvironment) -> None:
+    """Filters whose arguments size their result, checked first."""
+    filters = env.filters
+    center, indent, fmt, replace = (
+        filters["center"],
+        filters["indent"],
+        filters["format"],
+        filters["replace"],
+    )
+
+    def center_(value: Any, width: Any = 80) -> Any:
+        _check_ints("center", (width,))
+        return center(value, width)
+
+    def indent_(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        lines = str(value).count("\n") + 1
+        size = (width if isinstance(width, int) else len(str(width))) * lines
+        if size > MAX_BUILT:
+            raise TooLarge("indent", size)
+        return indent(value, width, *args, **kwargs)
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and "*" in value:  # '%*s': a width from an argument
+            _check_ints("format", (*args, *kwargs.values()))
+        return _bounded(fmt(value, *args, **kwargs), "format")
+
+    def replace_(context: Any, value: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _check_replace(value, old, new)
+        return replace(context, value, old, new, count)
+
+    replace_.jinja_pass_arg = replace.jinja_pass_arg  # type: ignore[attr-defined]
+    filters.update(center=center_, indent=indent_, format=format_, replace=replace_)
+
+
 def make_environment(finalize: Callable[[Any], Any] | None = None) -> SandboxedEnvironment:
-    """The sandboxed environment native templates are compiled in."""
-    return SandboxedEnvironment(
+    """The sandboxed environment native templates are compiled in (with the bounds of
+    :class:`_BoundedEnvironment`)."""
+    env = _BoundedEnvironment(
         undefined=StrictUndefined,
         finalize=finalize,
         autoescape=False,
         keep_trailing_newline=True,
     )
+    _bounded_filters(env)
+    return env
 
 
 def _pasteable(value: Any, text: str) -> bool:
@@ -95,6 +224,8 @@ class _Outputs:
         # str() of an Undefined raises here: StrictUndefined and the sandbox's
         # SecurityError both surface through it
         text = resolve_sentinels(format_value(value), self.refs)
+        if len(text) > MAX_VALUE_BYTES:  # no environment variable could carry it
+            raise TooLarge("a '{{ }}' value", len(text))
         ref = Ref(
             self.exports.anonymous(text),
             text,
@@ -115,7 +246,30 @@ def _render_source(
     try:
         ast = env.parse(source)
         _refuse_raw_blocks(ast, where, RenderError)
-        return env.from_string(ast).render(names)
+        out: list[str] = []
+        size = 0
+        for chunk in env.from_string(ast).generate(names):
+            size += len(chunk)
+            if size > MAX_BUILT:
+                raise TooLarge("the rendered text", size)
+            out.append(chunk)
+        return "".join(out)
+    except TooLarge as exc:
+        raise RenderError(
+            f"rendering would build too large a value: {exc}",
+            field=where,
+            expected=f"values of at most {MAX_VALUE_BYTES} characters, and at most "
+            f"{MAX_BUILT} for anything built while rendering",
+            hint="a smaller value for the parameter the template multiplies, pads or "
+            "repeats by (e.g. a width or a count)",
+        ) from None
+    except MemoryError:
+        raise RenderError(
+            "rendering ran out of memory building a value",
+            field=where,
+            hint="a smaller value for the parameter the template multiplies, pads or "
+            "repeats by; if that does not help, the template's (tell the organiser)",
+        ) from None
     except SecurityError as exc:
         raise RenderError(
             f"the template tried to reach outside the sandbox: {exc}", field=where
