@@ -33,7 +33,7 @@ from .executors import executor_names
 from .logs import Repeated
 from .render import build_script, render_workflow
 from .render.script import LOGS_DIR, SCRIPT_NAME, STATUS_DIR, read_markers
-from .render.values import RenderedWorkflow
+from .render.values import RenderedWorkflow, TemplateRenderError
 from .runs import RunRecord, State, now_iso
 from .safeio import (
     LINK_ERRORS,
@@ -1318,7 +1318,9 @@ class Intake:
             todo.append(index)
         # every point to make rendered (a sweep is refused whole, before its first run);
         # the points a resubmitted sweep already ran are not
-        checked.rendered.update(render_points(site, template, points, executor, todo))
+        checked.rendered.update(
+            render_points(site, template, points, executor, todo, about=(req.workflow, version))
+        )
         if len(todo) > 1:
             self._check_points({i: points[i] for i in todo}, claimed, label)
         made: list[str] = []
@@ -1763,14 +1765,23 @@ def render_points(
     points: list[Point],
     executor: str,
     which: Iterable[int] | None = None,
+    *,
+    about: tuple[str, str] | None = None,
 ) -> dict[int, RenderedWorkflow]:
     """The points ``which`` (default: all) rendered for ``executor``, by index; an error
-    names the sweep's point it comes from."""
+    names the sweep's point it comes from. An error that is the template's, whatever the
+    values, names the workflow and version ``about`` and says to tell its organiser,
+    not the request's file (found by review)."""
     out: dict[int, RenderedWorkflow] = {}
     for index in range(len(points)) if which is None else which:
         point = points[index]
         try:
-            out[index] = render_point(site, template, point.arguments, executor)
+            try:
+                out[index] = render_point(site, template, point.arguments, executor)
+            except TemplateRenderError as exc:
+                if about is None:
+                    raise
+                raise exc.for_request(*about) from None
         except FlowbatchError as exc:
             if len(points) > 1:
                 swept = ", ".join(
@@ -1843,7 +1854,11 @@ def check_request(
     points = cast_points(template.parameters, req.arguments, req.sweep or None, file=label)
     # intake (``render=False``) renders only the points it makes (after _already_done)
     try:
-        rendered = render_points(site, template, points, executor) if render else {}
+        rendered = (
+            render_points(site, template, points, executor, about=(req.workflow, version))
+            if render
+            else {}
+        )
     except FlowbatchError as exc:
         raise exc.at(file=label)  # validate and submit named no file
     files_dir = site.templates.files_dir(req.workflow, version)

@@ -33,6 +33,7 @@ from flowbatch.render.values import (
     Ref,
     RenderedStep,
     RenderedWorkflow,
+    TemplateRenderError,
     check_no_nul,
     check_placement,
     command_field,
@@ -99,7 +100,9 @@ class _Resolver:
         self.variables = variables
         self.arguments = arguments
         self.branch = branch
-        self.error: type[FlowbatchError] = RenderError if arguments is not None else TemplateError
+        self.error: type[FlowbatchError] = (
+            TemplateRenderError if arguments is not None else TemplateError
+        )
         self.is_postproc = template.postproc is not None and workflow is template.postproc.workflow
         self.exports = Exports()
         self.param_vars = reserve_parameters(self.exports, template.parameters)

@@ -32,6 +32,7 @@ from flowbatch.render.values import (
     Ref,
     RenderedStep,
     RenderedWorkflow,
+    TemplateRenderError,
     Trusted,
     check_no_nul,
     check_placement,
@@ -44,7 +45,7 @@ from flowbatch.render.values import (
     sentinel,
     sentinel_contexts,
 )
-from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Template, Workflow
+from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter, Template, Workflow
 from flowbatch.spec.params import MAX_VALUE_BYTES
 
 #: one sentinel (see :func:`~flowbatch.render.values.sentinel`)
@@ -271,16 +272,18 @@ def _render_source(
             "repeats by; if that does not help, the template's (tell the organiser)",
         ) from None
     except SecurityError as exc:
-        raise RenderError(
+        raise TemplateRenderError(
             f"the template tried to reach outside the sandbox: {exc}", field=where
         ) from None
     except TemplateSyntaxError as exc:
-        raise RenderError(f"Jinja2 syntax error on line {exc.lineno}: {exc.message}", field=where)
+        raise TemplateRenderError(
+            f"Jinja2 syntax error on line {exc.lineno}: {exc.message}", field=where
+        ) from None
     except UndefinedError as exc:
         message = exc.message or ""
         if message.startswith(MISSING_ARGUMENT):  # our hint: a parameter with no value
             raise MissingArgument(message[len(MISSING_ARGUMENT) :].split("'")[1]) from None
-        raise RenderError(f"undefined name: {message}", field=where) from None
+        raise TemplateRenderError(f"undefined name: {message}", field=where) from None
     except JinjaTemplateError as exc:
         raise RenderError(f"cannot render: {exc}", field=where) from None
     except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
@@ -391,7 +394,12 @@ def check_native(template: Template, variables: Mapping[str, str] | None = None)
                 _compile(env, source, where)
                 if "\x00" not in source:
                     if variables is not None:
-                        _check_names(env, source, where, known)
+                        records = {
+                            p.name: p
+                            for p in template.parameters
+                            if p.dtype == "record" and p.name not in workflow.context
+                        }
+                        _check_names(env, source, where, known, records)
                     # without the site's variables (`validate` with no site): `python`,
                     # which every site has
                     given = known | ({"python"} if variables is None else set())
@@ -422,13 +430,21 @@ def _known_names(
     return frozenset(names)
 
 
-def _check_names(env: SandboxedEnvironment, source: str, where: str, known: frozenset[str]) -> None:
+def _check_names(
+    env: SandboxedEnvironment,
+    source: str,
+    where: str,
+    known: frozenset[str],
+    records: dict[str, Parameter] | None = None,
+) -> None:
     """A name no run gives, or an attribute of the sandbox's refusing (``x.__class__``),
     is the template's error, said at install: else every request was rejected for it, as
     if the request were wrong (found by review)."""
     from jinja2 import meta
 
     ast = env.parse(source)
+    # names the text sets itself ({% set %}, loops, macros): not the parameter
+    shadowed = {n.name for n in ast.find_all(nodes.Name) if n.ctx != "load"}
     # a name only tested (`x is defined`) or given a default (`x | default(...)`) may be
     # missing on purpose: an optional site variable (found by review)
     optional = {
@@ -454,6 +470,62 @@ def _check_names(env: SandboxedEnvironment, source: str, where: str, known: froz
                 field=where,
                 hint="use the values themselves, their items, or Jinja2's filters",
             )
+    for flt in ast.find_all(nodes.Filter):
+        # `x | attr('__class__')` is `x.__class__` (found by review)
+        arg = flt.args[0] if flt.name == "attr" and flt.args else None
+        if isinstance(arg, nodes.Const) and str(arg.value).startswith("__"):
+            raise TemplateError(
+                f"the attribute {arg.value!r} is outside the sandbox templates render in",
+                field=where,
+                hint="use the values themselves, their items, or Jinja2's filters",
+            )
+    if records:
+        _check_record_fields(ast, where, records, shadowed)
+
+
+#: what a record's value (a dict) has besides its fields: `opts.items()`, `opts.get(...)`
+_DICT_ATTRS = frozenset(a for a in dir(dict) if not a.startswith("_"))
+
+
+def _record_fields(param: Parameter) -> dict[str, Parameter]:
+    return {f.name: f for f in param.fields}
+
+
+def _check_record_fields(
+    ast: nodes.Template, where: str, records: dict[str, Parameter], shadowed: set[str]
+) -> None:
+    """``{{ opts.learning_rate }}`` of a record parameter whose fields are ``lr``, ...:
+    every request would be rejected for the template's typo (found by review)."""
+
+    def declared(node: nodes.Node) -> Parameter | None:
+        """The record declaration ``node`` reads (a parameter or one of its fields)."""
+        if isinstance(node, nodes.Name):
+            return records.get(node.name) if node.name not in shadowed else None
+        if isinstance(node, nodes.Getattr):
+            key: Any = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            key = node.arg.value
+        else:
+            return None
+        outer = declared(node.node)
+        if outer is None or not isinstance(key, str):
+            return None
+        inner = _record_fields(outer).get(key)
+        if inner is None:
+            if isinstance(node, nodes.Getattr) and key in _DICT_ATTRS:
+                return None
+            names = ", ".join(sorted(_record_fields(outer))) or "none"
+            raise TemplateError(
+                f"the record parameter {outer.name!r} has no field {key!r}",
+                field=where,
+                expected=f"one of its fields: {names}",
+                hint="use a field the record declares, or declare the field under the "
+                "parameter's `fields:`",
+            )
+        return inner if inner.dtype == "record" else None
+
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        declared(node)
 
 
 #: the flowServ dialect's placeholders, and a shell reference that may mean one

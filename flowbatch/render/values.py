@@ -53,6 +53,33 @@ ARITH_EXPECTED = (
 )
 
 
+class TemplateRenderError(RenderError):
+    """A render error that is the template's, whatever the request's values (a name or a
+    record field that does not exist, an attribute outside the sandbox, a command that
+    is no complete shell text): the request that met it is told so, with the workflow and
+    version to tell the organiser about (:meth:`for_request`), not that its own file is
+    wrong at a field it does not have (found by review)."""
+
+    def for_request(self, workflow: str, version: str) -> RenderError:
+        """This error, as the request that met it is told."""
+        where = f"workflow {workflow!r} version {version}"
+        hint = (
+            f"nothing in the request can fix this: tell the organiser of {where} (quote "
+            "this message)"
+        )
+        if self.hint:
+            hint += f"; for the organiser: {self.hint}"
+        out = RenderError(
+            f"the template's error, whatever the request's values: {self.reason}",
+            file=f"the template of {where}",
+            field=self.field,
+            expected=self.expected,
+            hint=hint,
+        )
+        out.unknown_variable = self.unknown_variable
+        return out
+
+
 class Trusted(str):
     """Text from the site configuration or the template author: output verbatim."""
 
@@ -274,7 +301,9 @@ def place(text: str, refs: list[Ref], where: str) -> str:
     """Replace the sentinels of an expanded command by context-chosen references."""
     lexed = scan(text)
     if lexed.problem:
-        raise RenderError(f"the command is not complete shell text: {lexed.problem}", field=where)
+        raise TemplateRenderError(
+            f"the command is not complete shell text: {lexed.problem}", field=where
+        )
     contexts, quoting = lexed.contexts, lexed.quoting
     out: list[str] = []
     pos = 0
