@@ -34,9 +34,11 @@ from typing import Any
 
 from . import yamlio
 from .accounts import user_name
+from .errors import FlowbatchError
 from .runs import State
 from .site import Site
 from .spec.model import FileArg
+from .spec.request import Request, parse_request
 from .store.index import RunRow
 from .sweep import cast_points, point_key, run_arguments
 
@@ -173,10 +175,18 @@ def plan_request(site: Site, path: Path) -> ResumePlan | None:
     doc = yamlio.load_file(path, max_bytes=site.config.max_request_bytes)
     if not isinstance(doc, dict) or not doc.get("sweep"):
         return None
-    template, version = site.templates.load(str(doc.get("workflow")), doc.get("version"))
+    # parsed first, as validate and intake do: the same errors ("unknown workflow 'None'"
+    # for a sweep without `workflow:` was found by review)
+    req = parse_request(doc, file=str(path))
+    if not isinstance(req, Request) or not req.sweep:
+        return None
+    try:
+        template, version = site.templates.load(req.workflow, req.version)
+    except FlowbatchError as exc:
+        raise exc.at(file=str(path), prefix="workflow" if not req.version else "version")
     # as intake casts them: the same points, the same errors (sweep.<name>[<i>])
-    cast = cast_points(template.parameters, doc.get("arguments"), doc["sweep"], file=str(path))
+    cast = cast_points(template.parameters, req.arguments, req.sweep, file=str(path))
     points = [point.arguments for point in cast]
     # the group the runs would count for: the request's, else the submitting user's name
-    group = doc.get("group") if isinstance(doc.get("group"), str) else user_name(os.getuid())
-    return classify_points(site, str(doc["workflow"]), version, points, group=group)
+    group = req.group or user_name(os.getuid())
+    return classify_points(site, req.workflow, version, points, group=group)
