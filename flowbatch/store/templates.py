@@ -45,11 +45,30 @@ class Installed:
     shown_changed: bool = False
 
 
+def _ancestors(dirpath: str, source: Path) -> list[str]:
+    """The real paths of the folders from ``source`` down to ``dirpath``'s parent."""
+    out = []
+    path = Path(dirpath)
+    while path != source and source in path.parents:
+        path = path.parent
+        out.append(os.path.realpath(path))
+    return out
+
+
 def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
     if source.is_file():
         return [(source, target)]
     out: list[tuple[Path, str]] = []
-    for dirpath, dirnames, filenames in os.walk(source):
+    # a symlinked folder inside is followed, as one at the top is (os.walk's default
+    # dropped it without a word: found by review); a link back up is refused
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+        if os.path.realpath(dirpath) in _ancestors(dirpath, source):
+            raise TemplateError(
+                f"the folder {Path(dirpath).relative_to(source).as_posix()!r} of the template "
+                "is a symbolic link to a folder that holds it (a loop)",
+                file=str(source),
+                hint="link to the folder's contents, or copy them",
+            )
         dirnames[:] = sorted(d for d in dirnames if d not in {".git", ".hg", ".svn", "__pycache__"})
         for fname in sorted(filenames):
             path = Path(dirpath) / fname

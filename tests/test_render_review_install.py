@@ -1,0 +1,46 @@
+"""Review (s23): a symlinked folder nested in a template folder was dropped at install
+without a word (os.walk does not descend into links; one at the top is followed). It is
+followed now, and a link to a folder holding it (a loop) is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowbatch import api
+from flowbatch.errors import TemplateError
+from tests.conftest import make_site, write_template
+
+TEMPLATE = (
+    "workflow:\n  steps:\n    - name: a\n      action:\n        commands:\n"
+    "          - ${python} code/lib/helper.py\n"
+)
+
+
+def test_a_symlinked_folder_inside_a_template_folder_is_installed(tmp_path: Path) -> None:
+    folder = write_template(
+        tmp_path / "t",
+        TEMPLATE,
+        {"shared/lib/helper.py": "print('hi')\n", "code/main.py": "print(1)\n"},
+    )
+    (folder / "code" / "lib").symlink_to("../shared/lib")
+    site = make_site(tmp_path / "site")
+    try:
+        done = api.install(site, folder, workflow_id="tl")
+        files = site.templates.files_dir("tl", done.version)
+        assert (files / "code" / "lib" / "helper.py").is_file()
+        assert not (files / "code" / "lib").is_symlink()
+    finally:
+        site.close()
+
+
+def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:
+    folder = write_template(tmp_path / "t", TEMPLATE, {"code/lib/helper.py": "print('hi')\n"})
+    (folder / "code" / "lib" / "again").symlink_to("..")
+    site = make_site(tmp_path / "site")
+    try:
+        with pytest.raises(TemplateError, match="a loop"):
+            api.install(site, folder, workflow_id="tl")
+    finally:
+        site.close()
