@@ -190,7 +190,7 @@ class _Resolver:
         user_refs: list[Ref] = []
         pos = 0
         for match in _PARAM.finditer(value):
-            parts.append(value[pos : match.start()])
+            parts.append(self._site_variables(value[pos : match.start()]))
             pos = match.end()
             expr = _parse_expr(match.group("expr"))
             if expr.conditional:
@@ -202,7 +202,7 @@ class _Resolver:
                 parts.append(item.ref.value)
             else:
                 parts.append(item.text)
-        parts.append(value[pos:])
+        parts.append(self._site_variables(value[pos:]))
         text = "".join(parts)
         if not user_refs:
             return _Item(text=text)  # pure author text: pasted like flowServ did
@@ -210,6 +210,23 @@ class _Resolver:
         arith_safe = all(ref.arith_safe for ref in user_refs)
         var = self.exports.share(name, text)
         return _Item(ref=Ref(var, text, pasteable, f"context variable '{name}'", arith_safe))
+
+    def _site_variables(self, text: str) -> str:
+        """The author's text of a context value with its ``${name}``/``$name`` of site
+        variables expanded, as in a command (``run: ${python} -c ...`` reached bash as an
+        unset variable: found by review); ``$$`` and other names are left as written."""
+
+        def one(match: re.Match[str]) -> str:
+            name = match.group("braced") or match.group("named")
+            if name is None or name not in self.variables:
+                return match.group(0)
+            return self.variables[name]
+
+        return _SITE_VARIABLE.sub(one, text)
+
+
+#: what may be a site variable in a context value's author text (``$$`` skipped whole)
+_SITE_VARIABLE = re.compile(rf"\$\$|\$\{{(?P<braced>{_ID})\}}|\$(?P<named>{_ID})")
 
 
 def _prefix(template: Template, workflow: Workflow) -> str:
