@@ -18,6 +18,7 @@ so the three modules word their errors the same way.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import math
 import re
@@ -682,7 +683,9 @@ def _cast_string(param: Parameter, value: Any, field: str) -> str:
             f"not a string: {short_repr(value)}",
             field=field,
             expected="a string (a number is accepted too)",
-            hint="quote the value in YAML" if isinstance(value, bool) else None,
+            hint="quote the value in YAML"
+            if isinstance(value, bool | datetime.date)  # `2024-05-01` is read as a date
+            else None,
         )
     text = value if isinstance(value, str) else str(value)
     if "\x00" in text:
