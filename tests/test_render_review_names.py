@@ -88,3 +88,13 @@ def test_an_int_may_be_assigned_to_random() -> None:
 )
 def test_other_assignments_are_data(text: str) -> None:
     assert scan(text).contexts[text.index("X")] is Ctx.DOUBLE
+
+
+def test_the_refusal_names_the_assignment() -> None:
+    t = Template(
+        dialect="flowserv",
+        workflow=Workflow(steps=[Step("s", ["export RANDOM=$[[x]]"])]),
+        parameters=[Parameter("x", "string", 0, True)],  # type: ignore[arg-type]
+    )
+    with pytest.raises(TemplateError, match="assigned by `export RANDOM=`"):
+        check_template(t, VARS)

@@ -361,9 +361,10 @@ def check_placement(
             hint=SINGLE_QUOTE_HINT.format(var=var),
         )
     if ctx is Ctx.ARITH and not token:
-        raise TemplateError(
-            arith_reason(label), field=where, expected=ARITH_EXPECTED, hint=ARITH_HINT
-        )
+        reason = arith_reason(label)
+        if command:  # RANDOM=, read OPTIND...: a variable bash evaluates values of
+            reason += f" (a value assigned by `{command}` to a variable bash evaluates)"
+        raise TemplateError(reason, field=where, expected=ARITH_EXPECTED, hint=ARITH_HINT)
     if ctx is Ctx.ESCAPED:
         raise TemplateError(
             f"{label} stands right after a backslash",
