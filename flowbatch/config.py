@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -11,42 +10,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from . import yamlio
+from . import durations, yamlio
 from .fairshare import LimitsConfig
 from .slurm_profile import SlurmProfile, check_profiles, profiles_by_executor
 from .ssh_hosts import SSHHost, check_hosts
+from .text import short_repr
 
 CONFIG_NAME = "flowbatch.yaml"
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
-_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
 
 def parse_duration(value: Any) -> float | None:
-    """Seconds from ``90``, ``'90s'``, ``'10m'``, ``'2h'``, ``'1d'`` or ``'1:30:00'``."""
+    """Seconds from ``90``, ``'90s'``, ``'10m'``, ``'2h'``, ``'1d'``, ``'1:30:00'`` or
+    ``'1-12:00:00'`` (:mod:`flowbatch.durations`)."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a text such as '10m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = str(value).strip()
-        if ":" in text:
-            parts = text.split(":")
-            if not all(p.strip().isdigit() for p in parts) or len(parts) > 3:
-                raise ValueError(f"not a duration: {value!r}")
-            seconds = 0.0
-            for part in parts:
-                seconds = seconds * 60 + int(part)
-        else:
-            m = _DURATION.match(text)
-            if not m:
-                raise ValueError(f"not a duration: {value!r} (use e.g. 90, '90s', '10m', '2h')")
-            seconds = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
-    if seconds <= 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"a duration must be positive and finite, not {value!r}")
-    return seconds
+    try:
+        return durations.seconds(value)
+    except durations.DurationError as exc:
+        raise ValueError(f"not a duration {short_repr(value, 40)}: {exc}") from None
 
 
 class _Strict(BaseModel):

@@ -8,13 +8,13 @@ a cryptic sbatch error later. Only the partition's existence is left to sbatch (
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .. import durations
 from ..errors import InputError
 from ..text import short_repr
 from ..yamlio import load_file
@@ -22,16 +22,8 @@ from .model import Resources
 
 KEYS = tuple(f.name for f in fields(Resources))
 
-_UNIT_TIME = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)\Z", re.IGNORECASE)
-# Slurm's forms: MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
-_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?\Z")
-_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 _MEM = re.compile(r"(\d+)\s*([KMGT]?)B?\Z", re.IGNORECASE)
 _PARTITION = re.compile(r"[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64})*\Z")
-
-TIME_EXPECTED = (
-    "a duration with a unit ('90s', '30m', '2h', '1d') or Slurm's [D-]HH:MM[:SS] / MM:SS"
-)
 
 
 class ResourceError(ValueError):
@@ -46,46 +38,15 @@ class ResourceError(ValueError):
 
 
 def parse_seconds(value: Any) -> float:
-    """Seconds from ``'90s'``, ``'30m'``, ``'2h'``, ``'1-12:00:00'``, ``'1:30:00'``, ``'5:00'``.
+    """Seconds from ``'90s'``, ``'30m'``, ``'2h'``, ``'1-12:00:00'``, ``'1:30:00'``, ``'5:00'``
+    (:mod:`flowbatch.durations`).
 
     A bare number is refused: Slurm reads it as minutes and flowbatch's ``timeLimit`` as
     seconds, so either reading would surprise someone."""
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"not a time {short_repr(value, 80)}: write a unit, e.g. '90s' or '30m'")
-    text = value.strip()
     try:
-        seconds = _unit_time(text) if _UNIT_TIME.match(text) else _slurm_time(text)
-    except (OverflowError, ValueError):  # a number too large for a float, or to read
-        seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"not a time {short_repr(value, 80)} (expected {TIME_EXPECTED})")
-    return seconds
-
-
-def _unit_time(text: str) -> float:
-    m = _UNIT_TIME.match(text)
-    assert m is not None
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()]
-
-
-def _slurm_time(text: str) -> float | None:
-    m = _SLURM_TIME.match(text)
-    if m is None or (m.group(3) is None and m.group(1) is None):
-        return None  # a bare number: ambiguous (see parse_seconds)
-    days, first, second, third = m.groups()
-    nums = [int(x) for x in (first, second, third) if x is not None]
-    if days is not None:  # D-HH[:MM[:SS]]
-        hours, minutes, secs = [*nums, 0, 0][:3]
-        total = int(days) * 86400 + hours * 3600 + minutes * 60 + secs
-    elif len(nums) == 2:  # MM:SS
-        minutes, secs = nums
-        total = minutes * 60 + secs
-    else:  # HH:MM:SS
-        hours, minutes, secs = nums
-        total = hours * 3600 + minutes * 60 + secs
-    if any(n >= 60 for n in nums[1:]):
-        return None
-    return float(total)
+        return durations.seconds(value, bare_number=False)
+    except durations.DurationError as exc:
+        raise ValueError(f"not a time {short_repr(value, 80)} ({exc})") from None
 
 
 def check_mem(value: Any) -> str:

@@ -17,13 +17,13 @@ flowServ quietly turned an unknown ``${x}`` into ``x``.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .. import durations
 from ..errors import TemplateError
 from ..text import short_repr
 from ..yamlio import load_file
@@ -232,50 +232,21 @@ def _parse_executor(value: Any, *, file: str) -> str | None:
     raise TemplateError("must be the name of an executor", file=file, field="executor")
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)\Z", re.IGNORECASE)
-_CLOCK = re.compile(r"(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?\Z")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _parse_time_limit(value: Any, *, file: str) -> float | None:
     """Seconds, from a number or a text such as ``'90s'``, ``'10m'``, ``'2h'``,
-    ``'1:30:00'`` (h:mm:ss), ``'30:00'`` (m:ss) or ``'1-12:00:00'`` (Slurm's d-h:mm:ss)."""
+    ``'1:30:00'`` (h:mm:ss), ``'30:00'`` (m:ss) or ``'1-12:00:00'`` (Slurm's d-h:mm:ss):
+    :mod:`flowbatch.durations`."""
     if value is None:
         return None
-    seconds: float | None = None
     try:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str):
-            seconds = _duration_text(value.strip())
-    except (OverflowError, ValueError):  # beyond a float, or digits beyond int()'s limit
-        seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return durations.seconds(value)
+    except durations.DurationError:
         raise TemplateError(
             f"invalid time limit {short_repr(value, 40)}",
             file=file,
             field="timeLimit",
-            expected="a positive number of seconds, or a text such as '90s', '10m', '2h', "
-            "'1:30:00'",
-        )
-    return seconds
-
-
-def _duration_text(text: str) -> float | None:
-    m = _DURATION.match(text)
-    if m:
-        return float(m.group(1)) * _UNITS[m.group(2).lower()]
-    m = _CLOCK.match(text)
-    if m is None:
-        return None
-    days, first, second, third = m.groups()
-    if third is None:  # m:ss
-        hours, minutes, secs = 0, int(first), int(second)
-    else:  # h:mm:ss
-        hours, minutes, secs = int(first), int(second), int(third)
-    if secs >= 60 or (third is not None and minutes >= 60):
-        return None
-    return float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + secs)
+            expected=f"a positive number of seconds, or {durations.FORMS}",
+        ) from None
 
 
 def _parse_resources(value: Any, *, file: str) -> Resources | None:
