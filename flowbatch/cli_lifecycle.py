@@ -35,15 +35,10 @@ if TYPE_CHECKING:
 
 
 def human(size: int | None) -> str:
-    """Bytes as people read them: 512 B, 1.5 KiB, 3.2 GiB."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover - the loop always returns
+    """Bytes as people read them: 512 B, 1.5 KiB, 3.2 GiB (``-``: not known)."""
+    from .report import format_size
+
+    return format_size(size, "-")
 
 
 def echo_resume_plan(site: Site, request: Path, retry_failed: bool) -> int:

@@ -442,16 +442,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes} min {secs} s"
 
 
-def format_size(size: int | None) -> str:
-    """Bytes for people: ``512 B``, ``1.5 KiB``, ``2.0 MiB``."""
+def format_size(size: int | None, missing: str = "") -> str:
+    """Bytes for people: ``512 B``, ``1.5 KiB``, ``2.0 MiB``, up to TiB; ``missing`` for
+    None. The one formatter of sizes (pages and the command line)."""
     if size is None:
-        return ""
+        return missing
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+        if value < 1024:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return ""  # pragma: no cover - the loop always returns
+    return f"{value:.1f} TiB"
 
 
 def iso(moment: datetime) -> str:
