@@ -76,6 +76,49 @@ _FastLoader: Any = (
 _LEAD = re.compile(r"^[ \t?:-]*", re.M)
 
 
+class WrittenInt(int):
+    """An integer a request wrote otherwise than Python would (``0x1F``, ``010``,
+    ``12:30``, ``1_000``, ``+5``): ``written`` is its text. YAML 1.1 reads these as
+    numbers, and a string parameter given one got the number's digits: ``12:30`` became
+    ``'750'`` (found by review). :func:`flowbatch.spec.params.cast_value` refuses such a
+    value for a string, with the hint to quote it."""
+
+    written: str
+
+
+class WrittenFloat(float):
+    """A float written otherwise than Python would (``1.10``, ``1e3``): see
+    :class:`WrittenInt`."""
+
+    written: str
+
+
+def _int_as_written(loader: Any, node: Any) -> int:
+    value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    if node.value == str(value):
+        return value
+    out = WrittenInt(value)
+    out.written = node.value
+    return out
+
+
+def _float_as_written(loader: Any, node: Any) -> float:
+    value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    if node.value == repr(value):
+        return value
+    out = WrittenFloat(value)
+    out.written = node.value
+    return out
+
+
+def _as_written(loader: Any) -> Any:
+    """``loader`` whose numbers remember how they were written (for requests)."""
+    cls: Any = type(f"{loader.__name__}AsWritten", (loader,), {})
+    cls.add_constructor("tag:yaml.org,2002:int", _int_as_written)
+    cls.add_constructor("tag:yaml.org,2002:float", _float_as_written)
+    return cls
+
+
 def _depth_bound(text: str) -> int:
     """An upper bound of the nesting depth of ``text``: every level is an opening
     bracket, or a step of indentation or a ``- `` / ``? `` in front of a line's content."""
@@ -83,8 +126,14 @@ def _depth_bound(text: str) -> int:
     return brackets + max((len(m) for m in _LEAD.findall(text)), default=0) + 1
 
 
-def _loader(text: str) -> Any:
-    return _FastLoader if _depth_bound(text) <= 2 * MAX_DEPTH else _StrictLoader
+_FastAsWritten = _as_written(_FastLoader)
+_StrictAsWritten = _as_written(_StrictLoader)
+
+
+def _loader(text: str, as_written: bool = False) -> Any:
+    if _depth_bound(text) <= 2 * MAX_DEPTH:
+        return _FastAsWritten if as_written else _FastLoader
+    return _StrictAsWritten if as_written else _StrictLoader
 
 
 def _count_aliases(root: Any) -> None:
@@ -138,10 +187,14 @@ def _check_shape(value: Any, *, budget: int, limit: int = MAX_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
-def loads(text: str, *, file: str | None = None, json_format: bool = False) -> Any:
-    """Parse YAML (or JSON) text with the checks above; errors name ``file``."""
+def loads(
+    text: str, *, file: str | None = None, json_format: bool = False, request: bool = False
+) -> Any:
+    """Parse YAML (or JSON) text with the checks above; errors name ``file``.
+    ``request``: numbers keep their text where it is not Python's own (:class:`WrittenInt`)."""
     try:
-        value = json.loads(text) if json_format else yaml.load(text, Loader=_loader(text))
+        loader = _loader(text, request)
+        value = json.loads(text) if json_format else yaml.load(text, Loader=loader)
     except InputError as exc:
         raise exc.at(file=file)
     except RecursionError:
@@ -174,6 +227,7 @@ def load_file(
     max_bytes: int = MAX_TEMPLATE_BYTES,
     follow: bool = True,
     owner: int | None = None,
+    request: bool = False,
 ) -> Any:
     """Read and parse a YAML or JSON file (JSON by its ``.json`` suffix): a regular file
     only (a FIFO put where a file was expected would hold the reader for ever; it is
@@ -201,12 +255,14 @@ def load_file(
                 "replaced and is not trusted",
                 file=str(p),
             )
-        return load_fd(fd, str(p), max_bytes=max_bytes)
+        return load_fd(fd, str(p), max_bytes=max_bytes, request=request)
     finally:
         os.close(fd)
 
 
-def load_fd(fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES) -> Any:
+def load_fd(
+    fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES, request: bool = False
+) -> Any:
     """:func:`load_file` of a file already open (read from its start): a caller that
     opened it without following links (:mod:`flowbatch.safeio`) reads what it checked.
     ``name`` is the file's name in errors, and JSON by its ``.json`` suffix."""
@@ -232,9 +288,25 @@ def load_fd(fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES) -> Any:
         raise InputError(
             f"file is not UTF-8 text (byte {exc.start})", file=name, hint="save it as UTF-8"
         )
-    return loads(text, file=name, json_format=name.lower().endswith(".json"))
+    return loads(text, file=name, json_format=name.lower().endswith(".json"), request=request)
+
+
+class _Dumper(yaml.SafeDumper):
+    """The safe dumper, with a request's numbers written as they were (a request that
+    `submit` writes again is read as its user wrote it)."""
+
+
+def _written(dumper: Any, data: Any) -> Any:
+    tag = "tag:yaml.org,2002:int" if isinstance(data, int) else "tag:yaml.org,2002:float"
+    return dumper.represent_scalar(tag, data.written)
+
+
+_Dumper.add_representer(WrittenInt, _written)
+_Dumper.add_representer(WrittenFloat, _written)
 
 
 def dump(value: Any) -> str:
     """YAML text for files flowbatch writes (error files, request copies)."""
-    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return yaml.dump(
+        value, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )

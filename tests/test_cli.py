@@ -162,6 +162,35 @@ def test_validate_template_and_request(tmp_path: Path) -> None:
     assert list((site / "queue").glob("*.yaml")) == []  # nothing was submitted
 
 
+def test_a_number_yaml_reads_otherwise_than_written_is_no_string(tmp_path: Path) -> None:
+    """YAML 1.1 reads `12:30` as 750, `010` as 8, `1.10` as 1.1: a string parameter got
+    the number's digits (found by review). validate, submit and the daemon refuse it with
+    the hint to quote it; numbers for number parameters keep working, and a request that
+    submit writes again keeps them as written."""
+    site = tmp_path / "site"
+    fb(site, "init")
+    fb(site, "install", str(EXAMPLES / "helloworld"), "--id", "helloworld")
+    for written, read in (("12:30", "750"), ("010", "8"), ("1.10", "1.1"), ("0x1F", "31")):
+        req = tmp_path / "r.yaml"
+        req.write_text(f"workflow: helloworld\narguments: {{greeting: {written}}}\n")
+        for command in ("validate", "submit"):
+            out = fb(site, command, str(req), ok=False)
+            assert f"YAML reads '{written}' as the number {read}" in out, out
+            assert f"quote the value in YAML to keep it as written: '{written}'" in out
+        dropped = site / "queue" / f"n{read}.yaml"  # dropped by hand: the daemon says so
+        dropped.write_text(req.read_text())
+    req.write_text("workflow: helloworld\narguments: {greeting: '12:30', sleeptime: 0x0}\n")
+    assert "valid for workflow helloworld" in fb(site, "validate", str(req))
+    fb(site, "submit", str(req))
+    make_site(site)  # short polling intervals for the test
+    fb(site, "daemon", "--until-idle", ok=False)  # the requests dropped by hand: rejected
+    runs = json.loads(fb(site, "runs", "list", "--json"))
+    (run,) = [json.loads(fb(site, "runs", "show", r["id"], "--json")) for r in runs]
+    assert run["arguments"]["greeting"] == "12:30" and run["arguments"]["sleeptime"] == 0
+    errors = sorted((site / "queue" / "rejected").glob("*.error.yaml"))
+    assert len(errors) == 4 and "as the number 750" in " ".join(e.read_text() for e in errors)
+
+
 def test_second_daemon_exits_zero_with_a_message(tmp_path: Path) -> None:
     from flowbatch.daemon import SiteLock
 

@@ -688,6 +688,14 @@ def _cast_string(param: Parameter, value: Any, field: str) -> str:
             else None,
         )
     text = value if isinstance(value, str) else str(value)
+    written = getattr(value, "written", None)  # yamlio.WrittenInt: YAML 1.1 read a number
+    if written is not None and written != text:
+        _fail(
+            f"YAML reads {short_repr(written)} as the number {text}",
+            field=field,
+            expected="a string",
+            hint=f"quote the value in YAML to keep it as written: {short_repr(written)}",
+        )
     if "\x00" in text:
         _fail("the string contains a NUL character", field=field, expected="text without NUL")
     return text
