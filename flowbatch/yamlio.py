@@ -93,20 +93,17 @@ class WrittenFloat(float):
     written: str
 
 
-def _int_as_written(loader: Any, node: Any) -> int:
-    value = yaml.SafeLoader.construct_yaml_int(loader, node)
-    if node.value == str(value):
-        return value
-    out = WrittenInt(value)
-    out.written = node.value
-    return out
-
-
-def _float_as_written(loader: Any, node: Any) -> float:
-    value = yaml.SafeLoader.construct_yaml_float(loader, node)
+def _number_as_written(loader: Any, node: Any) -> Any:
+    """A YAML int or float, a :class:`WrittenInt`/:class:`WrittenFloat` when its text is
+    not Python's own for it."""
+    if node.tag.endswith(":int"):
+        value: Any = yaml.SafeLoader.construct_yaml_int(loader, node)
+        kind: Any = WrittenInt
+    else:
+        value, kind = yaml.SafeLoader.construct_yaml_float(loader, node), WrittenFloat
     if node.value == repr(value):
         return value
-    out = WrittenFloat(value)
+    out = kind(value)
     out.written = node.value
     return out
 
@@ -114,8 +111,8 @@ def _float_as_written(loader: Any, node: Any) -> float:
 def _as_written(loader: Any) -> Any:
     """``loader`` whose numbers remember how they were written (for requests)."""
     cls: Any = type(f"{loader.__name__}AsWritten", (loader,), {})
-    cls.add_constructor("tag:yaml.org,2002:int", _int_as_written)
-    cls.add_constructor("tag:yaml.org,2002:float", _float_as_written)
+    cls.add_constructor("tag:yaml.org,2002:int", _number_as_written)
+    cls.add_constructor("tag:yaml.org,2002:float", _number_as_written)
     return cls
 
 

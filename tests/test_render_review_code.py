@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,26 +40,37 @@ def _template(dialect: str, command: str, dtype: str = "string") -> Template:
     )
 
 
+def installed_and_ran(
+    tmp_path: Path, t: Template, args: dict[str, Any], variables: dict[str, str]
+) -> tuple[bool, bool]:
+    """Whether ``t`` installs, and whether ``args`` rendered into it and run by bash made
+    the file ``PWNED`` (the participant's value ran as code)."""
+    installed = True
+    try:
+        check_template(t, variables)
+    except TemplateError as exc:
+        installed = False
+        assert exc.field == "workflow.steps[0].commands[0]", exc
+    try:
+        rendered = render_workflow(t, t.workflow, args, variables)
+    except RenderError:
+        rendered = None
+    if rendered is not None:
+        (tmp_path / "run.sh").write_text(build_script(rendered, run_id="r1"))
+        subprocess.run(["bash", "run.sh"], cwd=tmp_path, capture_output=True, timeout=60)
+    return installed, (tmp_path / "PWNED").exists()
+
+
 @pytest.mark.parametrize("dialect", ["flowserv", "native"])
 @pytest.mark.parametrize(("command", "value"), CASES)
 def test_values_in_double_quoted_program_text_never_run(
     tmp_path: Path, dialect: str, command: str, value: str
 ) -> None:
     t = _template(dialect, command)
-    installed = True
-    try:
+    with pytest.raises(TemplateError, match="program text"):
         check_template(t, {"python": PY})
-    except TemplateError as exc:
-        installed = False
-        assert "program text" in str(exc) and exc.field == "workflow.steps[0].commands[0]"
-    try:
-        rendered = render_workflow(t, t.workflow, {"s": value}, {"python": PY})
-    except RenderError:
-        rendered = None
-    if rendered is not None:
-        (tmp_path / "run.sh").write_text(build_script(rendered, run_id="r1"))
-        subprocess.run(["bash", "run.sh"], cwd=tmp_path, capture_output=True, timeout=60)
-    assert not (tmp_path / "PWNED").exists(), f"{command!r} ran the participant's {value!r}"
+    installed, ran = installed_and_ran(tmp_path, t, {"s": value}, {"python": PY})
+    assert not ran, f"{command!r} ran the participant's {value!r}"
     assert not installed
 
 

@@ -6,15 +6,16 @@ dialects."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from flowbatch.errors import RenderError, TemplateError
-from flowbatch.render import build_script, check_template, render_workflow
+from flowbatch.errors import TemplateError
+from flowbatch.render import check_template, render_workflow
 from flowbatch.render.shellctx import Ctx, scan
 from flowbatch.spec.model import Parameter, Step, Template, Workflow
+
+from .test_render_review_code import installed_and_ran
 
 VARS = {"python": "python3"}
 CONSTRUCTS = [
@@ -55,19 +56,8 @@ def test_special_integer_variables_and_names_take_no_string(
         workflow=Workflow(steps=[Step("s", [command + " || true"])]),
         parameters=[Parameter("x", "string", 0, True)],  # type: ignore[arg-type]
     )
-    installed = True
-    try:
-        check_template(t, VARS)
-    except TemplateError:
-        installed = False
-    try:
-        rendered = render_workflow(t, t.workflow, {"x": "a[$(touch PWNED)]"}, VARS)
-    except RenderError:
-        rendered = None
-    if rendered is not None:
-        (tmp_path / "run.sh").write_text(build_script(rendered, run_id="r1"))
-        subprocess.run(["bash", "run.sh"], cwd=tmp_path, capture_output=True, timeout=60)
-    assert not (tmp_path / "PWNED").exists(), f"{command!r}: the participant's value ran as code"
+    installed, ran = installed_and_ran(tmp_path, t, {"x": "a[$(touch PWNED)]"}, VARS)
+    assert not ran, f"{command!r}: the participant's value ran as code"
     assert not installed, f"{command!r} installed with a string parameter evaluated"
 
 
