@@ -878,16 +878,18 @@ def users_folder(ssh: SshEnv, path: Path) -> Path:
 def racing_listing(monkeypatch: pytest.MonkeyPatch, suffix: str, swap: Any) -> None:
     """Run ``swap`` (once) while the remote folder ending in ``suffix`` is listed: the
     SFTP round trip the run's remote code can make as long as it likes."""
-    real = paramiko.SFTPClient.listdir_attr
+    from flowbatch.executors import ssh_staging
+
+    real = ssh_staging.listdir
     done: list[bool] = []
 
-    def listing(self: paramiko.SFTPClient, path: str = ".") -> Any:
-        if path.endswith(suffix) and not done:
+    def listing(sftp: paramiko.SFTPClient, path: bytes) -> Any:
+        if path.endswith(os.fsencode(suffix)) and not done:
             done.append(True)
             swap()
-        return real(self, path)
+        return real(sftp, path)
 
-    monkeypatch.setattr(paramiko.SFTPClient, "listdir_attr", listing)
+    monkeypatch.setattr(ssh_staging, "listdir", listing)
 
 
 def test_a_folder_swapped_for_a_link_while_listed_gets_nothing_written_through_it(

@@ -144,14 +144,14 @@ def test_a_host_hung_during_a_fetch_holds_no_tick_and_its_run_ends_past_the_grac
     real = ssh_staging.fetch_into
     with sshd_stopped(ssh.servers["a"]) as stop:
 
-        def hang_first(sftp: Any, remote: str, out: Any, size: int) -> None:
-            if remote.endswith(".txt") and not hung:
+        def hang_first(sftp: Any, remote: bytes, out: Any, size: int) -> None:
+            if remote.endswith(b".txt") and not hung:
                 hung.append(remote)
                 stop()  # the host hangs right before this file's request
                 drop(site, "b.yaml", {"workflow": "w", "name": "on-b", "executor": "b"})
             real(sftp, remote, out, size)
 
-        hung: list[str] = []
+        hung: list[bytes] = []
         monkeypatch.setattr(ssh_staging, "fetch_into", hang_first)
         d = Daemon(site)
         d.start()
@@ -324,11 +324,11 @@ def test_files_that_vanish_during_a_fetch_are_left_out_with_a_note(
     )
     drop(site, "r.yaml", {"workflow": "w", "name": "r"})
     real = ssh_staging.fetch_into
-    removed: list[str] = []
+    removed: list[bytes] = []
 
-    def vanish(sftp: Any, remote: str, out: Any, size: int) -> None:
-        if remote.endswith("/a.txt") and not removed:
-            folder = Path(remote).parent  # the remote FS is this machine's
+    def vanish(sftp: Any, remote: bytes, out: Any, size: int) -> None:
+        if remote.endswith(b"/a.txt") and not removed:
+            folder = Path(os.fsdecode(remote)).parent  # the remote FS is this machine's
             os.remove(folder / "gone.txt")
             shutil.rmtree(folder / "sub")
             removed.append(remote)

@@ -34,7 +34,9 @@ executor of that name. A run goes like this:
    A run whose wrapper ended has its files fetched at once; a host that does not answer
    (unreachable, or its poll failed or timed out) gives UNKNOWN, and GONE (with the
    reason, an infrastructure failure) once it has not answered for longer than its
-   ``unreachable_grace``; so does a run whose files could not be fetched that long.
+   ``unreachable_grace``; so does a run whose files could not be fetched that long, and
+   one whose look failed for another reason (a bug: logged with its traceback once)
+   that long: one run's failure never holds the host's other runs.
    Every wait for the host is bounded (see :mod:`ssh_pool`): a hung host holds a tick
    for ``io_timeout`` (or ``connect_timeout`` when reconnecting) at most, and the other
    hosts and executors are served in the same tick after it.
@@ -78,9 +80,11 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 
+from .. import text
 from ..errors import ExecutorError, FlowbatchError
 from ..render.script import LOGS_DIR, read_markers
 from ..ssh_hosts import SSHHost
+from ..text import one_line
 from .base import Launch, Liveness, Probe
 from .notes import SSH_ABANDONED, Notes
 from .ssh_pool import (
@@ -396,6 +400,8 @@ class SSHExecutor:
         self._failing_since: float | None = None
         #: runs that ended but whose files could not be fetched: since when, and why
         self._fetch_failing: dict[str, float] = {}
+        #: runs whose probe failed unexpectedly (see _probe_safely): since when
+        self._probe_failing: dict[str, float] = {}
         #: runs whose fetch is incomplete (their remote folder is kept): why
         self._incomplete: dict[str, str] = {}
         #: what the run's messages should say about the fetch of its files
@@ -531,8 +537,53 @@ class SSHExecutor:
             state = states.get(run_id)
             if tick and state is not None and state[0] in ("1", "orphan"):
                 self._proven[_group_key(handle)] = tick  # the group was the run's then
-            out[run_id] = self._probe(run_id, handle, states.get(run_id))
+            out[run_id] = self._probe_safely(run_id, handle, state)
         return out
+
+    def _probe_safely(
+        self, run_id: str, handle: dict[str, Any], state: tuple[str, str, bool] | None
+    ) -> Probe:
+        """:meth:`_probe`, one run's failure its own: an unexpected error (a bug met by
+        this run's fetch, found by review: a remote file name that was not UTF-8) is
+        logged with its traceback once, and the run is UNKNOWN, looked at again at the
+        next tick, while the host's other runs go on; past ``unreachable_grace`` it ends
+        as an infrastructure failure, its remote folder kept: never wedged."""
+        try:
+            probe = self._probe(run_id, handle, state)
+        except Exception as exc:
+            return self._probe_failed(run_id, handle, exc)
+        if self._probe_failing.pop(run_id, None) is not None:
+            log.info("ssh %s: run %s is looked at again", self.name, run_id)
+        return probe
+
+    def _probe_failed(self, run_id: str, handle: dict[str, Any], exc: Exception) -> Probe:
+        now = time.monotonic()
+        since = self._probe_failing.get(run_id)
+        what = one_line(text.shown(f"{type(exc).__name__}: {exc}"))[:300]
+        if since is None:
+            since = self._probe_failing[run_id] = now
+            log.exception(
+                "ssh %s: looking at run %s failed; it is looked at again at the next tick",
+                self.name,
+                run_id,
+            )
+        else:
+            log.warning("ssh %s: looking at run %s failed again: %s", self.name, run_id, what)
+        waited = now - since
+        if waited <= self.host.unreachable_grace:
+            return Probe(
+                Liveness.UNKNOWN,
+                raw=f"looking at it on ssh:{self.name} failed ({what}); again at the next tick",
+            )
+        self._probe_failing.pop(run_id, None)
+        why = (
+            f"looking at the run on ssh host {self.name} failed for {waited:.0f} s "
+            f"(unreachable_grace {self.host.unreachable_grace:g} s): {what}; "
+            f"its remote folder is kept: {self._where(handle)}"
+        )
+        self._incomplete[run_id] = why  # collect neither fetches again nor removes it
+        self._fetched.add(run_id)
+        return Probe(Liveness.GONE, raw=why, infra_failure=why)
 
     def _probe(
         self, run_id: str, handle: dict[str, Any], state: tuple[str, str, bool] | None
@@ -749,6 +800,11 @@ class SSHExecutor:
                 log.warning("ssh %s: collecting run %s: %s", self.name, run_id, exc.reason)
                 self._keep(run_id, handle, f"fetching its files: {exc.reason}")
                 return
+            except Exception as exc:  # a bug met by this run's fetch: not the runner's end
+                log.exception("ssh %s: collecting run %s", self.name, run_id)
+                what = one_line(text.shown(f"{type(exc).__name__}: {exc}"))[:300]
+                self._keep(run_id, handle, f"fetching its files failed: {what}")
+                return
             incomplete = self._incomplete.pop(run_id, None)
             if incomplete:  # never removed with files not home
                 self._note(run_id, incomplete)
@@ -764,6 +820,7 @@ class SSHExecutor:
             self._orphaned.discard(run_id)
             self._proven.pop(_group_key(handle), None)
             self._fetch_failing.pop(run_id, None)
+            self._probe_failing.pop(run_id, None)
             self._incomplete.pop(run_id, None)
 
     def _keep(self, run_id: str, handle: dict[str, Any], why: str) -> None:

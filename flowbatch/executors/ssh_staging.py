@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 
+from .. import text
 from ..render.script import LOGS_DIR, STATUS_DIR, shell_quote
 from .ssh_pool import Fuse, connection_lost
 
@@ -152,7 +154,10 @@ def _upload(sftp: paramiko.SFTPClient, dir_fd: int, name: str, path: Path, remot
 
 
 def download_tree(
-    sftp: paramiko.SFTPClient, remote_dir: str, local_dir: Path, notes: list[str] | None = None
+    sftp: paramiko.SFTPClient,
+    remote_dir: str | bytes,
+    local_dir: Path,
+    notes: list[str] | None = None,
 ) -> int:
     """Fetch new or changed files of ``remote_dir`` into ``local_dir``; the file count.
 
@@ -169,23 +174,75 @@ def download_tree(
     relative to ``remote_dir``). :class:`RemoteFolderMissing` (a ``FileNotFoundError``)
     means ``remote_dir`` itself is not there; a lost connection raises its error
     (``OSError``, ``EOFError``, ``SSHException``), a failure to write here
-    :class:`LocalWriteError`: the download is then incomplete."""
+    :class:`LocalWriteError`: the download is then incomplete.
+
+    File names are bytes to POSIX, on both sides: a remote name that is not UTF-8 is
+    fetched to a local file of the same bytes (see :func:`listdir`), and is shown in
+    notes and logs with its odd bytes as ``\\xff`` (:func:`text.shown`)."""
+    remote = os.fsencode(remote_dir)
     top = os.open(local_dir, _DIR_FLAGS)
     try:
         try:
-            entries = sftp.listdir_attr(remote_dir)
+            entries = listdir(sftp, remote)
         except FileNotFoundError as exc:
-            raise RemoteFolderMissing(errno.ENOENT, f"{remote_dir}: {exc.strerror}") from None
-        return _download(
-            sftp, remote_dir, entries, top, local_dir, _owner(top), notes, "", top=True
-        )
+            raise RemoteFolderMissing(errno.ENOENT, f"{_shown(remote)}: {exc.strerror}") from None
+        return _download(sftp, remote, entries, top, local_dir, _owner(top), notes, "", top=True)
     finally:
         os.close(top)
 
 
+def listdir(sftp: paramiko.SFTPClient, path: bytes) -> list[paramiko.SFTPAttributes]:
+    """The entries of the remote folder ``path`` (but ``.`` and ``..``), as
+    ``SFTPAttributes`` whose ``filename`` is the name's bytes decoded by
+    :func:`os.fsdecode`: ``os.fsencode`` gives them back exactly.
+
+    paramiko's own ``listdir_attr`` decodes names as strict UTF-8: one name that is not
+    (legal on Linux, and a run's to choose) made the listing raise, and left the remote
+    folder's handle open. Here the handle is closed whatever happens; a listing cut short
+    by a lost connection raises, never passes for the end of the folder."""
+    # paramiko's own request and parsing calls (not in its type stubs)
+    request = cast(Any, sftp)._request
+    attributes = cast(Any, paramiko.SFTPAttributes)._from_msg
+    t, msg = request(CMD_OPENDIR, path)
+    if t != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    entries: list[paramiko.SFTPAttributes] = []
+    try:
+        while True:
+            try:
+                t, msg = request(CMD_READDIR, handle)
+            except EOFError:  # the server's "no more entries", or a lost connection
+                if not _session_alive(sftp):
+                    raise ConnectionError("the ssh connection was lost") from None
+                break
+            if t != CMD_NAME:
+                raise paramiko.SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                name = msg.get_string()
+                longname = msg.get_string().decode("utf-8", "replace")
+                attr = attributes(msg, os.fsdecode(name), longname)
+                if name not in (b".", b".."):
+                    entries.append(attr)
+    except BaseException:
+        if _session_alive(sftp):
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                request(CMD_CLOSE, handle)
+        raise
+    request(CMD_CLOSE, handle)
+    return entries
+
+
+def _shown(name: str | bytes | Path) -> str:
+    """A remote or local file name or path for a note or the log (:func:`text.shown`)."""
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    return text.shown(str(name))
+
+
 def _download(
     sftp: paramiko.SFTPClient,
-    remote_dir: str,
+    remote_dir: bytes,
     entries: list[paramiko.SFTPAttributes],
     dir_fd: int,
     local_dir: Path,
@@ -197,26 +254,27 @@ def _download(
 ) -> int:
     """Fetch the listed ``entries`` of ``remote_dir`` into the open folder ``dir_fd``
     (``local_dir`` names it, for messages only: never opened by that path); ``prefix``:
-    the folder's path relative to the top, for the notes."""
+    the folder's path relative to the top, for the notes (as :func:`_shown`). Names are
+    ``str`` from :func:`os.fsdecode` locally, bytes remotely: the same bytes both sides."""
     count = 0
     for attr in sorted(entries, key=_fetch_order if top else _file_size_order):
         name = attr.filename
         if (top and name in NOT_DOWNLOADED) or name in (".", "..") or "/" in name or "\0" in name:
             continue
         mode = attr.st_mode or 0
-        remote = f"{remote_dir}/{name}"
+        remote = remote_dir + b"/" + os.fsencode(name)
         local = local_dir / name
         try:
             if stat.S_ISDIR(mode):
                 count += _download_folder(
-                    sftp, remote, dir_fd, name, local, owner, notes, prefix + name + "/"
+                    sftp, remote, dir_fd, name, local, owner, notes, prefix + _shown(name) + "/"
                 )
             elif stat.S_ISREG(mode) and _changed(dir_fd, name, attr):
                 count += _fetch_one(sftp, remote, attr, dir_fd, name, local, owner)
         except _Skipped as why:
-            log.warning("not fetching %s: %s", remote, why)
+            log.warning("not fetching %s: %s", _shown(remote), why)
             if notes is not None:
-                notes.append(f"{prefix}{name} ({why})")
+                notes.append(f"{prefix}{_shown(name)} ({why})")
     return count
 
 
@@ -237,7 +295,7 @@ def _file_size_order(attr: paramiko.SFTPAttributes) -> tuple[int, int]:
 
 def _download_folder(
     sftp: paramiko.SFTPClient,
-    remote: str,
+    remote: bytes,
     dir_fd: int,
     name: str,
     local: Path,
@@ -249,14 +307,14 @@ def _download_folder(
     try:
         sub = _open_folder(dir_fd, name, owner)
     except OSError as exc:
-        raise _Skipped(f"{local} is in the way: {exc.strerror}") from None
+        raise _Skipped(f"{_shown(local)} is in the way: {exc.strerror}") from None
     try:
-        listed = _remote(sftp, lambda: sftp.listdir_attr(remote))
+        listed = _remote(sftp, lambda: listdir(sftp, remote))
         # the listing is a round trip the run's code can make long: a folder moved
         # or replaced meanwhile is left alone (the descriptor would still keep the
         # writes inside the run folder, but not where the user now expects them)
         if not _still_at(dir_fd, name, sub):
-            raise _Skipped(f"{local} was moved or replaced while it was listed")
+            raise _Skipped(f"{_shown(local)} was moved or replaced while it was listed")
         return _download(sftp, remote, listed, sub, local, owner, notes, prefix)
     finally:
         os.close(sub)
@@ -294,7 +352,7 @@ def _session_alive(sftp: paramiko.SFTPClient) -> bool:
 
 def _fetch_one(
     sftp: paramiko.SFTPClient,
-    remote: str,
+    remote: bytes,
     attr: paramiko.SFTPAttributes,
     dir_fd: int,
     name: str,
@@ -306,7 +364,7 @@ def _fetch_one(
     the way or the server refuses the file."""
     try:
         if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-            raise _Skipped(f"{local} is a folder")
+            raise _Skipped(f"{_shown(local)} is a folder")
     except FileNotFoundError:
         pass
     tmp = f".{name}.flowbatch-fetch"
@@ -415,7 +473,7 @@ def send_file(sftp: paramiko.SFTPClient, local: Path | BinaryIO, remote: str, si
     sftp.putfo(local, remote, file_size=size)
 
 
-def fetch_file(sftp: paramiko.SFTPClient, remote: str, local: Path, size: int) -> None:
+def fetch_file(sftp: paramiko.SFTPClient, remote: str | bytes, local: Path, size: int) -> None:
     """Copy the remote regular file ``remote`` (``size`` bytes when listed) to ``local``.
 
     ``local`` is created afresh (a file or symlink already there is removed first, never
@@ -424,9 +482,11 @@ def fetch_file(sftp: paramiko.SFTPClient, remote: str, local: Path, size: int) -
         fetch_into(sftp, remote, out, size)
 
 
-def fetch_into(sftp: paramiko.SFTPClient, remote: str, out: BinaryIO, size: int) -> None:
-    """Write the remote regular file ``remote`` (``size`` bytes when listed) into the new,
-    empty file ``out``: streamed when large, else (or when the stream fails) by SFTP."""
+def fetch_into(sftp: paramiko.SFTPClient, remote: str | bytes, out: BinaryIO, size: int) -> None:
+    """Write the remote regular file ``remote`` (``size`` bytes when listed; a path as
+    bytes or text) into the new, empty file ``out``: streamed when large, else (or when
+    the stream fails) by SFTP."""
+    remote = os.fsencode(remote)
     if size >= STREAM_MIN_SIZE:
         try:
             got = _stream_down(sftp, remote, out)
@@ -435,7 +495,7 @@ def fetch_into(sftp: paramiko.SFTPClient, remote: str, out: BinaryIO, size: int)
             why = f"{got} bytes came, {size} were listed"
         except _StreamFailed as exc:
             why = str(exc)
-        log.warning("streaming %s failed (%s); fetching it by SFTP", remote, why)
+        log.warning("streaming %s failed (%s); fetching it by SFTP", _shown(remote), why)
         out.seek(0)
         out.truncate()
     sftp.getfo(remote, out)
@@ -470,7 +530,7 @@ def _idle_timeout(sftp: paramiko.SFTPClient) -> float:
     return float(timeout) if timeout else STREAM_IDLE_TIMEOUT
 
 
-def _open_stream(sftp: paramiko.SFTPClient, command: str, window: int | None) -> Any:
+def _open_stream(sftp: paramiko.SFTPClient, command: str | bytes, window: int | None) -> Any:
     """An exec channel running ``command`` on the SFTP session's own connection."""
     channel = sftp.get_channel()
     transport = channel.get_transport() if channel is not None else None
@@ -521,10 +581,11 @@ def _cut(transport: paramiko.Transport | None, why: str) -> None:
     raise ConnectionError(f"the ssh connection was lost: {why}")
 
 
-def _stream_down(sftp: paramiko.SFTPClient, remote: str, out: Any) -> int:
+def _stream_down(sftp: paramiko.SFTPClient, remote: bytes, out: Any) -> int:
     """``cat`` the remote file into the open file ``out``; the byte count."""
     got = 0
-    with _stream(sftp, "exec cat -- " + shell_quote(remote), STREAM_WINDOW, "reading") as chan:
+    command = b"exec cat -- " + _quote_bytes(remote)
+    with _stream(sftp, command, STREAM_WINDOW, "reading") as chan:
         while data := chan.recv(STREAM_CHUNK):
             out.write(data)
             got += len(data)
@@ -539,9 +600,14 @@ def _stream_up(sftp: paramiko.SFTPClient, src: BinaryIO, remote: str) -> None:
         chan.shutdown_write()
 
 
+def _quote_bytes(word: bytes) -> bytes:
+    """``word`` as one single-quoted shell word (bytes: a file name need not be UTF-8)."""
+    return b"'" + word.replace(b"'", b"'\\''") + b"'"
+
+
 @contextmanager
 def _stream(
-    sftp: paramiko.SFTPClient, command: str, window: int | None, doing: str
+    sftp: paramiko.SFTPClient, command: str | bytes, window: int | None, doing: str
 ) -> Iterator[Any]:
     """An exec channel running ``command`` (a ``cat``) on the pooled connection, for the
     block to move the bytes; a transport error while it does is ``_StreamFailed`` (the

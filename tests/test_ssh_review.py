@@ -1,0 +1,112 @@
+"""Findings of a review of the SSH executor against a real sshd on loopback
+(tests/fixtures_ssh.py), each with the test that shows it fixed: a remote file name that
+is not UTF-8, one run whose look fails while the host's other runs go on."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowbatch.daemon import Daemon
+from flowbatch.executors import ssh as ssh_mod
+
+from .conftest import drop
+from .fixtures_ssh import SshEnv
+from .test_ssh_faults import runs, said, scored_site
+
+
+def tick_until_ended(d: Daemon, site: Any, names: set[str], limit: float = 40.0) -> list[str]:
+    """Tick ``d`` (as the daemon's serve loop does: a failed tick is noted, and the next
+    one comes) until the runs ``names`` have ended; the ticks' errors."""
+    errors: list[str] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            d.tick()
+        except Exception as exc:  # what the serve loop would log before the next tick
+            errors.append(f"{type(exc).__name__}: {exc}")
+        states = {n: r["state"] for n, r in runs(site).items()}
+        if names <= set(states) and all(states[n] not in ("PENDING", "RUNNING") for n in names):
+            break
+        time.sleep(0.05)
+    return errors
+
+
+# -- H1: a remote file name that is not UTF-8 ------------------------------------------------
+
+#: the run writes a file whose name (and content) is not UTF-8
+NOT_UTF8 = "python3 -c \"open(b'bad\\\\xffname', 'wb').write(b'\\\\x00\\\\xff data')\""
+
+
+def test_a_remote_file_name_that_is_not_utf8_comes_home_with_its_bytes(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """paramiko's listing decoded names as strict UTF-8: the fetch raised at every tick,
+    and with it every poll of the host. The file now comes home under the same bytes,
+    the run ends as it did, and a run on the other host ends too."""
+    site = scored_site(tmp_path, ssh, NOT_UTF8 + "; sleep $[[mode]]")
+    drop(site, "bad.yaml", {"workflow": "w", "name": "bad"})
+    drop(
+        site,
+        "good.yaml",
+        {"workflow": "w", "name": "good", "executor": "b", "arguments": {"mode": 1}},
+    )
+    d = Daemon(site)
+    d.start()
+    try:
+        errors = tick_until_ended(d, site, {"bad", "good"})
+    finally:
+        d.stop()
+    assert not errors, errors[:1]
+    bad, good = runs(site)["bad"], runs(site)["good"]
+    assert bad["state"] == "SUCCESS", bad["messages"]
+    assert bad["results"] == {"score": 5}
+    assert good["state"] == "SUCCESS", good["messages"]
+    fetched = Path(bad["run_dir"]) / "bad\udcffname"  # os.fsdecode(b"bad\xffname")
+    assert fetched.read_bytes() == b"\x00\xff data"
+    assert b"bad\xffname" in os.listdir(os.fsencode(bad["run_dir"]))
+
+
+def test_a_run_whose_look_fails_unexpectedly_ends_and_the_hosts_other_runs_go_on(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Any other bug met by one run's fetch: that run is UNKNOWN while it lasts (its
+    traceback logged once), then, past the host's unreachable_grace, an infrastructure
+    failure with the reason and its remote folder kept; the host's other run ends as
+    usual, and no tick fails."""
+    site = scored_site(
+        tmp_path, ssh, "test $[[mode]] = 1 && touch boom; true", a={"unreachable_grace": 1}
+    )
+    drop(site, "broken.yaml", {"workflow": "w", "name": "broken", "arguments": {"mode": 1}})
+    drop(site, "fine.yaml", {"workflow": "w", "name": "fine"})
+    real = ssh_mod.download_tree
+
+    def failing(sftp: Any, remote: Any, local: Path, notes: Any = None, **kw: Any) -> int:
+        count = real(sftp, remote, local, notes, **kw)
+        if (local / "boom").exists():
+            raise RuntimeError("a bug met by this run's fetch")
+        return count
+
+    monkeypatch.setattr(ssh_mod, "download_tree", failing)
+    caplog.set_level("INFO", logger="flowbatch.ssh")
+    d = Daemon(site)
+    d.start()
+    try:
+        errors = tick_until_ended(d, site, {"broken", "fine"})
+        broken = runs(site)["broken"]
+        note = said(site, d, "broken")
+    finally:
+        d.stop()
+    assert not errors, errors[:1]
+    assert runs(site)["fine"]["state"] == "SUCCESS"
+    assert broken["state"] == "ERROR", broken["messages"]
+    assert "looking at the run on ssh host a failed" in note, note
+    assert "RuntimeError: a bug met by this run's fetch" in note, note
+    assert "its remote folder is kept" in note and broken["handle"]["remote_dir"] in note
+    assert Path(broken["handle"]["remote_dir"], "boom").exists()  # the folder was kept
+    tracebacks = [r for r in caplog.records if r.exc_info and "looking at run" in r.message]
+    assert len(tracebacks) == 1, [r.message for r in caplog.records]
