@@ -31,6 +31,7 @@ from flowbatch.executors.ssh_staging import (
     download_tree,
     fetch_file,
     send_file,
+    temporary_name,
     upload_tree,
 )
 from flowbatch.render.script import read_markers
@@ -796,14 +797,14 @@ def test_tree_round_trip_streams_large_files_and_keeps_modes(ssh: SshEnv, tmp_pa
     # a link planted at the temporary name must be replaced, not written through
     victim = tmp_path / "victim"
     victim.write_text("untouched")
-    (down / ".out.bin.flowbatch-fetch").symlink_to(victim)
+    (down / temporary_name("out.bin")).symlink_to(victim)
     assert download_tree(sftp, remote, down) == 3
     assert (down / "out.bin").read_bytes() == changed
     assert (down / ODD_NAME).read_bytes() == big
     assert (down / ODD_NAME).stat().st_mode & 0o777 == 0o750
     assert (down / "sub" / "small.txt").read_bytes() == small
     assert victim.read_text() == "untouched"
-    assert not list(down.glob(".*flowbatch-fetch"))
+    assert not list(down.glob(".fb-fetch-*"))
     conn.pool.close()
 
 
@@ -828,7 +829,7 @@ def test_a_link_swapped_in_during_a_fetch_gets_no_mode_times_or_owner(
 
     def racing(sftp: object, remote_path: str, out: object, size: int) -> None:
         real(sftp, remote_path, out, size)  # type: ignore[arg-type]
-        tmp = down / ".out.bin.flowbatch-fetch"
+        tmp = down / temporary_name("out.bin")
         tmp.unlink()
         tmp.symlink_to(victim)  # the swap, right before mode and times are set
 
@@ -918,7 +919,7 @@ def test_a_folder_swapped_for_a_link_while_listed_gets_nothing_written_through_i
     assert "was moved or replaced while it was listed" in caplog.text
     assert (down / "top.txt").read_text() == "top\n"
     assert (down / "top.txt").stat().st_uid == ssh.uid
-    assert not [p for p in down.rglob("*") if p.name.endswith(".flowbatch-fetch")]
+    assert not [p for p in down.rglob("*") if p.name.startswith(".fb-fetch-")]
     conn.pool.close()
 
 

@@ -387,7 +387,7 @@ def test_a_fetch_left_incomplete_here_keeps_the_remote_folder_and_says_where(
     first, the run ends as it did, and its remote folder is not removed."""
     site = scored_site(tmp_path, ssh, "head -c 5000 /dev/zero > big.bin")
     drop(site, "r.yaml", {"workflow": "w", "name": "r"})
-    _fill_the_disk_at(monkeypatch, ".big.bin")
+    _fill_the_disk_at(monkeypatch, ssh_staging.temporary_name("big.bin"))
     d = Daemon(site)
     d.start()
     try:
@@ -466,7 +466,7 @@ def test_a_failed_run_whose_fetch_was_incomplete_says_where_its_folder_is(
     (a retry of the run would have been told it)."""
     site = scored_site(tmp_path, ssh, "head -c 5000 /dev/zero > big.bin; exit 3")
     drop(site, "r.yaml", {"workflow": "w", "name": "r"})
-    _fill_the_disk_at(monkeypatch, ".big.bin")
+    _fill_the_disk_at(monkeypatch, ssh_staging.temporary_name("big.bin"))
     daemon = Daemon(site)
     daemon.start()
     try:

@@ -1,9 +1,11 @@
 """Findings of a review of the SSH executor against a real sshd on loopback
 (tests/fixtures_ssh.py), each with the test that shows it fixed: a remote file name that
-is not UTF-8, one run whose look fails while the host's other runs go on."""
+is not UTF-8, one run whose look fails while the host's other runs go on, an output name
+too long for the temporary name it was fetched under."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -13,9 +15,11 @@ import pytest
 
 from flowbatch.daemon import Daemon
 from flowbatch.executors import ssh as ssh_mod
+from flowbatch.executors.ssh_staging import download_tree
 
-from .conftest import drop
+from .conftest import drop, run_until_idle
 from .fixtures_ssh import SshEnv
+from .test_ssh import staging_conn
 from .test_ssh_faults import runs, said, scored_site
 
 
@@ -110,3 +114,49 @@ def test_a_run_whose_look_fails_unexpectedly_ends_and_the_hosts_other_runs_go_on
     assert Path(broken["handle"]["remote_dir"], "boom").exists()  # the folder was kept
     tracebacks = [r for r in caplog.records if r.exc_info and "looking at run" in r.message]
     assert len(tracebacks) == 1, [r.message for r in caplog.records]
+
+
+# -- M3: a long output name ------------------------------------------------------------------
+
+
+def test_an_output_with_a_long_name_is_fetched_and_the_rest_too(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """A name of 250 bytes is legal; its temporary name ``.<name>.flowbatch-fetch`` was
+    not (ENAMETOOLONG), and stopped the whole fetch before r.json."""
+    long = "L" * 250
+    site = scored_site(tmp_path, ssh, f"echo long > {long}")
+    drop(site, "r.yaml", {"workflow": "w", "name": "r"})
+    run_until_idle(site, timeout=40)
+    run = runs(site)["r"]
+    assert run["state"] == "SUCCESS", run["messages"]
+    assert run["results"] == {"score": 5}
+    assert (Path(run["run_dir"]) / long).read_text() == "long\n"
+    assert not list(Path(run["run_dir"]).glob(".fb-fetch-*"))
+
+
+def test_a_name_this_side_cannot_store_is_left_out_with_a_note(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local file system that stores shorter names than the host's (or only UTF-8
+    ones): that file is left out, named, and the rest comes home."""
+    conn, remote = staging_conn(ssh, tmp_path)
+    for name in ("a.txt", "refused.txt", "z.txt"):
+        Path(remote, name).write_text(name)  # the remote FS is this machine's
+    real = os.rename
+
+    def rename(src: Any, dst: Any, **kw: Any) -> None:
+        if dst == "refused.txt":  # what a file system with a shorter NAME_MAX says
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), dst)
+        real(src, dst, **kw)
+
+    monkeypatch.setattr(os, "rename", rename)
+    down = tmp_path / "down"
+    down.mkdir()
+    notes: list[str] = []
+    try:
+        assert download_tree(conn.sftp(), remote, down, notes) == 2
+    finally:
+        conn.pool.close()
+    assert sorted(p.name for p in down.iterdir()) == ["a.txt", "z.txt"]  # no temporary
+    assert notes == ["refused.txt (its name cannot be stored here: File name too long)"]

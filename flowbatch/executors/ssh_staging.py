@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -92,6 +93,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: mode of a folder the download creates (never world-writable)
 _FOLDER_MODE = 0o755
+#: what a local file system says of a name it cannot store (too long; not its encoding)
+_NAME_REFUSED = frozenset({errno.ENAMETOOLONG, errno.EILSEQ})
 
 
 def upload_tree(sftp: paramiko.SFTPClient, local_dir: Path, remote_dir: str) -> int:
@@ -272,10 +275,18 @@ def _download(
             elif stat.S_ISREG(mode) and _changed(dir_fd, name, attr):
                 count += _fetch_one(sftp, remote, attr, dir_fd, name, local, owner)
         except _Skipped as why:
-            log.warning("not fetching %s: %s", _shown(remote), why)
-            if notes is not None:
-                notes.append(f"{prefix}{_shown(name)} ({why})")
+            _skip(remote, prefix, name, str(why), notes)
+        except OSError as exc:  # here: the remote side's errors come as _Skipped
+            if exc.errno not in _NAME_REFUSED:
+                raise
+            _skip(remote, prefix, name, f"its name cannot be stored here: {exc.strerror}", notes)
     return count
+
+
+def _skip(remote: bytes, prefix: str, name: str, why: str, notes: list[str] | None) -> None:
+    log.warning("not fetching %s: %s", _shown(remote), why)
+    if notes is not None:
+        notes.append(f"{prefix}{_shown(name)} ({why})")
 
 
 def _fetch_order(attr: paramiko.SFTPAttributes) -> tuple[int, int]:
@@ -307,6 +318,8 @@ def _download_folder(
     try:
         sub = _open_folder(dir_fd, name, owner)
     except OSError as exc:
+        if exc.errno in _NAME_REFUSED:
+            raise _Skipped(f"its name cannot be stored here: {exc.strerror}") from None
         raise _Skipped(f"{_shown(local)} is in the way: {exc.strerror}") from None
     try:
         listed = _remote(sftp, lambda: listdir(sftp, remote))
@@ -361,13 +374,14 @@ def _fetch_one(
 ) -> int:
     """Fetch one remote file to a temporary name in the open folder ``dir_fd``, then
     rename it to ``name`` there; 1 when fetched. :class:`_Skipped` when a folder is in
-    the way or the server refuses the file."""
+    the way or the server refuses the file; an ``OSError`` of ``_NAME_REFUSED`` when this
+    side cannot store the name."""
     try:
         if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
             raise _Skipped(f"{_shown(local)} is a folder")
     except FileNotFoundError:
         pass
-    tmp = f".{name}.flowbatch-fetch"
+    tmp = temporary_name(name)
     mode = attr.st_mode or 0
     try:
         # the folder is the run user's: mode, times and owner are set through the
@@ -391,6 +405,14 @@ def _fetch_one(
             os.unlink(tmp, dir_fd=dir_fd)  # no half-fetched leftover
         raise
     return 1
+
+
+def temporary_name(name: str) -> str:
+    """The name a file to be called ``name`` is fetched under before it is renamed: short
+    whatever ``name`` is (``.<name>.flowbatch-fetch`` was longer than 255 bytes for a name
+    of 250, and stopped the whole fetch), the same for the same name (a fetch cut short
+    by a killed daemon leaves no second one beside it)."""
+    return ".fb-fetch-" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
 
 
 class _Local:
