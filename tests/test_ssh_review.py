@@ -160,3 +160,93 @@ def test_a_name_this_side_cannot_store_is_left_out_with_a_note(
         conn.pool.close()
     assert sorted(p.name for p in down.iterdir()) == ["a.txt", "z.txt"]  # no temporary
     assert notes == ["refused.txt (its name cannot be stored here: File name too long)"]
+
+
+# -- M2: a run that swaps its own remote folder for a link -----------------------------------
+
+#: the run moves its folder aside and puts a link to a folder outside it in its place
+SWAP_FOLDER = (
+    'd=$$(pwd -P); o=$$d.outside; mkdir -p $$o; echo secret > $$o/leak.txt; cd ..; mv "$$d" '
+    '"$$d.moved"; ln -s "$$o" "$$d"; cd "$$d.moved"'
+)
+
+
+def test_a_run_that_swaps_its_remote_folder_for_a_link_gets_nothing_from_outside(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """The fetch listed and read through the link: the run's folder came home with what
+    the link pointed at. Now nothing is fetched from it, the run's messages say why, and
+    the remote side is kept as it is for the admin."""
+    site = scored_site(tmp_path, ssh, SWAP_FOLDER)
+    drop(site, "r.yaml", {"workflow": "w", "name": "r"})
+    d = run_until_idle(site, timeout=40)
+    run = runs(site)["r"]
+    fetched = sorted(p.name for p in Path(run["run_dir"]).rglob("*"))
+    assert "leak.txt" not in fetched, fetched
+    assert "r.json" not in fetched, fetched
+    remote = run["handle"]["remote_dir"]
+    message = " ".join(run["messages"])
+    assert f"its remote folder {remote} is a symbolic link: nothing was fetched" in message
+    assert "it is kept for the site's admin to look at" in message, run["messages"]
+    assert Path(remote).is_symlink() and Path(remote + ".moved", "r.json").exists()
+    assert run["state"] == "ERROR"  # no exit status, no marker came home: lost
+    d.stop()
+
+
+def test_a_remote_folder_swapped_during_the_fetch_is_found_out(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap comes while the folder is listed (after the first look): nothing is
+    fetched. It comes while a file is fetched: the download says so at its end."""
+    from flowbatch.executors import ssh_staging
+
+    conn, remote = staging_conn(ssh, tmp_path)
+    outside = Path(remote + ".outside")
+    outside.mkdir()
+    (outside / "leak.txt").write_text("secret")
+    Path(remote, "a.txt").write_text("a")
+
+    def swap() -> None:
+        os.rename(remote, remote + ".moved")
+        os.symlink(outside, remote)
+
+    def back() -> None:
+        os.unlink(remote)
+        os.rename(remote + ".moved", remote)
+
+    real_listdir = ssh_staging.listdir
+
+    def listing(sftp: Any, path: bytes) -> Any:
+        entries = real_listdir(sftp, path)
+        swap()
+        return entries
+
+    down = tmp_path / "down"
+    down.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(ssh_staging, "listdir", listing)
+        with pytest.raises(ssh_staging.RemoteFolderReplaced) as caught:
+            download_tree(conn.sftp(), remote, down)
+    assert not caught.value.during
+    assert str(caught.value) == f"{remote} is a symbolic link once it was listed"
+    assert list(down.iterdir()) == []
+    back()
+
+    real_fetch = ssh_staging.fetch_into
+
+    def fetching(sftp: Any, path: bytes, out: Any, size: int) -> None:
+        real_fetch(sftp, path, out, size)
+        swap()
+
+    monkeypatch.setattr(ssh_staging, "fetch_into", fetching)
+    with pytest.raises(ssh_staging.RemoteFolderReplaced) as caught:
+        download_tree(conn.sftp(), remote, down)
+    assert caught.value.during
+    assert "is a symbolic link while its files were fetched" in str(caught.value)
+    back()
+    # a link higher up (the run's workflow folder swapped): its real path is elsewhere
+    Path(remote, "sub").mkdir()
+    os.symlink(remote, remote + ".via")
+    with pytest.raises(ssh_staging.RemoteFolderReplaced, match=r"sub resolves to /.*/sub$"):
+        download_tree(conn.sftp(), remote + ".via/sub", down)
+    conn.pool.close()

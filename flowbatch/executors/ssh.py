@@ -45,6 +45,8 @@ executor of that name. A run goes like this:
    A remote file that cannot be read is left out and named in the run's notes
    (:meth:`SSHExecutor.take_messages`); a fetch left incomplete for another reason (the
    connection lost, a full local disk) keeps the remote folder, and the notes say where.
+   A remote folder the run swapped for a link (or that resolves elsewhere) has nothing
+   fetched from it, and is kept too (see :func:`ssh_staging.download_tree`).
 4. **cancel**: TERM to the remote process group, KILL after a grace (a group whose
    wrapper was killed from outside too, with the same guards); on a host that does
    not answer, once it does (the run is ended at once all the same). Such process groups
@@ -95,7 +97,13 @@ from .ssh_pool import (
     connection_lost,
     shared_pool,
 )
-from .ssh_staging import LocalWriteError, RemoteFolderMissing, download_tree, upload_tree
+from .ssh_staging import (
+    LocalWriteError,
+    RemoteFolderMissing,
+    RemoteFolderReplaced,
+    download_tree,
+    upload_tree,
+)
 
 if TYPE_CHECKING:
     from ..config import SiteConfig
@@ -404,6 +412,8 @@ class SSHExecutor:
         self._probe_failing: dict[str, float] = {}
         #: runs whose fetch is incomplete (their remote folder is kept): why
         self._incomplete: dict[str, str] = {}
+        #: runs whose remote folder collect keeps (their notes say why)
+        self._kept: set[str] = set()
         #: what the run's messages should say about the fetch of its files
         self._said: dict[str, list[str]] = {}
         #: runs seen going on after their wrapper was killed from outside (see poll)
@@ -754,6 +764,23 @@ class SSHExecutor:
             download_tree(conn.sftp(), remote, Path(handle["run_dir"]), skipped)
         except RemoteFolderMissing:
             pass  # the remote folder itself is gone: the local markers will say "lost"
+        except RemoteFolderReplaced as exc:
+            log.warning("ssh %s: run %s: its remote folder %s", self.name, run_id, exc)
+            fetched = (
+                "what came home from it may not be the run's"
+                if exc.during
+                else "nothing was fetched from it"
+            )
+            self._note(
+                run_id,
+                f"on ssh host {self.name}, its remote folder {exc}: {fetched} (a run's "
+                f"files come from its own folder only); it is kept for the site's admin to "
+                f"look at: {self._where(handle)}",
+            )
+            self._kept.add(run_id)
+            self._incomplete.pop(run_id, None)
+            self._fetched.add(run_id)
+            return
         except (OSError, EOFError, paramiko.SSHException, LocalWriteError) as exc:
             if not isinstance(exc, LocalWriteError) and (connection_lost(exc) or not conn.alive()):
                 raise conn.broken(exc) from None
@@ -808,7 +835,9 @@ class SSHExecutor:
             incomplete = self._incomplete.pop(run_id, None)
             if incomplete:  # never removed with files not home
                 self._note(run_id, incomplete)
-            elif not self.host.keep_remote and handle.get("remote_dir"):
+            elif (
+                not self.host.keep_remote and handle.get("remote_dir") and run_id not in self._kept
+            ):
                 # detached: a large folder's removal neither holds the tick nor is cut
                 # short half-way by the command's timeout
                 remote = _q(str(handle["remote_dir"]))
@@ -817,6 +846,7 @@ class SSHExecutor:
             log.warning("ssh %s: collecting run %s: %s", self.name, run_id, exc.reason)
         finally:
             self._fetched.discard(run_id)
+            self._kept.discard(run_id)
             self._orphaned.discard(run_id)
             self._proven.pop(_group_key(handle), None)
             self._fetch_failing.pop(run_id, None)

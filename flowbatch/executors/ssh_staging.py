@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import paramiko
-from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_REALPATH
 
 from .. import text
 from ..render.script import LOGS_DIR, STATUS_DIR, shell_quote
@@ -76,6 +76,17 @@ class LocalWriteError(Exception):
 class RemoteFolderMissing(FileNotFoundError):
     """The remote folder a download was to fetch is not there (its files, if any,
     are not the reason: a file gone during the walk is left out with a note)."""
+
+
+class RemoteFolderReplaced(Exception):
+    """The remote folder a download was to fetch is not that folder any more: a symbolic
+    link (a run may swap its own folder for one, to anywhere), no folder, or a path that
+    resolves elsewhere. ``during``: found so only after files were fetched from it (what
+    came home may not be the run's); else nothing was fetched."""
+
+    def __init__(self, why: str, *, during: bool) -> None:
+        super().__init__(why)
+        self.during = during
 
 
 class _Skipped(Exception):
@@ -175,7 +186,10 @@ def download_tree(
     A remote file or sub-folder that cannot be read (permission denied, gone since it was
     listed) is skipped too, and ``notes`` gets ``"<path> (<why>)"`` for it (the path
     relative to ``remote_dir``). :class:`RemoteFolderMissing` (a ``FileNotFoundError``)
-    means ``remote_dir`` itself is not there; a lost connection raises its error
+    means ``remote_dir`` itself is not there; :class:`RemoteFolderReplaced` that it is
+    not the folder it was (``remote_dir`` must be a real path: a folder, reached through
+    no link), checked before and after it is listed (then nothing was fetched) and once
+    more at the end; a lost connection raises its error
     (``OSError``, ``EOFError``, ``SSHException``), a failure to write here
     :class:`LocalWriteError`: the download is then incomplete.
 
@@ -186,12 +200,53 @@ def download_tree(
     top = os.open(local_dir, _DIR_FLAGS)
     try:
         try:
+            _check_folder(sftp, remote, "")
             entries = listdir(sftp, remote)
         except FileNotFoundError as exc:
             raise RemoteFolderMissing(errno.ENOENT, f"{_shown(remote)}: {exc.strerror}") from None
-        return _download(sftp, remote, entries, top, local_dir, _owner(top), notes, "", top=True)
+        # a process the run left may swap the folder at any moment (the listing and each
+        # file are requested by path, SFTP has no openat): before any file is fetched,
+        # and after all, so that what came home from elsewhere is at least known
+        _check_folder(sftp, remote, " once it was listed")
+        count = _download(sftp, remote, entries, top, local_dir, _owner(top), notes, "", top=True)
+        _check_folder(sftp, remote, " while its files were fetched", during=True)
+        return count
     finally:
         os.close(top)
+
+
+def _check_folder(
+    sftp: paramiko.SFTPClient, remote: bytes, when: str, *, during: bool = False
+) -> None:
+    """:class:`RemoteFolderReplaced` unless ``remote`` is a folder that is no link and
+    whose real path is ``remote`` itself (a link higher up moves it too); gone after the
+    listing is no replacement (what was gone before it could be fetched is noted)."""
+    try:
+        info = sftp.lstat(remote)
+    except FileNotFoundError:
+        if not when:
+            raise
+        return
+    mode = info.st_mode or 0
+    if stat.S_ISLNK(mode):
+        why = "is a symbolic link"
+    elif not stat.S_ISDIR(mode):
+        why = "is no folder"
+    else:
+        real = _realpath(sftp, remote)
+        if real == remote:
+            return
+        why = f"resolves to {_shown(real)}"
+    raise RemoteFolderReplaced(f"{_shown(remote)} {why}{when}", during=during)
+
+
+def _realpath(sftp: paramiko.SFTPClient, path: bytes) -> bytes:
+    """The server's real path of ``path``, links resolved (paramiko's ``normalize``
+    decodes it as strict UTF-8)."""
+    t, msg = cast(Any, sftp)._request(CMD_REALPATH, path)
+    if t != CMD_NAME or msg.get_int() != 1:
+        raise paramiko.SFTPError("Expected one name")
+    return bytes(msg.get_string())
 
 
 def listdir(sftp: paramiko.SFTPClient, path: bytes) -> list[paramiko.SFTPAttributes]:
