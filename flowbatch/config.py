@@ -301,6 +301,8 @@ DEFAULT_CONFIG_TEXT = """\
 #     max_runs: 4
 #     jump_host: null     # another host of this section to go through
 #     keep_remote: false  # keep the remote run folder after collecting it
+#     max_fetch_bytes: 10737418240   # a run's files fetched back at most (10 GiB); the
+#                         #   rest is left there, the remote folder kept
 #     connect_timeout: 10s
 #     unreachable_grace: 5m             # then the host's runs become ERROR
 """

@@ -13,6 +13,7 @@ ssh:
     max_runs: 4
     jump_host: gateway      # another host of this section, reached first
     keep_remote: false
+    max_fetch_bytes: 10737418240  # 10 GiB of a run's files at most come back
     connect_timeout: 10s
     unreachable_grace: 5m
 ```
@@ -31,6 +32,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: the most bytes of a run's files fetched back from a host, by default (10 GiB)
+MAX_FETCH_BYTES = 10 << 30
 #: keys people try that flowbatch refuses on purpose, with the reason
 _REFUSED = {
     "password": "passwords are not supported: use key_file or the SSH agent",
@@ -89,6 +92,14 @@ class SSHHost(BaseModel):
     )
     keep_remote: bool = Field(
         default=False, description="Keep the remote run folder after its files came back."
+    )
+    max_fetch_bytes: int = Field(
+        default=MAX_FETCH_BYTES,
+        ge=1,
+        description="The most bytes of a run's files fetched back from this host (10 GiB): "
+        "the daemon writes them into the run's folder (a root daemon as root, beyond the "
+        "user's quota), and a sparse file comes back whole. Files beyond it are left on "
+        "the host, named in the run's messages, and its remote folder is kept.",
     )
     connect_timeout: float = Field(default=10.0, description="Seconds (or '10s').")
     unreachable_grace: float = Field(

@@ -740,6 +740,9 @@ def no_sftp_transfers(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("put", "putfo", "get", "getfo"):
         monkeypatch.setattr(paramiko.SFTPClient, name, refuse)
+    from flowbatch.executors import ssh_staging
+
+    monkeypatch.setattr(ssh_staging, "_sftp_read", refuse)  # a download's SFTP reads
 
 
 def test_pool_prefers_aes_gcm(ssh: SshEnv, tmp_path: Path) -> None:

@@ -250,3 +250,119 @@ def test_a_remote_folder_swapped_during_the_fetch_is_found_out(
     with pytest.raises(ssh_staging.RemoteFolderReplaced, match=r"sub resolves to /.*/sub$"):
         download_tree(conn.sftp(), remote + ".via/sub", down)
     conn.pool.close()
+
+
+# -- M1: no cap on fetched outputs; a growing file ---------------------------------------------
+
+
+def test_files_beyond_max_fetch_bytes_stay_on_the_host_with_a_note(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """A sparse 2 GiB file (no disk used there) came home as 2 GiB of real zeros, written
+    by the (root) daemon. Past the host's max_fetch_bytes a file stays on the host, the
+    run's messages say so, and its remote folder is kept; the smaller files come home."""
+    site = scored_site(
+        tmp_path,
+        ssh,
+        "truncate -s 2G big.bin; head -c 1000 /dev/urandom > small.bin",
+        a={"max_fetch_bytes": 64 << 20},
+    )
+    drop(site, "r.yaml", {"workflow": "w", "name": "r"})
+    d = Daemon(site)
+    d.start()
+    remote = None
+    try:
+        run_until_idle(site, daemon=d, timeout=40)
+        run = runs(site)["r"]
+        remote = Path(run["handle"]["remote_dir"])
+        note = said(site, d, "r")
+        local = Path(run["run_dir"])
+        assert run["state"] == "SUCCESS", run["messages"]
+        assert run["results"] == {"score": 5}
+        assert not (local / "big.bin").exists()
+        assert (local / "small.bin").read_bytes() == (remote / "small.bin").read_bytes()
+        assert "1 file(s) of the run folder on ssh host a (2.0 GiB) were not fetched" in note
+        assert "max_fetch_bytes (64.0 MiB)" in note and "big.bin (2.0 GiB)" in note, note
+        assert (
+            f"its remote folder is kept: fbtest@127.0.0.2:{ssh.servers['a'].port}:{remote}" in note
+        )
+        time.sleep(0.5)  # the removal would have been detached (setsid rm -rf &)
+        assert (remote / "big.bin").exists() and (remote / "r.json").exists()
+    finally:
+        d.stop()
+        if remote is not None:
+            (remote / "big.bin").unlink(missing_ok=True)
+
+
+def test_a_file_growing_during_the_fetch_comes_as_it_was_listed(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process the run left behind keeps extending two files (sparse: fast and free)
+    once the folder is listed: `cat` and SFTP's getfo read on for as long as it did (for
+    ever, with a process that never stops). Both reads stop at the listed size, by
+    stream (2 MiB) and by SFTP (100 kB)."""
+    import threading
+
+    from flowbatch.executors import ssh_staging
+
+    conn, remote = staging_conn(ssh, tmp_path)
+    streamed, small = os.urandom(2 << 20), os.urandom(100_000)
+    paths = [Path(remote, "streamed.bin"), Path(remote, "small.bin")]
+    for path, data in zip(paths, (streamed, small), strict=True):
+        path.write_bytes(data)  # the remote FS is this machine's
+    stop = threading.Event()
+
+    def grow() -> None:
+        # by 512 MiB at most: a fetch that reads on (the bug) ends too, with no more
+        # than that written here, instead of filling the disk
+        for _ in range(32):
+            if stop.wait(0.005):
+                return
+            for path in paths:
+                os.truncate(path, path.stat().st_size + (16 << 20))
+
+    grower = threading.Thread(target=grow, daemon=True)
+    real = ssh_staging.listdir
+
+    def listing(sftp: Any, path: bytes) -> Any:
+        entries = real(sftp, path)
+        grower.start()  # from now on
+        return entries
+
+    monkeypatch.setattr(ssh_staging, "listdir", listing)
+    down = tmp_path / "down"
+    down.mkdir()
+    begin = time.monotonic()
+    try:
+        assert download_tree(conn.sftp(), remote, down) == 2
+        took = time.monotonic() - begin
+    finally:
+        stop.set()
+        grower.join()
+        for path in paths:
+            path.unlink()
+        conn.pool.close()
+    assert took < 10, took
+    assert (down / "streamed.bin").read_bytes() == streamed
+    assert (down / "small.bin").read_bytes() == small
+
+
+def test_a_stream_that_fails_is_read_by_sftp_no_further_than_listed(
+    ssh: SshEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SFTP fallback of a failed stream stops at the listed size too."""
+    from flowbatch.executors import ssh_staging
+
+    conn, remote = staging_conn(ssh, tmp_path)
+    data = os.urandom(3 << 20)
+    Path(remote, "f.bin").write_bytes(data)
+
+    def failed(*args: Any) -> int:
+        raise ssh_staging._StreamFailed("no head there")
+
+    monkeypatch.setattr(ssh_staging, "_stream_down", failed)
+    try:
+        ssh_staging.fetch_file(conn.sftp(), f"{remote}/f.bin", tmp_path / "f.bin", 2 << 20)
+    finally:
+        conn.pool.close()
+    assert (tmp_path / "f.bin").read_bytes() == data[: 2 << 20]

@@ -98,6 +98,7 @@ from .ssh_pool import (
     shared_pool,
 )
 from .ssh_staging import (
+    FetchBudget,
     LocalWriteError,
     RemoteFolderMissing,
     RemoteFolderReplaced,
@@ -760,8 +761,9 @@ class SSHExecutor:
         conn = self.connection
         remote = str(handle["remote_dir"])
         skipped: list[str] = []
+        budget = FetchBudget(self.host.max_fetch_bytes)
         try:
-            download_tree(conn.sftp(), remote, Path(handle["run_dir"]), skipped)
+            download_tree(conn.sftp(), remote, Path(handle["run_dir"]), skipped, budget=budget)
         except RemoteFolderMissing:
             pass  # the remote folder itself is gone: the local markers will say "lost"
         except RemoteFolderReplaced as exc:
@@ -799,7 +801,28 @@ class SSHExecutor:
                 f"{len(skipped)} file(s) of the run folder on ssh host {self.name} could not "
                 f"be fetched and are left out: {shown}{more}",
             )
+        if budget.left_out:
+            self._note_over_budget(run_id, handle, budget)
         self._fetched.add(run_id)
+
+    def _note_over_budget(self, run_id: str, handle: dict[str, Any], budget: FetchBudget) -> None:
+        """Files left on the host for the host's ``max_fetch_bytes``: named in the run's
+        messages, and its remote folder kept (nothing is lost)."""
+        from ..report import format_size
+
+        files = budget.left_out
+        shown = ", ".join(f"{path} ({format_size(size)})" for path, size in files[:NOTED_FILES])
+        more = f" and {len(files) - NOTED_FILES} more" if len(files) > NOTED_FILES else ""
+        total = format_size(sum(size for _, size in files))
+        self._kept.add(run_id)
+        self._note(
+            run_id,
+            f"{len(files)} file(s) of the run folder on ssh host {self.name} ({total}) were "
+            f"not fetched: more than the host's max_fetch_bytes "
+            f"({format_size(budget.limit)}) of a run's files come back: {shown}{more}; they "
+            f"are left there, and its remote folder is kept: {self._where(handle)} (copy "
+            f"them from there, or raise max_fetch_bytes in flowbatch.yaml)",
+        )
 
     def _where(self, handle: dict[str, Any]) -> str:
         return f"{self.host.login()}:{handle.get('remote_dir')}"

@@ -15,12 +15,20 @@ the script's business, and ``attempts/`` is the local archive of earlier attempt
 Speed: paramiko's SFTP client gets ~110 MB/s on loopback where OpenSSH's sftp and scp
 get ~150 (every 32 KiB read is a request, its response comes in two SSH packets, and each
 read copies out of a channel buffer that is then shifted). A file of
-:data:`STREAM_MIN_SIZE` or more therefore travels as a plain byte stream, ``cat`` on an
-exec channel of the same pooled connection (single-quoted path, wider receive window):
-about twice SFTP's rate. Smaller files stay on SFTP, which is quicker for them (no
-process to start). A stream that fails for any reason but a lost connection (no
-``cat``, a login shell that prints, a file that changed meanwhile) is not trusted: the
-file goes again over SFTP, so the stream only ever makes things faster.
+:data:`STREAM_MIN_SIZE` or more therefore travels as a plain byte stream, ``cat`` (up)
+or ``head -c <size>`` (down) on an exec channel of the same pooled connection
+(single-quoted path, wider receive window): about twice SFTP's rate. Smaller files stay
+on SFTP, which is quicker for them (no process to start). A stream that fails for any
+reason but a lost connection (no ``cat``, a login shell that prints, a file that changed
+meanwhile) is not trusted: the file goes again over SFTP, so the stream only ever makes
+things faster.
+
+Bounds: a file is read no further than the size its listing gave, by stream or by SFTP
+(a process the run left behind may append to a file for ever), and a download stops
+taking files once they would add up to more than its budget (a host's
+``max_fetch_bytes``: the daemon writes them here, a root daemon beyond the user's
+quota, a sparse file whole): those are left on the host (:class:`FetchBudget`). File
+names are bytes both sides (one that is not UTF-8 comes home as it is).
 
 Faults: a remote file the daemon cannot read (permission denied, gone since the listing,
 the server's failure) is left out with a note and the download goes on; a lost or timed
@@ -59,6 +67,8 @@ STREAM_MIN_SIZE = 1 << 20
 STREAM_WINDOW = 8 << 20
 #: bytes per read and per write of a stream
 STREAM_CHUNK = 1 << 20
+#: bytes per SFTP read request (paramiko's own choice, as its ``getfo``)
+SFTP_CHUNK = 32768
 #: a stream that moves no byte for this long has lost its connection, when the SFTP
 #: session gives no timeout of its own (the pool's sessions give their ``io_timeout``)
 STREAM_IDLE_TIMEOUT = 300.0
@@ -87,6 +97,25 @@ class RemoteFolderReplaced(Exception):
     def __init__(self, why: str, *, during: bool) -> None:
         super().__init__(why)
         self.during = during
+
+
+class FetchBudget:
+    """The most bytes a download may fetch (``limit``: the host's ``max_fetch_bytes``),
+    and the files it left on the host for it: ``(path, size)``, the path relative to the
+    folder as notes show it. Files that are home already (unchanged) cost nothing."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.left_out: list[tuple[str, int]] = []
+
+    def take(self, path: str, size: int) -> bool:
+        """Whether a file of ``size`` bytes may be fetched (then taken off the budget)."""
+        if size > self.left:
+            self.left_out.append((path, size))
+            return False
+        self.left -= size
+        return True
 
 
 class _Skipped(Exception):
@@ -172,6 +201,8 @@ def download_tree(
     remote_dir: str | bytes,
     local_dir: Path,
     notes: list[str] | None = None,
+    *,
+    budget: FetchBudget | None = None,
 ) -> int:
     """Fetch new or changed files of ``remote_dir`` into ``local_dir``; the file count.
 
@@ -189,9 +220,11 @@ def download_tree(
     means ``remote_dir`` itself is not there; :class:`RemoteFolderReplaced` that it is
     not the folder it was (``remote_dir`` must be a real path: a folder, reached through
     no link), checked before and after it is listed (then nothing was fetched) and once
-    more at the end; a lost connection raises its error
-    (``OSError``, ``EOFError``, ``SSHException``), a failure to write here
-    :class:`LocalWriteError`: the download is then incomplete.
+    more at the end. With ``budget``, a file that would take more bytes than are left of
+    it is not fetched (the budget's ``left_out`` names it); every file is read no further
+    than the size the listing gave (a file that keeps growing ends). A lost connection
+    raises its error (``OSError``, ``EOFError``, ``SSHException``), a failure to write
+    here :class:`LocalWriteError`: the download is then incomplete.
 
     File names are bytes to POSIX, on both sides: a remote name that is not UTF-8 is
     fetched to a local file of the same bytes (see :func:`listdir`), and is shown in
@@ -208,7 +241,9 @@ def download_tree(
         # file are requested by path, SFTP has no openat): before any file is fetched,
         # and after all, so that what came home from elsewhere is at least known
         _check_folder(sftp, remote, " once it was listed")
-        count = _download(sftp, remote, entries, top, local_dir, _owner(top), notes, "", top=True)
+        count = _download(
+            sftp, remote, entries, top, local_dir, _Sink(_owner(top), notes, budget), "", top=True
+        )
         _check_folder(sftp, remote, " while its files were fetched", during=True)
         return count
     finally:
@@ -304,8 +339,7 @@ def _download(
     entries: list[paramiko.SFTPAttributes],
     dir_fd: int,
     local_dir: Path,
-    owner: tuple[int, int] | None,
-    notes: list[str] | None,
+    sink: _Sink,
     prefix: str,
     *,
     top: bool = False,
@@ -325,17 +359,46 @@ def _download(
         try:
             if stat.S_ISDIR(mode):
                 count += _download_folder(
-                    sftp, remote, dir_fd, name, local, owner, notes, prefix + _shown(name) + "/"
+                    sftp, remote, dir_fd, name, local, sink, prefix + _shown(name) + "/"
                 )
             elif stat.S_ISREG(mode) and _changed(dir_fd, name, attr):
-                count += _fetch_one(sftp, remote, attr, dir_fd, name, local, owner)
-        except _Skipped as why:
-            _skip(remote, prefix, name, str(why), notes)
+                size = attr.st_size or 0
+                if sink.budget is not None and not sink.budget.take(prefix + _shown(name), size):
+                    log.warning(
+                        "not fetching %s: %d bytes, over what is left of max_fetch_bytes",
+                        _shown(remote),
+                        size,
+                    )
+                    continue
+                try:
+                    count += _fetch_one(sftp, remote, attr, dir_fd, name, local, sink.owner)
+                except BaseException:
+                    if sink.budget is not None:
+                        sink.budget.left += size  # not fetched: not spent
+                    raise
+        except _Skipped as skipped:
+            _skip(remote, prefix, name, str(skipped), sink.notes)
         except OSError as exc:  # here: the remote side's errors come as _Skipped
             if exc.errno not in _NAME_REFUSED:
                 raise
-            _skip(remote, prefix, name, f"its name cannot be stored here: {exc.strerror}", notes)
+            refused = f"its name cannot be stored here: {exc.strerror}"
+            _skip(remote, prefix, name, refused, sink.notes)
     return count
+
+
+class _Sink:
+    """Where a download goes besides the files: their owner here, the notes of what was
+    left out, the byte budget."""
+
+    def __init__(
+        self,
+        owner: tuple[int, int] | None,
+        notes: list[str] | None,
+        budget: FetchBudget | None,
+    ) -> None:
+        self.owner = owner
+        self.notes = notes
+        self.budget = budget
 
 
 def _skip(remote: bytes, prefix: str, name: str, why: str, notes: list[str] | None) -> None:
@@ -365,13 +428,12 @@ def _download_folder(
     dir_fd: int,
     name: str,
     local: Path,
-    owner: tuple[int, int] | None,
-    notes: list[str] | None,
+    sink: _Sink,
     prefix: str,
 ) -> int:
     """The remote sub-folder ``remote`` into ``name`` of the open folder ``dir_fd``."""
     try:
-        sub = _open_folder(dir_fd, name, owner)
+        sub = _open_folder(dir_fd, name, sink.owner)
     except OSError as exc:
         if exc.errno in _NAME_REFUSED:
             raise _Skipped(f"its name cannot be stored here: {exc.strerror}") from None
@@ -383,7 +445,7 @@ def _download_folder(
         # writes inside the run folder, but not where the user now expects them)
         if not _still_at(dir_fd, name, sub):
             raise _Skipped(f"{_shown(local)} was moved or replaced while it was listed")
-        return _download(sftp, remote, listed, sub, local, owner, notes, prefix)
+        return _download(sftp, remote, listed, sub, local, sink, prefix)
     finally:
         os.close(sub)
 
@@ -562,11 +624,13 @@ def fetch_file(sftp: paramiko.SFTPClient, remote: str | bytes, local: Path, size
 def fetch_into(sftp: paramiko.SFTPClient, remote: str | bytes, out: BinaryIO, size: int) -> None:
     """Write the remote regular file ``remote`` (``size`` bytes when listed; a path as
     bytes or text) into the new, empty file ``out``: streamed when large, else (or when
-    the stream fails) by SFTP."""
+    the stream fails) by SFTP. No more than ``size`` bytes are read either way: a file
+    that grew since it was listed (a process the run left may append to it for ever)
+    comes as it was listed, and what it has beyond stays there."""
     remote = os.fsencode(remote)
     if size >= STREAM_MIN_SIZE:
         try:
-            got = _stream_down(sftp, remote, out)
+            got = _stream_down(sftp, remote, out, size)
             if got == size:
                 return
             why = f"{got} bytes came, {size} were listed"
@@ -575,7 +639,21 @@ def fetch_into(sftp: paramiko.SFTPClient, remote: str | bytes, out: BinaryIO, si
         log.warning("streaming %s failed (%s); fetching it by SFTP", _shown(remote), why)
         out.seek(0)
         out.truncate()
-    sftp.getfo(remote, out)
+    _sftp_read(sftp, remote, out, size)
+
+
+def _sftp_read(sftp: paramiko.SFTPClient, remote: bytes, out: BinaryIO, size: int) -> None:
+    """At most ``size`` bytes of the remote file into ``out``, by SFTP (prefetched as
+    paramiko's ``getfo`` does, which reads on to the end of a file however far it grows)."""
+    with sftp.open(cast(str, remote), "rb") as src:  # paramiko takes a path as bytes too
+        src.prefetch(size)
+        left = size
+        while left > 0:
+            data = src.read(min(SFTP_CHUNK, left))
+            if not data:
+                break
+            out.write(data)
+            left -= len(data)
 
 
 class _StreamFailed(Exception):
@@ -658,10 +736,11 @@ def _cut(transport: paramiko.Transport | None, why: str) -> None:
     raise ConnectionError(f"the ssh connection was lost: {why}")
 
 
-def _stream_down(sftp: paramiko.SFTPClient, remote: bytes, out: Any) -> int:
-    """``cat`` the remote file into the open file ``out``; the byte count."""
+def _stream_down(sftp: paramiko.SFTPClient, remote: bytes, out: Any, size: int) -> int:
+    """The remote file's first ``size`` bytes (``head -c``: a file growing meanwhile does
+    not hold the stream) into the open file ``out``; the byte count."""
     got = 0
-    command = b"exec cat -- " + _quote_bytes(remote)
+    command = b"exec head -c %d -- " % size + _quote_bytes(remote)
     with _stream(sftp, command, STREAM_WINDOW, "reading") as chan:
         while data := chan.recv(STREAM_CHUNK):
             out.write(data)
