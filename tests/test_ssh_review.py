@@ -1,24 +1,32 @@
 """Findings of a review of the SSH executor against a real sshd on loopback
 (tests/fixtures_ssh.py), each with the test that shows it fixed: a remote file name that
 is not UTF-8, one run whose look fails while the host's other runs go on, an output name
-too long for the temporary name it was fetched under."""
+too long for the temporary name it was fetched under, a run that swaps its remote folder
+for a link, outputs too large or growing for ever, known_hosts lines paramiko could not
+read (@revoked, @cert-authority) and a known_hosts file that cannot be read."""
 
 from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from flowbatch.cli import main
+from flowbatch.config import SiteConfig
 from flowbatch.daemon import Daemon
+from flowbatch.errors import ConfigError
 from flowbatch.executors import ssh as ssh_mod
+from flowbatch.executors.ssh_pool import HostKeyError, SSHPool
 from flowbatch.executors.ssh_staging import download_tree
 
 from .conftest import drop, run_until_idle
-from .fixtures_ssh import SshEnv
+from .fixtures_ssh import SshEnv, ssh_site
 from .test_ssh import staging_conn
 from .test_ssh_faults import runs, said, scored_site
 
@@ -366,3 +374,158 @@ def test_a_stream_that_fails_is_read_by_sftp_no_further_than_listed(
     finally:
         conn.pool.close()
     assert (tmp_path / "f.bin").read_bytes() == data[: 2 << 20]
+
+
+# -- H2, L1: known_hosts lines paramiko could not read; a file that cannot be read ----------
+
+
+def host_key(server: Any) -> str:
+    """``<type> <base64>`` of the server's host key."""
+    return " ".join(Path(f"{server.host_key}.pub").read_text().split()[:2])
+
+
+def a_pool(ssh: SshEnv, known: Path) -> SSHPool:
+    """A pool of the test hosts, host a checked against the known_hosts file ``known``."""
+    return SSHPool(SiteConfig.model_validate(ssh.config(a={"known_hosts": str(known)})).ssh)
+
+
+def a_ca_line(tmp_path: Path) -> str:
+    """An @cert-authority line of a CA made for the test (as HPC sites sign host keys)."""
+    ca = tmp_path / "ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    return f"@cert-authority *.cluster.example {(tmp_path / 'ca.pub').read_text().strip()}\n"
+
+
+@pytest.mark.parametrize("patterns", ["{name}", "*", "*.example,127.0.0.*,[127.0.0.2]:*"])
+def test_a_revoked_host_key_is_refused_even_where_another_line_lists_it(
+    ssh: SshEnv, tmp_path: Path, patterns: str
+) -> None:
+    """OpenSSH's @revoked line: paramiko's load_host_keys raised on it, at every attempt
+    (InvalidHostKey, a bare Exception). The key is refused for the hosts the line names,
+    with the file and the line, before authentication."""
+    a = ssh.servers["a"]
+    name = f"[{a.address}]:{a.port}"
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        f"# revoked after the breach\n@revoked {patterns.format(name=name)} {host_key(a)}\n"
+        + a.keyscan()
+    )
+    pool = a_pool(ssh, known)
+    before = a.accepted_logins()
+    try:
+        with pytest.raises(HostKeyError) as caught:
+            pool.connection("a").run(f"touch {ssh.base}/should-not-exist")
+    finally:
+        pool.close()
+    message = caught.value.summary()
+    assert f"{known}: ssh host a ({name}) offered the ssh-ed25519 host key" in message
+    assert f"{a.fingerprint()}, which line 2 of its known_hosts file REVOKES" in message
+    assert a.accepted_logins() == before
+    assert not (ssh.base / "should-not-exist").exists()
+
+
+def test_a_revoked_line_for_other_hosts_leaves_this_one_alone(ssh: SshEnv, tmp_path: Path) -> None:
+    a = ssh.servers["a"]
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        f"@revoked other.example,!{a.address} {host_key(a)}\n"
+        f"@revoked !*{a.port} {host_key(a)}\n" + a.keyscan()
+    )
+    pool = a_pool(ssh, known)
+    try:
+        assert pool.connection("a").run("true").ok
+    finally:
+        pool.close()
+
+
+def test_cert_authority_lines_are_skipped_and_said_to_be(ssh: SshEnv, tmp_path: Path) -> None:
+    """@cert-authority beside the host's own line: the host is reached (`hosts check`
+    crashed with a traceback, runs failed with "('@cert-authority …', Error('Incorrect
+    padding'))"). Trusted only through its CA: an unknown host, and the message says
+    that such lines are not used."""
+    a = ssh.servers["a"]
+    ca = a_ca_line(tmp_path)
+    known = tmp_path / "known_hosts"
+    known.write_text(ca + a.keyscan())
+    site = ssh_site(tmp_path / "site", ssh, hosts={"a": {"known_hosts": str(known)}})
+    checked = CliRunner().invoke(main, ["--site", str(site.root), "hosts", "check", "a"])
+    assert checked.exit_code == 0, checked.output
+    assert "a: ok" in checked.output and a.fingerprint() in checked.output
+    known.write_text(ca)
+    pool = a_pool(ssh, known)
+    try:
+        with pytest.raises(HostKeyError) as caught:
+            pool.connection("a").run("true")
+    finally:
+        pool.close()
+    message = caught.value.summary()
+    assert "offered an unknown ssh-ed25519 host key" in message
+    assert "its @cert-authority lines are not used" in message, message
+
+
+def test_a_daemon_with_a_cert_authority_line_serves_both_hosts(ssh: SshEnv, tmp_path: Path) -> None:
+    a = ssh.servers["a"]
+    known = tmp_path / "known_hosts"
+    known.write_text(a_ca_line(tmp_path) + a.keyscan())
+    site = scored_site(tmp_path, ssh, "echo ok", a={"known_hosts": str(known)})
+    drop(site, "a.yaml", {"workflow": "w", "name": "on-a"})
+    drop(site, "b.yaml", {"workflow": "w", "name": "on-b", "executor": "b"})
+    d = Daemon(site)
+    d.start()
+    try:
+        errors = tick_until_ended(d, site, {"on-a", "on-b"})
+    finally:
+        d.stop()
+    assert not errors, errors[:1]
+    assert {n: r["state"] for n, r in runs(site).items()} == {"on-a": "SUCCESS", "on-b": "SUCCESS"}
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("[127.0.0.9]:22 ssh-ed25519 not-base64", "its key cannot be read (InvalidHostKey)"),
+        ("[127.0.0.9]:22 ssh-ed25519", "too few fields"),
+        ("@cert-authority *.cluster.example", "too few fields"),
+        ("@marked [127.0.0.9]:22 ssh-ed25519 AAAA", "unknown marker '@marked'"),
+        ("h\xe9llo ssh-ed25519 AAAA", "it is not UTF-8 text"),
+    ],
+)
+def test_a_known_hosts_line_that_cannot_be_read_is_a_config_error_naming_it(
+    ssh: SshEnv, tmp_path: Path, line: str, why: str
+) -> None:
+    """Not a traceback, nor a line silently passed over: the file, the line, what to do;
+    `hosts check` says the same."""
+    a = ssh.servers["a"]
+    known = tmp_path / "known_hosts"
+    known.write_bytes(a.keyscan().encode() + line.encode("latin-1") + b"\n")
+    pool = a_pool(ssh, known)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            pool.connection("a").run("true")
+    finally:
+        pool.close()
+    message = caught.value.summary()
+    assert f"line 2 of known_hosts file {known} cannot be read: {why}" in message, message
+    assert caught.value.field == "ssh.a.known_hosts"
+    assert "fix or remove line 2" in message
+    site = ssh_site(tmp_path / "site", ssh, hosts={"a": {"known_hosts": str(known)}})
+    checked = CliRunner().invoke(main, ["--site", str(site.root), "hosts", "check", "a"])
+    assert checked.exit_code == 1 and "Traceback" not in checked.output
+    assert f"line 2 of known_hosts file {known} cannot be read" in checked.output
+
+
+def test_a_known_hosts_that_cannot_be_read_is_a_config_error(ssh: SshEnv, tmp_path: Path) -> None:
+    """A folder in its place (root reads any file, so no permission case here): it was
+    reported as the host being unreachable ("check that the host is up")."""
+    known = tmp_path / "kh"
+    known.mkdir()
+    pool = a_pool(ssh, known)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            pool.connection("a").run("true")
+    finally:
+        pool.close()
+    assert caught.value.reason == (
+        f"ssh host a: known_hosts file {known} cannot be read: Is a directory"
+    )
+    assert caught.value.field == "ssh.a.known_hosts"

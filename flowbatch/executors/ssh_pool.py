@@ -8,8 +8,14 @@ connection, opened lazily, kept alive, and reopened with backoff when it drops.
 Security: the host key must be in the host's ``known_hosts`` file (never the system's
 implicitly, never added on first sight). An unknown or changed key raises
 :class:`HostKeyError` naming the host and the offered key's SHA256 fingerprint; it is raised
-before authentication, so no command has run. Passwords are not supported; a key's
-passphrase comes from an environment variable named in the config and is never logged.
+before authentication, so no command has run. The file is read here, not by paramiko
+(:func:`read_known_hosts`): a key OpenSSH's ``@revoked`` marks is refused for the hosts its
+line names, even where another line lists it; ``@cert-authority`` lines are not used
+(paramiko cannot verify host certificates: a host trusted only through its CA is an
+unknown host); a line that cannot be read is a :class:`~flowbatch.errors.ConfigError`
+naming the file and the line, as is a file that cannot be read at all. Passwords are not
+supported; a key's passphrase comes from an environment variable named in the config and
+is never logged.
 
 Speed: paramiko leaves Nagle's algorithm on, which stalls each small request for ~40 ms
 on Linux; the socket is created here with ``TCP_NODELAY`` and handed over as ``sock=``.
@@ -39,16 +45,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry
 
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
 from ..ssh_hosts import SSHHost
@@ -102,21 +113,166 @@ def known_hosts_name(host: SSHHost) -> str:
     return host.hostname if host.port == 22 else f"[{host.hostname}]:{host.port}"
 
 
-class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
-    """RejectPolicy with a useful message: which host, which key it offered."""
+@dataclass
+class KnownHosts:
+    """A known_hosts file as :func:`read_known_hosts` found it: its plain lines'
+    entries, its ``@revoked`` ones (with their line numbers), and how many
+    ``@cert-authority`` lines it has (not used)."""
 
-    def __init__(self, name: str, host: SSHHost) -> None:
+    path: Path
+    entries: list[HostKeyEntry] = field(default_factory=list)
+    revoked: list[tuple[HostKeyEntry, int]] = field(default_factory=list)
+    authorities: int = 0
+
+    def add_to(self, keys: paramiko.HostKeys, name: str) -> None:
+        """Into ``keys``, the keys to accept for a connection to ``name`` (as known_hosts
+        files it: :func:`known_hosts_name`): every plain line's, but one revoked for it."""
+        for entry in self.entries:
+            if self.revoked_at(name, entry.key) is None:
+                for pattern in entry.hostnames:
+                    keys.add(pattern, entry.key.get_name(), entry.key)
+
+    def revoked_at(self, name: str, key: paramiko.PKey) -> int | None:
+        """The line that revokes ``key`` for the host ``name``, if one does."""
+        for entry, line in self.revoked:
+            if entry.key == key and _host_matches(entry.hostnames, name):
+                return line
+        return None
+
+
+def read_known_hosts(path: Path, host: str) -> KnownHosts:
+    """The known_hosts file ``path`` of the ssh host ``host`` (for messages), read as
+    OpenSSH writes it: ``<patterns> <key type> <base64 key> [comment]``, perhaps after a
+    marker, ``@cert-authority`` (skipped: paramiko cannot verify host certificates) or
+    ``@revoked``. A key type paramiko does not know is skipped, as paramiko does (no host
+    can offer it one). :class:`ConfigError` when the file cannot be read, or a line
+    cannot be made out (paramiko's own reading raised a bare ``InvalidHostKey`` for a
+    marker line, at every connection attempt)."""
+    where = f"ssh.{host}.known_hosts"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"ssh host {host}: known_hosts file {path} does not exist",
+            field=where,
+            hint="write the host's key there (ssh-keyscan, checked) before using it",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"ssh host {host}: known_hosts file {path} cannot be read: {exc.strerror or exc}",
+            field=where,
+            expected="a file the daemon's user may read",
+            hint="fix the path or its permissions (`flowbatch hosts check " + host + "` tries it)",
+        ) from None
+    known = KnownHosts(path)
+    for number, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise _bad_line(host, path, number, "it is not UTF-8 text") from None
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        marker = fields.pop(0) if fields[0].startswith("@") else None
+        if marker not in (None, "@cert-authority", "@revoked"):
+            raise _bad_line(host, path, number, f"unknown marker {marker[:40]!r}")
+        if len(fields) < 3:
+            raise _bad_line(host, path, number, "too few fields")
+        if marker == "@cert-authority":
+            known.authorities += 1
+            continue
+        try:
+            entry = HostKeyEntry.from_line(" ".join(fields[:3]), number)
+        except Exception as exc:  # paramiko's InvalidHostKey is a bare Exception
+            raise _bad_line(
+                host, path, number, f"its key cannot be read ({exc.__class__.__name__})"
+            ) from None
+        if entry is None:
+            log.debug("ssh %s: %s line %d: a key type paramiko does not know", host, path, number)
+        elif marker == "@revoked":
+            known.revoked.append((entry, number))
+        else:
+            known.entries.append(entry)
+    return known
+
+
+def _bad_line(host: str, path: Path, number: int, why: str) -> ConfigError:
+    return ConfigError(
+        f"ssh host {host}: line {number} of known_hosts file {path} cannot be read: {why}",
+        field=f"ssh.{host}.known_hosts",
+        expected="`<host patterns> <key type> <base64 key>`, perhaps after @revoked or "
+        "@cert-authority",
+        hint=f"fix or remove line {number} (`ssh-keygen -F <host> -f {path}` shows how "
+        "OpenSSH reads the file)",
+    )
+
+
+def _host_matches(patterns: list[str], name: str) -> bool:
+    """Whether the host ``name`` is one a known_hosts line's patterns name, as OpenSSH
+    matches them: ``*`` and ``?`` wildcards, ``!`` negation (which wins), hashed names
+    (``|1|salt|hash``), host names in any case."""
+    found = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern[1:] if negated else pattern
+        if pattern.startswith("|1|"):
+            try:
+                hit = hmac.compare_digest(paramiko.HostKeys.hash_host(name, pattern), pattern)
+            except Exception:  # a hashed name that is not one names no host
+                hit = False
+        else:
+            regex = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
+            hit = re.fullmatch(regex, name.lower()) is not None
+        if hit and negated:
+            return False
+        found = found or hit
+    return found
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """RejectPolicy with a useful message: which host, which key it offered (and, for a
+    key its known_hosts file revokes, which line)."""
+
+    def __init__(self, name: str, host: SSHHost, known: KnownHosts) -> None:
         self.name = name
         self.host = host
+        self.known = known
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        revoked = _revoked(self.name, self.host, self.known, key)
+        if revoked is not None:
+            raise revoked
+        hint = (
+            "if the key is right, add it to that known_hosts file (e.g. ssh-keyscan "
+            "output checked against the fingerprint the host's admin publishes)"
+        )
+        if self.known.authorities:
+            hint += (
+                "; its @cert-authority lines are not used (host certificates cannot be "
+                "verified here): the host's own key must be listed"
+            )
         raise HostKeyError(
             f"ssh host {self.name} ({known_hosts_name(self.host)}) offered an unknown "
             f"{key.get_name()} host key {fingerprint(key)}; connection refused, nothing was run",
-            file=str(self.host.known_hosts_path()),
-            hint="if the key is right, add it to that known_hosts file (e.g. ssh-keyscan "
-            "output checked against the fingerprint the host's admin publishes)",
+            file=str(self.known.path),
+            hint=hint,
         )
+
+
+def _revoked(
+    name: str, host: SSHHost, known: KnownHosts, key: paramiko.PKey
+) -> HostKeyError | None:
+    """The error for a host offering a key its known_hosts file revokes (None: it does not)."""
+    line = known.revoked_at(known_hosts_name(host), key)
+    if line is None:
+        return None
+    return HostKeyError(
+        f"ssh host {name} ({known_hosts_name(host)}) offered the {key.get_name()} host key "
+        f"{fingerprint(key)}, which line {line} of its known_hosts file REVOKES (@revoked); "
+        "connection refused, nothing was run",
+        file=str(known.path),
+        hint="the host's admin must give it a new key; do not connect until then",
+    )
 
 
 class Fuse:
@@ -287,17 +443,12 @@ class SSHConnection:
                 expected="the remote account runs are to run as",
                 hint="set `user:` in the host's section of flowbatch.yaml",
             )
-        known = host.known_hosts_path()
+        known = read_known_hosts(host.known_hosts_path(), self.name)
         client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(str(known))
-        except FileNotFoundError:
-            raise ConfigError(
-                f"ssh host {self.name}: known_hosts file {known} does not exist",
-                field=f"ssh.{self.name}.known_hosts",
-                hint="write the host's key there (ssh-keyscan, checked) before using it",
-            ) from None
-        client.set_missing_host_key_policy(_RefuseUnknown(self.name, host))
+        # the keys to accept: paramiko's SSHClient checks the offered key against these
+        # (its own host keys, which load_host_keys would fill), then asks the policy
+        known.add_to(client.get_host_keys(), known_hosts_name(host))
+        client.set_missing_host_key_policy(_RefuseUnknown(self.name, host, known))
         sock = self._socket()
         try:
             client.connect(
@@ -316,12 +467,15 @@ class SSHConnection:
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
+            revoked = _revoked(self.name, host, known, exc.key)
+            if revoked is not None:  # another key of the host's is listed
+                raise revoked from None
             raise HostKeyError(
                 f"ssh host {self.name} ({known_hosts_name(host)}) offered the "
                 f"{exc.key.get_name()} host key {fingerprint(exc.key)}, but known_hosts has "
                 f"{fingerprint(exc.expected_key)}: the key CHANGED; connection refused, "
                 "nothing was run",
-                file=str(known),
+                file=str(known.path),
                 hint="if the host was reinstalled, replace its line in known_hosts after "
                 "checking the new fingerprint with its admin; otherwise do not connect",
             ) from None
