@@ -56,7 +56,8 @@ from .text import is_text, shown
 log = logging.getLogger("flowbatch.runner")
 
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_NOFOLLOW = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a new file, never through a link, never waiting (a FIFO put there)
+_NEW_MARK = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: a root daemon hands each run's folder to its user, and takes it back at the end
 _ROOT = os.geteuid() == 0
 
@@ -265,7 +266,16 @@ class Runner:
             log.warning("run %s: cannot mark it closed: %s", run.id, exc)
             return
         try:
-            os.close(os.open(CLOSED_MARK, _NEW_NOFOLLOW, 0o644, dir_fd=fd))
+            try:
+                os.close(os.open(CLOSED_MARK, _NEW_MARK, 0o644, dir_fd=fd))
+            except FileExistsError:
+                # whatever the run left at that name: a FIFO opened for writing waits for
+                # a reader for ever, the daemon's whole tick with it (found by review); a
+                # dangling link is no mark to run.sh's `[ -e ]`
+                st = os.stat(CLOSED_MARK, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    os.unlink(CLOSED_MARK, dir_fd=fd)
+                    os.close(os.open(CLOSED_MARK, _NEW_MARK, 0o644, dir_fd=fd))
         except OSError as exc:
             log.warning("run %s: cannot mark it closed: %s", run.id, exc)
         finally:

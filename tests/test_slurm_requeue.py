@@ -112,6 +112,27 @@ def test_a_requeue_of_a_finished_job_does_not_run_its_ended_run_again(
     assert json.loads((run_dir / "r.json").read_text()) == {"execution": 1}
 
 
+@pytest.mark.parametrize("planted", ["mkfifo status/closed", "ln -s /nonexistent status/closed"])
+def test_what_a_run_leaves_at_its_closed_mark_neither_hangs_nor_fools_the_daemon(
+    tmp_path: Path, slurm_cluster: SlurmCluster, planted: str
+) -> None:
+    """The run's program owns its folder while it runs: a FIFO it left at status/closed
+    held the daemon's tick for ever when the mark was opened for writing (found by
+    review), and a dangling link is no mark to run.sh's `[ -e ]`. The mark is a file."""
+    site = make_site(tmp_path / "site", slurm_config())
+    write_template(
+        tmp_path / "tpl",
+        f"workflow:\n  steps:\n    - name: work\n      action:\n        commands: [{planted}]\n",
+    )
+    api.install(site, tmp_path / "tpl", workflow_id="planted")
+    drop(site, "r.yaml", {"workflow": "planted", "name": "r"})
+    run_until_idle(site, timeout=60)
+    ended = runs_by_name(site)["r"]
+    assert ended["state"] == "SUCCESS", ended["messages"]
+    mark = Path(ended["run_dir"]) / "status" / "closed"
+    assert mark.is_file() and not mark.is_symlink()
+
+
 @pytest.mark.parametrize(
     ("requeue", "said"),
     [
