@@ -147,7 +147,7 @@ def validate(path: Path, site: Site | None = None) -> str:
         check_shipped(template, _file_list(src), src.spec_path)  # as install checks it
         unchecked = "" if site else "; no site: its executor and variables not checked"
         return f"template {src.spec_path}: valid ({_describe(template)}{unchecked})"
-    doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES, request=True)
+    doc = yamlio.load_file(path, max_bytes=yamlio.MAX_TEMPLATE_BYTES, as_written=True)
     if _looks_like_request(doc, path):
         if doc is None and path.stat().st_size == 0:  # as the intake says it
             raise RequestError(
@@ -313,7 +313,7 @@ def submit(site: Site, request_path: Path, *, retry_failed: bool = False) -> str
     """
     request_path = request_path.resolve()
     _may_queue(site)
-    doc = yamlio.load_file(request_path, max_bytes=site.config.max_request_bytes, request=True)
+    doc = yamlio.load_file(request_path, max_bytes=site.config.max_request_bytes, as_written=True)
     if retry_failed and isinstance(doc, dict):
         doc["retry_failed"] = True
     req = parse_request(doc, file=str(request_path))

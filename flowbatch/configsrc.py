@@ -123,7 +123,7 @@ def read_file(path: Path) -> dict[str, Any]:
     """The config file as a mapping (``{}`` when there is none)."""
     if not path.exists():
         return {}
-    data = yamlio.load_file(path) or {}
+    data = yamlio.load_file(path, as_written=True) or {}
     if not isinstance(data, dict):
         raise ConfigError(
             "the site config must be a mapping",

@@ -31,6 +31,9 @@ def seconds(value: Any, *, bare_number: bool = True) -> float:
     """Seconds (positive, finite) from ``value``, or :class:`DurationError`."""
     expected = f"a number of seconds or {FORMS}" if bare_number else FORMS
     found: float | None = None
+    # YAML 1.1 reads an unquoted 1:30:00 as the number 5400 (yamlio.WrittenInt keeps its
+    # text): the text is what was meant (found by review: refused as a bare number)
+    value = getattr(value, "written", value)
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not bare_number:

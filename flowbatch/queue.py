@@ -1282,7 +1282,7 @@ class Intake:
                 file=label,
                 hint="save it as UTF-8",
             )
-        doc = yamlio.loads(text, file=label, request=True)
+        doc = yamlio.loads(text, file=label, as_written=True)
         return parse_request(doc, file=label)
 
     def _create(self, claimed: Claimed, req: Request, result: IntakeResult) -> None:

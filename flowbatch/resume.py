@@ -172,7 +172,7 @@ def plan_request(site: Site, path: Path) -> ResumePlan | None:
 
     Casts every point as intake does, so ``lr: 1`` and ``lr: 1.0`` of a float
     parameter are the same point; duplicates after casting are one point."""
-    doc = yamlio.load_file(path, max_bytes=site.config.max_request_bytes, request=True)
+    doc = yamlio.load_file(path, max_bytes=site.config.max_request_bytes, as_written=True)
     if not isinstance(doc, dict) or not doc.get("sweep"):
         return None
     # parsed first, as validate and intake do: the same errors ("unknown workflow 'None'"

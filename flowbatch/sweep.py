@@ -54,7 +54,7 @@ def _expand(
     lists = [list(enumerate(values)) for values in axes.values()]
     for combo in itertools.product(*lists):
         point = {**fixed, **{name: value for name, (_, value) in zip(axes, combo, strict=True)}}
-        key = point_key(point)
+        key = point_key(_as_written(point))
         if key not in seen:  # the same combination is run once
             seen.add(key)
             yield point, {name: i for name, (i, _) in zip(axes, combo, strict=True)}
@@ -160,6 +160,19 @@ def _axes(sweep: Any, fixed: dict[str, Any], file: str | None) -> dict[str, list
                 hint="give it in one place only",
             )
     return {str(k): list(v) for k, v in sweep.items()}
+
+
+def _as_written(value: Any) -> Any:
+    """``value`` with the numbers YAML read otherwise than written (``12:30``: 750,
+    :class:`flowbatch.yamlio.WrittenInt`) as their text: told apart from the number
+    written plainly before casting, which refuses them for a string parameter (found by
+    review: ``[750, 12:30]`` was one point, silently)."""
+    if isinstance(value, dict):
+        return {k: _as_written(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_written(v) for v in value]
+    written = getattr(value, "written", None)
+    return value if written is None else f"\0{written}"
 
 
 def point_key(point: dict[str, Any]) -> str:

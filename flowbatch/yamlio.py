@@ -185,12 +185,13 @@ def _check_shape(value: Any, *, budget: int, limit: int = MAX_DEPTH) -> None:
 
 
 def loads(
-    text: str, *, file: str | None = None, json_format: bool = False, request: bool = False
+    text: str, *, file: str | None = None, json_format: bool = False, as_written: bool = False
 ) -> Any:
     """Parse YAML (or JSON) text with the checks above; errors name ``file``.
-    ``request``: numbers keep their text where it is not Python's own (:class:`WrittenInt`)."""
+    ``as_written``: numbers keep their text where it is not Python's own
+    (:class:`WrittenInt`): requests, templates and the site config, not results."""
     try:
-        loader = _loader(text, request)
+        loader = _loader(text, as_written)
         value = json.loads(text) if json_format else yaml.load(text, Loader=loader)
     except InputError as exc:
         raise exc.at(file=file)
@@ -224,7 +225,7 @@ def load_file(
     max_bytes: int = MAX_TEMPLATE_BYTES,
     follow: bool = True,
     owner: int | None = None,
-    request: bool = False,
+    as_written: bool = False,
 ) -> Any:
     """Read and parse a YAML or JSON file (JSON by its ``.json`` suffix): a regular file
     only (a FIFO put where a file was expected would hold the reader for ever; it is
@@ -252,13 +253,13 @@ def load_file(
                 "replaced and is not trusted",
                 file=str(p),
             )
-        return load_fd(fd, str(p), max_bytes=max_bytes, request=request)
+        return load_fd(fd, str(p), max_bytes=max_bytes, as_written=as_written)
     finally:
         os.close(fd)
 
 
 def load_fd(
-    fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES, request: bool = False
+    fd: int, name: str, *, max_bytes: int = MAX_TEMPLATE_BYTES, as_written: bool = False
 ) -> Any:
     """:func:`load_file` of a file already open (read from its start): a caller that
     opened it without following links (:mod:`flowbatch.safeio`) reads what it checked.
@@ -285,7 +286,8 @@ def load_fd(
         raise InputError(
             f"file is not UTF-8 text (byte {exc.start})", file=name, hint="save it as UTF-8"
         )
-    return loads(text, file=name, json_format=name.lower().endswith(".json"), request=request)
+    json_format = name.lower().endswith(".json")
+    return loads(text, file=name, json_format=json_format, as_written=as_written)
 
 
 class _Dumper(yaml.SafeDumper):

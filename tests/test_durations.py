@@ -64,3 +64,28 @@ def test_a_bare_number_is_seconds_except_where_slurm_would_read_minutes(bare: An
 def test_what_is_no_duration(value: Any) -> None:
     site, template, resource = _all(value)
     assert resource is None and (site is None and template is None)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1:30:00", 5400), ("12:30", 750), ("1-12", None)])
+def test_a_clock_time_written_unquoted_is_the_time_written(
+    text: str, seconds: float | None
+) -> None:
+    """YAML 1.1 reads an unquoted `1:30:00` as the number 5400: `resources.time` refused
+    the form the README shows, as a bare number (found by review). A request, a
+    template and the site config keep the text (yamlio.WrittenInt), which is parsed."""
+    from flowbatch import yamlio
+    from flowbatch.spec.request import parse_request
+
+    doc = yamlio.loads(
+        f"workflow: w\nresources: {{time: {text}}}\ntimeLimit: {text}\n", as_written=True
+    )
+    if seconds is None:  # `1-12` is text to YAML: quoted or not, it is the same
+        assert isinstance(doc["resources"]["time"], str)
+        return
+    assert parse_request({k: doc[k] for k in ("workflow", "resources")}, file="r.yaml").resources
+    assert parse_seconds(doc["resources"]["time"]) == seconds
+    assert _parse_time_limit(doc["timeLimit"], file="t.yaml") == seconds
+    site_yaml = yamlio.loads(
+        f"slurm: {{profiles: {{default: {{time: {text}}}}}}}\n", as_written=True
+    )
+    assert parse_seconds(site_yaml["slurm"]["profiles"]["default"]["time"]) == seconds

@@ -53,3 +53,18 @@ def test_array_chunks_and_throttle() -> None:
     assert array_ranges(0, 1000) == []
     assert array_ranges(5, 1000) == ["0-4"]
     assert array_ranges(2500, 1000, throttle=8) == ["0-999%8", "0-999%8", "0-499%8"]
+
+
+@pytest.mark.parametrize("values", ["[8, 010]", "[750, 12:30]", "['8', 010]"])
+def test_a_swept_string_written_as_another_number_is_refused_not_merged(values: str) -> None:
+    """`[750, 12:30]` of a string parameter was one point, `'750'`: the second value
+    dropped as the first's duplicate before casting, which refuses it (found by review)."""
+    from flowbatch import yamlio
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.spec.model import Parameter
+    from flowbatch.sweep import cast_points
+
+    doc = yamlio.loads(f"sweep:\n  s: {values}\n", as_written=True)
+    params = [Parameter("s", "string", 0, True)]  # type: ignore[arg-type]
+    with pytest.raises(FlowbatchError, match="quote the value in YAML"):
+        cast_points(params, {}, doc["sweep"])

@@ -131,7 +131,7 @@ def _read_manifest(base: Path) -> tuple[Path | None, dict[str, Any]]:
         candidate = base / fname
         if candidate.is_file():
             label = str(candidate)
-            doc = load_file(candidate)
+            doc = load_file(candidate, as_written=True)
             if doc is None:
                 doc = {}  # an empty manifest means 'all defaults'
             check_keys(doc, field="", file=label, allowed=MANIFEST_KEYS)

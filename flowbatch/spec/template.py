@@ -112,7 +112,8 @@ def placeholders(text: str) -> list[Placeholder]:
 
 def load_template(path: str | os.PathLike[str], *, known_variables: Iterable[str] = ()) -> Template:
     """Read a template file (YAML, or JSON by its suffix) and parse it."""
-    return parse_template(load_file(path), file=str(path), known_variables=known_variables)
+    doc = load_file(path, as_written=True)
+    return parse_template(doc, file=str(path), known_variables=known_variables)
 
 
 @dataclass(frozen=True)
