@@ -1944,8 +1944,25 @@ def site_daemon_uid(site: Site) -> int:
 
 
 #: names at the run folder's root that programs run there load by themselves
-_ROOT_LOADED = frozenset({"__pycache__", "node_modules", "Makefile", "makefile", "GNUmakefile"})
-_ROOT_LOADED_SUFFIXES = (".py", ".pyc", ".pyw", ".pyd", ".so", ".pth", ".zip", ".egg")
+#: names at the run folder's root that a program started there reads by itself: make,
+#: node, pytest's configuration (a participant's `addopts` changes how a pytest grader
+#: collects its tests); not archives (.zip, .egg) nor .pth files, which Python reads only
+#: where it is told to or in its site folders (found by review: `data: dataset.zip`
+#: refused)
+_ROOT_LOADED = frozenset(
+    {
+        "__pycache__",
+        "node_modules",
+        "Makefile",
+        "makefile",
+        "GNUmakefile",
+        "pytest.ini",
+        "tox.ini",
+        "setup.cfg",
+        "pyproject.toml",
+    }
+)
+_ROOT_LOADED_SUFFIXES = (".py", ".pyc", ".pyw", ".pyd", ".so")
 
 
 def _picked_up_at_root(parts: tuple[str, ...]) -> bool:
@@ -2002,12 +2019,13 @@ def _check_target(
         raise ArgumentError(
             f"target {value.target!r} is a name a program run in the run folder could load "
             "in place of its own (a Python module or package, a dot file, node_modules, "
-            "a Makefile)",
+            "a Makefile, pytest's configuration)",
             file=label,
             field=field,
-            expected="a data file's name at the run folder's root (not *.py, *.pyc, *.so, "
-            "*.pth, .*, __pycache__, node_modules, Makefile, <folder>/__init__.py), or a "
-            "path inside a folder of your own",
+            expected="a data file's name at the run folder's root (not *.py, *.pyc, *.pyw, "
+            "*.pyd, *.so, .*, __pycache__, node_modules, Makefile, pytest.ini, tox.ini, "
+            "setup.cfg, pyproject.toml, <folder>/__init__.py), or a path inside a folder of "
+            "your own",
             hint="choose another target path, e.g. inputs/" + parts[-1],
         )
     # the target itself, or a file standing where one of its folders would go

@@ -84,7 +84,12 @@ def test_a_target_at_the_root_cannot_replace_a_module_the_template_imports(
         ("node_modules/x/index.js", True),
         ("Makefile", True),
         ("__pycache__/json.cpython-311.pyc", True),
+        ("pytest.ini", True),  # a participant's addopts changes a pytest grader's run
+        ("pyproject.toml", True),
         ("mydata.csv", False),
+        ("dataset.zip", False),  # Python imports from no archive in the working folder
+        ("deps.egg", False),
+        ("site.pth", False),  # read only in site folders
         ("inputs/json.py", False),
         ("data/input.txt", False),
     ],
