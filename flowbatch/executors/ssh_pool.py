@@ -140,14 +140,17 @@ class KnownHosts:
         return None
 
 
-def read_known_hosts(path: Path, host: str) -> KnownHosts:
+def read_known_hosts(path: Path, host: str, name: str | None = None) -> KnownHosts:
     """The known_hosts file ``path`` of the ssh host ``host`` (for messages), read as
     OpenSSH writes it: ``<patterns> <key type> <base64 key> [comment]``, perhaps after a
     marker, ``@cert-authority`` (skipped: paramiko cannot verify host certificates) or
     ``@revoked``. A key type paramiko does not know is skipped, as paramiko does (no host
     can offer it one). :class:`ConfigError` when the file cannot be read, or a line
     cannot be made out (paramiko's own reading raised a bare ``InvalidHostKey`` for a
-    marker line, at every connection attempt)."""
+    marker line, at every connection attempt). A line that cannot be made out and names
+    other hosts than ``name`` (the host's name in known_hosts) is skipped with a warning,
+    as OpenSSH reads past it (found by review: one damaged line of a shared, hand-edited
+    ~/.ssh/known_hosts stopped every host)."""
     where = f"ssh.{host}.known_hosts"
     try:
         data = path.read_bytes()
@@ -166,34 +169,56 @@ def read_known_hosts(path: Path, host: str) -> KnownHosts:
         ) from None
     known = KnownHosts(path)
     for number, raw in enumerate(data.splitlines(), 1):
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise _bad_line(host, path, number, "it is not UTF-8 text") from None
+        line = raw.decode("utf-8", "replace").strip()
         if not line or line.startswith("#"):
             continue
         fields = line.split()
         marker = fields.pop(0) if fields[0].startswith("@") else None
-        if marker not in (None, "@cert-authority", "@revoked"):
-            raise _bad_line(host, path, number, f"unknown marker {marker[:40]!r}")
-        if len(fields) < 3:
-            raise _bad_line(host, path, number, "too few fields")
-        if marker == "@cert-authority":
+        entry, why = _known_hosts_line(marker, fields, number, raw)
+        if why is not None:
+            if name is None or not fields or _host_matches(fields[0].split(","), name):
+                raise _bad_line(host, path, number, why)
+            _warn_once(path, number, f"ssh {host}: line {number} of {path} skipped: {why}")
+        elif marker == "@cert-authority":
             known.authorities += 1
-            continue
-        try:
-            entry = HostKeyEntry.from_line(" ".join(fields[:3]), number)
-        except Exception as exc:  # paramiko's InvalidHostKey is a bare Exception
-            raise _bad_line(
-                host, path, number, f"its key cannot be read ({exc.__class__.__name__})"
-            ) from None
-        if entry is None:
+        elif entry is None:
             log.debug("ssh %s: %s line %d: a key type paramiko does not know", host, path, number)
         elif marker == "@revoked":
             known.revoked.append((entry, number))
         else:
             known.entries.append(entry)
     return known
+
+
+def _known_hosts_line(
+    marker: str | None, fields: list[str], number: int, raw: bytes
+) -> tuple[HostKeyEntry | None, str | None]:
+    """One known_hosts line's entry (None: a key type paramiko does not know, or a
+    @cert-authority line), or why it cannot be made out."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "it is not UTF-8 text"
+    if marker not in (None, "@cert-authority", "@revoked"):
+        return None, f"unknown marker {(marker or '')[:40]!r}"
+    if len(fields) < 3:
+        return None, "too few fields"
+    if marker == "@cert-authority":
+        return None, None
+    try:
+        return HostKeyEntry.from_line(" ".join(fields[:3]), number), None
+    except Exception as exc:  # paramiko's InvalidHostKey is a bare Exception
+        return None, f"its key cannot be read ({exc.__class__.__name__})"
+
+
+_WARNED: set[tuple[str, int]] = set()
+
+
+def _warn_once(path: Path, number: int, message: str) -> None:
+    """A skipped line of a known_hosts file, said once by this process."""
+    if (str(path), number) not in _WARNED:
+        _WARNED.add((str(path), number))
+        log.warning("%s", message)
 
 
 def _bad_line(host: str, path: Path, number: int, why: str) -> ConfigError:
@@ -443,7 +468,7 @@ class SSHConnection:
                 expected="the remote account runs are to run as",
                 hint="set `user:` in the host's section of flowbatch.yaml",
             )
-        known = read_known_hosts(host.known_hosts_path(), self.name)
+        known = read_known_hosts(host.known_hosts_path(), self.name, known_hosts_name(host))
         client = paramiko.SSHClient()
         # the keys to accept: paramiko's SSHClient checks the offered key against these
         # (its own host keys, which load_host_keys would fill), then asks the policy
