@@ -355,6 +355,8 @@ class Daemon:
         self._interleave = True  # runs start during intake (off after a failure there)
         self._committed_at = 0.0  # when the intake's index batch was last committed
         self._handing_over = False  # another daemon holds the lock now: stop() says so
+        #: claims of cancels whose runs are being ended (settled once their end is recorded)
+        self._cancels_ending: dict[str, list[Claimed]] = {}
         self._unreachable = Repeated(log)  # a server index away: said once a minute
         self._resync_due = False  # the lock was taken again: the tree may have changed
         self._rescan_at: float | None = None  # a look at the tree again (see start)
@@ -450,6 +452,11 @@ class Daemon:
                 run.id,
                 run.state.value,
             )
+        try:  # runs being ended: SIGKILLed and recorded now, not left to the next daemon
+            self.runner.end_ending()
+            self._settle_ended_cancels()
+        except Exception:
+            log.exception("ending the runs being cancelled or over their time limit")
         try:
             self.intake.close()  # the handled requests' claims go once their runs are on disk
         except Exception:  # they stay claimed: the next start finds their runs made
@@ -660,11 +667,18 @@ class Daemon:
             if self.runner.poll():
                 self.runner.dispatch()  # slots freed by finished runs
             self.runner.changed_workflows |= self.postproc.poll()  # ended post-processing
+        self._settle_ended_cancels()
         if not self.runner.active and time.monotonic() - self._others_at >= OTHERS_EVERY:
             self._others_at = time.monotonic()
             self.runner.changed_workflows |= self.pending_reports.others()
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
+
+    def _settle_ended_cancels(self) -> None:
+        """The claims of cancels whose runs were being ended, once their end is recorded."""
+        for run_id in [r for r in self._cancels_ending if r not in self.runner.ending]:
+            for claimed in self._cancels_ending.pop(run_id):
+                self._settle_cancel(claimed, run_id)
 
     def _start_between(self, made: list[RunRecord]) -> bool:
         """After each request of the intake: its runs join the runner, and when a local
@@ -785,7 +799,13 @@ class Daemon:
     def _settle_cancel(self, claimed: Claimed, run_id: str) -> None:
         """A cancel's claim goes once the run's end is on disk: kept while its run.json
         could not be written (a full disk), so that a next daemon, reading the older
-        state, cancels it again (found by review: the cancelled run ran)."""
+        state, cancels it again (found by review: the cancelled run ran); kept while the
+        run is being ended (SIGTERM sent, its end not recorded yet)."""
+        if run_id in self.runner.ending:
+            self._cancels_ending.setdefault(run_id, []).append(claimed)
+            self.intake.held.add(claimed.path)  # no leftover to take in again meanwhile
+            return
+        self.intake.held.discard(claimed.path)
         if run_id in self.site.store.unwritten:
             log.warning(
                 "cancel of run %s kept claimed: its run.json could not be written yet", run_id
@@ -863,6 +883,10 @@ class Daemon:
     def serve(self, *, until_idle: bool = False) -> None:
         """Tick until stopped (SIGTERM/SIGINT), or until idle."""
         self._install_signals()
+        # a run being cancelled or over its time limit is ended without waiting on this
+        # thread: SIGTERM now, SIGKILL a later tick, its end recorded once it is gone (a
+        # --once tick waits, as it has no later tick)
+        self.runner.defer_kills = True
         interval = self.site.config.polling.interval
         self.report_every = REPORT_EVERY
         # its own index connection is closed in it when it ends (a connection is the
@@ -928,6 +952,9 @@ class Daemon:
                 wait = min(wait, self.report_every)
             if self.intake.unsettled():  # a request being written: look when it has settled
                 wait = min(wait, self.site.config.polling.settle or wait)
+            due = self.runner.next_kill()  # a run being ended is due its SIGKILL
+            if due is not None:
+                wait = min(wait, max(0.01, due - time.monotonic()))
             # about to sleep, unwatched; not with --until-idle: a daemon that exits once the
             # queue is empty lists it at every tick and a run's end wakes it (the watcher
             # cost it about 15 ms of the interpreter's time: watchdog's import, a thread)

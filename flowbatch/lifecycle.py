@@ -17,6 +17,7 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,10 @@ class Runner:
         #: retries too: the job or processes of a lost attempt are ended by that object)
         self.pinned: dict[str, Executor] = {}
         self.clock = RunClock()  # time limits, step-free
+        #: runs being ended (:meth:`_kill`): sent SIGTERM, SIGKILLed at the deadline,
+        #: recorded once gone; only where a caller polls again (the serving daemon)
+        self.ending: dict[str, _Ending] = {}
+        self.defer_kills = False
         self._poll_failing: dict[str, Repeated] = {}  # by executor name
         #: executor objects a reload replaced or removed that still serve runs (or have
         #: processes or jobs of lost runs to end: ``tend``)
@@ -286,6 +291,7 @@ class Runner:
         reload replaced) let go, its workflow's reports due."""
         self.active.pop(run.id, None)
         self.clock.forget(run.id)
+        self.ending.pop(run.id, None)
         if self.pinned.pop(run.id, None) is not None:
             self._prune_retired()
         self.changed_workflows.add(run.workflow)
@@ -686,12 +692,21 @@ class Runner:
                 continue
             for run in runs:
                 probe = probes.get(run.id)
-                if probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
+                alive = probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+                ending = self.ending.get(run.id)
+                if ending is not None:  # being ended: recorded as such once it is gone
+                    if not alive:
+                        self._record_kill(run, executor, ending.state, ending.reason)
+                        finished += 1
+                    elif not ending.killed and time.monotonic() >= ending.deadline:
+                        ending.killed = True
+                        executor.kill(run.handle or {})  # type: ignore[attr-defined]
+                    continue
+                if probe is None or alive:
                     if probe is not None:
                         self._note_status(run, probe)
                     if self._over_time(run) and not enforces_time_limit(executor):
-                        self._kill(run, executor, State.ERROR, "time limit exceeded")
-                        finished += 1
+                        finished += self._kill(run, executor, State.ERROR, "time limit exceeded")
                     continue
                 ended.append((run, probe))
         if ended:
@@ -831,9 +846,55 @@ class Runner:
     def _over_time(self, run: RunRecord) -> bool:
         return self.clock.over(run.id, run.started_at, run.time_limit)
 
-    def _kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> None:
-        if run.handle:
+    def _kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> bool:
+        """End the run's processes or job, then record it ``state`` with ``reason``; True
+        when recorded now. With :attr:`defer_kills` and an executor that can
+        (``terminate``/``kill``: the local one), a RUNNING run is sent SIGTERM and
+        recorded once it is gone, SIGKILLed at the end of the grace by a later poll: a
+        program that ignores SIGTERM held the daemon's whole tick for the grace, run
+        after run (found by review: 8 cancels, 24 s without a run started)."""
+        terminate = getattr(executor, "terminate", None) if self.defer_kills else None
+        if terminate is not None and run.handle and run.state == State.RUNNING:
+            if run.id not in self.ending and terminate(run.handle) is not None:
+                grace = float(getattr(executor, "cancel_grace", 3.0))
+                self.ending[run.id] = _Ending(state, reason, time.monotonic() + grace)
+            if run.id in self.ending:
+                return False
+        elif run.handle:
             executor.cancel(run.handle, reason)
+        self._record_kill(run, executor, state, reason)
+        return True
+
+    def next_kill(self) -> float | None:
+        """When the next run being ended is due its SIGKILL (monotonic), if any."""
+        due = [e.deadline for e in self.ending.values() if not e.killed]
+        return min(due) if due else None
+
+    def end_ending(self, patience: float = 2.0) -> None:
+        """At a stop: SIGKILL what is left of the runs being ended and record them, rather
+        than leave them to a next daemon, which would take a cancelled run's SIGKILL for
+        its own end."""
+        if not self.ending:
+            return
+        for run_id in list(self.ending):
+            run, executor = self.active.get(run_id), None
+            if run is not None:
+                executor = self.executor_of(run)
+            if run is None or executor is None:
+                self.ending.pop(run_id, None)
+                continue
+            executor.kill(run.handle or {})  # type: ignore[attr-defined]
+        deadline = time.monotonic() + patience
+        while self.ending and time.monotonic() < deadline:
+            self.poll()
+            if self.ending:
+                time.sleep(0.02)
+
+    def _record_kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> None:
+        """Record the run ended by :meth:`_kill`: its markers (an exit the TERM trap wrote:
+        its time), ``state`` and ``reason``."""
+        self.ending.pop(run.id, None)
+        if run.handle:
             executor.collect(run.id, run.handle, self.store.run_dir(run))
         markers = run_markers(self.store.run_dir(run), run)
         steps = self._steps(run, markers)
@@ -849,6 +910,8 @@ class Runner:
         submission whose answer never came (the job may exist, and is cancelled by
         name)."""
         executor = self.executor_of(run)
+        if run.id in self.ending:  # being ended already (SIGTERM sent): recorded once gone
+            return
         if executor is not None and run.state == State.RUNNING and run.handle:
             # a script that ended before the cancel came (no poll saw it yet, or no
             # daemon ran): its end stands (found by review: a SUCCESS and its results
@@ -1194,6 +1257,17 @@ def _overran(run: RunRecord, times: dict[str, str], executor: Executor) -> str |
     """:func:`overran` for a run; a scheduler that enforces the limit itself (Slurm) is
     left to."""
     return None if enforces_time_limit(executor) else overran(run.time_limit, times)
+
+
+@dataclass
+class _Ending:
+    """A run :meth:`Runner._kill` is ending: what it is to be recorded as, and when what
+    is left of it is SIGKILLed (monotonic)."""
+
+    state: State
+    reason: str
+    deadline: float
+    killed: bool = False
 
 
 class RunClock:

@@ -520,6 +520,9 @@ class Intake:
         site.store  # noqa: B018 - open the index before any run folder appears
         self._seen: dict[str, tuple[int, int, float]] = {}
         self.ready: set[str] = set()  # names inotify reported as complete (closed, moved in)
+        #: claims handled and kept for now by the daemon (a cancel of a run being ended):
+        #: no leftovers
+        self.held: set[Path] = set()
         #: whether the next tick looks in the claimed folder: at the start (a crash's
         #: leftovers), after a tick that claimed or found something there (a claim left
         #: unfinished is taken up again), and always on a shared site (other hosts hand
@@ -685,7 +688,7 @@ class Intake:
             return out
         for path in sorted(self.site.claimed_dir.iterdir()):
             run_id, sep, name = path.name.partition("--")
-            if not sep or self.settler.holds(path):
+            if not sep or self.settler.holds(path) or path in self.held:
                 continue
             try:
                 st = path.lstat()

@@ -335,6 +335,91 @@ def test_a_failing_look_at_an_executors_runs_is_logged_once_and_stops_no_tick(
     assert len(said) == 1 and said[0].exc_info is not None  # once, with its traceback
 
 
+STUBBORN = """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands: ["trap '' TERM; echo $$$$ > stubborn.pid; sleep 60"]
+"""
+
+
+@pytest.mark.parametrize("how", ["cancel", "time limit"])
+def test_a_run_that_ignores_sigterm_holds_up_no_other_run(
+    site: Site, tmp_path: Path, how: str
+) -> None:
+    """A serving daemon ends a run (a cancel, its time limit) without waiting out the
+    grace between SIGTERM and SIGKILL on its own thread: it waited 3 s a run, the whole
+    daemon with it (found by review: 8 cancels, 24 s without a run started). A run
+    dropped while the stubborn one is being ended runs and ends first; the stubborn one
+    is recorded once SIGKILL has ended it, its cancel's claim settled only then."""
+    install(site, tmp_path / "t", ("timeLimit: 1\n" if how == "time limit" else "") + STUBBORN)
+    install(site, tmp_path / "q", SLOW_TEMPLATE.replace("sleep 1", "echo quick"), wf="quick")
+    drop(site, "s.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    d.runner.defer_kills = True  # as serve() has it
+    dropped: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not d.runner.launched():
+            assert time.monotonic() < deadline
+            d.tick()
+        [run] = d.runner.launched()
+        wait_file = site.store.run_dir(run) / "stubborn.pid"
+        deadline = time.monotonic() + 10
+        while not (wait_file.exists() and wait_file.read_text().endswith("\n")):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        pid = int(wait_file.read_text())
+        if how == "cancel":
+            api.request_cancel(site, run.id, "enough")
+
+        def drop_while_ending(daemon: Daemon) -> None:
+            if run.id in daemon.runner.ending and not dropped:
+                dropped.append("t")
+                drop(site, "t.yaml", {"workflow": "quick"})
+
+        run_until_idle(site, daemon=d, timeout=30, each_tick=drop_while_ending)
+    finally:
+        d.stop()
+    assert dropped, "the stubborn run was never being ended while the daemon went on"
+    stubborn = api.show_run(site, run.id)
+    want = ("CANCELED", ["enough"]) if how == "cancel" else ("ERROR", ["time limit exceeded"])
+    assert (stubborn["state"], stubborn["messages"]) == want
+    (quick,) = [r for r in api.list_runs(site) if r["workflow"] == "quick"]
+    assert quick["state"] == "SUCCESS" and quick["finished_at"] < stubborn["finished_at"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert list(site.layout.claimed.iterdir()) == []  # the cancel's claim, once it ended
+
+
+def test_a_daemon_stopping_while_it_ends_a_run_records_that_end(site: Site, tmp_path: Path) -> None:
+    """A stop in the grace of a cancel: what is left of the run is SIGKILLed and the run
+    recorded CANCELED by this daemon, its cancel's claim settled; not left to the next
+    daemon, which would take the SIGKILL for the run's own end."""
+    install(site, tmp_path / "t", STUBBORN)
+    drop(site, "s.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    d.runner.defer_kills = True
+    try:
+        deadline = time.monotonic() + 30
+        while not d.runner.launched():
+            assert time.monotonic() < deadline
+            d.tick()
+        [run] = d.runner.launched()
+        wait_marker(site, run, b"started")
+        api.request_cancel(site, run.id, "enough")
+        while run.id not in d.runner.ending:
+            assert time.monotonic() < deadline
+            d.tick()
+    finally:
+        d.stop()
+    shown = api.show_run(site, run.id)
+    assert (shown["state"], shown["messages"]) == ("CANCELED", ["enough"])
+    assert list(site.layout.claimed.iterdir()) == []
+
+
 def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The daemon sent the time limit's SIGTERM and was killed in the grace that follows;
     the run ended on it with no daemon there. The next daemon's end of it says why, not

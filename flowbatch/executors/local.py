@@ -52,6 +52,9 @@ MARKER_SLACK = 60.0
 class LocalExecutor:
     name = "local"
 
+    #: seconds a cancelled run has between SIGTERM and SIGKILL
+    cancel_grace = CANCEL_GRACE
+
     def __init__(self, wake: Callable[[], None] | None = None, limit: int = 1) -> None:
         self._wake = wake or (lambda: None)
         self.limit = limit
@@ -289,18 +292,35 @@ class LocalExecutor:
 
     # -- cancel / collect -----------------------------------------------------------------
     def cancel(self, handle: dict[str, Any], reason: str) -> None:
-        """SIGTERM the process group and every descendant, SIGKILL what outlives the grace.
+        """SIGTERM the process group and every descendant, SIGKILL what outlives the grace
+        (:data:`CANCEL_GRACE`), waiting for it here: for a process that cannot wait (a
+        command's own cancel). The serving daemon does not wait: :meth:`terminate` now,
+        :meth:`kill` once the grace is over, the run's end recorded once it is gone."""
+        ending = self.terminate(handle)
+        if ending is None:
+            return
+        child, procs = ending
+        pid = int(handle["pid"])
+        import psutil
 
-        A child of this daemon is never reaped here (psutil's wait would reap it, ahead
-        of :func:`_reap`'s end of its group): its exit is watched without reaping, and
-        its group signalled only while it is not reaped."""
+        deadline = time.monotonic() + CANCEL_GRACE
+        waited = [proc for proc in procs if child is None or proc.pid != pid]
+        psutil.wait_procs(waited, timeout=CANCEL_GRACE)
+        if child is not None:
+            while not _child_ended(child) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self._kill_all(handle, child, procs)
+
+    def terminate(self, handle: dict[str, Any]) -> tuple[Any, list[Any]] | None:
+        """SIGTERM the run's process group and every descendant (those that left the group
+        too); None when the run is no longer running. Returns what :meth:`kill` ends."""
         pid = int(handle.get("pid", 0))
         with self._lock:
             if pid in self._exits:
-                return  # already ended and reaped: its PID may belong to another process
+                return None  # already ended and reaped: its PID may belong to another
             child = self._children.get(pid)
         if child is None and not self.adopt(handle):
-            return
+            return None
         import psutil
 
         pgid = int(handle.get("pgid", handle["pid"]))
@@ -318,27 +338,51 @@ class LocalExecutor:
                 proc.terminate()
             except psutil.Error:
                 pass
-        deadline = time.monotonic() + CANCEL_GRACE
-        waited = [proc for proc in procs if child is None or proc.pid != pid]
-        _, alive = psutil.wait_procs(waited, timeout=CANCEL_GRACE)
+        return child, procs
+
+    def kill(self, handle: dict[str, Any]) -> None:
+        """SIGKILL what is left of a run :meth:`terminate` was sent to (its grace over)."""
+        pid = int(handle.get("pid", 0))
+        with self._lock:
+            if pid in self._exits:
+                return
+            child = self._children.get(pid)
+        if child is None and not self.adopt(handle):
+            return
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        self._kill_all(handle, child, procs)
+
+    def _kill_all(self, handle: dict[str, Any], child: Any, procs: list[Any]) -> None:
+        """SIGKILL the script (while it is not reaped), the listed descendants, and the
+        process group."""
+        import psutil
+
+        pid = int(handle["pid"])
         if child is not None:
-            while not _child_ended(child) and time.monotonic() < deadline:
-                time.sleep(0.02)
             with _REAP_LOCK:  # not reaped while held: the PID is still the script's
                 if child.returncode is None:
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
-        for proc in alive:
+        for proc in procs:
+            if child is not None and proc.pid == pid:
+                continue
             try:
-                proc.kill()
+                if proc.is_running():
+                    proc.kill()
             except psutil.Error:
                 pass
         if child is not None:
             _signal_child_group(child, signal.SIGKILL)
         else:
-            _kill_group(pgid, signal.SIGKILL)
+            _kill_group(int(handle.get("pgid", pid)), signal.SIGKILL)
 
     def why_not_started(self, handle: dict[str, Any]) -> str | None:
         """For a run of another user whose script never started: that it was to run as
