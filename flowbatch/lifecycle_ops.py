@@ -19,6 +19,7 @@ last: while it is there, ``uninstall <wf>`` again finishes the interrupted unins
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -30,11 +31,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
+import peewee as pw
+
 from .errors import FlowbatchError, NotFoundError, RequestError, StateError
 from .runs import ACTIVE, RunRecord, State, parse_state
 from .safeio import copy_beneath
 from .site import Site
-from .store.index import ResultRow, RunFileRow, RunRow, StateChangeRow, WorkflowRow
+from .store.index import (
+    ResultRow,
+    RunFileRow,
+    RunRow,
+    StateChangeRow,
+    WorkflowRow,
+    error_line,
+)
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
 from .store.store import lock_holder_at, lock_holders, other_daemon, tree_change
 
@@ -120,9 +130,22 @@ def remove_runs(site: Site, runs: list[RunRecord]) -> int:
         os.rename(run_dir, dest)  # from here on the tree no longer has the run
         trashed.append(dest)
     freed = 0
-    with site.store.db.atomic():
-        for chunk in range(0, len(runs), 500):  # SQLite's bound-parameter limit
-            _unindex([r.id for r in runs[chunk : chunk + 500]])
+    try:
+        with site.store.db.atomic():
+            for chunk in range(0, len(runs), 500):  # SQLite's bound-parameter limit
+                _unindex([r.id for r in runs[chunk : chunk + 500]])
+    except pw.DatabaseError as exc:
+        # the index refused (locked by a daemon's burst of writes): the folders go back,
+        # nothing is deleted (found by review: the folder was in .trash and the run still
+        # listed, with a traceback)
+        for run, path in zip(runs, trashed, strict=True):
+            with contextlib.suppress(OSError):
+                os.rename(path, site.store.run_dir(run))
+        raise FlowbatchError(
+            f"the index could not be changed ({error_line(exc)}): nothing was deleted",
+            hint="try again in a moment (a daemon writing a burst of runs holds the index "
+            "for a while)",
+        ) from None
     for path in trashed:
         freed += tree_size(path)
         _remove(path)

@@ -526,3 +526,35 @@ def test_a_negative_cap_is_refused_in_the_config(tmp_path: Path, caps: dict[str,
         make_site(tmp_path / "site", {"limits": caps}).config  # noqa: B018 - loads it
     assert "limits." in refused.value.summary()
     assert "greater than or equal to 0" in refused.value.summary()
+
+
+def test_a_delete_the_busy_index_refuses_deletes_nothing(tmp_path: Path) -> None:
+    """`runs delete` while a daemon's burst holds the index's write lock: its folder went
+    to .trash, then the index refused (`database is locked`, a traceback), the run still
+    listed without a folder (found by review). Now the folder goes back, and the command
+    says in one line that nothing was deleted."""
+    import sqlite3
+
+    from flowbatch.errors import FlowbatchError
+    from flowbatch.lifecycle_ops import delete_run
+
+    site = make_site(tmp_path / "site")
+    install(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    (run,) = api.list_runs(site)
+    run_dir = site.store.run_dir(site.store.load(run["id"]))
+    site.store.db.execute_sql("PRAGMA busy_timeout = 300")  # the test's patience, not 10 s
+    holder = sqlite3.connect(site.root / "index.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a daemon's intake batch, as in a burst
+    try:
+        with pytest.raises(FlowbatchError, match="nothing was deleted") as info:
+            delete_run(site, run["id"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "database is locked" in str(info.value) and "try again" in (info.value.hint or "")
+    assert run_dir.is_dir() and [r["id"] for r in api.list_runs(site)] == [run["id"]]
+    assert api.show_run(site, run["id"])["state"] == "SUCCESS"
+    delete_run(site, run["id"])  # once the index is free
+    assert api.list_runs(site) == [] and not run_dir.exists()
