@@ -520,6 +520,8 @@ class Intake:
         site.store  # noqa: B018 - open the index before any run folder appears
         self._seen: dict[str, tuple[int, int, float]] = {}
         self.ready: set[str] = set()  # names inotify reported as complete (closed, moved in)
+        #: the intake being made (:meth:`run_once`), for its ``between``
+        self.current: IntakeResult | None = None
         #: claims handled and kept for now by the daemon (a cancel of a run being ended):
         #: no leftovers
         self.held: set[Path] = set()
@@ -757,18 +759,31 @@ class Intake:
         # slot freed since the last tick starts it (found by review: it ran, then was
         # cancelled; the daemon starts no run in the intake once it has seen a cancel)
         todo.sort(key=lambda claimed: not claimed.name.startswith(CANCEL_PREFIX))
-        for claimed in todo:
-            faults.point("intake")
-            made = len(result.runs)
-            try:
-                self.process(claimed, result)
-            except IndexAway as exc:  # the rest stay claimed, for a next tick
-                self._look_in_claimed = True
-                self._index_away.failed("the index is away, no request taken in: %s", exc)
-                break
-            if between is not None and not between(result.runs[made:]):
-                break
+        self.current = result  # `between` may take its cancels at once
+        try:
+            for claimed in todo:
+                faults.point("intake")
+                made = len(result.runs)
+                try:
+                    self.process(claimed, result)
+                except IndexAway as exc:  # the rest stay claimed, for a next tick
+                    self._look_in_claimed = True
+                    self._index_away.failed("the index is away, no request taken in: %s", exc)
+                    break
+                if between is not None and not between(result.runs[made:]):
+                    self._look_in_claimed = True  # the rest, claimed: the next tick's
+                    break
+        finally:
+            self.current = None
         return result
+
+    def cancel_waiting(self) -> bool:
+        """Whether a `runs cancel` request waits in the queue (one look at its names)."""
+        try:
+            with os.scandir(self.layout.queue) as entries:
+                return any(entry.name.startswith(CANCEL_PREFIX) for entry in entries)
+        except OSError:
+            return False
 
     def _index_answers(self) -> bool:
         """After a claim the index could not record, one cheap statement before another

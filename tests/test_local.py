@@ -420,6 +420,93 @@ def test_a_daemon_stopping_while_it_ends_a_run_records_that_end(site: Site, tmp_
     assert list(site.layout.claimed.iterdir()) == []
 
 
+def _long_run_and_a_burst(site: Site, tmp_path: Path, d: Daemon) -> str:
+    """A long run RUNNING under ``d``, and 20 quick requests in the queue."""
+    install(site, tmp_path / "long", SLOW_TEMPLATE.replace("sleep 1", "sleep 60"), wf="long")
+    install(site, tmp_path / "q", SLOW_TEMPLATE.replace("sleep 1", "echo quick"))
+    drop(site, "long.yaml", {"workflow": "long"})
+    deadline = time.monotonic() + 30
+    while not d.runner.launched():
+        assert time.monotonic() < deadline
+        d.tick()
+    for i in range(20):
+        drop(site, f"b{i:02d}.yaml", {"workflow": "wf"})
+    return d.runner.launched()[0].id
+
+
+@pytest.mark.parametrize("when", ["queued with the burst", "dropped during the burst"])
+def test_a_cancel_waits_for_no_burst(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """A cancel queued with a burst was read first but applied after the whole burst was
+    made (every slot idle meanwhile); one dropped during a burst waited for its end (found
+    by review: 6.4 s and 20 s). Each request of the intake is slowed to stand in for a
+    big burst."""
+    from flowbatch import daemon as daemon_mod
+    from flowbatch import queue
+
+    d = Daemon(site)
+    d.start()
+    try:
+        long_id = _long_run_and_a_burst(site, tmp_path, d)
+        if when == "queued with the burst":
+            api.request_cancel(site, long_id, "user cancel")
+        else:
+            monkeypatch.setattr(daemon_mod, "BATCH_COMMIT_EVERY", 0.01)
+        real = queue.Intake.process
+        seen: list[tuple[str, str]] = []
+
+        def slow(self: Any, claimed: Any, result: Any) -> None:
+            if claimed.name == "b00.yaml" and when == "dropped during the burst":
+                api.request_cancel(site, long_id, "user cancel")
+            time.sleep(0.05)
+            real(self, claimed, result)
+            seen.append((claimed.name, site.store.load(long_id).state.value))
+
+        monkeypatch.setattr(queue.Intake, "process", slow)
+        d.tick()
+        burst = [state for name, state in seen if name.startswith("b")]
+        if when == "queued with the burst":
+            assert burst[0] == "CANCELED"  # applied before the first run of the burst
+        else:
+            assert len(burst) < 20  # the intake stopped for the cancel
+            d.tick()
+            assert site.store.load(long_id).state.value == "CANCELED"
+        run_until_idle(site, daemon=d, timeout=60)
+    finally:
+        d.stop()
+    states = [r["state"] for r in api.list_runs(site) if r["workflow"] == "wf"]
+    assert states == ["SUCCESS"] * 20  # the whole burst, once each
+
+
+def test_a_reload_waits_for_no_burst(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP during a burst was applied after the whole burst was taken in (found by
+    review: 38 s with the old concurrency): the intake stops for it, the rest stays
+    claimed for the next tick, which comes after the reload."""
+    from flowbatch import queue
+
+    d = Daemon(site)
+    d.start()
+    try:
+        _long_run_and_a_burst(site, tmp_path, d)
+        real = queue.Intake.process
+        taken: list[str] = []
+
+        def hup_at_first(self: Any, claimed: Any, result: Any) -> None:
+            if claimed.name == "b00.yaml":
+                d.reload_requested = True  # what the SIGHUP handler sets
+            real(self, claimed, result)
+            taken.append(claimed.name)
+
+        monkeypatch.setattr(queue.Intake, "process", hup_at_first)
+        d.tick()
+        assert taken == ["b00.yaml"]
+    finally:
+        d.stop()
+
+
 def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The daemon sent the time limit's SIGTERM and was killed in the grace that follows;
     the run ended on it with no daemon there. The next daemon's end of it says why, not
