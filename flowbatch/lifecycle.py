@@ -56,6 +56,9 @@ from .text import is_text, shown
 
 log = logging.getLogger("flowbatch.runner")
 
+#: the message of a run ended at its time limit
+TIME_LIMIT = "time limit exceeded"
+
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: a new file, never through a link, never waiting (a FIFO put there)
 _NEW_MARK = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -686,6 +689,14 @@ class Runner:
                     len(runs or ()),
                     exc_info=True,
                 )
+                # their time limits still hold (found by review: never enforced while the
+                # look kept failing)
+                for run in runs or ():
+                    if self._over_time(run) and not enforces_time_limit(executor):
+                        try:
+                            finished += self._kill(run, executor, State.ERROR, TIME_LIMIT)
+                        except Exception:
+                            log.exception("ending run %s past its time limit failed", run.id)
                 continue
             failing.ok("the runs of executor %s are looked at again", name)
             if not runs:
@@ -706,7 +717,7 @@ class Runner:
                     if probe is not None:
                         self._note_status(run, probe)
                     if self._over_time(run) and not enforces_time_limit(executor):
-                        finished += self._kill(run, executor, State.ERROR, "time limit exceeded")
+                        finished += self._kill(run, executor, State.ERROR, TIME_LIMIT)
                     continue
                 ended.append((run, probe))
         if ended:

@@ -507,6 +507,30 @@ def test_a_reload_waits_for_no_burst(
         d.stop()
 
 
+def test_a_time_limit_holds_while_looking_at_the_runs_keeps_failing(
+    site: Site, tmp_path: Path
+) -> None:
+    """An executor whose look at its runs keeps failing (a bug) still has its runs ended
+    at their time limits (found by review: never, while the look failed). The fault is
+    injected."""
+    install(site, tmp_path / "t", TIME_LIMITED)
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    executor = d.runner.executors["local"]
+
+    def broken(runs: Any) -> Any:
+        raise RuntimeError("a bug in the look")
+
+    executor.poll = broken  # type: ignore[method-assign]
+    try:
+        run_until_idle(site, daemon=d, timeout=30)
+    finally:
+        d.stop()
+    shown = only_run(site)
+    assert shown["state"] == "ERROR" and shown["messages"] == ["time limit exceeded"]
+
+
 def test_a_time_limit_kill_the_daemon_died_in_still_says_so(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The daemon sent the time limit's SIGTERM and was killed in the grace that follows;
     the run ended on it with no daemon there. The next daemon's end of it says why, not

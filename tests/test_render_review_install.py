@@ -44,3 +44,25 @@ def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:
             api.install(site, folder, workflow_id="tl")
     finally:
         site.close()
+
+
+def test_links_that_branch_are_refused_past_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """d{n}/{x,y} -> d{n-1}: no loop, but 2^n trees to copy (found by review)."""
+    from flowbatch.store import templates
+
+    monkeypatch.setattr(templates, "MAX_TEMPLATE_ENTRIES", 500)  # the real bound: 20,000
+    folder = write_template(tmp_path / "t", TEMPLATE, {"code/lib/helper.py": "print('hi')\n"})
+    (folder / "d0").mkdir()
+    (folder / "d0" / "f.txt").write_text("x\n")
+    for n in range(1, 12):
+        (folder / f"d{n}").mkdir()
+        for leg in ("x", "y"):
+            (folder / f"d{n}" / leg).symlink_to(f"../d{n - 1}")
+    site = make_site(tmp_path / "site")
+    try:
+        with pytest.raises(TemplateError, match="more than 500 folders and files"):
+            api.install(site, folder, workflow_id="tl")
+    finally:
+        site.close()

@@ -1612,3 +1612,20 @@ def test_a_failing_lookup_of_interrupted_submissions_does_not_stop_the_start(
     finally:
         again.stop()
         site.close()
+
+
+@pytest.mark.parametrize(
+    ("said", "clears"),
+    [
+        ("sbatch: error: AssocMaxSubmitJobLimit", True),
+        ("sbatch: error: QOSMaxSubmitJobPerUserLimit", True),
+        ("sbatch: error: AssocGrpSubmitJobsLimit", True),  # the account's queue
+        ("sbatch: error: QOSGrpSubmitJobsLimit", True),
+        ("sbatch: error: Batch job submission failed: Invalid account", False),
+        ("sbatch: error: AssocMaxWallDurationPerJobLimit", False),
+    ],
+)
+def test_which_refusals_clear_as_jobs_end(said: str, clears: bool) -> None:
+    from flowbatch.executors.slurm_states import submit_limit_reached
+
+    assert submit_limit_reached(said) is clears

@@ -352,7 +352,9 @@ def partition_closed(text: str) -> bool:
 #: (Slurm 22.05: "sbatch: error: AssocMaxSubmitJobLimit", then "Batch job submission
 #: failed: Job violates accounting/QOS policy (job submit limit, ...)"): the only refusal
 #: whose own words tell a full queue, which clears, from a request over a limit
-_SUBMIT_LIMIT = "maxsubmitjob"  # AssocMaxSubmitJobLimit, QOSMaxSubmitJobPerUserLimit
+#: AssocMaxSubmitJobLimit, QOSMaxSubmitJobPerUserLimit, and the account's or group's
+#: AssocGrpSubmitJobsLimit, QOSGrpSubmitJobsLimit: queues that empty as jobs end
+_SUBMIT_LIMIT = "submitjob"
 
 
 def submit_limit_reached(text: str) -> bool:

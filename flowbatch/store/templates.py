@@ -55,10 +55,17 @@ def _ancestors(dirpath: str, source: Path) -> list[str]:
     return out
 
 
+#: the most folders and files an install walks in a template's folders: links that
+#: branch (d2/{x,y} -> d1, d1/{x,y} -> d0, ...) made an install copy 2^n trees (found by
+#: review); a template is code and a few data files
+MAX_TEMPLATE_ENTRIES = 20_000
+
+
 def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
     if source.is_file():
         return [(source, target)]
     out: list[tuple[Path, str]] = []
+    walked = 0
     # a symlinked folder inside is followed, as one at the top is (os.walk's default
     # dropped it without a word: found by review); a link back up is refused
     for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
@@ -70,6 +77,15 @@ def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
                 hint="link to the folder's contents, or copy them",
             )
         dirnames[:] = sorted(d for d in dirnames if d not in {".git", ".hg", ".svn", "__pycache__"})
+        walked += 1 + len(filenames)
+        if walked > MAX_TEMPLATE_ENTRIES:
+            raise TemplateError(
+                f"the template's folder {source.name!r} holds more than "
+                f"{MAX_TEMPLATE_ENTRIES} folders and files (its symbolic links followed)",
+                file=str(source),
+                hint="keep data out of the template (runs can read a shared path), and no "
+                "links that lead to the same folders many times",
+            )
         for fname in sorted(filenames):
             path = Path(dirpath) / fname
             rel = path.relative_to(source).as_posix()
