@@ -401,6 +401,7 @@ def cleanup(
     report = CleanupReport(dry_run=dry_run)
     feeders: dict[str, set[str]] = {}
     chosen: list[RunRecord] = []
+    leftovers: list[Path] = []  # folders an interrupted delete left in .trash
     for row in query.order_by(RunRow.created_at, RunRow.id):
         if datetime.fromisoformat(row.created_at) >= cutoff:
             continue
@@ -415,7 +416,13 @@ def cleanup(
             run = site.store.load_dir(site.store.row_dir(row))
         except FlowbatchError:
             run = None  # the index is behind the tree: only its rows go
-        entry["bytes"] = tree_size(site.store.row_dir(row)) if run else 0
+        if run is not None:
+            entry["bytes"] = tree_size(site.store.row_dir(row))
+        else:  # a delete or cleanup a crash interrupted left its folder in .trash
+            trashed = site.layout.workflow_results(row.workflow) / TRASH / row.id
+            entry["bytes"] = tree_size(trashed) if trashed.is_dir() else 0
+            if trashed.is_dir():
+                leftovers.append(trashed)
         report.removed.append(entry)
         if run is not None and run.state not in ACTIVE:  # the tree has the last word
             chosen.append(run)
@@ -431,6 +438,9 @@ def cleanup(
         with site.store.db.atomic():
             for chunk in range(0, len(stale), 500):
                 _unindex(stale[chunk : chunk + 500])
+        for path in leftovers:  # their rows gone: the folders too (found by review)
+            report.freed += tree_size(path)
+            _remove(path)
         for entry in report.postproc_removed:
             _remove(Path(entry["path"]))
         _refresh(site, changed)

@@ -558,3 +558,26 @@ def test_a_delete_the_busy_index_refuses_deletes_nothing(tmp_path: Path) -> None
     assert api.show_run(site, run["id"])["state"] == "SUCCESS"
     delete_run(site, run["id"])  # once the index is free
     assert api.list_runs(site) == [] and not run_dir.exists()
+
+
+def test_a_cleanup_run_again_after_a_crash_removes_what_the_first_left_in_trash(
+    tmp_path: Path,
+) -> None:
+    """A cleanup killed between moving runs to .trash and removing their rows: run again,
+    it removed the rows only, said "0 B", and left .trash for `cleanup --orphans` (found
+    by review). The crash is staged by doing its first half by hand."""
+    from flowbatch.lifecycle_ops import TRASH
+
+    site = make_site(tmp_path / "site")
+    install(site, tmp_path)
+    for name in ("a", "b"):
+        drop(site, f"{name}.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    first, second = (site.store.load(r["id"]) for r in api.list_runs(site))
+    trash = site.layout.workflow_results("wf") / TRASH
+    trash.mkdir(exist_ok=True)
+    os.rename(site.store.run_dir(first), trash / first.id)  # what the killed cleanup did
+    report = cleanup(site, "2999-01-01")
+    assert sorted(e["id"] for e in report.removed) == sorted([first.id, second.id])
+    assert report.freed > 0 and [e["bytes"] > 0 for e in report.removed] == [True, True]
+    assert not (trash / first.id).exists() and api.list_runs(site) == []
