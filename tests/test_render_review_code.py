@@ -126,6 +126,16 @@ CODE = [
     "readarray -C X arr",
     "compgen -W X",
     "ssh host <<EOF\nX\nEOF",
+    # a program after wrappers and their options (s23 re-review: only there)
+    "nice -n 5 python3 -c X",
+    "timeout -s KILL 10 bash -c X",
+    "mpirun -np 4 python3 -c X",
+    "singularity exec --nv -B /a:/b img.sif python3 -c X",
+    "docker run --rm -v a:b img python3 -c X",
+    "sudo -u bob python3 -c X",
+    "srun --an-unknown-flag python3 -c X",
+    "xargs -n 1 python3 -c X",
+    "${python} -c X",
 ]
 
 

@@ -56,8 +56,9 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Ctx(StrEnum):
@@ -92,6 +93,9 @@ _OPENERS = frozenset(
     {"!", "{", "then", "do", "else", "elif", "if", "while", "until", "time", "coproc"}
     | {"command", "builtin"}
 )
+#: the words that open and close a compound command (its pipeline begins before it)
+_GROUP_OPEN = frozenset({"{", "if", "while", "until", "for", "select", "case"})
+_GROUP_CLOSE = frozenset({"}", "fi", "done", "esac"})
 #: the binary operators of [[ ... ]] whose operands are arithmetic
 _ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -117,7 +121,11 @@ class _Program:
     first positional argument program text (``bash -c``); ``positionals``: what the
     positional arguments are (``first``: the first is the program unless an option gave
     one, ``rest``: all after the first, ``all``, ``names``); ``stdin``: it reads its
-    program from standard input when given none."""
+    program from standard input when given none; ``script``: its first positional
+    argument (unless an option gave the program) is its program's file (``<(...)`` there
+    is program text, ``/dev/stdin`` reads standard input), else it never is one (``R``);
+    ``dash_long``: its long options begin with one dash (``sqlite3 -cmd``); ``permute``:
+    its options may follow its positional arguments (``su user -c``)."""
 
     code: str = ""
     code_long: tuple[str, ...] = ()
@@ -125,18 +133,22 @@ class _Program:
     takes: str = ""
     takes_long: tuple[str, ...] = ()
     files: str = ""
+    files_long: tuple[str, ...] = ()
     ends: str = ""
     deferred: str = ""
     positionals: str = ""
     stdin: bool = False
     stdin_opts: str = ""
+    script: bool = True
+    dash_long: bool = False
+    permute: bool = False
 
 
 _SHELL = _Program(
     takes="oO", takes_long=("--rcfile", "--init-file"), deferred="c", stdin=True, stdin_opts="s"
 )
 _PYTHON = _Program(code="c", takes="WXQ", ends="cm", stdin=True)
-_PERL = _Program(code="eE", files="", stdin=True)
+_PERL = _Program(code="eE", stdin=True)
 _RUBY = _Program(code="e", takes="Ir", stdin=True)
 _NODE = _Program(
     code="ep",
@@ -145,50 +157,329 @@ _NODE = _Program(
     takes_long=("--require", "--import"),
     stdin=True,
 )
-_EVAL_E = _Program(code="eE", code_long=("--eval", "--expr"), stdin=False)
 _SED = _Program(code="e", code_long=("--expression",), takes="l", files="f", positionals="first")
 _AWK = _Program(code="e", code_long=("--source",), takes="Fvil", files="f", positionals="first")
-_SSH = _Program(takes="BbcDEeFIiJLlmOopQRSWw", positionals="rest", stdin=True)
-_DASH_C = _Program(code="c", code_long=("--command",))
+_SSH = _Program(takes="BbcDEeFIiJLlmOopQRSWw", positionals="rest", stdin=True, script=False)
+_DASH_C = _Program(code="c", code_long=("--command",), takes="sgG", permute=True, script=False)
+
+
+def _opts(names: str, dashes: tuple[str, ...] = ("--",)) -> tuple[str, ...]:
+    """Long options, from their names separated by blanks."""
+    return tuple(dash + name for dash in dashes for name in names.split())
+
+
+#: Slurm's options with an argument (sbatch, salloc and srun share most)
+_SLURM_TAKES = "AbcCdDeGiJLmMnNopqStTwWx"
+_SLURM_TAKES_LONG = _opts(
+    "account array begin chdir clusters comment constraint cpus-per-gpu cpus-per-task "
+    "dependency distribution error exclude export gpus gpus-per-node gpus-per-task "
+    "gres input job-name jobid licenses mail-type mail-user mem mem-per-cpu "
+    "mem-per-gpu mincpus mpi nodelist nodes ntasks ntasks-per-node output partition "
+    "qos reservation signal time time-min wckey"
+)
 #: external programs, by the name they are run as (its last path component)
 _PROGRAMS: dict[str, _Program] = {
     **dict.fromkeys(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash"), _SHELL),
-    **dict.fromkeys(("perl",), _PERL),
-    **dict.fromkeys(("ruby",), _RUBY),
+    "perl": _PERL,
+    "ruby": _RUBY,
     **dict.fromkeys(("node", "nodejs"), _NODE),
-    **dict.fromkeys(("Rscript", "R", "julia", "lua", "luajit", "osascript"), _EVAL_E),
-    **dict.fromkeys(("php",), _Program(code="r", stdin=True)),
+    "R": _Program(code="e", files="f", files_long=("--file",), stdin=True, script=False),
+    "Rscript": _Program(code="e", stdin=True),
+    "julia": _Program(
+        code="eE",
+        code_long=("--eval", "--print"),
+        takes="JptC",
+        files="L",
+        files_long=("--load",),
+        takes_long=("--sysimage", "--procs", "--threads", "--machine-file"),
+        stdin=True,
+    ),
+    **dict.fromkeys(("lua", "luajit"), _Program(code="e", takes="l", stdin=True)),
+    **dict.fromkeys(("tclsh", "wish", "osascript"), _Program(code="e", stdin=True)),
+    "expect": _Program(code="c", files="f", takes="D", stdin=True),
+    "gnuplot": _Program(code="e", files="c", ends="c", stdin=True),
+    **dict.fromkeys(
+        ("octave", "octave-cli"),
+        _Program(
+            code_long=("--eval",), takes="p", takes_long=("--path", "--exec-path"), stdin=True
+        ),
+    ),
+    "matlab": _Program(
+        code_long=("-batch", "-r"),
+        takes_long=("-sd", "-logfile", "-c"),
+        dash_long=True,
+        stdin=True,
+        script=False,
+    ),
+    "sqlite3": _Program(
+        code_long=("-cmd",),
+        takes_long=("-init", "-separator", "-nullvalue", "-newline", "-vfs", "-mmap"),
+        dash_long=True,
+        positionals="rest",
+        stdin=True,
+        script=False,
+    ),
+    "php": _Program(code="r", stdin=True),
     **dict.fromkeys(("sed", "gsed"), _SED),
     **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _AWK),
-    **dict.fromkeys(("ssh",), _SSH),
-    **dict.fromkeys(("su", "runuser", "flock", "script"), _DASH_C),
-    **dict.fromkeys(("watch",), _Program(takes="nd", positionals="all")),
+    "ssh": _SSH,
+    **dict.fromkeys(("su", "runuser", "script"), _DASH_C),
+    "watch": _Program(takes="nd", positionals="all", script=False),
+    # batch systems read a job script from standard input when given no file; LSF's bsub
+    # runs its command words through a shell, and its -E/-Ep commands
+    "sbatch": _Program(
+        code_long=("--wrap",), takes=_SLURM_TAKES, takes_long=_SLURM_TAKES_LONG, stdin=True
+    ),
+    "qsub": _Program(takes="AacCeIjlMmNoPpqrSuvWW", stdin=True),
+    "bsub": _Program(
+        code_long=("-E", "-Ep"),
+        takes_long=_opts(
+            "n q J o e oo eo W We R M P G m w app gpu env outdir cwd i u sp c L Lp g sla",
+            dashes=("-",),
+        ),
+        dash_long=True,
+        positionals="all",
+        stdin=True,
+    ),
+    # hyperfine runs its arguments (and -p/-c/-s commands) through a shell
+    "hyperfine": _Program(
+        code="pcs",
+        code_long=("--prepare", "--cleanup", "--setup", "--conclude"),
+        takes="wrmMSnuNLP",
+        positionals="all",
+        script=False,
+    ),
 }
-_VERSIONED = re.compile(r"(python|pypy|perl|ruby|php|lua)[0-9.]*")
+_VERSIONED = re.compile(r"(python|pypy|perl|ruby|php|lua|tclsh)[0-9.]*")
+#: a site variable standing for an interpreter (``${python}`` when it is not expanded)
+_VARIABLE_WORD = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+#: file names that are a program's standard input
+_STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 #: builtins, as a command's name
 _BUILTINS: dict[str, _Program] = {
-    "read": _Program(names="a", takes="dinNptu", positionals="names"),
-    "printf": _Program(names="v"),
-    "mapfile": _Program(code="C", takes="dnOsuc", positionals="names"),
-    "readarray": _Program(code="C", takes="dnOsuc", positionals="names"),
-    "compgen": _Program(code="WC", takes="oAGXPSF"),
-    "complete": _Program(code="WC", takes="oAGXPSF"),
-    "eval": _Program(positionals="all"),
-    "trap": _Program(positionals="all"),
+    "read": _Program(names="a", takes="dinNptu", positionals="names", script=False),
+    "printf": _Program(names="v", script=False),
+    "mapfile": _Program(code="C", takes="dnOsuc", positionals="names", script=False),
+    "readarray": _Program(code="C", takes="dnOsuc", positionals="names", script=False),
+    "compgen": _Program(code="WC", takes="oAGXPSF", script=False),
+    "complete": _Program(code="WC", takes="oAGXPSF", script=False),
+    "eval": _Program(positionals="all", script=False),
+    "trap": _Program(positionals="all", script=False),
+    "unset": _Program(positionals="names", script=False),
+    "source": _Program(),  # its first argument is a file of commands
+    ".": _Program(),
 }
 _DECLARES = frozenset({"declare", "typeset", "local", "export", "readonly"})
 
 
-def _program(word: str) -> _Program | None:
+@dataclass(frozen=True)
+class _Wrapper:
+    """A command that runs the command given in its arguments (``env``, ``srun``,
+    ``timeout``...): its short options without an argument (``flags``), with one
+    (``takes``), whose argument is program text (``code``), the same for long options;
+    ``takes2``: long options with two arguments (``mpirun --mca key value``);
+    ``lead``: positional words before the command (``timeout DURATION``, an image);
+    ``assigns``: ``NAME=value`` words may come before the command; ``subs``: the
+    subcommands that run a command (``docker run``); ``bare``: run with no command, it
+    runs a shell reading standard input (``salloc``, ``singularity shell``)."""
+
+    flags: str = ""
+    takes: str = ""
+    code: str = ""
+    flags_long: tuple[str, ...] = ()
+    takes_long: tuple[str, ...] = ()
+    code_long: tuple[str, ...] = ()
+    takes2: tuple[str, ...] = ()
+    lead: int = 0
+    assigns: bool = False
+    subs: tuple[str, ...] = ()
+    bare: bool = False
+
+
+_SLURM_WRAPPER = _Wrapper(
+    flags="EHklOQsuvVXZIK",
+    takes=_SLURM_TAKES,
+    flags_long=_opts(
+        "exclusive pty overlap label unbuffered verbose quiet exact no-kill "
+        "kill-on-bad-exit oversubscribe overcommit disable-status preserve-env "
+        "test-only immediate"
+    ),
+    takes_long=_SLURM_TAKES_LONG,
+    code_long=("--wrap",),
+)
+_CONTAINER = _Wrapper(
+    flags="cCeipuwf",
+    takes="BHWoS",
+    flags_long=_opts(
+        "nv rocm contain containall cleanenv writable writable-tmpfs fakeroot userns "
+        "no-home no-init compat"
+    ),
+    takes_long=_opts(
+        "bind home workdir overlay scratch pwd env env-file app security network "
+        "network-args mount hostname dns"
+    ),
+    lead=1,
+)
+_DOCKER = _Wrapper(
+    flags="dPitq",
+    takes="acehlmpuvw",
+    flags_long=_opts("rm init privileged interactive tty detach read-only quiet"),
+    takes_long=_opts(
+        "name entrypoint env volume workdir user network gpus shm-size memory cpus mount "
+        "env-file platform label hostname ipc runtime ulimit device add-host cap-add "
+        "security-opt publish pull cidfile tmpfs"
+    ),
+    lead=1,
+    subs=("run", "exec"),
+)
+_MPI = _Wrapper(
+    flags="v",
+    takes="nNHcx",
+    flags_long=("--oversubscribe", "--allow-run-as-root", "--report-bindings", "--tag-output"),
+    takes_long=_opts(
+        "np n hostfile machinefile map-by bind-to rank-by npernode ppn host H x wdir f genvlist",
+        dashes=("-", "--"),
+    ),
+    takes2=_opts("mca gmca genv", dashes=("-", "--")),
+)
+#: commands that run a command given in their arguments
+_WRAPPERS: dict[str, _Wrapper] = {
+    "env": _Wrapper(
+        flags="i0v",
+        takes="uCP",
+        code="S",
+        flags_long=("--ignore-environment", "--null", "--debug"),
+        takes_long=("--unset", "--chdir"),
+        code_long=("--split-string",),
+        assigns=True,
+    ),
+    "exec": _Wrapper(flags="cl", takes="a"),
+    "command": _Wrapper(flags="pvV"),
+    "builtin": _Wrapper(),
+    "time": _Wrapper(
+        flags="pavq",
+        takes="fo",
+        flags_long=("--append", "--verbose", "--portability", "--quiet"),
+        takes_long=("--format", "--output"),
+    ),
+    "nice": _Wrapper(flags="0123456789", takes="n", takes_long=("--adjustment",)),
+    "nohup": _Wrapper(),
+    "timeout": _Wrapper(
+        flags="v",
+        takes="sk",
+        flags_long=("--preserve-status", "--foreground", "--verbose"),
+        takes_long=("--signal", "--kill-after"),
+        lead=1,
+    ),
+    "stdbuf": _Wrapper(takes="ioe", takes_long=("--input", "--output", "--error")),
+    "taskset": _Wrapper(flags="acp", lead=1),
+    "numactl": _Wrapper(
+        flags="lHs",
+        takes="NmCpi",
+        takes_long=(
+            "--interleave",
+            "--preferred",
+            "--membind",
+            "--cpunodebind",
+            "--physcpubind",
+        ),
+    ),
+    "srun": _SLURM_WRAPPER,
+    "salloc": replace(_SLURM_WRAPPER, bare=True),
+    **dict.fromkeys(("mpirun", "mpiexec", "orterun"), _MPI),
+    # runuser -u USER [--] COMMAND (runuser USER -c COMMAND is a program: see _DASH_C)
+    "runuser": _Wrapper(flags="lmpfPh", takes="ugGsw", code="c", code_long=("--command",)),
+    "sudo": _Wrapper(flags="AbEeHiKklnPSsVv", takes="ugpCDhrtTU"),
+    "xargs": _Wrapper(
+        flags="0prtxilo",
+        takes="IaEdLnPs",
+        flags_long=(
+            "--null",
+            "--no-run-if-empty",
+            "--interactive",
+            "--verbose",
+            "--exit",
+            "--open-tty",
+            "--replace",
+        ),
+        takes_long=(
+            "--arg-file",
+            "--delimiter",
+            "--max-args",
+            "--max-procs",
+            "--max-chars",
+            "--max-lines",
+            "--process-slot-var",
+        ),
+    ),
+    **dict.fromkeys(("singularity", "apptainer"), replace(_CONTAINER, subs=("exec", "shell"))),
+    **dict.fromkeys(("docker", "podman"), _DOCKER),
+    **dict.fromkeys(
+        ("conda", "mamba", "micromamba"),
+        _Wrapper(
+            takes="np",
+            flags="v",
+            takes_long=("--name", "--prefix", "--cwd"),
+            flags_long=("--no-capture-output", "--live-stream"),
+            subs=("run",),
+        ),
+    ),
+    **dict.fromkeys(("uv", "poetry", "pipenv", "pixi"), _Wrapper(subs=("run",))),
+    **dict.fromkeys(
+        ("setsid", "unbuffer", "fakeroot", "eatmydata", "catchsegv"), _Wrapper(flags="fwc")
+    ),
+    "ionice": _Wrapper(flags="t", takes="cnp"),
+    "chrt": _Wrapper(flags="abdefimoprRv", lead=1),
+    "chroot": _Wrapper(lead=1),
+    **dict.fromkeys(
+        ("strace", "ltrace"), _Wrapper(flags="cfCFhiqrtTvVwxyz", takes="abeEIoOpPsSuU")
+    ),
+    "valgrind": _Wrapper(flags="qv"),
+    "perf": _Wrapper(flags="adv", takes="eoprCGIt", subs=("stat", "record", "trace")),
+    "flock": _Wrapper(flags="sxunoFhV", takes="wE", code="c", code_long=("--command",), lead=1),
+}
+#: programs that expand ``$(shell ...)`` in variables given as arguments or inherited
+_MAKES = frozenset({"make", "gmake", "bmake"})
+#: GNU parallel's options with an argument; the words of its command are joined and run
+#: by a shell (unless ``-q``/``--quote``)
+_PARALLEL_TAKES = "jSaIdEnNLsPC"
+_PARALLEL_TAKES_LONG = _opts(
+    "jobs sshlogin sshloginfile arg-file colsep delimiter halt joblog results tmpdir "
+    "env delay timeout retries workdir nice memfree load block header basefile "
+    "return transfer-file max-args max-replace-args"
+)
+_PARALLEL_SEPARATORS = frozenset({":::", "::::", ":::+", "::::+"})
+
+
+def _base(word: str) -> str:
+    """The name a command word runs (``/usr/bin/python3``: ``python3``, ``${python}``:
+    ``python``)."""
     base = word.rsplit("/", 1)[-1]
+    match = _VARIABLE_WORD.fullmatch(base)
+    return match.group(1) if match else base
+
+
+def _program(word: str) -> _Program | None:
+    base = _base(word)
     if base in _PROGRAMS:
         return _PROGRAMS[base]
     match = _VERSIONED.fullmatch(base)
     if match is None:
         return None
-    return {"python": _PYTHON, "pypy": _PYTHON, "perl": _PERL, "ruby": _RUBY}.get(
-        match.group(1), _Program(code="er", stdin=True)
-    )
+    return {
+        "python": _PYTHON,
+        "pypy": _PYTHON,
+        "perl": _PERL,
+        "ruby": _RUBY,
+        "lua": _PROGRAMS["lua"],
+        "tclsh": _PROGRAMS["tclsh"],
+    }.get(match.group(1), _Program(code="r", stdin=True))
+
+
+def _is_command(word: str) -> bool:
+    """Whether ``word`` names a program or a wrapper this module knows."""
+    base = _base(word)
+    return base in _WRAPPERS or base in _MAKES or base == "parallel" or _program(word) is not None
 
 
 def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], bool]:
@@ -196,21 +487,30 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
     names, and whether it reads its program from standard input."""
     places: list[tuple[int, Ctx]] = []
     given = deferred = stdin_opt = False
+    positional: list[int] = []
     i = 0
     while i < len(args):
         word = args[i]
         if word == "--":
             i += 1
             break
-        if word.startswith("--"):
+        if word.startswith("--") or (prog.dash_long and word.startswith("-") and len(word) > 1):
             key, eq, _ = word.partition("=")
+            at = i if eq else i + 1
             if key in prog.code_long:
-                places.append((i if eq else i + 1, Ctx.CODE))
+                places.append((at, Ctx.CODE))
                 given = True
-            i += 1 + (not eq and key in prog.code_long + prog.takes_long)
+            elif key in prog.files_long:
+                given = True
+                places.extend(_script_file(args, at))
+            i += 1 + (not eq and key in prog.code_long + prog.takes_long + prog.files_long)
             continue
         if len(word) < 2 or word[0] not in "-+":
-            break  # the first positional argument
+            if not prog.permute:
+                break  # the first positional argument
+            positional.append(i)
+            i += 1
+            continue
         skip, ends = 0, False
         for j, letter in enumerate(word[1:], start=2):
             with_arg = prog.code + prog.names + prog.takes + prog.files
@@ -224,6 +524,8 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
                     places.append((at, Ctx.CODE))
                 elif letter in prog.names:
                     places.append((at, Ctx.NAME))
+                elif letter in prog.files:
+                    places.extend(_script_file(args, at) if j == len(word) else ())
                 given = given or letter in prog.code + prog.files
                 skip = int(j == len(word))
                 ends = letter in prog.ends
@@ -234,7 +536,7 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
         i += 1 + skip
         if ends:
             return places, False
-    rest = list(range(i, len(args)))
+    rest = positional + list(range(i, len(args)))
     if deferred:
         places.extend((k, Ctx.CODE) for k in rest[:1])
         return places, stdin_opt
@@ -243,32 +545,163 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
         places.extend((k, Ctx.CODE) for k in rest[:1])
     elif kind == "rest":
         places.extend((k, Ctx.CODE) for k in rest[1:])
-        return places, prog.stdin and len(rest) <= 1
+        return places, prog.stdin and not given and len(rest) <= 1
     elif kind == "all":
         places.extend((k, Ctx.CODE) for k in rest)
     elif kind == "names":
         places.extend((k, Ctx.NAME) for k in rest)
-    stdin = prog.stdin and not given and (stdin_opt or not rest or args[rest[0]] == "-")
+    stdin = prog.stdin and not given and (stdin_opt or not rest or not prog.script)
+    if prog.script and not given and not kind and rest:
+        script = _script_file(args, rest[0])
+        places.extend(script)
+        stdin = stdin or (not script and args[rest[0]] in _STDIN_FILES)
     return places, stdin
+
+
+def _script_file(args: list[str], at: int) -> list[tuple[int, Ctx]]:
+    """A program's file given as ``args[at]``: a process substitution there
+    (``bash <(...)``) is program text (the output of its commands)."""
+    return [(at, Ctx.CODE)] if at < len(args) and args[at].startswith("<(") else []
+
+
+class _Unwrapped(NamedTuple):
+    """What the wrappers at the start of a command do: the index of the command they run
+    (None: none), their names, whether they run a shell reading standard input when given
+    no command (``bare``), and the text ``xargs`` replaces in the command by its input
+    lines (``replace``: ``-I R``, ``-i``, ``--replace``), if any."""
+
+    at: int | None
+    chain: list[str]
+    bare: bool = False
+    replace: str = ""
+
+
+def _unwrap(words: list[str], places: list[tuple[int, Ctx, str]]) -> _Unwrapped:
+    """Skip the wrappers at the start of ``words`` (``env A=1 srun -n 2 python3``).
+    Program text given in a wrapper's options (``env -S``, ``sbatch --wrap``) goes to
+    ``places``. An option this module does not know may take the next word as its
+    argument, unless that word names a program or a wrapper: then it is the command."""
+    k, chain, replace = 0, [], ""
+    while k < len(words) and _base(words[k]) in _WRAPPERS:
+        name = _base(words[k])
+        if name == "runuser" and not any(w in ("-u", "--user") for w in words[k + 1 :]):
+            break
+        wrapper = _WRAPPERS[name]
+        chain.append(name)
+        k += 1
+        if wrapper.subs:
+            if k >= len(words) or words[k] not in wrapper.subs:
+                return _Unwrapped(None, chain)
+            chain[-1] += " " + words[k]
+            if words[k] == "shell":
+                return _Unwrapped(None, chain, bare=True)
+            k += 1
+        lead, unsure = wrapper.lead, False
+        while k < len(words):
+            word = words[k]
+            if word == "--":
+                k += 1 + lead
+                break
+            if word[:1] != "-" or word == "-":
+                if (word == "-" and name == "env") or (wrapper.assigns and _ASSIGNMENT.match(word)):
+                    k += 1
+                elif lead and not (unsure and _is_command(word)):
+                    lead -= 1
+                    k += 1
+                else:
+                    break
+                continue
+            key, eq, value = word.partition("=")
+            if name == "xargs" and word.startswith(("-I", "-i", "--replace")):
+                # the text its input lines replace: -I R (or -IR), -i[R], --replace[=R]
+                given = value if key == "--replace" else word[2:]
+                given = given or (words[k + 1] if word == "-I" and k + 1 < len(words) else "")
+                replace = given or "{}"
+            if key in wrapper.code_long:
+                places.append((k if eq else k + 1, Ctx.CODE, f"{name} {key}"))
+            if (
+                word.startswith("--")
+                or key in wrapper.flags_long + wrapper.takes_long + wrapper.takes2
+            ):
+                if eq or key in wrapper.flags_long:
+                    k += 1
+                elif key in wrapper.takes_long + wrapper.code_long:
+                    k += 2
+                elif key in wrapper.takes2:
+                    k += 3
+                else:
+                    k, unsure = _unknown_option(words, k), True
+                continue
+            for j, letter in enumerate(word[1:], start=2):
+                if letter in wrapper.takes or letter in wrapper.code:
+                    if letter in wrapper.code:
+                        at = k if j < len(word) else k + 1
+                        places.append((at, Ctx.CODE, f"{name} -{letter}"))
+                    k += 1 + (j == len(word))
+                    break
+                if letter not in wrapper.flags:
+                    k, unsure = _unknown_option(words, k), True
+                    break
+            else:
+                k += 1
+        if k >= len(words):
+            return _Unwrapped(None, chain, bare=wrapper.bare)
+    return _Unwrapped(k if k < len(words) else None, chain, replace=replace)
+
+
+def _unknown_option(words: list[str], k: int) -> int:
+    """Past the option ``words[k]`` this module does not know: its argument may be the
+    next word, unless that word is an option or names a command (then it is not)."""
+    nxt = words[k + 1] if k + 1 < len(words) else "-"
+    if "=" in words[k] or nxt[:1] == "-" or _is_command(nxt):
+        return k + 1
+    return k + 2
+
+
+def _parallel(words: list[str], k: int) -> tuple[list[tuple[int, Ctx]], bool]:
+    """GNU ``parallel`` at ``words[k]``: its command's words are joined and run by a
+    shell (program text, unless ``-q``); with no command, its arguments (after
+    ``:::``) or its input lines are the commands. Whether it reads commands from its
+    standard input."""
+    i, quote, n = k + 1, False, len(words)
+    while i < n and words[i][:1] == "-" and not words[i].startswith(":::"):
+        word = words[i]
+        quote = quote or word in ("-q", "--quote")
+        if word.startswith("--"):
+            i += 1 + ("=" not in word and word in _PARALLEL_TAKES_LONG)
+        else:
+            i += 1 + (len(word) == 2 and word[1] in _PARALLEL_TAKES)
+    command = []
+    while i < n and words[i] not in _PARALLEL_SEPARATORS:
+        command.append(i)
+        i += 1
+    if command:
+        return ([] if quote else [(j, Ctx.CODE) for j in command]), False
+    inputs = [j for j in range(i, n) if words[j] not in _PARALLEL_SEPARATORS]
+    return [(j, Ctx.CODE) for j in inputs], i >= n
 
 
 def command_places(
     words: list[str], raw: list[str]
-) -> tuple[list[tuple[int, Ctx, str]], tuple[Ctx, str] | None]:
+) -> tuple[list[tuple[int, Ctx, str]], tuple[Ctx, str] | None, bool]:
     """What a simple command does with its words (``words``: without quotes, the
     command's name first; ``raw``: as written): (index, context) of the words that are
-    program text (:attr:`Ctx.CODE`) or variable names (:attr:`Ctx.NAME`), with the
-    command that reads them (for messages), and the context of the whole pipeline, if any
-    (with its command): :attr:`Ctx.ARITH` when the command assigns a
-    variable of :data:`SPECIAL_INTEGERS`, :attr:`Ctx.CODE` when it reads a program from
-    standard input (``python3 - <<EOF``, ``... | bash``)."""
+    program text (:attr:`Ctx.CODE`), variable names (:attr:`Ctx.NAME`) or evaluated as
+    arithmetic (:attr:`Ctx.ARITH`: a value for a variable of :data:`SPECIAL_INTEGERS`),
+    with the command that reads them (for messages); the context of what the command
+    reads from standard input, if any (with its command): :attr:`Ctx.CODE` when it reads
+    a program there (``python3 - <<EOF``, ``... | bash``), :attr:`Ctx.ARITH` when it
+    reads a special integer variable (``read RANDOM``); and whether the assignments
+    before it are program text (``make`` expands ``$(shell ...)`` in its environment)."""
     places: list[tuple[int, Ctx, str]] = []
-    whole: tuple[Ctx, str] | None = None
+    stdin: tuple[Ctx, str] | None = None
     name, args = words[0], words[1:]
     shifted: list[tuple[int, Ctx]] = []
     if name in _BUILTINS:
-        found, _ = _arguments(_BUILTINS[name], args)
+        found, reads = _arguments(_BUILTINS[name], args)
         shifted = [(k + 1, ctx) for k, ctx in found]
+        if reads:
+            stdin = (Ctx.CODE, f"{name} (its commands read from standard input)")
     elif name in _DECLARES:
         nameref, options = False, True
         for k, word in enumerate(args, start=1):
@@ -282,33 +715,54 @@ def command_places(
             elif nameref:
                 shifted.append((k, Ctx.NAME))
             target = _NAME.match(word)
-            if target is not None and target.group(0) in SPECIAL_INTEGERS:
-                whole = (Ctx.ARITH, f"{name} {target.group(0)}=")
+            if assignment and target and target.group(0) in SPECIAL_INTEGERS:
+                places.append((k, Ctx.ARITH, f"{name} {target.group(0)}="))
     elif name in ("test", "["):
         shifted = [(k + 2, Ctx.NAME) for k, w in enumerate(args[:-1]) if w in ("-v", "-R")]
-    elif name in ("for", "select") and args:
-        whole = (Ctx.ARITH, f"{name} {args[0]}") if args[0] in SPECIAL_INTEGERS else None
-    elif name == "getopts" and len(args) > 1:
-        whole = (Ctx.ARITH, f"{name} {args[1]}") if args[1] in SPECIAL_INTEGERS else None
+    elif name in ("for", "select") and args and args[0] in SPECIAL_INTEGERS:
+        places.extend((k, Ctx.ARITH, f"{name} {args[0]}") for k in range(1, len(words)))
+    elif name == "getopts" and len(args) > 1 and args[1] in SPECIAL_INTEGERS:
+        places.extend((k, Ctx.ARITH, f"{name} {args[1]}") for k in range(1, len(words)))
     for k, ctx in shifted:
         if ctx is Ctx.NAME and k < len(words) and words[k] in SPECIAL_INTEGERS:
-            whole = (Ctx.ARITH, f"{name} {words[k]}")
+            what = f"{name} {words[k]}"  # read RANDOM, printf -v OPTIND: the value read
+            places.extend((j, Ctx.ARITH, what) for j in range(k, len(words)))
+            stdin = (Ctx.ARITH, what)
     places.extend((k, ctx, name) for k, ctx in shifted)
-    for k, word in enumerate(words):
-        prog = _program(word) if name not in _BUILTINS else None
-        if prog is not None:
-            found, stdin = _arguments(prog, words[k + 1 :])
-            base = word.rsplit("/", 1)[-1]
-            places.extend((k + 1 + n, ctx, base) for n, ctx in found)
-            if stdin and whole is None:
-                whole = (Ctx.CODE, f"{base} (its program read from standard input)")
-            break
-    for k, word in enumerate(words):  # sbatch --wrap "..."
-        if word == "--wrap":
-            places.append((k + 1, Ctx.CODE, f"{name} --wrap"))
-        elif word.startswith("--wrap="):
-            places.append((k, Ctx.CODE, f"{name} --wrap"))
-    return [p for p in places if p[0] < len(words)], whole
+    if name in _BUILTINS or name in _DECLARES:
+        return [p for p in places if p[0] < len(words)], stdin, False
+    run = _unwrap(words, places)
+    env_code = False
+    if run.at is None:
+        if run.bare:
+            stdin = (Ctx.CODE, f"{run.chain[-1]} (a shell reading standard input)")
+        return [p for p in places if p[0] < len(words)], stdin, False
+    k = run.at
+    base = _base(words[k])
+    prog = _program(words[k])
+    if prog is not None:
+        found, reads = _arguments(prog, words[k + 1 :])
+        places.extend((k + 1 + n, ctx, base) for n, ctx in found)
+        if reads:
+            stdin = (Ctx.CODE, f"{base} (its program read from standard input)")
+    elif base in _MAKES:
+        what = f"{base} (it expands $(shell ...) in a variable's value)"
+        places.extend(
+            (j, Ctx.CODE, what)
+            for j in range(1, len(words))
+            if j != k and _ASSIGNMENT.match(raw[j])
+        )
+        env_code = True
+    elif base == "parallel":
+        found, reads = _parallel(words, k)
+        places.extend((j, ctx, base) for j, ctx in found)
+        if reads:
+            stdin = (Ctx.CODE, f"{base} (its commands read from standard input)")
+    if run.replace and any(
+        ctx is Ctx.CODE and j > k and run.replace in words[j] for j, ctx, _ in places
+    ):
+        stdin = (Ctx.CODE, "xargs (its input lines replace text in program text)")
+    return [p for p in places if p[0] < len(words)], stdin, env_code
 
 
 @dataclass
@@ -317,6 +771,7 @@ class _Heredoc:
     strip_tabs: bool  # <<-
     literal: bool  # the delimiter was quoted: no expansion in the body
     ctx: tuple[Ctx, str] | None = None  # the body is program text or arithmetic: for what
+    body: tuple[int, int] | None = None  # where its body is, once read
 
 
 @dataclass
@@ -335,18 +790,25 @@ class _Frame:
     cmd_pos: bool = True  # the next word may be a command name
     prev: str = ""  # the previous word of the command
     args: str = ""  # 'let', 'declare', 'declare -i': which arguments are arithmetic
-    redirect: bool = False  # the next word is a redirection's target
+    redirect: str = ""  # the next word is a redirection's target: '<', '>' or '<<<'
+    piped: bool = False  # a '|' was read and no word since: a newline goes on
     compound: int = 0  # open parentheses of an array assignment name=(...)
     words: list[tuple[int, int]] = field(default_factory=list)  # cond: its words
     param: bool = False  # a subscript of ${name[...]}: an offset may follow
-    # the simple command being read (shell frames): its words from its name on, the
-    # assignments before it; the pipeline it is in: where it began, the context all of
-    # it is read in, its here-documents
+    # the simple command being read (shell frames): where it began, its words from its
+    # name on, the assignments before it, its here-documents and the words it reads as
+    # standard input (here-strings, '< <(...)'); the pipeline it is in: where it began,
+    # the here-documents of its earlier commands
+    cmd_start: int | None = None
     cmd: list[tuple[int, int]] = field(default_factory=list)
     assigns: list[tuple[int, int]] = field(default_factory=list)
+    docs: list[_Heredoc] = field(default_factory=list)
+    inputs: list[tuple[int, int]] = field(default_factory=list)
     pipe_start: int | None = None
-    pipe_ctx: tuple[Ctx, str] | None = None
-    heredocs: list[_Heredoc] = field(default_factory=list)
+    pipe_docs: list[_Heredoc] = field(default_factory=list)
+    # the open compound commands ('(' or a keyword), each with where the pipeline it is
+    # in began: a pipe after its end goes on from there
+    groups: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -525,6 +987,15 @@ class _Lexer:
         read. True: ``c`` needs no further reading here (a frame was opened or closed,
         and the frame now on top reads on from ``self.i``)."""
         i, text = self.i, self.text
+        if c in "<>" and self.peek() == "(" and frame.kind != "cond":
+            # <(...) or >(...): a process substitution, in a word
+            frame.piped = False
+            if frame.word is None:
+                frame.word = i
+            self.mark(i, i + 2, Ctx.UNQUOTED)
+            self.i += 2
+            self.push("cmdsub")
+            return True
         closes_backtick = c == "`" and (
             frame.kind == "backtick" or (frame.kind == "cond" and self.stack[-2].kind == "backtick")
         )
@@ -554,6 +1025,7 @@ class _Lexer:
                 self.i = end  # the newline itself is read normally (it may start heredocs)
                 return True
             frame.word = i
+            frame.piped = False
         if c == "[" and (
             _NAME.fullmatch(text, frame.word, i) or (frame.word == i and frame.compound)
         ):
@@ -565,53 +1037,74 @@ class _Lexer:
     def operator(self, frame: _Frame, c: str) -> None:
         """An unquoted blank or operator character in a shell frame."""
         prev = self.text[self.i - 1] if self.i else ""
-        if c in " \t":
-            return
+        if c in " \t" or (c == "\n" and frame.piped) or (c == "&" and prev == "|"):
+            return  # a blank; a newline after '|'; the '&' of '|&'
         if (
             c in "<>"
             or (c == "&" and (prev in ("<", ">") or self.peek() == ">"))
             or (c == "|" and prev == ">")
         ):
-            frame.redirect = True  # <, >, >&, &>, >|: the next word is a target
+            # <, >, >&, &>, >|: the next word is a target
+            frame.redirect = "<" if c == "<" or self.peek() == "<" else ">"
             return
         if c == ")" and frame.compound:
             frame.compound -= 1
             return
         if c == "(" and frame.compound:
             return
+        if c == "(" and frame.cmd_pos and not frame.cmd and not frame.assigns:
+            # a subshell: its pipeline goes on after its ')'
+            start = self.i if frame.pipe_start is None else frame.pipe_start
+            frame.groups.append(("(", start))
+            frame.pipe_start, frame.piped = None, False
+            return
+        if c == ")" and frame.groups and frame.groups[-1][0] == "(":
+            self.end_command(frame, self.i, piped=False)
+            frame.pipe_start = frame.groups.pop()[1]
+            frame.cmd_pos, frame.prev, frame.args, frame.redirect = False, "", "", ""
+            return
         # newline ; & | ( ): a new command begins
         piped = c == "|" and prev != "|" and self.peek() != "|"
         self.end_command(frame, self.i, piped=piped)
-        frame.cmd_pos, frame.prev, frame.args, frame.redirect = True, "", "", False
+        frame.cmd_pos, frame.prev, frame.args, frame.redirect = True, "", "", ""
+        frame.piped = piped
 
     def end_command(self, frame: _Frame, end: int, *, piped: bool) -> None:
         """A simple command of ``frame`` ends before ``end`` (``piped``: its pipeline goes
-        on): mark the words it reads as names or program text, and, at the end of a
-        pipeline that assigns a special integer variable or feeds a program its code,
-        all of the pipeline (here-documents included)."""
+        on): mark the words it reads as names, program text or arithmetic, and, when it
+        reads program text (or a special integer variable's value) from standard input,
+        what it reads there: its here-documents and here-strings, and the commands before
+        it in its pipeline (their output), here-documents included."""
         if frame.kind not in _SHELL_KINDS:
             return
-        text = self.text
-        whole: tuple[Ctx, str] | None = None
+        text, places = self.text, self.places
+        stdin: tuple[Ctx, str] | None = None
+        env_code = False
+        if frame.cmd:
+            raw = [text[start:stop] for start, stop in frame.cmd]
+            found, stdin, env_code = command_places([_unquoted(w) for w in raw], raw)
+            places.extend((*frame.cmd[k], ctx, what) for k, ctx, what in found)
         for start, stop in frame.assigns:
             target = _NAME.match(text, start, stop)
             if target is not None and target.group(0) in SPECIAL_INTEGERS:
-                whole = (Ctx.ARITH, f"{target.group(0)}=")  # RANDOM=$x: evaluated
-        if frame.cmd:
-            raw = [text[start:stop] for start, stop in frame.cmd]
-            places, found = command_places([_unquoted(w) for w in raw], raw)
-            for k, place_ctx, what in places:
-                self.places.append((*frame.cmd[k], place_ctx, what))
-            whole = whole or found
-        frame.pipe_ctx = frame.pipe_ctx or whole
-        frame.cmd, frame.assigns = [], []
+                places.append((start, stop, Ctx.ARITH, f"{target.group(0)}="))  # RANDOM=$x
+            elif env_code:
+                places.append((start, stop, Ctx.CODE, f"{_unquoted(raw[0])} (its environment)"))
+        if stdin is not None:
+            if frame.pipe_start is not None and frame.cmd_start is not None:
+                places.append((frame.pipe_start, frame.cmd_start, *stdin))
+            for doc in frame.pipe_docs + frame.docs:
+                if doc.body is None:
+                    doc.ctx = stdin  # marked when its body is read
+                else:
+                    places.append((*doc.body, *stdin))
+            places.extend((start, stop, *stdin) for start, stop in frame.inputs)
         if piped:
-            return
-        if frame.pipe_ctx is not None and frame.pipe_start is not None:
-            self.places.append((frame.pipe_start, end, *frame.pipe_ctx))
-            for doc in frame.heredocs:
-                doc.ctx = frame.pipe_ctx
-        frame.pipe_start, frame.pipe_ctx, frame.heredocs = None, None, []
+            frame.pipe_docs += frame.docs
+        else:
+            frame.pipe_start, frame.pipe_docs = None, []
+        frame.cmd, frame.assigns, frame.docs, frame.inputs = [], [], [], []
+        frame.cmd_start = None
 
     def end_word(self, frame: _Frame, end: int) -> bool:
         """The word of ``frame`` ends before ``end``. True if a frame was opened or
@@ -619,8 +1112,11 @@ class _Lexer:
         start, frame.word = frame.word, None
         assert start is not None
         word = self.text[start:end]
-        if frame.kind != "cond" and frame.pipe_start is None:
-            frame.pipe_start = start
+        if frame.kind != "cond":
+            if frame.pipe_start is None:
+                frame.pipe_start = start
+            if frame.cmd_start is None:
+                frame.cmd_start = start
         if frame.kind == "cond":
             if word != "]]":
                 frame.words.append((start, end))
@@ -635,10 +1131,16 @@ class _Lexer:
             self.stack[-1].cmd_pos = True
             return True
         if frame.redirect:
-            frame.redirect = False
+            if frame.redirect == "<<<" or (frame.redirect == "<" and word.startswith("<(")):
+                frame.inputs.append((start, end))  # what the command reads as its input
+            frame.redirect = ""
             return False
         name = _unquoted(word)
         if frame.cmd_pos:
+            if name in _GROUP_OPEN:
+                frame.groups.append(("kw", start if frame.pipe_start is None else frame.pipe_start))
+            elif name in _GROUP_CLOSE and frame.groups and frame.groups[-1][0] == "kw":
+                frame.pipe_start = frame.groups.pop()[1]
             if word == "[[":
                 frame.cmd_pos = False
                 self.push("cond")
@@ -780,8 +1282,9 @@ class _Lexer:
         if text.startswith("<", self.i):  # '<<<' is a here-string, not a heredoc
             self.ctx[self.i] = Ctx.UNQUOTED
             self.i += 1
+            self.stack[-1].redirect = "<<<"
             return
-        self.stack[-1].redirect = False  # the delimiter is read here, not as a word
+        self.stack[-1].redirect = ""  # the delimiter is read here, not as a word
         strip_tabs = text.startswith("-", self.i)
         if strip_tabs:
             self.i += 1
@@ -806,7 +1309,7 @@ class _Lexer:
         if word:
             doc = _Heredoc("".join(word), strip_tabs, literal)
             self.pending.append(doc)
-            self.stack[-1].heredocs.append(doc)
+            self.stack[-1].docs.append(doc)
 
     def heredoc_bodies(self) -> None:
         """After the newline that ends a line with ``<<`` operators: skip their bodies."""
@@ -823,6 +1326,7 @@ class _Lexer:
                 line = text[self.i : end]
                 if (line.lstrip("\t") if doc.strip_tabs else line) == doc.delimiter:
                     self.body(body, self.i, doc.literal)
+                    doc.body = (body, self.i)
                     if doc.ctx is not None:  # python3 - <<EOF, read RANDOM <<EOF
                         self.places.append((body, self.i, *doc.ctx))
                     self.i = end + 1

@@ -37,9 +37,12 @@ ARITH_HINT = (
 CODE_HINT = (
     "pass the value as an argument or in the environment and let the program read it as "
     "data: bash -c '... \"$1\"' _ $[[x]], python3 -c 'import sys; print(sys.argv[1])' "
-    "$[[x]], awk -v x=$[[x]] '{ print x }', or a script file of the template's that "
-    "takes the value as an argument (sed, eval, trap, ssh and --wrap have no safe place "
-    "for a value inside their program text)"
+    "$[[x]], python3 - $[[x]] <<'PY' (the program in a here-document with a quoted "
+    "delimiter, nothing in it expanded), awk -v x=$[[x]] '{ print x }', xargs -I{} sh -c "
+    "'... \"$1\"' _ {}, or a script file of the template's that takes the value as an "
+    "argument (sed, eval, trap, source, ssh, --wrap, make VAR=, parallel's command and an "
+    "unquoted here-document fed to a program have no safe place for a value inside their "
+    "program text)"
 )
 #: the hint given when a user's value would be read as a variable's name
 NAME_HINT = (
