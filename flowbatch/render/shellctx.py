@@ -9,48 +9,71 @@ reported apart (:attr:`Ctx.ARITH`): there bash expands a value and then evaluate
 and an array subscript in that value (``a[$(cmd)]``) runs a command, whatever the quotes.
 This module answers these questions without running bash.
 
-It follows bash's rules for quotes, backslashes, ``$(...)``, ``$((...))``, backticks
-(a new unquoted context, even inside double quotes, nested to any depth), ``#`` comments
-at the start of a word and here-documents (an expanding one's body is read as inside
-double quotes, a ``"`` there being a character). It reads commands word by word, enough to
-find the arithmetic places: ``$((...))``, ``$[...]``, an arithmetic command ``((...))``
-(also ``for ((...))``), the operands of ``-eq -ne -lt -le -gt -ge`` in ``[[ ... ]]``, the
-arguments of ``let``, the assignments of ``declare``/``typeset``/``local`` with ``-i``,
-the subscript of ``name[...]`` at the start of a word, of ``[...]=`` in an array
-assignment ``name=(...)`` and of ``${name[...]}``, and the offset and length of
-``${name:offset:length}``. Everything inside such a place is arithmetic, quotes and
-``$(...)`` included (the output of a command substitution is evaluated too).
+It follows bash's rules for quotes, backslashes, ``$(...)``, ``<(...)``, ``>(...)``,
+``$((...))``, backticks (a new unquoted context, even inside double quotes, nested to any
+depth), ``#`` comments at the start of a word and here-documents (an expanding one's body
+is read as inside double quotes, a ``"`` there being a character). It reads commands word
+by word, enough to find the arithmetic places: ``$((...))``, ``$[...]``, an arithmetic
+command ``((...))`` (also ``for ((...))``), the operands of ``-eq -ne -lt -le -gt -ge`` in
+``[[ ... ]]``, the arguments of ``let``, the assignments of
+``declare``/``typeset``/``local`` with ``-i``, the subscript of ``name[...]`` at the start
+of a word, of ``[...]=`` in an array assignment ``name=(...)`` and of ``${name[...]}``,
+and the offset and length of ``${name:offset:length}``. Everything inside such a place is
+arithmetic, quotes and ``$(...)`` included (the output of a command substitution is
+evaluated too).
 
 It also reads what each simple command does with its words (:func:`command_places`):
-an assignment to a variable bash evaluates as arithmetic (:data:`SPECIAL_INTEGERS`:
+a value assigned to a variable bash evaluates as arithmetic (:data:`SPECIAL_INTEGERS`:
 ``RANDOM=``, ``export OPTIND=``, ``read RANDOM``, ``printf -v OPTIND``, ``for RANDOM in``)
-makes its whole pipeline arithmetic, here-documents included; a word read as a variable's
-name (``printf -v``, ``read``, ``mapfile``, ``[[ -v ]]``, ``test -v``, ``declare -n``, a
-``declare`` word that is not ``name=value``) is :attr:`Ctx.NAME` (bash evaluates a
-subscript in a name); and program text handed to another interpreter is
-:attr:`Ctx.CODE`: the arguments of ``eval`` and ``trap``, ``compgen -W``, ``mapfile -C``,
-the command string of ``sh``/``bash``/... ``-c``, of ``python* -c``, ``perl``/``ruby``/
-``node``/``Rscript``/``julia`` ``-e``, the script of ``sed`` and ``awk``, the remote
-command of ``ssh``, ``su``/``flock -c``, ``watch``, ``--wrap``, and all of a pipeline in
-which such a program reads its program from standard input (``python3 - <<EOF``,
-``... | bash``). The program is recognised in any word of the command (``srun python3
--c``, ``env A=1 bash -c``), the first one only; a word that merely looks like one
-(``echo awk "$x"``) only refuses more.
+is arithmetic (that assignment only; for ``read``/``mapfile``, what it reads from
+standard input); a word read as a variable's name (``printf -v``, ``read``, ``mapfile``,
+``unset``, ``[[ -v ]]``, ``test -v``, ``declare -n``, a ``declare`` word that is not
+``name=value``) is :attr:`Ctx.NAME` (bash evaluates a subscript in a name); and program
+text handed to another interpreter is :attr:`Ctx.CODE`: the arguments of ``eval`` and
+``trap``, ``compgen -W``, ``mapfile -C``, the command string of ``sh``/``bash``/...
+``-c``, of ``python* -c``, ``perl``/``ruby``/``node``/``Rscript``/``R``/``julia``/
+``lua``/``gnuplot`` ``-e``, ``expect -c``, ``octave --eval``, ``matlab -batch``/``-r``,
+the script of ``sed`` and ``awk``, the SQL of ``sqlite3 DB "..."`` and ``-cmd``, the
+remote command of ``ssh``, ``su``/``runuser``/``flock -c``, ``env -S``, ``watch``,
+``hyperfine``, ``bsub``'s command, GNU ``parallel``'s command words (its ``:::``
+arguments or input lines when it has none), ``sbatch --wrap``, ``make``'s ``VAR=value``
+arguments and environment (make expands ``$(shell ...)`` there), a process
+substitution given as a program's file (``bash <(...)``, ``source <(...)``,
+``awk -f <(...)``: its commands' output is the program); and what a program reads as
+its code from standard input (``python3 -``, ``bash -s``, ``R``, ``julia``, ``lua``,
+``sqlite3 DB``, ``tclsh``, a shell or ``source`` given ``/dev/stdin``, ``sbatch``/
+``qsub``/``bsub`` without a script, ``salloc`` or ``singularity shell`` without a
+command, ``xargs -I R`` when ``R`` is in program text): its unquoted here-documents, its
+here-strings and ``< <(...)``, and the output of the commands before it in its pipeline
+(a compound command or subshell there whole: ``{ ...; } | bash``), not its own
+arguments, environment or ``<`` file. A program is recognised at the command position
+(after ``!``, ``time``, ``command``, ``builtin``) or after a wrapper and its options
+(``env A=1``, ``exec``, ``nice -n 5``, ``nohup``, ``timeout 10``, ``stdbuf``,
+``taskset``, ``numactl``, ``srun``/``salloc``, ``mpirun``/``mpiexec``, ``sudo -u``,
+``runuser -u``, ``xargs``, ``singularity``/``apptainer exec IMAGE``, ``docker``/
+``podman run``/``exec IMAGE``, ``conda``/``uv``/``poetry run``, ``flock FILE``,
+``strace``, ``chrt``...); an option of a wrapper not known here takes the next word as
+its argument unless that word names a known program or wrapper (then it is the
+command): it may find a program in a plain argument after such an option, which only
+refuses more. ``${python}`` (a site variable not expanded) is Python.
 
 Known simplifications: a ``case`` pattern's bare ``)`` inside ``$(...)`` ends the
-substitution early, and ``((`` at the start of a command is always taken
-for an arithmetic command (bash falls back to nested subshells; write ``( (``). Not
-detected: a variable named inside arithmetic is evaluated too, and the lexer
-does not follow variables (``n=$x; (( n > 1 ))``, ``$(( FB_n ))``, an assignment
-``n=$x`` to a variable declared ``-i`` earlier, ``${!x}``, ``cmd=python3; $cmd -c``); a
-subscript inside a quoted word handed to a builtin as a name (``printf -v "a[$x]"``); a
-name given through a variable or an alias; and a value that reaches another program's
-language in a way no command line shows: written to a file the template then runs or
-sources, piped to a program not named here, read by a program of the template's own that
-evaluates it. Some text is reported arithmetic, a name or program text where bash
-evaluates nothing (a glob ``file[...]`` at the start of a word, an associative array's
-key, ``unset a[...]``, ``echo awk "$x"``), which only refuses more.
-"""
+substitution early, and ``((`` at the start of a command is always taken for an arithmetic
+command (bash falls back to nested subshells; write ``( (``). Not detected: a variable
+named inside arithmetic is evaluated too, and the lexer does not follow variables (``n=$x;
+(( n > 1 ))``, ``$(( FB_n ))``, an assignment ``n=$x`` to a variable declared ``-i``
+earlier, ``${!x}``, ``cmd=python3; $cmd -c``); a subscript inside a quoted word handed to
+a builtin as a name (``printf -v "a[$x]"``); a name given through a variable or an alias;
+a program (or ``make``) run by a wrapper not named here (``mywrap python3 -c "$x"``) or
+through a shell (``sudo -s cmd``); output fed to a program inside an output process
+substitution (``echo "$x" | tee >(bash)``) or through a file descriptor other than
+standard input; and a value that reaches another program's language in a way no command
+line shows: written to a file the template then runs or sources, piped to a program not
+named here, read by a program of the template's own that evaluates it (a ``Makefile``
+naming ``$(FB_x)``: make expands every variable of its environment). Some text is reported
+arithmetic, a name or program text where bash evaluates nothing (a glob ``file[...]`` at
+the start of a word, an associative array's key, ``unset -f f``, ``xargs python3`` given
+input on a pipe), which only refuses more."""
 
 from __future__ import annotations
 
