@@ -100,6 +100,8 @@ GUARDS = [
     'R --no-save --args "X" < analysis.R',  # the program is the file, the value argv
     'singularity run img.sif "X"',  # arguments of the image's runscript
     'grep -r python "X"',
+    "jq --arg x \"X\" '.name = $x' in.json",
+    'psql -d db -f q.sql -v name="X"',
     '{ echo "X"; } | cat; echo | bash',
     '( echo "X" ); echo | bash',
 ]
@@ -160,6 +162,11 @@ CODE = [
     "sqlite3 db.sqlite <<EOF\nX\nEOF",
     'sqlite3 db.sqlite "X"',
     'sqlite3 -cmd "X" db.sqlite',
+    "psql -d db <<EOF\nselect 'X';\nEOF",  # psql's \\! runs a shell command
+    'psql -d db -c "X"',
+    "mysql -u me db <<EOF\nX\nEOF",
+    'duckdb db.duckdb "X"',
+    'jq ".name == \\"X\\"" in.json',  # a jq filter is a program ($ENV, input files)
     "tclsh <<EOF\nX\nEOF",
     'expect -c "X"',
     'gnuplot -e "X" plot.gp',

@@ -22,10 +22,10 @@ and the offset and length of ``${name:offset:length}``. Everything inside such a
 arithmetic, quotes and ``$(...)`` included (the output of a command substitution is
 evaluated too).
 
-It also reads what each simple command does with its words (:func:`command_places`):
-a value assigned to a variable bash evaluates as arithmetic (:data:`SPECIAL_INTEGERS`:
-``RANDOM=``, ``export OPTIND=``, ``read RANDOM``, ``printf -v OPTIND``, ``for RANDOM in``)
-is arithmetic (that assignment only; for ``read``/``mapfile``, what it reads from
+It also reads what each simple command does with its words (:func:`command_places`): a
+value assigned to a variable bash evaluates as arithmetic (:data:`SPECIAL_INTEGERS`:
+``RANDOM=``, ``export OPTIND=``, ``read RANDOM``, ``printf -v OPTIND``, ``for RANDOM
+in``) is arithmetic (that assignment only; for ``read``/``mapfile``, what it reads from
 standard input); a word read as a variable's name (``printf -v``, ``read``, ``mapfile``,
 ``unset``, ``[[ -v ]]``, ``test -v``, ``declare -n``, a ``declare`` word that is not
 ``name=value``) is :attr:`Ctx.NAME` (bash evaluates a subscript in a name); and program
@@ -33,29 +33,29 @@ text handed to another interpreter is :attr:`Ctx.CODE`: the arguments of ``eval`
 ``trap``, ``compgen -W``, ``mapfile -C``, the command string of ``sh``/``bash``/...
 ``-c``, of ``python* -c``, ``perl``/``ruby``/``node``/``Rscript``/``R``/``julia``/
 ``lua``/``gnuplot`` ``-e``, ``expect -c``, ``octave --eval``, ``matlab -batch``/``-r``,
-the script of ``sed`` and ``awk``, the SQL of ``sqlite3 DB "..."`` and ``-cmd``, the
-remote command of ``ssh``, ``su``/``runuser``/``flock -c``, ``env -S``, ``watch``,
-``hyperfine``, ``bsub``'s command, GNU ``parallel``'s command words (its ``:::``
-arguments or input lines when it has none), ``sbatch --wrap``, ``make``'s ``VAR=value``
-arguments and environment (make expands ``$(shell ...)`` there), a process
-substitution given as a program's file (``bash <(...)``, ``source <(...)``,
-``awk -f <(...)``: its commands' output is the program); and what a program reads as
-its code from standard input (``python3 -``, ``bash -s``, ``R``, ``julia``, ``lua``,
-``sqlite3 DB``, ``tclsh``, a shell or ``source`` given ``/dev/stdin``, ``sbatch``/
-``qsub``/``bsub`` without a script, ``salloc`` or ``singularity shell`` without a
-command, ``xargs -I R`` when ``R`` is in program text): its unquoted here-documents, its
-here-strings and ``< <(...)``, and the output of the commands before it in its pipeline
-(a compound command or subshell there whole: ``{ ...; } | bash``), not its own
-arguments, environment or ``<`` file. A program is recognised at the command position
-(after ``!``, ``time``, ``command``, ``builtin``) or after a wrapper and its options
-(``env A=1``, ``exec``, ``nice -n 5``, ``nohup``, ``timeout 10``, ``stdbuf``,
-``taskset``, ``numactl``, ``srun``/``salloc``, ``mpirun``/``mpiexec``, ``sudo -u``,
-``runuser -u``, ``xargs``, ``singularity``/``apptainer exec IMAGE``, ``docker``/
+the script of ``sed``, ``awk`` and ``jq``, the SQL of ``sqlite3``/``duckdb DB "..."``,
+``psql -c``, ``mysql -e``, the remote command of ``ssh``, ``su``/``runuser``/``flock
+-c``, ``env -S``, ``watch``, ``hyperfine``, ``bsub``'s command, GNU ``parallel``'s
+command words (its ``:::`` arguments or input lines when it has none), ``sbatch --wrap``,
+``make``'s ``VAR=value`` arguments and environment (make expands ``$(shell ...)`` there),
+a process substitution given as a program's file (``bash <(...)``, ``source <(...)``,
+``awk -f <(...)``: its commands' output is the program); and what a program reads as its
+code from standard input (``python3 -``, ``bash -s``, ``R``, ``julia``, ``lua``,
+``sqlite3``/``duckdb DB``, ``psql``, ``mysql``, ``tclsh``, a shell or ``source`` given
+``/dev/stdin``, ``sbatch``/ ``qsub``/``bsub`` without a script, ``salloc`` or
+``singularity shell`` without a command, ``xargs -I R`` when ``R`` is in program text):
+its unquoted here-documents, its here-strings and ``< <(...)``, and the output of the
+commands before it in its pipeline (a compound command or subshell there whole: ``{ ...;
+} | bash``), not its own arguments, environment or ``<`` file. A program is recognised at
+the command position (after ``!``, ``time``, ``command``, ``builtin``) or after a wrapper
+and its options (``env A=1``, ``exec``, ``nice -n 5``, ``nohup``, ``timeout 10``,
+``stdbuf``, ``taskset``, ``numactl``, ``srun``/``salloc``, ``mpirun``/``mpiexec``, ``sudo
+-u``, ``runuser -u``, ``xargs``, ``singularity``/``apptainer exec IMAGE``, ``docker``/
 ``podman run``/``exec IMAGE``, ``conda``/``uv``/``poetry run``, ``flock FILE``,
 ``strace``, ``chrt``...); an option of a wrapper not known here takes the next word as
-its argument unless that word names a known program or wrapper (then it is the
-command): it may find a program in a plain argument after such an option, which only
-refuses more. ``${python}`` (a site variable not expanded) is Python.
+its argument unless that word names a known program or wrapper (then it is the command):
+it may find a program in a plain argument after such an option, which only refuses more.
+``${python}`` (a site variable not expanded) is Python.
 
 Known simplifications: a ``case`` pattern's bare ``)`` inside ``$(...)`` ends the
 substitution early, and ``((`` at the start of a command is always taken for an arithmetic
@@ -148,7 +148,8 @@ class _Program:
     argument (unless an option gave the program) is its program's file (``<(...)`` there
     is program text, ``/dev/stdin`` reads standard input), else it never is one (``R``);
     ``dash_long``: its long options begin with one dash (``sqlite3 -cmd``); ``permute``:
-    its options may follow its positional arguments (``su user -c``)."""
+    its options may follow its positional arguments (``su user -c``); ``takes2_long``:
+    long options with two arguments (``jq --arg name value``)."""
 
     code: str = ""
     code_long: tuple[str, ...] = ()
@@ -165,6 +166,7 @@ class _Program:
     script: bool = True
     dash_long: bool = False
     permute: bool = False
+    takes2_long: tuple[str, ...] = ()
 
 
 _SHELL = _Program(
@@ -243,6 +245,44 @@ _PROGRAMS: dict[str, _Program] = {
         script=False,
     ),
     "php": _Program(code="r", stdin=True),
+    # database shells read SQL (and shell escapes: psql \!, sqlite3 .shell) from stdin
+    "psql": _Program(
+        code="c",
+        code_long=("--command",),
+        files="f",
+        files_long=("--file",),
+        takes="dhpUvoPTFRLS",
+        takes_long=("--dbname", "--host", "--port", "--username", "--set", "--variable"),
+        stdin=True,
+        script=False,
+    ),
+    **dict.fromkeys(
+        ("mysql", "mariadb"),
+        _Program(
+            code="e",
+            code_long=("--execute",),
+            takes="uhPDSO",
+            takes_long=("--user", "--host", "--port", "--database", "--socket"),
+            stdin=True,
+            script=False,
+        ),
+    ),
+    "duckdb": _Program(
+        code_long=("-cmd", "-c", "-s"),
+        takes_long=("-init", "-separator", "-nullvalue", "-newline"),
+        dash_long=True,
+        positionals="rest",
+        stdin=True,
+        script=False,
+    ),
+    # jq's filter is a program (it reads $ENV and files); --arg passes data
+    "jq": _Program(
+        files="fL",
+        files_long=("--from-file",),
+        takes_long=("--indent",),
+        takes2_long=("--arg", "--argjson", "--slurpfile", "--rawfile"),
+        positionals="first",
+    ),
     **dict.fromkeys(("sed", "gsed"), _SED),
     **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _AWK),
     "ssh": _SSH,
@@ -527,6 +567,7 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
                 given = True
                 places.extend(_script_file(args, at))
             i += 1 + (not eq and key in prog.code_long + prog.takes_long + prog.files_long)
+            i += 2 * (key in prog.takes2_long)
             continue
         if len(word) < 2 or word[0] not in "-+":
             if not prog.permute:
@@ -574,7 +615,7 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
     elif kind == "names":
         places.extend((k, Ctx.NAME) for k in rest)
     stdin = prog.stdin and not given and (stdin_opt or not rest or not prog.script)
-    if prog.script and not given and not kind and rest:
+    if prog.script and not (given or kind or stdin_opt) and rest:
         script = _script_file(args, rest[0])
         places.extend(script)
         stdin = stdin or (not script and args[rest[0]] in _STDIN_FILES)
