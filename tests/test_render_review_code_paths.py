@@ -181,6 +181,8 @@ CODE = [
     'bsub -n 4 "X"',
     "salloc -N 1 <<EOF\nX\nEOF",
     "singularity shell img.sif <<EOF\nX\nEOF",
+    "ssh host bash <<EOF\nX\nEOF",  # the remote command reads its program from ssh's input
+    'echo "X" | ssh host python3 -',
     # wrappers the old scan did not know, or whose options it misread
     'env -S "X"',
     'flock /tmp/lock -c "X"',

@@ -809,6 +809,11 @@ def command_places(
         places.extend((k + 1 + n, ctx, base) for n, ctx in found)
         if reads:
             stdin = (Ctx.CODE, f"{base} (its program read from standard input)")
+        elif prog is _SSH and found:  # ssh host python3 -: the remote command's input
+            remote = " ".join(words[k + 1 + found[0][0] :]).split()
+            _, remote_stdin, _ = command_places(remote, remote) if remote else ([], None, False)
+            if remote_stdin is not None and remote_stdin[0] is Ctx.CODE:
+                stdin = (Ctx.CODE, f"{base} {remote_stdin[1]}")
     elif base in _MAKES:
         what = f"{base} (it expands $(shell ...) in a variable's value)"
         places.extend(
