@@ -43,19 +43,20 @@ a process substitution given as a program's file (``bash <(...)``, ``source <(..
 code from standard input (``python3 -``, ``bash -s``, ``R``, ``julia``, ``lua``,
 ``sqlite3``/``duckdb DB``, ``psql``, ``mysql``, ``tclsh``, a shell or ``source`` given
 ``/dev/stdin``, ``sbatch``/ ``qsub``/``bsub`` without a script, ``salloc`` or
-``singularity shell`` without a command, ``xargs -I R`` when ``R`` is in program text):
-its unquoted here-documents, its here-strings and ``< <(...)``, and the output of the
-commands before it in its pipeline (a compound command or subshell there whole: ``{ ...;
-} | bash``), not its own arguments, environment or ``<`` file. A program is recognised at
-the command position (after ``!``, ``time``, ``command``, ``builtin``) or after a wrapper
-and its options (``env A=1``, ``exec``, ``nice -n 5``, ``nohup``, ``timeout 10``,
-``stdbuf``, ``taskset``, ``numactl``, ``srun``/``salloc``, ``mpirun``/``mpiexec``, ``sudo
--u``, ``runuser -u``, ``xargs``, ``singularity``/``apptainer exec IMAGE``, ``docker``/
-``podman run``/``exec IMAGE``, ``conda``/``uv``/``poetry run``, ``flock FILE``,
-``strace``, ``chrt``...); an option of a wrapper not known here takes the next word as
-its argument unless that word names a known program or wrapper (then it is the command):
-it may find a program in a plain argument after such an option, which only refuses more.
-``${python}`` (a site variable not expanded) is Python.
+``singularity shell`` without a command, ``ssh host bash``, ``xargs -I R`` when ``R`` is
+in program text): its unquoted here-documents, its here-strings and ``< <(...)``, and the
+output of the commands before it in its pipeline (a compound command or subshell there
+whole: ``{ ...; } | bash``), not its own arguments, environment or ``<`` file. A program
+is recognised at the command position (after ``!``, ``time``, ``command``, ``builtin``)
+or after a wrapper and its options (``env A=1``, ``exec``, ``nice -n 5``, ``nohup``,
+``timeout 10``, ``stdbuf``, ``taskset``, ``numactl``, ``srun``/``salloc``,
+``mpirun``/``mpiexec``, ``sudo -u``, ``runuser -u``, ``xargs``,
+``singularity``/``apptainer exec IMAGE``, ``docker``/ ``podman run``/``exec IMAGE``,
+``conda``/``uv``/``poetry run``, ``flock FILE``, ``strace``, ``chrt``...); an option of a
+wrapper not known here takes the next word as its argument unless that word names a known
+program or wrapper (then it is the command): it may find a program in a plain argument
+after such an option, which only refuses more. ``${python}`` (a site variable not
+expanded) is Python.
 
 Known simplifications: a ``case`` pattern's bare ``)`` inside ``$(...)`` ends the
 substitution early, and ``((`` at the start of a command is always taken for an arithmetic
