@@ -38,6 +38,8 @@ CONSTRUCTS = [
     'declare -n r="{P}"; echo "$r"',
     'compgen -W "{P}"',
     'declare "{P}"=1',
+    'a=(1 2); unset "{P}"',  # s23 re-review: unset evaluates a subscript too
+    'a=(1 2); unset -v "{P}"',
 ]
 
 
