@@ -690,13 +690,17 @@ class Runner:
                     exc_info=True,
                 )
                 # their time limits still hold (found by review: never enforced while the
-                # look kept failing)
+                # look kept failing), and runs being ended are ended (their processes
+                # looked at directly)
                 for run in runs or ():
-                    if self._over_time(run) and not enforces_time_limit(executor):
-                        try:
+                    try:
+                        ending = self.ending.get(run.id)
+                        if ending is not None:
+                            finished += self._tend_ending(run, executor, ending, False)
+                        elif self._over_time(run) and not enforces_time_limit(executor):
                             finished += self._kill(run, executor, State.ERROR, TIME_LIMIT)
-                        except Exception:
-                            log.exception("ending run %s past its time limit failed", run.id)
+                    except Exception:
+                        log.exception("ending run %s failed", run.id)
                 continue
             failing.ok("the runs of executor %s are looked at again", name)
             if not runs:
@@ -706,12 +710,7 @@ class Runner:
                 alive = probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
                 ending = self.ending.get(run.id)
                 if ending is not None:  # being ended: recorded as such once it is gone
-                    if not alive:
-                        self._record_kill(run, executor, ending.state, ending.reason)
-                        finished += 1
-                    elif not ending.killed and time.monotonic() >= ending.deadline:
-                        ending.killed = True
-                        executor.kill(run.handle or {})  # type: ignore[attr-defined]
+                    finished += self._tend_ending(run, executor, ending, alive)
                     continue
                 if probe is None or alive:
                     if probe is not None:
@@ -866,15 +865,31 @@ class Runner:
         after run (found by review: 8 cancels, 24 s without a run started)."""
         terminate = getattr(executor, "terminate", None) if self.defer_kills else None
         if terminate is not None and run.handle and run.state == State.RUNNING:
-            if run.id not in self.ending and terminate(run.handle) is not None:
-                grace = float(getattr(executor, "cancel_grace", 3.0))
-                self.ending[run.id] = _Ending(state, reason, time.monotonic() + grace)
+            if run.id not in self.ending:
+                token = terminate(run.handle)
+                if token is not None:
+                    grace = float(getattr(executor, "cancel_grace", 3.0))
+                    due = time.monotonic() + grace
+                    self.ending[run.id] = _Ending(state, reason, due, token)
             if run.id in self.ending:
                 return False
         elif run.handle:
             executor.cancel(run.handle, reason)
         self._record_kill(run, executor, state, reason)
         return True
+
+    def _tend_ending(self, run: RunRecord, executor: Executor, ending: _Ending, alive: bool) -> int:
+        """A run being ended: SIGKILL what is left of it at its deadline, record it once
+        neither its script (``alive``: the executor's word) nor anything SIGTERM was sent
+        to still runs. 1 when recorded."""
+        left = getattr(executor, "left", None)
+        if not alive and not (left is not None and left(ending.token)):
+            self._record_kill(run, executor, ending.state, ending.reason)
+            return 1
+        if not ending.killed and time.monotonic() >= ending.deadline:
+            ending.killed = True
+            executor.kill(run.handle or {}, ending.token)  # type: ignore[attr-defined]
+        return 0
 
     def next_kill(self) -> float | None:
         """When the next run being ended is due its SIGKILL (monotonic), if any."""
@@ -887,18 +902,26 @@ class Runner:
         its own end."""
         if not self.ending:
             return
-        for run_id in list(self.ending):
-            run, executor = self.active.get(run_id), None
-            if run is not None:
-                executor = self.executor_of(run)
+        doomed: list[tuple[RunRecord, Executor, _Ending]] = []
+        for run_id, ending in list(self.ending.items()):
+            run = self.active.get(run_id)
+            executor = self.executor_of(run) if run is not None else None
             if run is None or executor is None:
                 self.ending.pop(run_id, None)
                 continue
-            executor.kill(run.handle or {})  # type: ignore[attr-defined]
+            executor.kill(run.handle or {}, ending.token)  # type: ignore[attr-defined]
+            doomed.append((run, executor, ending))
+        # only these runs are looked at: a whole poll would start waiting runs in the
+        # slots of others that ended meanwhile (found by review: a stop launched runs)
         deadline = time.monotonic() + patience
-        while self.ending and time.monotonic() < deadline:
-            self.poll()
-            if self.ending:
+        while doomed and time.monotonic() < deadline:
+            for item in list(doomed):
+                run, executor, ending = item
+                probe = executor.poll([(run.id, run.handle or {})]).get(run.id)
+                alive = probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+                if self._tend_ending(run, executor, ending, alive):
+                    doomed.remove(item)
+            if doomed:
                 time.sleep(0.02)
 
     def _record_kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> None:
@@ -1278,6 +1301,7 @@ class _Ending:
     state: State
     reason: str
     deadline: float
+    token: Any = None  # what the executor's terminate() returned: its kill() and left()
     killed: bool = False
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -393,6 +394,87 @@ def test_a_run_that_ignores_sigterm_holds_up_no_other_run(
     assert list(site.layout.claimed.iterdir()) == []  # the cancel's claim, once it ended
 
 
+DETACHED = """
+workflow:
+  steps:
+    - name: s
+      action:
+        commands:
+          - setsid sh -c 'trap "" TERM; echo $$$$ > detached.pid; exec sleep 120' & sleep 120
+"""
+
+
+def test_a_descendant_that_left_the_group_is_ended_before_the_run_is_recorded(
+    site: Site, tmp_path: Path
+) -> None:
+    """A serving daemon's cancel: the script ended on SIGTERM, so the run was recorded
+    at once, while a descendant that left its group (setsid) and ignores SIGTERM lived
+    on (found by review). Recorded once what SIGTERM was sent to is gone: SIGKILLed at
+    the end of the grace."""
+    install(site, tmp_path / "t", DETACHED)
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    d.runner.defer_kills = True
+    pid = 0
+    try:
+        deadline = time.monotonic() + 30
+        while not d.runner.launched():
+            assert time.monotonic() < deadline
+            d.tick()
+        [run] = d.runner.launched()
+        written = site.store.run_dir(run) / "detached.pid"
+        while not (written.exists() and written.read_text().endswith("\n")):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        pid = int(written.read_text())
+        time.sleep(0.2)  # its trap is set
+        api.request_cancel(site, run.id, "enough")
+        run_until_idle(site, daemon=d, timeout=30)
+        gone = not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        d.stop()
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    assert gone, "the detached descendant outlived the run's recorded end"
+    assert api.show_run(site, run.id)["state"] == "CANCELED"
+
+
+def test_a_stopping_daemon_starts_no_run(tmp_path: Path) -> None:
+    """The stop records the runs being ended; it looked at every run for it, and started
+    a waiting run in the slot of one that had ended meanwhile (found by review)."""
+    site = make_site(tmp_path / "site", {"local": {"concurrency": 2}})
+    install(site, tmp_path / "t", STUBBORN)
+    install(site, tmp_path / "q", SLOW_TEMPLATE.replace("sleep 1", "sleep 0.3"), wf="quick")
+    drop(site, "a.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    d.runner.defer_kills = True
+    try:
+        deadline = time.monotonic() + 30
+        while not d.runner.launched():
+            assert time.monotonic() < deadline
+            d.tick()
+        [stubborn] = d.runner.launched()
+        wait_marker(site, stubborn, b"started")
+        drop(site, "b.yaml", {"workflow": "quick"})
+        drop(site, "c.yaml", {"workflow": "quick"})
+        while len(d.runner.active) < 3 or len(d.runner.launched()) < 2:
+            assert time.monotonic() < deadline
+            d.tick()
+        time.sleep(0.2)
+        api.request_cancel(site, stubborn.id, "enough")
+        while stubborn.id not in d.runner.ending:
+            assert time.monotonic() < deadline
+            d.tick()
+        time.sleep(1.0)  # the quick run ends; no tick sees it
+    finally:
+        d.stop()
+    states = sorted(r["state"] for r in api.list_runs(site) if r["workflow"] == "quick")
+    assert states[0] == "PENDING", states  # the waiting run still waits
+    assert api.show_run(site, stubborn.id)["state"] == "CANCELED"
+
+
 def test_a_daemon_stopping_while_it_ends_a_run_records_that_end(site: Site, tmp_path: Path) -> None:
     """A stop in the grace of a cancel: what is left of the run is SIGKILLed and the run
     recorded CANCELED by this daemon, its cancel's claim settled; not left to the next
@@ -507,16 +589,18 @@ def test_a_reload_waits_for_no_burst(
         d.stop()
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["waiting", "serving"])
 def test_a_time_limit_holds_while_looking_at_the_runs_keeps_failing(
-    site: Site, tmp_path: Path
+    site: Site, tmp_path: Path, defer: bool
 ) -> None:
     """An executor whose look at its runs keeps failing (a bug) still has its runs ended
-    at their time limits (found by review: never, while the look failed). The fault is
-    injected."""
+    at their time limits (found by review: never, while the look failed; then, in a
+    serving daemon, sent SIGTERM and never recorded). The fault is injected."""
     install(site, tmp_path / "t", TIME_LIMITED)
     drop(site, "r.yaml", {"workflow": "wf"})
     d = Daemon(site)
     d.start()
+    d.runner.defer_kills = defer
     executor = d.runner.executors["local"]
 
     def broken(runs: Any) -> Any:

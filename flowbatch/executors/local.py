@@ -340,22 +340,31 @@ class LocalExecutor:
                 pass
         return child, procs
 
-    def kill(self, handle: dict[str, Any]) -> None:
-        """SIGKILL what is left of a run :meth:`terminate` was sent to (its grace over)."""
-        pid = int(handle.get("pid", 0))
-        with self._lock:
-            if pid in self._exits:
-                return
-            child = self._children.get(pid)
-        if child is None and not self.adopt(handle):
-            return
+    def left(self, ending: tuple[Any, list[Any]]) -> bool:
+        """Whether anything :meth:`terminate` signalled (its result, ``ending``) still
+        runs: the script, or a descendant, also one that left the group (``setsid``),
+        which the script's end does not take with it (found by review: it outlived the
+        run's recorded end)."""
         import psutil
 
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            procs = []
+        child, procs = ending
+        if child is not None and not _child_ended(child):
+            return True
+        for proc in procs:
+            if child is not None and proc.pid == child.pid:
+                continue
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.Error:
+                pass
+        return False
+
+    def kill(self, handle: dict[str, Any], ending: tuple[Any, list[Any]]) -> None:
+        """SIGKILL what is left of a run :meth:`terminate` was sent to (``ending``, its
+        result), its grace over: the script while not reaped, its group, and every
+        process signalled then."""
+        child, procs = ending
         self._kill_all(handle, child, procs)
 
     def _kill_all(self, handle: dict[str, Any], child: Any, procs: list[Any]) -> None:
