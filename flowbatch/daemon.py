@@ -715,10 +715,11 @@ class Daemon:
             if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
                 self.site.store.commit_batch()  # the index shows the burst as it goes
                 self._committed_at = time.monotonic()
-                if self.intake.cancel_waiting():
+                if self.runner.defer_kills and self.intake.cancel_waiting():
                     # a `runs cancel` dropped during a long burst: the intake ends here,
                     # the rest stays claimed, and the next tick reads the cancel first
-                    # (found by review: applied 20 s later, after the whole burst)
+                    # (found by review: applied 20 s later, after the whole burst); a
+                    # --once tick has no next tick: it takes the whole burst in
                     self.wakeup.set()
                     return False
                 # and the leaderboards, as often as between ticks (by the report thread)

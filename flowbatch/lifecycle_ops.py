@@ -134,7 +134,7 @@ def remove_runs(site: Site, runs: list[RunRecord]) -> int:
         with site.store.db.atomic():
             for chunk in range(0, len(runs), 500):  # SQLite's bound-parameter limit
                 _unindex([r.id for r in runs[chunk : chunk + 500]])
-    except pw.DatabaseError as exc:
+    except (pw.DatabaseError, pw.InterfaceError) as exc:  # InterfaceError: a connection lost
         # the index refused (locked by a daemon's burst of writes): the folders go back,
         # nothing is deleted (found by review: the folder was in .trash and the run still
         # listed, with a traceback)

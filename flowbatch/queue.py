@@ -781,7 +781,10 @@ class Intake:
         """Whether a `runs cancel` request waits in the queue (one look at its names)."""
         try:
             with os.scandir(self.layout.queue) as entries:
-                return any(entry.name.startswith(CANCEL_PREFIX) for entry in entries)
+                return any(
+                    entry.name.startswith(CANCEL_PREFIX) and is_request_name(entry.name)
+                    for entry in entries
+                )
         except OSError:
             return False
 

@@ -581,3 +581,29 @@ def test_a_cleanup_run_again_after_a_crash_removes_what_the_first_left_in_trash(
     assert sorted(e["id"] for e in report.removed) == sorted([first.id, second.id])
     assert report.freed > 0 and [e["bytes"] > 0 for e in report.removed] == [True, True]
     assert not (trash / first.id).exists() and api.list_runs(site) == []
+
+
+def test_a_delete_whose_index_connection_is_lost_deletes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """peewee's InterfaceError (psycopg2's "connection already closed", a PostgreSQL
+    site) is no DatabaseError: the folder stayed in .trash (found by review). Injected."""
+    import peewee
+
+    from flowbatch import lifecycle_ops
+    from flowbatch.errors import FlowbatchError
+
+    site = make_site(tmp_path / "site")
+    install(site, tmp_path)
+    drop(site, "r.yaml", {"workflow": "wf"})
+    run_until_idle(site)
+    (run,) = api.list_runs(site)
+    run_dir = site.store.run_dir(site.store.load(run["id"]))
+
+    def lost(ids: Any) -> None:
+        raise peewee.InterfaceError("connection already closed")
+
+    monkeypatch.setattr(lifecycle_ops, "_unindex", lost)
+    with pytest.raises(FlowbatchError, match="nothing was deleted"):
+        lifecycle_ops.delete_run(site, run["id"])
+    assert run_dir.is_dir() and [r["id"] for r in api.list_runs(site)] == [run["id"]]
