@@ -66,3 +66,26 @@ def test_links_that_branch_are_refused_past_the_bound(
             api.install(site, folder, workflow_id="tl")
     finally:
         site.close()
+
+
+def test_the_bound_counts_the_whole_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each top-level entry counted from zero: 20 links to one tree of 250 entries copied
+    20 times the bound's worth (found by review)."""
+    from flowbatch.store import templates
+
+    monkeypatch.setattr(templates, "MAX_TEMPLATE_ENTRIES", 500)
+    folder = write_template(tmp_path / "t", TEMPLATE, {"code/lib/helper.py": "print('hi')\n"})
+    tree = folder / "data"
+    for i in range(120):
+        (tree / f"d{i}").mkdir(parents=True)
+        (tree / f"d{i}" / "f.txt").write_text("x\n")
+    for n in range(20):
+        (folder / f"link{n}").symlink_to("data")
+    site = make_site(tmp_path / "site")
+    try:
+        with pytest.raises(TemplateError, match="more than 500 folders and files"):
+            api.install(site, folder, workflow_id="tl")
+    finally:
+        site.close()

@@ -61,11 +61,14 @@ def _ancestors(dirpath: str, source: Path) -> list[str]:
 MAX_TEMPLATE_ENTRIES = 20_000
 
 
-def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
+def _walk(source: Path, target: str, walked: list[int]) -> list[tuple[Path, str]]:
+    """The files of ``source`` (a file, or a folder walked through its links), each with
+    its target; ``walked``: the folders and files the install has walked so far, all its
+    entries counted together (found by review: a bound per entry let 20 links to one
+    tree copy 20 times as much)."""
     if source.is_file():
         return [(source, target)]
     out: list[tuple[Path, str]] = []
-    walked = 0
     # a symlinked folder inside is followed, as one at the top is (os.walk's default
     # dropped it without a word: found by review); a link back up is refused
     for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
@@ -77,8 +80,8 @@ def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
                 hint="link to the folder's contents, or copy them",
             )
         dirnames[:] = sorted(d for d in dirnames if d not in {".git", ".hg", ".svn", "__pycache__"})
-        walked += 1 + len(filenames)
-        if walked > MAX_TEMPLATE_ENTRIES:
+        walked[0] += 1 + len(filenames)
+        if walked[0] > MAX_TEMPLATE_ENTRIES:
             raise TemplateError(
                 f"the template's folder {source.name!r} holds more than "
                 f"{MAX_TEMPLATE_ENTRIES} folders and files (its symbolic links followed)",
@@ -95,8 +98,9 @@ def _walk(source: Path, target: str) -> list[tuple[Path, str]]:
 
 def _file_list(src: TemplateSource) -> list[tuple[Path, str]]:
     files: list[tuple[Path, str]] = []
+    walked = [0]
     for path, target in src.files:
-        files.extend(_walk(path, target.strip("/")))
+        files.extend(_walk(path, target.strip("/"), walked))
     for _, target in files:
         top = target.split("/", 1)[0]
         if top in RESERVED:
