@@ -27,6 +27,7 @@ CASES = [
     ('trap "echo $[[s]]" EXIT', "$(touch PWNED)"),
     ('${python} - <<EOF\nprint("$[[s]]")\nEOF', '"); open("PWNED", "w"); print("'),
     ('echo "$[[s]]" | bash', "touch PWNED"),
+    ('find . -maxdepth 0 -exec sh -c "echo $[[s]]" \\;', "$(touch PWNED)"),
 ]
 
 
@@ -91,6 +92,10 @@ def test_a_token_may_stand_in_program_text(dialect: str) -> None:
 
 
 SAFE = [
+    "make -C X all",
+    "find . -exec sh -c 'echo \"$1\"' _ X \\;",
+    "find . -name X -print",
+    "find . -exec grep X {} +",
     "bash -c 'echo \"$1\"' _ X",
     "python3 -c 'import sys; print(sys.argv[1])' X",
     "python3 score.py --name X",
@@ -113,6 +118,10 @@ def test_values_given_as_data_stay_data(text: str) -> None:
 
 
 CODE = [
+    "make -s X",  # a value with `=` is an assignment, `$(shell ...)` and all
+    "make all X",
+    'find . -name "*.txt" -exec sh -c "echo X" \\;',
+    "find . -execdir bash -c X \\;",
     "perl -ne 'print' -e X",
     "ssh -i key host echo X",
     "sbatch --wrap X",

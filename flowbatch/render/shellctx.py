@@ -504,6 +504,10 @@ _WRAPPERS: dict[str, _Wrapper] = {
 }
 #: programs that expand ``$(shell ...)`` in variables given as arguments or inherited
 _MAKES = frozenset({"make", "gmake", "bmake"})
+#: make's options whose argument is the next word (data: a folder, a file, a number)
+_MAKE_TAKES = frozenset({"-C", "-f", "-I", "-j", "-l", "-o", "-W", "--directory", "--file"})
+#: find's actions that run a command (up to `;` or `+`)
+_FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
 #: GNU parallel's options with an argument; the words of its command are joined and run
 #: by a shell (unless ``-q``/``--quote``)
 _PARALLEL_TAKES = "jSaIdEnNLsPC"
@@ -796,6 +800,18 @@ def command_places(
     places.extend((k, ctx, name) for k, ctx in shifted)
     if name in _BUILTINS or name in _DECLARES:
         return [p for p in places if p[0] < len(words)], stdin, False
+    if _base(name) == "find":
+        # find ... -exec CMD ... ; : each command of -exec/-execdir/-ok/-okdir is a
+        # command of its own (found by review: `find -exec sh -c "...$x..."` ran it)
+        for at, word in enumerate(words):
+            if word in _FIND_EXEC and at + 1 < len(words):
+                end = next(
+                    (j for j in range(at + 1, len(words)) if words[j] in (";", "+")),
+                    len(words),
+                )
+                inner, _, _ = command_places(words[at + 1 : end], raw[at + 1 : end])
+                places.extend((at + 1 + j, ctx, f"find {word} {what}") for j, ctx, what in inner)
+        return [p for p in places if p[0] < len(words)], stdin, False
     run = _unwrap(words, places)
     env_code = False
     if run.at is None:
@@ -822,6 +838,17 @@ def command_places(
             for j in range(1, len(words))
             if j != k and _ASSIGNMENT.match(raw[j])
         )
+        # any other argument but an option's own: a value with `=` in it is an
+        # assignment too, one starting with `-` an option (`--eval=...`), whatever the
+        # template meant (found by review: `make "$x"`)
+        j = k + 1
+        while j < len(words):
+            if words[j] in _MAKE_TAKES:
+                j += 2
+                continue
+            if not words[j].startswith("-") or raw[j] != words[j]:
+                places.append((j, Ctx.CODE, what))
+            j += 1
         env_code = True
     elif base == "parallel":
         found, reads = _parallel(words, k)
