@@ -58,12 +58,18 @@ def launched_then_stopped(site: Site) -> Any:
     on, as when a daemon is killed or a cron tick ends)."""
     d = Daemon(site)
     d.start()
-    deadline = time.monotonic() + 30
+    run = first_launched(d)
+    d.stop()
+    return run
+
+
+def first_launched(d: Daemon, timeout: float = 30) -> Any:
+    """Tick ``d`` until it has launched its one run; that run."""
+    deadline = time.monotonic() + timeout
     while not d.runner.launched():
         assert time.monotonic() < deadline
         d.tick()
     [run] = d.runner.launched()
-    d.stop()
     return run
 
 
@@ -362,11 +368,8 @@ def test_a_run_that_ignores_sigterm_holds_up_no_other_run(
     d.runner.defer_kills = True  # as serve() has it
     dropped: list[str] = []
     try:
+        run = first_launched(d)
         deadline = time.monotonic() + 30
-        while not d.runner.launched():
-            assert time.monotonic() < deadline
-            d.tick()
-        [run] = d.runner.launched()
         wait_file = site.store.run_dir(run) / "stubborn.pid"
         deadline = time.monotonic() + 10
         while not (wait_file.exists() and wait_file.read_text().endswith("\n")):
@@ -418,11 +421,8 @@ def test_a_descendant_that_left_the_group_is_ended_before_the_run_is_recorded(
     d.runner.defer_kills = True
     pid = 0
     try:
+        run = first_launched(d)
         deadline = time.monotonic() + 30
-        while not d.runner.launched():
-            assert time.monotonic() < deadline
-            d.tick()
-        [run] = d.runner.launched()
         written = site.store.run_dir(run) / "detached.pid"
         while not (written.exists() and written.read_text().endswith("\n")):
             assert time.monotonic() < deadline
@@ -451,11 +451,8 @@ def test_a_stopping_daemon_starts_no_run(tmp_path: Path) -> None:
     d.start()
     d.runner.defer_kills = True
     try:
+        stubborn = first_launched(d)
         deadline = time.monotonic() + 30
-        while not d.runner.launched():
-            assert time.monotonic() < deadline
-            d.tick()
-        [stubborn] = d.runner.launched()
         wait_marker(site, stubborn, b"started")
         drop(site, "b.yaml", {"workflow": "quick"})
         drop(site, "c.yaml", {"workflow": "quick"})
@@ -485,11 +482,8 @@ def test_a_daemon_stopping_while_it_ends_a_run_records_that_end(site: Site, tmp_
     d.start()
     d.runner.defer_kills = True
     try:
+        run = first_launched(d)
         deadline = time.monotonic() + 30
-        while not d.runner.launched():
-            assert time.monotonic() < deadline
-            d.tick()
-        [run] = d.runner.launched()
         wait_marker(site, run, b"started")
         api.request_cancel(site, run.id, "enough")
         while run.id not in d.runner.ending:
@@ -507,13 +501,10 @@ def _long_run_and_a_burst(site: Site, tmp_path: Path, d: Daemon) -> str:
     install(site, tmp_path / "long", SLOW_TEMPLATE.replace("sleep 1", "sleep 60"), wf="long")
     install(site, tmp_path / "q", SLOW_TEMPLATE.replace("sleep 1", "echo quick"))
     drop(site, "long.yaml", {"workflow": "long"})
-    deadline = time.monotonic() + 30
-    while not d.runner.launched():
-        assert time.monotonic() < deadline
-        d.tick()
+    run = first_launched(d)
     for i in range(20):
         drop(site, f"b{i:02d}.yaml", {"workflow": "wf"})
-    return d.runner.launched()[0].id
+    return str(run.id)
 
 
 @pytest.mark.parametrize(
