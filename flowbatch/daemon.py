@@ -355,6 +355,8 @@ class Daemon:
         self._interleave = True  # runs start during intake (off after a failure there)
         self._committed_at = 0.0  # when the intake's index batch was last committed
         self._handing_over = False  # another daemon holds the lock now: stop() says so
+        #: the handlers _install_signals replaced, put back by _close_waker
+        self._previous_signals: dict[int, Any] = {}
         #: claims of cancels whose runs are being ended (settled once their end is recorded)
         self._cancels_ending: dict[str, list[Claimed]] = {}
         self._unreachable = Repeated(log)  # a server index away: said once a minute
@@ -469,6 +471,13 @@ class Daemon:
         self.lock.release()
 
     def _close_waker(self) -> None:
+        """The signal handlers go back to what they were (found by review: a test suite
+        that served a daemon in its process no longer stopped on Ctrl-C), then the
+        waker's pipe and thread go."""
+        for signum, handler in self._previous_signals.items():
+            with contextlib.suppress(ValueError, TypeError):  # not the main thread
+                signal.signal(signum, handler)
+        self._previous_signals = {}
         if self._waker is not None:
             self._waker.close()
             self._waker = None
@@ -998,9 +1007,12 @@ class Daemon:
             self.reload_requested = True
             waker.poke()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, reload)
+        for signum, handler in (
+            (signal.SIGTERM, stop),
+            (signal.SIGINT, stop),
+            (signal.SIGHUP, reload),
+        ):
+            self._previous_signals[signum] = signal.signal(signum, handler)
 
     def _reload(self) -> None:
         """SIGHUP: read ``flowbatch.yaml`` again and apply it. Intake checks requests

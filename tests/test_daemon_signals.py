@@ -59,7 +59,8 @@ for signum in (signal.SIGHUP, signal.SIGTERM):
     daemon.wakeup.clear()
 assert daemon.reload_requested and daemon.stopping
 daemon.stop()
-os.kill(os.getpid(), signal.SIGHUP)  # after the stop: nothing written anywhere
+# after the stop the handlers found are back: nothing of the daemon's runs on a signal
+assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
 print("woken, not wedged")
 """
 
@@ -107,3 +108,29 @@ print(len(os.listdir("/proc/self/fd")) - fds)
     threads, fds = done.stdout.split()
     assert threads == "0"
     assert fds == "0", done.stdout
+
+
+def test_a_daemon_puts_back_the_signal_handlers_it_found(tmp_path: Path) -> None:
+    """A process that served a daemon and goes on (a test suite, a Python caller) kept
+    the daemon's handlers: Ctrl-C no longer stopped it (found while stopping a test run)."""
+    code = """
+import signal, sys
+from flowbatch.daemon import run_daemon
+from flowbatch.site import Site
+
+before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+run_daemon(Site(sys.argv[1]), until_idle=True)
+after = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+print(after == before)
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    site = make_site(tmp_path / "site")
+    site.close()
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(site.root)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "interrupted"]
