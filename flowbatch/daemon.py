@@ -705,7 +705,6 @@ class Daemon:
             pending, current.cancels = current.cancels, []
             for req, claimed in pending:
                 self.apply_cancel(req, claimed)
-            self.intake.cancels_seen = False  # applied: runs may start again
         if self.stopping or self.reload_requested:
             return False  # the rest stays claimed: taken in by the next tick
         if self.lock.lost():
@@ -718,8 +717,8 @@ class Daemon:
         self._taken += 1
         if self._taken == UNWATCH_AFTER and self._observer is not None:
             self.unwatch()  # a burst: the ticks list the queue until it is empty
-        if not self._interleave or self.intake.cancels_seen:
-            return True  # runs start after the intake (after its cancels are applied)
+        if not self._interleave:
+            return True  # runs start after the intake
         try:
             if time.monotonic() - self._committed_at >= BATCH_COMMIT_EVERY:
                 self.site.store.commit_batch()  # the index shows the burst as it goes

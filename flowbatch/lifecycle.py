@@ -707,7 +707,7 @@ class Runner:
                 continue
             for run in runs:
                 probe = probes.get(run.id)
-                alive = probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+                alive = _alive(probe)
                 ending = self.ending.get(run.id)
                 if ending is not None:  # being ended: recorded as such once it is gone
                     finished += self._tend_ending(run, executor, ending, alive)
@@ -870,7 +870,7 @@ class Runner:
                 if token is not None:
                     grace = float(getattr(executor, "cancel_grace", 3.0))
                     due = time.monotonic() + grace
-                    self.ending[run.id] = _Ending(state, reason, due, token)
+                    self.ending[run.id] = _Ending(state, reason, due, due + grace, token)
             if run.id in self.ending:
                 return False
         elif run.handle:
@@ -883,7 +883,14 @@ class Runner:
         neither its script (``alive``: the executor's word) nor anything SIGTERM was sent
         to still runs. 1 when recorded."""
         left = getattr(executor, "left", None)
-        if not alive and not (left is not None and left(ending.token)):
+        gone = not alive and not (left is not None and left(ending.token))
+        if gone or time.monotonic() >= ending.give_up:
+            if not gone:  # never active for ever: a process SIGKILL cannot end (D state)
+                log.warning(
+                    "run %s: a process of it outlived its SIGKILL; it is recorded %s all the same",
+                    run.id,
+                    ending.state.value,
+                )
             self._record_kill(run, executor, ending.state, ending.reason)
             return 1
         if not ending.killed and time.monotonic() >= ending.deadline:
@@ -918,8 +925,7 @@ class Runner:
             for item in list(doomed):
                 run, executor, ending = item
                 probe = executor.poll([(run.id, run.handle or {})]).get(run.id)
-                alive = probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
-                if self._tend_ending(run, executor, ending, alive):
+                if self._tend_ending(run, executor, ending, _alive(probe)):
                     doomed.remove(item)
             if doomed:
                 time.sleep(0.02)
@@ -1021,7 +1027,7 @@ class Runner:
         if code in _KILLED and self._over_time(run) and not enforces_time_limit(executor):
             # killed past its time limit: this daemon's kill, whose end the daemon killed
             # meanwhile never recorded (found by review: it read as a plain SIGTERM)
-            reason = "time limit exceeded"
+            reason = TIME_LIMIT
             self._transition(
                 run, State.ERROR, steps=steps, messages=[reason, *fetched], reason=reason, **times
             )
@@ -1293,6 +1299,11 @@ def _overran(run: RunRecord, times: dict[str, str], executor: Executor) -> str |
     return None if enforces_time_limit(executor) else overran(run.time_limit, times)
 
 
+def _alive(probe: Probe | None) -> bool:
+    """Whether a probe leaves the run running (no word counts as running)."""
+    return probe is None or probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+
+
 @dataclass
 class _Ending:
     """A run :meth:`Runner._kill` is ending: what it is to be recorded as, and when what
@@ -1301,6 +1312,7 @@ class _Ending:
     state: State
     reason: str
     deadline: float
+    give_up: float  # recorded then even if something of it still runs (after SIGKILL)
     token: Any = None  # what the executor's terminate() returned: its kill() and left()
     killed: bool = False
 

@@ -57,6 +57,7 @@ from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
 from .lifecycle import (
+    TIME_LIMIT,
     RunClock,
     describe_code,
     epoch,
@@ -319,8 +320,8 @@ class PostProcManager:
             probe = self.executor.poll([(record.id, record.handle or {})])[record.id]
             if probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
                 if self._over_time(record):
-                    self.executor.cancel(record.handle or {}, "time limit exceeded")
-                    self._conclude(record, reason="time limit exceeded")
+                    self.executor.cancel(record.handle or {}, TIME_LIMIT)
+                    self._conclude(record, reason=TIME_LIMIT)
                     ended.add(workflow)
                 continue
             self._conclude(record)

@@ -536,8 +536,6 @@ class Intake:
         #: the claims of handled requests, removed once their runs are on disk
         self.settler = ClaimSettler(self.layout.results)
         self._boot_noted = False  # this boot's id is in the site's claims-boot (note_boot)
-        #: a cancel request was read in this intake (the daemon applies it after)
-        self.cancels_seen = False
         #: a shared site's index that could not record a claim: said once a minute
         self._index_away = Repeated(log)
         #: when the next look for orphan bundles is due (monotonic; 0: at the first tick)
@@ -735,7 +733,6 @@ class Intake:
                 self.remove_orphan_bundles()
             except Exception:  # never the end of the intake
                 log.exception("looking for orphan bundles in %s", self.layout.queue)
-        self.cancels_seen = False
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         self._look_in_claimed = bool(todo)
         for name in self.candidates() if self._index_answers() else ():
@@ -757,7 +754,7 @@ class Intake:
                 self._look_in_claimed = True
         # `runs cancel`'s requests first: a cancel of a PENDING run is applied before a
         # slot freed since the last tick starts it (found by review: it ran, then was
-        # cancelled; the daemon starts no run in the intake once it has seen a cancel)
+        # cancelled; the daemon's `between` applies each cancel as it is read)
         todo.sort(key=lambda claimed: not claimed.name.startswith(CANCEL_PREFIX))
         self.current = result  # `between` may take its cancels at once
         try:
@@ -849,7 +846,6 @@ class Intake:
                     return
             req = self._read(claimed)
             if isinstance(req, CancelRequest):
-                self.cancels_seen = True
                 result.cancels.append((req, claimed))  # the daemon applies it and cleans up
                 return
             self._create(claimed, req, result)

@@ -440,6 +440,29 @@ def test_a_descendant_that_left_the_group_is_ended_before_the_run_is_recorded(
     assert api.show_run(site, run.id)["state"] == "CANCELED"
 
 
+def test_a_run_whose_process_outlives_its_sigkill_is_recorded_all_the_same(
+    site: Site, tmp_path: Path
+) -> None:
+    """Never active for ever: a process SIGKILL cannot end (uninterruptible sleep on a
+    hung file system) leaves the run recorded one grace after its SIGKILL. That process
+    cannot be staged here: the executor's word that something is left is injected."""
+    install(site, tmp_path / "t", STUBBORN)
+    drop(site, "r.yaml", {"workflow": "wf"})
+    d = Daemon(site)
+    d.start()
+    d.runner.defer_kills = True
+    executor = d.runner.executors["local"]
+    executor.left = lambda token: True  # type: ignore[attr-defined]
+    try:
+        run = first_launched(d)
+        wait_marker(site, run, b"started")
+        api.request_cancel(site, run.id, "enough")
+        run_until_idle(site, daemon=d, timeout=30)
+    finally:
+        d.stop()
+    assert api.show_run(site, run.id)["state"] == "CANCELED"
+
+
 def test_a_stopping_daemon_starts_no_run(tmp_path: Path) -> None:
     """The stop records the runs being ended; it looked at every run for it, and started
     a waiting run in the slot of one that had ended meanwhile (found by review)."""
