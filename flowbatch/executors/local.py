@@ -299,17 +299,10 @@ class LocalExecutor:
         ending = self.terminate(handle)
         if ending is None:
             return
-        child, procs = ending
-        pid = int(handle["pid"])
-        import psutil
-
         deadline = time.monotonic() + CANCEL_GRACE
-        waited = [proc for proc in procs if child is None or proc.pid != pid]
-        psutil.wait_procs(waited, timeout=CANCEL_GRACE)
-        if child is not None:
-            while not _child_ended(child) and time.monotonic() < deadline:
-                time.sleep(0.02)
-        self._kill_all(handle, child, procs)
+        while self.left(ending) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.kill(handle, ending)
 
     def terminate(self, handle: dict[str, Any]) -> tuple[Any, list[Any]] | None:
         """SIGTERM the run's process group and every descendant (those that left the group
@@ -364,14 +357,9 @@ class LocalExecutor:
         """SIGKILL what is left of a run :meth:`terminate` was sent to (``ending``, its
         result), its grace over: the script while not reaped, its group, and every
         process signalled then."""
-        child, procs = ending
-        self._kill_all(handle, child, procs)
-
-    def _kill_all(self, handle: dict[str, Any], child: Any, procs: list[Any]) -> None:
-        """SIGKILL the script (while it is not reaped), the listed descendants, and the
-        process group."""
         import psutil
 
+        child, procs = ending
         pid = int(handle["pid"])
         if child is not None:
             with _REAP_LOCK:  # not reaped while held: the PID is still the script's
