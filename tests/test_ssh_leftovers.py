@@ -28,6 +28,7 @@ from .conftest import drop, only_run, run_until_idle, write_template
 from .fixtures_ssh import SshEnv, ssh_site
 from .test_leftovers import ESCAPED, LEFTOVER, state_of, written_pid
 from .test_robust import start_daemon, wait_for
+from .test_ssh import removed
 
 #: the step: a leftover in the background (its PID in leftover.pid), maybe more, then a
 #: wait until the test creates ``go`` in the run's remote folder, then exit ``code``
@@ -164,7 +165,7 @@ def test_a_leftover_on_the_host_ends_with_its_runs_script(
     assert script_rc(run) == "0\n"
     ended = read_markers(Path(run["run_dir"])).exit
     assert ended is not None and ended[0] == 0
-    assert not remote.exists()  # collected and removed, nothing of the run left there
+    assert removed(remote)  # collected and removed (detached), nothing of the run left there
 
 
 def test_a_failed_runs_leftover_ends_and_its_status_stays_the_scripts(
