@@ -145,7 +145,10 @@ class _Resolver:
         )
         # a token is safe in arithmetic too: its text is an int, a float, True/False or
         # the organiser's select option, never a user's choice of variable name
-        ref = Ref(self.param_vars[name], text, pasteable, f"parameter '{name}'", pasteable)
+        # the parameter's default is the organiser's text: it may begin with '-'
+        organisers = pasteable or (param.has_default and text == format_value(param.default))
+        label = f"parameter '{name}'"
+        ref = Ref(self.param_vars[name], text, pasteable, label, pasteable, organisers, name)
         return _Item(ref=ref)
 
     def condition(self, expr: _Expr, where: str) -> str:
@@ -188,6 +191,7 @@ class _Resolver:
         where = context_field(_prefix(self.template, self.workflow), self.workflow, name)
         parts: list[str] = []
         user_refs: list[Ref] = []
+        lead: Ref | None = None  # the value that begins the text, if one does
         pos = 0
         for match in _PARAM.finditer(value):
             parts.append(self._site_variables(value[pos : match.start()]))
@@ -198,8 +202,11 @@ class _Resolver:
                 continue
             item = self.parameter(expr.name, where)
             if item.ref is not None:
+                begins = not any(parts)
                 user_refs.append(item.ref)
                 parts.append(item.ref.value)
+                if begins and item.ref.value:
+                    lead = item.ref
             else:
                 parts.append(item.text)
         parts.append(self._site_variables(value[pos:]))
@@ -208,8 +215,12 @@ class _Resolver:
             return _Item(text=text)  # pure author text: pasted like flowServ did
         pasteable = all(ref.pasteable for ref in user_refs)
         arith_safe = all(ref.arith_safe for ref in user_refs)
+        # begun by the organiser's text (--input=$[[x]]) or by a value that may begin
+        # with '-' (or does not)
+        organisers = lead is None or lead.option_safe or not lead.value.startswith("-")
         var = self.exports.share(name, text)
-        return _Item(ref=Ref(var, text, pasteable, f"context variable '{name}'", arith_safe))
+        label = f"context variable '{name}'"
+        return _Item(ref=Ref(var, text, pasteable, label, arith_safe, organisers))
 
     def _site_variables(self, text: str) -> str:
         """The author's text of a context value with its ``${name}``/``$name`` of site

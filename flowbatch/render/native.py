@@ -215,9 +215,13 @@ class _Outputs:
     One table serves a whole workflow, so a sentinel Jinja folded into a compiled
     constant stays valid."""
 
-    def __init__(self, exports: Exports) -> None:
+    def __init__(self, exports: Exports, organisers: set[str] | None = None) -> None:
         self.exports = exports
         self.refs: list[Ref] = []
+        #: the organiser's texts (select options, defaults, the template's string
+        #: constants, added as each source is parsed): a value equal to one may begin
+        #: with '-' where a command reads options
+        self.organisers: set[str] = organisers if organisers is not None else set()
 
     def finalize(self, value: Any) -> Any:
         if isinstance(value, Trusted):
@@ -227,26 +231,37 @@ class _Outputs:
         text = resolve_sentinels(format_value(value), self.refs)
         if len(text) > MAX_VALUE_BYTES:  # no environment variable could carry it
             raise TooLarge("a '{{ }}' value", len(text))
+        arith_safe = _arith_safe(value, text)
         ref = Ref(
             self.exports.anonymous(text),
             text,
             _pasteable(value, text),
             "a '{{ }}' value",
-            _arith_safe(value, text),
+            arith_safe,
+            arith_safe or text in self.organisers,
         )
         self.refs.append(ref)
         return sentinel(len(self.refs) - 1)
 
 
 def _render_source(
-    env: SandboxedEnvironment, source: str, names: dict[str, Any], where: str
+    env: SandboxedEnvironment,
+    source: str,
+    names: dict[str, Any],
+    where: str,
+    constants: set[str] | None = None,
 ) -> str:
-    """Render one Jinja2 source text, turning every failure into a RenderError."""
+    """Render one Jinja2 source text, turning every failure into a RenderError; the
+    source's string constants go to ``constants``."""
     if "\x00" in source:
         raise RenderError("the template text contains a NUL character", field=where)
     try:
         ast = env.parse(source)
         _refuse_raw_blocks(ast, where, RenderError)
+        if constants is not None:
+            constants.update(
+                node.value for node in ast.find_all(nodes.Const) if isinstance(node.value, str)
+            )
         out: list[str] = []
         size = 0
         for chunk in env.from_string(ast).generate(names):
@@ -326,13 +341,34 @@ def _add_context(
             names[name] = value
             continue
         first = len(outputs.refs)
-        text = _render_source(env, value, names, context_field(prefix, workflow, name))
+        where = context_field(prefix, workflow, name)
+        text = _render_source(env, value, names, where, outputs.organisers)
         if len(outputs.refs) == first:
             names[name] = Trusted(text)
         else:
             resolved = resolve_sentinels(text, outputs.refs)
             outputs.exports.share(name, resolved)
             names[name] = resolved
+
+
+def _organisers(template: Template) -> set[str]:
+    """The texts of the organiser's a parameter may take: select options, defaults and
+    declared file targets (of list elements and record fields too)."""
+    out: set[str] = set()
+    params = list(template.parameters)
+    while params:
+        param = params.pop()
+        out.update(format_value(option.value) for option in param.values)
+        if param.has_default and not isinstance(param.default, FileArg):
+            out.add(format_value(param.default))
+        if isinstance(param.default, FileArg):
+            out.add(param.default.target)
+        if param.target:
+            out.add(param.target)
+        params.extend(param.fields)
+        if param.para is not None:
+            params.append(param.para)
+    return out
 
 
 def _prefix(template: Template, workflow: Workflow) -> str:
@@ -350,7 +386,7 @@ def render_native(
     """Render a native workflow for one run's arguments."""
     check_no_nul(arguments)
     exports = Exports()
-    outputs = _Outputs(exports)
+    outputs = _Outputs(exports, _organisers(template))
     env = make_environment(outputs.finalize)
     prefix = _prefix(template, workflow)
     names = _names(template, arguments, variables, exports)
@@ -364,7 +400,7 @@ def render_native(
         commands = []
         for j, source in enumerate(step.commands):
             where = command_field(prefix, i, step, j)
-            text = _render_source(env, source, names, where)
+            text = _render_source(env, source, names, where, outputs.organisers)
             commands.append(place(text, outputs.refs, where))
         steps.append(RenderedStep(step.name, commands))
     return RenderedWorkflow(steps, dict(exports.env))

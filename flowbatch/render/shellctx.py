@@ -862,6 +862,117 @@ def command_places(
     return [p for p in places if p[0] < len(words)], stdin, env_code
 
 
+#: words that are the shell's own syntax at a command's start, and commands that read no
+#: option worth a value's refusal (``test``/``[``: its operands only change a truth
+#: value; ``:``, ``true``, ``false`` ignore their arguments)
+_NO_OPTIONS = frozenset(
+    {"for", "select", "case", "in", "function", "if", "then", "elif", "else", "fi"}
+    | {"while", "until", "do", "done", "esac", "{", "}", "!", "coproc", "time"}
+    | {":", "true", "false", "test", "["}
+)
+#: bash's builtins: their options end at their first word that is not one (getopt
+#: without permutation); ``echo`` reads only words made of ``-n``, ``-e``, ``-E``
+_SHELL_BUILTINS = frozenset(
+    {"alias", "bg", "bind", "break", "builtin", "caller", "cd", "command", "compgen"}
+    | {"complete", "compopt", "continue", "declare", "dirs", "disown", "echo", "enable"}
+    | {"eval", "exec", "exit", "export", "fc", "fg", "getopts", "hash", "help", "history"}
+    | {"jobs", "kill", "let", "local", "logout", "mapfile", "popd", "printf", "pushd"}
+    | {"pwd", "read", "readarray", "readonly", "return", "set", "shift", "shopt", "source"}
+    | {".", "suspend", "times", "trap", "type", "typeset", "ulimit", "umask", "unalias"}
+    | {"unset", "wait"}
+)
+#: the words echo reads as its options (any other word, ``--`` too, is printed)
+ECHO_OPTION = re.compile(r"-[neE]+")
+
+
+def _inline_data(prog: _Program | None, args: list[str]) -> int | None:
+    """For Python or a shell given its program inline (``-c CODE``, ``-m MODULE``) or on
+    standard input (``python3 -``, ``bash -s``), where in ``args`` (its arguments) the
+    program's data begins: every word from there is ``sys.argv`` or ``$1``..., handed to
+    the template's own code, never an option of the interpreter's. None for a script
+    file (which may read options of its own, as argparse does) or another program."""
+    i = 0
+    if prog is _PYTHON:
+        while i < len(args):
+            word = args[i]
+            if word == "-":
+                return i + 1
+            if word[:1] != "-":
+                return None  # the script's file
+            if word.startswith("--"):
+                i += 1
+                continue
+            for j, letter in enumerate(word[1:], start=2):
+                if letter in "cm":  # -c CODE, -cCODE, -m MODULE
+                    return i + 1 + (j == len(word))
+                if letter in "WXQ":
+                    i += j == len(word)
+                    break
+            i += 1
+        return None
+    if prog is _SHELL:
+        inline = stdin = False
+        while i < len(args):
+            word = args[i]
+            if word in ("-", "--"):
+                i += 1
+                break
+            if len(word) < 2 or word[0] not in "-+":
+                break
+            if word.startswith("--"):
+                i += 1 + (word in _SHELL.takes_long)
+                continue
+            inline = inline or "c" in word[1:]
+            stdin = stdin or "s" in word[1:]
+            i += 1 + (word[-1] in "oO")
+        if stdin:
+            return i
+        return i + 1 if inline else None  # bash -c CODE NAME ARG...
+    return None
+
+
+def option_words(words: list[str]) -> list[tuple[int, str]]:
+    """The words of a simple command (``words``: without quotes, its name first) that it
+    may read as options, each with the command that reads it: a value beginning with
+    ``-`` there is an option of the program's, not data (``tar -xf a.tar $x`` with
+    ``--to-command=sh ...``, ``ssh $host`` with ``-oProxyCommand=...``, ``find $dir``
+    with ``-delete``, ``printf $x`` with ``-v PATH``). A program other than a builtin
+    reads options anywhere before a ``--`` word (GNU getopt permutes); a builtin only
+    before its first word that is not an option; a wrapper's words (``srun``,
+    ``timeout``...) before its command are its own options' or arguments; the words
+    after an inline program (``python3 -c CODE``, ``bash -c CODE NAME``, ``python3 -``)
+    are that program's data."""
+    name = _base(words[0])
+    if name in _NO_OPTIONS:
+        return []
+    out: list[tuple[int, str]] = []
+    run = _unwrap(words, []) if name in _WRAPPERS else _Unwrapped(0, [])
+    at = len(words) if run.at is None else run.at
+    # the command's own word too: a value there that begins with '-' is the wrapper's
+    # option (`srun "$x" prog`), a program's name never does
+    out.extend((j, name) for j in range(1, min(at + 1, len(words))) if words[j] != "--")
+    if at >= len(words):
+        return out
+    program = _base(words[at])
+    if program in _NO_OPTIONS:
+        return out
+    builtin, after_option = program in _SHELL_BUILTINS, False
+    data = _inline_data(_program(words[at]), words[at + 1 :])
+    end = len(words) if data is None else at + 1 + data
+    for j in range(at + 1, end):
+        word = words[j]
+        if word == "--" and program != "echo":
+            break
+        out.append((j, program))
+        option = ECHO_OPTION.fullmatch(word) if program == "echo" else word.startswith("-")
+        if builtin and not option and not after_option:
+            break  # a builtin's first operand: its options end there
+        # the word after an option may be its argument (`printf -v name FORMAT`): the
+        # options go on after it (echo's take none)
+        after_option = bool(option) and program != "echo"
+    return out
+
+
 @dataclass
 class _Heredoc:
     delimiter: str
@@ -920,6 +1031,9 @@ class Scan:
     quoting: tuple[Ctx, ...]
     problem: str | None = None
     places: tuple[tuple[int, int, Ctx, str], ...] = ()
+    #: the words a command may read as options (see :func:`option_words`): where each
+    #: is, and the command that reads it
+    options: tuple[tuple[int, int, str], ...] = ()
 
     def command_at(self, pos: int) -> str | None:
         """The command that reads the character at ``pos`` as a name or program text
@@ -965,6 +1079,7 @@ class _Lexer:
         # ranges of names, program text (and arithmetic found by command), with the
         # command that reads them
         self.places: list[tuple[int, int, Ctx, str]] = []
+        self.options: list[tuple[int, int, str]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1024,7 +1139,7 @@ class _Lexer:
             for k in range(start, min(end, len(contexts))):
                 if contexts[k] in over:
                     contexts[k] = ctx
-        return Scan(tuple(contexts), quoting, self.problem, tuple(self.places))
+        return Scan(tuple(contexts), quoting, self.problem, tuple(self.places), tuple(self.options))
 
     def finish(self) -> None:
         """At the end of the text: end the word being read (it may be the ``]]`` of a
@@ -1179,8 +1294,10 @@ class _Lexer:
         env_code = False
         if frame.cmd:
             raw = [text[start:stop] for start, stop in frame.cmd]
-            found, stdin, env_code = command_places([_unquoted(w) for w in raw], raw)
+            words = [_unquoted(w) for w in raw]
+            found, stdin, env_code = command_places(words, raw)
             places.extend((*frame.cmd[k], ctx, what) for k, ctx, what in found)
+            self.options.extend((*frame.cmd[k], what) for k, what in option_words(words))
         for start, stop in frame.assigns:
             target = _NAME.match(text, start, stop)
             if target is not None and target.group(0) in SPECIAL_INTEGERS:
@@ -1444,6 +1561,7 @@ class _Lexer:
         self.ctx[start:end] = lexed.quoting
         self.arith.extend((start + a, start + b) for a, b in sub.arith)
         self.places.extend((start + a, start + b, ctx, what) for a, b, ctx, what in sub.places)
+        self.options.extend((start + a, start + b, what) for a, b, what in sub.options)
         if lexed.problem and self.problem is None:
             self.problem = f"in here-document: {lexed.problem}"
 

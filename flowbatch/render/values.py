@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowbatch.errors import RenderError, TemplateError
-from flowbatch.render.shellctx import Ctx, scan
+from flowbatch.render.shellctx import ECHO_OPTION, Ctx, Scan, scan
 from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter, Step, Workflow
 
 _SENTINEL_RE = re.compile("\x00([0-9]+)\x01")
@@ -43,6 +43,13 @@ CODE_HINT = (
     "argument (sed, eval, trap, source, ssh, --wrap, make VAR=, parallel's command and an "
     "unquoted here-document fed to a program have no safe place for a value inside their "
     "program text)"
+)
+#: the hint given when a user's value would be read as an option of a command
+OPTION_HINT = (
+    "if the value names a file, write it as ./{value}; if it is meant as data, begin it "
+    "otherwise. For the organiser: put -- before the value ({command} ... -- $[[x]]), "
+    "give it as an option's own argument written in one word (--input=$[[x]]), or "
+    "declare the parameter select (its options may begin with '-')"
 )
 #: the hint given when a user's value would be read as a variable's name
 NAME_HINT = (
@@ -111,13 +118,19 @@ class Ref:
     whether it may be pasted literally inside single quotes, a label for errors, and
     whether it may stand in an arithmetic context (``arith_safe``: bash evaluates the
     value there, so it must be a validated token that cannot name a variable holding
-    another user's text; never more than ``pasteable``)."""
+    another user's text; never more than ``pasteable``), and whether it may begin with
+    ``-`` where a command reads options (``option_safe``)."""
 
     var: str
     value: str
     pasteable: bool
     label: str
     arith_safe: bool = False
+    #: may begin a word a command reads as an option: a number, a boolean, or the
+    #: organiser's own text (a select option, a default, a constant of the template)
+    option_safe: bool = False
+    #: the request's argument the value is (a parameter's name), if it is one
+    argument: str = ""
 
 
 def sentinel(index: int) -> str:
@@ -300,6 +313,64 @@ def reference(
     )
 
 
+def option_reason(ref: Ref, command: str) -> str:
+    """Why a value may not begin a word ``command`` may read as an option."""
+    shown = ref.value if len(ref.value) <= 40 else ref.value[:37] + "..."
+    return (
+        f"{ref.label} ({shown!r}) begins with '-' where {command} reads its arguments: "
+        f"{command} would take it for an option of its own, not for data"
+    )
+
+
+def _leading_ref(text: str, start: int, end: int, refs: list[Ref]) -> tuple[Ref, bool] | None:
+    """The value that begins the word ``text[start:end]`` (its quotes aside), if one
+    does; with whether more of the word follows it."""
+    pos = start
+    while pos < end:
+        if text[pos] in "\"'" or (text[pos] == "$" and text[pos + 1 : pos + 2] in ('"', "'")):
+            pos += 1  # an opening quote ($"..." and $'...' too), or an empty pair
+            continue
+        match = _SENTINEL_RE.match(text, pos, end)
+        if match is None:
+            return None  # the word begins with the template's own text
+        ref = refs[int(match.group(1))]
+        pos = match.end()
+        if ref.value:
+            rest = text[pos:end].strip("\"'")
+            return ref, bool(rest)
+    return None
+
+
+def check_options(text: str, scanned: Scan, refs: list[Ref], where: str) -> None:
+    """No value from a request begins with ``-`` a word that its command may read as an
+    option (:func:`~flowbatch.render.shellctx.option_words`): the shell's quotes make
+    the value one word, but the program still parses that word (found by review:
+    ``tar -xf a.tar $[[member]]`` ran ``--to-command=sh ...``; ``ssh $[[host]]`` a
+    ``-oProxyCommand=``). A lone ``-`` (standard input, by custom) stands; a value that
+    is a number, a boolean or the organiser's own text may begin with ``-``."""
+    for start, end, command in scanned.options:
+        found = _leading_ref(text, start, end, refs)
+        if found is None:
+            continue
+        ref, more = found
+        if ref.option_safe or not ref.value.startswith("-") or (ref.value == "-" and not more):
+            continue
+        hint = OPTION_HINT.format(value=ref.value, command=command)
+        if command == "echo":
+            if ECHO_OPTION.fullmatch(ref.value) is None:
+                continue  # echo prints every other word
+            hint = (
+                "begin the value otherwise; for the organiser: printf '%s\\n' $[[x]] "
+                "prints any value"
+            )
+        raise RenderError(
+            option_reason(ref, command) + (f" (in the template's {where})" if ref.argument else ""),
+            field=f"arguments.{ref.argument}" if ref.argument else where,
+            expected="a value that does not begin with '-' there",
+            hint=hint,
+        )
+
+
 def place(text: str, refs: list[Ref], where: str) -> str:
     """Replace the sentinels of an expanded command by context-chosen references."""
     lexed = scan(text)
@@ -307,6 +378,8 @@ def place(text: str, refs: list[Ref], where: str) -> str:
         raise TemplateRenderError(
             f"the command is not complete shell text: {lexed.problem}", field=where
         )
+    if lexed.options:
+        check_options(text, lexed, refs, where)
     contexts, quoting = lexed.contexts, lexed.quoting
     out: list[str] = []
     pos = 0
