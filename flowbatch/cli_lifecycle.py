@@ -213,16 +213,24 @@ def runs_wait(
 
 
 @runs.command("delete")
-@click.argument("run_id")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
 @pass_ctx
-def runs_delete(obj: Context, run_id: str) -> None:
-    """Delete an ended run from the results tree and the index (an active run is refused:
-    cancel it first)."""
-    from .lifecycle_ops import delete_run
+def runs_delete(obj: Context, run_ids: tuple[str, ...]) -> None:
+    """Delete ended runs from the results tree and the index, their leaderboards rewritten
+    once. A run that is active (cancel it first), another user's or unknown is refused
+    with why, and the others are deleted; the exit status is 1 when one was refused."""
+    from .lifecycle_ops import delete_runs
 
     needs_write(obj.site, "runs delete", obj.site.layout.results)
-    freed = delete_run(obj.site, run_id, uid=caller_uid())
-    echo(f"deleted run {run_id}, freed {human(freed)}")
+    freed, deleted, refused = delete_runs(obj.site, list(run_ids), uid=caller_uid())
+    if len(run_ids) == 1 and deleted:
+        echo(f"deleted run {deleted[0]}, freed {human(freed)}")
+    elif deleted:
+        echo(f"deleted {len(deleted)} runs ({', '.join(deleted)}), freed {human(freed)}")
+    for exc in refused.values():
+        echo(f"Error: {exc.summary()}", err=True)
+    if refused:
+        raise SystemExit(1)
 
 
 @runs.command("files")

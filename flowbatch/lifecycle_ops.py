@@ -170,23 +170,54 @@ def _check_owner(run: RunRecord | RunRow, uid: int) -> None:
 
 # -- delete ------------------------------------------------------------------------------------
 @_changes_tree("runs delete")
-def delete_run(site: Site, run_id: str, *, uid: int | None = None) -> int:
-    """Delete one inactive run (tree and index); returns the bytes freed. A run whose
-    delete was interrupted (its folder in ``.trash`` or gone, its rows left) is finished."""
+def delete_runs(
+    site: Site, run_ids: list[str], *, uid: int | None = None
+) -> tuple[int, list[str], dict[str, FlowbatchError]]:
+    """Delete the inactive runs of ``run_ids`` (tree and index), in one removal and one
+    rewrite of their workflows' reports: (bytes freed, the runs deleted, the runs
+    refused with why). Each run is checked on its own, as ``rm`` does its files: one
+    that is active, another user's or unknown is refused, the others are deleted. A run
+    whose delete was interrupted (its folder in ``.trash`` or gone, its rows left) is
+    finished. The index refusing the change (:func:`remove_runs`) raises: nothing of the
+    checked runs is deleted then."""
     caller = os.geteuid() if uid is None else uid
-    try:
-        run = site.store.load(run_id)
-    except NotFoundError:
-        freed = _finish_delete(site, run_id, caller)
-        if freed is None:
-            raise
-        return freed
-    _check_inactive(run.id, run.state)
-    _check_owner(run, caller)
-    noted = _owe_reports(site, {run.workflow})
-    freed = remove_runs(site, [run])
-    _refresh(site, {run.workflow})
-    _reports_written(site, noted)
+    runs: list[RunRecord] = []
+    deleted: list[str] = []
+    refused: dict[str, FlowbatchError] = {}
+    freed = 0
+    for run_id in dict.fromkeys(run_ids):
+        try:
+            try:
+                run = site.store.load(run_id)
+            except NotFoundError:
+                finished = _finish_delete(site, run_id, caller)
+                if finished is None:
+                    raise
+                freed += finished
+                deleted.append(run_id)
+                continue
+            _check_inactive(run.id, run.state)
+            _check_owner(run, caller)
+        except FlowbatchError as exc:
+            refused[run_id] = exc
+            continue
+        runs.append(run)
+    if runs:
+        workflows = {run.workflow for run in runs}
+        noted = _owe_reports(site, workflows)
+        freed += remove_runs(site, runs)
+        _refresh(site, workflows)
+        _reports_written(site, noted)
+        deleted += [run.id for run in runs]
+    return freed, deleted, refused
+
+
+def delete_run(site: Site, run_id: str, *, uid: int | None = None) -> int:
+    """Delete one inactive run (:func:`delete_runs`); returns the bytes freed, or raises
+    why it cannot be deleted."""
+    freed, _, refused = delete_runs(site, [run_id], uid=uid)
+    if run_id in refused:
+        raise refused[run_id]
     return freed
 
 

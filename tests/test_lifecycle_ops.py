@@ -607,3 +607,29 @@ def test_a_delete_whose_index_connection_is_lost_deletes_nothing(
     with pytest.raises(FlowbatchError, match="nothing was deleted"):
         lifecycle_ops.delete_run(site, run["id"])
     assert run_dir.is_dir() and [r["id"] for r in api.list_runs(site)] == [run["id"]]
+
+
+def test_a_delete_of_several_runs_deletes_those_it_may_and_says_why_not_the_others(
+    site: Site, tmp_path: Path
+) -> None:
+    """``runs delete A B C``: the ended runs go (one removal, one rewrite of the
+    leaderboard), an active one and an unknown id are refused with why, exit 1; as
+    ``rm`` does with its files."""
+    install(site, tmp_path)
+    for name in ("a", "b"):
+        drop(site, f"{name}.yaml", {"workflow": "wf", "name": name, "group": name})
+    run_until_idle(site)
+    done = runs_by(site)
+    board_file = site.layout.workflow_results("wf") / "leaderboard.json"
+    assert len(json.loads(board_file.read_text())["ranking"]) == 2
+    pending = _pending_run(site, "p")
+    unknown = "0" * 12
+    ids = [done["a"]["id"], pending, unknown, done["b"]["id"], done["a"]["id"]]
+    result = CliRunner().invoke(main, ["--site", str(site.root), "runs", "delete", *ids])
+    assert result.exit_code == 1, result.output
+    assert f"deleted 2 runs ({done['a']['id']}, {done['b']['id']})" in result.stdout
+    assert f"run {pending} is PENDING: an active run cannot be deleted" in result.stderr
+    assert unknown in result.stderr
+    assert [r["id"] for r in api.list_runs(site)] == [pending]
+    assert not Path(done["a"]["run_dir"]).exists() and not Path(done["b"]["run_dir"]).exists()
+    assert json.loads(board_file.read_text())["ranking"] == []  # rewritten without them
