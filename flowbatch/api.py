@@ -296,8 +296,9 @@ def _may_queue(site: Site) -> None:
     raise FlowbatchError(
         f"you ({user_name(os.geteuid())}) cannot queue requests on this site: {queue} is "
         "not writable for you",
-        hint=f"ask its admin ({owner}, the daemon's user) to let you write queue/ (e.g. a "
-        "group of participants and mode 1770, see docs/admins.md)",
+        hint=f"ask its admin ({owner}, the daemon's user) to let you write queue/, e.g. "
+        f"through a group of participants: chgrp GROUP {queue} && chmod 1770 {queue} "
+        "(the sticky bit keeps each user's requests their own)",
     )
 
 

@@ -115,8 +115,8 @@ def _check_folders(ctx: _Ctx) -> None:
                 detail += (
                     f"; you ({user_name(me)}) cannot queue requests on this site: ask its "
                     f"admin ({user_name(owner)}, the daemon's user) to let you write "
-                    "queue/ (e.g. a group of participants and mode 1770, see "
-                    "docs/admins.md)"
+                    f"queue/, e.g. through a group of participants: chgrp GROUP {folder} "
+                    f"&& chmod 1770 {folder}"
                 )
             ctx.add(f"{name}/", status, detail)
         else:

@@ -164,7 +164,7 @@ def check_queue(site: Site, *, make: bool = True, owner: int | None = None) -> N
         raise FlowbatchError(
             f"{problem.partition('; run: ')[0]}; the daemon takes no request in until it "
             "has the sticky bit",
-            hint=f"run: chmod +t {layout.queue} (docs/admins.md, Install)",
+            hint=f"run: chmod +t {layout.queue} (each user's requests stay their own)",
         )
     own_folder(layout.claimed, make=make, owner=me)
     if site.claimed_dir != layout.claimed:

@@ -416,6 +416,8 @@ def test_doctor_as_a_participant_checks_what_a_participant_needs(root_site: Path
         "you (nobody) cannot queue requests on this site: ask its admin (root"
         in (checks["queue/"]["detail"])
     )
+    queue = root_site / "queue"
+    assert f"chgrp GROUP {queue} && chmod 1770 {queue}" in checks["queue/"]["detail"]
     mine = {c["check"]: c for c in json.loads(as_root(root_site, "doctor", "--json").stdout)}
     assert all(mine[f"{name}/"]["detail"].endswith("writable") for name in ("queue", "results"))
 
@@ -486,6 +488,7 @@ def test_a_participant_who_may_not_queue_is_told_what_to_ask_for(
         assert done.returncode == 1, done
         assert "cannot queue requests on this site" in done.stderr, done.stderr
         assert "ask its admin (root" in done.stderr and "PermissionError" not in done.stderr
+        assert "chmod 1770" in done.stderr and "docs/" not in done.stderr  # not installed
     finally:
         shutil.rmtree(request, ignore_errors=True)
 

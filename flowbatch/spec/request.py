@@ -126,7 +126,7 @@ def parse_request(doc: Any, *, file: str) -> Request | CancelRequest:
             f"a request must be a YAML mapping, not {_kind(doc)}",
             file=file,
             expected="keys workflow, group, name, arguments",
-            hint="see the README's request format",
+            hint="flowbatch schema request prints the request format (a JSON schema)",
         )
     model: type[Request] | type[CancelRequest] = CancelRequest if "cancel" in doc else Request
     try:
