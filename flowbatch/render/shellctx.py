@@ -31,7 +31,8 @@ standard input); a word read as a variable's name (``printf -v``, ``read``, ``ma
 ``name=value``) is :attr:`Ctx.NAME` (bash evaluates a subscript in a name); and program
 text handed to another interpreter is :attr:`Ctx.CODE`: the arguments of ``eval`` and
 ``trap``, ``compgen -W``, ``mapfile -C``, the command string of ``sh``/``bash``/...
-``-c``, of ``python* -c``, ``perl``/``ruby``/``node``/``Rscript``/``R``/``julia``/
+``-c`` (``csh``, ``tcsh``, ``fish`` too), of ``python* -c`` and ``ipython -c``, gdb's
+``-ex`` commands, ``perl``/``ruby``/``node``/``Rscript``/``R``/``julia``/
 ``lua``/``gnuplot`` ``-e``, ``expect -c``, ``octave --eval``, ``matlab -batch``/``-r``,
 the script of ``sed``, ``awk`` and ``jq``, the SQL of ``sqlite3``/``duckdb DB "..."``,
 ``psql -c``, ``mysql -e``, the remote command of ``ssh``, ``su``/``runuser``/``flock
@@ -42,15 +43,16 @@ a process substitution given as a program's file (``bash <(...)``, ``source <(..
 ``awk -f <(...)``: its commands' output is the program); and what a program reads as its
 code from standard input (``python3 -``, ``bash -s``, ``R``, ``julia``, ``lua``,
 ``sqlite3``/``duckdb DB``, ``psql``, ``mysql``, ``tclsh``, a shell or ``source`` given
-``/dev/stdin``, ``sbatch``/ ``qsub``/``bsub`` without a script, ``salloc`` or
-``singularity shell`` without a command, ``ssh host bash``, ``xargs -I R`` when ``R`` is
+``/dev/stdin``, a program's file given as standard input (``awk -f -``),
+``sbatch``/``qsub``/``bsub`` without a script, ``salloc`` or ``singularity shell``
+without a command, ``ssh host bash``, ``xargs -I R`` when ``R`` is
 in program text): its unquoted here-documents, its here-strings and ``< <(...)``, and the
 output of the commands before it in its pipeline (a compound command or subshell there
 whole: ``{ ...; } | bash``), not its own arguments, environment or ``<`` file. A program
 is recognised at the command position (after ``!``, ``time``, ``command``, ``builtin``)
 or after a wrapper and its options (``env A=1``, ``exec``, ``nice -n 5``, ``nohup``,
-``timeout 10``, ``stdbuf``, ``taskset``, ``numactl``, ``srun``/``salloc``,
-``mpirun``/``mpiexec``, ``sudo -u``, ``runuser -u``, ``xargs``,
+``timeout 10``, ``stdbuf``, ``taskset``, ``numactl``, ``systemd-run``,
+``srun``/``salloc``, ``mpirun``/``mpiexec``, ``sudo -u``, ``runuser -u``, ``xargs``,
 ``singularity``/``apptainer exec IMAGE``, ``docker``/ ``podman run``/``exec IMAGE``,
 ``conda``/``uv``/``poetry run``, ``flock FILE``, ``strace``, ``chrt``...); an option of a
 wrapper not known here takes the next word as its argument unless that word names a known
@@ -183,8 +185,22 @@ _NODE = _Program(
     takes_long=("--require", "--import"),
     stdin=True,
 )
-_SED = _Program(code="e", code_long=("--expression",), takes="l", files="f", positionals="first")
-_AWK = _Program(code="e", code_long=("--source",), takes="Fvil", files="f", positionals="first")
+_SED = _Program(
+    code="e",
+    code_long=("--expression",),
+    takes="l",
+    files="f",
+    files_long=("--file",),
+    positionals="first",
+)
+_AWK = _Program(
+    code="e",
+    code_long=("--source",),
+    takes="Fvil",
+    files="f",
+    files_long=("--file",),
+    positionals="first",
+)
 _SSH = _Program(takes="BbcDEeFIiJLlmOopQRSWw", positionals="rest", stdin=True, script=False)
 _DASH_C = _Program(code="c", code_long=("--command",), takes="sgG", permute=True, script=False)
 
@@ -206,6 +222,8 @@ _SLURM_TAKES_LONG = _opts(
 #: external programs, by the name they are run as (its last path component)
 _PROGRAMS: dict[str, _Program] = {
     **dict.fromkeys(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash"), _SHELL),
+    **dict.fromkeys(("fish", "tcsh", "csh"), _SHELL),  # -c CODE, commands on stdin
+    **dict.fromkeys(("ipython", "ipython3"), _PYTHON),
     "perl": _PERL,
     "ruby": _RUBY,
     **dict.fromkeys(("node", "nodejs"), _NODE),
@@ -286,6 +304,15 @@ _PROGRAMS: dict[str, _Program] = {
     ),
     **dict.fromkeys(("sed", "gsed"), _SED),
     **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _AWK),
+    # gdb's -ex commands include `shell` and `python`
+    "gdb": _Program(
+        code_long=_opts("ex iex eval-command init-eval-command", dashes=("-", "--")),
+        files="x",
+        files_long=_opts("command x", dashes=("-", "--")),
+        takes_long=_opts("cd directory pid core symbols exec tty", dashes=("-", "--")),
+        dash_long=True,
+        script=False,
+    ),
     "ssh": _SSH,
     **dict.fromkeys(("su", "runuser", "script"), _DASH_C),
     "watch": _Program(takes="nd", positionals="all", script=False),
@@ -418,6 +445,18 @@ _WRAPPERS: dict[str, _Wrapper] = {
         assigns=True,
     ),
     "exec": _Wrapper(flags="cl", takes="a"),
+    "systemd-run": _Wrapper(
+        flags="qGdPStW",
+        takes="pEuMH",
+        flags_long=_opts(
+            "user system scope wait pipe pty quiet collect same-dir no-block "
+            "no-ask-password remain-after-exit send-sighup"
+        ),
+        takes_long=_opts(
+            "property unit setenv machine host uid gid nice working-directory "
+            "description slice service-type on-active on-calendar timer-property"
+        ),
+    ),
     "command": _Wrapper(flags="pvV"),
     "builtin": _Wrapper(),
     "time": _Wrapper(
@@ -555,6 +594,7 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
     names, and whether it reads its program from standard input."""
     places: list[tuple[int, Ctx]] = []
     given = deferred = stdin_opt = False
+    from_stdin = False  # a program's file given as standard input: awk -f -
     positional: list[int] = []
     i = 0
     while i < len(args):
@@ -571,6 +611,7 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
             elif key in prog.files_long:
                 given = True
                 places.extend(_script_file(args, at))
+                from_stdin = from_stdin or _stdin_file(word, eq, args, at)
             i += 1 + (not eq and key in prog.code_long + prog.takes_long + prog.files_long)
             i += 2 * (key in prog.takes2_long)
             continue
@@ -595,6 +636,10 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
                     places.append((at, Ctx.NAME))
                 elif letter in prog.files:
                     places.extend(_script_file(args, at) if j == len(word) else ())
+                    from_stdin = from_stdin or (
+                        (word[j:] if j < len(word) else args[at] if at < len(args) else "")
+                        in _STDIN_FILES
+                    )
                 given = given or letter in prog.code + prog.files
                 skip = int(j == len(word))
                 ends = letter in prog.ends
@@ -604,17 +649,17 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
                 break
         i += 1 + skip
         if ends:
-            return places, False
+            return places, from_stdin
     rest = positional + list(range(i, len(args)))
     if deferred:
         places.extend((k, Ctx.CODE) for k in rest[:1])
-        return places, stdin_opt
+        return places, stdin_opt or from_stdin
     kind = prog.positionals
     if kind == "first" and not given:
         places.extend((k, Ctx.CODE) for k in rest[:1])
     elif kind == "rest":
         places.extend((k, Ctx.CODE) for k in rest[1:])
-        return places, prog.stdin and not given and len(rest) <= 1
+        return places, from_stdin or (prog.stdin and not given and len(rest) <= 1)
     elif kind == "all":
         places.extend((k, Ctx.CODE) for k in rest)
     elif kind == "names":
@@ -624,7 +669,14 @@ def _arguments(prog: _Program, args: list[str]) -> tuple[list[tuple[int, Ctx]], 
         script = _script_file(args, rest[0])
         places.extend(script)
         stdin = stdin or (not script and args[rest[0]] in _STDIN_FILES)
-    return places, stdin
+    return places, stdin or from_stdin
+
+
+def _stdin_file(word: str, eq: str, args: list[str], at: int) -> bool:
+    """Whether the long option ``word`` (``--file=-``, ``--file -``) gives standard
+    input as the program's file."""
+    given = word.partition("=")[2] if eq else (args[at] if at < len(args) else "")
+    return given in _STDIN_FILES
 
 
 def _script_file(args: list[str], at: int) -> list[tuple[int, Ctx]]:
