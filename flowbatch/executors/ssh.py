@@ -243,33 +243,42 @@ _GROUP_ALIVE = r"""fb_ours() {
   if [ -n "${4:-}" ] && [ -d "$4" ]; then fb_script "$4" "$1" "$2" "${3:-}" && return 0; fi
   [ -n "${3:-}" ] && fb_before "$1" "$2" "" "$3"
 }
-# $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s, $4 the boot id it was
-# recorded in (none: not checked), $5 the run's token, $6 its remote folder, $7 a clock
-# tick at which the daemon last saw the group proven the run's (none: not known): TERM
-# the run's group once proven the run's (fb_ours, now; or a process of it started
-# before $7 still there), KILL what is left of it after the ticks (a cancel, a
-# relaunch): the processes started before it was proven, token or not, and those with
-# the token
-fb_end() {
-  local i b s f now
-  if [ -n "${4:-}" ]; then
+# $1 pid (its group's id), $2 its start time, $3 the boot id it was recorded in (none:
+# not checked), $4 the run's token, $5 its remote folder, $6 a clock tick at which the
+# daemon last saw the group proven the run's (none: not known): TERM the run's group once
+# proven the run's (fb_ours, now; or a process of it started before $6 still there), and
+# set fb_now to a tick at which it was the run's (what of it started before then is the
+# run's, token or not: fb_before); exit 1, nothing sent, when it is not (or no longer)
+fb_term() {
+  local b s f
+  fb_now=
+  if [ -n "${3:-}" ]; then
     read -r b < /proc/sys/kernel/random/boot_id
-    [ "$b" = "$4" ] || return 0
+    [ "$b" = "$3" ] || return 1
   fi
-  if fb_ours "$1" "$2" "${5:-}" "${6:-}"; then
+  if fb_ours "$1" "$2" "${4:-}" "${5:-}"; then
     read -r s < "/proc/$BASHPID/stat"
     s=${s##*) }
     f=($s)
-    now=${f[19]}  # this shell started before the proof
+    fb_now=${f[19]}  # this shell started before the proof
   else
-    case ${7:-} in ''|*[!0-9]*) return 0;; esac
-    fb_other "$1" "$2" && return 0
-    fb_before "$1" "$2" "$7" "${5:-}" || return 0
-    now=$7
+    case ${6:-} in ''|*[!0-9]*) return 1;; esac
+    fb_other "$1" "$2" && return 1
+    fb_before "$1" "$2" "$6" "${4:-}" || return 1
+    fb_now=$6
   fi
-  kill -TERM -- "-$1" 2>/dev/null || return 0
+  kill -TERM -- "-$1" 2>/dev/null
+}
+# $1 pid (its group's id), $2 its start time, $3 ticks of 0.1 s, $4 the boot id, $5 the
+# run's token, $6 its remote folder, $7 the tick of the last proof (as for fb_term): TERM
+# the run's group (fb_term), KILL what is left of it after the ticks (a cancel, a
+# relaunch): the processes started before it was proven, token or not, and those with
+# the token
+fb_end() {
+  local i
+  fb_term "$1" "$2" "${4:-}" "${5:-}" "${6:-}" "${7:-}" || return 0
   for ((i = 0; i < $3; i++)); do
-    fb_before "$1" "$2" "$now" "${5:-}" || return 0
+    fb_before "$1" "$2" "$fb_now" "${5:-}" || return 0
     sleep 0.1
   done
   kill -KILL -- "-$1" 2>/dev/null || true
@@ -970,15 +979,7 @@ class SSHExecutor:
         script = (
             _SAME_PROCESS
             + _GROUP_ALIVE
-            + _CANCEL.format(
-                pid=int(handle.get("pgid", handle.get("pid", 0))),
-                start=_q(str(handle.get("start", ""))),
-                ticks=int(CANCEL_GRACE * 10),
-                boot=_q(str(handle.get("boot_id", ""))),
-                token=_q(_token(handle)),
-                dir=_q(str(handle.get("remote_dir", ""))),
-                proven=_q(_proven_of(self._proven, handle)),
-            )
+            + _CANCEL.format(ticks=int(CANCEL_GRACE * 10), **self._group_args(handle))
         )
         result = self.connection.run(script, timeout=CANCEL_GRACE + 30, force=force)
         if not result.ok:
@@ -988,6 +989,17 @@ class SSHExecutor:
                 handle.get("pid"),
                 result.stderr.strip()[-300:],
             )
+
+    def _group_args(self, handle: dict[str, Any]) -> dict[str, Any]:
+        """The run's process group as fb_term and fb_end take it, quoted for the shell."""
+        return {
+            "pid": int(handle.get("pgid", handle.get("pid", 0))),
+            "start": _q(str(handle.get("start", ""))),
+            "boot": _q(str(handle.get("boot_id", ""))),
+            "token": _q(_token(handle)),
+            "dir": _q(str(handle.get("remote_dir", ""))),
+            "proven": _q(_proven_of(self._proven, handle)),
+        }
 
     def adopt(self, handle: dict[str, Any]) -> bool:
         """The recorded PID still runs with the recorded start time, since the same boot;
