@@ -859,7 +859,7 @@ class Runner:
     def _kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> bool:
         """End the run's processes or job, then record it ``state`` with ``reason``; True
         when recorded now. With :attr:`defer_kills` and an executor that can
-        (``terminate``/``kill``: the local one), a RUNNING run is sent SIGTERM and
+        (``terminate``/``kill``: the local and SSH ones), a RUNNING run is sent SIGTERM and
         recorded once it is gone, SIGKILLed at the end of the grace by a later poll: a
         program that ignores SIGTERM held the daemon's whole tick for the grace, run
         after run (found by review: 8 cancels, 24 s without a run started)."""

@@ -138,6 +138,31 @@ def test_a_cancel_spares_a_foreign_group_that_reused_the_pid(
     assert live(foreign["job"], foreign["start"]), "cancel ended a foreign process group"
 
 
+def test_a_serving_daemons_end_spares_a_foreign_group_that_reused_the_pid(
+    ssh: SshEnv, tmp_path: Path, foreign: dict[str, Any]
+) -> None:
+    """The serving daemon's end of a run in two commands (terminate now, kill at the end
+    of the grace) takes the group for the run's on the same proof as cancel: a foreign
+    session's group of the wrapper's old id gets no TERM (nothing of the run's there: it
+    is recorded at once), and no KILL when the run's group ended after its TERM and the
+    id was taken again before the KILL was due (nothing left of it to wait for)."""
+    from flowbatch.executors.ssh import Terminated
+
+    site = ssh_site(tmp_path / "site", ssh)
+    ex = ssh_executors(site.config, site.root)["a"]
+    handle = old_handle(ex, tmp_path, foreign, rc=True)
+    assert ex.terminate(handle) is None
+    time.sleep(0.2)
+    assert live(foreign["job"], foreign["start"]), "terminate ended a foreign process group"
+    # its TERM sent while the group was the run's: proven 1 s after the wrapper started,
+    # before the foreign session took the id
+    ending = Terminated(handle, str(int(handle["start"]) + 100))
+    assert not ex.left(ending)
+    ex.kill(handle, ending)
+    time.sleep(0.2)
+    assert live(foreign["job"], foreign["start"]), "kill ended a foreign process group"
+
+
 def test_adoption_does_not_take_a_foreign_group_for_the_run(
     ssh: SshEnv, tmp_path: Path, foreign: dict[str, Any]
 ) -> None:
