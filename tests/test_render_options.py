@@ -218,10 +218,11 @@ def test_a_context_value_begun_by_the_organisers_text_stands() -> None:
         (["python3", "-c", "CODE", "X"], [1, 2]),
         (["python3", "-Wall", "-cCODE", "X"], [1, 2]),
         (["${python}", "-", "X"], [1]),
-        (["python3", "-m", "mod", "X"], [1, 2]),
+        (["python3", "-m", "mod", "X"], [1, 2, 3]),  # a module reads options as a script
         (["python3", "score.py", "X"], [1, 2]),  # a script may read options (argparse)
         (["bash", "-c", "CODE", "_", "X"], [1, 2]),
-        (["bash", "-s", "X"], [1]),
+        (["bash", "-s", "X"], [1, 2]),  # bash -s -c CODE runs CODE
+        (["bash", "-s", "--", "X"], [1]),
         (["bash", "run.sh", "X"], [1, 2]),
     ],
 )
@@ -261,3 +262,121 @@ def test_a_request_with_such_a_value_is_rejected_beside_its_error(tmp_path: Path
         assert api.list_runs(site) == []
     finally:
         site.close()
+
+
+# -- found by review of the first version ------------------------------------------------------
+
+BYPASSES = [
+    # find reads a starting point beginning with '-' as its expression, even after --
+    ("find -- $[[s]] -name '*.log' -print", "-delete"),
+    # /usr/bin/time is a program (a wrapper), not the time keyword
+    ("/usr/bin/time -o t.txt tar -xf data.tar $[[s]]", "--to-command=touch PWNED"),
+    # a wrapper's -- begins its command, which reads options again
+    ("prlimit --nofile=256 -- tar -xf data.tar $[[s]]", "--to-command=touch PWNED"),
+    # a shell's inline program puts its data where a command reads options
+    ("bash -c 'tar -xf data.tar \"$1\"' _ $[[s]]", "--to-command=touch PWNED"),
+    ("sh -c 'tar -xf data.tar \"$@\"' sh $[[s]]", "--to-command=touch PWNED"),
+]
+
+
+@pytest.mark.parametrize("dialect", ["flowserv", "native"])
+@pytest.mark.parametrize(("command", "value"), BYPASSES)
+def test_the_reviews_bypasses_are_refused_and_run_nothing(
+    tmp_path: Path, dialect: str, command: str, value: str
+) -> None:
+    _archive(tmp_path)
+    (tmp_path / "keep.txt").write_text("precious\n")
+    t = _template(command, dialect)
+    with pytest.raises(RenderError, match="begins with '-'"):
+        _render(t, {"s": value})
+    assert not _ran(tmp_path, t, {"s": value})
+    assert (tmp_path / "keep.txt").exists()
+
+
+def test_bash_s_reads_options_after_its_first_operand(tmp_path: Path) -> None:
+    """``bash -s A B`` with A = ``-c``: bash runs B (its options go on after -s)."""
+    params = [Parameter("a", "string", 0, True), Parameter("b", "string", 1, True)]
+    t = _template("bash -s $[[a]] $[[b]] <<'SH'\necho hi\nSH", params=params)
+    args = {"a": "-c", "b": "touch PWNED"}
+    with pytest.raises(RenderError, match="parameter 'a'"):
+        _render(t, args)
+    assert not _ran(tmp_path, t, args)
+    safe = _template("bash -s -- $[[a]] $[[b]] <<'SH'\necho \"$1\"\nSH", params=params)
+    assert not _ran(tmp_path, safe, args)
+
+
+def test_a_native_value_equal_to_the_templates_constant_is_still_the_participants(
+    tmp_path: Path,
+) -> None:
+    """The organiser's text may begin with '-', the same text from the request may not
+    (it was let through when it equalled any constant, select option or default of the
+    template's, in any step: the order of the steps decided)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("precious\n")
+    params = [Parameter("s", "string", 0, True), Parameter("clean", "bool", 1, True)]
+    t = _template(
+        "cd data && find {{ s }} -name '*.log' {{ '-delete' if clean else '-print' }}",
+        "native",
+        params,
+    )
+    args = {"s": "-delete", "clean": False}
+    with pytest.raises(RenderError, match="argument 's'"):
+        _render(t, args)
+    _ran(tmp_path, t, args)
+    assert (tmp_path / "data" / "keep.txt").exists()
+    assert "-print" in _ran_text(t, {"s": ".", "clean": False})
+    for steps in (["prog {{ s }}", "prog {{ '--fast' }}"], ["prog {{ '--fast' }}", "prog {{ s }}"]):
+        two = Template(
+            dialect="native",
+            workflow=Workflow(steps=[Step("a", [steps[0]]), Step("b", [steps[1]])]),
+            parameters=[Parameter("s", "string", 0, True)],
+        )
+        with pytest.raises(RenderError):
+            render_workflow(two, two.workflow, {"s": "--fast"}, VARIABLES)
+
+
+def _ran_text(t: Template, args: dict[str, Any]) -> str:
+    """The rendered commands of ``t`` and their variables, as one text."""
+    rendered = render_workflow(t, t.workflow, args, VARIABLES)
+    return "\n".join(c for s in rendered.steps for c in s.commands) + str(rendered.env)
+
+
+def test_options_the_organiser_builds_in_jinja_stand() -> None:
+    """``{{ '--lr=' ~ lr }}``: the option's name is the template's; a list default's
+    flags are the organiser's; the same flags from the request are not."""
+    lr = [Parameter("lr", "float", 0, False, default=0.1, has_default=True)]
+    for command in ("python3 train.py {{ '--lr=' ~ lr }}", "python3 train.py {{ '--lr=%s' % lr }}"):
+        assert "--lr=0.2" in _ran_text(_template(command, "native", lr), {"lr": 0.2})
+    element = Parameter("o", "string", 0, True)
+    flags = [
+        Parameter("l", "list", 0, False, default=["-O2", "-g"], has_default=True, para=element)
+    ]
+    t = _template("cc {% for o in l %}{{ o }} {% endfor %}main.c", "native", flags)
+    assert "-O2" in _ran_text(t, {})
+    with pytest.raises(RenderError, match="argument 'l'"):
+        _render(t, {"l": ["-O3", "-fplugin=evil.so"]})
+    # the option's name from the request: refused
+    t = _template("prog {{ '-' ~ s }}", "native")
+    with pytest.raises(RenderError):
+        _render(t, {"s": "-to-command=sh"})
+
+
+def test_the_native_refusal_names_the_argument_in_its_dialect() -> None:
+    t = _template("tar -xf data.tar {{ s }}", "native")
+    with pytest.raises(RenderError) as info:
+        _render(t, {"s": "--to-command=sh"})
+    assert info.value.field == "arguments.s"
+    assert info.value.hint is not None and "-- {{ x }}" in info.value.hint
+    assert "$[[" not in info.value.hint
+
+
+def test_a_scripts_option_is_said_to_be_the_scripts_and_a_number_gets_its_hint() -> None:
+    for dialect in ("flowserv", "native"):
+        t = _template("python3 -u score.py --threshold $[[s]]", dialect)
+        with pytest.raises(RenderError) as info:
+            _render(t, {"s": "-0.5"})  # a string parameter: as text, an option
+        assert "python3 score.py would take it for an option" in info.value.reason
+        assert info.value.hint is not None and "int or float" in info.value.hint
+    floats = [Parameter("s", "float", 0, True)]
+    for dialect in ("flowserv", "native"):
+        _render(_template("python3 score.py --threshold $[[s]]", dialect, floats), {"s": -0.5})

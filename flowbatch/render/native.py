@@ -16,11 +16,13 @@ token string could name another ``FB_`` variable, whose text bash would evaluate
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import StrictUndefined, nodes
+from jinja2 import Environment, StrictUndefined, nodes
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
@@ -52,6 +54,8 @@ from flowbatch.spec.params import MAX_VALUE_BYTES
 _SENTINEL = re.compile("\x00([0-9]+)\x01")
 #: strings of these characters only may be pasted inside single quotes
 _TOKEN_TEXT = re.compile(r"[A-Za-z0-9_.+-]*")
+#: parses sources for their string constants (only parses: the same syntax as the sandbox)
+_PARSER = Environment()
 #: strings that may stand in an arithmetic context: decimal numbers (never a name)
 _NUMBER_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
@@ -215,13 +219,11 @@ class _Outputs:
     One table serves a whole workflow, so a sentinel Jinja folded into a compiled
     constant stays valid."""
 
-    def __init__(self, exports: Exports, organisers: set[str] | None = None) -> None:
+    def __init__(self, exports: Exports, origins: _Origins | None = None) -> None:
         self.exports = exports
         self.refs: list[Ref] = []
-        #: the organiser's texts (select options, defaults, the template's string
-        #: constants, added as each source is parsed): a value equal to one may begin
-        #: with '-' where a command reads options
-        self.organisers: set[str] = organisers if organisers is not None else set()
+        #: whose texts the values may be (see :class:`_Origins`)
+        self.origins = origins if origins is not None else _Origins()
 
     def finalize(self, value: Any) -> Any:
         if isinstance(value, Trusted):
@@ -231,37 +233,29 @@ class _Outputs:
         text = resolve_sentinels(format_value(value), self.refs)
         if len(text) > MAX_VALUE_BYTES:  # no environment variable could carry it
             raise TooLarge("a '{{ }}' value", len(text))
-        arith_safe = _arith_safe(value, text)
+        argument = self.origins.users.get(text, "")
         ref = Ref(
             self.exports.anonymous(text),
             text,
             _pasteable(value, text),
-            "a '{{ }}' value",
-            arith_safe,
-            arith_safe or text in self.organisers,
+            f"a '{{{{ }}}}' value (argument '{argument}')" if argument else "a '{{ }}' value",
+            _arith_safe(value, text),
+            isinstance(value, int | float) or (not argument and self.origins.organisers(text)),
+            argument,
         )
         self.refs.append(ref)
         return sentinel(len(self.refs) - 1)
 
 
 def _render_source(
-    env: SandboxedEnvironment,
-    source: str,
-    names: dict[str, Any],
-    where: str,
-    constants: set[str] | None = None,
+    env: SandboxedEnvironment, source: str, names: dict[str, Any], where: str
 ) -> str:
-    """Render one Jinja2 source text, turning every failure into a RenderError; the
-    source's string constants go to ``constants``."""
+    """Render one Jinja2 source text, turning every failure into a RenderError."""
     if "\x00" in source:
         raise RenderError("the template text contains a NUL character", field=where)
     try:
         ast = env.parse(source)
         _refuse_raw_blocks(ast, where, RenderError)
-        if constants is not None:
-            constants.update(
-                node.value for node in ast.find_all(nodes.Const) if isinstance(node.value, str)
-            )
         out: list[str] = []
         size = 0
         for chunk in env.from_string(ast).generate(names):
@@ -342,7 +336,7 @@ def _add_context(
             continue
         first = len(outputs.refs)
         where = context_field(prefix, workflow, name)
-        text = _render_source(env, value, names, where, outputs.organisers)
+        text = _render_source(env, value, names, where)
         if len(outputs.refs) == first:
             names[name] = Trusted(text)
         else:
@@ -351,24 +345,88 @@ def _add_context(
             names[name] = resolved
 
 
-def _organisers(template: Template) -> set[str]:
-    """The texts of the organiser's a parameter may take: select options, defaults and
-    declared file targets (of list elements and record fields too)."""
-    out: set[str] = set()
+@dataclass
+class _Origins:
+    """Whose text a native template's output value is, for the options check (its
+    source is not known: Jinja computes it). ``users``: each text of the request's
+    own arguments (a string, a list's or a record's, a file's chosen target), with the
+    argument it is in; not the organiser's select options or a parameter's default. A
+    value equal to one is the participant's (found by review: a value equal to a
+    constant of the template's passed as one). ``texts``: the organiser's (select
+    options, defaults, declared targets, the template's string constants);
+    ``prefixes``: the option names the template's constants write (``'--lr=' ~ lr``
+    gives ``--lr=``). A value that is no participant's text may begin with '-' when it
+    is one of ``texts`` or begins with one of ``prefixes``."""
+
+    users: dict[str, str] = field(default_factory=dict)
+    texts: set[str] = field(default_factory=set)
+    prefixes: tuple[str, ...] = ()
+
+    def organisers(self, text: str) -> bool:
+        return text in self.texts or text.startswith(self.prefixes)
+
+
+def _leaves(value: Any) -> list[str]:
+    """The texts in ``value``: its strings, a file's target, those of its items."""
+    if isinstance(value, FileArg):
+        return [value.target]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [text for item in value.values() for text in _leaves(item)]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _leaves(item)]
+    return []
+
+
+def _origins(template: Template, workflow: Workflow, arguments: Mapping[str, Any]) -> _Origins:
+    """The :class:`_Origins` of a render of ``workflow`` for ``arguments``."""
+    origins = _Origins()
     params = list(template.parameters)
     while params:
         param = params.pop()
-        out.update(format_value(option.value) for option in param.values)
-        if param.has_default and not isinstance(param.default, FileArg):
-            out.add(format_value(param.default))
-        if isinstance(param.default, FileArg):
-            out.add(param.default.target)
+        origins.texts.update(format_value(option.value) for option in param.values)
+        if param.has_default:
+            origins.texts.update(_leaves(param.default))
         if param.target:
-            out.add(param.target)
+            origins.texts.add(param.target)
         params.extend(param.fields)
         if param.para is not None:
             params.append(param.para)
-    return out
+    sources = [v for v in workflow.context.values() if isinstance(v, str)]
+    sources += [command for step in workflow.steps for command in step.commands]
+    for source in sources:
+        origins.texts.update(_string_constants(source))
+    origins.prefixes = tuple(
+        sorted({text[: text.index("=") + 1] for text in origins.texts if _OPTION_NAME.match(text)})
+    )
+    for param in template.parameters:
+        value = arguments.get(param.name)
+        if value is None or param.dtype == "select":  # validated: one of the organiser's
+            continue
+        if param.has_default and value == param.default:
+            continue
+        for text in _leaves(value):
+            if text not in origins.users and text not in ("", "-"):
+                origins.users[text] = param.name
+    return origins
+
+
+#: an option with a value, as a template's constant writes it: ``--lr=``, ``-o=``
+_OPTION_NAME = re.compile(r"--?[A-Za-z0-9][A-Za-z0-9_.-]*=")
+
+
+@functools.lru_cache(maxsize=512)
+def _string_constants(source: str) -> frozenset[str]:
+    """The string constants of one Jinja2 source text (none when it does not parse:
+    its render says why)."""
+    try:
+        ast = _PARSER.parse(source)
+    except JinjaTemplateError:
+        return frozenset()
+    return frozenset(
+        node.value for node in ast.find_all(nodes.Const) if isinstance(node.value, str)
+    )
 
 
 def _prefix(template: Template, workflow: Workflow) -> str:
@@ -386,7 +444,7 @@ def render_native(
     """Render a native workflow for one run's arguments."""
     check_no_nul(arguments)
     exports = Exports()
-    outputs = _Outputs(exports, _organisers(template))
+    outputs = _Outputs(exports, _origins(template, workflow, arguments))
     env = make_environment(outputs.finalize)
     prefix = _prefix(template, workflow)
     names = _names(template, arguments, variables, exports)
@@ -400,8 +458,8 @@ def render_native(
         commands = []
         for j, source in enumerate(step.commands):
             where = command_field(prefix, i, step, j)
-            text = _render_source(env, source, names, where, outputs.organisers)
-            commands.append(place(text, outputs.refs, where))
+            text = _render_source(env, source, names, where)
+            commands.append(place(text, outputs.refs, where, native=True))
         steps.append(RenderedStep(step.name, commands))
     return RenderedWorkflow(steps, dict(exports.env))
 

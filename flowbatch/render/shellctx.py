@@ -540,6 +540,44 @@ _WRAPPERS: dict[str, _Wrapper] = {
     "valgrind": _Wrapper(flags="qv"),
     "perf": _Wrapper(flags="adv", takes="eoprCGIt", subs=("stat", "record", "trace")),
     "flock": _Wrapper(flags="sxunoFhV", takes="wE", code="c", code_long=("--command",), lead=1),
+    # limits, privileges, namespaces and sandboxes (found by review: `prlimit ... -- tar`)
+    "prlimit": _Wrapper(flags="v", takes="p", flags_long=("--verbose", "--raw", "--noheadings")),
+    "setpriv": _Wrapper(
+        flags="d",
+        flags_long=_opts("clear-groups keep-groups init-groups nnp no-new-privs reset-env"),
+    ),
+    **dict.fromkeys(
+        ("unshare", "nsenter"),
+        _Wrapper(
+            flags="mpuinUCTrcfaF",
+            takes="tSGw",
+            flags_long=_opts("fork mount-proc map-root-user map-current-user kill-child"),
+            takes_long=_opts("target setuid setgid wd root propagation"),
+        ),
+    ),
+    "firejail": _Wrapper(flags_long=_opts("quiet noprofile private")),
+    "bwrap": _Wrapper(
+        flags_long=_opts(
+            "unshare-all unshare-user unshare-net unshare-pid unshare-ipc unshare-uts "
+            "unshare-cgroup share-net die-with-parent new-session as-pid-1 clearenv"
+        ),
+        takes_long=_opts(
+            "dev proc tmpfs mqueue dir chdir unsetenv uid gid hostname remount-ro "
+            "seccomp file lock-file sync-fd info-fd cap-add cap-drop perms size"
+        ),
+        takes2=_opts(
+            "bind ro-bind dev-bind bind-try ro-bind-try dev-bind-try symlink setenv chmod "
+            "bind-data ro-bind-data"
+        ),
+    ),
+    "cgexec": _Wrapper(takes="g", flags_long=("--sticky",)),
+    **dict.fromkeys(("doas", "pkexec"), _Wrapper(flags="ns", takes="uC", takes_long=("--user",))),
+    "xvfb-run": _Wrapper(flags="a", takes="nsfe", flags_long=("--auto-servernum",)),
+    "hwloc-bind": _Wrapper(flags="v", flags_long=_opts("cpubind membind single strict")),
+    **dict.fromkeys(("likwid-pin", "likwid-perfctr"), _Wrapper(flags="qmV", takes="cCgsMo")),
+    "ccache": _Wrapper(),
+    "nsys": _Wrapper(takes="otsfc", subs=("profile",)),
+    "ncu": _Wrapper(takes="ok"),
 }
 #: programs that expand ``$(shell ...)`` in variables given as arguments or inherited
 _MAKES = frozenset({"make", "gmake", "bmake"})
@@ -914,14 +952,15 @@ def command_places(
     return [p for p in places if p[0] < len(words)], stdin, env_code
 
 
-#: words that are the shell's own syntax at a command's start, and commands that read no
-#: option worth a value's refusal (``test``/``[``: its operands only change a truth
-#: value; ``:``, ``true``, ``false`` ignore their arguments)
-_NO_OPTIONS = frozenset(
+#: words that are the shell's own syntax at a command's start (as written: ``/usr/bin/time``
+#: is a program, and a wrapper)
+_KEYWORDS = frozenset(
     {"for", "select", "case", "in", "function", "if", "then", "elif", "else", "fi"}
     | {"while", "until", "do", "done", "esac", "{", "}", "!", "coproc", "time"}
-    | {":", "true", "false", "test", "["}
 )
+#: commands that read no option worth a value's refusal (``test``/``[``: its operands
+#: only change a truth value; ``:``, ``true``, ``false`` ignore their arguments)
+_NO_OPTIONS = frozenset({":", "true", "false", "test", "["})
 #: bash's builtins: their options end at their first word that is not one (getopt
 #: without permutation); ``echo`` reads only words made of ``-n``, ``-e``, ``-E``
 _SHELL_BUILTINS = frozenset(
@@ -935,39 +974,51 @@ _SHELL_BUILTINS = frozenset(
 )
 #: the words echo reads as its options (any other word, ``--`` too, is printed)
 ECHO_OPTION = re.compile(r"-[neE]+")
+#: programs that take a word beginning with ``-`` for an option even after ``--``: find
+#: reads its starting points up to the first word that begins with ``-``, ``(`` or ``!``
+_DASHES_ANYWHERE = frozenset({"find", "gfind"})
+#: a positional parameter at the start of a word of a shell's inline program: ``$1``,
+#: ``${2}``, ``$@``, ``$*`` (which of the shell's data words it is)
+_POSITIONAL = re.compile(r"\"?\$\{?([0-9]+|@|\*)")
 
 
-def _inline_data(prog: _Program | None, args: list[str]) -> int | None:
-    """For Python or a shell given its program inline (``-c CODE``, ``-m MODULE``) or on
-    standard input (``python3 -``, ``bash -s``), where in ``args`` (its arguments) the
-    program's data begins: every word from there is ``sys.argv`` or ``$1``..., handed to
-    the template's own code, never an option of the interpreter's. None for a script
-    file (which may read options of its own, as argparse does) or another program."""
+def _inline_data(prog: _Program | None, args: list[str]) -> tuple[int, int] | None:
+    """For Python given its program inline (``-c CODE``) or on standard input (``python3
+    -``), or a shell given ``-c CODE``: (where in ``args``, its arguments, the program's
+    data begins, the index of its inline program or -1). Every word from there is
+    ``sys.argv`` or ``$0``, ``$1``..., handed to the template's own code, never an option
+    of the interpreter's (a shell's inline program is read for where it uses them:
+    :func:`_inline_options`). None for a script file or a module (``-m``: it reads
+    options of its own, as argparse does), a shell reading standard input with ``-s``
+    (its options go on after its first operand: ``bash -s -c CODE`` runs CODE) unless a
+    ``--`` ends them, and any other program."""
     i = 0
     if prog is _PYTHON:
         while i < len(args):
             word = args[i]
             if word == "-":
-                return i + 1
+                return i + 1, -1
             if word[:1] != "-":
                 return None  # the script's file
             if word.startswith("--"):
                 i += 1
                 continue
             for j, letter in enumerate(word[1:], start=2):
-                if letter in "cm":  # -c CODE, -cCODE, -m MODULE
-                    return i + 1 + (j == len(word))
+                if letter == "m":
+                    return None  # a module: it reads its arguments as a script does
+                if letter == "c":  # -c CODE, -cCODE
+                    return (i + 1, -1) if j < len(word) else (i + 2, i + 1)
                 if letter in "WXQ":
                     i += j == len(word)
                     break
             i += 1
         return None
     if prog is _SHELL:
-        inline = stdin = False
+        inline = ended = False
         while i < len(args):
             word = args[i]
             if word in ("-", "--"):
-                i += 1
+                i, ended = i + 1, True
                 break
             if len(word) < 2 or word[0] not in "-+":
                 break
@@ -975,12 +1026,46 @@ def _inline_data(prog: _Program | None, args: list[str]) -> int | None:
                 i += 1 + (word in _SHELL.takes_long)
                 continue
             inline = inline or "c" in word[1:]
-            stdin = stdin or "s" in word[1:]
             i += 1 + (word[-1] in "oO")
-        if stdin:
-            return i
-        return i + 1 if inline else None  # bash -c CODE NAME ARG...
+        if inline:
+            return i + 1, i  # bash -c CODE NAME ARG...: $0 and on
+        return (i, -1) if ended else None
     return None
+
+
+def _script_at(prog: _Program | None, args: list[str]) -> int | None:
+    """Where in ``args`` Python's or a shell's script file is (its arguments after it are
+    the script's to read), if given."""
+    if prog is not _PYTHON and prog is not _SHELL:
+        return None
+    takes = "WXQ" if prog is _PYTHON else "oO"
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            return i + 1 if i + 1 < len(args) else None
+        if word[:1] != "-":
+            return i
+        if word == "-":
+            return None
+        i += 2 if len(word) == 2 and word[1] in takes else 1
+    return None
+
+
+def _inline_options(code: str, first: int, count: int) -> list[tuple[int, str]]:
+    """The data words of a shell's inline program ``code`` (``$0`` at ``first``, ``count``
+    of them) that it puts where a command of its own reads options (``bash -c 'tar -xf a
+    "$1"' _ X``), each with that command."""
+    out: list[tuple[int, str]] = []
+    lexed = scan(code)
+    for start, end, command in lexed.options:
+        match = _POSITIONAL.match(code, start, end)
+        if match is None:
+            continue
+        which = match.group(1)
+        numbers = range(1, count) if which in ("@", "*") else [int(which)]
+        out.extend((first + n, command) for n in numbers if n < count)
+    return out
 
 
 def option_words(words: list[str]) -> list[tuple[int, str]]:
@@ -989,13 +1074,14 @@ def option_words(words: list[str]) -> list[tuple[int, str]]:
     ``-`` there is an option of the program's, not data (``tar -xf a.tar $x`` with
     ``--to-command=sh ...``, ``ssh $host`` with ``-oProxyCommand=...``, ``find $dir``
     with ``-delete``, ``printf $x`` with ``-v PATH``). A program other than a builtin
-    reads options anywhere before a ``--`` word (GNU getopt permutes); a builtin only
-    before its first word that is not an option; a wrapper's words (``srun``,
-    ``timeout``...) before its command are its own options' or arguments; the words
-    after an inline program (``python3 -c CODE``, ``bash -c CODE NAME``, ``python3 -``)
-    are that program's data."""
+    reads options anywhere before a ``--`` word (GNU getopt permutes; find even after
+    it); a builtin only before its first word that is not an option; a wrapper's words
+    (``srun``, ``timeout``...) before its command are its own options' or arguments; the
+    words after an inline program (``python3 -c CODE``, ``python3 -``, ``bash -c CODE
+    NAME``) are that program's data, but where the shell's inline program puts them
+    (``"$1"``, ``"$@"``) as a command's options."""
     name = _base(words[0])
-    if name in _NO_OPTIONS:
+    if words[0] in _KEYWORDS or (name in _NO_OPTIONS and name not in _WRAPPERS):
         return []
     out: list[tuple[int, str]] = []
     run = _unwrap(words, []) if name in _WRAPPERS else _Unwrapped(0, [])
@@ -1009,11 +1095,20 @@ def option_words(words: list[str]) -> list[tuple[int, str]]:
     if program in _NO_OPTIONS:
         return out
     builtin, after_option = program in _SHELL_BUILTINS, False
-    data = _inline_data(_program(words[at]), words[at + 1 :])
-    end = len(words) if data is None else at + 1 + data
+    inline = _inline_data(_program(words[at]), words[at + 1 :])
+    end = len(words) if inline is None else at + 1 + inline[0]
+    if inline is not None and inline[1] >= 0 and _program(words[at]) is _SHELL:
+        first = at + 1 + inline[0]
+        out.extend(_inline_options(words[at + 1 + inline[1]], first, len(words) - first))
+    script = _script_at(_program(words[at]), words[at + 1 :]) if inline is None else None
     for j in range(at + 1, end):
         word = words[j]
-        if word == "--" and program != "echo":
+        if script is not None and j == at + 2 + script:
+            program = f"{program} {_base(words[j - 1])}"  # python3 score.py: its parser's
+        if word == "--" and program != "echo" and program not in _DASHES_ANYWHERE:
+            if j + 1 < len(words) and _is_command(words[j + 1]):
+                # an unknown wrapper's command after its `--` (prlimit ... -- tar ...)
+                out.extend((j + 1 + k, what) for k, what in option_words(words[j + 1 :]))
             break
         out.append((j, program))
         option = ECHO_OPTION.fullmatch(word) if program == "echo" else word.startswith("-")

@@ -44,13 +44,32 @@ CODE_HINT = (
     "unquoted here-document fed to a program have no safe place for a value inside their "
     "program text)"
 )
-#: the hint given when a user's value would be read as an option of a command
-OPTION_HINT = (
-    "if the value names a file, write it as ./{value}; if it is meant as data, begin it "
-    "otherwise. For the organiser: put -- before the value ({command} ... -- $[[x]]), "
-    "give it as an option's own argument written in one word (--input=$[[x]]), or "
-    "declare the parameter select (its options may begin with '-')"
-)
+#: a value that reads as a number (a string parameter's): no option, but declared a string
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def option_hint(ref: Ref, command: str, *, native: bool) -> str:
+    """What to do about a value that would be read as an option of ``command``."""
+    x = "{{ x }}" if native else "$[[x]]"
+    if command == "echo":
+        return f"begin the value otherwise; for the organiser: printf '%s\\n' {x} prints any value"
+    if command in ("find", "gfind"):
+        return (
+            "begin the value otherwise; for the organiser: find reads a word beginning with "
+            f"'-' as its expression even after --: write find ./{x} ..."
+        )
+    first = (
+        "if it is a number, the organiser may declare the parameter int or float"
+        if _NUMBER.fullmatch(ref.value)
+        else f"if the value names a file, write it as ./{ref.value[:40]}"
+    )
+    return (
+        f"{first}; otherwise begin it with another character. For the organiser: put -- "
+        f"before the value ({command} ... -- {x}), give it in the option's own word "
+        f"(--input={x}), or declare the parameter select (its options may begin with '-')"
+    )
+
+
 #: the hint given when a user's value would be read as a variable's name
 NAME_HINT = (
     "name the variable in the template (printf -v result ..., read -r line, "
@@ -341,7 +360,9 @@ def _leading_ref(text: str, start: int, end: int, refs: list[Ref]) -> tuple[Ref,
     return None
 
 
-def check_options(text: str, scanned: Scan, refs: list[Ref], where: str) -> None:
+def check_options(
+    text: str, scanned: Scan, refs: list[Ref], where: str, *, native: bool = False
+) -> None:
     """No value from a request begins with ``-`` a word that its command may read as an
     option (:func:`~flowbatch.render.shellctx.option_words`): the shell's quotes make
     the value one word, but the program still parses that word (found by review:
@@ -355,31 +376,26 @@ def check_options(text: str, scanned: Scan, refs: list[Ref], where: str) -> None
         ref, more = found
         if ref.option_safe or not ref.value.startswith("-") or (ref.value == "-" and not more):
             continue
-        hint = OPTION_HINT.format(value=ref.value, command=command)
-        if command == "echo":
-            if ECHO_OPTION.fullmatch(ref.value) is None:
-                continue  # echo prints every other word
-            hint = (
-                "begin the value otherwise; for the organiser: printf '%s\\n' $[[x]] "
-                "prints any value"
-            )
+        if command == "echo" and ECHO_OPTION.fullmatch(ref.value) is None:
+            continue  # echo prints every other word
         raise RenderError(
             option_reason(ref, command) + (f" (in the template's {where})" if ref.argument else ""),
             field=f"arguments.{ref.argument}" if ref.argument else where,
             expected="a value that does not begin with '-' there",
-            hint=hint,
+            hint=option_hint(ref, command, native=native),
         )
 
 
-def place(text: str, refs: list[Ref], where: str) -> str:
-    """Replace the sentinels of an expanded command by context-chosen references."""
+def place(text: str, refs: list[Ref], where: str, *, native: bool = False) -> str:
+    """Replace the sentinels of an expanded command by context-chosen references
+    (``native``: of a native template, for the hints)."""
     lexed = scan(text)
     if lexed.problem:
         raise TemplateRenderError(
             f"the command is not complete shell text: {lexed.problem}", field=where
         )
     if lexed.options:
-        check_options(text, lexed, refs, where)
+        check_options(text, lexed, refs, where, native=native)
     contexts, quoting = lexed.contexts, lexed.quoting
     out: list[str] = []
     pos = 0
