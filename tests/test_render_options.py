@@ -380,3 +380,30 @@ def test_a_scripts_option_is_said_to_be_the_scripts_and_a_number_gets_its_hint()
     floats = [Parameter("s", "float", 0, True)]
     for dialect in ("flowserv", "native"):
         _render(_template("python3 score.py --threshold $[[s]]", dialect, floats), {"s": -0.5})
+
+
+XARGS = [
+    # xargs splits its input at blanks: a value need not even begin with '-'
+    ("echo $[[s]] | xargs tar -xf data.tar", "member.txt --to-command=touch${IFS}PWNED"),
+    ("printf '%s\\n' $[[s]] | xargs -I{} tar -xf data.tar {}", "--to-command=touch PWNED"),
+    ("xargs tar -xf data.tar <<EOF\n$[[s]]\nEOF", "--to-command=touch${IFS}PWNED"),
+    ("xargs tar -xf data.tar <<< $[[s]]", "--to-command=touch${IFS}PWNED"),
+]
+
+
+@pytest.mark.parametrize("dialect", ["flowserv", "native"])
+@pytest.mark.parametrize(("command", "value"), XARGS)
+def test_a_value_xargs_hands_to_a_command_as_options_is_refused(
+    tmp_path: Path, dialect: str, command: str, value: str
+) -> None:
+    _archive(tmp_path)
+    t = _template(command, dialect)
+    with pytest.raises(RenderError, match="reaches the input of xargs"):
+        _render(t, {"s": value})
+    assert not _ran(tmp_path, t, {"s": value})
+    # what xargs adds after the command's -- is data
+    safe = _template(command.replace("data.tar", "data.tar --", 1), dialect)
+    if "{}" not in command:
+        _render(safe, {"s": value})
+        assert not _ran(tmp_path, safe, {"s": value})
+    _render(t, {"s": "member.txt other.txt"})  # no word begins with '-'

@@ -1068,6 +1068,24 @@ def _inline_options(code: str, first: int, count: int) -> list[tuple[int, str]]:
     return out
 
 
+def xargs_feeds(words: list[str]) -> str | None:
+    """When a simple command is ``xargs`` (after wrappers too): the command it runs, if
+    that command may read the words of xargs's input as its options, at the end of its
+    arguments or at each ``-I R`` (found by review: ``echo $x | xargs tar -xf a.tar``
+    passed ``--to-command=...``); None otherwise (``xargs tar -xf a.tar --``)."""
+    if _base(words[0]) not in _WRAPPERS:
+        return None
+    run = _unwrap(words, [])
+    if "xargs" not in run.chain or run.at is None:
+        return None  # xargs's own echo prints them
+    command = words[run.at :]
+    if run.replace:
+        hits = [what for k, what in option_words(command) if command[k].startswith(run.replace)]
+        return hits[0] if hits else None
+    last = [what for k, what in option_words([*command, "\x02"]) if k == len(command)]
+    return last[0] if last else None
+
+
 def option_words(words: list[str]) -> list[tuple[int, str]]:
     """The words of a simple command (``words``: without quotes, its name first) that it
     may read as options, each with the command that reads it: a value beginning with
@@ -1127,6 +1145,7 @@ class _Heredoc:
     literal: bool  # the delimiter was quoted: no expansion in the body
     ctx: tuple[Ctx, str] | None = None  # the body is program text or arithmetic: for what
     body: tuple[int, int] | None = None  # where its body is, once read
+    feeds: str | None = None  # the body's words become this command's arguments (xargs)
 
 
 @dataclass
@@ -1181,6 +1200,9 @@ class Scan:
     #: the words a command may read as options (see :func:`option_words`): where each
     #: is, and the command that reads it
     options: tuple[tuple[int, int, str], ...] = ()
+    #: text whose output's words ``xargs`` hands to a command that may read them as
+    #: options (see :func:`xargs_feeds`): where it is, and that command
+    option_inputs: tuple[tuple[int, int, str], ...] = ()
 
     def command_at(self, pos: int) -> str | None:
         """The command that reads the character at ``pos`` as a name or program text
@@ -1227,6 +1249,7 @@ class _Lexer:
         # command that reads them
         self.places: list[tuple[int, int, Ctx, str]] = []
         self.options: list[tuple[int, int, str]] = []
+        self.option_inputs: list[tuple[int, int, str]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1286,7 +1309,14 @@ class _Lexer:
             for k in range(start, min(end, len(contexts))):
                 if contexts[k] in over:
                     contexts[k] = ctx
-        return Scan(tuple(contexts), quoting, self.problem, tuple(self.places), tuple(self.options))
+        return Scan(
+            tuple(contexts),
+            quoting,
+            self.problem,
+            tuple(self.places),
+            tuple(self.options),
+            tuple(self.option_inputs),
+        )
 
     def finish(self) -> None:
         """At the end of the text: end the word being read (it may be the ``]]`` of a
@@ -1439,12 +1469,23 @@ class _Lexer:
         text, places = self.text, self.places
         stdin: tuple[Ctx, str] | None = None
         env_code = False
+        feeds: str | None = None
         if frame.cmd:
             raw = [text[start:stop] for start, stop in frame.cmd]
             words = [_unquoted(w) for w in raw]
             found, stdin, env_code = command_places(words, raw)
             places.extend((*frame.cmd[k], ctx, what) for k, ctx, what in found)
             self.options.extend((*frame.cmd[k], what) for k, what in option_words(words))
+            feeds = xargs_feeds(words)
+        if feeds is not None:  # what xargs reads: as where stdin is program text, below
+            if frame.pipe_start is not None and frame.cmd_start is not None:
+                self.option_inputs.append((frame.pipe_start, frame.cmd_start, feeds))
+            for doc in frame.pipe_docs + frame.docs:
+                if doc.body is None:
+                    doc.feeds = feeds
+                else:
+                    self.option_inputs.append((*doc.body, feeds))
+            self.option_inputs.extend((start, stop, feeds) for start, stop in frame.inputs)
         for start, stop in frame.assigns:
             target = _NAME.match(text, start, stop)
             if target is not None and target.group(0) in SPECIAL_INTEGERS:
@@ -1690,6 +1731,8 @@ class _Lexer:
                     doc.body = (body, self.i)
                     if doc.ctx is not None:  # python3 - <<EOF, read RANDOM <<EOF
                         self.places.append((body, self.i, *doc.ctx))
+                    if doc.feeds is not None:  # xargs tar -xf a.tar <<EOF
+                        self.option_inputs.append((body, self.i, doc.feeds))
                     self.i = end + 1
                     break
                 self.i = end + 1
@@ -1709,6 +1752,7 @@ class _Lexer:
         self.arith.extend((start + a, start + b) for a, b in sub.arith)
         self.places.extend((start + a, start + b, ctx, what) for a, b, ctx, what in sub.places)
         self.options.extend((start + a, start + b, what) for a, b, what in sub.options)
+        self.option_inputs.extend((start + a, start + b, w) for a, b, w in sub.option_inputs)
         if lexed.problem and self.problem is None:
             self.problem = f"in here-document: {lexed.problem}"
 

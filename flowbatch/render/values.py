@@ -386,6 +386,35 @@ def check_options(
         )
 
 
+def check_option_inputs(
+    text: str, scanned: Scan, refs: list[Ref], where: str, *, native: bool = False
+) -> None:
+    """No value from a request, in what ``xargs`` reads, has a word beginning with
+    ``-``: xargs splits its input at blanks and newlines and hands the words to a
+    command that reads options there (:func:`~flowbatch.render.shellctx.xargs_feeds`)."""
+    for start, end, command in scanned.option_inputs:
+        for match in _SENTINEL_RE.finditer(text, start, end):
+            ref = refs[int(match.group(1))]
+            if ref.option_safe:
+                continue
+            dashed = [w for w in ref.value.split() if w.startswith("-") and w != "-"]
+            if not dashed or (command == "echo" and not ECHO_OPTION.fullmatch(dashed[0])):
+                continue
+            reason = (
+                f"{ref.label} ({ref.value[:40]!r}) reaches the input of xargs, which hands "
+                f"its words to {command}: {command} would take {dashed[0][:40]!r} for an "
+                "option of its own, not for data"
+            )
+            raise RenderError(
+                reason + (f" (in the template's {where})" if ref.argument else ""),
+                field=f"arguments.{ref.argument}" if ref.argument else where,
+                expected="a value none of whose words begins with '-' there",
+                hint="begin each word of the value otherwise; for the organiser: end the "
+                f"command xargs runs with -- ({command} ... --), so that what xargs adds "
+                "comes after it",
+            )
+
+
 def place(text: str, refs: list[Ref], where: str, *, native: bool = False) -> str:
     """Replace the sentinels of an expanded command by context-chosen references
     (``native``: of a native template, for the hints)."""
@@ -396,6 +425,8 @@ def place(text: str, refs: list[Ref], where: str, *, native: bool = False) -> st
         )
     if lexed.options:
         check_options(text, lexed, refs, where, native=native)
+    if lexed.option_inputs:
+        check_option_inputs(text, lexed, refs, where, native=native)
     contexts, quoting = lexed.contexts, lexed.quoting
     out: list[str] = []
     pos = 0
