@@ -457,6 +457,7 @@ class Daemon:
         try:  # runs being ended: SIGKILLed and recorded now, not left to the next daemon
             self.runner.end_ending()
             self._settle_ended_cancels()
+            self.runner.changed_workflows |= self.postproc.end_ending()
         except Exception:
             log.exception("ending the runs being cancelled or over their time limit")
         try:
@@ -910,7 +911,7 @@ class Daemon:
         # a run being cancelled or over its time limit is ended without waiting on this
         # thread: SIGTERM now, SIGKILL a later tick, its end recorded once it is gone (a
         # --once tick waits, as it has no later tick)
-        self.runner.defer_kills = True
+        self.runner.defer_kills = self.postproc.defer_kills = True
         interval = self.site.config.polling.interval
         self.report_every = REPORT_EVERY
         # its own index connection is closed in it when it ends (a connection is the
@@ -976,7 +977,9 @@ class Daemon:
                 wait = min(wait, self.report_every)
             if self.intake.unsettled():  # a request being written: look when it has settled
                 wait = min(wait, self.site.config.polling.settle or wait)
-            due = self.runner.next_kill()  # a run being ended is due its SIGKILL
+            # a run being ended is due its SIGKILL
+            dues = [d for d in (self.runner.next_kill(), self.postproc.next_kill()) if d]
+            due = min(dues) if dues else None
             if due is not None:
                 wait = min(wait, max(0.01, due - time.monotonic()))
             # about to sleep, unwatched; not with --until-idle: a daemon that exits once the

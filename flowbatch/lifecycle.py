@@ -887,7 +887,8 @@ class Runner:
         if gone or time.monotonic() >= ending.give_up:
             if not gone:  # never active for ever: a process SIGKILL cannot end (D state)
                 log.warning(
-                    "run %s: a process of it outlived its SIGKILL; it is recorded %s all the same",
+                    "run %s: a process of it outlived its SIGKILL, or its host could not be "
+                    "asked; it is recorded %s all the same",
                     run.id,
                     ending.state.value,
                 )

@@ -47,6 +47,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -162,6 +163,13 @@ class PostProcManager:
         self.host = site.host if site.shared else None
         self.executor = LocalExecutor(wake, limit=1)
         self.active: dict[str, PostProcRecord] = {}
+        #: a serving daemon's: a run over its time limit is sent SIGTERM and concluded
+        #: once gone, SIGKILLed from a later poll (as the Runner's runs: a script that
+        #: ignores SIGTERM held the daemon's tick for the grace)
+        self.defer_kills = False
+        #: workflow -> its run being ended: (what SIGTERM was sent to, when it is due its
+        #: SIGKILL, when it is concluded whatever is left, whether SIGKILL was sent)
+        self.ending: dict[str, list[Any]] = {}
         self.clock = RunClock()  # time limits, step-free
         #: runs a previous daemon recorded as started but never launched (see _recover):
         #: launched in their folder by maybe_start, when a local slot is free
@@ -318,10 +326,13 @@ class PostProcManager:
         ended = set()
         for workflow, record in list(self.active.items()):
             probe = self.executor.poll([(record.id, record.handle or {})])[record.id]
-            if probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN):
-                if self._over_time(record):
-                    self.executor.cancel(record.handle or {}, TIME_LIMIT)
-                    self._conclude(record, reason=TIME_LIMIT)
+            alive = probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+            if workflow in self.ending:
+                if self._tend_ending(record, alive):
+                    ended.add(workflow)
+                continue
+            if alive:
+                if self._over_time(record) and self._end_over_time(record):
                     ended.add(workflow)
                 continue
             self._conclude(record)
@@ -329,6 +340,65 @@ class PostProcManager:
         if self.deferred and self.room():
             waiting, self.deferred = self.deferred, set()
             self.maybe_start(waiting - ended)  # the ended ones are asked by the daemon
+        return ended
+
+    def _end_over_time(self, record: PostProcRecord) -> bool:
+        """End a run over its time limit: at once (cancel: SIGTERM, the grace, SIGKILL),
+        or with :attr:`defer_kills` SIGTERM now and the rest from later polls. True when
+        concluded now."""
+        handle = record.handle or {}
+        if self.defer_kills:
+            token = self.executor.terminate(handle)
+            if token is not None:
+                due = time.monotonic() + self.executor.cancel_grace
+                self.ending[record.workflow] = [token, due, due + self.executor.cancel_grace, False]
+                return False
+        else:
+            self.executor.cancel(handle, TIME_LIMIT)
+        self._conclude(record, reason=TIME_LIMIT)
+        return True
+
+    def _tend_ending(self, record: PostProcRecord, alive: bool) -> bool:
+        """A run being ended: SIGKILL what is left at its deadline; concluded once nothing
+        SIGTERM was sent to runs (or, never for ever, one grace after the SIGKILL)."""
+        token, due, give_up, killed = self.ending[record.workflow]
+        now = time.monotonic()
+        if (not alive and not self.executor.left(token)) or now >= give_up:
+            del self.ending[record.workflow]
+            self._conclude(record, reason=TIME_LIMIT)
+            return True
+        if not killed and now >= due:
+            self.ending[record.workflow][3] = True
+            self.executor.kill(record.handle or {}, token)
+        return False
+
+    def next_kill(self) -> float | None:
+        """When the next run being ended is due its SIGKILL (monotonic), if any."""
+        due = [e[1] for e in self.ending.values() if not e[3]]
+        return min(due) if due else None
+
+    def end_ending(self, patience: float = 2.0) -> set[str]:
+        """At a stop: SIGKILL what is left of the runs being ended and conclude them (a
+        next daemon would take the SIGKILL for the script's own end); the workflows
+        concluded."""
+        for workflow, (token, *_rest) in list(self.ending.items()):
+            record = self.active.get(workflow)
+            if record is None:
+                del self.ending[workflow]
+                continue
+            self.executor.kill(record.handle or {}, token)
+            self.ending[workflow][3] = True
+            self.ending[workflow][2] = time.monotonic() + patience
+        ended: set[str] = set()
+        while self.ending:
+            for workflow in list(self.ending):
+                record = self.active[workflow]
+                probe = self.executor.poll([(record.id, record.handle or {})])[record.id]
+                alive = probe.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+                if self._tend_ending(record, alive):
+                    ended.add(workflow)
+            if self.ending:
+                time.sleep(0.02)
         return ended
 
     @property

@@ -479,3 +479,80 @@ def test_a_post_processing_left_running_holds_its_slot_from_the_first_tick(
     run_until_idle(site)
     assert sorted(r["state"] for r in api.list_runs(site)) == ["SUCCESS", "SUCCESS"]
     site.close()
+
+
+STUBBORN_POSTPROC = "timeLimit: 1\n" + FAILING.format(inputs="results/r.json").replace(
+    '"echo plotting went wrong >&2; exit 4"',
+    "\"trap '' TERM; echo $$$$ > stubborn.pid; for i in $(seq 300); do sleep 0.1; done\"",
+)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_post_processing_that_ignores_sigterm_holds_up_no_run(site: Site, tmp_path: Path) -> None:
+    """A serving daemon ends a post-processing run over its time limit without waiting
+    out the grace between SIGTERM and SIGKILL on its own thread (it waited 3 s, the whole
+    daemon with it, as it did for runs before): a run dropped meanwhile ends first; the
+    post-processing is an ERROR once SIGKILL has ended it."""
+    from flowbatch.daemon import Daemon
+
+    api.install(site, write_template(tmp_path / "s", STUBBORN_POSTPROC), workflow_id="s")
+    drop(site, "a.yaml", {"workflow": "s", "group": "a", "arguments": {"s": 1}})
+    d = Daemon(site)
+    d.start()
+    d.runner.defer_kills = d.postproc.defer_kills = True  # as serve() has them
+    dropped: list[float] = []
+
+    def drop_while_ending(daemon: Daemon) -> None:
+        if getattr(daemon.postproc, "ending", None) and not dropped:
+            dropped.append(time.monotonic())
+            drop(site, "b.yaml", {"workflow": "s", "group": "a", "arguments": {"s": 0}})
+
+    try:
+        run_until_idle(site, daemon=d, timeout=60, each_tick=drop_while_ending)
+    finally:
+        d.stop()
+    assert dropped, "the post-processing was never being ended while the daemon went on"
+    records = [load_record(site, "s", rid) for rid in postproc_ids(site, "s")]
+    stubborn = [r for r in records if r is not None and r.messages[:1] == ["time limit exceeded"]]
+    assert len(stubborn) == 1, [r.messages for r in records if r is not None]
+    b = [r for r in api.list_runs(site) if r["request"] == "b.yaml"]
+    assert len(b) == 1 and b[0]["state"] == "SUCCESS"
+    assert api.show_run(site, b[0]["id"])["finished_at"] < stubborn[0].finished_at
+    pid = int((postproc_root(site, "s") / stubborn[0].id / "stubborn.pid").read_text())
+    assert _gone(pid)
+
+
+def test_a_daemon_stopping_while_it_ends_post_processing_concludes_it(
+    site: Site, tmp_path: Path
+) -> None:
+    """The stop SIGKILLs what is left and records the time limit: a next daemon would
+    have taken the SIGKILL for the script's own end."""
+    from flowbatch.daemon import Daemon
+
+    api.install(site, write_template(tmp_path / "s", STUBBORN_POSTPROC), workflow_id="s")
+    drop(site, "a.yaml", {"workflow": "s", "group": "a", "arguments": {"s": 1}})
+    d = Daemon(site)
+    d.start()
+    d.runner.defer_kills = d.postproc.defer_kills = True
+    try:
+        deadline = time.monotonic() + 30
+        while not d.postproc.ending:
+            assert time.monotonic() < deadline, "never being ended"
+            d.wakeup.clear()
+            d.tick()
+            d.wakeup.wait(0.05)
+        (record,) = d.postproc.active.values()
+    finally:
+        d.stop()
+    ended = load_record(site, "s", record.id)
+    assert ended is not None and ended.state == "ERROR", ended
+    assert ended.messages[:1] == ["time limit exceeded"]
+    pid = int((postproc_root(site, "s") / record.id / "stubborn.pid").read_text())
+    assert _gone(pid)
