@@ -398,7 +398,7 @@ def test_a_value_xargs_hands_to_a_command_as_options_is_refused(
 ) -> None:
     _archive(tmp_path)
     t = _template(command, dialect)
-    with pytest.raises(RenderError, match="reaches the input of xargs"):
+    with pytest.raises(RenderError, match="may reach the input of xargs"):
         _render(t, {"s": value})
     assert not _ran(tmp_path, t, {"s": value})
     # what xargs adds after the command's -- is data
@@ -407,3 +407,86 @@ def test_a_value_xargs_hands_to_a_command_as_options_is_refused(
         _render(safe, {"s": value})
         assert not _ran(tmp_path, safe, {"s": value})
     _render(t, {"s": "member.txt other.txt"})  # no word begins with '-'
+
+
+# -- found by the re-review -------------------------------------------------------------------
+
+INLINE = [
+    # a shell's inline program evaluates its $1 as arithmetic, code or a name: refused as
+    # a value standing there directly is (at install for a string parameter)
+    ("bash -c '[[ $1 -gt 0 ]] && echo big' _ $[[s]]", "a[$(touch PWNED)]"),
+    ("bash -c 'echo $(( $1 + 1 ))' _ $[[s]]", "a[$(touch PWNED)]"),
+    ("bash -c 'eval \"$1\"' _ $[[s]]", "touch PWNED"),
+    ("bash -ec 'printf -v \"$1\" x' sh $[[s]]", "a[$(touch PWNED)]"),
+]
+
+
+@pytest.mark.parametrize(("command", "value"), INLINE)
+def test_a_shells_inline_program_is_read_for_where_it_evaluates_its_arguments(
+    tmp_path: Path, command: str, value: str
+) -> None:
+    from flowbatch.errors import TemplateError
+    from flowbatch.render import check_template
+
+    t = _template(command)
+    with pytest.raises(TemplateError):
+        check_template(t, VARIABLES)
+    assert not _ran(tmp_path, t, {"s": value})
+
+
+SPLIT = [
+    # unquoted: bash splits the value, any of its words may be the option
+    ("bash -c 'tar -xf data.tar $1' _ $[[s]]", "member.txt --to-command=touch${IFS}PWNED"),
+    # $10 is ${1}0
+    ("bash -c 'tar -xf data.tar \"$10\"' _ $[[s]]", "--to-command=touch PWNED;:"),
+    # "--$@": its second and later words are whole words
+    ("bash -c 'tar -xf data.tar \"--$@\" member.txt' _ verbose $[[s]]", "--to-command=touch PWNED"),
+    # setarch's --, then its command (a wrapper it did not know)
+    ("setarch x86_64 -R -- tar -xf data.tar $[[s]]", "--to-command=touch PWNED"),
+    # xargs reads quotes and backslashes, and a -d delimiter
+    ("echo $[[s]] | xargs tar -xf data.tar", '"--to-command=touch PWNED"'),
+    ("echo $[[s]] | xargs -d, tar -xf data.tar", "member.txt,--to-command=touch PWNED"),
+    ("echo $[[s]] | xargs --show-limits tar -xf data.tar", "--to-command=touch${IFS}PWNED"),
+]
+
+
+@pytest.mark.parametrize(("command", "value"), SPLIT)
+def test_the_re_reviews_bypasses_are_refused_and_run_nothing(
+    tmp_path: Path, command: str, value: str
+) -> None:
+    _archive(tmp_path)
+    t = _template(command)
+    with pytest.raises(RenderError, match="for an option of its own"):
+        _render(t, {"s": value})
+    assert not _ran(tmp_path, t, {"s": value})
+
+
+def test_a_filter_does_not_make_the_participants_option_the_organisers(tmp_path: Path) -> None:
+    """``{{ member|trim }}``: the value is no longer the request's text, but it holds the
+    organiser's option name ``--checkpoint-action=``, which the participant wrote."""
+    _archive(tmp_path)
+    params = [Parameter("member", "string", 0, True), Parameter("act", "string", 1, True)]
+    t = _template(
+        "tar --checkpoint=1 {{ '--checkpoint-action=' ~ act }} -xf data.tar {{ member|trim }}",
+        "native",
+        params,
+    )
+    args = {"member": " --checkpoint-action=exec=touch PWNED", "act": "dot"}
+    # the organiser's own '--checkpoint-action=' ~ act is no longer vouched for either:
+    # the request is refused at its first such value
+    with pytest.raises(RenderError, match="begins with '-'"):
+        _render(t, args)
+    assert not _ran(tmp_path, t, args)
+    _render(t, {"member": "member.txt", "act": "dot"})
+
+
+def test_select_options_in_a_list_and_a_record_stand_in_both_dialects() -> None:
+    options = [SelectValue("--fast", "--fast"), SelectValue("--slow", "--slow")]
+    element = Parameter("f", "select", 0, True, values=options)
+    flags = [Parameter("flags", "list", 0, True, para=element)]
+    t = _template("python3 run.py {% for f in flags %}{{ f }} {% endfor %}", "native", flags)
+    assert "--fast" in _ran_text(t, {"flags": ["--fast"]})
+    mode = Parameter("mode", "select", 0, True, values=options)
+    record = [Parameter("r", "record", 0, True, fields=[mode])]
+    t = _template("python3 run.py {{ r.mode }}", "native", record)
+    assert "--slow" in _ran_text(t, {"r": {"mode": "--slow"}})

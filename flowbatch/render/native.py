@@ -238,7 +238,7 @@ class _Outputs:
             self.exports.anonymous(text),
             text,
             _pasteable(value, text),
-            f"a '{{{{ }}}}' value (argument '{argument}')" if argument else "a '{{ }}' value",
+            f"argument '{argument}'" if argument else "a '{{ }}' value",
             _arith_safe(value, text),
             isinstance(value, int | float) or (not argument and self.origins.organisers(text)),
             argument,
@@ -352,7 +352,8 @@ class _Origins:
     own arguments (a string, a list's or a record's, a file's chosen target), with the
     argument it is in; not the organiser's select options or a parameter's default. A
     value equal to one is the participant's (found by review: a value equal to a
-    constant of the template's passed as one). ``texts``: the organiser's (select
+    constant of the template's passed as one), and so is one whose organiser's text a
+    participant's text holds (a filter may have made it). ``texts``: the organiser's (select
     options, defaults, declared targets, the template's string constants);
     ``prefixes``: the option names the template's constants write (``'--lr=' ~ lr``
     gives ``--lr=``). A value that is no participant's text may begin with '-' when it
@@ -361,9 +362,22 @@ class _Origins:
     users: dict[str, str] = field(default_factory=dict)
     texts: set[str] = field(default_factory=set)
     prefixes: tuple[str, ...] = ()
+    #: ``users``, case-folded
+    folded: tuple[str, ...] = ()
 
     def organisers(self, text: str) -> bool:
-        return text in self.texts or text.startswith(self.prefixes)
+        """Whether ``text`` is the organiser's: one of its texts, or begun by one of its
+        option names, which no text of the participant's holds (found by review: a
+        filter made the participant's `` --x=...`` other than the request's text, and
+        the organiser's ``--x=`` vouched for it)."""
+        if text in self.texts:
+            mine = text
+        else:
+            mine = next((p for p in self.prefixes if text.startswith(p)), "")
+            if not mine:
+                return False
+        mine = mine.casefold()
+        return not any(mine in user for user in self.folded)
 
 
 def _leaves(value: Any) -> list[str]:
@@ -402,14 +416,31 @@ def _origins(template: Template, workflow: Workflow, arguments: Mapping[str, Any
     )
     for param in template.parameters:
         value = arguments.get(param.name)
-        if value is None or param.dtype == "select":  # validated: one of the organiser's
+        if value is None or (param.has_default and value == param.default):
             continue
-        if param.has_default and value == param.default:
-            continue
-        for text in _leaves(value):
+        for text in _users_leaves(param, value):
             if text not in origins.users and text not in ("", "-"):
                 origins.users[text] = param.name
+    origins.folded = tuple(text.casefold() for text in origins.users)
     return origins
+
+
+def _users_leaves(param: Parameter, value: Any) -> list[str]:
+    """The texts of a request's ``value`` for ``param`` that are the participant's own:
+    not a select's (validated: one of the organiser's options), in a list's elements and
+    a record's fields too (found by review: a list of select options was refused)."""
+    if param.dtype == "select":
+        return []
+    if param.dtype == "list" and param.para is not None and isinstance(value, list):
+        return [text for item in value for text in _users_leaves(param.para, item)]
+    if param.dtype == "record" and isinstance(value, Mapping):
+        fields = {f.name: f for f in param.fields}
+        return [
+            text
+            for name, item in value.items()
+            for text in (_users_leaves(fields[name], item) if name in fields else _leaves(item))
+        ]
+    return _leaves(value)
 
 
 #: an option with a value, as a template's constant writes it: ``--lr=``, ``-o=``

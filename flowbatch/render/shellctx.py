@@ -504,6 +504,9 @@ _WRAPPERS: dict[str, _Wrapper] = {
             "--exit",
             "--open-tty",
             "--replace",
+            "--show-limits",
+            "--help",
+            "--version",
         ),
         takes_long=(
             "--arg-file",
@@ -513,6 +516,7 @@ _WRAPPERS: dict[str, _Wrapper] = {
             "--max-chars",
             "--max-lines",
             "--process-slot-var",
+            "--eof",
         ),
     ),
     **dict.fromkeys(("singularity", "apptainer"), replace(_CONTAINER, subs=("exec", "shell"))),
@@ -573,7 +577,11 @@ _WRAPPERS: dict[str, _Wrapper] = {
     "cgexec": _Wrapper(takes="g", flags_long=("--sticky",)),
     **dict.fromkeys(("doas", "pkexec"), _Wrapper(flags="ns", takes="uC", takes_long=("--user",))),
     "xvfb-run": _Wrapper(flags="a", takes="nsfe", flags_long=("--auto-servernum",)),
-    "hwloc-bind": _Wrapper(flags="v", flags_long=_opts("cpubind membind single strict")),
+    # hwloc-bind LOCATION... [--] COMMAND: its locations before the command
+    "hwloc-bind": _Wrapper(flags="v", flags_long=_opts("cpubind membind single strict"), lead=1),
+    # setarch ARCH [options] COMMAND (linux32/linux64 take no ARCH)
+    "setarch": _Wrapper(flags="vRFLXBIST3", lead=1, flags_long=_opts("addr-no-randomize")),
+    **dict.fromkeys(("linux32", "linux64"), _Wrapper(flags="vRFLXBIST3")),
     **dict.fromkeys(("likwid-pin", "likwid-perfctr"), _Wrapper(flags="qmV", takes="cCgsMo")),
     "ccache": _Wrapper(),
     "nsys": _Wrapper(takes="otsfc", subs=("profile",)),
@@ -914,6 +922,14 @@ def command_places(
     if prog is not None:
         found, reads = _arguments(prog, words[k + 1 :])
         places.extend((k + 1 + n, ctx, base) for n, ctx in found)
+        inline = _inline_data(prog, words[k + 1 :]) if prog is _SHELL else None
+        if inline is not None and inline[1] >= 0:  # bash -c CODE NAME ARG...
+            first = k + 1 + inline[0]
+            code = words[k + 1 + inline[1]]
+            places.extend(
+                (first + n, ctx, f"{base} -c ({what})" if what else f"{base} -c")
+                for n, ctx, what in _inline_places(code, len(words) - first)
+            )
         if reads:
             stdin = (Ctx.CODE, f"{base} (its program read from standard input)")
         elif prog is _SSH and found:  # ssh host python3 -: the remote command's input
@@ -979,7 +995,7 @@ ECHO_OPTION = re.compile(r"-[neE]+")
 _DASHES_ANYWHERE = frozenset({"find", "gfind"})
 #: a positional parameter at the start of a word of a shell's inline program: ``$1``,
 #: ``${2}``, ``$@``, ``$*`` (which of the shell's data words it is)
-_POSITIONAL = re.compile(r"\"?\$\{?([0-9]+|@|\*)")
+_POSITIONAL = re.compile(r"\$(?:\{([0-9]+|[@*])(?=[:}])|([0-9@*]))")
 
 
 def _inline_data(prog: _Program | None, args: list[str]) -> tuple[int, int] | None:
@@ -1052,20 +1068,67 @@ def _script_at(prog: _Program | None, args: list[str]) -> int | None:
     return None
 
 
-def _inline_options(code: str, first: int, count: int) -> list[tuple[int, str]]:
+def _positionals(which: str, count: int, *, whole_from: int = 1) -> range | list[int]:
+    """The data words (``$0`` is 0, ``count`` of them) a positional parameter stands for:
+    ``$@``/``$*`` all from ``whole_from`` on (``"m$@"``: its second and later are whole
+    words), ``$N`` the N-th."""
+    if which in ("@", "*"):
+        return range(whole_from, count)
+    n = int(which)
+    return [n] if n < count else []
+
+
+def _inline_options(code: str, first: int, count: int) -> list[tuple[int, str, bool]]:
     """The data words of a shell's inline program ``code`` (``$0`` at ``first``, ``count``
     of them) that it puts where a command of its own reads options (``bash -c 'tar -xf a
-    "$1"' _ X``), each with that command."""
-    out: list[tuple[int, str]] = []
+    "$1"' _ X``), each with that command, and whether the word is split there (an
+    unquoted ``$1``: each of its words may be an option)."""
+    out: list[tuple[int, str, bool]] = []
     lexed = scan(code)
     for start, end, command in lexed.options:
-        match = _POSITIONAL.match(code, start, end)
-        if match is None:
-            continue
-        which = match.group(1)
-        numbers = range(1, count) if which in ("@", "*") else [int(which)]
-        out.extend((first + n, command) for n in numbers if n < count)
+        for match in _POSITIONAL.finditer(code, start, end):
+            which = match.group(1) or match.group(2)
+            split = lexed.quoting[match.start()] is Ctx.UNQUOTED
+            at_start = not code[start : match.start()].strip("\"'")
+            whole_from = 1 if at_start else 2
+            for n in _positionals(which, count, whole_from=whole_from):
+                if at_start or split or which in ("@", "*"):
+                    out.append((first + n, command, split))
     return out
+
+
+def _inline_places(code: str, count: int) -> list[tuple[int, Ctx, str]]:
+    """The data words of a shell's inline program ``code`` (``count`` of them, ``$0``
+    first) that it puts in program text, arithmetic or a variable's name of its own
+    (``bash -c '[[ $1 -gt 0 ]]' _ X``: a subscript in X runs a command), with the
+    context and the command that reads them (found by review)."""
+    lexed = scan(code)
+    out: list[tuple[int, Ctx, str]] = []
+    for match in _POSITIONAL.finditer(code):
+        ctx = lexed.contexts[match.start()]
+        if ctx not in (Ctx.ARITH, Ctx.CODE, Ctx.NAME):
+            continue
+        what = lexed.command_at(match.start()) or ("arithmetic" if ctx is Ctx.ARITH else "")
+        for n in _positionals(match.group(1) or match.group(2), count):
+            out.append((n, ctx, what))
+    return out
+
+
+def split_option_words(words: list[str]) -> list[tuple[int, str]]:
+    """The data words of a shell's inline program (``bash -c CODE NAME ARG...``, after
+    wrappers too) that CODE splits into words where a command of its own reads options
+    (an unquoted ``$1``): any of their words beginning with ``-`` is an option."""
+    run = _unwrap(words, []) if _base(words[0]) in _WRAPPERS else _Unwrapped(0, [])
+    if run.at is None or _program(words[run.at]) is not _SHELL:
+        return []
+    at = run.at
+    inline = _inline_data(_SHELL, words[at + 1 :])
+    if inline is None or inline[1] < 0:
+        return []
+    first = at + 1 + inline[0]
+    code = words[at + 1 + inline[1]]
+    found = _inline_options(code, first, len(words) - first)
+    return [(j, what) for j, what, split in found if split]
 
 
 def xargs_feeds(words: list[str]) -> str | None:
@@ -1117,7 +1180,8 @@ def option_words(words: list[str]) -> list[tuple[int, str]]:
     end = len(words) if inline is None else at + 1 + inline[0]
     if inline is not None and inline[1] >= 0 and _program(words[at]) is _SHELL:
         first = at + 1 + inline[0]
-        out.extend(_inline_options(words[at + 1 + inline[1]], first, len(words) - first))
+        code = words[at + 1 + inline[1]]
+        out.extend((j, what) for j, what, _ in _inline_options(code, first, len(words) - first))
     script = _script_at(_program(words[at]), words[at + 1 :]) if inline is None else None
     for j in range(at + 1, end):
         word = words[j]
@@ -1200,9 +1264,10 @@ class Scan:
     #: the words a command may read as options (see :func:`option_words`): where each
     #: is, and the command that reads it
     options: tuple[tuple[int, int, str], ...] = ()
-    #: text whose output's words ``xargs`` hands to a command that may read them as
-    #: options (see :func:`xargs_feeds`): where it is, and that command
-    option_inputs: tuple[tuple[int, int, str], ...] = ()
+    #: text whose words reach a command that may read them as options, split: what
+    #: ``xargs`` reads (:func:`xargs_feeds`), a word a shell's inline program splits
+    #: (:func:`split_option_words`); where it is, that command, and how it gets there
+    option_inputs: tuple[tuple[int, int, str, str], ...] = ()
 
     def command_at(self, pos: int) -> str | None:
         """The command that reads the character at ``pos`` as a name or program text
@@ -1249,7 +1314,7 @@ class _Lexer:
         # command that reads them
         self.places: list[tuple[int, int, Ctx, str]] = []
         self.options: list[tuple[int, int, str]] = []
-        self.option_inputs: list[tuple[int, int, str]] = []
+        self.option_inputs: list[tuple[int, int, str, str]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1477,15 +1542,20 @@ class _Lexer:
             places.extend((*frame.cmd[k], ctx, what) for k, ctx, what in found)
             self.options.extend((*frame.cmd[k], what) for k, what in option_words(words))
             feeds = xargs_feeds(words)
+            self.option_inputs.extend(
+                (*frame.cmd[k], what, f"{_base(words[0])} -c's program unquoted")
+                for k, what in split_option_words(words)
+            )
         if feeds is not None:  # what xargs reads: as where stdin is program text, below
+            via = "the input of xargs"
             if frame.pipe_start is not None and frame.cmd_start is not None:
-                self.option_inputs.append((frame.pipe_start, frame.cmd_start, feeds))
+                self.option_inputs.append((frame.pipe_start, frame.cmd_start, feeds, via))
             for doc in frame.pipe_docs + frame.docs:
                 if doc.body is None:
                     doc.feeds = feeds
                 else:
-                    self.option_inputs.append((*doc.body, feeds))
-            self.option_inputs.extend((start, stop, feeds) for start, stop in frame.inputs)
+                    self.option_inputs.append((*doc.body, feeds, via))
+            self.option_inputs.extend((start, stop, feeds, via) for start, stop in frame.inputs)
         for start, stop in frame.assigns:
             target = _NAME.match(text, start, stop)
             if target is not None and target.group(0) in SPECIAL_INTEGERS:
@@ -1732,7 +1802,7 @@ class _Lexer:
                     if doc.ctx is not None:  # python3 - <<EOF, read RANDOM <<EOF
                         self.places.append((body, self.i, *doc.ctx))
                     if doc.feeds is not None:  # xargs tar -xf a.tar <<EOF
-                        self.option_inputs.append((body, self.i, doc.feeds))
+                        self.option_inputs.append((body, self.i, doc.feeds, "the input of xargs"))
                     self.i = end + 1
                     break
                 self.i = end + 1
@@ -1752,7 +1822,9 @@ class _Lexer:
         self.arith.extend((start + a, start + b) for a, b in sub.arith)
         self.places.extend((start + a, start + b, ctx, what) for a, b, ctx, what in sub.places)
         self.options.extend((start + a, start + b, what) for a, b, what in sub.options)
-        self.option_inputs.extend((start + a, start + b, w) for a, b, w in sub.option_inputs)
+        self.option_inputs.extend(
+            (start + a, start + b, what, via) for a, b, what, via in sub.option_inputs
+        )
         if lexed.problem and self.problem is None:
             self.problem = f"in here-document: {lexed.problem}"
 

@@ -386,24 +386,30 @@ def check_options(
         )
 
 
+#: where a word of what xargs reads may begin: after blanks, quotes, a backslash, or a
+#: delimiter a template may give it with -d (a comma, a colon, a semicolon, a bar)
+_XARGS_WORD = re.compile(r"[\s\"'\\,;:|]+")
+
+
 def check_option_inputs(
     text: str, scanned: Scan, refs: list[Ref], where: str, *, native: bool = False
 ) -> None:
     """No value from a request, in what ``xargs`` reads, has a word beginning with
     ``-``: xargs splits its input at blanks and newlines and hands the words to a
     command that reads options there (:func:`~flowbatch.render.shellctx.xargs_feeds`)."""
-    for start, end, command in scanned.option_inputs:
+    for start, end, command, via in scanned.option_inputs:
         for match in _SENTINEL_RE.finditer(text, start, end):
             ref = refs[int(match.group(1))]
             if ref.option_safe:
                 continue
-            dashed = [w for w in ref.value.split() if w.startswith("-") and w != "-"]
+            # xargs's own quotes and backslashes, a -d delimiter: a dash after any of them
+            dashed = [w for w in _XARGS_WORD.split(ref.value) if w[:1] == "-" and w != "-"]
             if not dashed or (command == "echo" and not ECHO_OPTION.fullmatch(dashed[0])):
                 continue
             reason = (
-                f"{ref.label} ({ref.value[:40]!r}) reaches the input of xargs, which hands "
-                f"its words to {command}: {command} would take {dashed[0][:40]!r} for an "
-                "option of its own, not for data"
+                f"{ref.label} ({ref.value[:40]!r}) may reach {via}, which hands its words "
+                f"to {command}: {command} would take {dashed[0][:40]!r} for an option of "
+                "its own, not for data"
             )
             raise RenderError(
                 reason + (f" (in the template's {where})" if ref.argument else ""),
