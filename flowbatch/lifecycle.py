@@ -249,7 +249,8 @@ class Runner:
         if target not in ACTIVE and run.state != target:  # a same-state no-op changes nothing
             self.before_report_change(run.workflow)
             if run.owner_uid and _ROOT:  # the folder a root daemon handed to the run's user
-                taken = take_back(self.store.run_dir(run), run.owner_uid)
+                fresh = self._read_later(run)
+                taken = take_back(self.store.run_dir(run), run.owner_uid, fresh)
                 if taken.notes:  # outputs it had to leave out (their copies over budget)
                     kw["messages"] = [*(kw.get("messages") or []), *taken.notes]
                 if taken.removed and kw.get("files"):
@@ -262,6 +263,18 @@ class Runner:
             self.active.refile(run)
         else:
             self._ended(run)
+
+    def _read_later(self, run: RunRecord) -> list[str]:
+        """The files of a run the daemon or its post-processing reads after the run's end:
+        its result file and the post-processing's inputs (see :func:`take_back`)."""
+        try:
+            template, _ = self.site.templates.load(run.workflow, run.version)
+        except FlowbatchError:
+            return []
+        files = [template.results.file] if template.results else []
+        if template.postproc is not None:
+            files += template.postproc.input_files
+        return files
 
     def _close(self, run: RunRecord) -> None:
         """Mark the ended run's folder closed (``status/closed``): its script, run again

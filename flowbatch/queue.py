@@ -2283,7 +2283,7 @@ class TakenBack:
     closed: list[str] = field(default_factory=list)
 
 
-def take_back(path: Path, uid: int | None) -> TakenBack:
+def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBack:
     """When a run ends, a root daemon takes back the folder it handed to the run's owner
     (:func:`hand_over`) and what the run wrote in it, giving them to the owner of the
     tree (``runs/``'s), without group or other write: the run's record stands as it
@@ -2294,9 +2294,15 @@ def take_back(path: Path, uid: int | None) -> TakenBack:
     is taken once (all of its names in the folder); one with a name outside the folder
     too (``ln r.json ~/keep``) gets one copy for all its names here, its holes kept, the
     other name staying the user's, within :data:`TAKE_BACK_COPY_BYTES` a run; past that
-    its names here are removed (:class:`TakenBack` says which, and why). A folder that
-    cannot be taken back (an NFS root_squash) is logged: the run ends all the same."""
+    its names here are removed (:class:`TakenBack` says which, and why). The files of
+    ``fresh`` (paths in the folder: the result file, what post-processing reads) get a
+    copy of their own all the same: a process of the run still going (``setsid``) that
+    holds one open for writing changed it after the run had ended, the post-processing
+    reading what the leaderboard never checked (found by review); it writes to the old
+    file now, which no name reaches. A folder that cannot be taken back (an NFS
+    root_squash) is logged: the run ends all the same."""
     taken = TakenBack()
+    forced = {Path(p).parts for p in fresh}
     if os.geteuid() != 0 or not uid:
         return taken
     try:
@@ -2310,8 +2316,10 @@ def take_back(path: Path, uid: int | None) -> TakenBack:
         fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
         try:
             linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}
-            _take_back_folder(fd, uid, tree.st_uid, tree.st_gid, linked=linked, taken=taken)
-            _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken)
+            _take_back_folder(
+                fd, uid, tree.st_uid, tree.st_gid, linked=linked, taken=taken, forced=forced
+            )
+            _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken, forced)
             if taken.closed:
                 first = taken.closed[0].split("/")
                 taken.notes.append(
@@ -2354,6 +2362,7 @@ def _take_back_folder(
     linked: dict[tuple[int, int], list[tuple[str, ...]]],
     taken: TakenBack,
     rel: tuple[str, ...] = (),
+    forced: set[tuple[str, ...]] | None = None,
 ) -> None:
     """:func:`take_back` of the open folder ``fd`` and of what is in it: the entries of
     ``user`` (the daemon's own files are its already) get ``owner:group`` and lose
@@ -2398,6 +2407,7 @@ def _take_back_folder(
                         linked=linked,
                         taken=taken,
                         rel=(*rel, name),
+                        forced=forced,
                     )
                 finally:
                     os.close(sub)
@@ -2407,7 +2417,7 @@ def _take_back_folder(
                     opened = os.fstat(file_fd)
                     if not stat.S_ISREG(opened.st_mode):
                         continue  # swapped since the listing
-                    if opened.st_nlink != 1:
+                    if opened.st_nlink != 1 or (forced and (*rel, name) in forced):
                         linked.setdefault((opened.st_dev, opened.st_ino), []).append((*rel, name))
                         continue
                     _take_file(file_fd, opened, owner, group)
@@ -2431,14 +2441,15 @@ def _take_back_linked(
     owner: int,
     group: int,
     taken: TakenBack,
+    forced: set[tuple[str, ...]] | None = None,
 ) -> None:
-    """Take back the files with several names (every folder is the tree's by now, so
-    no name can be added or removed here). A file all of whose names are in the run
-    folder is taken once, through one descriptor (ten links to one big file were ten
-    copies). One with a name elsewhere too, through which its user could change it,
-    gets one copy for all its names here (holes kept), while the copies of the run stay
-    within :data:`TAKE_BACK_COPY_BYTES`; past that its names here are removed (and
-    noted in ``taken``)."""
+    """Take back the files with several names, and those of ``forced`` (always a copy;
+    every folder is the tree's by now, so no name can be added or removed here). A file
+    all of whose names are in the run folder is taken once, through one descriptor (ten
+    links to one big file were ten copies). One with a name elsewhere too, through which
+    its user could change it, gets one copy for all its names here (holes kept), while
+    the copies of the run stay within :data:`TAKE_BACK_COPY_BYTES`; past that its names
+    here are removed (and noted in ``taken``)."""
     budget = TAKE_BACK_COPY_BYTES
     for (dev, ino), paths in sorted(linked.items(), key=lambda item: item[1][0]):
         paths.sort()
@@ -2454,8 +2465,8 @@ def _take_back_linked(
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != user:
                     continue  # changed since the walk
-                if st.st_nlink <= len(paths):  # every name is here
-                    _take_file(fd, st, owner, group)
+                if st.st_nlink <= len(paths) and not (forced and forced.intersection(paths)):
+                    _take_file(fd, st, owner, group)  # every name is here
                     continue
                 mode = stat.S_IMODE(st.st_mode) & ~0o7022
                 try:

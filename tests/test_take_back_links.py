@@ -241,3 +241,57 @@ def test_folders_past_the_depth_limit_are_closed_to_the_runs_user(public_tmp: Pa
     assert "the first under out/d/d/..." in note
     closed = run.joinpath("out", *["d"] * (queue.TAKE_BACK_DEPTH - 1))  # depth 100
     assert closed.stat().st_uid == 0 and stat.S_IMODE(closed.stat().st_mode) == 0o700
+
+
+def test_a_leftover_holding_the_result_file_open_changes_nothing_after_the_end(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    """Found by review: a process of another user's run that left its group (setsid)
+    held the result file open for writing and rewrote it after the run's SUCCESS; the
+    take-back's chown does not revoke an open descriptor, and the post-processing read
+    the rewritten file. The result file now gets a copy of its own at the take-back:
+    the leftover writes to a file no name reaches."""
+    import time
+
+    from flowbatch import api
+
+    from .conftest import drop, make_site, run_until_idle, write_template
+
+    site = make_site(public_tmp / "site")
+    import yaml
+
+    leftover = (
+        "import os, time; f = open('results.json', 'r+'); "
+        "open('leftover.pid', 'w').write(str(os.getpid())); time.sleep(2); "
+        "f.seek(0); f.truncate(); f.write('{\"score\": 1e9}'); f.close()"
+    )
+    commands = [
+        """echo '{"score": 1}' > results.json""",
+        f'setsid python3 -c "{leftover}" </dev/null >/dev/null 2>&1 &',
+        "while [ ! -s leftover.pid ]; do sleep 0.05; done",
+    ]
+    template = {
+        "workflow": {"steps": [{"action": {"commands": commands}}]},
+        "results": {
+            "file": "results.json",
+            "schema": [{"name": "score", "label": "S", "dtype": "float"}],
+        },
+    }
+    write_template(tmp_path / "t", yaml.safe_dump(template))
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, USER, USER)
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    shown = api.show_run(site, run["id"])
+    assert run["state"] == "SUCCESS", shown["messages"]
+    folder = Path(shown["run_dir"])
+    pid = int((folder / "leftover.pid").read_text())
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the leftover never ended"
+    assert (folder / "results.json").read_text() == '{"score": 1}\n'
+    assert (folder / "results.json").stat().st_uid == os.geteuid()
+    assert shown["results"]["score"] == 1.0
+    site.close()
