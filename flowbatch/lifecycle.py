@@ -1038,6 +1038,19 @@ class Runner:
             self._lost(run, probe, steps, started=started, times=times, extra=unsaid)
             return
         code, _, failed = markers.exit
+        real = probe.exit_code
+        if code == 0 and real and getattr(executor, "exit_status_known", False):
+            # the markers are the run's to write, the script's own end is not (found by
+            # review: a participant's step wrote the exit marker and killed run.sh, the
+            # organiser's scoring step never ran, and its own score was ranked)
+            reason = (
+                f"its script ended with {describe_code(real)}, though its markers say it "
+                "ended well: something of the run wrote them (not all of its steps ran)"
+            )
+            self._transition(
+                run, State.ERROR, steps=steps, messages=[reason, *fetched], reason=reason, **times
+            )
+            return
         if code in _KILLED and self._over_time(run) and not enforces_time_limit(executor):
             # killed past its time limit: this daemon's kill, whose end the daemon killed
             # meanwhile never recorded (found by review: it read as a plain SIGTERM)

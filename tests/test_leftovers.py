@@ -371,3 +371,54 @@ def test_an_adopted_group_is_ended_only_while_its_id_is_the_runs(
         leader.wait()
         outside.kill()
         outside.wait()
+
+
+FORGER = r"""
+workflow:
+  steps:
+    - name: solve
+      action:
+        commands:
+          - bash $[[code]]
+    - name: score
+      action:
+        commands:
+          - >-
+            echo '{"score": 0.25}' > results.json
+parameters:
+  - {name: code, dtype: file, target: sub.sh}
+results:
+  file: results.json
+  schema: [{name: score, label: Score, dtype: float}]
+"""
+
+#: a participant's code that writes the end markers the script would and kills it:
+#: the organiser's scoring step never runs, its own score is the run's
+FORGED = r"""
+echo '{"score": 999}' > results.json
+read -r _ pid _ < status/markers
+printf 'end 01 0 %s\nexit 0 %s 0\n' "$EPOCHREALTIME" "$EPOCHREALTIME" >> status/markers
+kill -9 "$pid"
+"""
+
+
+def test_a_run_that_writes_its_own_end_markers_and_kills_its_script_is_no_success(
+    site: Site, tmp_path: Path
+) -> None:
+    """Found by review: the markers are the run's to write; the script's own exit status
+    (the kernel's, for a local run) is not. A run whose markers say it ended well while
+    its script was killed is an ERROR saying so, and ranks nowhere."""
+    api.install(site, write_template(tmp_path / "t", FORGER), workflow_id="wf")
+    drop(
+        site,
+        "r.yaml",
+        {"workflow": "wf", "arguments": {"code": "sub.sh"}},
+        files={"sub.sh": FORGED},
+    )
+    run_until_idle(site)
+    (run,) = api.list_runs(site)
+    shown = api.show_run(site, run["id"])
+    assert shown["state"] == "ERROR", shown
+    assert "killed by SIGKILL, though its markers say it ended well" in shown["messages"][0]
+    board = json.loads((site.layout.workflow_results("wf") / "leaderboard.json").read_text())
+    assert board["ranking"] == []

@@ -1185,7 +1185,8 @@ def test_leaderboards_are_written_during_a_long_intake(
 
     monkeypatch.setattr(daemon_module, "BATCH_COMMIT_EVERY", 0.0)
     monkeypatch.setattr(daemon_module, "REPORT_EVERY", 0.0)  # due whenever asked
-    site = _burst_site(tmp_path, 60)
+    # long enough that runs end inside it on a loaded machine too (60 was not, once)
+    site = _burst_site(tmp_path, 200)
     d = Daemon(site)
     taken = [0]  # runs the intake has made so far
     asked_at: list[int] = []  # ... when reports were asked for
@@ -1206,7 +1207,7 @@ def test_leaderboards_are_written_during_a_long_intake(
         d.serve(until_idle=True)
     finally:
         d.stop()
-    assert any(0 < taken < 60 for taken in asked_at), asked_at
+    assert any(0 < taken < 200 for taken in asked_at), asked_at
     assert (site.layout.results / "index.html").is_file()  # the front page
     assert {r["state"] for r in api.list_runs(site)} == {"SUCCESS"}
 

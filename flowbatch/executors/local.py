@@ -54,6 +54,9 @@ class LocalExecutor:
 
     #: seconds a cancelled run has between SIGTERM and SIGKILL
     cancel_grace = CANCEL_GRACE
+    #: a run's exit status here is the kernel's (waitpid), not text the run could write:
+    #: the Runner holds its markers to it (an adopted run's is not known)
+    exit_status_known = True
 
     def __init__(self, wake: Callable[[], None] | None = None, limit: int = 1) -> None:
         self._wake = wake or (lambda: None)
