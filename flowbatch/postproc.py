@@ -727,7 +727,17 @@ def _output_view(folder: Path, record_id: str, spec: dict[str, Any]) -> PostProc
     finally:
         os.close(fd)
     if suffix in (".csv", ".tsv"):
-        rows = list(csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
+        # a table the csv module cannot read (a carriage return of a participant's
+        # string result in an unquoted cell) is shown as its link: it stopped every
+        # leaderboard of the workflow (found by review)
+        delimiter = "\t" if suffix == ".tsv" else ","
+        try:
+            rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+        except csv.Error as exc:
+            log.warning(
+                "post-processing output %s of %s: not shown as a table: %s", source, record_id, exc
+            )
+            return link
         if rows:
             return replace(link, kind="table", table=rows[: MAX_TABLE_ROWS + 1])
     if suffix in _TEXTS:

@@ -556,3 +556,26 @@ def test_a_daemon_stopping_while_it_ends_post_processing_concludes_it(
     assert ended.messages[:1] == ["time limit exceeded"]
     pid = int((postproc_root(site, "s") / record.id / "stubborn.pid").read_text())
     assert _gone(pid)
+
+
+def test_a_table_the_csv_module_cannot_read_is_shown_as_its_link(tmp_path: Path) -> None:
+    """Found by review: a participant's string result with a carriage return, written
+    by the organiser's post-processing into an unquoted CSV cell, raised in the
+    leaderboard's writer, every time: no leaderboard of the workflow was written again.
+    It is a table now; one the csv module refuses (a cell past its field limit) is shown
+    as its link."""
+    import csv
+
+    from flowbatch.postproc import MAX_INLINE_TEXT, _output_view
+
+    (tmp_path / "t.csv").write_text("group,note\nalice,x\ry\n")
+    view = _output_view(tmp_path, "pp-1", {"source": "t.csv", "title": "T"})
+    assert view.kind == "table" and view.table == [["group", "note"], ["alice", "x"], ["y"]]
+    (tmp_path / "big.csv").write_text('a,"' + "x" * 1000 + '"\n')
+    limit = csv.field_size_limit(100)  # a cell past the limit: its 128 KiB, made small
+    try:
+        view = _output_view(tmp_path, "pp-1", {"source": "big.csv", "title": "B"})
+    finally:
+        csv.field_size_limit(limit)
+    assert view.kind != "table" and view.href.endswith("big.csv")
+    assert 1000 < MAX_INLINE_TEXT
