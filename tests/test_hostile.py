@@ -425,6 +425,21 @@ _rejection(
     field="name",
 )
 _rejection("group-a-mapping", {"workflow": "probe", "group": {"a": 1}}, field="group")
+# found by review: a bidi override made the run page show "(yrollam) )mallory(", another
+# group's name in the heading; zero-width characters make two names look the same
+_rejection(
+    "name-bidi-override",
+    {"workflow": "probe", "name": "Official baseline \u202e)yrollam("},
+    reason="text-direction",
+    field="name",
+)
+_rejection(
+    "group-zero-width",
+    {"workflow": "probe", "group": "ali\u200bce"},
+    reason="zero-width",
+    field="group",
+)
+_rejection("name-c1-control", {"workflow": "probe", "name": "a\x9bb"}, field="name")
 
 # wrong types and numbers ({workflow: probe}: s string, n int [0,100], f float, b bool)
 for _id, _args, _reason in [

@@ -10,7 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import RequestError
 from .resources import parse_resources
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: control characters (C0, DEL, C1), line and paragraph separators, and the invisible
+#: ones that change how the text around them shows: zero-width characters and bidi
+#: controls (found by review: a name with U+202E made the run page show another group)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def _text(value: Any, what: str, limit: int) -> str | None:
@@ -19,7 +22,10 @@ def _text(value: Any, what: str, limit: int) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be text")
     if not value.strip() or len(value) > limit or _CONTROL.search(value):
-        raise ValueError(f"{what} must be 1-{limit} printable characters on one line")
+        raise ValueError(
+            f"{what} must be 1-{limit} printable characters on one line (no control, "
+            "zero-width or text-direction characters)"
+        )
     return value
 
 
