@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -147,6 +148,8 @@ def _int_value(value: Any) -> int:
         return int(value)
     if isinstance(value, str):
         text = value.strip()
+        if not _NUMERIC.fullmatch(text):
+            raise _CastError(f"got text that is not a number ({short_repr(value, 60)})")
         try:
             return int(text)
         except ValueError:
@@ -161,6 +164,15 @@ def _int_value(value: Any) -> int:
     raise _CastError(f"got a {_kind(value)} ({short_repr(value, 60)})")
 
 
+#: a number written as text, as a result file may: ASCII digits only (NaN and
+#: infinities are read, to be refused as such; Python's own
+#: int() and float() take "1_000_000" and full-width digits, which no other reader of
+#: the file would: found by review)
+_NUMERIC = re.compile(
+    r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)", re.IGNORECASE
+)
+
+
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise _CastError(f"got a boolean ({short_repr(value, 60)})")
@@ -171,6 +183,8 @@ def _to_float(value: Any) -> float:
             raise _CastError(f"got an integer too large for a float ({short_repr(value, 60)})")
     elif isinstance(value, str):
         try:
+            if not _NUMERIC.fullmatch(value.strip()):
+                raise ValueError(value)
             number = float(value.strip())
         except ValueError:
             raise _CastError(f"got text that is not a number ({short_repr(value, 60)})")

@@ -192,7 +192,11 @@ def loads(
     (:class:`WrittenInt`): requests, templates and the site config, not results."""
     try:
         loader = _loader(text, as_written)
-        value = json.loads(text) if json_format else yaml.load(text, Loader=loader)
+        value = (
+            json.loads(text, object_pairs_hook=_json_object)
+            if json_format
+            else yaml.load(text, Loader=loader)
+        )
     except InputError as exc:
         raise exc.at(file=file)
     except RecursionError:
@@ -288,6 +292,20 @@ def load_fd(
         )
     json_format = name.lower().endswith(".json")
     return loads(text, file=name, json_format=json_format, as_written=as_written)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, its keys once each: ``json`` lets the last of two win, silently
+    (found by review: ``{"score": 1, "score": 1e9}`` was a result of 1e9), where the
+    YAML loaders refuse a duplicate key."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InputError(
+                f"duplicate key {key!r} in a JSON object", field=key, hint="remove one of the two"
+            )
+        out[key] = value
+    return out
 
 
 class _Dumper(yaml.SafeDumper):

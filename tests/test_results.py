@@ -375,3 +375,21 @@ def test_a_dotdot_that_stays_inside_is_read(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     schema = make_schema(ResultColumn("score", "Score", "float"), file="sub/../out.json")
     assert read_results(tmp_path, schema) == {"score": 1.5}
+
+
+def test_a_json_key_given_twice_is_refused_as_in_yaml(tmp_path: Path) -> None:
+    """Found by review: ``{"score": 1, "score": 1e9}`` was read as 1e9 (json lets the
+    last win), where a reader that keeps the first saw 1; the YAML reader refuses it."""
+    write(tmp_path, "results/out.json", '{"accuracy": 0.5, "epochs": 1, "epochs": 9}')
+    with pytest.raises(ResultError, match="duplicate key 'epochs'"):
+        read_results(tmp_path, SCHEMA)
+
+
+@pytest.mark.parametrize("text", ["1_000", "\uff11\uff12", "\u0661", "0x1F", "1e", "--1"])
+def test_numbers_as_text_are_ascii_numbers(text: str) -> None:
+    """Python's own int() and float() took ``1_000`` and full-width or Arabic-Indic
+    digits, which no other reader of the file does (found by review)."""
+    for dtype in ("int", "float"):
+        with pytest.raises(Exception, match="not a number"):
+            cast_value(text, dtype)  # type: ignore[arg-type]
+    assert cast_value(" 12 ", "int") == 12 and cast_value("-.5e1", "float") == -5.0
