@@ -398,9 +398,13 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 def _csv_text(text: str) -> str:
     # CSV injection: a cell starting like a formula is run by spreadsheets when opened.
-    # Leading spaces and NULs are looked past: some spreadsheets drop them on import
-    # (LibreOffice's "trim spaces"), and " =1+1" then is a formula again.
-    return "'" + text if text.lstrip(" \0")[:1] in _FORMULA_START else text
+    # Leading blanks (any, a no-break space too: found by review) and NULs are looked
+    # past: some spreadsheets drop them on import (LibreOffice's "trim spaces"), and
+    # " =1+1" then is a formula again.
+    start = text.lstrip("\0\u200b\ufeff")
+    while start[:1].isspace() and start[:1] not in _FORMULA_START:
+        start = start[1:].lstrip("\0\u200b\ufeff")
+    return "'" + text if start[:1] in _FORMULA_START else text
 
 
 # --- formatting ---------------------------------------------------------------------------

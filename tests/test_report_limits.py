@@ -268,6 +268,9 @@ FORMULAS = [
     "   @x",
     "\0=1",
     " \0 -2",
+    " \u00a0=2+2",  # a no-break space, an em space, an ideographic space (found by review)
+    "\u2003@x",
+    "\u3000+1",
 ]
 PLAIN = ["a=b", "  plain", "x-1", "", " ", "'=already", "x\r=1+1", "y\n@z", "a\r\nb"]
 
