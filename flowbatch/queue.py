@@ -2281,6 +2281,8 @@ class TakenBack:
     notes: list[str] = field(default_factory=list)
     #: folders past :data:`TAKE_BACK_DEPTH`, closed with what they hold
     closed: list[str] = field(default_factory=list)
+    #: links that led out of the run folder, and FIFOs, sockets and devices, removed
+    strays: list[str] = field(default_factory=list)
 
 
 def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBack:
@@ -2320,6 +2322,13 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
                 fd, uid, tree.st_uid, tree.st_gid, linked=linked, taken=taken, forced=forced
             )
             _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken, forced)
+            if taken.strays:
+                taken.notes.append(
+                    f"{len(taken.strays)} link(s) leading out of the run folder, FIFO(s) or "
+                    "other special file(s) were removed at its end: a web server following "
+                    "links would serve what they point at, and a FIFO blocks whatever reads "
+                    "the results tree"
+                )
             if taken.closed:
                 first = taken.closed[0].split("/")
                 taken.notes.append(
@@ -2411,7 +2420,17 @@ def _take_back_folder(
                     )
                 finally:
                     os.close(sub)
-            elif stat.S_ISREG(entry.st_mode) and entry.st_uid == user:
+            elif not stat.S_ISREG(entry.st_mode):
+                # a link out of the folder (results.json -> /etc/shadow), a FIFO, a
+                # socket: the tree's from now on, served and read by others (found by
+                # review); a link that stays inside stands
+                if entry.st_uid == user and (
+                    not stat.S_ISLNK(entry.st_mode) or _leads_out(rel, os.readlink(name, dir_fd=fd))
+                ):
+                    os.unlink(name, dir_fd=fd)
+                    taken.strays.append("/".join((*rel, name)))
+                    taken.removed.add("/".join((*rel, name)))
+            elif entry.st_uid == user:
                 file_fd = os.open(name, _TAKE_FILE, dir_fd=fd)
                 try:
                     opened = os.fstat(file_fd)
@@ -2425,6 +2444,22 @@ def _take_back_folder(
                     os.close(file_fd)
         except OSError as exc:  # gone, or swapped for a link since the listing
             log.debug("taking back %s: %s", name, exc.strerror)
+
+
+def _leads_out(rel: tuple[str, ...], target: str) -> bool:
+    """Whether a link in the folder ``rel`` (of a run folder) to ``target`` leads out of
+    the run folder, by its text (an absolute path, or more ``..`` than it is deep)."""
+    if target.startswith("/"):
+        return True
+    depth = len(rel)
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
 
 
 def _take_file(fd: int, st: os.stat_result, owner: int, group: int) -> None:

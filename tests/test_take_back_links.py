@@ -295,3 +295,44 @@ def test_a_leftover_holding_the_result_file_open_changes_nothing_after_the_end(
     assert (folder / "results.json").stat().st_uid == os.geteuid()
     assert shown["results"]["score"] == 1.0
     site.close()
+
+
+def test_links_out_of_the_run_folder_and_fifos_are_removed_at_its_end(
+    public_tmp: Path, tmp_path: Path
+) -> None:
+    """Found by review: ``results.json -> /etc/shadow`` and a FIFO stayed in the results
+    tree after the run's end, the tree's to serve (a web server following links) and to
+    read (a backup blocks on the FIFO). They are removed at the take-back, and the run's
+    messages say so; a link that stays inside the run folder stands."""
+    import yaml
+
+    from flowbatch import api
+
+    from .conftest import drop, make_site, run_until_idle, write_template
+
+    site = make_site(public_tmp / "site")
+    commands = [
+        "mkdir -p data sub && echo x > data/x && ln -s /etc/shadow results.json",
+        "mkfifo pipe && ln -s ../../../.. sub/up && ln -s ../data/x sub/inside",
+    ]
+    template = {
+        "workflow": {"steps": [{"action": {"commands": commands}}]},
+        "results": {
+            "file": "results.json",
+            "schema": [{"name": "score", "label": "S", "dtype": "float"}],
+        },
+    }
+    write_template(tmp_path / "t", yaml.safe_dump(template))
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, USER, USER)
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    shown = api.show_run(site, run["id"])
+    assert run["state"] == "ERROR"  # its result file was a link: refused, as before
+    folder = Path(shown["run_dir"])
+    for gone in ("results.json", "pipe", "sub/up"):
+        assert not os.path.lexists(folder / gone), gone
+    assert os.readlink(folder / "sub" / "inside") == "../data/x"
+    assert any("link(s) leading out of the run folder" in m for m in shown["messages"])
+    site.close()
