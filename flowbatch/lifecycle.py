@@ -647,6 +647,7 @@ class Runner:
         (``queues_jobs``), PENDING with the handle marked :data:`QUEUED` until a poll
         finds the job started (:meth:`_note_status`)."""
         if not queues_jobs(executor):
+            handle = {**handle, LAUNCH_CLOCK: launch_clock()}
             self._transition(run, State.RUNNING, handle=handle, waiting=None)
             return
         run.handle = {**handle, QUEUED: True}
@@ -867,7 +868,7 @@ class Runner:
         )
 
     def _over_time(self, run: RunRecord) -> bool:
-        return self.clock.over(run.id, run.started_at, run.time_limit)
+        return self.clock.over(run.id, run.started_at, run.time_limit, run.handle)
 
     def _kill(self, run: RunRecord, executor: Executor, state: State, reason: str) -> bool:
         """End the run's processes or job, then record it ``state`` with ``reason``; True
@@ -1344,17 +1345,49 @@ class _Ending:
     killed: bool = False
 
 
+#: the key of a run's handle that holds this host's boot id and boot clock at its launch
+LAUNCH_CLOCK = "launch_clock"
+
+
+def launch_clock() -> list[Any]:
+    """This host's boot id and its boot clock now (CLOCK_BOOTTIME: steady, suspend
+    included), for :data:`LAUNCH_CLOCK`."""
+    return [_boot_id(), round(time.clock_gettime(time.CLOCK_BOOTTIME), 3)]
+
+
+def _boot_id() -> str:
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            _BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            _BOOT_ID = ""
+    return _BOOT_ID
+
+
+_BOOT_ID: str | None = None
+
+
 class RunClock:
-    """Seconds each run has run, for its time limit, by the monotonic clock from the
-    moment this process first looks at it: a step of the wall clock (NTP, an admin's
-    `date`) neither leaves a run unlimited (a step back) nor kills a young one (a step
-    forward; found by review). What the run had run before that first look is taken from
-    its ``started_at`` by the wall clock, as a daemon restarted has nothing else."""
+    """Seconds each run has run, for its time limit, by a steady clock: a step of the
+    wall clock (NTP, an admin's `date`) neither leaves a run unlimited (a step back) nor
+    kills a young one (a step forward; found by review). A run launched on this host
+    since its boot is measured by the boot clock from its launch (:data:`LAUNCH_CLOCK`
+    in its handle), in any process: a cron tick's, a restarted daemon's (found by
+    review: each ``--once`` tick measured it from its ``started_at`` by the wall
+    clock). Any other, by the monotonic clock from the moment this process first looks
+    at it, what it had run before that taken from its ``started_at`` by the wall clock."""
 
     def __init__(self) -> None:
         self._origins: dict[str, tuple[str, float]] = {}  # key -> (started_at, origin)
 
-    def ran(self, key: str, started_at: str) -> float:
+    def ran(self, key: str, started_at: str, handle: dict[str, Any] | None = None) -> float:
+        launched = (handle or {}).get(LAUNCH_CLOCK)
+        if isinstance(launched, list) and len(launched) == 2 and launched[0] == _boot_id():
+            try:
+                return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - float(launched[1]))
+            except (TypeError, ValueError):
+                pass
         mono = time.monotonic()
         known = self._origins.get(key)
         if known is None or known[0] != started_at:  # a retry starts again
@@ -1362,8 +1395,14 @@ class RunClock:
             known = self._origins[key] = (started_at, mono - max(0.0, before))
         return mono - known[1]
 
-    def over(self, key: str, started_at: str | None, limit: float | None) -> bool:
-        return bool(limit and started_at) and self.ran(key, started_at or "") > (limit or 0)
+    def over(
+        self,
+        key: str,
+        started_at: str | None,
+        limit: float | None,
+        handle: dict[str, Any] | None = None,
+    ) -> bool:
+        return bool(limit and started_at) and self.ran(key, started_at or "", handle) > (limit or 0)
 
     def forget(self, key: str) -> None:
         self._origins.pop(key, None)

@@ -58,12 +58,14 @@ from .errors import FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
 from .lifecycle import (
+    LAUNCH_CLOCK,
     TIME_LIMIT,
     RunClock,
     describe_code,
     epoch,
     handle_from_marker,
     iso,
+    launch_clock,
     overran,
     step_records,
     tail,
@@ -278,6 +280,7 @@ class PostProcManager:
             record.handle = self.executor.launch(
                 Launch(record.id, folder, SCRIPT_NAME, record.workflow, record.time_limit)
             )
+            record.handle[LAUNCH_CLOCK] = launch_clock()
         except FlowbatchError as exc:
             self._finish(record, "ERROR", [exc.summary()])
             return
@@ -407,7 +410,7 @@ class PostProcManager:
         return bool(self.active or self.deferred)
 
     def _over_time(self, record: PostProcRecord) -> bool:
-        return self.clock.over(record.id, record.started_at, record.time_limit)
+        return self.clock.over(record.id, record.started_at, record.time_limit, record.handle)
 
     def _conclude(self, record: PostProcRecord, reason: str | None = None) -> None:
         """The script ended (or was ended): markers, then the outputs, decide."""

@@ -307,6 +307,65 @@ def test_a_step_of_the_wall_clock_moves_no_time_limit(
         assert time.monotonic() - started < 15
 
 
+@pytest.mark.parametrize(
+    ("step", "limit", "command", "state"),
+    [(3600, 30, "sleep 1.5", "SUCCESS"), (-3600, 1, "sleep 60", "ERROR")],
+    ids=["forward-keeps-a-young-run", "back-still-ends-an-old-one"],
+)
+def test_a_step_of_the_wall_clock_between_cron_ticks_moves_no_time_limit(
+    site: Site,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: int,
+    limit: int,
+    command: str,
+    state: str,
+) -> None:
+    """The same step between two ``--once`` ticks (or across a restart): each tick is a
+    new process that had not seen the run, and measured it from its ``started_at`` by
+    the wall clock (found by review: a forward step killed a 3 s old run, a step back let
+    one run past its limit and be ranked). The boot clock at its launch, in its handle,
+    measures it in any process since the host's boot."""
+    from flowbatch import lifecycle
+
+    install(
+        site,
+        tmp_path / "t",
+        f"timeLimit: {limit}\nworkflow:\n  steps:\n    - name: s\n      action:\n"
+        f"        commands: [{command}]\n",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+    first = Daemon(site)
+    first.start()
+    try:
+        first_launched(first)  # the first tick launches it
+    finally:
+        first.stop()
+    real = lifecycle.datetime
+
+    class Stepped(real):  # type: ignore[misc, valid-type]
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real.now(tz) + timedelta(seconds=step)
+
+    monkeypatch.setattr(lifecycle, "datetime", Stepped)
+    started = time.monotonic()
+    while only_run(site)["state"] == "RUNNING":  # cron ticks: a daemon each
+        assert time.monotonic() - started < 20, "never ended"
+        tick = Daemon(site)
+        tick.start()
+        try:
+            tick.tick()
+        finally:
+            tick.stop()
+        time.sleep(0.3)
+    run = only_run(site)
+    assert run["state"] == state, run["messages"]
+    if state == "ERROR":
+        assert run["messages"] == ["time limit exceeded"]
+    assert run["finished_at"] >= run["started_at"]
+
+
 def test_a_failing_look_at_an_executors_runs_is_logged_once_and_stops_no_tick(
     site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -219,3 +219,16 @@ def test_a_write_failing_half_way_in_a_batch_is_written_again_whole(site, monkey
     assert rows == {("score", 7.0)}
     states = [c.state for c in StateChangeRow.select().where(StateChangeRow.run == run.id)]
     assert states == [h["state"] for h in run.history] and states[-1] == "SUCCESS"
+
+
+def test_no_run_ends_before_it_started(site) -> None:  # type: ignore[no-untyped-def]
+    """The wall clock stepped back while a run ran (found by review: -7182 s of run time
+    on the leaderboard): its end is recorded at its start, not before it."""
+    run = record()
+    site.store.run_dir(run).mkdir(parents=True)
+    site.store.write(run)
+    started = "2026-11-25T10:17:00.500000+00:00"
+    assert site.store.transition(run, State.RUNNING, started_at=started)
+    assert site.store.transition(run, State.SUCCESS, finished_at="2026-11-25T08:18:00+00:00")
+    assert run.finished_at == started
+    assert str(RunRow.get_by_id("r1").finished_at).startswith("2026-11-25")

@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +358,10 @@ class Store:
             return False
         for key, value in updates.items():
             setattr(run, key, value)
+        if _ends_before_start(run.started_at, run.finished_at):
+            # the wall clock stepped back while it ran (found by review: a run time of
+            # -7182 s on the leaderboard): no end before its start
+            run.finished_at = run.started_at
         self.write(run, change=dict(run.history[-1]), ended=previous in ACTIVE)
         log.info(
             "run %s %s -> %s%s",
@@ -859,3 +864,9 @@ def run_rows(
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _ends_before_start(started: str | None, finished: str | None) -> bool:
+    if not (started and finished) or finished >= started:  # ISO text: the usual case
+        return False
+    return datetime.fromisoformat(finished) < datetime.fromisoformat(started)
