@@ -128,6 +128,16 @@ def _no_write_access(command: str, path: Path, owner: str, site: Site) -> Flowba
     from .accounts import user_name
 
     try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:  # no user could write there (found by review: "run it as root", to root)
+        return FlowbatchError(
+            f"`flowbatch {command}` needs write access to {path}, on a file system mounted "
+            "read-only",
+            hint="mount it read-write again (`findmnt -T PATH` names the mount)",
+        )
+    try:
         site_owner = user_name(site.root.stat().st_uid)
     except OSError:
         site_owner = owner

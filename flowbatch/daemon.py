@@ -657,8 +657,9 @@ class Daemon:
                 )
             else:
                 log.error(
-                    "the file system of %s is full (or its records are owed): no request is "
-                    "taken in and no run launched until there is room; runs that run go on",
+                    "the file system of %s is full or read-only (or its records are owed): no "
+                    "request is taken in and no run launched until there is room; runs that "
+                    "run go on",
                     self.site.layout.results,
                 )
         # one index transaction for the intake (committed every BATCH_COMMIT_EVERY s in a

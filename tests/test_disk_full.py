@@ -229,3 +229,58 @@ def test_a_start_on_a_full_disk_says_the_disk_is_full(small_fs: Path, tmp_path: 
             again.close()
         finally:
             filler.unlink()
+
+
+def test_a_read_only_results_tree_is_waited_out_like_a_full_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: with ``results/`` mounted read-only a serving daemon took each
+    request up again at once (a core at 100%, 41,000 log lines in 10 s), and ``daemon
+    --once`` as root said "run it as the site's owner (root)". A read-only file system
+    has no room: nothing is taken in until it is read-write again, then every request
+    becomes its runs once; the CLI names the read-only mount."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from flowbatch.cli import main
+
+    site = make_site(tmp_path / "site")
+    template = write_template(tmp_path / "t", TEMPLATE.format(log=tmp_path / "ran.log"))
+    api.install(site, template, workflow_id="wf")
+    results = str(site.layout.results)
+    subprocess.run(["mount", "--bind", results, results], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", results], check=True)
+        for i in range(5):
+            drop(site, f"r{i}.yaml", {"workflow": "wf", "arguments": {"n": i}})
+        d = Daemon(site)
+        d.start()
+        try:
+            time.sleep(ROOM_EVERY)
+            with caplog.at_level(logging.ERROR):
+                for _ in range(5):
+                    d.tick()
+            waits = [r for r in caplog.records if "cannot be made now" in r.getMessage()]
+            assert waits == [], len(waits)
+            assert any("full or read-only" in r.getMessage() for r in caplog.records)
+            assert sorted(p.name for p in site.layout.queue.glob("r*.yaml")) == [
+                f"r{i}.yaml" for i in range(5)
+            ]  # not taken in
+            once = CliRunner().invoke(main, ["--site", str(site.root), "runs", "delete", "x"])
+            assert "read-only" in once.output, once.output
+            subprocess.run(["mount", "-o", "remount,bind,rw", results], check=True)
+            time.sleep(ROOM_EVERY)
+            deadline = time.monotonic() + 60
+            while len([r for r in api.list_runs(site) if r["state"] == "SUCCESS"]) < 5:
+                assert time.monotonic() < deadline
+                d.tick()
+                time.sleep(0.1)
+        finally:
+            d.stop()
+    finally:
+        subprocess.run(["umount", "-l", results], check=False)
+    assert len(api.list_runs(site)) == 5
+    ran = (tmp_path / "ran.log").read_text().split("\n")
+    assert sorted(line for line in ran if line) == [f"ran {i}" for i in range(5)]
+    site.close()
