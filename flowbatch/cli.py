@@ -154,6 +154,15 @@ def _no_write_access(command: str, path: Path, owner: str, site: Site) -> Flowba
     )
 
 
+def _index_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the index database's own error (peewee's or sqlite3's
+    DatabaseError), told apart without importing peewee for every command."""
+    return any(
+        cls.__name__ == "DatabaseError" and cls.__module__ in ("peewee", "sqlite3")
+        for cls in type(exc).__mro__
+    )
+
+
 class FlowbatchGroup(click.Group):
     """Turns FlowbatchError into one clear line and exit code 1."""
 
@@ -165,6 +174,24 @@ class FlowbatchGroup(click.Group):
             if obj and obj.debug:
                 raise
             raise click.ClickException(shown(exc.summary())) from None
+        except Exception as exc:
+            if not _index_error(exc):
+                raise
+            obj = ctx.find_object(Context)
+            if obj and obj.debug:
+                raise
+            # the index's own error, not a flowbatch bug: one line and what to do (found
+            # by review: a damaged index.db printed peewee's traceback, and the daemon
+            # could not start)
+            text = one_line(str(exc))[:300]
+            damaged = any(w in text for w in ("malformed", "not a database", "disk image"))
+            hint = (
+                "it is damaged: stop the daemon, then `flowbatch reindex` rebuilds it from "
+                "the results tree"
+                if damaged
+                else "`flowbatch doctor` checks it"
+            )
+            raise click.ClickException(shown(f"the index database: {text} ({hint})")) from None
         except BrokenPipeError:
             # the reader went away (`flowbatch runs list | head`): quietly, as a program
             # killed by SIGPIPE; stdout pointed at /dev/null so its final flush is silent

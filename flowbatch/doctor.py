@@ -231,7 +231,11 @@ def _check_index(ctx: _Ctx) -> None:
             else:
                 ctx.add("index", OK, f"{where}: empty (tables are made on first use)")
         elif found == SCHEMA_VERSION:
-            ctx.add("index", *_runs_indexed(ctx.root, where, found, RunRow))
+            damage = _sqlite_damage(db)
+            if damage:
+                ctx.add("index", FAIL, f"{where}: damaged: {damage}{_REINDEX}")
+            else:
+                ctx.add("index", *_runs_indexed(ctx.root, where, found, RunRow))
         else:
             try:
                 migrate.check_upgradable(found, SCHEMA_VERSION)
@@ -260,6 +264,22 @@ def _check_index(ctx: _Ctx) -> None:
 
 
 _REINDEX = " (run: flowbatch reindex)"
+
+
+def _sqlite_damage(db: pw.Database) -> str | None:
+    """What SQLite's own check finds wrong with an SQLite index (None: nothing, or not
+    SQLite): a damaged page past the header read as "ok ... N run(s)" (found by
+    review), while every command that met it failed."""
+    from .store.index import error_line
+
+    if not isinstance(db, pw.SqliteDatabase):
+        return None
+    try:
+        rows = db.execute_sql("PRAGMA quick_check(3)").fetchall()
+    except pw.DatabaseError as exc:
+        return error_line(exc)
+    said = [str(row[0]) for row in rows]
+    return None if said == ["ok"] else "; ".join(said)[:300]
 
 
 def _foreign_index(root: Path, path: Path | None) -> str | None:

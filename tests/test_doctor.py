@@ -273,3 +273,35 @@ def test_the_checks_own_log_lines_stay_out_of_its_output(tmp_path: Path) -> None
     assert out.returncode == 1
     assert "executor gpu1" in out.stdout and "fail" in out.stdout
     assert out.stderr == "", out.stderr
+
+
+def test_a_damaged_index_is_said_to_be_so_by_every_command_and_by_doctor(
+    hello_site: Site,
+) -> None:
+    """Found by review: pages of index.db overwritten past its header; ``runs list`` and
+    ``daemon --once`` printed peewee's traceback ("database disk image is malformed"),
+    and ``doctor`` said "ok ... 6251 run(s)". Each says now that the index is damaged
+    and that ``reindex`` rebuilds it."""
+    from bench.scale import add_index_rows
+
+    from .conftest import drop, run_until_idle
+
+    drop(hello_site, "r.yaml", {"workflow": "helloworld", "arguments": {"greeting": "hi"}})
+    run_until_idle(hello_site).stop()
+    sample_path = next(hello_site.layout.results.glob("helloworld/runs/*/run.json"))
+    sample = json.loads(sample_path.read_text())
+    add_index_rows(hello_site, sample, 1, 3000)  # pages enough to damage past the header
+    hello_site.close()
+    index = hello_site.layout.index_db
+    assert index.stat().st_size > 60 * 4096
+    with open(index, "r+b") as fh:
+        fh.seek(20 * 4096)
+        fh.write(os.urandom(30 * 4096))
+    runs = CliRunner().invoke(main, ["--site", str(hello_site.root), "runs", "list"])
+    assert runs.exit_code == 1, runs.output
+    assert "Traceback" not in runs.output
+    assert "damaged" in runs.output and "flowbatch reindex" in runs.output, runs.output
+    code, checks = _doctor(hello_site.root)
+    index_check = next(c for c in checks if c["check"] == "index")
+    assert code != 0 and index_check["status"] == FAIL, index_check
+    assert "damaged" in index_check["detail"] and "reindex" in index_check["detail"]
