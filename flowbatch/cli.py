@@ -174,24 +174,6 @@ class FlowbatchGroup(click.Group):
             if obj and obj.debug:
                 raise
             raise click.ClickException(shown(exc.summary())) from None
-        except Exception as exc:
-            if not _index_error(exc):
-                raise
-            obj = ctx.find_object(Context)
-            if obj and obj.debug:
-                raise
-            # the index's own error, not a flowbatch bug: one line and what to do (found
-            # by review: a damaged index.db printed peewee's traceback, and the daemon
-            # could not start)
-            text = one_line(str(exc))[:300]
-            damaged = any(w in text for w in ("malformed", "not a database", "disk image"))
-            hint = (
-                "it is damaged: stop the daemon, then `flowbatch reindex` rebuilds it from "
-                "the results tree"
-                if damaged
-                else "`flowbatch doctor` checks it"
-            )
-            raise click.ClickException(shown(f"the index database: {text} ({hint})")) from None
         except BrokenPipeError:
             # the reader went away (`flowbatch runs list | head`): quietly, as a program
             # killed by SIGPIPE; stdout pointed at /dev/null so its final flush is silent
@@ -211,6 +193,24 @@ class FlowbatchGroup(click.Group):
                     " give them access, or put the file where they can read it)"
                 )
             raise click.ClickException(shown(message)) from None
+        except Exception as exc:
+            if not _index_error(exc):
+                raise
+            obj = ctx.find_object(Context)
+            if obj and obj.debug:
+                raise
+            # the index's own error, not a flowbatch bug: one line and what to do (found
+            # by review: a damaged index.db printed peewee's traceback, and the daemon
+            # could not start)
+            text = one_line(str(exc))[:300]
+            damaged = any(w in text for w in ("malformed", "not a database", "disk image"))
+            hint = (
+                "it is damaged: stop the daemon, then `flowbatch reindex` rebuilds it from "
+                "the results tree"
+                if damaged
+                else "`flowbatch doctor` checks it"
+            )
+            raise click.ClickException(shown(f"the index database: {text} ({hint})")) from None
 
 
 def _echo_json(value: Any) -> None:
