@@ -2104,8 +2104,17 @@ def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
                 file=label,
                 field=field,
             ) from None
+        hint = None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            # found by review: a participant's private file (umask 077) on a site whose
+            # daemon runs as a service user, rejected with no word on what to do
+            hint = (
+                f"{user_name(os.geteuid())} reads it here (the daemon's user, for a queued "
+                "request): make it readable to them (chmod o+r, or a group you share with "
+                "them), then queue the request again"
+            )
         raise ArgumentError(
-            f"cannot open {rel!r}: {exc.strerror}", file=label, field=field
+            f"cannot open {rel!r}: {exc.strerror}", file=label, field=field, hint=hint
         ) from None
 
 

@@ -608,3 +608,42 @@ def test_an_archive_of_a_file_the_owner_may_not_read_says_so(
     assert done.returncode == 1, done
     assert "output file 'r.json' is not readable by you (mode 0600" in done.stderr
     assert "PermissionError" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_file_the_daemons_user_cannot_read_is_rejected_with_what_to_do(
+    public_tmp: Path,
+) -> None:
+    """Found by review: a participant's private input (umask 077) on a site whose daemon
+    runs as a service user was rejected with "Permission denied" and no word on what to
+    do. The rejection names the user who must read it and how."""
+    folder = public_tmp / "req"
+    folder.mkdir()
+    folder.chmod(0o755)
+    (folder / "names.txt").write_text("private\n")
+    (folder / "names.txt").chmod(0o600)  # root's, as a participant's private file is theirs
+    code = (
+        "from pathlib import Path\n"
+        "from flowbatch.queue import open_inside\n"
+        "from flowbatch.errors import FlowbatchError\n"
+        "try:\n"
+        f"    open_inside(Path({str(folder)!r}), 'names.txt', label='r.yaml', field='arguments.n')\n"
+        "except FlowbatchError as exc:\n"
+        "    print(exc.summary())\n"
+    )
+    out = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert "Permission denied" in out.stdout, out
+    assert "nobody reads it here" in out.stdout and "chmod o+r" in out.stdout, out.stdout
