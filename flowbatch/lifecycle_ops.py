@@ -160,12 +160,23 @@ def _check_inactive(run_id: str, state: State) -> None:
         )
 
 
-def _check_owner(run: RunRecord | RunRow, uid: int) -> None:
-    if uid != 0 and uid != run.owner_uid:
-        raise StateError(
-            f"run {run.id} belongs to {run.owner}",
-            hint="only its owner or root may do this",
-        )
+def _check_owner(run: RunRecord | RunRow, uid: int, site: Site | None = None) -> None:
+    """Only the run's owner or root; with ``site``, the site's owner too (a delete, as
+    `cleanup` does: found by review, the site's owner was sent to the run's owner, who
+    was sent back to the site's owner for write access)."""
+    if uid in (0, run.owner_uid):
+        return
+    if site is not None and uid == _site_owner(site):
+        return
+    who = "its owner, the site's owner or root" if site is not None else "its owner or root"
+    raise StateError(f"run {run.id} belongs to {run.owner}", hint=f"only {who} may do this")
+
+
+def _site_owner(site: Site) -> int | None:
+    try:
+        return site.root.stat().st_uid
+    except OSError:
+        return None
 
 
 # -- delete ------------------------------------------------------------------------------------
@@ -197,7 +208,7 @@ def delete_runs(
                 deleted.append(run_id)
                 continue
             _check_inactive(run.id, run.state)
-            _check_owner(run, caller)
+            _check_owner(run, caller, site)
         except FlowbatchError as exc:
             refused[run_id] = exc
             continue
@@ -252,10 +263,10 @@ def _finish_delete(site: Site, run_id: str, uid: int) -> int | None:
             pass  # half removed already: the rows (if any) say whose it was
     if record is not None:  # the tree has the last word
         _check_inactive(run_id, record.state)
-        _check_owner(record, uid)
+        _check_owner(record, uid, site)
     elif row is not None:
         _check_inactive(run_id, parse_state(row.state))
-        _check_owner(row, uid)
+        _check_owner(row, uid, site)
     noted = _owe_reports(site, {workflow_dir.name})
     if row is not None:
         with site.store.db.atomic():

@@ -633,3 +633,29 @@ def test_a_delete_of_several_runs_deletes_those_it_may_and_says_why_not_the_othe
     assert [r["id"] for r in api.list_runs(site)] == [pending]
     assert not Path(done["a"]["run_dir"]).exists() and not Path(done["b"]["run_dir"]).exists()
     assert json.loads(board_file.read_text())["ranking"] == []  # rewritten without them
+
+
+def test_the_sites_owner_may_delete_another_users_run(site: Site, tmp_path: Path) -> None:
+    """Found by review: on a site a service user owns, its owner was refused a
+    participant's run ("belongs to ..."), and the participant was refused for want of
+    write access, while `cleanup` by the site's owner removed such runs. The site's owner
+    may delete any ended run; another user may not."""
+    from flowbatch.lifecycle_ops import delete_runs
+
+    install(site, tmp_path)
+    drop(site, "a.yaml", {"workflow": "wf", "name": "a"})
+    drop(site, "b.yaml", {"workflow": "wf", "name": "b"})
+    run_until_idle(site)
+    runs = runs_by(site)
+    owner = site.root.stat().st_uid
+    os.chown(site.root, 65534, -1)  # the site is the service user's now
+    try:
+        _, deleted, refused = delete_runs(site, [runs["a"]["id"]], uid=4321)
+        assert deleted == [] and "only its owner, the site's owner or root" in str(
+            refused[runs["a"]["id"]].hint
+        )
+        _, deleted, refused = delete_runs(site, [runs["a"]["id"]], uid=65534)
+        assert deleted == [runs["a"]["id"]] and refused == {}
+    finally:
+        os.chown(site.root, owner, -1)
+    assert [r["name"] for r in api.list_runs(site)] == ["b"]
