@@ -67,6 +67,9 @@ def test_system_unit_settings() -> None:
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/srv/flowbatch",
+        # ProtectSystem=strict without PrivateTmp left /tmp read-only to every run
+        # (found by review)
+        "ReadWritePaths=/tmp /var/tmp",
         "CacheDirectory=flowbatch",  # compiled report templates, private to the daemon
         "CacheDirectoryMode=0700",
         "KillMode=process",  # a daemon restart must not kill detached runs
