@@ -464,7 +464,8 @@ def submit(
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @pass_ctx
 def daemon(obj: Context, once: bool, until_idle: bool, log_format: str, verbose: bool) -> None:
-    """Watch the queue and run requests (one daemon per site; others exit 0)."""
+    """Watch the queue and run requests (one daemon per site: another exits 0 while a
+    daemon serves, 1 while `flowbatch reindex` holds the site)."""
     if once and until_idle:
         raise click.UsageError("give --once (one tick) or --until-idle, not both")
     from .logs import setup_logging

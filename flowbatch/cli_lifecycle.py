@@ -346,7 +346,7 @@ def cleanup(
 @pass_ctx
 def uninstall(obj: Context, workflow: str) -> None:
     """Remove WORKFLOW: every template version, its runs and reports (refused while any
-    of its runs is active)."""
+    of its runs is active, and while a daemon serves the site: stop it first)."""
     from .lifecycle_ops import uninstall as remove
 
     needs_write(obj.site, "uninstall", obj.site.layout.templates, obj.site.layout.results)
