@@ -203,6 +203,14 @@ def _check_index(ctx: _Ctx) -> None:
     url = ctx.config.database
     default = ctx.root / "index.db"
     where = redact_url(url) if url else str(default)
+    leftover = default.with_name(default.name + ".new")
+    if os.path.lexists(leftover):  # found by review: not a word of it
+        ctx.add(
+            "index leftover",
+            WARN,
+            f"{leftover}: left by a reindex that did not finish (the index in use is "
+            "whole; the next reindex removes it, or remove it and its -wal, -shm)",
+        )
     if not url and not default.exists():
         if _tree_has_runs(ctx.root):
             ctx.add("index", FAIL, f"{where}: missing, but the results tree has runs{_REINDEX}")

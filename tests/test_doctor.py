@@ -305,3 +305,13 @@ def test_a_damaged_index_is_said_to_be_so_by_every_command_and_by_doctor(
     index_check = next(c for c in checks if c["check"] == "index")
     assert code != 0 and index_check["status"] == FAIL, index_check
     assert "damaged" in index_check["detail"] and "reindex" in index_check["detail"]
+
+
+def test_a_reindex_cut_short_leaves_a_file_doctor_names(hello_site: Site) -> None:
+    hello_site.store  # noqa: B018 - creates the index
+    leftover = hello_site.layout.index_db.with_name("index.db.new")
+    leftover.write_bytes(b"SQLite format 3\0")
+    checks = {c.name: c for c in diagnose(hello_site.root)}
+    assert checks["index leftover"].status == WARN
+    assert "reindex that did not finish" in checks["index leftover"].detail
+    assert checks["index"].status == OK
