@@ -2307,11 +2307,11 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
     other name staying the user's, within :data:`TAKE_BACK_COPY_BYTES` a run; past that
     its names here are removed (:class:`TakenBack` says which, and why). The files of
     ``fresh`` (paths in the folder: the result file, what post-processing reads) get a
-    copy of their own all the same: a process of the run still going (``setsid``) that
-    holds one open for writing changed it after the run had ended, the post-processing
-    reading what the leaderboard never checked (found by review); it writes to the old
-    file now, which no name reaches. A folder that cannot be taken back (an NFS
-    root_squash) is logged: the run ends all the same."""
+    copy of their own all the same, up to :data:`FRESH_COPY_BYTES` each: a process of
+    the run still going (``setsid``) that holds one open for writing changed it after
+    the run had ended, the post-processing reading what the leaderboard never checked
+    (found by review); it writes to the old file now, which no name reaches. A folder
+    that cannot be taken back (an NFS root_squash) is logged: the run ends all the same."""
     taken = TakenBack()
     forced = {Path(p).parts for p in fresh}
     if os.geteuid() != 0 or not uid:
@@ -2366,6 +2366,9 @@ _TAKE_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: the bytes (allocated: holes are kept) a run's take-back copies at most for files that
 #: also have a name outside its folder; past it, such files' names in the folder go
 TAKE_BACK_COPY_BYTES = 1 << 30
+#: the size up to which a take-back copies a result file or a post-processing input that
+#: has no other name (see :func:`take_back`): a larger one is only taken
+FRESH_COPY_BYTES = 64 << 20
 #: the folder levels a take-back walks; a deeper folder is closed (:func:`_take_back_folder`)
 TAKE_BACK_DEPTH = 100
 
@@ -2509,9 +2512,15 @@ def _take_back_linked(
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != user:
                     continue  # changed since the walk
-                if st.st_nlink <= len(paths) and not (forced and forced.intersection(paths)):
-                    _take_file(fd, st, owner, group)  # every name is here
-                    continue
+                if st.st_nlink <= len(paths):  # every name is here
+                    # a result file or an input of the post-processing gets a copy of its
+                    # own while small: a large one is only taken (found by review: one of
+                    # 1.1 GB was removed as over the links' budget, and its copy held the
+                    # tick), as is one past the budget
+                    small = st.st_blocks * 512 <= min(FRESH_COPY_BYTES, budget)
+                    if not (forced and forced.intersection(paths)) or not small:
+                        _take_file(fd, st, owner, group)
+                        continue
                 mode = stat.S_IMODE(st.st_mode) & ~0o7022
                 try:
                     if st.st_blocks * 512 > budget:

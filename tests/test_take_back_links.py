@@ -336,3 +336,53 @@ def test_links_out_of_the_run_folder_and_fifos_are_removed_at_its_end(
     assert os.readlink(folder / "sub" / "inside") == "../data/x"
     assert any("link(s) leading out of the run folder" in m for m in shown["messages"])
     site.close()
+
+
+@pytest.mark.parametrize("bound", ["fresh copy", "links' budget"])
+def test_a_large_result_or_post_processing_input_is_taken_not_removed(
+    public_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str
+) -> None:
+    """Found by the re-review: the copy a result file or a post-processing input gets
+    counted against the budget of files with names outside, and past it the file was
+    removed ("also had a name outside"): the post-processing then failed for the whole
+    workflow. Past :data:`queue.FRESH_COPY_BYTES` (or the budget) it is only taken."""
+    import yaml
+
+    from flowbatch import api
+
+    from .conftest import drop, make_site, run_until_idle, write_template
+
+    if bound == "fresh copy":
+        monkeypatch.setattr(queue, "FRESH_COPY_BYTES", 4096)
+    else:
+        monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 4096)
+    site = make_site(public_tmp / "site")
+    commands = [
+        "head -c 65536 /dev/urandom > pred.bin",
+        """printf '{"score": 1, "pad": "%s"}' "$(head -c 8000 /dev/zero | tr '\\\\0' x)" > r.json""",
+    ]
+    template = {
+        "workflow": {"steps": [{"action": {"commands": commands}}]},
+        "results": {
+            "file": "r.json",
+            "schema": [{"name": "score", "label": "S", "dtype": "float"}],
+        },
+        "postproc": {
+            "workflow": {"steps": [{"action": {"commands": ["ls $[[runs]] > seen.txt"]}}]},
+            "inputs": {"files": ["pred.bin"]},
+        },
+    }
+    write_template(tmp_path / "t", yaml.safe_dump(template))
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    path = drop(site, "r.yaml", {"workflow": "wf"})
+    os.chown(path, USER, USER)
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    shown = api.show_run(site, run["id"])
+    assert run["state"] == "SUCCESS", shown["messages"]
+    folder = Path(shown["run_dir"])
+    for name in ("pred.bin", "r.json"):
+        assert (folder / name).stat().st_uid == os.geteuid(), name  # taken, still there
+    assert (folder / "pred.bin").stat().st_size == 65536
+    assert not any("name outside" in m for m in shown["messages"]), shown["messages"]
+    site.close()
