@@ -2292,6 +2292,8 @@ class TakenBack:
     closed: list[str] = field(default_factory=list)
     #: links that led out of the run folder, and FIFOs, sockets and devices, removed
     strays: list[str] = field(default_factory=list)
+    #: the run's links, to be looked at once the walk is done
+    links: list[tuple[str, ...]] = field(default_factory=list)
 
 
 def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBack:
@@ -2331,6 +2333,7 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
                 fd, uid, tree.st_uid, tree.st_gid, linked=linked, taken=taken, forced=forced
             )
             _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken, forced)
+            _remove_links_out(path, fd, taken)
             if taken.strays:
                 taken.notes.append(
                     f"{len(taken.strays)} link(s) leading out of the run folder, FIFO(s) or "
@@ -2413,6 +2416,12 @@ def _take_back_folder(
         os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
     for name in os.listdir(fd):
         if depth == 0 and name in DAEMON_FILES:
+            # one of the user's in place of the daemon's stays theirs (refused as such),
+            # but a link or a FIFO there goes as anywhere (found by review)
+            with contextlib.suppress(OSError):
+                entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if entry.st_uid == user and not stat.S_ISREG(entry.st_mode):
+                    _remove_stray(fd, name, (name,), taken)
             continue
         try:
             entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -2433,15 +2442,13 @@ def _take_back_folder(
                 finally:
                     os.close(sub)
             elif not stat.S_ISREG(entry.st_mode):
-                # a link out of the folder (results.json -> /etc/shadow), a FIFO, a
-                # socket: the tree's from now on, served and read by others (found by
-                # review); a link that stays inside stands
-                if entry.st_uid == user and (
-                    not stat.S_ISLNK(entry.st_mode) or _leads_out(rel, os.readlink(name, dir_fd=fd))
-                ):
-                    os.unlink(name, dir_fd=fd)
-                    taken.strays.append("/".join((*rel, name)))
-                    taken.removed.add("/".join((*rel, name)))
+                # a FIFO, a socket: the tree's from now on, read by others; a link is
+                # looked at once every folder is the tree's (see take_back)
+                if entry.st_uid == user:
+                    if stat.S_ISLNK(entry.st_mode):
+                        taken.links.append((*rel, name))
+                    else:
+                        _remove_stray(fd, name, (*rel, name), taken)
             elif entry.st_uid == user:
                 file_fd = os.open(name, _TAKE_FILE, dir_fd=fd)
                 try:
@@ -2458,20 +2465,35 @@ def _take_back_folder(
             log.debug("taking back %s: %s", name, exc.strerror)
 
 
-def _leads_out(rel: tuple[str, ...], target: str) -> bool:
-    """Whether a link in the folder ``rel`` (of a run folder) to ``target`` leads out of
-    the run folder, by its text (an absolute path, or more ``..`` than it is deep)."""
-    if target.startswith("/"):
-        return True
-    depth = len(rel)
-    for part in target.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in ("", "."):
-            depth += 1
-    return False
+def _remove_stray(fd: int, name: str, rel: tuple[str, ...], taken: TakenBack) -> None:
+    """Remove ``name`` in the folder ``fd`` (``rel`` in the run folder), noted in ``taken``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=fd)
+    taken.strays.append("/".join(rel))
+    taken.removed.add("/".join(rel))
+
+
+def _remove_links_out(path: Path, top: int, taken: TakenBack) -> None:
+    """Remove the run's links (``taken.links``) that lead out of the run folder ``path``
+    as resolved, once every folder is the tree's: no link or folder can change under
+    the look. By their text, ``p -> .`` made ``p/p/.../../../etc/passwd`` look inside
+    (found by the re-review); a link that stays inside stands."""
+    root = os.path.realpath(path)
+    for rel in taken.links:
+        target = os.path.realpath(os.path.join(path, *rel))
+        if target == root or target.startswith(root + os.sep):
+            continue
+        try:
+            folder, name = _open_parent(top, rel)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                _remove_stray(folder, name, rel, taken)
+        except OSError:
+            pass
+        finally:
+            os.close(folder)
 
 
 def _take_file(fd: int, st: os.stat_result, owner: int, group: int) -> None:

@@ -311,9 +311,14 @@ def test_links_out_of_the_run_folder_and_fifos_are_removed_at_its_end(
     from .conftest import drop, make_site, run_until_idle, write_template
 
     site = make_site(public_tmp / "site")
+    deep = "/".join(["p"] * 20) + "/" + "/".join([".."] * 20)
     commands = [
         "mkdir -p data sub && echo x > data/x && ln -s /etc/shadow results.json",
         "mkfifo pipe && ln -s ../../../.. sub/up && ln -s ../data/x sub/inside",
+        # by its text it stays inside; resolved, p is the folder and .. leaves it
+        f"ln -s . p && ln -s {deep}/etc/passwd leak",
+        # the daemon's own names at the top: a link and a FIFO there go too
+        "rm -f request.yaml && ln -s /etc/passwd request.yaml",
     ]
     template = {
         "workflow": {"steps": [{"action": {"commands": commands}}]},
@@ -331,9 +336,10 @@ def test_links_out_of_the_run_folder_and_fifos_are_removed_at_its_end(
     shown = api.show_run(site, run["id"])
     assert run["state"] == "ERROR"  # its result file was a link: refused, as before
     folder = Path(shown["run_dir"])
-    for gone in ("results.json", "pipe", "sub/up"):
+    for gone in ("results.json", "pipe", "sub/up", "leak", "request.yaml"):
         assert not os.path.lexists(folder / gone), gone
     assert os.readlink(folder / "sub" / "inside") == "../data/x"
+    assert os.readlink(folder / "p") == "."  # a loop inside stands
     assert any("link(s) leading out of the run folder" in m for m in shown["messages"])
     site.close()
 
