@@ -157,10 +157,15 @@ def _no_write_access(command: str, path: Path, owner: str, site: Site) -> Flowba
 def _index_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the index database's own error (peewee's or sqlite3's
     DatabaseError), told apart without importing peewee for every command."""
-    return any(
-        cls.__name__ == "DatabaseError" and cls.__module__ in ("peewee", "sqlite3")
-        for cls in type(exc).__mro__
-    )
+    names = {cls.__name__ for cls in type(exc).__mro__ if cls.__module__ in ("peewee", "sqlite3")}
+    # an integrity or programming error is flowbatch's own bug: its traceback is kept
+    # (found by the re-review)
+    return "DatabaseError" in names and not names & _CODE_ERRORS
+
+
+_CODE_ERRORS = frozenset(
+    {"IntegrityError", "ProgrammingError", "NotSupportedError", "DataError", "InterfaceError"}
+)
 
 
 class FlowbatchGroup(click.Group):

@@ -457,9 +457,12 @@ class Daemon:
         try:  # runs being ended: SIGKILLed and recorded now, not left to the next daemon
             self.runner.end_ending()
             self._settle_ended_cancels()
-            self.runner.changed_workflows |= self.postproc.end_ending()
         except Exception:
             log.exception("ending the runs being cancelled or over their time limit")
+        try:  # apart: a failure above must not leave it to a next daemon (re-review)
+            self.runner.changed_workflows |= self.postproc.end_ending()
+        except Exception:
+            log.exception("ending the post-processing over its time limit")
         try:
             self.intake.close()  # the handled requests' claims go once their runs are on disk
         except Exception:  # they stay claimed: the next start finds their runs made

@@ -287,7 +287,7 @@ def _sqlite_damage(db: pw.Database) -> str | None:
     except pw.DatabaseError as exc:
         return error_line(exc)
     said = [str(row[0]) for row in rows]
-    return None if said == ["ok"] else "; ".join(said)[:300]
+    return None if said == ["ok"] else "; ".join(said).replace("\n", "; ")[:300]
 
 
 def _foreign_index(root: Path, path: Path | None) -> str | None:

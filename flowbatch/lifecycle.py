@@ -1383,7 +1383,9 @@ class RunClock:
 
     def ran(self, key: str, started_at: str, handle: dict[str, Any] | None = None) -> float:
         launched = (handle or {}).get(LAUNCH_CLOCK)
-        if isinstance(launched, list) and len(launched) == 2 and launched[0] == _boot_id():
+        # a boot id not known ("") matches no other: then the clocks of two boots or
+        # hosts would be compared (found by the re-review)
+        if isinstance(launched, list) and len(launched) == 2 and launched[0] == _boot_id() != "":
             try:
                 return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - float(launched[1]))
             except (TypeError, ValueError):

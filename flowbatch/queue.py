@@ -2109,9 +2109,10 @@ def open_inside(folder: Path, rel: str, *, label: str, field: str) -> int:
             # found by review: a participant's private file (umask 077) on a site whose
             # daemon runs as a service user, rejected with no word on what to do
             hint = (
-                f"{user_name(os.geteuid())} reads it here (the daemon's user, for a queued "
-                "request): make it readable to them (chmod o+r, or a group you share with "
-                "them), then queue the request again"
+                f"{user_name(os.geteuid())} cannot read it, the file or a folder on its path "
+                "(the daemon's user reads a queued request's files): make them readable to "
+                "that user (chmod o+r on the file, o+x on its folders, or a group you share "
+                "with them), then queue the request again"
             )
         raise ArgumentError(
             f"cannot open {rel!r}: {exc.strerror}", file=label, field=field, hint=hint

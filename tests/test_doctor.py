@@ -315,3 +315,18 @@ def test_a_reindex_cut_short_leaves_a_file_doctor_names(hello_site: Site) -> Non
     assert checks["index leftover"].status == WARN
     assert "reindex that did not finish" in checks["index leftover"].detail
     assert checks["index"].status == OK
+
+
+def test_only_the_index_databases_own_errors_are_said_in_one_line() -> None:
+    """An integrity or programming error is a bug of flowbatch's: its traceback is kept
+    (found by the re-review); a damaged or locked database is said in one line."""
+    import peewee
+
+    from flowbatch.cli import _index_error
+
+    assert _index_error(peewee.DatabaseError("database disk image is malformed"))
+    assert _index_error(peewee.OperationalError("database is locked"))
+    assert _index_error(sqlite3.DatabaseError("file is not a database"))
+    assert not _index_error(peewee.IntegrityError("UNIQUE constraint failed"))
+    assert not _index_error(peewee.ProgrammingError("no such column"))
+    assert not _index_error(ValueError("x"))

@@ -646,4 +646,4 @@ def test_a_file_the_daemons_user_cannot_read_is_rejected_with_what_to_do(
         cwd="/",
     )
     assert "Permission denied" in out.stdout, out
-    assert "nobody reads it here" in out.stdout and "chmod o+r" in out.stdout, out.stdout
+    assert "nobody cannot read it" in out.stdout and "chmod o+r" in out.stdout, out.stdout

@@ -232,3 +232,20 @@ def test_no_run_ends_before_it_started(site) -> None:  # type: ignore[no-untyped
     assert site.store.transition(run, State.SUCCESS, finished_at="2026-11-25T08:18:00+00:00")
     assert run.finished_at == started
     assert str(RunRow.get_by_id("r1").finished_at).startswith("2026-11-25")
+
+
+def test_a_launch_clock_of_an_unknown_boot_is_not_used(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A boot id that could not be read ("") matches no other boot's (found by the
+    re-review): the run's time is then taken from its start by the wall clock."""
+    import time
+
+    from flowbatch import lifecycle
+
+    clock = lifecycle.RunClock()
+    started = now_iso()
+    monkeypatch.setattr(lifecycle, "_BOOT_ID", "")
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    # a launch "an hour ago" by a boot clock of an unknown boot: not believed
+    assert clock.ran("r", started, {"launch_clock": ["", now - 3600]}) < 60
+    monkeypatch.setattr(lifecycle, "_BOOT_ID", "b1")
+    assert clock.ran("s", started, {"launch_clock": ["b1", now - 3600]}) >= 3600
