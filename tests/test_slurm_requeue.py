@@ -554,3 +554,26 @@ def test_markers_are_those_of_the_last_execution(tmp_path: Path) -> None:
     assert second.started == (2, 200.0, "n2") and second.exit is None
     assert second.steps[1].start == 200.1 and second.steps[1].exit_code is None
     assert read_markers(folder) == second
+
+
+def test_a_job_that_writes_its_own_end_markers_and_kills_its_script_is_no_success(
+    slurm_site: Any, tmp_path: Path
+) -> None:
+    """Found by the re-review: as for a local run, a participant's step wrote the end
+    markers the script would and SIGKILLed it; the organiser's scoring step never ran,
+    and its own score was ranked. Slurm's record of the batch script's exit status is
+    not the run's to write: the run is an ERROR saying so."""
+    from .test_leftovers import FORGED, FORGER
+
+    api.install(slurm_site, write_template(tmp_path / "t", FORGER), workflow_id="wf")
+    drop(
+        slurm_site,
+        "r.yaml",
+        {"workflow": "wf", "arguments": {"code": "sub.sh"}},
+        files={"sub.sh": FORGED},
+    )
+    run_until_idle(slurm_site, timeout=120)
+    (run,) = [r for r in api.list_runs(slurm_site) if r["workflow"] == "wf"]
+    shown = api.show_run(slurm_site, run["id"])
+    assert shown["state"] == "ERROR", shown
+    assert "killed by SIGKILL, though its markers say it ended well" in shown["messages"][0]

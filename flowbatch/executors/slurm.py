@@ -195,6 +195,10 @@ class SlurmExecutor:
     #: a submitted job waits in Slurm's queue: its run is PENDING until the job starts
     #: (a probe's ``started``)
     queues_jobs = True
+    #: a job's exit status is Slurm's record of its batch script's, not text the run
+    #: could write: the Runner holds the run's markers to it (found by the re-review: a
+    #: run that wrote its own end markers and SIGKILLed its script was ranked)
+    exit_status_known = True
 
     def __init__(
         self,
