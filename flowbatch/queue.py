@@ -1420,13 +1420,52 @@ class Intake:
         rendered: RenderedWorkflow,
     ) -> RunRecord:
         """The run of one point (``rendered``: its workflow, by :func:`check_request`)."""
+        sources = self._check_files(point, claimed, claimed.name)
+        run_dir = self.site.layout.run_dir(req.workflow, run_id)
+        tmp_dir = run_dir.with_name(f".{run_id}.tmp")
+        try:
+            return self._make_run(
+                claimed,
+                req,
+                run_id,
+                template,
+                version,
+                executor,
+                files_dir,
+                point,
+                sweep,
+                rendered,
+                sources,
+                run_dir,
+                tmp_dir,
+            )
+        except Exception:
+            # a run not made (a full disk, a file refused) leaves no folder: its half-copied
+            # inputs held the space the next request needed (found by the re-review)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+
+    def _make_run(
+        self,
+        claimed: Claimed,
+        req: Request,
+        run_id: str,
+        template: Template,
+        version: str,
+        executor: str,
+        files_dir: Path,
+        point: Point,
+        sweep: dict[str, Any] | None,
+        rendered: RenderedWorkflow,
+        sources: dict[str, int],
+        run_dir: Path,
+        tmp_dir: Path,
+    ) -> RunRecord:
+        """:meth:`_create_run`'s work, in ``tmp_dir`` renamed to ``run_dir`` when whole."""
         label = claimed.name
         site = self.site
         arguments = point.arguments
-        sources = self._check_files(point, claimed, label)
         try:
-            run_dir = site.layout.run_dir(req.workflow, run_id)
-            tmp_dir = run_dir.with_name(f".{run_id}.tmp")
             try:
                 tmp_dir.mkdir(parents=True)
             except FileExistsError:  # left by a daemon that died while making it

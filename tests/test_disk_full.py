@@ -284,3 +284,61 @@ def test_a_read_only_results_tree_is_waited_out_like_a_full_one(
     ran = (tmp_path / "ran.log").read_text().split("\n")
     assert sorted(line for line in ran if line) == [f"ran {i}" for i in range(5)]
     site.close()
+
+
+FILE_TEMPLATE = """
+workflow:
+  steps:
+    - action:
+        commands: ["wc -c < data.bin"]
+parameters:
+  - {name: data, dtype: file, target: data.bin}
+"""
+
+
+def test_a_run_not_made_for_want_of_space_leaves_no_half_folder(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    """Found by the re-review: a request whose input did not fit left its half-copied
+    ``.<run>.tmp`` folder, which held the space the next request needed: intake stopped
+    for the whole site until an admin cleaned up. The half folder is removed; the
+    request waits (it is no fault of its own) and is made once there is room."""
+    from flowbatch.store.store import MIN_FREE_BYTES
+
+    site = make_site(small_fs / "site")
+    api.install(site, write_template(tmp_path / "t", FILE_TEMPLATE), workflow_id="wf")
+    filler = fill(small_fs)
+    try:
+        free = 11 << 20
+        os.truncate(filler, filler.stat().st_size - free)
+        drop(
+            site,
+            "big.yaml",
+            {"workflow": "wf", "arguments": {"data": "big.bin"}},
+            files={"big.bin": "x" * (6 << 20)},
+        )
+        assert os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize > MIN_FREE_BYTES
+        d = Daemon(site)
+        d.start()
+        try:
+            d.tick()  # its copy of 6 MiB cannot fit in the 5 MiB left
+            runs_dir = site.layout.workflow_results("wf") / "runs"
+            assert [p.name for p in runs_dir.glob(".*.tmp")] == []
+            assert api.list_runs(site) == []  # it waits, claimed
+            st = os.statvfs(small_fs)
+            assert st.f_bavail * st.f_frsize > MIN_FREE_BYTES  # its half copy is gone
+        finally:
+            d.stop()
+    finally:
+        filler.unlink()
+    run_until_idle_site = Daemon(site)
+    run_until_idle_site.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not api.list_runs(site):
+            assert time.monotonic() < deadline, "never made"
+            run_until_idle_site.tick()
+            time.sleep(0.1)
+    finally:
+        run_until_idle_site.stop()
+    assert len(api.list_runs(site)) == 1
