@@ -1346,18 +1346,27 @@ class Intake:
                 sweep = (
                     {"id": claimed.run_id, "point": index, "of": len(points)} if req.sweep else None
                 )
-                run = self._create_run(
-                    claimed,
-                    req,
-                    point_run_id(claimed.run_id, index),
-                    template,
-                    version,
-                    executor,
-                    files_dir,
-                    points[index],
-                    sweep,
-                    checked.rendered[index],
-                )
+                run_id = point_run_id(claimed.run_id, index)
+                try:
+                    run = self._create_run(
+                        claimed,
+                        req,
+                        run_id,
+                        template,
+                        version,
+                        executor,
+                        files_dir,
+                        points[index],
+                        sweep,
+                        checked.rendered[index],
+                    )
+                except Exception:
+                    # a run not made (a full disk, a file refused) leaves no half-copied
+                    # folder: it held the space the next request needed (found by the
+                    # re-review); made, its folder is no longer at this name
+                    tmp = self.site.layout.run_dir(req.workflow, run_id)
+                    shutil.rmtree(tmp.with_name(f".{run_id}.tmp"), ignore_errors=True)
+                    raise
                 result.runs.append(run)
                 made.append(run.id)
         except FlowbatchError as exc:
@@ -1420,52 +1429,13 @@ class Intake:
         rendered: RenderedWorkflow,
     ) -> RunRecord:
         """The run of one point (``rendered``: its workflow, by :func:`check_request`)."""
-        sources = self._check_files(point, claimed, claimed.name)
-        run_dir = self.site.layout.run_dir(req.workflow, run_id)
-        tmp_dir = run_dir.with_name(f".{run_id}.tmp")
-        try:
-            return self._make_run(
-                claimed,
-                req,
-                run_id,
-                template,
-                version,
-                executor,
-                files_dir,
-                point,
-                sweep,
-                rendered,
-                sources,
-                run_dir,
-                tmp_dir,
-            )
-        except Exception:
-            # a run not made (a full disk, a file refused) leaves no folder: its half-copied
-            # inputs held the space the next request needed (found by the re-review)
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-
-    def _make_run(
-        self,
-        claimed: Claimed,
-        req: Request,
-        run_id: str,
-        template: Template,
-        version: str,
-        executor: str,
-        files_dir: Path,
-        point: Point,
-        sweep: dict[str, Any] | None,
-        rendered: RenderedWorkflow,
-        sources: dict[str, int],
-        run_dir: Path,
-        tmp_dir: Path,
-    ) -> RunRecord:
-        """:meth:`_create_run`'s work, in ``tmp_dir`` renamed to ``run_dir`` when whole."""
         label = claimed.name
         site = self.site
         arguments = point.arguments
+        sources = self._check_files(point, claimed, label)
         try:
+            run_dir = site.layout.run_dir(req.workflow, run_id)
+            tmp_dir = run_dir.with_name(f".{run_id}.tmp")
             try:
                 tmp_dir.mkdir(parents=True)
             except FileExistsError:  # left by a daemon that died while making it
