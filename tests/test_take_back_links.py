@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,36 @@ def sparse(path: Path, size: int, data: bytes = b"x" * 4096) -> Path:
         fh.write(data)
         fh.truncate(size)
     return as_user(path)
+
+
+def foreign_run(
+    root: Path, tmp_path: Path, commands: list[str], **template: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A site in ``root`` with one run of ``commands`` (a one-step template with the
+    top-level keys ``template`` adds, a ``score`` result by default) that another user
+    (:data:`USER`) asked for, run to its end by a root daemon: the site (the caller
+    closes it) and the run as shown."""
+    import yaml
+
+    from flowbatch import api
+
+    from .conftest import drop, make_site, run_until_idle, write_template
+
+    doc = {
+        "workflow": {"steps": [{"action": {"commands": commands}}]},
+        "results": {
+            "file": "results.json",
+            "schema": [{"name": "score", "label": "S", "dtype": "float"}],
+        },
+        **template,
+    }
+    site = make_site(root / "site")
+    write_template(tmp_path / "t", yaml.safe_dump(doc))
+    api.install(site, tmp_path / "t", workflow_id="wf")
+    os.chown(drop(site, "r.yaml", {"workflow": "wf"}), USER, USER)
+    run_until_idle(site).stop()
+    (run,) = api.list_runs(site)
+    return site, api.show_run(site, run["id"])
 
 
 def test_links_all_inside_the_folder_are_taken_once(tmp_path: Path) -> None:
@@ -253,13 +284,6 @@ def test_a_leftover_holding_the_result_file_open_changes_nothing_after_the_end(
     the leftover writes to a file no name reaches."""
     import time
 
-    from flowbatch import api
-
-    from .conftest import drop, make_site, run_until_idle, write_template
-
-    site = make_site(public_tmp / "site")
-    import yaml
-
     leftover = (
         "import os, time; f = open('results.json', 'r+'); "
         "open('leftover.pid', 'w').write(str(os.getpid())); time.sleep(2); "
@@ -270,21 +294,8 @@ def test_a_leftover_holding_the_result_file_open_changes_nothing_after_the_end(
         f'setsid python3 -c "{leftover}" </dev/null >/dev/null 2>&1 &',
         "while [ ! -s leftover.pid ]; do sleep 0.05; done",
     ]
-    template = {
-        "workflow": {"steps": [{"action": {"commands": commands}}]},
-        "results": {
-            "file": "results.json",
-            "schema": [{"name": "score", "label": "S", "dtype": "float"}],
-        },
-    }
-    write_template(tmp_path / "t", yaml.safe_dump(template))
-    api.install(site, tmp_path / "t", workflow_id="wf")
-    path = drop(site, "r.yaml", {"workflow": "wf"})
-    os.chown(path, USER, USER)
-    run_until_idle(site).stop()
-    (run,) = api.list_runs(site)
-    shown = api.show_run(site, run["id"])
-    assert run["state"] == "SUCCESS", shown["messages"]
+    site, shown = foreign_run(public_tmp, tmp_path, commands)
+    assert shown["state"] == "SUCCESS", shown["messages"]
     folder = Path(shown["run_dir"])
     pid = int((folder / "leftover.pid").read_text())
     deadline = time.monotonic() + 20
@@ -304,13 +315,6 @@ def test_links_out_of_the_run_folder_and_fifos_are_removed_at_its_end(
     tree after the run's end, the tree's to serve (a web server following links) and to
     read (a backup blocks on the FIFO). They are removed at the take-back, and the run's
     messages say so; a link that stays inside the run folder stands."""
-    import yaml
-
-    from flowbatch import api
-
-    from .conftest import drop, make_site, run_until_idle, write_template
-
-    site = make_site(public_tmp / "site")
     deep = "/".join(["p"] * 20) + "/" + "/".join([".."] * 20)
     commands = [
         "mkdir -p data sub && echo x > data/x && ln -s /etc/shadow results.json",
@@ -320,21 +324,8 @@ def test_links_out_of_the_run_folder_and_fifos_are_removed_at_its_end(
         # the daemon's own names at the top: a link and a FIFO there go too
         "rm -f request.yaml && ln -s /etc/passwd request.yaml",
     ]
-    template = {
-        "workflow": {"steps": [{"action": {"commands": commands}}]},
-        "results": {
-            "file": "results.json",
-            "schema": [{"name": "score", "label": "S", "dtype": "float"}],
-        },
-    }
-    write_template(tmp_path / "t", yaml.safe_dump(template))
-    api.install(site, tmp_path / "t", workflow_id="wf")
-    path = drop(site, "r.yaml", {"workflow": "wf"})
-    os.chown(path, USER, USER)
-    run_until_idle(site).stop()
-    (run,) = api.list_runs(site)
-    shown = api.show_run(site, run["id"])
-    assert run["state"] == "ERROR"  # its result file was a link: refused, as before
+    site, shown = foreign_run(public_tmp, tmp_path, commands)
+    assert shown["state"] == "ERROR"  # its result file was a link: refused, as before
     folder = Path(shown["run_dir"])
     for gone in ("results.json", "pipe", "sub/up", "leak", "request.yaml"):
         assert not os.path.lexists(folder / gone), gone
@@ -352,42 +343,23 @@ def test_a_large_result_or_post_processing_input_is_taken_not_removed(
     counted against the budget of files with names outside, and past it the file was
     removed ("also had a name outside"): the post-processing then failed for the whole
     workflow. Past :data:`queue.FRESH_COPY_BYTES` (or the budget) it is only taken."""
-    import yaml
-
-    from flowbatch import api
-
-    from .conftest import drop, make_site, run_until_idle, write_template
-
     if bound == "fresh copy":
         monkeypatch.setattr(queue, "FRESH_COPY_BYTES", 4096)
     else:
         monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 4096)
-    site = make_site(public_tmp / "site")
     commands = [
         "head -c 65536 /dev/urandom > pred.bin",
-        """printf '{"score": 1, "pad": "%s"}' "$(head -c 8000 /dev/zero | tr '\\\\0' x)" > r.json""",
+        """printf '{"score": 1, "pad": "%s"}' "$(head -c 8000 /dev/zero | tr '\\0' x)" \\
+        > results.json""",
     ]
-    template = {
-        "workflow": {"steps": [{"action": {"commands": commands}}]},
-        "results": {
-            "file": "r.json",
-            "schema": [{"name": "score", "label": "S", "dtype": "float"}],
-        },
-        "postproc": {
-            "workflow": {"steps": [{"action": {"commands": ["ls $[[runs]] > seen.txt"]}}]},
-            "inputs": {"files": ["pred.bin"]},
-        },
+    postproc = {
+        "workflow": {"steps": [{"action": {"commands": ["ls $[[runs]] > seen.txt"]}}]},
+        "inputs": {"files": ["pred.bin"]},
     }
-    write_template(tmp_path / "t", yaml.safe_dump(template))
-    api.install(site, tmp_path / "t", workflow_id="wf")
-    path = drop(site, "r.yaml", {"workflow": "wf"})
-    os.chown(path, USER, USER)
-    run_until_idle(site).stop()
-    (run,) = api.list_runs(site)
-    shown = api.show_run(site, run["id"])
-    assert run["state"] == "SUCCESS", shown["messages"]
+    site, shown = foreign_run(public_tmp, tmp_path, commands, postproc=postproc)
+    assert shown["state"] == "SUCCESS", shown["messages"]
     folder = Path(shown["run_dir"])
-    for name in ("pred.bin", "r.json"):
+    for name in ("pred.bin", "results.json"):
         assert (folder / name).stat().st_uid == os.geteuid(), name  # taken, still there
     assert (folder / "pred.bin").stat().st_size == 65536
     assert not any("name outside" in m for m in shown["messages"]), shown["messages"]
