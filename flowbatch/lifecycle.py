@@ -8,6 +8,7 @@ ended, and after a restart :meth:`Runner.recover` rebuilds everything from those
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from . import fairshare, faults
 from .errors import ExecutorUnavailable, FlowbatchError
 from .executors.base import Executor, Launch, LaunchDeferred, LaunchesMany, Liveness, Probe
 from .logs import Repeated
-from .queue import take_back
+from .queue import boot_id, take_back
 from .render.script import (
     CLOSED_MARK,
     LOGS_DIR,
@@ -219,7 +220,7 @@ class Runner:
         self.clock = RunClock()  # time limits, step-free
         #: runs being ended (:meth:`_kill`): sent SIGTERM, SIGKILLed at the deadline,
         #: recorded once gone; only where a caller polls again (the serving daemon)
-        self.ending: dict[str, _Ending] = {}
+        self.ending: dict[str, Ending] = {}
         self.defer_kills = False
         self._poll_failing: dict[str, Repeated] = {}  # by executor name
         #: executor objects a reload replaced or removed that still serve runs (or have
@@ -647,7 +648,9 @@ class Runner:
         (``queues_jobs``), PENDING with the handle marked :data:`QUEUED` until a poll
         finds the job started (:meth:`_note_status`)."""
         if not queues_jobs(executor):
-            handle = {**handle, LAUNCH_CLOCK: launch_clock()}
+            clock = launch_clock()
+            if clock is not None:  # else measured as a run this daemon did not launch
+                handle = {**handle, LAUNCH_CLOCK: clock}
             self._transition(run, State.RUNNING, handle=handle, waiting=None)
             return
         run.handle = {**handle, QUEUED: True}
@@ -884,7 +887,7 @@ class Runner:
                 if token is not None:
                     grace = float(getattr(executor, "cancel_grace", 3.0))
                     due = time.monotonic() + grace
-                    self.ending[run.id] = _Ending(state, reason, due, due + grace, token)
+                    self.ending[run.id] = Ending(state, reason, due, due + grace, token)
             if run.id in self.ending:
                 return False
         elif run.handle:
@@ -892,7 +895,7 @@ class Runner:
         self._record_kill(run, executor, state, reason)
         return True
 
-    def _tend_ending(self, run: RunRecord, executor: Executor, ending: _Ending, alive: bool) -> int:
+    def _tend_ending(self, run: RunRecord, executor: Executor, ending: Ending, alive: bool) -> int:
         """A run being ended: SIGKILL what is left of it at its deadline, record it once
         neither its script (``alive``: the executor's word) nor anything SIGTERM was sent
         to still runs. 1 when recorded."""
@@ -924,7 +927,7 @@ class Runner:
         its own end."""
         if not self.ending:
             return
-        doomed: list[tuple[RunRecord, Executor, _Ending]] = []
+        doomed: list[tuple[RunRecord, Executor, Ending]] = []
         for run_id, ending in list(self.ending.items()):
             run = self.active.get(run_id)
             executor = self.executor_of(run) if run is not None else None
@@ -1333,9 +1336,9 @@ def _alive(probe: Probe | None) -> bool:
 
 
 @dataclass
-class _Ending:
-    """A run :meth:`Runner._kill` is ending: what it is to be recorded as, and when what
-    is left of it is SIGKILLed (monotonic)."""
+class Ending:
+    """A run :meth:`Runner._kill` (or a post-processing run the daemon) is ending: what
+    it is to be recorded as, and when what is left of it is SIGKILLed (monotonic)."""
 
     state: State
     reason: str
@@ -1349,23 +1352,18 @@ class _Ending:
 LAUNCH_CLOCK = "launch_clock"
 
 
-def launch_clock() -> list[Any]:
+def launch_clock() -> list[Any] | None:
     """This host's boot id and its boot clock now (CLOCK_BOOTTIME: steady, suspend
-    included), for :data:`LAUNCH_CLOCK`."""
-    return [_boot_id(), round(time.clock_gettime(time.CLOCK_BOOTTIME), 3)]
+    included), for :data:`LAUNCH_CLOCK`; None when the boot id is not known (the clocks
+    of two boots would be compared: found by the re-review)."""
+    this_boot = _this_boot()
+    if this_boot is None:
+        return None
+    return [this_boot, round(time.clock_gettime(time.CLOCK_BOOTTIME), 3)]
 
 
-def _boot_id() -> str:
-    global _BOOT_ID
-    if _BOOT_ID is None:
-        try:
-            _BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        except OSError:
-            _BOOT_ID = ""
-    return _BOOT_ID
-
-
-_BOOT_ID: str | None = None
+#: this host's boot id, read once (it changes only with a reboot)
+_this_boot = functools.cache(boot_id)
 
 
 class RunClock:
@@ -1383,9 +1381,13 @@ class RunClock:
 
     def ran(self, key: str, started_at: str, handle: dict[str, Any] | None = None) -> float:
         launched = (handle or {}).get(LAUNCH_CLOCK)
-        # a boot id not known ("") matches no other: then the clocks of two boots or
-        # hosts would be compared (found by the re-review)
-        if isinstance(launched, list) and len(launched) == 2 and launched[0] == _boot_id() != "":
+        this_boot = _this_boot()
+        if (
+            isinstance(launched, list)
+            and len(launched) == 2
+            and this_boot
+            and launched[0] == this_boot
+        ):
             try:
                 return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - float(launched[1]))
             except (TypeError, ValueError):

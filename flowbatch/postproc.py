@@ -60,6 +60,7 @@ from .executors.local import LocalExecutor
 from .lifecycle import (
     LAUNCH_CLOCK,
     TIME_LIMIT,
+    Ending,
     RunClock,
     describe_code,
     epoch,
@@ -75,7 +76,7 @@ from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
 from .report import PostProcOutput, PostProcRunView, PostProcView, href_in
-from .runs import now_iso
+from .runs import State, now_iso
 from .safeio import copy_beneath, open_beneath, read_up_to
 from .site import Site
 from .spec.model import Template
@@ -169,9 +170,8 @@ class PostProcManager:
         #: once gone, SIGKILLed from a later poll (as the Runner's runs: a script that
         #: ignores SIGTERM held the daemon's tick for the grace)
         self.defer_kills = False
-        #: workflow -> its run being ended: (what SIGTERM was sent to, when it is due its
-        #: SIGKILL, when it is concluded whatever is left, whether SIGKILL was sent)
-        self.ending: dict[str, list[Any]] = {}
+        #: workflow -> its run being ended
+        self.ending: dict[str, Ending] = {}
         self.clock = RunClock()  # time limits, step-free
         #: runs a previous daemon recorded as started but never launched (see _recover):
         #: launched in their folder by maybe_start, when a local slot is free
@@ -280,7 +280,9 @@ class PostProcManager:
             record.handle = self.executor.launch(
                 Launch(record.id, folder, SCRIPT_NAME, record.workflow, record.time_limit)
             )
-            record.handle[LAUNCH_CLOCK] = launch_clock()
+            clock = launch_clock()
+            if clock is not None:
+                record.handle[LAUNCH_CLOCK] = clock
         except FlowbatchError as exc:
             self._finish(record, "ERROR", [exc.summary()])
             return
@@ -354,7 +356,10 @@ class PostProcManager:
             token = self.executor.terminate(handle)
             if token is not None:
                 due = time.monotonic() + self.executor.cancel_grace
-                self.ending[record.workflow] = [token, due, due + self.executor.cancel_grace, False]
+                grace = self.executor.cancel_grace
+                self.ending[record.workflow] = Ending(
+                    State.ERROR, TIME_LIMIT, due, due + grace, token
+                )
                 return False
         else:
             self.executor.cancel(handle, TIME_LIMIT)
@@ -364,34 +369,34 @@ class PostProcManager:
     def _tend_ending(self, record: PostProcRecord, alive: bool) -> bool:
         """A run being ended: SIGKILL what is left at its deadline; concluded once nothing
         SIGTERM was sent to runs (or, never for ever, one grace after the SIGKILL)."""
-        token, due, give_up, killed = self.ending[record.workflow]
+        ending = self.ending[record.workflow]
         now = time.monotonic()
-        if (not alive and not self.executor.left(token)) or now >= give_up:
+        if (not alive and not self.executor.left(ending.token)) or now >= ending.give_up:
             del self.ending[record.workflow]
-            self._conclude(record, reason=TIME_LIMIT)
+            self._conclude(record, reason=ending.reason)
             return True
-        if not killed and now >= due:
-            self.ending[record.workflow][3] = True
-            self.executor.kill(record.handle or {}, token)
+        if not ending.killed and now >= ending.deadline:
+            ending.killed = True
+            self.executor.kill(record.handle or {}, ending.token)
         return False
 
     def next_kill(self) -> float | None:
         """When the next run being ended is due its SIGKILL (monotonic), if any."""
-        due = [e[1] for e in self.ending.values() if not e[3]]
+        due = [e.deadline for e in self.ending.values() if not e.killed]
         return min(due) if due else None
 
     def end_ending(self, patience: float = 2.0) -> set[str]:
         """At a stop: SIGKILL what is left of the runs being ended and conclude them (a
         next daemon would take the SIGKILL for the script's own end); the workflows
         concluded."""
-        for workflow, (token, *_rest) in list(self.ending.items()):
+        for workflow, ending in list(self.ending.items()):
             record = self.active.get(workflow)
             if record is None:
                 del self.ending[workflow]
                 continue
-            self.executor.kill(record.handle or {}, token)
-            self.ending[workflow][3] = True
-            self.ending[workflow][2] = time.monotonic() + patience
+            self.executor.kill(record.handle or {}, ending.token)
+            ending.killed = True
+            ending.give_up = time.monotonic() + patience
         ended: set[str] = set()
         while self.ending:
             for workflow in list(self.ending):

@@ -258,11 +258,40 @@ def test_time_limit(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     assert time.monotonic() - started < 20
 
 
-@pytest.mark.parametrize(
+#: a step of the wall clock, the run's time limit and command, and the state it must end in
+STEPS = pytest.mark.parametrize(
     ("step", "limit", "command", "state"),
     [(3600, 30, "sleep 1.5", "SUCCESS"), (-3600, 1, "sleep 60", "ERROR")],
     ids=["forward-keeps-a-young-run", "back-still-ends-an-old-one"],
 )
+
+
+def time_limited(site: Site, tmp_path: Path, limit: int, command: str) -> None:
+    """``wf``: one step running ``command`` within ``limit`` seconds; one run of it queued."""
+    install(
+        site,
+        tmp_path / "t",
+        f"timeLimit: {limit}\nworkflow:\n  steps:\n    - name: s\n      action:\n"
+        f"        commands: [{command}]\n",
+    )
+    drop(site, "r.yaml", {"workflow": "wf"})
+
+
+def stepped(step: int) -> Any:
+    """lifecycle's ``datetime``, its clock stepped by ``step`` seconds."""
+    from flowbatch import lifecycle
+
+    real = lifecycle.datetime
+
+    class Stepped(real):  # type: ignore[misc, valid-type]
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real.now(tz) + timedelta(seconds=step)
+
+    return Stepped
+
+
+@STEPS
 def test_a_step_of_the_wall_clock_moves_no_time_limit(
     site: Site,
     tmp_path: Path,
@@ -277,20 +306,8 @@ def test_a_step_of_the_wall_clock_moves_no_time_limit(
     review). Time limits count by the monotonic clock once the daemon has seen the run."""
     from flowbatch import lifecycle
 
-    install(
-        site,
-        tmp_path / "t",
-        f"timeLimit: {limit}\nworkflow:\n  steps:\n    - name: s\n      action:\n"
-        f"        commands: [{command}]\n",
-    )
-    drop(site, "r.yaml", {"workflow": "wf"})
-    real = lifecycle.datetime
-
-    class Stepped(real):  # type: ignore[misc, valid-type]
-        @classmethod
-        def now(cls, tz: Any = None) -> Any:
-            return real.now(tz) + timedelta(seconds=step)
-
+    time_limited(site, tmp_path, limit, command)
+    Stepped = stepped(step)
     ticks = []
 
     def step_once_seen(daemon: Daemon) -> None:
@@ -307,11 +324,7 @@ def test_a_step_of_the_wall_clock_moves_no_time_limit(
         assert time.monotonic() - started < 15
 
 
-@pytest.mark.parametrize(
-    ("step", "limit", "command", "state"),
-    [(3600, 30, "sleep 1.5", "SUCCESS"), (-3600, 1, "sleep 60", "ERROR")],
-    ids=["forward-keeps-a-young-run", "back-still-ends-an-old-one"],
-)
+@STEPS
 def test_a_step_of_the_wall_clock_between_cron_ticks_moves_no_time_limit(
     site: Site,
     tmp_path: Path,
@@ -328,26 +341,14 @@ def test_a_step_of_the_wall_clock_between_cron_ticks_moves_no_time_limit(
     measures it in any process since the host's boot."""
     from flowbatch import lifecycle
 
-    install(
-        site,
-        tmp_path / "t",
-        f"timeLimit: {limit}\nworkflow:\n  steps:\n    - name: s\n      action:\n"
-        f"        commands: [{command}]\n",
-    )
-    drop(site, "r.yaml", {"workflow": "wf"})
+    time_limited(site, tmp_path, limit, command)
     first = Daemon(site)
     first.start()
     try:
         first_launched(first)  # the first tick launches it
     finally:
         first.stop()
-    real = lifecycle.datetime
-
-    class Stepped(real):  # type: ignore[misc, valid-type]
-        @classmethod
-        def now(cls, tz: Any = None) -> Any:
-            return real.now(tz) + timedelta(seconds=step)
-
+    Stepped = stepped(step)
     monkeypatch.setattr(lifecycle, "datetime", Stepped)
     started = time.monotonic()
     while only_run(site)["state"] == "RUNNING":  # cron ticks: a daemon each

@@ -243,9 +243,10 @@ def test_a_launch_clock_of_an_unknown_boot_is_not_used(monkeypatch) -> None:  # 
 
     clock = lifecycle.RunClock()
     started = now_iso()
-    monkeypatch.setattr(lifecycle, "_BOOT_ID", "")
+    monkeypatch.setattr(lifecycle, "_this_boot", lambda: None)
+    assert lifecycle.launch_clock() is None
     now = time.clock_gettime(time.CLOCK_BOOTTIME)
     # a launch "an hour ago" by a boot clock of an unknown boot: not believed
     assert clock.ran("r", started, {"launch_clock": ["", now - 3600]}) < 60
-    monkeypatch.setattr(lifecycle, "_BOOT_ID", "b1")
+    monkeypatch.setattr(lifecycle, "_this_boot", lambda: "b1")
     assert clock.ran("s", started, {"launch_clock": ["b1", now - 3600]}) >= 3600
