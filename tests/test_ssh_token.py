@@ -213,11 +213,11 @@ def test_an_abandoned_cancel_ends_a_tokenless_leftover(
         real = ex._end_group
         calls: list[int] = []
 
-        def away(h: Any, *, force: bool = False) -> None:
+        def away(h: Any, **how: bool) -> None:
             calls.append(1)
             if len(calls) == 1:
                 raise HostUnreachable("host a is away")
-            return real(h, force=force)
+            return real(h, **how)
 
         monkeypatch.setattr(ex, "_end_group", away)
         ex.cancel(handle, "time limit exceeded")
