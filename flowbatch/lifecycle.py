@@ -898,9 +898,13 @@ class Runner:
     def _tend_ending(self, run: RunRecord, executor: Executor, ending: Ending, alive: bool) -> int:
         """A run being ended: SIGKILL what is left of it at its deadline, record it once
         neither its script (``alive``: the executor's word) nor anything SIGTERM was sent
-        to still runs. 1 when recorded."""
+        to still runs. 1 when recorded. One whose SIGKILL the executor could not send
+        and gave over to what it ends once it can (an SSH host away: its abandoned
+        groups, kept on disk) is recorded at once: nothing here can end it sooner (found
+        by review: a stop then left the run RUNNING for the next daemon)."""
         left = getattr(executor, "left", None)
-        gone = not alive and not (left is not None and left(ending.token))
+        handed = bool(getattr(ending.token, "away", False))
+        gone = handed or (not alive and not (left is not None and left(ending.token)))
         if gone or time.monotonic() >= ending.give_up:
             if not gone:  # never active for ever: a process SIGKILL cannot end (D state)
                 log.warning(

@@ -166,6 +166,38 @@ def test_a_daemon_stopping_while_it_ends_an_ssh_run_records_that_end(
     assert list(site.layout.claimed.iterdir()) == []
 
 
+def test_a_stop_while_ending_an_ssh_run_on_a_host_gone_records_the_run(
+    ssh: SshEnv, tmp_path: Path
+) -> None:
+    """A stop in the grace of a cancel while the host no longer answers: the KILL cannot
+    be sent, so the group is abandoned (noted under ``ssh-abandoned/``, for the next
+    daemon to end) and the run recorded CANCELED by this daemon, not left RUNNING."""
+    site = ssh_site(tmp_path / "site", ssh)
+    install(site, tmp_path, "stubborn", STUBBORN)
+    drop(site, "s.yaml", {"workflow": "stubborn"})
+    d = serving(site)
+    pgid = 0
+    kept = ""
+    try:
+        run, pid, start = stubborn_running(d)
+        pgid = int(run.handle["pgid"])
+        kept = run.handle["remote_dir"]
+        api.request_cancel(site, run.id, "enough")
+        until_ending(d, run)
+        ssh.servers["a"].stop()
+        d.stop()
+        shown = api.show_run(site, run.id)
+        assert shown["state"] == "CANCELED" and shown["messages"][0] == "enough", shown
+        assert not gone(pid, start)  # the host could not be asked
+        assert len(list((site.root / "ssh-abandoned" / "a").glob("*.json"))) == 1
+    finally:
+        d.stop()
+        ssh.ensure_running()
+        kill_groups(pgid)
+        if kept:
+            shutil.rmtree(kept, ignore_errors=True)
+
+
 def test_a_host_gone_between_term_and_kill_abandons_the_run(
     ssh: SshEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
