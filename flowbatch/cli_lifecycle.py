@@ -266,6 +266,30 @@ def runs_archive(obj: Context, run_id: str, output: str | None) -> None:
     echo(str(write_archive(obj.site, run_id, output or None)))
 
 
+@workflows.command("retire")
+@click.argument("workflow")
+@click.argument("version")
+@click.option(
+    "--with-runs",
+    is_flag=True,
+    help="Remove the runs of that version too (refused without it while it has any).",
+)
+@pass_ctx
+def workflows_retire(obj: Context, workflow: str, version: str, with_runs: bool) -> None:
+    """Remove VERSION of WORKFLOW's template (a unique prefix will do): not the current
+    one, none of whose runs is active. Refused while a daemon serves the site: stop it
+    first. See the versions with `flowbatch workflows show WORKFLOW`."""
+    from .lifecycle_ops import retire_version
+
+    needs_write(obj.site, "workflows retire", obj.site.layout.templates, obj.site.layout.results)
+    info = retire_version(obj.site, workflow, version, with_runs=with_runs)
+    again = " (an interrupted retire, finished)" if info["resumed"] else ""
+    echo(
+        f"retired version {info['version']} of {workflow}{again}: {info['runs']} runs, "
+        f"freed {human(info['freed'])}"
+    )
+
+
 # -- cleanup and uninstall ----------------------------------------------------------------------
 @main.command()
 @click.option(

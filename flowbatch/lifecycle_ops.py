@@ -37,6 +37,7 @@ from .errors import FlowbatchError, NotFoundError, RequestError, StateError
 from .runs import ACTIVE, RunRecord, State, parse_state
 from .safeio import copy_beneath
 from .site import Site
+from .store import atomic
 from .store.index import (
     ResultRow,
     RunFileRow,
@@ -47,6 +48,7 @@ from .store.index import (
 )
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
 from .store.store import lock_holder_at, lock_holders, other_daemon, tree_change
+from .store.templates import META
 
 log = logging.getLogger("flowbatch.lifecycle_ops")
 
@@ -585,6 +587,108 @@ def uninstall(site: Site, workflow: str) -> dict[str, Any]:
     _refresh(site, set())  # the front page lists workflows
     _remove(hidden)  # last: while it is there, `uninstall` again finishes the job
     return {"workflow": workflow, "runs": runs, "freed": freed, "resumed": resumed}
+
+
+#: what a retire hides a template version's folder as, in ``templates/<wf>/``, before it
+#: removes it (a version is named by a hash: a dot-name is never one)
+RETIRING = ".{version}.retiring"
+
+
+@_changes_tree("workflows retire")
+def retire_version(
+    site: Site, workflow: str, version: str, *, with_runs: bool = False
+) -> dict[str, Any]:
+    """Remove one installed version of a workflow's template that is not its current
+    one (a broken install, or old versions' shipped data taking space), with its runs if
+    ``with_runs`` (refused otherwise while it has any: their records would point at a
+    template that is gone). Refused while a daemon serves the site, as ``uninstall``
+    is (its intake may be making a run of a request that asks for this version), and
+    while a run of the version is active. A unique prefix of the version will do.
+
+    Order, so that running it again finishes what a crash cut short: the runs (as
+    ``runs delete`` removes them), then the version's entry in ``workflow.json``, then
+    its folder (hidden first as :data:`RETIRING`). Returns the version, its runs
+    removed, the bytes freed and whether an interrupted retire was finished."""
+    checked_id(workflow, "workflow")
+    _no_daemon_serving(site, "workflows retire")
+    meta = site.templates.meta(workflow)  # NotFoundError for an unknown workflow
+    wf_dir = site.layout.template_dir(workflow)
+    listed = [e["version"] for e in meta.get("versions", [])]
+    version = _version_named(workflow, version, listed, wf_dir)
+    if version == meta.get("current"):
+        raise StateError(
+            f"version {version} is the current version of {workflow}",
+            hint="install the template you want current first (installing a folder "
+            "whose content an earlier version had makes that version current again), "
+            "then retire this one",
+        )
+    site.store  # noqa: B018 - opens the index
+    query: Any = (
+        RunRow.select(RunRow.id, RunRow.state)
+        .where((RunRow.workflow == workflow) & (RunRow.version == version))
+        .order_by(RunRow.created_at)
+        .tuples()
+    )
+    rows: list[tuple[str, str]] = list(query)
+    active = [run_id for run_id, state in rows if parse_state(state) in ACTIVE]
+    if active:
+        shown = ", ".join(active[:5]) + (" ..." if len(active) > 5 else "")
+        raise StateError(
+            f"version {version} of {workflow} has {len(active)} active runs ({shown})",
+            hint="cancel them or wait until they end",
+        )
+    if rows and not with_runs:
+        raise StateError(
+            f"{len(rows)} runs of {workflow} ran on version {version}",
+            hint="add --with-runs to remove them with it (their folders, results and "
+            "index rows: `flowbatch runs delete` for each), or keep the version",
+        )
+    freed = 0
+    if rows:
+        runs = [site.store.load(run_id) for run_id, _ in rows]
+        noted = _owe_reports(site, {workflow})
+        freed += remove_runs(site, runs)
+        _refresh(site, {workflow})
+        _reports_written(site, noted)
+    resumed = version not in listed
+    if not resumed:
+        meta["versions"] = [e for e in meta["versions"] if e["version"] != version]
+        atomic.write_json(wf_dir / META, meta)
+    site.templates.forget(workflow, version)
+    hidden = wf_dir / RETIRING.format(version=version)
+    if os.path.lexists(wf_dir / version):
+        _remove(hidden)  # a leftover of a retire of it cut short, then installed again
+        os.rename(wf_dir / version, hidden)
+    if os.path.lexists(hidden):
+        freed += tree_size(hidden)
+        _remove(hidden)
+    return {
+        "workflow": workflow,
+        "version": version,
+        "runs": len(rows),
+        "freed": freed,
+        "resumed": resumed,
+    }
+
+
+def _version_named(workflow: str, given: str, listed: list[str], wf_dir: Path) -> str:
+    """The version ``given`` names: itself, or the one listed version it begins (at
+    least 4 characters); a version no longer listed whose folder a cut-short retire
+    left (itself or hidden) is named by its whole name."""
+    if given in listed:
+        return given
+    if ID_PATTERN.match(given) and not given.startswith("."):
+        left = wf_dir / given
+        if os.path.lexists(left) or os.path.lexists(wf_dir / RETIRING.format(version=given)):
+            return given
+    found = [v for v in listed if len(given) >= 4 and v.startswith(given)]
+    if len(found) == 1:
+        return found[0]
+    raise NotFoundError(
+        f"workflow {workflow} has no version {given!r}"
+        + (f" (it begins {len(found)} of them)" if found else ""),
+        hint=f"see `flowbatch workflows show {workflow}` for its versions",
+    )
 
 
 def _refuse_active(workflow: str) -> None:

@@ -280,6 +280,11 @@ class TemplateStore:
         self._cache[(wf_id, version)] = template
         return Installed(wf_id, name, version, created, template, previous, shown_changed)
 
+    def forget(self, workflow_id: str, version: str) -> None:
+        """Drop what is kept in memory of a version that was removed (a retire)."""
+        self._cache.pop((workflow_id, version), None)
+        self._meta.pop(workflow_id, None)
+
     def version_dir(self, workflow_id: str, version: str) -> Path:
         return self.layout.template_dir(workflow_id) / checked_id(version, "version")
 
@@ -291,7 +296,12 @@ class TemplateStore:
             vdir = self.version_dir(workflow_id, version)
             specs = sorted(vdir.glob("spec.*"))
             if not specs:
-                raise NotFoundError(f"workflow {workflow_id!r} has no version {version!r}")
+                raise NotFoundError(
+                    f"workflow {workflow_id!r} has no version {version!r}",
+                    hint=f"see its versions with `flowbatch workflows show {workflow_id}` "
+                    "(an old one may have been retired); leave `version:` out for the "
+                    "current one",
+                )
             self._cache[key] = load_template(specs[0], known_variables=self.variables)
         return self._cache[key], version
 
