@@ -664,6 +664,46 @@ def _peers_line(
     ]
 
 
+def _peer_budget_lines(
+    peers: list[dict[str, Any]],
+    fb: dict[str, Any],
+    limit: dict[str, Any] | None,
+    contract: dict[str, Any] | None,
+    n: int,
+) -> list[str]:
+    """What "ahead of every peer" leaves the daemon, in CPU a run: the nearest peer's
+    distance above its limit makes flowbatch's wall time a run at most the limit plus
+    that distance; less the share of flowbatch's start and end (one core working), the
+    burst's wall time a run, on both cores at most twice that in CPU, of which the run
+    scripts take their own part."""
+    needed = ("cpu_ms", "start_ms", "end_ms")
+    if not peers or limit is None or contract is None or "cpu_ms" not in contract:
+        return []
+    if any(k not in fb for k in needed):
+        return []
+    best = min(peers, key=lambda r: r["overhead_ms"])
+    wall = limit["per_job_ms"] + best["overhead_ms"]
+    ends = (fb["start_ms"] + fb["end_ms"]) / n
+    cpu = CORES * (wall - ends)
+    left = cpu - contract["cpu_ms"]
+    burst = fb["cpu_ms"] - contract["cpu_ms"] - ends  # its start and end: one core busy
+    share = (
+        f"{left:.2f} ms a run left for the daemon, which uses about {burst:.2f} "
+        f"({burst / left:.1f}x)"
+        if left > 0
+        else "nothing left for the daemon"
+    )
+    return [
+        f"- What being ahead of {best['tool']} would take: a run done in at most "
+        f"{limit['per_job_ms']:.2f} + {best['overhead_ms']:.2f} = {wall:.2f} ms of wall time; "
+        f"less its share of flowbatch's start and end ({ends:.2f} ms, one core working), "
+        f"{wall - ends:.2f} ms a run for the burst, at most {cpu:.2f} ms of CPU on {CORES} "
+        f"cores, of which its run.sh takes {contract['cpu_ms']:.2f} ms: {share} in the "
+        "burst. Only less CPU a run closes that, not more parallel work: both cores are "
+        "the bound."
+    ]
+
+
 def _round_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list[str]:
     """Each round of flowbatch's rows against the limit of the same round: the spread
     the medians above hide (the machine's speed moves between minutes)."""
@@ -753,6 +793,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"it uses {fb['cpu_ms'] - contract['cpu_ms']:.2f} ms "
                 f"(flowbatch's {fb['cpu_ms']:.2f} ms in all)."
             )
+        lines.extend(_peer_budget_lines(others, fb, limit_row, contract, n))
         lines.extend(_floor_lines(res["rows"], fb, res["n"]))
         lines.append(_target_line(fb, limit_row, n))
         lines.extend(_span_lines(fb, limit_row, n))

@@ -202,6 +202,30 @@ def test_the_target_is_met_only_by_the_medians_and_the_rounds_together() -> None
     assert no_rounds.endswith("NOT met (2.50 ms).")
 
 
+def test_what_being_ahead_of_the_nearest_peer_leaves_the_daemon() -> None:
+    """Session 23's figures: the limit 1.25 ms a job, signac-flow +0.64 ms against its
+    own, flowbatch's start 214 ms and end 47 ms of 500 runs, its CPU 4.46 ms a run and
+    its run.sh files' 2.01: 0.73 ms of CPU a run left for the daemon in the burst,
+    which uses 1.93."""
+    from bench import throughput
+
+    fb = {"cpu_ms": 4.46, "start_ms": 214.0, "end_ms": 47.0}
+    limit = {"per_job_ms": 1.25}
+    peers = [
+        {"tool": "signac-flow", "overhead_ms": 0.64},
+        {"tool": "Snakemake", "overhead_ms": 14.9},
+    ]
+    (line,) = throughput._peer_budget_lines(peers, fb, limit, {"cpu_ms": 2.01}, 500)
+    assert "ahead of signac-flow" in line
+    assert "1.25 + 0.64 = 1.89 ms of wall time" in line
+    assert "start and end (0.52 ms" in line and "1.37 ms a run for the burst" in line
+    assert f"at most 2.74 ms of CPU on {throughput.CORES} cores" in line
+    assert "0.73 ms a run left for the daemon, which uses about 1.93 (2.7x)" in line
+    slow = throughput._peer_budget_lines(peers, fb, limit, {"cpu_ms": 3.0}, 500)
+    assert "nothing left for the daemon" in slow[0]
+    assert throughput._peer_budget_lines([], fb, limit, {"cpu_ms": 2.01}, 500) == []
+
+
 def test_the_bench_reinstalls_flowbatch_when_the_tree_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
