@@ -41,7 +41,7 @@ from .site import Site
 from .spec.request import CancelRequest
 from .store import atomic
 from .store.layout import ID_PATTERN, RUN_PAGE
-from .store.store import lock_holder_at
+from .store.store import holder_record, lock_holder_at
 
 log = logging.getLogger("flowbatch.daemon")
 
@@ -67,7 +67,13 @@ RESCAN_AFTER = 10.0
 
 
 class Busy(Exception):
-    """Another daemon holds the site's lock."""
+    """Another process holds the site's lock: ``record`` is what it wrote into it, as
+    :func:`~flowbatch.store.store.holder_record` checked it (the exception's text is its
+    JSON, which :func:`role_of` reads)."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(json.dumps(record))
+        self.record = record
 
 
 class SiteLock:
@@ -89,9 +95,10 @@ class SiteLock:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
+            try:
+                holder = holder_record(fh)
+            finally:
+                fh.close()
             raise Busy(holder) from None
         fh.seek(0)
         fh.truncate()
@@ -1238,6 +1245,8 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
                 hint="start the daemon again once it has finished (systemd does, "
                 "Restart=on-failure)",
             ) from None
+        if "record" in busy.record:  # who it is, it has not written yet: only its pid
+            return f"another process holds the daemon lock of {site.root}: {busy}"
         return f"another flowbatch daemon already serves {site.root}: {busy}"
     except BaseException:
         daemon._close_waker()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import peewee as pw
 
@@ -774,22 +774,75 @@ def other_daemon(root: Path, host: str) -> str | None:
 
 
 def lock_holder_at(path: Path) -> dict[str, Any] | None:
-    """Who holds the daemon lock file ``path`` (what the holder wrote into it), or None
-    when it is free or missing."""
+    """Who holds the daemon lock file ``path`` (what the holder wrote into it, checked
+    against the kernel's: :func:`holder_record`), or None when it is free or missing."""
     try:
         with open(path, encoding="utf-8") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                text = fh.read().strip()
-                try:
-                    return dict(json.loads(text))
-                except ValueError:
-                    return {"info": text}
+                return holder_record(fh)
             fcntl.flock(fh, fcntl.LOCK_UN)
     except OSError:
         pass
     return None
+
+
+#: seconds a look at a held lock waits for its holder to write its record into it (it
+#: writes it right after it took the lock: microseconds, unless its disk is full)
+HOLDER_WAIT = 1.0
+
+
+def holder_record(fh: IO[str]) -> dict[str, Any]:
+    """What the process holding the lock on the file ``fh`` is open on wrote into it.
+
+    The holder writes its record (host, pid, start, role) only after it has the lock, so
+    a look in between read the record of an earlier holder, long gone, or nothing (found
+    by review: of two daemons started at once, the second named a process that did not
+    exist). So the record's pid is checked against the kernel's lock table: a record
+    that is not the holder's is waited for, :data:`HOLDER_WAIT` seconds at most; then
+    what is known is said: the holder's pid, and that its record is not written (key
+    ``record``). Where the table names no holder (not Linux, or a holder on another
+    host of a network file system), the record is taken as it is."""
+    deadline = time.monotonic() + HOLDER_WAIT
+    while True:
+        fh.seek(0)
+        text = fh.read().strip()
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            record = {"info": text} if text else None
+        pids = flock_holders(os.fstat(fh.fileno()))
+        if not pids:
+            return record or {"info": "unknown"}
+        if record is not None and record.get("pid") in pids:
+            return record
+        if time.monotonic() >= deadline:
+            return {"host": this_host(), "pid": pids[0], "record": "not written yet"}
+        time.sleep(0.02)
+
+
+def flock_holders(st: os.stat_result) -> list[int]:
+    """The processes of this host holding an ``flock`` on the file ``st`` is of, from the
+    kernel's lock table (``/proc/locks``); [] where it cannot be read."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            table = fh.read()
+    except OSError:
+        return []
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:5530168 0 EOF"; a process waiting for the
+        # lock has a line of its own, marked "->"
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+            with contextlib.suppress(ValueError):
+                pids.append(int(fields[4]))
+    # 0 or less: a holder in another pid namespace (a container), whose pid is not ours
+    return [pid for pid in pids if pid > 0]
 
 
 def _tree_owner(run_dir: Path) -> int:
