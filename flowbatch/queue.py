@@ -28,6 +28,7 @@ from typing import Any
 
 from . import faults, yamlio
 from .accounts import identity, in_group, other_writers, user_name
+from .backoff import Backoff
 from .errors import ArgumentError, FlowbatchError, RequestError
 from .executors import executor_names
 from .logs import Repeated
@@ -246,6 +247,11 @@ CLAIM_RETRY_FIRST = 2.0
 CLAIM_RETRY_MAX = 300.0
 #: seconds between two reminders in the log that a claim still cannot be removed
 CLAIM_REMIND_EVERY = 3600.0
+#: seconds at most between two tries of a request whose runs cannot be made where they
+#: belong while the site has room (a read-only mount or a quota beneath the results
+#: tree): the first try again after one polling interval, the wait doubling at each
+#: failure up to this (see :meth:`Intake.process`)
+REQUEST_RETRY_MAX = 300.0
 
 #: seconds a ``.files`` bundle left in the queue without its request is kept, since it
 #: was last changed: `flowbatch submit` renames the bundle into place just before it
@@ -277,18 +283,6 @@ _UNLINK_FIXES = {
     "(dmesg) and remount it read-write",
     errno.EIO: "an I/O error: check the disk or the mount (dmesg)",
 }
-
-
-@dataclass
-class _Stuck:
-    """A handled request's claim whose removal failed (after the sync that let it go)."""
-
-    error: int | None  # the errno of the last failure
-    since: float  # the clock at the first failure
-    tries: int
-    wait: float  # seconds from one try to the next
-    due: float  # the clock at the next try
-    said: float  # the clock at the last warning about it
 
 
 class ClaimSettler:
@@ -333,7 +327,7 @@ class ClaimSettler:
         self._stop = threading.Event()
         self._failing = False
         #: the claims whose removal failed after their sync (only flush changes it)
-        self._stuck: dict[Path, _Stuck] = {}
+        self._stuck: Backoff[Path] = Backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX)
         #: monotonic seconds, for the retries' waits (a test's clock may stand in)
         self.clock: Callable[[], float] = time.monotonic
 
@@ -402,13 +396,13 @@ class ClaimSettler:
             with self._lock:
                 for claim in [c for c in self._pending if not os.path.lexists(c)]:
                     del self._pending[claim]  # gone with its site, or removed by hand
-                    if self._stuck.pop(claim, None) is not None:
+                    if self._stuck.done(claim) is not None:
                         log.info("the claim %s was removed by someone else", claim)
                 batch = {c: b for c, b in self._pending.items() if c not in self._stuck}
                 retry = {
                     c: b
                     for c, b in self._pending.items()
-                    if c in self._stuck and (retry_all or self._stuck[c].due <= now)
+                    if c in self._stuck and (retry_all or self._stuck.due(c, now))
                 }
             if batch:
                 try:
@@ -432,7 +426,7 @@ class ClaimSettler:
         except OSError as exc:
             self._cannot_remove(claim, exc)
             return
-        stuck = self._stuck.pop(claim, None)
+        stuck = self._stuck.done(claim)
         if stuck is not None:
             log.info(
                 "the claim %s is removed at last, after %d failed tries over %.0f s",
@@ -459,10 +453,8 @@ class ClaimSettler:
         now = self.clock()
         error = f"{exc.strerror or exc} (errno {exc.errno})"
         fix = _UNLINK_FIXES.get(exc.errno or 0, "look at the file and the file system")
-        stuck = self._stuck.get(claim)
-        if stuck is None:
-            wait = CLAIM_RETRY_FIRST
-            self._stuck[claim] = _Stuck(exc.errno, now, 1, wait, now + wait, now)
+        stuck, news = self._stuck.failed(claim, exc.errno, now)
+        if stuck.tries == 1:
             log.warning(
                 "cannot remove the claim %s: %s. Its request was handled and its runs are "
                 "on disk; the claim stays until it can be removed (%s). Tried again in "
@@ -471,23 +463,18 @@ class ClaimSettler:
                 claim,
                 error,
                 fix,
-                wait,
+                stuck.wait,
                 CLAIM_RETRY_MAX,
                 CLAIM_REMIND_EVERY,
             )
             return
-        stuck.tries += 1
-        stuck.wait = min(stuck.wait * 2, CLAIM_RETRY_MAX)
-        stuck.due = now + stuck.wait
-        changed = exc.errno != stuck.error
-        if changed or now - stuck.said >= CLAIM_REMIND_EVERY:
-            stuck.error = exc.errno
+        if news or now - stuck.said >= CLAIM_REMIND_EVERY:
             stuck.said = now
             log.warning(
                 "the claim %s still cannot be removed%s: %s (%d tries over %.0f s; %s). "
                 "Tried again every %.0f s",
                 claim,
-                ", now with another error" if changed else "",
+                ", now with another error" if news else "",
                 error,
                 stuck.tries,
                 now - stuck.since,
@@ -535,6 +522,12 @@ class Intake:
         self.refused: str | None = None
         #: the claims of handled requests, removed once their runs are on disk
         self.settler = ClaimSettler(self.layout.results)
+        #: claimed requests whose runs could not be made where they belong while the
+        #: site had room, by their claim: each taken up again after its own growing
+        #: wait (:meth:`_cannot_make`), the others going on meanwhile
+        self.waiting: Backoff[Path] = Backoff(site.config.polling.interval, REQUEST_RETRY_MAX)
+        #: monotonic seconds, for those waits (a test's clock may stand in)
+        self.clock: Callable[[], float] = time.monotonic
         self._boot_noted = False  # this boot's id is in the site's claims-boot (note_boot)
         #: a shared site's index that could not record a claim: said once a minute
         self._index_away = Repeated(log)
@@ -734,7 +727,12 @@ class Intake:
             except Exception:  # never the end of the intake
                 log.exception("looking for orphan bundles in %s", self.layout.queue)
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
-        self._look_in_claimed = bool(todo)
+        if self.waiting:
+            self.waiting.keep(claimed.path for claimed in todo)  # the rest went away
+            now = self.clock()
+            todo = [claimed for claimed in todo if self.waiting.due(claimed.path, now)]
+        # a request waiting its turn is looked at again at the next tick
+        self._look_in_claimed = bool(todo) or bool(self.waiting)
         for name in self.candidates() if self._index_answers() else ():
             if limit is not None and len(todo) >= limit:
                 break
@@ -798,6 +796,7 @@ class Intake:
         return True
 
     def process(self, claimed: Claimed, result: IntakeResult) -> None:
+        made, rejected = len(result.runs), len(result.rejected)
         try:
             self._process(claimed, result)
         except IndexAway:
@@ -810,13 +809,56 @@ class Intake:
             # claimed, and is taken up again at a next look (found by review: rejected
             # as an internal error when its error file fitted where its runs did not)
             self._look_in_claimed = True
-            log.error(
-                "%s waits: its runs cannot be made now (%s)",
-                printable_name(claimed.name),
-                exc.strerror or exc,
-            )
+            self._cannot_make(claimed, exc)
+            return
         except Exception as exc:
             self._internal_error(claimed, result, exc)
+        waited = self.waiting.done(claimed.path)
+        if waited is not None:
+            log.info(
+                "%s %s at last, after %d failed tries over %.0f s",
+                printable_name(claimed.name),
+                "was rejected"
+                if len(result.rejected) > rejected
+                else f"made its {len(result.runs) - made} run(s)"
+                if len(result.runs) > made
+                else "went through",
+                waited.tries,
+                self.clock() - waited.since,
+            )
+
+    def _cannot_make(self, claimed: Claimed, exc: OSError) -> None:
+        """The runs of ``claimed`` could not be made for a fault of the file system.
+
+        The whole results tree full or read-only: the daemon takes nothing in until it
+        has room, and says so (:meth:`Daemon.tick`). With room there, the fault is this
+        request's place alone (a read-only mount or a full file system beneath the
+        results tree, its owner's quota): it was taken up again, and logged, at every
+        tick for as long as it lasted (found by review). It waits its turn now, one
+        polling interval at first, the wait doubling up to :data:`REQUEST_RETRY_MAX`,
+        the other requests going on; the log says so when it starts to wait (why, what
+        to do), when the error changes, and when it goes through."""
+        name = printable_name(claimed.name)
+        if not self.site.store.has_room(fresh=True):
+            log.error("%s waits: its runs cannot be made now (%s)", name, exc.strerror or exc)
+            return
+        self.waiting.first = self.site.config.polling.interval  # a reload may change it
+        tries, news = self.waiting.failed(claimed.path, exc.errno, self.clock())
+        if not news:
+            log.debug(
+                "%s still waits (try %d, next in %.0f s): %s", name, tries.tries, tries.wait, exc
+            )
+            return
+        log.warning(
+            "%s waits: its runs cannot be made (%s), though the site has room: %s. "
+            "Other requests go on; it is tried again in %.1f s, then less and less often "
+            "(every %.0f s at most), and the log says when it goes through",
+            name,
+            exc.strerror or exc,
+            _place_fix(exc, claimed),
+            tries.wait,
+            self.waiting.most,
+        )
 
     def _internal_error(self, claimed: Claimed, result: IntakeResult, exc: Exception) -> None:
         log.exception("internal error on %s", printable_name(claimed.name))
@@ -1360,12 +1402,14 @@ class Intake:
                         sweep,
                         checked.rendered[index],
                     )
-                except Exception:
+                except Exception as exc:
                     # a run not made (a full disk, a file refused) leaves no half-copied
                     # folder: it held the space the next request needed (found by the
                     # re-review); made, its folder is no longer at this name
                     tmp = self.site.layout.run_dir(req.workflow, run_id)
                     shutil.rmtree(tmp.with_name(f".{run_id}.tmp"), ignore_errors=True)
+                    if isinstance(exc, OSError) and exc.filename is None:
+                        exc.filename = str(tmp.parent)  # a write's: where, for the log
                     raise
                 result.runs.append(run)
                 made.append(run.id)
@@ -1578,6 +1622,42 @@ class Intake:
         except FileNotFoundError:
             pass
         log.warning("rejected %s: %s", name, error.summary())
+
+
+def _existing(path: Any) -> Path | None:
+    """The deepest folder of ``path`` (an error's file name) that exists: the folder a
+    request's run could not be made in, not the temporary name it was to have."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    here = Path(os.fsdecode(path))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return here
+
+
+def _place_fix(exc: OSError, claimed: Claimed) -> str:
+    """What to do about a request's runs that could not be made for ``exc`` (a disk
+    error) while the site as a whole has room."""
+    where = _existing(exc.filename) or "that folder"
+    if exc.errno == errno.EROFS:
+        return (
+            f"{where} is on a read-only file system (a read-only mount beneath the results "
+            "tree, or one remounted after an error: see dmesg): mount it read-write"
+        )
+    if exc.errno == errno.EDQUOT:
+        owner = user_name(claimed.uid)
+        return (
+            f"a disk quota is exceeded on {where} (of {owner}, the request's owner, whose "
+            f"runs' files these are, or of the daemon's user): free space of that user's "
+            f"there, or raise the quota (quota -u {owner})"
+        )
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"the file system of {where} is full (one of its own beneath the results "
+            f"tree: the rest has room), or has no inodes left: free space there (df {where}; "
+            f"df -i)"
+        )
+    return f"check the disk or the mount of {where} (dmesg)"
 
 
 def _error_file_access(claimed: Claimed) -> tuple[int, tuple[int, int] | None]:

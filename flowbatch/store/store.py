@@ -274,15 +274,18 @@ class Store:
                 self.layout.results,
             )
 
-    def has_room(self) -> bool:
+    def has_room(self, *, fresh: bool = False) -> bool:
         """Whether the results tree's file system has room for new runs and their records
         (:data:`MIN_FREE_BYTES` free to its users, and no record owed): a run launched
-        where its launch cannot be recorded may be started again by a next daemon."""
+        where its launch cannot be recorded may be started again by a next daemon.
+        ``fresh``: a new look, not the one of the last :data:`ROOM_EVERY` seconds."""
         if self.unwritten:
             return False
         now = time.monotonic()
-        if now < self._room_until:  # asked between every request of a burst: a statvfs
-            return True  # is a round trip on NFS; looked at twice a second at most
+        # asked between every request of a burst: a statvfs is a round trip on NFS;
+        # looked at twice a second at most
+        if now < self._room_until and not fresh:
+            return True
         try:
             st = os.statvfs(self.layout.results)
         except OSError:
