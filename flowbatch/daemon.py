@@ -41,7 +41,7 @@ from .site import Site
 from .spec.request import CancelRequest
 from .store import atomic
 from .store.layout import ID_PATTERN, RUN_PAGE
-from .store.store import holder_record, lock_holder_at
+from .store.store import RETRIED_ERRORS, holder_record, lock_holder_at, room_note
 
 log = logging.getLogger("flowbatch.daemon")
 
@@ -88,6 +88,8 @@ class SiteLock:
         #: the file was missing when this lock was taken: made here (a first start, or
         #: one removed under a daemon that may still run for a moment)
         self.made = False
+        #: why the holder's record could not be written into the file (a full disk)
+        self.unrecorded: OSError | None = None
 
     def acquire(self) -> None:
         made = not os.path.lexists(self.path)
@@ -100,15 +102,33 @@ class SiteLock:
             finally:
                 fh.close()
             raise Busy(holder) from None
-        fh.seek(0)
-        fh.truncate()
+        self._fh = fh
+        self.made = made
+        try:
+            self.record()
+        except OSError:
+            self.release()
+            raise
+
+    def record(self) -> None:
+        """Write who holds the lock into its file (after a start on a full disk: again,
+        once there is room). A write a full or failing disk refuses leaves the lock held
+        and :attr:`unrecorded` set: another process then names the holder by its pid
+        alone (:func:`~flowbatch.store.store.holder_record`)."""
+        assert self._fh is not None
         held = {"host": self.host, "pid": os.getpid(), "started_at": now_iso()}
         if self.role != "daemon":
             held["role"] = self.role
-        fh.write(json.dumps(held) + "\n")
-        fh.flush()
-        self._fh = fh
-        self.made = made
+        self._fh.seek(0)
+        self._fh.truncate()
+        try:  # unbuffered: a write refused leaves nothing for a later flush to fail on
+            os.write(self._fh.fileno(), (json.dumps(held) + "\n").encode())
+        except OSError as exc:
+            if exc.errno not in RETRIED_ERRORS:
+                raise
+            self.unrecorded = exc
+            return
+        self.unrecorded = None
 
     def release(self) -> None:
         if self._fh:
@@ -377,6 +397,14 @@ class Daemon:
         stopped daemon had claimed (False for `runs cancel`, which touches no request)."""
         self.site.layout.ensure()
         self.lock.acquire()
+        if self.lock.unrecorded is not None:
+            log.error(
+                "the lock %s is held, but who holds it cannot be written into it (%s): "
+                "written once there is room; %s",
+                self.lock.path,
+                self.lock.unrecorded.strerror or self.lock.unrecorded,
+                room_note(self.lock.path.parent),
+            )
         if self.lock.made and self.lock.role == "daemon":
             # the lock file was missing: removed, perhaps, under a daemon that serves on
             # until its next look at it (it then stops, and says so: daemon.handover); a
@@ -661,17 +689,21 @@ class Daemon:
         room = self.site.store.has_room()
         if room != self._room:
             self._room = room
+            results = self.site.layout.results
             if room:
-                log.info(
-                    "room again under %s: requests are taken in again", self.site.layout.results
-                )
+                log.info("room again under %s: requests are taken in again", results)
             else:
+                owed = self.site.store.unwritten
                 log.error(
-                    "the file system of %s is full or read-only (or its records are owed): no "
-                    "request is taken in and no run launched until there is room; runs that "
-                    "run go on",
-                    self.site.layout.results,
+                    "no room under %s: no request is taken in and no run launched until "
+                    "there is room; runs that run go on; %s",
+                    results,
+                    f"the run.json of {len(owed)} run(s) cannot be written: {room_note(results)}"
+                    if owed
+                    else room_note(results),
                 )
+        if room and self.lock.unrecorded is not None:
+            self.lock.record()  # who holds it, written at last (a start on a full disk)
         # one index transaction for the intake (committed every BATCH_COMMIT_EVERY s in a
         # long one), one for the tick's state changes (not on a shared site, whose claims
         # other hosts must see at once): a commit per phase instead of per change. Each

@@ -198,12 +198,19 @@ def test_runs_waiting_when_the_disk_fills_wait_for_room(small_fs: Path, tmp_path
     site.close()
 
 
-def test_a_start_on_a_full_disk_says_the_disk_is_full(small_fs: Path, tmp_path: Path) -> None:
+def test_a_start_on_a_full_disk_says_so_plainly_and_waits_for_room(
+    small_fs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Found by review: a daemon started on a full disk, with runs the index did not
-    know yet, died with "cannot rollback - no transaction is active" and a traceback
-    ("database or disk is full" was only in the chained error); with the index closed,
-    it said "disk I/O error" and sent the admin to `reindex`. Both say the disk is full."""
-    from flowbatch.errors import FlowbatchError
+    know yet, died with "cannot rollback - no transaction is active" and a traceback;
+    one whose lock file was missing died on the write of its record (OSError, no word
+    of the disk), and one that got past both failed a tick 10 s later, when it read
+    the tree again ("tick failed", a traceback whose hint said to start the daemon
+    again). It says where the disk is full, how much is free and what to do, and waits
+    for room, as a daemon that serves does; then it catches up and serves."""
+    import logging
+
+    from flowbatch.daemon import lock_holder
     from flowbatch.store.index import RunRow
 
     from .conftest import run_until_idle
@@ -214,21 +221,62 @@ def test_a_start_on_a_full_disk_says_the_disk_is_full(small_fs: Path, tmp_path: 
     drop(site, "a.yaml", {"workflow": "wf", "arguments": {"n": 1}})
     run_until_idle(site).stop()
     RunRow.delete().execute()  # the tree has a run the index does not know (a crash)
-    # the index held open (its -wal and -shm there, as a killed daemon leaves them), and
-    # closed
-    for held_open in (True, False):
-        if not held_open:
-            site.close()
-        filler = fill(small_fs)
-        try:
-            again = Site(site.root)
-            with pytest.raises(FlowbatchError) as info:
-                Daemon(again).start()
-            said = info.value.summary()
-            assert "full" in said and "free space" in said and "reindex" not in said, said
-            again.close()
-        finally:
-            filler.unlink()
+    site.lock_path.unlink()  # and this start makes the lock file (it reads the tree again)
+    drop(site, "b.yaml", {"workflow": "wf", "arguments": {"n": 2}})
+    # the index held open (its -wal and -shm there, as a killed daemon leaves them)
+    filler = fill(small_fs)
+    again = Site(site.root)
+    daemon = Daemon(again)
+    try:
+        with caplog.at_level(logging.INFO):
+            daemon.start()
+            for _ in range(5):
+                daemon.tick()
+            daemon._rescan_at = 0.0  # its look at the tree again, due now
+            daemon.tick()
+        said = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert said and not [r for r in said if r.exc_info], "a traceback"
+        text = "\n".join(r.getMessage() for r in said)
+        assert f"the file system of {again.root}" in text and "MiB free" in text, text
+        assert "free space there (df -h" in text and "start the daemon again" not in text
+        assert "the rows of 1 run(s) are written once there is room" in text, text
+        assert str(again.lock_path) in text  # its record could not be written
+        assert api.list_runs(again) == []  # nothing taken in meanwhile
+        holder = lock_holder(again)  # named by the kernel's lock table meanwhile
+        assert holder is not None and holder["pid"] == os.getpid(), holder
+    finally:
+        filler.unlink()
+    try:
+        run_until_idle(again, daemon=daemon)
+        holder = lock_holder(again)  # its record written, now that there is room
+        assert holder is not None and holder["pid"] == os.getpid() and "record" not in holder
+    finally:
+        daemon.stop()
+    states = {r["request"]: r["state"] for r in api.list_runs(again)}
+    assert states == {"a.yaml": "SUCCESS", "b.yaml": "SUCCESS"}, states
+    again.close()
+    site.close()
+
+
+def test_a_start_on_a_full_disk_with_the_index_closed_says_the_disk_is_full(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    """The index closed (no -wal, -shm beside it) cannot be opened on a full disk: the
+    start says the disk is full, not "disk I/O error" with a hint to `reindex`."""
+    from flowbatch.errors import FlowbatchError
+
+    site = make_site(small_fs / "site")
+    site.close()
+    filler = fill(small_fs)
+    try:
+        again = Site(site.root)
+        with pytest.raises(FlowbatchError) as info:
+            Daemon(again).start()
+        said = info.value.summary()
+        assert "full" in said and "free space" in said and "reindex" not in said, said
+        again.close()
+    finally:
+        filler.unlink()
 
 
 def test_a_read_only_results_tree_is_waited_out_like_a_full_one(
@@ -263,7 +311,10 @@ def test_a_read_only_results_tree_is_waited_out_like_a_full_one(
                     d.tick()
             waits = [r for r in caplog.records if "cannot be made now" in r.getMessage()]
             assert waits == [], len(waits)
-            assert any("full or read-only" in r.getMessage() for r in caplog.records)
+            assert any(
+                "no room under" in r.getMessage() and "mounted read-only" in r.getMessage()
+                for r in caplog.records
+            )
             assert sorted(p.name for p in site.layout.queue.glob("r*.yaml")) == [
                 f"r{i}.yaml" for i in range(5)
             ]  # not taken in

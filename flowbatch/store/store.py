@@ -60,6 +60,29 @@ MIN_FREE_BYTES = 4 << 20
 ROOM_EVERY = 0.5
 
 
+def room_note(path: Path) -> str:
+    """The file system of ``path`` as the log says it when there is no room: which path,
+    how much is free, what to do (found by review: a start on a full disk said only
+    "tick failed", with a traceback)."""
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        return f"the file system of {path} cannot be looked at ({exc.strerror or exc})"
+    if st.f_flag & os.ST_RDONLY:
+        return (
+            f"the file system of {path} is mounted read-only: remount it read-write (dmesg "
+            "says why it was remounted so, after an error)"
+        )
+    if st.f_files and not st.f_favail:
+        return f"the file system of {path} has no inodes left: remove files there (df -i {path})"
+    free = st.f_bavail * st.f_frsize
+    return (
+        f"the file system of {path} has {free / 2**20:.1f} MiB free to the daemon's user "
+        f"(it takes requests in with {MIN_FREE_BYTES / 2**20:.0f} MiB): free space there "
+        f"(df -h {path}); the daemon goes on by itself"
+    )
+
+
 class Store:
     def __init__(
         self,
@@ -335,7 +358,7 @@ class Store:
             self.index_many(runs)
         except (pw.DatabaseError, pw.InterfaceError) as exc:
             self._unindexed_said.failed(
-                "index still not writable (%d runs waiting): %s", len(runs), exc
+                "index still not writable (%d runs waiting): %s", len(runs), _own_error(exc)
             )
             return
         self._unindexed_said.ok("the index is writable again")
@@ -573,13 +596,23 @@ class Store:
                 self.index_many(stale)
             except pw.PeeweeException as exc:
                 cause = _own_error(exc)
-                full = "full" in str(cause)
-                raise FlowbatchError(
-                    f"the index cannot be brought up to the results tree at the start: {cause}",
-                    hint="free space on its file system (df), then start the daemon again"
-                    if full
-                    else "see `flowbatch doctor`",
-                ) from exc
+                if "full" not in str(cause):
+                    raise FlowbatchError(
+                        f"the index cannot be brought up to the results tree: {cause}",
+                        hint="see `flowbatch doctor`",
+                    ) from exc
+                # a full disk: the daemon waits for room as it does once it serves (the
+                # tree has the runs; their rows are written at a tick with room), rather
+                # than stop, or fail a tick with a traceback (found by review)
+                for run in stale:
+                    self.unindexed[run.id] = run
+                log.error(
+                    "the index cannot be brought up to the results tree (%s): the rows of "
+                    "%d run(s) are written once there is room; %s",
+                    cause,
+                    len(stale),
+                    room_note(self.layout.index_db.parent),
+                )
         return active
 
     def run_id_taken(self, run_id: str) -> bool:
