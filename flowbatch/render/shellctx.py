@@ -76,7 +76,12 @@ named here, read by a program of the template's own that evaluates it (a ``Makef
 naming ``$(FB_x)``: make expands every variable of its environment). Some text is reported
 arithmetic, a name or program text where bash evaluates nothing (a glob ``file[...]`` at
 the start of a word, an associative array's key, ``unset -f f``, ``xargs python3`` given
-input on a pipe), which only refuses more."""
+input on a pipe), which only refuses more.
+
+It also records which variables each simple command gives a value to, and from which
+words (:attr:`Scan.flows`, see :mod:`~flowbatch.render.shellvars`), and where each
+command substitution's text is (:attr:`Scan.subs`), for a check to follow a value
+through the variables of a command text."""
 
 from __future__ import annotations
 
@@ -85,6 +90,8 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
+
+from flowbatch.render.shellvars import Flow, command_flows
 
 
 class Ctx(StrEnum):
@@ -1247,6 +1254,9 @@ class _Frame:
     # the open compound commands ('(' or a keyword), each with where the pipeline it is
     # in began: a pipe after its end goes on from there
     groups: list[tuple[str, int]] = field(default_factory=list)
+    # the array assignments of the command being read: where each ``name=(`` begins,
+    # and its elements (words inside the parentheses)
+    arrays: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -1268,6 +1278,12 @@ class Scan:
     #: ``xargs`` reads (:func:`xargs_feeds`), a word a shell's inline program splits
     #: (:func:`split_option_words`); where it is, that command, and how it gets there
     option_inputs: tuple[tuple[int, int, str, str], ...] = ()
+    #: the variables the text gives values to, and from which words
+    #: (:func:`~flowbatch.render.shellvars.command_flows`)
+    flows: tuple[Flow, ...] = ()
+    #: where the text of each command substitution (``$(...)``, backticks, ``<(...)``)
+    #: begins, and where it ends
+    subs: tuple[tuple[int, int], ...] = ()
 
     def command_at(self, pos: int) -> str | None:
         """The command that reads the character at ``pos`` as a name or program text
@@ -1315,6 +1331,8 @@ class _Lexer:
         self.places: list[tuple[int, int, Ctx, str]] = []
         self.options: list[tuple[int, int, str]] = []
         self.option_inputs: list[tuple[int, int, str, str]] = []
+        self.flows: list[Flow] = []
+        self.subs: list[tuple[int, int]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1344,6 +1362,8 @@ class _Lexer:
         frame = self.stack.pop()
         if frame.kind in _ARITH_KINDS:
             self.arith.append((frame.start, end))
+        elif frame.kind == "cmdsub":
+            self.subs.append((frame.start, end))
         return frame
 
     # -- main loop -----------------------------------------------------------------
@@ -1381,6 +1401,8 @@ class _Lexer:
             tuple(self.places),
             tuple(self.options),
             tuple(self.option_inputs),
+            tuple(self.flows),
+            tuple(self.subs),
         )
 
     def finish(self) -> None:
@@ -1456,6 +1478,8 @@ class _Lexer:
         if c in _BLANKS or c in _OPERATORS or closes_backtick:
             if c == "(" and frame.word is not None and text[frame.word : i].endswith("="):
                 frame.compound += 1  # name=( ... ): an array assignment
+                if frame.compound == 1:
+                    frame.arrays.append((frame.word, []))
             if frame.word is not None and self.end_word(frame, i):
                 return True
             if frame.kind == "cond":
@@ -1546,6 +1570,11 @@ class _Lexer:
                 (*frame.cmd[k], what, f"{_base(words[0])} -c's program unquoted")
                 for k, what in split_option_words(words)
             )
+        if frame.cmd or frame.assigns or frame.arrays:
+            words = [_unquoted(text[start:stop]) for start, stop in frame.cmd]
+            self.flows.extend(
+                command_flows(text, frame.cmd, frame.assigns, frame.arrays, frame.inputs, words)
+            )
         if feeds is not None:  # what xargs reads: as where stdin is program text, below
             via = "the input of xargs"
             if frame.pipe_start is not None and frame.cmd_start is not None:
@@ -1576,7 +1605,7 @@ class _Lexer:
         else:
             frame.pipe_start, frame.pipe_docs = None, []
         frame.cmd, frame.assigns, frame.docs, frame.inputs = [], [], [], []
-        frame.cmd_start = None
+        frame.cmd_start, frame.arrays = None, []
 
     def end_word(self, frame: _Frame, end: int) -> bool:
         """The word of ``frame`` ends before ``end``. True if a frame was opened or
@@ -1608,6 +1637,8 @@ class _Lexer:
             frame.redirect = ""
             return False
         name = _unquoted(word)
+        if frame.compound and frame.arrays and start > frame.arrays[-1][0]:
+            frame.arrays[-1][1].append((start, end))  # an element of name=( ... )
         if frame.cmd_pos:
             if name in _GROUP_OPEN:
                 frame.groups.append(("kw", start if frame.pipe_start is None else frame.pipe_start))
@@ -1648,6 +1679,7 @@ class _Lexer:
     def backtick(self, frame: _Frame) -> None:
         if frame.kind == "backtick":
             self.stack.pop()
+            self.subs.append((frame.start, self.i - 1))
         else:
             self.push("backtick")
 
@@ -1825,6 +1857,8 @@ class _Lexer:
         self.option_inputs.extend(
             (start + a, start + b, what, via) for a, b, what, via in sub.option_inputs
         )
+        self.flows.extend(flow.moved(start) for flow in lexed.flows)
+        self.subs.extend((start + a, start + b) for a, b in lexed.subs)
         if lexed.problem and self.problem is None:
             self.problem = f"in here-document: {lexed.problem}"
 
