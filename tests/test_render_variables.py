@@ -1,12 +1,259 @@
-"""Which shell variables a command text gives values to, and from which of its words
-(:func:`flowbatch.render.shellvars.command_flows`, recorded by the lexer in
-:attr:`flowbatch.render.shellctx.Scan.flows`)."""
+"""A participant's value copied into a shell variable is still the participant's value:
+where a later command of the same text reads that variable as one of its options
+(``m=$[[m]]; tar -xf data.tar "$m"`` with ``--to-command=...``), the value is refused at
+render as if it stood there itself. Followed: plain assignments (``local``, ``export``,
+``declare``...), arrays, ``for``, ``set --`` and ``shift``, ``read`` from a here-string,
+``printf -v``, ``mapfile``, copies of copies, ``${v:-...}`` and ``${f##*/}``. A
+variable only used where no option is read (after ``--``, in an option's own word, a
+redirection, ``[ ]``, ``echo``'s words) still renders, and the same templates with a
+harmless value run with bash and do their work.
+
+Commands are written here with the shell's ``$`` and ``$[[s]]``: the flowServ dialect
+gets ``$$`` for the shell's own ``$`` (its rule), the native one ``{{ s }}``."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from flowbatch.errors import RenderError
+from flowbatch.render import build_script, render_workflow
 from flowbatch.render.shellctx import scan
+from flowbatch.spec.model import Parameter, SelectValue, Step, Template, Workflow
+
+VARIABLES = {"python": "python3"}
+#: runs ``touch PWNED`` for each member tar extracts (tar hands it to sh -c); no blank in
+#: it, so that a variable split into words keeps it one word
+EVIL = "--to-command=touch${IFS}PWNED"
+DIALECTS = ["flowserv", "native"]
+
+
+def _command(command: str, dialect: str) -> str:
+    """``command`` in ``dialect``: flowServ writes the shell's ``$`` as ``$$``."""
+    if dialect == "native":
+        return command.replace("$[[s]]", "{{ s }}")
+    return re.sub(r"\$(?!\[\[)", "$$", command)
+
+
+def _template(
+    command: str, dialect: str = "flowserv", params: list[Parameter] | None = None
+) -> Template:
+    return Template(
+        dialect=dialect,  # type: ignore[arg-type]
+        workflow=Workflow(steps=[Step("s", [_command(command, dialect)])]),
+        parameters=params or [Parameter("s", "string", 0, True)],
+    )
+
+
+def _render(t: Template, args: dict[str, Any]) -> str:
+    """The one command of ``t`` rendered for ``args`` (raises RenderError)."""
+    return render_workflow(t, t.workflow, args, VARIABLES).steps[0].commands[0]
+
+
+def _run(folder: Path, t: Template, args: dict[str, Any]) -> int:
+    """Render ``t`` for ``args`` and run its script with bash in ``folder``: its exit
+    status."""
+    rendered = render_workflow(t, t.workflow, args, VARIABLES)
+    (folder / "run.sh").write_text(build_script(rendered, run_id="r1"))
+    done = subprocess.run(["bash", "run.sh"], cwd=folder, capture_output=True, timeout=60)
+    return done.returncode
+
+
+def _archive(folder: Path) -> None:
+    """``data.tar`` holding ``member.txt`` (and nothing beside it in ``folder``)."""
+    (folder / "member.txt").write_text("data\n")
+    with tarfile.open(folder / "data.tar", "w") as tar:
+        tar.add(folder / "member.txt", arcname="member.txt")
+    (folder / "member.txt").unlink()
+
+
+#: (command, a hostile value, a harmless value with which the command does its work:
+#: extracts member.txt)
+ATTACKS = [
+    ('m=$[[s]]; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    ('m=$[[s]]; tar -xf data.tar "${m}"', EVIL, "member.txt"),
+    ('a=($[[s]]); tar -xf data.tar "${a[@]}"', EVIL, "member.txt"),
+    ('a=(); a+=(x $[[s]]); tar -xf data.tar "${a[1]}"', EVIL, "member.txt"),
+    ('a=(); a[3]=$[[s]]; tar -xf data.tar "${a[3]}"', EVIL, "member.txt"),
+    ('for m in $[[s]]; do tar -xf data.tar "$m"; done', EVIL, "member.txt"),
+    ('export M=$[[s]]; tar -xf data.tar "$M"', EVIL, "member.txt"),
+    ('f() { local m=$[[s]]; tar -xf data.tar "$m"; }; f', EVIL, "member.txt"),
+    ('declare -r m=$[[s]]; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    ('readonly m=$[[s]]; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    ('set -- $[[s]]; tar -xf data.tar "$1"', EVIL, "member.txt"),
+    ('set -- x $[[s]]; shift; tar -xf data.tar "$@"', EVIL, "member.txt"),
+    ('set -- $[[s]]; for m; do tar -xf data.tar "$m"; done', EVIL, "member.txt"),
+    ('read -r m <<< $[[s]]; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    ('read -ra a <<< $[[s]]; tar -xf data.tar "${a[0]}"', EVIL, "member.txt"),
+    ("printf -v m '%s' $[[s]]; tar -xf data.tar \"$m\"", EVIL, "member.txt"),
+    ('mapfile -t a <<< $[[s]]; tar -xf data.tar "${a[@]}"', EVIL, "member.txt"),
+    ("read -r m < <(printf '%s\\n' $[[s]]); tar -xf data.tar \"$m\"", EVIL, "member.txt"),
+    ('IFS=, read -ra a <<< $[[s]]; tar -xf data.tar "${a[1]}"', f"x,{EVIL}", "x,member.txt"),
+    ('m=$[[s]]; n="$m"; o=$n; tar -xf data.tar "$o"', EVIL, "member.txt"),
+    ('declare -n r=m; m=$[[s]]; tar -xf data.tar "$r"', EVIL, "member.txt"),
+    # assigned in a branch, used after it; assigned after the use, in a loop
+    ('if [ -n $[[s]] ]; then m=$[[s]]; fi; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    (
+        'm=member.txt; for i in 1 2; do tar -xf data.tar "$m"; m=$[[s]]; done',
+        EVIL,
+        "member.txt",
+    ),
+    # unquoted, the variable is split: any of the value's words is an argument
+    ("m=$[[s]]; tar -xf data.tar $m", f"member.txt {EVIL}", "member.txt"),
+    ('m=$[[s]]; b=($m); tar -xf data.tar "${b[@]}"', f"member.txt {EVIL}", "member.txt"),
+    # what is left of a value may begin with its dash
+    ('f=$[[s]]; tar -xf data.tar "${f##*/}"', f"sub/{EVIL}", "sub/member.txt"),
+    # the default word of an expansion stands where the expansion does
+    ('tar -xf data.tar "${unset_here:-$[[s]]}"', EVIL, "member.txt"),
+    # a shell's inline program reads the variable where tar reads options
+    ('m=$[[s]]; bash -c \'tar -xf data.tar "$1"\' _ "$m"', EVIL, "member.txt"),
+]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("command", "evil", "fine"), ATTACKS)
+def test_a_value_copied_into_a_variable_read_as_an_option_is_refused(
+    tmp_path: Path, dialect: str, command: str, evil: str, fine: str
+) -> None:
+    t = _template(command, dialect)
+    with pytest.raises(RenderError, match="tar would take it for an option"):
+        _render(t, {"s": evil})
+    # the same template with a harmless value: rendered, and it does its work
+    _archive(tmp_path)
+    assert _run(tmp_path, t, {"s": fine}) == 0
+    assert (tmp_path / "member.txt").read_text() == "data\n"
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_the_attack_is_real_and_the_refusal_names_the_argument_variable_command_and_safe_forms(
+    tmp_path: Path, dialect: str
+) -> None:
+    """Written safely (``--`` before the variable), the same value is a member's name and
+    runs nothing; the refusal of the unsafe form says what to write instead."""
+    t = _template('m=$[[s]]; tar -xf data.tar "$m"', dialect)
+    with pytest.raises(RenderError) as info:
+        _render(t, {"s": EVIL})
+    exc = info.value
+    assert exc.field == "arguments.s"
+    assert "shell variable $m" in exc.reason and "tar would take it" in exc.reason
+    assert "workflow.steps[0].commands[0]" in exc.reason
+    dollar = "$" if dialect == "native" else "$$"
+    assert exc.hint is not None
+    assert f'tar ... -- "{dollar}m"' in exc.hint and f'--input="{dollar}m"' in exc.hint
+    _archive(tmp_path)
+    safe = _template('m=$[[s]]; tar -xf data.tar -- "$m"', dialect)
+    assert _run(tmp_path, safe, {"s": EVIL}) != 0  # no such member
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_positional_parameters_and_a_default_word_are_named_as_such() -> None:
+    with pytest.raises(RenderError, match=r"positional parameters \(\$1"):
+        _render(_template('set -- $[[s]]; tar -xf data.tar "$1"'), {"s": EVIL})
+    with pytest.raises(RenderError, match=r"default or alternative word of \$\{v\.\.\.\}"):
+        _render(_template('tar -xf data.tar "${v:-$[[s]]}"'), {"s": EVIL})
+
+
+#: a variable holding the value where no command reads options
+SAFE_USES = [
+    'm=$[[s]]; tar -xf data.tar -- "$m" || true',  # after --
+    'm=$[[s]]; tar -xf data.tar --file="$m" || true',  # in an option's own word
+    'm=$[[s]]; tar -xf data.tar "./$m" || true',  # begun by the template's text
+    'm="in-$[[s]]"; tar -xf data.tar "$m" || true',
+    'm=$[[s]]; echo "$m" > out.txt',  # echo reads -n, -e, -E only; a redirection
+    "m=$[[s]]; printf '%s\\n' \"$m\" > out.txt",  # printf's operand
+    'm=$[[s]]; [ "$m" = x ] || [[ $m == -* ]] && echo dash > out.txt',
+    'm=$[[s]]; case "$m" in -*) echo dash > out.txt ;; esac',
+    'for m in $[[s]]; do echo "$m"; done > out.txt',
+    'a=($[[s]]); echo "${a[@]}" > out.txt',
+    'm=$[[s]]; : "$m"; echo "x${m}" > out.txt',
+    "m=$[[s]]; cat <<EOF > out.txt\n$m\nEOF",  # a here-document's body is data
+    'm=$[[s]] true; tar -xf data.tar "$m" || true',  # m is true's environment only
+    'f=$[[s]]; tar -xf data.tar "${f%.txt}" || true',  # the beginning is kept: the value's
+]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("command", SAFE_USES)
+def test_a_variable_used_where_no_option_is_read_renders_and_runs(
+    tmp_path: Path, dialect: str, command: str
+) -> None:
+    _archive(tmp_path)
+    value = "--to-command=touch${IFS}PWNED" if "%.txt" not in command else "member.txt"
+    assert _run(tmp_path, _template(command, dialect), {"s": value}) == 0
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_what_is_left_of_a_value_is_read_for_where_it_may_begin() -> None:
+    """``${f##*/}`` keeps what follows the last ``/``: a dash inside a name stands, one
+    after a ``/`` does not; ``${f#x}`` cuts at most an ``x``. A command's output, ``printf
+    -v`` and ``mapfile`` may begin with any word of the value, not inside one."""
+    t = _template('f=$[[s]]; tar -xf data.tar "${f##*/}"')
+    _render(t, {"s": "data/my-file.txt"})
+    with pytest.raises(RenderError, match="'-rf' in it"):
+        _render(t, {"s": "data/-rf"})
+    _render(_template('f=$[[s]]; tar -xf data.tar "${f#x}"'), {"s": "data/-rf"})
+    # a command's output, printf -v, mapfile: any word of the value may begin them
+    for copy in ("m=$(echo $[[s]])", "printf -v m '%s' $[[s]]", "mapfile -t m <<< $[[s]]"):
+        t = _template(copy + '; tar -xf data.tar "$m"')
+        _render(t, {"s": "data/my-file.txt"})
+        with pytest.raises(RenderError, match="'-rf' in it"):
+            _render(t, {"s": "data -rf"})
+    with pytest.raises(RenderError):  # cut anywhere: any dash may begin it
+        _render(_template('f=$[[s]]; tar -xf data.tar "${f:3}"'), {"s": "my-file.txt"})
+
+
+def test_values_that_may_begin_with_a_dash_never_taint_a_variable() -> None:
+    """A number, a select option, a default and the organiser's own text."""
+    ints = [Parameter("s", "int", 0, True)]
+    _render(_template('n=$[[s]]; prog "$n"', params=ints), {"s": -5})
+    opts = [SelectValue("-O2", "-O2"), SelectValue("-O3", "-O3")]
+    select = [Parameter("s", "select", 0, True, values=opts)]
+    default = [Parameter("s", "string", 0, False, default="--fast", has_default=True)]
+    for dialect in DIALECTS:
+        _render(_template('o=$[[s]]; cc "$o" main.c', dialect, select), {"s": "-O3"})
+        _render(_template('o=$[[s]]; prog "$o"', dialect, default), {})
+        with pytest.raises(RenderError):
+            _render(_template('o=$[[s]]; prog "$o"', dialect, default), {"s": "--slow"})
+    flag = [Parameter("g", "bool", 0, True)]
+    t = _template("o={{ '--gpu' if g else 'cpu' }}; prog \"$o\"", "native", flag)
+    _render(t, {"g": True})
+    # a lone dash (standard input, by custom), and a value with no dash at all
+    _render(_template('m=$[[s]]; cat "$m" < /dev/null'), {"s": "-"})
+    _render(_template("m=$[[s]]; prog $m"), {"s": "a b c"})
+
+
+def test_a_native_jinja_loop_building_an_array_is_followed(tmp_path: Path) -> None:
+    """``{% for %}`` writes one assignment per element; the array is read as options."""
+    params = [Parameter("xs", "list", 0, True, para=Parameter("x", "string", 0, True))]
+    command = '{% for x in xs %}a+=({{ x }}); {% endfor %}tar -xf data.tar "${a[@]}"'
+    t = Template(
+        dialect="native",
+        workflow=Workflow(steps=[Step("s", [command])]),
+        parameters=params,
+    )
+    with pytest.raises(RenderError, match="argument 'xs'"):
+        _render(t, {"xs": ["member.txt", EVIL]})
+    _archive(tmp_path)
+    assert _run(tmp_path, t, {"xs": ["member.txt"]}) == 0
+    assert (tmp_path / "member.txt").exists()
+
+
+def test_variables_do_not_cross_commands_each_runs_in_its_own_subshell(tmp_path: Path) -> None:
+    """The check follows one command's text: ``run.sh`` runs each command in a subshell,
+    so a variable assigned by one is unset in the next (shown by running it)."""
+    t = Template(
+        dialect="native",
+        workflow=Workflow(steps=[Step("s", ["m={{ s }}", 'echo "[$m]" > out.txt'])]),
+        parameters=[Parameter("s", "string", 0, True)],
+    )
+    assert _run(tmp_path, t, {"s": EVIL}) == 0
+    assert (tmp_path / "out.txt").read_text() == "[]\n"
 
 
 @pytest.mark.parametrize(

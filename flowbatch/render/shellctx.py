@@ -80,8 +80,8 @@ input on a pipe), which only refuses more.
 
 It also records which variables each simple command gives a value to, and from which
 words (:attr:`Scan.flows`, see :mod:`~flowbatch.render.shellvars`), and where each
-command substitution's text is (:attr:`Scan.subs`), for a check to follow a value
-through the variables of a command text."""
+command substitution's text is (:attr:`Scan.subs`): the options check follows a value
+through the variables of a command text with them (:mod:`~flowbatch.render.taint`)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from flowbatch.errors import RenderError, TemplateError
 from flowbatch.render.shellctx import ECHO_OPTION, Ctx, Scan, scan
+from flowbatch.render.taint import variable_options
 from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter, Step, Workflow
 
 _SENTINEL_RE = re.compile("\x00([0-9]+)\x01")
@@ -386,6 +387,48 @@ def check_options(
         )
 
 
+def _shown(value: str) -> str:
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
+def check_variable_options(
+    text: str, scanned: Scan, refs: list[Ref], where: str, *, native: bool = False
+) -> None:
+    """No value from a request that a shell variable may hold reaches, through that
+    variable, a word its command may read as an option (:mod:`flowbatch.render.taint`:
+    ``m=$[[m]]; tar -xf a.tar "$m"``, ``a=($[[x]]); tar ... "${a[@]}"``, ``for m in
+    $[[x]]``, ``set -- $[[x]]; tar ... "$1"``); nor one that may stand there as an
+    expansion's default (``"${v:-$[[m]]}"``). The same test as a value standing there
+    itself (:func:`check_options`), on what the variable may begin with."""
+    for found in variable_options(text, scanned, refs, ECHO_OPTION):
+        ref = refs[found.ref]
+        dollar = "$" if native else "$$"  # a flowServ template writes the shell's $ so
+        if found.variable == "@":
+            held, name = 'the positional parameters ($1, "$@": set --, for)', f"{dollar}1"
+        else:
+            held, name = f"shell variable ${found.variable}", f"{dollar}{found.variable}"
+        option = "" if found.option == ref.value else f" ({_shown(found.option)!r} in it)"
+        if found.default:
+            held = f"the default or alternative word of ${{{found.variable}...}}"
+        reason = (
+            f"{ref.label} ({_shown(ref.value)!r}) may begin{option} the value of {held}, "
+            f"which {found.command} reads where it reads its arguments: {found.command} "
+            "would take it for an option of its own, not for data"
+        )
+        raise RenderError(
+            reason + (f" (in the template's {where})" if ref.argument else ""),
+            field=f"arguments.{ref.argument}" if ref.argument else where,
+            expected="a value that does not begin with '-' there",
+            hint=(
+                "begin the value otherwise. For the organiser: put -- before the "
+                f'variable ({found.command} ... -- "{name}"), give it in the option\'s '
+                f'own word (--input="{name}"), quote it ("{name}": an unquoted one is '
+                "split into words, any of which may be an option), or declare the "
+                "parameter select, int or float when its values are options or numbers"
+            ),
+        )
+
+
 #: where a word of what xargs reads may begin: after blanks, quotes, a backslash, or a
 #: delimiter a template may give it with -d (a comma, a colon, a semicolon, a bar)
 _XARGS_WORD = re.compile(r"[\s\"'\\,;:|]+")
@@ -431,6 +474,7 @@ def place(text: str, refs: list[Ref], where: str, *, native: bool = False) -> st
         )
     if lexed.options:
         check_options(text, lexed, refs, where, native=native)
+        check_variable_options(text, lexed, refs, where, native=native)
     if lexed.option_inputs:
         check_option_inputs(text, lexed, refs, where, native=native)
     contexts, quoting = lexed.contexts, lexed.quoting

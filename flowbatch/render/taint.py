@@ -1,0 +1,233 @@
+"""Which shell variables of a command text may hold a participant's value, and where a
+command would read such a variable as its options.
+
+A value that begins with ``-`` is refused where a command reads options
+(:func:`flowbatch.render.values.check_options`). Copied into a shell variable first, it
+is the same option: ``m=$[[m]]; tar -xf a.tar "$m"``, ``a=($[[x]]); tar -xf a.tar
+"${a[@]}"``, ``for m in $[[x]]; do tar -xf a.tar "$m"; done``, ``export M=$[[m]]``,
+``set -- $[[x]]; tar ... "$1"``. This module follows the values through the variables
+of one command text (:func:`tainted`) and finds the words that read them where a command
+reads options (:func:`variable_options`).
+
+Each command of ``run.sh`` runs in its own subshell (or, for builtins that change
+nothing, a brace group that assigns no variable: :mod:`~flowbatch.render.grouping`), so
+no variable crosses from one command to the next, nor from one step to the next: the
+text of one command is all there is to follow.
+
+What a variable holds of a value is told by a *level* (per value): 0, it holds the
+value somewhere but never at its beginning (``v="in-$x"``); :data:`LEAD`, its value (or
+an element's) may begin with the value; :data:`~flowbatch.render.shellvars.WORDS`, with
+any of the value's words (an unquoted ``$v`` split into an array: ``a=($v)``, ``read``,
+``mapfile``, ``printf -v``, a command substitution's output);
+:data:`~flowbatch.render.shellvars.ANY`, with any of its characters (``${v#*x}``,
+``${v:3}``, ``read -d``, an ``IFS`` of the template's). Flow is not followed in order: a
+variable assigned anywhere in the text (a branch, a loop, a later line) is taken to hold
+the value everywhere, and a reassignment to a constant does not clear it. A value that
+is option-safe (a number, a select option, a default, the organiser's text) or that no
+``-`` begins in any way never taints.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from flowbatch.render.shellvars import ANY, WORDS, Part, word_parts
+
+if TYPE_CHECKING:
+    from flowbatch.render.shellctx import Scan
+    from flowbatch.render.values import Ref
+
+#: the variable's value (or an element's) may begin with the value itself
+LEAD = 1
+_SENTINEL = re.compile("\x00([0-9]+)\x01")  # as values.sentinel writes it
+#: ``$name``, ``${name``, ``$1``, ``$@``: a variable read inside a command substitution
+_READS = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
+
+#: per variable, the values (their index among the refs) it may hold, with the level
+Taint = dict[str, dict[int, int]]
+
+
+class VariableOption(NamedTuple):
+    """A variable read where ``command`` reads options: the word (``start``, ``end``),
+    the variable (``@``: the positional parameters), the value (its index among the
+    refs), the word of that value that would be the option, and whether the value
+    stands in the variable's default or alternative word (``"${v:-$[[m]]}"``) rather
+    than in the variable."""
+
+    start: int
+    end: int
+    command: str
+    variable: str
+    ref: int
+    option: str
+    default: bool = False
+
+
+def _may_matter(ref: Ref) -> bool:
+    """Whether ``ref`` can make an option in any way: not option-safe, a ``-`` in it
+    (a lone ``-`` stands, by custom)."""
+    return not ref.option_safe and "-" in ref.value and ref.value != "-"
+
+
+def _merge(into: dict[int, int], ref: int, level: int) -> bool:
+    if into.get(ref, -1) >= level:
+        return False
+    into[ref] = level
+    return True
+
+
+class _Level(NamedTuple):
+    """A part of a word that may hold a value (its index among the refs) at ``level``,
+    and the variable it reads, or the one whose operator word it is in."""
+
+    part: Part
+    ref: int
+    level: int
+    variable: str
+
+
+class _Reader:
+    """Reads words of one scanned text against the refs and the variables' taint."""
+
+    def __init__(self, text: str, scanned: Scan, refs: Sequence[Ref]) -> None:
+        self.text = text
+        self.scanned = scanned
+        self.refs = refs
+        self.subs = dict(scanned.subs)
+        self.taint: Taint = {}
+
+    def parts(self, start: int, end: int) -> list[Part]:
+        s = self.scanned
+        return word_parts(self.text, s.quoting, s.contexts, self.subs, start, end)
+
+    def inside(self, start: int, end: int) -> dict[int, int]:
+        """The values a command substitution's text holds, directly or through the
+        variables it reads (its output may be any of their characters)."""
+        found: dict[int, int] = {}
+        for match in _SENTINEL.finditer(self.text, start, end):
+            index = int(match.group(1))
+            if index < len(self.refs) and _may_matter(self.refs[index]):
+                found[index] = 0
+        for match in _READS.finditer(self.text, start, end):
+            name = match.group(1)
+            name = "@" if name[0].isdigit() or name in "@*" else name
+            for index in self.taint.get(name, {}):
+                found[index] = 0
+        return found
+
+    def levels(self, start: int, end: int, *, split: bool) -> list[_Level]:
+        """What of each value the word ``text[start:end]`` may begin with, part by part.
+        ``split``: unquoted expansions are split into words there (an array's elements,
+        ``for``, an option word)."""
+        out: list[_Level] = []
+        lead = group = True  # nothing but quotes (and empty values) so far
+        outer = ""
+        for part in self.parts(start, end):
+            if part.kind == "quote":
+                continue
+            if not part.nested:
+                group = lead
+                outer = part.name if part.kind == "var" else ""
+            first = group
+            if part.kind == "text":
+                lead = False
+                continue
+            splits = split and not part.quoted
+            if part.kind == "ref":
+                index = int(part.name) if part.name else -1
+                if 0 <= index < len(self.refs):
+                    ref = self.refs[index]
+                    if _may_matter(ref):
+                        out.append(_Level(part, index, LEAD if first else 0, outer))
+                    if not part.nested:
+                        lead = first and not ref.value
+                continue
+            if part.kind == "var":
+                for index, level in self.taint.get(part.name, {}).items():
+                    if part.trims:
+                        level = ANY if first or splits else 0
+                    else:
+                        level = level if first else 0
+                        if splits:
+                            level = max(level, WORDS)
+                    out.append(_Level(part, index, level, outer))
+            elif part.kind == "sub":
+                # its output: taken to begin with one of the value's words (a command
+                # that cuts a word, basename or cut, is not followed: a value with a
+                # '-' inside a word would be refused wherever it went)
+                for index in self.inside(part.start, part.end):
+                    out.append(_Level(part, index, WORDS if first or splits else 0, outer))
+            if not part.nested:
+                lead = False
+        return out
+
+    def follow(self) -> Taint:
+        """The taint of every variable the text assigns, to a fixed point (a variable
+        copied from another is followed through any number of copies)."""
+        flows = self.scanned.flows
+        changed = True
+        while changed:
+            changed = False
+            for flow in flows:
+                got = self.taint.setdefault(flow.name, {})
+                found: dict[int, int] = {}
+                for start, end in flow.sources:
+                    for _, index, level, _ in self.levels(start, end, split=flow.split):
+                        _merge(found, index, max(level, flow.floor))
+                for index, level in self.taint.get(flow.also, {}).items():
+                    _merge(found, index, level)
+                for index, level in found.items():
+                    changed = _merge(got, index, level) or changed
+        return self.taint
+
+
+def _option_in(value: str, level: int, *, any_split: bool, cut: str = "") -> str | None:
+    """The word of ``value`` a command would read as an option when the variable may
+    begin with it at ``level`` (None: none). ``any_split``: the text changes IFS, so
+    a value's words may begin after any character; ``cut``: what is left begins only
+    where the value does or right after this character (``${f##*/}``)."""
+    if cut and level >= ANY:
+        starts = [value] + [value[k + 1 :] for k, c in enumerate(value) if c == cut]
+        words = [start.split()[0] if start.split() else start for start in starts]
+    elif level >= ANY or (level == WORDS and any_split):
+        starts = [value[k:] for k, c in enumerate(value) if c == "-"]
+        words = [start.split()[0] if start.split() else start for start in starts]
+    elif level == WORDS:
+        words = value.split()
+    elif level == LEAD:
+        words = [value]
+    else:
+        return None
+    return next((w for w in words if w.startswith("-") and w != "-"), None)
+
+
+def variable_options(
+    text: str, scanned: Scan, refs: Sequence[Ref], echo_option: re.Pattern[str]
+) -> list[VariableOption]:
+    """Each word a command may read as an option (``scanned.options``) that a variable
+    may begin with a value's word beginning with ``-`` (``"$m"``, ``${a[@]}``, an
+    unquoted ``$v`` split into words, ``${v#*/}``), and each default or alternative
+    word of an expansion that may begin it (``"${v:-$[[m]]}"``). ``echo_option``:
+    the words ``echo`` reads as its options (it prints every other)."""
+    if not scanned.options or not any(_may_matter(ref) for ref in refs):
+        return []  # most commands: no value there could make an option at all
+    reader = _Reader(text, scanned, refs)
+    if scanned.flows:
+        reader.follow()
+    any_split = "IFS" in reader.taint
+    found: list[VariableOption] = []
+    for start, end, command in scanned.options:
+        for part, index, level, variable in reader.levels(start, end, split=True):
+            if part.kind == "ref" and not part.nested:
+                continue  # the value itself: values.check_options
+            cut = part.cut if part.kind == "var" and part.trims else ""
+            option = _option_in(refs[index].value, level, any_split=any_split, cut=cut)
+            if option is None:
+                continue
+            if command == "echo" and echo_option.fullmatch(option.split()[0]) is None:
+                continue
+            default = part.kind == "ref"  # a value in ${v:-...}: nested, never in v
+            found.append(VariableOption(start, end, command, variable, index, option, default))
+    return found
