@@ -204,8 +204,13 @@ def test_what_is_left_of_a_value_is_read_for_where_it_may_begin() -> None:
         _render(t, {"s": "data/my-file.txt"})
         with pytest.raises(RenderError, match="'-rf' in it"):
             _render(t, {"s": "data -rf"})
-    with pytest.raises(RenderError):  # cut anywhere: any dash may begin it
-        _render(_template('f=$[[s]]; tar -xf data.tar "${f:3}"'), {"s": "my-file.txt"})
+    # an offset is worked out on the value: what bash leaves there
+    offset = _template('f=$[[s]]; tar -xf data.tar "${f:3}"')
+    _render(offset, {"s": "my-file.txt"})
+    with pytest.raises(RenderError, match="'-rf' in it"):
+        _render(offset, {"s": "my--rf"})
+    with pytest.raises(RenderError):  # an offset from the end: any dash may begin it
+        _render(_template('f=$[[s]]; tar -xf data.tar "${f: -3}"'), {"s": "my-file.txt"})
 
 
 def test_values_that_may_begin_with_a_dash_never_taint_a_variable() -> None:
@@ -280,3 +285,67 @@ def test_which_variables_a_text_gives_values_to(
         if flow.sources and any(e > s for s, e in flow.sources)
     ]
     assert flows == expected
+
+
+OPS = [
+    "#*/", "##*/", "#?", "##?", "#a", "##a*", "#*[0-9]", "##*[!a-z]", "#*", "##*",
+    "/a/", "//a/", "//-/_", "/#a/", "/#ab/x", "//_/", "/%a/", "/b/-", ":2", ":0", ":3:2", ":9",
+]  # fmt: skip
+VALUES = ["dir/--to=x", "a--x", "ab-cd", "__-r", "a1-b2", "a/b/-c", "", "-", "x", "aaa-", "a b -c"]
+
+
+def test_an_operator_worked_out_on_the_value_is_what_bash_leaves() -> None:
+    """``trimmed`` works a trimming expansion out on the value as bash does (its result
+    compared with bash's own for every operator and value here); where it does not
+    follow bash exactly (``/%``, ``:N:L``: the value's end is kept), bash's result begins
+    as it does."""
+    from flowbatch.render.taint import trimmed
+
+    lines = []
+    for op in OPS:
+        for value in VALUES:
+            quoted = "'" + value.replace("'", "'\\''") + "'"
+            lines.append(f"v={quoted}; printf '%s\\0' \"${{v{op}}}\"")
+    out = subprocess.run(
+        ["bash", "-c", "\n".join(lines)], capture_output=True, check=True
+    ).stdout.decode()
+    said = out.split("\0")[:-1]
+    assert len(said) == len(OPS) * len(VALUES)
+    k = 0
+    for op in OPS:
+        for value in VALUES:
+            ours, theirs = trimmed(value, op), said[k]
+            k += 1
+            assert ours is not None, op
+            if op.startswith("/%") or op.count(":") == 2:  # the end kept: a beginning
+                assert theirs.startswith(ours[: len(theirs)]), (op, value, ours, theirs)
+                assert theirs[:1] != "-" or ours[:1] == "-", (op, value, ours, theirs)
+            else:
+                assert ours == theirs, (op, value, ours, theirs)
+    for op in ("#$x", "#*[[:alpha:]]", "/a*/", "#@(a)", ":-3", ": -3", "^^"):
+        assert trimmed("a-b", op) is None, op
+
+
+@pytest.mark.parametrize(
+    ("command", "good", "bad"),
+    [
+        ('f=$[[s]]; b=${f##*/}; gzip -k "$b"', "dir/my-file.txt", "dir/--to-command=x"),
+        ('f=$[[s]]; n="${f// /_}"; touch "$n"', "my file-1", "--x y"),
+        ('f=$[[s]]; n=${f:4}; touch "$n"', "run-a-b", "run---x"),
+        # every dash replaced: no value makes an option there
+        ('f=$[[s]]; n=${f//-/_}; touch "$n"', "a-b", None),
+    ],
+)
+def test_a_value_trimmed_into_a_variable_is_judged_by_what_is_left(
+    command: str, good: str, bad: str | None
+) -> None:
+    """A variable made by trimming a value (a base name, a replacement, an offset) is
+    judged by what bash leaves of the value, not refused because any dash inside might
+    begin it (found by review: `b=${f##*/}` refused every `dir/my-file`)."""
+    t = _template(command)
+    _render(t, {"s": good})
+    if bad is None:
+        _render(t, {"s": "--to-command=x"})
+    else:
+        with pytest.raises(RenderError, match="may begin"):
+            _render(t, {"s": bad})

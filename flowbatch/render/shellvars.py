@@ -79,7 +79,9 @@ class Part(NamedTuple):
     whose pattern ends with a plain character, that character: what is left begins
     right after one (``${f##*/}``: after a ``/``) or where the value does. ``nested``:
     inside the operator word of the expansion before it (``${v:-$x}``): it may begin the
-    word where that one does."""
+    word where that one does. ``op``: for an expansion that ``trims``, its operator as
+    written (``##*/``, ``//-/_``, ``:3``), which :mod:`~flowbatch.render.taint`
+    works out on the value itself where it can."""
 
     kind: str
     start: int
@@ -89,6 +91,7 @@ class Part(NamedTuple):
     trims: bool = False
     nested: bool = False
     cut: str = ""
+    op: str = ""
 
 
 def _options_then(words: list[str], takes: str) -> tuple[dict[str, str], int]:
@@ -323,7 +326,8 @@ def word_parts(
                 last = text[close - 1]
                 if last not in "*?]\\\"'}" and quoting[close - 1] in ("unquoted", "double"):
                     cut = last
-            parts.append(Part("var", k, close + 1, name, quoted, not keeps, nested, cut))
+            op = "" if keeps else pattern
+            parts.append(Part("var", k, close + 1, name, quoted, not keeps, nested, cut, op))
             if after < close:  # ${v:-word}, ${v/x/word}: the words' own expansions
                 inner = word_parts(text, quoting, contexts, subs, after, close, nested=True)
                 parts.extend(p for p in inner if p.kind in ("ref", "var", "sub"))

@@ -29,6 +29,7 @@ is option-safe (a number, a select option, a default, the organiser's text) or t
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -47,6 +48,60 @@ _READS = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
 
 #: per variable, the values (their index among the refs) it may hold, with the level
 Taint = dict[str, dict[int, int]]
+
+
+#: the values worked out from others a command text may make (see :meth:`_Reader._derive`)
+MAX_DERIVED = 256
+#: an operator worked out on a value: no expansion, quote, escape, sentinel or extglob
+_PLAIN_OP = re.compile("[^$`\\\\\"'\x00\x01(){}]*")
+_OFFSET = re.compile(r":\s*([0-9]+)(?::\s*[0-9]+)?")
+
+
+def _glob(pattern: str) -> re.Pattern[str] | None:
+    """A pattern of ``${v#...}`` as a regular expression (None: one this does not read
+    as bash does: a POSIX class, ``[^...]``)."""
+    if "[:" in pattern or "[^" in pattern:
+        return None
+    return re.compile(fnmatch.translate(pattern))
+
+
+def trimmed(value: str, op: str) -> str | None:
+    """What a variable that begins with ``value`` begins with after ``${v<op>}``, as far
+    as the value goes (None: not worked out; the caller then takes any character of the
+    value as a possible beginning). A match that could only end past the value leaves
+    the value out of the beginning; where the value may stay whole (no match within
+    it), it is the value: so the result is never less than bash could leave there.
+
+    ``#P``/``##P``: the shortest/longest beginning of the value that ``P`` matches is
+    cut off; ``/P/R``, ``//P/R``, ``/#P/R``, ``/%P/R`` with a plain ``P`` (no ``*``,
+    ``?``, ``[``): replaced; ``:N`` and ``:N:L``: from the N-th character."""
+    if _PLAIN_OP.fullmatch(op) is None:
+        return None
+    if op.startswith("#"):
+        longest = op.startswith("##")
+        rx = _glob(op[2:] if longest else op[1:])
+        if rx is None:
+            return None
+        ends = [k for k in range(len(value) + 1) if rx.fullmatch(value[:k])]
+        if not ends:
+            return value
+        return value[max(ends) if longest else min(ends) :]
+    if op.startswith("/"):
+        kind = op[:2] if op[:2] in ("//", "/#", "/%") else "/"
+        pattern, _, replacement = op[len(kind) :].partition("/")
+        if not pattern or any(c in pattern for c in "*?["):
+            return None
+        if kind == "//":
+            return value.replace(pattern, replacement)
+        if kind == "/#":
+            return replacement + value[len(pattern) :] if value.startswith(pattern) else value
+        if kind == "/%":
+            return value
+        return value.replace(pattern, replacement, 1)
+    offset = _OFFSET.fullmatch(op)
+    if offset is not None:
+        return value[int(offset.group(1)) :]
+    return None
 
 
 class VariableOption(NamedTuple):
@@ -97,6 +152,36 @@ class _Reader:
         self.refs = refs
         self.subs = dict(scanned.subs)
         self.taint: Taint = {}
+        #: what is left of a value after an expansion that trims it, worked out on the
+        #: value (``${f##*/}``: its last part), numbered after the refs: (the ref it
+        #: comes from, its text)
+        self.derived: list[tuple[int, str]] = []
+        self._derived_at: dict[tuple[int, str], int] = {}
+
+    def value(self, index: int) -> str:
+        """The text of value ``index``: a ref's, or one worked out from it."""
+        if index < len(self.refs):
+            return self.refs[index].value
+        return self.derived[index - len(self.refs)][1]
+
+    def origin(self, index: int) -> int:
+        """The ref value ``index`` is, or was worked out from."""
+        return index if index < len(self.refs) else self.derived[index - len(self.refs)][0]
+
+    def _derive(self, index: int, op: str) -> int | None:
+        """The index of what a variable that begins with value ``index`` begins with
+        after the operator ``op`` (``${v<op>}``); None when that cannot be worked out."""
+        text = trimmed(self.value(index), op)
+        if text is None:
+            return None
+        key = (self.origin(index), text)
+        found = self._derived_at.get(key)
+        if found is None:
+            if len(self.derived) >= MAX_DERIVED:  # a loop that grows it: `v=${v/a/aa}`
+                return None
+            found = self._derived_at[key] = len(self.refs) + len(self.derived)
+            self.derived.append(key)
+        return found
 
     def parts(self, start: int, end: int) -> list[Part]:
         s = self.scanned
@@ -145,9 +230,19 @@ class _Reader:
                         lead = first and not ref.value
                 continue
             if part.kind == "var":
-                for index, level in self.taint.get(part.name, {}).items():
+                for index, level in list(self.taint.get(part.name, {}).items()):
                     if part.trims:
-                        level = ANY if first or splits else 0
+                        # the operator worked out on the value where the variable begins
+                        # with it (``${f##*/}`` of `dir/my-file`: `my-file`); else any
+                        # character of it may begin what is left
+                        derived = self._derive(index, part.op) if level >= LEAD else None
+                        if derived is not None:
+                            index = derived
+                            level = LEAD if first else 0
+                            if splits:
+                                level = max(level, WORDS)
+                        else:
+                            level = ANY if first or splits else 0
                     else:
                         level = level if first else 0
                         if splits:
@@ -223,11 +318,12 @@ def variable_options(
             if part.kind == "ref" and not part.nested:
                 continue  # the value itself: values.check_options
             cut = part.cut if part.kind == "var" and part.trims else ""
-            option = _option_in(refs[index].value, level, any_split=any_split, cut=cut)
+            option = _option_in(reader.value(index), level, any_split=any_split, cut=cut)
             if option is None:
                 continue
             if command == "echo" and echo_option.fullmatch(option.split()[0]) is None:
                 continue
             default = part.kind == "ref"  # a value in ${v:-...}: nested, never in v
-            found.append(VariableOption(start, end, command, variable, index, option, default))
+            ref = reader.origin(index)
+            found.append(VariableOption(start, end, command, variable, ref, option, default))
     return found
