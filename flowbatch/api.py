@@ -694,8 +694,12 @@ def _readable_runs(store: Store, dirs: Iterable[Path]) -> Iterator[RunRecord]:
             log.error("reindex: %s left out: %s", run_dir, exc)
 
 
-def reindex(site: Site) -> int:
+def reindex(site: Site, *, adopt: bool = False) -> int:
     """Rebuild the index from the tree alone (a corrupt index file is replaced).
+
+    An index that records another site (a copied site's ``database:`` naming the first
+    one's: :mod:`flowbatch.store.siteid`) is refused, as every command refuses it, unless
+    ``adopt``: it is then made this site's and rebuilt, the other site's rows gone.
 
     Never under a running daemon: it would go on writing into the index file deleted
     here (its runs' changes lost from the new one), or, on a shared site, into the
@@ -718,7 +722,7 @@ def reindex(site: Site) -> int:
         if other is not None:
             raise _daemon_running(site, other)
         with tree_change(site.root, "reindex", rebuild=True):
-            return _reindex(site)
+            return _reindex(site, adopt=adopt)
     finally:
         lock.release()
 
@@ -738,7 +742,7 @@ def _daemon_running(site: Site, holder: str, *, cancel: bool = False) -> Flowbat
     )
 
 
-def _reindex(site: Site) -> int:
+def _reindex(site: Site, *, adopt: bool = False) -> int:
     """The index built afresh from the tree. The site's SQLite index is built in a file of
     its own (``index.db.new``) and renamed over the old one when whole: a reindex killed
     half-way leaves the old index as it was (it left an empty one: every list and
@@ -754,7 +758,7 @@ def _reindex(site: Site) -> int:
     if not site.config.database:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{new}{suffix}").unlink(missing_ok=True)
-    store = site.__dict__["store"] = Store(site.layout, url, check_index=False)
+    store = site.__dict__["store"] = Store(site.layout, url, check_index=False, adopt_index=adopt)
     idx.clear(store.db)
     for wf_id in site.templates.list_ids():
         index_workflow(site, wf_id)

@@ -746,14 +746,21 @@ def workflows_list(obj: Context, as_json: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Make the index this site's even where it records another site (a copied "
+    "site's `database:` naming the first one's, whose site is gone or has an index of "
+    "its own now): the other site's runs leave it.",
+)
 @pass_ctx
-def reindex(obj: Context) -> None:
+def reindex(obj: Context, adopt: bool) -> None:
     """Rebuild the index database from the results tree alone (with no daemon running:
     it refuses while one serves the site, and holds the site's lock meanwhile)."""
     from . import api
 
     needs_write(obj.site, "reindex", obj.site.root)
-    count = api.reindex(obj.site)
+    count = api.reindex(obj.site, adopt=adopt)
     echo(f"indexed {count} runs")
 
 

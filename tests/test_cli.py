@@ -417,13 +417,13 @@ def test_reindex_refuses_under_a_running_daemon_and_holds_the_lock(
     holders = []
     rebuild = api._reindex
 
-    def watched(site: Site) -> int:
+    def watched(site: Site, adopt: bool = False) -> int:
         holders.append(lock_holder(Site(root)))
         # a daemon started meanwhile fails (systemd starts it again, Restart=on-failure)
         # instead of exiting 0 as when another daemon serves the site
         with pytest.raises(FlowbatchError, match="reindex is rebuilding the index"):
             run_daemon(Site(root), once=True)
-        return rebuild(site)
+        return rebuild(site, adopt=adopt)
 
     monkeypatch.setattr(api, "_reindex", watched)
     assert "indexed 1 runs" in fb(root, "reindex")

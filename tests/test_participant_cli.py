@@ -647,3 +647,29 @@ def test_a_file_the_daemons_user_cannot_read_is_rejected_with_what_to_do(
     )
     assert "Permission denied" in out.stdout, out
     assert "nobody cannot read it" in out.stdout and "chmod o+r" in out.stdout, out.stdout
+
+
+def test_a_participant_is_refused_the_index_a_copy_of_the_site_shares(
+    root_site: Path, public_tmp: Path
+) -> None:
+    """A copy of the site whose `database:` names the first site's index (read-only for
+    the participant) is refused to them as to its owner, nothing written; a copy with its
+    own index.db reads as the first site did (its owner gives it its own id later)."""
+    from flowbatch.store.siteid import read_site_id
+
+    site = Site(root_site)
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"score": 1.0}})
+    done = as_root(root_site, "daemon", "--until-idle")
+    site.close()
+    assert done.returncode == 0, done.stderr
+    copy = public_tmp / "copy"
+    shutil.copytree(root_site, copy, symlinks=True)
+    before = _index_files(root_site)
+    url = f"sqlite:///{root_site / 'index.db'}"
+    done = participant(copy, "runs", "list", env={"FLOWBATCH_DATABASE": url})
+    assert done.returncode == 1
+    assert f"belongs to the site at {root_site}" in done.stderr
+    assert "is a copy of it" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert _index_files(root_site) == before
+    _reads(copy, 1)
+    assert read_site_id(copy) == read_site_id(root_site)  # the participant writes nothing

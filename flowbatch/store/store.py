@@ -31,16 +31,20 @@ from ..errors import FlowbatchError, IndexError_, NotFoundError
 from ..logs import Repeated
 from ..runs import ACTIVE, RunRecord, State, apply, now_iso
 from ..text import is_text, shown
-from . import atomic, migrate
+from . import atomic, migrate, siteid
 from .index import (
     SCHEMA_VERSION,
     ClaimRow,
     MetaRow,
+    ReadOnlySqlite,
     ResultRow,
     RunFileRow,
     RunRow,
     StateChangeRow,
+    display_url,
+    error_line,
     open_database,
+    sqlite_path,
 )
 from .layout import RUN_JSON, Layout, this_host
 
@@ -91,11 +95,19 @@ class Store:
         *,
         fsync: bool = False,
         check_index: bool = True,
+        adopt_index: bool = False,
     ) -> None:
+        """``adopt_index``: make the index this site's even where it records another
+        site (``reindex --adopt``, which rebuilds it next; see :mod:`.siteid`)."""
         self.layout = layout
         self.fsync = fsync
         self._batch_txn: Any = None  # the open batch's transaction (SQLite)
         self.db = open_database(database_url, layout.index_db, self._no_older_daemon)
+        try:
+            self.ownership = self._check_owner(database_url, adopt_index)
+        except BaseException:
+            self.db.close()
+            raise
         self.listeners: list[Listener] = []
         #: runs whose ``run.json`` was written but whose index rows were not (see write)
         self.unindexed: dict[str, RunRecord] = {}
@@ -108,6 +120,26 @@ class Store:
         self._unindexed_said = Repeated(log)  # flush_unindexed's failures, said sparingly
         if check_index:
             self.check_not_lost()
+
+    def _check_owner(self, url: str | None, adopt: bool) -> siteid.Ownership:
+        """Refuse another site's index (a copied site whose ``database:`` still names the
+        first one's); record this site in its own (:mod:`.siteid`)."""
+        path = sqlite_path(url, self.layout.index_db)
+        try:
+            return siteid.check(
+                self.db,
+                self.layout.root,
+                display_url(url) if url else str(self.layout.index_db),
+                in_site=siteid.index_in_site(path, self.layout.root),
+                read_only=isinstance(self.db, ReadOnlySqlite),
+                adopt=adopt,
+            )
+        except pw.DatabaseError as exc:
+            raise IndexError_(
+                f"the index database cannot be used: {error_line(exc)}",
+                file=display_url(url) if url else str(self.layout.index_db),
+                hint="try again; `flowbatch doctor` looks at the index",
+            ) from None
 
     def _no_older_daemon(self, found: int) -> None:
         """Before an index at schema version ``found`` is upgraded: no daemon of another

@@ -1,0 +1,247 @@
+"""A site folder copied whole (cp -a, rsync) whose ``database:`` names an index outside
+the copy (an absolute SQLite path into the first site, a PostgreSQL URL) must not write
+into the first site's index: both rankings showed both sites' runs, and a reindex of one
+emptied the other's (found by review). The index records its site (flowbatch.store.siteid):
+a copy is refused, saying so; a move is followed; a copy with its own ``index.db`` works
+as before, with an id of its own; an index made before the record is adopted.
+
+Each test runs on SQLite files and on the real PostgreSQL test server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowbatch import api
+from flowbatch.daemon import Daemon
+from flowbatch.errors import IndexError_
+from flowbatch.site import Site
+from flowbatch.store import siteid
+from flowbatch.store.index import open_database
+
+from .conftest import EXAMPLES, drop, lock_held, make_site, run_until_idle
+from .services.postgres import USER
+from .test_robust import fb
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_server")  # skipped here when there is none
+    return str(request.param)
+
+
+@pytest.fixture
+def index_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An index URL that names no file inside a site folder that uses it: an SQLite
+    file of its own, or a PostgreSQL database whose URL has a password (hidden in
+    every message)."""
+    if backend == "sqlite":
+        (tmp_path / "shared").mkdir()
+        yield f"sqlite:///{tmp_path / 'shared' / 'index.db'}"
+    else:
+        url = str(request.getfixturevalue("postgres_url"))
+        yield url.replace(f"//{USER}@", f"//{USER}:s3cret@")
+
+
+def _site_with_runs(root: Path, url: str | None, names: tuple[str, ...] = ("a", "b")) -> Site:
+    site = make_site(root, {"database": url} if url else None)
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    for name in names:
+        drop(site, f"{name}.yaml", {"workflow": "helloworld", "name": name, "group": name})
+    run_until_idle(site)
+    site.close()
+    return site
+
+
+def _names(root: Path) -> list[str]:
+    site = Site(root)
+    try:
+        return sorted(str(r["name"]) for r in api.list_runs(site))
+    finally:
+        site.close()
+
+
+def _record(url: str | None, root: Path) -> tuple[str | None, Path | None]:
+    db = open_database(url, root / "index.db")
+    try:
+        return siteid.read_record(db)
+    finally:
+        db.close()
+
+
+def _say_refused(text: str, first: Path, copy: Path) -> None:
+    """What the refusal of ``copy`` must say: whose index, why, and the two ways out."""
+    assert f"belongs to the site at {first}" in text and "is a copy of it" in text
+    assert str(copy) in text and "one index" in text
+    assert "s3cret" not in text
+    assert f"`database:` in {copy}/flowbatch.yaml" in text
+    assert "flowbatch reindex --adopt" in text
+
+
+def test_a_copy_naming_the_first_sites_index_is_refused(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    first = tmp_path / "first"
+    if backend == "sqlite":  # an absolute path into the first site's own folder
+        url = f"sqlite:///{first / 'index.db'}"
+    else:
+        url = request.getfixturevalue("index_url")
+    _site_with_runs(first, url)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy, symlinks=True)
+    before = _record(url, first)
+
+    out = fb(copy, "runs", "list", check=False)
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1
+    _say_refused(out.stderr, first, copy)
+    if backend == "postgres":
+        assert f"postgresql://{USER}:***@127.0.0.1:" in out.stderr
+    # the copy's daemon takes nothing in: its request stays in its queue
+    drop(Site(copy), "c.yaml", {"workflow": "helloworld", "name": "c", "group": "c"})
+    with pytest.raises(IndexError_) as info:
+        Daemon(Site(copy)).start()
+    _say_refused(str(info.value), first, copy)
+    assert (copy / "queue" / "c.yaml").exists()
+    # nor does its reindex empty the first site's rows
+    out = fb(copy, "reindex", check=False)
+    assert out.returncode == 1 and "is a copy of it" in out.stderr
+    # the first site is untouched, and its own
+    assert _names(first) == ["a", "b"]
+    assert _record(url, first) == before == (siteid.read_site_id(first), first)
+    # the way out the message gives: an index of the copy's own
+    if backend == "sqlite":  # its own copy of the file: its own at once
+        own = f"sqlite:///{copy / 'index.db'}"
+    else:  # a new database: built from the copy's tree by reindex
+        own = request.getfixturevalue("postgres_server").create_database()
+    (copy / "flowbatch.yaml").write_text(f"database: {own}\n", encoding="utf-8")
+    if backend == "postgres":
+        out = fb(copy, "runs", "list", check=False)
+        assert out.returncode == 1 and "flowbatch reindex" in out.stderr
+        fb(copy, "reindex")
+    assert _names(copy) == ["a", "b"]
+    assert siteid.read_site_id(copy) != siteid.read_site_id(first)
+    assert _names(first) == ["a", "b"]
+
+
+def test_a_moved_site_takes_its_index_along(tmp_path: Path, index_url: str) -> None:
+    old = tmp_path / "old"
+    _site_with_runs(old, index_url)
+    site_id = siteid.read_site_id(old)
+    new = tmp_path / "new"
+    os.rename(old, new)
+    assert _names(new) == ["a", "b"]
+    assert _record(index_url, new) == (site_id, new)  # followed, with the same id
+    site = Site(new)
+    try:
+        drop(site, "c.yaml", {"workflow": "helloworld", "name": "c", "group": "c"})
+        run_until_idle(site)
+        assert sorted(r["name"] for r in api.list_runs(site)) == ["a", "b", "c"]
+    finally:
+        site.close()
+    # a new site made at the old place later is another site: the moved one is not a copy
+    make_site(old).close()
+    assert _names(new) == ["a", "b", "c"]
+
+
+def test_a_copy_with_its_own_index_db_keeps_working_with_an_id_of_its_own(
+    tmp_path: Path,
+) -> None:
+    first = tmp_path / "first"
+    _site_with_runs(first, None)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy, symlinks=True)
+    out = fb(copy, "runs", "list")
+    assert out.stderr == ""  # no prompt, no warning
+    assert siteid.read_site_id(copy) != siteid.read_site_id(first)
+    assert _record(None, copy) == (siteid.read_site_id(copy), copy)
+    assert _record(None, first) == (siteid.read_site_id(first), first)
+    # each goes its own way
+    for root, name in ((first, "x"), (copy, "y")):
+        site = Site(root)
+        try:
+            drop(site, f"{name}.yaml", {"workflow": "helloworld", "name": name, "group": name})
+            run_until_idle(site)
+        finally:
+            site.close()
+    assert _names(first) == ["a", "b", "x"]
+    assert _names(copy) == ["a", "b", "y"]
+    # and a reindex of the copy keeps its id
+    copy_id = siteid.read_site_id(copy)
+    fb(copy, "reindex")
+    assert _record(None, copy) == (copy_id, copy)
+
+
+def _as_an_older_flowbatch_left_it(url: str | None, root: Path) -> None:
+    """No site record in the index, no ``site-id`` in the site folder."""
+    (root / siteid.SITE_ID_FILE).unlink()
+    if url and not url.startswith("sqlite"):
+        db = open_database(url, root / "index.db")
+        try:
+            db.execute_sql("DELETE FROM meta_row WHERE key IN ('site_id', 'site_root')")
+        finally:
+            db.close()
+        return
+    path = Path(url.removeprefix("sqlite:///")) if url else root / "index.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM meta_row WHERE key IN ('site_id', 'site_root')")
+    conn.close()
+
+
+def test_an_index_without_a_site_record_is_adopted(tmp_path: Path, index_url: str) -> None:
+    first = tmp_path / "first"
+    _site_with_runs(first, index_url)
+    _as_an_older_flowbatch_left_it(index_url, first)
+    assert _record(index_url, first) == (None, None)
+    assert _names(first) == ["a", "b"]  # adopted on first use
+    site_id = siteid.read_site_id(first)
+    assert site_id is not None and _record(index_url, first) == (site_id, first)
+    # two copies made before the record: the one opened first keeps it, the other is
+    # refused, pointed at it
+    _as_an_older_flowbatch_left_it(index_url, first)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy, symlinks=True)
+    assert _names(copy) == ["a", "b"]
+    out = fb(first, "runs", "list", check=False)
+    assert out.returncode == 1
+    assert f"belongs to another site, at {copy}" in out.stderr
+    assert "flowbatch reindex --adopt" in out.stderr
+
+
+def test_the_default_index_made_by_an_older_flowbatch_is_adopted(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    _site_with_runs(first, None)
+    _as_an_older_flowbatch_left_it(None, first)
+    assert _names(first) == ["a", "b"]
+    assert _record(None, first) == (siteid.read_site_id(first), first)
+
+
+def test_reindex_adopt_makes_the_index_the_copys(tmp_path: Path, index_url: str) -> None:
+    first = tmp_path / "first"
+    _site_with_runs(first, index_url)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy, symlinks=True)
+    site = Site(copy)
+    drop(site, "c.yaml", {"workflow": "helloworld", "name": "c", "group": "c"})
+    # not while a daemon serves the first site: it would go on writing the index
+    with lock_held(first / "daemon.lock"):
+        out = fb(copy, "reindex", "--adopt", check=False)
+        assert out.returncode == 1 and "which a daemon serves" in out.stderr
+    assert _record(index_url, first)[1] == first
+    out = fb(copy, "reindex", "--adopt")
+    assert "indexed 2 runs" in out.stdout
+    copy_id = siteid.read_site_id(copy)
+    assert copy_id != siteid.read_site_id(first)
+    assert _record(index_url, copy) == (copy_id, copy)
+    run_until_idle(site)
+    site.close()
+    assert _names(copy) == ["a", "b", "c"]
+    # the first site is now the one refused, pointed at the copy
+    out = fb(first, "runs", "list", check=False)
+    assert out.returncode == 1 and f"belongs to another site, at {copy}" in out.stderr
