@@ -256,6 +256,8 @@ def _check_index(ctx: _Ctx) -> None:
                     f"{where}: schema version {found}, migrated to {SCHEMA_VERSION} "
                     "when flowbatch next opens it",
                 )
+        if found is not None:
+            ctx.add("index owner", *_index_owner(ctx.root, db, url, default))
     except pw.OperationalError as exc:
         # no file to open (a folder that does not exist), no server, no rights: a rebuild
         # fixes none of these
@@ -272,6 +274,50 @@ def _check_index(ctx: _Ctx) -> None:
 
 
 _REINDEX = " (run: flowbatch reindex)"
+
+
+def _index_owner(root: Path, db: pw.Database, url: str | None, default: Path) -> tuple[str, str]:
+    """Whether the index is this site's (:mod:`flowbatch.store.siteid`): a copied site
+    whose ``database:`` still names the first one's index is refused by every command."""
+    from .store import siteid
+    from .store.index import display_url, sqlite_path
+
+    where = display_url(url) if url else str(default)
+    in_site = siteid.index_in_site(sqlite_path(url, default), root)
+    own = siteid.assess(db, root, in_site=in_site)
+    if own.refused:
+        return FAIL, siteid.refusal(own, root, where).summary()
+    last = own.last_root
+    said = {
+        siteid.OURS: (OK, f"this site's (site id {own.index_id})"),
+        siteid.NEW: (
+            OK,
+            "records no site yet (new, or made by an older flowbatch): recorded as "
+            "this site's when flowbatch next opens it",
+        ),
+        siteid.MOVED: (
+            OK,
+            f"recorded for this site at {last}, which no longer holds it (the site was "
+            "moved): the index follows it when flowbatch next opens it",
+        ),
+        siteid.REKEY: (
+            OK,
+            f"this site is a copy of {last} with its own index file: it gets a site id "
+            "of its own when flowbatch next opens it",
+        ),
+        siteid.RESTORE: (
+            WARN,
+            f"this site's {siteid.SITE_ID_FILE} file is missing: written again from the "
+            "index when flowbatch next opens it",
+        ),
+        siteid.RECLAIM: (
+            WARN,
+            f"the index file in this site folder records site id {own.index_id}, this "
+            f"site's {siteid.SITE_ID_FILE} says {own.site_id}: recorded as this site's "
+            "when flowbatch next opens it",
+        ),
+    }
+    return said[own.state]
 
 
 def _sqlite_damage(db: pw.Database) -> str | None:

@@ -112,9 +112,15 @@ def test_a_copy_naming_the_first_sites_index_is_refused(
     # nor does its reindex empty the first site's rows
     out = fb(copy, "reindex", check=False)
     assert out.returncode == 1 and "is a copy of it" in out.stderr
+    doctor = fb(copy, "doctor", check=False)
+    assert doctor.returncode == 1
+    line = next(x for x in doctor.stdout.splitlines() if x.startswith("index owner"))
+    assert "fail" in line and "is a copy of it" in line
     # the first site is untouched, and its own
     assert _names(first) == ["a", "b"]
     assert _record(url, first) == before == (siteid.read_site_id(first), first)
+    line = next(x for x in fb(first, "doctor").stdout.splitlines() if "index owner" in x)
+    assert " ok " in line and "this site's" in line
     # the way out the message gives: an index of the copy's own
     if backend == "sqlite":  # its own copy of the file: its own at once
         own = f"sqlite:///{copy / 'index.db'}"
@@ -176,6 +182,8 @@ def test_a_copy_with_its_own_index_db_keeps_working_with_an_id_of_its_own(
     copy_id = siteid.read_site_id(copy)
     fb(copy, "reindex")
     assert _record(None, copy) == (copy_id, copy)
+    line = next(x for x in fb(copy, "doctor").stdout.splitlines() if "index owner" in x)
+    assert " ok " in line and copy_id is not None and copy_id in line
 
 
 def _as_an_older_flowbatch_left_it(url: str | None, root: Path) -> None:
@@ -199,6 +207,9 @@ def test_an_index_without_a_site_record_is_adopted(tmp_path: Path, index_url: st
     _site_with_runs(first, index_url)
     _as_an_older_flowbatch_left_it(index_url, first)
     assert _record(index_url, first) == (None, None)
+    doctor = fb(first, "doctor")
+    line = next(x for x in doctor.stdout.splitlines() if "index owner" in x)
+    assert " ok " in line and "records no site yet" in line
     assert _names(first) == ["a", "b"]  # adopted on first use
     site_id = siteid.read_site_id(first)
     assert site_id is not None and _record(index_url, first) == (site_id, first)
