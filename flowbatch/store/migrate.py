@@ -11,6 +11,12 @@ To change the schema: bump ``SCHEMA_VERSION`` in :mod:`flowbatch.store.index`, c
 models there, and add the step from the previous version here (columns added with
 ``migrator.add_column`` need a default or ``null=True``). Every step runs in one
 transaction together with the version bump, so a failed upgrade leaves the old index.
+
+A new key in ``meta_row`` is no schema change and needs no version: an older flowbatch
+never reads it, and a newer one fills it in where it is missing. The site an index
+belongs to (``site_id``, ``site_root``: :mod:`.siteid`) came that way: an index made
+before is adopted by the first site that opens it, and an older flowbatch keeps using
+it (without the check).
 """
 
 from __future__ import annotations
