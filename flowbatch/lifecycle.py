@@ -27,7 +27,7 @@ from . import fairshare, faults
 from .errors import ExecutorUnavailable, FlowbatchError
 from .executors.base import Executor, Launch, LaunchDeferred, LaunchesMany, Liveness, Probe
 from .logs import Repeated
-from .queue import boot_id, take_back
+from .queue import boot_id
 from .render.script import (
     CLOSED_MARK,
     LOGS_DIR,
@@ -53,6 +53,7 @@ from .site import Site
 from .spec.model import Template
 from .spec.resources import run_resources
 from .store.layout import REQUEST_COPY
+from .takeback import take_back
 from .text import is_text, shown
 
 log = logging.getLogger("flowbatch.runner")

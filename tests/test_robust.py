@@ -1457,8 +1457,8 @@ def test_the_daemons_files_a_run_replaced_are_not_taken_back(tmp_path: Path) -> 
     became the tree's, trusted by a daemon started after a kill before the final write
     (and a forged request.yaml by runs rerun). They stay the user's, and are refused."""
     from flowbatch.errors import FlowbatchError
-    from flowbatch.queue import take_back
     from flowbatch.store.store import Store
+    from flowbatch.takeback import take_back
 
     owner = _user("fbrunner")
     run_dir = tmp_path / "results" / "wf" / "runs" / "r1"

@@ -762,7 +762,7 @@ def test_a_root_daemon_submits_a_users_job_as_that_user(
     run_dir = Path(run["run_dir"])
     assert (run_dir / "who.txt").read_text().strip() == str(user.pw_uid)
     # the user wrote the batch script and Slurm the job's log, as the user, in the folder
-    # handed to them; at the run's end the tree took it back (queue.take_back)
+    # handed to them; at the run's end the tree took it back (takeback.take_back)
     job_id = run["handle"]["job_id"]
     assert (run_dir / "sbatch.sh").is_file()
     assert (run_dir / "logs" / f"slurm-{job_id}.out").is_file()

@@ -1,4 +1,4 @@
-"""A root daemon taking back a run's folder (``queue.take_back``): files with several
+"""A root daemon taking back a run's folder (``takeback.take_back``): files with several
 names. Found by review: ten hard links to one sparse 1 GiB file were ten full copies
 (11 GB written as root, the daemon stalled 33-41 s). Now a file all of whose names are in
 the folder is taken once; one with a name outside too gets one copy for all its names
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from flowbatch import queue
+from flowbatch import takeback
 
 USER = 65534  # the run's user (nobody)
 
@@ -79,7 +79,7 @@ def test_links_all_inside_the_folder_are_taken_once(tmp_path: Path) -> None:
     big = sparse(run / "out" / "big", 1 << 30)
     for i in range(10):
         os.link(big, run / "out" / f"link{i}")
-    assert queue.take_back(run, USER).notes == []
+    assert takeback.take_back(run, USER).notes == []
     names = [run / "out" / "big", *(run / "out" / f"link{i}" for i in range(10))]
     inodes = {p.stat().st_ino for p in names}
     assert inodes == {big.stat().st_ino}  # no copy made: the same file, now the tree's
@@ -97,7 +97,7 @@ def test_a_file_with_a_name_outside_gets_one_copy_with_its_holes(tmp_path: Path)
     os.link(kept, home / "keep")
     for i in range(3):
         os.link(kept, run / "out" / f"also{i}")
-    assert queue.take_back(run, USER).notes == []
+    assert takeback.take_back(run, USER).notes == []
     here = [run / "out" / "kept", *(run / "out" / f"also{i}" for i in range(3))]
     stats = [p.stat() for p in here]
     assert len({s.st_ino for s in stats}) == 1  # one copy for the four names
@@ -113,7 +113,7 @@ def test_a_file_with_a_name_outside_gets_one_copy_with_its_holes(tmp_path: Path)
 def test_copies_past_the_budget_remove_the_names_and_say_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 64 * 1024)
+    monkeypatch.setattr(takeback, "TAKE_BACK_COPY_BYTES", 64 * 1024)
     run = run_folder(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
@@ -123,7 +123,7 @@ def test_copies_past_the_budget_remove_the_names_and_say_so(
     large = sparse(run / "out" / "b-large", 1 << 20, b"L" * (1 << 20))  # past it
     os.link(large, home / "large")
     os.link(large, run / "out" / "b-large-too")
-    taken = queue.take_back(run, USER)
+    taken = takeback.take_back(run, USER)
     notes = taken.notes
     assert taken.removed == {"out/b-large", "out/b-large-too"}
     assert (run / "out" / "a-small").stat().st_uid == 0
@@ -143,7 +143,7 @@ def test_the_runs_messages_say_which_outputs_were_left_out(
 
     from .conftest import drop, make_site, run_until_idle, write_template
 
-    monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 4096)
+    monkeypatch.setattr(takeback, "TAKE_BACK_COPY_BYTES", 4096)
     outside = public_tmp / "outside"
     outside.mkdir()
     os.chown(outside, USER, USER)
@@ -175,14 +175,14 @@ def test_holes_filled_while_copied_do_not_pass_the_budget(
     """The user still owns the file through its name outside and may fill its holes
     after the budget was checked on its blocks (found by review: 2.8 GiB written against
     a 1 GiB budget). The copy stops at the budget, and the names here go."""
-    monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 1 << 20)
+    monkeypatch.setattr(takeback, "TAKE_BACK_COPY_BYTES", 1 << 20)
     run = run_folder(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
     as_user(home)
     out = sparse(run / "out" / "big", 64 << 20, b"d" * 4096)  # 4 KiB of data: in budget
     os.link(out, home / "keep")
-    real = queue.copy_sparse
+    real = takeback.copy_sparse
 
     def user_writes_first(fd_in: int, fd_out: int, **kw: object) -> int:
         with open(home / "keep", "r+b") as fh:  # the holes filled through the other name
@@ -191,8 +191,8 @@ def test_holes_filled_while_copied_do_not_pass_the_budget(
                 fh.write(os.urandom(1 << 20))
         return real(fd_in, fd_out, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(queue, "copy_sparse", user_writes_first)
-    taken = queue.take_back(run, USER)
+    monkeypatch.setattr(takeback, "copy_sparse", user_writes_first)
+    taken = takeback.take_back(run, USER)
     assert taken.removed == {"out/big"} and "a copy of it would pass" in taken.notes[0]
     assert not (run / "out" / "big").exists()
     assert not [p for p in (run / "out").iterdir()]  # no copy left half-made
@@ -224,7 +224,7 @@ def test_a_take_back_cut_short_is_done_whole_the_next_time(tmp_path: Path) -> No
     result.write_text('{"v": 1}', encoding="utf-8")
     as_user(result)
     os.chown(run, 0, 0)  # where the killed daemon stopped
-    queue.take_back(run, USER)
+    takeback.take_back(run, USER)
     assert result.stat().st_uid == 0 and (run / "out").stat().st_uid == 0
     assert not result.stat().st_mode & 0o022
 
@@ -251,7 +251,7 @@ def test_folders_past_the_depth_limit_are_closed_to_the_runs_user(public_tmp: Pa
     run's user's to change (and to add links to) after the run ended."""
     run = run_folder(public_tmp)
     folder = run / "out"
-    for _ in range(queue.TAKE_BACK_DEPTH + 5):
+    for _ in range(takeback.TAKE_BACK_DEPTH + 5):
         folder = folder / "d"
         folder.mkdir()
         as_user(folder)
@@ -262,15 +262,15 @@ def test_folders_past_the_depth_limit_are_closed_to_the_runs_user(public_tmp: Pa
     shallow.write_text("{}", encoding="utf-8")
     as_user(shallow)
     assert _user_may_write(folder / "probe")  # the user can, before the take-back
-    taken = queue.take_back(run, USER)
+    taken = takeback.take_back(run, USER)
     assert not _user_may_write(deep)
     assert not _user_may_write(folder / "new")
     assert not _user_may_write(shallow)
     assert deep.read_text(encoding="utf-8") == "as the run wrote it\n"
     (note,) = taken.notes
-    assert f"1 folder(s) more than {queue.TAKE_BACK_DEPTH} levels deep" in note
+    assert f"1 folder(s) more than {takeback.TAKE_BACK_DEPTH} levels deep" in note
     assert "the first under out/d/d/..." in note
-    closed = run.joinpath("out", *["d"] * (queue.TAKE_BACK_DEPTH - 1))  # depth 100
+    closed = run.joinpath("out", *["d"] * (takeback.TAKE_BACK_DEPTH - 1))  # depth 100
     assert closed.stat().st_uid == 0 and stat.S_IMODE(closed.stat().st_mode) == 0o700
 
 
@@ -342,11 +342,11 @@ def test_a_large_result_or_post_processing_input_is_taken_not_removed(
     """Found by the re-review: the copy a result file or a post-processing input gets
     counted against the budget of files with names outside, and past it the file was
     removed ("also had a name outside"): the post-processing then failed for the whole
-    workflow. Past :data:`queue.FRESH_COPY_BYTES` (or the budget) it is only taken."""
+    workflow. Past :data:`takeback.FRESH_COPY_BYTES` (or the budget) it is only taken."""
     if bound == "fresh copy":
-        monkeypatch.setattr(queue, "FRESH_COPY_BYTES", 4096)
+        monkeypatch.setattr(takeback, "FRESH_COPY_BYTES", 4096)
     else:
-        monkeypatch.setattr(queue, "TAKE_BACK_COPY_BYTES", 4096)
+        monkeypatch.setattr(takeback, "TAKE_BACK_COPY_BYTES", 4096)
     commands = [
         "head -c 65536 /dev/urandom > pred.bin",
         """printf '{"score": 1, "pad": "%s"}' "$(head -c 8000 /dev/zero | tr '\\0' x)" \\

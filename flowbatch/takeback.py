@@ -1,0 +1,419 @@
+"""Take-back: a root daemon hands a run's folder to the run's user (:func:`hand_over`) and
+takes it back, with what the run wrote in it, when the run ends (:func:`take_back`).
+
+While a run runs, its folder is its user's: the script writes its logs, markers and
+outputs there as that user. Once it has ended, the folder and its files are the results
+tree's owner's again, without group or other write, so that the run's record stands as
+it ended. The walk goes by descriptors and never through a link, because the run's
+leftover processes may still be changing the folder while it is taken back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .accounts import identity
+from .render.script import SCRIPT_NAME
+from .safeio import CopyLimit, copy_sparse
+from .store.layout import REQUEST_COPY, RUN_JSON, RUN_PAGE
+
+# the area's name, as before the take-back had a module of its own: the messages of a
+# site's logs keep their source
+log = logging.getLogger("flowbatch.queue")
+
+
+#: files of a run folder that stay the daemon's when the folder is handed to its user
+DAEMON_FILES = frozenset({RUN_JSON, REQUEST_COPY, SCRIPT_NAME})
+
+
+def hand_over(path: Path, uid: int) -> None:
+    """A root daemon gives a run's folder to its owner (who runs it); never world-writable."""
+    if os.geteuid() != 0 or uid == 0:
+        return
+    _hand_over_folder(str(path), uid, identity(uid).gid, top=True)
+
+
+@dataclass
+class TakenBack:
+    """What a take-back left out of the run folder: the paths it removed (relative, with
+    ``/``) and the messages that say why."""
+
+    removed: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    #: folders past :data:`TAKE_BACK_DEPTH`, closed with what they hold
+    closed: list[str] = field(default_factory=list)
+    #: links that led out of the run folder, and FIFOs, sockets and devices, removed
+    strays: list[str] = field(default_factory=list)
+    #: the run's links, to be looked at once the walk is done
+    links: list[tuple[str, ...]] = field(default_factory=list)
+
+
+def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBack:
+    """When a run ends, a root daemon takes back the folder it handed to the run's owner
+    (:func:`hand_over`) and what the run wrote in it, giving them to the owner of the
+    tree (``runs/``'s), without group or other write: the run's record stands as it
+    ended. Else a participant could put a page of their own where the leaderboard links
+    to the run's (``index.html``), remove its ``run.json``, or remove or change the
+    result files the post-processing reads from every ranked run (making it fail for
+    everyone). Walked by descriptors, never through a link. A file with other hard links
+    is taken once (all of its names in the folder); one with a name outside the folder
+    too (``ln r.json ~/keep``) gets one copy for all its names here, its holes kept, the
+    other name staying the user's, within :data:`TAKE_BACK_COPY_BYTES` a run; past that
+    its names here are removed (:class:`TakenBack` says which, and why). The files of
+    ``fresh`` (paths in the folder: the result file, what post-processing reads) get a
+    copy of their own all the same, up to :data:`FRESH_COPY_BYTES` each: a process of
+    the run still going (``setsid``) that holds one open for writing changed it after
+    the run had ended, the post-processing reading what the leaderboard never checked
+    (found by review); it writes to the old file now, which no name reaches. A folder
+    that cannot be taken back (an NFS root_squash) is logged: the run ends all the same."""
+    taken = TakenBack()
+    forced = {Path(p).parts for p in fresh}
+    if os.geteuid() != 0 or not uid:
+        return taken
+    try:
+        st = os.lstat(path)
+        tree = os.lstat(path.parent)
+        # the tree's already: a take-back cut short (the folder is taken first, then
+        # what is in it), done whole now (found by review: a daemon killed mid-walk left
+        # the results the run's user could still change, and the next one skipped them)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (uid, tree.st_uid):
+            return taken
+        fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
+        try:
+            linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}
+            _take_back_folder(
+                fd, uid, tree.st_uid, tree.st_gid, linked=linked, taken=taken, forced=forced
+            )
+            _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken, forced)
+            _remove_links_out(path, fd, taken)
+            if taken.strays:
+                taken.notes.append(
+                    f"{len(taken.strays)} link(s) leading out of the run folder, FIFO(s) or "
+                    "other special file(s) were removed at its end: a web server following "
+                    "links would serve what they point at, and a FIFO blocks whatever reads "
+                    "the results tree"
+                )
+            if taken.closed:
+                first = taken.closed[0].split("/")
+                taken.notes.append(
+                    f"{len(taken.closed)} folder(s) more than {TAKE_BACK_DEPTH} levels deep "
+                    f"(the first under {'/'.join(first[:3])}/...) were closed as the run left "
+                    "them: only the site's owner can read what they hold"
+                )
+            for note in taken.notes:
+                log.warning("run folder %s: %s", path, note)
+        finally:
+            os.close(fd)
+        # a folder the user made where the daemon writes its files (its own page inside
+        # `index.html/`, theirs to edit for ever) is moved aside: the daemon's file goes
+        # there (a link or a file there is replaced by the daemon's atomic rename)
+        for name in (RUN_PAGE, RUN_JSON):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(path / name).st_mode):
+                    os.rename(path / name, path / f".{name}.{secrets.token_hex(4)}.moved")
+    except OSError as exc:
+        log.warning("run folder %s: not taken back from uid %s: %s", path, uid, exc.strerror)
+    return taken
+
+
+_TAKE_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_TAKE_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: the bytes (allocated: holes are kept) a run's take-back copies at most for files that
+#: also have a name outside its folder; past it, such files' names in the folder go
+TAKE_BACK_COPY_BYTES = 1 << 30
+#: the size up to which a take-back copies a result file or a post-processing input that
+#: has no other name (see :func:`take_back`): a larger one is only taken
+FRESH_COPY_BYTES = 64 << 20
+#: the folder levels a take-back walks; a deeper folder is closed (:func:`_take_back_folder`)
+TAKE_BACK_DEPTH = 100
+
+
+def _take_back_folder(
+    fd: int,
+    user: int,
+    owner: int,
+    group: int,
+    depth: int = 0,
+    *,
+    linked: dict[tuple[int, int], list[tuple[str, ...]]],
+    taken: TakenBack,
+    rel: tuple[str, ...] = (),
+    forced: set[tuple[str, ...]] | None = None,
+) -> None:
+    """:func:`take_back` of the open folder ``fd`` and of what is in it: the entries of
+    ``user`` (the daemon's own files are its already) get ``owner:group`` and lose
+    group and other write. Each entry is opened without following a link and changed
+    through its descriptor, so an entry swapped meanwhile (the run's leftover processes
+    may still be at work) is never what gets changed; the folder is the tree's before
+    its entries are looked at, so none can be added or renamed there meanwhile. A file
+    with more than one name goes into ``linked`` (its device and inode -> its paths
+    here), for :func:`_take_back_linked` once every folder is the tree's. A folder
+    deeper than :data:`TAKE_BACK_DEPTH` is taken and closed to all but the tree's owner
+    (mode 0700), its contents left as they are: its user can no longer reach them
+    (found by review: below the depth limit the run's user kept a writable area for
+    ever, where the walk simply stopped).
+
+    The daemon's own files at the top (``run.json``, ``request.yaml``, ``run.sh``) are
+    never taken: one of the user's there is one they put in place of the daemon's, and
+    must stay theirs, so that it is refused as such (a ``run.json`` taken back would be
+    trusted by the next daemon, were this one killed before its final write)."""
+    st = os.fstat(fd)
+    if st.st_uid == user:
+        os.fchown(fd, owner, group)
+    if depth >= TAKE_BACK_DEPTH:
+        os.fchmod(fd, 0o700)
+        taken.closed.append("/".join(rel))
+        return
+    if st.st_mode & 0o022:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
+    for name in os.listdir(fd):
+        if depth == 0 and name in DAEMON_FILES:
+            # one of the user's in place of the daemon's stays theirs (refused as such),
+            # but a link or a FIFO there goes as anywhere (found by review)
+            with contextlib.suppress(OSError):
+                entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if entry.st_uid == user and not stat.S_ISREG(entry.st_mode):
+                    _remove_stray(fd, name, (name,), taken)
+            continue
+        try:
+            entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(entry.st_mode):
+                sub = os.open(name, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    _take_back_folder(
+                        sub,
+                        user,
+                        owner,
+                        group,
+                        depth + 1,
+                        linked=linked,
+                        taken=taken,
+                        rel=(*rel, name),
+                        forced=forced,
+                    )
+                finally:
+                    os.close(sub)
+            elif not stat.S_ISREG(entry.st_mode):
+                # a FIFO, a socket: the tree's from now on, read by others; a link is
+                # looked at once every folder is the tree's (see take_back)
+                if entry.st_uid == user:
+                    if stat.S_ISLNK(entry.st_mode):
+                        taken.links.append((*rel, name))
+                    else:
+                        _remove_stray(fd, name, (*rel, name), taken)
+            elif entry.st_uid == user:
+                file_fd = os.open(name, _TAKE_FILE, dir_fd=fd)
+                try:
+                    opened = os.fstat(file_fd)
+                    if not stat.S_ISREG(opened.st_mode):
+                        continue  # swapped since the listing
+                    if opened.st_nlink != 1 or (forced and (*rel, name) in forced):
+                        linked.setdefault((opened.st_dev, opened.st_ino), []).append((*rel, name))
+                        continue
+                    _take_file(file_fd, opened, owner, group)
+                finally:
+                    os.close(file_fd)
+        except OSError as exc:  # gone, or swapped for a link since the listing
+            log.debug("taking back %s: %s", name, exc.strerror)
+
+
+def _remove_stray(fd: int, name: str, rel: tuple[str, ...], taken: TakenBack) -> None:
+    """Remove ``name`` in the folder ``fd`` (``rel`` in the run folder), noted in ``taken``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=fd)
+    taken.strays.append("/".join(rel))
+    taken.removed.add("/".join(rel))
+
+
+def _remove_links_out(path: Path, top: int, taken: TakenBack) -> None:
+    """Remove the run's links (``taken.links``) that lead out of the run folder ``path``
+    as resolved, once every folder is the tree's: no link or folder can change under
+    the look. By their text, ``p -> .`` made ``p/p/.../../../etc/passwd`` look inside
+    (found by the re-review); a link that stays inside stands."""
+    root = os.path.realpath(path)
+    for rel in taken.links:
+        target = os.path.realpath(os.path.join(path, *rel))
+        if target == root or target.startswith(root + os.sep):
+            continue
+        try:
+            folder, name = _open_parent(top, rel)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                _remove_stray(folder, name, rel, taken)
+        except OSError:
+            pass
+        finally:
+            os.close(folder)
+
+
+def _take_file(fd: int, st: os.stat_result, owner: int, group: int) -> None:
+    os.fchown(fd, owner, group)  # the kernel clears setuid and setgid bits with it
+    mode = stat.S_IMODE(st.st_mode) & ~0o7022
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def _take_back_linked(
+    top: int,
+    linked: dict[tuple[int, int], list[tuple[str, ...]]],
+    user: int,
+    owner: int,
+    group: int,
+    taken: TakenBack,
+    forced: set[tuple[str, ...]] | None = None,
+) -> None:
+    """Take back the files with several names, and those of ``forced`` (always a copy;
+    every folder is the tree's by now, so no name can be added or removed here). A file
+    all of whose names are in the run folder is taken once, through one descriptor (ten
+    links to one big file were ten copies). One with a name elsewhere too, through which
+    its user could change it, gets one copy for all its names here (holes kept), while
+    the copies of the run stay within :data:`TAKE_BACK_COPY_BYTES`; past that its names
+    here are removed (and noted in ``taken``)."""
+    budget = TAKE_BACK_COPY_BYTES
+    for (dev, ino), paths in sorted(linked.items(), key=lambda item: item[1][0]):
+        paths.sort()
+        first = paths[0]
+        try:
+            folder, name = _open_parent(top, first)
+        except OSError as exc:
+            log.debug("taking back %s: %s", "/".join(first), exc.strerror)
+            continue
+        try:
+            fd = os.open(name, _TAKE_FILE, dir_fd=folder)
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != user:
+                    continue  # changed since the walk
+                if st.st_nlink <= len(paths):  # every name is here
+                    # a result file or an input of the post-processing gets a copy of its
+                    # own while small: a large one is only taken (found by review: one of
+                    # 1.1 GB was removed as over the links' budget, and its copy held the
+                    # tick), as is one past the budget
+                    small = st.st_blocks * 512 <= min(FRESH_COPY_BYTES, budget)
+                    if not (forced and forced.intersection(paths)) or not small:
+                        _take_file(fd, st, owner, group)
+                        continue
+                mode = stat.S_IMODE(st.st_mode) & ~0o7022
+                try:
+                    if st.st_blocks * 512 > budget:
+                        raise CopyLimit("over the budget")
+                    # the budget bounds the bytes written, whatever the user writes into
+                    # it meanwhile through its other name (holes filled: found by review)
+                    budget -= _take_back_copy(
+                        top, paths, folder, name, fd, owner, group, mode, budget
+                    )
+                except CopyLimit:
+                    for path in paths:
+                        _remove_name(top, path)
+                        taken.removed.add("/".join(path))
+                    taken.notes.append(
+                        f"output {'/'.join(first)} ({st.st_size} bytes) also had a name "
+                        "outside the run folder, and a copy of it would pass the "
+                        f"{TAKE_BACK_COPY_BYTES} bytes a run's take-back copies: its "
+                        f"{len(paths)} name(s) here were removed"
+                    )
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("taking back %s: %s", "/".join(first), exc.strerror)
+        finally:
+            os.close(folder)
+
+
+def _open_parent(top: int, path: tuple[str, ...]) -> tuple[int, str]:
+    """The folder of ``path`` (inside the folder ``top``, opened without following a
+    link) and the name in it; the caller closes the folder."""
+    fd = os.dup(top)
+    try:
+        for part in path[:-1]:
+            nxt = os.open(part, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path[-1]
+
+
+def _remove_name(top: int, path: tuple[str, ...]) -> None:
+    try:
+        folder, name = _open_parent(top, path)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def _take_back_copy(
+    top: int,
+    paths: list[tuple[str, ...]],
+    folder: int,
+    name: str,
+    fd: int,
+    owner: int,
+    group: int,
+    mode: int,
+    max_written: int,
+) -> int:
+    """Replace every name of ``paths`` (``paths[0]`` is ``name`` in ``folder``) by one
+    copy of ``fd``'s content owned by ``owner:group``, of at most ``max_written`` bytes
+    written (else :class:`CopyLimit`, nothing replaced): the other names of the
+    file, outside the run folder, stay as they are. Returns the bytes written."""
+    tmp = f".{name}.{secrets.token_hex(4)}.taken"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(tmp, flags, 0o600, dir_fd=folder)
+    try:
+        try:
+            written = copy_sparse(fd, out, max_written=max_written)
+            os.fchown(out, owner, group)
+            os.fchmod(out, mode)
+        finally:
+            os.close(out)
+        for path in paths[1:]:  # the copy's other names, each renamed over one here
+            other, other_name = _open_parent(top, path)
+            try:
+                link = f".{other_name}.{secrets.token_hex(4)}.taken"
+                os.link(tmp, link, src_dir_fd=folder, dst_dir_fd=other)
+                os.rename(link, other_name, src_dir_fd=other, dst_dir_fd=other)
+            finally:
+                os.close(other)
+        os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
+    return written
+
+
+def _hand_over_folder(folder: str, uid: int, gid: int, *, top: bool = False) -> None:
+    """One folder of :func:`hand_over`: one listing, and per file its lstat (from the
+    listing's entry), a chown and a chmod only when the mode needs one. Links are left
+    as they are; the folder is private to the daemon until intake renames it into place."""
+    os.chown(folder, uid, gid)
+    os.chmod(folder, 0o755)
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                _hand_over_folder(entry.path, uid, gid)
+                continue
+            if top and entry.name in DAEMON_FILES:
+                os.chmod(entry.path, 0o644)  # readable by the user, written only by the daemon
+                continue
+            os.chown(entry.path, uid, gid)
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if mode & 0o022:
+                os.chmod(entry.path, mode & ~0o022)
