@@ -11,10 +11,13 @@ leftover processes may still be changing the folder while it is taken back.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import logging
 import os
 import secrets
 import stat
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,12 @@ class TakenBack:
     strays: list[str] = field(default_factory=list)
     #: the run's links, to be looked at once the walk is done
     links: list[tuple[str, ...]] = field(default_factory=list)
+    #: what its user could read and now cannot: no ACL could be set (:func:`_set_mode`)
+    private: list[str] = field(default_factory=list)
+    #: why the first of :attr:`private` got no ACL
+    why_private: str = ""
+    #: False once the file system said it keeps no ACLs: none is tried again
+    acls: bool = True
 
 
 def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBack:
@@ -71,8 +80,12 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
     copy of their own all the same, up to :data:`FRESH_COPY_BYTES` each: a process of
     the run still going (``setsid``) that holds one open for writing changed it after
     the run had ended, the post-processing reading what the leaderboard never checked
-    (found by review); it writes to the old file now, which no name reaches. A folder
-    that cannot be taken back (an NFS root_squash) is logged: the run ends all the same."""
+    (found by review); it writes to the old file now, which no name reaches. What its
+    user could read and others could not (a file of mode 0600, a folder of 0700) gets an
+    ACL entry that lets the user go on reading it, and no more (:func:`_set_mode`); where
+    the file system keeps no ACLs, it stays the tree owner's alone and a note says so. A
+    folder that cannot be taken back (an NFS root_squash) is logged: the run ends all the
+    same."""
     taken = TakenBack()
     forced = {Path(p).parts for p in fresh}
     if os.geteuid() != 0 or not uid:
@@ -99,6 +112,15 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
                     "other special file(s) were removed at its end: a web server following "
                     "links would serve what they point at, and a FIFO blocks whatever reads "
                     "the results tree"
+                )
+            if taken.private:
+                taken.notes.append(
+                    f"{len(taken.private)} file(s) or folder(s) of the run that only its "
+                    f"user could read (the first: {taken.private[0]}) can no longer be read "
+                    "by them: the results tree took no ACL that would let them "
+                    f"({taken.why_private}), and they were not opened to others instead; "
+                    "the site's admin can give the user a copy (or mount the results tree "
+                    "with POSIX ACLs)"
                 )
             if taken.closed:
                 first = taken.closed[0].split("/")
@@ -171,8 +193,11 @@ def _take_back_folder(
         os.fchmod(fd, 0o700)
         taken.closed.append("/".join(rel))
         return
-    if st.st_mode & 0o022:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
+    mode = stat.S_IMODE(st.st_mode) & ~0o022
+    if st.st_uid == user:  # one the user kept to themselves stays theirs to read
+        _set_mode(fd, st.st_mode, mode, user, taken, rel)
+    elif st.st_mode & 0o022:
+        os.fchmod(fd, mode)
     for name in os.listdir(fd):
         if depth == 0 and name in DAEMON_FILES:
             # one of the user's in place of the daemon's stays theirs (refused as such),
@@ -217,7 +242,7 @@ def _take_back_folder(
                     if opened.st_nlink != 1 or (forced and (*rel, name) in forced):
                         linked.setdefault((opened.st_dev, opened.st_ino), []).append((*rel, name))
                         continue
-                    _take_file(file_fd, opened, owner, group)
+                    _take_file(file_fd, opened, owner, group, taken, (*rel, name))
                 finally:
                     os.close(file_fd)
         except OSError as exc:  # gone, or swapped for a link since the listing
@@ -255,10 +280,97 @@ def _remove_links_out(path: Path, top: int, taken: TakenBack) -> None:
             os.close(folder)
 
 
-def _take_file(fd: int, st: os.stat_result, owner: int, group: int) -> None:
+def _take_file(
+    fd: int, st: os.stat_result, owner: int, group: int, taken: TakenBack, rel: tuple[str, ...]
+) -> None:
+    """Take the user's file ``fd`` (``st``: its fstat, ``rel``: its path in the run folder)."""
     os.fchown(fd, owner, group)  # the kernel clears setuid and setgid bits with it
-    mode = stat.S_IMODE(st.st_mode) & ~0o7022
-    if stat.S_IMODE(st.st_mode) != mode:
+    _set_mode(fd, st.st_mode, stat.S_IMODE(st.st_mode) & ~0o7022, st.st_uid, taken, rel)
+
+
+#: the extended attribute that holds a file's access ACL
+ACL_XATTR = "system.posix_acl_access"
+#: its binary form (the kernel's ``linux/posix_acl_xattr.h``), little-endian: a version,
+#: then one (tag, permissions, id) entry each, in the order of their tags
+_ACL_HEADER = struct.Struct("<I")
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_NO_ID = 0xFFFFFFFF
+#: what says that the file system keeps no ACLs (then none is tried again in the walk)
+_NO_ACLS = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+@functools.lru_cache(maxsize=256)
+def acl_bytes(mode: int, user: int, perm: int, group_perm: int) -> bytes:
+    """The access ACL, as its extended attribute, of a file of ``mode`` (its owner's and
+    others' permissions) whose group (the owning one) has ``group_perm`` and the user
+    ``user`` has ``perm``: the mask lets both through, so that an ACL gives the group no
+    more than it had. Kept for the next file: a run's files have a few modes."""
+    entries = (
+        (_ACL_USER_OBJ, (mode >> 6) & 0o7, _ACL_NO_ID),
+        (_ACL_USER, perm, user),
+        (_ACL_GROUP_OBJ, group_perm, _ACL_NO_ID),
+        (_ACL_MASK, group_perm | perm, _ACL_NO_ID),
+        (_ACL_OTHER, mode & 0o7, _ACL_NO_ID),
+    )
+    return _ACL_HEADER.pack(_ACL_VERSION) + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
+
+
+def _group_perm(fd: int, mode: int) -> int:
+    """What the owning group may do with the file ``fd`` once it has ``mode``: the group
+    bits of the mode, or, when the file has an ACL already (its user may set one), its
+    group entry within them (the group bits are then the ACL's mask). The names of its
+    extended attributes are listed first: most files have none, and a listing costs a
+    third of a failed read."""
+    if ACL_XATTR not in os.listxattr(fd):
+        return (mode >> 3) & 0o7
+    data = os.getxattr(fd, ACL_XATTR)
+    for tag, perm, _ in _ACL_ENTRY.iter_unpack(data[_ACL_HEADER.size :]):
+        if tag == _ACL_GROUP_OBJ:
+            return perm & (mode >> 3) & 0o7
+    return (mode >> 3) & 0o7
+
+
+def _set_mode(
+    fd: int,
+    before: int,
+    mode: int,
+    user: int,
+    taken: TakenBack,
+    rel: tuple[str, ...],
+    *,
+    now: int | None = None,
+    source: int | None = None,
+) -> None:
+    """Give the entry ``fd``, taken from ``user`` (``before``: its mode while it was
+    theirs), the permissions ``mode``; what the user could read or traverse as its owner
+    and would no longer through the group or others' bits gets an ACL entry of theirs
+    (``user:<uid>:r--``, ``r-x`` for a folder or a program), never write. Else a file the
+    run kept to its user (0600) became the tree owner's 0600, and the user could no
+    longer read their own outputs and logs. Others get nothing more: the ACL's mask lets through the
+    group's permissions and the user's, and an ACL the user had set is replaced (its
+    entries for others go). Entries already open to the group and others, most of them,
+    cost nothing more. ``now`` is the entry's mode when not ``before`` (a copy, made
+    0600), and ``source`` the file whose ACL a copy's group permissions come from. Where
+    no ACL can be set (a file system without them), the entry keeps ``mode`` alone and
+    its path goes into ``taken``: it was not for others to read, so it is not opened to
+    them instead."""
+    now = stat.S_IMODE(before) if now is None else now
+    perm = (before >> 6) & 0o5  # what its user could read (r), traverse or run (x)
+    if perm & mode & (mode >> 3) != perm:  # the group's and others' bits do not give it all
+        if taken.acls:
+            try:
+                if now & ~mode & 0o7000:
+                    os.fchmod(fd, mode)  # an ACL sets the permission bits, not these
+                group_perm = _group_perm(fd if source is None else source, mode)
+                os.setxattr(fd, ACL_XATTR, acl_bytes(mode, user, perm, group_perm))
+                return
+            except OSError as exc:
+                taken.acls = exc.errno not in _NO_ACLS
+                taken.why_private = taken.why_private or exc.strerror or str(exc)
+        taken.private.append("/".join(rel) or ".")
+    if now != mode:
         os.fchmod(fd, mode)
 
 
@@ -300,16 +412,15 @@ def _take_back_linked(
                     # tick), as is one past the budget
                     small = st.st_blocks * 512 <= min(FRESH_COPY_BYTES, budget)
                     if not (forced and forced.intersection(paths)) or not small:
-                        _take_file(fd, st, owner, group)
+                        _take_file(fd, st, owner, group, taken, first)
                         continue
-                mode = stat.S_IMODE(st.st_mode) & ~0o7022
                 try:
                     if st.st_blocks * 512 > budget:
                         raise CopyLimit("over the budget")
                     # the budget bounds the bytes written, whatever the user writes into
                     # it meanwhile through its other name (holes filled: found by review)
                     budget -= _take_back_copy(
-                        top, paths, folder, name, fd, owner, group, mode, budget
+                        top, paths, folder, name, fd, st, owner, group, budget, taken
                     )
                 except CopyLimit:
                     for path in paths:
@@ -362,15 +473,18 @@ def _take_back_copy(
     folder: int,
     name: str,
     fd: int,
+    st: os.stat_result,
     owner: int,
     group: int,
-    mode: int,
     max_written: int,
+    taken: TakenBack,
 ) -> int:
     """Replace every name of ``paths`` (``paths[0]`` is ``name`` in ``folder``) by one
-    copy of ``fd``'s content owned by ``owner:group``, of at most ``max_written`` bytes
-    written (else :class:`CopyLimit`, nothing replaced): the other names of the
-    file, outside the run folder, stay as they are. Returns the bytes written."""
+    copy of ``fd``'s content (``st``: its fstat) owned by ``owner:group``, of at most
+    ``max_written`` bytes written (else :class:`CopyLimit`, nothing replaced): the other
+    names of the file, outside the run folder, stay as they are. The copy has the
+    file's mode without group or other write, and what its user could read they still
+    can (:func:`_set_mode`). Returns the bytes written."""
     tmp = f".{name}.{secrets.token_hex(4)}.taken"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     out = os.open(tmp, flags, 0o600, dir_fd=folder)
@@ -378,7 +492,8 @@ def _take_back_copy(
         try:
             written = copy_sparse(fd, out, max_written=max_written)
             os.fchown(out, owner, group)
-            os.fchmod(out, mode)
+            mode = stat.S_IMODE(st.st_mode) & ~0o7022
+            _set_mode(out, st.st_mode, mode, st.st_uid, taken, paths[0], now=0o600, source=fd)
         finally:
             os.close(out)
         for path in paths[1:]:  # the copy's other names, each renamed over one here

@@ -5,6 +5,7 @@ competitors could read each other's submissions)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,19 @@ OTHER = 65534  # nobody
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon serving another user")
 
 
-@pytest.mark.parametrize(("mode", "copied"), [(0o600, 0o600), (0o640, 0o640), (0o644, 0o644)])
+def _reads(path: Path, uid: int, gid: int) -> bool:
+    """Whether the user ``uid`` of the group ``gid`` (and no other) may read ``path``."""
+    done = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "cat", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+# once the run ended, the group's bits of a file its user kept to themselves are the mask
+# of the ACL that lets them read it (takeback._set_mode): the group itself has none
+@pytest.mark.parametrize(("mode", "copied"), [(0o600, 0o640), (0o640, 0o640), (0o644, 0o644)])
 def test_an_input_keeps_who_may_read_it(public_tmp: Path, mode: int, copied: int) -> None:
     # the run's user cannot enter the test's venv (under /root): the system's python
     site = make_site(public_tmp / "site", {"variables": {"python": "/usr/bin/python3"}})
@@ -35,6 +48,10 @@ def test_an_input_keeps_who_may_read_it(public_tmp: Path, mode: int, copied: int
     copy = Path(api.show_run(site, run["id"])["run_dir"]) / "data" / "names.txt"
     assert copy.read_text() == "Alice\nBob\n"
     assert copy.stat().st_mode & 0o7777 == copied
+    stranger = 64999  # no account's
+    assert _reads(copy, OTHER, OTHER)  # the run's user, still
+    assert _reads(copy, stranger, copy.stat().st_gid) == bool(mode & 0o040)  # the group
+    assert _reads(copy, stranger, stranger) == bool(mode & 0o004)  # others
     site.close()
 
 
