@@ -169,6 +169,14 @@ class SiteConfig(_Strict):
         default_factory=ReportsConfig,
         description="The static report files: all_runs_shown (rows of the all-runs view).",
     )
+    postproc_user: str | None = Field(
+        default=None,
+        description="The user a root daemon runs post-processing as (it reads every "
+        "ranked run's files, written by participants): never root. Default: the site's "
+        "owner (the owner of the site folder), or `nobody` on a site of root's (with a "
+        "warning: `nobody` is shared with other services). A daemon of another user runs "
+        "it as itself.",
+    )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig,
         description="Fair shares: caps on launched runs (running, or queued in Slurm) per "
@@ -191,6 +199,22 @@ class SiteConfig(_Strict):
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
+
+    @field_validator("postproc_user")
+    @classmethod
+    def _postproc_user(cls, value: str | None) -> str | None:
+        """A login name, never root's: post-processing parses participants' files."""
+        if value is None:
+            return None
+        if value == "root":
+            raise PydanticCustomError(
+                "postproc_user",
+                "post-processing never runs as root (it reads participants' files): name "
+                "an unprivileged user of its own, or leave it out (the site's owner)",
+            )
+        if not value or value.startswith("-") or any(c in value for c in "/:\\ \t\n"):
+            raise PydanticCustomError("postproc_user", "expected a user name (e.g. fbpost)")
+        return value
 
     @field_validator("database")
     @classmethod
@@ -276,6 +300,8 @@ DEFAULT_CONFIG_TEXT = """\
 #                         #   write too (off: a user could move a file of root's into it)
 # group_policy: members   # `group:` = own name, own Unix group or a team below; or: open
 # teams: {}               # e.g. team-x: [alice, bob]
+# postproc_user: null    # a root daemon's post-processing runs as this user (never root);
+#                         #   default: the site's owner, or nobody on a site of root's
 # limits:                # fair shares: launched runs at once (running or in Slurm's queue)
 #   per_user: null        # cap of every user; users: {alice: 8} overrides it per user
 #   per_group: null       # cap of every group; groups: {teamx: 2} overrides it

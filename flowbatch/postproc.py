@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import io
 import json
 import logging
@@ -72,6 +73,8 @@ from .lifecycle import (
     tail,
     times_marked,
 )
+from .postproc_user import FALLBACK, postproc_user
+from .takeback import hand_over, take_back
 from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
@@ -120,6 +123,9 @@ class PostProcRecord:
     files: list[dict[str, Any]] = field(default_factory=list)
     #: the daemon host that started it, on a site several hosts serve (None: one host)
     host: str | None = None
+    #: the user its script runs as, a root daemon's choice (flowbatch.postproc_user): its
+    #: folder is handed to that user while it runs; None: the daemon's own user
+    uid: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PostProcRecord:
@@ -142,11 +148,43 @@ def read_state(site: Site, workflow: str) -> dict[str, Any]:
 
 
 def load_record(site: Site, workflow: str, pp_id: str) -> PostProcRecord | None:
+    """The record of post-processing run ``pp_id``; None when there is none the daemon
+    wrote (see :func:`_read_record`)."""
     try:
-        path = postproc_root(site, workflow) / pp_id / RECORD
-        return PostProcRecord.from_dict(json.loads(path.read_text("utf-8")))
+        data = _read_record(postproc_root(site, workflow), pp_id)
+        return PostProcRecord.from_dict(json.loads(data.decode("utf-8")))
     except (OSError, ValueError, TypeError):
         return None
+
+
+#: the largest ``postproc.json`` read (its messages hold a few lines of stderr at most)
+MAX_RECORD_BYTES = 16 << 20
+
+
+def _read_record(root: Path, pp_id: str) -> bytes:
+    """``<root>/<pp_id>/postproc.json``, read without following a link or waiting on a
+    FIFO, and only when the daemon wrote it (root's, the daemon's user's, or the owner
+    of ``postproc/``'s). A root daemon hands the folder to the user its script runs as
+    while it runs (:mod:`flowbatch.postproc_user`): a record of theirs put in place of
+    the daemon's could give a restarted daemon a handle to adopt, time and signal
+    another process by, or a success the run never had."""
+    fd = open_beneath(root, f"{pp_id}/{RECORD}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", RECORD)
+        if st.st_uid not in (0, os.geteuid(), root.stat().st_uid):
+            log.warning(
+                "post-processing %s: %s belongs to uid %s, not to the daemon: it was "
+                "replaced from inside the run and is not trusted",
+                pp_id,
+                RECORD,
+                st.st_uid,
+            )
+            raise OSError(errno.EPERM, "not the daemon's", RECORD)
+        return read_up_to(fd, MAX_RECORD_BYTES)
+    finally:
+        os.close(fd)
 
 
 class PostProcManager:
@@ -184,6 +222,7 @@ class PostProcManager:
         #: called with a workflow before a post-processing run of it ends (the daemon
         #: keeps a durable note that the workflow's leaderboard is owed its outcome)
         self.before_report_change: Callable[[str], None] = lambda workflow: None
+        self._warned_fallback = False
 
     # -- starting ---------------------------------------------------------------------------
     def maybe_start(self, workflows: Iterable[str]) -> set[str]:
@@ -239,6 +278,7 @@ class PostProcManager:
         )
         folder = postproc_root(self.site, workflow) / record.id
         try:
+            record.uid = self._uid()
             self._prepare(template, record, entries, folder)
         except (FlowbatchError, OSError) as exc:
             # flowServ: a staging failure is a post-processing run that is ERROR at once
@@ -273,18 +313,40 @@ class PostProcManager:
         )
         return "orphaned"
 
+    def _uid(self) -> int | None:
+        """The user a new post-processing run runs as: a root daemon's choice (never
+        root, :mod:`flowbatch.postproc_user`), None for any other daemon (itself)."""
+        if os.geteuid() != 0:
+            return None
+        who = postproc_user(self.site.root, self.site.config)
+        if who.source == FALLBACK and not self._warned_fallback:
+            self._warned_fallback = True
+            log.warning(
+                "post-processing runs as %s: a user other services may share; name one of "
+                "its own in flowbatch.yaml (postproc_user: NAME)",
+                who.describe(),
+            )
+        return who.uid
+
     def _launch(self, record: PostProcRecord) -> None:
-        """Start the prepared run's script and record its handle."""
+        """Start the prepared run's script (as its user) and record its handle."""
         folder = postproc_root(self.site, record.workflow) / record.id
         try:
             record.handle = self.executor.launch(
-                Launch(record.id, folder, SCRIPT_NAME, record.workflow, record.time_limit)
+                Launch(
+                    record.id,
+                    folder,
+                    SCRIPT_NAME,
+                    record.workflow,
+                    record.time_limit,
+                    uid=record.uid,
+                )
             )
             clock = launch_clock()
             if clock is not None:
                 record.handle[LAUNCH_CLOCK] = clock
         except FlowbatchError as exc:
-            self._finish(record, "ERROR", [exc.summary()])
+            self._finish(record, "ERROR", [exc.summary(), *self._take_back(record, None)])
             return
         record.started_at = now_iso()
         self._write_record(record)
@@ -300,7 +362,10 @@ class PostProcManager:
         self, template: Template, record: PostProcRecord, entries: list[RankEntry], folder: Path
     ) -> None:
         """The run folder: template files, staged inputs, ``run.sh``; built under a dot
-        name and renamed, so a half-built folder never looks like a run."""
+        name and renamed, so a half-built folder never looks like a run. A root daemon
+        hands it to the run's user (:attr:`PostProcRecord.uid`) before the rename, as
+        intake does a run's: the script writes there as that user, and the staged
+        inputs are theirs to read; ``run.sh`` and the record stay the daemon's."""
         assert template.postproc is not None
         spec = template.postproc
         rendered = render_workflow(template, spec.workflow, {}, self.site.config.all_variables())
@@ -317,7 +382,9 @@ class PostProcManager:
             atomic.write_text(
                 tmp / SCRIPT_NAME, build_script(rendered, run_id=record.id), mode=0o755, fsync=False
             )
-            atomic.write_json(tmp / RECORD, asdict(record), fsync=False)
+            if record.uid is not None:
+                hand_over(tmp, record.uid)
+            atomic.write_json(tmp / RECORD, asdict(record), fsync=False)  # the daemon's
             tmp.rename(folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -423,32 +490,63 @@ class PostProcManager:
         self.clock.forget(record.id)
         self.executor.collect(record.id, record.handle or {}, Path())
         folder = postproc_root(self.site, record.workflow) / record.id
-        markers = read_markers(folder)
         try:
             template, _ = self.site.templates.load(record.workflow, record.version)
         except FlowbatchError as exc:  # its version is gone: nothing to read outputs by
-            self._finish(record, "ERROR", [exc.summary()])
+            self._finish(record, "ERROR", [exc.summary(), *self._take_back(record, None)])
             return
+        # taken back before anything in it is read as the outcome (markers, outputs);
+        # what the take-back left out is said after the outcome
+        notes = self._take_back(record, template)
+
+        def finish(state: str, messages: list[str]) -> None:
+            self._finish(record, state, [*messages, *notes])
+
+        markers = read_markers(folder)
         assert template.postproc is not None
         record.steps = step_records([s.name for s in template.postproc.workflow.steps], markers)
         marked = self._marked_times(record, markers)
         if reason is not None:
-            self._finish(record, "ERROR", [reason])
+            finish("ERROR", [reason])
         elif markers.exit is None:
-            self._finish(
-                record, "ERROR", ["the post-processing script ended without its exit marker"]
-            )
+            why = "the post-processing script ended without its exit marker"
+            if markers.started is None:  # it never ran: the start as its user failed?
+                found = self._why_not_started(record)
+                why = "the post-processing script never started" + (f"; {found}" if found else "")
+            finish("ERROR", [why])
         elif markers.exit[0] != 0:
-            self._finish(record, "ERROR", _failure(folder, record.steps, markers.exit))
+            finish("ERROR", _failure(folder, record.steps, markers.exit))
         elif over := overran(record.time_limit, marked):
-            self._finish(record, "ERROR", [over])
+            finish("ERROR", [over])
         else:
             try:
                 record.files = _outputs(folder, template)
             except FlowbatchError as exc:
-                self._finish(record, "ERROR", [exc.summary()])
+                finish("ERROR", [exc.summary()])
                 return
-            self._finish(record, "SUCCESS", [])
+            finish("SUCCESS", [])
+
+    def _take_back(self, record: PostProcRecord, template: Template | None) -> list[str]:
+        """A root daemon takes the folder it handed to the run's user back (with what the
+        script wrote there: :func:`flowbatch.takeback.take_back`, as for a run), giving it to
+        the owner of ``postproc/`` without group or other write: the user can no longer
+        change the outputs the leaderboard shows. The outputs get copies of their own (a
+        process of the script still going could write to one it holds open). Returns
+        what it says it had to leave out (for the record's messages)."""
+        if record.uid is None:
+            return []
+        fresh = _output_sources(template) if template is not None else []
+        folder = postproc_root(self.site, record.workflow) / record.id
+        return take_back(folder, record.uid, fresh).notes
+
+    def _why_not_started(self, record: PostProcRecord) -> str | None:
+        """The executor's account of a start as another user that failed (a folder on
+        the way the user cannot enter, the usual one), None where it has none."""
+        try:
+            return self.executor.why_not_started(record.handle or {})
+        except Exception:  # a diagnosis must never keep the run from its end state
+            log.exception("could not find why post-processing %s did not start", record.id)
+            return None
 
     def _marked_times(self, record: PostProcRecord, markers: Any) -> dict[str, str]:
         """The times its script marked, where plausible (a run's rule, the job made at
@@ -540,15 +638,17 @@ class PostProcManager:
         moment after the launch) is adopted; False without either: never launched."""
         folder = postproc_root(self.site, record.workflow) / record.id
         started = read_markers(folder).started
+        # it runs as the user it was launched as (the marker is that user's text: the
+        # adoption checks the process's user and script, as for a run)
+        uid = record.uid if record.uid is not None else os.geteuid()
         if started is not None:
-            # post-processing runs as the daemon's user
-            record.handle = handle_from_marker(started, folder / SCRIPT_NAME, os.geteuid())
+            record.handle = handle_from_marker(started, folder / SCRIPT_NAME, uid)
             record.started_at = iso(started[1])
         else:
             # or launched a moment before the kill, its marker not written yet: its
             # process, if one runs the script (see LocalExecutor.find_started)
             script = str(folder / SCRIPT_NAME)
-            handle = self.executor.find_started({script: os.geteuid()}).get(script)
+            handle = self.executor.find_started({script: uid}).get(script)
             if handle is None:
                 return False
             record.handle = handle
@@ -612,6 +712,17 @@ def _failure(
     if err:
         messages.append(f"stderr of step {failed} (last lines):\n{err}")
     return messages
+
+
+def _output_sources(template: Template) -> list[str]:
+    """The files of the folder :func:`_outputs` reads: the declared outputs, else the
+    post-processing workflow's ``files.outputs``."""
+    spec = template.postproc
+    if spec is None:
+        return []
+    if spec.outputs is not None:
+        return [o.source for o in spec.outputs]
+    return list(spec.workflow.output_files)
 
 
 def _outputs(folder: Path, template: Template) -> list[dict[str, Any]]:

@@ -97,6 +97,26 @@ def public_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def python_for_others() -> str:
+    """An interpreter another user can run: the suite's own where every folder on its
+    way lets others pass, else the system's (a root daemon runs post-processing as
+    another user, flowbatch.postproc_user, and ``${python}`` is the daemon's own)."""
+    real = Path(os.path.realpath(sys.executable))
+    if all(p.stat().st_mode & 0o001 for p in (real, *real.parents)):
+        return sys.executable
+    return shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+@pytest.fixture
+def public_site(public_tmp: Path) -> Iterator[Site]:
+    """A site where a root daemon's post-processing can run: in a folder other users pass
+    through, ``${python}`` one they can run (it runs as the site's owner, else
+    ``nobody``: flowbatch.postproc_user)."""
+    s = make_site(public_tmp / "site", {"variables": {"python": python_for_others()}})
+    yield s
+    s.close()
+
+
 @pytest.fixture
 def hello_site(site: Site) -> Site:
     api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")

@@ -111,7 +111,10 @@ def test_hostile_values_stay_text_in_the_browser(browser: Browser, board: Path) 
     assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in dom
 
 
-def test_screenshots_of_the_plots_example(browser: Browser, site: Site, tmp_path: Path) -> None:
+def test_screenshots_of_the_plots_example(
+    browser: Browser, public_site: Site, tmp_path: Path
+) -> None:
+    site = public_site  # post-processing runs as another user (conftest)
     api.install(site, EXAMPLES / "plots", workflow_id="plots")
     for group, samples, seed in (
         ("alice", 2000, 1),

@@ -271,10 +271,13 @@ def test_a_root_daemon_lists_no_file_its_participant_cannot_read(
         site.close()
 
 
-def test_a_post_processing_output_that_is_a_link_is_not_shown(site: Site, tmp_path: Path) -> None:
+def test_a_post_processing_output_that_is_a_link_is_not_shown(
+    public_site: Site, tmp_path: Path
+) -> None:
     """Post-processing runs on participants' data as the daemon's user: an output it made
     as a link (from an archive a participant sent, say) was read through the link and
     shown inline on the leaderboard, whatever it pointed at."""
+    site = public_site  # post-processing runs as another user (conftest)
     from flowbatch.postproc import leaderboard_view, read_state
 
     secret = tmp_path / "secret.txt"

@@ -213,10 +213,11 @@ def test_a_process_that_made_its_own_session_is_not_reached(
 
 
 def test_a_post_processing_runs_leftover_ends_with_its_script(
-    site: Site, tmp_path: Path, strays: list[tuple[int, float]]
+    public_site: Site, public_tmp: Path, tmp_path: Path, strays: list[tuple[int, float]]
 ) -> None:
     """Post-processing runs go through the local executor: the same for them."""
-    gate = tmp_path / "go"
+    site = public_site  # post-processing runs as another user (conftest)
+    gate = public_tmp / "go"
     template = f"""
 workflow:
   steps:

@@ -8,11 +8,22 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from flowbatch import api
 from flowbatch.postproc import load_record, postproc_root, read_state
 from flowbatch.site import Site
 
-from .conftest import EXAMPLES, drop, run_until_idle, write_template
+from .conftest import EXAMPLES, drop, make_site, python_for_others, run_until_idle, write_template
+
+
+@pytest.fixture
+def tmp_path(public_tmp: Path) -> Path:
+    """The sites here (and the ``site`` fixture's) in a folder other users can pass
+    through: a root daemon post-processes as another user (flowbatch.postproc_user),
+    who must reach the site, and pytest's own folders are 0700 (and shared by every
+    session of the machine's root, so opening them up would not last)."""
+    return public_tmp
 
 
 def pi_request(group: str, samples: int, seed: int = 1) -> dict[str, object]:
@@ -24,7 +35,9 @@ def postproc_ids(site: Site, workflow: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def test_plots_example(site: Site) -> None:
+def test_plots_example(tmp_path: Path) -> None:
+    # ${python} is the daemon's interpreter: one the post-processing's user can run
+    site = make_site(tmp_path / "site", {"variables": {"python": python_for_others()}})
     api.install(site, EXAMPLES / "plots", workflow_id="plots")
     for group, samples in (("alice", 1000), ("bob", 20000), ("carol", 200000)):
         drop(site, f"{group}.yaml", pi_request(group, samples))
@@ -150,8 +163,6 @@ def test_post_processing_takes_a_local_slot(tmp_path: Path) -> None:
     wait while it runs), and it still runs for the final ranking."""
     from datetime import datetime
 
-    from .conftest import make_site
-
     site = make_site(tmp_path / "site", {"local": {"concurrency": 1}})
     api.install(
         site,
@@ -262,8 +273,6 @@ def test_post_processing_left_waiting_by_a_stopped_daemon_starts_after_a_restart
     is asked again by the next daemon (its set of best runs changed since the last one)."""
     from flowbatch.daemon import Daemon
     from flowbatch.site import Site as SiteClass
-
-    from .conftest import make_site
 
     site = make_site(tmp_path / "site")
     api.install(
@@ -449,8 +458,6 @@ def test_a_post_processing_left_running_holds_its_slot_from_the_first_tick(
     left running for its own only at its first look at them, after its first launches:
     it started a whole slot count of runs beside it."""
     from flowbatch.daemon import Daemon
-
-    from .conftest import make_site
 
     gate = tmp_path / "gate"
     site = make_site(tmp_path / "site", {"local": {"concurrency": 1}})

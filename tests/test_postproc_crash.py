@@ -6,7 +6,6 @@ launched but never recorded, and shows the outputs of one it recorded as SUCCESS
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,16 @@ from flowbatch.site import Site
 
 from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
 
+
+@pytest.fixture
+def tmp_path(public_tmp: Path) -> Path:
+    """The sites here (and the ``site`` fixture's) in a folder other users can pass
+    through: a root daemon post-processes as another user (flowbatch.postproc_user),
+    who must reach the site, and pytest's own folders are 0700 (and shared by every
+    session of the machine's root, so opening them up would not last)."""
+    return public_tmp
+
+
 TEMPLATE = (
     SCORE_TEMPLATE
     + """postproc:
@@ -30,7 +39,7 @@ TEMPLATE = (
     steps:
       - name: summary
         action:
-          commands: ["test -f $[[runs]]/runs.json", "sleep ${PPSLEEP:-0}", "echo done > out.txt"]
+          commands: ["test -f $[[runs]]/runs.json", "sleep ${ppsleep}", "echo done > out.txt"]
 """
 )
 
@@ -66,6 +75,9 @@ def launch(self, job):
     if job.run_dir.parent.name == "postproc":
         os.makedirs(job.run_dir / "logs", exist_ok=True)
         os.mkfifo(job.run_dir / "logs" / "script.log")
+        if job.uid is not None:  # the script opens it as its user (a root daemon's)
+            os.chown(job.run_dir / "logs", job.uid, -1)
+            os.chown(job.run_dir / "logs" / "script.log", job.uid, -1)
         real(self, job)
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, job)
@@ -88,7 +100,9 @@ def killed_daemon(tmp_path: Path, where: str, pp_sleep: str = "0") -> Path:
     """A site with one request of a workflow with post-processing, served by a daemon
     SIGKILLed at ``where`` (:data:`KILL_AT`); the site's folder."""
     site_dir = tmp_path / "site"
-    site = make_site(site_dir)
+    # how long the script sleeps: a site variable (a root daemon's post-processing runs
+    # as another user, with none of the daemon's environment)
+    site = make_site(site_dir, {"variables": {"ppsleep": pp_sleep}})
     api.install(site, write_template(tmp_path / "t", TEMPLATE), workflow_id="wf")
     drop(site, "r.yaml", {"workflow": "wf", "arguments": {"score": 1.5}})
     site.close()
@@ -103,7 +117,6 @@ def killed_daemon(tmp_path: Path, where: str, pp_sleep: str = "0") -> Path:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PPSLEEP": pp_sleep},  # the script inherits it
     )
     assert done.returncode == -signal.SIGKILL, done.stderr
     return site_dir

@@ -298,9 +298,10 @@ def test_the_leaderboard_csv_quotes_formulas_after_spaces_and_line_breaks() -> N
         assert notes[f"r-{i}"] == text, text
 
 
-def test_the_plots_examples_summary_quotes_a_formula_group(site: Site) -> None:
+def test_the_plots_examples_summary_quotes_a_formula_group(public_site: Site) -> None:
     """The plots example's summary.csv wrote participants' group names as they are: a
     group ``=HYPERLINK(...)`` was a formula in a spreadsheet."""
+    site = public_site  # post-processing runs as another user (conftest)
     api.install(site, EXAMPLES / "plots", workflow_id="plots")
     groups = ['=HYPERLINK("http://evil/","x")', "alice"]
     for i, group in enumerate(groups):

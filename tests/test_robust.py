@@ -214,7 +214,7 @@ def test_a_daemon_killed_before_its_reports_leaves_them_to_the_next_start(
 
 
 def test_a_daemon_killed_before_the_report_of_a_post_processing_run_leaves_it_owed(
-    tmp_path: Path,
+    public_tmp: Path,
 ) -> None:
     """Killed after a post-processing run ended but before the leaderboard showed its
     outcome: the next start writes that leaderboard (it showed the run as RUNNING, and
@@ -227,7 +227,8 @@ def test_a_daemon_killed_before_the_report_of_a_post_processing_run_leaves_it_ow
         '          commands: ["test -f $[[runs]]/runs.json", "sleep 2"]\n'
     )
     # the first report shows the post-processing run started; the second, its end
-    site_dir = _one_run_killed_at_report(tmp_path, template, 2)
+    # in a folder the post-processing's user (not root: conftest) can reach
+    site_dir = _one_run_killed_at_report(public_tmp, template, 2)
     site = Site(site_dir)
     latest = read_state(site, "wf")["latest"]
     board = site.layout.workflow_results("wf") / "leaderboard.json"

@@ -280,7 +280,7 @@ def test_reindex_of_a_shared_site_refuses_while_another_host_serves_it(
 
 
 def test_post_processing_runs_on_one_host_at_a_time(
-    tmp_path: Path, postgres_url: str, monkeypatch
+    public_tmp: Path, postgres_url: str, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """Found by review: a second host's daemon took a first host's running
     post-processing for its own, and ended it ERROR where its process was not to be
@@ -292,15 +292,16 @@ def test_post_processing_runs_on_one_host_at_a_time(
 
     from .test_slurm import tick_until
 
-    root, gate = tmp_path / "site", tmp_path / "gate"
+    # in a folder the post-processing's user (not root: conftest) can reach
+    root, gate = public_tmp / "site", public_tmp / "gate"
     site = make_site(root, {"database": postgres_url, "polling": {"interval": 0.2, "settle": 0}})
     postproc = (
         "postproc:\n  workflow:\n    steps:\n      - action:\n          commands:\n"
         f"            - 'while [ ! -e {gate} ]; do sleep 0.05; done; echo done > out.txt'\n"
         "  inputs: {files: [r.json], runs: runs}\n"
     )
-    write_template(tmp_path / "tpl", SCORE_TEMPLATE + postproc)
-    api.install(site, tmp_path / "tpl", workflow_id="wf")
+    write_template(public_tmp / "tpl", SCORE_TEMPLATE + postproc)
+    api.install(site, public_tmp / "tpl", workflow_id="wf")
     site.close()
     monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
     site_a = Site(root)
