@@ -405,6 +405,41 @@ def _check_templates(ctx: _Ctx) -> None:
             ctx.add("report templates", OK, f"site's own: {', '.join(names) or 'none'}")
 
 
+def _check_postproc(ctx: _Ctx) -> None:
+    """Who a root daemon runs post-processing as (:mod:`flowbatch.postproc_user`): never
+    root. ``nobody``, on a site of root's that names no user, is worth a look where a
+    template post-processes; a user that cannot be used there is a failure."""
+    from .postproc_user import FALLBACK, postproc_user
+    from .site import Site
+
+    if ctx.config is None:
+        ctx.add("post-processing", SKIP, "config invalid")
+        return
+    store = Site(ctx.root).templates
+    used = []
+    for wf_id in store.list_ids():
+        try:
+            if store.load(wf_id)[0].postproc is not None:
+                used.append(wf_id)
+        except FlowbatchError:
+            continue  # said by the templates check
+    try:
+        who = postproc_user(ctx.root, ctx.config)
+    except FlowbatchError as exc:
+        ctx.add("post-processing", FAIL if used else WARN, exc.summary())
+        return
+    detail = f"a root daemon runs it as {who.describe()}"
+    if who.source == FALLBACK and used:
+        ctx.add(
+            "post-processing",
+            WARN,
+            f"{detail}, for {', '.join(used)}: a user other services may share; name one "
+            "of its own in flowbatch.yaml: postproc_user: NAME",
+        )
+        return
+    ctx.add("post-processing", OK, detail)
+
+
 def _check_executors(ctx: _Ctx) -> None:
     from .executors import build_executors, stranded_notes
 
@@ -506,6 +541,7 @@ CHECKS: list[Callable[[_Ctx], None]] = [
     _check_folders,
     _check_index,
     _check_templates,
+    _check_postproc,
     _check_executors,
     _check_daemon,
 ]

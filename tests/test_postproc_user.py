@@ -296,3 +296,25 @@ def test_a_record_the_post_processing_put_in_place_of_the_daemons_is_not_trusted
     assert record is not None and record.id == folder.name and record.state == "SUCCESS"
     assert (folder / RECORD_NAME).stat().st_uid == 0
     site.close()
+
+
+def test_doctor_says_who_post_processes(public_tmp: Path) -> None:
+    """doctor names the user; ``nobody`` on a site of root's that post-processes is a
+    warning naming the setting, a user that is not there a failure."""
+    from flowbatch.doctor import FAIL, OK, WARN, diagnose
+
+    def check(root: Path) -> tuple[str, str]:
+        (found,) = [c for c in diagnose(root) if c.name == "post-processing"]
+        return found.status, found.detail
+
+    site = new_site(public_tmp, template())
+    status, detail = check(site.root)
+    assert status == WARN and "nobody" in detail and "postproc_user: NAME" in detail
+    user("fbpost")
+    (site.root / "flowbatch.yaml").write_text(yaml.safe_dump({"postproc_user": "fbpost"}))
+    status, detail = check(site.root)
+    assert status == OK and "fbpost" in detail, detail
+    (site.root / "flowbatch.yaml").write_text(yaml.safe_dump({"postproc_user": "fbnosuch"}))
+    status, detail = check(site.root)
+    assert status == FAIL and "no user 'fbnosuch'" in detail, detail
+    site.close()
