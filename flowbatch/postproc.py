@@ -74,7 +74,6 @@ from .lifecycle import (
     times_marked,
 )
 from .postproc_user import FALLBACK, postproc_user
-from .takeback import hand_over, take_back
 from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
@@ -85,6 +84,7 @@ from .site import Site
 from .spec.model import Template
 from .store import atomic
 from .store.store import lock_holder_at
+from .takeback import hand_over, take_back
 
 log = logging.getLogger("flowbatch.postproc")
 
