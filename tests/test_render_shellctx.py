@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from flowbatch.render.shellctx import Ctx, context_at, scan
@@ -57,6 +59,17 @@ CASES = [
     ("cat <<< @", Ctx.UNQUOTED),
     ("cat <<EOF | grep '@'\nx\nEOF", Ctx.SINGLE),
     ("a\\\n@", Ctx.UNQUOTED),
+    # an unquoted ${...} is one piece of its word: quotes and substitutions inside it
+    ("echo ${v:-a @}", Ctx.UNQUOTED),
+    ('echo ${v#"a @"}', Ctx.DOUBLE),
+    ("echo ${v:-'a }@'}", Ctx.SINGLE),
+    ("echo ${v:-$(b @)} x", Ctx.UNQUOTED),
+    ('echo ${v/;python3 -c "@"/x}', Ctx.DOUBLE),  # a pattern, not a command after ';'
+    ("cat <<E ${x:-a\n@}\nbody\nE", Ctx.UNQUOTED),  # the body begins after its line
+    ("cat <<E ${x:-a\nb}\n@\nE", Ctx.DOUBLE),
+    ('echo ${x:-<(python3 -c "@")}', Ctx.CODE),  # bash runs a process substitution there
+    # bash ends a backtick substitution at its next backtick, even inside ${...}
+    ('echo `a ${x:-` "@"', Ctx.DOUBLE),
 ]
 
 
@@ -79,11 +92,59 @@ def test_context_at(text: str, expected: Ctx) -> None:
         ("echo abc \\", "backslash"),
         ("cat <<EOF\nbody", "not terminated"),
         ("cat <<EOF", "no body"),
+        ("echo ${v:-a b", "'${' without its '}'"),
+        ("echo ${a:-${b:-c} d", "'${' without its '}'"),
     ],
 )
 def test_incomplete_text_is_reported(text: str, word: str) -> None:
     problem = scan(text).problem
     assert problem is not None and word in problem
+
+
+#: (text, the words bash reads after ``set --``): each unquoted ``${...}`` is one piece
+#: of its word, whatever its operator holds
+PARAMETER_WORDS = [
+    ("${x:- -v} y", ["${x:- -v}", "y"]),
+    ("${v/;/x} y", ["${v/;/x}", "y"]),
+    ('${v:-a b} ${v#"x y"} ${a:-${b:-c d}}', ["${v:-a b}", '${v#"x y"}', "${a:-${b:-c d}}"]),
+    ("${v/|/x}${v/&/x} ${v/</x}${v/>/x} ${v/(/x}${v/)/x}", None),
+    ("${v/;;/x} ${v/&&/x} ${v/<<x/y} ${v/|&/x} ${v/#(/x}", None),
+    ("${v:-a\nb} ${v:-{a b}} ${v:-\"}\" a} ${v:-'}' a} ${v:-\\} a}", None),
+    ("${x:-$(( 1 + 2 ))} ${x:-$[ 1 + 2 ]} ${x:-$(echo a; echo b)} ${x:-`echo a b`}", None),
+    ("${a[ 1 ]:- x} ${v: 1 : 2} ${x:-<(echo a b)} ${x:-$'a b'}", None),
+    ("p${v:-a b}q ${x:-${y:-$(echo })}} ${x:-#a b}", None),
+]
+
+
+@pytest.mark.parametrize(("words", "expected"), PARAMETER_WORDS)
+def test_an_unquoted_parameter_expansion_is_one_piece_of_its_word(
+    words: str, expected: list[str] | None
+) -> None:
+    """bash splits the *result* of an unquoted ``${...}`` into words, not its text: a
+    blank, ``;``, ``|``, ``&``, ``<``, ``>`` or a parenthesis inside it ends no word
+    and is no operator (found by review: ``n=${f// /_}`` was not seen as an
+    assignment). The words are the positional parameters ``set --`` gives values to,
+    counted by bash itself where every expansion gives one word."""
+    text = f"set -- {words}"
+    lexed = scan(text)
+    assert lexed.problem is None
+    assert [flow.name for flow in lexed.flows] == ["@"]
+    found = [text[start:end] for start, end in lexed.flows[0].sources]
+    if expected is not None:
+        assert found == expected
+    assert " ".join(found) == words
+    # with every variable set to one letter, each ${...} gives one word: bash counts them
+    script = f"x=X v=VVVV a=A b=B y=Y; {text}; echo $#"
+    counted = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert int(counted.stdout) == len(found), counted.stderr
+
+
+def test_an_unquoted_assignment_holding_blanks_in_its_expansion_is_one() -> None:
+    """``n=${f// /_}`` assigns ``n`` (and, in bash, ends no command at a ``;`` inside)."""
+    text = 'n=${f// /_}; m=${v/;/x} touch "$n"; echo ${v/;o=x/y}'
+    flows = [(f.name, [text[s:e] for s, e in f.sources]) for f in scan(text).flows]
+    assert flows == [("n", ["${f// /_}"])]
+    assert [text[s:e] for s, e in scan(text).params] == ["f// /_", "v/;/x", "v/;o=x/y"]
 
 
 def test_every_character_has_a_context() -> None:
@@ -182,6 +243,13 @@ ARITH_CASES = [
     ("echo ${v: -@}", ARITH, U),
     ("echo ${arr[1]:@}", ARITH, U),
     ("echo ${*:@}", ARITH, U),
+    # inside an unquoted ${...} holding blanks (one piece of its word)
+    ("echo ${x:- $(( @ + 1 ))} y", ARITH, U),
+    ("echo ${x:- $[ @ ]} y", ARITH, U),
+    ('echo ${x:- "$(( @ ))"} y', ARITH, U),
+    ("echo ${a[ @ ]:- x} y", ARITH, U),
+    ("echo ${v: 1 : @ } y", ARITH, U),
+    ("echo ${x:- $(( 1 )) @} y", U, U),
     # nearby text that is not arithmetic
     ("echo $(( 1 )) @", U, U),
     ('echo "$(( 1 )) @"', D, D),

@@ -64,6 +64,16 @@ def _run(folder: Path, t: Template, args: dict[str, Any]) -> int:
     return done.returncode
 
 
+def _ran(folder: Path, t: Template, args: dict[str, Any]) -> bool:
+    """Render ``t`` for ``args`` (False when refused) and run its script with bash in
+    ``folder``: whether it made ``PWNED`` (tar ran the value's command)."""
+    try:
+        _run(folder, t, args)
+    except RenderError:
+        return False
+    return (folder / "PWNED").exists()
+
+
 def _archive(folder: Path) -> None:
     """``data.tar`` holding ``member.txt`` (and nothing beside it in ``folder``)."""
     (folder / "member.txt").write_text("data\n")
@@ -110,6 +120,10 @@ ATTACKS = [
     ('f=$[[s]]; tar -xf data.tar "${f##*/}"', f"sub/{EVIL}", "sub/member.txt"),
     # the default word of an expansion stands where the expansion does
     ('tar -xf data.tar "${unset_here:-$[[s]]}"', EVIL, "member.txt"),
+    # an unquoted ${...} is one piece of its word, blanks and ';' in its operator too
+    ('f=$[[s]]; n=${f// /_}; tar -xf data.tar "$n"', EVIL, "member.txt"),
+    ('f=$[[s]]; n=${f/;/_}; tar -xf data.tar "$n"', EVIL, "member.txt"),
+    ("n=${unset_here:-$[[s]]}; tar -xf data.tar ${n// /_}", EVIL, "member.txt"),
     # a shell's inline program reads the variable where tar reads options
     ('m=$[[s]]; bash -c \'tar -xf data.tar "$1"\' _ "$m"', EVIL, "member.txt"),
 ]
@@ -152,6 +166,24 @@ def test_the_attack_is_real_and_the_refusal_names_the_argument_variable_command_
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_value_copied_by_an_unquoted_expansion_with_a_blank_is_followed(
+    tmp_path: Path, dialect: str
+) -> None:
+    """``n=${f// /_}`` is one assignment of ``n``: bash splits the result of an unquoted
+    ``${...}``, not its text (found by review: the lexer ended the word at the blank, saw
+    no assignment, and tar ran the value's command). Refused at render; a harmless value
+    renders and runs."""
+    t = _template('f=$[[s]]; n=${f// /_}; tar -xf data.tar "$n"', dialect)
+    _archive(tmp_path)
+    assert not _ran(tmp_path, t, {"s": EVIL}), "rendered, and tar ran the value's command"
+    with pytest.raises(RenderError, match=r"shell variable \$n, which tar reads"):
+        _render(t, {"s": EVIL})
+    assert not (tmp_path / "PWNED").exists()
+    assert _run(tmp_path, t, {"s": "member.txt"}) == 0
+    assert (tmp_path / "member.txt").read_text() == "data\n"
+
+
 def test_the_positional_parameters_and_a_default_word_are_named_as_such() -> None:
     with pytest.raises(RenderError, match=r"positional parameters \(\$1"):
         _render(_template('set -- $[[s]]; tar -xf data.tar "$1"'), {"s": EVIL})
@@ -175,6 +207,8 @@ SAFE_USES = [
     "m=$[[s]]; cat <<EOF > out.txt\n$m\nEOF",  # a here-document's body is data
     'm=$[[s]] true; tar -xf data.tar "$m" || true',  # m is true's environment only
     'f=$[[s]]; tar -xf data.tar "${f%.txt}" || true',  # the beginning is kept: the value's
+    'f=$[[s]]; n=${f// /_}; tar -xf data.tar -- "$n" || true',
+    "tar -xf data.tar -- ${v/;/x} $[[s]] || true",  # no command ends at the ';'
 ]
 
 
@@ -274,6 +308,11 @@ def test_variables_do_not_cross_commands_each_runs_in_its_own_subshell(tmp_path:
         ("printf -v out '%s' X", [("out", ["'%s'", "X"])]),
         ("m=X cmd", []),  # the command's environment only
         ("cat <<EOF\n$(m=X)\nEOF", [("m", ["X"])]),
+        # an unquoted ${...} is one piece of its word, whatever its operator holds
+        ("n=${f// /X}; m=${v:-a X}", [("n", ["${f// /X}"]), ("m", ["${v:-a X}"])]),
+        ('n=${v#"X y"} m=${a:-${b:-c X}}', [("n", ['${v#"X y"}']), ("m", ["${a:-${b:-c X}}"])]),
+        ("echo ${v/;m=X/y}", []),  # a pattern, not an assignment after a ';'
+        ("cat <<EOF\n$(n=${f// /X})\nEOF", [("n", ["${f// /X}"])]),
     ],
 )
 def test_which_variables_a_text_gives_values_to(
@@ -331,6 +370,7 @@ def test_an_operator_worked_out_on_the_value_is_what_bash_leaves() -> None:
     [
         ('f=$[[s]]; b=${f##*/}; gzip -k "$b"', "dir/my-file.txt", "dir/--to-command=x"),
         ('f=$[[s]]; n="${f// /_}"; touch "$n"', "my file-1", "--x y"),
+        ('f=$[[s]]; n=${f// /_}; touch "$n"', "my file-1", "--x y"),
         ('f=$[[s]]; n=${f:4}; touch "$n"', "run-a-b", "run---x"),
         # every dash replaced: no value makes an option there
         ('f=$[[s]]; n=${f//-/_}; touch "$n"', "a-b", None),

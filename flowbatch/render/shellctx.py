@@ -12,9 +12,16 @@ This module answers these questions without running bash.
 It follows bash's rules for quotes, backslashes, ``$(...)``, ``<(...)``, ``>(...)``,
 ``$((...))``, backticks (a new unquoted context, even inside double quotes, nested to any
 depth), ``#`` comments at the start of a word and here-documents (an expanding one's body
-is read as inside double quotes, a ``"`` there being a character). It reads commands word
-by word, enough to find the arithmetic places: ``$((...))``, ``$[...]``, an arithmetic
-command ``((...))`` (also ``for ((...))``), the operands of ``-eq -ne -lt -le -gt -ge`` in
+is read as inside double quotes, a ``"`` there being a character). An unquoted
+``${name...}`` is one piece of its word up to its matching ``}`` (braces, quotes, escapes
+and substitutions inside it counted as bash counts them): bash splits the *result* of
+``${x:- -v}`` into words, not its text, so a blank, ``;``, ``|``, ``&``, ``<``, ``>`` or
+a parenthesis inside it ends no word and is no operator (``n=${f// /_}`` is one
+assignment, ``${v/;/x}`` ends no command), and a newline inside it starts no
+here-document's body; a process substitution inside it is one (``${x:-<(cmd)}``: bash
+runs it there too). It reads commands word by word, enough to find the arithmetic
+places: ``$((...))``, ``$[...]``, an arithmetic command ``((...))`` (also ``for
+((...))``), the operands of ``-eq -ne -lt -le -gt -ge`` in
 ``[[ ... ]]``, the arguments of ``let``, the assignments of
 ``declare``/``typeset``/``local`` with ``-i``, the subscript of ``name[...]`` at the start
 of a word, of ``[...]=`` in an array assignment ``name=(...)`` and of ``${name[...]}``,
@@ -61,8 +68,10 @@ after such an option, which only refuses more. ``${python}`` (a site variable no
 expanded) is Python.
 
 Known simplifications: a ``case`` pattern's bare ``)`` inside ``$(...)`` ends the
-substitution early, and ``((`` at the start of a command is always taken for an arithmetic
-command (bash falls back to nested subshells; write ``( (``). Not detected: a variable
+substitution early, ``((`` at the start of a command is always taken for an arithmetic
+command (bash falls back to nested subshells; write ``( (``), and a ``"`` inside a
+double-quoted ``"${v:-...}"`` is taken to end the outer quotes (bash nests them there).
+Not detected: a variable
 named inside arithmetic is evaluated too, and the lexer does not follow variables (``n=$x;
 (( n > 1 ))``, ``$(( FB_n ))``, an assignment ``n=$x`` to a variable declared ``-i``
 earlier, ``${!x}``, ``cmd=python3; $cmd -c``); a subscript inside a quoted word handed to
@@ -120,7 +129,8 @@ _OVERRIDDEN_BY_PLACES = frozenset({Ctx.UNQUOTED, Ctx.DOUBLE, Ctx.CODE, Ctx.NAME}
 _SHELL_KINDS = frozenset({"top", "cmdsub", "backtick"})
 #: frames whose text is evaluated as arithmetic
 _ARITH_KINDS = frozenset({"arith", "arithcmd", "arithbr", "subscript", "offset"})
-_UNQUOTED_KINDS = _SHELL_KINDS | _ARITH_KINDS | {"cond"}
+#: ``param``: an unquoted ``${...}`` (read unquoted, no word or operator in it)
+_UNQUOTED_KINDS = _SHELL_KINDS | _ARITH_KINDS | {"cond", "param"}
 #: the words that may come before a command name, keeping the command position
 _OPENERS = frozenset(
     {"!", "{", "then", "do", "else", "elif", "if", "while", "until", "time", "coproc"}
@@ -1223,7 +1233,8 @@ class _Heredoc:
 class _Frame:
     """One level of nesting: ``top``, ``cmdsub`` ($(...)), ``backtick``, ``cond``
     ([[ ... ]]), ``arith`` ($((...))), ``arithcmd`` (((...))), ``arithbr`` ($[...]),
-    ``subscript`` (name[...]), ``offset`` (${name:...}), ``double``, ``hdoc`` (an
+    ``subscript`` (name[...]), ``offset`` (${name:...}), ``param`` (an unquoted ${...},
+    up to its matching ``}``: a piece of the word it is in), ``double``, ``hdoc`` (an
     expanding here-document's body: like ``double``, but ``"`` is a character there),
     ``single`` or ``ansi`` ($'...')."""
 
@@ -1284,6 +1295,9 @@ class Scan:
     #: where the text of each command substitution (``$(...)``, backticks, ``<(...)``)
     #: begins, and where it ends
     subs: tuple[tuple[int, int], ...] = ()
+    #: where the text of each unquoted ``${...}`` begins (after its ``{``), and where its
+    #: closing ``}`` is: the lexer's matching, quotes and escapes inside it respected
+    params: tuple[tuple[int, int], ...] = ()
 
     def command_at(self, pos: int) -> str | None:
         """The command that reads the character at ``pos`` as a name or program text
@@ -1301,6 +1315,7 @@ _OPEN_NAMES = {
     "arithcmd": "a '((' without its '))'",
     "arithbr": "a '$[' without its ']'",
     "offset": "a '${name:' without its '}'",
+    "param": "a '${' without its '}'",
     "cond": "a '[[' without its ']]'",
     "backtick": "a backtick without its closing backtick",
     "double": "a double quote without its closing quote",
@@ -1333,6 +1348,7 @@ class _Lexer:
         self.option_inputs: list[tuple[int, int, str, str]] = []
         self.flows: list[Flow] = []
         self.subs: list[tuple[int, int]] = []
+        self.params: list[tuple[int, int]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1364,6 +1380,8 @@ class _Lexer:
             self.arith.append((frame.start, end))
         elif frame.kind == "cmdsub":
             self.subs.append((frame.start, end))
+        elif frame.kind == "param":
+            self.params.append((frame.start, end))
         return frame
 
     # -- main loop -----------------------------------------------------------------
@@ -1403,6 +1421,7 @@ class _Lexer:
             tuple(self.option_inputs),
             tuple(self.flows),
             tuple(self.subs),
+            tuple(self.params),
         )
 
     def finish(self) -> None:
@@ -1428,6 +1447,9 @@ class _Lexer:
         elif kind == "subscript" and c == "\n" and not frame.depth:
             self.pop(i)  # not a subscript after all (a glob); the newline is read again
             return
+        elif kind == "param" and c in "<>" and self.peek() == "(":
+            self.process_substitution()  # bash runs it inside ${...} too: ${x:-<(cmd)}
+            return
         if c == "\\":
             self.escape(Ctx.UNQUOTED)
             return
@@ -1444,17 +1466,20 @@ class _Lexer:
             self.paren(frame, c)
         elif c in "[]" and kind in ("arithbr", "subscript"):
             self.bracket(frame, c)
-        elif c == "{" and kind == "offset":
-            frame.depth += 1
-        elif c == "}" and kind == "offset":
+        elif c == "{" and kind in ("offset", "param"):
+            frame.depth += 1  # bash counts braces: ${x:-{a}} is '{a}'
+        elif c == "}" and kind in ("offset", "param"):
             if frame.depth:
                 frame.depth -= 1
             else:
-                self.pop(i)  # the '}' belongs to the enclosing ${...}: read it again
-                self.i = i
+                self.pop(i)
+                if kind == "offset":
+                    self.i = i  # the '}' belongs to the enclosing ${...}: read it again
         elif c == "<" and text.startswith("<", self.i) and kind in _SHELL_KINDS:
             self.heredoc_operator()
-        elif c == "\n" and self.pending:
+        elif c == "\n" and self.pending and kind not in ("param", "offset"):
+            # a newline inside ${...} is part of a word: the here-documents' bodies
+            # begin after the line's own newline
             self.heredoc_bodies()
 
     # -- words ---------------------------------------------------------------------
@@ -1468,9 +1493,7 @@ class _Lexer:
             frame.piped = False
             if frame.word is None:
                 frame.word = i
-            self.mark(i, i + 2, Ctx.UNQUOTED)
-            self.i += 2
-            self.push("cmdsub")
+            self.process_substitution()
             return True
         closes_backtick = c == "`" and (
             frame.kind == "backtick" or (frame.kind == "cond" and self.stack[-2].kind == "backtick")
@@ -1676,7 +1699,22 @@ class _Lexer:
         return False
 
     # -- substitutions ---------------------------------------------------------------
+    def process_substitution(self) -> None:
+        """At ``<(`` or ``>(``: its text is commands, up to the matching ``)``."""
+        self.mark(self.i, self.i + 2, Ctx.UNQUOTED)
+        self.i += 2
+        self.push("cmdsub")
+
     def backtick(self, frame: _Frame) -> None:
+        if frame.kind == "param":
+            # bash finds where a backtick substitution ends before it reads the text: a
+            # backtick inside a ${...} inside one ends it, the ${...} left open there
+            below = len(self.stack) - 1
+            while self.stack[below].kind == "param":
+                below -= 1
+            if self.stack[below].kind == "backtick":
+                del self.stack[below + 1 :]
+                frame = self.stack[-1]
         if frame.kind == "backtick":
             self.stack.pop()
             self.subs.append((frame.start, self.i - 1))
@@ -1709,6 +1747,12 @@ class _Lexer:
             match = _PARAMETER.match(self.text, self.i)
             if match is None:
                 return
+            if self.stack[-1].kind in _UNQUOTED_KINDS:
+                # one piece of its word up to the matching '}', whatever it holds:
+                # bash splits the result of ${x:- -v}, not its text
+                self.ctx[self.i] = outer
+                self.i += 1
+                self.push("param")
             after = match.end()
             if self.text.startswith("[", after) and _NAME.fullmatch(match.group(1)):
                 self.mark(self.i, after + 1, outer)
@@ -1859,6 +1903,7 @@ class _Lexer:
         )
         self.flows.extend(flow.moved(start) for flow in lexed.flows)
         self.subs.extend((start + a, start + b) for a, b in lexed.subs)
+        self.params.extend((start + a, start + b) for a, b in lexed.params)
         if lexed.problem and self.problem is None:
             self.problem = f"in here-document: {lexed.problem}"
 
