@@ -24,6 +24,7 @@ import pytest
 from flowbatch.errors import RenderError
 from flowbatch.render import build_script, render_workflow
 from flowbatch.render.shellctx import scan
+from flowbatch.render.shellvars import word_parts
 from flowbatch.spec.model import Parameter, SelectValue, Step, Template, Workflow
 
 VARIABLES = {"python": "python3"}
@@ -324,6 +325,28 @@ def test_which_variables_a_text_gives_values_to(
         if flow.sources and any(e > s for s, e in flow.sources)
     ]
     assert flows == expected
+
+
+def test_a_word_s_expansion_ends_at_the_brace_the_lexer_matched() -> None:
+    """A ``}`` inside quotes in an unquoted ``${...}`` does not end it (bash: ``${v:-"}"}``
+    is ``}`` when ``v`` is unset): the parts of a word take the lexer's matching ``}``, so
+    what follows the quoted one is still the expansion's default word."""
+    text = 'tar -xf data.tar ${v:-"}"$m}x'
+    lexed = scan(text)
+    start = text.index("${")
+    parts = word_parts(
+        text,
+        lexed.quoting,
+        lexed.contexts,
+        dict(lexed.subs),
+        start,
+        len(text),
+        params=dict(lexed.params),
+    )
+    found = [(p.kind, text[p.start : p.end], p.nested) for p in parts]
+    assert found == [("var", '${v:-"}"$m}', False), ("var", "$m", True), ("text", "x", False)]
+    said = subprocess.run(["bash", "-c", 'm=M; echo ${v:-"}"$m}x'], capture_output=True)
+    assert said.stdout == b"}Mx\n"
 
 
 OPS = [

@@ -25,7 +25,7 @@ a function, a subshell) is taken to hold the value everywhere in it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 #: ``name=``, ``name+=``, ``name[sub]=``: the name, whether it appends
@@ -241,7 +241,9 @@ def _variable(name: str) -> str:
 
 def _closing(text: str, quoting: Sequence[str], start: int, end: int, open_: str) -> int:
     """Where the ``}`` or ``]`` closing the one opened before ``start`` is (``end`` if
-    none): brackets counted, but not those quoted by single quotes or a backslash."""
+    none): brackets counted, but not those quoted by single quotes or a backslash. The
+    lexer's own matching of an unquoted ``${...}`` goes first (``params`` of
+    :func:`word_parts`): it knows a ``}`` inside double quotes there (``${v#"}"}``)."""
     close = "}" if open_ == "{" else "]"
     depth = 0
     for k in range(start, end):
@@ -265,10 +267,12 @@ def word_parts(
     end: int,
     *,
     nested: bool = False,
+    params: Mapping[int, int] | None = None,
 ) -> list[Part]:
     """The parts of the word ``text[start:end]`` (see :class:`Part`). ``quoting`` and
     ``contexts``: the lexer's for each character; ``subs``: where each command
-    substitution's text begins and ends."""
+    substitution's text begins and ends; ``params``: where the text of each unquoted
+    ``${...}`` begins and where its ``}`` is (the lexer's ``Scan.params``)."""
     parts: list[Part] = []
     k = start
     while k < end:
@@ -314,7 +318,9 @@ def word_parts(
             continue
         braced = _BRACED.match(text, k, end) if expands else None
         if braced is not None:
-            close = _closing(text, quoting, k + 2, end, "{")
+            close = params.get(k + 2, end) if params else end
+            if not k < close < end:  # quoted, or not framed by the lexer
+                close = _closing(text, quoting, k + 2, end, "{")
             after = braced.end()
             if text.startswith("[", after):
                 after = _closing(text, quoting, after + 1, end, "[") + 1
@@ -329,7 +335,9 @@ def word_parts(
             op = "" if keeps else pattern
             parts.append(Part("var", k, close + 1, name, quoted, not keeps, nested, cut, op))
             if after < close:  # ${v:-word}, ${v/x/word}: the words' own expansions
-                inner = word_parts(text, quoting, contexts, subs, after, close, nested=True)
+                inner = word_parts(
+                    text, quoting, contexts, subs, after, close, nested=True, params=params
+                )
                 parts.extend(p for p in inner if p.kind in ("ref", "var", "sub"))
             k = close + 1
             continue

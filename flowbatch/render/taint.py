@@ -151,6 +151,7 @@ class _Reader:
         self.scanned = scanned
         self.refs = refs
         self.subs = dict(scanned.subs)
+        self.params = dict(scanned.params)
         self.taint: Taint = {}
         #: what is left of a value after an expansion that trims it, worked out on the
         #: value (``${f##*/}``: its last part), numbered after the refs: (the ref it
@@ -185,7 +186,9 @@ class _Reader:
 
     def parts(self, start: int, end: int) -> list[Part]:
         s = self.scanned
-        return word_parts(self.text, s.quoting, s.contexts, self.subs, start, end)
+        return word_parts(
+            self.text, s.quoting, s.contexts, self.subs, start, end, params=self.params
+        )
 
     def inside(self, start: int, end: int) -> dict[int, int]:
         """The values a command substitution's text holds, directly or through the
