@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -674,12 +675,14 @@ def retire_version(
 def _version_named(workflow: str, given: str, listed: list[str], wf_dir: Path) -> str:
     """The version ``given`` names: itself, or the one listed version it begins (at
     least 4 characters); a version no longer listed whose folder a cut-short retire
-    left (itself or hidden) is named by its whole name."""
+    left (itself or hidden) is named by its whole name: a folder, never a file beside
+    the versions (found by review: ``workflow.json`` was taken for one such, and the
+    workflow's own record removed)."""
     if given in listed:
         return given
     if ID_PATTERN.match(given) and not given.startswith("."):
         left = wf_dir / given
-        if os.path.lexists(left) or os.path.lexists(wf_dir / RETIRING.format(version=given)):
+        if _real_dir(left) or _real_dir(wf_dir / RETIRING.format(version=given)):
             return given
     found = [v for v in listed if len(given) >= 4 and v.startswith(given)]
     if len(found) == 1:
@@ -689,6 +692,14 @@ def _version_named(workflow: str, given: str, listed: list[str], wf_dir: Path) -
         + (f" (it begins {len(found)} of them)" if found else ""),
         hint=f"see `flowbatch workflows show {workflow}` for its versions",
     )
+
+
+def _real_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder itself (not a file, nor a link to a folder)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _refuse_active(workflow: str) -> None:
