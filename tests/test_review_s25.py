@@ -5,13 +5,67 @@ where a user or a process of its own matters."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from flowbatch import api
 from flowbatch.site import Site
+from flowbatch.store import siteid
 
 from .conftest import drop, run_until_idle
+from .test_copied_site import _names, _record, _site_with_runs
 from .test_lifecycle_ops import cli, install
+from .test_robust import fb
+
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def as_nobody(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run by another user (nobody), as a participant or a service user runs it."""
+    return subprocess.run(
+        [*AS_NOBODY, sys.executable, "-m", "flowbatch", "--site", str(site), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": "/tmp"},
+        timeout=120,
+    )
+
+
+# -- site identity ------------------------------------------------------------------------------
+def test_a_copy_whose_user_cannot_look_into_the_first_site_does_not_take_its_index(
+    public_tmp: Path,
+) -> None:
+    """A site copied for another user (cp -a, chown), its ``database:`` still naming the
+    first site's index: that user cannot read the first site's folder (0700), so its
+    ``site-id`` file could not be read, and the first site was taken for moved away. The
+    copy's first command took the index over without a word (a daemon of the first site
+    serving meanwhile went on writing into it), and the first site was refused after, as
+    "a copy" of the copy."""
+    shared = public_tmp / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    url = f"sqlite:///{shared / 'index.db'}"
+    first = public_tmp / "first"
+    _site_with_runs(first, url)
+    copy = public_tmp / "copy"
+    shutil.copytree(first, copy, symlinks=True)
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(copy)], check=True)
+    for path in shared.iterdir():
+        path.chmod(0o666)  # the copy's user may write the index: nothing stops it but this
+    first.chmod(0o700)
+    before = _record(url, first)
+    assert before == (siteid.read_site_id(first), first)
+
+    out = as_nobody(copy, "runs", "list")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"belongs to the site at {first}" in out.stderr, out.stderr
+    assert "cannot look into" in out.stderr and "flowbatch reindex --adopt" in out.stderr
+    assert _record(url, first) == before
+    assert _names(first) == ["a", "b"]
+    assert fb(first, "runs", "list").returncode == 0
 
 
 # -- workflows retire ---------------------------------------------------------------------------

@@ -28,9 +28,12 @@ with it; its second line is the folder it was written for) and in the index's
 
 Whether a folder "holds a site of that id" is read from its ``site-id`` file; the same
 folder seen through another path (a bind mount) is recognised by
-:func:`os.path.samefile`, and is no copy. A shared site mounted at different paths on
-its hosts looks moved to each host that opens it after another: its recorded root
-follows, a log line each time.
+:func:`os.path.samefile`, and is no copy. A ``site-id`` file the user may not read (a
+site folder of another user's, 0700) is taken to hold it: that folder may well be there,
+served (found by review: a copy made for another user took the first site's index as
+"moved", while the first site's daemon went on writing into it). A shared site mounted
+at different paths on its hosts looks moved to each host that opens it after another:
+its recorded root follows, a log line each time.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ class Ownership:
     #: this site's ``site-id`` was written for that other folder, which still holds a
     #: site of the same id: this one is a copy of it, and needs an id of its own
     copy_of: Path | None = None
+    #: the recorded folder could not be looked into (no right to read its ``site-id``):
+    #: taken to hold the site the index records (``other_there``)
+    unseen: bool = False
 
     @property
     def refused(self) -> bool:
@@ -108,6 +114,23 @@ def read_site_file(root: Path) -> tuple[str | None, Path | None]:
 def read_site_id(root: Path) -> str | None:
     """The id in ``root/site-id``; None when there is no such file (or no site) there."""
     return read_site_file(root)[0]
+
+
+#: what :func:`_id_in` says of a ``site-id`` file the user may not read
+UNSEEN = "\0unseen"
+
+
+def _id_in(folder: Path) -> str | None:
+    """The id that ``folder`` holds, as :func:`read_site_id` reads it, or :data:`UNSEEN`
+    when this user may not read its ``site-id`` file (a folder of another user's): it
+    may well hold a site, which must not be taken for gone."""
+    try:
+        lines = (folder / SITE_ID_FILE).read_text(encoding="utf-8").splitlines()
+    except PermissionError:
+        return UNSEEN
+    except (OSError, UnicodeDecodeError):
+        return None
+    return (lines[0].strip() if lines else "") or None
 
 
 def _site_file_bytes(root: Path, site_id: str) -> bytes:
@@ -171,16 +194,18 @@ def assess(db: pw.Database, root: Path, *, in_site: bool) -> Ownership:
         site_id is not None
         and written_for is not None
         and not _same_folder(written_for, root)
-        and read_site_id(written_for) == site_id
+        and _id_in(written_for) in (site_id, UNSEEN)
     ):
         copy_of = written_for
     if index_id is None:
         return Ownership(NEW, None, last, site_id, copy_of=copy_of)
     here = last is not None and _same_folder(last, root)
-    # the recorded folder (not this one) still holds the site the index records
-    there = last is not None and not here and read_site_id(last) == index_id
+    # the recorded folder (not this one) still holds the site the index records, or
+    # may: this user cannot look
+    held = _id_in(last) if last is not None and not here else None
+    there = held is not None and held in (index_id, UNSEEN)
     state = _state(site_id, index_id, here, there, in_site)
-    return Ownership(state, index_id, last, site_id, there, copy_of)
+    return Ownership(state, index_id, last, site_id, there, copy_of, held == UNSEEN)
 
 
 def _state(site_id: str | None, index_id: str, here: bool, there: bool, in_site: bool) -> str:
@@ -203,7 +228,16 @@ def _state(site_id: str | None, index_id: str, here: bool, there: bool, in_site:
 
 def refusal(own: Ownership, root: Path, where: str) -> IndexError_:
     """The error of an index that belongs to another site, with the ways out."""
-    if own.state == COPY:
+    if own.unseen:
+        from ..accounts import user_name
+
+        reason = (
+            f"this index belongs to the site at {own.last_root} (site id {own.index_id}), "
+            f"which this user ({user_name(os.geteuid())}) cannot look into: it may still be "
+            f"there and use the index, this site ({root}) a copy of it, and the two would "
+            "write their runs into one index"
+        )
+    elif own.state == COPY:
         reason = (
             f"this index belongs to the site at {own.last_root} (site id {own.index_id}), "
             f"which is still there: this site ({root}) is a copy of it, and the two would "
