@@ -41,7 +41,13 @@ from .site import Site
 from .spec.request import CancelRequest
 from .store import atomic
 from .store.layout import ID_PATTERN, RUN_PAGE
-from .store.store import RETRIED_ERRORS, holder_record, lock_holder_at, room_note
+from .store.store import (
+    RETRIED_ERRORS,
+    flock_holders,
+    holder_record,
+    lock_holder_at,
+    room_note,
+)
 
 log = logging.getLogger("flowbatch.daemon")
 
@@ -76,6 +82,10 @@ class Busy(Exception):
         self.record = record
 
 
+#: tries at the site lock when what held it lets go while it is looked at (SiteLock.acquire)
+LOCK_LOOKS = 3
+
+
 class SiteLock:
     """The site's daemon lock (one per host): ``role`` says who holds it, a daemon or a
     ``reindex`` (which holds it while it rebuilds the index)."""
@@ -94,14 +104,26 @@ class SiteLock:
     def acquire(self) -> None:
         made = not os.path.lexists(self.path)
         fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the lifetime
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # a look at the lock (`status`, `doctor`: lock_holder_at holds it shared for a
+        # moment) is no holder: where the kernel names none once the record was waited
+        # for, the lock is tried again (found by review: a start beside such a look
+        # stopped, naming the record of a daemon long gone). A few times at most: where
+        # the kernel's table names no one (not Linux, a holder on another host), the
+        # holder is the one that answers so each time
+        for look in range(LOCK_LOOKS):
             try:
-                holder = holder_record(fh)
-            finally:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                try:
+                    holder = holder_record(fh)
+                    if look + 1 < LOCK_LOOKS and not flock_holders(os.fstat(fh.fileno())):
+                        continue
+                except BaseException:
+                    fh.close()
+                    raise
                 fh.close()
-            raise Busy(holder) from None
+                raise Busy(holder) from None
         self._fh = fh
         self.made = made
         try:

@@ -11,13 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flowbatch import api
+from flowbatch.daemon import run_daemon
 from flowbatch.site import Site
 from flowbatch.store import siteid
+from flowbatch.store import store as store_module
 
-from .conftest import drop, run_until_idle
+from .conftest import drop, make_site, run_until_idle
 from .test_copied_site import _names, _record, _site_with_runs
 from .test_lifecycle_ops import cli, install
+from .test_lock_holder import _earlier_record
 from .test_robust import fb
 
 AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
@@ -88,3 +93,36 @@ def test_retire_takes_no_file_of_the_workflows_folder_for_a_version(
     assert api.list_workflows(site)[0]["id"] == "wf"
     assert json.loads(before)["current"] == v1 and (wf_dir / v1).is_dir()
     assert [r["name"] for r in api.list_runs(site)] == ["a"]
+
+
+# -- the lock's holder ------------------------------------------------------------------------
+def test_a_start_beside_a_look_at_the_lock_takes_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flowbatch status` and `doctor` look at the daemon lock by taking it shared for a
+    moment (lock_holder_at). A daemon started in that moment found it taken, waited for
+    a holder's record, found no holder any more, and stopped all the same: "another
+    flowbatch daemon already serves" the site, naming the record of a daemon long gone,
+    with no daemon there (systemd's start failed, exit 1)."""
+    site = make_site(tmp_path / "site")
+    gone = _earlier_record(site)
+    # a look that lets go after a while, well within the wait for a holder's record
+    monkeypatch.setattr(store_module, "HOLDER_WAIT", 60.0)
+    script = (
+        "import fcntl, time\n"
+        f"fh = open({str(site.lock_path)!r})\n"
+        "fcntl.flock(fh, fcntl.LOCK_SH)\n"
+        "print('looking', flush=True)\n"
+        "time.sleep(0.5)\n"
+    )
+    look = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert look.stdout is not None and look.stdout.readline().strip() == "looking"
+        message = run_daemon(site, once=True)
+    finally:
+        look.kill()
+        look.wait()
+    assert message is None, message
+    record = json.loads(site.lock_path.read_text(encoding="utf-8"))
+    assert record["pid"] == os.getpid() != gone
+    site.close()
