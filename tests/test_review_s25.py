@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowbatch import api
-from flowbatch.daemon import run_daemon
+from flowbatch.daemon import lock_holder, run_daemon
 from flowbatch.site import Site
 from flowbatch.store import siteid
 from flowbatch.store import store as store_module
@@ -125,4 +125,36 @@ def test_a_start_beside_a_look_at_the_lock_takes_the_lock(
     assert message is None, message
     record = json.loads(site.lock_path.read_text(encoding="utf-8"))
     assert record["pid"] == os.getpid() != gone
+    site.close()
+
+
+def test_a_holder_in_a_pid_namespace_of_its_own_is_named_by_its_record(tmp_path: Path) -> None:
+    """A daemon in a container (a pid namespace of its own) writes its pid as it sees it
+    there; the kernel's lock table, read from outside, has its pid outside. `status`,
+    `doctor` and every command that asks whether a daemon serves waited a second, then
+    said the holder had not written its record yet, naming it by that other pid."""
+    site = make_site(tmp_path / "site")
+    script = (
+        "import fcntl, json, os, sys\n"
+        f"fh = open({str(site.lock_path)!r}, 'a+')\n"
+        "fcntl.flock(fh, fcntl.LOCK_EX)\n"
+        "fh.truncate(0)\n"
+        "fh.write(json.dumps({'host': 'box', 'pid': os.getpid(), 'started_at': 'now'}))\n"
+        "fh.flush()\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        seen = lock_holder(site)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert seen == {"host": "box", "pid": 1, "started_at": "now"}, seen
     site.close()

@@ -885,11 +885,29 @@ def holder_record(fh: IO[str]) -> dict[str, Any]:
         pids = flock_holders(os.fstat(fh.fileno()))
         if not pids:
             return record or {"info": "unknown"}
-        if record is not None and record.get("pid") in pids:
+        if record is not None and record.get("pid") in _seen_as(pids):
             return record
         if time.monotonic() >= deadline:
             return {"host": this_host(), "pid": pids[0], "record": "not written yet"}
         time.sleep(0.02)
+
+
+def _seen_as(pids: list[int]) -> set[int]:
+    """``pids`` and the pids those processes have in the pid namespaces they are in: a
+    holder in a container writes its pid as it sees it there (found by review: a
+    container's daemon was said not to have written its record, after a second's wait,
+    at every `status`)."""
+    out = set(pids)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("NSpid:"):
+                        out.update(int(x) for x in line.split()[1:] if x.isdecimal())
+                        break
+        except OSError:
+            continue
+    return out
 
 
 def flock_holders(st: os.stat_result) -> list[int]:
