@@ -158,3 +158,25 @@ def test_a_holder_in_a_pid_namespace_of_its_own_is_named_by_its_record(tmp_path:
         holder.wait()
     assert seen == {"host": "box", "pid": 1, "started_at": "now"}, seen
     site.close()
+
+
+def test_a_changed_site_id_file_is_said_as_such(tmp_path: Path) -> None:
+    """A site whose ``site-id`` file no longer holds the id its index records for that
+    very folder (edited, or another site's copied over it) is refused: the message said
+    the folder "no longer holds" the site, naming the same folder as the site's. It
+    says now what changed, and that removing the file gives it back."""
+    (tmp_path / "shared").mkdir()
+    url = f"sqlite:///{tmp_path / 'shared' / 'index.db'}"
+    root = tmp_path / "site"
+    _site_with_runs(root, url)
+    site_id = siteid.read_site_id(root)
+    (root / siteid.SITE_ID_FILE).write_text("0123abcd\n", encoding="utf-8")
+
+    out = fb(root, "runs", "list", check=False)
+    assert out.returncode == 1
+    assert f"records site id {site_id} for this very folder ({root})" in out.stderr, out.stderr
+    assert "file says 0123abcd" in out.stderr and "no longer holds" not in out.stderr
+    assert f"remove {root / siteid.SITE_ID_FILE}" in out.stderr
+    (root / siteid.SITE_ID_FILE).unlink()  # the way out it gives
+    assert _names(root) == ["a", "b"]
+    assert siteid.read_site_id(root) == site_id

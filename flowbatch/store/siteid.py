@@ -248,6 +248,20 @@ def refusal(own: Ownership, root: Path, where: str) -> IndexError_:
             f"this index belongs to another site, at {own.last_root} (site id "
             f"{own.index_id}): the two would write their runs into one index"
         )
+    elif own.last_root is not None and _same_folder(own.last_root, root):
+        # this very folder, whose site-id file changed (found by review: the message
+        # said the folder "no longer holds" the site, and named the folder twice)
+        return IndexError_(
+            f"this index records site id {own.index_id} for this very folder ({root}), "
+            f"but its {SITE_ID_FILE} file says "
+            + (f"{own.site_id}" if own.site_id else "nothing")
+            + ": the file was changed or replaced (by another site's, copied over it?)",
+            file=where,
+            hint=f"if the index is this site's, remove {root / SITE_ID_FILE}: it is "
+            "written again from the index; otherwise give this site an index of its own "
+            f"(`database:` in {root}/flowbatch.yaml), or make this one its own with "
+            "`flowbatch reindex --adopt`",
+        )
     else:
         reason = (
             f"this index belongs to another site (site id {own.index_id}), last seen at "
