@@ -21,6 +21,7 @@ from flowbatch.store import store as store_module
 
 from .conftest import drop, make_site, run_until_idle
 from .test_copied_site import _names, _record, _site_with_runs
+from .test_disk_full import fill
 from .test_lifecycle_ops import cli, install
 from .test_lock_holder import _earlier_record
 from .test_robust import fb
@@ -180,3 +181,27 @@ def test_a_changed_site_id_file_is_said_as_such(tmp_path: Path) -> None:
     (root / siteid.SITE_ID_FILE).unlink()  # the way out it gives
     assert _names(root) == ["a", "b"]
     assert siteid.read_site_id(root) == site_id
+
+
+def test_a_site_id_that_cannot_be_written_leaves_no_file_behind(tmp_path: Path) -> None:
+    """A site opened on a full disk with its ``site-id`` file to write again (lost,
+    here): the write fails, the command goes on (the daemon writes it once there is
+    room), and no empty ``.site-id.<random>.tmp`` is left in the site folder, one more at
+    every command. Real tmpfs, unmounted at the end."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
+    try:
+        (tmp_path / "shared").mkdir()  # the index where there is room (a server's)
+        root = mnt / "site"
+        _site_with_runs(root, f"sqlite:///{tmp_path / 'shared' / 'index.db'}", names=("a",))
+        (root / siteid.SITE_ID_FILE).unlink()
+        filler = fill(mnt)
+        for _ in range(3):
+            assert _names(root) == ["a"]
+        assert sorted(p.name for p in root.glob(".site-id*")) == []
+        filler.unlink()
+        assert _names(root) == ["a"] and siteid.read_site_id(root) is not None
+        assert sorted(p.name for p in root.glob(".site-id*")) == []
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

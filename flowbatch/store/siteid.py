@@ -142,8 +142,8 @@ def _create_site_id(root: Path, site_id: str) -> str:
     afterwards. The file is linked into place whole: two processes of one site that
     found none (daemons of several hosts starting together) agree on the first's."""
     tmp = root / f".{SITE_ID_FILE}.{secrets.token_hex(4)}.tmp"
-    tmp.write_bytes(_site_file_bytes(root, site_id))
-    try:
+    try:  # a write a full disk refuses leaves no empty file (found by review)
+        tmp.write_bytes(_site_file_bytes(root, site_id))
         tmp.chmod(0o644)  # participants' commands read it too
         os.link(tmp, root / SITE_ID_FILE)
     except FileExistsError:
