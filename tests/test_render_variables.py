@@ -412,3 +412,35 @@ def test_a_value_trimmed_into_a_variable_is_judged_by_what_is_left(
     else:
         with pytest.raises(RenderError, match="may begin"):
             _render(t, {"s": bad})
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(
+    "command",
+    [
+        "tar -xf data.tar ${empty}$[[s]]",
+        'tar -xf data.tar "$prefix$[[s]]"',
+        'tar -xf data.tar "$(true)$[[s]]"',
+        'm=$[[s]]; tar -xf data.tar ${empty}"$m"',
+        'm=$[[s]]; tar -xf data.tar "${none:+x}$m"',
+    ],
+)
+def test_an_expansion_that_may_be_empty_leaves_the_value_first(command: str, dialect: str) -> None:
+    """An expansion before a value may come to nothing (an unset variable, a command
+    that prints nothing): the value then begins the word, and is an option there (found
+    by review: `tar -xf data.tar ${empty}"$m"` ran `--to-command=...`)."""
+    with pytest.raises(RenderError, match="'-'"):
+        _render(_template(command, dialect), {"s": EVIL})
+    _render(_template(command, dialect), {"s": "member.txt"})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        'tar -xf data.tar "${prefix:-in/}$[[s]]"',  # a default of the template's own text
+        'tar -xf data.tar "$((1))$[[s]]"',  # arithmetic: a number, never empty
+        'tar -xf data.tar "$prefix/$[[s]]"',
+    ],
+)
+def test_an_expansion_that_is_never_empty_keeps_the_value_off_the_start(command: str) -> None:
+    _render(_template(command), {"s": EVIL})

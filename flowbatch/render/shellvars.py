@@ -258,6 +258,27 @@ def _closing(text: str, quoting: Sequence[str], start: int, end: int, open_: str
     return end
 
 
+_DEFAULTED = re.compile(
+    r"\$\{(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])(?:\[[^]]*\])?:[-=](.*)\}", re.S
+)
+#: a default word of the template's own plain text (``${v:-out}``)
+_PLAIN_WORD = re.compile(r"[\"']*[A-Za-z0-9_./,:=+@%^ ~-]+[\"']*")
+
+
+def may_be_empty(text: str, part: Part) -> bool:
+    """Whether the expansion ``part`` of ``text`` may come to nothing, so that what
+    follows it may begin its word (``$x$[[m]]`` with an empty ``x`` is ``$[[m]]``: found
+    by review). A command's output and any variable may; not ``${v:-W}`` or ``${v:=W}``
+    whose word ``W`` is plain text of the template's own (anything else in it, an
+    expansion, a quote inside, may be empty too)."""
+    if part.kind == "sub":
+        return True
+    if part.kind != "var":
+        return False
+    defaulted = _DEFAULTED.fullmatch(text, part.start, part.end)
+    return defaulted is None or _PLAIN_WORD.fullmatch(defaulted.group(1)) is None
+
+
 def word_parts(
     text: str,
     quoting: Sequence[str],

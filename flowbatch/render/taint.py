@@ -34,7 +34,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from flowbatch.render.shellvars import ANY, WORDS, Part, word_parts
+from flowbatch.render.shellvars import ANY, WORDS, Part, may_be_empty, word_parts
 
 if TYPE_CHECKING:
     from flowbatch.render.shellctx import Scan
@@ -257,8 +257,8 @@ class _Reader:
                 # '-' inside a word would be refused wherever it went)
                 for index in self.inside(part.start, part.end):
                     out.append(_Level(part, index, WORDS if first or splits else 0, outer))
-            if not part.nested:
-                lead = False
+            if not part.nested and not may_be_empty(self.text, part):
+                lead = False  # an expansion that may be empty leaves what follows first
         return out
 
     def follow(self) -> Taint:

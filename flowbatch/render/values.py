@@ -21,6 +21,7 @@ from typing import Any
 
 from flowbatch.errors import RenderError, TemplateError
 from flowbatch.render.shellctx import ECHO_OPTION, Ctx, Scan, scan
+from flowbatch.render.shellvars import may_be_empty, word_parts
 from flowbatch.render.taint import variable_options
 from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter, Step, Workflow
 
@@ -342,22 +343,33 @@ def option_reason(ref: Ref, command: str) -> str:
     )
 
 
-def _leading_ref(text: str, start: int, end: int, refs: list[Ref]) -> tuple[Ref, bool] | None:
-    """The value that begins the word ``text[start:end]`` (its quotes aside), if one
-    does; with whether more of the word follows it."""
-    pos = start
-    while pos < end:
-        if text[pos] in "\"'" or (text[pos] == "$" and text[pos + 1 : pos + 2] in ('"', "'")):
-            pos += 1  # an opening quote ($"..." and $'...' too), or an empty pair
+def _leading_ref(
+    text: str, scanned: Scan, start: int, end: int, refs: list[Ref]
+) -> tuple[Ref, bool] | None:
+    """The value that may begin the word ``text[start:end]`` (its quotes aside, and any
+    expansion before it that may come to nothing: ``$x$[[m]]``), if one may; with
+    whether more of the word follows it."""
+    parts = word_parts(
+        text,
+        scanned.quoting,
+        scanned.contexts,
+        dict(scanned.subs),
+        start,
+        end,
+        params=dict(scanned.params),
+    )
+    for k, part in enumerate(parts):
+        if part.nested or part.kind == "quote":
             continue
-        match = _SENTINEL_RE.match(text, pos, end)
-        if match is None:
-            return None  # the word begins with the template's own text
-        ref = refs[int(match.group(1))]
-        pos = match.end()
-        if ref.value:
-            rest = text[pos:end].strip("\"'")
-            return ref, bool(rest)
+        if part.kind == "ref" and part.name:
+            ref = refs[int(part.name)]
+            if ref.value:
+                rest = any(p.kind != "quote" and not p.nested for p in parts[k + 1 :])
+                return ref, rest
+            continue  # an empty value: what follows begins the word
+        if may_be_empty(text, part):
+            continue
+        return None  # the word begins with the template's own text
     return None
 
 
@@ -371,7 +383,7 @@ def check_options(
     ``-oProxyCommand=``). A lone ``-`` (standard input, by custom) stands; a value that
     is a number, a boolean or the organiser's own text may begin with ``-``."""
     for start, end, command in scanned.options:
-        found = _leading_ref(text, start, end, refs)
+        found = _leading_ref(text, scanned, start, end, refs)
         if found is None:
             continue
         ref, more = found
