@@ -373,6 +373,9 @@ class Daemon:
         self._waker: SignalWaker | None = None  # the signal handlers' (_install_signals)
         self.stopping = False
         self.reload_requested = False
+        #: a tick failing for a reason flowbatch names (FlowbatchError): said once, then
+        #: once a minute while it lasts, and its end (see _serve)
+        self._tick_failing = Repeated(log)
         self.executors: dict[str, Executor] = build_executors(
             site.config, self.wakeup.set, site_root=site.root
         )
@@ -1003,10 +1006,19 @@ class Daemon:
             self.wakeup.clear()
             try:
                 self.tick()
+            except FlowbatchError as exc:
+                # a condition the error names (an index away, a file refused), which may
+                # last: said plainly, not with a traceback every poll interval
+                self._tick_failing.failed(
+                    "tick failed; trying again every %.1f s: %s", interval, exc.summary()
+                )
+                self.wakeup.wait(interval)
+                continue
             except Exception:  # a bug must not stop the site: log it, back off, go on
                 log.exception("tick failed; trying again in %.1f s", interval)
                 self.wakeup.wait(interval)
                 continue
+            self._tick_failing.ok("ticks go through again")
             if until_idle and self.idle():
                 break
             if until_idle and self.intake.refused and not self.runner.active:
