@@ -53,7 +53,7 @@ from .site import Site
 from .spec.model import Template
 from .spec.resources import run_resources
 from .store.layout import REQUEST_COPY
-from .takeback import take_back
+from .takeback import TakenBack, take_back
 from .text import is_text, shown
 
 log = logging.getLogger("flowbatch.runner")
@@ -242,6 +242,9 @@ class Runner:
         self.may_launch: Callable[[], bool] = lambda: True
         #: waiting runs taken from the tree, whose run.json dispatch reads once more
         self._from_tree: set[str] = set()
+        #: runs whose folder was taken back before their results were read (finalize),
+        #: with what the take-back said, for their terminal state change
+        self._taken: dict[str, TakenBack] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------
     def add(self, run: RunRecord) -> None:
@@ -251,8 +254,7 @@ class Runner:
         if target not in ACTIVE and run.state != target:  # a same-state no-op changes nothing
             self.before_report_change(run.workflow)
             if run.owner_uid and _ROOT:  # the folder a root daemon handed to the run's user
-                fresh = self._read_later(run)
-                taken = take_back(self.store.run_dir(run), run.owner_uid, fresh)
+                taken = self._taken.pop(run.id, None) or self._take_back(run)
                 if taken.notes:  # outputs it had to leave out (their copies over budget)
                     kw["messages"] = [*(kw.get("messages") or []), *taken.notes]
                 if taken.removed and kw.get("files"):
@@ -265,6 +267,11 @@ class Runner:
             self.active.refile(run)
         else:
             self._ended(run)
+
+    def _take_back(self, run: RunRecord) -> TakenBack:
+        """Take back the folder a root daemon handed to the run's user (:func:`take_back`),
+        the files read after the run's end given a copy of their own."""
+        return take_back(self.store.run_dir(run), run.owner_uid, self._read_later(run))
 
     def _read_later(self, run: RunRecord) -> list[str]:
         """The files of a run the daemon or its post-processing reads after the run's end:
@@ -1096,6 +1103,12 @@ class Runner:
                 **times,
             )
             return
+        if run.owner_uid and _ROOT and run.id not in self._taken:
+            # taken back before its results are read, not after: a process of the run
+            # still going (setsid) could change the result file in between, and the
+            # post-processing would read, from the take-back's copy, what the leaderboard
+            # never checked (found by review)
+            self._taken[run.id] = self._take_back(run)
         template, _ = self.site.templates.load(run.workflow, run.version)
         notes: list[str] = []  # what of the run folder was left out of its files, and why
         try:

@@ -364,3 +364,29 @@ def test_a_large_result_or_post_processing_input_is_taken_not_removed(
     assert (folder / "pred.bin").stat().st_size == 65536
     assert not any("name outside" in m for m in shown["messages"]), shown["messages"]
     site.close()
+
+
+def test_results_are_read_from_the_folder_once_it_is_taken_back(
+    public_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result file is read after the take-back, not before: a process of the run
+    still going (setsid) could change it between the read and the take-back's copy, the
+    leaderboard showing one score and the post-processing reading another (found by
+    review). When the daemon reads it, the folder and the file are the tree's, and the
+    file is the copy the take-back made, which no process of the run holds open."""
+    from flowbatch import lifecycle
+
+    seen: list[tuple[int, int]] = []
+    real = lifecycle.read_results
+
+    def reading(run_dir: Path, spec: Any) -> Any:
+        result = run_dir / spec.file
+        seen.append((os.stat(run_dir).st_uid, os.stat(result).st_uid))
+        return real(run_dir, spec)
+
+    monkeypatch.setattr(lifecycle, "read_results", reading)
+    site, run = foreign_run(public_tmp, tmp_path, ["""echo '{"score": 2}' > results.json"""])
+    site.close()
+    assert run["state"] == "SUCCESS", run["messages"]
+    assert run["results"] == {"score": 2}
+    assert seen == [(0, 0)]  # read once, from what the take-back gave the tree
