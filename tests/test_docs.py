@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -100,3 +101,32 @@ def test_the_native_example_of_the_organisers_guide_runs(tmp_path: Path) -> None
         "2",
     ]
     site.close()
+
+
+def test_every_file_a_site_keeps_at_its_root_is_named_in_the_admins_guide(
+    tmp_path: Path,
+) -> None:
+    """An admin reading docs/admins.md meets every name flowbatch keeps in the site
+    folder (found by review: `claims-boot` and `reindex.lock` were named nowhere): a
+    site that ran a request, was reindexed and ran again, with a shared site's and the
+    abandoned runs' names besides."""
+    from flowbatch import api
+    from flowbatch.executors.notes import SLURM_ABANDONED, SSH_ABANDONED
+
+    from .conftest import EXAMPLES, drop, make_site, run_until_idle
+
+    site = make_site(tmp_path / "site")
+    api.install(site, EXAMPLES / "helloworld", workflow_id="helloworld")
+    drop(site, "a.yaml", {"workflow": "helloworld", "name": "a"})
+    run_until_idle(site).stop()
+    api.reindex(site)
+    drop(site, "b.yaml", {"workflow": "helloworld", "name": "b"})
+    daemon = run_until_idle(site)
+    names = set(os.listdir(site.root))
+    daemon.stop()
+    names |= {"index.db.new", SSH_ABANDONED, SLURM_ABANDONED, site.handover_path.name}
+    guide = (DOCS / "admins.md").read_text()
+    intro = guide[: guide.index("\n## ")]
+    missing = sorted(n for n in names if f"`{n}" not in intro)
+    assert missing == [], f"not named at the top of docs/admins.md: {missing}"
+    assert "`daemon.<host>.lock`" in intro and "`claims-boot.<host>`" in intro
