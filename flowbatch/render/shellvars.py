@@ -343,9 +343,14 @@ def word_parts(
             if not k < close < end:  # quoted, or not framed by the lexer
                 close = _closing(text, quoting, k + 2, end, "{")
             after = braced.end()
+            every = braced.group(1) in ("@", "*")  # ${@...}, ${a[@]...}: each element
             if text.startswith("[", after):
+                subscript = after
                 after = _closing(text, quoting, after + 1, end, "[") + 1
-            keeps = text.startswith(_KEEPS, after)
+                every = text[subscript:after] in ("[@]", "[*]")
+            # ${a[@]:2}, ${@:3}: a slice of the elements, each whole, not an offset into
+            # one (found by review: `${@:3}` was read as the value from its third character)
+            keeps = text.startswith(_KEEPS, after) or (every and text.startswith(":", after))
             name = _variable(braced.group(1))
             cut = ""
             pattern = text[after:close]
