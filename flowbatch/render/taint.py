@@ -54,7 +54,8 @@ Taint = dict[str, dict[int, int]]
 MAX_DERIVED = 256
 #: an operator worked out on a value: no expansion, quote, escape, sentinel or extglob
 _PLAIN_OP = re.compile("[^$`\\\\\"'\x00\x01(){}]*")
-_OFFSET = re.compile(r":\s*([0-9]+)(?::\s*[0-9]+)?")
+#: ``:N``, ``:N:L``: a decimal N (bash reads ``010`` as octal 8, ``0x8`` as 8: not worked out)
+_OFFSET = re.compile(r":\s*(0|[1-9][0-9]*)(?::\s*[0-9]+)?")
 
 
 def _glob(pattern: str) -> re.Pattern[str] | None:
