@@ -75,7 +75,8 @@ def trimmed(value: str, op: str) -> str | None:
 
     ``#P``/``##P``: the shortest/longest beginning of the value that ``P`` matches is
     cut off; ``/P/R``, ``//P/R``, ``/#P/R``, ``/%P/R`` with a plain ``P`` (no ``*``,
-    ``?``, ``[``): replaced; ``:N`` and ``:N:L``: from the N-th character."""
+    ``?``, ``[``) and an ``R`` without ``&``: replaced; ``:N`` and ``:N:L``: from the
+    N-th character."""
     if _PLAIN_OP.fullmatch(op) is None:
         return None
     if op.startswith("#"):
@@ -90,8 +91,8 @@ def trimmed(value: str, op: str) -> str | None:
     if op.startswith("/"):
         kind = op[:2] if op[:2] in ("//", "/#", "/%") else "/"
         pattern, _, replacement = op[len(kind) :].partition("/")
-        if not pattern or any(c in pattern for c in "*?["):
-            return None
+        if not pattern or any(c in pattern for c in "*?[") or "&" in replacement:
+            return None  # bash 5.2 puts the matched text where the replacement has '&'
         if kind == "//":
             return value.replace(pattern, replacement)
         if kind == "/#":
