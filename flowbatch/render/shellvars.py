@@ -151,6 +151,11 @@ def command_flows(
             if "n" in options and name != "export":  # a name reference (export -n: not)
                 alias, _, other = word.partition("=")
                 flows.append(Flow(alias, (), also=other))
+                # and what is assigned to the reference is the named variable's value
+                # (found by review: `declare -n r=m; r=$x` then "$m")
+                named = _NAME.match(other)
+                if named is not None:
+                    flows.append(Flow(named.group(0), (), also=alias))
             else:
                 flows.append(_assignment(text, s, e))
     elif name in ("for", "select") and len(words) >= 2 and _NAME.fullmatch(words[1]):
