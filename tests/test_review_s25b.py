@@ -104,7 +104,7 @@ def test_a_value_assigned_through_a_name_reference_is_in_the_variable_it_names(
         '{ read -r m; tar -xf data.tar "$m"; } <<< $[[s]]',
         '( read -r m; tar -xf data.tar "$m" ) <<< $[[s]]',
         'if read -r m; then tar -xf data.tar "$m"; fi <<< $[[s]]',
-        'while mapfile -t -n 1 a && [ "${#a[@]}" -gt 0 ]; do tar -xf data.tar "${a[0]}"; '
+        'while mapfile -t -n 1 a && [ -n "${a[0]}" ]; do tar -xf data.tar "${a[0]}"; '
         "done <<< $[[s]]",
     ],
 )

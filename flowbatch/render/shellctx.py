@@ -100,7 +100,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
-from flowbatch.render.shellvars import Flow, command_flows
+from flowbatch.render.shellvars import Flow, command_flows, with_group_inputs
 
 
 class Ctx(StrEnum):
@@ -1349,6 +1349,9 @@ class _Lexer:
         self.flows: list[Flow] = []
         self.subs: list[tuple[int, int]] = []
         self.params: list[tuple[int, int]] = []
+        #: what a loop or group reads as its input (``done <<< $x``, ``} < <(...)``): the
+        #: ``read`` and ``mapfile`` inside it read that (see ``with_group_inputs``)
+        self.group_inputs: list[tuple[int, int]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1419,7 +1422,7 @@ class _Lexer:
             tuple(self.places),
             tuple(self.options),
             tuple(self.option_inputs),
-            tuple(self.flows),
+            tuple(with_group_inputs(self.text, self.flows, self.group_inputs)),
             tuple(self.subs),
             tuple(self.params),
         )
@@ -1593,6 +1596,10 @@ class _Lexer:
                 (*frame.cmd[k], what, f"{_base(words[0])} -c's program unquoted")
                 for k, what in split_option_words(words)
             )
+        if frame.inputs and (
+            not frame.cmd or _unquoted(text[slice(*frame.cmd[0])]) in _GROUP_CLOSE
+        ):
+            self.group_inputs.extend(frame.inputs)  # `done <<< $x`, `) < <(...)`
         if frame.cmd or frame.assigns or frame.arrays:
             words = [_unquoted(text[start:stop]) for start, stop in frame.cmd]
             self.flows.extend(

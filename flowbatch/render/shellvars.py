@@ -52,13 +52,16 @@ class Flow(NamedTuple):
     elements, an unquoted expansion in them split into more (an array, ``for``,
     ``set``); ``floor``: what of the words' values may begin an element whatever their
     shape (:data:`PLAIN`, :data:`WORDS`, :data:`ANY`); ``also``: a variable whose value
-    it takes whole (``declare -n r=v``, ``for m; do``: ``@``)."""
+    it takes whole (``declare -n r=v``, ``for m; do``: ``@``); ``stdin``: it reads its
+    standard input (``read``, ``mapfile``), which may be given to a loop or group around
+    it (:func:`with_group_inputs`)."""
 
     name: str
     sources: tuple[tuple[int, int], ...]
     split: bool = False
     floor: int = PLAIN
     also: str = ""
+    stdin: bool = False
 
     def moved(self, offset: int) -> Flow:
         """This flow in a text that begins ``offset`` characters earlier (a
@@ -167,7 +170,7 @@ def command_flows(
         operands = _set_operands(words)
         if operands is not None and operands < len(cmd):
             flows.append(Flow("@", tuple(cmd[operands:]), split=True))
-    elif name == "read" and reads:
+    elif name == "read":  # its input: its own, or a loop's or group's around it
         options, at = _options_then(words, _READ_TAKES)
         # IFS=, read -a a <<< ...: the words begin after any character
         ifs = any(text.startswith("IFS=", s) for s, _ in assigns)
@@ -176,12 +179,12 @@ def command_flows(
         if "a" in options:
             names.append(options["a"])
         for target in names or ["REPLY"]:
-            flows.append(Flow(target, reads, floor=floor))
-    elif name in ("mapfile", "readarray") and reads:
+            flows.append(Flow(target, reads, floor=floor, stdin=True))
+    elif name in ("mapfile", "readarray"):
         # a line begins after a newline, where a word does too (-d: after any character)
         options, at = _options_then(words, _MAPFILE_TAKES)
         target = words[at] if at < len(words) and _NAME.fullmatch(words[at]) else "MAPFILE"
-        flows.append(Flow(target, reads, floor=ANY if "d" in options else WORDS))
+        flows.append(Flow(target, reads, floor=ANY if "d" in options else WORDS, stdin=True))
     elif name == "printf":
         options, at = _options_then(words, "v")
         named = _ASSIGN.match(options.get("v", "") + "=")
@@ -189,6 +192,21 @@ def command_flows(
             # the format puts its arguments' words anywhere: each may begin the value
             flows.append(Flow(named.group(1), tuple(cmd[at:]), floor=WORDS))
     return flows
+
+
+def with_group_inputs(
+    text: str, flows: Sequence[Flow], inputs: Sequence[tuple[int, int]]
+) -> list[Flow]:
+    """``flows`` where each ``read`` and ``mapfile`` also reads ``inputs``: the
+    here-strings and ``< <(...)`` given to a loop or group (``while read -r m; do ...;
+    done <<< $x``, ``{ read m; ...; } < <(...)``), the usual way to read from one (found
+    by review: the ``read`` inside had no input of its own, and was not followed). As
+    everywhere here, any such input counts for any ``read`` of the text, in a loop or
+    not."""
+    if not inputs:
+        return list(flows)
+    extra = tuple(_input_text(text, s, e) for s, e in inputs)
+    return [f._replace(sources=f.sources + extra) if f.stdin else f for f in flows]
 
 
 def _input_text(text: str, start: int, end: int) -> tuple[int, int]:
