@@ -132,7 +132,7 @@ def test_a_match_s_capture_group_is_the_value(tmp_path: Path, dialect: str) -> N
     [
         'f=$[[s]]; n=${f//\\//_}; touch "$n"',
         'f=$[[s]]; touch "${f//\\//_}"',
-        'f=$[[s]]; touch "${f/#\\//_}"',
+        'f=$[[s]]; b=${f/\\//_}; touch "${b/\\//_}"',
     ],
 )
 def test_a_replacement_of_an_escaped_slash_is_worked_out(tmp_path: Path, command: str) -> None:

@@ -52,8 +52,11 @@ Taint = dict[str, dict[int, int]]
 
 #: the values worked out from others a command text may make (see :meth:`_Reader._derive`)
 MAX_DERIVED = 256
-#: an operator worked out on a value: no expansion, quote, escape, sentinel or extglob
-_PLAIN_OP = re.compile("[^$`\\\\\"'\x00\x01(){}]*")
+#: an operator worked out on a value: no expansion, quote, sentinel or extglob; a
+#: backslash only before a character it escapes (``${f//\\//_}``: every ``/``)
+_PLAIN_OP = re.compile("(?:[^$`\\\\\"'\x00\x01(){}]|\\\\[^$`\"'\x00\x01(){}])*")
+#: a replacement's pattern and replacement: split at the first ``/`` not escaped
+_REPLACE = re.compile(r"((?:[^\\/]|\\.)*)(?:/(.*))?", re.S)
 #: ``:N``, ``:N:L``: a decimal N (bash reads ``010`` as octal 8, ``0x8`` as 8: not worked out)
 _OFFSET = re.compile(r":\s*(0|[1-9][0-9]*)(?::\s*[0-9]+)?")
 
@@ -80,6 +83,8 @@ def trimmed(value: str, op: str) -> str | None:
     if _PLAIN_OP.fullmatch(op) is None:
         return None
     if op.startswith("#"):
+        if "\\" in op:
+            return None  # fnmatch has no escapes
         longest = op.startswith("##")
         rx = _glob(op[2:] if longest else op[1:])
         if rx is None:
@@ -90,9 +95,14 @@ def trimmed(value: str, op: str) -> str | None:
         return value[max(ends) if longest else min(ends) :]
     if op.startswith("/"):
         kind = op[:2] if op[:2] in ("//", "/#", "/%") else "/"
-        pattern, _, replacement = op[len(kind) :].partition("/")
-        if not pattern or any(c in pattern for c in "*?[") or "&" in replacement:
+        split = _REPLACE.fullmatch(op, len(kind))
+        assert split is not None  # any text fits
+        pattern, replacement = split.group(1), split.group(2) or ""
+        if any(c in pattern for c in "*?[") or any(c in replacement for c in "&\\"):
             return None  # bash 5.2 puts the matched text where the replacement has '&'
+        pattern = re.sub(r"\\(.)", r"\1", pattern, flags=re.S)  # `\/` is a `/`
+        if not pattern:
+            return None
         if kind == "//":
             return value.replace(pattern, replacement)
         if kind == "/#":
