@@ -200,7 +200,9 @@ class Store:
     def load_dir(run_dir: Path) -> RunRecord:
         """The record in ``run_dir/run.json``. A root daemon writes that file itself and
         keeps it root-owned in a folder the run's user owns: a ``run.json`` that is a
-        symlink or belongs to someone else was put there by that user and is refused."""
+        symlink or belongs to someone else was put there by that user and is refused.
+        Root's is always the daemon's: a root daemon serves a service user's site too
+        (``results/`` is then that user's), and no run's user can make a file of root's."""
         path = run_dir / RUN_JSON
         try:
             # no blocking open: a FIFO put there would hold the daemon's start for ever
@@ -215,7 +217,7 @@ class Store:
                 raise FlowbatchError(f"{path} is not a regular file: it is not trusted")
             owner = st.st_uid
             daemon = _tree_owner(run_dir)
-            if owner != daemon:
+            if owner not in (daemon, 0):
                 raise FlowbatchError(
                     f"{path} belongs to uid {owner}, not to the daemon's user (uid {daemon}, "
                     "the owner of results/): it was replaced from inside the run and is "
