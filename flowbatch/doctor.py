@@ -149,8 +149,12 @@ def _readable(folder: Path, owner: int) -> tuple[str, str]:
 
 def _queue_safety(ctx: _Ctx) -> tuple[str, str]:
     """Whether a participant could replace the daemon's folders in ``queue/``: the
-    daemon's own check (:func:`flowbatch.queue.check_queue`), for the daemon's user (the
-    owner of ``results/``) whoever runs doctor."""
+    daemon's own check (:func:`flowbatch.queue.check_queue`), for the daemon's user
+    whoever runs doctor. That is the owner of ``results/``, or root: a root daemon
+    serving a service user's site (docs/admins.md) has the queue's folders root's, which
+    the service user's daemon would refuse, and the other way round (found by review:
+    doctor failed the very setup the docs describe, telling root to give the folders to
+    the service user, after which the root daemon took no request in)."""
     from .errors import FlowbatchError
     from .queue import check_queue
     from .site import Site
@@ -164,18 +168,40 @@ def _queue_safety(ctx: _Ctx) -> tuple[str, str]:
         return SKIP, f"{queue} is not a folder"
     results = ctx.root / "results"
     owner = (results if results.is_dir() else ctx.root).stat().st_uid
+    site = Site(ctx.root)
+    hidden = (
+        SKIP,
+        f"{queue} cannot be looked into by you ({user_name(os.geteuid())}): run doctor as "
+        "root or as the daemon's user to check it",
+    )
     try:
-        check_queue(Site(ctx.root), make=False, owner=owner)
+        claimed_by = site.layout.claimed.lstat().st_uid
+    except PermissionError:
+        return hidden
+    except OSError:
+        claimed_by = owner  # none yet: the daemon makes it
+    # a root daemon's folders are judged as root's, any other as the site's owner's
+    daemon = 0 if claimed_by == 0 else owner
+    try:
+        check_queue(site, make=False, owner=daemon)
     except FlowbatchError as exc:
         return FAIL, exc.summary()
+    except PermissionError:
+        return hidden
     mode = stat.S_IMODE(st.st_mode)
+    whose = ""
+    if daemon != owner:
+        whose = (
+            f"; its folders are root's, for a root daemon (a daemon run as "
+            f"{user_name(owner)} would refuse them)"
+        )
     if mode & 0o022:
         return (
             OK,
             f"{queue} (mode {mode:04o}) has the sticky bit: participants cannot replace "
-            "the daemon's folders",
+            f"the daemon's folders{whose}",
         )
-    return OK, f"{queue} (mode {mode:04o}) is writable by its owner only"
+    return OK, f"{queue} (mode {mode:04o}) is writable by its owner only{whose}"
 
 
 def _writable(folder: Path) -> tuple[str, str]:
