@@ -199,9 +199,13 @@ def claim_id_of(site: Site, name: str, *, since: float | None = None) -> str | N
     return None
 
 
-def tree_runs(site: Site, run_id: str) -> list[dict[str, Any]]:
+def tree_runs(
+    site: Site, run_id: str, unreadable: list[FlowbatchError] | None = None
+) -> list[dict[str, Any]]:
     """The runs a claim of ``run_id`` made, from their ``run.json`` (the truth: the index
-    lags the tree by up to a commit): ``<id>`` and ``<id>-<n>``, in point order."""
+    lags the tree by up to a commit): ``<id>`` and ``<id>-<n>``, in point order. A run
+    folder whose record cannot be read (refused, or not readable by this user) is left
+    out, and why goes into ``unreadable``."""
     store = site.store
     point = re.compile(rf"{re.escape(run_id)}(?:-([0-9]+))?")
     found: list[tuple[int, dict[str, Any]]] = []
@@ -221,8 +225,17 @@ def tree_runs(site: Site, run_id: str) -> list[dict[str, Any]]:
                 continue
             try:
                 record = store.load_dir(runs_dir / name)
-            except (OSError, FlowbatchError, ValueError):
-                continue  # being made, or not a run's folder
+            except FlowbatchError as exc:
+                if unreadable is not None:
+                    unreadable.append(exc)
+                continue
+            except (OSError, ValueError) as exc:  # not a run's folder, or not ours to read
+                if unreadable is not None:
+                    reason = getattr(exc, "strerror", None) or str(exc)
+                    unreadable.append(
+                        FlowbatchError(f"cannot read the run in {runs_dir / name}: {reason}")
+                    )
+                continue
             found.append((int(match.group(1) or 0), _row(record)))
     return [row for _, row in sorted(found, key=lambda item: item[0])]
 
@@ -277,7 +290,8 @@ def wait_request(
                 return Outcome(rejected=info)
         if token is None and stage != QUEUED:
             token = claim_id_of(site, name, since=since)
-        runs = tree_runs(site, token) if token else []
+        unreadable: list[FlowbatchError] = []
+        runs = tree_runs(site, token, unreadable) if token else []
         for run in runs:
             if run["id"] not in ended and State(run["state"]) in TERMINAL:
                 ended.add(run["id"])
@@ -286,6 +300,10 @@ def wait_request(
         if stage == DONE and all(State(r["state"]) in TERMINAL for r in runs):
             if runs:
                 return Outcome(runs=runs)
+            if unreadable:
+                # its runs were made, but their records cannot be read here: said, not
+                # "made no run" with exit 0 (found by review)
+                raise unreadable[0]
             if not seen and token is None:
                 # never seen waiting, no claim in the index, no rejection: a name no
                 # request had (found by review: a typo exited 0, "made no run")

@@ -302,3 +302,23 @@ def test_a_request_name_never_seen_is_an_error(
     )
     listed = CliRunner().invoke(main, ["--site", str(wsite.root), "runs", "list", "--json"])
     assert [r["request"] for r in json.loads(listed.output)] == ["ran.yaml"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a run.json of another user's")
+def test_a_run_whose_record_cannot_be_read_is_said_not_taken_for_no_run(
+    wsite: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request made a run whose run.json this reader refuses (here: no longer the
+    daemon's): the wait says why, where it said the request "made no run" and exited 0
+    (found by review, on a root daemon's service-user site)."""
+    from flowbatch.errors import FlowbatchError
+
+    monkeypatch.setattr(waiting, "NO_RUN_GRACE", 0.2)
+    since = time.time()
+    drop(wsite, "r.yaml", {"workflow": "w", "arguments": {"n": 3}})
+    run_until_idle(wsite).stop()
+    (run,) = api.list_runs(wsite)
+    record = wsite.store.run_dir(wsite.store.load(run["id"])) / "run.json"
+    os.chown(record, 65534, 65534)
+    with pytest.raises(FlowbatchError, match=r"not trusted|replaced"):
+        waiting.wait_request(wsite, "r.yaml", timeout=10, since=since)
