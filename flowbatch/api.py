@@ -708,15 +708,12 @@ def reindex(site: Site, *, adopt: bool = False) -> int:
     locks are looked at too (as far as the file system's locks reach across hosts)."""
     from .daemon import Busy, SiteLock, role_of
 
-    lock = SiteLock(site.lock_path, site.host, role="reindex")
-    new_lock = not site.lock_path.exists()
+    # a lock file root makes is the site owner's: their daemon must be able to open it
+    lock = SiteLock(site.lock_path, site.host, role="reindex", owner=site.layout.owner)
     try:
         lock.acquire()
     except Busy as busy:
         raise _daemon_running(site, str(busy), cancel=role_of(str(busy)) == "cancel") from None
-    if new_lock and os.geteuid() == 0:  # the site's daemon must be able to open it later
-        st = site.root.stat()
-        os.chown(site.lock_path, st.st_uid, st.st_gid)
     try:
         other = other_daemon(site.root, site.host) if site.shared else None  # another host's
         if other is not None:

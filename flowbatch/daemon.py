@@ -41,6 +41,7 @@ from .site import Site
 from .spec.request import CancelRequest
 from .store import atomic
 from .store.layout import ID_PATTERN, RUN_PAGE
+from .store.owner import SiteOwner, give, make_dirs
 from .store.store import (
     RETRIED_ERRORS,
     flock_holders,
@@ -90,10 +91,19 @@ class SiteLock:
     """The site's daemon lock (one per host): ``role`` says who holds it, a daemon or a
     ``reindex`` (which holds it while it rebuilds the index)."""
 
-    def __init__(self, path: Path, host: str | None = None, role: str = "daemon") -> None:
+    def __init__(
+        self,
+        path: Path,
+        host: str | None = None,
+        role: str = "daemon",
+        owner: SiteOwner | None = None,
+    ) -> None:
         self.path = path
         self.host = host or socket.gethostname()
         self.role = role
+        #: whom a root daemon gives the lock file it makes (the site's owner, whose
+        #: `reindex` takes the same lock: :mod:`flowbatch.store.owner`)
+        self.owner = owner
         self._fh: IO[str] | None = None
         #: the file was missing when this lock was taken: made here (a first start, or
         #: one removed under a daemon that may still run for a moment)
@@ -126,6 +136,8 @@ class SiteLock:
                 raise Busy(holder) from None
         self._fh = fh
         self.made = made
+        if made:
+            give(fh.fileno(), self.owner)
         try:
             self.record()
         except OSError:
@@ -241,9 +253,12 @@ class PendingReports:
     (:meth:`written`). A start writes the reports of the workflows left there
     (:meth:`left`)."""
 
-    def __init__(self, folder: Path, results: Path) -> None:
+    def __init__(self, folder: Path, results: Path, owner: SiteOwner | None = None) -> None:
         self.folder = folder
         self.results = results
+        #: whom a root daemon gives the folder and notes (the site's owner, whose
+        #: commands note and clear them too: :mod:`flowbatch.store.owner`)
+        self.owner = owner
         self._lock = threading.Lock()
         self._count = 0  # changes marked so far
         #: workflow -> the number of its last change, while this daemon's note of it is on
@@ -259,9 +274,13 @@ class PendingReports:
             if noted:
                 return
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
+                make_dirs(self.folder, self.owner)
                 flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                os.close(os.open(self.folder / workflow, flags, 0o644))
+                fd = os.open(self.folder / workflow, flags, 0o644)
+                try:
+                    give(fd, self.owner)
+                finally:
+                    os.close(fd)
             except OSError as exc:  # the reports are still written; only a crash forgets
                 log.warning("cannot note pending reports of %s: %s", workflow, exc)
 
@@ -385,12 +404,14 @@ class Daemon:
         # only when one is free
         self.postproc = PostProcManager(site, self.wakeup.set, room=self._local_room)
         self.runner.reserved = lambda name: len(self.postproc.active) if name == "local" else 0
-        self.pending_reports = PendingReports(site.reports_pending_dir, site.layout.results)
+        self.pending_reports = PendingReports(
+            site.reports_pending_dir, site.layout.results, site.layout.owner
+        )
         self._others_at = time.monotonic()  # the start reads them all (left)
         self.runner.before_report_change = self.pending_reports.mark
         self.postproc.before_report_change = self.pending_reports.mark
         RunPageWriter.attach(site)  # writes a run's page once it has ended
-        self.lock = SiteLock(site.lock_path, site.host, role=role)
+        self.lock = SiteLock(site.lock_path, site.host, role=role, owner=site.layout.owner)
         self.runner.may_launch = self._still_serving
         self._observer: Any = None  # the queue watcher, while serve() sleeps (see watch())
         self._no_inotify = False  # the watcher could not start: rescans only

@@ -259,6 +259,10 @@ class Runner:
                     kw["messages"] = [*(kw.get("messages") or []), *taken.notes]
                 if taken.removed and kw.get("files"):
                     kw["files"] = [f for f in kw["files"] if f.get("source") not in taken.removed]
+            elif _ROOT and self.site.layout.owner is not None:
+                # root's own run on a service user's site: its folders become the site
+                # owner's, who may then remove the run (flowbatch.store.owner)
+                self._take_back(run)
             if run.handle and getattr(self.executor_of(run), "reruns_scripts", False):
                 self._close(run)
         if not self.store.transition(run, target, **kw):

@@ -83,6 +83,7 @@ from .safeio import copy_beneath, open_beneath, read_up_to
 from .site import Site
 from .spec.model import Template
 from .store import atomic
+from .store.owner import make_dirs
 from .store.store import lock_holder_at
 from .takeback import hand_over, take_back
 
@@ -282,7 +283,7 @@ class PostProcManager:
             self._prepare(template, record, entries, folder)
         except (FlowbatchError, OSError) as exc:
             # flowServ: a staging failure is a post-processing run that is ERROR at once
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder, self.site.layout.owner)
             self._finish(record, "ERROR", [f"post-processing not started: {_summary(exc)}"])
             return True
         # named in state.json before the launch: a daemon killed from here on leaves a
@@ -371,7 +372,8 @@ class PostProcManager:
         rendered = render_workflow(template, spec.workflow, {}, self.site.config.all_variables())
         tmp = folder.with_name(f".{record.id}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        make_dirs(tmp.parent, self.site.layout.owner)  # postproc/: the site owner's
+        tmp.mkdir()
         try:
             files_dir = self.site.templates.files_dir(record.workflow, record.version)
             if files_dir.is_dir():
@@ -590,7 +592,7 @@ class PostProcManager:
             state["last_success"] = record.id
         state.setdefault("last_success", None)
         root = postproc_root(self.site, record.workflow)
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root, self.site.layout.owner)
         atomic.write_json(root / STATE_FILE, state, fsync=False)
 
     def recover(self) -> None:

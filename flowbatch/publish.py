@@ -23,6 +23,7 @@ from .report_pages import write_run_pages, write_site_index
 from .runs import State
 from .site import Site
 from .store.index import RunFileRow, RunRow
+from .store.owner import make_dirs
 
 log = logging.getLogger("flowbatch.report")
 
@@ -110,8 +111,11 @@ def write_workflow_report(site: Site, workflow: str) -> bool:
     shown = {e.run.run_id for e in best} | {e.run.run_id for e in views.top}
     meta = site.templates.meta(workflow)
     title = meta.get("name") or workflow
+    folder = site.layout.workflow_results(workflow)
+    if site.layout.owner is not None:  # a root daemon's first report of the workflow
+        make_dirs(folder, site.layout.owner)
     write_leaderboard(
-        site.layout.workflow_results(workflow),
+        folder,
         workflow,
         title,
         template.results,

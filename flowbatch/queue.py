@@ -58,6 +58,7 @@ from .store.layout import (
     RUN_JSON,
     queue_mode_problem,
 )
+from .store.owner import give, make_dirs
 from .sweep import Point, cast_points, run_arguments
 from .takeback import hand_over
 
@@ -1013,6 +1014,7 @@ class Intake:
                     self._boot_noted = True
                     return
             atomic.write_text(note, now + "\n", fsync=True)
+            give(note, self.site.layout.owner)  # the site's file, as its lock
             self._boot_noted = True
         except OSError as exc:
             log.warning("cannot write %s: %s", note, exc)
@@ -1480,7 +1482,11 @@ class Intake:
             run_dir = site.layout.run_dir(req.workflow, run_id)
             tmp_dir = run_dir.with_name(f".{run_id}.tmp")
             try:
-                tmp_dir.mkdir(parents=True)
+                tmp_dir.mkdir()
+            except FileNotFoundError:  # the workflow's first run: its folders are made,
+                # the site owner's under a root daemon (see flowbatch.store.owner)
+                make_dirs(tmp_dir.parent, site.layout.owner)
+                tmp_dir.mkdir()
             except FileExistsError:  # left by a daemon that died while making it
                 shutil.rmtree(tmp_dir, ignore_errors=True)
                 tmp_dir.mkdir()

@@ -40,6 +40,7 @@ from .safeio import read_tail_or_none
 from .spec.model import Template
 from .store.atomic import write_text
 from .store.layout import RUN_PAGE
+from .store.owner import make_dirs
 
 log = logging.getLogger("flowbatch.report")
 
@@ -422,7 +423,7 @@ def write_site_index(site: Any, counts: dict[str, dict[str, int]]) -> Path:
             }
         )
     results = site.layout.results
-    results.mkdir(parents=True, exist_ok=True)
+    make_dirs(results, site.layout.owner)
     html = render_page(
         "index.html.j2", page=page_frame(f"{site.name}: results", script=False), workflows=workflows
     )

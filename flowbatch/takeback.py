@@ -26,6 +26,7 @@ from .accounts import identity
 from .render.script import SCRIPT_NAME
 from .safeio import CopyLimit, copy_sparse
 from .store.layout import REQUEST_COPY, RUN_JSON, RUN_PAGE
+from .store.owner import give_folders as give_folders_to
 
 # the area's name, as before the take-back had a module of its own: the messages of a
 # site's logs keep their source
@@ -88,7 +89,13 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
     same."""
     taken = TakenBack()
     forced = {Path(p).parts for p in fresh}
-    if os.geteuid() != 0 or not uid:
+    if os.geteuid() != 0:
+        return taken
+    if not uid:  # root's own run: only its folders go to the tree's owner
+        try:
+            give_folders(path)
+        except OSError as exc:
+            log.warning("run folder %s: its folders not given to its tree's owner: %s", path, exc)
         return taken
     try:
         st = os.lstat(path)
@@ -146,6 +153,23 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
 
 
 _TAKE_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def give_folders(path: Path) -> None:
+    """At the end of a run of root's, a root daemon gives the run folder and the folders
+    in it (made by intake, by the daemon, by the run) to the owner of the tree
+    (``runs/``'s) where that is another user (a service user's site, docs/admins.md):
+    root's, they kept the owner's `runs delete`, `cleanup` and `workflows retire` from
+    removing the run (moving a folder to ``.trash`` and emptying it need write access
+    to it). The files stay root's: the owner removes them with write access to their
+    folder alone, and cannot change the record of a run of root's. Nothing on a tree of
+    root's. Walked by descriptors, never through a link, at most
+    :data:`TAKE_BACK_DEPTH` levels deep."""
+    tree = os.lstat(path.parent)
+    if tree.st_uid != 0:
+        give_folders_to(path, tree.st_uid, tree.st_gid, TAKE_BACK_DEPTH)
+
+
 _TAKE_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: the bytes (allocated: holes are kept) a run's take-back copies at most for files that
 #: also have a name outside its folder; past it, such files' names in the folder go
@@ -187,7 +211,9 @@ def _take_back_folder(
     must stay theirs, so that it is refused as such (a ``run.json`` taken back would be
     trusted by the next daemon, were this one killed before its final write)."""
     st = os.fstat(fd)
-    if st.st_uid == user:
+    if st.st_uid == user or (st.st_uid == 0 and owner != 0):
+        # a folder of root's in the run's is the daemon's (``attempts/``): the tree's
+        # owner must be able to remove what is in it (see give_folders)
         os.fchown(fd, owner, group)
     if depth >= TAKE_BACK_DEPTH:
         os.fchmod(fd, 0o700)

@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import NotFoundError
+from .owner import SiteOwner, site_owner
 
 #: ids of workflows and runs: safe as folder names and in URLs
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -39,6 +40,13 @@ class Layout:
     _paths: dict[tuple[str, ...], Path] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+
+    @cached_property
+    def owner(self) -> SiteOwner | None:
+        """Whom root gives what it makes in this site (a root daemon serving a service
+        user's site: :mod:`.owner`); None on a site of root's or in a process that is
+        not root. Looked at once: a daemon does not pay for it per run."""
+        return site_owner(self.root)
 
     @cached_property
     def config(self) -> Path:
@@ -124,7 +132,12 @@ class Layout:
         for d in (self.rejected, self.claimed):
             d.mkdir(mode=0o755, exist_ok=True)
         for d in (self.templates, self.results):
-            d.mkdir(exist_ok=True)
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            if self.owner is not None:  # not the queue's: a root daemon's are root's
+                self.owner.give(d)
 
 
 def checked_id(value: str, what: str) -> str:

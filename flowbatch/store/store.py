@@ -102,6 +102,7 @@ class Store:
         self.layout = layout
         self.fsync = fsync
         self._batch_txn: Any = None  # the open batch's transaction (SQLite)
+        _new_index_for_owner(database_url, layout)
         self.db = open_database(database_url, layout.index_db, self._no_older_daemon)
         try:
             self.ownership = self._check_owner(database_url, adopt_index)
@@ -794,6 +795,30 @@ class Store:
 #: uninstall) share it. A removal during a reindex came back as runs of the rebuilt index
 #: whose folders were gone (found by review)
 REBUILD_LOCK = "reindex.lock"
+
+
+def _new_index_for_owner(url: str | None, layout: Layout) -> None:
+    """Root (a root daemon) about to make the site's SQLite index on a site another
+    user owns makes the file first, empty (SQLite takes an empty file as a new
+    database), and gives it to the site's owner: made by SQLite, it was root's, and
+    the owner's `reindex`, `report` and `install` were refused it. SQLite, run as root,
+    gives its ``-wal`` and ``-shm`` files the database file's owner. Only for an index
+    in the site's folder: one elsewhere is where its admin put it."""
+    owner = layout.owner
+    if owner is None:
+        return
+    path = sqlite_path(url, layout.index_db)
+    if path is None or path.parent != layout.root:
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileExistsError:
+        return
+    try:
+        owner.give(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
