@@ -27,6 +27,7 @@ from types import FrameType
 from typing import IO, Any
 
 from . import api, faults, notify
+from .accounts import user_name
 from .errors import FlowbatchError, RequestError
 from .executors import build_executors, rebuild_executors, stranded_notes
 from .executors.base import Executor
@@ -40,9 +41,11 @@ from .runs import RunRecord, State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
 from .store import atomic
+from .store.index import sqlite_path
 from .store.layout import ID_PATTERN, RUN_PAGE
-from .store.owner import SiteOwner, give, make_dirs
+from .store.owner import SiteOwner, give, give_back, make_dirs
 from .store.store import (
+    REBUILD_LOCK,
     RETRIED_ERRORS,
     flock_holders,
     holder_record,
@@ -438,11 +441,49 @@ class Daemon:
         self._handover = site.handover_path  # word from a daemon that lost the lock to this
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def _give_site_back(self) -> None:
+        """A root daemon on a site another user owns gives that user what an older
+        flowbatch's root daemon made root's there (:func:`flowbatch.store.owner.give_back`):
+        the owner's commands failed on it. Once, at the start, with the site's lock held;
+        said in the log. Nothing on a site of root's, or for a daemon that is not root."""
+        owner = self.site.layout.owner
+        if owner is None:
+            return
+        site = self.site
+        files = [site.lock_path, site.boot_note, site.root / REBUILD_LOCK]
+        index = sqlite_path(site.config.database, site.layout.index_db)
+        if index is not None and index.parent == site.root:
+            files += [index, *(index.with_name(index.name + s) for s in ("-wal", "-shm"))]
+        try:
+            given = give_back(owner, files, site.layout.results, site.reports_pending_dir)
+        except OSError as exc:
+            log.warning(
+                "cannot give the site's owner (%s) what an older root daemon made root's "
+                "in %s: %s; run: chown -R %s:%s %s (the queue's folders stay root's)",
+                user_name(owner.uid),
+                site.root,
+                exc,
+                owner.uid,
+                owner.gid,
+                site.layout.results,
+            )
+            return
+        if given:
+            log.warning(
+                "gave the site's owner %s what an older root daemon had made root's in %s, "
+                "which kept their commands from writing the site: %s",
+                user_name(owner.uid),
+                site.root,
+                ", ".join(given),
+            )
+
     def start(self, *, serve: bool = True) -> None:
         """Take the site's lock and its active runs over; ``serve``: also the requests a
         stopped daemon had claimed (False for `runs cancel`, which touches no request)."""
         self.site.layout.ensure()
         self.lock.acquire()
+        if self.lock.role == "daemon":
+            self._give_site_back()
         if self.lock.unrecorded is not None:
             log.error(
                 "the lock %s is held, but who holds it cannot be written into it (%s): "

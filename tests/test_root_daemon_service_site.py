@@ -10,6 +10,7 @@ program of theirs."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -196,3 +197,34 @@ def test_roots_commands_run_as_the_owner_on_what_the_daemon_made(served: Path) -
         assert done.returncode == 0, (args, done.stderr)
     assert runs_of(served) == {}
     restart_serves(served)
+
+
+def test_a_root_daemon_gives_the_owner_what_an_older_one_made_roots(
+    served: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site an older flowbatch's root daemon served: what it made is root's, and the
+    owner's commands fail there. The next root daemon gives it to the owner at its
+    start, once, and says so in its log."""
+    older = ["daemon.lock", "claims-boot", "index.db", "reports-pending", "results/wf"]
+    for rel in older:
+        subprocess.run(["chown", "-R", "root:root", str(served / rel)], check=True)
+    site = Site(served)
+    ids = [row["id"] for row in api.list_runs(site)]
+    site.close()
+    refused = flowbatch(served, "runs", "delete", *ids, user=served.stat().st_uid)
+    assert refused.returncode == 1  # what the repair is for
+    with caplog.at_level(logging.WARNING, logger="flowbatch.daemon"):
+        serve(served, "later", 3.0, user("fbrunner"))
+    said = [r.getMessage() for r in caplog.records if "older root daemon" in r.getMessage()]
+    assert len(said) == 1 and "gave the site's owner fbsvc2" in said[0], said
+    assert "results/wf/runs" in said[0]
+    folders = [rel for rel in root_owned(served) if (served / rel).is_dir()]
+    assert [rel for rel in folders if not rel.startswith("queue")] == []
+    for rel in ("daemon.lock", "claims-boot", "index.db"):
+        assert (served / rel).stat().st_uid == served.stat().st_uid, rel
+    owner_runs(served, "runs", "delete", *ids)
+    assert set(runs_of(served)) == {"later"}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flowbatch.daemon"):
+        restart_serves(served)  # nothing left to give: said no more
+    assert "older root daemon" not in caplog.text

@@ -85,6 +85,8 @@ def give(path: str | os.PathLike[str] | int, owner: SiteOwner | None) -> None:
 
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: how deep the folders of a run are given at most (a take-back's depth)
+FOLDER_DEPTH = 100
 
 
 def give_folders(path: Path, uid: int, gid: int, depth: int) -> int:
@@ -117,4 +119,63 @@ def _give_folder(fd: int, uid: int, gid: int, depth: int) -> int:
             given += _give_folder(sub, uid, gid, depth - 1)
         finally:
             os.close(sub)
+    return given
+
+
+def _roots(path: Path) -> bool:
+    """Whether ``path`` (not followed) is root's."""
+    try:
+        return os.lstat(path).st_uid == 0
+    except OSError:
+        return False
+
+
+def give_back(owner: SiteOwner, files: list[Path], results: Path, notes: Path) -> list[str]:
+    """Repair a site an older flowbatch's root daemon served: give the site's owner what
+    that daemon made root's, and returns what was given (paths, for the log). ``files``
+    are the site's files the owner opens in place (lock files, ``claims-boot``, the
+    index); ``notes`` is ``reports-pending/``. In ``results/``: each workflow's folder,
+    ``runs/``, ``postproc/`` and ``.trash`` with the folders in them. Run folders only
+    where their ``runs/`` is root's: an older daemon took its runs back to root, and
+    ``runs/`` is given last, so a repair cut short is done again whole at the next
+    start, and a site already repaired (or never served so) costs a few looks per
+    workflow, not one per run. A run folder its user holds (a run still running) is
+    not walked into."""
+    given: list[str] = []
+    for path in files:
+        if _roots(path) and not os.path.islink(path):
+            owner.give(path)
+            given.append(path.name)
+    if os.path.isdir(notes) and not os.path.islink(notes):
+        count = give_folders(notes, owner.uid, owner.gid, 1)  # and its hosts' folders
+        for where, _, names in os.walk(notes):
+            for name in names:
+                if _roots(Path(where) / name):
+                    owner.give(Path(where) / name)
+                    count += 1
+        if count:
+            given.append(notes.name)
+    if _roots(results):
+        owner.give(results)
+        given.append(results.name)
+    try:
+        workflows = [e for e in os.scandir(results) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        workflows = []
+    for workflow in workflows:
+        top = Path(workflow.path)
+        for name in ("runs", "postproc", ".trash"):
+            folder = top / name
+            if not _roots(folder) or os.path.islink(folder):
+                continue
+            with os.scandir(folder) as entries:
+                inner = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+            for run in inner:  # a run's (or a post-processing's) folder, its folders too
+                if _roots(run):
+                    give_folders(run, owner.uid, owner.gid, FOLDER_DEPTH)
+            owner.give(folder)
+            given.append(f"{results.name}/{workflow.name}/{name}")
+        if _roots(top):
+            owner.give(top)
+            given.append(f"{results.name}/{workflow.name}")
     return given
