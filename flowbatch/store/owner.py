@@ -18,7 +18,9 @@ nothing here costs more than a comparison: the site folder is looked at once per
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +132,56 @@ def _roots(path: Path) -> bool:
         return False
 
 
+def _open_folder(name: str | Path, at: int | None = None) -> int | None:
+    """A descriptor of the folder ``name`` (beneath the folder ``at``), never opened
+    through a link at its last name; None where there is no such folder."""
+    try:
+        return os.open(name, _DIR, dir_fd=at)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link: not followed
+            return None
+        raise
+
+
+def _give_own(fd: int, owner: SiteOwner) -> bool:
+    """Give the open folder ``fd`` to ``owner`` where it is root's; whether it was."""
+    if os.fstat(fd).st_uid != 0:
+        return False
+    os.fchown(fd, owner.uid, owner.gid)
+    return True
+
+
+def _give_notes(fd: int, owner: SiteOwner, depth: int) -> int:
+    """Give the open folder ``fd``, and the folders and files in it (``depth`` levels
+    of folders), that are root's to ``owner``: the notes of ``reports-pending/``.
+    Walked by descriptors: no name is followed through a link."""
+    count = int(_give_own(fd, owner))
+    with os.scandir(fd) as entries:
+        found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+    for name, folder in found:
+        if folder:
+            if depth <= 0:
+                continue
+            sub = _open_folder(name, fd)
+            if sub is None:
+                continue
+            try:
+                count += _give_notes(sub, owner, depth - 1)
+            finally:
+                os.close(sub)
+            continue
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_uid == 0 and stat.S_ISREG(st.st_mode):
+            os.chown(name, owner.uid, owner.gid, dir_fd=fd, follow_symlinks=False)
+            count += 1
+    return count
+
+
 def give_back(owner: SiteOwner, files: list[Path], results: Path, notes: Path) -> list[str]:
     """Repair a site an older flowbatch's root daemon served: give the site's owner what
     that daemon made root's, and returns what was given (paths, for the log). ``files``
@@ -140,42 +192,71 @@ def give_back(owner: SiteOwner, files: list[Path], results: Path, notes: Path) -
     ``runs/`` is given last, so a repair cut short is done again whole at the next
     start, and a site already repaired (or never served so) costs a few looks per
     workflow, not one per run. A run folder its user holds (a run still running) is
-    not walked into."""
+    not walked into.
+
+    ``results/`` and ``reports-pending/`` are in the owner's own site folder: the owner
+    can put a link in their place (to another site's results, whose runs are root's).
+    Both are therefore walked by descriptors, none opened through a link, so that
+    nothing outside the site is given (found by review: the repair gave another tree's
+    ``runs/`` and the folders of its runs to the owner through a ``results`` link)."""
     given: list[str] = []
     for path in files:
         if _roots(path) and not os.path.islink(path):
             owner.give(path)
             given.append(path.name)
-    if os.path.isdir(notes) and not os.path.islink(notes):
-        count = give_folders(notes, owner.uid, owner.gid, 1)  # and its hosts' folders
-        for where, _, names in os.walk(notes):
-            for name in names:
-                if _roots(Path(where) / name):
-                    owner.give(Path(where) / name)
-                    count += 1
-        if count:
-            given.append(notes.name)
-    if _roots(results):
-        owner.give(results)
-        given.append(results.name)
+    fd = _open_folder(notes)
+    if fd is not None:
+        try:
+            if _give_notes(fd, owner, 1):  # and its hosts' folders
+                given.append(notes.name)
+        finally:
+            os.close(fd)
+    fd = _open_folder(results)
+    if fd is None:
+        return given
     try:
-        workflows = [e for e in os.scandir(results) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        workflows = []
-    for workflow in workflows:
-        top = Path(workflow.path)
-        for name in ("runs", "postproc", ".trash"):
-            folder = top / name
-            if not _roots(folder) or os.path.islink(folder):
+        if _give_own(fd, owner):
+            given.append(results.name)
+        with os.scandir(fd) as entries:
+            workflows = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        for workflow in workflows:
+            top = _open_folder(workflow, fd)
+            if top is None:
+                continue
+            try:
+                given += _give_workflow(top, owner, f"{results.name}/{workflow}")
+            finally:
+                os.close(top)
+    finally:
+        os.close(fd)
+    return given
+
+
+def _give_workflow(top: int, owner: SiteOwner, shown: str) -> list[str]:
+    """:func:`give_back` in one workflow's folder, open at ``top``."""
+    given: list[str] = []
+    for name in ("runs", "postproc", ".trash"):
+        folder = _open_folder(name, top)
+        if folder is None:
+            continue
+        try:
+            if os.fstat(folder).st_uid != 0:
                 continue
             with os.scandir(folder) as entries:
-                inner = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+                inner = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
             for run in inner:  # a run's (or a post-processing's) folder, its folders too
-                if _roots(run):
-                    give_folders(run, owner.uid, owner.gid, FOLDER_DEPTH)
-            owner.give(folder)
-            given.append(f"{results.name}/{workflow.name}/{name}")
-        if _roots(top):
-            owner.give(top)
-            given.append(f"{results.name}/{workflow.name}")
+                sub = _open_folder(run, folder)
+                if sub is None:
+                    continue
+                try:
+                    if os.fstat(sub).st_uid == 0:
+                        _give_folder(sub, owner.uid, owner.gid, FOLDER_DEPTH)
+                finally:
+                    os.close(sub)
+            os.fchown(folder, owner.uid, owner.gid)
+            given.append(f"{shown}/{name}")
+        finally:
+            os.close(folder)
+    if _give_own(top, owner):
+        given.append(shown)
     return given
