@@ -230,6 +230,8 @@ def tree_runs(
                     unreadable.append(exc)
                 continue
             except (OSError, ValueError) as exc:  # not a run's folder, or not ours to read
+                if isinstance(exc, FileNotFoundError) and not os.path.lexists(runs_dir / name):
+                    continue  # removed since the listing (runs delete, cleanup)
                 if unreadable is not None:
                     reason = getattr(exc, "strerror", None) or str(exc)
                     unreadable.append(
@@ -298,12 +300,13 @@ def wait_request(
                 note(_ended_line(run))
         now = clock()
         if stage == DONE and all(State(r["state"]) in TERMINAL for r in runs):
+            if unreadable:
+                # its runs were made, but some records cannot be read here: said, not
+                # "made no run" with exit 0, nor the others' outcome alone (a sweep one
+                # of whose records was refused ended on the rest: found by review)
+                raise unreadable[0]
             if runs:
                 return Outcome(runs=runs)
-            if unreadable:
-                # its runs were made, but their records cannot be read here: said, not
-                # "made no run" with exit 0 (found by review)
-                raise unreadable[0]
             if not seen and token is None:
                 # never seen waiting, no claim in the index, no rejection: a name no
                 # request had (found by review: a typo exited 0, "made no run")

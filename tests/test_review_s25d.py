@@ -7,14 +7,19 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from flowbatch import api, waiting
 from flowbatch.daemon import Daemon
+from flowbatch.errors import FlowbatchError
 from flowbatch.site import Site
 
-from .conftest import make_site
+from .conftest import drop, make_site, run_until_idle
+from .test_wait import TEMPLATE as WAIT_TEMPLATE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon gives folders away")
 
@@ -68,3 +73,32 @@ def test_the_start_repair_gives_nothing_through_a_results_link(public_tmp: Path)
     start_and_stop(root)
     for path in (elsewhere, *elsewhere.rglob("*")):
         assert path.lstat().st_uid == 0, path
+
+
+@pytest.fixture
+def wsite(tmp_path: Path) -> Iterator[Site]:
+    """A site of root's with the waiting tests' workflow ``w`` (argument ``n``)."""
+    site = make_site(tmp_path / "site")
+    template = tmp_path / "template"
+    template.mkdir()
+    (template / "benchmark.yaml").write_text(WAIT_TEMPLATE, encoding="utf-8")
+    api.install(site, template, workflow_id="w")
+    yield site
+    site.close()
+
+
+def test_a_sweep_one_of_whose_records_is_refused_is_not_a_success(wsite: Site) -> None:
+    """A sweep of two points, the record of one refused by the reader (here: no longer
+    the daemon's, as one replaced from inside the run is). 1238507 raised the refusal
+    only when no run of the request could be read: here the wait ended on the other
+    run alone, a success (exit 0), the refused run left out of what it said. It says
+    why the refused one cannot be read instead."""
+    since = time.time()
+    drop(wsite, "r.yaml", {"workflow": "w", "sweep": {"n": [1, 2]}})
+    run_until_idle(wsite).stop()
+    runs = sorted(api.list_runs(wsite), key=lambda row: row["id"])
+    assert len(runs) == 2 and {r["state"] for r in runs} == {"SUCCESS"}
+    record = wsite.store.run_dir(wsite.store.load(runs[1]["id"])) / "run.json"
+    os.chown(record, 65534, 65534)
+    with pytest.raises(FlowbatchError, match=r"not trusted|replaced"):
+        waiting.wait_request(wsite, "r.yaml", timeout=10, since=since)
