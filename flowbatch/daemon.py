@@ -43,7 +43,7 @@ from .spec.request import CancelRequest
 from .store import atomic
 from .store.index import sqlite_path
 from .store.layout import ID_PATTERN, RUN_PAGE
-from .store.owner import SiteOwner, give, give_back, make_dirs
+from .store.owner import SiteOwner, give, give_back
 from .store.store import (
     REBUILD_LOCK,
     RETRIED_ERRORS,
@@ -256,9 +256,20 @@ class PendingReports:
     (:meth:`written`). A start writes the reports of the workflows left there
     (:meth:`left`)."""
 
-    def __init__(self, folder: Path, results: Path, owner: SiteOwner | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        results: Path,
+        owner: SiteOwner | None = None,
+        site_root: Path | None = None,
+    ) -> None:
         self.folder = folder
         self.results = results
+        #: the folder ``folder`` is in, whose names below it are never followed through
+        #: a link (the site folder: its owner could put a link in place of
+        #: ``reports-pending``, and a root daemon made and gave them the notes where it
+        #: led, and removed a file of the name there; found by review)
+        self.site_root = site_root or folder.parent
         #: whom a root daemon gives the folder and notes (the site's owner, whose
         #: commands note and clear them too: :mod:`flowbatch.store.owner`)
         self.owner = owner
@@ -277,15 +288,43 @@ class PendingReports:
             if noted:
                 return
             try:
-                make_dirs(self.folder, self.owner)
-                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                fd = os.open(self.folder / workflow, flags, 0o644)
+                folder = self._open_folder(make=True)
                 try:
-                    give(fd, self.owner)
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                    fd = os.open(workflow, flags, 0o644, dir_fd=folder)
+                    try:
+                        if os.fstat(fd).st_nlink == 1:  # not a file with a name elsewhere
+                            give(fd, self.owner)
+                    finally:
+                        os.close(fd)
                 finally:
-                    os.close(fd)
+                    os.close(folder)
             except OSError as exc:  # the reports are still written; only a crash forgets
                 log.warning("cannot note pending reports of %s: %s", workflow, exc)
+
+    def _open_folder(self, *, make: bool) -> int:
+        """A descriptor of :attr:`folder`, each of its names below :attr:`site_root`
+        opened through no link (ELOOP where one is a link); ``make``: the missing ones
+        made (a root daemon's the site owner's)."""
+        fd = os.open(self.site_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name in self.folder.relative_to(self.site_root).parts:
+                if make:
+                    try:
+                        os.mkdir(name, 0o777, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        if self.owner is not None:
+                            self.owner.give_at(name, fd)
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                sub = os.open(name, flags, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def handed_over(self) -> int:
         """A report is about to be written from the index as it is now: every change
@@ -303,7 +342,15 @@ class PendingReports:
                 if self._last.get(workflow, 0) > upto:
                     continue
                 try:
-                    (self.folder / workflow).unlink(missing_ok=True)
+                    folder = self._open_folder(make=False)
+                    try:
+                        os.unlink(workflow, dir_fd=folder)
+                    except FileNotFoundError:
+                        pass
+                    finally:
+                        os.close(folder)
+                except FileNotFoundError:
+                    pass  # no folder: no note
                 except OSError as exc:
                     log.warning("cannot clear pending reports of %s: %s", workflow, exc)
                     continue
@@ -317,51 +364,66 @@ class PendingReports:
         reads at a start only. A note whose command still runs is its own (for up to
         :data:`OTHERS_GRACE`); an empty one is an earlier daemon's."""
         try:
-            entries = list(os.scandir(self.folder))
+            folder = self._open_folder(make=False)
         except OSError:
             return set()
-        owed = set()
-        for entry in entries:
-            name = entry.name
-            with self._lock:
-                if name in self._last:
+        try:
+            with os.scandir(folder) as listing:
+                entries = [(e.name, e.is_file(follow_symlinks=False)) for e in listing]
+            owed = set()
+            for name, is_file in entries:
+                with self._lock:
+                    if name in self._last:
+                        continue
+                if not ID_PATTERN.match(name) or not (self.results / name / "runs").is_dir():
                     continue
-            if not ID_PATTERN.match(name) or not (self.results / name / "runs").is_dir():
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False) or _a_commands(entry.path):
+                try:
+                    if not is_file or _a_commands(name, folder):
+                        continue
+                except OSError:
                     continue
-            except OSError:
-                continue
-            owed.add(name)
-        return owed
+                owed.add(name)
+            return owed
+        except OSError:
+            return set()
+        finally:
+            os.close(folder)
 
     def left(self) -> set[str]:
         """The workflows a daemon before this one still owed reports of (a note of a
         workflow whose results are gone, or of no workflow at all, is dropped)."""
         try:
-            names = [p.name for p in self.folder.iterdir()]
+            folder = self._open_folder(make=False)
         except FileNotFoundError:
             return set()
-        owed = set()
-        for name in names:
-            if ID_PATTERN.match(name) and (self.results / name / "runs").is_dir():
-                with contextlib.suppress(OSError):
-                    if _a_commands(str(self.folder / name)):
-                        continue  # a removal at work: it rewrites them (else others())
-                owed.add(name)
-                continue
-            try:
-                (self.folder / name).unlink(missing_ok=True)
-            except OSError:
-                pass  # not a note of ours (a folder): left alone
-        return owed
+        except OSError as exc:  # a link in its place (not followed), say
+            log.warning("cannot read the pending reports in %s: %s", self.folder, exc)
+            return set()
+        try:
+            names = os.listdir(folder)
+            owed = set()
+            for name in names:
+                if ID_PATTERN.match(name) and (self.results / name / "runs").is_dir():
+                    with contextlib.suppress(OSError):
+                        if _a_commands(name, folder):
+                            continue  # a removal at work: it rewrites them (else others())
+                    owed.add(name)
+                    continue
+                try:
+                    os.unlink(name, dir_fd=folder)
+                except OSError:
+                    pass  # not a note of ours (a folder): left alone
+            return owed
+        finally:
+            os.close(folder)
 
 
-def _a_commands(path: str) -> bool:
+def _a_commands(name: str, folder: int | None = None) -> bool:
     """A note of owed reports made by a command that still runs (a removal at work, for
-    up to :data:`OTHERS_GRACE`): its own to remove. An empty note is a daemon's."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    up to :data:`OTHERS_GRACE`): its own to remove. An empty note is a daemon's.
+    ``name`` is in the open folder ``folder`` (or a path)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(name, flags, dir_fd=folder)
     try:
         text = os.read(fd, 64)
         made = os.fstat(fd).st_mtime
@@ -408,7 +470,7 @@ class Daemon:
         self.postproc = PostProcManager(site, self.wakeup.set, room=self._local_room)
         self.runner.reserved = lambda name: len(self.postproc.active) if name == "local" else 0
         self.pending_reports = PendingReports(
-            site.reports_pending_dir, site.layout.results, site.layout.owner
+            site.reports_pending_dir, site.layout.results, site.layout.owner, site.root
         )
         self._others_at = time.monotonic()  # the start reads them all (left)
         self.runner.before_report_change = self.pending_reports.mark

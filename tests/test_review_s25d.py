@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from flowbatch.daemon import Daemon
 from flowbatch.errors import FlowbatchError
 from flowbatch.site import Site
 
-from .conftest import drop, make_site, run_until_idle
+from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .test_root_daemon_service_site import owner_runs, runs_of, serve
 from .test_wait import TEMPLATE as WAIT_TEMPLATE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon gives folders away")
@@ -102,3 +104,29 @@ def test_a_sweep_one_of_whose_records_is_refused_is_not_a_success(wsite: Site) -
     os.chown(record, 65534, 65534)
     with pytest.raises(FlowbatchError, match=r"not trusted|replaced"):
         waiting.wait_request(wsite, "r.yaml", timeout=10, since=since)
+
+
+def test_a_reports_pending_link_gets_no_file_given_nor_removed(public_tmp: Path) -> None:
+    """The site's owner replaces ``reports-pending`` (in their own site folder) by a link
+    to a folder of root's elsewhere, which holds a file of root's named as a workflow
+    of theirs (``wf``; an id may be ``passwd`` or ``x.sh`` as well). The daemon's note
+    of the workflow's pending reports opened ``reports-pending/wf`` through the link
+    and gave that file to the owner (a file created there was theirs too: a
+    ``profile.d`` script), then removed it once the report was written. The note is
+    now made in the folder itself, never through a link."""
+    root = service_site(public_tmp)
+    owner = root.stat()
+    template = write_template(public_tmp / "t", SCORE_TEMPLATE)
+    subprocess.run(["chown", "-R", f"{owner.st_uid}:{owner.st_gid}", str(template)], check=True)
+    owner_runs(root, "install", str(template), "--id", "wf")
+    elsewhere = public_tmp / "roots-folder"
+    elsewhere.mkdir()
+    (elsewhere / "wf").write_text("root's\n", encoding="utf-8")
+    shutil.rmtree(root / "reports-pending", ignore_errors=True)
+    os.symlink(elsewhere, root / "reports-pending")
+    os.lchown(root / "reports-pending", owner.st_uid, owner.st_gid)
+    serve(root, "mine", 1.0)
+    assert runs_of(root) == {"mine": "SUCCESS"}
+    assert (elsewhere / "wf").read_text(encoding="utf-8") == "root's\n"
+    for path in (elsewhere, *elsewhere.iterdir()):
+        assert path.lstat().st_uid == 0, path

@@ -44,6 +44,12 @@ class SiteOwner:
         else:
             os.chown(path, self.uid, self.gid, follow_symlinks=False)
 
+    def give_at(self, name: str, folder: int) -> None:
+        """Give ``name`` in the open folder ``folder`` (not followed through a link) to
+        the site's owner; nothing once this process is no longer root."""
+        if os.geteuid() == 0:
+            os.chown(name, self.uid, self.gid, dir_fd=folder, follow_symlinks=False)
+
     def make_dirs(self, path: Path, mode: int = 0o777) -> None:
         """``mkdir -p path``, each folder it makes given to the owner (an existing one is
         left as it is)."""
