@@ -130,3 +130,39 @@ def test_a_reports_pending_link_gets_no_file_given_nor_removed(public_tmp: Path)
     assert (elsewhere / "wf").read_text(encoding="utf-8") == "root's\n"
     for path in (elsewhere, *elsewhere.iterdir()):
         assert path.lstat().st_uid == 0, path
+
+
+def test_what_a_root_daemon_makes_through_a_results_link_stays_roots(
+    public_tmp: Path,
+) -> None:
+    """The owner replaces ``results`` by a link to a folder of root's (a place on root's
+    module path, say), then a request comes: the daemon makes the workflow's folders
+    there, and gave them to the owner, who got a folder of a name of theirs in a place
+    of root's (found by review). What the daemon makes in a folder the owner could not
+    have made it in stays root's; in the owner's own folders it is still theirs."""
+    root = service_site(public_tmp)
+    wf = write_template(public_tmp / "t", SCORE_TEMPLATE)
+    site = Site(root)
+    api.install(site, wf, workflow_id="wf")
+    site.close()
+    owner = root.stat()
+    elsewhere = public_tmp / "roots-place"
+    elsewhere.mkdir(mode=0o755)
+    shutil.rmtree(root / "results")
+    os.symlink(elsewhere, root / "results")
+    os.lchown(root / "results", owner.st_uid, owner.st_gid)
+    site = Site(root)
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"score": 1}})
+    run_until_idle(site).stop()
+    made = [elsewhere / "wf", elsewhere / "wf" / "runs"]
+    assert all(p.is_dir() for p in made)
+    assert [p.lstat().st_uid for p in made] == [0, 0]
+    # the same site with results/ a folder of the owner's: the daemon's folders are theirs
+    site.close()
+    os.unlink(root / "results")
+    (root / "results").mkdir()
+    os.chown(root / "results", owner.st_uid, owner.st_gid)
+    site = Site(root)
+    drop(site, "b.yaml", {"workflow": "wf", "arguments": {"score": 2}})
+    run_until_idle(site).stop()
+    assert (root / "results" / "wf" / "runs").lstat().st_uid == owner.st_uid

@@ -24,6 +24,15 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+#: a folder opened to give what is in it (the path to it may be a link of the admin's)
+_IN = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _other_names(st: os.stat_result) -> bool:
+    """Whether ``st`` is a file with another name than the one being given: a hard
+    link the owner made to a file of root's would give that file away."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
+
 
 @dataclass(frozen=True)
 class SiteOwner:
@@ -34,20 +43,33 @@ class SiteOwner:
 
     def give(self, path: str | os.PathLike[str] | int) -> None:
         """Give ``path`` (an open descriptor, or a path never followed through a link)
-        to the site's owner. Nothing once this process is no longer root (a command
-        that became the owner, :func:`flowbatch.cli.become_site_owner`): what it makes
-        is the owner's already."""
+        to the site's owner, when the owner could have made it: it is in a folder of
+        theirs, and a file has no other name. Nothing once this process is no longer
+        root (a command that became the owner, :func:`flowbatch.cli.become_site_owner`):
+        what it makes is the owner's already. The owner controls the site folder and
+        can put a link where the daemon makes things (``results`` -> a folder of
+        root's): what the daemon then makes there stays root's (found by review: the
+        owner got folders of names of theirs in root's places)."""
         if os.geteuid() != 0:
             return
         if isinstance(path, int):
-            os.fchown(path, self.uid, self.gid)
-        else:
-            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+            if not _other_names(os.fstat(path)):
+                os.fchown(path, self.uid, self.gid)
+            return
+        name = os.fspath(path)
+        folder = os.open(os.path.dirname(name) or ".", _IN)
+        try:
+            self.give_at(os.path.basename(name), folder)
+        finally:
+            os.close(folder)
 
     def give_at(self, name: str, folder: int) -> None:
         """Give ``name`` in the open folder ``folder`` (not followed through a link) to
-        the site's owner; nothing once this process is no longer root."""
-        if os.geteuid() == 0:
+        the site's owner, when ``folder`` is theirs and a file of that name has no
+        other name (see :meth:`give`); nothing once this process is no longer root."""
+        if os.geteuid() != 0 or os.fstat(folder).st_uid != self.uid:
+            return
+        if not _other_names(os.stat(name, dir_fd=folder, follow_symlinks=False)):
             os.chown(name, self.uid, self.gid, dir_fd=folder, follow_symlinks=False)
 
     def make_dirs(self, path: Path, mode: int = 0o777) -> None:
