@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -248,3 +249,18 @@ def write_template(folder: Path, text: str, files: dict[str, str] | None = None)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(content, encoding="utf-8")
     return folder
+
+
+def account(name: str, *, home: bool = False) -> pwd.struct_passwd:
+    """The account ``name``, made (the tests run as root) if this machine has none;
+    ``home``: with a home folder and bash, for tests that log in as it."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        how = (
+            ["--create-home", "--shell", "/bin/bash"]
+            if home
+            else ["--no-create-home", "--shell", "/bin/sh"]
+        )
+        subprocess.run(["useradd", *how, name], check=True)
+        return pwd.getpwnam(name)

@@ -22,18 +22,12 @@ from flowbatch.postproc import PostProcRecord, load_record, postproc_root, read_
 from flowbatch.render import read_markers
 from flowbatch.site import Site
 
-from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .conftest import SCORE_TEMPLATE, account, drop, make_site, run_until_idle, write_template
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon switches users")
 
 
-def user(name: str) -> pwd.struct_passwd:
-    """The account ``name``, made if this machine has none."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
-        return pwd.getpwnam(name)
+user = account
 
 
 def template(gate: Path | None = None, extra: str = "") -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import grp
 import json
 import os
-import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -21,19 +20,13 @@ from flowbatch.cli import main
 from flowbatch.daemon import Daemon
 from flowbatch.site import Site
 
-from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .conftest import SCORE_TEMPLATE, account, drop, make_site, run_until_idle, write_template
 from .test_root_commands import PYTHON, flowbatch
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon switches users")
 
 
-def user(name: str) -> pwd.struct_passwd:
-    """The account ``name``, made if this machine has none."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
-        return pwd.getpwnam(name)
+user = account
 
 
 def gated_template(gate: Path) -> str:

@@ -5,7 +5,6 @@ user (``fbsvc2``), the folders it must not touch made as root outside the site."
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import time
@@ -19,20 +18,14 @@ from flowbatch.daemon import Daemon
 from flowbatch.errors import FlowbatchError
 from flowbatch.site import Site
 
-from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .conftest import SCORE_TEMPLATE, account, drop, make_site, run_until_idle, write_template
 from .test_root_daemon_service_site import owner_runs, runs_of, serve
 from .test_wait import TEMPLATE as WAIT_TEMPLATE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon gives folders away")
 
 
-def user(name: str) -> pwd.struct_passwd:
-    """The account ``name``, made if this machine has none."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
-        return pwd.getpwnam(name)
+user = account
 
 
 def service_site(folder: Path) -> Path:

@@ -25,6 +25,7 @@ from flowbatch.site import Site
 from .conftest import (
     REPO,
     SCORE_TEMPLATE,
+    account,
     drop,
     make_site,
     only_run,
@@ -328,11 +329,7 @@ def test_deleted_or_corrupt_index_is_detected_and_rebuilt(hello_site: Site) -> N
 
 # -- 5. ownership ---------------------------------------------------------------------------
 def _user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-        return pwd.getpwnam(name)
+    return account(name, home=True)
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership tests switch users")

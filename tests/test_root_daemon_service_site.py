@@ -22,7 +22,7 @@ import pytest
 from flowbatch import api
 from flowbatch.site import Site
 
-from .conftest import SCORE_TEMPLATE, drop, make_site, run_until_idle, write_template
+from .conftest import SCORE_TEMPLATE, account, drop, make_site, run_until_idle, write_template
 from .test_root_commands import PYTHON, flowbatch, root_owned
 
 pytestmark = [
@@ -31,13 +31,7 @@ pytestmark = [
 ]
 
 
-def user(name: str) -> pwd.struct_passwd:
-    """The account ``name``, made if this machine has none."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
-        return pwd.getpwnam(name)
+user = account
 
 
 def owner_runs(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
