@@ -214,6 +214,11 @@ class SiteConfig(_Strict):
             )
         if not value or value.startswith("-") or any(c in value for c in "/:\\ \t\n"):
             raise PydanticCustomError("postproc_user", "expected a user name (e.g. fbpost)")
+        if value.isdecimal():
+            raise PydanticCustomError(
+                "postproc_user",
+                "expected a user name (e.g. fbpost), not a user ID: name the user",
+            )
         return value
 
     @field_validator("database")

@@ -160,6 +160,8 @@ def _queue_safety(ctx: _Ctx) -> tuple[str, str]:
     from .site import Site
 
     queue = ctx.root / "queue"
+    if ctx.config is None:  # its error is said once, by the config's own check
+        return SKIP, "not checked: the site's config is not valid (see the config check)"
     try:
         st = queue.stat()
     except OSError:

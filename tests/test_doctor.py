@@ -61,6 +61,9 @@ def test_invalid_config_fails(site: Site) -> None:
     config = next(c for c in checks if c["check"] == "config")
     assert config["status"] == FAIL and "local.concurrency" in config["detail"]
     assert _status(checks, "index") == ["skip"]
+    # said once: the queue's check skips, it does not fail with the same error again
+    said = [c for c in checks if "local.concurrency" in c["detail"]]
+    assert [c["check"] for c in said] == ["config"], said
 
 
 def test_queue_that_is_not_a_writable_folder_fails(site: Site) -> None:

@@ -170,6 +170,11 @@ def test_root_is_refused_as_postproc_user(public_tmp: Path) -> None:
         Site(site_dir)
     assert "postproc_user" in err.value.summary()
     assert "never runs as root" in err.value.summary()
+    # a user ID is no name (its hint told to create a user named "0")
+    (site_dir / "flowbatch.yaml").write_text(yaml.safe_dump({"postproc_user": "0"}))
+    with pytest.raises(ConfigError) as err:
+        Site(site_dir)
+    assert "not a user ID" in err.value.summary()
 
 
 def started_lines(folder: Path) -> int:
