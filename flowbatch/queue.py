@@ -843,12 +843,27 @@ class Intake:
             log.error("%s waits: its runs cannot be made now (%s)", name, exc.strerror or exc)
             return
         self.waiting.first = self.site.config.polling.interval  # a reload may change it
-        tries, news = self.waiting.failed(claimed.path, exc.errno, self.clock())
+        now = self.clock()
+        tries, news = self.waiting.failed(claimed.path, exc.errno, now)
+        if not news and now - tries.said >= CLAIM_REMIND_EVERY:
+            # a reminder once an hour while it waits, as for a claim that cannot be
+            # removed: an admin who missed the first line still learns of it
+            tries.said = now
+            log.warning(
+                "%s still waits: its runs cannot be made (%s) after %d tries over %.0f s: %s",
+                name,
+                exc.strerror or exc,
+                tries.tries,
+                now - tries.since,
+                _place_fix(exc, claimed),
+            )
+            return
         if not news:
             log.debug(
                 "%s still waits (try %d, next in %.0f s): %s", name, tries.tries, tries.wait, exc
             )
             return
+        tries.said = now
         log.warning(
             "%s waits: its runs cannot be made (%s), though the site has room: %s. "
             "Other requests go on; it is tried again in %.1f s, then less and less often "

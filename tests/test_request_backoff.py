@@ -128,6 +128,13 @@ def test_a_request_whose_place_fails_waits_its_turn_while_the_others_flow(
                 assert gaps == sorted(gaps) and len(tries) < 12, gaps
                 assert len(_about(caplog, "stuck.yaml", logging.WARNING)) == 1
                 assert (site.layout.queue / "rejected" / "stuck.yaml").exists() is False
+                # an hour on, still failing: a reminder, once
+                clock.now += queue.CLAIM_REMIND_EVERY
+                for _ in range(3):
+                    daemon.tick()
+                    clock.now += queue.REQUEST_RETRY_MAX
+                warned = _about(caplog, "stuck.yaml", logging.WARNING)
+                assert len(warned) == 2 and "still waits" in warned[1], warned
                 # mended: taken in at its next turn (a few minutes at most), said once
                 mend()
                 clock.now += queue.REQUEST_RETRY_MAX
@@ -135,8 +142,8 @@ def test_a_request_whose_place_fails_waits_its_turn_while_the_others_flow(
                     daemon, lambda: _states(site).get("stuck.yaml") == "SUCCESS", "never made"
                 )
             through = _about(caplog, "stuck.yaml", logging.INFO)
-            assert len(through) == 2, through  # the warning, then this
-            assert "made its 1 run(s) at last" in through[1], through
+            assert len(through) == 3, through  # the warning, the reminder, then this
+            assert "made its 1 run(s) at last" in through[2], through
         finally:
             daemon.stop()
     site.close()
