@@ -460,6 +460,7 @@ class Daemon:
         #: a tick failing for a reason flowbatch names (FlowbatchError): said once, then
         #: once a minute while it lasts, and its end (see _serve)
         self._tick_failing = Repeated(log)
+        self._tick_error: str | None = None  # what the last failed tick said
         self.executors: dict[str, Executor] = build_executors(
             site.config, self.wakeup.set, site_root=site.root
         )
@@ -1132,9 +1133,14 @@ class Daemon:
                 self.tick()
             except FlowbatchError as exc:
                 # a condition the error names (an index away, a file refused), which may
-                # last: said plainly, not with a traceback every poll interval
+                # last: said plainly, not with a traceback every poll interval; another
+                # error than the last one is said at once
+                said = exc.summary()
+                if said != self._tick_error:
+                    self._tick_error = said
+                    self._tick_failing = Repeated(log)
                 self._tick_failing.failed(
-                    "tick failed; trying again every %.1f s: %s", interval, exc.summary()
+                    "tick failed; trying again every %.1f s: %s", interval, said
                 )
                 self.wakeup.wait(interval)
                 continue
@@ -1143,6 +1149,7 @@ class Daemon:
                 self.wakeup.wait(interval)
                 continue
             self._tick_failing.ok("ticks go through again")
+            self._tick_error = None
             if until_idle and self.idle():
                 break
             if until_idle and self.intake.refused and not self.runner.active:

@@ -60,3 +60,14 @@ def test_a_bug_keeps_its_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixt
     serve_failing(tmp_path, [KeyError("bug")] * 2, after=3)
     failed = [r for r in caplog.records if "tick failed" in r.getMessage()]
     assert len(failed) == 2 and all(r.exc_info for r in failed)
+
+
+def test_another_named_failure_is_said_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flowbatch")
+    first = IndexError_("the index database cannot be used: disk I/O error", file="index.db")
+    second = IndexError_("the index database cannot be used: database is locked", file="index.db")
+    serve_failing(tmp_path, [first, first, second, second], after=6)
+    failed = [r.getMessage() for r in caplog.records if "tick failed" in r.getMessage()]
+    assert len(failed) == 2 and "disk I/O" in failed[0] and "locked" in failed[1], failed
