@@ -435,9 +435,10 @@ def _check_templates(ctx: _Ctx) -> None:
 
 def _check_postproc(ctx: _Ctx) -> None:
     """Who a root daemon runs post-processing as (:mod:`flowbatch.postproc_user`): never
-    root. ``nobody``, on a site of root's that names no user, is worth a look where a
-    template post-processes; a user that cannot be used there is a failure."""
-    from .postproc_user import FALLBACK, postproc_user
+    root. ``nobody``, on a site of root's that names no user, and the site's owner, who
+    owns the results tree, are worth a look where a template post-processes; a user
+    that cannot be used there is a failure."""
+    from .postproc_user import FALLBACK, SITE_OWNER, postproc_user
     from .site import Site
 
     if ctx.config is None:
@@ -463,6 +464,17 @@ def _check_postproc(ctx: _Ctx) -> None:
             WARN,
             f"{detail}, for {', '.join(used)}: a user other services may share; name one "
             "of its own in flowbatch.yaml: postproc_user: NAME",
+        )
+        return
+    if who.source == SITE_OWNER and used:
+        # the owner's own results tree: a script a hostile result file subverted could
+        # rewrite any run's results (found by review; docs/admins.md says so)
+        ctx.add(
+            "post-processing",
+            WARN,
+            f"{detail}, for {', '.join(used)}: the owner of the results tree, whose "
+            "post-processing a hostile result file could turn to rewrite any run's results; "
+            "name a user of its own in flowbatch.yaml: postproc_user: NAME",
         )
         return
     ctx.add("post-processing", OK, detail)

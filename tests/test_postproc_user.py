@@ -324,4 +324,12 @@ def test_doctor_says_who_post_processes(public_tmp: Path) -> None:
     (site.root / "flowbatch.yaml").write_text(yaml.safe_dump({"postproc_user": "fbnosuch"}))
     status, detail = check(site.root)
     assert status == FAIL and "no user 'fbnosuch'" in detail, detail
+    # a service user's site: its owner owns the results tree, which a subverted
+    # post-processing could rewrite: worth a warning too
+    (site.root / "flowbatch.yaml").write_text("")
+    owner = user("fbsite")
+    os.chown(site.root, owner.pw_uid, owner.pw_gid)
+    status, detail = check(site.root)
+    assert status == WARN and "fbsite" in detail and "owner of the results tree" in detail
+    assert "postproc_user: NAME" in detail
     site.close()
