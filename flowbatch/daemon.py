@@ -217,7 +217,8 @@ class SignalWaker:
         os.set_blocking(self._write, False)
         self._wake = wake
         self._closed = False
-        threading.Thread(target=self._run, name="flowbatch-signals", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="flowbatch-signals", daemon=True)
+        self._thread.start()
 
     def poke(self) -> None:
         """From a signal handler: wake the daemon (after :meth:`close`, nothing: the
@@ -228,10 +229,15 @@ class SignalWaker:
             os.write(self._write, b"w")
 
     def close(self) -> None:
+        """Stop the thread and close the pipe; returns once the thread has ended (on a
+        loaded machine it was still there a moment after: seen once in CI), unless it
+        is the thread calling."""
         self._closed = True  # first: a handler running from here on writes nothing
         with contextlib.suppress(OSError):
             os.write(self._write, b"q")
         os.close(self._write)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         try:
