@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from flowbatch.render import build_script, render_workflow
 from flowbatch.render.shellctx import scan
 from flowbatch.render.shellvars import word_parts
 from flowbatch.spec.model import Parameter, SelectValue, Step, Template, Workflow
+
+from .test_render_options import _archive, _ran
 
 VARIABLES = {"python": "python3"}
 #: runs ``touch PWNED`` for each member tar extracts (tar hands it to sh -c); no blank in
@@ -63,24 +64,6 @@ def _run(folder: Path, t: Template, args: dict[str, Any]) -> int:
     (folder / "run.sh").write_text(build_script(rendered, run_id="r1"))
     done = subprocess.run(["bash", "run.sh"], cwd=folder, capture_output=True, timeout=60)
     return done.returncode
-
-
-def _ran(folder: Path, t: Template, args: dict[str, Any]) -> bool:
-    """Render ``t`` for ``args`` (False when refused) and run its script with bash in
-    ``folder``: whether it made ``PWNED`` (tar ran the value's command)."""
-    try:
-        _run(folder, t, args)
-    except RenderError:
-        return False
-    return (folder / "PWNED").exists()
-
-
-def _archive(folder: Path) -> None:
-    """``data.tar`` holding ``member.txt`` (and nothing beside it in ``folder``)."""
-    (folder / "member.txt").write_text("data\n")
-    with tarfile.open(folder / "data.tar", "w") as tar:
-        tar.add(folder / "member.txt", arcname="member.txt")
-    (folder / "member.txt").unlink()
 
 
 #: (command, a hostile value, a harmless value with which the command does its work:

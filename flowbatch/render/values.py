@@ -349,6 +349,8 @@ def _leading_ref(
     """The value that may begin the word ``text[start:end]`` (its quotes aside, and any
     expansion before it that may come to nothing: ``$x$[[m]]``), if one may; with
     whether more of the word follows it."""
+    if text.find("\x00", start, end) < 0:
+        return None  # no value in the word (most of them): nothing to take apart
     parts = word_parts(
         text,
         scanned.quoting,

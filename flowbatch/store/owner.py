@@ -63,14 +63,17 @@ class SiteOwner:
         finally:
             os.close(folder)
 
-    def give_at(self, name: str, folder: int) -> None:
+    def give_at(self, name: str, folder: int) -> bool:
         """Give ``name`` in the open folder ``folder`` (not followed through a link) to
         the site's owner, when ``folder`` is theirs and a file of that name has no
-        other name (see :meth:`give`); nothing once this process is no longer root."""
+        other name (see :meth:`give`); nothing once this process is no longer root.
+        Whether it was given."""
         if os.geteuid() != 0 or os.fstat(folder).st_uid != self.uid:
-            return
-        if not _other_names(os.stat(name, dir_fd=folder, follow_symlinks=False)):
-            os.chown(name, self.uid, self.gid, dir_fd=folder, follow_symlinks=False)
+            return False
+        if _other_names(os.stat(name, dir_fd=folder, follow_symlinks=False)):
+            return False
+        os.chown(name, self.uid, self.gid, dir_fd=folder, follow_symlinks=False)
+        return True
 
     def make_dirs(self, path: Path, mode: int = 0o777) -> None:
         """``mkdir -p path``, each folder it makes given to the owner (an existing one is
@@ -205,8 +208,7 @@ def _give_notes(fd: int, owner: SiteOwner, depth: int) -> int:
         except FileNotFoundError:
             continue
         if st.st_uid == 0 and stat.S_ISREG(st.st_mode):
-            os.chown(name, owner.uid, owner.gid, dir_fd=fd, follow_symlinks=False)
-            count += 1
+            count += owner.give_at(name, fd)  # none with another name (a hard link)
     return count
 
 
