@@ -25,6 +25,7 @@ class Tries:
     wait: float  # seconds from one try to the next
     due: float  # the clock at the next try
     said: float  # the clock when the log last said so
+    why: str = ""  # what the last failure was, and what mends it (the caller's words)
 
 
 class Backoff(Generic[K]):

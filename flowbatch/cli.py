@@ -455,9 +455,9 @@ def submit(
 @click.option(
     "--until-idle",
     is_flag=True,
-    help="Run until the queue is empty and no run is active (exit 1 when only index "
-    "writes are left and the index stays unwritable for 60 s). The queue is listed at "
-    "each tick, without a watcher.",
+    help="Run until the queue is empty and no run is active (exit 1, saying what to mend, "
+    "when for 60 s nothing is left but what waits on a fault: index writes, a full disk, "
+    "requests whose place fails). The queue is listed at each tick, without a watcher.",
 )
 @click.option(
     "--log-format",

@@ -452,13 +452,14 @@ def _alive(pid: int) -> bool:
 
 
 class Daemon:
-    #: seconds ``--until-idle`` waits for an index that keeps failing once nothing else
-    #: is left to do, before it ends with an error (it ticked forever before)
+    #: seconds ``--until-idle`` waits once nothing is left to do but what waits on a fault
+    #: a tick cannot mend (an index that keeps failing, a full disk, a request's place),
+    #: before it ends with an error (it ticked forever before)
     UNINDEXED_PATIENCE = 60.0
 
     def __init__(self, site: Site, *, role: str = "daemon") -> None:
         self.site = site
-        self._index_waiting_since: float | None = None
+        self._stuck_since: float | None = None  # --until-idle: see _given_up
         self.wakeup = threading.Event()
         self._waker: SignalWaker | None = None  # the signal handlers' (_install_signals)
         self.stopping = False
@@ -1091,17 +1092,83 @@ class Daemon:
         except (FileNotFoundError, NotADirectoryError):
             return False
 
-    def _index_given_up(self) -> bool:
-        """``--until-idle`` with nothing left but index writes that keep failing: true
-        once that has lasted ``UNINDEXED_PATIENCE`` seconds (the tree has the runs; the
-        next start indexes them)."""
-        if not self.site.store.owed() or not self.idle(index=False):
-            self._index_waiting_since = None
-            return False
+    def _stuck(self) -> list[tuple[str, str]]:
+        """What keeps ``--until-idle`` from ending when that is nothing a tick can do: a
+        fault of the disk or of the index that only an admin mends. (message, hint) for
+        each, or none while anything else is left to do (a run, a request that may be
+        taken in, a report, a post-processing)."""
+        if self.postproc.busy or (self._reporter is not None and not self._reporter.idle()):
+            return []
+        store = self.site.store
+        out: list[tuple[str, str]] = []
+        if not self._room:
+            if self.runner.active.launched():  # runs in progress end, and are recorded
+                return []
+            results = self.site.layout.results
+            out.append(
+                (
+                    f"no room under {results}: no request is taken in and no run launched",
+                    f"{room_note(results)}; then run the daemon again: the requests wait in "
+                    "the queue, the runs PENDING",
+                )
+            )
+        else:
+            if self.runner.active or self._requests_waiting():
+                return []
+            waiting = self.intake.stuck()
+            if waiting is None and self.intake.leftovers():
+                return []  # claimed requests it takes up now
+            if waiting:
+                named = "; ".join(f"{name} ({why})" for name, why in waiting[:3])
+                more = f"; and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+                out.append(
+                    (
+                        f"the runs of {len(waiting)} request(s) cannot be made where they "
+                        f"belong: {named}{more}",
+                        "mend that (the words in brackets), then run the daemon again: the "
+                        "requests stay claimed in the queue, and the next start takes them up",
+                    )
+                )
+        if store.unwritten:
+            out.append(
+                (
+                    f"the run.json of {len(store.unwritten)} run(s) stayed unwritable "
+                    f"(runs {', '.join(sorted(store.unwritten))})",
+                    "free space (or fix the disk) under the results tree, then run the "
+                    "daemon again: until then those runs' files say an older state",
+                )
+            )
+        elif store.unindexed:
+            out.append(
+                (
+                    f"the index database stayed unwritable; {len(store.unindexed)} run(s) "
+                    "are in the results tree but not up to date in the index",
+                    "fix the database (see the errors logged above); the next daemon "
+                    "start indexes them from the tree, as does `flowbatch reindex`",
+                )
+            )
+        return out
+
+    def _given_up(self) -> FlowbatchError | None:
+        """``--until-idle`` with nothing left to do but what waits on a fault a tick
+        cannot mend (:meth:`_stuck`): the error it ends with once that has lasted
+        ``UNINDEXED_PATIENCE`` seconds (it ticked forever before, which a request whose
+        place failed did too: found by review). Nothing is lost: the tree has the runs,
+        and the requests wait in the queue or claimed, for the next start."""
+        stuck = self._stuck()
+        if not stuck:
+            self._stuck_since = None
+            return None
         now = time.monotonic()
-        if self._index_waiting_since is None:
-            self._index_waiting_since = now
-        return now - self._index_waiting_since >= self.UNINDEXED_PATIENCE
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < self.UNINDEXED_PATIENCE:
+            return None
+        return FlowbatchError(
+            "; ".join(what for what, _ in stuck)
+            + f", for {self.UNINDEXED_PATIENCE:.0f} s with nothing else left to do",
+            hint="; ".join(fix for _, fix in stuck),
+        )
 
     # -- loops ------------------------------------------------------------------------------------
     def serve(self, *, until_idle: bool = False) -> None:
@@ -1164,25 +1231,10 @@ class Daemon:
                     self.intake.refused,
                     hint="fix the queue (the command above), then run the daemon again",
                 )
-            if until_idle and self._index_given_up():
-                store = self.site.store
-                if store.unwritten:
-                    raise FlowbatchError(
-                        f"the run.json of {len(store.unwritten)} run(s) stayed unwritable "
-                        f"for {self.UNINDEXED_PATIENCE:.0f} s with nothing else left to do "
-                        f"(runs {', '.join(sorted(store.unwritten))})",
-                        hint="free space (or fix the disk) under the results tree, then "
-                        "run the daemon again: until then those runs' files say an older "
-                        "state",
-                    )
-                count = len(store.unindexed)
-                raise FlowbatchError(
-                    f"the index database stayed unwritable for {self.UNINDEXED_PATIENCE:.0f} s "
-                    f"with nothing else left to do; {count} run(s) are in the results tree "
-                    "but not up to date in the index",
-                    hint="fix the database (see the errors logged above); the next daemon "
-                    "start indexes them from the tree, as does `flowbatch reindex`",
-                )
+            if until_idle:
+                given_up = self._given_up()
+                if given_up is not None:
+                    raise given_up
             # an active local run is reaped by the reaper thread, which sets wakeup
             wait = interval
             if until_idle and not self.runner.active and not self.site.store.owed():

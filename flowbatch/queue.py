@@ -845,6 +845,7 @@ class Intake:
         self.waiting.first = self.site.config.polling.interval  # a reload may change it
         now = self.clock()
         tries, news = self.waiting.failed(claimed.path, exc.errno, now)
+        tries.why = f"{exc.strerror or exc}: {_place_fix(exc, claimed)}"
         if not news and now - tries.said >= CLAIM_REMIND_EVERY:
             # a reminder once an hour while it waits, as for a claim that cannot be
             # removed: an admin who missed the first line still learns of it
@@ -874,6 +875,20 @@ class Intake:
             tries.wait,
             self.waiting.most,
         )
+
+    def stuck(self) -> list[tuple[str, str]] | None:
+        """The claimed requests, by name with why, if every one of them waits its turn
+        for a place that failed (:meth:`_cannot_make`) and nothing else is claimed; None
+        when one may be taken up now, or none waits."""
+        if not self.waiting:
+            return None
+        out = []
+        for claimed in self.leftovers():
+            tries = self.waiting.get(claimed.path)
+            if tries is None:
+                return None
+            out.append((printable_name(claimed.name), tries.why))
+        return out or None
 
     def _internal_error(self, claimed: Claimed, result: IntakeResult, exc: Exception) -> None:
         log.exception("internal error on %s", printable_name(claimed.name))

@@ -393,3 +393,37 @@ def test_a_run_not_made_for_want_of_space_leaves_no_half_folder(
     finally:
         run_until_idle_site.stop()
     assert len(api.list_runs(site)) == 1
+
+
+def test_until_idle_on_a_full_disk_ends_saying_so_and_loses_no_request(
+    small_fs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`daemon --until-idle` on a disk that is full once it serves, with requests in the
+    queue: it ticked forever (no request is taken in without room, so it was never
+    idle). Now, once nothing else is left to do for ``UNINDEXED_PATIENCE`` seconds, it
+    ends with an error that says where the room is missing and how much is free; the
+    requests wait in the queue, and the next start runs them. (A process started on a
+    full disk stops before that, at its index: ``flowbatch daemon`` says so.)"""
+    from flowbatch.daemon import run_daemon
+    from flowbatch.errors import FlowbatchError
+
+    site = make_site(small_fs / "site")
+    template = write_template(tmp_path / "t", TEMPLATE.format(log=tmp_path / "x"))
+    api.install(site, template, workflow_id="wf")
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"n": 1}})
+    monkeypatch.setattr(Daemon, "UNINDEXED_PATIENCE", 1.0)
+    filler = fill(small_fs)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FlowbatchError) as caught:
+            run_daemon(site, until_idle=True)
+    finally:
+        filler.unlink()
+    assert time.monotonic() - started < 30
+    said = f"{caught.value} {caught.value.hint}"
+    assert f"no room under {site.layout.results}" in said, said
+    assert "MiB free" in said and "the requests wait in the queue" in said, said
+    assert (site.layout.queue / "a.yaml").is_file()  # not taken in, not lost
+    run_daemon(site, until_idle=True)
+    assert {r["request"]: r["state"] for r in api.list_runs(site)} == {"a.yaml": "SUCCESS"}
+    site.close()

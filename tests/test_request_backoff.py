@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -157,3 +158,53 @@ def test_a_quota_is_named_with_the_owner_whose_space_it_is(tmp_path: Path) -> No
     exc = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(folder / ".abc.tmp"))
     fix = _place_fix(exc, Claimed(folder / "x", "abc", "r.yaml", 65534))
     assert f"quota is exceeded on {folder} (of nobody" in fix and "quota -u nobody" in fix
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_until_idle_ends_when_only_requests_whose_place_fails_are_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """`daemon --until-idle` with a request whose place keeps failing: it ticked forever
+    (found by review; the request was never idle, only waiting its turn). Now, once
+    nothing else is left to do for ``UNINDEXED_PATIENCE`` seconds, the process ends with
+    exit status 1, naming the request, the fault and what mends it; the other requests
+    were done first, and the one left stays claimed: the next start makes its runs."""
+    site = make_site(tmp_path / "site")
+    for workflow in ("wf", "other"):
+        template = write_template(tmp_path / workflow, SCORE_TEMPLATE)
+        api.install(site, template, workflow_id=workflow)
+    runs = site.layout.runs_dir("wf")
+    runs.mkdir(parents=True, exist_ok=True)
+    site.close()
+    # a real process, as cron or a user runs it; one second of patience
+    patience = tmp_path / "patience.py"
+    patience.write_text(
+        "import sys\n"
+        "from flowbatch.cli import main\n"
+        "from flowbatch.daemon import Daemon\n"
+        "Daemon.UNINDEXED_PATIENCE = 1.0\n"
+        "sys.exit(main())\n",
+        encoding="utf-8",
+    )
+    command = [sys.executable, str(patience), "--site", str(site.root), "daemon", "--until-idle"]
+    with faulty(runs, fault) as mend:
+        drop(site, "stuck.yaml", {"workflow": "wf", "arguments": {"score": 1}})
+        drop(site, "flows.yaml", {"workflow": "other", "arguments": {"score": 2}})
+        ended = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert ended.returncode == 1, (ended.returncode, ended.stdout, ended.stderr)
+        said = ended.stdout + ended.stderr
+        assert "the runs of 1 request(s) cannot be made where they belong: stuck.yaml" in said
+        why = "read-only" if fault == "read-only" else "full"
+        assert f"{why}" in said and str(runs) in said and "next start" in said, said
+        assert "nothing else left to do" in said, said
+        again = Site(site.root)
+        assert _states(again) == {"flows.yaml": "SUCCESS"}
+        claimed = [p.name for p in again.claimed_dir.iterdir()]
+        assert len(claimed) == 1 and claimed[0].endswith("--stuck.yaml"), claimed
+        again.close()
+        mend()
+        ended = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert ended.returncode == 0, (ended.stdout, ended.stderr)
+    again = Site(site.root)
+    assert _states(again) == {"flows.yaml": "SUCCESS", "stuck.yaml": "SUCCESS"}
+    again.close()
