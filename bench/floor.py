@@ -27,6 +27,16 @@ tool of the throughput section. What each mode adds to the one before:
     state, the run page (flowbatch's stylesheet inlined, every value escaped, the logs'
     last lines) and at the end ``leaderboard.html`` beside the JSON. What flowbatch does
     per run beyond this is the cost of its own code.
+``stack``
+    ``product`` on the libraries the project chose for flowbatch (pydantic, Jinja2,
+    peewee, click), used only where a daemon built on them cannot do without: each
+    imported at the start (before the first run, as the request's check and its script
+    need them), the request checked by a pydantic model of its fields (flowbatch's
+    ``Request`` has these fields), the run script rendered by a compiled Jinja2
+    template, the site's config checked by a pydantic model once, the index tables
+    declared as peewee models (their rows still written by plain SQL, as flowbatch's
+    per-run statements are). No flowbatch code: what a daemon on that stack pays at the
+    least, the start of a Python process that loads it included.
 
 The harness times it as a whole process, start-up included (``bench/throughput.py``).
 """
@@ -66,8 +76,8 @@ def write(path: str, data: bytes, mode: int = 0o644) -> None:
 
 
 def main(site: str, mode: str) -> None:
-    if mode == "product":
-        Product(site).serve()
+    if mode in ("product", "stack"):
+        (Stack if mode == "stack" else Product)(site).serve()
         return
     queue = os.path.join(site, "queue")
     claimed = os.path.join(queue, ".claimed")
@@ -287,17 +297,24 @@ class Product:
         )
         sys.stderr.write(f"{at} INFO run {rec['id']} -> {state}\n")
 
-    def start(self, name: str) -> None:
-        rid = name.rsplit(".", 1)[0]
-        src = os.path.join(self.claimed, name)
-        os.rename(os.path.join(self.queue, name), src)
-        with open(src, "rb") as fh:
-            request = self.load(fh.read())
+    def check(self, name: str, request: object) -> dict[str, object]:
+        """The request's arguments, checked by hand."""
         if not isinstance(request, dict) or not isinstance(request.get("workflow"), str):
             raise SystemExit(f"{name}: not a request")
         args = request.get("arguments")
         if not isinstance(args, dict) or type(args.get("n")) is not int:
             raise SystemExit(f"{name}: arguments.n must be an integer")
+        return args
+
+    def script(self, n: object) -> str:
+        return CONTRACT.format(n=n)
+
+    def start(self, name: str) -> None:
+        rid = name.rsplit(".", 1)[0]
+        src = os.path.join(self.claimed, name)
+        os.rename(os.path.join(self.queue, name), src)
+        with open(src, "rb") as fh:
+            args = self.check(name, self.load(fh.read()))
         folder = os.path.join(self.runs, rid)
         hidden = os.path.join(self.runs, f".{rid}.tmp")
         os.mkdir(hidden)
@@ -305,7 +322,7 @@ class Product:
         write(os.path.join(hidden, "benchmark.yaml"), self.template_file)
         os.mkdir(os.path.join(hidden, "logs"))
         os.mkdir(os.path.join(hidden, "status"))
-        write(os.path.join(hidden, "run.sh"), CONTRACT.format(n=args["n"]).encode(), 0o755)
+        write(os.path.join(hidden, "run.sh"), self.script(args["n"]).encode(), 0o755)
         rec: dict[str, object] = {
             "id": rid,
             "workflow": "bench",
@@ -425,6 +442,86 @@ class Product:
             os.path.join(self.site, "leaderboard.html"),
             f"<!doctype html><style>{self.css}</style><table>{body}</table>".encode(),
         )
+
+
+class Stack(Product):
+    """``product`` on pydantic, Jinja2, peewee and click (module docstring, ``stack``)."""
+
+    def __init__(self, site: str) -> None:
+        from typing import Any
+
+        import click  # noqa: F401  (a daemon's command line)
+        import jinja2
+        import peewee
+        from pydantic import BaseModel, ConfigDict, Field
+
+        super().__init__(site)
+
+        class Request(BaseModel):  # the fields of flowbatch's request
+            model_config = ConfigDict(extra="forbid")
+            workflow: str
+            group: str | None = None
+            name: str | None = None
+            arguments: dict[str, Any] | list[Any] | None = None
+            executor: str | None = None
+            version: str | None = None
+            sweep: dict[str, list[Any]] | None = None
+
+        class Local(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            concurrency: int = Field(default=2, ge=1)
+
+        class Polling(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            interval: float = Field(default=2.0, gt=0)
+            settle: float = Field(default=0.5, ge=0)
+
+        class Config(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            executor: str = "local"
+            database: str | None = None
+            local: Local = Field(default_factory=Local)
+            polling: Polling = Field(default_factory=Polling)
+
+        Config.model_validate({"executor": "local", "local": {"concurrency": 2}})
+        self.model = Request
+        # Jinja2 renders the script (``{{ "{{" }}`` keeps CONTRACT's own braces literal)
+        source = CONTRACT.replace("{{", "\x00").replace("}}", "\x01")
+        source = source.replace("{n}", "{{ n }}").replace("\x00", "{").replace("\x01", "}")
+        env = jinja2.Environment(autoescape=False, keep_trailing_newline=True)
+        self.template = env.from_string(source)
+        index = peewee.SqliteDatabase(None)
+
+        class Row(peewee.Model):
+            class Meta:
+                database = index
+
+        class RunRow(Row):
+            id = peewee.TextField(primary_key=True)
+            workflow = peewee.TextField(index=True)
+            state = peewee.TextField(index=True)
+            results = peewee.TextField(null=True)
+
+        class StateChangeRow(Row):
+            run = peewee.TextField(index=True)
+            state = peewee.TextField()
+            at = peewee.TextField()
+
+        class ResultRow(Row):
+            run = peewee.TextField(index=True)
+            name = peewee.TextField()
+            value_num = peewee.FloatField(null=True)
+
+        self.tables = (RunRow, StateChangeRow, ResultRow)
+
+    def check(self, name: str, request: object) -> dict[str, object]:
+        args = self.model.model_validate(request).arguments
+        if not isinstance(args, dict) or type(args.get("n")) is not int:
+            raise SystemExit(f"{name}: arguments.n must be an integer")
+        return args
+
+    def script(self, n: object) -> str:
+        return self.template.render(n=n)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "floor 2: + what a restart needs",
         "floor 3: + step logs and exit markers",
         "floor 4: + flowbatch's records, written plainly",
+        "floor 5: + the libraries chosen for flowbatch",
         # a root daemon serving another user's requests (each run started as that user)
         *(["flowbatch, another user's requests"] if os.geteuid() == 0 else []),
     }
@@ -105,6 +107,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "without the daemon",
         "The floor (`bench/floor.py`",
         "Floor 4 adds the rest of what flowbatch keeps",
+        "Floor 5 runs floor 4 on the libraries",
         "Where the daemon's CPU goes per run",
         "A quiet disk before each timing",
         "Starting a run as its user",
@@ -224,6 +227,40 @@ def test_what_being_ahead_of_the_nearest_peer_leaves_the_daemon() -> None:
     slow = throughput._peer_budget_lines(peers, fb, limit, {"cpu_ms": 3.0}, 500)
     assert "nothing left for the daemon" in slow[0]
     assert throughput._peer_budget_lines([], fb, limit, {"cpu_ms": 2.01}, 500) == []
+
+
+def test_whether_ahead_of_the_nearest_peer_is_within_reach_of_a_daemon_on_the_stack() -> None:
+    """Floor 5 (floor 4 on the libraries chosen for flowbatch) against the nearest peer,
+    round by round, each against the limit of its own shell in that round: behind in every
+    round says the target is out of reach here; in some, that the run does not settle it;
+    in none, that flowbatch's own code is what keeps it behind."""
+    from bench import throughput
+
+    n = 500
+
+    def row(tool: str, seconds: list[float], **extra: Any) -> dict[str, Any]:
+        return {"tool": tool, "seconds": seconds, **extra}
+
+    bash = row("xargs -P 2", [0.70, 0.80, 0.60])
+    sh = row(throughput.SH_LIMIT, [0.50, 0.60, 0.40])
+    peer = row("signac-flow", [0.80, 0.90, 0.70], overhead_ms=0.6, limit_shell="sh")
+    snake = row("Snakemake", [9.0, 9.0, 9.0], overhead_ms=15.0)
+    peers = [peer, snake]
+
+    def floor5(seconds: list[float]) -> list[dict[str, Any]]:
+        return [bash, sh, row(throughput.FLOOR5, seconds)]
+
+    # floor 5 +0.70, +0.70, +0.80 ms a run against the peer's +0.60 each round
+    (behind,) = throughput._reach_lines(peers, floor5([1.05, 1.15, 1.00]), n)
+    assert "No, on this machine" in behind and "behind signac-flow in every round" in behind
+    assert "floor 5 +0.70, +0.70, +0.80 ms a run against signac-flow's +0.60, +0.60, +0.60" in (
+        behind
+    )
+    (mixed,) = throughput._reach_lines(peers, floor5([0.95, 1.15, 0.85]), n)
+    assert "Not settled by this run" in mixed and "in 1 of 3 rounds" in mixed
+    (ahead,) = throughput._reach_lines(peers, floor5([0.90, 1.00, 0.80]), n)
+    assert "Yes: floor 5 is ahead of signac-flow in every round" in ahead
+    assert throughput._reach_lines(peers, [bash, sh], n) == []  # no floor 5 measured
 
 
 def test_the_bench_reinstalls_flowbatch_when_the_tree_changed(
