@@ -82,16 +82,22 @@ def _tick_until(daemon: Daemon, done: Callable[[], bool], what: str) -> None:
         daemon.wakeup.wait(0.05)
 
 
-@pytest.mark.parametrize("fault", ["read-only", "full"])
-def test_a_request_whose_place_fails_waits_its_turn_while_the_others_flow(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
-) -> None:
+def _two_workflows(tmp_path: Path) -> tuple[Site, Path]:
+    """A site with the workflows ``wf`` and ``other``, and ``wf``'s run folders' folder."""
     site = make_site(tmp_path / "site")
     for workflow in ("wf", "other"):
         template = write_template(tmp_path / workflow, SCORE_TEMPLATE)
         api.install(site, template, workflow_id=workflow)
     runs = site.layout.runs_dir("wf")
     runs.mkdir(parents=True, exist_ok=True)
+    return site, runs
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_a_request_whose_place_fails_waits_its_turn_while_the_others_flow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    site, runs = _two_workflows(tmp_path)
     interval = site.config.polling.interval
     with faulty(runs, fault) as mend:
         drop(site, "stuck.yaml", {"workflow": "wf", "arguments": {"score": 1}})
@@ -169,12 +175,7 @@ def test_until_idle_ends_when_only_requests_whose_place_fails_are_left(
     nothing else is left to do for ``UNINDEXED_PATIENCE`` seconds, the process ends with
     exit status 1, naming the request, the fault and what mends it; the other requests
     were done first, and the one left stays claimed: the next start makes its runs."""
-    site = make_site(tmp_path / "site")
-    for workflow in ("wf", "other"):
-        template = write_template(tmp_path / workflow, SCORE_TEMPLATE)
-        api.install(site, template, workflow_id=workflow)
-    runs = site.layout.runs_dir("wf")
-    runs.mkdir(parents=True, exist_ok=True)
+    site, runs = _two_workflows(tmp_path)
     site.close()
     # a real process, as cron or a user runs it; one second of patience
     patience = tmp_path / "patience.py"
