@@ -29,7 +29,8 @@ tool of the throughput section. What each mode adds to the one before:
     per run beyond this is the cost of its own code.
 ``stack``
     ``product`` on the libraries the project chose for flowbatch (pydantic, Jinja2,
-    peewee, click), used only where a daemon built on them cannot do without: each
+    peewee; not click, which a daemon could do without), used only where a daemon built
+    on them cannot do without: each
     imported at the start (before the first run, as the request's check and its script
     need them), the request checked by a pydantic model of its fields (flowbatch's
     ``Request`` has these fields), the run script rendered by a compiled Jinja2
@@ -445,12 +446,11 @@ class Product:
 
 
 class Stack(Product):
-    """``product`` on pydantic, Jinja2, peewee and click (module docstring, ``stack``)."""
+    """``product`` on pydantic, Jinja2 and peewee (module docstring, ``stack``)."""
 
     def __init__(self, site: str) -> None:
         from typing import Any
 
-        import click  # noqa: F401  (a daemon's command line)
         import jinja2
         import peewee
         from pydantic import BaseModel, ConfigDict, Field

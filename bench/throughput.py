@@ -555,9 +555,10 @@ def _floor_lines(rows: list[dict[str, Any]], fb: dict[str, Any], n: int) -> list
         "own code for the same records (start-up, the checks and models, templates, the "
         "index layer, the fuller script and its markers), not of the records.",
         "- Floor 5 runs floor 4 on the libraries the project chose for flowbatch, used only "
-        "where a daemon on them cannot do without: pydantic, Jinja2, peewee and click "
-        "loaded at its start, the site's config and each request checked by pydantic "
-        "models, each run script rendered by a compiled Jinja2 template, the index tables "
+        "where a daemon on them cannot do without: pydantic, Jinja2 and peewee loaded at "
+        "its start (not click: a daemon could do without it), the site's config and each "
+        "request checked by pydantic models, each run script rendered by a compiled "
+        "Jinja2 template, the index tables "
         f"declared as peewee models: {f5['overhead_ms'] - f4['overhead_ms']:+.2f} ms, "
         f"{f5['overhead_ms']:+.2f} ms above the limit in all ({f5['cpu_ms']:.2f} ms of CPU "
         f"per run). flowbatch takes {fb['overhead_ms'] - f5['overhead_ms']:.2f} ms per run "
