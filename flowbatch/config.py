@@ -172,10 +172,10 @@ class SiteConfig(_Strict):
     postproc_user: str | None = Field(
         default=None,
         description="The user a root daemon runs post-processing as (it reads every "
-        "ranked run's files, written by participants): never root. Default: the site's "
-        "owner (the owner of the site folder), or `nobody` on a site of root's (with a "
-        "warning: `nobody` is shared with other services). A daemon of another user runs "
-        "it as itself.",
+        "ranked run's files, written by participants): never root, nor a user who can "
+        "write the workflow's postproc/ folder or one above it (the site's owner, for "
+        "one). Default: `nobody` (with a warning: `nobody` is shared with other "
+        "services). A daemon of another user runs it as itself.",
     )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig,
@@ -210,7 +210,7 @@ class SiteConfig(_Strict):
             raise PydanticCustomError(
                 "postproc_user",
                 "post-processing never runs as root (it reads participants' files): name "
-                "an unprivileged user of its own, or leave it out (the site's owner)",
+                "an unprivileged user of its own, or leave it out (nobody)",
             )
         if not value or value.startswith("-") or any(c in value for c in "/:\\ \t\n"):
             raise PydanticCustomError("postproc_user", "expected a user name (e.g. fbpost)")

@@ -435,16 +435,19 @@ def _check_templates(ctx: _Ctx) -> None:
 
 def _check_postproc(ctx: _Ctx) -> None:
     """Who a root daemon runs post-processing as (:mod:`flowbatch.postproc_user`): never
-    root. ``nobody``, on a site of root's that names no user, and the site's owner, who
-    owns the results tree, are worth a look where a template post-processes; a user
-    that cannot be used there is a failure."""
-    from .postproc_user import FALLBACK, SITE_OWNER, postproc_user
+    root. ``nobody``, when the site names no user, is worth a look where a template
+    post-processes; a user that cannot be used there is a failure, and so is one who
+    can write a workflow's ``postproc/`` folder or one on the way to it (the site's
+    owner, for one): the daemon refuses to post-process as them."""
+    from .postproc import postproc_root
+    from .postproc_user import FALLBACK, postproc_user, writable_on_the_way
     from .site import Site
 
     if ctx.config is None:
         ctx.add("post-processing", SKIP, "config invalid")
         return
-    store = Site(ctx.root).templates
+    site = Site(ctx.root)
+    store = site.templates
     used = []
     for wf_id in store.list_ids():
         try:
@@ -458,23 +461,29 @@ def _check_postproc(ctx: _Ctx) -> None:
         ctx.add("post-processing", FAIL if used else WARN, exc.summary())
         return
     detail = f"a root daemon runs it as {who.describe()}"
+    writable = [
+        why
+        for wf_id in used
+        if (why := writable_on_the_way(ctx.root, postproc_root(site, wf_id), who.uid))
+    ]
+    if writable:
+        ctx.add(
+            "post-processing",
+            FAIL,
+            f"{detail}, but {writable[0]}"
+            + (f" (and {len(writable) - 1} more)" if len(writable) > 1 else "")
+            + ": a root daemon starts no post-processing as a user who could swap its "
+            "folders; name a user of its own that owns nothing of the site in "
+            "flowbatch.yaml (postproc_user: NAME), or give the folder back to the site's "
+            "owner without group or other write",
+        )
+        return
     if who.source == FALLBACK and used:
         ctx.add(
             "post-processing",
             WARN,
             f"{detail}, for {', '.join(used)}: a user other services may share; name one "
             "of its own in flowbatch.yaml: postproc_user: NAME",
-        )
-        return
-    if who.source == SITE_OWNER and used:
-        # the owner's own results tree: a script a hostile result file subverted could
-        # rewrite any run's results (found by review; docs/admins.md says so)
-        ctx.add(
-            "post-processing",
-            WARN,
-            f"{detail}, for {', '.join(used)}: the owner of the results tree, whose "
-            "post-processing a hostile result file could turn to rewrite any run's results; "
-            "name a user of its own in flowbatch.yaml: postproc_user: NAME",
         )
         return
     ctx.add("post-processing", OK, detail)

@@ -55,7 +55,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import FlowbatchError
+from .accounts import user_name
+from .errors import ConfigError, FlowbatchError
 from .executors.base import Launch, Liveness
 from .executors.local import LocalExecutor
 from .lifecycle import (
@@ -73,7 +74,7 @@ from .lifecycle import (
     tail,
     times_marked,
 )
-from .postproc_user import FALLBACK, postproc_user
+from .postproc_user import FALLBACK, postproc_user, refuse_writable
 from .ranking import RankEntry
 from .ranking_sql import leaderboard_views
 from .render import SCRIPT_NAME, build_script, read_markers, render_workflow
@@ -224,6 +225,8 @@ class PostProcManager:
         #: keeps a durable note that the workflow's leaderboard is owed its outcome)
         self.before_report_change: Callable[[str], None] = lambda workflow: None
         self._warned_fallback = False
+        #: (workflow, why) of the post-processing refused for its user (said once)
+        self._refusals: set[tuple[str, str]] = set()
 
     # -- starting ---------------------------------------------------------------------------
     def maybe_start(self, workflows: Iterable[str]) -> set[str]:
@@ -236,6 +239,17 @@ class PostProcManager:
                 continue  # poll() asks again when the running one has ended
             if not self.room():
                 self.deferred.add(workflow)  # poll() asks again once a slot is free
+                continue
+            try:
+                # before anything is made or written in postproc/ (found by review: a
+                # user who could write it could swap its folders for links root then
+                # writes through)
+                self._refuse_writable(workflow, self.unlaunched.get(workflow))
+            except ConfigError as exc:
+                # asked again at each change of the workflow: said once a daemon
+                if (workflow, exc.reason) not in self._refusals:
+                    self._refusals.add((workflow, exc.reason))
+                    log.error("post-processing of %s not started: %s", workflow, exc)
                 continue
             try:
                 if self._maybe_start_one(workflow):
@@ -313,6 +327,24 @@ class PostProcManager:
             record.host,
         )
         return "orphaned"
+
+    def _refuse_writable(self, workflow: str, record: PostProcRecord | None) -> None:
+        """Raise :class:`ConfigError` when a root daemon would run the post-processing
+        of ``workflow`` (``record``'s, when one waits for its launch) as a user who can
+        write its ``postproc/`` folder or a folder on the way to it
+        (:func:`flowbatch.postproc_user.refuse_writable`): nothing is started, nothing
+        written there, and the log says which folder and what to do."""
+        if os.geteuid() != 0:
+            return
+        try:
+            who = postproc_user(self.site.root, self.site.config)
+        except ConfigError:
+            return  # said by the start, as its ERROR record
+        folder = postproc_root(self.site, workflow)
+        refuse_writable(self.site.root, folder, who.uid, who.describe())
+        if record is not None and record.uid is not None and record.uid != who.uid:
+            said = f"{user_name(record.uid)} (uid {record.uid}, whom it was prepared for)"
+            refuse_writable(self.site.root, folder, record.uid, said)
 
     def _uid(self) -> int | None:
         """The user a new post-processing run runs as: a root daemon's choice (never

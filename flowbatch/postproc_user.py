@@ -7,15 +7,23 @@ the machine. So a root daemon runs it as an unprivileged user, like each partici
 own run:
 
 - the user that ``postproc_user:`` in ``flowbatch.yaml`` names, when it does;
-- else the site's owner (the owner of the site folder: the service user the site stays
-  with when root runs the daemon, docs/admins.md), when that is not root;
-- else, on a site of root's, ``nobody``. It works out of the box where the runs of
-  other users do (the site must be reachable by users other than root for them too),
-  and ``nobody`` owns nothing of the site; but it is shared with other services, whose
-  processes and post-processing's could signal each other, so the daemon's log and
-  ``flowbatch doctor`` warn and name the setting. Refusing to post-process there was
-  the other choice: safe too, but every leaderboard of a fresh root site would show a
-  failure until an admin acted.
+- else ``nobody``. It works out of the box where the runs of other users do (the site
+  must be reachable by users other than root for them too), and ``nobody`` owns nothing
+  of the site; but it is shared with other services, whose processes and
+  post-processing's could signal each other, so the daemon's log and ``flowbatch
+  doctor`` warn and name the setting. Refusing to post-process there was the other
+  choice: safe too, but every leaderboard of a fresh site would show a failure until an
+  admin acted.
+
+Whoever it is must not be able to write the workflow's ``postproc/`` folder, nor a
+folder on the way to it from the site's (:func:`writable_on_the_way`): the daemon, as
+root, makes the post-processing's folder there, hands it over, takes it back, and
+trusts a record there by its owner. A user who could write there could swap those
+folders for links root then writes through, or put a record of theirs where the daemon
+reads its own. The daemon refuses to start post-processing as such a user (its log says
+which folder and what to do; ``flowbatch doctor`` fails). The site's owner, who owns the
+whole results tree, is such a user: it was the default after ``postproc_user`` until a
+review found that, and is no longer (a site that names it is refused).
 
 A daemon that is not root runs post-processing as itself, as it runs everything.
 """
@@ -24,17 +32,19 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .accounts import identity, user_name
 from .config import CONFIG_NAME, SiteConfig
 from .errors import ConfigError
 
-#: who a root daemon's post-processing runs as on a site of root's with no setting
+#: who a root daemon's post-processing runs as when the site names no one
 FALLBACK_USER = "nobody"
 
 #: where the user came from, as :class:`PostProcUser` says it
-CONFIGURED, SITE_OWNER, FALLBACK = "postproc_user", "site owner", "fallback"
+CONFIGURED, FALLBACK = "postproc_user", "fallback"
 
 
 @dataclass(frozen=True)
@@ -43,14 +53,13 @@ class PostProcUser:
 
     uid: int
     name: str
-    source: str  # CONFIGURED, SITE_OWNER or FALLBACK
+    source: str  # CONFIGURED or FALLBACK
 
     def describe(self) -> str:
         """``fbpost (uid 1001, postproc_user)`` and the like, for logs and doctor."""
         why = {
             CONFIGURED: "postproc_user in flowbatch.yaml",
-            SITE_OWNER: "the site's owner",
-            FALLBACK: "the site is root's and flowbatch.yaml names no postproc_user",
+            FALLBACK: "flowbatch.yaml names no postproc_user",
         }[self.source]
         return f"{self.name} (uid {self.uid}, {why})"
 
@@ -62,12 +71,6 @@ def postproc_user(root: Path, config: SiteConfig) -> PostProcUser:
     if name is not None:
         entry = _entry(name, root, configured=True)
         return PostProcUser(entry.pw_uid, entry.pw_name, CONFIGURED)
-    owner = root.stat().st_uid
-    if owner != 0:
-        try:
-            return PostProcUser(owner, pwd.getpwuid(owner).pw_name, SITE_OWNER)
-        except KeyError:  # a uid of no account (a site copied from elsewhere): still not root
-            return PostProcUser(owner, f"uid{owner}", SITE_OWNER)
     entry = _entry(FALLBACK_USER, root, configured=False)
     return PostProcUser(entry.pw_uid, entry.pw_name, FALLBACK)
 
@@ -85,7 +88,7 @@ def _entry(name: str, root: Path, *, configured: bool) -> pwd.struct_passwd:
     except KeyError:
         if not configured:  # the fallback itself is missing
             raise ConfigError(
-                f"post-processing would run as {name!r} (the site is root's and names no "
+                f"post-processing would run as {name!r} (flowbatch.yaml names no "
                 "postproc_user), but this host has no such user",
                 file=file,
                 field="postproc_user",
@@ -117,3 +120,59 @@ def postproc_uid(root: Path, config: SiteConfig) -> int | None:
     if os.geteuid() != 0:
         return None
     return postproc_user(root, config).uid
+
+
+def writable_on_the_way(site: Path, folder: Path, uid: int) -> str | None:
+    """What lets the user ``uid`` change ``folder`` (a workflow's ``postproc/``) or a
+    folder on the way to it from the site folder ``site`` (both included), said as
+    ``<folder> <why>``; None when nothing does. Such a user could rename ``folder`` or
+    what is in it and put a folder or a link of theirs in its place, where a root
+    daemon makes, hands over, takes back and reads the post-processing's folders (the
+    module docstring). ``folder`` itself must not be writable by them at all; a folder
+    on the way may be, for all users, with the sticky bit (``/tmp``-like: they cannot
+    rename what is not theirs there, and the next folder down is looked at in turn).
+    Folders not made yet are skipped: the daemon makes them the site owner's or its
+    own. ACLs are not looked at (their mask shows in the group bits)."""
+    who = identity(uid)
+    here = folder
+    while True:
+        try:
+            st: os.stat_result | None = os.stat(here)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            mode = stat.S_IMODE(st.st_mode)
+            sticky = here != folder and bool(mode & stat.S_ISVTX)
+            why = None
+            if st.st_uid == uid:
+                why = f"belongs to {user_name(uid)}"
+            elif mode & 0o002 and not sticky:
+                why = f"is writable by every user (mode {mode:04o})"
+            elif mode & 0o020 and not sticky and st.st_gid in (who.gid, *who.groups):
+                why = f"is writable by a group of {user_name(uid)}'s (mode {mode:04o})"
+            if why is not None:
+                return f"{here} {why}"
+        if here == site or here == here.parent:
+            return None
+        here = here.parent
+
+
+def refuse_writable(site: Path, folder: Path, uid: int, who: str) -> None:
+    """Raise :class:`ConfigError` when post-processing as the user ``uid`` (``who``
+    describes them) could change ``folder`` (a workflow's ``postproc/``:
+    :func:`writable_on_the_way`), naming the folder and what to do."""
+    why = writable_on_the_way(site, folder, uid)
+    if why is None:
+        return
+    raise ConfigError(
+        f"post-processing would run as {who}, but {why}: that user could swap "
+        "the post-processing's folders for links the daemon writes through as root, or put "
+        "a record of theirs where the daemon reads its own",
+        file=str(site / CONFIG_NAME),
+        field="postproc_user",
+        expected="a user who cannot write the post-processing's folder nor one above it",
+        hint="name a user of its own that owns nothing of the site in flowbatch.yaml "
+        "(postproc_user: NAME; useradd --system --no-create-home NAME makes one), or give "
+        "the folder back to the site's owner without group or other write (chown OWNER "
+        "FOLDER; chmod go-w FOLDER)",
+    )

@@ -63,26 +63,27 @@ def can_write_as(uid: int, path: Path) -> bool:
     return done.returncode == 0
 
 
-def assert_the_trees(folder: Path, uid: int, *, owner: bool = False) -> None:
-    """Everything the post-processing made is the tree's now (the owner of postproc/),
-    written by no one else: the user it ran as can no longer change its outputs, unless
-    it is the site's ``owner``, whose results tree it is (docs/admins.md, "Who runs
-    post-processing")."""
+def assert_the_trees(folder: Path, uid: int) -> None:
+    """Everything the post-processing made is the tree's now (the owner of postproc/,
+    never the user it ran as: tests/test_postproc_trust.py), written by no one else:
+    the user it ran as can no longer change its outputs."""
     tree = folder.parent.stat()
-    assert (tree.st_uid == uid) is owner
+    assert tree.st_uid != uid
     for path in [folder, *folder.rglob("*")]:
         st = path.lstat()
         # the daemon's own files (its script and record) are root's, whoever the tree's
         daemons = path.parent == folder and path.name in ("run.sh", RECORD_NAME)
         assert st.st_uid == (0 if daemons else tree.st_uid), f"{path} belongs to {st.st_uid}"
         assert not st.st_mode & 0o022, f"{path} is writable by others: {oct(st.st_mode)}"
-    assert can_write_as(uid, folder / "who.txt") is owner
+    assert not can_write_as(uid, folder / "who.txt")
 
 
-def test_a_root_daemon_post_processes_as_the_sites_owner(public_tmp: Path) -> None:
+def test_a_root_daemon_post_processes_a_service_users_site_as_nobody(public_tmp: Path) -> None:
     """The site is a service user's (docs/admins.md: a root daemon, the site stays the
-    service user's): its post-processing runs as that user, never as root, reads the
+    service user's): its post-processing runs as ``nobody``, never as root nor as the
+    site's owner (who owns ``postproc/``: tests/test_postproc_trust.py), reads the
     staged inputs, and its outputs are the tree's once it ended."""
+    nobody = pwd.getpwnam("nobody")
     owner = user("fbsite")
     participant = user("fbrunner")
     site = new_site(public_tmp, template())
@@ -99,14 +100,15 @@ def test_a_root_daemon_post_processes_as_the_sites_owner(public_tmp: Path) -> No
     assert run["state"] == "SUCCESS" and run["owner"] == "fbrunner"
     folder, record = only_record(site)
     assert record is not None and record.state == "SUCCESS", record
-    assert (folder / "who.txt").read_text().strip() == str(owner.pw_uid)
+    assert (folder / "who.txt").read_text().strip() == str(nobody.pw_uid)
     assert json.loads((folder / "all.txt").read_text()) == {"score": 2.5}
-    assert record.uid == owner.pw_uid
-    assert record.handle["uid"] == owner.pw_uid
+    assert record.uid == nobody.pw_uid
+    assert record.handle["uid"] == nobody.pw_uid
     # postproc/ is the site owner's (a root daemon makes what it makes in the site its
     # owner's: tests/test_root_daemon_service_site.py), so its folder went back to them;
-    # the participant cannot change it
-    assert_the_trees(folder, owner.pw_uid, owner=True)
+    # neither nobody nor the participant can change it
+    assert folder.parent.stat().st_uid == owner.pw_uid
+    assert_the_trees(folder, nobody.pw_uid)
     assert not can_write_as(participant.pw_uid, folder / "who.txt")
     assert (folder / RECORD_NAME).stat().st_uid == 0  # the daemon's record
     site.close()
@@ -324,12 +326,11 @@ def test_doctor_says_who_post_processes(public_tmp: Path) -> None:
     (site.root / "flowbatch.yaml").write_text(yaml.safe_dump({"postproc_user": "fbnosuch"}))
     status, detail = check(site.root)
     assert status == FAIL and "no user 'fbnosuch'" in detail, detail
-    # a service user's site: its owner owns the results tree, which a subverted
-    # post-processing could rewrite: worth a warning too
+    # a service user's site: its owner owns the results tree, which a post-processing
+    # of theirs could rewrite and swap folders in: not as them (test_postproc_trust.py)
     (site.root / "flowbatch.yaml").write_text("")
     owner = user("fbsite")
     os.chown(site.root, owner.pw_uid, owner.pw_gid)
     status, detail = check(site.root)
-    assert status == WARN and "fbsite" in detail and "owner of the results tree" in detail
-    assert "postproc_user: NAME" in detail
+    assert status == WARN and "nobody" in detail and "postproc_user: NAME" in detail
     site.close()
