@@ -30,7 +30,9 @@ between leaves, and :meth:`PostProcManager._recover` takes it over from the scri
 local run) or, with no marker (it was never launched), launches it again in its folder once
 a local slot is free. A SUCCESS record is written before ``state.json``'s ``last_success``:
 the view takes the latest run as the one shown when it succeeded, and ``_recover`` repairs
-``state.json``.
+``state.json``. A latest run whose record is not the daemon's (its user's, put there
+while the folder was theirs, or none) is moved aside and run again
+(:meth:`PostProcManager._set_aside`).
 
 :class:`PostProcManager` is what the daemon calls once per tick; :func:`leaderboard_view`
 is what the leaderboard page shows.
@@ -55,6 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import faults
 from .accounts import user_name
 from .errors import ConfigError, FlowbatchError
 from .executors.base import Launch, Liveness
@@ -152,11 +155,29 @@ def read_state(site: Site, workflow: str) -> dict[str, Any]:
 def load_record(site: Site, workflow: str, pp_id: str) -> PostProcRecord | None:
     """The record of post-processing run ``pp_id``; None when there is none the daemon
     wrote (see :func:`_read_record`)."""
+    return _record_or_why(postproc_root(site, workflow), pp_id)[0]
+
+
+def _record_or_why(root: Path, pp_id: str) -> tuple[PostProcRecord | None, str | None]:
+    """The record of ``<root>/<pp_id>`` and None, or None and why it is not trusted
+    (what to say after "its"): none there, not the daemon's, not a record of this run.
+    None and None when the folder is not there at all."""
     try:
-        data = _read_record(postproc_root(site, workflow), pp_id)
-        return PostProcRecord.from_dict(json.loads(data.decode("utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None
+        data = _read_record(root, pp_id)
+        record = PostProcRecord.from_dict(json.loads(data.decode("utf-8")))
+    except FileNotFoundError:
+        if not os.path.lexists(root / pp_id):
+            return None, None
+        return None, f"{RECORD} is missing"
+    except OSError as exc:
+        return None, f"{RECORD} {exc.strerror or exc}"
+    except (ValueError, TypeError) as exc:
+        return None, f"{RECORD} is not a record ({type(exc).__name__})"
+    if record.id != pp_id:
+        # a copy of another run's record (a hard link, where the kernel allows one to a
+        # file of root's): not this run's outcome
+        return None, f"{RECORD} is the record of {record.id!r}"
+    return record, None
 
 
 #: the largest ``postproc.json`` read (its messages hold a few lines of stderr at most)
@@ -166,24 +187,39 @@ MAX_RECORD_BYTES = 16 << 20
 def _read_record(root: Path, pp_id: str) -> bytes:
     """``<root>/<pp_id>/postproc.json``, read without following a link or waiting on a
     FIFO, and only when the daemon wrote it (root's, the daemon's user's, or the owner
-    of ``postproc/``'s). A root daemon hands the folder to the user its script runs as
-    while it runs (:mod:`flowbatch.postproc_user`): a record of theirs put in place of
-    the daemon's could give a restarted daemon a handle to adopt, time and signal
-    another process by, or a success the run never had."""
+    of ``postproc/``'s, with no other name). A root daemon hands the folder to the user
+    its script runs as while it runs (:mod:`flowbatch.postproc_user`): a record of
+    theirs put in place of the daemon's could give a restarted daemon a handle to adopt,
+    time and signal another process by, or a success the run never had.
+
+    Their record stays theirs, and so untrusted, through the take-back: the take-back
+    keeps ``postproc.json`` out of what it gives the tree (as a run's ``run.json``), so
+    that a daemon killed between the take-back and its final record leaves the next
+    one a record it refuses, not one of the tree's owner (found by review: it was taken
+    with the rest, and trusted). That rests on ``postproc/`` not being the user's: the
+    daemon starts no post-processing as a user who could write it
+    (:func:`flowbatch.postproc_user.writable_on_the_way`). The record is checked here,
+    by its owner and its names, rather than kept elsewhere: it stays in the folder the
+    leaderboard, ``cleanup`` and the site's admin read, and the daemon only ever writes
+    it by an atomic rename (one name, its own), which its user cannot make."""
     fd = open_beneath(root, f"{pp_id}/{RECORD}")
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", RECORD)
+            raise OSError(errno.EINVAL, "is not a regular file", RECORD)
         if st.st_uid not in (0, os.geteuid(), root.stat().st_uid):
-            log.warning(
-                "post-processing %s: %s belongs to uid %s, not to the daemon: it was "
-                "replaced from inside the run and is not trusted",
-                pp_id,
+            raise OSError(
+                errno.EPERM,
+                f"belongs to uid {st.st_uid}, not to the daemon: it was put there from "
+                "inside the post-processing",
                 RECORD,
-                st.st_uid,
             )
-            raise OSError(errno.EPERM, "not the daemon's", RECORD)
+        if st.st_nlink != 1:
+            raise OSError(
+                errno.EPERM,
+                f"has {st.st_nlink} names (hard links): the daemon writes it under one",
+                RECORD,
+            )
         return read_up_to(fd, MAX_RECORD_BYTES)
     finally:
         os.close(fd)
@@ -532,6 +568,7 @@ class PostProcManager:
         # taken back before anything in it is read as the outcome (markers, outputs);
         # what the take-back left out is said after the outcome
         notes = self._take_back(record, template)
+        faults.point("postproc-taken-back")
 
         def finish(state: str, messages: list[str]) -> None:
             self._finish(record, state, [*messages, *notes])
@@ -571,7 +608,7 @@ class PostProcManager:
             return []
         fresh = _output_sources(template) if template is not None else []
         folder = postproc_root(self.site, record.workflow) / record.id
-        return take_back(folder, record.uid, fresh).notes
+        return take_back(folder, record.uid, fresh, kept=(RECORD,)).notes
 
     def _why_not_started(self, record: PostProcRecord) -> str | None:
         """The executor's account of a start as another user that failed (a folder on
@@ -643,8 +680,12 @@ class PostProcManager:
             workflow = state_file.parent.parent.name
             state = read_state(self.site, workflow)
             latest = state.get("latest")
-            record = load_record(self.site, workflow, str(latest)) if latest else None
+            if not latest:
+                continue
+            record, why = _record_or_why(postproc_root(self.site, workflow), str(latest))
             if record is None:
+                if why is not None:
+                    self._set_aside(workflow, str(latest), why)
                 continue
             if record.state == "SUCCESS" and state.get("last_success") != record.id:
                 self._write_state(record, started=False)  # killed in _finish, between the two
@@ -661,6 +702,80 @@ class PostProcManager:
         # runs starts nothing)
         self.deferred |= set(self.site.templates.list_ids()) - set(self.active)
         self.deferred |= set(self.unlaunched)
+
+    def _set_aside(self, workflow: str, pp_id: str, why: str) -> None:
+        """The latest post-processing of ``workflow``, ``pp_id``, has no record the
+        daemon wrote (``why``, after "its"): one its user put there while the folder was
+        theirs, or none. Nothing it says is taken (its state, its handle, its outputs),
+        and it is not left as it was, neither run again nor ever ended (found by review:
+        it was only logged, at every read). Its process, if one still runs the script
+        as the folder's user (found in the process table: the record's handle is not
+        read), is ended; the folder is taken back and moved aside to
+        ``postproc/.<id>.refused`` (nothing in it deleted: the admin may want to see
+        what was put there; a name with a dot, which cleanup and the leaderboard pass
+        over); and ``state.json`` forgets the set of best runs it was started for, so
+        that post-processing runs again at once (its outputs are derived from the
+        runs' results, which are where they were). Said once, in the log, with the
+        folder and why. On a site several hosts serve it is only said: the run may be
+        another host's, whose daemon holds its record and writes it at its end."""
+        root = postproc_root(self.site, workflow)
+        folder = root / pp_id
+        if self.host is not None:
+            log.error(
+                "post-processing %s of %s (%s): its %s: not trusted, and left where it is "
+                "on a site several hosts serve (another host may be running it); the site's "
+                "admin can move the folder aside",
+                pp_id,
+                workflow,
+                folder,
+                why,
+            )
+            return
+        try:
+            st = os.lstat(folder)
+            tree = os.lstat(root)
+        except OSError:
+            return
+        if stat.S_ISDIR(st.st_mode) and st.st_uid not in (0, os.geteuid(), tree.st_uid):
+            # still handed over: the daemon was stopped while it ran
+            script = str(folder / SCRIPT_NAME)
+            handle = self.executor.find_started({script: st.st_uid}).get(script)
+            if handle is not None:
+                self.executor.cancel(handle, "its record was not the daemon's")
+            take_back(folder, st.st_uid, kept=(RECORD,))
+        aside = root / f".{pp_id}.refused"
+        if os.path.lexists(aside):
+            aside = root / f".{pp_id}.refused-{secrets.token_hex(3)}"
+        try:
+            os.rename(folder, aside)
+        except OSError as exc:
+            log.error(
+                "post-processing %s of %s (%s): its %s: not trusted, and the folder could not "
+                "be moved aside (%s): post-processing runs again beside it",
+                pp_id,
+                workflow,
+                folder,
+                why,
+                exc.strerror or exc,
+            )
+            aside = folder
+        with self.site.store.exclusive(f"postproc:{workflow}"):
+            state = read_state(self.site, workflow)
+            state["ranking"] = None  # its set of best runs: started again
+            if state.get("last_success") == pp_id:
+                state["last_success"] = None
+            state["latest"] = state.get("last_success")
+            atomic.write_json(root / STATE_FILE, state, fsync=False)
+        if aside != folder:
+            log.error(
+                "post-processing %s of %s: its %s: not trusted (its outcome, handle and "
+                "outputs are not read); the folder is moved aside to %s for the site's admin "
+                "to look at (nothing deleted), and the post-processing runs again",
+                pp_id,
+                workflow,
+                why,
+                aside,
+            )
 
     def _adopt_from_marker(self, record: PostProcRecord) -> bool:
         """A RUNNING record without a handle: its daemon was killed between state.json and

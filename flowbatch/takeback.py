@@ -65,7 +65,9 @@ class TakenBack:
     acls: bool = True
 
 
-def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBack:
+def take_back(
+    path: Path, uid: int | None, fresh: Iterable[str] = (), kept: Iterable[str] = ()
+) -> TakenBack:
     """When a run ends, a root daemon takes back the folder it handed to the run's owner
     (:func:`hand_over`) and what the run wrote in it, giving them to the owner of the
     tree (``runs/``'s), without group or other write: the run's record stands as it
@@ -86,9 +88,11 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
     ACL entry that lets the user go on reading it, and no more (:func:`_set_mode`); where
     the file system keeps no ACLs, it stays the tree owner's alone and a note says so. A
     folder that cannot be taken back (an NFS root_squash) is logged: the run ends all the
-    same."""
+    same. ``kept``: names at the top the daemon writes besides :data:`DAEMON_FILES`
+    (post-processing's record), never taken either (see :func:`_take_back_folder`)."""
     taken = TakenBack()
     forced = {Path(p).parts for p in fresh}
+    own = DAEMON_FILES.union(kept)
     if os.geteuid() != 0:
         return taken
     if not uid:  # root's own run: only its folders go to the tree's owner
@@ -109,7 +113,14 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
         try:
             linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}
             _take_back_folder(
-                fd, uid, tree.st_uid, tree.st_gid, linked=linked, taken=taken, forced=forced
+                fd,
+                uid,
+                tree.st_uid,
+                tree.st_gid,
+                linked=linked,
+                taken=taken,
+                forced=forced,
+                own=own,
             )
             _take_back_linked(fd, linked, uid, tree.st_uid, tree.st_gid, taken, forced)
             _remove_links_out(path, fd, taken)
@@ -143,7 +154,7 @@ def take_back(path: Path, uid: int | None, fresh: Iterable[str] = ()) -> TakenBa
         # a folder the user made where the daemon writes its files (its own page inside
         # `index.html/`, theirs to edit for ever) is moved aside: the daemon's file goes
         # there (a link or a file there is replaced by the daemon's atomic rename)
-        for name in (RUN_PAGE, RUN_JSON):
+        for name in (RUN_PAGE, RUN_JSON, *kept):
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISDIR(os.lstat(path / name).st_mode):
                     os.rename(path / name, path / f".{name}.{secrets.token_hex(4)}.moved")
@@ -192,6 +203,7 @@ def _take_back_folder(
     taken: TakenBack,
     rel: tuple[str, ...] = (),
     forced: set[tuple[str, ...]] | None = None,
+    own: frozenset[str] = DAEMON_FILES,
 ) -> None:
     """:func:`take_back` of the open folder ``fd`` and of what is in it: the entries of
     ``user`` (the daemon's own files are its already) get ``owner:group`` and lose
@@ -206,9 +218,10 @@ def _take_back_folder(
     (found by review: below the depth limit the run's user kept a writable area for
     ever, where the walk simply stopped).
 
-    The daemon's own files at the top (``run.json``, ``request.yaml``, ``run.sh``) are
-    never taken: one of the user's there is one they put in place of the daemon's, and
-    must stay theirs, so that it is refused as such (a ``run.json`` taken back would be
+    The daemon's own files at the top (``own``: ``run.json``, ``request.yaml``,
+    ``run.sh``, and a post-processing's ``postproc.json``) are never taken: one of the
+    user's there is one they put in place of the daemon's, and must stay theirs, so
+    that it is refused as such (a ``run.json`` or ``postproc.json`` taken back would be
     trusted by the next daemon, were this one killed before its final write)."""
     st = os.fstat(fd)
     if st.st_uid == user or (st.st_uid == 0 and owner != 0):
@@ -225,7 +238,7 @@ def _take_back_folder(
     elif st.st_mode & 0o022:
         os.fchmod(fd, mode)
     for name in os.listdir(fd):
-        if depth == 0 and name in DAEMON_FILES:
+        if depth == 0 and name in own:
             # one of the user's in place of the daemon's stays theirs (refused as such),
             # but a link or a FIFO there goes as anywhere (found by review)
             with contextlib.suppress(OSError):
@@ -248,6 +261,7 @@ def _take_back_folder(
                         taken=taken,
                         rel=(*rel, name),
                         forced=forced,
+                        own=own,
                     )
                 finally:
                     os.close(sub)

@@ -1,23 +1,142 @@
 """What a root daemon trusts of a post-processing folder it handed to the post-processing's
-user (flowbatch.postproc, flowbatch.postproc_user): no post-processing starts as a user
-who could write the ``postproc/`` folder. Real root daemons in this process, real users."""
+user (flowbatch.postproc, flowbatch.postproc_user): a record that user put there is never
+read as the daemon's, through a take-back and a daemon killed right after it too; one
+found at a restart is set aside and the post-processing run again, not left in limbo;
+and no post-processing starts as a user who could write the ``postproc/`` folder.
+
+Real root daemons in this process, real users, the forgery made by the post-processing's
+own script (as its user); the kill is a :func:`flowbatch.faults.stop_at` point."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from flowbatch import faults
+from flowbatch.daemon import Daemon
 from flowbatch.postproc import load_record, postproc_root, read_state
+from flowbatch.render import read_markers
 from flowbatch.site import Site
 
 from .conftest import account, drop, run_until_idle
-from .test_postproc_user import new_site, template
+from .test_postproc_user import new_site, running, template
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon switches users")
+
+RECORD = "postproc.json"
+
+#: the script waits for the daemon's record of its launch (its handle: the daemon's last
+#: write before the end), then puts a SUCCESS of its own in its place
+FORGE = (
+    "until grep -q '\"pid\"' postproc.json; do sleep 0.05; done; "
+    'sed \'s/"RUNNING"/"SUCCESS"/\' postproc.json > forged && mv -f forged postproc.json'
+)
+
+
+def forging(gate: Path | None = None, *, fail: bool = False) -> str:
+    """The post-processing of test_postproc_user.template that forges its record, then
+    (``fail``) ends in failure: the daemon's outcome is then ERROR, the forgery's SUCCESS."""
+    text = template(gate).replace('"id -u > who.txt"', f'"id -u > who.txt", {json.dumps(FORGE)}')
+    if fail:
+        text = text.replace('"cat $[[runs]]/*/r.json > all.txt"', '"false"')
+    return text
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "not trusted" in r.getMessage()]
+
+
+def test_a_record_forged_before_the_take_back_is_not_trusted_after_a_kill(
+    public_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The post-processing's user puts a SUCCESS record in place of the daemon's while
+    the folder is theirs; the daemon takes the folder back and is killed before its own
+    final record. The forged record stays its user's (the take-back leaves it out), so
+    neither the view nor the next daemon reads it; the next daemon moves the folder aside
+    (nothing deleted), says so once, and runs the post-processing again, whose real
+    outcome (ERROR: its script fails) is recorded by the daemon."""
+    post = account("fbpost")
+    site = new_site(public_tmp, forging(fail=True), {"postproc_user": "fbpost"})
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"score": 1}})
+    with faults.stop_at("postproc-taken-back"), pytest.raises(faults.Stopped):
+        run_until_idle(site)  # stopped (its lock released) where the kill would be
+    first = read_state(site, "wf")["latest"]
+    folder = postproc_root(site, "wf") / first
+    assert folder.stat().st_uid == 0  # taken back
+    assert json.loads((folder / RECORD).read_text())["state"] == "SUCCESS"  # the forgery
+    assert (folder / RECORD).stat().st_uid == post.pw_uid  # still theirs
+    assert load_record(site, "wf", first) is None  # and so not the record
+
+    with caplog.at_level(logging.INFO, logger="flowbatch.postproc"):
+        run_until_idle(site)
+    aside = postproc_root(site, "wf") / f".{first}.refused"
+    assert not folder.exists() and aside.is_dir()
+    assert json.loads((aside / RECORD).read_text())["state"] == "SUCCESS"  # kept to look at
+    (said,) = refusals(caplog)
+    assert first in said and str(aside) in said and f"belongs to uid {post.pw_uid}" in said
+    state = read_state(site, "wf")
+    assert state["latest"] != first and state["last_success"] is None
+    record = load_record(site, "wf", state["latest"])
+    assert record is not None and record.state == "ERROR", record
+    assert (postproc_root(site, "wf") / record.id / RECORD).stat().st_uid == 0
+    site.close()
+
+
+def test_a_record_forged_while_the_daemon_was_stopped_is_set_aside_and_run_again(
+    public_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon is stopped while its post-processing runs, whose script then forges
+    its record. The next daemon refused the record and did nothing more: the
+    post-processing stayed in limbo (never ended, never run again, never reported). Now
+    its process is ended, its folder taken back and moved aside, the refusal said once
+    with the folder and why, and the post-processing runs again to a real outcome."""
+    post = account("fbpost")
+    gate = public_tmp / "gate"
+    site = new_site(public_tmp, forging(gate), {"postproc_user": "fbpost"})
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"score": 1}})
+    first, folder = running(site)
+    try:
+        deadline = time.monotonic() + 30
+        while (folder / RECORD).stat().st_uid == 0:
+            assert time.monotonic() < deadline, "the record was never replaced"
+            time.sleep(0.02)
+        first.stop()  # its post-processing goes on, held at the gate
+        started = read_markers(folder).started
+        assert started is not None
+        with caplog.at_level(logging.INFO, logger="flowbatch.postproc"):
+            again = Daemon(site)
+            again.start()
+            again.tick()  # the recovery: the forged folder is set aside
+            gate.touch()  # the post-processing run again may end
+            run_until_idle(site, daemon=again)
+            again.stop()
+    finally:
+        gate.touch()
+    aside = postproc_root(site, "wf") / f".{folder.name}.refused"
+    assert not folder.exists() and aside.is_dir()
+    assert aside.stat().st_uid == 0 and not aside.stat().st_mode & 0o022  # taken back
+    assert not Path(f"/proc/{started[0]}").exists() or _zombie(started[0])  # ended
+    (said,) = refusals(caplog)
+    assert folder.name in said and str(aside) in said and f"uid {post.pw_uid}" in said
+    state = read_state(site, "wf")
+    assert state["latest"] not in (None, folder.name)
+    record = load_record(site, "wf", state["latest"])
+    assert record is not None and record.state == "SUCCESS", record
+    assert state["last_success"] == record.id
+    site.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_no_post_processing_as_a_user_who_owns_its_folder(
