@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import secrets
 import stat
 import struct
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import faults
 from .accounts import identity
 from .render.script import SCRIPT_NAME
 from .safeio import CopyLimit, copy_sparse
@@ -63,6 +65,16 @@ class TakenBack:
     why_private: str = ""
     #: False once the file system said it keeps no ACLs: none is tried again
     acls: bool = True
+    #: the folder was the tree's already: a take-back cut short is done again, and what
+    #: the tree's owner has in it is taken as the run's user's (see :func:`take_back`)
+    resumed: bool = False
+    #: the default ACL of the tree's folder (``runs/``), which every folder made in it
+    #: inherits; None without one (see :func:`_keep_default_acl`)
+    tree_default: bytes | None = None
+    #: folders given to the tree's owner beneath those of :attr:`closed`
+    deep: int = 0
+    #: whether :data:`TAKE_BACK_DEEP_FOLDERS` were given and more were left as they were
+    deep_left: bool = False
 
 
 def take_back(
@@ -86,10 +98,20 @@ def take_back(
     (found by review); it writes to the old file now, which no name reaches. What its
     user could read and others could not (a file of mode 0600, a folder of 0700) gets an
     ACL entry that lets the user go on reading it, and no more (:func:`_set_mode`); where
-    the file system keeps no ACLs, it stays the tree owner's alone and a note says so. A
-    folder that cannot be taken back (an NFS root_squash) is logged: the run ends all the
-    same. ``kept``: names at the top the daemon writes besides :data:`DAEMON_FILES`
-    (post-processing's record), never taken either (see :func:`_take_back_folder`)."""
+    the file system keeps no ACLs, it stays the tree owner's alone and a note says so.
+    Every folder keeps the default ACL the tree gives (``runs/``'s, which a folder made
+    in it inherits), none where it has none: one the user set (``setfacl -d -m
+    u:other:rwx``) would be inherited by what the daemon or the post-processing makes
+    there later. A folder that cannot be taken back (an NFS root_squash) is logged: the
+    run ends all the same. ``kept``: names at the top the daemon writes besides
+    :data:`DAEMON_FILES` (post-processing's record), never taken either (see
+    :func:`_take_back_folder`).
+
+    A take-back cut short (a daemon killed, the host down) is done whole by the next
+    one: the folder is the tree's first, so one that finds it so takes the tree
+    owner's entries in it as the user's too (:attr:`TakenBack.resumed`), giving them
+    the modes and ACLs they would have had, and removes the copies it left half-made
+    (:func:`_leftover`). A take-back done to its end and done again changes nothing."""
     taken = TakenBack()
     forced = {Path(p).parts for p in fresh}
     own = DAEMON_FILES.union(kept)
@@ -109,6 +131,8 @@ def take_back(
         # the results the run's user could still change, and the next one skipped them)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (uid, tree.st_uid):
             return taken
+        taken.resumed = st.st_uid == tree.st_uid != uid
+        taken.tree_default = _default_acl(path.parent)
         fd = os.open(path, _TAKE_DIR | os.O_NOFOLLOW)
         try:
             linked: dict[tuple[int, int], list[tuple[str, ...]]] = {}
@@ -142,10 +166,17 @@ def take_back(
                 )
             if taken.closed:
                 first = taken.closed[0].split("/")
+                left = (
+                    f"; more than {TAKE_BACK_DEEP_FOLDERS} folders were below them, and "
+                    "the rest stay the run's user's: the site's admin removes the run "
+                    "folder as root"
+                    if taken.deep_left
+                    else ", and remove the run whole"
+                )
                 taken.notes.append(
                     f"{len(taken.closed)} folder(s) more than {TAKE_BACK_DEPTH} levels deep "
-                    f"(the first under {'/'.join(first[:3])}/...) were closed as the run left "
-                    "them: only the site's owner can read what they hold"
+                    f"(the first under {'/'.join(first[:3])}/...) were closed with what "
+                    f"they hold: only the site's owner can read it{left}"
                 )
             for note in taken.notes:
                 log.warning("run folder %s: %s", path, note)
@@ -190,6 +221,9 @@ TAKE_BACK_COPY_BYTES = 1 << 30
 FRESH_COPY_BYTES = 64 << 20
 #: the folder levels a take-back walks; a deeper folder is closed (:func:`_take_back_folder`)
 TAKE_BACK_DEPTH = 100
+#: the folders beneath the closed ones a take-back gives to the tree's owner at most
+#: (:func:`_close_beneath`): a run can make a million, and the daemon has other work
+TAKE_BACK_DEEP_FOLDERS = 10_000
 
 
 def _take_back_folder(
@@ -214,9 +248,10 @@ def _take_back_folder(
     with more than one name goes into ``linked`` (its device and inode -> its paths
     here), for :func:`_take_back_linked` once every folder is the tree's. A folder
     deeper than :data:`TAKE_BACK_DEPTH` is taken and closed to all but the tree's owner
-    (mode 0700), its contents left as they are: its user can no longer reach them
-    (found by review: below the depth limit the run's user kept a writable area for
-    ever, where the walk simply stopped).
+    (mode 0700, no ACL), and so are the folders beneath it (:func:`_close_beneath`), their
+    files left as they are: its user can no longer reach them (found by review: below
+    the depth limit the run's user kept a writable area for ever, where the walk simply
+    stopped), and the tree's owner can remove them (``runs delete``, ``cleanup``).
 
     The daemon's own files at the top (``own``: ``run.json``, ``request.yaml``,
     ``run.sh``, and a post-processing's ``postproc.json``) are never taken: one of the
@@ -228,15 +263,18 @@ def _take_back_folder(
         # a folder of root's in the run's is the daemon's (``attempts/``): the tree's
         # owner must be able to remove what is in it (see give_folders)
         os.fchown(fd, owner, group)
+    faults.point("take-back-folder")  # taken, its mode and ACLs not yet
     if depth >= TAKE_BACK_DEPTH:
-        os.fchmod(fd, 0o700)
+        _close(fd, user, owner, group, taken)
         taken.closed.append("/".join(rel))
+        _close_beneath(fd, user, owner, group, taken)
         return
     mode = stat.S_IMODE(st.st_mode) & ~0o022
-    if st.st_uid == user:  # one the user kept to themselves stays theirs to read
+    if _theirs(st, user, owner, taken):  # one the user kept to themselves stays theirs to read
         _set_mode(fd, st.st_mode, mode, user, taken, rel)
     elif st.st_mode & 0o022:
         os.fchmod(fd, mode)
+    _keep_default_acl(fd, taken, rel)
     for name in os.listdir(fd):
         if depth == 0 and name in own:
             # one of the user's in place of the daemon's stays theirs (refused as such),
@@ -273,7 +311,9 @@ def _take_back_folder(
                         taken.links.append((*rel, name))
                     else:
                         _remove_stray(fd, name, (*rel, name), taken)
-            elif entry.st_uid == user:
+            elif taken.resumed and _leftover(name, entry, user):
+                os.unlink(name, dir_fd=fd)  # a copy a take-back cut short left half-made
+            elif _theirs(entry, user, owner, taken):
                 file_fd = os.open(name, _TAKE_FILE, dir_fd=fd)
                 try:
                     opened = os.fstat(file_fd)
@@ -282,11 +322,145 @@ def _take_back_folder(
                     if opened.st_nlink != 1 or (forced and (*rel, name) in forced):
                         linked.setdefault((opened.st_dev, opened.st_ino), []).append((*rel, name))
                         continue
-                    _take_file(file_fd, opened, owner, group, taken, (*rel, name))
+                    _take_file(file_fd, opened, user, owner, group, taken, (*rel, name))
                 finally:
                     os.close(file_fd)
         except OSError as exc:  # gone, or swapped for a link since the listing
             log.debug("taking back %s: %s", name, exc.strerror)
+
+
+def _theirs(st: os.stat_result, user: int, owner: int, taken: TakenBack) -> bool:
+    """Whether the entry ``st`` is taken as the run user's: theirs, or, in a take-back
+    done again (:attr:`TakenBack.resumed`), the tree owner's. An earlier one cut short
+    may have given it to the tree's owner and stopped before its mode and ACL (found
+    by review: a folder the run kept to its user was left with no ACL of theirs, a
+    file writable by others stayed so, and the next take-back passed them by). The
+    tree owner's own entries in a run folder (``attempts/``, which the daemon makes
+    0755) are open to others, and stay as they are."""
+    return st.st_uid == user or (taken.resumed and st.st_uid == owner)
+
+
+#: the names of the copies :func:`_take_back_copy` makes before it renames them
+_TAKEN_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.taken", re.DOTALL)
+
+
+def _leftover(name: str, st: os.stat_result, user: int) -> bool:
+    """Whether ``name`` (``st``: its lstat) is a copy a take-back cut short made and did
+    not rename into place: named as :func:`_take_back_copy` names them, a file not of
+    the run's user (root's until it is the tree's). The user could name a file so, but
+    not make it root's; one the first take-back gave to the tree's owner goes too."""
+    return st.st_uid != user and stat.S_ISREG(st.st_mode) and bool(_TAKEN_NAME.fullmatch(name))
+
+
+#: the extended attribute that holds a folder's default ACL (what is made in it inherits)
+DEFAULT_ACL_XATTR = "system.posix_acl_default"
+
+
+def _default_acl(folder: Path) -> bytes | None:
+    """The default ACL of ``folder`` (the tree's, never the run user's), None where it has
+    none or the file system keeps none."""
+    try:
+        return os.getxattr(folder, DEFAULT_ACL_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _keep_default_acl(fd: int, taken: TakenBack, rel: tuple[str, ...]) -> None:
+    """Give the folder ``fd`` the tree's default ACL (:attr:`TakenBack.tree_default`) in
+    place of one its user set (found by review: ``setfacl -d -m u:other:rwx`` made
+    during the run let ``other`` write what the daemon or the post-processing made there
+    after the run's end); none where the tree has none. One that was removed is not
+    given back: what is made there then gets its own mode, no more. The names of the
+    folder's extended attributes are listed first: most folders have none."""
+    if not taken.acls:
+        return
+    try:
+        if DEFAULT_ACL_XATTR not in os.listxattr(fd):
+            return
+        if taken.tree_default is None:
+            os.removexattr(fd, DEFAULT_ACL_XATTR)
+        elif os.getxattr(fd, DEFAULT_ACL_XATTR) != taken.tree_default:
+            os.setxattr(fd, DEFAULT_ACL_XATTR, taken.tree_default)
+    except OSError as exc:  # a file system without extended attributes: none to keep
+        log.debug("default ACL of %s: %s", "/".join(rel) or ".", exc.strerror)
+
+
+def _close(fd: int, user: int, owner: int, group: int, taken: TakenBack) -> None:
+    """Close the open folder ``fd`` (one past :data:`TAKE_BACK_DEPTH`) to all but the
+    tree's owner: theirs (from the run's user, or root), mode 0700 and no ACL, access
+    or default, so that nobody else can reach what it holds and the owner can remove it."""
+    st = os.fstat(fd)
+    if st.st_uid == user or (st.st_uid == 0 and owner != 0):
+        os.fchown(fd, owner, group)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.fchmod(fd, 0o700)  # an access ACL's mask with it: its entries give nothing
+    if not taken.acls:
+        return
+    try:
+        for name in set(os.listxattr(fd)) & {ACL_XATTR, DEFAULT_ACL_XATTR}:
+            os.removexattr(fd, name)
+    except OSError as exc:
+        log.debug("ACLs of a closed folder: %s", exc.strerror)
+
+
+def _subfolders(fd: int) -> list[str]:
+    with os.scandir(fd) as entries:
+        return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+
+
+def _close_beneath(top: int, user: int, owner: int, group: int, taken: TakenBack) -> None:
+    """:func:`_close` the folders beneath the open folder ``top`` (closed already), at
+    most :data:`TAKE_BACK_DEEP_FOLDERS` in a take-back (:attr:`TakenBack.deep_left`
+    says when more were left): owned by the run's user, they kept the tree's owner
+    from removing the run (``runs delete`` and ``cleanup`` need write access to every
+    folder; found by review). Their files stay as they are: removing one needs write
+    access to its folder alone, and nobody else reaches them.
+
+    Walked without recursion and with one descriptor open, however deep the folders
+    go: down by a name, back by ``..``. Each folder is closed before its names are
+    listed, so that none of them is renamed meanwhile (by a process of the run still
+    in there), and none of the folders above can be moved: ``..`` is the folder the
+    walk came from, which its device and inode check all the same."""
+    fd = os.dup(top)
+    try:
+        st = os.fstat(fd)
+        # the folders being walked, top first: each one's identity and the names left in it
+        stack = [((st.st_dev, st.st_ino), _subfolders(fd))]
+        while stack:
+            names = stack[-1][1]
+            if not names:
+                stack.pop()
+                if stack:
+                    up = os.open("..", _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
+                    os.close(fd)
+                    fd = up
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != stack[-1][0]:
+                        raise OSError(errno.ESTALE, "a folder beneath moved while walked")
+                continue
+            name = names.pop()
+            if taken.deep >= TAKE_BACK_DEEP_FOLDERS:
+                taken.deep_left = True
+                return
+            try:
+                sub = os.open(name, _TAKE_DIR | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:  # a link, or a folder gone (a process of the run still there)
+                continue
+            try:
+                _close(sub, user, owner, group, taken)
+                st = os.fstat(sub)
+                stack.append(((st.st_dev, st.st_ino), _subfolders(sub)))
+            except BaseException:
+                os.close(sub)
+                raise
+            taken.deep += 1
+            os.close(fd)
+            fd = sub
+    except OSError as exc:
+        taken.deep_left = True
+        log.warning("closing the folders beneath %s levels: %s", TAKE_BACK_DEPTH, exc.strerror)
+    finally:
+        os.close(fd)
 
 
 def _remove_stray(fd: int, name: str, rel: tuple[str, ...], taken: TakenBack) -> None:
@@ -321,11 +495,20 @@ def _remove_links_out(path: Path, top: int, taken: TakenBack) -> None:
 
 
 def _take_file(
-    fd: int, st: os.stat_result, owner: int, group: int, taken: TakenBack, rel: tuple[str, ...]
+    fd: int,
+    st: os.stat_result,
+    user: int,
+    owner: int,
+    group: int,
+    taken: TakenBack,
+    rel: tuple[str, ...],
 ) -> None:
-    """Take the user's file ``fd`` (``st``: its fstat, ``rel``: its path in the run folder)."""
-    os.fchown(fd, owner, group)  # the kernel clears setuid and setgid bits with it
-    _set_mode(fd, st.st_mode, stat.S_IMODE(st.st_mode) & ~0o7022, st.st_uid, taken, rel)
+    """Take the user's file ``fd`` (``st``: its fstat, ``rel``: its path in the run folder;
+    one of the tree's owner in a take-back done again: its mode and ACL alone)."""
+    if not (taken.resumed and st.st_uid == owner):
+        os.fchown(fd, owner, group)  # the kernel clears setuid and setgid bits with it
+        faults.point("take-back-file")  # taken, its mode and ACL not yet
+    _set_mode(fd, st.st_mode, stat.S_IMODE(st.st_mode) & ~0o7022, user, taken, rel)
 
 
 #: the extended attribute that holds a file's access ACL
@@ -443,8 +626,12 @@ def _take_back_linked(
             fd = os.open(name, _TAKE_FILE, dir_fd=folder)
             try:
                 st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != user:
+                if (st.st_dev, st.st_ino) != (dev, ino) or not _theirs(st, user, owner, taken):
                     continue  # changed since the walk
+                if st.st_uid != user:  # taken by a take-back cut short: never copied again
+                    if st.st_nlink <= len(paths):  # (one with a name outside is not ours)
+                        _take_file(fd, st, user, owner, group, taken, first)
+                    continue
                 if st.st_nlink <= len(paths):  # every name is here
                     # a result file or an input of the post-processing gets a copy of its
                     # own while small: a large one is only taken (found by review: one of
@@ -452,7 +639,7 @@ def _take_back_linked(
                     # tick), as is one past the budget
                     small = st.st_blocks * 512 <= min(FRESH_COPY_BYTES, budget)
                     if not (forced and forced.intersection(paths)) or not small:
-                        _take_file(fd, st, owner, group, taken, first)
+                        _take_file(fd, st, user, owner, group, taken, first)
                         continue
                 try:
                     if st.st_blocks * 512 > budget:
@@ -460,7 +647,7 @@ def _take_back_linked(
                     # the budget bounds the bytes written, whatever the user writes into
                     # it meanwhile through its other name (holes filled: found by review)
                     budget -= _take_back_copy(
-                        top, paths, folder, name, fd, st, owner, group, budget, taken
+                        top, paths, folder, name, fd, st, user, owner, group, budget, taken
                     )
                 except CopyLimit:
                     for path in paths:
@@ -514,6 +701,7 @@ def _take_back_copy(
     name: str,
     fd: int,
     st: os.stat_result,
+    user: int,
     owner: int,
     group: int,
     max_written: int,
@@ -533,7 +721,7 @@ def _take_back_copy(
             written = copy_sparse(fd, out, max_written=max_written)
             os.fchown(out, owner, group)
             mode = stat.S_IMODE(st.st_mode) & ~0o7022
-            _set_mode(out, st.st_mode, mode, st.st_uid, taken, paths[0], now=0o600, source=fd)
+            _set_mode(out, st.st_mode, mode, user, taken, paths[0], now=0o600, source=fd)
         finally:
             os.close(out)
         for path in paths[1:]:  # the copy's other names, each renamed over one here
@@ -541,9 +729,11 @@ def _take_back_copy(
             try:
                 link = f".{other_name}.{secrets.token_hex(4)}.taken"
                 os.link(tmp, link, src_dir_fd=folder, dst_dir_fd=other)
+                faults.point("take-back-copy")  # a name made, not yet in place
                 os.rename(link, other_name, src_dir_fd=other, dst_dir_fd=other)
             finally:
                 os.close(other)
+        faults.point("take-back-copy")  # the copy made, its first name not yet replaced
         os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with contextlib.suppress(OSError):
