@@ -120,9 +120,8 @@ def test_read_in_a_loop_or_group_given_a_here_string_or_process_substitution_is_
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_match_s_capture_group_is_the_value(tmp_path: Path, dialect: str) -> None:
-    """``[[ $x =~ (...) ]]`` copies the value's parts into ``BASH_REMATCH``: not followed
-    (described in the report, not fixed here)."""
-    pytest.xfail("BASH_REMATCH is not followed")
+    """``[[ $x =~ (...) ]]`` copies the value's parts into ``BASH_REMATCH``: followed
+    (tests/test_render_variables_forms.py has more)."""
     command = '[[ $[[s]] =~ ^(.*)$ ]] && tar -xf data.tar "${BASH_REMATCH[1]}"'
     _refused_and_fine(tmp_path, command, dialect, EVIL, "member.txt")
 

@@ -100,7 +100,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
-from flowbatch.render.shellvars import Flow, command_flows, with_group_inputs
+from flowbatch.render.ere import captures
+from flowbatch.render.shellvars import Flow, command_flows, match_flows, with_group_inputs
 
 
 class Ctx(StrEnum):
@@ -139,6 +140,12 @@ _OPENERS = frozenset(
 #: the words that open and close a compound command (its pipeline begins before it)
 _GROUP_OPEN = frozenset({"{", "if", "while", "until", "for", "select", "case"})
 _GROUP_CLOSE = frozenset({"}", "fi", "done", "esac"})
+#: the characters a regular expression reads as its own (a quoted one is escaped)
+_ERE_SPECIAL = frozenset(".[]()*+?{}|^$\\")
+#: a variable a word expands: ``$name``, ``${name``, ``$1``, ``$@``, ``${!``
+_EXPANDS = re.compile(r"\$\{?!?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
+#: the builtins that read their standard input into variables
+_READERS = frozenset({"read", "mapfile", "readarray"})
 #: the binary operators of [[ ... ]] whose operands are arithmetic
 _ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -1227,6 +1234,7 @@ class _Heredoc:
     ctx: tuple[Ctx, str] | None = None  # the body is program text or arithmetic: for what
     body: tuple[int, int] | None = None  # where its body is, once read
     feeds: str | None = None  # the body's words become this command's arguments (xargs)
+    reads: bool = False  # ``read`` or ``mapfile`` (or a loop around one) reads the body
 
 
 @dataclass
@@ -1262,6 +1270,9 @@ class _Frame:
     inputs: list[tuple[int, int]] = field(default_factory=list)
     pipe_start: int | None = None
     pipe_docs: list[_Heredoc] = field(default_factory=list)
+    in_pipe: bool = False  # a '|' was read in the pipeline being read
+    bypass: bool = False  # ``command`` or ``builtin`` before the name: no function's
+    defining: bool = False  # the name after ``function`` was read: ``()`` may follow
     # the open compound commands ('(' or a keyword), each with where the pipeline it is
     # in began: a pipe after its end goes on from there
     groups: list[tuple[str, int]] = field(default_factory=list)
@@ -1334,6 +1345,7 @@ class _Lexer:
     def __init__(self, text: str, *, heredoc: bool = False) -> None:
         """``heredoc``: ``text`` is the body of an expanding here-document."""
         self.text = text
+        self.heredoc = heredoc
         self.ctx = [Ctx.UNQUOTED] * len(text)
         self.stack = [_Frame("top")]
         if heredoc:
@@ -1352,6 +1364,14 @@ class _Lexer:
         #: what a loop or group reads as its input (``done <<< $x``, ``} < <(...)``): the
         #: ``read`` and ``mapfile`` inside it read that (see ``with_group_inputs``)
         self.group_inputs: list[tuple[int, int]] = []
+        #: the functions the text defines (``f() {``, ``function f``), so far, and each
+        #: command that may call one: its name and its arguments' ranges
+        self.functions: set[str] = set()
+        self.calls: list[tuple[str, tuple[tuple[int, int], ...]]] = []
+        #: the words of those calls a program would read as options (see ``run``), and
+        #: the variables commands' names expand (``"$@"``, ``$cmd``)
+        self.call_options: list[tuple[int, int, str]] = []
+        self.named_by: set[str] = set()
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1404,6 +1424,21 @@ class _Lexer:
             self.problem = f"unterminated: {_OPEN_NAMES[self.stack[-1].kind]}"
         if self.problem is None and self.pending:
             self.problem = f"here-document '{self.pending[0].delimiter}' has no body"
+        if not self.heredoc:
+            # a function's arguments are its positional parameters ("$1", "$@", shift):
+            # a call anywhere in the text, before its definition too (a function that
+            # calls one defined after it)
+            self.flows.extend(
+                Flow("@", arguments, split=True)
+                for name, arguments in self.calls
+                if name in self.functions
+            )
+            # a command named by them (`run() { echo "+ $*"; "$@"; }`), or by a variable
+            # the text gives a value (`cmd=$1; "$cmd" ...`, `a=("$@"); "${a[@]}"`): a
+            # call's arguments may be a program's, read as its options there
+            assigned = {flow.name for flow in self.flows}
+            if any(n[0] in "@*0123456789" or n in assigned for n in self.named_by):
+                self.options.extend(self.call_options)
         quoting = tuple(self.ctx)
         contexts = list(quoting)
         ranges = [r[:3] for r in self.places if r[2] is not Ctx.ARITH]
@@ -1510,6 +1545,8 @@ class _Lexer:
                 return True
             if frame.kind == "cond":
                 return False  # in [[ ... ]] these only separate words
+            if c == "(" and self.function_parens(frame):
+                return True
             if c == "(" and self.peek() == "(" and (frame.cmd_pos or frame.prev == "for"):
                 self.mark(i, i + 2, Ctx.UNQUOTED)
                 self.i += 2
@@ -1538,6 +1575,34 @@ class _Lexer:
             return True
         return False
 
+    def function_parens(self, frame: _Frame) -> bool:
+        """At ``(``: whether it opens the ``()`` of a function's definition (``f() {``,
+        ``function f() {``), then read whole: no subshell, and the name before it no
+        command (its body's commands follow)."""
+        close = self.i + 1
+        while close < len(self.text) and self.text[close] in " \t":
+            close += 1
+        if frame.compound or not self.text.startswith(")", close):
+            return False
+        if len(frame.cmd) == 1 and not frame.assigns and not frame.bypass:
+            self.functions.add(_unquoted(self.text[slice(*frame.cmd[0])]))
+        elif frame.cmd or not frame.defining:
+            return False
+        frame.cmd, frame.cmd_start, frame.pipe_start = [], None, None
+        frame.cmd_pos, frame.prev, frame.defining = True, "", False
+        self.i = close + 1
+        return True
+
+    def feed_reads(self, docs: list[_Heredoc]) -> None:
+        """``docs`` are read by ``read`` or ``mapfile``, or by a loop or group around
+        one (``while read -r m; do ...; done <<EOF``, ``cat <<EOF | while read``): as
+        everywhere, any ``read`` of the text is taken to read their bodies."""
+        for doc in docs:
+            if doc.body is None:
+                doc.reads = True  # given when its body is read
+            else:
+                self.group_inputs.append(doc.body)
+
     def operator(self, frame: _Frame, c: str) -> None:
         """An unquoted blank or operator character in a shell frame."""
         prev = self.text[self.i - 1] if self.i else ""
@@ -1560,7 +1625,11 @@ class _Lexer:
             # a subshell: its pipeline goes on after its ')'
             start = self.i if frame.pipe_start is None else frame.pipe_start
             frame.groups.append(("(", start))
-            frame.pipe_start, frame.piped = None, False
+            if frame.in_pipe and frame.pipe_start is not None:
+                # `printf ... | ( read -r m; ... )`: what the pipe's commands print
+                self.group_inputs.append((frame.pipe_start, self.i))
+                self.feed_reads(frame.pipe_docs)
+            frame.pipe_start, frame.piped, frame.in_pipe = None, False, False
             return
         if c == ")" and frame.groups and frame.groups[-1][0] == "(":
             self.end_command(frame, self.i, piped=False)
@@ -1590,16 +1659,33 @@ class _Lexer:
             words = [_unquoted(w) for w in raw]
             found, stdin, env_code = command_places(words, raw)
             places.extend((*frame.cmd[k], ctx, what) for k, ctx, what in found)
-            self.options.extend((*frame.cmd[k], what) for k, what in option_words(words))
+            # a call of a function defined before it in the text: its arguments are its
+            # positional parameters, read where its body reads them (below, and
+            # Lexer.run), not options of a program (`f -- "$m"` too)
+            options = [(*frame.cmd[k], what) for k, what in option_words(words)]
+            if frame.bypass or words[0] not in self.functions:
+                self.options.extend(options)
+            else:
+                self.call_options.extend(options)
+            self.named_by.update(m.group(1) for m in _EXPANDS.finditer(raw[0]))
+            if not frame.bypass and len(frame.cmd) > 1:
+                self.calls.append((words[0], tuple(frame.cmd[1:])))
             feeds = xargs_feeds(words)
             self.option_inputs.extend(
                 (*frame.cmd[k], what, f"{_base(words[0])} -c's program unquoted")
                 for k, what in split_option_words(words)
             )
-        if frame.inputs and (
-            not frame.cmd or _unquoted(text[slice(*frame.cmd[0])]) in _GROUP_CLOSE
-        ):
+        name = _unquoted(text[slice(*frame.cmd[0])]) if frame.cmd else ""
+        if not frame.cmd or name in _GROUP_CLOSE:
             self.group_inputs.extend(frame.inputs)  # `done <<< $x`, `) < <(...)`
+            self.feed_reads(frame.docs)  # `done <<EOF`
+        elif name in _READERS:
+            self.feed_reads(frame.docs)  # `read -r m <<EOF`
+            if frame.in_pipe and frame.pipe_start is not None and frame.cmd_start is not None:
+                # `printf ... | read -r m`: what the pipe's commands print (bash runs a
+                # pipe's last command in a subshell, unless `shopt -s lastpipe`)
+                self.group_inputs.append((frame.pipe_start, frame.cmd_start))
+                self.feed_reads(frame.pipe_docs)
         if frame.cmd or frame.assigns or frame.arrays:
             words = [_unquoted(text[start:stop]) for start, stop in frame.cmd]
             self.flows.extend(
@@ -1634,6 +1720,7 @@ class _Lexer:
             frame.pipe_docs += frame.docs
         else:
             frame.pipe_start, frame.pipe_docs = None, []
+        frame.in_pipe, frame.bypass, frame.defining = piped, False, False
         frame.cmd, frame.assigns, frame.docs, frame.inputs = [], [], [], []
         frame.cmd_start, frame.arrays = None, []
 
@@ -1659,6 +1746,10 @@ class _Lexer:
                     self.arith.extend(words[n] for n in (k - 1, k + 1) if 0 <= n < len(words))
                 elif self.text[s:e] in ("-v", "-R") and k + 1 < len(words):
                     self.places.append((*words[k + 1], Ctx.NAME, f"[[ {self.text[s:e]} ]]"))
+                elif self.text[s:e] == "=~" and 0 < k < len(words) - 1:
+                    regex = self.regex(words[k + 1][0], start)
+                    groups = None if regex is None else captures(regex)
+                    self.flows.extend(match_flows(words[k - 1], groups))
             self.stack[-1].cmd_pos = True
             return True
         if frame.redirect:
@@ -1669,8 +1760,22 @@ class _Lexer:
         name = _unquoted(word)
         if frame.compound and frame.arrays and start > frame.arrays[-1][0]:
             frame.arrays[-1][1].append((start, end))  # an element of name=( ... )
+        defining, frame.defining = frame.defining, False
         if frame.cmd_pos:
+            if name == "function" and not frame.cmd and not defining:
+                frame.prev = name  # its name follows: that word is no command
+                return False
+            if frame.prev == "function":
+                self.functions.add(name)
+                frame.prev, frame.defining = name, True  # `()` may follow
+                return False
+            if name in ("command", "builtin"):
+                frame.bypass = True  # `command tar`: the program, not a function tar
             if name in _GROUP_OPEN:
+                if frame.in_pipe and frame.pipe_start is not None:
+                    # `printf ... | while read -r m; do`: what the pipe's commands print
+                    self.group_inputs.append((frame.pipe_start, start))
+                    self.feed_reads(frame.pipe_docs)
                 frame.groups.append(("kw", start if frame.pipe_start is None else frame.pipe_start))
             elif name in _GROUP_CLOSE and frame.groups and frame.groups[-1][0] == "kw":
                 frame.pipe_start = frame.groups.pop()[1]
@@ -1704,6 +1809,37 @@ class _Lexer:
             frame.cmd_pos = True  # function f { ...
         frame.prev = name
         return False
+
+    def regex(self, start: int, stop: int) -> str | None:
+        """The regular expression of ``[[ ... =~ RE ]]`` whose word begins at ``start``
+        (``stop``: where ``]]`` is), as bash hands it to the regex engine: quoted
+        characters stand for themselves. None when it expands anything (``$re``, a
+        value): not known here. Parentheses and blanks inside them are the word's."""
+        text, out, depth = self.text, [], 0
+        if "\x00" in text[start:stop]:
+            return None  # a value in the expression
+        for j in range(start, stop):
+            c, q = text[j], self.ctx[j]
+            if q is Ctx.ESCAPED:
+                out.append(c)  # after its backslash, which bash keeps: `\.`
+            elif q in (Ctx.SINGLE, Ctx.DOUBLE):
+                if c in "\\$`\x00" and q is Ctx.DOUBLE:
+                    return None
+                if c not in "'\"":  # a closing quote: its content is the text
+                    out.append("\\" + c if c in _ERE_SPECIAL else c)
+            elif c in "'\"":
+                continue  # an opening quote
+            elif (c in _BLANKS and not depth) or (c in "&|" and text[j + 1 : j + 2] == c):
+                break
+            elif c == ")" and not depth:
+                break  # the end of [[ ( ... ) ]]
+            elif c == "`" or (c == "$" and text[j + 1 : j + 2] not in ("", *")| \t\n")):
+                return None  # an expansion; a `$` at the end is an anchor
+            else:
+                depth += c == "("
+                depth -= c == ")"
+                out.append(c)
+        return "".join(out)
 
     # -- substitutions ---------------------------------------------------------------
     def process_substitution(self) -> None:
@@ -1884,6 +2020,8 @@ class _Lexer:
                     doc.body = (body, self.i)
                     if doc.ctx is not None:  # python3 - <<EOF, read RANDOM <<EOF
                         self.places.append((body, self.i, *doc.ctx))
+                    if doc.reads:  # while read -r m; do ...; done <<EOF
+                        self.group_inputs.append((body, self.i))
                     if doc.feeds is not None:  # xargs tar -xf a.tar <<EOF
                         self.option_inputs.append((body, self.i, doc.feeds, "the input of xargs"))
                     self.i = end + 1
@@ -1909,6 +2047,11 @@ class _Lexer:
             (start + a, start + b, what, via) for a, b, what, via in sub.option_inputs
         )
         self.flows.extend(flow.moved(start) for flow in lexed.flows)
+        self.functions |= sub.functions
+        self.calls.extend(
+            (name, tuple((start + a, start + b) for a, b in arguments))
+            for name, arguments in sub.calls
+        )
         self.subs.extend((start + a, start + b) for a, b in lexed.subs)
         self.params.extend((start + a, start + b) for a, b in lexed.params)
         if lexed.problem and self.problem is None:

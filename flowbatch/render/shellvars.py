@@ -12,10 +12,15 @@ the two facts that follow such a value, without knowing any value:
   arrays (``a=(...)``, ``a+=(...)``), ``declare``/``typeset``/``local``/``export``/
   ``readonly``, ``declare -n`` (a name for another variable), ``for``/``select NAME
   in``, ``read`` and ``mapfile`` from a here-string (or ``< <(...)``), ``printf -v``,
-  and ``set`` (the positional parameters, named ``@`` here: ``$1``, ``"$@"``...);
+  and ``set`` (the positional parameters, named ``@`` here: ``$1``, ``"$@"``...); the
+  lexer adds what it sees across commands: a call's arguments to a function the text
+  defines (``@`` too), what ``read`` gets from a pipe or a here-document
+  (:func:`with_group_inputs`), and what ``[[ $x =~ RE ]]`` captures
+  (:func:`match_flows`);
 - :func:`word_parts`: what a word is made of: the values' sentinels, expansions of
-  variables (plain, or an operator that may cut the value's beginning off: ``${v#*/}``),
-  command substitutions, quotes and other text.
+  variables (plain, or an operator that may cut the value's beginning off: ``${v#*/}``;
+  an indirection ``${!n}`` reads :data:`ANY_VARIABLE`, an element of ``BASH_REMATCH``
+  its own name), command substitutions, quotes and other text.
 
 Both read the text as the lexer did (its ``quoting`` of each character), and both err on
 the side of following more: a variable assigned anywhere in the text (in a branch, a loop,
@@ -26,17 +31,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from flowbatch.render.ere import Capture
 
 #: ``name=``, ``name+=``, ``name[sub]=``: the name, whether it appends
-_ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?(\+?)=")
+ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?(\+?)=")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: an array element's own subscript ``[k]=`` (its value follows)
 _ELEMENT_KEY = re.compile(r"\[[^\]]*\]\+?=")
-_DECLARES = frozenset({"declare", "typeset", "local", "export", "readonly"})
+DECLARES = frozenset({"declare", "typeset", "local", "export", "readonly"})
 #: the options of ``read`` and ``mapfile`` that take an argument
 _READ_TAKES = "adinNptu"
 _MAPFILE_TAKES = "dnOsucC"
+
+#: a variable an indirection may read, any one (``${!n}``); a flow's ``also``: the
+#: flow's variable is a name reference to such a one (``declare -n r=$1``)
+ANY_VARIABLE = "!"
+#: the elements of ``BASH_REMATCH`` a ``[[ ... =~ ... ]]`` whose regular expression is
+#: not read sets: read with ``${BASH_REMATCH[N]}`` (a name :func:`word_parts` gives)
+ANY_MATCH = "BASH_REMATCH[*]"
 
 #: a flow's floor (see :class:`Flow`): nothing beyond what the words' shape says
 PLAIN = 0
@@ -137,28 +152,32 @@ def command_flows(
     are no flow (``v=$x cmd "$v"`` expands the ``v`` of before)."""
     flows: list[Flow] = []
     for at, elements in arrays:
-        array = _ASSIGN.match(text, at)
+        array = ASSIGNMENT.match(text, at)
         if array is not None:
             values = tuple(_element_value(text, s, e) for s, e in elements)
             flows.append(Flow(array.group(1), values, split=True))
     if not cmd:
-        flows.extend(_assignment(text, s, e) for s, e in assigns if _ASSIGN.match(text, s, e))
+        flows.extend(_assignment(text, s, e) for s, e in assigns if ASSIGNMENT.match(text, s, e))
         return flows
     name = words[0]
     reads = tuple(_input_text(text, s, e) for s, e in inputs)
-    if name in _DECLARES:
+    if name in DECLARES:
         options, _ = _options_then(words, "")
         for (s, e), word in zip(cmd[1:], words[1:], strict=True):
-            if not _ASSIGN.match(text, s, e):
+            if not ASSIGNMENT.match(text, s, e):
                 continue
             if "n" in options and name != "export":  # a name reference (export -n: not)
                 alias, _, other = word.partition("=")
-                flows.append(Flow(alias, (), also=other))
+                named = _NAME.match(other)
+                if named is None or any(c in other for c in "$`"):
+                    # a name the text computes (`local -n r=$1`: an array passed by its
+                    # name): any variable, read or assigned (taint._Reader.holds)
+                    flows.append(Flow(alias, (), also=ANY_VARIABLE))
+                    continue
+                flows.append(Flow(alias, (), also=named.group(0)))
                 # and what is assigned to the reference is the named variable's value
                 # (found by review: `declare -n r=m; r=$x` then "$m")
-                named = _NAME.match(other)
-                if named is not None:
-                    flows.append(Flow(named.group(0), (), also=alias))
+                flows.append(Flow(named.group(0), (), also=alias))
             else:
                 flows.append(_assignment(text, s, e))
     elif name in ("for", "select") and len(words) >= 2 and _NAME.fullmatch(words[1]):
@@ -187,10 +206,28 @@ def command_flows(
         flows.append(Flow(target, reads, floor=ANY if "d" in options else WORDS, stdin=True))
     elif name == "printf":
         options, at = _options_then(words, "v")
-        named = _ASSIGN.match(options.get("v", "") + "=")
+        named = ASSIGNMENT.match(options.get("v", "") + "=")
         if "v" in options and named is not None:
             # the format puts its arguments' words anywhere: each may begin the value
             flows.append(Flow(named.group(1), tuple(cmd[at:]), floor=WORDS))
+    return flows
+
+
+def match_flows(left: tuple[int, int], groups: Sequence[Capture] | None) -> list[Flow]:
+    """What ``[[ LEFT =~ RE ]]`` gives ``BASH_REMATCH``: the part of the word ``left``
+    each group of ``RE`` matched (``groups``: :func:`~flowbatch.render.ere.captures`,
+    None for an expression not read). A group that begins where the text does holds
+    what the word may begin with; one that begins elsewhere, what any of its characters
+    may; one that never begins with ``-``, nothing that matters here. Each is also in
+    ``BASH_REMATCH`` itself (``"${BASH_REMATCH[@]}"``, ``${BASH_REMATCH[$i]}``)."""
+    if groups is None:
+        return [Flow("BASH_REMATCH", (left,), floor=ANY), Flow(ANY_MATCH, (left,), floor=ANY)]
+    flows: list[Flow] = []
+    for index, group in enumerate(groups):
+        if group.dash:
+            floor = PLAIN if group.anchored else ANY
+            flows.append(Flow(f"BASH_REMATCH[{index}]", (left,), floor=floor))
+            flows.append(Flow("BASH_REMATCH", (left,), floor=floor))
     return flows
 
 
@@ -219,7 +256,7 @@ def _input_text(text: str, start: int, end: int) -> tuple[int, int]:
 
 def _assignment(text: str, start: int, end: int) -> Flow:
     """The flow of one word ``name=value`` (``name+=``, ``name[k]=``)."""
-    target = _ASSIGN.match(text, start, end)
+    target = ASSIGNMENT.match(text, start, end)
     assert target is not None
     return Flow(target.group(1), ((target.end(), end),))
 
@@ -250,9 +287,10 @@ def _set_operands(words: list[str]) -> int | None:
 _SENTINEL = re.compile("\x00([0-9]+)\x01")  # as values.sentinel writes it
 #: ``$name``, ``$1``, ``$@``, ``$*`` (``$#``, ``$?``, ``$$``... are numbers or the shell's)
 _SIMPLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
-#: ``${name``, ``${1``, ``${@``: a parameter expansion's name (``${#...}`` and ``${!...}``
-#: are a length and an indirection: not followed)
-_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])")
+#: ``${name``, ``${1``, ``${@``: a parameter expansion's name, after a ``!`` for an
+#: indirection (``${!n}``, ``${!#}``: the variable ``n`` names, the last positional
+#: parameter); ``${#...}`` is a length
+_BRACED = re.compile(r"\$\{(!?)([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])|\$\{!(#)")
 #: after the name (and a subscript): operators that keep the value's beginning
 _KEEPS = ("}", ":-", ":=", ":?", ":+", "-", "=", "?", "+", "%", "^", ",", "@")
 
@@ -366,15 +404,35 @@ def word_parts(
             if not k < close < end:  # quoted, or not framed by the lexer
                 close = _closing(text, quoting, k + 2, end, "{")
             after = braced.end()
-            every = braced.group(1) in ("@", "*")  # ${@...}, ${a[@]...}: each element
+            indirect = bool(braced.group(1) or braced.group(3))
+            base = braced.group(2) or "@"  # ${!#}: the last positional parameter
+            every = base in ("@", "*")  # ${@...}, ${a[@]...}: each element
+            subscript = ""
             if text.startswith("[", after):
-                subscript = after
+                start_ = after
                 after = _closing(text, quoting, after + 1, end, "[") + 1
-                every = text[subscript:after] in ("[@]", "[*]")
+                subscript = text[start_:after]
+                every = subscript in ("[@]", "[*]")
+            keys = subscript in ("[@]", "[*]") and after == close
+            if braced.group(1) and (
+                keys or (text[after : after + 1] in ("*", "@") and after + 1 == close)
+            ):
+                # ${!a[@]}: an array's keys, ${!prefix*}: variables' names. Neither is a
+                # value: a value is refused as a name or a subscript at install
+                parts.append(Part("text", k, close + 1))
+                k = close + 1
+                continue
             # ${a[@]:2}, ${@:3}: a slice of the elements, each whole, not an offset into
             # one (found by review: `${@:3}` was read as the value from its third character)
             keeps = text.startswith(_KEEPS, after) or (every and text.startswith(":", after))
-            name = _variable(braced.group(1))
+            name = _variable(base)
+            if indirect and braced.group(3) is None:
+                name = ANY_VARIABLE  # ${!n}: the variable n names, any one
+            elif name == "BASH_REMATCH":
+                # one capture group (no subscript: the first element, the whole match)
+                number = re.fullmatch(r"\[([0-9]+)\]", subscript or "[0]")
+                if number is not None:
+                    name = f"BASH_REMATCH[{int(number.group(1))}]"
             cut = ""
             pattern = text[after:close]
             if pattern[:1] == "#" and len(pattern) > 1 and not any(c in pattern for c in "$`\x00"):
@@ -393,6 +451,8 @@ def word_parts(
         simple = _SIMPLE.match(text, k, end) if expands else None
         if simple is not None:
             name = _variable(simple.group(1))
+            if name == "BASH_REMATCH":
+                name = "BASH_REMATCH[0]"  # an array's name alone: its first element
             parts.append(Part("var", k, simple.end(), name, quoted, nested=nested))
             k = simple.end()
             continue

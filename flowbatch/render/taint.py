@@ -34,7 +34,17 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from flowbatch.render.shellvars import ANY, WORDS, Part, may_be_empty, word_parts
+from flowbatch.render.shellvars import (
+    ANY,
+    ANY_MATCH,
+    ANY_VARIABLE,
+    ASSIGNMENT,
+    DECLARES,
+    WORDS,
+    Part,
+    may_be_empty,
+    word_parts,
+)
 
 if TYPE_CHECKING:
     from flowbatch.render.shellctx import Scan
@@ -43,8 +53,9 @@ if TYPE_CHECKING:
 #: the variable's value (or an element's) may begin with the value itself
 LEAD = 1
 _SENTINEL = re.compile("\x00([0-9]+)\x01")  # as values.sentinel writes it
-#: ``$name``, ``${name``, ``$1``, ``$@``: a variable read inside a command substitution
-_READS = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
+#: ``$name``, ``${name``, ``$1``, ``$@``: a variable read inside a command substitution;
+#: ``${!``: an indirection (any variable)
+_READS = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])|\$\{(!)")
 
 #: per variable, the values (their index among the refs) it may hold, with the level
 Taint = dict[str, dict[int, int]]
@@ -170,6 +181,35 @@ class _Reader:
         #: comes from, its text)
         self.derived: list[tuple[int, str]] = []
         self._derived_at: dict[tuple[int, str], int] = {}
+        #: name references to a name the text computes (``local -n r=$1``)
+        self.references = {f.name for f in scanned.flows if f.also == ANY_VARIABLE}
+
+    def holds(self, name: str) -> dict[int, int]:
+        """The values variable ``name`` may hold, with their levels. What an indirection
+        reads (:data:`~flowbatch.render.shellvars.ANY_VARIABLE`: ``${!n}``) may be any
+        variable: any the text gives a value, and any value of the command's whole (each
+        is in the run's environment, as ``FB_...``). A name reference to a computed name
+        reads that too, and any variable may hold what is assigned through one. An
+        element of ``BASH_REMATCH`` may hold what a match not read sets."""
+        if name == ANY_VARIABLE:
+            found = {i: LEAD for i, ref in enumerate(self.refs) if _may_matter(ref)}
+            for held in list(self.taint.values()):
+                for index, level in held.items():
+                    _merge(found, index, level)
+            return found
+        extra = [self.taint.get(r, {}) for r in self.references]
+        if name in self.references:
+            extra.append(self.holds(ANY_VARIABLE))
+        if name.startswith("BASH_REMATCH["):
+            extra.append(self.taint.get(ANY_MATCH, {}))
+        held = self.taint.get(name, {})
+        if not any(extra):
+            return held
+        found = dict(held)
+        for more in extra:
+            for index, level in more.items():
+                _merge(found, index, level)
+        return found
 
     def value(self, index: int) -> str:
         """The text of value ``index``: a ref's, or one worked out from it."""
@@ -211,9 +251,9 @@ class _Reader:
             if index < len(self.refs) and _may_matter(self.refs[index]):
                 found[index] = 0
         for match in _READS.finditer(self.text, start, end):
-            name = match.group(1)
+            name = match.group(1) or match.group(2)
             name = "@" if name[0].isdigit() or name in "@*" else name
-            for index in self.taint.get(name, {}):
+            for index in self.holds(name):
                 found[index] = 0
         return found
 
@@ -245,7 +285,7 @@ class _Reader:
                         lead = first and not ref.value
                 continue
             if part.kind == "var":
-                for index, level in list(self.taint.get(part.name, {}).items()):
+                for index, level in list(self.holds(part.name).items()):
                     if part.trims:
                         # the operator worked out on the value where the variable begins
                         # with it (``${f##*/}`` of `dir/my-file`: `my-file`); else any
@@ -286,8 +326,9 @@ class _Reader:
                 for start, end in flow.sources:
                     for _, index, level, _ in self.levels(start, end, split=flow.split):
                         _merge(found, index, max(level, flow.floor))
-                for index, level in self.taint.get(flow.also, {}).items():
-                    _merge(found, index, level)
+                if flow.also and flow.also != ANY_VARIABLE:
+                    for index, level in self.holds(flow.also).items():
+                        _merge(found, index, level)
                 for index, level in found.items():
                     changed = _merge(got, index, level) or changed
         return self.taint
@@ -329,6 +370,10 @@ def variable_options(
     any_split = "IFS" in reader.taint
     found: list[VariableOption] = []
     for start, end, command in scanned.options:
+        if command in DECLARES and ASSIGNMENT.match(text, start, end):
+            # `local a=$1`: an assignment, not split (bash reads it as one), and begun
+            # by the variable's name
+            continue
         for part, index, level, variable in reader.levels(start, end, split=True):
             if part.kind == "ref" and not part.nested:
                 continue  # the value itself: values.check_options

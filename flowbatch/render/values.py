@@ -21,7 +21,7 @@ from typing import Any
 
 from flowbatch.errors import RenderError, TemplateError
 from flowbatch.render.shellctx import ECHO_OPTION, Ctx, Scan, scan
-from flowbatch.render.shellvars import may_be_empty, word_parts
+from flowbatch.render.shellvars import ANY_VARIABLE, may_be_empty, word_parts
 from flowbatch.render.taint import variable_options
 from flowbatch.spec.model import TOKEN_DTYPES, FileArg, Parameter, Step, Workflow
 
@@ -418,7 +418,19 @@ def check_variable_options(
         ref = refs[found.ref]
         dollar = "$" if native else "$$"  # a flowServ template writes the shell's $ so
         if found.variable == "@":
-            held, name = 'the positional parameters ($1, "$@": set --, for)', f"{dollar}1"
+            held = 'the positional parameters ($1, "$@": set --, for, a function\'s arguments)'
+            name = f"{dollar}1"
+        elif found.variable == ANY_VARIABLE:
+            word = text[found.start : found.end].strip("\"'")
+            held = (
+                f"an indirection ({word}: the variable it names may be any one, a value's "
+                "own FB_ variable too)"
+            )
+            name = word.replace("$", dollar)
+        elif found.variable.startswith("BASH_REMATCH"):
+            element = found.variable.replace("[*]", "[@]")
+            held = f"${{{element}}} (what [[ ... =~ ... ]] matched of it)"
+            name = f"{dollar}{{{element}}}"
         else:
             held, name = f"shell variable ${found.variable}", f"{dollar}{found.variable}"
         option = "" if found.option == ref.value else f" ({_shown(found.option)!r} in it)"
