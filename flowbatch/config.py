@@ -90,8 +90,8 @@ def check_database_url(url: str) -> str:
     if scheme not in DATABASE_SCHEMES:
         raise PydanticCustomError(
             "database_url",
-            "not an index database URL flowbatch supports: expected "
-            "sqlite:////ABSOLUTE/PATH or postgresql://USER@HOST:PORT/DB",
+            "not an index database URL flowbatch supports: expected sqlite:////ABSOLUTE/PATH, "
+            "sqlite:///PATH (relative to the site folder) or postgresql://USER@HOST:PORT/DB",
         )
     if scheme != "sqlite" and not parts.path.strip("/"):
         raise PydanticCustomError(
@@ -101,6 +101,31 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def resolve_sqlite_url(url: str, site: Path) -> str:
+    """``url`` with a relative SQLite path made absolute against the site folder ``site``.
+
+    ``sqlite:///index.db`` names a path relative to something, and SQLite takes it
+    relative to the process's current folder: a daemon that systemd starts in ``/``
+    opened ``/index.db``, a command run from the user's home another file again, each an
+    empty index beside the same tree. The only folder every process of a site agrees on
+    is the site's own (where ``flowbatch.yaml`` is), so the path is taken from there.
+    Any other URL (a server's, an absolute path, ``:memory:``, an SQLite ``file:`` URI)
+    comes back as it is; the text of the path is kept as written (SQLite opens it
+    undecoded, so no %-escape is decoded here either)."""
+    from urllib.parse import urlsplit
+
+    if not urlsplit(url).scheme.startswith("sqlite"):  # urlsplit lowers the scheme
+        return url
+    scheme, _, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    end = min((i for i in (tail.find("?"), tail.find("#")) if i >= 0), default=len(tail))
+    path, options = tail[:end], tail[end:]
+    if not slash or not path or path.startswith(("/", "file:")) or path == ":memory:":
+        return url
+    absolute = os.path.normpath(site.resolve() / path)
+    return f"{scheme}://{netloc}/{absolute}{options}"
+
+
 class SiteConfig(_Strict):
     """``flowbatch.yaml``: one flowbatch site."""
 
@@ -108,7 +133,8 @@ class SiteConfig(_Strict):
     database: str | None = Field(
         default=None,
         description="Index database URL (default: SQLite at <site>/index.db). "
-        "e.g. sqlite:////abs/index.db or postgresql://user@host/db",
+        "e.g. sqlite:////abs/index.db, sqlite:///data/index.db (a relative path is taken "
+        "from the site folder, never the current one) or postgresql://user@host/db",
     )
     executor: str = Field(default="local", description="Executor used when none is asked for.")
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -287,7 +313,8 @@ def load_config(site: Path) -> SiteConfig:
 DEFAULT_CONFIG_TEXT = """\
 # flowbatch site configuration. Every key is optional; shown here with its default.
 #
-# database: null          # index URL; default SQLite at <site>/index.db
+# database: null          # index URL; default SQLite at <site>/index.db; a relative
+#                         #   sqlite:///data/index.db is taken from the site folder
 # executor: local         # executor used when a template or request names none
 # local:
 #   concurrency: null     # runs at once on this host; default: number of cores

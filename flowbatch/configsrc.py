@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from . import yamlio
-from .config import CONFIG_NAME, SiteConfig
+from .config import CONFIG_NAME, SiteConfig, resolve_sqlite_url
 from .errors import ConfigError
 
 PREFIX = "FLOWBATCH_"
@@ -49,6 +49,8 @@ class Loaded:
     file_data: dict[str, Any]
     env: dict[Path_, str] = field(default_factory=dict)  # key path -> variable name
     ignored: list[str] = field(default_factory=list)  # FLOWBATCH_* names that are not keys
+    #: ``database`` as given, before a relative SQLite path was resolved against the site
+    database_written: str | None = None
 
     def source(self, key: Path_) -> str:
         """``environment (FLOWBATCH_X)``, ``flowbatch.yaml`` or ``default`` for ``key``."""
@@ -148,7 +150,20 @@ def load(site: Path, environ: Mapping[str, str] | None = None) -> Loaded:
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, path, env) from None
-    return Loaded(config=config, file=path, file_data=file_data, env=env, ignored=ignored)
+    written = config.database
+    if written is not None:
+        # a relative SQLite path is the site folder's, never the current folder's (a
+        # daemon systemd starts in / opened /index.db): every user of the URL gets it
+        # resolved here, from the file or from FLOWBATCH_DATABASE alike
+        config = config.model_copy(update={"database": resolve_sqlite_url(written, site)})
+    return Loaded(
+        config=config,
+        file=path,
+        file_data=file_data,
+        env=env,
+        ignored=ignored,
+        database_written=written,
+    )
 
 
 def _deep_copy(value: Any) -> Any:

@@ -49,6 +49,8 @@ class _Ctx:
 
     root: Path
     config: SiteConfig | None = None
+    #: ``database`` as given (a relative SQLite path before it was resolved)
+    database_written: str | None = None
     results: list[Check] = field(default_factory=list)
 
     def add(self, name: str, status: str, detail: str) -> None:
@@ -91,6 +93,7 @@ def _check_config(ctx: _Ctx) -> None:
         ctx.add("config", FAIL, exc.summary())
         return
     ctx.config = loaded.config
+    ctx.database_written = loaded.database_written
     where = "flowbatch.yaml" if loaded.file.exists() else "defaults (no flowbatch.yaml)"
     env = f", {len(loaded.env)} FLOWBATCH_* override(s)" if loaded.env else ""
     ctx.add("config", OK, f"valid: {where}{env}")
@@ -231,6 +234,10 @@ def _check_index(ctx: _Ctx) -> None:
     url = ctx.config.database
     default = ctx.root / "index.db"
     where = redact_url(url) if url else str(default)
+    if url and ctx.database_written not in (None, url):
+        # the path the admin wrote, and the file it names (the site folder's, whatever
+        # folder doctor, the daemon or a command runs in)
+        where += f" ({ctx.database_written}: relative to the site folder)"
     leftover = default.with_name(default.name + ".new")
     if os.path.lexists(leftover):  # found by review: not a word of it
         ctx.add(

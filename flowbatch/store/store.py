@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import peewee as pw
 
+from ..config import resolve_sqlite_url
 from ..errors import FlowbatchError, IndexError_, NotFoundError
 from ..logs import Repeated
 from ..runs import ACTIVE, RunRecord, State, apply, now_iso
@@ -102,6 +103,8 @@ class Store:
         self.layout = layout
         self.fsync = fsync
         self._batch_txn: Any = None  # the open batch's transaction (SQLite)
+        if database_url:  # the site config's is resolved already; a caller's may not be
+            database_url = resolve_sqlite_url(database_url, layout.root)
         _new_index_for_owner(database_url, layout)
         self.db = open_database(database_url, layout.index_db, self._no_older_daemon)
         try:
