@@ -751,7 +751,7 @@ def workflows_list(obj: Context, as_json: bool) -> None:
     is_flag=True,
     help="Make the index this site's even where it records another site (a copied "
     "site's `database:` naming the first one's, whose site is gone or has an index of "
-    "its own now): the other site's runs leave it.",
+    "its own now): the other site's runs and claims of requests leave it.",
 )
 @pass_ctx
 def reindex(obj: Context, adopt: bool) -> None:

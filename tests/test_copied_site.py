@@ -256,3 +256,44 @@ def test_reindex_adopt_makes_the_index_the_copys(tmp_path: Path, index_url: str)
     # the first site is now the one refused, pointed at the copy
     out = fb(first, "runs", "list", check=False)
     assert out.returncode == 1 and f"belongs to another site, at {copy}" in out.stderr
+
+
+def _claims(url: str, root: Path) -> list[str]:
+    """The runs the index's claim rows name."""
+    db = open_database(url, root / "index.db")
+    try:
+        return sorted(str(run) for (run,) in db.execute_sql('SELECT "run" FROM "claim_row"'))
+    finally:
+        db.close()
+
+
+def test_reindex_adopt_drops_the_other_sites_claims(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The claim rows of a shared (PostgreSQL) site guard its own queue's files, from
+    their claim until their runs are made. An adopted index kept the other site's: a
+    request of the adopting site with the key of one of them (the same name, inode,
+    mtime and size: here the other site's kept request.yaml, moved into this queue under
+    its first name) was taken for a second claim of that file and dropped."""
+    url = str(request.getfixturevalue("postgres_url"))
+    first = tmp_path / "first"
+    _site_with_runs(first, url, ("a",))
+    (run,) = api.list_runs(Site(first))
+    assert _claims(url, first) == [run["id"]]
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy, symlinks=True)
+    fb(copy, "reindex", "--adopt")
+    assert _claims(url, copy) == []
+    kept = Site(first).layout.run_dir("helloworld", run["id"]) / "request.yaml"
+    assert kept.stat().st_nlink == 1
+    os.rename(kept, copy / "queue" / "a.yaml")  # the same file: its inode, mtime and size
+    site = Site(copy)
+    try:
+        run_until_idle(site)
+        runs = api.list_runs(site)
+    finally:
+        site.close()
+    assert sorted(r["name"] for r in runs) == ["a", "a"]  # the copied one and the new one
+    new = next(r["id"] for r in runs if r["id"] != run["id"])
+    assert _claims(url, copy) == [new]
+    assert not (copy / "queue" / "a.yaml").exists()

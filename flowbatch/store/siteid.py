@@ -359,15 +359,17 @@ def _record(db: pw.Database, root: Path, own: Ownership, where: str) -> None:
     if read_site_file(root) != (site_id, root):  # moved, or written by an older version
         _write_site_id(root, site_id)
     _write_meta(db, {ID_KEY: site_id, ROOT_KEY: str(root)})
+    dropped = _drop_claims(db) if own.state in REFUSED else 0
     if own.state in REFUSED:
         log.warning(
             "index %s adopted by the site at %s (site id %s); it belonged to site %s, "
-            "last seen at %s",
+            "last seen at %s (its %d claim(s) of requests dropped)",
             where,
             root,
             site_id,
             own.index_id,
             own.last_root,
+            dropped,
         )
     elif own.state == REKEY or own.copy_of is not None:
         log.info(
@@ -380,6 +382,30 @@ def _record(db: pw.Database, root: Path, own: Ownership, where: str) -> None:
         log.info("index %s follows its site from %s to %s", where, own.last_root, root)
     else:
         log.debug("index %s recorded as the index of the site at %s", where, root)
+
+
+def _drop_claims(db: pw.Database) -> int:
+    """The claims an adopted index holds, deleted; how many there were.
+
+    A claim row is the unique key that keeps two daemon hosts of one shared site from
+    both making runs of one request file in that site's queue (a rename NFS let succeed
+    twice), from the claim until its runs are made. Every row of an index being adopted
+    was written by the other site's daemons, about files of the other site's queue: this
+    site's daemons were refused the index, so none of its own claims is there (a claim
+    of its own left over in its ``queue/.claimed`` is recorded again when taken up). So
+    the rows guard nothing of this site's, and they can only do harm: the key is the
+    file's name, inode, mtime and size, and a request file of this site's that matches
+    one (the other site's kept ``request.yaml`` moved into this queue under its first
+    name: the same inode; a file rsynced to another host's file system at the inode
+    number of the first's) was taken for a second claim of the same file, and dropped
+    with its request. The other site is refused this index from now on, so it needs
+    them no more either."""
+    from .index import ClaimRow
+
+    if not db.table_exists(ClaimRow._meta.table_name):
+        return 0
+    cursor = db.execute_sql(f'DELETE FROM "{ClaimRow._meta.table_name}"')
+    return max(cursor.rowcount, 0)
 
 
 def _may_adopt(own: Ownership, where: str) -> None:
