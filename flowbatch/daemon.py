@@ -40,8 +40,8 @@ from .report_pages import RunPageWriter, write_run_pages
 from .runs import RunRecord, State, now_iso
 from .site import Site
 from .spec.request import CancelRequest
-from .store import atomic
-from .store.index import sqlite_path
+from .store import atomic, siteid
+from .store.index import display_url, sqlite_path
 from .store.layout import ID_PATTERN, RUN_PAGE
 from .store.owner import SiteOwner, give, give_back
 from .store.store import (
@@ -456,6 +456,9 @@ class Daemon:
     #: a tick cannot mend (an index that keeps failing, a full disk, a request's place),
     #: before it ends with an error (it ticked forever before)
     UNINDEXED_PATIENCE = 60.0
+    #: seconds between two looks at whose index the daemon writes into (index_taken):
+    #: one read of two rows, bounded however many runs come and go
+    INDEX_OWNER_EVERY = 10.0
 
     def __init__(self, site: Site, *, role: str = "daemon") -> None:
         self.site = site
@@ -509,6 +512,12 @@ class Daemon:
         self._resync_due = False  # the lock was taken again: the tree may have changed
         self._rescan_at: float | None = None  # a look at the tree again (see start)
         self._handover = site.handover_path  # word from a daemon that lost the lock to this
+        #: the site id the index recorded at the start (index_taken compares it)
+        self._site_id: str | None = None
+        self._owner_seen_at = 0.0  # when index_taken last looked (monotonic)
+        self._roots_said: set[Path] = set()  # other roots of this site's id, said once
+        #: the index became another site's under this daemon: the error it stops with
+        self.disowned: FlowbatchError | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _give_site_back(self) -> None:
@@ -554,6 +563,10 @@ class Daemon:
         self.lock.acquire()
         if self.lock.role == "daemon":
             self._give_site_back()
+            # whose index this is: checked as the store opened it (a copy's refused);
+            # looked at again while it serves (index_taken)
+            self._site_id = siteid.read_record(self.site.store.db)[0]
+            self._owner_seen_at = time.monotonic()
         if self.lock.unrecorded is not None:
             log.error(
                 "the lock %s is held, but who holds it cannot be written into it (%s): "
@@ -826,6 +839,8 @@ class Daemon:
         self._taken = 0
         if self.lock.lost() and not self._lock_retaken():
             return
+        if self.index_taken():
+            return
         if self._resync_due:
             self._resync()
         if os.path.exists(self._handover):  # a stat a tick
@@ -883,6 +898,61 @@ class Daemon:
             self.runner.changed_workflows |= self.pending_reports.others()
         if self.runner.changed_workflows and self._reports_due():
             self.write_reports()
+
+    def index_taken(self) -> bool:
+        """Whether the index became another site's while this daemon served (checked at
+        the start only, a daemon went on writing its runs into an index another site had
+        adopted meanwhile with `reindex --adopt` on a host that did not see this daemon's
+        lock: found by review). Looked at every :attr:`INDEX_OWNER_EVERY` seconds, at the
+        start of a tick. Another site's id there: the daemon writes nothing more into the
+        index (the tree keeps every change), takes nothing in, and stops with
+        :attr:`disowned` (which ``run_daemon`` raises: exit 1). Its running runs go on,
+        for the next start with an index of the site's own to take over.
+
+        This site's id at another folder is no proof of another site: it is what a host
+        that mounts this very folder at another path records (a shared site's hosts do),
+        as well as a copy of the site on another host (which no host can tell apart from
+        here): said in the log, once per folder, and served on."""
+        if self.disowned is not None:
+            return True
+        now = time.monotonic()
+        if self._site_id is None or now - self._owner_seen_at < self.INDEX_OWNER_EVERY:
+            return False
+        self._owner_seen_at = now
+        store = self.site.store
+        try:
+            index_id, last = siteid.read_record(store.db)
+        except Exception as exc:  # the index away: the tick's own writes say so
+            log.debug("cannot read whose index this is: %s", exc)
+            return False
+        where = display_url(self.site.config.database or str(self.site.layout.index_db))
+        if index_id is not None and index_id != self._site_id:
+            self.disowned = siteid.taken_over(where, self.site.root, self._site_id, index_id, last)
+            log.error("%s", self.disowned.summary())
+            store.detach_index(f"the index of the site at {last} now")
+            # its reports are the next daemon's, from the site's own index: their notes
+            # (reports-pending) stay; none is written from another site's runs
+            self.runner.changed_workflows = set()
+            self.stopping = True
+            self.wakeup.set()
+            return True
+        if (
+            last is not None
+            and last not in self._roots_said
+            and not siteid.same_folder(last, self.site.root)
+        ):
+            self._roots_said.add(last)
+            log.warning(
+                "the index %s records this site (site id %s) at %s now, not at %s: this "
+                "folder seen through another path on another host, or a copy of the site "
+                "there, whose runs would go into this index too (give a copy an index of "
+                "its own: `database:` in its flowbatch.yaml)",
+                where,
+                index_id,
+                last,
+                self.site.root,
+            )
+        return False
 
     def _settle_ended_cancels(self) -> None:
         """The claims of cancels whose runs were being ended, once their end is recorded."""
@@ -973,6 +1043,8 @@ class Daemon:
     def write_reports(self) -> None:
         """Post-processing starts here (it launches runs); the report files are written
         here too, or handed to the report thread when serve() runs one."""
+        if self.disowned is not None:  # the index is another site's: not from its runs
+            return
         changed = self.runner.changed_workflows
         # first: a post-processing run that fails at its start is in this report
         self.postproc.maybe_start(changed)
@@ -988,6 +1060,8 @@ class Daemon:
         self.runner.changed_workflows = set()
 
     def _write_report_files(self, changed: set[str], upto: int) -> None:
+        if self.disowned is not None:  # handed over before: left to the next daemon
+            return
         started = time.monotonic()
         faults.point("ranking")
         api.update_reports(self.site, changed)
@@ -1527,6 +1601,10 @@ def run_daemon(site: Site, *, once: bool = False, until_idle: bool = False) -> s
     finally:
         notify.stopping()
         daemon.stop()
+    if daemon.disowned is not None:
+        # a failure: the service manager's restart meets the refusal of the index, which
+        # says the same, until the site has an index of its own
+        raise daemon.disowned
     if daemon._handing_over:
         # a failure, so that the service manager starts it again (Restart=on-failure):
         # the holder may be a command that ends in a moment, the site left unserved

@@ -9,22 +9,29 @@ Each test runs on SQLite files and on the real PostgreSQL test server."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowbatch import api
-from flowbatch.daemon import Daemon
+from flowbatch.daemon import Daemon, run_daemon
 from flowbatch.errors import IndexError_
 from flowbatch.site import Site
 from flowbatch.store import siteid
 from flowbatch.store.index import open_database
 
-from .conftest import EXAMPLES, drop, lock_held, make_site, run_until_idle
+from .conftest import EXAMPLES, drop, lock_held, make_site, run_until_idle, write_template
 from .services.postgres import USER
 from .test_robust import fb
 
@@ -297,3 +304,162 @@ def test_reindex_adopt_drops_the_other_sites_claims(
     new = next(r["id"] for r in runs if r["id"] != run["id"])
     assert _claims(url, copy) == [new]
     assert not (copy / "queue" / "a.yaml").exists()
+
+
+def _on_another_host(hidden: Path, site: Path, *args: str, mounts: str = "") -> str:
+    """`flowbatch ARGS` on the site at ``site`` as on another host, which does not see the
+    folder ``hidden`` (an empty folder is mounted over it in a mount namespace of the
+    command's own, gone with it) nor the daemon lock in it. ``mounts``: shell commands
+    run first in that namespace. Its output, or a skip where namespaces are refused."""
+    empty = hidden.parent / ".empty"
+    empty.mkdir(exist_ok=True)
+    script = f'{mounts}mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    command = [sys.executable, "-m", "flowbatch", "--site", str(site), *args]
+    namespace = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    try:
+        done = subprocess.run(
+            [*namespace, str(empty), str(hidden), *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here")
+    if done.returncode and "unshare" in done.stderr:
+        pytest.skip(f"no mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _waiting_site(root: Path, url: str, go: Path) -> Site:
+    """A site whose one request's run waits for the file ``go``."""
+    site = make_site(root, {"database": url})
+    write_template(
+        root.parent / "waits",
+        "workflow:\n  steps:\n    - action:\n        commands:\n"
+        f"          - 'while [ ! -e {go} ]; do sleep 0.05; done'\n",
+    )
+    api.install(site, root.parent / "waits", workflow_id="waits")
+    drop(site, "w.yaml", {"workflow": "waits", "name": "w", "group": "w"})
+    return site
+
+
+def _run_json(root: Path) -> dict[str, Any]:
+    (path,) = (root / "results" / "waits" / "runs").glob("*/run.json")
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _serve_in_thread(site: Site) -> tuple[threading.Thread, list[BaseException | None]]:
+    """``run_daemon`` serving ``site`` until idle, in a thread; what it raised, once done."""
+    out: list[BaseException | None] = []
+
+    def serve() -> None:
+        try:
+            run_daemon(site, until_idle=True)
+        except BaseException as exc:  # handed to the test
+            out.append(exc)
+        else:
+            out.append(None)
+
+    thread = threading.Thread(target=serve, name="daemon")
+    thread.start()
+    return thread, out
+
+
+def _wait_running(root: Path, thread: threading.Thread) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and thread.is_alive():
+        with contextlib.suppress(ValueError, OSError):
+            run = _run_json(root)
+            if run["state"] == "RUNNING":
+                return run
+        time.sleep(0.05)
+    raise AssertionError("the run never ran")
+
+
+def test_a_daemon_stops_when_another_site_adopts_its_index(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon checked whose index it writes into at its start only: another site that
+    adopted the index meanwhile (`reindex --adopt` on a host that did not see the
+    daemon's lock) had the first site's runs written into its index. It looks again
+    while it serves, and stops: nothing more written into the index, its runs left in
+    the tree for the site's own index to take over."""
+    monkeypatch.setattr(
+        Daemon, "INDEX_OWNER_EVERY", 0.0, raising=False
+    )  # at every tick, for the test
+    go = tmp_path / "go"
+    first = tmp_path / "first"
+    site = _waiting_site(first, index_url, go)
+    thread, out = _serve_in_thread(site)
+    try:
+        run = _wait_running(first, thread)
+        other = make_site(tmp_path / "other", {"database": index_url})
+        other.close()
+        _on_another_host(first, other.root, "reindex", "--adopt")
+        thread.join(60)
+    finally:
+        if thread.is_alive():  # the old code served on: let it end
+            go.touch()
+            thread.join(60)
+    site.close()
+    (error,) = out
+    assert isinstance(error, IndexError_), error
+    text = error.summary()
+    other_id = siteid.read_site_id(other.root)
+    assert f"another site, at {other.root} (site id {other_id})" in text
+    assert f"while this daemon served {first}" in text and "stops" in text
+    assert "s3cret" not in text and f"`database:` in {first}/flowbatch.yaml" in text
+    # its run goes on, recorded in the tree only; the other site's index has none of it
+    assert _run_json(first)["state"] == "RUNNING"
+    assert _names(other.root) == []
+    # the way out it gives: an index of the site's own, rebuilt from the tree; the next
+    # daemon takes the run over
+    (first / "flowbatch.yaml").write_text("database: sqlite:///own.db\n", encoding="utf-8")
+    assert "indexed 1 run" in fb(first, "reindex").stdout
+    go.touch()
+    site = Site(first)
+    try:
+        run_until_idle(site)
+        assert [(r["id"], r["state"]) for r in api.list_runs(site)] == [(run["id"], "SUCCESS")]
+    finally:
+        site.close()
+    assert _names(other.root) == []
+
+
+def test_a_daemon_serves_on_when_its_folder_is_seen_at_another_path(
+    tmp_path: Path,
+    index_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """This site's id recorded at another folder, which this host cannot see: a host
+    that mounts the site's folder at another path (a shared site's do) records that, as
+    would a copy on another host; no host can tell them apart, so the daemon says so in
+    its log and serves on."""
+    monkeypatch.setattr(Daemon, "INDEX_OWNER_EVERY", 0.0, raising=False)
+    go = tmp_path / "go"
+    first = tmp_path / "first"
+    site = _waiting_site(first, index_url, go)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    thread, out = _serve_in_thread(site)
+    try:
+        _wait_running(first, thread)
+        # another host, where the site's folder is mounted at mnt
+        _on_another_host(first, mnt, "runs", "list", mounts=f'mount --bind "{first}" "{mnt}" && ')
+        with caplog.at_level("WARNING", logger="flowbatch.daemon"):
+            deadline = time.monotonic() + 60
+            while f"at {mnt} now" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            go.touch()
+            thread.join(60)
+    finally:
+        go.touch()
+        thread.join(60)
+        site.close()
+    assert out == [None]
+    assert _record(index_url, first) == (siteid.read_site_id(first), mnt)  # as recorded there
+    assert f"records this site (site id {siteid.read_site_id(first)}) at {mnt} now" in caplog.text
+    assert _run_json(first)["state"] == "SUCCESS"
+    assert _names(first) == ["w"]

@@ -162,7 +162,7 @@ def _write_site_id(root: Path, site_id: str) -> None:
     write_bytes(root / SITE_ID_FILE, _site_file_bytes(root, site_id), mode=0o644)
 
 
-def _same_folder(a: Path, b: Path) -> bool:
+def same_folder(a: Path, b: Path) -> bool:
     if a == b:
         return True
     try:
@@ -193,13 +193,13 @@ def assess(db: pw.Database, root: Path, *, in_site: bool) -> Ownership:
     if (
         site_id is not None
         and written_for is not None
-        and not _same_folder(written_for, root)
+        and not same_folder(written_for, root)
         and _id_in(written_for) in (site_id, UNSEEN)
     ):
         copy_of = written_for
     if index_id is None:
         return Ownership(NEW, None, last, site_id, copy_of=copy_of)
-    here = last is not None and _same_folder(last, root)
+    here = last is not None and same_folder(last, root)
     # the recorded folder (not this one) still holds the site the index records, or
     # may: this user cannot look
     held = _id_in(last) if last is not None and not here else None
@@ -226,6 +226,37 @@ def _state(site_id: str | None, index_id: str, here: bool, there: bool, in_site:
     return FOREIGN
 
 
+def claimant(db: pw.Database, site_id: str) -> tuple[str, Path | None] | None:
+    """The site the index records, when that is no longer ``site_id``: (its id, its
+    root as recorded); None while it is this site's, or records none. The serving
+    daemon's look (:meth:`flowbatch.daemon.Daemon.index_taken`): one read of two meta
+    rows."""
+    index_id, last = read_record(db)
+    if index_id is None or index_id == site_id:
+        return None
+    return index_id, last
+
+
+def taken_over(
+    where: str, root: Path, site_id: str, other_id: str, other_root: Path | None
+) -> IndexError_:
+    """The error a daemon stops with when its index became another site's under it."""
+    there = f"at {other_root}" if other_root is not None else "at a folder it does not name"
+    return IndexError_(
+        f"this index was made the index of another site, {there} (site id {other_id}), "
+        f"while this daemon served {root} (site id {site_id}) with it: `flowbatch reindex "
+        "--adopt` there, on a host that did not see this daemon; this daemon takes no "
+        "more requests in, writes nothing more into the index, and stops. Its runs are "
+        "in the results tree: running ones go on, requests wait in the queue",
+        file=where,
+        hint=f"give this site an index of its own: set `database:` in {root}/flowbatch.yaml "
+        "(or FLOWBATCH_DATABASE) to a new database, or remove it for an SQLite index.db in "
+        "the site folder, then run `flowbatch reindex` and start the daemon again (it "
+        "takes the running runs over); or, if this site is to keep this index, stop the "
+        "other site's daemon and run `flowbatch reindex --adopt` here",
+    )
+
+
 def refusal(own: Ownership, root: Path, where: str) -> IndexError_:
     """The error of an index that belongs to another site, with the ways out."""
     if own.unseen:
@@ -248,7 +279,7 @@ def refusal(own: Ownership, root: Path, where: str) -> IndexError_:
             f"this index belongs to another site, at {own.last_root} (site id "
             f"{own.index_id}): the two would write their runs into one index"
         )
-    elif own.last_root is not None and _same_folder(own.last_root, root):
+    elif own.last_root is not None and same_folder(own.last_root, root):
         # this very folder, whose site-id file changed (found by review: the message
         # said the folder "no longer holds" the site, and named the folder twice)
         return IndexError_(

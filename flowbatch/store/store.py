@@ -121,6 +121,8 @@ class Store:
         #: the runs whose index rows the open batch holds uncommitted (its commit may fail)
         self._batch_runs: dict[str, RunRecord] = {}
         self._room_until = 0.0  # has_room: room was seen, until then (monotonic)
+        #: why nothing more is written into the index (see detach_index); None: it is
+        self.detached: str | None = None
         self._unindexed_said = Repeated(log)  # flush_unindexed's failures, said sparingly
         if check_index:
             self.check_not_lost()
@@ -292,7 +294,7 @@ class Store:
                 return
             if self.unwritten.pop(run.id, None) is not None:
                 self.unindexed[run.id] = run  # its history rows too, whole
-        if index:
+        if index and self.detached is None:
             try:
                 with self._unit():
                     self._index_run(run, replace=not ended)
@@ -318,9 +320,17 @@ class Store:
                 if self._batch_txn is not None:  # uncommitted: the commit may still fail
                     self._batch_runs[run.id] = run
 
+    def detach_index(self, why: str) -> None:
+        """Write nothing more into the index, from now on: it is another site's (the
+        daemon saw it adopted under it, :meth:`flowbatch.daemon.Daemon.index_taken`).
+        ``run.json`` files are still written, so the tree keeps every change for the
+        index this site gets next (its ``reindex``, the next daemon's start)."""
+        self.detached = why
+        self.unindexed.clear()
+
     def owed(self) -> bool:
         """Whether writes are left to catch up: run.json files or index rows."""
-        return bool(self.unwritten or self.unindexed)
+        return bool(self.unwritten or (self.unindexed and self.detached is None))
 
     def _not_written(self, run: RunRecord, exc: OSError) -> None:
         first = run.id not in self.unwritten
@@ -389,7 +399,7 @@ class Store:
     def flush_unindexed(self) -> None:
         """Index again, from their records, the runs whose index write failed (a database
         that was away); they stay listed while it still fails."""
-        if not self.unindexed:
+        if not self.unindexed or self.detached is not None:
             return
         runs = list(self.unindexed.values())
         try:
@@ -533,7 +543,9 @@ class Store:
         is logged, naming it, and left out, what was written of it undone, instead of
         failing every other run: reindex comes here after the index was cleared. A
         failure of the database itself (:class:`peewee.OperationalError`, a lost
-        connection) is raised."""
+        connection) is raised. Nothing, on a detached store (:meth:`detach_index`)."""
+        if self.detached is not None:
+            return 0
         sqlite = isinstance(self.db, pw.SqliteDatabase)
         count = 0
         with self.db.atomic():
