@@ -926,6 +926,15 @@ class Daemon:
             log.debug("cannot read whose index this is: %s", exc)
             return False
         where = display_url(self.site.config.database or str(self.site.layout.index_db))
+        if (
+            index_id is not None
+            and index_id != self._site_id
+            and siteid.read_site_id(self.site.root) == index_id
+        ):
+            # this site's own id changed: its site-id file was replaced, and a command
+            # recorded the file's id in the site's own index file (siteid.RECLAIM)
+            log.warning("the index %s records this site's new site id %s", where, index_id)
+            self._site_id = index_id
         if index_id is not None and index_id != self._site_id:
             self.disowned = siteid.taken_over(where, self.site.root, self._site_id, index_id, last)
             log.error("%s", self.disowned.summary())

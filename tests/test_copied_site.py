@@ -463,3 +463,28 @@ def test_a_daemon_serves_on_when_its_folder_is_seen_at_another_path(
     assert f"records this site (site id {siteid.read_site_id(first)}) at {mnt} now" in caplog.text
     assert _run_json(first)["state"] == "SUCCESS"
     assert _names(first) == ["w"]
+
+
+def test_a_daemon_follows_its_own_site_id_changed_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The site's own index file re-keyed to the id of its replaced site-id file (by a
+    command: siteid.RECLAIM) is no other site's: the daemon serves on with the new id."""
+    monkeypatch.setattr(Daemon, "INDEX_OWNER_EVERY", 0.0, raising=False)
+    go = tmp_path / "go"
+    first = tmp_path / "first"
+    site = _waiting_site(first, f"sqlite:///{first / 'index.db'}", go)
+    thread, out = _serve_in_thread(site)
+    try:
+        _wait_running(first, thread)
+        (first / siteid.SITE_ID_FILE).write_text(f"{'ab' * 16}\n{first}\n", encoding="utf-8")
+        fb(first, "runs", "list")
+        go.touch()
+        thread.join(60)
+    finally:
+        go.touch()
+        thread.join(60)
+        site.close()
+    assert out == [None]
+    assert _run_json(first)["state"] == "SUCCESS"
+    assert _record(f"sqlite:///{first / 'index.db'}", first) == ("ab" * 16, first)

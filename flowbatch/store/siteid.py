@@ -241,7 +241,12 @@ def taken_over(
     where: str, root: Path, site_id: str, other_id: str, other_root: Path | None
 ) -> IndexError_:
     """The error a daemon stops with when its index became another site's under it."""
-    there = f"at {other_root}" if other_root is not None else "at a folder it does not name"
+    if other_root is None:
+        there = "at a folder it does not name"
+    elif other_root == root:  # this very path: the other site's folder is another host's
+        there = f"at {other_root} on another host"
+    else:
+        there = f"at {other_root}"
     return IndexError_(
         f"this index was made the index of another site, {there} (site id {other_id}), "
         f"while this daemon served {root} (site id {site_id}) with it: `flowbatch reindex "
