@@ -95,7 +95,32 @@ def public_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="flowbatch-test-", dir="/tmp"))
     path.chmod(0o755)
     yield path
+    end_scripts_in(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def end_scripts_in(path: Path) -> None:
+    """Kill, by their PIDs, the processes a test left running a script of ``path``'s
+    (their command lines name it), before the folder goes: a post-processing of another
+    user's waiting for a gate file in it looked for the gate every 50 ms for ever once
+    the folder was removed (found left behind after a run of test_shared_site.py)."""
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(
+                arg.startswith(f"{path}/") for arg in proc.info["cmdline"] or ()
+            ):
+                left.append(proc)
+        except psutil.Error:
+            continue
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
 
 
 def python_for_others() -> str:
