@@ -43,7 +43,7 @@ from .spec.request import CancelRequest
 from .store import atomic, siteid
 from .store.index import display_url, sqlite_path
 from .store.layout import ID_PATTERN, RUN_PAGE
-from .store.owner import SiteOwner, give, give_back
+from .store.owner import SiteOwner, give, give_back, open_folder_in
 from .store.store import (
     REBUILD_LOCK,
     RETRIED_ERRORS,
@@ -312,25 +312,7 @@ class PendingReports:
         """A descriptor of :attr:`folder`, each of its names below :attr:`site_root`
         opened through no link (ELOOP where one is a link); ``make``: the missing ones
         made (a root daemon's the site owner's)."""
-        fd = os.open(self.site_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for name in self.folder.relative_to(self.site_root).parts:
-                if make:
-                    try:
-                        os.mkdir(name, 0o777, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                    else:
-                        if self.owner is not None:
-                            self.owner.give_at(name, fd)
-                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                sub = os.open(name, flags, dir_fd=fd)
-                os.close(fd)
-                fd = sub
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return open_folder_in(self.site_root, self.folder, self.owner, make=make)
 
     def handed_over(self) -> int:
         """A report is about to be written from the index as it is now: every change

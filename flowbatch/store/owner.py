@@ -26,6 +26,8 @@ from pathlib import Path
 
 #: a folder opened to give what is in it (the path to it may be a link of the admin's)
 _IN = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+#: a folder opened never through a link at its last name
+_DIR = _IN | os.O_NOFOLLOW
 
 
 def _other_names(st: os.stat_result) -> bool:
@@ -91,6 +93,32 @@ class SiteOwner:
             self.give(folder)
 
 
+def open_folder_in(root: Path, folder: Path, owner: SiteOwner | None, *, make: bool) -> int:
+    """A descriptor of ``folder``, a folder beneath the site folder ``root``, each of its
+    names below ``root`` opened through no link (ELOOP where one is a link: the owner
+    controls the site folder and could lead root's writes where they chose with one);
+    ``make``: the missing ones made, each given to ``owner`` where there is one (when
+    made in a folder of theirs: :meth:`SiteOwner.give_at`)."""
+    fd = os.open(root, _IN)
+    try:
+        for name in folder.relative_to(root).parts:
+            if make:
+                try:
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                else:
+                    if owner is not None:
+                        owner.give_at(name, fd)
+            sub = os.open(name, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def site_owner(root: Path) -> SiteOwner | None:
     """Whom root gives what it makes in the site at ``root``: its folder's owner and
     group, when this process is root and the site another user's; None otherwise."""
@@ -117,7 +145,6 @@ def give(path: str | os.PathLike[str] | int, owner: SiteOwner | None) -> None:
         owner.give(path)
 
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: how deep the folders of a run are given at most (a take-back's depth)
 FOLDER_DEPTH = 100
 
