@@ -66,7 +66,7 @@ def install(
     template = load_template(src.spec_path, known_variables=site.templates.variables)
     check_template_executor(site, template, str(src.spec_path))
     with (
-        tree_change(site.root, "install"),
+        tree_change(site.root, "install", owner=site.layout.owner),
         Progress(f"installing {src.spec_path.parent.name}") as bar,  # big templates
     ):
         installed = site.templates.install(src, workflow_id=workflow_id, name=name, progress=bar)
@@ -718,7 +718,7 @@ def reindex(site: Site, *, adopt: bool = False) -> int:
         other = other_daemon(site.root, site.host) if site.shared else None  # another host's
         if other is not None:
             raise _daemon_running(site, other)
-        with tree_change(site.root, "reindex", rebuild=True):
+        with tree_change(site.root, "reindex", rebuild=True, owner=site.layout.owner):
             return _reindex(site, adopt=adopt)
     finally:
         lock.release()

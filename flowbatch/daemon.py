@@ -515,8 +515,9 @@ class Daemon:
         index = sqlite_path(site.config.database, site.layout.index_db)
         if index is not None and index.parent == site.root:
             files += [index, *(index.with_name(index.name + s) for s in ("-wal", "-shm"))]
+        notes = [site.reports_pending_dir]
         try:
-            given = give_back(owner, files, site.layout.results, site.reports_pending_dir)
+            given = give_back(owner, files, site.layout.results, notes, site.layout.templates)
         except OSError as exc:
             log.warning(
                 "cannot give the site's owner (%s) what an older root daemon made root's "

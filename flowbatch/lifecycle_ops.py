@@ -48,6 +48,7 @@ from .store.index import (
     error_line,
 )
 from .store.layout import ID_PATTERN, REQUEST_COPY, RUN_JSON, checked_id
+from .store.owner import make_dirs, open_folder_in
 from .store.store import lock_holder_at, lock_holders, other_daemon, tree_change
 from .store.templates import META
 
@@ -107,7 +108,7 @@ def _changes_tree(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             if kwargs.get("dry_run"):
                 return fn(*args, **kwargs)
             site = cast(Site, args[0])  # every guarded function takes the site first
-            with tree_change(site.root, command):
+            with tree_change(site.root, command, owner=site.layout.owner):
                 return fn(*args, **kwargs)
 
         return guarded
@@ -127,7 +128,7 @@ def remove_runs(site: Site, runs: list[RunRecord]) -> int:
     for run in runs:
         run_dir = site.store.run_dir(run)
         trash = site.layout.workflow_results(run.workflow) / TRASH
-        trash.mkdir(exist_ok=True)
+        make_dirs(trash, site.layout.owner)  # root's, the owner's `runs delete` failed there
         dest = trash / run.id
         _remove(dest)  # a leftover of an earlier crash
         os.rename(run_dir, dest)  # from here on the tree no longer has the run
@@ -305,20 +306,18 @@ def _owe_reports(site: Site, workflows: set[str]) -> set[str]:
     the note, and the daemon writes those reports (at its next start, or within
     :data:`~flowbatch.daemon.OTHERS_EVERY` seconds of an idle tick when it runs, once
     the process the note names, this one, is gone). Returns the notes made here; one
-    already there is the daemon's, which it removes itself."""
+    already there is the daemon's, which it removes itself.
+
+    Made as the daemon makes its notes: through no link below the site folder, and,
+    by root on a site another user owns (the API in root's process), the folder and the
+    notes the owner's, whose commands and daemon note and clear them too (found by
+    review: a removal by root left ``reports-pending/`` root's)."""
     made: set[str] = set()
-    folder = site.reports_pending_dir
     for workflow in sorted(workflows):
         if not ID_PATTERN.match(workflow):
             continue
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(folder / workflow, flags, 0o644)
-            try:  # who owes them: a running daemon leaves the note to a live command
-                os.write(fd, f"{os.getpid()}\n".encode())
-            finally:
-                os.close(fd)
+            _note_owed(site, site.reports_pending_dir, workflow, f"{os.getpid()}\n")
         except FileExistsError:
             continue
         except OSError as exc:  # the reports are still written; only a crash forgets
@@ -326,6 +325,25 @@ def _owe_reports(site: Site, workflows: set[str]) -> set[str]:
             continue
         made.add(workflow)
     return made
+
+
+def _note_owed(site: Site, folder: Path, workflow: str, text: str) -> None:
+    """Make the note ``folder/workflow`` (a folder of ``reports-pending/``) holding
+    ``text``; FileExistsError when there is one. The site owner's, made by root."""
+    owner = site.layout.owner
+    fd = open_folder_in(site.root, folder, owner, make=True)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        note = os.open(workflow, flags, 0o644, dir_fd=fd)
+        try:  # who owes them: a running daemon leaves the note to a live command
+            if text:
+                atomic.write_all(note, text.encode())
+        finally:
+            os.close(note)
+        if owner is not None:
+            owner.give_at(workflow, fd)
+    finally:
+        os.close(fd)
 
 
 def _reports_written(site: Site, noted: set[str]) -> None:
@@ -363,8 +381,8 @@ def _to_a_serving_host(site: Site, workflow: str) -> None:
             continue
         folder = site.reports_pending_dir.parent / host
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / workflow).touch()
+            with contextlib.suppress(FileExistsError):
+                _note_owed(site, folder, workflow, "")  # empty: a daemon's own
             (site.reports_pending_dir / workflow).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("cannot hand pending reports of %s to host %s: %s", workflow, host, exc)

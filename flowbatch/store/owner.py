@@ -7,9 +7,12 @@ the owner's commands open for writing in place (the lock files, ``claims-boot``,
 index) is therefore given to the site's owner, with the site folder's group, as soon as
 it is made: made root's, the owner's ``report``, ``install``, ``runs delete``,
 ``cleanup``, ``workflows retire`` and ``reindex`` failed on a permission error (found by
-an end-to-end trial). Files the daemon writes by rename into the owner's folders
-(``run.json``, leaderboards, pages) may stay root's: the owner replaces and removes them
-with write access to the folder alone.
+an end-to-end trial). So is what root's own programs make there through
+:mod:`flowbatch.api` (``reindex.lock``, ``.trash``, a template's folders and files,
+notes of owed reports): the owner's ``install``, ``runs delete`` and ``uninstall``
+failed on them (found by review). Files the daemon writes by rename into the owner's
+folders (``run.json``, leaderboards, pages) may stay root's: the owner replaces and
+removes them with write access to the folder alone.
 
 On a site of root's, or in a process that is not root, there is nothing to give, and
 nothing here costs more than a comparison: the site folder is looked at once per
@@ -91,6 +94,30 @@ class SiteOwner:
             except FileExistsError:
                 continue  # made meanwhile: by whom it was made decides
             self.give(folder)
+
+    def give_tree(self, path: Path) -> int:
+        """Give the folder ``path``, when it is in a folder of the owner's, with the
+        folders and files beneath it that are root's (:data:`FOLDER_DEPTH` levels at
+        most), walked by descriptors, never through a link; a file with another name
+        stays root's. For a tree root fills before it is given (a template's version):
+        a folder the owner held while root wrote into it could have had a link put in
+        it, which root's writes would have followed. Returns how many were given;
+        nothing once this process is no longer root."""
+        if os.geteuid() != 0:
+            return 0
+        folder = os.open(path.parent, _IN)
+        try:
+            if os.fstat(folder).st_uid != self.uid:
+                return 0
+            top = _open_folder(path.name, folder)
+        finally:
+            os.close(folder)
+        if top is None:
+            return 0
+        try:
+            return _give_tree(top, self, FOLDER_DEPTH)
+        finally:
+            os.close(top)
 
 
 def open_folder_in(root: Path, folder: Path, owner: SiteOwner | None, *, make: bool) -> int:
@@ -211,11 +238,16 @@ def _give_own(fd: int, owner: SiteOwner) -> bool:
     return True
 
 
-def _give_notes(fd: int, owner: SiteOwner, depth: int) -> int:
+def _give_tree(fd: int, owner: SiteOwner, depth: int) -> int:
     """Give the open folder ``fd``, and the folders and files in it (``depth`` levels
-    of folders), that are root's to ``owner``: the notes of ``reports-pending/``.
-    Walked by descriptors: no name is followed through a link."""
-    count = int(_give_own(fd, owner))
+    of folders), that are root's to ``owner``: the notes of ``reports-pending/``, a
+    template's version. Walked by descriptors: no name is followed through a link.
+    Returns how many were given. The folder itself goes last: a walk cut short finds
+    it root's at the next look, and is made again whole. Nothing in a folder of a
+    third user's: the owner could have made nothing there."""
+    if os.fstat(fd).st_uid not in (0, owner.uid):
+        return 0
+    count = 0
     with os.scandir(fd) as entries:
         found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
     for name, folder in found:
@@ -226,7 +258,7 @@ def _give_notes(fd: int, owner: SiteOwner, depth: int) -> int:
             if sub is None:
                 continue
             try:
-                count += _give_notes(sub, owner, depth - 1)
+                count += _give_tree(sub, owner, depth - 1)
             finally:
                 os.close(sub)
             continue
@@ -234,26 +266,39 @@ def _give_notes(fd: int, owner: SiteOwner, depth: int) -> int:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        if st.st_uid == 0 and stat.S_ISREG(st.st_mode):
-            count += owner.give_at(name, fd)  # none with another name (a hard link)
-    return count
+        # none with another name (a hard link); the folder is the owner's, or is given
+        # to them last
+        if st.st_uid == 0 and stat.S_ISREG(st.st_mode) and not _other_names(st):
+            os.chown(name, owner.uid, owner.gid, dir_fd=fd, follow_symlinks=False)
+            count += 1
+    return count + _give_own(fd, owner)
 
 
-def give_back(owner: SiteOwner, files: list[Path], results: Path, notes: Path) -> list[str]:
+def give_back(
+    owner: SiteOwner,
+    files: list[Path],
+    results: Path,
+    notes: list[Path],
+    templates: Path | None = None,
+) -> list[str]:
     """Repair a site an older flowbatch's root daemon served: give the site's owner what
     that daemon made root's, and returns what was given (paths, for the log). ``files``
     are the site's files the owner opens in place (lock files, ``claims-boot``, the
-    index); ``notes`` is ``reports-pending/``. In ``results/``: each workflow's folder,
-    ``runs/``, ``postproc/`` and ``.trash`` with the folders in them. Run folders only
-    where their ``runs/`` is root's: an older daemon took its runs back to root, and
-    ``runs/`` is given last, so a repair cut short is done again whole at the next
-    start, and a site already repaired (or never served so) costs a few looks per
-    workflow, not one per run. A run folder its user holds (a run still running) is
-    not walked into.
+    index); ``notes`` are folders of notes, one level of folders deep
+    (``reports-pending/``), given with their notes. In ``templates/``: each workflow's
+    folder, and its versions where they are root's, with what is in them (an install
+    by root's process: the owner's ``install``, ``workflows retire`` and ``uninstall``
+    failed there). In
+    ``results/``: each workflow's folder, ``runs/``, ``postproc/`` and ``.trash`` with
+    the folders in them. Run folders only where their ``runs/`` is root's: an older
+    daemon took its runs back to root, and ``runs/`` is given last, so a repair cut
+    short is done again whole at the next start, and a site already repaired (or never
+    served so) costs a few looks per workflow, not one per run. A run folder its user
+    holds (a run still running) is not walked into.
 
-    ``results/`` and ``reports-pending/`` are in the owner's own site folder: the owner
-    can put a link in their place (to another site's results, whose runs are root's).
-    Both are therefore walked by descriptors, none opened through a link, so that
+    ``results/``, ``templates/`` and the folders of notes are in the owner's own site
+    folder: the owner can put a link in their place (to another site's results, whose
+    runs are root's). All are therefore walked by descriptors, none opened through a link, so that
     nothing outside the site is given (found by review: the repair gave another tree's
     ``runs/`` and the folders of its runs to the owner through a ``results`` link)."""
     given: list[str] = []
@@ -261,13 +306,17 @@ def give_back(owner: SiteOwner, files: list[Path], results: Path, notes: Path) -
         if _roots(path) and not os.path.islink(path):
             owner.give(path)
             given.append(path.name)
-    fd = _open_folder(notes)
-    if fd is not None:
+    for folder in notes:
+        fd = _open_folder(folder)
+        if fd is None:
+            continue
         try:
-            if _give_notes(fd, owner, 1):  # and its hosts' folders
-                given.append(notes.name)
+            if _give_tree(fd, owner, 1):  # and its hosts' (or profiles') folders
+                given.append(folder.name)
         finally:
             os.close(fd)
+    if templates is not None:
+        given += _give_templates(templates, owner)
     fd = _open_folder(results)
     if fd is None:
         return given
@@ -282,6 +331,45 @@ def give_back(owner: SiteOwner, files: list[Path], results: Path, notes: Path) -
                 continue
             try:
                 given += _give_workflow(top, owner, f"{results.name}/{workflow}")
+            finally:
+                os.close(top)
+    finally:
+        os.close(fd)
+    return given
+
+
+def _give_templates(templates: Path, owner: SiteOwner) -> list[str]:
+    """:func:`give_back` in ``templates/``: a workflow's folder where it is root's, and
+    in it each folder of root's (a version, one being installed or retired) with what
+    is in it. A site already repaired costs a look per version."""
+    given: list[str] = []
+    fd = _open_folder(templates)
+    if fd is None:
+        return given
+    try:
+        if _give_own(fd, owner):
+            given.append(templates.name)
+        with os.scandir(fd) as entries:
+            workflows = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        for workflow in workflows:
+            top = _open_folder(workflow, fd)
+            if top is None:
+                continue
+            try:
+                if _give_own(top, owner):
+                    given.append(f"{templates.name}/{workflow}")
+                with os.scandir(top) as entries:
+                    versions = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+                for version in versions:
+                    sub = _open_folder(version, top)
+                    if sub is None:
+                        continue
+                    try:
+                        if os.fstat(sub).st_uid == 0:
+                            _give_tree(sub, owner, FOLDER_DEPTH)
+                            given.append(f"{templates.name}/{workflow}/{version}")
+                    finally:
+                        os.close(sub)
             finally:
                 os.close(top)
     finally:

@@ -48,6 +48,7 @@ from .index import (
     sqlite_path,
 )
 from .layout import RUN_JSON, Layout, this_host
+from .owner import SiteOwner
 
 log = logging.getLogger("flowbatch.store")
 
@@ -837,11 +838,20 @@ def _new_index_for_owner(url: str | None, layout: Layout) -> None:
 
 
 @contextmanager
-def tree_change(root: Path, command: str, *, rebuild: bool = False) -> Iterator[None]:
+def tree_change(
+    root: Path, command: str, *, rebuild: bool = False, owner: SiteOwner | None = None
+) -> Iterator[None]:
     """Hold the site's :data:`REBUILD_LOCK` while ``command`` changes the tree: shared, or
-    alone for a ``rebuild``. Refused at once when the other kind holds it."""
+    alone for a ``rebuild``. Refused at once when the other kind holds it.
+
+    Root (the Python API in root's process) on a site another user owns gives the file
+    to the site's owner (``owner``: :attr:`Layout.owner`), with one it finds root's (an
+    older flowbatch's): made root's, the owner's commands that change the tree could no
+    longer open it (found by review)."""
     fd = os.open(root / REBUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
+        if owner is not None and os.fstat(fd).st_uid == 0:
+            owner.give(fd)  # not one with another name (a hard link)
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if rebuild else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,6 +25,7 @@ from ..spec.model import Template
 from ..spec.template import load_template
 from . import atomic
 from .layout import Layout, checked_id
+from .owner import make_dirs
 
 META = "workflow.json"
 #: names in a run folder that flowbatch writes itself; template files may not use them
@@ -249,7 +250,13 @@ class TemplateStore:
         )
         previous = meta.get("current")
         created = not version_dir.is_dir()
+        owner = self.layout.owner
         if created:
+            # root (the API in root's process) on a site another user owns: the
+            # workflow's folder and the version are the owner's, whose install, retire
+            # and uninstall failed on root's (found by review). The version is given
+            # once filled, never while root writes into it (see SiteOwner.give_tree)
+            make_dirs(wf_dir, owner)
             tmp = wf_dir / f".{version}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "files").mkdir(parents=True)
@@ -262,6 +269,8 @@ class TemplateStore:
                 shutil.copy2(path, dest)
                 if progress is not None:
                     progress.advance()
+            if owner is not None:
+                owner.give_tree(tmp)
             os.replace(tmp, version_dir)
             meta["versions"].append({"version": version, "installed_at": now_iso()})
         if not src.named and meta.get("name"):
