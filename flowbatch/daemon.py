@@ -32,6 +32,7 @@ from .errors import FlowbatchError, RequestError
 from .executors import build_executors, rebuild_executors, stranded_notes
 from .executors.base import Executor
 from .executors.local import LocalExecutor
+from .executors.notes import SLURM_ABANDONED, SSH_ABANDONED
 from .lifecycle import Runner
 from .logs import Repeated
 from .postproc import PostProcManager
@@ -515,7 +516,7 @@ class Daemon:
         index = sqlite_path(site.config.database, site.layout.index_db)
         if index is not None and index.parent == site.root:
             files += [index, *(index.with_name(index.name + s) for s in ("-wal", "-shm"))]
-        notes = [site.reports_pending_dir]
+        notes = [site.reports_pending_dir, site.root / SSH_ABANDONED, site.root / SLURM_ABANDONED]
         try:
             given = give_back(owner, files, site.layout.results, notes, site.layout.templates)
         except OSError as exc:

@@ -1,10 +1,11 @@
 """Root calling flowbatch's Python API in its own process on a site a service user owns
-(docs/admins.md's root daemon serving a service user's site): what root makes there is
-the owner's, by the rules of :mod:`flowbatch.store.owner`. The ``flowbatch`` program run
-by root becomes the site's owner before it writes (``cli.needs_write``); the API does
-not, and left ``reindex.lock``, ``results/<wf>/.trash``, ``reports-pending/`` and the
-template folders of an install root's, where the owner's ``install``, ``runs delete``
-and ``uninstall`` then failed (found by review).
+(docs/admins.md's root daemon serving a service user's site), and a root daemon's notes
+of the SSH process groups and Slurm jobs it gave up on: what root makes there is the
+owner's, by the rules of :mod:`flowbatch.store.owner`. The ``flowbatch`` program run by
+root becomes the site's owner before it writes (``cli.needs_write``); the API does not,
+and left ``reindex.lock``, ``results/<wf>/.trash``, ``reports-pending/``, the template
+folders of an install and ``ssh-abandoned/<host>/`` root's, where the owner's
+``install``, ``runs delete``, ``uninstall`` and daemon then failed (found by review).
 Real users throughout: the site's owner ``fbsvc2`` runs a ``flowbatch`` program of
 theirs, root is this process."""
 
@@ -18,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from flowbatch import api, lifecycle_ops
+from flowbatch.executors import build_executors
 from flowbatch.site import Site
 
-from .conftest import SCORE_TEMPLATE, write_template
+from .conftest import SCORE_TEMPLATE, account, make_site, write_template
+from .fixtures_ssh import SshEnv
 from .test_review_s25d import service_site, start_and_stop
 from .test_root_commands import PYTHON, root_owned
 from .test_root_daemon_service_site import (
@@ -138,3 +141,66 @@ def test_a_root_daemon_gives_back_the_template_folders_an_older_install_left(
     assert roots_templates(root) == []
     owner_runs(root, "uninstall", "wf")
     assert not (root / "templates" / "wf").exists()
+
+
+def owners_ssh_site(folder: Path, ssh: SshEnv) -> Path:
+    """A service user's site with host ``a``, whose key and known hosts the owner can
+    read: a daemon of theirs logs in with them (the site served by the owner's daemon
+    after root's, its queue theirs too)."""
+    owner = account("fbsvc2")
+    keys = folder / "keys"
+    keys.mkdir(mode=0o700)
+    for path in (ssh.key_file, ssh.known_hosts):
+        shutil.copy(path, keys / path.name)
+    root = folder / "site"
+    config = ssh.config(a={"key_file": str(keys / ssh.key_file.name)})
+    config["ssh"]["a"]["known_hosts"] = str(keys / ssh.known_hosts.name)
+    make_site(root, config).close()
+    for path in (root, keys):
+        subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(path)], check=True)
+    return root
+
+
+def test_a_root_daemons_ssh_notes_are_ended_and_removed_by_the_owners_daemon(
+    ssh: SshEnv, public_tmp: Path
+) -> None:
+    """A root daemon gave up on a run's process group while its host was away and noted
+    it under ``ssh-abandoned/a/``, a folder of root's: the owner's daemon, once the host
+    answered, ended the group and could not remove the note (nor write one of its own),
+    so every later daemon ended it again. Now the folders are the owner's."""
+    root = owners_ssh_site(public_tmp, ssh)
+    site = Site(root)
+    executor = build_executors(site.config, lambda: None, site_root=site.root)["a"]
+    gone = {"host": "a", "pid": 4194000, "pgid": 4194000, "start": "1", "boot_id": "x"}
+    executor.abandon(gone, "the host did not answer")  # type: ignore[attr-defined]
+    site.close()
+    notes = root / "ssh-abandoned" / "a"
+    assert [p.name for p in notes.iterdir()] == ["4194000-1-x.json"]
+    assert root_owned(root / "ssh-abandoned") == ["a/4194000-1-x.json"]  # in the owner's
+    owner_runs(root, "daemon", "--once")
+    assert list(notes.iterdir()) == []
+
+
+def test_a_root_daemon_gives_back_the_abandoned_notes_an_older_one_left(
+    public_tmp: Path,
+) -> None:
+    """Notes of an older root daemon, in folders of root's: a root daemon's start gives
+    them to the owner, who can then remove them (as ``doctor`` says to, for a host the
+    config no longer has)."""
+    root = service_site(public_tmp)
+    for kind, name in (("ssh-abandoned", "old-host"), ("slurm-abandoned", "gpu")):
+        folder = root / kind / name
+        folder.mkdir(parents=True)
+        (folder / "1.json").write_text('{"job_id": "1"}\n', encoding="utf-8")
+    start_and_stop(root)
+    assert root_owned(root / "ssh-abandoned") == root_owned(root / "slurm-abandoned") == []
+    owner = root.stat().st_uid
+    done = subprocess.run(
+        ["rm", "-r", str(root / "ssh-abandoned" / "old-host"), str(root / "slurm-abandoned")],
+        user=owner,
+        group=root.stat().st_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr

@@ -1141,6 +1141,7 @@ def test_abandoned_handles_are_noted_in_the_site_folder_until_ended(
     host = SSHHost(hostname="127.0.0.2", user="u")
     handle = {"host": "a", "pid": 77, "pgid": 77, "start": "999", "boot_id": "b-1"}
     site = tmp_path / "site"
+    site.mkdir()  # the notes' folders are made beneath the site folder, never it
     first = ssh_mod.SSHExecutor("a", host, None, site_root=site)  # type: ignore[arg-type]
     assert not first.has_abandoned()
     first.cancel(handle, "enough")

@@ -6,6 +6,13 @@ on while their scheduler or host did not answer (``<site>/slurm-abandoned/<profi
 ``--once`` tick, after a ``runs cancel`` in its own process) ends them too. Without a
 folder (an executor built without the site's root) nothing is written and the caller
 keeps its notes in memory only.
+
+A root daemon serving a site another user owns (docs/admins.md) makes those folders the
+site owner's (:mod:`flowbatch.store.owner`): made root's, a later daemon run as the
+owner could end what they note but neither remove a note nor write one, and the
+owner could not remove the folder of a host or profile the config no longer has, as
+``doctor`` tells them to (found by review). The notes are written by rename into those
+folders: root's, but the owner reads, replaces and removes them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..store import atomic
+from ..store.owner import SiteOwner, open_folder_in, site_owner
 
 log = logging.getLogger("flowbatch.executors")
 
@@ -31,11 +39,15 @@ SSH_ABANDONED = "ssh-abandoned"
 
 
 class Notes:
-    """The notes in ``folder`` (None: none are kept), each named by a key."""
+    """The notes in ``folder`` (``<site>/<kind>/<name>``; None: none are kept), each
+    named by a key."""
 
     def __init__(self, folder: Path | None, what: str) -> None:
         self.folder = folder
         self.what = what  # for messages: "abandoned Slurm job", "ssh login1: abandoned"
+        #: whom root gives the folders it makes (looked up at the first note: a daemon
+        #: that never gives up on a run never looks)
+        self._owner: list[SiteOwner | None] = []
 
     @staticmethod
     def name(key: str) -> str:
@@ -49,15 +61,32 @@ class Notes:
         if self.folder is None:
             return
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(self.folder / self.name(key), value)
+            fd = self._open(make=True)
+            try:
+                atomic.write_json(self.name(key), value, dir_fd=fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.error("cannot note %s %s in %s: %s", self.what, key, self.folder, exc)
 
     def forget(self, key: str) -> None:
         if self.folder is not None:
             with contextlib.suppress(OSError):
-                (self.folder / self.name(key)).unlink(missing_ok=True)
+                fd = self._open(make=False)
+                try:
+                    os.unlink(self.name(key), dir_fd=fd)
+                finally:
+                    os.close(fd)
+
+    def _open(self, *, make: bool) -> int:
+        """The notes' folder, opened through no link below the site folder (the site's
+        owner could lead root's notes anywhere with one); ``make``: the missing folders
+        made, a root daemon's given to the site's owner."""
+        assert self.folder is not None
+        root = self.folder.parent.parent
+        if not self._owner:
+            self._owner.append(site_owner(root))
+        return open_folder_in(root, self.folder, self._owner[0], make=make)
 
     def load(self) -> list[dict[str, Any]]:
         """Every note (a mapping) in the folder, in name order; unreadable ones logged."""

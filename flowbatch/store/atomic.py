@@ -20,11 +20,12 @@ def write_bytes(
     mode: int = 0o644,
     fsync: bool = True,
     owner: tuple[int, int] | None = None,
+    dir_fd: int | None = None,
 ) -> None:
     """Replace ``path`` with ``data`` atomically (``owner``: its user and group, given
-    before it is in place)."""
+    before it is in place; ``dir_fd``: ``path`` is a name in that open folder)."""
     p = os.fspath(path)
-    fd, tmp = _new_temporary(p, mode)
+    fd, tmp = _new_temporary(p, mode, dir_fd)
     try:
         try:
             write_all(fd, data)
@@ -35,10 +36,10 @@ def write_bytes(
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, p)
+        os.replace(tmp, p, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
         raise
@@ -88,7 +89,7 @@ def write_all(fd: int, data: bytes) -> None:
 _COUNTER = itertools.count()
 
 
-def _new_temporary(path: str, mode: int) -> tuple[int, str]:
+def _new_temporary(path: str, mode: int, dir_fd: int | None = None) -> tuple[int, str]:
     """A new file beside ``path`` (``.<name>.<pid>.<n>.tmp``), created exclusively and
     never through a link: a name someone else took (a user's folder) is skipped for a
     random one. (``tempfile.mkstemp`` did the same at several times the cost.)"""
@@ -98,7 +99,7 @@ def _new_temporary(path: str, mode: int) -> tuple[int, str]:
     for _ in range(100):
         tmp = os.path.join(folder, f".{name}.{suffix}.tmp")
         try:
-            return os.open(tmp, flags, mode), tmp
+            return os.open(tmp, flags, mode, dir_fd=dir_fd), tmp
         except FileExistsError:
             suffix = secrets.token_hex(8)
     raise FileExistsError(f"no free temporary name beside {path}")

@@ -9,10 +9,12 @@ it is made: made root's, the owner's ``report``, ``install``, ``runs delete``,
 ``cleanup``, ``workflows retire`` and ``reindex`` failed on a permission error (found by
 an end-to-end trial). So is what root's own programs make there through
 :mod:`flowbatch.api` (``reindex.lock``, ``.trash``, a template's folders and files,
-notes of owed reports): the owner's ``install``, ``runs delete`` and ``uninstall``
-failed on them (found by review). Files the daemon writes by rename into the owner's
-folders (``run.json``, leaderboards, pages) may stay root's: the owner replaces and
-removes them with write access to the folder alone.
+notes of owed reports), and the folders of the notes of runs given up on
+(``ssh-abandoned/<host>/``, ``slurm-abandoned/<profile>/``): the owner's ``install``,
+``runs delete``, ``uninstall`` and a daemon of theirs failed on them (found by review).
+Files the daemon writes by rename into the owner's folders (``run.json``, leaderboards,
+pages, the notes of runs given up on) may stay root's: the owner replaces and removes
+them with write access to the folder alone.
 
 On a site of root's, or in a process that is not root, there is nothing to give, and
 nothing here costs more than a comparison: the site folder is looked at once per
@@ -285,10 +287,10 @@ def give_back(
     that daemon made root's, and returns what was given (paths, for the log). ``files``
     are the site's files the owner opens in place (lock files, ``claims-boot``, the
     index); ``notes`` are folders of notes, one level of folders deep
-    (``reports-pending/``), given with their notes. In ``templates/``: each workflow's
-    folder, and its versions where they are root's, with what is in them (an install
-    by root's process: the owner's ``install``, ``workflows retire`` and ``uninstall``
-    failed there). In
+    (``reports-pending/``, ``ssh-abandoned/``, ``slurm-abandoned/``), given with their
+    notes. In ``templates/``: each workflow's folder, and its versions where they are
+    root's, with what is in them (an install by root's process: the owner's
+    ``install``, ``workflows retire`` and ``uninstall`` failed there). In
     ``results/``: each workflow's folder, ``runs/``, ``postproc/`` and ``.trash`` with
     the folders in them. Run folders only where their ``runs/`` is root's: an older
     daemon took its runs back to root, and ``runs/`` is given last, so a repair cut
