@@ -4,6 +4,9 @@ expanded in a context value's author text now, as in a command."""
 
 from __future__ import annotations
 
+import pytest
+
+from flowbatch.errors import TemplateError
 from flowbatch.render import check_template, render_workflow
 from flowbatch.spec.template import parse_template
 
@@ -32,6 +35,10 @@ def test_other_names_and_double_dollars_stay_as_written() -> None:
     assert _rendered("echo ${HOME} $$ $pythonic") == "echo ${HOME} $$ $pythonic > out.txt"
 
 
-def test_with_a_parameter_the_value_stays_data() -> None:
-    command = _rendered("${python} code/x.py $[[g]]", {"g": "$(touch P)"})
-    assert command == '"${FB_run}" > out.txt'
+def test_with_a_parameter_the_value_is_refused_as_a_command_s_name() -> None:
+    """With a parameter in it the context value is a value (never shell text): as the
+    command's name it would name the program that runs (a shell, eval, any file), so it
+    is refused at install as program text (it rendered as one word, a program named
+    "/usr/bin/python3 code/x.py ...", which no run could find)."""
+    with pytest.raises(TemplateError, match="context variable 'run' stands as a command's name"):
+        _rendered("${python} code/x.py $[[g]]", {"g": "$(touch P)"})

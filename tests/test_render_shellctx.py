@@ -29,7 +29,8 @@ CASES = [
     ('echo "$(b) @"', Ctx.DOUBLE),
     ("echo $(a $(b @) c)", Ctx.UNQUOTED),
     ('echo $(a "$(b @)" "@x")', Ctx.UNQUOTED),
-    ("echo $(a (b) @)", Ctx.UNQUOTED),
+    # `@` begins a command there: a command's name is program text (codeflow)
+    ("echo $(a (b) @)", Ctx.CODE),
     ("echo $(echo ')' @)", Ctx.UNQUOTED),
     ("echo \"$(echo ')')@\"", Ctx.DOUBLE),
     ('echo "$(echo "$(echo \'@\')")"', Ctx.SINGLE),
@@ -58,7 +59,7 @@ CASES = [
     ("cat <<A; cat <<'B'\n@\nA\nb\nB\n", Ctx.DOUBLE),
     ("cat <<< @", Ctx.UNQUOTED),
     ("cat <<EOF | grep '@'\nx\nEOF", Ctx.SINGLE),
-    ("a\\\n@", Ctx.UNQUOTED),
+    ("a\\\n@", Ctx.CODE),  # one word, `a@`: a command's name
     # an unquoted ${...} is one piece of its word: quotes and substitutions inside it
     ("echo ${v:-a @}", Ctx.UNQUOTED),
     ('echo ${v#"a @"}', Ctx.DOUBLE),

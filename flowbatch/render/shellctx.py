@@ -36,8 +36,9 @@ in``) is arithmetic (that assignment only; for ``read``/``mapfile``, what it rea
 standard input); a word read as a variable's name (``printf -v``, ``read``, ``mapfile``,
 ``unset``, ``[[ -v ]]``, ``test -v``, ``declare -n``, a ``declare`` word that is not
 ``name=value``) is :attr:`Ctx.NAME` (bash evaluates a subscript in a name); and program
-text handed to another interpreter is :attr:`Ctx.CODE`: the arguments of ``eval`` and
-``trap``, ``compgen -W``, ``mapfile -C``, the command string of ``sh``/``bash``/...
+text handed to another interpreter is :attr:`Ctx.CODE`: a command's name (at the command
+position or after wrappers: it chooses the program), the arguments of ``eval``,
+``trap`` and ``alias``, ``compgen -W``, ``mapfile -C``, the command string of ``sh``/``bash``/...
 ``-c`` (``csh``, ``tcsh``, ``fish`` too), of ``python* -c`` and ``ipython -c``, gdb's
 ``-ex`` commands, ``perl``/``ruby``/``node``/``Rscript``/``R``/``julia``/
 ``lua``/``gnuplot`` ``-e``, ``expect -c``, ``octave --eval``, ``matlab -batch``/``-r``,
@@ -90,7 +91,11 @@ input on a pipe), which only refuses more.
 It also records which variables each simple command gives a value to, and from which
 words (:attr:`Scan.flows`, see :mod:`~flowbatch.render.shellvars`), and where each
 command substitution's text is (:attr:`Scan.subs`): the options check follows a value
-through the variables of a command text with them (:mod:`~flowbatch.render.taint`)."""
+through the variables of a command text with them (:mod:`~flowbatch.render.taint`).
+With them, and the functions the text defines (where each body is) and calls, program
+text is followed back to the words it comes from (:mod:`~flowbatch.render.codeflow`:
+``m=$x; eval "$m"``, ``f() { eval "$@"; }; f $x``): those are program text too, in
+:attr:`Scan.contexts`, so that the code check sees them where it sees the others."""
 
 from __future__ import annotations
 
@@ -100,6 +105,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
+from flowbatch.render.codeflow import COMMAND_NAME, program_sources
 from flowbatch.render.ere import captures
 from flowbatch.render.shellvars import Flow, command_flows, match_flows, with_group_inputs
 
@@ -380,6 +386,8 @@ _BUILTINS: dict[str, _Program] = {
     "complete": _Program(code="WC", takes="oAGXPSF", script=False),
     "eval": _Program(positionals="all", script=False),
     "trap": _Program(positionals="all", script=False),
+    # an alias's text is read again as commands where its name is (expand_aliases)
+    "alias": _Program(positionals="all", script=False),
     "unset": _Program(positionals="names", script=False),
     "source": _Program(),  # its first argument is a file of commands
     ".": _Program(),
@@ -887,6 +895,11 @@ def command_places(
     places: list[tuple[int, Ctx, str]] = []
     stdin: tuple[Ctx, str] | None = None
     name, args = words[0], words[1:]
+    if name not in _KEYWORDS:
+        # the program that runs: a value there chooses it (`eval`, a shell, any file),
+        # and the words after it are then that program's (found by review: `run() {
+        # "$@"; }; run $[[s]] ...`, see codeflow)
+        places.append((0, Ctx.CODE, COMMAND_NAME))
     shifted: list[tuple[int, Ctx]] = []
     if name in _BUILTINS:
         found, reads = _arguments(_BUILTINS[name], args)
@@ -932,7 +945,10 @@ def command_places(
                     len(words),
                 )
                 inner, _, _ = command_places(words[at + 1 : end], raw[at + 1 : end])
-                places.extend((at + 1 + j, ctx, f"find {word} {what}") for j, ctx, what in inner)
+                places.extend(
+                    (at + 1 + j, ctx, what if what == COMMAND_NAME else f"find {word} {what}")
+                    for j, ctx, what in inner
+                )
         return [p for p in places if p[0] < len(words)], stdin, False
     run = _unwrap(words, places)
     env_code = False
@@ -941,6 +957,8 @@ def command_places(
             stdin = (Ctx.CODE, f"{run.chain[-1]} (a shell reading standard input)")
         return [p for p in places if p[0] < len(words)], stdin, False
     k = run.at
+    if k:
+        places.append((k, Ctx.CODE, COMMAND_NAME))  # the command a wrapper runs
     base = _base(words[k])
     prog = _program(words[k])
     if prog is not None:
@@ -1273,6 +1291,11 @@ class _Frame:
     in_pipe: bool = False  # a '|' was read in the pipeline being read
     bypass: bool = False  # ``command`` or ``builtin`` before the name: no function's
     defining: bool = False  # the name after ``function`` was read: ``()`` may follow
+    # the function whose definition was read: the next compound command is its body;
+    # the bodies open in this frame: their function, the number of open compound
+    # commands with them, and where each begins
+    body_of: str = ""
+    bodies: list[tuple[str, int, int]] = field(default_factory=list)
     # the open compound commands ('(' or a keyword), each with where the pipeline it is
     # in began: a pipe after its end goes on from there
     groups: list[tuple[str, int]] = field(default_factory=list)
@@ -1372,6 +1395,8 @@ class _Lexer:
         #: the variables commands' names expand (``"$@"``, ``$cmd``)
         self.call_options: list[tuple[int, int, str]] = []
         self.named_by: set[str] = set()
+        #: where each function's body is (its name, its first character, its end)
+        self.bodies: list[tuple[str, int, int]] = []
         self.i = 0
 
     # -- helpers -------------------------------------------------------------------
@@ -1424,7 +1449,12 @@ class _Lexer:
             self.problem = f"unterminated: {_OPEN_NAMES[self.stack[-1].kind]}"
         if self.problem is None and self.pending:
             self.problem = f"here-document '{self.pending[0].delimiter}' has no body"
+        calls: list[tuple[str, tuple[tuple[int, int], ...]]] = []
+        sets: list[tuple[tuple[int, int], ...]] = []
         if not self.heredoc:
+            # the operands of `set`: the positional parameters of the scope it is in
+            sets = [flow.sources for flow in self.flows if flow.name == "@" and flow.sources]
+            calls = [(name, arguments) for name, arguments in self.calls if name in self.functions]
             # a function's arguments are its positional parameters ("$1", "$@", shift):
             # a call anywhere in the text, before its definition too (a function that
             # calls one defined after it)
@@ -1440,6 +1470,24 @@ class _Lexer:
             if any(n[0] in "@*0123456789" or n in assigned for n in self.named_by):
                 self.options.extend(self.call_options)
         quoting = tuple(self.ctx)
+        flows = with_group_inputs(self.text, self.flows, self.group_inputs)
+        if not self.heredoc and "\x00" in self.text and (flows or calls):
+            # program text that reads a variable or a function's arguments: the words
+            # they come from are program text too (a text with no value in it, or no
+            # variable and no call, has nothing to follow)
+            self.places.extend(
+                program_sources(
+                    self.text,
+                    quoting,
+                    self.places,
+                    flows,
+                    calls,
+                    sets,
+                    self.bodies,
+                    self.subs,
+                    self.params,
+                )
+            )
         contexts = list(quoting)
         ranges = [r[:3] for r in self.places if r[2] is not Ctx.ARITH]
         ranges += [r[:3] for r in self.places if r[2] is Ctx.ARITH]
@@ -1457,7 +1505,7 @@ class _Lexer:
             tuple(self.places),
             tuple(self.options),
             tuple(self.option_inputs),
-            tuple(with_group_inputs(self.text, self.flows, self.group_inputs)),
+            tuple(flows),
             tuple(self.subs),
             tuple(self.params),
         )
@@ -1585,13 +1633,28 @@ class _Lexer:
         if frame.compound or not self.text.startswith(")", close):
             return False
         if len(frame.cmd) == 1 and not frame.assigns and not frame.bypass:
-            self.functions.add(_unquoted(self.text[slice(*frame.cmd[0])]))
+            frame.body_of = _unquoted(self.text[slice(*frame.cmd[0])])
+            self.functions.add(frame.body_of)
         elif frame.cmd or not frame.defining:
             return False
         frame.cmd, frame.cmd_start, frame.pipe_start = [], None, None
         frame.cmd_pos, frame.prev, frame.defining = True, "", False
         self.i = close + 1
         return True
+
+    def open_body(self, frame: _Frame, start: int) -> None:
+        """A compound command opens at ``start``: a function's body, right after its
+        definition's name (``f() {``, ``function f {``, ``f() (``)."""
+        if frame.body_of:
+            frame.bodies.append((frame.body_of, len(frame.groups), start))
+            frame.body_of = ""
+
+    def close_body(self, frame: _Frame, end: int) -> None:
+        """The innermost compound command ends before ``end``: if a function's body, it
+        is recorded."""
+        if frame.bodies and frame.bodies[-1][1] == len(frame.groups):
+            name, _, start = frame.bodies.pop()
+            self.bodies.append((name, start, end))
 
     def feed_reads(self, docs: list[_Heredoc]) -> None:
         """``docs`` are read by ``read`` or ``mapfile``, or by a loop or group around
@@ -1625,6 +1688,7 @@ class _Lexer:
             # a subshell: its pipeline goes on after its ')'
             start = self.i if frame.pipe_start is None else frame.pipe_start
             frame.groups.append(("(", start))
+            self.open_body(frame, self.i)
             if frame.in_pipe and frame.pipe_start is not None:
                 # `printf ... | ( read -r m; ... )`: what the pipe's commands print
                 self.group_inputs.append((frame.pipe_start, self.i))
@@ -1633,6 +1697,7 @@ class _Lexer:
             return
         if c == ")" and frame.groups and frame.groups[-1][0] == "(":
             self.end_command(frame, self.i, piped=False)
+            self.close_body(frame, self.i + 1)
             frame.pipe_start = frame.groups.pop()[1]
             frame.cmd_pos, frame.prev, frame.args, frame.redirect = False, "", "", ""
             return
@@ -1768,6 +1833,7 @@ class _Lexer:
             if frame.prev == "function":
                 self.functions.add(name)
                 frame.prev, frame.defining = name, True  # `()` may follow
+                frame.body_of = name
                 return False
             if name in ("command", "builtin"):
                 frame.bypass = True  # `command tar`: the program, not a function tar
@@ -1777,7 +1843,9 @@ class _Lexer:
                     self.group_inputs.append((frame.pipe_start, start))
                     self.feed_reads(frame.pipe_docs)
                 frame.groups.append(("kw", start if frame.pipe_start is None else frame.pipe_start))
+                self.open_body(frame, start)
             elif name in _GROUP_CLOSE and frame.groups and frame.groups[-1][0] == "kw":
+                self.close_body(frame, end)
                 frame.pipe_start = frame.groups.pop()[1]
             if word == "[[":
                 frame.cmd_pos = False
@@ -2048,6 +2116,7 @@ class _Lexer:
         )
         self.flows.extend(flow.moved(start) for flow in lexed.flows)
         self.functions |= sub.functions
+        self.bodies.extend((name, start + a, start + b) for name, a, b in sub.bodies)
         self.calls.extend(
             (name, tuple((start + a, start + b) for a, b in arguments))
             for name, arguments in sub.calls

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowbatch.errors import RenderError, TemplateError
+from flowbatch.render.codeflow import COMMAND_NAME
 from flowbatch.render.shellctx import ECHO_OPTION, Ctx, Scan, scan
 from flowbatch.render.shellvars import ANY_VARIABLE, may_be_empty, word_parts
 from flowbatch.render.taint import variable_options
@@ -45,6 +46,21 @@ CODE_HINT = (
     "argument (sed, eval, trap, source, ssh, --wrap, make VAR=, parallel's command and an "
     "unquoted here-document fed to a program have no safe place for a value inside their "
     "program text)"
+)
+#: the hint given when a user's value would be a command's name
+COMMAND_NAME_HINT = (
+    "name the program in the template and pass the value as its argument "
+    "(python3 score.py $[[x]], tar -xf data.tar -- $[[x]]); for a choice among programs "
+    "the organiser knows, declare the parameter select"
+)
+#: the hint given when a function of the template's puts its arguments in program text
+FUNCTION_CODE_HINT = (
+    "let the function use its argument as data: printf '%s\\n' \"$1\", tar -xf data.tar -- "
+    '"$1", python3 score.py "$1" (a quoted "$1" as a command\'s argument, never '
+    'inside eval, trap, alias, bash -c "...", nor as a command\'s name, nor an unquoted '
+    '$* or $@ there); a function that runs a command (run() { "$@"; }) may be given the '
+    "value after the program's name (run python3 score.py $[[x]]); or declare the "
+    "parameter select"
 )
 #: a value that reads as a number (a string parameter's): no option, but declared a string
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -281,8 +297,34 @@ def arith_reason(label: str) -> str:
     return f"{label} stands in an arithmetic context, where bash evaluates its value as code"
 
 
+def _through_function(command: str | None) -> bool:
+    """Whether ``command`` (what reads a value as code) is a function's body or the
+    positional parameters (:mod:`~flowbatch.render.codeflow`)."""
+    return command is not None and (
+        "runs its arguments" in command or "the positional parameters" in command
+    )
+
+
+def code_hint(command: str | None) -> str:
+    """What to write instead of a value in program text read by ``command``."""
+    if _through_function(command):
+        return FUNCTION_CODE_HINT
+    if command and command.startswith(COMMAND_NAME):
+        return COMMAND_NAME_HINT
+    return CODE_HINT
+
+
 def code_reason(label: str, command: str | None) -> str:
     """Why a value may not stand in the program text of another program."""
+    if command and command.startswith(COMMAND_NAME):
+        return (
+            f"{label} stands as {command}: bash runs the program it names (a shell, eval, "
+            "any file), so the value would choose the code that runs"
+        )
+    if _through_function(command):
+        return (
+            f"{label} is given to {command}, which bash reads as code, whatever the shell's quotes"
+        )
     return (
         f"{label} stands in the program text of {command or 'another program'}, which "
         "reads its value as code (in its own language), whatever the shell's quotes"
@@ -307,7 +349,9 @@ def reference(
         # only a token: text of letters, digits and . _ + -, no quote, no subscript
         if not ref.pasteable:
             if ctx is Ctx.CODE:
-                raise RenderError(code_reason(ref.label, command), field=where, hint=CODE_HINT)
+                raise RenderError(
+                    code_reason(ref.label, command), field=where, hint=code_hint(command)
+                )
             raise RenderError(name_reason(ref.label, command), field=where, hint=NAME_HINT)
         ctx = quoting
     if ctx is Ctx.ARITH:
@@ -543,7 +587,7 @@ def check_placement(
             field=where,
             expected="string, file, list and record values as arguments or in the "
             "environment of a program, never inside its program text",
-            hint=CODE_HINT,
+            hint=code_hint(command),
         )
     if ctx is Ctx.NAME and not token:
         raise TemplateError(
