@@ -583,7 +583,7 @@ class Runner:
         ``started`` marker, says so. Taken over as it is, not launched here."""
         run_dir = self.store.run_dir(run)
         try:
-            found = self.store.load_dir(run_dir)
+            found = self.store.load_dir(run_dir, acts=True)
         except (OSError, FlowbatchError):
             return False
         started = found.executor == "local" and read_markers(run_dir).started is not None

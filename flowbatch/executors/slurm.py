@@ -1198,7 +1198,7 @@ class SlurmExecutor:
         from ..store.store import Store  # the run's record, as the Runner reads it
 
         try:
-            owner = Store.load_dir(Path(run_dir)).owner_uid
+            owner = Store.load_dir(Path(run_dir), acts=True).owner_uid
         except (FlowbatchError, OSError) as exc:
             log.warning(
                 "Slurm job %s: its owner is not known (%s): only root's jobs of that name "

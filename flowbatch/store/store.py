@@ -204,12 +204,17 @@ class Store:
         return self.layout.run_dir(row.workflow, row.id)
 
     @staticmethod
-    def load_dir(run_dir: Path) -> RunRecord:
+    def load_dir(run_dir: Path, *, acts: bool = False) -> RunRecord:
         """The record in ``run_dir/run.json``. A root daemon writes that file itself and
         keeps it root-owned in a folder the run's user owns: a ``run.json`` that is a
         symlink or belongs to someone else was put there by that user and is refused.
         Root's is always the daemon's: a root daemon serves a service user's site too
-        (``results/`` is then that user's), and no run's user can make a file of root's."""
+        (``results/`` is then that user's), and no run's user can make a file of root's.
+
+        ``acts``: the caller is a daemon about to launch, adopt or signal what an active
+        record names; as root, one of the site owner's naming another user is refused
+        (:func:`_refuse_borrowed_user`). Commands that only read or queue (root's ``runs
+        cancel`` on a site the owner's daemon serves) read the owner's records as ever."""
         path = run_dir / RUN_JSON
         try:
             # no blocking open: a FIFO put there would hold the daemon's start for ever
@@ -240,6 +245,8 @@ class Store:
             run = RunRecord.from_dict(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise FlowbatchError(f"{path} is not a valid run record: {exc}") from None
+        if acts and owner != 0 and os.geteuid() == 0 and run.state in ACTIVE:
+            _refuse_borrowed_user(path, run, owner)
         if run.files and (b"\\ud" in raw or b"\\uD" in raw):  # an escaped surrogate
             # perhaps a file name that is not UTF-8, which an older flowbatch listed (its
             # page and index rows then failed): no output, as a run lists them now
@@ -633,7 +640,7 @@ class Store:
             if run_id in known and run_id not in indexed_active:
                 continue
             try:
-                run = self.load_dir(run_dir)
+                run = self.load_dir(run_dir, acts=True)
             except (OSError, FlowbatchError) as exc:
                 log.error("cannot read %s: %s", run_dir / RUN_JSON, exc)
                 continue
@@ -981,6 +988,29 @@ def flock_holders(st: os.stat_result) -> list[int]:
                 pids.append(int(fields[4]))
     # 0 or less: a holder in another pid namespace (a container), whose pid is not ours
     return [pid for pid in pids if pid > 0]
+
+
+def _refuse_borrowed_user(path: Path, run: RunRecord, owner: int) -> None:
+    """Raise when root (a root daemon, which launches, adopts and signals what an
+    active run's record names) reads ``path``, an active run's record that is not
+    root's but the site owner's (uid ``owner``), naming another user than its writer:
+    a run to run as another user, or a handle of a process it does not say is the
+    writer's. The site's owner can write such a record (``results/`` is theirs): a
+    root daemon took it, and ran the owner's script as root or as any participant, or
+    adopted and later killed any process (found by review). A record the owner wrote
+    names the owner alone; a run of another user's is launched by root's record."""
+    handle = run.handle or {}
+    names = run.owner_uid if "pid" not in handle else handle.get("uid")
+    if run.owner_uid == owner and names == owner:
+        return
+    raise FlowbatchError(
+        f"{path} belongs to uid {owner} (the owner of results/), not to root, and its "
+        f"active run names uid {names if names is not None else '(none)'} as the user "
+        f"it runs as (owner_uid {run.owner_uid}): a root daemon runs and signals another "
+        "user's run only by a record of its own, and this one is not trusted",
+        hint="check the run folder; to drop the run, delete its folder by hand, then "
+        "`flowbatch reindex` (with the daemon stopped) drops it from the index",
+    )
 
 
 def _tree_owner(run_dir: Path) -> int:
