@@ -228,6 +228,12 @@ MATCHES = [
         "member.txt",
     ),
     ('[[ $[[s]] =~ ^("")(.*)$ ]] && tar -xf data.tar "${BASH_REMATCH[2]}"', EVIL, "member.txt"),
+    # an expression that opens with a group: its '(' was read as [[ ( ... ) ]]'s, and
+    # the groups of `(.*)` were lost (found by review)
+    ('[[ $[[s]] =~ (.*) ]] && tar -xf data.tar "${BASH_REMATCH[1]}"', EVIL, "member.txt"),
+    ('[[ $[[s]] =~ (.*)$ ]] && tar -xf data.tar "${BASH_REMATCH[1]}"', EVIL, "member.txt"),
+    ('[[ $[[s]] =~ ((.+)) ]] && tar -xf data.tar "${BASH_REMATCH[2]}"', EVIL, "member.txt"),
+    ('[[ ( $[[s]] =~ (a|(.*)) ) ]] && tar -xf data.tar "${BASH_REMATCH[2]}"', EVIL, "member.txt"),
 ]
 
 
@@ -251,6 +257,10 @@ def test_a_group_that_cannot_begin_with_a_dash_stands(tmp_path: Path, dialect: s
     assert _safe(tmp_path, command, dialect, "v2.10--rc1") == 0
     assert (tmp_path / "2").is_dir() and (tmp_path / "10").is_dir()
     assert (tmp_path / "-rc1").is_dir()
+    # the same with the expression opening with its group (its '(' is the expression's)
+    command = '[[ $[[s]] =~ ([0-9]+)\\.([0-9]+) ]] && mkdir -p "${BASH_REMATCH[1]}.d"'
+    assert _safe(tmp_path, command, dialect, "v3.4") == 0
+    assert (tmp_path / "3.d").is_dir()
 
 
 # -- templates written as organisers write them, values with a dash -------------------------

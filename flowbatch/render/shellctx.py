@@ -1812,7 +1812,14 @@ class _Lexer:
                 elif self.text[s:e] in ("-v", "-R") and k + 1 < len(words):
                     self.places.append((*words[k + 1], Ctx.NAME, f"[[ {self.text[s:e]} ]]"))
                 elif self.text[s:e] == "=~" and 0 < k < len(words) - 1:
-                    regex = self.regex(words[k + 1][0], start)
+                    # the expression begins after the operator's blanks, not at the next
+                    # word here: a '(' that opens it separates words in [[ ... ]], and
+                    # `(.*)`'s group was lost (found by review: `[[ $m =~ (.*) ]]`, then
+                    # "${BASH_REMATCH[1]}", passed a value's option)
+                    begin = e
+                    while begin < start and self.text[begin] in _BLANKS:
+                        begin += 1
+                    regex = self.regex(begin, start)
                     groups = None if regex is None else captures(regex)
                     self.flows.extend(match_flows(words[k - 1], groups))
             self.stack[-1].cmd_pos = True
