@@ -263,6 +263,41 @@ def test_a_group_that_cannot_begin_with_a_dash_stands(tmp_path: Path, dialect: s
     assert (tmp_path / "3.d").is_dir()
 
 
+# -- an expansion that assigns, $_ and BASH_ARGV ------------------------------------------
+
+OTHER_WAYS = [
+    # ${m:=word} and ${m=word} give m the word where m is unset, as m=word does
+    (': "${m:=$[[s]]}"; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    (': ${m=$[[s]]}; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    ('x=$[[s]]; echo "${m:=$x}" >/dev/null; tar -xf data.tar "$m"', EVIL, "member.txt"),
+    # $_: the last word of the command before
+    ('echo $[[s]]; tar -xf data.tar "$_"', EVIL, "member.txt"),
+    ('x=$[[s]]; : "$x"; tar -xf data.tar "${_}"', EVIL, "member.txt"),
+    # BASH_ARGV: a function's arguments, reversed, under extdebug
+    (
+        'shopt -s extdebug; f() { tar -xf data.tar "${BASH_ARGV[0]}"; }; f $[[s]]',
+        EVIL,
+        "member.txt",
+    ),
+]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("command", "evil", "fine"), OTHER_WAYS)
+def test_other_ways_a_variable_takes_a_value_are_followed(
+    tmp_path: Path, command: str, dialect: str, evil: str, fine: str
+) -> None:
+    """Found by review: each rendered, and tar ran the value's command."""
+    _refused_and_fine(tmp_path, command, dialect, evil, fine)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_an_assigning_expansion_after_a_double_dash_stands(tmp_path: Path, dialect: str) -> None:
+    command = ': "${m:=$[[s]]}"; tar -xf data.tar -- "$m"'
+    assert _safe(tmp_path, command, dialect, "-member.txt") != 0  # no such member
+    assert _safe(tmp_path, command, dialect, "member.txt") == 0
+
+
 # -- templates written as organisers write them, values with a dash -------------------------
 
 

@@ -107,7 +107,14 @@ from typing import NamedTuple
 
 from flowbatch.render.codeflow import COMMAND_NAME, program_sources
 from flowbatch.render.ere import captures
-from flowbatch.render.shellvars import Flow, command_flows, match_flows, with_group_inputs
+from flowbatch.render.shellvars import (
+    Flow,
+    _closing,
+    command_flows,
+    expansion_flow,
+    match_flows,
+    with_group_inputs,
+)
 
 
 class Ctx(StrEnum):
@@ -122,6 +129,9 @@ class Ctx(StrEnum):
     NAME = "name"  # the name of a variable (printf -v, read, [[ -v ]]): a subscript runs
     CODE = "code"  # program text: of eval, trap, bash -c, python -c, sed, awk, ssh...
 
+
+#: ``${name:=`` or ``${name=`` (an array's element too): an expansion that assigns
+_ASSIGNING_OPEN = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?:?=")
 
 #: characters that end a here-document delimiter word
 _DELIM_END = frozenset(" \t\n;&|()<>")
@@ -1451,6 +1461,7 @@ class _Lexer:
             self.problem = f"here-document '{self.pending[0].delimiter}' has no body"
         calls: list[tuple[str, tuple[tuple[int, int], ...]]] = []
         sets: list[tuple[tuple[int, int], ...]] = []
+        self.flows.extend(self.assigning_expansions())
         if not self.heredoc:
             # the operands of `set`: the positional parameters of the scope it is in
             sets = [flow.sources for flow in self.flows if flow.name == "@" and flow.sources]
@@ -1509,6 +1520,20 @@ class _Lexer:
             tuple(self.subs),
             tuple(self.params),
         )
+
+    def assigning_expansions(self) -> list[Flow]:
+        """The flows of ``${v:=word}`` and ``${v=word}``, quoted or not, wherever bash
+        expands them (:func:`~flowbatch.render.shellvars.expansion_flow`)."""
+        text, flows = self.text, []
+        for found in _ASSIGNING_OPEN.finditer(text):
+            k = found.start()
+            if self.ctx[k] not in (Ctx.UNQUOTED, Ctx.DOUBLE):
+                continue  # quoted by single quotes or a backslash, a comment
+            close = _closing(text, self.ctx, k + 2, len(text), "{")
+            flow = expansion_flow(text, k + 2, close)
+            if flow is not None:
+                flows.append(flow)
+        return flows
 
     def finish(self) -> None:
         """At the end of the text: end the word being read (it may be the ``]]`` of a

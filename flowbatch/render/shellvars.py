@@ -261,6 +261,22 @@ def _assignment(text: str, start: int, end: int) -> Flow:
     return Flow(target.group(1), ((target.end(), end),))
 
 
+#: ``${name:=`` and ``${name=`` after the ``${``: an expansion that assigns its word
+_ASSIGNING = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?:?=")
+
+
+def expansion_flow(text: str, start: int, end: int) -> Flow | None:
+    """The flow of the parameter expansion whose text (after its ``${``) runs from
+    ``start`` to its ``}`` at ``end``, when it assigns: ``${v:=word}`` and ``${v=word}``
+    give ``v`` the word's value where ``v`` is unset (or empty), as ``v=word`` does
+    (found by review: ``: "${m:=$[[x]]}"; tar -xf a.tar "$m"`` passed a value's
+    option)."""
+    target = _ASSIGNING.match(text, start, end)
+    if target is None:
+        return None
+    return Flow(target.group(1), ((target.end(), end),))
+
+
 def _element_value(text: str, start: int, end: int) -> tuple[int, int]:
     """An array element's value: its word without a subscript ``[k]=`` before it."""
     key = _ELEMENT_KEY.match(text, start, end)
@@ -296,8 +312,14 @@ _KEEPS = ("}", ":-", ":=", ":?", ":+", "-", "=", "?", "+", "%", "^", ",", "@")
 
 
 def _variable(name: str) -> str:
-    """The variable an expansion reads: ``@`` for every positional parameter."""
-    return "@" if name[0].isdigit() or name in ("@", "*") else name
+    """The variable an expansion reads: ``@`` for every positional parameter (and
+    ``BASH_ARGV``, which holds them, reversed, under ``shopt -s extdebug``); any one
+    for ``$_``, which bash sets to the last word of each command (found by review:
+    ``echo $[[x]]; tar -xf a.tar "$_"`` and ``${BASH_ARGV[0]}`` in a function passed a
+    value's option)."""
+    if name[0].isdigit() or name in ("@", "*", "BASH_ARGV"):
+        return "@"
+    return ANY_VARIABLE if name == "_" else name
 
 
 def _closing(text: str, quoting: Sequence[str], start: int, end: int, open_: str) -> int:
