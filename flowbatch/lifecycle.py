@@ -554,6 +554,7 @@ class Runner:
             job = self._launch_of(run)
             faults.point("launch")
             try:
+                self._check_folder(run)
                 self._record_intent(run, executor, job)
                 handle = executor.launch(job)
             except ExecutorUnavailable as exc:
@@ -633,6 +634,7 @@ class Runner:
         results: list[Any]
         try:
             for run, job in zip(batch, jobs, strict=True):
+                self._check_folder(run)
                 self._prepare_launch(run, job)
             for run, intent in zip(batch, executor.intents(jobs), strict=True):
                 if intent != run.handle:  # on disk already when unchanged (a retry)
@@ -784,6 +786,34 @@ class Runner:
                 # the change was made, what came after failed (the index, a listener):
                 # held as active, it kept its executor slot and the daemon never idle
                 self._ended(run)
+
+    def _check_folder(self, run: RunRecord) -> None:
+        """Raise when the folder a root daemon is about to launch ``run`` in, on a site
+        another user owns, is not the run's: not a folder of the run's user (root's for
+        a run of root's). ``runs/`` is the site owner's, who could rename a waiting
+        run's folder and put one of theirs, with a ``run.sh`` of theirs, in its place:
+        the daemon launched that script as the run's user, root for a request of root's
+        (found by review). Intake makes the folder the run's user's (``hand_over``)
+        before it is in ``runs/``; a run of the owner's own needs no look. One
+        ``lstat`` a launch, only on such a site; the moment between it and the start
+        of the script is not covered (see docs/admins.md)."""
+        owner = self.site.layout.owner
+        if not _ROOT or owner is None or run.owner_uid == owner.uid:
+            return
+        run_dir = self.store.run_dir(run)
+        try:
+            st = os.lstat(run_dir)
+        except OSError as exc:
+            raise FlowbatchError(f"cannot look at the run's folder {run_dir}: {exc.strerror}")
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == run.owner_uid:
+            return
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a folder"
+        raise FlowbatchError(
+            f"the run's folder {run_dir} is {what} of uid {st.st_uid}, not of the run's user "
+            f"(uid {run.owner_uid}): it was replaced while the run waited (the owner of "
+            "results/ can rename it) and is not launched",
+            hint="look at the folder and at who replaced it; submit the request again",
+        )
 
     def _record_intent(self, run: RunRecord, executor: Executor, job: Launch) -> None:
         """Scheduler executors (Slurm): record the intent (job name) in run.json BEFORE
