@@ -8,11 +8,13 @@ current, so runs of the old one still find the template they ran.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,24 @@ from ..spec.model import Template
 from ..spec.template import load_template
 from . import atomic
 from .layout import Layout, checked_id
-from .owner import make_dirs
+from .owner import open_folder_in
+
+#: a folder this process just made, opened never through a link
+_MADE = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_at(name: str, folder: int) -> None:
+    """Remove ``name`` in the open folder ``folder``, whatever it is (a link: the link
+    alone), if it is there."""
+    try:
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        shutil.rmtree(name, dir_fd=folder)
+    except PermissionError:  # Linux says EPERM for a folder
+        shutil.rmtree(name, dir_fd=folder)
+
 
 META = "workflow.json"
 #: names in a run folder that flowbatch writes itself; template files may not use them
@@ -252,26 +271,27 @@ class TemplateStore:
         created = not version_dir.is_dir()
         owner = self.layout.owner
         if created:
-            # root (the API in root's process) on a site another user owns: the
-            # workflow's folder and the version are the owner's, whose install, retire
-            # and uninstall failed on root's (found by review). The version is given
-            # once filled, never while root writes into it (see SiteOwner.give_tree)
-            make_dirs(wf_dir, owner)
             tmp = wf_dir / f".{version}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            (tmp / "files").mkdir(parents=True)
-            shutil.copyfile(src.spec_path, tmp / f"spec{_spec_suffix(src.spec_path)}")
-            if progress is not None:
-                progress.total = len(files)
-            for path, target in files:
-                dest = tmp / "files" / target
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, dest)
+
+            def fill(base: Path) -> None:
+                (base / "files").mkdir(parents=True)
+                shutil.copyfile(src.spec_path, base / f"spec{_spec_suffix(src.spec_path)}")
                 if progress is not None:
-                    progress.advance()
-            if owner is not None:
-                owner.give_tree(tmp)
-            os.replace(tmp, version_dir)
+                    progress.total = len(files)
+                for path, target in files:
+                    dest = base / "files" / target
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, dest)
+                    if progress is not None:
+                        progress.advance()
+
+            if owner is None:
+                wf_dir.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+                fill(tmp)
+                os.replace(tmp, version_dir)
+            else:
+                self._fill_for_owner(wf_dir, tmp.name, version, fill)
             meta["versions"].append({"version": version, "installed_at": now_iso()})
         if not src.named and meta.get("name"):
             name = meta["name"]  # a display name given before stays, with no new one
@@ -285,9 +305,66 @@ class TemplateStore:
                 "has_results": template.results is not None,
             }
         )
-        atomic.write_json(meta_path, meta)
+        if owner is None:
+            atomic.write_json(meta_path, meta)
+        else:  # into the folder, not through a link the owner put in its place
+            folder = self._open_for_owner(wf_dir, make=False)
+            try:
+                atomic.write_json(META, meta, dir_fd=folder)
+            finally:
+                os.close(folder)
         self._cache[(wf_id, version)] = template
         return Installed(wf_id, name, version, created, template, previous, shown_changed)
+
+    def _fill_for_owner(
+        self, wf_dir: Path, tmp: str, version: str, fill: Callable[[Path], None]
+    ) -> None:
+        """Root (the API in root's process) on a site another user owns: make the
+        version ``version`` in the workflow's folder ``wf_dir``, filled by ``fill`` in
+        ``tmp`` there. ``wf_dir`` is made the owner's (whose install, retire and
+        uninstall failed on root's); the version is given to them once filled, never
+        while root writes into it (:meth:`SiteOwner.give_tree`). ``wf_dir`` is the
+        owner's, and the version's name is the hash of the template's content, which
+        whoever has the template can work out: a link put at ``tmp`` led root's writes
+        where the owner chose (found by review). So ``wf_dir`` is opened through no link
+        below the site folder, ``tmp`` made there by root (nothing of the owner's is
+        taken for it), and filled through its descriptor (``/proc/self/fd``): the
+        owner cannot write in a folder of root's, nor swap the one it writes in."""
+        owner = self.layout.owner
+        assert owner is not None
+        folder = self._open_for_owner(wf_dir, make=True)
+        try:
+            _remove_at(tmp, folder)  # a leftover of a cut-short install, or the owner's
+            os.mkdir(tmp, 0o755, dir_fd=folder)  # FileExistsError: put there meanwhile
+            top = os.open(tmp, _MADE, dir_fd=folder)
+            try:
+                if os.fstat(top).st_uid != os.geteuid():
+                    raise TemplateError(f"{wf_dir / tmp} was replaced while it was made")
+                fill(Path(f"/proc/self/fd/{top}"))
+            finally:
+                os.close(top)
+            owner.give_tree(wf_dir / tmp)
+            os.replace(tmp, version, src_dir_fd=folder, dst_dir_fd=folder)
+        finally:
+            os.close(folder)
+
+    def _open_for_owner(self, wf_dir: Path, *, make: bool) -> int:
+        """The workflow's folder ``wf_dir`` opened through no link below the site
+        folder (:func:`~flowbatch.store.owner.open_folder_in`), for root on a site
+        another user owns."""
+        try:
+            return open_folder_in(self.layout.root, wf_dir, self.layout.owner, make=make)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise TemplateError(
+                f"{wf_dir} or a folder on the way to it from the site folder is a link: "
+                "root does not write through one on a site another user owns",
+                file=str(wf_dir),
+                expected="a folder of the site's own",
+                hint="replace the link with the folder it leads to (or remove it), or "
+                "install as the site's owner (the flowbatch program does)",
+            ) from None
 
     def forget(self, workflow_id: str, version: str) -> None:
         """Drop what is kept in memory of a version that was removed (a retire)."""
