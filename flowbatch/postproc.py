@@ -163,7 +163,7 @@ def _record_or_why(root: Path, pp_id: str) -> tuple[PostProcRecord | None, str |
     (what to say after "its"): none there, not the daemon's, not a record of this run.
     None and None when the folder is not there at all."""
     try:
-        data = _read_record(root, pp_id)
+        data, writer = _read_record(root, pp_id)
         record = PostProcRecord.from_dict(json.loads(data.decode("utf-8")))
     except FileNotFoundError:
         if not os.path.lexists(root / pp_id):
@@ -177,14 +177,38 @@ def _record_or_why(root: Path, pp_id: str) -> tuple[PostProcRecord | None, str |
         # a copy of another run's record (a hard link, where the kernel allows one to a
         # file of root's): not this run's outcome
         return None, f"{RECORD} is the record of {record.id!r}"
+    borrowed = _borrowed_user(record, writer)
+    if borrowed is not None:
+        return None, f"{RECORD} {borrowed}"
     return record, None
+
+
+def _borrowed_user(record: PostProcRecord, writer: int) -> str | None:
+    """Why a record that ``writer`` wrote, read by root, is not trusted: it is not
+    root's but the owner's of ``postproc/`` (a service user's daemon writes such
+    records, as itself), and names another user to run as, or a process it does not
+    say is the writer's. The site's owner can write one there: a root daemon adopted
+    the process of another user's that its handle named and ended its group at the
+    record's time limit (found by review). None when it names the writer alone."""
+    if writer == 0 or os.geteuid() != 0:
+        return None
+    handle = record.handle or {}
+    if record.uid not in (None, writer):
+        return f"belongs to uid {writer}, not to root, and names uid {record.uid} as its user"
+    if "pid" in handle and handle.get("uid") != writer:
+        named = handle.get("uid")
+        return (
+            f"belongs to uid {writer}, not to root, and its handle names a process of "
+            f"{'no user' if named is None else f'uid {named}'}"
+        )
+    return None
 
 
 #: the largest ``postproc.json`` read (its messages hold a few lines of stderr at most)
 MAX_RECORD_BYTES = 16 << 20
 
 
-def _read_record(root: Path, pp_id: str) -> bytes:
+def _read_record(root: Path, pp_id: str) -> tuple[bytes, int]:
     """``<root>/<pp_id>/postproc.json``, read without following a link or waiting on a
     FIFO, and only when the daemon wrote it (root's, the daemon's user's, or the owner
     of ``postproc/``'s, with no other name). A root daemon hands the folder to the user
@@ -220,7 +244,7 @@ def _read_record(root: Path, pp_id: str) -> bytes:
                 f"has {st.st_nlink} names (hard links): the daemon writes it under one",
                 RECORD,
             )
-        return read_up_to(fd, MAX_RECORD_BYTES)
+        return read_up_to(fd, MAX_RECORD_BYTES), st.st_uid
     finally:
         os.close(fd)
 

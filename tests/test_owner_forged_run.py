@@ -146,3 +146,65 @@ def test_a_handle_the_owner_forged_is_not_adopted(served: Path, public_tmp: Path
     finally:
         victim.kill()
         victim.wait()
+
+
+#: run by the site's owner: a post-processing record of theirs, RUNNING, whose handle
+#: names process ``pid`` (begun at ``start``) and no user, over its time limit at once
+FORGE_POSTPROC = r"""
+import json, os, sys
+postproc, pid, start = sys.argv[1:4]
+os.makedirs(os.path.join(postproc, "pp0000000001"), exist_ok=True)
+with open(os.path.join(postproc, "state.json"), "w") as fh:
+    json.dump({"latest": "pp0000000001", "ranking": [], "last_success": None}, fh)
+record = {
+    "id": "pp0000000001", "workflow": "wf", "version": "v", "state": "RUNNING",
+    "created_at": "2020-01-01T00:00:00+00:00", "started_at": "2020-01-01T00:00:00+00:00",
+    "ranking": [], "ranked": [], "time_limit": 0.001,
+    "handle": {"pid": int(pid), "pgid": int(pid), "start": float(start)},
+}
+with open(os.path.join(postproc, "pp0000000001", "postproc.json"), "w") as fh:
+    json.dump(record, fh)
+"""
+
+
+def test_a_post_processing_record_the_owner_forged_signals_no_one(
+    served: Path,  # noqa: F811
+) -> None:
+    """``postproc/`` is the owner's and a record of theirs was trusted: a RUNNING one
+    whose handle named another user's process (and no user), over a time limit of its
+    own, had the root daemon adopt that process and end its group (found by review)."""
+    root = served
+    victim = subprocess.Popen(
+        ["sleep", "300"],
+        user=account("fbrunner").pw_uid,
+        start_new_session=True,
+    )
+    try:
+        start = psutil.Process(victim.pid).create_time()
+        owner = root.stat()
+        postproc = root / "results" / "wf" / "postproc"
+        done = subprocess.run(
+            [str(PYTHON), "-c", FORGE_POSTPROC, str(postproc), str(victim.pid), str(start)],
+            user=owner.st_uid,
+            group=owner.st_gid,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        site = Site(root)
+        try:
+            daemon = Daemon(site)
+            daemon.start(serve=False)
+            try:
+                for _ in range(5):
+                    daemon.tick()
+            finally:
+                daemon.stop()
+        finally:
+            site.close()
+        assert victim.poll() is None, "the root daemon ended another user's process"
+    finally:
+        victim.kill()
+        victim.wait()
