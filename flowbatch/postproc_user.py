@@ -132,7 +132,10 @@ def writable_on_the_way(site: Path, folder: Path, uid: int) -> str | None:
     on the way may be, for all users, with the sticky bit (``/tmp``-like: they cannot
     rename what is not theirs there, and the next folder down is looked at in turn).
     Folders not made yet are skipped: the daemon makes them the site owner's or its
-    own. ACLs are not looked at (their mask shows in the group bits)."""
+    own. An access ACL's entries for the user or a group of theirs count where its
+    mask (the group bits) lets them write (found by review: ``setfacl -m
+    u:nobody:rwx postproc`` went unseen, the folder's group being no group of
+    nobody's)."""
     who = identity(uid)
     here = folder
     while True:
@@ -150,11 +153,35 @@ def writable_on_the_way(site: Path, folder: Path, uid: int) -> str | None:
                 why = f"is writable by every user (mode {mode:04o})"
             elif mode & 0o020 and not sticky and st.st_gid in (who.gid, *who.groups):
                 why = f"is writable by a group of {user_name(uid)}'s (mode {mode:04o})"
+            elif mode & 0o020 and not sticky:
+                why = _acl_lets_write(here, uid, (who.gid, *who.groups))
             if why is not None:
                 return f"{here} {why}"
         if here == site or here == here.parent:
             return None
         here = here.parent
+
+
+def _acl_lets_write(folder: Path, uid: int, groups: tuple[int, ...]) -> str | None:
+    """Why the access ACL of ``folder``, whose mask lets a named entry write, lets the
+    user ``uid`` (in ``groups``) write there: an entry of theirs or of one of their
+    groups that has write. None without such an entry (or an ACL)."""
+    from .takeback import ACL_XATTR, acl_entries  # the ACL's binary form is read there
+
+    try:
+        data = os.getxattr(folder, ACL_XATTR)
+    except OSError:
+        return None  # none (ENODATA), or a file system without ACLs
+    for tag, perm, who in acl_entries(data):
+        if not perm & 0o2:
+            continue
+        if tag == "user" and who == uid:
+            return f"has an ACL entry that lets {user_name(uid)} write (getfacl {folder})"
+        if tag == "group" and who in groups:
+            return (
+                f"has an ACL entry that lets a group of {user_name(uid)}'s write (getfacl {folder})"
+            )
+    return None
 
 
 def refuse_writable(site: Path, folder: Path, uid: int, who: str) -> None:

@@ -519,9 +519,22 @@ _ACL_HEADER = struct.Struct("<I")
 _ACL_ENTRY = struct.Struct("<HHI")
 _ACL_VERSION = 2
 _ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_GROUP = 0x08
 _ACL_NO_ID = 0xFFFFFFFF
 #: what says that the file system keeps no ACLs (then none is tried again in the walk)
 _NO_ACLS = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+def acl_entries(data: bytes) -> list[tuple[str, int, int]]:
+    """The named entries of an access ACL (the value of :data:`ACL_XATTR`): ("user"
+    or "group", permissions, id) each; the owner's, the owning group's, the mask and
+    others' are in the mode."""
+    named = {_ACL_USER: "user", _ACL_GROUP: "group"}
+    return [
+        (named[tag], perm, who)
+        for tag, perm, who in _ACL_ENTRY.iter_unpack(data[_ACL_HEADER.size :])
+        if tag in named
+    ]
 
 
 @functools.lru_cache(maxsize=256)

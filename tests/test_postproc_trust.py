@@ -193,3 +193,37 @@ def test_the_sites_owner_is_no_post_processing_user(public_tmp: Path) -> None:
     run_until_idle(site)
     assert "latest" not in read_state(site, "wf")  # none started
     site.close()
+
+
+def test_no_post_processing_as_a_user_an_acl_lets_write_its_folder(
+    public_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``setfacl -m u:fbpost:rwx postproc``: the folder is root's and its group is no
+    group of fbpost's, so the mode alone said no one else could write it, while fbpost
+    could (found by review). Refused as for a folder of theirs; the entry removed, the
+    post-processing runs."""
+    import subprocess
+
+    post = account("fbpost")
+    site = new_site(public_tmp, template(), {"postproc_user": "fbpost"})
+    root = postproc_root(site, "wf")
+    root.mkdir(parents=True)
+    subprocess.run(["setfacl", "-m", "u:fbpost:rwx", str(root)], check=True)
+    probe = subprocess.run(
+        ["touch", str(root / "mine")], user=post.pw_uid, group=post.pw_gid, check=False
+    )
+    assert probe.returncode == 0  # the ACL does let them write there
+    (root / "mine").unlink()
+    drop(site, "a.yaml", {"workflow": "wf", "arguments": {"score": 1}})
+    with caplog.at_level(logging.ERROR, logger="flowbatch.postproc"):
+        run_until_idle(site)
+    assert list(root.iterdir()) == []  # nothing made or written there
+    said = [r.getMessage() for r in caplog.records if "not started" in r.getMessage()]
+    assert len(said) == 1 and "has an ACL entry that lets fbpost write" in said[0], said
+
+    subprocess.run(["setfacl", "-x", "u:fbpost", str(root)], check=True)
+    drop(site, "b.yaml", {"workflow": "wf", "arguments": {"score": 2}})
+    run_until_idle(site)
+    record = load_record(site, "wf", read_state(site, "wf")["latest"])
+    assert record is not None and record.state == "SUCCESS", record
+    site.close()
