@@ -298,6 +298,25 @@ def test_an_assigning_expansion_after_a_double_dash_stands(tmp_path: Path, diale
     assert _safe(tmp_path, command, dialect, "member.txt") == 0
 
 
+# -- a descriptor that exec opens, read later -----------------------------------------------
+
+EXEC_INPUTS = [
+    ('exec 3<<<$[[s]]; read -r -u 3 y; tar -xf data.tar "$y"', EVIL, "member.txt"),
+    ('exec 3< <(echo $[[s]]); read -r y <&3; tar -xf data.tar "$y"', EVIL, "member.txt"),
+    ('exec 3<<EOF\n$[[s]]\nEOF\nread -r -u 3 y; tar -xf data.tar "$y"', EVIL, "member.txt"),
+]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("command", "evil", "fine"), EXEC_INPUTS)
+def test_what_exec_gives_a_descriptor_is_followed_into_read(
+    tmp_path: Path, command: str, dialect: str, evil: str, fine: str
+) -> None:
+    """Found by review: ``exec`` keeps its redirections for the rest of the command, and
+    a ``read`` from that descriptor took the value unseen (tar ran its command)."""
+    _refused_and_fine(tmp_path, command, dialect, evil, fine)
+
+
 # -- templates written as organisers write them, values with a dash -------------------------
 
 

@@ -1766,9 +1766,11 @@ class _Lexer:
                 for k, what in split_option_words(words)
             )
         name = _unquoted(text[slice(*frame.cmd[0])]) if frame.cmd else ""
-        if not frame.cmd or name in _GROUP_CLOSE:
-            self.group_inputs.extend(frame.inputs)  # `done <<< $x`, `) < <(...)`
-            self.feed_reads(frame.docs)  # `done <<EOF`
+        if not frame.cmd or name in _GROUP_CLOSE or name == "exec":
+            # `done <<< $x`, `) < <(...)`, `done <<EOF`; and `exec 3<<< $x`, whose
+            # descriptor any later `read -u 3` or `read <&3` reads (found by review)
+            self.group_inputs.extend(frame.inputs)
+            self.feed_reads(frame.docs)
         elif name in _READERS:
             self.feed_reads(frame.docs)  # `read -r m <<EOF`
             if frame.in_pipe and frame.pipe_start is not None and frame.cmd_start is not None:
