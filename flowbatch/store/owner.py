@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,19 +326,26 @@ def give_back(
     try:
         if _give_own(fd, owner):
             given.append(results.name)
-        with os.scandir(fd) as entries:
-            workflows = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-        for workflow in workflows:
-            top = _open_folder(workflow, fd)
-            if top is None:
-                continue
-            try:
-                given += _give_workflow(top, owner, f"{results.name}/{workflow}")
-            finally:
-                os.close(top)
+        for workflow, top in _subfolders(fd):
+            given += _give_workflow(top, owner, f"{results.name}/{workflow}")
     finally:
         os.close(fd)
     return given
+
+
+def _subfolders(fd: int) -> Iterator[tuple[str, int]]:
+    """The folders in the folder open at ``fd`` (no link), each by name with a
+    descriptor open while the caller looks at it (:func:`_open_folder`)."""
+    with os.scandir(fd) as entries:
+        names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    for name in names:
+        sub = _open_folder(name, fd)
+        if sub is None:
+            continue
+        try:
+            yield name, sub
+        finally:
+            os.close(sub)
 
 
 def _give_templates(templates: Path, owner: SiteOwner) -> list[str]:
@@ -351,29 +359,13 @@ def _give_templates(templates: Path, owner: SiteOwner) -> list[str]:
     try:
         if _give_own(fd, owner):
             given.append(templates.name)
-        with os.scandir(fd) as entries:
-            workflows = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-        for workflow in workflows:
-            top = _open_folder(workflow, fd)
-            if top is None:
-                continue
-            try:
-                if _give_own(top, owner):
-                    given.append(f"{templates.name}/{workflow}")
-                with os.scandir(top) as entries:
-                    versions = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-                for version in versions:
-                    sub = _open_folder(version, top)
-                    if sub is None:
-                        continue
-                    try:
-                        if os.fstat(sub).st_uid == 0:
-                            _give_tree(sub, owner, FOLDER_DEPTH)
-                            given.append(f"{templates.name}/{workflow}/{version}")
-                    finally:
-                        os.close(sub)
-            finally:
-                os.close(top)
+        for workflow, top in _subfolders(fd):
+            if _give_own(top, owner):
+                given.append(f"{templates.name}/{workflow}")
+            for version, sub in _subfolders(top):
+                if os.fstat(sub).st_uid == 0:
+                    _give_tree(sub, owner, FOLDER_DEPTH)
+                    given.append(f"{templates.name}/{workflow}/{version}")
     finally:
         os.close(fd)
     return given
@@ -389,17 +381,10 @@ def _give_workflow(top: int, owner: SiteOwner, shown: str) -> list[str]:
         try:
             if os.fstat(folder).st_uid != 0:
                 continue
-            with os.scandir(folder) as entries:
-                inner = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-            for run in inner:  # a run's (or a post-processing's) folder, its folders too
-                sub = _open_folder(run, folder)
-                if sub is None:
-                    continue
-                try:
-                    if os.fstat(sub).st_uid == 0:
-                        _give_folder(sub, owner.uid, owner.gid, FOLDER_DEPTH)
-                finally:
-                    os.close(sub)
+            # a run's (or a post-processing's) folder, its folders too
+            for _run, sub in _subfolders(folder):
+                if os.fstat(sub).st_uid == 0:
+                    _give_folder(sub, owner.uid, owner.gid, FOLDER_DEPTH)
             os.fchown(folder, owner.uid, owner.gid)
             given.append(f"{shown}/{name}")
         finally:
