@@ -20,7 +20,7 @@ from flowbatch.daemon import Daemon
 from flowbatch.site import Site
 
 from .conftest import account, run_until_idle
-from .test_root_commands import PYTHON
+from .test_root_commands import PYTHON, as_site_owner
 from .test_root_daemon_service_site import served  # noqa: F401
 
 pytestmark = [
@@ -67,18 +67,8 @@ def forge(root: Path, proof: Path, uid: int, pid: int = 0) -> str:
     runs = root / "results" / "wf" / "runs"
     src = sorted(runs.iterdir())[0].name
     new = "deadbeef0000"
-    owner = root.stat()
-    done = subprocess.run(
-        [str(PYTHON), "-c", FORGE, str(runs), src, new, str(proof), str(uid), str(pid), str(start)],
-        user=owner.st_uid,
-        group=owner.st_gid,
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert (runs / new / "run.json").stat().st_uid == owner.st_uid
+    as_site_owner(root, FORGE, str(runs), src, new, str(proof), str(uid), str(pid), str(start))
+    assert (runs / new / "run.json").stat().st_uid == root.stat().st_uid
     return new
 
 
@@ -181,18 +171,8 @@ def test_a_post_processing_record_the_owner_forged_signals_no_one(
     )
     try:
         start = psutil.Process(victim.pid).create_time()
-        owner = root.stat()
         postproc = root / "results" / "wf" / "postproc"
-        done = subprocess.run(
-            [str(PYTHON), "-c", FORGE_POSTPROC, str(postproc), str(victim.pid), str(start)],
-            user=owner.st_uid,
-            group=owner.st_gid,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        as_site_owner(root, FORGE_POSTPROC, str(postproc), str(victim.pid), str(start))
         site = Site(root)
         try:
             daemon = Daemon(site)

@@ -21,7 +21,7 @@ from flowbatch.site import Site
 from .conftest import account, drop, write_template
 from .test_owner_forged_run import drop_box
 from .test_review_s25d import service_site
-from .test_root_commands import PYTHON
+from .test_root_commands import PYTHON, as_site_owner
 from .test_root_daemon_service_site import owner_runs
 
 pytestmark = [
@@ -100,16 +100,7 @@ def test_a_waiting_run_s_folder_swapped_by_the_owner_is_not_launched(
         ticks_until(daemon, lambda: states().get("second") == "PENDING")
         (waiting,) = [row for row in api.list_runs(site) if row["name"] == "second"]
         runs = root / "results" / "wf" / "runs"
-        done = subprocess.run(
-            [str(PYTHON), "-c", SWAP, str(runs), waiting["id"], str(proof)],
-            user=owner.st_uid,
-            group=owner.st_gid,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        as_site_owner(root, SWAP, str(runs), waiting["id"], str(proof))
         gate.touch()
         ticks_until(daemon, lambda: states().get("second") not in ("PENDING", "RUNNING"))
     finally:

@@ -25,6 +25,26 @@ from .test_robust import _user, needs_root
 #: links into /root, which others cannot enter): the system's, of the same version, with
 #: the venv's packages on its path (as tests/test_participant_cli.py)
 PYTHON = Path("/usr/bin/python3")
+
+
+def as_site_owner(root: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run by the system's Python as the owner of the site folder ``root``
+    (its uid and group, no other group), which must succeed: what the site's service
+    user can do."""
+    owner = root.stat()
+    done = subprocess.run(
+        [str(PYTHON), "-c", script, *args],
+        user=owner.st_uid,
+        group=owner.st_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 PATH = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
 
 

@@ -23,7 +23,7 @@ from flowbatch.store.templates import _file_list, content_hash
 
 from .conftest import SCORE_TEMPLATE, write_template
 from .test_review_s25d import service_site
-from .test_root_commands import PYTHON
+from .test_root_commands import PYTHON, as_site_owner
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="root installs on another user's site"),
@@ -47,17 +47,7 @@ def test_roots_install_writes_nothing_through_a_link_at_the_versions_tmp(
     version = content_hash(src.spec_path, _file_list(src))
     elsewhere = public_tmp / "roots"  # root's, the owner cannot write in it
     elsewhere.mkdir()
-    owner = root.stat()
-    done = subprocess.run(
-        [str(PYTHON), "-c", PLANT, str(root / "templates" / "wf"), version, str(elsewhere)],
-        user=owner.st_uid,
-        group=owner.st_gid,
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    as_site_owner(root, PLANT, str(root / "templates" / "wf"), version, str(elsewhere))
     site = Site(root)
     try:
         installed = api.install(site, template, workflow_id="wf")
@@ -66,7 +56,7 @@ def test_roots_install_writes_nothing_through_a_link_at_the_versions_tmp(
     assert sorted(os.listdir(elsewhere)) == []
     version_dir = root / "templates" / "wf" / installed.version
     assert not version_dir.is_symlink() and (version_dir / "files").is_dir()
-    assert version_dir.stat().st_uid == owner.st_uid
+    assert version_dir.stat().st_uid == root.stat().st_uid
 
 
 def test_roots_install_writes_nothing_through_a_link_at_the_workflows_folder(
