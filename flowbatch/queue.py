@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,13 @@ BUNDLE_GRACE = 3600.0
 #: seconds between two looks for such bundles (:meth:`Intake.remove_orphan_bundles`; the
 #: first at the intake's first tick)
 BUNDLE_SWEEP_EVERY = 600.0
+#: a shared site's claim rows (:meth:`flowbatch.store.store.Store.claim`) older than
+#: this many seconds are removed, once every :data:`CLAIM_ROWS_EVERY` seconds: a row
+#: guards against a second host's rename of the same file "succeeding" too (NFS), which
+#: happens within seconds of the first; kept for ever, they only grew the table, one row
+#: a request (found by review)
+CLAIM_ROWS_KEPT = 86400.0
+CLAIM_ROWS_EVERY = 3600.0
 #: seconds to the next look when one stopped at its :data:`BUNDLE_SWEEP_ENTRIES`
 BUNDLE_SWEEP_AGAIN = 10.0
 #: the name `flowbatch submit` gives a bundle (:func:`flowbatch.api.queue_request`):
@@ -533,6 +541,8 @@ class Intake:
         self._index_away = Repeated(log)
         #: when the next look for orphan bundles is due (monotonic; 0: at the first tick)
         self._bundles_due = 0.0
+        #: when the next removal of old claim rows is due (a shared site; monotonic)
+        self._claim_rows_due = 0.0
         #: orphan bundles left alone, said once each: (name, inode, ctime)
         self._bundles_kept: set[tuple[str, int, int]] = set()
         #: orphan bundles a look removed in part (name, inode): the next look goes on
@@ -726,6 +736,9 @@ class Intake:
                 self.remove_orphan_bundles()
             except Exception:  # never the end of the intake
                 log.exception("looking for orphan bundles in %s", self.layout.queue)
+        if self.site.shared and time.monotonic() >= self._claim_rows_due:
+            self._claim_rows_due = time.monotonic() + CLAIM_ROWS_EVERY
+            self._forget_old_claims()
         todo = self.leftovers() if self._look_in_claimed or self.site.shared else []
         if self.waiting:
             self.waiting.keep(claimed.path for claimed in todo)  # the rest went away
@@ -771,6 +784,20 @@ class Intake:
         finally:
             self.current = None
         return result
+
+    def _forget_old_claims(self) -> None:
+        """Remove the shared site's claim rows older than :data:`CLAIM_ROWS_KEPT`: the
+        double claim they guard against is over long before. A leftover claim taken up
+        later is recorded again (:meth:`_claim_recorded`). An index away: tried at the
+        next look, never the end of the intake."""
+        before = datetime.now(UTC) - timedelta(seconds=CLAIM_ROWS_KEPT)
+        try:
+            removed = self.site.store.forget_claims(before.isoformat(timespec="microseconds"))
+        except Exception as exc:
+            log.warning("old claim rows not removed from the index, tried later: %s", exc)
+            return
+        if removed:
+            log.info("removed %d claim row(s) older than a day from the index", removed)
 
     def cancel_waiting(self) -> bool:
         """Whether a `runs cancel` request waits in the queue (one look at its names)."""

@@ -140,6 +140,47 @@ def test_a_unique_key_in_the_index_refuses_a_double_claim(
     site_b.close()
 
 
+def test_claim_rows_older_than_a_day_are_removed(
+    tmp_path: Path, postgres_url: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by review: a shared site's claim rows were never removed, one a request for
+    as long as the site served. The intake removes those older than a day (the double
+    claim they guard against happens within seconds), once an hour, and its claims go on
+    as before: a new one is recorded, an old leftover's again."""
+    from datetime import UTC, datetime, timedelta
+
+    from flowbatch import queue
+
+    root = tmp_path / "site"
+    shared_site(root, postgres_url).close()
+    monkeypatch.setenv("FLOWBATCH_HOSTNAME", "hostA")
+    site = Site(root)
+    now = datetime.now(UTC)
+    for key, age in (("old-1", timedelta(days=3)), ("old-2", timedelta(days=1, minutes=1))):
+        at = (now - age).isoformat(timespec="microseconds")
+        ClaimRow.insert(key=key, run="r" + key, host="hostB", at=at).execute()
+    recent = (now - timedelta(hours=23)).isoformat(timespec="microseconds")
+    ClaimRow.insert(key="recent", run="rrecent", host="hostB", at=recent).execute()
+    drop(site, "one.yaml", {"workflow": "wf", "arguments": {"score": 1.5}})
+    intake = Intake(site)
+    result = intake.run_once()
+    assert len(result.runs) == 1
+    keys = {c.key for c in ClaimRow.select()}
+    assert "old-1" not in keys and "old-2" not in keys and "recent" in keys
+    assert len(keys) == 2  # the recent row and the new claim's
+    # not again within the hour: a row that grew old meanwhile stays until the next look
+    ClaimRow.update(at=(now - timedelta(days=2)).isoformat()).where(
+        ClaimRow.key == "recent"
+    ).execute()
+    intake.run_once()
+    assert "recent" in {c.key for c in ClaimRow.select()}
+    intake._claim_rows_due = time.monotonic() - 1  # an hour on
+    intake.run_once()
+    assert "recent" not in {c.key for c in ClaimRow.select()}
+    assert queue.CLAIM_ROWS_KEPT == 86400.0
+    site.close()
+
+
 def test_reports_are_written_one_host_at_a_time(tmp_path: Path, postgres_url: str) -> None:
     """The leaderboard lock: while one daemon reads the index and writes the reports, the
     other waits, so the last file written has seen every run committed before it."""

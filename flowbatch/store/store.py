@@ -699,6 +699,12 @@ class Store:
             return row is not None and row.run == run_id
         return True
 
+    def forget_claims(self, before: str) -> int:
+        """Remove the claim rows recorded before ``before`` (an ISO time, as
+        :func:`~flowbatch.runs.now_iso` writes them: they sort as text); their count."""
+        with self.db.atomic():
+            return int(ClaimRow.delete().where(ClaimRow.at < before).execute())
+
     def ping(self) -> None:
         """A server index: one cheap statement, which reconnects a connection the server
         dropped (:class:`~flowbatch.store.index.ReconnectingPostgres`). A no-op on SQLite."""
