@@ -18,10 +18,12 @@ folders: root's, but the owner reads, replaces and removes them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -89,25 +91,56 @@ class Notes:
         return open_folder_in(root, self.folder, self._owner[0], make=make)
 
     def load(self) -> list[dict[str, Any]]:
-        """Every note (a mapping) in the folder, in name order; unreadable ones logged."""
+        """Every note (a mapping) in the folder, in name order; unreadable ones logged.
+
+        Read through the folder opened with no link below the site folder, each note
+        with no link followed (a link there led root's read anywhere). A root daemon
+        takes only the notes root wrote: the folders are the site owner's, who could
+        put a note there naming any user's Slurm job, which a root daemon would
+        ``scancel`` (found by review). One the owner wrote is left where it is, and
+        said: its jobs are the owner's to end."""
         if self.folder is None:
             return []
         try:
-            names = sorted(os.listdir(self.folder))
+            fd = self._open(make=False)
         except OSError:
             return []
-        out = []
-        for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            try:
-                value = json.loads((self.folder / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                log.warning("%s %s: cannot read it: %s", self.what, name, exc)
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
+        try:
+            names = sorted(os.listdir(fd))
+            out = []
+            for name in names:
+                if not name.endswith(".json") or name.startswith("."):
+                    continue
+                try:
+                    value = self._read(fd, name)
+                except (OSError, ValueError) as exc:
+                    log.warning("%s %s: cannot read it: %s", self.what, name, exc)
+                    continue
+                if isinstance(value, dict):
+                    out.append(value)
+            return out
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, name: str) -> Any:
+        """The note ``name`` in the folder open at ``fd``, as JSON; OSError when it is
+        not a regular file, or (read by root) not root's."""
+        note = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        try:
+            st = os.fstat(note)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            if os.geteuid() == 0 and st.st_uid != 0:
+                raise OSError(
+                    errno.EPERM,
+                    f"written by uid {st.st_uid}, not by root: a root daemon ends only what "
+                    f"it noted itself; end what it names as that user, then remove "
+                    f"{self.folder}/{name}",
+                )
+            with os.fdopen(os.dup(note), "rb") as fh:
+                return json.loads(fh.read(1 << 20).decode("utf-8"))
+        finally:
+            os.close(note)
 
 
 def stranded(site_root: Path, profiles: Iterable[str], hosts: Iterable[str]) -> list[str]:
