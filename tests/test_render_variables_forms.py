@@ -317,6 +317,61 @@ def test_what_exec_gives_a_descriptor_is_followed_into_read(
     _refused_and_fine(tmp_path, command, dialect, evil, fine)
 
 
+# -- a coprocess's output, an eval's text that copies a variable ---------------------------
+
+COPROCS_AND_EVALS = [
+    (
+        'coproc { echo $[[s]]; }; read -r x <&"${COPROC[0]}"; tar -xf data.tar "$x"',
+        EVIL,
+        "member.txt",
+    ),
+    ('coproc echo $[[s]]; read -r x <&"${COPROC[0]}"; tar -xf data.tar "$x"', EVIL, "member.txt"),
+    (
+        'coproc P { echo $[[s]]; }; read -r -u "${P[0]}" x; tar -xf data.tar "$x"',
+        EVIL,
+        "member.txt",
+    ),
+    ('coproc P ( echo $[[s]] ); read -r x <&"${P[0]}"; tar -xf data.tar "$x"', EVIL, "member.txt"),
+    ('x=$[[s]]; eval "y=\\$x"; tar -xf data.tar "$y"', EVIL, "member.txt"),
+    ("x=$[[s]]; eval 'read -r y <<< $x'; tar -xf data.tar \"$y\"", EVIL, "member.txt"),
+    # a text eval is given after an expansion: any variable may hold the value
+    ('x=$[[s]]; n=x; eval "y=\\$$n"; tar -xf data.tar "$y"', EVIL, "member.txt"),
+]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("command", "evil", "fine"), COPROCS_AND_EVALS)
+def test_a_coprocess_s_output_and_an_eval_s_copies_are_followed(
+    tmp_path: Path, command: str, dialect: str, evil: str, fine: str
+) -> None:
+    """Found by review: the value reached the variable unseen, through what a coprocess
+    printed or what eval's constant text copied, and tar ran its command."""
+    _refused_and_fine(tmp_path, command, dialect, evil, fine)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_coprocess_of_constants_and_an_eval_of_no_value_stand(
+    tmp_path: Path, dialect: str
+) -> None:
+    """A coprocess that prints the template's own text, an eval that copies nothing of
+    a value, and the value passed after ``--`` are installed and run."""
+    evil = "--to-command=touch${IFS}PWNED"
+    for command in (
+        'coproc { echo member.txt; }; read -r x <&"${COPROC[0]}"; tar -xf data.tar "$x"; '
+        "echo $[[s]] > v.txt",
+        'coproc P { echo member.txt; }; read -r x <&"${P[0]}"; tar -xf data.tar "$x"; '
+        "echo $[[s]] > v.txt",
+        'x=$[[s]]; eval "y=member.txt"; tar -xf data.tar "$y"; echo "$x" > v.txt',
+    ):
+        assert _safe(tmp_path, command, dialect, evil) == 0, command
+        assert (tmp_path / "member.txt").read_text() == "data\n"
+        assert (tmp_path / "v.txt").read_text() == evil + "\n"
+        (tmp_path / "member.txt").unlink()
+    command = 'x=$[[s]]; eval "y=\\$x"; tar -xf data.tar -- "$y"'
+    assert _safe(tmp_path, command, dialect, "member.txt") == 0
+    assert _safe(tmp_path, command, dialect, evil) != 0  # no such member
+
+
 # -- templates written as organisers write them, values with a dash -------------------------
 
 

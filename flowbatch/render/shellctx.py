@@ -108,6 +108,8 @@ from typing import NamedTuple
 from flowbatch.render.codeflow import COMMAND_NAME, program_sources
 from flowbatch.render.ere import captures
 from flowbatch.render.shellvars import (
+    ANY,
+    ANY_VARIABLE,
     Flow,
     _closing,
     command_flows,
@@ -160,6 +162,9 @@ _GROUP_CLOSE = frozenset({"}", "fi", "done", "esac"})
 _ERE_SPECIAL = frozenset(".[]()*+?{}|^$\\")
 #: a variable a word expands: ``$name``, ``${name``, ``$1``, ``$@``, ``${!``
 _EXPANDS = re.compile(r"\$\{?!?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
+#: a variable a text reads when evaluated: ``$name``, ``${name``, ``$1``, ``$@``;
+#: ``${!``: an indirection (any variable)
+_EVAL_READS = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])|\$\{(!)")
 #: the builtins that read their standard input into variables
 _READERS = frozenset({"read", "mapfile", "readarray"})
 #: the binary operators of [[ ... ]] whose operands are arithmetic
@@ -1306,6 +1311,12 @@ class _Frame:
     # commands with them, and where each begins
     body_of: str = ""
     bodies: list[tuple[str, int, int]] = field(default_factory=list)
+    # where ``coproc`` was read, its command not yet begun (the next compound command
+    # or simple command is the coprocess), and the coprocesses open in this frame as
+    # compound commands: the number of open compound commands with them, and where
+    # each ``coproc`` is
+    coproc_at: int | None = None
+    coprocs: list[tuple[int, int]] = field(default_factory=list)
     # the open compound commands ('(' or a keyword), each with where the pipeline it is
     # in began: a pipe after its end goes on from there
     groups: list[tuple[str, int]] = field(default_factory=list)
@@ -1673,6 +1684,9 @@ class _Lexer:
         if frame.body_of:
             frame.bodies.append((frame.body_of, len(frame.groups), start))
             frame.body_of = ""
+        if frame.coproc_at is not None:
+            frame.coprocs.append((len(frame.groups), frame.coproc_at))
+            frame.coproc_at = None
 
     def close_body(self, frame: _Frame, end: int) -> None:
         """The innermost compound command ends before ``end``: if a function's body, it
@@ -1680,6 +1694,56 @@ class _Lexer:
         if frame.bodies and frame.bodies[-1][1] == len(frame.groups):
             name, _, start = frame.bodies.pop()
             self.bodies.append((name, start, end))
+        if frame.coprocs and frame.coprocs[-1][0] == len(frame.groups):
+            self.coproc(frame.coprocs.pop()[1], end)
+
+    def coproc(self, start: int, end: int) -> None:
+        """The coprocess ``text[start:end]`` (``coproc { ...; }``, ``coproc NAME (
+        ... )``, ``coproc cmd ...``) ends: what its commands print, any ``read`` of the
+        text may read (``read -r m <&"${COPROC[0]}"``, ``read -u "${NAME[0]}"``), as
+        it may a descriptor ``exec`` opened (found by review: the value reached ``m``
+        unseen and tar ran its ``--to-command``)."""
+        self.group_inputs.append((start, end))
+
+    def eval_flows(self, words: list[tuple[int, int]]) -> list[Flow]:
+        """What ``eval`` with the words ``words`` gives variables when its text reads
+        one at the time it runs (``eval "y=\\$x"``, ``eval 'read -r y <<< $x'``: found
+        by review, ``y`` took the value unseen and tar ran its ``--to-command``).
+
+        A text that is constant (no value, no expansion before eval runs) is scanned as
+        shell: each variable it assigns may hold any character of each variable it
+        reads there (its flows, read as copies: ``y`` takes ``x``'s values, whatever
+        eval does with them). A text that expands something before eval reads it, as
+        well as a ``\\$`` (``eval "y=\\$$name"``), is not known here: any variable
+        may then hold any value of the command, as through a name reference to a
+        computed name. The text itself is eval's program text, which the code check
+        reads."""
+        escaped = False
+        constant = True
+        parts: list[str] = []
+        for start, stop in words:
+            for k in range(start, stop):
+                c, q = self.text[k], self.ctx[k]
+                if c in "$`" and q in (Ctx.SINGLE, Ctx.ESCAPED):
+                    escaped = True  # read when eval runs
+                elif c in "$`\x00" and q in (Ctx.UNQUOTED, Ctx.DOUBLE):
+                    constant = False  # expanded before eval runs
+            parts.append(_unquoted(self.text[start:stop]))
+        if not escaped:
+            return []  # eval reads no variable of its own: nothing flows through it
+        if not constant:
+            return [Flow("eval", (), floor=ANY, also=ANY_VARIABLE)]
+        inner = " ".join(parts)
+        scanned = scan(inner)
+        flows: list[Flow] = []
+        for flow in scanned.flows:
+            read = {flow.also} if flow.also else set()
+            for start, stop in flow.sources:
+                for match in _EVAL_READS.finditer(inner, start, stop):
+                    name = match.group(1) or ANY_VARIABLE
+                    read.add("@" if name[0].isdigit() or name in "@*" else name)
+            flows.extend(Flow(flow.name, (), floor=ANY, also=name) for name in sorted(read))
+        return flows
 
     def feed_reads(self, docs: list[_Heredoc]) -> None:
         """``docs`` are read by ``read`` or ``mapfile``, or by a loop or group around
@@ -1765,6 +1829,10 @@ class _Lexer:
                 (*frame.cmd[k], what, f"{_base(words[0])} -c's program unquoted")
                 for k, what in split_option_words(words)
             )
+        if frame.coproc_at is not None and frame.cmd:
+            # `coproc cmd ...`: a simple command as the coprocess
+            self.coproc(frame.coproc_at, end)
+            frame.coproc_at = None
         name = _unquoted(text[slice(*frame.cmd[0])]) if frame.cmd else ""
         if not frame.cmd or name in _GROUP_CLOSE or name == "exec":
             # `done <<< $x`, `) < <(...)`, `done <<EOF`; and `exec 3<<< $x`, whose
@@ -1783,6 +1851,8 @@ class _Lexer:
             self.flows.extend(
                 command_flows(text, frame.cmd, frame.assigns, frame.arrays, frame.inputs, words)
             )
+            if words and words[0] == "eval":
+                self.flows.extend(self.eval_flows(frame.cmd[1:]))
         if feeds is not None:  # what xargs reads: as where stdin is program text, below
             via = "the input of xargs"
             if frame.pipe_start is not None and frame.cmd_start is not None:
@@ -1868,6 +1938,18 @@ class _Lexer:
                 self.functions.add(name)
                 frame.prev, frame.defining = name, True  # `()` may follow
                 frame.body_of = name
+                return False
+            if name == "coproc" and not frame.cmd:
+                frame.coproc_at = start
+            elif (
+                frame.prev == "coproc"
+                and frame.coproc_at is not None
+                and _NAME.fullmatch(word)
+                and self.text[end:].lstrip(" \t")[:1] in ("{", "(")
+            ):
+                # `coproc NAME { ...; }`: the coprocess's name (its descriptors are in
+                # the array NAME), no command
+                frame.prev = name
                 return False
             if name in ("command", "builtin"):
                 frame.bypass = True  # `command tar`: the program, not a function tar

@@ -326,9 +326,14 @@ class _Reader:
                 for start, end in flow.sources:
                     for _, index, level, _ in self.levels(start, end, split=flow.split):
                         _merge(found, index, max(level, flow.floor))
-                if flow.also and flow.also != ANY_VARIABLE:
+                if flow.also == ANY_VARIABLE and flow.floor:
+                    # an eval whose text is not known: any value, at any character
+                    for index in self.holds(ANY_VARIABLE):
+                        _merge(found, index, flow.floor)
+                elif flow.also and flow.also != ANY_VARIABLE:
+                    # taken whole; what an eval's text copies, at any character
                     for index, level in self.holds(flow.also).items():
-                        _merge(found, index, level)
+                        _merge(found, index, max(level, flow.floor))
                 for index, level in found.items():
                     changed = _merge(got, index, level) or changed
         return self.taint
