@@ -54,6 +54,14 @@ ATTACKS = [
     # alias and trap inside a function
     ('shopt -s expand_aliases; f() { alias x="$1"; }; f $[[s]]; eval x', RUN),
     ('f() { trap "$1" EXIT; }; f $[[s]]', RUN),
+    # eval and trap after builtin or command, a trap outside a function, after --
+    ('x=$[[s]]; builtin eval "$x"', RUN),
+    ('x=$[[s]]; command eval "$x"', RUN),
+    ('f() { builtin -- eval "$1"; }; f $[[s]]', RUN),
+    ('x=$[[s]]; command -- eval "$x"', RUN),
+    ('x=$[[s]]; builtin source /dev/stdin <<< "$x"', RUN),
+    ('x=$[[s]]; trap "$x" EXIT', RUN),
+    ('x=$[[s]]; trap -- "$x" EXIT', RUN),
     # "$@" as a command's name: the value names the program, or is split into the
     # command's words, or is the program text of the command the function runs
     ('run() { "$@"; }; run $[[s]] PWNED', TOUCH),
@@ -87,6 +95,9 @@ SAFE = [
     # a trap whose text expands the variable when it runs (single quotes): data
     'trap \'printf "%s\\n" "$v" > out.txt\' EXIT; v=$[[s]]',
     "cmd=printf; \"$cmd\" '%s\\n' $[[s]] > out.txt",
+    # eval's builtins named as data, a trap of the template's own text
+    'x=$[[s]]; builtin echo "$x" > out.txt',
+    "trap 'rm -f tmp' EXIT; touch tmp; printf '%s\\n' $[[s]] > out.txt",
 ]
 
 

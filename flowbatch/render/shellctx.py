@@ -1975,7 +1975,8 @@ class _Lexer:
             if _ASSIGNMENT.match(word):
                 frame.assigns.append((start, end))
             elif not (
-                name in _OPENERS or (frame.prev in ("time", "command") and word.startswith("-"))
+                name in _OPENERS
+                or ((frame.prev == "time" or frame.bypass) and word.startswith("-"))
             ):
                 frame.cmd_pos = False
                 if not frame.compound:
