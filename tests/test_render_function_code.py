@@ -62,6 +62,14 @@ ATTACKS = [
     ('x=$[[s]]; builtin source /dev/stdin <<< "$x"', RUN),
     ('x=$[[s]]; trap "$x" EXIT', RUN),
     ('x=$[[s]]; trap -- "$x" EXIT', RUN),
+    # a command named by a variable the text gives eval or a shell
+    ('e=eval; x=$[[s]]; $e "$x"', RUN),
+    ('e=bash; x=$[[s]]; $e -c "$x"', RUN),
+    ('cmd=(eval); x=$[[s]]; "${cmd[@]}" "$x"', RUN),
+    ("c='bash -c'; $c $[[s]]", RUN),
+    ('for e in echo eval; do x=$[[s]]; $e "$x" > out.txt; done', RUN),
+    ('e=eval; f=$e; "$f" $[[s]]', RUN),
+    ('e=$(echo eval); "$e" $[[s]]', RUN),
     # "$@" as a command's name: the value names the program, or is split into the
     # command's words, or is the program text of the command the function runs
     ('run() { "$@"; }; run $[[s]] PWNED', TOUCH),
@@ -95,6 +103,9 @@ SAFE = [
     # a trap whose text expands the variable when it runs (single quotes): data
     'trap \'printf "%s\\n" "$v" > out.txt\' EXIT; v=$[[s]]',
     "cmd=printf; \"$cmd\" '%s\\n' $[[s]] > out.txt",
+    # a command named by a variable the template gives a program that runs no code
+    'e=echo; x=$[[s]]; $e "$x" > out.txt',
+    'cmd=(printf \'%s\\n\'); x=$[[s]]; "${cmd[@]}" "$x" > out.txt',
     # eval's builtins named as data, a trap of the template's own text
     'x=$[[s]]; builtin echo "$x" > out.txt',
     "trap 'rm -f tmp' EXIT; touch tmp; printf '%s\\n' $[[s]] > out.txt",

@@ -165,6 +165,13 @@ _EXPANDS = re.compile(r"\$\{?!?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
 #: a variable a text reads when evaluated: ``$name``, ``${name``, ``$1``, ``$@``;
 #: ``${!``: an indirection (any variable)
 _EVAL_READS = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])|\$\{(!)")
+#: a command's name that is one variable's expansion: ``$e``, ``"$e"``, ``${cmd[@]}``
+#: (quoted or not, the variable, its subscript, or the variable without braces)
+_NAMED_BY = re.compile(
+    r'("?)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(\[[^\]]*\])?\}|([A-Za-z_][A-Za-z0-9_]*))\1'
+)
+#: a value that is one positional parameter (or all of them): followed by codeflow
+_POSITIONAL_ONLY = re.compile(r'("?)\$(?:\{[0-9@*]+\}|[0-9@*])\1')
 #: the builtins that read their standard input into variables
 _READERS = frozenset({"read", "mapfile", "readarray"})
 #: the binary operators of [[ ... ]] whose operands are arithmetic
@@ -1416,6 +1423,11 @@ class _Lexer:
         #: the variables commands' names expand (``"$@"``, ``$cmd``)
         self.call_options: list[tuple[int, int, str]] = []
         self.named_by: set[str] = set()
+        #: the commands whose name is a variable's expansion (``$e "$x"``,
+        #: ``"${cmd[@]}" ...``): the variable, how its value is read (``all``: an
+        #: array's elements, ``split``: unquoted, split into words; else one word), and
+        #: the command's words' ranges (resolved in ``run``, every flow known)
+        self.by_variable: list[tuple[str, str, list[tuple[int, int]]]] = []
         #: where each function's body is (its name, its first character, its end)
         self.bodies: list[tuple[str, int, int]] = []
         self.i = 0
@@ -1493,6 +1505,8 @@ class _Lexer:
                 self.options.extend(self.call_options)
         quoting = tuple(self.ctx)
         flows = with_group_inputs(self.text, self.flows, self.group_inputs)
+        for name, split, cmd in self.by_variable:
+            self.places.extend(self.named_places(name, split, cmd, flows))
         if not self.heredoc and "\x00" in self.text and (flows or calls):
             # program text that reads a variable or a function's arguments: the words
             # they come from are program text too (a text with no value in it, or no
@@ -1745,6 +1759,75 @@ class _Lexer:
             flows.extend(Flow(flow.name, (), floor=ANY, also=name) for name in sorted(read))
         return flows
 
+    def named_places(
+        self, name: str, how: str, cmd: list[tuple[int, int]], flows: list[Flow]
+    ) -> list[tuple[int, int, Ctx, str]]:
+        """The places of the arguments of ``cmd``, a command whose name is variable
+        ``name``'s value (``how``: as in ``by_variable``), read as those of each command the
+        variable may name (found by review: ``e=eval; $e "$x"``, ``e=bash; $e -c
+        "$x"``, ``cmd=(eval); "${cmd[@]}" "$x"`` ran the value).
+
+        Each value the text gives the variable (and the variables it copies), when it
+        is the template's own text, is a command line's first words: ``e=echo`` leaves
+        the arguments data, ``e=eval`` makes them program text. A value the text
+        computes (a command substitution, ``read``, an eval's copy, the environment: a
+        variable never assigned) is not known here: the arguments are then program
+        text, as if it named eval. A value taken from a function's arguments (``c=$1;
+        "$c" "$@"``) or holding a value itself is followed where it comes from
+        (:mod:`~flowbatch.render.codeflow`)."""
+        text = self.text
+        raw = [text[start:stop] for start, stop in cmd]
+        words = [_unquoted(w) for w in raw]
+        lines: list[list[str]] = []
+        unknown = False
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            var = todo.pop()
+            if var in seen:
+                continue
+            seen.add(var)
+            given = [flow for flow in flows if flow.name == var]
+            unknown = unknown or not given
+            for flow in given:
+                if flow.also == ANY_VARIABLE or flow.stdin or not (flow.sources or flow.also):
+                    unknown = True
+                elif flow.also and flow.also != "@":
+                    todo.append(flow.also)
+                values: list[str] = []
+                for start, stop in flow.sources:
+                    source = text[start:stop]
+                    if start == stop and text[stop : stop + 1] == "(":
+                        continue  # `a=(`: the array's elements are its other flow
+                    if not any(
+                        text[k] in "$`\x00" and self.ctx[k] in (Ctx.UNQUOTED, Ctx.DOUBLE)
+                        for k in range(start, stop)
+                    ):
+                        values.append(_unquoted(source))
+                    elif "\x00" not in source and not _POSITIONAL_ONLY.fullmatch(source):
+                        unknown = True
+                if how == "all" and values:  # "${cmd[@]}": the array's elements, its words
+                    lines.append(" ".join(values).split())
+                else:  # one element (or a loop's word) each time, split when unquoted
+                    lines.extend(v.split() if how == "split" else [v] for v in values)
+        label = f"the command ${name} names"
+        places: list[tuple[int, int, Ctx, str]] = []
+        if unknown:
+            what = (
+                f"an argument of {label}, whose value is not known here (it may be eval or a shell)"
+            )
+            places.extend((*cmd[k], Ctx.CODE, what) for k in range(1, len(cmd)))
+        for line in lines:
+            found, _, _ = command_places(line + words[1:], line + raw[1:])
+            shown = " ".join(line)
+            for j, ctx, what in found:
+                k = j - len(line) + 1
+                if k >= 1:
+                    if what != COMMAND_NAME:
+                        what = f"{what} ({label}: {shown})"
+                    places.append((*cmd[k], ctx, what))
+        return places
+
     def feed_reads(self, docs: list[_Heredoc]) -> None:
         """``docs`` are read by ``read`` or ``mapfile``, or by a loop or group around
         one (``while read -r m; do ...; done <<EOF``, ``cat <<EOF | while read``): as
@@ -1822,6 +1905,10 @@ class _Lexer:
             else:
                 self.call_options.extend(options)
             self.named_by.update(m.group(1) for m in _EXPANDS.finditer(raw[0]))
+            named = _NAMED_BY.fullmatch(raw[0])
+            if named is not None and len(frame.cmd) > 1:
+                how = "all" if named.group(3) == "[@]" else "split" if not named.group(1) else ""
+                self.by_variable.append((named.group(2) or named.group(4), how, frame.cmd))
             if not frame.bypass and len(frame.cmd) > 1:
                 self.calls.append((words[0], tuple(frame.cmd[1:])))
             feeds = xargs_feeds(words)
