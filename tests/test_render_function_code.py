@@ -70,6 +70,12 @@ ATTACKS = [
     ('for e in echo eval; do x=$[[s]]; $e "$x" > out.txt; done', RUN),
     ('e=eval; f=$e; "$f" $[[s]]', RUN),
     ('e=$(echo eval); "$e" $[[s]]', RUN),
+    # program text inside an eval's text, read when eval runs
+    ('x=$[[s]]; eval eval "\\$x"', RUN),
+    ('x=$[[s]]; eval "eval \\"\\$x\\""', RUN),
+    ("x=$[[s]]; eval 'bash -c \"$x\"'", RUN),
+    ("x=$[[s]]; eval '$x'", RUN),
+    ('x=$[[s]]; c=x; eval "eval \\"\\$$c\\""', RUN),
     # "$@" as a command's name: the value names the program, or is split into the
     # command's words, or is the program text of the command the function runs
     ('run() { "$@"; }; run $[[s]] PWNED', TOUCH),
@@ -106,6 +112,9 @@ SAFE = [
     # a command named by a variable the template gives a program that runs no code
     'e=echo; x=$[[s]]; $e "$x" > out.txt',
     'cmd=(printf \'%s\\n\'); x=$[[s]]; "${cmd[@]}" "$x" > out.txt',
+    # an eval of the template's own text, or one that passes the value as data
+    "x=$[[s]]; eval 'echo hi' > /dev/null; printf '%s\\n' \"$x\" > out.txt",
+    'x=$[[s]]; eval \'printf "%s\\n" "$x"\' > out.txt',
     # eval's builtins named as data, a trap of the template's own text
     'x=$[[s]]; builtin echo "$x" > out.txt',
     "trap 'rm -f tmp' EXIT; touch tmp; printf '%s\\n' $[[s]] > out.txt",

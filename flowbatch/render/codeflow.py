@@ -292,13 +292,15 @@ def program_sources(
     bodies: Sequence[tuple[str, int, int]],
     subs: Sequence[tuple[int, int]],
     params: Sequence[tuple[int, int]],
+    eval_reads: Sequence[tuple[str, int, str]] = (),
 ) -> list[tuple[int, int, Ctx, str]]:
     """The words of ``text`` that are program text because program text reads them:
     through a variable they are copied into, or as a function's arguments (``calls``:
     of the functions the text defines, with their arguments' ranges; ``bodies``: where
     each function's body is) or ``set``'s operands (``sets``), each with what reads it.
     ``places`` are the lexer's (the program text it found by command), ``quoting`` its
-    quoting of each character."""
+    quoting of each character; ``eval_reads`` the variables an eval's text reads as
+    program text when it runs (each with where the eval is and what reads it)."""
     from flowbatch.render.shellctx import Ctx  # (shellctx imports this module)
 
     code = [(s, e, what) for s, e, ctx, what in places if ctx is Ctx.CODE]
@@ -319,6 +321,9 @@ def program_sources(
         follower.queue.append((start, end, command, True, what, construct))
     own = set(follower.found)
     follower.run()
+    for name, pos, what in eval_reads:  # after the lexer's own: their messages first
+        follower.follow(_Read(name, pos, False, 1), False, what, _shown(what))
+        follower.run()
     out = [
         (s, e, Ctx.CODE, what) for (s, e, _), what in follower.found.items() if (s, e, _) not in own
     ]

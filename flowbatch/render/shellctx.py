@@ -105,7 +105,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
-from flowbatch.render.codeflow import COMMAND_NAME, program_sources
+from flowbatch.render.codeflow import COMMAND_NAME, _shown, program_sources
 from flowbatch.render.ere import captures
 from flowbatch.render.shellvars import (
     ANY,
@@ -1428,6 +1428,9 @@ class _Lexer:
         #: array's elements, ``split``: unquoted, split into words; else one word), and
         #: the command's words' ranges (resolved in ``run``, every flow known)
         self.by_variable: list[tuple[str, str, list[tuple[int, int]]]] = []
+        #: the variables an eval's text reads as program text when it runs: each
+        #: name, where the eval is, and what reads it (``eval_code``)
+        self.eval_reads: list[tuple[str, int, str]] = []
         #: where each function's body is (its name, its first character, its end)
         self.bodies: list[tuple[str, int, int]] = []
         self.i = 0
@@ -1522,6 +1525,7 @@ class _Lexer:
                     self.bodies,
                     self.subs,
                     self.params,
+                    self.eval_reads,
                 )
             )
         contexts = list(quoting)
@@ -1828,6 +1832,44 @@ class _Lexer:
                     places.append((*cmd[k], ctx, what))
         return places
 
+    def eval_code(self, words: list[tuple[int, int]]) -> None:
+        """The variables ``eval`` with the words ``words`` reads as program text when it
+        runs (found by review: ``eval eval "\\$x"``, ``eval 'bash -c "$x"'``, ``eval
+        '$x'`` ran the value, read when eval ran, not where the text stands).
+
+        The text is scanned as shell: a variable it reads in its own program text (an
+        eval's or a shell's, a command's name) is program text. In a text built by an
+        expansion, a ``$`` in its program text followed by no name (``eval "eval
+        \\"\\$$c\\""``: a name the first expansion computes) reads any variable."""
+        constant = True
+        parts: list[str] = []
+        for start, stop in words:
+            for k in range(start, stop):
+                if self.text[k] in "$`\x00" and self.ctx[k] in (Ctx.UNQUOTED, Ctx.DOUBLE):
+                    constant = False
+            parts.append(_unquoted(self.text[start:stop]))
+        inner = " ".join(parts)
+        if "$" not in inner:
+            return  # eval reads no variable of its own
+        at = words[0][0] if words else 0
+        what = f"the program text of eval, read when it runs ({_shown(inner)})"
+        names: list[str] = []
+        for a, b, ctx, _ in scan(inner).places:
+            if ctx is not Ctx.CODE:
+                continue
+            for k in range(a, b):
+                if inner[k] == "$":
+                    match = _EVAL_READS.match(inner, k, b)
+                    if match is not None:
+                        names.append(match.group(1) or "")  # ${!: an indirection
+                    elif not constant:
+                        # `\$$c`: a name the first expansion computes: any variable
+                        names.append("")
+        for name in names:
+            name = name or ANY_VARIABLE
+            name = "@" if name[0].isdigit() or name in "@*" else name
+            self.eval_reads.append((name, at, what))
+
     def feed_reads(self, docs: list[_Heredoc]) -> None:
         """``docs`` are read by ``read`` or ``mapfile``, or by a loop or group around
         one (``while read -r m; do ...; done <<EOF``, ``cat <<EOF | while read``): as
@@ -1940,6 +1982,7 @@ class _Lexer:
             )
             if words and words[0] == "eval":
                 self.flows.extend(self.eval_flows(frame.cmd[1:]))
+                self.eval_code(frame.cmd[1:])
         if feeds is not None:  # what xargs reads: as where stdin is program text, below
             via = "the input of xargs"
             if frame.pipe_start is not None and frame.cmd_start is not None:
