@@ -83,6 +83,9 @@ ATTACKS = [
     ('run() { local c=$1; shift; "$c" "$@"; }; run $[[s]] PWNED', TOUCH),
     ('run() { "$@"; }; run bash -c $[[s]]', RUN),
     ('run() { nohup "$@"; }; run sh -c $[[s]]', RUN),
+    ('f() { "$@"; }; f builtin eval $[[s]]', RUN),
+    ('f() { "$@"; }; f command eval $[[s]]', RUN),
+    ('f() { "$@"; }; f command -p -- bash -c $[[s]]', RUN),
     # through a shell variable: into a function, into eval, as a command's name
     ('m=$[[s]]; f() { eval "$1"; }; f "$m"', RUN),
     ('m=$[[s]]; eval "$m"', RUN),
@@ -102,6 +105,7 @@ SAFE = [
     "f() { local v=$1; printf '%s\\n' \"$v\"; }; f $[[s]] > out.txt",
     'run() { echo "+ $*" >&2; "$@"; }; run printf \'%s\\n\' $[[s]] > out.txt',
     'run() { local c=$1; shift; "$c" "$@"; }; run printf \'%s\\n\' $[[s]] > out.txt',
+    "run() { \"$@\"; }; run builtin printf '%s\\n' $[[s]] > out.txt",
     # another function's eval does not make this one's arguments program text
     "f() { printf '%s\\n' \"$1\"; }; g() { eval \"$1\"; }; f $[[s]] > out.txt; g 'true'",
     # a shell's inline program given the value as its data

@@ -268,6 +268,15 @@ class _Follower:
         ranges = call.arguments[first - 1 :]
         raw = [self.text[start:end] for start, end in ranges]
         words = [w.replace("'", "").replace('"', "").replace("\\", "") for w in raw]
+        # `builtin` and `command` (and their options) run the command after them, as
+        # the lexer reads them in a command of the text (found by review: `run builtin
+        # eval {{ s }}` ran the value)
+        skip = 0
+        while skip < len(words) - 1 and words[skip] in ("builtin", "command"):
+            skip += 1
+            while skip < len(words) - 1 and words[skip].startswith("-"):
+                skip += 1
+        ranges, raw, words = ranges[skip:], raw[skip:], words[skip:]
         found, _, _ = command_places(words, raw)
         line = self.text.count("\n", 0, ranges[0][0]) + 1
         how = (
