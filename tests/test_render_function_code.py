@@ -76,6 +76,10 @@ ATTACKS = [
     ("x=$[[s]]; eval 'bash -c \"$x\"'", RUN),
     ("x=$[[s]]; eval '$x'", RUN),
     ('x=$[[s]]; c=x; eval "eval \\"\\$$c\\""', RUN),
+    # what a process substitution prints, sourced or run by a shell
+    ('x=$[[s]]; source <(echo "$x")', RUN),
+    ('x=$[[s]]; builtin . <(echo "$x")', RUN),
+    ('x=$[[s]]; bash <(echo "$x")', RUN),
     # "$@" as a command's name: the value names the program, or is split into the
     # command's words, or is the program text of the command the function runs
     ('run() { "$@"; }; run $[[s]] PWNED', TOUCH),
@@ -119,6 +123,8 @@ SAFE = [
     # an eval of the template's own text, or one that passes the value as data
     "x=$[[s]]; eval 'echo hi' > /dev/null; printf '%s\\n' \"$x\" > out.txt",
     'x=$[[s]]; eval \'printf "%s\\n" "$x"\' > out.txt',
+    # a process substitution of the template's own text, sourced
+    "x=$[[s]]; source <(printf 'y=1\\n'); printf '%s\\n' \"$x\" > out.txt",
     # eval's builtins named as data, a trap of the template's own text
     'x=$[[s]]; builtin echo "$x" > out.txt',
     "trap 'rm -f tmp' EXIT; touch tmp; printf '%s\\n' $[[s]] > out.txt",

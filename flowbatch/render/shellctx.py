@@ -1938,6 +1938,19 @@ class _Lexer:
             words = [_unquoted(w) for w in raw]
             found, stdin, env_code = command_places(words, raw)
             places.extend((*frame.cmd[k], ctx, what) for k, ctx, what in found)
+            # a file of program text given as a process substitution (`source <(echo
+            # "$x")`, `bash <(...)`): what its commands print is the program, so what
+            # they read is program text, as a pipe's into a shell (found by review:
+            # the variable's value ran)
+            places.extend(
+                (frame.cmd[k][0] + 2, frame.cmd[k][1] - 1, ctx, f"{what} (what <(...) prints)")
+                for k, ctx, what in found
+                if ctx is Ctx.CODE
+                and k
+                and what != COMMAND_NAME
+                and raw[k].startswith("<(")
+                and raw[k].endswith(")")
+            )
             # a call of a function defined before it in the text: its arguments are its
             # positional parameters, read where its body reads them (below, and
             # Lexer.run), not options of a program (`f -- "$m"` too)
