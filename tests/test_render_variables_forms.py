@@ -336,6 +336,9 @@ COPROCS_AND_EVALS = [
     ("x=$[[s]]; eval 'read -r y <<< $x'; tar -xf data.tar \"$y\"", EVIL, "member.txt"),
     # a text eval is given after an expansion: any variable may hold the value
     ('x=$[[s]]; n=x; eval "y=\\$$n"; tar -xf data.tar "$y"', EVIL, "member.txt"),
+    # a command inside a constant eval text reads the variable as its option
+    ("x=$[[s]]; eval 'tar -xf data.tar \"$x\"'", EVIL, "member.txt"),
+    ('x=$[[s]]; eval "tar -xf data.tar \\"\\$x\\""', EVIL, "member.txt"),
 ]
 
 
@@ -367,9 +370,12 @@ def test_a_coprocess_of_constants_and_an_eval_of_no_value_stand(
         assert (tmp_path / "member.txt").read_text() == "data\n"
         assert (tmp_path / "v.txt").read_text() == evil + "\n"
         (tmp_path / "member.txt").unlink()
-    command = 'x=$[[s]]; eval "y=\\$x"; tar -xf data.tar -- "$y"'
-    assert _safe(tmp_path, command, dialect, "member.txt") == 0
-    assert _safe(tmp_path, command, dialect, evil) != 0  # no such member
+    for command in (
+        'x=$[[s]]; eval "y=\\$x"; tar -xf data.tar -- "$y"',
+        "x=$[[s]]; eval 'tar -xf data.tar -- \"$x\"'",
+    ):
+        assert _safe(tmp_path, command, dialect, "member.txt") == 0
+        assert _safe(tmp_path, command, dialect, evil) != 0  # no such member
 
 
 # -- templates written as organisers write them, values with a dash -------------------------

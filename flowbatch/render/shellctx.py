@@ -172,6 +172,8 @@ _NAMED_BY = re.compile(
 )
 #: a value that is one positional parameter (or all of them): followed by codeflow
 _POSITIONAL_ONLY = re.compile(r'("?)\$(?:\{[0-9@*]+\}|[0-9@*])\1')
+#: a closing quote, read in the context it closes
+_CLOSING_QUOTES = frozenset({("'", Ctx.SINGLE), ('"', Ctx.DOUBLE)})
 #: the builtins that read their standard input into variables
 _READERS = frozenset({"read", "mapfile", "readarray"})
 #: the binary operators of [[ ... ]] whose operands are arithmetic
@@ -1360,6 +1362,11 @@ class Scan:
     #: where the text of each unquoted ``${...}`` begins (after its ``{``), and where its
     #: closing ``}`` is: the lexer's matching, quotes and escapes inside it respected
     params: tuple[tuple[int, int], ...] = ()
+    #: the variables a constant eval text reads in a word its command may read as an
+    #: option (``eval 'tar -xf a.tar "$m"'``): where the eval's words are, the
+    #: command, the variable, and whether it may begin the word (else an unquoted
+    #: expansion inside it, whose words after the first may begin one)
+    eval_options: tuple[tuple[int, int, str, str, bool], ...] = ()
 
     def command_at(self, pos: int) -> str | None:
         """The command that reads the character at ``pos`` as a name or program text
@@ -1431,6 +1438,8 @@ class _Lexer:
         #: the variables an eval's text reads as program text when it runs: each
         #: name, where the eval is, and what reads it (``eval_code``)
         self.eval_reads: list[tuple[str, int, str]] = []
+        #: what a constant eval text reads as a command's options (``Scan.eval_options``)
+        self.eval_options: list[tuple[int, int, str, str, bool]] = []
         #: where each function's body is (its name, its first character, its end)
         self.bodies: list[tuple[str, int, int]] = []
         self.i = 0
@@ -1548,6 +1557,7 @@ class _Lexer:
             tuple(flows),
             tuple(self.subs),
             tuple(self.params),
+            tuple(self.eval_options),
         )
 
     def assigning_expansions(self) -> list[Flow]:
@@ -1869,6 +1879,36 @@ class _Lexer:
             name = name or ANY_VARIABLE
             name = "@" if name[0].isdigit() or name in "@*" else name
             self.eval_reads.append((name, at, what))
+        if constant and words:
+            self.eval_option_reads(words)
+
+    def eval_option_reads(self, words: list[tuple[int, int]]) -> None:
+        """The variables the constant eval text of ``words`` reads where its commands
+        may read options (found by review: ``eval 'tar -xf data.tar "$x"'`` gave tar
+        the value's ``--to-command``). The text is read as eval reads it: the quotes of
+        its own words removed, those inside kept."""
+        kept: list[str] = []
+        for start, stop in words:
+            for k in range(start, stop):
+                c, q = self.text[k], self.ctx[k]
+                if (q is Ctx.UNQUOTED and c in "'\"\\") or (c, q) in _CLOSING_QUOTES:
+                    continue  # the eval word's own quoting (a closing quote is inside)
+                if q is Ctx.DOUBLE and c == "\\" and self.text[k + 1 : k + 2] in '$`"\\':
+                    continue
+                kept.append(c)
+            kept.append(" ")
+        inner = "".join(kept)
+        if "$" not in inner:
+            return
+        found = scan(inner)
+        span = (words[0][0], words[-1][1])
+        for a, b, command in found.options:
+            for match in _EVAL_READS.finditer(inner, a, b):
+                name = match.group(1) or ANY_VARIABLE
+                name = "@" if name[0].isdigit() or name in "@*" else name
+                begins = not inner[a : match.start()].strip("\"'")
+                if begins or found.quoting[match.start()] is Ctx.UNQUOTED:
+                    self.eval_options.append((*span, command, name, begins))
 
     def feed_reads(self, docs: list[_Heredoc]) -> None:
         """``docs`` are read by ``read`` or ``mapfile``, or by a loop or group around

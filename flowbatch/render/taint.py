@@ -367,7 +367,7 @@ def variable_options(
     unquoted ``$v`` split into words, ``${v#*/}``), and each default or alternative
     word of an expansion that may begin it (``"${v:-$[[m]]}"``). ``echo_option``:
     the words ``echo`` reads as its options (it prints every other)."""
-    if not scanned.options or not any(_may_matter(ref) for ref in refs):
+    if not (scanned.options or scanned.eval_options) or not any(_may_matter(ref) for ref in refs):
         return []  # most commands: no value there could make an option at all
     reader = _Reader(text, scanned, refs)
     if scanned.flows:
@@ -391,4 +391,13 @@ def variable_options(
             default = part.kind == "ref"  # a value in ${v:-...}: nested, never in v
             ref = reader.origin(index)
             found.append(VariableOption(start, end, command, variable, ref, option, default))
+    for start, end, command, variable, begins in scanned.eval_options:
+        # a constant eval text's word: the variable begins it (its levels), or is
+        # split inside it (any of its words after the first may begin one)
+        for index, level in reader.holds(variable).items():
+            at = level if begins else max(level, WORDS)
+            option = _option_in(reader.value(index), at, any_split=any_split)
+            if option is not None:
+                ref = reader.origin(index)
+                found.append(VariableOption(start, end, command, variable, ref, option))
     return found

@@ -544,6 +544,7 @@ def place(text: str, refs: list[Ref], where: str, *, native: bool = False) -> st
         )
     if lexed.options:
         check_options(text, lexed, refs, where, native=native)
+    if lexed.options or lexed.eval_options:
         check_variable_options(text, lexed, refs, where, native=native)
     if lexed.option_inputs:
         check_option_inputs(text, lexed, refs, where, native=native)
