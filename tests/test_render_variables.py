@@ -427,3 +427,22 @@ def test_an_expansion_that_may_be_empty_leaves_the_value_first(command: str, dia
 )
 def test_an_expansion_that_is_never_empty_keeps_the_value_off_the_start(command: str) -> None:
     _render(_template(command), {"s": EVIL})
+
+
+def _refused_and_fine(tmp_path: Path, command: str, dialect: str, evil: str, fine: str) -> None:
+    """``command`` with ``evil`` is refused at render (were it rendered, it is run with
+    bash to show what it does), and with ``fine`` it renders, runs and extracts the
+    archive's member."""
+    t = _template(command, dialect)
+    _archive(tmp_path)
+    try:
+        _render(t, {"s": evil})
+    except RenderError as exc:
+        assert "would take it for an option" in exc.reason
+    else:
+        _run(tmp_path, t, {"s": evil})
+        ran = (tmp_path / "PWNED").exists()
+        pytest.fail(f"rendered; run with bash, tar {'ran' if ran else 'did not run'} its command")
+    assert _run(tmp_path, t, {"s": fine}) == 0
+    assert (tmp_path / "member.txt").read_text() == "data\n"
+    assert not (tmp_path / "PWNED").exists()

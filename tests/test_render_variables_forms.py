@@ -17,30 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from flowbatch.errors import RenderError
 from flowbatch.render.shellctx import scan
 from flowbatch.render.shellvars import word_parts
 
-from .test_render_variables import DIALECTS, EVIL, _archive, _render, _run, _template
-
-
-def _refused_and_fine(tmp_path: Path, command: str, dialect: str, evil: str, fine: str) -> None:
-    """``command`` with ``evil`` is refused at render (were it rendered, it is run with
-    bash to show what it does), and with ``fine`` it renders, runs and extracts the
-    archive's member."""
-    t = _template(command, dialect)
-    _archive(tmp_path)
-    try:
-        _render(t, {"s": evil})
-    except RenderError as exc:
-        assert "would take it for an option" in exc.reason
-    else:
-        _run(tmp_path, t, {"s": evil})
-        ran = (tmp_path / "PWNED").exists()
-        pytest.fail(f"rendered; run with bash, tar {'ran' if ran else 'did not run'} its command")
-    assert _run(tmp_path, t, {"s": fine}) == 0
-    assert (tmp_path / "member.txt").read_text() == "data\n"
-    assert not (tmp_path / "PWNED").exists()
+from .test_render_variables import (
+    DIALECTS,
+    EVIL,
+    _archive,
+    _refused_and_fine,
+    _run,
+    _template,
+)
 
 
 def _safe(tmp_path: Path, command: str, dialect: str, value: str) -> int:
