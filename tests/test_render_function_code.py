@@ -70,6 +70,12 @@ ATTACKS = [
     ('for e in echo eval; do x=$[[s]]; $e "$x" > out.txt; done', RUN),
     ('e=eval; f=$e; "$f" $[[s]]', RUN),
     ('e=$(echo eval); "$e" $[[s]]', RUN),
+    # a pipe (or a here-string) into a command named by a variable the text gives a shell
+    ('x=$[[s]]; e=bash; echo "$x" | $e', RUN),
+    ('x=$[[s]]; e=bash; echo "$x" | "$e"', RUN),
+    ('x=$[[s]]; e=bash; echo "$x" | ${e} -s', RUN),
+    ('x=$[[s]]; e=bash; cat <<<"$x" | $e', RUN),
+    ('x=$[[s]]; e=bash; $e <<< "$x"', RUN),
     # program text inside an eval's text, read when eval runs
     ('x=$[[s]]; eval eval "\\$x"', RUN),
     ('x=$[[s]]; eval "eval \\"\\$x\\""', RUN),
@@ -120,6 +126,9 @@ SAFE = [
     # a command named by a variable the template gives a program that runs no code
     'e=echo; x=$[[s]]; $e "$x" > out.txt',
     'cmd=(printf \'%s\\n\'); x=$[[s]]; "${cmd[@]}" "$x" > out.txt',
+    # a pipe into a command named by a variable the template gives a program that
+    # reads data
+    'e=cat; x=$[[s]]; echo "$x" | $e > out.txt',
     # an eval of the template's own text, or one that passes the value as data
     "x=$[[s]]; eval 'echo hi' > /dev/null; printf '%s\\n' \"$x\" > out.txt",
     'x=$[[s]]; eval \'printf "%s\\n" "$x"\' > out.txt',

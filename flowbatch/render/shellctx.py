@@ -1279,6 +1279,20 @@ class _Heredoc:
     reads: bool = False  # ``read`` or ``mapfile`` (or a loop around one) reads the body
 
 
+class _NamedCommand(NamedTuple):
+    """A command whose name is variable ``name``'s expansion: how its value is read
+    (``all``: an array's elements, ``split``: unquoted, split into words; else one
+    word), the command's words' ranges, and what it reads on standard input: the
+    ranges of the commands before it in its pipeline and of its here-strings and
+    ``< <(...)`` (``inputs``), and its here-documents (their bodies read by ``run``)."""
+
+    name: str
+    how: str
+    cmd: list[tuple[int, int]]
+    inputs: list[tuple[int, int]]
+    docs: list[_Heredoc]
+
+
 @dataclass
 class _Frame:
     """One level of nesting: ``top``, ``cmdsub`` ($(...)), ``backtick``, ``cond``
@@ -1431,10 +1445,8 @@ class _Lexer:
         self.call_options: list[tuple[int, int, str]] = []
         self.named_by: set[str] = set()
         #: the commands whose name is a variable's expansion (``$e "$x"``,
-        #: ``"${cmd[@]}" ...``): the variable, how its value is read (``all``: an
-        #: array's elements, ``split``: unquoted, split into words; else one word), and
-        #: the command's words' ranges (resolved in ``run``, every flow known)
-        self.by_variable: list[tuple[str, str, list[tuple[int, int]]]] = []
+        #: ``"${cmd[@]}" ...``, ``... | $e``): resolved in ``run``, every flow known
+        self.by_variable: list[_NamedCommand] = []
         #: the variables an eval's text reads as program text when it runs: each
         #: name, where the eval is, and what reads it (``eval_code``)
         self.eval_reads: list[tuple[str, int, str]] = []
@@ -1517,8 +1529,8 @@ class _Lexer:
                 self.options.extend(self.call_options)
         quoting = tuple(self.ctx)
         flows = with_group_inputs(self.text, self.flows, self.group_inputs)
-        for name, split, cmd in self.by_variable:
-            self.places.extend(self.named_places(name, split, cmd, flows))
+        for named in self.by_variable:
+            self.places.extend(self.named_places(named, flows))
         if not self.heredoc and "\x00" in self.text and (flows or calls):
             # program text that reads a variable or a function's arguments: the words
             # they come from are program text too (a text with no value in it, or no
@@ -1774,12 +1786,14 @@ class _Lexer:
         return flows
 
     def named_places(
-        self, name: str, how: str, cmd: list[tuple[int, int]], flows: list[Flow]
+        self, named: _NamedCommand, flows: list[Flow]
     ) -> list[tuple[int, int, Ctx, str]]:
-        """The places of the arguments of ``cmd``, a command whose name is variable
-        ``name``'s value (``how``: as in ``by_variable``), read as those of each command the
-        variable may name (found by review: ``e=eval; $e "$x"``, ``e=bash; $e -c
-        "$x"``, ``cmd=(eval); "${cmd[@]}" "$x"`` ran the value).
+        """The places of the arguments of ``named``, a command whose name is a
+        variable's value, read as those of each command the variable may name (found by
+        review: ``e=eval; $e "$x"``, ``e=bash; $e -c "$x"``, ``cmd=(eval); "${cmd[@]}"
+        "$x"`` ran the value), and of what it reads on standard input, program text when
+        one of them is a shell reading its commands there (``e=bash; echo "$x" | $e``,
+        ``| ${e} -s``, ``cat <<<"$x" | $e`` ran the value, found by review).
 
         Each value the text gives the variable (and the variables it copies), when it
         is the template's own text, is a command line's first words: ``e=echo`` leaves
@@ -1789,6 +1803,7 @@ class _Lexer:
         text, as if it named eval. A value taken from a function's arguments (``c=$1;
         "$c" "$@"``) or holding a value itself is followed where it comes from
         (:mod:`~flowbatch.render.codeflow`)."""
+        name, how, cmd = named.name, named.how, named.cmd
         text = self.text
         raw = [text[start:stop] for start, stop in cmd]
         words = [_unquoted(w) for w in raw]
@@ -1826,13 +1841,17 @@ class _Lexer:
                     lines.extend(v.split() if how == "split" else [v] for v in values)
         label = f"the command ${name} names"
         places: list[tuple[int, int, Ctx, str]] = []
+        stdin: list[str] = []
         if unknown:
             what = (
                 f"an argument of {label}, whose value is not known here (it may be eval or a shell)"
             )
             places.extend((*cmd[k], Ctx.CODE, what) for k in range(1, len(cmd)))
+            stdin.append(f"the input of {label}, whose value is not known here (it may be a shell)")
         for line in lines:
-            found, _, _ = command_places(line + words[1:], line + raw[1:])
+            found, reads, _ = command_places(line + words[1:], line + raw[1:])
+            if reads is not None and reads[0] is Ctx.CODE:
+                stdin.append(f"{reads[1]} ({label}: {' '.join(line)})")
             shown = " ".join(line)
             for j, ctx, what in found:
                 k = j - len(line) + 1
@@ -1840,6 +1859,9 @@ class _Lexer:
                     if what != COMMAND_NAME:
                         what = f"{what} ({label}: {shown})"
                     places.append((*cmd[k], ctx, what))
+        if stdin:  # the first reason is the message; every input is marked once
+            feeds = named.inputs + [doc.body for doc in named.docs if doc.body is not None]
+            places.extend((start, stop, Ctx.CODE, stdin[0]) for start, stop in feeds)
         return places
 
     def eval_code(self, words: list[tuple[int, int]]) -> None:
@@ -2001,9 +2023,15 @@ class _Lexer:
                 self.call_options.extend(options)
             self.named_by.update(m.group(1) for m in _EXPANDS.finditer(raw[0]))
             named = _NAMED_BY.fullmatch(raw[0])
-            if named is not None and len(frame.cmd) > 1:
+            inputs = list(frame.inputs)
+            start, stop = frame.pipe_start, frame.cmd_start
+            if start is not None and stop is not None and start < stop:
+                inputs.append((start, stop))  # `echo "$x" | $e`: what the pipe prints
+            docs = frame.pipe_docs + frame.docs
+            if named is not None and (len(frame.cmd) > 1 or inputs or docs):
                 how = "all" if named.group(3) == "[@]" else "split" if not named.group(1) else ""
-                self.by_variable.append((named.group(2) or named.group(4), how, frame.cmd))
+                variable = named.group(2) or named.group(4)
+                self.by_variable.append(_NamedCommand(variable, how, frame.cmd, inputs, docs))
             if not frame.bypass and len(frame.cmd) > 1:
                 self.calls.append((words[0], tuple(frame.cmd[1:])))
             feeds = xargs_feeds(words)
