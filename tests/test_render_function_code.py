@@ -82,6 +82,12 @@ ATTACKS = [
     ("x=$[[s]]; eval 'bash -c \"$x\"'", RUN),
     ("x=$[[s]]; eval '$x'", RUN),
     ('x=$[[s]]; c=x; eval "eval \\"\\$$c\\""', RUN),
+    # a trap's constant text that reads a variable when its signal comes
+    ('x=$[[s]]; trap "\\$x" EXIT', RUN),
+    ("x=$[[s]]; trap 'eval $x' EXIT", RUN),
+    ("x=$[[s]]; trap -- 'bash -c \"$x\"' EXIT", RUN),
+    ("x=$[[s]]; builtin trap '$x' EXIT", RUN),
+    ("x=$[[s]]; trap '$x' INT; kill -INT $$", RUN),
     # what a process substitution prints, sourced or run by a shell
     ('x=$[[s]]; source <(echo "$x")', RUN),
     ('x=$[[s]]; builtin . <(echo "$x")', RUN),

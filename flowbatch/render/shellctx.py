@@ -904,6 +904,27 @@ def _parallel(words: list[str], k: int) -> tuple[list[tuple[int, Ctx]], bool]:
     return [(j, Ctx.CODE) for j in inputs], i >= n
 
 
+def _trap_action(words: list[str]) -> int | None:
+    """Which of ``words`` (a simple command's, without quotes) is the action of a
+    ``trap`` (after ``builtin`` or ``command`` and their options, and ``--``), if the
+    command is one that sets an action: bash reads it as shell when the signal comes."""
+    k = 0
+    while k < len(words) and words[k] in ("builtin", "command"):
+        k += 1
+        while k < len(words) and words[k].startswith("-") and len(words[k]) > 1:
+            k += 1
+            if words[k - 1] == "--":
+                break
+    if k >= len(words) or words[k] != "trap":
+        return None
+    k += 1
+    if k < len(words) and words[k] == "--":
+        k += 1
+    elif k < len(words) and words[k].startswith("-"):
+        return None  # trap -p, trap -l: print; trap - INT: reset
+    return k if k < len(words) else None
+
+
 def command_places(
     words: list[str], raw: list[str]
 ) -> tuple[list[tuple[int, Ctx, str]], tuple[Ctx, str] | None, bool]:
@@ -1864,10 +1885,12 @@ class _Lexer:
             places.extend((start, stop, Ctx.CODE, stdin[0]) for start, stop in feeds)
         return places
 
-    def eval_code(self, words: list[tuple[int, int]]) -> None:
+    def eval_code(self, words: list[tuple[int, int]], command: str = "eval") -> None:
         """The variables ``eval`` with the words ``words`` reads as program text when it
         runs (found by review: ``eval eval "\\$x"``, ``eval 'bash -c "$x"'``, ``eval
-        '$x'`` ran the value, read when eval ran, not where the text stands).
+        '$x'`` ran the value, read when eval ran, not where the text stands), or, with
+        ``command`` ``trap``, a trap's action when its signal comes (``trap "\\$x"
+        EXIT``, ``trap 'eval $x' EXIT`` ran the value at the script's end).
 
         The text is scanned as shell: a variable it reads in its own program text (an
         eval's or a shell's, a command's name) is program text. In a text built by an
@@ -1884,7 +1907,8 @@ class _Lexer:
         if "$" not in inner:
             return  # eval reads no variable of its own
         at = words[0][0] if words else 0
-        what = f"the program text of eval, read when it runs ({_shown(inner)})"
+        when = "when it runs" if command == "eval" else "when its signal comes"
+        what = f"the program text of {command}, read {when} ({_shown(inner)})"
         names: list[str] = []
         for a, b, ctx, _ in scan(inner).places:
             if ctx is not Ctx.CODE:
@@ -2064,6 +2088,9 @@ class _Lexer:
             if words and words[0] == "eval":
                 self.flows.extend(self.eval_flows(frame.cmd[1:]))
                 self.eval_code(frame.cmd[1:])
+            action = _trap_action(words)
+            if action is not None:
+                self.eval_code([frame.cmd[action]], "trap")
         if feeds is not None:  # what xargs reads: as where stdin is program text, below
             via = "the input of xargs"
             if frame.pipe_start is not None and frame.cmd_start is not None:
