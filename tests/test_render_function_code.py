@@ -88,6 +88,12 @@ ATTACKS = [
     ("x=$[[s]]; trap -- 'bash -c \"$x\"' EXIT", RUN),
     ("x=$[[s]]; builtin trap '$x' EXIT", RUN),
     ("x=$[[s]]; trap '$x' INT; kill -INT $$", RUN),
+    # a constant eval (or trap) text held in a variable, or one not known here
+    ("x=$[[s]]; n='eval $x'; eval \"$n\"", RUN),
+    ("x=$[[s]]; n='$x'; eval \"$n\"", RUN),
+    ("x=$[[s]]; n='$x'; m=$n; builtin eval \"${m}\"", RUN),
+    ('x=$[[s]]; n=\'bash -c "$x"\'; trap "$n" EXIT', RUN),
+    ("x=$[[s]]; n=$(echo '$x'); eval \"$n\"", RUN),
     # what a process substitution prints, sourced or run by a shell
     ('x=$[[s]]; source <(echo "$x")', RUN),
     ('x=$[[s]]; builtin . <(echo "$x")', RUN),
@@ -138,6 +144,9 @@ SAFE = [
     # an eval of the template's own text, or one that passes the value as data
     "x=$[[s]]; eval 'echo hi' > /dev/null; printf '%s\\n' \"$x\" > out.txt",
     'x=$[[s]]; eval \'printf "%s\\n" "$x"\' > out.txt',
+    # an eval of a variable the template gives its own text, or one using the value as data
+    "n='echo hi'; eval \"$n\" > /dev/null; x=$[[s]]; printf '%s\\n' \"$x\" > out.txt",
+    'x=$[[s]]; n=\'printf "%s\\n" "$x"\'; eval "$n" > out.txt',
     # a process substitution of the template's own text, sourced
     "x=$[[s]]; source <(printf 'y=1\\n'); printf '%s\\n' \"$x\" > out.txt",
     # eval's builtins named as data, a trap of the template's own text

@@ -170,6 +170,9 @@ _EVAL_READS = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])|\$\{(!)")
 _NAMED_BY = re.compile(
     r'("?)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(\[[^\]]*\])?\}|([A-Za-z_][A-Za-z0-9_]*))\1'
 )
+#: a named variable's expansion in an eval's text before eval runs (``"$n"``, ``${n}``,
+#: ``${n[@]}``, ``${n:-...}``): its values are the text
+_HELD = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 #: a value that is one positional parameter (or all of them): followed by codeflow
 _POSITIONAL_ONLY = re.compile(r'("?)\$(?:\{[0-9@*]+\}|[0-9@*])\1')
 #: a closing quote, read in the context it closes
@@ -1471,6 +1474,9 @@ class _Lexer:
         #: the variables an eval's text reads as program text when it runs: each
         #: name, where the eval is, and what reads it (``eval_code``)
         self.eval_reads: list[tuple[str, int, str]] = []
+        #: the variables whose values are an eval's (or a trap's) text when expanded:
+        #: each name, where the command is, and the command (``held_eval_code``)
+        self.held_evals: list[tuple[str, int, str]] = []
         #: what a constant eval text reads as a command's options (``Scan.eval_options``)
         self.eval_options: list[tuple[int, int, str, str, bool]] = []
         #: where each function's body is (its name, its first character, its end)
@@ -1552,6 +1558,7 @@ class _Lexer:
         flows = with_group_inputs(self.text, self.flows, self.group_inputs)
         for named in self.by_variable:
             self.places.extend(self.named_places(named, flows))
+        self.held_eval_code(flows)
         if not self.heredoc and "\x00" in self.text and (flows or calls):
             # program text that reads a variable or a function's arguments: the words
             # they come from are program text too (a text with no value in it, or no
@@ -1829,6 +1836,46 @@ class _Lexer:
         raw = [text[start:stop] for start, stop in cmd]
         words = [_unquoted(w) for w in raw]
         lines: list[list[str]] = []
+        given, unknown = self.constant_values(name, flows)
+        for values in given:
+            if how == "all" and values:  # "${cmd[@]}": the array's elements, its words
+                lines.append(" ".join(values).split())
+            else:  # one element (or a loop's word) each time, split when unquoted
+                lines.extend(v.split() if how == "split" else [v] for v in values)
+        label = f"the command ${name} names"
+        places: list[tuple[int, int, Ctx, str]] = []
+        stdin: list[str] = []
+        if unknown:
+            what = (
+                f"an argument of {label}, whose value is not known here (it may be eval or a shell)"
+            )
+            places.extend((*cmd[k], Ctx.CODE, what) for k in range(1, len(cmd)))
+            stdin.append(f"the input of {label}, whose value is not known here (it may be a shell)")
+        for line in lines:
+            found, reads, _ = command_places(line + words[1:], line + raw[1:])
+            if reads is not None and reads[0] is Ctx.CODE:
+                stdin.append(f"{reads[1]} ({label}: {' '.join(line)})")
+            shown = " ".join(line)
+            for j, ctx, what in found:
+                k = j - len(line) + 1
+                if k >= 1:
+                    if what != COMMAND_NAME:
+                        what = f"{what} ({label}: {shown})"
+                    places.append((*cmd[k], ctx, what))
+        if stdin:  # the first reason is the message; every input is marked once
+            feeds = named.inputs + [doc.body for doc in named.docs if doc.body is not None]
+            places.extend((start, stop, Ctx.CODE, stdin[0]) for start, stop in feeds)
+        return places
+
+    def constant_values(self, name: str, flows: list[Flow]) -> tuple[list[list[str]], bool]:
+        """The values the text gives variable ``name`` (and the variables it copies) as
+        its own constant text, those of each assignment (or loop) apart, and whether
+        it may hold a value not known here: one the text computes (a command
+        substitution, ``read``, an eval's copy) or the environment's (a variable never
+        assigned). A value taken from a function's arguments (``c=$1``) or holding a
+        request's value itself is neither: codeflow follows it where it comes from."""
+        text = self.text
+        out: list[list[str]] = []
         unknown = False
         seen: set[str] = set()
         todo = [name]
@@ -1856,34 +1903,27 @@ class _Lexer:
                         values.append(_unquoted(source))
                     elif "\x00" not in source and not _POSITIONAL_ONLY.fullmatch(source):
                         unknown = True
-                if how == "all" and values:  # "${cmd[@]}": the array's elements, its words
-                    lines.append(" ".join(values).split())
-                else:  # one element (or a loop's word) each time, split when unquoted
-                    lines.extend(v.split() if how == "split" else [v] for v in values)
-        label = f"the command ${name} names"
-        places: list[tuple[int, int, Ctx, str]] = []
-        stdin: list[str] = []
-        if unknown:
-            what = (
-                f"an argument of {label}, whose value is not known here (it may be eval or a shell)"
-            )
-            places.extend((*cmd[k], Ctx.CODE, what) for k in range(1, len(cmd)))
-            stdin.append(f"the input of {label}, whose value is not known here (it may be a shell)")
-        for line in lines:
-            found, reads, _ = command_places(line + words[1:], line + raw[1:])
-            if reads is not None and reads[0] is Ctx.CODE:
-                stdin.append(f"{reads[1]} ({label}: {' '.join(line)})")
-            shown = " ".join(line)
-            for j, ctx, what in found:
-                k = j - len(line) + 1
-                if k >= 1:
-                    if what != COMMAND_NAME:
-                        what = f"{what} ({label}: {shown})"
-                    places.append((*cmd[k], ctx, what))
-        if stdin:  # the first reason is the message; every input is marked once
-            feeds = named.inputs + [doc.body for doc in named.docs if doc.body is not None]
-            places.extend((start, stop, Ctx.CODE, stdin[0]) for start, stop in feeds)
-        return places
+                out.append(values)
+        return out, unknown
+
+    def held_eval_code(self, flows: list[Flow]) -> None:
+        """The variables read by the texts an eval (or a trap) is given in a variable
+        (``n='eval $x'; eval "$n"``, ``n='$x'; eval "$n"`` ran the value, found by
+        review): each constant value the template gives the variable is scanned as an
+        eval text is (:meth:`eval_code`). A value not known here (computed, or from
+        the environment) may read any variable: every variable holding a request's
+        value is then program text."""
+        for name, at, command in self.held_evals:
+            given, unknown = self.constant_values(name, flows)
+            for value in {v for values in given for v in values}:
+                self.text_code(value, True, at, f'{command} "${name}" ({name}={value})')
+            if unknown:
+                what = (
+                    f'{command} "${name}", a text whose value is not known'
+                    " here (it may read any variable): give the variable its text in the"
+                    " command, or let the program read the value as data"
+                )
+                self.eval_reads.append((ANY_VARIABLE, at, what))
 
     def eval_code(self, words: list[tuple[int, int]], command: str = "eval") -> None:
         """The variables ``eval`` with the words ``words`` reads as program text when it
@@ -1898,16 +1938,28 @@ class _Lexer:
         \\"\\$$c\\""``: a name the first expansion computes) reads any variable."""
         constant = True
         parts: list[str] = []
+        at = words[0][0] if words else 0
         for start, stop in words:
             for k in range(start, stop):
                 if self.text[k] in "$`\x00" and self.ctx[k] in (Ctx.UNQUOTED, Ctx.DOUBLE):
                     constant = False
+                    # a variable's value is the text (`eval "$n"`): its values are
+                    # scanned in `run`, every flow known (held_eval_code)
+                    held = _HELD.match(self.text, k, stop)
+                    if held is not None:
+                        self.held_evals.append((held.group(1), at, command))
             parts.append(_unquoted(self.text[start:stop]))
         inner = " ".join(parts)
         if "$" not in inner:
             return  # eval reads no variable of its own
-        at = words[0][0] if words else 0
-        when = "when it runs" if command == "eval" else "when its signal comes"
+        self.text_code(inner, constant, at, command)
+        if constant and words:
+            self.eval_option_reads(words)
+
+    def text_code(self, inner: str, constant: bool, at: int, command: str) -> None:
+        """The variables the text ``inner`` (of ``command``, an eval or a trap at ``at``;
+        ``constant``: no expansion built it) reads as program text when it runs."""
+        when = "when its signal comes" if command.startswith("trap") else "when it runs"
         what = f"the program text of {command}, read {when} ({_shown(inner)})"
         names: list[str] = []
         for a, b, ctx, _ in scan(inner).places:
@@ -1925,8 +1977,6 @@ class _Lexer:
             name = name or ANY_VARIABLE
             name = "@" if name[0].isdigit() or name in "@*" else name
             self.eval_reads.append((name, at, what))
-        if constant and words:
-            self.eval_option_reads(words)
 
     def eval_option_reads(self, words: list[tuple[int, int]]) -> None:
         """The variables the constant eval text of ``words`` reads where its commands
