@@ -94,6 +94,12 @@ ATTACKS = [
     ("x=$[[s]]; n='$x'; m=$n; builtin eval \"${m}\"", RUN),
     ('x=$[[s]]; n=\'bash -c "$x"\'; trap "$n" EXIT', RUN),
     ("x=$[[s]]; n=$(echo '$x'); eval \"$n\"", RUN),
+    # a constant eval (or trap) text a function's body runs: given as its argument
+    ("x=$[[s]]; g() { eval \"$1\"; }; g 'eval $x'", RUN),
+    ("x=$[[s]]; g() { eval \"$@\"; }; g '$x'", RUN),
+    ('x=$[[s]]; g() { local c=$1; eval "$c"; }; g \'bash -c "$x"\'', RUN),
+    ("x=$[[s]]; g() { trap \"$1\" EXIT; }; g 'eval $x'", RUN),
+    ('x=$[[s]]; g() { eval "$1"; }; f() { g "$1"; }; f \'$x\'', RUN),
     # what a process substitution prints, sourced or run by a shell
     ('x=$[[s]]; source <(echo "$x")', RUN),
     ('x=$[[s]]; builtin . <(echo "$x")', RUN),
@@ -147,6 +153,8 @@ SAFE = [
     # an eval of a variable the template gives its own text, or one using the value as data
     "n='echo hi'; eval \"$n\" > /dev/null; x=$[[s]]; printf '%s\\n' \"$x\" > out.txt",
     'x=$[[s]]; n=\'printf "%s\\n" "$x"\'; eval "$n" > out.txt',
+    # a function that evals the template's own text, given as its argument
+    "x=$[[s]]; g() { eval \"$1\"; }; g 'echo hi' > /dev/null; printf '%s\\n' \"$x\" > out.txt",
     # a process substitution of the template's own text, sourced
     "x=$[[s]]; source <(printf 'y=1\\n'); printf '%s\\n' \"$x\" > out.txt",
     # eval's builtins named as data, a trap of the template's own text

@@ -37,7 +37,7 @@ name the text defines, before or after it (``g() { f "$1"; }; f() { eval "$1"; }
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from flowbatch.render.shellvars import ANY_MATCH, ANY_VARIABLE, Flow, word_parts
@@ -55,6 +55,9 @@ _POSITIONAL = re.compile(r"\$\{?([0-9]+|[@*])")
 _SHIFT = re.compile(r"(?<![^\s;&|(){}])shift(?:[ \t]+([^\s;&|)}]+))?(?![^\s;&|)}])")
 #: a loop's keyword: a ``shift`` inside one may shift any number of times
 _LOOP = re.compile(r"(?<![^\s;&|(){}])(?:while|until|for|select)(?![^\s;&|)}])")
+#: what makes a place's words an eval's (or a trap's) text: its command, or a text one
+#: of them runs (``Scan.places``, ``eval_reads``); the kind is group 1
+_EVAL_TEXT = re.compile(r"(?:the program text of )?(eval|trap)\b")
 #: the construct a message shows, at most this long
 _SHOWN = 60
 
@@ -116,6 +119,12 @@ class _Follower:
         self.starts: set[tuple[int, tuple[tuple[int, int], ...]]] = set()
         #: places of another kind found on a command line a function runs
         self.extra: list[tuple[int, int, Ctx, str]] = []
+        #: the constructs that use a scope's positional parameters as an eval's (or a
+        #: trap's) text, each with its kind (``eval`` or ``trap``)
+        self.eval_texts: dict[str, str] = {}
+        #: the arguments such a construct runs as a text, each with the scope it is
+        #: run in, its kind and the function's label (``program_sources`` scans them)
+        self.texts: list[tuple[int, int, str, str, str]] = []
 
     # -- what a piece of text reads ----------------------------------------------------
     def reads(self, start: int, end: int, *, split: bool, nested: bool = False) -> list[_Read]:
@@ -249,8 +258,13 @@ class _Follower:
                     )
                 # what the arguments read is program text of the scope they stand in
                 outer = f"a call of {call.label} ({construct})"
+                kind = self.eval_texts.get(construct)
+                if kind is not None:  # g() { eval "$1"; }; f() { g "$1"; }: f's too
+                    self.eval_texts[outer] = kind
                 for start, end in call.arguments:
                     self.demand(start, end, False, what, outer)
+                    if kind is not None:
+                        self.texts.append((start, end, scope, kind, call.label))
             return
         shifts = self.shifts(scope)
         for call in self.calls_of(scope):
@@ -302,6 +316,7 @@ def program_sources(
     subs: Sequence[tuple[int, int]],
     params: Sequence[tuple[int, int]],
     eval_reads: Sequence[tuple[str, int, str]] = (),
+    text_reads: Callable[[str, int, str], list[tuple[str, int, str]]] | None = None,
 ) -> list[tuple[int, int, Ctx, str]]:
     """The words of ``text`` that are program text because program text reads them:
     through a variable they are copied into, or as a function's arguments (``calls``:
@@ -309,7 +324,14 @@ def program_sources(
     each function's body is) or ``set``'s operands (``sets``), each with what reads it.
     ``places`` are the lexer's (the program text it found by command), ``quoting`` its
     quoting of each character; ``eval_reads`` the variables an eval's text reads as
-    program text when it runs (each with where the eval is and what reads it)."""
+    program text when it runs (each with where the eval is and what reads it).
+
+    A function whose body uses its arguments as an eval's (or a trap's) text runs a
+    constant argument's own program text (``g() { eval "$1"; }; g 'eval $x'`` ran the
+    value, found by review): each such argument no expansion builds is given to
+    ``text_reads`` (its text, where it runs, the command that runs it), which answers
+    the variables it reads as program text, followed as ``eval_reads`` are. An
+    argument an expansion builds is followed as a value already."""
     from flowbatch.render.shellctx import Ctx  # (shellctx imports this module)
 
     code = [(s, e, what) for s, e, ctx, what in places if ctx is Ctx.CODE]
@@ -325,14 +347,40 @@ def program_sources(
         command = what == COMMAND_NAME
         shown = _shown(text[start:end])
         construct = f"{shown} as {COMMAND_NAME}" if command else _shown(f"{what} {shown}")
+        kind = _EVAL_TEXT.match(what)
+        if kind is not None and not command:
+            follower.eval_texts[construct] = kind.group(1)
         # the lexer's own places are not repeated: only what is found through them
         follower.found[(start, end, command)] = what
         follower.queue.append((start, end, command, True, what, construct))
     own = set(follower.found)
     follower.run()
-    for name, pos, what in eval_reads:  # after the lexer's own: their messages first
-        follower.follow(_Read(name, pos, False, 1), False, what, _shown(what))
-        follower.run()
+    reads = list(eval_reads)
+    scanned: set[tuple[int, int]] = set()
+    while True:  # a text scanned may reach another function's arguments: to the end
+        for name, pos, what in reads:  # after the lexer's own: their messages first
+            construct = _shown(what)
+            kind = _EVAL_TEXT.match(what)
+            if kind is not None:
+                follower.eval_texts[construct] = kind.group(1)
+            follower.follow(_Read(name, pos, False, 1), False, what, construct)
+            follower.run()
+        reads = []
+        for start, end, scope, runs, label in follower.texts:
+            if (start, end) in scanned or text_reads is None:
+                continue
+            scanned.add((start, end))
+            if any(
+                text[k] in "$`\x00" and quoting[k] in ("unquoted", "double")
+                for k in range(start, end)
+            ):
+                continue  # built by an expansion: followed as a value
+            # the text runs where the function's body is (its positional parameters)
+            at = min((s for name, s, _ in bodies if name == scope), default=start)
+            inner = "".join(c for c in text[start:end] if c not in "'\"\\")
+            reads.extend(text_reads(inner, at, f"{runs} in {label}"))
+        if not reads:
+            break
     out = [
         (s, e, Ctx.CODE, what) for (s, e, _), what in follower.found.items() if (s, e, _) not in own
     ]

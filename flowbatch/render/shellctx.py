@@ -1575,6 +1575,7 @@ class _Lexer:
                     self.subs,
                     self.params,
                     self.eval_reads,
+                    self.text_reads,
                 )
             )
         contexts = list(quoting)
@@ -1955,6 +1956,15 @@ class _Lexer:
         self.text_code(inner, constant, at, command)
         if constant and words:
             self.eval_option_reads(words)
+
+    def text_reads(self, inner: str, at: int, command: str) -> list[tuple[str, int, str]]:
+        """The variables the constant text ``inner``, a function's argument its body
+        runs as ``command`` (an eval or a trap, where the body is ``at``), reads as
+        program text when it runs (``g() { eval "$1"; }; g 'eval $x'``): asked by
+        :func:`~flowbatch.render.codeflow.program_sources`, which follows them."""
+        known = len(self.eval_reads)
+        self.text_code(inner, True, at, command)
+        return self.eval_reads[known:]
 
     def text_code(self, inner: str, constant: bool, at: int, command: str) -> None:
         """The variables the text ``inner`` (of ``command``, an eval or a trap at ``at``;
