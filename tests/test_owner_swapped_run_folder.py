@@ -20,9 +20,8 @@ from flowbatch.site import Site
 
 from .conftest import account, drop, write_template
 from .test_owner_forged_run import drop_box
-from .test_review_s25d import service_site
 from .test_root_commands import PYTHON, as_site_owner
-from .test_root_daemon_service_site import owner_runs
+from .test_root_daemon_service_site import owner_runs, service_site
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon switches users"),

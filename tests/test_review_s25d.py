@@ -19,25 +19,13 @@ from flowbatch.errors import FlowbatchError
 from flowbatch.site import Site
 
 from .conftest import SCORE_TEMPLATE, account, drop, make_site, run_until_idle, write_template
-from .test_root_daemon_service_site import owner_runs, runs_of, serve
+from .test_root_daemon_service_site import owner_runs, runs_of, serve, service_site
 from .test_wait import TEMPLATE as WAIT_TEMPLATE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon gives folders away")
 
 
 user = account
-
-
-def service_site(folder: Path) -> Path:
-    """A site its service user owns, its queue's folders root's (docs/admins.md)."""
-    owner = user("fbsvc2")
-    site = make_site(folder / "site")
-    site.close()
-    root = site.root
-    subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(root)], check=True)
-    for name in ("queue", "queue/.claimed", "queue/rejected"):
-        os.chown(root / name, 0, 0)
-    return root
 
 
 def start_and_stop(root: Path) -> None:

@@ -24,13 +24,14 @@ from flowbatch.site import Site
 
 from .conftest import SCORE_TEMPLATE, account, make_site, write_template
 from .fixtures_ssh import SshEnv
-from .test_review_s25d import service_site, start_and_stop
+from .test_review_s25d import start_and_stop
 from .test_root_commands import PYTHON, root_owned
 from .test_root_daemon_service_site import (
     install_version2,
     owner_runs,
     runs_of,
     serve,
+    service_site,
     versions,
 )
 

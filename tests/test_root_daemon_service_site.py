@@ -54,6 +54,26 @@ def serve(root: Path, name: str, score: float, as_user: pwd.struct_passwd | None
     site.close()
 
 
+def service_site(folder: Path, template: str | None = None) -> Path:
+    """A site its service user (``fbsvc2``) owns in ``folder``, its queue's folders
+    root's (docs/admins.md); with ``template``, that template installed by its owner as
+    ``wf``."""
+    owner = user("fbsvc2")
+    site = make_site(folder / "site")
+    site.close()
+    root = site.root
+    paths = [root]
+    if template is not None:
+        paths.append(write_template(folder / "t", template))
+    for path in paths:
+        subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(path)], check=True)
+    for name in ("queue", "queue/.claimed", "queue/rejected"):
+        os.chown(root / name, 0, 0)
+    if template is not None:
+        owner_runs(root, "install", str(paths[1]), "--id", "wf")
+    return root
+
+
 def runs_of(root: Path) -> dict[str, str]:
     """The site's runs, by name: their state."""
     site = Site(root)
@@ -70,16 +90,7 @@ def served(public_tmp: Path, request: pytest.FixtureRequest) -> Path:
     then a root daemon has served a request of root's and one of a participant's. The
     index is the one the owner's install made, or none when the daemon starts (it
     makes it)."""
-    owner = user("fbsvc2")
-    template = write_template(public_tmp / "t", SCORE_TEMPLATE)
-    site = make_site(public_tmp / "site")
-    site.close()
-    root = site.root
-    for path in (root, template):
-        subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(path)], check=True)
-    for folder in ("queue", "queue/.claimed", "queue/rejected"):
-        os.chown(root / folder, 0, 0)
-    owner_runs(root, "install", str(template), "--id", "wf")
+    root = service_site(public_tmp, SCORE_TEMPLATE)
     if request.param == "daemons-index":
         for name in os.listdir(root):
             if name.startswith("index.db"):

@@ -22,8 +22,8 @@ from flowbatch.spec.manifest import find_source
 from flowbatch.store.templates import _file_list, content_hash
 
 from .conftest import SCORE_TEMPLATE, write_template
-from .test_review_s25d import service_site
 from .test_root_commands import PYTHON, as_site_owner
+from .test_root_daemon_service_site import service_site
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="root installs on another user's site"),

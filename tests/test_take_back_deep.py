@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 from flowbatch import api, takeback
 from flowbatch.site import Site
 
-from .conftest import account, drop, make_site, run_until_idle, write_template
+from .conftest import account, drop, run_until_idle
 from .test_root_commands import PYTHON
 from .test_take_back_links import USER, as_user
 from .test_take_back_private import as_uid
@@ -135,18 +134,9 @@ def test_the_site_owner_deletes_a_participants_run_with_folders_past_the_depth(
     """A service user's site served by a root daemon: a participant's run leaves more
     than :data:`takeback.TAKE_BACK_DEPTH` levels of folders; the owner's ``runs
     delete`` removes it whole, and the daemon said once which run had them."""
-    from .test_root_daemon_service_site import owner_runs, runs_of
+    from .test_root_daemon_service_site import owner_runs, runs_of, service_site
 
-    owner = account("fbsvc2")
-    template = write_template(public_tmp / "t", yaml.safe_dump(DEEP_TEMPLATE))
-    site = make_site(public_tmp / "site")
-    site.close()
-    root = site.root
-    for path in (root, template):
-        subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(path)], check=True)
-    for folder in ("queue", "queue/.claimed", "queue/rejected"):
-        os.chown(root / folder, 0, 0)
-    owner_runs(root, "install", str(template), "--id", "wf")
+    root = service_site(public_tmp, yaml.safe_dump(DEEP_TEMPLATE))
     site = Site(root)
     runner = account("fbrunner")
     request = drop(site, "deep.yaml", {"workflow": "wf", "name": "deep"})
