@@ -188,3 +188,51 @@ def test_a_post_processing_record_the_owner_forged_signals_no_one(
     finally:
         victim.kill()
         victim.wait()
+
+
+#: run by the site's owner: an ended run's record rewritten as RUNNING, another user's
+REOPEN = r"""
+import json, os, sys
+path, uid = sys.argv[1], int(sys.argv[2])
+with open(path) as fh:
+    data = json.load(fh)
+data.update(state="RUNNING", owner_uid=uid, handle=None, finished_at=None)
+os.unlink(path)
+with open(path, "w") as fh:
+    json.dump(data, fh)
+"""
+
+
+def test_an_active_run_whose_record_is_not_trusted_is_ended(served: Path) -> None:  # noqa: F811
+    """A run the index has as active whose ``run.json`` is the site owner's, naming
+    another user (an earlier daemon of the owner's wrote it, before the site went to a
+    root daemon): the root daemon does not act on it, and it was left RUNNING in the
+    index for ever (found in the re-read). It is ended ERROR, by a record of root's."""
+    from flowbatch import api
+    from flowbatch.store.index import RunRow
+
+    root = served
+    site = Site(root)
+    try:
+        (row,) = [r for r in api.list_runs(site) if r["name"] == "theirs"]
+        run_dir = site.store.run_dir(site.store.load(row["id"]))
+        RunRow.update(state="RUNNING").where(RunRow.id == row["id"]).execute()
+    finally:
+        site.close()
+    as_site_owner(root, REOPEN, str(run_dir / "run.json"), str(account("fbrunner").pw_uid))
+    site = Site(root)
+    daemon = Daemon(site)
+    try:
+        daemon.start(serve=False)
+        daemon.tick()
+    finally:
+        daemon.stop()
+    try:
+        (after,) = [r for r in api.list_runs(site) if r["name"] == "theirs"]
+        assert after["state"] == "ERROR", after
+        assert (run_dir / "run.json").stat().st_uid == 0
+        record = site.store.load(row["id"])
+        assert record.state.value == "ERROR"
+        assert any("not trusted" in m for m in record.messages), record.messages
+    finally:
+        site.close()

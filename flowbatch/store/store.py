@@ -641,6 +641,18 @@ class Store:
                 continue
             try:
                 run = self.load_dir(run_dir, acts=True)
+            except UntrustedRecord as exc:
+                if run_id in indexed_active and self.run_dir(exc.run) == run_dir:
+                    # a run the index has as active, whose record a root daemon does not
+                    # act on (one an earlier daemon of the site's owner wrote): ended
+                    # ERROR, by a record of root's, rather than left active for ever in
+                    # the index (found in the re-read); its process, if any, is not
+                    # touched. A folder the index never knew is left alone, as is a
+                    # record naming another run or workflow (its write would land there).
+                    stale.append(self._end_untrusted(run_dir, exc))
+                else:
+                    log.error("cannot read %s: %s", run_dir / RUN_JSON, exc)
+                continue
             except (OSError, FlowbatchError) as exc:
                 log.error("cannot read %s: %s", run_dir / RUN_JSON, exc)
                 continue
@@ -672,6 +684,16 @@ class Store:
                     room_note(self.layout.index_db.parent),
                 )
         return active
+
+    def _end_untrusted(self, run_dir: Path, exc: UntrustedRecord) -> RunRecord:
+        """``exc``'s run, ended ERROR by a ``run.json`` of this daemon's (its index row
+        follows with the others of :meth:`sync_active`)."""
+        run = exc.run
+        message = f"ended: its run.json was not trusted: {exc.reason}"
+        apply(run, State.ERROR, messages=[message])
+        log.error("run %s %s", run.id, message)
+        self.write(run, index=False)
+        return run
 
     def run_id_taken(self, run_id: str) -> bool:
         """Whether the index holds a run ``run_id``, or the second point of a sweep
@@ -996,6 +1018,15 @@ def flock_holders(st: os.stat_result) -> list[int]:
     return [pid for pid in pids if pid > 0]
 
 
+class UntrustedRecord(FlowbatchError):
+    """An active run's record read whole, but not one a root daemon may act on
+    (:func:`_refuse_borrowed_user`); ``run`` is what it says."""
+
+    def __init__(self, run: RunRecord, reason: str, *, hint: str) -> None:
+        super().__init__(reason, hint=hint)
+        self.run = run
+
+
 def _refuse_borrowed_user(path: Path, run: RunRecord, owner: int) -> None:
     """Raise when root (a root daemon, which launches, adopts and signals what an
     active run's record names) reads ``path``, an active run's record that is not
@@ -1009,7 +1040,8 @@ def _refuse_borrowed_user(path: Path, run: RunRecord, owner: int) -> None:
     names = run.owner_uid if "pid" not in handle else handle.get("uid")
     if run.owner_uid == owner and names == owner:
         return
-    raise FlowbatchError(
+    raise UntrustedRecord(
+        run,
         f"{path} belongs to uid {owner} (the owner of results/), not to root, and its "
         f"active run names uid {names if names is not None else '(none)'} as the user "
         f"it runs as (owner_uid {run.owner_uid}): a root daemon runs and signals another "
